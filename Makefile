@@ -1,0 +1,30 @@
+# One command sets everything up and runs the main job (`make demo`); one runs the tests (`make test`).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.memwall-installed
+
+.PHONY: setup demo test lint clean
+
+setup: $(STAMP)
+
+# torch is pinned first to the local CPU build so no multi-GB CUDA download happens.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python samples/quickstart.py --logdir runs/quickstart
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+lint: setup
+	$(BIN)/ruff check memwall_plugin hooks tb_plugin tests samples
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,43 @@
+"""Every private torch API memwall uses, in one place, so a torch upgrade breaks one file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import (  # private: no public dispatch-mode API exists
+    TorchDispatchMode,
+    _get_current_dispatch_mode_stack,
+)
+
+#: The autograd Node executing on this thread (None outside backward).
+current_autograd_node = torch._C._current_autograd_node
+#: The sequence number the next autograd Node created on this thread will get.
+peek_sequence_nr = torch._C._autograd._get_sequence_nr
+
+#: AccumulateGrad nodes carry the largest uint64 as their sequence number.
+ACCUMULATE_GRAD_SEQUENCE_NR = 2**64 - 1
+
+
+def node_sequence_nr(node: Any) -> int:
+    return int(node._sequence_nr())
+
+
+def node_variable(node: Any) -> Any:
+    """The leaf tensor of an AccumulateGrad node, or None for any other node."""
+    return getattr(node, "variable", None)
+
+
+def dispatch_mode_stack() -> list[Any]:
+    return list(_get_current_dispatch_mode_stack())
+
+
+__all__ = [
+    "ACCUMULATE_GRAD_SEQUENCE_NR",
+    "TorchDispatchMode",
+    "current_autograd_node",
+    "dispatch_mode_stack",
+    "node_sequence_nr",
+    "node_variable",
+    "peek_sequence_nr",
+]

@@ -1,0 +1,247 @@
+"""Dispatch-level recording: every aten op becomes an aggregated entry (signature -> calls, time).
+
+The hot path (`_CaptureMode.__torch_dispatch__`) times the op, finds its module and phase, and
+folds the call into a table keyed by (op, module, phase, argument signature). Only the first
+call of a signature builds the full `OpCall` metadata; tensors are never kept.
+
+Python float arguments enter the key only as zero / non-zero: their values (learning rates,
+bias corrections) change every step and would make the table grow without bound, while the
+formulas only ask whether a term is present.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from memwall_plugin.hooks._torch_private import (
+    TorchDispatchMode,
+    current_autograd_node,
+    dispatch_mode_stack,
+)
+from memwall_plugin.hooks.modules import ModuleTracker
+from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OpCall, TensorMeta
+
+_Tensor = torch.Tensor
+_perf_counter_ns = time.perf_counter_ns
+
+
+class ProfilerConflictError(RuntimeError):
+    """Raised when a second memwall capture is started while one is active."""
+
+
+@dataclass(slots=True)
+class CaptureEntry:
+    """All calls of one signature: how many, how long, and the first call's metadata."""
+
+    call: OpCall
+    module: str
+    phase: str
+    calls: int = 0
+    time_ns: int = 0
+
+    def merge(self, other: CaptureEntry) -> None:
+        self.calls += other.calls
+        self.time_ns += other.time_ns
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def tensor_meta(t: torch.Tensor) -> TensorMeta:
+    shape = tuple(int(n) for n in t.shape)
+    try:
+        stride = tuple(int(s) for s in t.stride())
+    except (RuntimeError, NotImplementedError):  # sparse and other layouts without strides
+        stride = _contiguous_strides(shape)
+    return TensorMeta(shape, stride, _dtype_name(t.dtype), t.dtype.itemsize)
+
+
+def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, running = [], 1
+    for n in reversed(shape):
+        strides.append(running)
+        running *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _meta_value(value: Any) -> Any:
+    """An argument as formulas see it: tensors become TensorMeta, lists become tuples."""
+    if isinstance(value, _Tensor):
+        return tensor_meta(value)
+    if isinstance(value, (list, tuple)):
+        return tuple(_meta_value(v) for v in value)
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return str(value)  # dtype, device, layout, memory_format: their names
+
+
+def _flatten_outputs(out: Any) -> list[Any]:
+    if isinstance(out, (list, tuple)):
+        flat: list[Any] = []
+        for item in out:
+            flat.extend(_flatten_outputs(item))
+        return flat
+    return [out]
+
+
+def build_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCall:
+    """The OpCall of one aten call, from its schema: arguments by name, aliasing, mutation."""
+    schema = func._schema
+    values: list[tuple[str, Any]] = []
+    mutated: list[str] = []
+    out_args: list[str] = []
+    for index, argument in enumerate(schema.arguments):
+        if index < len(args):
+            value = args[index]
+        elif argument.name in kwargs:
+            value = kwargs[argument.name]
+        elif argument.has_default_value():
+            value = argument.default_value
+        else:
+            continue
+        values.append((argument.name, _meta_value(value)))
+        alias = argument.alias_info
+        if alias is not None and alias.is_write:
+            mutated.append(argument.name)
+            if argument.is_out:
+                out_args.append(argument.name)
+
+    outputs: list[TensorMeta | None] = []
+    aliased: list[bool] = []
+    returns = schema.returns
+    results = out if len(returns) != 1 else (out,)
+    if isinstance(results, (list, tuple)) and len(returns) == len(results):
+        for ret, result in zip(returns, results, strict=True):
+            for item in _flatten_outputs(result):
+                outputs.append(tensor_meta(item) if isinstance(item, _Tensor) else None)
+                aliased.append(ret.alias_info is not None)
+    else:
+        for item in _flatten_outputs(out):
+            outputs.append(tensor_meta(item) if isinstance(item, _Tensor) else None)
+            aliased.append(False)
+
+    namespace, _, name = schema.name.partition("::")
+    return OpCall(
+        op=f"{namespace}.{name}",
+        overload=func._overloadname,
+        args=tuple(values),
+        outputs=tuple(outputs),
+        mutated=tuple(mutated),
+        out_args=tuple(out_args),
+        aliased_outputs=tuple(aliased),
+    )
+
+
+def _key_of(value: Any) -> Any:
+    """The hashable signature of one argument (cheap: no metadata objects)."""
+    if isinstance(value, _Tensor):
+        return (value.shape, value.stride(), value.dtype)
+    if isinstance(value, (list, tuple)):
+        return tuple(_key_of(v) for v in value)
+    if isinstance(value, float):
+        return value == 0.0
+    return value
+
+
+class _CaptureMode(TorchDispatchMode):
+    def __init__(self, capture: Capture) -> None:
+        super().__init__()
+        self._capture = capture
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        start = _perf_counter_ns()
+        out = func(*args, **kwargs)
+        elapsed = _perf_counter_ns() - start
+        self._capture.record(func, args, kwargs, out, elapsed)
+        return out
+
+
+class Capture:
+    """Records aten ops into `table` while started. One capture may be active per process."""
+
+    _active: Capture | None = None
+
+    def __init__(self, model: torch.nn.Module | None = None) -> None:
+        self.tracker = ModuleTracker(model)
+        self.table: dict[Any, CaptureEntry] = {}
+        self._mode: _CaptureMode | None = None
+
+    @property
+    def recording(self) -> bool:
+        return self._mode is not None
+
+    def start(self) -> None:
+        if self._mode is not None:
+            return
+        if Capture._active is not None and Capture._active is not self:
+            raise ProfilerConflictError(
+                "memwall.profile is already active; profiles cannot be nested. "
+                "Call prof.step() to mark steps inside one profile instead."
+            )
+        Capture._active = self
+        self.tracker.install()
+        self._mode = _CaptureMode(self)
+        self._mode.__enter__()
+
+    def stop(self) -> None:
+        """Stop recording; the table is kept. Safe to call when not started."""
+        mode, self._mode = self._mode, None
+        try:
+            if mode is not None:
+                stack = dispatch_mode_stack()
+                if stack and stack[-1] is not mode:
+                    raise RuntimeError(
+                        "a dispatch mode entered inside memwall.profile is still active; "
+                        "exit it before the profile ends or calls prof.step()"
+                    )
+                mode.__exit__(None, None, None)
+        finally:
+            self.tracker.remove()
+            if Capture._active is self:
+                Capture._active = None
+
+    def take(self) -> dict[Any, CaptureEntry]:
+        """Hand over the table recorded so far and start a new one."""
+        table, self.table = self.table, {}
+        return table
+
+    def end_step(self) -> None:
+        self.tracker.end_step()
+
+    def record(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, elapsed_ns: int
+    ) -> None:
+        tracker = self.tracker
+        node = current_autograd_node()
+        if node is not None:
+            phase = BACKWARD
+            # a forward re-run inside backward (activation checkpointing) keeps its module
+            module = tracker.stack[-1] if tracker.stack else tracker.path_for_node(node)
+        elif tracker.in_optimizer:
+            phase, module = OPTIMIZER, ""
+        elif tracker.stack:
+            phase, module = FORWARD, tracker.stack[-1]
+        else:
+            phase, module = OTHER, ""
+        key = (
+            func,
+            module,
+            phase,
+            tuple([_key_of(a) for a in args]),
+            tuple([(k, _key_of(v)) for k, v in kwargs.items()]) if kwargs else None,
+        )
+        entry = self.table.get(key)
+        if entry is None:
+            entry = CaptureEntry(build_call(func, args, kwargs, out), module, phase)
+            self.table[key] = entry
+        entry.calls += 1
+        entry.time_ns += elapsed_ns
+
+
+__all__ = ["Capture", "CaptureEntry", "ProfilerConflictError", "build_call", "tensor_meta"]

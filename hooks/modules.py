@@ -1,0 +1,143 @@
+"""Which module and phase an op belongs to: module paths in forward and backward, optimizer steps.
+
+Forward: global module pre/post hooks keep a stack of `named_modules()` paths.
+Backward: each autograd Node carries the sequence number it got when its forward op ran; the
+tracker records, in forward, at which sequence number the innermost module changed, so a
+backward op is attributed by looking up the sequence number of the Node that runs it. Gradient
+accumulation into a parameter (AccumulateGrad) goes to the module that owns the parameter.
+"""
+
+from __future__ import annotations
+
+import bisect
+import weakref
+from typing import Any
+
+import torch
+from torch.nn.modules import module as nn_module
+from torch.optim import optimizer as optim_module
+from torch.utils.hooks import RemovableHandle
+
+from memwall_plugin.hooks._torch_private import (
+    ACCUMULATE_GRAD_SEQUENCE_NR,
+    node_sequence_nr,
+    node_variable,
+    peek_sequence_nr,
+)
+
+
+class ModuleTracker:
+    """Tracks the innermost module path and the optimizer phase while installed.
+
+    With `model`, paths are that model's `named_modules()` keys and other modules are not
+    tracked (their ops go to the enclosing tracked module). Without it, every module that runs
+    is tracked: a module first seen outside any other becomes a root and its descendants take
+    their `named_modules()` keys relative to it.
+    """
+
+    def __init__(self, model: torch.nn.Module | None = None) -> None:
+        self._names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+        self._param_modules: dict[int, str] = {}
+        self._fixed = model is not None
+        if model is not None:
+            self._add_root(model)
+        self.stack: list[str] = []
+        self.in_optimizer = 0
+        # forward timeline: innermost module path from each sequence number on
+        self._seqs: list[int] = []
+        self._paths: list[str] = []
+        self._kept_from = 0
+        self._last_node: Any = None
+        self._last_path = ""
+        self._handles: list[RemovableHandle] = []
+
+    # -- names -------------------------------------------------------------------------------
+    def _add_root(self, root: torch.nn.Module) -> None:
+        for name, module in root.named_modules(remove_duplicate=False):
+            self._names[module] = name
+            for param in module.parameters(recurse=False):
+                self._param_modules[id(param)] = name
+
+    def _name_of(self, module: torch.nn.Module) -> str | None:
+        name = self._names.get(module)
+        if name is not None or self._fixed:
+            return name
+        if not self.stack:
+            self._add_root(module)
+            return ""
+        # a module run inside another but not registered as its child
+        name = f"{self.stack[-1]}.{type(module).__name__}" if self.stack[-1] else type(module).__name__
+        self._names[module] = name
+        return name
+
+    # -- hooks -------------------------------------------------------------------------------
+    def install(self) -> None:
+        if self._handles:
+            return
+        self._handles = [
+            nn_module.register_module_forward_pre_hook(self._pre_forward),
+            nn_module.register_module_forward_hook(self._post_forward, always_call=True),
+            optim_module.register_optimizer_step_pre_hook(self._pre_step),
+            optim_module.register_optimizer_step_post_hook(self._post_step),
+        ]
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.stack.clear()
+        self.in_optimizer = 0
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._handles)
+
+    def _pre_forward(self, module: torch.nn.Module, args: Any) -> None:
+        name = self._name_of(module)
+        if name is None:  # not part of the tracked model: stay with the enclosing path
+            name = self.stack[-1] if self.stack else ""
+        self.stack.append(name)
+        self._mark(name)
+
+    def _post_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self.stack:
+            self.stack.pop()
+        self._mark(self.stack[-1] if self.stack else "")
+
+    def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.in_optimizer += 1
+
+    def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.in_optimizer = max(0, self.in_optimizer - 1)
+
+    # -- backward attribution ----------------------------------------------------------------
+    def _mark(self, path: str) -> None:
+        self._last_node = None  # never hold an autograd node across forwards
+        seq = peek_sequence_nr()
+        if self._seqs and self._seqs[-1] == seq:
+            # no autograd node was created since the last change: only the newest path counts
+            self._paths[-1] = path
+        else:
+            self._seqs.append(seq)
+            self._paths.append(path)
+
+    def path_for_node(self, node: Any) -> str:
+        """The module path whose forward created `node` ("" when unknown)."""
+        if node is self._last_node:
+            return self._last_path
+        seq = node_sequence_nr(node)
+        if seq == ACCUMULATE_GRAD_SEQUENCE_NR:
+            variable = node_variable(node)
+            path = self._param_modules.get(id(variable), "") if variable is not None else ""
+        else:
+            index = bisect.bisect_right(self._seqs, seq) - 1
+            path = self._paths[index] if index >= 0 else ""
+        self._last_node, self._last_path = node, path
+        return path
+
+    def end_step(self) -> None:
+        """Forget forward timelines older than the previous step (its backward is done)."""
+        del self._seqs[: self._kept_from]
+        del self._paths[: self._kept_from]
+        self._kept_from = len(self._seqs)
+        self._last_node = None

@@ -1,0 +1,59 @@
+"""memwall: where the memory wall stops your PyTorch run.
+
+```python
+import memwall_plugin as memwall
+with memwall.profile(model=model, logdir="runs/exp1") as prof:
+    ...
+    prof.step()
+rep = prof.report()
+```
+"""
+
+from memwall_plugin.fvcore_counter import FvcoreCount, fvcore_flops
+from memwall_plugin.hooks.capture import ProfilerConflictError
+from memwall_plugin.profile import default_registry, profile
+from memwall_plugin.records import (
+    BACKWARD,
+    FORWARD,
+    OPTIMIZER,
+    OTHER,
+    PHASES,
+    Extent,
+    OpCall,
+    TensorMeta,
+    Traffic,
+)
+from memwall_plugin.registry import Registry, RegistryError
+from memwall_plugin.report import SCHEMA_VERSION, Report, ReportError, Row, load_report
+from memwall_plugin.schedule import Action, Schedule, schedule
+from memwall_plugin.summary import format_summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKWARD",
+    "FORWARD",
+    "OPTIMIZER",
+    "OTHER",
+    "PHASES",
+    "SCHEMA_VERSION",
+    "Action",
+    "Extent",
+    "FvcoreCount",
+    "OpCall",
+    "ProfilerConflictError",
+    "Registry",
+    "RegistryError",
+    "Report",
+    "ReportError",
+    "Row",
+    "Schedule",
+    "TensorMeta",
+    "Traffic",
+    "default_registry",
+    "format_summary",
+    "fvcore_flops",
+    "load_report",
+    "profile",
+    "schedule",
+]

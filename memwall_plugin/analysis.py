@@ -1,0 +1,65 @@
+"""From captured entries to report rows: apply the formulas once per signature, times its calls."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+
+from memwall_plugin.hooks.capture import CaptureEntry
+from memwall_plugin.records import OpCall
+from memwall_plugin.registry import Counted, Registry, default_traffic
+from memwall_plugin.report import Row
+
+_FLOATING = ("float", "bfloat", "complex")
+
+
+def op_dtype(call: OpCall) -> str:
+    """The dtype an op computes in: its first floating input, else first output, else any."""
+    tensors = [t for _, t in call.tensors()]
+    for t in tensors + [o for o in call.outputs if o is not None]:
+        if t.dtype.startswith(_FLOATING):
+            return t.dtype
+    first = call.first_tensor
+    return first.dtype if first is not None else ""
+
+
+def count_safely(registry: Registry, call: OpCall) -> Counted:
+    """Count one call; a formula that fails makes the op uncounted, with a warning."""
+    try:
+        return registry.count(call)
+    except Exception as exc:  # a formula bug must not lose the rest of the report
+        warnings.warn(
+            f"memwall: the formula for {call.op}.{call.overload} failed ({exc!r}); "
+            "reporting it as uncounted",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return Counted(None, default_traffic(call))
+
+
+def rows_from_entries(entries: Iterable[CaptureEntry], registry: Registry) -> tuple[Row, ...]:
+    """One row per entry, totals over its calls, sorted by measured time (longest first)."""
+    rows = []
+    for e in entries:
+        counted = count_safely(registry, e.call)
+        n = e.calls
+        t = counted.traffic
+        rows.append(
+            Row(
+                op=e.call.op,
+                overload=e.call.overload,
+                module=e.module,
+                phase=e.phase,
+                calls=n,
+                dtype=op_dtype(e.call),
+                shapes=e.call.shapes(),
+                flops=None if counted.flops is None else counted.flops * n,
+                bytes_read=t.bytes_read * n,
+                bytes_written=t.bytes_written * n,
+                elements_read=t.elements_read * n,
+                elements_written=t.elements_written * n,
+                time_s=e.time_ns * 1e-9,
+            )
+        )
+    rows.sort(key=lambda r: (-r.time_s, r.op, r.module, r.phase, r.shapes))
+    return tuple(rows)

@@ -1,0 +1,722 @@
+"""The table of FLOP and bytes formulas for aten ops, and the conventions they follow.
+
+Conventions (also in the README):
+
+* A multiply-add is 2 FLOPs (datasheets, torch's FlopCounterMode and the paper count so).
+* Elementwise ops cost a fixed number of FLOPs per element they produce (`ELEMENTWISE`): every
+  elementary arithmetic step, compare or transcendental function counts 1, so
+  `addcmul = value * t1 * t2 + self` is 3 and `sigmoid = 1 / (1 + exp(-x))` is 4.
+* Reductions cost per element they read (`REDUCTIONS`): `sum` 1, `var` 3, a vector norm 2.
+* Softmax and log-softmax 5 per element (max, subtract, exp, sum, divide); their backward 4.
+* Norms: normalising costs 5 per element (mean, subtract, square, sum, scale), plus 1 per element
+  for each affine weight and bias present; their backward 8, plus 2 for a weight, 1 for a bias.
+* Attention kernels count both matmuls over the full s_q x s_k score matrix (causal masking
+  included, as torch's FlopCounterMode does) plus softmax; fused backward kernels also count the
+  recomputed scores.
+* Random number generation counts 1 per element (the transform to the distribution).
+* Pure data movement (copy, cat, index, embedding gather, padding) is 0 FLOPs but moves bytes;
+  views and metadata ops are 0 FLOPs and 0 bytes; allocation (`empty`) moves nothing.
+* Optimizer steps count per parameter element: fused AdamW 14, SGD 2 (+2 weight decay,
+  +3 momentum, +2 Nesterov).
+
+Every formula takes an `OpCall` (shapes, not tensors). An op missing here is reported as
+uncounted, never as zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+from memwall_plugin.records import Extent, OpCall, TensorMeta, Traffic, extent
+from memwall_plugin.registry import Registry, default_traffic
+
+REGISTRY = Registry()
+flops = REGISTRY.flops
+traffic = REGISTRY.traffic
+
+SOFTMAX_FLOPS = 5
+SOFTMAX_BACKWARD_FLOPS = 4
+NORM_FLOPS = 5
+NORM_BACKWARD_FLOPS = 8
+
+
+def _produced(call: OpCall) -> int:
+    return sum(t.numel for t in call.written())
+
+
+def _numel(t: TensorMeta | None) -> int:
+    return 0 if t is None else t.numel
+
+
+# --- matmul family --------------------------------------------------------------------------
+
+
+def mm_flops(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    # a: [m, k] @ b: [k, n] -> [m, n]
+    m, k = a
+    k2, n = b
+    assert k == k2, f"mm inner dims differ: {a} @ {b}"
+    return 2 * m * k * n
+
+
+def bmm_flops(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    # a: [batch, m, k] @ b: [batch, k, n] -> [batch, m, n]
+    batch, m, k = a
+    _, _, n = b
+    return 2 * batch * m * k * n
+
+
+@flops("aten.mm", "aten._int_mm", "aten._scaled_mm")
+def _mm(call: OpCall) -> int:
+    return mm_flops(call.arg(0).shape, call.arg(1).shape)
+
+
+@flops("aten.addmm")
+def _addmm(call: OpCall) -> int:
+    # bias + mat1 @ mat2: the matmul plus one add per output element
+    m, _ = call["mat1"].shape
+    _, n = call["mat2"].shape
+    return mm_flops(call["mat1"].shape, call["mat2"].shape) + m * n
+
+
+@flops("aten._addmm_activation")
+def _addmm_activation(call: OpCall) -> int:
+    m, _ = call["mat1"].shape
+    _, n = call["mat2"].shape
+    act = ELEMENTWISE["gelu"] if call.get("use_gelu") else ELEMENTWISE["relu"]
+    return _addmm(call) + act * m * n
+
+
+@flops("aten.bmm")
+def _bmm(call: OpCall) -> int:
+    return bmm_flops(call.arg(0).shape, call.arg(1).shape)
+
+
+@flops("aten.baddbmm")
+def _baddbmm(call: OpCall) -> int:
+    b, m, _ = call["batch1"].shape
+    n = call["batch2"].shape[2]
+    return bmm_flops(call["batch1"].shape, call["batch2"].shape) + b * m * n
+
+
+@flops("aten.mv")
+def _mv(call: OpCall) -> int:
+    # [m, n] @ [n] -> [m]
+    m, n = call.arg(0).shape
+    return 2 * m * n
+
+
+@flops("aten.addmv")
+def _addmv(call: OpCall) -> int:
+    m, n = call["mat"].shape
+    return 2 * m * n + m
+
+
+@flops("aten.dot", "aten.vdot")
+def _dot(call: OpCall) -> int:
+    return 2 * call.arg(0).numel
+
+
+# --- convolution ----------------------------------------------------------------------------
+
+
+def conv_flops(
+    x: tuple[int, ...], w: tuple[int, ...], out: tuple[int, ...], transposed: bool
+) -> int:
+    """Multiply-adds of a convolution, x2. x: [n, c_in, *in], w: [c_out, c_in/g, *k] (or
+    [c_in, c_out/g, *k] transposed), out: [n, c_out, *out]."""
+    kernel = math.prod(w[2:])
+    if transposed:
+        # every input pixel scatters into c_out/g channels over the kernel
+        return 2 * x[0] * math.prod(x[2:]) * w[0] * w[1] * kernel
+    return 2 * out[0] * math.prod(out[2:]) * w[0] * w[1] * kernel
+
+
+@flops("aten.convolution", "aten._convolution")
+def _convolution(call: OpCall) -> int:
+    x, w, out = call["input"], call["weight"], call.outputs[0]
+    assert out is not None
+    total = conv_flops(x.shape, w.shape, out.shape, bool(call["transposed"]))
+    if call.get("bias") is not None:
+        total += out.numel
+    return total
+
+
+@flops("aten.convolution_backward")
+def _convolution_backward(call: OpCall) -> int:
+    grad_out, x, w = call["grad_output"], call["input"], call["weight"]
+    mask = call["output_mask"]
+    fwd = conv_flops(x.shape, w.shape, grad_out.shape, bool(call["transposed"]))
+    # grad_input and grad_weight are each a convolution as large as the forward one
+    return (fwd if mask[0] else 0) + (fwd if mask[1] else 0) + (grad_out.numel if mask[2] else 0)
+
+
+# --- attention ------------------------------------------------------------------------------
+
+
+def attention_flops(b: int, h: int, s_q: int, s_k: int, d: int, d_v: int) -> int:
+    # scores = q: [b, h, s_q, d] @ k^T: [b, h, d, s_k] -> [b, h, s_q, s_k]
+    # out = softmax(scores): [b, h, s_q, s_k] @ v: [b, h, s_k, d_v] -> [b, h, s_q, d_v]
+    scores = b * h * s_q * s_k
+    return 2 * scores * d + SOFTMAX_FLOPS * scores + 2 * scores * d_v
+
+
+def attention_backward_flops(b: int, h: int, s_q: int, s_k: int, d: int, d_v: int) -> int:
+    # recompute scores (q k^T) and probabilities, then dV = P^T dO, dP = dO V^T,
+    # dS = P * (dP - rowsum(dO * O)), dQ = dS K, dK = dS^T Q
+    scores = b * h * s_q * s_k
+    matmuls = 2 * scores * d + 2 * scores * d_v + 2 * scores * d_v + 2 * scores * d + 2 * scores * d
+    return matmuls + SOFTMAX_FLOPS * scores + SOFTMAX_BACKWARD_FLOPS * scores + 2 * b * h * s_q * d_v
+
+
+def _bhsd(q: TensorMeta, k: TensorMeta, v: TensorMeta) -> tuple[int, int, int, int, int, int]:
+    """[batch, heads, seq, dim] layout (scaled_dot_product_* ops); extra leading dims fold into b."""
+    *lead, s_q, d = q.shape
+    s_k = k.shape[-2]
+    d_v = v.shape[-1]
+    b = math.prod(lead[:-1]) if len(lead) > 1 else 1
+    h = lead[-1] if lead else 1
+    return b, h, s_q, s_k, d, d_v
+
+
+def _bshd(q: TensorMeta, k: TensorMeta, v: TensorMeta) -> tuple[int, int, int, int, int, int]:
+    """[batch, seq, heads, dim] layout (_flash_attention_* / _efficient_attention_* ops)."""
+    b, s_q, h, d = q.shape
+    return b, h, s_q, k.shape[1], d, v.shape[-1]
+
+
+_SDPA_FORWARD = (
+    "aten._scaled_dot_product_flash_attention",
+    "aten._scaled_dot_product_flash_attention_for_cpu",
+    "aten._scaled_dot_product_efficient_attention",
+    "aten._scaled_dot_product_cudnn_attention",
+    "aten._scaled_dot_product_fused_attention_overrideable",
+)
+_SDPA_BACKWARD = tuple(name + "_backward" for name in _SDPA_FORWARD)
+
+
+@flops(*_SDPA_FORWARD)
+def _sdpa(call: OpCall) -> int:
+    return attention_flops(*_bhsd(call["query"], call["key"], call["value"]))
+
+
+@flops(*_SDPA_BACKWARD)
+def _sdpa_backward(call: OpCall) -> int:
+    return attention_backward_flops(*_bhsd(call["query"], call["key"], call["value"]))
+
+
+@flops("aten._flash_attention_forward", "aten._efficient_attention_forward")
+def _flash_forward(call: OpCall) -> int | None:
+    if call.get("cum_seq_q") is not None or call.get("cu_seqlens_q") is not None:
+        return None  # variable-length batches: the lengths are data, not shapes
+    return attention_flops(*_bshd(call["query"], call["key"], call["value"]))
+
+
+@flops("aten._flash_attention_backward", "aten._efficient_attention_backward")
+def _flash_backward(call: OpCall) -> int | None:
+    if call.get("cum_seq_q") is not None or call.get("cu_seqlens_q") is not None:
+        return None
+    return attention_backward_flops(*_bshd(call["query"], call["key"], call["value"]))
+
+
+# --- elementwise, activations, reductions --------------------------------------------------
+
+ELEMENTWISE: dict[str, int] = {
+    # arithmetic and comparisons: 1 per element produced
+    **{
+        name: 1
+        for name in (
+            "abs neg add sub mul div rsub reciprocal sqrt rsqrt exp exp2 expm1 log log2 log10 "
+            "log1p sin cos tan asin acos atan sinh cosh tanh erf erfc erfinv pow clamp clamp_min "
+            "clamp_max maximum minimum fmax fmin relu threshold sign sgn floor ceil round trunc "
+            "frac remainder fmod eq ne lt le gt ge logical_and logical_or logical_not logical_xor "
+            "bitwise_and bitwise_or bitwise_xor bitwise_not where masked_fill isnan isinf "
+            "nan_to_num atan2 hypot copysign heaviside signbit lgamma digamma relu6 "
+            "threshold_backward hardtanh_backward"
+        ).split()
+    },
+    "xlogy": 2,
+    "leaky_relu": 2,
+    "hardtanh": 2,
+    "lerp": 3,  # self + weight * (end - self)
+    "addcmul": 3,  # self + value * t1 * t2
+    "addcdiv": 3,  # self + value * t1 / t2
+    "hardsigmoid": 3,
+    "softplus": 3,  # log(1 + exp(beta x)) / beta
+    "logit": 3,
+    "sigmoid": 4,  # 1 / (1 + exp(-x))
+    "elu": 4,
+    "celu": 4,
+    "hardswish": 4,
+    "silu": 5,  # x * sigmoid(x)
+    "selu": 5,
+    "mish": 7,  # x * tanh(softplus(x))
+    # backward of activations, per element of grad_input
+    "leaky_relu_backward": 2,
+    "hardsigmoid_backward": 2,
+    "tanh_backward": 3,  # grad * (1 - y^2)
+    "sigmoid_backward": 3,  # grad * y * (1 - y)
+    "elu_backward": 3,
+    "logit_backward": 3,
+    "hardswish_backward": 4,
+    "softplus_backward": 5,
+    "silu_backward": 7,
+    "mish_backward": 10,
+}
+# gelu: x/2 (1 + erf(x / sqrt 2)) is 5; the tanh approximation
+# x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) is 9. Backward 9 and 15.
+GELU_FLOPS = {"none": 5, "tanh": 9}
+GELU_BACKWARD_FLOPS = {"none": 9, "tanh": 15}
+ELEMENTWISE["gelu"] = GELU_FLOPS["none"]
+
+REDUCTIONS: dict[str, int] = {
+    **{
+        name: 1
+        for name in (
+            "sum nansum mean amax amin max min argmax argmin prod all any cumsum cumprod "
+            "logcumsumexp count_nonzero aminmax"
+        ).split()
+    },
+    "linalg_vector_norm": 2,  # square and add
+    "norm": 2,
+    "logsumexp": 3,  # max, exp, add
+    "var": 3,  # subtract mean, square, add
+    "std": 3,
+    "var_mean": 3,
+    "std_mean": 3,
+}
+
+
+def _elementwise(cost: int):  # type: ignore[no-untyped-def]
+    def formula(call: OpCall) -> int:
+        return cost * _produced(call)
+
+    return formula
+
+
+def _reduction(cost: int):  # type: ignore[no-untyped-def]
+    def formula(call: OpCall) -> int:
+        return cost * sum(t.numel for t in call.tensors_of(call.args[0][0]))
+
+    return formula
+
+
+def _variants(name: str) -> tuple[str, ...]:
+    """The in-place and foreach forms share the per-element cost of the base op."""
+    return (f"aten.{name}", f"aten.{name}_", f"aten._foreach_{name}", f"aten._foreach_{name}_")
+
+
+for _name, _cost in ELEMENTWISE.items():
+    if _name == "gelu":
+        continue
+    REGISTRY.add_flops(_variants(_name), _elementwise(_cost))
+for _name, _cost in REDUCTIONS.items():
+    REGISTRY.add_flops(_variants(_name), _reduction(_cost))
+
+
+@flops("aten.gelu", "aten.gelu_")
+def _gelu(call: OpCall) -> int:
+    return GELU_FLOPS[call.get("approximate") or "none"] * _produced(call)
+
+
+@flops("aten.gelu_backward")
+def _gelu_backward(call: OpCall) -> int:
+    return GELU_BACKWARD_FLOPS[call.get("approximate") or "none"] * _produced(call)
+
+
+@flops("aten._softmax", "aten._log_softmax", "aten._safe_softmax")
+def _softmax(call: OpCall) -> int:
+    return SOFTMAX_FLOPS * call.arg(0).numel
+
+
+@flops("aten._softmax_backward_data", "aten._log_softmax_backward_data")
+def _softmax_backward(call: OpCall) -> int:
+    return SOFTMAX_BACKWARD_FLOPS * call.arg(0).numel
+
+
+@flops("aten.sort")
+def _sort(call: OpCall) -> int:
+    # comparisons of a comparison sort along one dim: n log2 n per row
+    x = call.arg(0)
+    dim = call.get("dim", -1)
+    n = x.shape[dim] if x.shape else 1
+    return 0 if n <= 1 else int(x.numel * math.log2(n))
+
+
+@flops("aten.topk")
+def _topk(call: OpCall) -> int:
+    return call.arg(0).numel
+
+
+# --- normalisation --------------------------------------------------------------------------
+
+
+def _affine(call: OpCall, numel: int) -> int:
+    return sum(numel for name in ("weight", "bias") if call.get(name) is not None)
+
+
+@flops(
+    "aten.native_layer_norm",
+    "aten.native_group_norm",
+    "aten._fused_rms_norm",
+    "aten.native_batch_norm",
+    "aten._native_batch_norm_legit",
+    "aten._native_batch_norm_legit_functional",
+    "aten.cudnn_batch_norm",
+    "aten.miopen_batch_norm",
+)
+def _norm(call: OpCall) -> int:
+    x = call.arg(0)
+    # in inference, batch norm uses running statistics: subtract and scale only
+    per_element = 2 if call.get("training") is False else NORM_FLOPS
+    return per_element * x.numel + _affine(call, x.numel)
+
+
+@flops("aten._native_batch_norm_legit_no_training")
+def _norm_no_training(call: OpCall) -> int:
+    x = call.arg(0)
+    return 2 * x.numel + _affine(call, x.numel)
+
+
+@flops(
+    "aten.native_layer_norm_backward",
+    "aten.native_group_norm_backward",
+    "aten._fused_rms_norm_backward",
+    "aten.native_batch_norm_backward",
+    "aten.cudnn_batch_norm_backward",
+    "aten.miopen_batch_norm_backward",
+)
+def _norm_backward(call: OpCall) -> int:
+    grad = call.arg(0)
+    mask = call.get("output_mask") or (True, True, True)
+    total = NORM_BACKWARD_FLOPS * grad.numel if mask[0] else 0
+    if len(mask) > 1 and mask[1]:
+        total += 2 * grad.numel
+    if len(mask) > 2 and mask[2]:
+        total += grad.numel
+    return total
+
+
+# --- losses -----------------------------------------------------------------------------------
+
+
+@flops("aten.nll_loss_forward", "aten.nll_loss2d_forward", "aten.nll_loss_backward",
+       "aten.nll_loss2d_backward")
+def _nll_loss(call: OpCall) -> int:
+    # one gathered value per target, negated and summed
+    return 2 * call["target"].numel
+
+
+def _nll_traffic(call: OpCall) -> Traffic:
+    """NLL reads only the log-probability of each target class, not the whole [N, C] input."""
+    target = call["target"]
+    logp = call["self"]
+    read = [extent(target), extent(logp, target.numel)]
+    weight = call.get("weight")
+    if isinstance(weight, TensorMeta):
+        read.append(extent(weight, min(weight.numel, target.numel)))
+    if call.op.endswith("backward"):
+        read.append(extent(call["grad_output"]))
+        total_weight = call.get("total_weight")
+        if isinstance(total_weight, TensorMeta):
+            read.append(extent(total_weight))
+    return Traffic(tuple(read), tuple(extent(t) for t in call.written()))
+
+
+REGISTRY.add_traffic(
+    ("aten.nll_loss_forward", "aten.nll_loss2d_forward", "aten.nll_loss_backward",
+     "aten.nll_loss2d_backward"),
+    _nll_traffic,
+)
+
+LOSSES: dict[str, int] = {
+    "mse_loss": 3,  # subtract, square, add
+    "mse_loss_backward": 3,
+    "smooth_l1_loss": 4,
+    "smooth_l1_loss_backward": 4,
+    "huber_loss": 4,
+    "huber_loss_backward": 4,
+    "binary_cross_entropy": 7,
+    "binary_cross_entropy_backward": 6,
+    "binary_cross_entropy_with_logits": 10,
+    "soft_margin_loss": 5,
+}
+def _loss(cost: int):  # type: ignore[no-untyped-def]
+    def formula(call: OpCall) -> int:
+        return cost * call["self"].numel  # per element of the prediction
+
+    return formula
+
+
+for _name, _cost in LOSSES.items():
+    REGISTRY.add_flops(f"aten.{_name}", _loss(_cost))
+
+
+# --- dropout and random numbers ---------------------------------------------------------------
+
+
+@flops("aten.native_dropout")
+def _native_dropout(call: OpCall) -> int:
+    # draw, compare with p, scale
+    return 3 * call.arg(0).numel
+
+
+@flops("aten.native_dropout_backward")
+def _native_dropout_backward(call: OpCall) -> int:
+    return 2 * call.arg(0).numel  # grad * mask * scale
+
+
+_RANDOM = (
+    "bernoulli normal uniform random exponential geometric log_normal cauchy rand randn randint "
+    "rand_like randn_like randint_like randperm multinomial"
+).split()
+REGISTRY.add_flops(
+    tuple(n for name in _RANDOM for n in (f"aten.{name}", f"aten.{name}_")), _elementwise(1)
+)
+
+
+# --- pooling and resampling ---------------------------------------------------------------------
+
+
+@flops(
+    "aten.max_pool1d", "aten.max_pool2d", "aten.max_pool3d",
+    "aten.max_pool2d_with_indices", "aten.max_pool3d_with_indices",
+    "aten.avg_pool1d", "aten.avg_pool2d", "aten.avg_pool3d",
+)
+def _pool(call: OpCall) -> int:
+    out = call.outputs[0]
+    assert out is not None
+    kernel = tuple(call["kernel_size"])
+    spatial = len(out.shape) - 2
+    if len(kernel) == 1:  # one size for every spatial dim
+        kernel = kernel * spatial
+    return out.numel * math.prod(kernel)
+
+
+@flops(
+    "aten.max_pool2d_with_indices_backward", "aten.max_pool3d_with_indices_backward",
+    "aten.avg_pool2d_backward", "aten.avg_pool3d_backward",
+    "aten._adaptive_avg_pool2d", "aten._adaptive_avg_pool3d", "aten.adaptive_max_pool2d",
+    "aten._adaptive_avg_pool2d_backward", "aten._adaptive_avg_pool3d_backward",
+    "aten.adaptive_max_pool2d_backward",
+)
+def _pool_per_input(call: OpCall) -> int:
+    # each input (or grad_output) element is added or compared once
+    return call.arg(0).numel
+
+
+@flops("aten.upsample_bilinear2d", "aten.upsample_linear1d", "aten.upsample_trilinear3d",
+       "aten.upsample_bicubic2d")
+def _upsample_interp(call: OpCall) -> int:
+    out = call.outputs[0]
+    assert out is not None
+    points = 2 ** (len(out.shape) - 2)  # neighbours blended per output element
+    return 2 * points * out.numel
+
+
+# --- embedding and indexing: data movement with op-specific traffic ---------------------------
+
+
+@flops("aten.embedding")
+def _embedding(call: OpCall) -> int:
+    return 0
+
+
+@traffic("aten.embedding")
+def _embedding_traffic(call: OpCall) -> Traffic:
+    """A lookup reads the indices and the gathered rows, never the whole table."""
+    weight, indices = call["weight"], call["indices"]
+    row = math.prod(weight.shape[1:])
+    read = (extent(indices), extent(weight, indices.numel * row))
+    return Traffic(read, tuple(extent(t) for t in call.written()))
+
+
+@flops("aten.embedding_dense_backward")
+def _embedding_backward(call: OpCall) -> int:
+    return call["grad_output"].numel  # each gathered row is added into the gradient
+
+
+@flops("aten._embedding_bag", "aten._embedding_bag_forward_only")
+def _embedding_bag(call: OpCall) -> int:
+    weight, indices = call["weight"], call["indices"]
+    return indices.numel * math.prod(weight.shape[1:])
+
+
+@traffic("aten._embedding_bag", "aten._embedding_bag_forward_only")
+def _embedding_bag_traffic(call: OpCall) -> Traffic:
+    weight, indices = call["weight"], call["indices"]
+    read = [extent(indices), extent(weight, indices.numel * math.prod(weight.shape[1:]))]
+    read += [extent(t) for name, t in call.tensors() if name not in ("weight", "indices")]
+    return Traffic(tuple(read), tuple(extent(t) for t in call.written()))
+
+
+def _gather_traffic(source: str):  # type: ignore[no-untyped-def]
+    """Gathers read as many source elements as they produce, plus the index tensors."""
+
+    def formula(call: OpCall) -> Traffic:
+        src = call[source]
+        produced = sum(t.numel for t in call.written())
+        read = [extent(src, min(src.span, produced))]
+        read += [extent(t) for name, t in call.tensors() if name != source]
+        return Traffic(tuple(read), tuple(extent(t) for t in call.written()))
+
+    return formula
+
+
+REGISTRY.add_traffic(
+    ("aten.index_select", "aten.gather", "aten.index.Tensor", "aten._unsafe_index.Tensor",
+     "aten.take", "aten.masked_select"),
+    _gather_traffic("self"),
+)
+
+
+def _index_put_traffic(call: OpCall) -> Traffic:
+    """In-place index_put_ reads the values and indices and writes only the indexed positions."""
+    values = call["values"]
+    read = [extent(t) for name, t in call.tensors() if name != "self"]
+    if call.get("accumulate"):
+        read.append(extent(call["self"], values.numel))
+    return Traffic(tuple(read), (extent(call["self"], values.numel),))
+
+
+REGISTRY.add_traffic(("aten.index_put_", "aten._index_put_impl_"), _index_put_traffic)
+
+
+@flops("aten.index_put", "aten.index_put_", "aten._index_put_impl_")
+def _index_put(call: OpCall) -> int:
+    return call["values"].numel if call.get("accumulate") else 0
+
+
+@flops("aten.index_add", "aten.index_add_", "aten.scatter_add", "aten.scatter_add_",
+       "aten.scatter_reduce", "aten.scatter_reduce_", "aten.index_reduce", "aten.index_reduce_")
+def _scatter_accumulate(call: OpCall) -> int:
+    return call["source"].numel if call.get("source") is not None else call["src"].numel
+
+
+def _write_only_self(call: OpCall) -> Traffic:
+    """copy_, fill_, random fills: self is overwritten, not read."""
+    read = tuple(extent(t) for name, t in call.tensors() if name not in ("self", *call.out_args))
+    return Traffic(read, tuple(extent(t) for t in call.written()))
+
+
+REGISTRY.add_traffic(
+    ("aten.copy_", "aten.fill_", "aten.zero_", "aten._foreach_copy_", "aten._foreach_zero_",
+     "aten.masked_fill_", "aten.zeros_like", "aten.ones_like", "aten.full_like", "aten.new_zeros",
+     "aten.new_ones", "aten.new_full", "aten.rand_like", "aten.randn_like", "aten.randint_like")
+    + tuple(f"aten.{name}_" for name in _RANDOM),
+    _write_only_self,
+)
+
+_DATA_MOVEMENT = (
+    "clone _to_copy copy copy_ cat stack hstack vstack constant_pad_nd reflection_pad1d "
+    "reflection_pad2d reflection_pad3d replication_pad1d replication_pad2d replication_pad3d "
+    "index_select gather index _unsafe_index take masked_select masked_scatter roll flip repeat "
+    "repeat_interleave tril triu tril_ triu_ slice_backward select_backward index_select_backward "
+    "scatter scatter_ narrow_copy unfold_backward as_strided_scatter slice_scatter select_scatter "
+    "diagonal_scatter diagonal_backward _local_scalar_dense _reshape_copy view_copy expand_copy "
+    "permute_copy t_copy transpose_copy unsqueeze_copy squeeze_copy alias_copy detach_copy "
+    "lift_fresh_copy pixel_shuffle pixel_unshuffle im2col col2im upsample_nearest1d "
+    "upsample_nearest2d upsample_nearest3d upsample_nearest2d_backward _pin_memory "
+    "_foreach_copy_ embedding_renorm_ nonzero unique _unique2 bincount masked_fill_"
+).split()
+
+
+def _no_flops(call: OpCall) -> int:
+    return 0
+
+
+REGISTRY.add_flops(tuple(f"aten.{name}" for name in _DATA_MOVEMENT if name != "masked_fill_"),
+                   _no_flops)
+
+# creation: writes its output, reads nothing; 0 FLOPs
+_CREATION = (
+    "zeros ones full zeros_like ones_like full_like new_zeros new_ones new_full fill_ zero_ "
+    "arange linspace logspace scalar_tensor eye _foreach_zero_ tril_indices triu_indices"
+).split()
+REGISTRY.add_flops(tuple(f"aten.{name}" for name in _CREATION), _no_flops)
+
+# allocation: no data is touched
+REGISTRY.zero(
+    "aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty",
+    "aten.new_empty_strided", "aten.resize_", "aten.resize_as_",
+)
+
+# views and metadata; ops whose schema marks every result as an alias are caught generically
+REGISTRY.zero(
+    *(
+        f"aten.{name}"
+        for name in (
+            "view _unsafe_view reshape _reshape_alias t transpose permute expand slice select "
+            "split split_with_sizes unsqueeze squeeze alias detach as_strided unbind narrow "
+            "lift_fresh unfold diagonal view_as_real view_as_complex _conj _neg_view real imag "
+            "sym_size sym_stride sym_numel sym_storage_offset is_same_size "
+            "_has_compatible_shallow_copy_type set_ squeeze_ unsqueeze_ t_ transpose_ as_strided_ "
+            "_assert_async _assert_tensor_metadata record_stream _nested_tensor_size "
+            "_nested_tensor_strides _nested_tensor_storage_offsets is_nonzero detach_ "
+            "_propagate_xla_data"
+        ).split()
+    ),
+    "profiler._record_function_enter",
+    "profiler._record_function_enter_new",
+    "profiler._record_function_exit",
+)
+
+
+# --- optimizers ------------------------------------------------------------------------------
+
+ADAM_FLOPS = 14  # m, v moments (7), sqrt/eps/divide (3), update (3), decoupled decay (1)
+
+
+def _param_elements(call: OpCall) -> int:
+    return sum(t.numel for t in call.tensors_of("self"))
+
+
+@flops("aten._fused_adamw_", "aten._fused_adam_")
+def _fused_adam(call: OpCall) -> int:
+    return (ADAM_FLOPS + (1 if call.get("amsgrad") else 0)) * _param_elements(call)
+
+
+@flops("aten._fused_sgd_")
+def _fused_sgd(call: OpCall) -> int:
+    per_element = 2
+    per_element += 2 if call.get("weight_decay") else 0
+    per_element += 3 if call.get("momentum") else 0
+    per_element += 2 if call.get("nesterov") else 0
+    return per_element * _param_elements(call)
+
+
+@flops("aten._fused_adagrad_")
+def _fused_adagrad(call: OpCall) -> int:
+    return 6 * _param_elements(call)
+
+
+def _fused_optimizer_traffic(call: OpCall) -> Traffic:
+    """Fused optimizers read params, grads and state, and write params and state (not grads,
+    though their schema marks grads writable for unscaling)."""
+    read = tuple(extent(t) for _, t in call.tensors())
+    written = tuple(
+        extent(t) for name in call.mutated if name != "grads" for t in call.tensors_of(name)
+    )
+    return Traffic(read, written)
+
+
+REGISTRY.add_traffic(
+    ("aten._fused_adamw_", "aten._fused_adam_", "aten._fused_sgd_", "aten._fused_adagrad_"),
+    _fused_optimizer_traffic,
+)
+
+REGISTRY.freeze()
+
+__all__ = [
+    "ELEMENTWISE",
+    "REDUCTIONS",
+    "LOSSES",
+    "REGISTRY",
+    "attention_flops",
+    "attention_backward_flops",
+    "bmm_flops",
+    "conv_flops",
+    "default_traffic",
+    "mm_flops",
+    "Extent",
+]

@@ -1,0 +1,216 @@
+"""`memwall.profile`: the context manager that records a run and hands back its report."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from memwall_plugin.analysis import rows_from_entries
+from memwall_plugin.formulas import REGISTRY
+from memwall_plugin.hooks.capture import Capture, CaptureEntry, ProfilerConflictError
+from memwall_plugin.registry import Registry
+from memwall_plugin.report import Report
+from memwall_plugin.schedule import Action, as_action_fn
+
+PLUGIN_DIR = Path("plugins") / "memwall"
+
+
+def default_registry() -> Registry:
+    """The built-in formulas (read-only; `.copy()` it to add your own)."""
+    return REGISTRY
+
+
+def _rank_and_world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _merge(into: dict[Any, CaptureEntry], table: dict[Any, CaptureEntry]) -> None:
+    for key, entry in table.items():
+        mine = into.get(key)
+        if mine is None:
+            into[key] = entry
+        else:
+            mine.merge(entry)
+
+
+class profile:  # noqa: N801 - named like torch.profiler.profile, which users know
+    """Record every aten op of the enclosed work: FLOPs, bytes moved, module, phase, time.
+
+    ```python
+    with memwall.profile(model=model, logdir="runs/exp1") as prof:
+        for batch in loader:
+            train_step(batch)
+            prof.step()
+    rep = prof.report()
+    ```
+
+    * `model`: name ops by this model's `named_modules()` paths and track only its modules;
+      without it every module that runs is tracked.
+    * `logdir`: the run directory; each recorded window is saved atomically under
+      `<logdir>/plugins/memwall/` when it ends (also when the block raises: marked incomplete).
+    * `schedule`: `memwall.schedule(wait=, warmup=, active=, repeat=)` or a
+      `torch.profiler.schedule`; steps outside the active window run with nothing installed.
+    * `registry`: formulas to count with (default: `memwall.default_registry()`).
+    * `summary`: print a summary when the block ends.
+    """
+
+    _open: profile | None = None
+
+    def __init__(
+        self,
+        model: torch.nn.Module | None = None,
+        logdir: str | os.PathLike[str] | None = None,
+        schedule: Any = None,
+        *,
+        registry: Registry | None = None,
+        summary: bool = True,
+    ) -> None:
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module (or None), got {type(model).__name__}")
+        if registry is not None and not isinstance(registry, Registry):
+            raise TypeError("registry must be a memwall Registry, e.g. memwall.default_registry().copy()")
+        self.model = model
+        self.logdir = Path(logdir) if logdir is not None else None
+        self._action_fn = as_action_fn(schedule)
+        self.registry = registry or REGISTRY
+        self.summary = summary
+        self._capture: Capture | None = None
+        self._step_num = 0
+        self._action = Action.NONE
+        self._step_start = 0.0
+        self._all: dict[Any, CaptureEntry] = {}
+        self._window: dict[Any, CaptureEntry] = {}
+        self._window_steps: list[int] = []
+        self._window_wall = 0.0
+        self._steps: list[int] = []
+        self._wall = 0.0
+        self._incomplete = False
+        self.saved: list[Path] = []
+
+    # -- context -------------------------------------------------------------------------------
+    def __enter__(self) -> profile:
+        if profile._open is not None:
+            raise ProfilerConflictError(
+                "memwall.profile is already active; profiles cannot be nested. "
+                "Use one profile and mark steps with prof.step()."
+            )
+        profile._open = self
+        try:
+            self._capture = Capture(self.model)
+            self._begin_step(0)
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self._incomplete = exc_type is not None
+        try:
+            self._end_step(final=True)
+        except Exception as err:  # memwall's own trouble must not replace the user's exception
+            if exc_type is None:
+                self._close()
+                raise
+            warnings.warn(f"memwall: could not finish the profile: {err}", RuntimeWarning, stacklevel=2)
+        finally:
+            self._close()
+        if self.summary and self._steps:
+            self._print_summary()
+        return False  # the user's exception, if any, propagates unchanged
+
+    def _close(self) -> None:
+        try:
+            if self._capture is not None:
+                self._capture.stop()
+        finally:
+            if profile._open is self:
+                profile._open = None
+
+    # -- steps ---------------------------------------------------------------------------------
+    def step(self) -> None:
+        """Mark the end of a step (a training iteration, a generated token, ...)."""
+        if profile._open is not self:
+            raise RuntimeError("prof.step() was called outside its `with memwall.profile(...)` block")
+        self._end_step(final=False)
+        self._begin_step(self._step_num + 1)
+
+    @property
+    def step_num(self) -> int:
+        return self._step_num
+
+    def _begin_step(self, step: int) -> None:
+        assert self._capture is not None
+        self._step_num = step
+        self._action = self._action_fn(step)
+        if self._action.recording:
+            self._capture.start()
+        else:
+            self._capture.stop()
+        self._step_start = time.perf_counter()
+
+    def _end_step(self, *, final: bool) -> None:
+        assert self._capture is not None
+        elapsed = time.perf_counter() - self._step_start
+        table = self._capture.take()
+        self._capture.end_step()
+        if self._action.kept and table:
+            _merge(self._window, table)
+            self._window_steps.append(self._step_num)
+            self._window_wall += elapsed
+        if self._action is Action.RECORD_AND_SAVE or (final and self._window_steps):
+            self._close_window()
+
+    def _close_window(self) -> None:
+        steps = tuple(self._window_steps)
+        report = self._build(self._window, steps, self._window_wall)
+        self._steps.extend(steps)
+        self._wall += self._window_wall
+        _merge(self._all, self._window)
+        self._window, self._window_steps, self._window_wall = {}, [], 0.0
+        if self.logdir is not None and report.rows:
+            name = f"rank{report.rank}_steps{steps[0]:06d}-{steps[-1]:06d}.json"
+            self.saved.append(report.save(self.logdir / PLUGIN_DIR / name))
+
+    # -- results -------------------------------------------------------------------------------
+    def _build(self, table: dict[Any, CaptureEntry], steps: tuple[int, ...], wall: float) -> Report:
+        rank, world = _rank_and_world()
+        return Report(
+            rows=rows_from_entries(table.values(), self.registry),
+            steps=steps,
+            wall_time_s=wall,
+            incomplete=self._incomplete,
+            rank=rank,
+            world_size=world,
+            torch_version=torch.__version__,
+            created_unix_s=time.time(),
+        )
+
+    def report(self) -> Report:
+        """The report over every recorded step so far."""
+        table = dict(self._all)
+        if self._window:
+            table = {k: CaptureEntry(v.call, v.module, v.phase, v.calls, v.time_ns) for k, v in table.items()}
+            _merge(table, self._window)
+        return self._build(table, tuple(self._steps + self._window_steps), self._wall + self._window_wall)
+
+    def _print_summary(self) -> None:
+        from memwall_plugin.summary import format_summary
+
+        text = format_summary(self.report())
+        where = f"\nreport saved: {self.saved[-1]}" if self.saved else ""
+        print(text + where, file=sys.stdout, flush=True)
