@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.memwall-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test clean
 
 setup: $(STAMP)
 
@@ -20,11 +20,9 @@ demo: setup
 	$(BIN)/python samples/quickstart.py --logdir runs/quickstart
 
 test: setup
-	$(BIN)/python -m pytest -q tests
-
-lint: setup
 	$(BIN)/ruff check memwall_plugin hooks tb_plugin tests samples
 	$(BIN)/mypy
+	$(BIN)/python -m pytest -q tests
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

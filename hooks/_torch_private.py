@@ -28,6 +28,25 @@ def node_variable(node: Any) -> Any:
     return getattr(node, "variable", None)
 
 
+_warm = False
+
+
+def warm_up_dispatch() -> None:
+    """Enter a dispatch mode once: the first entry in a process imports torch._dynamo (~1 s),
+    which must not be timed as part of the user's first step."""
+    global _warm
+    if _warm:
+        return
+
+    class _Nothing(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            return func(*args, **(kwargs or {}))
+
+    with _Nothing():
+        torch.empty(1).add_(1)
+    _warm = True
+
+
 def dispatch_mode_stack() -> list[Any]:
     return list(_get_current_dispatch_mode_stack())
 
@@ -40,4 +59,5 @@ __all__ = [
     "node_sequence_nr",
     "node_variable",
     "peek_sequence_nr",
+    "warm_up_dispatch",
 ]

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from memwall_plugin.hooks._torch_private import (
     TorchDispatchMode,
     current_autograd_node,
     dispatch_mode_stack,
+    warm_up_dispatch,
 )
 from memwall_plugin.hooks.modules import ModuleTracker
+
 from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OpCall, TensorMeta
 
 _Tensor = torch.Tensor
@@ -171,6 +172,7 @@ class Capture:
         self.tracker = ModuleTracker(model)
         self.table: dict[Any, CaptureEntry] = {}
         self._mode: _CaptureMode | None = None
+        warm_up_dispatch()
 
     @property
     def recording(self) -> bool:

@@ -14,16 +14,15 @@ import weakref
 from typing import Any
 
 import torch
-from torch.nn.modules import module as nn_module
-from torch.optim import optimizer as optim_module
-from torch.utils.hooks import RemovableHandle
-
 from memwall_plugin.hooks._torch_private import (
     ACCUMULATE_GRAD_SEQUENCE_NR,
     node_sequence_nr,
     node_variable,
     peek_sequence_nr,
 )
+from torch.nn.modules import module as nn_module
+from torch.optim import optimizer as optim_module
+from torch.utils.hooks import RemovableHandle
 
 
 class ModuleTracker:

@@ -11,6 +11,8 @@ from memwall_plugin.registry import Counted, Registry, default_traffic
 from memwall_plugin.report import Row
 
 _FLOATING = ("float", "bfloat", "complex")
+# record_function markers (torch.profiler, optimizer.step) dispatch as ops but compute nothing
+_IGNORED_NAMESPACES = ("profiler.",)
 
 
 def op_dtype(call: OpCall) -> str:
@@ -41,6 +43,8 @@ def rows_from_entries(entries: Iterable[CaptureEntry], registry: Registry) -> tu
     """One row per entry, totals over its calls, sorted by measured time (longest first)."""
     rows = []
     for e in entries:
+        if e.call.op.startswith(_IGNORED_NAMESPACES):
+            continue
         counted = count_safely(registry, e.call)
         n = e.calls
         t = counted.traffic

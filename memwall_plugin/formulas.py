@@ -617,7 +617,8 @@ _DATA_MOVEMENT = (
     "permute_copy t_copy transpose_copy unsqueeze_copy squeeze_copy alias_copy detach_copy "
     "lift_fresh_copy pixel_shuffle pixel_unshuffle im2col col2im upsample_nearest1d "
     "upsample_nearest2d upsample_nearest3d upsample_nearest2d_backward _pin_memory "
-    "_foreach_copy_ embedding_renorm_ nonzero unique _unique2 bincount masked_fill_"
+    "_foreach_copy_ embedding_renorm_ nonzero _unique _unique2 unique_dim unique_consecutive bincount "
+    "masked_fill_"
 ).split()
 
 
@@ -656,9 +657,6 @@ REGISTRY.zero(
             "_propagate_xla_data"
         ).split()
     ),
-    "profiler._record_function_enter",
-    "profiler._record_function_enter_new",
-    "profiler._record_function_exit",
 )
 
 

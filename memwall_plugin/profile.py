@@ -8,7 +8,7 @@ import time
 import warnings
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -118,7 +118,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> Literal[False]:
         self._incomplete = exc_type is not None
         try:
             self._end_step(final=True)

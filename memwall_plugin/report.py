@@ -11,7 +11,6 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,22 +250,3 @@ def load_report(path: str | os.PathLike[str]) -> Report:
     except json.JSONDecodeError as exc:
         raise ReportError(f"{source} is not valid JSON ({exc}); it may be truncated") from None
     return Report.from_dict(data, source)
-
-
-def merge_rows(rows: Iterable[Row]) -> Row:
-    """Sum rows into one (for roll-ups); FLOPs stay None if any part is uncounted."""
-    rows = list(rows)
-    if not rows:
-        raise ValueError("nothing to merge")
-    first = rows[0]
-    flops_parts = [r.flops for r in rows]
-    return dataclasses.replace(
-        first,
-        calls=sum(r.calls for r in rows),
-        flops=None if any(f is None for f in flops_parts) else sum(flops_parts),  # type: ignore[misc]
-        bytes_read=sum(r.bytes_read for r in rows),
-        bytes_written=sum(r.bytes_written for r in rows),
-        elements_read=sum(r.elements_read for r in rows),
-        elements_written=sum(r.elements_written for r in rows),
-        time_s=math.fsum(r.time_s for r in rows),
-    )

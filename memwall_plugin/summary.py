@@ -26,10 +26,15 @@ def _intensity(flops: int | None, nbytes: int) -> str:
     return f"{flops / nbytes:.3g}"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+def _table(headers: list[str], rows: list[list[str]], left: int) -> list[str]:
+    """Columns padded to fit; the first `left` columns are text (left-aligned), the rest numbers."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
     def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
     return [line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
 
 
@@ -54,7 +59,7 @@ def format_summary(report: Report, top: int = 15) -> str:
             r.op.removeprefix("aten."), r.module or "(top)", r.phase, str(r.calls),
             f"{share:.1%}", si(r.flops), si(r.bytes, "B"), _intensity(r.flops, r.bytes),
         ])
-    lines += _table(["op", "module", "phase", "calls", "time", "FLOPs", "bytes", "FLOP/B"], body)
+    lines += _table(["op", "module", "phase", "calls", "time", "FLOPs", "bytes", "FLOP/B"], body, 3)
 
     by_phase: dict[str, list[Row]] = defaultdict(list)
     for r in report.rows:
@@ -68,9 +73,9 @@ def format_summary(report: Report, top: int = 15) -> str:
         nbytes = sum(r.bytes for r in rows)
         time_s = sum(r.time_s for r in rows)
         share = time_s / total_time if total_time > 0 else 0.0
-        phase_rows.append([phase, "", "", str(sum(r.calls for r in rows)), f"{share:.1%}",
+        phase_rows.append([phase, str(sum(r.calls for r in rows)), f"{share:.1%}",
                            si(flops), si(nbytes, "B"), _intensity(flops, nbytes)])
-    lines += [""] + _table(["phase", "", "", "calls", "time", "FLOPs", "bytes", "FLOP/B"], phase_rows)
+    lines += [""] + _table(["phase", "calls", "time", "FLOPs", "bytes", "FLOP/B"], phase_rows, 1)
 
     uncounted: dict[str, list[Row]] = defaultdict(list)
     for r in report.uncounted:

@@ -1,0 +1,35 @@
+"""Shared helpers: run a function under memwall and pick rows out of its report."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+import memwall_plugin as memwall
+
+warnings.filterwarnings("ignore", message=".*loss_type=None.*")
+
+
+def profiled(fn: Callable[[], Any], model: torch.nn.Module | None = None) -> memwall.Report:
+    with memwall.profile(model=model, summary=False) as prof:
+        fn()
+    return prof.report()
+
+
+def rows_of(rep: memwall.Report, op: str, phase: str | None = None) -> list[memwall.Row]:
+    return [r for r in rep.rows if r.op == op and (phase is None or r.phase == phase)]
+
+
+def one_row(rep: memwall.Report, op: str, phase: str | None = None) -> memwall.Row:
+    rows = rows_of(rep, op, phase)
+    assert len(rows) == 1, f"expected one {op} row, got {[(r.module, r.phase, r.shapes) for r in rows]}"
+    return rows[0]
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

@@ -1,0 +1,219 @@
+"""Capture: module paths and phases, aggregation, schedules, and a clean lifecycle."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import one_row, profiled, rows_of
+from torch.nn.modules import module as nn_module
+from torch.optim import optimizer as optim_module
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+import memwall_plugin as memwall
+
+
+class Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.inner(x) * 2)
+
+
+def _global_hook_counts() -> tuple[int, ...]:
+    return (
+        len(nn_module._global_forward_pre_hooks),
+        len(nn_module._global_forward_hooks),
+        len(optim_module._global_optimizer_pre_hooks),
+        len(optim_module._global_optimizer_post_hooks),
+        len(_get_current_dispatch_mode_stack()),
+    )
+
+
+@pytest.mark.parametrize("pass_model", [True, False])
+def test_forward_and_backward_ops_carry_named_modules_paths(pass_model):
+    model = Block()
+    x = torch.randn(4, 16)
+    rep = profiled(lambda: model(x).sum().backward(), model=model if pass_model else None)
+    fwd = {r.module for r in rows_of(rep, "aten.addmm", "forward")}
+    assert fwd == {"inner.0", "inner.2", "head"}
+    # backward matmuls go to the module whose forward made them
+    bwd = {r.module for r in rep.filter(phase="backward") if r.op == "aten.mm"}
+    assert bwd == {"inner.0", "inner.2", "head"}
+    assert one_row(rep, "aten.threshold_backward").module == "inner.1"
+    assert one_row(rep, "aten.mul", "forward").module == ""  # the root's own op
+
+
+def test_gradient_accumulation_goes_to_the_parameter_module():
+    model = Block()
+    x = torch.randn(4, 16)
+    model(x).sum().backward()  # grads exist: the next backward accumulates with add_
+    rep = profiled(lambda: model(x).sum().backward(), model=model)
+    accumulate = [r for r in rep.filter(phase="backward") if r.op == "aten.add_"]
+    assert {r.module for r in accumulate} == {"inner.0", "inner.2", "head"}
+
+
+def test_with_model_other_modules_are_not_tracked():
+    model, other = Block(), torch.nn.Linear(2, 2)
+    x = torch.randn(4, 16)
+    rep = profiled(lambda: other(model(x)), model=model)
+    assert {r.module for r in rows_of(rep, "aten.addmm")} == {"inner.0", "inner.2", "head", ""}
+
+
+def test_optimizer_phase_for_every_optimizer_flavour():
+    model = Block()
+    for kwargs in ({"foreach": False}, {"foreach": True}, {"fused": True}):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, **kwargs)
+        model(torch.randn(4, 16)).sum().backward()
+
+        def step(opt=opt):
+            opt.step()
+            opt.zero_grad()
+
+        rep = profiled(step, model=model)
+        assert rep.rows and all(r.phase == "optimizer" for r in rep.rows), kwargs
+        assert sum(r.flops or 0 for r in rep.rows) > 0
+        assert sum(r.bytes for r in rep.rows) > 0
+
+
+def test_identical_calls_aggregate_into_one_row():
+    model = Block()
+    x = torch.randn(4, 16)
+    with memwall.profile(model=model, summary=False) as prof:
+        for _ in range(200):
+            model(x)
+            prof.step()
+    rep = prof.report()
+    assert len(rep.steps) == 200
+    assert len(rep.rows) == len({(r.op, r.module, r.phase, r.shapes) for r in rep.rows})
+    assert all(r.calls % 200 == 0 for r in rep.rows)
+    assert len(rep.rows) < 20
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_changing_learning_rate_does_not_grow_the_table(foreach):
+    def optimizer_rows(steps: int) -> int:
+        model = torch.nn.Linear(8, 8)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1, foreach=foreach)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
+        with memwall.profile(model=model, summary=False) as prof:
+            for _ in range(steps):
+                model(torch.randn(2, 8)).sum().backward()
+                opt.step()
+                opt.zero_grad()
+                sched.step()
+                prof.step()
+        return len(prof.report().filter(phase="optimizer"))
+
+    # lr and bias corrections change every step; the signatures must not
+    assert optimizer_rows(5) == optimizer_rows(40)
+
+
+def test_schedule_records_only_active_steps_and_installs_nothing_otherwise():
+    model = Block()
+    x = torch.randn(4, 16)
+    baseline = _global_hook_counts()
+    installed = []
+    with memwall.profile(model=model, schedule=memwall.schedule(wait=1, warmup=1, active=2, repeat=1),
+                         summary=False) as prof:
+        for _ in range(6):
+            installed.append(_global_hook_counts() != baseline)
+            model(x)
+            prof.step()
+    assert installed == [False, True, True, True, False, False]
+    rep = prof.report()
+    assert rep.steps == (2, 3)
+    assert {r.calls for r in rows_of(rep, "aten.addmm")} == {2}
+
+
+def test_torch_profiler_schedule_is_accepted():
+    x = torch.randn(4, 4)
+    with memwall.profile(schedule=torch.profiler.schedule(wait=1, warmup=0, active=1, repeat=1),
+                         summary=False) as prof:
+        for _ in range(3):
+            x @ x
+            prof.step()
+    assert prof.report().steps == (1,)
+
+
+def test_nothing_left_behind_after_normal_exit():
+    baseline = _global_hook_counts()
+    model = Block()
+    with memwall.profile(model=model, summary=False):
+        assert _global_hook_counts() != baseline
+        model(torch.randn(2, 16))
+    assert _global_hook_counts() == baseline
+
+
+def test_user_exception_propagates_unchanged_and_leaves_a_report(tmp_path):
+    baseline = _global_hook_counts()
+    model = Block()
+
+    class UserError(Exception):
+        pass
+
+    error = UserError("boom")
+    with pytest.raises(UserError) as info:
+        with memwall.profile(model=model, logdir=tmp_path, summary=False):
+            model(torch.randn(2, 16))
+            raise error
+    assert info.value is error
+    assert _global_hook_counts() == baseline
+    (saved,) = (tmp_path / "plugins" / "memwall").glob("*.json")
+    rep = memwall.load_report(saved)
+    assert rep.incomplete
+    assert rows_of(rep, "aten.addmm")
+
+
+def test_keyboard_interrupt_propagates_and_cleans_up():
+    baseline = _global_hook_counts()
+    with pytest.raises(KeyboardInterrupt):
+        with memwall.profile(summary=False):
+            torch.randn(3) + 1
+            raise KeyboardInterrupt
+    assert _global_hook_counts() == baseline
+
+
+def test_nested_profile_raises_a_clear_error():
+    baseline = _global_hook_counts()
+    with memwall.profile(summary=False) as outer:
+        with pytest.raises(memwall.ProfilerConflictError, match="already active"):
+            with memwall.profile(summary=False):
+                pass
+        torch.randn(4) * 2  # the outer profile still records
+    assert rows_of(outer.report(), "aten.mul")
+    assert _global_hook_counts() == baseline
+
+
+def test_logdir_holds_a_report_per_window(tmp_path):
+    x = torch.randn(8, 8)
+    with memwall.profile(logdir=tmp_path, schedule=memwall.schedule(wait=1, active=2), summary=False) as prof:
+        for _ in range(6):
+            x @ x
+            prof.step()
+    files = sorted(p.name for p in (tmp_path / "plugins" / "memwall").glob("*.json"))
+    assert files == ["rank0_steps000001-000002.json", "rank0_steps000004-000005.json"]
+    for name in files:
+        data = json.loads((tmp_path / "plugins" / "memwall" / name).read_text())
+        assert data["schema_version"] == memwall.SCHEMA_VERSION
+    assert prof.report().steps == (1, 2, 4, 5)
+
+
+def test_summary_is_printed_on_exit(capsys):
+    with memwall.profile():
+        torch.randn(64, 64) @ torch.randn(64, 64)
+    out = capsys.readouterr().out
+    assert "memwall:" in out and "mm" in out
+
+
+def test_bad_arguments_say_what_to_do():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        memwall.profile(model="gpt2")
+    with pytest.raises(TypeError, match="schedule"):
+        memwall.profile(schedule=3)
+    with pytest.raises(ValueError, match="active"):
+        memwall.schedule(active=0)

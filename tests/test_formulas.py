@@ -1,0 +1,214 @@
+"""FLOP formulas against hand-derived counts (2 FLOPs per multiply-add) and torch's FlopCounterMode."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import one_row, profiled, rows_of
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+import memwall_plugin as memwall
+from memwall_plugin.formulas import ELEMENTWISE, REDUCTIONS, REGISTRY
+
+
+def test_mm_and_addmm():
+    a, b, bias = torch.randn(32, 64), torch.randn(64, 16), torch.randn(16)
+    rep = profiled(lambda: (a @ b, torch.addmm(bias, a, b)))
+    assert one_row(rep, "aten.mm").flops == 2 * 32 * 64 * 16
+    # the matmul plus one bias add per output element
+    assert one_row(rep, "aten.addmm").flops == 2 * 32 * 64 * 16 + 32 * 16
+
+
+def test_bmm_and_baddbmm_and_mv():
+    a, b = torch.randn(4, 8, 16), torch.randn(4, 16, 5)
+    m, v = torch.randn(7, 9), torch.randn(9)
+    rep = profiled(lambda: (a @ b, torch.baddbmm(torch.randn(4, 8, 5), a, b), torch.mv(m, v)))
+    assert one_row(rep, "aten.bmm").flops == 2 * 4 * 8 * 16 * 5
+    assert one_row(rep, "aten.baddbmm").flops == 2 * 4 * 8 * 16 * 5 + 4 * 8 * 5
+    assert one_row(rep, "aten.mv").flops == 2 * 7 * 9
+
+
+def test_counts_repeat_over_calls():
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+
+    def work():
+        for _ in range(10):
+            a @ b
+
+    row = one_row(profiled(work), "aten.mm")
+    assert row.calls == 10
+    assert row.flops == 10 * 2 * 8 * 8 * 8
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_forward_and_backward(bias):
+    n, c_in, c_out, h, w, k = 2, 3, 8, 16, 16, 3
+    conv = torch.nn.Conv2d(c_in, c_out, k, padding=1, bias=bias)
+    x = torch.randn(n, c_in, h, w, requires_grad=True)
+    rep = profiled(lambda: conv(x).sum().backward())
+    macs = n * c_out * h * w * c_in * k * k  # output pixels x filter size
+    fwd = one_row(rep, "aten.convolution")
+    assert fwd.flops == 2 * macs + (n * c_out * h * w if bias else 0)
+    bwd = one_row(rep, "aten.convolution_backward")
+    # grad_input and grad_weight are each as large as the forward; grad_bias sums grad_output
+    assert bwd.flops == 2 * (2 * macs) + (n * c_out * h * w if bias else 0)
+
+
+def test_grouped_and_transposed_conv():
+    x = torch.randn(1, 8, 10, 10)
+    grouped = torch.nn.Conv2d(8, 8, 3, groups=4, bias=False)
+    up = torch.nn.ConvTranspose2d(8, 4, 2, stride=2, bias=False)
+    rep = profiled(lambda: (grouped(x), up(x)))
+    convs = {r.shapes: r.flops for r in rows_of(rep, "aten.convolution")}
+    assert convs["[1, 8, 10, 10] x [8, 2, 3, 3]"] == 2 * (8 * 8 * 8) * 2 * 9  # c_in/groups = 2
+    # transposed: every input pixel scatters into c_out channels over the 2x2 kernel
+    assert convs["[1, 8, 10, 10] x [8, 4, 2, 2]"] == 2 * (10 * 10) * 8 * 4 * 4
+
+
+def test_fused_attention_forward_and_backward():
+    b, h, s, d = 2, 4, 32, 16
+    q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for _ in range(3))
+    rep = profiled(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward())
+    scores = b * h * s * s
+    fwd = one_row(rep, "aten._scaled_dot_product_flash_attention_for_cpu")
+    # q k^T and P v, each 2 FLOPs per multiply-add, plus softmax at 5 per score
+    assert fwd.flops == 2 * scores * d + 2 * scores * d + 5 * scores
+    bwd = one_row(rep, "aten._scaled_dot_product_flash_attention_for_cpu_backward")
+    # recomputed q k^T, dV, dP, dQ, dK (5 matmuls), softmax recompute and backward, rowsum(dO*O)
+    assert bwd.flops == 5 * 2 * scores * d + 5 * scores + 4 * scores + 2 * b * h * s * d
+
+
+def test_attention_matmuls_agree_with_flop_counter_mode():
+    q = torch.randn(1, 12, 128, 64)
+    # FlopCounterMode (torch 2.13) has no formula for the CPU flash kernel and would count 0;
+    # on the math backend it counts the two bmm's, which memwall's fused formula must equal.
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        F.scaled_dot_product_attention(q, q, q)
+    rep = profiled(lambda: F.scaled_dot_product_attention(q, q, q))
+    softmax = 5 * 12 * 128 * 128
+    assert counter.get_total_flops() == 2 * 2 * 12 * 128 * 128 * 64
+    assert rep.total_flops - softmax == counter.get_total_flops()
+
+
+def test_norms_softmax_activations():
+    x = torch.randn(4, 10, 32)
+    ln = torch.nn.LayerNorm(32)
+    rep = profiled(lambda: (ln(x), x.softmax(-1), F.gelu(x), F.gelu(x, approximate="tanh"),
+                            torch.relu(x), torch.sigmoid(x), x.sum(-1), x.var(-1)))
+    n = x.numel()
+    assert one_row(rep, "aten.native_layer_norm").flops == 5 * n + 2 * n  # normalise + affine
+    assert one_row(rep, "aten._softmax").flops == 5 * n
+    gelus = sorted(r.flops for r in rows_of(rep, "aten.gelu"))
+    assert gelus == [5 * n, 9 * n]  # erf form, tanh approximation
+    assert one_row(rep, "aten.relu").flops == n
+    assert one_row(rep, "aten.sigmoid").flops == 4 * n
+    assert one_row(rep, "aten.sum").flops == n
+    assert one_row(rep, "aten.var").flops == 3 * n
+
+
+def test_elementwise_broadcast_counts_output_elements():
+    x, b = torch.randn(64, 128), torch.randn(128)
+    row = one_row(profiled(lambda: x + b), "aten.add")
+    assert row.flops == 64 * 128
+
+
+def test_cross_entropy_counts_log_softmax_and_nll():
+    logits, target = torch.randn(8, 100, requires_grad=True), torch.randint(0, 100, (8,))
+    rep = profiled(lambda: F.cross_entropy(logits, target).backward())
+    assert one_row(rep, "aten._log_softmax").flops == 5 * 800
+    assert one_row(rep, "aten.nll_loss_forward").flops == 2 * 8
+    assert one_row(rep, "aten.nll_loss_backward").flops == 2 * 8
+    assert one_row(rep, "aten._log_softmax_backward_data").flops == 4 * 800
+
+
+def test_data_movement_is_zero_flops_but_moves_bytes():
+    x = torch.randn(16, 32)
+    rep = profiled(lambda: (torch.cat([x, x]), x.clone(), x.t().contiguous()))
+    for op in ("aten.cat", "aten.clone"):
+        for row in rows_of(rep, op):
+            assert row.flops == 0
+            assert row.bytes > 0
+
+
+def test_foreach_ops_count_every_list_element():
+    params = [torch.randn(10, 10), torch.randn(7)]
+    others = [torch.randn(10, 10), torch.randn(7)]
+    rep = profiled(lambda: (torch._foreach_add_(params, others),
+                            torch._foreach_addcmul_(params, others, others, value=0.5)))
+    assert one_row(rep, "aten._foreach_add_").flops == 107
+    assert one_row(rep, "aten._foreach_addcmul_").flops == 3 * 107
+
+
+def test_uncounted_op_is_reported_not_zero():
+    registry = memwall.default_registry().copy()
+    registry._flops.pop("aten.mm")  # pretend the formula is missing
+    a = torch.randn(4, 4)
+    with memwall.profile(registry=registry, summary=False) as prof:
+        a @ a
+    rep = prof.report()
+    row = one_row(rep, "aten.mm")
+    assert row.flops is None
+    assert row in rep.uncounted
+    assert row.bytes == 3 * 16 * 4  # bytes are still counted
+    assert rep.coverage < 1.0
+
+
+def test_registry_rejects_duplicates_and_protects_the_default():
+    registry = memwall.default_registry().copy()
+    with pytest.raises(memwall.RegistryError, match="already registered"):
+        registry.add_flops("aten.mm", lambda call: 0)
+    with pytest.raises(memwall.RegistryError, match="read-only"):
+        memwall.default_registry().add_flops("aten.my_op", lambda call: 0)
+
+    @registry.flops("mylib.fancy")
+    def fancy(call):
+        return 7
+
+    assert registry.flop_formula("mylib.fancy", "default") is fancy
+
+
+def test_custom_formula_for_a_custom_op():
+    lib = torch.library.Library("memwall_test", "DEF")
+    lib.define("scale(Tensor x) -> Tensor")
+    lib.impl("scale", lambda x: x * 3, "CPU")
+    x = torch.randn(5, 6)
+    rep = profiled(lambda: torch.ops.memwall_test.scale(x))
+    assert one_row(rep, "memwall_test.scale").flops is None  # unknown: uncounted, not zero
+    registry = memwall.default_registry().copy()
+    registry.add_flops("memwall_test.scale", lambda call: call["x"].numel)
+    with memwall.profile(registry=registry, summary=False) as prof:
+        torch.ops.memwall_test.scale(x)
+    assert one_row(prof.report(), "memwall_test.scale").flops == 30
+
+
+def test_every_named_base_op_exists_in_torch():
+    """Catches typos: each elementwise, reduction and explicitly named op is a real aten op."""
+    names = [f"aten.{n}" for n in list(ELEMENTWISE) + list(REDUCTIONS)]
+    explicit = [n for n in REGISTRY.names() if not n.startswith(("aten._foreach_", "profiler."))]
+    missing = []
+    for name in set(names) | {n for n in explicit if not n.endswith("_")}:
+        _, op, *_ = name.split(".")
+        if not hasattr(torch.ops.aten, op):
+            missing.append(name)
+    assert not missing, f"registered ops unknown to torch: {sorted(missing)}"
+
+
+def test_pool_kernel_given_as_one_int():
+    x = torch.randn(1, 2, 8, 8)
+    rep = profiled(lambda: F.max_pool2d(x, 2))
+    row = one_row(rep, "aten.max_pool2d_with_indices")
+    assert row.flops == (2 * 4 * 4) * 4  # output elements x kernel (2x2)
+
+
+def test_layer_norm_backward_and_gelu_backward():
+    x = torch.randn(6, 32, requires_grad=True)
+    ln = torch.nn.LayerNorm(32)
+    rep = profiled(lambda: F.gelu(ln(x)).sum().backward())
+    n = x.numel()
+    assert one_row(rep, "aten.native_layer_norm_backward").flops == 8 * n + 2 * n + n
+    assert one_row(rep, "aten.gelu_backward").flops == 9 * n
+    assert math.isclose(rep.coverage, 1.0)
