@@ -127,6 +127,10 @@ def build_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: An
             aliased.append(False)
 
     namespace, _, name = schema.name.partition("::")
+    first = next((a for a in (*args, *_flatten_outputs(out)) if isinstance(a, _Tensor)), None)
+    if first is None:
+        listed = (t for a in args if isinstance(a, (list, tuple)) for t in a)
+        first = next((t for t in listed if isinstance(t, _Tensor)), None)
     return OpCall(
         op=f"{namespace}.{name}",
         overload=func._overloadname,
@@ -135,6 +139,7 @@ def build_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: An
         mutated=tuple(mutated),
         out_args=tuple(out_args),
         aliased_outputs=tuple(aliased),
+        device=first.device.type if first is not None else "cpu",
     )
 
 
@@ -149,13 +154,33 @@ def _key_of(value: Any) -> Any:
     return value
 
 
+def _first_tensor_is_cuda(args: tuple[Any, ...]) -> bool:
+    for a in args:
+        if isinstance(a, _Tensor):
+            return a.is_cuda
+        if isinstance(a, (list, tuple)) and a and isinstance(a[0], _Tensor):
+            return a[0].is_cuda
+    return False
+
+
 class _CaptureMode(TorchDispatchMode):
-    def __init__(self, capture: Capture) -> None:
+    def __init__(self, capture: Capture, cuda: bool) -> None:
         super().__init__()
         self._capture = capture
+        self._cuda = cuda
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
+        if self._cuda and _first_tensor_is_cuda(args):
+            # device time from events, resolved at the step's end: no synchronisation per op
+            start_event = torch.cuda.Event(enable_timing=True)
+            end_event = torch.cuda.Event(enable_timing=True)
+            start_event.record()
+            out = func(*args, **kwargs)
+            end_event.record()
+            entry = self._capture.record(func, args, kwargs, out, 0)
+            self._capture.pending_events.append((entry, start_event, end_event))
+            return out
         start = _perf_counter_ns()
         out = func(*args, **kwargs)
         elapsed = _perf_counter_ns() - start
@@ -172,6 +197,7 @@ class Capture:
         self.tracker = ModuleTracker(model)
         self.table: dict[Any, CaptureEntry] = {}
         self._mode: _CaptureMode | None = None
+        self.pending_events: list[tuple[CaptureEntry, Any, Any]] = []
         warm_up_dispatch()
 
     @property
@@ -188,7 +214,8 @@ class Capture:
             )
         Capture._active = self
         self.tracker.install()
-        self._mode = _CaptureMode(self)
+        cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+        self._mode = _CaptureMode(self, cuda)
         self._mode.__enter__()
 
     def stop(self) -> None:
@@ -209,16 +236,26 @@ class Capture:
                 Capture._active = None
 
     def take(self) -> dict[Any, CaptureEntry]:
-        """Hand over the table recorded so far and start a new one."""
+        """Hand over the table recorded so far and start a new one (GPU times resolved)."""
+        self.resolve_events()
         table, self.table = self.table, {}
         return table
+
+    def resolve_events(self) -> None:
+        """Wait once for the GPU and add each op's event-measured time to its entry."""
+        if not self.pending_events:
+            return
+        pending, self.pending_events = self.pending_events, []
+        pending[-1][2].synchronize()
+        for entry, start_event, end_event in pending:
+            entry.time_ns += int(start_event.elapsed_time(end_event) * 1e6)  # ms -> ns
 
     def end_step(self) -> None:
         self.tracker.end_step()
 
     def record(
         self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, elapsed_ns: int
-    ) -> None:
+    ) -> CaptureEntry:
         tracker = self.tracker
         node = current_autograd_node()
         if node is not None:
@@ -244,6 +281,7 @@ class Capture:
             self.table[key] = entry
         entry.calls += 1
         entry.time_ns += elapsed_ns
+        return entry
 
 
 __all__ = ["Capture", "CaptureEntry", "ProfilerConflictError", "build_call", "tensor_meta"]

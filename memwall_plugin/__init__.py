@@ -9,6 +9,16 @@ rep = prof.report()
 ```
 """
 
+from memwall_plugin.calibrate import Calibration, calibrate
+from memwall_plugin.devices import (
+    DeviceSpec,
+    Figure,
+    cpu_spec,
+    detect_device,
+    device_table,
+    lookup_device,
+    resolve_device,
+)
 from memwall_plugin.fvcore_counter import FvcoreCount, fvcore_flops
 from memwall_plugin.hooks.capture import ProfilerConflictError
 from memwall_plugin.profile import default_registry, profile
@@ -24,7 +34,7 @@ from memwall_plugin.records import (
     Traffic,
 )
 from memwall_plugin.registry import Registry, RegistryError
-from memwall_plugin.report import SCHEMA_VERSION, Report, ReportError, Row, load_report
+from memwall_plugin.report import SCHEMA_VERSION, Group, Report, ReportError, Row, load_report
 from memwall_plugin.schedule import Action, Schedule, schedule
 from memwall_plugin.summary import format_summary
 
@@ -38,6 +48,10 @@ __all__ = [
     "PHASES",
     "SCHEMA_VERSION",
     "Action",
+    "Calibration",
+    "DeviceSpec",
+    "Figure",
+    "Group",
     "Extent",
     "FvcoreCount",
     "OpCall",
@@ -50,7 +64,13 @@ __all__ = [
     "Schedule",
     "TensorMeta",
     "Traffic",
+    "calibrate",
+    "cpu_spec",
     "default_registry",
+    "detect_device",
+    "device_table",
+    "lookup_device",
+    "resolve_device",
     "format_summary",
     "fvcore_flops",
     "load_report",

@@ -13,10 +13,11 @@ from typing import Any, Literal
 import torch
 
 from memwall_plugin.analysis import rows_from_entries
+from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.hooks.capture import Capture, CaptureEntry, ProfilerConflictError
 from memwall_plugin.registry import Registry
-from memwall_plugin.report import Report
+from memwall_plugin.report import Report, place_rows
 from memwall_plugin.schedule import Action, as_action_fn
 
 PLUGIN_DIR = Path("plugins") / "memwall"
@@ -32,6 +33,15 @@ def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _tf32_families() -> tuple[str, ...]:
+    families = []
+    if torch.backends.cuda.matmul.allow_tf32:
+        families.append("matmul")
+    if torch.backends.cudnn.allow_tf32:
+        families.append("conv")
+    return tuple(families)
 
 
 def _merge(into: dict[Any, CaptureEntry], table: dict[Any, CaptureEntry]) -> None:
@@ -62,6 +72,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
       `torch.profiler.schedule`; steps outside the active window run with nothing installed.
     * `registry`: formulas to count with (default: `memwall.default_registry()`).
     * `summary`: print a summary when the block ends.
+    * `device`: place the run on this device's roofline ("H100 SXM", a DeviceSpec); default:
+      the detected device ($MEMWALL_DEVICE overrides), with calibrated ceilings when cached.
+    * `peaks`: override figures, e.g. `{"fp32": 80e9, "bandwidth": 23e9}` (FLOP/s, bytes/s);
+      $MEMWALL_PEAKS="fp32=80e9,bandwidth=23e9" does the same.
     """
 
     _open: profile | None = None
@@ -74,6 +88,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         *,
         registry: Registry | None = None,
         summary: bool = True,
+        device: str | DeviceSpec | None = None,
+        peaks: dict[str, float] | None = None,
     ) -> None:
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (or None), got {type(model).__name__}")
@@ -84,6 +100,12 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._action_fn = as_action_fn(schedule)
         self.registry = registry or REGISTRY
         self.summary = summary
+        # a named device or peaks are checked now, so a typo fails before the run, not after
+        self._device_arg = device
+        self._peaks_arg = peaks
+        self._device: DeviceSpec | None = None
+        if device is not None or peaks is not None:
+            self._device = resolve_device(device, peaks)
         self._capture: Capture | None = None
         self._step_num = 0
         self._action = Action.NONE
@@ -187,10 +209,32 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             self.saved.append(report.save(self.logdir / PLUGIN_DIR / name))
 
     # -- results -------------------------------------------------------------------------------
+    def _device_for(self, table: dict[Any, CaptureEntry]) -> DeviceSpec | None:
+        """The explicit device, else the detected device where most op time was spent."""
+        if self._device is not None:
+            return self._device
+        time_by_kind: dict[str, int] = {}
+        for e in table.values():
+            time_by_kind[e.call.device] = time_by_kind.get(e.call.device, 0) + e.time_ns
+        kind = max(time_by_kind, key=lambda k: time_by_kind[k], default="cpu")
+        kind = kind if kind in ("cuda", "mps") else "cpu"
+        try:
+            self._device = resolve_device(None, None, kind=kind)
+        except Exception as exc:  # detection trouble must not lose the report
+            warnings.warn(f"memwall: could not detect the device ({exc}); rows have no roofline",
+                          RuntimeWarning, stacklevel=3)
+            return None
+        return self._device
+
     def _build(self, table: dict[Any, CaptureEntry], steps: tuple[int, ...], wall: float) -> Report:
         rank, world = _rank_and_world()
+        device = self._device_for(table)
+        tf32 = _tf32_families() if device is not None and device.kind == "cuda" else ()
         return Report(
-            rows=rows_from_entries(table.values(), self.registry),
+            rows=place_rows(rows_from_entries(table.values(), self.registry), device, tf32),
+            device=device,
+            measured_on=device.name if device is not None else "",
+            tf32=tf32,
             steps=steps,
             wall_time_s=wall,
             incomplete=self._incomplete,

@@ -100,6 +100,7 @@ class OpCall:
     mutated: tuple[str, ...] = ()
     out_args: tuple[str, ...] = ()
     aliased_outputs: tuple[bool, ...] = ()
+    device: str = "cpu"  # device type of its first tensor: cpu | cuda | mps | meta ...
 
     def __getitem__(self, name: str) -> Any:
         for key, value in self.args:

@@ -11,10 +11,13 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memwall_plugin import roofline
+from memwall_plugin.devices import DeviceSpec, lookup_device
 from memwall_plugin.records import PHASES
 
 SCHEMA_VERSION = 1
@@ -41,10 +44,57 @@ class Row:
     elements_read: int
     elements_written: int
     time_s: float  # measured, summed over calls
+    # the ceilings this row is placed under (its dtype's peak on the report's device)
+    peak_flops_per_s: float | None = None
+    bandwidth_bytes_per_s: float | None = None
 
     @property
     def bytes(self) -> int:
         return self.bytes_read + self.bytes_written
+
+    @property
+    def intensity(self) -> float | None:
+        """FLOPs per byte moved (None when uncounted or nothing moves)."""
+        return roofline.intensity(self.flops, self.bytes)
+
+    @property
+    def ridge_point(self) -> float | None:
+        if not self.peak_flops_per_s or not self.bandwidth_bytes_per_s:
+            return None
+        return self.peak_flops_per_s / self.bandwidth_bytes_per_s
+
+    @property
+    def bound(self) -> str:
+        """"memory" | "compute" | "none" (views) | "unknown" (uncounted, or no ceilings)."""
+        return roofline.bound(self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s)
+
+    @property
+    def attainable_flops_per_s(self) -> float | None:
+        return roofline.attainable_flops_per_s(
+            self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s
+        )
+
+    @property
+    def achieved_flops_per_s(self) -> float | None:
+        return self.flops / self.time_s if self.flops is not None and self.time_s > 0 else None
+
+    @property
+    def achieved_bytes_per_s(self) -> float | None:
+        return self.bytes / self.time_s if self.time_s > 0 else None
+
+    @property
+    def efficiency(self) -> float | None:
+        """Achieved / attainable (FLOP/s; bytes/s for pure data movement)."""
+        return roofline.efficiency(
+            self.flops, self.bytes, self.time_s, self.peak_flops_per_s, self.bandwidth_bytes_per_s
+        )
+
+    @property
+    def roofline_time_s(self) -> float | None:
+        """The least time the roofline allows: max(flops / peak, bytes / bandwidth)."""
+        return roofline.roofline_time_s(
+            self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s
+        )
 
     @property
     def counted(self) -> bool:
@@ -56,6 +106,83 @@ class Row:
 
 
 _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Row))
+_REQUIRED_ROW_FIELDS = tuple(
+    f.name for f in dataclasses.fields(Row) if f.default is dataclasses.MISSING
+)
+
+
+#: Op families that run on TF32 tensor cores when torch allows it for fp32 on CUDA.
+TF32_FAMILIES = {
+    "matmul": frozenset({
+        "aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten._addmm_activation",
+        "aten.mv", "aten.addmv",
+    }),
+    "conv": frozenset({"aten.convolution", "aten._convolution", "aten.convolution_backward"}),
+}
+
+
+def place_rows(rows: Iterable[Row], device: DeviceSpec | None, tf32: tuple[str, ...] = ()) -> tuple[Row, ...]:
+    """Put each row under its dtype's roof on `device` (TF32 for fp32 matmul/conv where enabled)."""
+    tf32_ops = frozenset().union(*(TF32_FAMILIES[f] for f in tf32 if f in TF32_FAMILIES))
+    out = []
+    for r in rows:
+        if device is None:
+            peak = bw = None
+        else:
+            dtype = "tf32" if r.dtype == "float32" and r.op in tf32_ops and device.peak("tf32") else r.dtype
+            peak, bw = device.peak_flops_per_s(dtype), device.bandwidth_bytes_per_s
+        out.append(dataclasses.replace(r, peak_flops_per_s=peak, bandwidth_bytes_per_s=bw))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Rows rolled up by op, module or phase, placed on the same roofline."""
+
+    key: str
+    calls: int
+    flops: int | None  # None when every row is uncounted
+    uncounted_calls: int
+    bytes: int
+    time_s: float
+    peak_flops_per_s: float | None  # the roof of the group's dominant dtype (by FLOPs)
+    bandwidth_bytes_per_s: float | None
+
+    @property
+    def intensity(self) -> float | None:
+        return roofline.intensity(self.flops, self.bytes)
+
+    @property
+    def bound(self) -> str:
+        return roofline.bound(self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s)
+
+    @property
+    def efficiency(self) -> float | None:
+        return roofline.efficiency(
+            self.flops, self.bytes, self.time_s, self.peak_flops_per_s, self.bandwidth_bytes_per_s
+        )
+
+    @property
+    def roofline_time_s(self) -> float | None:
+        return roofline.roofline_time_s(
+            self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s
+        )
+
+
+def group_rows(key: str, rows: Iterable[Row]) -> Group:
+    rows = list(rows)
+    counted = [r for r in rows if r.flops is not None]
+    dominant = max(counted or rows, key=lambda r: (r.flops or 0, r.time_s), default=None)
+    return Group(
+        key=key,
+        calls=sum(r.calls for r in rows),
+        flops=sum(r.flops for r in counted) if counted else None,  # type: ignore[misc]
+        uncounted_calls=sum(r.calls for r in rows if r.flops is None),
+        bytes=sum(r.bytes for r in counted),
+        time_s=math.fsum(r.time_s for r in rows),
+        peak_flops_per_s=dominant.peak_flops_per_s if dominant else None,
+        bandwidth_bytes_per_s=dominant.bandwidth_bytes_per_s if dominant else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -63,10 +190,13 @@ class Report:
     """The analysis of the active steps of one profiled run (one rank)."""
 
     rows: tuple[Row, ...]
+    device: DeviceSpec | None = None  # the roofline the rows are placed on
     steps: tuple[int, ...] = ()  # indices of the recorded (active) steps
     wall_time_s: float = 0.0  # wall time of the recorded steps, profiler overhead included
     incomplete: bool = False  # the profiled block ended by an exception
     bytes_per_element: int | None = None  # set by rescore(); None = the real element sizes
+    measured_on: str = ""  # name of the device the times were measured on
+    tf32: tuple[str, ...] = ()  # op families that ran on TF32 tensor cores ("matmul", "conv")
     rank: int = 0
     world_size: int = 1
     torch_version: str = ""
@@ -109,16 +239,65 @@ class Report:
             return 1.0 if not self.uncounted else 0.0
         return math.fsum(r.time_s for r in self.rows if r.flops is not None) / total
 
+    @property
+    def memory_bound_time_fraction(self) -> float:
+        """Share of measured time spent in memory-bound ops (pure data movement included)."""
+        total = self.total_time_s
+        if total <= 0:
+            return 0.0
+        return math.fsum(r.time_s for r in self.rows if r.bound == roofline.MEMORY) / total
+
+    @property
+    def roofline_time_s(self) -> float | None:
+        """Sum over counted ops of max(flops / peak, bytes / bandwidth): the least time the
+        roofline allows for the counted work (compare with `counted_time_s`)."""
+        times = [r.roofline_time_s for r in self.rows if r.flops is not None]
+        if any(t is None for t in times):
+            return None
+        return math.fsum(t for t in times if t is not None)
+
+    @property
+    def counted_time_s(self) -> float:
+        return math.fsum(r.time_s for r in self.rows if r.flops is not None)
+
+    def totals(self) -> Group:
+        """The whole report as one roofline point (a step, or the recorded window)."""
+        return group_rows("total", self.rows)
+
+    def group_by(self, by: str) -> tuple[Group, ...]:
+        """Roll rows up by "op", "module" (exact path), "module_tree" (every ancestor path too)
+        or "phase"; longest time first."""
+        buckets: dict[str, list[Row]] = {}
+        for r in self.rows:
+            if by == "op":
+                keys = [r.op]
+            elif by == "module":
+                keys = [r.module]
+            elif by == "module_tree":
+                parts = r.module.split(".") if r.module else []
+                keys = [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
+            elif by == "phase":
+                keys = [r.phase]
+            else:
+                raise ValueError(f"group_by takes 'op', 'module', 'module_tree' or 'phase', not {by!r}")
+            for k in keys:
+                buckets.setdefault(k, []).append(r)
+        groups = [group_rows(k, rows) for k, rows in buckets.items()]
+        return tuple(sorted(groups, key=lambda g: (-g.time_s, g.key)))
+
     def filter(
         self,
         *,
         phase: str | None = None,
         module_prefix: str | None = None,
         op: str | None = None,
+        bound: str | None = None,
     ) -> tuple[Row, ...]:
-        """Rows of one phase, under one module path (a dotted prefix), or of one op."""
+        """Rows of one phase, under one module path (a dotted prefix), of one op or bound."""
         if phase is not None and phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}; expected one of {', '.join(PHASES)}")
+        if bound is not None and bound not in roofline.BOUNDS:
+            raise ValueError(f"unknown bound {bound!r}; expected one of {', '.join(roofline.BOUNDS)}")
         out = []
         for r in self.rows:
             if phase is not None and r.phase != phase:
@@ -127,42 +306,68 @@ class Report:
                 continue
             if module_prefix is not None and not _under(r.module, module_prefix):
                 continue
+            if bound is not None and r.bound != bound:
+                continue
             out.append(r)
         return tuple(out)
 
     # -- what-if -------------------------------------------------------------------------------
-    def rescore(self, bytes_per_element: int | None = None) -> Report:
-        """A new report with every tensor re-sized to `bytes_per_element` (the paper's 8-bit
-        accounting is `bytes_per_element=1`); FLOPs and times are unchanged."""
-        if bytes_per_element is None:
-            return self
-        if isinstance(bytes_per_element, bool) or not isinstance(bytes_per_element, int) or (
-            bytes_per_element <= 0
-        ):
-            raise ValueError(
-                f"bytes_per_element must be a positive int (1 for 8-bit, 2 for 16-bit), "
-                f"got {bytes_per_element!r}"
+    def rescore(
+        self, bytes_per_element: int | None = None, device: str | DeviceSpec | None = None
+    ) -> Report:
+        """A new report re-scored without re-running the model: every tensor re-sized to
+        `bytes_per_element` (the paper's 8-bit accounting is 1) and/or every row placed on
+        another `device` ("H100 SXM", or a DeviceSpec). FLOPs and measured times are unchanged;
+        `bound_changes(original)` on the result lists the ops that changed side."""
+        rows = self.rows
+        changes: dict[str, Any] = {}
+        if bytes_per_element is not None:
+            if isinstance(bytes_per_element, bool) or not isinstance(bytes_per_element, int) or (
+                bytes_per_element <= 0
+            ):
+                raise ValueError(
+                    f"bytes_per_element must be a positive int (1 for 8-bit, 2 for 16-bit), "
+                    f"got {bytes_per_element!r}"
+                )
+            rows = tuple(
+                dataclasses.replace(
+                    r,
+                    bytes_read=r.elements_read * bytes_per_element,
+                    bytes_written=r.elements_written * bytes_per_element,
+                )
+                for r in rows
             )
-        rows = tuple(
-            dataclasses.replace(
-                r,
-                bytes_read=r.elements_read * bytes_per_element,
-                bytes_written=r.elements_written * bytes_per_element,
-            )
-            for r in self.rows
-        )
-        return dataclasses.replace(self, rows=rows, bytes_per_element=bytes_per_element)
+            changes["bytes_per_element"] = bytes_per_element
+        if device is not None:
+            spec = lookup_device(device) if isinstance(device, str) else device
+            if not isinstance(spec, DeviceSpec):
+                raise TypeError(f"device must be a name like 'H100 SXM' or a DeviceSpec, got {device!r}")
+            # TF32 is a property of the run's settings; on a new device it applies if it has TF32
+            rows = place_rows(rows, spec, self.tf32)
+            changes["device"] = spec
+        return dataclasses.replace(self, rows=rows, **changes)
+
+    def bound_changes(self, other: Report) -> tuple[tuple[Row, Row], ...]:
+        """Pairs (row here, same row in `other`) whose bound differs: the ops that change side
+        of the ridge between two scorings of one run (e.g. `rep` and `rep.rescore(...)`)."""
+        if len(other.rows) != len(self.rows):
+            raise ValueError("bound_changes compares two scorings of the same run (same rows)")
+        return tuple((a, b) for a, b in zip(self.rows, other.rows) if a.bound != b.bound)
 
     # -- files ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         meta = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "rows"
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("rows", "device")
         }
         meta["steps"] = list(self.steps)
+        meta["tf32"] = list(self.tf32)
         return {
             "format": "memwall-report",
             "schema_version": SCHEMA_VERSION,
             "meta": meta,
+            "device": None if self.device is None else self.device.to_dict(),
             "rows": [{name: getattr(r, name) for name in _ROW_FIELDS} for r in self.rows],
         }
 
@@ -181,10 +386,14 @@ class Report:
             raise ReportError(f"{source} lacks its 'meta' object or 'rows' list")
         try:
             parsed = tuple(_row_from_dict(r) for r in rows)
-            kwargs = {f.name: meta[f.name] for f in dataclasses.fields(cls) if f.name in meta}
+            names = {f.name for f in dataclasses.fields(cls)} - {"rows", "device"}
+            kwargs = {k: meta[k] for k in names if k in meta}
             kwargs["steps"] = tuple(int(s) for s in kwargs.get("steps", ()))
+            kwargs["tf32"] = tuple(str(s) for s in kwargs.get("tf32", ()))
+            device = data.get("device")
+            kwargs["device"] = None if device is None else DeviceSpec.from_dict(device)
             return cls(rows=parsed, **kwargs)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ReportError(f"{source} has a malformed field: {exc}") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -217,10 +426,10 @@ def _under(module: str, prefix: str) -> bool:
 def _row_from_dict(data: Any) -> Row:
     if not isinstance(data, dict):
         raise TypeError(f"a row is {type(data).__name__}, not an object")
-    missing = [name for name in _ROW_FIELDS if name not in data]
+    missing = [name for name in _REQUIRED_ROW_FIELDS if name not in data]
     if missing:
         raise KeyError(f"row lacks {', '.join(missing)}")
-    row = Row(**{name: data[name] for name in _ROW_FIELDS})
+    row = Row(**{name: data[name] for name in _ROW_FIELDS if name in data})
     for name in ("calls", "bytes_read", "bytes_written", "elements_read", "elements_written"):
         value = getattr(row, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -229,6 +438,11 @@ def _row_from_dict(data: Any) -> Row:
         raise ValueError(f"row field flops must be an integer or null, got {row.flops!r}")
     if not isinstance(row.time_s, (int, float)) or not math.isfinite(row.time_s) or row.time_s < 0:
         raise ValueError(f"row field time_s must be a finite non-negative number, got {row.time_s!r}")
+    for name in ("peak_flops_per_s", "bandwidth_bytes_per_s"):
+        value = getattr(row, name)
+        finite = isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+        if value is not None and not finite:
+            raise ValueError(f"row field {name} must be a positive number or null, got {value!r}")
     return dataclasses.replace(row, time_s=float(row.time_s))
 
 

@@ -26,6 +26,17 @@ def _intensity(flops: int | None, nbytes: int) -> str:
     return f"{flops / nbytes:.3g}"
 
 
+_BOUND_MARK = {"memory": "MEMORY", "compute": "compute", "none": "-", "unknown": "?"}
+
+
+def _ridge(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.1f} ms"
+
+
 def _table(headers: list[str], rows: list[list[str]], left: int) -> list[str]:
     """Columns padded to fit; the first `left` columns are text (left-aligned), the rest numbers."""
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
@@ -51,15 +62,35 @@ def format_summary(report: Report, top: int = 15) -> str:
     ]
     if report.bytes_per_element is not None:
         lines.append(f"  bytes re-scored at {report.bytes_per_element} byte(s) per element")
+    device = report.device
+    if device is not None:
+        fp32 = device.peak("float32")
+        bw = device.bandwidth
+        lines.append(
+            f"  device {device.name}: fp32 peak {si(fp32.value if fp32 else None, 'FLOP/s')} "
+            f"({fp32.source if fp32 else 'unknown'}), bandwidth {si(bw.value if bw else None, 'B/s')} "
+            f"({bw.source if bw else 'unknown'}), fp32 ridge {_ridge(device.ridge_point('float32'))} FLOP/B"
+        )
+        if report.measured_on and report.measured_on != device.name:
+            lines.append(f"  times measured on {report.measured_on}; roofline of {device.name}")
+        predicted = report.roofline_time_s
+        lines.append(
+            f"  memory-bound ops take {report.memory_bound_time_fraction:.1%} of op time; "
+            f"roofline time {_ms(predicted)} vs measured {_ms(report.counted_time_s)} (counted ops)"
+        )
     lines.append("")
     body = []
     for r in report.rows[:top]:
         share = r.time_s / total_time if total_time > 0 else 0.0
+        eff = r.efficiency
         body.append([
             r.op.removeprefix("aten."), r.module or "(top)", r.phase, str(r.calls),
             f"{share:.1%}", si(r.flops), si(r.bytes, "B"), _intensity(r.flops, r.bytes),
+            _BOUND_MARK.get(r.bound, r.bound), "-" if eff is None else f"{eff:.0%}",
         ])
-    lines += _table(["op", "module", "phase", "calls", "time", "FLOPs", "bytes", "FLOP/B"], body, 3)
+    lines += _table(
+        ["op", "module", "phase", "calls", "time", "FLOPs", "bytes", "FLOP/B", "bound", "of roof"], body, 3
+    )
 
     by_phase: dict[str, list[Row]] = defaultdict(list)
     for r in report.rows:

@@ -33,3 +33,11 @@ def one_row(rep: memwall.Report, op: str, phase: str | None = None) -> memwall.R
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_environment(monkeypatch, tmp_path_factory) -> None:
+    """Tests never read the developer's calibration cache or device overrides."""
+    monkeypatch.setenv("MEMWALL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "empty-cache"))
+    monkeypatch.delenv("MEMWALL_DEVICE", raising=False)
+    monkeypatch.delenv("MEMWALL_PEAKS", raising=False)

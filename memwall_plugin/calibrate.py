@@ -1,0 +1,208 @@
+"""`memwall calibrate`: measure this machine's ceilings (a large GEMM per dtype, a STREAM triad).
+
+Results are cached per device in `$MEMWALL_CACHE_DIR` (default `~/.cache/memwall`) and preferred
+over datasheet or estimated figures whenever that device is detected again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from memwall_plugin.devices import CALIBRATED, DeviceSpec, peak_key
+
+ENV_CACHE_DIR = "MEMWALL_CACHE_DIR"
+CACHE_VERSION = 1
+
+_CALIBRATED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def cache_dir() -> Path:
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "memwall"
+
+
+def device_fingerprint(spec: DeviceSpec) -> str:
+    """Calibrations are valid for one device model and (on CPU) one thread count."""
+    if spec.kind == "cpu":
+        return f"cpu:{spec.name}"  # the name carries the model and the threads in use
+    return f"{spec.kind}:{spec.name}:{spec.memory_bytes}"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measured ceilings of one device."""
+
+    fingerprint: str
+    peaks_flops_per_s: dict[str, float]  # peak key -> FLOP/s
+    bandwidth_bytes_per_s: float  # STREAM triad
+    copy_bytes_per_s: float
+    measured_unix_s: float
+    details: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": CACHE_VERSION, "fingerprint": self.fingerprint,
+            "peaks_flops_per_s": self.peaks_flops_per_s,
+            "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s,
+            "copy_bytes_per_s": self.copy_bytes_per_s,
+            "measured_unix_s": self.measured_unix_s, "details": self.details,
+        }
+
+
+def _cache_file() -> Path:
+    return cache_dir() / "calibration.json"
+
+
+def _load_all() -> dict[str, Any]:
+    try:
+        data = json.loads(_cache_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+        return {}
+    devices = data.get("devices")
+    return devices if isinstance(devices, dict) else {}
+
+
+def load_calibration(spec: DeviceSpec) -> Calibration | None:
+    entry = _load_all().get(device_fingerprint(spec))
+    if not isinstance(entry, dict):
+        return None
+    try:
+        peaks = {str(k): float(v) for k, v in entry["peaks_flops_per_s"].items() if float(v) > 0}
+        return Calibration(
+            fingerprint=str(entry["fingerprint"]), peaks_flops_per_s=peaks,
+            bandwidth_bytes_per_s=float(entry["bandwidth_bytes_per_s"]),
+            copy_bytes_per_s=float(entry["copy_bytes_per_s"]),
+            measured_unix_s=float(entry["measured_unix_s"]), details=dict(entry.get("details", {})),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None  # an unreadable cache entry is ignored, never fatal
+
+
+def save_calibration(calibration: Calibration) -> Path:
+    devices = _load_all()
+    devices[calibration.fingerprint] = calibration.to_dict()
+    target = _cache_file()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"version": CACHE_VERSION, "devices": devices}, indent=1), encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def apply_calibration(spec: DeviceSpec) -> DeviceSpec:
+    """The spec with cached measured ceilings (if any) in place of datasheet or estimated ones."""
+    calibration = load_calibration(spec)
+    if calibration is None:
+        return spec
+    measured = spec.with_figures(
+        calibration.peaks_flops_per_s, calibration.bandwidth_bytes_per_s, source=CALIBRATED
+    )
+    when = time.strftime("%Y-%m-%d", time.localtime(calibration.measured_unix_s))
+    return dataclasses.replace(
+        measured,
+        source=f"calibrated {when} (GEMM per dtype, STREAM triad); other figures: {spec.source}",
+        notes="",
+    )
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+def _timer(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    def run(fn: Callable[[], Any]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    return run
+
+
+def measure_gemm(
+    dtype: torch.dtype, device: torch.device, *, budget_s: float = 0.3, max_n: int = 4096, repeats: int = 3
+) -> tuple[float, int]:
+    """Best FLOP/s of an n x n x n matmul; n doubles until one matmul takes `budget_s`."""
+    timed = _timer(device)
+    n = 256
+    while True:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+
+        def matmul(a: torch.Tensor = a, b: torch.Tensor = b) -> torch.Tensor:
+            return a @ b
+
+        if timed(matmul) >= budget_s or n >= max_n:
+            break
+        n *= 2
+    best = min(timed(matmul) for _ in range(repeats))
+    return 2 * n**3 / best, n
+
+
+def measure_stream(
+    device: torch.device, *, elements: int | None = None, repeats: int = 5
+) -> tuple[float, float, int]:
+    """STREAM-style copy and triad (a = b + s*c) in fp32: best bytes/s of each.
+
+    Arrays are far larger than the last-level cache (default 32M elements, 128 MB each)."""
+    timed = _timer(device)
+    n = elements or 32 * 2**20
+    a = torch.empty(n, device=device)
+    b = torch.rand(n, device=device)
+    c = torch.rand(n, device=device)
+    a.copy_(b)  # touch every page before timing
+    copy = min(timed(lambda: a.copy_(b)) for _ in range(repeats))
+    triad = min(timed(lambda: torch.add(b, c, alpha=3.0, out=a)) for _ in range(repeats))
+    return 3 * 4 * n / triad, 2 * 4 * n / copy, n
+
+
+def calibrate(
+    spec: DeviceSpec,
+    *,
+    device: torch.device | None = None,
+    quick: bool = False,
+    progress: Callable[[str], None] | None = None,
+    save: bool = True,
+) -> Calibration:
+    """Measure `spec`'s device: a GEMM per supported dtype and a STREAM copy/triad; cache it."""
+    device = device or torch.device("cuda" if spec.kind in ("cuda", "rocm") else spec.kind)
+    budget = 0.05 if quick else 0.3
+    peaks: dict[str, float] = {}
+    details: dict[str, Any] = {"quick": quick, "threads": torch.get_num_threads()}
+    for dtype in _CALIBRATED_DTYPES:
+        name = str(dtype).removeprefix("torch.")
+        if progress:
+            progress(f"GEMM {name}")
+        try:
+            flops, n = measure_gemm(dtype, device, budget_s=budget, max_n=2048 if quick else 4096)
+        except (RuntimeError, TypeError) as exc:  # dtype not supported here
+            details[f"gemm_{name}"] = f"skipped: {exc}"
+            continue
+        peaks[peak_key(name)] = flops
+        details[f"gemm_{name}_n"] = n
+    if progress:
+        progress("STREAM copy and triad")
+    triad, copy, n = measure_stream(device, repeats=3 if quick else 5)
+    details["stream_elements"] = n
+    calibration = Calibration(
+        fingerprint=device_fingerprint(spec), peaks_flops_per_s=peaks, bandwidth_bytes_per_s=triad,
+        copy_bytes_per_s=copy, measured_unix_s=time.time(), details=details,
+    )
+    if save:
+        save_calibration(calibration)
+    return calibration

@@ -1,0 +1,481 @@
+"""Device peaks: the datasheet table, lookup by a forgiving name, and detection of this machine.
+
+Every figure carries where it came from: "datasheet", "estimated", "calibrated" or "user".
+Precedence when several exist: user > calibrated > datasheet / estimated.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import os
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+DATASHEET = "datasheet"
+ESTIMATED = "estimated"
+CALIBRATED = "calibrated"
+USER = "user"
+SOURCES = (DATASHEET, ESTIMATED, CALIBRATED, USER)
+
+#: Peak columns of the table, in order.
+PEAK_KEYS = ("fp64", "fp32", "tf32", "bf16", "fp16", "fp8", "int8")
+
+#: torch dtype names -> the peak that bounds them. Integer and bool ops run on the vector units;
+#: complex arithmetic on the real units of its component width.
+_DTYPE_TO_PEAK = {
+    "float64": "fp64", "complex128": "fp64",
+    "float32": "fp32", "complex64": "fp32",
+    "bfloat16": "bf16", "float16": "fp16", "half": "fp16",
+    "float8_e4m3fn": "fp8", "float8_e5m2": "fp8", "float8_e4m3fnuz": "fp8", "float8_e5m2fnuz": "fp8",
+    "int8": "int8", "uint8": "int8",
+}
+
+ENV_DEVICE = "MEMWALL_DEVICE"
+ENV_PEAKS = "MEMWALL_PEAKS"
+
+
+@dataclass(frozen=True, slots=True)
+class Figure:
+    """One number with its provenance."""
+
+    value: float
+    source: str  # datasheet | estimated | calibrated | user
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"figure source must be one of {SOURCES}, got {self.source!r}")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """A device's ceilings: peak FLOP/s per dtype, memory bandwidth, capacity, interconnect."""
+
+    key: str  # "h100-sxm", "cpu"
+    name: str  # "H100 SXM5 80GB", "AMD EPYC (2 threads, AVX2+FMA)"
+    kind: str  # cuda | rocm | mps | cpu
+    peaks: tuple[tuple[str, Figure], ...]  # (peak key, FLOP/s) for the dtypes it supports
+    bandwidth: Figure | None  # memory bandwidth, bytes/s
+    memory_bytes: int | None = None
+    interconnect: str = ""
+    interconnect_bandwidth: Figure | None = None  # bytes/s
+    source: str = ""  # the document the datasheet figures come from, or how they were estimated
+    notes: str = ""
+
+    def peak(self, dtype: str) -> Figure | None:
+        """The peak that bounds an op in `dtype` ("float32", "bf16", ...). Integer and bool ops
+        use the fp32 (vector) rate; a dtype the device lacks falls back to fp32."""
+        key = peak_key(dtype)
+        table = dict(self.peaks)
+        return table.get(key) or table.get("fp32")
+
+    def peak_flops_per_s(self, dtype: str) -> float | None:
+        figure = self.peak(dtype)
+        return figure.value if figure else None
+
+    @property
+    def bandwidth_bytes_per_s(self) -> float | None:
+        return self.bandwidth.value if self.bandwidth else None
+
+    def ridge_point(self, dtype: str = "float32") -> float | None:
+        """FLOPs per byte where the bandwidth slope meets the roof for `dtype`."""
+        peak, bw = self.peak_flops_per_s(dtype), self.bandwidth_bytes_per_s
+        return peak / bw if peak and bw else None
+
+    @property
+    def sources(self) -> frozenset[str]:
+        figures = [f for _, f in self.peaks]
+        if self.bandwidth is not None:
+            figures.append(self.bandwidth)
+        return frozenset(f.source for f in figures)
+
+    def with_figures(
+        self, peaks: dict[str, float] | None = None, bandwidth: float | None = None, source: str = USER
+    ) -> DeviceSpec:
+        """A copy with some figures replaced (peak keys or dtype names; FLOP/s and bytes/s)."""
+        table = dict(self.peaks)
+        for name, value in (peaks or {}).items():
+            _check_positive(name, value)
+            table[peak_key(name)] = Figure(float(value), source)
+        bw = self.bandwidth
+        if bandwidth is not None:
+            _check_positive("bandwidth", bandwidth)
+            bw = Figure(float(bandwidth), source)
+        ordered = tuple((k, table[k]) for k in PEAK_KEYS if k in table)
+        return dataclasses.replace(self, peaks=ordered, bandwidth=bw)
+
+    # -- files ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        def fig(f: Figure | None) -> dict[str, Any] | None:
+            return None if f is None else {"value": f.value, "source": f.source}
+
+        return {
+            "key": self.key, "name": self.name, "kind": self.kind,
+            "peaks": {k: fig(f) for k, f in self.peaks},
+            "bandwidth": fig(self.bandwidth),
+            "memory_bytes": self.memory_bytes,
+            "interconnect": self.interconnect,
+            "interconnect_bandwidth": fig(self.interconnect_bandwidth),
+            "source": self.source, "notes": self.notes,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DeviceSpec:
+        def fig(d: Any) -> Figure | None:
+            if d is None:
+                return None
+            value = float(d["value"])
+            _check_positive("figure", value)
+            return Figure(value, str(d["source"]))
+
+        peaks = data["peaks"]
+        if not isinstance(peaks, dict) or any(k not in PEAK_KEYS for k in peaks):
+            raise ValueError(f"device peaks must be an object keyed by {', '.join(PEAK_KEYS)}")
+        return cls(
+            key=str(data["key"]), name=str(data["name"]), kind=str(data["kind"]),
+            peaks=tuple((k, f) for k in PEAK_KEYS if (f := fig(peaks.get(k))) is not None),
+            bandwidth=fig(data.get("bandwidth")),
+            memory_bytes=None if data.get("memory_bytes") is None else int(data["memory_bytes"]),
+            interconnect=str(data.get("interconnect", "")),
+            interconnect_bandwidth=fig(data.get("interconnect_bandwidth")),
+            source=str(data.get("source", "")), notes=str(data.get("notes", "")),
+        )
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a positive finite number (FLOP/s or bytes/s), got {value!r}")
+
+
+def peak_key(dtype: Any) -> str:
+    """"float32" / torch.float32 / "fp32" -> "fp32"."""
+    name = str(dtype).removeprefix("torch.").lower()
+    if name in PEAK_KEYS:
+        return name
+    if name in _DTYPE_TO_PEAK:
+        return _DTYPE_TO_PEAK[name]
+    if name in ("float", "single"):
+        return "fp32"
+    if name in ("double",):
+        return "fp64"
+    return "fp32"  # integers, bool: vector units
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TableRow:
+    spec: DeviceSpec
+    match: tuple[str, ...]
+    form: str
+    mem_type: str
+    mem_gb: float
+
+
+def _num(text: str) -> float | None:
+    text = text.strip()
+    return float(text) if text else None
+
+
+@functools.cache
+def _table() -> tuple[_TableRow, ...]:
+    text = resources.files("memwall_plugin").joinpath("data/devices.csv").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    rows = []
+    for rec in csv.DictReader(io.StringIO("\n".join(lines))):
+        peaks = tuple(
+            (k, Figure(v * 1e12, DATASHEET)) for k in PEAK_KEYS if (v := _num(rec[k])) is not None
+        )
+        bw = _num(rec["mem_bw_GBps"])
+        link = _num(rec["interconnect_GBps"])
+        mem_gb = _num(rec["mem_GB"]) or 0.0
+        spec = DeviceSpec(
+            key=rec["key"], name=f"{rec['vendor']} {rec['name']}".replace("Apple Apple", "Apple"),
+            kind=rec["kind"], peaks=peaks,
+            bandwidth=Figure(bw * 1e9, DATASHEET) if bw else None,
+            memory_bytes=int(mem_gb * 1e9) if mem_gb else None,
+            interconnect=rec["interconnect"],
+            interconnect_bandwidth=Figure(link * 1e9, DATASHEET) if link else None,
+            source=rec["source"], notes=rec["notes"],
+        )
+        rows.append(_TableRow(spec, tuple(rec["match"].split()), rec["form"], rec["mem_type"], mem_gb))
+    return tuple(rows)
+
+
+def device_table() -> tuple[DeviceSpec, ...]:
+    """Every device memwall knows, as datasheet figures."""
+    return tuple(r.spec for r in _table())
+
+
+def _tokens(name: str) -> list[str]:
+    return [t for t in re.split(r"[^a-z0-9]+", name.lower()) if t]
+
+
+_FORMS = ("sxm", "pcie", "nvl")
+
+
+def _match(name: str, memory_gib: float | None = None) -> _TableRow | None:
+    tokens = _tokens(name)
+    token_set = set(tokens)
+    name_forms = {f for f in _FORMS if any(t.startswith(f) for t in tokens)}
+    best: tuple[float, int, _TableRow] | None = None
+    for order, row in enumerate(_table()):
+        if not set(row.match) <= token_set:
+            continue
+        score = 100.0 * len(row.match)  # "m1 pro" beats "m1" for "Apple M1 Pro"
+        if name_forms:
+            same = bool(row.form) and any(
+                row.form.startswith(f) or f.startswith(row.form) for f in name_forms
+            )
+            score += 10 if same else -10
+        if row.mem_type and row.mem_type in token_set:
+            score += 3
+        if memory_gib is not None and row.mem_gb:
+            score -= 5 * abs(memory_gib - row.mem_gb) / row.mem_gb
+        sized = [t for t in tokens if re.fullmatch(r"\d+gb", t)]
+        if sized and row.mem_gb and memory_gib is None:
+            score -= 5 * abs(float(sized[0][:-2]) - row.mem_gb) / row.mem_gb
+        candidate = (score, -order, row)
+        if best is None or candidate[:2] > best[:2]:
+            best = candidate
+    return best[2] if best else None
+
+
+def lookup_device(name: str) -> DeviceSpec:
+    """A table row by a forgiving name: "h100", "H100 SXM", "NVIDIA H100 80GB HBM3", "h100-pcie"."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError("device name must be a non-empty string, e.g. 'H100 SXM'")
+    for row in _table():
+        if row.spec.key == name.strip().lower():
+            return row.spec
+    match = _match(name)
+    if match is None:
+        known = ", ".join(r.spec.key for r in _table())
+        raise LookupError(f"no device in memwall's table matches {name!r}; known: {known}. "
+                          "Pass peaks= to describe another device.")
+    return match.spec
+
+
+# --- detection ----------------------------------------------------------------------------------
+
+# FP32 lanes x FMA pipes per SM per clock, and dense fp16 tensor FLOPs per SM per clock,
+# by compute capability (from the architecture whitepapers); used only for unknown GPUs.
+_FP32_FLOPS_PER_SM_CLOCK = {7: 128, 8: 256, 9: 256, 10: 256, 12: 256}
+_TENSOR_FLOPS_PER_SM_CLOCK = {7: 1024, 8: 2048, 9: 4096, 10: 8192, 12: 2048}
+
+
+def estimate_gpu(props: Any) -> DeviceSpec:
+    """Estimate an unknown GPU from its SM count, clock and compute capability."""
+    major = int(getattr(props, "major", 8))
+    minor = int(getattr(props, "minor", 0))
+    sms = int(props.multi_processor_count)
+    clock_hz = float(getattr(props, "clock_rate", 0) or 1_500_000) * 1e3  # kHz
+    fp32_per_sm = _FP32_FLOPS_PER_SM_CLOCK.get(major, 256)
+    if (major, minor) == (8, 0):
+        fp32_per_sm = 128  # GA100 has 64 FP32 lanes per SM
+    tensor_per_sm = _TENSOR_FLOPS_PER_SM_CLOCK.get(major, 1024)
+    if major == 8 and minor >= 6:
+        tensor_per_sm = 1024  # GA10x / AD10x: half of GA100 per SM
+    fp32 = sms * clock_hz * fp32_per_sm
+    tensor = sms * clock_hz * tensor_per_sm
+    peaks = [("fp64", fp32 / (2 if (major, minor) in ((6, 0), (7, 0), (8, 0), (9, 0)) else 64)),
+             ("fp32", fp32), ("fp16", tensor)]
+    if major >= 8:
+        peaks += [("tf32", tensor / 2), ("bf16", tensor)]
+    if major >= 9 or (major, minor) == (8, 9):
+        peaks.append(("fp8", tensor * 2))
+    peaks.append(("int8", tensor * 2))
+    mem_clock = float(getattr(props, "memory_clock_rate", 0) or 0) * 1e3  # kHz -> Hz
+    bus_bits = float(getattr(props, "memory_bus_width", 0) or 0)
+    bandwidth = 2 * mem_clock * bus_bits / 8 if mem_clock and bus_bits else None  # double data rate
+    ordered = sorted(peaks, key=lambda kv: PEAK_KEYS.index(kv[0]))
+    return DeviceSpec(
+        key="gpu-estimated", name=f"{props.name} (estimated)",
+        kind="rocm" if getattr(props, "gcnArchName", "") else "cuda",
+        peaks=tuple((k, Figure(v, ESTIMATED)) for k, v in ordered),
+        bandwidth=Figure(bandwidth, ESTIMATED) if bandwidth else None,
+        memory_bytes=int(props.total_memory),
+        source=f"estimated from {sms} SMs at {clock_hz / 1e9:.2f} GHz, compute capability {major}.{minor}",
+        notes="not in memwall's table: run `memwall calibrate` for measured ceilings",
+    )
+
+
+def gpu_spec(props: Any) -> DeviceSpec:
+    """The table row for a GPU's reported name and memory, else an estimate."""
+    memory_gib = int(props.total_memory) / 2**30
+    row = _match(str(props.name), memory_gib)
+    if row is None:
+        return estimate_gpu(props)
+    return dataclasses.replace(row.spec, memory_bytes=int(props.total_memory))
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _cpuinfo_field(cpuinfo: str, field: str) -> str:
+    match = re.search(rf"^{field}\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
+    return match.group(1).strip() if match else ""
+
+
+def cpu_spec(
+    threads: int | None = None, cpuinfo: str | None = None, max_khz: str | None = None
+) -> DeviceSpec:
+    """Estimate this CPU's peaks from its ISA flags, FMA pipes, threads in use and clock.
+
+    fp32 = threads x clock x FMA pipes x vector lanes x 2. Bandwidth cannot be read from the
+    ISA: it is a rough 10 GB/s per thread in use (run `memwall calibrate` to measure it)."""
+    import torch
+
+    threads = threads or torch.get_num_threads()
+    cpuinfo = _read("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+    flags = set((_cpuinfo_field(cpuinfo, "flags") or _cpuinfo_field(cpuinfo, "Features")).split())
+    model = _cpuinfo_field(cpuinfo, "model name") or _cpuinfo_field(cpuinfo, "Model") or "CPU"
+    max_khz = _read("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") if max_khz is None else max_khz
+    if max_khz.strip():
+        clock = float(max_khz) * 1e3
+    elif mhz := _cpuinfo_field(cpuinfo, "cpu MHz"):
+        clock = float(mhz) * 1e6
+    elif bogo := _cpuinfo_field(cpuinfo, "bogomips") or _cpuinfo_field(cpuinfo, "BogoMIPS"):
+        clock = float(bogo) / 2 * 1e6
+    else:
+        clock = 2.5e9
+
+    if "avx512f" in flags:
+        lanes, isa = 16, "AVX-512"
+    elif "avx2" in flags or "avx" in flags:
+        lanes, isa = 8, "AVX2" if "avx2" in flags else "AVX"
+    elif "asimd" in flags or "neon" in flags:
+        lanes, isa = 4, "NEON"
+    else:
+        lanes, isa = 4, "SSE"
+    fma_pipes = 2 if ("fma" in flags or "asimd" in flags) else 1
+    if "fma" in flags:
+        isa += "+FMA"
+    fp32 = threads * clock * fma_pipes * lanes * 2
+    peaks = {"fp64": fp32 / 2, "fp32": fp32}
+    if "amx_bf16" in flags:
+        peaks["bf16"] = threads * clock * 1024
+        isa += "+AMX"
+    elif "avx512_bf16" in flags or "bf16" in flags:
+        peaks["bf16"] = 2 * fp32
+        isa += "+BF16"
+    else:
+        peaks["bf16"] = fp32  # converted to fp32 on the fly: an upper bound, often far above
+    peaks["fp16"] = 2 * fp32 if "avx512_fp16" in flags else fp32
+    if "amx_int8" in flags:
+        peaks["int8"] = threads * clock * 2048
+    elif {"avx512_vnni", "avx_vnni"} & flags:
+        peaks["int8"] = 4 * fp32
+    else:
+        peaks["int8"] = 2 * fp32
+    bandwidth = min(10e9 * threads, 200e9)
+    return DeviceSpec(
+        key="cpu", name=f"{model} ({threads} threads, {isa})", kind="cpu",
+        peaks=tuple((k, Figure(peaks[k], ESTIMATED)) for k in PEAK_KEYS if k in peaks),
+        bandwidth=Figure(bandwidth, ESTIMATED),
+        source=f"estimated: {threads} threads x {clock / 1e9:.2f} GHz x {fma_pipes} FMA pipes x "
+               f"{lanes} fp32 lanes x 2; bandwidth 10 GB/s per thread",
+        notes="run `memwall calibrate` to measure this machine's ceilings",
+    )
+
+
+def mps_spec(brand: str) -> DeviceSpec:
+    row = _match(brand)
+    if row is None:
+        return DeviceSpec(key="mps-unknown", name=f"{brand} (unknown Apple GPU)", kind="mps", peaks=(),
+                          bandwidth=None, notes="run `memwall calibrate` for measured ceilings")
+    return row.spec
+
+
+def parse_peaks(text: str) -> tuple[dict[str, float], float | None]:
+    """"fp32=80e9,bf16=1e9,bandwidth=23e9" -> ({"fp32": 8e10, "bf16": 1e9}, 2.3e10)."""
+    peaks: dict[str, float] = {}
+    bandwidth = None
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"peak {part!r} should look like fp32=80e9 or bandwidth=23e9")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"peak {part!r}: {value!r} is not a number (FLOP/s or bytes/s)") from None
+        name = name.strip().lower()
+        if name in ("bandwidth", "bw", "mem_bw"):
+            bandwidth = number
+        elif name in PEAK_KEYS or name in _DTYPE_TO_PEAK:
+            peaks[name] = number
+        else:
+            raise ValueError(f"unknown peak {name!r}: use one of {', '.join(PEAK_KEYS)} or bandwidth")
+    return peaks, bandwidth
+
+
+def detect_device(kind: str | None = None, index: int | None = None) -> DeviceSpec:
+    """The device work runs on: "cuda" (NVIDIA or ROCm), "mps" or "cpu" (default: CUDA when
+    available, else MPS, else CPU), with calibrated figures applied when cached."""
+    import torch
+
+    from memwall_plugin.calibrate import apply_calibration
+
+    if kind is None:
+        kind = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
+    if kind in ("cuda", "rocm"):
+        props = torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index)
+        spec = gpu_spec(props)
+    elif kind == "mps":
+        import platform
+
+        spec = mps_spec(platform.processor() or "Apple")
+    else:
+        spec = cpu_spec()
+    return apply_calibration(spec)
+
+
+def _mps_available() -> bool:
+    import torch
+
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend and backend.is_available())
+
+
+def resolve_device(
+    device: str | DeviceSpec | None = None,
+    peaks: dict[str, float] | None = None,
+    *,
+    kind: str | None = None,
+    environ: dict[str, str] | None = None,
+) -> DeviceSpec:
+    """The device a report is placed on: an explicit `device` (name or spec), else
+    $MEMWALL_DEVICE, else the detected one; then `peaks` / $MEMWALL_PEAKS override figures."""
+    env = os.environ if environ is None else environ
+    if device is None and env.get(ENV_DEVICE):
+        device = env[ENV_DEVICE]
+    if isinstance(device, DeviceSpec):
+        spec = device
+    elif isinstance(device, str):
+        spec = lookup_device(device)
+    elif device is None:
+        spec = detect_device(kind)
+    else:
+        raise TypeError(f"device must be a name like 'H100 SXM' or a DeviceSpec, got {device!r}")
+    if env.get(ENV_PEAKS):
+        try:
+            env_peaks, env_bw = parse_peaks(env[ENV_PEAKS])
+        except ValueError as exc:
+            raise ValueError(f"${ENV_PEAKS}: {exc}") from None
+        spec = spec.with_figures(env_peaks, env_bw)
+    if peaks:
+        if not isinstance(peaks, dict):
+            raise TypeError("peaks must be a dict like {'fp32': 80e9, 'bandwidth': 23e9}")
+        flops = {k: v for k, v in peaks.items() if k != "bandwidth"}
+        spec = spec.with_figures(flops, peaks.get("bandwidth"))
+    return spec

@@ -1,0 +1,164 @@
+"""The roofline on rows, groups and reports; calibration; what-if re-scoring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import one_row
+
+import memwall_plugin as memwall
+from memwall_plugin import roofline
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_roofline_formulas():
+    # ridge at 10 FLOP/B for a 100 FLOP/s, 10 B/s device
+    assert roofline.bound(99, 10, 100.0, 10.0) == "memory"
+    assert roofline.bound(100, 10, 100.0, 10.0) == "compute"
+    assert roofline.bound(0, 10, 100.0, 10.0) == "memory"  # pure data movement
+    assert roofline.bound(0, 0, 100.0, 10.0) == "none"
+    assert roofline.bound(None, 10, 100.0, 10.0) == "unknown"
+    assert roofline.attainable_flops_per_s(50, 10, 100.0, 10.0) == 50.0  # 5 FLOP/B x 10 B/s
+    assert roofline.attainable_flops_per_s(500, 10, 100.0, 10.0) == 100.0
+    assert roofline.roofline_time_s(500, 10, 100.0, 10.0) == 5.0
+    assert roofline.roofline_time_s(50, 100, 100.0, 10.0) == 10.0
+    assert roofline.efficiency(50, 10, 2.0, 100.0, 10.0) == 0.5
+
+
+@pytest.fixture(scope="module")
+def calibrated_cache(tmp_path_factory):
+    """A quick calibration of this machine, in a private cache."""
+    path = tmp_path_factory.mktemp("cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MEMWALL_CACHE_DIR", str(path))
+    spec = memwall.detect_device("cpu")
+    memwall.calibrate(spec, quick=True)
+    yield path
+    mp.undo()
+
+
+def test_calibrated_figures_are_preferred_and_say_so(calibrated_cache, monkeypatch):
+    monkeypatch.setenv("MEMWALL_CACHE_DIR", str(calibrated_cache))
+    spec = memwall.detect_device("cpu")
+    assert spec.peak("float32").source == "calibrated"
+    assert spec.bandwidth.source == "calibrated"
+    assert spec.peak("int8").source == "estimated"  # not measured: still says so
+
+
+def test_matmul_is_compute_bound_and_add_memory_bound_on_this_cpu(calibrated_cache, monkeypatch):
+    monkeypatch.setenv("MEMWALL_CACHE_DIR", str(calibrated_cache))
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    n = 64 * 2**20
+    x, y, out = torch.randn(n), torch.randn(n), torch.empty(n)
+    out.copy_(x)  # the output buffer already touched, as a training loop reuses its memory
+    a @ b
+    with memwall.profile(summary=False) as prof:
+        a @ b
+        torch.add(x, y, out=out)
+        x + y  # a fresh 256 MB output: first-touch page faults cost extra time, still memory-bound
+    rep = prof.report()
+    assert rep.device.peak("float32").source == "calibrated"
+    mm = one_row(rep, "aten.mm")
+    assert mm.bound == "compute"
+    assert mm.achieved_flops_per_s / mm.peak_flops_per_s >= 0.5
+    adds = sorted((r for r in rep.rows if r.op == "aten.add"), key=lambda r: r.time_s)
+    assert all(r.bound == "memory" for r in adds)
+    reused = adds[0]
+    assert 0.5 <= reused.achieved_bytes_per_s / reused.bandwidth_bytes_per_s <= 1.5
+    assert rep.memory_bound_time_fraction == pytest.approx(
+        sum(r.time_s for r in adds) / rep.total_time_s
+    )
+
+
+def test_headlines_and_groups(calibrated_cache, monkeypatch):
+    monkeypatch.setenv("MEMWALL_CACHE_DIR", str(calibrated_cache))
+    model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256))
+    x = torch.randn(64, 256)
+    with memwall.profile(model=model, summary=False) as prof:
+        model(x).sum().backward()
+    rep = prof.report()
+    predicted = sum(r.roofline_time_s for r in rep.rows if r.flops is not None)
+    assert rep.roofline_time_s == pytest.approx(predicted)
+    assert 0 < rep.roofline_time_s
+    phases = {g.key: g for g in rep.group_by("phase")}
+    assert set(phases) == {"forward", "backward", "other"}
+    assert sum(g.flops for g in phases.values()) == rep.total_flops
+    tree = {g.key: g for g in rep.group_by("module_tree")}
+    assert tree[""].flops == rep.total_flops  # the root rolls up everything
+    assert tree["0"].flops == sum(r.flops for r in rep.rows if r.module == "0")
+    assert rep.totals().bound in ("memory", "compute")
+
+
+@pytest.fixture(scope="module")
+def decode_report(tmp_path_factory):
+    """GPT-2 (2 layers) decoding 16 sequences at once with its KV cache, saved and re-loaded."""
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2)
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    batch = 16
+    with torch.no_grad():
+        out = model(torch.randint(0, cfg.vocab_size, (batch, 8)), use_cache=True)
+        past = out.past_key_values
+        with memwall.profile(model=model, summary=False) as prof:
+            for _ in range(4):
+                token = out.logits[:, -1:].argmax(-1)
+                out = model(token, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                prof.step()
+    path = prof.report().save(tmp_path_factory.mktemp("decode") / "decode.json")
+    return memwall.load_report(path)
+
+
+def test_rescore_changes_intensity_by_the_element_size_ratio(decode_report):
+    eight_bit = decode_report.rescore(device="H100 SXM", bytes_per_element=1)
+    assert eight_bit.device.key == "h100-sxm"
+    assert eight_bit.total_flops == decode_report.total_flops
+    checked = 0
+    for before, after in zip(decode_report.rows, eight_bit.rows):
+        if before.intensity is None:
+            continue
+        ratio = before.bytes / (before.elements_read + before.elements_written)
+        assert after.intensity == pytest.approx(before.intensity * ratio, rel=1e-12)
+        if before.dtype == "float32" and before.op in ("aten.addmm", "aten.mm"):
+            assert after.intensity == pytest.approx(4 * before.intensity, rel=1e-12)
+            checked += 1
+    assert checked >= 9  # 4 linears per layer x 2 layers + lm_head
+
+
+def test_rescore_moves_batched_decode_matmuls_across_the_ridge(decode_report):
+    """Batch-16 decode matmuls run at ~8 FLOP/B in fp32 (below the H100's fp32 ridge of 20)
+    and ~31 FLOP/B at 8 bits (above it); elementwise ops stay memory-bound."""
+    h100 = decode_report.rescore(device="H100 SXM")
+    eight_bit = h100.rescore(bytes_per_element=1)
+    ridge = memwall.lookup_device("h100-sxm").ridge_point("float32")
+    assert ridge == pytest.approx(67e12 / 3.35e12)
+    changes = h100.bound_changes(eight_bit)
+    moved = {(a.op, a.module) for a, b in changes}
+    linears = {(r.op, r.module) for r in h100.rows if r.op in ("aten.addmm", "aten.mm")}
+    assert linears and linears <= moved
+    for a, b in changes:
+        assert (a.bound, b.bound) == ("memory", "compute")
+        assert a.intensity < ridge <= b.intensity
+    for r in eight_bit.rows:
+        if r.op in ("aten.add", "aten.mul", "aten.native_layer_norm"):
+            assert r.bound == "memory"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_detection_event_timing_and_roofline():
+    spec = memwall.detect_device("cuda")
+    assert spec.kind in ("cuda", "rocm")
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(256 * 2**20, device="cuda")
+    a @ a
+    torch.cuda.synchronize()
+    with memwall.profile(summary=False) as prof:
+        a @ a
+        x * 2
+    rep = prof.report()
+    mm, mul = one_row(rep, "aten.mm"), one_row(rep, "aten.mul")
+    assert mm.bound == "compute" and mul.bound == "memory"
+    assert mm.time_s > 0 and mul.time_s > 0
+    assert 0.2 < mm.efficiency <= 1.2
+    assert 0.3 < mul.efficiency <= 1.2
