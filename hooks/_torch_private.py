@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import torch
@@ -26,6 +27,22 @@ def node_sequence_nr(node: Any) -> int:
 def node_variable(node: Any) -> Any:
     """The leaf tensor of an AccumulateGrad node, or None for any other node."""
     return getattr(node, "variable", None)
+
+
+def forward_kwargs() -> dict[str, Any]:
+    """The keyword arguments of the module call whose global forward pre-hook is running.
+
+    Global pre-hooks receive only positional arguments; generation passes everything by
+    keyword. Read them from torch's Module._call_impl frame; {} if torch changed its shape."""
+    frame = sys._getframe(1)
+    for _ in range(4):
+        frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            return {}
+        if frame.f_code.co_name == "_call_impl":
+            kwargs = frame.f_locals.get("kwargs")
+            return kwargs if isinstance(kwargs, dict) else {}
+    return {}
 
 
 _warm = False
@@ -56,6 +73,7 @@ __all__ = [
     "TorchDispatchMode",
     "current_autograd_node",
     "dispatch_mode_stack",
+    "forward_kwargs",
     "node_sequence_nr",
     "node_variable",
     "peek_sequence_nr",

@@ -163,6 +163,15 @@ def _first_tensor_is_cuda(args: tuple[Any, ...]) -> bool:
     return False
 
 
+def _builds_graph(args: tuple[Any, ...]) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    for a in args:
+        if isinstance(a, _Tensor) and a.requires_grad:
+            return True
+    return False
+
+
 class _CaptureMode(TorchDispatchMode):
     def __init__(self, capture: Capture, cuda: bool) -> None:
         super().__init__()
@@ -203,6 +212,16 @@ class Capture:
     @property
     def recording(self) -> bool:
         return self._mode is not None
+
+    def open(self) -> None:
+        """Begin the capture's lifetime (optimizer tracking); start() / stop() toggle recording."""
+        self.tracker.open()
+
+    def close(self) -> None:
+        try:
+            self.stop()
+        finally:
+            self.tracker.close()
 
     def start(self) -> None:
         if self._mode is not None:
@@ -265,9 +284,13 @@ class Capture:
         elif tracker.in_optimizer:
             phase, module = OPTIMIZER, ""
         elif tracker.stack:
-            phase, module = FORWARD, tracker.stack[-1]
+            phase = tracker.user_label or tracker.generation_label or FORWARD
+            module = tracker.stack[-1]
+        elif _builds_graph(args):
+            # outside any module but on the autograd graph: a loss, a functional model
+            phase, module = tracker.user_label or FORWARD, ""
         else:
-            phase, module = OTHER, ""
+            phase, module = tracker.user_label or OTHER, ""
         key = (
             func,
             module,

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import bisect
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from memwall_plugin.hooks._torch_private import (
     ACCUMULATE_GRAD_SEQUENCE_NR,
+    forward_kwargs,
     node_sequence_nr,
     node_variable,
     peek_sequence_nr,
@@ -42,6 +44,11 @@ class ModuleTracker:
             self._add_root(model)
         self.stack: list[str] = []
         self.in_optimizer = 0
+        # phase labels: the user's (prof.phase) wins over one detected from a generation call
+        self.user_label: str | None = None
+        self.generation_label: str | None = None
+        self._label_depth = -1
+        self.on_optimizer_step: Callable[[Any], None] | None = None
         # forward timeline: innermost module path from each sequence number on
         self._seqs: list[int] = []
         self._paths: list[str] = []
@@ -49,6 +56,7 @@ class ModuleTracker:
         self._last_node: Any = None
         self._last_path = ""
         self._handles: list[RemovableHandle] = []
+        self._optimizer_handles: list[RemovableHandle] = []
 
     # -- names -------------------------------------------------------------------------------
     def _add_root(self, root: torch.nn.Module) -> None:
@@ -70,14 +78,29 @@ class ModuleTracker:
         return name
 
     # -- hooks -------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Optimizer hooks, for the whole profile: they fire once per optimizer step, and a step
+        boundary marked from one must not remove hooks torch is iterating over."""
+        if not self._optimizer_handles:
+            self._optimizer_handles = [
+                optim_module.register_optimizer_step_pre_hook(self._pre_step),
+                optim_module.register_optimizer_step_post_hook(self._post_step),
+            ]
+
+    def close(self) -> None:
+        self.remove()
+        for handle in self._optimizer_handles:
+            handle.remove()
+        self._optimizer_handles = []
+        self.in_optimizer = 0
+
     def install(self) -> None:
+        """Module hooks, for recorded steps only."""
         if self._handles:
             return
         self._handles = [
             nn_module.register_module_forward_pre_hook(self._pre_forward),
             nn_module.register_module_forward_hook(self._post_forward, always_call=True),
-            optim_module.register_optimizer_step_pre_hook(self._pre_step),
-            optim_module.register_optimizer_step_post_hook(self._post_step),
         ]
 
     def remove(self) -> None:
@@ -85,7 +108,7 @@ class ModuleTracker:
             handle.remove()
         self._handles = []
         self.stack.clear()
-        self.in_optimizer = 0
+        self.generation_label, self._label_depth = None, -1
 
     @property
     def installed(self) -> bool:
@@ -95,12 +118,19 @@ class ModuleTracker:
         name = self._name_of(module)
         if name is None:  # not part of the tracked model: stay with the enclosing path
             name = self.stack[-1] if self.stack else ""
+        if name == "" and self.generation_label is None:
+            # the model itself is called: is it a step of text generation?
+            label = generation_phase(forward_kwargs())
+            if label is not None:
+                self.generation_label, self._label_depth = label, len(self.stack)
         self.stack.append(name)
         self._mark(name)
 
     def _post_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self.stack:
             self.stack.pop()
+        if len(self.stack) == self._label_depth:
+            self.generation_label, self._label_depth = None, -1
         self._mark(self.stack[-1] if self.stack else "")
 
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
@@ -108,6 +138,8 @@ class ModuleTracker:
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self.in_optimizer = max(0, self.in_optimizer - 1)
+        if self.on_optimizer_step is not None:
+            self.on_optimizer_step(optimizer)
 
     # -- backward attribution ----------------------------------------------------------------
     def _mark(self, path: str) -> None:
@@ -140,3 +172,28 @@ class ModuleTracker:
         del self._paths[: self._kept_from]
         self._kept_from = len(self._seqs)
         self._last_node = None
+
+
+def generation_phase(kwargs: dict[str, Any]) -> str | None:
+    """"prefill" for the call that fills a KV cache, "decode" for calls that extend one, None
+    for calls that keep no cache (training, plain inference). Recognises transformers' Cache
+    objects and the legacy tuple-of-(key, value) format."""
+    past = kwargs.get("past_key_values")
+    if past is None and kwargs.get("use_cache") is not True:
+        return None
+    return "prefill" if _cache_length(past) == 0 else "decode"
+
+
+def _cache_length(past: Any) -> int:
+    if past is None:
+        return 0
+    length = getattr(past, "get_seq_length", None)
+    if callable(length):
+        try:
+            return int(length())
+        except Exception:  # a cache type we do not know: treat as filled
+            return 1
+    if isinstance(past, (list, tuple)) and past and isinstance(past[0], (list, tuple)) and past[0]:
+        key = past[0][0]
+        return int(key.shape[-2]) if isinstance(key, torch.Tensor) and key.dim() >= 2 else 0
+    return 0

@@ -10,6 +10,7 @@ rep = prof.report()
 """
 
 from memwall_plugin.calibrate import Calibration, calibrate
+from memwall_plugin.console import Summary, SummaryOptions, findings, format_summary, render_text
 from memwall_plugin.devices import (
     DeviceSpec,
     Figure,
@@ -36,7 +37,6 @@ from memwall_plugin.records import (
 from memwall_plugin.registry import Registry, RegistryError
 from memwall_plugin.report import SCHEMA_VERSION, Group, Report, ReportError, Row, load_report
 from memwall_plugin.schedule import Action, Schedule, schedule
-from memwall_plugin.summary import format_summary
 
 __version__ = "0.1.0"
 
@@ -62,6 +62,8 @@ __all__ = [
     "ReportError",
     "Row",
     "Schedule",
+    "Summary",
+    "SummaryOptions",
     "TensorMeta",
     "Traffic",
     "calibrate",
@@ -71,7 +73,9 @@ __all__ = [
     "device_table",
     "lookup_device",
     "resolve_device",
+    "findings",
     "format_summary",
+    "render_text",
     "fvcore_flops",
     "load_report",
     "profile",

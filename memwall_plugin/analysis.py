@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Iterable
 
@@ -39,9 +40,20 @@ def count_safely(registry: Registry, call: OpCall) -> Counted:
         return Counted(None, default_traffic(call))
 
 
+#: From this many signatures on, building a report shows a progress bar (on a terminal).
+PROGRESS_FROM = 5000
+
+
 def rows_from_entries(entries: Iterable[CaptureEntry], registry: Registry) -> tuple[Row, ...]:
     """One row per entry, totals over its calls, sorted by measured time (longest first)."""
     rows = []
+    entries = list(entries)
+    if len(entries) >= PROGRESS_FROM and sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import track
+
+        entries = track(entries, description="memwall: analysing", transient=True,  # type: ignore[assignment]
+                        console=Console(stderr=True))
     for e in entries:
         if e.call.op.startswith(_IGNORED_NAMESPACES):
             continue

@@ -1,18 +1,28 @@
-"""The `memwall` command: devices, calibrate, report."""
+"""The `memwall` command: run, report, devices, calibrate."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
+import runpy
 import sys
+import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from memwall_plugin.console import Summary, SummaryOptions
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, parse_peaks, resolve_device
-from memwall_plugin.report import Report, ReportError, load_report
+from memwall_plugin.profile import profile
+from memwall_plugin.report import Group, Report, ReportError, Row, load_report, merge_reports
+from memwall_plugin.schedule import Schedule
 
 EXIT_USAGE = 2
 
@@ -71,7 +81,6 @@ def _cmd_devices(args: argparse.Namespace, console: Console) -> int:
         return 0
     spec = _resolve(args)
     if args.json:
-        import json
 
         console.print_json(json.dumps(spec.to_dict()))
         return 0
@@ -122,33 +131,198 @@ def _cmd_calibrate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _find_report(path: Path) -> Path:
+def find_reports(path: Path) -> list[Path]:
+    """The report files of one run: a file, or every window of the run under a logdir."""
     if path.is_file():
-        return path
-    if path.is_dir():
-        found = sorted(path.rglob("plugins/memwall/*.json"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise CliError(f"{path} holds no memwall report (looked for plugins/memwall/*.json under it)")
-        return found[-1]
-    raise CliError(f"{path}: no such file or directory; pass a logdir or a report .json")
+        return [path]
+    if not path.is_dir():
+        raise CliError(f"{path}: no such file or directory; pass a logdir or a report .json")
+    found = sorted(path.rglob("plugins/memwall/*.json"))
+    if not found:
+        raise CliError(f"{path} holds no memwall report (looked for plugins/memwall/*.json under it)")
+    runs = sorted({p.parent.parent.parent for p in found})
+    if len(runs) > 1:
+        listing = "\n  ".join(str(r) for r in runs)
+        raise CliError(f"{path} holds {len(runs)} runs; pass one of:\n  {listing}")
+    ranks = {p.name.split("_")[0] for p in found}
+    if len(ranks) > 1:
+        found = [p for p in found if p.name.startswith("rank0_")] or found
+    return found
+
+
+def load_run(path: Path) -> Report:
+    try:
+        return merge_reports(load_report(p) for p in find_reports(path))
+    except ReportError as exc:
+        raise CliError(str(exc)) from None
+
+
+def report_json(report: Report, by: str | None = None) -> dict[str, Any]:
+    """Totals and rows (or groups) with their roofline fields, for `memwall report --json`."""
+    totals = {
+        "flops": report.total_flops, "bytes": report.total_bytes, "time_s": report.total_time_s,
+        "wall_time_s": report.wall_time_s, "intensity": report.intensity,
+        "memory_bound_time_fraction": report.memory_bound_time_fraction,
+        "roofline_time_s": report.roofline_time_s, "coverage": report.coverage,
+        "uncounted_rows": len(report.uncounted), "steps": list(report.steps),
+        "incomplete": report.incomplete, "bytes_per_element": report.bytes_per_element,
+    }
+    out: dict[str, Any] = {
+        "device": None if report.device is None else report.device.to_dict(),
+        "totals": totals,
+        "rows": [row_record(r) for r in report.rows],
+    }
+    if by is not None:
+        out["groups"] = [group_record(g) for g in report.group_by(by)]
+    return out
+
+
+def row_record(r: Row) -> dict[str, Any]:
+    record = {name: getattr(r, name) for name in ROW_COLUMNS}
+    return record
+
+
+def group_record(g: Group) -> dict[str, Any]:
+    return {
+        "key": g.key, "calls": g.calls, "flops": g.flops, "bytes": g.bytes, "time_s": g.time_s,
+        "intensity": g.intensity, "bound": g.bound, "efficiency": g.efficiency,
+        "roofline_time_s": g.roofline_time_s,
+    }
+
+
+ROW_COLUMNS = (
+    "op", "overload", "module", "phase", "calls", "dtype", "shapes", "flops", "bytes_read",
+    "bytes_written", "bytes", "time_s", "intensity", "bound", "peak_flops_per_s",
+    "bandwidth_bytes_per_s", "attainable_flops_per_s", "achieved_flops_per_s", "achieved_bytes_per_s",
+    "efficiency", "roofline_time_s",
+)
 
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
-    from memwall_plugin.summary import format_summary
-
-    path = _find_report(Path(args.path))
-    try:
-        report: Report = load_report(path)
-    except ReportError as exc:
-        raise CliError(str(exc)) from None
+    report = load_run(Path(args.path))
     if args.device or args.bytes_per_element:
         try:
             report = report.rescore(bytes_per_element=args.bytes_per_element, device=args.device)
         except (LookupError, ValueError) as exc:
             raise CliError(str(exc)) from None
-    console.print(f"{path}")
-    console.print(format_summary(report, top=args.top), markup=False, highlight=False)
+    if args.json:
+        sys.stdout.write(json.dumps(report_json(report, args.by), allow_nan=False) + "\n")
+        return 0
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        if args.by:
+            writer.writerow(["key", "calls", "flops", "bytes", "time_s", "intensity", "bound",
+                             "efficiency", "roofline_time_s"])
+            for g in report.group_by(args.by):
+                record = group_record(g)
+                writer.writerow(["" if v is None else v for v in record.values()])
+        else:
+            writer.writerow(ROW_COLUMNS)
+            for r in report.rows:
+                writer.writerow(["" if (v := getattr(r, c)) is None else v for c in ROW_COLUMNS])
+        return 0
+    options = SummaryOptions(top=args.top, by=args.by or "op")
+    console.print(Summary(report, options))
     return 0
+
+
+def _parse_schedule(text: str) -> Schedule:
+    values: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in ("wait", "warmup", "active", "repeat", "skip_first"):
+            raise CliError(f"--schedule {text!r}: write it as wait=1,warmup=1,active=3,repeat=2")
+        try:
+            values[name.strip()] = int(value)
+        except ValueError:
+            raise CliError(f"--schedule: {value!r} is not a whole number") from None
+    try:
+        return Schedule(**values)
+    except ValueError as exc:
+        raise CliError(f"--schedule: {exc}") from None
+
+
+def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    script_args = list(args.args)
+    if args.module:
+        target, argv0 = args.module, args.module
+    else:
+        if not script_args:
+            raise CliError("name a script to run: memwall run train.py [its arguments], or -m module")
+        target = script_args.pop(0)
+        path = Path(target)
+        if not path.is_file():
+            raise CliError(f"{target}: no such file; pass the path of a Python script")
+        argv0 = target
+    stem = (args.module or Path(target).stem).replace(".", "_")
+    logdir = Path(args.logdir or Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    peaks = None
+    if args.peaks:
+        try:
+            flops, bw = parse_peaks(args.peaks)
+        except ValueError as exc:
+            raise CliError(f"--peaks: {exc}") from None
+        peaks = {**flops, **({"bandwidth": bw} if bw is not None else {})}
+    try:
+        prof = profile(
+            logdir=logdir, schedule=_parse_schedule(args.schedule) if args.schedule else None,
+            device=args.device, peaks=peaks, summary=False, step_on_optimizer=not args.no_step,
+        )
+    except (LookupError, ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from None
+
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [argv0, *script_args]
+    if not args.module:
+        sys.path.insert(0, str(Path(target).resolve().parent))  # as `python script.py` does
+    code = 0
+    try:
+        with prof:
+            if args.module:
+                runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(target, run_name="__main__")
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", file=sys.stderr)
+        code = 130
+    except BaseException as exc:  # the script's own error: print it as Python would
+        _print_script_traceback(exc)
+        code = 1
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+    sys.stdout.flush()
+    sys.stderr.flush()
+    report = prof.report()
+    if args.summary and report.steps:
+        console.print(Summary(report, SummaryOptions(top=args.top)))
+    if prof.saved:
+        console.print(f"memwall: report saved under {logdir / 'plugins' / 'memwall'}"
+                      f"{' (incomplete)' if report.incomplete else ''}", highlight=False, markup=False)
+    elif not report.steps:
+        console.print("memwall: no step was recorded (the schedule's active steps never ran)",
+                      highlight=False, markup=False)
+    return code
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)  # sys.exit("message") prints it and exits with 1
+    return 1
+
+
+def _print_script_traceback(exc: BaseException) -> None:
+    """The traceback from the script's own frames on (runpy and memwall frames left out)."""
+    tb = exc.__traceback__
+    here = str(Path(__file__).resolve().parent)
+    while tb is not None and (tb.tb_frame.f_code.co_filename.startswith(here)
+                              or "runpy" in tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb if tb is not None else exc.__traceback__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="memwall",
         description="See where the memory wall stops your PyTorch run.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  memwall devices\n  memwall devices --device 'H100 SXM'\n"
-               "  memwall calibrate\n  memwall report runs/exp1",
+        epilog="examples:\n  memwall run train.py --lr 3e-4\n  memwall report runs/exp1\n"
+               "  memwall devices\n  memwall calibrate",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -188,20 +362,82 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser(
         "report", help="the summary of a saved run",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  memwall report runs/exp1\n  memwall report runs/exp1 --device 'H100 SXM' "
-               "--bytes-per-element 1",
+        epilog="examples:\n  memwall report runs/exp1\n  memwall report runs/exp1 --by module --top 30\n"
+               "  memwall report runs/exp1 --json > exp1.json\n  memwall report runs/exp1 --csv > exp1.csv\n"
+               "  memwall report runs/exp1 --device 'H100 SXM' --bytes-per-element 1",
     )
-    rep.add_argument("path", help="a logdir (its newest report) or a report .json")
-    rep.add_argument("--top", type=int, default=15, help="rows in the operator table (default 15)")
+    rep.add_argument("path", help="a run's logdir (all its recorded windows) or one report .json")
+    rep.add_argument("--top", type=_positive, default=15, help="rows in the main table (default 15)")
+    rep.add_argument("--by", choices=["op", "module", "phase"], help="list groups instead of operators")
+    out = rep.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print totals and rows as JSON")
+    out.add_argument("--csv", action="store_true", help="print rows (or --by groups) as CSV")
     rep.add_argument("--device", help="re-place the run on another device's roofline")
     rep.add_argument("--bytes-per-element", type=int, help="re-size every tensor (1 = the paper's 8-bit)")
     rep.set_defaults(func=_cmd_report)
+
+    run = sub.add_parser(
+        "run", help="run an unmodified Python script under memwall",
+        usage="memwall run [options] script.py [script args]  |  memwall run [options] -m module [args]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  memwall run train.py --lr 3e-4\n  memwall run --logdir runs/exp1 train.py\n"
+               "  memwall run --schedule wait=1,warmup=1,active=3 train.py\n  memwall run -m mypkg.train\n"
+               "The script runs as `python script.py` would (sys.argv, __main__, exit code); a step is\n"
+               "marked at each optimizer step.",
+    )
+    run.add_argument("-m", dest="module", help="run a module as `python -m module` does")
+    run.add_argument("--logdir", help="run directory for the report (default runs/<script>-<time>)")
+    run.add_argument("--schedule", help="record only some steps: wait=1,warmup=1,active=3,repeat=2")
+    run.add_argument("--device", help="place the run on this device's roofline (e.g. 'H100 SXM')")
+    run.add_argument("--peaks", help="override figures: fp32=80e9,bandwidth=23e9 (FLOP/s, bytes/s)")
+    run.add_argument("--top", type=_positive, default=15, help="rows in the summary table (default 15)")
+    run.add_argument("--no-summary", dest="summary", action="store_false", help="print no summary")
+    run.add_argument("--no-step", action="store_true",
+                     help="do not mark steps at optimizer steps (the whole run is one step)")
+    run.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    run.set_defaults(func=_cmd_run)
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+_RUN_OPTIONS_WITH_VALUE = {"--logdir", "--schedule", "--device", "--peaks", "--top"}
+
+
+def _split_run(argv: list[str]) -> list[str]:
+    """`run [options] script.py args` / `run [options] -m module args`: memwall's options end at
+    the script or the module name; everything after belongs to the script, `--flags` included."""
+    i = 1
+    while i < len(argv):
+        token = argv[i]
+        if token == "-m":
+            cut = min(i + 2, len(argv))
+            return [*argv[:cut], "--", *argv[cut:]]
+        if token == "--":
+            return argv
+        if token.startswith("-"):
+            i += 1 if "=" in token or token not in _RUN_OPTIONS_WITH_VALUE else 2
+            continue
+        return [*argv[:i], "--", *argv[i:]]
+    return argv
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "run":
+        argv = _split_run(argv)
     args = parser.parse_args(argv)
+    if getattr(args, "args", None) and args.args[0] == "--":
+        args.args = args.args[1:]
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
@@ -211,6 +447,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"memwall {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `memwall report ... | head`: the reader has what it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

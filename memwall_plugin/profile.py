@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 import warnings
+import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -33,6 +33,21 @@ def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class _PhaseLabel:
+    """Sets a phase label now; as a context manager, restores the previous one on exit."""
+
+    def __init__(self, tracker: Any, name: str | None) -> None:
+        self._tracker = tracker
+        self._previous = tracker.user_label
+        tracker.user_label = name
+
+    def __enter__(self) -> _PhaseLabel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tracker.user_label = self._previous
 
 
 def _tf32_families() -> tuple[str, ...]:
@@ -90,6 +105,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         summary: bool = True,
         device: str | DeviceSpec | None = None,
         peaks: dict[str, float] | None = None,
+        step_on_optimizer: bool = False,
     ) -> None:
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (or None), got {type(model).__name__}")
@@ -118,6 +134,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._wall = 0.0
         self._incomplete = False
         self.saved: list[Path] = []
+        self.step_on_optimizer = step_on_optimizer
+        self._primary_optimizer: weakref.ref[Any] | None = None
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> profile:
@@ -129,6 +147,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         profile._open = self
         try:
             self._capture = Capture(self.model)
+            self._capture.open()
+            if self.step_on_optimizer:
+                self._capture.tracker.on_optimizer_step = self._optimizer_stepped
             self._begin_step(0)
         except BaseException:
             self._close()
@@ -141,7 +162,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Literal[False]:
-        self._incomplete = exc_type is not None
+        # a script that ends by sys.exit(0) finished its work; anything else did not
+        self._incomplete = exc_type is not None and not (
+            isinstance(exc, SystemExit) and exc.code in (0, None)
+        )
         try:
             self._end_step(final=True)
         except Exception as err:  # memwall's own trouble must not replace the user's exception
@@ -158,7 +182,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     def _close(self) -> None:
         try:
             if self._capture is not None:
-                self._capture.stop()
+                self._capture.close()
         finally:
             if profile._open is self:
                 profile._open = None
@@ -174,6 +198,23 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     @property
     def step_num(self) -> int:
         return self._step_num
+
+    def _optimizer_stepped(self, optimizer: Any) -> None:
+        # one step per iteration: the first optimizer that steps marks the boundaries
+        if self._primary_optimizer is None or self._primary_optimizer() is None:
+            self._primary_optimizer = weakref.ref(optimizer)
+        if self._primary_optimizer() is optimizer and profile._open is self:
+            self.step()
+
+    def phase(self, name: str | None) -> _PhaseLabel:
+        """Label the forward work that follows ("prefill", "decode", or a name of your own):
+        `prof.phase("decode")` until the next call, or `with prof.phase("decode"): ...`.
+        `prof.phase(None)` clears it. Backward and optimizer work keep their phases."""
+        if self._capture is None or profile._open is not self:
+            raise RuntimeError("prof.phase() labels work inside its `with memwall.profile(...)` block")
+        if name is not None and (not isinstance(name, str) or not name.isidentifier()):
+            raise ValueError(f"a phase is a short name like 'decode' or 'prefill', got {name!r}")
+        return _PhaseLabel(self._capture.tracker, name)
 
     def _begin_step(self, step: int) -> None:
         assert self._capture is not None
@@ -253,8 +294,11 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         return self._build(table, tuple(self._steps + self._window_steps), self._wall + self._window_wall)
 
     def _print_summary(self) -> None:
-        from memwall_plugin.summary import format_summary
+        from rich.console import Console
 
-        text = format_summary(self.report())
-        where = f"\nreport saved: {self.saved[-1]}" if self.saved else ""
-        print(text + where, file=sys.stdout, flush=True)
+        from memwall_plugin.console import print_summary
+
+        console = Console()
+        print_summary(self.report(), console=console)
+        if self.saved:
+            console.print(f"report saved: {self.saved[-1]}", highlight=False, markup=False)

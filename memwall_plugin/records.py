@@ -13,8 +13,11 @@ from typing import Any
 FORWARD = "forward"
 BACKWARD = "backward"
 OPTIMIZER = "optimizer"
+PREFILL = "prefill"  # a generation call that fills the KV cache with the prompt
+DECODE = "decode"  # generation calls that add one token (or a few) to the cache
 OTHER = "other"
-PHASES = (FORWARD, BACKWARD, OPTIMIZER, OTHER)
+#: Built-in phases, in display order; prof.phase("...") may add labels of its own.
+PHASES = (FORWARD, BACKWARD, OPTIMIZER, PREFILL, DECODE, OTHER)
 
 
 @dataclass(frozen=True, slots=True)

@@ -294,8 +294,9 @@ class Report:
         bound: str | None = None,
     ) -> tuple[Row, ...]:
         """Rows of one phase, under one module path (a dotted prefix), of one op or bound."""
-        if phase is not None and phase not in PHASES:
-            raise ValueError(f"unknown phase {phase!r}; expected one of {', '.join(PHASES)}")
+        if phase is not None and phase not in PHASES and phase not in {r.phase for r in self.rows}:
+            raise ValueError(f"unknown phase {phase!r}; expected one of {', '.join(PHASES)} or a label "
+                             "used with prof.phase()")
         if bound is not None and bound not in roofline.BOUNDS:
             raise ValueError(f"unknown bound {bound!r}; expected one of {', '.join(roofline.BOUNDS)}")
         out = []
@@ -413,9 +414,20 @@ class Report:
         return target
 
     def __str__(self) -> str:
-        from memwall_plugin.summary import format_summary
+        from memwall_plugin.console import format_summary
 
         return format_summary(self)
+
+    def __rich_console__(self, console: Any, options: Any) -> Any:
+        from memwall_plugin.console import Summary
+
+        yield Summary(self)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the summary."""
+        from memwall_plugin.console import summary_html
+
+        return summary_html(self)
 
 
 def _under(module: str, prefix: str) -> bool:
@@ -464,3 +476,41 @@ def load_report(path: str | os.PathLike[str]) -> Report:
     except json.JSONDecodeError as exc:
         raise ReportError(f"{source} is not valid JSON ({exc}); it may be truncated") from None
     return Report.from_dict(data, source)
+
+
+def merge_reports(reports: Iterable[Report]) -> Report:
+    """Several windows of one run (one rank) as one report: identical rows are summed."""
+    reports = list(reports)
+    if not reports:
+        raise ValueError("no reports to merge")
+    if len({r.rank for r in reports}) > 1:
+        raise ValueError("merge_reports combines the windows of one rank; these come from several ranks")
+    if len(reports) == 1:
+        return reports[0]
+    merged: dict[tuple[Any, ...], Row] = {}
+    for rep in reports:
+        for r in rep.rows:
+            key = (r.op, r.overload, r.module, r.phase, r.dtype, r.shapes)
+            mine = merged.get(key)
+            if mine is None:
+                merged[key] = r
+                continue
+            merged[key] = dataclasses.replace(
+                mine,
+                calls=mine.calls + r.calls,
+                flops=None if mine.flops is None or r.flops is None else mine.flops + r.flops,
+                bytes_read=mine.bytes_read + r.bytes_read,
+                bytes_written=mine.bytes_written + r.bytes_written,
+                elements_read=mine.elements_read + r.elements_read,
+                elements_written=mine.elements_written + r.elements_written,
+                time_s=mine.time_s + r.time_s,
+            )
+    rows = sorted(merged.values(), key=lambda r: (-r.time_s, r.op, r.module, r.phase, r.shapes))
+    last = max(reports, key=lambda r: r.created_unix_s)
+    return dataclasses.replace(
+        last,
+        rows=tuple(rows),
+        steps=tuple(sorted({s for r in reports for s in r.steps})),
+        wall_time_s=math.fsum(r.wall_time_s for r in reports),
+        incomplete=any(r.incomplete for r in reports),
+    )

@@ -82,7 +82,7 @@ def test_headlines_and_groups(calibrated_cache, monkeypatch):
     assert rep.roofline_time_s == pytest.approx(predicted)
     assert 0 < rep.roofline_time_s
     phases = {g.key: g for g in rep.group_by("phase")}
-    assert set(phases) == {"forward", "backward", "other"}
+    assert {"forward", "backward"} <= set(phases)
     assert sum(g.flops for g in phases.values()) == rep.total_flops
     tree = {g.key: g for g in rep.group_by("module_tree")}
     assert tree[""].flops == rep.total_flops  # the root rolls up everything

@@ -1,0 +1,418 @@
+"""The terminal summary: a rich renderable over a Report (header, top operators, module tree,
+phases, findings). Renders in a terminal, in plain text (no color when not a terminal) and in
+Jupyter; `format_summary` gives the plain text at a fixed width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+from dataclasses import dataclass
+
+from rich import box
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.console import Group as RichGroup
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from memwall_plugin.formulas import ELEMENTWISE, REDUCTIONS
+from memwall_plugin.records import PHASES
+from memwall_plugin.report import Group, Report, Row
+from memwall_plugin.roofline import COMPUTE, MEMORY
+
+GROUP_BY = ("op", "module", "phase")
+WIDE = 120  # from this many columns the tables show every column
+NARROW = 100  # below this many they drop calls and bytes and shorten phase names
+_SHORT_PHASE = {"forward": "fwd", "backward": "bwd", "optimizer": "opt"}
+
+
+@dataclass(frozen=True)
+class SummaryOptions:
+    """What the summary shows. Copy with changes: `options.with_(top=5)`."""
+
+    top: int = 15  # rows in the operator table
+    by: str = "op"  # op | module | phase: what the main table lists
+    module_depth: int = 4  # levels of the module tree
+    module_children: int = 4  # children shown per tree node (the rest are summed up)
+    findings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.by not in GROUP_BY:
+            raise ValueError(f"by must be one of {', '.join(GROUP_BY)}, got {self.by!r}")
+        if self.top < 1:
+            raise ValueError(f"top must be at least 1, got {self.top}")
+
+    def with_(self, **changes: object) -> SummaryOptions:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+# --- numbers -------------------------------------------------------------------------------------
+
+
+def si(value: float | None, unit: str = "") -> str:
+    """12.3 G, 4.56 M: three significant digits with an SI prefix; "-" for unknown."""
+    if value is None:
+        return "-"
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}".rstrip()
+    return f"{value:.3g} {unit}".rstrip()
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}" if value >= 0.1 else f"{value:.1%}"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:,.1f} ms"
+
+
+def _dur(seconds: float) -> str:
+    """3 significant digits: 812 us, 41.2 ms, 1.43 s."""
+    if seconds >= 1:
+        return f"{seconds:.3g} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} us"
+
+
+_BOUND_STYLE = {MEMORY: "bold yellow", COMPUTE: "green"}
+
+
+def _bound(bound: str) -> Text:
+    label = {MEMORY: "MEMORY", COMPUTE: "compute", "none": "-", "unknown": "?"}.get(bound, bound)
+    return Text(label, style=_BOUND_STYLE.get(bound, "dim"))
+
+
+# --- findings ------------------------------------------------------------------------------------
+
+_MATMUL = re.compile(r"^aten\.(mm|addmm|bmm|baddbmm|mv|addmv|dot|vdot|_addmm_activation|_int_mm|"
+                     r"_scaled_mm|.*attention.*|convolution.*|_convolution)$")
+_NORM = re.compile(r"^aten\.(_softmax|_log_softmax|_safe_softmax|.*norm.*|_softmax_backward_data|"
+                   r"_log_softmax_backward_data)$")
+_REDUCTION = {f"aten.{n}" for n in REDUCTIONS} | {f"aten.{n}_" for n in REDUCTIONS}
+_ELEMENTWISE = {f"aten.{n}" for n in ELEMENTWISE} | {f"aten.{n}_" for n in ELEMENTWISE}
+
+_ADVICE = {
+    "elementwise": "fusing them (torch.compile) or a larger batch raises their intensity",
+    "matmul": "more rows per weight fetched (a larger batch, batched decoding) raises their intensity",
+    "data movement": "avoiding copies (contiguous layouts, fewer casts and cats) removes the traffic",
+    "norm/softmax": "fused kernels (torch.compile, fused attention and norms) cut their traffic",
+    "reduction": "fusing the reduction into its producer (torch.compile) avoids a round trip to memory",
+    "optimizer": "a fused optimizer (fused=True) reads and writes each parameter once",
+    "outside-the-model": "this is data preparation or set-up; move it into DataLoader workers or out "
+                         "of the training loop",
+}
+
+
+def category(row: Row) -> str:
+    if row.phase == "optimizer":
+        return "optimizer"
+    if row.phase == "other":
+        return "outside-the-model"
+    if _MATMUL.match(row.op):
+        return "matmul"
+    if row.flops == 0:
+        return "data movement"
+    if _NORM.match(row.op):
+        return "norm/softmax"
+    if row.op in _REDUCTION:
+        return "reduction"
+    return "elementwise"
+
+
+def module_pattern(module: str) -> str:
+    """"transformer.h.3.mlp.act" -> "transformer.h.*.mlp.act": layer indices generalised."""
+    if not module:
+        return "(top level)"
+    return ".".join("*" if p.isdigit() else p for p in module.split("."))
+
+
+def findings(report: Report) -> list[str]:
+    """A few plain-language conclusions, largest effect first."""
+    total = report.total_time_s
+    out: list[str] = []
+    if total <= 0 or not report.rows:
+        return out
+    memory_rows = [r for r in report.rows if r.bound == MEMORY]
+    if memory_rows and report.memory_bound_time_fraction >= 0.1:
+        by_cat: dict[str, list[Row]] = {}
+        for r in memory_rows:
+            by_cat.setdefault(category(r), []).append(r)
+        ranked = sorted(by_cat.items(), key=lambda kv: -sum(r.time_s for r in kv[1]))
+        for cat, rows in ranked[:2]:
+            share = sum(r.time_s for r in rows) / total
+            if share < 0.05:
+                continue
+            where: dict[str, float] = {}
+            for r in rows:
+                pattern = module_pattern(r.module)
+                where[pattern] = where.get(pattern, 0.0) + r.time_s
+            pattern = max(where, key=lambda k: where[k])
+            inside = [r for r in rows if module_pattern(r.module) == pattern]
+            modules = {r.module for r in inside}
+            place = modules.pop() or "(top level)" if len(modules) == 1 else pattern
+            op_time: dict[str, float] = {}
+            for r in inside:
+                op_time[r.op.removeprefix("aten.")] = op_time.get(r.op.removeprefix("aten."), 0.0) + r.time_s
+            ops = sorted(op_time, key=lambda op: -op_time[op])[:3]
+            out.append(
+                f"{share:.0%} of op time is in memory-bound {cat} ops, most under `{place}` "
+                f"({', '.join(ops)}): {_ADVICE[cat]}."
+            )
+    phases = {g.key: g for g in report.group_by("phase")}
+    prefill, decode = phases.get("prefill"), phases.get("decode")
+    if prefill and decode and prefill.intensity and decode.intensity and (
+        prefill.intensity >= 2 * decode.intensity
+    ):
+        out.append(
+            f"decode runs at {decode.intensity:.2g} FLOP/byte against prefill's {prefill.intensity:.3g} "
+            f"({prefill.intensity / decode.intensity:.0f}x lower): each generated token fetches every "
+            "weight for a few FLOPs; batching sequences raises it."
+        )
+    compute_rows = [r for r in report.rows if r.bound == COMPUTE and r.efficiency is not None]
+    compute_time = sum(r.time_s for r in compute_rows)
+    if compute_rows and compute_time / total >= 0.2:
+        achieved = sum(r.flops or 0 for r in compute_rows) / compute_time
+        roof = sum(r.attainable_flops_per_s or 0 for r in compute_rows) / len(compute_rows)
+        if roof and achieved / roof < 0.3:
+            out.append(
+                f"compute-bound ops reach {achieved / roof:.0%} of their roof on average: check the "
+                "dtype (a tensor-core dtype such as bf16 on GPUs) and shapes (multiples of 8 or 16)."
+            )
+    if report.coverage < 0.95:
+        names = sorted({r.name for r in report.uncounted})
+        out.append(
+            f"{1 - report.coverage:.0%} of op time is in ops without a FLOP formula "
+            f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); their FLOPs are unknown, "
+            "not zero (register formulas with memwall.default_registry().copy())."
+        )
+    device = report.device
+    if device is not None and {"estimated"} & {f.source for _, f in device.peaks}:
+        out.append("some peaks are estimated, not measured: run `memwall calibrate` for this machine's "
+                   "real ceilings.")
+    return out
+
+
+# --- the renderable ------------------------------------------------------------------------------
+
+
+class Summary:
+    """The summary of a report, as a rich renderable."""
+
+    def __init__(self, report: Report, options: SummaryOptions | None = None) -> None:
+        self.report = report
+        self.options = options or SummaryOptions()
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        self._narrow = options.max_width < NARROW
+        self._wide = options.max_width >= WIDE
+        yield self.header()
+        yield Text("")
+        yield self.main_table()
+        if self.options.by != "phase":
+            yield Text("")
+            yield self.phase_table()
+        tree = self.module_tree()
+        if tree is not None:
+            yield Text("")
+            yield tree
+        if self.options.findings:
+            notes = findings(self.report)
+            if notes:
+                yield Text("")
+                grid = Table.grid(padding=(0, 1))
+                grid.add_column(no_wrap=True)
+                grid.add_column()
+                for note in notes:
+                    grid.add_row("*", note)
+                yield Text("Findings", style="bold")
+                yield grid
+
+    # -- parts ---------------------------------------------------------------------------------
+    def header(self) -> RichGroup:
+        rep = self.report
+        lines = []
+        title = Text("memwall", style="bold")
+        title.append(f"  {len(rep.steps)} step{'s' if len(rep.steps) != 1 else ''} recorded")
+        if rep.incomplete:
+            title.append("  INCOMPLETE: the profiled block raised", style="bold red")
+        lines.append(title)
+        device = rep.device
+        if device is not None:
+            peaks = ", ".join(
+                f"{key} {si(fig.value, 'FLOP/s')} ({fig.source})" for key, fig in device.peaks
+                if key in ("fp32", "bf16", "fp16", "tf32")
+            )
+            bw = device.bandwidth
+            lines.append(Text(f"device   {device.name}"))
+            lines.append(Text(f"peaks    {peaks or 'unknown'}"))
+            lines.append(Text(
+                f"memory   {si(bw.value if bw else None, 'B/s')} ({bw.source if bw else 'unknown'}), "
+                f"fp32 ridge {_num(device.ridge_point('float32'))} FLOP/B"
+            ))
+            if rep.measured_on and rep.measured_on != device.name:
+                lines.append(Text(f"what-if  times measured on {rep.measured_on}", style="italic"))
+        if rep.bytes_per_element is not None:
+            lines.append(Text(f"what-if  every tensor re-sized to {rep.bytes_per_element} byte(s) each",
+                              style="italic"))
+        lines.append(Text(
+            f"time     {_ms(rep.total_time_s)} in ops (wall {_ms(rep.wall_time_s)}), roofline "
+            f"{_ms(rep.roofline_time_s)} for the counted ops"
+        ))
+        lines.append(Text(
+            f"work     {si(rep.total_flops, 'FLOP')}, {si(rep.total_bytes, 'B')} moved, "
+            f"intensity {_num(rep.intensity)} FLOP/B"
+        ))
+        mem = Text("bound    ")
+        mem.append(f"{rep.memory_bound_time_fraction:.0%} of op time memory-bound",
+                   style=_BOUND_STYLE[MEMORY] if rep.memory_bound_time_fraction >= 0.5 else "")
+        mem.append(f", coverage {rep.coverage:.1%} of op time counted")
+        lines.append(mem)
+        return RichGroup(*lines)
+
+    _narrow = False
+    _wide = True
+
+    def _numbers(self) -> tuple[str, ...]:
+        if self._narrow:
+            return ("time", "FLOPs", "FLOP/B")
+        if not self._wide:
+            return ("time", "FLOPs", "bytes", "FLOP/B")
+        return ("calls", "time", "FLOPs", "bytes", "FLOP/B")
+
+    def _table(self, title: str, first: list[str]) -> Table:
+        table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+                      show_edge=False, pad_edge=False, expand=False)
+        for name in first:
+            if name == "module":
+                table.add_column(name, overflow="fold", min_width=8)
+            else:
+                table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=28 if self._wide else 16)
+        for name in self._numbers():
+            table.add_column(name, justify="right", no_wrap=True)
+        table.add_column("bound", no_wrap=True)
+        table.add_column("roof", justify="right", no_wrap=True)
+        return table
+
+    def _cells(self, calls: int, share: float | None, flops: int | None, nbytes: int,
+               intensity: float | None) -> list[str]:
+        if self._narrow:
+            return [_pct(share), si(flops), _num(intensity)]
+        if not self._wide:
+            return [_pct(share), si(flops), si(nbytes, "B"), _num(intensity)]
+        return [f"{calls:,}", _pct(share), si(flops), si(nbytes, "B"), _num(intensity)]
+
+    def _phase(self, phase: str) -> str:
+        return phase if self._wide else _SHORT_PHASE.get(phase, phase)
+
+    def main_table(self) -> Table:
+        rep, opts = self.report, self.options
+        total = rep.total_time_s
+        if opts.by == "op":
+            table = self._table(f"Top {min(opts.top, len(rep.rows))} of {len(rep.rows)} operators by time",
+                                ["op", "module", "phase"])
+            for r in rep.rows[: opts.top]:
+                share = r.time_s / total if total else None
+                table.add_row(
+                    r.op.removeprefix("aten."), r.module or "(top)", self._phase(r.phase),
+                    *self._cells(r.calls, share, r.flops, r.bytes, r.intensity),
+                    _bound(r.bound), _pct(r.efficiency),
+                )
+            return table
+        groups = rep.group_by(opts.by)
+        table = self._table(f"Top {min(opts.top, len(groups))} of {len(groups)} by {opts.by}", [opts.by])
+        for g in groups[: opts.top]:
+            self._group_row(table, g.key or "(top)", g, total)
+        return table
+
+    def _group_row(self, table: Table, label: str, g: Group, total: float) -> None:
+        share = g.time_s / total if total else None
+        table.add_row(label, *self._cells(g.calls, share, g.flops, g.bytes, g.intensity),
+                      _bound(g.bound), _pct(g.efficiency))
+
+    def phase_table(self) -> Table:
+        rep = self.report
+        total = rep.total_time_s
+        groups = {g.key: g for g in rep.group_by("phase")}
+        order = [p for p in PHASES if p in groups] + sorted(k for k in groups if k not in PHASES)
+        table = self._table("Phases", ["phase"])
+        for key in order:
+            self._group_row(table, key, groups[key], total)
+        return table
+
+    def module_tree(self) -> Tree | None:
+        rep, opts = self.report, self.options
+        modules = [r for r in rep.rows if r.module]
+        if not modules:
+            return None
+        total = rep.total_time_s
+        fwd = {g.key: g for g in Report(rows=tuple(r for r in rep.rows if r.phase != "backward"),
+                                         device=rep.device).group_by("module_tree")}
+        bwd = {g.key: g for g in Report(rows=tuple(r for r in rep.rows if r.phase == "backward"),
+                                         device=rep.device).group_by("module_tree")}
+        groups = {g.key: g for g in rep.group_by("module_tree")}
+        children: dict[str, list[str]] = {}
+        for key in groups:
+            if key:
+                parent = key.rpartition(".")[0]
+                children.setdefault(parent, []).append(key)
+
+        def label(key: str) -> Text:
+            g = groups[key]
+            name = key.rpartition(".")[2] or "(model)"
+            text = Text(f"{name}", style="bold" if not key else "")
+            f, b = fwd.get(key), bwd.get(key)
+            text.append(f"  {_pct(g.time_s / total if total else None)}", style="dim")
+            split = f"fwd {_dur(f.time_s if f else 0.0)}"
+            if b is not None and b.time_s > 0:
+                split += f" bwd {_dur(b.time_s)}"
+            text.append(f"  {split}  {si(g.flops, 'FLOP')}  {_num(g.intensity)} FLOP/B  ")
+            text.append_text(_bound(g.bound))
+            return text
+
+        def grow(node: Tree, key: str, depth: int) -> None:
+            kids = sorted(children.get(key, []), key=lambda k: -groups[k].time_s)
+            if depth >= opts.module_depth or not kids:
+                return
+            shown, rest = kids[: opts.module_children], kids[opts.module_children :]
+            for kid in shown:
+                grow(node.add(label(kid)), kid, depth + 1)
+            if rest:
+                share = sum(groups[k].time_s for k in rest) / total if total else 0.0
+                node.add(Text(f"... {len(rest)} more ({_pct(share)} time)", style="dim"))
+
+        root = Tree(Text("Modules (rolled up)", style="bold"))
+        grow(root.add(label("")), "", 1)
+        return root
+
+
+def render_text(report: Report, width: int = 100, options: SummaryOptions | None = None) -> str:
+    """The summary as plain text (no color), `width` columns wide."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=width, color_system=None, force_terminal=False,
+                      force_jupyter=False, legacy_windows=False, record=False, soft_wrap=False)
+    console.print(Summary(report, options))
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def format_summary(report: Report, top: int = 15, width: int = 100) -> str:
+    return render_text(report, width, SummaryOptions(top=top))
+
+
+def print_summary(report: Report, options: SummaryOptions | None = None,
+                  console: Console | None = None) -> None:
+    """Print to the terminal: fits its width, no color when output is not a terminal."""
+    (console or Console()).print(Summary(report, options))
+
+
+def summary_html(report: Report, options: SummaryOptions | None = None) -> str:
+    console = Console(record=True, width=120, file=io.StringIO(), force_jupyter=False)
+    console.print(Summary(report, options))
+    return console.export_html(inline_styles=True)

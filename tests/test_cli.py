@@ -1,0 +1,143 @@
+"""The `memwall` command, run as a user would run it (a subprocess, an unmodified script)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import memwall_plugin as memwall
+
+TRAIN = textwrap.dedent('''
+    import argparse
+    import sys
+
+    import torch
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--exit-code", type=int, default=0)
+    parser.add_argument("--crash-at", type=int, default=-1)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for step in range(args.steps):
+        if step == args.crash_at:
+            raise ValueError(f"bad batch at step {step}")
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(16, 32)), torch.randint(0, 4, (16,)))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        print(f"SCRIPT step={step} loss={loss.item():.3f} main={__name__ == '__main__'} argv={sys.argv[1:]}")
+    sys.exit(args.exit_code)
+''')
+
+
+def memwall_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "memwall_plugin.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    path = tmp_path / "train.py"
+    path.write_text(TRAIN)
+    return path
+
+
+def test_run_prints_script_output_then_summary_and_keeps_exit_code(script, tmp_path):
+    result = memwall_cli("run", "--logdir", "runs/ok", "train.py", "--steps", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "SCRIPT step=2" in out and "main=True" in out and "argv=['--steps', '3']" in out
+    assert out.index("SCRIPT step=2") < out.index("memwall  ")  # the summary comes after
+    assert "Phases" in out and "optimizer" in out
+    rep = memwall.load_report(next((tmp_path / "runs/ok/plugins/memwall").glob("*.json")))
+    assert rep.steps == (0, 1, 2, 3)  # a step per optimizer step, plus the tail after the last
+    assert not rep.incomplete
+    assert {"forward", "backward", "optimizer"} <= {r.phase for r in rep.rows}
+
+
+def test_run_passes_a_non_zero_exit_code_through(script, tmp_path):
+    result = memwall_cli("run", "--logdir", "runs/three", "train.py", "--exit-code", "3", cwd=tmp_path)
+    assert result.returncode == 3
+    assert "SCRIPT step=2" in result.stdout
+
+
+def test_a_script_that_raises_leaves_a_report(script, tmp_path):
+    result = memwall_cli("run", "--logdir", "runs/crash", "train.py", "--crash-at", "2", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "ValueError: bad batch at step 2" in result.stderr
+    assert 'File "train.py"' in result.stderr or "train.py" in result.stderr
+    assert "memwall/cli.py" not in result.stderr  # the traceback is the script's, not ours
+    files = list((tmp_path / "runs/crash/plugins/memwall").glob("*.json"))
+    rep = memwall.load_report(files[0])
+    assert rep.incomplete and rep.steps == (0, 1, 2)
+    assert "(incomplete)" in result.stdout
+
+
+def test_run_module_with_dash_m(tmp_path):
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "train.py").write_text(TRAIN)
+    result = memwall_cli("run", "--logdir", "runs/m", "-m", "mypkg.train", "--steps", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "SCRIPT step=1" in result.stdout and "main=True" in result.stdout
+
+
+def test_report_json_and_csv(script, tmp_path):
+    assert memwall_cli("run", "--logdir", "runs/x", "--no-summary", "train.py", cwd=tmp_path).returncode == 0
+    as_json = memwall_cli("report", "runs/x", "--json", cwd=tmp_path)
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert data["totals"]["flops"] == sum(r["flops"] or 0 for r in data["rows"])
+    assert data["totals"]["bytes"] == sum(r["bytes"] for r in data["rows"])
+    assert data["rows"][0]["bound"] in ("memory", "compute", "none", "unknown")
+    as_csv = memwall_cli("report", "runs/x", "--csv", cwd=tmp_path)
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert len(rows) == len(data["rows"])
+    assert {"op", "module", "phase", "flops", "bytes", "intensity", "bound"} <= set(rows[0])
+    by_phase = json.loads(memwall_cli("report", "runs/x", "--json", "--by", "phase", cwd=tmp_path).stdout)
+    assert {g["key"] for g in by_phase["groups"]} >= {"forward", "backward", "optimizer"}
+    text = memwall_cli("report", "runs/x", "--by", "module", "--top", "3", cwd=tmp_path)
+    assert text.returncode == 0 and "by module" in text.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (("run", "missing.py"), "no such file"),
+    (("report", "nowhere"), "no such file or directory"),
+    (("report", "not_a_report.json"), "not a memwall report"),
+    (("report", "--bogus", "x"), "unrecognized arguments"),
+    (("devices", "--device", "Voodoo 2"), "no device in memwall's table"),
+    (("run", "--schedule", "wait=x", "train.py"), "not a whole number"),
+])
+def test_errors_say_what_is_wrong_without_a_traceback(tmp_path, script, args, message):
+    (tmp_path / "not_a_report.json").write_text('{"hello": "world"}')
+    result = memwall_cli(*args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_has_examples(tmp_path):
+    for command in ("run", "report", "devices", "calibrate"):
+        result = memwall_cli(command, "--help", cwd=tmp_path)
+        assert result.returncode == 0 and "examples:" in result.stdout, command
+
+
+def test_devices_prints_peaks_with_their_sources(tmp_path):
+    result = memwall_cli("devices", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "peak fp32" in result.stdout and "memory bandwidth" in result.stdout
+    assert "estimated" in result.stdout or "calibrated" in result.stdout

@@ -1,0 +1,56 @@
+"""Phases for generation: prefill and decode told apart, by label or by themselves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import memwall_plugin as memwall
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2)).eval()
+
+
+@pytest.mark.parametrize("pass_model", [True, False])
+def test_generate_reports_prefill_and_decode_separately(gpt2, pass_model):
+    prompt = torch.randint(0, 1000, (1, 64))
+    new_tokens = 16
+    with memwall.profile(model=gpt2 if pass_model else None, summary=False) as prof:
+        gpt2.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    rep = prof.report()
+    phases = {g.key: g for g in rep.group_by("phase")}
+    assert {"prefill", "decode"} <= set(phases)
+    assert "forward" not in phases  # every model call was one or the other
+    # one lm_head matmul per model call: 1 in prefill, new_tokens - 1 in decode
+    lm_head = {r.phase: r.calls for r in rep.rows if r.module == "lm_head" and r.op == "aten.mm"}
+    assert lm_head == {"prefill": 1, "decode": new_tokens - 1}
+    assert phases["decode"].intensity < phases["prefill"].intensity / 5
+
+
+def test_user_labels_win_and_restore(gpt2):
+    x = torch.randint(0, 1000, (1, 8))
+    with memwall.profile(model=gpt2, summary=False) as prof:
+        with prof.phase("warmup_pass"):
+            gpt2(x)
+        gpt2(x)
+        prof.phase("decode")
+        gpt2(x)
+        prof.phase(None)
+    phases = {r.phase for r in prof.report().rows}
+    assert {"warmup_pass", "forward", "decode"} <= phases
+    with pytest.raises(ValueError, match="short name"):
+        with memwall.profile(summary=False) as prof:
+            prof.phase("not a name")
+
+
+def test_summary_says_decode_is_far_below_prefill(gpt2):
+    prompt = torch.randint(0, 1000, (1, 32))
+    with memwall.profile(model=gpt2, summary=False) as prof:
+        gpt2.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    notes = memwall.findings(prof.report())
+    assert any(n.startswith("decode runs at") for n in notes)
