@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from memwall_plugin.console import Summary, SummaryOptions
+from memwall_plugin.console import Summary, SummaryOptions, si
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, parse_peaks, resolve_device
 from memwall_plugin.profile import profile
 from memwall_plugin.report import Group, Report, ReportError, Row, load_report, merge_reports
@@ -31,15 +31,6 @@ class CliError(Exception):
     """A user-facing error: printed without a traceback, exit status 2."""
 
 
-def _si(value: float | None, unit: str) -> str:
-    if value is None:
-        return "-"
-    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= factor:
-            return f"{value / factor:,.1f} {prefix}{unit}"
-    return f"{value:,.1f} {unit}"
-
-
 def device_table_renderable(spec: DeviceSpec) -> Table:
     table = Table(title=f"{spec.name}  [{spec.kind}]", title_justify="left", show_edge=False)
     table.add_column("figure")
@@ -49,14 +40,14 @@ def device_table_renderable(spec: DeviceSpec) -> Table:
     for key, figure in spec.peaks:
         ridge = spec.ridge_point(key)
         ridge_text = f"{ridge:.3g}" if ridge else "-"
-        table.add_row(f"peak {key}", _si(figure.value, "FLOP/s"), ridge_text, figure.source)
+        table.add_row(f"peak {key}", si(figure.value, "FLOP/s"), ridge_text, figure.source)
     bw = spec.bandwidth
     bw_source = bw.source if bw else "unknown"
-    table.add_row("memory bandwidth", _si(bw.value if bw else None, "B/s"), "", bw_source)
+    table.add_row("memory bandwidth", si(bw.value if bw else None, "B/s"), "", bw_source)
     if spec.memory_bytes:
-        table.add_row("memory", _si(float(spec.memory_bytes), "B"), "", "")
+        table.add_row("memory", si(float(spec.memory_bytes), "B"), "", "")
     if spec.interconnect_bandwidth:
-        table.add_row(f"interconnect ({spec.interconnect})", _si(spec.interconnect_bandwidth.value, "B/s"),
+        table.add_row(f"interconnect ({spec.interconnect})", si(spec.interconnect_bandwidth.value, "B/s"),
                       "", spec.interconnect_bandwidth.source)
     table.caption = "\n".join(filter(None, [spec.source, spec.notes]))
     table.caption_justify = "left"

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memwall_plugin import roofline
 from memwall_plugin.devices import DeviceSpec, lookup_device
@@ -27,30 +27,19 @@ class ReportError(ValueError):
     """A report file that cannot be read: the message says what is wrong and what to do."""
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """All calls of one signature (op, module, phase, input shapes and dtypes)."""
+class RooflinePoint:
+    """The roofline of anything with flops, bytes, time_s and the two ceilings (rows, groups)."""
 
-    op: str  # "aten.addmm"
-    overload: str  # "default"
-    module: str  # "transformer.h.3.attn.c_attn"; "" = top level, outside any submodule
-    phase: str  # forward | backward | optimizer | other
-    calls: int
-    dtype: str  # the op's compute dtype: its first floating input, else its first tensor
-    shapes: str  # input shapes, for display
-    flops: int | None  # total over calls; None = no formula (uncounted)
-    bytes_read: int
-    bytes_written: int
-    elements_read: int
-    elements_written: int
-    time_s: float  # measured, summed over calls
-    # the ceilings this row is placed under (its dtype's peak on the report's device)
-    peak_flops_per_s: float | None = None
-    bandwidth_bytes_per_s: float | None = None
+    __slots__ = ()
+    flops: int | None
+    time_s: float
+    peak_flops_per_s: float | None
+    bandwidth_bytes_per_s: float | None
 
-    @property
-    def bytes(self) -> int:
-        return self.bytes_read + self.bytes_written
+    if TYPE_CHECKING:
+
+        @property
+        def bytes(self) -> int: ...
 
     @property
     def intensity(self) -> float | None:
@@ -96,6 +85,32 @@ class Row:
             self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s
         )
 
+
+@dataclass(frozen=True, slots=True)
+class Row(RooflinePoint):
+    """All calls of one signature (op, module, phase, input shapes and dtypes)."""
+
+    op: str  # "aten.addmm"
+    overload: str  # "default"
+    module: str  # "transformer.h.3.attn.c_attn"; "" = top level, outside any submodule
+    phase: str  # forward | backward | optimizer | other
+    calls: int
+    dtype: str  # the op's compute dtype: its first floating input, else its first tensor
+    shapes: str  # input shapes, for display
+    flops: int | None  # total over calls; None = no formula (uncounted)
+    bytes_read: int
+    bytes_written: int
+    elements_read: int
+    elements_written: int
+    time_s: float  # measured, summed over calls
+    # the ceilings this row is placed under (its dtype's peak on the report's device)
+    peak_flops_per_s: float | None = None
+    bandwidth_bytes_per_s: float | None = None
+
+    @property
+    def bytes(self) -> int:
+        return self.bytes_read + self.bytes_written
+
     @property
     def counted(self) -> bool:
         return self.flops is not None
@@ -136,7 +151,7 @@ def place_rows(rows: Iterable[Row], device: DeviceSpec | None, tf32: tuple[str, 
 
 
 @dataclass(frozen=True, slots=True)
-class Group:
+class Group(RooflinePoint):
     """Rows rolled up by op, module or phase, placed on the same roofline."""
 
     key: str
@@ -147,26 +162,6 @@ class Group:
     time_s: float
     peak_flops_per_s: float | None  # the roof of the group's dominant dtype (by FLOPs)
     bandwidth_bytes_per_s: float | None
-
-    @property
-    def intensity(self) -> float | None:
-        return roofline.intensity(self.flops, self.bytes)
-
-    @property
-    def bound(self) -> str:
-        return roofline.bound(self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s)
-
-    @property
-    def efficiency(self) -> float | None:
-        return roofline.efficiency(
-            self.flops, self.bytes, self.time_s, self.peak_flops_per_s, self.bandwidth_bytes_per_s
-        )
-
-    @property
-    def roofline_time_s(self) -> float | None:
-        return roofline.roofline_time_s(
-            self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s
-        )
 
 
 def group_rows(key: str, rows: Iterable[Row]) -> Group:
