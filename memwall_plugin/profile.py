@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 import warnings
 import weakref
@@ -19,6 +20,7 @@ from memwall_plugin.hooks.capture import Capture, CaptureEntry, ProfilerConflict
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report, place_rows
 from memwall_plugin.schedule import Action, as_action_fn
+from memwall_plugin.tensorboard import ScalarWriter, annotate_trace, step_totals
 
 PLUGIN_DIR = Path("plugins") / "memwall"
 
@@ -91,6 +93,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
       the detected device ($MEMWALL_DEVICE overrides), with calibrated ceilings when cached.
     * `peaks`: override figures, e.g. `{"fp32": 80e9, "bandwidth": 23e9}` (FLOP/s, bytes/s);
       $MEMWALL_PEAKS="fp32=80e9,bandwidth=23e9" does the same.
+    * `kineto`: also record a torch.profiler trace of the same steps into `logdir` (for the
+      PyTorch Profiler tab), its operator events annotated with memwall's figures.
+    * `scalars`: with a logdir, write headline scalars per recorded step (Scalars tab).
+    * `step_on_optimizer`: mark a step at each step of the first optimizer (`memwall run`).
     """
 
     _open: profile | None = None
@@ -106,6 +112,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         device: str | DeviceSpec | None = None,
         peaks: dict[str, float] | None = None,
         step_on_optimizer: bool = False,
+        kineto: bool = False,
+        scalars: bool = True,
     ) -> None:
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (or None), got {type(model).__name__}")
@@ -136,6 +144,14 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self.saved: list[Path] = []
         self.step_on_optimizer = step_on_optimizer
         self._primary_optimizer: weakref.ref[Any] | None = None
+        if kineto and self.logdir is None:
+            raise ValueError("kineto=True records a torch.profiler trace into the run directory: "
+                             "pass logdir= as well")
+        self.kineto = kineto
+        self._kineto: Any = None
+        self.traces: list[Path] = []
+        self._scalars = ScalarWriter(self.logdir) if scalars and self.logdir is not None else None
+        self._count_cache: dict[Any, Any] = {}
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> profile:
@@ -146,6 +162,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             )
         profile._open = self
         try:
+            if self.kineto:
+                self._start_kineto()
             self._capture = Capture(self.model)
             self._capture.open()
             if self.step_on_optimizer:
@@ -175,9 +193,54 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             warnings.warn(f"memwall: could not finish the profile: {err}", RuntimeWarning, stacklevel=2)
         finally:
             self._close()
+            self._finish_tensorboard(exc_type is None)
         if self.summary and self._steps:
             self._print_summary()
         return False  # the user's exception, if any, propagates unchanged
+
+    # -- TensorBoard ---------------------------------------------------------------------------
+    def _start_kineto(self) -> None:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        names = {Action.NONE: "NONE", Action.WARMUP: "WARMUP", Action.RECORD: "RECORD",
+                 Action.RECORD_AND_SAVE: "RECORD_AND_SAVE"}
+
+        def schedule(step: int) -> Any:
+            return getattr(torch.profiler.ProfilerAction, names[self._action_fn(step)])
+
+        self._kineto = torch.profiler.profile(
+            activities=activities, record_shapes=True, schedule=schedule,
+            on_trace_ready=self._trace_ready,
+        )
+        self._kineto.__enter__()
+
+    def _trace_ready(self, kineto_prof: Any) -> None:
+        assert self.logdir is not None
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        name = f"{socket.gethostname()}_{os.getpid()}.{time.time_ns() // 1_000_000}.pt.trace.json"
+        path = self.logdir / name
+        kineto_prof.export_chrome_trace(str(path))
+        self.traces.append(path)
+
+    def _finish_tensorboard(self, clean: bool) -> None:
+        """Stop torch.profiler, annotate its traces, close the scalar writer; never raise over
+        the user's exception."""
+        try:
+            if self._kineto is not None:
+                kineto, self._kineto = self._kineto, None
+                kineto.__exit__(None, None, None)
+                rows = self.report().rows
+                for path in self.traces:
+                    annotate_trace(path, rows)
+        except Exception as err:
+            if clean:
+                raise
+            warnings.warn(f"memwall: could not finish the torch.profiler trace: {err}",
+                          RuntimeWarning, stacklevel=3)
+        finally:
+            if self._scalars is not None:
+                self._scalars.close()
 
     def _close(self) -> None:
         try:
@@ -194,6 +257,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             raise RuntimeError("prof.step() was called outside its `with memwall.profile(...)` block")
         self._end_step(final=False)
         self._begin_step(self._step_num + 1)
+        if self._kineto is not None:
+            self._kineto.step()
 
     @property
     def step_num(self) -> int:
@@ -232,6 +297,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         table = self._capture.take()
         self._capture.end_step()
         if self._action.kept and table:
+            if self._scalars is not None:
+                totals = step_totals(table.values(), self.registry, self._device_for(table),
+                                     self._count_cache)
+                self._scalars.write(self._step_num, totals)
             _merge(self._window, table)
             self._window_steps.append(self._step_num)
             self._window_wall += elapsed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -59,6 +60,9 @@ def main() -> None:
             highlight=False,
         )
     console.print(f"report: {prof.saved[-1]}  (memwall report {args.logdir})", highlight=False)
+    parent = Path(args.logdir).parent
+    console.print(f"open it in TensorBoard: tensorboard --logdir {parent}  (the Memory Wall tab)",
+                  highlight=False)
 
 
 def generate(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:

@@ -1,0 +1,170 @@
+"""What memwall adds to TensorBoard's other tabs: headline scalars per step (Scalars / Time
+Series), and memwall's figures on the operator events of a torch.profiler trace (PyTorch
+Profiler tab, Perfetto, chrome://tracing)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memwall_plugin import roofline
+from memwall_plugin.analysis import count_safely, op_dtype
+from memwall_plugin.devices import DeviceSpec
+from memwall_plugin.hooks.capture import CaptureEntry
+from memwall_plugin.registry import Counted, Registry
+from memwall_plugin.report import Row
+
+SCALAR_TAGS = (
+    "memwall/flops", "memwall/bytes", "memwall/intensity", "memwall/memory_bound_fraction",
+    "memwall/achieved_flops_per_s", "memwall/op_time_s",
+)
+
+
+@dataclass(frozen=True)
+class StepTotals:
+    flops: int
+    bytes: int
+    time_s: float
+    memory_bound_time_s: float
+    counted_time_s: float
+
+    def scalars(self) -> dict[str, float]:
+        out = {"memwall/flops": float(self.flops), "memwall/bytes": float(self.bytes),
+               "memwall/op_time_s": self.time_s}
+        if self.bytes:
+            out["memwall/intensity"] = self.flops / self.bytes
+        if self.time_s > 0:
+            out["memwall/memory_bound_fraction"] = self.memory_bound_time_s / self.time_s
+        if self.counted_time_s > 0:
+            out["memwall/achieved_flops_per_s"] = self.flops / self.counted_time_s
+        return out
+
+
+def step_totals(
+    entries: Iterable[CaptureEntry], registry: Registry, device: DeviceSpec | None,
+    cache: dict[Any, Counted],
+) -> StepTotals:
+    """Headline totals of one step; each signature is counted once per run (`cache`)."""
+    flops = nbytes = 0
+    time_s = memory_time = counted_time = 0.0
+    for e in entries:
+        counted = cache.get(e.call)
+        if counted is None:
+            counted = cache[e.call] = count_safely(registry, e.call)
+        t = e.time_ns * 1e-9
+        time_s += t
+        step_bytes = counted.traffic.bytes_read + counted.traffic.bytes_written
+        nbytes += step_bytes * e.calls
+        if counted.flops is None:
+            continue
+        flops += counted.flops * e.calls
+        counted_time += t
+        peak = device.peak_flops_per_s(op_dtype(e.call)) if device else None
+        bw = device.bandwidth_bytes_per_s if device else None
+        if roofline.bound(counted.flops, step_bytes, peak, bw) == roofline.MEMORY:
+            memory_time += t
+    return StepTotals(flops, nbytes, time_s, memory_time, counted_time)
+
+
+class ScalarWriter:
+    """Writes headline scalars per step into the run directory (tfevents), lazily."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self._writer: Any = None
+
+    def write(self, step: int, totals: StepTotals) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.logdir))
+        for tag, value in totals.scalars().items():
+            if math.isfinite(value):
+                self._writer.add_scalar(tag, value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+# --- torch.profiler trace annotation ---------------------------------------------------------
+
+#: Input types in a trace's "Input type" that are not tensors.
+_NOT_TENSORS = {"", "Scalar", "ScalarList", "GenericList", "TensorList", "None", "Device", "Layout",
+                "ScalarType", "MemoryFormat", "bool[]", "int[]"}
+
+
+def trace_shapes(args: dict[str, Any]) -> str | None:
+    """The tensor input shapes of a trace event, written as memwall's `Row.shapes`."""
+    dims, types = args.get("Input Dims"), args.get("Input type")
+    if not isinstance(dims, list) or not isinstance(types, list) or len(dims) != len(types):
+        return None
+    parts = []
+    for d, t in zip(dims, types):
+        if t in _NOT_TENSORS or not isinstance(d, list):
+            continue
+        if d and isinstance(d[0], list):  # a list of tensors
+            parts.append(f"{len(d)} x {d[0]}")
+        else:
+            parts.append(str(d))
+    return " x ".join(parts)
+
+
+def annotation_index(rows: Iterable[Row]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(aten::op, shapes) -> memwall's per-call figures, as trace args (no dots in keys)."""
+    index: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        if r.flops is None or r.calls == 0:
+            continue
+        name = "aten::" + r.op.removeprefix("aten.") if r.op.startswith("aten.") else r.op
+        key = (name, r.shapes)
+        if key in index:
+            continue
+        args: dict[str, Any] = {
+            "memwall_flops": r.flops // r.calls,
+            "memwall_bytes": r.bytes // r.calls,
+            "memwall_bound": r.bound,
+        }
+        if r.intensity is not None and math.isfinite(r.intensity):
+            args["memwall_intensity"] = round(r.intensity, 6)
+        index[key] = args
+    return index
+
+
+def annotate_trace(path: Path, rows: Iterable[Row]) -> int:
+    """Add memwall's FLOPs, bytes, intensity and bound to the matching operator events of a
+    chrome trace, in place (atomically). Returns how many events were annotated."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    events = data.get("traceEvents") if isinstance(data, dict) else None
+    if not isinstance(events, list):
+        return 0
+    index = annotation_index(rows)
+    annotated = 0
+    for event in events:
+        if not isinstance(event, dict) or event.get("cat") != "cpu_op":
+            continue
+        args = event.get("args")
+        if not isinstance(args, dict):
+            continue
+        shapes = trace_shapes(args)
+        extra = index.get((str(event.get("name")), shapes)) if shapes is not None else None
+        if extra:
+            args.update(extra)
+            annotated += 1
+    fd, tmp = tempfile.mkstemp(prefix=".memwall-", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return annotated

@@ -1,0 +1,147 @@
+"""Finds memwall reports under a logdir and loads them, without blocking TensorBoard's server.
+
+A run is a directory holding `plugins/memwall/*.json`; its name is its path relative to the
+logdir ("." for the logdir itself), as TensorBoard names runs. Scans run on a background thread
+started on first use (never at import); requests read the last completed scan and trigger a
+fresh one when it is older than `rescan_s`, so new runs and new steps appear while TensorBoard
+runs. Parsed reports are cached by (path, mtime, size).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from memwall_plugin.report import Report, load_report
+
+_WINDOW = re.compile(r"^rank(?P<rank>\d+)_steps(?P<first>\d+)-(?P<last>\d+)\.json$")
+PLUGIN_SUBDIR = ("plugins", "memwall")
+
+
+@dataclass(frozen=True)
+class Window:
+    """One report file: the recorded steps `first..last` of one rank."""
+
+    id: str  # the file name without .json: what requests name
+    path: Path
+    rank: int
+    first_step: int  # -1 when the file name does not say
+    last_step: int
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    windows: tuple[Window, ...]
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        return tuple(sorted({w.rank for w in self.windows}))
+
+
+def _window(path: Path) -> Window:
+    match = _WINDOW.match(path.name)
+    if match is None:
+        return Window(path.stem, path, 0, -1, -1)
+    return Window(path.stem, path, int(match["rank"]), int(match["first"]), int(match["last"]))
+
+
+def scan(logdir: Path) -> dict[str, Run]:
+    """Every run under `logdir` with its report windows, sorted by rank and first step."""
+    runs: dict[str, Run] = {}
+    if not logdir.is_dir():
+        return runs
+    for root, dirs, files in os.walk(logdir, followlinks=False):
+        here = Path(root)
+        if here.name == PLUGIN_SUBDIR[1] and here.parent.name == PLUGIN_SUBDIR[0]:
+            run_dir = here.parent.parent
+            windows = sorted(
+                (_window(here / f) for f in files if f.endswith(".json") and not f.startswith(".")),
+                key=lambda w: (w.rank, w.first_step, w.id),
+            )
+            if windows:
+                name = run_dir.relative_to(logdir).as_posix() if run_dir != logdir else "."
+                runs[name] = Run(name, tuple(windows))
+            dirs.clear()
+        else:
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return dict(sorted(runs.items()))
+
+
+class ReportLoader:
+    """Cached, thread-safe access to the runs and reports under one logdir."""
+
+    def __init__(
+        self, logdir: str | os.PathLike[str], rescan_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.logdir = Path(logdir).expanduser().resolve()
+        self.rescan_s = rescan_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._runs: dict[str, Run] = {}
+        self._scanned_at: float | None = None
+        self._scanning: threading.Thread | None = None
+        self._first_scan = threading.Event()
+        self._reports: dict[Path, tuple[tuple[int, int], Report]] = {}
+
+    # -- scanning ------------------------------------------------------------------------------
+    def _scan_now(self) -> None:
+        try:
+            runs = scan(self.logdir)
+        except OSError:
+            runs = {}
+        with self._lock:
+            self._runs = runs
+            self._scanned_at = self._clock()
+            self._scanning = None
+        self._first_scan.set()
+
+    def _refresh(self) -> None:
+        """Start a background scan when the last one is stale and none is running."""
+        with self._lock:
+            fresh = self._scanned_at is not None and self._clock() - self._scanned_at < self.rescan_s
+            if fresh or self._scanning is not None:
+                return
+            self._scanning = threading.Thread(target=self._scan_now, name="memwall-scan", daemon=True)
+            self._scanning.start()
+
+    def is_active(self, first_wait_s: float = 2.0) -> bool:
+        """Cheap: the last scan's answer (a scan starts in the background when stale). Only the
+        very first call waits, briefly, so the tab is not listed as inactive at start-up."""
+        self._refresh()
+        self._first_scan.wait(first_wait_s)
+        with self._lock:
+            return bool(self._runs)
+
+    def runs(self, wait_s: float = 10.0) -> dict[str, Run]:
+        """The runs of the last completed scan (waiting for the very first one)."""
+        self._refresh()
+        self._first_scan.wait(wait_s)
+        with self._lock:
+            return dict(self._runs)
+
+    def rescan(self) -> dict[str, Run]:
+        """Scan now, on this thread (tests, and a refresh the user asked for)."""
+        self._scan_now()
+        with self._lock:
+            return dict(self._runs)
+
+    # -- reports -------------------------------------------------------------------------------
+    def load(self, window: Window) -> Report:
+        """The parsed report of a window (ReportError if it is unreadable)."""
+        stat = window.path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            cached = self._reports.get(window.path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        report = load_report(window.path)
+        with self._lock:
+            self._reports[window.path] = (stamp, report)
+        return report

@@ -1,0 +1,159 @@
+"""The Memory Wall tab: TensorBoard routes (thin) over the loader and the view builders.
+
+Registered through the `tensorboard_plugins` entry point. Request parameters are validated and
+matched against what the loader found; no route builds a path from a request.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Any
+
+from memwall_plugin.tb_plugin import views
+from memwall_plugin.tb_plugin.loader import ReportLoader, Run
+from tensorboard.backend import http_util
+from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
+
+from memwall_plugin.devices import lookup_device
+from memwall_plugin.report import Report, ReportError, merge_reports
+
+PLUGIN_NAME = "memwall"
+TAB_NAME = "Memory Wall"
+
+#: One fixed route per static file: there is no path to traverse.
+STATIC_FILES = {
+    "/static/index.js": ("index.js", "text/javascript"),
+    "/static/chart.js": ("chart.js", "text/javascript"),
+    "/static/table.js": ("table.js", "text/javascript"),
+    "/static/tree.js": ("tree.js", "text/javascript"),
+    "/static/format.js": ("format.js", "text/javascript"),
+    "/static/style.css": ("style.css", "text/css"),
+}
+
+_PHASE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_MAX_PARAM = 512
+
+
+class RequestError(Exception):
+    """A request the plugin refuses: `code` is the HTTP status, the message says why."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class MemwallPlugin(base_plugin.TBPlugin):
+    plugin_name = PLUGIN_NAME
+
+    def __init__(self, context: base_plugin.TBContext) -> None:
+        self.loader = ReportLoader(context.logdir or ".")
+
+    def get_plugin_apps(self) -> dict[str, Any]:
+        apps: dict[str, Any] = {
+            "/runs": self.runs_route,
+            "/report": self.report_route,
+            "/devices": self.devices_route,
+        }
+        for route in STATIC_FILES:
+            apps[route] = self.static_route
+        return apps
+
+    def is_active(self) -> bool:
+        return self.loader.is_active()
+
+    def frontend_metadata(self) -> base_plugin.FrontendMetadata:
+        return base_plugin.FrontendMetadata(es_module_path="/static/index.js", tab_name=TAB_NAME)
+
+    # -- implementations (what tests call) ---------------------------------------------------------
+    def runs_impl(self) -> dict[str, Any]:
+        return views.runs_view(self.loader.runs())
+
+    def report_impl(self, args: dict[str, str]) -> dict[str, Any]:
+        """The view of one run: its windows of one rank (one window, or all of them merged),
+        optionally one phase, optionally re-scored for another device or element size."""
+        for name, value in args.items():
+            if len(value) > _MAX_PARAM or "\x00" in value:
+                raise RequestError(400, f"parameter {name!r} is too long or not text")
+        runs = self.loader.runs()
+        run = runs.get(args.get("run", ""))
+        if run is None:
+            raise RequestError(404, f"unknown run {args.get('run', '')!r}; GET ./runs lists the runs")
+        rank = _int_param(args, "rank", default=run.ranks[0], low=0, high=1 << 20)
+        windows = [w for w in run.windows if w.rank == rank]
+        if not windows:
+            raise RequestError(404, f"run {run.name!r} has no report for rank {rank}")
+        window_id = args.get("window", "all") or "all"
+        if window_id != "all":
+            windows = [w for w in windows if w.id == window_id]
+            if not windows:
+                raise RequestError(404, f"run {run.name!r} has no window {window_id!r}")
+        phase = args.get("phase") or None
+        if phase is not None and not _PHASE.match(phase):
+            raise RequestError(400, f"phase {phase!r} is not a phase name")
+        report = self._load(run, windows)
+        device = args.get("device") or None
+        bpe = args.get("bytes_per_element") or None
+        if device is not None or bpe is not None:
+            try:
+                spec = lookup_device(device) if device is not None else None
+            except LookupError:
+                raise RequestError(400, f"unknown device {device!r}; GET ./devices lists them") from None
+            report = report.rescore(
+                bytes_per_element=_int_param(args, "bytes_per_element", None, 1, 16) if bpe else None,
+                device=spec,
+            )
+        if phase is not None and phase not in {r.phase for r in report.rows}:
+            raise RequestError(404, f"run {run.name!r} has no {phase!r} work")
+        return views.report_view(report, phase=phase)
+
+    def _load(self, run: Run, windows: list[Any]) -> Report:
+        reports = []
+        for w in windows:
+            try:
+                reports.append(self.loader.load(w))
+            except ReportError as exc:
+                # name the file within the run, never the server's path
+                message = str(exc).replace(str(w.path), f"{w.id}.json")
+                raise RequestError(422, f"run {run.name!r}: {message}") from None
+            except OSError as exc:  # removed or unreadable since the scan
+                message = f"run {run.name!r}: {w.id}.json cannot be read ({exc.strerror})"
+                raise RequestError(404, message) from None
+        return merge_reports(reports)
+
+    # -- routes ------------------------------------------------------------------------------------
+    @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
+    def runs_route(self, request: wrappers.Request) -> wrappers.Response:
+        return http_util.Respond(request, self.runs_impl(), "application/json")
+
+    @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
+    def devices_route(self, request: wrappers.Request) -> wrappers.Response:
+        return http_util.Respond(request, views.devices_view(), "application/json")
+
+    @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
+    def report_route(self, request: wrappers.Request) -> wrappers.Response:
+        try:
+            body = self.report_impl(dict(request.args.items()))
+        except RequestError as exc:
+            return http_util.Respond(request, {"error": str(exc)}, "application/json", code=exc.code)
+        return http_util.Respond(request, body, "application/json")
+
+    @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
+    def static_route(self, request: wrappers.Request) -> wrappers.Response:
+        suffix = request.path[request.path.index("/static/"):]
+        name, mimetype = STATIC_FILES[suffix]
+        body = resources.files("memwall_plugin.tb_plugin").joinpath("static", name).read_bytes()
+        return http_util.Respond(request, body, mimetype)
+
+
+def _int_param(args: dict[str, str], name: str, default: Any, low: int, high: int) -> Any:
+    text = args.get(name)
+    if text is None or text == "":
+        return default
+    if not re.fullmatch(r"\d{1,8}", text):
+        raise RequestError(400, f"{name} must be a whole number, got {text!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise RequestError(400, f"{name} must be between {low} and {high}, got {value}")
+    return value

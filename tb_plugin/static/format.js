@@ -1,0 +1,38 @@
+// Number formatting shared by the panel's parts.
+
+const PREFIXES = [[1e15, 'P'], [1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']];
+
+/** 12.3 G, 4.56 M: three significant digits with an SI prefix; "-" for unknown. */
+export function si(value, unit = '') {
+  if (value === null || value === undefined || !isFinite(value)) return '-';
+  for (const [factor, prefix] of PREFIXES) {
+    if (Math.abs(value) >= factor) return `${(value / factor).toPrecision(3)} ${prefix}${unit}`.trim();
+  }
+  return `${Number(value.toPrecision(3))} ${unit}`.trim();
+}
+
+export function pct(value) {
+  if (value === null || value === undefined || !isFinite(value)) return '-';
+  return value >= 0.1 ? `${(value * 100).toFixed(0)}%` : `${(value * 100).toFixed(1)}%`;
+}
+
+export function num(value) {
+  if (value === null || value === undefined || !isFinite(value)) return '-';
+  return String(Number(value.toPrecision(3)));
+}
+
+export function duration(seconds) {
+  if (seconds === null || seconds === undefined || !isFinite(seconds)) return '-';
+  if (seconds === 0) return '0';
+  if (seconds >= 1) return `${seconds.toPrecision(3)} s`;
+  if (seconds >= 1e-3) return `${(seconds * 1e3).toPrecision(3)} ms`;
+  return `${(seconds * 1e6).toPrecision(3)} µs`;
+}
+
+/** An element with a class and text; never HTML. */
+export function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}

@@ -1,0 +1,144 @@
+// The Memory Wall tab: TensorBoard loads this module in its iframe and calls render().
+
+import {describePoint, drawRoofline} from './chart.js';
+import {duration, el, pct, si} from './format.js';
+import {OperatorTable} from './table.js';
+import {renderTree} from './tree.js';
+
+const state = {runs: [], run: '', rank: '', window: 'all', phase: '', points: 'op', device: '', bpe: ''};
+
+async function getJSON(url) {
+  const response = await fetch(url);
+  let body = null;
+  try { body = await response.json(); } catch (error) { body = null; }
+  if (!response.ok) throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function select(label, className, options, value, onChange) {
+  const wrap = el('label', 'mw-control');
+  wrap.appendChild(el('span', '', label));
+  const node = el('select', className);
+  for (const [optionValue, text] of options) {
+    const option = el('option', '', text);
+    option.value = optionValue;
+    node.appendChild(option);
+  }
+  node.value = value;
+  node.addEventListener('change', () => onChange(node.value));
+  wrap.appendChild(node);
+  return wrap;
+}
+
+export async function render() {
+  const sheet = document.createElement('link');
+  sheet.rel = 'stylesheet';
+  sheet.href = './static/style.css';
+  document.head.appendChild(sheet);
+
+  const app = el('div', 'mw-app');
+  const header = el('div', 'mw-header');
+  header.appendChild(el('h1', '', 'Memory Wall'));
+  const controls = el('div', 'mw-controls');
+  header.appendChild(controls);
+  const status = el('div', 'mw-status');
+  const cards = el('div', 'mw-cards');
+  const chartBox = el('div', 'mw-chart-box');
+  const tableBox = el('div', 'mw-table-box');
+  const treeBox = el('div', 'mw-tree');
+  app.append(header, status, cards, el('h2', '', 'Roofline'), chartBox, el('h2', '', 'Operators'), tableBox,
+      el('h2', '', 'Modules (rolled up)'), treeBox);
+  document.body.appendChild(app);
+  const table = new OperatorTable(tableBox);
+
+  let devices = [];
+  try {
+    devices = (await getJSON('./devices')).devices;
+    state.runs = (await getJSON('./runs')).runs;
+  } catch (error) {
+    status.textContent = `Could not list runs: ${error.message}`;
+    status.className = 'mw-status mw-error';
+    return;
+  }
+  if (!state.runs.length) {
+    status.textContent = 'No memwall reports in this logdir yet. Profile a run with memwall.profile(logdir=...).';
+    return;
+  }
+  state.run = state.runs[0].run;
+
+  async function update() {
+    const run = state.runs.find((r) => r.run === state.run);
+    controls.textContent = '';
+    controls.appendChild(select('run', 'mw-run', state.runs.map((r) => [r.run, r.run]), state.run, (v) => {
+      state.run = v; state.rank = ''; state.window = 'all'; state.phase = ''; update();
+    }));
+    const ranks = run.ranks.map((r) => [String(r), `rank ${r}`]);
+    if (!state.rank) state.rank = ranks[0][0];
+    controls.appendChild(select('rank', 'mw-rank', ranks, state.rank, (v) => { state.rank = v; state.window = 'all'; update(); }));
+    const windows = [['all', 'all steps']].concat(run.windows.filter((w) => String(w.rank) === state.rank).map((w) =>
+      [w.id, w.first_step >= 0 ? `steps ${w.first_step}–${w.last_step}` : w.id]));
+    controls.appendChild(select('steps', 'mw-window', windows, state.window, (v) => { state.window = v; update(); }));
+
+    const params = new URLSearchParams({run: state.run, rank: state.rank, window: state.window});
+    if (state.phase) params.set('phase', state.phase);
+    if (state.device) params.set('device', state.device);
+    if (state.bpe) params.set('bytes_per_element', state.bpe);
+    status.textContent = 'Loading…';
+    status.className = 'mw-status';
+    let data;
+    try {
+      data = await getJSON(`./report?${params}`);
+    } catch (error) {
+      status.textContent = `This run's report cannot be shown: ${error.message}`;
+      status.className = 'mw-status mw-error';
+      cards.textContent = ''; chartBox.textContent = ''; treeBox.textContent = '';
+      table.setRows([]);
+      return;
+    }
+    status.textContent = '';
+    controls.appendChild(select('phase', 'mw-phase', [['', 'all phases']].concat(data.phases.map((p) => [p, p])),
+        state.phase, (v) => { state.phase = v; update(); }));
+    controls.appendChild(select('points', 'mw-points', [['op', 'per operator'], ['module', 'per module']], state.points,
+        (v) => { state.points = v; draw(data); }));
+    controls.appendChild(select('what-if device', 'mw-device', [['', 'as measured']].concat(
+        devices.map((d) => [d.key, d.name])), state.device, (v) => { state.device = v; update(); }));
+    controls.appendChild(select('bytes/element', 'mw-bpe', [['', 'as measured'], ['1', '1 (8-bit)'], ['2', '2 (16-bit)'],
+      ['4', '4 (32-bit)']], state.bpe, (v) => { state.bpe = v; update(); }));
+    headline(cards, data);
+    draw(data);
+    table.setRows(data.rows);
+    renderTree(treeBox, data.tree, data.headline.time_s);
+  }
+
+  function draw(data) {
+    drawRoofline(chartBox, data.device, state.points === 'op' ? data.rows : data.modules, describePoint);
+  }
+
+  await update();
+}
+
+function headline(container, data) {
+  const h = data.headline;
+  container.textContent = '';
+  const card = (label, value, note) => {
+    const box = el('div', 'mw-card');
+    box.appendChild(el('div', 'mw-card-label', label));
+    box.appendChild(el('div', 'mw-card-value', value));
+    if (note) box.appendChild(el('div', 'mw-card-note', note));
+    container.appendChild(box);
+  };
+  card('time in ops', duration(h.time_s), `${h.steps.length} step(s)${h.incomplete ? ' · INCOMPLETE' : ''}`);
+  card('memory-bound', pct(h.memory_bound_fraction), 'share of op time');
+  card('achieved', si(h.achieved_flops_per_s, 'FLOP/s'), `${si(h.achieved_bytes_per_s, 'B/s')} moved`);
+  card('intensity', `${si(h.intensity)} FLOP/B`, `${si(h.flops, 'FLOP')} · ${si(h.bytes, 'B')}`);
+  card('coverage', pct(h.coverage), `${h.uncounted_rows} uncounted row(s)`);
+  const device = data.device;
+  if (device) {
+    const peaks = device.peaks.filter((p) => ['fp32', 'bf16', 'fp16'].includes(p.dtype))
+        .map((p) => `${p.dtype} ${si(p.flops_per_s, 'FLOP/s')} (${p.source})`).join(' · ');
+    const bw = device.bandwidth ? `${si(device.bandwidth.bytes_per_s, 'B/s')} (${device.bandwidth.source})` : 'unknown';
+    const whatIf = data.measured_on && data.measured_on !== device.name ? ` · times measured on ${data.measured_on}` : '';
+    const bpe = data.bytes_per_element ? ` · tensors re-sized to ${data.bytes_per_element} B/element` : '';
+    card('device', device.name, `${peaks} · memory ${bw}${whatIf}${bpe}`);
+  }
+}

@@ -1,0 +1,139 @@
+// The operator table: sortable, filterable (name, module prefix, phase, bound), and virtualised so
+// that 10,000 rows stay fast (only the rows in view are in the DOM).
+
+import {el, num, pct, si} from './format.js';
+
+const ROW_HEIGHT = 24;
+const VIEWPORT_ROWS = 24;
+const COLUMNS = [
+  {key: 'op', label: 'op', text: (r) => r.op.replace(/^aten\./, '')},
+  {key: 'module', label: 'module', text: (r) => r.module || '(top level)'},
+  {key: 'phase', label: 'phase', text: (r) => r.phase},
+  {key: 'calls', label: 'calls', text: (r) => r.calls.toLocaleString(), numeric: true},
+  {key: 'time_s', label: 'time', text: (r, total) => pct(total ? r.time_s / total : null), numeric: true},
+  {key: 'flops', label: 'FLOPs', text: (r) => si(r.flops), numeric: true},
+  {key: 'bytes', label: 'bytes', text: (r) => si(r.bytes, 'B'), numeric: true},
+  {key: 'intensity', label: 'FLOP/B', text: (r) => num(r.intensity), numeric: true},
+  {key: 'bound', label: 'bound', text: (r) => r.bound},
+  {key: 'efficiency', label: '% of roof', text: (r) => pct(r.efficiency), numeric: true},
+];
+
+export class OperatorTable {
+  constructor(container) {
+    this.container = container;
+    this.rows = [];
+    this.view = [];
+    this.sortKey = 'time_s';
+    this.descending = true;
+    this.filters = {name: '', module: '', bound: ''};
+    this.total = 0;
+    this.build();
+  }
+
+  build() {
+    const bar = el('div', 'mw-filters');
+    const name = el('input', 'mw-filter-name');
+    name.placeholder = 'op name contains…';
+    const module = el('input', 'mw-filter-module');
+    module.placeholder = 'module prefix (transformer.h.0)';
+    const bound = el('select', 'mw-filter-bound');
+    for (const [value, label] of [['', 'any bound'], ['memory', 'memory-bound'], ['compute', 'compute-bound'],
+      ['none', 'views (none)'], ['unknown', 'uncounted']]) {
+      const option = el('option', '', label);
+      option.value = value;
+      bound.appendChild(option);
+    }
+    name.addEventListener('input', () => { this.filters.name = name.value.trim().toLowerCase(); this.refresh(); });
+    module.addEventListener('input', () => { this.filters.module = module.value.trim(); this.refresh(); });
+    bound.addEventListener('change', () => { this.filters.bound = bound.value; this.refresh(); });
+    this.count = el('span', 'mw-count');
+    bar.append(name, module, bound, this.count);
+
+    this.table = el('table', 'mw-table');
+    const head = el('thead');
+    const tr = el('tr');
+    this.headers = {};
+    for (const column of COLUMNS) {
+      const th = el('th', column.numeric ? 'mw-num' : '', column.label);
+      th.addEventListener('click', () => this.sortBy(column.key));
+      th.dataset.key = column.key;
+      this.headers[column.key] = th;
+      tr.appendChild(th);
+    }
+    head.appendChild(tr);
+    this.body = el('tbody');
+    this.table.append(head, this.body);
+    this.scroller = el('div', 'mw-scroller');
+    this.scroller.appendChild(this.table);
+    this.scroller.addEventListener('scroll', () => this.paint());
+    this.container.append(bar, this.scroller);
+  }
+
+  setRows(rows) {
+    this.rows = rows;
+    this.total = rows.reduce((sum, r) => sum + r.time_s, 0);
+    this.refresh();
+  }
+
+  sortBy(key) {
+    if (this.sortKey === key) this.descending = !this.descending;
+    else { this.sortKey = key; this.descending = !['op', 'module', 'phase', 'bound'].includes(key); }
+    this.refresh();
+  }
+
+  refresh() {
+    const {name, module, bound} = this.filters;
+    const prefix = module.replace(/\.$/, '');
+    this.view = this.rows.filter((r) =>
+      (!name || r.op.toLowerCase().includes(name)) &&
+      (!prefix || r.module === prefix || r.module.startsWith(prefix + '.')) &&
+      (!bound || r.bound === bound));
+    const key = this.sortKey, sign = this.descending ? -1 : 1;
+    this.view.sort((a, b) => {
+      const x = a[key], y = b[key];
+      if (x === y) return 0;
+      if (x === null || x === undefined) return 1;
+      if (y === null || y === undefined) return -1;
+      return (x < y ? -1 : 1) * sign;
+    });
+    for (const [k, th] of Object.entries(this.headers)) {
+      th.classList.toggle('mw-sorted', k === key);
+      th.dataset.direction = k === key ? (this.descending ? 'desc' : 'asc') : '';
+    }
+    this.count.textContent = `${this.view.length.toLocaleString()} of ${this.rows.length.toLocaleString()} rows`;
+    this.table.dataset.rows = String(this.view.length);
+    this.scroller.scrollTop = 0;
+    this.paint();
+  }
+
+  // Render the rows in view, with spacer rows standing in for the rest.
+  paint() {
+    const virtual = this.view.length > 500;
+    const first = virtual ? Math.max(0, Math.floor(this.scroller.scrollTop / ROW_HEIGHT) - 8) : 0;
+    const last = virtual ? Math.min(this.view.length, first + VIEWPORT_ROWS + 16) : this.view.length;
+    this.body.textContent = '';
+    if (first > 0) this.body.appendChild(spacer(first * ROW_HEIGHT));
+    for (let i = first; i < last; i++) {
+      const r = this.view[i];
+      const tr = el('tr', `mw-row mw-${r.bound}`);
+      tr.dataset.id = String(r.id);
+      for (const column of COLUMNS) {
+        const td = el('td', column.numeric ? 'mw-num' : '', column.text(r, this.total));
+        if (column.key === 'op') td.title = `${r.op}.${r.overload} ${r.shapes} (${r.dtype})`;
+        if (column.key === 'module') td.title = r.module;
+        tr.appendChild(td);
+      }
+      this.body.appendChild(tr);
+    }
+    if (last < this.view.length) this.body.appendChild(spacer((this.view.length - last) * ROW_HEIGHT));
+  }
+}
+
+function spacer(height) {
+  const tr = el('tr', 'mw-spacer');
+  const td = el('td');
+  td.colSpan = COLUMNS.length;
+  td.style.height = `${height}px`;
+  tr.appendChild(td);
+  return tr;
+}

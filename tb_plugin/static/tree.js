@@ -1,0 +1,42 @@
+// The module tree with rolled-up totals (forward and backward time), as nested <details>.
+
+import {duration, el, num, pct, si} from './format.js';
+
+export function renderTree(container, nodes, totalTime) {
+  container.textContent = '';
+  if (!nodes.length || (nodes.length === 1 && nodes[0].key === '')) {
+    container.appendChild(el('div', 'mw-empty', 'No module paths recorded (pass model= or run modules).'));
+    return;
+  }
+  const children = new Map();
+  for (const node of nodes) {
+    if (node.parent === null) continue;
+    if (!children.has(node.parent)) children.set(node.parent, []);
+    children.get(node.parent).push(node);
+  }
+  const root = nodes.find((n) => n.key === '');
+  if (root) container.appendChild(branch(root, children, totalTime, 0));
+}
+
+function branch(node, children, totalTime, depth) {
+  const kids = (children.get(node.key) || []).sort((a, b) => b.time_s - a.time_s);
+  const line = el('span', 'mw-tree-line');
+  line.appendChild(el('span', 'mw-tree-name', node.key ? node.key.split('.').pop() : '(model)'));
+  line.appendChild(el('span', 'mw-tree-stat', `${pct(totalTime ? node.time_s / totalTime : null)} · ` +
+      `fwd ${duration(node.forward_time_s)} · bwd ${duration(node.backward_time_s)} · ${si(node.flops, 'FLOP')} · ` +
+      `${num(node.intensity)} FLOP/B`));
+  line.appendChild(el('span', `mw-badge mw-${node.bound}`, node.bound));
+  line.title = node.key || '(model)';
+  if (!kids.length) {
+    const leaf = el('div', 'mw-tree-leaf');
+    leaf.appendChild(line);
+    return leaf;
+  }
+  const details = el('details', 'mw-tree-node');
+  details.open = depth < 2;
+  const summary = el('summary');
+  summary.appendChild(line);
+  details.appendChild(summary);
+  for (const kid of kids) details.appendChild(branch(kid, children, totalTime, depth + 1));
+  return details;
+}

@@ -1,0 +1,63 @@
+"""Logdirs for the TensorBoard tests: real profiled runs plus broken and hostile ones."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+import memwall_plugin as memwall
+
+EVIL = "<img src=x onerror=alert(1)>"
+
+
+class Evil(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.body(x).relu()
+
+
+def make_logdir(root: Path, *, big_rows: int = 0, kineto: bool = False) -> dict[str, Path]:
+    """Runs: "train" (a real profiled MLP training, two windows), "evil" (a module named like an
+    HTML tag), "corrupt" (truncated report), "future" (a newer schema), optionally "big"."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    schedule = memwall.schedule(active=2, repeat=2)
+    with memwall.profile(model=model, logdir=root / "train", schedule=schedule, kineto=kineto,
+                         summary=False) as prof:
+        for _ in range(4):
+            logits = model(torch.randn(32, 64))
+            torch.nn.functional.cross_entropy(logits, torch.randint(0, 10, (32,))).backward()
+            opt.step()
+            opt.zero_grad()
+            prof.step()
+
+    evil = torch.nn.Module()
+    evil.add_module(EVIL, Evil())
+    with memwall.profile(model=evil, logdir=root / "evil", summary=False):
+        getattr(evil, EVIL)(torch.randn(4, 16))
+
+    (root / "nested" / "deeper").mkdir(parents=True)
+    good = next((root / "train" / "plugins" / "memwall").glob("*.json"))
+    corrupt = root / "corrupt" / "plugins" / "memwall" / "rank0_steps000000-000000.json"
+    corrupt.parent.mkdir(parents=True)
+    corrupt.write_text(good.read_text()[:300])
+    future = root / "nested" / "future" / "plugins" / "memwall" / "rank0_steps000000-000000.json"
+    future.parent.mkdir(parents=True)
+    data = json.loads(good.read_text())
+    data["schema_version"] = 99
+    future.write_text(json.dumps(data))
+    if big_rows:
+        rep = memwall.load_report(good)
+        template = rep.rows[0]
+        rows = tuple(dataclasses.replace(template, module=f"layers.{i // 10}.op{i % 10}",
+                                         time_s=1e-6 * (1 + i % 97)) for i in range(big_rows))
+        big = root / "big" / "plugins" / "memwall" / "rank0_steps000000-000000.json"
+        dataclasses.replace(rep, rows=rows).save(big)
+    return {"train": root / "train", "good_file": good}

@@ -1,0 +1,232 @@
+"""The Memory Wall tab in a real browser: TensorBoard on 127.0.0.1 over real profiled runs, opened
+in headless Chromium (Debian's chromium and chromium-driver, installed by .ci/run).
+
+Set MEMWALL_SCREENSHOTS=DIR to keep the screenshots."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from tb_logdir import EVIL, make_logdir
+
+import memwall_plugin as memwall
+from memwall_plugin.report import merge_reports
+
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+if not (CHROMIUM and CHROMEDRIVER):
+    if os.environ.get("CI"):
+        raise RuntimeError("CI needs Debian's chromium and chromium-driver: .ci/run installs them")
+    pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait as _Wait  # noqa: E402
+
+
+def WebDriverWait(driver, timeout):  # noqa: N802 - the controls are rebuilt on every update
+    return _Wait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,))
+
+
+def _select(driver, css: str, value: str) -> None:
+    """Choose an option as a user would: set it and fire the change event."""
+    driver.execute_script(
+        "const s = document.querySelector(arguments[0]); s.value = arguments[1];"
+        "s.dispatchEvent(new Event('change'));", css, value)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def tensorboard(tmp_path_factory):
+    logdir = tmp_path_factory.mktemp("tb")
+    make_logdir(logdir, big_rows=10_000, kineto=True)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
+         "--port", str(port), "--reload_interval", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                listing = _get_json(f"{base}/data/plugins_listing")
+                if listing.get("memwall", {}).get("enabled"):
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"TensorBoard did not start: {proc.stderr.read() if proc.poll() else ''}")
+            time.sleep(0.5)
+        yield base, logdir
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 f"--user-data-dir={tmp_path_factory.mktemp('chromium')}", "--window-size=1400,2000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _screenshot(driver, name: str, tmp_path: Path) -> Path:
+    where = Path(os.environ.get("MEMWALL_SCREENSHOTS") or tmp_path)
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / f"{name}.png"
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def _open_tab(driver, base: str):
+    driver.get("about:blank")  # a fresh page: a hash-only navigation would keep the last state
+    driver.get(f"{base}/#memwall")
+    iframe = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.TAG_NAME, "iframe"))[0]
+    driver.switch_to.frame(iframe)
+    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "select.mw-run"))
+
+
+def _choose_run(driver, run: str, ready: str = ".mw-card"):
+    _select(driver, "select.mw-run", run)
+    WebDriverWait(driver, 60).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, "select.mw-run").get_attribute("value") == run
+        and (d.find_elements(By.CSS_SELECTOR, ready) or "cannot be shown" in d.find_element(
+            By.CSS_SELECTOR, ".mw-status").text)
+        and d.find_element(By.CSS_SELECTOR, ".mw-status").text != "Loading…"
+    )
+
+
+def test_tab_shows_one_point_per_operator_row_and_the_table_its_rows(tensorboard, browser, tmp_path):
+    base, logdir = tensorboard
+    _open_tab(browser, base)
+    _choose_run(browser, "train")
+    files = sorted((logdir / "train" / "plugins" / "memwall").glob("*.json"))
+    report = merge_reports(memwall.load_report(f) for f in files)
+    plotted = [r for r in report.rows if r.flops and r.bytes > 0 and r.time_s > 0]
+    points = browser.find_elements(By.CSS_SELECTOR, "svg.mw-chart circle.mw-point")
+    assert len(points) == len(plotted) > 10
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row")) == len(report.rows)
+    memory = browser.find_elements(By.CSS_SELECTOR, "circle.mw-point.mw-memory")
+    assert len(memory) == sum(r.bound == "memory" for r in plotted)
+    cards = browser.find_element(By.CSS_SELECTOR, ".mw-cards").text
+    assert "MEMORY-BOUND" in cards.upper() and "DEVICE" in cards.upper()
+    # sorting by FLOPs puts the biggest matmul first
+    browser.find_element(By.CSS_SELECTOR, "th[data-key='flops']").click()
+    first = browser.find_element(By.CSS_SELECTOR, "tbody tr.mw-row td").text
+    assert first == max(report.rows, key=lambda r: r.flops or 0).op.removeprefix("aten.")
+    # the module toggle places one point per module
+    _select(browser, "select.mw-points", "module")
+    modules = {g.key for g in report.group_by("module") if g.flops and g.bytes and g.time_s > 0}
+    assert len(browser.find_elements(By.CSS_SELECTOR, "circle.mw-point")) == len(modules)
+    _screenshot(browser, "memwall-tab-train", tmp_path)
+
+
+def test_what_if_device_replaces_the_roofs(tensorboard, browser):
+    base, _ = tensorboard
+    _open_tab(browser, base)
+    _choose_run(browser, "train")
+    _select(browser, "select.mw-device", "h100-sxm")
+    WebDriverWait(browser, 60).until(lambda d: "H100" in d.find_element(By.CSS_SELECTOR, ".mw-cards").text)
+    labels = " ".join(t.text for t in browser.find_elements(By.CSS_SELECTOR, "text.mw-roof-label"))
+    assert "989" in labels  # the H100's dense bf16 roof
+
+
+def test_hostile_module_name_is_text(tensorboard, browser, tmp_path):
+    base, _ = tensorboard
+    _open_tab(browser, base)
+    _choose_run(browser, "evil")
+    cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row td")]
+    assert f"{EVIL}.body" in cells
+    assert browser.find_elements(By.TAG_NAME, "img") == []
+    point = browser.find_elements(By.CSS_SELECTOR, "circle.mw-point")[0]
+    ActionChains(browser).move_to_element(point).perform()
+    tooltip = browser.find_element(By.CSS_SELECTOR, ".mw-tooltip")
+    WebDriverWait(browser, 10).until(lambda d: tooltip.is_displayed())
+    assert EVIL in tooltip.text
+    assert browser.find_elements(By.TAG_NAME, "img") == []
+    _screenshot(browser, "memwall-tab-evil", tmp_path)
+
+
+def test_broken_run_shows_its_error_and_others_still_work(tensorboard, browser, tmp_path):
+    base, _ = tensorboard
+    _open_tab(browser, base)
+    _choose_run(browser, "corrupt")
+    status = browser.find_element(By.CSS_SELECTOR, ".mw-status").text
+    assert "cannot be shown" in status and "truncated" in status
+    _screenshot(browser, "memwall-tab-corrupt", tmp_path)
+    _choose_run(browser, "nested/future")
+    assert "schema_version 99" in browser.find_element(By.CSS_SELECTOR, ".mw-status").text
+    _choose_run(browser, "train")
+    assert browser.find_elements(By.CSS_SELECTOR, "circle.mw-point")
+
+
+def test_ten_thousand_rows_stay_fast(tensorboard, browser):
+    base, _ = tensorboard
+    _open_tab(browser, base)
+    start = time.monotonic()
+    _choose_run(browser, "big")
+    WebDriverWait(browser, 60).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, ".mw-count").text.startswith("10,000"))
+    assert time.monotonic() - start < 30
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row")) < 100  # virtualised
+    box = browser.find_element(By.CSS_SELECTOR, ".mw-filter-module")
+    box.send_keys("layers.7.")
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, ".mw-count").text.startswith("10 of"))
+
+
+def test_pytorch_profiler_tab_loads_the_annotated_trace(tensorboard):
+    base, _ = tensorboard
+    deadline = time.monotonic() + 90
+    runs: list = []
+    while time.monotonic() < deadline:
+        payload = _get_json(f"{base}/data/plugin/pytorch_profiler/runs")
+        runs = payload.get("runs", []) if isinstance(payload, dict) else payload
+        if "train" in runs and not (isinstance(payload, dict) and payload.get("loading")):
+            break
+        time.sleep(1)
+    assert "train" in runs
+    listing = _get_json(f"{base}/data/plugins_listing")
+    assert listing["memwall"]["enabled"] and listing["pytorch_profiler"]["enabled"]
+    workers = _get_json(f"{base}/data/plugin/pytorch_profiler/workers?run=train&view=Operator")
+    spans = _get_json(f"{base}/data/plugin/pytorch_profiler/spans?run=train&worker={workers[0]}")
+    span = spans[0] if spans else ""
+    table = _get_json(f"{base}/data/plugin/pytorch_profiler/operation/table?run=train"
+                      f"&worker={workers[0]}&span={span}&view=Operator&group_by=Operation")
+    names = {row["name"] for row in table["data"]}
+    assert "aten::addmm" in names

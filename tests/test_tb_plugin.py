@@ -1,0 +1,168 @@
+"""The TensorBoard plugin's backend: routes called directly, loader, views, scalars, traces."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from memwall_plugin.tb_plugin.loader import ReportLoader, scan
+from memwall_plugin.tb_plugin.plugin import STATIC_FILES, MemwallPlugin
+from tb_logdir import EVIL, make_logdir
+from tensorboard.plugins import base_plugin
+from werkzeug.test import Client
+
+import memwall_plugin as memwall
+
+STATIC = Path(memwall.__file__).parent.parent / "tb_plugin" / "static"
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("logdir")
+    make_logdir(root, big_rows=10_000, kineto=True)
+    return root
+
+
+@pytest.fixture
+def plugin(logdir):
+    return MemwallPlugin(base_plugin.TBContext(logdir=str(logdir)))
+
+
+def get(plugin, route, **params):
+    client = Client(plugin.get_plugin_apps()[route])
+    response = client.get(f"/data/plugin/memwall{route}", query_string=params)
+    body = response.get_data()
+    return response.status_code, json.loads(body) if response.mimetype == "application/json" else body
+
+
+def test_runs_lists_every_run_with_steps_and_ranks(plugin):
+    status, body = get(plugin, "/runs")
+    assert status == 200
+    runs = {r["run"]: r for r in body["runs"]}
+    assert set(runs) == {"train", "evil", "corrupt", "nested/future", "big"}
+    assert runs["train"]["ranks"] == [0]
+    assert [(w["first_step"], w["last_step"]) for w in runs["train"]["windows"]] == [(0, 1), (2, 3)]
+
+
+def test_report_view_matches_the_saved_report(plugin, logdir):
+    status, body = get(plugin, "/report", run="train")
+    assert status == 200
+    files = sorted((logdir / "train" / "plugins" / "memwall").glob("*.json"))
+    merged = memwall.report.merge_reports(memwall.load_report(f) for f in files)
+    assert len(body["rows"]) == len(merged.rows)
+    assert body["headline"]["flops"] == merged.total_flops
+    assert body["headline"]["steps"] == [0, 1, 2, 3]
+    assert {r["bound"] for r in body["rows"]} <= {"memory", "compute", "none", "unknown"}
+    one = get(plugin, "/report", run="train", window=files[0].stem)[1]
+    assert one["headline"]["steps"] == [0, 1]
+    backward = get(plugin, "/report", run="train", phase="backward")[1]
+    assert {r["phase"] for r in backward["rows"]} == {"backward"}
+
+
+def test_what_if_rescores_on_the_server(plugin):
+    base = get(plugin, "/report", run="train")[1]
+    h100 = get(plugin, "/report", run="train", device="h100-sxm", bytes_per_element="1")[1]
+    assert h100["device"]["key"] == "h100-sxm" and h100["bytes_per_element"] == 1
+    assert h100["headline"]["flops"] == base["headline"]["flops"]
+    assert h100["headline"]["bytes"] < base["headline"]["bytes"]
+    assert h100["measured_on"] != h100["device"]["name"]
+
+
+@pytest.mark.parametrize("params,code", [
+    ({"run": "nope"}, 404),
+    ({"run": "../train"}, 404),
+    ({"run": "/etc"}, 404),
+    ({"run": "train/../evil"}, 404),
+    ({"run": "train", "window": "../../corrupt/plugins/memwall/rank0_steps000000-000000"}, 404),
+    ({"run": "train", "window": "/etc/passwd"}, 404),
+    ({"run": "train", "rank": "../1"}, 400),
+    ({"run": "train", "rank": "7"}, 404),
+    ({"run": "train", "phase": "../x"}, 400),
+    ({"run": "train", "phase": "decode"}, 404),
+    ({"run": "train", "device": "../../etc/passwd"}, 400),
+    ({"run": "train", "bytes_per_element": "-1"}, 400),
+    ({"run": "train", "bytes_per_element": "99"}, 400),
+    ({"run": "train" * 200}, 400),
+])
+def test_bad_parameters_get_a_clear_4xx(plugin, params, code):
+    status, body = get(plugin, "/report", **params)
+    assert status == code, body
+    assert body["error"]
+    assert get(plugin, "/report", run="train")[0] == 200  # the others keep working
+
+
+def test_broken_reports_fail_for_their_run_only(plugin):
+    status, body = get(plugin, "/report", run="corrupt")
+    assert status == 422 and "corrupt" in body["error"] and "truncated" in body["error"]
+    assert "/" not in body["error"].split(":", 1)[1].split("(")[0]  # no server paths
+    status, body = get(plugin, "/report", run="nested/future")
+    assert status == 422 and "schema_version 99" in body["error"]
+    assert get(plugin, "/report", run="evil")[0] == 200
+
+
+def test_module_names_travel_as_data(plugin):
+    body = get(plugin, "/report", run="evil")[1]
+    assert any(r["module"] == f"{EVIL}.body" for r in body["rows"])
+    for name in STATIC_FILES.values():
+        source = (STATIC / name[0]).read_text()
+        assert "innerHTML" not in source and "insertAdjacentHTML" not in source, name
+
+
+def test_static_routes_are_fixed(plugin):
+    for route in STATIC_FILES:
+        status, body = get(plugin, route)
+        assert status == 200 and body
+    assert "/static/*" not in plugin.get_plugin_apps()
+    meta = plugin.frontend_metadata()
+    assert meta.es_module_path == "/static/index.js" and meta.tab_name == "Memory Wall"
+
+
+def test_big_run_view_is_built_quickly(plugin):
+    start = time.perf_counter()
+    status, body = get(plugin, "/report", run="big")
+    assert status == 200 and len(body["rows"]) == 10_000
+    assert time.perf_counter() - start < 30  # generous: a shared machine; the point is no blow-up
+
+
+def test_loader_picks_up_new_runs_and_windows(tmp_path):
+    loader = ReportLoader(tmp_path, rescan_s=0.0)
+    assert loader.rescan() == {}
+    with memwall.profile(logdir=tmp_path / "late", summary=False):
+        import torch
+
+        torch.randn(8, 8) @ torch.randn(8, 8)
+    assert "late" in loader.rescan()
+    assert loader.is_active()
+    assert scan(tmp_path / "missing") == {}
+
+
+def test_scalars_per_step_are_written(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir / "train"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"memwall/flops", "memwall/bytes", "memwall/intensity", "memwall/memory_bound_fraction",
+            "memwall/achieved_flops_per_s"} <= tags
+    flops = events.Scalars("memwall/flops")
+    assert [e.step for e in flops] == [0, 1, 2, 3]
+    assert all(e.value > 0 for e in flops)
+
+
+def test_kineto_trace_carries_memwall_figures(logdir):
+    traces = list((logdir / "train").glob("*.pt.trace.json"))
+    assert traces
+    data = json.loads(traces[0].read_text())
+    annotated = [e for e in data["traceEvents"] if "memwall_flops" in e.get("args", {})]
+    assert annotated
+    for event in annotated:
+        args = event["args"]
+        assert all("." not in key for key in args if key.startswith("memwall"))
+        assert isinstance(args["memwall_flops"], int) and isinstance(args["memwall_bytes"], int)
+        if "memwall_intensity" in args:
+            assert args["memwall_intensity"] == args["memwall_intensity"]  # finite, not NaN
+    addmm = next(e for e in annotated
+                 if e["name"] == "aten::addmm" and e["args"]["Input Dims"][1] == [32, 64])
+    assert addmm["args"]["memwall_flops"] == 2 * 32 * 64 * 256 + 32 * 256  # by hand
