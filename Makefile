@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.memwall-installed
 
-.PHONY: setup demo test clean
+.PHONY: setup demo quickstart test clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The paper's case study (BERT-Base, BERT-Large, GPT-2 at 128/256/512 tokens) and its Figure 1.
 demo: setup
+	$(BIN)/python samples/paper_case_study.py --logdir runs/paper --out runs/paper
+	$(BIN)/python samples/hardware_trends.py --out runs/trends
+	@echo
+	@echo "outputs: runs/paper/paper_case_study.png, runs/paper/results.json, runs/trends/hardware_trends.png"
+	@echo "open the runs: $(BIN)/tensorboard --logdir runs   (the Memory Wall tab)"
+
+quickstart: setup
 	$(BIN)/python samples/quickstart.py --logdir runs/quickstart
 
 test: setup

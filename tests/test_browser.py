@@ -31,7 +31,6 @@ if not (CHROMIUM and CHROMEDRIVER):
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
-from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait as _Wait  # noqa: E402
 
@@ -118,7 +117,9 @@ def _open_tab(driver, base: str):
     driver.get(f"{base}/#memwall")
     iframe = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.TAG_NAME, "iframe"))[0]
     driver.switch_to.frame(iframe)
-    WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "select.mw-run"))
+    WebDriverWait(driver, 60).until(  # the first run's view has loaded
+        lambda d: d.find_elements(By.CSS_SELECTOR, "select.mw-run") and d.find_elements(By.CSS_SELECTOR, ".mw-card")
+        and d.find_element(By.CSS_SELECTOR, ".mw-status").text == "")
 
 
 def _choose_run(driver, run: str, ready: str = ".mw-card"):
@@ -173,11 +174,12 @@ def test_hostile_module_name_is_text(tensorboard, browser, tmp_path):
     cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row td")]
     assert f"{EVIL}.body" in cells
     assert browser.find_elements(By.TAG_NAME, "img") == []
-    point = browser.find_elements(By.CSS_SELECTOR, "circle.mw-point")[0]
-    ActionChains(browser).move_to_element(point).perform()
-    tooltip = browser.find_element(By.CSS_SELECTOR, ".mw-tooltip")
-    WebDriverWait(browser, 10).until(lambda d: tooltip.is_displayed())
-    assert EVIL in tooltip.text
+    # hover the point of the hostile module's matmul (the event the pointer would send)
+    browser.execute_script(
+        "const p = document.querySelector('circle.mw-point'); const box = p.getBoundingClientRect();"
+        "p.dispatchEvent(new MouseEvent('mouseenter', {clientX: box.x + 2, clientY: box.y + 2}));")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, ".mw-tooltip").is_displayed())
+    assert EVIL in browser.find_element(By.CSS_SELECTOR, ".mw-tooltip").text
     assert browser.find_elements(By.TAG_NAME, "img") == []
     _screenshot(browser, "memwall-tab-evil", tmp_path)
 

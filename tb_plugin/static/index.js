@@ -66,7 +66,10 @@ export async function render() {
   }
   state.run = state.runs[0].run;
 
+  let latest = 0;  // a response for an older selection must not overwrite a newer one
+
   async function update() {
+    const request = ++latest;
     const run = state.runs.find((r) => r.run === state.run);
     controls.textContent = '';
     controls.appendChild(select('run', 'mw-run', state.runs.map((r) => [r.run, r.run]), state.run, (v) => {
@@ -89,12 +92,14 @@ export async function render() {
     try {
       data = await getJSON(`./report?${params}`);
     } catch (error) {
+      if (request !== latest) return;
       status.textContent = `This run's report cannot be shown: ${error.message}`;
       status.className = 'mw-status mw-error';
       cards.textContent = ''; chartBox.textContent = ''; treeBox.textContent = '';
       table.setRows([]);
       return;
     }
+    if (request !== latest) return;
     status.textContent = '';
     controls.appendChild(select('phase', 'mw-phase', [['', 'all phases']].concat(data.phases.map((p) => [p, p])),
         state.phase, (v) => { state.phase = v; update(); }));
