@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.memwall-installed
 
-.PHONY: setup demo quickstart test clean
+.PHONY: setup demo quickstart bench test clean
 
 setup: $(STAMP)
 
@@ -24,11 +24,14 @@ demo: setup
 	@echo "outputs: runs/paper/paper_case_study.png, runs/paper/results.json, runs/trends/hardware_trends.png"
 	@echo "open the runs: $(BIN)/tensorboard --logdir runs   (the Memory Wall tab)"
 
+bench: setup
+	$(BIN)/python benchmarks/overhead.py --json runs/bench/overhead.json
+
 quickstart: setup
 	$(BIN)/python samples/quickstart.py --logdir runs/quickstart
 
 test: setup
-	$(BIN)/ruff check memwall_plugin hooks tb_plugin tests samples
+	$(BIN)/ruff check memwall_plugin hooks tb_plugin tests samples benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q tests
 

@@ -34,15 +34,32 @@ class ProfilerConflictError(RuntimeError):
     """Raised when a second memwall capture is started while one is active."""
 
 
-@dataclass(slots=True)
 class CaptureEntry:
-    """All calls of one signature: how many, how long, and the first call's metadata."""
+    """All calls of one signature: how many, how long, and what the call looked like.
 
-    call: OpCall
-    module: str
-    phase: str
-    calls: int = 0
-    time_ns: int = 0
+    The hot path keeps only the signature it already computed (shapes, strides and dtypes of
+    the arguments) and the first call's output signature; `call` builds the OpCall from them
+    the first time it is asked for (when the report is made), not while the model runs."""
+
+    __slots__ = ("func", "arg_key", "kw_key", "out_key", "device", "module", "phase", "calls", "time_ns", "_call")
+
+    def __init__(self, func: Any, arg_key: tuple[Any, ...], kw_key: tuple[Any, ...] | None, out_key: Any,
+                 device: str, module: str, phase: str, calls: int = 0, time_ns: int = 0) -> None:
+        self.func, self.arg_key, self.kw_key, self.out_key, self.device = func, arg_key, kw_key, out_key, device
+        self.module, self.phase, self.calls, self.time_ns = module, phase, calls, time_ns
+        self._call: OpCall | None = None
+
+    @property
+    def call(self) -> OpCall:
+        if self._call is None:
+            self._call = build_call(self.func, self.arg_key, dict(self.kw_key or ()), self.out_key, self.device)
+        return self._call
+
+    def copy(self) -> CaptureEntry:
+        twin = CaptureEntry(self.func, self.arg_key, self.kw_key, self.out_key, self.device, self.module,
+                            self.phase, self.calls, self.time_ns)
+        twin._call = self._call
+        return twin
 
     def merge(self, other: CaptureEntry) -> None:
         self.calls += other.calls
@@ -53,15 +70,6 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def tensor_meta(t: torch.Tensor) -> TensorMeta:
-    shape = tuple(int(n) for n in t.shape)
-    try:
-        stride = tuple(int(s) for s in t.stride())
-    except (RuntimeError, NotImplementedError):  # sparse and other layouts without strides
-        stride = _contiguous_strides(shape)
-    return TensorMeta(shape, stride, _dtype_name(t.dtype), t.dtype.itemsize)
-
-
 def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     strides, running = [], 1
     for n in reversed(shape):
@@ -70,10 +78,25 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+_DTYPE_NAMES: dict[torch.dtype, tuple[str, int]] = {}
+
+
+def _is_tensor_key(value: Any) -> bool:
+    return type(value) is tuple and len(value) == 3 and type(value[0]) is torch.Size
+
+
+def meta_of_key(key: Any) -> TensorMeta:
+    shape, stride, dtype = key
+    named = _DTYPE_NAMES.get(dtype)
+    if named is None:
+        named = _DTYPE_NAMES[dtype] = (_dtype_name(dtype), dtype.itemsize)
+    return TensorMeta(tuple(shape), tuple(stride), named[0], named[1])
+
+
 def _meta_value(value: Any) -> Any:
-    """An argument as formulas see it: tensors become TensorMeta, lists become tuples."""
-    if isinstance(value, _Tensor):
-        return tensor_meta(value)
+    """An argument's signature as formulas see it: tensors become TensorMeta, lists tuples."""
+    if _is_tensor_key(value):
+        return meta_of_key(value)
     if isinstance(value, (list, tuple)):
         return tuple(_meta_value(v) for v in value)
     if isinstance(value, (bool, int, float, str)) or value is None:
@@ -81,77 +104,123 @@ def _meta_value(value: Any) -> Any:
     return str(value)  # dtype, device, layout, memory_format: their names
 
 
-def _flatten_outputs(out: Any) -> list[Any]:
+_NO_DEFAULT = object()
+
+
+@dataclass(frozen=True, slots=True)
+class _Schema:
+    """What build_call needs from an overload's schema, read once (pybind calls are slow)."""
+
+    op: str
+    overload: str
+    arguments: tuple[tuple[str, Any], ...]  # (name, default or _NO_DEFAULT)
+    mutated: tuple[str, ...]
+    out_args: tuple[str, ...]
+    returns_alias: tuple[bool, ...]
+
+
+_SCHEMAS: dict[Any, _Schema] = {}  # overload -> facts; bounded by the number of aten overloads
+
+
+def _schema_of(func: Any) -> _Schema:
+    facts = _SCHEMAS.get(func)
+    if facts is None:
+        schema = func._schema
+        arguments, mutated, out_args = [], [], []
+        for argument in schema.arguments:
+            default = argument.default_value if argument.has_default_value() else _NO_DEFAULT
+            arguments.append((argument.name, default))
+            alias = argument.alias_info
+            if alias is not None and alias.is_write:
+                mutated.append(argument.name)
+                if argument.is_out:
+                    out_args.append(argument.name)
+        namespace, _, name = schema.name.partition("::")
+        facts = _Schema(f"{namespace}.{name}", func._overloadname, tuple(arguments), tuple(mutated),
+                        tuple(out_args), tuple(r.alias_info is not None for r in schema.returns))
+        _SCHEMAS[func] = facts
+    return facts
+
+
+def build_call(
+    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, device: str = "cpu"
+) -> OpCall:
+    """The OpCall of one aten call from its signature (`signature()` of its arguments and
+    outputs) and its schema: arguments by name, aliasing, mutation. Float arguments arrive as
+    zero / non-zero, which is all the formulas ask of them."""
+    schema = _schema_of(func)
+    values: list[tuple[str, Any]] = []
+    n_args = len(args)
+    for index, (name, default) in enumerate(schema.arguments):
+        if index < n_args:
+            value = args[index]
+        elif name in kwargs:
+            value = kwargs[name]
+        elif default is not _NO_DEFAULT:
+            value = default
+        else:
+            continue
+        values.append((name, _meta_value(value)))
+
+    outputs: list[TensorMeta | None] = []
+    aliased: list[bool] = []
+    returns = schema.returns_alias
+    results = out if len(returns) != 1 else (out,)
+    if isinstance(results, (list, tuple)) and not _is_tensor_key(results) and len(returns) == len(results):
+        for ret_alias, result in zip(returns, results, strict=True):
+            for item in _flatten_keys(result):
+                outputs.append(meta_of_key(item) if _is_tensor_key(item) else None)
+                aliased.append(ret_alias)
+    else:
+        for item in _flatten_keys(out):
+            outputs.append(meta_of_key(item) if _is_tensor_key(item) else None)
+            aliased.append(False)
+    return OpCall(
+        op=schema.op,
+        overload=schema.overload,
+        args=tuple(values),
+        outputs=tuple(outputs),
+        mutated=schema.mutated,
+        out_args=schema.out_args,
+        aliased_outputs=tuple(aliased),
+        device=device,
+    )
+
+
+def _flatten_keys(out: Any) -> list[Any]:
+    if _is_tensor_key(out):
+        return [out]
     if isinstance(out, (list, tuple)):
         flat: list[Any] = []
         for item in out:
-            flat.extend(_flatten_outputs(item))
+            flat.extend(_flatten_keys(item))
         return flat
     return [out]
 
 
-def build_call(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> OpCall:
-    """The OpCall of one aten call, from its schema: arguments by name, aliasing, mutation."""
-    schema = func._schema
-    values: list[tuple[str, Any]] = []
-    mutated: list[str] = []
-    out_args: list[str] = []
-    for index, argument in enumerate(schema.arguments):
-        if index < len(args):
-            value = args[index]
-        elif argument.name in kwargs:
-            value = kwargs[argument.name]
-        elif argument.has_default_value():
-            value = argument.default_value
-        else:
-            continue
-        values.append((argument.name, _meta_value(value)))
-        alias = argument.alias_info
-        if alias is not None and alias.is_write:
-            mutated.append(argument.name)
-            if argument.is_out:
-                out_args.append(argument.name)
-
-    outputs: list[TensorMeta | None] = []
-    aliased: list[bool] = []
-    returns = schema.returns
-    results = out if len(returns) != 1 else (out,)
-    if isinstance(results, (list, tuple)) and len(returns) == len(results):
-        for ret, result in zip(returns, results, strict=True):
-            for item in _flatten_outputs(result):
-                outputs.append(tensor_meta(item) if isinstance(item, _Tensor) else None)
-                aliased.append(ret.alias_info is not None)
-    else:
-        for item in _flatten_outputs(out):
-            outputs.append(tensor_meta(item) if isinstance(item, _Tensor) else None)
-            aliased.append(False)
-
-    namespace, _, name = schema.name.partition("::")
-    first = next((a for a in (*args, *_flatten_outputs(out)) if isinstance(a, _Tensor)), None)
-    if first is None:
-        listed = (t for a in args if isinstance(a, (list, tuple)) for t in a)
-        first = next((t for t in listed if isinstance(t, _Tensor)), None)
-    return OpCall(
-        op=f"{namespace}.{name}",
-        overload=func._overloadname,
-        args=tuple(values),
-        outputs=tuple(outputs),
-        mutated=tuple(mutated),
-        out_args=tuple(out_args),
-        aliased_outputs=tuple(aliased),
-        device=first.device.type if first is not None else "cpu",
-    )
-
-
-def _key_of(value: Any) -> Any:
-    """The hashable signature of one argument (cheap: no metadata objects)."""
+def signature(value: Any) -> Any:
+    """The hashable signature of an argument or result: (shape, stride, dtype) per tensor."""
     if isinstance(value, _Tensor):
-        return (value.shape, value.stride(), value.dtype)
+        try:
+            return (value.shape, value.stride(), value.dtype)
+        except (RuntimeError, NotImplementedError):  # layouts without strides
+            return (value.shape, _contiguous_strides(tuple(value.shape)), value.dtype)
     if isinstance(value, (list, tuple)):
-        return tuple(_key_of(v) for v in value)
+        return tuple(signature(v) for v in value)
     if isinstance(value, float):
         return value == 0.0
     return value
+
+
+def _device_of(args: tuple[Any, ...], out: Any) -> str:
+    for value in (*args, out):
+        if isinstance(value, _Tensor):
+            return value.device.type
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, _Tensor):
+                    return item.device.type
+    return "cpu"
 
 
 def _first_tensor_is_cuda(args: tuple[Any, ...]) -> bool:
@@ -291,20 +360,29 @@ class Capture:
             phase, module = tracker.user_label or FORWARD, ""
         else:
             phase, module = tracker.user_label or OTHER, ""
-        key = (
-            func,
-            module,
-            phase,
-            tuple([_key_of(a) for a in args]),
-            tuple([(k, _key_of(v)) for k, v in kwargs.items()]) if kwargs else None,
-        )
+        parts: list[Any] = []
+        for a in args:
+            if type(a) is _Tensor or isinstance(a, _Tensor):
+                try:
+                    parts.append((a.shape, a.stride(), a.dtype))
+                except (RuntimeError, NotImplementedError):
+                    parts.append(signature(a))
+            elif type(a) is float:
+                parts.append(a == 0.0)
+            elif type(a) is list or type(a) is tuple:
+                parts.append(signature(a))
+            else:
+                parts.append(a)
+        arg_key = tuple(parts)
+        kw_key = tuple([(k, signature(v)) for k, v in kwargs.items()]) if kwargs else None
+        key = (func, module, phase, arg_key, kw_key)
         entry = self.table.get(key)
         if entry is None:
-            entry = CaptureEntry(build_call(func, args, kwargs, out), module, phase)
+            entry = CaptureEntry(func, arg_key, kw_key, signature(out), _device_of(args, out), module, phase)
             self.table[key] = entry
         entry.calls += 1
         entry.time_ns += elapsed_ns
         return entry
 
 
-__all__ = ["Capture", "CaptureEntry", "ProfilerConflictError", "build_call", "tensor_meta"]
+__all__ = ["Capture", "CaptureEntry", "ProfilerConflictError", "build_call", "meta_of_key", "signature"]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from memwall_plugin.hooks.capture import CaptureEntry
 from memwall_plugin.records import OpCall
@@ -44,8 +45,11 @@ def count_safely(registry: Registry, call: OpCall) -> Counted:
 PROGRESS_FROM = 5000
 
 
-def rows_from_entries(entries: Iterable[CaptureEntry], registry: Registry) -> tuple[Row, ...]:
-    """One row per entry, totals over its calls, sorted by measured time (longest first)."""
+def rows_from_entries(
+    entries: Iterable[CaptureEntry], registry: Registry, ceilings: Callable[[str, str], tuple[Any, Any]] | None = None,
+) -> tuple[Row, ...]:
+    """One row per entry, totals over its calls, sorted by measured time (longest first).
+    `ceilings(op, dtype)` gives the (peak FLOP/s, bandwidth) a row is placed under."""
     rows = []
     entries = list(entries)
     if len(entries) >= PROGRESS_FROM and sys.stderr.isatty():
@@ -55,26 +59,31 @@ def rows_from_entries(entries: Iterable[CaptureEntry], registry: Registry) -> tu
         entries = track(entries, description="memwall: analysing", transient=True,  # type: ignore[assignment]
                         console=Console(stderr=True))
     for e in entries:
-        if e.call.op.startswith(_IGNORED_NAMESPACES):
+        call = e.call
+        if call.op.startswith(_IGNORED_NAMESPACES):
             continue
-        counted = count_safely(registry, e.call)
+        counted = count_safely(registry, call)
         n = e.calls
         t = counted.traffic
+        dtype = op_dtype(call)
+        peak, bandwidth = ceilings(call.op, dtype) if ceilings else (None, None)
         rows.append(
             Row(
-                op=e.call.op,
-                overload=e.call.overload,
+                op=call.op,
+                overload=call.overload,
                 module=e.module,
                 phase=e.phase,
                 calls=n,
-                dtype=op_dtype(e.call),
-                shapes=e.call.shapes(),
+                dtype=dtype,
+                shapes=call.shapes(),
                 flops=None if counted.flops is None else counted.flops * n,
                 bytes_read=t.bytes_read * n,
                 bytes_written=t.bytes_written * n,
                 elements_read=t.elements_read * n,
                 elements_written=t.elements_written * n,
                 time_s=e.time_ns * 1e-9,
+                peak_flops_per_s=peak,
+                bandwidth_bytes_per_s=bandwidth,
             )
         )
     rows.sort(key=lambda r: (-r.time_s, r.op, r.module, r.phase, r.shapes))

@@ -64,6 +64,15 @@ def _cache_file() -> Path:
     return cache_dir() / "calibration.json"
 
 
+def calibration_stamp() -> tuple[str, int]:
+    """Where the cache is and when it last changed: detection is re-done when this changes."""
+    path = _cache_file()
+    try:
+        return (str(path), path.stat().st_mtime_ns)
+    except OSError:
+        return (str(path), 0)
+
+
 def _load_all() -> dict[str, Any]:
     try:
         data = json.loads(_cache_file().read_text(encoding="utf-8"))

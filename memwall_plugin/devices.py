@@ -421,7 +421,17 @@ def parse_peaks(text: str) -> tuple[dict[str, float], float | None]:
 
 def detect_device(kind: str | None = None, index: int | None = None) -> DeviceSpec:
     """The device work runs on: "cuda" (NVIDIA or ROCm), "mps" or "cpu" (default: CUDA when
-    available, else MPS, else CPU), with calibrated figures applied when cached."""
+    available, else MPS, else CPU), with calibrated figures applied when cached. Remembered per
+    process (a new calibration or thread count is noticed)."""
+    import torch
+
+    from memwall_plugin.calibrate import calibration_stamp
+
+    return _detect(kind, index, torch.get_num_threads(), calibration_stamp())
+
+
+@functools.lru_cache(maxsize=16)
+def _detect(kind: str | None, index: int | None, threads: int, stamp: Any) -> DeviceSpec:
     import torch
 
     from memwall_plugin.calibrate import apply_calibration

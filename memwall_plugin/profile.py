@@ -18,7 +18,7 @@ from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.hooks.capture import Capture, CaptureEntry, ProfilerConflictError
 from memwall_plugin.registry import Registry
-from memwall_plugin.report import Report, place_rows
+from memwall_plugin.report import Report, ceilings_of
 from memwall_plugin.schedule import Action, as_action_fn
 from memwall_plugin.tensorboard import ScalarWriter, annotate_trace, step_totals
 
@@ -142,6 +142,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._wall = 0.0
         self._incomplete = False
         self.saved: list[Path] = []
+        self._report: Report | None = None
         self.step_on_optimizer = step_on_optimizer
         self._primary_optimizer: weakref.ref[Any] | None = None
         if kineto and self.logdir is None:
@@ -310,10 +311,13 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     def _close_window(self) -> None:
         steps = tuple(self._window_steps)
         report = self._build(self._window, steps, self._window_wall)
+        only_window = not self._all
         self._steps.extend(steps)
         self._wall += self._window_wall
         _merge(self._all, self._window)
         self._window, self._window_steps, self._window_wall = {}, [], 0.0
+        # the common case, one window: the run's report is this one (no second build)
+        self._report = report if only_window else None
         if self.logdir is not None and report.rows:
             name = f"rank{report.rank}_steps{steps[0]:06d}-{steps[-1]:06d}.json"
             self.saved.append(report.save(self.logdir / PLUGIN_DIR / name))
@@ -341,7 +345,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         device = self._device_for(table)
         tf32 = _tf32_families() if device is not None and device.kind == "cuda" else ()
         return Report(
-            rows=place_rows(rows_from_entries(table.values(), self.registry), device, tf32),
+            rows=rows_from_entries(table.values(), self.registry, ceilings_of(device, tf32)),
             device=device,
             measured_on=device.name if device is not None else "",
             tf32=tf32,
@@ -356,11 +360,16 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
 
     def report(self) -> Report:
         """The report over every recorded step so far."""
+        if self._report is not None and not self._window:
+            return self._report
         table = dict(self._all)
         if self._window:
-            table = {k: CaptureEntry(v.call, v.module, v.phase, v.calls, v.time_ns) for k, v in table.items()}
+            table = {k: v.copy() for k, v in table.items()}
             _merge(table, self._window)
-        return self._build(table, tuple(self._steps + self._window_steps), self._wall + self._window_wall)
+        report = self._build(table, tuple(self._steps + self._window_steps), self._wall + self._window_wall)
+        if profile._open is not self and not self._window:
+            self._report = report  # the profile has ended: nothing can change it any more
+        return report
 
     def _print_summary(self) -> None:
         from rich.console import Console

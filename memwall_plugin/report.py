@@ -136,16 +136,31 @@ TF32_FAMILIES = {
 }
 
 
+def ceilings_of(device: DeviceSpec | None, tf32: tuple[str, ...] = ()) -> Any:
+    """(op, dtype) -> (peak FLOP/s, bandwidth) on `device`; TF32 for fp32 matmul/conv where enabled."""
+    tf32_ops = frozenset().union(*(TF32_FAMILIES[f] for f in tf32 if f in TF32_FAMILIES))
+    use_tf32 = device is not None and device.peak("tf32") is not None and bool(tf32_ops)
+    cache: dict[tuple[str, str], tuple[float | None, float | None]] = {}
+
+    def ceilings(op: str, dtype: str) -> tuple[float | None, float | None]:
+        if device is None:
+            return None, None
+        key = (op, dtype) if use_tf32 else ("", dtype)
+        found = cache.get(key)
+        if found is None:
+            roof = "tf32" if use_tf32 and dtype == "float32" and op in tf32_ops else dtype
+            found = cache[key] = (device.peak_flops_per_s(roof), device.bandwidth_bytes_per_s)
+        return found
+
+    return ceilings
+
+
 def place_rows(rows: Iterable[Row], device: DeviceSpec | None, tf32: tuple[str, ...] = ()) -> tuple[Row, ...]:
     """Put each row under its dtype's roof on `device` (TF32 for fp32 matmul/conv where enabled)."""
-    tf32_ops = frozenset().union(*(TF32_FAMILIES[f] for f in tf32 if f in TF32_FAMILIES))
+    ceilings = ceilings_of(device, tf32)
     out = []
     for r in rows:
-        if device is None:
-            peak = bw = None
-        else:
-            dtype = "tf32" if r.dtype == "float32" and r.op in tf32_ops and device.peak("tf32") else r.dtype
-            peak, bw = device.peak_flops_per_s(dtype), device.bandwidth_bytes_per_s
+        peak, bw = ceilings(r.op, r.dtype)
         out.append(dataclasses.replace(r, peak_flops_per_s=peak, bandwidth_bytes_per_s=bw))
     return tuple(out)
 
@@ -399,7 +414,7 @@ class Report:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, allow_nan=False, separators=(",", ":"))
+                f.write(json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":")))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)

@@ -1,0 +1,210 @@
+"""The overhead benchmark this project quotes: memwall against a bare run and the anchor tools.
+
+    python benchmarks/overhead.py [--quick] [--json runs/bench/overhead.json]
+
+For each workload (GPT-2 small forward, a GPT-2 training step with AdamW, BERT-Base forward,
+GPT-2 generating 32 tokens; random weights from the configs) it times alternating A/B pairs in
+one process: a bare run against each of
+
+* memwall, active step: `memwall.profile` around the work, building and saving the report;
+* memwall, inactive step: inside an open profile whose schedule is idle for that step;
+* torch.profiler with record_shapes, its exit included;
+* torch's FlopCounterMode;
+
+and reports the median of the paired ratios, the first pair (warm-up) excluded. It also measures
+scale: building, rescoring and saving a report of 100,000 op calls, and the report size and
+memwall's memory after a 1,000-step run of a small model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from torch.utils.flop_counter import FlopCounterMode
+
+import memwall_plugin as memwall
+
+TARGETS = {"gpt2-forward": 1.10, "gpt2-train": 1.10, "bert-forward": 1.10, "gpt2-generate": 1.50}
+INACTIVE_TARGET = 1.01
+
+
+def workloads(quick: bool) -> dict[str, tuple[Callable[[], Any], int]]:
+    """name -> (one step of work, pairs to time)."""
+    import transformers
+
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
+    bert = transformers.BertModel(transformers.BertConfig()).eval()
+    train = transformers.GPT2LMHeadModel(transformers.GPT2Config())
+    opt = torch.optim.AdamW(train.parameters(), lr=1e-4)
+    ids1 = torch.randint(0, 50257, (1, 128))
+    bert_ids = torch.randint(0, 30522, (1, 128))
+    ids4 = torch.randint(0, 50257, (4, 128))
+    prompt = torch.randint(0, 50257, (1, 16))
+
+    def gpt2_forward() -> None:
+        with torch.no_grad():
+            gpt2(ids1)
+
+    def bert_forward() -> None:
+        with torch.no_grad():
+            bert(bert_ids)
+
+    def train_step() -> None:
+        train(ids4, labels=ids4).loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    def generate() -> None:
+        with torch.no_grad():
+            gpt2.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
+
+    pairs = 4 if quick else 10
+    return {
+        "gpt2-forward": (gpt2_forward, pairs),
+        "gpt2-train": (train_step, 2 if quick else 4),
+        "bert-forward": (bert_forward, pairs),
+        "gpt2-generate": (generate, 3 if quick else 6),
+    }
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    gc.collect()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def variants(work: Callable[[], Any], logdir: Path) -> dict[str, Callable[[], Any]]:
+    def memwall_active() -> None:
+        with memwall.profile(logdir=logdir, summary=False, scalars=False) as prof:
+            work()
+        prof.report()
+
+    def torch_profiler() -> None:
+        with torch.profiler.profile(record_shapes=True):
+            work()
+
+    def flop_counter() -> None:
+        with FlopCounterMode(display=False):
+            work()
+
+    return {"memwall active": memwall_active, "torch.profiler": torch_profiler, "FlopCounterMode": flop_counter}
+
+
+def paired_ratios(work: Callable[[], Any], other: Callable[[], Any], pairs: int) -> list[float]:
+    ratios = []
+    for i in range(pairs + 1):
+        bare, then = timed(work), timed(other)
+        if i:  # the first pair warms both up
+            ratios.append(then / bare)
+    return ratios
+
+
+def inactive_ratios(work: Callable[[], Any], pairs: int) -> list[float]:
+    """Steps inside an open profile whose schedule never records, against bare steps."""
+    ratios = []
+    with memwall.profile(schedule=memwall.schedule(skip_first=10**9), summary=False) as prof:
+        for i in range(pairs + 1):
+            bare = timed(work)
+            inside = timed(work)
+            prof.step()
+            if i:
+                ratios.append(inside / bare)
+    return ratios
+
+
+def scale(logdir: Path) -> dict[str, float]:
+    """Report of 100,000 op calls (build, rescore, save) and a 1,000-step run's size and memory."""
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(16, 32)
+    tracemalloc.start()
+    with memwall.profile(model=model, summary=False, scalars=False) as prof:
+        for _ in range(1000):
+            model(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            prof.step()
+        _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    start = time.perf_counter()
+    rep = prof.report()
+    rescored = rep.rescore(bytes_per_element=1, device="h100-sxm")
+    path = rescored.save(logdir / "scale.json")
+    build_s = time.perf_counter() - start
+    calls = sum(r.calls for r in rep.rows)
+    return {"op_calls": calls, "steps": len(rep.steps), "rows": len(rep.rows),
+            "build_rescore_save_s": build_s, "report_bytes": path.stat().st_size,
+            "memwall_peak_memory_bytes": peak}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer pairs (a smoke run)")
+    parser.add_argument("--json", default="runs/bench/overhead.json")
+    parser.add_argument("--only", nargs="*", help="workloads to run (default: all)")
+    args = parser.parse_args(argv)
+    console = Console()
+    results: dict[str, Any] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "python": platform.python_version()},
+        "workloads": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        logdir = Path(tmp)
+        for name, (work, pairs) in workloads(args.quick).items():
+            if args.only and name not in args.only:
+                continue
+            console.print(f"[dim]timing {name} ({pairs} pairs per variant)...[/dim]")
+            bare = min(timed(work) for _ in range(2))
+            row: dict[str, Any] = {"bare_s": bare, "pairs": pairs}
+            row["memwall inactive"] = statistics.median(inactive_ratios(work, pairs))
+            for label, variant in variants(work, logdir).items():
+                row[label] = statistics.median(paired_ratios(work, variant, pairs))
+            results["workloads"][name] = row
+        console.print("[dim]scale...[/dim]")
+        results["scale"] = scale(logdir)
+
+    table = Table(title=f"memwall overhead: median paired ratio to a bare run "
+                        f"({results['machine']['cpu']}, {results['machine']['threads']} threads, "
+                        f"torch {results['machine']['torch']})", title_justify="left")
+    for column in ("workload", "bare", "memwall active", "target", "memwall inactive", "torch.profiler",
+                   "FlopCounterMode"):
+        table.add_column(column, justify="left" if column == "workload" else "right")
+    for name, row in results["workloads"].items():
+        target = TARGETS[name]
+        ok = "ok" if row["memwall active"] <= target else "MISSED"
+        table.add_row(name, f"{row['bare_s']:.2f} s", f"{row['memwall active']:.2f}x",
+                      f"<= {target:.2f}x {ok}",
+                      f"{row['memwall inactive']:.3f}x"
+                      + ("" if row["memwall inactive"] <= INACTIVE_TARGET else " MISSED"),
+                      f"{row['torch.profiler']:.2f}x", f"{row['FlopCounterMode']:.2f}x")
+    console.print(table)
+    s = results["scale"]
+    console.print(f"scale: {s['op_calls']:,} op calls over {s['steps']} steps -> {s['rows']} rows; "
+                  f"build + rescore + save {s['build_rescore_save_s']:.2f} s (target < 1 s); "
+                  f"report {s['report_bytes'] / 1e6:.2f} MB (target < 5 MB); "
+                  f"memwall peak memory {s['memwall_peak_memory_bytes'] / 1e6:.1f} MB", highlight=False)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    console.print(f"json: {out}", highlight=False)
+    return results
+
+
+if __name__ == "__main__":
+    main()
