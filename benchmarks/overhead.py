@@ -129,8 +129,9 @@ def inactive_ratios(work: Callable[[], Any], pairs: int) -> list[float]:
 
 def scale(logdir: Path) -> dict[str, float]:
     """Report of 100,000 op calls (build, rescore, save) and a 1,000-step run's size and memory."""
-    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                                torch.nn.Linear(64, 8))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, foreach=False)  # ~110 ops a step
     x = torch.randn(16, 32)
     tracemalloc.start()
     with memwall.profile(model=model, summary=False, scalars=False) as prof:
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--json", default="runs/bench/overhead.json")
     parser.add_argument("--only", nargs="*", help="workloads to run (default: all)")
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(width=120)
     results: dict[str, Any] = {
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "python": platform.python_version()},
