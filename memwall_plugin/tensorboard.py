@@ -20,12 +20,6 @@ from memwall_plugin.hooks.capture import CaptureEntry
 from memwall_plugin.registry import Counted, Registry
 from memwall_plugin.report import Row
 
-SCALAR_TAGS = (
-    "memwall/flops", "memwall/bytes", "memwall/intensity", "memwall/memory_bound_fraction",
-    "memwall/achieved_flops_per_s", "memwall/op_time_s",
-)
-
-
 @dataclass(frozen=True)
 class StepTotals:
     flops: int
