@@ -20,6 +20,7 @@ from memwall_plugin.hooks.capture import CaptureEntry
 from memwall_plugin.registry import Counted, Registry
 from memwall_plugin.report import Row
 
+
 @dataclass(frozen=True)
 class StepTotals:
     flops: int
