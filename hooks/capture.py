@@ -360,6 +360,7 @@ class Capture:
             phase, module = tracker.user_label or FORWARD, ""
         else:
             phase, module = tracker.user_label or OTHER, ""
+        # signature() unrolled for the top-level arguments: this runs for every op
         parts: list[Any] = []
         for a in args:
             if type(a) is _Tensor or isinstance(a, _Tensor):

@@ -79,18 +79,20 @@ def _cmd_devices(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _resolve(args: argparse.Namespace) -> DeviceSpec:
-    peaks: dict[str, float] = {}
-    if getattr(args, "peaks", None):
-        try:
-            flops, bw = parse_peaks(args.peaks)
-        except ValueError as exc:
-            raise CliError(f"--peaks: {exc}") from None
-        peaks = dict(flops)
-        if bw is not None:
-            peaks["bandwidth"] = bw
+def _peaks_option(text: str | None) -> dict[str, float] | None:
+    """--peaks fp32=80e9,bandwidth=23e9 as profile()'s peaks= argument."""
+    if not text:
+        return None
     try:
-        return resolve_device(getattr(args, "device", None), peaks or None)
+        flops, bw = parse_peaks(text)
+    except ValueError as exc:
+        raise CliError(f"--peaks: {exc}") from None
+    return {**flops, **({"bandwidth": bw} if bw is not None else {})}
+
+
+def _resolve(args: argparse.Namespace) -> DeviceSpec:
+    try:
+        return resolve_device(getattr(args, "device", None), _peaks_option(getattr(args, "peaks", None)))
     except (LookupError, ValueError) as exc:
         raise CliError(str(exc)) from None
 
@@ -169,8 +171,7 @@ def report_json(report: Report, by: str | None = None) -> dict[str, Any]:
 
 
 def row_record(r: Row) -> dict[str, Any]:
-    record = {name: getattr(r, name) for name in ROW_COLUMNS}
-    return record
+    return {name: getattr(r, name) for name in ROW_COLUMNS}
 
 
 def group_record(g: Group) -> dict[str, Any]:
@@ -247,13 +248,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         argv0 = target
     stem = (args.module or Path(target).stem).replace(".", "_")
     logdir = Path(args.logdir or Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    peaks = None
-    if args.peaks:
-        try:
-            flops, bw = parse_peaks(args.peaks)
-        except ValueError as exc:
-            raise CliError(f"--peaks: {exc}") from None
-        peaks = {**flops, **({"bandwidth": bw} if bw is not None else {})}
+    peaks = _peaks_option(args.peaks)
     try:
         prof = profile(
             logdir=logdir, schedule=_parse_schedule(args.schedule) if args.schedule else None,

@@ -18,8 +18,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from memwall_plugin.formulas import ELEMENTWISE, REDUCTIONS
-from memwall_plugin.records import PHASES
-from memwall_plugin.report import Group, Report, Row
+from memwall_plugin.records import ordered_phases
+from memwall_plugin.report import Group, Report, Row, module_tree
 from memwall_plugin.roofline import COMPUTE, MEMORY
 
 GROUP_BY = ("op", "module", "phase")
@@ -341,7 +341,7 @@ class Summary:
         rep = self.report
         total = rep.total_time_s
         groups = {g.key: g for g in rep.group_by("phase")}
-        order = [p for p in PHASES if p in groups] + sorted(k for k in groups if k not in PHASES)
+        order = ordered_phases(groups)
         table = self._table("Phases", ["phase"])
         for key in order:
             self._group_row(table, key, groups[key], total)
@@ -353,11 +353,7 @@ class Summary:
         if not modules:
             return None
         total = rep.total_time_s
-        fwd = {g.key: g for g in Report(rows=tuple(r for r in rep.rows if r.phase != "backward"),
-                                         device=rep.device).group_by("module_tree")}
-        bwd = {g.key: g for g in Report(rows=tuple(r for r in rep.rows if r.phase == "backward"),
-                                         device=rep.device).group_by("module_tree")}
-        groups = {g.key: g for g in rep.group_by("module_tree")}
+        groups, fwd, bwd = module_tree(rep)
         children: dict[str, list[str]] = {}
         for key in groups:
             if key:
@@ -368,11 +364,10 @@ class Summary:
             g = groups[key]
             name = key.rpartition(".")[2] or "(model)"
             text = Text(f"{name}", style="bold" if not key else "")
-            f, b = fwd.get(key), bwd.get(key)
             text.append(f"  {_pct(g.time_s / total if total else None)}", style="dim")
-            split = f"fwd {_dur(f.time_s if f else 0.0)}"
-            if b is not None and b.time_s > 0:
-                split += f" bwd {_dur(b.time_s)}"
+            split = f"fwd {_dur(fwd.get(key, 0.0))}"
+            if bwd.get(key, 0.0) > 0:
+                split += f" bwd {_dur(bwd[key])}"
             text.append(f"  {split}  {si(g.flops, 'FLOP')}  {_num(g.intensity)} FLOP/B  ")
             text.append_text(_bound(g.bound))
             return text

@@ -299,8 +299,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._capture.end_step()
         if self._action.kept and table:
             if self._scalars is not None:
-                totals = step_totals(table.values(), self.registry, self._device_for(table),
-                                     self._count_cache)
+                totals = step_totals(table.values(), self.registry, self._ceilings(table), self._count_cache)
                 self._scalars.write(self._step_num, totals)
             _merge(self._window, table)
             self._window_steps.append(self._step_num)
@@ -340,10 +339,17 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             return None
         return self._device
 
+    def _tf32(self, device: DeviceSpec | None) -> tuple[str, ...]:
+        return _tf32_families() if device is not None and device.kind == "cuda" else ()
+
+    def _ceilings(self, table: dict[Any, CaptureEntry]) -> Any:
+        device = self._device_for(table)
+        return ceilings_of(device, self._tf32(device))
+
     def _build(self, table: dict[Any, CaptureEntry], steps: tuple[int, ...], wall: float) -> Report:
         rank, world = _rank_and_world()
         device = self._device_for(table)
-        tf32 = _tf32_families() if device is not None and device.kind == "cuda" else ()
+        tf32 = self._tf32(device)
         return Report(
             rows=rows_from_entries(table.values(), self.registry, ceilings_of(device, tf32)),
             device=device,

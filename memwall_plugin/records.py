@@ -6,7 +6,7 @@ Nothing here holds a tensor: capture turns tensors into `TensorMeta` at once.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +18,12 @@ DECODE = "decode"  # generation calls that add one token (or a few) to the cache
 OTHER = "other"
 #: Built-in phases, in display order; prof.phase("...") may add labels of its own.
 PHASES = (FORWARD, BACKWARD, OPTIMIZER, PREFILL, DECODE, OTHER)
+
+
+def ordered_phases(names: Iterable[str]) -> list[str]:
+    """Built-in phases in display order, then the user's own labels alphabetically."""
+    present = set(names)
+    return [p for p in PHASES if p in present] + sorted(present - set(PHASES))
 
 
 @dataclass(frozen=True, slots=True)

@@ -524,3 +524,17 @@ def merge_reports(reports: Iterable[Report]) -> Report:
         wall_time_s=math.fsum(r.wall_time_s for r in reports),
         incomplete=any(r.incomplete for r in reports),
     )
+
+
+def module_tree(report: Report) -> tuple[dict[str, Group], dict[str, float], dict[str, float]]:
+    """Every module path and its ancestors rolled up, with the forward-side (everything but
+    backward) and backward time under each path."""
+    groups = {g.key: g for g in report.group_by("module_tree")}
+    forward: dict[str, float] = {}
+    backward: dict[str, float] = {}
+    for r in report.rows:
+        side = backward if r.phase == "backward" else forward
+        parts = r.module.split(".") if r.module else []
+        for key in [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]:
+            side[key] = side.get(key, 0.0) + r.time_s
+    return groups, forward, backward

@@ -8,14 +8,13 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from memwall_plugin import roofline
 from memwall_plugin.analysis import count_safely, op_dtype
-from memwall_plugin.devices import DeviceSpec
 from memwall_plugin.hooks.capture import CaptureEntry
 from memwall_plugin.registry import Counted, Registry
 from memwall_plugin.report import Row
@@ -42,10 +41,11 @@ class StepTotals:
 
 
 def step_totals(
-    entries: Iterable[CaptureEntry], registry: Registry, device: DeviceSpec | None,
+    entries: Iterable[CaptureEntry], registry: Registry, ceilings: Callable[[str, str], tuple[Any, Any]],
     cache: dict[Any, Counted],
 ) -> StepTotals:
-    """Headline totals of one step; each signature is counted once per run (`cache`)."""
+    """Headline totals of one step; each signature is counted once per run (`cache`).
+    `ceilings(op, dtype)` is the report's (`report.ceilings_of`), so both classify alike."""
     flops = nbytes = 0
     time_s = memory_time = counted_time = 0.0
     for e in entries:
@@ -60,8 +60,7 @@ def step_totals(
             continue
         flops += counted.flops * e.calls
         counted_time += t
-        peak = device.peak_flops_per_s(op_dtype(e.call)) if device else None
-        bw = device.bandwidth_bytes_per_s if device else None
+        peak, bw = ceilings(e.call.op, op_dtype(e.call))
         if roofline.bound(counted.flops, step_bytes, peak, bw) == roofline.MEMORY:
             memory_time += t
     return StepTotals(flops, nbytes, time_s, memory_time, counted_time)

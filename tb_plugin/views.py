@@ -12,8 +12,8 @@ from typing import Any
 from memwall_plugin.tb_plugin.loader import Run
 
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table
-from memwall_plugin.records import PHASES
-from memwall_plugin.report import Group, Report, Row
+from memwall_plugin.records import ordered_phases
+from memwall_plugin.report import Group, Report, Row, module_tree
 
 
 def _finite(value: float | None) -> float | None:
@@ -91,22 +91,18 @@ def group_view(g: Group) -> dict[str, Any]:
 def report_view(report: Report, *, phase: str | None = None) -> dict[str, Any]:
     """`/report`: headline cards, rows (operator points), modules (module points), the module
     tree with forward/backward roll-ups, phases and the device's roofs."""
-    phases = sorted({r.phase for r in report.rows}, key=lambda p: (p not in PHASES, PHASES.index(p)
-                                                                     if p in PHASES else 0, p))
+    phases = ordered_phases(r.phase for r in report.rows)
     shown = report if phase is None else Report(rows=report.filter(phase=phase), device=report.device)
     total = shown.total_time_s
     counted_time = shown.counted_time_s
     flops = shown.total_flops
-    forward = {g.key: g for g in Report(rows=tuple(r for r in shown.rows if r.phase != "backward"),
-                                        device=report.device).group_by("module_tree")}
-    backward = {g.key: g for g in Report(rows=tuple(r for r in shown.rows if r.phase == "backward"),
-                                         device=report.device).group_by("module_tree")}
+    groups, forward, backward = module_tree(shown)
     tree = []
-    for g in shown.group_by("module_tree"):
+    for g in groups.values():
         node = group_view(g)
         node["parent"] = None if g.key == "" else g.key.rpartition(".")[0]
-        node["forward_time_s"] = forward[g.key].time_s if g.key in forward else 0.0
-        node["backward_time_s"] = backward[g.key].time_s if g.key in backward else 0.0
+        node["forward_time_s"] = forward.get(g.key, 0.0)
+        node["backward_time_s"] = backward.get(g.key, 0.0)
         tree.append(node)
     return {
         "device": device_view(report.device),
