@@ -55,6 +55,11 @@ class CaptureEntry:
             self._call = build_call(self.func, self.arg_key, dict(self.kw_key or ()), self.out_key, self.device)
         return self._call
 
+    def adopt_call(self, call: OpCall) -> None:
+        """Share the OpCall already built for an entry with the same signature."""
+        if self._call is None:
+            self._call = call
+
     def copy(self) -> CaptureEntry:
         twin = CaptureEntry(self.func, self.arg_key, self.kw_key, self.out_key, self.device, self.module,
                             self.phase, self.calls, self.time_ns)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import torch
 
-from memwall_plugin.analysis import rows_from_entries
+from memwall_plugin.analysis import analysis_cache, rows_from_entries
 from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.hooks.capture import Capture, CaptureEntry, ProfilerConflictError
@@ -61,13 +61,18 @@ def _tf32_families() -> tuple[str, ...]:
     return tuple(families)
 
 
-def _merge(into: dict[Any, CaptureEntry], table: dict[Any, CaptureEntry]) -> None:
+def _merge(into: dict[Any, CaptureEntry], table: dict[Any, CaptureEntry]) -> dict[Any, CaptureEntry]:
+    """`table`'s calls added into `into`, which is returned (`table` itself when `into` is
+    empty: the common single-window run copies nothing)."""
+    if not into:
+        return table
     for key, entry in table.items():
         mine = into.get(key)
         if mine is None:
             into[key] = entry
         else:
             mine.merge(entry)
+    return into
 
 
 class profile:  # noqa: N801 - named like torch.profiler.profile, which users know
@@ -152,7 +157,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._kineto: Any = None
         self.traces: list[Path] = []
         self._scalars = ScalarWriter(self.logdir) if scalars and self.logdir is not None else None
-        self._count_cache: dict[Any, Any] = {}
+        self._analyses = analysis_cache(self.registry)
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> profile:
@@ -299,9 +304,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._capture.end_step()
         if self._action.kept and table:
             if self._scalars is not None:
-                totals = step_totals(table.values(), self.registry, self._ceilings(table), self._count_cache)
+                totals = step_totals(table.values(), self._analyses, self._ceilings(table))
                 self._scalars.write(self._step_num, totals)
-            _merge(self._window, table)
+            self._window = _merge(self._window, table)
             self._window_steps.append(self._step_num)
             self._window_wall += elapsed
         if self._action is Action.RECORD_AND_SAVE or (final and self._window_steps):
@@ -313,7 +318,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         only_window = not self._all
         self._steps.extend(steps)
         self._wall += self._window_wall
-        _merge(self._all, self._window)
+        self._all = _merge(self._all, self._window)
         self._window, self._window_steps, self._window_wall = {}, [], 0.0
         # the common case, one window: the run's report is this one (no second build)
         self._report = report if only_window else None
@@ -328,7 +333,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             return self._device
         time_by_kind: dict[str, int] = {}
         for e in table.values():
-            time_by_kind[e.call.device] = time_by_kind.get(e.call.device, 0) + e.time_ns
+            time_by_kind[e.device] = time_by_kind.get(e.device, 0) + e.time_ns
         kind = max(time_by_kind, key=lambda k: time_by_kind[k], default="cpu")
         kind = kind if kind in ("cuda", "mps") else "cpu"
         try:
@@ -351,7 +356,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         device = self._device_for(table)
         tf32 = self._tf32(device)
         return Report(
-            rows=rows_from_entries(table.values(), self.registry, ceilings_of(device, tf32)),
+            rows=rows_from_entries(table.values(), self.registry, ceilings_of(device, tf32), self._analyses),
             device=device,
             measured_on=device.name if device is not None else "",
             tf32=tf32,
@@ -371,7 +376,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         table = dict(self._all)
         if self._window:
             table = {k: v.copy() for k, v in table.items()}
-            _merge(table, self._window)
+            table = _merge(table, self._window)
         report = self._build(table, tuple(self._steps + self._window_steps), self._wall + self._window_wall)
         if profile._open is not self and not self._window:
             self._report = report  # the profile has ended: nothing can change it any more

@@ -116,6 +116,11 @@ class Registry:
         self._frozen = True
         return self
 
+    @property
+    def frozen(self) -> bool:
+        """A frozen registry's formulas can no longer change (its counts may be memoised)."""
+        return self._frozen
+
     def copy(self) -> Registry:
         """A writable copy, to add formulas for your own ops."""
         other = Registry()

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from memwall_plugin import roofline
-from memwall_plugin.analysis import count_safely, op_dtype
+from memwall_plugin.analysis import AnalysisCache
 from memwall_plugin.hooks.capture import CaptureEntry
-from memwall_plugin.registry import Counted, Registry
 from memwall_plugin.report import Row
 
 
@@ -41,26 +40,26 @@ class StepTotals:
 
 
 def step_totals(
-    entries: Iterable[CaptureEntry], registry: Registry, ceilings: Callable[[str, str], tuple[Any, Any]],
-    cache: dict[Any, Counted],
+    entries: Iterable[CaptureEntry], cache: AnalysisCache, ceilings: Callable[[str, str], tuple[Any, Any]],
 ) -> StepTotals:
-    """Headline totals of one step; each signature is counted once per run (`cache`).
+    """Headline totals of one step; each signature is analysed once (`cache`).
     `ceilings(op, dtype)` is the report's (`report.ceilings_of`), so both classify alike."""
     flops = nbytes = 0
     time_s = memory_time = counted_time = 0.0
     for e in entries:
-        counted = cache.get(e.call)
-        if counted is None:
-            counted = cache[e.call] = count_safely(registry, e.call)
+        found = cache.of(e)
+        if found.ignored:
+            continue
+        counted = found.counted
         t = e.time_ns * 1e-9
         time_s += t
-        step_bytes = counted.traffic.bytes_read + counted.traffic.bytes_written
+        step_bytes = found.bytes_read + found.bytes_written
         nbytes += step_bytes * e.calls
         if counted.flops is None:
             continue
         flops += counted.flops * e.calls
         counted_time += t
-        peak, bw = ceilings(e.call.op, op_dtype(e.call))
+        peak, bw = ceilings(found.call.op, found.dtype)
         if roofline.bound(counted.flops, step_bytes, peak, bw) == roofline.MEMORY:
             memory_time += t
     return StepTotals(flops, nbytes, time_s, memory_time, counted_time)
