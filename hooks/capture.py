@@ -12,6 +12,7 @@ formulas only ask whether a term is present.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,20 +255,37 @@ class _CaptureMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
+        capture = self._capture
+        if capture.failed is not None:  # memwall broke earlier in this run: stay out of the way
+            return func(*args, **kwargs)
         if self._cuda and _first_tensor_is_cuda(args):
-            # device time from events, resolved at the step's end: no synchronisation per op
+            return self._dispatch_cuda(func, args, kwargs)
+        start = _perf_counter_ns()
+        out = func(*args, **kwargs)  # the user's op: its errors are the user's, unchanged
+        elapsed = _perf_counter_ns() - start
+        try:
+            capture.record(func, args, kwargs, out, elapsed)
+        except Exception as err:  # memwall's own error: the op's result is returned regardless
+            capture.fail(err, func)
+        return out
+
+    def _dispatch_cuda(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # device time from events, resolved at the step's end: no synchronisation per op
+        capture = self._capture
+        try:
             start_event = torch.cuda.Event(enable_timing=True)
             end_event = torch.cuda.Event(enable_timing=True)
             start_event.record()
-            out = func(*args, **kwargs)
-            end_event.record()
-            entry = self._capture.record(func, args, kwargs, out, 0)
-            self._capture.pending_events.append((entry, start_event, end_event))
-            return out
-        start = _perf_counter_ns()
+        except Exception as err:
+            capture.fail(err, func)
+            return func(*args, **kwargs)
         out = func(*args, **kwargs)
-        elapsed = _perf_counter_ns() - start
-        self._capture.record(func, args, kwargs, out, elapsed)
+        try:
+            end_event.record()
+            entry = capture.record(func, args, kwargs, out, 0)
+            capture.pending_events.append((entry, start_event, end_event))
+        except Exception as err:
+            capture.fail(err, func)
         return out
 
 
@@ -281,7 +299,26 @@ class Capture:
         self.table: dict[Any, CaptureEntry] = {}
         self._mode: _CaptureMode | None = None
         self.pending_events: list[tuple[CaptureEntry, Any, Any]] = []
+        #: why recording stopped for good (an internal error), or None while healthy
+        self.failed: str | None = None
+        self.tracker.on_error = self.fail
         warm_up_dispatch()
+
+    def fail(self, err: BaseException, where: Any = None) -> None:
+        """An internal error: stop recording for the rest of the run, say so once. The user's
+        work goes on untouched; what was recorded before stays in the table."""
+        if self.failed is not None:
+            return
+        place = f" while recording {where}" if where is not None else ""
+        self.failed = f"{type(err).__name__}: {err}{place}"
+        self.tracker.disabled = True
+        warnings.warn(
+            f"memwall: internal error{place} ({type(err).__name__}: {err}). memwall stopped recording "
+            "for the rest of this run; your run continues unaffected and the report keeps what was "
+            "recorded before, marked incomplete. Please report this error to the memwall maintainers.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     @property
     def recording(self) -> bool:
@@ -298,7 +335,7 @@ class Capture:
             self.tracker.close()
 
     def start(self) -> None:
-        if self._mode is not None:
+        if self._mode is not None or self.failed is not None:
             return
         if Capture._active is not None and Capture._active is not self:
             raise ProfilerConflictError(

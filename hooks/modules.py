@@ -57,6 +57,10 @@ class ModuleTracker:
         self._last_path = ""
         self._handles: list[RemovableHandle] = []
         self._optimizer_handles: list[RemovableHandle] = []
+        # fail-safe: an error inside a hook goes to on_error and turns every hook into a no-op
+        # (hooks cannot be removed while torch iterates over them)
+        self.disabled = False
+        self.on_error: Callable[[BaseException, Any], None] | None = None
 
     # -- names -------------------------------------------------------------------------------
     def _add_root(self, root: torch.nn.Module) -> None:
@@ -83,8 +87,8 @@ class ModuleTracker:
         boundary marked from one must not remove hooks torch is iterating over."""
         if not self._optimizer_handles:
             self._optimizer_handles = [
-                optim_module.register_optimizer_step_pre_hook(self._pre_step),
-                optim_module.register_optimizer_step_post_hook(self._post_step),
+                optim_module.register_optimizer_step_pre_hook(self._guarded(self._pre_step)),
+                optim_module.register_optimizer_step_post_hook(self._guarded(self._post_step)),
             ]
 
     def close(self) -> None:
@@ -99,9 +103,24 @@ class ModuleTracker:
         if self._handles:
             return
         self._handles = [
-            nn_module.register_module_forward_pre_hook(self._pre_forward),
-            nn_module.register_module_forward_hook(self._post_forward, always_call=True),
+            nn_module.register_module_forward_pre_hook(self._guarded(self._pre_forward)),
+            nn_module.register_module_forward_hook(self._guarded(self._post_forward), always_call=True),
         ]
+
+    def _guarded(self, hook: Callable[..., None]) -> Callable[..., None]:
+        """`hook`, made unable to raise into the user's code: memwall's error goes to on_error."""
+
+        def guarded(*args: Any) -> None:
+            if self.disabled:
+                return
+            try:
+                hook(*args)
+            except Exception as err:
+                self.disabled = True
+                if self.on_error is not None:
+                    self.on_error(err, f"the hook {hook.__name__}")
+
+        return guarded
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -187,21 +187,23 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         tb: TracebackType | None,
     ) -> Literal[False]:
         # a script that ends by sys.exit(0) finished its work; anything else did not
-        self._incomplete = exc_type is not None and not (
+        self._incomplete = self._incomplete or (exc_type is not None and not (
             isinstance(exc, SystemExit) and exc.code in (0, None)
-        )
+        ))
         try:
             self._end_step(final=True)
-        except Exception as err:  # memwall's own trouble must not replace the user's exception
-            if exc_type is None:
-                self._close()
-                raise
-            warnings.warn(f"memwall: could not finish the profile: {err}", RuntimeWarning, stacklevel=2)
+        except Exception as err:  # memwall's own trouble must not fail or replace the user's run
+            warnings.warn(f"memwall: could not finish the profile: {type(err).__name__}: {err}",
+                          RuntimeWarning, stacklevel=2)
         finally:
             self._close()
-            self._finish_tensorboard(exc_type is None)
+            self._finish_tensorboard()
         if self.summary and self._steps:
-            self._print_summary()
+            try:
+                self._print_summary()
+            except Exception as err:
+                warnings.warn(f"memwall: could not print the summary: {type(err).__name__}: {err}",
+                              RuntimeWarning, stacklevel=2)
         return False  # the user's exception, if any, propagates unchanged
 
     # -- TensorBoard ---------------------------------------------------------------------------
@@ -229,7 +231,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         kineto_prof.export_chrome_trace(str(path))
         self.traces.append(path)
 
-    def _finish_tensorboard(self, clean: bool) -> None:
+    def _finish_tensorboard(self) -> None:
         """Stop torch.profiler, annotate its traces, close the scalar writer; never raise over
         the user's exception."""
         try:
@@ -239,9 +241,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
                 rows = self.report().rows
                 for path in self.traces:
                     annotate_trace(path, rows)
-        except Exception as err:
-            if clean:
-                raise
+        except Exception as err:  # the run itself is done: memwall's trouble is only a warning
             warnings.warn(f"memwall: could not finish the torch.profiler trace: {err}",
                           RuntimeWarning, stacklevel=3)
         finally:
@@ -261,10 +261,29 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         """Mark the end of a step (a training iteration, a generated token, ...)."""
         if profile._open is not self:
             raise RuntimeError("prof.step() was called outside its `with memwall.profile(...)` block")
-        self._end_step(final=False)
-        self._begin_step(self._step_num + 1)
-        if self._kineto is not None:
-            self._kineto.step()
+        capture = self._capture
+        if capture is not None and capture.failed is not None:
+            self._step_num += 1  # memwall is off for this run: steps are only counted
+            return
+        following = self._step_num + 1
+        try:
+            self._end_step(final=False)
+            self._begin_step(following)
+            if self._kineto is not None:
+                self._kineto.step()
+        except Exception as err:  # memwall's own trouble must never stop the user's loop
+            self._fail(err, "marking a step")
+            self._step_num = following
+
+    def _fail(self, err: BaseException, where: str) -> None:
+        """An internal error outside the dispatch path: memwall stops for the rest of the run."""
+        assert self._capture is not None
+        self._capture.fail(err, where)
+        self._incomplete = True
+        try:
+            self._capture.stop()
+        except Exception:  # noqa: S110 - stopping is best effort once memwall has failed
+            pass
 
     @property
     def step_num(self) -> int:
@@ -300,6 +319,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     def _end_step(self, *, final: bool) -> None:
         assert self._capture is not None
         elapsed = time.perf_counter() - self._step_start
+        if self._capture.failed is not None:
+            self._incomplete = True
         table = self._capture.take()
         self._capture.end_step()
         if self._action.kept and table:

@@ -1,0 +1,158 @@
+"""memwall's own errors never reach the user's run: one warning, recording stops, the run goes on
+with identical numbers, and what was recorded before stays in an incomplete report."""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from memwall_plugin.hooks import capture as capture_module
+from memwall_plugin.hooks.modules import ModuleTracker
+
+import memwall_plugin as memwall
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+
+
+def _train(steps: int, prof: Any = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Losses and final parameters of a few SGD steps (marking steps when `prof` is given)."""
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(1)
+    losses = []
+    for _ in range(steps):
+        x = torch.randn(4, 8, generator=gen)
+        loss = model(x).square().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.detach().clone())
+        if prof is not None:
+            prof.step()
+    return losses, [p.detach().clone() for p in model.parameters()]
+
+
+def _memwall_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in caught if "memwall" in str(w.message)]
+
+
+def _assert_identical(a: tuple[list[torch.Tensor], list[torch.Tensor]],
+                      b: tuple[list[torch.Tensor], list[torch.Tensor]]) -> None:
+    for x, y in zip(a[0] + a[1], b[0] + b[1], strict=True):
+        assert torch.equal(x, y)
+
+
+def _fail_after(n: int, original: Callable[..., Any]) -> Callable[..., Any]:
+    calls = {"n": 0}
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] > n:
+            raise ValueError("simulated memwall bug")
+        return original(*args, **kwargs)
+
+    return broken
+
+
+def test_an_error_while_recording_disables_memwall_once_and_the_run_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    bare = _train(6)
+    monkeypatch.setattr(capture_module.Capture, "record", _fail_after(40, capture_module.Capture.record))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with memwall.profile(summary=False) as prof:
+            profiled = _train(6, prof)
+    _assert_identical(bare, profiled)
+    messages = _memwall_warnings(caught)
+    assert len(messages) == 1, messages
+    assert "simulated memwall bug" in messages[0] and "stopped recording" in messages[0]
+    rep = prof.report()
+    assert rep.incomplete
+    assert sum(r.calls for r in rep.rows) == 40  # exactly what was recorded before the error
+
+
+def test_an_error_in_a_module_hook_never_reaches_the_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    bare = _train(3)
+    monkeypatch.setattr(ModuleTracker, "_name_of", _fail_after(2, ModuleTracker._name_of))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with memwall.profile(summary=False) as prof:
+            profiled = _train(3, prof)
+    _assert_identical(bare, profiled)
+    messages = _memwall_warnings(caught)
+    assert len(messages) == 1 and "_pre_forward" in messages[0], messages
+    assert prof.report().incomplete
+
+
+def test_an_error_at_a_step_boundary_does_not_stop_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    profile_module = importlib.import_module("memwall_plugin.profile")
+
+    bare = _train(5)
+    monkeypatch.setattr(profile_module, "step_totals", _fail_after(1, profile_module.step_totals))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with memwall.profile(summary=False, logdir=None) as prof:
+            prof._scalars = _NullScalars()  # step totals are computed only for scalars
+            profiled = _train(5, prof)
+    _assert_identical(bare, profiled)
+    messages = _memwall_warnings(caught)
+    assert len(messages) == 1 and "marking a step" in messages[0], messages
+    assert prof.step_num == 5
+    rep = prof.report()
+    assert rep.incomplete and rep.steps == (0,)  # the first step was kept before the failure
+
+
+def test_an_error_building_the_report_at_exit_is_a_warning_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    profile_module = importlib.import_module("memwall_plugin.profile")
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ValueError("simulated report bug")
+
+    monkeypatch.setattr(profile_module, "rows_from_entries", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with memwall.profile(summary=True) as prof:
+            result = _model()(torch.ones(2, 8))
+    assert result.shape == (2, 4)
+    assert any("simulated report bug" in m for m in _memwall_warnings(caught))
+    assert prof.step_num == 0
+
+
+class _Strideless(torch.Tensor):
+    """A tensor subclass memwall cannot read: its stride() raises an unexpected error type."""
+
+    def stride(self, *args: Any) -> Any:  # type: ignore[override]
+        raise TypeError("this subclass hides its strides")
+
+
+def test_a_tensor_subclass_memwall_does_not_understand_leaves_results_identical() -> None:
+    torch.manual_seed(0)
+    weight = torch.randn(8, 8)
+    x = torch.randn(4, 8)
+    bare = (torch.relu(x @ weight) + 1).sum()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with memwall.profile(summary=False) as prof:
+            y = torch.randn(4, 8)  # recorded before the subclass appears
+            del y
+            odd = x.as_subclass(_Strideless)
+            profiled = (torch.relu(odd @ weight) + 1).sum()
+    assert torch.equal(profiled.as_subclass(torch.Tensor), bare)
+    messages = _memwall_warnings(caught)
+    assert len(messages) == 1 and "hides its strides" in messages[0], messages
+    rep = prof.report()
+    assert rep.incomplete and any(r.op == "aten.randn" for r in rep.rows)
+
+
+class _NullScalars:
+    def write(self, step: int, totals: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
