@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,13 +43,16 @@ class CaptureEntry:
     the arguments) and the first call's output signature; `call` builds the OpCall from them
     the first time it is asked for (when the report is made), not while the model runs."""
 
-    __slots__ = ("func", "arg_key", "kw_key", "out_key", "device", "module", "phase", "calls", "time_ns", "_call")
+    __slots__ = ("func", "arg_key", "kw_key", "out_key", "device", "module", "phase", "calls", "time_ns", "_call",
+                 "bucket")
 
     def __init__(self, func: Any, arg_key: tuple[Any, ...], kw_key: tuple[Any, ...] | None, out_key: Any,
                  device: str, module: str, phase: str, calls: int = 0, time_ns: int = 0) -> None:
         self.func, self.arg_key, self.kw_key, self.out_key, self.device = func, arg_key, kw_key, out_key, device
         self.module, self.phase, self.calls, self.time_ns = module, phase, calls, time_ns
         self._call: OpCall | None = None
+        #: past the signature cap: the counts of every call folded into this shape bucket
+        self.bucket: Bucket | None = None
 
     @property
     def call(self) -> OpCall:
@@ -65,11 +69,91 @@ class CaptureEntry:
         twin = CaptureEntry(self.func, self.arg_key, self.kw_key, self.out_key, self.device, self.module,
                             self.phase, self.calls, self.time_ns)
         twin._call = self._call
+        twin.bucket = self.bucket.copy() if self.bucket is not None else None
         return twin
 
     def merge(self, other: CaptureEntry) -> None:
         self.calls += other.calls
         self.time_ns += other.time_ns
+        if self.bucket is not None and other.bucket is not None:
+            self.bucket.merge(other.bucket)
+
+
+class Bucket:
+    """Calls of one op whose shapes fell into the same power-of-two bucket once the run had
+    more distinct signatures than its cap. Each call is counted exactly when it is folded in;
+    only the shapes shown are approximate ("<=N")."""
+
+    __slots__ = ("op", "overload", "dtype", "shapes", "flops", "bytes_read", "bytes_written", "elements_read",
+                 "elements_written")
+
+    def __init__(self, op: str, overload: str, dtype: str, shapes: str) -> None:
+        self.op, self.overload, self.dtype, self.shapes = op, overload, dtype, shapes
+        self.flops: int | None = 0
+        self.bytes_read = self.bytes_written = self.elements_read = self.elements_written = 0
+
+    def add(self, analysis: Any) -> None:
+        """Fold one call in (`analysis`: its per-call counts, see memwall_plugin.analysis)."""
+        flops = analysis.counted.flops
+        self.flops = None if flops is None or self.flops is None else self.flops + flops
+        self.bytes_read += analysis.bytes_read
+        self.bytes_written += analysis.bytes_written
+        self.elements_read += analysis.elements_read
+        self.elements_written += analysis.elements_written
+
+    def merge(self, other: Bucket) -> None:
+        self.flops = None if self.flops is None or other.flops is None else self.flops + other.flops
+        self.bytes_read += other.bytes_read
+        self.bytes_written += other.bytes_written
+        self.elements_read += other.elements_read
+        self.elements_written += other.elements_written
+
+    def copy(self) -> Bucket:
+        twin = Bucket(self.op, self.overload, self.dtype, self.shapes)
+        twin.merge(self)
+        twin.flops = self.flops
+        return twin
+
+
+_BUCKETED = "<=bucket"  # marks a bucketed tensor signature: (_BUCKETED, shape upper bounds, dtype)
+
+
+def _bucket_int(n: int) -> int:
+    """n rounded away from zero to a power of two; -2..2 (dims, flags) stay as they are."""
+    if -2 <= n <= 2:
+        return n
+    bound = 1 << (abs(n) - 1).bit_length()
+    return bound if n > 0 else -bound
+
+
+def bucket_key(value: Any) -> Any:
+    """A signature with every size rounded up to a power of two (strides dropped)."""
+    if _is_tensor_key(value):
+        shape, _, dtype = value
+        return (_BUCKETED, tuple(_bucket_int(d) for d in shape), dtype)
+    if type(value) is tuple:
+        return tuple(bucket_key(v) for v in value)
+    if type(value) is int:
+        return _bucket_int(value)
+    return value
+
+
+def _bucket_text(value: Any) -> str | None:
+    if type(value) is tuple and len(value) == 3 and value[0] == _BUCKETED:
+        return "[" + ", ".join(str(d) if d <= 2 else f"<={d}" for d in value[1]) + "]"
+    return None
+
+
+def bucket_shapes(arg_key: tuple[Any, ...]) -> str:
+    """The input shapes of a bucket, as Row.shapes writes them: "[1, <=16, <=1024] x [..]"."""
+    parts = []
+    for value in arg_key:
+        text = _bucket_text(value)
+        if text is not None:
+            parts.append(text)
+        elif type(value) is tuple and value and _bucket_text(value[0]) is not None:
+            parts.append(f"{len(value)} x {_bucket_text(value[0])}")
+    return " x ".join(parts)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -204,6 +288,17 @@ def _flatten_keys(out: Any) -> list[Any]:
     return [out]
 
 
+#: argument types kept by value in a signature; any other object (a RecordFunction handle,
+#: a ScriptObject, a user's object) is kept by its type name only, so a fresh object per call
+#: neither makes a new signature every step nor stays alive in the table
+_PLAIN = frozenset({int, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format,
+                    torch.Size})
+
+
+def _opaque(value: Any) -> tuple[str, str]:
+    return ("<object>", type(value).__name__)
+
+
 def signature(value: Any) -> Any:
     """The hashable signature of an argument or result: (shape, stride, dtype) per tensor."""
     if isinstance(value, _Tensor):
@@ -215,7 +310,9 @@ def signature(value: Any) -> Any:
         return tuple(signature(v) for v in value)
     if isinstance(value, float):
         return value == 0.0
-    return value
+    if type(value) in _PLAIN or isinstance(value, (int, str)):  # an IntEnum is still its value
+        return value
+    return _opaque(value)
 
 
 def _device_of(args: tuple[Any, ...], out: Any) -> str:
@@ -294,9 +391,19 @@ class Capture:
 
     _active: Capture | None = None
 
-    def __init__(self, model: torch.nn.Module | None = None) -> None:
+    #: distinct signatures kept apart per run by default; past it, new shapes share buckets
+    MAX_SIGNATURES = 10_000
+
+    def __init__(self, model: torch.nn.Module | None = None, *, max_signatures: int | None = None,
+                 analyse: Callable[[CaptureEntry], Any] | None = None) -> None:
         self.tracker = ModuleTracker(model)
         self.table: dict[Any, CaptureEntry] = {}
+        self.max_signatures = self.MAX_SIGNATURES if max_signatures is None else max_signatures
+        #: every exact signature kept this run (across steps): what the cap counts
+        self.known: set[Any] = set()
+        self.bucketed_calls = 0
+        self._analyse = analyse
+        self._bucket_memo: dict[Any, Any] = {}
         self._mode: _CaptureMode | None = None
         self.pending_events: list[tuple[CaptureEntry, Any, Any]] = []
         #: why recording stopped for good (an internal error), or None while healthy
@@ -369,6 +476,7 @@ class Capture:
         """Hand over the table recorded so far and start a new one (GPU times resolved)."""
         self.resolve_events()
         table, self.table = self.table, {}
+        self._bucket_memo.clear()  # growing shapes rarely come back in a later step
         return table
 
     def resolve_events(self) -> None:
@@ -414,18 +522,62 @@ class Capture:
                 parts.append(a == 0.0)
             elif type(a) is list or type(a) is tuple:
                 parts.append(signature(a))
-            else:
+            elif type(a) in _PLAIN:
                 parts.append(a)
+            else:
+                parts.append(signature(a))
         arg_key = tuple(parts)
         kw_key = tuple([(k, signature(v)) for k, v in kwargs.items()]) if kwargs else None
         key = (func, module, phase, arg_key, kw_key)
         entry = self.table.get(key)
         if entry is None:
-            entry = CaptureEntry(func, arg_key, kw_key, signature(out), _device_of(args, out), module, phase)
-            self.table[key] = entry
+            known = self.known
+            if key in known or len(known) < self.max_signatures:
+                known.add(key)
+                entry = CaptureEntry(func, arg_key, kw_key, signature(out), _device_of(args, out), module, phase)
+                self.table[key] = entry
+            else:
+                entry = self._bucketed(func, module, phase, arg_key, kw_key, args, out)
+        elif entry.bucket is not None:
+            entry = self._bucketed(func, module, phase, arg_key, kw_key, args, out)
         entry.calls += 1
         entry.time_ns += elapsed_ns
         return entry
 
+    def _bucketed(self, func: Any, module: str, phase: str, arg_key: tuple[Any, ...], kw_key: Any,
+                  args: tuple[Any, ...], out: Any) -> CaptureEntry:
+        """Past the cap: count this call exactly now and fold it into its shape bucket."""
+        if self.bucketed_calls == 0:
+            warnings.warn(
+                f"memwall: this run has more than {self.max_signatures:,} distinct op signatures (growing "
+                "shapes?); new ones are grouped into power-of-two shape buckets to keep memory bounded. "
+                "FLOPs and bytes stay exact; their shapes show as '<=N'. "
+                "Pass max_signatures= to memwall.profile to keep more apart.",
+                RuntimeWarning, stacklevel=4,
+            )
+        self.bucketed_calls += 1
+        exact = CaptureEntry(func, arg_key, kw_key, signature(out), _device_of(args, out), module, phase)
+        memo_key = (func, arg_key, kw_key, exact.out_key, exact.device)
+        analysis = self._bucket_memo.get(memo_key)  # layers repeat shapes within a step
+        if analysis is None:
+            analysis = self._bucket_memo[memo_key] = self._analysis_of(exact)
+        bucket_args, bucket_kw = bucket_key(arg_key), bucket_key(kw_key)
+        key = (func, module, phase, bucket_args, bucket_kw)
+        entry = self.table.get(key)
+        if entry is None:
+            entry = CaptureEntry(func, bucket_args, bucket_kw, None, exact.device, module, phase)
+            entry.bucket = Bucket(analysis.call.op, analysis.call.overload, analysis.dtype, bucket_shapes(bucket_args))
+            self.table[key] = entry
+        entry.bucket.add(analysis)  # type: ignore[union-attr]
+        return entry
 
-__all__ = ["Capture", "CaptureEntry", "ProfilerConflictError", "build_call", "meta_of_key", "signature"]
+    def _analysis_of(self, entry: CaptureEntry) -> Any:
+        if self._analyse is None:
+            from memwall_plugin.analysis import AnalysisCache
+            from memwall_plugin.formulas import REGISTRY
+
+            self._analyse = AnalysisCache(REGISTRY, limit=0).analyse
+        return self._analyse(entry)
+
+
+__all__ = ["Bucket", "Capture", "CaptureEntry", "ProfilerConflictError", "build_call", "meta_of_key", "signature"]

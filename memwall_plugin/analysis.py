@@ -86,21 +86,58 @@ class AnalysisCache:
     def clear(self) -> None:
         self._by_key.clear()
 
+    def analyse(self, entry: CaptureEntry) -> Analysis:
+        """The analysis of an entry's signature, computed now (not memoised)."""
+        call = entry.call
+        counted = count_safely(self.registry, call)
+        t = counted.traffic
+        return Analysis(call, counted, op_dtype(call), call.shapes(), t.bytes_read, t.bytes_written,
+                        t.elements_read, t.elements_written)
+
     def of(self, entry: CaptureEntry) -> Analysis:
         key = (entry.func, entry.arg_key, entry.kw_key, entry.out_key, entry.device)
         found = self._by_key.get(key)
         if found is None:
-            call = entry.call
-            counted = count_safely(self.registry, call)
-            t = counted.traffic
-            found = Analysis(call, counted, op_dtype(call), call.shapes(), t.bytes_read, t.bytes_written,
-                             t.elements_read, t.elements_written)
+            found = self.analyse(entry)
             if len(self._by_key) >= self.limit:
                 self._by_key.clear()
             self._by_key[key] = found
         else:
             entry.adopt_call(found.call)
         return found
+
+    def totals(self, entry: CaptureEntry) -> EntryTotals | None:
+        """What an entry adds up to over all its calls; None for markers that compute nothing."""
+        bucket = entry.bucket
+        if bucket is not None:
+            if bucket.op.startswith(_IGNORED_NAMESPACES):
+                return None
+            return EntryTotals(bucket.op, bucket.overload, bucket.dtype, bucket.shapes, bucket.flops,
+                               bucket.bytes_read, bucket.bytes_written, bucket.elements_read,
+                               bucket.elements_written)
+        found = self.of(entry)
+        if found.ignored:
+            return None
+        n = entry.calls
+        flops = found.counted.flops
+        return EntryTotals(found.call.op, found.call.overload, found.dtype, found.shapes,
+                           None if flops is None else flops * n, found.bytes_read * n, found.bytes_written * n,
+                           found.elements_read * n, found.elements_written * n)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryTotals:
+    """An entry's counts summed over its calls."""
+
+    op: str
+    overload: str
+    dtype: str
+    shapes: str
+    flops: int | None
+    bytes_read: int
+    bytes_written: int
+    elements_read: int
+    elements_written: int
 
 
 _SHARED: dict[int, AnalysisCache] = {}
@@ -136,32 +173,31 @@ def rows_from_entries(
         entries = track(entries, description="memwall: analysing", transient=True,  # type: ignore[assignment]
                         console=Console(stderr=True))
     for e in entries:
-        found = cache.of(e)
-        if found.ignored:
+        totals = cache.totals(e)
+        if totals is None:
             continue
-        call, counted, dtype = found.call, found.counted, found.dtype
-        n = e.calls
+        op, dtype = totals.op, totals.dtype
         if ceilings is None:
             peak, bandwidth = None, None
         else:
-            ceiling = placed.get((call.op, dtype))
+            ceiling = placed.get((op, dtype))
             if ceiling is None:
-                ceiling = placed[(call.op, dtype)] = ceilings(call.op, dtype)
+                ceiling = placed[(op, dtype)] = ceilings(op, dtype)
             peak, bandwidth = ceiling
         rows.append(
             Row(
-                op=call.op,
-                overload=call.overload,
+                op=op,
+                overload=totals.overload,
                 module=e.module,
                 phase=e.phase,
-                calls=n,
+                calls=e.calls,
                 dtype=dtype,
-                shapes=found.shapes,
-                flops=None if counted.flops is None else counted.flops * n,
-                bytes_read=found.bytes_read * n,
-                bytes_written=found.bytes_written * n,
-                elements_read=found.elements_read * n,
-                elements_written=found.elements_written * n,
+                shapes=totals.shapes,
+                flops=totals.flops,
+                bytes_read=totals.bytes_read,
+                bytes_written=totals.bytes_written,
+                elements_read=totals.elements_read,
+                elements_written=totals.elements_written,
                 time_s=e.time_ns * 1e-9,
                 peak_flops_per_s=peak,
                 bandwidth_bytes_per_s=bandwidth,

@@ -102,6 +102,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
       PyTorch Profiler tab), its operator events annotated with memwall's figures.
     * `scalars`: with a logdir, write headline scalars per recorded step (Scalars tab).
     * `step_on_optimizer`: mark a step at each step of the first optimizer (`memwall run`).
+    * `max_signatures`: distinct (op, module, phase, shapes) kept apart per run (default
+      10,000); past it, new shapes are grouped into power-of-two buckets, still counted exactly,
+      so memory stays bounded when shapes keep growing (long decodes).
     """
 
     _open: profile | None = None
@@ -119,11 +122,16 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         step_on_optimizer: bool = False,
         kineto: bool = False,
         scalars: bool = True,
+        max_signatures: int | None = None,
     ) -> None:
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (or None), got {type(model).__name__}")
         if registry is not None and not isinstance(registry, Registry):
             raise TypeError("registry must be a memwall Registry, e.g. memwall.default_registry().copy()")
+        if max_signatures is not None and (not isinstance(max_signatures, int) or max_signatures < 1):
+            raise ValueError(f"max_signatures must be a positive int (default {Capture.MAX_SIGNATURES:,}), "
+                             f"got {max_signatures!r}")
+        self.max_signatures = max_signatures
         self.model = model
         self.logdir = Path(logdir) if logdir is not None else None
         self._action_fn = as_action_fn(schedule)
@@ -170,7 +178,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         try:
             if self.kineto:
                 self._start_kineto()
-            self._capture = Capture(self.model)
+            self._capture = Capture(self.model, max_signatures=self.max_signatures, analyse=self._analyses.analyse)
             self._capture.open()
             if self.step_on_optimizer:
                 self._capture.tracker.on_optimizer_step = self._optimizer_stepped

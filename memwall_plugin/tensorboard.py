@@ -47,20 +47,19 @@ def step_totals(
     flops = nbytes = 0
     time_s = memory_time = counted_time = 0.0
     for e in entries:
-        found = cache.of(e)
-        if found.ignored:
+        totals = cache.totals(e)
+        if totals is None:
             continue
-        counted = found.counted
         t = e.time_ns * 1e-9
         time_s += t
-        step_bytes = found.bytes_read + found.bytes_written
-        nbytes += step_bytes * e.calls
-        if counted.flops is None:
+        entry_bytes = totals.bytes_read + totals.bytes_written
+        nbytes += entry_bytes
+        if totals.flops is None:
             continue
-        flops += counted.flops * e.calls
+        flops += totals.flops
         counted_time += t
-        peak, bw = ceilings(found.call.op, found.dtype)
-        if roofline.bound(counted.flops, step_bytes, peak, bw) == roofline.MEMORY:
+        peak, bw = ceilings(totals.op, totals.dtype)
+        if roofline.bound(totals.flops, entry_bytes, peak, bw) == roofline.MEMORY:
             memory_time += t
     return StepTotals(flops, nbytes, time_s, memory_time, counted_time)
 

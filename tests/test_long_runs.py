@@ -1,0 +1,121 @@
+"""Long runs keep memwall's memory bounded: by distinct signatures (capped; growing shapes go to
+power-of-two buckets that are still counted exactly), never by calls or steps."""
+
+from __future__ import annotations
+
+import tracemalloc
+import warnings
+
+import pytest
+import torch
+
+import memwall_plugin as memwall
+
+D = 8  # model width of the toy decoder
+
+
+class _Attention(torch.nn.Module):
+    """One decode step of single-head attention over a cache that grows by one token."""
+
+    def forward(self, x: torch.Tensor, cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = torch.cat([cache, x], 0)  # (L, D)
+        weights = (x @ keys.T).softmax(-1)  # (1, L)
+        return weights @ keys, keys
+
+
+def _decode(steps: int, prof: memwall.profile | None = None, memory_at: tuple[int, ...] = ()) -> dict[int, int]:
+    torch.manual_seed(0)
+    attention = _Attention()
+    cache = torch.zeros(0, D)
+    x = torch.randn(1, D)
+    memory = {}
+    with torch.no_grad():
+        for step in range(1, steps + 1):
+            x, cache = attention(x, cache)
+            if prof is not None:
+                prof.step()
+            if step in memory_at:
+                memory[step] = tracemalloc.get_traced_memory()[0]
+    return memory
+
+
+def _mm_flops_by_hand(steps: int) -> int:
+    # step with L cached tokens: (1, D) @ (D, L) and (1, L) @ (L, D), 2 FLOPs per multiply-add
+    return sum(2 * D * n + 2 * n * D for n in range(1, steps + 1))
+
+
+def test_past_the_cap_shapes_share_buckets_and_every_flop_and_byte_is_still_counted() -> None:
+    steps = 300
+    with memwall.profile(summary=False) as exact:
+        _decode(steps, exact)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with memwall.profile(summary=False, max_signatures=50) as capped:
+            _decode(steps, capped)
+    cap_warnings = [w for w in caught if "distinct op signatures" in str(w.message)]
+    assert len(cap_warnings) == 1
+
+    full, bounded = exact.report(), capped.report()
+    assert len(full.rows) > 1000  # every step brings new shapes
+    # 50 exact signatures, then per op at most log2(300) + 1 buckets
+    assert len(bounded.rows) <= 50 + 6 * 10
+    assert any("<=" in r.shapes for r in bounded.rows)
+    # FLOPs and bytes are the same, exactly, and the matmuls match the hand count
+    mm_flops = sum(r.flops or 0 for r in bounded.rows if r.op == "aten.mm")
+    assert mm_flops == _mm_flops_by_hand(steps)
+    assert bounded.totals().flops == full.totals().flops
+    assert bounded.totals().bytes == full.totals().bytes
+    assert sum(r.calls for r in bounded.rows) == sum(r.calls for r in full.rows)
+
+
+def test_bucket_shapes_are_power_of_two_upper_bounds() -> None:
+    with memwall.profile(summary=False, max_signatures=1) as prof:
+        _decode(40, prof)
+    shapes = {r.shapes for r in prof.report().rows if r.op == "aten.mm" and "<=" in r.shapes}
+    # (1, D) @ (D, L) for L = 33..40 all fall into the bucket L <= 64 (D = 8 is a power of two)
+    assert "[1, <=8] x [<=8, <=64]" in shapes
+
+
+def test_2000_decode_steps_with_growing_shapes_keep_memory_bounded() -> None:
+    tracemalloc.start()
+    try:
+        with memwall.profile(summary=False, max_signatures=200) as prof:
+            memory = _decode(2000, prof, memory_at=(1000, 2000))
+    finally:
+        tracemalloc.stop()
+    growth = memory[2000] - memory[1000]
+    # uncapped, each step adds ~6 signatures (several kB); capped, only the list of step numbers grows
+    assert growth < 150_000, f"memwall grew by {growth:,} bytes over 1,000 decode steps"
+    assert len(prof.report().rows) < 200 + 6 * 12
+
+
+def test_many_steps_of_a_fixed_model_keep_memory_bounded() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(2, 4)
+    memory = {}
+    tracemalloc.start()
+    try:
+        with memwall.profile(model=model, summary=False) as prof:
+            for step in range(1, 1501):
+                model(x).sum().backward()
+                opt.step()
+                opt.zero_grad()
+                prof.step()
+                if step in (500, 1500):
+                    memory[step] = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    growth = memory[1500] - memory[500]
+    # a table bounded by signatures does not grow at all; a table by call or step grows by MBs
+    assert growth < 100_000, f"memwall grew by {growth:,} bytes over 1,000 steps"
+    rep = prof.report()
+    assert len(rep.steps) == 1500 and len(rep.rows) < 60
+    first_linear = [r for r in rep.rows if r.op == "aten.addmm" and r.module == "0"]
+    assert [r.calls for r in first_linear] == [1500]
+
+
+def test_max_signatures_must_be_a_positive_int() -> None:
+    with pytest.raises(ValueError, match="max_signatures must be a positive int"):
+        memwall.profile(max_signatures=0)
