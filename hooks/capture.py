@@ -560,6 +560,8 @@ class Capture:
         memo_key = (func, arg_key, kw_key, exact.out_key, exact.device)
         analysis = self._bucket_memo.get(memo_key)  # layers repeat shapes within a step
         if analysis is None:
+            if len(self._bucket_memo) >= 1024:  # one very long step (a whole generate() call)
+                self._bucket_memo.clear()
             analysis = self._bucket_memo[memo_key] = self._analysis_of(exact)
         bucket_args, bucket_kw = bucket_key(arg_key), bucket_key(kw_key)
         key = (func, module, phase, bucket_args, bucket_kw)
