@@ -128,9 +128,6 @@ class Row(RooflinePoint):
 
 
 _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Row))
-_REQUIRED_ROW_FIELDS = tuple(
-    f.name for f in dataclasses.fields(Row) if f.default is dataclasses.MISSING
-)
 
 
 #: Op families that run on TF32 tensor cores when torch allows it for fp32 on CUDA.

@@ -322,3 +322,21 @@ def test_every_field_survives_the_strict_round_trip(report, tmp_path):
         extra={"note": "ünïcode ✓", "nested": {"list": [1, 2.5, None, True]}},
     )
     assert memwall.load_report(full.save(tmp_path / "full.json")) == full
+
+
+@pytest.mark.parametrize("fails", ["fsync", "replace"])
+def test_a_failed_save_leaves_the_previous_file_whole(report, tmp_path, monkeypatch, fails):
+    import dataclasses
+    import errno
+
+    path = report.save(tmp_path / "r.json")
+    before = path.read_bytes()
+
+    def full(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, fails, full)
+    with pytest.raises(OSError, match="No space"):
+        dataclasses.replace(report, incomplete=True).save(path)
+    assert path.read_bytes() == before  # readers still see the old report, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # and no temporary file
