@@ -144,10 +144,27 @@ def find_reports(path: Path) -> list[Path]:
 
 
 def load_run(path: Path) -> Report:
+    """The windows of one run merged. A window that cannot be read is named on stderr and left
+    out, so one truncated file does not hide the rest; only when none can be read is it an error."""
+    files = find_reports(path)
+    reports, failed = [], []
+    for file in files:
+        try:
+            reports.append(load_report(file))
+        except ReportError as exc:
+            failed.append(str(exc))
+    if not reports:
+        raise CliError(failed[0] if len(failed) == 1 else
+                       f"none of the {len(files)} report files could be read:\n  " + "\n  ".join(failed))
+    for message in failed:
+        print(f"memwall report: left out: {message}", file=sys.stderr)
+    if failed:
+        print(f"memwall report: this summary covers {len(reports)} of {len(files)} report files",
+              file=sys.stderr)
     try:
-        return merge_reports(load_report(p) for p in find_reports(path))
-    except ReportError as exc:
-        raise CliError(str(exc)) from None
+        return merge_reports(reports)
+    except ValueError as exc:  # windows that contradict each other (ranks)
+        raise CliError(f"{path}: its report files disagree: {exc}") from None
 
 
 def report_json(report: Report, by: str | None = None) -> dict[str, Any]:
@@ -350,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  memwall report runs/exp1\n  memwall report runs/exp1 --by module --top 30\n"
                "  memwall report runs/exp1 --json > exp1.json\n  memwall report runs/exp1 --csv > exp1.csv\n"
-               "  memwall report runs/exp1 --device 'H100 SXM' --bytes-per-element 1",
+               "  memwall report runs/exp1 --device 'H100 SXM' --bytes-per-element 1\n"
+               "A report file that cannot be read is named on stderr and left out of the summary; the\n"
+               "exit status is 2 only when no report file of the run can be read.",
     )
     rep.add_argument("path", help="a run's logdir (all its recorded windows) or one report .json")
     rep.add_argument("--top", type=_positive, default=15, help="rows in the main table (default 15)")

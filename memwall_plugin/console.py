@@ -85,6 +85,15 @@ def _dur(seconds: float) -> str:
 _BOUND_STYLE = {MEMORY: "bold yellow", COMPUTE: "green"}
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _text(name: str, style: str = "") -> Text:
+    """A name from the run (module, op, phase, device) as plain text: never read as rich markup,
+    its control characters (a terminal escape sequence in a module name) shown escaped."""
+    return Text(_CONTROL.sub(lambda m: repr(m.group())[1:-1], name), style=style)
+
+
 def _bound(bound: str) -> Text:
     label = {MEMORY: "MEMORY", COMPUTE: "compute", "none": "-", "unknown": "?"}.get(bound, bound)
     return Text(label, style=_BOUND_STYLE.get(bound, "dim"))
@@ -231,7 +240,7 @@ class Summary:
                 grid.add_column(no_wrap=True)
                 grid.add_column()
                 for note in notes:
-                    grid.add_row("*", note)
+                    grid.add_row("*", _text(note))
                 yield Text("Findings", style="bold")
                 yield grid
 
@@ -251,14 +260,14 @@ class Summary:
                 if key in ("fp32", "bf16", "fp16", "tf32")
             )
             bw = device.bandwidth
-            lines.append(Text(f"device   {device.name}"))
+            lines.append(_text(f"device   {device.name}"))
             lines.append(Text(f"peaks    {peaks or 'unknown'}"))
             lines.append(Text(
                 f"memory   {si(bw.value if bw else None, 'B/s')} ({bw.source if bw else 'unknown'}), "
                 f"fp32 ridge {_num(device.ridge_point('float32'))} FLOP/B"
             ))
             if rep.measured_on and rep.measured_on != device.name:
-                lines.append(Text(f"what-if  times measured on {rep.measured_on}", style="italic"))
+                lines.append(_text(f"what-if  times measured on {rep.measured_on}", style="italic"))
         if rep.bytes_per_element is not None:
             lines.append(Text(f"what-if  every tensor re-sized to {rep.bytes_per_element} byte(s) each",
                               style="italic"))
@@ -321,7 +330,7 @@ class Summary:
             for r in rep.rows[: opts.top]:
                 share = r.time_s / total if total else None
                 table.add_row(
-                    r.op.removeprefix("aten."), r.module or "(top)", self._phase(r.phase),
+                    _text(r.op.removeprefix("aten.")), _text(r.module or "(top)"), _text(self._phase(r.phase)),
                     *self._cells(r.calls, share, r.flops, r.bytes, r.intensity),
                     _bound(r.bound), _pct(r.efficiency),
                 )
@@ -334,7 +343,7 @@ class Summary:
 
     def _group_row(self, table: Table, label: str, g: Group, total: float) -> None:
         share = g.time_s / total if total else None
-        table.add_row(label, *self._cells(g.calls, share, g.flops, g.bytes, g.intensity),
+        table.add_row(_text(label), *self._cells(g.calls, share, g.flops, g.bytes, g.intensity),
                       _bound(g.bound), _pct(g.efficiency))
 
     def phase_table(self) -> Table:
@@ -363,7 +372,7 @@ class Summary:
         def label(key: str) -> Text:
             g = groups[key]
             name = key.rpartition(".")[2] or "(model)"
-            text = Text(f"{name}", style="bold" if not key else "")
+            text = _text(name, style="bold" if not key else "")
             text.append(f"  {_pct(g.time_s / total if total else None)}", style="dim")
             split = f"fwd {_dur(fwd.get(key, 0.0))}"
             if bwd.get(key, 0.0) > 0:

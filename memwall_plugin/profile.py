@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import socket
 import time
@@ -17,6 +19,7 @@ from memwall_plugin.analysis import analysis_cache, rows_from_entries
 from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.hooks.capture import Capture, CaptureEntry, ProfilerConflictError
+from memwall_plugin.output import OutputGuard
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report, ceilings_of
 from memwall_plugin.schedule import Action, as_action_fn
@@ -90,6 +93,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
       without it every module that runs is tracked.
     * `logdir`: the run directory; each recorded window is saved atomically under
       `<logdir>/plugins/memwall/` when it ends (also when the block raises: marked incomplete).
+      If a write fails (a full or read-only disk, a logdir that cannot be created), one warning
+      says so and memwall writes nothing more; the run and `prof.report()` go on unchanged.
     * `schedule`: `memwall.schedule(wait=, warmup=, active=, repeat=)` or a
       `torch.profiler.schedule`; steps outside the active window run with nothing installed.
     * `registry`: formulas to count with (default: `memwall.default_registry()`).
@@ -166,6 +171,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self.traces: list[Path] = []
         self._scalars = ScalarWriter(self.logdir) if scalars and self.logdir is not None else None
         self._analyses = analysis_cache(self.registry)
+        self._output = OutputGuard()  # every file write goes through it
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> profile:
@@ -233,11 +239,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
 
     def _trace_ready(self, kineto_prof: Any) -> None:
         assert self.logdir is not None
-        self.logdir.mkdir(parents=True, exist_ok=True)
         name = f"{socket.gethostname()}_{os.getpid()}.{time.time_ns() // 1_000_000}.pt.trace.json"
         path = self.logdir / name
-        kineto_prof.export_chrome_trace(str(path))
-        self.traces.append(path)
+        if self._output.attempt("write the torch.profiler trace", path, lambda: _export_trace(kineto_prof, path)):
+            self.traces.append(path)
 
     def _finish_tensorboard(self) -> None:
         """Stop torch.profiler, annotate its traces, close the scalar writer; never raise over
@@ -248,13 +253,14 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
                 kineto.__exit__(None, None, None)
                 rows = self.report().rows
                 for path in self.traces:
-                    annotate_trace(path, rows)
+                    self._output.attempt("annotate the torch.profiler trace", path,
+                                         functools.partial(annotate_trace, path, rows))
         except Exception as err:  # the run itself is done: memwall's trouble is only a warning
             warnings.warn(f"memwall: could not finish the torch.profiler trace: {err}",
                           RuntimeWarning, stacklevel=3)
         finally:
             if self._scalars is not None:
-                self._scalars.close()
+                self._output.release("write scalars to", self._scalars.logdir, self._scalars.close)
 
     def _close(self) -> None:
         try:
@@ -332,9 +338,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         table = self._capture.take()
         self._capture.end_step()
         if self._action.kept and table:
-            if self._scalars is not None:
+            if self._scalars is not None and self._output.enabled:
+                scalars, step = self._scalars, self._step_num
                 totals = step_totals(table.values(), self._analyses, self._ceilings(table))
-                self._scalars.write(self._step_num, totals)
+                self._output.attempt("write scalars to", scalars.logdir, lambda: scalars.write(step, totals))
             self._window = _merge(self._window, table)
             self._window_steps.append(self._step_num)
             self._window_wall += elapsed
@@ -352,8 +359,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         # the common case, one window: the run's report is this one (no second build)
         self._report = report if only_window else None
         if self.logdir is not None and report.rows:
-            name = f"rank{report.rank}_steps{steps[0]:06d}-{steps[-1]:06d}.json"
-            self.saved.append(report.save(self.logdir / PLUGIN_DIR / name))
+            path = self.logdir / PLUGIN_DIR / f"rank{report.rank}_steps{steps[0]:06d}-{steps[-1]:06d}.json"
+            saved = self._output.attempt("save the report", path, lambda: report.save(path))
+            if saved is not None:
+                self.saved.append(saved)
 
     # -- results -------------------------------------------------------------------------------
     def _device_for(self, table: dict[Any, CaptureEntry]) -> DeviceSpec | None:
@@ -420,3 +429,22 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         print_summary(self.report(), console=console)
         if self.saved:
             console.print(f"report saved: {self.saved[-1]}", highlight=False, markup=False)
+        if self._output.failure is not None:
+            console.print("memwall stopped writing files in this run (see the warning above)",
+                          highlight=False, markup=False)
+
+
+def _export_trace(kineto_prof: Any, path: Path) -> Path:
+    """torch.profiler's trace, written beside `path` and moved into place whole (the PyTorch
+    Profiler tab never sees half a trace). torch logs a failed export instead of raising."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        kineto_prof.export_chrome_trace(str(tmp))
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            raise OSError(f"torch.profiler could not write {tmp.name} (its reason is logged above)")
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    return path

@@ -19,12 +19,19 @@ from typing import TYPE_CHECKING, Any
 from memwall_plugin import roofline
 from memwall_plugin.devices import DeviceSpec, lookup_device
 from memwall_plugin.records import PHASES
+from memwall_plugin.validation import (
+    TOP_LEVEL_KEYS,
+    FieldError,
+    ReportError,
+    check_device,
+    check_object,
+    dataclass_fields,
+    invalid,
+    parse_json,
+    read_report_bytes,
+)
 
 SCHEMA_VERSION = 1
-
-
-class ReportError(ValueError):
-    """A report file that cannot be read: the message says what is wrong and what to do."""
 
 
 class RooflinePoint:
@@ -121,9 +128,6 @@ class Row(RooflinePoint):
 
 
 _ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Row))
-_REQUIRED_ROW_FIELDS = tuple(
-    f.name for f in dataclasses.fields(Row) if f.default is dataclasses.MISSING
-)
 
 
 #: Op families that run on TF32 tensor cores when torch allows it for fp32 on CUDA.
@@ -384,10 +388,12 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "report") -> Report:
+        """A report from its JSON object; every field is checked (types, ranges, unknown or
+        missing fields), so anything that is not a report memwall wrote is a ReportError."""
         if not isinstance(data, dict) or data.get("format") != "memwall-report":
             raise ReportError(f"{source} is not a memwall report (no 'format': 'memwall-report')")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if type(version) is not int or version != SCHEMA_VERSION:
             raise ReportError(
                 f"{source} has schema_version {version!r}; this memwall reads version "
                 f"{SCHEMA_VERSION}. Upgrade memwall-plugin, or re-profile with this version."
@@ -395,16 +401,20 @@ class Report:
         meta, rows = data.get("meta"), data.get("rows")
         if not isinstance(meta, dict) or not isinstance(rows, list):
             raise ReportError(f"{source} lacks its 'meta' object or 'rows' list")
+        unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
+        if unknown:
+            raise ReportError(f"{source} has an unknown top-level field {unknown[0][:60]!r}; "
+                              "was it written by a newer memwall?")
         try:
-            parsed = tuple(_row_from_dict(r) for r in rows)
-            names = {f.name for f in dataclasses.fields(cls)} - {"rows", "device"}
-            kwargs = {k: meta[k] for k in names if k in meta}
-            kwargs["steps"] = tuple(int(s) for s in kwargs.get("steps", ()))
-            kwargs["tf32"] = tuple(str(s) for s in kwargs.get("tf32", ()))
+            row_fields = dataclass_fields(Row)
+            parsed = tuple(Row(**check_object(f"rows[{i}]", r, row_fields)) for i, r in enumerate(rows))
+            kwargs = check_object("meta", meta, dataclass_fields(cls, ("rows", "device")))
             device = data.get("device")
-            kwargs["device"] = None if device is None else DeviceSpec.from_dict(device)
-            return cls(rows=parsed, **kwargs)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            spec = None if device is None else DeviceSpec.from_dict(check_device("device", device))
+            return cls(rows=parsed, device=spec, **kwargs)
+        except FieldError as exc:
+            raise invalid(source, exc) from None
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
             raise ReportError(f"{source} has a malformed field: {exc}") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -445,47 +455,16 @@ def _under(module: str, prefix: str) -> bool:
     return not prefix or module == prefix or module.startswith(prefix + ".")
 
 
-def _row_from_dict(data: Any) -> Row:
-    if not isinstance(data, dict):
-        raise TypeError(f"a row is {type(data).__name__}, not an object")
-    missing = [name for name in _REQUIRED_ROW_FIELDS if name not in data]
-    if missing:
-        raise KeyError(f"row lacks {', '.join(missing)}")
-    row = Row(**{name: data[name] for name in _ROW_FIELDS if name in data})
-    for name in ("calls", "bytes_read", "bytes_written", "elements_read", "elements_written"):
-        value = getattr(row, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"row field {name} must be a non-negative integer, got {value!r}")
-    if row.flops is not None and (isinstance(row.flops, bool) or not isinstance(row.flops, int)):
-        raise ValueError(f"row field flops must be an integer or null, got {row.flops!r}")
-    if not isinstance(row.time_s, (int, float)) or not math.isfinite(row.time_s) or row.time_s < 0:
-        raise ValueError(f"row field time_s must be a finite non-negative number, got {row.time_s!r}")
-    for name in ("peak_flops_per_s", "bandwidth_bytes_per_s"):
-        value = getattr(row, name)
-        finite = isinstance(value, (int, float)) and math.isfinite(value) and value > 0
-        if value is not None and not finite:
-            raise ValueError(f"row field {name} must be a positive number or null, got {value!r}")
-    return dataclasses.replace(row, time_s=float(row.time_s))
-
-
 def load_report(path: str | os.PathLike[str]) -> Report:
-    """Read a report saved by `Report.save` (or by `memwall.profile(logdir=...)`)."""
+    """Read a report saved by `Report.save` (or by `memwall.profile(logdir=...)`). Anything else
+    (truncated, corrupt, too large, a newer schema, hostile values) raises ReportError."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ReportError(f"{source}: no such file; pass the path of a memwall .json report") from None
-    except IsADirectoryError:
-        raise ReportError(
-            f"{source} is a directory; pass a report file (<logdir>/plugins/memwall/*.json)"
-        ) from None
-    except UnicodeDecodeError:
-        raise ReportError(f"{source} is not a text file; is it a memwall report?") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{source} is not valid JSON ({exc}); it may be truncated") from None
-    return Report.from_dict(data, source)
+    return parse_report(read_report_bytes(path, source), source)
+
+
+def parse_report(raw: bytes, source: str = "report") -> Report:
+    """A report from the bytes of its file (`source` names it in errors)."""
+    return Report.from_dict(parse_json(raw, source), source)
 
 
 def merge_reports(reports: Iterable[Report]) -> Report:

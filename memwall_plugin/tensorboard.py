@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,26 +67,42 @@ def step_totals(
 
 
 class ScalarWriter:
-    """Writes headline scalars per step into the run directory (tfevents), lazily."""
+    """Writes headline scalars per step into the run directory as a TensorBoard event file,
+    lazily and synchronously: a write that fails (a full disk) raises here, to memwall's one
+    warning, not in a background thread that prints its own traceback (SummaryWriter's)."""
 
     def __init__(self, logdir: Path) -> None:
         self.logdir = logdir
-        self._writer: Any = None
+        self._file: Any = None
+        self._records: Any = None
+
+    def _open(self) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        now = time.time_ns()
+        name = f"events.out.tfevents.{now // 10**9:010d}.{socket.gethostname()}.{os.getpid()}.{now}.memwall"
+        self._file = open(self.logdir / name, "xb")  # kept open for the run; close() closes it
+        self._records = RecordWriter(self._file)
+        self._records.write(Event(wall_time=now / 1e9, file_version="brain.Event:2").SerializeToString())
 
     def write(self, step: int, totals: StepTotals) -> None:
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
 
-            self._writer = SummaryWriter(str(self.logdir))
-        for tag, value in totals.scalars().items():
-            if math.isfinite(value):
-                self._writer.add_scalar(tag, value, step)
-        self._writer.flush()
+        if self._file is None:
+            self._open()
+        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in totals.scalars().items()
+                  if math.isfinite(value)]
+        event = Event(wall_time=time.time(), step=step, summary=Summary(value=values))
+        self._records.write(event.SerializeToString())
+        self._file.flush()
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._file is not None:
+            file, self._file, self._records = self._file, None, None
+            file.close()
 
 
 # --- torch.profiler trace annotation ---------------------------------------------------------

@@ -4,7 +4,9 @@ A run is a directory holding `plugins/memwall/*.json`; its name is its path rela
 logdir ("." for the logdir itself), as TensorBoard names runs. Scans run on a background thread
 started on first use (never at import); requests read the last completed scan and trigger a
 fresh one when it is older than `rescan_s`, so new runs and new steps appear while TensorBoard
-runs. Parsed reports are cached by (path, mtime, size).
+runs. Parsed reports (and files that cannot be read) are cached by the stamp of the open file
+they were read from, so a report replaced while it is read is never cached under the wrong
+version. Only files under the logdir are read: a link to a file elsewhere is refused.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from memwall_plugin.report import Report, load_report
+from memwall_plugin.report import Report, ReportError, parse_report
+from memwall_plugin.validation import ReportFile, Stamp, is_inside
 
 _WINDOW = re.compile(r"^rank(?P<rank>\d+)_steps(?P<first>\d+)-(?P<last>\d+)\.json$")
 PLUGIN_SUBDIR = ("plugins", "memwall")
@@ -88,7 +91,7 @@ class ReportLoader:
         self._scanned_at: float | None = None
         self._scanning: threading.Thread | None = None
         self._first_scan = threading.Event()
-        self._reports: dict[Path, tuple[tuple[int, int], Report]] = {}
+        self._reports: dict[Path, tuple[Stamp, Report | ReportError]] = {}
 
     # -- scanning ------------------------------------------------------------------------------
     def _scan_now(self) -> None:
@@ -134,14 +137,24 @@ class ReportLoader:
 
     # -- reports -------------------------------------------------------------------------------
     def load(self, window: Window) -> Report:
-        """The parsed report of a window (ReportError if it is unreadable)."""
-        stat = window.path.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        with self._lock:
-            cached = self._reports.get(window.path)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        report = load_report(window.path)
-        with self._lock:
-            self._reports[window.path] = (stamp, report)
-        return report
+        """The parsed report of a window; ReportError if it cannot be read (the message names
+        the file by its window, never by the server's path)."""
+        source = f"{window.id}.json"
+        if not is_inside(window.path, self.logdir):
+            raise ReportError(f"{source} is a link to a file outside the logdir; memwall reads only "
+                              "report files under the logdir TensorBoard was given")
+        with ReportFile(os.path.realpath(window.path), source) as file:
+            with self._lock:
+                cached = self._reports.get(window.path)
+            if cached is not None and cached[0] == file.stamp:
+                outcome = cached[1]
+            else:
+                try:
+                    outcome = parse_report(file.read(), source)
+                except ReportError as exc:
+                    outcome = exc
+                with self._lock:
+                    self._reports[window.path] = (file.stamp, outcome)
+        if isinstance(outcome, ReportError):
+            raise ReportError(str(outcome))
+        return outcome

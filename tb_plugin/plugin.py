@@ -1,12 +1,15 @@
 """The Memory Wall tab: TensorBoard routes (thin) over the loader and the view builders.
 
 Registered through the `tensorboard_plugins` entry point. Request parameters are validated and
-matched against what the loader found; no route builds a path from a request.
+matched against what the loader found; no route builds a path from a request. The plugin opens
+no socket of its own: it is served by TensorBoard's server, wherever TensorBoard binds.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
@@ -34,6 +37,14 @@ STATIC_FILES = {
 
 _PHASE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _MAX_PARAM = 512
+#: The parameters each data route takes; anything else is refused (a typo is not ignored).
+ROUTE_PARAMS: dict[str, tuple[str, ...]] = {
+    "/runs": (),
+    "/devices": (),
+    "/report": ("run", "rank", "window", "phase", "device", "bytes_per_element"),
+}
+
+logger = logging.getLogger(__name__)
 
 
 class RequestError(Exception):
@@ -73,9 +84,7 @@ class MemwallPlugin(base_plugin.TBPlugin):
     def report_impl(self, args: dict[str, str]) -> dict[str, Any]:
         """The view of one run: its windows of one rank (one window, or all of them merged),
         optionally one phase, optionally re-scored for another device or element size."""
-        for name, value in args.items():
-            if len(value) > _MAX_PARAM or "\x00" in value:
-                raise RequestError(400, f"parameter {name!r} is too long or not text")
+        check_params("/report", args)
         runs = self.loader.runs()
         run = runs.get(args.get("run", ""))
         if run is None:
@@ -117,27 +126,23 @@ class MemwallPlugin(base_plugin.TBPlugin):
                 # name the file within the run, never the server's path
                 message = str(exc).replace(str(w.path), f"{w.id}.json")
                 raise RequestError(422, f"run {run.name!r}: {message}") from None
-            except OSError as exc:  # removed or unreadable since the scan
-                message = f"run {run.name!r}: {w.id}.json cannot be read ({exc.strerror})"
-                raise RequestError(404, message) from None
-        return merge_reports(reports)
+        try:
+            return merge_reports(reports)
+        except ValueError as exc:  # windows that contradict their names (ranks)
+            raise RequestError(422, f"run {run.name!r}: its report files disagree: {exc}") from None
 
     # -- routes ------------------------------------------------------------------------------------
     @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
     def runs_route(self, request: wrappers.Request) -> wrappers.Response:
-        return http_util.Respond(request, self.runs_impl(), "application/json")
+        return _respond(request, "/runs", lambda args: self.runs_impl())
 
     @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
     def devices_route(self, request: wrappers.Request) -> wrappers.Response:
-        return http_util.Respond(request, views.devices_view(), "application/json")
+        return _respond(request, "/devices", lambda args: views.devices_view())
 
     @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
     def report_route(self, request: wrappers.Request) -> wrappers.Response:
-        try:
-            body = self.report_impl(dict(request.args.items()))
-        except RequestError as exc:
-            return http_util.Respond(request, {"error": str(exc)}, "application/json", code=exc.code)
-        return http_util.Respond(request, body, "application/json")
+        return _respond(request, "/report", self.report_impl)
 
     @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
     def static_route(self, request: wrappers.Request) -> wrappers.Response:
@@ -145,6 +150,41 @@ class MemwallPlugin(base_plugin.TBPlugin):
         name, mimetype = STATIC_FILES[suffix]
         body = resources.files("memwall_plugin.tb_plugin").joinpath("static", name).read_bytes()
         return http_util.Respond(request, body, mimetype)
+
+
+def _respond(request: wrappers.Request, route: str, impl: Callable[[dict[str, str]], Any]) -> wrappers.Response:
+    """JSON from `impl(parameters)`; a refused request is its 4xx with the reason, and memwall's
+    own failure a 500 that names no server path (the traceback goes to TensorBoard's log)."""
+    try:
+        args = request_params(route, request.args)
+        return http_util.Respond(request, impl(args), "application/json")
+    except RequestError as exc:
+        return http_util.Respond(request, {"error": str(exc)}, "application/json", code=exc.code)
+    except Exception as exc:
+        logger.exception("memwall: %s failed", route)
+        body = {"error": f"memwall could not answer {route} ({type(exc).__name__}); TensorBoard's log has the details"}
+        return http_util.Respond(request, body, "application/json", code=500)
+
+
+def request_params(route: str, args: Any) -> dict[str, str]:
+    """A request's query as one value per name, each checked by `check_params`."""
+    for name in args:
+        if len(args.getlist(name)) > 1:
+            raise RequestError(400, f"parameter {name[:40]!r} is given more than once")
+    params = {name: args.get(name) for name in args}
+    check_params(route, params)
+    return params
+
+
+def check_params(route: str, args: dict[str, str]) -> None:
+    """Only the route's own parameters, each short text."""
+    allowed = ROUTE_PARAMS[route]
+    for name, value in args.items():
+        if name not in allowed:
+            takes = f"takes {', '.join(allowed)}" if allowed else "takes no parameters"
+            raise RequestError(400, f"unknown parameter {name[:40]!r}: {route.lstrip('/')} {takes}")
+        if not isinstance(value, str) or len(value) > _MAX_PARAM or "\x00" in value:
+            raise RequestError(400, f"parameter {name!r} is too long or not text")
 
 
 def _int_param(args: dict[str, str], name: str, default: Any, low: int, high: int) -> Any:

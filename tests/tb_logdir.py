@@ -61,3 +61,29 @@ def make_logdir(root: Path, *, big_rows: int = 0, kineto: bool = False) -> dict[
         big = root / "big" / "plugins" / "memwall" / "rank0_steps000000-000000.json"
         dataclasses.replace(rep, rows=rows).save(big)
     return {"train": root / "train", "good_file": good}
+
+
+#: Hostile strings for every place a report's text reaches the page; each would set
+#: window.__mw_xss if the page ever parsed it as HTML.
+XSS_RUN = '<img src=x onerror="window.__mw_xss=1">'
+XSS_OP = '<svg onload="window.__mw_xss=2">'
+XSS_DEVICE = '<img src=x onerror="window.__mw_xss=3">'
+XSS_PHASE = "<b onmouseover=window.__mw_xss=4>"
+
+
+def make_hostile_run(root: Path) -> Path:
+    """A run named like an HTML tag whose ops, phases, dtypes, shapes and device name are HTML too
+    (a real report with its strings replaced; the numbers stay real)."""
+    good = next((root / "train" / "plugins" / "memwall").glob("*.json"))
+    rep = memwall.load_report(good)
+    rows = tuple(
+        dataclasses.replace(r, op=f"{XSS_OP}{r.op}", dtype=f"{r.dtype}<i>", shapes=f"<u>{r.shapes}</u>",
+                            phase=XSS_PHASE if r.phase == "backward" else r.phase)
+        for r in rep.rows
+    )
+    assert rep.device is not None
+    device = dataclasses.replace(rep.device, name=XSS_DEVICE, key="<x>", notes="<script>window.__mw_xss=5</script>",
+                                 source="<a href=javascript:window.__mw_xss=6>x</a>")
+    path = root / XSS_RUN / "plugins" / "memwall" / "rank0_steps000000-000000.json"
+    dataclasses.replace(rep, rows=rows, device=device, measured_on=f"{XSS_DEVICE} measured").save(path)
+    return path

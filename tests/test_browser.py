@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from tb_logdir import EVIL, make_logdir
+from tb_logdir import EVIL, XSS_DEVICE, XSS_OP, XSS_PHASE, XSS_RUN, make_hostile_run, make_logdir
 
 import memwall_plugin as memwall
 from memwall_plugin.report import merge_reports
@@ -61,6 +61,7 @@ def _get_json(url: str) -> object:
 def tensorboard(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("tb")
     make_logdir(logdir, big_rows=10_000, kineto=True)
+    make_hostile_run(logdir)
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
@@ -182,6 +183,34 @@ def test_hostile_module_name_is_text(tensorboard, browser, tmp_path):
     assert EVIL in browser.find_element(By.CSS_SELECTOR, ".mw-tooltip").text
     assert browser.find_elements(By.TAG_NAME, "img") == []
     _screenshot(browser, "memwall-tab-evil", tmp_path)
+
+
+def test_run_op_phase_and_device_names_are_text(tensorboard, browser, tmp_path):
+    """Every string a report carries reaches the page as text: none is parsed as HTML (each
+    would set window.__mw_xss if it were), and each shows verbatim."""
+    base, _ = tensorboard
+    _open_tab(browser, base)
+    options = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "select.mw-run option")]
+    assert XSS_RUN in options
+    _choose_run(browser, XSS_RUN)
+    cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row td")]
+    assert any(c.startswith(XSS_OP) for c in cells) and XSS_PHASE in cells
+    phases = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "select.mw-phase option")]
+    assert XSS_PHASE in phases
+    cards = browser.find_element(By.CSS_SELECTOR, ".mw-cards").text
+    assert XSS_DEVICE in cards and f"times measured on {XSS_DEVICE} measured" in cards
+    title = browser.find_element(By.CSS_SELECTOR, "tbody tr.mw-row td").get_attribute("title")
+    assert XSS_OP in title and "<u>" in title  # the op cell's tooltip: op, shapes, dtype as text
+    browser.execute_script(
+        "const p = document.querySelector('circle.mw-point'); const box = p.getBoundingClientRect();"
+        "p.dispatchEvent(new MouseEvent('mouseenter', {clientX: box.x + 2, clientY: box.y + 2}));")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, ".mw-tooltip").is_displayed())
+    assert XSS_OP in browser.find_element(By.CSS_SELECTOR, ".mw-tooltip").text
+    for node in browser.find_elements(By.CSS_SELECTOR, "td, option, .mw-card"):  # mouse over all of it
+        browser.execute_script("arguments[0].dispatchEvent(new MouseEvent('mouseover', {bubbles: true}))", node)
+    assert browser.find_elements(By.CSS_SELECTOR, "img, svg[onload], [onerror], [onload], [onmouseover], a, i, u") == []
+    assert browser.execute_script("return [window.__mw_xss, window.top.__mw_xss]") == [None, None]
+    _screenshot(browser, "memwall-tab-xss", tmp_path)
 
 
 def test_broken_run_shows_its_error_and_others_still_work(tensorboard, browser, tmp_path):

@@ -151,6 +151,8 @@ def test_a_tensor_subclass_memwall_does_not_understand_leaves_results_identical(
 
 
 class _NullScalars:
+    logdir = None
+
     def write(self, step: int, totals: Any) -> None:
         pass
 
