@@ -35,11 +35,16 @@ def op_dtype(call: OpCall) -> str:
     return first.dtype if first is not None else ""
 
 
-def count_safely(registry: Registry, call: OpCall) -> Counted:
-    """Count one call; a formula that fails makes the op uncounted, with a warning."""
+def count_safely(registry: Registry, call: OpCall, warned: set[str] | None = None) -> Counted:
+    """Count one call; a formula that fails makes the op uncounted, with a warning (once per op
+    when `warned` collects the ops already warned about)."""
     try:
         return registry.count(call)
     except Exception as exc:  # a formula bug must not lose the rest of the report
+        if warned is not None:
+            if f"{call.op}.{call.overload}" in warned:
+                return Counted(None, default_traffic(call))
+            warned.add(f"{call.op}.{call.overload}")
         warnings.warn(
             f"memwall: the formula for {call.op}.{call.overload} failed ({exc!r}); "
             "reporting it as uncounted",
@@ -79,6 +84,7 @@ class AnalysisCache:
         self.registry = registry
         self.limit = limit
         self._by_key: dict[Any, Analysis] = {}
+        self._warned: set[str] = set()  # ops whose formula failed: one warning each
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -89,7 +95,7 @@ class AnalysisCache:
     def analyse(self, entry: CaptureEntry) -> Analysis:
         """The analysis of an entry's signature, computed now (not memoised)."""
         call = entry.call
-        counted = count_safely(self.registry, call)
+        counted = count_safely(self.registry, call, self._warned)
         t = counted.traffic
         return Analysis(call, counted, op_dtype(call), call.shapes(), t.bytes_read, t.bytes_written,
                         t.elements_read, t.elements_written)

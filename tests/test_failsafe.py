@@ -158,3 +158,26 @@ class _NullScalars:
 
     def close(self) -> None:
         pass
+
+
+def test_a_formula_that_raises_leaves_its_op_uncounted_with_one_warning() -> None:
+    registry = memwall.default_registry().copy()
+
+    def broken(call: Any) -> int:
+        raise ZeroDivisionError("simulated formula bug")
+
+    registry._flops["aten.mm"] = broken
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with memwall.profile(registry=registry, summary=False) as prof:
+            for n in range(2, 12):  # ten signatures of the broken op
+                a = torch.ones(n, n)
+                b = (a @ a) + 1
+    assert torch.equal(b, torch.full((11, 11), 12.0))
+    messages = [m for m in _memwall_warnings(caught) if "aten.mm" in m]
+    assert len(messages) == 1 and "simulated formula bug" in messages[0]
+    rep = prof.report()
+    mm = [r for r in rep.rows if r.op == "aten.mm"]
+    assert len(mm) == 10 and all(r.flops is None and r.bytes > 0 for r in mm)
+    adds = [r for r in rep.rows if r.op == "aten.add"]
+    assert sum(r.flops or 0 for r in adds) == sum(n * n for n in range(2, 12))  # the rest is counted
