@@ -12,6 +12,7 @@ formulas only ask whether a term is present.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -275,6 +276,8 @@ class Capture:
         self.tracker = ModuleTracker(model)
         self.table: dict[Any, CaptureEntry] = {}
         self._mode: _CaptureMode | None = None
+        #: builds the mode start() installs; hooks/collectives.py swaps in one that also sees collectives
+        self.make_mode: Callable[[Capture, bool], _CaptureMode] = _CaptureMode
         self.pending_events: list[tuple[CaptureEntry, Any, Any]] = []
         warm_up_dispatch()
 
@@ -303,7 +306,7 @@ class Capture:
         Capture._active = self
         self.tracker.install()
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-        self._mode = _CaptureMode(self, cuda)
+        self._mode = self.make_mode(self, cuda)
         self._mode.__enter__()
 
     def stop(self) -> None:
