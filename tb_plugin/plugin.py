@@ -10,7 +10,7 @@ import re
 from importlib import resources
 from typing import Any
 
-from memwall_plugin.tb_plugin import views
+from memwall_plugin.tb_plugin import comm_views, views
 from memwall_plugin.tb_plugin.loader import ReportLoader, Run
 from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
@@ -29,6 +29,7 @@ STATIC_FILES = {
     "/static/table.js": ("table.js", "text/javascript"),
     "/static/tree.js": ("tree.js", "text/javascript"),
     "/static/format.js": ("format.js", "text/javascript"),
+    "/static/comm.js": ("comm.js", "text/javascript"),
     "/static/style.css": ("style.css", "text/css"),
 }
 
@@ -55,6 +56,7 @@ class MemwallPlugin(base_plugin.TBPlugin):
             "/runs": self.runs_route,
             "/report": self.report_route,
             "/devices": self.devices_route,
+            "/ranks": self.ranks_route,
         }
         for route in STATIC_FILES:
             apps[route] = self.static_route
@@ -108,6 +110,21 @@ class MemwallPlugin(base_plugin.TBPlugin):
             raise RequestError(404, f"run {run.name!r} has no {phase!r} work")
         return views.report_view(report, phase=phase)
 
+    def ranks_impl(self, args: dict[str, str]) -> dict[str, Any]:
+        """Every rank of one run side by side; a rank whose report cannot be read is listed with
+        its error, the others are still shown."""
+        run = self.loader.runs().get(args.get("run", ""))
+        if run is None:
+            raise RequestError(404, f"unknown run {args.get('run', '')!r}; GET ./runs lists the runs")
+        reports, errors = {}, {}
+        for rank in run.ranks:
+            try:
+                reports[rank] = self._load(run, [w for w in run.windows if w.rank == rank])
+            except RequestError as exc:
+                errors[rank] = str(exc)
+        world = max((r.world_size for r in reports.values()), default=len(run.ranks))
+        return comm_views.ranks_view(run.name, reports, errors, world)
+
     def _load(self, run: Run, windows: list[Any]) -> Report:
         reports = []
         for w in windows:
@@ -135,6 +152,14 @@ class MemwallPlugin(base_plugin.TBPlugin):
     def report_route(self, request: wrappers.Request) -> wrappers.Response:
         try:
             body = self.report_impl(dict(request.args.items()))
+        except RequestError as exc:
+            return http_util.Respond(request, {"error": str(exc)}, "application/json", code=exc.code)
+        return http_util.Respond(request, body, "application/json")
+
+    @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
+    def ranks_route(self, request: wrappers.Request) -> wrappers.Response:
+        try:
+            body = self.ranks_impl(dict(request.args.items()))
         except RequestError as exc:
             return http_util.Respond(request, {"error": str(exc)}, "application/json", code=exc.code)
         return http_util.Respond(request, body, "application/json")
