@@ -8,7 +8,10 @@ What "time" means: a c10d op enqueues its work on the backend and returns a Work
 collective's time is from the call until the Work's future completes, stamped by a done-callback
 on the backend's thread (so it includes waiting for the slowest peer and for collectives queued
 before it). A Work without a future (gloo's reduce-scatter) is waited for on a watcher thread
-instead, with the same meaning. A functional collective completes when `wait_tensor` on its result returns. Work on
+instead, with the same meaning. Both stamps are taken in Python, so they may trail the real
+completion by the time the stamping thread waits for the GIL (at most the interpreter's switch
+interval, 5 ms by default, while the training thread runs Python); at a step's end memwall lets
+finished collectives stamp before it closes the step. A functional collective completes when `wait_tensor` on its result returns. Work on
 a GPU completes on the device, not on the host: such calls are counted, not timed.
 
 Overlap: while any collective is in flight, the time each other op takes on this thread is
@@ -98,12 +101,18 @@ class CollectiveEntry:
 class _Flight:
     """One call between its issue and its completion."""
 
-    __slots__ = ("entry", "start_ns", "busy_start_ns", "end_ns", "busy_end_ns", "ok")
+    __slots__ = ("entry", "start_ns", "busy_start_ns", "end_ns", "busy_end_ns", "ok", "work")
 
     def __init__(self, entry: CollectiveEntry, start_ns: int, busy_start_ns: int) -> None:
         self.entry, self.start_ns, self.busy_start_ns = entry, start_ns, busy_start_ns
         self.end_ns = self.busy_end_ns = 0
         self.ok = False
+        self.work: Any = None  # its future (or Work), held until completion is stamped
+
+
+#: At a step's end, how long to let completion callbacks of finished collectives run (they wait
+#: for the GIL the training thread holds; DDP may go on before they have run).
+SETTLE_S = 0.05
 
 
 class StepTiming:
@@ -194,6 +203,7 @@ class CollectiveRecorder:
         self._done: deque[_Flight] = deque()  # appended from the backend's threads
         self._functional: dict[int, _Flight] = {}  # result data_ptr -> its call
         self._untimed_device_calls = False
+        self._pending: dict[int, _Flight] = {}  # in flight, by id
         self._watched: queue.SimpleQueue[tuple[Any, _Flight] | None] = queue.SimpleQueue()
         self._watcher: threading.Thread | None = None
 
@@ -208,9 +218,10 @@ class CollectiveRecorder:
             self.table[entry.key] = found = entry
         return found
 
-    def _fly(self) -> None:
+    def _fly(self, flight: _Flight) -> None:
         with self._lock:
             self.in_flight += 1
+            self._pending[id(flight)] = flight
 
     def issue(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         busy, start = self.busy_ns, _perf_counter_ns()
@@ -225,7 +236,7 @@ class CollectiveRecorder:
         if func.namespace == "_c10d_functional":
             result = out[0] if isinstance(out, (list, tuple)) and out else out
             if isinstance(result, torch.Tensor):
-                self._fly()
+                self._fly(flight)
                 self._functional[result.data_ptr()] = flight
             return out
         work = _work_of(out)
@@ -233,12 +244,15 @@ class CollectiveRecorder:
             flight.end_ns, flight.busy_end_ns, flight.ok = returned, self.busy_ns, True
             self._done.append(flight)
             return out
-        self._fly()
         try:
             future = work.get_future()
         except RuntimeError:  # "getFuture not implemented": wait for it on the watcher thread
+            flight.work = work
+            self._fly(flight)
             self._watch(work, flight)
             return out
+        flight.work = future
+        self._fly(flight)
         future.add_done_callback(functools.partial(self._completed, flight))
         return out
 
@@ -261,15 +275,13 @@ class CollectiveRecorder:
         tensor = args[0] if args else kwargs.get("tensor")
         flight = self._functional.pop(tensor.data_ptr(), None) if isinstance(tensor, torch.Tensor) else None
         if flight is not None:
-            flight.end_ns, flight.busy_end_ns, flight.ok = end, self.busy_ns, True
-            with self._lock:
-                self.in_flight -= 1
-            self._done.append(flight)
+            self._finish(flight, end, True)
         return out
 
     def take(self) -> tuple[dict[Any, CollectiveEntry], StepTiming]:
         """Hand over the step's collectives (calls completed since the last take add their time
         here) and its timing; start a new table."""
+        self._settle()
         table, self.table = self.table, {}
         flights = []
         while self._done:
@@ -288,13 +300,26 @@ class CollectiveRecorder:
         self._drop_stale_functional()
         return table, timing
 
+    def _settle(self) -> None:
+        """Let the callbacks of collectives whose Work has finished stamp their completion (they
+        need the GIL this thread holds); collectives still running stay in flight."""
+        deadline = _perf_counter_ns() + int(SETTLE_S * 1e9)
+        while _perf_counter_ns() < deadline:
+            with self._lock:
+                works = [f.work for f in self._pending.values() if f.work is not None]
+            if not any(_finished(w) for w in works):
+                return
+            time.sleep(0.0002)  # releases the GIL
+
     def _drop_stale_functional(self) -> None:
         # a functional result never waited on must not keep `in_flight` up for ever
         if self._functional:
-            stale = len(self._functional)
+            stale = list(self._functional.values())
             self._functional.clear()
             with self._lock:
-                self.in_flight -= stale
+                self.in_flight -= len(stale)
+                for f in stale:
+                    self._pending.pop(id(f), None)
 
     # -- the backend's threads and the watcher --------------------------------------------------
     def _completed(self, flight: _Flight, future: Any) -> None:
@@ -319,10 +344,20 @@ class CollectiveRecorder:
     def _finish(self, flight: _Flight, end_ns: int, ok: bool) -> None:
         try:
             flight.end_ns, flight.busy_end_ns, flight.ok = end_ns, self.busy_ns, ok
+            flight.work = None
             self._done.append(flight)
         finally:
             with self._lock:
                 self.in_flight -= 1
+                self._pending.pop(id(flight), None)
+
+
+def _finished(waitable: Any) -> bool:
+    """A future is done before its callbacks run (ours among them); a Work once they have."""
+    try:
+        return bool(waitable.done() if hasattr(waitable, "done") else waitable.is_completed())
+    except RuntimeError:
+        return False
 
 
 def _union(flights: list[_Flight]) -> StepTiming:

@@ -189,14 +189,29 @@ class _Part:
 class TerminationGuard:
     """While a distributed profile runs, SIGTERM (what torchrun sends the other ranks when one
     fails) raises SystemExit(143) in the main thread, so the profile ends, saves its partial
-    report (marked incomplete) and the process exits as it would have. Installed only over the
-    default handler, and only from the main thread; removed when the profile ends."""
+    report (marked incomplete) and the process exits as it would have. Once the profile is
+    ending (saving), a SIGTERM is held and delivered again, with its default action, after the
+    report is saved. Installed only over the default handler, and only from the main thread."""
 
     def __init__(self) -> None:
         self._installed = False
+        self._holding = False
+        self._held: int | None = None
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self._holding:
+            self._held = signum
+            return
         raise SystemExit(128 + signum)
+
+    def hold(self) -> None:
+        self._holding = True
+
+    def deliver_held(self) -> None:
+        """After remove(): a SIGTERM that came while holding ends the process now."""
+        held, self._held = self._held, None
+        if held is not None:
+            os.kill(os.getpid(), held)
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -233,10 +248,17 @@ class DistributedSession:
         if launched_distributed():
             self._enable(capture)
 
+    def ending(self) -> None:
+        """The profile is saving: a SIGTERM now waits until it is done (`ended`)."""
+        self._guard.hold()
+
     def close(self) -> None:
         self._guard.remove()
         if self.recorder is not None:
             self.recorder.close()
+
+    def ended(self) -> None:
+        self._guard.deliver_held()
 
     def _enable(self, capture: Capture) -> None:
         world = torch.distributed.get_world_size() if _initialized() else _env_int("WORLD_SIZE", 1)

@@ -184,6 +184,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Literal[False]:
+        self._dist.ending()  # a SIGTERM from here on waits until the report is saved
         # a script that ends by sys.exit(0) finished its work; anything else did not
         self._incomplete = exc_type is not None and not (
             isinstance(exc, SystemExit) and exc.code in (0, None)
@@ -200,6 +201,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             self._finish_tensorboard(exc_type is None)
         if self._dist.prints_summary(self.summary) and self._steps:
             self._print_summary()
+        self._dist.ended()
         return False  # the user's exception, if any, propagates unchanged
 
     # -- TensorBoard ---------------------------------------------------------------------------
