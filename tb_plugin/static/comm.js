@@ -6,7 +6,7 @@ import {duration, el, pct, si} from './format.js';
 const SVG = 'http://www.w3.org/2000/svg';
 const WIDTH = 760;
 const HEIGHT = 300;
-const MARGIN = {left: 72, right: 150, top: 16, bottom: 44};
+const MARGIN = {left: 72, right: 24, top: 16, bottom: 44};
 
 function svg(tag, attrs) {
   const node = document.createElementNS(SVG, tag);
@@ -62,8 +62,8 @@ function drawLinkRoof(container, comm) {
   if (roof) {
     root.appendChild(svg('line', {x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: sy(roof), y2: sy(roof),
       class: 'mw-roof mw-link-roof'}));
-    root.appendChild(text('text', {x: WIDTH - MARGIN.right + 6, y: sy(roof) + 4, class: 'mw-roof-label mw-link-label'},
-        `${comm.link.name} ${si(roof, 'B/s')}`));
+    root.appendChild(text('text', {x: MARGIN.left + 6, y: sy(roof) - 6, class: 'mw-roof-label mw-link-label'},
+        `${comm.link.name}: ${si(roof, 'B/s')} per direction (${comm.link.source})`));
   }
   const longest = Math.max(...points.map((c) => c.time_s));
   for (const c of points) {
