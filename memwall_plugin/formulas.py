@@ -665,6 +665,10 @@ REGISTRY.add_flops(("fsdp.all_gather_copy_in", "fsdp.chunk_cat", "fsdp.split_wit
                    _no_flops)
 
 
+# functional collectives wrap their result for autograd (an AsyncCollectiveTensor): no data touched
+REGISTRY.zero("_c10d_functional._wrap_tensor_autograd")
+
+
 @traffic("fsdp.all_gather_copy_in")
 def _fsdp_all_gather_copy_in(call: OpCall) -> Traffic:
     """Copies this rank's shards into its slice of the all-gather buffer (the schema names the

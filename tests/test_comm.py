@@ -338,3 +338,17 @@ def test_sigterm_while_the_report_is_saved_waits_for_it(tmp_path):
     ''')
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["saved"] and result.returncode == -signal.SIGTERM
+
+
+def test_ranks_of_one_launch_pick_one_default_run_directory():
+    """`memwall run`'s default directory: the launcher's start time, the same for all its ranks."""
+    from memwall_plugin.distributed import launcher_started_unix_s
+
+    code = "from memwall_plugin.distributed import default_run_stamp; print(default_run_stamp())"
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    stamps = {p.communicate(timeout=60)[0].strip() for p in procs}
+    started = launcher_started_unix_s(os.getpid())  # this process launched both
+    assert started is not None and abs(started - time.time()) < 24 * 3600
+    assert stamps == {time.strftime("%Y%m%d-%H%M%S", time.localtime(started))}

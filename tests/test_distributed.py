@@ -16,6 +16,7 @@ from torchrun_job import SAMPLE, torchrun
 
 import memwall_plugin as memwall
 from memwall_plugin import cli
+from memwall_plugin.comm import COLLECTIVE_OPS, WAIT_OP
 
 WIDTH, DEPTH, STEPS = 64, 2, 3
 # the sample's MLP: DEPTH x Linear(WIDTH, WIDTH) then Linear(WIDTH, 10), float32
@@ -134,3 +135,43 @@ def test_killed_rank_leaves_the_other_ranks_partial_report(tmp_path):
     # two backward passes completed; the third all-reduce failed when rank 1 vanished
     assert sum(c.timed_calls for c in all_reduce) >= 2
     assert cli.main(["report", str(tmp_path / "killed")]) == 0
+
+
+EXPLICIT = '''
+import sys, torch, torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+import memwall_plugin as memwall
+
+dist.init_process_group("gloo")
+n = dist.get_world_size()
+with memwall.profile(logdir=sys.argv[1], summary=False, scalars=False) as prof:
+    dist.all_reduce(torch.ones(1000))                                   # 4,000 B, waited in Python
+    out = torch.empty(2 * 250)
+    dist.all_gather_into_tensor(out, torch.ones(250), async_op=True).wait()   # gathers 2,000 B
+    shard = torch.empty(100)
+    dist.reduce_scatter_tensor(shard, torch.ones(200))                  # scatters 800 B (no future)
+    funcol.all_reduce(torch.ones(64), "sum", dist.group.WORLD).wait()   # functional: 256 B
+    dist.broadcast(torch.ones(16, dtype=torch.float64), src=0)          # 128 B
+    dist.barrier()
+    prof.step()
+dist.destroy_process_group()
+'''
+
+
+def test_explicit_and_functional_collectives_are_sized_and_timed(tmp_path):
+    script = tmp_path / "explicit.py"
+    script.write_text(EXPLICIT)
+    result = torchrun(str(script), str(tmp_path / "explicit"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rep in _reports(tmp_path / "explicit").values():
+        got = {(c.op, c.kind): (c.calls, c.message_bytes, c.bytes_moved) for c in rep.comm.collectives}
+        assert got[("c10d.allreduce_", "all_reduce")] == (1, 4000, 4000)  # 2(n-1)/n = 1 for n = 2
+        assert got[("c10d._allgather_base_", "all_gather")] == (1, 2000, 1000)  # (n-1)/n
+        assert got[("c10d._reduce_scatter_base_", "reduce_scatter")] == (1, 800, 400)
+        assert got[("_c10d_functional.all_reduce", "all_reduce")] == (1, 256, 256)
+        assert got[("c10d.broadcast_", "broadcast")] == (1, 128, 128)
+        assert got[("c10d.barrier", "barrier")][2] == 0
+        assert all(c.timed_calls == c.calls and c.time_s > 0 for c in rep.comm.collectives), rep.comm.collectives
+        assert {c.phase for c in rep.comm.collectives} == {"other"}
+        assert not any(r.op in COLLECTIVE_OPS or r.op == WAIT_OP for r in rep.rows)  # not compute rows
+        assert not [r.op for r in rep.uncounted if r.op.startswith(("c10d.", "_c10d_functional."))]
