@@ -8,11 +8,12 @@ What "time" means: a c10d op enqueues its work on the backend and returns a Work
 collective's time is from the call until the Work's future completes, stamped by a done-callback
 on the backend's thread (so it includes waiting for the slowest peer and for collectives queued
 before it). A Work without a future (gloo's reduce-scatter) is waited for on a watcher thread
-instead, with the same meaning. Both stamps are taken in Python, so they may trail the real
-completion by the time the stamping thread waits for the GIL (at most the interpreter's switch
-interval, 5 ms by default, while the training thread runs Python); at a step's end memwall lets
-finished collectives stamp before it closes the step. A functional collective completes when `wait_tensor` on its result returns. Work on
-a GPU completes on the device, not on the host: such calls are counted, not timed.
+instead, with the same meaning. A functional collective completes when `wait_tensor` on its
+result returns. Work on a GPU completes on the device, not on the host: such calls are counted,
+not timed. The stamps are taken in Python, so they may trail the real completion by the time the
+stamping thread waits for the GIL (at most the interpreter's switch interval, 5 ms by default,
+while the training thread runs Python); at a step's end memwall lets finished collectives stamp
+before it closes the step.
 
 Overlap: while any collective is in flight, the time each other op takes on this thread is
 added to `busy_ns`; a collective's overlap is the busy time between its issue and completion.
