@@ -168,16 +168,21 @@ def test_what_if_device_replaces_the_roofs(tensorboard, browser):
 
 
 def test_hostile_module_name_is_text(tensorboard, browser, tmp_path):
-    base, _ = tensorboard
+    base, logdir = tensorboard
     _open_tab(browser, base)
     _choose_run(browser, "evil")
     cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row td")]
     assert f"{EVIL}.body" in cells
     assert browser.find_elements(By.TAG_NAME, "img") == []
-    # hover the point of the hostile module's matmul (the event the pointer would send)
+    # hover the point of the hostile module's matmul (the event the pointer would send); points
+    # carry their row's index, and rows are ordered by measured time, so find it by its module
+    (path,) = (logdir / "evil" / "plugins" / "memwall").glob("*.json")
+    index = next(i for i, r in enumerate(memwall.load_report(path).rows)
+                 if r.module == f"{EVIL}.body" and r.op == "aten.addmm")
     browser.execute_script(
-        "const p = document.querySelector('circle.mw-point'); const box = p.getBoundingClientRect();"
-        "p.dispatchEvent(new MouseEvent('mouseenter', {clientX: box.x + 2, clientY: box.y + 2}));")
+        "const p = document.querySelector(`circle.mw-point[data-id='${arguments[0]}']`);"
+        "const box = p.getBoundingClientRect();"
+        "p.dispatchEvent(new MouseEvent('mouseenter', {clientX: box.x + 2, clientY: box.y + 2}));", index)
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, ".mw-tooltip").is_displayed())
     assert EVIL in browser.find_element(By.CSS_SELECTOR, ".mw-tooltip").text
     assert browser.find_elements(By.TAG_NAME, "img") == []
