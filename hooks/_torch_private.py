@@ -13,6 +13,11 @@ from torch.utils._python_dispatch import (  # private: no public dispatch-mode A
 
 #: The autograd Node executing on this thread (None outside backward).
 current_autograd_node = torch._C._current_autograd_node
+
+
+def in_backward() -> bool:
+    """Inside a backward pass on this thread, its final callbacks included (where no Node runs)."""
+    return int(torch._C._current_graph_task_id()) != -1
 #: The sequence number the next autograd Node created on this thread will get.
 peek_sequence_nr = torch._C._autograd._get_sequence_nr
 
@@ -68,14 +73,63 @@ def dispatch_mode_stack() -> list[Any]:
     return list(_get_current_dispatch_mode_stack())
 
 
+# -- torch.distributed: collectives reach the dispatcher as c10d ops whose process group and
+# -- Work are TorchScript custom-class objects; these turn them back into their Python classes.
+
+
+def unbox_work(obj: Any) -> Any:
+    """The c10d Work behind a `__torch__.torch.classes.c10d.Work` script object (None if not one)."""
+    from torch._C import _distributed_c10d as c10d
+
+    try:
+        return c10d.Work.unbox(obj)
+    except (RuntimeError, TypeError):
+        return None
+
+
+def process_group_size(obj: Any) -> int | None:
+    """The size of the group behind a `c10d.ProcessGroup` script object (None if not one)."""
+    from torch._C import _distributed_c10d as c10d
+
+    try:
+        return int(c10d.ProcessGroup.unbox(obj).size())
+    except (RuntimeError, TypeError):
+        return None
+
+
+def group_size_by_name(name: Any) -> int | None:
+    """The size of a registered process group, by the name functional collectives pass."""
+    from torch.distributed import distributed_c10d
+
+    try:
+        return int(distributed_c10d._resolve_process_group(name).size())
+    except (RuntimeError, ValueError, TypeError, KeyError):
+        return None
+
+
+def default_store() -> Any:
+    """The key-value store of the default process group (None when there is none)."""
+    from torch.distributed import distributed_c10d
+
+    try:
+        return distributed_c10d._get_default_store()
+    except (RuntimeError, ValueError, AttributeError):
+        return None
+
+
 __all__ = [
     "ACCUMULATE_GRAD_SEQUENCE_NR",
     "TorchDispatchMode",
     "current_autograd_node",
+    "default_store",
     "dispatch_mode_stack",
     "forward_kwargs",
+    "in_backward",
+    "group_size_by_name",
     "node_sequence_nr",
     "node_variable",
     "peek_sequence_nr",
+    "process_group_size",
+    "unbox_work",
     "warm_up_dispatch",
 ]

@@ -405,6 +405,8 @@ class Capture:
         self._analyse = analyse
         self._bucket_memo: dict[Any, Any] = {}
         self._mode: _CaptureMode | None = None
+        #: builds the mode start() installs; hooks/collectives.py swaps in one that also sees collectives
+        self.make_mode: Callable[[Capture, bool], _CaptureMode] = _CaptureMode
         self.pending_events: list[tuple[CaptureEntry, Any, Any]] = []
         #: why recording stopped for good (an internal error), or None while healthy
         self.failed: str | None = None
@@ -452,7 +454,7 @@ class Capture:
         Capture._active = self
         self.tracker.install()
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-        self._mode = _CaptureMode(self, cuda)
+        self._mode = self.make_mode(self, cuda)
         self._mode.__enter__()
 
     def stop(self) -> None:

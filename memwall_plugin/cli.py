@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import runpy
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,8 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from memwall_plugin.comm import CollectiveRow, parse_link, rank_totals, slowest_rank
 from memwall_plugin.console import Summary, SummaryOptions, si
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, parse_peaks, resolve_device
+from memwall_plugin.distributed import default_run_stamp
 from memwall_plugin.profile import profile
 from memwall_plugin.report import Group, Report, ReportError, Row, load_report, merge_reports
 from memwall_plugin.schedule import Schedule
@@ -137,15 +139,12 @@ def find_reports(path: Path) -> list[Path]:
     if len(runs) > 1:
         listing = "\n  ".join(str(r) for r in runs)
         raise CliError(f"{path} holds {len(runs)} runs; pass one of:\n  {listing}")
-    ranks = {p.name.split("_")[0] for p in found}
-    if len(ranks) > 1:
-        found = [p for p in found if p.name.startswith("rank0_")] or found
     return found
 
 
-def load_run(path: Path) -> Report:
-    """The windows of one run merged. A window that cannot be read is named on stderr and left
-    out, so one truncated file does not hide the rest; only when none can be read is it an error."""
+def _read_windows(path: Path) -> list[Report]:
+    """Every window of a run. A window that cannot be read is named on stderr and left out, so
+    one truncated file does not hide the rest; only when none can be read is it an error."""
     files = find_reports(path)
     reports, failed = [], []
     for file in files:
@@ -161,13 +160,36 @@ def load_run(path: Path) -> Report:
     if failed:
         print(f"memwall report: this summary covers {len(reports)} of {len(files)} report files",
               file=sys.stderr)
+    return reports
+
+
+def load_ranks(path: Path) -> dict[int, Report]:
+    """Every rank of a run, its windows merged. A run directory that two jobs wrote into (a
+    restart): the newest job's reports."""
+    reports = _read_windows(path)
+    jobs = [r for r in reports if r.comm is not None and r.comm.job]
+    if len({r.comm.job for r in jobs if r.comm is not None}) > 1:
+        newest = max(jobs, key=lambda r: r.created_unix_s).comm
+        reports = [r for r in reports if r.comm is not None and newest is not None and r.comm.job == newest.job]
+    by_rank: dict[int, list[Report]] = {}
+    for r in reports:
+        by_rank.setdefault(r.rank, []).append(r)
     try:
-        return merge_reports(reports)
-    except ValueError as exc:  # windows that contradict each other (ranks)
+        return {rank: merge_reports(rs) for rank, rs in sorted(by_rank.items())}
+    except ValueError as exc:  # windows that contradict each other
         raise CliError(f"{path}: its report files disagree: {exc}") from None
 
 
-def report_json(report: Report, by: str | None = None) -> dict[str, Any]:
+def load_run(path: Path, rank: int | None = None, ranks: dict[int, Report] | None = None) -> Report:
+    """One rank of a run (default: the lowest), its windows merged (from `ranks` if loaded)."""
+    ranks = load_ranks(path) if ranks is None else ranks
+    chosen = min(ranks) if rank is None else rank
+    if chosen not in ranks:
+        raise CliError(f"{path} has no report of rank {chosen}; it has rank(s) {', '.join(map(str, ranks))}")
+    return ranks[chosen]
+
+
+def report_json(report: Report, by: str | None = None, ranks: dict[int, Report] | None = None) -> dict[str, Any]:
     """Totals and rows (or groups) with their roofline fields, for `memwall report --json`."""
     totals = {
         "flops": report.total_flops, "bytes": report.total_bytes, "time_s": report.total_time_s,
@@ -184,7 +206,31 @@ def report_json(report: Report, by: str | None = None) -> dict[str, Any]:
     }
     if by is not None:
         out["groups"] = [group_record(g) for g in report.group_by(by)]
+    if report.comm is not None:
+        comm = report.comm
+        out["comm"] = {
+            "rank": report.rank, "world_size": report.world_size, "link": comm.link.to_dict(),
+            "message_bytes": comm.message_bytes, "bytes_moved": comm.bytes_moved,
+            "comm_time_s": comm.comm_time_s, "overlapped_s": comm.overlapped_s, "exposed_s": comm.exposed_s,
+            "collectives": [collective_record(c) for c in comm.collectives],
+        }
+    if ranks and len(ranks) > 1:
+        per_rank = [rank_totals(r) for r in ranks.values()]
+        slowest = slowest_rank(per_rank)
+        out["ranks"] = [{**dataclasses.asdict(t), "comm_share": t.comm_share,
+                         "slowest": slowest is not None and t.rank == slowest.rank} for t in per_rank]
     return out
+
+
+COLLECTIVE_COLUMNS = (
+    "op", "kind", "phase", "module", "calls", "timed_calls", "group_size", "dtype", "shapes", "message_bytes",
+    "bytes_moved", "time_s", "bound", "bus_bandwidth_bytes_per_s", "algorithm_bandwidth_bytes_per_s",
+    "link_bytes_per_s", "efficiency", "roofline_time_s",
+)
+
+
+def collective_record(c: CollectiveRow) -> dict[str, Any]:
+    return {name: getattr(c, name) for name in COLLECTIVE_COLUMNS}
 
 
 def row_record(r: Row) -> dict[str, Any]:
@@ -208,14 +254,17 @@ ROW_COLUMNS = (
 
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
-    report = load_run(Path(args.path))
+    ranks = load_ranks(Path(args.path))
+    report = load_run(Path(args.path), args.rank, ranks)
     if args.device or args.bytes_per_element:
         try:
-            report = report.rescore(bytes_per_element=args.bytes_per_element, device=args.device)
+            ranks = {r: rep.rescore(bytes_per_element=args.bytes_per_element, device=args.device)
+                     for r, rep in ranks.items()}
         except (LookupError, ValueError) as exc:
             raise CliError(str(exc)) from None
+        report = ranks[report.rank]
     if args.json:
-        sys.stdout.write(json.dumps(report_json(report, args.by), allow_nan=False) + "\n")
+        sys.stdout.write(json.dumps(report_json(report, args.by, ranks), allow_nan=False) + "\n")
         return 0
     if args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -231,7 +280,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
                 writer.writerow(["" if (v := getattr(r, c)) is None else v for c in ROW_COLUMNS])
         return 0
     options = SummaryOptions(top=args.top, by=args.by or "op")
-    console.print(Summary(report, options))
+    console.print(Summary(report, options, ranks if len(ranks) > 1 else None))
     return 0
 
 
@@ -264,12 +313,19 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
             raise CliError(f"{target}: no such file; pass the path of a Python script")
         argv0 = target
     stem = (args.module or Path(target).stem).replace(".", "_")
-    logdir = Path(args.logdir or Path("runs") / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    # the ranks of one torchrun job share the launcher's start time, so they pick one directory
+    logdir = Path(args.logdir or Path("runs") / f"{stem}-{default_run_stamp()}")
     peaks = _peaks_option(args.peaks)
+    if args.link:
+        try:
+            parse_link(args.link)
+        except ValueError as exc:
+            raise CliError(f"--link: {exc}") from None
     try:
         prof = profile(
             logdir=logdir, schedule=_parse_schedule(args.schedule) if args.schedule else None,
             device=args.device, peaks=peaks, summary=False, step_on_optimizer=not args.no_step,
+            link=args.link,
         )
     except (LookupError, ValueError, TypeError) as exc:
         raise CliError(str(exc)) from None
@@ -298,8 +354,10 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     report = prof.report()
+    if prof.rank != 0 and not args.all_ranks:  # under torchrun: rank 0 speaks for the job
+        return code
     if args.summary and report.steps:
-        console.print(Summary(report, SummaryOptions(top=args.top)))
+        console.print(Summary(report, SummaryOptions(top=args.top), prof.job_reports()))
     if prof.saved:
         console.print(f"memwall: report saved under {logdir / 'plugins' / 'memwall'}"
                       f"{' (incomplete)' if report.incomplete else ''}", highlight=False, markup=False)
@@ -377,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     out = rep.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print totals and rows as JSON")
     out.add_argument("--csv", action="store_true", help="print rows (or --by groups) as CSV")
+    rep.add_argument("--rank", type=_non_negative, help="the rank to summarise (default: the lowest)")
     rep.add_argument("--device", help="re-place the run on another device's roofline")
     rep.add_argument("--bytes-per-element", type=int, help="re-size every tensor (1 = the paper's 8-bit)")
     rep.set_defaults(func=_cmd_report)
@@ -395,6 +454,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--schedule", help="record only some steps: wait=1,warmup=1,active=3,repeat=2")
     run.add_argument("--device", help="place the run on this device's roofline (e.g. 'H100 SXM')")
     run.add_argument("--peaks", help="override figures: fp32=80e9,bandwidth=23e9 (FLOP/s, bytes/s)")
+    run.add_argument("--link", help="interconnect roof for collectives (torch.distributed): bytes/s per "
+                                    "direction, or bandwidth=50e9,name=InfiniBand (default: detected)")
+    run.add_argument("--all-ranks", action="store_true",
+                     help="under torchrun, every rank prints its summary (default: rank 0 only)")
     run.add_argument("--top", type=_positive, default=15, help="rows in the summary table (default 15)")
     run.add_argument("--no-summary", dest="summary", action="store_false", help="print no summary")
     run.add_argument("--no-step", action="store_true",
@@ -402,6 +465,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     run.set_defaults(func=_cmd_run)
     return parser
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -414,7 +487,7 @@ def _positive(text: str) -> int:
     return value
 
 
-_RUN_OPTIONS_WITH_VALUE = {"--logdir", "--schedule", "--device", "--peaks", "--top"}
+_RUN_OPTIONS_WITH_VALUE = {"--logdir", "--schedule", "--device", "--peaks", "--top", "--link"}
 
 
 def _split_run(argv: list[str]) -> list[str]:

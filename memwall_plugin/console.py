@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rich import box
@@ -215,9 +216,11 @@ def findings(report: Report) -> list[str]:
 class Summary:
     """The summary of a report, as a rich renderable."""
 
-    def __init__(self, report: Report, options: SummaryOptions | None = None) -> None:
+    def __init__(self, report: Report, options: SummaryOptions | None = None,
+                 ranks: Mapping[int, Report] | None = None) -> None:
         self.report = report
         self.options = options or SummaryOptions()
+        self.ranks = ranks  # every rank of the job (torch.distributed), shown side by side
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         self._narrow = options.max_width < NARROW
@@ -232,6 +235,12 @@ class Summary:
         if tree is not None:
             yield Text("")
             yield tree
+        if self.report.comm is not None or self.ranks:
+            from memwall_plugin.console_comm import comm_sections
+
+            for part in comm_sections(self.report, self.ranks, self._narrow, self._wide):
+                yield Text("")
+                yield part
         if self.options.findings:
             notes = findings(self.report)
             if notes:
@@ -411,9 +420,9 @@ def format_summary(report: Report, top: int = 15, width: int = 100) -> str:
 
 
 def print_summary(report: Report, options: SummaryOptions | None = None,
-                  console: Console | None = None) -> None:
+                  console: Console | None = None, ranks: Mapping[int, Report] | None = None) -> None:
     """Print to the terminal: fits its width, no color when output is not a terminal."""
-    (console or Console()).print(Summary(report, options))
+    (console or Console()).print(Summary(report, options, ranks))
 
 
 def summary_html(report: Report, options: SummaryOptions | None = None) -> str:

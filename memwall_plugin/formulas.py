@@ -660,6 +660,30 @@ REGISTRY.zero(
 )
 
 
+# FSDP2's own copies around its collectives (torch.distributed.fsdp): pure data movement
+REGISTRY.add_flops(("fsdp.all_gather_copy_in", "fsdp.chunk_cat", "fsdp.split_with_sizes_copy", "fsdp.copy_"),
+                   _no_flops)
+
+
+# functional collectives wrap their result for autograd (an AsyncCollectiveTensor): no data touched
+REGISTRY.zero("_c10d_functional._wrap_tensor_autograd")
+
+
+@traffic("fsdp.all_gather_copy_in")
+def _fsdp_all_gather_copy_in(call: OpCall) -> Traffic:
+    """Copies this rank's shards into its slice of the all-gather buffer (the schema names the
+    buffer as an input and returns two views of it: neither is read or written whole)."""
+    shards = tuple(extent(t) for t in call.tensors_of("all_gather_inputs"))
+    return Traffic(shards, shards)
+
+
+@traffic("fsdp.copy_")
+def _fsdp_copy(call: OpCall) -> Traffic:
+    """`tensor` is overwritten by `data`, not read."""
+    return Traffic(tuple(extent(t) for t in call.tensors_of("data")),
+                   tuple(extent(t) for t in call.tensors_of("tensor")))
+
+
 # --- optimizers ------------------------------------------------------------------------------
 
 ADAM_FLOPS = 14  # m, v moments (7), sqrt/eps/divide (3), update (3), decoupled decay (1)

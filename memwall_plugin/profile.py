@@ -17,6 +17,7 @@ import torch
 
 from memwall_plugin.analysis import analysis_cache, rows_from_entries
 from memwall_plugin.devices import DeviceSpec, resolve_device
+from memwall_plugin.distributed import DistributedSession, publish, wait_for_ranks
 from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.hooks.capture import Capture, CaptureEntry, ProfilerConflictError
 from memwall_plugin.output import OutputGuard
@@ -26,18 +27,13 @@ from memwall_plugin.schedule import Action, as_action_fn
 from memwall_plugin.tensorboard import ScalarWriter, annotate_trace, step_totals
 
 PLUGIN_DIR = Path("plugins") / "memwall"
+#: How long rank 0's summary waits for the other ranks' reports of the same job.
+RANKS_WAIT_S = 10.0
 
 
 def default_registry() -> Registry:
     """The built-in formulas (read-only; `.copy()` it to add your own)."""
     return REGISTRY
-
-
-def _rank_and_world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 class _PhaseLabel:
@@ -98,7 +94,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     * `schedule`: `memwall.schedule(wait=, warmup=, active=, repeat=)` or a
       `torch.profiler.schedule`; steps outside the active window run with nothing installed.
     * `registry`: formulas to count with (default: `memwall.default_registry()`).
-    * `summary`: print a summary when the block ends.
+    * `summary`: print a summary when the block ends; under torch.distributed on rank 0 only
+      (with every rank side by side), `summary="all"` prints one on every rank.
     * `device`: place the run on this device's roofline ("H100 SXM", a DeviceSpec); default:
       the detected device ($MEMWALL_DEVICE overrides), with calibrated ceilings when cached.
     * `peaks`: override figures, e.g. `{"fp32": 80e9, "bandwidth": 23e9}` (FLOP/s, bytes/s);
@@ -110,6 +107,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     * `max_signatures`: distinct (op, module, phase, shapes) kept apart per run (default
       10,000); past it, new shapes are grouped into power-of-two buckets, still counted exactly,
       so memory stays bounded when shapes keep growing (long decodes).
+    * `link`: under torch.distributed, the interconnect roof for collectives: its bandwidth per
+      direction in bytes/s (50e9) or {"bandwidth": 50e9, "name": "InfiniBand NDR"};
+      $MEMWALL_LINK="bandwidth=50e9,name=InfiniBand NDR" does the same. Default: detected.
     """
 
     _open: profile | None = None
@@ -121,13 +121,14 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         schedule: Any = None,
         *,
         registry: Registry | None = None,
-        summary: bool = True,
+        summary: bool | Literal["all"] = True,
         device: str | DeviceSpec | None = None,
         peaks: dict[str, float] | None = None,
         step_on_optimizer: bool = False,
         kineto: bool = False,
         scalars: bool = True,
         max_signatures: int | None = None,
+        link: Any = None,
     ) -> None:
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module (or None), got {type(model).__name__}")
@@ -172,6 +173,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._scalars = ScalarWriter(self.logdir) if scalars and self.logdir is not None else None
         self._analyses = analysis_cache(self.registry)
         self._output = OutputGuard()  # every file write goes through it
+        self._dist = DistributedSession(link)  # rank, collectives, link (memwall_plugin/distributed.py)
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> profile:
@@ -186,6 +188,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
                 self._start_kineto()
             self._capture = Capture(self.model, max_signatures=self.max_signatures, analyse=self._analyses.analyse)
             self._capture.open()
+            self._dist.open(self._capture)
             if self.step_on_optimizer:
                 self._capture.tracker.on_optimizer_step = self._optimizer_stepped
             self._begin_step(0)
@@ -200,6 +203,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> Literal[False]:
+        self._dist.ending()  # a SIGTERM from here on waits until the report is saved
         # a script that ends by sys.exit(0) finished its work; anything else did not
         self._incomplete = self._incomplete or (exc_type is not None and not (
             isinstance(exc, SystemExit) and exc.code in (0, None)
@@ -212,12 +216,13 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         finally:
             self._close()
             self._finish_tensorboard()
-        if self.summary and self._steps:
+        if self._dist.prints_summary(self.summary) and self._steps:
             try:
                 self._print_summary()
             except Exception as err:
                 warnings.warn(f"memwall: could not print the summary: {type(err).__name__}: {err}",
                               RuntimeWarning, stacklevel=2)
+        self._dist.ended()
         return False  # the user's exception, if any, propagates unchanged
 
     # -- TensorBoard ---------------------------------------------------------------------------
@@ -267,6 +272,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             if self._capture is not None:
                 self._capture.close()
         finally:
+            self._dist.close()
             if profile._open is self:
                 profile._open = None
 
@@ -303,6 +309,19 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     def step_num(self) -> int:
         return self._step_num
 
+    @property
+    def rank(self) -> int:
+        """This process's rank under torch.distributed (0 otherwise)."""
+        return self._dist.rank_and_world()[0]
+
+    def job_reports(self, wait_s: float = RANKS_WAIT_S) -> dict[int, Report] | None:
+        """Under torch.distributed, with a logdir: every rank's report of this job (waiting up to
+        `wait_s` for ranks still saving theirs); None for a single-process run."""
+        report = self.report()
+        if report.comm is None or report.world_size <= 1 or not self.saved:
+            return None
+        return wait_for_ranks(self.saved[-1].parent, report, 0.0 if report.incomplete else wait_s)
+
     def _optimizer_stepped(self, optimizer: Any) -> None:
         # one step per iteration: the first optimizer that steps marks the boundaries
         if self._primary_optimizer is None or self._primary_optimizer() is None:
@@ -337,8 +356,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             self._incomplete = True
         table = self._capture.take()
         self._capture.end_step()
+        self._dist.end_step(self._capture, table, self._action.kept)
         if self._action.kept and table:
-            if self._scalars is not None and self._output.enabled:
+            if self._scalars is not None and self._output.enabled and self._dist.rank_and_world()[0] == 0:
                 scalars, step = self._scalars, self._step_num
                 totals = step_totals(table.values(), self._analyses, self._ceilings(table))
                 self._output.attempt("write scalars to", scalars.logdir, lambda: scalars.write(step, totals))
@@ -350,7 +370,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
 
     def _close_window(self) -> None:
         steps = tuple(self._window_steps)
-        report = self._build(self._window, steps, self._window_wall)
+        report = self._build(self._window, steps, self._window_wall, window_only=True)
+        self._dist.close_window()
         only_window = not self._all
         self._steps.extend(steps)
         self._wall += self._window_wall
@@ -358,9 +379,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._window, self._window_steps, self._window_wall = {}, [], 0.0
         # the common case, one window: the run's report is this one (no second build)
         self._report = report if only_window else None
-        if self.logdir is not None and report.rows:
-            path = self.logdir / PLUGIN_DIR / f"rank{report.rank}_steps{steps[0]:06d}-{steps[-1]:06d}.json"
-            saved = self._output.attempt("save the report", path, lambda: report.save(path))
+        if self.logdir is not None and (report.rows or (report.comm and report.comm.collectives)):
+            name = f"rank{report.rank}_steps{steps[0]:06d}-{steps[-1]:06d}.json"
+            directory = self.logdir / PLUGIN_DIR
+            saved = self._output.attempt("save the report", directory / name, lambda: publish(report, directory, name))
             if saved is not None:
                 self.saved.append(saved)
 
@@ -389,8 +411,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         device = self._device_for(table)
         return ceilings_of(device, self._tf32(device))
 
-    def _build(self, table: dict[Any, CaptureEntry], steps: tuple[int, ...], wall: float) -> Report:
-        rank, world = _rank_and_world()
+    def _build(self, table: dict[Any, CaptureEntry], steps: tuple[int, ...], wall: float,
+               window_only: bool = False) -> Report:
+        rank, world = self._dist.rank_and_world()
         device = self._device_for(table)
         tf32 = self._tf32(device)
         return Report(
@@ -405,6 +428,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             world_size=world,
             torch_version=torch.__version__,
             created_unix_s=time.time(),
+            comm=self._dist.communication(device, window_only),
         )
 
     def report(self) -> Report:
@@ -426,7 +450,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         from memwall_plugin.console import print_summary
 
         console = Console()
-        print_summary(self.report(), console=console)
+        print_summary(self.report(), console=console, ranks=self.job_reports())
         if self.saved:
             console.print(f"report saved: {self.saved[-1]}", highlight=False, markup=False)
         if self._output.failure is not None:

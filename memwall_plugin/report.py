@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memwall_plugin import roofline
+from memwall_plugin.comm import Communication, merge_communication, relink
 from memwall_plugin.devices import DeviceSpec, lookup_device
 from memwall_plugin.records import PHASES
 from memwall_plugin.validation import (
@@ -216,6 +217,8 @@ class Report:
     torch_version: str = ""
     created_unix_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict, compare=True)
+    # collectives on the interconnect roof (runs under torch.distributed; memwall_plugin/comm.py)
+    comm: Communication | None = None
 
     schema_version = SCHEMA_VERSION
 
@@ -360,6 +363,9 @@ class Report:
             # TF32 is a property of the run's settings; on a new device it applies if it has TF32
             rows = place_rows(rows, spec, self.tf32)
             changes["device"] = spec
+        if self.comm is not None:
+            comm = self.comm.resized(bytes_per_element) if bytes_per_element is not None else self.comm
+            changes["comm"] = relink(comm, changes["device"], self.world_size) if device is not None else comm
         return dataclasses.replace(self, rows=rows, **changes)
 
     def bound_changes(self, other: Report) -> tuple[tuple[Row, Row], ...]:
@@ -374,17 +380,20 @@ class Report:
         meta = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("rows", "device")
+            if f.name not in ("rows", "device", "comm")
         }
         meta["steps"] = list(self.steps)
         meta["tf32"] = list(self.tf32)
-        return {
+        out = {
             "format": "memwall-report",
             "schema_version": SCHEMA_VERSION,
             "meta": meta,
             "device": None if self.device is None else self.device.to_dict(),
             "rows": [{name: getattr(r, name) for name in _ROW_FIELDS} for r in self.rows],
         }
+        if self.comm is not None:  # optional: reports without it (and older ones) stay version 1
+            out["comm"] = self.comm.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "report") -> Report:
@@ -408,9 +417,11 @@ class Report:
         try:
             row_fields = dataclass_fields(Row)
             parsed = tuple(Row(**check_object(f"rows[{i}]", r, row_fields)) for i, r in enumerate(rows))
-            kwargs = check_object("meta", meta, dataclass_fields(cls, ("rows", "device")))
+            kwargs = check_object("meta", meta, dataclass_fields(cls, ("rows", "device", "comm")))
             device = data.get("device")
             spec = None if device is None else DeviceSpec.from_dict(check_device("device", device))
+            comm = data.get("comm")
+            kwargs["comm"] = None if comm is None else Communication.from_dict(comm)
             return cls(rows=parsed, device=spec, **kwargs)
         except FieldError as exc:
             raise invalid(source, exc) from None
@@ -496,8 +507,10 @@ def merge_reports(reports: Iterable[Report]) -> Report:
             )
     rows = sorted(merged.values(), key=lambda r: (-r.time_s, r.op, r.module, r.phase, r.shapes))
     last = max(reports, key=lambda r: r.created_unix_s)
+    comms = [r.comm for r in sorted(reports, key=lambda r: r.created_unix_s) if r.comm is not None]
     return dataclasses.replace(
         last,
+        comm=merge_communication(comms) if comms else None,
         rows=tuple(rows),
         steps=tuple(sorted({s for r in reports for s in r.steps})),
         wall_time_s=math.fsum(r.wall_time_s for r in reports),

@@ -9,7 +9,8 @@ COMPUTE = "compute"
 MEMORY = "memory"
 NONE = "none"  # neither computes nor moves data (views)
 UNKNOWN = "unknown"  # no FLOP formula, or no ceilings for this device
-BOUNDS = (COMPUTE, MEMORY, NONE, UNKNOWN)
+COMMUNICATION = "communication"  # a collective, under the interconnect's roof (memwall_plugin/comm.py)
+BOUNDS = (COMPUTE, MEMORY, NONE, UNKNOWN, COMMUNICATION)
 
 
 def intensity(flops: int | None, nbytes: int) -> float | None:

@@ -31,7 +31,7 @@ MAX_EXTRA_DEPTH = 32
 #: a bare ValueError above 4300 digits, and spend quadratic time below that).
 _MAX_INT_DIGITS = 40
 #: The keys of a report file's top level.
-TOP_LEVEL_KEYS = ("format", "schema_version", "meta", "device", "rows")
+TOP_LEVEL_KEYS = ("format", "schema_version", "meta", "device", "rows", "comm")
 
 Stamp = tuple[int, int, int, int, int]
 

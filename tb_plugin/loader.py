@@ -22,7 +22,8 @@ from pathlib import Path
 from memwall_plugin.report import Report, ReportError, parse_report
 from memwall_plugin.validation import ReportFile, Stamp, is_inside
 
-_WINDOW = re.compile(r"^rank(?P<rank>\d+)_steps(?P<first>\d+)-(?P<last>\d+)\.json$")
+# "rank0_steps000000-000003.json"; "...-000003.1.json" when another run had the name (a restart)
+_WINDOW = re.compile(r"^rank(?P<rank>\d+)_steps(?P<first>\d+)-(?P<last>\d+)(?:\.\d+)?\.json$")
 PLUGIN_SUBDIR = ("plugins", "memwall")
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from memwall_plugin.tb_plugin import views
+from memwall_plugin.tb_plugin import comm_views, views
 from memwall_plugin.tb_plugin.loader import ReportLoader, Run
 from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
@@ -32,6 +32,7 @@ STATIC_FILES = {
     "/static/table.js": ("table.js", "text/javascript"),
     "/static/tree.js": ("tree.js", "text/javascript"),
     "/static/format.js": ("format.js", "text/javascript"),
+    "/static/comm.js": ("comm.js", "text/javascript"),
     "/static/style.css": ("style.css", "text/css"),
 }
 
@@ -42,6 +43,7 @@ ROUTE_PARAMS: dict[str, tuple[str, ...]] = {
     "/runs": (),
     "/devices": (),
     "/report": ("run", "rank", "window", "phase", "device", "bytes_per_element"),
+    "/ranks": ("run",),
 }
 
 logger = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class MemwallPlugin(base_plugin.TBPlugin):
             "/runs": self.runs_route,
             "/report": self.report_route,
             "/devices": self.devices_route,
+            "/ranks": self.ranks_route,
         }
         for route in STATIC_FILES:
             apps[route] = self.static_route
@@ -117,6 +120,22 @@ class MemwallPlugin(base_plugin.TBPlugin):
             raise RequestError(404, f"run {run.name!r} has no {phase!r} work")
         return views.report_view(report, phase=phase)
 
+    def ranks_impl(self, args: dict[str, str]) -> dict[str, Any]:
+        """Every rank of one run side by side; a rank whose report cannot be read is listed with
+        its error, the others are still shown."""
+        check_params("/ranks", args)
+        run = self.loader.runs().get(args.get("run", ""))
+        if run is None:
+            raise RequestError(404, f"unknown run {args.get('run', '')!r}; GET ./runs lists the runs")
+        reports, errors = {}, {}
+        for rank in run.ranks:
+            try:
+                reports[rank] = self._load(run, [w for w in run.windows if w.rank == rank])
+            except RequestError as exc:
+                errors[rank] = str(exc)
+        world = max((r.world_size for r in reports.values()), default=len(run.ranks))
+        return comm_views.ranks_view(run.name, reports, errors, world)
+
     def _load(self, run: Run, windows: list[Any]) -> Report:
         reports = []
         for w in windows:
@@ -143,6 +162,10 @@ class MemwallPlugin(base_plugin.TBPlugin):
     @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
     def report_route(self, request: wrappers.Request) -> wrappers.Response:
         return _respond(request, "/report", self.report_impl)
+
+    @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
+    def ranks_route(self, request: wrappers.Request) -> wrappers.Response:
+        return _respond(request, "/ranks", self.ranks_impl)
 
     @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
     def static_route(self, request: wrappers.Request) -> wrappers.Response:

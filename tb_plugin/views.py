@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from memwall_plugin.tb_plugin.comm_views import comm_view
 from memwall_plugin.tb_plugin.loader import Run
 
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table
@@ -129,4 +130,5 @@ def report_view(report: Report, *, phase: str | None = None) -> dict[str, Any]:
         "modules": [group_view(g) for g in shown.group_by("module")],
         "tree": tree,
         "phase_groups": [group_view(g) for g in shown.group_by("phase")],
+        "comm": comm_view(report),  # collectives on the link's roof (torch.distributed), else null
     }

@@ -41,3 +41,4 @@ def _hermetic_environment(monkeypatch, tmp_path_factory) -> None:
     monkeypatch.setenv("MEMWALL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "empty-cache"))
     monkeypatch.delenv("MEMWALL_DEVICE", raising=False)
     monkeypatch.delenv("MEMWALL_PEAKS", raising=False)
+    monkeypatch.delenv("MEMWALL_LINK", raising=False)

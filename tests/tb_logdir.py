@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import torch
+from torchrun_job import SAMPLE, torchrun
 
 import memwall_plugin as memwall
 
@@ -22,9 +23,10 @@ class Evil(torch.nn.Module):
         return self.body(x).relu()
 
 
-def make_logdir(root: Path, *, big_rows: int = 0, kineto: bool = False) -> dict[str, Path]:
+def make_logdir(root: Path, *, big_rows: int = 0, kineto: bool = False, distributed: bool = False) -> dict[str, Path]:
     """Runs: "train" (a real profiled MLP training, two windows), "evil" (a module named like an
-    HTML tag), "corrupt" (truncated report), "future" (a newer schema), optionally "big"."""
+    HTML tag), "corrupt" (truncated report), "future" (a newer schema), optionally "big", and
+    "ddp" (two ranks of a torchrun job, samples/ddp_train.py on gloo)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 10))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -60,6 +62,11 @@ def make_logdir(root: Path, *, big_rows: int = 0, kineto: bool = False) -> dict[
                                          time_s=1e-6 * (1 + i % 97)) for i in range(big_rows))
         big = root / "big" / "plugins" / "memwall" / "rank0_steps000000-000000.json"
         dataclasses.replace(rep, rows=rows).save(big)
+    if distributed:
+        result = torchrun(str(SAMPLE), "--steps", "3", "--width", "64", "--depth", "2", "--logdir",
+                          str(root / "ddp"), cwd=root)
+        if result.returncode != 0:
+            raise RuntimeError(f"the two-rank DDP sample failed:\n{result.stderr[-3000:]}")
     return {"train": root / "train", "good_file": good}
 
 

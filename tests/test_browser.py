@@ -60,7 +60,7 @@ def _get_json(url: str) -> object:
 @pytest.fixture(scope="module")
 def tensorboard(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("tb")
-    make_logdir(logdir, big_rows=10_000, kineto=True)
+    make_logdir(logdir, big_rows=10_000, kineto=True, distributed=True)
     make_hostile_run(logdir)
     port = _free_port()
     proc = subprocess.Popen(
@@ -169,16 +169,21 @@ def test_what_if_device_replaces_the_roofs(tensorboard, browser):
 
 
 def test_hostile_module_name_is_text(tensorboard, browser, tmp_path):
-    base, _ = tensorboard
+    base, logdir = tensorboard
     _open_tab(browser, base)
     _choose_run(browser, "evil")
     cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row td")]
     assert f"{EVIL}.body" in cells
     assert browser.find_elements(By.TAG_NAME, "img") == []
-    # hover the point of the hostile module's matmul (the event the pointer would send)
+    # hover the point of the hostile module's matmul (the event the pointer would send); points
+    # carry their row's index, and rows are ordered by measured time, so find it by its module
+    (path,) = (logdir / "evil" / "plugins" / "memwall").glob("*.json")
+    index = next(i for i, r in enumerate(memwall.load_report(path).rows)
+                 if r.module == f"{EVIL}.body" and r.op == "aten.addmm")
     browser.execute_script(
-        "const p = document.querySelector('circle.mw-point'); const box = p.getBoundingClientRect();"
-        "p.dispatchEvent(new MouseEvent('mouseenter', {clientX: box.x + 2, clientY: box.y + 2}));")
+        "const p = document.querySelector(`circle.mw-point[data-id='${arguments[0]}']`);"
+        "const box = p.getBoundingClientRect();"
+        "p.dispatchEvent(new MouseEvent('mouseenter', {clientX: box.x + 2, clientY: box.y + 2}));", index)
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, ".mw-tooltip").is_displayed())
     assert EVIL in browser.find_element(By.CSS_SELECTOR, ".mw-tooltip").text
     assert browser.find_elements(By.TAG_NAME, "img") == []
@@ -239,6 +244,33 @@ def test_ten_thousand_rows_stay_fast(tensorboard, browser):
     box.send_keys("layers.7.")
     WebDriverWait(browser, 30).until(
         lambda d: d.find_element(By.CSS_SELECTOR, ".mw-count").text.startswith("10 of"))
+
+
+def test_distributed_run_shows_ranks_side_by_side_and_collectives_under_the_link(tensorboard, browser, tmp_path):
+    base, logdir = tensorboard
+    _open_tab(browser, base)
+    _choose_run(browser, "ddp", ready="tr.mw-rank")
+    WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.mw-rank")) == 2)
+    files = sorted((logdir / "ddp" / "plugins" / "memwall").glob("rank*.json"))
+    reports = {r.rank: r for r in (memwall.load_report(f) for f in files)}
+    ranks = browser.find_elements(By.CSS_SELECTOR, "tr.mw-rank")
+    assert [r.get_attribute("data-rank") for r in ranks] == ["0", "1"]
+    assert sum("slowest" in r.text for r in ranks) == 1
+    # rank 0's collectives: one table row each, one point each under the link roof when timed
+    comm = reports[0].comm
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.mw-collective")
+    assert len(rows) == len(comm.collectives) and any("all_reduce" in r.text for r in rows)
+    timed = [c for c in comm.collectives if c.bus_bandwidth_bytes_per_s and c.message_bytes]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.mw-link-chart circle.mw-communication")) == len(timed)
+    assert comm.link.name in browser.find_element(By.CSS_SELECTOR, "text.mw-link-label").text
+    assert "COMMUNICATION" in browser.find_element(By.CSS_SELECTOR, ".mw-cards").text.upper()
+    _screenshot(browser, "memwall-tab-ddp", tmp_path)
+    # a click on rank 1 shows rank 1's report
+    browser.find_element(By.CSS_SELECTOR, "tr.mw-rank[data-rank='1']").click()
+    WebDriverWait(browser, 60).until(lambda d: "rank 1 of 2" in d.find_element(By.CSS_SELECTOR, ".mw-comm").text)
+    assert browser.find_element(By.CSS_SELECTOR, "select.mw-rank").get_attribute("value") == "1"
+    browser.execute_script("document.querySelector('.mw-comm-part').scrollIntoView()")
+    _screenshot(browser, "memwall-tab-ddp-collectives", tmp_path)
 
 
 def test_pytorch_profiler_tab_loads_the_annotated_trace(tensorboard):

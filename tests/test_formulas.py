@@ -186,13 +186,17 @@ def test_custom_formula_for_a_custom_op():
 
 
 def test_every_named_base_op_exists_in_torch():
-    """Catches typos: each elementwise, reduction and explicitly named op is a real aten op."""
+    """Catches typos: each elementwise, reduction and explicitly named op is a real op of its
+    namespace (aten, or FSDP's and the functional collectives' own, registered on import)."""
+    import torch.distributed._functional_collectives  # noqa: F401
+    import torch.distributed.fsdp  # noqa: F401
+
     names = [f"aten.{n}" for n in list(ELEMENTWISE) + list(REDUCTIONS)]
     explicit = [n for n in REGISTRY.names() if not n.startswith(("aten._foreach_", "profiler."))]
     missing = []
     for name in set(names) | {n for n in explicit if not n.endswith("_")}:
-        _, op, *_ = name.split(".")
-        if not hasattr(torch.ops.aten, op):
+        namespace, op, *_ = name.split(".")
+        if not hasattr(getattr(torch.ops, namespace), op):
             missing.append(name)
     assert not missing, f"registered ops unknown to torch: {sorted(missing)}"
 

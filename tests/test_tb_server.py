@@ -78,7 +78,7 @@ def test_plugin_opens_no_socket(logdir, monkeypatch):
     plugin = MemwallPlugin(base_plugin.TBContext(logdir=str(logdir)))
     assert plugin.is_active()
     for route in plugin.get_plugin_apps():
-        status, _ = get(plugin, route, {"run": "train"} if route == "/report" else None)
+        status, _ = get(plugin, route, {"run": "train"} if route in ("/report", "/ranks") else None)
         assert status == 200, route
     assert opened == []
 
@@ -200,7 +200,7 @@ HTML_SINKS = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write
 
 def test_frontend_never_parses_strings_as_html():
     sources = {name: (STATIC / name).read_text() for name, _ in STATIC_FILES.values() if name.endswith(".js")}
-    assert len(sources) == 5
+    assert len(sources) == 6  # index, chart, table, tree, format, comm
     for name, source in sources.items():
         found = [m.group() for m in HTML_SINKS.finditer(source)]
         assert found == [] or (name == "index.js" and found == [".href ="]), (name, found)

@@ -1,6 +1,7 @@
 // The Memory Wall tab: TensorBoard loads this module in its iframe and calls render().
 
 import {describePoint, drawRoofline} from './chart.js';
+import {renderComm, renderRanks} from './comm.js';
 import {duration, el, pct, si} from './format.js';
 import {OperatorTable} from './table.js';
 import {renderTree} from './tree.js';
@@ -46,8 +47,16 @@ export async function render() {
   const chartBox = el('div', 'mw-chart-box');
   const tableBox = el('div', 'mw-table-box');
   const treeBox = el('div', 'mw-tree');
-  app.append(header, status, cards, el('h2', '', 'Roofline'), chartBox, el('h2', '', 'Operators'), tableBox,
-      el('h2', '', 'Modules (rolled up)'), treeBox);
+  // torch.distributed runs only: every rank side by side, and this rank's collectives
+  const ranksPart = el('div', 'mw-ranks-part');
+  const ranksBox = el('div', 'mw-ranks');
+  ranksPart.append(el('h2', '', 'Ranks side by side'), ranksBox);
+  const commPart = el('div', 'mw-comm-part');
+  const commBox = el('div', 'mw-comm');
+  commPart.append(el('h2', '', 'Communication: collectives on the interconnect roof'), commBox);
+  ranksPart.hidden = commPart.hidden = true;
+  app.append(header, status, cards, ranksPart, el('h2', '', 'Roofline'), chartBox, el('h2', '', 'Operators'), tableBox,
+      commPart, el('h2', '', 'Modules (rolled up)'), treeBox);
   document.body.appendChild(app);
   const table = new OperatorTable(tableBox);
 
@@ -97,6 +106,7 @@ export async function render() {
       status.className = 'mw-status mw-error';
       cards.textContent = ''; chartBox.textContent = ''; treeBox.textContent = '';
       table.setRows([]);
+      ranksPart.hidden = commPart.hidden = true;
       return;
     }
     if (request !== latest) return;
@@ -113,6 +123,19 @@ export async function render() {
     draw(data);
     table.setRows(data.rows);
     renderTree(treeBox, data.tree, data.headline.time_s);
+    commPart.hidden = !data.comm;
+    if (data.comm) renderComm(commBox, data.comm);
+    ranksPart.hidden = run.ranks.length < 2;
+    if (run.ranks.length > 1) {
+      try {
+        const ranks = await getJSON(`./ranks?${new URLSearchParams({run: state.run})}`);
+        if (request !== latest) return;
+        renderRanks(ranksBox, ranks, state.rank, (r) => { state.rank = r; state.window = 'all'; update(); });
+      } catch (error) {
+        if (request !== latest) return;
+        ranksBox.textContent = `The ranks cannot be compared: ${error.message}`;
+      }
+    }
   }
 
   function draw(data) {
@@ -137,6 +160,12 @@ function headline(container, data) {
   card('achieved', si(h.achieved_flops_per_s, 'FLOP/s'), `${si(h.achieved_bytes_per_s, 'B/s')} moved`);
   card('intensity', `${si(h.intensity)} FLOP/B`, `${si(h.flops, 'FLOP')} · ${si(h.bytes, 'B')}`);
   card('coverage', pct(h.coverage), `${h.uncounted_rows} uncounted row(s)`);
+  const comm = data.comm;
+  if (comm) {
+    const overlap = comm.overlap_fraction === null ? 'overlap not measured' : `${pct(comm.overlap_fraction)} overlapped`;
+    card('communication', comm.comm_share === null ? si(comm.bytes_moved, 'B') : `${pct(comm.comm_share)} of wall`,
+        `rank ${comm.rank} of ${comm.world_size} · ${si(comm.bytes_moved, 'B')} sent · ${overlap}`);
+  }
   const device = data.device;
   if (device) {
     const peaks = device.peaks.filter((p) => ['fp32', 'bf16', 'fp16'].includes(p.dtype))

@@ -1,0 +1,433 @@
+"""Records torch.distributed collectives while a capture runs: which, how large, where, how long.
+
+Collectives reach the dispatcher as c10d ops (ProcessGroup methods, and so DDP's C++ reducer,
+FSDP and explicit `torch.distributed` calls) or as functional collectives. A capture made
+collective-aware (`enable_collectives`) routes them here instead of into its op table.
+
+What "time" means: a c10d op enqueues its work on the backend and returns a Work at once; the
+collective's time is from the call until the Work's future completes, stamped by a done-callback
+on the backend's thread (so it includes waiting for the slowest peer and for collectives queued
+before it). A Work without a future (gloo's reduce-scatter) is waited for on a watcher thread
+instead, with the same meaning. A functional collective completes when `wait_tensor` on its
+result returns. Work on a GPU completes on the device, not on the host: such calls are counted,
+not timed. The stamps are taken in Python, so they may trail the real completion by the time the
+stamping thread waits for the GIL (at most the interpreter's switch interval, 5 ms by default,
+while the training thread runs Python); at a step's end memwall lets finished collectives stamp
+before it closes the step.
+
+Overlap: while any collective is in flight, the time each other op takes on this thread is
+added to `busy_ns`; a collective's overlap is the busy time between its issue and completion.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import torch
+from memwall_plugin.hooks._torch_private import (
+    current_autograd_node,
+    group_size_by_name,
+    in_backward,
+    process_group_size,
+    unbox_work,
+)
+from memwall_plugin.hooks.capture import Capture, CaptureEntry, _CaptureMode, _schema_of, build_call, signature
+from memwall_plugin.hooks.modules import ModuleTracker
+
+from memwall_plugin.comm import COLLECTIVE_OPS, WAIT_OP
+from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OpCall
+
+_perf_counter_ns = time.perf_counter_ns
+_ScriptObject = torch.ScriptObject
+_ISSUE, _WAIT = "issue", "wait"
+NAMESPACES = ("c10d.", "_c10d_functional.")
+
+
+@functools.cache
+def collective_routes() -> dict[Any, str]:
+    """Every collective overload (and the functional `wait_tensor`) -> how the mode treats it."""
+    routes: dict[Any, str] = {}
+    if not torch.distributed.is_available():
+        return routes
+    for name, route in [*((n, _ISSUE) for n in COLLECTIVE_OPS), (WAIT_OP, _WAIT)]:
+        namespace, _, op_name = name.partition(".")
+        try:
+            packet = getattr(getattr(torch.ops, namespace), op_name)
+        except (AttributeError, RuntimeError):
+            continue  # not in this torch build
+        for overload in packet.overloads():
+            routes[getattr(packet, overload)] = route
+    return routes
+
+
+class CollectiveEntry:
+    """All calls of one collective signature: calls, and the time of those seen completing."""
+
+    __slots__ = ("func", "arg_key", "device", "module", "phase", "group_size", "calls", "timed_calls", "time_ns",
+                 "_call")
+
+    def __init__(self, func: Any, arg_key: tuple[Any, ...], device: str, module: str, phase: str,
+                 group_size: int, calls: int = 0) -> None:
+        self.func, self.arg_key, self.device, self.module, self.phase = func, arg_key, device, module, phase
+        self.group_size, self.calls, self.timed_calls, self.time_ns = group_size, calls, 0, 0
+        self._call: OpCall | None = None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.func, self.module, self.phase, self.group_size, self.arg_key)
+
+    @property
+    def call(self) -> OpCall:
+        """The call's arguments by schema name (tensors as metadata), built on first use."""
+        if self._call is None:
+            self._call = build_call(self.func, self.arg_key, {}, None, self.device)
+        return self._call
+
+    def empty_twin(self) -> CollectiveEntry:
+        twin = CollectiveEntry(self.func, self.arg_key, self.device, self.module, self.phase, self.group_size)
+        twin._call = self._call
+        return twin
+
+    def merge(self, other: CollectiveEntry) -> None:
+        self.calls += other.calls
+        self.timed_calls += other.timed_calls
+        self.time_ns += other.time_ns
+
+
+class _Flight:
+    """One call between its issue and its completion."""
+
+    __slots__ = ("entry", "start_ns", "busy_start_ns", "end_ns", "busy_end_ns", "ok", "work")
+
+    def __init__(self, entry: CollectiveEntry, start_ns: int, busy_start_ns: int) -> None:
+        self.entry, self.start_ns, self.busy_start_ns = entry, start_ns, busy_start_ns
+        self.end_ns = self.busy_end_ns = 0
+        self.ok = False
+        self.work: Any = None  # its future (or Work), held until completion is stamped
+
+
+#: At a step's end, how long to let completion callbacks of finished collectives run (they wait
+#: for the GIL the training thread holds; DDP may go on before they have run).
+SETTLE_S = 0.05
+
+
+class StepTiming:
+    """A step's communication timing: host time with any collective in flight (the union of the
+    calls' intervals) and the busy time inside it; `untimed` when some call could not be timed
+    (it completed on a device), so the sums are incomplete."""
+
+    __slots__ = ("comm_ns", "overlapped_ns", "untimed")
+
+    def __init__(self, comm_ns: int = 0, overlapped_ns: int = 0, untimed: bool = False) -> None:
+        self.comm_ns, self.overlapped_ns, self.untimed = comm_ns, overlapped_ns, untimed
+
+    def add(self, other: StepTiming) -> None:
+        self.comm_ns += other.comm_ns
+        self.overlapped_ns += other.overlapped_ns
+        self.untimed = self.untimed or other.untimed
+
+
+def _where(tracker: ModuleTracker) -> tuple[str, str]:
+    """(phase, module) of a collective issued now. Backward collectives (DDP's gradient buckets)
+    stay at the top level: a bucket holds many modules' gradients."""
+    if current_autograd_node() is not None or in_backward():  # in backward, its final callbacks too
+        return BACKWARD, tracker.stack[-1] if tracker.stack else ""
+    if tracker.in_optimizer:
+        return OPTIMIZER, ""
+    if tracker.stack:
+        return tracker.user_label or tracker.generation_label or FORWARD, tracker.stack[-1]
+    return tracker.user_label or OTHER, ""
+
+
+def _group_size(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], world_size: int) -> int:
+    values = dict(kwargs)
+    for (name, _), value in zip(_schema_of(func).arguments, args):
+        values[name] = value
+    if isinstance(values.get("process_group"), _ScriptObject):
+        size = process_group_size(values["process_group"])
+        if size is not None:
+            return size
+    if isinstance(values.get("group_size"), int):
+        return int(values["group_size"])
+    if "group_name" in values:
+        size = group_size_by_name(values["group_name"])
+        if size is not None:
+            return size
+    return world_size
+
+
+def _arg_key(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    # process groups, reduce ops and works are script objects: the group enters the key as its size
+    return tuple(None if isinstance(a, _ScriptObject) else signature(a) for a in args)
+
+
+def _strip_objects(key: Any) -> Any:
+    """A signature made by the plain capture, its script objects replaced by None."""
+    if isinstance(key, _ScriptObject):
+        return None
+    if type(key) is tuple and not (len(key) == 3 and type(key[0]) is torch.Size):
+        return tuple(_strip_objects(k) for k in key)
+    return key
+
+
+def _device_of(args: tuple[Any, ...]) -> str:
+    for value in args:
+        if isinstance(value, torch.Tensor):
+            return value.device.type
+        if isinstance(value, (list, tuple)):
+            found = _device_of(tuple(value))
+            if found:
+                return found
+    return ""
+
+
+def _work_of(out: Any) -> Any:
+    candidate = out[-1] if isinstance(out, tuple) and out else out
+    return unbox_work(candidate) if isinstance(candidate, _ScriptObject) else None
+
+
+class CollectiveRecorder:
+    """The collectives of the running step, their timing, and the busy time while they fly."""
+
+    def __init__(self, tracker: ModuleTracker, world_size: int = 1) -> None:
+        self.tracker = tracker
+        self.world_size = world_size
+        self.table: dict[Any, CollectiveEntry] = {}
+        self.in_flight = 0  # read on every op while > 0; changed under _lock
+        self.busy_ns = 0  # written on the capturing thread only
+        self._lock = threading.Lock()
+        self._done: deque[_Flight] = deque()  # appended from the backend's threads
+        self._functional: dict[int, _Flight] = {}  # result data_ptr -> its call
+        self._untimed_device_calls = False
+        self._pending: dict[int, _Flight] = {}  # in flight, by id
+        self._watched: queue.SimpleQueue[tuple[Any, _Flight] | None] = queue.SimpleQueue()
+        self._watcher: threading.Thread | None = None
+
+    # -- the capturing thread ------------------------------------------------------------------
+    def _entry(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CollectiveEntry:
+        phase, module = _where(self.tracker)
+        all_args = args + tuple(kwargs.values())
+        group = _group_size(func, args, kwargs, self.world_size)
+        entry = CollectiveEntry(func, _arg_key(all_args), _device_of(all_args) or "cpu", module, phase, group)
+        found = self.table.get(entry.key)
+        if found is None:
+            self.table[entry.key] = found = entry
+        return found
+
+    def _fly(self, flight: _Flight) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self._pending[id(flight)] = flight
+
+    def issue(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        busy, start = self.busy_ns, _perf_counter_ns()
+        out = func(*args, **kwargs)
+        returned = _perf_counter_ns()
+        entry = self._entry(func, args, kwargs)
+        entry.calls += 1
+        flight = _Flight(entry, start, busy)
+        if entry.device != "cpu":
+            self._untimed_device_calls = True  # completes on the device: counted, not timed
+            return out
+        if func.namespace == "_c10d_functional":
+            result = out[0] if isinstance(out, (list, tuple)) and out else out
+            if isinstance(result, torch.Tensor):
+                self._fly(flight)
+                self._functional[result.data_ptr()] = flight
+            return out
+        work = _work_of(out)
+        if work is None:  # ran synchronously (monitored_barrier)
+            flight.end_ns, flight.busy_end_ns, flight.ok = returned, self.busy_ns, True
+            self._done.append(flight)
+            return out
+        try:
+            future = work.get_future()
+        except RuntimeError:  # "getFuture not implemented": wait for it on the watcher thread
+            flight.work = work
+            self._fly(flight)
+            self._watch(work, flight)
+            return out
+        flight.work = future
+        self._fly(flight)
+        future.add_done_callback(functools.partial(self._completed, flight))
+        return out
+
+    def _watch(self, work: Any, flight: _Flight) -> None:
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_loop, name="memwall-collectives", daemon=True)
+            self._watcher.start()
+        self._watched.put((work, flight))
+
+    def close(self) -> None:
+        """Let the watcher thread end once the works it waits for are done."""
+        if self._watcher is not None:
+            self._watched.put(None)
+            self._watcher = None
+
+    def wait(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A functional collective's `wait_tensor`: its call completes when this returns."""
+        out = func(*args, **kwargs)
+        end = _perf_counter_ns()
+        tensor = args[0] if args else kwargs.get("tensor")
+        flight = self._functional.pop(tensor.data_ptr(), None) if isinstance(tensor, torch.Tensor) else None
+        if flight is not None:
+            self._finish(flight, end, True)
+        return out
+
+    def take(self) -> tuple[dict[Any, CollectiveEntry], StepTiming]:
+        """Hand over the step's collectives (calls completed since the last take add their time
+        here) and its timing; start a new table."""
+        self._settle()
+        table, self.table = self.table, {}
+        flights = []
+        while self._done:
+            flights.append(self._done.popleft())
+        for f in flights:
+            if not f.ok:
+                continue
+            key = f.entry.key
+            entry = table.get(key)
+            if entry is None:  # issued in an earlier step, completed in this one
+                table[key] = entry = f.entry.empty_twin()
+            entry.timed_calls += 1
+            entry.time_ns += f.end_ns - f.start_ns
+        timing = _union([f for f in flights if f.ok])
+        timing.untimed, self._untimed_device_calls = self._untimed_device_calls, False
+        self._drop_stale_functional()
+        return table, timing
+
+    def _settle(self) -> None:
+        """Let the callbacks of collectives whose Work has finished stamp their completion (they
+        need the GIL this thread holds); collectives still running stay in flight."""
+        deadline = _perf_counter_ns() + int(SETTLE_S * 1e9)
+        while _perf_counter_ns() < deadline:
+            with self._lock:
+                works = [f.work for f in self._pending.values() if f.work is not None]
+            if not any(_finished(w) for w in works):
+                return
+            time.sleep(0.0002)  # releases the GIL
+
+    def _drop_stale_functional(self) -> None:
+        # a functional result never waited on must not keep `in_flight` up for ever
+        if self._functional:
+            stale = list(self._functional.values())
+            self._functional.clear()
+            with self._lock:
+                self.in_flight -= len(stale)
+                for f in stale:
+                    self._pending.pop(id(f), None)
+
+    # -- the backend's threads and the watcher --------------------------------------------------
+    def _completed(self, flight: _Flight, future: Any) -> None:
+        end = _perf_counter_ns()
+        try:
+            future.value()
+            ok = True
+        except Exception:  # the collective failed (a peer died): no time to report
+            ok = False
+        self._finish(flight, end, ok)
+
+    def _watch_loop(self) -> None:
+        while (item := self._watched.get()) is not None:
+            work, flight = item
+            try:
+                work.wait()
+                ok = True
+            except Exception:
+                ok = False
+            self._finish(flight, _perf_counter_ns(), ok)
+
+    def _finish(self, flight: _Flight, end_ns: int, ok: bool) -> None:
+        try:
+            flight.end_ns, flight.busy_end_ns, flight.ok = end_ns, self.busy_ns, ok
+            flight.work = None
+            self._done.append(flight)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+                self._pending.pop(id(flight), None)
+
+
+def _finished(waitable: Any) -> bool:
+    """A future is done before its callbacks run (ours among them); a Work once they have."""
+    try:
+        return bool(waitable.done() if hasattr(waitable, "done") else waitable.is_completed())
+    except RuntimeError:
+        return False
+
+
+def _union(flights: list[_Flight]) -> StepTiming:
+    """Merge the calls' intervals; each merged span adds its length and the busy time inside."""
+    timing = StepTiming()
+    spans = sorted(flights, key=lambda f: f.start_ns)
+    i = 0
+    while i < len(spans):
+        first = last = spans[i]
+        i += 1
+        while i < len(spans) and spans[i].start_ns <= last.end_ns:
+            if spans[i].end_ns > last.end_ns:
+                last = spans[i]
+            i += 1
+        length = last.end_ns - first.start_ns
+        timing.comm_ns += length
+        timing.overlapped_ns += max(0, min(length, last.busy_end_ns - first.busy_start_ns))
+    return timing
+
+
+class _CommCaptureMode(_CaptureMode):
+    """The capture's dispatch mode, plus: collectives go to the recorder, and while any is in
+    flight every other op's time is added to the recorder's busy time."""
+
+    def __init__(self, capture: Capture, cuda: bool, recorder: CollectiveRecorder) -> None:
+        super().__init__(capture, cuda)
+        self._recorder = recorder
+        self._routes = collective_routes()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        route = self._routes.get(func)
+        recorder = self._recorder
+        if route is not None and self._capture.failed is None:
+            if route is _WAIT:
+                return recorder.wait(func, args, kwargs or {})
+            return recorder.issue(func, args, kwargs or {})
+        if recorder.in_flight:
+            start = _perf_counter_ns()
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+            recorder.busy_ns += _perf_counter_ns() - start
+            return out
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+def enable_collectives(capture: Capture, world_size: int = 1) -> CollectiveRecorder:
+    """Make `capture` route collectives to a new recorder (re-installing its mode if running)."""
+    recorder = CollectiveRecorder(capture.tracker, world_size)
+    capture.make_mode = functools.partial(_CommCaptureMode, recorder=recorder)
+    if capture.recording:
+        capture.stop()
+        capture.start()
+    return recorder
+
+
+def absorb_collectives(table: dict[Any, CaptureEntry], recorder: CollectiveRecorder) -> None:
+    """Move collectives recorded as plain ops (before the capture was made collective-aware:
+    the process group was created inside the step) out of `table`, as untimed calls."""
+    for key in [k for k, e in table.items() if e.call.op.startswith(NAMESPACES)]:
+        plain = table.pop(key)
+        if plain.call.op not in COLLECTIVE_OPS:
+            continue  # wait_tensor and other c10d helpers: not collectives themselves
+        entry = CollectiveEntry(plain.func, _strip_objects(plain.arg_key), plain.device, plain.module, plain.phase,
+                                recorder.world_size, plain.calls)
+        found = recorder.table.get(entry.key)
+        if found is None:
+            recorder.table[entry.key] = entry
+        else:
+            found.merge(entry)
+
+
+__all__ = ["CollectiveEntry", "CollectiveRecorder", "StepTiming", "absorb_collectives", "collective_routes",
+           "enable_collectives"]

@@ -1,0 +1,392 @@
+"""memwall under torch.distributed: each rank's identity and link, its collectives per recorded
+window, report files that never collide, and the ranks of one job side by side.
+
+`memwall.profile` keeps one `DistributedSession`; everything rank-specific goes through it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from memwall_plugin.comm import (
+    CollectiveRow,
+    Communication,
+    Link,
+    bytes_moved,
+    message_of,
+    parse_link,
+    resolve_link,
+    sort_rows,
+)
+from memwall_plugin.devices import DeviceSpec
+from memwall_plugin.hooks._torch_private import default_store
+from memwall_plugin.hooks.collectives import (
+    CollectiveEntry,
+    CollectiveRecorder,
+    StepTiming,
+    absorb_collectives,
+    enable_collectives,
+)
+
+if TYPE_CHECKING:
+    from memwall_plugin.hooks.capture import Capture, CaptureEntry
+    from memwall_plugin.report import Report
+
+_JOB_KEY = "memwall/job"
+
+
+# --- who am I ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    """This process's place in the job."""
+
+    rank: int
+    world_size: int
+    local_world_size: int  # ranks on this host
+    backend: str  # "gloo", "nccl", ...
+    job: str  # the same on every rank of one job; differs between jobs and restarts
+
+
+def _env_int(name: str, default: int, environ: Mapping[str, str] | None = None) -> int:
+    try:
+        return int((os.environ if environ is None else environ).get(name, default))
+    except ValueError:
+        return default
+
+
+def _initialized() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()
+
+
+def launched_distributed(environ: Mapping[str, str] | None = None) -> bool:
+    """A process group exists, or a launcher (torchrun) says this is one rank of several."""
+    return _initialized() or _env_int("WORLD_SIZE", 1, environ) > 1
+
+
+def rank_info() -> RankInfo | None:
+    """This rank's identity, once the default process group exists."""
+    if not _initialized():
+        return None
+    dist = torch.distributed
+    world = dist.get_world_size()
+    # without a launcher that says otherwise, every rank is taken to be on this host
+    local = _env_int("LOCAL_WORLD_SIZE", world)
+    return RankInfo(dist.get_rank(), world, max(1, min(local, world)), str(dist.get_backend()), job_id())
+
+
+def job_id() -> str:
+    """The same text on every rank of one job: the first rank to ask writes its proposal into the
+    job's key-value store (compare-and-set, no collective), every rank reads the winner back.
+    Without a store: the launcher's address, port, run id and restart count."""
+    proposal = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    store = default_store()
+    if store is not None:
+        try:
+            value = store.compare_set(_JOB_KEY, "", proposal)
+            return value.decode() if isinstance(value, bytes) else str(value)
+        except Exception:  # a store without compare_set: fall back to the environment
+            pass
+    env = os.environ
+    return "-".join([env.get("MASTER_ADDR", "local"), env.get("MASTER_PORT", ""),
+                     env.get("TORCHELASTIC_RUN_ID", ""), env.get("TORCHELASTIC_RESTART_COUNT", "0")])
+
+
+def launcher_started_unix_s(pid: int | None = None) -> float | None:
+    """When the launcher (the parent process: torchrun's agent, mp.spawn's parent) started, from
+    /proc; the same for every rank it launched. None where /proc cannot tell."""
+    pid = os.getppid() if pid is None else pid
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        start_ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22: starttime
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def default_run_stamp() -> str:
+    """`memwall run`'s default run-directory suffix: the launcher's start time for the ranks of a
+    torchrun job (so all local ranks pick one directory), else now."""
+    started = launcher_started_unix_s() if launched_distributed() else None
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(started if started is not None else time.time()))
+
+
+# --- rows ----------------------------------------------------------------------------------------
+
+
+def collective_rows(entries: Iterable[CollectiveEntry], link: Link) -> tuple[CollectiveRow, ...]:
+    """One row per recorded signature: messages and bytes moved from the formulas in comm.py."""
+    rows = []
+    for e in entries:
+        if not e.calls and not e.timed_calls:
+            continue
+        message = message_of(e.call, e.group_size)
+        calls = max(e.calls, e.timed_calls)  # a call issued before the window, completed in it
+        rows.append(CollectiveRow(
+            op=e.call.op, kind=message.kind, phase=e.phase, module=e.module, calls=calls,
+            timed_calls=e.timed_calls, group_size=e.group_size, dtype=message.dtype, shapes=message.shapes,
+            message_bytes=message.nbytes * calls, message_elements=message.elements * calls,
+            bytes_moved=bytes_moved(message.kind, message.nbytes, e.group_size) * calls,
+            time_s=e.time_ns * 1e-9, link_bytes_per_s=link.bytes_per_s,
+        ))
+    return sort_rows(rows)
+
+
+def _merge_entries(into: dict[Any, CollectiveEntry], table: dict[Any, CollectiveEntry]) -> None:
+    for key, entry in table.items():
+        mine = into.get(key)
+        if mine is None:
+            into[key] = entry
+        else:
+            mine.merge(entry)
+
+
+def _copy(table: dict[Any, CollectiveEntry]) -> dict[Any, CollectiveEntry]:
+    out = {}
+    for key, entry in table.items():
+        twin = entry.empty_twin()
+        twin.merge(entry)
+        out[key] = twin
+    return out
+
+
+class _Part:
+    """Collectives and timing of some recorded steps (a window, or the whole run)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[Any, CollectiveEntry] = {}
+        self.timing = StepTiming()
+
+    def add(self, entries: dict[Any, CollectiveEntry], timing: StepTiming) -> None:
+        _merge_entries(self.entries, entries)
+        self.timing.add(timing)
+
+    def plus(self, other: _Part) -> _Part:
+        both = _Part()
+        both.add(_copy(self.entries), self.timing)
+        both.add(_copy(other.entries), other.timing)
+        return both
+
+
+# --- the profile's side --------------------------------------------------------------------------
+
+
+class TerminationGuard:
+    """While a distributed profile runs, SIGTERM (what torchrun sends the other ranks when one
+    fails) raises SystemExit(143) in the main thread, so the profile ends, saves its partial
+    report (marked incomplete) and the process exits as it would have. Once the profile is
+    ending (saving), a SIGTERM is held and delivered again, with its default action, after the
+    report is saved. Installed only over the default handler, and only from the main thread."""
+
+    def __init__(self) -> None:
+        self._installed = False
+        self._holding = False
+        self._held: int | None = None
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self._holding:
+            self._held = signum
+            return
+        raise SystemExit(128 + signum)
+
+    def hold(self) -> None:
+        self._holding = True
+
+    def deliver_held(self) -> None:
+        """After remove(): a SIGTERM that came while holding ends the process now."""
+        held, self._held = self._held, None
+        if held is not None:
+            os.kill(os.getpid(), held)
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, self._handler)
+            self._installed = True
+
+    def remove(self) -> None:
+        if self._installed and signal.getsignal(signal.SIGTERM) == self._handler:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self._installed = False
+
+
+class DistributedSession:
+    """What `memwall.profile` does under torch.distributed: makes its capture record collectives
+    once this is one rank of several, keeps them per window like the op table, knows the rank."""
+
+    def __init__(self, link: Any = None) -> None:
+        if link is not None:
+            parse_link(link)  # a typo fails before the run, not after it
+        self._link_arg = link
+        self.recorder: CollectiveRecorder | None = None
+        self.info: RankInfo | None = None
+        self._window = _Part()
+        self._all = _Part()
+        self._guard = TerminationGuard()
+
+    @property
+    def active(self) -> bool:
+        return self.recorder is not None
+
+    def open(self, capture: Capture) -> None:
+        if launched_distributed():
+            self._enable(capture)
+
+    def ending(self) -> None:
+        """The profile is saving: a SIGTERM now waits until it is done (`ended`)."""
+        self._guard.hold()
+
+    def close(self) -> None:
+        self._guard.remove()
+        if self.recorder is not None:
+            self.recorder.close()
+
+    def ended(self) -> None:
+        self._guard.deliver_held()
+
+    def _enable(self, capture: Capture) -> None:
+        world = torch.distributed.get_world_size() if _initialized() else _env_int("WORLD_SIZE", 1)
+        self.recorder = enable_collectives(capture, world)
+        self._guard.install()
+
+    def _observe(self) -> None:
+        if self.info is None:
+            self.info = rank_info()
+
+    def end_step(self, capture: Capture, table: dict[Any, CaptureEntry], kept: bool) -> None:
+        """After the capture's take(): the step's collectives go where its ops go."""
+        self._observe()
+        if self.recorder is None:
+            if not _initialized():
+                return
+            self._enable(capture)  # the process group was created inside this step
+            assert self.recorder is not None
+            absorb_collectives(table, self.recorder)
+        entries, timing = self.recorder.take()
+        if kept:
+            self._window.add(entries, timing)
+
+    def close_window(self) -> None:
+        self._all.add(self._window.entries, self._window.timing)
+        self._window = _Part()
+
+    def rank_and_world(self) -> tuple[int, int]:
+        """Remembered once seen, so a report built after destroy_process_group() keeps its rank."""
+        self._observe()
+        if self.info is not None:
+            return self.info.rank, self.info.world_size
+        return _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+
+    def communication(self, device: DeviceSpec | None, window_only: bool) -> Communication | None:
+        """The collectives of the open window, or of every recorded step so far."""
+        if self.recorder is None:
+            return None
+        part = self._window if window_only else self._all.plus(self._window)
+        rank, world = self.rank_and_world()
+        info = self.info
+        local = info.local_world_size if info else max(1, min(_env_int("LOCAL_WORLD_SIZE", world), world))
+        link = resolve_link(device, world, local, self._link_arg)
+        timing = part.timing
+        return Communication(
+            link=link,
+            collectives=collective_rows(part.entries.values(), link),
+            backend=info.backend if info else "",
+            job=info.job if info else "",
+            local_world_size=local,
+            comm_time_s=None if timing.untimed else timing.comm_ns * 1e-9,
+            overlapped_s=None if timing.untimed else timing.overlapped_ns * 1e-9,
+        )
+
+    def prints_summary(self, summary: Any) -> bool:
+        """summary=True prints on rank 0 only; summary="all" on every rank."""
+        if summary == "all":
+            return True
+        return bool(summary) and self.rank_and_world()[0] == 0
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def publish(report: Report, directory: Path, name: str) -> Path:
+    """Save `report` as `directory/name`, or, when a file of another run already has that name
+    (a second job or a restart writing into the same run directory), as `<stem>.1.json`,
+    `<stem>.2.json`, ...: never over another run's report. The name is claimed with a hard link,
+    so two processes cannot both take it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    staged = report.save(directory / f".{name}.{os.getpid()}.staged")
+    stem = name.removesuffix(".json")
+    try:
+        for attempt in range(10_000):
+            candidate = directory / (name if attempt == 0 else f"{stem}.{attempt}.json")
+            try:
+                os.link(staged, candidate)
+                return candidate
+            except FileExistsError:
+                continue
+            except OSError:  # a filesystem without hard links: check, then rename
+                if candidate.exists():
+                    continue
+                os.replace(staged, candidate)
+                return candidate
+        raise FileExistsError(f"{directory} already holds 10,000 reports named {stem}.*.json")
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+# --- ranks side by side --------------------------------------------------------------------------
+
+
+def rank_reports(directory: Path, job: str | None = None) -> dict[int, Report]:
+    """Every rank's report in a run's `plugins/memwall` directory (its windows merged), optionally
+    only those of one job. Unreadable files are skipped: one broken rank must not hide the rest."""
+    from memwall_plugin.report import ReportError, load_report, merge_reports
+
+    by_rank: dict[int, list[Report]] = {}
+    for path in sorted(directory.glob("rank*_steps*.json")):
+        try:
+            report = load_report(path)
+        except (ReportError, OSError):
+            continue
+        if job is not None and (report.comm is None or report.comm.job != job):
+            continue
+        by_rank.setdefault(report.rank, []).append(report)
+    return {rank: merge_reports(reports) for rank, reports in sorted(by_rank.items())}
+
+
+def wait_for_ranks(directory: Path, mine: Report, timeout_s: float) -> dict[int, Report]:
+    """The reports of every rank of `mine`'s job, waiting up to `timeout_s` for ranks whose last
+    recorded step has not reached `mine`'s yet (they are still saving)."""
+    job = mine.comm.job if mine.comm is not None and mine.comm.job else None
+    last = max(mine.steps, default=-1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = rank_reports(directory, job)
+        done = all(
+            r in found and (found[r].incomplete or max(found[r].steps, default=-1) >= last)
+            for r in range(mine.world_size)
+        )
+        if done or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.1)
+
+
+__all__ = [
+    "DistributedSession", "RankInfo", "collective_rows", "default_run_stamp", "job_id", "launched_distributed",
+    "publish", "rank_info", "rank_reports", "wait_for_ranks",
+]

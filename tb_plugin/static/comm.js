@@ -1,0 +1,164 @@
+// The tab's distributed parts: a rank's collectives under the link's roof (achieved bus bandwidth
+// against message size, and a table), and every rank of the run side by side.
+
+import {duration, el, pct, si} from './format.js';
+
+const SVG = 'http://www.w3.org/2000/svg';
+const WIDTH = 760;
+const HEIGHT = 300;
+const MARGIN = {left: 72, right: 24, top: 16, bottom: 44};
+
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+  return node;
+}
+
+function text(tag, attrs, content) {
+  const node = svg(tag, attrs);
+  node.textContent = content;
+  return node;
+}
+
+function decades(lo, hi) {
+  const out = [];
+  for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) out.push(10 ** e);
+  return out;
+}
+
+/** Achieved bus bandwidth of each timed collective against its message size, under the link's roof. */
+function drawLinkRoof(container, comm) {
+  const points = comm.collectives.filter((c) => c.bus_bandwidth_bytes_per_s > 0 && c.message_bytes_per_call > 0);
+  const roof = comm.link.bytes_per_s;
+  if (!points.length) {
+    container.appendChild(el('div', 'mw-empty', 'No collective was timed on the host (device collectives complete on the device).'));
+    return;
+  }
+  const xs = points.map((c) => c.message_bytes_per_call);
+  const ys = points.map((c) => c.bus_bandwidth_bytes_per_s).concat(roof ? [roof] : []);
+  const x0 = Math.min(...xs) / 4, x1 = Math.max(...xs) * 4;
+  const y0 = Math.min(...ys) / 4, y1 = Math.max(...ys) * 3;
+  const sx = (v) => MARGIN.left + (Math.log10(v) - Math.log10(x0)) / (Math.log10(x1) - Math.log10(x0)) *
+      (WIDTH - MARGIN.left - MARGIN.right);
+  const sy = (v) => HEIGHT - MARGIN.bottom - (Math.log10(v) - Math.log10(y0)) / (Math.log10(y1) - Math.log10(y0)) *
+      (HEIGHT - MARGIN.top - MARGIN.bottom);
+  const root = svg('svg', {viewBox: `0 0 ${WIDTH} ${HEIGHT}`, class: 'mw-chart mw-link-chart', role: 'img'});
+  root.appendChild(text('title', {}, 'Collectives: achieved bus bandwidth against message size, under the link roof'));
+  for (const v of decades(x0, x1)) {
+    if (v < x0 || v > x1) continue;
+    root.appendChild(svg('line', {x1: sx(v), x2: sx(v), y1: MARGIN.top, y2: HEIGHT - MARGIN.bottom, class: 'mw-grid'}));
+    root.appendChild(text('text', {x: sx(v), y: HEIGHT - MARGIN.bottom + 16, class: 'mw-tick', 'text-anchor': 'middle'},
+        si(v, 'B')));
+  }
+  for (const v of decades(y0, y1)) {
+    if (v < y0 || v > y1) continue;
+    root.appendChild(svg('line', {x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: sy(v), y2: sy(v), class: 'mw-grid'}));
+    root.appendChild(text('text', {x: MARGIN.left - 6, y: sy(v) + 4, class: 'mw-tick', 'text-anchor': 'end'}, si(v)));
+  }
+  root.appendChild(text('text', {x: (WIDTH - MARGIN.right + MARGIN.left) / 2, y: HEIGHT - 8, class: 'mw-axis',
+    'text-anchor': 'middle'}, 'message per call (bytes)'));
+  root.appendChild(text('text', {x: 14, y: (HEIGHT - MARGIN.bottom) / 2, class: 'mw-axis', 'text-anchor': 'middle',
+    transform: `rotate(-90 14 ${(HEIGHT - MARGIN.bottom) / 2})`}, 'bus bandwidth (B/s)'));
+  if (roof) {
+    root.appendChild(svg('line', {x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: sy(roof), y2: sy(roof),
+      class: 'mw-roof mw-link-roof'}));
+    root.appendChild(text('text', {x: MARGIN.left + 6, y: sy(roof) - 6, class: 'mw-roof-label mw-link-label'},
+        `${comm.link.name}: ${si(roof, 'B/s')} per direction (${comm.link.source})`));
+  }
+  const longest = Math.max(...points.map((c) => c.time_s));
+  for (const c of points) {
+    const r = 4 + 10 * Math.sqrt(c.time_s / (longest || 1));
+    const dot = svg('circle', {cx: sx(c.message_bytes_per_call), cy: sy(c.bus_bandwidth_bytes_per_s), r,
+      class: 'mw-point mw-communication'});
+    dot.appendChild(text('title', {}, `${c.kind} (${c.op}) ${c.phase}: ${si(c.message_bytes_per_call, 'B')} per call, ` +
+        `${si(c.bus_bandwidth_bytes_per_s, 'B/s')} bus, ${pct(c.efficiency)} of the link`));
+    root.appendChild(dot);
+  }
+  container.appendChild(root);
+}
+
+const COLUMNS = [
+  ['collective', (c) => c.kind, false],
+  ['op', (c) => c.op, false],
+  ['phase', (c) => c.phase, false],
+  ['module', (c) => c.module || '(top level)', false],
+  ['calls', (c) => c.calls.toLocaleString(), true],
+  ['message/call', (c) => si(c.message_bytes_per_call, 'B'), true],
+  ['sent', (c) => si(c.bytes_moved, 'B'), true],
+  ['time', (c) => (c.timed_calls ? duration(c.time_s) : '-'), true],
+  ['bus B/s', (c) => si(c.bus_bandwidth_bytes_per_s), true],
+  ['bound', (c) => c.bound, false],
+  ['% of link', (c) => pct(c.efficiency), true],
+];
+
+function table(columns, rows, rowClass) {
+  const node = el('table', 'mw-table');
+  const head = el('tr');
+  for (const [label, , numeric] of columns) head.appendChild(el('th', numeric ? 'mw-num' : '', label));
+  const thead = el('thead');
+  thead.appendChild(head);
+  const body = el('tbody');
+  for (const row of rows) {
+    const tr = el('tr', rowClass(row));
+    for (const [, cell, numeric] of columns) tr.appendChild(el('td', numeric ? 'mw-num' : '', cell(row)));
+    body.appendChild(tr);
+  }
+  node.append(thead, body);
+  return node;
+}
+
+/** The Communication section: the link, totals, the link-roof chart and the collectives table. */
+export function renderComm(container, comm) {
+  container.textContent = '';
+  const link = comm.link;
+  const roof = link.bytes_per_s ? `${si(link.bytes_per_s, 'B/s')} per direction (${link.source})` : 'unknown bandwidth';
+  const lines = el('div', 'mw-comm-lines');
+  lines.appendChild(el('div', 'mw-comm-link', `rank ${comm.rank} of ${comm.world_size}` +
+      `${comm.backend ? ` · ${comm.backend}` : ''} · link: ${link.name}, ${roof}`));
+  if (link.note) lines.appendChild(el('div', 'mw-card-note', link.note));
+  const time = comm.comm_time_s === null ? 'time not measured on the host' :
+    `${duration(comm.comm_time_s)} with a collective in flight (${pct(comm.comm_share)} of wall), ` +
+    `${pct(comm.overlap_fraction)} overlapped by other work, ${duration(comm.exposed_s)} exposed`;
+  lines.appendChild(el('div', '', `${si(comm.message_bytes, 'B')} in messages, ${si(comm.bytes_moved, 'B')} sent · ${time}`));
+  if (comm.untimed_calls) {
+    lines.appendChild(el('div', 'mw-card-note', `${comm.untimed_calls} call(s) not timed (in flight at a step's end, failed, or on a device)`));
+  }
+  container.appendChild(lines);
+  const chart = el('div', 'mw-chart-box');
+  drawLinkRoof(chart, comm);
+  container.appendChild(chart);
+  const box = el('div', 'mw-scroller mw-collectives');
+  box.appendChild(table(COLUMNS, comm.collectives, () => 'mw-row mw-collective'));
+  container.appendChild(box);
+}
+
+const RANK_COLUMNS = [
+  ['rank', (r) => `rank ${r.rank}`, false],
+  ['steps', (r) => String(r.steps), true],
+  ['wall', (r) => duration(r.wall_time_s), true],
+  ['in ops', (r) => duration(r.op_time_s), true],
+  ['FLOPs', (r) => si(r.flops), true],
+  ['bytes', (r) => si(r.bytes, 'B'), true],
+  ['comm sent', (r) => si(r.comm_bytes_moved, 'B'), true],
+  ['comm share', (r) => pct(r.comm_share), true],
+  ['exposed comm', (r) => duration(r.exposed_comm_s), true],
+  ['', (r) => [r.slowest ? 'slowest' : '', r.incomplete ? 'incomplete' : ''].filter(Boolean).join(' · '), false],
+];
+
+/** Every rank of the run side by side; a click on a rank shows its report. */
+export function renderRanks(container, data, current, onSelect) {
+  container.textContent = '';
+  const rows = data.ranks;
+  const node = table(RANK_COLUMNS, rows, (r) =>
+    `mw-row mw-rank${r.slowest ? ' mw-slowest' : ''}${String(r.rank) === current ? ' mw-current' : ''}`);
+  node.querySelectorAll('tbody tr').forEach((tr, i) => {
+    tr.dataset.rank = String(rows[i].rank);
+    tr.addEventListener('click', () => onSelect(String(rows[i].rank)));
+  });
+  container.appendChild(node);
+  const notes = [];
+  if (data.slowest !== null) notes.push(`slowest: rank ${data.slowest} (most time in ops; the others wait for it in collectives)`);
+  if (data.missing.length) notes.push(`no report from rank(s) ${data.missing.join(', ')}`);
+  for (const e of data.errors) notes.push(`rank ${e.rank}: ${e.error}`);
+  for (const note of notes) container.appendChild(el('div', 'mw-card-note', note));
+}

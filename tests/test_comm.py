@@ -1,0 +1,354 @@
+"""Collectives on the interconnect roof, in one process: bytes moved by hand-derived algorithm
+factors, message sizes from real c10d schemas, the link's roof and its sources, the report's comm
+field through save and load, collision-free file names, the summary's distributed sections."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from fractions import Fraction
+
+import pytest
+import torch
+from memwall_plugin.hooks.capture import build_call, signature
+from memwall_plugin.hooks.collectives import _Flight, _union
+from memwall_plugin.tb_plugin.loader import scan
+
+import memwall_plugin as memwall
+from memwall_plugin.comm import (
+    CollectiveRow,
+    Communication,
+    Link,
+    bus_factor,
+    bytes_moved,
+    message_of,
+    parse_link,
+    rank_totals,
+    resolve_link,
+    slowest_rank,
+)
+from memwall_plugin.devices import ESTIMATED, Figure, cpu_spec, lookup_device
+from memwall_plugin.distributed import publish
+from memwall_plugin.report import ReportError, merge_reports
+
+# --- bytes moved -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "n", "factor"), [
+    ("all_reduce", 2, Fraction(1)),  # 2(n-1)/n: reduce-scatter then all-gather around a ring
+    ("all_reduce", 4, Fraction(3, 2)),
+    ("all_reduce", 8, Fraction(7, 4)),
+    ("all_gather", 4, Fraction(3, 4)),  # (n-1)/n: every rank receives the n-1 other parts
+    ("reduce_scatter", 8, Fraction(7, 8)),
+    ("all_to_all", 2, Fraction(1, 2)),
+    ("broadcast", 4, Fraction(1)),  # pipelined: each rank forwards the whole message once
+    ("send", 2, Fraction(1)),
+    ("barrier", 8, Fraction(0)),
+    ("all_reduce", 1, Fraction(0)),  # a group of one moves nothing
+])
+def test_bus_factor_is_the_ring_algorithms(kind, n, factor):
+    assert bus_factor(kind, n) == factor
+
+
+def test_bytes_moved_per_rank():
+    # a 1000-byte all-reduce over 4 ranks: 2 * 3/4 * 1000 = 1500 bytes out of each rank
+    assert bytes_moved("all_reduce", 1000, 4) == 1500
+    assert bytes_moved("all_gather", 1000, 3) == 666  # 2/3 of 1000, whole bytes
+    with pytest.raises(ValueError, match="unknown collective kind"):
+        bus_factor("allreduce", 2)
+
+
+def _call(op, *args):
+    return build_call(op, tuple(signature(a) for a in args), {}, None)
+
+
+def test_message_sizes_follow_the_c10d_schemas():
+    c10d = torch.ops.c10d
+    t4, t8 = torch.empty(4), torch.empty(8)
+    # all-reduce: the buffers reduced (two tensors: 48 bytes)
+    m = message_of(_call(c10d.allreduce_.default, [t4, t8], None, None, None), 2)
+    assert (m.kind, m.nbytes, m.elements, m.dtype) == ("all_reduce", 48, 12, "float32")
+    # all-gather into one tensor: the gathered output (8 floats), not this rank's input
+    m = message_of(_call(c10d._allgather_base_.default, t8, t4, None), 2)
+    assert (m.kind, m.nbytes) == ("all_gather", 32)
+    # list all-gather: every output tensor of the list of lists
+    m = message_of(_call(c10d.allgather_.default, [[t4, t4]], [t4], None), 2)
+    assert (m.kind, m.nbytes) == ("all_gather", 32)
+    # reduce-scatter: the input that is scattered (8 floats)
+    m = message_of(_call(c10d._reduce_scatter_base_.default, t4, t8, None, None), 2)
+    assert (m.kind, m.nbytes) == ("reduce_scatter", 32)
+    # functional all-gather names only this rank's input: the message is n times it
+    m = message_of(_call(torch.ops._c10d_functional.all_gather_into_tensor.default, t4, 4, "0"), 4)
+    assert (m.kind, m.nbytes) == ("all_gather", 64)
+    m = message_of(_call(c10d.barrier.default, torch.empty(1), None, [], True, -1), 2)
+    assert (m.kind, m.nbytes) == ("barrier", 0)
+
+
+# --- the link ----------------------------------------------------------------------------------
+
+
+def test_gpu_link_is_the_tables_interconnect_per_direction():
+    link = resolve_link(lookup_device("H100 SXM"), 8, 8, environ={})
+    # NVLink 4.0: 18 links x 25 GB/s each way = 450 GB/s per direction (datasheet: 900 both ways)
+    assert (link.name, link.bytes_per_s, link.bandwidth.source) == ("NVLink 4.0", 450e9, "datasheet")
+    pcie = resolve_link(lookup_device("A100 PCIe 80GB"), 2, 2, environ={})
+    assert (pcie.name, pcie.bytes_per_s) == ("PCIe Gen4 x16", 32e9)
+
+
+def test_cpu_link_is_loopback_estimated_from_memory_bandwidth():
+    device = dataclasses.replace(cpu_spec(), bandwidth=Figure(20e9, ESTIMATED))
+    link = resolve_link(device, 2, 2, environ={})
+    assert link.name.startswith("loopback TCP")
+    assert link.bytes_per_s == 20e9 / 4 and link.bandwidth.source == "estimated"
+
+
+def test_several_hosts_need_a_configured_link_and_the_user_wins():
+    device = lookup_device("H100 SXM")
+    network = resolve_link(device, 16, 8, environ={})
+    assert network.bandwidth is None and "MEMWALL_LINK" in network.note
+    user = resolve_link(device, 16, 8, override={"bandwidth": 50e9, "name": "InfiniBand NDR"}, environ={})
+    assert (user.name, user.bytes_per_s, user.bandwidth.source) == ("InfiniBand NDR", 50e9, "user")
+    env = resolve_link(device, 16, 8, environ={"MEMWALL_LINK": "bandwidth=25e9,name=RoCE"})
+    assert (env.name, env.bytes_per_s, env.bandwidth.source) == ("RoCE", 25e9, "user")
+    assert parse_link(12.5e9) == (12.5e9, "") and parse_link("3e9") == (3e9, "")
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("fast", "not a number"),
+    ("speed=5e9", "is not bandwidth=... or name=..."),
+    (-1.0, "positive"),
+    ({"name": "ib"}, "bandwidth per direction"),
+])
+def test_bad_links_say_how_to_write_one(value, message):
+    with pytest.raises(ValueError, match=message):
+        parse_link(value)
+    with pytest.raises(ValueError, match=message):
+        memwall.profile(link=value)  # before the run, not after
+
+
+# --- the report's comm field -------------------------------------------------------------------
+
+
+def _row(**changes) -> CollectiveRow:
+    base = dict(op="c10d.allreduce_", kind="all_reduce", phase="backward", module="", calls=4, timed_calls=4,
+                group_size=2, dtype="float32", shapes="[1000]", message_bytes=16000, message_elements=4000,
+                bytes_moved=16000, time_s=0.008, link_bytes_per_s=4e9)
+    return CollectiveRow(**{**base, **changes})
+
+
+def _report(comm: Communication | None, rank: int = 0, **changes) -> memwall.Report:
+    row = memwall.Row(op="aten.mm", overload="default", module="0", phase="forward", calls=2, dtype="float32",
+                      shapes="[4, 4] x [4, 4]", flops=256, bytes_read=256, bytes_written=128, elements_read=64,
+                      elements_written=32, time_s=0.002)
+    return memwall.Report(rows=(row,), steps=(0, 1), wall_time_s=0.02, rank=rank, world_size=2,
+                          device=lookup_device("H100 SXM"), comm=comm, **changes)
+
+
+COMM = Communication(link=Link("loopback TCP (one host)", Figure(4e9, ESTIMATED), "memory bandwidth / 4"),
+                     collectives=(_row(),), backend="gloo", job="job-1", local_world_size=2,
+                     comm_time_s=0.01, overlapped_s=0.004)
+
+
+def test_collective_row_on_the_link_roof():
+    row = _row()
+    # 16 kB sent in 8 ms: 2 MB/s of bus bandwidth against a 4 GB/s link
+    assert row.bus_bandwidth_bytes_per_s == pytest.approx(2e6)
+    assert row.efficiency == pytest.approx(2e6 / 4e9)
+    assert row.roofline_time_s == pytest.approx(16000 / 4e9)
+    assert row.bound == "communication"
+    half = _row(timed_calls=2, time_s=0.004)  # two of four calls timed: their bytes over their time
+    assert half.bus_bandwidth_bytes_per_s == pytest.approx(8000 / 0.004)
+    assert COMM.exposed_s == pytest.approx(0.006) and COMM.overlap_fraction == pytest.approx(0.4)
+
+
+def test_report_with_comm_round_trips_and_old_reports_still_load(tmp_path):
+    rep = _report(COMM)
+    back = memwall.load_report(rep.save(tmp_path / "r.json"))
+    assert back == rep and back.comm.collectives[0].bus_bandwidth_bytes_per_s == pytest.approx(2e6)
+    plain = _report(None).to_dict()
+    assert "comm" not in plain and plain["schema_version"] == 1  # single-process files unchanged
+    assert memwall.Report.from_dict(plain).comm is None
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c["collectives"][0].update(timed_calls=9), "timed_calls"),
+    (lambda c: c["collectives"][0].update(kind="allreduce"), "kind"),
+    (lambda c: c["collectives"][0].update(bytes_moved=-1), "bytes_moved"),
+    (lambda c: c["collectives"][0].pop("message_bytes"), "message_bytes"),
+    (lambda c: c["collectives"][0].update(time_s=float("nan")), "NaN is not a number"),
+    (lambda c: c["link"].update(source="guessed"), "source"),
+    (lambda c: c["link"].update(bytes_per_s=0), "bytes_per_s"),
+    (lambda c: c.update(comm_time_s=-1), "comm_time_s"),
+    (lambda c: c.update(collectives={}), "collectives"),
+])
+def test_malformed_comm_is_a_report_error_naming_the_field(tmp_path, change, message):
+    data = _report(COMM).to_dict()
+    change(data["comm"])
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ReportError, match=message):
+        memwall.load_report(path)
+
+
+def test_merge_and_rescore_carry_the_collectives():
+    later = dataclasses.replace(_report(COMM), steps=(2, 3), created_unix_s=1.0)
+    merged = merge_reports([_report(COMM), later])
+    row = merged.comm.collectives[0]
+    assert (row.calls, row.message_bytes, row.time_s) == (8, 32000, pytest.approx(0.016))
+    assert merged.comm.comm_time_s == pytest.approx(0.02)
+    # the paper's 8-bit what-if: 4000 elements of 1 byte; the all-reduce over 2 sends all of it
+    small = _report(COMM).rescore(bytes_per_element=1).comm.collectives[0]
+    assert (small.message_bytes, small.bytes_moved) == (4000, 4000)
+    # a what-if device on one host: its interconnect becomes the roof
+    on_a100 = _report(COMM).rescore(device="A100 SXM4 80GB").comm
+    assert (on_a100.link.name, on_a100.link.bytes_per_s) == ("NVLink 3.0", 300e9)
+    assert on_a100.collectives[0].link_bytes_per_s == 300e9
+    configured = dataclasses.replace(COMM, link=Link("InfiniBand", Figure(50e9, "user")))
+    assert _report(configured).rescore(device="A100 SXM4 80GB").comm.link.name == "InfiniBand"
+
+
+def test_ranks_side_by_side_and_the_slowest():
+    fast = _report(COMM, rank=0)
+    slow = dataclasses.replace(_report(COMM, rank=1), rows=tuple(
+        dataclasses.replace(r, time_s=0.01) for r in fast.rows))
+    totals = [rank_totals(fast), rank_totals(slow)]
+    assert [t.op_time_s for t in totals] == [pytest.approx(0.002), pytest.approx(0.01)]
+    assert totals[0].comm_share == pytest.approx(0.5)  # 10 ms in flight of 20 ms wall
+    assert slowest_rank(totals).rank == 1
+
+
+# --- timing ------------------------------------------------------------------------------------
+
+
+def _flight(start, end, busy_start, busy_end) -> _Flight:
+    f = _Flight(None, start, busy_start)  # type: ignore[arg-type]
+    f.end_ns, f.busy_end_ns, f.ok = end, busy_end, True
+    return f
+
+
+def test_time_in_flight_is_the_union_and_overlap_the_busy_time_inside():
+    # [0, 10] and [5, 20] overlap: one span of 20 in which 8 of busy time accrued; [30, 40] alone
+    # with none. In flight 30, overlapped 8.
+    timing = _union([_flight(30, 40, 8, 8), _flight(0, 10, 0, 4), _flight(5, 20, 2, 8)])
+    assert (timing.comm_ns, timing.overlapped_ns) == (30, 8)
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def test_a_second_run_into_the_same_directory_never_overwrites(tmp_path):
+    rep = _report(COMM)
+    first = publish(rep, tmp_path / "plugins" / "memwall", "rank0_steps000000-000001.json")
+    second = publish(dataclasses.replace(rep, wall_time_s=0.5), tmp_path / "plugins" / "memwall",
+                     "rank0_steps000000-000001.json")
+    assert (first.name, second.name) == ("rank0_steps000000-000001.json", "rank0_steps000000-000001.1.json")
+    assert memwall.load_report(first).wall_time_s == 0.02 and memwall.load_report(second).wall_time_s == 0.5
+    assert {p.name for p in first.parent.iterdir()} == {first.name, second.name}  # nothing staged left
+    windows = scan(tmp_path)["."].windows
+    assert [(w.rank, w.first_step, w.last_step) for w in windows] == [(0, 0, 1), (0, 0, 1)]
+
+
+def test_profile_into_a_used_logdir_keeps_both_reports(tmp_path):
+    for _ in range(2):
+        with memwall.profile(logdir=tmp_path, summary=False, scalars=False):
+            torch.randn(8, 8) @ torch.randn(8, 8)
+    assert sorted(p.name for p in (tmp_path / "plugins" / "memwall").glob("*.json")) == [
+        "rank0_steps000000-000000.1.json", "rank0_steps000000-000000.json"]
+
+
+# --- the summary ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_summary_shows_the_link_collectives_and_ranks(width):
+    rank1 = dataclasses.replace(_report(COMM, rank=1), wall_time_s=0.03)
+    text = memwall.Summary(_report(COMM), ranks={0: _report(COMM), 1: rank1})
+    from rich.console import Console
+
+    console = Console(width=width, record=True, color_system=None, file=open(os.devnull, "w"))
+    console.print(text)
+    out = console.export_text()
+    assert "Communication  rank 0 of 2, gloo" in out
+    assert "loopback TCP (one host), 4 GB/s per direction (estimated)" in out
+    assert "all_reduce" in out and "COMM" in out
+    assert "Ranks side by side" in out and "slowest" in out
+    assert max(len(line.rstrip()) for line in out.splitlines()) <= width
+
+
+def test_single_process_summary_has_no_distributed_part():
+    out = memwall.render_text(_report(None), width=100)
+    assert "Communication" not in out and "Ranks side by side" not in out
+
+
+# --- a rank stopped by torchrun ----------------------------------------------------------------
+
+SURVIVOR = textwrap.dedent('''
+    import sys, time, torch
+    import memwall_plugin as memwall
+    with memwall.profile(logdir=sys.argv[1], scalars=False) as prof:
+        for step in range(10_000):
+            torch.randn(64, 64) @ torch.randn(64, 64)
+            prof.step()
+            if step == 2:
+                print("ready", flush=True)
+            time.sleep(0.01)
+''')
+
+
+def test_sigterm_from_the_launcher_saves_the_partial_report(tmp_path):
+    """torchrun stops the other ranks with SIGTERM when one dies; the rank's report survives."""
+    script = tmp_path / "survivor.py"
+    script.write_text(SURVIVOR)
+    env = {**os.environ, "RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    (path,) = (tmp_path / "run" / "plugins" / "memwall").glob("rank1_*.json")
+    rep = memwall.load_report(path)
+    assert rep.incomplete and rep.rank == 1 and rep.world_size == 2 and len(rep.steps) >= 3
+    assert "memwall" not in out  # rank 1 prints no summary
+
+
+def test_sigterm_while_the_report_is_saved_waits_for_it(tmp_path):
+    """A SIGTERM that lands while the profile is saving is held, then ends the process as usual."""
+    code = textwrap.dedent('''
+        import os, signal
+        from memwall_plugin.distributed import TerminationGuard
+        guard = TerminationGuard()
+        guard.install()
+        guard.hold()
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("saved", flush=True)
+        guard.remove()
+        guard.deliver_held()
+        print("not reached", flush=True)
+    ''')
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["saved"] and result.returncode == -signal.SIGTERM
+
+
+def test_ranks_of_one_launch_pick_one_default_run_directory():
+    """`memwall run`'s default directory: the launcher's start time, the same for all its ranks."""
+    from memwall_plugin.distributed import launcher_started_unix_s
+
+    code = "from memwall_plugin.distributed import default_run_stamp; print(default_run_stamp())"
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    stamps = {p.communicate(timeout=60)[0].strip() for p in procs}
+    started = launcher_started_unix_s(os.getpid())  # this process launched both
+    assert started is not None and abs(started - time.time()) < 24 * 3600
+    assert stamps == {time.strftime("%Y%m%d-%H%M%S", time.localtime(started))}

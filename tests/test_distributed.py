@@ -1,0 +1,177 @@
+"""Two-rank torchrun jobs on this CPU (gloo on 127.0.0.1), launched by the tests themselves:
+DDP under `memwall run`, FSDP2 under `memwall.profile`, and a rank killed mid-run.
+
+Ground truth is the model itself: the gradient bytes of its parameters (DDP all-reduces them once
+per backward, in buckets) and each FSDP unit's parameter bytes (all-gathered before use,
+reduce-scattered after backward)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from memwall_plugin.tb_plugin.plugin import MemwallPlugin
+from torchrun_job import SAMPLE, torchrun
+
+import memwall_plugin as memwall
+from memwall_plugin import cli
+from memwall_plugin.comm import COLLECTIVE_OPS, WAIT_OP
+
+WIDTH, DEPTH, STEPS = 64, 2, 3
+# the sample's MLP: DEPTH x Linear(WIDTH, WIDTH) then Linear(WIDTH, 10), float32
+LAYER_PARAMS = [WIDTH * WIDTH + WIDTH] * DEPTH + [WIDTH * 10 + 10]
+GRADIENT_BYTES = 4 * sum(LAYER_PARAMS)  # 2 x 4160 + 650 = 8970 parameters: 35,880 bytes
+
+
+def _reports(logdir: Path) -> dict[int, memwall.Report]:
+    files = sorted((logdir / "plugins" / "memwall").glob("rank*.json"))
+    return {r.rank: r for r in (memwall.load_report(f) for f in files)}
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """The sample, unmodified (no profile of its own), under `memwall run` on two ranks."""
+    where = tmp_path_factory.mktemp("ddp")
+    result = torchrun("-m", "memwall_plugin.cli", "run", "--logdir", "runs/ddp", str(SAMPLE), "--no-profile",
+                      "--steps", str(STEPS), "--width", str(WIDTH), "--depth", str(DEPTH), cwd=where)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return where / "runs" / "ddp", result
+
+
+def test_ddp_each_rank_writes_its_own_report(ddp_run):
+    logdir, _ = ddp_run
+    names = sorted(p.name for p in (logdir / "plugins" / "memwall").glob("*.json"))
+    assert [n.split("_")[0] for n in names] == ["rank0", "rank1"]
+    reports = _reports(logdir)
+    assert {(r.rank, r.world_size) for r in reports.values()} == {(0, 2), (1, 2)}
+    jobs = {r.comm.job for r in reports.values()}
+    assert len(jobs) == 1 and "" not in jobs  # one job, agreed by both ranks
+    for rep in reports.values():
+        assert not rep.incomplete and rep.comm.backend == "gloo" and rep.comm.local_world_size == 2
+        assert rep.comm.link.name.startswith("loopback TCP") and rep.comm.link.bytes_per_s > 0
+
+
+def test_ddp_all_reduce_moves_the_gradient_bytes_each_step(ddp_run):
+    logdir, _ = ddp_run
+    for rep in _reports(logdir).values():
+        all_reduce = [c for c in rep.comm.collectives if c.kind == "all_reduce"]
+        assert {c.phase for c in all_reduce} == {"backward"}  # from DDP's C++ buckets, during backward
+        # one backward per step; CPU buckets are the gradients laid end to end (no padding)
+        assert sum(c.message_bytes for c in all_reduce) == STEPS * GRADIENT_BYTES
+        # two ranks: a ring all-reduce sends 2(n-1)/n = 1 x the message out of each rank
+        assert sum(c.bytes_moved for c in all_reduce) == STEPS * GRADIENT_BYTES
+        for c in all_reduce:
+            assert c.timed_calls == c.calls and c.time_s > 0
+            assert c.bus_bandwidth_bytes_per_s == pytest.approx(c.bytes_moved / c.time_s)
+            assert c.bound == "communication" and 0 < c.efficiency
+        # DDP's set-up: parameters broadcast from rank 0 once (the same bytes again)
+        setup = [c for c in rep.comm.collectives if c.kind == "broadcast" and c.message_bytes == GRADIENT_BYTES]
+        assert len(setup) == 1 and setup[0].phase == "other"
+        assert 0 < rep.comm.comm_time_s <= rep.wall_time_s
+        assert 0 <= rep.comm.overlapped_s <= rep.comm.comm_time_s
+
+
+def test_ddp_only_rank_zero_prints_the_summary_with_every_rank(ddp_run):
+    _, result = ddp_run
+    out = result.stdout
+    assert out.count("steps recorded") == 1  # one summary, from rank 0
+    assert out.count("Communication  rank 0 of 2, gloo") == 1
+    assert "all_reduce" in out and "COMM" in out
+    ranks = out[out.index("Ranks side by side"):].splitlines()[:6]
+    assert any(line.startswith("0 ") for line in ranks) and any(line.startswith("1 ") for line in ranks)
+    assert out.count("memwall: report saved under") == 1
+
+
+def test_ddp_report_command_and_tab_show_the_collectives_and_ranks(ddp_run, capsys):
+    logdir, _ = ddp_run
+    assert cli.main(["report", str(logdir), "--rank", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Communication  rank 1 of 2, gloo" in out and "all_reduce" in out and "Ranks side by side" in out
+
+    plugin = MemwallPlugin(SimpleNamespace(logdir=str(logdir.parent)))
+    view = plugin.report_impl({"run": "ddp", "rank": "1"})
+    kinds = {c["kind"] for c in view["comm"]["collectives"]}
+    assert "all_reduce" in kinds and view["comm"]["rank"] == 1
+    ranks = plugin.ranks_impl({"run": "ddp"})
+    assert [r["rank"] for r in ranks["ranks"]] == [0, 1] and ranks["slowest"] in (0, 1)
+    assert ranks["missing"] == [] and ranks["errors"] == []
+
+
+def test_fsdp2_all_gathers_and_reduce_scatters_each_layer(tmp_path):
+    result = torchrun(str(SAMPLE), "--fsdp", "--steps", "2", "--width", str(WIDTH), "--depth", str(DEPTH),
+                      "--logdir", str(tmp_path / "fsdp"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("steps recorded") == 1
+    layer_bytes = {4 * n for n in LAYER_PARAMS}  # every count is even: no padding to 2 shards
+    for rep in _reports(tmp_path / "fsdp").values():
+        gathers = [c for c in rep.comm.collectives if c.kind == "all_gather"]
+        scatters = [c for c in rep.comm.collectives if c.kind == "reduce_scatter"]
+        # the message of an all-gather is a whole unit's parameters, of a reduce-scatter its gradients
+        assert {c.message_bytes // c.calls for c in gathers} == layer_bytes
+        assert {c.message_bytes // c.calls for c in scatters} == layer_bytes
+        forward = sum(c.calls for c in gathers if c.phase == "forward")
+        assert forward == 2 * len(LAYER_PARAMS)  # each unit once per forward, two steps
+        assert sum(c.calls for c in scatters) == 2 * len(LAYER_PARAMS)  # each unit once per backward
+        assert {c.phase for c in scatters} == {"backward"}
+        assert sum(c.message_bytes for c in scatters) == 2 * GRADIENT_BYTES
+        # each rank sends (n-1)/n = half of every message
+        assert all(c.bytes_moved * 2 == c.message_bytes for c in gathers + scatters)
+        assert all(c.timed_calls == c.calls for c in gathers + scatters)
+        uncounted = {r.op for r in rep.uncounted}
+        assert not any(op.startswith("fsdp.") for op in uncounted), uncounted
+
+
+def test_killed_rank_leaves_the_other_ranks_partial_report(tmp_path):
+    result = torchrun(str(SAMPLE), "--steps", "200", "--die-at-step", "2", "--width", str(WIDTH),
+                      "--depth", str(DEPTH), "--logdir", str(tmp_path / "killed"), cwd=tmp_path)
+    assert result.returncode != 0
+    reports = _reports(tmp_path / "killed")
+    assert list(reports) == [0]  # rank 1 died by SIGKILL before its report
+    survivor = reports[0]
+    assert survivor.incomplete and survivor.world_size == 2
+    assert survivor.steps[:3] == (0, 1, 2) and len(survivor.steps) < 200
+    all_reduce = [c for c in survivor.comm.collectives if c.kind == "all_reduce"]
+    # two backward passes completed; the third all-reduce failed when rank 1 vanished
+    assert sum(c.timed_calls for c in all_reduce) >= 2
+    assert cli.main(["report", str(tmp_path / "killed")]) == 0
+
+
+EXPLICIT = '''
+import sys, torch, torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+import memwall_plugin as memwall
+
+dist.init_process_group("gloo")
+n = dist.get_world_size()
+with memwall.profile(logdir=sys.argv[1], summary=False, scalars=False) as prof:
+    dist.all_reduce(torch.ones(1000))                                   # 4,000 B, waited in Python
+    out = torch.empty(2 * 250)
+    dist.all_gather_into_tensor(out, torch.ones(250), async_op=True).wait()   # gathers 2,000 B
+    shard = torch.empty(100)
+    dist.reduce_scatter_tensor(shard, torch.ones(200))                  # scatters 800 B (no future)
+    funcol.all_reduce(torch.ones(64), "sum", dist.group.WORLD).wait()   # functional: 256 B
+    dist.broadcast(torch.ones(16, dtype=torch.float64), src=0)          # 128 B
+    dist.barrier()
+    prof.step()
+dist.destroy_process_group()
+'''
+
+
+def test_explicit_and_functional_collectives_are_sized_and_timed(tmp_path):
+    script = tmp_path / "explicit.py"
+    script.write_text(EXPLICIT)
+    result = torchrun(str(script), str(tmp_path / "explicit"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rep in _reports(tmp_path / "explicit").values():
+        got = {(c.op, c.kind): (c.calls, c.message_bytes, c.bytes_moved) for c in rep.comm.collectives}
+        assert got[("c10d.allreduce_", "all_reduce")] == (1, 4000, 4000)  # 2(n-1)/n = 1 for n = 2
+        assert got[("c10d._allgather_base_", "all_gather")] == (1, 2000, 1000)  # (n-1)/n
+        assert got[("c10d._reduce_scatter_base_", "reduce_scatter")] == (1, 800, 400)
+        assert got[("_c10d_functional.all_reduce", "all_reduce")] == (1, 256, 256)
+        assert got[("c10d.broadcast_", "broadcast")] == (1, 128, 128)
+        assert got[("c10d.barrier", "barrier")][2] == 0
+        assert all(c.timed_calls == c.calls and c.time_s > 0 for c in rep.comm.collectives), rep.comm.collectives
+        assert {c.phase for c in rep.comm.collectives} == {"other"}
+        assert not any(r.op in COLLECTIVE_OPS or r.op == WAIT_OP for r in rep.rows)  # not compute rows
+        assert not [r.op for r in rep.uncounted if r.op.startswith(("c10d.", "_c10d_functional."))]
