@@ -22,6 +22,7 @@ from memwall_plugin.hooks._torch_private import (
     dispatch_mode_stack,
     warm_up_dispatch,
 )
+from memwall_plugin.hooks.compiled import EagerCompile
 from memwall_plugin.hooks.modules import ModuleTracker
 
 from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OpCall, TensorMeta
@@ -280,6 +281,7 @@ class Capture:
         self.tracker = ModuleTracker(model)
         self.table: dict[Any, CaptureEntry] = {}
         self._mode: _CaptureMode | None = None
+        self._eager_compile = EagerCompile()  # torch.compile'd code runs eagerly while recording
         self.pending_events: list[tuple[CaptureEntry, Any, Any]] = []
         warm_up_dispatch()
 
@@ -310,6 +312,7 @@ class Capture:
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         self._mode = _CaptureMode(self, cuda)
         self._mode.__enter__()
+        self._eager_compile.enter()
 
     def stop(self) -> None:
         """Stop recording; the table is kept. Safe to call when not started."""
@@ -324,6 +327,7 @@ class Capture:
                     )
                 mode.__exit__(None, None, None)
         finally:
+            self._eager_compile.exit()
             self.tracker.remove()
             if Capture._active is self:
                 Capture._active = None
