@@ -15,6 +15,9 @@ from torch.utils._python_dispatch import (  # private: no public dispatch-mode A
 current_autograd_node = torch._C._current_autograd_node
 #: The sequence number the next autograd Node created on this thread will get.
 peek_sequence_nr = torch._C._autograd._get_sequence_nr
+#: Forward-mode AD on this thread: off inside an autograd.Function's forward and in inference
+#: mode, on under torch.no_grad.
+fwd_grad_enabled = torch._C._is_fwd_grad_enabled
 
 #: AccumulateGrad nodes carry the largest uint64 as their sequence number.
 ACCUMULATE_GRAD_SEQUENCE_NR = 2**64 - 1
@@ -74,6 +77,7 @@ __all__ = [
     "current_autograd_node",
     "dispatch_mode_stack",
     "forward_kwargs",
+    "fwd_grad_enabled",
     "node_sequence_nr",
     "node_variable",
     "peek_sequence_nr",

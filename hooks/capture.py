@@ -20,6 +20,7 @@ from memwall_plugin.hooks._torch_private import (
     TorchDispatchMode,
     current_autograd_node,
     dispatch_mode_stack,
+    fwd_grad_enabled,
     warm_up_dispatch,
 )
 from memwall_plugin.hooks.compiled import EagerCompile
@@ -247,6 +248,12 @@ def _builds_graph(args: tuple[Any, ...]) -> bool:
     return False
 
 
+def _in_function_forward() -> bool:
+    """Inside a custom autograd.Function's forward: torch runs it with grad mode and forward-mode
+    AD both off, which torch.no_grad alone does not do; inference mode does, and says so."""
+    return not torch.is_grad_enabled() and not fwd_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
 class _CaptureMode(TorchDispatchMode):
     def __init__(self, capture: Capture, cuda: bool) -> None:
         super().__init__()
@@ -364,8 +371,9 @@ class Capture:
         elif tracker.stack:
             phase = tracker.user_label or tracker.generation_label or FORWARD
             module = tracker.stack[-1]
-        elif _builds_graph(args):
-            # outside any module but on the autograd graph: a loss, a functional model
+        elif _builds_graph(args) or _in_function_forward():
+            # outside any module but on the autograd graph: a loss, a functional model, the
+            # forward of a custom autograd.Function (which torch runs with grad mode off)
             phase, module = tracker.user_label or FORWARD, ""
         else:
             phase, module = tracker.user_label or OTHER, ""
