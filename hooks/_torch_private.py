@@ -71,13 +71,45 @@ def dispatch_mode_stack() -> list[Any]:
     return list(_get_current_dispatch_mode_stack())
 
 
+def has_composite_kernel(func: Any) -> bool:
+    """Whether an aten overload is CompositeImplicitAutograd (linear, matmul, conv2d): a
+    decomposition into other ops, normally applied above autograd, which inference mode and
+    tensor subclasses skip, so the whole op reaches a dispatch mode."""
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(
+            func.name(), torch._C.DispatchKey.CompositeImplicitAutograd))
+    except RuntimeError:  # ops the C++ dispatcher does not know (prim.device, a FakeTensor query)
+        return False
+
+
+def fake_mode_active() -> bool:
+    """A FakeTensorMode is active on this thread (it runs below user modes like memwall's)."""
+    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
+
+
+_fake_tensor_type: type | None = None
+
+
+def is_fake_tensor_type(cls: type) -> bool:
+    """FakeTensor (FakeTensorMode's tensors, DTensor's sharding propagation): metadata only."""
+    global _fake_tensor_type
+    if _fake_tensor_type is None:
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        _fake_tensor_type = FakeTensor
+    return issubclass(cls, _fake_tensor_type)
+
+
 __all__ = [
     "ACCUMULATE_GRAD_SEQUENCE_NR",
     "TorchDispatchMode",
     "current_autograd_node",
     "dispatch_mode_stack",
+    "fake_mode_active",
     "forward_kwargs",
     "fwd_grad_enabled",
+    "has_composite_kernel",
+    "is_fake_tensor_type",
     "node_sequence_nr",
     "node_variable",
     "peek_sequence_nr",

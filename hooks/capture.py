@@ -20,7 +20,10 @@ from memwall_plugin.hooks._torch_private import (
     TorchDispatchMode,
     current_autograd_node,
     dispatch_mode_stack,
+    fake_mode_active,
     fwd_grad_enabled,
+    has_composite_kernel,
+    is_fake_tensor_type,
     warm_up_dispatch,
 )
 from memwall_plugin.hooks.compiled import EagerCompile
@@ -208,6 +211,10 @@ def _flatten_keys(out: Any) -> list[Any]:
 def signature(value: Any) -> Any:
     """The hashable signature of an argument or result: (shape, stride, dtype) per tensor."""
     if isinstance(value, _Tensor):
+        if value.is_nested:
+            # a (strided) nested tensor has no single shape and raises on .shape: count its
+            # packed elements as one flat tensor
+            return (torch.Size([value.numel()]), (1,), value.dtype)
         try:
             return (value.shape, value.stride(), value.dtype)
         except (RuntimeError, NotImplementedError):  # layouts without strides
@@ -254,6 +261,24 @@ def _in_function_forward() -> bool:
     return not torch.is_grad_enabled() and not fwd_grad_enabled() and not torch.is_inference_mode_enabled()
 
 
+_FACTS: dict[Any, tuple[bool, bool]] = {}  # overload -> (composite, factory), read once
+
+
+def _facts(func: Any) -> tuple[bool, bool]:
+    """Whether an overload has a CompositeImplicitAutograd decomposition, and whether it takes
+    no tensor at all (a factory: torch.randn, empty_strided)."""
+    facts = _FACTS.get(func)
+    if facts is None:
+        schema = getattr(func, "_schema", None)
+        factory = schema is not None and not any("Tensor" in str(a.type) for a in schema.arguments)
+        facts = _FACTS[func] = (has_composite_kernel(func), factory)
+    return facts
+
+
+def _any_nested(args: tuple[Any, ...]) -> bool:
+    return any(isinstance(a, _Tensor) and a.is_nested for a in args)
+
+
 class _CaptureMode(TorchDispatchMode):
     def __init__(self, capture: Capture, cuda: bool) -> None:
         super().__init__()
@@ -262,6 +287,28 @@ class _CaptureMode(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
+        if types:
+            if any(is_fake_tensor_type(t) for t in types):
+                # fake tensors only carry metadata (FakeTensorMode, DTensor's sharding
+                # propagation): no work, nothing recorded
+                return func(*args, **kwargs)
+            if any(t is not _Tensor for t in types):  # torch lists plain Tensor here at times
+                # DTensor, nested jagged tensors, wrapper subclasses: the subclass runs its own
+                # dispatch after this NotImplemented, with this mode active, so the ops it runs on
+                # its inner tensors are counted at the shapes that really run (a DTensor's local
+                # shard, a jagged tensor's packed values)
+                return NotImplemented
+        facts = _FACTS.get(func)  # read inline: this runs for every op
+        composite, factory = facts if facts is not None else _facts(func)
+        if factory and fake_mode_active():  # torch.randn under FakeTensorMode makes a fake tensor
+            return func(*args, **kwargs)
+        if composite and not _any_nested(args):  # nested tensors have kernels of their own
+            # a composite op reached the mode whole (inference mode; inside a subclass): run its
+            # decomposition under the mode, so its ops are counted as they are with grad enabled
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         if self._cuda and _first_tensor_is_cuda(args):
             # device time from events, resolved at the step's end: no synchronisation per op
             start_event = torch.cuda.Event(enable_timing=True)

@@ -3,12 +3,15 @@ stay bit-identical to the same run without memwall."""
 
 from __future__ import annotations
 
+import socket
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 from conftest import one_row, rows_of
+from torch.utils._pytree import tree_map
 
 import memwall_plugin as memwall
 
@@ -205,3 +208,184 @@ def test_custom_op_is_counted_with_a_formula_from_a_registry_copy():
     _, rep = _profile(lambda: scale_add(x, y, 2.0), registry=registry)
     assert one_row(rep, "memwall_test.scale_add").flops == 40
     assert not rep.uncounted and rep.coverage == 1.0
+
+
+# --- tensor subclasses --------------------------------------------------------------------------
+
+
+class Float64Shadow(torch.Tensor):
+    """A float32 tensor on the outside that computes in float64 inside (a wrapper subclass, in
+    the style of torch's own test subclasses)."""
+
+    elem: torch.Tensor
+
+    @staticmethod
+    def __new__(cls, elem: torch.Tensor) -> Float64Shadow:
+        return torch.Tensor._make_wrapper_subclass(  # type: ignore[attr-defined]
+            cls, elem.shape, dtype=torch.float32, device=elem.device, strides=elem.stride())
+
+    def __init__(self, elem: torch.Tensor) -> None:
+        self.elem = elem.to(torch.float64)
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        def unwrap(t: Any) -> Any:
+            if isinstance(t, Float64Shadow):
+                return t.elem
+            return t.to(torch.float64) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+        out = func(*tree_map(unwrap, args), **tree_map(unwrap, kwargs or {}))
+        return tree_map(lambda t: Float64Shadow(t) if isinstance(t, torch.Tensor) else t, out)
+
+
+def test_wrapper_subclass_is_counted_at_the_shapes_and_dtypes_it_computes_in():
+    lin = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    out, rep = _profile(lambda: lin(Float64Shadow(x)), model=lin)
+    assert isinstance(out, Float64Shadow)
+    assert torch.equal(out.elem, lin(Float64Shadow(x)).elem)
+    addmm = one_row(rep, "aten.addmm")
+    assert addmm.flops == 2 * 2 * 4 * 3 + 2 * 3
+    # the real work: float64 inputs [3] + [2, 4] + [4, 3] read, [2, 3] written, 8 bytes each
+    assert addmm.dtype == "float64"
+    assert (addmm.bytes_read, addmm.bytes_written) == ((3 + 8 + 12) * 8, 6 * 8)
+
+
+def _jagged(requires_grad: bool) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    parts = [torch.randn(2, 4, generator=gen), torch.randn(3, 4, generator=gen)]
+    return torch.nested.nested_tensor(parts, layout=torch.jagged, requires_grad=requires_grad)
+
+
+def _jagged_run(lin: torch.nn.Linear, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    y = lin(x)
+    y.values().sum().backward()
+    assert x.grad is not None and lin.weight.grad is not None and lin.bias.grad is not None
+    return y.values(), x.grad.values(), lin.weight.grad, lin.bias.grad
+
+
+def test_nested_jagged_tensor_is_counted_on_its_packed_values():
+    lin = torch.nn.Linear(4, 3)
+    lin_bare = torch.nn.Linear(4, 3)
+    lin_bare.load_state_dict(lin.state_dict())
+    x = _jagged(requires_grad=True)  # [2, j, 4]: 2 + 3 = 5 rows packed
+
+    out, rep = _profile(lambda: _jagged_run(lin, x), model=lin)
+
+    for a, b in zip(out, _jagged_run(lin_bare, _jagged(requires_grad=True)), strict=True):
+        assert torch.equal(a, b)
+    addmm = one_row(rep, "aten.addmm", "forward")
+    assert addmm.shapes == "[3] x [5, 4] x [4, 3]"
+    assert addmm.flops == 2 * 5 * 4 * 3 + 5 * 3
+    # grad_input [5, 3] @ [3, 4] and grad_weight [3, 5] @ [5, 4]; the bias gradient sums 15
+    assert sorted(r.flops for r in rows_of(rep, "aten.mm", "backward")) == [120, 120]
+    assert one_row(rep, "aten.sum", "backward").flops == 15
+    assert not rep.uncounted
+
+
+def test_strided_nested_tensor_counts_its_packed_elements():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*nested tensors is in prototype")
+        nested = torch.nested.nested_tensor([torch.randn(2, 4), torch.randn(3, 4)])
+    out, rep = _profile(lambda: nested * 2)
+    assert all(torch.equal(a, b) for a, b in zip(out.unbind(), (nested * 2).unbind(), strict=True))
+    mul = one_row(rep, "aten.mul")
+    assert (mul.shapes, mul.flops, mul.bytes_read, mul.bytes_written) == ("[20]", 20, 80, 80)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_dtensor_on_one_process_is_counted_on_its_local_shards():
+    dist = torch.distributed
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        a, b = torch.randn(4, 6), torch.randn(6, 5)
+        da, db = distribute_tensor(a, mesh, [Shard(0)]), distribute_tensor(b, mesh, [Replicate()])
+        out, rep = _profile(lambda: (da @ db).sum())
+        assert torch.equal(out.full_tensor(), (a @ b).sum())
+        assert one_row(rep, "aten.mm").flops == 2 * 4 * 6 * 5
+        assert one_row(rep, "aten.sum").flops == 20
+        assert (rep.rank, rep.world_size) == (0, 1)
+    finally:
+        dist.destroy_process_group()
+
+
+# --- meta and fake tensors ----------------------------------------------------------------------
+
+# Linear(64 -> 32) on [8, 64]: 2*8*64*32 multiply-adds x2 plus 8*32 bias adds
+LINEAR_64_32_FLOPS = 2 * 8 * 64 * 32 + 8 * 32
+
+
+def test_meta_device_model_is_counted_without_running_it():
+    lin = torch.nn.Linear(64, 32, device="meta")
+    x = torch.randn(8, 64, device="meta", requires_grad=True)
+    _, rep = _profile(lambda: lin(x).sum().backward(), model=lin)
+    assert x.grad is not None and x.grad.is_meta
+    addmm = one_row(rep, "aten.addmm", "forward")
+    assert addmm.flops == LINEAR_64_32_FLOPS
+    assert (addmm.bytes_read, addmm.bytes_written) == ((32 + 8 * 64 + 64 * 32) * 4, 8 * 32 * 4)
+    # grad_input [8, 32] @ [32, 64] and grad_weight [32, 8] @ [8, 64]
+    assert sorted(r.flops for r in rows_of(rep, "aten.mm", "backward")) == [2 * 8 * 32 * 64] * 2
+
+
+@pytest.mark.parametrize("fake_outside", [False, True], ids=["fake_inside_profile", "profile_inside_fake"])
+def test_fake_tensor_mode_records_nothing_and_does_not_crash(fake_outside):
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    def run() -> torch.Tensor:
+        lin = torch.nn.Linear(64, 32)
+        return torch.relu(lin(torch.randn(8, 64)))
+
+    fake = FakeTensorMode()
+    if fake_outside:
+        with fake:
+            out, rep = _profile(run)
+    else:
+        with memwall.profile(summary=False) as prof:
+            with fake:
+                out = run()
+        rep = prof.report()
+    assert isinstance(out, FakeTensor) and out.shape == (8, 32)
+    # fake tensors carry metadata only: no work ran, nothing is recorded (the meta device
+    # counts a model without running it)
+    assert rep.rows == ()
+    # and memwall still records real work after the fake mode is gone
+    _, real = _profile(lambda: torch.relu(torch.randn(8, 32)))
+    assert one_row(real, "aten.relu").flops == 8 * 32
+
+
+# --- no_grad and inference_mode -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_no_grad_and_inference_mode_count_as_forward_like_grad_mode(mode):
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.GELU(),
+                              torch.nn.Linear(16, 4))
+    x = torch.randn(2, 8)
+    context = torch.no_grad if mode == "no_grad" else torch.inference_mode
+
+    def under_mode() -> torch.Tensor:
+        with context():
+            return net(x)
+
+    out, rep = _profile(under_mode, model=net)
+    reference, grad_rep = _profile(lambda: net(x), model=net)
+    assert torch.equal(out, reference)
+    # addmm 2*2*8*16 + 32; layer norm 5 per element + weight and bias 1 each, over 32;
+    # gelu 5 per element; addmm 2*2*16*4 + 8
+    per_module = {r.module: r.flops for r in rep.rows if r.flops}
+    assert per_module == {"0": 544, "1": 7 * 32, "2": 5 * 32, "3": 264}
+    assert not rep.uncounted and {r.phase for r in rep.rows} == {"forward"}
+
+    def table(report: memwall.Report) -> list[tuple[Any, ...]]:
+        return sorted((r.op, r.module, r.phase, r.calls, r.shapes, r.flops, r.bytes) for r in report.rows)
+
+    assert table(rep) == table(grad_rep)
