@@ -389,3 +389,30 @@ def test_no_grad_and_inference_mode_count_as_forward_like_grad_mode(mode):
         return sorted((r.op, r.module, r.phase, r.calls, r.shapes, r.flops, r.bytes) for r in report.rows)
 
     assert table(rep) == table(grad_rep)
+
+
+# --- complex and integer dtypes -----------------------------------------------------------------
+
+
+def test_complex_matmul_counts_real_arithmetic():
+    a = torch.randn(3, 4, dtype=torch.complex64)
+    b = torch.randn(4, 5, dtype=torch.complex64)
+    (mm, add), rep = _profile(lambda: (a @ b, a + a))
+    assert torch.equal(mm, a @ b) and torch.equal(add, a + a)
+    row = one_row(rep, "aten.mm")
+    # each of 3*5 outputs sums 4 complex products: 4 real multiplies + 4 real adds each
+    assert (row.dtype, row.flops) == ("complex64", 3 * 5 * 4 * 8)
+    assert (row.bytes_read, row.bytes_written) == ((12 + 20) * 8, 15 * 8)
+    assert one_row(rep, "aten.add").flops == 12  # per complex element (a documented lower bound)
+
+
+def test_integer_ops_report_their_dtype():
+    a = torch.randint(-5, 5, (3, 4))
+    b = torch.randint(-5, 5, (4, 5))
+    c = torch.randint(-5, 5, (3, 4), dtype=torch.int32)
+    (mm, add), rep = _profile(lambda: (a @ b, c + c))
+    assert torch.equal(mm, a @ b) and torch.equal(add, c + c)
+    row = one_row(rep, "aten.mm")
+    assert (row.dtype, row.flops, row.bytes_read) == ("int64", 2 * 3 * 4 * 5, (12 + 20) * 8)
+    row = one_row(rep, "aten.add")
+    assert (row.dtype, row.flops, row.bytes_read, row.bytes_written) == ("int32", 12, 24 * 4, 12 * 4)
