@@ -29,7 +29,7 @@ from memwall_plugin.hooks._torch_private import (
 from memwall_plugin.hooks.compiled import EagerCompile
 from memwall_plugin.hooks.modules import ModuleTracker
 
-from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OpCall, TensorMeta
+from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, RECOMPUTE, OpCall, TensorMeta
 
 _Tensor = torch.Tensor
 _perf_counter_ns = time.perf_counter_ns
@@ -410,9 +410,11 @@ class Capture:
         tracker = self.tracker
         node = current_autograd_node()
         if node is not None:
-            phase = BACKWARD
-            # a forward re-run inside backward (activation checkpointing) keeps its module
-            module = tracker.stack[-1] if tracker.stack else tracker.path_for_node(node)
+            if tracker.stack:
+                # a module's forward re-run inside backward: activation checkpointing recomputing it
+                phase, module = RECOMPUTE, tracker.stack[-1]
+            else:
+                phase, module = BACKWARD, tracker.path_for_node(node)
         elif tracker.in_optimizer:
             phase, module = OPTIMIZER, ""
         elif tracker.stack:

@@ -12,8 +12,10 @@ import pytest
 import torch
 from conftest import one_row, rows_of
 from torch.utils._pytree import tree_map
+from torch.utils.checkpoint import checkpoint
 
 import memwall_plugin as memwall
+from memwall_plugin.report import module_tree
 
 WAIT_S = 60  # a bound on waits between threads, so a broken test fails instead of hanging
 
@@ -416,3 +418,78 @@ def test_integer_ops_report_their_dtype():
     assert (row.dtype, row.flops, row.bytes_read) == ("int64", 2 * 3 * 4 * 5, (12 + 20) * 8)
     row = one_row(rep, "aten.add")
     assert (row.dtype, row.flops, row.bytes_read, row.bytes_written) == ("int32", 12, 24 * 4, 12 * 4)
+
+
+# --- activation checkpointing -------------------------------------------------------------------
+
+
+class Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.act = torch.nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.lin(x))
+
+
+class CheckpointedNet(torch.nn.Module):
+    def __init__(self, use_reentrant: bool | None) -> None:
+        super().__init__()
+        self.block = Block()
+        self.head = torch.nn.Linear(4, 1)
+        self.use_reentrant = use_reentrant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_reentrant is None:
+            h = self.block(x)
+        else:
+            h = checkpoint(self.block, x, use_reentrant=self.use_reentrant)
+        return self.head(h)
+
+
+def _train_step(net: CheckpointedNet, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    loss = net(x).sum()
+    loss.backward()
+    grads = [p.grad for p in net.parameters()]
+    assert x.grad is not None and all(g is not None for g in grads)
+    return (loss, x.grad, *grads)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True], ids=["non_reentrant", "reentrant"])
+def test_checkpointed_forward_is_recomputed_in_backward_and_labelled(use_reentrant):
+    net = CheckpointedNet(use_reentrant)
+    bare = CheckpointedNet(use_reentrant)
+    bare.load_state_dict(net.state_dict())
+    x = torch.randn(2, 4, requires_grad=True)
+    x_bare = x.detach().clone().requires_grad_(True)
+
+    out, rep = _profile(lambda: _train_step(net, x), model=net)
+
+    for a, b in zip(out, _train_step(bare, x_bare), strict=True):
+        assert torch.equal(a, b)
+    # forward: block.lin addmm 2*2*4*4 + 8, tanh 8, head addmm 2*2*4*1 + 2, the loss's sum 2
+    assert _flops(rep, "forward") == 72 + 8 + 18 + 2
+    # the block's forward again, inside backward, under its own module paths
+    recompute = {(r.op, r.module): r.flops for r in rep.filter(phase="recompute")
+                 if r.flops}
+    assert recompute == {("aten.addmm", "block.lin"): 72, ("aten.tanh", "block.act"): 8}
+    # backward proper: head mm 16 + 16, bias sum 2; tanh_backward 3 per element 24;
+    # block.lin mm 64 + 64, bias sum 8
+    assert _flops(rep, "backward") == 16 + 16 + 2 + 24 + 64 + 64 + 8
+    # the module tree puts recomputation on the backward side, where its time is spent
+    _, forward_time, backward_time = module_tree(rep)
+
+    def time_under(path: str, phases: set[str]) -> float:
+        return sum(r.time_s for r in rep.rows if r.phase in phases and (r.module + ".").startswith(path + "."))
+
+    assert time_under("block", {"recompute"}) > 0
+    assert backward_time["block"] == pytest.approx(time_under("block", {"backward", "recompute"}))
+    assert forward_time["block"] == pytest.approx(time_under("block", {"forward"}))
+    assert "recompute" in memwall.render_text(rep, width=120)
+
+
+def test_without_checkpointing_nothing_is_labelled_recompute():
+    net = CheckpointedNet(use_reentrant=None)
+    _, rep = _profile(lambda: _train_step(net, torch.randn(2, 4, requires_grad=True)), model=net)
+    assert not rep.filter(phase="recompute") and _flops(rep, "backward") == 194
