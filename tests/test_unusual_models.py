@@ -4,6 +4,7 @@ stay bit-identical to the same run without memwall."""
 from __future__ import annotations
 
 import socket
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -493,3 +494,91 @@ def test_without_checkpointing_nothing_is_labelled_recompute():
     net = CheckpointedNet(use_reentrant=None)
     _, rep = _profile(lambda: _train_step(net, torch.randn(2, 4, requires_grad=True)), model=net)
     assert not rep.filter(phase="recompute") and _flops(rep, "backward") == 194
+
+
+# --- threads --------------------------------------------------------------------------------------
+
+
+class Waiting(torch.nn.Module):
+    """Runs its forward up to a point, then waits there for the main thread."""
+
+    def __init__(self, inside: threading.Event, release: threading.Event) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.inside, self.release = inside, release
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        self.inside.set()
+        assert self.release.wait(WAIT_S)
+        return torch.special.erfinv(torch.tanh(y) * 0.5)
+
+
+def _in_thread(fn: Callable[[], Any], results: dict[str, Any]) -> threading.Thread:
+    def target() -> None:
+        results["out"] = fn()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread
+
+
+def test_another_threads_module_neither_recorded_nor_mixed_into_module_paths():
+    inside, release = threading.Event(), threading.Event()
+    other = Waiting(inside, release)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    x, x_other = torch.randn(2, 4), torch.randn(2, 4)
+    results: dict[str, Any] = {}
+
+    def run() -> torch.Tensor:
+        thread = _in_thread(lambda: other(x_other), results)
+        try:
+            assert inside.wait(WAIT_S)  # the other thread is inside its module's forward now
+            return model(x)
+        finally:
+            release.set()
+            thread.join(WAIT_S)
+
+    out, rep = _profile(run)  # no model=: every module that runs on this thread is tracked
+    assert torch.equal(out, model(x))
+    with torch.no_grad():
+        assert torch.equal(results["out"], other(x_other))
+    # dispatch modes are per thread: the other thread's ops are not recorded at all
+    assert not rows_of(rep, "aten.erfinv") and not rows_of(rep, "aten.tanh")
+    assert {(r.op, r.module) for r in rep.rows if r.flops} == {("aten.addmm", "0"), ("aten.relu", "1")}
+
+
+class WaitingSGD(torch.optim.SGD):
+    """An optimizer whose step waits inside, between torch's step pre- and post-hooks."""
+
+    inside: threading.Event
+    release: threading.Event
+
+    def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+        self.inside.set()
+        assert self.release.wait(WAIT_S)
+        return super().step(closure)
+
+
+def test_another_threads_optimizer_step_neither_labels_ops_nor_marks_steps():
+    param = torch.nn.Parameter(torch.ones(3))
+    param.grad = torch.ones(3)
+    opt = WaitingSGD([param], lr=0.5)
+    opt.inside, opt.release = threading.Event(), threading.Event()
+    model = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+
+    with memwall.profile(summary=False, step_on_optimizer=True) as prof:
+        thread = _in_thread(opt.step, {})
+        try:
+            assert opt.inside.wait(WAIT_S)  # the other thread is inside optimizer.step()
+            out = model(x)
+        finally:
+            opt.release.set()
+            thread.join(WAIT_S)
+        step = prof.step_num
+    rep = prof.report()
+    assert step == 0  # the other thread's step did not end this thread's step
+    assert torch.equal(out, model(x)) and torch.equal(param.detach(), torch.full((3,), 0.5))
+    assert not rep.filter(phase="optimizer")
+    assert one_row(rep, "aten.addmm").phase == "forward"
