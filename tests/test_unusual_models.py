@@ -3,6 +3,7 @@ stay bit-identical to the same run without memwall."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import warnings
@@ -582,3 +583,38 @@ def test_another_threads_optimizer_step_neither_labels_ops_nor_marks_steps():
     assert torch.equal(out, model(x)) and torch.equal(param.detach(), torch.full((3,), 0.5))
     assert not rep.filter(phase="optimizer")
     assert one_row(rep, "aten.addmm").phase == "forward"
+
+
+# --- DataLoader worker processes ----------------------------------------------------------------
+
+
+class Erfinv(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Each item made with an op that appears nowhere else in the test: erfinv."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(index)
+        return torch.special.erfinv(torch.tanh(torch.randn(3, generator=gen)) * 0.5)
+
+
+def _epoch(profiled: bool) -> tuple[list[torch.Tensor], memwall.Report | None]:
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 2)
+    loader = torch.utils.data.DataLoader(Erfinv(), batch_size=4, num_workers=2)
+    context = memwall.profile(model=lin, summary=False) if profiled else contextlib.nullcontext()
+    with context as prof:
+        outs = [lin(batch) for batch in loader]
+    return outs, prof.report() if profiled else None
+
+
+def test_dataloader_workers_ops_stay_in_their_processes():
+    outs, rep = _epoch(profiled=True)
+    bare, _ = _epoch(profiled=False)
+    assert len(outs) == 2 and all(torch.equal(a, b) for a, b in zip(outs, bare, strict=True))
+    assert rep is not None
+    # the dataset's ops and the collation (stack) ran in the workers, not here
+    assert not rows_of(rep, "aten.erfinv") and not rows_of(rep, "aten.tanh") and not rows_of(rep, "aten.stack")
+    addmm = one_row(rep, "aten.addmm")
+    assert (addmm.phase, addmm.calls, addmm.flops) == ("forward", 2, 2 * (2 * 4 * 3 * 2 + 4 * 2))
