@@ -20,6 +20,9 @@ def in_backward() -> bool:
     return int(torch._C._current_graph_task_id()) != -1
 #: The sequence number the next autograd Node created on this thread will get.
 peek_sequence_nr = torch._C._autograd._get_sequence_nr
+#: Forward-mode AD on this thread: off inside an autograd.Function's forward and in inference
+#: mode, on under torch.no_grad.
+fwd_grad_enabled = torch._C._is_fwd_grad_enabled
 
 #: AccumulateGrad nodes carry the largest uint64 as their sequence number.
 ACCUMULATE_GRAD_SEQUENCE_NR = 2**64 - 1
@@ -117,15 +120,48 @@ def default_store() -> Any:
         return None
 
 
+def has_composite_kernel(func: Any) -> bool:
+    """Whether an aten overload is CompositeImplicitAutograd (linear, matmul, conv2d): a
+    decomposition into other ops, normally applied above autograd, which inference mode and
+    tensor subclasses skip, so the whole op reaches a dispatch mode."""
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(
+            func.name(), torch._C.DispatchKey.CompositeImplicitAutograd))
+    except RuntimeError:  # ops the C++ dispatcher does not know (prim.device, a FakeTensor query)
+        return False
+
+
+def fake_mode_active() -> bool:
+    """A FakeTensorMode is active on this thread (it runs below user modes like memwall's)."""
+    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
+
+
+_fake_tensor_type: type | None = None
+
+
+def is_fake_tensor_type(cls: type) -> bool:
+    """FakeTensor (FakeTensorMode's tensors, DTensor's sharding propagation): metadata only."""
+    global _fake_tensor_type
+    if _fake_tensor_type is None:
+        from torch._subclasses.fake_tensor import FakeTensor
+
+        _fake_tensor_type = FakeTensor
+    return issubclass(cls, _fake_tensor_type)
+
+
 __all__ = [
     "ACCUMULATE_GRAD_SEQUENCE_NR",
     "TorchDispatchMode",
     "current_autograd_node",
     "default_store",
     "dispatch_mode_stack",
+    "fake_mode_active",
     "forward_kwargs",
     "in_backward",
     "group_size_by_name",
+    "fwd_grad_enabled",
+    "has_composite_kernel",
+    "is_fake_tensor_type",
     "node_sequence_nr",
     "node_variable",
     "peek_sequence_nr",

@@ -22,11 +22,16 @@ from memwall_plugin.hooks._torch_private import (
     TorchDispatchMode,
     current_autograd_node,
     dispatch_mode_stack,
+    fake_mode_active,
+    fwd_grad_enabled,
+    has_composite_kernel,
+    is_fake_tensor_type,
     warm_up_dispatch,
 )
+from memwall_plugin.hooks.compiled import EagerCompile
 from memwall_plugin.hooks.modules import ModuleTracker
 
-from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OpCall, TensorMeta
+from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, RECOMPUTE, OpCall, TensorMeta
 
 _Tensor = torch.Tensor
 _perf_counter_ns = time.perf_counter_ns
@@ -302,6 +307,10 @@ def _opaque(value: Any) -> tuple[str, str]:
 def signature(value: Any) -> Any:
     """The hashable signature of an argument or result: (shape, stride, dtype) per tensor."""
     if isinstance(value, _Tensor):
+        if value.is_nested:
+            # a (strided) nested tensor has no single shape and raises on .shape: count its
+            # packed elements as one flat tensor
+            return (torch.Size([value.numel()]), (1,), value.dtype)
         try:
             return (value.shape, value.stride(), value.dtype)
         except (RuntimeError, NotImplementedError):  # layouts without strides
@@ -344,6 +353,30 @@ def _builds_graph(args: tuple[Any, ...]) -> bool:
     return False
 
 
+def _in_function_forward() -> bool:
+    """Inside a custom autograd.Function's forward: torch runs it with grad mode and forward-mode
+    AD both off, which torch.no_grad alone does not do; inference mode does, and says so."""
+    return not torch.is_grad_enabled() and not fwd_grad_enabled() and not torch.is_inference_mode_enabled()
+
+
+_FACTS: dict[Any, tuple[bool, bool]] = {}  # overload -> (composite, factory), read once
+
+
+def _facts(func: Any) -> tuple[bool, bool]:
+    """Whether an overload has a CompositeImplicitAutograd decomposition, and whether it takes
+    no tensor at all (a factory: torch.randn, empty_strided)."""
+    facts = _FACTS.get(func)
+    if facts is None:
+        schema = getattr(func, "_schema", None)
+        factory = schema is not None and not any("Tensor" in str(a.type) for a in schema.arguments)
+        facts = _FACTS[func] = (has_composite_kernel(func), factory)
+    return facts
+
+
+def _any_nested(args: tuple[Any, ...]) -> bool:
+    return any(isinstance(a, _Tensor) and a.is_nested for a in args)
+
+
 class _CaptureMode(TorchDispatchMode):
     def __init__(self, capture: Capture, cuda: bool) -> None:
         super().__init__()
@@ -355,6 +388,28 @@ class _CaptureMode(TorchDispatchMode):
         capture = self._capture
         if capture.failed is not None:  # memwall broke earlier in this run: stay out of the way
             return func(*args, **kwargs)
+        if types:
+            if any(is_fake_tensor_type(t) for t in types):
+                # fake tensors only carry metadata (FakeTensorMode, DTensor's sharding
+                # propagation): no work, nothing recorded
+                return func(*args, **kwargs)
+            if any(t is not _Tensor for t in types):  # torch lists plain Tensor here at times
+                # DTensor, nested jagged tensors, wrapper subclasses: the subclass runs its own
+                # dispatch after this NotImplemented, with this mode active, so the ops it runs on
+                # its inner tensors are counted at the shapes that really run (a DTensor's local
+                # shard, a jagged tensor's packed values)
+                return NotImplemented
+        facts = _FACTS.get(func)  # read inline: this runs for every op
+        composite, factory = facts if facts is not None else _facts(func)
+        if factory and fake_mode_active():  # torch.randn under FakeTensorMode makes a fake tensor
+            return func(*args, **kwargs)
+        if composite and not _any_nested(args):  # nested tensors have kernels of their own
+            # a composite op reached the mode whole (inference mode; inside a subclass): run its
+            # decomposition under the mode, so its ops are counted as they are with grad enabled
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         if self._cuda and _first_tensor_is_cuda(args):
             return self._dispatch_cuda(func, args, kwargs)
         start = _perf_counter_ns()
@@ -407,6 +462,7 @@ class Capture:
         self._mode: _CaptureMode | None = None
         #: builds the mode start() installs; hooks/collectives.py swaps in one that also sees collectives
         self.make_mode: Callable[[Capture, bool], _CaptureMode] = _CaptureMode
+        self._eager_compile = EagerCompile()  # torch.compile'd code runs eagerly while recording
         self.pending_events: list[tuple[CaptureEntry, Any, Any]] = []
         #: why recording stopped for good (an internal error), or None while healthy
         self.failed: str | None = None
@@ -456,6 +512,7 @@ class Capture:
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         self._mode = self.make_mode(self, cuda)
         self._mode.__enter__()
+        self._eager_compile.enter()
 
     def stop(self) -> None:
         """Stop recording; the table is kept. Safe to call when not started."""
@@ -470,6 +527,7 @@ class Capture:
                     )
                 mode.__exit__(None, None, None)
         finally:
+            self._eager_compile.exit()
             self.tracker.remove()
             if Capture._active is self:
                 Capture._active = None
@@ -499,16 +557,19 @@ class Capture:
         tracker = self.tracker
         node = current_autograd_node()
         if node is not None:
-            phase = BACKWARD
-            # a forward re-run inside backward (activation checkpointing) keeps its module
-            module = tracker.stack[-1] if tracker.stack else tracker.path_for_node(node)
+            if tracker.stack:
+                # a module's forward re-run inside backward: activation checkpointing recomputing it
+                phase, module = RECOMPUTE, tracker.stack[-1]
+            else:
+                phase, module = BACKWARD, tracker.path_for_node(node)
         elif tracker.in_optimizer:
             phase, module = OPTIMIZER, ""
         elif tracker.stack:
             phase = tracker.user_label or tracker.generation_label or FORWARD
             module = tracker.stack[-1]
-        elif _builds_graph(args):
-            # outside any module but on the autograd graph: a loss, a functional model
+        elif _builds_graph(args) or _in_function_forward():
+            # outside any module but on the autograd graph: a loss, a functional model, the
+            # forward of a custom autograd.Function (which torch runs with grad mode off)
             phase, module = tracker.user_label or FORWARD, ""
         else:
             phase, module = tracker.user_label or OTHER, ""

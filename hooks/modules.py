@@ -10,6 +10,7 @@ accumulation into a parameter (AccumulateGrad) goes to the module that owns the 
 from __future__ import annotations
 
 import bisect
+import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from memwall_plugin.hooks._torch_private import (
     ACCUMULATE_GRAD_SEQUENCE_NR,
+    current_autograd_node,
     forward_kwargs,
     node_sequence_nr,
     node_variable,
@@ -25,6 +27,8 @@ from memwall_plugin.hooks._torch_private import (
 from torch.nn.modules import module as nn_module
 from torch.optim import optimizer as optim_module
 from torch.utils.hooks import RemovableHandle
+
+_thread_id = threading.get_ident
 
 
 class ModuleTracker:
@@ -61,6 +65,7 @@ class ModuleTracker:
         # (hooks cannot be removed while torch iterates over them)
         self.disabled = False
         self.on_error: Callable[[BaseException, Any], None] | None = None
+        self._thread = _thread_id()  # the thread whose ops are recorded (dispatch modes are per thread)
 
     # -- names -------------------------------------------------------------------------------
     def _add_root(self, root: torch.nn.Module) -> None:
@@ -85,6 +90,7 @@ class ModuleTracker:
     def open(self) -> None:
         """Optimizer hooks, for the whole profile: they fire once per optimizer step, and a step
         boundary marked from one must not remove hooks torch is iterating over."""
+        self._thread = _thread_id()
         if not self._optimizer_handles:
             self._optimizer_handles = [
                 optim_module.register_optimizer_step_pre_hook(self._guarded(self._pre_step)),
@@ -102,6 +108,7 @@ class ModuleTracker:
         """Module hooks, for recorded steps only."""
         if self._handles:
             return
+        self._thread = _thread_id()
         self._handles = [
             nn_module.register_module_forward_pre_hook(self._guarded(self._pre_forward)),
             nn_module.register_module_forward_hook(self._guarded(self._post_forward), always_call=True),
@@ -133,7 +140,15 @@ class ModuleTracker:
     def installed(self) -> bool:
         return bool(self._handles)
 
+    def _other_thread(self) -> bool:
+        """A hook fired on a thread that is not recording: module hooks are global, but the
+        stack and the forward timeline are this thread's. Autograd's worker threads (CUDA
+        backward, and the forwards checkpointing recomputes in it) run inside a Node: ours."""
+        return _thread_id() != self._thread and current_autograd_node() is None
+
     def _pre_forward(self, module: torch.nn.Module, args: Any) -> None:
+        if self._other_thread():
+            return
         name = self._name_of(module)
         if name is None:  # not part of the tracked model: stay with the enclosing path
             name = self.stack[-1] if self.stack else ""
@@ -146,6 +161,8 @@ class ModuleTracker:
         self._mark(name)
 
     def _post_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self._other_thread():
+            return
         if self.stack:
             self.stack.pop()
         if len(self.stack) == self._label_depth:
@@ -153,9 +170,13 @@ class ModuleTracker:
         self._mark(self.stack[-1] if self.stack else "")
 
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if _thread_id() != self._thread:  # another thread's optimizer: neither phase nor step
+            return
         self.in_optimizer += 1
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if _thread_id() != self._thread:
+            return
         self.in_optimizer = max(0, self.in_optimizer - 1)
         if self.on_optimizer_step is not None:
             self.on_optimizer_step(optimizer)

@@ -26,7 +26,7 @@ from memwall_plugin.roofline import COMPUTE, MEMORY
 GROUP_BY = ("op", "module", "phase")
 WIDE = 120  # from this many columns the tables show every column
 NARROW = 100  # below this many they drop calls and bytes and shorten phase names
-_SHORT_PHASE = {"forward": "fwd", "backward": "bwd", "optimizer": "opt"}
+_SHORT_PHASE = {"forward": "fwd", "backward": "bwd", "recompute": "rcmp", "optimizer": "opt"}
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,10 @@
 Conventions (also in the README):
 
 * A multiply-add is 2 FLOPs (datasheets, torch's FlopCounterMode and the paper count so).
+* Complex matmuls and convolutions count real arithmetic, as the real roof of their component
+  width bounds them: a complex multiply-add is 4 real multiplies and 4 real adds, 8 FLOPs
+  (FlopCounterMode counts 2). Elementwise ops and reductions on complex tensors count per
+  complex element like real ones: a lower bound (a complex add is 2 real FLOPs, a multiply 6).
 * Elementwise ops cost a fixed number of FLOPs per element they produce (`ELEMENTWISE`): every
   elementary arithmetic step, compare or transcendental function counts 1, so
   `addcmul = value * t1 * t2 + self` is 3 and `sigmoid = 1 / (1 + exp(-x))` is 4.
@@ -48,6 +52,24 @@ def _numel(t: TensorMeta | None) -> int:
     return 0 if t is None else t.numel
 
 
+#: (a + bi)(c + di) + (e + fi): 4 real multiplies and 4 real adds, 4x a real multiply-add
+COMPLEX_MULTIPLY_ADD = 4
+#: (a + bi) + (c + di): 2 real adds
+COMPLEX_ADD = 2
+
+
+def _is_complex(call: OpCall) -> bool:
+    first = call.first_tensor
+    return first is not None and first.dtype.startswith("complex")
+
+
+def _real(call: OpCall, multiply_adds: int, adds: int = 0) -> int:
+    """Real FLOPs of `multiply_adds` (already x2) and `adds` in the call's element type."""
+    if _is_complex(call):
+        return COMPLEX_MULTIPLY_ADD * multiply_adds + COMPLEX_ADD * adds
+    return multiply_adds + adds
+
+
 # --- matmul family --------------------------------------------------------------------------
 
 
@@ -68,7 +90,7 @@ def bmm_flops(a: tuple[int, ...], b: tuple[int, ...]) -> int:
 
 @flops("aten.mm", "aten._int_mm", "aten._scaled_mm")
 def _mm(call: OpCall) -> int:
-    return mm_flops(call.arg(0).shape, call.arg(1).shape)
+    return _real(call, mm_flops(call.arg(0).shape, call.arg(1).shape))
 
 
 @flops("aten.addmm")
@@ -76,7 +98,7 @@ def _addmm(call: OpCall) -> int:
     # bias + mat1 @ mat2: the matmul plus one add per output element
     m, _ = call["mat1"].shape
     _, n = call["mat2"].shape
-    return mm_flops(call["mat1"].shape, call["mat2"].shape) + m * n
+    return _real(call, mm_flops(call["mat1"].shape, call["mat2"].shape), m * n)
 
 
 @flops("aten._addmm_activation")
@@ -89,32 +111,32 @@ def _addmm_activation(call: OpCall) -> int:
 
 @flops("aten.bmm")
 def _bmm(call: OpCall) -> int:
-    return bmm_flops(call.arg(0).shape, call.arg(1).shape)
+    return _real(call, bmm_flops(call.arg(0).shape, call.arg(1).shape))
 
 
 @flops("aten.baddbmm")
 def _baddbmm(call: OpCall) -> int:
     b, m, _ = call["batch1"].shape
     n = call["batch2"].shape[2]
-    return bmm_flops(call["batch1"].shape, call["batch2"].shape) + b * m * n
+    return _real(call, bmm_flops(call["batch1"].shape, call["batch2"].shape), b * m * n)
 
 
 @flops("aten.mv")
 def _mv(call: OpCall) -> int:
     # [m, n] @ [n] -> [m]
     m, n = call.arg(0).shape
-    return 2 * m * n
+    return _real(call, 2 * m * n)
 
 
 @flops("aten.addmv")
 def _addmv(call: OpCall) -> int:
     m, n = call["mat"].shape
-    return 2 * m * n + m
+    return _real(call, 2 * m * n, m)
 
 
 @flops("aten.dot", "aten.vdot")
 def _dot(call: OpCall) -> int:
-    return 2 * call.arg(0).numel
+    return _real(call, 2 * call.arg(0).numel)
 
 
 # --- convolution ----------------------------------------------------------------------------
@@ -137,9 +159,7 @@ def _convolution(call: OpCall) -> int:
     x, w, out = call["input"], call["weight"], call.outputs[0]
     assert out is not None
     total = conv_flops(x.shape, w.shape, out.shape, bool(call["transposed"]))
-    if call.get("bias") is not None:
-        total += out.numel
-    return total
+    return _real(call, total, out.numel if call.get("bias") is not None else 0)
 
 
 @flops("aten.convolution_backward")
@@ -148,7 +168,7 @@ def _convolution_backward(call: OpCall) -> int:
     mask = call["output_mask"]
     fwd = conv_flops(x.shape, w.shape, grad_out.shape, bool(call["transposed"]))
     # grad_input and grad_weight are each a convolution as large as the forward one
-    return (fwd if mask[0] else 0) + (fwd if mask[1] else 0) + (grad_out.numel if mask[2] else 0)
+    return _real(call, (fwd if mask[0] else 0) + (fwd if mask[1] else 0), grad_out.numel if mask[2] else 0)
 
 
 # --- attention ------------------------------------------------------------------------------

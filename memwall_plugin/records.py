@@ -12,12 +12,14 @@ from typing import Any
 
 FORWARD = "forward"
 BACKWARD = "backward"
+#: A module's forward run again inside backward (activation checkpointing): backward-pass work
+RECOMPUTE = "recompute"
 OPTIMIZER = "optimizer"
 PREFILL = "prefill"  # a generation call that fills the KV cache with the prompt
 DECODE = "decode"  # generation calls that add one token (or a few) to the cache
 OTHER = "other"
 #: Built-in phases, in display order; prof.phase("...") may add labels of its own.
-PHASES = (FORWARD, BACKWARD, OPTIMIZER, PREFILL, DECODE, OTHER)
+PHASES = (FORWARD, BACKWARD, RECOMPUTE, OPTIMIZER, PREFILL, DECODE, OTHER)
 
 
 def ordered_phases(names: Iterable[str]) -> list[str]:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from memwall_plugin import roofline
 from memwall_plugin.comm import Communication, merge_communication, relink
 from memwall_plugin.devices import DeviceSpec, lookup_device
-from memwall_plugin.records import PHASES
+from memwall_plugin.records import BACKWARD, PHASES, RECOMPUTE
 from memwall_plugin.validation import (
     TOP_LEVEL_KEYS,
     FieldError,
@@ -101,7 +101,7 @@ class Row(RooflinePoint):
     op: str  # "aten.addmm"
     overload: str  # "default"
     module: str  # "transformer.h.3.attn.c_attn"; "" = top level, outside any submodule
-    phase: str  # forward | backward | optimizer | other
+    phase: str  # forward | backward | recompute | optimizer | prefill | decode | other, or a label
     calls: int
     dtype: str  # the op's compute dtype: its first floating input, else its first tensor
     shapes: str  # input shapes, for display
@@ -520,12 +520,12 @@ def merge_reports(reports: Iterable[Report]) -> Report:
 
 def module_tree(report: Report) -> tuple[dict[str, Group], dict[str, float], dict[str, float]]:
     """Every module path and its ancestors rolled up, with the forward-side (everything but
-    backward) and backward time under each path."""
+    backward) and backward time under each path; recomputation runs in backward."""
     groups = {g.key: g for g in report.group_by("module_tree")}
     forward: dict[str, float] = {}
     backward: dict[str, float] = {}
     for r in report.rows:
-        side = backward if r.phase == "backward" else forward
+        side = backward if r.phase in (BACKWARD, RECOMPUTE) else forward
         parts = r.module.split(".") if r.module else []
         for key in [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]:
             side[key] = side.get(key, 0.0) + r.time_s
