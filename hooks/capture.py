@@ -84,6 +84,16 @@ class CaptureEntry:
             self.bucket.merge(other.bucket)
 
 
+def merge_into(into: dict[Any, Any], table: dict[Any, Any]) -> None:
+    """Add `table`'s entries (anything with `.merge`) into `into`, key by key."""
+    for key, entry in table.items():
+        mine = into.get(key)
+        if mine is None:
+            into[key] = entry
+        else:
+            mine.merge(entry)
+
+
 class Bucket:
     """Calls of one op whose shapes fell into the same power-of-two bucket once the run had
     more distinct signatures than its cap. Each call is counted exactly when it is folded in;
@@ -645,4 +655,5 @@ class Capture:
         return self._analyse(entry)
 
 
-__all__ = ["Bucket", "Capture", "CaptureEntry", "ProfilerConflictError", "build_call", "meta_of_key", "signature"]
+__all__ = ["Bucket", "Capture", "CaptureEntry", "ProfilerConflictError", "build_call", "merge_into", "meta_of_key",
+           "signature"]

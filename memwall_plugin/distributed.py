@@ -31,6 +31,7 @@ from memwall_plugin.comm import (
 )
 from memwall_plugin.devices import DeviceSpec
 from memwall_plugin.hooks._torch_private import default_store
+from memwall_plugin.hooks.capture import merge_into
 from memwall_plugin.hooks.collectives import (
     CollectiveEntry,
     CollectiveRecorder,
@@ -147,15 +148,6 @@ def collective_rows(entries: Iterable[CollectiveEntry], link: Link) -> tuple[Col
     return sort_rows(rows)
 
 
-def _merge_entries(into: dict[Any, CollectiveEntry], table: dict[Any, CollectiveEntry]) -> None:
-    for key, entry in table.items():
-        mine = into.get(key)
-        if mine is None:
-            into[key] = entry
-        else:
-            mine.merge(entry)
-
-
 def _copy(table: dict[Any, CollectiveEntry]) -> dict[Any, CollectiveEntry]:
     out = {}
     for key, entry in table.items():
@@ -173,7 +165,7 @@ class _Part:
         self.timing = StepTiming()
 
     def add(self, entries: dict[Any, CollectiveEntry], timing: StepTiming) -> None:
-        _merge_entries(self.entries, entries)
+        merge_into(self.entries, entries)
         self.timing.add(timing)
 
     def plus(self, other: _Part) -> _Part:

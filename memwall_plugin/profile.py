@@ -19,7 +19,7 @@ from memwall_plugin.analysis import analysis_cache, rows_from_entries
 from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.distributed import DistributedSession, publish, wait_for_ranks
 from memwall_plugin.formulas import REGISTRY
-from memwall_plugin.hooks.capture import Capture, CaptureEntry, ProfilerConflictError
+from memwall_plugin.hooks.capture import Capture, CaptureEntry, ProfilerConflictError, merge_into
 from memwall_plugin.output import OutputGuard
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report, ceilings_of
@@ -65,12 +65,7 @@ def _merge(into: dict[Any, CaptureEntry], table: dict[Any, CaptureEntry]) -> dic
     empty: the common single-window run copies nothing)."""
     if not into:
         return table
-    for key, entry in table.items():
-        mine = into.get(key)
-        if mine is None:
-            into[key] = entry
-        else:
-            mine.merge(entry)
+    merge_into(into, table)
     return into
 
 
