@@ -112,8 +112,12 @@ class _Flight:
 
 
 #: At a step's end, how long to let completion callbacks of finished collectives run (they wait
-#: for the GIL the training thread holds; DDP may go on before they have run).
-SETTLE_S = 0.05
+#: for the GIL the training thread holds; DDP may go on before they have run). The wait ends as
+#: soon as every finished collective is stamped, so the bound only matters on a loaded machine,
+#: where 50 ms proved too short (a reduce-scatter's watcher thread stamped after the step ended).
+SETTLE_S = 0.5
+#: At the run's end, how long to wait for collectives still in flight (a dead peer never ends them).
+DRAIN_S = 2.0
 
 
 class StepTiming:
@@ -279,9 +283,12 @@ class CollectiveRecorder:
             self._finish(flight, end, True)
         return out
 
-    def take(self) -> tuple[dict[Any, CollectiveEntry], StepTiming]:
+    def take(self, drain: bool = False) -> tuple[dict[Any, CollectiveEntry], StepTiming]:
         """Hand over the step's collectives (calls completed since the last take add their time
-        here) and its timing; start a new table."""
+        here) and its timing; start a new table. `drain` (the run's last take): first wait, up
+        to DRAIN_S, for collectives still in flight, since no later take would time them."""
+        if drain:
+            self._drain()
         self._settle()
         table, self.table = self.table, {}
         flights = []
@@ -311,6 +318,15 @@ class CollectiveRecorder:
             if not any(_finished(w) for w in works):
                 return
             time.sleep(0.0002)  # releases the GIL
+
+    def _drain(self) -> None:
+        deadline = _perf_counter_ns() + int(DRAIN_S * 1e9)
+        while _perf_counter_ns() < deadline:
+            with self._lock:
+                waiting = any(f.work is not None for f in self._pending.values())
+            if not waiting:
+                return
+            time.sleep(0.001)  # releases the GIL for the backend's callbacks and the watcher
 
     def _drop_stale_functional(self) -> None:
         # a functional result never waited on must not keep `in_flight` up for ever
@@ -343,14 +359,16 @@ class CollectiveRecorder:
             self._finish(flight, _perf_counter_ns(), ok)
 
     def _finish(self, flight: _Flight, end_ns: int, ok: bool) -> None:
+        # order matters: _settle() waits while a pending flight's work is finished, so the flight
+        # must be in _done before it leaves _pending (and keeps its work until then)
         try:
             flight.end_ns, flight.busy_end_ns, flight.ok = end_ns, self.busy_ns, ok
-            flight.work = None
             self._done.append(flight)
         finally:
             with self._lock:
                 self.in_flight -= 1
                 self._pending.pop(id(flight), None)
+            flight.work = None
 
 
 def _finished(waitable: Any) -> bool:

@@ -261,8 +261,9 @@ class DistributedSession:
         if self.info is None:
             self.info = rank_info()
 
-    def end_step(self, capture: Capture, table: dict[Any, CaptureEntry], kept: bool) -> None:
-        """After the capture's take(): the step's collectives go where its ops go."""
+    def end_step(self, capture: Capture, table: dict[Any, CaptureEntry], kept: bool, final: bool = False) -> None:
+        """After the capture's take(): the step's collectives go where its ops go. At the last
+        step, collectives still in flight are waited for (briefly) so their time is not lost."""
         self._observe()
         if self.recorder is None:
             if not _initialized():
@@ -270,7 +271,7 @@ class DistributedSession:
             self._enable(capture)  # the process group was created inside this step
             assert self.recorder is not None
             absorb_collectives(table, self.recorder)
-        entries, timing = self.recorder.take()
+        entries, timing = self.recorder.take(drain=final)
         if kept:
             self._window.add(entries, timing)
 

@@ -351,7 +351,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             self._incomplete = True
         table = self._capture.take()
         self._capture.end_step()
-        self._dist.end_step(self._capture, table, self._action.kept)
+        self._dist.end_step(self._capture, table, self._action.kept, final)
         if self._action.kept and table:
             if self._scalars is not None and self._output.enabled and self._dist.rank_and_world()[0] == 0:
                 scalars, step = self._scalars, self._step_num
