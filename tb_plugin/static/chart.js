@@ -8,13 +8,15 @@ const WIDTH = 760;
 const HEIGHT = 440;
 const MARGIN = {left: 72, right: 150, top: 16, bottom: 48};
 
-function svg(tag, attrs) {
+/** An SVG element with `attrs` (also used by comm.js). */
+export function svg(tag, attrs) {
   const node = document.createElementNS(SVG, tag);
   for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
   return node;
 }
 
-function decades(lo, hi) {
+/** The powers of ten spanning lo..hi: a log axis's grid lines. */
+export function decades(lo, hi) {
   const out = [];
   for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) out.push(10 ** e);
   return out;

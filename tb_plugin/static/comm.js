@@ -1,29 +1,17 @@
 // The tab's distributed parts: a rank's collectives under the link's roof (achieved bus bandwidth
 // against message size, and a table), and every rank of the run side by side.
 
+import {decades, svg} from './chart.js';
 import {duration, el, pct, si} from './format.js';
 
-const SVG = 'http://www.w3.org/2000/svg';
 const WIDTH = 760;
 const HEIGHT = 300;
 const MARGIN = {left: 72, right: 24, top: 16, bottom: 44};
-
-function svg(tag, attrs) {
-  const node = document.createElementNS(SVG, tag);
-  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
-  return node;
-}
 
 function text(tag, attrs, content) {
   const node = svg(tag, attrs);
   node.textContent = content;
   return node;
-}
-
-function decades(lo, hi) {
-  const out = [];
-  for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) out.push(10 ** e);
-  return out;
 }
 
 /** Achieved bus bandwidth of each timed collective against its message size, under the link's roof. */
