@@ -1,6 +1,6 @@
 """Data-parallel training profiled on every rank: the collectives on the interconnect roof.
 
-    torchrun --nproc_per_node 2 samples/ddp_train.py                  # DDP, gloo on CPU
+    torchrun --nproc_per_node 2 samples/ddp_train.py                  # DDP: NCCL with a GPU per rank, else gloo on CPU
     torchrun --nproc_per_node 2 samples/ddp_train.py --fsdp           # FSDP2 (fully_shard)
     memwall report runs/ddp_train                                     # every rank side by side
     tensorboard --logdir runs                                         # the Memory Wall tab
@@ -43,9 +43,14 @@ def main(argv: list[str] | None = None) -> memwall.Report:
     parser.add_argument("--no-profile", action="store_true", help="no memwall.profile (for `memwall run`)")
     parser.add_argument("--die-at-step", type=int, default=-1,
                         help="rank 1 kills itself (SIGKILL) at this step: what the other ranks' reports keep")
+    parser.add_argument("--backend", choices=["auto", "nccl", "gloo"], default="auto",
+                        help="auto: NCCL when every rank on this host has a GPU of its own, else gloo on CPU")
     args = parser.parse_args(argv)
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = args.backend
+    if backend == "auto":  # NCCL refuses two ranks on one GPU
+        ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= ranks_here else "gloo"
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=60))
     rank = dist.get_rank()
     device = torch.device("cuda", rank % torch.cuda.device_count()) if backend == "nccl" else torch.device("cpu")

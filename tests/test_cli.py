@@ -140,4 +140,5 @@ def test_devices_prints_peaks_with_their_sources(tmp_path):
     result = memwall_cli("devices", cwd=tmp_path)
     assert result.returncode == 0
     assert "peak fp32" in result.stdout and "memory bandwidth" in result.stdout
-    assert "estimated" in result.stdout or "calibrated" in result.stdout
+    # a known GPU's figures come from its datasheet; a CPU's are estimated until calibrated
+    assert any(source in result.stdout for source in ("estimated", "calibrated", "datasheet"))

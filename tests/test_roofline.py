@@ -156,6 +156,7 @@ def test_gpu_detection_event_timing_and_roofline():
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     x = torch.randn(256 * 2**20, device="cuda")
     a @ a
+    x * 2  # warm: a kernel's first launch loads it, and its events would time the load
     torch.cuda.synchronize()
     with memwall.profile(summary=False) as prof:
         a @ a

@@ -18,8 +18,9 @@ def free_port() -> int:
 
 
 def torchrun(*args: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    """`torchrun --nproc_per_node 2 --master_addr 127.0.0.1 --master_port <free> ARGS`."""
+    """`torchrun --nproc_per_node 2 --master_addr 127.0.0.1 --master_port <free> ARGS`, on CPU with
+    gloo even where GPUs are present (CUDA_VISIBLE_DEVICES is emptied): the tests' figures are gloo's."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "0",
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""})
