@@ -435,17 +435,19 @@ class _CaptureMode(TorchDispatchMode):
         # device time from events, resolved at the step's end: no synchronisation per op
         capture = self._capture
         try:
-            start_event = torch.cuda.Event(enable_timing=True)
-            end_event = torch.cuda.Event(enable_timing=True)
-            start_event.record()
+            stream = torch.cuda.current_stream()
+            free = capture.free_events.get(stream.device_index)
+            start_event = free.pop() if free else torch.cuda.Event(enable_timing=True)
+            end_event = free.pop() if free else torch.cuda.Event(enable_timing=True)
+            start_event.record(stream)
         except Exception as err:
             capture.fail(err, func)
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
         try:
-            end_event.record()
+            end_event.record(stream)
             entry = capture.record(func, args, kwargs, out, 0)
-            capture.pending_events.append((entry, start_event, end_event))
+            capture.pending_events.append((entry, start_event, end_event, stream.device_index))
         except Exception as err:
             capture.fail(err, func)
         return out
@@ -473,7 +475,9 @@ class Capture:
         #: builds the mode start() installs; hooks/collectives.py swaps in one that also sees collectives
         self.make_mode: Callable[[Capture, bool], _CaptureMode] = _CaptureMode
         self._eager_compile = EagerCompile()  # torch.compile'd code runs eagerly while recording
-        self.pending_events: list[tuple[CaptureEntry, Any, Any]] = []
+        self.pending_events: list[tuple[CaptureEntry, Any, Any, int]] = []
+        #: events whose times were read, by device index: reused rather than created per op
+        self.free_events: dict[int, list[Any]] = {}
         #: why recording stopped for good (an internal error), or None while healthy
         self.failed: str | None = None
         self.tracker.on_error = self.fail
@@ -555,8 +559,12 @@ class Capture:
             return
         pending, self.pending_events = self.pending_events, []
         pending[-1][2].synchronize()
-        for entry, start_event, end_event in pending:
+        free = self.free_events
+        for entry, start_event, end_event, device in pending:
+            if not end_event.query():  # recorded on another stream that is still busy
+                end_event.synchronize()
             entry.time_ns += int(start_event.elapsed_time(end_event) * 1e6)  # ms -> ns
+            free.setdefault(device, []).extend((start_event, end_event))
 
     def end_step(self) -> None:
         self.tracker.end_step()
