@@ -1,6 +1,6 @@
 """The overhead benchmark this project quotes: memwall against a bare run and the anchor tools.
 
-    python benchmarks/overhead.py [--quick] [--json runs/bench/overhead.json]
+    python benchmarks/overhead.py [--quick] [--json runs/bench/overhead.json] [--device cuda]
 
 For each workload (GPT-2 small forward, a GPT-2 training step with AdamW, BERT-Base forward,
 GPT-2 generating 32 tokens; random weights from the configs) it times alternating A/B pairs in
@@ -14,6 +14,10 @@ one process: a bare run against each of
 and reports the median of the paired ratios, the first pair (warm-up) excluded. It also measures
 scale: building, rescoring and saving a report of 100,000 op calls, and the report size and
 memwall's memory after a 1,000-step run of a small model.
+
+With `--device cuda` the models run on the GPU and every timing waits for it (the targets were set
+for the CPU machine; on a GPU small batches are bound by launching kernels, which memwall's
+per-op Python work competes with).
 """
 
 from __future__ import annotations
@@ -41,19 +45,19 @@ TARGETS = {"gpt2-forward": 1.10, "gpt2-train": 1.10, "bert-forward": 1.10, "gpt2
 INACTIVE_TARGET = 1.01
 
 
-def workloads(quick: bool) -> dict[str, tuple[Callable[[], Any], int]]:
+def workloads(quick: bool, device: str = "cpu") -> dict[str, tuple[Callable[[], Any], int]]:
     """name -> (one step of work, pairs to time)."""
     import transformers
 
     torch.manual_seed(0)
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()
-    bert = transformers.BertModel(transformers.BertConfig()).eval()
-    train = transformers.GPT2LMHeadModel(transformers.GPT2Config())
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval().to(device)
+    bert = transformers.BertModel(transformers.BertConfig()).eval().to(device)
+    train = transformers.GPT2LMHeadModel(transformers.GPT2Config()).to(device)
     opt = torch.optim.AdamW(train.parameters(), lr=1e-4)
-    ids1 = torch.randint(0, 50257, (1, 128))
-    bert_ids = torch.randint(0, 30522, (1, 128))
-    ids4 = torch.randint(0, 50257, (4, 128))
-    prompt = torch.randint(0, 50257, (1, 16))
+    ids1 = torch.randint(0, 50257, (1, 128), device=device)
+    bert_ids = torch.randint(0, 30522, (1, 128), device=device)
+    ids4 = torch.randint(0, 50257, (4, 128), device=device)
+    prompt = torch.randint(0, 50257, (1, 16), device=device)
 
     def gpt2_forward() -> None:
         with torch.no_grad():
@@ -81,10 +85,20 @@ def workloads(quick: bool) -> dict[str, tuple[Callable[[], Any], int]]:
     }
 
 
+def _no_wait() -> None:
+    pass
+
+
+#: waits for the device before and after each timing (torch.cuda.synchronize under --device cuda)
+_wait: Callable[[], None] = _no_wait
+
+
 def timed(fn: Callable[[], Any]) -> float:
     gc.collect()
+    _wait()
     start = time.perf_counter()
     fn()
+    _wait()
     return time.perf_counter() - start
 
 
@@ -158,16 +172,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="fewer pairs (a smoke run)")
     parser.add_argument("--json", default="runs/bench/overhead.json")
     parser.add_argument("--only", nargs="*", help="workloads to run (default: all)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the models run")
     args = parser.parse_args(argv)
     console = Console(width=120)
-    results: dict[str, Any] = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "python": platform.python_version()},
-        "workloads": {},
-    }
+    global _wait
+    _wait = _no_wait
+    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+               "torch": torch.__version__, "python": platform.python_version(), "device": args.device}
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is available here")
+        _wait = torch.cuda.synchronize
+        machine["gpu"] = torch.cuda.get_device_name()
+    results: dict[str, Any] = {"machine": machine, "workloads": {}}
     with tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp)
-        for name, (work, pairs) in workloads(args.quick).items():
+        for name, (work, pairs) in workloads(args.quick, args.device).items():
             if args.only and name not in args.only:
                 continue
             console.print(f"[dim]timing {name} ({pairs} pairs per variant)...[/dim]")
@@ -180,9 +200,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         console.print("[dim]scale...[/dim]")
         results["scale"] = scale(logdir)
 
+    where = machine.get("gpu") or f"{machine['cpu']}, {machine['threads']} threads"
     table = Table(title=f"memwall overhead: median paired ratio to a bare run "
-                        f"({results['machine']['cpu']}, {results['machine']['threads']} threads, "
-                        f"torch {results['machine']['torch']})", title_justify="left")
+                        f"({where}, torch {machine['torch']})", title_justify="left")
     for column in ("workload", "bare", "memwall active", "target", "memwall inactive", "torch.profiler",
                    "FlopCounterMode"):
         table.add_column(column, justify="left" if column == "workload" else "right")

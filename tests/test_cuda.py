@@ -1,0 +1,330 @@
+"""The CUDA paths: device detection, event timing, counting on GPU kernels, bit-identical results.
+
+Every test here needs a CUDA device and skips cleanly without one (CI has none). Ground truth is
+the same hand counts the CPU tests use, the CPU run of the same model (counting depends on shapes,
+not on the device), and torch's own view of the device (its properties, cuda events)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from typing import Any
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+import memwall_plugin as memwall
+from tests.conftest import one_row, profiled
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+transformers = pytest.importorskip("transformers")
+
+MATMULS = {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm"}
+
+
+def _props() -> Any:
+    return torch.cuda.get_device_properties(torch.cuda.current_device())
+
+
+def test_detected_gpu_matches_torchs_view_of_it():
+    spec = memwall.detect_device()  # CUDA wins when present
+    props = _props()
+    assert spec.kind == "cuda"
+    assert spec.memory_bytes == props.total_memory
+    assert spec.bandwidth_bytes_per_s and spec.peak_flops_per_s("float32") and spec.peak_flops_per_s("bfloat16")
+    name = props.name
+    if "H100" in name and "HBM3" in name:  # the SXM5 part reports itself as "NVIDIA H100 80GB HBM3"
+        assert spec.key == "h100-sxm"
+        assert spec.bandwidth_bytes_per_s == 3.35e12 and spec.peak_flops_per_s("bfloat16") == 989.4e12
+    elif "H200" in name:
+        assert spec.key.startswith("h200")
+        assert spec.bandwidth_bytes_per_s == 4.8e12
+    if spec.key != "gpu-estimated":
+        model = spec.key.split("-")[0].upper()  # "h100-sxm" -> "H100"
+        assert model in name.upper(), (spec.key, name)
+
+
+def test_event_times_are_device_times_and_fit_in_the_wall_time():
+    a = torch.randn(4096, 4096, device="cuda")
+    x = torch.randn(64 * 2**20, device="cuda")
+    a @ a
+    x.mul_(1.0)  # warm: the first launch of a kernel loads it, and events would time the load
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with memwall.profile(summary=False) as prof:
+        for _ in range(3):
+            a @ a
+            x.mul_(1.0)
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    rep = prof.report()
+    mm, mul = one_row(rep, "aten.mm"), one_row(rep, "aten.mul_")
+    # the device time of the same kernels, timed bare with cuda events
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(3):
+        a @ a
+    end.record()
+    end.synchronize()
+    bare_mm_s = begin.elapsed_time(end) / 1e3
+    assert mm.calls == 3 and mul.calls == 3
+    assert 0.5 < mm.time_s / bare_mm_s < 2.0, (mm.time_s, bare_mm_s)
+    assert sum(r.time_s for r in rep.rows) <= wall
+    # 3 x 64 Mi fp32 elements read and written in place: 1.5 GiB, at HBM speed not launch speed
+    assert mul.bytes == 3 * 2 * 4 * 64 * 2**20
+    assert mul.bound == "memory" and 0.3 < mul.efficiency <= 1.2
+
+
+def test_fp32_matmul_is_placed_under_the_tf32_roof_when_torch_allows_it():
+    spec = memwall.detect_device()
+    if spec.peak_flops_per_s("tf32") is None:
+        pytest.skip("this GPU has no TF32 peak")
+    a = torch.randn(1024, 1024, device="cuda")
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for allowed, roof in ((False, "float32"), (True, "tf32")):
+            torch.backends.cuda.matmul.allow_tf32 = allowed
+            rep = profiled(lambda: a @ a)
+            assert one_row(rep, "aten.mm").peak_flops_per_s == spec.peak_flops_per_s(roof), allowed
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def _gpt2(layers: int = 2) -> Any:
+    cfg = transformers.GPT2Config(n_layer=layers, n_embd=256, n_head=4, vocab_size=1000, resid_pdrop=0.0,
+                                  embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    return cfg, transformers.GPT2LMHeadModel(cfg)
+
+
+def _by_phase(rep: memwall.Report) -> dict[str, int]:
+    totals: dict[str, int] = collections.Counter()
+    for r in rep.rows:
+        totals[r.phase] += r.flops or 0
+    return dict(totals)
+
+
+def test_counts_on_cuda_equal_counts_on_cpu_and_the_hand_count():
+    """The attention kernel differs (CPU flash vs CUDA efficient/flash) but the work is the same."""
+    cfg, model = _gpt2()
+    ids = torch.randint(0, cfg.vocab_size, (2, 64))
+    reports = {}
+    for device in ("cpu", "cuda"):
+        model.to(device)
+        x = ids.to(device)
+
+        def step(model: Any = model, x: torch.Tensor = x) -> None:
+            model(x, labels=x).loss.backward()
+            model.zero_grad()
+
+        step()
+        reports[device] = profiled(step, model=model)
+    cpu, gpu = reports["cpu"], reports["cuda"]
+    assert not gpu.uncounted, [r.name for r in gpu.uncounted]
+    assert _by_phase(gpu) == _by_phase(cpu)
+
+    def matmul_rows(rep: memwall.Report) -> dict[tuple[str, str, str, str], tuple[int, int, int, int]]:
+        return {(r.op, r.module, r.phase, r.shapes): (r.calls, r.flops or 0, r.bytes_read, r.bytes_written)
+                for r in rep.rows if r.op in MATMULS}
+
+    assert matmul_rows(gpu) == matmul_rows(cpu)
+    # hand count: the four linears of each block, forward, batch 2 x 64 tokens
+    s, d = 2 * 64, cfg.n_embd
+    per_layer = 2 * s * d * 3 * d + s * 3 * d + 2 * s * d * d + s * d + 2 * s * d * 4 * d + s * 4 * d \
+        + 2 * s * 4 * d * d + s * d
+    linears = sum(r.flops for r in gpu.rows if r.op == "aten.addmm" and r.phase == "forward"
+                  and r.module.startswith("transformer.h."))
+    assert linears == cfg.n_layer * per_layer
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16_autocast"])
+@pytest.mark.parametrize("name", ["gpt2", "bert", "resnet"])
+def test_every_op_of_a_cuda_training_step_is_counted(name, autocast):
+    """cuDNN convolutions and batch norm, fused attention kernels, fused AdamW: GPU-only ops."""
+    if name == "gpt2":
+        cfg, model = _gpt2()
+        ids = torch.randint(0, cfg.vocab_size, (2, 64), device="cuda")
+
+        def loss_of(m: Any) -> torch.Tensor:
+            return m(ids, labels=ids).loss
+    elif name == "bert":
+        bert_cfg = transformers.BertConfig(num_hidden_layers=2)
+        model = transformers.BertForSequenceClassification(bert_cfg)
+        ids = torch.randint(0, bert_cfg.vocab_size, (2, 64), device="cuda")
+        labels = torch.tensor([0, 1], device="cuda")
+
+        def loss_of(m: Any) -> torch.Tensor:
+            return m(ids, attention_mask=torch.ones_like(ids), labels=labels).loss
+    else:
+        model = transformers.ResNetForImageClassification(transformers.ResNetConfig())
+        images, labels = torch.randn(2, 3, 64, 64, device="cuda"), torch.tensor([0, 1], device="cuda")
+
+        def loss_of(m: Any) -> torch.Tensor:
+            return m(images, labels=labels).loss
+    model.to("cuda").train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_of(model)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    step()
+    rep = profiled(step, model=model)
+    assert not rep.uncounted, sorted({r.name for r in rep.uncounted})
+    assert {"forward", "backward", "optimizer"} <= {r.phase for r in rep.rows}
+    assert all(r.time_s >= 0 for r in rep.rows) and sum(r.time_s for r in rep.rows) > 0
+    if autocast:
+        assert any(r.dtype == "bfloat16" and r.op in MATMULS | {"aten.convolution"} for r in rep.rows)
+
+
+def _deterministic_steps(profile: bool, steps: int = 2) -> tuple[list[torch.Tensor], ...]:
+    cfg, _ = _gpt2()
+    cfg_drop = transformers.GPT2Config(**{**cfg.to_dict(), "resid_pdrop": 0.1, "attn_pdrop": 0.1})
+    torch.manual_seed(1)
+    model = transformers.GPT2LMHeadModel(cfg_drop).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    torch.manual_seed(2)
+    ids = torch.randint(0, cfg.vocab_size, (2, 64), device="cuda")
+    losses: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
+
+    def run() -> None:
+        for _ in range(steps):
+            loss = model(ids, labels=ids).loss  # dropout on: the CUDA RNG stream must not move
+            loss.backward()
+            grads[:] = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.detach())
+
+    if profile:
+        with memwall.profile(model=model, summary=False):
+            run()
+    else:
+        run()
+    return losses, grads, [p.detach().clone() for p in model.parameters()]
+
+
+def test_profiling_leaves_cuda_losses_gradients_and_weights_bit_identical(monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        bare, again, watched = (_deterministic_steps(p) for p in (False, False, True))
+    finally:
+        torch.use_deterministic_algorithms(was)
+    for first, second, third in zip(bare, again, watched, strict=True):
+        assert len(first) == len(third)
+        for a, b, c in zip(first, second, third, strict=True):
+            assert torch.equal(a, b), "the bare run is not deterministic on this GPU"
+            assert torch.equal(a, c)
+
+
+class _Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.act = torch.nn.Tanh()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.lin(x))
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True], ids=["non_reentrant", "reentrant"])
+def test_recompute_on_autograd_cuda_thread_keeps_its_module_paths(use_reentrant):
+    """On CUDA, backward runs on autograd's device thread; checkpointing re-runs forward there."""
+    block, head = _Block().cuda(), torch.nn.Linear(4, 1).cuda()
+    model = torch.nn.ModuleDict({"block": block, "head": head})
+    x = torch.randn(2, 4, device="cuda", requires_grad=True)
+    calls: list[tuple[bool, bool]] = []  # (on the main thread, inside backward) per block forward
+    main = threading.get_ident()
+    # a pre-hook: non-reentrant recomputation stops early, inside the block, once it has what
+    # backward needs, so the block's forward (post) hooks do not run the second time
+    block.register_forward_pre_hook(
+        lambda *_: calls.append((threading.get_ident() == main, torch._C._current_autograd_node() is not None)))
+
+    def step() -> None:
+        head(checkpoint(block, x, use_reentrant=use_reentrant)).sum().backward()
+
+    rep = profiled(step, model=model)
+    # once in forward, once recomputed inside backward on autograd's CUDA thread
+    assert calls[0] == (True, False) and len(calls) == 2 and not calls[1][0], calls
+    recompute = {(r.op, r.module): r.flops for r in rep.filter(phase="recompute") if r.flops}
+    assert recompute == {("aten.addmm", "block.lin"): 2 * 2 * 4 * 4 + 8, ("aten.tanh", "block.act"): 8}
+    backward = {r.module for r in rep.filter(phase="backward") if r.op == "aten.mm"}
+    assert {"block.lin", "head"} <= backward
+
+
+def test_generation_on_cuda_splits_prefill_and_decode_and_decode_is_memory_bound():
+    cfg, model = _gpt2()
+    model.cuda().eval()
+    prompt = torch.randint(0, cfg.vocab_size, (1, 32), device="cuda")
+    new_tokens = 8
+    with memwall.profile(model=model, summary=False) as prof:
+        model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    rep = prof.report()
+    lm_head = {r.phase: r.calls for r in rep.rows if r.module == "lm_head" and r.op == "aten.mm"}
+    assert lm_head == {"prefill": 1, "decode": new_tokens - 1}
+    phases = {g.key: g for g in rep.group_by("phase")}
+    assert phases["decode"].intensity < phases["prefill"].intensity / 5
+    decode_linears = [r for r in rep.filter(phase="decode") if r.op in MATMULS]
+    assert decode_linears and all(r.bound == "memory" for r in decode_linears)
+
+
+def test_nccl_collective_is_counted_and_sized_on_one_rank(tmp_path):
+    dist = torch.distributed
+    if not dist.is_nccl_available():
+        pytest.skip("torch was built without NCCL")
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("nccl", store=store, rank=0, world_size=1, device_id=torch.device("cuda", 0))
+    try:
+        t = torch.ones(1024, 1024, device="cuda")
+        dist.all_reduce(t)
+        torch.cuda.synchronize()
+        with memwall.profile(summary=False) as prof:
+            for _ in range(2):
+                dist.all_reduce(t)
+            torch.cuda.synchronize()
+        rep = prof.report()
+    finally:
+        dist.destroy_process_group()
+    assert rep.comm is not None, "no collectives recorded"
+    assert rep.comm.backend == "nccl"
+    rows = [c for c in rep.comm.collectives if c.kind == "all_reduce"]
+    assert rows and sum(c.calls for c in rows) == 2
+    assert all(c.message_bytes == 4 * 1024 * 1024 * c.calls for c in rows)
+
+
+def _run_cli(*args: str, env: dict[str, str] | None = None) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "memwall_plugin.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def test_calibrate_measures_figures_near_the_datasheet(tmp_path):
+    spec = memwall.detect_device()
+    if spec.key == "gpu-estimated":
+        pytest.skip("no datasheet figures for this GPU")
+    out = _run_cli("calibrate", "--kind", "cuda", "--quick", env={"MEMWALL_CACHE_DIR": str(tmp_path)})
+    assert "bandwidth" in out.lower() or "GB/s" in out
+    from memwall_plugin.calibrate import load_calibration
+
+    os.environ["MEMWALL_CACHE_DIR"] = str(tmp_path)  # restored by conftest's monkeypatch
+    cal = load_calibration(spec)
+    assert cal is not None
+    # STREAM triad reaches 60-100% of HBM on datacentre GPUs; never above the datasheet
+    assert 0.4 < cal.bandwidth_bytes_per_s / spec.bandwidth_bytes_per_s < 1.1
+    for key, dtype in (("bf16", "bfloat16"), ("fp32", "float32")):
+        measured = cal.peaks_flops_per_s.get(key)
+        assert measured is not None and 0.3 < measured / spec.peak_flops_per_s(dtype) < 1.1, (key, measured)
+
