@@ -387,6 +387,24 @@ def _any_nested(args: tuple[Any, ...]) -> bool:
     return any(isinstance(a, _Tensor) and a.is_nested for a in args)
 
 
+_streams: dict[Any, Any] = {}
+
+
+def _current_stream() -> Any:
+    """torch.cuda.current_stream() without its Python layers (device lookup through the
+    environment, a new Stream object): this runs for every op on a GPU."""
+    try:
+        data = torch._C._cuda_getCurrentStream(torch._C._cuda_getDevice())
+    except AttributeError:  # a torch without these bindings
+        return torch.cuda.current_stream()
+    stream = _streams.get(data)
+    if stream is None:
+        if len(_streams) > 256:  # many short-lived user streams: forget the old wrappers
+            _streams.clear()
+        stream = _streams[data] = torch.cuda.Stream(stream_id=data[0], device_index=data[1], device_type=data[2])
+    return stream
+
+
 class _CaptureMode(TorchDispatchMode):
     def __init__(self, capture: Capture, cuda: bool) -> None:
         super().__init__()
@@ -435,7 +453,7 @@ class _CaptureMode(TorchDispatchMode):
         # device time from events, resolved at the step's end: no synchronisation per op
         capture = self._capture
         try:
-            stream = torch.cuda.current_stream()
+            stream = _current_stream()
             free = capture.free_events.get(stream.device_index)
             start_event = free.pop() if free else torch.cuda.Event(enable_timing=True)
             end_event = free.pop() if free else torch.cuda.Event(enable_timing=True)
