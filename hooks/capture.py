@@ -369,17 +369,19 @@ def _in_function_forward() -> bool:
     return not torch.is_grad_enabled() and not fwd_grad_enabled() and not torch.is_inference_mode_enabled()
 
 
-_FACTS: dict[Any, tuple[bool, bool]] = {}  # overload -> (composite, factory), read once
+#: id(overload) -> (composite, factory, the overload), read once. Keyed by id because an
+#: OpOverload hashes in Python; holding the overload keeps its id from being reused.
+_FACTS: dict[int, tuple[bool, bool, Any]] = {}
 
 
-def _facts(func: Any) -> tuple[bool, bool]:
+def _facts(func: Any) -> tuple[bool, bool, Any]:
     """Whether an overload has a CompositeImplicitAutograd decomposition, and whether it takes
     no tensor at all (a factory: torch.randn, empty_strided)."""
-    facts = _FACTS.get(func)
+    facts = _FACTS.get(id(func))
     if facts is None:
         schema = getattr(func, "_schema", None)
         factory = schema is not None and not any("Tensor" in str(a.type) for a in schema.arguments)
-        facts = _FACTS[func] = (has_composite_kernel(func), factory)
+        facts = _FACTS[id(func)] = (has_composite_kernel(func), factory, func)
     return facts
 
 
@@ -406,6 +408,14 @@ def _current_stream() -> Any:
 
 
 class _CaptureMode(TorchDispatchMode):
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ in torch._disable_dynamo (~4 us per op here) so
+        # that a torch.compile call made inside the mode does not compile the mode's own frames.
+        # While memwall records, compiled code runs eagerly (hooks/compiled.py holds the
+        # force_eager stance), so no such compile happens: the wrapper is pure cost.
+        return False
+
     def __init__(self, capture: Capture, cuda: bool) -> None:
         super().__init__()
         self._capture = capture
@@ -427,8 +437,8 @@ class _CaptureMode(TorchDispatchMode):
                 # its inner tensors are counted at the shapes that really run (a DTensor's local
                 # shard, a jagged tensor's packed values)
                 return NotImplemented
-        facts = _FACTS.get(func)  # read inline: this runs for every op
-        composite, factory = facts if facts is not None else _facts(func)
+        facts = _FACTS.get(id(func))  # read inline: this runs for every op
+        composite, factory, _ = facts if facts is not None else _facts(func)
         if factory and fake_mode_active():  # torch.randn under FakeTensorMode makes a fake tensor
             return func(*args, **kwargs)
         if composite and not _any_nested(args):  # nested tensors have kernels of their own
@@ -627,7 +637,8 @@ class Capture:
                 parts.append(signature(a))
         arg_key = tuple(parts)
         kw_key = tuple([(k, signature(v)) for k, v in kwargs.items()]) if kwargs else None
-        key = (func, module, phase, arg_key, kw_key)
+        # id(func): an OpOverload hashes in Python; the entry keeps func itself alive
+        key = (id(func), module, phase, arg_key, kw_key)
         entry = self.table.get(key)
         if entry is None:
             known = self.known
