@@ -18,7 +18,7 @@ from typing import Any
 from memwall_plugin.hooks.capture import CaptureEntry
 from memwall_plugin.records import OpCall
 from memwall_plugin.registry import Counted, Registry, default_traffic
-from memwall_plugin.report import Row
+from memwall_plugin.report import _ROW_FIELDS, Row
 
 _FLOATING = ("float", "bfloat", "complex")
 # record_function markers (torch.profiler, optimizer.step) dispatch as ops but compute nothing
@@ -71,6 +71,7 @@ class Analysis:
     bytes_written: int
     elements_read: int
     elements_written: int
+    func: Any = None  # the overload analysed (the memo is keyed by its id)
 
     @property
     def ignored(self) -> bool:
@@ -98,12 +99,14 @@ class AnalysisCache:
         counted = count_safely(self.registry, call, self._warned)
         t = counted.traffic
         return Analysis(call, counted, op_dtype(call), call.shapes(), t.bytes_read, t.bytes_written,
-                        t.elements_read, t.elements_written)
+                        t.elements_read, t.elements_written, entry.func)
 
     def of(self, entry: CaptureEntry) -> Analysis:
-        key = (entry.func, entry.arg_key, entry.kw_key, entry.out_key, entry.device)
+        # id(func): an OpOverload hashes in Python; the identity check below guards against a
+        # freed overload's id being reused
+        key = (id(entry.func), entry.arg_key, entry.kw_key, entry.out_key, entry.device)
         found = self._by_key.get(key)
-        if found is None:
+        if found is None or found.func is not entry.func:
             found = self.analyse(entry)
             if len(self._by_key) >= self.limit:
                 self._by_key.clear()
@@ -146,6 +149,12 @@ class EntryTotals:
     elements_written: int
 
 
+# rows_from_entries builds Rows positionally
+if _ROW_FIELDS != ("op", "overload", "module", "phase", "calls", "dtype", "shapes", "flops", "bytes_read",
+                   "bytes_written", "elements_read", "elements_written", "time_s", "peak_flops_per_s",
+                   "bandwidth_bytes_per_s"):
+    raise ImportError("memwall: Row's fields changed order; update rows_from_entries to match")
+
 _SHARED: dict[int, AnalysisCache] = {}
 
 
@@ -178,11 +187,29 @@ def rows_from_entries(
 
         entries = track(entries, description="memwall: analysing", transient=True,  # type: ignore[assignment]
                         console=Console(stderr=True))
+    of = cache.of
+    new_row = Row  # positional, in _ROW_FIELDS order: this loop runs once per entry
     for e in entries:
-        totals = cache.totals(e)
-        if totals is None:
-            continue
-        op, dtype = totals.op, totals.dtype
+        if e.bucket is None:
+            found = of(e)
+            call = found.call
+            op = call.op
+            if op.startswith(_IGNORED_NAMESPACES):
+                continue
+            n = e.calls
+            flops = found.counted.flops
+            overload, dtype, shapes = call.overload, found.dtype, found.shapes
+            flops = None if flops is None else flops * n
+            bytes_read, bytes_written = found.bytes_read * n, found.bytes_written * n
+            elements_read, elements_written = found.elements_read * n, found.elements_written * n
+        else:
+            totals = cache.totals(e)
+            if totals is None:
+                continue
+            n = e.calls
+            op, overload, dtype, shapes, flops = totals.op, totals.overload, totals.dtype, totals.shapes, totals.flops
+            bytes_read, bytes_written = totals.bytes_read, totals.bytes_written
+            elements_read, elements_written = totals.elements_read, totals.elements_written
         if ceilings is None:
             peak, bandwidth = None, None
         else:
@@ -190,24 +217,7 @@ def rows_from_entries(
             if ceiling is None:
                 ceiling = placed[(op, dtype)] = ceilings(op, dtype)
             peak, bandwidth = ceiling
-        rows.append(
-            Row(
-                op=op,
-                overload=totals.overload,
-                module=e.module,
-                phase=e.phase,
-                calls=e.calls,
-                dtype=dtype,
-                shapes=totals.shapes,
-                flops=totals.flops,
-                bytes_read=totals.bytes_read,
-                bytes_written=totals.bytes_written,
-                elements_read=totals.elements_read,
-                elements_written=totals.elements_written,
-                time_s=e.time_ns * 1e-9,
-                peak_flops_per_s=peak,
-                bandwidth_bytes_per_s=bandwidth,
-            )
-        )
+        rows.append(new_row(op, overload, e.module, e.phase, n, dtype, shapes, flops, bytes_read, bytes_written,
+                            elements_read, elements_written, e.time_ns * 1e-9, peak, bandwidth))
     rows.sort(key=lambda r: (-r.time_s, r.op, r.module, r.phase, r.shapes))
     return tuple(rows)
