@@ -253,6 +253,20 @@ ROW_COLUMNS = (
 )
 
 
+#: a text cell starting with one of these is read as a formula by spreadsheets
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A CSV cell: empty for None; text that a spreadsheet would run as a formula (a module or
+    label named "=HYPERLINK(...)") gets a leading apostrophe. Numbers are left as they are."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     ranks = load_ranks(Path(args.path))
     report = load_run(Path(args.path), args.rank, ranks)
@@ -273,11 +287,11 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
                              "efficiency", "roofline_time_s"])
             for g in report.group_by(args.by):
                 record = group_record(g)
-                writer.writerow(["" if v is None else v for v in record.values()])
+                writer.writerow([_csv_cell(v) for v in record.values()])
         else:
             writer.writerow(ROW_COLUMNS)
             for r in report.rows:
-                writer.writerow(["" if (v := getattr(r, c)) is None else v for c in ROW_COLUMNS])
+                writer.writerow([_csv_cell(getattr(r, c)) for c in ROW_COLUMNS])
         return 0
     options = SummaryOptions(top=args.top, by=args.by or "op")
     console.print(Summary(report, options, ranks if len(ranks) > 1 else None))

@@ -114,6 +114,26 @@ def test_report_json_and_csv(script, tmp_path):
     assert text.returncode == 0 and "by module" in text.stdout
 
 
+def test_csv_cells_that_a_spreadsheet_would_run_as_formulas_are_quoted(tmp_path, capsys):
+    """A module named like a formula stays text in a spreadsheet; numbers stay numbers."""
+    import torch
+
+    from memwall_plugin import cli
+
+    model = torch.nn.Module()
+    model.add_module("=HYPERLINK(1)", torch.nn.Linear(3, 2))
+    model.add_module("-plain", torch.nn.Linear(2, 2))
+    with memwall.profile(model=model, logdir=tmp_path, summary=False, scalars=False):
+        getattr(model, "-plain")(getattr(model, "=HYPERLINK(1)")(torch.randn(4, 3)) - 1.0)
+    assert cli.main(["report", str(tmp_path), "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    modules = {r["module"] for r in rows}
+    assert {"'=HYPERLINK(1)", "'-plain"} <= modules
+    assert not any(m.startswith(("=", "+", "-", "@")) for m in modules)
+    addmm = next(r for r in rows if r["module"] == "'=HYPERLINK(1)" and r["op"] == "aten.addmm")
+    assert int(addmm["flops"]) == 2 * 4 * 3 * 2 + 4 * 2  # numbers are not quoted
+
+
 @pytest.mark.parametrize("args,message", [
     (("run", "missing.py"), "no such file"),
     (("report", "nowhere"), "no such file or directory"),
