@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 import memwall_plugin as memwall
 from tests.conftest import one_row, profiled
+from tests.test_unusual_models import Block  # the same checkpointed block as on CPU
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 transformers = pytest.importorskip("transformers")
@@ -226,20 +227,10 @@ def test_profiling_leaves_cuda_losses_gradients_and_weights_bit_identical(monkey
             assert torch.equal(a, c)
 
 
-class _Block(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = torch.nn.Linear(4, 4)
-        self.act = torch.nn.Tanh()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.lin(x))
-
-
 @pytest.mark.parametrize("use_reentrant", [False, True], ids=["non_reentrant", "reentrant"])
 def test_recompute_on_autograd_cuda_thread_keeps_its_module_paths(use_reentrant):
     """On CUDA, backward runs on autograd's device thread; checkpointing re-runs forward there."""
-    block, head = _Block().cuda(), torch.nn.Linear(4, 1).cuda()
+    block, head = Block().cuda(), torch.nn.Linear(4, 1).cuda()
     model = torch.nn.ModuleDict({"block": block, "head": head})
     x = torch.randn(2, 4, device="cuda", requires_grad=True)
     calls: list[tuple[bool, bool]] = []  # (on the main thread, inside backward) per block forward
