@@ -2,16 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torchrun_job import SAMPLE, torchrun
+from torchrun_job import SAMPLE, free_port, torchrun
 
 import memwall_plugin as memwall
 
 EVIL = "<img src=x onerror=alert(1)>"
+
+
+@contextlib.contextmanager
+def running_tensorboard(logdir: Path, *args: str, timeout: float = 90) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """A real TensorBoard on 127.0.0.1 (a free port) over `logdir`, yielded once the Memory Wall
+    tab is listed as enabled; stopped on exit."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
+         "--port", str(port), *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=10) as r:
+                    if json.loads(r.read()).get("memwall", {}).get("enabled"):
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                stderr = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
+                raise RuntimeError(f"TensorBoard did not start: {stderr}")
+            time.sleep(0.5)
+        yield proc, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 class Evil(torch.nn.Module):

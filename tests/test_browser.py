@@ -8,15 +8,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from tb_logdir import EVIL, XSS_DEVICE, XSS_OP, XSS_PHASE, XSS_RUN, make_hostile_run, make_logdir
+from tb_logdir import (
+    EVIL,
+    XSS_DEVICE,
+    XSS_OP,
+    XSS_PHASE,
+    XSS_RUN,
+    make_hostile_run,
+    make_logdir,
+    running_tensorboard,
+)
 
 import memwall_plugin as memwall
 from memwall_plugin.report import merge_reports
@@ -46,12 +52,6 @@ def _select(driver, css: str, value: str) -> None:
         "s.dispatchEvent(new Event('change'));", css, value)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get_json(url: str) -> object:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
@@ -62,32 +62,8 @@ def tensorboard(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("tb")
     make_logdir(logdir, big_rows=10_000, kineto=True, distributed=True)
     make_hostile_run(logdir)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
-         "--port", str(port), "--reload_interval", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                listing = _get_json(f"{base}/data/plugins_listing")
-                if listing.get("memwall", {}).get("enabled"):
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"TensorBoard did not start: {proc.stderr.read() if proc.poll() else ''}")
-            time.sleep(0.5)
-        yield base, logdir
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with running_tensorboard(logdir, "--reload_interval", "2", timeout=60) as (_, port):
+        yield f"http://127.0.0.1:{port}", logdir
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,7 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from memwall_plugin.tb_plugin.loader import ReportLoader, scan
 from memwall_plugin.tb_plugin.plugin import ROUTE_PARAMS, STATIC_FILES, MemwallPlugin
-from tb_logdir import make_logdir
+from tb_logdir import make_logdir, running_tensorboard
 from tensorboard.plugins import base_plugin
 from werkzeug.test import Client
 
@@ -106,26 +103,8 @@ def _listening(pid: int) -> set[tuple[str, int]]:
 
 @pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="reads listening sockets from Linux /proc")
 def test_tensorboard_with_the_tab_listens_only_where_it_is_told(logdir):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
-         "--port", str(port), "--load_fast", "false"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    base = f"http://127.0.0.1:{port}/data"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/plugins_listing", timeout=10) as r:
-                    if json.loads(r.read()).get("memwall", {}).get("enabled"):
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "TensorBoard did not start"
-            time.sleep(0.5)
+    with running_tensorboard(logdir, "--load_fast", "false") as (proc, port):
+        base = f"http://127.0.0.1:{port}/data"
         for route in ("runs", "devices", "report?run=train", "static/index.js"):  # the tab at work
             with urllib.request.urlopen(f"{base}/plugin/memwall/{route}", timeout=30) as r:
                 assert r.status == 200
@@ -133,12 +112,6 @@ def test_tensorboard_with_the_tab_listens_only_where_it_is_told(logdir):
             urllib.request.urlopen(f"{base}/plugin/memwall/report?run=train&run=evil", timeout=30)
         assert refused.value.code == 400
         assert _listening(proc.pid) == {("127.0.0.1", port)}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 # --- parameters ----------------------------------------------------------------------------------
