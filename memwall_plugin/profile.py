@@ -24,7 +24,7 @@ from memwall_plugin.output import OutputGuard
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report, ceilings_of
 from memwall_plugin.schedule import Action, as_action_fn
-from memwall_plugin.tensorboard import ScalarWriter, annotate_trace, step_totals
+from memwall_plugin.tensorboard import ScalarWriter, StepTotals, annotate_trace, rows_totals, step_totals
 
 PLUGIN_DIR = Path("plugins") / "memwall"
 #: How long rank 0's summary waits for the other ranks' reports of the same job.
@@ -352,18 +352,28 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         table = self._capture.take()
         self._capture.end_step()
         self._dist.end_step(self._capture, table, self._action.kept, final)
+        closes = self._action is Action.RECORD_AND_SAVE or final
+        scalars = None
         if self._action.kept and table:
             if self._scalars is not None and self._output.enabled and self._dist.rank_and_world()[0] == 0:
-                scalars, step = self._scalars, self._step_num
-                totals = step_totals(table.values(), self._analyses, self._ceilings(table))
-                self._output.attempt("write scalars to", scalars.logdir, lambda: scalars.write(step, totals))
+                scalars = self._scalars
+            if scalars is not None and not (closes and not self._window_steps):
+                # the window goes on (or holds earlier steps): this step's totals on their own
+                self._write_scalars(scalars, step_totals(table.values(), self._analyses, self._ceilings(table)))
+                scalars = None
             self._window = _merge(self._window, table)
             self._window_steps.append(self._step_num)
             self._window_wall += elapsed
         if self._action is Action.RECORD_AND_SAVE or (final and self._window_steps):
-            self._close_window()
+            report = self._close_window()
+            if scalars is not None:  # a window of this step alone: its report's rows are the step's
+                self._write_scalars(scalars, rows_totals(report.rows))
 
-    def _close_window(self) -> None:
+    def _write_scalars(self, scalars: ScalarWriter, totals: StepTotals) -> None:
+        step = self._step_num
+        self._output.attempt("write scalars to", scalars.logdir, lambda: scalars.write(step, totals))
+
+    def _close_window(self) -> Report:
         steps = tuple(self._window_steps)
         report = self._build(self._window, steps, self._window_wall, window_only=True)
         self._dist.close_window()
@@ -380,6 +390,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             saved = self._output.attempt("save the report", directory / name, lambda: publish(report, directory, name))
             if saved is not None:
                 self.saved.append(saved)
+        return report
 
     # -- results -------------------------------------------------------------------------------
     def _device_for(self, table: dict[Any, CaptureEntry]) -> DeviceSpec | None:

@@ -166,3 +166,24 @@ def test_kineto_trace_carries_memwall_figures(logdir):
     addmm = next(e for e in annotated
                  if e["name"] == "aten::addmm" and e["args"]["Input Dims"][1] == [32, 64])
     assert addmm["args"]["memwall_flops"] == 2 * 32 * 64 * 256 + 32 * 256  # by hand
+
+
+@pytest.mark.parametrize("active", [1, 2])
+def test_scalar_flops_are_the_hand_count_per_step(tmp_path, active):
+    """Steps saved alone (totals read off the report's rows) and steps in a longer window (totals
+    from the step's own table) both write a step's own FLOPs: 2*m*n*k for a matmul."""
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    with memwall.profile(logdir=tmp_path, summary=False,
+                         schedule=memwall.schedule(wait=0, warmup=0, active=active)) as prof:
+        for _ in range(4):
+            a @ b
+            prof.step()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    flops = events.Scalars("memwall/flops")
+    assert [e.step for e in flops] == [0, 1, 2, 3]
+    assert [e.value for e in flops] == [2 * 8 * 16 * 4] * 4
+    assert [e.value for e in events.Scalars("memwall/bytes")] == [4 * (8 * 16 + 16 * 4 + 8 * 4)] * 4
