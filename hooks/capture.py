@@ -326,7 +326,10 @@ def signature(value: Any) -> Any:
         except (RuntimeError, NotImplementedError):  # layouts without strides
             return (value.shape, _contiguous_strides(tuple(value.shape)), value.dtype)
     if isinstance(value, (list, tuple)):
-        return tuple(signature(v) for v in value)
+        for v in value:
+            if type(v) is not int:
+                return tuple([signature(v) for v in value])
+        return tuple(value)  # sizes and dims, the common case: ints are their own signature
     if isinstance(value, float):
         return value == 0.0
     if type(value) in _PLAIN or isinstance(value, (int, str)):  # an IntEnum is still its value
@@ -642,9 +645,14 @@ class Capture:
         entry = self.table.get(key)
         if entry is None:
             known = self.known
-            if key in known or len(known) < self.max_signatures:
+            if len(known) < self.max_signatures or key in known:
                 known.add(key)
-                entry = CaptureEntry(func, arg_key, kw_key, signature(out), _device_of(args, out), module, phase)
+                try:  # signature(out), inline for the common plain tensor
+                    out_key = ((out.shape, out.stride(), out.dtype) if type(out) is _Tensor and not out.is_nested
+                               else signature(out))
+                except (RuntimeError, NotImplementedError):  # layouts without strides
+                    out_key = signature(out)
+                entry = CaptureEntry(func, arg_key, kw_key, out_key, _device_of(args, out), module, phase)
                 self.table[key] = entry
             else:
                 entry = self._bucketed(func, module, phase, arg_key, kw_key, args, out)

@@ -42,7 +42,8 @@ class ModuleTracker:
 
     def __init__(self, model: torch.nn.Module | None = None) -> None:
         self._names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
-        self._param_modules: dict[int, str] = {}
+        self._roots: list[weakref.ref[torch.nn.Module]] = []
+        self._param_modules: dict[int, str] | None = None  # built at the first gradient accumulation
         self._fixed = model is not None
         if model is not None:
             self._add_root(model)
@@ -71,8 +72,24 @@ class ModuleTracker:
     def _add_root(self, root: torch.nn.Module) -> None:
         for name, module in root.named_modules(remove_duplicate=False):
             self._names[module] = name
-            for param in module.parameters(recurse=False):
-                self._param_modules[id(param)] = name
+        self._roots.append(weakref.ref(root))
+        self._param_modules = None
+
+    def _param_module(self, param: Any) -> str:
+        """The path of the module that owns `param` ("" when none does). The map is made when
+        first needed (a backward pass), not when a root is added: forward-only profiles never
+        pay for walking every parameter."""
+        if self._param_modules is None:
+            owners: dict[int, str] = {}
+            for ref in self._roots:
+                root = ref()
+                if root is None:
+                    continue
+                for name, module in root.named_modules(remove_duplicate=False):
+                    for p in module.parameters(recurse=False):
+                        owners[id(p)] = name
+            self._param_modules = owners
+        return self._param_modules.get(id(param), "")
 
     def _name_of(self, module: torch.nn.Module) -> str | None:
         name = self._names.get(module)
@@ -199,7 +216,7 @@ class ModuleTracker:
         seq = node_sequence_nr(node)
         if seq == ACCUMULATE_GRAD_SEQUENCE_NR:
             variable = node_variable(node)
-            path = self._param_modules.get(id(variable), "") if variable is not None else ""
+            path = self._param_module(variable) if variable is not None else ""
         else:
             index = bisect.bisect_right(self._seqs, seq) - 1
             path = self._paths[index] if index >= 0 else ""
