@@ -27,6 +27,7 @@ demo: setup
 bench: setup
 	$(BIN)/python benchmarks/overhead.py --json runs/bench/overhead.json
 	$(BIN)/python benchmarks/long_runs.py --json runs/bench/long_runs.json
+	$(BIN)/python benchmarks/routes.py --json runs/bench/routes.json
 
 quickstart: setup
 	$(BIN)/python samples/quickstart.py --logdir runs/quickstart

@@ -11,7 +11,8 @@ one process: a bare run against each of
 * torch.profiler with record_shapes, its exit included;
 * torch's FlopCounterMode;
 
-and reports the median of the paired ratios, the first pair (warm-up) excluded. It also measures
+and reports the median of the paired ratios, the first pair (warm-up) excluded; each timed run
+is divided by the mean of the bare runs just before and after it. It also measures
 scale: building, rescoring and saving a report of 100,000 op calls, and the report size and
 memwall's memory after a 1,000-step run of a small model.
 
@@ -76,7 +77,7 @@ def workloads(quick: bool, device: str = "cpu") -> dict[str, tuple[Callable[[], 
         with torch.no_grad():
             gpt2.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
 
-    pairs = 4 if quick else 10
+    pairs = 4 if quick else 20  # the sub-second forwards: their ratios are the noisiest
     return {
         "gpt2-forward": (gpt2_forward, pairs),
         "gpt2-train": (train_step, 2 if quick else 4),
@@ -103,8 +104,11 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def variants(work: Callable[[], Any], logdir: Path) -> dict[str, Callable[[], Any]]:
+    runs = iter(range(10**9))
+
     def memwall_active() -> None:
-        with memwall.profile(logdir=logdir, summary=False, scalars=False) as prof:
+        # a run directory of its own each time, as a user's run has (no name to step around)
+        with memwall.profile(logdir=logdir / f"run{next(runs)}", summary=False, scalars=False) as prof:
             work()
         prof.report()
 
@@ -120,24 +124,38 @@ def variants(work: Callable[[], Any], logdir: Path) -> dict[str, Callable[[], An
 
 
 def paired_ratios(work: Callable[[], Any], other: Callable[[], Any], pairs: int) -> list[float]:
+    """Alternating bare and `other` runs (bare, other, bare, other, ..., bare); each `other` run
+    is divided by the mean of the bare runs on either side of it, so a machine that speeds up
+    or slows down over the run (a shared host) shifts both alike."""
+    timed(work)
+    timed(other)  # warm-up: the first pair is not counted
     ratios = []
-    for i in range(pairs + 1):
-        bare, then = timed(work), timed(other)
-        if i:  # the first pair warms both up
-            ratios.append(then / bare)
+    before = timed(work)
+    for _ in range(pairs):
+        then = timed(other)
+        after = timed(work)
+        ratios.append(then / ((before + after) / 2))
+        before = after
     return ratios
 
 
 def inactive_ratios(work: Callable[[], Any], pairs: int) -> list[float]:
-    """Steps inside an open profile whose schedule never records, against bare steps."""
+    """A step inside an open profile whose schedule is idle (the work, then `prof.step()`),
+    against bare steps run outside any profile, bracketed as in `paired_ratios`."""
+    def idle_step() -> None:
+        with memwall.profile(schedule=memwall.schedule(skip_first=10**9), summary=False) as prof:
+            timings.append(timed(lambda: (work(), prof.step())))  # the profile's entry and exit are not timed
+
+    timings: list[float] = []
+    timed(work)
+    idle_step()  # warm-up
     ratios = []
-    with memwall.profile(schedule=memwall.schedule(skip_first=10**9), summary=False) as prof:
-        for i in range(pairs + 1):
-            bare = timed(work)
-            inside = timed(work)
-            prof.step()
-            if i:
-                ratios.append(inside / bare)
+    before = timed(work)
+    for _ in range(pairs):
+        idle_step()
+        after = timed(work)
+        ratios.append(timings[-1] / ((before + after) / 2))
+        before = after
     return ratios
 
 
