@@ -46,7 +46,7 @@ TARGETS = {"gpt2-forward": 1.10, "gpt2-train": 1.10, "bert-forward": 1.10, "gpt2
 INACTIVE_TARGET = 1.01
 
 
-def workloads(quick: bool, device: str = "cpu") -> dict[str, tuple[Callable[[], Any], int]]:
+def workloads(quick: bool, device: str = "cpu", pairs: int | None = None) -> dict[str, tuple[Callable[[], Any], int]]:
     """name -> (one step of work, pairs to time)."""
     import transformers
 
@@ -77,12 +77,12 @@ def workloads(quick: bool, device: str = "cpu") -> dict[str, tuple[Callable[[], 
         with torch.no_grad():
             gpt2.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0)
 
-    pairs = 4 if quick else 20  # the sub-second forwards: their ratios are the noisiest
+    forward = 4 if quick else 20  # the sub-second forwards: their ratios are the noisiest
     return {
-        "gpt2-forward": (gpt2_forward, pairs),
-        "gpt2-train": (train_step, 2 if quick else 4),
-        "bert-forward": (bert_forward, pairs),
-        "gpt2-generate": (generate, 3 if quick else 6),
+        "gpt2-forward": (gpt2_forward, pairs or forward),
+        "gpt2-train": (train_step, pairs or (2 if quick else 4)),
+        "bert-forward": (bert_forward, pairs or forward),
+        "gpt2-generate": (generate, pairs or (3 if quick else 6)),
     }
 
 
@@ -190,8 +190,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="fewer pairs (a smoke run)")
     parser.add_argument("--json", default="runs/bench/overhead.json")
     parser.add_argument("--only", nargs="*", help="workloads to run (default: all)")
+    parser.add_argument("--pairs", type=int, help="pairs per variant for every workload (default: 20 for the "
+                                                  "forwards, 4 for training, 6 for generation)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the models run")
     args = parser.parse_args(argv)
+    if args.pairs is not None and args.pairs < 1:
+        parser.error(f"--pairs needs at least 1 pair, got {args.pairs}")
     console = Console(width=120)
     global _wait
     _wait = _no_wait
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine, "workloads": {}}
     with tempfile.TemporaryDirectory() as tmp:
         logdir = Path(tmp)
-        for name, (work, pairs) in workloads(args.quick, args.device).items():
+        for name, (work, pairs) in workloads(args.quick, args.device, args.pairs).items():
             if args.only and name not in args.only:
                 continue
             console.print(f"[dim]timing {name} ({pairs} pairs per variant)...[/dim]")

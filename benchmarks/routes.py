@@ -135,11 +135,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="fewer pairs (a smoke run)")
     parser.add_argument("--json", default="runs/bench/routes.json")
     parser.add_argument("--only", nargs="*", help="workloads to run (default: all)")
+    parser.add_argument("--pairs", type=int, help="pairs per variant for every workload")
     args = parser.parse_args(argv)
+    if args.pairs is not None and args.pairs < 1:
+        parser.error(f"--pairs needs at least 1 pair, got {args.pairs}")
     console = Console(width=140)
     results: dict[str, Any] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "workloads": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (work, pairs) in workloads(args.quick).items():
+        for name, (work, pairs) in workloads(args.quick, pairs=args.pairs).items():
             if args.only and name not in args.only:
                 continue
             console.print(f"[dim]timing {name} ({pairs} pairs per variant)...[/dim]")
