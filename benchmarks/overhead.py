@@ -41,6 +41,7 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 import memwall_plugin as memwall
+from memwall_plugin.devices import cpu_spec
 
 TARGETS = {"gpt2-forward": 1.10, "gpt2-train": 1.10, "bert-forward": 1.10, "gpt2-generate": 1.50}
 INACTIVE_TARGET = 1.01
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     console = Console(width=120)
     global _wait
     _wait = _no_wait
-    machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    machine = {"cpu": cpu_spec().name, "threads": torch.get_num_threads(),
                "torch": torch.__version__, "python": platform.python_version(), "device": args.device}
     if args.device == "cuda":
         if not torch.cuda.is_available():
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         console.print("[dim]scale...[/dim]")
         results["scale"] = scale(logdir)
 
-    where = machine.get("gpu") or f"{machine['cpu']}, {machine['threads']} threads"
+    where = machine.get("gpu") or machine["cpu"]  # the CPU's name says the threads in use
     table = Table(title=f"memwall overhead: median paired ratio to a bare run "
                         f"({where}, torch {machine['torch']})", title_justify="left")
     for column in ("workload", "bare", "memwall active", "target", "memwall inactive", "torch.profiler",
