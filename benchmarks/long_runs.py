@@ -14,7 +14,7 @@ the saved report's size and the wall time.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import tempfile
 import time
 import tracemalloc
@@ -27,6 +27,9 @@ from rich.console import Console
 from rich.table import Table
 
 import memwall_plugin as memwall
+
+sys.path.insert(0, str(Path(__file__).parent))
+from overhead import save_json  # noqa: E402
 
 
 def _measure(run: Any, **profile_args: Any) -> dict[str, Any]:
@@ -105,10 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"{r['memory_end_bytes'] / 1e6:.1f} MB", f"{r['signatures']:,}", f"{r['bucketed_calls']:,}",
                       f"{r['rows']:,}", f"{r['op_calls']:,}", f"{r['report_bytes'] / 1e6:.2f} MB")
     console.print(table)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    console.print(f"json: {out}", highlight=False)
+    save_json(results, args.json, console)
     return results
 
 

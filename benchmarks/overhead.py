@@ -243,11 +243,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"build + rescore + save {s['build_rescore_save_s']:.2f} s (target < 1 s); "
                   f"report {s['report_bytes'] / 1e6:.2f} MB (target < 5 MB); "
                   f"memwall peak memory {s['memwall_peak_memory_bytes'] / 1e6:.1f} MB", highlight=False)
-    out = Path(args.json)
+    save_json(results, args.json, console)
+    return results
+
+
+def save_json(results: dict[str, Any], path: str, console: Console) -> None:
+    """The benchmarks' results file (its directory made), and where it is."""
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     console.print(f"json: {out}", highlight=False)
-    return results
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ A route whose floor is already above a target cannot meet it, whatever is built 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -45,7 +44,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import memwall_plugin as memwall
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import TARGETS, paired_ratios, workloads  # noqa: E402
+from overhead import TARGETS, paired_ratios, save_json, workloads  # noqa: E402
 from overhead import variants as overhead_variants  # noqa: E402
 
 
@@ -162,10 +161,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, row in results["workloads"].items():
         table.add_row(name, f"<= {TARGETS[name]:.2f}x", *(f"{row[label]:.3f}x" for label in labels))
     console.print(table)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    console.print(f"json: {out}", highlight=False)
+    save_json(results, args.json, console)
     return results
 
 

@@ -10,7 +10,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,48 +41,43 @@ class StepTotals:
         return out
 
 
+def _sum_totals(parts: Iterable[tuple[float, int, int | None, Any, Any]]) -> StepTotals:
+    """Headline totals from (time_s, bytes, flops, peak, bandwidth) per entry or row."""
+    flops = nbytes = 0
+    time_s = memory_time = counted_time = 0.0
+    for t, moved, counted, peak, bw in parts:
+        time_s += t
+        nbytes += moved
+        if counted is None:
+            continue
+        flops += counted
+        counted_time += t
+        if roofline.bound(counted, moved, peak, bw) == roofline.MEMORY:
+            memory_time += t
+    return StepTotals(flops, nbytes, time_s, memory_time, counted_time)
+
+
 def step_totals(
     entries: Iterable[CaptureEntry], cache: AnalysisCache, ceilings: Callable[[str, str], tuple[Any, Any]],
 ) -> StepTotals:
     """Headline totals of one step; each signature is analysed once (`cache`).
     `ceilings(op, dtype)` is the report's (`report.ceilings_of`), so both classify alike."""
-    flops = nbytes = 0
-    time_s = memory_time = counted_time = 0.0
-    for e in entries:
-        totals = cache.totals(e)
-        if totals is None:
-            continue
-        t = e.time_ns * 1e-9
-        time_s += t
-        entry_bytes = totals.bytes_read + totals.bytes_written
-        nbytes += entry_bytes
-        if totals.flops is None:
-            continue
-        flops += totals.flops
-        counted_time += t
-        peak, bw = ceilings(totals.op, totals.dtype)
-        if roofline.bound(totals.flops, entry_bytes, peak, bw) == roofline.MEMORY:
-            memory_time += t
-    return StepTotals(flops, nbytes, time_s, memory_time, counted_time)
+    def parts() -> Iterator[tuple[float, int, int | None, Any, Any]]:
+        for e in entries:
+            totals = cache.totals(e)
+            if totals is None:
+                continue
+            peak, bw = (None, None) if totals.flops is None else ceilings(totals.op, totals.dtype)
+            yield e.time_ns * 1e-9, totals.bytes_read + totals.bytes_written, totals.flops, peak, bw
+
+    return _sum_totals(parts())
 
 
 def rows_totals(rows: Iterable[Row]) -> StepTotals:
     """`step_totals` of a step whose report is already built: the same sums read off its rows
     (each placed under the same ceilings), with no second pass over the entries."""
-    flops = nbytes = 0
-    time_s = memory_time = counted_time = 0.0
-    for r in rows:
-        t = r.time_s
-        time_s += t
-        row_bytes = r.bytes_read + r.bytes_written
-        nbytes += row_bytes
-        if r.flops is None:
-            continue
-        flops += r.flops
-        counted_time += t
-        if roofline.bound(r.flops, row_bytes, r.peak_flops_per_s, r.bandwidth_bytes_per_s) == roofline.MEMORY:
-            memory_time += t
-    return StepTotals(flops, nbytes, time_s, memory_time, counted_time)
+    return _sum_totals((r.time_s, r.bytes_read + r.bytes_written, r.flops, r.peak_flops_per_s,
+                        r.bandwidth_bytes_per_s) for r in rows)
 
 
 class ScalarWriter:
