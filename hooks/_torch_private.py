@@ -53,6 +53,20 @@ def forward_kwargs() -> dict[str, Any]:
     return {}
 
 
+def in_backward_seed() -> bool:
+    """Inside torch.autograd's Python making the gradient seed of `loss.backward()`
+    (`ones_like(loss)` in `_make_grads`, before the engine runs a Node): backward work."""
+    frame = sys._getframe(1)
+    for _ in range(12):
+        if frame is None:
+            return False
+        code = frame.f_code
+        if code.co_name == "_make_grads" and "autograd" in code.co_filename:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
+
+
 _warm = False
 
 
@@ -131,6 +145,24 @@ def has_composite_kernel(func: Any) -> bool:
         return False
 
 
+_EXPLICIT_KEYS = ("CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional")
+
+
+def has_backend_kernel(func: Any, device_type: str) -> bool | None:
+    """Whether an overload has a kernel of its own for tensors on `device_type` ("cpu", "cuda",
+    "meta", ...): registered for that backend or for every backend (CompositeExplicitAutograd).
+    Such an op runs that kernel even when it also has a CompositeImplicitAutograd decomposition
+    (silu_backward, mish_backward: the decomposition rounds differently). None when the
+    dispatcher cannot tell (an unknown device type or op)."""
+    try:
+        backend = torch._C._dispatch_key_for_device(device_type)
+        keys = [getattr(torch._C.DispatchKey, name) for name in (backend, *_EXPLICIT_KEYS)]
+        name = func.name()
+        return any(torch._C._dispatch_has_kernel_for_dispatch_key(name, key) for key in keys)
+    except (RuntimeError, AttributeError, TypeError):
+        return None
+
+
 def fake_mode_active() -> bool:
     """A FakeTensorMode is active on this thread (it runs below user modes like memwall's)."""
     return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
@@ -158,8 +190,10 @@ __all__ = [
     "fake_mode_active",
     "forward_kwargs",
     "in_backward",
+    "in_backward_seed",
     "group_size_by_name",
     "fwd_grad_enabled",
+    "has_backend_kernel",
     "has_composite_kernel",
     "is_fake_tensor_type",
     "node_sequence_nr",

@@ -4,9 +4,9 @@ The hot path (`_CaptureMode.__torch_dispatch__`) times the op, finds its module 
 folds the call into a table keyed by (op, module, phase, argument signature). Only the first
 call of a signature builds the full `OpCall` metadata; tensors are never kept.
 
-Python float arguments enter the key only as zero / non-zero: their values (learning rates,
-bias corrections) change every step and would make the table grow without bound, while the
-formulas only ask whether a term is present.
+Python float arguments enter the key as a `FloatArg` (zero, one or other): their values
+(learning rates, bias corrections) change every step and would make the table grow without
+bound, while the formulas only ask whether a term is present or a scale multiplies.
 """
 
 from __future__ import annotations
@@ -24,21 +24,36 @@ from memwall_plugin.hooks._torch_private import (
     dispatch_mode_stack,
     fake_mode_active,
     fwd_grad_enabled,
+    has_backend_kernel,
     has_composite_kernel,
+    in_backward_seed,
     is_fake_tensor_type,
     warm_up_dispatch,
 )
 from memwall_plugin.hooks.compiled import EagerCompile
 from memwall_plugin.hooks.modules import ModuleTracker
 
-from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, RECOMPUTE, OpCall, TensorMeta
+from memwall_plugin.records import (
+    BACKWARD,
+    FORWARD,
+    OPTIMIZER,
+    OTHER,
+    RECOMPUTE,
+    FloatArg,
+    OpCall,
+    TensorMeta,
+    float_arg,
+    list_shapes_text,
+)
 
 _Tensor = torch.Tensor
+_ONES_LIKE = torch.ops.aten.ones_like.default
 _perf_counter_ns = time.perf_counter_ns
 
 
 class ProfilerConflictError(RuntimeError):
-    """Raised when a second memwall capture is started while one is active."""
+    """Raised when a second memwall capture is started while one is recording (memwall.profile
+    itself never raises it: a profile opened inside another takes over from it)."""
 
 
 class CaptureEntry:
@@ -167,7 +182,7 @@ def bucket_shapes(arg_key: tuple[Any, ...]) -> str:
         if text is not None:
             parts.append(text)
         elif type(value) is tuple and value and _bucket_text(value[0]) is not None:
-            parts.append(f"{len(value)} x {_bucket_text(value[0])}")
+            parts.append(list_shapes_text([_bucket_text(v) or "?" for v in value]))
     return " x ".join(parts)
 
 
@@ -204,7 +219,9 @@ def _meta_value(value: Any) -> Any:
         return meta_of_key(value)
     if isinstance(value, (list, tuple)):
         return tuple(_meta_value(v) for v in value)
-    if isinstance(value, (bool, int, float, str)) or value is None:
+    if type(value) is float:  # a schema default (captured floats are FloatArgs already)
+        return float_arg(value)
+    if isinstance(value, (bool, int, str, FloatArg)) or value is None:
         return value
     return str(value)  # dtype, device, layout, memory_format: their names
 
@@ -252,7 +269,7 @@ def build_call(
 ) -> OpCall:
     """The OpCall of one aten call from its signature (`signature()` of its arguments and
     outputs) and its schema: arguments by name, aliasing, mutation. Float arguments arrive as
-    zero / non-zero, which is all the formulas ask of them."""
+    the `FloatArg` their signature holds (zero, one, other), which is all formulas ask of them."""
     schema = _schema_of(func)
     values: list[tuple[str, Any]] = []
     n_args = len(args)
@@ -331,7 +348,7 @@ def signature(value: Any) -> Any:
                 return tuple([signature(v) for v in value])
         return tuple(value)  # sizes and dims, the common case: ints are their own signature
     if isinstance(value, float):
-        return value == 0.0
+        return float_arg(value)
     if type(value) in _PLAIN or isinstance(value, (int, str)):  # an IntEnum is still its value
         return value
     return _opaque(value)
@@ -388,8 +405,32 @@ def _facts(func: Any) -> tuple[bool, bool, Any]:
     return facts
 
 
-def _any_nested(args: tuple[Any, ...]) -> bool:
-    return any(isinstance(a, _Tensor) and a.is_nested for a in args)
+#: (id(overload), device type) -> whether memwall may run the overload's decomposition in its
+#: place; holds the overload so its id is not reused
+_DECOMPOSES: dict[tuple[int, str], tuple[bool, Any]] = {}
+
+
+def decomposes(func: Any, args: tuple[Any, ...]) -> bool:
+    """Whether a CompositeImplicitAutograd op that reached the mode whole may be run as its
+    decomposition (so its inner ops are recorded): only when torch itself would run that
+    decomposition, i.e. the op has no kernel of its own for these tensors. An op with a kernel
+    (silu_backward on CPU and CUDA) runs the kernel, bit for bit what the bare run computes,
+    and is counted by its own formula. Nested, sparse and other layouts keep their own kernels."""
+    first = None
+    for a in args:
+        if isinstance(a, _Tensor):
+            first = a
+            break
+        if isinstance(a, (list, tuple)) and a and isinstance(a[0], _Tensor):
+            first = a[0]
+            break
+    if first is None or first.is_nested or first.layout is not torch.strided:
+        return False
+    device = first.device.type
+    known = _DECOMPOSES.get((id(func), device))
+    if known is None:
+        known = _DECOMPOSES[(id(func), device)] = (has_backend_kernel(func, device) is False, func)
+    return known[0]
 
 
 _streams: dict[Any, Any] = {}
@@ -444,9 +485,10 @@ class _CaptureMode(TorchDispatchMode):
         composite, factory, _ = facts if facts is not None else _facts(func)
         if factory and fake_mode_active():  # torch.randn under FakeTensorMode makes a fake tensor
             return func(*args, **kwargs)
-        if composite and not _any_nested(args):  # nested tensors have kernels of their own
+        if composite and decomposes(func, args):
             # a composite op reached the mode whole (inference mode; inside a subclass): run its
-            # decomposition under the mode, so its ops are counted as they are with grad enabled
+            # decomposition under the mode, as torch would, so its ops are counted as they are
+            # with grad enabled
             with self:
                 out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
@@ -511,6 +553,9 @@ class Capture:
         self.free_events: dict[int, list[Any]] = {}
         #: why recording stopped for good (an internal error), or None while healthy
         self.failed: str | None = None
+        #: another profile records in this one's place (a profile opened inside it): start()
+        #: does nothing until it is resumed
+        self.suspended = False
         self.tracker.on_error = self.fail
         warm_up_dispatch()
 
@@ -545,7 +590,7 @@ class Capture:
             self.tracker.close()
 
     def start(self) -> None:
-        if self._mode is not None or self.failed is not None:
+        if self._mode is not None or self.failed is not None or self.suspended:
             return
         if Capture._active is not None and Capture._active is not self:
             raise ProfilerConflictError(
@@ -618,8 +663,11 @@ class Capture:
             module = tracker.stack[-1]
         elif _builds_graph(args) or _in_function_forward():
             # outside any module but on the autograd graph: a loss, a functional model, the
-            # forward of a custom autograd.Function (which torch runs with grad mode off)
+            # forward of a custom autograd.Function (which torch runs with grad mode off);
+            # `loss.backward()` makes its seed gradient (ones_like) here too, before any Node runs
             phase, module = tracker.user_label or FORWARD, ""
+            if func is _ONES_LIKE and in_backward_seed():
+                phase = BACKWARD
         else:
             phase, module = tracker.user_label or OTHER, ""
         # signature() unrolled for the top-level arguments: this runs for every op
@@ -631,7 +679,7 @@ class Capture:
                 except (RuntimeError, NotImplementedError):
                     parts.append(signature(a))
             elif type(a) is float:
-                parts.append(a == 0.0)
+                parts.append(float_arg(a))
             elif type(a) is list or type(a) is tuple:
                 parts.append(signature(a))
             elif type(a) in _PLAIN:

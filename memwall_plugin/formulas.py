@@ -20,6 +20,7 @@ Conventions (also in the README):
 * Random number generation counts 1 per element (the transform to the distribution).
 * Pure data movement (copy, cat, index, embedding gather, padding) is 0 FLOPs but moves bytes;
   views and metadata ops are 0 FLOPs and 0 bytes; allocation (`empty`) moves nothing.
+* `add`/`sub` with a scale (`self + alpha * other`, alpha not one) are 2 per element.
 * Optimizer steps count per parameter element: fused AdamW 14, SGD 2 (+2 weight decay,
   +3 momentum, +2 Nesterov).
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import math
 
-from memwall_plugin.records import Extent, OpCall, TensorMeta, Traffic, extent
+from memwall_plugin.records import Extent, OpCall, TensorMeta, Traffic, extent, is_unit_scale
 from memwall_plugin.registry import Registry, default_traffic
 
 REGISTRY = Registry()
@@ -119,6 +120,30 @@ def _baddbmm(call: OpCall) -> int:
     b, m, _ = call["batch1"].shape
     n = call["batch2"].shape[2]
     return _real(call, bmm_flops(call["batch1"].shape, call["batch2"].shape), b * m * n)
+
+
+@flops("aten._grouped_mm", "aten._scaled_grouped_mm")
+def _grouped_mm(call: OpCall) -> int:
+    """A matmul per group (mixture-of-experts layers). With `offs` one operand is split along a
+    dim into groups, each multiplied by its own slice of the other, so the FLOPs are those of
+    one matmul over the whole split dim, counted over every row (offsets are data: rows past
+    the last offset, which the kernel skips, are counted too)."""
+    a, b = call.arg(0).shape, call.arg(1).shape
+    if len(a) == 3 and len(b) == 3:
+        # [g, m, k] @ [g, k, n] -> [g, m, n]: a batched matmul
+        total = bmm_flops(a, b)
+    elif len(a) == 2 and len(b) == 3:
+        # rows of [m, k] split into groups, group i @ [k, n] of b[i] -> [m, n]
+        total = 2 * a[0] * a[1] * b[2]
+    elif len(a) == 3 and len(b) == 2:
+        # [g, m, k] @ columns of [k, n] split into groups -> [m, n]
+        total = 2 * a[1] * a[2] * b[1]
+    else:
+        # the shared k split into groups (a weight gradient): [m, k_i] @ [k_i, n] -> [g, m, n]
+        total = mm_flops(a, b)
+    out = call.outputs[0]
+    bias = call.get("bias") is not None and out is not None
+    return _real(call, total, out.numel if bias and out is not None else 0)
 
 
 @flops("aten.mv")
@@ -252,7 +277,7 @@ ELEMENTWISE: dict[str, int] = {
             "frac remainder fmod eq ne lt le gt ge logical_and logical_or logical_not logical_xor "
             "bitwise_and bitwise_or bitwise_xor bitwise_not where masked_fill isnan isinf "
             "nan_to_num atan2 hypot copysign heaviside signbit lgamma digamma relu6 "
-            "threshold_backward hardtanh_backward"
+            "threshold_backward hardtanh_backward floor_divide"
         ).split()
     },
     "xlogy": 2,
@@ -326,10 +351,18 @@ def _variants(name: str) -> tuple[str, ...]:
     return (f"aten.{name}", f"aten.{name}_", f"aten._foreach_{name}", f"aten._foreach_{name}_")
 
 
+#: `self + alpha * other`: the multiply by alpha is a FLOP when alpha is not one
+_SCALED = ("add", "sub", "rsub")
+
+
+def _scaled_elementwise(call: OpCall) -> int:
+    return (1 if is_unit_scale(call.get("alpha")) else 2) * _produced(call)
+
+
 for _name, _cost in ELEMENTWISE.items():
     if _name == "gelu":
         continue
-    REGISTRY.add_flops(_variants(_name), _elementwise(_cost))
+    REGISTRY.add_flops(_variants(_name), _scaled_elementwise if _name in _SCALED else _elementwise(_cost))
 for _name, _cost in REDUCTIONS.items():
     REGISTRY.add_flops(_variants(_name), _reduction(_cost))
 
@@ -366,6 +399,26 @@ def _sort(call: OpCall) -> int:
 @flops("aten.topk")
 def _topk(call: OpCall) -> int:
     return call.arg(0).numel
+
+
+HISTC_FLOPS = 4  # per element read: subtract min, scale to a bin, range check, count
+
+
+@flops("aten.histc")
+def _histc(call: OpCall) -> int:
+    return HISTC_FLOPS * call.arg(0).numel
+
+
+@flops("aten.isin")
+def _isin(call: OpCall) -> int:
+    """Membership tests. torch compares each element with each test element when the test set
+    is small (its own threshold, below), else sorts both: counted as such (n log2 n compares)."""
+    elements, test = call.tensors_of("elements"), call.tensors_of("test_elements")
+    n = elements[0].numel if elements else 1
+    m = test[0].numel if test else 1
+    if m < 10 * n**0.145:
+        return n * m
+    return int((n + m) * math.log2(max(n + m, 2)))
 
 
 # --- normalisation --------------------------------------------------------------------------
@@ -638,7 +691,7 @@ _DATA_MOVEMENT = (
     "lift_fresh_copy pixel_shuffle pixel_unshuffle im2col col2im upsample_nearest1d "
     "upsample_nearest2d upsample_nearest3d upsample_nearest2d_backward _pin_memory "
     "_foreach_copy_ embedding_renorm_ nonzero _unique _unique2 unique_dim unique_consecutive bincount "
-    "masked_fill_"
+    "masked_fill_ native_channel_shuffle channel_shuffle"
 ).split()
 
 

@@ -5,6 +5,7 @@ Nothing here holds a tensor: capture turns tensors into `TensorMeta` at once.
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,35 @@ def ordered_phases(names: Iterable[str]) -> list[str]:
     """Built-in phases in display order, then the user's own labels alphabetically."""
     present = set(names)
     return [p for p in PHASES if p in present] + sorted(present - set(PHASES))
+
+
+class FloatArg(enum.Enum):
+    """A Python float argument as capture keys and formulas see it: what its value is for
+    counting, not the value. Learning rates and bias corrections change every step; keyed by
+    value they would make the signature table grow without bound. Formulas ask only whether a
+    term is present (`weight_decay`: zero or not) or whether a scale is a multiply
+    (`alpha`: one or not), and this keeps exactly that. Truthy unless ZERO, like the float."""
+
+    ZERO = "0"
+    ONE = "1"
+    OTHER = "other"
+
+    def __bool__(self) -> bool:
+        return self is not FloatArg.ZERO
+
+
+def float_arg(value: float) -> FloatArg:
+    """The FloatArg of a float: the one function capture keys and formula inputs come from."""
+    if value == 0.0:
+        return FloatArg.ZERO
+    if value == 1.0:
+        return FloatArg.ONE
+    return FloatArg.OTHER
+
+
+def is_unit_scale(value: Any) -> bool:
+    """A scale argument (`alpha`, `value`) that multiplies by one, or is absent: no FLOP."""
+    return value is None or value is FloatArg.ONE or (type(value) is int and value == 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +117,22 @@ class Traffic:
     @property
     def bytes_written(self) -> int:
         return sum(e.nbytes for e in self.written)
+
+
+#: distinct shapes of a list argument written out before the rest is summarised
+LIST_SHAPES_SHOWN = 3
+
+
+def list_shapes_text(shapes: list[str]) -> str:
+    """The shapes of a list argument: "3 x [8, 64]" when all agree, "([0], [1, 12, 63, 64])"
+    when they differ, "148 tensors: [768, 768], [768], [3072, 768], ..." for long mixed lists."""
+    distinct = list(dict.fromkeys(shapes))
+    if len(distinct) == 1:
+        return f"{len(shapes)} x {distinct[0]}"
+    if len(shapes) <= LIST_SHAPES_SHOWN + 1:
+        return "(" + ", ".join(shapes) + ")"
+    shown = ", ".join(distinct[:LIST_SHAPES_SHOWN]) + (", ..." if len(distinct) > LIST_SHAPES_SHOWN else "")
+    return f"{len(shapes)} tensors: {shown}"
 
 
 def extent(t: TensorMeta, elements: int | None = None) -> Extent:
@@ -167,11 +213,12 @@ class OpCall:
         return None
 
     def shapes(self) -> str:
-        """A short text of the input shapes, for tables: "[64, 1024] x [1024, 4096]"."""
+        """A short text of the input shapes, for tables: "[64, 1024] x [1024, 4096]"; a list
+        argument as "2 x [8, 64]" when its tensors agree, else "([0], [1, 12, 63, 64])"."""
         parts = []
         for _, value in self.args:
             if isinstance(value, TensorMeta):
                 parts.append(str(list(value.shape)))
             elif isinstance(value, tuple) and value and isinstance(value[0], TensorMeta):
-                parts.append(f"{len(value)} x {list(value[0].shape)}")
+                parts.append(list_shapes_text([str(list(t.shape)) for t in value if isinstance(t, TensorMeta)]))
         return " x ".join(parts)

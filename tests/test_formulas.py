@@ -216,3 +216,66 @@ def test_layer_norm_backward_and_gelu_backward():
     assert one_row(rep, "aten.native_layer_norm_backward").flops == 8 * n + 2 * n + n
     assert one_row(rep, "aten.gelu_backward").flops == 9 * n
     assert math.isclose(rep.coverage, 1.0)
+
+
+@pytest.mark.parametrize("kind", ["fused", "foreach", "single"])
+def test_sgd_counts_2_flops_per_element_and_7_with_weight_decay_and_momentum(kind):
+    # documented per parameter element: update 2 (p - lr * g); weight decay 2 (g + wd * p);
+    # momentum 3 (buf * m + (1 - dampening) * g: with dampening 0 the add's scale is one, so the
+    # single-tensor path, which runs it as its own op, counts 2 for it)
+    n = 1000
+    expected = {"fused": (2, 7), "foreach": (2, 6), "single": (2, 6)}[kind]
+    for options, per_element in zip(({}, {"weight_decay": 0.1, "momentum": 0.9}), expected):
+        p = torch.nn.Parameter(torch.randn(n))
+        p.grad = torch.randn(n)
+        opt = torch.optim.SGD([p], lr=0.1, fused=kind == "fused", foreach=kind == "foreach", **options)
+        opt.step()  # momentum buffers made
+        rep = profiled(opt.step)
+        assert sum(r.flops for r in rep.rows if r.phase == "optimizer") == per_element * n, (kind, options)
+
+
+def test_float_arguments_reach_formulas_as_their_value_class_never_inverted():
+    from memwall_plugin.hooks.capture import build_call, signature
+    from memwall_plugin.records import FloatArg
+
+    assert [signature(v) for v in (0.0, -0.0, 1.0, 0.5, -1.0)] == [
+        FloatArg.ZERO, FloatArg.ZERO, FloatArg.ONE, FloatArg.OTHER, FloatArg.OTHER]
+    assert not FloatArg.ZERO and FloatArg.ONE and FloatArg.OTHER
+    x = torch.randn(3)
+    call = build_call(torch.ops.aten.add.Tensor, (signature(x), signature(x)), {"alpha": signature(0.5)},
+                      signature(x))
+    assert call["alpha"] is FloatArg.OTHER
+    call = build_call(torch.ops.aten.add.Tensor, (signature(x), signature(x)), {}, signature(x))
+    assert call["alpha"] == 1  # the schema's default, an int: a unit scale
+    a = torch.randn(50)
+    rep = profiled(lambda: (a.add(a, alpha=0.5), a.sub(a), a.add(a, alpha=1.0)))
+    assert sorted(r.flops for r in rep.rows) == [50, 50, 100]
+
+
+def test_grouped_mm_counts_every_layout_by_hand():
+    g, m, k, n = 4, 24, 16, 8
+    offs = torch.tensor([5, 11, 20, 24], dtype=torch.int32)  # rows per group: 5, 6, 9, 4
+    x, w = torch.randn(m, k), torch.randn(g, k, n)
+    batched = torch.randn(g, m, k)
+    rep = profiled(lambda: (
+        torch._grouped_mm(x, w, offs=offs),  # 2d x 3d: groups split the rows of x
+        torch._grouped_mm(batched, w),  # 3d x 3d: a batched matmul
+        torch._grouped_mm(x.t().contiguous(), torch.randn(m, n), offs=offs),  # 2d x 2d: the weight gradient
+    ))
+    by_shapes = {r.shapes: r.flops for r in rep.rows if r.op == "aten._grouped_mm"}
+    # sum over groups of 2 * m_g * k * n, the groups covering all m rows
+    assert by_shapes[f"[{m}, {k}] x [{g}, {k}, {n}] x [{g}]"] == sum(2 * rows * k * n for rows in (5, 6, 9, 4))
+    assert by_shapes[f"[{g}, {m}, {k}] x [{g}, {k}, {n}]"] == g * 2 * m * k * n
+    # grad_w[g] = x_g^T @ grad_out_g: [k, m_g] @ [m_g, n] per group
+    assert by_shapes[f"[{k}, {m}] x [{m}, {n}] x [{g}]"] == sum(2 * k * rows * n for rows in (5, 6, 9, 4))
+
+
+def test_moe_router_and_generation_ops_are_counted():
+    expert_ids = torch.randint(0, 8, (64,)).float()
+    tokens = torch.randint(0, 100, (4, 16))
+    rep = profiled(lambda: (torch.histc(expert_ids, bins=8, min=0, max=7), torch.floor_divide(tokens, 3),
+                            torch.isin(tokens[:, -1], torch.tensor([0, 2]))))
+    assert one_row(rep, "aten.histc").flops == 4 * 64  # subtract, scale, range check, count
+    assert one_row(rep, "aten.floor_divide").flops == 4 * 16
+    assert one_row(rep, "aten.isin").flops == 4 * 2  # each element against each test element
+    assert not rep.uncounted
