@@ -171,7 +171,7 @@ class ModuleTracker:
             name = self.stack[-1] if self.stack else ""
         if name == "" and self.generation_label is None:
             # the model itself is called: is it a step of text generation?
-            label = generation_phase(forward_kwargs())
+            label = generation_phase(args, forward_kwargs())
             if label is not None:
                 self.generation_label, self._label_depth = label, len(self.stack)
         self.stack.append(name)
@@ -231,26 +231,67 @@ class ModuleTracker:
         self._last_node = None
 
 
-def generation_phase(kwargs: dict[str, Any]) -> str | None:
-    """"prefill" for the call that fills a KV cache, "decode" for calls that extend one, None
-    for calls that keep no cache (training, plain inference). Recognises transformers' Cache
-    objects and the legacy tuple-of-(key, value) format."""
-    past = kwargs.get("past_key_values")
-    if past is None and kwargs.get("use_cache") is not True:
-        return None
-    return "prefill" if _cache_length(past) == 0 else "decode"
+def generation_phase(args: Any, kwargs: dict[str, Any]) -> str | None:
+    """"prefill" for a model call that fills a KV cache, "decode" for one that extends it, None
+    for a call that keeps no cache (training, plain inference).
+
+    A call is recognised by what it is passed, not by an argument's name (transformers renamed
+    `past_key_values` to `cache`; Mamba's was `cache_params`): a cache object under any name or
+    position (anything with `get_seq_length`, as transformers' Cache classes have), or the
+    legacy tuple of per-layer (key, value) tensors; `use_cache=True` with no cache is a model
+    about to make one (prefill). A cache already holding tokens (or, for caches of recurrent
+    state such as Mamba's, holding any state) makes the call a decode step."""
+    cache = None
+    for value in kwargs.values():
+        if _is_cache(value) or _is_legacy_cache(value):
+            cache = value
+            break
+    else:
+        for value in args if isinstance(args, tuple) else ():
+            if _is_cache(value):
+                cache = value
+                break
+    if cache is None:
+        return "prefill" if kwargs.get("use_cache") is True else None
+    return "decode" if _cache_length(cache) > 0 else "prefill"
 
 
-def _cache_length(past: Any) -> int:
-    if past is None:
-        return 0
-    length = getattr(past, "get_seq_length", None)
-    if callable(length):
-        try:
-            return int(length())
-        except Exception:  # a cache type we do not know: treat as filled
-            return 1
-    if isinstance(past, (list, tuple)) and past and isinstance(past[0], (list, tuple)) and past[0]:
-        key = past[0][0]
-        return int(key.shape[-2]) if isinstance(key, torch.Tensor) and key.dim() >= 2 else 0
-    return 0
+def _is_cache(value: Any) -> bool:
+    return not isinstance(value, torch.Tensor) and callable(getattr(value, "get_seq_length", None))
+
+
+def _is_legacy_cache(value: Any) -> bool:
+    """((key, value), ...) per layer, each [batch, heads, seq, head_dim] (transformers 4.x)."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    first = value[0]
+    return (isinstance(first, (list, tuple)) and len(first) >= 2 and isinstance(first[0], torch.Tensor)
+            and first[0].dim() == 4)
+
+
+def _cache_length(cache: Any) -> int:
+    """Tokens the cache holds; for a cache that cannot say (recurrent state only), 1 when it
+    holds any state and 0 when empty."""
+    if _is_legacy_cache(cache):
+        return int(cache[0][0].shape[-2])
+    try:
+        return int(cache.get_seq_length())
+    except Exception:  # a cache of recurrent state only (Mamba): look for what it holds
+        return 1 if _holds_state(cache) else 0
+
+
+def _holds_state(value: Any, depth: int = 0) -> bool:
+    """Whether any tensor with elements is reachable from `value` (a few levels deep)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() > 0
+    if depth >= 4:
+        return False
+    if isinstance(value, dict):
+        items: Any = value.values()
+    elif isinstance(value, (list, tuple)):
+        items = value
+    elif hasattr(value, "__dict__") and not isinstance(value, (type, torch.nn.Module)):
+        items = vars(value).values()
+    else:
+        return False
+    return any(_holds_state(item, depth + 1) for item in items)

@@ -54,3 +54,41 @@ def test_summary_says_decode_is_far_below_prefill(gpt2):
         gpt2.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
     notes = memwall.findings(prof.report())
     assert any(n.startswith("decode runs at") for n in notes)
+
+
+class _KVCache:
+    """A cache as any library might write one: holds per-layer keys and says how long it is."""
+
+    def __init__(self, length: int) -> None:
+        self.keys = [torch.zeros(1, 2, length, 4)]
+
+    def get_seq_length(self) -> int:
+        return self.keys[0].shape[-2]
+
+
+class _StateCache:
+    """A cache of recurrent state only (Mamba's): it cannot say a length."""
+
+    def __init__(self, filled: bool) -> None:
+        self.layers = [{"conv": torch.zeros(1, 8, 4) if filled else None}]
+
+    def get_seq_length(self) -> int:
+        raise ValueError("no attention layers")
+
+
+@pytest.mark.parametrize("args,kwargs,phase", [
+    ((), {"input_ids": torch.zeros(1, 4)}, None),  # plain inference keeps no cache
+    ((), {"use_cache": True}, "prefill"),  # the model will make one
+    ((), {"cache": _KVCache(0)}, "prefill"),  # transformers 5.x's name
+    ((), {"past_key_values": _KVCache(7)}, "decode"),  # transformers 4.x's name
+    ((), {"kv": _KVCache(7)}, "decode"),  # any name
+    ((torch.zeros(1, 1), _KVCache(3)), {}, "decode"),  # passed by position
+    ((), {"past_key_values": ((torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4)),)}, "decode"),  # legacy tuples
+    ((), {"past_key_values": ((torch.zeros(1, 2, 0, 4), torch.zeros(1, 2, 0, 4)),)}, "prefill"),
+    ((), {"cache_params": _StateCache(False)}, "prefill"),
+    ((), {"cache": _StateCache(True)}, "decode"),
+])
+def test_a_generation_step_is_recognised_by_its_cache_not_its_argument_name(args, kwargs, phase):
+    from memwall_plugin.hooks.modules import generation_phase
+
+    assert generation_phase(args, kwargs) == phase
