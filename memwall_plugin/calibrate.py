@@ -20,6 +20,8 @@ import torch
 from memwall_plugin.devices import CALIBRATED, DeviceSpec, peak_key
 
 ENV_CACHE_DIR = "MEMWALL_CACHE_DIR"
+#: "0" turns off the short measurement memwall makes the first time it profiles on a CPU
+ENV_AUTO = "MEMWALL_CALIBRATE"
 CACHE_VERSION = 1
 
 _CALIBRATED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -120,10 +122,13 @@ def apply_calibration(spec: DeviceSpec) -> DeviceSpec:
         calibration.peaks_flops_per_s, calibration.bandwidth_bytes_per_s, source=CALIBRATED
     )
     when = time.strftime("%Y-%m-%d", time.localtime(calibration.measured_unix_s))
+    if calibration.details.get("automatic"):
+        how = "measured automatically at the first profile: fp32 GEMM, STREAM triad"
+        notes = "other peaks are estimated: run `memwall calibrate` to measure every dtype"
+    else:
+        how, notes = "GEMM per dtype, STREAM triad", ""
     return dataclasses.replace(
-        measured,
-        source=f"calibrated {when} (GEMM per dtype, STREAM triad); other figures: {spec.source}",
-        notes="",
+        measured, source=f"calibrated {when} ({how}); other figures: {spec.source}", notes=notes,
     )
 
 
@@ -160,10 +165,11 @@ def measure_gemm(
 ) -> tuple[float, int]:
     """Best FLOP/s of an n x n x n matmul; n doubles until one matmul takes `budget_s`."""
     timed = _timer(device)
+    generator = torch.Generator(device=device).manual_seed(0)  # never the user's random stream
     n = 256
     while True:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
+        a = torch.randn(n, n, device=device, generator=generator).to(dtype)
+        b = torch.randn(n, n, device=device, generator=generator).to(dtype)
 
         def matmul(a: torch.Tensor = a, b: torch.Tensor = b) -> torch.Tensor:
             return a @ b
@@ -186,9 +192,10 @@ def measure_stream(
     Arrays are far larger than the last-level cache (default 32M elements, 128 MB each)."""
     timed = _timer(device)
     n = elements or 32 * 2**20
+    generator = torch.Generator(device=device).manual_seed(0)  # never the user's random stream
     a = torch.empty(n, device=device)
-    b = torch.rand(n, device=device)
-    c = torch.rand(n, device=device)
+    b = torch.rand(n, device=device, generator=generator)
+    c = torch.rand(n, device=device, generator=generator)
 
     def copy() -> None:
         a.copy_(b)
@@ -212,20 +219,22 @@ def calibrate(
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
     save: bool = True,
+    dtypes: tuple[torch.dtype, ...] = _CALIBRATED_DTYPES,
+    repeats: int | None = None,
 ) -> Calibration:
     """Measure `spec`'s device: a GEMM per supported dtype and a STREAM copy/triad; cache it."""
     device = device or torch.device("cuda" if spec.kind in ("cuda", "rocm") else spec.kind)
     budget = 0.05 if quick else 0.3
     peaks: dict[str, float] = {}
     details: dict[str, Any] = {"quick": quick, "threads": torch.get_num_threads()}
-    for dtype in _CALIBRATED_DTYPES:
+    for dtype in dtypes:
         name = str(dtype).removeprefix("torch.")
         if progress:
             progress(f"GEMM {name}")
         try:
             # a GPU reaches its peak only on large products (H100 bf16: ~80% at 8192)
             largest = 8192 if device.type == "cuda" else 2048 if quick else 4096
-            flops, n = measure_gemm(dtype, device, budget_s=budget, max_n=largest)
+            flops, n = measure_gemm(dtype, device, budget_s=budget, max_n=largest, repeats=repeats or 3)
         except (RuntimeError, TypeError) as exc:  # dtype not supported here
             details[f"gemm_{name}"] = f"skipped: {exc}"
             continue
@@ -233,7 +242,7 @@ def calibrate(
         details[f"gemm_{name}_n"] = n
     if progress:
         progress("STREAM copy and triad")
-    triad, copy, n = measure_stream(device, repeats=3 if quick else 5)
+    triad, copy, n = measure_stream(device, repeats=repeats or (3 if quick else 5))
     details["stream_elements"] = n
     calibration = Calibration(
         fingerprint=device_fingerprint(spec), peaks_flops_per_s=peaks, bandwidth_bytes_per_s=triad,
@@ -241,4 +250,51 @@ def calibrate(
     )
     if save:
         save_calibration(calibration)
+    return calibration
+
+
+_auto_failed = False  # the cache could not be written: measure at most once per process
+
+
+def auto_calibration_wanted(environ: Any = None) -> bool:
+    """Whether a profile about to record on this machine's CPU should measure it first: no
+    device or peaks chosen, no GPU, one process (ranks sharing a host would measure each other),
+    not turned off by $MEMWALL_CALIBRATE=0, and nothing measured for this CPU yet."""
+    env = os.environ if environ is None else environ
+    if _auto_failed or env.get(ENV_AUTO, "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if env.get("MEMWALL_DEVICE") or env.get("MEMWALL_PEAKS"):
+        return False
+    if int(env.get("WORLD_SIZE", "1") or 1) > 1 or torch.cuda.is_available():
+        return False
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return False
+    from memwall_plugin.devices import cpu_spec
+
+    return load_calibration(cpu_spec()) is None
+
+
+def auto_calibrate(report: Callable[[str], None] | None = None) -> Calibration | None:
+    """The first profile on a CPU: a short fp32 GEMM and a STREAM triad (about two seconds),
+    cached like `memwall calibrate`'s figures. Never raises: trouble leaves the estimate."""
+    global _auto_failed
+    from memwall_plugin.devices import cpu_spec
+
+    spec = cpu_spec()
+    if report is not None:
+        report(f"memwall: measuring this CPU's ceilings once (fp32 GEMM, STREAM triad; about two seconds), "
+               f"cached in {_cache_file()}; ${ENV_AUTO}=0 skips this")
+    try:
+        with torch.no_grad():
+            # quick sizes, but the best of many runs: a shared machine's noise only slows a run
+            calibration = calibrate(spec, quick=True, dtypes=(torch.float32,), save=False, repeats=8)
+        calibration = dataclasses.replace(calibration, details={**calibration.details, "automatic": True})
+        save_calibration(calibration)
+    except Exception as exc:  # a read-only home, an odd machine: the estimate stands
+        _auto_failed = True
+        if report is not None:
+            report(f"memwall: could not measure or cache this CPU's ceilings ({type(exc).__name__}: {exc}); "
+                   "using the estimate")
+        return None
     return calibration

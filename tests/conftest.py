@@ -37,8 +37,10 @@ def _seed() -> None:
 
 @pytest.fixture(autouse=True)
 def _hermetic_environment(monkeypatch, tmp_path_factory) -> None:
-    """Tests never read the developer's calibration cache or device overrides."""
+    """Tests never read the developer's calibration cache or device overrides, and do not
+    measure the machine on their first profile (tests of that turn it back on)."""
     monkeypatch.setenv("MEMWALL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "empty-cache"))
+    monkeypatch.setenv("MEMWALL_CALIBRATE", "0")
     monkeypatch.delenv("MEMWALL_DEVICE", raising=False)
     monkeypatch.delenv("MEMWALL_PEAKS", raising=False)
     monkeypatch.delenv("MEMWALL_LINK", raising=False)
