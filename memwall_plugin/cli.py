@@ -372,10 +372,14 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         return code
     if args.summary and report.steps:
         console.print(Summary(report, SummaryOptions(top=args.top), prof.job_reports()))
+    for where in prof.nested:
+        saved = f"report under {where}" if where else "no logdir: its report stayed in the script"
+        console.print(f"memwall: the script opened its own memwall.profile, which recorded its block in place "
+                      f"of memwall run ({saved}); memwall run recorded the rest", highlight=False, markup=False)
     if prof.saved:
         console.print(f"memwall: report saved under {logdir / 'plugins' / 'memwall'}"
                       f"{' (incomplete)' if report.incomplete else ''}", highlight=False, markup=False)
-    elif not report.steps:
+    elif not report.steps and not prof.nested:
         console.print("memwall: no step was recorded (the schedule's active steps never ran)",
                       highlight=False, markup=False)
     return code

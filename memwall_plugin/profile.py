@@ -6,6 +6,8 @@ import contextlib
 import functools
 import os
 import socket
+import sys
+import threading
 import time
 import warnings
 import weakref
@@ -16,10 +18,11 @@ from typing import Any, Literal
 import torch
 
 from memwall_plugin.analysis import analysis_cache, rows_from_entries
+from memwall_plugin.calibrate import auto_calibrate, auto_calibration_wanted
 from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.distributed import DistributedSession, publish, wait_for_ranks
 from memwall_plugin.formulas import REGISTRY
-from memwall_plugin.hooks.capture import Capture, CaptureEntry, ProfilerConflictError, merge_into
+from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into
 from memwall_plugin.output import OutputGuard
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report, ceilings_of
@@ -107,6 +110,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
       $MEMWALL_LINK="bandwidth=50e9,name=InfiniBand NDR" does the same. Default: detected.
     """
 
+    #: the profile recording now: the innermost open one (the ones it was opened inside wait)
     _open: profile | None = None
 
     def __init__(
@@ -169,28 +173,94 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._analyses = analysis_cache(self.registry)
         self._output = OutputGuard()  # every file write goes through it
         self._dist = DistributedSession(link)  # rank, collectives, link (memwall_plugin/distributed.py)
+        self._entered = False
+        self._thread = threading.get_ident()
+        #: the profile this one took over from (opened inside it), resumed when this one ends
+        self._outer: profile | None = None
+        #: where the profiles opened inside this one recorded in its place (their logdirs)
+        self.nested: list[str] = []
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> profile:
-        if profile._open is not None:
-            raise ProfilerConflictError(
-                "memwall.profile is already active; profiles cannot be nested. "
-                "Use one profile and mark steps with prof.step()."
-            )
-        profile._open = self
+        if self._entered:
+            raise RuntimeError("this memwall.profile is already open: enter a profile object once "
+                               "(make a new memwall.profile(...) for another block)")
+        outer = profile._open
+        idle = outer is not None and outer._thread != threading.get_ident()
+        if idle:
+            warnings.warn("memwall: a memwall.profile is already recording on another thread; this one "
+                          "records nothing (profile from the thread that runs the model)",
+                          RuntimeWarning, stacklevel=2)
+        elif outer is not None:
+            # a profile opened inside another (the script's own under `memwall run`, a library
+            # that profiles itself): this one records its own window; the outer one waits
+            self._outer = outer
+            outer._yield_to(self)
+            if self.kineto and any(p.kineto for p in self._outers()):
+                warnings.warn("memwall: an enclosing memwall.profile already records a torch.profiler trace; "
+                              "this one does not record a second (kineto=True ignored)", RuntimeWarning,
+                              stacklevel=2)
+                self.kineto = False
+        self._thread = threading.get_ident()
+        if not idle:
+            profile._open = self
+        self._entered = True
         try:
-            if self.kineto:
+            if self._device is None and not idle and auto_calibration_wanted():
+                # before anything is recorded: the measurement is not part of the user's run
+                auto_calibrate(report=_to_stderr)
+            if self.kineto and not idle:
                 self._start_kineto()
             self._capture = Capture(self.model, max_signatures=self.max_signatures, analyse=self._analyses.analyse)
+            self._capture.suspended = idle
             self._capture.open()
             self._dist.open(self._capture)
             if self.step_on_optimizer:
                 self._capture.tracker.on_optimizer_step = self._optimizer_stepped
             self._begin_step(0)
         except BaseException:
-            self._close()
+            try:
+                self._close()
+            finally:
+                self._hand_back()
             raise
         return self
+
+    def _outers(self) -> list[profile]:
+        chain, outer = [], self._outer
+        while outer is not None:
+            chain.append(outer)
+            outer = outer._outer
+        return chain
+
+    def _yield_to(self, inner: profile) -> None:
+        """A profile opened inside this one records from now on: stop recording until it ends."""
+        self.nested.append(str(inner.logdir) if inner.logdir is not None else "")
+        capture = self._capture
+        if capture is None:
+            return
+        capture.suspended = True
+        try:
+            capture.stop()
+        except Exception as err:  # another dispatch mode above ours: memwall gives up, the run goes on
+            self._fail(err, "handing over to a nested memwall.profile")
+
+    def _hand_back(self) -> None:
+        """This profile has ended: the one it took over from records again."""
+        outer, self._outer = self._outer, None
+        if outer is None:
+            return
+        if profile._open is self:
+            profile._open = outer
+        capture = outer._capture
+        if capture is None or not outer._entered:
+            return
+        capture.suspended = False
+        if outer._action.recording:
+            try:
+                capture.start()
+            except Exception as err:
+                outer._fail(err, "resuming after a nested memwall.profile")
 
     def __exit__(
         self,
@@ -211,13 +281,16 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         finally:
             self._close()
             self._finish_tensorboard()
-        if self._dist.prints_summary(self.summary) and self._steps:
-            try:
-                self._print_summary()
-            except Exception as err:
-                warnings.warn(f"memwall: could not print the summary: {type(err).__name__}: {err}",
-                              RuntimeWarning, stacklevel=2)
-        self._dist.ended()
+        try:
+            if self._dist.prints_summary(self.summary) and self._steps:
+                try:
+                    self._print_summary()
+                except Exception as err:
+                    warnings.warn(f"memwall: could not print the summary: {type(err).__name__}: {err}",
+                                  RuntimeWarning, stacklevel=2)
+            self._dist.ended()
+        finally:
+            self._hand_back()
         return False  # the user's exception, if any, propagates unchanged
 
     # -- TensorBoard ---------------------------------------------------------------------------
@@ -268,13 +341,14 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
                 self._capture.close()
         finally:
             self._dist.close()
+            self._entered = False
             if profile._open is self:
-                profile._open = None
+                profile._open = self._outer
 
     # -- steps ---------------------------------------------------------------------------------
     def step(self) -> None:
         """Mark the end of a step (a training iteration, a generated token, ...)."""
-        if profile._open is not self:
+        if not self._entered:
             raise RuntimeError("prof.step() was called outside its `with memwall.profile(...)` block")
         capture = self._capture
         if capture is not None and capture.failed is not None:
@@ -321,14 +395,14 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         # one step per iteration: the first optimizer that steps marks the boundaries
         if self._primary_optimizer is None or self._primary_optimizer() is None:
             self._primary_optimizer = weakref.ref(optimizer)
-        if self._primary_optimizer() is optimizer and profile._open is self:
+        if self._primary_optimizer() is optimizer and self._entered:
             self.step()
 
     def phase(self, name: str | None) -> _PhaseLabel:
         """Label the forward work that follows ("prefill", "decode", or a name of your own):
         `prof.phase("decode")` until the next call, or `with prof.phase("decode"): ...`.
         `prof.phase(None)` clears it. Backward and optimizer work keep their phases."""
-        if self._capture is None or profile._open is not self:
+        if self._capture is None or not self._entered:
             raise RuntimeError("prof.phase() labels work inside its `with memwall.profile(...)` block")
         if name is not None and (not isinstance(name, str) or not name.isidentifier()):
             raise ValueError(f"a phase is a short name like 'decode' or 'prefill', got {name!r}")
@@ -446,7 +520,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             table = {k: v.copy() for k, v in table.items()}
             table = _merge(table, self._window)
         report = self._build(table, tuple(self._steps + self._window_steps), self._wall + self._window_wall)
-        if profile._open is not self and not self._window:
+        if not self._entered and not self._window:
             self._report = report  # the profile has ended: nothing can change it any more
         return report
 
@@ -462,6 +536,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         if self._output.failure is not None:
             console.print("memwall stopped writing files in this run (see the warning above)",
                           highlight=False, markup=False)
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _export_trace(kineto_prof: Any, path: Path) -> Path:

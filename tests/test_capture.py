@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import one_row, profiled, rows_of
 from torch.nn.modules import module as nn_module
 from torch.optim import optimizer as optim_module
@@ -187,15 +188,46 @@ def test_keyboard_interrupt_propagates_and_cleans_up():
     assert _global_hook_counts() == baseline
 
 
-def test_nested_profile_raises_a_clear_error():
+def test_profile_opened_inside_another_records_its_block_and_the_outer_resumes(tmp_path):
     baseline = _global_hook_counts()
+    x = torch.randn(4)
     with memwall.profile(summary=False) as outer:
-        with pytest.raises(memwall.ProfilerConflictError, match="already active"):
-            with memwall.profile(summary=False):
-                pass
-        torch.randn(4) * 2  # the outer profile still records
-    assert rows_of(outer.report(), "aten.mul")
+        x * 2  # the outer's
+        with memwall.profile(logdir=tmp_path, summary=False) as inner:
+            x + 1  # the inner's alone
+            inner.step()
+            x.abs()
+        x - 1  # the outer's again
+        outer.step()
+        x.neg()
+    inner_ops = {r.op for r in inner.report().rows}
+    outer_ops = {r.op for r in outer.report().rows}
+    assert {"aten.add", "aten.abs"} <= inner_ops and not {"aten.mul", "aten.sub", "aten.neg"} & inner_ops
+    assert {"aten.mul", "aten.sub", "aten.neg"} <= outer_ops and not {"aten.add", "aten.abs"} & outer_ops
+    assert inner.report().steps == (0, 1)
+    assert outer.nested == [str(tmp_path)]
+    assert memwall.load_report(inner.saved[0]).rows  # the inner one's own report file
     assert _global_hook_counts() == baseline
+
+
+def test_profile_on_another_thread_records_nothing_and_does_not_disturb_this_one():
+    import threading
+
+    seen: list[memwall.Report] = []
+
+    def other() -> None:
+        with pytest.warns(RuntimeWarning, match="another thread"):
+            with memwall.profile(summary=False) as prof:
+                torch.randn(4).exp()
+        seen.append(prof.report())
+
+    with memwall.profile(summary=False) as mine:
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+        torch.randn(4) * 2
+    assert seen and not seen[0].rows
+    assert rows_of(mine.report(), "aten.mul") and not rows_of(mine.report(), "aten.exp")
 
 
 def test_logdir_holds_a_report_per_window(tmp_path):
@@ -226,3 +258,42 @@ def test_bad_arguments_say_what_to_do():
         memwall.profile(schedule=3)
     with pytest.raises(ValueError, match="active"):
         memwall.schedule(active=0)
+
+
+@pytest.mark.parametrize("fn", [F.silu, F.mish], ids=["silu", "mish"])
+def test_activation_gradients_are_bit_identical_to_a_bare_run(fn):
+    # silu_backward and mish_backward have a CPU kernel and a CompositeImplicitAutograd
+    # decomposition that rounds differently: memwall must run the kernel the bare run runs
+    x = torch.randn(4096, 1024, requires_grad=True)
+    fn(x).sum().backward()
+    bare, x.grad = x.grad.clone(), None
+    with memwall.profile(summary=False) as prof:
+        fn(x).sum().backward()
+    assert torch.equal(x.grad, bare)
+    backward = {r.op for r in prof.report().rows if r.phase == "backward"}
+    assert f"aten.{fn.__name__}_backward" in backward  # counted as the kernel that ran
+    assert not prof.report().uncounted
+
+
+def test_channel_shuffle_in_inference_mode_runs_its_kernel():
+    x = torch.randn(2, 8, 5, 5)
+    with torch.inference_mode():
+        bare = torch.native_channel_shuffle(x, 4)
+        with memwall.profile(summary=False) as prof:
+            out = torch.native_channel_shuffle(x, 4)
+    assert torch.equal(out, bare)
+    assert [r.op for r in prof.report().rows] == ["aten.native_channel_shuffle"]
+    assert not prof.report().uncounted
+
+
+def test_list_arguments_show_every_distinct_shape():
+    k = torch.randn(1, 12, 63, 64)
+    rep = profiled(lambda: (torch.cat([torch.empty(0), k.flatten()]), torch.cat([k, k], 2)))
+    assert {r.shapes for r in rows_of(rep, "aten.cat")} == {"([0], [48384])", "2 x [1, 12, 63, 64]"}
+
+
+def test_the_seed_gradient_of_backward_is_backward_work():
+    x = torch.randn(8, requires_grad=True)
+    rep = profiled(lambda: (x * 2).sum().backward())
+    assert one_row(rep, "aten.ones_like").phase == "backward"
+    assert one_row(rep, "aten.mul", "forward")

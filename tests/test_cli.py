@@ -162,3 +162,31 @@ def test_devices_prints_peaks_with_their_sources(tmp_path):
     assert "peak fp32" in result.stdout and "memory bandwidth" in result.stdout
     # a known GPU's figures come from its datasheet; a CPU's are estimated until calibrated
     assert any(source in result.stdout for source in ("estimated", "calibrated", "datasheet"))
+
+
+def test_run_over_a_script_that_opens_its_own_profile_runs_it_to_its_end(tmp_path):
+    (tmp_path / "own.py").write_text(textwrap.dedent('''
+        import sys
+        import torch
+        import memwall_plugin as memwall
+
+        model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        x = torch.randn(8, 16)
+        with memwall.profile(model=model, logdir="runs/own", summary=False) as prof:
+            for _ in range(3):
+                model(x).sum().backward(); opt.step(); opt.zero_grad()
+                prof.step()
+        model(x).abs().sum().backward(); opt.step(); opt.zero_grad()  # after its profile
+        print("SCRIPT done")
+        sys.exit(3)
+    '''))
+    result = memwall_cli("run", "--logdir", "runs/outer", "own.py", cwd=tmp_path)
+    assert result.returncode == 3, result.stderr
+    assert "SCRIPT done" in result.stdout and "Traceback" not in result.stderr
+    assert "opened its own memwall.profile" in result.stdout
+    own = memwall.load_report(next((tmp_path / "runs/own/plugins/memwall").glob("*.json")))
+    outer = memwall.load_report(next((tmp_path / "runs/outer/plugins/memwall").glob("*.json")))
+    assert own.steps == (0, 1, 2) and {"forward", "backward", "optimizer"} <= {r.phase for r in own.rows}
+    assert "aten.abs" in {r.op for r in outer.rows}  # the outer one recorded what came after
+    assert "aten.abs" not in {r.op for r in own.rows}
