@@ -10,6 +10,7 @@ accumulation into a parameter (AccumulateGrad) goes to the module that owns the 
 from __future__ import annotations
 
 import bisect
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -172,6 +173,8 @@ class ModuleTracker:
         if name == "" and self.generation_label is None:
             # the model itself is called: is it a step of text generation?
             label = generation_phase(args, forward_kwargs())
+            if label is None and called_by_generate(module):
+                label = "prefill"  # generate()'s first call, given no cache (older Mamba)
             if label is not None:
                 self.generation_label, self._label_depth = label, len(self.stack)
         self.stack.append(name)
@@ -237,10 +240,11 @@ def generation_phase(args: Any, kwargs: dict[str, Any]) -> str | None:
 
     A call is recognised by what it is passed, not by an argument's name (transformers renamed
     `past_key_values` to `cache`; Mamba's was `cache_params`): a cache object under any name or
-    position (anything with `get_seq_length`, as transformers' Cache classes have), or the
-    legacy tuple of per-layer (key, value) tensors; `use_cache=True` with no cache is a model
-    about to make one (prefill). A cache already holding tokens (or, for caches of recurrent
-    state such as Mamba's, holding any state) makes the call a decode step."""
+    position (anything with `get_seq_length`, as transformers' Cache classes have, or a class
+    named like one, `MambaCache`), or the legacy tuple of per-layer (key, value) tensors;
+    `use_cache=True` with no cache is a model about to make one (prefill). A cache already
+    holding tokens (or, for caches of recurrent state such as Mamba's, holding any state)
+    makes the call a decode step."""
     cache = None
     for value in kwargs.values():
         if _is_cache(value) or _is_legacy_cache(value):
@@ -257,7 +261,22 @@ def generation_phase(args: Any, kwargs: dict[str, Any]) -> str | None:
 
 
 def _is_cache(value: Any) -> bool:
-    return not isinstance(value, torch.Tensor) and callable(getattr(value, "get_seq_length", None))
+    if value is None or isinstance(value, (torch.Tensor, int, float, str, bool)):
+        return False
+    return callable(getattr(value, "get_seq_length", None)) or type(value).__name__.endswith("Cache")
+
+
+def called_by_generate(module: Any) -> bool:
+    """Whether the model is being called from its own `generate()` (a few frames up: generate
+    calls a decoding loop such as `_sample`, which calls the model)."""
+    frame = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "generate" and frame.f_locals.get("self") is module:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def _is_legacy_cache(value: Any) -> bool:
@@ -276,7 +295,7 @@ def _cache_length(cache: Any) -> int:
         return int(cache[0][0].shape[-2])
     try:
         return int(cache.get_seq_length())
-    except Exception:  # a cache of recurrent state only (Mamba): look for what it holds
+    except Exception:  # a cache of recurrent state only (Mamba's): look for what it holds
         return 1 if _holds_state(cache) else 0
 
 

@@ -1,0 +1,72 @@
+"""The zoo: today's architectures, each held to truths from outside memwall (zoo_models.py).
+
+Per model, one training step (forward, backward, AdamW) and, where it generates, a generate()
+call: bit-identical to a bare run, nothing uncounted, matmul-class FLOPs equal to torch's
+FlopCounterMode (plus the bias adds memwall counts and it does not), fused attention and grouped
+expert GEMMs equal to hand counts, prefill and decode told apart with decode far less intense.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+transformers = pytest.importorskip("transformers")
+
+from conftest import no_deprecations  # noqa: E402
+from zoo_models import NEW_TOKENS, Arch, figures, zoo  # noqa: E402
+
+ARCHS = {arch.name: arch for arch in zoo()}
+
+
+@functools.cache
+def _figures(name: str) -> dict:
+    arch = ARCHS[name]
+    if arch.requires and not hasattr(transformers, arch.requires):
+        pytest.skip(f"{arch.requires} is not in transformers {transformers.__version__}")
+    with no_deprecations():
+        return figures(arch)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_training_step_is_bit_identical_and_fully_counted(name):
+    got = _figures(name)
+    assert got["differs_from_bare_run"] == []  # outputs, loss, every gradient, weights after AdamW
+    assert got["uncounted"] == []
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_flops_agree_with_flop_counter_mode_and_hand_counts(name):
+    arch: Arch = ARCHS[name]
+    got = _figures(name)
+    assert got["flop_counter"], "no matmul-class op ran"
+    for op, (mine, theirs) in got["flop_counter"].items():
+        assert mine == theirs, (op, mine, theirs)
+    if arch.grouped_conv:
+        mine, hand, flop_counter_mode = got["grouped_conv_backward"]
+        assert mine == hand and flop_counter_mode > hand  # FlopCounterMode counts x groups
+    if arch.attention:
+        if "attention" in got:  # torch's CPU flash kernel, which FlopCounterMode counts as 0
+            for mine, hand in got["attention"]:
+                assert mine == hand
+        else:  # the math path: its matmuls are FlopCounterMode's bmm above
+            assert got["attention_as_matmuls"] > 0
+    if arch.grouped_gemm_flops is not None and "grouped_gemm" in got:  # transformers 5.x's experts path
+        mine, hand = got["grouped_gemm"]
+        assert mine == hand
+    if arch.linear_forward_flops is not None:
+        mine, hand = got["linear_forward"]
+        assert mine == hand
+
+
+@pytest.mark.parametrize("name", [n for n, a in ARCHS.items() if a.generate is not None])
+def test_generate_splits_prefill_and_decode(name):
+    arch = ARCHS[name]
+    got = _figures(name)
+    assert got["generate_uncounted"] == []
+    assert {"prefill", "decode"} <= set(got["phases"])
+    # the output projection runs once per model call: the prompt, then each new token
+    assert got["lm_head_calls"] == {"prefill": 1, "decode": NEW_TOKENS - 1}
+    intensity = got["intensity"]
+    assert intensity["decode"] < intensity[arch.prompt_phase] / arch.decode_factor, intensity

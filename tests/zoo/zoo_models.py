@@ -1,0 +1,566 @@
+"""Today's architectures from small configs (random weights), and the ground truth each is held to.
+
+Each `Arch` builds a model as its users build it (transformers classes from a config; nanoGPT
+written as its users write it), a training batch, and, where the model generates, a prompt. The
+truths come from outside memwall: a bare run's bits, torch's FlopCounterMode (its formulas for
+matmuls and convolutions, and its `sdpa_flop_count` for attention, which FlopCounterMode itself
+does not apply to the CPU flash kernel), and hand counts from the config (grouped expert GEMMs).
+
+`python tests/zoo/zoo_models.py` prints the figures the zoo's tests check, per model.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
+
+import memwall_plugin as memwall
+
+VOCAB = 256
+BATCH, SEQ = 2, 32
+PROMPT, NEW_TOKENS = 32, 8
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One kind of attention call in a training step: `layers` calls of [b, h, s_q, d] queries
+    against [b, h_kv, s_k, d] keys (self- or cross-attention)."""
+
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    s_q: int
+    s_k: int
+
+    def shapes(self, batch: int) -> tuple[tuple[int, ...], ...]:
+        q = (batch, self.heads, self.s_q, self.head_dim)
+        kv = (batch, self.kv_heads, self.s_k, self.head_dim)
+        return q, kv, kv
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    build: Callable[[], nn.Module]
+    batch: Callable[[], dict[str, Any]]
+    #: calls of the model's fused attention per training step (empty: attention runs as matmuls)
+    attention: tuple[Attention, ...] = ()
+    #: hand count of the grouped expert GEMMs in one training step (forward and backward)
+    grouped_gemm_flops: int | None = None
+    #: generate() keyword arguments besides the prompt; None: the model does not generate
+    generate: dict[str, Any] | None = None
+    prompt: Callable[[], dict[str, Any]] | None = None
+    lm_head: str = "lm_head"
+    #: how many times lower decode's intensity must be than the prompt's (prefill, or the
+    #: encoder's forward for encoder-decoder models, whose prefill reads one start token)
+    decode_factor: float = 5.0
+    prompt_phase: str = "prefill"
+    #: its convolutions are grouped (depthwise): FlopCounterMode counts their weight gradients
+    #: x groups, so their backward is held to the hand count (each gradient a forward's size)
+    grouped_conv: bool = False
+    #: the whole forward's linear-layer FLOPs by hand (nanoGPT): None where not derived
+    linear_forward_flops: int | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    #: the transformers class it needs, where older supported releases lack it
+    requires: str | None = None
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        out = model(**batch)
+        return out.loss if hasattr(out, "loss") else out[1]
+
+
+def _tokens() -> torch.Tensor:
+    return torch.randint(0, VOCAB, (BATCH, SEQ))
+
+
+def _lm_batch() -> dict[str, Any]:
+    ids = _tokens()
+    return {"input_ids": ids, "labels": ids}
+
+
+def _prompt() -> dict[str, Any]:
+    return {"input_ids": torch.randint(3, VOCAB, (1, PROMPT))}
+
+
+def _decoder_only(cfg_cls: Any, **kw: Any) -> Callable[[], Any]:
+    def make() -> Any:
+        return cfg_cls(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **kw)
+    return make
+
+
+def _model(model_cls: str, config: Callable[[], Any]) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import transformers
+
+        return getattr(transformers, model_cls)(config())
+    return build
+
+
+GQA = Attention(layers=2, heads=4, kv_heads=2, head_dim=16, s_q=SEQ, s_k=SEQ)
+MHA = Attention(layers=2, heads=4, kv_heads=4, head_dim=16, s_q=SEQ, s_k=SEQ)
+GENERATE = {"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False, "pad_token_id": 0}
+
+
+def _moe_flops(layers: int, hidden: int, expert_intermediate: int, top_k: int) -> int:
+    """Routed experts: each of the batch's tokens runs through top_k experts, each a gated MLP
+    (gate and up: [hidden -> 2 x intermediate], down: [intermediate -> hidden]). Forward:
+    2 x rows x (hidden x 2 intermediate + intermediate x hidden); backward: the input and the
+    weight gradient of each, twice the forward."""
+    rows = BATCH * SEQ * top_k
+    forward = 2 * rows * hidden * 2 * expert_intermediate + 2 * rows * expert_intermediate * hidden
+    return layers * 3 * forward
+
+
+def _llama_family() -> list[Arch]:
+    import transformers as t
+
+    return [
+        Arch("llama", _model("LlamaForCausalLM", _decoder_only(t.LlamaConfig)), _lm_batch, attention=(GQA,),
+             generate=GENERATE, prompt=_prompt),
+        Arch("mistral", _model("MistralForCausalLM", _decoder_only(t.MistralConfig, sliding_window=16)), _lm_batch,
+             attention=(GQA,), generate=GENERATE, prompt=_prompt,
+             notes=("sliding window 16 < 32 tokens: SDPA on CPU computes the whole masked score matrix",)),
+        Arch("qwen2", _model("Qwen2ForCausalLM", _decoder_only(t.Qwen2Config)), _lm_batch, attention=(GQA,),
+             generate=GENERATE, prompt=_prompt),
+        Arch("mixtral", _model("MixtralForCausalLM", _decoder_only(t.MixtralConfig, num_local_experts=4,
+                                                                     num_experts_per_tok=2)),
+             _lm_batch, attention=(GQA,), grouped_gemm_flops=_moe_flops(2, 64, 128, 2),
+             generate=GENERATE, prompt=_prompt),
+        Arch("qwen2_moe", _model("Qwen2MoeForCausalLM", _decoder_only(
+            t.Qwen2MoeConfig, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+            shared_expert_intermediate_size=128)),
+             _lm_batch, attention=(GQA,), grouped_gemm_flops=_moe_flops(2, 64, 64, 2),
+             generate=GENERATE, prompt=_prompt),
+    ]
+
+
+def _gpt2() -> Arch:
+    import transformers as t
+
+    config = lambda: t.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=256,  # noqa: E731
+                                  bos_token_id=0, eos_token_id=0)
+    return Arch("gpt2", _model("GPT2LMHeadModel", config), _lm_batch, attention=(MHA,), generate=GENERATE,
+                prompt=_prompt)
+
+
+def _bert() -> Arch:
+    import transformers as t
+
+    def batch() -> dict[str, Any]:
+        return {"input_ids": _tokens(), "attention_mask": torch.ones(BATCH, SEQ, dtype=torch.long),
+                "labels": torch.tensor([0, 1])}
+
+    config = lambda: t.BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,  # noqa: E731
+                                  num_attention_heads=4, intermediate_size=128)
+    return Arch("bert", _model("BertForSequenceClassification", config), batch, attention=(MHA,))
+
+
+def _t5() -> Arch:
+    import transformers as t
+
+    def build() -> nn.Module:
+        cfg = t.T5Config(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
+                         decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+        return t.T5ForConditionalGeneration(cfg)
+
+    def batch() -> dict[str, Any]:
+        return {"input_ids": _tokens(), "labels": torch.randint(2, VOCAB, (BATCH, 16))}
+
+    # T5 computes attention as matmuls (relative position bias): FlopCounterMode covers them
+    return Arch("t5", build, batch, generate=GENERATE, prompt=_prompt, prompt_phase="forward")
+
+
+def _vit() -> Arch:
+    import transformers as t
+
+    patches = (32 // 8) ** 2 + 1  # 16 patches and the class token
+    config = lambda: t.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,  # noqa: E731
+                                 intermediate_size=128, image_size=32, patch_size=8, num_labels=10)
+
+    def batch() -> dict[str, Any]:
+        return {"pixel_values": torch.randn(BATCH, 3, 32, 32), "labels": torch.tensor([1, 7])}
+
+    attention = Attention(layers=2, heads=4, kv_heads=4, head_dim=16, s_q=patches, s_k=patches)
+    return Arch("vit", _model("ViTForImageClassification", config), batch, attention=(attention,))
+
+
+def _whisper() -> Arch:
+    import transformers as t
+
+    frames = 64  # mel frames; two convolutions (the second with stride 2) make 32 positions
+
+    def config() -> Any:
+        return t.WhisperConfig(vocab_size=VOCAB, d_model=64, encoder_layers=2, decoder_layers=2,
+                               encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                               decoder_ffn_dim=128, num_mel_bins=16, max_source_positions=frames // 2,
+                               max_target_positions=64, decoder_start_token_id=1, pad_token_id=0,
+                               eos_token_id=2, bos_token_id=1)
+
+    def batch() -> dict[str, Any]:
+        return {"input_features": torch.randn(BATCH, 16, frames), "labels": torch.randint(3, VOCAB, (BATCH, 16))}
+
+    def prompt() -> dict[str, Any]:
+        return {"input_features": torch.randn(1, 16, frames)}
+
+    source, target = frames // 2, 16
+    attention = (
+        Attention(layers=2, heads=4, kv_heads=4, head_dim=16, s_q=source, s_k=source),  # encoder
+        Attention(layers=2, heads=4, kv_heads=4, head_dim=16, s_q=target, s_k=target),  # decoder self
+        Attention(layers=2, heads=4, kv_heads=4, head_dim=16, s_q=target, s_k=source),  # cross
+    )
+    return Arch("whisper", _model("WhisperForConditionalGeneration", config), batch, attention=attention,
+                generate={"max_new_tokens": NEW_TOKENS, "min_new_tokens": NEW_TOKENS, "do_sample": False},
+                prompt=prompt, lm_head="proj_out", prompt_phase="forward", decode_factor=3.0)
+
+
+def _mamba() -> list[Arch]:
+    import transformers as t
+
+    archs = [Arch("mamba", lambda: t.MambaForCausalLM(t.MambaConfig(vocab_size=VOCAB, hidden_size=64, state_size=8,
+                                                                     num_hidden_layers=2)),
+                  _lm_batch, generate=GENERATE, prompt=_prompt, grouped_conv=True,
+                  # the prefill's selective scan runs step by step (no fused kernel on CPU): it is
+                  # memory-bound too, so decode is only a few times lower
+                  decode_factor=2.0)]
+    archs.append(Arch("mamba2", lambda: t.Mamba2ForCausalLM(t.Mamba2Config(
+        vocab_size=VOCAB, hidden_size=64, num_heads=8, head_dim=16, state_size=16, n_groups=1,
+        num_hidden_layers=2, expand=2, chunk_size=16)), _lm_batch, generate=GENERATE, prompt=_prompt,
+        grouped_conv=True, decode_factor=2.0, requires="Mamba2ForCausalLM"))  # transformers >= 4.44
+    return archs
+
+
+def _resnet() -> Arch:
+    import transformers as t
+
+    config = lambda: t.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],  # noqa: E731
+                                    num_labels=10)
+
+    def batch() -> dict[str, Any]:
+        return {"pixel_values": torch.randn(BATCH, 3, 32, 32), "labels": torch.tensor([3, 5])}
+
+    return Arch("resnet", lambda: t.ResNetForImageClassification(config()), batch)
+
+
+# --- nanoGPT, written as its users write it ------------------------------------------------------
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 64
+    vocab_size: int = VOCAB
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 64
+    dropout: float = 0.1
+    bias: bool = True
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()  # noqa: N806
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0,
+                                           is_causal=True)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.apply(self._init_weights)
+        for pn, p in self.named_parameters():
+            if pn.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        b, t = idx.size()
+        pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+
+def _nanogpt() -> Arch:
+    cfg = GPTConfig()
+    d, tokens = cfg.n_embd, BATCH * SEQ
+    per_layer = (2 * tokens * d * 3 * d + tokens * 3 * d  # c_attn + bias
+                 + 2 * tokens * d * d + tokens * d  # attn.c_proj + bias
+                 + 2 * tokens * d * 4 * d + tokens * 4 * d  # mlp.c_fc + bias
+                 + 2 * tokens * 4 * d * d + tokens * d)  # mlp.c_proj + bias
+    linear = cfg.n_layer * per_layer + 2 * tokens * d * cfg.vocab_size  # lm_head, no bias
+
+    def batch() -> dict[str, Any]:
+        ids = _tokens()
+        return {"idx": ids, "targets": ids}
+
+    return Arch("nanogpt", lambda: GPT(GPTConfig()), batch, attention=(MHA,), linear_forward_flops=linear)
+
+
+def zoo() -> list[Arch]:
+    return [*_llama_family(), _gpt2(), _bert(), _t5(), _vit(), _whisper(), *_mamba(), _resnet(), _nanogpt()]
+
+
+# --- runs -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """What one training step left behind: outputs, loss, gradients, weights after AdamW."""
+
+    outputs: list[torch.Tensor]
+    loss: torch.Tensor
+    grads: list[torch.Tensor | None]
+    weights: list[torch.Tensor]
+
+    def equal(self, other: Step) -> list[str]:
+        """What differs from `other`, bit for bit (empty when nothing does)."""
+        diffs = []
+        pairs = [("output", self.outputs, other.outputs), ("gradient", self.grads, other.grads),
+                 ("weight", self.weights, other.weights)]
+        if not torch.equal(self.loss, other.loss):
+            diffs.append("loss")
+        for kind, mine, theirs in pairs:
+            if len(mine) != len(theirs):
+                diffs.append(f"{kind} count")
+                continue
+            for i, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+                if (a is None) != (b is None) or (a is not None and b is not None and not torch.equal(a, b)):
+                    diffs.append(f"{kind} {i}")
+        return diffs
+
+
+def _tensors(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out.detach().clone()]
+    if isinstance(out, dict):
+        return [t for v in out.values() for t in _tensors(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _tensors(v)]
+    return []
+
+
+def fresh(arch: Arch, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = arch.build()
+    model.train()
+    return model
+
+
+def train_step(arch: Arch, model: nn.Module, batch: dict[str, Any], profile: bool) -> tuple[Step, Any]:
+    """Forward, backward and an AdamW step, from the same random state every time (dropout)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step() -> Step:
+        torch.manual_seed(1)
+        out = model(**batch)
+        loss = out.loss if hasattr(out, "loss") else out[1]
+        loss.backward()
+        grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+        opt.step()
+        opt.zero_grad()
+        outputs = _tensors(out.logits if hasattr(out, "logits") else out[0])
+        return Step(outputs, loss.detach(), grads, [p.detach().clone() for p in model.parameters()])
+
+    if not profile:
+        return step(), None
+    with memwall.profile(model=model, summary=False) as prof:
+        result = step()
+    return result, prof.report()
+
+
+def flop_counter_counts(arch: Arch, model: nn.Module, batch: dict[str, Any]) -> dict[str, int]:
+    """FlopCounterMode's FLOPs per aten op over a forward and backward of the same batch."""
+    torch.manual_seed(1)
+    with FlopCounterMode(display=False) as counter:
+        arch.loss(model, batch).backward()
+    model.zero_grad()
+    return {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+
+
+_SHAPE = re.compile(r"\[([\d, ]*)\]")
+
+
+def shapes_of(row: memwall.Row) -> list[tuple[int, ...]]:
+    return [tuple(int(x) for x in s.split(",") if x.strip()) for s in _SHAPE.findall(row.shapes)]
+
+
+#: matmul-class ops FlopCounterMode has formulas for, which memwall counts too
+FLOP_COUNTER_OPS = ("aten.mm", "aten.bmm", "aten.addmm", "aten.baddbmm", "aten.convolution",
+                    "aten.convolution_backward")
+SDPA_CPU = ("aten._scaled_dot_product_flash_attention_for_cpu",
+            "aten._scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def bias_adds(rows: tuple[memwall.Row, ...]) -> dict[str, int]:
+    """What memwall adds to matmul-class ops beyond FlopCounterMode's count, by the README's
+    conventions and from the rows' shapes: one add per output element for a bias (addmm,
+    baddbmm, a convolution with a bias, its bias gradient)."""
+    out: dict[str, int] = {}
+    conv_outputs = {r.module: math.prod(shapes_of(r)[0]) for r in rows if r.op == "aten.convolution_backward"}
+    with_bias = {r.module for r in rows if r.op == "aten.convolution" and len(shapes_of(r)) == 3}
+    for r in rows:
+        s = shapes_of(r)
+        if r.op == "aten.addmm":
+            extra = s[1][0] * s[2][1]
+        elif r.op == "aten.baddbmm":
+            extra = s[1][0] * s[1][1] * s[2][2]
+        elif r.op in ("aten.convolution", "aten.convolution_backward") and r.module in with_bias:
+            extra = conv_outputs[r.module]
+        else:
+            continue
+        out[r.op] = out.get(r.op, 0) + extra * r.calls
+    return out
+
+
+def attention_hand_counts(arch: Arch) -> tuple[int, int]:
+    """Forward and backward FLOPs of the step's fused attention calls: FlopCounterMode's matmul
+    formulas (sdpa_flop_count, sdpa_backward_flop_count) plus the README's softmax terms (5 per
+    score forward; 5 recomputed + 4 backward per score and 2 per output element for rowsum(dO O))."""
+    forward = backward = 0
+    for a in arch.attention:
+        q, k, v = a.shapes(BATCH)
+        scores = BATCH * a.heads * a.s_q * a.s_k
+        forward += a.layers * (flop_counter.sdpa_flop_count(q, k, v) + 5 * scores)
+        backward += a.layers * (flop_counter.sdpa_backward_flop_count(q, q, k, v) + 9 * scores
+                                + 2 * BATCH * a.heads * a.s_q * a.head_dim)
+    return forward, backward
+
+
+def run_generate(arch: Arch, model: nn.Module) -> memwall.Report:
+    assert arch.generate is not None and arch.prompt is not None
+    model.eval()
+    prompt = arch.prompt()
+    with torch.no_grad(), memwall.profile(model=model, summary=False) as prof:
+        model.generate(**prompt, **arch.generate)
+    return prof.report()
+
+
+def figures(arch: Arch) -> dict[str, Any]:
+    """Everything the zoo's tests check for one model, as numbers."""
+    base = fresh(arch)
+    torch.manual_seed(2)
+    batch = arch.batch()
+    bare, _ = train_step(arch, copy.deepcopy(base), batch, profile=False)
+    mine, rep = train_step(arch, copy.deepcopy(base), batch, profile=True)
+    theirs = flop_counter_counts(arch, copy.deepcopy(base), batch)
+    extra = bias_adds(rep.rows)
+    by_op: dict[str, int] = {}
+    for r in rep.rows:
+        if r.phase in ("forward", "backward") and r.flops is not None:
+            by_op[r.op] = by_op.get(r.op, 0) + r.flops
+    counted = {op: by_op.get(op, 0) - extra.get(op, 0) for op in FLOP_COUNTER_OPS}
+    out: dict[str, Any] = {
+        "differs_from_bare_run": mine.equal(bare),
+        "uncounted": sorted({r.op for r in rep.uncounted}),
+        "flop_counter": {op: (counted[op], theirs.get(op, 0)) for op in FLOP_COUNTER_OPS
+                         if (op in by_op or op in theirs) and not (arch.grouped_conv and op.endswith("_backward"))},
+    }
+    if arch.grouped_conv:
+        # each of the two gradients is a convolution as large as the forward one
+        out["grouped_conv_backward"] = (counted["aten.convolution_backward"], 2 * theirs["aten.convolution"],
+                                        theirs["aten.convolution_backward"])
+    if arch.attention and SDPA_CPU[0] in by_op:
+        forward, backward = attention_hand_counts(arch)
+        out["attention"] = ((by_op[SDPA_CPU[0]], forward), (by_op.get(SDPA_CPU[1], 0), backward))
+    elif arch.attention:  # the math path (dropout in attention, an older transformers): matmuls
+        out["attention_as_matmuls"] = by_op.get("aten.bmm", 0)
+    if arch.grouped_gemm_flops is not None and "aten._grouped_mm" in by_op:
+        out["grouped_gemm"] = (by_op["aten._grouped_mm"], arch.grouped_gemm_flops)
+    if arch.linear_forward_flops is not None:
+        linear = sum(r.flops or 0 for r in rep.rows if r.phase == "forward" and r.op in ("aten.mm", "aten.addmm"))
+        out["linear_forward"] = (linear, arch.linear_forward_flops)
+    if arch.generate is not None:
+        gen = run_generate(arch, copy.deepcopy(base))
+        phases = {g.key: g for g in gen.group_by("phase")}
+        out["generate_uncounted"] = sorted({r.op for r in gen.uncounted})
+        out["lm_head_calls"] = {r.phase: r.calls for r in gen.rows if r.module == arch.lm_head
+                                and r.op in ("aten.mm", "aten.addmm", "aten.linear")}
+        out["intensity"] = {k: phases[k].intensity for k in (arch.prompt_phase, "decode") if k in phases}
+        out["phases"] = sorted(phases)
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    import transformers
+
+    names = sys.argv[1:]
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}")
+    for arch in zoo():
+        if names and arch.name not in names:
+            continue
+        print(arch.name, figures(arch))
