@@ -8,6 +8,7 @@ ops, so compare it with memwall on those.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,23 +51,28 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 def fvcore_flops(model: torch.nn.Module, inputs: Any) -> FvcoreCount:
     """Run fvcore's FlopCountAnalysis on `model(*inputs)` and return FLOPs x2 per module,
     keyed by the model's own `named_modules()` paths."""
-    try:
-        from fvcore.nn import FlopCountAnalysis
-    except ImportError as exc:  # pragma: no cover - fvcore is a dependency
-        raise ImportError("fvcore is not installed: pip install fvcore") from exc
-    if isinstance(inputs, torch.Tensor):
-        inputs = (inputs,)
-    analysis = FlopCountAnalysis(_Traceable(model), tuple(inputs))
-    analysis.unsupported_ops_warnings(False)
-    analysis.uncalled_modules_warnings(False)
-    analysis.tracer_warnings("none")
+    with warnings.catch_warnings():
+        # fvcore scripts a loss with TorchScript at import and traces models with it: torch
+        # deprecates TorchScript, fvcore has no other path, and the user can do nothing about it
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
+        try:
+            from fvcore.nn import FlopCountAnalysis
+        except ImportError as exc:  # pragma: no cover - fvcore is a dependency
+            raise ImportError("fvcore is not installed: pip install fvcore") from exc
+        if isinstance(inputs, torch.Tensor):
+            inputs = (inputs,)
+        analysis = FlopCountAnalysis(_Traceable(model), tuple(inputs))
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        analysis.tracer_warnings("none")
+        by_module, by_operator = analysis.by_module(), analysis.by_operator()
     return FvcoreCount(
         by_module={
             _unwrap(k): FVCORE_TO_MEMWALL * int(v)
-            for k, v in analysis.by_module().items()
+            for k, v in by_module.items()
             if k  # "" is the wrapper; "model" is the user's model
         },
-        by_operator={k: FVCORE_TO_MEMWALL * int(v) for k, v in analysis.by_operator().items()},
+        by_operator={k: FVCORE_TO_MEMWALL * int(v) for k, v in by_operator.items()},
         unsupported_ops=dict(analysis.unsupported_ops()),
     )
 

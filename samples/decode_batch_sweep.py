@@ -39,12 +39,12 @@ class Point:
 
 def decode_report(model: torch.nn.Module, vocab: int, batch: int, context: int, tokens: int) -> memwall.Report:
     torch.manual_seed(0)
-    with torch.no_grad():
-        out = model(torch.randint(0, vocab, (batch, context)), use_cache=True)
-        with memwall.profile(model=model, summary=False) as prof:
-            for _ in range(tokens):
-                token = out.logits[:, -1:].argmax(-1)
-                out = model(token, past_key_values=out.past_key_values, use_cache=True)
+    prompt = torch.randint(0, vocab, (batch, context))
+    with torch.no_grad(), memwall.profile(model=model, summary=False) as prof:
+        # the prompt fills the KV cache (prefill), then `tokens` steps of one token each (decode):
+        # memwall tells the two apart; only decode rows are read below
+        model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens + 1,
+                       min_new_tokens=tokens + 1, do_sample=False, pad_token_id=0)
     return prof.report()
 
 

@@ -109,10 +109,9 @@ def workload(name: str, model: torch.nn.Module, config: Any, s: int) -> Any:
     first = torch.randint(0, config.vocab_size, (1, 1))
 
     def generate() -> None:  # greedy, one token per call, the KV cache carried along
-        out = model(first, use_cache=True)
-        for _ in range(s - 1):
-            token = out.logits[:, -1:].argmax(-1)
-            out = model(token, past_key_values=out.past_key_values, use_cache=True)
+        # s model calls: the first token, then one call per token until the cache holds s
+        model.generate(first, max_new_tokens=s, min_new_tokens=s, do_sample=False,
+                       pad_token_id=config.eos_token_id)
 
     return generate
 

@@ -43,7 +43,9 @@ def main() -> None:
 
     start = time.perf_counter()
     with torch.no_grad(), memwall.profile(model=model, logdir=args.logdir, summary=False) as prof:
-        generate(model, prompt, args.new_tokens)
+        # greedy decoding with the KV cache: the prompt in one call, then one token per call
+        model.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+                       pad_token_id=config.eos_token_id)
     rep = prof.report()
     console.rule(f"GPT-2, {args.tokens}-token prompt, {args.new_tokens} new tokens "
                  f"({time.perf_counter() - start:.1f} s)")
@@ -63,16 +65,6 @@ def main() -> None:
     parent = Path(args.logdir).parent
     console.print(f"open it in TensorBoard: tensorboard --logdir {parent}  (the Memory Wall tab)",
                   highlight=False)
-
-
-def generate(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """Greedy decoding with the KV cache: the prompt in one call, then one token per call."""
-    out = model(prompt, use_cache=True)
-    tokens = [out.logits[:, -1:].argmax(-1)]
-    for _ in range(new_tokens - 1):
-        out = model(tokens[-1], past_key_values=out.past_key_values, use_cache=True)
-        tokens.append(out.logits[:, -1:].argmax(-1))
-    return torch.cat(tokens, dim=1)
 
 
 if __name__ == "__main__":

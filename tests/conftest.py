@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -12,6 +13,26 @@ import torch
 import memwall_plugin as memwall
 
 warnings.filterwarnings("ignore", message=".*loss_type=None.*")
+
+
+@contextlib.contextmanager
+def no_deprecations() -> Iterator[None]:
+    """Fail on any DeprecationWarning or FutureWarning the block triggers: memwall's code, its
+    samples and the library calls they make (transformers' renamed arguments) are changed when
+    the warning appears, before the rename lands, not printed to users."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    found = sorted({f"{w.category.__name__}: {w.message} ({w.filename}:{w.lineno})" for w in caught
+                    if issubclass(w.category, (DeprecationWarning, FutureWarning))})
+    assert not found, "deprecations to act on:\n" + "\n".join(found)
+
+
+@pytest.fixture
+def fail_on_deprecations() -> Iterator[None]:
+    """`no_deprecations()` around the whole test (pytest records warnings around all of it)."""
+    with no_deprecations():
+        yield
 
 
 def profiled(fn: Callable[[], Any], model: torch.nn.Module | None = None) -> memwall.Report:

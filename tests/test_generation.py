@@ -8,6 +8,7 @@ import torch
 import memwall_plugin as memwall
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("fail_on_deprecations")
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import one_row
@@ -100,17 +102,14 @@ def decode_report(tmp_path_factory):
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_layer=2)
     model = transformers.GPT2LMHeadModel(cfg).eval()
-    batch = 16
-    with torch.no_grad():
-        out = model(torch.randint(0, cfg.vocab_size, (batch, 8)), use_cache=True)
-        past = out.past_key_values
-        with memwall.profile(model=model, summary=False) as prof:
-            for _ in range(4):
-                token = out.logits[:, -1:].argmax(-1)
-                out = model(token, past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                prof.step()
-    path = prof.report().save(tmp_path_factory.mktemp("decode") / "decode.json")
+    prompt = torch.randint(0, cfg.vocab_size, (16, 8))
+    with torch.no_grad(), memwall.profile(model=model, summary=False) as prof:
+        model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=5, min_new_tokens=5,
+                       do_sample=False, pad_token_id=0)
+    rep = prof.report()
+    decode = dataclasses.replace(rep, rows=tuple(r for r in rep.rows if r.phase == "decode"))
+    assert {r.calls for r in decode.rows if r.op == "aten.addmm"} == {4}  # 4 decode steps after the prompt
+    path = decode.save(tmp_path_factory.mktemp("decode") / "decode.json")
     return memwall.load_report(path)
 
 

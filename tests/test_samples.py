@@ -11,6 +11,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.usefixtures("fail_on_deprecations")  # the samples are what users copy
 SAMPLES = Path(__file__).parent.parent / "samples"
 
 
