@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.memwall-installed
+# the oldest release of every dependency the pyproject allows (tests/oldest-supported.txt)
+OLDEST_VENV ?= .venv-oldest
+OLDEST_STAMP := $(OLDEST_VENV)/.memwall-installed
+OLDEST := tests/oldest-supported.txt
 
-.PHONY: setup demo quickstart bench test clean
+.PHONY: setup setup-oldest demo quickstart bench test test-newest test-oldest clean
 
 setup: $(STAMP)
 
@@ -15,6 +19,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+setup-oldest: $(OLDEST_STAMP)
+
+$(OLDEST_STAMP): pyproject.toml $(OLDEST)
+	$(PYTHON) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(OLDEST_VENV)/bin/python -m pip install -q -e '.[dev]' -c $(OLDEST)
+	touch $(OLDEST_STAMP)
 
 # The paper's case study (BERT-Base, BERT-Large, GPT-2 at 128/256/512 tokens) and its Figure 1.
 demo: setup
@@ -32,10 +45,19 @@ bench: setup
 quickstart: setup
 	$(BIN)/python samples/quickstart.py --logdir runs/quickstart
 
-test: setup
+# Both ends of every dependency range: what a fresh install resolves today, and the oldest
+# releases the pyproject allows.
+test: test-newest test-oldest
+
+test-newest: setup
 	$(BIN)/ruff check memwall_plugin hooks tb_plugin tests samples benchmarks
 	$(BIN)/mypy
+	@$(BIN)/python -c "import importlib.metadata as m; print('newest:', ', '.join(p + ' ' + m.version(p) for p in ('torch', 'transformers', 'tensorboard', 'rich', 'fvcore', 'torch-tb-profiler')))"
 	$(BIN)/python -m pytest -q tests
 
+test-oldest: setup-oldest
+	@$(OLDEST_VENV)/bin/python -c "import importlib.metadata as m; print('oldest:', ', '.join(p + ' ' + m.version(p) for p in ('torch', 'transformers', 'tensorboard', 'rich', 'fvcore', 'torch-tb-profiler')))"
+	$(OLDEST_VENV)/bin/python -m pytest -q tests
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(OLDEST_VENV) runs build *.egg-info
