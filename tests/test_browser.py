@@ -138,10 +138,16 @@ def test_what_if_device_replaces_the_roofs(tensorboard, browser):
     base, _ = tensorboard
     _open_tab(browser, base)
     _choose_run(browser, "train")
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "text.mw-roof-label"))
+    # this CPU's roofs are estimates (the tests do not measure the machine): drawn and labelled so
+    labels = " ".join(t.text for t in browser.find_elements(By.CSS_SELECTOR, "text.mw-roof-label"))
+    assert "(estimated)" in labels
+    assert browser.find_elements(By.CSS_SELECTOR, "line.mw-roof-estimated")
     _select(browser, "select.mw-device", "h100-sxm")
     WebDriverWait(browser, 60).until(lambda d: "H100" in d.find_element(By.CSS_SELECTOR, ".mw-cards").text)
     labels = " ".join(t.text for t in browser.find_elements(By.CSS_SELECTOR, "text.mw-roof-label"))
     assert "989" in labels  # the H100's dense bf16 roof
+    assert "(estimated)" not in labels and not browser.find_elements(By.CSS_SELECTOR, "line.mw-roof-estimated")
 
 
 def test_hostile_module_name_is_text(tensorboard, browser, tmp_path):

@@ -76,16 +76,19 @@ export function drawRoofline(container, device, points, describe) {
   // on (dtypes with the same peak share one roof and one label)
   const roofs = new Map();
   for (const peak of peaks) {
-    const roof = roofs.get(peak.flops_per_s) || {flops_per_s: peak.flops_per_s, ridge: peak.ridge, dtypes: []};
+    const roof = roofs.get(peak.flops_per_s) ||
+      {flops_per_s: peak.flops_per_s, ridge: peak.ridge, dtypes: [], estimated: false};
     roof.dtypes.push(peak.dtype);
+    roof.estimated = roof.estimated || peak.source === 'estimated';  // never drawn as if measured
     roofs.set(peak.flops_per_s, roof);
   }
   if (bandwidth && peaks.length) {
     const top = Math.max(...peaks.map((p) => p.flops_per_s));
     const xa = Math.max(x0, y0 / bandwidth), xb = Math.min(x1, top / bandwidth);
     if (xb > xa) {
+      const bwEstimated = device.bandwidth.source === 'estimated';
       root.appendChild(svg('line', {x1: sx(xa), y1: sy(xa * bandwidth), x2: sx(xb), y2: sy(xb * bandwidth),
-        class: 'mw-roof mw-roof-bw'}));
+        class: bwEstimated ? 'mw-roof mw-roof-bw mw-roof-estimated' : 'mw-roof mw-roof-bw'}));
       const bwLabel = svg('text', {x: sx(xa) + 6, y: sy(xa * bandwidth) - 8, class: 'mw-roof-label'});
       bwLabel.textContent = `${si(bandwidth, 'B/s')} (${device.bandwidth.source})`;
       root.appendChild(bwLabel);
@@ -95,9 +98,10 @@ export function drawRoofline(container, device, points, describe) {
     if (roof.flops_per_s < y0 || roof.flops_per_s > y1) continue;
     const ridge = roof.ridge || x0;
     root.appendChild(svg('line', {x1: sx(Math.max(ridge, x0)), x2: WIDTH - MARGIN.right, y1: sy(roof.flops_per_s),
-      y2: sy(roof.flops_per_s), class: 'mw-roof', 'data-dtype': roof.dtypes.join(' ')}));
+      y2: sy(roof.flops_per_s), class: roof.estimated ? 'mw-roof mw-roof-estimated' : 'mw-roof',
+      'data-dtype': roof.dtypes.join(' ')}));
     const label = svg('text', {x: WIDTH - MARGIN.right + 4, y: sy(roof.flops_per_s) + 4, class: 'mw-roof-label'});
-    label.textContent = `${roof.dtypes.join('/')} ${si(roof.flops_per_s, 'FLOP/s')}`;
+    label.textContent = `${roof.dtypes.join('/')} ${si(roof.flops_per_s, 'FLOP/s')}${roof.estimated ? ' (estimated)' : ''}`;
     root.appendChild(label);
     if (roof.ridge && roof.ridge >= x0 && roof.ridge <= x1) {
       root.appendChild(svg('circle', {cx: sx(roof.ridge), cy: sy(roof.flops_per_s), r: 3, class: 'mw-ridge'}));
