@@ -236,6 +236,7 @@ def test_sgd_counts_2_flops_per_element_and_7_with_weight_decay_and_momentum(kin
 
 def test_float_arguments_reach_formulas_as_their_value_class_never_inverted():
     from memwall_plugin.hooks.capture import build_call, signature
+
     from memwall_plugin.records import FloatArg
 
     assert [signature(v) for v in (0.0, -0.0, 1.0, 0.5, -1.0)] == [
