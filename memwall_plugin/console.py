@@ -203,6 +203,14 @@ def findings(report: Report) -> list[str]:
             f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); their FLOPs are unknown, "
             "not zero (register formulas with memwall.default_registry().copy())."
         )
+    nested = report.extra.get("nested_profiles")
+    if isinstance(nested, list) and nested:
+        saved = sorted({str(where) for where in nested if where})
+        out.append(
+            f"{len(nested)} memwall.profile block{'s' if len(nested) > 1 else ''} opened inside this one recorded "
+            "in its place: their ops are in their own report" + (f"s ({', '.join(saved)})" if saved else "s")
+            + ", not in this one."
+        )
     device = report.device
     if device is not None and {"estimated"} & {f.source for _, f in device.peaks}:
         out.append("some peaks are estimated, not measured: run `memwall calibrate` for this machine's "

@@ -250,8 +250,6 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         outer, self._outer = self._outer, None
         if outer is None:
             return
-        if profile._open is self:
-            profile._open = outer
         capture = outer._capture
         if capture is None or not outer._entered:
             return
@@ -509,6 +507,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             torch_version=torch.__version__,
             created_unix_s=time.time(),
             comm=self._dist.communication(device, window_only),
+            # where profiles opened inside this one recorded in its place (empty: in memory only)
+            extra={"nested_profiles": list(self.nested)} if self.nested else {},
         )
 
     def report(self) -> Report:

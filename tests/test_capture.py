@@ -205,7 +205,9 @@ def test_profile_opened_inside_another_records_its_block_and_the_outer_resumes(t
     assert {"aten.add", "aten.abs"} <= inner_ops and not {"aten.mul", "aten.sub", "aten.neg"} & inner_ops
     assert {"aten.mul", "aten.sub", "aten.neg"} <= outer_ops and not {"aten.add", "aten.abs"} & outer_ops
     assert inner.report().steps == (0, 1)
-    assert outer.nested == [str(tmp_path)]
+    assert outer.nested == outer.report().extra["nested_profiles"] == [str(tmp_path)]
+    assert any("opened inside this one recorded in its place" in note and str(tmp_path) in note
+               for note in memwall.findings(outer.report()))
     assert memwall.load_report(inner.saved[0]).rows  # the inner one's own report file
     assert _global_hook_counts() == baseline
 

@@ -189,4 +189,5 @@ def test_run_over_a_script_that_opens_its_own_profile_runs_it_to_its_end(tmp_pat
     outer = memwall.load_report(next((tmp_path / "runs/outer/plugins/memwall").glob("*.json")))
     assert own.steps == (0, 1, 2) and {"forward", "backward", "optimizer"} <= {r.phase for r in own.rows}
     assert "aten.abs" in {r.op for r in outer.rows}  # the outer one recorded what came after
+    assert outer.extra["nested_profiles"] == ["runs/own"]
     assert "aten.abs" not in {r.op for r in own.rows}
