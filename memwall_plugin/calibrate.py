@@ -242,7 +242,9 @@ def calibrate(
         details[f"gemm_{name}_n"] = n
     if progress:
         progress("STREAM copy and triad")
-    triad, copy, n = measure_stream(device, repeats=repeats or (3 if quick else 5))
+    # a pass over the triad's arrays takes ~10 ms: many of them cost little, and on a shared
+    # machine only the best pass shows the memory system (3 passes read ~40% low at times)
+    triad, copy, n = measure_stream(device, repeats=repeats or 10)
     details["stream_elements"] = n
     calibration = Calibration(
         fingerprint=device_fingerprint(spec), peaks_flops_per_s=peaks, bandwidth_bytes_per_s=triad,

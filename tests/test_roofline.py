@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 
 import pytest
 import torch
@@ -48,8 +49,11 @@ def test_calibrated_figures_are_preferred_and_say_so(calibrated_cache, monkeypat
     assert spec.peak("int8").source == "estimated"  # not measured: still says so
 
 
-def test_matmul_is_compute_bound_and_add_memory_bound_on_this_cpu(calibrated_cache, monkeypatch):
-    monkeypatch.setenv("MEMWALL_CACHE_DIR", str(calibrated_cache))
+def test_matmul_is_compute_bound_and_add_memory_bound_on_this_cpu(tmp_path, monkeypatch):
+    # measured right before: this shared VM's memory bandwidth drifts by half within minutes
+    # (28-46 GB/s on the same triad), more than the tolerance below
+    monkeypatch.setenv("MEMWALL_CACHE_DIR", str(tmp_path))
+    memwall.calibrate(memwall.detect_device("cpu"), quick=True)
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     n = 64 * 2**20
     x, y, out = torch.randn(n), torch.randn(n), torch.empty(n)
@@ -74,7 +78,8 @@ def test_matmul_is_compute_bound_and_add_memory_bound_on_this_cpu(calibrated_cac
             sum(r.time_s for r in adds) / rep.total_time_s
         )
     assert max(matmul_shares) >= 0.5, matmul_shares
-    assert 0.5 <= max(add_shares) <= 1.5, add_shares
+    # the median: single runs swing by half either way here (0.95-1.53 within one test)
+    assert 0.5 <= statistics.median(add_shares) <= 1.5, add_shares
 
 
 def test_headlines_and_groups(calibrated_cache, monkeypatch):
@@ -168,7 +173,7 @@ def test_gpu_detection_event_timing_and_roofline():
     assert 0.3 < mul.efficiency <= 1.2
 
 
-def _best_share_of_roof(a: torch.Tensor, b: torch.Tensor, runs: int = 5) -> tuple[float, memwall.Report]:
+def _best_share_of_roof(a: torch.Tensor, b: torch.Tensor, runs: int = 8) -> tuple[float, memwall.Report]:
     """The best achieved share of the fp32 roof of a matmul over a few profiled runs (a shared
     machine's noise only ever slows a run down)."""
     best, rep = 0.0, None
