@@ -563,4 +563,18 @@ if __name__ == "__main__":
     for arch in zoo():
         if names and arch.name not in names:
             continue
-        print(arch.name, figures(arch))
+        if arch.requires and not hasattr(transformers, arch.requires):
+            print(f"{arch.name}: {arch.requires} is not in this transformers")
+            continue
+        got = figures(arch)
+        checks = [f"{op.removeprefix('aten.')} {mine:,}/{theirs:,}"
+                  for op, (mine, theirs) in got["flop_counter"].items()]
+        for key, label in (("attention", "attention fwd, bwd"), ("grouped_gemm", "grouped GEMM"),
+                           ("grouped_conv_backward", "grouped conv bwd (hand, FlopCounterMode)"),
+                           ("linear_forward", "linears fwd")):
+            if key in got:
+                checks.append(f"{label} {got[key]}")
+        intensity = ", ".join(f"{k} {v:.2f}" for k, v in got.get("intensity", {}).items())
+        print(f"{arch.name}: bits {'identical' if not got['differs_from_bare_run'] else got['differs_from_bare_run']}; "
+              f"uncounted {got['uncounted'] + got.get('generate_uncounted', [])}; memwall/reference: "
+              f"{'; '.join(checks)}" + (f"; lm_head {got['lm_head_calls']}; FLOP/B {intensity}" if intensity else ""))
