@@ -265,16 +265,17 @@ def auto_calibration_wanted(environ: Any = None) -> bool:
     env = os.environ if environ is None else environ
     if _auto_failed or env.get(ENV_AUTO, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
-    if env.get("MEMWALL_DEVICE") or env.get("MEMWALL_PEAKS"):
+    if env.get("MEMWALL_DEVICE") or env.get("MEMWALL_PEAKS") or env.get("WORLD_SIZE", "1").strip() not in ("", "1"):
         return False
-    if int(env.get("WORLD_SIZE", "1") or 1) > 1 or torch.cuda.is_available():
-        return False
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return False
-    from memwall_plugin.devices import cpu_spec
+    try:
+        mps = getattr(torch.backends, "mps", None)
+        if torch.cuda.is_available() or (mps is not None and mps.is_available()):
+            return False
+        from memwall_plugin.devices import cpu_spec
 
-    return load_calibration(cpu_spec()) is None
+        return load_calibration(cpu_spec()) is None
+    except Exception:  # an odd machine: keep the estimate rather than trouble the user's run
+        return False
 
 
 def auto_calibrate(report: Callable[[str], None] | None = None) -> Calibration | None:

@@ -215,3 +215,19 @@ def test_without_a_measurement_the_estimate_fits_this_machine(tmp_path, monkeypa
     assert rep.device.peak("float32").source == "estimated"
     assert not (tmp_path / "calibration.json").exists()
     assert 0.6 <= best <= 1.3, best
+
+
+@pytest.mark.parametrize("environ,wanted", [
+    ({}, True),
+    ({"MEMWALL_CALIBRATE": "0"}, False),
+    ({"MEMWALL_CALIBRATE": "off"}, False),
+    ({"MEMWALL_DEVICE": "h100"}, False),  # the user chose the roofline
+    ({"MEMWALL_PEAKS": "fp32=1e12"}, False),
+    ({"WORLD_SIZE": "2"}, False),  # ranks sharing a host would measure each other
+    ({"WORLD_SIZE": "not a number"}, False),  # never an error in the user's run
+])
+def test_when_the_first_profile_measures_the_cpu(tmp_path, monkeypatch, environ, wanted):
+    from memwall_plugin.calibrate import auto_calibration_wanted
+
+    monkeypatch.setenv("MEMWALL_CACHE_DIR", str(tmp_path))
+    assert auto_calibration_wanted(environ) is wanted
