@@ -163,6 +163,13 @@ def has_backend_kernel(func: Any, device_type: str) -> bool | None:
         return None
 
 
+def is_higher_order_op(func: Any) -> bool:
+    """A higher-order operator (torch._ops.HigherOrderOperator: flex_attention, cond, ...)."""
+    from torch._ops import HigherOrderOperator
+
+    return isinstance(func, HigherOrderOperator)
+
+
 def fake_mode_active() -> bool:
     """A FakeTensorMode is active on this thread (it runs below user modes like memwall's)."""
     return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
@@ -196,6 +203,7 @@ __all__ = [
     "has_backend_kernel",
     "has_composite_kernel",
     "is_fake_tensor_type",
+    "is_higher_order_op",
     "node_sequence_nr",
     "node_variable",
     "peek_sequence_nr",

@@ -28,6 +28,7 @@ from memwall_plugin.hooks._torch_private import (
     has_composite_kernel,
     in_backward_seed,
     is_fake_tensor_type,
+    is_higher_order_op,
     warm_up_dispatch,
 )
 from memwall_plugin.hooks.compiled import EagerCompile
@@ -246,7 +247,10 @@ _SCHEMAS: dict[Any, _Schema] = {}  # overload -> facts; bounded by the number of
 
 def _schema_of(func: Any) -> _Schema:
     facts = _SCHEMAS.get(func)
-    if facts is None:
+    if facts is None and is_higher_order_op(func):
+        # no schema: arguments are named by position (build_call), nothing is declared mutated
+        facts = _SCHEMAS[func] = _Schema(f"higher_order.{func.name()}", "default", (), (), (), ())
+    elif facts is None:
         schema = func._schema
         arguments, mutated, out_args = [], [], []
         for argument in schema.arguments:
@@ -273,7 +277,11 @@ def build_call(
     schema = _schema_of(func)
     values: list[tuple[str, Any]] = []
     n_args = len(args)
-    for index, (name, default) in enumerate(schema.arguments):
+    arguments = schema.arguments
+    if not arguments:  # a higher-order operator: by position, then by keyword
+        arguments = tuple((f"arg{i}", _NO_DEFAULT) for i in range(n_args)) + tuple(
+            (name, _NO_DEFAULT) for name in kwargs)
+    for index, (name, default) in enumerate(arguments):
         if index < n_args:
             value = args[index]
         elif name in kwargs:
@@ -391,17 +399,19 @@ def _in_function_forward() -> bool:
 
 #: id(overload) -> (composite, factory, the overload), read once. Keyed by id because an
 #: OpOverload hashes in Python; holding the overload keeps its id from being reused.
-_FACTS: dict[int, tuple[bool, bool, Any]] = {}
+_FACTS: dict[int, tuple[bool, bool, bool, Any]] = {}
 
 
-def _facts(func: Any) -> tuple[bool, bool, Any]:
-    """Whether an overload has a CompositeImplicitAutograd decomposition, and whether it takes
-    no tensor at all (a factory: torch.randn, empty_strided)."""
+def _facts(func: Any) -> tuple[bool, bool, bool, Any]:
+    """Whether an overload has a CompositeImplicitAutograd decomposition, whether it takes no
+    tensor at all (a factory: torch.randn, empty_strided), and whether it is a higher-order
+    operator (flex_attention, cond, while_loop, scan: a program of other ops, with no schema)."""
     facts = _FACTS.get(id(func))
     if facts is None:
-        schema = getattr(func, "_schema", None)
+        hop = is_higher_order_op(func)
+        schema = None if hop else getattr(func, "_schema", None)
         factory = schema is not None and not any("Tensor" in str(a.type) for a in schema.arguments)
-        facts = _FACTS[id(func)] = (has_composite_kernel(func), factory, func)
+        facts = _FACTS[id(func)] = (not hop and has_composite_kernel(func), factory, hop, func)
     return facts
 
 
@@ -452,6 +462,10 @@ def _current_stream() -> Any:
 
 
 class _CaptureMode(TorchDispatchMode):
+    #: higher-order operators (flex_attention, torch.cond, while_loop, scan, ...) come to
+    #: __torch_dispatch__ too, instead of torch raising NotImplementedError in the user's code
+    supports_higher_order_operators = True
+
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
         # torch wraps a mode's __torch_dispatch__ in torch._disable_dynamo (~4 us per op here) so
@@ -482,7 +496,21 @@ class _CaptureMode(TorchDispatchMode):
                 # shard, a jagged tensor's packed values)
                 return NotImplemented
         facts = _FACTS.get(id(func))  # read inline: this runs for every op
-        composite, factory, _ = facts if facts is not None else _facts(func)
+        composite, factory, hop, _ = facts if facts is not None else _facts(func)
+        if hop:
+            # torch hands a higher-order operator to the mode with the mode popped: calling it
+            # runs it exactly as it runs without memwall. Its inner ops are not seen; it is one
+            # row, timed, uncounted unless a formula names it (never a silent zero)
+            if self._cuda and _first_tensor_is_cuda(args):
+                return self._dispatch_cuda(func, args, kwargs)
+            start = _perf_counter_ns()
+            out = func(*args, **kwargs)
+            elapsed = _perf_counter_ns() - start
+            try:
+                capture.record(func, args, kwargs, out, elapsed)
+            except Exception as err:
+                capture.fail(err, func)
+            return out
         if factory and fake_mode_active():  # torch.randn under FakeTensorMode makes a fake tensor
             return func(*args, **kwargs)
         if composite and decomposes(func, args):
