@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import torch
@@ -37,34 +39,35 @@ def node_variable(node: Any) -> Any:
     return getattr(node, "variable", None)
 
 
+def find_frame(name: str, skip: int, limit: int, accept: Callable[[FrameType], bool] | None = None
+               ) -> FrameType | None:
+    """The nearest frame of a function called `name` (and `accept`ed) among the `limit` frames
+    above the caller's, the first `skip` of them passed over; None if there is none."""
+    frame: FrameType | None = sys._getframe(2 + skip)
+    for _ in range(limit):
+        if frame is None:
+            return None
+        if frame.f_code.co_name == name and (accept is None or accept(frame)):
+            return frame
+        frame = frame.f_back
+    return None
+
+
 def forward_kwargs() -> dict[str, Any]:
     """The keyword arguments of the module call whose global forward pre-hook is running.
 
     Global pre-hooks receive only positional arguments; generation passes everything by
     keyword. Read them from torch's Module._call_impl frame; {} if torch changed its shape."""
-    frame = sys._getframe(1)
-    for _ in range(4):
-        frame = frame.f_back  # type: ignore[assignment]
-        if frame is None:
-            return {}
-        if frame.f_code.co_name == "_call_impl":
-            kwargs = frame.f_locals.get("kwargs")
-            return kwargs if isinstance(kwargs, dict) else {}
-    return {}
+    frame = find_frame("_call_impl", skip=1, limit=4)
+    kwargs = frame.f_locals.get("kwargs") if frame is not None else None
+    return kwargs if isinstance(kwargs, dict) else {}
 
 
 def in_backward_seed() -> bool:
     """Inside torch.autograd's Python making the gradient seed of `loss.backward()`
     (`ones_like(loss)` in `_make_grads`, before the engine runs a Node): backward work."""
-    frame = sys._getframe(1)
-    for _ in range(12):
-        if frame is None:
-            return False
-        code = frame.f_code
-        if code.co_name == "_make_grads" and "autograd" in code.co_filename:
-            return True
-        frame = frame.f_back  # type: ignore[assignment]
-    return False
+    return find_frame("_make_grads", skip=0, limit=12,
+                      accept=lambda frame: "autograd" in frame.f_code.co_filename) is not None
 
 
 _warm = False
@@ -195,6 +198,7 @@ __all__ = [
     "default_store",
     "dispatch_mode_stack",
     "fake_mode_active",
+    "find_frame",
     "forward_kwargs",
     "in_backward",
     "in_backward_seed",

@@ -10,7 +10,6 @@ accumulation into a parameter (AccumulateGrad) goes to the module that owns the 
 from __future__ import annotations
 
 import bisect
-import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import torch
 from memwall_plugin.hooks._torch_private import (
     ACCUMULATE_GRAD_SEQUENCE_NR,
     current_autograd_node,
+    find_frame,
     forward_kwargs,
     node_sequence_nr,
     node_variable,
@@ -269,14 +269,8 @@ def _is_cache(value: Any) -> bool:
 def called_by_generate(module: Any) -> bool:
     """Whether the model is being called from its own `generate()` (a few frames up: generate
     calls a decoding loop such as `_sample`, which calls the model)."""
-    frame = sys._getframe(2)
-    for _ in range(8):
-        if frame is None:
-            return False
-        if frame.f_code.co_name == "generate" and frame.f_locals.get("self") is module:
-            return True
-        frame = frame.f_back  # type: ignore[assignment]
-    return False
+    return find_frame("generate", skip=1, limit=8, accept=lambda frame: frame.f_locals.get("self") is module) \
+        is not None
 
 
 def _is_legacy_cache(value: Any) -> bool:

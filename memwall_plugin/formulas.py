@@ -134,16 +134,16 @@ def _grouped_mm(call: OpCall) -> int:
         total = bmm_flops(a, b)
     elif len(a) == 2 and len(b) == 3:
         # rows of [m, k] split into groups, group i @ [k, n] of b[i] -> [m, n]
-        total = 2 * a[0] * a[1] * b[2]
+        total = mm_flops(a, b[1:])
     elif len(a) == 3 and len(b) == 2:
         # [g, m, k] @ columns of [k, n] split into groups -> [m, n]
-        total = 2 * a[1] * a[2] * b[1]
+        total = mm_flops(a[1:], b)
     else:
         # the shared k split into groups (a weight gradient): [m, k_i] @ [k_i, n] -> [g, m, n]
         total = mm_flops(a, b)
     out = call.outputs[0]
-    bias = call.get("bias") is not None and out is not None
-    return _real(call, total, out.numel if bias and out is not None else 0)
+    bias_adds = out.numel if call.get("bias") is not None and out is not None else 0
+    return _real(call, total, bias_adds)
 
 
 @flops("aten.mv")

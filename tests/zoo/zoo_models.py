@@ -15,7 +15,7 @@ import copy
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -71,13 +71,16 @@ class Arch:
     grouped_conv: bool = False
     #: the whole forward's linear-layer FLOPs by hand (nanoGPT): None where not derived
     linear_forward_flops: int | None = None
-    notes: tuple[str, ...] = field(default_factory=tuple)
     #: the transformers class it needs, where older supported releases lack it
     requires: str | None = None
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        out = model(**batch)
-        return out.loss if hasattr(out, "loss") else out[1]
+        return _loss_of(model(**batch))
+
+
+def _loss_of(out: Any) -> torch.Tensor:
+    """transformers' ModelOutput.loss, or nanoGPT's (logits, loss)."""
+    return out.loss if hasattr(out, "loss") else out[1]
 
 
 def _tokens() -> torch.Tensor:
@@ -130,8 +133,8 @@ def _llama_family() -> list[Arch]:
         Arch("llama", _model("LlamaForCausalLM", _decoder_only(t.LlamaConfig)), _lm_batch, attention=(GQA,),
              generate=GENERATE, prompt=_prompt),
         Arch("mistral", _model("MistralForCausalLM", _decoder_only(t.MistralConfig, sliding_window=16)), _lm_batch,
-             attention=(GQA,), generate=GENERATE, prompt=_prompt,
-             notes=("sliding window 16 < 32 tokens: SDPA on CPU computes the whole masked score matrix",)),
+             # sliding window 16 < 32 tokens: SDPA on CPU computes the whole masked score matrix
+             attention=(GQA,), generate=GENERATE, prompt=_prompt),
         Arch("qwen2", _model("Qwen2ForCausalLM", _decoder_only(t.Qwen2Config)), _lm_batch, attention=(GQA,),
              generate=GENERATE, prompt=_prompt),
         Arch("mixtral", _model("MixtralForCausalLM", _decoder_only(t.MixtralConfig, num_local_experts=4,
@@ -426,7 +429,7 @@ def train_step(arch: Arch, model: nn.Module, batch: dict[str, Any], profile: boo
     def step() -> Step:
         torch.manual_seed(1)
         out = model(**batch)
-        loss = out.loss if hasattr(out, "loss") else out[1]
+        loss = _loss_of(out)
         loss.backward()
         grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
         opt.step()
