@@ -173,6 +173,53 @@ def is_higher_order_op(func: Any) -> bool:
     return isinstance(func, HigherOrderOperator)
 
 
+#: Higher-order operators whose eager kernel only calls the Python functions it was given (the
+#: branches of cond, the body of while_loop, scan's combine_fn, a wrapped subgraph): memwall runs
+#: them as torch does and records those functions' ops as they execute.
+SUBGRAPH_HOPS = frozenset({
+    "cond", "while_loop", "while_loop_stack_output", "scan", "map_impl", "associative_scan",
+    "invoke_subgraph", "wrap", "wrap_with_set_grad_enabled", "wrap_with_autocast", "hints_wrapper",
+    "tag_activation_checkpoint", "wrap_activation_checkpoint",
+})
+
+
+def hop_name(func: Any) -> str:
+    """A higher-order operator's name ("cond", "flex_attention")."""
+    return str(func.name())
+
+
+#: where the BlockMask tuple sits among flex_attention's and flex_attention_backward's arguments
+_FLEX_BLOCK_MASK_ARG = {"flex_attention": 4, "flex_attention_backward": 9}
+
+
+def flex_block_mask(func_name: str, args: tuple[Any, ...]) -> tuple[Any, Any, Any, Any, int, int] | None:
+    """(kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices, Q_BLOCK_SIZE, KV_BLOCK_SIZE)
+    of the BlockMask a flex_attention HOP call was given, as BlockMask.as_tuple() lays it out
+    (torch 2.5+: seq lengths, then these four, ..., the two block sizes, the mask_mod); None if
+    the layout is not recognised."""
+    index = _FLEX_BLOCK_MASK_ARG.get(func_name)
+    if index is None or len(args) <= index:
+        return None
+    mask = args[index]
+    if not isinstance(mask, tuple) or len(mask) < 7:
+        return None
+    q_block, kv_block = mask[-3], mask[-2]
+    kv_num, kv_idx, full_num, full_idx = mask[2], mask[3], mask[4], mask[5]
+    if not (type(q_block) is int and type(kv_block) is int and isinstance(kv_num, torch.Tensor)
+            and isinstance(kv_idx, torch.Tensor)):
+        return None
+    return kv_num, kv_idx, full_num, full_idx, q_block, kv_block
+
+
+def nested_component_shapes(t: torch.Tensor) -> tuple[tuple[int, ...], ...]:
+    """The shape of each component of a strided nested tensor (torch.nested's own sizes
+    table; () when it has none to give)."""
+    try:
+        return tuple(tuple(row) for row in t._nested_tensor_size().tolist())
+    except (RuntimeError, AttributeError):
+        return ()
+
+
 def fake_mode_active() -> bool:
     """A FakeTensorMode is active on this thread (it runs below user modes like memwall's)."""
     return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
@@ -193,11 +240,13 @@ def is_fake_tensor_type(cls: type) -> bool:
 
 __all__ = [
     "ACCUMULATE_GRAD_SEQUENCE_NR",
+    "SUBGRAPH_HOPS",
     "TorchDispatchMode",
     "current_autograd_node",
     "default_store",
     "dispatch_mode_stack",
     "fake_mode_active",
+    "flex_block_mask",
     "find_frame",
     "forward_kwargs",
     "in_backward",
@@ -206,8 +255,10 @@ __all__ = [
     "fwd_grad_enabled",
     "has_backend_kernel",
     "has_composite_kernel",
+    "hop_name",
     "is_fake_tensor_type",
     "is_higher_order_op",
+    "nested_component_shapes",
     "node_sequence_nr",
     "node_variable",
     "peek_sequence_nr",

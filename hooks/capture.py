@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from memwall_plugin.hooks._torch_private import (
+    SUBGRAPH_HOPS,
     TorchDispatchMode,
     current_autograd_node,
     dispatch_mode_stack,
@@ -26,21 +27,26 @@ from memwall_plugin.hooks._torch_private import (
     fwd_grad_enabled,
     has_backend_kernel,
     has_composite_kernel,
+    hop_name,
     in_backward_seed,
     is_fake_tensor_type,
     is_higher_order_op,
+    nested_component_shapes,
     warm_up_dispatch,
 )
 from memwall_plugin.hooks.compiled import EagerCompile
 from memwall_plugin.hooks.modules import ModuleTracker
+from memwall_plugin.hooks.score_facts import reader_for
 
 from memwall_plugin.records import (
     BACKWARD,
+    FACTS_KEY,
     FORWARD,
     OPTIMIZER,
     OTHER,
     RECOMPUTE,
     FloatArg,
+    NestedMeta,
     OpCall,
     TensorMeta,
     float_arg,
@@ -200,6 +206,7 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 _DTYPE_NAMES: dict[torch.dtype, tuple[str, int]] = {}
+_NESTED = "<nested>"  # marks a nested tensor's signature: (packed size, (_NESTED, shapes), dtype)
 
 
 def _is_tensor_key(value: Any) -> bool:
@@ -211,6 +218,8 @@ def meta_of_key(key: Any) -> TensorMeta:
     named = _DTYPE_NAMES.get(dtype)
     if named is None:
         named = _DTYPE_NAMES[dtype] = (_dtype_name(dtype), dtype.itemsize)
+    if stride and stride[0] == _NESTED:  # a nested tensor: its packed elements, and its components
+        return NestedMeta(tuple(shape), (1,), named[0], named[1], stride[1])
     return TensorMeta(tuple(shape), tuple(stride), named[0], named[1])
 
 
@@ -277,6 +286,7 @@ def build_call(
     schema = _schema_of(func)
     values: list[tuple[str, Any]] = []
     n_args = len(args)
+    facts = kwargs.pop(FACTS_KEY, None) if FACTS_KEY in kwargs else None
     arguments = schema.arguments
     if not arguments:  # a higher-order operator: by position, then by keyword
         arguments = tuple((f"arg{i}", _NO_DEFAULT) for i in range(n_args)) + tuple(
@@ -314,6 +324,7 @@ def build_call(
         out_args=schema.out_args,
         aliased_outputs=tuple(aliased),
         device=device,
+        facts=facts,
     )
 
 
@@ -343,9 +354,10 @@ def signature(value: Any) -> Any:
     """The hashable signature of an argument or result: (shape, stride, dtype) per tensor."""
     if isinstance(value, _Tensor):
         if value.is_nested:
-            # a (strided) nested tensor has no single shape and raises on .shape: count its
-            # packed elements as one flat tensor
-            return (torch.Size([value.numel()]), (1,), value.dtype)
+            # a (strided) nested tensor has no single shape and raises on .shape: its packed
+            # elements as one flat tensor, with the shape of each component in the stride's
+            # place (formulas that multiply components, matmul, read them)
+            return (torch.Size([value.numel()]), (_NESTED, nested_component_shapes(value)), value.dtype)
         try:
             return (value.shape, value.stride(), value.dtype)
         except (RuntimeError, NotImplementedError):  # layouts without strides
@@ -380,6 +392,11 @@ def _first_tensor_is_cuda(args: tuple[Any, ...]) -> bool:
         if isinstance(a, (list, tuple)) and a and isinstance(a[0], _Tensor):
             return a[0].is_cuda
     return False
+
+
+def _is_function(value: Any) -> bool:
+    """A subgraph argument of a higher-order operator: a function or GraphModule, not data."""
+    return callable(value) and not isinstance(value, (_Tensor, type))
 
 
 def _builds_graph(args: tuple[Any, ...]) -> bool:
@@ -443,6 +460,17 @@ def decomposes(func: Any, args: tuple[Any, ...]) -> bool:
     return known[0]
 
 
+#: id(overload) -> (its facts reader, the overload) or None: see hooks/score_facts.py
+_READERS: dict[int, Any] = {}
+_UNREAD = object()
+
+
+def _reader_of(func: Any) -> Any:
+    reader = reader_for(func)
+    found = _READERS[id(func)] = None if reader is None else (reader, func)
+    return found
+
+
 _streams: dict[Any, Any] = {}
 
 
@@ -499,8 +527,14 @@ class _CaptureMode(TorchDispatchMode):
         composite, factory, hop, _ = facts if facts is not None else _facts(func)
         if hop:
             # torch hands a higher-order operator to the mode with the mode popped: calling it
-            # runs it exactly as it runs without memwall. Its inner ops are not seen; it is one
-            # row, timed, uncounted unless a formula names it (never a silent zero)
+            # runs it exactly as it runs without memwall
+            if hop_name(func) in SUBGRAPH_HOPS:
+                # its eager kernel calls the functions it was given (cond's branches, a loop
+                # body): they run with this mode entered, so their ops are recorded as they
+                # execute, at the shapes and in the module and phase where they run
+                return func(*[self._entered(a) if _is_function(a) else a for a in args], **kwargs)
+            # any other (flex_attention, and ones torch adds later): one row, timed, counted
+            # where a formula names it, listed uncounted otherwise (never a silent zero)
             if self._cuda and _first_tensor_is_cuda(args):
                 return self._dispatch_cuda(func, args, kwargs)
             start = _perf_counter_ns()
@@ -531,6 +565,13 @@ class _CaptureMode(TorchDispatchMode):
         except Exception as err:  # memwall's own error: the op's result is returned regardless
             capture.fail(err, func)
         return out
+
+    def _entered(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run_recorded(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return fn(*args, **kwargs)
+
+        return run_recorded
 
     def _dispatch_cuda(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         # device time from events, resolved at the step's end: no synchronisation per op
@@ -716,6 +757,13 @@ class Capture:
                 parts.append(signature(a))
         arg_key = tuple(parts)
         kw_key = tuple([(k, signature(v)) for k, v in kwargs.items()]) if kwargs else None
+        reader = _READERS.get(id(func), _UNREAD)
+        if reader is _UNREAD:
+            reader = _reader_of(func)
+        if reader is not None:  # a count that depends on argument values (flex_attention's mask)
+            facts = reader[0](args, kwargs)
+            if facts is not None:
+                kw_key = (*(kw_key or ()), (FACTS_KEY, facts))
         # id(func): an OpOverload hashes in Python; the entry keeps func itself alive
         key = (id(func), module, phase, arg_key, kw_key)
         entry = self.table.get(key)

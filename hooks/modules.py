@@ -164,8 +164,15 @@ class ModuleTracker:
         backward, and the forwards checkpointing recomputes in it) run inside a Node: ours."""
         return _thread_id() != self._thread and current_autograd_node() is None
 
+    def _torch_subgraph(self, module: torch.nn.Module) -> bool:
+        """A GraphModule torch made for a higher-order operator's subgraph (cond's branches,
+        scan's combine_fn and its backward), run inside the user's module or inside backward:
+        its ops belong to where it runs, it is no module of the user's."""
+        return (isinstance(module, torch.fx.GraphModule) and module not in self._names
+                and (bool(self.stack) or current_autograd_node() is not None))
+
     def _pre_forward(self, module: torch.nn.Module, args: Any) -> None:
-        if self._other_thread():
+        if self._other_thread() or self._torch_subgraph(module):
             return
         name = self._name_of(module)
         if name is None:  # not part of the tracked model: stay with the enclosing path
@@ -181,7 +188,7 @@ class ModuleTracker:
         self._mark(name)
 
     def _post_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        if self._other_thread():
+        if self._other_thread() or self._torch_subgraph(module):
             return
         if self.stack:
             self.stack.pop()

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 
-from memwall_plugin.records import Extent, OpCall, TensorMeta, Traffic, extent, is_unit_scale
+from memwall_plugin.records import Extent, NestedMeta, OpCall, TensorMeta, Traffic, extent, is_unit_scale
 from memwall_plugin.registry import Registry, default_traffic
 
 REGISTRY = Registry()
@@ -87,6 +87,64 @@ def bmm_flops(a: tuple[int, ...], b: tuple[int, ...]) -> int:
     batch, m, k = a
     _, _, n = b
     return 2 * batch * m * k * n
+
+
+def matmul_flops(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """torch.matmul of two shapes: a vector operand is one row (column), leading dims broadcast."""
+    m, k = (1, a[0]) if len(a) == 1 else a[-2:]
+    n = 1 if len(b) == 1 else b[-1]
+    batch = torch_broadcast(a[:-2], b[:-2])
+    return 2 * math.prod(batch) * m * k * n
+
+
+def torch_broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
+    """The broadcast of two batch shapes (size-1 dims stretch)."""
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        out.append(y if x == 1 else x)
+    return tuple(reversed(out))
+
+
+def _operand_pairs(a: TensorMeta, b: TensorMeta) -> list[tuple[tuple[int, ...], tuple[int, ...]]] | None:
+    """The shape pairs a matmul multiplies: one pair for plain tensors, one per component for
+    nested tensors (each sequence at its own length); None when a nested tensor's components
+    are unknown."""
+    nested_a, nested_b = isinstance(a, NestedMeta), isinstance(b, NestedMeta)
+    if not nested_a and not nested_b:
+        return [(a.shape, b.shape)]
+    parts_a = a.components if isinstance(a, NestedMeta) else None
+    parts_b = b.components if isinstance(b, NestedMeta) else None
+    if (nested_a and not parts_a) or (nested_b and not parts_b):
+        return None
+    if parts_a is not None and parts_b is not None:
+        return list(zip(parts_a, parts_b, strict=True)) if len(parts_a) == len(parts_b) else None
+    if parts_a is not None:
+        return [(s, b.shape) for s in parts_a]
+    assert parts_b is not None
+    return [(a.shape, s) for s in parts_b]
+
+
+@flops("aten.matmul")
+def _matmul(call: OpCall) -> int | None:
+    # reaches the mode whole only where torch runs it whole: nested tensors (a jagged batch
+    # unbound into its sequences), each component its own matmul
+    pairs = _operand_pairs(call.arg(0), call.arg(1))
+    if pairs is None:
+        return None
+    return _real(call, sum(matmul_flops(a, b) for a, b in pairs))
+
+
+@flops("aten.matmul_backward")
+def _matmul_backward(call: OpCall) -> int | None:
+    # grad_self = grad @ other^T and grad_other = self^T @ grad: each as large as the forward
+    pairs = _operand_pairs(call["self"], call["other"])
+    if pairs is None:
+        return None
+    mask = call.get("mask") or (True, True)
+    forward = sum(matmul_flops(a, b) for a, b in pairs)
+    return _real(call, forward * (int(bool(mask[0])) + int(bool(mask[1]))))
 
 
 @flops("aten.mm", "aten._int_mm", "aten._scaled_mm")
@@ -202,16 +260,25 @@ def _convolution_backward(call: OpCall) -> int:
 def attention_flops(b: int, h: int, s_q: int, s_k: int, d: int, d_v: int) -> int:
     # scores = q: [b, h, s_q, d] @ k^T: [b, h, d, s_k] -> [b, h, s_q, s_k]
     # out = softmax(scores): [b, h, s_q, s_k] @ v: [b, h, s_k, d_v] -> [b, h, s_q, d_v]
-    scores = b * h * s_q * s_k
+    return attention_flops_of_scores(b * h * s_q * s_k, d, d_v)
+
+
+def attention_flops_of_scores(scores: int, d: int, d_v: int) -> int:
+    """Attention forward over `scores` query-key pairs (all of them, or the ones a mask's
+    blocks or packed sequences leave): q.k per pair, softmax, and p.v per pair."""
     return 2 * scores * d + SOFTMAX_FLOPS * scores + 2 * scores * d_v
 
 
 def attention_backward_flops(b: int, h: int, s_q: int, s_k: int, d: int, d_v: int) -> int:
-    # recompute scores (q k^T) and probabilities, then dV = P^T dO, dP = dO V^T,
-    # dS = P * (dP - rowsum(dO * O)), dQ = dS K, dK = dS^T Q
-    scores = b * h * s_q * s_k
+    return attention_backward_flops_of_scores(b * h * s_q * s_k, b * h * s_q, d, d_v)
+
+
+def attention_backward_flops_of_scores(scores: int, rows: int, d: int, d_v: int) -> int:
+    """Attention backward over `scores` pairs and `rows` query rows (over batch and heads):
+    recompute scores (q k^T) and probabilities, then dV = P^T dO, dP = dO V^T,
+    dS = P * (dP - rowsum(dO * O)), dQ = dS K, dK = dS^T Q."""
     matmuls = 2 * scores * d + 2 * scores * d_v + 2 * scores * d_v + 2 * scores * d + 2 * scores * d
-    return matmuls + SOFTMAX_FLOPS * scores + SOFTMAX_BACKWARD_FLOPS * scores + 2 * b * h * s_q * d_v
+    return matmuls + SOFTMAX_FLOPS * scores + SOFTMAX_BACKWARD_FLOPS * scores + 2 * rows * d_v
 
 
 def _bhsd(q: TensorMeta, k: TensorMeta, v: TensorMeta) -> tuple[int, int, int, int, int, int]:
@@ -250,18 +317,56 @@ def _sdpa_backward(call: OpCall) -> int:
     return attention_backward_flops(*_bhsd(call["query"], call["key"], call["value"]))
 
 
-@flops("aten._flash_attention_forward", "aten._efficient_attention_forward")
+def _packed(call: OpCall) -> bool:
+    """Variable-length (packed) sequences: offsets given, and q is [total, heads, dim]."""
+    return any(call.get(name) is not None for name in ("cum_seq_q", "cu_seqlens_q", "cu_seq_q"))
+
+
+def _packed_dims(call: OpCall) -> tuple[int, int, int]:
+    """(heads, d, d_v) of packed attention: q [total_q, heads, d] (or [1, total_q, heads, d],
+    the efficient kernel's layout), v [total_k, heads_kv, d_v]."""
+    q, v = call["query"], call["value"]
+    return q.shape[-2], q.shape[-1], v.shape[-1]
+
+
+@flops("aten._flash_attention_forward", "aten._efficient_attention_forward",
+       "torch_attn._varlen_attn", "torch_attn._varlen_attn_out")
 def _flash_forward(call: OpCall) -> int | None:
-    if call.get("cum_seq_q") is not None or call.get("cu_seqlens_q") is not None:
-        return None  # variable-length batches: the lengths are data, not shapes
+    if _packed(call):
+        # packed sequences: their lengths are data, read from the offsets when the op ran
+        if call.facts is None:
+            return None
+        heads, d, d_v = _packed_dims(call)
+        return attention_flops_of_scores(call.facts.scores * heads, d, d_v)
     return attention_flops(*_bshd(call["query"], call["key"], call["value"]))
 
 
-@flops("aten._flash_attention_backward", "aten._efficient_attention_backward")
+@flops("aten._flash_attention_backward", "aten._efficient_attention_backward",
+       "torch_attn._varlen_attn_backward")
 def _flash_backward(call: OpCall) -> int | None:
-    if call.get("cum_seq_q") is not None or call.get("cu_seqlens_q") is not None:
-        return None
+    if _packed(call):
+        if call.facts is None:
+            return None
+        heads, d, d_v = _packed_dims(call)
+        rows = call["query"].numel // d  # every packed query row, over heads
+        return attention_backward_flops_of_scores(call.facts.scores * heads, rows, d, d_v)
     return attention_backward_flops(*_bshd(call["query"], call["key"], call["value"]))
+
+
+@flops("higher_order.flex_attention")
+def _flex_attention(call: OpCall) -> int | None:
+    # the blocks its BlockMask visits (read when it ran): q [b, h, s_q, d], v [b, h_kv, s_k, d_v]
+    if call.facts is None:
+        return None
+    return attention_flops_of_scores(call.facts.scores, call["arg0"].shape[-1], call["arg2"].shape[-1])
+
+
+@flops("higher_order.flex_attention_backward")
+def _flex_attention_backward(call: OpCall) -> int | None:
+    if call.facts is None:
+        return None
+    q, v = call["arg0"], call["arg2"]
+    return attention_backward_flops_of_scores(call.facts.scores, q.numel // q.shape[-1], q.shape[-1], v.shape[-1])
 
 
 # --- elementwise, activations, reductions --------------------------------------------------
@@ -691,7 +796,8 @@ _DATA_MOVEMENT = (
     "lift_fresh_copy pixel_shuffle pixel_unshuffle im2col col2im upsample_nearest1d "
     "upsample_nearest2d upsample_nearest3d upsample_nearest2d_backward _pin_memory "
     "_foreach_copy_ embedding_renorm_ nonzero _unique _unique2 unique_dim unique_consecutive bincount "
-    "masked_fill_ native_channel_shuffle channel_shuffle"
+    "masked_fill_ native_channel_shuffle channel_shuffle select_copy slice_copy unbind_copy split_copy "
+    "split_with_sizes_copy _nested_tensor_from_tensor_list to_padded_tensor _nested_from_padded"
 ).split()
 
 

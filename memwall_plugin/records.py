@@ -59,6 +59,23 @@ def is_unit_scale(value: Any) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoreFacts:
+    """How many attention scores a call computes, read from its arguments' values when the op
+    ran (not from shapes): the blocks a flex_attention BlockMask visits, the lengths of packed
+    (variable-length) sequences. `scores` sums query-key pairs over batch and heads; `exact`
+    is False for an upper bound (offsets that could not be read: meta or fake tensors, where
+    `max_seqlen` bounds every sequence); `text` says what was read, for the shapes column."""
+
+    scores: int
+    exact: bool
+    text: str
+
+
+#: the key under which a call's ScoreFacts travel with its keyword arguments in a capture key
+FACTS_KEY = "<memwall facts>"
+
+
+@dataclass(frozen=True, slots=True)
 class TensorMeta:
     """Shape, strides and element type of one tensor argument or result."""
 
@@ -81,6 +98,14 @@ class TensorMeta:
     @property
     def nbytes(self) -> int:
         return self.span * self.itemsize
+
+
+@dataclass(frozen=True, slots=True)
+class NestedMeta(TensorMeta):
+    """A strided nested tensor (torch.nested): `shape` is its packed elements, flat, and
+    `components` the shape of each tensor it holds (its own rows, lengths, heads)."""
+
+    components: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +160,17 @@ def list_shapes_text(shapes: list[str]) -> str:
     return f"{len(shapes)} tensors: {shown}"
 
 
+def nested_text(components: tuple[tuple[int, ...], ...]) -> str:
+    """A nested tensor's shape: "nested 3 x [8, 32..96, 64]" (a dim that differs as its range)."""
+    if len({len(c) for c in components}) != 1:
+        return f"nested {len(components)} tensors"
+    dims = []
+    for sizes in zip(*components, strict=True):
+        low, high = min(sizes), max(sizes)
+        dims.append(str(low) if low == high else f"{low}..{high}")
+    return f"nested {len(components)} x [{', '.join(dims)}]"
+
+
 def extent(t: TensorMeta, elements: int | None = None) -> Extent:
     """The extent of a tensor (its span), or of `elements` of its element type."""
     return Extent(t.span if elements is None else elements, t.itemsize)
@@ -158,6 +194,8 @@ class OpCall:
     out_args: tuple[str, ...] = ()
     aliased_outputs: tuple[bool, ...] = ()
     device: str = "cpu"  # device type of its first tensor: cpu | cuda | mps | meta ...
+    #: what the count needs from argument values (flex_attention's blocks, packed lengths)
+    facts: ScoreFacts | None = None
 
     def __getitem__(self, name: str) -> Any:
         for key, value in self.args:
@@ -217,8 +255,13 @@ class OpCall:
         argument as "2 x [8, 64]" when its tensors agree, else "([0], [1, 12, 63, 64])"."""
         parts = []
         for _, value in self.args:
-            if isinstance(value, TensorMeta):
+            if isinstance(value, NestedMeta) and value.components:
+                parts.append(nested_text(value.components))
+            elif isinstance(value, TensorMeta):
                 parts.append(str(list(value.shape)))
             elif isinstance(value, tuple) and value and isinstance(value[0], TensorMeta):
                 parts.append(list_shapes_text([str(list(t.shape)) for t in value if isinstance(t, TensorMeta)]))
-        return " x ".join(parts)
+        text = " x ".join(parts)
+        if self.facts is not None:
+            text += f" ({self.facts.text})"
+        return text

@@ -190,6 +190,8 @@ def test_every_named_base_op_exists_in_torch():
     namespace (aten, or FSDP's and the functional collectives' own, registered on import)."""
     import torch.distributed._functional_collectives  # noqa: F401
     import torch.distributed.fsdp  # noqa: F401
+    import torch.nn.attention.flex_attention  # noqa: F401  (the flex_attention HOPs)
+    import torch.nn.attention.varlen  # noqa: F401  (torch_attn's packed-attention ops)
 
     names = [f"aten.{n}" for n in list(ELEMENTWISE) + list(REDUCTIONS)]
     explicit = [n for n in REGISTRY.names() if not n.startswith(("aten._foreach_", "profiler."))]

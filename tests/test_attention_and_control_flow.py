@@ -1,0 +1,299 @@
+"""Attention and control flow as people write them today: higher-order operators (torch.cond,
+while_loop, scan, map, flex_attention), packed (variable-length) attention and jagged nested
+tensors. Each runs as it runs bare (bit for bit) and is counted against a hand count."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import one_row, rows_of
+from torch.utils._pytree import tree_leaves
+
+import memwall_plugin as memwall
+from memwall_plugin.formulas import SOFTMAX_BACKWARD_FLOPS, SOFTMAX_FLOPS
+
+
+def _profile(fn: Callable[[], Any]) -> tuple[Any, memwall.Report]:
+    with memwall.profile(summary=False) as prof:
+        out = fn()
+    return out, prof.report()
+
+
+def _same_as_bare(fn: Callable[[], Any]) -> tuple[Any, memwall.Report]:
+    """Run `fn` bare and profiled from the same seed; assert every output bit agrees."""
+    torch.manual_seed(0)
+    bare = fn()
+    torch.manual_seed(0)
+    out, rep = _profile(fn)
+    pairs = list(zip(tree_leaves(bare), tree_leaves(out), strict=True))
+    assert pairs and all(torch.equal(a, b) for a, b in pairs if isinstance(a, torch.Tensor))
+    return out, rep
+
+
+def _counted(rep: memwall.Report) -> dict[str, tuple[int, int]]:
+    """op -> (calls, FLOPs) over the computing rows (randn, the test's data, left out)."""
+    got: dict[str, tuple[int, int]] = {}
+    for r in rep.rows:
+        if r.flops and r.op != "aten.randn":
+            calls, flops = got.get(r.op, (0, 0))
+            got[r.op] = (calls + r.calls, flops + r.flops)
+    return got
+
+
+# --- higher-order operators: the ops of their subgraphs are recorded as they execute ---------
+
+
+def _while_loop() -> Any:
+    from torch._higher_order_ops.while_loop import while_loop
+
+    x = torch.randn(8)
+    return while_loop(lambda i, t: i < 3, lambda i, t: (i + 1, t * 2), (torch.tensor(0), x))
+
+
+def _scan() -> Any:
+    from torch._higher_order_ops.scan import scan
+
+    return scan(lambda c, t: (c + t, c * t), torch.zeros(4), torch.randn(5, 4))
+
+
+def _map() -> Any:
+    from torch._higher_order_ops.map import map as hop_map
+
+    return hop_map(lambda t: t * 2, torch.randn(3, 4))
+
+
+def _associative_scan() -> Any:
+    from torch._higher_order_ops.associative_scan import associative_scan
+
+    return associative_scan(lambda a, b: a + b, torch.randn(6, 4), dim=0, combine_mode="generic")
+
+
+def _cond() -> Any:
+    x = torch.randn(8)
+    return torch.cond(x.sum() > 0, lambda t: t.sin(), lambda t: t.cos(), (x,))
+
+
+# by hand: the branch taken (8 elements, 1 FLOP each) and the predicate's sum and compare;
+# the loop: 3 bodies (t * 2 on 8, i + 1) and 4 tests; scan: 5 steps of c + t and c * t on 4;
+# map: 3 slices of t * 2 on 4; the generic associative scan of 6 rows of 4 adds 3 + 2 + 1 + 1
+# partial results (its up-sweep and down-sweep over halving, then doubling, slices)
+HOP_CASES: dict[str, tuple[Callable[[], Any], dict[str, tuple[int, int]]]] = {
+    "cond": (_cond, {"aten.sum": (1, 8), "aten.gt": (1, 1)}),
+    "while_loop": (_while_loop, {"aten.lt": (4, 4), "aten.mul": (3, 24), "aten.add": (3, 3)}),
+    "scan": (_scan, {"aten.add": (5, 20), "aten.mul": (5, 20)}),
+    "map": (_map, {"aten.mul": (3, 12)}),
+    "associative_scan": (_associative_scan, {"aten.add": (4, 4 * (3 + 2 + 1 + 1))}),
+}
+
+
+@pytest.mark.parametrize("name", list(HOP_CASES))
+def test_higher_order_ops_run_as_bare_and_their_subgraphs_are_counted(name):
+    fn, expected = HOP_CASES[name]
+    _, rep = _same_as_bare(fn)
+    got = _counted(rep)
+    if name == "cond":  # sin or cos, whichever branch the data took, on all 8 elements
+        branch = {k: v for k, v in got.items() if k in ("aten.sin", "aten.cos")}
+        assert list(branch.values()) == [(1, 8)], got
+        got = {k: v for k, v in got.items() if k not in branch}
+    assert got == expected
+    assert not rep.uncounted and not [r for r in rep.rows if r.op.startswith("higher_order.")]
+
+
+def test_scan_backward_is_counted_as_backward_not_as_a_module():
+    from torch._higher_order_ops.scan import scan
+
+    def train() -> tuple[torch.Tensor, ...]:
+        x = torch.randn(4, requires_grad=True)
+        xs = torch.randn(5, 4, requires_grad=True)
+        c, ys = scan(lambda c, t: (c + t, c * t), x, xs)
+        (c.sum() + ys.sum()).backward()
+        return c, ys, x.grad, xs.grad
+
+    _, rep = _same_as_bare(train)
+    backward = [r for r in rep.rows if r.phase == "backward" and r.flops]
+    assert backward and all(r.module == "" for r in rep.rows)  # torch's GraphModules are no module
+    assert not [r for r in rep.rows if r.phase == "recompute"]
+    assert not rep.uncounted
+
+
+def test_subgraph_ops_are_attributed_to_the_module_that_runs_them():
+    class Gate(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.cond(x.sum() > 0, lambda t: self.proj(t).relu(), lambda t: t * 0.5, (x,))
+
+    model = torch.nn.Sequential(Gate())
+    x = torch.ones(2, 4)  # positive: the projection branch
+    with memwall.profile(model=model, summary=False) as prof:
+        out = model(x)
+    assert torch.equal(out, model(x))
+    rep = prof.report()
+    addmm = one_row(rep, "aten.addmm")
+    assert (addmm.module, addmm.phase, addmm.flops) == ("0.proj", "forward", 2 * 2 * 4 * 4 + 2 * 4)
+    assert one_row(rep, "aten.relu").module == "0"
+
+
+# --- flex_attention: the blocks its BlockMask visits -----------------------------------------
+
+
+def _flex(q_len: int, mask_mod: Callable[..., Any] | None, heads: int = 4, dim: int = 64) -> Any:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    q, k, v = (torch.randn(1, heads, q_len, dim) for _ in range(3))
+    block_mask = None if mask_mod is None else create_block_mask(mask_mod, 1, 1, q_len, q_len, device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager flex_attention says it runs the math reference
+        return _same_as_bare(lambda: flex_attention(q, k, v, block_mask=block_mask))
+
+
+def _flex_matmul_flops(row: memwall.Row, scores: int) -> int:
+    """A flex_attention row's FLOPs less the softmax memwall adds per score: the matmuls."""
+    assert row.flops is not None
+    return row.flops - SOFTMAX_FLOPS * scores
+
+
+def test_flex_attention_without_a_mask_counts_every_score():
+    _, rep = _flex(128, None)
+    row = one_row(rep, "higher_order.flex_attention")
+    scores = 4 * 128 * 128
+    assert _flex_matmul_flops(row, scores) == 16_777_216  # 2 x 4 x 128 x 128 x 64, twice (qk, pv)
+    assert "every score" in row.shapes and not rep.uncounted
+
+
+def test_flex_attention_causal_mask_counts_the_36_of_64_blocks_it_visits():
+    _, rep = _flex(1024, lambda b, h, q, k: q >= k)
+    row = one_row(rep, "higher_order.flex_attention")
+    blocks = sum(i + 1 for i in range(8))  # lower triangle of 8 x 8 blocks, diagonal included
+    assert blocks == 36
+    scores = blocks * 128 * 128 * 4
+    assert _flex_matmul_flops(row, scores) == 2 * scores * 64 * 2
+    assert "36 of 64 blocks" in row.shapes
+
+
+def test_flex_attention_sliding_window_counts_the_band_of_blocks():
+    window = 256
+    _, rep = _flex(1024, lambda b, h, q, k: (q >= k) & (q - k < window))
+    row = one_row(rep, "higher_order.flex_attention")
+    # by hand: a kv block j is visited from query block i when some query of i sees some key
+    # of j: j <= i and the block's last key is within the window of its first query
+    visited = [(i, j) for i in range(8) for j in range(8) if j <= i and i * 128 - (j * 128 + 127) < window]
+    scores = len(visited) * 128 * 128 * 4
+    assert len(visited) == 21
+    assert _flex_matmul_flops(row, scores) == 2 * scores * 64 * 2
+    assert f"{len(visited)} of 64 blocks" in row.shapes
+
+
+def test_flex_attention_rows_are_kept_apart_per_mask():
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    q, k, v = (torch.randn(1, 2, 256, 32) for _ in range(3))
+    masks = [create_block_mask(m, 1, 1, 256, 256, device="cpu")
+             for m in (lambda b, h, qi, ki: qi >= ki, lambda b, h, qi, ki: qi <= ki, lambda b, h, qi, ki: qi == qi)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, rep = _profile(lambda: [flex_attention(q, k, v, block_mask=m) for m in masks])
+    rows = rows_of(rep, "higher_order.flex_attention")
+    # the two triangles visit 3 of 4 blocks each (one row, two calls); the full mask all 4
+    assert sorted((r.calls, r.flops) for r in rows) == sorted([
+        (2, 2 * (2 * 3 * 128 * 128 * 2 * 32 * 2 + SOFTMAX_FLOPS * 3 * 128 * 128 * 2)),
+        (1, 2 * 4 * 128 * 128 * 2 * 32 * 2 + SOFTMAX_FLOPS * 4 * 128 * 128 * 2),
+    ])
+
+
+# --- packed (variable-length) attention: the lengths in the offsets ---------------------------
+
+
+OFFSETS = [0, 30, 60, 90, 123]  # 4 sequences of 30, 30, 30 and 33 tokens, 4 heads of 16
+
+
+def _packed_scores(lengths: list[int], heads: int) -> int:
+    return heads * sum(n * n for n in lengths)
+
+
+def test_flash_attention_with_readable_offsets_counts_each_sequence():
+    x = torch.randn(123, 4, 16, device="meta")  # no CPU kernel: the meta kernel runs
+    offsets = torch.tensor(OFFSETS, dtype=torch.int32)
+    _, rep = _profile(lambda: torch.ops.aten._flash_attention_forward(
+        x, x, x, offsets, offsets, 40, 40, 0.0, False, False))
+    row = one_row(rep, "aten._flash_attention_forward")
+    scores = _packed_scores([30, 30, 30, 33], 4)
+    assert row.flops == 969_984 + SOFTMAX_FLOPS * scores  # 2 x 2 x 16 per score: the suite's
+    assert "4 packed sequences" in row.shapes
+
+
+def test_flash_attention_with_unreadable_offsets_is_bounded_by_max_seqlen():
+    x = torch.randn(123, 4, 16, device="meta")
+    offsets = torch.tensor(OFFSETS, dtype=torch.int32, device="meta")
+    _, rep = _profile(lambda: torch.ops.aten._flash_attention_forward(
+        x, x, x, offsets, offsets, 40, 40, 0.0, False, False))
+    row = one_row(rep, "aten._flash_attention_forward")
+    scores = 4 * 4 * 40 * 40
+    assert row.flops == 1_638_400 + SOFTMAX_FLOPS * scores  # FlopCounterMode's bound, + softmax
+    assert "at most 40x40" in row.shapes
+
+
+def test_varlen_attention_forward_and_backward_against_a_hand_count():
+    from torch.nn.attention.varlen import varlen_attn
+
+    lengths, heads, dim = [64, 128], 8, 64
+    offsets = torch.tensor([0, 64, 192], dtype=torch.int32)
+    q = torch.randn(192, heads, dim, device="meta", requires_grad=True)  # no CPU kernel: meta runs
+
+    def train() -> None:
+        varlen_attn(q, q, q, offsets, offsets, 128, 128).sum().backward()
+
+    _, rep = _profile(train)
+    scores = _packed_scores(lengths, heads)
+    forward = one_row(rep, "torch_attn._varlen_attn")
+    backward = one_row(rep, "torch_attn._varlen_attn_backward")
+    # matmuls by hand: q.k and p.v forward (2 x 2 x dim per score); backward recomputes q.k
+    # and forms dV, dP, dQ, dK (5 x 2 x dim); plus softmax, its backward, rowsum(dO * O)
+    assert forward.flops == 4 * dim * scores + SOFTMAX_FLOPS * scores
+    assert backward.flops == (10 * dim * scores + (SOFTMAX_FLOPS + SOFTMAX_BACKWARD_FLOPS) * scores
+                              + 2 * 192 * heads * dim)
+    # the peer suite's figures for this case: 41,943,040 forward, 146,800,640 with backward
+    assert (4 * dim * scores, 14 * dim * scores) == (41_943_040, 146_800_640)
+    assert not rep.uncounted
+
+
+# --- jagged nested tensors: each sequence at its own length -----------------------------------
+
+
+def test_jagged_attention_counts_each_sequence_at_its_length():
+    lengths, heads, dim = [32, 64, 96, 128], 8, 64
+    values = torch.randn(sum(lengths), heads * dim, requires_grad=True)
+    offsets = torch.tensor([0, 32, 96, 192, 320])
+
+    def train() -> tuple[torch.Tensor, torch.Tensor]:
+        values.grad = None
+
+        def jagged() -> torch.Tensor:
+            nt = torch.nested.nested_tensor_from_jagged(values, offsets)
+            return nt.view(len(lengths), -1, heads, dim).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(jagged(), jagged(), jagged())
+        out.values().sum().backward()
+        assert values.grad is not None
+        return out.values(), values.grad.clone()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's nested-tensor prototype notices
+        _, rep = _same_as_bare(train)
+    forward = sum(r.flops or 0 for r in rows_of(rep, "aten.matmul"))
+    backward = sum(r.flops or 0 for r in rows_of(rep, "aten.matmul_backward"))
+    scores = heads * sum(n * n for n in lengths)
+    assert (forward, backward) == (2 * 2 * dim * scores, 2 * 2 * 2 * dim * scores)
+    assert (forward, backward, forward + backward) == (62_914_560, 125_829_120, 188_743_680)
+    assert not rep.uncounted
+    assert sorted(r.shapes for r in rows_of(rep, "aten.matmul")) == [
+        "nested 4 x [8, 32..128, 32..128] x nested 4 x [8, 32..128, 64]",  # p.v
+        "nested 4 x [8, 32..128, 64] x nested 4 x [8, 64, 32..128]",  # q.k^T
+    ]
