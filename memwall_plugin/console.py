@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from memwall_plugin.formulas import ELEMENTWISE, REDUCTIONS
+from memwall_plugin.formulas import COUNT_NOTES, ELEMENTWISE, REDUCTIONS
 from memwall_plugin.records import ordered_phases
 from memwall_plugin.report import Group, Report, Row, module_tree
 from memwall_plugin.roofline import COMPUTE, MEMORY
@@ -203,6 +203,10 @@ def findings(report: Report) -> list[str]:
             f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); their FLOPs are unknown, "
             "not zero (register formulas with memwall.default_registry().copy())."
         )
+    noted = sorted({r.op for r in report.rows if r.op in COUNT_NOTES and r.flops})
+    for text in dict.fromkeys(COUNT_NOTES[op] for op in noted):
+        ops = [op.removeprefix("aten.") for op in noted if COUNT_NOTES[op] == text]
+        out.append(f"how {', '.join(ops)} {'is' if len(ops) == 1 else 'are'} counted: {text}.")
     nested = report.extra.get("nested_profiles")
     if isinstance(nested, list) and nested:
         saved = sorted({str(where) for where in nested if where})

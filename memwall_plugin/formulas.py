@@ -307,14 +307,58 @@ _SDPA_FORWARD = (
 _SDPA_BACKWARD = tuple(name + "_backward" for name in _SDPA_FORWARD)
 
 
+#: torch's CPU flash-attention kernel (aten/src/ATen/native/cpu/FlashAttentionKernel.cpp) walks
+#: the scores in tiles: query blocks of 256, 64 or 32 rows (for >= 768, >= 192 or fewer queries)
+#: against key blocks of 512; with is_causal it stops each query block at the key block that
+#: holds its last query's diagonal, computing that whole key block. Forward and backward alike.
+CPU_FLASH_KV_SPLIT = 512
+
+
+def cpu_flash_q_split(s_q: int) -> int:
+    return 256 if s_q >= 768 else 64 if s_q >= 192 else 32
+
+
+def cpu_flash_causal_scores(s_q: int, s_k: int) -> int:
+    """Scores the CPU flash kernel computes per (batch, head) with is_causal: each query block
+    of `rows` queries starting at m sees keys up to min(m + rows, s_k), in whole key blocks."""
+    q_split, kv_split = min(cpu_flash_q_split(s_q), s_q), min(CPU_FLASH_KV_SPLIT, s_k)
+    total = 0
+    for m in range(0, s_q, q_split):
+        rows = min(q_split, s_q - m)
+        keys = min(m + rows, s_k)
+        total += rows * sum(min(kv_split, s_k - n) for n in range(0, keys, kv_split))
+    return total
+
+
+def causal_pairs(s_q: int, s_k: int) -> int:
+    """Query-key pairs a causal mask keeps (query i sees keys 0..i, torch's top-left alignment)."""
+    if s_q <= s_k:
+        return s_q * (s_q + 1) // 2
+    return s_k * (s_k + 1) // 2 + (s_q - s_k) * s_k
+
+
+def _sdpa_scores(call: OpCall, s_q: int, s_k: int) -> int:
+    """Scores per (batch, head) the fused kernel computes: all of them, unless is_causal lets
+    it skip tiles (the CPU kernel's tiles exactly; GPU kernels the pairs the mask keeps, their
+    diagonal tiles computed in full add at most one tile per row). A given attn_mask is
+    applied to scores computed in full: dense, as computed."""
+    if not call.get("is_causal"):
+        return s_q * s_k
+    if call.op.startswith("aten._scaled_dot_product_flash_attention_for_cpu"):
+        return cpu_flash_causal_scores(s_q, s_k)
+    return causal_pairs(s_q, s_k)
+
+
 @flops(*_SDPA_FORWARD)
 def _sdpa(call: OpCall) -> int:
-    return attention_flops(*_bhsd(call["query"], call["key"], call["value"]))
+    b, h, s_q, s_k, d, d_v = _bhsd(call["query"], call["key"], call["value"])
+    return attention_flops_of_scores(b * h * _sdpa_scores(call, s_q, s_k), d, d_v)
 
 
 @flops(*_SDPA_BACKWARD)
 def _sdpa_backward(call: OpCall) -> int:
-    return attention_backward_flops(*_bhsd(call["query"], call["key"], call["value"]))
+    b, h, s_q, s_k, d, d_v = _bhsd(call["query"], call["key"], call["value"])
+    return attention_backward_flops_of_scores(b * h * _sdpa_scores(call, s_q, s_k), b * h * s_q, d, d_v)
 
 
 def _packed(call: OpCall) -> bool:
@@ -367,6 +411,37 @@ def _flex_attention_backward(call: OpCall) -> int | None:
         return None
     q, v = call["arg0"], call["arg2"]
     return attention_backward_flops_of_scores(call.facts.scores, q.numel // q.shape[-1], q.shape[-1], v.shape[-1])
+
+
+_CPU_FLASH_NOTE = (
+    "torch's CPU flash kernel computes every score of the s_q x s_k matrix and adds a given "
+    "attn_mask (padding, a sliding window) to scores computed in full: counted dense, as computed; "
+    "with is_causal it stops each block of 32/64/256 queries at the 512-key block holding its "
+    "diagonal: counted tile for tile")
+_GPU_ATTENTION_NOTE = (
+    "GPU fused attention computes every score and adds an attn_bias to scores computed in full: "
+    "counted dense; with is_causal counted as the pairs the mask keeps (the kernel computes its "
+    "diagonal tiles whole: at most one tile more per row)")
+_PACKED_NOTE = (
+    "packed (variable-length) attention: len_q x len_k per sequence, read from the offsets; where "
+    "they could not be read (meta, fake tensors) the row says so and counts max_seqlen, an upper bound")
+
+#: How the count of an op was made where shapes alone do not say: the console prints the notes
+#: of the ops a report holds (which backend ran, what it computes, what is an upper bound).
+COUNT_NOTES: dict[str, str] = {
+    **{name: _CPU_FLASH_NOTE for name in ("aten._scaled_dot_product_flash_attention_for_cpu",
+                                          "aten._scaled_dot_product_flash_attention_for_cpu_backward")},
+    **{name: _GPU_ATTENTION_NOTE for name in (*_SDPA_FORWARD, *_SDPA_BACKWARD) if "_for_cpu" not in name},
+    **{name: _PACKED_NOTE for name in (
+        "aten._flash_attention_forward", "aten._flash_attention_backward", "aten._efficient_attention_forward",
+        "aten._efficient_attention_backward", "torch_attn._varlen_attn", "torch_attn._varlen_attn_out",
+        "torch_attn._varlen_attn_backward")},
+    "higher_order.flex_attention": (
+        "flex_attention: the score blocks its BlockMask visits (partial blocks in full, the row says "
+        "how many); run eagerly, torch computes it with its dense reference, every score: compile "
+        "flex_attention for the block-sparse kernel"),
+    "higher_order.flex_attention_backward": "flex_attention's backward: the blocks its BlockMask visits",
+}
 
 
 # --- elementwise, activations, reductions --------------------------------------------------

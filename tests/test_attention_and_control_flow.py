@@ -297,3 +297,31 @@ def test_jagged_attention_counts_each_sequence_at_its_length():
         "nested 4 x [8, 32..128, 32..128] x nested 4 x [8, 32..128, 64]",  # p.v
         "nested 4 x [8, 32..128, 64] x nested 4 x [8, 64, 32..128]",  # q.k^T
     ]
+
+
+# --- SDPA with is_causal: the tiles torch's CPU kernel computes -------------------------------
+
+
+@pytest.mark.parametrize(("seq", "scores_per_head"), [
+    (32, 32 * 32),  # one 512-key block covers every key: causal computes the whole matrix
+    # 1024 queries in blocks of 256 stop at the key block (of 512) holding their diagonal:
+    # keys 0..255 and 256..511 need the first block, 512..1023 both
+    (1024, 256 * (512 + 512 + 1024 + 1024)),
+])
+def test_causal_sdpa_on_cpu_counts_the_tiles_the_kernel_computes(seq, scores_per_head):
+    q, k, v = (torch.randn(1, 4, seq, 16, requires_grad=True) for _ in range(3))
+
+    def train() -> tuple[torch.Tensor, ...]:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out.sum().backward()
+        return out, q.grad, k.grad, v.grad
+
+    _, rep = _profile(train)
+    scores = 4 * scores_per_head
+    forward = one_row(rep, "aten._scaled_dot_product_flash_attention_for_cpu")
+    backward = one_row(rep, "aten._scaled_dot_product_flash_attention_for_cpu_backward")
+    assert forward.flops == 4 * 16 * scores + SOFTMAX_FLOPS * scores
+    assert backward.flops == (10 * 16 * scores + (SOFTMAX_FLOPS + SOFTMAX_BACKWARD_FLOPS) * scores
+                              + 2 * 4 * seq * 16)
+    notes = [f for f in memwall.console.findings(rep) if f.startswith("how ")]
+    assert len(notes) == 1 and "counted tile for tile" in notes[0]

@@ -50,6 +50,8 @@ def test_flops_agree_with_flop_counter_mode_and_hand_counts(name):
         if "attention" in got:  # torch's CPU flash kernel, which FlopCounterMode counts as 0
             for mine, hand in got["attention"]:
                 assert mine == hand
+            # the summary names the backend that ran and what it computes
+            assert got["attention_notes"] and "CPU flash kernel computes every score" in got["attention_notes"][0]
         else:  # the math path: its matmuls are FlopCounterMode's bmm above
             assert got["attention_as_matmuls"] > 0
     if arch.grouped_gemm_flops is not None and "grouped_gemm" in got:  # transformers 5.x's experts path
@@ -58,6 +60,17 @@ def test_flops_agree_with_flop_counter_mode_and_hand_counts(name):
     if arch.linear_forward_flops is not None:
         mine, hand = got["linear_forward"]
         assert mine == hand
+
+
+def test_sliding_window_attention_is_counted_as_the_cpu_kernel_computes_it():
+    # Mistral's window (16) is shorter than the sequence (32): transformers hands SDPA the
+    # banded mask, and torch's CPU kernel computes every score and adds the mask to it, so the
+    # computed band is the whole matrix: the hand count is dense, and the note says why
+    got = _figures("mistral")
+    assert got["attention_masked"] == [True]
+    (forward, forward_hand), (backward, backward_hand) = got["attention"]
+    assert (forward, backward) == (forward_hand, backward_hand)
+    assert "a sliding window" in got["attention_notes"][0]
 
 
 @pytest.mark.parametrize("name", [n for n, a in ARCHS.items() if a.generate is not None])

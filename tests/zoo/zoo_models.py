@@ -25,6 +25,7 @@ from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 import memwall_plugin as memwall
+from memwall_plugin.console import findings
 
 VOCAB = 256
 BATCH, SEQ = 2, 32
@@ -538,6 +539,9 @@ def figures(arch: Arch) -> dict[str, Any]:
     if arch.attention and SDPA_CPU[0] in by_op:
         forward, backward = attention_hand_counts(arch)
         out["attention"] = ((by_op[SDPA_CPU[0]], forward), (by_op.get(SDPA_CPU[1], 0), backward))
+        # how the summary says it counted them, and whether the kernel was given a mask (q, k, v, mask)
+        out["attention_notes"] = [f for f in findings(rep) if f.startswith("how ") and "attention" in f]
+        out["attention_masked"] = sorted({len(shapes_of(r)) == 4 for r in rep.rows if r.op == SDPA_CPU[0]})
     elif arch.attention:  # the math path (dropout in attention, an older transformers): matmuls
         out["attention_as_matmuls"] = by_op.get("aten.bmm", 0)
     if arch.grouped_gemm_flops is not None and "aten._grouped_mm" in by_op:
