@@ -8,12 +8,13 @@ What "time" means: a c10d op enqueues its work on the backend and returns a Work
 collective's time is from the call until the Work's future completes, stamped by a done-callback
 on the backend's thread (so it includes waiting for the slowest peer and for collectives queued
 before it). A Work without a future (gloo's reduce-scatter) is waited for on a watcher thread
-instead, with the same meaning. A functional collective completes when `wait_tensor` on its
-result returns. Work on a GPU completes on the device, not on the host: such calls are counted,
-not timed. The stamps are taken in Python, so they may trail the real completion by the time the
-stamping thread waits for the GIL (at most the interpreter's switch interval, 5 ms by default,
-while the training thread runs Python); at a step's end memwall lets finished collectives stamp
-before it closes the step.
+instead, with the same meaning; the run's end joins that thread, so that no Work outlives the
+profile on it (see `CollectiveRecorder.close`). A functional collective completes when
+`wait_tensor` on its result returns. Work on a GPU completes on the device, not on the host: such
+calls are counted, not timed. The stamps are taken in Python, so they may trail the real
+completion by the time the stamping thread waits for the GIL (at most the interpreter's switch
+interval, 5 ms by default, while the training thread runs Python); at a step's end memwall lets
+finished collectives stamp before it closes the step.
 
 Overlap: while any collective is in flight, the time each other op takes on this thread is
 added to `busy_ns`; a collective's overlap is the busy time between its issue and completion.
@@ -118,6 +119,9 @@ class _Flight:
 SETTLE_S = 0.5
 #: At the run's end, how long to wait for collectives still in flight (a dead peer never ends them).
 DRAIN_S = 2.0
+#: At close, how long to wait for the watcher thread to end once it has nothing left to wait for
+#: (it needs the GIL a few times: on a loaded machine that can take a while).
+JOIN_S = 5.0
 
 
 class StepTiming:
@@ -211,6 +215,7 @@ class CollectiveRecorder:
         self._pending: dict[int, _Flight] = {}  # in flight, by id
         self._watched: queue.SimpleQueue[tuple[Any, _Flight] | None] = queue.SimpleQueue()
         self._watcher: threading.Thread | None = None
+        self._watching = 0  # works handed to the watcher and not yet done; changed under _lock
 
     # -- the capturing thread ------------------------------------------------------------------
     def _entry(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CollectiveEntry:
@@ -263,15 +268,34 @@ class CollectiveRecorder:
 
     def _watch(self, work: Any, flight: _Flight) -> None:
         if self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch_loop, name="memwall-collectives", daemon=True)
+            self._watched = queue.SimpleQueue()  # the thread's own: a closed one's None stays with it
+            self._watcher = threading.Thread(target=self._watch_loop, args=(self._watched,),
+                                             name="memwall-collectives", daemon=True)
             self._watcher.start()
+        with self._lock:
+            self._watching += 1
         self._watched.put((work, flight))
 
     def close(self) -> None:
-        """Let the watcher thread end once the works it waits for are done."""
-        if self._watcher is not None:
+        """End the watcher thread and let go of every Work and future, before the profile returns.
+
+        The thread must not outlive the profile: it holds a c10d Work until it ends, and a Work's
+        Python object gives up the GIL to destroy it and takes it back, in a C++ destructor. A
+        thread that does that while the interpreter shuts down (the script ending right after the
+        profile and destroy_process_group()) is ended by Python inside that destructor, which
+        aborts the process ("terminate called without an active exception", SIGABRT). So the
+        thread is joined here, and waits for nothing but its queue while idle. A collective that
+        never completes (a dead peer) keeps it blocked in its wait: it is then left behind."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
             self._watched.put(None)
-            self._watcher = None
+            with self._lock:
+                stuck = self._watching > 0  # still waiting for a work: the drain gave up on it
+            if not stuck:
+                watcher.join(JOIN_S)
+        with self._lock:
+            for flight in self._pending.values():
+                flight.work = None  # a collective that never completed: no timing is coming
 
     def wait(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A functional collective's `wait_tensor`: its call completes when this returns."""
@@ -348,15 +372,25 @@ class CollectiveRecorder:
             ok = False
         self._finish(flight, end, ok)
 
-    def _watch_loop(self) -> None:
-        while (item := self._watched.get()) is not None:
+    def _watch_loop(self, watched: queue.SimpleQueue[tuple[Any, _Flight] | None]) -> None:
+        while True:
+            item = watched.get()
+            if item is None:
+                return
             work, flight = item
+            del item
             try:
                 work.wait()
                 ok = True
             except Exception:
                 ok = False
-            self._finish(flight, _perf_counter_ns(), ok)
+            end = _perf_counter_ns()
+            with self._lock:
+                self._watching -= 1  # before _finish: once the run's drain has seen it, close() joins
+            self._finish(flight, end, ok)
+            # let go of the Work now, on this thread while the interpreter is alive, not while
+            # blocked on the queue (nor when the thread ends): see close()
+            del work, flight
 
     def _finish(self, flight: _Flight, end_ns: int, ok: bool) -> None:
         # order matters: _settle() waits while a pending flight's work is finished, so the flight

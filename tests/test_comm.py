@@ -11,13 +11,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import weakref
 from fractions import Fraction
 
 import pytest
 import torch
 from memwall_plugin.hooks.capture import build_call, signature
-from memwall_plugin.hooks.collectives import _Flight, _union
+from memwall_plugin.hooks.collectives import CollectiveRecorder, _Flight, _union
 from memwall_plugin.tb_plugin.loader import scan
 
 import memwall_plugin as memwall
@@ -237,6 +239,56 @@ def test_time_in_flight_is_the_union_and_overlap_the_busy_time_inside():
     # with none. In flight 30, overlapped 8.
     timing = _union([_flight(30, 40, 8, 8), _flight(0, 10, 0, 4), _flight(5, 20, 2, 8)])
     assert (timing.comm_ns, timing.overlapped_ns) == (30, 8)
+
+
+class _WorkWithoutFuture:
+    """A Work like gloo's reduce-scatter: no future, so the watcher thread waits for it."""
+
+    def __init__(self, done: threading.Event | None = None) -> None:
+        self.done = done
+
+    def wait(self) -> bool:
+        if self.done is not None:
+            self.done.wait()
+        return True
+
+
+def _watchers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "memwall-collectives"]
+
+
+def test_close_ends_the_watcher_thread_and_lets_go_of_its_works():
+    # a thread left running after the profile drops its last Work during interpreter shutdown: the
+    # Work's destructor takes the GIL back then, and Python ends the thread inside it (SIGABRT,
+    # "terminate called without an active exception"); so close() joins it, Work already dropped
+    recorder = CollectiveRecorder(tracker=None)  # type: ignore[arg-type]
+    work = _WorkWithoutFuture()
+    gone = weakref.ref(work)
+    flight = _Flight(None, time.perf_counter_ns(), 0)  # type: ignore[arg-type]
+    flight.work = work
+    recorder._fly(flight)
+    recorder._watch(work, flight)
+    del work
+    recorder._drain()  # the run's last take
+    assert flight.ok and flight.work is None and recorder.in_flight == 0
+    recorder.close()
+    assert not _watchers() and gone() is None
+
+
+def test_close_leaves_a_watcher_blocked_in_a_collective_that_never_ends():
+    recorder = CollectiveRecorder(tracker=None)  # type: ignore[arg-type]
+    done = threading.Event()
+    flight = _Flight(None, time.perf_counter_ns(), 0)  # type: ignore[arg-type]
+    flight.work = _WorkWithoutFuture(done)
+    recorder._fly(flight)
+    recorder._watch(flight.work, flight)
+    start = time.perf_counter()
+    recorder.close()  # a dead peer: nothing to join, and no wait for it
+    assert time.perf_counter() - start < 1 and flight.work is None
+    done.set()  # the collective ends after all: the thread stamps it and ends
+    for thread in _watchers():
+        thread.join(5)
+    assert not _watchers() and flight.ok
 
 
 # --- files -------------------------------------------------------------------------------------
