@@ -205,8 +205,7 @@ def flex_block_mask(func_name: str, args: tuple[Any, ...]) -> tuple[Any, Any, An
         return None
     q_block, kv_block = mask[-3], mask[-2]
     kv_num, kv_idx, full_num, full_idx = mask[2], mask[3], mask[4], mask[5]
-    if not (type(q_block) is int and type(kv_block) is int and isinstance(kv_num, torch.Tensor)
-            and isinstance(kv_idx, torch.Tensor)):
+    if not (type(q_block) is int and type(kv_block) is int):
         return None
     return kv_num, kv_idx, full_num, full_idx, q_block, kv_block
 
@@ -218,6 +217,46 @@ def nested_component_shapes(t: torch.Tensor) -> tuple[tuple[int, ...], ...]:
         return tuple(tuple(row) for row in t._nested_tensor_size().tolist())
     except (RuntimeError, AttributeError):
         return ()
+
+
+def compiled_region_graph(region: Any) -> tuple[int, Any] | None:
+    """(its id, the FX graph Inductor compiled) of the region an `inductor_compiled_code` call
+    runs (its first argument: the compiled callable or its index in torch's side table)."""
+    try:
+        from torch._higher_order_ops.wrap import _resolve_inductor_callable
+
+        resolved = _resolve_inductor_callable(region)
+    except (ImportError, AssertionError, KeyError, AttributeError):
+        return None
+    gm = getattr(resolved, "original_gm", None)
+    return None if gm is None else (int(resolved.idx), gm)
+
+
+def propagate_shapes(gm: Any, inputs: list[Any]) -> None:
+    """Give every node of a compiled region's graph its `meta["val"]` (a fake tensor with the
+    shape, strides and dtype it has for these inputs): Inductor keeps the graph without them."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        fake = [mode.from_tensor(t) if isinstance(t, torch.Tensor) else t for t in inputs]
+    FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fake)
+
+
+def wrap_compiled_regions(enabled: bool) -> bool | None:
+    """Make Inductor wrap each region it compiles from now on in its `inductor_compiled_code`
+    higher-order operator (a dispatch mode then sees a region run as one call); returns the
+    previous setting, None where this torch has no such setting."""
+    try:
+        import torch._inductor.config as inductor_config
+    except ImportError:
+        return None
+    previous = getattr(inductor_config, "wrap_inductor_compiled_regions", None)
+    if previous is None:
+        return None
+    inductor_config.wrap_inductor_compiled_regions = enabled
+    return bool(previous)
 
 
 def fake_mode_active() -> bool:
@@ -243,6 +282,7 @@ __all__ = [
     "SUBGRAPH_HOPS",
     "TorchDispatchMode",
     "current_autograd_node",
+    "compiled_region_graph",
     "default_store",
     "dispatch_mode_stack",
     "fake_mode_active",
@@ -263,6 +303,8 @@ __all__ = [
     "node_variable",
     "peek_sequence_nr",
     "process_group_size",
+    "propagate_shapes",
     "unbox_work",
+    "wrap_compiled_regions",
     "warm_up_dispatch",
 ]

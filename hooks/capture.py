@@ -34,7 +34,7 @@ from memwall_plugin.hooks._torch_private import (
     nested_component_shapes,
     warm_up_dispatch,
 )
-from memwall_plugin.hooks.compiled import EagerCompile
+from memwall_plugin.hooks.compiled import CompiledRegions, region_facts
 from memwall_plugin.hooks.modules import ModuleTracker
 from memwall_plugin.hooks.score_facts import reader_for
 
@@ -54,6 +54,7 @@ from memwall_plugin.records import (
 )
 
 _Tensor = torch.Tensor
+_Parameter = torch.nn.Parameter  # no dispatch of its own: a plain tensor to the mode (compiled code)
 _ONES_LIKE = torch.ops.aten.ones_like.default
 _perf_counter_ns = time.perf_counter_ns
 
@@ -495,11 +496,16 @@ class _CaptureMode(TorchDispatchMode):
     supports_higher_order_operators = True
 
     @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        # torch.compile'd code compiles with this mode off and runs compiled with it on
+        # (hooks/compiled.py): the program the user compiled, not an eager stand-in
+        return True
+
+    @classmethod
     def _should_skip_dynamo(cls) -> bool:
         # torch wraps a mode's __torch_dispatch__ in torch._disable_dynamo (~4 us per op here) so
         # that a torch.compile call made inside the mode does not compile the mode's own frames.
-        # While memwall records, compiled code runs eagerly (hooks/compiled.py holds the
-        # force_eager stance), so no such compile happens: the wrapper is pure cost.
+        # This mode never compiles, and Dynamo compiles with it off: the wrapper is pure cost.
         return False
 
     def __init__(self, capture: Capture, cuda: bool) -> None:
@@ -517,7 +523,7 @@ class _CaptureMode(TorchDispatchMode):
                 # fake tensors only carry metadata (FakeTensorMode, DTensor's sharding
                 # propagation): no work, nothing recorded
                 return func(*args, **kwargs)
-            if any(t is not _Tensor for t in types):  # torch lists plain Tensor here at times
+            if any(t is not _Tensor and t is not _Parameter for t in types):  # plain Tensor here at times
                 # DTensor, nested jagged tensors, wrapper subclasses: the subclass runs its own
                 # dispatch after this NotImplemented, with this mode active, so the ops it runs on
                 # its inner tensors are counted at the shapes that really run (a DTensor's local
@@ -533,6 +539,8 @@ class _CaptureMode(TorchDispatchMode):
                 # body): they run with this mode entered, so their ops are recorded as they
                 # execute, at the shapes and in the module and phase where they run
                 return func(*[self._entered(a) if _is_function(a) else a for a in args], **kwargs)
+            if hop_name(func) == "inductor_compiled_code":
+                return self._region(func, args, kwargs)
             # any other (flex_attention, and ones torch adds later): one row, timed, counted
             # where a formula names it, listed uncounted otherwise (never a silent zero)
             if self._cuda and _first_tensor_is_cuda(args):
@@ -566,6 +574,29 @@ class _CaptureMode(TorchDispatchMode):
             capture.fail(err, func)
         return out
 
+    def _region(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A region torch.compile compiled (hooks/compiled.py): read what its row needs before it
+        runs (it frees its inputs as it goes; memwall keeps none of them), run it, record it."""
+        capture = self._capture
+        try:
+            inputs = args[1] if len(args) > 1 and isinstance(args[1], list) else []
+            key = (_opaque(args[0]), tuple([signature(t) for t in inputs]))
+            region = (key, region_facts(args, kwargs), _device_of(tuple(inputs), None))
+        except Exception as err:
+            capture.fail(err, func)
+            return func(*args, **kwargs)
+        del inputs
+        if self._cuda and region[2] == "cuda":
+            return self._dispatch_cuda(func, args, kwargs, region)
+        start = _perf_counter_ns()
+        out = func(*args, **kwargs)
+        elapsed = _perf_counter_ns() - start
+        try:
+            capture.record(func, args, kwargs, out, elapsed, region)
+        except Exception as err:
+            capture.fail(err, func)
+        return out
+
     def _entered(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def run_recorded(*args: Any, **kwargs: Any) -> Any:
             with self:
@@ -573,7 +604,7 @@ class _CaptureMode(TorchDispatchMode):
 
         return run_recorded
 
-    def _dispatch_cuda(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _dispatch_cuda(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], region: Any = None) -> Any:
         # device time from events, resolved at the step's end: no synchronisation per op
         capture = self._capture
         try:
@@ -588,7 +619,7 @@ class _CaptureMode(TorchDispatchMode):
         out = func(*args, **kwargs)
         try:
             end_event.record(stream)
-            entry = capture.record(func, args, kwargs, out, 0)
+            entry = capture.record(func, args, kwargs, out, 0, region)
             capture.pending_events.append((entry, start_event, end_event, stream.device_index))
         except Exception as err:
             capture.fail(err, func)
@@ -616,7 +647,7 @@ class Capture:
         self._mode: _CaptureMode | None = None
         #: builds the mode start() installs; hooks/collectives.py swaps in one that also sees collectives
         self.make_mode: Callable[[Capture, bool], _CaptureMode] = _CaptureMode
-        self._eager_compile = EagerCompile()  # torch.compile'd code runs eagerly while recording
+        self._compiled = CompiledRegions()  # regions compiled while open are seen whole
         self.pending_events: list[tuple[CaptureEntry, Any, Any, int]] = []
         #: events whose times were read, by device index: reused rather than created per op
         self.free_events: dict[int, list[Any]] = {}
@@ -649,14 +680,17 @@ class Capture:
         return self._mode is not None
 
     def open(self) -> None:
-        """Begin the capture's lifetime (optimizer tracking); start() / stop() toggle recording."""
+        """Begin the capture's lifetime (optimizer tracking, compiled regions); start() / stop()
+        toggle recording."""
         self.tracker.open()
+        self._compiled.enter()
 
     def close(self) -> None:
         try:
             self.stop()
         finally:
             self.tracker.close()
+            self._compiled.exit()
 
     def start(self) -> None:
         if self._mode is not None or self.failed is not None or self.suspended:
@@ -671,7 +705,6 @@ class Capture:
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         self._mode = self.make_mode(self, cuda)
         self._mode.__enter__()
-        self._eager_compile.enter()
 
     def stop(self) -> None:
         """Stop recording; the table is kept. Safe to call when not started."""
@@ -686,7 +719,6 @@ class Capture:
                     )
                 mode.__exit__(None, None, None)
         finally:
-            self._eager_compile.exit()
             self.tracker.remove()
             if Capture._active is self:
                 Capture._active = None
@@ -715,8 +747,11 @@ class Capture:
         self.tracker.end_step()
 
     def record(
-        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, elapsed_ns: int
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, elapsed_ns: int,
+        region: tuple[tuple[Any, ...], Any, str] | None = None,
     ) -> CaptureEntry:
+        """Fold one call into the table. `region`: (argument signature, facts, device type) of a
+        compiled region, read before it ran (it frees its inputs as it goes)."""
         tracker = self.tracker
         node = current_autograd_node()
         if node is not None:
@@ -739,6 +774,9 @@ class Capture:
                 phase = BACKWARD
         else:
             phase, module = tracker.user_label or OTHER, ""
+        if region is not None:
+            return self._fold(func, module, phase, region[0], (((FACTS_KEY, region[1]),) if region[1] else None),
+                              args, out, elapsed_ns, region[2])
         # signature() unrolled for the top-level arguments: this runs for every op
         parts: list[Any] = []
         for a in args:
@@ -764,6 +802,10 @@ class Capture:
             facts = reader[0](args, kwargs)
             if facts is not None:
                 kw_key = (*(kw_key or ()), (FACTS_KEY, facts))
+        return self._fold(func, module, phase, arg_key, kw_key, args, out, elapsed_ns, None)
+
+    def _fold(self, func: Any, module: str, phase: str, arg_key: tuple[Any, ...], kw_key: Any,
+              args: tuple[Any, ...], out: Any, elapsed_ns: int, device: str | None) -> CaptureEntry:
         # id(func): an OpOverload hashes in Python; the entry keeps func itself alive
         key = (id(func), module, phase, arg_key, kw_key)
         entry = self.table.get(key)
@@ -776,7 +818,7 @@ class Capture:
                                else signature(out))
                 except (RuntimeError, NotImplementedError):  # layouts without strides
                     out_key = signature(out)
-                entry = CaptureEntry(func, arg_key, kw_key, out_key, _device_of(args, out), module, phase)
+                entry = CaptureEntry(func, arg_key, kw_key, out_key, device or _device_of(args, out), module, phase)
                 self.table[key] = entry
             else:
                 entry = self._bucketed(func, module, phase, arg_key, kw_key, args, out)

@@ -25,6 +25,7 @@ from memwall_plugin.hooks._torch_private import (
     node_variable,
     peek_sequence_nr,
 )
+from torch.compiler import is_compiling as _is_compiling
 from torch.nn.modules import module as nn_module
 from torch.optim import optimizer as optim_module
 from torch.utils.hooks import RemovableHandle
@@ -94,6 +95,9 @@ class ModuleTracker:
 
     def _name_of(self, module: torch.nn.Module) -> str | None:
         name = self._names.get(module)
+        original = getattr(module, "_orig_mod", None)  # torch.compile(module): the module it wraps
+        if name is None and isinstance(original, torch.nn.Module):
+            name = self._names.get(original)
         if name is not None or self._fixed:
             return name
         if not self.stack:
@@ -136,7 +140,9 @@ class ModuleTracker:
         """`hook`, made unable to raise into the user's code: memwall's error goes to on_error."""
 
         def guarded(*args: Any) -> None:
-            if self.disabled:
+            if _is_compiling() or self.disabled:
+                # Dynamo traces module hooks into the graph it builds: memwall's must trace to
+                # nothing, or each would break the user's compiled graph in two
                 return
             try:
                 hook(*args)

@@ -42,9 +42,11 @@ def flex_scores(func_name: str, args: tuple[Any, ...]) -> ScoreFacts | None:
     kv_num, kv_idx, full_num, full_idx, q_block, kv_block = parts
     if not isinstance(query, torch.Tensor) or not isinstance(key, torch.Tensor):
         return None
+    batch, heads, len_q, len_k = query.shape[0], query.shape[1], query.shape[-2], key.shape[-2]
+    if q_block >= len_q and kv_block >= len_k:  # flex_attention without a block_mask: one block
+        return ScoreFacts(batch * heads * len_q * len_k, True, "no BlockMask: every score")
     if not _readable(kv_num) or not _readable(kv_idx):
         return None
-    batch, heads, len_q, len_k = query.shape[0], query.shape[1], query.shape[-2], key.shape[-2]
     with torch.no_grad():
         n_q = kv_num.shape[-1]
         rows = (len_q - torch.arange(n_q, device=kv_num.device) * q_block).clamp(0, q_block)
@@ -61,8 +63,6 @@ def flex_scores(func_name: str, args: tuple[Any, ...]) -> ScoreFacts | None:
         mask_b, mask_h = kv_num.shape[0], kv_num.shape[1]
         scale = (batch // mask_b if mask_b else 0) * (heads // mask_h if mask_h else 0)
         scores = int(area) * scale
-    if q_block >= len_q and kv_block >= len_k:  # flex_attention without a block_mask
-        return ScoreFacts(scores, True, "no BlockMask: every score")
     n_kv = -(-len_k // kv_block)
     total_blocks = mask_b * mask_h * n_q * n_kv
     return ScoreFacts(scores, True, f"BlockMask: {visited:,} of {total_blocks:,} blocks of {q_block}x{kv_block}")

@@ -32,7 +32,17 @@ from __future__ import annotations
 
 import math
 
-from memwall_plugin.records import Extent, NestedMeta, OpCall, TensorMeta, Traffic, extent, is_unit_scale
+from memwall_plugin.records import (
+    Extent,
+    NestedMeta,
+    OpCall,
+    RegionFacts,
+    ScoreFacts,
+    TensorMeta,
+    Traffic,
+    extent,
+    is_unit_scale,
+)
 from memwall_plugin.registry import Registry, default_traffic
 
 REGISTRY = Registry()
@@ -378,7 +388,7 @@ def _packed_dims(call: OpCall) -> tuple[int, int, int]:
 def _flash_forward(call: OpCall) -> int | None:
     if _packed(call):
         # packed sequences: their lengths are data, read from the offsets when the op ran
-        if call.facts is None:
+        if not isinstance(call.facts, ScoreFacts):
             return None
         heads, d, d_v = _packed_dims(call)
         return attention_flops_of_scores(call.facts.scores * heads, d, d_v)
@@ -389,7 +399,7 @@ def _flash_forward(call: OpCall) -> int | None:
        "torch_attn._varlen_attn_backward")
 def _flash_backward(call: OpCall) -> int | None:
     if _packed(call):
-        if call.facts is None:
+        if not isinstance(call.facts, ScoreFacts):
             return None
         heads, d, d_v = _packed_dims(call)
         rows = call["query"].numel // d  # every packed query row, over heads
@@ -400,14 +410,14 @@ def _flash_backward(call: OpCall) -> int | None:
 @flops("higher_order.flex_attention")
 def _flex_attention(call: OpCall) -> int | None:
     # the blocks its BlockMask visits (read when it ran): q [b, h, s_q, d], v [b, h_kv, s_k, d_v]
-    if call.facts is None:
+    if not isinstance(call.facts, ScoreFacts):
         return None
     return attention_flops_of_scores(call.facts.scores, call["arg0"].shape[-1], call["arg2"].shape[-1])
 
 
 @flops("higher_order.flex_attention_backward")
 def _flex_attention_backward(call: OpCall) -> int | None:
-    if call.facts is None:
+    if not isinstance(call.facts, ScoreFacts):
         return None
     q, v = call["arg0"], call["arg2"]
     return attention_backward_flops_of_scores(call.facts.scores, q.numel // q.shape[-1], q.shape[-1], v.shape[-1])
@@ -442,6 +452,21 @@ COUNT_NOTES: dict[str, str] = {
         "flex_attention for the block-sparse kernel"),
     "higher_order.flex_attention_backward": "flex_attention's backward: the blocks its BlockMask visits",
 }
+
+
+@flops("higher_order.inductor_compiled_code")
+def _compiled_region(call: OpCall) -> int | None:
+    """A region torch.compile fused: the FLOPs of the aten ops it computes, by their formulas
+    in this module (uncounted when one of them has none: never a partial count)."""
+    if not isinstance(call.facts, RegionFacts) or call.facts.ops is None:
+        return None
+    total = 0
+    for op in call.facts.ops:
+        counted = REGISTRY.count(op).flops
+        if counted is None:
+            return None
+        total += counted
+    return total
 
 
 # --- elementwise, activations, reductions --------------------------------------------------
@@ -882,6 +907,8 @@ def _no_flops(call: OpCall) -> int:
 
 REGISTRY.add_flops(tuple(f"aten.{name}" for name in _DATA_MOVEMENT if name != "masked_fill_"),
                    _no_flops)
+# the casts and copies compiled graphs hold (torch.compile's graphs are written in prims there)
+REGISTRY.add_flops(("prims.convert_element_type", "prims.iota"), _no_flops)
 
 # creation: writes its output, reads nothing; 0 FLOPs
 _CREATION = (

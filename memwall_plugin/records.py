@@ -71,6 +71,27 @@ class ScoreFacts:
     text: str
 
 
+class RegionFacts:
+    """A region torch.compile (Inductor) compiled, run as one call: the aten ops it fused, as
+    formulas see them (shapes from the compiled graph; value-dependent facts, a flex_attention
+    BlockMask, read from the run's inputs); `ops` None when they could not be sized. Two calls
+    compare equal by `key` (the region and those facts), not by the op list, which can be long."""
+
+    __slots__ = ("key", "ops", "text")
+
+    def __init__(self, key: tuple[Any, ...], ops: tuple[OpCall, ...] | None, text: str) -> None:
+        self.key, self.ops, self.text = key, ops, text
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RegionFacts) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"RegionFacts({self.text!r})"
+
+
 #: the key under which a call's ScoreFacts travel with its keyword arguments in a capture key
 FACTS_KEY = "<memwall facts>"
 
@@ -195,7 +216,7 @@ class OpCall:
     aliased_outputs: tuple[bool, ...] = ()
     device: str = "cpu"  # device type of its first tensor: cpu | cuda | mps | meta ...
     #: what the count needs from argument values (flex_attention's blocks, packed lengths)
-    facts: ScoreFacts | None = None
+    facts: ScoreFacts | RegionFacts | None = None
 
     def __getitem__(self, name: str) -> Any:
         for key, value in self.args:

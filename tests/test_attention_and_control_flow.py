@@ -4,6 +4,7 @@ tensors. Each runs as it runs bare (bit for bit) and is counted against a hand c
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -136,8 +137,10 @@ def test_subgraph_ops_are_attributed_to_the_module_that_runs_them():
         out = model(x)
     assert torch.equal(out, model(x))
     rep = prof.report()
+    # torch.cond traces its branches with torch.compile even eagerly (as it does bare): a module
+    # called in a branch is inlined, so its ops belong to the module that called cond
     addmm = one_row(rep, "aten.addmm")
-    assert (addmm.module, addmm.phase, addmm.flops) == ("0.proj", "forward", 2 * 2 * 4 * 4 + 2 * 4)
+    assert (addmm.module, addmm.phase, addmm.flops) == ("0", "forward", 2 * 2 * 4 * 4 + 2 * 4)
     assert one_row(rep, "aten.relu").module == "0"
 
 
@@ -325,3 +328,83 @@ def test_causal_sdpa_on_cpu_counts_the_tiles_the_kernel_computes(seq, scores_per
                               + 2 * 4 * seq * 16)
     notes = [f for f in memwall.console.findings(rep) if f.startswith("how ")]
     assert len(notes) == 1 and "counted tile for tile" in notes[0]
+
+
+# --- compiled: the program the user compiled runs, each region a row --------------------------
+
+needs_compiler = pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")), reason="Inductor on CPU needs a C++ compiler")
+
+
+def _compiled_same_as_bare(fn: Callable[[], Any]) -> tuple[Any, memwall.Report]:
+    """Compile `fn` bare (the run's own program), then run it bare and profiled: same bits."""
+    torch._dynamo.reset()
+    compiled = torch.compile(fn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _same_as_bare(compiled)
+
+
+def _regions(rep: memwall.Report) -> list[memwall.Row]:
+    return rows_of(rep, "higher_order.inductor_compiled_code")
+
+
+@needs_compiler
+def test_compiled_flex_attention_runs_its_kernel_and_counts_the_visited_blocks():
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    q, k, v = (torch.randn(1, 4, 512, 64) for _ in range(3))
+    masks = {
+        None: 16,  # no mask: every score (one block)
+        "causal": sum(i + 1 for i in range(4)),  # 10 of 4 x 4 blocks of 128
+        "window": sum(min(i + 1, 2) for i in range(4)),  # window 128: the diagonal and the one before
+    }
+    mods = {"causal": lambda b, h, qi, ki: qi >= ki, "window": lambda b, h, qi, ki: (qi >= ki) & (qi - ki < 128)}
+    for name, blocks in masks.items():
+        block_mask = None if name is None else create_block_mask(mods[name], 1, 1, 512, 512, device="cpu")
+        _, rep = _compiled_same_as_bare(lambda mask=block_mask: flex_attention(q, k, v, block_mask=mask))
+        (region,) = _regions(rep)
+        scores = (512 * 512 * 4) if name is None else blocks * 128 * 128 * 4
+        # without a mask the region also builds flex's one-block mask: lt, where and sum on one
+        # element each
+        built = 3 if name is None else 0
+        assert region.flops == 4 * 64 * scores + SOFTMAX_FLOPS * scores + built, name
+        assert region.shapes.endswith(")") and "compiled region" in region.shapes and not rep.uncounted
+
+
+@needs_compiler
+def test_compiled_training_step_is_bit_identical_and_its_regions_counted():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU())
+    x = torch.randn(8, 32)
+
+    def step() -> tuple[torch.Tensor, ...]:
+        model.zero_grad()
+        out = model(x)
+        out.sum().backward()
+        return out, model[0].weight.grad.clone(), model[0].bias.grad.clone()
+
+    _, rep = _compiled_same_as_bare(step)
+    forward = [r for r in _regions(rep) if r.phase == "forward"]
+    backward = [r for r in _regions(rep) if r.phase == "backward"]
+    # by hand, over the ops Inductor's graphs hold: forward x @ W^T (2 x 8 x 32 x 64) + b, relu,
+    # the loss's sum and the mask relu's gradient keeps (le), 8 x 64 each; backward the weight
+    # gradient (2 x 64 x 8 x 32), relu's gradient (where), the bias gradient (sum over the 8
+    # rows) and an add, 8 x 64 each
+    assert [r.flops for r in forward] == [2 * 8 * 32 * 64 + 4 * 8 * 64]
+    assert [r.flops for r in backward] == [2 * 64 * 8 * 32 + 3 * 8 * 64]
+    assert "addmm, relu, sum, le" in forward[0].shapes
+    assert not rep.uncounted
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["cond", "while_loop"])  # compiled scan fails bare in torch 2.13 on CPU
+def test_compiled_control_flow_runs_bit_identical_and_is_listed(name):
+    fn, _ = HOP_CASES[name]
+    x = fn  # the case builds its own inputs from the seed
+    _, rep = _compiled_same_as_bare(x)
+    assert _regions(rep) or rep.rows  # it ran, and memwall saw it
+    # a region holding control flow is listed uncounted (its branch or trip count is data),
+    # never a silent zero; one without is counted
+    for region in _regions(rep):
+        assert region.counted or region in rep.uncounted
