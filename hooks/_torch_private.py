@@ -244,6 +244,44 @@ def propagate_shapes(gm: Any, inputs: list[Any]) -> None:
     FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fake)
 
 
+_INDUCTOR_CONFIG = "torch._inductor.config"
+
+
+class _WrapOnImport:
+    """A meta-path finder that sets Inductor's region wrapping once torch imports its config
+    (importing it ourselves costs ~1.5 s, which a `memwall report` should not pay)."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != _INDUCTOR_CONFIG:
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        loader = spec.loader
+        run = loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            if getattr(module, "wrap_inductor_compiled_regions", None) is False:
+                module.wrap_inductor_compiled_regions = True
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def wrap_compiled_regions_from_now_on() -> None:
+    """Inductor wraps every region it compiles from here on (`wrap_compiled_regions(True)`), set
+    now if torch has loaded Inductor's config, else the moment it does."""
+    import sys
+
+    if _INDUCTOR_CONFIG in sys.modules:
+        wrap_compiled_regions(True)
+    elif not any(isinstance(f, _WrapOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _WrapOnImport())
+
+
 def wrap_compiled_regions(enabled: bool) -> bool | None:
     """Make Inductor wrap each region it compiles from now on in its `inductor_compiled_code`
     higher-order operator (a dispatch mode then sees a region run as one call); returns the
@@ -306,5 +344,6 @@ __all__ = [
     "propagate_shapes",
     "unbox_work",
     "wrap_compiled_regions",
+    "wrap_compiled_regions_from_now_on",
     "warm_up_dispatch",
 ]

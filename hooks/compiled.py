@@ -25,6 +25,7 @@ from memwall_plugin.hooks._torch_private import (
     is_higher_order_op,
     propagate_shapes,
     wrap_compiled_regions,
+    wrap_compiled_regions_from_now_on,
 )
 from memwall_plugin.hooks.score_facts import flex_scores
 
@@ -54,7 +55,7 @@ class CompiledRegions:
 
 # Regions are wrapped from memwall's import on (about 12 us per region call on this project's CPU
 # when no profile is open), so that a model compiled before a profile opens is seen whole in it.
-wrap_compiled_regions(True)
+wrap_compiled_regions_from_now_on()
 
 #: region id -> (its static op calls, its flex_attention nodes, its placeholders, a description)
 _REGIONS: dict[int, tuple[tuple[OpCall, ...] | None, tuple[Any, ...], tuple[Any, ...], str]] = {}

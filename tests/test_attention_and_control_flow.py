@@ -4,7 +4,10 @@ tensors. Each runs as it runs bare (bit for bit) and is counted against a hand c
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -408,3 +411,24 @@ def test_compiled_control_flow_runs_bit_identical_and_is_listed(name):
     # never a silent zero; one without is counted
     for region in _regions(rep):
         assert region.counted or region in rep.uncounted
+
+
+@needs_compiler
+def test_a_model_compiled_after_import_and_before_the_profile_is_seen_whole():
+    # a fresh interpreter: memwall's import does not load Inductor (1.5 s), yet the regions
+    # compiled once torch loads it are wrapped, so a profile opened later sees them
+    script = """
+import sys, torch, memwall_plugin as memwall
+assert "torch._inductor.config" not in sys.modules
+f = torch.compile(lambda x: (x.sin() * 2).cos())
+x = torch.randn(64)
+expected = f(x)
+with memwall.profile(summary=False) as prof:
+    y = f(x)
+(region,) = [r for r in prof.report().rows if r.op == "higher_order.inductor_compiled_code"]
+assert torch.equal(y, expected) and region.flops == 3 * 64, region
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "MEMWALL_CALIBRATE": "0"})
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
