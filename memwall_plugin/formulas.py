@@ -865,6 +865,12 @@ def _index_put(call: OpCall) -> int:
     return call["values"].numel if call.get("accumulate") else 0
 
 
+@flops("aten._unsafe_masked_index_put_accumulate")
+def _masked_index_put_accumulate(call: OpCall) -> int:
+    # compiled graphs' embedding backward: one add per value accumulated
+    return call["values"].numel
+
+
 @flops("aten.index_add", "aten.index_add_", "aten.scatter_add", "aten.scatter_add_",
        "aten.scatter_reduce", "aten.scatter_reduce_", "aten.index_reduce", "aten.index_reduce_")
 def _scatter_accumulate(call: OpCall) -> int:
@@ -907,8 +913,13 @@ def _no_flops(call: OpCall) -> int:
 
 REGISTRY.add_flops(tuple(f"aten.{name}" for name in _DATA_MOVEMENT if name != "masked_fill_"),
                    _no_flops)
-# the casts and copies compiled graphs hold (torch.compile's graphs are written in prims there)
-REGISTRY.add_flops(("prims.convert_element_type", "prims.iota"), _no_flops)
+# the ops compiled graphs hold besides aten's (torch._inductor.inductor_prims): casts, index
+# ranges and seed bookkeeping move data; a random draw is 1 per element (as aten.rand), a fused
+# multiply-add 2
+REGISTRY.add_flops(("prims.convert_element_type", "prims.iota", "prims.inductor_seeds",
+                    "prims.inductor_lookup_seed"), _no_flops)
+REGISTRY.add_flops(("prims.inductor_random",), _elementwise(1))
+REGISTRY.add_flops(("prims.fma",), _elementwise(2))
 
 # creation: writes its output, reads nothing; 0 FLOPs
 _CREATION = (
