@@ -774,38 +774,36 @@ class Capture:
                 phase = BACKWARD
         else:
             phase, module = tracker.user_label or OTHER, ""
-        if region is not None:
-            return self._fold(func, module, phase, region[0], (((FACTS_KEY, region[1]),) if region[1] else None),
-                              args, out, elapsed_ns, region[2])
-        # signature() unrolled for the top-level arguments: this runs for every op
-        parts: list[Any] = []
-        for a in args:
-            if type(a) is _Tensor or isinstance(a, _Tensor):
-                try:
-                    parts.append((a.shape, a.stride(), a.dtype))
-                except (RuntimeError, NotImplementedError):
+        if region is not None:  # a compiled region: its signature and facts were read before it ran
+            arg_key, device = region[0], region[2]
+            kw_key: tuple[tuple[str, Any], ...] | None = ((FACTS_KEY, region[1]),) if region[1] else None
+        else:
+            device = None
+            # signature() unrolled for the top-level arguments: this runs for every op
+            parts: list[Any] = []
+            for a in args:
+                if type(a) is _Tensor or isinstance(a, _Tensor):
+                    try:
+                        parts.append((a.shape, a.stride(), a.dtype))
+                    except (RuntimeError, NotImplementedError):
+                        parts.append(signature(a))
+                elif type(a) is float:
+                    parts.append(float_arg(a))
+                elif type(a) is list or type(a) is tuple:
                     parts.append(signature(a))
-            elif type(a) is float:
-                parts.append(float_arg(a))
-            elif type(a) is list or type(a) is tuple:
-                parts.append(signature(a))
-            elif type(a) in _PLAIN:
-                parts.append(a)
-            else:
-                parts.append(signature(a))
-        arg_key = tuple(parts)
-        kw_key = tuple([(k, signature(v)) for k, v in kwargs.items()]) if kwargs else None
-        reader = _READERS.get(id(func), _UNREAD)
-        if reader is _UNREAD:
-            reader = _reader_of(func)
-        if reader is not None:  # a count that depends on argument values (flex_attention's mask)
-            facts = reader[0](args, kwargs)
-            if facts is not None:
-                kw_key = (*(kw_key or ()), (FACTS_KEY, facts))
-        return self._fold(func, module, phase, arg_key, kw_key, args, out, elapsed_ns, None)
-
-    def _fold(self, func: Any, module: str, phase: str, arg_key: tuple[Any, ...], kw_key: Any,
-              args: tuple[Any, ...], out: Any, elapsed_ns: int, device: str | None) -> CaptureEntry:
+                elif type(a) in _PLAIN:
+                    parts.append(a)
+                else:
+                    parts.append(signature(a))
+            arg_key = tuple(parts)
+            kw_key = tuple([(k, signature(v)) for k, v in kwargs.items()]) if kwargs else None
+            reader = _READERS.get(id(func), _UNREAD)
+            if reader is _UNREAD:
+                reader = _reader_of(func)
+            if reader is not None:  # a count that depends on argument values (flex_attention's mask)
+                facts = reader[0](args, kwargs)
+                if facts is not None:
+                    kw_key = (*(kw_key or ()), (FACTS_KEY, facts))
         # id(func): an OpOverload hashes in Python; the entry keeps func itself alive
         key = (id(func), module, phase, arg_key, kw_key)
         entry = self.table.get(key)
