@@ -29,6 +29,7 @@ from memwall_plugin.hooks._torch_private import (
 )
 from memwall_plugin.hooks.score_facts import flex_scores
 
+from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.records import FACTS_KEY, OpCall, RegionFacts
 
 
@@ -105,6 +106,10 @@ def _analyse(gm: Any, inputs: list[Any]) -> tuple[tuple[OpCall, ...] | None, tup
     distinct = list(dict.fromkeys(names))
     shown = ", ".join(distinct[:4]) + (", ..." if len(distinct) > 4 else "")
     text = f"compiled region: {len(names)} ops fused ({shown})" if names else "compiled region"
+    # what would leave the region uncounted, named where the user sees the row
+    missing = sorted({c.op for c in static if REGISTRY.flop_formula(c.op, c.overload) is None})
+    if missing:
+        text += f"; no FLOP formula for {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
     return tuple(static), tuple(flex), placeholders, text
 
 

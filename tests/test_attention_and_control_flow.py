@@ -432,3 +432,11 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "MEMWALL_CALIBRATE": "0"})
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+@needs_compiler
+def test_a_region_with_an_op_without_a_formula_is_uncounted_and_names_it():
+    _, rep = _compiled_same_as_bare(lambda: torch.fft.rfft(torch.randn(64)).abs() * 2)
+    (region,) = _regions(rep)
+    assert region.flops is None and region in rep.uncounted  # never a partial count
+    assert region.shapes.endswith("no FLOP formula for aten._fft_r2c)")
