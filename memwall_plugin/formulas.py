@@ -34,6 +34,7 @@ import math
 
 from memwall_plugin.records import (
     Extent,
+    FloatArg,
     NestedMeta,
     OpCall,
     RegionFacts,
@@ -162,12 +163,22 @@ def _mm(call: OpCall) -> int:
     return _real(call, mm_flops(call.arg(0).shape, call.arg(1).shape))
 
 
+def _scaled_add(call: OpCall, outputs: int) -> int:
+    """`beta * self + alpha * product` beyond the product, per output element: the add (none
+    when beta is 0: torch ignores self), and a multiply for each scale other than 1."""
+    beta, alpha = call.get("beta"), call.get("alpha")
+    if beta is FloatArg.ZERO or (type(beta) is int and beta == 0):
+        return outputs * (0 if is_unit_scale(alpha) else 1)
+    steps = 1 + (0 if is_unit_scale(beta) else 1) + (0 if is_unit_scale(alpha) else 1)
+    return outputs * steps
+
+
 @flops("aten.addmm")
 def _addmm(call: OpCall) -> int:
-    # bias + mat1 @ mat2: the matmul plus one add per output element
+    # beta * bias + alpha * (mat1 @ mat2): the matmul plus the add (and scales) per output element
     m, _ = call["mat1"].shape
     _, n = call["mat2"].shape
-    return _real(call, mm_flops(call["mat1"].shape, call["mat2"].shape), m * n)
+    return _real(call, mm_flops(call["mat1"].shape, call["mat2"].shape), _scaled_add(call, m * n))
 
 
 @flops("aten._addmm_activation")
@@ -187,7 +198,17 @@ def _bmm(call: OpCall) -> int:
 def _baddbmm(call: OpCall) -> int:
     b, m, _ = call["batch1"].shape
     n = call["batch2"].shape[2]
-    return _real(call, bmm_flops(call["batch1"].shape, call["batch2"].shape), b * m * n)
+    return _real(call, bmm_flops(call["batch1"].shape, call["batch2"].shape), _scaled_add(call, b * m * n))
+
+
+@flops("aten.addbmm")
+def _addbmm(call: OpCall) -> int:
+    # beta * self + alpha * sum_b(batch1[b] @ batch2[b]): the b products, b - 1 adds to sum them
+    # per output element, then the add (and scales)
+    b, m, _ = call["batch1"].shape
+    n = call["batch2"].shape[2]
+    return _real(call, bmm_flops(call["batch1"].shape, call["batch2"].shape),
+                 (b - 1) * m * n + _scaled_add(call, m * n))
 
 
 @flops("aten._grouped_mm", "aten._scaled_grouped_mm")
@@ -224,7 +245,7 @@ def _mv(call: OpCall) -> int:
 @flops("aten.addmv")
 def _addmv(call: OpCall) -> int:
     m, n = call["mat"].shape
-    return _real(call, 2 * m * n, m)
+    return _real(call, 2 * m * n, _scaled_add(call, m))
 
 
 @flops("aten.dot", "aten.vdot")

@@ -283,3 +283,23 @@ def test_moe_router_and_generation_ops_are_counted():
     assert one_row(rep, "aten.floor_divide").flops == 4 * 16
     assert one_row(rep, "aten.isin").flops == 4 * 2  # each element against each test element
     assert not rep.uncounted
+
+
+def test_addmm_family_counts_the_add_and_scales_it_computes():
+    # torch: beta * self + alpha * (mat1 @ mat2); with beta = 0 self is ignored
+    m, k, n = 3, 5, 4
+    bias, a, b = torch.randn(m, n), torch.randn(m, k), torch.randn(k, n)
+    cases = {  # (beta, alpha) -> by hand: 2mkn, plus per output element the add and each scale
+        (1, 1): 2 * m * k * n + m * n,
+        (0, 1): 2 * m * k * n,
+        (0.0, 2.0): 2 * m * k * n + m * n,
+        (0.5, 1): 2 * m * k * n + 2 * m * n,
+        (0.5, 2.0): 2 * m * k * n + 3 * m * n,
+    }
+    for (beta, alpha), expected in cases.items():
+        rep = profiled(lambda beta=beta, alpha=alpha: torch.addmm(bias, a, b, beta=beta, alpha=alpha))
+        assert one_row(rep, "aten.addmm").flops == expected, (beta, alpha)
+    # addbmm sums 2 products per output element (1 add) before the bias add
+    b1, b2 = torch.randn(2, m, k), torch.randn(2, k, n)
+    rep = profiled(lambda: torch.addbmm(bias, b1, b2))
+    assert one_row(rep, "aten.addbmm").flops == 2 * 2 * m * k * n + m * n + m * n
