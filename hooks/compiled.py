@@ -15,7 +15,6 @@ code generation (aot_eager, eager) run aten ops, which are recorded one by one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -68,22 +67,13 @@ def _val(node: Any) -> Any:
 
 
 def _call_of(node: Any, facts: Any = None) -> OpCall:
-    from memwall_plugin.hooks.capture import build_call, signature  # capture imports this module
+    from memwall_plugin.hooks.capture import _device_of, build_call, signature  # capture imports this module
 
     args, kwargs, out = _val(node.args), _val(node.kwargs), node.meta.get("val")
     kw = {k: signature(v) for k, v in kwargs.items()}
     if facts is not None:
         kw[FACTS_KEY] = facts
-    device = next((t.device.type for t in _tensors(out)), "cpu")
-    return build_call(node.target, tuple(signature(a) for a in args), kw, signature(out), device)
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _tensors(v)
+    return build_call(node.target, tuple(signature(a) for a in args), kw, signature(out), _device_of((), out))
 
 
 def _analyse(gm: Any, inputs: list[Any]) -> tuple[tuple[OpCall, ...] | None, tuple[Any, ...], tuple[Any, ...], str]:
