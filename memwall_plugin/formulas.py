@@ -1,4 +1,4 @@
-"""The table of FLOP and bytes formulas for aten ops, and the conventions they follow.
+"""The table of FLOP and bytes formulas and families of aten ops, and the conventions they follow.
 
 Conventions (also in the README):
 
@@ -26,6 +26,11 @@ Conventions (also in the README):
 
 Every formula takes an `OpCall` (shapes, not tensors). An op missing here is reported as
 uncounted, never as zero.
+
+Each section also puts its ops in their family (`registry.Family`), with the composites torch
+decomposes before memwall sees them (`aten.linear`, `aten.layer_norm`) so that a trace or row
+holding one whole has a family too. Every `_foreach_` kernel is "optimizer" whatever its
+arithmetic: it runs over lists of parameters, gradients or optimizer state.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from memwall_plugin.records import (
     extent,
     is_unit_scale,
 )
-from memwall_plugin.registry import Registry, default_traffic
+from memwall_plugin.registry import Family, Registry, default_traffic
 
 REGISTRY = Registry()
 flops = REGISTRY.flops
@@ -83,6 +88,15 @@ def _real(call: OpCall, multiply_adds: int, adds: int = 0) -> int:
 
 
 # --- matmul family --------------------------------------------------------------------------
+
+REGISTRY.set_family(
+    Family.MATMUL,
+    "aten.matmul", "aten.matmul_backward", "aten.mm", "aten._int_mm", "aten._scaled_mm", "aten.addmm",
+    "aten._addmm_activation", "aten.bmm", "aten.baddbmm", "aten.addbmm", "aten._grouped_mm",
+    "aten._scaled_grouped_mm", "aten.mv", "aten.addmv", "aten.dot", "aten.vdot",
+    # composites torch runs as the ops above
+    "aten.linear", "aten.bilinear", "aten.tensordot", "aten.linalg_matmul", "aten.chain_matmul",
+)
 
 
 def mm_flops(a: tuple[int, ...], b: tuple[int, ...]) -> int:
@@ -255,6 +269,16 @@ def _dot(call: OpCall) -> int:
 
 # --- convolution ----------------------------------------------------------------------------
 
+REGISTRY.set_family(
+    Family.CONV,
+    "aten.convolution", "aten._convolution", "aten.convolution_backward",
+    # composites, and the backend kernels aten.convolution runs (named in profiler traces)
+    "aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.conv_transpose1d", "aten.conv_transpose2d",
+    "aten.conv_transpose3d", "aten._convolution_mode", "aten.convolution_overrideable",
+    "aten.convolution_backward_overrideable", "aten.cudnn_convolution", "aten.cudnn_convolution_transpose",
+    "aten.mkldnn_convolution",
+)
+
 
 def conv_flops(
     x: tuple[int, ...], w: tuple[int, ...], out: tuple[int, ...], transposed: bool
@@ -336,6 +360,19 @@ _SDPA_FORWARD = (
     "aten._scaled_dot_product_fused_attention_overrideable",
 )
 _SDPA_BACKWARD = tuple(name + "_backward" for name in _SDPA_FORWARD)
+
+REGISTRY.set_family(
+    Family.ATTENTION,
+    *_SDPA_FORWARD, *_SDPA_BACKWARD,
+    "aten._flash_attention_forward", "aten._flash_attention_backward", "aten._efficient_attention_forward",
+    "aten._efficient_attention_backward", "torch_attn._varlen_attn", "torch_attn._varlen_attn_out",
+    "torch_attn._varlen_attn_backward", "higher_order.flex_attention", "higher_order.flex_attention_backward",
+    # the composites torch picks a kernel under, and attention kernels with no formula yet
+    "aten.scaled_dot_product_attention", "aten._scaled_dot_product_attention_math",
+    "aten._scaled_dot_product_attention_math_for_mps", "aten._cudnn_attention_forward",
+    "aten._cudnn_attention_backward", "aten._flash_attention_forward_no_dropout_inplace",
+    "aten._native_multi_head_attention", "aten._triton_multi_head_attention", "aten._triton_scaled_dot_attention",
+)
 
 
 #: torch's CPU flash-attention kernel (aten/src/ATen/native/cpu/FlashAttentionKernel.cpp) walks
@@ -475,6 +512,10 @@ COUNT_NOTES: dict[str, str] = {
 }
 
 
+# a fused region holds ops of many families: deliberately none of them
+REGISTRY.set_family(Family.OTHER, "higher_order.inductor_compiled_code")
+
+
 @flops("higher_order.inductor_compiled_code")
 def _compiled_region(call: OpCall) -> int | None:
     """A region torch.compile fused: the FLOPs of the aten ops it computes, by their formulas
@@ -577,6 +618,13 @@ def _variants(name: str) -> tuple[str, ...]:
     return (f"aten.{name}", f"aten.{name}_", f"aten._foreach_{name}", f"aten._foreach_{name}_")
 
 
+def _set_variant_families(family: str, name: str) -> None:
+    """The op and its in-place form are in `family`; its foreach forms are optimizer kernels."""
+    op, in_place, foreach, foreach_in_place = _variants(name)
+    REGISTRY.set_family(family, op, in_place)
+    REGISTRY.set_family(Family.OPTIMIZER, foreach, foreach_in_place)
+
+
 #: `self + alpha * other`: the multiply by alpha is a FLOP when alpha is not one
 _SCALED = ("add", "sub", "rsub")
 
@@ -589,8 +637,12 @@ for _name, _cost in ELEMENTWISE.items():
     if _name == "gelu":
         continue
     REGISTRY.add_flops(_variants(_name), _scaled_elementwise if _name in _SCALED else _elementwise(_cost))
+    _set_variant_families(Family.ELEMENTWISE, _name)
 for _name, _cost in REDUCTIONS.items():
     REGISTRY.add_flops(_variants(_name), _reduction(_cost))
+    _set_variant_families(Family.REDUCTION, _name)
+
+REGISTRY.set_family(Family.ELEMENTWISE, "aten.gelu", "aten.gelu_", "aten.gelu_backward")
 
 
 @flops("aten.gelu", "aten.gelu_")
@@ -603,6 +655,16 @@ def _gelu_backward(call: OpCall) -> int:
     return GELU_BACKWARD_FLOPS[call.get("approximate") or "none"] * _produced(call)
 
 
+# softmax normalises along a dim: with the norms
+REGISTRY.set_family(
+    Family.NORM,
+    "aten._softmax", "aten._log_softmax", "aten._safe_softmax", "aten._softmax_backward_data",
+    "aten._log_softmax_backward_data",
+    # composites, and the masked kernels (nn.MultiheadAttention's fast path) with no formula yet
+    "aten.softmax", "aten.log_softmax", "aten._masked_softmax", "aten._masked_softmax_backward",
+)
+
+
 @flops("aten._softmax", "aten._log_softmax", "aten._safe_softmax")
 def _softmax(call: OpCall) -> int:
     return SOFTMAX_FLOPS * call.arg(0).numel
@@ -611,6 +673,13 @@ def _softmax(call: OpCall) -> int:
 @flops("aten._softmax_backward_data", "aten._log_softmax_backward_data")
 def _softmax_backward(call: OpCall) -> int:
     return SOFTMAX_BACKWARD_FLOPS * call.arg(0).numel
+
+
+# a comparison sort is neither elementwise nor a reduction: deliberately "other"; topk and a
+# histogram reduce a dim, a membership test answers per element
+REGISTRY.set_family(Family.OTHER, "aten.sort")
+REGISTRY.set_family(Family.REDUCTION, "aten.topk", "aten.histc")
+REGISTRY.set_family(Family.ELEMENTWISE, "aten.isin")
 
 
 @flops("aten.sort")
@@ -648,6 +717,24 @@ def _isin(call: OpCall) -> int:
 
 
 # --- normalisation --------------------------------------------------------------------------
+
+REGISTRY.set_family(
+    Family.NORM,
+    "aten.native_layer_norm", "aten.native_group_norm", "aten._fused_rms_norm", "aten.native_batch_norm",
+    "aten._native_batch_norm_legit", "aten._native_batch_norm_legit_functional", "aten.cudnn_batch_norm",
+    "aten.miopen_batch_norm", "aten._native_batch_norm_legit_no_training", "aten.native_layer_norm_backward",
+    "aten.native_group_norm_backward", "aten._fused_rms_norm_backward", "aten.native_batch_norm_backward",
+    "aten.cudnn_batch_norm_backward", "aten.miopen_batch_norm_backward",
+    # composites; batch-norm kernels with no formula yet (the with/no-update forms, SyncBatchNorm's
+    # statistics and their backward); weight normalisation
+    "aten.layer_norm", "aten.group_norm", "aten.batch_norm", "aten.instance_norm", "aten.rms_norm",
+    "aten._batch_norm_with_update", "aten._batch_norm_with_update_functional", "aten._batch_norm_no_update",
+    "aten.batch_norm_backward", "aten._batch_norm_impl_index", "aten._batch_norm_impl_index_backward",
+    "aten.batch_norm_stats", "aten.batch_norm_elemt", "aten.batch_norm_gather_stats",
+    "aten.batch_norm_gather_stats_with_counts", "aten.batch_norm_update_stats", "aten.batch_norm_backward_reduce",
+    "aten.batch_norm_backward_elemt", "aten._weight_norm", "aten._weight_norm_interface",
+    "aten._weight_norm_interface_backward",
+)
 
 
 def _affine(call: OpCall, numel: int) -> int:
@@ -750,6 +837,14 @@ def _loss(cost: int):  # type: ignore[no-untyped-def]
 for _name, _cost in LOSSES.items():
     REGISTRY.add_flops(f"aten.{_name}", _loss(_cost))
 
+# a loss is an elementwise expression per prediction (NLL: per target) and the sum its reduction
+# asks for, fused in one kernel: counted with the elementwise ops
+REGISTRY.set_family(
+    Family.ELEMENTWISE,
+    "aten.nll_loss_forward", "aten.nll_loss2d_forward", "aten.nll_loss_backward", "aten.nll_loss2d_backward",
+    *(f"aten.{name}" for name in LOSSES),
+)
+
 
 # --- dropout and random numbers ---------------------------------------------------------------
 
@@ -772,9 +867,29 @@ _RANDOM = (
 REGISTRY.add_flops(
     tuple(n for name in _RANDOM for n in (f"aten.{name}", f"aten.{name}_")), _elementwise(1)
 )
+REGISTRY.set_family(
+    Family.ELEMENTWISE,
+    "aten.native_dropout", "aten.native_dropout_backward",
+    *(n for name in _RANDOM for n in (f"aten.{name}", f"aten.{name}_")),
+)
 
 
 # --- pooling and resampling ---------------------------------------------------------------------
+
+# pooling reduces each window (its backward spreads each gradient over its window, the same
+# traffic); interpolation blends neighbours per output element
+REGISTRY.set_family(
+    Family.REDUCTION,
+    "aten.max_pool1d", "aten.max_pool2d", "aten.max_pool3d", "aten.max_pool2d_with_indices",
+    "aten.max_pool3d_with_indices", "aten.avg_pool1d", "aten.avg_pool2d", "aten.avg_pool3d",
+    "aten.max_pool2d_with_indices_backward", "aten.max_pool3d_with_indices_backward", "aten.avg_pool2d_backward",
+    "aten.avg_pool3d_backward", "aten._adaptive_avg_pool2d", "aten._adaptive_avg_pool3d", "aten.adaptive_max_pool2d",
+    "aten._adaptive_avg_pool2d_backward", "aten._adaptive_avg_pool3d_backward", "aten.adaptive_max_pool2d_backward",
+)
+REGISTRY.set_family(
+    Family.ELEMENTWISE,
+    "aten.upsample_bilinear2d", "aten.upsample_linear1d", "aten.upsample_trilinear3d", "aten.upsample_bicubic2d",
+)
 
 
 @flops(
@@ -814,6 +929,14 @@ def _upsample_interp(call: OpCall) -> int:
 
 
 # --- embedding and indexing: data movement with op-specific traffic ---------------------------
+
+REGISTRY.set_family(
+    Family.DATA_MOVEMENT,
+    "aten.embedding", "aten.embedding_dense_backward", "aten._embedding_bag", "aten._embedding_bag_forward_only",
+    "aten.index_put", "aten.index_put_", "aten._index_put_impl_", "aten._unsafe_masked_index_put_accumulate",
+    "aten.index_add", "aten.index_add_", "aten.scatter_add", "aten.scatter_add_", "aten.scatter_reduce",
+    "aten.scatter_reduce_", "aten.index_reduce", "aten.index_reduce_",
+)
 
 
 @flops("aten.embedding")
@@ -934,6 +1057,10 @@ def _no_flops(call: OpCall) -> int:
 
 REGISTRY.add_flops(tuple(f"aten.{name}" for name in _DATA_MOVEMENT if name != "masked_fill_"),
                    _no_flops)
+# masked_fill_ is elementwise (ELEMENTWISE's variants), _foreach_copy_ a foreach kernel
+REGISTRY.set_family(Family.DATA_MOVEMENT, *(f"aten.{name}" for name in _DATA_MOVEMENT
+                                            if name not in ("masked_fill_", "_foreach_copy_")))
+REGISTRY.set_family(Family.OPTIMIZER, "aten._foreach_copy_")
 # the ops compiled graphs hold besides aten's (torch._inductor.inductor_prims): casts, index
 # ranges and seed bookkeeping move data; a random draw is 1 per element (as aten.rand), a fused
 # multiply-add 2
@@ -941,6 +1068,9 @@ REGISTRY.add_flops(("prims.convert_element_type", "prims.iota", "prims.inductor_
                     "prims.inductor_lookup_seed"), _no_flops)
 REGISTRY.add_flops(("prims.inductor_random",), _elementwise(1))
 REGISTRY.add_flops(("prims.fma",), _elementwise(2))
+REGISTRY.set_family(Family.DATA_MOVEMENT, "prims.convert_element_type", "prims.iota", "prims.inductor_seeds",
+                    "prims.inductor_lookup_seed")
+REGISTRY.set_family(Family.ELEMENTWISE, "prims.inductor_random", "prims.fma")
 
 # creation: writes its output, reads nothing; 0 FLOPs
 _CREATION = (
@@ -948,38 +1078,39 @@ _CREATION = (
     "arange linspace logspace scalar_tensor eye _foreach_zero_ tril_indices triu_indices"
 ).split()
 REGISTRY.add_flops(tuple(f"aten.{name}" for name in _CREATION), _no_flops)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *(f"aten.{name}" for name in _CREATION if name != "_foreach_zero_"))
+REGISTRY.set_family(Family.OPTIMIZER, "aten._foreach_zero_")
 
 # allocation: no data is touched
-REGISTRY.zero(
+_ALLOCATION = (
     "aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty",
     "aten.new_empty_strided", "aten.resize_", "aten.resize_as_",
 )
+REGISTRY.zero(*_ALLOCATION)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *_ALLOCATION)
 
 # views and metadata; ops whose schema marks every result as an alias are caught generically
-REGISTRY.zero(
-    *(
-        f"aten.{name}"
-        for name in (
-            "view _unsafe_view reshape _reshape_alias t transpose permute expand slice select "
-            "split split_with_sizes unsqueeze squeeze alias detach as_strided unbind narrow "
-            "lift_fresh unfold diagonal view_as_real view_as_complex _conj _neg_view real imag "
-            "sym_size sym_stride sym_numel sym_storage_offset is_same_size "
-            "_has_compatible_shallow_copy_type set_ squeeze_ unsqueeze_ t_ transpose_ as_strided_ "
-            "_assert_async _assert_tensor_metadata record_stream _nested_tensor_size "
-            "_nested_tensor_strides _nested_tensor_storage_offsets is_nonzero detach_ "
-            "_propagate_xla_data"
-        ).split()
-    ),
+_VIEWS = tuple(
+    f"aten.{name}"
+    for name in (
+        "view _unsafe_view reshape _reshape_alias t transpose permute expand slice select "
+        "split split_with_sizes unsqueeze squeeze alias detach as_strided unbind narrow "
+        "lift_fresh unfold diagonal view_as_real view_as_complex _conj _neg_view real imag "
+        "sym_size sym_stride sym_numel sym_storage_offset is_same_size "
+        "_has_compatible_shallow_copy_type set_ squeeze_ unsqueeze_ t_ transpose_ as_strided_ "
+        "_assert_async _assert_tensor_metadata record_stream _nested_tensor_size "
+        "_nested_tensor_strides _nested_tensor_storage_offsets is_nonzero detach_ "
+        "_propagate_xla_data"
+    ).split()
 )
+REGISTRY.zero(*_VIEWS)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *_VIEWS)
 
 
 # FSDP2's own copies around its collectives (torch.distributed.fsdp): pure data movement
-REGISTRY.add_flops(("fsdp.all_gather_copy_in", "fsdp.chunk_cat", "fsdp.split_with_sizes_copy", "fsdp.copy_"),
-                   _no_flops)
-
-
-# functional collectives wrap their result for autograd (an AsyncCollectiveTensor): no data touched
-REGISTRY.zero("_c10d_functional._wrap_tensor_autograd")
+_FSDP_COPIES = ("fsdp.all_gather_copy_in", "fsdp.chunk_cat", "fsdp.split_with_sizes_copy", "fsdp.copy_")
+REGISTRY.add_flops(_FSDP_COPIES, _no_flops)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *_FSDP_COPIES)
 
 
 @traffic("fsdp.all_gather_copy_in")
@@ -997,7 +1128,41 @@ def _fsdp_copy(call: OpCall) -> Traffic:
                    tuple(extent(t) for t in call.tensors_of("tensor")))
 
 
+# --- communication ---------------------------------------------------------------------------
+
+# The collectives (comm.COLLECTIVE_OPS reads what each one moves; they are rows of their own
+# kind, under the link's roof), the functional collectives' wait, and the wrapper they put their
+# result in for autograd.
+REGISTRY.set_family(
+    Family.COMMUNICATION,
+    "c10d.allreduce_", "c10d.allreduce_coalesced_", "c10d.allgather_", "c10d._allgather_base_",
+    "c10d.allgather_coalesced_", "c10d.allgather_into_tensor_coalesced_", "c10d.reduce_scatter_",
+    "c10d._reduce_scatter_base_", "c10d.reduce_scatter_tensor_coalesced_", "c10d.alltoall_", "c10d.alltoall_base_",
+    "c10d.broadcast_", "c10d.reduce_", "c10d.gather_", "c10d.scatter_", "c10d.send", "c10d.recv_",
+    "c10d.recv_any_source_", "c10d.barrier", "c10d.monitored_barrier_",
+    "_c10d_functional.all_reduce", "_c10d_functional.all_reduce_", "_c10d_functional.all_reduce_coalesced",
+    "_c10d_functional.all_reduce_coalesced_", "_c10d_functional.all_gather_into_tensor",
+    "_c10d_functional.all_gather_into_tensor_out", "_c10d_functional.all_gather_into_tensor_coalesced",
+    "_c10d_functional.reduce_scatter_tensor", "_c10d_functional.reduce_scatter_tensor_out",
+    "_c10d_functional.reduce_scatter_tensor_coalesced", "_c10d_functional.all_to_all_single",
+    "_c10d_functional.broadcast", "_c10d_functional.broadcast_", "_c10d_functional.isend",
+    "_c10d_functional.irecv", "_c10d_functional.wait_tensor", "_c10d_functional._wrap_tensor_autograd",
+)
+
+# functional collectives wrap their result for autograd (an AsyncCollectiveTensor): no data touched
+REGISTRY.zero("_c10d_functional._wrap_tensor_autograd")
+
+
 # --- optimizers ------------------------------------------------------------------------------
+
+# the fused steps (and their functional forms, which compiled graphs hold) and the grad scaler's
+# kernels; every _foreach_ kernel is here too, put by its section
+REGISTRY.set_family(
+    Family.OPTIMIZER,
+    "aten._fused_adamw_", "aten._fused_adam_", "aten._fused_sgd_", "aten._fused_adagrad_",
+    "aten._fused_adamw", "aten._fused_adam", "aten._fused_sgd", "aten._fused_adagrad",
+    "aten._amp_foreach_non_finite_check_and_unscale_", "aten._amp_update_scale_",
+)
 
 ADAM_FLOPS = 14  # m, v moments (7), sqrt/eps/divide (3), update (3), decoupled decay (1)
 
