@@ -19,7 +19,7 @@ from typing import Any
 from memwall_plugin.hooks.capture import CaptureEntry
 from memwall_plugin.records import OpCall
 from memwall_plugin.registry import Counted, Registry, default_traffic
-from memwall_plugin.report import _ROW_FIELDS, Row
+from memwall_plugin.rows import ROW_FIELDS, Row
 
 _FLOATING = ("float", "bfloat", "complex")
 # record_function markers (torch.profiler, optimizer.step) dispatch as ops but compute nothing
@@ -151,20 +151,20 @@ class EntryTotals:
 
 
 # rows_from_entries builds Rows positionally
-if _ROW_FIELDS != ("op", "overload", "module", "phase", "calls", "dtype", "shapes", "flops", "bytes_read",
-                   "bytes_written", "elements_read", "elements_written", "time_s", "peak_flops_per_s",
-                   "bandwidth_bytes_per_s"):
+if ROW_FIELDS != ("op", "overload", "module", "phase", "calls", "dtype", "shapes", "flops", "bytes_read",
+                  "bytes_written", "elements_read", "elements_written", "time_s", "peak_flops_per_s",
+                  "bandwidth_bytes_per_s", "collective"):
     raise ImportError("memwall: Row's fields changed order; update rows_from_entries to match")
 
 
 def _row_maker() -> Callable[..., Row]:
     """Row(...) for the report build, ~3x faster: a frozen dataclass's __init__ sets each of
-    Row's 15 fields through object.__setattr__; this sets its slots directly. Same fields,
-    same order, no checks skipped (Row's __init__ has none)."""
+    Row's 16 fields through object.__setattr__; this sets its slots directly. Same fields,
+    same order, no checks skipped (Row's __init__ has none). Op rows have no collective."""
     new = object.__new__
     (s_op, s_overload, s_module, s_phase, s_calls, s_dtype, s_shapes, s_flops, s_bytes_read, s_bytes_written,
-     s_elements_read, s_elements_written, s_time_s, s_peak, s_bandwidth) = (
-        getattr(Row, name).__set__ for name in _ROW_FIELDS)
+     s_elements_read, s_elements_written, s_time_s, s_peak, s_bandwidth, s_collective) = (
+        getattr(Row, name).__set__ for name in ROW_FIELDS)
 
     def make(op: str, overload: str, module: str, phase: str, calls: int, dtype: str, shapes: str,
              flops: int | None, bytes_read: int, bytes_written: int, elements_read: int, elements_written: int,
@@ -185,6 +185,7 @@ def _row_maker() -> Callable[..., Row]:
         s_time_s(row, time_s)
         s_peak(row, peak)
         s_bandwidth(row, bandwidth)
+        s_collective(row, None)
         return row
 
     sample = ("aten.mm", "default", "a.b", "forward", 3, "float32", "[8,16]", 100, 10, 11, 5, 6, 0.5, 1e9, 2e9)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import os
 import runpy
@@ -18,12 +17,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from memwall_plugin.comm import CollectiveRow, parse_link, rank_totals, slowest_rank
+from memwall_plugin.ceilings import link_record, parse_link
 from memwall_plugin.console import Summary, SummaryOptions, si
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, parse_peaks, resolve_device
 from memwall_plugin.distributed import default_run_stamp
+from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
 from memwall_plugin.profile import profile
-from memwall_plugin.report import Group, Report, ReportError, Row, load_report, merge_reports
+from memwall_plugin.report import Report, ReportError, load_report
+from memwall_plugin.rows import ROW_COLUMNS, Group, row_record
+from memwall_plugin.rundir import Job, Window, find_runs, group_jobs, pick_job, window_of
 from memwall_plugin.schedule import Schedule
 
 EXIT_USAGE = 2
@@ -126,115 +128,94 @@ def _cmd_calibrate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def find_reports(path: Path) -> list[Path]:
-    """The report files of one run: a file, or every window of the run under a logdir."""
+def _windows_of(path: Path) -> tuple[list[Window], str]:
+    """The report files of one run: a file, or every window of the one run under a logdir; and
+    what to call them in messages."""
     if path.is_file():
-        return [path]
+        return [window_of(path)], str(path)
     if not path.is_dir():
         raise CliError(f"{path}: no such file or directory; pass a logdir or a report .json")
-    found = sorted(path.rglob("plugins/memwall/*.json"))
-    if not found:
+    runs = find_runs(path)
+    if not runs:
         raise CliError(f"{path} holds no memwall report (looked for plugins/memwall/*.json under it)")
-    runs = sorted({p.parent.parent.parent for p in found})
     if len(runs) > 1:
-        listing = "\n  ".join(str(r) for r in runs)
+        listing = "\n  ".join(str(r.root) for r in runs.values())
         raise CliError(f"{path} holds {len(runs)} runs; pass one of:\n  {listing}")
-    return found
+    (run,) = runs.values()
+    return list(run.windows()), str(run.root)
 
 
-def _read_windows(path: Path) -> list[Report]:
-    """Every window of a run. A window that cannot be read is named on stderr and left out, so
-    one truncated file does not hide the rest; only when none can be read is it an error."""
-    files = find_reports(path)
-    reports, failed = [], []
-    for file in files:
+def load_jobs(path: Path) -> list[Job]:
+    """Every job of a run, newest first, each rank's windows merged. A window that cannot be read
+    is named on stderr and left out, so one truncated file does not hide the rest; only when none
+    can be read is it an error."""
+    windows, _ = _windows_of(path)
+    failed: list[str] = []
+    loaded = []
+    for window in windows:
         try:
-            reports.append(load_report(file))
+            loaded.append((window, load_report(window.path)))
         except ReportError as exc:
             failed.append(str(exc))
-    if not reports:
+    if not loaded:
         raise CliError(failed[0] if len(failed) == 1 else
-                       f"none of the {len(files)} report files could be read:\n  " + "\n  ".join(failed))
+                       f"none of the {len(windows)} report files could be read:\n  " + "\n  ".join(failed))
     for message in failed:
         print(f"memwall report: left out: {message}", file=sys.stderr)
     if failed:
-        print(f"memwall report: this summary covers {len(reports)} of {len(files)} report files",
+        print(f"memwall report: this summary covers {len(loaded)} of {len(windows)} report files",
               file=sys.stderr)
-    return reports
-
-
-def load_ranks(path: Path) -> dict[int, Report]:
-    """Every rank of a run, its windows merged. A run directory that two jobs wrote into (a
-    restart): the newest job's reports."""
-    reports = _read_windows(path)
-    jobs = [r for r in reports if r.comm is not None and r.comm.job]
-    if len({r.comm.job for r in jobs if r.comm is not None}) > 1:
-        newest = max(jobs, key=lambda r: r.created_unix_s).comm
-        reports = [r for r in reports if r.comm is not None and newest is not None and r.comm.job == newest.job]
-    by_rank: dict[int, list[Report]] = {}
-    for r in reports:
-        by_rank.setdefault(r.rank, []).append(r)
     try:
-        return {rank: merge_reports(rs) for rank, rs in sorted(by_rank.items())}
+        return group_jobs(loaded)
     except ValueError as exc:  # windows that contradict each other
         raise CliError(f"{path}: its report files disagree: {exc}") from None
 
 
-def load_run(path: Path, rank: int | None = None, ranks: dict[int, Report] | None = None) -> Report:
-    """One rank of a run (default: the lowest), its windows merged (from `ranks` if loaded)."""
-    ranks = load_ranks(path) if ranks is None else ranks
+def load_run(path: Path, rank: int | None = None, job: Job | None = None) -> Report:
+    """One rank of a run's job (default: the newest job, the lowest rank), its windows merged."""
+    job = load_jobs(path)[0] if job is None else job
+    ranks = job.ranks
     chosen = min(ranks) if rank is None else rank
     if chosen not in ranks:
         raise CliError(f"{path} has no report of rank {chosen}; it has rank(s) {', '.join(map(str, ranks))}")
     return ranks[chosen]
 
 
-def report_json(report: Report, by: str | None = None, ranks: dict[int, Report] | None = None) -> dict[str, Any]:
+def report_json(report: Report, by: str | None = None, ranks: dict[int, Report] | None = None,
+                jobs: list[Job] | None = None) -> dict[str, Any]:
     """Totals and rows (or groups) with their roofline fields, for `memwall report --json`."""
+    head = headline(report).record()
     totals = {
-        "flops": report.total_flops, "bytes": report.total_bytes, "time_s": report.total_time_s,
-        "wall_time_s": report.wall_time_s, "intensity": report.intensity,
-        "memory_bound_time_fraction": report.memory_bound_time_fraction,
-        "roofline_time_s": report.roofline_time_s, "coverage": report.coverage,
-        "uncounted_rows": len(report.uncounted), "steps": list(report.steps),
-        "incomplete": report.incomplete, "bytes_per_element": report.bytes_per_element,
+        "flops": head["flops"], "bytes": head["bytes"], "time_s": head["time_s"],
+        "wall_time_s": head["wall_time_s"], "intensity": head["intensity"],
+        "memory_bound_time_fraction": head["memory_bound_fraction"],
+        "roofline_time_s": head["roofline_time_s"], "coverage": head["coverage"],
+        "uncounted_rows": head["uncounted_rows"], "steps": head["steps"],
+        "incomplete": head["incomplete"], "bytes_per_element": report.bytes_per_element,
     }
     out: dict[str, Any] = {
+        "job": report.job,
         "device": None if report.device is None else report.device.to_dict(),
         "totals": totals,
         "rows": [row_record(r) for r in report.rows],
     }
+    if jobs is not None and len(jobs) > 1:
+        out["jobs"] = [{"job": j.id, "created_unix_s": j.created_unix_s, "ranks": sorted(j.ranks)} for j in jobs]
     if by is not None:
         out["groups"] = [group_record(g) for g in report.group_by(by)]
-    if report.comm is not None:
-        comm = report.comm
+    if report.link is not None:
         out["comm"] = {
-            "rank": report.rank, "world_size": report.world_size, "link": comm.link.to_dict(),
-            "message_bytes": comm.message_bytes, "bytes_moved": comm.bytes_moved,
-            "comm_time_s": comm.comm_time_s, "overlapped_s": comm.overlapped_s, "exposed_s": comm.exposed_s,
-            "collectives": [collective_record(c) for c in comm.collectives],
+            "rank": report.rank, "world_size": report.world_size,
+            "link": link_record(report.link), "message_bytes": head["message_bytes"],
+            "bytes_moved": head["bytes_moved"], "comm_time_s": head["comm_time_s"],
+            "overlapped_s": head["overlapped_s"], "exposed_s": head["exposed_s"],
+            "collectives": [row_record(c) for c in report.collectives],
         }
     if ranks and len(ranks) > 1:
-        per_rank = [rank_totals(r) for r in ranks.values()]
-        slowest = slowest_rank(per_rank)
-        out["ranks"] = [{**dataclasses.asdict(t), "comm_share": t.comm_share,
-                         "slowest": slowest is not None and t.rank == slowest.rank} for t in per_rank]
+        heads = rank_headlines(ranks)
+        slowest = slowest_rank(heads)
+        out["ranks"] = [rank_record(h, slowest) for h in heads]
     return out
-
-
-COLLECTIVE_COLUMNS = (
-    "op", "kind", "phase", "module", "calls", "timed_calls", "group_size", "dtype", "shapes", "message_bytes",
-    "bytes_moved", "time_s", "bound", "bus_bandwidth_bytes_per_s", "algorithm_bandwidth_bytes_per_s",
-    "link_bytes_per_s", "efficiency", "roofline_time_s",
-)
-
-
-def collective_record(c: CollectiveRow) -> dict[str, Any]:
-    return {name: getattr(c, name) for name in COLLECTIVE_COLUMNS}
-
-
-def row_record(r: Row) -> dict[str, Any]:
-    return {name: getattr(r, name) for name in ROW_COLUMNS}
 
 
 def group_record(g: Group) -> dict[str, Any]:
@@ -243,14 +224,6 @@ def group_record(g: Group) -> dict[str, Any]:
         "intensity": g.intensity, "bound": g.bound, "efficiency": g.efficiency,
         "roofline_time_s": g.roofline_time_s,
     }
-
-
-ROW_COLUMNS = (
-    "op", "overload", "module", "phase", "calls", "dtype", "shapes", "flops", "bytes_read",
-    "bytes_written", "bytes", "time_s", "intensity", "bound", "peak_flops_per_s",
-    "bandwidth_bytes_per_s", "attainable_flops_per_s", "achieved_flops_per_s", "achieved_bytes_per_s",
-    "efficiency", "roofline_time_s",
-)
 
 
 #: a text cell starting with one of these is read as a formula by spreadsheets
@@ -268,8 +241,19 @@ def _csv_cell(value: Any) -> Any:
 
 
 def _cmd_report(args: argparse.Namespace, console: Console) -> int:
-    ranks = load_ranks(Path(args.path))
-    report = load_run(Path(args.path), args.rank, ranks)
+    path = Path(args.path)
+    jobs = load_jobs(path)
+    try:
+        job = pick_job(jobs, args.job)
+    except LookupError as exc:
+        raise CliError(f"--job {exc}") from None
+    if len(jobs) > 1:
+        others = ", ".join(j.label for j in jobs if j is not job)
+        print(f"memwall report: {path} holds {len(jobs)} jobs (runs written into one logdir); this is "
+              f"{'the newest, ' if job is jobs[0] else ''}{job.label}. Other(s): {others}; pick one with --job",
+              file=sys.stderr)
+    ranks = job.ranks
+    report = load_run(path, args.rank, job)
     if args.device or args.bytes_per_element:
         try:
             ranks = {r: rep.rescore(bytes_per_element=args.bytes_per_element, device=args.device)
@@ -278,7 +262,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
             raise CliError(str(exc)) from None
         report = ranks[report.rank]
     if args.json:
-        sys.stdout.write(json.dumps(report_json(report, args.by, ranks), allow_nan=False) + "\n")
+        sys.stdout.write(json.dumps(report_json(report, args.by, ranks, jobs), allow_nan=False) + "\n")
         return 0
     if args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
@@ -291,7 +275,8 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
         else:
             writer.writerow(ROW_COLUMNS)
             for r in report.rows:
-                writer.writerow([_csv_cell(getattr(r, c)) for c in ROW_COLUMNS])
+                record = row_record(r)
+                writer.writerow([_csv_cell(record[c]) for c in ROW_COLUMNS])
         return 0
     options = SummaryOptions(top=args.top, by=args.by or "op")
     console.print(Summary(report, options, ranks if len(ranks) > 1 else None))
@@ -454,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="print totals and rows as JSON")
     out.add_argument("--csv", action="store_true", help="print rows (or --by groups) as CSV")
     rep.add_argument("--rank", type=_non_negative, help="the rank to summarise (default: the lowest)")
+    rep.add_argument("--job", help="the job to summarise when runs were written into one logdir (its id or a "
+                                   "prefix of it; default: the newest)")
     rep.add_argument("--device", help="re-place the run on another device's roofline")
     rep.add_argument("--bytes-per-element", type=int, help="re-size every tensor (1 = the paper's 8-bit)")
     rep.set_defaults(func=_cmd_report)

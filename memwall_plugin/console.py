@@ -1,6 +1,7 @@
 """The terminal summary: a rich renderable over a Report (header, top operators, module tree,
-phases, findings). Renders in a terminal, in plain text (no color when not a terminal) and in
-Jupyter; `format_summary` gives the plain text at a fixed width.
+phases, collectives and ranks under torch.distributed, findings). Renders in a terminal, in plain
+text (no color when not a terminal) and in Jupyter; `format_summary` gives the plain text at a
+fixed width. Every text that comes from a report is drawn as plain text, never as rich markup.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import io
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -18,10 +20,15 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from memwall_plugin.formulas import COUNT_NOTES, ELEMENTWISE, REDUCTIONS
+from memwall_plugin.formulas import COUNT_NOTES, REGISTRY
+from memwall_plugin.headline import Headline, headline, rank_headlines, slowest_rank
 from memwall_plugin.records import ordered_phases
-from memwall_plugin.report import Group, Report, Row, module_tree
-from memwall_plugin.roofline import COMPUTE, MEMORY
+from memwall_plugin.registry import Family
+from memwall_plugin.roofline import COMMUNICATION, COMPUTE, MEMORY
+from memwall_plugin.rows import Group, Row, module_tree
+
+if TYPE_CHECKING:  # drawn, not imported: report.py's str() and Jupyter view call this module
+    from memwall_plugin.report import Report
 
 GROUP_BY = ("op", "module", "phase")
 WIDE = 120  # from this many columns the tables show every column
@@ -83,7 +90,7 @@ def _dur(seconds: float) -> str:
     return f"{seconds * 1e6:.3g} us"
 
 
-_BOUND_STYLE = {MEMORY: "bold yellow", COMPUTE: "green"}
+_BOUND_STYLE = {MEMORY: "bold yellow", COMPUTE: "green", COMMUNICATION: "bold magenta"}
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -96,18 +103,15 @@ def _text(name: str, style: str = "") -> Text:
 
 
 def _bound(bound: str) -> Text:
-    label = {MEMORY: "MEMORY", COMPUTE: "compute", "none": "-", "unknown": "?"}.get(bound, bound)
+    label = {MEMORY: "MEMORY", COMPUTE: "compute", COMMUNICATION: "COMM", "none": "-", "unknown": "?"}.get(bound, bound)
     return Text(label, style=_BOUND_STYLE.get(bound, "dim"))
 
 
 # --- findings ------------------------------------------------------------------------------------
 
-_MATMUL = re.compile(r"^aten\.(mm|addmm|bmm|baddbmm|mv|addmv|dot|vdot|_addmm_activation|_int_mm|"
-                     r"_scaled_mm|.*attention.*|convolution.*|_convolution)$")
-_NORM = re.compile(r"^aten\.(_softmax|_log_softmax|_safe_softmax|.*norm.*|_softmax_backward_data|"
-                   r"_log_softmax_backward_data)$")
-_REDUCTION = {f"aten.{n}" for n in REDUCTIONS} | {f"aten.{n}_" for n in REDUCTIONS}
-_ELEMENTWISE = {f"aten.{n}" for n in ELEMENTWISE} | {f"aten.{n}_" for n in ELEMENTWISE}
+#: the finding's category of each op family (registry metadata, formulas.py)
+_CATEGORY = {Family.MATMUL: "matmul", Family.CONV: "matmul", Family.ATTENTION: "matmul",
+             Family.NORM: "norm/softmax", Family.REDUCTION: "reduction"}
 
 _ADVICE = {
     "elementwise": "fusing them (torch.compile) or a larger batch raises their intensity",
@@ -122,19 +126,18 @@ _ADVICE = {
 
 
 def category(row: Row) -> str:
+    """What a finding calls a memory-bound row: by phase first (optimizer, outside the model),
+    then by its op's family in the registry (matmuls, convolutions and attention together)."""
     if row.phase == "optimizer":
         return "optimizer"
     if row.phase == "other":
         return "outside-the-model"
-    if _MATMUL.match(row.op):
-        return "matmul"
+    found = _CATEGORY.get(REGISTRY.family(row.op, row.overload))
+    if found == "matmul":
+        return found
     if row.flops == 0:
         return "data movement"
-    if _NORM.match(row.op):
-        return "norm/softmax"
-    if row.op in _REDUCTION:
-        return "reduction"
-    return "elementwise"
+    return found or "elementwise"
 
 
 def module_pattern(module: str) -> str:
@@ -247,12 +250,9 @@ class Summary:
         if tree is not None:
             yield Text("")
             yield tree
-        if self.report.comm is not None or self.ranks:
-            from memwall_plugin.console_comm import comm_sections
-
-            for part in comm_sections(self.report, self.ranks, self._narrow, self._wide):
-                yield Text("")
-                yield part
+        for part in self.distributed_parts():
+            yield Text("")
+            yield part
         if self.options.findings:
             notes = findings(self.report)
             if notes:
@@ -268,6 +268,7 @@ class Summary:
     # -- parts ---------------------------------------------------------------------------------
     def header(self) -> RichGroup:
         rep = self.report
+        head = headline(rep)
         lines = []
         title = Text("memwall", style="bold")
         title.append(f"  {len(rep.steps)} step{'s' if len(rep.steps) != 1 else ''} recorded")
@@ -293,17 +294,17 @@ class Summary:
             lines.append(Text(f"what-if  every tensor re-sized to {rep.bytes_per_element} byte(s) each",
                               style="italic"))
         lines.append(Text(
-            f"time     {_ms(rep.total_time_s)} in ops (wall {_ms(rep.wall_time_s)}), roofline "
-            f"{_ms(rep.roofline_time_s)} for the counted ops"
+            f"time     {_ms(head.time_s)} in ops (wall {_ms(head.wall_time_s)}), roofline "
+            f"{_ms(head.roofline_time_s)} for the counted ops"
         ))
         lines.append(Text(
-            f"work     {si(rep.total_flops, 'FLOP')}, {si(rep.total_bytes, 'B')} moved, "
-            f"intensity {_num(rep.intensity)} FLOP/B"
+            f"work     {si(head.flops, 'FLOP')}, {si(head.bytes, 'B')} moved, "
+            f"intensity {_num(head.intensity)} FLOP/B"
         ))
         mem = Text("bound    ")
-        mem.append(f"{rep.memory_bound_time_fraction:.0%} of op time memory-bound",
-                   style=_BOUND_STYLE[MEMORY] if rep.memory_bound_time_fraction >= 0.5 else "")
-        mem.append(f", coverage {rep.coverage:.1%} of op time counted")
+        mem.append(f"{head.memory_bound_fraction:.0%} of op time memory-bound",
+                   style=_BOUND_STYLE[MEMORY] if head.memory_bound_fraction >= 0.5 else "")
+        mem.append(f", coverage {head.coverage:.1%} of op time counted")
         lines.append(mem)
         return RichGroup(*lines)
 
@@ -383,7 +384,7 @@ class Summary:
         if not modules:
             return None
         total = rep.total_time_s
-        groups, fwd, bwd = module_tree(rep)
+        groups, fwd, bwd = module_tree(rep.rows)
         children: dict[str, list[str]] = {}
         for key in groups:
             if key:
@@ -416,6 +417,102 @@ class Summary:
         root = Tree(Text("Modules (rolled up)", style="bold"))
         grow(root.add(label("")), "", 1)
         return root
+
+
+    # -- torch.distributed -----------------------------------------------------------------------
+    def distributed_parts(self) -> list[RichGroup | Table | Text]:
+        """The link and the collectives on its roof, and the ranks of the job side by side (none
+        for a single-process run)."""
+        rep = self.report
+        parts: list[RichGroup | Table | Text] = []
+        if rep.distributed:
+            parts.append(self.communication_header(headline(rep)))
+            if rep.collectives:
+                parts.append(self.collectives_table())
+        ranks = self.ranks
+        if ranks and len(ranks) > 1:
+            parts.append(self.ranks_table(rank_headlines(ranks)))
+            missing = [r for r in range(rep.world_size) if r not in ranks]
+            if missing:
+                parts.append(Text(f"no report (yet) from rank(s) {', '.join(map(str, missing))}", style="dim"))
+        return parts
+
+    def communication_header(self, head: Headline) -> RichGroup:
+        rep = self.report
+        link = rep.link
+        assert link is not None
+        title = Text("Communication", style="bold")
+        title.append_text(_text(f"  rank {rep.rank} of {rep.world_size}{', ' + rep.backend if rep.backend else ''}"))
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True, min_width=8)
+        grid.add_column()
+        roof = (f"{si(link.bytes_per_s, 'B/s')} per direction ({link.bandwidth.source})" if link.bandwidth
+                else "unknown")
+        grid.add_row("link", _text(f"{link.name}, {roof}"))
+        if link.note:
+            grid.add_row("", _text(link.note, style="dim"))
+        calls = sum(r.calls for r in rep.collectives)
+        grid.add_row("moved", _text(f"{calls:,} collective calls, {si(head.message_bytes, 'B')} in messages, "
+                                    f"{si(head.bytes_moved, 'B')} sent by this rank"))
+        if head.comm_time_s is not None:
+            share = head.comm_share
+            grid.add_row("time", _text(f"{_dur(head.comm_time_s)} with a collective in flight, {_pct(share)} of wall",
+                                       style=_BOUND_STYLE[COMMUNICATION] if share is not None and share >= 0.3 else ""))
+            if head.overlap_fraction is not None:
+                grid.add_row("overlap", _text(f"{_pct(head.overlap_fraction)} of it overlapped by other work on this "
+                                              f"rank, {_dur(head.exposed_s or 0.0)} exposed"))
+        else:
+            grid.add_row("time", _text("not measured on the host: the collectives completed on a device", style="dim"))
+        if head.untimed_calls:
+            grid.add_row("", _text(f"{head.untimed_calls:,} call(s) not timed (in flight at a step's end, failed, "
+                                   "or on a device)", style="dim"))
+        return RichGroup(title, grid)
+
+    def collectives_table(self) -> Table:
+        rows = self.report.collectives
+        top = self.options.top
+        table = Table(title=f"Top {min(top, len(rows))} of {len(rows)} collectives by time", title_justify="left",
+                      title_style="bold", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
+        names = ["collective", "phase", "calls", "message", "sent", "time", "bus B/s", "bound", "roof"]
+        if not self._wide:
+            names.remove("calls")
+        if self._narrow:
+            names.remove("sent")
+        for name in names:
+            left = name in ("collective", "phase", "bound")
+            table.add_column(name, no_wrap=True, justify="left" if left else "right")
+        for r in rows[:top]:
+            c = r.collective
+            assert c is not None
+            cells: dict[str, Text | str] = {
+                "collective": _text(c.kind), "phase": _text(self._phase(r.phase)), "calls": f"{r.calls:,}",
+                "message": si(c.message_bytes // r.calls if r.calls else 0, "B"), "sent": si(c.bytes_moved, "B"),
+                "time": _dur(r.time_s) if c.timed_calls else "-", "bus B/s": si(r.bus_bandwidth_bytes_per_s),
+                "bound": _bound(r.bound), "roof": _pct(r.efficiency),
+            }
+            table.add_row(*(cells[n] for n in names))
+        return table
+
+    def ranks_table(self, heads: list[Headline]) -> Table:
+        slowest = slowest_rank(heads)
+        table = Table(title="Ranks side by side", title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+                      show_edge=False, pad_edge=False, expand=False)
+        names = ["rank", "wall", "in ops", "FLOPs", "bytes", "sent", "comm", "exposed"]
+        if self._narrow:
+            names.remove("bytes")
+            names.remove("exposed")
+        for name in names:
+            table.add_column(name, justify="left" if name == "rank" else "right", no_wrap=True)
+        table.add_column("", no_wrap=True)
+        for h in heads:
+            cells = {"rank": str(h.rank), "wall": _dur(h.wall_time_s), "in ops": _dur(h.time_s),
+                     "FLOPs": si(h.flops), "bytes": si(h.bytes, "B"), "sent": si(h.bytes_moved, "B"),
+                     "comm": _pct(h.comm_share), "exposed": "-" if h.exposed_s is None else _dur(h.exposed_s)}
+            mark = Text("slowest", style="bold red") if slowest is not None and h.rank == slowest.rank else Text("")
+            if h.incomplete:
+                mark.append(" incomplete", style="red")
+            table.add_row(*(cells[n] for n in names), mark)
+        return table
 
 
 def render_text(report: Report, width: int = 100, options: SummaryOptions | None = None) -> str:

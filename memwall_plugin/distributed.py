@@ -1,5 +1,5 @@
-"""memwall under torch.distributed: each rank's identity and link, its collectives per recorded
-window, report files that never collide, and the ranks of one job side by side.
+"""memwall under torch.distributed: each rank's identity, job and link, and its collectives per
+recorded window (as rows, `comm.py`). Files are the run store's (`rundir.py`).
 
 `memwall.profile` keeps one `DistributedSession`; everything rank-specific goes through it.
 """
@@ -10,8 +10,7 @@ import os
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -19,16 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from memwall_plugin.comm import (
-    CollectiveRow,
-    Communication,
-    Link,
-    bytes_moved,
-    message_of,
-    parse_link,
-    resolve_link,
-    sort_rows,
-)
+from memwall_plugin.ceilings import parse_link, resolve_link
+from memwall_plugin.comm import collective_rows
 from memwall_plugin.devices import DeviceSpec
 from memwall_plugin.hooks._torch_private import default_store
 from memwall_plugin.hooks.capture import merge_into
@@ -39,10 +30,10 @@ from memwall_plugin.hooks.collectives import (
     absorb_collectives,
     enable_collectives,
 )
+from memwall_plugin.rundir import new_job_id
 
 if TYPE_CHECKING:
     from memwall_plugin.hooks.capture import Capture, CaptureEntry
-    from memwall_plugin.report import Report
 
 _JOB_KEY = "memwall/job"
 
@@ -93,7 +84,7 @@ def job_id() -> str:
     """The same text on every rank of one job: the first rank to ask writes its proposal into the
     job's key-value store (compare-and-set, no collective), every rank reads the winner back.
     Without a store: the launcher's address, port, run id and restart count."""
-    proposal = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    proposal = new_job_id()
     store = default_store()
     if store is not None:
         try:
@@ -127,25 +118,7 @@ def default_run_stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.localtime(started if started is not None else time.time()))
 
 
-# --- rows ----------------------------------------------------------------------------------------
-
-
-def collective_rows(entries: Iterable[CollectiveEntry], link: Link) -> tuple[CollectiveRow, ...]:
-    """One row per recorded signature: messages and bytes moved from the formulas in comm.py."""
-    rows = []
-    for e in entries:
-        if not e.calls and not e.timed_calls:
-            continue
-        message = message_of(e.call, e.group_size)
-        calls = max(e.calls, e.timed_calls)  # a call issued before the window, completed in it
-        rows.append(CollectiveRow(
-            op=e.call.op, kind=message.kind, phase=e.phase, module=e.module, calls=calls,
-            timed_calls=e.timed_calls, group_size=e.group_size, dtype=message.dtype, shapes=message.shapes,
-            message_bytes=message.nbytes * calls, message_elements=message.elements * calls,
-            bytes_moved=bytes_moved(message.kind, message.nbytes, e.group_size) * calls,
-            time_s=e.time_ns * 1e-9, link_bytes_per_s=link.bytes_per_s,
-        ))
-    return sort_rows(rows)
+# --- windows -------------------------------------------------------------------------------------
 
 
 def _copy(table: dict[Any, CollectiveEntry]) -> dict[Any, CollectiveEntry]:
@@ -286,25 +259,30 @@ class DistributedSession:
             return self.info.rank, self.info.world_size
         return _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
 
-    def communication(self, device: DeviceSpec | None, window_only: bool) -> Communication | None:
-        """The collectives of the open window, or of every recorded step so far."""
+    def job(self) -> str | None:
+        """The job of this rank, the same on every rank; None before a process group exists."""
+        self._observe()
+        return self.info.job if self.info is not None else None
+
+    def communication(self, device: DeviceSpec | None, window_only: bool) -> dict[str, Any]:
+        """The report's torch.distributed fields (none for a single-process run): the
+        collectives of the open window, or of every recorded step so far, under the link's roof."""
         if self.recorder is None:
-            return None
+            return {}
         part = self._window if window_only else self._all.plus(self._window)
         rank, world = self.rank_and_world()
         info = self.info
         local = info.local_world_size if info else max(1, min(_env_int("LOCAL_WORLD_SIZE", world), world))
         link = resolve_link(device, world, local, self._link_arg)
         timing = part.timing
-        return Communication(
-            link=link,
-            collectives=collective_rows(part.entries.values(), link),
-            backend=info.backend if info else "",
-            job=info.job if info else "",
-            local_world_size=local,
-            comm_time_s=None if timing.untimed else timing.comm_ns * 1e-9,
-            overlapped_s=None if timing.untimed else timing.overlapped_ns * 1e-9,
-        )
+        return {
+            "link": link,
+            "collectives": collective_rows(part.entries.values(), link.bytes_per_s),
+            "backend": info.backend if info else "",
+            "local_world_size": local,
+            "comm_time_s": None if timing.untimed else timing.comm_ns * 1e-9,
+            "overlapped_s": None if timing.untimed else timing.overlapped_ns * 1e-9,
+        }
 
     def prints_summary(self, summary: Any) -> bool:
         """summary=True prints on rank 0 only; summary="all" on every rank."""
@@ -313,73 +291,6 @@ class DistributedSession:
         return bool(summary) and self.rank_and_world()[0] == 0
 
 
-# --- files ---------------------------------------------------------------------------------------
-
-
-def publish(report: Report, directory: Path, name: str) -> Path:
-    """Save `report` as `directory/name`, or, when a file of another run already has that name
-    (a second job or a restart writing into the same run directory), as `<stem>.1.json`,
-    `<stem>.2.json`, ...: never over another run's report. The name is claimed with a hard link,
-    so two processes cannot both take it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    staged = report.save(directory / f".{name}.{os.getpid()}.staged")
-    stem = name.removesuffix(".json")
-    try:
-        for attempt in range(10_000):
-            candidate = directory / (name if attempt == 0 else f"{stem}.{attempt}.json")
-            try:
-                os.link(staged, candidate)
-                return candidate
-            except FileExistsError:
-                continue
-            except OSError:  # a filesystem without hard links: check, then rename
-                if candidate.exists():
-                    continue
-                os.replace(staged, candidate)
-                return candidate
-        raise FileExistsError(f"{directory} already holds 10,000 reports named {stem}.*.json")
-    finally:
-        staged.unlink(missing_ok=True)
-
-
-# --- ranks side by side --------------------------------------------------------------------------
-
-
-def rank_reports(directory: Path, job: str | None = None) -> dict[int, Report]:
-    """Every rank's report in a run's `plugins/memwall` directory (its windows merged), optionally
-    only those of one job. Unreadable files are skipped: one broken rank must not hide the rest."""
-    from memwall_plugin.report import ReportError, load_report, merge_reports
-
-    by_rank: dict[int, list[Report]] = {}
-    for path in sorted(directory.glob("rank*_steps*.json")):
-        try:
-            report = load_report(path)
-        except (ReportError, OSError):
-            continue
-        if job is not None and (report.comm is None or report.comm.job != job):
-            continue
-        by_rank.setdefault(report.rank, []).append(report)
-    return {rank: merge_reports(reports) for rank, reports in sorted(by_rank.items())}
-
-
-def wait_for_ranks(directory: Path, mine: Report, timeout_s: float) -> dict[int, Report]:
-    """The reports of every rank of `mine`'s job, waiting up to `timeout_s` for ranks whose last
-    recorded step has not reached `mine`'s yet (they are still saving)."""
-    job = mine.comm.job if mine.comm is not None and mine.comm.job else None
-    last = max(mine.steps, default=-1)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = rank_reports(directory, job)
-        done = all(
-            r in found and (found[r].incomplete or max(found[r].steps, default=-1) >= last)
-            for r in range(mine.world_size)
-        )
-        if done or time.monotonic() >= deadline:
-            return found
-        time.sleep(0.1)
-
-
 __all__ = [
-    "DistributedSession", "RankInfo", "collective_rows", "default_run_stamp", "job_id", "launched_distributed",
-    "publish", "rank_info", "rank_reports", "wait_for_ranks",
+    "DistributedSession", "RankInfo", "default_run_stamp", "job_id", "launched_distributed", "rank_info",
 ]

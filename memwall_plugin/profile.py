@@ -1,11 +1,12 @@
-"""`memwall.profile`: the context manager that records a run and hands back its report."""
+"""`memwall.profile`: the context manager that records a run and hands back its report.
+
+The profile owns the capture and the recorded windows (tables of op signatures, turned into
+reports by `analysis.py`); everything that leaves the process goes through its sinks
+(`sinks.py`: report files, scalars, the torch.profiler trace, the summary)."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-import socket
 import sys
 import threading
 import time
@@ -17,19 +18,21 @@ from typing import Any, Literal
 
 import torch
 
+from memwall_plugin import sinks
 from memwall_plugin.analysis import analysis_cache, rows_from_entries
 from memwall_plugin.calibrate import auto_calibrate, auto_calibration_wanted
+from memwall_plugin.ceilings import ceilings_of
 from memwall_plugin.devices import DeviceSpec, resolve_device
-from memwall_plugin.distributed import DistributedSession, publish, wait_for_ranks
+from memwall_plugin.distributed import DistributedSession
 from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into
 from memwall_plugin.output import OutputGuard
 from memwall_plugin.registry import Registry
-from memwall_plugin.report import Report, ceilings_of
+from memwall_plugin.report import Report
+from memwall_plugin.rundir import PLUGIN_DIR, new_job_id
 from memwall_plugin.schedule import Action, as_action_fn
-from memwall_plugin.tensorboard import ScalarWriter, StepTotals, annotate_trace, rows_totals, step_totals
 
-PLUGIN_DIR = Path("plugins") / "memwall"
+__all__ = ["PLUGIN_DIR", "default_registry", "profile"]
 #: How long rank 0's summary waits for the other ranks' reports of the same job.
 RANKS_WAIT_S = 10.0
 
@@ -159,7 +162,6 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._steps: list[int] = []
         self._wall = 0.0
         self._incomplete = False
-        self.saved: list[Path] = []
         self._report: Report | None = None
         self.step_on_optimizer = step_on_optimizer
         self._primary_optimizer: weakref.ref[Any] | None = None
@@ -167,12 +169,16 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             raise ValueError("kineto=True records a torch.profiler trace into the run directory: "
                              "pass logdir= as well")
         self.kineto = kineto
-        self._kineto: Any = None
-        self.traces: list[Path] = []
-        self._scalars = ScalarWriter(self.logdir) if scalars and self.logdir is not None else None
+        self._scalars_wanted = scalars
         self._analyses = analysis_cache(self.registry)
-        self._output = OutputGuard()  # every file write goes through it
+        self.output = OutputGuard()  # every file write goes through it
         self._dist = DistributedSession(link)  # rank, collectives, link (memwall_plugin/distributed.py)
+        #: where results go (memwall_plugin/sinks.py), made when the profile opens
+        self.sinks: list[sinks.Sink] = []
+        self._files: sinks.ReportFiles | None = None
+        self._trace: sinks.KinetoTrace | None = None
+        #: this run's job, for a run that is not one rank of a torch.distributed job
+        self._job = new_job_id()
         self._entered = False
         self._thread = threading.get_ident()
         #: the profile this one took over from (opened inside it), resumed when this one ends
@@ -209,8 +215,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             if self._device is None and not idle and auto_calibration_wanted():
                 # before anything is recorded: the measurement is not part of the user's run
                 auto_calibrate(report=_to_stderr)
-            if self.kineto and not idle:
-                self._start_kineto()
+            self.sinks = self._make_sinks(idle)
+            for sink in self.sinks:
+                sink.start(self)
             self._capture = Capture(self.model, max_signatures=self.max_signatures, analyse=self._analyses.analyse)
             self._capture.suspended = idle
             self._capture.open()
@@ -278,60 +285,46 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
                           RuntimeWarning, stacklevel=2)
         finally:
             self._close()
-            self._finish_tensorboard()
         try:
-            if self._dist.prints_summary(self.summary) and self._steps:
+            for sink in self.sinks:
                 try:
-                    self._print_summary()
-                except Exception as err:
-                    warnings.warn(f"memwall: could not print the summary: {type(err).__name__}: {err}",
-                                  RuntimeWarning, stacklevel=2)
+                    sink.end(self)
+                except Exception as err:  # the run itself is done: memwall's trouble is only a warning
+                    warnings.warn(f"memwall: {type(sink).__name__.lower()} could not finish: "
+                                  f"{type(err).__name__}: {err}", RuntimeWarning, stacklevel=2)
             self._dist.ended()
         finally:
             self._hand_back()
         return False  # the user's exception, if any, propagates unchanged
 
-    # -- TensorBoard ---------------------------------------------------------------------------
-    def _start_kineto(self) -> None:
-        activities = [torch.profiler.ProfilerActivity.CPU]
-        if torch.cuda.is_available():
-            activities.append(torch.profiler.ProfilerActivity.CUDA)
-        names = {Action.NONE: "NONE", Action.WARMUP: "WARMUP", Action.RECORD: "RECORD",
-                 Action.RECORD_AND_SAVE: "RECORD_AND_SAVE"}
+    # -- sinks ---------------------------------------------------------------------------------
+    def _make_sinks(self, idle: bool) -> list[sinks.Sink]:
+        out: list[sinks.Sink] = []
+        if self.logdir is not None:
+            if self.kineto and not idle:
+                self._trace = sinks.KinetoTrace(self.logdir, self._action_fn, self.output)
+                out.append(self._trace)
+            self._files = sinks.ReportFiles(self.logdir, self.output)
+            out.append(self._files)
+            if self._scalars_wanted:
+                out.append(sinks.Scalars(self.logdir, self.output))
+        if self.summary:
+            out.append(sinks.Summary(self.summary == "all", self._files, RANKS_WAIT_S))
+        return out
 
-        def schedule(step: int) -> Any:
-            return getattr(torch.profiler.ProfilerAction, names[self._action_fn(step)])
+    @property
+    def saved(self) -> list[Path]:
+        """The report files this profile wrote (one per recorded window)."""
+        return self._files.saved if self._files is not None else []
 
-        self._kineto = torch.profiler.profile(
-            activities=activities, record_shapes=True, schedule=schedule,
-            on_trace_ready=self._trace_ready,
-        )
-        self._kineto.__enter__()
+    @property
+    def traces(self) -> list[Path]:
+        """The torch.profiler traces this profile wrote (kineto=True)."""
+        return self._trace.traces if self._trace is not None else []
 
-    def _trace_ready(self, kineto_prof: Any) -> None:
-        assert self.logdir is not None
-        name = f"{socket.gethostname()}_{os.getpid()}.{time.time_ns() // 1_000_000}.pt.trace.json"
-        path = self.logdir / name
-        if self._output.attempt("write the torch.profiler trace", path, lambda: _export_trace(kineto_prof, path)):
-            self.traces.append(path)
-
-    def _finish_tensorboard(self) -> None:
-        """Stop torch.profiler, annotate its traces, close the scalar writer; never raise over
-        the user's exception."""
-        try:
-            if self._kineto is not None:
-                kineto, self._kineto = self._kineto, None
-                kineto.__exit__(None, None, None)
-                rows = self.report().rows
-                for path in self.traces:
-                    self._output.attempt("annotate the torch.profiler trace", path,
-                                         functools.partial(annotate_trace, path, rows))
-        except Exception as err:  # the run itself is done: memwall's trouble is only a warning
-            warnings.warn(f"memwall: could not finish the torch.profiler trace: {err}",
-                          RuntimeWarning, stacklevel=3)
-        finally:
-            if self._scalars is not None:
-                self._output.release("write scalars to", self._scalars.logdir, self._scalars.close)
+    @property
+    def recorded_steps(self) -> tuple[int, ...]:
+        return tuple(self._steps + self._window_steps)
 
     def _close(self) -> None:
         try:
@@ -356,8 +349,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         try:
             self._end_step(final=False)
             self._begin_step(following)
-            if self._kineto is not None:
-                self._kineto.step()
+            if self._trace is not None:
+                self._trace.advance()
         except Exception as err:  # memwall's own trouble must never stop the user's loop
             self._fail(err, "marking a step")
             self._step_num = following
@@ -384,10 +377,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     def job_reports(self, wait_s: float = RANKS_WAIT_S) -> dict[int, Report] | None:
         """Under torch.distributed, with a logdir: every rank's report of this job (waiting up to
         `wait_s` for ranks still saving theirs); None for a single-process run."""
-        report = self.report()
-        if report.comm is None or report.world_size <= 1 or not self.saved:
-            return None
-        return wait_for_ranks(self.saved[-1].parent, report, 0.0 if report.incomplete else wait_s)
+        return sinks.Summary(False, self._files, wait_s).ranks(self.report())
 
     def _optimizer_stepped(self, optimizer: Any) -> None:
         # one step per iteration: the first optimizer that steps marks the boundaries
@@ -425,25 +415,19 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._capture.end_step()
         self._dist.end_step(self._capture, table, self._action.kept, final)
         closes = self._action is Action.RECORD_AND_SAVE or final
-        scalars = None
+        step_sinks = [sink for sink in self.sinks if sink.wants_steps] if self._action.kept and table else []
         if self._action.kept and table:
-            if self._scalars is not None and self._output.enabled and self._dist.rank_and_world()[0] == 0:
-                scalars = self._scalars
-            if scalars is not None and not (closes and not self._window_steps):
-                # the window goes on (or holds earlier steps): this step's totals on their own
-                self._write_scalars(scalars, step_totals(table.values(), self._analyses, self._ceilings(table)))
-                scalars = None
             self._window = _merge(self._window, table)
             self._window_steps.append(self._step_num)
             self._window_wall += elapsed
-        if self._action is Action.RECORD_AND_SAVE or (final and self._window_steps):
-            report = self._close_window()
-            if scalars is not None:  # a window of this step alone: its report's rows are the step's
-                self._write_scalars(scalars, rows_totals(report.rows))
-
-    def _write_scalars(self, scalars: ScalarWriter, totals: StepTotals) -> None:
-        step = self._step_num
-        self._output.attempt("write scalars to", scalars.logdir, lambda: scalars.write(step, totals))
+        report = self._close_window() if closes and self._window_steps else None
+        if step_sinks:
+            if report is not None and len(report.steps) == 1:
+                step_report = report  # a window of this step alone: its report is the step's
+            else:
+                step_report = self._build(table, (self._step_num,), elapsed, window_only=True, step_only=True)
+            for sink in step_sinks:
+                sink.step(self, self._step_num, lambda: step_report)
 
     def _close_window(self) -> Report:
         steps = tuple(self._window_steps)
@@ -456,12 +440,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._window, self._window_steps, self._window_wall = {}, [], 0.0
         # the common case, one window: the run's report is this one (no second build)
         self._report = report if only_window else None
-        if self.logdir is not None and (report.rows or (report.comm and report.comm.collectives)):
-            name = f"rank{report.rank}_steps{steps[0]:06d}-{steps[-1]:06d}.json"
-            directory = self.logdir / PLUGIN_DIR
-            saved = self._output.attempt("save the report", directory / name, lambda: publish(report, directory, name))
-            if saved is not None:
-                self.saved.append(saved)
+        for sink in self.sinks:
+            sink.window(self, report)
         return report
 
     # -- results -------------------------------------------------------------------------------
@@ -485,15 +465,14 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     def _tf32(self, device: DeviceSpec | None) -> tuple[str, ...]:
         return _tf32_families() if device is not None and device.kind == "cuda" else ()
 
-    def _ceilings(self, table: dict[Any, CaptureEntry]) -> Any:
-        device = self._device_for(table)
-        return ceilings_of(device, self._tf32(device))
-
     def _build(self, table: dict[Any, CaptureEntry], steps: tuple[int, ...], wall: float,
-               window_only: bool = False) -> Report:
+               window_only: bool = False, step_only: bool = False) -> Report:
+        """The report of `table` (a step, a window or the whole run). `step_only`: one step's
+        ops alone, for per-step sinks (its collectives are the window's, so none are added)."""
         rank, world = self._dist.rank_and_world()
         device = self._device_for(table)
         tf32 = self._tf32(device)
+        comm = {} if step_only else self._dist.communication(device, window_only)
         return Report(
             rows=rows_from_entries(table.values(), self.registry, ceilings_of(device, tf32), self._analyses),
             device=device,
@@ -506,7 +485,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             world_size=world,
             torch_version=torch.__version__,
             created_unix_s=time.time(),
-            comm=self._dist.communication(device, window_only),
+            job=self._dist.job() or self._job,
+            **comm,
             # where profiles opened inside this one recorded in its place (empty: in memory only)
             extra={"nested_profiles": list(self.nested)} if self.nested else {},
         )
@@ -524,35 +504,6 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             self._report = report  # the profile has ended: nothing can change it any more
         return report
 
-    def _print_summary(self) -> None:
-        from rich.console import Console
-
-        from memwall_plugin.console import print_summary
-
-        console = Console()
-        print_summary(self.report(), console=console, ranks=self.job_reports())
-        if self.saved:
-            console.print(f"report saved: {self.saved[-1]}", highlight=False, markup=False)
-        if self._output.failure is not None:
-            console.print("memwall stopped writing files in this run (see the warning above)",
-                          highlight=False, markup=False)
-
 
 def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _export_trace(kineto_prof: Any, path: Path) -> Path:
-    """torch.profiler's trace, written beside `path` and moved into place whole (the PyTorch
-    Profiler tab never sees half a trace). torch logs a failed export instead of raising."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        kineto_prof.export_chrome_trace(str(tmp))
-        if not tmp.is_file() or tmp.stat().st_size == 0:
-            raise OSError(f"torch.profiler could not write {tmp.name} (its reason is logged above)")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    return path

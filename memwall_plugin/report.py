@@ -1,7 +1,10 @@
-"""The report of a profiled run: one row per aggregated call signature, saved as versioned JSON.
+"""The report of a profiled run (one rank): its rows and what the run was, as one frozen record.
 
-Rows carry totals over all calls of their signature. Bytes are kept both as bytes (at the real
-element sizes) and as element counts, so `rescore` can re-size every tensor without the model.
+Rows carry totals over all calls of their signature (`rows.py`): `rows` the aten ops, on the
+device's roofline; `collectives` the torch.distributed collectives, under the link's roof. Bytes
+are kept both as bytes (at the real element sizes) and as element counts, so `rescore` can
+re-size every tensor without the model. The file format is `reportfile.py`; the summary that
+`str(report)` prints is `console.py`.
 """
 
 from __future__ import annotations
@@ -10,194 +13,23 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from memwall_plugin import roofline
-from memwall_plugin.comm import Communication, merge_communication, relink
+from memwall_plugin import comm, reportfile, roofline
+from memwall_plugin.ceilings import Link, place_collectives, place_rows, relink
 from memwall_plugin.devices import DeviceSpec, lookup_device
-from memwall_plugin.records import BACKWARD, PHASES, RECOMPUTE
-from memwall_plugin.validation import (
-    TOP_LEVEL_KEYS,
-    FieldError,
-    ReportError,
-    check_device,
-    check_object,
-    dataclass_fields,
-    invalid,
-    parse_json,
-    read_report_bytes,
-)
+from memwall_plugin.files import write_bytes_atomically
+from memwall_plugin.records import PHASES
+from memwall_plugin.rows import Group, Row, group_by, group_rows, merge_rows
+from memwall_plugin.validation import ReportError, parse_json, read_report_bytes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = reportfile.SCHEMA_VERSION
 
-
-class RooflinePoint:
-    """The roofline of anything with flops, bytes, time_s and the two ceilings (rows, groups)."""
-
-    __slots__ = ()
-    flops: int | None
-    time_s: float
-    peak_flops_per_s: float | None
-    bandwidth_bytes_per_s: float | None
-
-    if TYPE_CHECKING:
-
-        @property
-        def bytes(self) -> int: ...
-
-    @property
-    def intensity(self) -> float | None:
-        """FLOPs per byte moved (None when uncounted or nothing moves)."""
-        return roofline.intensity(self.flops, self.bytes)
-
-    @property
-    def ridge_point(self) -> float | None:
-        if not self.peak_flops_per_s or not self.bandwidth_bytes_per_s:
-            return None
-        return self.peak_flops_per_s / self.bandwidth_bytes_per_s
-
-    @property
-    def bound(self) -> str:
-        """"memory" | "compute" | "none" (views) | "unknown" (uncounted, or no ceilings)."""
-        return roofline.bound(self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s)
-
-    @property
-    def attainable_flops_per_s(self) -> float | None:
-        return roofline.attainable_flops_per_s(
-            self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s
-        )
-
-    @property
-    def achieved_flops_per_s(self) -> float | None:
-        return self.flops / self.time_s if self.flops is not None and self.time_s > 0 else None
-
-    @property
-    def achieved_bytes_per_s(self) -> float | None:
-        return self.bytes / self.time_s if self.time_s > 0 else None
-
-    @property
-    def efficiency(self) -> float | None:
-        """Achieved / attainable (FLOP/s; bytes/s for pure data movement)."""
-        return roofline.efficiency(
-            self.flops, self.bytes, self.time_s, self.peak_flops_per_s, self.bandwidth_bytes_per_s
-        )
-
-    @property
-    def roofline_time_s(self) -> float | None:
-        """The least time the roofline allows: max(flops / peak, bytes / bandwidth)."""
-        return roofline.roofline_time_s(
-            self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Row(RooflinePoint):
-    """All calls of one signature (op, module, phase, input shapes and dtypes)."""
-
-    op: str  # "aten.addmm"
-    overload: str  # "default"
-    module: str  # "transformer.h.3.attn.c_attn"; "" = top level, outside any submodule
-    phase: str  # forward | backward | recompute | optimizer | prefill | decode | other, or a label
-    calls: int
-    dtype: str  # the op's compute dtype: its first floating input, else its first tensor
-    shapes: str  # input shapes, for display
-    flops: int | None  # total over calls; None = no formula (uncounted)
-    bytes_read: int
-    bytes_written: int
-    elements_read: int
-    elements_written: int
-    time_s: float  # measured, summed over calls
-    # the ceilings this row is placed under (its dtype's peak on the report's device)
-    peak_flops_per_s: float | None = None
-    bandwidth_bytes_per_s: float | None = None
-
-    @property
-    def bytes(self) -> int:
-        return self.bytes_read + self.bytes_written
-
-    @property
-    def counted(self) -> bool:
-        return self.flops is not None
-
-    @property
-    def name(self) -> str:
-        return f"{self.op}.{self.overload}"
-
-
-_ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Row))
-
-
-#: Op families that run on TF32 tensor cores when torch allows it for fp32 on CUDA.
-TF32_FAMILIES = {
-    "matmul": frozenset({
-        "aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten._addmm_activation",
-        "aten.mv", "aten.addmv",
-    }),
-    "conv": frozenset({"aten.convolution", "aten._convolution", "aten.convolution_backward"}),
-}
-
-
-def ceilings_of(device: DeviceSpec | None, tf32: tuple[str, ...] = ()) -> Any:
-    """(op, dtype) -> (peak FLOP/s, bandwidth) on `device`; TF32 for fp32 matmul/conv where enabled."""
-    tf32_ops = frozenset().union(*(TF32_FAMILIES[f] for f in tf32 if f in TF32_FAMILIES))
-    use_tf32 = device is not None and device.peak("tf32") is not None and bool(tf32_ops)
-    cache: dict[tuple[str, str], tuple[float | None, float | None]] = {}
-
-    def ceilings(op: str, dtype: str) -> tuple[float | None, float | None]:
-        if device is None:
-            return None, None
-        key = (op, dtype) if use_tf32 else ("", dtype)
-        found = cache.get(key)
-        if found is None:
-            roof = "tf32" if use_tf32 and dtype == "float32" and op in tf32_ops else dtype
-            found = cache[key] = (device.peak_flops_per_s(roof), device.bandwidth_bytes_per_s)
-        return found
-
-    return ceilings
-
-
-def place_rows(rows: Iterable[Row], device: DeviceSpec | None, tf32: tuple[str, ...] = ()) -> tuple[Row, ...]:
-    """Put each row under its dtype's roof on `device` (TF32 for fp32 matmul/conv where enabled)."""
-    ceilings = ceilings_of(device, tf32)
-    out = []
-    for r in rows:
-        peak, bw = ceilings(r.op, r.dtype)
-        out.append(dataclasses.replace(r, peak_flops_per_s=peak, bandwidth_bytes_per_s=bw))
-    return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class Group(RooflinePoint):
-    """Rows rolled up by op, module or phase, placed on the same roofline."""
-
-    key: str
-    calls: int
-    flops: int | None  # None when every row is uncounted
-    uncounted_calls: int
-    bytes: int
-    time_s: float
-    peak_flops_per_s: float | None  # the roof of the group's dominant dtype (by FLOPs)
-    bandwidth_bytes_per_s: float | None
-
-
-def group_rows(key: str, rows: Iterable[Row]) -> Group:
-    rows = list(rows)
-    counted = [r for r in rows if r.flops is not None]
-    dominant = max(counted or rows, key=lambda r: (r.flops or 0, r.time_s), default=None)
-    return Group(
-        key=key,
-        calls=sum(r.calls for r in rows),
-        flops=sum(r.flops for r in counted) if counted else None,  # type: ignore[misc]
-        uncounted_calls=sum(r.calls for r in rows if r.flops is None),
-        bytes=sum(r.bytes for r in counted),
-        time_s=math.fsum(r.time_s for r in rows),
-        peak_flops_per_s=dominant.peak_flops_per_s if dominant else None,
-        bandwidth_bytes_per_s=dominant.bandwidth_bytes_per_s if dominant else None,
-    )
+__all__ = ["SCHEMA_VERSION", "Group", "Report", "ReportError", "Row", "load_report", "merge_reports",
+           "parse_report"]
 
 
 @dataclass(frozen=True)
@@ -217,8 +49,20 @@ class Report:
     torch_version: str = ""
     created_unix_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict, compare=True)
-    # collectives on the interconnect roof (runs under torch.distributed; memwall_plugin/comm.py)
-    comm: Communication | None = None
+    #: the run this window belongs to: the same for every window and rank of one job (one
+    #: `memwall.profile` block, one torchrun launch), different for the next run in the logdir
+    job: str = ""
+    # -- torch.distributed (memwall_plugin/comm.py): collectives on the link's roof --------------
+    collectives: tuple[Row, ...] = ()
+    link: Link | None = None  # None: not a distributed run
+    backend: str = ""  # "gloo", "nccl", ...
+    local_world_size: int | None = None  # ranks on this host
+    # Host wall time with at least one collective in flight, summed over the recorded steps
+    # (None when no collective could be timed: CUDA collectives complete on the device).
+    comm_time_s: float | None = None
+    # Of comm_time_s, the time this rank's main thread spent inside ops (and memwall's
+    # bookkeeping of them) meanwhile: communication hidden behind other work. CPU timing only.
+    overlapped_s: float | None = None
 
     schema_version = SCHEMA_VERSION
 
@@ -284,23 +128,46 @@ class Report:
     def group_by(self, by: str) -> tuple[Group, ...]:
         """Roll rows up by "op", "module" (exact path), "module_tree" (every ancestor path too)
         or "phase"; longest time first."""
-        buckets: dict[str, list[Row]] = {}
-        for r in self.rows:
-            if by == "op":
-                keys = [r.op]
-            elif by == "module":
-                keys = [r.module]
-            elif by == "module_tree":
-                parts = r.module.split(".") if r.module else []
-                keys = [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
-            elif by == "phase":
-                keys = [r.phase]
-            else:
-                raise ValueError(f"group_by takes 'op', 'module', 'module_tree' or 'phase', not {by!r}")
-            for k in keys:
-                buckets.setdefault(k, []).append(r)
-        groups = [group_rows(k, rows) for k, rows in buckets.items()]
-        return tuple(sorted(groups, key=lambda g: (-g.time_s, g.key)))
+        return group_by(self.rows, by)
+
+    # -- communication -------------------------------------------------------------------------
+    @property
+    def distributed(self) -> bool:
+        """A rank of a torch.distributed run (its collectives are recorded)."""
+        return self.link is not None
+
+    @property
+    def message_bytes(self) -> int:
+        return sum(r.collective.message_bytes for r in self.collectives if r.collective is not None)
+
+    @property
+    def bytes_moved(self) -> int:
+        """Bytes this rank sent in collectives, by the bandwidth-optimal algorithm."""
+        return sum(r.bytes for r in self.collectives)
+
+    @property
+    def exposed_s(self) -> float | None:
+        """Time with a collective in flight and nothing else running on the main thread."""
+        if self.comm_time_s is None or self.overlapped_s is None:
+            return None
+        return max(0.0, self.comm_time_s - self.overlapped_s)
+
+    @property
+    def overlap_fraction(self) -> float | None:
+        if self.comm_time_s is None or self.overlapped_s is None or self.comm_time_s <= 0:
+            return None
+        return min(1.0, self.overlapped_s / self.comm_time_s)
+
+    @property
+    def comm_share(self) -> float | None:
+        """Share of the wall time with a collective in flight."""
+        if self.comm_time_s is None or self.wall_time_s <= 0:
+            return None
+        return min(1.0, self.comm_time_s / self.wall_time_s)
+
+    @property
+    def untimed_calls(self) -> int:
+        return sum(r.calls - r.collective.timed_calls for r in self.collectives if r.collective is not None)
 
     def filter(
         self,
@@ -355,6 +222,7 @@ class Report:
                 )
                 for r in rows
             )
+            changes["collectives"] = tuple(comm.resized(r, bytes_per_element) for r in self.collectives)
             changes["bytes_per_element"] = bytes_per_element
         if device is not None:
             spec = lookup_device(device) if isinstance(device, str) else device
@@ -363,9 +231,10 @@ class Report:
             # TF32 is a property of the run's settings; on a new device it applies if it has TF32
             rows = place_rows(rows, spec, self.tf32)
             changes["device"] = spec
-        if self.comm is not None:
-            comm = self.comm.resized(bytes_per_element) if bytes_per_element is not None else self.comm
-            changes["comm"] = relink(comm, changes["device"], self.world_size) if device is not None else comm
+            if self.link is not None:
+                link = relink(self.link, spec, self.world_size, self.local_world_size)
+                changes["link"] = link
+                changes["collectives"] = place_collectives(changes.get("collectives", self.collectives), link)
         return dataclasses.replace(self, rows=rows, **changes)
 
     def bound_changes(self, other: Report) -> tuple[tuple[Row, Row], ...]:
@@ -377,81 +246,20 @@ class Report:
 
     # -- files ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        meta = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in ("rows", "device", "comm")
-        }
-        meta["steps"] = list(self.steps)
-        meta["tf32"] = list(self.tf32)
-        out = {
-            "format": "memwall-report",
-            "schema_version": SCHEMA_VERSION,
-            "meta": meta,
-            "device": None if self.device is None else self.device.to_dict(),
-            "rows": [{name: getattr(r, name) for name in _ROW_FIELDS} for r in self.rows],
-        }
-        if self.comm is not None:  # optional: reports without it (and older ones) stay version 1
-            out["comm"] = self.comm.to_dict()
-        return out
+        return reportfile.encode(self)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "report") -> Report:
         """A report from its JSON object; every field is checked (types, ranges, unknown or
         missing fields), so anything that is not a report memwall wrote is a ReportError."""
-        if not isinstance(data, dict) or data.get("format") != "memwall-report":
-            raise ReportError(f"{source} is not a memwall report (no 'format': 'memwall-report')")
-        version = data.get("schema_version")
-        if type(version) is not int or version != SCHEMA_VERSION:
-            raise ReportError(
-                f"{source} has schema_version {version!r}; this memwall reads version "
-                f"{SCHEMA_VERSION}. Upgrade memwall-plugin, or re-profile with this version."
-            )
-        meta, rows = data.get("meta"), data.get("rows")
-        if not isinstance(meta, dict) or not isinstance(rows, list):
-            raise ReportError(f"{source} lacks its 'meta' object or 'rows' list")
-        unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
-        if unknown:
-            raise ReportError(f"{source} has an unknown top-level field {unknown[0][:60]!r}; "
-                              "was it written by a newer memwall?")
-        try:
-            row_fields = dataclass_fields(Row)
-            parsed = tuple(Row(**check_object(f"rows[{i}]", r, row_fields)) for i, r in enumerate(rows))
-            kwargs = check_object("meta", meta, dataclass_fields(cls, ("rows", "device", "comm")))
-            device = data.get("device")
-            spec = None if device is None else DeviceSpec.from_dict(check_device("device", device))
-            comm = data.get("comm")
-            kwargs["comm"] = None if comm is None else Communication.from_dict(comm)
-            return cls(rows=parsed, device=spec, **kwargs)
-        except FieldError as exc:
-            raise invalid(source, exc) from None
-        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
-            raise ReportError(f"{source} has a malformed field: {exc}") from None
+        return reportfile.decode(cls, data, source)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the report as JSON, atomically: a reader, or a process that crashes meanwhile,
-        sees the old file or the new one, never half of one.
-
-        There is no fsync, as in TensorBoard's event writers and torch.profiler's traces: after a
-        training step the disk flush stalled the caller ~12 ms here (5% of a BERT-Base forward),
-        and it only guards against a power failure in the seconds after the save."""
-        target = Path(path)
+        """Write the report as JSON, atomically (`files.py`)."""
         data = json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":")).encode()  # ASCII
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            try:
-                view = memoryview(data)
-                while view:  # a full disk fails here (ENOSPC), before the name is taken
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return write_bytes_atomically(path, data)
 
+    # -- rendering (console.py draws; it reads the report, it does not import this module) ------
     def __str__(self) -> str:
         from memwall_plugin.console import format_summary
 
@@ -486,55 +294,34 @@ def parse_report(raw: bytes, source: str = "report") -> Report:
     return Report.from_dict(parse_json(raw, source), source)
 
 
+def _total(values: Iterable[float | None]) -> float | None:
+    values = list(values)
+    return None if any(v is None for v in values) else math.fsum(v for v in values if v is not None)
+
+
 def merge_reports(reports: Iterable[Report]) -> Report:
-    """Several windows of one run (one rank) as one report: identical rows are summed."""
-    reports = list(reports)
+    """Several windows of one run (one rank of one job) as one report: rows of one signature
+    summed (ops and collectives alike), times added."""
+    reports = sorted(reports, key=lambda r: r.created_unix_s)
     if not reports:
         raise ValueError("no reports to merge")
     if len({r.rank for r in reports}) > 1:
         raise ValueError("merge_reports combines the windows of one rank; these come from several ranks")
+    if len({r.job for r in reports}) > 1:
+        raise ValueError("merge_reports combines the windows of one job; these come from several jobs "
+                         "(runs written into one logdir): pick one job")
     if len(reports) == 1:
         return reports[0]
-    merged: dict[tuple[Any, ...], Row] = {}
-    for rep in reports:
-        for r in rep.rows:
-            key = (r.op, r.overload, r.module, r.phase, r.dtype, r.shapes)
-            mine = merged.get(key)
-            if mine is None:
-                merged[key] = r
-                continue
-            merged[key] = dataclasses.replace(
-                mine,
-                calls=mine.calls + r.calls,
-                flops=None if mine.flops is None or r.flops is None else mine.flops + r.flops,
-                bytes_read=mine.bytes_read + r.bytes_read,
-                bytes_written=mine.bytes_written + r.bytes_written,
-                elements_read=mine.elements_read + r.elements_read,
-                elements_written=mine.elements_written + r.elements_written,
-                time_s=mine.time_s + r.time_s,
-            )
-    rows = sorted(merged.values(), key=lambda r: (-r.time_s, r.op, r.module, r.phase, r.shapes))
-    last = max(reports, key=lambda r: r.created_unix_s)
-    comms = [r.comm for r in sorted(reports, key=lambda r: r.created_unix_s) if r.comm is not None]
+    last = reports[-1]
+    distributed = [r for r in reports if r.distributed]
     return dataclasses.replace(
         last,
-        comm=merge_communication(comms) if comms else None,
-        rows=tuple(rows),
+        rows=merge_rows(*(r.rows for r in reports)),
+        collectives=merge_rows(*(r.collectives for r in reports)),
         steps=tuple(sorted({s for r in reports for s in r.steps})),
         wall_time_s=math.fsum(r.wall_time_s for r in reports),
         incomplete=any(r.incomplete for r in reports),
+        link=distributed[-1].link if distributed else None,
+        comm_time_s=_total(r.comm_time_s for r in distributed) if distributed else None,
+        overlapped_s=_total(r.overlapped_s for r in distributed) if distributed else None,
     )
-
-
-def module_tree(report: Report) -> tuple[dict[str, Group], dict[str, float], dict[str, float]]:
-    """Every module path and its ancestors rolled up, with the forward-side (everything but
-    backward) and backward time under each path; recomputation runs in backward."""
-    groups = {g.key: g for g in report.group_by("module_tree")}
-    forward: dict[str, float] = {}
-    backward: dict[str, float] = {}
-    for r in report.rows:
-        side = backward if r.phase in (BACKWARD, RECOMPUTE) else forward
-        parts = r.module.split(".") if r.module else []
-        for key in [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]:
-            side[key] = side.get(key, 0.0) + r.time_s
-    return groups, forward, backward

@@ -8,76 +8,13 @@ import json
 import math
 import os
 import socket
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from memwall_plugin import roofline
-from memwall_plugin.analysis import AnalysisCache
-from memwall_plugin.hooks.capture import CaptureEntry
-from memwall_plugin.report import Row
-
-
-@dataclass(frozen=True)
-class StepTotals:
-    flops: int
-    bytes: int
-    time_s: float
-    memory_bound_time_s: float
-    counted_time_s: float
-
-    def scalars(self) -> dict[str, float]:
-        out = {"memwall/flops": float(self.flops), "memwall/bytes": float(self.bytes),
-               "memwall/op_time_s": self.time_s}
-        if self.bytes:
-            out["memwall/intensity"] = self.flops / self.bytes
-        if self.time_s > 0:
-            out["memwall/memory_bound_fraction"] = self.memory_bound_time_s / self.time_s
-        if self.counted_time_s > 0:
-            out["memwall/achieved_flops_per_s"] = self.flops / self.counted_time_s
-        return out
-
-
-def _sum_totals(parts: Iterable[tuple[float, int, int | None, Any, Any]]) -> StepTotals:
-    """Headline totals from (time_s, bytes, flops, peak, bandwidth) per entry or row."""
-    flops = nbytes = 0
-    time_s = memory_time = counted_time = 0.0
-    for t, moved, counted, peak, bw in parts:
-        time_s += t
-        nbytes += moved
-        if counted is None:
-            continue
-        flops += counted
-        counted_time += t
-        if roofline.bound(counted, moved, peak, bw) == roofline.MEMORY:
-            memory_time += t
-    return StepTotals(flops, nbytes, time_s, memory_time, counted_time)
-
-
-def step_totals(
-    entries: Iterable[CaptureEntry], cache: AnalysisCache, ceilings: Callable[[str, str], tuple[Any, Any]],
-) -> StepTotals:
-    """Headline totals of one step; each signature is analysed once (`cache`).
-    `ceilings(op, dtype)` is the report's (`report.ceilings_of`), so both classify alike."""
-    def parts() -> Iterator[tuple[float, int, int | None, Any, Any]]:
-        for e in entries:
-            totals = cache.totals(e)
-            if totals is None:
-                continue
-            peak, bw = (None, None) if totals.flops is None else ceilings(totals.op, totals.dtype)
-            yield e.time_ns * 1e-9, totals.bytes_read + totals.bytes_written, totals.flops, peak, bw
-
-    return _sum_totals(parts())
-
-
-def rows_totals(rows: Iterable[Row]) -> StepTotals:
-    """`step_totals` of a step whose report is already built: the same sums read off its rows
-    (each placed under the same ceilings), with no second pass over the entries."""
-    return _sum_totals((r.time_s, r.bytes_read + r.bytes_written, r.flops, r.peak_flops_per_s,
-                        r.bandwidth_bytes_per_s) for r in rows)
+from memwall_plugin.files import write_atomically
+from memwall_plugin.rows import Row
 
 
 class ScalarWriter:
@@ -101,13 +38,14 @@ class ScalarWriter:
         self._records = RecordWriter(self._file)
         self._records.write(Event(wall_time=now / 1e9, file_version="brain.Event:2").SerializeToString())
 
-    def write(self, step: int, totals: StepTotals) -> None:
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        """One step's scalars (`Headline.scalars()`)."""
         from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         if self._file is None:
             self._open()
-        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in totals.scalars().items()
+        values = [Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()
                   if math.isfinite(value)]
         event = Event(wall_time=time.time(), step=step, summary=Summary(value=values))
         self._records.write(event.SerializeToString())
@@ -183,12 +121,10 @@ def annotate_trace(path: Path, rows: Iterable[Row]) -> int:
         if extra:
             args.update(extra)
             annotated += 1
-    fd, tmp = tempfile.mkstemp(prefix=".memwall-", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+
+    def fill(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomically(path, fill)
     return annotated

@@ -30,8 +30,6 @@ MAX_EXTRA_DEPTH = 32
 #: An integer literal longer than this is rejected while parsing (Python's int() would raise
 #: a bare ValueError above 4300 digits, and spend quadratic time below that).
 _MAX_INT_DIGITS = 40
-#: The keys of a report file's top level.
-TOP_LEVEL_KEYS = ("format", "schema_version", "meta", "device", "rows", "comm")
 
 Stamp = tuple[int, int, int, int, int]
 
@@ -270,10 +268,10 @@ def _checker(name: str, hint: Any) -> Check:
     if hint is bool:
         return _check_bool
     if hint is int:
-        low = 1 if name in ("world_size", "bytes_per_element") else 0
+        low = 1 if name in ("world_size", "bytes_per_element", "local_world_size", "group_size") else 0
         return lambda path, v: v if type(v) is int and low <= v <= MAX_COUNT else _check_int(path, v, low)
     if hint is float:
-        positive = name.endswith("_per_s")
+        positive = name.endswith("_per_s") or name == "value"  # a Figure: a rate or a peak
         return lambda path, v: _check_float(path, v, positive)
     if hint is str:
         return _check_str

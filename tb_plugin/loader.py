@@ -1,7 +1,7 @@
 """Finds memwall reports under a logdir and loads them, without blocking TensorBoard's server.
 
-A run is a directory holding `plugins/memwall/*.json`; its name is its path relative to the
-logdir ("." for the logdir itself), as TensorBoard names runs. Scans run on a background thread
+A run is a directory holding `plugins/memwall/*.json` (the run store, `rundir.py`); its name is
+its path relative to the logdir ("." for the logdir itself), as TensorBoard names runs. Scans run on a background thread
 started on first use (never at import); requests read the last completed scan and trigger a
 fresh one when it is older than `rescan_s`, so new runs and new steps appear while TensorBoard
 runs. Parsed reports (and files that cannot be read) are cached by the stamp of the open file
@@ -12,7 +12,6 @@ version. Only files under the logdir are read: a link to a file elsewhere is ref
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -20,26 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from memwall_plugin.report import Report, ReportError, parse_report
+from memwall_plugin.rundir import Window, find_runs
 from memwall_plugin.validation import ReportFile, Stamp, is_inside
 
-# "rank0_steps000000-000003.json"; "...-000003.1.json" when another run had the name (a restart)
-_WINDOW = re.compile(r"^rank(?P<rank>\d+)_steps(?P<first>\d+)-(?P<last>\d+)(?:\.\d+)?\.json$")
-PLUGIN_SUBDIR = ("plugins", "memwall")
-
-
-@dataclass(frozen=True)
-class Window:
-    """One report file: the recorded steps `first..last` of one rank."""
-
-    id: str  # the file name without .json: what requests name
-    path: Path
-    rank: int
-    first_step: int  # -1 when the file name does not say
-    last_step: int
+__all__ = ["ReportLoader", "Run", "Window", "scan"]
 
 
 @dataclass(frozen=True)
 class Run:
+    """A run directory as the tab names it, and its report windows (`rundir.py`)."""
+
     name: str
     windows: tuple[Window, ...]
 
@@ -48,33 +37,14 @@ class Run:
         return tuple(sorted({w.rank for w in self.windows}))
 
 
-def _window(path: Path) -> Window:
-    match = _WINDOW.match(path.name)
-    if match is None:
-        return Window(path.stem, path, 0, -1, -1)
-    return Window(path.stem, path, int(match["rank"]), int(match["first"]), int(match["last"]))
-
-
 def scan(logdir: Path) -> dict[str, Run]:
     """Every run under `logdir` with its report windows, sorted by rank and first step."""
-    runs: dict[str, Run] = {}
-    if not logdir.is_dir():
-        return runs
-    for root, dirs, files in os.walk(logdir, followlinks=False):
-        here = Path(root)
-        if here.name == PLUGIN_SUBDIR[1] and here.parent.name == PLUGIN_SUBDIR[0]:
-            run_dir = here.parent.parent
-            windows = sorted(
-                (_window(here / f) for f in files if f.endswith(".json") and not f.startswith(".")),
-                key=lambda w: (w.rank, w.first_step, w.id),
-            )
-            if windows:
-                name = run_dir.relative_to(logdir).as_posix() if run_dir != logdir else "."
-                runs[name] = Run(name, tuple(windows))
-            dirs.clear()
-        else:
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    return dict(sorted(runs.items()))
+    runs = {}
+    for name, store in find_runs(logdir).items():
+        windows = store.windows()
+        if windows:
+            runs[name] = Run(name, windows)
+    return runs
 
 
 class ReportLoader:

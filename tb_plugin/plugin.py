@@ -13,14 +13,15 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
-from memwall_plugin.tb_plugin import comm_views, views
-from memwall_plugin.tb_plugin.loader import ReportLoader, Run
+from memwall_plugin.tb_plugin import views
+from memwall_plugin.tb_plugin.loader import ReportLoader, Run, Window
 from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from memwall_plugin.devices import lookup_device
-from memwall_plugin.report import Report, ReportError, merge_reports
+from memwall_plugin.report import Report, ReportError
+from memwall_plugin.rundir import Job, group_jobs, pick_job
 
 PLUGIN_NAME = "memwall"
 TAB_NAME = "Memory Wall"
@@ -42,8 +43,8 @@ _MAX_PARAM = 512
 ROUTE_PARAMS: dict[str, tuple[str, ...]] = {
     "/runs": (),
     "/devices": (),
-    "/report": ("run", "rank", "window", "phase", "device", "bytes_per_element"),
-    "/ranks": ("run",),
+    "/report": ("run", "job", "rank", "window", "phase", "device", "bytes_per_element"),
+    "/ranks": ("run", "job"),
 }
 
 logger = logging.getLogger(__name__)
@@ -82,29 +83,41 @@ class MemwallPlugin(base_plugin.TBPlugin):
 
     # -- implementations (what tests call) ---------------------------------------------------------
     def runs_impl(self) -> dict[str, Any]:
-        return views.runs_view(self.loader.runs())
+        runs = self.loader.runs()
+        return views.runs_view(runs, {name: self._jobs_or_none(run) for name, run in runs.items()})
 
     def report_impl(self, args: dict[str, str]) -> dict[str, Any]:
-        """The view of one run: its windows of one rank (one window, or all of them merged),
-        optionally one phase, optionally re-scored for another device or element size."""
+        """The view of one run: one job's windows of one rank (one window, or all of them
+        merged), optionally one phase, optionally re-scored for another device or element size.
+        Jobs are never summed: the newest is shown unless `job` names another."""
         check_params("/report", args)
-        runs = self.loader.runs()
-        run = runs.get(args.get("run", ""))
-        if run is None:
-            raise RequestError(404, f"unknown run {args.get('run', '')!r}; GET ./runs lists the runs")
-        rank = _int_param(args, "rank", default=run.ranks[0], low=0, high=1 << 20)
-        windows = [w for w in run.windows if w.rank == rank]
-        if not windows:
-            raise RequestError(404, f"run {run.name!r} has no report for rank {rank}")
+        run = self._run(args)
+        loaded, bad = self._loaded(run)
         window_id = args.get("window", "all") or "all"
-        if window_id != "all":
-            windows = [w for w in windows if w.id == window_id]
-            if not windows:
-                raise RequestError(404, f"run {run.name!r} has no window {window_id!r}")
         phase = args.get("phase") or None
         if phase is not None and not _PHASE.match(phase):
             raise RequestError(400, f"phase {phase!r} is not a phase name")
-        report = self._load(run, windows)
+        if window_id != "all":
+            rank = _int_param(args, "rank", default=None, low=0, high=1 << 20)
+            found = [(w, r) for w, r in loaded if w.id == window_id and rank in (None, w.rank)]
+            broken = [w for w in bad if w.id == window_id and rank in (None, w.rank)]
+            if broken:
+                raise RequestError(422, bad[broken[0]])
+            if not found:
+                raise RequestError(404, f"run {run.name!r} has no window {window_id!r}")
+            self._check_names(run, found)
+            report = found[0][1]
+        else:
+            job = self._job(run, loaded, args) if loaded else None
+            default = min(job.ranks) if job is not None else run.ranks[0]
+            rank = _int_param(args, "rank", default=default, low=0, high=1 << 20)
+            broken = [w for w in bad if w.rank == rank]
+            if broken:
+                raise RequestError(422, bad[broken[0]])
+            if job is None or rank not in job.ranks:
+                raise RequestError(404, f"run {run.name!r} has no report for rank {rank}"
+                                        + (f" in job {job.label}" if job is not None else ""))
+            report = job.ranks[rank]
         device = args.get("device") or None
         bpe = args.get("bytes_per_element") or None
         if device is not None or bpe is not None:
@@ -121,34 +134,53 @@ class MemwallPlugin(base_plugin.TBPlugin):
         return views.report_view(report, phase=phase)
 
     def ranks_impl(self, args: dict[str, str]) -> dict[str, Any]:
-        """Every rank of one run side by side; a rank whose report cannot be read is listed with
-        its error, the others are still shown."""
+        """Every rank of one job of a run side by side; a rank whose report cannot be read is
+        listed with its error, the others are still shown."""
         check_params("/ranks", args)
+        run = self._run(args)
+        loaded, bad = self._loaded(run)
+        job = self._job(run, loaded, args) if loaded else None
+        reports = dict(job.ranks) if job is not None else {}
+        errors = {w.rank: message for w, message in bad.items() if w.rank not in reports}
+        world = max((r.world_size for r in reports.values()), default=len(run.ranks))
+        return views.ranks_view(run.name, reports, errors, world, job=None if job is None else job.id)
+
+    # -- the run store ------------------------------------------------------------------------------
+    def _run(self, args: dict[str, str]) -> Run:
         run = self.loader.runs().get(args.get("run", ""))
         if run is None:
             raise RequestError(404, f"unknown run {args.get('run', '')!r}; GET ./runs lists the runs")
-        reports, errors = {}, {}
-        for rank in run.ranks:
-            try:
-                reports[rank] = self._load(run, [w for w in run.windows if w.rank == rank])
-            except RequestError as exc:
-                errors[rank] = str(exc)
-        world = max((r.world_size for r in reports.values()), default=len(run.ranks))
-        return comm_views.ranks_view(run.name, reports, errors, world)
+        return run
 
-    def _load(self, run: Run, windows: list[Any]) -> Report:
-        reports = []
-        for w in windows:
+    def _loaded(self, run: Run) -> tuple[list[tuple[Window, Report]], dict[Window, str]]:
+        """Every window of a run that can be read, and the error of each that cannot (naming the
+        file within the run, never the server's path)."""
+        loaded, bad = [], {}
+        for w in run.windows:
             try:
-                reports.append(self.loader.load(w))
+                loaded.append((w, self.loader.load(w)))
             except ReportError as exc:
-                # name the file within the run, never the server's path
-                message = str(exc).replace(str(w.path), f"{w.id}.json")
-                raise RequestError(422, f"run {run.name!r}: {message}") from None
+                bad[w] = f"run {run.name!r}: " + str(exc).replace(str(w.path), f"{w.id}.json")
+        return loaded, bad
+
+    def _check_names(self, run: Run, loaded: list[tuple[Window, Report]]) -> list[Job]:
         try:
-            return merge_reports(reports)
+            return group_jobs(loaded)
         except ValueError as exc:  # windows that contradict their names (ranks)
             raise RequestError(422, f"run {run.name!r}: its report files disagree: {exc}") from None
+
+    def _job(self, run: Run, loaded: list[tuple[Window, Report]], args: dict[str, str]) -> Job:
+        jobs = self._check_names(run, loaded)
+        try:
+            return pick_job(jobs, args.get("job") or None)
+        except LookupError as exc:
+            raise RequestError(404, f"run {run.name!r}: job {exc}") from None
+
+    def _jobs_or_none(self, run: Run) -> list[Job] | None:
+        try:
+            return group_jobs(self._loaded(run)[0])
+        except ValueError:
+            return None
 
     # -- routes ------------------------------------------------------------------------------------
     @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions

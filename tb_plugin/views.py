@@ -1,7 +1,8 @@
 """Pure view builders for the Memory Wall tab: report in, JSON-ready data out.
 
 Routes only parse requests and call these; tests call them directly. Nothing here reads a path
-or recomputes the analysis: rows, bounds and roofs come from the Report.
+or recomputes the analysis: rows (ops and collectives alike, `rows.row_record`), bounds, roofs and
+the headline (`headline.py`) come from the Report.
 """
 
 from __future__ import annotations
@@ -9,20 +10,33 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from memwall_plugin.tb_plugin.comm_views import comm_view
 from memwall_plugin.tb_plugin.loader import Run
 
+from memwall_plugin.ceilings import link_record
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table
+from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
 from memwall_plugin.records import ordered_phases
-from memwall_plugin.report import Group, Report, Row, module_tree
+from memwall_plugin.report import Report
+from memwall_plugin.rows import Group, Row, module_tree, row_record
+from memwall_plugin.rundir import Job
 
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def runs_view(runs: dict[str, Run]) -> dict[str, Any]:
-    """`/runs`: every run with its windows (recorded steps) and ranks."""
+def _jobs_view(jobs: list[Job] | None) -> list[dict[str, Any]]:
+    return [
+        {"job": j.id, "label": j.label, "created_unix_s": j.created_unix_s, "ranks": sorted(j.ranks),
+         "windows": [w.id for w in j.windows]}
+        for j in jobs or []
+    ]
+
+
+def runs_view(runs: dict[str, Run], jobs: dict[str, list[Job] | None] | None = None) -> dict[str, Any]:
+    """`/runs`: every run with its windows (recorded steps), ranks and jobs (newest first; a run
+    directory two runs were written into holds two jobs, shown apart)."""
+    jobs = jobs or {}
     return {
         "runs": [
             {
@@ -32,6 +46,7 @@ def runs_view(runs: dict[str, Run]) -> dict[str, Any]:
                     {"id": w.id, "rank": w.rank, "first_step": w.first_step, "last_step": w.last_step}
                     for w in run.windows
                 ],
+                "jobs": _jobs_view(jobs.get(run.name)),
             }
             for run in runs.values()
         ]
@@ -69,15 +84,8 @@ def _plotted(point: Row | Group) -> bool:
 
 
 def row_view(index: int, r: Row) -> dict[str, Any]:
-    return {
-        "id": index, "op": r.op, "overload": r.overload, "module": r.module, "phase": r.phase,
-        "calls": r.calls, "dtype": r.dtype, "shapes": r.shapes, "flops": r.flops, "bytes": r.bytes,
-        "time_s": r.time_s, "intensity": _finite(r.intensity), "bound": r.bound,
-        "attainable_flops_per_s": _finite(r.attainable_flops_per_s),
-        "achieved_flops_per_s": _finite(r.achieved_flops_per_s),
-        "achieved_bytes_per_s": _finite(r.achieved_bytes_per_s),
-        "efficiency": _finite(r.efficiency), "plotted": _plotted(r),
-    }
+    """A row (an op or a collective) as the tab draws it: its record, an id, whether it is plotted."""
+    return {"id": index, **row_record(r), "plotted": r.collective is None and _plotted(r)}
 
 
 def group_view(g: Group) -> dict[str, Any]:
@@ -94,10 +102,8 @@ def report_view(report: Report, *, phase: str | None = None) -> dict[str, Any]:
     tree with forward/backward roll-ups, phases and the device's roofs."""
     phases = ordered_phases(r.phase for r in report.rows)
     shown = report if phase is None else Report(rows=report.filter(phase=phase), device=report.device)
-    total = shown.total_time_s
-    counted_time = shown.counted_time_s
-    flops = shown.total_flops
-    groups, forward, backward = module_tree(shown)
+    head = headline(shown).record()
+    groups, forward, backward = module_tree(shown.rows)
     tree = []
     for g in groups.values():
         node = group_view(g)
@@ -111,24 +117,54 @@ def report_view(report: Report, *, phase: str | None = None) -> dict[str, Any]:
         "bytes_per_element": report.bytes_per_element,
         "phases": phases,
         "phase": phase,
+        "job": report.job,
         "headline": {
             "steps": list(report.steps),
             "incomplete": report.incomplete,
-            "time_s": total,
             "wall_time_s": report.wall_time_s,
-            "flops": flops,
-            "bytes": shown.total_bytes,
-            "intensity": _finite(shown.intensity),
-            "memory_bound_fraction": shown.memory_bound_time_fraction,
-            "achieved_flops_per_s": flops / counted_time if counted_time > 0 else None,
-            "achieved_bytes_per_s": shown.total_bytes / total if total > 0 else None,
-            "coverage": shown.coverage,
-            "roofline_time_s": _finite(shown.roofline_time_s),
-            "uncounted_rows": len(shown.uncounted),
+            **{k: head[k] for k in ("time_s", "flops", "bytes", "intensity", "memory_bound_fraction",
+                                    "achieved_flops_per_s", "achieved_bytes_per_s", "coverage",
+                                    "roofline_time_s", "uncounted_rows")},
         },
         "rows": [row_view(i, r) for i, r in enumerate(shown.rows)],
         "modules": [group_view(g) for g in shown.group_by("module")],
         "tree": tree,
         "phase_groups": [group_view(g) for g in shown.group_by("phase")],
         "comm": comm_view(report),  # collectives on the link's roof (torch.distributed), else null
+    }
+
+
+def comm_view(report: Report) -> dict[str, Any] | None:
+    """`/report`'s "comm": the link, totals and the collective rows (None for a run without
+    torch.distributed)."""
+    link = report.link
+    if link is None:
+        return None
+    head = headline(report).record()
+    return {
+        "rank": report.rank,
+        "world_size": report.world_size,
+        "backend": report.backend,
+        "link": link_record(link),
+        **{k: head[k] for k in ("message_bytes", "bytes_moved", "comm_time_s", "comm_share", "overlapped_s",
+                                "exposed_s", "overlap_fraction", "untimed_calls")},
+        "collectives": [row_view(i, c) for i, c in enumerate(report.collectives)],
+    }
+
+
+def ranks_view(run: str, reports: dict[int, Report], errors: dict[int, str], world_size: int,
+               job: str | None = None) -> dict[str, Any]:
+    """`/ranks`: every rank's headline figures side by side, the slowest marked; ranks whose
+    report is missing or unreadable are listed as such."""
+    heads = rank_headlines(reports)
+    slowest = slowest_rank(heads)
+    known = set(reports) | set(errors)
+    return {
+        "run": run,
+        "job": job,
+        "world_size": world_size,
+        "slowest": None if slowest is None else slowest.rank,
+        "ranks": [rank_record(h, slowest) for h in heads],
+        "errors": [{"rank": rank, "error": message} for rank, message in sorted(errors.items())],
+        "missing": [r for r in range(world_size) if r not in known],
     }

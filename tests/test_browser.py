@@ -239,12 +239,12 @@ def test_distributed_run_shows_ranks_side_by_side_and_collectives_under_the_link
     assert [r.get_attribute("data-rank") for r in ranks] == ["0", "1"]
     assert sum("slowest" in r.text for r in ranks) == 1
     # rank 0's collectives: one table row each, one point each under the link roof when timed
-    comm = reports[0].comm
+    rep = reports[0]
     rows = browser.find_elements(By.CSS_SELECTOR, "tr.mw-collective")
-    assert len(rows) == len(comm.collectives) and any("all_reduce" in r.text for r in rows)
-    timed = [c for c in comm.collectives if c.bus_bandwidth_bytes_per_s and c.message_bytes]
+    assert len(rows) == len(rep.collectives) and any("all_reduce" in r.text for r in rows)
+    timed = [c for c in rep.collectives if c.bus_bandwidth_bytes_per_s and c.collective.message_bytes]
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.mw-link-chart circle.mw-communication")) == len(timed)
-    assert comm.link.name in browser.find_element(By.CSS_SELECTOR, "text.mw-link-label").text
+    assert rep.link.name in browser.find_element(By.CSS_SELECTOR, "text.mw-link-label").text
     assert "COMMUNICATION" in browser.find_element(By.CSS_SELECTOR, ".mw-cards").text.upper()
     _screenshot(browser, "memwall-tab-ddp", tmp_path)
     # a click on rank 1 shows rank 1's report

@@ -23,21 +23,15 @@ from memwall_plugin.hooks.collectives import CollectiveRecorder, _Flight, _union
 from memwall_plugin.tb_plugin.loader import scan
 
 import memwall_plugin as memwall
-from memwall_plugin.comm import (
-    CollectiveRow,
-    Communication,
-    Link,
-    bus_factor,
-    bytes_moved,
-    message_of,
-    parse_link,
-    rank_totals,
-    resolve_link,
-    slowest_rank,
-)
+from memwall_plugin.ceilings import Link, parse_link, resolve_link
+from memwall_plugin.comm import bus_factor, bytes_moved, message_of
 from memwall_plugin.devices import ESTIMATED, Figure, cpu_spec, lookup_device
-from memwall_plugin.distributed import publish
+from memwall_plugin.headline import headline, rank_headlines, slowest_rank
 from memwall_plugin.report import ReportError, merge_reports
+from memwall_plugin.rows import Collective, Row
+from memwall_plugin.rundir import RunDir
+
+GOLDEN = __import__("pathlib").Path(__file__).parent / "golden"
 
 # --- bytes moved -------------------------------------------------------------------------------
 
@@ -134,27 +128,29 @@ def test_bad_links_say_how_to_write_one(value, message):
         memwall.profile(link=value)  # before the run, not after
 
 
-# --- the report's comm field -------------------------------------------------------------------
+# --- collectives are rows ---------------------------------------------------------------------
 
 
-def _row(**changes) -> CollectiveRow:
-    base = dict(op="c10d.allreduce_", kind="all_reduce", phase="backward", module="", calls=4, timed_calls=4,
-                group_size=2, dtype="float32", shapes="[1000]", message_bytes=16000, message_elements=4000,
-                bytes_moved=16000, time_s=0.008, link_bytes_per_s=4e9)
-    return CollectiveRow(**{**base, **changes})
+def _row(timed_calls: int = 4, **changes) -> Row:
+    collective = Collective(kind="all_reduce", group_size=2, timed_calls=timed_calls, message_bytes=16000,
+                            message_elements=4000, bytes_moved=16000)
+    base = dict(op="c10d.allreduce_", overload="default", module="", phase="backward", calls=4, dtype="float32",
+                shapes="[1000]", flops=None, bytes_read=0, bytes_written=0, elements_read=0, elements_written=0,
+                time_s=0.008, bandwidth_bytes_per_s=4e9, collective=collective)
+    return Row(**{**base, **changes})
 
 
-def _report(comm: Communication | None, rank: int = 0, **changes) -> memwall.Report:
+def _report(comm: dict | None, rank: int = 0, **changes) -> memwall.Report:
     row = memwall.Row(op="aten.mm", overload="default", module="0", phase="forward", calls=2, dtype="float32",
                       shapes="[4, 4] x [4, 4]", flops=256, bytes_read=256, bytes_written=128, elements_read=64,
                       elements_written=32, time_s=0.002)
     return memwall.Report(rows=(row,), steps=(0, 1), wall_time_s=0.02, rank=rank, world_size=2,
-                          device=lookup_device("H100 SXM"), comm=comm, **changes)
+                          device=lookup_device("H100 SXM"), **{**(comm or {}), **changes})
 
 
-COMM = Communication(link=Link("loopback TCP (one host)", Figure(4e9, ESTIMATED), "memory bandwidth / 4"),
-                     collectives=(_row(),), backend="gloo", job="job-1", local_world_size=2,
-                     comm_time_s=0.01, overlapped_s=0.004)
+LINK = Link("loopback TCP (one host)", Figure(4e9, ESTIMATED), "memory bandwidth / 4")
+COMM = dict(link=LINK, collectives=(_row(),), backend="gloo", job="job-1", local_world_size=2,
+            comm_time_s=0.01, overlapped_s=0.004)
 
 
 def test_collective_row_on_the_link_roof():
@@ -163,35 +159,59 @@ def test_collective_row_on_the_link_roof():
     assert row.bus_bandwidth_bytes_per_s == pytest.approx(2e6)
     assert row.efficiency == pytest.approx(2e6 / 4e9)
     assert row.roofline_time_s == pytest.approx(16000 / 4e9)
-    assert row.bound == "communication"
+    assert row.bound == "communication" and row.bytes == 16000
     half = _row(timed_calls=2, time_s=0.004)  # two of four calls timed: their bytes over their time
     assert half.bus_bandwidth_bytes_per_s == pytest.approx(8000 / 0.004)
-    assert COMM.exposed_s == pytest.approx(0.006) and COMM.overlap_fraction == pytest.approx(0.4)
+    rep = _report(COMM)
+    assert rep.exposed_s == pytest.approx(0.006) and rep.overlap_fraction == pytest.approx(0.4)
+    # op totals are the ops': the collective's time and bytes are on the link, not in "time in ops"
+    assert (rep.total_time_s, rep.total_bytes, rep.bytes_moved) == (0.002, 384, 16000)
 
 
-def test_report_with_comm_round_trips_and_old_reports_still_load(tmp_path):
+def test_report_with_collectives_round_trips_and_single_process_files_have_none(tmp_path):
     rep = _report(COMM)
     back = memwall.load_report(rep.save(tmp_path / "r.json"))
-    assert back == rep and back.comm.collectives[0].bus_bandwidth_bytes_per_s == pytest.approx(2e6)
+    assert back == rep and back.collectives[0].bus_bandwidth_bytes_per_s == pytest.approx(2e6)
     plain = _report(None).to_dict()
-    assert "comm" not in plain and plain["schema_version"] == 1  # single-process files unchanged
-    assert memwall.Report.from_dict(plain).comm is None
+    assert "collectives" not in plain and "link" not in plain and plain["schema_version"] == 2
+    assert "collective" not in plain["rows"][0]  # op rows carry no collective record
+    assert not memwall.Report.from_dict(plain).distributed
+
+
+def test_a_version_1_report_with_collectives_still_loads(tmp_path):
+    """A rank's report written by the memwall before rows and collectives were one model (a real
+    2-rank gloo run, kept in tests/golden): its comm object becomes collective rows and fields."""
+    old = memwall.load_report(GOLDEN / "report_v1_ddp_rank1.json")
+    assert (old.rank, old.world_size, old.backend, old.local_world_size) == (1, 2, "gloo", 2)
+    assert old.job == "20261203-110820-3d769400" and len(old.rows) == 11
+    assert old.link.name == "loopback TCP (one host)" and old.link.bandwidth == Figure(2.5e9, ESTIMATED)
+    assert [r.collective.kind for r in old.collectives] == [
+        "all_reduce", "barrier", "reduce_scatter", "all_gather", "all_reduce", "broadcast"]
+    all_reduce = old.collectives[0]
+    # the file says: 1000 floats all-reduced over 2 ranks, 4000 bytes sent by the ring
+    assert (all_reduce.calls, all_reduce.collective.message_bytes, all_reduce.bytes) == (1, 4000, 4000)
+    assert all_reduce.bandwidth_bytes_per_s == 2.5e9 and all_reduce.bound == "communication"
+    assert old.comm_time_s == pytest.approx(0.063981182)
+    again = memwall.load_report(old.save(tmp_path / "v2.json"))  # written back as version 2
+    assert again == old and json.loads((tmp_path / "v2.json").read_text())["schema_version"] == 2
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (lambda c: c["collectives"][0].update(timed_calls=9), "timed_calls"),
-    (lambda c: c["collectives"][0].update(kind="allreduce"), "kind"),
-    (lambda c: c["collectives"][0].update(bytes_moved=-1), "bytes_moved"),
-    (lambda c: c["collectives"][0].pop("message_bytes"), "message_bytes"),
-    (lambda c: c["collectives"][0].update(time_s=float("nan")), "NaN is not a number"),
-    (lambda c: c["link"].update(source="guessed"), "source"),
-    (lambda c: c["link"].update(bytes_per_s=0), "bytes_per_s"),
-    (lambda c: c.update(comm_time_s=-1), "comm_time_s"),
-    (lambda c: c.update(collectives={}), "collectives"),
+    (lambda d: d["collectives"][0]["collective"].update(timed_calls=9), "timed_calls"),
+    (lambda d: d["collectives"][0]["collective"].update(kind="allreduce"), "kind"),
+    (lambda d: d["collectives"][0]["collective"].update(bytes_moved=-1), "bytes_moved"),
+    (lambda d: d["collectives"][0]["collective"].pop("message_bytes"), "message_bytes"),
+    (lambda d: d["collectives"][0].update(time_s=float("nan")), "NaN is not a number"),
+    (lambda d: d["collectives"][0].pop("collective"), "not a collective"),
+    (lambda d: d["rows"][0].update(collective=d["collectives"][0]["collective"]), "is a collective"),
+    (lambda d: d["link"]["bandwidth"].update(source="guessed"), "source"),
+    (lambda d: d["link"]["bandwidth"].update(value=0), "value"),
+    (lambda d: d["meta"].update(comm_time_s=-1), "comm_time_s"),
+    (lambda d: d.update(collectives={}), "collectives"),
 ])
-def test_malformed_comm_is_a_report_error_naming_the_field(tmp_path, change, message):
+def test_malformed_collectives_are_a_report_error_naming_the_field(tmp_path, change, message):
     data = _report(COMM).to_dict()
-    change(data["comm"])
+    change(data)
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))
     with pytest.raises(ReportError, match=message):
@@ -201,28 +221,35 @@ def test_malformed_comm_is_a_report_error_naming_the_field(tmp_path, change, mes
 def test_merge_and_rescore_carry_the_collectives():
     later = dataclasses.replace(_report(COMM), steps=(2, 3), created_unix_s=1.0)
     merged = merge_reports([_report(COMM), later])
-    row = merged.comm.collectives[0]
-    assert (row.calls, row.message_bytes, row.time_s) == (8, 32000, pytest.approx(0.016))
-    assert merged.comm.comm_time_s == pytest.approx(0.02)
+    row = merged.collectives[0]
+    assert (row.calls, row.collective.message_bytes, row.time_s) == (8, 32000, pytest.approx(0.016))
+    assert (row.collective.timed_calls, row.bytes) == (8, 32000)
+    assert merged.comm_time_s == pytest.approx(0.02) and merged.rows[0].calls == 4
     # the paper's 8-bit what-if: 4000 elements of 1 byte; the all-reduce over 2 sends all of it
-    small = _report(COMM).rescore(bytes_per_element=1).comm.collectives[0]
-    assert (small.message_bytes, small.bytes_moved) == (4000, 4000)
+    small = _report(COMM).rescore(bytes_per_element=1).collectives[0]
+    assert (small.collective.message_bytes, small.bytes) == (4000, 4000)
     # a what-if device on one host: its interconnect becomes the roof
-    on_a100 = _report(COMM).rescore(device="A100 SXM4 80GB").comm
+    on_a100 = _report(COMM).rescore(device="A100 SXM4 80GB")
     assert (on_a100.link.name, on_a100.link.bytes_per_s) == ("NVLink 3.0", 300e9)
-    assert on_a100.collectives[0].link_bytes_per_s == 300e9
-    configured = dataclasses.replace(COMM, link=Link("InfiniBand", Figure(50e9, "user")))
-    assert _report(configured).rescore(device="A100 SXM4 80GB").comm.link.name == "InfiniBand"
+    assert on_a100.collectives[0].bandwidth_bytes_per_s == 300e9
+    configured = {**COMM, "link": Link("InfiniBand", Figure(50e9, "user"))}
+    assert _report(configured).rescore(device="A100 SXM4 80GB").link.name == "InfiniBand"
+
+
+def test_windows_of_two_jobs_are_never_merged():
+    with pytest.raises(ValueError, match="several jobs"):
+        merge_reports([_report(COMM), _report({**COMM, "job": "job-2"})])
 
 
 def test_ranks_side_by_side_and_the_slowest():
     fast = _report(COMM, rank=0)
     slow = dataclasses.replace(_report(COMM, rank=1), rows=tuple(
         dataclasses.replace(r, time_s=0.01) for r in fast.rows))
-    totals = [rank_totals(fast), rank_totals(slow)]
-    assert [t.op_time_s for t in totals] == [pytest.approx(0.002), pytest.approx(0.01)]
-    assert totals[0].comm_share == pytest.approx(0.5)  # 10 ms in flight of 20 ms wall
-    assert slowest_rank(totals).rank == 1
+    heads = rank_headlines({1: slow, 0: fast})
+    assert [h.time_s for h in heads] == [pytest.approx(0.002), pytest.approx(0.01)]
+    assert heads[0].comm_share == pytest.approx(0.5)  # 10 ms in flight of 20 ms wall
+    assert slowest_rank(heads).rank == 1
+    assert headline(fast).exposed_s == pytest.approx(0.006)
 
 
 # --- timing ------------------------------------------------------------------------------------
@@ -296,9 +323,8 @@ def test_close_leaves_a_watcher_blocked_in_a_collective_that_never_ends():
 
 def test_a_second_run_into_the_same_directory_never_overwrites(tmp_path):
     rep = _report(COMM)
-    first = publish(rep, tmp_path / "plugins" / "memwall", "rank0_steps000000-000001.json")
-    second = publish(dataclasses.replace(rep, wall_time_s=0.5), tmp_path / "plugins" / "memwall",
-                     "rank0_steps000000-000001.json")
+    first = RunDir(tmp_path).publish(rep)
+    second = RunDir(tmp_path).publish(dataclasses.replace(rep, wall_time_s=0.5, job="job-2"))
     assert (first.name, second.name) == ("rank0_steps000000-000001.json", "rank0_steps000000-000001.1.json")
     assert memwall.load_report(first).wall_time_s == 0.02 and memwall.load_report(second).wall_time_s == 0.5
     assert {p.name for p in first.parent.iterdir()} == {first.name, second.name}  # nothing staged left
@@ -331,6 +357,16 @@ def test_summary_shows_the_link_collectives_and_ranks(width):
     assert "all_reduce" in out and "COMM" in out
     assert "Ranks side by side" in out and "slowest" in out
     assert max(len(line.rstrip()) for line in out.splitlines()) <= width
+
+
+def test_names_in_the_distributed_summary_are_text_not_markup():
+    """A link, backend or phase named like rich markup is shown as written (console.py draws every
+    report text as plain text, collectives as ops)."""
+    evil = {**COMM, "link": Link("[blink]EVIL[/blink]", Figure(4e9, ESTIMATED), "[red]note[/red]"),
+            "backend": "[bold]gloo[/bold]", "collectives": (_row(phase="[i]bwd[/i]"),)}
+    out = memwall.render_text(_report(evil), width=120)
+    assert "[blink]EVIL[/blink]" in out and "[red]note[/red]" in out and "[bold]gloo[/bold]" in out
+    assert "[i]bwd[/i]" in out
 
 
 def test_single_process_summary_has_no_distributed_part():

@@ -44,7 +44,7 @@ def handmade_report() -> memwall.Report:
         _row("mylib.custom", "transformer.h.1.attn", "forward", 2, None, 8_000_000, 4_000_000, 0.0009),
     )
     device = memwall.lookup_device("a100-sxm4-80gb")
-    from memwall_plugin.report import place_rows
+    from memwall_plugin.ceilings import place_rows
 
     return memwall.Report(
         rows=place_rows(rows, device), device=device, steps=(0, 1), wall_time_s=0.125,

@@ -285,9 +285,9 @@ def test_nccl_collective_is_counted_and_sized_on_one_rank(tmp_path):
         rep = prof.report()
     finally:
         dist.destroy_process_group()
-    assert rep.comm is not None, "no collectives recorded"
-    assert rep.comm.backend == "nccl"
-    rows = [c for c in rep.comm.collectives if c.kind == "all_reduce"]
+    assert rep.distributed and rep.collectives, "no collectives recorded"
+    assert rep.backend == "nccl"
+    rows = [c for c in rep.collectives if c.collective.kind == "all_reduce"]
     assert rows and sum(c.calls for c in rows) == 2
     assert all(c.message_bytes == 4 * 1024 * 1024 * c.calls for c in rows)
 

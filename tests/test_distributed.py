@@ -45,31 +45,32 @@ def test_ddp_each_rank_writes_its_own_report(ddp_run):
     assert [n.split("_")[0] for n in names] == ["rank0", "rank1"]
     reports = _reports(logdir)
     assert {(r.rank, r.world_size) for r in reports.values()} == {(0, 2), (1, 2)}
-    jobs = {r.comm.job for r in reports.values()}
+    jobs = {r.job for r in reports.values()}
     assert len(jobs) == 1 and "" not in jobs  # one job, agreed by both ranks
     for rep in reports.values():
-        assert not rep.incomplete and rep.comm.backend == "gloo" and rep.comm.local_world_size == 2
-        assert rep.comm.link.name.startswith("loopback TCP") and rep.comm.link.bytes_per_s > 0
+        assert not rep.incomplete and rep.backend == "gloo" and rep.local_world_size == 2
+        assert rep.link.name.startswith("loopback TCP") and rep.link.bytes_per_s > 0
 
 
 def test_ddp_all_reduce_moves_the_gradient_bytes_each_step(ddp_run):
     logdir, _ = ddp_run
     for rep in _reports(logdir).values():
-        all_reduce = [c for c in rep.comm.collectives if c.kind == "all_reduce"]
+        all_reduce = [c for c in rep.collectives if c.collective.kind == "all_reduce"]
         assert {c.phase for c in all_reduce} == {"backward"}  # from DDP's C++ buckets, during backward
         # one backward per step; CPU buckets are the gradients laid end to end (no padding)
-        assert sum(c.message_bytes for c in all_reduce) == STEPS * GRADIENT_BYTES
+        assert sum(c.collective.message_bytes for c in all_reduce) == STEPS * GRADIENT_BYTES
         # two ranks: a ring all-reduce sends 2(n-1)/n = 1 x the message out of each rank
-        assert sum(c.bytes_moved for c in all_reduce) == STEPS * GRADIENT_BYTES
+        assert sum(c.collective.bytes_moved for c in all_reduce) == STEPS * GRADIENT_BYTES
         for c in all_reduce:
-            assert c.timed_calls == c.calls and c.time_s > 0
-            assert c.bus_bandwidth_bytes_per_s == pytest.approx(c.bytes_moved / c.time_s)
+            assert c.collective.timed_calls == c.calls and c.time_s > 0
+            assert c.bus_bandwidth_bytes_per_s == pytest.approx(c.collective.bytes_moved / c.time_s)
             assert c.bound == "communication" and 0 < c.efficiency
         # DDP's set-up: parameters broadcast from rank 0 once (the same bytes again)
-        setup = [c for c in rep.comm.collectives if c.kind == "broadcast" and c.message_bytes == GRADIENT_BYTES]
+        setup = [c for c in rep.collectives
+                 if c.collective.kind == "broadcast" and c.collective.message_bytes == GRADIENT_BYTES]
         assert len(setup) == 1 and setup[0].phase == "other"
-        assert 0 < rep.comm.comm_time_s <= rep.wall_time_s
-        assert 0 <= rep.comm.overlapped_s <= rep.comm.comm_time_s
+        assert 0 < rep.comm_time_s <= rep.wall_time_s
+        assert 0 <= rep.overlapped_s <= rep.comm_time_s
 
 
 def test_ddp_only_rank_zero_prints_the_summary_with_every_rank(ddp_run):
@@ -105,19 +106,19 @@ def test_fsdp2_all_gathers_and_reduce_scatters_each_layer(tmp_path):
     assert result.stdout.count("steps recorded") == 1
     layer_bytes = {4 * n for n in LAYER_PARAMS}  # every count is even: no padding to 2 shards
     for rep in _reports(tmp_path / "fsdp").values():
-        gathers = [c for c in rep.comm.collectives if c.kind == "all_gather"]
-        scatters = [c for c in rep.comm.collectives if c.kind == "reduce_scatter"]
+        gathers = [c for c in rep.collectives if c.collective.kind == "all_gather"]
+        scatters = [c for c in rep.collectives if c.collective.kind == "reduce_scatter"]
         # the message of an all-gather is a whole unit's parameters, of a reduce-scatter its gradients
-        assert {c.message_bytes // c.calls for c in gathers} == layer_bytes
-        assert {c.message_bytes // c.calls for c in scatters} == layer_bytes
+        assert {c.collective.message_bytes // c.calls for c in gathers} == layer_bytes
+        assert {c.collective.message_bytes // c.calls for c in scatters} == layer_bytes
         forward = sum(c.calls for c in gathers if c.phase == "forward")
         assert forward == 2 * len(LAYER_PARAMS)  # each unit once per forward, two steps
         assert sum(c.calls for c in scatters) == 2 * len(LAYER_PARAMS)  # each unit once per backward
         assert {c.phase for c in scatters} == {"backward"}
-        assert sum(c.message_bytes for c in scatters) == 2 * GRADIENT_BYTES
+        assert sum(c.collective.message_bytes for c in scatters) == 2 * GRADIENT_BYTES
         # each rank sends (n-1)/n = half of every message
-        assert all(c.bytes_moved * 2 == c.message_bytes for c in gathers + scatters)
-        assert all(c.timed_calls == c.calls for c in gathers + scatters)
+        assert all(c.collective.bytes_moved * 2 == c.collective.message_bytes for c in gathers + scatters)
+        assert all(c.collective.timed_calls == c.calls for c in gathers + scatters)
         uncounted = {r.op for r in rep.uncounted}
         assert not any(op.startswith("fsdp.") for op in uncounted), uncounted
 
@@ -131,9 +132,9 @@ def test_killed_rank_leaves_the_other_ranks_partial_report(tmp_path):
     survivor = reports[0]
     assert survivor.incomplete and survivor.world_size == 2
     assert survivor.steps[:3] == (0, 1, 2) and len(survivor.steps) < 200
-    all_reduce = [c for c in survivor.comm.collectives if c.kind == "all_reduce"]
+    all_reduce = [c for c in survivor.collectives if c.collective.kind == "all_reduce"]
     # two backward passes completed; the third all-reduce failed when rank 1 vanished
-    assert sum(c.timed_calls for c in all_reduce) >= 2
+    assert sum(c.collective.timed_calls for c in all_reduce) >= 2
     assert cli.main(["report", str(tmp_path / "killed")]) == 0
 
 
@@ -164,14 +165,15 @@ def test_explicit_and_functional_collectives_are_sized_and_timed(tmp_path):
     result = torchrun(str(script), str(tmp_path / "explicit"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for rep in _reports(tmp_path / "explicit").values():
-        got = {(c.op, c.kind): (c.calls, c.message_bytes, c.bytes_moved) for c in rep.comm.collectives}
+        got = {(c.op, c.collective.kind): (c.calls, c.collective.message_bytes, c.collective.bytes_moved)
+               for c in rep.collectives}
         assert got[("c10d.allreduce_", "all_reduce")] == (1, 4000, 4000)  # 2(n-1)/n = 1 for n = 2
         assert got[("c10d._allgather_base_", "all_gather")] == (1, 2000, 1000)  # (n-1)/n
         assert got[("c10d._reduce_scatter_base_", "reduce_scatter")] == (1, 800, 400)
         assert got[("_c10d_functional.all_reduce", "all_reduce")] == (1, 256, 256)
         assert got[("c10d.broadcast_", "broadcast")] == (1, 128, 128)
         assert got[("c10d.barrier", "barrier")][2] == 0
-        assert all(c.timed_calls == c.calls and c.time_s > 0 for c in rep.comm.collectives), rep.comm.collectives
-        assert {c.phase for c in rep.comm.collectives} == {"other"}
+        assert all(c.collective.timed_calls == c.calls and c.time_s > 0 for c in rep.collectives), rep.collectives
+        assert {c.phase for c in rep.collectives} == {"other"}
         assert not any(r.op in COLLECTIVE_OPS or r.op == WAIT_OP for r in rep.rows)  # not compute rows
         assert not [r.op for r in rep.uncounted if r.op.startswith(("c10d.", "_c10d_functional."))]

@@ -1,17 +1,16 @@
 """Op families: every op with a formula has one, hand-picked ops have the expected one, and the
-families agree with the lists they replace (console's finding regexes, report's TF32 op sets)."""
+TF32 policy and the console's findings read them (they replaced a regex and hand-kept op sets)."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
+from memwall_plugin.ceilings import tf32_ops
 from memwall_plugin.comm import COLLECTIVE_OPS, WAIT_OP
-from memwall_plugin.console import _MATMUL, _NORM
+from memwall_plugin.console import category
 from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.registry import FAMILIES, TF32_FAMILIES, Family, Registry, RegistryError
-from memwall_plugin.report import TF32_FAMILIES as REPORT_TF32_OPS
+from memwall_plugin.rows import Row
 
 
 def family_of(name: str) -> str:
@@ -93,83 +92,40 @@ def test_collectives_are_communication():
     assert set(COLLECTIVE_OPS) | {WAIT_OP} <= REGISTRY.ops_of("communication")
 
 
-def test_tf32_families_hold_report_tf32_ops():
-    assert set(TF32_FAMILIES) == set(REPORT_TF32_OPS) == {"matmul", "conv"}
-    for family, ops in REPORT_TF32_OPS.items():
-        assert ops <= REGISTRY.ops_of(family), family
+def test_tf32_runs_the_matmuls_and_convolutions():
+    """The ops that were listed by hand for the TF32 roof before families existed are all still
+    placed there (and matmul's composites with them); nothing elementwise is."""
+    assert set(TF32_FAMILIES) == {"matmul", "conv"}
+    ops = tf32_ops(("matmul", "conv"))
+    assert {"aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm", "aten._addmm_activation", "aten.mv",
+            "aten.addmv", "aten.convolution", "aten._convolution", "aten.convolution_backward"} <= ops
+    assert {"aten.matmul", "aten.linear", "aten.addbmm"} <= ops
+    assert not ops & {"aten.add", "aten.mul", "aten.gelu", "aten._softmax", "aten.layer_norm"}
+    assert tf32_ops(("matmul",)) <= ops and "aten.convolution" not in tf32_ops(("matmul",))
 
 
-# --- agreement with console's finding regexes ------------------------------------------------------
-#
-# console's "matmul" finding covers matmuls, convolutions and attention (`.*attention.*`,
-# `convolution.*`): the registry keeps those three families apart, so the regex agrees with
-# `family in CONSOLE_MATMUL`. Where they differ, the regex misses or mislabels an op:
-
-CONSOLE_MATMUL = {"matmul", "conv", "attention"}
-
-#: Matmul, conv or attention, which _MATMUL does not match.
-MATMUL_REGEX_MISSES = {
-    # matmuls with formulas the regex predates
-    "aten.matmul", "aten.matmul_backward", "aten.addbmm", "aten._grouped_mm", "aten._scaled_grouped_mm",
-    # composites and backend kernels whose names the regex does not cover (seen in traces)
-    "aten.linear", "aten.bilinear", "aten.tensordot", "aten.linalg_matmul", "aten.chain_matmul",
-    "aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.conv_transpose1d", "aten.conv_transpose2d",
-    "aten.conv_transpose3d", "aten._convolution_mode", "aten.cudnn_convolution", "aten.cudnn_convolution_transpose",
-    "aten.mkldnn_convolution",
-    # attention outside the aten namespace, which the regex never looks at
-    "higher_order.flex_attention", "higher_order.flex_attention_backward", "torch_attn._varlen_attn",
-    "torch_attn._varlen_attn_out", "torch_attn._varlen_attn_backward",
-}
-
-#: _NORM's `.*norm.*` matches these, which normalise nothing.
-NORM_REGEX_MISLABELS = {
-    # random draws from a normal distribution: elementwise
-    "aten.normal", "aten.normal_", "aten.log_normal", "aten.log_normal_",
-    # vector norms sum over a dim: reductions (REDUCTIONS' variants, in-place names included)
-    "aten.norm", "aten.norm_", "aten.linalg_vector_norm", "aten.linalg_vector_norm_",
-    # foreach norms (clip_grad_norm_): optimizer
-    "aten._foreach_norm", "aten._foreach_norm_", "aten._foreach_linalg_vector_norm",
-    "aten._foreach_linalg_vector_norm_",
-    # renormalising embedding rows in place is a 0-FLOP copy: data movement
-    "aten.embedding_renorm_",
-}
-
-#: Softmax forms _NORM does not name.
-NORM_REGEX_MISSES = {"aten.softmax", "aten.log_softmax", "aten._masked_softmax", "aten._masked_softmax_backward"}
+def _row(op: str, flops: int = 10, phase: str = "forward") -> Row:
+    return Row(op=op, overload="default", module="m", phase=phase, calls=1, dtype="float32", shapes="",
+               flops=flops, bytes_read=100, bytes_written=100, elements_read=25, elements_written=25, time_s=1.0)
 
 
-def _regex_literals(regex: re.Pattern[str]) -> set[str]:
-    """The plain op names in a `^aten\\.(a|b|.*c.*)$` alternation: "aten.a", "aten.b"."""
-    inner = re.fullmatch(r"\^aten\\\.\((.*)\)\$", regex.pattern)
-    assert inner is not None, regex.pattern
-    return {f"aten.{alt}" for alt in inner.group(1).split("|") if re.fullmatch(r"\w+", alt)}
+@pytest.mark.parametrize(("op", "expected"), [
+    ("aten.mm", "matmul"), ("aten.linear", "matmul"), ("aten.convolution", "matmul"),
+    ("aten._scaled_dot_product_flash_attention", "matmul"), ("higher_order.flex_attention", "matmul"),
+    ("aten._softmax", "norm/softmax"), ("aten.softmax", "norm/softmax"), ("aten.native_layer_norm", "norm/softmax"),
+    ("aten.sum", "reduction"), ("aten.linalg_vector_norm", "reduction"),
+    # "normal" has "norm" in its name; it draws random numbers: elementwise (the old regex said norm)
+    ("aten.normal_", "elementwise"), ("aten.gelu", "elementwise"), ("mylib.unknown", "elementwise"),
+])
+def test_findings_name_memory_bound_work_by_family(op, expected):
+    assert category(_row(op)) == expected
 
 
-def _known_names() -> set[str]:
-    return set(REGISTRY.names()) | set(assigned()) | _regex_literals(_MATMUL) | _regex_literals(_NORM)
-
-
-def test_regex_literals_are_read():
-    assert {"aten.mm", "aten._scaled_mm", "aten._convolution"} <= _regex_literals(_MATMUL)
-    assert {"aten._softmax", "aten._log_softmax_backward_data"} <= _regex_literals(_NORM)
-
-
-def test_matmul_family_agrees_with_console_regex():
-    names = _known_names()
-    assert MATMUL_REGEX_MISSES <= names
-    regex = {n for n in names if _MATMUL.match(n)}
-    family = {n for n in names if family_of(n) in CONSOLE_MATMUL}
-    assert regex - family == set()
-    assert family - regex == MATMUL_REGEX_MISSES
-
-
-def test_norm_family_agrees_with_console_regex():
-    names = _known_names()
-    assert NORM_REGEX_MISLABELS | NORM_REGEX_MISSES <= names
-    regex = {n for n in names if _NORM.match(n)}
-    family = {n for n in names if family_of(n) == "norm"}
-    assert regex - family == NORM_REGEX_MISLABELS
-    assert family - regex == NORM_REGEX_MISSES
+def test_findings_categories_by_phase_and_zero_flop_copies():
+    assert category(_row("aten.mm", phase="optimizer")) == "optimizer"
+    assert category(_row("aten.mm", phase="other")) == "outside-the-model"
+    assert category(_row("aten.copy_", flops=0)) == "data movement"
+    assert category(_row("aten.mm", flops=0)) == "matmul"  # an empty matmul is still a matmul
 
 
 # --- the registry's rules ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from torch.utils._pytree import tree_map
 from torch.utils.checkpoint import checkpoint
 
 import memwall_plugin as memwall
-from memwall_plugin.report import module_tree
+from memwall_plugin.rows import module_tree
 
 WAIT_S = 60  # a bound on waits between threads, so a broken test fails instead of hanging
 
@@ -477,7 +477,7 @@ def test_checkpointed_forward_is_recomputed_in_backward_and_labelled(use_reentra
     # block.lin mm 64 + 64, bias sum 8
     assert _flops(rep, "backward") == 16 + 16 + 2 + 24 + 64 + 64 + 8
     # the module tree puts recomputation on the backward side, where its time is spent
-    _, forward_time, backward_time = module_tree(rep)
+    _, forward_time, backward_time = module_tree(rep.rows)
 
     def time_under(path: str, phases: set[str]) -> float:
         return sum(r.time_s for r in rep.rows if r.phase in phases and (r.module + ".").startswith(path + "."))

@@ -1,0 +1,176 @@
+"""The roofs rows are placed under, resolved in one place: a device's peak per dtype and its memory
+bandwidth (datasheet, calibrated or the user's, as `devices.py` resolved them), the TF32 policy,
+and the link collectives travel over. Placement sets a row's two ceilings and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from memwall_plugin.devices import ESTIMATED, USER, DeviceSpec, Figure
+from memwall_plugin.formulas import REGISTRY
+from memwall_plugin.registry import TF32_FAMILIES
+from memwall_plugin.rows import Row
+
+Ceilings = Callable[[str, str], tuple[float | None, float | None]]
+
+
+def tf32_ops(families: Iterable[str]) -> frozenset[str]:
+    """The ops of the op families (registry metadata) that ran on TF32 tensor cores."""
+    return frozenset().union(*(REGISTRY.ops_of(f) for f in families if f in TF32_FAMILIES))
+
+
+def ceilings_of(device: DeviceSpec | None, tf32: tuple[str, ...] = ()) -> Ceilings:
+    """(op, dtype) -> (peak FLOP/s, bandwidth) on `device`; TF32 for fp32 matmul/conv where enabled."""
+    ops = tf32_ops(tf32)
+    use_tf32 = device is not None and device.peak("tf32") is not None and bool(ops)
+    cache: dict[tuple[str, str], tuple[float | None, float | None]] = {}
+
+    def ceilings(op: str, dtype: str) -> tuple[float | None, float | None]:
+        if device is None:
+            return None, None
+        key = (op, dtype) if use_tf32 else ("", dtype)
+        found = cache.get(key)
+        if found is None:
+            roof = "tf32" if use_tf32 and dtype == "float32" and op in ops else dtype
+            found = cache[key] = (device.peak_flops_per_s(roof), device.bandwidth_bytes_per_s)
+        return found
+
+    return ceilings
+
+
+def place_rows(rows: Iterable[Row], device: DeviceSpec | None, tf32: tuple[str, ...] = ()) -> tuple[Row, ...]:
+    """Put each op row under its dtype's roof on `device` (TF32 for fp32 matmul/conv where enabled)."""
+    ceilings = ceilings_of(device, tf32)
+    out = []
+    for r in rows:
+        peak, bw = ceilings(r.op, r.dtype)
+        out.append(dataclasses.replace(r, peak_flops_per_s=peak, bandwidth_bytes_per_s=bw))
+    return tuple(out)
+
+
+# --- the link ------------------------------------------------------------------------------------
+
+ENV_LINK = "MEMWALL_LINK"
+#: A loopback TCP transfer copies every byte twice (into the kernel's socket buffer and out of
+#: it), each copy reading and writing it: four bytes of memory traffic per byte delivered.
+LOOPBACK_TRAFFIC_PER_BYTE = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """The interconnect a rank's collectives travel over, and its bandwidth per direction."""
+
+    name: str  # "NVLink 4.0", "PCIe Gen5 x16", "loopback TCP (gloo)", "network"
+    bandwidth: Figure | None  # bytes/s per direction; None = unknown (configure it)
+    note: str = ""  # how the figure was arrived at
+
+    @property
+    def bytes_per_s(self) -> float | None:
+        return self.bandwidth.value if self.bandwidth is not None else None
+
+
+def link_record(link: Link) -> dict[str, Any]:
+    """A link as JSON-ready data (`memwall report --json`, the tab)."""
+    bw = link.bandwidth
+    return {"name": link.name, "bytes_per_s": None if bw is None else bw.value,
+            "source": None if bw is None else bw.source, "note": link.note}
+
+
+def place_collectives(rows: Iterable[Row], link: Link | None) -> tuple[Row, ...]:
+    """Put collective rows under the link's roof."""
+    bw = link.bytes_per_s if link is not None else None
+    return tuple(dataclasses.replace(r, peak_flops_per_s=None, bandwidth_bytes_per_s=bw) for r in rows)
+
+
+def parse_link(value: Any) -> tuple[float, str]:
+    """A link override -> (bytes/s per direction, name). Takes 50e9, "50e9",
+    "bandwidth=50e9,name=InfiniBand NDR" or {"bandwidth": 50e9, "name": "InfiniBand NDR"}."""
+    usage = ("a link is its bandwidth per direction in bytes/s: 50e9, or 'bandwidth=50e9,name=InfiniBand NDR' "
+             "(profile(link=...), memwall run --link, $MEMWALL_LINK)")
+    name = ""
+    if isinstance(value, str):
+        text = value.strip()
+        if "=" not in text:
+            value = text
+        else:
+            fields: dict[str, Any] = {}
+            for part in filter(None, (p.strip() for p in text.split(","))):
+                key, sep, item = part.partition("=")
+                if not sep or key.strip() not in ("bandwidth", "name"):
+                    raise ValueError(f"{part!r} is not bandwidth=... or name=...; {usage}")
+                fields[key.strip()] = item.strip()
+            value = fields
+    if isinstance(value, dict):
+        unknown = set(value) - {"bandwidth", "name"}
+        if unknown or "bandwidth" not in value:
+            raise ValueError(f"link {value!r}: {usage}")
+        name = str(value.get("name", ""))
+        value = value["bandwidth"]
+    try:
+        bandwidth = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        raise ValueError(f"link bandwidth {value!r} is not a number; {usage}") from None
+    if not 0 < bandwidth < math.inf:
+        raise ValueError(f"link bandwidth must be a positive number of bytes/s, got {value!r}")
+    return bandwidth, name
+
+
+def resolve_link(
+    device: DeviceSpec | None,
+    world_size: int,
+    local_world_size: int | None,
+    override: Any = None,
+    environ: Mapping[str, str] | None = None,
+) -> Link:
+    """The link a rank's collectives are placed under, and where its figure came from:
+
+    1. the user's: `profile(link=...)`, else $MEMWALL_LINK;
+    2. ranks on several hosts: the network between them, unknown until configured;
+    3. a GPU: its interconnect from the device table (NVLink generation or PCIe), per direction:
+       datasheets give both directions together;
+    4. a CPU (gloo over loopback TCP on one host): estimated from the memory bandwidth, since a
+       loopback transfer moves every byte through memory four times (`LOOPBACK_TRAFFIC_PER_BYTE`).
+    """
+    env = os.environ if environ is None else environ
+    if override is None and env.get(ENV_LINK):
+        try:
+            bandwidth, name = parse_link(env[ENV_LINK])
+        except ValueError as exc:
+            raise ValueError(f"${ENV_LINK}: {exc}") from None
+        return Link(name or "configured link", Figure(bandwidth, USER), f"from ${ENV_LINK}")
+    if override is not None:
+        bandwidth, name = parse_link(override)
+        return Link(name or "configured link", Figure(bandwidth, USER), "from profile(link=...)")
+    if local_world_size is not None and local_world_size < world_size:
+        return Link("network between hosts", None,
+                    f"not detected: set its bandwidth per direction with profile(link=...) or ${ENV_LINK}")
+    if device is not None and device.kind != "cpu":
+        figure = device.interconnect_bandwidth
+        if figure is not None:
+            return Link(device.interconnect or "interconnect", Figure(figure.value / 2, figure.source),
+                        f"{device.name}: half of the datasheet's {figure.value / 1e9:g} GB/s, which counts "
+                        "both directions")
+        return Link(device.interconnect or "unknown link", None,
+                    f"{device.name} has no interconnect figure: set one with profile(link=...) or ${ENV_LINK}")
+    memory = device.bandwidth if device is not None else None
+    if memory is None:
+        return Link("loopback TCP", None, f"no memory bandwidth to estimate it from: set ${ENV_LINK}")
+    return Link("loopback TCP (one host)", Figure(memory.value / LOOPBACK_TRAFFIC_PER_BYTE, ESTIMATED),
+                f"memory bandwidth ({memory.source}) / {LOOPBACK_TRAFFIC_PER_BYTE}: each byte is copied into "
+                "and out of the kernel")
+
+
+def relink(link: Link, device: DeviceSpec, world_size: int, local_world_size: int | None) -> Link:
+    """A what-if device's link: ranks on one host move to the new device's interconnect; a
+    network between hosts, or a configured link, stays."""
+    if link.bandwidth is not None and link.bandwidth.source == USER:
+        return link
+    if local_world_size is not None and local_world_size < world_size:
+        return link
+    return resolve_link(device, world_size, local_world_size, environ={})

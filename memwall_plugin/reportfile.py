@@ -1,0 +1,167 @@
+"""The report file format: versioned JSON, encoded from and decoded into the report's dataclasses.
+
+Every field is checked by checks derived from the dataclasses (`validation.py`), rows of ops and
+collectives alike, so anything that is not a report memwall wrote becomes one ReportError.
+
+Version 2 (this one): `meta` holds the run's scalar fields (its job, and for torch.distributed
+runs the backend and the time with a collective in flight), `link` the interconnect roof,
+`rows` the op rows and `collectives` the collective rows (rows with a nested `collective`).
+Version 1 files (collectives in a separate `comm` object, no job) are read by `upgrade_v1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from memwall_plugin.ceilings import Link
+from memwall_plugin.comm import KINDS
+from memwall_plugin.devices import DeviceSpec
+from memwall_plugin.rows import ROW_FIELDS, Row
+from memwall_plugin.validation import (
+    FieldError,
+    ReportError,
+    check_device,
+    check_object,
+    dataclass_fields,
+    invalid,
+)
+
+if TYPE_CHECKING:
+    from memwall_plugin.report import Report
+
+FORMAT = "memwall-report"
+SCHEMA_VERSION = 2
+#: versions this memwall reads (older ones are upgraded on reading)
+READABLE_VERSIONS = (1, 2)
+#: the keys of a report file's top level
+TOP_LEVEL_KEYS = ("format", "schema_version", "meta", "device", "link", "rows", "collectives")
+#: Report fields that are not in `meta`
+_APART = ("rows", "collectives", "device", "link")
+
+
+def _row_dict(r: Row) -> dict[str, Any]:
+    out = {name: getattr(r, name) for name in ROW_FIELDS}
+    c = out.pop("collective")
+    if c is not None:  # op rows leave it out: most rows are ops
+        out["collective"] = dataclasses.asdict(c)
+    return out
+
+
+def encode(report: Report) -> dict[str, Any]:
+    """The JSON object of a report."""
+    meta = {f.name: getattr(report, f.name) for f in dataclasses.fields(report) if f.name not in _APART}
+    meta["steps"] = list(report.steps)
+    meta["tf32"] = list(report.tf32)
+    out: dict[str, Any] = {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "meta": meta,
+        "device": None if report.device is None else report.device.to_dict(),
+        "rows": [_row_dict(r) for r in report.rows],
+    }
+    if report.link is not None:
+        out["link"] = dataclasses.asdict(report.link)
+    if report.collectives:
+        out["collectives"] = [_row_dict(r) for r in report.collectives]
+    return out
+
+
+def decode(cls: type[Report], data: Any, source: str = "report") -> Report:
+    """A report from its JSON object; every field is checked (types, ranges, unknown or
+    missing fields)."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ReportError(f"{source} is not a memwall report (no 'format': 'memwall-report')")
+    version = data.get("schema_version")
+    if type(version) is not int or version not in READABLE_VERSIONS:
+        raise ReportError(
+            f"{source} has schema_version {version!r}; this memwall reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}. Upgrade memwall-plugin, or re-profile with this version."
+        )
+    if version == 1:
+        data = upgrade_v1(data, source)
+    meta, rows = data.get("meta"), data.get("rows")
+    if not isinstance(meta, dict) or not isinstance(rows, list):
+        raise ReportError(f"{source} lacks its 'meta' object or 'rows' list")
+    unknown = [k for k in data if k not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise ReportError(f"{source} has an unknown top-level field {unknown[0][:60]!r}; "
+                          "was it written by a newer memwall?")
+    collectives = data.get("collectives", [])
+    if not isinstance(collectives, list):
+        raise ReportError(f"{source}: 'collectives' must be a list")
+    try:
+        row_fields = dataclass_fields(Row)
+        parsed = tuple(_check_row(f"rows[{i}]", r, row_fields, False) for i, r in enumerate(rows))
+        comm = tuple(_check_row(f"collectives[{i}]", r, row_fields, True) for i, r in enumerate(collectives))
+        kwargs = check_object("meta", meta, dataclass_fields(cls, _APART))
+        device = data.get("device")
+        spec = None if device is None else DeviceSpec.from_dict(check_device("device", device))
+        link = data.get("link")
+        kwargs["link"] = None if link is None else Link(**check_object("link", link, dataclass_fields(Link)))
+        return cls(rows=parsed, collectives=comm, device=spec, **kwargs)
+    except FieldError as exc:
+        raise invalid(source, exc) from None
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise ReportError(f"{source} has a malformed field: {exc}") from None
+
+
+def _check_row(path: str, data: Any, fields: Any, collective: bool) -> Row:
+    row = Row(**check_object(path, data, fields))
+    c = row.collective
+    if (c is not None) != collective:
+        raise FieldError(f"{path} is {'not ' if collective else ''}a collective, in the list of "
+                         f"{'collectives' if collective else 'op rows'}")
+    if c is not None:
+        if c.kind not in KINDS:
+            raise FieldError(f"{path}.collective.kind must be one of {', '.join(KINDS)}, got {c.kind!r}")
+        if c.timed_calls > row.calls:
+            raise FieldError(f"{path}.collective.timed_calls ({c.timed_calls}) exceeds calls ({row.calls})")
+        if c.group_size < 1:
+            raise FieldError(f"{path}.collective.group_size must be at least 1, got {c.group_size}")
+    return row
+
+
+_V1_COMM_META = ("backend", "job", "local_world_size", "comm_time_s", "overlapped_s")
+
+
+def upgrade_v1(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """A version-1 report as version 2: its `comm` object becomes the link, the collective rows
+    and run fields of `meta`. Its own fields are checked as version 2's are, after the move."""
+    out = {k: v for k, v in data.items() if k != "comm"}
+    comm = data.get("comm")
+    if comm is None:
+        return out
+    if not isinstance(comm, dict):
+        raise ReportError(f"{source}: 'comm' must be an object")
+    unknown = [k for k in comm if k not in ("link", "collectives", *_V1_COMM_META)]
+    if unknown:
+        raise ReportError(f"{source}: comm has an unknown field {unknown[0][:60]!r}")
+    meta = out.get("meta")
+    if isinstance(meta, dict):
+        out["meta"] = {**meta, **{k: comm[k] for k in _V1_COMM_META if k in comm}}
+    link = comm.get("link")
+    if isinstance(link, dict):
+        value = link.get("bytes_per_s")
+        out["link"] = {"name": link.get("name"), "note": link.get("note", ""),
+                       "bandwidth": None if value is None else {"value": value, "source": link.get("source")}}
+    else:
+        out["link"] = link
+    rows = comm.get("collectives", [])
+    if not isinstance(rows, list):
+        raise ReportError(f"{source}: comm.collectives must be a list")
+    out["collectives"] = [_v1_collective(r) for r in rows]
+    return out
+
+
+_V1_COLLECTIVE = ("kind", "group_size", "timed_calls", "message_bytes", "message_elements", "bytes_moved")
+
+
+def _v1_collective(r: Any) -> Any:
+    if not isinstance(r, dict):
+        return r  # the check names it
+    row = {k: v for k, v in r.items() if k not in (*_V1_COLLECTIVE, "link_bytes_per_s")}
+    row.update(overload="default", flops=None, bytes_read=0, bytes_written=0, elements_read=0, elements_written=0,
+               peak_flops_per_s=None, bandwidth_bytes_per_s=r.get("link_bytes_per_s"),
+               collective={k: r[k] for k in _V1_COLLECTIVE if k in r})
+    return row

@@ -1,0 +1,356 @@
+"""The row: everything memwall measures, placed under one roof.
+
+An aten op is a row under its dtype's compute roof and the memory roof; a collective is a row
+under the link's roof (its `bound` is "communication") and carries what only collectives have in
+a small nested `Collective` record. Rows of any kind are merged, grouped, checked, projected to
+JSON and sorted by the functions here, so ops and collectives cannot drift apart.
+
+Pure: no files, no devices, no rendering. `report.py` aggregates rows into a run's report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from memwall_plugin import roofline
+from memwall_plugin.records import BACKWARD, RECOMPUTE
+
+
+class RooflinePoint:
+    """The roofline of anything with flops, bytes, time_s and the two ceilings (rows, groups)."""
+
+    __slots__ = ()
+    flops: int | None
+    time_s: float
+    peak_flops_per_s: float | None
+    bandwidth_bytes_per_s: float | None
+
+    if TYPE_CHECKING:
+
+        @property
+        def bytes(self) -> int: ...
+
+    @property
+    def intensity(self) -> float | None:
+        """FLOPs per byte moved (None when uncounted or nothing moves)."""
+        return roofline.intensity(self.flops, self.bytes)
+
+    @property
+    def ridge_point(self) -> float | None:
+        if not self.peak_flops_per_s or not self.bandwidth_bytes_per_s:
+            return None
+        return self.peak_flops_per_s / self.bandwidth_bytes_per_s
+
+    @property
+    def bound(self) -> str:
+        """"memory" | "compute" | "none" (views) | "unknown" (uncounted, or no ceilings)."""
+        return roofline.bound(self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s)
+
+    @property
+    def attainable_flops_per_s(self) -> float | None:
+        return roofline.attainable_flops_per_s(
+            self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s
+        )
+
+    @property
+    def achieved_flops_per_s(self) -> float | None:
+        return self.flops / self.time_s if self.flops is not None and self.time_s > 0 else None
+
+    @property
+    def achieved_bytes_per_s(self) -> float | None:
+        return self.bytes / self.time_s if self.time_s > 0 else None
+
+    @property
+    def efficiency(self) -> float | None:
+        """Achieved / attainable (FLOP/s; bytes/s for pure data movement)."""
+        return roofline.efficiency(
+            self.flops, self.bytes, self.time_s, self.peak_flops_per_s, self.bandwidth_bytes_per_s
+        )
+
+    @property
+    def roofline_time_s(self) -> float | None:
+        """The least time the roofline allows: max(flops / peak, bytes / bandwidth)."""
+        return roofline.roofline_time_s(
+            self.flops, self.bytes, self.peak_flops_per_s, self.bandwidth_bytes_per_s
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Collective:
+    """What only a collective row has (memwall_plugin/comm.py says how each figure is derived):
+    its kind, the group it ran over, its message and the bytes this rank sent by the
+    bandwidth-optimal algorithm. Totals over the row's calls; `timed_calls` of them were seen
+    to complete (the row's time covers those)."""
+
+    kind: str  # "all_reduce", "all_gather", ...
+    group_size: int
+    timed_calls: int
+    message_bytes: int
+    message_elements: int
+    bytes_moved: int
+
+
+@dataclass(frozen=True, slots=True)
+class Row(RooflinePoint):
+    """All calls of one signature (op, module, phase, input shapes and dtypes), placed under a roof.
+
+    An op's bytes are its memory traffic, under `bandwidth_bytes_per_s` (memory) and
+    `peak_flops_per_s` (its dtype's compute roof). A collective's bytes are those it sent over
+    the link, `bandwidth_bytes_per_s` is the link's (per direction), it has no compute roof and
+    no FLOP count (`flops` None: its reductions are not counted), and `collective` is set."""
+
+    op: str  # "aten.addmm", "c10d.allreduce_"
+    overload: str  # "default"
+    module: str  # "transformer.h.3.attn.c_attn"; "" = top level, outside any submodule
+    phase: str  # forward | backward | recompute | optimizer | prefill | decode | other, or a label
+    calls: int
+    dtype: str  # the op's compute dtype: its first floating input, else its first tensor
+    shapes: str  # input shapes, for display
+    flops: int | None  # total over calls; None = no formula (uncounted)
+    bytes_read: int
+    bytes_written: int
+    elements_read: int
+    elements_written: int
+    time_s: float  # measured, summed over calls
+    # the ceilings this row is placed under (its dtype's peak on the report's device; a link)
+    peak_flops_per_s: float | None = None
+    bandwidth_bytes_per_s: float | None = None
+    collective: Collective | None = None
+
+    @property
+    def bytes(self) -> int:
+        c = self.collective
+        return self.bytes_read + self.bytes_written if c is None else c.bytes_moved
+
+    @property
+    def counted(self) -> bool:
+        return self.flops is not None
+
+    @property
+    def name(self) -> str:
+        return f"{self.op}.{self.overload}"
+
+    # -- under the link's roof ---------------------------------------------------------------------
+    @property
+    def bound(self) -> str:
+        if self.collective is not None:
+            return roofline.COMMUNICATION
+        return roofline.bound(self.flops, self.bytes_read + self.bytes_written, self.peak_flops_per_s,
+                              self.bandwidth_bytes_per_s)
+
+    @property
+    def timed_bytes(self) -> int:
+        """Bytes of the calls the measured time covers (all of an op's; a collective's timed ones)."""
+        c = self.collective
+        if c is None:
+            return self.bytes
+        return c.bytes_moved * c.timed_calls // self.calls if self.calls else 0
+
+    @property
+    def achieved_bytes_per_s(self) -> float | None:
+        """Bytes per second: an op's memory traffic, a collective's bus bandwidth."""
+        c = self.collective
+        if c is None:
+            return self.bytes / self.time_s if self.time_s > 0 else None
+        if not c.timed_calls or self.time_s <= 0 or not c.bytes_moved:
+            return None
+        return self.timed_bytes / self.time_s
+
+    @property
+    def bus_bandwidth_bytes_per_s(self) -> float | None:
+        """A collective's achieved bus bandwidth: bytes sent / measured time (timed calls only)."""
+        return None if self.collective is None else self.achieved_bytes_per_s
+
+    @property
+    def algorithm_bandwidth_bytes_per_s(self) -> float | None:
+        """A collective's message bytes / measured time (nccl-tests' algbw)."""
+        c = self.collective
+        if c is None or not c.timed_calls or self.time_s <= 0 or not c.message_bytes:
+            return None
+        return c.message_bytes * c.timed_calls / self.calls / self.time_s
+
+    @property
+    def efficiency(self) -> float | None:
+        if self.collective is None:
+            return roofline.efficiency(self.flops, self.bytes_read + self.bytes_written, self.time_s,
+                                       self.peak_flops_per_s, self.bandwidth_bytes_per_s)
+        bus = self.achieved_bytes_per_s
+        return bus / self.bandwidth_bytes_per_s if bus is not None and self.bandwidth_bytes_per_s else None
+
+    @property
+    def roofline_time_s(self) -> float | None:
+        c = self.collective
+        if c is None:
+            return roofline.roofline_time_s(self.flops, self.bytes_read + self.bytes_written,
+                                            self.peak_flops_per_s, self.bandwidth_bytes_per_s)
+        if not c.bytes_moved:
+            return 0.0
+        return c.bytes_moved / self.bandwidth_bytes_per_s if self.bandwidth_bytes_per_s else None
+
+
+#: Row's fields, in order (the report file's row object, the positional row maker in analysis.py)
+ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Row))
+#: what identifies a row: two rows with these equal are the same signature (merged by summing)
+_KEY_FIELDS = ("op", "overload", "module", "phase", "dtype", "shapes")
+_COLLECTIVE_KEY = ("kind", "group_size")
+#: the roof a row is under: the same for one signature, kept as is when merging
+_ROOF_FIELDS = ("peak_flops_per_s", "bandwidth_bytes_per_s")
+
+#: The projection of a row for JSON (`memwall report --json`, CSV, the tab): its fields and the
+#: roofline figures derived from them. Collective rows add `COLLECTIVE_COLUMNS`.
+ROW_COLUMNS = (
+    "op", "overload", "module", "phase", "calls", "dtype", "shapes", "flops", "bytes_read",
+    "bytes_written", "bytes", "time_s", "intensity", "bound", "peak_flops_per_s",
+    "bandwidth_bytes_per_s", "attainable_flops_per_s", "achieved_flops_per_s", "achieved_bytes_per_s",
+    "efficiency", "roofline_time_s",
+)
+COLLECTIVE_COLUMNS = (
+    "kind", "group_size", "timed_calls", "message_bytes", "message_bytes_per_call", "bytes_moved",
+    "bus_bandwidth_bytes_per_s", "algorithm_bandwidth_bytes_per_s", "link_bytes_per_s",
+)
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def row_record(r: Row) -> dict[str, Any]:
+    """A row as JSON-ready data (non-finite figures as None): the one projection the CLI's
+    --json and --csv and the tab use. A collective's record adds its collective figures."""
+    out = {name: _finite(getattr(r, name)) for name in ROW_COLUMNS}
+    c = r.collective
+    if c is not None:
+        out.update(
+            kind=c.kind, group_size=c.group_size, timed_calls=c.timed_calls, message_bytes=c.message_bytes,
+            message_bytes_per_call=c.message_bytes // r.calls if r.calls else 0, bytes_moved=c.bytes_moved,
+            bus_bandwidth_bytes_per_s=_finite(r.bus_bandwidth_bytes_per_s),
+            algorithm_bandwidth_bytes_per_s=_finite(r.algorithm_bandwidth_bytes_per_s),
+            link_bytes_per_s=r.bandwidth_bytes_per_s,
+        )
+    return out
+
+
+def row_key(r: Row) -> tuple[Any, ...]:
+    c = r.collective
+    key = tuple(getattr(r, f) for f in _KEY_FIELDS)
+    return key if c is None else key + tuple(getattr(c, f) for f in _COLLECTIVE_KEY)
+
+
+def _add(a: Any, b: Any) -> Any:
+    """One field of two rows of one signature summed: counts and times add, an unknown (None)
+    count stays unknown."""
+    if a is None or b is None:
+        return None
+    return a + b
+
+
+def _sum_record(a: Any, b: Any, keep: tuple[str, ...]) -> Any:
+    changes = {}
+    for f in dataclasses.fields(a):
+        if f.name in keep:
+            continue
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if dataclasses.is_dataclass(x):
+            changes[f.name] = _sum_record(x, y, _COLLECTIVE_KEY)
+        else:
+            changes[f.name] = _add(x, y)
+    return dataclasses.replace(a, **changes)
+
+
+def merge_rows(*parts: Iterable[Row]) -> tuple[Row, ...]:
+    """Rows of several windows (or steps) as one table: rows of one signature summed field by
+    field (every numeric field of Row and of its nested record; roofs kept), sorted."""
+    merged: dict[tuple[Any, ...], Row] = {}
+    for rows in parts:
+        for r in rows:
+            key = row_key(r)
+            mine = merged.get(key)
+            merged[key] = r if mine is None else _sum_record(mine, r, _KEY_FIELDS + _ROOF_FIELDS)
+    return sort_rows(merged.values())
+
+
+def _sort_key(r: Row) -> tuple[Any, ...]:
+    c = r.collective
+    return (-r.time_s, -(c.message_bytes if c is not None else 0), r.op, r.module, r.phase, r.shapes)
+
+
+def sort_rows(rows: Iterable[Row]) -> tuple[Row, ...]:
+    """Longest time first; ties by the larger message (collectives), then op, module, phase, shapes."""
+    return tuple(sorted(rows, key=_sort_key))
+
+
+# --- groups ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Group(RooflinePoint):
+    """Rows rolled up by op, module or phase, placed on the same roofline."""
+
+    key: str
+    calls: int
+    flops: int | None  # None when every row is uncounted
+    uncounted_calls: int
+    bytes: int
+    time_s: float
+    peak_flops_per_s: float | None  # the roof of the group's dominant dtype (by FLOPs)
+    bandwidth_bytes_per_s: float | None
+
+
+def group_rows(key: str, rows: Iterable[Row]) -> Group:
+    rows = list(rows)
+    counted = [r for r in rows if r.flops is not None]
+    dominant = max(counted or rows, key=lambda r: (r.flops or 0, r.time_s), default=None)
+    return Group(
+        key=key,
+        calls=sum(r.calls for r in rows),
+        flops=sum(r.flops for r in counted) if counted else None,  # type: ignore[misc]
+        uncounted_calls=sum(r.calls for r in rows if r.flops is None),
+        bytes=sum(r.bytes for r in counted),
+        time_s=math.fsum(r.time_s for r in rows),
+        peak_flops_per_s=dominant.peak_flops_per_s if dominant else None,
+        bandwidth_bytes_per_s=dominant.bandwidth_bytes_per_s if dominant else None,
+    )
+
+
+GROUP_BY = ("op", "module", "module_tree", "phase")
+
+
+def _module_paths(module: str) -> list[str]:
+    """A module path and every ancestor, the top level ("") first."""
+    parts = module.split(".") if module else []
+    return [""] + [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def group_by(rows: Iterable[Row], by: str) -> tuple[Group, ...]:
+    """Roll rows up by "op", "module" (exact path), "module_tree" (every ancestor path too)
+    or "phase"; longest time first."""
+    if by not in GROUP_BY:
+        raise ValueError(f"group_by takes 'op', 'module', 'module_tree' or 'phase', not {by!r}")
+    buckets: dict[str, list[Row]] = {}
+    for r in rows:
+        if by == "module_tree":
+            keys = _module_paths(r.module)
+        else:
+            keys = [getattr(r, by)]
+        for k in keys:
+            buckets.setdefault(k, []).append(r)
+    groups = [group_rows(k, members) for k, members in buckets.items()]
+    return tuple(sorted(groups, key=lambda g: (-g.time_s, g.key)))
+
+
+def module_tree(rows: Iterable[Row]) -> tuple[dict[str, Group], dict[str, float], dict[str, float]]:
+    """Every module path and its ancestors rolled up, with the forward-side (everything but
+    backward) and backward time under each path; recomputation runs in backward."""
+    rows = tuple(rows)
+    groups = {g.key: g for g in group_by(rows, "module_tree")}
+    forward: dict[str, float] = {}
+    backward: dict[str, float] = {}
+    for r in rows:
+        side = backward if r.phase in (BACKWARD, RECOMPUTE) else forward
+        for key in _module_paths(r.module):
+            side[key] = side.get(key, 0.0) + r.time_s
+    return groups, forward, backward

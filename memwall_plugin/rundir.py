@@ -1,0 +1,213 @@
+"""The run store: where reports live in a logdir, what they are named, and which belong together.
+
+A run directory holds `plugins/memwall/rank<R>_steps<FIRST>-<LAST>.json`, one file per recorded
+window of one rank (`<stem>.N.json` when another job already took the name). Every report names
+its job (`Report.job`), the same for every window and rank of one `memwall.profile` block or one
+torchrun launch: windows of one job are merged per rank, and two jobs written into one logdir
+(a hard-coded logdir, run twice) are never summed. `memwall report`, the tab and rank 0's
+summary all read runs through this module; `memwall.profile` writes through it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from memwall_plugin.report import Report, ReportError, load_report, merge_reports
+
+PLUGIN_DIR = Path("plugins") / "memwall"
+# "rank0_steps000000-000003.json"; "...-000003.1.json" when another job had the name
+_WINDOW = re.compile(r"^rank(?P<rank>\d+)_steps(?P<first>\d+)-(?P<last>\d+)(?:\.\d+)?\.json$")
+#: how many files of one name `publish` tries before giving up
+_MAX_SUFFIX = 10_000
+
+
+@dataclass(frozen=True)
+class Window:
+    """One report file: the recorded steps `first..last` of one rank (as its name says)."""
+
+    id: str  # the file name without .json: what requests name
+    path: Path
+    rank: int
+    first_step: int  # -1 when the file name does not say
+    last_step: int
+
+
+def window_name(rank: int, steps: tuple[int, ...]) -> str:
+    return f"rank{rank}_steps{steps[0]:06d}-{steps[-1]:06d}.json"
+
+
+def window_of(path: Path) -> Window:
+    match = _WINDOW.match(path.name)
+    if match is None:
+        return Window(path.stem, path, 0, -1, -1)
+    return Window(path.stem, path, int(match["rank"]), int(match["first"]), int(match["last"]))
+
+
+@dataclass(frozen=True)
+class Job:
+    """The windows of one job in a run directory, and each rank's report (its windows merged)."""
+
+    id: str  # Report.job ("" for reports written before memwall recorded jobs)
+    windows: tuple[Window, ...]
+    ranks: dict[int, Report] = field(compare=False)
+    created_unix_s: float  # when its newest window was written
+
+    @property
+    def label(self) -> str:
+        return self.id or "(unnamed)"
+
+
+def group_jobs(loaded: Iterable[tuple[Window, Report]]) -> list[Job]:
+    """Loaded windows grouped by job, each rank's windows merged; newest job first. Raises
+    ValueError when windows of one job and rank contradict each other."""
+    by_job: dict[str, list[tuple[Window, Report]]] = {}
+    for window, report in loaded:
+        if window.first_step >= 0 and report.rank != window.rank:
+            raise ValueError(f"{window.id}.json holds rank {report.rank}'s report, its name says rank {window.rank}")
+        by_job.setdefault(report.job, []).append((window, report))
+    jobs = []
+    for job, members in by_job.items():
+        by_rank: dict[int, list[Report]] = {}
+        for _, report in members:
+            by_rank.setdefault(report.rank, []).append(report)
+        ranks = {rank: merge_reports(reports) for rank, reports in sorted(by_rank.items())}
+        windows = tuple(sorted((w for w, _ in members), key=lambda w: (w.rank, w.first_step, w.id)))
+        jobs.append(Job(job, windows, ranks, max(r.created_unix_s for _, r in members)))
+    return sorted(jobs, key=lambda j: (-j.created_unix_s, j.id))
+
+
+def pick_job(jobs: list[Job], wanted: str | None) -> Job:
+    """The job asked for (its id, or a unique prefix of it), else the newest. LookupError names
+    the jobs there are."""
+    if not jobs:
+        raise LookupError("no readable report")
+    if wanted is None or wanted == "":
+        return jobs[0]
+    exact = [j for j in jobs if j.id == wanted]
+    found = exact or [j for j in jobs if j.id.startswith(wanted)]
+    if len(found) != 1:
+        listing = ", ".join(j.label for j in jobs)
+        what = "matches several jobs" if found else "is not a job here"
+        raise LookupError(f"{wanted!r} {what}; the jobs are (newest first): {listing}")
+    return found[0]
+
+
+class RunDir:
+    """One run directory: names, writes and reads its report windows."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.reports = self.root / PLUGIN_DIR
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    # -- writing ---------------------------------------------------------------------------------
+    def publish(self, report: Report) -> Path:
+        """Save `report` under its window's name, or, when a file of another job already has that
+        name (a second run or a restart writing into the same directory), as `<stem>.1.json`,
+        `<stem>.2.json`, ...: never over another report. The name is claimed with a hard link,
+        so two processes cannot both take it."""
+        if not report.steps:
+            raise ValueError("a report without recorded steps has no window to publish")
+        name = window_name(report.rank, report.steps)
+        directory = self.reports
+        directory.mkdir(parents=True, exist_ok=True)
+        staged = report.save(directory / f".{name}.{os.getpid()}.staged")
+        stem = name.removesuffix(".json")
+        try:
+            for attempt in range(_MAX_SUFFIX):
+                candidate = directory / (name if attempt == 0 else f"{stem}.{attempt}.json")
+                try:
+                    os.link(staged, candidate)
+                    return candidate
+                except FileExistsError:
+                    continue
+                except OSError:  # a filesystem without hard links: check, then rename
+                    if candidate.exists():
+                        continue
+                    os.replace(staged, candidate)
+                    return candidate
+            raise FileExistsError(f"{directory} already holds {_MAX_SUFFIX:,} reports named {stem}.*.json")
+        finally:
+            staged.unlink(missing_ok=True)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def windows(self) -> tuple[Window, ...]:
+        """Every report file, by rank and first step (files being written are skipped)."""
+        try:
+            names = [e.name for e in os.scandir(self.reports) if e.name.endswith(".json")
+                     and not e.name.startswith(".") and not e.is_dir(follow_symlinks=False)]
+        except OSError:
+            return ()
+        return tuple(sorted((window_of(self.reports / n) for n in names), key=lambda w: (w.rank, w.first_step, w.id)))
+
+    def load(self, load: Callable[[Window], Report] | None = None,
+             on_error: Callable[[Window, ReportError], None] | None = None) -> list[tuple[Window, Report]]:
+        """Every window that can be read; one that cannot goes to `on_error` (and is left out),
+        so one truncated file does not hide the rest."""
+        read = load or (lambda w: load_report(w.path))
+        out = []
+        for w in self.windows():
+            try:
+                out.append((w, read(w)))
+            except (ReportError, OSError) as exc:
+                if on_error is not None:
+                    on_error(w, exc if isinstance(exc, ReportError) else ReportError(f"{w.id}.json: {exc}"))
+        return out
+
+    def jobs(self, **kwargs: object) -> list[Job]:
+        """The jobs of this run directory, newest first (`load`'s arguments apply)."""
+        return group_jobs(self.load(**kwargs))  # type: ignore[arg-type]
+
+    def wait_for_ranks(self, mine: Report, timeout_s: float) -> dict[int, Report]:
+        """The reports of every rank of `mine`'s job, waiting up to `timeout_s` for ranks whose
+        last recorded step has not reached `mine`'s yet (they are still saving)."""
+        last = max(mine.steps, default=-1)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found: dict[int, Report] = {}
+            try:
+                found = next((j.ranks for j in self.jobs() if j.id == mine.job), {})
+            except ValueError:  # windows that contradict each other: show none rather than wrong ones
+                found = {}
+            done = all(
+                r in found and (found[r].incomplete or max(found[r].steps, default=-1) >= last)
+                for r in range(mine.world_size)
+            )
+            if done or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.1)
+
+
+def find_runs(logdir: str | os.PathLike[str]) -> dict[str, RunDir]:
+    """Every run directory under `logdir` (its own too), by name: its path relative to the logdir,
+    "." for the logdir itself, as TensorBoard names runs. Links are not followed."""
+    root = Path(logdir)
+    runs: dict[str, RunDir] = {}
+    if not root.is_dir():
+        return runs
+    for here_text, dirs, files in os.walk(root, followlinks=False):
+        here = Path(here_text)
+        if here.name == PLUGIN_DIR.name and here.parent.name == PLUGIN_DIR.parent.name:
+            run_root = here.parent.parent
+            if any(f.endswith(".json") and not f.startswith(".") for f in files):
+                name = run_root.relative_to(root).as_posix() if run_root != root else "."
+                runs[name] = RunDir(run_root)
+            dirs.clear()
+        else:
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return dict(sorted(runs.items()))
+
+
+def new_job_id() -> str:
+    """A job id for a run that is not one rank of a torch.distributed job: when it started, and
+    a random part so two runs started in one second differ."""
+    import uuid
+
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
