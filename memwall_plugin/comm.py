@@ -203,15 +203,3 @@ def resized(row: Row, bytes_per_element: int) -> Row:
     per_call = message // row.calls if row.calls else 0
     moved = bytes_moved(c.kind, per_call, c.group_size) * row.calls
     return dataclasses.replace(row, collective=dataclasses.replace(c, message_bytes=message, bytes_moved=moved))
-
-
-def by_kind(rows: Iterable[Row]) -> dict[str, tuple[int, int, int, float]]:
-    """kind -> (calls, message bytes, bytes moved, time_s), largest message first."""
-    out: dict[str, tuple[int, int, int, float]] = {}
-    for r in rows:
-        c = r.collective
-        if c is None:
-            continue
-        calls, msg, moved, t = out.get(c.kind, (0, 0, 0, 0.0))
-        out[c.kind] = (calls + r.calls, msg + c.message_bytes, moved + c.bytes_moved, t + r.time_s)
-    return dict(sorted(out.items(), key=lambda kv: -kv[1][1]))

@@ -284,11 +284,6 @@ class DistributedSession:
             "overlapped_s": None if timing.untimed else timing.overlapped_ns * 1e-9,
         }
 
-    def prints_summary(self, summary: Any) -> bool:
-        """summary=True prints on rank 0 only; summary="all" on every rank."""
-        if summary == "all":
-            return True
-        return bool(summary) and self.rank_and_world()[0] == 0
 
 
 __all__ = [

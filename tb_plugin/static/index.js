@@ -6,7 +6,7 @@ import {duration, el, pct, si} from './format.js';
 import {OperatorTable} from './table.js';
 import {renderTree} from './tree.js';
 
-const state = {runs: [], run: '', rank: '', window: 'all', phase: '', points: 'op', device: '', bpe: ''};
+const state = {runs: [], run: '', job: '', rank: '', window: 'all', phase: '', points: 'op', device: '', bpe: ''};
 
 async function getJSON(url) {
   const response = await fetch(url);
@@ -82,16 +82,28 @@ export async function render() {
     const run = state.runs.find((r) => r.run === state.run);
     controls.textContent = '';
     controls.appendChild(select('run', 'mw-run', state.runs.map((r) => [r.run, r.run]), state.run, (v) => {
-      state.run = v; state.rank = ''; state.window = 'all'; state.phase = ''; update();
+      state.run = v; state.job = ''; state.rank = ''; state.window = 'all'; state.phase = ''; update();
     }));
-    const ranks = run.ranks.map((r) => [String(r), `rank ${r}`]);
-    if (!state.rank) state.rank = ranks[0][0];
+    // runs written into one logdir are separate jobs, never summed: the newest first
+    const jobs = run.jobs || [];
+    const job = jobs.find((j) => j.job === state.job) || jobs[0];
+    state.job = job ? job.job : '';
+    if (jobs.length > 1) {
+      const when = (j) => new Date(j.created_unix_s * 1000).toLocaleString();
+      controls.appendChild(select('job', 'mw-job', jobs.map((j, i) => [j.job, `${i === 0 ? 'newest: ' : ''}${when(j)}`]),
+          state.job, (v) => { state.job = v; state.rank = ''; state.window = 'all'; state.phase = ''; update(); }));
+    }
+    const jobRanks = job ? job.ranks : run.ranks;
+    const ranks = jobRanks.map((r) => [String(r), `rank ${r}`]);
+    if (!state.rank || !jobRanks.includes(Number(state.rank))) state.rank = ranks.length ? ranks[0][0] : String(run.ranks[0]);
     controls.appendChild(select('rank', 'mw-rank', ranks, state.rank, (v) => { state.rank = v; state.window = 'all'; update(); }));
-    const windows = [['all', 'all steps']].concat(run.windows.filter((w) => String(w.rank) === state.rank).map((w) =>
+    const inJob = (w) => !job || job.windows.includes(w.id);
+    const windows = [['all', 'all steps']].concat(run.windows.filter((w) => String(w.rank) === state.rank && inJob(w)).map((w) =>
       [w.id, w.first_step >= 0 ? `steps ${w.first_step}–${w.last_step}` : w.id]));
     controls.appendChild(select('steps', 'mw-window', windows, state.window, (v) => { state.window = v; update(); }));
 
     const params = new URLSearchParams({run: state.run, rank: state.rank, window: state.window});
+    if (state.job) params.set('job', state.job);
     if (state.phase) params.set('phase', state.phase);
     if (state.device) params.set('device', state.device);
     if (state.bpe) params.set('bytes_per_element', state.bpe);
@@ -125,10 +137,12 @@ export async function render() {
     renderTree(treeBox, data.tree, data.headline.time_s);
     commPart.hidden = !data.comm;
     if (data.comm) renderComm(commBox, data.comm);
-    ranksPart.hidden = run.ranks.length < 2;
-    if (run.ranks.length > 1) {
+    ranksPart.hidden = jobRanks.length < 2;
+    if (jobRanks.length > 1) {
       try {
-        const ranks = await getJSON(`./ranks?${new URLSearchParams({run: state.run})}`);
+        const query = new URLSearchParams({run: state.run});
+        if (state.job) query.set('job', state.job);
+        const ranks = await getJSON(`./ranks?${query}`);
         if (request !== latest) return;
         renderRanks(ranksBox, ranks, state.rank, (r) => { state.rank = r; state.window = 'all'; update(); });
       } catch (error) {

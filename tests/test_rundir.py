@@ -1,0 +1,135 @@
+"""The run store (memwall_plugin/rundir.py): names, publishing, jobs; and two runs written into one
+logdir shown apart by `memwall report` and by the tab, never summed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+from memwall_plugin.tb_plugin.plugin import MemwallPlugin
+from tensorboard.plugins import base_plugin
+
+import memwall_plugin as memwall
+from memwall_plugin.cli import main
+from memwall_plugin.rundir import RunDir, find_runs, group_jobs, pick_job, window_name
+
+# a @ b with a 8x16 and b 16x4: 2*8*16*4 FLOPs per call, by hand
+MATMUL_FLOPS = 2 * 8 * 16 * 4
+
+
+def _run(logdir, steps: int) -> memwall.Report:
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    with memwall.profile(logdir=logdir, summary=False, scalars=False) as prof:
+        for _ in range(steps):
+            a @ b
+            prof.step()
+    return prof.report()
+
+
+@pytest.fixture(scope="module")
+def two_jobs(tmp_path_factory):
+    """One script's loop run twice into one hard-coded logdir: 2 steps, then 3."""
+    logdir = tmp_path_factory.mktemp("shared")
+    first = _run(logdir, 2)
+    second = _run(logdir, 3)
+    return logdir, first, second
+
+
+def test_each_profile_is_its_own_job(two_jobs):
+    logdir, first, second = two_jobs
+    assert first.job and second.job and first.job != second.job
+    jobs = RunDir(logdir).jobs()
+    assert [j.id for j in jobs] == [second.job, first.job]  # newest first
+    assert [len(j.windows) for j in jobs] == [1, 1]
+
+
+def test_memwall_report_shows_the_newest_job_and_picks_another(two_jobs, capsys):
+    logdir, first, second = two_jobs
+    assert main(["report", str(logdir), "--json"]) == 0
+    out, err = capsys.readouterr()
+    data = json.loads(out)
+    # the newest job alone: 3 steps of one matmul, not 5 steps of both runs summed
+    assert data["job"] == second.job and data["totals"]["steps"] == [0, 1, 2]
+    assert data["totals"]["flops"] == 3 * MATMUL_FLOPS
+    assert [j["job"] for j in data["jobs"]] == [second.job, first.job]
+    assert "holds 2 jobs" in err and first.job in err and "--job" in err
+    assert main(["report", str(logdir), "--json", "--job", first.job[:-2]]) == 0  # a prefix is enough
+    older = json.loads(capsys.readouterr().out)
+    assert older["job"] == first.job and older["totals"]["flops"] == 2 * MATMUL_FLOPS
+    assert older["totals"]["steps"] == [0, 1]
+    assert main(["report", str(logdir), "--job", "nope"]) == 2
+    assert "not a job here" in capsys.readouterr().err
+    assert main(["report", str(logdir)]) == 0
+    assert "3 steps recorded" in capsys.readouterr().out
+
+
+def test_the_tab_shows_each_job_apart(two_jobs):
+    logdir, first, second = two_jobs
+    plugin = MemwallPlugin(base_plugin.TBContext(logdir=str(logdir)))
+    (run,) = plugin.runs_impl()["runs"]
+    assert [j["job"] for j in run["jobs"]] == [second.job, first.job]
+    newest = plugin.report_impl({"run": "."})
+    assert newest["job"] == second.job and newest["headline"]["flops"] == 3 * MATMUL_FLOPS
+    older = plugin.report_impl({"run": ".", "job": first.job})
+    assert older["headline"]["flops"] == 2 * MATMUL_FLOPS and older["headline"]["steps"] == [0, 1]
+    ranks = plugin.ranks_impl({"run": ".", "job": first.job})
+    assert ranks["job"] == first.job and [r["flops"] for r in ranks["ranks"]] == [2 * MATMUL_FLOPS]
+
+
+# --- the store's rules -----------------------------------------------------------------------------
+
+
+def _report(job: str, steps: tuple[int, ...] = (0,), rank: int = 0, created: float = 0.0) -> memwall.Report:
+    row = memwall.Row(op="aten.mm", overload="default", module="", phase="forward", calls=1, dtype="float32",
+                      shapes="[8, 16] x [16, 4]", flops=MATMUL_FLOPS, bytes_read=640, bytes_written=128,
+                      elements_read=160, elements_written=32, time_s=0.001)
+    return memwall.Report(rows=(row,), steps=steps, rank=rank, world_size=2, job=job, created_unix_s=created)
+
+
+def test_publish_never_overwrites_and_leaves_nothing_staged(tmp_path):
+    store = RunDir(tmp_path)
+    paths = [store.publish(_report(job)) for job in ("a", "b", "c")]
+    assert [p.name for p in paths] == ["rank0_steps000000-000000.json", "rank0_steps000000-000000.1.json",
+                                       "rank0_steps000000-000000.2.json"]
+    assert sorted(p.name for p in store.reports.iterdir()) == sorted(p.name for p in paths)
+    assert [memwall.load_report(p).job for p in paths] == ["a", "b", "c"]
+    assert window_name(3, (5, 6, 9)) == "rank3_steps000005-000009.json"
+    with pytest.raises(ValueError, match="without recorded steps"):
+        store.publish(_report("d", steps=()))
+
+
+def test_windows_skip_directories_and_staged_files(tmp_path):
+    store = RunDir(tmp_path)
+    store.publish(_report("a"))
+    (store.reports / "rank0_steps000001-000001.json").mkdir()
+    (store.reports / ".rank0_steps000002-000002.json.7.staged").write_text("{}")
+    assert [w.id for w in store.windows()] == ["rank0_steps000000-000000"]
+    assert list(find_runs(tmp_path)) == ["."] and RunDir(tmp_path / "elsewhere").windows() == ()
+
+
+def test_jobs_group_windows_per_rank_and_newest_first(tmp_path):
+    store = RunDir(tmp_path)
+    store.publish(_report("old", (0,), created=1.0))
+    store.publish(_report("old", (1,), created=2.0))
+    store.publish(_report("old", (0,), rank=1, created=2.0))
+    store.publish(_report("new", (0,), created=3.0))
+    jobs = store.jobs()
+    assert [(j.id, sorted(j.ranks)) for j in jobs] == [("new", [0]), ("old", [0, 1])]
+    old = jobs[1]
+    assert old.ranks[0].steps == (0, 1) and old.ranks[0].rows[0].calls == 2  # its two windows merged
+    assert old.ranks[1].steps == (0,) and old.created_unix_s == 2.0
+    assert pick_job(jobs, None) is jobs[0] and pick_job(jobs, "ol") is old
+    with pytest.raises(LookupError, match="not a job here"):
+        pick_job(jobs, "x")
+    with pytest.raises(LookupError, match="several jobs"):
+        pick_job([*jobs, dataclasses.replace(old, id="older")], "ol")
+
+
+def test_a_window_whose_name_disagrees_with_its_rank_is_refused(tmp_path):
+    store = RunDir(tmp_path)
+    path = store.publish(_report("a"))
+    path.rename(path.with_name("rank1_steps000000-000000.json"))
+    with pytest.raises(ValueError, match="name says rank 1"):
+        group_jobs(store.load())
