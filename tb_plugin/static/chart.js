@@ -23,6 +23,38 @@ export function decades(lo, hi) {
 }
 
 /**
+ * Log-log axes in `root` over x0..x1 and y0..y1 inside `frame` ({width, height, margin}): a grid line
+ * and a tick at every decade, and the two axis titles. Returns the scales {sx, sy}. The roofline
+ * (ops under compute and memory) and the link chart (collectives under the link) both draw on it.
+ */
+export function logAxes(root, frame, [x0, x1, y0, y1], {xTitle, yTitle, xTick, yTick}) {
+  const {width, height, margin} = frame;
+  const sx = (v) => margin.left + (Math.log10(v) - Math.log10(x0)) / (Math.log10(x1) - Math.log10(x0)) *
+      (width - margin.left - margin.right);
+  const sy = (v) => height - margin.bottom - (Math.log10(v) - Math.log10(y0)) / (Math.log10(y1) - Math.log10(y0)) *
+      (height - margin.top - margin.bottom);
+  const text = (attrs, content) => {
+    const node = svg('text', attrs);
+    node.textContent = content;
+    root.appendChild(node);
+  };
+  for (const v of decades(x0, x1)) {
+    if (v < x0 || v > x1) continue;
+    root.appendChild(svg('line', {x1: sx(v), x2: sx(v), y1: margin.top, y2: height - margin.bottom, class: 'mw-grid'}));
+    text({x: sx(v), y: height - margin.bottom + 16, class: 'mw-tick', 'text-anchor': 'middle'}, xTick(v));
+  }
+  for (const v of decades(y0, y1)) {
+    if (v < y0 || v > y1) continue;
+    root.appendChild(svg('line', {x1: margin.left, x2: width - margin.right, y1: sy(v), y2: sy(v), class: 'mw-grid'}));
+    text({x: margin.left - 6, y: sy(v) + 4, class: 'mw-tick', 'text-anchor': 'end'}, yTick(v));
+  }
+  text({x: (width - margin.right + margin.left) / 2, y: height - 8, class: 'mw-axis', 'text-anchor': 'middle'}, xTitle);
+  text({x: 14, y: (height - margin.bottom) / 2, class: 'mw-axis', 'text-anchor': 'middle',
+    transform: `rotate(-90 14 ${(height - margin.bottom) / 2})`}, yTitle);
+  return {sx, sy};
+}
+
+/**
  * Draw into `container`. `points` are rows or module groups with intensity, achieved_flops_per_s,
  * time_s and bound; only those with `plotted` are drawn. `describe(point)` gives tooltip lines.
  */
@@ -39,38 +71,13 @@ export function drawRoofline(container, device, points, describe) {
   }
   const x0 = Math.min(...xs) / 4, x1 = Math.max(...xs) * 4;
   const y0 = Math.min(...ys) / 4, y1 = Math.max(...ys) * 2;
-  const sx = (v) => MARGIN.left + (Math.log10(v) - Math.log10(x0)) / (Math.log10(x1) - Math.log10(x0)) *
-      (WIDTH - MARGIN.left - MARGIN.right);
-  const sy = (v) => HEIGHT - MARGIN.bottom - (Math.log10(v) - Math.log10(y0)) / (Math.log10(y1) - Math.log10(y0)) *
-      (HEIGHT - MARGIN.top - MARGIN.bottom);
 
   const root = svg('svg', {viewBox: `0 0 ${WIDTH} ${HEIGHT}`, class: 'mw-chart', role: 'img'});
   const title = svg('title');
   title.textContent = 'Roofline: attainable FLOP/s against arithmetic intensity (log-log)';
   root.appendChild(title);
-
-  // grid and axes
-  for (const v of decades(x0, x1)) {
-    if (v < x0 || v > x1) continue;
-    root.appendChild(svg('line', {x1: sx(v), x2: sx(v), y1: MARGIN.top, y2: HEIGHT - MARGIN.bottom, class: 'mw-grid'}));
-    const label = svg('text', {x: sx(v), y: HEIGHT - MARGIN.bottom + 16, class: 'mw-tick', 'text-anchor': 'middle'});
-    label.textContent = num(v);
-    root.appendChild(label);
-  }
-  for (const v of decades(y0, y1)) {
-    if (v < y0 || v > y1) continue;
-    root.appendChild(svg('line', {x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: sy(v), y2: sy(v), class: 'mw-grid'}));
-    const label = svg('text', {x: MARGIN.left - 6, y: sy(v) + 4, class: 'mw-tick', 'text-anchor': 'end'});
-    label.textContent = si(v);
-    root.appendChild(label);
-  }
-  const xlabel = svg('text', {x: (WIDTH - MARGIN.right + MARGIN.left) / 2, y: HEIGHT - 8, class: 'mw-axis', 'text-anchor': 'middle'});
-  xlabel.textContent = 'arithmetic intensity (FLOPs / byte)';
-  root.appendChild(xlabel);
-  const ylabel = svg('text', {x: 14, y: (HEIGHT - MARGIN.bottom) / 2, class: 'mw-axis', 'text-anchor': 'middle',
-    transform: `rotate(-90 14 ${(HEIGHT - MARGIN.bottom) / 2})`});
-  ylabel.textContent = 'FLOP/s';
-  root.appendChild(ylabel);
+  const {sx, sy} = logAxes(root, {width: WIDTH, height: HEIGHT, margin: MARGIN}, [x0, x1, y0, y1],
+      {xTitle: 'arithmetic intensity (FLOPs / byte)', yTitle: 'FLOP/s', xTick: num, yTick: (v) => si(v)});
 
   // roofs: the bandwidth slope up to the highest peak, a flat roof per peak value from its ridge
   // on (dtypes with the same peak share one roof and one label)

@@ -1,7 +1,7 @@
 // The tab's distributed parts: a rank's collectives under the link's roof (achieved bus bandwidth
 // against message size, and a table), and every rank of the run side by side.
 
-import {decades, svg} from './chart.js';
+import {logAxes, svg} from './chart.js';
 import {duration, el, pct, si} from './format.js';
 
 const WIDTH = 760;
@@ -26,27 +26,10 @@ function drawLinkRoof(container, comm) {
   const ys = points.map((c) => c.bus_bandwidth_bytes_per_s).concat(roof ? [roof] : []);
   const x0 = Math.min(...xs) / 4, x1 = Math.max(...xs) * 4;
   const y0 = Math.min(...ys) / 4, y1 = Math.max(...ys) * 3;
-  const sx = (v) => MARGIN.left + (Math.log10(v) - Math.log10(x0)) / (Math.log10(x1) - Math.log10(x0)) *
-      (WIDTH - MARGIN.left - MARGIN.right);
-  const sy = (v) => HEIGHT - MARGIN.bottom - (Math.log10(v) - Math.log10(y0)) / (Math.log10(y1) - Math.log10(y0)) *
-      (HEIGHT - MARGIN.top - MARGIN.bottom);
   const root = svg('svg', {viewBox: `0 0 ${WIDTH} ${HEIGHT}`, class: 'mw-chart mw-link-chart', role: 'img'});
   root.appendChild(text('title', {}, 'Collectives: achieved bus bandwidth against message size, under the link roof'));
-  for (const v of decades(x0, x1)) {
-    if (v < x0 || v > x1) continue;
-    root.appendChild(svg('line', {x1: sx(v), x2: sx(v), y1: MARGIN.top, y2: HEIGHT - MARGIN.bottom, class: 'mw-grid'}));
-    root.appendChild(text('text', {x: sx(v), y: HEIGHT - MARGIN.bottom + 16, class: 'mw-tick', 'text-anchor': 'middle'},
-        si(v, 'B')));
-  }
-  for (const v of decades(y0, y1)) {
-    if (v < y0 || v > y1) continue;
-    root.appendChild(svg('line', {x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: sy(v), y2: sy(v), class: 'mw-grid'}));
-    root.appendChild(text('text', {x: MARGIN.left - 6, y: sy(v) + 4, class: 'mw-tick', 'text-anchor': 'end'}, si(v)));
-  }
-  root.appendChild(text('text', {x: (WIDTH - MARGIN.right + MARGIN.left) / 2, y: HEIGHT - 8, class: 'mw-axis',
-    'text-anchor': 'middle'}, 'message per call (bytes)'));
-  root.appendChild(text('text', {x: 14, y: (HEIGHT - MARGIN.bottom) / 2, class: 'mw-axis', 'text-anchor': 'middle',
-    transform: `rotate(-90 14 ${(HEIGHT - MARGIN.bottom) / 2})`}, 'bus bandwidth (B/s)'));
+  const {sx, sy} = logAxes(root, {width: WIDTH, height: HEIGHT, margin: MARGIN}, [x0, x1, y0, y1],
+      {xTitle: 'message per call (bytes)', yTitle: 'bus bandwidth (B/s)', xTick: (v) => si(v, 'B'), yTick: (v) => si(v)});
   if (roof) {
     root.appendChild(svg('line', {x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: sy(roof), y2: sy(roof),
       class: 'mw-roof mw-link-roof'}));
