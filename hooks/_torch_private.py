@@ -8,6 +8,7 @@ from types import FrameType
 from typing import Any
 
 import torch
+from torch._ops import OpOverload
 from torch.utils._python_dispatch import (  # private: no public dispatch-mode API exists
     TorchDispatchMode,
     _get_current_dispatch_mode_stack,
@@ -91,6 +92,61 @@ def warm_up_dispatch() -> None:
 
 def dispatch_mode_stack() -> list[Any]:
     return list(_get_current_dispatch_mode_stack())
+
+
+class UncompiledDispatchMode(TorchDispatchMode):
+    """A dispatch mode whose `__torch_dispatch__` torch calls as written, not wrapped to keep
+    Dynamo out of it: for a mode that never compiles anything itself."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps a mode's __torch_dispatch__ in torch._disable_dynamo (~4 us per op here) so
+        # that a torch.compile call made inside the mode does not compile the mode's own frames.
+        # This mode never compiles, and Dynamo compiles with it off: the wrapper is pure cost.
+        return False
+
+
+# -- operator overloads: torch gives no public accessor for an overload's schema; memwall reads
+# -- each overload's once (its callers cache what they take from it).
+
+
+def op_schema(func: Any) -> Any:
+    """An operator overload's FunctionSchema (its arguments' names, defaults and alias
+    annotations, its returns); None for a callable without one (a higher-order operator)."""
+    return getattr(func, "_schema", None)
+
+
+def overload_name(func: Any) -> str:
+    """An operator overload's name within its packet ("default", "Tensor", "out")."""
+    return str(func._overloadname)
+
+
+def is_op_overload(obj: Any) -> bool:
+    """An operator overload (`torch.ops.aten.mm.default`), as a compiled graph's nodes call them."""
+    return isinstance(obj, OpOverload)
+
+
+def compiled_module_original(module: Any) -> Any:
+    """The module a `torch.compile(module)` wrapper (OptimizedModule) runs; None for any other."""
+    return getattr(module, "_orig_mod", None)
+
+
+_streams: dict[Any, Any] = {}
+
+
+def current_cuda_stream() -> Any:
+    """torch.cuda.current_stream() without its Python layers (device lookup through the
+    environment, a new Stream object): this runs for every op on a GPU."""
+    try:
+        data = torch._C._cuda_getCurrentStream(torch._C._cuda_getDevice())
+    except AttributeError:  # a torch without these bindings
+        return torch.cuda.current_stream()
+    stream = _streams.get(data)
+    if stream is None:
+        if len(_streams) > 256:  # many short-lived user streams: forget the old wrappers
+            _streams.clear()
+        stream = _streams[data] = torch.cuda.Stream(stream_id=data[0], device_index=data[1], device_type=data[2])
+    return stream
 
 
 # -- torch.distributed: collectives reach the dispatcher as c10d ops whose process group and
@@ -319,7 +375,10 @@ __all__ = [
     "ACCUMULATE_GRAD_SEQUENCE_NR",
     "SUBGRAPH_HOPS",
     "TorchDispatchMode",
+    "UncompiledDispatchMode",
+    "compiled_module_original",
     "current_autograd_node",
+    "current_cuda_stream",
     "compiled_region_graph",
     "default_store",
     "dispatch_mode_stack",
@@ -336,9 +395,12 @@ __all__ = [
     "hop_name",
     "is_fake_tensor_type",
     "is_higher_order_op",
+    "is_op_overload",
     "nested_component_shapes",
     "node_sequence_nr",
     "node_variable",
+    "op_schema",
+    "overload_name",
     "peek_sequence_nr",
     "process_group_size",
     "propagate_shapes",

@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from memwall_plugin.hooks._torch_private import (
     SUBGRAPH_HOPS,
-    TorchDispatchMode,
+    UncompiledDispatchMode,
     current_autograd_node,
+    current_cuda_stream,
     dispatch_mode_stack,
     fake_mode_active,
     fwd_grad_enabled,
@@ -32,6 +33,8 @@ from memwall_plugin.hooks._torch_private import (
     is_fake_tensor_type,
     is_higher_order_op,
     nested_component_shapes,
+    op_schema,
+    overload_name,
     warm_up_dispatch,
 )
 from memwall_plugin.hooks.compiled import CompiledRegions, region_facts
@@ -261,7 +264,7 @@ def _schema_of(func: Any) -> _Schema:
         # no schema: arguments are named by position (build_call), nothing is declared mutated
         facts = _SCHEMAS[func] = _Schema(f"higher_order.{func.name()}", "default", (), (), (), ())
     elif facts is None:
-        schema = func._schema
+        schema = op_schema(func)
         arguments, mutated, out_args = [], [], []
         for argument in schema.arguments:
             default = argument.default_value if argument.has_default_value() else _NO_DEFAULT
@@ -272,7 +275,7 @@ def _schema_of(func: Any) -> _Schema:
                 if argument.is_out:
                     out_args.append(argument.name)
         namespace, _, name = schema.name.partition("::")
-        facts = _Schema(f"{namespace}.{name}", func._overloadname, tuple(arguments), tuple(mutated),
+        facts = _Schema(f"{namespace}.{name}", overload_name(func), tuple(arguments), tuple(mutated),
                         tuple(out_args), tuple(r.alias_info is not None for r in schema.returns))
         _SCHEMAS[func] = facts
     return facts
@@ -427,7 +430,7 @@ def _facts(func: Any) -> tuple[bool, bool, bool, Any]:
     facts = _FACTS.get(id(func))
     if facts is None:
         hop = is_higher_order_op(func)
-        schema = None if hop else getattr(func, "_schema", None)
+        schema = None if hop else op_schema(func)
         factory = schema is not None and not any("Tensor" in str(a.type) for a in schema.arguments)
         facts = _FACTS[id(func)] = (not hop and has_composite_kernel(func), factory, hop, func)
     return facts
@@ -472,25 +475,7 @@ def _reader_of(func: Any) -> Any:
     return found
 
 
-_streams: dict[Any, Any] = {}
-
-
-def _current_stream() -> Any:
-    """torch.cuda.current_stream() without its Python layers (device lookup through the
-    environment, a new Stream object): this runs for every op on a GPU."""
-    try:
-        data = torch._C._cuda_getCurrentStream(torch._C._cuda_getDevice())
-    except AttributeError:  # a torch without these bindings
-        return torch.cuda.current_stream()
-    stream = _streams.get(data)
-    if stream is None:
-        if len(_streams) > 256:  # many short-lived user streams: forget the old wrappers
-            _streams.clear()
-        stream = _streams[data] = torch.cuda.Stream(stream_id=data[0], device_index=data[1], device_type=data[2])
-    return stream
-
-
-class _CaptureMode(TorchDispatchMode):
+class _CaptureMode(UncompiledDispatchMode):
     #: higher-order operators (flex_attention, torch.cond, while_loop, scan, ...) come to
     #: __torch_dispatch__ too, instead of torch raising NotImplementedError in the user's code
     supports_higher_order_operators = True
@@ -500,13 +485,6 @@ class _CaptureMode(TorchDispatchMode):
         # torch.compile'd code compiles with this mode off and runs compiled with it on
         # (hooks/compiled.py): the program the user compiled, not an eager stand-in
         return True
-
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        # torch wraps a mode's __torch_dispatch__ in torch._disable_dynamo (~4 us per op here) so
-        # that a torch.compile call made inside the mode does not compile the mode's own frames.
-        # This mode never compiles, and Dynamo compiles with it off: the wrapper is pure cost.
-        return False
 
     def __init__(self, capture: Capture, cuda: bool) -> None:
         super().__init__()
@@ -608,7 +586,7 @@ class _CaptureMode(TorchDispatchMode):
         # device time from events, resolved at the step's end: no synchronisation per op
         capture = self._capture
         try:
-            stream = _current_stream()
+            stream = current_cuda_stream()
             free = capture.free_events.get(stream.device_index)
             start_event = free.pop() if free else torch.cuda.Event(enable_timing=True)
             end_event = free.pop() if free else torch.cuda.Event(enable_timing=True)

@@ -22,6 +22,7 @@ from memwall_plugin.hooks._torch_private import (
     compiled_region_graph,
     hop_name,
     is_higher_order_op,
+    is_op_overload,
     propagate_shapes,
     wrap_compiled_regions,
     wrap_compiled_regions_from_now_on,
@@ -89,7 +90,7 @@ def _analyse(gm: Any, inputs: list[Any]) -> tuple[tuple[OpCall, ...] | None, tup
         target = node.target
         if is_higher_order_op(target) and hop_name(target) in _FLEX:
             flex.append(node)
-        elif isinstance(target, torch._ops.OpOverload) or is_higher_order_op(target):
+        elif is_op_overload(target) or is_higher_order_op(target):
             static.append(_call_of(node))
     placeholders = tuple(n for n in gm.graph.nodes if n.op == "placeholder")
     names = [c.op.removeprefix("aten.") for c in static if c.op not in _VIEWS] + ["flex_attention"] * len(flex)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from memwall_plugin.hooks._torch_private import (
     ACCUMULATE_GRAD_SEQUENCE_NR,
+    compiled_module_original,
     current_autograd_node,
     find_frame,
     forward_kwargs,
@@ -95,9 +96,10 @@ class ModuleTracker:
 
     def _name_of(self, module: torch.nn.Module) -> str | None:
         name = self._names.get(module)
-        original = getattr(module, "_orig_mod", None)  # torch.compile(module): the module it wraps
-        if name is None and isinstance(original, torch.nn.Module):
-            name = self._names.get(original)
+        if name is None:
+            original = compiled_module_original(module)  # torch.compile(module): the module it wraps
+            if isinstance(original, torch.nn.Module):
+                name = self._names.get(original)
         if name is not None or self._fixed:
             return name
         if not self.stack:

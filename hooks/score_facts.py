@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from memwall_plugin.hooks._torch_private import flex_block_mask, hop_name, is_higher_order_op
+from memwall_plugin.hooks._torch_private import flex_block_mask, hop_name, is_higher_order_op, op_schema
 
 from memwall_plugin.records import ScoreFacts
 
@@ -94,7 +94,7 @@ def varlen_scores(offsets_q: Any, offsets_k: Any, max_q: Any, max_k: Any) -> Sco
 
 
 def _argument(func: Any, name: str) -> int | None:
-    for i, a in enumerate(func._schema.arguments):
+    for i, a in enumerate(op_schema(func).arguments):
         if a.name == name:
             return i
     return None
@@ -137,7 +137,7 @@ def reader_for(func: Any) -> Reader | None:
         if name in ("flex_attention", "flex_attention_backward"):
             return lambda args, kwargs: flex_scores(name, args)
         return None
-    schema = getattr(func, "_schema", None)
+    schema = op_schema(func)
     names = _VARLEN.get(schema.name) if schema is not None else None
     return _varlen_reader(func, names) if names is not None else None
 
