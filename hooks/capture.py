@@ -3,10 +3,6 @@
 The hot path (`_CaptureMode.__torch_dispatch__`) times the op, finds its module and phase, and
 folds the call into a table keyed by (op, module, phase, argument signature). Only the first
 call of a signature builds the full `OpCall` metadata; tensors are never kept.
-
-Python float arguments enter the key as a `FloatArg` (zero, one or other): their values
-(learning rates, bias corrections) change every step and would make the table grow without
-bound, while the formulas only ask whether a term is present or a scale multiplies.
 """
 
 from __future__ import annotations
@@ -14,7 +10,6 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,14 +27,21 @@ from memwall_plugin.hooks._torch_private import (
     in_backward_seed,
     is_fake_tensor_type,
     is_higher_order_op,
-    nested_component_shapes,
     op_schema,
-    overload_name,
     warm_up_dispatch,
 )
 from memwall_plugin.hooks.compiled import CompiledRegions, region_facts
 from memwall_plugin.hooks.modules import ModuleTracker
 from memwall_plugin.hooks.score_facts import reader_for
+from memwall_plugin.hooks.signatures import (
+    PLAIN,
+    build_call,
+    device_of,
+    is_tensor_key,
+    meta_of_key,
+    opaque,
+    signature,
+)
 
 from memwall_plugin.records import (
     BACKWARD,
@@ -48,10 +50,7 @@ from memwall_plugin.records import (
     OPTIMIZER,
     OTHER,
     RECOMPUTE,
-    FloatArg,
-    NestedMeta,
     OpCall,
-    TensorMeta,
     float_arg,
     list_shapes_text,
 )
@@ -169,7 +168,7 @@ def _bucket_int(n: int) -> int:
 
 def bucket_key(value: Any) -> Any:
     """A signature with every size rounded up to a power of two (strides dropped)."""
-    if _is_tensor_key(value):
+    if is_tensor_key(value):
         shape, _, dtype = value
         return (_BUCKETED, tuple(_bucket_int(d) for d in shape), dtype)
     if type(value) is tuple:
@@ -195,198 +194,6 @@ def bucket_shapes(arg_key: tuple[Any, ...]) -> str:
         elif type(value) is tuple and value and _bucket_text(value[0]) is not None:
             parts.append(list_shapes_text([_bucket_text(v) or "?" for v in value]))
     return " x ".join(parts)
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
-    strides, running = [], 1
-    for n in reversed(shape):
-        strides.append(running)
-        running *= max(n, 1)
-    return tuple(reversed(strides))
-
-
-_DTYPE_NAMES: dict[torch.dtype, tuple[str, int]] = {}
-_NESTED = "<nested>"  # marks a nested tensor's signature: (packed size, (_NESTED, shapes), dtype)
-
-
-def _is_tensor_key(value: Any) -> bool:
-    return type(value) is tuple and len(value) == 3 and type(value[0]) is torch.Size
-
-
-def meta_of_key(key: Any) -> TensorMeta:
-    shape, stride, dtype = key
-    named = _DTYPE_NAMES.get(dtype)
-    if named is None:
-        named = _DTYPE_NAMES[dtype] = (_dtype_name(dtype), dtype.itemsize)
-    if stride and stride[0] == _NESTED:  # a nested tensor: its packed elements, and its components
-        return NestedMeta(tuple(shape), (1,), named[0], named[1], stride[1])
-    return TensorMeta(tuple(shape), tuple(stride), named[0], named[1])
-
-
-def _meta_value(value: Any) -> Any:
-    """An argument's signature as formulas see it: tensors become TensorMeta, lists tuples."""
-    if _is_tensor_key(value):
-        return meta_of_key(value)
-    if isinstance(value, (list, tuple)):
-        return tuple(_meta_value(v) for v in value)
-    if type(value) is float:  # a schema default (captured floats are FloatArgs already)
-        return float_arg(value)
-    if isinstance(value, (bool, int, str, FloatArg)) or value is None:
-        return value
-    return str(value)  # dtype, device, layout, memory_format: their names
-
-
-_NO_DEFAULT = object()
-
-
-@dataclass(frozen=True, slots=True)
-class _Schema:
-    """What build_call needs from an overload's schema, read once (pybind calls are slow)."""
-
-    op: str
-    overload: str
-    arguments: tuple[tuple[str, Any], ...]  # (name, default or _NO_DEFAULT)
-    mutated: tuple[str, ...]
-    out_args: tuple[str, ...]
-    returns_alias: tuple[bool, ...]
-
-
-_SCHEMAS: dict[Any, _Schema] = {}  # overload -> facts; bounded by the number of aten overloads
-
-
-def _schema_of(func: Any) -> _Schema:
-    facts = _SCHEMAS.get(func)
-    if facts is None and is_higher_order_op(func):
-        # no schema: arguments are named by position (build_call), nothing is declared mutated
-        facts = _SCHEMAS[func] = _Schema(f"higher_order.{func.name()}", "default", (), (), (), ())
-    elif facts is None:
-        schema = op_schema(func)
-        arguments, mutated, out_args = [], [], []
-        for argument in schema.arguments:
-            default = argument.default_value if argument.has_default_value() else _NO_DEFAULT
-            arguments.append((argument.name, default))
-            alias = argument.alias_info
-            if alias is not None and alias.is_write:
-                mutated.append(argument.name)
-                if argument.is_out:
-                    out_args.append(argument.name)
-        namespace, _, name = schema.name.partition("::")
-        facts = _Schema(f"{namespace}.{name}", overload_name(func), tuple(arguments), tuple(mutated),
-                        tuple(out_args), tuple(r.alias_info is not None for r in schema.returns))
-        _SCHEMAS[func] = facts
-    return facts
-
-
-def build_call(
-    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, device: str = "cpu"
-) -> OpCall:
-    """The OpCall of one aten call from its signature (`signature()` of its arguments and
-    outputs) and its schema: arguments by name, aliasing, mutation. Float arguments arrive as
-    the `FloatArg` their signature holds (zero, one, other), which is all formulas ask of them."""
-    schema = _schema_of(func)
-    values: list[tuple[str, Any]] = []
-    n_args = len(args)
-    facts = kwargs.pop(FACTS_KEY, None) if FACTS_KEY in kwargs else None
-    arguments = schema.arguments
-    if not arguments:  # a higher-order operator: by position, then by keyword
-        arguments = tuple((f"arg{i}", _NO_DEFAULT) for i in range(n_args)) + tuple(
-            (name, _NO_DEFAULT) for name in kwargs)
-    for index, (name, default) in enumerate(arguments):
-        if index < n_args:
-            value = args[index]
-        elif name in kwargs:
-            value = kwargs[name]
-        elif default is not _NO_DEFAULT:
-            value = default
-        else:
-            continue
-        values.append((name, _meta_value(value)))
-
-    outputs: list[TensorMeta | None] = []
-    aliased: list[bool] = []
-    returns = schema.returns_alias
-    results = out if len(returns) != 1 else (out,)
-    if isinstance(results, (list, tuple)) and not _is_tensor_key(results) and len(returns) == len(results):
-        for ret_alias, result in zip(returns, results, strict=True):
-            for item in _flatten_keys(result):
-                outputs.append(meta_of_key(item) if _is_tensor_key(item) else None)
-                aliased.append(ret_alias)
-    else:
-        for item in _flatten_keys(out):
-            outputs.append(meta_of_key(item) if _is_tensor_key(item) else None)
-            aliased.append(False)
-    return OpCall(
-        op=schema.op,
-        overload=schema.overload,
-        args=tuple(values),
-        outputs=tuple(outputs),
-        mutated=schema.mutated,
-        out_args=schema.out_args,
-        aliased_outputs=tuple(aliased),
-        device=device,
-        facts=facts,
-    )
-
-
-def _flatten_keys(out: Any) -> list[Any]:
-    if _is_tensor_key(out):
-        return [out]
-    if isinstance(out, (list, tuple)):
-        flat: list[Any] = []
-        for item in out:
-            flat.extend(_flatten_keys(item))
-        return flat
-    return [out]
-
-
-#: argument types kept by value in a signature; any other object (a RecordFunction handle,
-#: a ScriptObject, a user's object) is kept by its type name only, so a fresh object per call
-#: neither makes a new signature every step nor stays alive in the table
-_PLAIN = frozenset({int, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format,
-                    torch.Size})
-
-
-def _opaque(value: Any) -> tuple[str, str]:
-    return ("<object>", type(value).__name__)
-
-
-def signature(value: Any) -> Any:
-    """The hashable signature of an argument or result: (shape, stride, dtype) per tensor."""
-    if isinstance(value, _Tensor):
-        if value.is_nested:
-            # a (strided) nested tensor has no single shape and raises on .shape: its packed
-            # elements as one flat tensor, with the shape of each component in the stride's
-            # place (formulas that multiply components, matmul, read them)
-            return (torch.Size([value.numel()]), (_NESTED, nested_component_shapes(value)), value.dtype)
-        try:
-            return (value.shape, value.stride(), value.dtype)
-        except (RuntimeError, NotImplementedError):  # layouts without strides
-            return (value.shape, _contiguous_strides(tuple(value.shape)), value.dtype)
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            if type(v) is not int:
-                return tuple([signature(v) for v in value])
-        return tuple(value)  # sizes and dims, the common case: ints are their own signature
-    if isinstance(value, float):
-        return float_arg(value)
-    if type(value) in _PLAIN or isinstance(value, (int, str)):  # an IntEnum is still its value
-        return value
-    return _opaque(value)
-
-
-def _device_of(args: tuple[Any, ...], out: Any) -> str:
-    for value in (*args, out):
-        if isinstance(value, _Tensor):
-            return value.device.type
-        if isinstance(value, (list, tuple)):
-            for item in value:
-                if isinstance(item, _Tensor):
-                    return item.device.type
-    return "cpu"
 
 
 def _first_tensor_is_cuda(args: tuple[Any, ...]) -> bool:
@@ -558,8 +365,8 @@ class _CaptureMode(UncompiledDispatchMode):
         capture = self._capture
         try:
             inputs = args[1] if len(args) > 1 and isinstance(args[1], list) else []
-            key = (_opaque(args[0]), tuple([signature(t) for t in inputs]))
-            region = (key, region_facts(args, kwargs), _device_of(tuple(inputs), None))
+            key = (opaque(args[0]), tuple([signature(t) for t in inputs]))
+            region = (key, region_facts(args, kwargs), device_of(tuple(inputs), None))
         except Exception as err:
             capture.fail(err, func)
             return func(*args, **kwargs)
@@ -605,15 +412,19 @@ class _CaptureMode(UncompiledDispatchMode):
 
 
 class Capture:
-    """Records aten ops into `table` while started. One capture may be active per process."""
+    """Records aten ops into `table` while started. One capture may be active per process.
+
+    `analyse` counts a call from its entry (memwall_plugin.analysis: `AnalysisCache.analyse`):
+    past the signature cap each call is counted as it is folded into its shape bucket. It is
+    passed in because the counting side imports capture, not the other way round."""
 
     _active: Capture | None = None
 
     #: distinct signatures kept apart per run by default; past it, new shapes share buckets
     MAX_SIGNATURES = 10_000
 
-    def __init__(self, model: torch.nn.Module | None = None, *, max_signatures: int | None = None,
-                 analyse: Callable[[CaptureEntry], Any] | None = None) -> None:
+    def __init__(self, model: torch.nn.Module | None = None, *, analyse: Callable[[CaptureEntry], Any],
+                 max_signatures: int | None = None) -> None:
         self.tracker = ModuleTracker(model)
         self.table: dict[Any, CaptureEntry] = {}
         self.max_signatures = self.MAX_SIGNATURES if max_signatures is None else max_signatures
@@ -769,7 +580,7 @@ class Capture:
                     parts.append(float_arg(a))
                 elif type(a) is list or type(a) is tuple:
                     parts.append(signature(a))
-                elif type(a) in _PLAIN:
+                elif type(a) in PLAIN:
                     parts.append(a)
                 else:
                     parts.append(signature(a))
@@ -794,7 +605,7 @@ class Capture:
                                else signature(out))
                 except (RuntimeError, NotImplementedError):  # layouts without strides
                     out_key = signature(out)
-                entry = CaptureEntry(func, arg_key, kw_key, out_key, device or _device_of(args, out), module, phase)
+                entry = CaptureEntry(func, arg_key, kw_key, out_key, device or device_of(args, out), module, phase)
                 self.table[key] = entry
             else:
                 entry = self._bucketed(func, module, phase, arg_key, kw_key, args, out)
@@ -816,13 +627,13 @@ class Capture:
                 RuntimeWarning, stacklevel=4,
             )
         self.bucketed_calls += 1
-        exact = CaptureEntry(func, arg_key, kw_key, signature(out), _device_of(args, out), module, phase)
+        exact = CaptureEntry(func, arg_key, kw_key, signature(out), device_of(args, out), module, phase)
         memo_key = (func, arg_key, kw_key, exact.out_key, exact.device)
         analysis = self._bucket_memo.get(memo_key)  # layers repeat shapes within a step
         if analysis is None:
             if len(self._bucket_memo) >= 1024:  # one very long step (a whole generate() call)
                 self._bucket_memo.clear()
-            analysis = self._bucket_memo[memo_key] = self._analysis_of(exact)
+            analysis = self._bucket_memo[memo_key] = self._analyse(exact)
         bucket_args, bucket_kw = bucket_key(arg_key), bucket_key(kw_key)
         key = (func, module, phase, bucket_args, bucket_kw)
         entry = self.table.get(key)
@@ -832,14 +643,6 @@ class Capture:
             self.table[key] = entry
         entry.bucket.add(analysis)  # type: ignore[union-attr]
         return entry
-
-    def _analysis_of(self, entry: CaptureEntry) -> Any:
-        if self._analyse is None:
-            from memwall_plugin.analysis import AnalysisCache
-            from memwall_plugin.formulas import REGISTRY
-
-            self._analyse = AnalysisCache(REGISTRY, limit=0).analyse
-        return self._analyse(entry)
 
 
 __all__ = ["Bucket", "Capture", "CaptureEntry", "ProfilerConflictError", "build_call", "merge_into", "meta_of_key",

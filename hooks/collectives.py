@@ -37,8 +37,9 @@ from memwall_plugin.hooks._torch_private import (
     process_group_size,
     unbox_work,
 )
-from memwall_plugin.hooks.capture import Capture, CaptureEntry, _CaptureMode, _schema_of, build_call, signature
+from memwall_plugin.hooks.capture import Capture, CaptureEntry, _CaptureMode
 from memwall_plugin.hooks.modules import ModuleTracker
+from memwall_plugin.hooks.signatures import build_call, schema_of, signature
 
 from memwall_plugin.comm import COLLECTIVE_OPS, WAIT_OP
 from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OpCall
@@ -154,7 +155,7 @@ def _where(tracker: ModuleTracker) -> tuple[str, str]:
 
 def _group_size(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], world_size: int) -> int:
     values = dict(kwargs)
-    for (name, _), value in zip(_schema_of(func).arguments, args):
+    for (name, _), value in zip(schema_of(func).arguments, args):
         values[name] = value
     if isinstance(values.get("process_group"), _ScriptObject):
         size = process_group_size(values["process_group"])

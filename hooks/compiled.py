@@ -28,6 +28,7 @@ from memwall_plugin.hooks._torch_private import (
     wrap_compiled_regions_from_now_on,
 )
 from memwall_plugin.hooks.score_facts import flex_scores
+from memwall_plugin.hooks.signatures import build_call, device_of, signature
 
 from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.records import FACTS_KEY, OpCall, RegionFacts
@@ -68,13 +69,11 @@ def _val(node: Any) -> Any:
 
 
 def _call_of(node: Any, facts: Any = None) -> OpCall:
-    from memwall_plugin.hooks.capture import _device_of, build_call, signature  # capture imports this module
-
     args, kwargs, out = _val(node.args), _val(node.kwargs), node.meta.get("val")
     kw = {k: signature(v) for k, v in kwargs.items()}
     if facts is not None:
         kw[FACTS_KEY] = facts
-    return build_call(node.target, tuple(signature(a) for a in args), kw, signature(out), _device_of((), out))
+    return build_call(node.target, tuple(signature(a) for a in args), kw, signature(out), device_of((), out))
 
 
 def _analyse(gm: Any, inputs: list[Any]) -> tuple[tuple[OpCall, ...] | None, tuple[Any, ...], tuple[Any, ...], str]:
