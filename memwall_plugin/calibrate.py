@@ -1,135 +1,33 @@
 """`memwall calibrate`: measure this machine's ceilings (a large GEMM per dtype, a STREAM triad).
 
-Results are cached per device in `$MEMWALL_CACHE_DIR` (default `~/.cache/memwall`) and preferred
+Results are cached per device (calibration_cache.py: `$MEMWALL_CACHE_DIR`, default `~/.cache/memwall`), preferred
 over datasheet or estimated figures whenever that device is detected again.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from memwall_plugin.devices import CALIBRATED, DeviceSpec, peak_key
+from memwall_plugin.calibration_cache import (
+    Calibration,
+    cache_dir,
+    cache_file,
+    device_fingerprint,
+    load_calibration,
+    save_calibration,
+)
+from memwall_plugin.devices import DeviceSpec, cpu_spec, peak_key
 
-ENV_CACHE_DIR = "MEMWALL_CACHE_DIR"
 #: "0" turns off the short measurement memwall makes the first time it profiles on a CPU
 ENV_AUTO = "MEMWALL_CALIBRATE"
-CACHE_VERSION = 1
 
 _CALIBRATED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-
-
-def cache_dir() -> Path:
-    if os.environ.get(ENV_CACHE_DIR):
-        return Path(os.environ[ENV_CACHE_DIR])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "memwall"
-
-
-def device_fingerprint(spec: DeviceSpec) -> str:
-    """Calibrations are valid for one device model and (on CPU) one thread count."""
-    if spec.kind == "cpu":
-        return f"cpu:{spec.name}"  # the name carries the model and the threads in use
-    return f"{spec.kind}:{spec.name}:{spec.memory_bytes}"
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Measured ceilings of one device."""
-
-    fingerprint: str
-    peaks_flops_per_s: dict[str, float]  # peak key -> FLOP/s
-    bandwidth_bytes_per_s: float  # STREAM triad
-    copy_bytes_per_s: float
-    measured_unix_s: float
-    details: dict[str, Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "version": CACHE_VERSION, "fingerprint": self.fingerprint,
-            "peaks_flops_per_s": self.peaks_flops_per_s,
-            "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s,
-            "copy_bytes_per_s": self.copy_bytes_per_s,
-            "measured_unix_s": self.measured_unix_s, "details": self.details,
-        }
-
-
-def _cache_file() -> Path:
-    return cache_dir() / "calibration.json"
-
-
-def calibration_stamp() -> tuple[str, int]:
-    """Where the cache is and when it last changed: detection is re-done when this changes."""
-    path = _cache_file()
-    try:
-        return (str(path), path.stat().st_mtime_ns)
-    except OSError:
-        return (str(path), 0)
-
-
-def _load_all() -> dict[str, Any]:
-    try:
-        data = json.loads(_cache_file().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
-        return {}
-    devices = data.get("devices")
-    return devices if isinstance(devices, dict) else {}
-
-
-def load_calibration(spec: DeviceSpec) -> Calibration | None:
-    entry = _load_all().get(device_fingerprint(spec))
-    if not isinstance(entry, dict):
-        return None
-    try:
-        peaks = {str(k): float(v) for k, v in entry["peaks_flops_per_s"].items() if float(v) > 0}
-        return Calibration(
-            fingerprint=str(entry["fingerprint"]), peaks_flops_per_s=peaks,
-            bandwidth_bytes_per_s=float(entry["bandwidth_bytes_per_s"]),
-            copy_bytes_per_s=float(entry["copy_bytes_per_s"]),
-            measured_unix_s=float(entry["measured_unix_s"]), details=dict(entry.get("details", {})),
-        )
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None  # an unreadable cache entry is ignored, never fatal
-
-
-def save_calibration(calibration: Calibration) -> Path:
-    devices = _load_all()
-    devices[calibration.fingerprint] = calibration.to_dict()
-    target = _cache_file()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"version": CACHE_VERSION, "devices": devices}, indent=1), encoding="utf-8")
-    os.replace(tmp, target)
-    return target
-
-
-def apply_calibration(spec: DeviceSpec) -> DeviceSpec:
-    """The spec with cached measured ceilings (if any) in place of datasheet or estimated ones."""
-    calibration = load_calibration(spec)
-    if calibration is None:
-        return spec
-    measured = spec.with_figures(
-        calibration.peaks_flops_per_s, calibration.bandwidth_bytes_per_s, source=CALIBRATED
-    )
-    when = time.strftime("%Y-%m-%d", time.localtime(calibration.measured_unix_s))
-    if calibration.details.get("automatic"):
-        how = "measured automatically at the first profile: fp32 GEMM, STREAM triad"
-        notes = "other peaks are estimated: run `memwall calibrate` to measure every dtype"
-    else:
-        how, notes = "GEMM per dtype, STREAM triad", ""
-    return dataclasses.replace(
-        measured, source=f"calibrated {when} ({how}); other figures: {spec.source}", notes=notes,
-    )
 
 
 # --- measurement ---------------------------------------------------------------------------------
@@ -271,8 +169,6 @@ def auto_calibration_wanted(environ: Any = None) -> bool:
         mps = getattr(torch.backends, "mps", None)
         if torch.cuda.is_available() or (mps is not None and mps.is_available()):
             return False
-        from memwall_plugin.devices import cpu_spec
-
         return load_calibration(cpu_spec()) is None
     except Exception:  # an odd machine: keep the estimate rather than trouble the user's run
         return False
@@ -282,12 +178,10 @@ def auto_calibrate(report: Callable[[str], None] | None = None) -> Calibration |
     """The first profile on a CPU: a short fp32 GEMM and a STREAM triad (about two seconds),
     cached like `memwall calibrate`'s figures. Never raises: trouble leaves the estimate."""
     global _auto_failed
-    from memwall_plugin.devices import cpu_spec
-
     spec = cpu_spec()
     if report is not None:
         report(f"memwall: measuring this CPU's ceilings once (fp32 GEMM, STREAM triad; about two seconds), "
-               f"cached in {_cache_file()}; ${ENV_AUTO}=0 skips this")
+               f"cached in {cache_file()}; ${ENV_AUTO}=0 skips this")
     try:
         with torch.no_grad():
             # quick sizes, but the best of many runs: a shared machine's noise only slows a run
@@ -301,3 +195,8 @@ def auto_calibrate(report: Callable[[str], None] | None = None) -> Calibration |
                    "using the estimate")
         return None
     return calibration
+
+
+#: Calibration, cache_dir and load_calibration belong to calibration_cache; named here for this module's importers
+__all__ = ["ENV_AUTO", "Calibration", "auto_calibrate", "auto_calibration_wanted", "cache_dir", "calibrate",
+           "load_calibration", "measure_gemm", "measure_stream"]

@@ -12,10 +12,13 @@ import functools
 import io
 import os
 import re
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from memwall_plugin.calibration_cache import calibration_stamp, load_calibration
 
 DATASHEET = "datasheet"
 ESTIMATED = "estimated"
@@ -453,16 +456,12 @@ def detect_device(kind: str | None = None, index: int | None = None) -> DeviceSp
     process (a new calibration or thread count is noticed)."""
     import torch
 
-    from memwall_plugin.calibrate import calibration_stamp
-
     return _detect(kind, index, torch.get_num_threads(), calibration_stamp())
 
 
 @functools.lru_cache(maxsize=16)
 def _detect(kind: str | None, index: int | None, threads: int, stamp: Any) -> DeviceSpec:
     import torch
-
-    from memwall_plugin.calibrate import apply_calibration
 
     if kind is None:
         kind = "cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu"
@@ -476,6 +475,25 @@ def _detect(kind: str | None, index: int | None, threads: int, stamp: Any) -> De
     else:
         spec = cpu_spec()
     return apply_calibration(spec)
+
+
+def apply_calibration(spec: DeviceSpec) -> DeviceSpec:
+    """The spec with cached measured ceilings (if any) in place of datasheet or estimated ones."""
+    calibration = load_calibration(spec)
+    if calibration is None:
+        return spec
+    measured = spec.with_figures(
+        calibration.peaks_flops_per_s, calibration.bandwidth_bytes_per_s, source=CALIBRATED
+    )
+    when = time.strftime("%Y-%m-%d", time.localtime(calibration.measured_unix_s))
+    if calibration.details.get("automatic"):
+        how = "measured automatically at the first profile: fp32 GEMM, STREAM triad"
+        notes = "other peaks are estimated: run `memwall calibrate` to measure every dtype"
+    else:
+        how, notes = "GEMM per dtype, STREAM triad", ""
+    return dataclasses.replace(
+        measured, source=f"calibrated {when} ({how}); other figures: {spec.source}", notes=notes,
+    )
 
 
 def _mps_available() -> bool:
