@@ -21,7 +21,6 @@ import torch
 from memwall_plugin.ceilings import parse_link, resolve_link
 from memwall_plugin.comm import collective_rows
 from memwall_plugin.devices import DeviceSpec
-from memwall_plugin.hooks._torch_private import default_store
 from memwall_plugin.hooks.capture import merge_into
 from memwall_plugin.hooks.collectives import (
     CollectiveEntry,
@@ -30,6 +29,7 @@ from memwall_plugin.hooks.collectives import (
     absorb_collectives,
     enable_collectives,
 )
+from memwall_plugin.hooks.process_group import job_store
 from memwall_plugin.rundir import new_job_id
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ def job_id() -> str:
     job's key-value store (compare-and-set, no collective), every rank reads the winner back.
     Without a store: the launcher's address, port, run id and restart count."""
     proposal = new_job_id()
-    store = default_store()
+    store = job_store()
     if store is not None:
         try:
             value = store.compare_set(_JOB_KEY, "", proposal)

@@ -295,6 +295,14 @@ def test_no_import_cycles():
     assert not cycles, "import cycles (every import counts, lazy ones too):\n" + describe_cycles(graph, cycles)
 
 
+def test_only_hooks_import_torch_private():
+    """The core (memwall_plugin, the tab) reaches torch's internals through hooks/ only."""
+    graph = import_graph(installed_modules())
+    outside = sorted(name for name, deps in graph.items()
+                     if PRIVATE_TORCH_HOME in deps and not name.startswith("memwall_plugin.hooks."))
+    assert not outside, f"modules outside hooks/ importing {PRIVATE_TORCH_HOME}: {outside}"
+
+
 def test_private_torch_names_only_in_torch_private():
     modules = installed_modules()
     assert PRIVATE_TORCH_HOME in modules
