@@ -44,7 +44,7 @@ def _measure(run: Any, **profile_args: Any) -> dict[str, Any]:
         current, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         rep = prof.report()
-        capture = prof._capture
+        capture = prof._recorder.capture
         assert capture is not None
         return {"wall_s": wall, "memory_peak_bytes": peak, "memory_end_bytes": current,
                 "signatures": len(capture.known), "bucketed_calls": capture.bucketed_calls,

@@ -99,7 +99,7 @@ def read_signatures(result: Any) -> dict[Any, int]:
 
 
 def variants(work: Callable[[], Any], logdir: Path) -> dict[str, Callable[[], Any]]:
-    profile_module = sys.modules["memwall_plugin.profile"]
+    recorder_module = sys.modules["memwall_plugin.recorder"]
 
     def empty_mode() -> None:
         with EmptyMode():
@@ -116,13 +116,13 @@ def variants(work: Callable[[], Any], logdir: Path) -> dict[str, Callable[[], An
         read_signatures(profiler_recording(work))
 
     def memwall_capture() -> None:
-        real = profile_module.profile._close_window
-        profile_module.profile._close_window = lambda self: None  # record only: no report is built
+        real = recorder_module.Recorder._close_window
+        recorder_module.Recorder._close_window = lambda self: None  # record only: no report is built
         try:
             with memwall.profile(summary=False, scalars=False):
                 work()
         finally:
-            profile_module.profile._close_window = real
+            recorder_module.Recorder._close_window = real
 
     return {"empty mode": empty_mode, "lean recording mode": lean_mode, "profiler recording": recording,
             "profiler + read events": recording_read, "memwall capture": memwall_capture,

@@ -20,6 +20,21 @@ from memwall_plugin.rows import Row
 Ceilings = Callable[[str, str], tuple[float | None, float | None]]
 
 
+def tf32_families(device: DeviceSpec | None) -> tuple[str, ...]:
+    """The op families that run fp32 on TF32 tensor cores now: on a CUDA device, as torch's
+    settings allow (matmuls: `torch.backends.cuda.matmul.allow_tf32`, convolutions: cuDNN's)."""
+    if device is None or device.kind != "cuda":
+        return ()
+    import torch
+
+    families = []
+    if torch.backends.cuda.matmul.allow_tf32:
+        families.append("matmul")
+    if torch.backends.cudnn.allow_tf32:
+        families.append("conv")
+    return tuple(families)
+
+
 def tf32_ops(families: Iterable[str]) -> frozenset[str]:
     """The ops of the op families (registry metadata) that ran on TF32 tensor cores."""
     return frozenset().union(*(REGISTRY.ops_of(f) for f in families if f in TF32_FAMILIES))

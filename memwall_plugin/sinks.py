@@ -32,8 +32,8 @@ StepReport = Callable[[], Report]
 
 
 class Sink:
-    """The protocol (every method optional). `wants_steps`: `step` is called with a report of
-    each recorded step alone (building it costs a pass over the step's signatures)."""
+    """The protocol (every method optional). `wants_steps`: `step` is called at each recorded
+    step, with a function that builds that step's report alone (a pass over its signatures)."""
 
     wants_steps = False
 

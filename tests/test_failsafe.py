@@ -121,12 +121,12 @@ def test_an_error_at_a_step_boundary_does_not_stop_the_loop() -> None:
 
 
 def test_an_error_building_the_report_at_exit_is_a_warning_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
-    profile_module = importlib.import_module("memwall_plugin.profile")
+    recorder_module = importlib.import_module("memwall_plugin.recorder")
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise ValueError("simulated report bug")
 
-    monkeypatch.setattr(profile_module, "rows_from_entries", broken)
+    monkeypatch.setattr(recorder_module, "rows_from_entries", broken)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with memwall.profile(summary=True) as prof:

@@ -1,0 +1,251 @@
+"""The recorder: capture and recorded windows, turned into reports.
+
+It owns the capture (hooks/), the schedule's steps, the tables of op signatures per window and
+for the whole run, the distributed session, and the device the rows are placed on. It knows
+nothing of files, scalars or printing: each closed window and each recorded step is handed to
+the callbacks `memwall.profile` gives it (its sinks).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from memwall_plugin.analysis import analysis_cache, rows_from_entries
+from memwall_plugin.ceilings import ceilings_of, tf32_families
+from memwall_plugin.devices import DeviceSpec, resolve_device
+from memwall_plugin.distributed import DistributedSession
+from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into
+from memwall_plugin.registry import Registry
+from memwall_plugin.report import Report
+from memwall_plugin.rundir import new_job_id
+from memwall_plugin.schedule import Action
+
+Table = dict[Any, CaptureEntry]
+#: a recorded step's number and its report (built only when called)
+StepCallback = Callable[[int, Callable[[], Report]], None]
+
+
+def _merge(into: Table, table: Table) -> Table:
+    """`table`'s calls added into `into`, which is returned (`table` itself when `into` is
+    empty: the common single-window run copies nothing)."""
+    if not into:
+        return table
+    merge_into(into, table)
+    return into
+
+
+class Recorder:
+    """Records steps by the schedule's actions and builds a report per window and for the run."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        action_fn: Callable[[int], Action],
+        device: DeviceSpec | None = None,
+        link: Any = None,
+        max_signatures: int | None = None,
+        on_window: Callable[[Report], None] = lambda report: None,
+        on_step: StepCallback | None = None,
+    ) -> None:
+        self.registry = registry
+        self.action_fn = action_fn
+        self.device = device  # None: detected from where the op time was spent
+        self.max_signatures = max_signatures
+        self.on_window = on_window
+        self.on_step = on_step
+        self.analyses = analysis_cache(registry)
+        self.dist = DistributedSession(link)  # rank, collectives, link (memwall_plugin/distributed.py)
+        self.capture: Capture | None = None
+        self.step_num = 0
+        self.action = Action.NONE
+        self._step_start = 0.0
+        self._all: Table = {}
+        self._window: Table = {}
+        self._window_steps: list[int] = []
+        self._window_wall = 0.0
+        self._steps: list[int] = []
+        self._wall = 0.0
+        self.incomplete = False
+        self._report: Report | None = None
+        self.closed = False
+        #: this run's job, for a run that is not one rank of a torch.distributed job
+        self.job = new_job_id()
+        #: where the profiles opened inside this one recorded in its place (their logdirs)
+        self.nested: list[str] = []
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def open(self, model: torch.nn.Module | None, suspended: bool,
+             on_optimizer_step: Callable[[Any], None] | None = None) -> None:
+        self.capture = Capture(model, max_signatures=self.max_signatures, analyse=self.analyses.analyse)
+        self.capture.suspended = suspended
+        self.capture.open()
+        self.dist.open(self.capture)
+        if on_optimizer_step is not None:
+            self.capture.tracker.on_optimizer_step = on_optimizer_step
+        self.begin_step(0)
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            if self.capture is not None:
+                self.capture.close()
+        finally:
+            self.dist.close()
+
+    @property
+    def failed(self) -> bool:
+        return self.capture is not None and self.capture.failed is not None
+
+    def fail(self, err: BaseException, where: str) -> None:
+        """An internal error outside the dispatch path: memwall stops for the rest of the run."""
+        assert self.capture is not None
+        self.capture.fail(err, where)
+        self.incomplete = True
+        try:
+            self.capture.stop()
+        except Exception:  # noqa: S110 - stopping is best effort once memwall has failed
+            pass
+
+    def pause(self) -> None:
+        """A profile opened inside this one records in its place until it ends."""
+        capture = self.capture
+        if capture is None:
+            return
+        capture.suspended = True
+        try:
+            capture.stop()
+        except Exception as err:  # another dispatch mode above ours: memwall gives up, the run goes on
+            self.fail(err, "handing over to a nested memwall.profile")
+
+    def resume(self) -> None:
+        capture = self.capture
+        if capture is None or self.closed:
+            return
+        capture.suspended = False
+        if self.action.recording:
+            try:
+                capture.start()
+            except Exception as err:
+                self.fail(err, "resuming after a nested memwall.profile")
+
+    # -- steps ---------------------------------------------------------------------------------
+    def begin_step(self, step: int) -> None:
+        assert self.capture is not None
+        self.step_num = step
+        self.action = self.action_fn(step)
+        if self.action.recording:
+            self.capture.start()
+        else:
+            self.capture.stop()
+        self._step_start = time.perf_counter()
+
+    def end_step(self, *, final: bool) -> None:
+        """The step ends: its table joins the window; a window the schedule closes (or the last
+        one) becomes a report for `on_window`; a recorded step goes to `on_step`."""
+        assert self.capture is not None
+        elapsed = time.perf_counter() - self._step_start
+        if self.capture.failed is not None:
+            self.incomplete = True
+        table = self.capture.take()
+        self.capture.end_step()
+        kept = self.action.kept
+        self.dist.end_step(self.capture, table, kept, final)
+        if kept and table:
+            self._window = _merge(self._window, table)
+            self._window_steps.append(self.step_num)
+            self._window_wall += elapsed
+        closes = self.action is Action.RECORD_AND_SAVE or final
+        report = self._close_window() if closes and self._window_steps else None
+        if self.on_step is not None and kept and table:
+            built: list[Report] = []
+
+            def step_report() -> Report:
+                """Built on the first call only: a step no sink asks about costs nothing."""
+                if not built:
+                    alone = report is not None and len(report.steps) == 1  # a window of this step alone
+                    built.append(report if alone and report is not None else self.build(
+                        table, (self.step_num,), elapsed, window_only=True, step_only=True))
+                return built[0]
+
+            self.on_step(self.step_num, step_report)
+
+    def _close_window(self) -> Report:
+        steps = tuple(self._window_steps)
+        report = self.build(self._window, steps, self._window_wall, window_only=True)
+        self.dist.close_window()
+        only_window = not self._all
+        self._steps.extend(steps)
+        self._wall += self._window_wall
+        self._all = _merge(self._all, self._window)
+        self._window, self._window_steps, self._window_wall = {}, [], 0.0
+        # the common case, one window: the run's report is this one (no second build)
+        self._report = report if only_window else None
+        self.on_window(report)
+        return report
+
+    @property
+    def recorded_steps(self) -> tuple[int, ...]:
+        return tuple(self._steps + self._window_steps)
+
+    # -- reports -------------------------------------------------------------------------------
+    def device_for(self, table: Table) -> DeviceSpec | None:
+        """The explicit device, else the detected device where most op time was spent."""
+        if self.device is not None:
+            return self.device
+        time_by_kind: dict[str, int] = {}
+        for e in table.values():
+            time_by_kind[e.device] = time_by_kind.get(e.device, 0) + e.time_ns
+        kind = max(time_by_kind, key=lambda k: time_by_kind[k], default="cpu")
+        kind = kind if kind in ("cuda", "mps") else "cpu"
+        try:
+            self.device = resolve_device(None, None, kind=kind)
+        except Exception as exc:  # detection trouble must not lose the report
+            warnings.warn(f"memwall: could not detect the device ({exc}); rows have no roofline",
+                          RuntimeWarning, stacklevel=3)
+            return None
+        return self.device
+
+    def build(self, table: Table, steps: tuple[int, ...], wall: float,
+              window_only: bool = False, step_only: bool = False) -> Report:
+        """The report of `table` (a step, a window or the whole run). `step_only`: one step's
+        ops alone, for per-step sinks (its collectives are the window's, so none are added)."""
+        rank, world = self.dist.rank_and_world()
+        device = self.device_for(table)
+        tf32 = tf32_families(device)
+        comm = {} if step_only else self.dist.communication(device, window_only)
+        return Report(
+            rows=rows_from_entries(table.values(), self.registry, ceilings_of(device, tf32), self.analyses),
+            device=device,
+            measured_on=device.name if device is not None else "",
+            tf32=tf32,
+            steps=steps,
+            wall_time_s=wall,
+            incomplete=self.incomplete,
+            rank=rank,
+            world_size=world,
+            torch_version=torch.__version__,
+            created_unix_s=time.time(),
+            job=self.dist.job() or self.job,
+            **comm,
+            # where profiles opened inside this one recorded in its place (empty: in memory only)
+            extra={"nested_profiles": list(self.nested)} if self.nested else {},
+        )
+
+    def report(self) -> Report:
+        """The report over every recorded step so far."""
+        if self._report is not None and not self._window:
+            return self._report
+        table = dict(self._all)
+        if self._window:
+            table = {k: v.copy() for k, v in table.items()}
+            table = _merge(table, self._window)
+        report = self.build(table, self.recorded_steps, self._wall + self._window_wall)
+        if self.closed and not self._window:
+            self._report = report  # the profile has ended: nothing can change it any more
+        return report
