@@ -23,9 +23,9 @@ from memwall_plugin.hooks.collectives import CollectiveRecorder, _Flight, _union
 from memwall_plugin.tb_plugin.loader import scan
 
 import memwall_plugin as memwall
-from memwall_plugin.ceilings import Link, parse_link, resolve_link
+from memwall_plugin.ceilings import Link
 from memwall_plugin.comm import bus_factor, bytes_moved, message_of
-from memwall_plugin.devices import ESTIMATED, Figure, cpu_spec, lookup_device
+from memwall_plugin.devices import ESTIMATED, Figure, lookup_device
 from memwall_plugin.headline import headline, rank_headlines, slowest_rank
 from memwall_plugin.report import ReportError, merge_reports
 from memwall_plugin.rows import Collective, Row
@@ -84,48 +84,6 @@ def test_message_sizes_follow_the_c10d_schemas():
     assert (m.kind, m.nbytes) == ("all_gather", 64)
     m = message_of(_call(c10d.barrier.default, torch.empty(1), None, [], True, -1), 2)
     assert (m.kind, m.nbytes) == ("barrier", 0)
-
-
-# --- the link ----------------------------------------------------------------------------------
-
-
-def test_gpu_link_is_the_tables_interconnect_per_direction():
-    link = resolve_link(lookup_device("H100 SXM"), 8, 8, environ={})
-    # NVLink 4.0: 18 links x 25 GB/s each way = 450 GB/s per direction (datasheet: 900 both ways)
-    assert (link.name, link.bytes_per_s, link.bandwidth.source) == ("NVLink 4.0", 450e9, "datasheet")
-    pcie = resolve_link(lookup_device("A100 PCIe 80GB"), 2, 2, environ={})
-    assert (pcie.name, pcie.bytes_per_s) == ("PCIe Gen4 x16", 32e9)
-
-
-def test_cpu_link_is_loopback_estimated_from_memory_bandwidth():
-    device = dataclasses.replace(cpu_spec(), bandwidth=Figure(20e9, ESTIMATED))
-    link = resolve_link(device, 2, 2, environ={})
-    assert link.name.startswith("loopback TCP")
-    assert link.bytes_per_s == 20e9 / 4 and link.bandwidth.source == "estimated"
-
-
-def test_several_hosts_need_a_configured_link_and_the_user_wins():
-    device = lookup_device("H100 SXM")
-    network = resolve_link(device, 16, 8, environ={})
-    assert network.bandwidth is None and "MEMWALL_LINK" in network.note
-    user = resolve_link(device, 16, 8, override={"bandwidth": 50e9, "name": "InfiniBand NDR"}, environ={})
-    assert (user.name, user.bytes_per_s, user.bandwidth.source) == ("InfiniBand NDR", 50e9, "user")
-    env = resolve_link(device, 16, 8, environ={"MEMWALL_LINK": "bandwidth=25e9,name=RoCE"})
-    assert (env.name, env.bytes_per_s, env.bandwidth.source) == ("RoCE", 25e9, "user")
-    assert parse_link(12.5e9) == (12.5e9, "") and parse_link("3e9") == (3e9, "")
-
-
-@pytest.mark.parametrize(("value", "message"), [
-    ("fast", "not a number"),
-    ("speed=5e9", "is not bandwidth=... or name=..."),
-    (-1.0, "positive"),
-    ({"name": "ib"}, "bandwidth per direction"),
-])
-def test_bad_links_say_how_to_write_one(value, message):
-    with pytest.raises(ValueError, match=message):
-        parse_link(value)
-    with pytest.raises(ValueError, match=message):
-        memwall.profile(link=value)  # before the run, not after
 
 
 # --- collectives are rows ---------------------------------------------------------------------

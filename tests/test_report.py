@@ -49,11 +49,14 @@ def test_rescore_resizes_every_tensor_and_keeps_flops(report):
         report.rescore(bytes_per_element=0)
 
 
-def test_totals_and_uncounted(report):
-    assert report.total_flops == sum(r.flops for r in report.rows if r.flops is not None)
-    assert report.total_bytes == sum(r.bytes_read + r.bytes_written for r in report.rows)
-    assert report.uncounted == ()
-    assert report.intensity == pytest.approx(report.total_flops / report.total_bytes)
+def test_totals_are_the_hand_counts():
+    a, b, c = torch.randn(8, 16), torch.randn(16, 4), torch.randn(8, 4)
+    rep = profiled(lambda: (a @ b) + c)
+    # mm: 2*8*16*4 = 1024 FLOPs, reads 128 + 64 floats, writes 32; add: 32 FLOPs, reads 2 x 32, writes 32
+    assert rep.total_flops == 1024 + 32
+    assert rep.total_bytes == 4 * (128 + 64 + 32) + 4 * (32 + 32 + 32)
+    assert rep.intensity == pytest.approx(1056 / 1280) and rep.uncounted == ()
+    assert {r.op: r.calls for r in rep.rows} == {"aten.mm": 1, "aten.add": 1}
 
 
 @pytest.mark.parametrize(

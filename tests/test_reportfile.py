@@ -1,6 +1,7 @@
-"""Report files against the worst a disk or a person can hand memwall: truncated, corrupt,
-wrong-schema and hostile files each give one clear ReportError (never a raw exception, a hang or
-a later crash), and a file that loads can be shown. The loader is fuzzed with hypothesis."""
+"""reportfile.py and validation.py: report files against the worst a disk or a person can hand
+memwall. Truncated, corrupt, wrong-schema and hostile files each give one clear ReportError (never
+a raw exception, a hang or a later crash), and a file that loads can be shown. The loader is
+fuzzed with hypothesis."""
 
 from __future__ import annotations
 

@@ -1,0 +1,110 @@
+"""rows.py: the row every measurement is, merged, grouped, projected and sorted the same way for
+ops and collectives. Expectations are written out by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from memwall_plugin.rows import (
+    COLLECTIVE_COLUMNS,
+    ROW_COLUMNS,
+    Collective,
+    Row,
+    group_by,
+    merge_rows,
+    module_tree,
+    row_record,
+    sort_rows,
+)
+
+
+def op(name: str = "aten.mm", *, module: str = "a.b", phase: str = "forward", shapes: str = "[8, 16] x [16, 4]",
+       calls: int = 1, flops: int | None = 1024, time_s: float = 0.001) -> Row:
+    # 8x16 @ 16x4 in fp32: 2*8*16*4 = 1024 FLOPs; reads 128 + 64 floats (768 B), writes 32 (128 B)
+    return Row(op=name, overload="default", module=module, phase=phase, calls=calls, dtype="float32",
+               shapes=shapes, flops=flops, bytes_read=768 * calls, bytes_written=128 * calls,
+               elements_read=192 * calls, elements_written=32 * calls, time_s=time_s,
+               peak_flops_per_s=1e11, bandwidth_bytes_per_s=1e10)
+
+
+def all_reduce(calls: int = 2, timed: int = 2, time_s: float = 0.004) -> Row:
+    # 1000 floats all-reduced over 2 ranks per call: 4000-byte message, 4000 bytes sent (ring)
+    return Row(op="c10d.allreduce_", overload="default", module="", phase="backward", calls=calls, dtype="float32",
+               shapes="[1000]", flops=None, bytes_read=0, bytes_written=0, elements_read=0, elements_written=0,
+               time_s=time_s, bandwidth_bytes_per_s=2e9,
+               collective=Collective(kind="all_reduce", group_size=2, timed_calls=timed, message_bytes=4000 * calls,
+                                     message_elements=1000 * calls, bytes_moved=4000 * calls))
+
+
+def test_an_op_row_on_the_roofline():
+    r = op()
+    assert r.bytes == 896 and r.intensity == pytest.approx(1024 / 896)
+    # ridge 1e11 / 1e10 = 10 FLOP/B: 1.14 is left of it
+    assert r.bound == "memory" and r.roofline_time_s == pytest.approx(896 / 1e10)
+    assert r.achieved_flops_per_s == pytest.approx(1.024e6) and r.bus_bandwidth_bytes_per_s is None
+
+
+def test_a_collective_row_on_the_links_roof():
+    r = all_reduce(calls=4, timed=2, time_s=0.004)
+    # 16000 bytes sent over 4 calls; 2 timed: 8000 bytes in 4 ms = 2 MB/s against a 2 GB/s link
+    assert r.bytes == 16000 and r.timed_bytes == 8000 and r.bound == "communication"
+    assert r.bus_bandwidth_bytes_per_s == pytest.approx(2e6) and r.efficiency == pytest.approx(1e-3)
+    assert r.algorithm_bandwidth_bytes_per_s == pytest.approx(8000 / 0.004)
+    assert r.roofline_time_s == pytest.approx(16000 / 2e9) and r.intensity is None
+
+
+def test_merge_sums_every_field_of_one_signature():
+    merged = merge_rows([op(calls=1, time_s=0.001)], [op(calls=2, time_s=0.002), all_reduce()], [all_reduce(1, 1)])
+    mm, ar = sorted(merged, key=lambda r: r.op)
+    assert (mm.calls, mm.flops, mm.bytes_read, mm.bytes_written, mm.time_s) == (3, 2048, 768 * 3, 128 * 3,
+                                                                                 pytest.approx(0.003))
+    assert (mm.peak_flops_per_s, mm.bandwidth_bytes_per_s) == (1e11, 1e10)  # roofs are kept, not added
+    assert (ar.calls, ar.collective.timed_calls, ar.collective.message_bytes, ar.bytes) == (3, 3, 12000, 12000)
+    assert ar.collective.group_size == 2 and ar.collective.kind == "all_reduce"  # keys, not sums
+
+
+def test_merge_keeps_signatures_apart_and_an_unknown_count_unknown():
+    merged = merge_rows([op(), op(shapes="[4, 16] x [16, 4]"), op(module="a.c"), op(phase="backward")])
+    assert len(merged) == 4
+    (one,) = merge_rows([op(flops=None)], [op()])
+    assert one.flops is None and one.calls == 2  # an uncounted call makes the total uncounted
+    two_groups = merge_rows([all_reduce()], [dataclasses.replace(all_reduce(), collective=dataclasses.replace(
+        all_reduce().collective, group_size=4))])
+    assert len(two_groups) == 2  # one collective over 2 ranks and over 4 are not one signature
+
+
+def test_sorted_by_time_then_message_then_name():
+    a = op("aten.add", time_s=0.002)
+    b = op("aten.mm", time_s=0.002)
+    c = op("aten.mul", time_s=0.003)
+    small, large = all_reduce(1, 0, 0.0), all_reduce(3, 0, 0.0)
+    assert [r.op for r in sort_rows([b, small, a, c])] == ["aten.mul", "aten.add", "aten.mm", "c10d.allreduce_"]
+    assert sort_rows([small, large]) == (large, small)  # untimed collectives: the larger message first
+
+
+def test_groups_and_the_module_tree():
+    rows = [op(module="enc.0.attn", time_s=0.003), op(module="enc.1.mlp", time_s=0.001),
+            op(module="", time_s=0.004, flops=None), op(module="enc.0.attn", phase="backward", time_s=0.002)]
+    by_module = {g.key: g for g in group_by(rows, "module")}
+    assert by_module["enc.0.attn"].time_s == pytest.approx(0.005) and by_module["enc.0.attn"].calls == 2
+    assert by_module[""].flops is None and by_module[""].uncounted_calls == 1
+    groups, forward, backward = module_tree(rows)
+    assert set(groups) == {"", "enc", "enc.0", "enc.0.attn", "enc.1", "enc.1.mlp"}
+    assert groups["enc"].time_s == pytest.approx(0.006) and groups[""].time_s == pytest.approx(0.010)
+    assert groups["enc"].flops == 3 * 1024  # the uncounted row is not a zero in the counted sum
+    assert forward["enc.0"] == pytest.approx(0.003) and backward["enc.0"] == pytest.approx(0.002)
+    with pytest.raises(ValueError, match="group_by takes"):
+        group_by(rows, "dtype")
+
+
+def test_one_record_for_ops_and_collectives():
+    record = row_record(op())
+    assert tuple(record) == ROW_COLUMNS
+    assert record["bytes"] == 896 and record["bound"] == "memory"
+    c = row_record(all_reduce(calls=2))
+    assert tuple(c) == ROW_COLUMNS + COLLECTIVE_COLUMNS
+    assert (c["bound"], c["message_bytes_per_call"], c["bytes_moved"], c["link_bytes_per_s"]) == (
+        "communication", 4000, 8000, 2e9)
+    assert c["flops"] is None and c["intensity"] is None
