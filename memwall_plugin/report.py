@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memwall_plugin import comm, reportfile, roofline
-from memwall_plugin.ceilings import Link, place_collectives, place_rows, relink
-from memwall_plugin.devices import DeviceSpec, lookup_device
+from memwall_plugin import reportfile, roofline, whatif
+from memwall_plugin.ceilings import Link
+from memwall_plugin.devices import DeviceSpec
 from memwall_plugin.files import write_bytes_atomically
 from memwall_plugin.records import PHASES
 from memwall_plugin.rows import Group, Row, group_by, group_rows, merge_rows
@@ -204,45 +204,12 @@ class Report:
         `bytes_per_element` (the paper's 8-bit accounting is 1) and/or every row placed on
         another `device` ("H100 SXM", or a DeviceSpec). FLOPs and measured times are unchanged;
         `bound_changes(original)` on the result lists the ops that changed side."""
-        rows = self.rows
-        changes: dict[str, Any] = {}
-        if bytes_per_element is not None:
-            if isinstance(bytes_per_element, bool) or not isinstance(bytes_per_element, int) or (
-                bytes_per_element <= 0
-            ):
-                raise ValueError(
-                    f"bytes_per_element must be a positive int (1 for 8-bit, 2 for 16-bit), "
-                    f"got {bytes_per_element!r}"
-                )
-            rows = tuple(
-                dataclasses.replace(
-                    r,
-                    bytes_read=r.elements_read * bytes_per_element,
-                    bytes_written=r.elements_written * bytes_per_element,
-                )
-                for r in rows
-            )
-            changes["collectives"] = tuple(comm.resized(r, bytes_per_element) for r in self.collectives)
-            changes["bytes_per_element"] = bytes_per_element
-        if device is not None:
-            spec = lookup_device(device) if isinstance(device, str) else device
-            if not isinstance(spec, DeviceSpec):
-                raise TypeError(f"device must be a name like 'H100 SXM' or a DeviceSpec, got {device!r}")
-            # TF32 is a property of the run's settings; on a new device it applies if it has TF32
-            rows = place_rows(rows, spec, self.tf32)
-            changes["device"] = spec
-            if self.link is not None:
-                link = relink(self.link, spec, self.world_size, self.local_world_size)
-                changes["link"] = link
-                changes["collectives"] = place_collectives(changes.get("collectives", self.collectives), link)
-        return dataclasses.replace(self, rows=rows, **changes)
+        return dataclasses.replace(self, **whatif.rescored(self, bytes_per_element, device))
 
     def bound_changes(self, other: Report) -> tuple[tuple[Row, Row], ...]:
         """Pairs (row here, same row in `other`) whose bound differs: the ops that change side
         of the ridge between two scorings of one run (e.g. `rep` and `rep.rescore(...)`)."""
-        if len(other.rows) != len(self.rows):
-            raise ValueError("bound_changes compares two scorings of the same run (same rows)")
-        return tuple((a, b) for a, b in zip(self.rows, other.rows) if a.bound != b.bound)
+        return whatif.bound_changes(self.rows, other.rows)
 
     # -- files ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
