@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from memwall_plugin.files import write_bytes_atomically
+
 if TYPE_CHECKING:
     from memwall_plugin.devices import DeviceSpec
 
@@ -101,12 +103,8 @@ def save_calibration(calibration: Calibration) -> Path:
     """Add (or replace) one device's calibration in the cache, written atomically; the cache file."""
     devices = _load_all()
     devices[calibration.fingerprint] = calibration.to_dict()
-    target = cache_file()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"version": CACHE_VERSION, "devices": devices}, indent=1), encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    data = json.dumps({"version": CACHE_VERSION, "devices": devices}, indent=1).encode("utf-8")
+    return write_bytes_atomically(cache_file(), data)
 
 
 __all__ = ["CACHE_VERSION", "ENV_CACHE_DIR", "Calibration", "cache_dir", "cache_file", "calibration_stamp",
