@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import torch
 from tb_logdir import (
     EVIL,
     XSS_DEVICE,
@@ -253,6 +254,32 @@ def test_distributed_run_shows_ranks_side_by_side_and_collectives_under_the_link
     assert browser.find_element(By.CSS_SELECTOR, "select.mw-rank").get_attribute("value") == "1"
     browser.execute_script("document.querySelector('.mw-comm-part').scrollIntoView()")
     _screenshot(browser, "memwall-tab-ddp-collectives", tmp_path)
+
+
+def test_two_runs_into_one_logdir_are_two_jobs_shown_apart(tensorboard, browser, tmp_path):
+    """One script run twice into a hard-coded logdir: the tab shows the newest job (its 3 steps,
+    not 5 of both summed) and a job selector that brings back the older one (2 steps)."""
+    base, logdir = tensorboard
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    for steps in (2, 3):
+        with memwall.profile(logdir=logdir / "twice", summary=False, scalars=False) as prof:
+            for _ in range(steps):
+                a @ b
+                prof.step()
+    deadline = time.monotonic() + 60  # the loader rescans every few seconds
+    while not any(r["run"] == "twice" and len(r["jobs"]) == 2
+                  for r in _get_json(f"{base}/data/plugin/memwall/runs")["runs"]):  # type: ignore[index]
+        assert time.monotonic() < deadline, "the second job never showed up in /runs"
+        time.sleep(0.5)
+    _open_tab(browser, base)
+    _choose_run(browser, "twice")
+    jobs = browser.find_elements(By.CSS_SELECTOR, "select.mw-job option")
+    assert len(jobs) == 2 and jobs[0].text.startswith("newest")
+    cards = browser.find_element(By.CSS_SELECTOR, ".mw-cards")
+    assert "3 step(s)" in cards.text
+    _select(browser, "select.mw-job", jobs[1].get_attribute("value"))
+    WebDriverWait(browser, 60).until(lambda d: "2 step(s)" in d.find_element(By.CSS_SELECTOR, ".mw-cards").text)
+    _screenshot(browser, "memwall-tab-two-jobs", tmp_path)
 
 
 def test_pytorch_profiler_tab_loads_the_annotated_trace(tensorboard):
