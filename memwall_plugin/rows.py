@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memwall_plugin import roofline
+from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.records import BACKWARD, RECOMPUTE
 
 
@@ -206,7 +207,7 @@ ROW_COLUMNS = (
     "op", "overload", "module", "phase", "calls", "dtype", "shapes", "flops", "bytes_read",
     "bytes_written", "bytes", "time_s", "intensity", "bound", "peak_flops_per_s",
     "bandwidth_bytes_per_s", "attainable_flops_per_s", "achieved_flops_per_s", "achieved_bytes_per_s",
-    "efficiency", "roofline_time_s",
+    "efficiency", "roofline_time_s", "family",
 )
 COLLECTIVE_COLUMNS = (
     "kind", "group_size", "timed_calls", "message_bytes", "message_bytes_per_call", "bytes_moved",
@@ -220,8 +221,10 @@ def _finite(value: Any) -> Any:
 
 def row_record(r: Row) -> dict[str, Any]:
     """A row as JSON-ready data (non-finite figures as None): the one projection the CLI's
-    --json and --csv and the tab use. A collective's record adds its collective figures."""
-    out = {name: _finite(getattr(r, name)) for name in ROW_COLUMNS}
+    --json and --csv and the tab use, with the op's family from the registry. A collective's
+    record adds its collective figures."""
+    out = {name: _finite(getattr(r, name)) for name in ROW_COLUMNS[:-1]}
+    out["family"] = REGISTRY.family(r.op, r.overload)  # registry metadata: matmul, norm, communication...
     c = r.collective
     if c is not None:
         out.update(

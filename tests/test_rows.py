@@ -102,9 +102,9 @@ def test_groups_and_the_module_tree():
 def test_one_record_for_ops_and_collectives():
     record = row_record(op())
     assert tuple(record) == ROW_COLUMNS
-    assert record["bytes"] == 896 and record["bound"] == "memory"
+    assert record["bytes"] == 896 and record["bound"] == "memory" and record["family"] == "matmul"
     c = row_record(all_reduce(calls=2))
     assert tuple(c) == ROW_COLUMNS + COLLECTIVE_COLUMNS
     assert (c["bound"], c["message_bytes_per_call"], c["bytes_moved"], c["link_bytes_per_s"]) == (
         "communication", 4000, 8000, 2e9)
-    assert c["flops"] is None and c["intensity"] is None
+    assert c["flops"] is None and c["intensity"] is None and c["family"] == "communication"

@@ -147,7 +147,7 @@ export function drawRoofline(container, device, points, describe) {
 /** Tooltip lines for an operator row or a module group. */
 export function describePoint(p) {
   const lines = [];
-  if (p.op) lines.push(p.op, `module: ${p.module || '(top level)'}`, `phase: ${p.phase}`);
+  if (p.op) lines.push(`${p.op}${p.family ? ` (${p.family})` : ''}`, `module: ${p.module || '(top level)'}`, `phase: ${p.phase}`);
   else lines.push(`module: ${p.key || '(top level)'}`);
   lines.push(`FLOPs ${si(p.flops)} · bytes ${si(p.bytes, 'B')} · ${num(p.intensity)} FLOP/B`);
   lines.push(`achieved ${si(p.achieved_flops_per_s, 'FLOP/s')}` +
