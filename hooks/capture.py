@@ -3,14 +3,17 @@
 The hot path (`_CaptureMode.__torch_dispatch__`) times the op, finds its module and phase, and
 folds the call into a table keyed by (op, module, phase, argument signature). Only the first
 call of a signature builds the full `OpCall` metadata; tensors are never kept.
+
+A `Router` (`Capture.route`) takes some ops off the table and records them its own way:
+hooks/collectives.py's recorder takes torch.distributed's collectives.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import torch
 from memwall_plugin.hooks._torch_private import (
@@ -282,6 +285,28 @@ def _reader_of(func: Any) -> Any:
     return found
 
 
+#: runs a routed op in the capture's place and returns its result: handler(func, args, kwargs)
+Handler = Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]
+
+
+class Router(Protocol):
+    """Ops a capture hands to someone else instead of folding them into its table.
+
+    `routes` is read once each time recording starts. While `in_flight` is non-zero (routed ops
+    under way: collectives not yet complete), the time each other op takes is added to `busy_ns`:
+    the work this thread overlaps with them. A capture without a router pays nothing for either."""
+
+    @property
+    def routes(self) -> Mapping[Any, Handler]:
+        """op overload -> the handler that runs and records it."""
+        ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    busy_ns: int
+
+
 class _CaptureMode(UncompiledDispatchMode):
     #: higher-order operators (flex_attention, torch.cond, while_loop, scan, ...) come to
     #: __torch_dispatch__ too, instead of torch raising NotImplementedError in the user's code
@@ -411,6 +436,29 @@ class _CaptureMode(UncompiledDispatchMode):
         return out
 
 
+class _RoutedCaptureMode(_CaptureMode):
+    """The capture's mode with a router: its ops go to their handlers, and while any is in flight
+    every other op's time is added to the router's busy time. Only a capture with a router enters
+    this mode, so the plain one has no lookup to make per op."""
+
+    def __init__(self, capture: Capture, cuda: bool, router: Router) -> None:
+        super().__init__(capture, cuda)
+        self._router = router
+        self._routes = router.routes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        handler = self._routes.get(func)
+        router = self._router
+        if handler is not None and self._capture.failed is None:
+            return handler(func, args, kwargs or {})
+        if router.in_flight:
+            start = _perf_counter_ns()
+            out = super().__torch_dispatch__(func, types, args, kwargs)
+            router.busy_ns += _perf_counter_ns() - start
+            return out
+        return super().__torch_dispatch__(func, types, args, kwargs)
+
+
 class Capture:
     """Records aten ops into `table` while started. One capture may be active per process.
 
@@ -434,8 +482,7 @@ class Capture:
         self._analyse = analyse
         self._bucket_memo: dict[Any, Any] = {}
         self._mode: _CaptureMode | None = None
-        #: builds the mode start() installs; hooks/collectives.py swaps in one that also sees collectives
-        self.make_mode: Callable[[Capture, bool], _CaptureMode] = _CaptureMode
+        self._router: Router | None = None
         self._compiled = CompiledRegions()  # regions compiled while open are seen whole
         self.pending_events: list[tuple[CaptureEntry, Any, Any, int]] = []
         #: events whose times were read, by device index: reused rather than created per op
@@ -492,8 +539,17 @@ class Capture:
         Capture._active = self
         self.tracker.install()
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-        self._mode = self.make_mode(self, cuda)
+        router = self._router
+        self._mode = _CaptureMode(self, cuda) if router is None else _RoutedCaptureMode(self, cuda, router)
         self._mode.__enter__()
+
+    def route(self, router: Router | None) -> None:
+        """Hand the ops `router.routes` names to `router` from now on (None: to the table again);
+        a capture that is recording re-enters its mode to take the change up."""
+        self._router = router
+        if self.recording:
+            self.stop()
+            self.start()
 
     def stop(self) -> None:
         """Stop recording; the table is kept. Safe to call when not started."""
@@ -645,5 +701,5 @@ class Capture:
         return entry
 
 
-__all__ = ["Bucket", "Capture", "CaptureEntry", "ProfilerConflictError", "build_call", "merge_into", "meta_of_key",
-           "signature"]
+__all__ = ["Bucket", "Capture", "CaptureEntry", "Handler", "ProfilerConflictError", "Router", "build_call",
+           "merge_into", "meta_of_key", "signature"]

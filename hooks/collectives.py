@@ -37,7 +37,7 @@ from memwall_plugin.hooks._torch_private import (
     process_group_size,
     unbox_work,
 )
-from memwall_plugin.hooks.capture import Capture, CaptureEntry, _CaptureMode
+from memwall_plugin.hooks.capture import Capture, CaptureEntry, Handler
 from memwall_plugin.hooks.modules import ModuleTracker
 from memwall_plugin.hooks.signatures import build_call, schema_of, signature
 
@@ -201,7 +201,8 @@ def _work_of(out: Any) -> Any:
 
 
 class CollectiveRecorder:
-    """The collectives of the running step, their timing, and the busy time while they fly."""
+    """The collectives of the running step, their timing, and the busy time while they fly: the
+    capture's Router (hooks/capture.py) for collectives."""
 
     def __init__(self, tracker: ModuleTracker, world_size: int = 1) -> None:
         self.tracker = tracker
@@ -217,6 +218,15 @@ class CollectiveRecorder:
         self._watched: queue.SimpleQueue[tuple[Any, _Flight] | None] = queue.SimpleQueue()
         self._watcher: threading.Thread | None = None
         self._watching = 0  # works handed to the watcher and not yet done; changed under _lock
+        self._routes: dict[Any, Handler] | None = None
+
+    @property
+    def routes(self) -> dict[Any, Handler]:
+        """Every collective overload -> `issue`; the functional `wait_tensor` -> `wait`."""
+        if self._routes is None:
+            self._routes = {func: self.wait if route is _WAIT else self.issue
+                            for func, route in collective_routes().items()}
+        return self._routes
 
     # -- the capturing thread ------------------------------------------------------------------
     def _entry(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CollectiveEntry:
@@ -432,37 +442,10 @@ def _union(flights: list[_Flight]) -> StepTiming:
     return timing
 
 
-class _CommCaptureMode(_CaptureMode):
-    """The capture's dispatch mode, plus: collectives go to the recorder, and while any is in
-    flight every other op's time is added to the recorder's busy time."""
-
-    def __init__(self, capture: Capture, cuda: bool, recorder: CollectiveRecorder) -> None:
-        super().__init__(capture, cuda)
-        self._recorder = recorder
-        self._routes = collective_routes()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        route = self._routes.get(func)
-        recorder = self._recorder
-        if route is not None and self._capture.failed is None:
-            if route is _WAIT:
-                return recorder.wait(func, args, kwargs or {})
-            return recorder.issue(func, args, kwargs or {})
-        if recorder.in_flight:
-            start = _perf_counter_ns()
-            out = super().__torch_dispatch__(func, types, args, kwargs)
-            recorder.busy_ns += _perf_counter_ns() - start
-            return out
-        return super().__torch_dispatch__(func, types, args, kwargs)
-
-
 def enable_collectives(capture: Capture, world_size: int = 1) -> CollectiveRecorder:
-    """Make `capture` route collectives to a new recorder (re-installing its mode if running)."""
+    """Make `capture` route collectives to a new recorder (re-entering its mode if recording)."""
     recorder = CollectiveRecorder(capture.tracker, world_size)
-    capture.make_mode = functools.partial(_CommCaptureMode, recorder=recorder)
-    if capture.recording:
-        capture.stop()
-        capture.start()
+    capture.route(recorder)
     return recorder
 
 

@@ -299,3 +299,45 @@ def test_the_seed_gradient_of_backward_is_backward_work():
     rep = profiled(lambda: (x * 2).sum().backward())
     assert one_row(rep, "aten.ones_like").phase == "backward"
     assert one_row(rep, "aten.mul", "forward")
+
+
+class _MulRouter:
+    """A Router that takes aten.mul.Tensor and, once it has run one, says it is in flight."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.in_flight = 0
+        self.busy_ns = 0
+
+    @property
+    def routes(self):
+        return {torch.ops.aten.mul.Tensor: self.run}
+
+    def run(self, func, args, kwargs):
+        self.calls += 1
+        self.in_flight = 1
+        return func(*args, **kwargs)
+
+
+def test_a_router_takes_its_ops_off_the_table_and_gets_the_time_of_ops_run_while_they_fly():
+    from memwall_plugin.hooks.capture import Capture
+
+    capture, router = Capture(analyse=lambda entry: None), _MulRouter()
+    x = torch.ones(4)
+    capture.open()
+    try:
+        capture.start()
+        x + x
+        capture.route(router)  # taken up at once by a capture that is recording
+        y = x * x
+        x + y  # run while the routed op is in flight: busy time
+        capture.route(None)
+        x * x
+    finally:
+        capture.close()
+    calls = {}
+    for entry in capture.table.values():
+        calls[entry.call.op] = calls.get(entry.call.op, 0) + entry.calls
+    assert calls == {"aten.add": 2, "aten.mul": 1}
+    assert router.calls == 1 and torch.equal(y, x)
+    assert router.busy_ns > 0
