@@ -65,8 +65,9 @@ _perf_counter_ns = time.perf_counter_ns
 
 
 class ProfilerConflictError(RuntimeError):
-    """Raised when a second memwall capture is started while one is recording (memwall.profile
-    itself never raises it: a profile opened inside another takes over from it)."""
+    """Kept for code that catches it: memwall no longer raises it. One profile records at a time
+    (`memwall.profile`'s one rule, memwall_plugin/profile.py): a profile opened inside another
+    takes over and hands back, so two captures never record at once."""
 
 
 class CaptureEntry:
@@ -460,13 +461,13 @@ class _RoutedCaptureMode(_CaptureMode):
 
 
 class Capture:
-    """Records aten ops into `table` while started. One capture may be active per process.
+    """Records aten ops into `table` while started. Its owner (memwall.profile's recorder)
+    makes sure one capture records at a time.
 
     `analyse` counts a call from its entry (memwall_plugin.analysis: `AnalysisCache.analyse`):
     past the signature cap each call is counted as it is folded into its shape bucket. It is
     passed in because the counting side imports capture, not the other way round."""
 
-    _active: Capture | None = None
 
     #: distinct signatures kept apart per run by default; past it, new shapes share buckets
     MAX_SIGNATURES = 10_000
@@ -531,12 +532,6 @@ class Capture:
     def start(self) -> None:
         if self._mode is not None or self.failed is not None or self.suspended:
             return
-        if Capture._active is not None and Capture._active is not self:
-            raise ProfilerConflictError(
-                "memwall.profile is already active; profiles cannot be nested. "
-                "Call prof.step() to mark steps inside one profile instead."
-            )
-        Capture._active = self
         self.tracker.install()
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         router = self._router
@@ -565,8 +560,6 @@ class Capture:
                 mode.__exit__(None, None, None)
         finally:
             self.tracker.remove()
-            if Capture._active is self:
-                Capture._active = None
 
     def take(self) -> dict[Any, CaptureEntry]:
         """Hand over the table recorded so far and start a new one (GPU times resolved)."""
