@@ -303,8 +303,11 @@ class Router(Protocol):
         ...
 
     @property
-    def in_flight(self) -> int: ...
+    def in_flight(self) -> int:
+        """How many routed ops are under way (started, not yet complete)."""
+        ...
 
+    #: ns that other ops took while `in_flight` was non-zero; the capture adds to it
     busy_ns: int
 
 

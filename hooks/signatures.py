@@ -42,6 +42,7 @@ def is_tensor_key(value: Any) -> bool:
 
 
 def meta_of_key(key: Any) -> TensorMeta:
+    """The TensorMeta formulas read for a tensor's signature."""
     shape, stride, dtype = key
     named = _DTYPE_NAMES.get(dtype)
     if named is None:

@@ -49,7 +49,7 @@ class Use:
 
 def _walk(name: str, path: list[str]) -> Iterator[Module]:
     for info in pkgutil.iter_modules(path, name + "."):
-        spec = info.module_finder.find_spec(info.name, None)  # type: ignore[call-arg]
+        spec = info.module_finder.find_spec(info.name, None)
         if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
             continue
         yield Module(info.name, Path(spec.origin).read_text(), info.ispkg, spec.origin)
