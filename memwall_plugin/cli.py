@@ -128,11 +128,10 @@ def _cmd_calibrate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _windows_of(path: Path) -> tuple[list[Window], str]:
-    """The report files of one run: a file, or every window of the one run under a logdir; and
-    what to call them in messages."""
+def _windows_of(path: Path) -> list[Window]:
+    """The report files of one run: a file, or every window of the one run under a logdir."""
     if path.is_file():
-        return [window_of(path)], str(path)
+        return [window_of(path)]
     if not path.is_dir():
         raise CliError(f"{path}: no such file or directory; pass a logdir or a report .json")
     runs = find_runs(path)
@@ -142,14 +141,14 @@ def _windows_of(path: Path) -> tuple[list[Window], str]:
         listing = "\n  ".join(str(r.root) for r in runs.values())
         raise CliError(f"{path} holds {len(runs)} runs; pass one of:\n  {listing}")
     (run,) = runs.values()
-    return list(run.windows()), str(run.root)
+    return list(run.windows())
 
 
 def load_jobs(path: Path) -> list[Job]:
     """Every job of a run, newest first, each rank's windows merged. A window that cannot be read
     is named on stderr and left out, so one truncated file does not hide the rest; only when none
     can be read is it an error."""
-    windows, _ = _windows_of(path)
+    windows = _windows_of(path)
     failed: list[str] = []
     loaded = []
     for window in windows:

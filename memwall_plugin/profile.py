@@ -135,7 +135,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         # a named device, peaks or link are checked now, so a typo fails before the run, not after
         spec = resolve_device(device, peaks) if device is not None or peaks is not None else None
         self._recorder = Recorder(registry=self.registry, action_fn=self._action_fn, device=spec, link=link,
-                                  max_signatures=max_signatures, on_window=self._window_closed)
+                                  max_signatures=max_signatures, on_window=self._window_closed,
+                                  on_step=self._step_recorded)
         self.output = OutputGuard()  # every file write goes through it
         #: where results go (memwall_plugin/sinks.py), made when the profile opens
         self.sinks: list[sinks.Sink] = []
@@ -179,7 +180,6 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             self.sinks = self._make_sinks(idle)
             for sink in self.sinks:
                 sink.start(self)
-            self._recorder.on_step = self._step_recorded
             self._recorder.open(self.model, suspended=idle,
                                 on_optimizer_step=self._optimizer_stepped if self.step_on_optimizer else None)
         except BaseException:

@@ -117,8 +117,6 @@ def _check_row(path: str, data: Any, fields: Any, collective: bool) -> Row:
             raise FieldError(f"{path}.collective.kind must be one of {', '.join(KINDS)}, got {c.kind!r}")
         if c.timed_calls > row.calls:
             raise FieldError(f"{path}.collective.timed_calls ({c.timed_calls}) exceeds calls ({row.calls})")
-        if c.group_size < 1:
-            raise FieldError(f"{path}.collective.group_size must be at least 1, got {c.group_size}")
     return row
 
 
