@@ -601,11 +601,14 @@ class Capture:
                 phase, module = RECOMPUTE, tracker.stack[-1]
             else:
                 phase, module = BACKWARD, tracker.path_for_node(node)
-        elif tracker.in_optimizer:
-            phase, module = OPTIMIZER, ""
         elif tracker.stack:
+            # a module's forward, also inside optimizer.step(closure) (Lightning, LBFGS): phases
+            # follow what runs, not the Python frame that encloses it
             phase = tracker.user_label or tracker.generation_label or FORWARD
             module = tracker.stack[-1]
+        elif tracker.in_optimizer and not _builds_graph(args):
+            # the optimizer's own update (it runs without grad); a closure's loss builds a graph
+            phase, module = OPTIMIZER, ""
         elif _builds_graph(args) or _in_function_forward():
             # outside any module but on the autograd graph: a loss, a functional model, the
             # forward of a custom autograd.Function (which torch runs with grad mode off);

@@ -146,10 +146,10 @@ def _where(tracker: ModuleTracker) -> tuple[str, str]:
     stay at the top level: a bucket holds many modules' gradients."""
     if current_autograd_node() is not None or in_backward():  # in backward, its final callbacks too
         return BACKWARD, tracker.stack[-1] if tracker.stack else ""
+    if tracker.stack:  # a module's forward, inside optimizer.step(closure) too
+        return tracker.user_label or tracker.generation_label or FORWARD, tracker.stack[-1]
     if tracker.in_optimizer:
         return OPTIMIZER, ""
-    if tracker.stack:
-        return tracker.user_label or tracker.generation_label or FORWARD, tracker.stack[-1]
     return tracker.user_label or OTHER, ""
 
 

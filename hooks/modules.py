@@ -10,6 +10,7 @@ accumulation into a parameter (AccumulateGrad) goes to the module that owns the 
 from __future__ import annotations
 
 import bisect
+import inspect
 import threading
 import weakref
 from collections.abc import Callable
@@ -40,7 +41,9 @@ class ModuleTracker:
     With `model`, paths are that model's `named_modules()` keys and other modules are not
     tracked (their ops go to the enclosing tracked module). Without it, every module that runs
     is tracked: a module first seen outside any other becomes a root and its descendants take
-    their `named_modules()` keys relative to it.
+    their `named_modules()` keys relative to it, unless it is called from a method of a module
+    that holds it (a LightningModule's `training_step` calling `self.net`): that module is the
+    root, so `net.0` reads `net.0`, as the user wrote it.
     """
 
     def __init__(self, model: torch.nn.Module | None = None) -> None:
@@ -103,8 +106,9 @@ class ModuleTracker:
         if name is not None or self._fixed:
             return name
         if not self.stack:
-            self._add_root(module)
-            return ""
+            root = calling_owner(module) or module
+            self._add_root(root)
+            return self._names.get(module, "")
         # a module run inside another but not registered as its child
         name = f"{self.stack[-1]}.{type(module).__name__}" if self.stack[-1] else type(module).__name__
         self._names[module] = name
@@ -247,6 +251,27 @@ class ModuleTracker:
         del self._paths[: self._kept_from]
         self._kept_from = len(self._seqs)
         self._last_node = None
+
+
+#: frames above a module call searched for a method of a module that holds it
+_OWNER_FRAMES = 32
+
+
+def calling_owner(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The nearest module, among the `self` of the calling frames, that holds `module` as a
+    descendant: the LightningModule whose `training_step` (not its `forward`) calls `self.net`, a
+    wrapper that calls `self.model` from a method of its own. None when the module is called from
+    elsewhere (a script, a Trainer that is no module). Asked once per new root, not per call."""
+    frame = inspect.currentframe()
+    for _ in range(_OWNER_FRAMES):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, torch.nn.Module) and owner is not module and any(
+                m is module for m in owner.modules()):
+            return owner
+        frame = frame.f_back
+    return None
 
 
 def generation_phase(args: Any, kwargs: dict[str, Any]) -> str | None:

@@ -147,12 +147,33 @@ def module_pattern(module: str) -> str:
     return ".".join("*" if p.isdigit() else p for p in module.split("."))
 
 
+#: from this share of the recorded wall time outside ops, host time is what bounds the steps
+HOST_BOUND_SHARE = 0.5
+
+
+def host_time_share(report: Report) -> float | None:
+    """Share of the recorded steps' wall time spent outside any op and outside exposed
+    communication: Python, data loading and collation, logging (memwall's own bookkeeping too)."""
+    wall = report.wall_time_s
+    if wall <= 0:
+        return None
+    outside = wall - report.total_time_s - (report.exposed_s or 0.0)
+    return max(0.0, min(1.0, outside / wall))
+
+
 def findings(report: Report) -> list[str]:
     """A few plain-language conclusions, largest effect first."""
     total = report.total_time_s
     out: list[str] = []
     if total <= 0 or not report.rows:
         return out
+    host = host_time_share(report)
+    if host is not None and host >= HOST_BOUND_SHARE:
+        out.append(
+            f"{host:.0%} of the recorded steps' wall time is outside any op (Python, data loading, logging): "
+            "the memory wall is not what limits this run; larger batches, a DataLoader with workers, or "
+            "CUDA graphs would."
+        )
     memory_rows = [r for r in report.rows if r.bound == MEMORY]
     if memory_rows and report.memory_bound_time_fraction >= 0.1:
         by_cat: dict[str, list[Row]] = {}

@@ -1,0 +1,116 @@
+"""Training steps as frameworks write them: the forward and backward run inside
+`optimizer.step(closure)` (Lightning's automatic optimization, LBFGS), a module called from a
+method of the module that holds it (a LightningModule's `training_step`), and host time."""
+
+from __future__ import annotations
+
+import torch
+
+import memwall_plugin as memwall
+from memwall_plugin.console import findings, host_time_share
+
+
+def _model() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
+
+
+def _phase_flops(rep: memwall.Report) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in rep.rows:
+        out[r.phase] = out.get(r.phase, 0) + (r.flops or 0)
+    return out
+
+
+def _train(closure: bool, steps: int = 3) -> tuple[memwall.Report, torch.Tensor]:
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = torch.randn(8, 16)
+    with memwall.profile(model=model, summary=False) as prof:
+        for _ in range(steps):
+            def step() -> torch.Tensor:
+                opt.zero_grad()
+                loss = model(x).pow(2).mean()
+                loss.backward()
+                return loss
+
+            if closure:
+                opt.step(step)
+            else:
+                step()
+                opt.step()
+            prof.step()
+    return prof.report(), model[0].weight.detach().clone()
+
+
+def test_a_closure_step_has_the_phases_of_an_explicit_loop():
+    explicit, w_explicit = _train(closure=False)
+    closed, w_closed = _train(closure=True)
+    assert torch.equal(w_explicit, w_closed)  # the same training, bit for bit
+    # forward and backward inside optimizer.step(closure) are forward and backward work, with the
+    # explicit loop's totals per phase; only AdamW's update is "optimizer"
+    assert _phase_flops(closed) == _phase_flops(explicit)
+    assert set(_phase_flops(closed)) == {"forward", "backward", "optimizer"}
+    forward = {(r.op, r.module) for r in closed.rows if r.phase == "forward"}
+    assert {("aten.addmm", "0"), ("aten.gelu", "1"), ("aten.addmm", "2")} <= forward
+    optimizer_ops = {r.op for r in closed.rows if r.phase == "optimizer"}
+    assert not optimizer_ops & {"aten.addmm", "aten.gelu", "aten.mm"}, optimizer_ops
+    assert {r.module for r in closed.rows if r.phase == "optimizer"} == {""}
+
+
+class _LitLike(torch.nn.Module):
+    """The shape of a LightningModule: `training_step` calls `self.net`; `forward` never runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _model()
+
+    def training_step(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).pow(2).mean()
+
+
+def test_modules_are_named_from_the_module_whose_method_calls_them():
+    lit = _LitLike()
+    opt = torch.optim.SGD(lit.parameters(), lr=0.1)
+    x = torch.randn(8, 16)
+    with memwall.profile(summary=False) as prof:  # no model=: roots are found as modules run
+        opt.step(lambda: (opt.zero_grad(), lit.training_step(x).backward())[-1])
+    rep = prof.report()
+    forward = {(r.op, r.module) for r in rep.rows if r.phase == "forward"}
+    assert {("aten.addmm", "net.0"), ("aten.gelu", "net.1"), ("aten.addmm", "net.2")} <= forward
+    backward_modules = {r.module for r in rep.rows if r.phase == "backward"}
+    assert {"net.0", "net.2"} <= backward_modules  # weight gradients go to the modules that own them
+
+
+def test_a_plain_model_call_keeps_its_own_names():
+    model, x = _model(), torch.randn(4, 16)
+    with memwall.profile(summary=False) as prof:
+        model(x)
+    assert {r.module for r in prof.report().rows} == {"0", "1", "2"}
+
+
+def _report_with_wall(wall_s: float, op_s: float) -> memwall.Report:
+    row = memwall.Row(op="aten.mm", overload="default", module="", phase="forward", calls=1, dtype="float32",
+                      shapes="", flops=10**9, bytes_read=10**6, bytes_written=10**6, elements_read=1,
+                      elements_written=1, time_s=op_s)
+    return memwall.Report(rows=(row,), steps=(0,), wall_time_s=wall_s)
+
+
+def test_host_time_is_a_finding_when_it_bounds_the_step():
+    host_bound = _report_with_wall(wall_s=2.145, op_s=0.388)  # the issue's HF Trainer run: 82% outside ops
+    assert host_time_share(host_bound) == (2.145 - 0.388) / 2.145
+    (note,) = [f for f in findings(host_bound) if "outside any op" in f]
+    assert note.startswith("82% of the recorded steps' wall time is outside any op")
+    op_bound = _report_with_wall(wall_s=1.0, op_s=0.93)
+    assert not [f for f in findings(op_bound) if "outside any op" in f]
+
+
+def test_a_gemm_bound_loop_has_no_host_time_finding():
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    with memwall.profile(summary=False) as prof:
+        for _ in range(3):
+            a @ b
+            prof.step()
+    rep = prof.report()
+    assert host_time_share(rep) < 0.5, (rep.wall_time_s, rep.total_time_s)
+    assert not [f for f in findings(rep) if "outside any op" in f]
