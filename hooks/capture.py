@@ -606,8 +606,9 @@ class Capture:
             # follow what runs, not the Python frame that encloses it
             phase = tracker.user_label or tracker.generation_label or FORWARD
             module = tracker.stack[-1]
-        elif tracker.in_optimizer and not _builds_graph(args):
-            # the optimizer's own update (it runs without grad); a closure's loss builds a graph
+        elif tracker.in_optimizer and not torch.is_grad_enabled():
+            # the optimizer's own update, which runs without grad; the closure it calls runs with
+            # grad on (a loss, a framework's bookkeeping of it) and falls through to what it is
             phase, module = OPTIMIZER, ""
         elif _builds_graph(args) or _in_function_forward():
             # outside any module but on the autograd graph: a loss, a functional model, the

@@ -148,7 +148,7 @@ def _where(tracker: ModuleTracker) -> tuple[str, str]:
         return BACKWARD, tracker.stack[-1] if tracker.stack else ""
     if tracker.stack:  # a module's forward, inside optimizer.step(closure) too
         return tracker.user_label or tracker.generation_label or FORWARD, tracker.stack[-1]
-    if tracker.in_optimizer:
+    if tracker.in_optimizer and not torch.is_grad_enabled():  # not its closure (grad on)
         return OPTIMIZER, ""
     return tracker.user_label or OTHER, ""
 
