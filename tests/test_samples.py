@@ -76,3 +76,24 @@ def test_decode_batch_sweep_smallest_size(tmp_path):
     data = json.loads((tmp_path / "decode_sweep.json").read_text())
     assert "H100 SXM 8-bit" in data["crossings"]
     torch.manual_seed(0)
+
+
+def test_lightning_sample_records_the_fit_with_its_modules(tmp_path):
+    pytest.importorskip("lightning")
+    from conftest import no_deprecations
+
+    with no_deprecations(inside=("lightning",)):
+        rep = sample("train_lightning").main(["--steps", "3", "--logdir", str(tmp_path), "--no-summary"])
+    forward = {(r.op, r.module) for r in rep.rows if r.phase == "forward"}
+    assert {("aten.addmm", "net.0"), ("aten.addmm", "net.2")} <= forward
+    assert {r.module for r in rep.rows if r.phase == "optimizer"} == {""}
+    assert list(tmp_path.glob("plugins/memwall/*.json"))
+
+
+def test_hf_trainer_sample_records_six_steps_of_two_micro_batches(tmp_path):
+    rep = sample("train_hf_trainer").main(["--steps", "6", "--accumulate", "2", "--layers", "1",
+                                           "--out", str(tmp_path), "--no-summary"])
+    assert rep.steps == (0, 1, 2, 3, 4, 5)
+    (lookup,) = [r for r in rep.rows if r.op == "aten.embedding" and r.module == "transformer.wte"]
+    assert lookup.calls == 12
+    assert list(tmp_path.glob("plugins/memwall/*.json"))  # beside the Trainer's own scalars
