@@ -50,6 +50,7 @@ from memwall_plugin.records import (
     BACKWARD,
     FACTS_KEY,
     FORWARD,
+    GRAD_SCALER,
     OPTIMIZER,
     OTHER,
     RECOMPUTE,
@@ -618,7 +619,7 @@ class Capture:
             if func is _ONES_LIKE and in_backward_seed():
                 phase = BACKWARD
         else:
-            phase, module = tracker.user_label or OTHER, ""
+            phase, module = tracker.user_label or (GRAD_SCALER if tracker.in_scaler else OTHER), ""
         if region is not None:  # a compiled region: its signature and facts were read before it ran
             arg_key, device = region[0], region[2]
             kw_key: tuple[tuple[str, Any], ...] | None = ((FACTS_KEY, region[1]),) if region[1] else None

@@ -10,6 +10,7 @@ accumulation into a parameter (AccumulateGrad) goes to the module that owns the 
 from __future__ import annotations
 
 import bisect
+import functools
 import inspect
 import threading
 import weakref
@@ -55,6 +56,8 @@ class ModuleTracker:
             self._add_root(model)
         self.stack: list[str] = []
         self.in_optimizer = 0
+        self.in_scaler = 0  # inside a GradScaler method (unscale_, step, update) on this thread
+        self._unpatch_scaler: Callable[[], None] | None = None
         # phase labels: the user's (prof.phase) wins over one detected from a generation call
         self.user_label: str | None = None
         self.generation_label: str | None = None
@@ -124,6 +127,8 @@ class ModuleTracker:
                 optim_module.register_optimizer_step_pre_hook(self._guarded(self._pre_step)),
                 optim_module.register_optimizer_step_post_hook(self._guarded(self._post_step)),
             ]
+        if self._unpatch_scaler is None:
+            self._unpatch_scaler = watch_grad_scaler(self)
 
     def close(self) -> None:
         self.remove()
@@ -131,6 +136,10 @@ class ModuleTracker:
             handle.remove()
         self._optimizer_handles = []
         self.in_optimizer = 0
+        unpatch, self._unpatch_scaler = self._unpatch_scaler, None
+        if unpatch is not None:
+            unpatch()
+        self.in_scaler = 0
 
     def install(self) -> None:
         """Module hooks, for recorded steps only."""
@@ -251,6 +260,43 @@ class ModuleTracker:
         del self._paths[: self._kept_from]
         self._kept_from = len(self._seqs)
         self._last_node = None
+
+
+#: the GradScaler methods whose work is the scaler's: unscaling and inf checks, the optimizer step
+#: it guards (whose update stays the optimizer's), the scale's update
+_SCALER_METHODS = ("unscale_", "step", "update")
+
+
+def watch_grad_scaler(tracker: ModuleTracker) -> Callable[[], None]:
+    """Count the recording thread's calls into `torch.amp.GradScaler`'s methods on `tracker`
+    (`in_scaler`), and return what undoes it. torch has no hook for them; the methods are wrapped
+    on the class (instances made before the profile included) and run unchanged."""
+    cls = torch.amp.GradScaler
+    originals = {name: cls.__dict__[name] for name in _SCALER_METHODS if name in cls.__dict__}
+
+    def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if _thread_id() != tracker._thread:
+                return original(self, *args, **kwargs)
+            tracker.in_scaler += 1
+            try:
+                return original(self, *args, **kwargs)
+            finally:
+                tracker.in_scaler -= 1
+
+        return method
+
+    wrapped = {name: wrap(original) for name, original in originals.items()}
+    for name, method in wrapped.items():
+        setattr(cls, name, method)
+
+    def undo() -> None:
+        for name, original in originals.items():
+            if cls.__dict__.get(name) is wrapped[name]:  # not re-wrapped by a profile opened since
+                setattr(cls, name, original)
+
+    return undo
 
 
 #: frames above a module call searched for a method of a module that holds it

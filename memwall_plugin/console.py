@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # drawn, not imported: report.py's str() and Jupyter view cal
 GROUP_BY = ("op", "module", "phase")
 WIDE = 120  # from this many columns the tables show every column
 NARROW = 100  # below this many they drop calls and bytes and shorten phase names
-_SHORT_PHASE = {"forward": "fwd", "backward": "bwd", "recompute": "rcmp", "optimizer": "opt"}
+_SHORT_PHASE = {"forward": "fwd", "backward": "bwd", "recompute": "rcmp", "optimizer": "opt", "grad_scaler": "scaler"}
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,8 @@ _ADVICE = {
     "norm/softmax": "fused kernels (torch.compile, fused attention and norms) cut their traffic",
     "reduction": "fusing the reduction into its producer (torch.compile) avoids a round trip to memory",
     "optimizer": "a fused optimizer (fused=True) reads and writes each parameter once",
+    "grad scaler": "a fused optimizer (fused=True) takes the GradScaler's scale and inf flag and unscales "
+                   "inside its own pass, instead of reading every gradient once more",
     "outside-the-model": "this is data preparation or set-up; move it into DataLoader workers or out "
                          "of the training loop",
 }
@@ -130,6 +132,8 @@ def category(row: Row) -> str:
     then by its op's family in the registry (matmuls, convolutions and attention together)."""
     if row.phase == "optimizer":
         return "optimizer"
+    if row.phase == "grad_scaler":
+        return "grad scaler"
     if row.phase == "other":
         return "outside-the-model"
     found = _CATEGORY.get(REGISTRY.family(row.op, row.overload))

@@ -16,11 +16,14 @@ BACKWARD = "backward"
 #: A module's forward run again inside backward (activation checkpointing): backward-pass work
 RECOMPUTE = "recompute"
 OPTIMIZER = "optimizer"
+#: AMP's GradScaler outside the optimizer's own update: unscaling gradients, the inf checks, the
+#: scale's update (memwall_plugin/hooks/modules.py)
+GRAD_SCALER = "grad_scaler"
 PREFILL = "prefill"  # a generation call that fills the KV cache with the prompt
 DECODE = "decode"  # generation calls that add one token (or a few) to the cache
 OTHER = "other"
 #: Built-in phases, in display order; prof.phase("...") may add labels of its own.
-PHASES = (FORWARD, BACKWARD, RECOMPUTE, OPTIMIZER, PREFILL, DECODE, OTHER)
+PHASES = (FORWARD, BACKWARD, RECOMPUTE, OPTIMIZER, GRAD_SCALER, PREFILL, DECODE, OTHER)
 
 
 def ordered_phases(names: Iterable[str]) -> list[str]:

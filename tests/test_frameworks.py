@@ -114,3 +114,36 @@ def test_a_gemm_bound_loop_has_no_host_time_finding():
     rep = prof.report()
     assert host_time_share(rep) < 0.5, (rep.wall_time_s, rep.total_time_s)
     assert not [f for f in findings(rep) if "outside any op" in f]
+
+
+def test_grad_scaler_work_is_labelled_as_such():
+    """AMP's GradScaler: unscaling and the inf checks are `grad_scaler` work, AdamW's update alone
+    is `optimizer`, and the training is the same, bit for bit."""
+
+    def train(prof: memwall.profile | None) -> torch.Tensor:
+        model = _model()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+        x = torch.randn(8, 16)
+        for _ in range(3):
+            opt.zero_grad()
+            scaler.scale(model(x).pow(2).mean()).backward()
+            scaler.step(opt)
+            scaler.update()
+            if prof is not None:
+                prof.step()
+        return model[0].weight.detach().clone()
+
+    bare = train(None)
+    with memwall.profile(summary=False) as prof:
+        watched = train(prof)
+    assert torch.equal(bare, watched)
+    rep = prof.report()
+    phases = {r.op: r.phase for r in rep.rows if r.op.startswith("aten._amp_")}
+    assert phases == {"aten._amp_foreach_non_finite_check_and_unscale_": "grad_scaler",
+                      "aten._amp_update_scale_": "grad_scaler"}
+    assert not {r.op for r in rep.rows if r.phase == "optimizer"} & set(phases)
+    assert {r.phase for r in rep.rows} >= {"forward", "backward", "optimizer", "grad_scaler"}
+    # the wrappers are gone once the profile ends
+    assert torch.amp.GradScaler.update.__qualname__ == "GradScaler.update"
+    assert "method" not in torch.amp.GradScaler.unscale_.__code__.co_name
