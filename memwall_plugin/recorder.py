@@ -52,8 +52,10 @@ class Recorder:
         max_signatures: int | None = None,
         on_window: Callable[[Report], None] = lambda report: None,
         on_step: StepCallback | None = None,
+        first_step: int = 0,
     ) -> None:
         self.registry = registry
+        self.first_step = first_step  # steps are numbered from it; the schedule counts from 0
         self.action_fn = action_fn
         self.device = device  # None: detected from where the op time was spent
         self.max_signatures = max_signatures
@@ -88,7 +90,7 @@ class Recorder:
         self.dist.open(self.capture)
         if on_optimizer_step is not None:
             self.capture.tracker.on_optimizer_step = on_optimizer_step
-        self.begin_step(0)
+        self.begin_step(self.first_step)
 
     def close(self) -> None:
         self.closed = True
@@ -138,7 +140,7 @@ class Recorder:
     def begin_step(self, step: int) -> None:
         assert self.capture is not None
         self.step_num = step
-        self.action = self.action_fn(step)
+        self.action = self.action_fn(step - self.first_step)
         if self.action.recording:
             self.capture.start()
         else:

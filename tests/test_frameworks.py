@@ -4,6 +4,7 @@ method of the module that holds it (a LightningModule's `training_step`), and ho
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import memwall_plugin as memwall
@@ -147,3 +148,19 @@ def test_grad_scaler_work_is_labelled_as_such():
     # the wrappers are gone once the profile ends
     assert torch.amp.GradScaler.update.__qualname__ == "GradScaler.update"
     assert "method" not in torch.amp.GradScaler.unscale_.__code__.co_name
+
+
+def test_steps_can_be_numbered_from_the_frameworks_count(tmp_path):
+    """A resumed training at global step 10: memwall's steps go on from it, the schedule still
+    counts from the profile's first step (wait one, record two)."""
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    with memwall.profile(logdir=tmp_path, summary=False, scalars=False, first_step=10,
+                         schedule=memwall.schedule(wait=1, warmup=0, active=2)) as prof:
+        for _ in range(4):
+            a @ b
+            prof.step()
+    assert prof.report().steps == (11, 12) and prof.step_num == 14
+    assert [p.name for p in prof.saved] == ["rank0_steps000011-000012.json"]
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="first_step"):
+            memwall.profile(first_step=bad)

@@ -147,7 +147,7 @@ def test_hf_trainer_with_gradient_accumulation(tmp_path):
     callback = MemwallCallback(logdir=tmp_path / "memwall", summary=False)
     transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
     rep = callback.report()
-    assert rep.steps == (0, 1, 2, 3, 4, 5)  # six optimizer steps
+    assert rep.steps == (1, 2, 3, 4, 5, 6)  # six optimizer steps, numbered as the Trainer's global step
     # each step holds two micro-batches: two forwards and two backwards of the token embedding
     (lookup,) = [r for r in rep.rows if r.op == "aten.embedding" and r.module == "transformer.wte"]
     assert lookup.calls == 12 and lookup.phase == "forward"

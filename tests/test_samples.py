@@ -93,7 +93,7 @@ def test_lightning_sample_records_the_fit_with_its_modules(tmp_path):
 def test_hf_trainer_sample_records_six_steps_of_two_micro_batches(tmp_path):
     rep = sample("train_hf_trainer").main(["--steps", "6", "--accumulate", "2", "--layers", "1",
                                            "--out", str(tmp_path), "--no-summary"])
-    assert rep.steps == (0, 1, 2, 3, 4, 5)
+    assert rep.steps == (1, 2, 3, 4, 5, 6)
     (lookup,) = [r for r in rep.rows if r.op == "aten.embedding" and r.module == "transformer.wte"]
     assert lookup.calls == 12
     assert list(tmp_path.glob("plugins/memwall/*.json"))  # beside the Trainer's own scalars

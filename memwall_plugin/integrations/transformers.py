@@ -41,7 +41,7 @@ class MemwallCallback(TrainerCallback):  # type: ignore[misc]  # transformers is
     """A `TrainerCallback` that records the Trainer's training steps with `memwall.profile`."""
 
     def __init__(self, logdir: str | os.PathLike[str] | None = None, **profile_args: Any) -> None:
-        for reserved in ("model", "logdir", "step_on_optimizer"):
+        for reserved in ("model", "logdir", "step_on_optimizer", "first_step"):
             if reserved in profile_args:
                 raise TypeError(f"MemwallCallback sets {reserved}= itself; pass logdir= as its first argument")
         profile(**profile_args)  # the arguments are checked now, before the Trainer runs
@@ -55,7 +55,10 @@ class MemwallCallback(TrainerCallback):  # type: ignore[misc]  # transformers is
             return
         summary = self.profile_args.get("summary", True) if state.is_world_process_zero else False
         args_ = {**self.profile_args, "summary": summary}
-        self.prof = profile(model=model, logdir=self.logdir or training_logdir(args), **args_)
+        # memwall's step s is the work that takes the Trainer to global step s: its scalars and the
+        # Trainer's line up, a resumed training's steps go on from its count
+        self.prof = profile(model=model, logdir=self.logdir or training_logdir(args),
+                            first_step=state.global_step + 1, **args_)
         self.prof.__enter__()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
