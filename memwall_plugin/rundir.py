@@ -88,7 +88,7 @@ def pick_job(jobs: list[Job], wanted: str | None) -> Job:
         raise LookupError("no readable report")
     if wanted is None or wanted == "":
         return jobs[0]
-    exact = [j for j in jobs if j.id == wanted]
+    exact = [j for j in jobs if wanted in (j.id, j.label)]  # "(unnamed)": reports from before jobs
     found = exact or [j for j in jobs if j.id.startswith(wanted)]
     if len(found) != 1:
         listing = ", ".join(j.label for j in jobs)

@@ -121,6 +121,8 @@ def test_jobs_group_windows_per_rank_and_newest_first(tmp_path):
     assert old.ranks[0].steps == (0, 1) and old.ranks[0].rows[0].calls == 2  # its two windows merged
     assert old.ranks[1].steps == (0,) and old.created_unix_s == 2.0
     assert pick_job(jobs, None) is jobs[0] and pick_job(jobs, "ol") is old
+    legacy = dataclasses.replace(old, id="")  # reports written before memwall recorded jobs
+    assert pick_job([jobs[0], legacy], "(unnamed)") is legacy
     with pytest.raises(LookupError, match="not a job here"):
         pick_job(jobs, "x")
     with pytest.raises(LookupError, match="several jobs"):
