@@ -327,7 +327,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     def job_reports(self, wait_s: float = RANKS_WAIT_S) -> dict[int, Report] | None:
         """Under torch.distributed, with a logdir: every rank's report of this job (waiting up to
         `wait_s` for ranks still saving theirs); None for a single-process run."""
-        return sinks.Summary(False, self._files, wait_s).ranks(self.report())
+        return sinks.job_ranks(self._files, self.report(), wait_s)
 
     def _optimizer_stepped(self, optimizer: Any) -> None:
         # one step per iteration: the first optimizer that steps marks the boundaries

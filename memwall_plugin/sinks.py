@@ -152,6 +152,14 @@ def _export_trace(kineto_prof: Any, path: Path) -> Path:
     return write_atomically(path, fill)
 
 
+def job_ranks(files: ReportFiles | None, report: Report, wait_s: float) -> dict[int, Report] | None:
+    """Every rank's report of `report`'s job (waiting up to `wait_s` for ranks still saving
+    theirs); None for a single-process run or one that saved nothing."""
+    if not report.distributed or report.world_size <= 1 or files is None or not files.saved:
+        return None
+    return files.store.wait_for_ranks(report, 0.0 if report.incomplete else wait_s)
+
+
 class Summary(Sink):
     """The summary, printed when the profile ends: on rank 0 (with every rank of the job side by
     side), or on every rank with summary="all"."""
@@ -170,13 +178,6 @@ class Summary(Sink):
             warnings.warn(f"memwall: could not print the summary: {type(err).__name__}: {err}", RuntimeWarning,
                           stacklevel=3)
 
-    def ranks(self, report: Report) -> dict[int, Report] | None:
-        """Every rank's report of this job (waiting for ranks still saving theirs); None for a
-        single-process run or one that saved nothing."""
-        if not report.distributed or report.world_size <= 1 or self.files is None or not self.files.saved:
-            return None
-        return self.files.store.wait_for_ranks(report, 0.0 if report.incomplete else self.wait_s)
-
     def _print(self, prof: profile) -> None:
         from rich.console import Console
 
@@ -184,7 +185,7 @@ class Summary(Sink):
 
         console = Console()
         report = prof.report()
-        print_summary(report, console=console, ranks=self.ranks(report))
+        print_summary(report, console=console, ranks=job_ranks(self.files, report, self.wait_s))
         if self.files is not None and self.files.saved:
             console.print(f"report saved: {self.files.saved[-1]}", highlight=False, markup=False)
         if prof.output.failure is not None:
