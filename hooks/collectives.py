@@ -5,16 +5,25 @@ FSDP and explicit `torch.distributed` calls) or as functional collectives. A cap
 collective-aware (`enable_collectives`) routes them here instead of into its op table.
 
 What "time" means: a c10d op enqueues its work on the backend and returns a Work at once; the
-collective's time is from the call until the Work's future completes, stamped by a done-callback
-on the backend's thread (so it includes waiting for the slowest peer and for collectives queued
-before it). A Work without a future (gloo's reduce-scatter) is waited for on a watcher thread
-instead, with the same meaning; the run's end joins that thread, so that no Work outlives the
-profile on it (see `CollectiveRecorder.close`). A functional collective completes when
-`wait_tensor` on its result returns. Work on a GPU completes on the device, not on the host: such
-calls are counted, not timed. The stamps are taken in Python, so they may trail the real
-completion by the time the stamping thread waits for the GIL (at most the interpreter's switch
-interval, 5 ms by default, while the training thread runs Python); at a step's end memwall lets
-finished collectives stamp before it closes the step.
+collective's time is from the call until that Work completes, as seen by a watcher thread of
+memwall's that waits on the run's Works in the order they were issued (so it includes waiting for
+the slowest peer and for collectives queued before it). The run's end joins that thread (see
+`CollectiveRecorder.close`). A functional collective completes when `wait_tensor` on its result
+returns. Work on a GPU completes on the device, not on the host: such calls are counted, not
+timed. The stamps are taken in Python, so they may trail the real completion by the time the
+watcher waits for the GIL (at most the interpreter's switch interval, 5 ms by default, while the
+training thread runs Python); at a step's end memwall lets finished collectives stamp before it
+closes the step.
+
+Nothing of memwall's runs on the backend's threads, and no Work is released there: a done-callback
+on a c10d future (`Future.add_done_callback`) is a Python function that the backend's thread calls
+and then releases, each time taking the GIL; when the script ends right after its last collective,
+the training thread can free DDP's reducer (and with it the process group, whose destructor joins
+the backend's threads) while holding the GIL that thread waits for: a deadlock at exit (seen with
+gloo: the rank never exits). So completion is waited for on memwall's own thread, and each Work
+is kept until the step after it completed, then let go on the training thread: a Work's
+destructor releases the thread-local state captured at its issue (during backward it holds a
+Python object), which also takes the GIL.
 
 Overlap: while any collective is in flight, the time each other op takes on this thread is
 added to `busy_ns`; a collective's overlap is the busy time between its issue and completion.
@@ -110,7 +119,7 @@ class _Flight:
         self.entry, self.start_ns, self.busy_start_ns = entry, start_ns, busy_start_ns
         self.end_ns = self.busy_end_ns = 0
         self.ok = False
-        self.work: Any = None  # its future (or Work), held until completion is stamped
+        self.work: Any = None  # its Work, held until completion is stamped
 
 
 #: At a step's end, how long to let completion callbacks of finished collectives run (they wait
@@ -218,6 +227,8 @@ class CollectiveRecorder:
         self._watched: queue.SimpleQueue[tuple[Any, _Flight] | None] = queue.SimpleQueue()
         self._watcher: threading.Thread | None = None
         self._watching = 0  # works handed to the watcher and not yet done; changed under _lock
+        self._retired: deque[Any] = deque()  # Works the watcher saw complete (appended by it)
+        self._retiring: list[Any] = []  # retired before the last take: let go at the next one
         self._routes: dict[Any, Handler] | None = None
 
     @property
@@ -265,16 +276,9 @@ class CollectiveRecorder:
             flight.end_ns, flight.busy_end_ns, flight.ok = returned, self.busy_ns, True
             self._done.append(flight)
             return out
-        try:
-            future = work.get_future()
-        except RuntimeError:  # "getFuture not implemented": wait for it on the watcher thread
-            flight.work = work
-            self._fly(flight)
-            self._watch(work, flight)
-            return out
-        flight.work = future
+        flight.work = work
         self._fly(flight)
-        future.add_done_callback(functools.partial(self._completed, flight))
+        self._watch(work, flight)  # never a done-callback on its future: see the module's doc
         return out
 
     def _watch(self, work: Any, flight: _Flight) -> None:
@@ -288,7 +292,7 @@ class CollectiveRecorder:
         self._watched.put((work, flight))
 
     def close(self) -> None:
-        """End the watcher thread and let go of every Work and future, before the profile returns.
+        """End the watcher thread and let go of every Work, before the profile returns.
 
         The thread must not outlive the profile: it holds a c10d Work until it ends, and a Work's
         Python object gives up the GIL to destroy it and takes it back, in a C++ destructor. A
@@ -307,6 +311,18 @@ class CollectiveRecorder:
         with self._lock:
             for flight in self._pending.values():
                 flight.work = None  # a collective that never completed: no timing is coming
+        self._let_go(all_retired=True)
+
+    def _let_go(self, all_retired: bool = False) -> None:
+        """Release, on this thread, the Works retired before the previous take (by now the backend
+        has long let go of them too); `all_retired` (the run's end): every retired Work."""
+        dropping, self._retiring = self._retiring, []
+        while self._retired:
+            self._retiring.append(self._retired.popleft())
+        if all_retired:
+            dropping += self._retiring
+            self._retiring = []
+        dropping.clear()
 
     def wait(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A functional collective's `wait_tensor`: its call completes when this returns."""
@@ -341,6 +357,7 @@ class CollectiveRecorder:
         timing = _union([f for f in flights if f.ok])
         timing.untimed, self._untimed_device_calls = self._untimed_device_calls, False
         self._drop_stale_functional()
+        self._let_go()
         return table, timing
 
     def _settle(self) -> None:
@@ -374,15 +391,6 @@ class CollectiveRecorder:
                     self._pending.pop(id(f), None)
 
     # -- the backend's threads and the watcher --------------------------------------------------
-    def _completed(self, flight: _Flight, future: Any) -> None:
-        end = _perf_counter_ns()
-        try:
-            future.value()
-            ok = True
-        except Exception:  # the collective failed (a peer died): no time to report
-            ok = False
-        self._finish(flight, end, ok)
-
     def _watch_loop(self, watched: queue.SimpleQueue[tuple[Any, _Flight] | None]) -> None:
         while True:
             item = watched.get()
@@ -396,11 +404,11 @@ class CollectiveRecorder:
             except Exception:
                 ok = False
             end = _perf_counter_ns()
+            self._retired.append(work)  # let go of on the training thread (take, close): never here
             with self._lock:
                 self._watching -= 1  # before _finish: once the run's drain has seen it, close() joins
             self._finish(flight, end, ok)
-            # let go of the Work now, on this thread while the interpreter is alive, not while
-            # blocked on the queue (nor when the thread ends): see close()
+            # hold nothing while blocked on the queue (nor when the thread ends): see close()
             del work, flight
 
     def _finish(self, flight: _Flight, end_ns: int, ok: bool) -> None:
@@ -416,10 +424,9 @@ class CollectiveRecorder:
             flight.work = None
 
 
-def _finished(waitable: Any) -> bool:
-    """A future is done before its callbacks run (ours among them); a Work once they have."""
+def _finished(work: Any) -> bool:
     try:
-        return bool(waitable.done() if hasattr(waitable, "done") else waitable.is_completed())
+        return bool(work.is_completed())
     except RuntimeError:
         return False
 
