@@ -116,6 +116,12 @@ def op_schema(func: Any) -> Any:
     return getattr(func, "_schema", None)
 
 
+def storage_key(storage: Any) -> int:
+    """A storage's identity while it lives (its StorageImpl's address): views and aliases of one
+    tensor share it, on every device, meta included (where data pointers are all 0)."""
+    return int(storage._cdata)
+
+
 def overload_name(func: Any) -> str:
     """An operator overload's name within its packet ("default", "Tensor", "out")."""
     return str(func._overloadname)
@@ -375,6 +381,7 @@ __all__ = [
     "ACCUMULATE_GRAD_SEQUENCE_NR",
     "SUBGRAPH_HOPS",
     "TorchDispatchMode",
+    "storage_key",
     "UncompiledDispatchMode",
     "compiled_module_original",
     "current_autograd_node",

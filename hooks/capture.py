@@ -34,6 +34,7 @@ from memwall_plugin.hooks._torch_private import (
     warm_up_dispatch,
 )
 from memwall_plugin.hooks.compiled import CompiledRegions, region_facts
+from memwall_plugin.hooks.memory import MemoryTracker
 from memwall_plugin.hooks.modules import ModuleTracker
 from memwall_plugin.hooks.score_facts import reader_for
 from memwall_plugin.hooks.signatures import (
@@ -477,8 +478,14 @@ class Capture:
     MAX_SIGNATURES = 10_000
 
     def __init__(self, model: torch.nn.Module | None = None, *, analyse: Callable[[CaptureEntry], Any],
-                 max_signatures: int | None = None) -> None:
+                 max_signatures: int | None = None, memory: bool = False) -> None:
         self.tracker = ModuleTracker(model)
+        #: live storages by category (hooks/memory.py), when the profile measures memory
+        self.memory: MemoryTracker | None = MemoryTracker(self.tracker) if memory else None
+        if self.memory is not None:
+            self.tracker.memory = self.memory
+            for root in self.tracker.roots():  # the model given: its parameters from the start
+                self.memory.add_root(root)
         self.table: dict[Any, CaptureEntry] = {}
         self.max_signatures = self.MAX_SIGNATURES if max_signatures is None else max_signatures
         #: every exact signature kept this run (across steps): what the cap counts
@@ -532,6 +539,8 @@ class Capture:
         finally:
             self.tracker.close()
             self._compiled.exit()
+            if self.memory is not None:
+                self.memory.close()
 
     def start(self) -> None:
         if self._mode is not None or self.failed is not None or self.suspended:
@@ -541,6 +550,8 @@ class Capture:
         router = self._router
         self._mode = _CaptureMode(self, cuda) if router is None else _RoutedCaptureMode(self, cuda, router)
         self._mode.__enter__()
+        if self.memory is not None:
+            self.memory.start()
 
     def route(self, router: Router | None) -> None:
         """Hand the ops `router.routes` names to `router` from now on (None: to the table again);
@@ -553,6 +564,8 @@ class Capture:
     def stop(self) -> None:
         """Stop recording; the table is kept. Safe to call when not started."""
         mode, self._mode = self._mode, None
+        if self.memory is not None:
+            self.memory.stop()
         try:
             if mode is not None:
                 stack = dispatch_mode_stack()
@@ -670,6 +683,8 @@ class Capture:
             entry = self._bucketed(func, module, phase, arg_key, kw_key, args, out)
         entry.calls += 1
         entry.time_ns += elapsed_ns
+        if self.memory is not None:
+            self.memory.after_op(args, out, phase, entry, module)
         return entry
 
     def _bucketed(self, func: Any, module: str, phase: str, arg_key: tuple[Any, ...], kw_key: Any,

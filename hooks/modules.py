@@ -52,6 +52,7 @@ class ModuleTracker:
         self._roots: list[weakref.ref[torch.nn.Module]] = []
         self._param_modules: dict[int, str] | None = None  # built at the first gradient accumulation
         self._fixed = model is not None
+        self.memory: Any = None  # hooks/memory.py's MemoryTracker, when memory is measured
         if model is not None:
             self._add_root(model)
         self.stack: list[str] = []
@@ -83,6 +84,11 @@ class ModuleTracker:
             self._names[module] = name
         self._roots.append(weakref.ref(root))
         self._param_modules = None
+        if self.memory is not None:
+            self.memory.add_root(root)
+
+    def roots(self) -> list[torch.nn.Module]:
+        return [r for r in (ref() for ref in self._roots) if r is not None]
 
     def _param_module(self, param: Any) -> str:
         """The path of the module that owns `param` ("" when none does). The map is made when
@@ -212,7 +218,13 @@ class ModuleTracker:
         if self._other_thread() or self._torch_subgraph(module):
             return
         if self.stack:
-            self.stack.pop()
+            path = self.stack.pop()
+            if self.memory is not None:
+                self.memory.module_output(path, output)
+                if len(self.stack) == self._label_depth and self.generation_label is not None:
+                    cache = getattr(output, "past_key_values", None)  # a generation call's cache
+                    if cache is not None:
+                        self.memory.cache_seen(cache)
         if len(self.stack) == self._label_depth:
             self.generation_label, self._label_depth = None, -1
         self._mark(self.stack[-1] if self.stack else "")
@@ -226,6 +238,8 @@ class ModuleTracker:
         if _thread_id() != self._thread:
             return
         self.in_optimizer = max(0, self.in_optimizer - 1)
+        if self.memory is not None:
+            self.memory.optimizer_stepped(optimizer)
         if self.on_optimizer_step is not None:
             self.on_optimizer_step(optimizer)
 

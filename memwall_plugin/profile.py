@@ -93,6 +93,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     * `first_step`: the number of the first step (a resumed training's step count, a framework's
       global step), so reports and scalars line up with the framework's own; the schedule still
       counts from the profile's first step.
+    * `memory`: measure what holds memory during the recorded steps (parameters, gradients,
+      optimizer state, activations, KV cache, other; per module; the peak): `report().memory`.
     * `link`: under torch.distributed, the interconnect roof for collectives: its bandwidth per
       direction in bytes/s (50e9) or {"bandwidth": 50e9, "name": "InfiniBand NDR"};
       $MEMWALL_LINK="bandwidth=50e9,name=InfiniBand NDR" does the same. Default: detected.
@@ -117,7 +119,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         max_signatures: int | None = None,
         link: Any = None,
         first_step: int = 0,
+        memory: bool = True,
     ) -> None:
+        if not isinstance(memory, bool):
+            raise TypeError(f"memory must be True or False, got {memory!r}")
         if isinstance(first_step, bool) or not isinstance(first_step, int) or first_step < 0:
             raise ValueError(f"first_step must be a whole number >= 0 (the framework's step count), got {first_step!r}")
         if model is not None and not isinstance(model, torch.nn.Module):
@@ -142,7 +147,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         spec = resolve_device(device, peaks) if device is not None or peaks is not None else None
         self._recorder = Recorder(registry=self.registry, action_fn=self._action_fn, device=spec, link=link,
                                   max_signatures=max_signatures, on_window=self._window_closed,
-                                  on_step=self._step_recorded, first_step=first_step)
+                                  on_step=self._step_recorded, first_step=first_step, memory=memory)
         self.output = OutputGuard()  # every file write goes through it
         #: where results go (memwall_plugin/sinks.py), made when the profile opens
         self.sinks: list[sinks.Sink] = []

@@ -20,6 +20,7 @@ from memwall_plugin.ceilings import ceilings_of, tf32_families
 from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.distributed import DistributedSession
 from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into
+from memwall_plugin.memory_build import memory_report
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report
 from memwall_plugin.rundir import new_job_id
@@ -53,7 +54,9 @@ class Recorder:
         on_window: Callable[[Report], None] = lambda report: None,
         on_step: StepCallback | None = None,
         first_step: int = 0,
+        memory: bool = True,
     ) -> None:
+        self.memory = memory
         self.registry = registry
         self.first_step = first_step  # steps are numbered from it; the schedule counts from 0
         self.action_fn = action_fn
@@ -84,7 +87,8 @@ class Recorder:
     # -- lifetime ------------------------------------------------------------------------------
     def open(self, model: torch.nn.Module | None, suspended: bool,
              on_optimizer_step: Callable[[Any], None] | None = None) -> None:
-        self.capture = Capture(model, max_signatures=self.max_signatures, analyse=self.analyses.analyse)
+        self.capture = Capture(model, max_signatures=self.max_signatures, analyse=self.analyses.analyse,
+                               memory=self.memory)
         self.capture.suspended = suspended
         self.capture.open()
         self.dist.open(self.capture)
@@ -142,6 +146,8 @@ class Recorder:
         self.step_num = step
         self.action = self.action_fn(step - self.first_step)
         if self.action.recording:
+            if self.capture.memory is not None:
+                self.capture.memory.begin_step(step)
             self.capture.start()
         else:
             self.capture.stop()
@@ -157,6 +163,8 @@ class Recorder:
         table = self.capture.take()
         self.capture.end_step()
         kept = self.action.kept
+        if self.capture.memory is not None:
+            self.capture.memory.end_step(kept=kept and bool(table))
         self.dist.end_step(self.capture, table, kept, final)
         if kept and table:
             self._window = _merge(self._window, table)
@@ -181,6 +189,8 @@ class Recorder:
         steps = tuple(self._window_steps)
         report = self.build(self._window, steps, self._window_wall, window_only=True)
         self.dist.close_window()
+        if self.capture is not None and self.capture.memory is not None:
+            self.capture.memory.close_window()
         only_window = not self._all
         self._steps.extend(steps)
         self._wall += self._window_wall
@@ -221,8 +231,15 @@ class Recorder:
         device = self.device_for(table)
         tf32 = tf32_families(device)
         comm = {} if step_only else self.dist.communication(device, window_only)
+        rows = rows_from_entries(table.values(), self.registry, ceilings_of(device, tf32), self.analyses)
+        memory = None
+        if self.capture is not None and self.capture.memory is not None:
+            tracker = self.capture.memory
+            memory = memory_report(tracker, tracker.totals(window_only, step_only), rows, device, comm.get("link"),
+                                   flops_of=self._flops_per_call)
         return Report(
-            rows=rows_from_entries(table.values(), self.registry, ceilings_of(device, tf32), self.analyses),
+            rows=rows,
+            memory=memory,
             device=device,
             measured_on=device.name if device is not None else "",
             tf32=tf32,
@@ -238,6 +255,11 @@ class Recorder:
             # where profiles opened inside this one recorded in its place (empty: in memory only)
             extra={"nested_profiles": list(self.nested)} if self.nested else {},
         )
+
+    def _flops_per_call(self, entry: CaptureEntry) -> int | None:
+        if entry.bucket is not None:  # past the signature cap: no exact per-call figure kept
+            return None
+        return self.analyses.of(entry).counted.flops
 
     def report(self) -> Report:
         """The report over every recorded step so far."""

@@ -21,6 +21,7 @@ from typing import Any
 from memwall_plugin import reportfile, roofline, whatif
 from memwall_plugin.ceilings import Link
 from memwall_plugin.devices import DeviceSpec
+from memwall_plugin.memory import MemoryReport, merge_memory
 from memwall_plugin.files import write_bytes_atomically
 from memwall_plugin.records import PHASES
 from memwall_plugin.rows import Group, Row, group_by, group_rows, merge_rows
@@ -63,6 +64,8 @@ class Report:
     # Of comm_time_s, the time this rank's main thread spent inside ops (and memwall's
     # bookkeeping of them) meanwhile: communication hidden behind other work. CPU timing only.
     overlapped_s: float | None = None
+    # -- capacity (memwall_plugin/memory.py): what held memory, the peak, the what-ifs ---------
+    memory: MemoryReport | None = None
 
     schema_version = SCHEMA_VERSION
 
@@ -291,4 +294,5 @@ def merge_reports(reports: Iterable[Report]) -> Report:
         link=distributed[-1].link if distributed else None,
         comm_time_s=_total(r.comm_time_s for r in distributed) if distributed else None,
         overlapped_s=_total(r.overlapped_s for r in distributed) if distributed else None,
+        memory=merge_memory([r.memory for r in reports]),
     )

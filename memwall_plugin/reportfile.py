@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from memwall_plugin.ceilings import Link
 from memwall_plugin.comm import KINDS
 from memwall_plugin.devices import DeviceSpec
+from memwall_plugin.memory import CATEGORIES, MemoryReport
 from memwall_plugin.rows import ROW_FIELDS, Row
 from memwall_plugin.validation import (
     FieldError,
@@ -35,9 +36,9 @@ SCHEMA_VERSION = 2
 #: versions this memwall reads (older ones are upgraded on reading)
 READABLE_VERSIONS = (1, 2)
 #: the keys of a report file's top level
-TOP_LEVEL_KEYS = ("format", "schema_version", "meta", "device", "link", "rows", "collectives")
+TOP_LEVEL_KEYS = ("format", "schema_version", "meta", "device", "link", "rows", "collectives", "memory")
 #: Report fields that are not in `meta`
-_APART = ("rows", "collectives", "device", "link")
+_APART = ("rows", "collectives", "device", "link", "memory")
 
 
 def _row_dict(r: Row) -> dict[str, Any]:
@@ -64,6 +65,8 @@ def encode(report: Report) -> dict[str, Any]:
         out["link"] = dataclasses.asdict(report.link)
     if report.collectives:
         out["collectives"] = [_row_dict(r) for r in report.collectives]
+    if report.memory is not None:
+        out["memory"] = report.memory.to_dict()
     return out
 
 
@@ -99,6 +102,8 @@ def decode(cls: type[Report], data: Any, source: str = "report") -> Report:
         spec = None if device is None else DeviceSpec.from_dict(check_device("device", device))
         link = data.get("link")
         kwargs["link"] = None if link is None else Link(**check_object("link", link, dataclass_fields(Link)))
+        memory = data.get("memory")
+        kwargs["memory"] = None if memory is None else _memory(memory)
         return cls(rows=parsed, collectives=comm, device=spec, **kwargs)
     except FieldError as exc:
         raise invalid(source, exc) from None
@@ -118,6 +123,27 @@ def _check_row(path: str, data: Any, fields: Any, collective: bool) -> Row:
         if c.timed_calls > row.calls:
             raise FieldError(f"{path}.collective.timed_calls ({c.timed_calls}) exceeds calls ({row.calls})")
     return row
+
+
+def _memory(data: Any) -> MemoryReport:
+    """The memory object, checked: known fields, whole non-negative byte counts, known categories."""
+    if not isinstance(data, dict):
+        raise FieldError("memory must be an object")
+    known = {f.name for f in dataclasses.fields(MemoryReport)}
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise FieldError(f"memory has an unknown field {unknown[0][:60]!r}")
+    for key in ("peak_by_category", "peak_elements"):
+        values = data.get(key, {})
+        if not isinstance(values, dict) or any(k not in CATEGORIES for k in values) or any(
+                type(v) is not int or v < 0 for v in values.values()):
+            raise FieldError(f"memory.{key} must map the categories ({', '.join(CATEGORIES)}) to byte counts")
+    if type(data.get("peak_bytes")) is not int or data["peak_bytes"] < 0:
+        raise FieldError("memory.peak_bytes must be a whole number of bytes")
+    try:
+        return MemoryReport.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise FieldError(f"memory is malformed: {exc}") from None
 
 
 _V1_COMM_META = ("backend", "job", "local_world_size", "comm_time_s", "overlapped_s")

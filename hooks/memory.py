@@ -1,0 +1,471 @@
+"""Which tensor storages are alive during the recorded steps, of which category, whose.
+
+A `MemoryTracker` lives with a capture (hooks/capture.py) and sees every op it records: the
+op's tensor outputs (new storages) and inputs (storages made before the step: the batch). Each
+storage is keyed by its identity (views and aliases share one), held by a weak reference whose
+callback takes it off the books when torch frees it: memwall keeps nothing alive.
+
+Categories (memwall_plugin/memory.py) are given by what a storage turns out to be:
+parameters when a root module is first seen; gradients by a post-accumulate-grad hook on each
+parameter; optimizer state after each optimizer step (and at a step's start, for state made
+earlier); activations by a saved-tensors pack hook, active while a step is recorded, that
+returns the tensor it is given untouched; the KV cache after a generation call of the model.
+Everything else is `other`. A storage only moves to a category of higher rank (parameters first).
+
+The peak is taken after each op: the live bytes then, by category, and where (phase, op,
+module). A storage classified later (the pack hook runs after the op returned; optimizer state
+is known once the optimizer's step ends) that is still alive and was seen before the peak was
+alive at the peak: the peak's breakdown moves it to its category too.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+import torch
+from memwall_plugin.hooks._torch_private import node_sequence_nr, op_schema, peek_sequence_nr, storage_key
+
+from memwall_plugin.memory import CATEGORIES
+
+PARAMETERS, GRADIENTS, OPTIMIZER_STATE, ACTIVATIONS, KV_CACHE, OTHER = range(6)
+_N = len(CATEGORIES)
+#: the points kept per step's timeline (the peak is always kept)
+TIMELINE_POINTS = 600
+_Tensor = torch.Tensor
+
+
+class _Storage:
+    __slots__ = ("nbytes", "elements", "cat", "module", "ref", "step", "index")
+
+    def __init__(self, nbytes: int, elements: int, cat: int, module: str, step: int, index: int) -> None:
+        self.nbytes, self.elements, self.cat, self.module, self.step = nbytes, elements, cat, module, step
+        self.index = index  # the step's op count when it was first seen
+        self.ref: Any = None
+
+
+class StepMemory:
+    """One recorded step: its peak, where, its breakdown, its timeline, per-module activations."""
+
+    __slots__ = ("step", "peak", "peak_by_cat", "peak_elems", "peak_at", "peak_index", "timeline", "activations",
+                 "outputs", "owned", "stride", "index", "allocator_peak", "forward_ops", "saving_ops", "input_saving_ops", "save_pending")
+
+    def __init__(self, step: int, live: list[int], elems: list[int]) -> None:
+        self.step = step
+        self.peak = sum(live)
+        self.peak_by_cat, self.peak_elems = list(live), list(elems)
+        self.peak_at: tuple[str, Any, str] = ("", "", "")
+        self.peak_index = 0
+        self.owned: dict[str, list[int]] = {}  # module -> [parameters, gradients, optimizer state] bytes
+        self.timeline: list[tuple[int, str, tuple[int, ...], str]] = []
+        self.activations: dict[str, int] = {}  # module -> bytes saved for backward this step
+        self.outputs: dict[str, int] = {}  # module -> bytes of its forward's outputs this step
+        self.stride = 1
+        self.index = 0
+        self.allocator_peak: int | None = None
+        #: the forward's ops in order, (module, capture entry), and the positions of those that
+        #: saved a tensor for backward: what a checkpointed module's recompute re-runs (it stops
+        #: after the last op that saves one: torch.utils.checkpoint's early stop)
+        self.forward_ops: list[tuple[str, Any]] = []
+        self.saving_ops: set[int] = set()  # saved their outputs (after they ran)
+        self.input_saving_ops: set[int] = set()  # saved their inputs only (before they ran)
+        self.save_pending = False
+
+
+class MemoryTotals:
+    """Recorded steps folded together (a window's, the run's): the step with the highest peak,
+    kept whole, and per module the most any step held. Bounded by modules, not by steps."""
+
+    __slots__ = ("best", "activations", "outputs", "owned", "allocator_peak", "steps")
+
+    def __init__(self) -> None:
+        self.best: StepMemory | None = None
+        self.activations: dict[str, int] = {}
+        self.outputs: dict[str, int] = {}
+        self.owned: dict[str, list[int]] = {}
+        self.allocator_peak: int | None = None
+        self.steps = 0
+
+    def add(self, s: StepMemory) -> MemoryTotals:
+        self.steps += 1
+        if self.best is None or s.peak > self.best.peak:
+            self.best = s
+        elif s is not self.best:
+            s.forward_ops, s.timeline = [], []  # only the best step's are read
+        for mine, theirs in ((self.activations, s.activations), (self.outputs, s.outputs)):
+            for module, b in theirs.items():
+                if b > mine.get(module, 0):
+                    mine[module] = b
+        for module, figures in s.owned.items():
+            held = self.owned.setdefault(module, [0, 0, 0])
+            for i in range(3):
+                held[i] = max(held[i], figures[i])
+        if s.allocator_peak is not None:
+            self.allocator_peak = max(self.allocator_peak or 0, s.allocator_peak)
+        return self
+
+    def merged(self, other: MemoryTotals) -> MemoryTotals:
+        out = MemoryTotals()
+        for part in (self, other):
+            if part.best is not None:
+                out.add(part.best)
+                out.steps += part.steps - 1
+            for module, b in part.activations.items():
+                out.activations[module] = max(out.activations.get(module, 0), b)
+            for module, b in part.outputs.items():
+                out.outputs[module] = max(out.outputs.get(module, 0), b)
+            for module, figures in part.owned.items():
+                held = out.owned.setdefault(module, [0, 0, 0])
+                for i in range(3):
+                    held[i] = max(held[i], figures[i])
+            if part.allocator_peak is not None:
+                out.allocator_peak = max(out.allocator_peak or 0, part.allocator_peak)
+        return out
+
+
+def _storage_of(t: Any) -> Any:
+    try:
+        return t.untyped_storage()
+    except (RuntimeError, NotImplementedError, AttributeError):  # sparse, nested without storage, subclasses
+        return None
+
+
+class MemoryTracker:
+    """Live storages by category while a capture records (see the module's doc)."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker  # hooks/modules.py's ModuleTracker: module paths, phases
+        self.live: dict[int, _Storage] = {}
+        self.bytes = [0] * _N
+        self.elems = [0] * _N
+        self.step: StepMemory | None = None
+        self.last: StepMemory | None = None  # the last recorded step
+        self.window = MemoryTotals()  # the open window's recorded steps
+        self.run = MemoryTotals()  # the closed windows' recorded steps
+        self._lock = threading.Lock()  # frees may come from autograd's or the allocator's threads
+        self._param_modules: dict[int, str] = {}  # id(param) -> module
+        self._roots: set[int] = set()
+        self._handles: list[Any] = []
+        self._optimizers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._hooks: Any = None
+        self._counted: set[_Storage] = set()  # activations already added to a module this step
+        self.closed = False
+        self.failed: str | None = None
+
+    # -- storages ------------------------------------------------------------------------------
+    def _add(self, t: Any, cat: int, module: str = "") -> _Storage | None:
+        st = _storage_of(t)
+        if st is None:
+            return None
+        key = storage_key(st)
+        entry = self.live.get(key)
+        if entry is not None:
+            if cat < entry.cat:
+                self._move(entry, cat, module)
+            return entry
+        nbytes = st.nbytes()
+        try:
+            size = t.element_size()
+        except (RuntimeError, AttributeError):
+            size = 1
+        s = self.step
+        entry = _Storage(nbytes, nbytes // size if size else nbytes, cat, module,
+                         s.step if s is not None else -1, s.index if s is not None else 0)
+        entry.ref = weakref.ref(st, self._freer(key))
+        with self._lock:
+            self.live[key] = entry
+            self.bytes[cat] += nbytes
+            self.elems[cat] += entry.elements
+        if cat <= OPTIMIZER_STATE and s is not None:
+            s.owned.setdefault(module, [0, 0, 0])[cat] += nbytes
+        return entry
+
+    def _freer(self, key: int) -> Any:
+        def freed(_ref: Any) -> None:
+            with self._lock:
+                entry = self.live.pop(key, None)
+                if entry is not None:
+                    self.bytes[entry.cat] -= entry.nbytes
+                    self.elems[entry.cat] -= entry.elements
+
+        return freed
+
+    def _move(self, entry: _Storage, cat: int, module: str) -> None:
+        s = self.step
+        with self._lock:
+            self.bytes[entry.cat] -= entry.nbytes
+            self.elems[entry.cat] -= entry.elements
+            # alive now and seen before the peak: it was alive at the peak, as what it turns out to be
+            if s is not None and (entry.step != s.step or entry.index <= s.peak_index):
+                s.peak_by_cat[entry.cat] -= entry.nbytes
+                s.peak_by_cat[cat] += entry.nbytes
+                s.peak_elems[entry.cat] -= entry.elements
+                s.peak_elems[cat] += entry.elements
+            entry.cat = cat
+            if module:
+                entry.module = module
+            self.bytes[cat] += entry.nbytes
+            self.elems[cat] += entry.elements
+        if cat <= OPTIMIZER_STATE and s is not None:
+            s.owned.setdefault(entry.module, [0, 0, 0])[cat] += entry.nbytes
+
+    # -- what each storage is -------------------------------------------------------------------
+    def add_root(self, root: torch.nn.Module, names: dict[Any, str] | None = None) -> None:
+        """A model (or a module first seen outside any other): its parameters, buffers, hooks."""
+        if id(root) in self._roots:
+            return
+        self._roots.add(id(root))
+        for name, module in root.named_modules(remove_duplicate=False):
+            path = names.get(module, name) if names else name
+            for p in module.parameters(recurse=False):
+                if id(p) in self._param_modules:
+                    continue
+                self._param_modules[id(p)] = path
+                local = p.to_local() if hasattr(p, "to_local") else p  # a DTensor's shard
+                self._add(local, PARAMETERS, path)
+                if p.grad is not None:
+                    self._add(p.grad, GRADIENTS, path)
+                if p.requires_grad:
+                    try:
+                        self._handles.append(p.register_post_accumulate_grad_hook(self._grad_ready))
+                    except RuntimeError:  # not a leaf (a tied view): its gradient is someone else's
+                        pass
+            for b in module.buffers(recurse=False):
+                self._add(b, OTHER, path)
+
+    def _grad_ready(self, p: Any) -> None:
+        if self.closed or self.failed is not None:
+            return
+        try:
+            if p.grad is not None:
+                self._add(p.grad, GRADIENTS, self._param_modules.get(id(p), ""))
+        except Exception as err:  # never into the user's backward
+            self.fail(err)
+
+    def optimizer_stepped(self, optimizer: Any) -> None:
+        self._optimizers.add(optimizer)
+        self._scan_optimizer(optimizer)
+
+    def _scan_optimizer(self, optimizer: Any) -> None:
+        for p, state in list(getattr(optimizer, "state", {}).items()):
+            module = self._param_modules.get(id(p), "")
+            if not isinstance(state, dict):
+                continue
+            for value in state.values():
+                if isinstance(value, _Tensor):
+                    self._add(value, OPTIMIZER_STATE, module)
+
+    def saved(self, t: Any) -> Any:
+        """The pack hook: note the storage as an activation of the module saving it; return the
+        tensor itself (what autograd would keep without the hook)."""
+        try:
+            if not self.closed and self.failed is None and isinstance(t, _Tensor):
+                module = self.tracker.stack[-1] if self.tracker.stack else ""
+                entry = self._add(t, ACTIVATIONS, module)
+                step = self.step
+                if step is not None and entry is not None:
+                    # autograd saves an op's inputs before the op runs and its outputs after it:
+                    # an output (made by the newest autograd node) marks the op just recorded,
+                    # an input the op about to run
+                    node = t.grad_fn
+                    if node is not None and step.forward_ops and node_sequence_nr(node) == peek_sequence_nr() - 1:
+                        step.saving_ops.add(len(step.forward_ops) - 1)
+                    else:
+                        step.save_pending = True
+                if entry is not None and entry.cat == ACTIVATIONS and self.step is not None:
+                    if entry not in self._counted:
+                        self._counted.add(entry)
+                        acts = self.step.activations
+                        acts[entry.module] = acts.get(entry.module, 0) + entry.nbytes
+        except Exception as err:
+            self.fail(err)
+        return t
+
+    def cache_seen(self, cache: Any) -> None:
+        """A generation cache handed to the model: its tensors are the KV cache."""
+        for t in _tensors_in(cache):
+            self._add(t, KV_CACHE, "")
+
+    def module_output(self, path: str, output: Any) -> None:
+        if self.step is None:
+            return
+        seen: set[int] = set()
+        total = 0
+        for t in _tensors_in(output, depth=2):
+            st = _storage_of(t)
+            if st is not None and storage_key(st) not in seen:
+                seen.add(storage_key(st))
+                total += st.nbytes()
+        if total:
+            self.step.outputs[path] = self.step.outputs.get(path, 0) + total
+
+    # -- each op --------------------------------------------------------------------------------
+    def after_op(self, args: tuple[Any, ...], out: Any, phase: str, entry: Any, module: str) -> None:
+        live = self.live
+        for a in args:
+            if isinstance(a, _Tensor):
+                st = _storage_of(a)
+                if st is not None and storage_key(st) not in live:
+                    self._add(a, OTHER, "")
+        if isinstance(out, _Tensor):
+            st = _storage_of(out)
+            if st is not None and storage_key(st) not in live:
+                self._add(out, OTHER, "")
+        elif isinstance(out, (tuple, list)):
+            for o in out:
+                if isinstance(o, _Tensor):
+                    st = _storage_of(o)
+                    if st is not None and storage_key(st) not in live:
+                        self._add(o, OTHER, "")
+        s = self.step
+        if s is None:
+            return
+        if phase == "forward":
+            if s.save_pending:
+                s.input_saving_ops.add(len(s.forward_ops))
+                s.save_pending = False
+            s.forward_ops.append((module, entry))
+        values = self.bytes
+        total = sum(values)
+        if total > s.peak:
+            s.peak = total
+            s.peak_by_cat, s.peak_elems = list(values), list(self.elems)
+            s.peak_at = (phase, entry.func, module)
+            s.peak_index = s.index
+        elif s.index % s.stride == 0:
+            s.timeline.append((s.index, phase, tuple(values), module))
+        if len(s.timeline) > 2 * TIMELINE_POINTS:
+            peak_point = max(s.timeline, key=lambda p: sum(p[2]))
+            s.timeline = s.timeline[::2]
+            if peak_point not in s.timeline:
+                s.timeline.append(peak_point)
+                s.timeline.sort()
+            s.stride *= 2
+        s.index += 1
+
+    # -- steps ----------------------------------------------------------------------------------
+    def begin_step(self, step: int) -> None:
+        for optimizer in list(self._optimizers):  # state made by steps that were not recorded
+            self._scan_optimizer(optimizer)
+        self.step = s = StepMemory(step, self.bytes, self.elems)
+        self._counted = set()
+        with self._lock:
+            entries = list(self.live.values())
+        for e in entries:  # what the step starts with: parameters, kept gradients, optimizer state
+            if e.cat <= OPTIMIZER_STATE:
+                s.owned.setdefault(e.module, [0, 0, 0])[e.cat] += e.nbytes
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
+
+    def end_step(self, kept: bool) -> StepMemory | None:
+        """The step ends: a kept one (recorded, with ops) joins the open window."""
+        s, self.step = self.step, None
+        if s is None or not kept:
+            return None
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            s.allocator_peak = int(torch.cuda.max_memory_allocated())
+        phase, op, module = s.peak_at
+        s.peak_at = (phase, op_name(op) if op else "", module)
+        self.last = s
+        self.window.add(s)
+        return s
+
+    def close_window(self) -> None:
+        self.run = self.run.merged(self.window)
+        self.window = MemoryTotals()
+
+    def totals(self, window_only: bool, step_only: bool) -> MemoryTotals:
+        if step_only:
+            return MemoryTotals().add(self.last) if self.last is not None else MemoryTotals()
+        return self.window if window_only else self.run.merged(self.window)
+
+    def start(self) -> None:
+        """Recording: the pack hook on (entered on the recording thread)."""
+        if self._hooks is None and self.failed is None:
+            hooks = torch.autograd.graph.saved_tensors_hooks(self.saved, _unpack)
+            try:
+                hooks.__enter__()
+            except RuntimeError as err:  # saved-tensors hooks disabled here: no activations seen
+                self.fail(err)
+                return
+            self._hooks = hooks
+
+    def stop(self) -> None:
+        hooks, self._hooks = self._hooks, None
+        if hooks is not None:
+            hooks.__exit__(None, None, None)
+
+    def close(self) -> None:
+        self.stop()
+        self.closed = True
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def fail(self, err: BaseException) -> None:
+        if self.failed is None:
+            self.failed = f"{type(err).__name__}: {err}"
+
+def trailing_flops(s: StepMemory, flops_of: Any) -> dict[str, int]:
+    """Per module path: the FLOPs of its forward's ops that a checkpoint of it does not re-run.
+    torch.utils.checkpoint stops recomputing once every tensor the forward saved is saved again:
+    at the last op that saves one, which itself runs when it saves its output (saved after it
+    ran) and does not when it saves only its inputs (saved before it would run). One pass from
+    the end."""
+    out: dict[str, int] = {}
+    closed: set[str] = set()
+    ops, saving, input_saving = s.forward_ops, s.saving_ops, s.input_saving_ops
+    for i in range(len(ops) - 1, -1, -1):
+        module, entry = ops[i]
+        parts = module.split(".") if module else []
+        prefixes = [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+        open_ = [p for p in prefixes if p not in closed]
+        if not open_:
+            continue
+        if i in saving:
+            closed.update(open_)
+            continue
+        flops = flops_of(entry) or 0
+        for p in open_:
+            out[p] = out.get(p, 0) + flops
+        if i in input_saving:
+            closed.update(open_)
+    return out
+
+
+def op_name(func: Any) -> str:
+    """"aten.mm" for torch.ops.aten.mm.default (the rows' `op`)."""
+    schema = op_schema(func)
+    if schema is None:
+        return str(func)
+    return str(schema.name).replace("::", ".")
+
+
+def _unpack(t: Any) -> Any:
+    return t
+
+
+def _tensors_in(value: Any, depth: int = 3) -> list[Any]:
+    """Tensors in a cache object or a module's output (tuples, lists, dicts, objects' fields)."""
+    out: list[Any] = []
+    stack = [(value, 0)]
+    seen: set[int] = set()
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, _Tensor):
+            out.append(v)
+            continue
+        if d >= depth or id(v) in seen:
+            continue
+        seen.add(id(v))
+        if isinstance(v, (list, tuple)):
+            stack.extend((x, d + 1) for x in v)
+        elif isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif hasattr(v, "__dict__") and not isinstance(v, (torch.nn.Module, type)):
+            stack.extend((x, d + 1) for x in vars(v).values())
+    return out
+
+
+__all__ = ["MemoryTotals", "MemoryTracker", "StepMemory", "trailing_flops"]

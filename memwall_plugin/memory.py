@@ -1,0 +1,332 @@
+"""The capacity wall: what held the device's memory during the recorded steps, and what-ifs.
+
+`MemoryReport` is part of a `Report` (its `memory` field), measured by `hooks/memory.py`: the
+live bytes of tensor storages over a step, each storage counted once (views and aliases share
+it) and put in one category:
+
+- `parameters`: storages of the model's parameters, owned by the module that holds each one
+  directly (`named_parameters(recurse=False)`);
+- `gradients`: the parameters' `.grad`, owned by the parameter's module;
+- `optimizer_state`: the tensors in an optimizer's `state` (AdamW's moments, step counters),
+  owned by the module of the parameter they belong to;
+- `activations`: tensors saved for backward (seen by a saved-tensors pack hook), owned by the
+  module whose forward saved them;
+- `kv_cache`: the tensors of a generation cache passed to the model;
+- `other`: everything else (inputs, temporaries, buffers).
+
+The what-ifs (`MemoryReport.what_if`) answer the paper's remedies from the measured run, without
+re-running it: activation checkpointing, ZeRO / FSDP sharding, lower precision, a larger batch.
+Their model is stated with each figure (`MemoryWhatIf.notes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+#: the categories, in the order views stack them
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "kv_cache", "other")
+#: what a larger batch or a longer sequence scales
+BATCH_SCALED = ("activations", "kv_cache", "other")
+SHARDING = ("zero1", "zero2", "zero3", "fsdp")
+#: sharded by each scheme (ZeRO stages 1-3; FSDP's full sharding is ZeRO-3)
+SHARDED = {"zero1": ("optimizer_state",), "zero2": ("optimizer_state", "gradients"),
+           "zero3": ("optimizer_state", "gradients", "parameters"),
+           "fsdp": ("optimizer_state", "gradients", "parameters")}
+
+
+def _cats(values: dict[str, int] | None = None) -> dict[str, int]:
+    out = dict.fromkeys(CATEGORIES, 0)
+    out.update(values or {})
+    return out
+
+
+@dataclass(frozen=True)
+class MemoryModule:
+    """One module's OWN bytes (not its children's: a roll-up is a view) and the cost of its own
+    forward, for the checkpointing what-if."""
+
+    module: str
+    parameter_bytes: int = 0
+    gradient_bytes: int = 0
+    optimizer_state_bytes: int = 0
+    activation_bytes: int = 0  # saved for backward by its own forward ops, per step
+    output_bytes: int = 0  # its forward's outputs, per step (what a checkpoint of it keeps)
+    forward_flops: int = 0  # its own forward ops, per step
+    forward_time_s: float = 0.0  # measured, per step
+    #: of its whole forward (its submodules' ops too), the FLOPs after the last op that saved a
+    #: tensor for backward: a checkpoint of it stops its recompute before them
+    trailing_flops: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return self.parameter_bytes + self.gradient_bytes + self.optimizer_state_bytes + self.activation_bytes
+
+
+@dataclass(frozen=True)
+class MemoryWhatIf:
+    """The projected peak of the run under a what-if, and what it costs."""
+
+    peak_bytes: int
+    by_category: dict[str, int]
+    extra_flops: int  # recomputation (checkpointing), per step
+    extra_time_s: float  # recomputation time plus the added communication's time on the link
+    comm_bytes: int  # bytes this rank sends per step for the sharding (0 without)
+    fits: bool | None  # None: no capacity known
+    capacity_bytes: int | None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """The memory of the recorded steps of one rank: the peak, what it was made of, per module."""
+
+    peak_bytes: int
+    peak_by_category: dict[str, int]
+    #: (phase, op, module) of the op after which the peak was reached
+    peak_at: tuple[str, str, str]
+    peak_step: int = 0
+    capacity_bytes: int | None = None
+    capacity_source: str = ""
+    #: element counts at the peak per category (for the precision what-if: bytes / elements)
+    peak_elements: dict[str, int] = field(default_factory=dict)
+    modules: tuple[MemoryModule, ...] = ()
+    #: the peak step's live bytes over its ops: (op index, phase, bytes per category in
+    #: CATEGORIES order, the op's module), thinned to a bounded number of points, the peak kept
+    timeline: tuple[tuple[int, str, tuple[int, ...], str], ...] = ()
+    #: CUDA: torch.cuda.max_memory_allocated over the recorded steps (None elsewhere)
+    allocator_peak_bytes: int | None = None
+    #: communication time per byte on the run's link (for the sharding what-if; None: unknown)
+    link_bytes_per_s: float | None = None
+    batch_size_hint: int | None = None
+    notes: tuple[str, ...] = ()
+
+    # -- figures ---------------------------------------------------------------------------------
+    @property
+    def peak_fraction(self) -> float | None:
+        return self.peak_bytes / self.capacity_bytes if self.capacity_bytes else None
+
+    @property
+    def activation_bytes(self) -> int:
+        return self.peak_by_category.get("activations", 0)
+
+    def top_modules(self, category: str = "activation_bytes", n: int = 5) -> list[MemoryModule]:
+        return sorted((m for m in self.modules if getattr(m, category)), key=lambda m: -getattr(m, category))[:n]
+
+    def module(self, path: str) -> MemoryModule | None:
+        return next((m for m in self.modules if m.module == path), None)
+
+    def checkpoint_targets(self, paths: list[str] | tuple[str, ...]) -> list[str]:
+        """The modules `checkpoint=paths` checkpoints: each module directly under a path (every
+        block of `transformer.h`, as torch.utils.checkpoint is applied per block); a path that
+        itself ran a forward of its own and has no such children is checkpointed whole."""
+        known = {m.module for m in self.modules}
+        out: list[str] = []
+        for path in paths:
+            prefix = f"{path}." if path else ""
+            children = sorted({prefix + m.module[len(prefix):].split(".")[0] for m in self.modules
+                               if m.module.startswith(prefix) and m.module != path},
+                              key=_natural)
+            if children and path not in _called(self.modules, path):
+                out.extend(children)
+            elif path in known or children:
+                out.append(path)
+            else:
+                raise ValueError(f"checkpoint={path!r}: no module of that path ran in the recorded steps; "
+                                 f"modules: {', '.join(sorted(known)[:8])}{', ...' if len(known) > 8 else ''}")
+        return out
+
+    def _under(self, path: str) -> list[MemoryModule]:
+        return [m for m in self.modules if m.module == path or m.module.startswith(f"{path}.")]
+
+    # -- what-ifs --------------------------------------------------------------------------------
+    def what_if(
+        self,
+        checkpoint: list[str] | tuple[str, ...] | None = None,
+        shard: str | None = None,
+        world_size: int = 1,
+        bytes_per_element: dict[str, float] | None = None,
+        batch_scale: float = 1.0,
+        master_weights: bool = False,
+        capacity_bytes: int | None = None,
+    ) -> MemoryWhatIf:
+        """The peak and its cost if the run were changed as given (see the module's doc):
+
+        - `checkpoint`: module paths checkpointed (`checkpoint_targets`): their saved activations
+          are freed except each one's outputs, and recomputed in backward (one module's worth
+          live at a time); the recompute adds their forward FLOPs and measured time;
+        - `shard` ("zero1", "zero2", "zero3" / "fsdp") over `world_size` ranks: optimizer state,
+          then gradients, then parameters divided by the ranks (ZeRO-3 also keeps one gathered
+          module's parameters at a time); `comm_bytes` what this rank sends per step;
+        - `bytes_per_element`: a category's element size ({"parameters": 2, "activations": 1});
+          `master_weights`: an fp32 copy of the parameters kept in the optimizer state;
+        - `batch_scale`: activations, KV cache and other (inputs, temporaries) scale with the batch
+          (or the sequence), parameters, gradients and optimizer state do not.
+        """
+        if world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+        if batch_scale <= 0:
+            raise ValueError(f"batch_scale must be > 0, got {batch_scale}")
+        if shard is not None and shard not in SHARDING:
+            raise ValueError(f"shard={shard!r}: choose one of {', '.join(SHARDING)}")
+        bpe = dict(bytes_per_element or {})
+        for cat, size in bpe.items():
+            if cat not in CATEGORIES:
+                raise ValueError(f"bytes_per_element: unknown category {cat!r}; categories: {', '.join(CATEGORIES)}")
+            if not size > 0:
+                raise ValueError(f"bytes_per_element[{cat!r}] must be > 0, got {size}")
+        notes: list[str] = []
+        measured = _cats(self.peak_by_category)
+        # precision: each category's bytes scale as its element size does (elements x new size)
+        scale = dict.fromkeys(CATEGORIES, 1.0)
+        for cat, size in bpe.items():
+            elements = self.peak_elements.get(cat) or measured[cat] / 4
+            scale[cat] = elements * size / measured[cat] if measured[cat] else 1.0
+        master = 0
+        if master_weights:
+            master = 4 * (self.peak_elements.get("parameters") or measured["parameters"] // 4)
+            notes.append("fp32 master weights: 4 bytes per parameter added to the optimizer state")
+        # checkpointing: each checkpointed module's saved activations (less its outputs, which the
+        # next one keeps) are not held from the end of its forward to the start of its backward;
+        # in its backward they are recomputed, live as they were
+        freeable: list[tuple[int, int, int]] = []  # (end of forward, start of backward, bytes)
+        extra_flops, extra_time = 0, 0.0
+        if checkpoint:
+            targets = self.checkpoint_targets(checkpoint)
+            for target in targets:
+                under = self._under(target)
+                me = self.module(target)
+                acts = sum(m.activation_bytes for m in under)
+                fwd_end, bwd_start = self._span(target)
+                freeable.append((fwd_end, bwd_start, max(0, acts - (me.output_bytes if me is not None else 0))))
+                whole = sum(m.forward_flops for m in under)
+                recomputed = max(0, whole - (me.trailing_flops if me is not None else 0))
+                extra_flops += recomputed
+                extra_time += sum(m.forward_time_s for m in under) * (recomputed / whole if whole else 1.0)
+            total_acts = sum(m.activation_bytes for m in self.modules)
+            notes.append(f"checkpointing {len(targets)} module(s) frees "
+                         f"{sum(f[2] for f in freeable) / total_acts if total_acts else 0:.0%} of the saved "
+                         "activations between their forward and their backward, which recomputes them")
+        extra_flops = int(extra_flops * batch_scale)
+        extra_time *= batch_scale
+        # sharding
+        world = world_size if shard is not None else 1
+        sharded = SHARDED[shard] if shard is not None and world > 1 else ()
+        gathered, comm = 0, 0
+        if sharded:
+            param_bytes = sum(m.parameter_bytes for m in self.modules) * scale["parameters"]
+            grad_bytes = (sum(m.gradient_bytes for m in self.modules) or param_bytes) * scale["gradients"]
+            ring = (world - 1) / world
+            if shard in ("zero3", "fsdp"):
+                # all-gather the parameters in forward and again in backward, reduce-scatter the gradients
+                comm = int(ring * (2 * param_bytes + grad_bytes))
+                gathered = int(max((m.parameter_bytes for m in self.modules), default=0) * scale["parameters"])
+                notes.append("ZeRO-3 keeps one module's gathered parameters at a time and moves 1.5x the "
+                             "bytes of data parallelism (all-gather twice, reduce-scatter once)")
+                if self.link_bytes_per_s:
+                    extra_time += comm / self.link_bytes_per_s
+            else:
+                # reduce-scatter the gradients, all-gather the updated parameters: an all-reduce's bytes
+                comm = int(ring * (grad_bytes + param_bytes))
+                notes.append(f"{shard.upper()} moves what data parallelism's all-reduce moves")
+        elif shard is not None:
+            notes.append("one rank: nothing to shard")
+
+        def project(index: int, values: dict[str, int]) -> dict[str, int]:
+            out = {cat: values[cat] * scale[cat] for cat in CATEGORIES}
+            out["optimizer_state"] += master
+            held = sum(b for fwd_end, bwd_start, b in freeable if fwd_end < index < bwd_start)
+            out["activations"] = max(0.0, values["activations"] - held) * scale["activations"]
+            for cat in BATCH_SCALED:
+                out[cat] *= batch_scale
+            for cat in sharded:
+                out[cat] /= world
+            if "parameters" in sharded:
+                out["parameters"] += gathered
+            return {cat: math.ceil(v) for cat, v in out.items()}
+
+        # the projected peak: the largest of the measured moments, each projected (the peak
+        # can move: checkpointing makes the end of backward, with the gradients, the highest)
+        points = [(index, dict(zip(CATEGORIES, values))) for index, _, values, _ in self.timeline]
+        if not points:
+            points = [(-1, measured)]
+        projected = max((project(index, v) for index, v in points), key=lambda v: sum(v.values()))
+        total = sum(projected.values())
+        capacity = capacity_bytes if capacity_bytes is not None else self.capacity_bytes
+        return MemoryWhatIf(
+            peak_bytes=total,
+            by_category=projected,
+            extra_flops=extra_flops,
+            extra_time_s=extra_time,
+            comm_bytes=comm,
+            fits=None if not capacity else total <= capacity,
+            capacity_bytes=capacity,
+            notes=tuple(notes),
+        )
+
+    def _span(self, path: str) -> tuple[int, int]:
+        """(last forward op, first backward op) of the module at `path` in the timeline; with
+        no forward point (-1, ...), with no backward point (..., a past-the-end index)."""
+        prefix = f"{path}."
+        fwd_end, bwd_start = -1, 1 << 62
+        for index, phase, _, module in self.timeline:
+            if module == path or module.startswith(prefix):
+                if phase == "backward":
+                    bwd_start = min(bwd_start, index)
+                elif index < bwd_start:
+                    fwd_end = max(fwd_end, index)
+        return fwd_end, bwd_start
+
+    def max_batch_scale(self, capacity_bytes: int | None = None, **what_if: Any) -> float | None:
+        """The largest `batch_scale` whose projected peak fits `capacity_bytes` (the device's
+        by default), with the other what-ifs given; None without a capacity, 0 if nothing fits."""
+        capacity = capacity_bytes if capacity_bytes is not None else self.capacity_bytes
+        if not capacity:
+            return None
+        one = self.what_if(batch_scale=1.0, capacity_bytes=capacity, **what_if)
+        two = self.what_if(batch_scale=2.0, capacity_bytes=capacity, **what_if)
+        per_unit = two.peak_bytes - one.peak_bytes  # the part that scales
+        fixed = one.peak_bytes - per_unit
+        if per_unit <= 0:
+            return math.inf if fixed <= capacity else 0.0
+        return max(0.0, (capacity - fixed) / per_unit)
+
+    # -- file ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["peak_at"] = list(self.peak_at)
+        out["timeline"] = [[i, phase, list(values), module] for i, phase, values, module in self.timeline]
+        out["notes"] = list(self.notes)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MemoryReport:
+        data = dict(data)
+        data["peak_at"] = tuple(data.get("peak_at", ("", "", "")))
+        data["modules"] = tuple(MemoryModule(**m) for m in data.get("modules", ()))
+        data["timeline"] = tuple((int(i), str(p), tuple(int(v) for v in values), str(m))
+                                 for i, p, values, m in data.get("timeline", ()))
+        data["notes"] = tuple(data.get("notes", ()))
+        return cls(**data)
+
+
+def _natural(path: str) -> tuple[Any, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in path.split("."))
+
+
+def _called(modules: tuple[MemoryModule, ...], path: str) -> set[str]:
+    """`{path}` when the module at `path` ran ops of its own (it is a block, not a container)."""
+    m = next((m for m in modules if m.module == path), None)
+    return {path} if m is not None and (m.forward_flops or m.activation_bytes) and not any(
+        x.module.startswith(f"{path}.") for x in modules) else set()
+
+
+def merge_memory(reports: list[MemoryReport | None]) -> MemoryReport | None:
+    """Several windows of one rank: the window with the highest peak."""
+    present = [m for m in reports if m is not None]
+    return max(present, key=lambda m: m.peak_bytes) if present else None
+
+
+__all__ = ["BATCH_SCALED", "CATEGORIES", "SHARDING", "MemoryModule", "MemoryReport", "MemoryWhatIf", "merge_memory"]

@@ -1,0 +1,83 @@
+"""A `MemoryReport` from what the capture's memory tracker saw (hooks/memory.py) and the rows."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from memwall_plugin.devices import DeviceSpec
+from memwall_plugin.hooks.memory import trailing_flops
+from memwall_plugin.memory import CATEGORIES, MemoryModule, MemoryReport
+from memwall_plugin.records import FORWARD
+from memwall_plugin.rows import Row
+
+
+def host_memory_bytes() -> int | None:
+    """The host's physical RAM (the capacity a CPU run has)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def capacity_of(device: DeviceSpec | None) -> tuple[int | None, str]:
+    if device is not None and device.memory_bytes:
+        source = "device properties" if device.kind == "cuda" else "device table"
+        return device.memory_bytes, f"{device.name} ({source})"
+    if device is None or device.kind == "cpu":
+        ram = host_memory_bytes()
+        return ram, "host RAM (sysconf)" if ram else ""
+    return None, ""
+
+
+def memory_report(tracker: Any, totals: Any, rows: tuple[Row, ...], device: DeviceSpec | None,
+                  link: Any = None, flops_of: Any = None) -> MemoryReport | None:
+    """The report of `totals` (hooks/memory.py's MemoryTotals: a step, a window or the run)."""
+    best = totals.best
+    if best is None:
+        return None
+    n_steps = max(1, totals.steps)
+    fwd_flops: dict[str, int] = {}
+    fwd_time: dict[str, float] = {}
+    for r in rows:
+        if r.phase == FORWARD:
+            fwd_flops[r.module] = fwd_flops.get(r.module, 0) + (r.flops or 0)
+            fwd_time[r.module] = fwd_time.get(r.module, 0.0) + r.time_s
+    own, acts, outputs = totals.owned, totals.activations, totals.outputs
+    trailing = trailing_flops(best, flops_of) if flops_of is not None else {}
+    names = sorted(set(own) | set(acts) | set(outputs) | set(fwd_flops))
+    modules = tuple(
+        MemoryModule(
+            module=m,
+            parameter_bytes=own.get(m, [0, 0, 0])[0],
+            gradient_bytes=own.get(m, [0, 0, 0])[1],
+            optimizer_state_bytes=own.get(m, [0, 0, 0])[2],
+            activation_bytes=acts.get(m, 0),
+            output_bytes=outputs.get(m, 0),
+            forward_flops=fwd_flops.get(m, 0) // n_steps,
+            forward_time_s=fwd_time.get(m, 0.0) / n_steps,
+            trailing_flops=trailing.get(m, 0),
+        )
+        for m in names
+    )
+    capacity, source = capacity_of(device)
+    notes = []
+    if tracker.failed:
+        notes.append(f"memory tracking stopped early: {tracker.failed}")
+    return MemoryReport(
+        peak_bytes=best.peak,
+        peak_by_category=dict(zip(CATEGORIES, best.peak_by_cat)),
+        peak_elements=dict(zip(CATEGORIES, best.peak_elems)),
+        peak_at=best.peak_at,
+        peak_step=best.step,
+        capacity_bytes=capacity,
+        capacity_source=source,
+        modules=modules,
+        timeline=tuple(best.timeline),
+        allocator_peak_bytes=totals.allocator_peak,
+        link_bytes_per_s=getattr(link, "bytes_per_s", None),
+        notes=tuple(notes),
+    )
+
+
+__all__ = ["capacity_of", "host_memory_bytes", "memory_report"]
