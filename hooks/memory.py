@@ -37,19 +37,20 @@ _Tensor = torch.Tensor
 
 
 class _Storage:
-    __slots__ = ("nbytes", "elements", "cat", "module", "ref", "step", "index")
+    __slots__ = ("nbytes", "elements", "cat", "module", "ref", "step", "index", "freed")
 
     def __init__(self, nbytes: int, elements: int, cat: int, module: str, step: int, index: int) -> None:
         self.nbytes, self.elements, self.cat, self.module, self.step = nbytes, elements, cat, module, step
         self.index = index  # the step's op count when it was first seen
         self.ref: Any = None
+        self.freed: tuple[int, int] | None = None  # (step, op count) when torch freed it
 
 
 class StepMemory:
     """One recorded step: its peak, where, its breakdown, its timeline, per-module activations."""
 
     __slots__ = ("step", "peak", "peak_by_cat", "peak_elems", "peak_at", "peak_index", "timeline", "activations",
-                 "outputs", "owned", "stride", "index", "allocator_peak", "forward_ops", "saving_ops", "input_saving_ops", "save_pending")
+                 "outputs", "owned", "stride", "index", "allocator_peak", "forward_ops", "saving_ops", "input_saving_ops", "save_pending", "moves")
 
     def __init__(self, step: int, live: list[int], elems: list[int]) -> None:
         self.step = step
@@ -71,6 +72,9 @@ class StepMemory:
         self.saving_ops: set[int] = set()  # saved their outputs (after they ran)
         self.input_saving_ops: set[int] = set()  # saved their inputs only (before they ran)
         self.save_pending = False
+        #: reclassified storages (entry, old category, new one, op count then): the timeline
+        #: points taken before are corrected at the step's end
+        self.moves: list[tuple[_Storage, int, int, int]] = []
 
 
 class MemoryTotals:
@@ -186,6 +190,9 @@ class MemoryTracker:
             with self._lock:
                 entry = self.live.pop(key, None)
                 if entry is not None:
+                    step = self.step
+                    if step is not None:
+                        entry.freed = (step.step, step.index)
                     self.bytes[entry.cat] -= entry.nbytes
                     self.elems[entry.cat] -= entry.elements
 
@@ -197,6 +204,8 @@ class MemoryTracker:
             self.bytes[entry.cat] -= entry.nbytes
             self.elems[entry.cat] -= entry.elements
             # alive now and seen before the peak: it was alive at the peak, as what it turns out to be
+            if s is not None:
+                s.moves.append((entry, entry.cat, cat, s.index))
             if s is not None and (entry.step != s.step or entry.index <= s.peak_index):
                 s.peak_by_cat[entry.cat] -= entry.nbytes
                 s.peak_by_cat[cat] += entry.nbytes
@@ -367,6 +376,7 @@ class MemoryTracker:
             s.allocator_peak = int(torch.cuda.max_memory_allocated())
         phase, op, module = s.peak_at
         s.peak_at = (phase, op_name(op) if op else "", module)
+        _correct_timeline(s)
         self.last = s
         self.window.add(s)
         return s
@@ -406,6 +416,36 @@ class MemoryTracker:
     def fail(self, err: BaseException) -> None:
         if self.failed is None:
             self.failed = f"{type(err).__name__}: {err}"
+
+def _correct_timeline(s: StepMemory) -> None:
+    """Move, in every timeline point at which it was alive, each storage reclassified during the
+    step to its final category (the points were taken before it was known)."""
+    if not s.moves or not s.timeline:
+        s.moves = []
+        return
+    events: list[tuple[int, int, int]] = []  # (op count, category, +/- bytes)
+    for entry, old, new, moved_at in s.moves:
+        # the points from its first sighting to the move (or its end, if sooner) held it as `old`
+        start = entry.index if entry.step == s.step else 0
+        end = moved_at
+        if entry.freed is not None and entry.freed[0] == s.step:
+            end = min(end, entry.freed[1])
+        if end <= start:
+            continue
+        events += [(start, old, -entry.nbytes), (start, new, entry.nbytes),
+                   (end, old, entry.nbytes), (end, new, -entry.nbytes)]
+    events.sort()
+    delta = [0] * _N
+    i = 0
+    corrected = []
+    for index, phase, values, module in s.timeline:
+        while i < len(events) and events[i][0] <= index:
+            delta[events[i][1]] += events[i][2]
+            i += 1
+        corrected.append((index, phase, tuple(v + d for v, d in zip(values, delta)), module))
+    s.timeline = corrected
+    s.moves = []
+
 
 def trailing_flops(s: StepMemory, flops_of: Any) -> dict[str, int]:
     """Per module path: the FLOPs of its forward's ops that a checkpoint of it does not re-run.
