@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 import runpy
@@ -16,6 +17,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from memwall_plugin.ceilings import link_record, parse_link
 from memwall_plugin.console import Summary, SummaryOptions, si
@@ -253,6 +255,8 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
               file=sys.stderr)
     ranks = job.ranks
     report = load_run(path, args.rank, job)
+    if args.memory or _memory_what_if_asked(args):
+        return _memory_report(report, args, console)
     if args.device or args.bytes_per_element:
         try:
             ranks = {r: rep.rescore(bytes_per_element=args.bytes_per_element, device=args.device)
@@ -279,6 +283,70 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
         return 0
     options = SummaryOptions(top=args.top, by=args.by or "op")
     console.print(Summary(report, options, ranks if len(ranks) > 1 else None))
+    return 0
+
+
+def _memory_what_if_asked(args: argparse.Namespace) -> bool:
+    return bool(args.checkpoint or args.shard or args.precision or args.master_weights or args.batch_scale != 1.0
+                or args.capacity)
+
+
+def _parse_precision(text: str | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value) if sep else float("nan")
+        except ValueError:
+            out[name.strip()] = float("nan")
+        if not sep or not out[name.strip()] > 0:
+            raise CliError(f"--precision {text!r}: write it as parameters=2,activations=1 (bytes per element)")
+    return out
+
+
+def _memory_report(report: Report, args: argparse.Namespace, console: Console) -> int:
+    from memwall_plugin.console import memory_section
+
+    mem = report.memory
+    if mem is None:
+        raise CliError(f"{args.path}: this run has no memory measurement (written by an older memwall, or with "
+                       "memory=False); re-profile it with memwall.profile(memory=True)")
+    capacity = None
+    if args.capacity:
+        try:
+            capacity = resolve_device(args.capacity, None).memory_bytes
+        except (LookupError, ValueError) as exc:
+            raise CliError(f"--capacity: {exc}") from None
+        if not capacity:
+            raise CliError(f"--capacity {args.capacity!r}: memwall's table has no memory size for it")
+    what_ifs = None
+    result = None
+    if _memory_what_if_asked(args):
+        try:
+            result = mem.what_if(checkpoint=args.checkpoint, shard=args.shard, world_size=args.world_size,
+                                 bytes_per_element=_parse_precision(args.precision),
+                                 batch_scale=args.batch_scale, master_weights=args.master_weights,
+                                 capacity_bytes=capacity)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        asked = [f"checkpoint {', '.join(args.checkpoint)}" if args.checkpoint else "",
+                 f"{args.shard} over {args.world_size} ranks" if args.shard else "",
+                 f"precision {args.precision}" if args.precision else "",
+                 "fp32 master weights" if args.master_weights else "",
+                 f"batch x{args.batch_scale:g}" if args.batch_scale != 1.0 else "",
+                 f"on {args.capacity}" if args.capacity else ""]
+        what_ifs = [(" + ".join(a for a in asked if a), result)]
+    if args.json:
+        out: dict[str, Any] = {"job": report.job, "rank": report.rank, "memory": mem.to_dict()}
+        if result is not None:
+            out["what_if"] = dataclasses.asdict(result)
+            out["what_if"]["notes"] = list(result.notes)
+        sys.stdout.write(json.dumps(out, allow_nan=False) + "\n")
+        return 0
+    console.print(memory_section(mem, console.width < 100, what_ifs))
+    if result is not None:
+        for note in result.notes:
+            console.print(Text(f"  {note}", style="dim"))
     return 0
 
 
@@ -442,6 +510,20 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prefix of it; default: the newest)")
     rep.add_argument("--device", help="re-place the run on another device's roofline")
     rep.add_argument("--bytes-per-element", type=int, help="re-size every tensor (1 = the paper's 8-bit)")
+    mem = rep.add_argument_group("memory (the capacity wall)")
+    mem.add_argument("--memory", action="store_true",
+                     help="show what held memory (peak, categories, modules) and what-ifs; with --json, as JSON")
+    mem.add_argument("--checkpoint", action="append", metavar="PATH",
+                     help="what-if: checkpoint the modules directly under PATH (every block of "
+                          "'transformer.h'); repeatable")
+    mem.add_argument("--shard", choices=["zero1", "zero2", "zero3", "fsdp"], help="what-if: shard over --world-size ranks")
+    mem.add_argument("--world-size", type=_positive, default=1, help="ranks for --shard (default 1)")
+    mem.add_argument("--precision", metavar="CAT=BYTES,...",
+                     help="what-if: element sizes per category, e.g. parameters=2,gradients=2,activations=1")
+    mem.add_argument("--master-weights", action="store_true", help="what-if: keep fp32 master weights")
+    mem.add_argument("--batch-scale", type=float, default=1.0, help="what-if: scale the batch (or sequence)")
+    mem.add_argument("--capacity", metavar="DEVICE",
+                     help="what-if: fit against this device's memory (e.g. 'H100 SXM') instead of the run's")
     rep.set_defaults(func=_cmd_report)
 
     run = sub.add_parser(

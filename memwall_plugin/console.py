@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -21,6 +22,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from memwall_plugin.formulas import COUNT_NOTES, REGISTRY
+from memwall_plugin.memory import MemoryReport, MemoryWhatIf
 from memwall_plugin.headline import Headline, headline, rank_headlines, slowest_rank
 from memwall_plugin.records import ordered_phases
 from memwall_plugin.registry import Family
@@ -45,6 +47,7 @@ class SummaryOptions:
     module_depth: int = 4  # levels of the module tree
     module_children: int = 4  # children shown per tree node (the rest are summed up)
     findings: bool = True
+    memory: bool = True  # the Memory section, when the report measured memory
 
     def __post_init__(self) -> None:
         if self.by not in GROUP_BY:
@@ -278,6 +281,9 @@ class Summary:
         for part in self.distributed_parts():
             yield Text("")
             yield part
+        if self.report.memory is not None and self.options.memory:
+            yield Text("")
+            yield memory_section(self.report.memory, self._narrow)
         if self.options.findings:
             notes = findings(self.report)
             if notes:
@@ -538,6 +544,76 @@ class Summary:
                 mark.append(" incomplete", style="red")
             table.add_row(*(cells[n] for n in names), mark)
         return table
+
+
+_CATEGORY_LABEL = {"parameters": "parameters", "gradients": "gradients", "optimizer_state": "optimizer state",
+                   "activations": "activations", "kv_cache": "KV cache", "other": "other"}
+
+
+def _where(peak_at: tuple[str, str, str]) -> str:
+    phase, op, module = peak_at
+    return f"{phase} {op} ({module or 'top level'})" if op else (phase or "the step's start")
+
+
+def memory_section(mem: MemoryReport, narrow: bool = False,
+                   what_ifs: list[tuple[str, MemoryWhatIf]] | None = None) -> RichGroup:
+    """The capacity wall: the peak against capacity, what held it, the modules holding the most,
+    and the paper's remedies projected from this run."""
+    title = Text("Memory", style="bold")
+    title.append(f"  peak {si(mem.peak_bytes, 'B')}")
+    if mem.capacity_bytes:
+        title.append(f" of {si(mem.capacity_bytes, 'B')} ({_pct(mem.peak_fraction)}; capacity: {mem.capacity_source})")
+    title.append(f" after {_where(mem.peak_at)}, step {mem.peak_step}")
+    parts: list[Any] = [title]
+    breakdown = Text("  ")
+    shown = [(cat, b) for cat, b in mem.peak_by_category.items() if b]
+    for i, (cat, b) in enumerate(shown):
+        breakdown.append(("" if i == 0 else " · ") + f"{_CATEGORY_LABEL.get(cat, cat)} {si(b, 'B')} "
+                         f"({_pct(b / mem.peak_bytes if mem.peak_bytes else None)})")
+    parts.append(breakdown)
+    if mem.allocator_peak_bytes is not None:
+        diff = mem.allocator_peak_bytes - mem.peak_bytes
+        parts.append(Text(f"  CUDA caching allocator peak {si(mem.allocator_peak_bytes, 'B')} "
+                          f"({si(diff, 'B')} more: allocator rounding, workspaces, tensors made outside the ops seen)",
+                          style="dim"))
+    top = mem.top_modules("activation_bytes", 5)
+    if top:
+        table = Table(title=None, box=None, pad_edge=False, show_edge=False, header_style="bold")
+        table.add_column("module (own bytes)", overflow="fold")
+        table.add_column("activations", justify="right")
+        table.add_column("parameters", justify="right")
+        if not narrow:
+            table.add_column("gradients", justify="right")
+            table.add_column("optimizer", justify="right")
+        for m in top:
+            cells = [_text(m.module or "(top level)"), si(m.activation_bytes, "B"), si(m.parameter_bytes, "B")]
+            if not narrow:
+                cells += [si(m.gradient_bytes, "B"), si(m.optimizer_state_bytes, "B")]
+            table.add_row(*cells)
+        parts.append(table)
+    rows = what_ifs if what_ifs is not None else mem.suggestions()
+    if rows:
+        parts.append(Text("What-ifs, projected from this run (report.memory.what_if)", style="dim"))
+        table = Table(box=None, pad_edge=False, show_edge=False, show_header=False)
+        table.add_column(ratio=3)
+        table.add_column(justify="right", no_wrap=True)
+        table.add_column(ratio=2)
+        for label, w in rows:
+            change = (w.peak_bytes - mem.peak_bytes) / mem.peak_bytes if mem.peak_bytes else 0.0
+            cost = []
+            if w.fits is not None:
+                cost.append("fits" if w.fits else "does not fit")
+            if w.extra_flops:
+                cost.append(f"+{si(w.extra_flops, 'FLOP')} recomputed per step (+{_ms(w.extra_time_s)})")
+            if w.comm_bytes:
+                cost.append(f"sends {si(w.comm_bytes, 'B')} per rank per step")
+            table.add_row(_text(f"  {label}"), f"{si(w.peak_bytes, 'B')} {change:+.0%}", _text(", ".join(cost)))
+        parts.append(table)
+    scale = mem.max_batch_scale()
+    if scale is not None and math.isfinite(scale):
+        parts.append(Text(f"  the largest batch that fits here: {scale:.3g}x the recorded one "
+                          "(activations, KV cache and inputs scale with it)", style="dim"))
+    return RichGroup(*parts)
 
 
 def render_text(report: Report, width: int = 100, options: SummaryOptions | None = None) -> str:

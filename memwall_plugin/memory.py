@@ -293,6 +293,42 @@ class MemoryReport:
             return math.inf if fixed <= capacity else 0.0
         return max(0.0, (capacity - fixed) / per_unit)
 
+    def block_containers(self) -> list[str]:
+        """Module paths whose children are numbered blocks (`transformer.h`, `layers`), largest
+        saved activations first: where `checkpoint=` is usually applied."""
+        found: dict[str, int] = {}
+        for m in self.modules:
+            parts = m.module.split(".")
+            for k in range(1, len(parts)):
+                if parts[k].isdigit():
+                    container = ".".join(parts[:k])
+                    found[container] = found.get(container, 0) + m.activation_bytes
+                    break
+        return sorted((c for c, b in found.items() if b > 0), key=lambda c: -found[c])
+
+    def suggestions(self) -> list[tuple[str, MemoryWhatIf]]:
+        """The paper's remedies, each projected from this run: checkpointing the largest block
+        container, ZeRO-3 over 8 ranks, bf16 parameters and gradients with fp32 master weights."""
+        out: list[tuple[str, MemoryWhatIf]] = []
+        blocks = self.block_containers()
+        if blocks:
+            out.append((f"checkpoint every {blocks[0]}.* block", self.what_if(checkpoint=[blocks[0]])))
+        if self.peak_by_category.get("optimizer_state") or self.peak_by_category.get("gradients"):
+            out.append(("ZeRO-3 / FSDP over 8 ranks", self.what_if(shard="zero3", world_size=8)))
+        if self.peak_by_category.get("parameters"):
+            out.append(("bf16 parameters, gradients, activations (fp32 master weights)", self.what_if(
+                bytes_per_element={"parameters": 2, "gradients": 2, "activations": 2}, master_weights=True)))
+        return out
+
+    def scalars(self) -> dict[str, float]:
+        """TensorBoard scalars per recorded step."""
+        out = {"memwall/peak_bytes": float(self.peak_bytes)}
+        for cat in CATEGORIES:
+            out[f"memwall/peak_{cat}_bytes"] = float(self.peak_by_category.get(cat, 0))
+        if self.capacity_bytes:
+            out["memwall/peak_capacity_fraction"] = self.peak_bytes / self.capacity_bytes
+        return out
+
     # -- file ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

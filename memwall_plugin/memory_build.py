@@ -23,10 +23,10 @@ def host_memory_bytes() -> int | None:
 def capacity_of(device: DeviceSpec | None) -> tuple[int | None, str]:
     if device is not None and device.memory_bytes:
         source = "device properties" if device.kind == "cuda" else "device table"
-        return device.memory_bytes, f"{device.name} ({source})"
+        return device.memory_bytes, f"{device.name}, {source}"
     if device is None or device.kind == "cpu":
         ram = host_memory_bytes()
-        return ram, "host RAM (sysconf)" if ram else ""
+        return ram, "host RAM" if ram else ""
     return None, ""
 
 

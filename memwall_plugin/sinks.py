@@ -79,7 +79,10 @@ class Scalars(Sink):
     def step(self, prof: profile, step: int, report: StepReport) -> None:
         if not self.output.enabled or prof.rank != 0:
             return
-        values = headline(report()).scalars()
+        rep = report()
+        values = headline(rep).scalars()
+        if rep.memory is not None:
+            values.update(rep.memory.scalars())
         self.output.attempt("write scalars to", self.writer.logdir, lambda: self.writer.write(step, values))
 
     def end(self, prof: profile) -> None:
