@@ -130,6 +130,8 @@ class MemoryTotals:
 
 def _storage_of(t: Any) -> Any:
     try:
+        if type(t) is not _Tensor and hasattr(t, "to_local"):  # a DTensor: this rank's shard holds memory
+            t = t.to_local()
         return t.untyped_storage()
     except (RuntimeError, NotImplementedError, AttributeError):  # sparse, nested without storage, subclasses
         return None
@@ -148,6 +150,8 @@ class MemoryTracker:
         self.window = MemoryTotals()  # the open window's recorded steps
         self.run = MemoryTotals()  # the closed windows' recorded steps
         self._lock = threading.Lock()  # frees may come from autograd's or the allocator's threads
+        #: module -> [parameters, gradients, optimizer state] bytes alive now (steps keep the most)
+        self.module_live: dict[str, list[int]] = {}
         self._param_modules: dict[int, str] = {}  # id(param) -> module
         self._roots: set[int] = set()
         self._handles: list[Any] = []
@@ -181,8 +185,8 @@ class MemoryTracker:
             self.live[key] = entry
             self.bytes[cat] += nbytes
             self.elems[cat] += entry.elements
-        if cat <= OPTIMIZER_STATE and s is not None:
-            s.owned.setdefault(module, [0, 0, 0])[cat] += nbytes
+        if cat <= OPTIMIZER_STATE:
+            self._own(module, cat, nbytes)
         return entry
 
     def _freer(self, key: int) -> Any:
@@ -193,6 +197,10 @@ class MemoryTracker:
                     step = self.step
                     if step is not None:
                         entry.freed = (step.step, step.index)
+                    if entry.cat <= OPTIMIZER_STATE:
+                        live = self.module_live.get(entry.module)
+                        if live is not None:
+                            live[entry.cat] -= entry.nbytes
                     self.bytes[entry.cat] -= entry.nbytes
                     self.elems[entry.cat] -= entry.elements
 
@@ -200,6 +208,8 @@ class MemoryTracker:
 
     def _move(self, entry: _Storage, cat: int, module: str) -> None:
         s = self.step
+        if entry.cat <= OPTIMIZER_STATE:
+            self._own(entry.module, entry.cat, -entry.nbytes)
         with self._lock:
             self.bytes[entry.cat] -= entry.nbytes
             self.elems[entry.cat] -= entry.elements
@@ -216,8 +226,17 @@ class MemoryTracker:
                 entry.module = module
             self.bytes[cat] += entry.nbytes
             self.elems[cat] += entry.elements
-        if cat <= OPTIMIZER_STATE and s is not None:
-            s.owned.setdefault(entry.module, [0, 0, 0])[cat] += entry.nbytes
+        if cat <= OPTIMIZER_STATE:
+            self._own(entry.module, cat, entry.nbytes)
+
+    def _own(self, module: str, cat: int, nbytes: int) -> None:
+        live = self.module_live.setdefault(module, [0, 0, 0])
+        live[cat] += nbytes
+        s = self.step
+        if s is not None:
+            held = s.owned.setdefault(module, [0, 0, 0])
+            if live[cat] > held[cat]:
+                held[cat] = live[cat]
 
     # -- what each storage is -------------------------------------------------------------------
     def add_root(self, root: torch.nn.Module, names: dict[Any, str] | None = None) -> None:
@@ -231,8 +250,7 @@ class MemoryTracker:
                 if id(p) in self._param_modules:
                     continue
                 self._param_modules[id(p)] = path
-                local = p.to_local() if hasattr(p, "to_local") else p  # a DTensor's shard
-                self._add(local, PARAMETERS, path)
+                self._add(p, PARAMETERS, path)  # a DTensor's: its shard on this rank
                 if p.grad is not None:
                     self._add(p.grad, GRADIENTS, path)
                 if p.requires_grad:
@@ -251,6 +269,13 @@ class MemoryTracker:
                 self._add(p.grad, GRADIENTS, self._param_modules.get(id(p), ""))
         except Exception as err:  # never into the user's backward
             self.fail(err)
+
+    def optimizer_stepping(self, optimizer: Any) -> None:
+        """Before a step: the gradients it reads (assigned ones too: FSDP2's sharded gradients)."""
+        for group in getattr(optimizer, "param_groups", ()):
+            for p in group.get("params", ()):
+                if p.grad is not None:
+                    self._add(p.grad, GRADIENTS, self._param_modules.get(id(p), ""))
 
     def optimizer_stepped(self, optimizer: Any) -> None:
         self._optimizers.add(optimizer)
@@ -359,11 +384,8 @@ class MemoryTracker:
             self._scan_optimizer(optimizer)
         self.step = s = StepMemory(step, self.bytes, self.elems)
         self._counted = set()
-        with self._lock:
-            entries = list(self.live.values())
-        for e in entries:  # what the step starts with: parameters, kept gradients, optimizer state
-            if e.cat <= OPTIMIZER_STATE:
-                s.owned.setdefault(e.module, [0, 0, 0])[e.cat] += e.nbytes
+        for module, live in self.module_live.items():  # what the step starts with
+            s.owned[module] = list(live)
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.reset_peak_memory_stats()
 

@@ -233,6 +233,8 @@ class ModuleTracker:
         if _thread_id() != self._thread:  # another thread's optimizer: neither phase nor step
             return
         self.in_optimizer += 1
+        if self.memory is not None:
+            self.memory.optimizer_stepping(optimizer)
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if _thread_id() != self._thread:

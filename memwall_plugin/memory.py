@@ -291,7 +291,12 @@ class MemoryReport:
         fixed = one.peak_bytes - per_unit
         if per_unit <= 0:
             return math.inf if fixed <= capacity else 0.0
-        return max(0.0, (capacity - fixed) / per_unit)
+        scale = max(0.0, (capacity - fixed) / per_unit)
+        for _ in range(64):  # whole bytes round up: step below the line until it fits
+            if scale == 0.0 or self.what_if(batch_scale=scale, capacity_bytes=capacity, **what_if).fits:
+                break
+            scale *= 1 - 1e-6
+        return scale
 
     def block_containers(self) -> list[str]:
         """Module paths whose children are numbered blocks (`transformer.h`, `layers`), largest

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> memwall.Report:
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--fsdp", action="store_true", help="shard with FSDP2 (fully_shard) instead of DDP")
+    parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                        help="adamw keeps two moments per parameter (sharded too under FSDP2)")
     parser.add_argument("--logdir", default="runs/ddp_train")
     parser.add_argument("--no-profile", action="store_true", help="no memwall.profile (for `memwall run`)")
     parser.add_argument("--die-at-step", type=int, default=-1,
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> memwall.Report:
         wrapped = fully_shard(model)
     else:
         wrapped = torch.nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.SGD(wrapped.parameters(), lr=0.01)
+    optimizer = (torch.optim.AdamW(wrapped.parameters(), lr=1e-3) if args.optimizer == "adamw"
+                 else torch.optim.SGD(wrapped.parameters(), lr=0.01))
     torch.manual_seed(1 + rank)  # each rank its own data
 
     def train_step() -> None:
