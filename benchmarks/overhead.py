@@ -6,7 +6,10 @@ For each workload (GPT-2 small forward, a GPT-2 training step with AdamW, BERT-B
 GPT-2 generating 32 tokens; random weights from the configs) it times alternating A/B pairs in
 one process: a bare run against each of
 
-* memwall, active step: `memwall.profile` around the work, building and saving the report;
+* memwall, active step: `memwall.profile` around the work, building and saving the report
+  (memory measured, the default);
+* memwall with `memory=False`: the same without measuring memory (the capacity wall's cost is
+  the difference between the two);
 * memwall, inactive step: inside an open profile whose schedule is idle for that step;
 * torch.profiler with record_shapes, its exit included;
 * torch's FlopCounterMode;
@@ -113,6 +116,11 @@ def variants(work: Callable[[], Any], logdir: Path) -> dict[str, Callable[[], An
             work()
         prof.report()
 
+    def memwall_without_memory() -> None:
+        with memwall.profile(logdir=logdir / f"run{next(runs)}", summary=False, scalars=False, memory=False) as prof:
+            work()
+        prof.report()
+
     def torch_profiler() -> None:
         with torch.profiler.profile(record_shapes=True):
             work()
@@ -121,7 +129,8 @@ def variants(work: Callable[[], Any], logdir: Path) -> dict[str, Callable[[], An
         with FlopCounterMode(display=False):
             work()
 
-    return {"memwall active": memwall_active, "torch.profiler": torch_profiler, "FlopCounterMode": flop_counter}
+    return {"memwall active": memwall_active, "memwall memory=False": memwall_without_memory,
+            "torch.profiler": torch_profiler, "FlopCounterMode": flop_counter}
 
 
 def paired_ratios(work: Callable[[], Any], other: Callable[[], Any], pairs: int) -> list[float]:
@@ -226,14 +235,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     where = machine.get("gpu") or machine["cpu"]  # the CPU's name says the threads in use
     table = Table(title=f"memwall overhead: median paired ratio to a bare run "
                         f"({where}, torch {machine['torch']})", title_justify="left")
-    for column in ("workload", "bare", "memwall active", "target", "memwall inactive", "torch.profiler",
-                   "FlopCounterMode"):
+    for column in ("workload", "bare", "memwall active", "target", "memory=False", "memwall inactive",
+                   "torch.profiler", "FlopCounterMode"):
         table.add_column(column, justify="left" if column == "workload" else "right")
     for name, row in results["workloads"].items():
         target = TARGETS[name]
         ok = "ok" if row["memwall active"] <= target else "MISSED"
         table.add_row(name, f"{row['bare_s']:.2f} s", f"{row['memwall active']:.2f}x",
-                      f"<= {target:.2f}x {ok}",
+                      f"<= {target:.2f}x {ok}", f"{row['memwall memory=False']:.2f}x",
                       f"{row['memwall inactive']:.3f}x"
                       + ("" if row["memwall inactive"] <= INACTIVE_TARGET else " MISSED"),
                       f"{row['torch.profiler']:.2f}x", f"{row['FlopCounterMode']:.2f}x")
