@@ -22,6 +22,7 @@ from memwall_plugin.devices import (
 )
 from memwall_plugin.fvcore_counter import FvcoreCount, fvcore_flops
 from memwall_plugin.hooks.capture import ProfilerConflictError
+from memwall_plugin.memory import MemoryModule, MemoryReport, MemoryWhatIf
 from memwall_plugin.profile import default_registry, profile
 from memwall_plugin.records import (
     BACKWARD,
@@ -60,6 +61,9 @@ __all__ = [
     "ProfilerConflictError",
     "Registry",
     "RegistryError",
+    "MemoryModule",
+    "MemoryReport",
+    "MemoryWhatIf",
     "Report",
     "ReportError",
     "Row",
