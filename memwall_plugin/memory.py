@@ -77,6 +77,9 @@ class MemoryWhatIf:
     fits: bool | None  # None: no capacity known
     capacity_bytes: int | None
     notes: tuple[str, ...] = ()
+    #: what each rank keeps of the model's state (parameters, gradients, optimizer state: the
+    #: modules' figures, sharded as asked, at the element sizes asked), transients left out
+    per_rank_state: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -255,8 +258,15 @@ class MemoryReport:
         projected = max((project(index, v) for index, v in points), key=lambda v: sum(v.values()))
         total = sum(projected.values())
         capacity = capacity_bytes if capacity_bytes is not None else self.capacity_bytes
+        state = {"parameters": sum(m.parameter_bytes for m in self.modules),
+                 "gradients": sum(m.gradient_bytes for m in self.modules),
+                 "optimizer_state": sum(m.optimizer_state_bytes for m in self.modules)}
+        per_rank = {cat: math.ceil(b * scale[cat] / (world if cat in sharded else 1)) for cat, b in state.items()}
+        if master_weights:
+            per_rank["optimizer_state"] += math.ceil(master / (world if "optimizer_state" in sharded else 1))
         return MemoryWhatIf(
             peak_bytes=total,
+            per_rank_state=per_rank,
             by_category=projected,
             extra_flops=extra_flops,
             extra_time_s=extra_time,

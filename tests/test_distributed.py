@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from memwall_plugin.tb_plugin.plugin import MemwallPlugin
 from torchrun_job import SAMPLE, torchrun
 
@@ -121,6 +122,36 @@ def test_fsdp2_all_gathers_and_reduce_scatters_each_layer(tmp_path):
         assert all(c.collective.timed_calls == c.calls for c in gathers + scatters)
         uncounted = {r.op for r in rep.uncounted}
         assert not any(op.startswith("fsdp.") for op in uncounted), uncounted
+
+
+def test_zero3_what_if_predicts_each_fsdp2_ranks_parameters_and_optimizer_state(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ddp_train", SAMPLE)
+    sample = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sample)  # type: ignore[union-attr]
+    # the same model on one process, AdamW, measured: what would sharding it over 2 ranks keep?
+    torch.manual_seed(0)
+    model = sample.build_model(WIDTH, DEPTH)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    with memwall.profile(model=model, summary=False) as prof:
+        for _ in range(2):
+            torch.nn.functional.cross_entropy(model(torch.randn(32, WIDTH)), torch.randint(0, 10, (32,))).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            prof.step()
+    projected = prof.report().memory.what_if(shard="zero3", world_size=2).per_rank_state
+    assert projected["parameters"] == GRADIENT_BYTES // 2
+    result = torchrun(str(SAMPLE), "--fsdp", "--optimizer", "adamw", "--steps", "2", "--width", str(WIDTH),
+                      "--depth", str(DEPTH), "--logdir", str(tmp_path / "fsdp"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reports = _reports(tmp_path / "fsdp")
+    assert sorted(reports) == [0, 1]
+    for rep in reports.values():
+        modules = rep.memory.modules
+        for key, category in (("parameter_bytes", "parameters"), ("optimizer_state_bytes", "optimizer_state")):
+            measured = sum(getattr(m, key) for m in modules)
+            assert abs(measured - projected[category]) <= 0.05 * projected[category], (category, measured)
 
 
 def test_killed_rank_leaves_the_other_ranks_partial_report(tmp_path):
