@@ -50,7 +50,7 @@ class StepMemory:
     """One recorded step: its peak, where, its breakdown, its timeline, per-module activations."""
 
     __slots__ = ("step", "peak", "peak_by_cat", "peak_elems", "peak_at", "peak_index", "timeline", "activations",
-                 "outputs", "owned", "stride", "index", "allocator_peak", "forward_ops", "saving_ops", "input_saving_ops", "save_pending", "moves")
+                 "outputs", "owned", "stride", "index", "allocator_peak", "forward_ops", "saving_ops", "input_saving_ops", "save_pending", "moves", "grads_read")
 
     def __init__(self, step: int, live: list[int], elems: list[int]) -> None:
         self.step = step
@@ -75,19 +75,22 @@ class StepMemory:
         #: reclassified storages (entry, old category, new one, op count then): the timeline
         #: points taken before are corrected at the step's end
         self.moves: list[tuple[_Storage, int, int, int]] = []
+        #: module -> bytes of the gradients an optimizer step read (its own parameters')
+        self.grads_read: dict[str, int] = {}
 
 
 class MemoryTotals:
     """Recorded steps folded together (a window's, the run's): the step with the highest peak,
     kept whole, and per module the most any step held. Bounded by modules, not by steps."""
 
-    __slots__ = ("best", "activations", "outputs", "owned", "allocator_peak", "steps")
+    __slots__ = ("best", "activations", "outputs", "owned", "grads_read", "allocator_peak", "steps")
 
     def __init__(self) -> None:
         self.best: StepMemory | None = None
         self.activations: dict[str, int] = {}
         self.outputs: dict[str, int] = {}
         self.owned: dict[str, list[int]] = {}
+        self.grads_read: dict[str, int] = {}
         self.allocator_peak: int | None = None
         self.steps = 0
 
@@ -97,7 +100,8 @@ class MemoryTotals:
             self.best = s
         elif s is not self.best:
             s.forward_ops, s.timeline = [], []  # only the best step's are read
-        for mine, theirs in ((self.activations, s.activations), (self.outputs, s.outputs)):
+        for mine, theirs in ((self.activations, s.activations), (self.outputs, s.outputs),
+                             (self.grads_read, s.grads_read)):
             for module, b in theirs.items():
                 if b > mine.get(module, 0):
                     mine[module] = b
@@ -119,6 +123,8 @@ class MemoryTotals:
                 out.activations[module] = max(out.activations.get(module, 0), b)
             for module, b in part.outputs.items():
                 out.outputs[module] = max(out.outputs.get(module, 0), b)
+            for module, b in part.grads_read.items():
+                out.grads_read[module] = max(out.grads_read.get(module, 0), b)
             for module, figures in part.owned.items():
                 held = out.owned.setdefault(module, [0, 0, 0])
                 for i in range(3):
@@ -271,11 +277,23 @@ class MemoryTracker:
             self.fail(err)
 
     def optimizer_stepping(self, optimizer: Any) -> None:
-        """Before a step: the gradients it reads (assigned ones too: FSDP2's sharded gradients)."""
+        """Before a step: the gradients it reads (assigned ones too: FSDP2's sharded gradients),
+        per module: what a module's gradients are, however many buffers lived during backward."""
+        read: dict[str, int] = {}
+        seen: set[int] = set()
         for group in getattr(optimizer, "param_groups", ()):
             for p in group.get("params", ()):
-                if p.grad is not None:
-                    self._add(p.grad, GRADIENTS, self._param_modules.get(id(p), ""))
+                if p.grad is None:
+                    continue
+                module = self._param_modules.get(id(p), "")
+                entry = self._add(p.grad, GRADIENTS, module)
+                if entry is not None and id(entry) not in seen:
+                    seen.add(id(entry))
+                    read[module] = read.get(module, 0) + entry.nbytes
+        s = self.step
+        if s is not None:
+            for module, b in read.items():
+                s.grads_read[module] = max(s.grads_read.get(module, 0), b)
 
     def optimizer_stepped(self, optimizer: Any) -> None:
         self._optimizers.add(optimizer)

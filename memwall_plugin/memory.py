@@ -50,7 +50,7 @@ class MemoryModule:
 
     module: str
     parameter_bytes: int = 0
-    gradient_bytes: int = 0
+    gradient_bytes: int = 0  # as an optimizer step read them (else the most held at once)
     optimizer_state_bytes: int = 0
     activation_bytes: int = 0  # saved for backward by its own forward ops, per step
     output_bytes: int = 0  # its forward's outputs, per step (what a checkpoint of it keeps)

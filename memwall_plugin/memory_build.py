@@ -50,7 +50,9 @@ def memory_report(tracker: Any, totals: Any, rows: tuple[Row, ...], device: Devi
         MemoryModule(
             module=m,
             parameter_bytes=own.get(m, [0, 0, 0])[0],
-            gradient_bytes=own.get(m, [0, 0, 0])[1],
+            # as an optimizer step read them, else the most held at once
+            gradient_bytes=totals.grads_read.get(m, own.get(m, [0, 0, 0])[1]) if totals.grads_read
+            else own.get(m, [0, 0, 0])[1],
             optimizer_state_bytes=own.get(m, [0, 0, 0])[2],
             activation_bytes=acts.get(m, 0),
             output_bytes=outputs.get(m, 0),

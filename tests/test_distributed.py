@@ -124,7 +124,7 @@ def test_fsdp2_all_gathers_and_reduce_scatters_each_layer(tmp_path):
         assert not any(op.startswith("fsdp.") for op in uncounted), uncounted
 
 
-def test_zero3_what_if_predicts_each_fsdp2_ranks_parameters_and_optimizer_state(tmp_path):
+def test_zero3_what_if_predicts_each_fsdp2_ranks_parameters_gradients_and_optimizer_state(tmp_path):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("ddp_train", SAMPLE)
@@ -149,7 +149,8 @@ def test_zero3_what_if_predicts_each_fsdp2_ranks_parameters_and_optimizer_state(
     assert sorted(reports) == [0, 1]
     for rep in reports.values():
         modules = rep.memory.modules
-        for key, category in (("parameter_bytes", "parameters"), ("optimizer_state_bytes", "optimizer_state")):
+        for key, category in (("parameter_bytes", "parameters"), ("gradient_bytes", "gradients"),
+                              ("optimizer_state_bytes", "optimizer_state")):
             measured = sum(getattr(m, key) for m in modules)
             assert abs(measured - projected[category]) <= 0.05 * projected[category], (category, measured)
 
