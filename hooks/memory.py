@@ -50,7 +50,8 @@ class StepMemory:
     """One recorded step: its peak, where, its breakdown, its timeline, per-module activations."""
 
     __slots__ = ("step", "peak", "peak_by_cat", "peak_elems", "peak_at", "peak_index", "timeline", "activations",
-                 "outputs", "owned", "stride", "index", "allocator_peak", "forward_ops", "saving_ops", "input_saving_ops", "save_pending", "moves", "grads_read")
+                 "outputs", "owned", "stride", "index", "allocator_peak", "forward_ops", "saving_ops",
+                 "input_saving_ops", "save_pending", "moves", "grads_read")
 
     def __init__(self, step: int, live: list[int], elems: list[int]) -> None:
         self.step = step

@@ -516,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--checkpoint", action="append", metavar="PATH",
                      help="what-if: checkpoint the modules directly under PATH (every block of "
                           "'transformer.h'); repeatable")
-    mem.add_argument("--shard", choices=["zero1", "zero2", "zero3", "fsdp"], help="what-if: shard over --world-size ranks")
+    mem.add_argument("--shard", choices=["zero1", "zero2", "zero3", "fsdp"],
+                     help="what-if: shard over --world-size ranks")
     mem.add_argument("--world-size", type=_positive, default=1, help="ranks for --shard (default 1)")
     mem.add_argument("--precision", metavar="CAT=BYTES,...",
                      help="what-if: element sizes per category, e.g. parameters=2,gradients=2,activations=1")

@@ -22,8 +22,8 @@ from rich.text import Text
 from rich.tree import Tree
 
 from memwall_plugin.formulas import COUNT_NOTES, REGISTRY
-from memwall_plugin.memory import MemoryReport, MemoryWhatIf
 from memwall_plugin.headline import Headline, headline, rank_headlines, slowest_rank
+from memwall_plugin.memory import MemoryReport, MemoryWhatIf
 from memwall_plugin.records import ordered_phases
 from memwall_plugin.registry import Family
 from memwall_plugin.roofline import COMMUNICATION, COMPUTE, MEMORY
@@ -586,7 +586,8 @@ def memory_section(mem: MemoryReport, narrow: bool = False,
             table.add_column("gradients", justify="right")
             table.add_column("optimizer", justify="right")
         for m in top:
-            cells = [_text(m.module or "(top level)"), si(m.activation_bytes, "B"), si(m.parameter_bytes, "B")]
+            cells: list[Text | str] = [_text(m.module or "(top level)"), si(m.activation_bytes, "B"),
+                                       si(m.parameter_bytes, "B")]
             if not narrow:
                 cells += [si(m.gradient_bytes, "B"), si(m.optimizer_state_bytes, "B")]
             table.add_row(*cells)

@@ -233,7 +233,7 @@ class MemoryReport:
             else:
                 # reduce-scatter the gradients, all-gather the updated parameters: an all-reduce's bytes
                 comm = int(ring * (grad_bytes + param_bytes))
-                notes.append(f"{shard.upper()} moves what data parallelism's all-reduce moves")
+                notes.append(f"{str(shard).upper()} moves what data parallelism's all-reduce moves")
         elif shard is not None:
             notes.append("one rank: nothing to shard")
 

@@ -21,8 +21,8 @@ from typing import Any
 from memwall_plugin import reportfile, roofline, whatif
 from memwall_plugin.ceilings import Link
 from memwall_plugin.devices import DeviceSpec
-from memwall_plugin.memory import MemoryReport, merge_memory
 from memwall_plugin.files import write_bytes_atomically
+from memwall_plugin.memory import MemoryReport, merge_memory
 from memwall_plugin.records import PHASES
 from memwall_plugin.rows import Group, Row, group_by, group_rows, merge_rows
 from memwall_plugin.validation import ReportError, parse_json, read_report_bytes
