@@ -29,12 +29,15 @@ $(OLDEST_STAMP): pyproject.toml $(OLDEST)
 	$(OLDEST_VENV)/bin/python -m pip install -q -e '.[dev]' -c $(OLDEST)
 	touch $(OLDEST_STAMP)
 
-# The paper's case study (BERT-Base, BERT-Large, GPT-2 at 128/256/512 tokens) and its Figure 1.
+# The paper's case study (BERT-Base, BERT-Large, GPT-2 at 128/256/512 tokens), its Figure 1, and
+# its Figures 2 and 4 (training memory of eight models measured on the meta device, the trend fits).
 demo: setup
 	$(BIN)/python samples/paper_case_study.py --logdir runs/paper --out runs/paper
 	$(BIN)/python samples/hardware_trends.py --out runs/trends
+	$(BIN)/python samples/capacity_wall.py --out runs/capacity
 	@echo
-	@echo "outputs: runs/paper/paper_case_study.png, runs/paper/results.json, runs/trends/hardware_trends.png"
+	@echo "outputs: runs/paper/paper_case_study.png, runs/paper/results.json, runs/trends/hardware_trends.png,"
+	@echo "         runs/capacity/figure4.png, runs/capacity/figure2.png, runs/capacity/results.json"
 	@echo "open the runs: $(BIN)/tensorboard --logdir runs   (the Memory Wall tab)"
 
 bench: setup

@@ -97,3 +97,58 @@ def test_hf_trainer_sample_records_six_steps_of_two_micro_batches(tmp_path):
     (lookup,) = [r for r in rep.rows if r.op == "aten.embedding" and r.module == "transformer.wte"]
     assert lookup.calls == 12
     assert list(tmp_path.glob("plugins/memwall/*.json"))  # beside the Trainer's own scalars
+
+
+def test_capacity_wall_quick_measures_exact_training_memory_and_the_papers_trends(tmp_path):
+    """Figure 4 (AlexNet, ResNet-152, Transformer Big on the meta device) and Figure 2's fit."""
+    wall = sample("capacity_wall")
+    outcome = wall.main(["--quick", "--out", str(tmp_path)])
+    by_key = {m.key: m for m in outcome.results}
+    assert set(by_key) == {"alexnet", "resnet152", "transformer-big"}
+    meta = torch.device("meta")
+    for key, m in by_key.items():
+        spec = wall.SPECS[key]
+        # ground truth from a fresh copy of the model: 4 bytes per fp32 parameter
+        with meta:
+            model = spec.build()
+        params = list(model.parameters())
+        assert m.parameter_bytes == 4 * sum(p.numel() for p in params), key
+        assert m.gradient_bytes == m.parameter_bytes, key
+        if spec.optimizer == "sgd":  # one momentum buffer per parameter
+            assert m.optimizer_bytes == m.parameter_bytes, key
+        else:  # Adam: two moments per parameter and a float32 step counter per parameter tensor
+            assert m.optimizer_bytes == 2 * m.parameter_bytes + 4 * len(params), key
+        # the activations: every storage autograd saved in one forward, parameters aside, once
+        model.train()
+        own = {p.untyped_storage()._cdata for p in params}
+        saved: dict[int, tuple[int, torch.Tensor]] = {}
+
+        def pack(t: torch.Tensor, saved: dict[int, tuple[int, torch.Tensor]] = saved) -> torch.Tensor:
+            saved[t.untyped_storage()._cdata] = (t.untyped_storage().nbytes(), t)  # kept: no address reuse
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            spec.loss(model, meta)
+        assert m.activation_bytes == sum(n for k, (n, _) in saved.items() if k not in own), key
+    # the hand-built models are the published ones: torchvision's parameter counts
+    assert by_key["alexnet"].parameter_count == 61_100_840
+    assert by_key["resnet152"].parameter_count == 60_192_808
+    # the table's parameter and optimizer GB are GiB of fp32 (printed to 2 decimals: +-0.005)
+    for m in by_key.values():
+        assert abs(m.parameter_bytes / wall.GIB - m.published["params_gb"]) <= 0.005 + 1e-9, m.key
+        assert abs(m.optimizer_bytes / wall.GIB - m.published["optimizer_gb"]) <= 0.01, m.key
+    # ResNet-152's activations: memwall's saved-for-backward bytes are the paper's within 5% (3%)
+    assert abs(by_key["resnet152"].ratios()["activations_gb"] - 1) < 0.05
+    # Figure 2: the paper's labels are "410x" (two significant digits: within 5 of 410, 1.25%) and
+    # "2x" (one digit: 1.5 to 2.5); the CSV's own fit (365-day years) says 411x and 1.86x, to 3 digits
+    growth = {k: f.growth_per_two_years for k, f in outcome.fits.items()}
+    assert abs(growth["model"] / wall.PAPER_GROWTH["model"] - 1) < 0.0125
+    assert 1.5 <= growth["memory"] < 2.5
+    days365 = {k: f.growth_per_two_years for k, f in wall.figure2_fits(days_per_year=365).items()}
+    assert round(days365["model"]) == 411 and round(days365["memory"], 2) == 1.86
+    assert round(growth["memory"], 2) == 1.86
+    for name in ("figure4.png", "figure2.png"):
+        assert (tmp_path / name).stat().st_size > 40_000, name
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [m["key"] for m in data["models"]] == ["alexnet", "resnet152", "transformer-big"]
+    assert data["models"][1]["parameter_bytes"] == by_key["resnet152"].parameter_bytes
