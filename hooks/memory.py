@@ -386,6 +386,7 @@ class MemoryTracker:
             s.peak_by_cat, s.peak_elems = list(values), list(self.elems)
             s.peak_at = (phase, entry.func, module)
             s.peak_index = s.index
+            s.timeline.append((s.index, phase, tuple(values), module))  # the peak: always a point
         elif s.index % s.stride == 0:
             s.timeline.append((s.index, phase, tuple(values), module))
         if len(s.timeline) > 2 * TIMELINE_POINTS:

@@ -137,8 +137,9 @@ class MemoryReport:
             elif path in known or children:
                 out.append(path)
             else:
+                named = sorted(k for k in known if k)
                 raise ValueError(f"checkpoint={path!r}: no module of that path ran in the recorded steps; "
-                                 f"modules: {', '.join(sorted(known)[:8])}{', ...' if len(known) > 8 else ''}")
+                                 f"modules: {', '.join(named[:8])}{', ...' if len(named) > 8 else ''}")
         return out
 
     def _under(self, path: str) -> list[MemoryModule]:

@@ -48,6 +48,7 @@ def test_mlp_with_adamw_parameters_gradients_and_optimizer_state_equal_the_hand_
     assert mem.peak_by_category["gradients"] == 4 * n
     assert mem.peak_by_category["optimizer_state"] == 8 * n + counters
     assert sum(mem.peak_by_category.values()) == mem.peak_bytes
+    assert mem.what_if().peak_bytes == mem.peak_bytes and mem.what_if().by_category == mem.peak_by_category
     by_module = {m.module: m for m in mem.modules}
     for path, layer in (("0", model[0]), ("2", model[2])):
         own = sum(p.numel() for p in layer.parameters())
