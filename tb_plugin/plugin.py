@@ -35,6 +35,7 @@ STATIC_FILES = {
     "/static/tree.js": ("tree.js", "text/javascript"),
     "/static/format.js": ("format.js", "text/javascript"),
     "/static/comm.js": ("comm.js", "text/javascript"),
+    "/static/memory.js": ("memory.js", "text/javascript"),
     "/static/style.css": ("style.css", "text/css"),
 }
 
