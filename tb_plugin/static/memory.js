@@ -308,7 +308,7 @@ export class MemoryModuleTable {
     }
     this.body.textContent = '';
     for (const r of rows) {
-      const tr = el('tr', 'mw-row mw-memory-row');
+      const tr = el('tr', 'mw-memory-row');
       tr.dataset.module = r.module;
       for (const column of MODULE_COLUMNS) {
         const td = el('td', column.numeric ? 'mw-num' : '', column.text(r));
@@ -469,7 +469,7 @@ function renderResult(container, memory, categories, result) {
   const body = el('tbody');
   const most = Math.max(1, ...categories.map((c) => Math.max(result.by_category[c] || 0, memory.peak_by_category[c] || 0)));
   for (const c of categories) {
-    const row = el('tr', 'mw-row mw-whatif-row');
+    const row = el('tr', 'mw-whatif-row');
     row.dataset.category = c;
     const swatch = el('td', `mw-swatch mw-cat-${c}`, CATEGORY_LABELS[c] || c);
     const bar = el('td', 'mw-bar-cell');
@@ -492,10 +492,10 @@ function renderResult(container, memory, categories, result) {
 
 /** The Memory section: loads ./memory for a selection, draws it, and runs the what-ifs. */
 export class MemoryView {
-  constructor(container, getJSON, onSummary) {
+  constructor(container, getJSON, summarize) {
     this.container = container;
     this.getJSON = getJSON;
-    this.onSummary = onSummary;
+    this.summarize = summarize;
     this.latest = 0;
     this.latestWhatIf = 0;
     this.summary = el('div', 'mw-memory-summary');
@@ -536,7 +536,7 @@ export class MemoryView {
     if (!memory) {
       this.clear('This report has no memory measurement: it was written by a memwall from before memory was ' +
           'measured. Profile the run again to see what holds memory.');
-      this.onSummary(null);
+      this.summarize(null);
       return;
     }
     this.empty.hidden = true;
@@ -544,7 +544,7 @@ export class MemoryView {
     this.memory = memory;
     this.categories = data.categories;
     this.selection = selection;
-    this.onSummary(memory);
+    this.summarize(memory);
     this.summary.textContent = capacityText(memory);
     if (memory.allocator_peak_bytes) {
       this.summary.appendChild(el('div', 'mw-card-note', `CUDA allocator peak over the recorded steps: ${si(memory.allocator_peak_bytes, 'B')}`));
