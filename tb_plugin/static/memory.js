@@ -515,6 +515,10 @@ export class MemoryView {
 
   clear(message) {
     this.latest++;
+    this.latestWhatIf++;
+    this.memory = null;
+    for (const box of [this.summary, this.chart, this.notes, this.formBox, this.resultBox]) box.textContent = '';
+    this.table.setModules([]);
     this.body.hidden = true;
     this.empty.hidden = !message;
     this.empty.textContent = message;
