@@ -178,6 +178,7 @@ def memory_view(run: str, report: Report) -> dict[str, Any]:
     return {
         "run": run,
         "rank": report.rank,
+        "world_size": report.world_size,
         "job": report.job,
         "categories": list(CATEGORIES),
         "memory": None if memory is None else memory.to_dict(),

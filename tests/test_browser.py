@@ -254,6 +254,9 @@ def test_distributed_run_shows_ranks_side_by_side_and_collectives_under_the_link
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.mw-link-chart circle.mw-communication")) == len(timed)
     assert rep.link.name in browser.find_element(By.CSS_SELECTOR, "text.mw-link-label").text
     assert "COMMUNICATION" in browser.find_element(By.CSS_SELECTOR, ".mw-cards").text.upper()
+    # the sharding what-if shards over the run's own ranks by default
+    world = WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "input.mw-world"))[0]
+    assert world.get_attribute("value") == str(rep.world_size) == "2"
     _screenshot(browser, "memwall-tab-ddp", tmp_path)
     # a click on rank 1 shows rank 1's report
     browser.find_element(By.CSS_SELECTOR, "tr.mw-rank[data-rank='1']").click()

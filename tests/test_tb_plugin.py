@@ -214,7 +214,7 @@ def test_memory_route_returns_the_reports_memory(memory_plugin, memory_runs):
     status, body = get(memory_plugin, "/memory", run="gpt")
     assert status == 200, body
     got = body["memory"]
-    assert body["categories"] == list(CATEGORIES)
+    assert body["categories"] == list(CATEGORIES) and body["world_size"] == 1
     assert got["peak_bytes"] == memory.peak_bytes > 0
     assert got["peak_by_category"] == memory.peak_by_category
     assert got["peak_at"] == list(memory.peak_at) and got["peak_step"] == memory.peak_step

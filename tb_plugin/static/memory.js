@@ -324,7 +324,7 @@ export class MemoryModuleTable {
 const SIZES = [['4', '4 B (fp32)'], ['2', '2 B (bf16/fp16)'], ['1', '1 B (fp8/int8)'], ['0.5', '0.5 B (int4)']];
 
 /** The what-if selectors; `onChange(query)` receives the ./memory_whatif parameters they set. */
-function whatIfForm(container, memory, categories, devices, onChange) {
+function whatIfForm(container, memory, categories, devices, worldSize, onChange) {
   container.textContent = '';
   const form = el('div', 'mw-whatif-form');
   const changed = () => onChange(query());
@@ -366,7 +366,7 @@ function whatIfForm(container, memory, categories, devices, onChange) {
   world.type = 'number';
   world.min = '1';
   world.step = '1';
-  world.value = '8';
+  world.value = String(worldSize > 1 ? worldSize : 8);  // the run's own ranks, else 8
   world.addEventListener('change', changed);
   const batch = el('input', 'mw-batch');
   batch.type = 'number';
@@ -565,7 +565,7 @@ export class MemoryView {
       ...memory.notes,
     ].filter(Boolean).join(' ');
     this.table.setModules(memory.modules);
-    const query = whatIfForm(this.formBox, memory, this.categories, devices, (q) => this.whatIf(q));
+    const query = whatIfForm(this.formBox, memory, this.categories, devices, data.world_size, (q) => this.whatIf(q));
     await this.whatIf(query());
   }
 
