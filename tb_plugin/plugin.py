@@ -19,7 +19,8 @@ from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from memwall_plugin.devices import lookup_device
+from memwall_plugin.devices import lookup_device, resolve_device
+from memwall_plugin.memory import CATEGORIES, SHARDING
 from memwall_plugin.report import Report, ReportError
 from memwall_plugin.rundir import Job, group_jobs, pick_job
 
@@ -34,6 +35,7 @@ STATIC_FILES = {
     "/static/tree.js": ("tree.js", "text/javascript"),
     "/static/format.js": ("format.js", "text/javascript"),
     "/static/comm.js": ("comm.js", "text/javascript"),
+    "/static/memory.js": ("memory.js", "text/javascript"),
     "/static/style.css": ("style.css", "text/css"),
 }
 
@@ -45,6 +47,9 @@ ROUTE_PARAMS: dict[str, tuple[str, ...]] = {
     "/devices": (),
     "/report": ("run", "job", "rank", "window", "phase", "device", "bytes_per_element"),
     "/ranks": ("run", "job"),
+    "/memory": ("run", "job", "rank", "window"),
+    "/memory_whatif": ("run", "job", "rank", "window", "checkpoint", "shard", "world_size", "bytes_per_element",
+                       "batch_scale", "master_weights", "device"),
 }
 
 logger = logging.getLogger(__name__)
@@ -70,6 +75,8 @@ class MemwallPlugin(base_plugin.TBPlugin):
             "/report": self.report_route,
             "/devices": self.devices_route,
             "/ranks": self.ranks_route,
+            "/memory": self.memory_route,
+            "/memory_whatif": self.memory_whatif_route,
         }
         for route in STATIC_FILES:
             apps[route] = self.static_route
@@ -91,33 +98,10 @@ class MemwallPlugin(base_plugin.TBPlugin):
         merged), optionally one phase, optionally re-scored for another device or element size.
         Jobs are never summed: the newest is shown unless `job` names another."""
         check_params("/report", args)
-        run = self._run(args)
-        loaded, bad = self._loaded(run)
-        window_id = args.get("window", "all") or "all"
+        run, report = self._selected(args)
         phase = args.get("phase") or None
         if phase is not None and not _PHASE.match(phase):
             raise RequestError(400, f"phase {phase!r} is not a phase name")
-        if window_id != "all":
-            rank = _int_param(args, "rank", default=None, low=0, high=1 << 20)
-            found = [(w, r) for w, r in loaded if w.id == window_id and rank in (None, w.rank)]
-            broken = [w for w in bad if w.id == window_id and rank in (None, w.rank)]
-            if broken:
-                raise RequestError(422, bad[broken[0]])
-            if not found:
-                raise RequestError(404, f"run {run.name!r} has no window {window_id!r}")
-            self._check_names(run, found)
-            report = found[0][1]
-        else:
-            job = self._job(run, loaded, args) if loaded else None
-            default = min(job.ranks) if job is not None else run.ranks[0]
-            rank = _int_param(args, "rank", default=default, low=0, high=1 << 20)
-            broken = [w for w in bad if w.rank == rank]
-            if broken:
-                raise RequestError(422, bad[broken[0]])
-            if job is None or rank not in job.ranks:
-                raise RequestError(404, f"run {run.name!r} has no report for rank {rank}"
-                                        + (f" in job {job.label}" if job is not None else ""))
-            report = job.ranks[rank]
         device = args.get("device") or None
         bpe = args.get("bytes_per_element") or None
         if device is not None or bpe is not None:
@@ -144,6 +128,73 @@ class MemwallPlugin(base_plugin.TBPlugin):
         errors = {w.rank: message for w, message in bad.items() if w.rank not in reports}
         world = max((r.world_size for r in reports.values()), default=len(run.ranks))
         return views.ranks_view(run.name, reports, errors, world, job=None if job is None else job.id)
+
+    def _selected(self, args: dict[str, str]) -> tuple[Run, Report]:
+        """The report the selection parameters name (run, job, rank, window), as every data route
+        but /runs and /devices reads them."""
+        run = self._run(args)
+        loaded, bad = self._loaded(run)
+        window_id = args.get("window", "all") or "all"
+        if window_id != "all":
+            rank = _int_param(args, "rank", default=None, low=0, high=1 << 20)
+            found = [(w, r) for w, r in loaded if w.id == window_id and rank in (None, w.rank)]
+            broken = [w for w in bad if w.id == window_id and rank in (None, w.rank)]
+            if broken:
+                raise RequestError(422, bad[broken[0]])
+            if not found:
+                raise RequestError(404, f"run {run.name!r} has no window {window_id!r}")
+            self._check_names(run, found)
+            return run, found[0][1]
+        job = self._job(run, loaded, args) if loaded else None
+        default = min(job.ranks) if job is not None else run.ranks[0]
+        rank = _int_param(args, "rank", default=default, low=0, high=1 << 20)
+        broken = [w for w in bad if w.rank == rank]
+        if broken:
+            raise RequestError(422, bad[broken[0]])
+        if job is None or rank not in job.ranks:
+            raise RequestError(404, f"run {run.name!r} has no report for rank {rank}"
+                                    + (f" in job {job.label}" if job is not None else ""))
+        return run, job.ranks[rank]
+
+    def memory_impl(self, args: dict[str, str]) -> dict[str, Any]:
+        """The memory of the selected report (`Report.memory`, as the report file holds it);
+        `memory` is null for a report written before memwall measured memory."""
+        check_params("/memory", args)
+        run, report = self._selected(args)
+        return views.memory_view(run.name, report)
+
+    def memory_whatif_impl(self, args: dict[str, str]) -> dict[str, Any]:
+        """`MemoryReport.what_if` of the selected report with the query's what-ifs, and the
+        largest batch scale that fits under them."""
+        check_params("/memory_whatif", args)
+        run, report = self._selected(args)
+        memory = report.memory
+        if memory is None:
+            raise RequestError(404, f"run {run.name!r}: this report has no memory measurement (written by a memwall "
+                                    "from before memory was measured); profile the run again to get one")
+        what_if = memory_what_if_args(args)
+        capacity, source = memory.capacity_bytes, memory.capacity_source
+        device = args.get("device") or None
+        if device is not None:
+            try:
+                spec = resolve_device(device)
+            except LookupError:
+                raise RequestError(400, f"unknown device {device[:60]!r}; GET ./devices lists them") from None
+            except ValueError as exc:
+                raise RequestError(400, f"device {device[:60]!r}: {exc}") from None
+            if not spec.memory_bytes:
+                raise RequestError(400, f"device {spec.name!r} has no memory capacity in memwall's table; "
+                                        "choose another device")
+            capacity, source = spec.memory_bytes, spec.name
+        try:
+            targets = memory.checkpoint_targets(what_if["checkpoint"]) if what_if["checkpoint"] else []
+            result = memory.what_if(capacity_bytes=capacity, **what_if)
+            baseline = memory.what_if(capacity_bytes=capacity).peak_bytes
+            largest = memory.max_batch_scale(capacity_bytes=capacity,
+                                             **{k: v for k, v in what_if.items() if k != "batch_scale"})
+        except ValueError as exc:  # a checkpoint path no module ran under, a category or size refused
+            raise RequestError(400, str(exc)) from None
+        return views.memory_whatif_view(run.name, report, what_if, result, baseline, largest, targets, source)
 
     # -- the run store ------------------------------------------------------------------------------
     def _run(self, args: dict[str, str]) -> Run:
@@ -200,6 +251,14 @@ class MemwallPlugin(base_plugin.TBPlugin):
         return _respond(request, "/ranks", self.ranks_impl)
 
     @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
+    def memory_route(self, request: wrappers.Request) -> wrappers.Response:
+        return _respond(request, "/memory", self.memory_impl)
+
+    @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
+    def memory_whatif_route(self, request: wrappers.Request) -> wrappers.Response:
+        return _respond(request, "/memory_whatif", self.memory_whatif_impl)
+
+    @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
     def static_route(self, request: wrappers.Request) -> wrappers.Response:
         suffix = request.path[request.path.index("/static/"):]
         name, mimetype = STATIC_FILES[suffix]
@@ -252,3 +311,62 @@ def _int_param(args: dict[str, str], name: str, default: Any, low: int, high: in
     if not low <= value <= high:
         raise RequestError(400, f"{name} must be between {low} and {high}, got {value}")
     return value
+
+
+_PATH = re.compile(r"^[^\x00-\x1f,]{1,200}$")
+_NUMBER = re.compile(r"^\d{1,7}(\.\d{1,6})?$")
+
+
+def _float_param(args: dict[str, str], name: str, default: float, low: float, high: float) -> float:
+    text = (args.get(name) or "").strip()
+    if text == "":
+        return default
+    if not _NUMBER.match(text):
+        raise RequestError(400, f"{name} must be a number like 2 or 0.5, got {text[:40]!r}")
+    value = float(text)
+    if not low < value <= high:
+        raise RequestError(400, f"{name} must be above {low:g} and at most {high:g}, got {text!r}")
+    return value
+
+
+def memory_what_if_args(args: dict[str, str]) -> dict[str, Any]:
+    """The keyword arguments of `MemoryReport.what_if` from `/memory_whatif`'s query (all but
+    the capacity): each checked here, with a message naming the parameter and what it takes."""
+    checkpoint = [p.strip() for p in (args.get("checkpoint") or "").split(",") if p.strip()]
+    for path in checkpoint:
+        if not _PATH.match(path):
+            raise RequestError(400, f"checkpoint: {path[:40]!r} is not a module path; give module paths "
+                                    "separated by commas, e.g. checkpoint=transformer.h")
+    shard = (args.get("shard") or "").strip().lower() or None
+    if shard == "none":
+        shard = None
+    if shard is not None and shard not in SHARDING:
+        raise RequestError(400, f"shard={shard[:40]!r}: choose one of none, {', '.join(SHARDING)}")
+    world_size = _int_param(args, "world_size", default=1, low=1, high=1 << 20)
+    bpe: dict[str, float] = {}
+    for item in (args.get("bytes_per_element") or "").split(","):
+        if not item.strip():
+            continue
+        category, sep, size = item.partition("=")
+        category = category.strip()
+        if not sep or category not in CATEGORIES:
+            raise RequestError(400, f"bytes_per_element: {item[:40]!r} is not CATEGORY=BYTES with a category of "
+                                    f"{', '.join(CATEGORIES)} (e.g. parameters=2,activations=1)")
+        if category in bpe:
+            raise RequestError(400, f"bytes_per_element: {category} is given more than once")
+        size = size.strip()
+        if not _NUMBER.match(size) or not 0 < float(size) <= 16:
+            raise RequestError(400, f"bytes_per_element: {category}={size[:40]!r} must be a size in bytes above 0 "
+                                    "and at most 16 (4 for fp32, 2 for bf16/fp16, 1 for fp8/int8, 0.5 for int4)")
+        bpe[category] = float(size)
+    master = (args.get("master_weights") or "").strip().lower()
+    if master not in ("", "0", "1", "true", "false"):
+        raise RequestError(400, f"master_weights must be true or false, got {master[:40]!r}")
+    return {
+        "checkpoint": checkpoint or None,
+        "shard": shard,
+        "world_size": world_size,
+        "bytes_per_element": bpe or None,
+        "batch_scale": _float_param(args, "batch_scale", 1.0, 0.0, 1e6),
+        "master_weights": master in ("1", "true"),
+    }

@@ -15,6 +15,7 @@ from memwall_plugin.tb_plugin.loader import Run
 from memwall_plugin.ceilings import link_record
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table
 from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
+from memwall_plugin.memory import CATEGORIES, MemoryWhatIf
 from memwall_plugin.records import ordered_phases
 from memwall_plugin.report import Report
 from memwall_plugin.rows import Group, Row, module_tree, row_record
@@ -55,7 +56,7 @@ def runs_view(runs: dict[str, Run], jobs: dict[str, list[Job] | None] | None = N
 
 def devices_view() -> dict[str, Any]:
     """`/devices`: the table, for the what-if selector."""
-    return {"devices": [{"key": d.key, "name": d.name} for d in device_table()]}
+    return {"devices": [{"key": d.key, "name": d.name, "memory_bytes": d.memory_bytes} for d in device_table()]}
 
 
 def device_view(device: DeviceSpec | None) -> dict[str, Any] | None:
@@ -167,4 +168,48 @@ def ranks_view(run: str, reports: dict[int, Report], errors: dict[int, str], wor
         "ranks": [rank_record(h, slowest) for h in heads],
         "errors": [{"rank": rank, "error": message} for rank, message in sorted(errors.items())],
         "missing": [r for r in range(world_size) if r not in known],
+    }
+
+
+def memory_view(run: str, report: Report) -> dict[str, Any]:
+    """`/memory`: the report's memory as its file holds it (`MemoryReport.to_dict()`), null for a
+    report from before memwall measured memory. Roll-ups by module prefix are the page's."""
+    memory = report.memory
+    return {
+        "run": run,
+        "rank": report.rank,
+        "world_size": report.world_size,
+        "job": report.job,
+        "categories": list(CATEGORIES),
+        "memory": None if memory is None else memory.to_dict(),
+    }
+
+
+def memory_whatif_view(run: str, report: Report, what_if: dict[str, Any], result: MemoryWhatIf, baseline_peak: int,
+                       max_batch_scale: float | None, checkpointed: list[str], capacity_source: str) -> dict[str, Any]:
+    """`/memory_whatif`: the what-if as asked, its `MemoryWhatIf`, the projection of the run
+    without what-ifs (`baseline_peak_bytes`, what the change is measured against), the modules
+    checkpointed and the largest batch scale that fits (null: no capacity known, or nothing that
+    scales with the batch, which `max_batch_scale_unbounded` says)."""
+    memory = report.memory
+    assert memory is not None
+    unbounded = max_batch_scale is not None and math.isinf(max_batch_scale)
+    return {
+        "run": run,
+        "rank": report.rank,
+        "what_if": what_if,
+        "checkpointed": checkpointed,
+        "measured_peak_bytes": memory.peak_bytes,
+        "baseline_peak_bytes": baseline_peak,
+        "peak_bytes": result.peak_bytes,
+        "by_category": result.by_category,
+        "extra_flops": result.extra_flops,
+        "extra_time_s": _finite(result.extra_time_s),
+        "comm_bytes": result.comm_bytes,
+        "fits": result.fits,
+        "capacity_bytes": result.capacity_bytes,
+        "capacity_source": capacity_source if result.capacity_bytes else "",
+        "notes": list(result.notes),
+        "max_batch_scale": None if unbounded else max_batch_scale,
+        "max_batch_scale_unbounded": unbounded,
     }

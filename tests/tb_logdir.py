@@ -11,6 +11,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchrun_job import SAMPLE, free_port, torchrun
@@ -106,6 +107,37 @@ def make_logdir(root: Path, *, big_rows: int = 0, kineto: bool = False, distribu
         if result.returncode != 0:
             raise RuntimeError(f"the two-rank DDP sample failed:\n{result.stderr[-3000:]}")
     return {"train": root / "train", "good_file": good}
+
+
+def make_memory_runs(root: Path) -> dict[str, Any]:
+    """Runs for the memory view: "gpt" (a small GPT-2 with random weights, trained three steps:
+    modules transformer.h.0..3), "tight" (that report with its capacity set to 1.25x its peak, so
+    the capacity line is on the chart's scale) and "old" (that report without memory, as a report
+    written before memwall measured memory reads). Returns their files and "memory", the gpt
+    run's `prof.report().memory`."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=4, n_embd=128, n_head=4, vocab_size=1000, use_cache=False))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 1000, (8, 64))
+    with memwall.profile(model=model, logdir=root / "gpt", summary=False, scalars=False) as prof:
+        for _ in range(3):
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad()
+            prof.step()
+    measured = prof.report().memory
+    (good,) = (root / "gpt" / "plugins" / "memwall").glob("*.json")
+    rep = memwall.load_report(good)
+    assert rep.memory is not None and measured is not None
+    memory = dataclasses.replace(rep.memory, capacity_bytes=rep.memory.peak_bytes * 5 // 4,
+                                 capacity_source="a test's capacity: 1.25x the peak")
+    tight = dataclasses.replace(rep, memory=memory).save(root / "tight" / "plugins" / "memwall" / good.name)
+    old = dataclasses.replace(rep, memory=None).save(root / "old" / "plugins" / "memwall" / good.name)
+    return {"gpt": good, "tight": tight, "old": old, "memory": measured}
 
 
 #: Hostile strings for every place a report's text reaches the page; each would set

@@ -22,10 +22,12 @@ from tb_logdir import (
     XSS_RUN,
     make_hostile_run,
     make_logdir,
+    make_memory_runs,
     running_tensorboard,
 )
 
 import memwall_plugin as memwall
+from memwall_plugin.memory import CATEGORIES
 from memwall_plugin.report import merge_reports
 
 CHROMIUM = shutil.which("chromium")
@@ -63,8 +65,9 @@ def tensorboard(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("tb")
     make_logdir(logdir, big_rows=10_000, kineto=True, distributed=True)
     make_hostile_run(logdir)
+    memory = make_memory_runs(logdir)["memory"]  # runs gpt, tight and old
     with running_tensorboard(logdir, "--reload_interval", "2", timeout=60) as (_, port):
-        yield f"http://127.0.0.1:{port}", logdir
+        yield f"http://127.0.0.1:{port}", logdir, memory
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +114,7 @@ def _choose_run(driver, run: str, ready: str = ".mw-card"):
 
 
 def test_tab_shows_one_point_per_operator_row_and_the_table_its_rows(tensorboard, browser, tmp_path):
-    base, logdir = tensorboard
+    base, logdir, _ = tensorboard
     _open_tab(browser, base)
     _choose_run(browser, "train")
     files = sorted((logdir / "train" / "plugins" / "memwall").glob("*.json"))
@@ -136,7 +139,7 @@ def test_tab_shows_one_point_per_operator_row_and_the_table_its_rows(tensorboard
 
 
 def test_what_if_device_replaces_the_roofs(tensorboard, browser):
-    base, _ = tensorboard
+    base, _, _ = tensorboard
     _open_tab(browser, base)
     _choose_run(browser, "train")
     WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "text.mw-roof-label"))
@@ -152,7 +155,7 @@ def test_what_if_device_replaces_the_roofs(tensorboard, browser):
 
 
 def test_hostile_module_name_is_text(tensorboard, browser, tmp_path):
-    base, logdir = tensorboard
+    base, logdir, _ = tensorboard
     _open_tab(browser, base)
     _choose_run(browser, "evil")
     cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row td")]
@@ -169,6 +172,10 @@ def test_hostile_module_name_is_text(tensorboard, browser, tmp_path):
         "p.dispatchEvent(new MouseEvent('mouseenter', {clientX: box.x + 2, clientY: box.y + 2}));", index)
     WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, ".mw-tooltip").is_displayed())
     assert EVIL in browser.find_element(By.CSS_SELECTOR, ".mw-tooltip").text
+    # the memory table names the module as text too
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.mw-memory-row"))
+    modules = [tr.get_attribute("data-module") for tr in browser.find_elements(By.CSS_SELECTOR, "tr.mw-memory-row")]
+    assert f"{EVIL}.body" in modules
     assert browser.find_elements(By.TAG_NAME, "img") == []
     _screenshot(browser, "memwall-tab-evil", tmp_path)
 
@@ -176,7 +183,7 @@ def test_hostile_module_name_is_text(tensorboard, browser, tmp_path):
 def test_run_op_phase_and_device_names_are_text(tensorboard, browser, tmp_path):
     """Every string a report carries reaches the page as text: none is parsed as HTML (each
     would set window.__mw_xss if it were), and each shows verbatim."""
-    base, _ = tensorboard
+    base, _, _ = tensorboard
     _open_tab(browser, base)
     options = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "select.mw-run option")]
     assert XSS_RUN in options
@@ -202,7 +209,7 @@ def test_run_op_phase_and_device_names_are_text(tensorboard, browser, tmp_path):
 
 
 def test_broken_run_shows_its_error_and_others_still_work(tensorboard, browser, tmp_path):
-    base, _ = tensorboard
+    base, _, _ = tensorboard
     _open_tab(browser, base)
     _choose_run(browser, "corrupt")
     status = browser.find_element(By.CSS_SELECTOR, ".mw-status").text
@@ -215,7 +222,7 @@ def test_broken_run_shows_its_error_and_others_still_work(tensorboard, browser, 
 
 
 def test_ten_thousand_rows_stay_fast(tensorboard, browser):
-    base, _ = tensorboard
+    base, _, _ = tensorboard
     _open_tab(browser, base)
     start = time.monotonic()
     _choose_run(browser, "big")
@@ -230,7 +237,7 @@ def test_ten_thousand_rows_stay_fast(tensorboard, browser):
 
 
 def test_distributed_run_shows_ranks_side_by_side_and_collectives_under_the_link(tensorboard, browser, tmp_path):
-    base, logdir = tensorboard
+    base, logdir, _ = tensorboard
     _open_tab(browser, base)
     _choose_run(browser, "ddp", ready="tr.mw-rank")
     WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.mw-rank")) == 2)
@@ -247,6 +254,9 @@ def test_distributed_run_shows_ranks_side_by_side_and_collectives_under_the_link
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.mw-link-chart circle.mw-communication")) == len(timed)
     assert rep.link.name in browser.find_element(By.CSS_SELECTOR, "text.mw-link-label").text
     assert "COMMUNICATION" in browser.find_element(By.CSS_SELECTOR, ".mw-cards").text.upper()
+    # the sharding what-if shards over the run's own ranks by default
+    world = WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "input.mw-world"))[0]
+    assert world.get_attribute("value") == str(rep.world_size) == "2"
     _screenshot(browser, "memwall-tab-ddp", tmp_path)
     # a click on rank 1 shows rank 1's report
     browser.find_element(By.CSS_SELECTOR, "tr.mw-rank[data-rank='1']").click()
@@ -259,7 +269,7 @@ def test_distributed_run_shows_ranks_side_by_side_and_collectives_under_the_link
 def test_two_runs_into_one_logdir_are_two_jobs_shown_apart(tensorboard, browser, tmp_path):
     """One script run twice into a hard-coded logdir: the tab shows the newest job (its 3 steps,
     not 5 of both summed) and a job selector that brings back the older one (2 steps)."""
-    base, logdir = tensorboard
+    base, logdir, _ = tensorboard
     a, b = torch.randn(8, 16), torch.randn(16, 4)
     for steps in (2, 3):
         with memwall.profile(logdir=logdir / "twice", summary=False, scalars=False) as prof:
@@ -283,7 +293,7 @@ def test_two_runs_into_one_logdir_are_two_jobs_shown_apart(tensorboard, browser,
 
 
 def test_pytorch_profiler_tab_loads_the_annotated_trace(tensorboard):
-    base, _ = tensorboard
+    base, _, _ = tensorboard
     deadline = time.monotonic() + 90
     runs: list = []
     while time.monotonic() < deadline:
@@ -302,3 +312,116 @@ def test_pytorch_profiler_tab_loads_the_annotated_trace(tensorboard):
                       f"&worker={workers[0]}&span={span}&view=Operator&group_by=Operation")
     names = {row["name"] for row in table["data"]}
     assert "aten::addmm" in names
+
+
+def _si(value: float, unit: str) -> str:
+    """format.js' si(): three significant digits with an SI prefix."""
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{f'{value / factor:#.3g}'.rstrip('.')} {prefix}{unit}"
+    return f"{float(f'{value:.3g}'):g} {unit}"
+
+
+def _projected(driver) -> int:
+    return int(driver.find_element(By.CSS_SELECTOR, ".mw-projected-peak").get_attribute("data-bytes"))
+
+
+def _wait_projected(driver, peak: int) -> None:
+    WebDriverWait(driver, 60).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, ".mw-projected-peak") and _projected(d) == peak
+        and not d.find_elements(By.CSS_SELECTOR, ".mw-whatif-result.mw-loading"))
+
+
+def test_memory_view_shows_the_peak_step_the_modules_and_what_ifs(tensorboard, browser, tmp_path):
+    """The GPT-2 run's memory: the peak step stacked by category, the peak and the capacity in
+    text, one table row per module; checkpointing transformer.h, then ZeRO-3 over 8 ranks, change
+    the projected peak to what MemoryReport.what_if projects."""
+    base, _, memory = tensorboard
+    _open_tab(browser, base)
+    _choose_run(browser, "gpt", ready="tr.mw-memory-row")
+    _wait_projected(browser, memory.what_if().peak_bytes)
+    categories = {c for k, c in enumerate(CATEGORIES) if any(p[2][k] for p in memory.timeline)}
+    areas = browser.find_elements(By.CSS_SELECTOR, "svg.mw-memory-chart path.mw-area")
+    assert {a.get_attribute("data-category") for a in areas} == categories >= {"parameters", "activations"}
+    legend = browser.find_element(By.CSS_SELECTOR, ".mw-memory-legend").text
+    assert all(f"{label} {_si(memory.peak_by_category[c], 'B')}" in legend for c, label in
+               (("activations", "activations"), ("optimizer_state", "optimizer state"), ("parameters", "parameters")))
+    phase, op, module = memory.peak_at
+    label = browser.find_element(By.CSS_SELECTOR, "text.mw-peak-label").text
+    assert f"peak {_si(memory.peak_bytes, 'B')}" in label and phase in label and op in label
+    summary = browser.find_element(By.CSS_SELECTOR, ".mw-memory-summary").text
+    fraction = memory.peak_bytes / memory.capacity_bytes
+    assert (f"peak {_si(memory.peak_bytes, 'B')} of capacity {_si(memory.capacity_bytes, 'B')} "
+            f"({fraction * 100:.1f}%)") in summary and memory.capacity_source in summary
+    # host RAM dwarfs this peak: the capacity is stated, not drawn
+    assert not browser.find_elements(By.CSS_SELECTOR, "line.mw-capacity")
+    assert "off this scale" in browser.find_element(By.CSS_SELECTOR, ".mw-memory-notes").text
+    assert "MEMORY PEAK" in browser.find_element(By.CSS_SELECTOR, ".mw-cards").text.upper()
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.mw-memory-row")
+    assert len(rows) == len(memory.modules)
+    biggest = max(memory.modules, key=lambda m: m.total_bytes)
+    assert rows[0].get_attribute("data-module") == biggest.module
+    # sorted by parameters: an embedding or a projection holds the most
+    browser.find_element(By.CSS_SELECTOR, ".mw-memory-table th[data-key='parameter_bytes']").click()
+    first = browser.find_element(By.CSS_SELECTOR, "tr.mw-memory-row").get_attribute("data-module")
+    assert first == max(memory.modules, key=lambda m: m.parameter_bytes).module
+    # rolled up to three path components: one row per block
+    _select(browser, "select.mw-memory-rollup", "3")
+    rolled = [tr.get_attribute("data-module") for tr in browser.find_elements(By.CSS_SELECTOR, "tr.mw-memory-row")]
+    assert len(rolled) == len({".".join(m.module.split(".")[:3]) for m in memory.modules})
+    assert {f"transformer.h.{i}" for i in range(4)} <= set(rolled)
+    browser.execute_script("document.querySelector('.mw-memory-part').scrollIntoView()")
+    _screenshot(browser, "memwall-tab-memory", tmp_path)
+
+    # what-ifs: checkpoint the blocks, then shard over 8 ranks, then an H100's capacity
+    browser.find_element(By.CSS_SELECTOR, "input.mw-ckpt[value='transformer.h']").click()
+    checkpointed = memory.what_if(checkpoint=["transformer.h"])
+    _wait_projected(browser, checkpointed.peak_bytes)
+    assert checkpointed.peak_bytes < memory.what_if().peak_bytes
+    extra = browser.find_element(By.CSS_SELECTOR, ".mw-extra-flops .mw-card-value").text
+    assert extra == _si(checkpointed.extra_flops, "")
+    _select(browser, "select.mw-shard", "zero3")  # world size 8 is the default
+    sharded = memory.what_if(checkpoint=["transformer.h"], shard="zero3", world_size=8)
+    _wait_projected(browser, sharded.peak_bytes)
+    assert sharded.peak_bytes < checkpointed.peak_bytes
+    result = browser.find_element(By.CSS_SELECTOR, ".mw-whatif-result").text
+    assert f"projected peak {_si(sharded.peak_bytes, 'B')}" in result
+    assert browser.find_element(By.CSS_SELECTOR, ".mw-comm-bytes .mw-card-value").text == _si(sharded.comm_bytes, "B")
+    assert "transformer.h.3" in result  # the blocks checkpointed
+    assert f"what-if peak {_si(sharded.peak_bytes, 'B')}" in browser.find_element(
+        By.CSS_SELECTOR, "text.mw-projected-label").text
+    _select(browser, "select.mw-capacity-device", "h100-sxm")
+    WebDriverWait(browser, 60).until(
+        lambda d: "NVIDIA H100" in d.find_element(By.CSS_SELECTOR, ".mw-whatif-result").text)
+    largest = memory.max_batch_scale(capacity_bytes=80_000_000_000, checkpoint=["transformer.h"], shard="zero3",
+                                     world_size=8)
+    assert largest is not None
+    expected = f"{float(f'{largest:.3g}'):g}×"  # format.js' num(): three significant digits
+    assert browser.find_element(By.CSS_SELECTOR, ".mw-max-batch .mw-card-value").text == expected
+    assert browser.find_element(By.CSS_SELECTOR, ".mw-fits").text == "fits"
+    browser.execute_script("document.querySelector('.mw-whatif').scrollIntoView()")
+    _screenshot(browser, "memwall-tab-memory-whatif", tmp_path)
+
+
+def test_memory_view_draws_a_capacity_on_its_scale_and_says_when_a_report_has_no_memory(tensorboard, browser, tmp_path):
+    base, _, memory = tensorboard
+    _open_tab(browser, base)
+    _choose_run(browser, "tight", ready="tr.mw-memory-row")
+    capacity = memory.peak_bytes * 5 // 4
+    line = WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "text.mw-capacity-label"))[0]
+    assert line.text == f"capacity {_si(capacity, 'B')} (a test's capacity: 1.25x the peak)"
+    assert "(80%)" in browser.find_element(By.CSS_SELECTOR, ".mw-memory-summary").text
+    # twice the batch does not fit in 1.25x the peak
+    browser.execute_script("const b = document.querySelector('input.mw-batch'); b.value = '2';"
+                           "b.dispatchEvent(new Event('change'));")
+    _wait_projected(browser, memory.what_if(batch_scale=2.0).peak_bytes)
+    assert browser.find_element(By.CSS_SELECTOR, ".mw-fits").text == "does not fit"
+    browser.execute_script("document.querySelector('.mw-memory-part').scrollIntoView()")
+    _screenshot(browser, "memwall-tab-memory-tight", tmp_path)
+    _choose_run(browser, "old")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, ".mw-memory-empty").is_displayed())
+    assert "no memory measurement" in browser.find_element(By.CSS_SELECTOR, ".mw-memory-empty").text
+    assert not browser.find_elements(By.CSS_SELECTOR, "tr.mw-memory-row")
+    assert browser.find_elements(By.CSS_SELECTOR, "circle.mw-point")  # the rest of the tab works
+    browser.execute_script("document.querySelector('.mw-memory-part').scrollIntoView()")
+    _screenshot(browser, "memwall-tab-memory-old", tmp_path)

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from memwall_plugin.tb_plugin.loader import ReportLoader, scan
 from memwall_plugin.tb_plugin.plugin import STATIC_FILES, MemwallPlugin
-from tb_logdir import EVIL, make_logdir
+from tb_logdir import EVIL, make_logdir, make_memory_runs
 from tensorboard.plugins import base_plugin
 from werkzeug.test import Client
 
 import memwall_plugin as memwall
+from memwall_plugin.devices import resolve_device
+from memwall_plugin.memory import CATEGORIES, MemoryReport
 
 STATIC = Path(memwall.__file__).parent.parent / "tb_plugin" / "static"
 
@@ -187,3 +189,109 @@ def test_scalar_flops_are_the_hand_count_per_step(tmp_path, active):
     assert [e.step for e in flops] == [0, 1, 2, 3]
     assert [e.value for e in flops] == [2 * 8 * 16 * 4] * 4
     assert [e.value for e in events.Scalars("memwall/bytes")] == [4 * (8 * 16 + 16 * 4 + 8 * 4)] * 4
+
+
+# --- memory (the capacity wall) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def memory_runs(tmp_path_factory):
+    pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("memory")
+    runs = make_memory_runs(root)
+    return root, runs
+
+
+@pytest.fixture
+def memory_plugin(memory_runs):
+    return MemwallPlugin(base_plugin.TBContext(logdir=str(memory_runs[0])))
+
+
+def test_memory_route_returns_the_reports_memory(memory_plugin, memory_runs):
+    _, runs = memory_runs
+    memory = runs["memory"]  # prof.report().memory of the profiled GPT-2
+    assert memwall.load_report(runs["gpt"]).memory == memory  # the file holds what the profile measured
+    status, body = get(memory_plugin, "/memory", run="gpt")
+    assert status == 200, body
+    got = body["memory"]
+    assert body["categories"] == list(CATEGORIES) and body["world_size"] == 1
+    assert got["peak_bytes"] == memory.peak_bytes > 0
+    assert got["peak_by_category"] == memory.peak_by_category
+    assert got["peak_at"] == list(memory.peak_at) and got["peak_step"] == memory.peak_step
+    assert got["capacity_bytes"] == memory.capacity_bytes and got["capacity_source"] == memory.capacity_source
+    assert [m["module"] for m in got["modules"]] == [m.module for m in memory.modules]
+    block = next(m for m in got["modules"] if m["module"] == "transformer.h.0.mlp.c_fc")
+    assert block["parameter_bytes"] == memory.module("transformer.h.0.mlp.c_fc").parameter_bytes > 0
+    assert len(got["timeline"]) == len(memory.timeline)
+    assert MemoryReport.from_dict(got) == memory  # the whole record, as the file holds it
+    # one window, selected as /report selects it, is the same here (one window in this run)
+    window = runs["gpt"].stem
+    assert get(memory_plugin, "/memory", run="gpt", window=window)[1]["memory"] == got
+
+
+def test_a_report_without_memory_is_an_empty_state_not_an_error(memory_plugin):
+    status, body = get(memory_plugin, "/memory", run="old")
+    assert status == 200 and body["memory"] is None
+    status, body = get(memory_plugin, "/memory_whatif", run="old", shard="zero3", world_size="8")
+    assert status == 404 and "no memory measurement" in body["error"]
+    assert get(memory_plugin, "/memory", run="nope")[0] == 404
+
+
+@pytest.mark.parametrize("query,kwargs,device", [
+    ({}, {}, None),
+    ({"checkpoint": "transformer.h"}, {"checkpoint": ["transformer.h"]}, None),
+    ({"shard": "zero3", "world_size": "8"}, {"shard": "zero3", "world_size": 8}, None),
+    ({"shard": "zero1", "world_size": "4", "checkpoint": "transformer.h.0,transformer.h.1"},
+     {"shard": "zero1", "world_size": 4, "checkpoint": ["transformer.h.0", "transformer.h.1"]}, None),
+    ({"bytes_per_element": "parameters=2,activations=1", "master_weights": "true"},
+     {"bytes_per_element": {"parameters": 2, "activations": 1}, "master_weights": True}, None),
+    ({"batch_scale": "2.5", "device": "H100 SXM"}, {"batch_scale": 2.5}, "H100 SXM"),
+    ({"checkpoint": "transformer.h", "shard": "zero3", "world_size": "8", "device": "h100-sxm"},
+     {"checkpoint": ["transformer.h"], "shard": "zero3", "world_size": 8}, "h100-sxm"),
+])
+def test_memory_whatif_route_is_what_if_called_directly(memory_plugin, memory_runs, query, kwargs, device):
+    memory = memory_runs[1]["memory"]
+    capacity = resolve_device(device).memory_bytes if device else memory.capacity_bytes
+    status, body = get(memory_plugin, "/memory_whatif", run="gpt", **query)
+    assert status == 200, body
+    direct = memory.what_if(capacity_bytes=capacity, **kwargs)
+    assert body["peak_bytes"] == direct.peak_bytes
+    assert body["by_category"] == direct.by_category
+    assert body["extra_flops"] == direct.extra_flops and body["comm_bytes"] == direct.comm_bytes
+    assert body["extra_time_s"] == pytest.approx(direct.extra_time_s)
+    assert body["fits"] == direct.fits and body["capacity_bytes"] == direct.capacity_bytes == capacity
+    assert body["notes"] == list(direct.notes)
+    largest = memory.max_batch_scale(capacity_bytes=capacity, **{k: v for k, v in kwargs.items() if k != "batch_scale"})
+    assert body["max_batch_scale"] == pytest.approx(largest)
+    assert body["measured_peak_bytes"] == memory.peak_bytes
+    assert body["baseline_peak_bytes"] == memory.what_if().peak_bytes
+    assert body["checkpointed"] == (memory.checkpoint_targets(kwargs["checkpoint"]) if "checkpoint" in kwargs else [])
+    if device:
+        assert body["capacity_source"] == resolve_device(device).name
+    if "checkpoint" in kwargs or "shard" in kwargs:
+        assert body["peak_bytes"] < body["baseline_peak_bytes"]
+
+
+@pytest.mark.parametrize("query,message", [
+    ({"shard": "zero9"}, "shard='zero9': choose one of none, zero1, zero2, zero3, fsdp"),
+    ({"checkpoint": "transformer.nope"}, "checkpoint='transformer.nope': no module of that path ran"),
+    ({"bytes_per_element": "params=2"}, "is not CATEGORY=BYTES with a category of parameters"),
+    ({"bytes_per_element": "parameters=two"}, "must be a size in bytes above 0 and at most 16"),
+    ({"bytes_per_element": "parameters=32"}, "must be a size in bytes above 0 and at most 16"),
+    ({"bytes_per_element": "parameters=2,parameters=1"}, "parameters is given more than once"),
+    ({"batch_scale": "-1"}, "batch_scale must be a number like 2 or 0.5"),
+    ({"batch_scale": "0"}, "batch_scale must be above 0"),
+    ({"world_size": "0", "shard": "zero3"}, "world_size must be between 1 and"),
+    ({"master_weights": "maybe"}, "master_weights must be true or false"),
+    ({"device": "H999"}, "unknown device 'H999'; GET ./devices lists them"),
+    ({"checkpointt": "transformer.h"}, "unknown parameter 'checkpointt': memory_whatif takes run, job, rank"),
+])
+def test_memory_whatif_bad_parameters_are_a_400_that_says_why(memory_plugin, query, message):
+    status, body = get(memory_plugin, "/memory_whatif", run="gpt", **query)
+    assert status == 400 and message in body["error"], body
+    assert get(memory_plugin, "/memory_whatif", run="gpt")[0] == 200
+
+
+def test_devices_carry_their_memory_for_the_capacity_selector(plugin):
+    devices = {d["key"]: d for d in get(plugin, "/devices")[1]["devices"]}
+    assert devices["h100-sxm"]["memory_bytes"] == resolve_device("H100 SXM").memory_bytes == 80_000_000_000

@@ -75,7 +75,8 @@ def test_plugin_opens_no_socket(logdir, monkeypatch):
     plugin = MemwallPlugin(base_plugin.TBContext(logdir=str(logdir)))
     assert plugin.is_active()
     for route in plugin.get_plugin_apps():
-        status, _ = get(plugin, route, {"run": "train"} if route in ("/report", "/ranks") else None)
+        status, _ = get(plugin, route, {"run": "train"} if route in ("/report", "/ranks", "/memory", "/memory_whatif")
+                        else None)
         assert status == 200, route
     assert opened == []
 
@@ -125,6 +126,13 @@ def test_tensorboard_with_the_tab_listens_only_where_it_is_told(logdir):
     ("/report", {"run": "tr\x00ain"}, 400, "not text"),
     ("/runs", {"path": "/etc"}, 400, "runs takes no parameters"),
     ("/devices", {"x": "1"}, 400, "devices takes no parameters"),
+    ("/memory", {"run": "train", "device": "h100-sxm"}, 400, "unknown parameter 'device': memory takes run, job"),
+    ("/memory_whatif", {"run": "train", "checkpoint": "0,\x00"}, 400, "not text"),
+    ("/memory_whatif", {"run": "train", "checkpoint": "0,a\tb"}, 400, "is not a module path"),
+    ("/memory_whatif", {"run": "train", "batch_scale": "1e9"}, 400, "batch_scale must be a number"),
+    ("/memory_whatif", {"run": "train", "batch_scale": "9999999"}, 400, "at most 1e+06"),
+    ("/memory_whatif", {"run": "train", "shard": "zero3", "world_size": "1" * 9}, 400, "whole number"),
+    ("/memory_whatif", {"run": "train", "bytes_per_element": "=2"}, 400, "is not CATEGORY=BYTES"),
 ])
 def test_every_parameter_is_validated(plugin, route, query, code, message):
     status, body = get(plugin, route, query)
@@ -152,6 +160,25 @@ def test_fuzzed_requests_get_an_answer_never_a_crash(plugin, query):
         assert body["error"] and "/tmp" not in body["error"]
 
 
+whatif_names = st.sampled_from([*ROUTE_PARAMS["/memory_whatif"], "path", ""]) | st.text(max_size=6)
+whatif_values = (st.sampled_from(["train", "0", "all", WINDOW, "0,2", "zero3", "fsdp", "none", "8", "0.5", "1e3",
+                                  "parameters=2", "activations=0.5,other=1", "true", "h100-sxm", "H100 SXM",
+                                  "../train", "-1", "inf", "nan", ""])
+                 | st.text(max_size=40))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(query=st.lists(st.tuples(whatif_names, whatif_values), max_size=6))
+def test_fuzzed_memory_whatif_requests_get_an_answer_never_a_crash(plugin, query):
+    status, body = get(plugin, "/memory_whatif", query)
+    assert status in (200, 400, 404, 422), (query, status, body)
+    if status != 200:
+        assert body["error"] and "/tmp" not in body["error"]
+    else:
+        assert body["peak_bytes"] >= 0 and json.dumps(body, allow_nan=False)
+
+
 def test_memwall_failure_is_a_500_naming_no_path(plugin, monkeypatch):
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError(f"boom in {plugin.loader.logdir}")
@@ -173,7 +200,7 @@ HTML_SINKS = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write
 
 def test_frontend_never_parses_strings_as_html():
     sources = {name: (STATIC / name).read_text() for name, _ in STATIC_FILES.values() if name.endswith(".js")}
-    assert len(sources) == 6  # index, chart, table, tree, format, comm
+    assert len(sources) == 7  # index, chart, table, tree, format, comm, memory
     for name, source in sources.items():
         found = [m.group() for m in HTML_SINKS.finditer(source)]
         assert found == [] or (name == "index.js" and found == [".href ="]), (name, found)

@@ -3,6 +3,7 @@
 import {describePoint, drawRoofline} from './chart.js';
 import {renderComm, renderRanks} from './comm.js';
 import {duration, el, pct, si} from './format.js';
+import {MemoryView} from './memory.js';
 import {OperatorTable} from './table.js';
 import {renderTree} from './tree.js';
 
@@ -55,10 +56,15 @@ export async function render() {
   const commBox = el('div', 'mw-comm');
   commPart.append(el('h2', '', 'Communication: collectives on the interconnect roof'), commBox);
   ranksPart.hidden = commPart.hidden = true;
+  // the capacity wall: what held memory over the peak step, per module, and the what-ifs
+  const memoryPart = el('div', 'mw-memory-part');
+  const memoryBox = el('div', 'mw-memory');
+  memoryPart.append(el('h2', '', 'Memory: what held it over the peak step'), memoryBox);
   app.append(header, status, cards, ranksPart, el('h2', '', 'Roofline'), chartBox, el('h2', '', 'Operators'), tableBox,
-      commPart, el('h2', '', 'Modules (rolled up)'), treeBox);
+      memoryPart, commPart, el('h2', '', 'Modules (rolled up)'), treeBox);
   document.body.appendChild(app);
   const table = new OperatorTable(tableBox);
+  const memoryView = new MemoryView(memoryBox, getJSON, (memory) => memoryCard(cards, memory));
 
   let devices = [];
   try {
@@ -119,6 +125,7 @@ export async function render() {
       cards.textContent = ''; chartBox.textContent = ''; treeBox.textContent = '';
       table.setRows([]);
       ranksPart.hidden = commPart.hidden = true;
+      memoryView.clear('');
       return;
     }
     if (request !== latest) return;
@@ -137,6 +144,9 @@ export async function render() {
     renderTree(treeBox, data.tree, data.headline.time_s);
     commPart.hidden = !data.comm;
     if (data.comm) renderComm(commBox, data.comm);
+    const selection = new URLSearchParams({run: state.run, rank: state.rank, window: state.window});
+    if (state.job) selection.set('job', state.job);
+    const memoryLoaded = memoryView.load(selection.toString(), devices);
     ranksPart.hidden = jobRanks.length < 2;
     if (jobRanks.length > 1) {
       try {
@@ -150,6 +160,7 @@ export async function render() {
         ranksBox.textContent = `The ranks cannot be compared: ${error.message}`;
       }
     }
+    await memoryLoaded;
   }
 
   function draw(data) {
@@ -157,6 +168,19 @@ export async function render() {
   }
 
   await update();
+}
+
+/** The headline card of the memory: the peak and its share of the capacity. */
+function memoryCard(container, memory) {
+  for (const old of container.querySelectorAll('.mw-memory-card')) old.remove();
+  if (!memory) return;
+  const box = el('div', 'mw-card mw-memory-card');
+  box.appendChild(el('div', 'mw-card-label', 'memory peak'));
+  box.appendChild(el('div', 'mw-card-value', si(memory.peak_bytes, 'B')));
+  box.appendChild(el('div', 'mw-card-note', memory.capacity_bytes
+    ? `${pct(memory.peak_bytes / memory.capacity_bytes)} of ${si(memory.capacity_bytes, 'B')} (${memory.capacity_source})`
+    : 'capacity unknown'));
+  container.appendChild(box);
 }
 
 function headline(container, data) {
