@@ -17,13 +17,16 @@ from typing import TYPE_CHECKING, Any
 from memwall_plugin.ceilings import Link
 from memwall_plugin.comm import KINDS
 from memwall_plugin.devices import DeviceSpec
-from memwall_plugin.memory import CATEGORIES, MemoryReport
+from memwall_plugin.memory import CATEGORIES, MemoryModule, MemoryReport
 from memwall_plugin.rows import ROW_FIELDS, Row
 from memwall_plugin.validation import (
     FieldError,
     ReportError,
     check_device,
+    check_float,
+    check_int,
     check_object,
+    check_str,
     dataclass_fields,
     invalid,
 )
@@ -126,24 +129,56 @@ def _check_row(path: str, data: Any, fields: Any, collective: bool) -> Row:
 
 
 def _memory(data: Any) -> MemoryReport:
-    """The memory object, checked: known fields, whole non-negative byte counts, known categories."""
+    """The memory object, every field checked: byte counts whole and non-negative, categories
+    known, each timeline point [op index, phase, one count per category, module], modules as
+    MemoryModule's fields."""
     if not isinstance(data, dict):
         raise FieldError("memory must be an object")
     known = {f.name for f in dataclasses.fields(MemoryReport)}
     unknown = [k for k in data if k not in known]
     if unknown:
         raise FieldError(f"memory has an unknown field {unknown[0][:60]!r}")
+    out: dict[str, Any] = {"peak_bytes": check_int("memory.peak_bytes", data.get("peak_bytes"))}
     for key in ("peak_by_category", "peak_elements"):
         values = data.get(key, {})
-        if not isinstance(values, dict) or any(k not in CATEGORIES for k in values) or any(
-                type(v) is not int or v < 0 for v in values.values()):
-            raise FieldError(f"memory.{key} must map the categories ({', '.join(CATEGORIES)}) to byte counts")
-    if type(data.get("peak_bytes")) is not int or data["peak_bytes"] < 0:
-        raise FieldError("memory.peak_bytes must be a whole number of bytes")
-    try:
-        return MemoryReport.from_dict(data)
-    except (TypeError, ValueError) as exc:
-        raise FieldError(f"memory is malformed: {exc}") from None
+        if not isinstance(values, dict) or any(k not in CATEGORIES for k in values):
+            raise FieldError(f"memory.{key} must map the categories ({', '.join(CATEGORIES)}) to counts")
+        out[key] = {k: check_int(f"memory.{key}.{k}", v) for k, v in values.items()}
+    peak_at = data.get("peak_at", ["", "", ""])
+    if not isinstance(peak_at, list) or len(peak_at) != 3:
+        raise FieldError("memory.peak_at must be [phase, op, module]")
+    out["peak_at"] = tuple(check_str(f"memory.peak_at[{i}]", v) for i, v in enumerate(peak_at))
+    out["peak_step"] = check_int("memory.peak_step", data.get("peak_step", 0))
+    for key in ("capacity_bytes", "allocator_peak_bytes", "batch_size_hint"):
+        value = data.get(key)
+        out[key] = None if value is None else check_int(f"memory.{key}", value)
+    link = data.get("link_bytes_per_s")
+    out["link_bytes_per_s"] = None if link is None else check_float("memory.link_bytes_per_s", link)
+    out["capacity_source"] = check_str("memory.capacity_source", data.get("capacity_source", ""))
+    notes = data.get("notes", [])
+    if not isinstance(notes, list):
+        raise FieldError("memory.notes must be a list of strings")
+    out["notes"] = tuple(check_str(f"memory.notes[{i}]", n) for i, n in enumerate(notes))
+    modules = data.get("modules", [])
+    if not isinstance(modules, list):
+        raise FieldError("memory.modules must be a list")
+    fields = dataclass_fields(MemoryModule)
+    out["modules"] = tuple(MemoryModule(**check_object(f"memory.modules[{i}]", m, fields))
+                           for i, m in enumerate(modules))
+    timeline = data.get("timeline", [])
+    if not isinstance(timeline, list):
+        raise FieldError("memory.timeline must be a list")
+    points = []
+    for i, point in enumerate(timeline):
+        where = f"memory.timeline[{i}]"
+        if not isinstance(point, list) or len(point) != 4 or not isinstance(point[2], list) \
+                or len(point[2]) != len(CATEGORIES):
+            raise FieldError(f"{where} must be [op index, phase, [{len(CATEGORIES)} byte counts], module]")
+        points.append((check_int(f"{where}[0]", point[0]), check_str(f"{where}[1]", point[1]),
+                       tuple(check_int(f"{where}[2][{j}]", v) for j, v in enumerate(point[2])),
+                       check_str(f"{where}[3]", point[3])))
+    out["timeline"] = tuple(points)
+    return MemoryReport(**out)
 
 
 _V1_COMM_META = ("backend", "job", "local_world_size", "comm_time_s", "overlapped_s")

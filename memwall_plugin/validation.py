@@ -235,6 +235,10 @@ def _check_str(path: str, value: Any) -> str:
     return value
 
 
+#: the checks, for records that are not dataclasses of their own (memory's timeline, mappings)
+check_int, check_float, check_str = _check_int, _check_float, _check_str
+
+
 def _check_bool(path: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise FieldError(f"{path} must be true or false, got {_kind(value)} ({_show(value)})")

@@ -261,3 +261,25 @@ def test_generation_cache_is_the_kv_cache():
     full = 2 * 2 * (8 + 8) * 64 * 4
     assert 0 < mem.peak_by_category["kv_cache"] <= full
     assert mem.peak_by_category["activations"] == 0  # no autograd in generation
+
+
+def test_a_malformed_memory_object_is_a_report_error_naming_the_field(tmp_path):
+    _train_mlp(_mlp(), logdir=tmp_path / "run")
+    path = next((tmp_path / "run").rglob("*.json"))
+    good = json.loads(path.read_text())
+    cases = [
+        (("timeline", 0, 2), [1, 2], "memory.timeline[0]"),
+        (("peak_by_category",), {"weights": 4}, "memory.peak_by_category"),
+        (("peak_bytes",), -1, "memory.peak_bytes"),
+        (("modules", 0, "activation_bytes"), "many", "memory.modules[0].activation_bytes"),
+    ]
+    for keys, value, named in cases:
+        data = json.loads(json.dumps(good))
+        target = data["memory"]
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = value
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(data))
+        with pytest.raises(memwall.ReportError, match=named.replace("[", r"\[").replace("]", r"\]")):
+            memwall.load_report(bad)
