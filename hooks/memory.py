@@ -101,38 +101,31 @@ class MemoryTotals:
             self.best = s
         elif s is not self.best:
             s.forward_ops, s.timeline = [], []  # only the best step's are read
-        for mine, theirs in ((self.activations, s.activations), (self.outputs, s.outputs),
-                             (self.grads_read, s.grads_read)):
-            for module, b in theirs.items():
-                if b > mine.get(module, 0):
-                    mine[module] = b
-        for module, figures in s.owned.items():
-            held = self.owned.setdefault(module, [0, 0, 0])
-            for i in range(3):
-                held[i] = max(held[i], figures[i])
-        if s.allocator_peak is not None:
-            self.allocator_peak = max(self.allocator_peak or 0, s.allocator_peak)
+        self._fold(s)
         return self
 
     def merged(self, other: MemoryTotals) -> MemoryTotals:
         out = MemoryTotals()
         for part in (self, other):
-            if part.best is not None:
-                out.add(part.best)
-                out.steps += part.steps - 1
-            for module, b in part.activations.items():
-                out.activations[module] = max(out.activations.get(module, 0), b)
-            for module, b in part.outputs.items():
-                out.outputs[module] = max(out.outputs.get(module, 0), b)
-            for module, b in part.grads_read.items():
-                out.grads_read[module] = max(out.grads_read.get(module, 0), b)
-            for module, figures in part.owned.items():
-                held = out.owned.setdefault(module, [0, 0, 0])
-                for i in range(3):
-                    held[i] = max(held[i], figures[i])
-            if part.allocator_peak is not None:
-                out.allocator_peak = max(out.allocator_peak or 0, part.allocator_peak)
+            if part.best is not None and (out.best is None or part.best.peak > out.best.peak):
+                out.best = part.best
+            out.steps += part.steps
+            out._fold(part)
         return out
+
+    def _fold(self, part: StepMemory | MemoryTotals) -> None:
+        """Per module, the most of `part` (a step, or other totals) and of these."""
+        for mine, theirs in ((self.activations, part.activations), (self.outputs, part.outputs),
+                             (self.grads_read, part.grads_read)):
+            for module, b in theirs.items():
+                if b > mine.get(module, 0):
+                    mine[module] = b
+        for module, figures in part.owned.items():
+            held = self.owned.setdefault(module, [0, 0, 0])
+            for i in range(3):
+                held[i] = max(held[i], figures[i])
+        if part.allocator_peak is not None:
+            self.allocator_peak = max(self.allocator_peak or 0, part.allocator_peak)
 
 
 def _storage_of(t: Any) -> Any:
