@@ -24,6 +24,7 @@ from memwall_plugin.console import Summary, SummaryOptions, si
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, parse_peaks, resolve_device
 from memwall_plugin.distributed import default_run_stamp
 from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
+from memwall_plugin.memory import parse_bytes_per_element
 from memwall_plugin.profile import profile
 from memwall_plugin.report import Report, ReportError, load_report
 from memwall_plugin.rows import ROW_COLUMNS, Group, row_record
@@ -292,16 +293,10 @@ def _memory_what_if_asked(args: argparse.Namespace) -> bool:
 
 
 def _parse_precision(text: str | None) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in (text or "").split(","))):
-        name, sep, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value) if sep else float("nan")
-        except ValueError:
-            out[name.strip()] = float("nan")
-        if not sep or not out[name.strip()] > 0:
-            raise CliError(f"--precision {text!r}: write it as parameters=2,activations=1 (bytes per element)")
-    return out
+    try:
+        return parse_bytes_per_element(text)
+    except ValueError as exc:
+        raise CliError(f"--precision: {exc}") from None
 
 
 def _memory_report(report: Report, args: argparse.Namespace, console: Console) -> int:

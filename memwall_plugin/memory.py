@@ -364,6 +364,32 @@ class MemoryReport:
         return cls(**data)
 
 
+def parse_bytes_per_element(text: str | None) -> dict[str, float]:
+    """"parameters=2,activations=1" -> {"parameters": 2.0, "activations": 1.0}: element sizes per
+    category for `MemoryReport.what_if` (the CLI's --precision, the tab's bytes_per_element)."""
+    out: dict[str, float] = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        category, sep, size = item.partition("=")
+        category, size = category.strip(), size.strip()
+        if not sep or category not in CATEGORIES:
+            raise ValueError(f"bytes_per_element: unknown category {category[:40]!r} in {item.strip()[:40]!r}: it "
+                             f"is not CATEGORY=BYTES with a category of {', '.join(CATEGORIES)} "
+                             "(e.g. parameters=2,activations=1)")
+        if category in out:
+            raise ValueError(f"bytes_per_element: {category} is given more than once")
+        try:
+            value = float(size)
+        except ValueError:
+            value = math.nan
+        if not 0 < value <= 16:
+            raise ValueError(f"bytes_per_element: {category}={size[:40]!r} must be a size in bytes above 0 and at "
+                             "most 16 (4 for fp32, 2 for bf16/fp16, 1 for fp8/int8, 0.5 for int4)")
+        out[category] = value
+    return out
+
+
 def _natural(path: str) -> tuple[Any, ...]:
     return tuple(int(p) if p.isdigit() else p for p in path.split("."))
 
@@ -381,4 +407,5 @@ def merge_memory(reports: list[MemoryReport | None]) -> MemoryReport | None:
     return max(present, key=lambda m: m.peak_bytes) if present else None
 
 
-__all__ = ["BATCH_SCALED", "CATEGORIES", "SHARDING", "MemoryModule", "MemoryReport", "MemoryWhatIf", "merge_memory"]
+__all__ = ["BATCH_SCALED", "CATEGORIES", "SHARDING", "MemoryModule", "MemoryReport", "MemoryWhatIf", "merge_memory",
+           "parse_bytes_per_element"]

@@ -20,7 +20,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from memwall_plugin.devices import lookup_device, resolve_device
-from memwall_plugin.memory import CATEGORIES, SHARDING
+from memwall_plugin.memory import SHARDING, parse_bytes_per_element
 from memwall_plugin.report import Report, ReportError
 from memwall_plugin.rundir import Job, group_jobs, pick_job
 
@@ -343,22 +343,10 @@ def memory_what_if_args(args: dict[str, str]) -> dict[str, Any]:
     if shard is not None and shard not in SHARDING:
         raise RequestError(400, f"shard={shard[:40]!r}: choose one of none, {', '.join(SHARDING)}")
     world_size = _int_param(args, "world_size", default=1, low=1, high=1 << 20)
-    bpe: dict[str, float] = {}
-    for item in (args.get("bytes_per_element") or "").split(","):
-        if not item.strip():
-            continue
-        category, sep, size = item.partition("=")
-        category = category.strip()
-        if not sep or category not in CATEGORIES:
-            raise RequestError(400, f"bytes_per_element: {item[:40]!r} is not CATEGORY=BYTES with a category of "
-                                    f"{', '.join(CATEGORIES)} (e.g. parameters=2,activations=1)")
-        if category in bpe:
-            raise RequestError(400, f"bytes_per_element: {category} is given more than once")
-        size = size.strip()
-        if not _NUMBER.match(size) or not 0 < float(size) <= 16:
-            raise RequestError(400, f"bytes_per_element: {category}={size[:40]!r} must be a size in bytes above 0 "
-                                    "and at most 16 (4 for fp32, 2 for bf16/fp16, 1 for fp8/int8, 0.5 for int4)")
-        bpe[category] = float(size)
+    try:
+        bpe = parse_bytes_per_element(args.get("bytes_per_element"))
+    except ValueError as exc:
+        raise RequestError(400, str(exc)) from None
     master = (args.get("master_weights") or "").strip().lower()
     if master not in ("", "0", "1", "true", "false"):
         raise RequestError(400, f"master_weights must be true or false, got {master[:40]!r}")
