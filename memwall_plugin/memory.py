@@ -103,7 +103,6 @@ class MemoryReport:
     allocator_peak_bytes: int | None = None
     #: communication time per byte on the run's link (for the sharding what-if; None: unknown)
     link_bytes_per_s: float | None = None
-    batch_size_hint: int | None = None
     notes: tuple[str, ...] = ()
 
     # -- figures ---------------------------------------------------------------------------------
