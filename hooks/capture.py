@@ -36,6 +36,7 @@ from memwall_plugin.hooks._torch_private import (
 from memwall_plugin.hooks.compiled import CompiledRegions, region_facts
 from memwall_plugin.hooks.memory import MemoryTracker
 from memwall_plugin.hooks.modules import ModuleTracker
+from memwall_plugin.hooks.residency import Residency
 from memwall_plugin.hooks.score_facts import reader_for
 from memwall_plugin.hooks.signatures import (
     PLAIN,
@@ -80,7 +81,7 @@ class CaptureEntry:
     the first time it is asked for (when the report is made), not while the model runs."""
 
     __slots__ = ("func", "arg_key", "kw_key", "out_key", "device", "module", "phase", "calls", "time_ns", "_call",
-                 "bucket")
+                 "bucket", "reuse")
 
     def __init__(self, func: Any, arg_key: tuple[Any, ...], kw_key: tuple[Any, ...] | None, out_key: Any,
                  device: str, module: str, phase: str, calls: int = 0, time_ns: int = 0) -> None:
@@ -89,6 +90,8 @@ class CaptureEntry:
         self._call: OpCall | None = None
         #: past the signature cap: the counts of every call folded into this shape bucket
         self.bucket: Bucket | None = None
+        #: bytes its calls touched by reuse bucket (hooks/residency.py): where their data lived
+        self.reuse: dict[int, int] = {}
 
     @property
     def call(self) -> OpCall:
@@ -106,11 +109,15 @@ class CaptureEntry:
                             self.phase, self.calls, self.time_ns)
         twin._call = self._call
         twin.bucket = self.bucket.copy() if self.bucket is not None else None
+        twin.reuse = dict(self.reuse)
         return twin
 
     def merge(self, other: CaptureEntry) -> None:
         self.calls += other.calls
         self.time_ns += other.time_ns
+        reuse = self.reuse
+        for bucket, nbytes in other.reuse.items():
+            reuse[bucket] = reuse.get(bucket, 0) + nbytes
         if self.bucket is not None and other.bucket is not None:
             self.bucket.merge(other.bucket)
 
@@ -480,6 +487,8 @@ class Capture:
     def __init__(self, model: torch.nn.Module | None = None, *, analyse: Callable[[CaptureEntry], Any],
                  max_signatures: int | None = None, memory: bool = False) -> None:
         self.tracker = ModuleTracker(model)
+        #: how recently each tensor an op touches was touched before: the cache level it is in
+        self.residency = Residency()
         #: live storages by category (hooks/memory.py), when the profile measures memory
         self.memory: MemoryTracker | None = MemoryTracker(self.tracker) if memory else None
         if self.memory is not None:
@@ -683,6 +692,7 @@ class Capture:
             entry = self._bucketed(func, module, phase, arg_key, kw_key, args, out)
         entry.calls += 1
         entry.time_ns += elapsed_ns
+        self.residency.observe(args, out, entry.reuse)
         if self.memory is not None:
             self.memory.after_op(args, out, phase, entry, module)
         return entry

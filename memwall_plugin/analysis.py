@@ -153,7 +153,7 @@ class EntryTotals:
 # rows_from_entries builds Rows positionally
 if ROW_FIELDS != ("op", "overload", "module", "phase", "calls", "dtype", "shapes", "flops", "bytes_read",
                   "bytes_written", "elements_read", "elements_written", "time_s", "peak_flops_per_s",
-                  "bandwidth_bytes_per_s", "collective"):
+                  "bandwidth_bytes_per_s", "collective", "reuse", "memory_level", "dram_bandwidth_bytes_per_s"):
     raise ImportError("memwall: Row's fields changed order; update rows_from_entries to match")
 
 
@@ -163,12 +163,13 @@ def _row_maker() -> Callable[..., Row]:
     same order, no checks skipped (Row's __init__ has none). Op rows have no collective."""
     new = object.__new__
     (s_op, s_overload, s_module, s_phase, s_calls, s_dtype, s_shapes, s_flops, s_bytes_read, s_bytes_written,
-     s_elements_read, s_elements_written, s_time_s, s_peak, s_bandwidth, s_collective) = (
-        getattr(Row, name).__set__ for name in ROW_FIELDS)
+     s_elements_read, s_elements_written, s_time_s, s_peak, s_bandwidth, s_collective, s_reuse, s_level,
+     s_dram) = (getattr(Row, name).__set__ for name in ROW_FIELDS)
 
     def make(op: str, overload: str, module: str, phase: str, calls: int, dtype: str, shapes: str,
              flops: int | None, bytes_read: int, bytes_written: int, elements_read: int, elements_written: int,
-             time_s: float, peak: float | None, bandwidth: float | None) -> Row:
+             time_s: float, peak: float | None, bandwidth: float | None, reuse: tuple[tuple[int, int], ...],
+             level: str, dram: float | None) -> Row:
         row = new(Row)
         s_op(row, op)
         s_overload(row, overload)
@@ -186,10 +187,14 @@ def _row_maker() -> Callable[..., Row]:
         s_peak(row, peak)
         s_bandwidth(row, bandwidth)
         s_collective(row, None)
+        s_reuse(row, reuse)
+        s_level(row, level)
+        s_dram(row, dram)
         return row
 
     sample = ("aten.mm", "default", "a.b", "forward", 3, "float32", "[8,16]", 100, 10, 11, 5, 6, 0.5, 1e9, 2e9)
-    if make(*sample) != Row(*sample):
+    tail = (((17, 64), (64, 8)), "L2", 1e9)
+    if make(*sample, *tail) != Row(*sample, None, *tail):
         raise ImportError("memwall: Row changed; update analysis._row_maker to match")
     return make
 
@@ -212,11 +217,12 @@ def analysis_cache(registry: Registry) -> AnalysisCache:
 
 def rows_from_entries(
     entries: Iterable[CaptureEntry], registry: Registry, ceilings: Callable[[str, str], tuple[Any, Any]] | None = None,
-    cache: AnalysisCache | None = None,
+    cache: AnalysisCache | None = None, memory_roof: Callable[[tuple[tuple[int, int], ...]], Any] | None = None,
 ) -> tuple[Row, ...]:
     """One row per entry, totals over its calls, sorted by measured time (longest first).
-    `ceilings(op, dtype)` gives the (peak FLOP/s, bandwidth) a row is placed under; `cache`
-    memoises the analysis of each signature (default: `analysis_cache(registry)`)."""
+    `ceilings(op, dtype)` gives the peak FLOP/s a row is placed under (and main memory's
+    bandwidth), `memory_roof(reuse)` the memory level its data came from (ceilings.memory_roof_of);
+    `cache` memoises the analysis of each signature (default: `analysis_cache(registry)`)."""
     if cache is None or cache.registry is not registry:
         cache = analysis_cache(registry)
     placed: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -258,8 +264,12 @@ def rows_from_entries(
             if ceiling is None:
                 ceiling = placed[(op, dtype)] = ceilings(op, dtype)
             peak, bandwidth = ceiling
+        reuse = tuple(sorted(e.reuse.items())) if e.reuse else ()
+        level, dram = "", bandwidth
+        if memory_roof is not None:
+            level, bandwidth, dram = memory_roof(reuse)
         rows.append(new_row(op, overload, e.module, e.phase, n, dtype, shapes, flops, bytes_read, bytes_written,
-                            elements_read, elements_written, e.time_ns * 1e-9, peak, bandwidth))
+                            elements_read, elements_written, e.time_ns * 1e-9, peak, bandwidth, reuse, level, dram))
     # longest first, ties by (op, module, phase, shapes): two stable sorts on C-made keys
     rows.sort(key=_tie_order)
     rows.sort(key=_time_order, reverse=True)

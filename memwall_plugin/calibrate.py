@@ -1,4 +1,5 @@
-"""`memwall calibrate`: measure this machine's ceilings (a large GEMM per dtype, a STREAM triad).
+"""`memwall calibrate`: measure this machine's ceilings (a large GEMM per dtype, streaming kernels
+sized to main memory and to each cache level).
 
 Results are cached per device (calibration_cache.py: `$MEMWALL_CACHE_DIR`, default `~/.cache/memwall`), preferred
 over datasheet or estimated figures whenever that device is detected again.
@@ -82,32 +83,100 @@ def measure_gemm(
     return 2 * n**3 / best, n
 
 
-def measure_stream(
-    device: torch.device, *, elements: int | None = None, repeats: int = 5, budget_s: float = 0.02
-) -> tuple[float, float, int]:
-    """STREAM-style copy and triad (a = b + s*c) in fp32: best bytes/s of each.
+#: The streaming kernels, fp32: (name, arrays, bytes counted per element as memwall counts them).
+#: STREAM's copy and triad write a fresh array (a CPU reads each written line first, traffic
+#: memwall does not count); the in-place scale and add read and write the same lines, as an
+#: optimizer's updates do. A level's roof is the best of them: what its ops can reach.
+KERNELS = (("copy", 2, 8), ("triad", 3, 12), ("scale", 1, 8), ("add", 2, 12))
 
-    Arrays are far larger than the last-level cache (default 32M elements, 128 MB each)."""
+
+def _kernel(name: str, arrays: list[torch.Tensor]) -> Callable[[], Any]:
+    if name == "copy":
+        a, b = arrays
+        return lambda: a.copy_(b)
+    if name == "triad":
+        a, b, c = arrays
+        return lambda: torch.add(b, c, alpha=3.0, out=a)
+    if name == "scale":
+        (a,) = arrays
+        return lambda: a.mul_(-1.0)  # stays normal however often it runs (0.999 would reach denormals)
+    (a, b) = arrays
+    return lambda: a.add_(b)
+
+
+def _best_seconds(device: torch.device, name: str, arrays_n: int, n: int, repeats: int, budget_s: float) -> float:
+    """Best seconds per call of kernel `name` on `arrays_n` fp32 arrays of `n` elements."""
     timed = _timer(device)
-    n = elements or 32 * 2**20
     generator = torch.Generator(device=device).manual_seed(0)  # never the user's random stream
-    a = torch.empty(n, device=device)
-    b = torch.rand(n, device=device, generator=generator)
-    c = torch.rand(n, device=device, generator=generator)
+    arrays = [torch.rand(n, device=device, generator=generator) for _ in range(arrays_n)]
+    kernel = _kernel(name, arrays)
+    kernel()  # touches every page and loads the kernel
+    many, times = _repeated(kernel, timed(kernel), budget_s)
+    return min(timed(many) for _ in range(repeats)) / times
 
-    def copy() -> None:
-        a.copy_(b)
 
-    def triad() -> None:
-        torch.add(b, c, alpha=3.0, out=a)
+def measure_stream(
+    device: torch.device, *, elements: int | None = None, repeats: int = 5, budget_s: float = 0.02,
+    kernels: tuple[str, ...] = ("copy", "triad", "scale", "add"),
+) -> tuple[float, dict[str, float], int]:
+    """Main memory's bandwidth: the best bytes/s of the streaming kernels (`KERNELS`) on arrays
+    far larger than the last-level cache (default 32M elements, 128 MB each); also each kernel's."""
+    n = elements or 32 * 2**20
+    each = {}
+    for name, arrays_n, per_element in KERNELS:
+        if name in kernels:
+            each[name] = per_element * n / _best_seconds(device, name, arrays_n, n, repeats, budget_s)
+    return max(each.values()), each, n
 
-    results = []
-    for kernel in (copy, triad):
-        kernel()  # touches every page and loads the kernel
-        many, times = _repeated(kernel, timed(kernel), budget_s)
-        results.append(min(timed(many) for _ in range(repeats)) / times)
-    copy_s, triad_s = results
-    return 3 * 4 * n / triad_s, 2 * 4 * n / copy_s, n
+
+def measure_level(
+    device: torch.device, capacity_bytes: int, *, repeats: int = 5, budget_s: float = 0.01,
+    kernels: tuple[str, ...] = ("copy", "triad", "scale", "add"),
+) -> tuple[float, dict[str, Any]]:
+    """A cache level's bandwidth: each streaming kernel timed on data filling an eighth and a half
+    of the level; the bandwidth is the slope between the two (bytes per second of kernel time,
+    without the fixed cost of launching an op, which small ops pay in full), the best kernel's.
+    Where noise makes a slope meaningless, the rate reached on the larger size stands."""
+    small, large = capacity_bytes // 8, capacity_bytes // 2
+    best, details = 0.0, {}
+    for name, arrays_n, per_element in KERNELS:
+        if name not in kernels:
+            continue
+        sizes = [max(256, footprint // (4 * arrays_n)) for footprint in (small, large)]
+        seconds = [_best_seconds(device, name, arrays_n, n, repeats, budget_s) for n in sizes]
+        counted = [per_element * n for n in sizes]
+        reached = counted[1] / seconds[1]
+        slope = (counted[1] - counted[0]) / (seconds[1] - seconds[0]) if seconds[1] > seconds[0] else None
+        value = slope if slope is not None and reached <= slope <= 4 * reached else reached
+        details[name] = {"bytes_per_s": value, "reached_bytes_per_s": reached, "overhead_s":
+                         max(0.0, seconds[1] - counted[1] / value)}
+        best = max(best, value)
+    return best, details
+
+
+def measure_levels(
+    spec: DeviceSpec, device: torch.device, main_bytes_per_s: float, *, quick: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Each cache level of `spec` measured (`measure_level`), nearest first. A level is never
+    slower than the one beyond it (data a nearer level holds it serves at least as fast as the
+    farther one would): where noise says otherwise, the farther level's figure stands."""
+    measured: dict[str, float] = {}
+    details: dict[str, Any] = {}
+    for level in spec.caches:
+        if not level.capacity_bytes:
+            continue
+        if progress:
+            progress(f"{level.name} bandwidth ({level.capacity_bytes // 2**10} KiB)")
+        kernels = ("scale", "add") if quick else ("copy", "triad", "scale", "add")
+        value, kernels_found = measure_level(device, level.capacity_bytes, repeats=3 if quick else 5, kernels=kernels)
+        details[level.name] = {"measured": value, "kernels": kernels_found}
+        measured[level.name] = value
+    floor = main_bytes_per_s
+    for level in reversed(spec.caches):
+        if level.name in measured:
+            measured[level.name] = floor = max(measured[level.name], floor)
+    return measured, details
 
 
 def calibrate(
@@ -120,7 +189,8 @@ def calibrate(
     dtypes: tuple[torch.dtype, ...] = _CALIBRATED_DTYPES,
     repeats: int | None = None,
 ) -> Calibration:
-    """Measure `spec`'s device: a GEMM per supported dtype and a STREAM copy/triad; cache it."""
+    """Measure `spec`'s device: a GEMM per supported dtype, main memory's bandwidth and each cache
+    level's; cache it."""
     device = device or torch.device("cuda" if spec.kind in ("cuda", "rocm") else spec.kind)
     budget = 0.05 if quick else 0.3
     peaks: dict[str, float] = {}
@@ -139,14 +209,16 @@ def calibrate(
         peaks[peak_key(name)] = flops
         details[f"gemm_{name}_n"] = n
     if progress:
-        progress("STREAM copy and triad")
+        progress("memory bandwidth (STREAM copy, triad; in-place scale, add)")
     # a pass over the triad's arrays takes ~10 ms: many of them cost little, and on a shared
     # machine only the best pass shows the memory system (3 passes read ~40% low at times)
-    triad, copy, n = measure_stream(device, repeats=repeats or 10)
+    main, each, n = measure_stream(device, repeats=repeats or 10)
     details["stream_elements"] = n
+    details["stream_bytes_per_s"] = each
+    levels, details["levels"] = measure_levels(spec, device, main, quick=quick, progress=progress)
     calibration = Calibration(
-        fingerprint=device_fingerprint(spec), peaks_flops_per_s=peaks, bandwidth_bytes_per_s=triad,
-        copy_bytes_per_s=copy, measured_unix_s=time.time(), details=details,
+        fingerprint=device_fingerprint(spec), peaks_flops_per_s=peaks, bandwidth_bytes_per_s=main,
+        copy_bytes_per_s=each["copy"], measured_unix_s=time.time(), details=details, levels_bytes_per_s=levels,
     )
     if save:
         save_calibration(calibration)
@@ -175,12 +247,13 @@ def auto_calibration_wanted(environ: Any = None) -> bool:
 
 
 def auto_calibrate(report: Callable[[str], None] | None = None) -> Calibration | None:
-    """The first profile on a CPU: a short fp32 GEMM and a STREAM triad (about two seconds),
+    """The first profile on a CPU: a short fp32 GEMM, memory and cache bandwidths (about three seconds),
     cached like `memwall calibrate`'s figures. Never raises: trouble leaves the estimate."""
     global _auto_failed
     spec = cpu_spec()
     if report is not None:
-        report(f"memwall: measuring this CPU's ceilings once (fp32 GEMM, STREAM triad; about two seconds), "
+        report(f"memwall: measuring this CPU's ceilings once (fp32 GEMM, memory and cache bandwidths; about "
+               f"three seconds), "
                f"cached in {cache_file()}; ${ENV_AUTO}=0 skips this")
     try:
         with torch.no_grad():
@@ -198,5 +271,5 @@ def auto_calibrate(report: Callable[[str], None] | None = None) -> Calibration |
 
 
 #: Calibration, cache_dir and load_calibration belong to calibration_cache; named here for this module's importers
-__all__ = ["ENV_AUTO", "Calibration", "auto_calibrate", "auto_calibration_wanted", "cache_dir", "calibrate",
-           "load_calibration", "measure_gemm", "measure_stream"]
+__all__ = ["ENV_AUTO", "KERNELS", "Calibration", "auto_calibrate", "auto_calibration_wanted", "cache_dir",
+           "calibrate", "load_calibration", "measure_gemm", "measure_level", "measure_levels", "measure_stream"]

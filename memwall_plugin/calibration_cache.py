@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,10 +43,12 @@ class Calibration:
 
     fingerprint: str
     peaks_flops_per_s: dict[str, float]  # peak key -> FLOP/s
-    bandwidth_bytes_per_s: float  # STREAM triad
+    bandwidth_bytes_per_s: float  # main memory: the best of STREAM copy/triad and in-place scale/add
     copy_bytes_per_s: float
     measured_unix_s: float
     details: dict[str, Any]
+    #: each cache level's bandwidth by its name ("L2"), measured by `memwall calibrate` (calibrate.measure_levels)
+    levels_bytes_per_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +57,7 @@ class Calibration:
             "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s,
             "copy_bytes_per_s": self.copy_bytes_per_s,
             "measured_unix_s": self.measured_unix_s, "details": self.details,
+            "levels_bytes_per_s": self.levels_bytes_per_s,
         }
 
 
@@ -94,6 +97,8 @@ def load_calibration(spec: DeviceSpec) -> Calibration | None:
             bandwidth_bytes_per_s=float(entry["bandwidth_bytes_per_s"]),
             copy_bytes_per_s=float(entry["copy_bytes_per_s"]),
             measured_unix_s=float(entry["measured_unix_s"]), details=dict(entry.get("details", {})),
+            levels_bytes_per_s={str(k): float(v) for k, v in entry.get("levels_bytes_per_s", {}).items()
+                                if float(v) > 0},
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None  # an unreadable cache entry is ignored, never fatal

@@ -1,6 +1,13 @@
-"""The roofs rows are placed under, resolved in one place: a device's peak per dtype and its memory
-bandwidth (datasheet, calibrated or the user's, as `devices.py` resolved them), the TF32 policy,
-and the link collectives travel over. Placement sets a row's two ceilings and nothing else.
+"""The roofs rows are placed under, resolved in one place: a device's peak per dtype, the bandwidth
+of the memory level an op's data came from (datasheet, calibrated, estimated or the user's, as
+`devices.py` resolved them), the TF32 policy, and the link collectives travel over. Placement sets
+a row's ceilings (and the level's name) and nothing else.
+
+The memory level: an op's calls recorded how recently each tensor they touched had been touched
+before (its reuse histogram, hooks/residency.py). Data whose reuse footprint fits a cache level
+came from that level; the rest from main memory. A row's bandwidth is the rate its bytes flow at
+under those levels' roofs together (all from one level: that level's bandwidth), and its level
+the one that takes most of that time.
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ from typing import Any
 
 from memwall_plugin.devices import ESTIMATED, USER, DeviceSpec, Figure
 from memwall_plugin.formulas import REGISTRY
+from memwall_plugin.records import COLD
 from memwall_plugin.registry import TF32_FAMILIES
 from memwall_plugin.rows import Row
 
 Ceilings = Callable[[str, str], tuple[float | None, float | None]]
+#: a row's reuse histogram -> (memory level, its bandwidth, main memory's bandwidth)
+MemoryRoof = Callable[[tuple[tuple[int, int], ...]], tuple[str, float | None, float | None]]
 
 
 def tf32_families(device: DeviceSpec | None) -> tuple[str, ...]:
@@ -59,13 +69,65 @@ def ceilings_of(device: DeviceSpec | None, tf32: tuple[str, ...] = ()) -> Ceilin
     return ceilings
 
 
+def level_of(device: DeviceSpec, bucket: int) -> tuple[str, float | None]:
+    """The memory level of `device` that holds data of a reuse bucket, and its bandwidth: the
+    nearest cache at least 2**bucket bytes large (with a bandwidth), else main memory."""
+    levels = device.memory_levels
+    if bucket != COLD:
+        span = 1 << bucket
+        for level in levels[:-1]:
+            if level.capacity_bytes and level.bandwidth is not None and span <= level.capacity_bytes:
+                return level.name, level.bandwidth.value
+    return levels[-1].name, levels[-1].bandwidth_bytes_per_s
+
+
+def memory_roof_of(device: DeviceSpec | None) -> MemoryRoof:
+    """reuse histogram -> (level, bandwidth, main memory's bandwidth) on `device`, memoised."""
+    if device is None:
+        return lambda reuse: ("", None, None)
+    main = device.memory_levels[-1]
+    main_bw = main.bandwidth_bytes_per_s
+    cached = any(level.capacity_bytes and level.bandwidth is not None for level in device.caches)
+    memo: dict[tuple[tuple[int, int], ...], tuple[str, float | None, float | None]] = {}
+
+    def place(reuse: tuple[tuple[int, int], ...]) -> tuple[str, float | None, float | None]:
+        found = memo.get(reuse)
+        if found is not None:
+            return found
+        if not reuse or not main_bw or not cached:
+            found = (main.name, main_bw, main_bw)
+        else:
+            seconds: dict[str, float] = {}
+            speed: dict[str, float] = {}
+            total, spent = 0, 0.0
+            for bucket, nbytes in reuse:
+                name, bw = level_of(device, bucket)
+                speed[name] = bw = bw or main_bw
+                took = nbytes / bw
+                seconds[name] = seconds.get(name, 0.0) + took
+                total, spent = total + nbytes, spent + took
+            level = max(seconds, key=lambda n: seconds[n])
+            # one level: its bandwidth exactly; several: the rate their bytes flow at together
+            found = (level, speed[level] if len(speed) == 1 else total / spent, main_bw)
+        if len(memo) > 50_000:
+            memo.clear()
+        memo[reuse] = found
+        return found
+
+    return place
+
+
 def place_rows(rows: Iterable[Row], device: DeviceSpec | None, tf32: tuple[str, ...] = ()) -> tuple[Row, ...]:
-    """Put each op row under its dtype's roof on `device` (TF32 for fp32 matmul/conv where enabled)."""
+    """Put each op row under its dtype's roof on `device` (TF32 for fp32 matmul/conv where enabled)
+    and under the memory level its data came from (`memory_roof_of`)."""
     ceilings = ceilings_of(device, tf32)
+    memory = memory_roof_of(device)
     out = []
     for r in rows:
-        peak, bw = ceilings(r.op, r.dtype)
-        out.append(dataclasses.replace(r, peak_flops_per_s=peak, bandwidth_bytes_per_s=bw))
+        peak, _ = ceilings(r.op, r.dtype)
+        level, bw, main = memory(r.reuse)
+        out.append(dataclasses.replace(r, peak_flops_per_s=peak, bandwidth_bytes_per_s=bw, memory_level=level,
+                                       dram_bandwidth_bytes_per_s=main))
     return tuple(out)
 
 

@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from memwall_plugin.ceilings import link_record, parse_link
-from memwall_plugin.console import Summary, SummaryOptions, si
+from memwall_plugin.console import Summary, SummaryOptions, binary_size, si
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, parse_peaks, resolve_device
 from memwall_plugin.distributed import default_run_stamp
 from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
@@ -48,15 +48,23 @@ def device_table_renderable(spec: DeviceSpec) -> Table:
         ridge = spec.ridge_point(key)
         ridge_text = f"{ridge:.3g}" if ridge else "-"
         table.add_row(f"peak {key}", si(figure.value, "FLOP/s"), ridge_text, figure.source)
+    for level in spec.caches:  # nearest first; capacity for the threads in use, where it comes from
+        fp32 = spec.peak_flops_per_s("float32")
+        ridge = fp32 / level.bandwidth.value if fp32 and level.bandwidth else None
+        table.add_row(f"{level.name} bandwidth ({binary_size(level.capacity_bytes)})",
+                      si(level.bandwidth.value if level.bandwidth else None, "B/s"),
+                      f"{ridge:.3g}" if ridge else "-", level.bandwidth.source if level.bandwidth else "unknown")
     bw = spec.bandwidth
     bw_source = bw.source if bw else "unknown"
-    table.add_row("memory bandwidth", si(bw.value if bw else None, "B/s"), "", bw_source)
+    main = spec.memory_levels[-1].name
+    table.add_row(f"memory bandwidth ({main})", si(bw.value if bw else None, "B/s"), "", bw_source)
     if spec.memory_bytes:
         table.add_row("memory", si(float(spec.memory_bytes), "B"), "", "")
     if spec.interconnect_bandwidth:
         table.add_row(f"interconnect ({spec.interconnect})", si(spec.interconnect_bandwidth.value, "B/s"),
                       "", spec.interconnect_bandwidth.source)
-    table.caption = "\n".join(filter(None, [spec.source, spec.notes]))
+    capacities = "; ".join(f"{level.name} {level.capacity_source}" for level in spec.caches if level.capacity_source)
+    table.caption = "\n".join(filter(None, [spec.source, spec.notes, capacities and f"cache sizes: {capacities}"]))
     table.caption_justify = "left"
     return table
 
@@ -114,7 +122,7 @@ def _cmd_calibrate(args: argparse.Namespace, console: Console) -> int:
     if kind == "cuda" and not torch.cuda.is_available():
         raise CliError("--kind cuda: no CUDA device is available here")
     spec = detect_device(kind)
-    steps = 5  # four GEMM dtypes and STREAM
+    steps = 5 + len(spec.caches)  # four GEMM dtypes, main memory, each cache level
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                   console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task(f"calibrating {spec.name}", total=steps)
@@ -125,6 +133,11 @@ def _cmd_calibrate(args: argparse.Namespace, console: Console) -> int:
         calibration = calibrate(spec, quick=args.quick, progress=advance)
     console.print(f"measured ceilings cached in {cache_dir() / 'calibration.json'}")
     console.print(device_table_renderable(detect_device(kind)))
+    for name, found in calibration.details.get("levels", {}).items():
+        shown = calibration.levels_bytes_per_s.get(name)
+        if shown and found.get("measured") and shown > found["measured"]:
+            console.print(f"[dim]{name}: measured {si(found['measured'], 'B/s')}; shown at a farther level's "
+                          f"{si(shown, 'B/s')}, since a nearer level serves its data at least as fast[/dim]")
     skipped = {k: v for k, v in calibration.details.items() if str(v).startswith("skipped")}
     for key, why in skipped.items():
         console.print(f"[dim]{key}: {why}[/dim]")

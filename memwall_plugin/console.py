@@ -72,6 +72,16 @@ def si(value: float | None, unit: str = "") -> str:
     return f"{value:.3g} {unit}".rstrip()
 
 
+def binary_size(nbytes: int | None) -> str:
+    """A capacity as its vendor states it: 64 KiB, 2 MiB, 50 MiB ("?" when unknown)."""
+    if not nbytes:
+        return "?"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.3g} {unit}"
+    return f"{nbytes} B"
+
+
 def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -168,6 +178,29 @@ def host_time_share(report: Report) -> float | None:
     return max(0.0, min(1.0, outside / wall))
 
 
+def cache_time(report: Report) -> dict[str, float]:
+    """Op time by the cache level the ops' data came from (ops from main memory left out)."""
+    out: dict[str, float] = {}
+    for r in report.rows:
+        if r.in_cache and r.time_s > 0:
+            out[r.memory_level] = out.get(r.memory_level, 0.0) + r.time_s
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _served_from(rows: list[Row], main: str) -> str:
+    """"; they run from L2 at 101 GB/s: bound by the L2, not DRAM" where most of the rows' time
+    ran on data in one cache level, else ""."""
+    by_level: dict[str, list[Row]] = {}
+    for r in rows:
+        by_level.setdefault(r.memory_level, []).append(r)
+    level, members = max(by_level.items(), key=lambda kv: sum(r.time_s for r in kv[1]))
+    seconds = sum(r.time_s for r in members)
+    if not members[0].in_cache or seconds < 0.5 * sum(r.time_s for r in rows) or seconds <= 0:
+        return ""
+    rate = sum(r.bytes for r in members) / seconds
+    return f"; they run from {level} at {si(rate, 'B/s')}: bound by the {level}, not {main or 'main memory'}"
+
+
 def findings(report: Report) -> list[str]:
     """A few plain-language conclusions, largest effect first."""
     total = report.total_time_s
@@ -203,9 +236,10 @@ def findings(report: Report) -> list[str]:
             for r in inside:
                 op_time[r.op.removeprefix("aten.")] = op_time.get(r.op.removeprefix("aten."), 0.0) + r.time_s
             ops = sorted(op_time, key=lambda op: -op_time[op])[:3]
+            main = report.device.memory_levels[-1].name if report.device is not None else ""
             out.append(
                 f"{share:.0%} of op time is in memory-bound {cat} ops, most under `{place}` "
-                f"({', '.join(ops)}): {_ADVICE[cat]}."
+                f"({', '.join(ops)}){_served_from(inside, main)}: {_ADVICE[cat]}."
             )
     phases = {g.key: g for g in report.group_by("phase")}
     prefill, decode = phases.get("prefill"), phases.get("decode")
@@ -319,6 +353,11 @@ class Summary:
                 f"memory   {si(bw.value if bw else None, 'B/s')} ({bw.source if bw else 'unknown'}), "
                 f"fp32 ridge {_num(device.ridge_point('float32'))} FLOP/B"
             ))
+            if device.caches:
+                lines.append(Text("caches   " + ", ".join(
+                    f"{c.name} {binary_size(c.capacity_bytes)} "
+                    f"{si(c.bandwidth.value if c.bandwidth else None, 'B/s')} "
+                    f"({c.bandwidth.source if c.bandwidth else 'unknown'})" for c in device.caches)))
             if rep.measured_on and rep.measured_on != device.name:
                 lines.append(_text(f"what-if  times measured on {rep.measured_on}", style="italic"))
         if rep.bytes_per_element is not None:
@@ -337,6 +376,13 @@ class Summary:
                    style=_BOUND_STYLE[MEMORY] if head.memory_bound_fraction >= 0.5 else "")
         mem.append(f", coverage {head.coverage:.1%} of op time counted")
         lines.append(mem)
+        cached = cache_time(rep)
+        if cached:
+            total = rep.total_time_s
+            levels = ", ".join(f"{name} {t / total:.0%}" for name, t in cached.items())
+            lines.append(Text(
+                f"cache    {sum(cached.values()) / total:.0%} of op time ran on data still in cache ({levels}): "
+                "those ops are placed under that level's roof, not main memory's"))
         return RichGroup(*lines)
 
     _narrow = False
@@ -349,7 +395,7 @@ class Summary:
             return ("time", "FLOPs", "bytes", "FLOP/B")
         return ("calls", "time", "FLOPs", "bytes", "FLOP/B")
 
-    def _table(self, title: str, first: list[str]) -> Table:
+    def _table(self, title: str, first: list[str], levels: bool = False) -> Table:
         table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
                       show_edge=False, pad_edge=False, expand=False)
         for name in first:
@@ -359,6 +405,8 @@ class Summary:
                 table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=28 if self._wide else 16)
         for name in self._numbers():
             table.add_column(name, justify="right", no_wrap=True)
+        if levels:
+            table.add_column("level", no_wrap=True)
         table.add_column("bound", no_wrap=True)
         table.add_column("roof", justify="right", no_wrap=True)
         return table
@@ -378,14 +426,18 @@ class Summary:
         rep, opts = self.report, self.options
         total = rep.total_time_s
         if opts.by == "op":
+            shown = rep.rows[: opts.top]
+            # the level each op's data came from, where any came from a cache
+            levels = any(r.in_cache for r in shown)
             table = self._table(f"Top {min(opts.top, len(rep.rows))} of {len(rep.rows)} operators by time",
-                                ["op", "module", "phase"])
-            for r in rep.rows[: opts.top]:
+                                ["op", "module", "phase"], levels)
+            for r in shown:
                 share = r.time_s / total if total else None
+                level = [Text(r.memory_level, style="" if r.in_cache else "dim")] if levels else []
                 table.add_row(
                     _text(r.op.removeprefix("aten.")), _text(r.module or "(top)"), _text(self._phase(r.phase)),
                     *self._cells(r.calls, share, r.flops, r.bytes, r.intensity),
-                    _bound(r.bound), _pct(r.efficiency),
+                    *level, _bound(r.bound), _pct(r.efficiency),
                 )
             return table
         groups = rep.group_by(opts.by)

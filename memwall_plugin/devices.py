@@ -2,6 +2,11 @@
 
 Every figure carries where it came from: "datasheet", "estimated", "calibrated" or "user".
 Precedence when several exist: user > calibrated > datasheet / estimated.
+
+A device's memory is a hierarchy: its caches (`DeviceSpec.caches`: a CPU's L1, L2 and L3 from
+the OS, a GPU's L2 from its properties), nearest first, then its main memory (`bandwidth`,
+`memory_bytes`). `memory_levels` lists them all; memwall_plugin/ceilings.py places each op under
+the level its data was served from.
 """
 
 from __future__ import annotations
@@ -55,6 +60,41 @@ class Figure:
             raise ValueError(f"figure source must be one of {SOURCES}, got {self.source!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryLevel:
+    """One level of a device's memory: its name, the bytes it holds for the work (a CPU's private
+    caches summed over the threads in use) and its bandwidth, each with where it came from."""
+
+    name: str  # "L1", "L2", "L3"; the main memory: "DRAM", "HBM", "GDDR"
+    capacity_bytes: int | None  # None: unknown (a main memory of unknown size)
+    bandwidth: Figure | None  # bytes/s; None = unknown (run `memwall calibrate`)
+    capacity_source: str = ""  # "sysfs (...)", "device properties (L2_cache_size)", ...
+
+    @property
+    def bandwidth_bytes_per_s(self) -> float | None:
+        return self.bandwidth.value if self.bandwidth is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        bw = self.bandwidth
+        return {"name": self.name, "capacity_bytes": self.capacity_bytes, "capacity_source": self.capacity_source,
+                "bandwidth": None if bw is None else {"value": bw.value, "source": bw.source}}
+
+
+#: the names a device's cache levels may have, nearest first
+CACHE_LEVELS = ("L1", "L2", "L3", "L4")
+
+
+def main_memory_name(kind: str, memory_type: str = "") -> str:
+    """What a device's main memory is called on the roofline: HBM or GDDR for GPUs where the
+    table says so, else DRAM."""
+    kind_of = memory_type.lower()
+    if kind_of.startswith("hbm"):
+        return "HBM"
+    if kind_of.startswith("gddr"):
+        return "GDDR"
+    return "DRAM"
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     """A device's ceilings: peak FLOP/s per dtype, memory bandwidth, capacity, interconnect."""
@@ -69,6 +109,16 @@ class DeviceSpec:
     interconnect_bandwidth: Figure | None = None  # bytes/s
     source: str = ""  # the document the datasheet figures come from, or how they were estimated
     notes: str = ""
+    #: the caches between the cores and main memory, nearest first (`memory_levels` adds the main memory)
+    caches: tuple[MemoryLevel, ...] = ()
+    memory_type: str = ""  # "hbm3", "gddr6x", "lpddr5" (the table's), "" = DRAM
+
+    @property
+    def memory_levels(self) -> tuple[MemoryLevel, ...]:
+        """Every level of the device's memory, nearest first: its caches, then main memory."""
+        main = MemoryLevel(main_memory_name(self.kind, self.memory_type), self.memory_bytes, self.bandwidth,
+                           "the device table" if self.memory_bytes and self.kind != "cpu" else "")
+        return (*self.caches, main)
 
     def peak(self, dtype: str) -> Figure | None:
         """The peak that bounds an op in `dtype` ("float32", "bf16", ...). Integer and bool ops
@@ -98,9 +148,19 @@ class DeviceSpec:
         return frozenset(f.source for f in figures)
 
     def with_figures(
-        self, peaks: dict[str, float] | None = None, bandwidth: float | None = None, source: str = USER
+        self, peaks: dict[str, float] | None = None, bandwidth: float | None = None, source: str = USER,
+        caches: dict[str, float] | None = None,
     ) -> DeviceSpec:
-        """A copy with some figures replaced (peak keys or dtype names; FLOP/s and bytes/s)."""
+        """A copy with some figures replaced (peak keys or dtype names; FLOP/s and bytes/s;
+        `caches`: a cache level's bandwidth by its name, "L2")."""
+        levels = list(self.caches)
+        for name, value in (caches or {}).items():
+            _check_positive(name, value)
+            found = [i for i, level in enumerate(levels) if level.name.lower() == name.lower()]
+            if not found:
+                have = ", ".join(level.name for level in levels) or "none"
+                raise ValueError(f"{self.name} has no cache level {name!r} (its levels: {have})")
+            levels[found[0]] = dataclasses.replace(levels[found[0]], bandwidth=Figure(float(value), source))
         table = dict(self.peaks)
         for name, value in (peaks or {}).items():
             _check_positive(name, value)
@@ -110,7 +170,7 @@ class DeviceSpec:
             _check_positive("bandwidth", bandwidth)
             bw = Figure(float(bandwidth), source)
         ordered = tuple((k, table[k]) for k in PEAK_KEYS if k in table)
-        return dataclasses.replace(self, peaks=ordered, bandwidth=bw)
+        return dataclasses.replace(self, peaks=ordered, bandwidth=bw, caches=tuple(levels))
 
     # -- files ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +185,8 @@ class DeviceSpec:
             "interconnect": self.interconnect,
             "interconnect_bandwidth": fig(self.interconnect_bandwidth),
             "source": self.source, "notes": self.notes,
+            "caches": [level.to_dict() for level in self.caches],
+            "memory_type": self.memory_type,
         }
 
     @classmethod
@@ -147,6 +209,12 @@ class DeviceSpec:
             interconnect=str(data.get("interconnect", "")),
             interconnect_bandwidth=fig(data.get("interconnect_bandwidth")),
             source=str(data.get("source", "")), notes=str(data.get("notes", "")),
+            caches=tuple(
+                MemoryLevel(str(c["name"]), None if c.get("capacity_bytes") is None else int(c["capacity_bytes"]),
+                            fig(c.get("bandwidth")), str(c.get("capacity_source", "")))
+                for c in data.get("caches", ())
+            ),
+            memory_type=str(data.get("memory_type", "")),
         )
 
 
@@ -207,8 +275,44 @@ def _table() -> tuple[_TableRow, ...]:
             interconnect_bandwidth=Figure(link * 1e9, DATASHEET) if link else None,
             source=rec["source"], notes=rec["notes"],
         )
+        spec = dataclasses.replace(spec, memory_type=rec["mem_type"], caches=_table_caches(spec))
         rows.append(_TableRow(spec, tuple(rec["match"].split()), rec["form"], rec["mem_type"], mem_gb))
     return tuple(rows)
+
+
+@functools.cache
+def _cache_rows() -> dict[str, tuple[tuple[str, int, float | None, str], ...]]:
+    text = resources.files("memwall_plugin").joinpath("data/caches.csv").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    found: dict[str, list[tuple[str, int, float | None, str]]] = {}
+    for rec in csv.DictReader(io.StringIO("\n".join(lines))):
+        bandwidth = _num(rec["bandwidth_GBps"])
+        found.setdefault(rec["key"], []).append(
+            (rec["level"], int(float(rec["capacity_MB"]) * 2**20), None if bandwidth is None else bandwidth * 1e9,
+             rec["source"]))
+    return {k: tuple(v) for k, v in found.items()}
+
+
+#: Where no vendor publishes a GPU's L2 bandwidth: a multiple of its main memory's, below the one
+#: published ratio (A100: 5120 bytes/clk at 1410 MHz = 7.2 TB/s against 1.56 TB/s of HBM2, 4.6x).
+GPU_L2_OVER_MAIN = 3.0
+
+
+def gpu_l2(capacity_bytes: int, main: Figure | None, source: str, bandwidth: float | None = None) -> MemoryLevel:
+    """A GPU's L2: its published bandwidth where there is one, else estimated from main memory's."""
+    if bandwidth is not None:
+        figure: Figure | None = Figure(bandwidth, DATASHEET)
+    elif main is not None:
+        figure = Figure(main.value * GPU_L2_OVER_MAIN, ESTIMATED)
+    else:
+        figure = None
+    return MemoryLevel("L2", capacity_bytes, figure, source)
+
+
+def _table_caches(spec: DeviceSpec) -> tuple[MemoryLevel, ...]:
+    return tuple(gpu_l2(capacity, spec.bandwidth, source, bandwidth) if spec.kind != "cpu"
+                 else MemoryLevel(level, capacity, None if bandwidth is None else Figure(bandwidth, DATASHEET), source)
+                 for level, capacity, bandwidth, source in _cache_rows().get(spec.key, ()))
 
 
 def device_table() -> tuple[DeviceSpec, ...]:
@@ -313,9 +417,15 @@ def gpu_spec(props: Any) -> DeviceSpec:
     """The table row for a GPU's reported name and memory, else an estimate."""
     memory_gib = int(props.total_memory) / 2**30
     row = _match(str(props.name), memory_gib)
-    if row is None:
-        return estimate_gpu(props)
-    return dataclasses.replace(row.spec, memory_bytes=int(props.total_memory))
+    spec = estimate_gpu(props) if row is None else dataclasses.replace(row.spec, memory_bytes=int(props.total_memory))
+    l2 = int(getattr(props, "L2_cache_size", 0) or 0)
+    if l2 > 0:  # the device's own figure, over the table's
+        published = next((c.bandwidth for c in spec.caches if c.name == "L2" and c.bandwidth is not None
+                          and c.bandwidth.source == DATASHEET), None)
+        level = gpu_l2(l2, spec.bandwidth, f"device properties (L2_cache_size of {props.name})",
+                       None if published is None else published.value)
+        spec = dataclasses.replace(spec, caches=(level,))
+    return spec
 
 
 def _read(path: str) -> str:
@@ -330,8 +440,69 @@ def _cpuinfo_field(cpuinfo: str, field: str) -> str:
     return match.group(1).strip() if match else ""
 
 
+#: Estimated bytes per clock per core each CPU cache level delivers, until `memwall calibrate`
+#: measures them: two 32-byte loads a clock from L1 and half of that from each level further out
+#: (the load widths of AVX2-class cores in the vendors' optimisation manuals).
+_CACHE_BYTES_PER_CLOCK = {1: 64, 2: 32, 3: 16, 4: 8}
+
+
+def read_cpu_caches(root: str = "/sys/devices/system/cpu/cpu0/cache") -> list[tuple[int, int, int]]:
+    """(level, bytes, CPUs sharing one instance) of cpu0's data and unified caches, from sysfs;
+    empty where the OS does not say."""
+    found = []
+    base = Path(root)
+    try:
+        indexes = sorted(base.glob("index*"))
+    except OSError:
+        return []
+    for index in indexes:
+        kind = _read(str(index / "type")).strip()
+        level, size = _read(str(index / "level")).strip(), _read(str(index / "size")).strip().upper()
+        if kind == "Instruction" or not level.isdigit() or not size:
+            continue
+        match = re.fullmatch(r"(\d+)([KMG]?)", size)
+        if match is None:
+            continue
+        nbytes = int(match.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match.group(2)]
+        found.append((int(level), nbytes, _count_cpus(_read(str(index / "shared_cpu_list")))))
+    return found
+
+
+def _count_cpus(cpu_list: str) -> int:
+    """"0-1,4" -> 3."""
+    total = 0
+    for part in filter(None, (p.strip() for p in cpu_list.split(","))):
+        low, _, high = part.partition("-")
+        try:
+            total += int(high or low) - int(low) + 1
+        except ValueError:
+            return 1
+    return max(total, 1)
+
+
+def cpu_cache_levels(
+    caches: list[tuple[int, int, int]], threads: int, clock_hz: float, cpus: int | None = None
+) -> tuple[MemoryLevel, ...]:
+    """A CPU's cache levels for the work of `threads` threads: each level's capacity is one
+    instance's size times the instances those threads spread over (private L1 and L2 add up,
+    a shared L3 counts once), bandwidth estimated per core and clock (`_CACHE_BYTES_PER_CLOCK`)."""
+    cpus = cpus or os.cpu_count() or threads
+    levels = []
+    for level, size, sharing in sorted(caches):
+        instances = max(1, min(threads, -(-cpus // sharing)))
+        per_clock = _CACHE_BYTES_PER_CLOCK.get(level, 8)
+        cores = min(threads, cpus)
+        bandwidth = Figure(cores * clock_hz * per_clock, ESTIMATED)
+        where = f"sysfs: {size // 2**10} KiB" + (f" x {instances} (one per core in use)" if instances > 1 else "")
+        if sharing > 1:
+            where += f", shared by {sharing} CPUs"
+        levels.append(MemoryLevel(f"L{level}", size * instances, bandwidth, where))
+    return tuple(levels)
+
+
 def cpu_spec(
-    threads: int | None = None, cpuinfo: str | None = None, max_khz: str | None = None
+    threads: int | None = None, cpuinfo: str | None = None, max_khz: str | None = None,
+    caches: list[tuple[int, int, int]] | None = None,
 ) -> DeviceSpec:
     """Estimate this CPU's peaks from its ISA flags, FMA pipes, threads in use and clock.
 
@@ -387,6 +558,7 @@ def cpu_spec(
     else:
         peaks["int8"] = 2 * fp32
     bandwidth = min(10e9 * threads, 200e9)
+    levels = cpu_cache_levels(read_cpu_caches() if caches is None else caches, threads, clock)
     return DeviceSpec(
         key="cpu", name=f"{model} ({threads} threads, {isa})", kind="cpu",
         peaks=tuple((k, Figure(peaks[k], ESTIMATED)) for k in PEAK_KEYS if k in peaks),
@@ -394,6 +566,7 @@ def cpu_spec(
         source=f"estimated: {threads} threads x {clock / 1e9:.2f} GHz x {fma_pipes} FMA pipes x "
                f"{lanes} fp32 lanes x 2{why}; bandwidth 10 GB/s per thread",
         notes="run `memwall calibrate` to measure this machine's ceilings",
+        caches=levels,
     )
 
 
@@ -429,7 +602,8 @@ def mps_spec(brand: str) -> DeviceSpec:
 
 
 def parse_peaks(text: str) -> tuple[dict[str, float], float | None]:
-    """"fp32=80e9,bf16=1e9,bandwidth=23e9" -> ({"fp32": 8e10, "bf16": 1e9}, 2.3e10)."""
+    """"fp32=80e9,bf16=1e9,bandwidth=23e9,l2=300e9" -> ({"fp32": 8e10, "bf16": 1e9, "L2": 3e11}, 2.3e10):
+    a cache level's bandwidth is keyed by its name (L1, L2, L3)."""
     peaks: dict[str, float] = {}
     bandwidth = None
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -445,8 +619,11 @@ def parse_peaks(text: str) -> tuple[dict[str, float], float | None]:
             bandwidth = number
         elif name in PEAK_KEYS or name in _DTYPE_TO_PEAK:
             peaks[name] = number
+        elif name.upper() in CACHE_LEVELS:
+            peaks[name.upper()] = number
         else:
-            raise ValueError(f"unknown peak {name!r}: use one of {', '.join(PEAK_KEYS)} or bandwidth")
+            raise ValueError(f"unknown peak {name!r}: use one of {', '.join(PEAK_KEYS)}, bandwidth, "
+                             f"or a cache level ({', '.join(CACHE_LEVELS[:3])})")
     return peaks, bandwidth
 
 
@@ -482,15 +659,18 @@ def apply_calibration(spec: DeviceSpec) -> DeviceSpec:
     calibration = load_calibration(spec)
     if calibration is None:
         return spec
+    have = {level.name for level in spec.caches}
     measured = spec.with_figures(
-        calibration.peaks_flops_per_s, calibration.bandwidth_bytes_per_s, source=CALIBRATED
+        calibration.peaks_flops_per_s, calibration.bandwidth_bytes_per_s, source=CALIBRATED,
+        caches={name: bw for name, bw in calibration.levels_bytes_per_s.items() if name in have},
     )
     when = time.strftime("%Y-%m-%d", time.localtime(calibration.measured_unix_s))
+    caches = " and each cache level" if calibration.levels_bytes_per_s else ""
     if calibration.details.get("automatic"):
-        how = "measured automatically at the first profile: fp32 GEMM, STREAM triad"
+        how = f"measured automatically at the first profile: fp32 GEMM, memory bandwidth{caches}"
         notes = "other peaks are estimated: run `memwall calibrate` to measure every dtype"
     else:
-        how, notes = "GEMM per dtype, STREAM triad", ""
+        how, notes = f"GEMM per dtype, memory bandwidth{caches}", ""
     return dataclasses.replace(
         measured, source=f"calibrated {when} ({how}); other figures: {spec.source}", notes=notes,
     )
@@ -528,10 +708,16 @@ def resolve_device(
             env_peaks, env_bw = parse_peaks(env[ENV_PEAKS])
         except ValueError as exc:
             raise ValueError(f"${ENV_PEAKS}: {exc}") from None
-        spec = spec.with_figures(env_peaks, env_bw)
+        spec = _with(spec, env_peaks, env_bw)
     if peaks:
         if not isinstance(peaks, dict):
-            raise TypeError("peaks must be a dict like {'fp32': 80e9, 'bandwidth': 23e9}")
-        flops = {k: v for k, v in peaks.items() if k != "bandwidth"}
-        spec = spec.with_figures(flops, peaks.get("bandwidth"))
+            raise TypeError("peaks must be a dict like {'fp32': 80e9, 'bandwidth': 23e9, 'L2': 300e9}")
+        spec = _with(spec, {k: v for k, v in peaks.items() if k != "bandwidth"}, peaks.get("bandwidth"))
     return spec
+
+
+def _with(spec: DeviceSpec, figures: dict[str, float], bandwidth: float | None) -> DeviceSpec:
+    """The user's figures on `spec`: peaks by dtype, main memory's bandwidth, caches' by level name."""
+    caches = {k: v for k, v in figures.items() if str(k).upper() in CACHE_LEVELS}
+    flops = {k: v for k, v in figures.items() if k not in caches}
+    return spec.with_figures(flops, bandwidth, caches=caches)

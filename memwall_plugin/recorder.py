@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from memwall_plugin.analysis import analysis_cache, rows_from_entries
-from memwall_plugin.ceilings import ceilings_of, tf32_families
+from memwall_plugin.ceilings import ceilings_of, memory_roof_of, tf32_families
 from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.distributed import DistributedSession
 from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into
@@ -231,7 +231,8 @@ class Recorder:
         device = self.device_for(table)
         tf32 = tf32_families(device)
         comm = {} if step_only else self.dist.communication(device, window_only)
-        rows = rows_from_entries(table.values(), self.registry, ceilings_of(device, tf32), self.analyses)
+        rows = rows_from_entries(table.values(), self.registry, ceilings_of(device, tf32), self.analyses,
+                                 memory_roof_of(device))
         memory = None
         if self.capture is not None and self.capture.memory is not None:
             tracker = self.capture.memory

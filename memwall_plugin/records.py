@@ -26,6 +26,18 @@ OTHER = "other"
 PHASES = (FORWARD, BACKWARD, RECOMPUTE, OPTIMIZER, GRAD_SCALER, PREFILL, DECODE, OTHER)
 
 
+#: Reuse buckets (hooks/residency.py): bucket k holds data whose reuse footprint, the bytes touched
+#: since it was last touched plus its own, is at most 2**k bytes; COLD holds data not touched within
+#: REUSE_HORIZON bytes, or never: what main memory serves.
+COLD = 64
+REUSE_HORIZON = 2**32
+
+
+def reuse_bucket(footprint: int) -> int:
+    """The bucket of a reuse footprint in bytes: the least k with footprint <= 2**k."""
+    return (footprint - 1).bit_length() if footprint > 1 else 0
+
+
 def ordered_phases(names: Iterable[str]) -> list[str]:
     """Built-in phases in display order, then the user's own labels alphabetically."""
     present = set(names)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from memwall_plugin import reportfile, roofline, whatif
-from memwall_plugin.ceilings import Link
+from memwall_plugin.ceilings import Link, place_rows
 from memwall_plugin.devices import DeviceSpec
 from memwall_plugin.files import write_bytes_atomically
 from memwall_plugin.memory import MemoryReport, merge_memory
@@ -284,9 +284,12 @@ def merge_reports(reports: Iterable[Report]) -> Report:
         return reports[0]
     last = reports[-1]
     distributed = [r for r in reports if r.distributed]
+    rows = merge_rows(*(r.rows for r in reports))
+    if last.device is not None:  # where the merged rows' data lived, over every window
+        rows = place_rows(rows, last.device, last.tf32)
     return dataclasses.replace(
         last,
-        rows=merge_rows(*(r.rows for r in reports)),
+        rows=rows,
         collectives=merge_rows(*(r.collectives for r in reports)),
         steps=tuple(sorted({s for r in reports for s in r.steps})),
         wall_time_s=math.fsum(r.wall_time_s for r in reports),

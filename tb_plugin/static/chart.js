@@ -1,5 +1,7 @@
-// The log-log roofline chart: the bandwidth slope, a flat roof per dtype peak, ridge points, and
-// one point per operator (or module), sized by time and colored by bound.
+// The log-log roofline chart: a bandwidth slope per memory level (the caches, then main memory), a
+// flat roof per dtype peak, ridge points, and one point per operator (or module), sized by time and
+// colored by the roof that bounds it: compute-bound blue, memory-bound by the level its data came
+// from (main memory orange, each cache level its own color).
 
 import {el, num, pct, si} from './format.js';
 
@@ -63,6 +65,7 @@ export function drawRoofline(container, device, points, describe) {
   const shown = points.filter((p) => p.plotted && p.intensity > 0 && p.achieved_flops_per_s > 0);
   const peaks = device ? device.peaks.filter((p) => p.flops_per_s > 0) : [];
   const bandwidth = device && device.bandwidth ? device.bandwidth.bytes_per_s : null;
+  const isMain = mainLevel(device);
   const xs = shown.map((p) => p.intensity).concat(peaks.map((p) => p.ridge).filter((r) => r > 0));
   const ys = shown.map((p) => p.achieved_flops_per_s).concat(peaks.map((p) => p.flops_per_s));
   if (!xs.length || !ys.length) {
@@ -73,6 +76,7 @@ export function drawRoofline(container, device, points, describe) {
   const y0 = Math.min(...ys) / 4, y1 = Math.max(...ys) * 2;
 
   const root = svg('svg', {viewBox: `0 0 ${WIDTH} ${HEIGHT}`, class: 'mw-chart', role: 'img'});
+  container.appendChild(root);  // in the page from the start, so that labels can be measured
   const title = svg('title');
   title.textContent = 'Roofline: attainable FLOP/s against arithmetic intensity (log-log)';
   root.appendChild(title);
@@ -89,25 +93,30 @@ export function drawRoofline(container, device, points, describe) {
     roof.estimated = roof.estimated || peak.source === 'estimated';  // never drawn as if measured
     roofs.set(peak.flops_per_s, roof);
   }
-  if (bandwidth && peaks.length) {
+  // points, largest first so small ones stay on top (placed now: the slopes' labels keep clear of them)
+  const maxTime = Math.max(...shown.map((p) => p.time_s));
+  const placedPoints = [...shown].sort((a, b) => b.time_s - a.time_s).map((p) =>
+    ({p, cx: sx(p.intensity), cy: sy(p.achieved_flops_per_s), r: 3 + 14 * Math.sqrt(p.time_s / maxTime)}));
+  const levelRoofs = device && device.levels && device.levels.length ? memoryRoofs(device) : null;
+  const labels = svg('g', {class: 'mw-level-labels'});
+  root.appendChild(labels);
+  if (peaks.length) {
     const top = Math.max(...peaks.map((p) => p.flops_per_s));
-    const xa = Math.max(x0, y0 / bandwidth), xb = Math.min(x1, top / bandwidth);
-    if (xb > xa) {
-      const bwEstimated = device.bandwidth.source === 'estimated';
-      root.appendChild(svg('line', {x1: sx(xa), y1: sy(xa * bandwidth), x2: sx(xb), y2: sy(xb * bandwidth),
-        class: bwEstimated ? 'mw-roof mw-roof-bw mw-roof-estimated' : 'mw-roof mw-roof-bw'}));
-      const bwLabel = svg('text', {x: sx(xa) + 6, y: sy(xa * bandwidth) - 8, class: 'mw-roof-label'});
-      bwLabel.textContent = `${si(bandwidth, 'B/s')} (${device.bandwidth.source})`;
-      root.appendChild(bwLabel);
-    }
+    if (levelRoofs) drawLevelRoofs(root, labels, levelRoofs, [x0, x1, y0, y1], top, {sx, sy}, placedPoints);
+    else if (bandwidth) drawMainRoof(root, device.bandwidth, [x0, x1, y0], top, {sx, sy});
   }
-  for (const roof of roofs.values()) {
+  // a flat roof starts where the fastest memory level's slope meets it (each level has its own
+  // ridge); the marked ridge point stays main memory's
+  const fastest = levelRoofs && levelRoofs.length ? Math.max(...levelRoofs.map((r) => r.bytes_per_s)) : null;
+  let below = -Infinity;  // the last roof label's baseline: close peaks' labels step down, one line each
+  for (const roof of [...roofs.values()].sort((a, b) => b.flops_per_s - a.flops_per_s)) {
     if (roof.flops_per_s < y0 || roof.flops_per_s > y1) continue;
-    const ridge = roof.ridge || x0;
+    const ridge = fastest ? roof.flops_per_s / fastest : roof.ridge || x0;
     root.appendChild(svg('line', {x1: sx(Math.max(ridge, x0)), x2: WIDTH - MARGIN.right, y1: sy(roof.flops_per_s),
       y2: sy(roof.flops_per_s), class: roof.estimated ? 'mw-roof mw-roof-estimated' : 'mw-roof',
       'data-dtype': roof.dtypes.join(' ')}));
-    const label = svg('text', {x: WIDTH - MARGIN.right + 4, y: sy(roof.flops_per_s) + 4, class: 'mw-roof-label'});
+    below = Math.max(sy(roof.flops_per_s) + 4, below + 11);
+    const label = svg('text', {x: WIDTH - MARGIN.right + 4, y: below, class: 'mw-roof-label'});
     label.textContent = `${roof.dtypes.join('/')} ${si(roof.flops_per_s, 'FLOP/s')}${roof.estimated ? ' (estimated)' : ''}`;
     root.appendChild(label);
     if (roof.ridge && roof.ridge >= x0 && roof.ridge <= x1) {
@@ -115,14 +124,16 @@ export function drawRoofline(container, device, points, describe) {
     }
   }
 
-  // points, largest first so small ones stay on top
-  const maxTime = Math.max(...shown.map((p) => p.time_s));
   const tooltip = el('div', 'mw-tooltip');
   tooltip.hidden = true;
-  for (const p of [...shown].sort((a, b) => b.time_s - a.time_s)) {
-    const radius = 3 + 14 * Math.sqrt(p.time_s / maxTime);
-    const dot = svg('circle', {cx: sx(p.intensity), cy: sy(p.achieved_flops_per_s), r: radius.toFixed(1),
-      class: `mw-point mw-${p.bound}`, 'data-id': p.id !== undefined ? p.id : p.key});
+  for (const {p, cx, cy, r: radius} of placedPoints) {
+    const level = p.memory_level || '';
+    // memory-bound from a cache: that level's color; from main memory (or unknown): the bound's
+    const fromCache = level && p.bound === 'memory' && !isMain(level);
+    const dot = svg('circle', {cx, cy, r: radius.toFixed(1),
+      class: `mw-point mw-${p.bound}${fromCache ? ` mw-cache ${levelClass(level)}` : ''}`,
+      'data-id': p.id !== undefined ? p.id : p.key});
+    if (p.memory_level !== undefined) dot.setAttribute('data-level', level);
     dot.addEventListener('mouseenter', (event) => {
       tooltip.textContent = '';
       for (const line of describe(p)) tooltip.appendChild(el('div', '', line));
@@ -134,14 +145,188 @@ export function drawRoofline(container, device, points, describe) {
     dot.addEventListener('mouseleave', () => { tooltip.hidden = true; });
     root.appendChild(dot);
   }
-  container.appendChild(root);
+  root.appendChild(labels);  // the slopes' labels over the points
   container.appendChild(tooltip);
   const legend = el('div', 'mw-legend');
-  legend.appendChild(el('span', 'mw-key mw-memory', 'memory-bound'));
+  // the levels memory-bound points came from, nearest first (rows of old reports have none)
+  const order = device && device.levels ? device.levels.map((l) => l.name) : [];
+  const rank = (name) => (order.includes(name) ? order.indexOf(name) : order.length);
+  const levels = [...new Set(shown.filter((p) => p.bound === 'memory' && p.memory_level).map((p) => p.memory_level))]
+      .sort((a, b) => rank(a) - rank(b));
+  if (!levels.length) legend.appendChild(el('span', 'mw-key mw-memory', 'memory-bound'));
+  for (const level of levels) {
+    const key = el('span', `mw-key mw-memory${isMain(level) ? '' : ` mw-cache ${levelClass(level)}`}`,
+        `memory-bound from ${level}`);
+    key.dataset.level = level;
+    legend.appendChild(key);
+  }
   legend.appendChild(el('span', 'mw-key mw-compute', 'compute-bound'));
   legend.appendChild(el('span', 'mw-note', `${shown.length} points · size = time · hidden: ` +
       `${points.length - shown.length} without FLOPs, bytes or time`));
   container.appendChild(legend);
+}
+
+/** The CSS class of a cache level's color: L1..L4 have their own, any other cache a shared one. */
+export function levelClass(name) {
+  return /^L[1-4]$/.test(name) ? `mw-level-${name.toLowerCase()}` : 'mw-level-other';
+}
+
+/** name -> whether it is the device's main memory (DRAM, HBM, GDDR), by the levels' own flag. */
+function mainLevel(device) {
+  const levels = device && device.levels ? device.levels : [];
+  const main = new Set(levels.filter((l) => l.main).map((l) => l.name));
+  return main.size ? (name) => main.has(name) : (name) => ['DRAM', 'HBM', 'GDDR'].includes(name);
+}
+
+/** A cache's capacity in binary units, as the OS and vendors state them: 48 KiB, 2 MiB. */
+function capacity(bytes) {
+  for (const [factor, unit] of [[2 ** 30, 'GiB'], [2 ** 20, 'MiB'], [2 ** 10, 'KiB']]) {
+    if (bytes >= factor) return `${Number((bytes / factor).toPrecision(3))} ${unit}`;
+  }
+  return `${bytes} B`;
+}
+
+/**
+ * The memory roofs of a device with levels: one per distinct bandwidth, nearest level first; levels
+ * with the same bandwidth (a nearer level is never shown slower than a farther one) share one,
+ * labelled with every name: "L2 2 MiB · 300 GB/s (calibrated)", "L1–L3 · 353 GB/s (calibrated)".
+ */
+export function memoryRoofs(device) {
+  const shared = new Map();
+  for (const level of device.levels) {
+    if (!(level.bytes_per_s > 0)) continue;
+    const roof = shared.get(level.bytes_per_s) || {bytes_per_s: level.bytes_per_s, levels: [], sources: []};
+    roof.levels.push(level);
+    if (level.source && !roof.sources.includes(level.source)) roof.sources.push(level.source);
+    shared.set(level.bytes_per_s, roof);
+  }
+  const names = device.levels.map((l) => l.name);
+  return [...shared.values()].map((roof) => {
+    const own = roof.levels.map((l) => l.name);
+    const first = names.indexOf(own[0]);
+    const consecutive = own.length > 2 && own.every((name, i) => names[first + i] === name);
+    let name = consecutive ? `${own[0]}–${own[own.length - 1]}` : own.join(', ');
+    const only = roof.levels[0];
+    if (roof.levels.length === 1 && !only.main && only.capacity_bytes) name += ` ${capacity(only.capacity_bytes)}`;
+    const source = roof.sources.length ? ` (${roof.sources.join('/')})` : '';
+    return {
+      ...roof, names: own, main: roof.levels.some((l) => l.main),
+      estimated: roof.sources.includes('estimated'),  // never drawn as if measured
+      label: `${name} · ${si(roof.bytes_per_s, 'B/s')}${source}`,
+      title: roof.levels.map((l) => `${l.name}: ${l.capacity_bytes ? capacity(l.capacity_bytes) : 'capacity unknown'}` +
+          `${l.capacity_source ? ` (${l.capacity_source})` : ''}`).join('; '),
+    };
+  });
+}
+
+/** A report without memory levels (written before memwall knew them): main memory's one slope. */
+function drawMainRoof(root, bw, [x0, x1, y0], top, {sx, sy}) {
+  const bandwidth = bw.bytes_per_s;
+  const xa = Math.max(x0, y0 / bandwidth), xb = Math.min(x1, top / bandwidth);
+  if (xb <= xa) return;
+  const bwEstimated = bw.source === 'estimated';
+  root.appendChild(svg('line', {x1: sx(xa), y1: sy(xa * bandwidth), x2: sx(xb), y2: sy(xb * bandwidth),
+    class: bwEstimated ? 'mw-roof mw-roof-bw mw-roof-estimated' : 'mw-roof mw-roof-bw'}));
+  const bwLabel = svg('text', {x: sx(xa) + 6, y: sy(xa * bandwidth) - 8, class: 'mw-roof-label'});
+  bwLabel.textContent = `${si(bandwidth, 'B/s')} (${bw.source})`;
+  root.appendChild(bwLabel);
+}
+
+/** Across the slopes, the room one line of label takes (10px text, its halo and a gap). */
+const LANE = 14;
+
+/**
+ * One slope per memory roof up to the highest peak, each labelled along its line (the slopes are
+ * parallel). Slopes closer than a label's height share a block of labels, one line each in the
+ * slopes' order, over the topmost (under the lowest where over it would cross another slope); each
+ * block, the one with the least room first, takes the first place along its slope clear of the
+ * blocks placed before it and, where it can, of the points.
+ */
+function drawLevelRoofs(root, labels, roofs, [x0, x1, y0, y1], top, {sx, sy}, points) {
+  // a slope's direction on screen (one decade of FLOP/s per decade of intensity) and its upward normal
+  const dx = sx(10 * x0) - sx(x0), dy = sy(10 * y0) - sy(y0);
+  const length = Math.hypot(dx, dy);
+  const dir = [dx / length, dy / length], up = [dy / length, -dx / length];
+  const angle = Math.atan2(dy, dx) * 180 / Math.PI;
+  const along = (x, y) => x * dir[0] + y * dir[1], across = (x, y) => x * up[0] + y * up[1];
+  const lines = [];
+  for (const roof of roofs) {
+    const bw = roof.bytes_per_s;
+    const xa = Math.max(x0, y0 / bw), xb = Math.min(x1, top / bw, y1 / bw);
+    if (xb <= xa) continue;
+    const [ax, ay, bx, by] = [sx(xa), sy(xa * bw), sx(xb), sy(xb * bw)];
+    const classes = ['mw-roof', 'mw-roof-bw'];
+    if (!roof.main) classes.push('mw-roof-cache');
+    if (roof.estimated) classes.push('mw-roof-estimated');
+    const line = svg('line', {x1: ax, y1: ay, x2: bx, y2: by, class: classes.join(' '),
+      'data-levels': roof.names.join(' ')});
+    const title = svg('title');
+    title.textContent = roof.title;
+    line.appendChild(title);
+    root.insertBefore(line, labels);
+    const label = svg('text', {class: `mw-roof-label mw-level-label${roof.main ? ' mw-main-label' : ''}`,
+      'data-levels': roof.names.join(' ')});
+    label.textContent = roof.label;
+    labels.appendChild(label);
+    const width = label.getComputedTextLength() || roof.label.length * 5.6;
+    lines.push({roof, label, width, ax, ay, u: along(ax, ay), v: across(ax, ay), span: Math.hypot(bx - ax, by - ay)});
+  }
+  // blocks: slopes nearer each other than a label's height, topmost first
+  lines.sort((a, b) => b.v - a.v);
+  const blocks = [];
+  for (const line of lines) {
+    const last = blocks[blocks.length - 1];
+    if (last && last[last.length - 1].v - line.v < LANE + 4) last.push(line);
+    else blocks.push([line]);
+  }
+  // the blocks with the least room to move along their slope choose first
+  const room = (block) => block[0].span - Math.max(...block.map((l) => l.width));
+  blocks.sort((a, b) => room(a) - room(b));
+  const placed = [];  // {u0, u1, v0, v1}: a placed block's extent along and across the slopes
+  const pts = points.map(({cx, cy, r}) => ({u: along(cx, cy), v: across(cx, cy), r}));
+  for (const block of blocks) {
+    const width = Math.max(...block.map((l) => l.width));
+    const height = LANE * block.length;
+    // above the topmost slope (the labels' usual place), or below the lowest where a block above
+    // would print across another slope: each side's base line, the labels' offsets, their extent across
+    const upper = block[0], lower = block[block.length - 1];
+    const sides = [
+      {line: upper, offsets: block.map((_, i) => 4 + LANE * (block.length - 1 - i)),
+        v0: upper.v + 2, v1: upper.v + height + 2},
+      {line: lower, offsets: block.map((_, i) => -13 - LANE * i), v0: lower.v - height - 2, v1: lower.v - 2},
+    ];
+    const crosses = (side) => lines.some((l) => !block.includes(l) && l.v > side.v0 && l.v < side.v1);
+    if (crosses(sides[0]) && !crosses(sides[1])) sides.reverse();
+    // the first place along a side's slope clear of the labels and the points, else of the labels,
+    // else past the slope's end
+    const passes = [{points: true, past: false}, {points: false, past: false}, {points: false, past: true}];
+    let chosen = null;
+    for (const pass of passes) {
+      for (const side of sides) {
+        const {line, v0, v1} = side;
+        const clear = (t) => !placed.some((b) => line.u + t < b.u1 + 10 && line.u + t + width > b.u0 - 10 &&
+            v0 < b.v1 && v1 > b.v0);
+        const free = (t) => !pts.some((p) => p.u > line.u + t - p.r && p.u < line.u + t + width + p.r &&
+            p.v > v0 - p.r && p.v < v1 + p.r);
+        const last = Math.max(6, line.span - width - 4);
+        for (let t = pass.past ? last + 4 : 6; t <= (pass.past ? line.span : last) && !chosen; t += 4) {
+          if (clear(t) && (!pass.points || free(t))) chosen = {side, t};
+        }
+        if (chosen) break;
+      }
+      if (chosen) break;
+    }
+    chosen = chosen || {side: sides[0], t: 6};
+    const {side: {line: base, offsets, v0, v1}, t} = chosen;
+    placed.push({u0: base.u + t, u1: base.u + t + width, v0, v1});
+    // one line each, in the slopes' order from the top
+    block.forEach((line, i) => {
+      const x = base.ax + dir[0] * t + up[0] * offsets[i], y = base.ay + dir[1] * t + up[1] * offsets[i];
+      line.label.setAttribute('x', x.toFixed(1));
+      line.label.setAttribute('y', y.toFixed(1));
+      line.label.setAttribute('transform', `rotate(${angle.toFixed(2)} ${x.toFixed(1)} ${y.toFixed(1)})`);
+    });
+  }
 }
 
 /** Tooltip lines for an operator row or a module group. */
@@ -154,5 +339,14 @@ export function describePoint(p) {
       (p.attainable_flops_per_s ? ` of ${si(p.attainable_flops_per_s, 'FLOP/s')} attainable` : '') +
       ` (${pct(p.efficiency)})`);
   lines.push(`${p.bound}-bound`);
+  // the level whose roof it is under (where its bytes came from several, the one that takes most
+  // of their time, and a roof between theirs)
+  if (p.memory_level) {
+    lines.push(`memory level ${p.memory_level}` +
+        (p.bandwidth_bytes_per_s ? ` · roof ${si(p.bandwidth_bytes_per_s, 'B/s')}` : ''));
+  }
+  if (p.in_cache) {
+    lines.push(`against main memory's roof (${si(p.dram_bandwidth_bytes_per_s, 'B/s')}): ${pct(p.dram_efficiency)}`);
+  }
   return lines;
 }

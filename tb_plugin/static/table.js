@@ -1,6 +1,7 @@
 // The operator table: sortable, filterable (name, module prefix, phase, bound), and virtualised so
 // that 10,000 rows stay fast (only the rows in view are in the DOM).
 
+import {levelClass} from './chart.js';
 import {el, num, pct, si} from './format.js';
 
 const ROW_HEIGHT = 24;
@@ -15,6 +16,8 @@ const COLUMNS = [
   {key: 'bytes', label: 'bytes', text: (r) => si(r.bytes, 'B'), numeric: true},
   {key: 'intensity', label: 'FLOP/B', text: (r) => num(r.intensity), numeric: true},
   {key: 'bound', label: 'bound', text: (r) => r.bound},
+  // the memory level its data came from (L2, DRAM); none for a collective, which is on the link
+  {key: 'memory_level', label: 'level', text: (r) => (r.bound === 'communication' ? '' : r.memory_level || '')},
   {key: 'efficiency', label: '% of roof', text: (r) => pct(r.efficiency), numeric: true},
 ];
 
@@ -77,7 +80,7 @@ export class OperatorTable {
 
   sortBy(key) {
     if (this.sortKey === key) this.descending = !this.descending;
-    else { this.sortKey = key; this.descending = !['op', 'module', 'phase', 'bound'].includes(key); }
+    else { this.sortKey = key; this.descending = !['op', 'module', 'phase', 'bound', 'memory_level'].includes(key); }
     this.refresh();
   }
 
@@ -121,6 +124,10 @@ export class OperatorTable {
         const td = el('td', column.numeric ? 'mw-num' : '', column.text(r, this.total));
         if (column.key === 'op') td.title = `${r.op}.${r.overload} ${r.shapes} (${r.dtype})`;
         if (column.key === 'module') td.title = r.module;
+        if (column.key === 'memory_level' && r.in_cache) {
+          td.title = `from a cache: ${pct(r.dram_efficiency)} of main memory's roof`;
+          if (/^L\d$/.test(r.memory_level)) td.classList.add('mw-cache', levelClass(r.memory_level));
+        }
         tr.appendChild(td);
       }
       this.body.appendChild(tr);

@@ -512,6 +512,10 @@ def run_generate(arch: Arch, model: nn.Module) -> memwall.Report:
     return prof.report()
 
 
+#: the efficiency no row of a training step may exceed: its roof, with room for timing noise
+ABOVE_ROOF = 1.3
+
+
 def figures(arch: Arch) -> dict[str, Any]:
     """Everything the zoo's tests check for one model, as numbers."""
     base = fresh(arch)
@@ -529,6 +533,11 @@ def figures(arch: Arch) -> dict[str, Any]:
     out: dict[str, Any] = {
         "differs_from_bare_run": mine.equal(bare),
         "uncounted": sorted({r.op for r in rep.uncounted}),
+        # rows above their roof: a roofline that cannot be right (issue 20: each under its memory level)
+        "above_roof": [(r.op, r.phase, r.module, r.shapes, r.memory_level, round(r.efficiency, 2),
+                        f"{r.achieved_bytes_per_s or 0:.3g} B/s under {r.bandwidth_bytes_per_s or 0:.3g}", r.reuse)
+                       for r in rep.rows
+                       if r.efficiency is not None and r.efficiency > ABOVE_ROOF],
         "flop_counter": {op: (counted[op], theirs.get(op, 0)) for op in FLOP_COUNTER_OPS
                          if (op in by_op or op in theirs) and not (arch.grouped_conv and op.endswith("_backward"))},
     }
