@@ -222,7 +222,7 @@ class ModuleTracker:
             if self.memory is not None:
                 self.memory.module_output(path, output)
                 if len(self.stack) == self._label_depth and self.generation_label is not None:
-                    cache = getattr(output, "past_key_values", None)  # a generation call's cache
+                    cache = generation_cache(output)
                     if cache is not None:
                         self.memory.cache_seen(cache)
         if len(self.stack) == self._label_depth:
@@ -360,6 +360,20 @@ def generation_phase(args: Any, kwargs: dict[str, Any]) -> str | None:
     if cache is None:
         return "prefill" if kwargs.get("use_cache") is True else None
     return "decode" if _cache_length(cache) > 0 else "prefill"
+
+
+def generation_cache(output: Any) -> Any:
+    """The KV cache a generation call returns, found by what it is, not by its field's name
+    (transformers renamed `past_key_values` to `cache`, and reading the old name from a new
+    output warns): a model output's values (a dict-like ModelOutput) or a tuple's items."""
+    if isinstance(output, torch.Tensor) or output is None:
+        return None
+    values = output.values() if callable(getattr(output, "values", None)) else \
+        output if isinstance(output, tuple) else ()
+    for value in values:
+        if _is_cache(value) or _is_legacy_cache(value):
+            return value
+    return None
 
 
 def _is_cache(value: Any) -> bool:

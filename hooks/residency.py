@@ -31,7 +31,7 @@ HORIZON = REUSE_HORIZON
 #: all, allocated once: a long run never grows it). Two addresses that share a slot evict each
 #: other, and the evicted one reads as cold when touched again: never under a faster level.
 SLOTS = 1 << 14
-_MASK = SLOTS - 1
+_PRIME = 16381  # the slots used: the largest prime below SLOTS
 
 
 class Residency:
@@ -47,44 +47,41 @@ class Residency:
     def observe(self, args: tuple[Any, ...], out: Any, into: dict[int, int]) -> None:
         """Add this call's tensors to `into` (bucket -> bytes touched): its inputs in order (a
         list's tensors one by one: foreach ops walk them), then its outputs; an output at an
-        input's address (an in-place op) is where that input was."""
-        seen: dict[int, int] = {}
+        input's address (an in-place op) is where that input was. Runs for every op: inlined."""
+        found = []
         for a in args:
-            if type(a) is _Tensor or isinstance(a, _Tensor):
-                self._touch(a, into, seen)
+            if isinstance(a, _Tensor):
+                found.append(a)
             elif type(a) is list or type(a) is tuple:
-                for t in a:
-                    if isinstance(t, _Tensor):
-                        self._touch(t, into, seen)
+                found.extend([t for t in a if isinstance(t, _Tensor)])
         if isinstance(out, _Tensor):
-            self._touch(out, into, seen)
+            found.append(out)
         elif type(out) is list or type(out) is tuple:
-            for t in out:
-                if isinstance(t, _Tensor):
-                    self._touch(t, into, seen)
-
-    def _touch(self, t: torch.Tensor, into: dict[int, int], seen: dict[int, int]) -> None:
-        try:
-            address, size = t.data_ptr(), t.nbytes
-        except (RuntimeError, NotImplementedError):  # no storage (meta, sparse, a wrapper)
-            return
-        if not size or not address:
-            return
-        bucket = seen.get(address)
-        if bucket is None:
-            # allocations are aligned: the bits above the alignment pick the slot, mixed so that
-            # addresses a fixed stride apart spread over the table
-            slot = ((address >> 6) * 0x9E3779B1 >> 16) & _MASK
-            clock = self.clock
-            if self.addresses[slot] == address and clock - self.stamps[slot] + size <= HORIZON:
-                bucket = reuse_bucket(clock - self.stamps[slot] + size)
+            found.extend([t for t in out if isinstance(t, _Tensor)])
+        addresses, stamps, clock = self.addresses, self.stamps, self.clock
+        here: list[int] = []  # this call's addresses and buckets: an in-place output is where its input was
+        for t in found:
+            try:
+                address, size = t.data_ptr(), t.nbytes
+            except (RuntimeError, NotImplementedError):  # no storage (meta, sparse, a wrapper)
+                continue
+            if not size or not address:
+                continue
+            if address in here:
+                bucket = here[here.index(address) + 1]
             else:
-                bucket = COLD
-            seen[address] = bucket
-            self.clock = clock = clock + size
-            self.addresses[slot] = address
-            self.stamps[slot] = clock
-        into[bucket] = into.get(bucket, 0) + size
+                slot = address % _PRIME  # a prime: aligned addresses a power of two apart spread out
+                if addresses[slot] == address:
+                    footprint = clock - stamps[slot] + size  # reuse_bucket, inlined
+                    bucket = (footprint - 1).bit_length() if footprint <= HORIZON else COLD
+                else:
+                    bucket = COLD
+                    addresses[slot] = address
+                clock += size
+                stamps[slot] = clock
+                here += (address, bucket)
+            into[bucket] = into.get(bucket, 0) + size
+        self.clock = clock
 
 
 __all__ = ["COLD", "HORIZON", "SLOTS", "Residency", "reuse_bucket"]

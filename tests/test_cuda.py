@@ -319,3 +319,24 @@ def test_calibrate_measures_figures_near_the_datasheet(tmp_path):
         measured = cal.peaks_flops_per_s.get(key)
         assert measured is not None and 0.3 < measured / spec.peak_flops_per_s(dtype) < 1.1, (key, measured)
 
+
+
+def test_the_gpus_l2_is_a_memory_level_and_a_16_mb_elementwise_op_runs_under_it():
+    """Issue 20 on a GPU: the L2 from the device's own properties, with a source; an op whose
+    16 MB input and 16 MB output stay in it (100 calls on the same buffers) is placed under it."""
+    props = _props()
+    spec = memwall.detect_device("cuda")
+    (l2,) = spec.caches
+    assert (l2.name, l2.capacity_bytes) == ("L2", props.L2_cache_size)
+    assert "L2_cache_size" in l2.capacity_source and l2.bandwidth is not None and l2.bandwidth.source
+    assert spec.memory_levels[-1].name in ("HBM", "GDDR", "DRAM")
+    if l2.capacity_bytes < 2 * 16 * 2**20:
+        pytest.skip(f"{props.name}'s L2 ({l2.capacity_bytes / 2**20:.0f} MiB) cannot hold 2 x 16 MB")
+    x = torch.rand(4 * 2**20, device="cuda")
+    y = torch.empty_like(x)
+    with memwall.profile(summary=False) as prof:
+        for _ in range(100):
+            torch.mul(x, 2.0, out=y)
+    row = one_row(prof.report(), "aten.mul")
+    assert row.memory_level == "L2" and row.in_cache, (row.memory_level, row.reuse)
+    assert row.efficiency is not None and row.efficiency <= 1.3, row.efficiency
