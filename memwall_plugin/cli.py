@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import importlib.util
 import json
 import os
 import runpy
@@ -378,6 +379,13 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     script_args = list(args.args)
     if args.module:
         target, argv0 = args.module, args.module
+        try:
+            found = importlib.util.find_spec(args.module)
+        except (ImportError, ValueError):  # a parent package that is missing or broken
+            found = None
+        if found is None:
+            raise CliError(f"-m {args.module}: no module named {args.module!r} on sys.path (run from the folder "
+                           "that holds it, or install it)")
     else:
         if not script_args:
             raise CliError("name a script to run: memwall run train.py [its arguments], or -m module")
@@ -385,6 +393,11 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         path = Path(target)
         if not path.is_file():
             raise CliError(f"{target}: no such file; pass the path of a Python script")
+        try:  # a script that cannot compile never runs: say so as Python does, with no report
+            compile(path.read_bytes(), target, "exec")
+        except (SyntaxError, ValueError) as exc:
+            traceback.print_exception(type(exc), exc, None)
+            return 1
         argv0 = target
     stem = (args.module or Path(target).stem).replace(".", "_")
     # the ranks of one torchrun job share the launcher's start time, so they pick one directory
@@ -436,6 +449,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         saved = f"report under {where}" if where else "no logdir: its report stayed in the script"
         console.print(f"memwall: the script opened its own memwall.profile, which recorded its block in place "
                       f"of memwall run ({saved}); memwall run recorded the rest", highlight=False, markup=False)
+    if code not in (0, 130) and report.steps and not report.incomplete:
+        console.print(f"memwall: the script exited with status {code}", highlight=False, markup=False)
     if prof.saved:
         console.print(f"memwall: report saved under {logdir / 'plugins' / 'memwall'}"
                       f"{' (incomplete)' if report.incomplete else ''}", highlight=False, markup=False)
@@ -537,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run", help="run an unmodified Python script under memwall",
-        usage="memwall run [options] script.py [script args]  |  memwall run [options] -m module [args]",
+        usage=RUN_USAGE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  memwall run train.py --lr 3e-4\n  memwall run --logdir runs/exp1 train.py\n"
                "  memwall run --schedule wait=1,warmup=1,active=3 train.py\n  memwall run -m mypkg.train\n"
@@ -581,6 +596,7 @@ def _positive(text: str) -> int:
 
 
 _RUN_OPTIONS_WITH_VALUE = {"--logdir", "--schedule", "--device", "--peaks", "--top", "--link"}
+RUN_USAGE = "memwall run [options] script.py [script args]  |  memwall run [options] -m module [args]"
 
 
 def _split_run(argv: list[str]) -> list[str]:
@@ -606,7 +622,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "run":
         argv = _split_run(argv)
-    args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # memwall's own options come before the script: say so with run's usage
+            print(f"usage: {RUN_USAGE}\nmemwall run: error: unrecognized option {unknown[0]!r}; memwall's options "
+                  "come before the script (`memwall run -h` lists them), the script's after it", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        args = parser.parse_args(argv)
     if getattr(args, "args", None) and args.args[0] == "--":
         args.args = args.args[1:]
     if not getattr(args, "func", None):

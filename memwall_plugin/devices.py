@@ -365,7 +365,8 @@ def lookup_device(name: str) -> DeviceSpec:
     if match is None:
         known = ", ".join(r.spec.key for r in _table())
         raise LookupError(f"no device in memwall's table matches {name!r}; known: {known}. "
-                          "Pass peaks= to describe another device.")
+                          "To describe another device, give its peaks instead (memwall's --peaks "
+                          "fp32=80e9,bandwidth=23e9; profile(peaks={...}) in Python; $MEMWALL_PEAKS).")
     return match.spec
 
 

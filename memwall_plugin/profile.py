@@ -227,10 +227,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     ) -> Literal[False]:
         recorder = self._recorder
         recorder.dist.ending()  # a SIGTERM from here on waits until the report is saved
-        # a script that ends by sys.exit(0) finished its work; anything else did not
-        recorder.incomplete = recorder.incomplete or (exc_type is not None and not (
-            isinstance(exc, SystemExit) and exc.code in (0, None)
-        ))
+        # a script that ends by sys.exit (whatever its status) ended where it chose to: nothing it
+        # would have done is missing; any other exception cut it short
+        recorder.incomplete = recorder.incomplete or (exc_type is not None and not isinstance(exc, SystemExit))
         try:
             recorder.end_step(final=True)
         except Exception as err:  # memwall's own trouble must not fail or replace the user's run

@@ -74,6 +74,35 @@ def test_run_passes_a_non_zero_exit_code_through(script, tmp_path):
     assert "SCRIPT step=2" in result.stdout
 
 
+def test_a_non_zero_exit_is_the_scripts_own_end_not_a_crash(script, tmp_path):
+    result = memwall_cli("run", "--logdir", "runs/two", "train.py", "--exit-code", "2", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "INCOMPLETE" not in result.stdout and "the script exited with status 2" in result.stdout
+    rep = memwall.load_report(next((tmp_path / "runs/two/plugins/memwall").glob("*.json")))
+    assert not rep.incomplete  # it ran to its own end: nothing it would have done is missing
+
+
+def test_a_script_that_cannot_start_is_reported_as_python_would(tmp_path):
+    (tmp_path / "broken.py").write_text("import torch\nx = (\n")
+    result = memwall_cli("run", "--logdir", "runs/broken", "broken.py", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "SyntaxError" in result.stderr and 'File "broken.py", line 2' in result.stderr
+    assert "memwall_plugin" not in result.stderr and "runpy" not in result.stderr  # no frames of ours
+    assert "no step was recorded" not in result.stdout and not (tmp_path / "runs/broken").exists()
+    missing = memwall_cli("run", "-m", "no_such_module_here", cwd=tmp_path)
+    assert missing.returncode == 2 and "no module named 'no_such_module_here'" in missing.stderr
+    assert "no step was recorded" not in missing.stdout
+
+
+def test_an_unknown_run_option_gets_runs_usage_and_a_device_typo_names_the_cli_flag(script, tmp_path):
+    result = memwall_cli("run", "--bogus", "train.py", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: memwall run [options] script.py")
+    assert "unrecognized option '--bogus'" in result.stderr and "SCRIPT" not in result.stdout
+    typo = memwall_cli("run", "--device", "h1000", "train.py", cwd=tmp_path)
+    assert typo.returncode == 2 and "--peaks fp32=80e9,bandwidth=23e9" in typo.stderr
+
+
 def test_a_script_that_raises_leaves_a_report(script, tmp_path):
     result = memwall_cli("run", "--logdir", "runs/crash", "train.py", "--crash-at", "2", cwd=tmp_path)
     assert result.returncode == 1
