@@ -10,9 +10,10 @@ hooks/collectives.py's recorder takes torch.distributed's collectives.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import torch
@@ -576,6 +577,23 @@ class Capture:
         self._mode.__enter__()
         if self.memory is not None:
             self.memory.start()
+
+    @contextlib.contextmanager
+    def unseen(self) -> Iterator[None]:
+        """The block runs with the dispatch mode out of the way (module hooks, tables and the
+        step stay as they are): for another profiler's step marker. A mode torch is handed a
+        record_function's enter or exit in wraps it in a PythonDispatchMode range of its own,
+        which then crosses the marked boundary."""
+        mode = self._mode
+        stack = dispatch_mode_stack() if mode is not None else []
+        if not stack or stack[-1] is not mode:  # not recording, or a mode of the user's is on top
+            yield
+            return
+        mode.__exit__(None, None, None)
+        try:
+            yield
+        finally:
+            mode.__enter__()
 
     def route(self, router: Router | None) -> None:
         """Hand the ops `router.routes` names to `router` from now on (None: to the table again);
