@@ -120,11 +120,16 @@ _profiling: Callable[[], bool] = getattr(torch._C._autograd, "_profiler_enabled"
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter
 _Key = torch._C.DispatchKey
-_dispatch_keys = torch._C._dispatch_keys
-_tls_included = torch._C._dispatch_tls_local_include_set
-_tls_excluded = torch._C._dispatch_tls_local_exclude_set
-_has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
-_in_alias = torch._C._dispatch_is_included_in_alias
+_dispatch_keys: Any = getattr(torch._C, "_dispatch_keys", None)
+_tls_included: Any = getattr(torch._C, "_dispatch_tls_local_include_set", None)
+_tls_excluded: Any = getattr(torch._C, "_dispatch_tls_local_exclude_set", None)
+_has_kernel: Any = getattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", None)
+_in_alias: Any = getattr(torch._C, "_dispatch_is_included_in_alias", None)
+_is_fallthrough: Any = getattr(torch._C, "_dispatch_kernel_for_dispatch_key_is_fallthrough", None)
+#: whether to look the kernel up: a profiler records this thread, and this torch has every query
+#: the lookup needs (a torch without one calls the op as the mode was given it)
+_look_up: Callable[[], bool] = _profiling if None not in (
+    _dispatch_keys, _tls_included, _tls_excluded, _has_kernel, _in_alias, _is_fallthrough) else bool
 #: (id(overload), the call's key set as an int) -> (the overload's per-key call, the key whose
 #: kernel runs, the overload), or None where memwall calls the overload as before
 _BELOW_MODE: dict[tuple[int, int], tuple[Any, Any, Any] | None] = {}
@@ -136,7 +141,7 @@ def kernel_key(name: str, key: Any) -> Any:
     CompositeExplicitAutogradNonFunctional, CompositeExplicitAutograd, the nested-tensor and
     plain CompositeImplicitAutograd); None for a fallthrough, a backend fallback or no kernel."""
     if _has_kernel(name, key):
-        return None if torch._C._dispatch_kernel_for_dispatch_key_is_fallthrough(name, key) else key
+        return None if _is_fallthrough(name, key) else key
     undefined = key == _Key.Undefined  # no tensor argument: every composite kernel serves it
     for alias in (_Key.CompositeExplicitAutogradNonFunctional, _Key.CompositeExplicitAutograd):
         if (undefined or _in_alias(key, alias)) and _has_kernel(name, alias):
@@ -228,7 +233,7 @@ def call_below_mode(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     device: below the Python key a thread's included and excluded keys are torch's defaults
     (BackendSelect), which nothing in torch changes. With no profiler recording this thread there
     is no second event to spare, and the op is called as the mode was given it."""
-    if not _profiling():
+    if not _look_up():
         return func(*args, **kwargs)
     backend = _dense_backend(args)
     if kwargs and backend >= 0:
