@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
@@ -85,7 +86,7 @@ def warm_up_dispatch() -> None:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
             return func(*args, **(kwargs or {}))
 
-    with _Nothing():
+    with unrecorded(), _Nothing():  # memwall's own ops: not in a torch.profiler trace around it
         torch.empty(1).add_(1)
     _warm = True
 
@@ -104,6 +105,182 @@ class UncompiledDispatchMode(TorchDispatchMode):
         # that a torch.compile call made inside the mode does not compile the mode's own frames.
         # This mode never compiles, and Dynamo compiles with it off: the wrapper is pure cost.
         return False
+
+
+# -- running the op a mode was handed, invisibly to torch.profiler: `func(*args)` inside a mode
+# -- enters the dispatcher anew, which records a second profiler event (aten::mm inside
+# -- PythonDispatchMode inside aten::mm). Calling the kernel the dispatcher was taking the op to
+# -- (below the Python key) runs the same code and records nothing of its own: the dispatcher
+# -- records a call, never a call for a given key; the ops that kernel calls are recorded as they
+# -- are without memwall.
+
+#: whether a profiler records this thread (torch.profiler, the autograd profiler); a torch without
+#: the query is taken to be profiling
+_profiling: Callable[[], bool] = getattr(torch._C._autograd, "_profiler_enabled", lambda: True)
+_Tensor = torch.Tensor
+_Parameter = torch.nn.Parameter
+_Key = torch._C.DispatchKey
+_dispatch_keys: Any = getattr(torch._C, "_dispatch_keys", None)
+_tls_included: Any = getattr(torch._C, "_dispatch_tls_local_include_set", None)
+_tls_excluded: Any = getattr(torch._C, "_dispatch_tls_local_exclude_set", None)
+_has_kernel: Any = getattr(torch._C, "_dispatch_has_kernel_for_dispatch_key", None)
+_in_alias: Any = getattr(torch._C, "_dispatch_is_included_in_alias", None)
+_is_fallthrough: Any = getattr(torch._C, "_dispatch_kernel_for_dispatch_key_is_fallthrough", None)
+#: whether to look the kernel up: a profiler records this thread, and this torch has every query
+#: the lookup needs (a torch without one calls the op as the mode was given it)
+_look_up: Callable[[], bool] = _profiling if None not in (
+    _dispatch_keys, _tls_included, _tls_excluded, _has_kernel, _in_alias, _is_fallthrough) else bool
+#: (id(overload), the call's key set as an int) -> (the overload's per-key call, the key whose
+#: kernel runs, the overload), or None where memwall calls the overload as before
+_BELOW_MODE: dict[tuple[int, int], tuple[Any, Any, Any] | None] = {}
+
+
+def kernel_key(name: str, key: Any) -> Any:
+    """The key whose registered kernel the dispatcher runs for runtime key `key` (torch's
+    OperatorEntry::computeDispatchTableEntry, in its order: the key's own kernel, then
+    CompositeExplicitAutogradNonFunctional, CompositeExplicitAutograd, the nested-tensor and
+    plain CompositeImplicitAutograd); None for a fallthrough, a backend fallback or no kernel."""
+    if _has_kernel(name, key):
+        return None if _is_fallthrough(name, key) else key
+    undefined = key == _Key.Undefined  # no tensor argument: every composite kernel serves it
+    for alias in (_Key.CompositeExplicitAutogradNonFunctional, _Key.CompositeExplicitAutograd):
+        if (undefined or _in_alias(key, alias)) and _has_kernel(name, alias):
+            return alias
+    nested = _Key.CompositeImplicitAutogradNestedTensor
+    if not undefined and _in_alias(key, nested) and _has_kernel(name, nested):
+        return nested
+    implicit = _Key.CompositeImplicitAutograd
+    if (undefined or _in_alias(key, implicit)) and _has_kernel(name, implicit):
+        return implicit
+    return None
+
+
+def _below_mode(func: Any, keys: Any) -> tuple[Any, Any, Any] | None:
+    try:
+        name = func.name()
+        backend_select = _Key.BackendSelect
+        if keys.has(backend_select) and not _has_kernel(name, backend_select):
+            keys = keys.remove(backend_select)  # a fallthrough for every op but the factories
+        runs = kernel_key(name, keys.highestPriorityTypeId())
+        return None if runs is None else (func._op_dk, runs, func)
+    except (RuntimeError, AttributeError, TypeError):
+        return None
+
+
+def _call_keys(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The key set the dispatcher computes for a call: its tensors' keys with this thread's
+    included keys, less its excluded ones."""
+    keys = _tls_included()
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, _Tensor):
+            keys = keys | _dispatch_keys(a)
+        elif type(a) is list or type(a) is tuple:
+            for b in a:
+                if isinstance(b, _Tensor):
+                    keys = keys | _dispatch_keys(b)
+    return keys - _tls_excluded()
+
+
+_strided = torch.strided
+#: (id(overload), 1 for CPU / 2 for CUDA) -> as _BELOW_MODE, for calls on plain dense tensors
+_BELOW_MODE_DENSE: dict[tuple[int, int], tuple[Any, Any, Any] | None] = {}
+_UNKNOWN = object()
+
+
+def _dense_backend(values: Any, backend: int = 0) -> int:
+    """1 when the tensors among `values` (and in their lists) are plain dense strided CPU
+    tensors, 2 when some are on CUDA and the rest on the CPU (CUDA's key ranks higher), -1 for
+    any other tensor, `backend` when there is no tensor. Read from the tensors' flags: much
+    cheaper than their key sets, and this runs for every op."""
+    for a in values:
+        kind = type(a)
+        if kind is _Tensor or kind is _Parameter:
+            if a.layout is not _strided or a.is_quantized or a.is_nested:
+                return -1
+            if a.is_cuda:
+                backend = 2
+            elif not a.is_cpu:
+                return -1
+            elif not backend:
+                backend = 1
+        elif kind is list or kind is tuple:  # sizes, or a tensor list (cat's, index's with its Nones)
+            for t in a:
+                kind = type(t)
+                if kind is _Tensor or kind is _Parameter:
+                    if t.layout is not _strided or t.is_quantized or t.is_nested:
+                        return -1
+                    if t.is_cuda:
+                        backend = 2
+                    elif not t.is_cpu:
+                        return -1
+                    elif not backend:
+                        backend = 1
+                elif isinstance(t, _Tensor):
+                    return -1
+        elif isinstance(a, _Tensor):  # a tensor subclass: its keys say what it is
+            return -1
+    return backend
+
+
+def call_below_mode(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run an aten overload that reached a dispatch mode exactly as `func(*args, **kwargs)` runs it
+    there (the kernel below the Python key, its arguments converted as that call converts them,
+    Python numbers included), without a second profiler event for it. The kernel is the one the
+    dispatcher picks for the call's key set; ops with nothing but a backend fallback there run as
+    before.
+
+    Calls whose tensors are all plain, dense and strided, on the CPU or CUDA, are looked up by
+    device: below the Python key a thread's included and excluded keys are torch's defaults
+    (BackendSelect), which nothing in torch changes. With no profiler recording this thread there
+    is no second event to spare, and the op is called as the mode was given it."""
+    if not _look_up():
+        return func(*args, **kwargs)
+    backend = _dense_backend(args)
+    if kwargs and backend >= 0:
+        backend = _dense_backend(kwargs.values(), backend)
+    if backend > 0:
+        target = _BELOW_MODE_DENSE.get((id(func), backend), _UNKNOWN)
+        if target is _UNKNOWN:
+            target = _BELOW_MODE_DENSE[(id(func), backend)] = _below_mode(func, _call_keys(args, kwargs))
+    else:
+        keys = _call_keys(args, kwargs)
+        target = _BELOW_MODE.get((id(func), keys.raw_repr()), _UNKNOWN)
+        if target is _UNKNOWN:
+            target = _BELOW_MODE[(id(func), keys.raw_repr())] = _below_mode(func, keys)
+    if target is None:
+        return func(*args, **kwargs)
+    return target[0](target[1], *args, **kwargs)  # type: ignore[index]
+
+
+_enable_record_function = getattr(torch._C._autograd, "_enable_record_function", None)
+
+
+@contextlib.contextmanager
+def unrecorded() -> Iterator[None]:
+    """The block's ops are not recorded by a profiler running on this thread (torch.profiler):
+    memwall's own work, or an op torch turns into a call only because a mode is active. Recording
+    is switched back on after the block (torch has no reader of the switch: a thread that had it
+    off on purpose while profiling gets it back on)."""
+    if _enable_record_function is None or not _profiling():
+        yield
+        return
+    _enable_record_function(False)
+    try:
+        yield
+    finally:
+        _enable_record_function(True)
+
+
+def call_unrecorded(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """`func(*args, **kwargs)`, unrecorded by torch.profiler. For aten.detach, which torch hands a
+    dispatch mode outside the dispatcher too: with a mode active every shallow copy of a tensor
+    (`.data`, a tensor saved for backward) becomes a detach call to the mode, which in a bare run
+    is no op at all; when it is an op, the dispatcher recorded it before the mode saw it, and its
+    kernel calls no other op."""
+    if not _profiling():
+        return func(*args, **kwargs)
+    with unrecorded():
+        return func(*args, **kwargs)
 
 
 # -- operator overloads: torch gives no public accessor for an overload's schema; memwall reads
@@ -385,6 +562,9 @@ __all__ = [
     "UncompiledDispatchMode",
     "compiled_module_original",
     "current_autograd_node",
+    "call_below_mode",
+    "call_unrecorded",
+    "unrecorded",
     "current_cuda_stream",
     "compiled_region_graph",
     "default_store",
@@ -403,6 +583,7 @@ __all__ = [
     "is_fake_tensor_type",
     "is_higher_order_op",
     "is_op_overload",
+    "kernel_key",
     "nested_component_shapes",
     "node_sequence_nr",
     "node_variable",

@@ -10,15 +10,18 @@ hooks/collectives.py's recorder takes torch.distributed's collectives.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 import torch
 from memwall_plugin.hooks._torch_private import (
     SUBGRAPH_HOPS,
     UncompiledDispatchMode,
+    call_below_mode,
+    call_unrecorded,
     current_autograd_node,
     current_cuda_stream,
     dispatch_mode_stack,
@@ -31,6 +34,7 @@ from memwall_plugin.hooks._torch_private import (
     is_fake_tensor_type,
     is_higher_order_op,
     op_schema,
+    unrecorded,
     warm_up_dispatch,
 )
 from memwall_plugin.hooks.compiled import CompiledRegions, region_facts
@@ -64,6 +68,8 @@ from memwall_plugin.records import (
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter  # no dispatch of its own: a plain tensor to the mode (compiled code)
 _ONES_LIKE = torch.ops.aten.ones_like.default
+#: torch hands a mode this op outside the dispatcher too: a tensor's shallow copy (hooks/_torch_private.py)
+_DETACH = torch.ops.aten.detach.default
 _perf_counter_ns = time.perf_counter_ns
 
 
@@ -320,6 +326,12 @@ class Router(Protocol):
     busy_ns: int
 
 
+def _run(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Run an op the mode was handed as calling it would, without a second torch.profiler event
+    for it (hooks/_torch_private.py): torch.profiler counts each op as often as without memwall."""
+    return call_unrecorded(func, args, kwargs) if func is _DETACH else call_below_mode(func, args, kwargs)
+
+
 class _CaptureMode(UncompiledDispatchMode):
     #: higher-order operators (flex_attention, torch.cond, while_loop, scan, ...) come to
     #: __torch_dispatch__ too, instead of torch raising NotImplementedError in the user's code
@@ -340,7 +352,7 @@ class _CaptureMode(UncompiledDispatchMode):
         kwargs = kwargs or {}
         capture = self._capture
         if capture.failed is not None:  # memwall broke earlier in this run: stay out of the way
-            return func(*args, **kwargs)
+            return _run(func, args, kwargs)
         if types:
             if any(is_fake_tensor_type(t) for t in types):
                 # fake tensors only carry metadata (FakeTensorMode, DTensor's sharding
@@ -367,9 +379,9 @@ class _CaptureMode(UncompiledDispatchMode):
             # any other (flex_attention, and ones torch adds later): one row, timed, counted
             # where a formula names it, listed uncounted otherwise (never a silent zero)
             if self._cuda and _first_tensor_is_cuda(args):
-                return self._dispatch_cuda(func, args, kwargs)
+                return self._dispatch_cuda(func, args, kwargs, hop=True)
             start = _perf_counter_ns()
-            out = func(*args, **kwargs)
+            out = func(*args, **kwargs)  # not a dispatcher call: no profiler event of its own
             elapsed = _perf_counter_ns() - start
             try:
                 capture.record(func, args, kwargs, out, elapsed)
@@ -389,7 +401,9 @@ class _CaptureMode(UncompiledDispatchMode):
         if self._cuda and _first_tensor_is_cuda(args):
             return self._dispatch_cuda(func, args, kwargs)
         start = _perf_counter_ns()
-        out = func(*args, **kwargs)  # the user's op: its errors are the user's, unchanged
+        # the user's op, run where the dispatcher was taking it (_run, inlined: this runs for every
+        # op): its errors are the user's, unchanged
+        out = call_unrecorded(func, args, kwargs) if func is _DETACH else call_below_mode(func, args, kwargs)
         elapsed = _perf_counter_ns() - start
         try:
             capture.record(func, args, kwargs, out, elapsed)
@@ -404,13 +418,14 @@ class _CaptureMode(UncompiledDispatchMode):
         try:
             inputs = args[1] if len(args) > 1 and isinstance(args[1], list) else []
             key = (opaque(args[0]), tuple([signature(t) for t in inputs]))
-            region = (key, region_facts(args, kwargs), device_of(tuple(inputs), None))
+            with unrecorded():  # sizing its graph runs ops (on fake tensors): memwall's own work
+                region = (key, region_facts(args, kwargs), device_of(tuple(inputs), None))
         except Exception as err:
             capture.fail(err, func)
             return func(*args, **kwargs)
         del inputs
         if self._cuda and region[2] == "cuda":
-            return self._dispatch_cuda(func, args, kwargs, region)
+            return self._dispatch_cuda(func, args, kwargs, region, hop=True)
         start = _perf_counter_ns()
         out = func(*args, **kwargs)
         elapsed = _perf_counter_ns() - start
@@ -427,7 +442,8 @@ class _CaptureMode(UncompiledDispatchMode):
 
         return run_recorded
 
-    def _dispatch_cuda(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], region: Any = None) -> Any:
+    def _dispatch_cuda(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], region: Any = None,
+                       hop: bool = False) -> Any:
         # device time from events, resolved at the step's end: no synchronisation per op
         capture = self._capture
         try:
@@ -438,8 +454,8 @@ class _CaptureMode(UncompiledDispatchMode):
             start_event.record(stream)
         except Exception as err:
             capture.fail(err, func)
-            return func(*args, **kwargs)
-        out = func(*args, **kwargs)
+            return func(*args, **kwargs) if hop else _run(func, args, kwargs)
+        out = func(*args, **kwargs) if hop else _run(func, args, kwargs)
         try:
             end_event.record(stream)
             entry = capture.record(func, args, kwargs, out, 0, region)
@@ -562,6 +578,23 @@ class Capture:
         if self.memory is not None:
             self.memory.start()
 
+    @contextlib.contextmanager
+    def unseen(self) -> Iterator[None]:
+        """The block runs with the dispatch mode out of the way (module hooks, tables and the
+        step stay as they are): for another profiler's step marker. A mode torch is handed a
+        record_function's enter or exit in wraps it in a PythonDispatchMode range of its own,
+        which then crosses the marked boundary."""
+        mode = self._mode
+        stack = dispatch_mode_stack() if mode is not None else []
+        if not stack or stack[-1] is not mode:  # not recording, or a mode of the user's is on top
+            yield
+            return
+        mode.__exit__(None, None, None)
+        try:
+            yield
+        finally:
+            mode.__enter__()
+
     def route(self, router: Router | None) -> None:
         """Hand the ops `router.routes` names to `router` from now on (None: to the table again);
         a capture that is recording re-enters its mode to take the change up."""
@@ -669,7 +702,8 @@ class Capture:
             if reader is _UNREAD:
                 reader = _reader_of(func)
             if reader is not None:  # a count that depends on argument values (flex_attention's mask)
-                facts = reader[0](args, kwargs)
+                with unrecorded():  # reading a BlockMask runs ops of memwall's own
+                    facts = reader[0](args, kwargs)
                 if facts is not None:
                     kw_key = (*(kw_key or ()), (FACTS_KEY, facts))
         # id(func): an OpOverload hashes in Python; the entry keeps func itself alive

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from memwall_plugin.hooks._torch_private import (
+    call_below_mode,
     current_autograd_node,
     group_size_by_name,
     in_backward,
@@ -257,7 +258,7 @@ class CollectiveRecorder:
 
     def issue(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         busy, start = self.busy_ns, _perf_counter_ns()
-        out = func(*args, **kwargs)
+        out = call_below_mode(func, args, kwargs)  # no second torch.profiler event for the call
         returned = _perf_counter_ns()
         entry = self._entry(func, args, kwargs)
         entry.calls += 1
@@ -326,7 +327,7 @@ class CollectiveRecorder:
 
     def wait(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A functional collective's `wait_tensor`: its call completes when this returns."""
-        out = func(*args, **kwargs)
+        out = call_below_mode(func, args, kwargs)
         end = _perf_counter_ns()
         tensor = args[0] if args else kwargs.get("tensor")
         flight = self._functional.pop(tensor.data_ptr(), None) if isinstance(tensor, torch.Tensor) else None

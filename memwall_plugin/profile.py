@@ -312,9 +312,12 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         following = recorder.step_num + 1
         try:
             recorder.end_step(final=False)
-            recorder.begin_step(following)
             if self._trace is not None:
-                self._trace.advance()
+                # torch.profiler's step marker (ProfilerStep#N), with memwall's mode out of its way
+                assert recorder.capture is not None
+                with recorder.capture.unseen():
+                    self._trace.advance()
+            recorder.begin_step(following)
         except Exception as err:  # memwall's own trouble must never stop the user's loop
             recorder.fail(err, "marking a step")
             recorder.step_num = following

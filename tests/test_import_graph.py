@@ -23,7 +23,7 @@ PRIVATE_TORCH_HOME = "memwall_plugin.hooks._torch_private"
 #: modules) that a use reaches by attribute or by getattr's string, on whatever variable holds them
 PRIVATE_ATTRS = frozenset({
     "_schema", "_overloadname", "_opname", "_overloadpacket", "_should_skip_dynamo",
-    "_get_current_dispatch_mode_stack", "_orig_mod", "_sequence_nr", "_nested_tensor_size",
+    "_get_current_dispatch_mode_stack", "_orig_mod", "_sequence_nr", "_nested_tensor_size", "_op_dk",
 })
 _ATTR_FUNCTIONS = frozenset({"getattr", "hasattr", "setattr", "delattr"})
 
