@@ -205,6 +205,7 @@ def report_json(report: Report, by: str | None = None, ranks: dict[int, Report] 
         "wall_time_s": head["wall_time_s"], "intensity": head["intensity"],
         "memory_bound_time_fraction": head["memory_bound_fraction"],
         "roofline_time_s": head["roofline_time_s"], "coverage": head["coverage"],
+        "setup_time_s": head["setup_time_s"],
         "uncounted_rows": head["uncounted_rows"], "steps": head["steps"],
         "incomplete": head["incomplete"], "bytes_per_element": report.bytes_per_element,
     }

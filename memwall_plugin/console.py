@@ -135,8 +135,8 @@ _ADVICE = {
     "optimizer": "a fused optimizer (fused=True) reads and writes each parameter once",
     "grad scaler": "a fused optimizer (fused=True) takes the GradScaler's scale and inf flag and unscales "
                    "inside its own pass, instead of reading every gradient once more",
-    "outside-the-model": "this is data preparation or set-up; move it into DataLoader workers or out "
-                         "of the training loop",
+    "outside-the-model": "this is data preparation or bookkeeping between model calls; move it into "
+                         "DataLoader workers or out of the loop",
 }
 
 
@@ -179,9 +179,10 @@ def host_time_share(report: Report) -> float | None:
 
 
 def cache_time(report: Report) -> dict[str, float]:
-    """Op time by the cache level the ops' data came from (ops from main memory left out)."""
+    """Op time by the cache level the ops' data came from (ops from main memory and set-up left
+    out)."""
     out: dict[str, float] = {}
-    for r in report.rows:
+    for r in report.work_rows:
         if r.in_cache and r.time_s > 0:
             out[r.memory_level] = out.get(r.memory_level, 0.0) + r.time_s
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
@@ -202,8 +203,10 @@ def _served_from(rows: list[Row], main: str) -> str:
 
 
 def findings(report: Report) -> list[str]:
-    """A few plain-language conclusions, largest effect first."""
-    total = report.total_time_s
+    """A few plain-language conclusions, largest effect first. Set-up (weight init, data made
+    before the first forward) is left out: the shares are of the work's op time."""
+    work = report.work_rows
+    total = math.fsum(r.time_s for r in work)
     out: list[str] = []
     if total <= 0 or not report.rows:
         return out
@@ -214,7 +217,7 @@ def findings(report: Report) -> list[str]:
             "the memory wall is not what limits this run; larger batches, a DataLoader with workers, or "
             "CUDA graphs would."
         )
-    memory_rows = [r for r in report.rows if r.bound == MEMORY]
+    memory_rows = [r for r in work if r.bound == MEMORY]
     if memory_rows and report.memory_bound_time_fraction >= 0.1:
         by_cat: dict[str, list[Row]] = {}
         for r in memory_rows:
@@ -251,7 +254,7 @@ def findings(report: Report) -> list[str]:
             f"({prefill.intensity / decode.intensity:.0f}x lower): each generated token fetches every "
             "weight for a few FLOPs; batching sequences raises it."
         )
-    compute_rows = [r for r in report.rows if r.bound == COMPUTE and r.efficiency is not None]
+    compute_rows = [r for r in work if r.bound == COMPUTE and r.efficiency is not None]
     compute_time = sum(r.time_s for r in compute_rows)
     if compute_rows and compute_time / total >= 0.2:
         achieved = sum(r.flops or 0 for r in compute_rows) / compute_time
@@ -262,7 +265,7 @@ def findings(report: Report) -> list[str]:
                 "dtype (a tensor-core dtype such as bf16 on GPUs) and shapes (multiples of 8 or 16)."
             )
     if report.coverage < 0.95:
-        names = sorted({r.name for r in report.uncounted})
+        names = sorted({r.name for r in work if r.flops is None})
         out.append(
             f"{1 - report.coverage:.0%} of op time is in ops without a FLOP formula "
             f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); their FLOPs are unknown, "
@@ -367,6 +370,9 @@ class Summary:
             f"time     {_ms(head.time_s)} in ops (wall {_ms(head.wall_time_s)}), roofline "
             f"{_ms(head.roofline_time_s)} for the counted ops"
         ))
+        if 0 < head.setup_time_s < head.time_s:  # a report of set-up alone has its shares over it
+            lines.append(Text(f"setup    {_dur(head.setup_time_s)} of it before the first forward (weight init, "
+                              "data): not counted in the shares or findings"))
         lines.append(Text(
             f"work     {si(head.flops, 'FLOP')}, {si(head.bytes, 'B')} moved, "
             f"intensity {_num(head.intensity)} FLOP/B"
@@ -378,7 +384,7 @@ class Summary:
         lines.append(mem)
         cached = cache_time(rep)
         if cached:
-            total = rep.total_time_s
+            total = math.fsum(r.time_s for r in rep.work_rows)
             levels = ", ".join(f"{name} {t / total:.0%}" for name, t in cached.items())
             lines.append(Text(
                 f"cache    {sum(cached.values()) / total:.0%} of op time ran on data still in cache ({levels}): "

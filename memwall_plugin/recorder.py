@@ -19,8 +19,9 @@ from memwall_plugin.analysis import analysis_cache, rows_from_entries
 from memwall_plugin.ceilings import ceilings_of, memory_roof_of, tf32_families
 from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.distributed import DistributedSession
-from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into
+from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into, rename_phase
 from memwall_plugin.memory_build import memory_report
+from memwall_plugin.records import OTHER, SETUP
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report
 from memwall_plugin.rundir import new_job_id
@@ -161,11 +162,18 @@ class Recorder:
         if self.capture.failed is not None:
             self.incomplete = True
         table = self.capture.take()
+        # the first step ended before any work began: what it held as set-up is plain "other"
+        # (a profile of bare ops, a step of set-up alone)
+        rename = (SETUP, OTHER) if self.capture.tracker.setup_open else None
+        if rename is not None:
+            table = rename_phase(table, *rename)
+            if self.capture.memory is not None:
+                self.capture.memory.rename_phase(*rename)
         self.capture.end_step()
         kept = self.action.kept
         if self.capture.memory is not None:
             self.capture.memory.end_step(kept=kept and bool(table))
-        self.dist.end_step(self.capture, table, kept, final)
+        self.dist.end_step(self.capture, table, kept, final, rename)
         if kept and table:
             self._window = _merge(self._window, table)
             self._window_steps.append(self.step_num)

@@ -23,7 +23,7 @@ from memwall_plugin.ceilings import Link, place_rows
 from memwall_plugin.devices import DeviceSpec
 from memwall_plugin.files import write_bytes_atomically
 from memwall_plugin.memory import MemoryReport, merge_memory
-from memwall_plugin.records import PHASES
+from memwall_plugin.records import PHASES, SETUP
 from memwall_plugin.rows import Group, Row, group_by, group_rows, merge_rows
 from memwall_plugin.validation import ReportError, parse_json, read_report_bytes
 
@@ -96,20 +96,36 @@ class Report:
         return tuple(r for r in self.rows if r.flops is None)
 
     @property
+    def work_rows(self) -> tuple[Row, ...]:
+        """The rows the shares and findings are about: all but set-up (weight init, data made
+        before the first forward), unless the report holds nothing else (a set-up phase alone)."""
+        work = tuple(r for r in self.rows if r.phase != SETUP)
+        return work if work else self.rows
+
+    @property
+    def setup_time_s(self) -> float:
+        """Measured time in set-up ops (phase "setup"): in the totals, not in the shares."""
+        return math.fsum(r.time_s for r in self.rows if r.phase == SETUP)
+
+    @property
     def coverage(self) -> float:
-        """Share of measured time spent in counted ops (1.0 when nothing was timed)."""
-        total = self.total_time_s
+        """Share of measured time spent in counted ops (1.0 when nothing was timed); set-up left
+        out (`work_rows`)."""
+        rows = self.work_rows
+        total = math.fsum(r.time_s for r in rows)
         if total <= 0:
-            return 1.0 if not self.uncounted else 0.0
-        return math.fsum(r.time_s for r in self.rows if r.flops is not None) / total
+            return 1.0 if all(r.flops is not None for r in rows) else 0.0
+        return math.fsum(r.time_s for r in rows if r.flops is not None) / total
 
     @property
     def memory_bound_time_fraction(self) -> float:
-        """Share of measured time spent in memory-bound ops (pure data movement included)."""
-        total = self.total_time_s
+        """Share of measured time spent in memory-bound ops (pure data movement included); set-up
+        left out (`work_rows`)."""
+        rows = self.work_rows
+        total = math.fsum(r.time_s for r in rows)
         if total <= 0:
             return 0.0
-        return math.fsum(r.time_s for r in self.rows if r.bound == roofline.MEMORY) / total
+        return math.fsum(r.time_s for r in rows if r.bound == roofline.MEMORY) / total
 
     @property
     def roofline_time_s(self) -> float | None:

@@ -191,3 +191,38 @@ def test_run_over_a_script_that_opens_its_own_profile_runs_it_to_its_end(tmp_pat
     assert "aten.abs" in {r.op for r in outer.rows}  # the outer one recorded what came after
     assert outer.extra["nested_profiles"] == ["runs/own"]
     assert "aten.abs" not in {r.op for r in own.rows}
+
+
+INFER = textwrap.dedent('''
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256))
+    for layer in (model[0], model[2]):
+        torch.nn.init.normal_(layer.weight, std=0.02)
+        torch.nn.init.zeros_(layer.bias)
+    batches = [torch.randn(4, 256) for _ in range(3)]
+    with torch.no_grad():
+        for x in batches:
+            y = model(x)
+    print("SCRIPT done")
+''')
+
+
+def test_run_over_inference_keeps_weight_init_out_of_the_shares(tmp_path):
+    (tmp_path / "infer.py").write_text(INFER)
+    result = memwall_cli("run", "--logdir", "runs/infer", "infer.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rep = memwall.load_report(next((tmp_path / "runs/infer/plugins/memwall").glob("*.json")))
+    assert rep.steps == (0,)
+    # made before the first forward: the parameters and the Linears' default init, the script's own, the batches
+    assert {r.op for r in rep.filter(phase="setup")} == {"aten.empty", "aten.uniform_", "aten.normal_", "aten.zero_",
+                                                         "aten.randn"}
+    assert {r.phase for r in rep.rows if r.op in ("aten.addmm", "aten.gelu")} == {"forward"}
+    assert "setup" in result.stdout.split("Phases")[1]  # a row of the phase table
+    words = " ".join(result.stdout.split())  # the summary wraps at the terminal's width
+    assert "of it before the first forward (weight init, data): not counted in the shares" in words
+    assert "outside-the-model" not in words and "DataLoader" not in words
+    totals = json.loads(memwall_cli("report", "runs/infer", "--json", cwd=tmp_path).stdout)["totals"]
+    setup_s = sum(r.time_s for r in rep.filter(phase="setup"))
+    assert totals["setup_time_s"] == pytest.approx(setup_s) and totals["time_s"] > setup_s > 0

@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 import memwall_plugin as memwall
+from memwall_plugin.ceilings import place_rows
 from memwall_plugin.console import findings, module_pattern, render_text
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -107,3 +108,31 @@ def test_options_are_validated():
     with pytest.raises(ValueError, match="by must be"):
         memwall.SummaryOptions(by="shape")
     assert memwall.SummaryOptions().with_(top=3).top == 3
+
+
+# --- set-up: in the totals, out of the shares and findings ---------------------------------------
+
+
+def _memory_bound(op: str, phase: str = "forward") -> memwall.Row:
+    # 1 GFLOP over 2 GB: 0.5 FLOP/B, left of an A100's ridge
+    return _row(op, "transformer.h.0.attn", phase, 1, 1_000_000_000, 1_000_000_000, 1_000_000_000, 0.010)
+
+
+def _on_a100(*rows: memwall.Row) -> memwall.Report:
+    device = memwall.lookup_device("a100-sxm4-80gb")
+    return memwall.Report(rows=place_rows(rows, device), device=device, steps=(0,), wall_time_s=0.02,
+                          measured_on=device.name)
+
+
+def test_setup_is_out_of_the_findings_and_named_in_the_header():
+    # 60 ms of weight init before 40 ms of work: the setup is neither a finding nor in the shares
+    init = _row("aten.normal_", "", "setup", 4, 24_000_000, 0, 96_000_000, 0.060)
+    rep = _on_a100(init, _memory_bound("aten.mul"), _row("aten.mm", "a", "forward", 1, 8_000_000_000, 90_000_000,
+                                                          20_000_000, 0.030))
+    notes = findings(rep)
+    assert notes[0].startswith("25% of op time is in memory-bound elementwise ops")  # 10 ms of 40
+    assert not any("outside-the-model" in f or "normal_" in f for f in notes)
+    text = render_text(rep, width=100)
+    assert "time     100.0 ms in ops" in text
+    assert "setup    60 ms of it before the first forward (weight init, data): not counted in the shares" in text
+    assert "25% of op time memory-bound" in text
