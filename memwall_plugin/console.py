@@ -373,6 +373,10 @@ class Summary:
         if 0 < head.setup_time_s < head.time_s:  # a report of set-up alone has its shares over it
             lines.append(Text(f"setup    {_dur(head.setup_time_s)} of it before the first forward (weight init, "
                               "data): not counted in the shares or findings"))
+        tail = rep.tail_op_time_s
+        if tail is not None:
+            lines.append(Text(f"tail     {_dur(tail)} in ops after the last optimizer step: in the time and the "
+                              "rows, not a step"))
         lines.append(Text(
             f"work     {si(head.flops, 'FLOP')}, {si(head.bytes, 'B')} moved, "
             f"intensity {_num(head.intensity)} FLOP/B"

@@ -28,9 +28,13 @@ from memwall_plugin.rows import Group, Row, group_by, group_rows, merge_rows
 from memwall_plugin.validation import ReportError, parse_json, read_report_bytes
 
 SCHEMA_VERSION = reportfile.SCHEMA_VERSION
+#: `extra` keys of a run whose steps the run itself ended (memwall run: at each optimizer step):
+#: the op time and wall time after the last step's end, in the rows and the wall time, no step
+TAIL_OP_TIME_S = "tail_op_time_s"
+TAIL_WALL_TIME_S = "tail_wall_time_s"
 
-__all__ = ["SCHEMA_VERSION", "Group", "Report", "ReportError", "Row", "load_report", "merge_reports",
-           "parse_report"]
+__all__ = ["SCHEMA_VERSION", "TAIL_OP_TIME_S", "TAIL_WALL_TIME_S", "Group", "Report", "ReportError", "Row",
+           "load_report", "merge_reports", "parse_report"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,13 @@ class Report:
     def setup_time_s(self) -> float:
         """Measured time in set-up ops (phase "setup"): in the totals, not in the shares."""
         return math.fsum(r.time_s for r in self.rows if r.phase == SETUP)
+
+    @property
+    def tail_op_time_s(self) -> float | None:
+        """Op time after the last step the run itself ended (memwall run: the last optimizer
+        step); those ops are in the rows and no step. None when there was no such tail."""
+        value = self.extra.get(TAIL_OP_TIME_S)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
     @property
     def coverage(self) -> float:
