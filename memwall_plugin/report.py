@@ -139,6 +139,12 @@ class Report:
         return math.fsum(r.time_s for r in rows if r.bound == roofline.MEMORY) / total
 
     @property
+    def measured_elsewhere(self) -> bool:
+        """A what-if on another device: the rows are placed on `device`, their times were measured
+        on `measured_on`, so time against this device's roofs says nothing."""
+        return bool(self.measured_on) and self.device is not None and self.measured_on != self.device.name
+
+    @property
     def roofline_time_s(self) -> float | None:
         """Sum over counted ops of max(flops / peak, bytes / bandwidth): the least time the
         roofline allows for the counted work (compare with `counted_time_s`)."""
