@@ -60,6 +60,7 @@ from memwall_plugin.records import (
     OPTIMIZER,
     OTHER,
     RECOMPUTE,
+    SETUP,
     OpCall,
     float_arg,
     list_shapes_text,
@@ -136,6 +137,19 @@ def merge_into(into: dict[Any, Any], table: dict[Any, Any]) -> None:
             into[key] = entry
         else:
             mine.merge(entry)
+
+
+def rename_phase(table: dict[Any, Any], old: str, new: str) -> dict[Any, Any]:
+    """`table` (capture or collective entries, keyed with their phase third) with the entries of
+    phase `old` moved to phase `new`: their keys too, merged where one is there already."""
+    kept = {key: entry for key, entry in table.items() if entry.phase != old}
+    moved = {}
+    for key, entry in table.items():
+        if entry.phase == old:
+            entry.phase = new
+            moved[(*key[:2], new, *key[3:])] = entry
+    merge_into(kept, moved)
+    return kept
 
 
 class Bucket:
@@ -652,6 +666,7 @@ class Capture:
         tracker = self.tracker
         node = current_autograd_node()
         if node is not None:
+            tracker.setup_open = False  # a backward pass: work has run (a functional model's too)
             if tracker.stack:
                 # a module's forward re-run inside backward: activation checkpointing recomputing it
                 phase, module = RECOMPUTE, tracker.stack[-1]
@@ -666,6 +681,7 @@ class Capture:
             # the optimizer's own update, which runs without grad; the closure it calls runs with
             # grad on (a loss, a framework's bookkeeping of it) and falls through to what it is
             phase, module = OPTIMIZER, ""
+            tracker.setup_open = False
         elif _builds_graph(args) or _in_function_forward():
             # outside any module but on the autograd graph: a loss, a functional model, the
             # forward of a custom autograd.Function (which torch runs with grad mode off);
@@ -674,7 +690,11 @@ class Capture:
             if func is _ONES_LIKE and in_backward_seed():
                 phase = BACKWARD
         else:
-            phase, module = tracker.user_label or (GRAD_SCALER if tracker.in_scaler else OTHER), ""
+            # before the first work (a module's forward: the tracker's hook ends set-up there, or a
+            # backward pass, an optimizer step): set-up. Ops outside modules that touch the autograd
+            # graph (a parameter detached while a wrapper is built) and the user's labels do not end it
+            phase = tracker.user_label or (GRAD_SCALER if tracker.in_scaler else SETUP if tracker.setup_open else OTHER)
+            module = ""
         if region is not None:  # a compiled region: its signature and facts were read before it ran
             arg_key, device = region[0], region[2]
             kw_key: tuple[tuple[str, Any], ...] | None = ((FACTS_KEY, region[1]),) if region[1] else None
@@ -762,4 +782,4 @@ class Capture:
 
 
 __all__ = ["Bucket", "Capture", "CaptureEntry", "Handler", "ProfilerConflictError", "Router", "build_call",
-           "merge_into", "meta_of_key", "signature"]
+           "merge_into", "meta_of_key", "rename_phase", "signature"]

@@ -52,7 +52,7 @@ from memwall_plugin.hooks.modules import ModuleTracker
 from memwall_plugin.hooks.signatures import build_call, schema_of, signature
 
 from memwall_plugin.comm import COLLECTIVE_OPS, WAIT_OP
-from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OpCall
+from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, SETUP, OpCall
 
 _perf_counter_ns = time.perf_counter_ns
 _ScriptObject = torch.ScriptObject
@@ -160,7 +160,7 @@ def _where(tracker: ModuleTracker) -> tuple[str, str]:
         return tracker.user_label or tracker.generation_label or FORWARD, tracker.stack[-1]
     if tracker.in_optimizer and not torch.is_grad_enabled():  # not its closure (grad on)
         return OPTIMIZER, ""
-    return tracker.user_label or OTHER, ""
+    return tracker.user_label or (SETUP if tracker.setup_open else OTHER), ""
 
 
 def _group_size(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], world_size: int) -> int:

@@ -402,6 +402,15 @@ class MemoryTracker:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.reset_peak_memory_stats()
 
+    def rename_phase(self, old: str, new: str) -> None:
+        """The running step's ops of phase `old` are of phase `new` (set-up that no work followed)."""
+        s = self.step
+        if s is None:
+            return
+        if s.peak_at[0] == old:
+            s.peak_at = (new, *s.peak_at[1:])
+        s.timeline = [(i, new if phase == old else phase, values, module) for i, phase, values, module in s.timeline]
+
     def end_step(self, kept: bool) -> StepMemory | None:
         """The step ends: a kept one (recorded, with ops) joins the open window."""
         s, self.step = self.step, None

@@ -62,6 +62,11 @@ class ModuleTracker:
         # phase labels: the user's (prof.phase) wins over one detected from a generation call
         self.user_label: str | None = None
         self.generation_label: str | None = None
+        #: no work yet in the profile's first step: ops that would be "other" are set-up
+        #: (records.SETUP). Work is any module's forward (the model's or another's: with `model`
+        #: given, other modules' forwards are recorded as forward work too), a backward pass or an
+        #: optimizer step (hooks/capture.py); the first step's end closes it as well.
+        self.setup_open = True
         self._label_depth = -1
         self.on_optimizer_step: Callable[[Any], None] | None = None
         # forward timeline: innermost module path from each sequence number on
@@ -201,6 +206,7 @@ class ModuleTracker:
     def _pre_forward(self, module: torch.nn.Module, args: Any) -> None:
         if self._other_thread() or self._torch_subgraph(module):
             return
+        self.setup_open = False
         name = self._name_of(module)
         if name is None:  # not part of the tracked model: stay with the enclosing path
             name = self.stack[-1] if self.stack else ""
@@ -271,7 +277,9 @@ class ModuleTracker:
         return path
 
     def end_step(self) -> None:
-        """Forget forward timelines older than the previous step (its backward is done)."""
+        """Forget forward timelines older than the previous step (its backward is done); set-up
+        ends with the first step."""
+        self.setup_open = False
         del self._seqs[: self._kept_from]
         del self._paths[: self._kept_from]
         self._kept_from = len(self._seqs)

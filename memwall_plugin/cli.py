@@ -206,6 +206,7 @@ def report_json(report: Report, by: str | None = None, ranks: dict[int, Report] 
         "wall_time_s": head["wall_time_s"], "intensity": head["intensity"],
         "memory_bound_time_fraction": head["memory_bound_fraction"],
         "roofline_time_s": head["roofline_time_s"], "coverage": head["coverage"],
+        "setup_time_s": head["setup_time_s"], "tail_op_time_s": report.tail_op_time_s,
         "uncounted_rows": head["uncounted_rows"], "steps": head["steps"],
         "incomplete": head["incomplete"], "bytes_per_element": report.bytes_per_element,
     }
@@ -556,8 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  memwall run train.py --lr 3e-4\n  memwall run --logdir runs/exp1 train.py\n"
                "  memwall run --schedule wait=1,warmup=1,active=3 train.py\n  memwall run -m mypkg.train\n"
-               "The script runs as `python script.py` would (sys.argv, __main__, exit code); a step is\n"
-               "marked at each optimizer step.",
+               "The script runs as `python script.py` would (sys.argv, __main__, exit code); a step ends\n"
+               "at each optimizer step, and what runs after the last one is the run's tail: in the rows\n"
+               "and totals, not a step.",
     )
     run.add_argument("-m", dest="module", help="run a module as `python -m module` does")
     run.add_argument("--logdir", help="run directory for the report (default runs/<script>-<time>)")

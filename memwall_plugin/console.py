@@ -21,10 +21,11 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from memwall_plugin.devices import native_bf16
 from memwall_plugin.formulas import COUNT_NOTES, REGISTRY
 from memwall_plugin.headline import Headline, headline, rank_headlines, slowest_rank
 from memwall_plugin.memory import MemoryReport, MemoryWhatIf
-from memwall_plugin.records import ordered_phases
+from memwall_plugin.records import DECODE, ordered_phases
 from memwall_plugin.registry import Family
 from memwall_plugin.roofline import COMMUNICATION, COMPUTE, MEMORY
 from memwall_plugin.rows import Group, Row, module_tree
@@ -123,26 +124,46 @@ def _bound(bound: str) -> Text:
 # --- findings ------------------------------------------------------------------------------------
 
 #: the finding's category of each op family (registry metadata, formulas.py)
-_CATEGORY = {Family.MATMUL: "matmul", Family.CONV: "matmul", Family.ATTENTION: "matmul",
+_CATEGORY = {Family.MATMUL: "matmul", Family.CONV: "convolution", Family.ATTENTION: "attention",
              Family.NORM: "norm/softmax", Family.REDUCTION: "reduction"}
+#: categories named by their family even when a row of theirs counts no FLOPs
+_BY_FAMILY = ("matmul", "convolution", "attention")
 
 _ADVICE = {
     "elementwise": "fusing them (torch.compile) or a larger batch raises their intensity",
-    "matmul": "more rows per weight fetched (a larger batch, batched decoding) raises their intensity",
+    "matmul": "more rows per weight fetched (a larger batch, more tokens per call) raises their intensity",
+    "convolution": "channels_last (model.to(memory_format=torch.channels_last)) runs them without layout "
+                   "copies, a larger batch reuses each filter on more images, and torch.compile fuses the "
+                   "elementwise ops that follow them (bias, norm, activation) into one pass",
+    "attention": "each block of queries reads all of K and V: longer sequences per call (short ones packed "
+                 "together) or more query heads per K/V head (grouped-query attention) raise their intensity",
     "data movement": "avoiding copies (contiguous layouts, fewer casts and cats) removes the traffic",
     "norm/softmax": "fused kernels (torch.compile, fused attention and norms) cut their traffic",
     "reduction": "fusing the reduction into its producer (torch.compile) avoids a round trip to memory",
     "optimizer": "a fused optimizer (fused=True) reads and writes each parameter once",
     "grad scaler": "a fused optimizer (fused=True) takes the GradScaler's scale and inf flag and unscales "
                    "inside its own pass, instead of reading every gradient once more",
-    "outside-the-model": "this is data preparation or set-up; move it into DataLoader workers or out "
-                         "of the training loop",
+    "outside-the-model": "this is data preparation or bookkeeping between model calls; move it into "
+                         "DataLoader workers or out of the loop",
 }
+#: the advice instead, for a run that decodes (generation: one token per model call)
+_DECODE_ADVICE = {
+    "matmul": "more rows per weight fetched (a larger batch, batched decoding) raises their intensity",
+    "attention": "each decoded token's query reads the whole KV cache: more query heads per K/V head "
+                 "(grouped-query attention) or a smaller cache dtype raises their intensity",
+}
+
+
+def advice(cat: str, report: Report) -> str:
+    """What raises a memory-bound category's intensity, for this run: decoding is named only
+    where the run decodes."""
+    decodes = any(r.phase == DECODE for r in report.rows)
+    return (_DECODE_ADVICE.get(cat) if decodes else None) or _ADVICE[cat]
 
 
 def category(row: Row) -> str:
     """What a finding calls a memory-bound row: by phase first (optimizer, outside the model),
-    then by its op's family in the registry (matmuls, convolutions and attention together)."""
+    then by its op's family in the registry (matmuls, convolutions, attention, ...)."""
     if row.phase == "optimizer":
         return "optimizer"
     if row.phase == "grad_scaler":
@@ -150,7 +171,7 @@ def category(row: Row) -> str:
     if row.phase == "other":
         return "outside-the-model"
     found = _CATEGORY.get(REGISTRY.family(row.op, row.overload))
-    if found == "matmul":
+    if found in _BY_FAMILY:
         return found
     if row.flops == 0:
         return "data movement"
@@ -179,9 +200,10 @@ def host_time_share(report: Report) -> float | None:
 
 
 def cache_time(report: Report) -> dict[str, float]:
-    """Op time by the cache level the ops' data came from (ops from main memory left out)."""
+    """Op time by the cache level the ops' data came from (ops from main memory and set-up left
+    out)."""
     out: dict[str, float] = {}
-    for r in report.rows:
+    for r in report.work_rows:
         if r.in_cache and r.time_s > 0:
             out[r.memory_level] = out.get(r.memory_level, 0.0) + r.time_s
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
@@ -201,9 +223,25 @@ def _served_from(rows: list[Row], main: str) -> str:
     return f"; they run from {level} at {si(rate, 'B/s')}: bound by the {level}, not {main or 'main memory'}"
 
 
+def _dtype_check(report: Report, rows: list[Row]) -> str:
+    """The dtype to check, where a faster one is there to take: the compute-bound time is mostly
+    fp32 and the device runs bf16 on matrix units (a GPU's tensor cores; a CPU's AMX or bf16
+    instructions, as its flags say). "" otherwise: nothing about dtypes on a CPU without them."""
+    device = report.device
+    fp32 = math.fsum(r.time_s for r in rows if r.dtype == "float32")
+    if device is None or fp32 < 0.5 * math.fsum(r.time_s for r in rows):
+        return ""
+    if device.kind in ("cuda", "rocm"):
+        return "the dtype (a tensor-core dtype such as bf16) and "
+    unit = native_bf16(device)
+    return f"the dtype (bf16, which this CPU runs natively on {unit}) and " if unit else ""
+
+
 def findings(report: Report) -> list[str]:
-    """A few plain-language conclusions, largest effect first."""
-    total = report.total_time_s
+    """A few plain-language conclusions, largest effect first. Set-up (weight init, data made
+    before the first forward) is left out: the shares are of the work's op time."""
+    work = report.work_rows
+    total = math.fsum(r.time_s for r in work)
     out: list[str] = []
     if total <= 0 or not report.rows:
         return out
@@ -214,7 +252,7 @@ def findings(report: Report) -> list[str]:
             "the memory wall is not what limits this run; larger batches, a DataLoader with workers, or "
             "CUDA graphs would."
         )
-    memory_rows = [r for r in report.rows if r.bound == MEMORY]
+    memory_rows = [r for r in work if r.bound == MEMORY]
     if memory_rows and report.memory_bound_time_fraction >= 0.1:
         by_cat: dict[str, list[Row]] = {}
         for r in memory_rows:
@@ -239,7 +277,7 @@ def findings(report: Report) -> list[str]:
             main = report.device.memory_levels[-1].name if report.device is not None else ""
             out.append(
                 f"{share:.0%} of op time is in memory-bound {cat} ops, most under `{place}` "
-                f"({', '.join(ops)}){_served_from(inside, main)}: {_ADVICE[cat]}."
+                f"({', '.join(ops)}){_served_from(inside, main)}: {advice(cat, report)}."
             )
     phases = {g.key: g for g in report.group_by("phase")}
     prefill, decode = phases.get("prefill"), phases.get("decode")
@@ -251,18 +289,20 @@ def findings(report: Report) -> list[str]:
             f"({prefill.intensity / decode.intensity:.0f}x lower): each generated token fetches every "
             "weight for a few FLOPs; batching sequences raises it."
         )
-    compute_rows = [r for r in report.rows if r.bound == COMPUTE and r.efficiency is not None]
+    # a what-if on another device: its roofs against times measured here say nothing
+    compute_rows = [] if report.measured_elsewhere else [
+        r for r in work if r.bound == COMPUTE and r.efficiency is not None]
     compute_time = sum(r.time_s for r in compute_rows)
     if compute_rows and compute_time / total >= 0.2:
         achieved = sum(r.flops or 0 for r in compute_rows) / compute_time
         roof = sum(r.attainable_flops_per_s or 0 for r in compute_rows) / len(compute_rows)
         if roof and achieved / roof < 0.3:
             out.append(
-                f"compute-bound ops reach {achieved / roof:.0%} of their roof on average: check the "
-                "dtype (a tensor-core dtype such as bf16 on GPUs) and shapes (multiples of 8 or 16)."
+                f"compute-bound ops reach {achieved / roof:.0%} of their roof on average: check "
+                f"{_dtype_check(report, compute_rows)}shapes (multiples of 8 or 16)."
             )
     if report.coverage < 0.95:
-        names = sorted({r.name for r in report.uncounted})
+        names = sorted({r.name for r in work if r.flops is None})
         out.append(
             f"{1 - report.coverage:.0%} of op time is in ops without a FLOP formula "
             f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); their FLOPs are unknown, "
@@ -358,7 +398,7 @@ class Summary:
                     f"{c.name} {binary_size(c.capacity_bytes)} "
                     f"{si(c.bandwidth.value if c.bandwidth else None, 'B/s')} "
                     f"({c.bandwidth.source if c.bandwidth else 'unknown'})" for c in device.caches)))
-            if rep.measured_on and rep.measured_on != device.name:
+            if rep.measured_elsewhere:
                 lines.append(_text(f"what-if  times measured on {rep.measured_on}", style="italic"))
         if rep.bytes_per_element is not None:
             lines.append(Text(f"what-if  every tensor re-sized to {rep.bytes_per_element} byte(s) each",
@@ -367,6 +407,13 @@ class Summary:
             f"time     {_ms(head.time_s)} in ops (wall {_ms(head.wall_time_s)}), roofline "
             f"{_ms(head.roofline_time_s)} for the counted ops"
         ))
+        if 0 < head.setup_time_s < head.time_s:  # a report of set-up alone has its shares over it
+            lines.append(Text(f"setup    {_dur(head.setup_time_s)} of it before the first forward (weight init, "
+                              "data): not counted in the shares or findings"))
+        tail = rep.tail_op_time_s
+        if tail is not None:
+            lines.append(Text(f"tail     {_dur(tail)} in ops after the last optimizer step: in the time and the "
+                              "rows, not a step"))
         lines.append(Text(
             f"work     {si(head.flops, 'FLOP')}, {si(head.bytes, 'B')} moved, "
             f"intensity {_num(head.intensity)} FLOP/B"
@@ -378,7 +425,7 @@ class Summary:
         lines.append(mem)
         cached = cache_time(rep)
         if cached:
-            total = rep.total_time_s
+            total = math.fsum(r.time_s for r in rep.work_rows)
             levels = ", ".join(f"{name} {t / total:.0%}" for name, t in cached.items())
             lines.append(Text(
                 f"cache    {sum(cached.values()) / total:.0%} of op time ran on data still in cache ({levels}): "

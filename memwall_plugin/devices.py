@@ -501,6 +501,24 @@ def cpu_cache_levels(
     return tuple(levels)
 
 
+#: the tags `cpu_spec` writes into a CPU's name for units that run bf16 natively, by its flags:
+#: amx_bf16; avx512_bf16 (x86) or bf16 (Arm). `native_bf16` reads them back from a report's
+#: device, where the flags of the machine that ran it are gone.
+_AMX_TAG, _BF16_TAG = "+AMX", "+BF16"
+
+
+def native_bf16(spec: DeviceSpec) -> str | None:
+    """The unit a CPU runs bf16 matrix work on natively ("AMX", "AVX512-BF16"), None when it
+    converts bf16 to fp32 on the fly, or the device is no CPU."""
+    if spec.kind != "cpu":
+        return None
+    if _AMX_TAG in spec.name:
+        return "AMX"
+    if _BF16_TAG in spec.name:
+        return "AVX512-BF16" if "AVX" in spec.name else "its BF16 instructions"
+    return None
+
+
 def cpu_spec(
     threads: int | None = None, cpuinfo: str | None = None, max_khz: str | None = None,
     caches: list[tuple[int, int, int]] | None = None,
@@ -545,10 +563,10 @@ def cpu_spec(
     peaks = {"fp64": fp32 / 2, "fp32": fp32}
     if "amx_bf16" in flags:
         peaks["bf16"] = threads * clock * 1024
-        isa += "+AMX"
+        isa += _AMX_TAG
     elif "avx512_bf16" in flags or "bf16" in flags:
         peaks["bf16"] = 2 * fp32
-        isa += "+BF16"
+        isa += _BF16_TAG
     else:
         peaks["bf16"] = fp32  # converted to fp32 on the fly: an upper bound, often far above
     peaks["fp16"] = 2 * fp32 if "avx512_fp16" in flags else fp32

@@ -21,7 +21,7 @@ import torch
 from memwall_plugin.ceilings import parse_link, resolve_link
 from memwall_plugin.comm import collective_rows
 from memwall_plugin.devices import DeviceSpec
-from memwall_plugin.hooks.capture import merge_into
+from memwall_plugin.hooks.capture import merge_into, rename_phase
 from memwall_plugin.hooks.collectives import (
     CollectiveEntry,
     CollectiveRecorder,
@@ -234,9 +234,11 @@ class DistributedSession:
         if self.info is None:
             self.info = rank_info()
 
-    def end_step(self, capture: Capture, table: dict[Any, CaptureEntry], kept: bool, final: bool = False) -> None:
+    def end_step(self, capture: Capture, table: dict[Any, CaptureEntry], kept: bool, final: bool = False,
+                 rename: tuple[str, str] | None = None) -> None:
         """After the capture's take(): the step's collectives go where its ops go. At the last
-        step, collectives still in flight are waited for (briefly) so their time is not lost."""
+        step, collectives still in flight are waited for (briefly) so their time is not lost.
+        `rename`: (old, new) phase of the step's collectives, as its ops were renamed."""
         self._observe()
         if self.recorder is None:
             if not _initialized():
@@ -245,6 +247,8 @@ class DistributedSession:
             assert self.recorder is not None
             absorb_collectives(table, self.recorder)
         entries, timing = self.recorder.take(drain=final)
+        if rename is not None:
+            entries = rename_phase(entries, *rename)
         if kept:
             self._window.add(entries, timing)
 

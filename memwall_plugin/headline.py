@@ -30,8 +30,9 @@ class Headline:
     flops: int  # of the counted ops
     bytes: int  # every op's memory traffic
     intensity: float | None  # FLOPs per byte over the counted ops
-    memory_bound_fraction: float  # share of op time in memory-bound ops
-    coverage: float  # share of op time in counted ops
+    memory_bound_fraction: float  # share of op time in memory-bound ops, set-up left out
+    coverage: float  # share of op time in counted ops, set-up left out
+    setup_time_s: float  # of time_s, in set-up (weight init, data made before the first forward)
     roofline_time_s: float | None  # the least time the roofline allows the counted ops
     uncounted_rows: int
     # torch.distributed: this rank's collectives (zero / None for a single-process run)
@@ -81,6 +82,7 @@ def headline(report: Report) -> Headline:
         wall_time_s=report.wall_time_s, time_s=report.total_time_s, counted_time_s=report.counted_time_s,
         flops=report.total_flops, bytes=report.total_bytes, intensity=report.intensity,
         memory_bound_fraction=report.memory_bound_time_fraction, coverage=report.coverage,
+        setup_time_s=report.setup_time_s,
         roofline_time_s=report.roofline_time_s, uncounted_rows=len(report.uncounted),
         message_bytes=report.message_bytes, bytes_moved=report.bytes_moved, comm_time_s=report.comm_time_s,
         comm_share=report.comm_share, overlapped_s=report.overlapped_s, exposed_s=report.exposed_s,

@@ -86,7 +86,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     * `kineto`: also record a torch.profiler trace of the same steps into `logdir` (for the
       PyTorch Profiler tab), its operator events annotated with memwall's figures.
     * `scalars`: with a logdir, write headline scalars per recorded step (Scalars tab).
-    * `step_on_optimizer`: mark a step at each step of the first optimizer (`memwall run`).
+    * `step_on_optimizer`: a step ends at each step of the first optimizer (`memwall run`); what
+      runs after the last one (a final evaluation, saving) is the run's tail: its ops are in the
+      rows and the wall time, it is no step (`report().tail_op_time_s`).
     * `max_signatures`: distinct (op, module, phase, shapes) kept apart per run (default
       10,000); past it, new shapes are grouped into power-of-two buckets, still counted exactly,
       so memory stays bounded when shapes keep growing (long decodes).
@@ -147,7 +149,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         spec = resolve_device(device, peaks) if device is not None or peaks is not None else None
         self._recorder = Recorder(registry=self.registry, action_fn=self._action_fn, device=spec, link=link,
                                   max_signatures=max_signatures, on_window=self._window_closed,
-                                  on_step=self._step_recorded, first_step=first_step, memory=memory)
+                                  on_step=self._step_recorded, first_step=first_step, memory=memory,
+                                  tail=step_on_optimizer)
         self.output = OutputGuard()  # every file write goes through it
         #: where results go (memwall_plugin/sinks.py), made when the profile opens
         self.sinks: list[sinks.Sink] = []

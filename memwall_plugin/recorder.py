@@ -8,6 +8,7 @@ the callbacks `memwall.profile` gives it (its sinks).
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -19,10 +20,11 @@ from memwall_plugin.analysis import analysis_cache, rows_from_entries
 from memwall_plugin.ceilings import ceilings_of, memory_roof_of, tf32_families
 from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.distributed import DistributedSession
-from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into
+from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into, rename_phase
 from memwall_plugin.memory_build import memory_report
+from memwall_plugin.records import OTHER, SETUP
 from memwall_plugin.registry import Registry
-from memwall_plugin.report import Report
+from memwall_plugin.report import TAIL_OP_TIME_S, TAIL_WALL_TIME_S, Report
 from memwall_plugin.rundir import new_job_id
 from memwall_plugin.schedule import Action
 
@@ -55,8 +57,14 @@ class Recorder:
         on_step: StepCallback | None = None,
         first_step: int = 0,
         memory: bool = True,
+        tail: bool = False,
     ) -> None:
         self.memory = memory
+        #: the run itself ends the steps (memwall run: at each optimizer step), so what follows the
+        #: last step's end is a tail, not a step: its ops join the last window without a step of
+        #: their own (no step number, no per-step report), its time in `extra` (TAIL_OP_TIME_S)
+        self.tail = tail
+        self._tail_s: tuple[float, float] | None = None  # the tail's (op time, wall time)
         self.registry = registry
         self.first_step = first_step  # steps are numbered from it; the schedule counts from 0
         self.action_fn = action_fn
@@ -161,18 +169,30 @@ class Recorder:
         if self.capture.failed is not None:
             self.incomplete = True
         table = self.capture.take()
+        # the first step ended before any work began: what it held as set-up is plain "other"
+        # (a profile of bare ops, a step of set-up alone)
+        rename = (SETUP, OTHER) if self.capture.tracker.setup_open else None
+        if rename is not None:
+            table = rename_phase(table, *rename)
+            if self.capture.memory is not None:
+                self.capture.memory.rename_phase(*rename)
         self.capture.end_step()
-        kept = self.action.kept
+        tail = final and self.tail and self.step_num > self.first_step
+        # a tail after a window the schedule has saved belongs to no window: not kept
+        kept = self.action.kept and not (tail and not self._window_steps)
         if self.capture.memory is not None:
-            self.capture.memory.end_step(kept=kept and bool(table))
-        self.dist.end_step(self.capture, table, kept, final)
+            self.capture.memory.end_step(kept=kept and bool(table) and not tail)
+        self.dist.end_step(self.capture, table, kept, final, rename)
         if kept and table:
             self._window = _merge(self._window, table)
-            self._window_steps.append(self.step_num)
             self._window_wall += elapsed
+            if tail:
+                self._tail_s = (math.fsum(e.time_ns for e in table.values()) / 1e9, elapsed)
+            else:
+                self._window_steps.append(self.step_num)
         closes = self.action is Action.RECORD_AND_SAVE or final
         report = self._close_window() if closes and self._window_steps else None
-        if self.on_step is not None and kept and table:
+        if self.on_step is not None and kept and table and not tail:
             built: list[Report] = []
 
             def step_report() -> Report:
@@ -238,6 +258,11 @@ class Recorder:
             tracker = self.capture.memory
             memory = memory_report(tracker, tracker.totals(window_only, step_only), rows, device, comm.get("link"),
                                    flops_of=self._flops_per_call)
+        extra: dict[str, Any] = {}
+        if self.nested:  # where profiles opened inside this one recorded in its place (empty: in memory only)
+            extra["nested_profiles"] = list(self.nested)
+        if self._tail_s is not None and not step_only:
+            extra[TAIL_OP_TIME_S], extra[TAIL_WALL_TIME_S] = self._tail_s
         return Report(
             rows=rows,
             memory=memory,
@@ -253,8 +278,7 @@ class Recorder:
             created_unix_s=time.time(),
             job=self.dist.job() or self.job,
             **comm,
-            # where profiles opened inside this one recorded in its place (empty: in memory only)
-            extra={"nested_profiles": list(self.nested)} if self.nested else {},
+            extra=extra,
         )
 
     def _flops_per_call(self, entry: CaptureEntry) -> int | None:

@@ -11,6 +11,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+#: In the profile's first step, the ops that would be `other` and ran before its first work (any
+#: module's forward, a backward pass, an optimizer step): weight init, data made up front. Kept in
+#: the rows, left out of the report's shares and findings (`Report.work_rows`).
+SETUP = "setup"
 FORWARD = "forward"
 BACKWARD = "backward"
 #: A module's forward run again inside backward (activation checkpointing): backward-pass work
@@ -23,7 +27,7 @@ PREFILL = "prefill"  # a generation call that fills the KV cache with the prompt
 DECODE = "decode"  # generation calls that add one token (or a few) to the cache
 OTHER = "other"
 #: Built-in phases, in display order; prof.phase("...") may add labels of its own.
-PHASES = (FORWARD, BACKWARD, RECOMPUTE, OPTIMIZER, GRAD_SCALER, PREFILL, DECODE, OTHER)
+PHASES = (SETUP, FORWARD, BACKWARD, RECOMPUTE, OPTIMIZER, GRAD_SCALER, PREFILL, DECODE, OTHER)
 
 
 #: Reuse buckets (hooks/residency.py): bucket k holds data whose reuse footprint, the bytes touched

@@ -23,14 +23,18 @@ from memwall_plugin.ceilings import Link, place_rows
 from memwall_plugin.devices import DeviceSpec
 from memwall_plugin.files import write_bytes_atomically
 from memwall_plugin.memory import MemoryReport, merge_memory
-from memwall_plugin.records import PHASES
+from memwall_plugin.records import PHASES, SETUP
 from memwall_plugin.rows import Group, Row, group_by, group_rows, merge_rows
 from memwall_plugin.validation import ReportError, parse_json, read_report_bytes
 
 SCHEMA_VERSION = reportfile.SCHEMA_VERSION
+#: `extra` keys of a run whose steps the run itself ended (memwall run: at each optimizer step):
+#: the op time and wall time after the last step's end, in the rows and the wall time, no step
+TAIL_OP_TIME_S = "tail_op_time_s"
+TAIL_WALL_TIME_S = "tail_wall_time_s"
 
-__all__ = ["SCHEMA_VERSION", "Group", "Report", "ReportError", "Row", "load_report", "merge_reports",
-           "parse_report"]
+__all__ = ["SCHEMA_VERSION", "TAIL_OP_TIME_S", "TAIL_WALL_TIME_S", "Group", "Report", "ReportError", "Row",
+           "load_report", "merge_reports", "parse_report"]
 
 
 @dataclass(frozen=True)
@@ -96,20 +100,49 @@ class Report:
         return tuple(r for r in self.rows if r.flops is None)
 
     @property
+    def work_rows(self) -> tuple[Row, ...]:
+        """The rows the shares and findings are about: all but set-up (weight init, data made
+        before the first forward), unless the report holds nothing else (a set-up phase alone)."""
+        work = tuple(r for r in self.rows if r.phase != SETUP)
+        return work if work else self.rows
+
+    @property
+    def setup_time_s(self) -> float:
+        """Measured time in set-up ops (phase "setup"): in the totals, not in the shares."""
+        return math.fsum(r.time_s for r in self.rows if r.phase == SETUP)
+
+    @property
+    def tail_op_time_s(self) -> float | None:
+        """Op time after the last step the run itself ended (memwall run: the last optimizer
+        step); those ops are in the rows and no step. None when there was no such tail."""
+        value = self.extra.get(TAIL_OP_TIME_S)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    @property
     def coverage(self) -> float:
-        """Share of measured time spent in counted ops (1.0 when nothing was timed)."""
-        total = self.total_time_s
+        """Share of measured time spent in counted ops (1.0 when nothing was timed); set-up left
+        out (`work_rows`)."""
+        rows = self.work_rows
+        total = math.fsum(r.time_s for r in rows)
         if total <= 0:
-            return 1.0 if not self.uncounted else 0.0
-        return math.fsum(r.time_s for r in self.rows if r.flops is not None) / total
+            return 1.0 if all(r.flops is not None for r in rows) else 0.0
+        return math.fsum(r.time_s for r in rows if r.flops is not None) / total
 
     @property
     def memory_bound_time_fraction(self) -> float:
-        """Share of measured time spent in memory-bound ops (pure data movement included)."""
-        total = self.total_time_s
+        """Share of measured time spent in memory-bound ops (pure data movement included); set-up
+        left out (`work_rows`)."""
+        rows = self.work_rows
+        total = math.fsum(r.time_s for r in rows)
         if total <= 0:
             return 0.0
-        return math.fsum(r.time_s for r in self.rows if r.bound == roofline.MEMORY) / total
+        return math.fsum(r.time_s for r in rows if r.bound == roofline.MEMORY) / total
+
+    @property
+    def measured_elsewhere(self) -> bool:
+        """A what-if on another device: the rows are placed on `device`, their times were measured
+        on `measured_on`, so time against this device's roofs says nothing."""
+        return bool(self.measured_on) and self.device is not None and self.measured_on != self.device.name
 
     @property
     def roofline_time_s(self) -> float | None:

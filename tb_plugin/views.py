@@ -133,7 +133,7 @@ def report_view(report: Report, *, phase: str | None = None) -> dict[str, Any]:
             "wall_time_s": report.wall_time_s,
             **{k: head[k] for k in ("time_s", "flops", "bytes", "intensity", "memory_bound_fraction",
                                     "achieved_flops_per_s", "achieved_bytes_per_s", "coverage",
-                                    "roofline_time_s", "uncounted_rows")},
+                                    "setup_time_s", "roofline_time_s", "uncounted_rows")},
         },
         "rows": [row_view(i, r) for i, r in enumerate(shown.rows)],
         "modules": [group_view(g) for g in shown.group_by("module")],

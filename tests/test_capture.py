@@ -341,3 +341,83 @@ def test_a_router_takes_its_ops_off_the_table_and_gets_the_time_of_ops_run_while
     assert calls == {"aten.add": 2, "aten.mul": 1}
     assert router.calls == 1 and torch.equal(y, x)
     assert router.busy_ns > 0
+
+
+# --- set-up: what runs before the first work ----------------------------------------------------
+
+
+def _phases(rep: memwall.Report, op: str) -> set[str]:
+    return {r.phase for r in rows_of(rep, op)}
+
+
+def test_weight_init_and_data_before_the_first_forward_are_setup():
+    with memwall.profile(summary=False) as prof:
+        model = Block()  # its Linears draw their weights (uniform_)
+        torch.nn.init.normal_(model.head.weight)
+        x = torch.randn(4, 16)
+        with torch.no_grad():
+            model(x)
+            torch.rand(3)  # between model calls, once work has begun: other
+            model(x)
+    rep = prof.report()
+    assert _phases(rep, "aten.uniform_") == {"setup"} and _phases(rep, "aten.normal_") == {"setup"}
+    assert _phases(rep, "aten.randn") == {"setup"}
+    assert _phases(rep, "aten.addmm") == {"forward"}
+    assert one_row(rep, "aten.rand").phase == "other"
+    # kept whole in the totals, out of the shares
+    assert rep.setup_time_s > 0 and rep.setup_time_s < rep.total_time_s
+    assert all(r.phase != "setup" for r in rep.work_rows)
+
+
+def test_bare_ops_with_no_work_after_them_stay_other():
+    """A profile of ops alone (no module, no autograd graph): nothing marks them as set-up."""
+    rep = profiled(lambda: torch.randn(8, 8) @ torch.randn(8, 8))
+    assert {r.phase for r in rep.rows} == {"other"}
+
+
+def test_setup_is_only_in_the_first_step():
+    with memwall.profile(summary=False) as prof:
+        torch.randn(4)  # step 0 ends with no work in it: other
+        prof.step()
+        model = torch.nn.Linear(4, 2)  # step 1: a step's data, not set-up
+        model(torch.ones(3, 4))
+        prof.step()
+    rep = prof.report()
+    assert _phases(rep, "aten.randn") == {"other"} and _phases(rep, "aten.uniform_") == {"other"}
+
+
+def test_the_users_phase_label_wins_over_setup():
+    with memwall.profile(summary=False) as prof:
+        with prof.phase("load"):
+            x = torch.rand(4, 16)
+        torch.randn(3)  # a label names its own ops: it does not say the work has begun
+        Block()(x)
+    rep = prof.report()
+    assert _phases(rep, "aten.rand") == {"load"} and _phases(rep, "aten.randn") == {"setup"}
+
+
+def test_a_functional_model_ends_setup_at_its_backward():
+    """No module at all: the graph's ops are forward work as before; the first backward pass says
+    work has run, so later data-making is "other", not set-up."""
+    w = torch.randn(16, 4, requires_grad=True)
+    with memwall.profile(summary=False) as prof:
+        x = torch.randn(8, 16)  # before any work: set-up
+        (x @ w).pow(2).mean().backward()
+        torch.rand(8, 16)  # after it: other
+    rep = prof.report()
+    assert _phases(rep, "aten.randn") == {"setup"} and _phases(rep, "aten.rand") == {"other"}
+    assert _phases(rep, "aten.mm") >= {"forward", "backward"}
+
+
+def test_with_model_any_modules_forward_ends_setup():
+    """With model= given, another module's forward (not tracked, its ops the top level's) is
+    forward work as before, so set-up ends there too, not at the model's first forward."""
+    model, other = Block(), torch.nn.Linear(16, 16)
+    with memwall.profile(model=model, summary=False) as prof:
+        torch.randn(4, 16)
+        x = other(torch.ones(4, 16))
+        torch.rand(4)
+        model(x)
+    rep = prof.report()
+    assert _phases(rep, "aten.randn") == {"setup"} and _phases(rep, "aten.rand") == {"other"}
+    assert {(r.module, r.phase) for r in rows_of(rep, "aten.addmm")} >= {("", "forward"), ("head", "forward")}

@@ -63,7 +63,11 @@ def test_run_prints_script_output_then_summary_and_keeps_exit_code(script, tmp_p
     assert out.index("SCRIPT step=2") < out.index("memwall  ")  # the summary comes after
     assert "Phases" in out and "optimizer" in out
     rep = memwall.load_report(next((tmp_path / "runs/ok/plugins/memwall").glob("*.json")))
-    assert rep.steps == (0, 1, 2, 3)  # a step per optimizer step, plus the tail after the last
+    assert rep.steps == (0, 1, 2)  # a step per optimizer step; what follows the last is no step
+    # ... but its ops are kept: the script prints loss.item() after each optimizer step, the last
+    # time in the tail
+    assert sum(r.calls for r in rep.filter(phase="forward", op="aten._local_scalar_dense")) == 3
+    assert rep.tail_op_time_s is not None and rep.tail_op_time_s > 0
     assert not rep.incomplete
     assert {"forward", "backward", "optimizer"} <= {r.phase for r in rep.rows}
 
@@ -111,7 +115,7 @@ def test_a_script_that_raises_leaves_a_report(script, tmp_path):
     assert "memwall/cli.py" not in result.stderr  # the traceback is the script's, not ours
     files = list((tmp_path / "runs/crash/plugins/memwall").glob("*.json"))
     rep = memwall.load_report(files[0])
-    assert rep.incomplete and rep.steps == (0, 1, 2)
+    assert rep.incomplete and rep.steps == (0, 1)  # step 2 raised before its optimizer step: no step
     assert "(incomplete)" in result.stdout
 
 
@@ -220,3 +224,46 @@ def test_run_over_a_script_that_opens_its_own_profile_runs_it_to_its_end(tmp_pat
     assert "aten.abs" in {r.op for r in outer.rows}  # the outer one recorded what came after
     assert outer.extra["nested_profiles"] == ["runs/own"]
     assert "aten.abs" not in {r.op for r in own.rows}
+
+
+INFER = textwrap.dedent('''
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256))
+    for layer in (model[0], model[2]):
+        torch.nn.init.normal_(layer.weight, std=0.02)
+        torch.nn.init.zeros_(layer.bias)
+    batches = [torch.randn(4, 256) for _ in range(3)]
+    with torch.no_grad():
+        for x in batches:
+            y = model(x)
+    print("SCRIPT done")
+''')
+
+
+def test_run_over_inference_keeps_weight_init_out_of_the_shares(tmp_path):
+    (tmp_path / "infer.py").write_text(INFER)
+    result = memwall_cli("run", "--logdir", "runs/infer", "infer.py", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rep = memwall.load_report(next((tmp_path / "runs/infer/plugins/memwall").glob("*.json")))
+    assert rep.steps == (0,)
+    # made before the first forward: the parameters and the Linears' default init, the script's own, the batches
+    assert {r.op for r in rep.filter(phase="setup")} == {"aten.empty", "aten.uniform_", "aten.normal_", "aten.zero_",
+                                                         "aten.randn"}
+    assert {r.phase for r in rep.rows if r.op in ("aten.addmm", "aten.gelu")} == {"forward"}
+    assert "setup" in result.stdout.split("Phases")[1]  # a row of the phase table
+    words = " ".join(result.stdout.split())  # the summary wraps at the terminal's width
+    assert "of it before the first forward (weight init, data): not counted in the shares" in words
+    assert "outside-the-model" not in words and "DataLoader" not in words
+    totals = json.loads(memwall_cli("report", "runs/infer", "--json", cwd=tmp_path).stdout)["totals"]
+    setup_s = sum(r.time_s for r in rep.filter(phase="setup"))
+    assert totals["setup_time_s"] == pytest.approx(setup_s) and totals["time_s"] > setup_s > 0
+
+
+def test_run_over_five_training_steps_reports_five_steps(script, tmp_path):
+    result = memwall_cli("run", "--logdir", "runs/five", "train.py", "--steps", "5", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "memwall  5 steps recorded" in result.stdout
+    rep = memwall.load_report(next((tmp_path / "runs/five/plugins/memwall").glob("*.json")))
+    assert rep.steps == (0, 1, 2, 3, 4)

@@ -5,14 +5,18 @@ Regenerate the golden files after an intended change with MEMWALL_REGEN_GOLDEN=1
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 
 import memwall_plugin as memwall
+from memwall_plugin.ceilings import place_rows
 from memwall_plugin.console import findings, module_pattern, render_text
+from memwall_plugin.formulas import REGISTRY
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("MEMWALL_REGEN_GOLDEN") == "1"
@@ -107,3 +111,98 @@ def test_options_are_validated():
     with pytest.raises(ValueError, match="by must be"):
         memwall.SummaryOptions(by="shape")
     assert memwall.SummaryOptions().with_(top=3).top == 3
+
+
+# --- set-up: in the totals, out of the shares and findings ---------------------------------------
+
+
+def _memory_bound(op: str, phase: str = "forward") -> memwall.Row:
+    # 1 GFLOP over 2 GB: 0.5 FLOP/B, left of an A100's ridge
+    return _row(op, "transformer.h.0.attn", phase, 1, 1_000_000_000, 1_000_000_000, 1_000_000_000, 0.010)
+
+
+def _on_a100(*rows: memwall.Row) -> memwall.Report:
+    device = memwall.lookup_device("a100-sxm4-80gb")
+    return memwall.Report(rows=place_rows(rows, device), device=device, steps=(0,), wall_time_s=0.02,
+                          measured_on=device.name)
+
+
+def test_setup_is_out_of_the_findings_and_named_in_the_header():
+    # 60 ms of weight init before 40 ms of work: the setup is neither a finding nor in the shares
+    init = _row("aten.normal_", "", "setup", 4, 24_000_000, 0, 96_000_000, 0.060)
+    rep = _on_a100(init, _memory_bound("aten.mul"), _row("aten.mm", "a", "forward", 1, 8_000_000_000, 90_000_000,
+                                                          20_000_000, 0.030))
+    notes = findings(rep)
+    assert notes[0].startswith("25% of op time is in memory-bound elementwise ops")  # 10 ms of 40
+    assert not any("outside-the-model" in f or "normal_" in f for f in notes)
+    text = render_text(rep, width=100)
+    assert "time     100.0 ms in ops" in text
+    assert "setup    60 ms of it before the first forward (weight init, data): not counted in the shares" in text
+    assert "25% of op time memory-bound" in text
+
+
+# --- findings that fit the op family, the device and the run ------------------------------------
+
+NO_BF16_CPU = "flags\t: avx avx2 fma\n"  # bf16 converted to fp32 on the fly
+AMX_CPU = "flags\t: avx avx2 fma avx512f amx_bf16 amx_tile\n"
+
+
+def _conv_only_run() -> memwall.Report:
+    """Convolutions and nothing else, measured on this CPU."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 32, 3, padding=1),
+                                torch.nn.Conv2d(32, 32, 3, padding=1, groups=32))
+    x = torch.randn(4, 8, 32, 32)
+    with torch.no_grad(), memwall.profile(summary=False) as prof:
+        for _ in range(3):
+            model(x)
+    rep = prof.report()
+    assert {REGISTRY.family(r.op, r.overload) for r in rep.rows if r.time_s > 0.1 * rep.total_time_s} == {"conv"}
+    return rep
+
+
+def _measured_on(rep: memwall.Report, spec: memwall.DeviceSpec) -> memwall.Report:
+    """The run's rows placed on `spec`, as if measured there (its roofs, not a what-if)."""
+    return dataclasses.replace(rep, rows=place_rows(rep.rows, spec), device=spec, measured_on=spec.name)
+
+
+def _cpu(flags: str, fp32: float, bandwidth: float) -> memwall.DeviceSpec:
+    return memwall.cpu_spec(threads=2, cpuinfo=flags, max_khz="2500000", caches=[]).with_figures(
+        peaks={"fp32": fp32}, bandwidth=bandwidth)
+
+
+def test_a_conv_only_cpu_run_gets_convolution_advice_and_no_gpu_or_decoding_advice():
+    run = _conv_only_run()
+    # a roof far above the bandwidth: every convolution memory-bound
+    memory = " ".join(findings(_measured_on(run, _cpu(NO_BF16_CPU, 1e13, 1e9))))
+    assert "memory-bound convolution ops" in memory and "channels_last" in memory
+    assert "rows per weight" not in memory and "decoding" not in memory
+    # a ridge of 1 FLOP/B: every convolution compute-bound, far under a roof it cannot reach
+    compute = findings(_measured_on(run, _cpu(NO_BF16_CPU, 1e15, 1e15)))
+    roof = next(f for f in compute if f.startswith("compute-bound ops reach"))
+    assert "bf16" not in roof and "GPU" not in roof and "dtype" not in roof and "shapes" in roof
+    amx = findings(_measured_on(run, _cpu(AMX_CPU, 1e15, 1e15)))
+    assert any("bf16, which this CPU runs natively on AMX" in f for f in amx)
+
+
+def test_a_what_if_on_another_device_has_no_compute_roof_finding():
+    here = _measured_on(_conv_only_run(), _cpu(NO_BF16_CPU, 1e15, 1e15))
+    assert any(f.startswith("compute-bound ops reach") for f in findings(here))
+    h100 = here.rescore(device="H100 SXM")
+    # its convolutions are compute-bound far under the H100's roof, in times measured on this CPU
+    assert any(r.bound == "compute" and r.efficiency is not None and r.efficiency < 0.01 for r in h100.rows)
+    assert not any("of their roof" in f for f in findings(h100))
+    assert "what-if  times measured on" in render_text(h100, width=100)
+
+
+def test_matmul_advice_names_decoding_only_when_the_run_decodes():
+    (note,) = [f for f in findings(_on_a100(_memory_bound("aten.mm"))) if "memory-bound" in f]
+    assert "matmul ops" in note and "a larger batch" in note and "decoding" not in note
+    decoding = _on_a100(_memory_bound("aten.mm", "decode"), _memory_bound("aten.mm"))
+    assert any("batched decoding" in f for f in findings(decoding))
+
+
+def test_attention_gets_its_own_advice():
+    (note,) = [f for f in findings(_on_a100(_memory_bound("aten._scaled_dot_product_flash_attention_for_cpu")))
+               if "memory-bound" in f]
+    assert "memory-bound attention ops" in note and "grouped-query attention" in note
+    assert "rows per weight" not in note

@@ -66,10 +66,11 @@ def test_ddp_all_reduce_moves_the_gradient_bytes_each_step(ddp_run):
             assert c.collective.timed_calls == c.calls and c.time_s > 0
             assert c.bus_bandwidth_bytes_per_s == pytest.approx(c.collective.bytes_moved / c.time_s)
             assert c.bound == "communication" and 0 < c.efficiency
-        # DDP's set-up: parameters broadcast from rank 0 once (the same bytes again)
+        # DDP's set-up: parameters broadcast from rank 0 once (the same bytes again), before the
+        # first forward
         setup = [c for c in rep.collectives
                  if c.collective.kind == "broadcast" and c.collective.message_bytes == GRADIENT_BYTES]
-        assert len(setup) == 1 and setup[0].phase == "other"
+        assert len(setup) == 1 and setup[0].phase == "setup"
         assert 0 < rep.comm_time_s <= rep.wall_time_s
         assert 0 <= rep.overlapped_s <= rep.comm_time_s
 
@@ -206,6 +207,6 @@ def test_explicit_and_functional_collectives_are_sized_and_timed(tmp_path):
         assert got[("c10d.broadcast_", "broadcast")] == (1, 128, 128)
         assert got[("c10d.barrier", "barrier")][2] == 0
         assert all(c.collective.timed_calls == c.calls and c.time_s > 0 for c in rep.collectives), rep.collectives
-        assert {c.phase for c in rep.collectives} == {"other"}
+        assert {c.phase for c in rep.collectives} == {"other"}  # no work followed them: not set-up
         assert not any(r.op in COLLECTIVE_OPS or r.op == WAIT_OP for r in rep.rows)  # not compute rows
         assert not [r.op for r in rep.uncounted if r.op.startswith(("c10d.", "_c10d_functional."))]

@@ -110,8 +110,8 @@ def _row(op: str, flops: int = 10, phase: str = "forward") -> Row:
 
 
 @pytest.mark.parametrize(("op", "expected"), [
-    ("aten.mm", "matmul"), ("aten.linear", "matmul"), ("aten.convolution", "matmul"),
-    ("aten._scaled_dot_product_flash_attention", "matmul"), ("higher_order.flex_attention", "matmul"),
+    ("aten.mm", "matmul"), ("aten.linear", "matmul"), ("aten.convolution", "convolution"),
+    ("aten._scaled_dot_product_flash_attention", "attention"), ("higher_order.flex_attention", "attention"),
     ("aten._softmax", "norm/softmax"), ("aten.softmax", "norm/softmax"), ("aten.native_layer_norm", "norm/softmax"),
     ("aten.sum", "reduction"), ("aten.linalg_vector_norm", "reduction"),
     # "normal" has "norm" in its name; it draws random numbers: elementwise (the old regex said norm)

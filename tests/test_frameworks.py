@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import rows_of
 
 import memwall_plugin as memwall
 from memwall_plugin.console import findings, host_time_share
@@ -164,3 +165,57 @@ def test_steps_can_be_numbered_from_the_frameworks_count(tmp_path):
     for bad in (-1, 1.5, True):
         with pytest.raises(ValueError, match="first_step"):
             memwall.profile(first_step=bad)
+
+
+# --- steps the optimizer ends (memwall run): the tail after the last is no step ------------------
+
+
+def _five_optimizer_steps_then_evaluate(prof_args: dict, tmp_path) -> memwall.profile:
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 16)
+    with memwall.profile(logdir=tmp_path, summary=False, step_on_optimizer=True, **prof_args) as prof:
+        for _ in range(5):
+            model(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+        with torch.no_grad():  # the tail: an evaluation after training, an op found nowhere else
+            torch.special.erfinv(torch.tanh(model(x)) * 0.5)
+    return prof
+
+
+def _scalar_steps(logdir) -> dict[int, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    return {e.step: e.value for e in events.Scalars("memwall/flops")}
+
+
+def test_the_tail_after_the_last_optimizer_step_is_kept_but_is_no_step(tmp_path):
+    prof = _five_optimizer_steps_then_evaluate({}, tmp_path)
+    rep = prof.report()
+    assert rep.steps == (0, 1, 2, 3, 4)
+    assert rows_of(rep, "aten.erfinv") and rep.tail_op_time_s is not None and rep.tail_op_time_s > 0
+    (saved,) = prof.saved
+    assert saved.name == "rank0_steps000000-000004.json"
+    assert memwall.load_report(saved).tail_op_time_s == rep.tail_op_time_s
+    # one scalar per step, and the last is a whole step: 2 Linear forwards, backwards, an SGD update
+    flops = _scalar_steps(tmp_path)
+    assert sorted(flops) == [0, 1, 2, 3, 4]
+    assert flops[4] == flops[1] and flops[4] > 0
+
+
+def test_a_tail_after_a_window_the_schedule_saved_is_not_recorded(tmp_path):
+    prof = _five_optimizer_steps_then_evaluate({"schedule": memwall.schedule(wait=0, warmup=0, active=5)},
+                                               tmp_path)
+    rep = prof.report()
+    assert rep.steps == (0, 1, 2, 3, 4) and not rows_of(rep, "aten.erfinv") and rep.tail_op_time_s is None
+    assert [p.name for p in prof.saved] == ["rank0_steps000000-000004.json"]
+
+
+def test_without_optimizer_steps_the_whole_run_is_one_step(tmp_path):
+    with memwall.profile(logdir=tmp_path, summary=False, step_on_optimizer=True) as prof:
+        _model()(torch.randn(2, 16))
+    rep = prof.report()
+    assert rep.steps == (0,) and rep.tail_op_time_s is None

@@ -57,3 +57,25 @@ def test_the_slowest_rank_has_the_most_time_in_ops():
     record = rank_record(slow, slow)
     assert (record["rank"], record["steps"], record["op_time_s"], record["slowest"]) == (1, 2, 0.009, True)
     assert rank_record(fast, slow)["slowest"] is False
+
+
+def test_set_up_is_in_the_totals_and_out_of_the_shares():
+    # the report above plus 6 ms of set-up: weight init drawn before the first forward (memory-bound,
+    # 1.14 FLOP/B) and an uncounted op that loaded data
+    setup = (op("aten.normal_", module="", phase="setup", time_s=0.005),
+             op("mylib.load", module="", phase="setup", flops=None, time_s=0.001))
+    h = headline(report(rows=report().rows + setup))
+    assert h.time_s == pytest.approx(0.010) and h.setup_time_s == pytest.approx(0.006)  # totals keep it
+    assert h.flops == 1024 + 65536 + 1024
+    # by hand, over the 4 ms of work alone: the mm's 1 ms memory-bound, 3 ms of 4 counted
+    assert h.memory_bound_fraction == pytest.approx(0.25)
+    assert h.coverage == pytest.approx(0.75)
+    assert headline(report()).setup_time_s == 0.0
+
+
+def test_a_report_of_set_up_alone_has_its_shares_over_it():
+    """The tab's phase filter on "setup": there is nothing else to compare against."""
+    rows = (op("aten.normal_", module="", phase="setup", time_s=0.003),
+            op("mylib.load", module="", phase="setup", flops=None, time_s=0.001))
+    h = headline(report(rows=rows))
+    assert (h.memory_bound_fraction, h.coverage) == (pytest.approx(0.75), pytest.approx(0.75))

@@ -194,7 +194,8 @@ function headline(container, data) {
     container.appendChild(box);
   };
   card('time in ops', duration(h.time_s), `${h.steps.length} step(s)${h.incomplete ? ' · INCOMPLETE' : ''}`);
-  card('memory-bound', pct(h.memory_bound_fraction), 'share of op time');
+  const setup = h.setup_time_s > 0 && h.setup_time_s < h.time_s ? ` · set-up (${duration(h.setup_time_s)}) left out` : '';
+  card('memory-bound', pct(h.memory_bound_fraction), `share of op time${setup}`);
   card('achieved', si(h.achieved_flops_per_s, 'FLOP/s'), `${si(h.achieved_bytes_per_s, 'B/s')} moved`);
   card('intensity', `${si(h.intensity)} FLOP/B`, `${si(h.flops, 'FLOP')} · ${si(h.bytes, 'B')}`);
   card('coverage', pct(h.coverage), `${h.uncounted_rows} uncounted row(s)`);
