@@ -50,6 +50,8 @@ def _row_dict(r: Row) -> dict[str, Any]:
     c = out.pop("collective")
     if c is not None:  # op rows leave it out: most rows are ops
         out["collective"] = dataclasses.asdict(c)
+    if out["projected_time_s"] is None:  # only a what-if's rows have one: a measured report's file is unchanged
+        del out["projected_time_s"]
     return out
 
 

@@ -3,6 +3,11 @@
 Every tensor re-sized to another element size (the paper's 8-bit accounting), every row placed on
 another device's roofs (its link too, for ranks on one host). FLOPs and measured times stay as
 measured; the changes come back as report fields, which `Report.rescore` applies.
+
+A what-if also projects each op row's time on its device (`Row.projected_time_s`): the roofline
+time there (its dtype's peak, the roof of the memory level its data came from), at least the
+device's launch floor per call (`roofline.launch_floor_s`). A projection is a roofline bound, not
+a measurement: no kernel reaches its roof. A report as measured has none.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from memwall_plugin import comm
+from memwall_plugin import comm, roofline
 from memwall_plugin.ceilings import place_collectives, place_rows, relink
 from memwall_plugin.devices import DeviceSpec, lookup_device
 from memwall_plugin.rows import Row
@@ -38,9 +43,23 @@ def device_of(device: str | DeviceSpec) -> DeviceSpec:
     return spec
 
 
+def projected(rows: tuple[Row, ...], device: DeviceSpec | None) -> tuple[Row, ...]:
+    """Op rows with their projected time on `device`, the one they are placed on (None: rows as
+    measured, no projection). Collectives are not projected: their time is the link's and the
+    overlap with compute, which a roofline does not say."""
+    floor = roofline.launch_floor_s(device.kind) if device is not None else 0.0
+    return tuple(
+        dataclasses.replace(r, projected_time_s=None if device is None or r.collective is not None else
+                            roofline.projected_time_s(r.flops, r.bytes, r.peak_flops_per_s,
+                                                      r.bandwidth_bytes_per_s, r.calls, floor))
+        for r in rows
+    )
+
+
 def rescored(report: Report, bytes_per_element: int | None = None,
              device: str | DeviceSpec | None = None) -> dict[str, Any]:
-    """The fields of `report` that change under the what-if."""
+    """The fields of `report` that change under the what-if, its rows projected on the device
+    (none when the what-if leaves the run as measured: the device it ran on, its element sizes)."""
     changes: dict[str, Any] = {}
     rows, collectives = report.rows, report.collectives
     if bytes_per_element is not None:
@@ -53,6 +72,11 @@ def rescored(report: Report, bytes_per_element: int | None = None,
         if report.link is not None:
             link = relink(report.link, spec, report.world_size, report.local_world_size)
             changes.update(link=link, collectives=place_collectives(collectives, link))
+    if changes:
+        target: DeviceSpec | None = changes.get("device", report.device)
+        as_measured = changes.get("bytes_per_element", report.bytes_per_element) is None and (
+            target is None or target.name == report.measured_on)
+        changes["rows"] = projected(changes.get("rows", report.rows), None if as_measured else target)
     return changes
 
 

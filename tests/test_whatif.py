@@ -1,11 +1,18 @@
-"""whatif.py: a report re-scored for another element size or device, by hand-worked examples."""
+"""whatif.py: a report re-scored for another element size or device, and each row's projected time
+there, by hand-worked examples."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import torch
+from conftest import one_row, profiled
 from test_rows import all_reduce, op
 
 import memwall_plugin as memwall
+from memwall_plugin.ceilings import place_rows
+from memwall_plugin.devices import USER, DeviceSpec, Figure
 from memwall_plugin.whatif import bound_changes, resized
 
 
@@ -42,3 +49,86 @@ def test_a_matmul_crosses_the_ridge_on_another_device():
         bound_changes(rep.rows, ())
     with pytest.raises(TypeError, match="DeviceSpec"):
         rep.rescore(device=3)  # type: ignore[arg-type]
+
+
+# -- projection: each row's least time on the what-if's device -----------------------------------
+
+
+def test_a_saved_cpu_run_projected_on_an_h100_by_hand(tmp_path):
+    """A 1024x1024 fp32 matmul and an add of two 4M-float vectors, measured on this CPU and saved;
+    rescored for an H100 SXM5, each row's projected time is its roofline time there, worked out
+    from the datasheet row (memwall_plugin/data/devices.csv: fp32 67 TFLOP/s, tf32 494.7, HBM3
+    3.35 TB/s). Every tensor is fresh to the profile, so its bytes come from HBM, not the L2."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    x, y = torch.randn(1 << 22), torch.randn(1 << 22)
+    measured = memwall.load_report(profiled(lambda: (a @ b, x + y)).save(tmp_path / "cpu.json"))
+    assert all(r.projected_time_s is None for r in measured.rows)  # as measured: no projection
+    assert measured.projected_time_s is None and measured.speedup is None
+    h100 = measured.rescore(device="H100 SXM")
+    mm, add = one_row(h100, "aten.mm"), one_row(h100, "aten.add")
+    assert (mm.memory_level, add.memory_level, mm.calls, add.calls) == ("HBM", "HBM", 1, 1)
+    # mm: 2 * 1024^3 = 2,147,483,648 FLOPs / 67e12 = 32.052 us; its 3 x 4 MiB = 12,582,912 B / 3.35e12
+    # = 3.756 us: compute-bound, 32.052 us (the report's tf32 families are empty: a CPU run)
+    assert mm.projected_time_s == pytest.approx(32.0520e-6, rel=1e-4)
+    # add: 3 x 16 MiB = 50,331,648 B / 3.35e12 = 15.024 us; its 4,194,304 FLOPs / 67e12 = 0.063 us
+    assert add.projected_time_s == pytest.approx(15.0244e-6, rel=1e-4)
+    assert (mm.bound, add.bound) == ("compute", "memory")
+    # both are far above the 2 us launch floor: the projection is the roofline time
+    assert all(r.projected_time_s == r.roofline_time_s for r in h100.rows if r.counted)
+    assert h100.projected_time_s == pytest.approx(47.0764e-6, rel=1e-4)
+    assert h100.speedup == pytest.approx(measured.counted_time_s / 47.0764e-6, rel=1e-4)
+    # the same run with torch's TF32 on for matmuls (a CUDA run): the mm under tf32's 494.7 TFLOP/s,
+    # 2,147,483,648 / 494.7e12 = 4.341 us, still over its 3.756 us of HBM traffic
+    tf32 = dataclasses.replace(measured, tf32=("matmul",)).rescore(device="H100 SXM")
+    assert one_row(tf32, "aten.mm").projected_time_s == pytest.approx(4.3410e-6, rel=1e-4)
+    # back on the device it ran on, at its own element sizes: a measurement again
+    assert h100.rescore(device=measured.device).projected_time_s is None
+    # a saved what-if keeps its projection
+    assert memwall.load_report(h100.save(tmp_path / "h100.json")) == h100
+
+
+def test_many_tiny_kernels_stop_at_the_launch_floor():
+    # 1000 calls of an 8x16 @ 16x4 fp32 mm: 1,024,000 FLOPs and 896,000 B, 0.27 us of HBM traffic on
+    # an H100; launched one by one they take at least 1000 x 2 us = 2 ms
+    tiny = op(calls=1000, time_s=0.05)
+    view = op("aten.view", flops=0, time_s=0.001)
+    view = dataclasses.replace(view, bytes_read=0, bytes_written=0, elements_read=0, elements_written=0)
+    unknown = op("mylib.op", flops=None, time_s=0.003)
+    rep = memwall.Report(rows=(tiny, view, unknown), collectives=(all_reduce(),), measured_on="a CPU")
+    h100 = rep.rescore(device="H100 SXM")
+    rows = {r.op: r for r in h100.rows}
+    assert rows["aten.mm"].roofline_time_s == pytest.approx(896_000 / 3.35e12)
+    assert rows["aten.mm"].projected_time_s == pytest.approx(2e-3)
+    assert rows["aten.view"].projected_time_s == 0.0  # a view launches nothing
+    assert rows["mylib.op"].projected_time_s is None  # uncounted: unknown, never zero
+    assert h100.collectives[0].projected_time_s is None  # collectives are not projected
+    # the counted ops took 51 ms here (mm 50, view 1); projected 2 ms, all but 0.27 us of it the floor
+    assert h100.projected_time_s == pytest.approx(2e-3)
+    assert h100.speedup == pytest.approx(0.051 / 2e-3)
+    assert h100.launch_floor_fraction == pytest.approx(1 - 896_000 / 3.35e12 / 2e-3)
+    assert h100.projected_memory_bound_fraction == pytest.approx(1.0)
+
+
+def test_an_element_size_what_if_on_a_cpu_has_no_launch_floor():
+    # a CPU with round roofs: fp32 100 GFLOP/s, 10 GB/s
+    cpu = DeviceSpec(key="cpu", name="a CPU", kind="cpu", peaks=(("fp32", Figure(1e11, USER)),),
+                     bandwidth=Figure(1e10, USER))
+    rep = memwall.Report(rows=place_rows((op(calls=1000, time_s=0.05),), cpu), device=cpu, measured_on="a CPU")
+    # at 2 bytes per element: (192 + 32) x 2 x 1000 = 448,000 B / 1e10 = 44.8 us, over its 1,024,000
+    # FLOPs / 1e11 = 10.24 us; 1000 calls add nothing on a CPU
+    two = rep.rescore(bytes_per_element=2)
+    assert two.rows[0].projected_time_s == pytest.approx(44.8e-6)
+    assert two.speedup == pytest.approx(0.05 / 44.8e-6)
+
+
+def test_each_phase_has_its_projection_and_speedup():
+    # forward: the 1000 tiny mms (2 ms floor, measured 50 ms); backward: one mm of 2 GFLOP at fp32
+    # 67 TFLOP/s = 29.85 us (its 896 B are nothing), measured 20 ms
+    big = dataclasses.replace(op(phase="backward", time_s=0.02), flops=2_000_000_000)
+    h100 = memwall.Report(rows=(op(calls=1000, time_s=0.05), big), measured_on="a CPU").rescore(device="H100 SXM")
+    phases = {g.key: g for g in h100.group_by("phase")}
+    assert phases["forward"].projected_time_s == pytest.approx(2e-3)
+    assert phases["forward"].speedup == pytest.approx(25.0)
+    assert phases["backward"].projected_time_s == pytest.approx(2e9 / 67e12)
+    assert phases["backward"].speedup == pytest.approx(0.02 / (2e9 / 67e12))
+    assert h100.totals().projected_time_s == pytest.approx(2e-3 + 2e9 / 67e12)
