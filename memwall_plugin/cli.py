@@ -207,6 +207,8 @@ def report_json(report: Report, by: str | None = None, ranks: dict[int, Report] 
         "roofline_time_s": head["roofline_time_s"], "coverage": head["coverage"],
         "uncounted_rows": head["uncounted_rows"], "steps": head["steps"],
         "incomplete": head["incomplete"], "bytes_per_element": report.bytes_per_element,
+        # a what-if's (--device, --bytes-per-element) projection of the counted ops; null as measured
+        "projected_time_s": head["projected_time_s"], "speedup": head["speedup"],
     }
     out: dict[str, Any] = {
         "job": report.job,
@@ -237,7 +239,7 @@ def group_record(g: Group) -> dict[str, Any]:
     return {
         "key": g.key, "calls": g.calls, "flops": g.flops, "bytes": g.bytes, "time_s": g.time_s,
         "intensity": g.intensity, "bound": g.bound, "efficiency": g.efficiency,
-        "roofline_time_s": g.roofline_time_s,
+        "roofline_time_s": g.roofline_time_s, "projected_time_s": g.projected_time_s, "speedup": g.speedup,
     }
 
 
@@ -285,7 +287,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         if args.by:
             writer.writerow(["key", "calls", "flops", "bytes", "time_s", "intensity", "bound",
-                             "efficiency", "roofline_time_s"])
+                             "efficiency", "roofline_time_s", "projected_time_s", "speedup"])
             for g in report.group_by(args.by):
                 record = group_record(g)
                 writer.writerow([_csv_cell(v) for v in record.values()])

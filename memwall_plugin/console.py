@@ -380,9 +380,11 @@ class Summary:
         if rep.bytes_per_element is not None:
             lines.append(Text(f"what-if  every tensor re-sized to {rep.bytes_per_element} byte(s) each",
                               style="italic"))
+        roof = head.roofline_time_s
         lines.append(Text(
             f"time     {_ms(head.time_s)} in ops (wall {_ms(head.wall_time_s)}), roofline "
-            f"{_ms(head.roofline_time_s)} for the counted ops"
+            # a what-if's roofline can be microseconds: shown as the projection is
+            f"{_dur(roof) if head.projected_time_s is not None and roof is not None else _ms(roof)} for the counted ops"
         ))
         if head.projected_time_s is not None:
             lines.extend(self.projection_lines(head))

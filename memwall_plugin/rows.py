@@ -170,6 +170,11 @@ class Row(RooflinePoint):
     def name(self) -> str:
         return f"{self.op}.{self.overload}"
 
+    @property
+    def speedup(self) -> float | None:
+        """Measured time over a what-if's projected time (None as measured, or uncounted)."""
+        return speedup(self.time_s, self.projected_time_s) if self.flops is not None else None
+
     # -- under the link's roof ---------------------------------------------------------------------
     @property
     def bound(self) -> str:

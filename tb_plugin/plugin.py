@@ -95,7 +95,8 @@ class MemwallPlugin(base_plugin.TBPlugin):
 
     def report_impl(self, args: dict[str, str]) -> dict[str, Any]:
         """The view of one run: one job's windows of one rank (one window, or all of them
-        merged), optionally one phase, optionally re-scored for another device or element size.
+        merged), optionally one phase, optionally re-scored for another device or element size
+        (then with its projection: each op's least time there, and the ops whose bound flips).
         Jobs are never summed: the newest is shown unless `job` names another."""
         check_params("/report", args)
         run, report = self._selected(args)
@@ -104,7 +105,9 @@ class MemwallPlugin(base_plugin.TBPlugin):
             raise RequestError(400, f"phase {phase!r} is not a phase name")
         device = args.get("device") or None
         bpe = args.get("bytes_per_element") or None
+        measured = None
         if device is not None or bpe is not None:
+            measured = report
             try:
                 spec = lookup_device(device) if device is not None else None
             except LookupError:
@@ -115,7 +118,7 @@ class MemwallPlugin(base_plugin.TBPlugin):
             )
         if phase is not None and phase not in {r.phase for r in report.rows}:
             raise RequestError(404, f"run {run.name!r} has no {phase!r} work")
-        return views.report_view(report, phase=phase)
+        return views.report_view(report, phase=phase, measured=measured)
 
     def ranks_impl(self, args: dict[str, str]) -> dict[str, Any]:
         """Every rank of one job of a run side by side; a rank whose report cannot be read is

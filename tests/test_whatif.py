@@ -4,6 +4,7 @@ there, by hand-worked examples."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from test_rows import all_reduce, op
 
 import memwall_plugin as memwall
 from memwall_plugin.ceilings import place_rows
+from memwall_plugin.cli import main
 from memwall_plugin.devices import USER, DeviceSpec, Figure
 from memwall_plugin.whatif import bound_changes, resized
 
@@ -132,3 +134,36 @@ def test_each_phase_has_its_projection_and_speedup():
     assert phases["backward"].projected_time_s == pytest.approx(2e9 / 67e12)
     assert phases["backward"].speedup == pytest.approx(0.02 / (2e9 / 67e12))
     assert h100.totals().projected_time_s == pytest.approx(2e-3 + 2e9 / 67e12)
+
+
+def skinny_gemm_report() -> memwall.Report:
+    """One 32x8192 @ 8192x8192 fp32 matmul measured at 10 ms on an A100 SXM4 80GB: 2 x 32 x 8192^2 =
+    4,294,967,296 FLOPs over (262,144 + 67,108,864 + 262,144) x 4 = 270,532,608 B: 15.9 FLOP/B,
+    over the A100's fp32 ridge (19.5 TFLOP/s / 2.039 TB/s = 9.6), under the H100's (20)."""
+    a, w = 32 * 8192, 8192 * 8192
+    row = memwall.Row(op="aten.mm", overload="default", module="proj", phase="forward", calls=1, dtype="float32",
+                      shapes="[32, 8192] x [8192, 8192]", flops=2 * 32 * 8192 * 8192, bytes_read=4 * (a + w),
+                      bytes_written=4 * a, elements_read=a + w, elements_written=a, time_s=0.01)
+    a100 = memwall.lookup_device("A100 SXM4 80GB")
+    return memwall.Report(rows=place_rows((row,), a100), device=a100, measured_on=a100.name, steps=(0,))
+
+
+def test_memwall_report_device_prints_and_writes_the_projection(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")  # the summary's header on one line
+    run = tmp_path / "run"
+    skinny_gemm_report().save(run / "plugins" / "memwall" / "rank0_steps000000-000000.json")
+    assert main(["report", str(run), "--device", "H100 SXM", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    # on the H100 its bytes take 270,532,608 / 3.35e12 = 80.756 us, its FLOPs 4.295e9 / 67e12 = 64.1 us
+    assert data["totals"]["projected_time_s"] == pytest.approx(80.756e-6, rel=1e-4)
+    assert data["rows"][0]["projected_time_s"] == pytest.approx(80.756e-6, rel=1e-4)
+    assert data["totals"]["speedup"] == pytest.approx(0.01 / 80.756e-6, rel=1e-4)  # 123.8
+    assert main(["report", str(run), "--device", "H100 SXM"]) == 0
+    out = capsys.readouterr().out
+    assert "projected on NVIDIA H100 SXM5 80GB: 80.8 us (124x faster), a roofline bound, not a measurement" in out
+    # as measured: no projection, in the file and in the JSON
+    assert main(["report", str(run), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["totals"]["projected_time_s"] is None and data["rows"][0]["projected_time_s"] is None
+    (saved,) = (run / "plugins" / "memwall").glob("*.json")
+    assert "projected_time_s" not in json.loads(saved.read_text())["rows"][0]
