@@ -207,7 +207,8 @@ def report_json(report: Report, by: str | None = None, ranks: dict[int, Report] 
         "roofline_time_s": head["roofline_time_s"], "coverage": head["coverage"],
         "uncounted_rows": head["uncounted_rows"], "steps": head["steps"],
         "incomplete": head["incomplete"], "bytes_per_element": report.bytes_per_element,
-        # a what-if's (--device, --bytes-per-element) projection of the counted ops; null as measured
+        "compute_dtype": report.compute_dtype,
+        # a what-if's (--device, --dtype, --bytes-per-element) projection of the counted ops; null as measured
         "projected_time_s": head["projected_time_s"], "speedup": head["speedup"],
     }
     out: dict[str, Any] = {
@@ -273,9 +274,9 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     report = load_run(path, args.rank, job)
     if args.memory or _memory_what_if_asked(args):
         return _memory_report(report, args, console)
-    if args.device or args.bytes_per_element:
+    if args.device or args.bytes_per_element or args.dtype:
         try:
-            ranks = {r: rep.rescore(bytes_per_element=args.bytes_per_element, device=args.device)
+            ranks = {r: rep.rescore(bytes_per_element=args.bytes_per_element, device=args.device, dtype=args.dtype)
                      for r, rep in ranks.items()}
         except (LookupError, ValueError) as exc:
             raise CliError(str(exc)) from None
@@ -506,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  memwall report runs/exp1\n  memwall report runs/exp1 --by module --top 30\n"
                "  memwall report runs/exp1 --json > exp1.json\n  memwall report runs/exp1 --csv > exp1.csv\n"
                "  memwall report runs/exp1 --device 'H100 SXM' --bytes-per-element 1\n"
+               "  memwall report runs/exp1 --device 'H100 SXM' --dtype bf16   # projected time in bf16 there\n"
                "A report file that cannot be read is named on stderr and left out of the summary; the\n"
                "exit status is 2 only when no report file of the run can be read.",
     )
@@ -520,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prefix of it; default: the newest)")
     rep.add_argument("--device", help="re-place the run on another device's roofline")
     rep.add_argument("--bytes-per-element", type=int, help="re-size every tensor (1 = the paper's 8-bit)")
+    rep.add_argument("--dtype", help="compute every floating-point op in this dtype (bf16, fp16, fp8, fp32): "
+                                     "under its peak, every tensor at its size unless --bytes-per-element says")
     mem = rep.add_argument_group("memory (the capacity wall)")
     mem.add_argument("--memory", action="store_true",
                      help="show what held memory (peak, categories, modules) and what-ifs; with --json, as JSON")

@@ -377,6 +377,9 @@ class Summary:
                     f"({c.bandwidth.source if c.bandwidth else 'unknown'})" for c in device.caches)))
             if rep.measured_on and rep.measured_on != device.name:
                 lines.append(_text(f"what-if  times measured on {rep.measured_on}", style="italic"))
+        if rep.compute_dtype is not None:
+            lines.append(_text(f"what-if  every floating-point op computed in {rep.compute_dtype}, under its peak",
+                               style="italic"))
         if rep.bytes_per_element is not None:
             lines.append(Text(f"what-if  every tensor re-sized to {rep.bytes_per_element} byte(s) each",
                               style="italic"))

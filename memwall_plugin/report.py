@@ -43,6 +43,8 @@ class Report:
     wall_time_s: float = 0.0  # wall time of the recorded steps, profiler overhead included
     incomplete: bool = False  # the profiled block ended by an exception
     bytes_per_element: int | None = None  # set by rescore(); None = the real element sizes
+    #: set by rescore(dtype=...): the dtype every floating-point op is computed in; None = as run
+    compute_dtype: str | None = None
     measured_on: str = ""  # name of the device the times were measured on
     tf32: tuple[str, ...] = ()  # op families that ran on TF32 tensor cores ("matmul", "conv")
     rank: int = 0
@@ -234,15 +236,18 @@ class Report:
 
     # -- what-if -------------------------------------------------------------------------------
     def rescore(
-        self, bytes_per_element: int | None = None, device: str | DeviceSpec | None = None
+        self, bytes_per_element: int | None = None, device: str | DeviceSpec | None = None,
+        dtype: str | None = None,
     ) -> Report:
         """A new report re-scored without re-running the model: every tensor re-sized to
-        `bytes_per_element` (the paper's 8-bit accounting is 1) and/or every row placed on
-        another `device` ("H100 SXM", or a DeviceSpec). FLOPs and measured times are unchanged;
+        `bytes_per_element` (the paper's 8-bit accounting is 1), every floating-point op computed
+        in `dtype` ("bf16": under its peak, its tensors at its 2 bytes unless `bytes_per_element`
+        says otherwise) and/or every row placed on another `device` ("H100 SXM", or a
+        DeviceSpec). FLOPs and measured times are unchanged;
         each op row gets its projected time there (`Row.projected_time_s`; the report's
         `projected_time_s` and `speedup`); `bound_changes(original)` on the result lists the ops
         that changed side."""
-        return dataclasses.replace(self, **whatif.rescored(self, bytes_per_element, device))
+        return dataclasses.replace(self, **whatif.rescored(self, bytes_per_element, device, dtype))
 
     def bound_changes(self, other: Report) -> tuple[tuple[Row, Row], ...]:
         """Pairs (row here, same row in `other`) whose bound differs: the ops that change side

@@ -60,6 +60,8 @@ def encode(report: Report) -> dict[str, Any]:
     meta = {f.name: getattr(report, f.name) for f in dataclasses.fields(report) if f.name not in _APART}
     meta["steps"] = list(report.steps)
     meta["tf32"] = list(report.tf32)
+    if meta["compute_dtype"] is None:  # only a dtype what-if's: a measured report's file is unchanged
+        del meta["compute_dtype"]
     out: dict[str, Any] = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,

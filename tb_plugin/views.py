@@ -159,6 +159,7 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
         "device": device_view(report.device),
         "measured_on": report.measured_on,
         "bytes_per_element": report.bytes_per_element,
+        "compute_dtype": report.compute_dtype,
         "phases": phases,
         "phase": phase,
         "job": report.job,

@@ -655,6 +655,15 @@ def test_what_if_device_shows_the_projection_in_cards_chart_table_and_bound_chan
     browser.execute_script("window.scrollTo(0, 0)")
     _screenshot(browser, "memwall-tab-projection", tmp_path)
     _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box"), "projection_chart", tmp_path)
+    # "in bf16": the projected time of /report's bf16 what-if (the matmul at 989 TFLOP/s, 2-byte tensors)
+    bf16 = _get_json(f"{base}/data/plugin/memwall/report?run=projection&device=h100-sxm&dtype=bf16")
+    _select(browser, "select.mw-dtype", "bf16")
+    WebDriverWait(browser, 60).until(lambda d: "computed in bfloat16" in d.find_element(By.CSS_SELECTOR,
+                                                                                       ".mw-projection").text)
+    assert browser.find_element(By.CSS_SELECTOR, ".mw-projected-time .mw-card-value").text == \
+        _duration(bf16["headline"]["projected_time_s"])  # type: ignore[index]
+    assert bf16["headline"]["projected_time_s"] < head["projected_time_s"]  # type: ignore[index]
+    _select(browser, "select.mw-dtype", "")
     # back as measured: the measurement again
     _select(browser, "select.mw-device", "")
     WebDriverWait(browser, 60).until(

@@ -73,6 +73,9 @@ def test_what_if_rescores_on_the_server(plugin):
     # a what-if projects; the run as measured does not
     assert h100["headline"]["projected_time_s"] > 0 and h100["projection"]["device"] == h100["device"]["name"]
     assert base["headline"]["projected_time_s"] is None and base["projection"] is None
+    bf16 = get(plugin, "/report", run="train", device="h100-sxm", dtype="bf16")[1]
+    assert (bf16["compute_dtype"], bf16["bytes_per_element"]) == ("bfloat16", 2)
+    assert {r["dtype"] for r in bf16["rows"]} <= {"bfloat16", "int64", "bool"}  # the run's fp32 ops, in bf16
 
 
 @pytest.mark.parametrize("params,code", [
@@ -89,6 +92,7 @@ def test_what_if_rescores_on_the_server(plugin):
     ({"run": "train", "device": "../../etc/passwd"}, 400),
     ({"run": "train", "bytes_per_element": "-1"}, 400),
     ({"run": "train", "bytes_per_element": "99"}, 400),
+    ({"run": "train", "dtype": "int4"}, 400),
     ({"run": "train" * 200}, 400),
 ])
 def test_bad_parameters_get_a_clear_4xx(plugin, params, code):

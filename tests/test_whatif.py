@@ -161,9 +161,52 @@ def test_memwall_report_device_prints_and_writes_the_projection(tmp_path, capsys
     assert main(["report", str(run), "--device", "H100 SXM"]) == 0
     out = capsys.readouterr().out
     assert "projected on NVIDIA H100 SXM5 80GB: 80.8 us (124x faster), a roofline bound, not a measurement" in out
+    # in bf16: 135,266,304 B at 2 bytes per element / 3.35e12 = 40.378 us, over 4.295e9 / 989.4e12 = 4.34 us
+    assert main(["report", str(run), "--device", "H100 SXM", "--dtype", "bf16", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["totals"]["compute_dtype"] == "bfloat16" and data["totals"]["bytes_per_element"] == 2
+    assert data["totals"]["projected_time_s"] == pytest.approx(40.378e-6, rel=1e-4)
+    assert main(["report", str(run), "--dtype", "bf16"]) == 0
+    assert "what-if  every floating-point op computed in bfloat16, under its peak" in capsys.readouterr().out
     # as measured: no projection, in the file and in the JSON
     assert main(["report", str(run), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["totals"]["projected_time_s"] is None and data["rows"][0]["projected_time_s"] is None
     (saved,) = (run / "plugins" / "memwall").glob("*.json")
     assert "projected_time_s" not in json.loads(saved.read_text())["rows"][0]
+
+
+def test_in_bf16_on_an_h100_by_hand(tmp_path):
+    """"What would this run do on an H100, in bf16?": the fp32 matmul and add of the CPU run above,
+    computed in bf16 (the H100's dense 989.4 TFLOP/s) with 2-byte tensors."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    x, y = torch.randn(1 << 22), torch.randn(1 << 22)
+    measured = memwall.load_report(profiled(lambda: (a @ b, x + y)).save(tmp_path / "cpu.json"))
+    bf16 = measured.rescore(device="H100 SXM", dtype="bf16")
+    assert (bf16.compute_dtype, bf16.bytes_per_element) == ("bfloat16", 2)
+    mm, add = one_row(bf16, "aten.mm"), one_row(bf16, "aten.add")
+    assert (mm.dtype, add.dtype) == ("bfloat16", "bfloat16")
+    # mm: 2,147,483,648 FLOPs / 989.4e12 = 2.1705 us, over its 3 x 2 MiB = 6,291,456 B / 3.35e12 = 1.878 us
+    assert mm.projected_time_s == pytest.approx(2.1705e-6, rel=1e-4)
+    # add: 3 x 8 MiB = 25,165,824 B / 3.35e12 = 7.5122 us
+    assert add.projected_time_s == pytest.approx(7.5122e-6, rel=1e-4)
+    assert bf16.projected_time_s == pytest.approx(9.6827e-6, rel=1e-4)
+    # fp8 (1978.9 TFLOP/s, 1-byte tensors): the mm's 1.085 us of compute is under one launch: 2 us
+    assert one_row(measured.rescore(device="H100 SXM", dtype="fp8"), "aten.mm").projected_time_s == \
+        pytest.approx(2e-6)
+    # a given element size wins over the dtype's: bf16 compute, 1-byte tensors (the add: 3.756 us)
+    assert one_row(measured.rescore(device="H100 SXM", dtype="bf16", bytes_per_element=1),
+                   "aten.add").projected_time_s == pytest.approx(3.7561e-6, rel=1e-4)
+    assert memwall.load_report(bf16.save(tmp_path / "bf16.json")) == bf16
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        measured.rescore(dtype="int4")
+
+
+def test_a_dtype_what_if_changes_floating_point_ops_only():
+    index = dataclasses.replace(op("aten.index", flops=0), dtype="int64")
+    rep = memwall.Report(rows=(op(), index), collectives=(all_reduce(),), measured_on="a CPU")
+    fp16 = rep.rescore(device="H100 SXM", dtype="torch.float16")
+    assert [r.dtype for r in fp16.rows] == ["float16", "int64"]  # an index stays an integer op
+    # its 192 + 32 elements at 2 bytes each, its 1024 FLOPs under fp16's 989.4 TFLOP/s
+    assert fp16.rows[0].bytes == 448 and fp16.rows[0].peak_flops_per_s == 989.4e12
+    assert fp16.collectives[0].collective.message_bytes == 2 * 2000  # messages at 2 bytes too

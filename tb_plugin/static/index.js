@@ -7,7 +7,8 @@ import {MemoryView} from './memory.js';
 import {OperatorTable} from './table.js';
 import {renderTree} from './tree.js';
 
-const state = {runs: [], run: '', job: '', rank: '', window: 'all', phase: '', points: 'op', device: '', bpe: ''};
+const state = {runs: [], run: '', job: '', rank: '', window: 'all', phase: '', points: 'op', device: '', bpe: '',
+  dtype: ''};
 
 async function getJSON(url) {
   const response = await fetch(url);
@@ -120,6 +121,7 @@ export async function render() {
     if (state.phase) params.set('phase', state.phase);
     if (state.device) params.set('device', state.device);
     if (state.bpe) params.set('bytes_per_element', state.bpe);
+    if (state.dtype) params.set('dtype', state.dtype);
     status.textContent = 'Loading…';
     status.className = 'mw-status';
     let data;
@@ -146,6 +148,9 @@ export async function render() {
         devices.map((d) => [d.key, d.name])), state.device, (v) => { state.device = v; update(); }));
     controls.appendChild(select('bytes/element', 'mw-bpe', [['', 'as measured'], ['1', '1 (8-bit)'], ['2', '2 (16-bit)'],
       ['4', '4 (32-bit)']], state.bpe, (v) => { state.bpe = v; update(); }));
+    // "in bf16": floating-point ops under that dtype's peak, tensors at its size (unless bytes/element says)
+    controls.appendChild(select('compute in', 'mw-dtype', [['', 'as measured'], ['bf16', 'bf16'], ['fp16', 'fp16'],
+      ['fp8', 'fp8'], ['fp32', 'fp32']], state.dtype, (v) => { state.dtype = v; update(); }));
     headline(cards, data);
     renderProjection(projection, changesPart, changesBox, data);
     draw(data);
@@ -234,7 +239,8 @@ function headline(container, data) {
         .map((p) => `${p.dtype} ${si(p.flops_per_s, 'FLOP/s')} (${p.source})`).join(' · ');
     const bw = device.bandwidth ? `${si(device.bandwidth.bytes_per_s, 'B/s')} (${device.bandwidth.source})` : 'unknown';
     const whatIf = data.measured_on && data.measured_on !== device.name ? ` · times measured on ${data.measured_on}` : '';
-    const bpe = data.bytes_per_element ? ` · tensors re-sized to ${data.bytes_per_element} B/element` : '';
+    const bpe = (data.compute_dtype ? ` · floating-point ops in ${data.compute_dtype}` : '') +
+        (data.bytes_per_element ? ` · tensors re-sized to ${data.bytes_per_element} B/element` : '');
     card('device', device.name, `${peaks} · memory ${bw}${whatIf}${bpe}`);
   }
 }
@@ -252,7 +258,8 @@ function renderProjection(banner, part, box, data) {
   if (!p) return;
   const where = p.device || 'the what-if\'s device';
   banner.appendChild(el('strong', '', `Projected on ${where}: a roofline bound, not a measurement.`));
-  const sized = data.bytes_per_element ? ` Every tensor at ${data.bytes_per_element} B/element.` : '';
+  const sized = (data.compute_dtype ? ` Every floating-point op computed in ${data.compute_dtype}.` : '') +
+      (data.bytes_per_element ? ` Every tensor at ${data.bytes_per_element} B/element.` : '');
   banner.appendChild(el('span', '', ` ${p.note}.${sized} Times were measured on ` +
       `${p.measured_on || 'the run\'s device'}; no kernel reaches its roof, so the real time is longer.`));
   const changes = p.bound_changes;
