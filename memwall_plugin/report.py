@@ -327,6 +327,8 @@ def merge_reports(reports: Iterable[Report]) -> Report:
     rows = merge_rows(*(r.rows for r in reports))
     if last.device is not None:  # where the merged rows' data lived, over every window
         rows = place_rows(rows, last.device, last.tf32)
+        if any(r.projected_time_s is not None for r in rows):  # saved what-ifs: projected as now placed
+            rows = whatif.projected(rows, last.device)
     return dataclasses.replace(
         last,
         rows=rows,
