@@ -664,6 +664,9 @@ def test_what_if_device_shows_the_projection_in_cards_chart_table_and_bound_chan
         _duration(bf16["headline"]["projected_time_s"])  # type: ignore[index]
     assert bf16["headline"]["projected_time_s"] < head["projected_time_s"]  # type: ignore[index]
     _select(browser, "select.mw-dtype", "")
+    WebDriverWait(browser, 60).until(  # the controls are rebuilt once the view has loaded
+        lambda d: d.find_elements(By.CSS_SELECTOR, "select.mw-device")
+        and "bfloat16" not in d.find_element(By.CSS_SELECTOR, ".mw-projection").text)
     # back as measured: the measurement again
     _select(browser, "select.mw-device", "")
     WebDriverWait(browser, 60).until(
