@@ -153,18 +153,19 @@ class EntryTotals:
 # rows_from_entries builds Rows positionally
 if ROW_FIELDS != ("op", "overload", "module", "phase", "calls", "dtype", "shapes", "flops", "bytes_read",
                   "bytes_written", "elements_read", "elements_written", "time_s", "peak_flops_per_s",
-                  "bandwidth_bytes_per_s", "collective", "reuse", "memory_level", "dram_bandwidth_bytes_per_s"):
+                  "bandwidth_bytes_per_s", "collective", "reuse", "memory_level", "dram_bandwidth_bytes_per_s",
+                  "projected_time_s"):
     raise ImportError("memwall: Row's fields changed order; update rows_from_entries to match")
 
 
 def _row_maker() -> Callable[..., Row]:
     """Row(...) for the report build, ~3x faster: a frozen dataclass's __init__ sets each of
-    Row's 16 fields through object.__setattr__; this sets its slots directly. Same fields,
+    Row's fields through object.__setattr__; this sets its slots directly. Same fields,
     same order, no checks skipped (Row's __init__ has none). Op rows have no collective."""
     new = object.__new__
     (s_op, s_overload, s_module, s_phase, s_calls, s_dtype, s_shapes, s_flops, s_bytes_read, s_bytes_written,
      s_elements_read, s_elements_written, s_time_s, s_peak, s_bandwidth, s_collective, s_reuse, s_level,
-     s_dram) = (getattr(Row, name).__set__ for name in ROW_FIELDS)
+     s_dram, s_projected) = (getattr(Row, name).__set__ for name in ROW_FIELDS)
 
     def make(op: str, overload: str, module: str, phase: str, calls: int, dtype: str, shapes: str,
              flops: int | None, bytes_read: int, bytes_written: int, elements_read: int, elements_written: int,
@@ -190,6 +191,7 @@ def _row_maker() -> Callable[..., Row]:
         s_reuse(row, reuse)
         s_level(row, level)
         s_dram(row, dram)
+        s_projected(row, None)  # measured, not a what-if
         return row
 
     sample = ("aten.mm", "default", "a.b", "forward", 3, "float32", "[8,16]", 100, 10, 11, 5, 6, 0.5, 1e9, 2e9)

@@ -209,6 +209,9 @@ def report_json(report: Report, by: str | None = None, ranks: dict[int, Report] 
         "setup_time_s": head["setup_time_s"], "tail_op_time_s": report.tail_op_time_s,
         "uncounted_rows": head["uncounted_rows"], "steps": head["steps"],
         "incomplete": head["incomplete"], "bytes_per_element": report.bytes_per_element,
+        "compute_dtype": report.compute_dtype,
+        # a what-if's (--device, --dtype, --bytes-per-element) projection of the counted ops; null as measured
+        "projected_time_s": head["projected_time_s"], "speedup": head["speedup"],
     }
     out: dict[str, Any] = {
         "job": report.job,
@@ -239,7 +242,7 @@ def group_record(g: Group) -> dict[str, Any]:
     return {
         "key": g.key, "calls": g.calls, "flops": g.flops, "bytes": g.bytes, "time_s": g.time_s,
         "intensity": g.intensity, "bound": g.bound, "efficiency": g.efficiency,
-        "roofline_time_s": g.roofline_time_s,
+        "roofline_time_s": g.roofline_time_s, "projected_time_s": g.projected_time_s, "speedup": g.speedup,
     }
 
 
@@ -273,9 +276,9 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     report = load_run(path, args.rank, job)
     if args.memory or _memory_what_if_asked(args):
         return _memory_report(report, args, console)
-    if args.device or args.bytes_per_element:
+    if args.device or args.bytes_per_element or args.dtype:
         try:
-            ranks = {r: rep.rescore(bytes_per_element=args.bytes_per_element, device=args.device)
+            ranks = {r: rep.rescore(bytes_per_element=args.bytes_per_element, device=args.device, dtype=args.dtype)
                      for r, rep in ranks.items()}
         except (LookupError, ValueError) as exc:
             raise CliError(str(exc)) from None
@@ -287,7 +290,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         if args.by:
             writer.writerow(["key", "calls", "flops", "bytes", "time_s", "intensity", "bound",
-                             "efficiency", "roofline_time_s"])
+                             "efficiency", "roofline_time_s", "projected_time_s", "speedup"])
             for g in report.group_by(args.by):
                 record = group_record(g)
                 writer.writerow([_csv_cell(v) for v in record.values()])
@@ -520,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  memwall report runs/exp1\n  memwall report runs/exp1 --by module --top 30\n"
                "  memwall report runs/exp1 --json > exp1.json\n  memwall report runs/exp1 --csv > exp1.csv\n"
                "  memwall report runs/exp1 --device 'H100 SXM' --bytes-per-element 1\n"
+               "  memwall report runs/exp1 --device 'H100 SXM' --dtype bf16   # projected time in bf16 there\n"
                "A report file that cannot be read is named on stderr and left out of the summary; the\n"
                "exit status is 2 only when no report file of the run can be read.",
     )
@@ -534,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "prefix of it; default: the newest)")
     rep.add_argument("--device", help="re-place the run on another device's roofline")
     rep.add_argument("--bytes-per-element", type=int, help="re-size every tensor (1 = the paper's 8-bit)")
+    rep.add_argument("--dtype", help="compute every floating-point op in this dtype (bf16, fp16, fp8, fp32): "
+                                     "under its peak, every tensor at its size unless --bytes-per-element says")
     mem = rep.add_argument_group("memory (the capacity wall)")
     mem.add_argument("--memory", action="store_true",
                      help="show what held memory (peak, categories, modules) and what-ifs; with --json, as JSON")

@@ -27,8 +27,8 @@ from memwall_plugin.headline import Headline, headline, rank_headlines, slowest_
 from memwall_plugin.memory import MemoryReport, MemoryWhatIf
 from memwall_plugin.records import DECODE, ordered_phases
 from memwall_plugin.registry import Family
-from memwall_plugin.roofline import COMMUNICATION, COMPUTE, MEMORY
-from memwall_plugin.rows import Group, Row, module_tree
+from memwall_plugin.roofline import COMMUNICATION, COMPUTE, MEMORY, launch_floor_s
+from memwall_plugin.rows import Group, Row, module_tree, speedup
 
 if TYPE_CHECKING:  # drawn, not imported: report.py's str() and Jupyter view call this module
     from memwall_plugin.report import Report
@@ -102,6 +102,22 @@ def _dur(seconds: float) -> str:
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.3g} ms"
     return f"{seconds * 1e6:.3g} us"
+
+
+def _times(speedup: float | None) -> str:
+    """A speed-up in a table cell: 976x, 2.5x, 0.62x ("-" unknown)."""
+    if speedup is None:
+        return "-"
+    return f"{speedup:,.0f}x" if speedup >= 100 else f"{speedup:.2g}x"
+
+
+def _faster(speedup: float | None) -> str:
+    """976x faster, 2.5x faster, 1.6x slower ("-" unknown)."""
+    if speedup is None or speedup <= 0:
+        return "-"
+    if speedup < 1:
+        return f"{1 / speedup:.2g}x slower"
+    return f"{speedup:,.0f}x faster" if speedup >= 100 else f"{speedup:.2g}x faster"
 
 
 _BOUND_STYLE = {MEMORY: "bold yellow", COMPUTE: "green", COMMUNICATION: "bold magenta"}
@@ -293,7 +309,7 @@ def findings(report: Report) -> list[str]:
     compute_rows = [] if report.measured_elsewhere else [
         r for r in work if r.bound == COMPUTE and r.efficiency is not None]
     compute_time = sum(r.time_s for r in compute_rows)
-    if compute_rows and compute_time / total >= 0.2:
+    if compute_rows and compute_time / total >= 0.2 and report.projected_time_s is None:
         achieved = sum(r.flops or 0 for r in compute_rows) / compute_time
         roof = sum(r.attainable_flops_per_s or 0 for r in compute_rows) / len(compute_rows)
         if roof and achieved / roof < 0.3:
@@ -374,7 +390,7 @@ class Summary:
     def header(self) -> RichGroup:
         rep = self.report
         head = headline(rep)
-        lines = []
+        lines: list[Text | Table] = []
         title = Text("memwall", style="bold")
         title.append(f"  {len(rep.steps)} step{'s' if len(rep.steps) != 1 else ''} recorded")
         if rep.incomplete:
@@ -400,12 +416,17 @@ class Summary:
                     f"({c.bandwidth.source if c.bandwidth else 'unknown'})" for c in device.caches)))
             if rep.measured_elsewhere:
                 lines.append(_text(f"what-if  times measured on {rep.measured_on}", style="italic"))
+        if rep.compute_dtype is not None:
+            lines.append(_text(f"what-if  every floating-point op computed in {rep.compute_dtype}, under its peak",
+                               style="italic"))
         if rep.bytes_per_element is not None:
             lines.append(Text(f"what-if  every tensor re-sized to {rep.bytes_per_element} byte(s) each",
                               style="italic"))
+        roof = head.roofline_time_s
         lines.append(Text(
             f"time     {_ms(head.time_s)} in ops (wall {_ms(head.wall_time_s)}), roofline "
-            f"{_ms(head.roofline_time_s)} for the counted ops"
+            # a what-if's roofline can be microseconds: shown as the projection is
+            f"{_dur(roof) if head.projected_time_s is not None and roof is not None else _ms(roof)} for the counted ops"
         ))
         if 0 < head.setup_time_s < head.time_s:  # a report of set-up alone has its shares over it
             lines.append(Text(f"setup    {_dur(head.setup_time_s)} of it before the first forward (weight init, "
@@ -414,6 +435,8 @@ class Summary:
         if tail is not None:
             lines.append(Text(f"tail     {_dur(tail)} in ops after the last optimizer step: in the time and the "
                               "rows, not a step"))
+        if head.projected_time_s is not None:
+            lines.extend(self.projection_lines(head))
         lines.append(Text(
             f"work     {si(head.flops, 'FLOP')}, {si(head.bytes, 'B')} moved, "
             f"intensity {_num(head.intensity)} FLOP/B"
@@ -432,8 +455,37 @@ class Summary:
                 "those ops are placed under that level's roof, not main memory's"))
         return RichGroup(*lines)
 
+    def projection_lines(self, head: Headline) -> list[Text | Table]:
+        """A what-if's projection: the counted ops' least time on its device against their
+        measured time, per phase too, and what bounds it there."""
+        rep = self.report
+        where = rep.device.name if rep.device is not None else "this device"
+        title = _text(f"projected on {where}: {_dur(head.projected_time_s or 0.0)} ({_faster(head.speedup)}), ",
+                      style="bold")
+        title.append("a roofline bound, not a measurement", style="italic")
+        grid = Table.grid(padding=(0, 1))  # continued lines keep their indent
+        grid.add_column(no_wrap=True, min_width=8)
+        grid.add_column()
+        phases = {g.key: g for g in rep.group_by("phase")}
+        parts = [f"{key} {_dur(g.projected_time_s)} ({_faster(g.speedup)})" for key in ordered_phases(phases)
+                 if (g := phases[key]).projected_time_s]
+        if parts:
+            grid.add_row("", _text(", ".join(parts)))
+        there = f"{_pct(head.projected_memory_bound_fraction)} of it in ops memory-bound there"
+        floor = launch_floor_s(rep.device.kind) if rep.device is not None else 0.0
+        if floor:
+            there += f", {_pct(head.launch_floor_fraction)} the launch floor ({_dur(floor)} per kernel)"
+        there += f"; measured {_ms(head.counted_time_s)} in the counted ops on {rep.measured_on or 'the run'}"
+        grid.add_row("", _text(there))
+        return [title, grid]
+
     _narrow = False
     _wide = True
+
+    @property
+    def _projected(self) -> bool:
+        """A what-if: tables show the projected time where a measured report shows the roof."""
+        return self.report.projected_time_s is not None
 
     def _numbers(self) -> tuple[str, ...]:
         if self._narrow:
@@ -455,8 +507,29 @@ class Summary:
         if levels:
             table.add_column("level", no_wrap=True)
         table.add_column("bound", no_wrap=True)
-        table.add_column("roof", justify="right", no_wrap=True)
+        if self._projected:  # measured time against another device's roof means nothing
+            table.add_column("proj." if self._narrow else "projected", justify="right", no_wrap=True)
+            if self._speedups(levels if first[0] == "op" else None):
+                table.add_column("speed-up", justify="right", no_wrap=True)
+        else:
+            table.add_column("roof", justify="right", no_wrap=True)
         return table
+
+    def _speedups(self, levels: bool | None) -> bool:
+        """Whether a what-if's table has room for a speed-up column: the operator table (levels
+        not None) from the wide layout on, without a level column; the others but when narrow."""
+        return self._wide and not levels if levels is not None else not self._narrow
+
+    def _last(self, point: Row | Group, levels: bool | None = None) -> list[str]:
+        """The last cells: the roof reached, or in a what-if the projected time and speed-up."""
+        if not self._projected:
+            return [_pct(point.efficiency)]
+        projected = point.projected_time_s
+        cells = [_dur(projected) if projected is not None else "-"]
+        if self._speedups(levels):
+            measured = point.counted_time_s if isinstance(point, Group) else point.time_s
+            cells.append(_times(speedup(measured, projected)))
+        return cells
 
     def _cells(self, calls: int, share: float | None, flops: int | None, nbytes: int,
                intensity: float | None) -> list[str]:
@@ -484,7 +557,7 @@ class Summary:
                 table.add_row(
                     _text(r.op.removeprefix("aten.")), _text(r.module or "(top)"), _text(self._phase(r.phase)),
                     *self._cells(r.calls, share, r.flops, r.bytes, r.intensity),
-                    *level, _bound(r.bound), _pct(r.efficiency),
+                    *level, _bound(r.bound), *self._last(r, levels),
                 )
             return table
         groups = rep.group_by(opts.by)
@@ -496,7 +569,7 @@ class Summary:
     def _group_row(self, table: Table, label: str, g: Group, total: float) -> None:
         share = g.time_s / total if total else None
         table.add_row(_text(label), *self._cells(g.calls, share, g.flops, g.bytes, g.intensity),
-                      _bound(g.bound), _pct(g.efficiency))
+                      _bound(g.bound), *self._last(g))
 
     def phase_table(self) -> Table:
         rep = self.report

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from memwall_plugin.rows import speedup
+
 if TYPE_CHECKING:  # read, never imported: the console draws headlines and reports draw with it
     from memwall_plugin.report import Report
 
@@ -44,6 +46,10 @@ class Headline:
     exposed_s: float | None  # with a collective in flight and nothing else running
     overlap_fraction: float | None
     untimed_calls: int
+    # a what-if's projection on its device (None for a report as measured): a roofline bound
+    projected_time_s: float | None  # of the counted ops
+    projected_memory_bound_fraction: float | None  # share of it in ops memory-bound there
+    launch_floor_fraction: float | None  # share of it that is the launch floor, not the roofline
 
     @property
     def achieved_flops_per_s(self) -> float | None:
@@ -53,12 +59,23 @@ class Headline:
     def achieved_bytes_per_s(self) -> float | None:
         return self.bytes / self.time_s if self.time_s > 0 else None
 
+    @property
+    def speedup(self) -> float | None:
+        """Measured time of the counted ops over their projected time (a what-if's)."""
+        return speedup(self.counted_time_s, self.projected_time_s)
+
+    @property
+    def projected_flops_per_s(self) -> float | None:
+        return self.flops / self.projected_time_s if self.projected_time_s else None
+
     def record(self) -> dict[str, Any]:
         """JSON-ready (non-finite figures as None)."""
         out = dataclasses.asdict(self)
         out["steps"] = list(self.steps)
         out["achieved_flops_per_s"] = self.achieved_flops_per_s
         out["achieved_bytes_per_s"] = self.achieved_bytes_per_s
+        out["speedup"] = self.speedup
+        out["projected_flops_per_s"] = self.projected_flops_per_s
         return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
 
     def scalars(self) -> dict[str, float]:
@@ -87,6 +104,9 @@ def headline(report: Report) -> Headline:
         message_bytes=report.message_bytes, bytes_moved=report.bytes_moved, comm_time_s=report.comm_time_s,
         comm_share=report.comm_share, overlapped_s=report.overlapped_s, exposed_s=report.exposed_s,
         overlap_fraction=report.overlap_fraction, untimed_calls=report.untimed_calls,
+        projected_time_s=report.projected_time_s,
+        projected_memory_bound_fraction=report.projected_memory_bound_fraction,
+        launch_floor_fraction=report.launch_floor_fraction,
     )
 
 

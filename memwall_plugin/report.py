@@ -24,7 +24,7 @@ from memwall_plugin.devices import DeviceSpec
 from memwall_plugin.files import write_bytes_atomically
 from memwall_plugin.memory import MemoryReport, merge_memory
 from memwall_plugin.records import PHASES, SETUP
-from memwall_plugin.rows import Group, Row, group_by, group_rows, merge_rows
+from memwall_plugin.rows import Group, Row, group_by, group_rows, merge_rows, projected_time_s, speedup
 from memwall_plugin.validation import ReportError, parse_json, read_report_bytes
 
 SCHEMA_VERSION = reportfile.SCHEMA_VERSION
@@ -47,6 +47,8 @@ class Report:
     wall_time_s: float = 0.0  # wall time of the recorded steps, profiler overhead included
     incomplete: bool = False  # the profiled block ended by an exception
     bytes_per_element: int | None = None  # set by rescore(); None = the real element sizes
+    #: set by rescore(dtype=...): the dtype every floating-point op is computed in; None = as run
+    compute_dtype: str | None = None
     measured_on: str = ""  # name of the device the times were measured on
     tf32: tuple[str, ...] = ()  # op families that ran on TF32 tensor cores ("matmul", "conv")
     rank: int = 0
@@ -157,6 +159,39 @@ class Report:
     def counted_time_s(self) -> float:
         return math.fsum(r.time_s for r in self.rows if r.flops is not None)
 
+    # -- a what-if's projection (whatif.py) ------------------------------------------------------
+    @property
+    def projected_time_s(self) -> float | None:
+        """A what-if's projected time for the counted ops on its device: each row's roofline time
+        there, at least the launch floor per call (`Row.projected_time_s`), summed. A roofline
+        bound, not a measurement; None for a report as measured."""
+        return projected_time_s(self.rows)
+
+    @property
+    def speedup(self) -> float | None:
+        """`counted_time_s` (measured) over `projected_time_s`: how many times faster the what-if
+        projects the counted ops to run (uncounted ops are in neither)."""
+        return speedup(self.counted_time_s, self.projected_time_s)
+
+    @property
+    def projected_memory_bound_fraction(self) -> float | None:
+        """Share of the projected time in ops that are memory-bound on the what-if's device."""
+        total = self.projected_time_s
+        if not total:
+            return None
+        return math.fsum(r.projected_time_s or 0.0 for r in self.rows
+                         if r.flops is not None and r.bound == roofline.MEMORY) / total
+
+    @property
+    def launch_floor_fraction(self) -> float | None:
+        """Share of the projected time that is the launch floor, not the roofline: where a row's
+        kernels are shorter than launching them takes (`roofline.GPU_LAUNCH_FLOOR_S`)."""
+        total = self.projected_time_s
+        if not total:
+            return None
+        return math.fsum(max(0.0, (r.projected_time_s or 0.0) - (r.roofline_time_s or 0.0))
+                         for r in self.rows if r.flops is not None) / total
+
     def totals(self) -> Group:
         """The whole report as one roofline point (a step, or the recorded window)."""
         return group_rows("total", self.rows)
@@ -234,13 +269,18 @@ class Report:
 
     # -- what-if -------------------------------------------------------------------------------
     def rescore(
-        self, bytes_per_element: int | None = None, device: str | DeviceSpec | None = None
+        self, bytes_per_element: int | None = None, device: str | DeviceSpec | None = None,
+        dtype: str | None = None,
     ) -> Report:
         """A new report re-scored without re-running the model: every tensor re-sized to
-        `bytes_per_element` (the paper's 8-bit accounting is 1) and/or every row placed on
-        another `device` ("H100 SXM", or a DeviceSpec). FLOPs and measured times are unchanged;
-        `bound_changes(original)` on the result lists the ops that changed side."""
-        return dataclasses.replace(self, **whatif.rescored(self, bytes_per_element, device))
+        `bytes_per_element` (the paper's 8-bit accounting is 1), every floating-point op computed
+        in `dtype` ("bf16": under its peak, its tensors at its 2 bytes unless `bytes_per_element`
+        says otherwise) and/or every row placed on another `device` ("H100 SXM", or a
+        DeviceSpec). FLOPs and measured times are unchanged;
+        each op row gets its projected time there (`Row.projected_time_s`; the report's
+        `projected_time_s` and `speedup`); `bound_changes(original)` on the result lists the ops
+        that changed side."""
+        return dataclasses.replace(self, **whatif.rescored(self, bytes_per_element, device, dtype))
 
     def bound_changes(self, other: Report) -> tuple[tuple[Row, Row], ...]:
         """Pairs (row here, same row in `other`) whose bound differs: the ops that change side
@@ -320,6 +360,8 @@ def merge_reports(reports: Iterable[Report]) -> Report:
     rows = merge_rows(*(r.rows for r in reports))
     if last.device is not None:  # where the merged rows' data lived, over every window
         rows = place_rows(rows, last.device, last.tf32)
+        if any(r.projected_time_s is not None for r in rows):  # saved what-ifs: projected as now placed
+            rows = whatif.projected(rows, last.device)
     return dataclasses.replace(
         last,
         rows=rows,

@@ -50,6 +50,8 @@ def _row_dict(r: Row) -> dict[str, Any]:
     c = out.pop("collective")
     if c is not None:  # op rows leave it out: most rows are ops
         out["collective"] = dataclasses.asdict(c)
+    if out["projected_time_s"] is None:  # only a what-if's rows have one: a measured report's file is unchanged
+        del out["projected_time_s"]
     return out
 
 
@@ -58,6 +60,8 @@ def encode(report: Report) -> dict[str, Any]:
     meta = {f.name: getattr(report, f.name) for f in dataclasses.fields(report) if f.name not in _APART}
     meta["steps"] = list(report.steps)
     meta["tf32"] = list(report.tf32)
+    if meta["compute_dtype"] is None:  # only a dtype what-if's: a measured report's file is unchanged
+        del meta["compute_dtype"]
     out: dict[str, Any] = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,

@@ -68,3 +68,36 @@ def efficiency(
         return nbytes / time_s / bandwidth if nbytes and bandwidth else None
     roof = attainable_flops_per_s(flops, nbytes, peak, bandwidth)
     return flops / time_s / roof if roof else None
+
+
+#: The least time one kernel takes on a GPU, its launch included: 2 us, a stated assumption.
+#: Kernels are queued asynchronously, so a kernel's launch hides behind the one before it, but a
+#: stream of short kernels runs no faster than the host issues them, and each CUDA launch costs
+#: the host a few microseconds (NVIDIA's "Getting Started with CUDA Graphs",
+#: developer.nvidia.com/blog/cuda-graphs/, times short kernels launched back to back at a few
+#: microseconds each, launch overhead included). memwall takes the low end, 2 us, so that a
+#: projection stays a lower bound: eager PyTorch adds its own host work per op on top, and only
+#: CUDA graphs (one launch for many kernels) go below it. A projection counts one kernel per call
+#: of an op that computes or moves bytes (some ops launch several: a lower bound again).
+GPU_LAUNCH_FLOOR_S = 2e-6
+#: A CPU runs an op on the calling thread: nothing is launched. torch's own cost per op (about
+#: 1 us on the test machine, README) is left out too: a CPU projection is the roofline alone.
+CPU_LAUNCH_FLOOR_S = 0.0
+
+
+def launch_floor_s(kind: str) -> float:
+    """The floor per kernel on a device of `kind` (cuda, rocm, mps: a GPU; cpu)."""
+    return CPU_LAUNCH_FLOOR_S if kind == "cpu" else GPU_LAUNCH_FLOOR_S
+
+
+def projected_time_s(
+    flops: int | None, nbytes: int, peak: float | None, bandwidth: float | None, launches: int,
+    floor_s: float,
+) -> float | None:
+    """The least time `launches` kernels doing this work take: the roofline time, but at least
+    `floor_s` per launch (a floor, not an addition: a longer kernel hides the next one's launch).
+    Work that neither computes nor moves bytes (a view) launches nothing and takes no time."""
+    if flops == 0 and nbytes <= 0:
+        return 0.0
+    roof = roofline_time_s(flops, nbytes, peak, bandwidth)
+    return None if roof is None else max(roof, launches * floor_s)

@@ -132,6 +132,10 @@ class Row(RooflinePoint):
     memory_level: str = ""
     #: main memory's bandwidth, the paper's roof: every byte a compulsory DRAM transfer
     dram_bandwidth_bytes_per_s: float | None = None
+    #: a what-if's projection (whatif.py): the least time its calls take on the what-if's device,
+    #: the roofline time there but at least the device's launch floor per call
+    #: (roofline.projected_time_s); None for a report as measured, an uncounted op, a collective
+    projected_time_s: float | None = None
 
     @property
     def bytes(self) -> int:
@@ -165,6 +169,11 @@ class Row(RooflinePoint):
     @property
     def name(self) -> str:
         return f"{self.op}.{self.overload}"
+
+    @property
+    def speedup(self) -> float | None:
+        """Measured time over a what-if's projected time (None as measured, or uncounted)."""
+        return speedup(self.time_s, self.projected_time_s) if self.flops is not None else None
 
     # -- under the link's roof ---------------------------------------------------------------------
     @property
@@ -240,7 +249,7 @@ ROW_COLUMNS = (
     "bytes_written", "bytes", "time_s", "intensity", "bound", "peak_flops_per_s",
     "bandwidth_bytes_per_s", "attainable_flops_per_s", "achieved_flops_per_s", "achieved_bytes_per_s",
     "efficiency", "roofline_time_s", "memory_level", "in_cache", "dram_bandwidth_bytes_per_s",
-    "dram_efficiency", "dram_roofline_time_s", "family",
+    "dram_efficiency", "dram_roofline_time_s", "projected_time_s", "family",
 )
 COLLECTIVE_COLUMNS = (
     "kind", "group_size", "timed_calls", "message_bytes", "message_bytes_per_call", "bytes_moved",
@@ -345,6 +354,14 @@ class Group(RooflinePoint):
     time_s: float
     peak_flops_per_s: float | None  # the roof of the group's dominant dtype (by FLOPs)
     bandwidth_bytes_per_s: float | None  # its rows' memory roofs, each weighted by the bytes it moved
+    counted_time_s: float = 0.0  # of time_s, in counted rows
+    #: a what-if's projection of its counted rows, summed (`projected_time_s`); None as measured
+    projected_time_s: float | None = None
+
+    @property
+    def speedup(self) -> float | None:
+        """Measured time of the counted rows over their projected time (a what-if's)."""
+        return speedup(self.counted_time_s, self.projected_time_s)
 
 
 def _blended_bandwidth(rows: list[Row], dominant: Row | None) -> float | None:
@@ -363,6 +380,20 @@ def _blended_bandwidth(rows: list[Row], dominant: Row | None) -> float | None:
     return nbytes / seconds
 
 
+def projected_time_s(rows: Iterable[Row]) -> float | None:
+    """The projected time of the counted rows (a what-if's): their projections summed; None when
+    none is counted or one lacks a projection (a report as measured)."""
+    times = [r.projected_time_s for r in rows if r.flops is not None]
+    if not times or any(t is None for t in times):
+        return None
+    return math.fsum(t for t in times if t is not None)
+
+
+def speedup(measured_s: float, projected_s: float | None) -> float | None:
+    """How many times faster the projection is than the measurement (None without one)."""
+    return measured_s / projected_s if projected_s and measured_s > 0 else None
+
+
 def group_rows(key: str, rows: Iterable[Row]) -> Group:
     rows = list(rows)
     counted = [r for r in rows if r.flops is not None]
@@ -376,6 +407,8 @@ def group_rows(key: str, rows: Iterable[Row]) -> Group:
         time_s=math.fsum(r.time_s for r in rows),
         peak_flops_per_s=dominant.peak_flops_per_s if dominant else None,
         bandwidth_bytes_per_s=_blended_bandwidth(counted, dominant),
+        counted_time_s=math.fsum(r.time_s for r in counted),
+        projected_time_s=projected_time_s(counted),
     )
 
 

@@ -23,6 +23,10 @@ from memwall_plugin.devices import lookup_device, resolve_device
 from memwall_plugin.memory import SHARDING, parse_bytes_per_element
 from memwall_plugin.report import Report, ReportError
 from memwall_plugin.rundir import Job, group_jobs, pick_job
+from memwall_plugin.whatif import DTYPES
+
+#: the dtypes the tab offers for a what-if (`/report?dtype=`)
+WHAT_IF_DTYPES = ("bf16", "fp16", "fp8", "fp32")
 
 PLUGIN_NAME = "memwall"
 TAB_NAME = "Memory Wall"
@@ -45,7 +49,7 @@ _MAX_PARAM = 512
 ROUTE_PARAMS: dict[str, tuple[str, ...]] = {
     "/runs": (),
     "/devices": (),
-    "/report": ("run", "job", "rank", "window", "phase", "device", "bytes_per_element"),
+    "/report": ("run", "job", "rank", "window", "phase", "device", "bytes_per_element", "dtype"),
     "/ranks": ("run", "job"),
     "/memory": ("run", "job", "rank", "window"),
     "/memory_whatif": ("run", "job", "rank", "window", "checkpoint", "shard", "world_size", "bytes_per_element",
@@ -95,7 +99,8 @@ class MemwallPlugin(base_plugin.TBPlugin):
 
     def report_impl(self, args: dict[str, str]) -> dict[str, Any]:
         """The view of one run: one job's windows of one rank (one window, or all of them
-        merged), optionally one phase, optionally re-scored for another device or element size.
+        merged), optionally one phase, optionally re-scored for another device or element size
+        (then with its projection: each op's least time there, and the ops whose bound flips).
         Jobs are never summed: the newest is shown unless `job` names another."""
         check_params("/report", args)
         run, report = self._selected(args)
@@ -104,18 +109,23 @@ class MemwallPlugin(base_plugin.TBPlugin):
             raise RequestError(400, f"phase {phase!r} is not a phase name")
         device = args.get("device") or None
         bpe = args.get("bytes_per_element") or None
-        if device is not None or bpe is not None:
+        dtype = args.get("dtype") or None
+        measured = None
+        if device is not None or bpe is not None or dtype is not None:
+            measured = report
             try:
                 spec = lookup_device(device) if device is not None else None
             except LookupError:
                 raise RequestError(400, f"unknown device {device!r}; GET ./devices lists them") from None
+            if dtype is not None and dtype not in DTYPES:
+                raise RequestError(400, f"dtype {dtype[:40]!r}: choose one of {', '.join(WHAT_IF_DTYPES)}")
             report = report.rescore(
                 bytes_per_element=_int_param(args, "bytes_per_element", None, 1, 16) if bpe else None,
-                device=spec,
+                device=spec, dtype=dtype,
             )
         if phase is not None and phase not in {r.phase for r in report.rows}:
             raise RequestError(404, f"run {run.name!r} has no {phase!r} work")
-        return views.report_view(report, phase=phase)
+        return views.report_view(report, phase=phase, measured=measured)
 
     def ranks_impl(self, args: dict[str, str]) -> dict[str, Any]:
         """Every rank of one job of a run side by side; a rank whose report cannot be read is

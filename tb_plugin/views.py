@@ -7,6 +7,7 @@ the headline (`headline.py`) come from the Report.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -18,6 +19,7 @@ from memwall_plugin.headline import headline, rank_headlines, rank_record, slowe
 from memwall_plugin.memory import CATEGORIES, MemoryWhatIf
 from memwall_plugin.records import ordered_phases
 from memwall_plugin.report import Report
+from memwall_plugin.roofline import launch_floor_s
 from memwall_plugin.rows import Group, Row, module_tree, row_record
 from memwall_plugin.rundir import Job
 
@@ -93,8 +95,10 @@ def _plotted(point: Row | Group) -> bool:
 
 
 def row_view(index: int, r: Row) -> dict[str, Any]:
-    """A row (an op or a collective) as the tab draws it: its record, an id, whether it is plotted."""
-    return {"id": index, **row_record(r), "plotted": r.collective is None and _plotted(r)}
+    """A row (an op or a collective) as the tab draws it: its record, an id, whether it is
+    plotted, and in a what-if its speed-up (measured time over projected)."""
+    return {"id": index, **row_record(r), "speedup": _finite(r.speedup),
+            "plotted": r.collective is None and _plotted(r)}
 
 
 def group_view(g: Group) -> dict[str, Any]:
@@ -103,14 +107,45 @@ def group_view(g: Group) -> dict[str, Any]:
         "key": g.key, "calls": g.calls, "flops": g.flops, "bytes": g.bytes, "time_s": g.time_s,
         "intensity": _finite(g.intensity), "bound": g.bound, "efficiency": _finite(g.efficiency),
         "achieved_flops_per_s": _finite(achieved), "plotted": _plotted(g),
+        "projected_time_s": g.projected_time_s, "speedup": _finite(g.speedup),
     }
 
 
-def report_view(report: Report, *, phase: str | None = None) -> dict[str, Any]:
+def projection_view(report: Report, measured: Report) -> dict[str, Any] | None:
+    """A what-if's projection, for the cards and the chart: on which device, the launch floor
+    per kernel there, and the ops whose bound flips between the measured placement and this one
+    (`Report.bound_changes`; ids index the shown rows). None for a report as measured."""
+    if report.projected_time_s is None:
+        return None
+    device = report.device
+    floor = launch_floor_s(device.kind) if device is not None else 0.0
+    index = {id(r): i for i, r in enumerate(report.rows)}
+    changes = [
+        {"id": index[id(after)], "op": after.op, "module": after.module, "phase": after.phase,
+         "shapes": after.shapes, "before": before.bound, "after": after.bound,
+         "intensity": _finite(after.intensity), "ridge_before": _finite(before.ridge_point),
+         "ridge_after": _finite(after.ridge_point)}
+        for before, after in measured.bound_changes(report)
+    ]
+    return {
+        "device": device.name if device is not None else "",
+        "measured_on": report.measured_on,
+        "launch_floor_s": floor,
+        "bound_changes": changes,
+        "note": "Each op's least time there: its FLOPs at its dtype's peak or its bytes at the roof of the memory "
+                "level they came from, whichever takes longer" + (
+                    f", and at least {floor * 1e6:g} µs per kernel launch" if floor else " (no launch floor on a CPU)"),
+    }
+
+
+def report_view(report: Report, *, phase: str | None = None, measured: Report | None = None) -> dict[str, Any]:
     """`/report`: headline cards, rows (operator points), modules (module points), the module
-    tree with forward/backward roll-ups, phases and the device's roofs."""
+    tree with forward/backward roll-ups, phases and the device's roofs. A what-if (`report`
+    re-scored from `measured`) adds its projection."""
     phases = ordered_phases(r.phase for r in report.rows)
-    shown = report if phase is None else Report(rows=report.filter(phase=phase), device=report.device)
+    shown = report if phase is None else dataclasses.replace(report, rows=report.filter(phase=phase))
+    before = measured if measured is None or phase is None else dataclasses.replace(
+        measured, rows=measured.filter(phase=phase))
     head = headline(shown).record()
     groups, forward, backward = module_tree(shown.rows)
     tree = []
@@ -124,6 +159,7 @@ def report_view(report: Report, *, phase: str | None = None) -> dict[str, Any]:
         "device": device_view(report.device),
         "measured_on": report.measured_on,
         "bytes_per_element": report.bytes_per_element,
+        "compute_dtype": report.compute_dtype,
         "phases": phases,
         "phase": phase,
         "job": report.job,
@@ -133,8 +169,11 @@ def report_view(report: Report, *, phase: str | None = None) -> dict[str, Any]:
             "wall_time_s": report.wall_time_s,
             **{k: head[k] for k in ("time_s", "flops", "bytes", "intensity", "memory_bound_fraction",
                                     "achieved_flops_per_s", "achieved_bytes_per_s", "coverage",
-                                    "setup_time_s", "roofline_time_s", "uncounted_rows")},
+                                    "setup_time_s", "roofline_time_s", "uncounted_rows", "counted_time_s",
+                                    "projected_time_s", "speedup", "projected_memory_bound_fraction", "launch_floor_fraction",
+                                    "projected_flops_per_s")},
         },
+        "projection": None if before is None else projection_view(shown, before),
         "rows": [row_view(i, r) for i, r in enumerate(shown.rows)],
         "modules": [group_view(g) for g in shown.group_by("module")],
         "tree": tree,

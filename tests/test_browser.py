@@ -555,3 +555,122 @@ def test_each_memory_level_has_its_slope_its_colored_points_and_a_table_column(b
         browser.find_element(By.CSS_SELECTOR, "th[data-key='memory_level']").click()
         first = browser.find_element(By.CSS_SELECTOR, ".mw-table-box tbody tr.mw-row").find_elements(By.TAG_NAME, "td")
         assert first[column].text == "DRAM"  # ascending by name: DRAM, L1, L2
+
+
+def _duration(seconds: float) -> str:
+    """format.js' duration(): three significant digits, s, ms or µs."""
+    for factor, unit in ((1, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if seconds >= factor or unit == "µs":
+            return f"{f'{seconds / factor:#.3g}'.rstrip('.')} {unit}"
+    raise AssertionError
+
+
+def _times(value: float) -> str:
+    """format.js' times(): a speed-up."""
+    return f"{round(value):,}×" if value >= 100 else f"{float(f'{value:.2g}'):g}×"
+
+
+def test_what_if_device_shows_the_projection_in_cards_chart_table_and_bound_changes(tensorboard, browser, tmp_path):
+    """A CPU run (a 1024x1024 fp32 matmul, an add of two 4M-float vectors, 200 in-place adds on 64
+    floats) with an H100 SXM5 chosen: the cards give the projected time and speed-up of /report's
+    projection, the points move up to their FLOPs over their projected time (the matmul onto the
+    fp32 roof; the tiny adds under it, at the launch floor), the table shows projected times, the ops
+    whose bound flips are listed, and the page says a projection is a bound, not a measurement."""
+    base, logdir, _ = tensorboard
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    c, d = torch.randn(32, 256), torch.randn(256, 256)
+    x, y, small = torch.randn(1 << 22), torch.randn(1 << 22), torch.randn(64)
+    with memwall.profile(logdir=logdir / "projection", summary=False, scalars=False) as prof:
+        a @ b
+        c @ d  # 2 x 32 x 256 x 256 FLOPs over (8192 + 65536 + 8192) x 4 B: 12.8 FLOP/B
+        x + y
+        for _ in range(200):
+            small.add_(1.0)
+        prof.step()
+    deadline = time.monotonic() + 60  # the loader rescans every few seconds
+    while not any(r["run"] == "projection" for r in _get_json(f"{base}/data/plugin/memwall/runs")["runs"]):  # type: ignore[index]
+        assert time.monotonic() < deadline, "the run never showed up in /runs"
+        time.sleep(0.5)
+    measured = _get_json(f"{base}/data/plugin/memwall/report?run=projection")
+    h100 = _get_json(f"{base}/data/plugin/memwall/report?run=projection&device=h100-sxm")
+    assert measured["projection"] is None and measured["headline"]["projected_time_s"] is None  # type: ignore[index]
+    rows = {(r["op"], r["shapes"]): r for r in h100["rows"]}  # type: ignore[index]
+    mm, tiny = rows["aten.mm", "[1024, 1024] x [1024, 1024]"], rows["aten.add_", "[64]"]
+    skinny = rows["aten.mm", "[32, 256] x [256, 256]"]
+    # by hand (devices.csv's H100 SXM5 row): 2 * 1024^3 FLOPs / 67 TFLOP/s = 32.05 us; 200 launches x 2 us
+    assert mm["projected_time_s"] == pytest.approx(32.052e-6, rel=1e-4)
+    assert tiny["projected_time_s"] == pytest.approx(400e-6)
+
+    _open_tab(browser, base)
+    _choose_run(browser, "projection")
+    point = f"circle.mw-point[data-id='{mm['id']}']"
+    before = float(browser.find_element(By.CSS_SELECTOR, point).get_attribute("data-flops-per-s"))
+    assert before == pytest.approx(measured["rows"][mm["id"]]["achieved_flops_per_s"])  # type: ignore[index]
+    assert "TIME IN OPS" in browser.find_element(By.CSS_SELECTOR, ".mw-cards").text.upper()
+    assert not browser.find_element(By.CSS_SELECTOR, ".mw-projection").is_displayed()
+    assert "% of roof" in browser.find_element(By.CSS_SELECTOR, ".mw-table-box thead").text
+
+    _select(browser, "select.mw-device", "h100-sxm")
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".mw-projected-time"))
+    head = h100["headline"]  # type: ignore[index]
+    card = browser.find_element(By.CSS_SELECTOR, ".mw-projected-time .mw-card-value").text
+    assert card == _duration(head["projected_time_s"])
+    assert browser.find_element(By.CSS_SELECTOR, ".mw-speedup .mw-card-value").text == \
+        f"{_times(head['speedup'])} faster"
+    assert "TIME IN OPS" not in browser.find_element(By.CSS_SELECTOR, ".mw-cards").text.upper()
+    banner = browser.find_element(By.CSS_SELECTOR, ".mw-projection").text
+    assert "Projected on NVIDIA H100 SXM5 80GB: a roofline bound, not a measurement." in banner
+    assert "at least 2 µs per kernel launch" in banner
+    # the matmul's point moves up to 2^31 FLOPs / 32.05 us = 67 TFLOP/s: onto the fp32 roof
+    after = float(browser.find_element(By.CSS_SELECTOR, point).get_attribute("data-flops-per-s"))
+    assert after == pytest.approx(67e12, rel=1e-4) and after > 100 * before
+    roof = browser.find_element(By.CSS_SELECTOR, "line.mw-roof[data-dtype~='fp32']")
+    cy = float(browser.find_element(By.CSS_SELECTOR, point).get_attribute("cy"))
+    assert cy == pytest.approx(float(roof.get_attribute("y1")), abs=1.0)
+    # the tiny adds sit under their roof, at the launch floor: 200 x 64 FLOPs / 400 us = 32 MFLOP/s
+    add = float(browser.find_element(By.CSS_SELECTOR, f"circle.mw-point[data-id='{tiny['id']}']")
+                .get_attribute("data-flops-per-s"))
+    assert add == pytest.approx(200 * 64 / 400e-6)
+    # so does the skinny matmul: its 327,680 B take 98 ns at 3.35 TB/s, under one launch's 2 us
+    assert skinny["projected_time_s"] == pytest.approx(2e-6)
+    floored = browser.find_elements(By.CSS_SELECTOR, "circle.mw-point.mw-floored")
+    assert sorted(p.get_attribute("data-id") for p in floored) == sorted([str(tiny["id"]), str(skinny["id"])])
+    legend = browser.find_element(By.CSS_SELECTOR, ".mw-legend").text
+    assert "projected time" in legend and "at the launch floor" in legend
+    # the table: projected time and speed-up where the roof was
+    headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, ".mw-table-box th")]
+    assert headers[-2:] == ["projected", "speed-up"] and "% of roof" not in headers
+    line = browser.find_element(By.CSS_SELECTOR, f".mw-table-box tr.mw-row[data-id='{mm['id']}']")
+    assert [td.text for td in line.find_elements(By.TAG_NAME, "td")][-2:] == [
+        _duration(mm["projected_time_s"]), _times(mm["speedup"])]
+    # the ops whose bound flips between this CPU's roofs and the H100's: the skinny matmul's 12.8
+    # FLOP/B are under the H100's fp32 ridge (67 / 3.35 = 20 FLOP/B), over this CPU's if it is lower
+    changes = h100["projection"]["bound_changes"]  # type: ignore[index]
+    assert skinny["bound"] == "memory"
+    assert (skinny["id"] in [c["id"] for c in changes]) == (measured["rows"][skinny["id"]]["bound"] == "compute")  # type: ignore[index]
+    title = browser.find_element(By.CSS_SELECTOR, ".mw-changes-part h2").text
+    assert title == f"Ops that change side of the ridge on NVIDIA H100 SXM5 80GB: {len(changes)}"
+    listed = browser.find_elements(By.CSS_SELECTOR, "tr.mw-change")
+    assert [int(tr.get_attribute("data-id")) for tr in listed] == [c["id"] for c in changes][:50]
+    browser.execute_script("window.scrollTo(0, 0)")
+    _screenshot(browser, "memwall-tab-projection", tmp_path)
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box"), "projection_chart", tmp_path)
+    # "in bf16": the projected time of /report's bf16 what-if (the matmul at 989 TFLOP/s, 2-byte tensors)
+    bf16 = _get_json(f"{base}/data/plugin/memwall/report?run=projection&device=h100-sxm&dtype=bf16")
+    _select(browser, "select.mw-dtype", "bf16")
+    WebDriverWait(browser, 60).until(lambda d: "computed in bfloat16" in d.find_element(By.CSS_SELECTOR,
+                                                                                       ".mw-projection").text)
+    assert browser.find_element(By.CSS_SELECTOR, ".mw-projected-time .mw-card-value").text == \
+        _duration(bf16["headline"]["projected_time_s"])  # type: ignore[index]
+    assert bf16["headline"]["projected_time_s"] < head["projected_time_s"]  # type: ignore[index]
+    _select(browser, "select.mw-dtype", "")
+    WebDriverWait(browser, 60).until(  # the controls are rebuilt once the view has loaded
+        lambda d: d.find_elements(By.CSS_SELECTOR, "select.mw-device")
+        and "bfloat16" not in d.find_element(By.CSS_SELECTOR, ".mw-projection").text)
+    # back as measured: the measurement again
+    _select(browser, "select.mw-device", "")
+    WebDriverWait(browser, 60).until(
+        lambda d: "TIME IN OPS" in d.find_element(By.CSS_SELECTOR, ".mw-cards").text.upper())
+    assert not browser.find_element(By.CSS_SELECTOR, ".mw-projection").is_displayed()
+    assert float(browser.find_element(By.CSS_SELECTOR, point).get_attribute("data-flops-per-s")) == \
+        pytest.approx(before)

@@ -206,3 +206,29 @@ def test_attention_gets_its_own_advice():
                if "memory-bound" in f]
     assert "memory-bound attention ops" in note and "grouped-query attention" in note
     assert "rows per weight" not in note
+
+
+def test_a_what_if_summary_leads_with_the_projection():
+    """The handmade step (measured on an A100) projected on an H100 SXM5, worked by hand from its
+    datasheet row: fp32 67 TFLOP/s, HBM3 3.35 TB/s (no TF32: the run's tf32 families are empty)."""
+    rep = handmade_report().rescore(device="H100 SXM")
+    # addmm 4e9 / 67e12 = 59.70 us; mm 8e9 / 67e12 = 119.40 us (compute); by their bytes at 3.35 TB/s:
+    # mul 360 MB 107.46 us, tanh 80 MB 23.88 us, layer norm 160 MB 47.76 us, AdamW 2.8 GB 835.82 us;
+    # the embedding's 6 MB take 1.79 us, under the floor of its 2 calls: 4 us; the view none
+    assert rep.projected_time_s == pytest.approx(1198.02e-6, abs=0.01e-6)
+    text = render_text(rep, width=120)
+    # 99.1 ms measured in counted ops / 1.198 ms = 82.7x
+    assert "projected on NVIDIA H100 SXM5 80GB: 1.2 ms (83x faster), a roofline bound, not a measurement" in text
+    # forward 59.70 + 107.46 + 23.88 + 47.76 + 4 = 242.8 us against 65.1 ms; backward 30 ms; optimizer 4 ms
+    assert "forward 243 us (268x faster), backward 119 us (251x faster), optimizer 836 us (4.8x faster)" in text
+    # memory-bound there: 1018.92 us of 1198.02 (85%); the floor adds 4 - 1.79 = 2.21 us (0.2%)
+    assert "85% of it in ops memory-bound there, 0.2% the launch floor (2 us per kernel)" in text
+    lines = text.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("op "))
+    assert lines[header].split()[-3:] == ["bound", "projected", "speed-up"] and "roof" not in lines[header]
+    embedding = next(line for line in lines if line.startswith("embedding "))
+    assert embedding.split()[-3:] == ["4", "us", "500x"]  # 2 ms measured / 4 us
+    for width in (120, 100, 80):
+        assert max(len(line) for line in render_text(rep, width=width).splitlines()) <= width
+    # measured times against the H100's roofs say nothing about the kernels: no roof finding
+    assert not any("of their roof" in note for note in findings(rep))

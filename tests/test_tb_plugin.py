@@ -70,6 +70,12 @@ def test_what_if_rescores_on_the_server(plugin):
     assert h100["headline"]["flops"] == base["headline"]["flops"]
     assert h100["headline"]["bytes"] < base["headline"]["bytes"]
     assert h100["measured_on"] != h100["device"]["name"]
+    # a what-if projects; the run as measured does not
+    assert h100["headline"]["projected_time_s"] > 0 and h100["projection"]["device"] == h100["device"]["name"]
+    assert base["headline"]["projected_time_s"] is None and base["projection"] is None
+    bf16 = get(plugin, "/report", run="train", device="h100-sxm", dtype="bf16")[1]
+    assert (bf16["compute_dtype"], bf16["bytes_per_element"]) == ("bfloat16", 2)
+    assert {r["dtype"] for r in bf16["rows"]} <= {"bfloat16", "int64", "bool"}  # the run's fp32 ops, in bf16
 
 
 @pytest.mark.parametrize("params,code", [
@@ -86,6 +92,7 @@ def test_what_if_rescores_on_the_server(plugin):
     ({"run": "train", "device": "../../etc/passwd"}, 400),
     ({"run": "train", "bytes_per_element": "-1"}, 400),
     ({"run": "train", "bytes_per_element": "99"}, 400),
+    ({"run": "train", "dtype": "int4"}, 400),
     ({"run": "train" * 200}, 400),
 ])
 def test_bad_parameters_get_a_clear_4xx(plugin, params, code):
@@ -295,3 +302,26 @@ def test_memory_whatif_bad_parameters_are_a_400_that_says_why(memory_plugin, que
 def test_devices_carry_their_memory_for_the_capacity_selector(plugin):
     devices = {d["key"]: d for d in get(plugin, "/devices")[1]["devices"]}
     assert devices["h100-sxm"]["memory_bytes"] == resolve_device("H100 SXM").memory_bytes == 80_000_000_000
+
+
+def test_a_what_if_view_carries_the_projection_and_the_ops_that_change_side():
+    from memwall_plugin.tb_plugin.views import report_view
+    from test_whatif import skinny_gemm_report
+
+    measured = skinny_gemm_report()
+    view = report_view(measured.rescore(device="H100 SXM"), measured=measured)
+    # the matmul's 270,532,608 B at the H100's 3.35 TB/s: 80.756 us, against 10 ms measured on the A100
+    assert view["headline"]["projected_time_s"] == pytest.approx(80.756e-6, rel=1e-4)
+    assert view["headline"]["speedup"] == pytest.approx(0.01 / 80.756e-6, rel=1e-4)
+    assert view["headline"]["projected_memory_bound_fraction"] == 1.0
+    assert view["rows"][0]["projected_time_s"] == pytest.approx(80.756e-6, rel=1e-4)
+    projection = view["projection"]
+    assert (projection["device"], projection["measured_on"]) == ("NVIDIA H100 SXM5 80GB", "NVIDIA A100 SXM4 80GB")
+    assert projection["launch_floor_s"] == 2e-6 and "2 µs per kernel launch" in projection["note"]
+    # 15.9 FLOP/B: compute-bound under the A100's ridge of 9.6, memory-bound under the H100's 20
+    (change,) = projection["bound_changes"]
+    assert (change["id"], change["before"], change["after"]) == (0, "compute", "memory")
+    assert change["ridge_after"] == pytest.approx(20.0)
+    as_measured = report_view(measured)
+    assert as_measured["projection"] is None and as_measured["headline"]["projected_time_s"] is None
+    assert as_measured["rows"][0]["projected_time_s"] is None

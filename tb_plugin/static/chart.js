@@ -3,7 +3,7 @@
 // colored by the roof that bounds it: compute-bound blue, memory-bound by the level its data came
 // from (main memory orange, each cache level its own color).
 
-import {el, num, pct, si} from './format.js';
+import {duration, el, num, pct, si, times} from './format.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
 const WIDTH = 760;
@@ -59,15 +59,19 @@ export function logAxes(root, frame, [x0, x1, y0, y1], {xTitle, yTitle, xTick, y
 /**
  * Draw into `container`. `points` are rows or module groups with intensity, achieved_flops_per_s,
  * time_s and bound; only those with `plotted` are drawn. `describe(point)` gives tooltip lines.
+ * `projected`: a what-if's projection, each point at its FLOPs over its projected time (on the roof,
+ * under it where the launch floor binds) and sized by that time, instead of as measured.
  */
-export function drawRoofline(container, device, points, describe) {
+export function drawRoofline(container, device, points, describe, {projected = false} = {}) {
   container.textContent = '';
-  const shown = points.filter((p) => p.plotted && p.intensity > 0 && p.achieved_flops_per_s > 0);
+  const flopsPerS = projected ? projectedFlopsPerS : (p) => p.achieved_flops_per_s;
+  const timeOf = projected ? (p) => p.projected_time_s : (p) => p.time_s;
+  const shown = points.filter((p) => p.plotted && p.intensity > 0 && flopsPerS(p) > 0);
   const peaks = device ? device.peaks.filter((p) => p.flops_per_s > 0) : [];
   const bandwidth = device && device.bandwidth ? device.bandwidth.bytes_per_s : null;
   const isMain = mainLevel(device);
   const xs = shown.map((p) => p.intensity).concat(peaks.map((p) => p.ridge).filter((r) => r > 0));
-  const ys = shown.map((p) => p.achieved_flops_per_s).concat(peaks.map((p) => p.flops_per_s));
+  const ys = shown.map(flopsPerS).concat(peaks.map((p) => p.flops_per_s));
   if (!xs.length || !ys.length) {
     container.appendChild(el('div', 'mw-empty', 'No operator has both FLOPs and bytes to place on the roofline.'));
     return;
@@ -94,9 +98,9 @@ export function drawRoofline(container, device, points, describe) {
     roofs.set(peak.flops_per_s, roof);
   }
   // points, largest first so small ones stay on top (placed now: the slopes' labels keep clear of them)
-  const maxTime = Math.max(...shown.map((p) => p.time_s));
-  const placedPoints = [...shown].sort((a, b) => b.time_s - a.time_s).map((p) =>
-    ({p, cx: sx(p.intensity), cy: sy(p.achieved_flops_per_s), r: 3 + 14 * Math.sqrt(p.time_s / maxTime)}));
+  const maxTime = Math.max(...shown.map(timeOf));
+  const placedPoints = [...shown].sort((a, b) => timeOf(b) - timeOf(a)).map((p) =>
+    ({p, cx: sx(p.intensity), cy: sy(flopsPerS(p)), r: 3 + 14 * Math.sqrt(timeOf(p) / maxTime)}));
   const levelRoofs = device && device.levels && device.levels.length ? memoryRoofs(device) : null;
   const labels = svg('g', {class: 'mw-level-labels'});
   root.appendChild(labels);
@@ -130,9 +134,11 @@ export function drawRoofline(container, device, points, describe) {
     const level = p.memory_level || '';
     // memory-bound from a cache: that level's color; from main memory (or unknown): the bound's
     const fromCache = level && p.bound === 'memory' && !isMain(level);
+    // projected at the launch floor, not the roofline: under its roof, drawn dashed
+    const floored = projected && p.roofline_time_s !== undefined && p.projected_time_s > p.roofline_time_s * (1 + 1e-9);
     const dot = svg('circle', {cx, cy, r: radius.toFixed(1),
-      class: `mw-point mw-${p.bound}${fromCache ? ` mw-cache ${levelClass(level)}` : ''}`,
-      'data-id': p.id !== undefined ? p.id : p.key});
+      class: `mw-point mw-${p.bound}${fromCache ? ` mw-cache ${levelClass(level)}` : ''}${floored ? ' mw-floored' : ''}`,
+      'data-id': p.id !== undefined ? p.id : p.key, 'data-flops-per-s': flopsPerS(p)});
     if (p.memory_level !== undefined) dot.setAttribute('data-level', level);
     dot.addEventListener('mouseenter', (event) => {
       tooltip.textContent = '';
@@ -161,9 +167,21 @@ export function drawRoofline(container, device, points, describe) {
     legend.appendChild(key);
   }
   legend.appendChild(el('span', 'mw-key mw-compute', 'compute-bound'));
-  legend.appendChild(el('span', 'mw-note', `${shown.length} points · size = time · hidden: ` +
-      `${points.length - shown.length} without FLOPs, bytes or time`));
+  if (projected && root.querySelector('.mw-floored')) {
+    legend.appendChild(el('span', 'mw-key mw-floored-key', 'dashed: at the launch floor'));
+  }
+  legend.appendChild(el('span', 'mw-note', `${shown.length} points · size = ${projected ? 'projected ' : ''}time · ` +
+      `hidden: ${points.length - shown.length} without FLOPs, bytes or time`));
+  if (projected) {
+    container.appendChild(el('div', 'mw-projection-legend', 'Projected: each point at its FLOPs over its projected ' +
+        'time, on its roof (under it where the launch floor binds): a roofline bound, not a measurement.'));
+  }
   container.appendChild(legend);
+}
+
+/** A point's FLOP/s at its projected time (a what-if's), or null. */
+export function projectedFlopsPerS(p) {
+  return p.flops && p.projected_time_s > 0 ? p.flops / p.projected_time_s : null;
 }
 
 /** The CSS class of a cache level's color: L1..L4 have their own, any other cache a shared one. */
@@ -335,9 +353,17 @@ export function describePoint(p) {
   if (p.op) lines.push(`${p.op}${p.family ? ` (${p.family})` : ''}`, `module: ${p.module || '(top level)'}`, `phase: ${p.phase}`);
   else lines.push(`module: ${p.key || '(top level)'}`);
   lines.push(`FLOPs ${si(p.flops)} · bytes ${si(p.bytes, 'B')} · ${num(p.intensity)} FLOP/B`);
-  lines.push(`achieved ${si(p.achieved_flops_per_s, 'FLOP/s')}` +
-      (p.attainable_flops_per_s ? ` of ${si(p.attainable_flops_per_s, 'FLOP/s')} attainable` : '') +
-      ` (${pct(p.efficiency)})`);
+  if (p.projected_time_s !== undefined && p.projected_time_s !== null) {
+    // a what-if: measured time against another device's roof says nothing; its projection does
+    lines.push(`projected ${duration(p.projected_time_s)} · ${si(projectedFlopsPerS(p), 'FLOP/s')} ` +
+        '(a roofline bound, not a measurement)');
+    lines.push(`measured ${duration(p.time_s)} · ${si(p.achieved_flops_per_s, 'FLOP/s')} · ` +
+        `projected ${times(p.speedup)} faster`);
+  } else {
+    lines.push(`achieved ${si(p.achieved_flops_per_s, 'FLOP/s')}` +
+        (p.attainable_flops_per_s ? ` of ${si(p.attainable_flops_per_s, 'FLOP/s')} attainable` : '') +
+        ` (${pct(p.efficiency)})`);
+  }
   lines.push(`${p.bound}-bound`);
   // the level whose roof it is under (where its bytes came from several, the one that takes most
   // of their time, and a roof between theirs)
@@ -345,7 +371,7 @@ export function describePoint(p) {
     lines.push(`memory level ${p.memory_level}` +
         (p.bandwidth_bytes_per_s ? ` · roof ${si(p.bandwidth_bytes_per_s, 'B/s')}` : ''));
   }
-  if (p.in_cache) {
+  if (p.in_cache && (p.projected_time_s === undefined || p.projected_time_s === null)) {
     lines.push(`against main memory's roof (${si(p.dram_bandwidth_bytes_per_s, 'B/s')}): ${pct(p.dram_efficiency)}`);
   }
   return lines;

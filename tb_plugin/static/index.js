@@ -2,12 +2,13 @@
 
 import {describePoint, drawRoofline} from './chart.js';
 import {renderComm, renderRanks} from './comm.js';
-import {duration, el, pct, si} from './format.js';
+import {duration, el, num, pct, si, times} from './format.js';
 import {MemoryView} from './memory.js';
 import {OperatorTable} from './table.js';
 import {renderTree} from './tree.js';
 
-const state = {runs: [], run: '', job: '', rank: '', window: 'all', phase: '', points: 'op', device: '', bpe: ''};
+const state = {runs: [], run: '', job: '', rank: '', window: 'all', phase: '', points: 'op', device: '', bpe: '',
+  dtype: ''};
 
 async function getJSON(url) {
   const response = await fetch(url);
@@ -44,8 +45,15 @@ export async function render() {
   const controls = el('div', 'mw-controls');
   header.appendChild(controls);
   const status = el('div', 'mw-status');
+  // a what-if's projection: what it is (a roofline bound), and the ops whose bound flips there
+  const projection = el('div', 'mw-projection');
+  projection.hidden = true;
   const cards = el('div', 'mw-cards');
   const chartBox = el('div', 'mw-chart-box');
+  const changesPart = el('div', 'mw-changes-part');
+  const changesBox = el('div', 'mw-changes');
+  changesPart.append(el('h2', '', 'Ops that change side of the ridge'), changesBox);
+  changesPart.hidden = true;
   const tableBox = el('div', 'mw-table-box');
   const treeBox = el('div', 'mw-tree');
   // torch.distributed runs only: every rank side by side, and this rank's collectives
@@ -60,8 +68,8 @@ export async function render() {
   const memoryPart = el('div', 'mw-memory-part');
   const memoryBox = el('div', 'mw-memory');
   memoryPart.append(el('h2', '', 'Memory: what held it over the peak step'), memoryBox);
-  app.append(header, status, cards, ranksPart, el('h2', '', 'Roofline'), chartBox, el('h2', '', 'Operators'), tableBox,
-      memoryPart, commPart, el('h2', '', 'Modules (rolled up)'), treeBox);
+  app.append(header, status, projection, cards, ranksPart, el('h2', '', 'Roofline'), chartBox, changesPart,
+      el('h2', '', 'Operators'), tableBox, memoryPart, commPart, el('h2', '', 'Modules (rolled up)'), treeBox);
   document.body.appendChild(app);
   const table = new OperatorTable(tableBox);
   const memoryView = new MemoryView(memoryBox, getJSON, (memory) => memoryCard(cards, memory));
@@ -113,6 +121,7 @@ export async function render() {
     if (state.phase) params.set('phase', state.phase);
     if (state.device) params.set('device', state.device);
     if (state.bpe) params.set('bytes_per_element', state.bpe);
+    if (state.dtype) params.set('dtype', state.dtype);
     status.textContent = 'Loading…';
     status.className = 'mw-status';
     let data;
@@ -123,6 +132,7 @@ export async function render() {
       status.textContent = `This run's report cannot be shown: ${error.message}`;
       status.className = 'mw-status mw-error';
       cards.textContent = ''; chartBox.textContent = ''; treeBox.textContent = '';
+      projection.hidden = changesPart.hidden = true;
       table.setRows([]);
       ranksPart.hidden = commPart.hidden = true;
       memoryView.clear('');
@@ -138,9 +148,13 @@ export async function render() {
         devices.map((d) => [d.key, d.name])), state.device, (v) => { state.device = v; update(); }));
     controls.appendChild(select('bytes/element', 'mw-bpe', [['', 'as measured'], ['1', '1 (8-bit)'], ['2', '2 (16-bit)'],
       ['4', '4 (32-bit)']], state.bpe, (v) => { state.bpe = v; update(); }));
+    // "in bf16": floating-point ops under that dtype's peak, tensors at its size (unless bytes/element says)
+    controls.appendChild(select('compute in', 'mw-dtype', [['', 'as measured'], ['bf16', 'bf16'], ['fp16', 'fp16'],
+      ['fp8', 'fp8'], ['fp32', 'fp32']], state.dtype, (v) => { state.dtype = v; update(); }));
     headline(cards, data);
+    renderProjection(projection, changesPart, changesBox, data);
     draw(data);
-    table.setRows(data.rows);
+    table.setRows(data.rows, Boolean(data.projection));
     renderTree(treeBox, data.tree, data.headline.time_s);
     commPart.hidden = !data.comm;
     if (data.comm) renderComm(commBox, data.comm);
@@ -164,7 +178,8 @@ export async function render() {
   }
 
   function draw(data) {
-    drawRoofline(chartBox, data.device, state.points === 'op' ? data.rows : data.modules, describePoint);
+    drawRoofline(chartBox, data.device, state.points === 'op' ? data.rows : data.modules, describePoint,
+        {projected: Boolean(data.projection)});
   }
 
   await update();
@@ -186,17 +201,31 @@ function memoryCard(container, memory) {
 function headline(container, data) {
   const h = data.headline;
   container.textContent = '';
-  const card = (label, value, note) => {
-    const box = el('div', 'mw-card');
+  const card = (label, value, note, className) => {
+    const box = el('div', className ? `mw-card ${className}` : 'mw-card');
     box.appendChild(el('div', 'mw-card-label', label));
     box.appendChild(el('div', 'mw-card-value', value));
     if (note) box.appendChild(el('div', 'mw-card-note', note));
     container.appendChild(box);
   };
-  card('time in ops', duration(h.time_s), `${h.steps.length} step(s)${h.incomplete ? ' · INCOMPLETE' : ''}`);
-  const setup = h.setup_time_s > 0 && h.setup_time_s < h.time_s ? ` · set-up (${duration(h.setup_time_s)}) left out` : '';
-  card('memory-bound', pct(h.memory_bound_fraction), `share of op time${setup}`);
-  card('achieved', si(h.achieved_flops_per_s, 'FLOP/s'), `${si(h.achieved_bytes_per_s, 'B/s')} moved`);
+  const steps = `${h.steps.length} step(s)${h.incomplete ? ' · INCOMPLETE' : ''}`;
+  const p = data.projection;
+  if (p) {  // a what-if: the projection on its device, against the measured time of the same ops
+    const where = data.device ? data.device.name : 'the what-if';
+    card('projected time', duration(h.projected_time_s), `counted ops on ${where} · ${steps} · a roofline bound`,
+        'mw-projected-time');
+    card('speed-up', `${times(h.speedup)} faster`,
+        `measured ${duration(h.counted_time_s)} on ${p.measured_on || 'the run\'s device'}`, 'mw-speedup');
+    card('memory-bound', pct(h.projected_memory_bound_fraction), `share of projected time on ${where}`);
+    card('projected rate', si(h.projected_flops_per_s, 'FLOP/s'), p.launch_floor_s
+      ? `${pct(h.launch_floor_fraction)} of the time is the launch floor (${duration(p.launch_floor_s)} per kernel)`
+      : 'no launch floor on a CPU');
+  } else {
+    card('time in ops', duration(h.time_s), steps);
+    const setup = h.setup_time_s > 0 && h.setup_time_s < h.time_s ? ` · set-up (${duration(h.setup_time_s)}) left out` : '';
+    card('memory-bound', pct(h.memory_bound_fraction), `share of op time${setup}`);
+    card('achieved', si(h.achieved_flops_per_s, 'FLOP/s'), `${si(h.achieved_bytes_per_s, 'B/s')} moved`);
+  }
   card('intensity', `${si(h.intensity)} FLOP/B`, `${si(h.flops, 'FLOP')} · ${si(h.bytes, 'B')}`);
   card('coverage', pct(h.coverage), `${h.uncounted_rows} uncounted row(s)`);
   const comm = data.comm;
@@ -211,7 +240,57 @@ function headline(container, data) {
         .map((p) => `${p.dtype} ${si(p.flops_per_s, 'FLOP/s')} (${p.source})`).join(' · ');
     const bw = device.bandwidth ? `${si(device.bandwidth.bytes_per_s, 'B/s')} (${device.bandwidth.source})` : 'unknown';
     const whatIf = data.measured_on && data.measured_on !== device.name ? ` · times measured on ${data.measured_on}` : '';
-    const bpe = data.bytes_per_element ? ` · tensors re-sized to ${data.bytes_per_element} B/element` : '';
+    const bpe = (data.compute_dtype ? ` · floating-point ops in ${data.compute_dtype}` : '') +
+        (data.bytes_per_element ? ` · tensors re-sized to ${data.bytes_per_element} B/element` : '');
     card('device', device.name, `${peaks} · memory ${bw}${whatIf}${bpe}`);
+  }
+}
+
+/**
+ * A what-if's projection: a banner saying what it is (each op's least time on the device, a
+ * roofline bound, not a measurement), and the ops whose bound flips between the measured
+ * placement and the what-if's (hidden for a report as measured).
+ */
+function renderProjection(banner, part, box, data) {
+  const p = data.projection;
+  banner.hidden = part.hidden = !p;
+  banner.textContent = '';
+  box.textContent = '';
+  if (!p) return;
+  const where = p.device || 'the what-if\'s device';
+  banner.appendChild(el('strong', '', `Projected on ${where}: a roofline bound, not a measurement.`));
+  const sized = (data.compute_dtype ? ` Every floating-point op computed in ${data.compute_dtype}.` : '') +
+      (data.bytes_per_element ? ` Every tensor at ${data.bytes_per_element} B/element.` : '');
+  banner.appendChild(el('span', '', ` ${p.note}.${sized} Times were measured on ` +
+      `${p.measured_on || 'the run\'s device'}; no kernel reaches its roof, so the real time is longer.`));
+  const changes = p.bound_changes;
+  part.querySelector('h2').textContent = `Ops that change side of the ridge on ${where}: ${changes.length}`;
+  if (!changes.length) {
+    box.appendChild(el('div', 'mw-empty', 'Every op stays on its side of the ridge.'));
+    return;
+  }
+  const table = el('table', 'mw-table mw-changes-table');
+  const head = el('tr');
+  for (const label of ['op', 'module', 'phase', 'FLOP/B', 'measured on', `on ${where}`, 'ridge there']) {
+    head.appendChild(el('th', '', label));
+  }
+  table.appendChild(el('thead')).appendChild(head);
+  const body = el('tbody');
+  const shown = changes.slice(0, 50);
+  for (const c of shown) {
+    const tr = el('tr', `mw-row mw-change mw-${c.after}`);
+    tr.dataset.id = String(c.id);
+    const cells = [c.op.replace(/^aten\./, ''), c.module || '(top level)', c.phase, num(c.intensity),
+      `${c.before}-bound`, `${c.after}-bound`, `${num(c.ridge_after)} FLOP/B`];
+    for (const text of cells) tr.appendChild(el('td', '', text));
+    tr.children[0].title = `${c.op} ${c.shapes}`;
+    body.appendChild(tr);
+  }
+  table.appendChild(body);
+  const scroller = el('div', 'mw-scroller mw-changes-scroller');
+  scroller.appendChild(table);
+  box.appendChild(scroller);
+  if (changes.length > shown.length) {
+    box.appendChild(el('div', 'mw-note', `and ${changes.length - shown.length} more (the longest measured first)`));
   }
 }

@@ -1,8 +1,9 @@
 // The operator table: sortable, filterable (name, module prefix, phase, bound), and virtualised so
-// that 10,000 rows stay fast (only the rows in view are in the DOM).
+// that 10,000 rows stay fast (only the rows in view are in the DOM). In a what-if, its last column
+// is each op's projected time on the what-if's device and the speed-up over the measured time.
 
 import {levelClass} from './chart.js';
-import {el, num, pct, si} from './format.js';
+import {duration, el, num, pct, si, times} from './format.js';
 
 const ROW_HEIGHT = 24;
 const VIEWPORT_ROWS = 24;
@@ -20,6 +21,12 @@ const COLUMNS = [
   {key: 'memory_level', label: 'level', text: (r) => (r.bound === 'communication' ? '' : r.memory_level || '')},
   {key: 'efficiency', label: '% of roof', text: (r) => pct(r.efficiency), numeric: true},
 ];
+// a what-if's projection: measured time against another device's roof means nothing, so its last
+// column gives way to the projected time there and the speed-up over the measured time
+const PROJECTED = COLUMNS.slice(0, -1).map((c) => (c.key === 'time_s' ? {...c, label: 'measured'} : c)).concat([
+  {key: 'projected_time_s', label: 'projected', text: (r) => duration(r.projected_time_s), numeric: true},
+  {key: 'speedup', label: 'speed-up', text: (r) => times(r.speedup), numeric: true},
+]);
 
 export class OperatorTable {
   constructor(container) {
@@ -30,6 +37,7 @@ export class OperatorTable {
     this.descending = true;
     this.filters = {name: '', module: '', bound: ''};
     this.total = 0;
+    this.columns = COLUMNS;
     this.build();
   }
 
@@ -53,28 +61,40 @@ export class OperatorTable {
     bar.append(name, module, bound, this.count);
 
     this.table = el('table', 'mw-table');
-    const head = el('thead');
-    const tr = el('tr');
-    this.headers = {};
-    for (const column of COLUMNS) {
-      const th = el('th', column.numeric ? 'mw-num' : '', column.label);
-      th.addEventListener('click', () => this.sortBy(column.key));
-      th.dataset.key = column.key;
-      this.headers[column.key] = th;
-      tr.appendChild(th);
-    }
-    head.appendChild(tr);
+    this.head = el('thead');
     this.body = el('tbody');
-    this.table.append(head, this.body);
+    this.table.append(this.head, this.body);
+    this.heading();
     this.scroller = el('div', 'mw-scroller');
     this.scroller.appendChild(this.table);
     this.scroller.addEventListener('scroll', () => this.paint());
     this.container.append(bar, this.scroller);
   }
 
-  setRows(rows) {
+  heading() {
+    this.head.textContent = '';
+    const tr = el('tr');
+    this.headers = {};
+    for (const column of this.columns) {
+      const th = el('th', column.numeric ? 'mw-num' : '', column.label);
+      th.addEventListener('click', () => this.sortBy(column.key));
+      th.dataset.key = column.key;
+      this.headers[column.key] = th;
+      tr.appendChild(th);
+    }
+    this.head.appendChild(tr);
+  }
+
+  /** The rows to show; `projected`: a what-if's, with their projected times instead of the roof. */
+  setRows(rows, projected = false) {
     this.rows = rows;
     this.total = rows.reduce((sum, r) => sum + r.time_s, 0);
+    const columns = projected ? PROJECTED : COLUMNS;
+    if (columns !== this.columns) {
+      this.columns = columns;
+      if (!columns.some((c) => c.key === this.sortKey)) { this.sortKey = 'time_s'; this.descending = true; }
+      this.heading();
+    }
     this.refresh();
   }
 
@@ -120,7 +140,7 @@ export class OperatorTable {
       const r = this.view[i];
       const tr = el('tr', `mw-row mw-${r.bound}`);
       tr.dataset.id = String(r.id);
-      for (const column of COLUMNS) {
+      for (const column of this.columns) {
         const td = el('td', column.numeric ? 'mw-num' : '', column.text(r, this.total));
         if (column.key === 'op') td.title = `${r.op}.${r.overload} ${r.shapes} (${r.dtype})`;
         if (column.key === 'module') td.title = r.module;
@@ -139,7 +159,7 @@ export class OperatorTable {
 function spacer(height) {
   const tr = el('tr', 'mw-spacer');
   const td = el('td');
-  td.colSpan = COLUMNS.length;
+  td.colSpan = 32;  // every column, whichever set is shown
   td.style.height = `${height}px`;
   tr.appendChild(td);
   return tr;
