@@ -151,7 +151,7 @@ def test_errors_say_what_is_wrong_without_a_traceback(tmp_path, script, args, me
 
 
 def test_help_has_examples(tmp_path):
-    for command in ("run", "report", "devices", "calibrate"):
+    for command in ("run", "report", "diff", "devices", "calibrate"):
         result = memwall_cli(command, "--help", cwd=tmp_path)
         assert result.returncode == 0 and "examples:" in result.stdout, command
 
@@ -191,3 +191,127 @@ def test_run_over_a_script_that_opens_its_own_profile_runs_it_to_its_end(tmp_pat
     assert "aten.abs" in {r.op for r in outer.rows}  # the outer one recorded what came after
     assert outer.extra["nested_profiles"] == ["runs/own"]
     assert "aten.abs" not in {r.op for r in own.rows}
+
+
+# -- memwall diff ---------------------------------------------------------------------------------
+
+#: An MLP trained a few steps at the batch its first argument says, on a device with no caches and
+#: its ridge at 2 FLOP/B (fp32 20 GFLOP/s over 10 GB/s), so every bound is fixed by the counts:
+#: a Linear(512, 2048) or (2048, 512) matmul over a batch of m rows is at ~m/2 FLOP/B (each
+#: weight is read once for 2m FLOPs per element): 0.5 at batch 1, under the ridge; 3.9 at batch 8,
+#: over it. The GELU and the optimizer's update stay memory-bound at either batch.
+MLP = textwrap.dedent('''
+    import sys
+
+    import torch
+
+    import memwall_plugin as memwall
+    from memwall_plugin.devices import DeviceSpec, Figure
+
+    RIDGE_2 = DeviceSpec(key="ridge-2", name="a test CPU (ridge 2 FLOP/B)", kind="cpu",
+                         peaks=(("fp32", Figure(2e10, "user")),), bandwidth=Figure(1e10, "user"))
+    batch, logdir = int(sys.argv[1]), sys.argv[2]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.GELU(), torch.nn.Linear(2048, 512))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with memwall.profile(model=model, logdir=logdir, device=RIDGE_2, summary=False, scalars=False) as prof:
+        for _ in range(2):
+            model(torch.randn(batch, 512)).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+            prof.step()
+''')
+
+#: the matmuls of the MLP, by (op, module, phase): the two forward addmms, and in backward each
+#: layer's weight gradient (and the second layer's input gradient: the first's input needs none)
+MLP_MATMULS = {("aten.addmm", "0", "forward"), ("aten.addmm", "2", "forward"),
+               ("aten.mm", "0", "backward"), ("aten.mm", "2", "backward")}
+
+
+@pytest.fixture(scope="module")
+def batch_runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("diff")
+    (root / "mlp.py").write_text(MLP)
+    for batch in (1, 8):
+        result = subprocess.run([sys.executable, "mlp.py", str(batch), f"runs/b{batch}"], cwd=root,
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_diff_of_batch_1_and_batch_8_lists_the_matmuls_that_crossed_the_ridge(batch_runs):
+    result = memwall_cli("diff", "runs/b1", "runs/b8", "--json", cwd=batch_runs)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    changed = {(c["op"], c["module"], c["phase"]) for c in data["bound_changes"]}
+    assert changed == MLP_MATMULS
+    assert all(c["a"]["bound"] == "memory" and c["b"]["bound"] == "compute" for c in data["bound_changes"])
+    # each phase's speed-up is its time in A over its time in B, as `memwall report` measured them
+    phase_time = {}
+    for run in ("b1", "b8"):
+        groups = json.loads(memwall_cli("report", f"runs/{run}", "--json", "--by", "phase", cwd=batch_runs).stdout)
+        phase_time[run] = {g["key"]: g["time_s"] for g in groups["groups"]}
+    speedups = {p["phase"]: p["speedup"] for p in data["phases"]}
+    assert set(speedups) == {"forward", "backward", "optimizer", "other"} == set(phase_time["b1"])
+    for phase, speedup in speedups.items():
+        assert speedup == pytest.approx(phase_time["b1"][phase] / phase_time["b8"][phase])
+    assert data["same_roofs"] and data["notes"] == []
+    assert (data["a"]["path"], data["b"]["path"]) == ("runs/b1", "runs/b8")
+
+    text = memwall_cli("diff", "runs/b1", "runs/b8", cwd=batch_runs)
+    assert text.returncode == 0, text.stderr
+    out = text.stdout
+    assert "Bound changes: 4 ops crossed the ridge" in out
+    changes = out[out.index("Bound changes"):].splitlines()[3:7]
+    assert {tuple(line.split()[:3]) for line in changes} == {("addmm", "0", "fwd"), ("addmm", "2", "fwd"),
+                                                              ("mm", "0", "bwd"), ("mm", "2", "bwd")}
+    assert all(line.split()[-3:] == ["MEMORY", "->", "compute"] for line in changes)
+    phases = out[out.index("Phases"):out.index("Top ")]
+    for short, phase in (("fwd", "forward"), ("bwd", "backward"), ("opt", "optimizer")):
+        line = next(row for row in phases.splitlines() if row.startswith(short + " "))
+        assert f"{speedups[phase]:.3g}x" in line
+
+
+def test_diff_by_module_and_its_errors(batch_runs):
+    by_module = json.loads(memwall_cli("diff", "runs/b1", "runs/b8", "--json", "--by", "module", cwd=batch_runs).stdout)
+    assert {e["module"] for e in by_module["entries"]} == {"", "0", "1", "2"}
+    missing = memwall_cli("diff", "runs/b1", "runs/nowhere", cwd=batch_runs)
+    assert missing.returncode == 2 and "run B: runs/nowhere: no such file or directory" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    same = memwall_cli("diff", "runs/b1", "runs/b1", cwd=batch_runs)
+    assert same.returncode == 2 and "same run" in same.stderr
+    rank = memwall_cli("diff", "runs/b1", "runs/b8", "--rank", "3", cwd=batch_runs)
+    assert rank.returncode == 2 and "run A:" in rank.stderr and "rank 3" in rank.stderr
+
+
+def test_diff_of_runs_on_different_devices_says_the_roofs_differ(batch_runs, tmp_path):
+    (b8,) = (batch_runs / "runs/b8/plugins/memwall").glob("*.json")
+    on_h100 = memwall.load_report(b8).rescore(device="h100-sxm").save(tmp_path / "b8_h100.json")
+    (b1,) = (batch_runs / "runs/b1/plugins/memwall").glob("*.json")
+    result = memwall_cli("diff", str(b1), str(on_h100), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "roofs    DIFFERENT" in result.stdout and "the roofs differ" in result.stdout
+    assert "time     " in result.stdout and "x  (wall" in result.stdout  # times still compare
+    # placed on one device, the roofs are the same again
+    data = json.loads(memwall_cli("diff", str(b1), str(on_h100), "--device", "h100-sxm", "--json", cwd=tmp_path).stdout)
+    assert data["same_roofs"] and data["a"]["device"] == data["b"]["device"]
+
+
+def test_diff_of_one_logdir_written_twice_compares_its_two_newest_jobs(tmp_path, capsys):
+    import torch
+
+    from memwall_plugin import cli
+
+    a = torch.randn(16, 16)
+    for steps in (1, 3):
+        with memwall.profile(logdir=tmp_path / "twice", summary=False, scalars=False) as prof:
+            for _ in range(steps):
+                a @ a
+                prof.step()
+    assert cli.main(["diff", str(tmp_path / "twice"), str(tmp_path / "twice"), "--json"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert (data["a"]["steps"], data["b"]["steps"]) == (1, 3)  # the older job is A
+    assert data["a"]["job"] != data["b"]["job"]
+    assert "the one before the newest" in captured.err
+    assert any("A recorded 1 step(s), B 3" in note for note in data["notes"])
