@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tb_logdir import BATCH_MATMULS, make_batch_runs
 
 import memwall_plugin as memwall
 
@@ -195,47 +196,11 @@ def test_run_over_a_script_that_opens_its_own_profile_runs_it_to_its_end(tmp_pat
 
 # -- memwall diff ---------------------------------------------------------------------------------
 
-#: An MLP trained a few steps at the batch its first argument says, on a device with no caches and
-#: its ridge at 2 FLOP/B (fp32 20 GFLOP/s over 10 GB/s), so every bound is fixed by the counts:
-#: a Linear(512, 2048) or (2048, 512) matmul over a batch of m rows is at ~m/2 FLOP/B (each
-#: weight is read once for 2m FLOPs per element): 0.5 at batch 1, under the ridge; 3.9 at batch 8,
-#: over it. The GELU and the optimizer's update stay memory-bound at either batch.
-MLP = textwrap.dedent('''
-    import sys
-
-    import torch
-
-    import memwall_plugin as memwall
-    from memwall_plugin.devices import DeviceSpec, Figure
-
-    RIDGE_2 = DeviceSpec(key="ridge-2", name="a test CPU (ridge 2 FLOP/B)", kind="cpu",
-                         peaks=(("fp32", Figure(2e10, "user")),), bandwidth=Figure(1e10, "user"))
-    batch, logdir = int(sys.argv[1]), sys.argv[2]
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.GELU(), torch.nn.Linear(2048, 512))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with memwall.profile(model=model, logdir=logdir, device=RIDGE_2, summary=False, scalars=False) as prof:
-        for _ in range(2):
-            model(torch.randn(batch, 512)).square().mean().backward()
-            opt.step()
-            opt.zero_grad()
-            prof.step()
-''')
-
-#: the matmuls of the MLP, by (op, module, phase): the two forward addmms, and in backward each
-#: layer's weight gradient (and the second layer's input gradient: the first's input needs none)
-MLP_MATMULS = {("aten.addmm", "0", "forward"), ("aten.addmm", "2", "forward"),
-               ("aten.mm", "0", "backward"), ("aten.mm", "2", "backward")}
-
-
 @pytest.fixture(scope="module")
 def batch_runs(tmp_path_factory) -> Path:
+    """runs/b1 and runs/b8: the MLP of tb_logdir.BATCH_MLP at batch 1 and 8, run as scripts."""
     root = tmp_path_factory.mktemp("diff")
-    (root / "mlp.py").write_text(MLP)
-    for batch in (1, 8):
-        result = subprocess.run([sys.executable, "mlp.py", str(batch), f"runs/b{batch}"], cwd=root,
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
+    make_batch_runs(root / "runs")
     return root
 
 
@@ -244,7 +209,7 @@ def test_diff_of_batch_1_and_batch_8_lists_the_matmuls_that_crossed_the_ridge(ba
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     changed = {(c["op"], c["module"], c["phase"]) for c in data["bound_changes"]}
-    assert changed == MLP_MATMULS
+    assert changed == BATCH_MATMULS
     assert all(c["a"]["bound"] == "memory" and c["b"]["bound"] == "compute" for c in data["bound_changes"])
     # each phase's speed-up is its time in A over its time in B, as `memwall report` measured them
     phase_time = {}
