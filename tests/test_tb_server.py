@@ -179,6 +179,24 @@ def test_fuzzed_memory_whatif_requests_get_an_answer_never_a_crash(plugin, query
         assert body["peak_bytes"] >= 0 and json.dumps(body, allow_nan=False)
 
 
+compare_names = st.sampled_from([*ROUTE_PARAMS["/compare"], "path", ""]) | st.text(max_size=6)
+compare_values = (st.sampled_from(["train", "evil", "corrupt", "nested/future", "0", "all", WINDOW, "forward",
+                                   "op", "module", "phase", "h100-sxm", "1", "../train", "%2e%2e", ""])
+                  | st.text(max_size=40))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(query=st.lists(st.tuples(compare_names, compare_values), max_size=6))
+def test_fuzzed_compare_requests_get_an_answer_never_a_crash(plugin, query):
+    status, body = get(plugin, "/compare", [("run", "train"), ("baseline", "evil"), *query])
+    assert status in (200, 400, 404, 422), (query, status, body)
+    if status != 200:
+        assert body["error"] and "/tmp" not in body["error"]
+    else:
+        assert json.dumps(body, allow_nan=False)
+
+
 def test_memwall_failure_is_a_500_naming_no_path(plugin, monkeypatch):
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError(f"boom in {plugin.loader.logdir}")
