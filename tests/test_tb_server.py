@@ -74,9 +74,10 @@ def test_plugin_opens_no_socket(logdir, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     plugin = MemwallPlugin(base_plugin.TBContext(logdir=str(logdir)))
     assert plugin.is_active()
+    queries = {route: {"run": "train"} for route in ("/report", "/ranks", "/memory", "/memory_whatif")}
+    queries["/compare"] = {"run": "train", "baseline": "evil"}
     for route in plugin.get_plugin_apps():
-        status, _ = get(plugin, route, {"run": "train"} if route in ("/report", "/ranks", "/memory", "/memory_whatif")
-                        else None)
+        status, _ = get(plugin, route, queries.get(route))
         assert status == 200, route
     assert opened == []
 
@@ -218,7 +219,7 @@ HTML_SINKS = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write
 
 def test_frontend_never_parses_strings_as_html():
     sources = {name: (STATIC / name).read_text() for name, _ in STATIC_FILES.values() if name.endswith(".js")}
-    assert len(sources) == 7  # index, chart, table, tree, format, comm, memory
+    assert len(sources) == 8  # index, chart, table, tree, format, comm, memory, compare
     for name, source in sources.items():
         found = [m.group() for m in HTML_SINKS.finditer(source)]
         assert found == [] or (name == "index.js" and found == [".href ="]), (name, found)
