@@ -1,4 +1,4 @@
-"""The `memwall` command: run, report, devices, calibrate."""
+"""The `memwall` command: run, report, diff, devices, calibrate."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from rich.text import Text
 
 from memwall_plugin.ceilings import link_record, parse_link
 from memwall_plugin.console import Summary, SummaryOptions, binary_size, si
+from memwall_plugin.console_diff import DiffLabels, DiffSummary
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, parse_peaks, resolve_device
+from memwall_plugin.diff import diff_record, diff_reports
 from memwall_plugin.distributed import default_run_stamp
 from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
 from memwall_plugin.memory import parse_bytes_per_element
@@ -161,7 +163,7 @@ def _windows_of(path: Path) -> list[Window]:
     return list(run.windows())
 
 
-def load_jobs(path: Path) -> list[Job]:
+def load_jobs(path: Path, command: str = "report") -> list[Job]:
     """Every job of a run, newest first, each rank's windows merged. A window that cannot be read
     is named on stderr and left out, so one truncated file does not hide the rest; only when none
     can be read is it an error."""
@@ -177,9 +179,10 @@ def load_jobs(path: Path) -> list[Job]:
         raise CliError(failed[0] if len(failed) == 1 else
                        f"none of the {len(windows)} report files could be read:\n  " + "\n  ".join(failed))
     for message in failed:
-        print(f"memwall report: left out: {message}", file=sys.stderr)
+        print(f"memwall {command}: left out: {message}", file=sys.stderr)
     if failed:
-        print(f"memwall report: this summary covers {len(loaded)} of {len(windows)} report files",
+        what = "this summary" if command == "report" else f"the comparison of {path}"
+        print(f"memwall {command}: {what} covers {len(loaded)} of {len(windows)} report files",
               file=sys.stderr)
     try:
         return group_jobs(loaded)
@@ -363,6 +366,77 @@ def _memory_report(report: Report, args: argparse.Namespace, console: Console) -
     return 0
 
 
+def _side_jobs(side: str, path: Path) -> list[Job]:
+    try:
+        return load_jobs(path, command="diff")
+    except CliError as exc:
+        raise CliError(f"run {side}: {exc}") from None
+
+
+def _side_job(side: str, path: Path, jobs: list[Job], wanted: str | None) -> Job:
+    try:
+        job = pick_job(jobs, wanted)
+    except LookupError as exc:
+        raise CliError(f"--job-{side.lower()} {exc}") from None
+    if len(jobs) > 1 and wanted is None:
+        others = ", ".join(j.label for j in jobs if j is not job)
+        print(f"memwall diff: run {side} ({path}) holds {len(jobs)} jobs (runs written into one logdir); this is the "
+              f"newest, {job.label}. Other(s): {others}; pick one with --job-{side.lower()}", file=sys.stderr)
+    return job
+
+
+def _diff_label(path: Path, job: Job, jobs: list[Job], report: Report) -> str:
+    parts = [str(path)]
+    if len(jobs) > 1:
+        parts.append(f"job {job.label}")
+    if report.world_size > 1:
+        parts.append(f"rank {report.rank}")
+    return ", ".join(parts)
+
+
+def _cmd_diff(args: argparse.Namespace, console: Console) -> int:
+    path_a, path_b = Path(args.run_a), Path(args.run_b)
+    jobs_a = _side_jobs("A", path_a)
+    same = path_a.exists() and path_b.exists() and path_a.resolve() == path_b.resolve()
+    jobs_b = jobs_a if same else _side_jobs("B", path_b)
+    if same and args.job_a is None and args.job_b is None:
+        # one logdir written twice (a hard-coded logdir run before and after a change)
+        if len(jobs_a) < 2:
+            raise CliError(f"A and B are the same run ({path_a}), which holds one job: pass two runs, or two "
+                           "jobs of one logdir with --job-a and --job-b")
+        job_a, job_b = jobs_a[1], jobs_a[0]
+        print(f"memwall diff: {path_a} holds {len(jobs_a)} jobs: A is the one before the newest ({job_a.label}), "
+              f"B the newest ({job_b.label}); pick others with --job-a and --job-b", file=sys.stderr)
+    else:
+        job_a = _side_job("A", path_a, jobs_a, args.job_a)
+        job_b = _side_job("B", path_b, jobs_b, args.job_b)
+    reports = {}
+    for side, path, job in (("A", path_a, job_a), ("B", path_b, job_b)):
+        try:
+            reports[side] = load_run(path, args.rank, job)
+        except CliError as exc:
+            raise CliError(f"run {side}: {exc}") from None
+        if args.device or args.bytes_per_element:
+            try:
+                reports[side] = reports[side].rescore(bytes_per_element=args.bytes_per_element, device=args.device)
+            except (LookupError, ValueError, TypeError) as exc:
+                raise CliError(str(exc)) from None
+    try:
+        diff = diff_reports(reports["A"], reports["B"], by=args.by)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        out = diff_record(diff, top=args.top)
+        for side, path, job in (("a", path_a, job_a), ("b", path_b, job_b)):
+            out[side].update(path=str(path), job=job.id, rank=reports[side.upper()].rank)
+        sys.stdout.write(json.dumps(out, allow_nan=False) + "\n")
+        return 0
+    labels = DiffLabels(_diff_label(path_a, job_a, jobs_a, reports["A"]),
+                        _diff_label(path_b, job_b, jobs_b, reports["B"]))
+    console.print(DiffSummary(diff, labels, top=args.top))
+    return 0
+
+
 def _parse_schedule(text: str) -> Schedule:
     values: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
@@ -489,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="See where the memory wall stops your PyTorch run.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  memwall run train.py --lr 3e-4\n  memwall report runs/exp1\n"
+               "  memwall diff runs/batch1 runs/batch8\n"
                "  memwall devices\n  memwall calibrate",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -556,6 +631,30 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--capacity", metavar="DEVICE",
                      help="what-if: fit against this device's memory (e.g. 'H100 SXM') instead of the run's")
     rep.set_defaults(func=_cmd_report)
+
+    dif = sub.add_parser(
+        "diff", help="two saved runs side by side: speed-ups, biggest wins and losses, ops that crossed the ridge",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  memwall diff runs/batch1 runs/batch8\n  memwall diff runs/fp32 runs/bf16 --by module\n"
+               "  memwall diff runs/eager runs/compiled --json > diff.json\n"
+               "  memwall diff runs/exp1 runs/exp1           # the two newest jobs of one logdir\n"
+               "  memwall diff runs/a100 runs/h100 --device 'H100 SXM'   # both on one roofline\n"
+               "A is the run before, B the run after: speed-up = time A / time B (above 1, B is faster).\n"
+               "Ops are matched by op, module and phase; their shapes and dtypes are folded together.",
+    )
+    dif.add_argument("run_a", metavar="RUN_A", help="the run before: a logdir or one report .json")
+    dif.add_argument("run_b", metavar="RUN_B", help="the run after: a logdir or one report .json")
+    dif.add_argument("--by", choices=["op", "module", "phase"], default="op",
+                     help="what the side-by-side table lists: ops in their module and phase (default), modules, "
+                          "or phases only")
+    dif.add_argument("--top", type=_positive, default=15, help="rows in the side-by-side table (default 15)")
+    dif.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    dif.add_argument("--rank", type=_non_negative, help="the rank to compare in both runs (default: each one's lowest)")
+    dif.add_argument("--job-a", help="run A's job, when runs were written into one logdir (default: the newest)")
+    dif.add_argument("--job-b", help="run B's job (default: the newest)")
+    dif.add_argument("--device", help="re-place both runs on this device's roofline")
+    dif.add_argument("--bytes-per-element", type=int, help="re-size every tensor of both runs (1 = 8-bit)")
+    dif.set_defaults(func=_cmd_diff)
 
     run = sub.add_parser(
         "run", help="run an unmodified Python script under memwall",

@@ -20,6 +20,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from memwall_plugin.devices import lookup_device, resolve_device
+from memwall_plugin.diff import DIFF_BY, diff_reports
 from memwall_plugin.memory import SHARDING, parse_bytes_per_element
 from memwall_plugin.report import Report, ReportError
 from memwall_plugin.rundir import Job, group_jobs, pick_job
@@ -40,6 +41,7 @@ STATIC_FILES = {
     "/static/format.js": ("format.js", "text/javascript"),
     "/static/comm.js": ("comm.js", "text/javascript"),
     "/static/memory.js": ("memory.js", "text/javascript"),
+    "/static/compare.js": ("compare.js", "text/javascript"),
     "/static/style.css": ("style.css", "text/css"),
 }
 
@@ -50,6 +52,8 @@ ROUTE_PARAMS: dict[str, tuple[str, ...]] = {
     "/runs": (),
     "/devices": (),
     "/report": ("run", "job", "rank", "window", "phase", "device", "bytes_per_element", "dtype"),
+    "/compare": ("run", "job", "rank", "window", "baseline", "baseline_job", "baseline_rank", "by", "phase", "device",
+                 "bytes_per_element", "dtype"),
     "/ranks": ("run", "job"),
     "/memory": ("run", "job", "rank", "window"),
     "/memory_whatif": ("run", "job", "rank", "window", "checkpoint", "shard", "world_size", "bytes_per_element",
@@ -79,6 +83,7 @@ class MemwallPlugin(base_plugin.TBPlugin):
             "/report": self.report_route,
             "/devices": self.devices_route,
             "/ranks": self.ranks_route,
+            "/compare": self.compare_route,
             "/memory": self.memory_route,
             "/memory_whatif": self.memory_whatif_route,
         }
@@ -104,28 +109,41 @@ class MemwallPlugin(base_plugin.TBPlugin):
         Jobs are never summed: the newest is shown unless `job` names another."""
         check_params("/report", args)
         run, report = self._selected(args)
-        phase = args.get("phase") or None
-        if phase is not None and not _PHASE.match(phase):
-            raise RequestError(400, f"phase {phase!r} is not a phase name")
-        device = args.get("device") or None
-        bpe = args.get("bytes_per_element") or None
-        dtype = args.get("dtype") or None
-        measured = None
-        if device is not None or bpe is not None or dtype is not None:
-            measured = report
-            try:
-                spec = lookup_device(device) if device is not None else None
-            except LookupError:
-                raise RequestError(400, f"unknown device {device!r}; GET ./devices lists them") from None
-            if dtype is not None and dtype not in DTYPES:
-                raise RequestError(400, f"dtype {dtype[:40]!r}: choose one of {', '.join(WHAT_IF_DTYPES)}")
-            report = report.rescore(
-                bytes_per_element=_int_param(args, "bytes_per_element", None, 1, 16) if bpe else None,
-                device=spec, dtype=dtype,
-            )
+        phase = _phase_param(args)
+        scored = _what_if(args, report)
+        measured = None if scored is report else report  # as measured: no projection
+        report = scored
         if phase is not None and phase not in {r.phase for r in report.rows}:
             raise RequestError(404, f"run {run.name!r} has no {phase!r} work")
         return views.report_view(report, phase=phase, measured=measured)
+
+    def compare_impl(self, args: dict[str, str]) -> dict[str, Any]:
+        """The selected report (as /report selects it) against a baseline run's (its newest job
+        unless `baseline_job` names another; the same rank, or `baseline_rank`): `diff_reports(
+        baseline, run)`, so "a" is the baseline and "b" this run, and speed-up is time baseline /
+        time run. A what-if (device, bytes_per_element) re-scores both; `phase` selects only the
+        baseline's points (as /report's), the comparison covers every phase."""
+        check_params("/compare", args)
+        baseline = args.get("baseline") or ""
+        if not baseline:
+            raise RequestError(400, "compare needs baseline=RUN, the run to compare with (GET ./runs lists them)")
+        by = args.get("by") or "op"
+        if by not in DIFF_BY:
+            raise RequestError(400, f"by must be one of {', '.join(DIFF_BY)}, got {by[:40]!r}")
+        phase = _phase_param(args)
+        run, report = self._selected(args)
+        picked = {"run": baseline, "job": args.get("baseline_job") or "",
+                  "rank": args.get("baseline_rank") or args.get("rank") or ""}
+        try:
+            base_run, base = self._selected({k: v for k, v in picked.items() if v})
+        except RequestError as exc:
+            raise RequestError(exc.code, f"baseline: {exc}") from None
+        report, base = _what_if(args, report), _what_if(args, base)
+        try:
+            diff = diff_reports(base, report, by=by)
+        except ValueError as exc:  # a run without ops: nothing to compare
+            raise RequestError(404, f"run {run.name!r} against baseline {base_run.name!r}: {exc}") from None
+        return views.compare_view(run.name, report, base_run.name, base, diff, phase=phase)
 
     def ranks_impl(self, args: dict[str, str]) -> dict[str, Any]:
         """Every rank of one job of a run side by side; a rank whose report cannot be read is
@@ -261,6 +279,10 @@ class MemwallPlugin(base_plugin.TBPlugin):
         return _respond(request, "/ranks", self.ranks_impl)
 
     @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
+    def compare_route(self, request: wrappers.Request) -> wrappers.Response:
+        return _respond(request, "/compare", self.compare_impl)
+
+    @wrappers.Request.application  # type: ignore[arg-type]  # werkzeug types it for functions
     def memory_route(self, request: wrappers.Request) -> wrappers.Response:
         return _respond(request, "/memory", self.memory_impl)
 
@@ -309,6 +331,31 @@ def check_params(route: str, args: dict[str, str]) -> None:
             raise RequestError(400, f"unknown parameter {name[:40]!r}: {route.lstrip('/')} {takes}")
         if not isinstance(value, str) or len(value) > _MAX_PARAM or "\x00" in value:
             raise RequestError(400, f"parameter {name!r} is too long or not text")
+
+
+def _phase_param(args: dict[str, str]) -> str | None:
+    phase = args.get("phase") or None
+    if phase is not None and not _PHASE.match(phase):
+        raise RequestError(400, f"phase {phase!r} is not a phase name")
+    return phase
+
+
+def _what_if(args: dict[str, str], report: Report) -> Report:
+    """The report re-scored for the request's what-if device, element size and compute dtype, if
+    it asks; the report itself otherwise."""
+    device = args.get("device") or None
+    bpe = args.get("bytes_per_element") or None
+    dtype = args.get("dtype") or None
+    if device is None and bpe is None and dtype is None:
+        return report
+    try:
+        spec = lookup_device(device) if device is not None else None
+    except LookupError:
+        raise RequestError(400, f"unknown device {device!r}; GET ./devices lists them") from None
+    if dtype is not None and dtype not in DTYPES:
+        raise RequestError(400, f"dtype {dtype[:40]!r}: choose one of {', '.join(WHAT_IF_DTYPES)}")
+    return report.rescore(bytes_per_element=_int_param(args, "bytes_per_element", None, 1, 16) if bpe else None,
+                          device=spec, dtype=dtype)
 
 
 def _int_param(args: dict[str, str], name: str, default: Any, low: int, high: int) -> Any:

@@ -15,6 +15,7 @@ from memwall_plugin.tb_plugin.loader import Run
 
 from memwall_plugin.ceilings import link_record
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table
+from memwall_plugin.diff import ReportDiff, diff_record
 from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
 from memwall_plugin.memory import CATEGORIES, MemoryWhatIf
 from memwall_plugin.records import ordered_phases
@@ -170,8 +171,8 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
             **{k: head[k] for k in ("time_s", "flops", "bytes", "intensity", "memory_bound_fraction",
                                     "achieved_flops_per_s", "achieved_bytes_per_s", "coverage",
                                     "setup_time_s", "roofline_time_s", "uncounted_rows", "counted_time_s",
-                                    "projected_time_s", "speedup", "projected_memory_bound_fraction", "launch_floor_fraction",
-                                    "projected_flops_per_s")},
+                                    "projected_time_s", "speedup", "projected_memory_bound_fraction",
+                                    "launch_floor_fraction", "projected_flops_per_s")},
         },
         "projection": None if before is None else projection_view(shown, before),
         "rows": [row_view(i, r) for i, r in enumerate(shown.rows)],
@@ -179,6 +180,26 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
         "tree": tree,
         "phase_groups": [group_view(g) for g in shown.group_by("phase")],
         "comm": comm_view(report),  # collectives on the link's roof (torch.distributed), else null
+    }
+
+
+def compare_view(run: str, report: Report, baseline: str, base: Report, diff: ReportDiff, *,
+                 phase: str | None = None) -> dict[str, Any]:
+    """`/compare`: the diff of the baseline (its "a" side) and this run ("b"), `diff_record` as
+    `memwall diff --json` prints it, with which run, job and rank each side is, the baseline's
+    roofs, and its points for the roofline (`phase`: that phase's only), as /report's rows and
+    modules."""
+    shown = base if phase is None else Report(rows=tuple(r for r in base.rows if r.phase == phase), device=base.device)
+    record = diff_record(diff)
+    record["a"].update(run=baseline, job=base.job, rank=base.rank)
+    record["b"].update(run=run, job=report.job, rank=report.rank)
+    return {
+        "run": run,
+        "baseline": baseline,
+        **record,
+        "baseline_device": device_view(base.device),
+        "baseline_rows": [row_view(i, r) for i, r in enumerate(shown.rows)],
+        "baseline_modules": [group_view(g) for g in shown.group_by("module")],
     }
 
 

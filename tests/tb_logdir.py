@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -164,3 +165,51 @@ def make_hostile_run(root: Path) -> Path:
     path = root / XSS_RUN / "plugins" / "memwall" / "rank0_steps000000-000000.json"
     dataclasses.replace(rep, rows=rows, device=device, measured_on=f"{XSS_DEVICE} measured").save(path)
     return path
+
+
+#: An MLP trained two steps at the batch its first argument says, into the logdir its second says,
+#: on a device with no caches and its ridge at 2 FLOP/B (fp32 20 GFLOP/s over 10 GB/s), so every
+#: bound is fixed by the counts: a Linear(512, 2048) or (2048, 512) matmul over a batch of m rows
+#: is at ~m/2 FLOP/B (each weight is read once for 2m FLOPs per element): 0.5 at batch 1, under
+#: the ridge; 3.9 at batch 8, over it. The GELU and the optimizer's update stay memory-bound.
+BATCH_MLP = textwrap.dedent('''
+    import sys
+
+    import torch
+
+    import memwall_plugin as memwall
+    from memwall_plugin.devices import DeviceSpec, Figure
+
+    RIDGE_2 = DeviceSpec(key="ridge-2", name="a test CPU (ridge 2 FLOP/B)", kind="cpu",
+                         peaks=(("fp32", Figure(2e10, "user")),), bandwidth=Figure(1e10, "user"))
+    batch, logdir = int(sys.argv[1]), sys.argv[2]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 2048), torch.nn.GELU(), torch.nn.Linear(2048, 512))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with memwall.profile(model=model, logdir=logdir, device=RIDGE_2, summary=False, scalars=False) as prof:
+        for _ in range(2):
+            model(torch.randn(batch, 512)).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+            prof.step()
+''')
+
+#: the MLP's matmuls by (op, module, phase): the two forward addmms, and in backward each layer's
+#: weight gradient (and the second layer's input gradient; the first's input needs none)
+BATCH_MATMULS = {("aten.addmm", "0", "forward"), ("aten.addmm", "2", "forward"),
+                 ("aten.mm", "0", "backward"), ("aten.mm", "2", "backward")}
+
+
+def make_batch_runs(root: Path, batches: tuple[int, ...] = (1, 8)) -> dict[int, Path]:
+    """Runs `root/b<batch>`: BATCH_MLP run as a script (`python mlp.py BATCH LOGDIR`) per batch."""
+    root.mkdir(parents=True, exist_ok=True)
+    script = root / "mlp.py"
+    script.write_text(BATCH_MLP)
+    runs = {}
+    for batch in batches:
+        runs[batch] = root / f"b{batch}"
+        result = subprocess.run([sys.executable, str(script), str(batch), str(runs[batch])], cwd=root,
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise RuntimeError(f"the batch-{batch} MLP failed:\n{result.stderr[-3000:]}")
+    return runs

@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 from tb_logdir import (
+    BATCH_MATMULS,
     EVIL,
     XSS_DEVICE,
     XSS_OP,
     XSS_PHASE,
     XSS_RUN,
+    make_batch_runs,
     make_hostile_run,
     make_logdir,
     make_memory_runs,
@@ -674,3 +676,67 @@ def test_what_if_device_shows_the_projection_in_cards_chart_table_and_bound_chan
     assert not browser.find_element(By.CSS_SELECTOR, ".mw-projection").is_displayed()
     assert float(browser.find_element(By.CSS_SELECTOR, point).get_attribute("data-flops-per-s")) == \
         pytest.approx(before)
+
+
+def _speedup(value: float) -> str:
+    """compare.js' speedup(): three significant digits and a times sign."""
+    return f"{float(f'{value:.3g}'):g}×"
+
+
+def test_compare_mode_shows_the_speedups_and_the_matmuls_that_crossed_the_ridge(browser, tmp_path):
+    """The MLP at batch 1 (the baseline) and at batch 8, on a device whose ridge is at 2 FLOP/B:
+    compare mode shows each phase's speed-up (time at batch 1 / time at batch 8, from the two
+    reports), the four matmuls that went from memory- to compute-bound, and both runs' points on
+    one roofline, the baseline's hollow."""
+    logdir = tmp_path / "batches"
+    runs = make_batch_runs(logdir)
+    reports = {b: merge_reports(memwall.load_report(f) for f in (path / "plugins" / "memwall").glob("*.json"))
+               for b, path in runs.items()}
+    times = {b: {g.key: g.time_s for g in rep.group_by("phase")} for b, rep in reports.items()}
+    with running_tensorboard(logdir, timeout=60) as (_, port):
+        _open_tab(browser, f"http://127.0.0.1:{port}")
+        _choose_run(browser, "b8")
+        _select(browser, "select.mw-baseline", "b1")
+        WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".mw-speedup-total")
+                                         and d.find_elements(By.CSS_SELECTOR, "tr.mw-bound-change"))
+        assert browser.find_element(By.CSS_SELECTOR, ".mw-compare-part h2").text == "Compared with b1 (the baseline)"
+        total = browser.find_element(By.CSS_SELECTOR, ".mw-speedup-total .mw-card-value").text
+        assert total == _speedup(reports[1].total_time_s / reports[8].total_time_s)
+        cards = {c.get_attribute("data-phase"): c.find_element(By.CSS_SELECTOR, ".mw-card-value").text
+                 for c in browser.find_elements(By.CSS_SELECTOR, ".mw-speedup-phase")}
+        assert set(cards) == set(times[1]) >= {"forward", "backward", "optimizer"}
+        for phase, shown in cards.items():
+            assert shown == _speedup(times[1][phase] / times[8][phase]), phase
+        # a phase this run is slower in is marked so (red), one it is faster in too (green)
+        for card in browser.find_elements(By.CSS_SELECTOR, ".mw-speedup-phase"):
+            ratio = times[1][card.get_attribute("data-phase")] / times[8][card.get_attribute("data-phase")]
+            marks = set(card.get_attribute("class").split()) & {"mw-slower", "mw-faster"}
+            assert marks == ({"mw-slower"} if ratio < 1 / 1.05 else {"mw-faster"} if ratio > 1.05 else set())
+        changes = browser.find_elements(By.CSS_SELECTOR, "tr.mw-bound-change")
+        assert {(r.get_attribute("data-op"), r.get_attribute("data-module"), r.get_attribute("data-phase"))
+                for r in changes} == BATCH_MATMULS
+        assert all(r.find_elements(By.TAG_NAME, "td")[-1].text == "memory → compute" for r in changes)
+        heading = browser.find_element(By.CSS_SELECTOR, ".mw-compare h3.mw-bound-title").text
+        assert heading.startswith("Bound changes: 4 ops crossed the ridge")
+        losses = browser.find_element(By.CSS_SELECTOR, ".mw-compare-losses").text
+        assert "mm" in losses and "+" in losses
+        # both runs on one roofline: this run's points, and the baseline's hollow ones
+        plotted = {b: [r for r in rep.rows if r.flops and r.bytes > 0 and r.time_s > 0] for b, rep in reports.items()}
+        assert len(browser.find_elements(By.CSS_SELECTOR, "circle.mw-baseline")) == len(plotted[1])
+        assert len(browser.find_elements(By.CSS_SELECTOR, "circle.mw-point:not(.mw-baseline)")) == len(plotted[8])
+        # the baseline's forward matmuls are memory-bound, this run's compute-bound
+        for b, css in ((1, "circle.mw-baseline"), (8, "circle.mw-point:not(.mw-baseline)")):
+            bounds = {p.get_attribute("data-id"): p.get_attribute("class")
+                      for p in browser.find_elements(By.CSS_SELECTOR, css)}
+            for i, r in enumerate(reports[b].rows):
+                if r.op == "aten.addmm":
+                    assert ("mw-baseline-memory" if b == 1 else "mw-compute") in bounds[str(i)].split()
+        legend = browser.find_element(By.CSS_SELECTOR, ".mw-legend").text
+        assert f"baseline: b1 ({len(plotted[1])} points)" in legend
+        _screenshot(browser, "memwall-tab-compare", tmp_path)
+        browser.execute_script("document.querySelector('.mw-chart-box').scrollIntoView()")
+        _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box"), "compare_chart", tmp_path)
+        # no baseline: compare mode leaves, the chart keeps this run's points only
+        _select(browser, "select.mw-baseline", "")
+        WebDriverWait(browser, 60).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "circle.mw-baseline"))
+        assert not browser.find_element(By.CSS_SELECTOR, ".mw-compare-part").is_displayed()

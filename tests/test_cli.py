@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from tb_logdir import BATCH_MATMULS, make_batch_runs
 
 import memwall_plugin as memwall
 
@@ -184,7 +185,7 @@ def test_errors_say_what_is_wrong_without_a_traceback(tmp_path, script, args, me
 
 
 def test_help_has_examples(tmp_path):
-    for command in ("run", "report", "devices", "calibrate"):
+    for command in ("run", "report", "diff", "devices", "calibrate"):
         result = memwall_cli(command, "--help", cwd=tmp_path)
         assert result.returncode == 0 and "examples:" in result.stdout, command
 
@@ -267,3 +268,91 @@ def test_run_over_five_training_steps_reports_five_steps(script, tmp_path):
     assert "memwall  5 steps recorded" in result.stdout
     rep = memwall.load_report(next((tmp_path / "runs/five/plugins/memwall").glob("*.json")))
     assert rep.steps == (0, 1, 2, 3, 4)
+
+
+# -- memwall diff ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def batch_runs(tmp_path_factory) -> Path:
+    """runs/b1 and runs/b8: the MLP of tb_logdir.BATCH_MLP at batch 1 and 8, run as scripts."""
+    root = tmp_path_factory.mktemp("diff")
+    make_batch_runs(root / "runs")
+    return root
+
+
+def test_diff_of_batch_1_and_batch_8_lists_the_matmuls_that_crossed_the_ridge(batch_runs):
+    result = memwall_cli("diff", "runs/b1", "runs/b8", "--json", cwd=batch_runs)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    changed = {(c["op"], c["module"], c["phase"]) for c in data["bound_changes"]}
+    assert changed == BATCH_MATMULS
+    assert all(c["a"]["bound"] == "memory" and c["b"]["bound"] == "compute" for c in data["bound_changes"])
+    # each phase's speed-up is its time in A over its time in B, as `memwall report` measured them
+    phase_time = {}
+    for run in ("b1", "b8"):
+        groups = json.loads(memwall_cli("report", f"runs/{run}", "--json", "--by", "phase", cwd=batch_runs).stdout)
+        phase_time[run] = {g["key"]: g["time_s"] for g in groups["groups"]}
+    speedups = {p["phase"]: p["speedup"] for p in data["phases"]}
+    assert set(speedups) == {"forward", "backward", "optimizer", "other"} == set(phase_time["b1"])
+    for phase, speedup in speedups.items():
+        assert speedup == pytest.approx(phase_time["b1"][phase] / phase_time["b8"][phase])
+    assert data["same_roofs"] and data["notes"] == []
+    assert (data["a"]["path"], data["b"]["path"]) == ("runs/b1", "runs/b8")
+
+    text = memwall_cli("diff", "runs/b1", "runs/b8", cwd=batch_runs)
+    assert text.returncode == 0, text.stderr
+    out = text.stdout
+    assert "Bound changes: 4 ops crossed the ridge" in out
+    changes = out[out.index("Bound changes"):].splitlines()[3:7]
+    assert {tuple(line.split()[:3]) for line in changes} == {("addmm", "0", "fwd"), ("addmm", "2", "fwd"),
+                                                              ("mm", "0", "bwd"), ("mm", "2", "bwd")}
+    assert all(line.split()[-3:] == ["MEMORY", "->", "compute"] for line in changes)
+    phases = out[out.index("Phases"):out.index("Top ")]
+    for short, phase in (("fwd", "forward"), ("bwd", "backward"), ("opt", "optimizer")):
+        line = next(row for row in phases.splitlines() if row.startswith(short + " "))
+        assert f"{speedups[phase]:.3g}x" in line
+
+
+def test_diff_by_module_and_its_errors(batch_runs):
+    by_module = json.loads(memwall_cli("diff", "runs/b1", "runs/b8", "--json", "--by", "module", cwd=batch_runs).stdout)
+    assert {e["module"] for e in by_module["entries"]} == {"", "0", "1", "2"}
+    missing = memwall_cli("diff", "runs/b1", "runs/nowhere", cwd=batch_runs)
+    assert missing.returncode == 2 and "run B: runs/nowhere: no such file or directory" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    same = memwall_cli("diff", "runs/b1", "runs/b1", cwd=batch_runs)
+    assert same.returncode == 2 and "same run" in same.stderr
+    rank = memwall_cli("diff", "runs/b1", "runs/b8", "--rank", "3", cwd=batch_runs)
+    assert rank.returncode == 2 and "run A:" in rank.stderr and "rank 3" in rank.stderr
+
+
+def test_diff_of_runs_on_different_devices_says_the_roofs_differ(batch_runs, tmp_path):
+    (b8,) = (batch_runs / "runs/b8/plugins/memwall").glob("*.json")
+    on_h100 = memwall.load_report(b8).rescore(device="h100-sxm").save(tmp_path / "b8_h100.json")
+    (b1,) = (batch_runs / "runs/b1/plugins/memwall").glob("*.json")
+    result = memwall_cli("diff", str(b1), str(on_h100), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "roofs    DIFFERENT" in result.stdout and "the roofs differ" in result.stdout
+    assert "time     " in result.stdout and "x  (wall" in result.stdout  # times still compare
+    # placed on one device, the roofs are the same again
+    data = json.loads(memwall_cli("diff", str(b1), str(on_h100), "--device", "h100-sxm", "--json", cwd=tmp_path).stdout)
+    assert data["same_roofs"] and data["a"]["device"] == data["b"]["device"]
+
+
+def test_diff_of_one_logdir_written_twice_compares_its_two_newest_jobs(tmp_path, capsys):
+    import torch
+
+    from memwall_plugin import cli
+
+    a = torch.randn(16, 16)
+    for steps in (1, 3):
+        with memwall.profile(logdir=tmp_path / "twice", summary=False, scalars=False) as prof:
+            for _ in range(steps):
+                a @ a
+                prof.step()
+    assert cli.main(["diff", str(tmp_path / "twice"), str(tmp_path / "twice"), "--json"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert (data["a"]["steps"], data["b"]["steps"]) == (1, 3)  # the older job is A
+    assert data["a"]["job"] != data["b"]["job"]
+    assert "the one before the newest" in captured.err
+    assert any("A recorded 1 step(s), B 3" in note for note in data["notes"])

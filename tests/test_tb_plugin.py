@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from memwall_plugin.tb_plugin.loader import ReportLoader, scan
 from memwall_plugin.tb_plugin.plugin import STATIC_FILES, MemwallPlugin
-from tb_logdir import EVIL, make_logdir, make_memory_runs
+from tb_logdir import BATCH_MATMULS, EVIL, make_batch_runs, make_logdir, make_memory_runs
 from tensorboard.plugins import base_plugin
 from werkzeug.test import Client
 
@@ -325,3 +325,69 @@ def test_a_what_if_view_carries_the_projection_and_the_ops_that_change_side():
     as_measured = report_view(measured)
     assert as_measured["projection"] is None and as_measured["headline"]["projected_time_s"] is None
     assert as_measured["rows"][0]["projected_time_s"] is None
+
+
+# --- compare: a run against a baseline -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batch_plugin(tmp_path_factory):
+    """Runs b1 and b8 (tb_logdir.BATCH_MLP at batch 1 and 8, ridge 2 FLOP/B) and a truncated one."""
+    root = tmp_path_factory.mktemp("batches")
+    runs = make_batch_runs(root)
+    (good,) = (runs[8] / "plugins" / "memwall").glob("*.json")
+    broken = root / "broken" / "plugins" / "memwall" / good.name
+    broken.parent.mkdir(parents=True)
+    broken.write_text(good.read_text()[:400])
+    return MemwallPlugin(base_plugin.TBContext(logdir=str(root)))
+
+
+def test_compare_route_is_the_diff_of_the_baseline_and_the_run(batch_plugin):
+    status, body = get(batch_plugin, "/compare", run="b8", baseline="b1")
+    assert status == 200, body
+    assert (body["run"], body["baseline"]) == ("b8", "b1")
+    assert (body["a"]["run"], body["b"]["run"]) == ("b1", "b8")  # a: the baseline, b: this run
+    changed = {(c["op"], c["module"], c["phase"]) for c in body["bound_changes"]}
+    assert changed == BATCH_MATMULS
+    assert {(c["a"]["bound"], c["b"]["bound"]) for c in body["bound_changes"]} == {("memory", "compute")}
+    # each phase's speed-up: the baseline's time over this run's, as /report measured each
+    times = {run: {g["key"]: g["time_s"] for g in get(batch_plugin, "/report", run=run)[1]["phase_groups"]}
+             for run in ("b1", "b8")}
+    assert {p["phase"] for p in body["phases"]} == set(times["b1"]) >= {"forward", "backward", "optimizer"}
+    for phase in body["phases"]:
+        assert phase["speedup"] == pytest.approx(times["b1"][phase["phase"]] / times["b8"][phase["phase"]])
+    baseline = get(batch_plugin, "/report", run="b1")[1]
+    assert body["speedup"] == pytest.approx(baseline["headline"]["time_s"]
+                                            / get(batch_plugin, "/report", run="b8")[1]["headline"]["time_s"])
+    # the baseline's points are its /report rows and modules
+    assert body["baseline_rows"] == baseline["rows"] and body["baseline_modules"] == baseline["modules"]
+    assert body["baseline_device"] == baseline["device"] and body["same_roofs"]
+    assert json.dumps(body, allow_nan=False)
+
+
+def test_compare_by_module_a_phase_of_points_and_a_what_if_on_both(batch_plugin):
+    body = get(batch_plugin, "/compare", run="b8", baseline="b1", by="module", phase="forward")[1]
+    assert {e["module"] for e in body["entries"]} == {"", "0", "1", "2"}
+    assert {r["phase"] for r in body["baseline_rows"]} == {"forward"}
+    assert {p["phase"] for p in body["phases"]} >= {"forward", "backward"}  # the comparison covers every phase
+    h100 = get(batch_plugin, "/compare", run="b8", baseline="b1", device="h100-sxm")[1]
+    assert h100["a"]["device"] == h100["b"]["device"] == resolve_device("h100-sxm").name
+    assert h100["baseline_device"]["key"] == "h100-sxm"
+
+
+@pytest.mark.parametrize("params,code,message", [
+    ({"run": "b8"}, 400, "compare needs baseline=RUN"),
+    ({"run": "b8", "baseline": "nope"}, 404, "baseline: unknown run 'nope'"),
+    ({"run": "nope", "baseline": "b1"}, 404, "unknown run 'nope'"),
+    ({"run": "b8", "baseline": "broken"}, 422, "baseline: run 'broken'"),
+    ({"run": "b8", "baseline": "b1", "baseline_rank": "3"}, 404, "baseline: run 'b1' has no report for rank 3"),
+    ({"run": "b8", "baseline": "b1", "baseline_job": "zzz"}, 404, "baseline: run 'b1': job 'zzz' is not a job here"),
+    ({"run": "b8", "baseline": "b1", "by": "shape"}, 400, "by must be one of op, module, phase"),
+    ({"run": "b8", "baseline": "b1", "phase": "../x"}, 400, "is not a phase name"),
+    ({"run": "b8", "baseline": "b1", "device": "H999"}, 400, "unknown device 'H999'"),
+    ({"run": "b8", "baseline": "b1", "base": "b1"}, 400, "unknown parameter 'base'"),
+])
+def test_compare_bad_parameters_are_a_4xx_that_says_which_side(batch_plugin, params, code, message):
+    status, body = get(batch_plugin, "/compare", **params)
+    assert status == code and message in body["error"], body
+    assert get(batch_plugin, "/compare", run="b8", baseline="b1")[0] == 200

@@ -74,9 +74,10 @@ def test_plugin_opens_no_socket(logdir, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
     plugin = MemwallPlugin(base_plugin.TBContext(logdir=str(logdir)))
     assert plugin.is_active()
+    queries = {route: {"run": "train"} for route in ("/report", "/ranks", "/memory", "/memory_whatif")}
+    queries["/compare"] = {"run": "train", "baseline": "evil"}
     for route in plugin.get_plugin_apps():
-        status, _ = get(plugin, route, {"run": "train"} if route in ("/report", "/ranks", "/memory", "/memory_whatif")
-                        else None)
+        status, _ = get(plugin, route, queries.get(route))
         assert status == 200, route
     assert opened == []
 
@@ -179,6 +180,24 @@ def test_fuzzed_memory_whatif_requests_get_an_answer_never_a_crash(plugin, query
         assert body["peak_bytes"] >= 0 and json.dumps(body, allow_nan=False)
 
 
+compare_names = st.sampled_from([*ROUTE_PARAMS["/compare"], "path", ""]) | st.text(max_size=6)
+compare_values = (st.sampled_from(["train", "evil", "corrupt", "nested/future", "0", "all", WINDOW, "forward",
+                                   "op", "module", "phase", "h100-sxm", "1", "../train", "%2e%2e", ""])
+                  | st.text(max_size=40))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(query=st.lists(st.tuples(compare_names, compare_values), max_size=6))
+def test_fuzzed_compare_requests_get_an_answer_never_a_crash(plugin, query):
+    status, body = get(plugin, "/compare", [("run", "train"), ("baseline", "evil"), *query])
+    assert status in (200, 400, 404, 422), (query, status, body)
+    if status != 200:
+        assert body["error"] and "/tmp" not in body["error"]
+    else:
+        assert json.dumps(body, allow_nan=False)
+
+
 def test_memwall_failure_is_a_500_naming_no_path(plugin, monkeypatch):
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError(f"boom in {plugin.loader.logdir}")
@@ -200,7 +219,7 @@ HTML_SINKS = re.compile(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write
 
 def test_frontend_never_parses_strings_as_html():
     sources = {name: (STATIC / name).read_text() for name, _ in STATIC_FILES.values() if name.endswith(".js")}
-    assert len(sources) == 7  # index, chart, table, tree, format, comm, memory
+    assert len(sources) == 8  # index, chart, table, tree, format, comm, memory, compare
     for name, source in sources.items():
         found = [m.group() for m in HTML_SINKS.finditer(source)]
         assert found == [] or (name == "index.js" and found == [".href ="]), (name, found)

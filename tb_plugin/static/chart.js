@@ -61,17 +61,22 @@ export function logAxes(root, frame, [x0, x1, y0, y1], {xTitle, yTitle, xTick, y
  * time_s and bound; only those with `plotted` are drawn. `describe(point)` gives tooltip lines.
  * `projected`: a what-if's projection, each point at its FLOPs over its projected time (on the roof,
  * under it where the launch floor binds) and sized by that time, instead of as measured.
+ * `baseline` ({label, points}, compare mode): another run's points, drawn muted (hollow, grey)
+ * under these and sized on the same scale of time, so the two runs' points can be told apart.
  */
-export function drawRoofline(container, device, points, describe, {projected = false} = {}) {
+export function drawRoofline(container, device, points, describe, {projected = false, baseline = null} = {}) {
   container.textContent = '';
   const flopsPerS = projected ? projectedFlopsPerS : (p) => p.achieved_flops_per_s;
   const timeOf = projected ? (p) => p.projected_time_s : (p) => p.time_s;
-  const shown = points.filter((p) => p.plotted && p.intensity > 0 && flopsPerS(p) > 0);
+  const plottable = (p) => p.plotted && p.intensity > 0 && flopsPerS(p) > 0;
+  const shown = points.filter(plottable);
+  const before = baseline ? baseline.points.filter(plottable) : [];
   const peaks = device ? device.peaks.filter((p) => p.flops_per_s > 0) : [];
   const bandwidth = device && device.bandwidth ? device.bandwidth.bytes_per_s : null;
   const isMain = mainLevel(device);
-  const xs = shown.map((p) => p.intensity).concat(peaks.map((p) => p.ridge).filter((r) => r > 0));
-  const ys = shown.map(flopsPerS).concat(peaks.map((p) => p.flops_per_s));
+  const all = shown.concat(before);
+  const xs = all.map((p) => p.intensity).concat(peaks.map((p) => p.ridge).filter((r) => r > 0));
+  const ys = all.map(flopsPerS).concat(peaks.map((p) => p.flops_per_s));
   if (!xs.length || !ys.length) {
     container.appendChild(el('div', 'mw-empty', 'No operator has both FLOPs and bytes to place on the roofline.'));
     return;
@@ -98,15 +103,17 @@ export function drawRoofline(container, device, points, describe, {projected = f
     roofs.set(peak.flops_per_s, roof);
   }
   // points, largest first so small ones stay on top (placed now: the slopes' labels keep clear of them)
-  const maxTime = Math.max(...shown.map(timeOf));
-  const placedPoints = [...shown].sort((a, b) => timeOf(b) - timeOf(a)).map((p) =>
-    ({p, cx: sx(p.intensity), cy: sy(flopsPerS(p)), r: 3 + 14 * Math.sqrt(timeOf(p) / maxTime)}));
+  const maxTime = Math.max(...all.map(timeOf));
+  const place = (p) => ({p, cx: sx(p.intensity), cy: sy(flopsPerS(p)), r: 3 + 14 * Math.sqrt(timeOf(p) / maxTime)});
+  const placedPoints = [...shown].sort((a, b) => timeOf(b) - timeOf(a)).map(place);
+  const placedBefore = [...before].sort((a, b) => timeOf(b) - timeOf(a)).map(place);
   const levelRoofs = device && device.levels && device.levels.length ? memoryRoofs(device) : null;
   const labels = svg('g', {class: 'mw-level-labels'});
   root.appendChild(labels);
   if (peaks.length) {
     const top = Math.max(...peaks.map((p) => p.flops_per_s));
-    if (levelRoofs) drawLevelRoofs(root, labels, levelRoofs, [x0, x1, y0, y1], top, {sx, sy}, placedPoints);
+    const clear = placedPoints.concat(placedBefore);  // the points the slopes' labels keep clear of
+    if (levelRoofs) drawLevelRoofs(root, labels, levelRoofs, [x0, x1, y0, y1], top, {sx, sy}, clear);
     else if (bandwidth) drawMainRoof(root, device.bandwidth, [x0, x1, y0], top, {sx, sy});
   }
   // a flat roof starts where the fastest memory level's slope meets it (each level has its own
@@ -130,6 +137,24 @@ export function drawRoofline(container, device, points, describe, {projected = f
 
   const tooltip = el('div', 'mw-tooltip');
   tooltip.hidden = true;
+  const hover = (node, lines) => {
+    node.addEventListener('mouseenter', (event) => {
+      tooltip.textContent = '';
+      for (const line of lines()) tooltip.appendChild(el('div', '', line));
+      tooltip.hidden = false;
+      const box = container.getBoundingClientRect();
+      tooltip.style.left = `${event.clientX - box.left + 14}px`;
+      tooltip.style.top = `${event.clientY - box.top + 10}px`;
+    });
+    node.addEventListener('mouseleave', () => { tooltip.hidden = true; });
+  };
+  // the baseline's points first, under this run's: hollow and grey, each with its bound in a data attribute
+  for (const {p, cx, cy, r: radius} of placedBefore) {
+    const dot = svg('circle', {cx, cy, r: radius.toFixed(1), class: `mw-point mw-baseline mw-baseline-${p.bound}`,
+      'data-id': p.id !== undefined ? p.id : p.key, 'data-bound': p.bound});
+    hover(dot, () => [baseline.label].concat(describe(p)));
+    root.appendChild(dot);
+  }
   for (const {p, cx, cy, r: radius} of placedPoints) {
     const level = p.memory_level || '';
     // memory-bound from a cache: that level's color; from main memory (or unknown): the bound's
@@ -140,15 +165,7 @@ export function drawRoofline(container, device, points, describe, {projected = f
       class: `mw-point mw-${p.bound}${fromCache ? ` mw-cache ${levelClass(level)}` : ''}${floored ? ' mw-floored' : ''}`,
       'data-id': p.id !== undefined ? p.id : p.key, 'data-flops-per-s': flopsPerS(p)});
     if (p.memory_level !== undefined) dot.setAttribute('data-level', level);
-    dot.addEventListener('mouseenter', (event) => {
-      tooltip.textContent = '';
-      for (const line of describe(p)) tooltip.appendChild(el('div', '', line));
-      tooltip.hidden = false;
-      const box = container.getBoundingClientRect();
-      tooltip.style.left = `${event.clientX - box.left + 14}px`;
-      tooltip.style.top = `${event.clientY - box.top + 10}px`;
-    });
-    dot.addEventListener('mouseleave', () => { tooltip.hidden = true; });
+    hover(dot, () => (baseline ? ['this run'] : []).concat(describe(p)));
     root.appendChild(dot);
   }
   root.appendChild(labels);  // the slopes' labels over the points
@@ -170,6 +187,7 @@ export function drawRoofline(container, device, points, describe, {projected = f
   if (projected && root.querySelector('.mw-floored')) {
     legend.appendChild(el('span', 'mw-key mw-floored-key', 'dashed: at the launch floor'));
   }
+  if (baseline) legend.appendChild(el('span', 'mw-key mw-baseline', `${baseline.label} (${before.length} points)`));
   legend.appendChild(el('span', 'mw-note', `${shown.length} points · size = ${projected ? 'projected ' : ''}time · ` +
       `hidden: ${points.length - shown.length} without FLOPs, bytes or time`));
   if (projected) {

@@ -2,13 +2,14 @@
 
 import {describePoint, drawRoofline} from './chart.js';
 import {renderComm, renderRanks} from './comm.js';
+import {renderCompare} from './compare.js';
 import {duration, el, num, pct, si, times} from './format.js';
 import {MemoryView} from './memory.js';
 import {OperatorTable} from './table.js';
 import {renderTree} from './tree.js';
 
 const state = {runs: [], run: '', job: '', rank: '', window: 'all', phase: '', points: 'op', device: '', bpe: '',
-  dtype: ''};
+  dtype: '', baseline: ''};
 
 async function getJSON(url) {
   const response = await fetch(url);
@@ -64,11 +65,17 @@ export async function render() {
   const commBox = el('div', 'mw-comm');
   commPart.append(el('h2', '', 'Communication: collectives on the interconnect roof'), commBox);
   ranksPart.hidden = commPart.hidden = true;
+  // compare mode: this run against a baseline run (speed-ups, wins and losses, bound changes)
+  const comparePart = el('div', 'mw-compare-part');
+  const compareTitle = el('h2', '', 'Compared with a baseline');
+  const compareBox = el('div', 'mw-compare');
+  comparePart.append(compareTitle, compareBox);
+  comparePart.hidden = true;
   // the capacity wall: what held memory over the peak step, per module, and the what-ifs
   const memoryPart = el('div', 'mw-memory-part');
   const memoryBox = el('div', 'mw-memory');
   memoryPart.append(el('h2', '', 'Memory: what held it over the peak step'), memoryBox);
-  app.append(header, status, projection, cards, ranksPart, el('h2', '', 'Roofline'), chartBox, changesPart,
+  app.append(header, status, projection, cards, comparePart, ranksPart, el('h2', '', 'Roofline'), chartBox, changesPart,
       el('h2', '', 'Operators'), tableBox, memoryPart, commPart, el('h2', '', 'Modules (rolled up)'), treeBox);
   document.body.appendChild(app);
   const table = new OperatorTable(tableBox);
@@ -96,7 +103,9 @@ export async function render() {
     const run = state.runs.find((r) => r.run === state.run);
     controls.textContent = '';
     controls.appendChild(select('run', 'mw-run', state.runs.map((r) => [r.run, r.run]), state.run, (v) => {
-      state.run = v; state.job = ''; state.rank = ''; state.window = 'all'; state.phase = ''; update();
+      state.run = v; state.job = ''; state.rank = ''; state.window = 'all'; state.phase = '';
+      if (state.baseline === v) state.baseline = '';
+      update();
     }));
     // runs written into one logdir are separate jobs, never summed: the newest first
     const jobs = run.jobs || [];
@@ -115,6 +124,11 @@ export async function render() {
     const windows = [['all', 'all steps']].concat(run.windows.filter((w) => String(w.rank) === state.rank && inJob(w)).map((w) =>
       [w.id, w.first_step >= 0 ? `steps ${w.first_step}–${w.last_step}` : w.id]));
     controls.appendChild(select('steps', 'mw-window', windows, state.window, (v) => { state.window = v; update(); }));
+    const others = state.runs.filter((r) => r.run !== state.run).map((r) => [r.run, r.run]);
+    if (others.length) {
+      controls.appendChild(select('compare with', 'mw-baseline', [['', 'no baseline']].concat(others), state.baseline,
+          (v) => { state.baseline = v; update(); }));
+    }
 
     const params = new URLSearchParams({run: state.run, rank: state.rank, window: state.window});
     if (state.job) params.set('job', state.job);
@@ -134,7 +148,7 @@ export async function render() {
       cards.textContent = ''; chartBox.textContent = ''; treeBox.textContent = '';
       projection.hidden = changesPart.hidden = true;
       table.setRows([]);
-      ranksPart.hidden = commPart.hidden = true;
+      ranksPart.hidden = commPart.hidden = comparePart.hidden = true;
       memoryView.clear('');
       return;
     }
@@ -153,6 +167,24 @@ export async function render() {
       ['fp8', 'fp8'], ['fp32', 'fp32']], state.dtype, (v) => { state.dtype = v; update(); }));
     headline(cards, data);
     renderProjection(projection, changesPart, changesBox, data);
+    compare = null;
+    if (state.baseline) {
+      // the same selection as the report's, against the baseline's newest job (same rank)
+      const query = new URLSearchParams(params);
+      query.set('baseline', state.baseline);
+      try {
+        compare = await getJSON(`./compare?${query}`);
+        if (request !== latest) return;
+        compareTitle.textContent = `Compared with ${compare.baseline} (the baseline)`;
+        renderCompare(compareBox, compare);
+      } catch (error) {
+        if (request !== latest) return;
+        compareTitle.textContent = `Compared with ${state.baseline}`;
+        compareBox.textContent = '';
+        compareBox.appendChild(el('div', 'mw-status mw-error', `The runs cannot be compared: ${error.message}`));
+      }
+    }
+    comparePart.hidden = !state.baseline;
     draw(data);
     table.setRows(data.rows, Boolean(data.projection));
     renderTree(treeBox, data.tree, data.headline.time_s);
@@ -177,9 +209,14 @@ export async function render() {
     await memoryLoaded;
   }
 
+  let compare = null;  // the comparison with the baseline, when one is chosen
+
   function draw(data) {
-    drawRoofline(chartBox, data.device, state.points === 'op' ? data.rows : data.modules, describePoint,
-        {projected: Boolean(data.projection)});
+    const byOp = state.points === 'op';
+    const baseline = compare ? {label: `baseline: ${compare.baseline}`,
+      points: byOp ? compare.baseline_rows : compare.baseline_modules} : null;
+    drawRoofline(chartBox, data.device, byOp ? data.rows : data.modules, describePoint,
+        {projected: Boolean(data.projection), baseline});
   }
 
   await update();
