@@ -151,6 +151,11 @@ class _Part:
 # --- the profile's side --------------------------------------------------------------------------
 
 
+class Terminated(SystemExit):
+    """The SystemExit a SIGTERM raises under a distributed profile: the run was cut short by its
+    launcher, not ended by the script's own sys.exit (the report is incomplete)."""
+
+
 class TerminationGuard:
     """While a distributed profile runs, SIGTERM (what torchrun sends the other ranks when one
     fails) raises SystemExit(143) in the main thread, so the profile ends, saves its partial
@@ -167,7 +172,7 @@ class TerminationGuard:
         if self._holding:
             self._held = signum
             return
-        raise SystemExit(128 + signum)
+        raise Terminated(128 + signum)
 
     def hold(self) -> None:
         self._holding = True

@@ -23,6 +23,7 @@ import torch
 from memwall_plugin import sinks
 from memwall_plugin.calibrate import auto_calibrate, auto_calibration_wanted
 from memwall_plugin.devices import DeviceSpec, resolve_device
+from memwall_plugin.distributed import Terminated
 from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.hooks.capture import Capture
 from memwall_plugin.output import OutputGuard
@@ -231,8 +232,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         recorder = self._recorder
         recorder.dist.ending()  # a SIGTERM from here on waits until the report is saved
         # a script that ends by sys.exit (whatever its status) ended where it chose to: nothing it
-        # would have done is missing; any other exception cut it short
-        recorder.incomplete = recorder.incomplete or (exc_type is not None and not isinstance(exc, SystemExit))
+        # would have done is missing; any other exception (a launcher's SIGTERM too) cut it short
+        recorder.incomplete = recorder.incomplete or (exc_type is not None and (
+            not isinstance(exc, SystemExit) or isinstance(exc, Terminated)))
         try:
             recorder.end_step(final=True)
         except Exception as err:  # memwall's own trouble must not fail or replace the user's run

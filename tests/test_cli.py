@@ -256,7 +256,7 @@ def test_run_over_inference_keeps_weight_init_out_of_the_shares(tmp_path):
     assert "setup" in result.stdout.split("Phases")[1]  # a row of the phase table
     words = " ".join(result.stdout.split())  # the summary wraps at the terminal's width
     assert "of it before the first forward (weight init, data): not counted in the shares" in words
-    assert "outside-the-model" not in words and "DataLoader" not in words
+    assert "outside-the-model" not in words and "move it into DataLoader workers" not in words
     totals = json.loads(memwall_cli("report", "runs/infer", "--json", cwd=tmp_path).stdout)["totals"]
     setup_s = sum(r.time_s for r in rep.filter(phase="setup"))
     assert totals["setup_time_s"] == pytest.approx(setup_s) and totals["time_s"] > setup_s > 0
@@ -293,7 +293,7 @@ def test_diff_of_batch_1_and_batch_8_lists_the_matmuls_that_crossed_the_ridge(ba
         groups = json.loads(memwall_cli("report", f"runs/{run}", "--json", "--by", "phase", cwd=batch_runs).stdout)
         phase_time[run] = {g["key"]: g["time_s"] for g in groups["groups"]}
     speedups = {p["phase"]: p["speedup"] for p in data["phases"]}
-    assert set(speedups) == {"forward", "backward", "optimizer", "other"} == set(phase_time["b1"])
+    assert set(speedups) == set(phase_time["b1"]) >= {"forward", "backward", "optimizer"}
     for phase, speedup in speedups.items():
         assert speedup == pytest.approx(phase_time["b1"][phase] / phase_time["b8"][phase])
     assert data["same_roofs"] and data["notes"] == []
