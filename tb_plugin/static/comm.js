@@ -2,7 +2,7 @@
 // against message size, and a table), and every rank of the run side by side.
 
 import {logAxes, svg} from './chart.js';
-import {duration, el, pct, si} from './format.js';
+import {duration, el, pct, si, table} from './format.js';
 
 const WIDTH = 760;
 const HEIGHT = 300;
@@ -61,22 +61,6 @@ const COLUMNS = [
   ['bound', (c) => c.bound, false],
   ['% of link', (c) => pct(c.efficiency), true],
 ];
-
-function table(columns, rows, rowClass) {
-  const node = el('table', 'mw-table');
-  const head = el('tr');
-  for (const [label, , numeric] of columns) head.appendChild(el('th', numeric ? 'mw-num' : '', label));
-  const thead = el('thead');
-  thead.appendChild(head);
-  const body = el('tbody');
-  for (const row of rows) {
-    const tr = el('tr', rowClass(row));
-    for (const [, cell, numeric] of columns) tr.appendChild(el('td', numeric ? 'mw-num' : '', cell(row)));
-    body.appendChild(tr);
-  }
-  node.append(thead, body);
-  return node;
-}
 
 /** The Communication section: the link, totals, the link-roof chart and the collectives table. */
 export function renderComm(container, comm) {

@@ -2,7 +2,7 @@
 // speed-up overall and per phase (time baseline / time this run), the biggest wins and losses, and
 // the ops that crossed the ridge. The roofline shows the baseline's points beside this run's (chart.js).
 
-import {duration, el, num} from './format.js';
+import {duration, el, num, table} from './format.js';
 
 /** 2.31× / 0.52×, and whether this run is faster (above 1) or slower. */
 export function speedup(value) {
@@ -33,23 +33,6 @@ const KEYS = [
   ['module', (c) => (c.module === null ? '' : c.module || '(top level)')],
   ['phase', (c) => c.phase || ''],
 ];
-
-function table(columns, rows, rowClass) {
-  const node = el('table', 'mw-table');
-  const head = el('tr');
-  for (const [label, , numeric] of columns) head.appendChild(el('th', numeric ? 'mw-num' : '', label));
-  const thead = el('thead');
-  thead.appendChild(head);
-  const body = el('tbody');
-  for (const row of rows) {
-    const tr = el('tr', rowClass(row));
-    for (const [, cell, numeric] of columns) tr.appendChild(el('td', numeric ? 'mw-num' : '', cell(row)));
-    tr.title = row.label;
-    body.appendChild(tr);
-  }
-  node.append(thead, body);
-  return node;
-}
 
 const time = (side) => (side ? duration(side.time_s) : '-');
 const presence = (c) => (!c.a ? 'new here' : !c.b ? 'gone here' : speedup(c.speedup));

@@ -42,3 +42,22 @@ export function el(tag, className, text) {
   if (text !== undefined && text !== null) node.textContent = String(text);
   return node;
 }
+
+/** A table of `rows`: `columns` are [label, cell(row), numeric]; `rowClass(row)` each row's class,
+ * a row's `label` (where it has one) its tooltip. The collectives', ranks' and comparisons'. */
+export function table(columns, rows, rowClass) {
+  const node = el('table', 'mw-table');
+  const head = el('tr');
+  for (const [label, , numeric] of columns) head.appendChild(el('th', numeric ? 'mw-num' : '', label));
+  const thead = el('thead');
+  thead.appendChild(head);
+  const body = el('tbody');
+  for (const row of rows) {
+    const tr = el('tr', rowClass(row));
+    for (const [, cell, numeric] of columns) tr.appendChild(el('td', numeric ? 'mw-num' : '', cell(row)));
+    if (row.label) tr.title = row.label;
+    body.appendChild(tr);
+  }
+  node.append(thead, body);
+  return node;
+}
