@@ -173,15 +173,16 @@ def _step_point(s: StepTotals) -> dict[str, Any]:
 
 
 def program_points(report: Report, *, phase: str | None = None) -> list[dict[str, Any]]:
-    """The program-level points: the whole window (its counted rows), each phase, and each
-    recorded step. Steps are whole steps: left out when one phase is shown, and in a what-if
-    (a step's ops are not kept apart, so a step has no projection)."""
+    """The program-level points: the whole window (its counted rows), each phase (where there are
+    several), and each recorded step. Steps are whole steps: left out when one phase is shown, and
+    in a what-if (a step's ops are not kept apart, so a step has no projection)."""
     whole = group_rows("", report.rows)
     points = [_group_point("window", "whole run" if phase is None else phase, whole)]
-    if phase is None:
-        points += [_group_point("phase", g.key, g) for g in report.group_by("phase")]
-        if report.projected_time_s is None:
-            points += [_step_point(s) for s in report.step_totals]
+    phases = report.group_by("phase")
+    if phase is None and len(phases) > 1:  # one phase alone is the whole run's point
+        points += [_group_point("phase", g.key, g) for g in phases]
+    if phase is None and report.projected_time_s is None:
+        points += [_step_point(s) for s in report.step_totals]
     return points
 
 
