@@ -24,7 +24,14 @@ from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into, rena
 from memwall_plugin.memory_build import memory_report
 from memwall_plugin.records import OTHER, SETUP
 from memwall_plugin.registry import Registry
-from memwall_plugin.report import TAIL_OP_TIME_S, TAIL_WALL_TIME_S, Report
+from memwall_plugin.report import (
+    MAX_STEP_TOTALS,
+    TAIL_OP_TIME_S,
+    TAIL_WALL_TIME_S,
+    Report,
+    StepTotals,
+    condense_steps,
+)
 from memwall_plugin.rundir import new_job_id
 from memwall_plugin.schedule import Action
 
@@ -82,6 +89,10 @@ class Recorder:
         self._window: Table = {}
         self._window_steps: list[int] = []
         self._window_wall = 0.0
+        #: each recorded step's totals, the window's and the closed windows' (condensed when long)
+        self._window_totals: list[StepTotals] = []
+        self._stride = 1  # steps per point in this window (doubled each time its points are condensed)
+        self._all_totals: tuple[StepTotals, ...] = ()
         self._steps: list[int] = []
         self._wall = 0.0
         self.incomplete = False
@@ -183,6 +194,7 @@ class Recorder:
         if self.capture.memory is not None:
             self.capture.memory.end_step(kept=kept and bool(table) and not tail)
         self.dist.end_step(self.capture, table, kept, final, rename)
+        step: StepTotals | None = None
         if kept and table:
             self._window = _merge(self._window, table)
             self._window_wall += elapsed
@@ -190,6 +202,8 @@ class Recorder:
                 self._tail_s = (math.fsum(e.time_ns for e in table.values()) / 1e9, elapsed)
             else:
                 self._window_steps.append(self.step_num)
+                step = self.step_totals(table, elapsed)
+                self._add_step(step)
         closes = self.action is Action.RECORD_AND_SAVE or final
         report = self._close_window() if closes and self._window_steps else None
         if self.on_step is not None and kept and table and not tail:
@@ -200,14 +214,46 @@ class Recorder:
                 if not built:
                     alone = report is not None and len(report.steps) == 1  # a window of this step alone
                     built.append(report if alone and report is not None else self.build(
-                        table, (self.step_num,), elapsed, window_only=True, step_only=True))
+                        table, (self.step_num,), elapsed, window_only=True, step_only=True,
+                        step_totals=() if step is None else (step,)))
                 return built[0]
 
             self.on_step(self.step_num, step_report)
 
+    def _add_step(self, step: StepTotals) -> None:
+        """A step joins the window's points: its own point, or past MAX_STEP_TOTALS the last one
+        until that holds `_stride` steps (then the points are condensed in pairs and the stride
+        doubles), so a long window keeps at most MAX_STEP_TOTALS points of equal size."""
+        totals = self._window_totals
+        if totals and totals[-1].step_count < self._stride:
+            totals[-1] = totals[-1] + step
+        else:
+            totals.append(step)
+        if len(totals) > MAX_STEP_TOTALS:
+            self._window_totals = list(condense_steps(totals, (len(totals) + 1) // 2))
+            self._stride *= 2
+
+    def step_totals(self, table: Table, wall: float) -> StepTotals:
+        """This step's totals from its table: each signature's counts come from the analysis
+        cache the report's rows are built from (analysed once, reused there)."""
+        totals = self.analyses.totals
+        flops = nbytes = 0
+        time_ns = counted_ns = 0
+        for e in table.values():
+            t = totals(e)
+            if t is None:  # a marker that computes nothing: in no row
+                continue
+            time_ns += e.time_ns
+            if t.flops is not None:
+                flops += t.flops
+                nbytes += t.bytes_read + t.bytes_written
+                counted_ns += e.time_ns
+        return StepTotals(self.step_num, self.step_num, flops, nbytes, time_ns / 1e9, counted_ns / 1e9, wall)
+
     def _close_window(self) -> Report:
         steps = tuple(self._window_steps)
-        report = self.build(self._window, steps, self._window_wall, window_only=True)
+        report = self.build(self._window, steps, self._window_wall, window_only=True,
+                            step_totals=condense_steps(self._window_totals))
         self.dist.close_window()
         if self.capture is not None and self.capture.memory is not None:
             self.capture.memory.close_window()
@@ -215,7 +261,9 @@ class Recorder:
         self._steps.extend(steps)
         self._wall += self._window_wall
         self._all = _merge(self._all, self._window)
+        self._all_totals = condense_steps(self._all_totals + report.step_totals)
         self._window, self._window_steps, self._window_wall = {}, [], 0.0
+        self._window_totals, self._stride = [], 1
         # the common case, one window: the run's report is this one (no second build)
         self._report = report if only_window else None
         self.on_window(report)
@@ -244,7 +292,7 @@ class Recorder:
         return self.device
 
     def build(self, table: Table, steps: tuple[int, ...], wall: float,
-              window_only: bool = False, step_only: bool = False) -> Report:
+              window_only: bool = False, step_only: bool = False, step_totals: tuple[StepTotals, ...] = ()) -> Report:
         """The report of `table` (a step, a window or the whole run). `step_only`: one step's
         ops alone, for per-step sinks (its collectives are the window's, so none are added)."""
         rank, world = self.dist.rank_and_world()
@@ -279,6 +327,7 @@ class Recorder:
             job=self.dist.job() or self.job,
             **comm,
             extra=extra,
+            step_totals=step_totals,
         )
 
     def _flops_per_call(self, entry: CaptureEntry) -> int | None:
@@ -294,7 +343,8 @@ class Recorder:
         if self._window:
             table = {k: v.copy() for k, v in table.items()}
             table = _merge(table, self._window)
-        report = self.build(table, self.recorded_steps, self._wall + self._window_wall)
+        report = self.build(table, self.recorded_steps, self._wall + self._window_wall,
+                            step_totals=condense_steps(self._all_totals + tuple(self._window_totals)))
         if self.closed and not self._window:
             self._report = report  # the profile has ended: nothing can change it any more
         return report

@@ -43,8 +43,42 @@ SCHEMA_VERSION = reportfile.SCHEMA_VERSION
 TAIL_OP_TIME_S = "tail_op_time_s"
 TAIL_WALL_TIME_S = "tail_wall_time_s"
 
-__all__ = ["SCHEMA_VERSION", "TAIL_OP_TIME_S", "TAIL_WALL_TIME_S", "Group", "Report", "ReportError", "Row",
-           "load_report", "merge_reports", "parse_report"]
+#: the most step points a report keeps: past it, neighbouring steps are condensed in pairs, so a
+#: 10,000-step run keeps a few hundred points that still cover every recorded step
+MAX_STEP_TOTALS = 512
+
+__all__ = ["MAX_STEP_TOTALS", "SCHEMA_VERSION", "TAIL_OP_TIME_S", "TAIL_WALL_TIME_S", "Group", "Report", "ReportError",
+           "Row", "StepTotals", "condense_steps", "load_report", "merge_reports", "parse_report"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepTotals:
+    """A recorded step's totals, one roofline point: its counted ops' FLOPs over their bytes, at
+    their measured time. Past `MAX_STEP_TOTALS` steps, one point holds several neighbouring steps
+    (`step_count` of them, numbered first_step..last_step)."""
+
+    first_step: int
+    last_step: int
+    flops: int  # of the counted ops (those with a FLOP formula)
+    bytes: int  # moved by the counted ops
+    time_s: float  # measured time in every op of the step
+    counted_time_s: float  # of it, in the counted ops
+    wall_time_s: float  # the step's wall time, profiler overhead included
+    step_count: int = 1
+
+    def __add__(self, other: StepTotals) -> StepTotals:
+        return StepTotals(min(self.first_step, other.first_step), max(self.last_step, other.last_step),
+                          self.flops + other.flops, self.bytes + other.bytes, self.time_s + other.time_s,
+                          self.counted_time_s + other.counted_time_s, self.wall_time_s + other.wall_time_s,
+                          self.step_count + other.step_count)
+
+
+def condense_steps(steps: Iterable[StepTotals], limit: int = MAX_STEP_TOTALS) -> tuple[StepTotals, ...]:
+    """Steps in order of their numbers, neighbours summed in pairs until at most `limit` remain."""
+    out = sorted(steps, key=lambda s: (s.first_step, s.last_step))
+    while len(out) > max(limit, 1):
+        out = [out[i] + out[i + 1] if i + 1 < len(out) else out[i] for i in range(0, len(out), 2)]
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -82,6 +116,9 @@ class Report:
     overlapped_s: float | None = None
     # -- capacity (memwall_plugin/memory.py): what held memory, the peak, the what-ifs ---------
     memory: MemoryReport | None = None
+    #: each recorded step's totals, in step order (condensed past MAX_STEP_TOTALS); empty in a
+    #: report written before memwall kept them, and for a trace analysed after the fact
+    step_totals: tuple[StepTotals, ...] = ()
 
     schema_version = SCHEMA_VERSION
 
@@ -388,4 +425,5 @@ def merge_reports(reports: Iterable[Report]) -> Report:
         comm_time_s=_total(r.comm_time_s for r in distributed) if distributed else None,
         overlapped_s=_total(r.overlapped_s for r in distributed) if distributed else None,
         memory=merge_memory([r.memory for r in reports]),
+        step_totals=condense_steps(s for r in reports for s in r.step_totals),
     )

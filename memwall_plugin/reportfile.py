@@ -5,7 +5,8 @@ collectives alike, so anything that is not a report memwall wrote becomes one Re
 
 Version 2 (this one): `meta` holds the run's scalar fields (its job, and for torch.distributed
 runs the backend and the time with a collective in flight), `link` the interconnect roof,
-`rows` the op rows and `collectives` the collective rows (rows with a nested `collective`).
+`rows` the op rows and `collectives` the collective rows (rows with a nested `collective`);
+`meta.step_totals`, where present, each recorded step's totals (files written before it lack it).
 Version 1 files (collectives in a separate `comm` object, no job) are read by `upgrade_v1`.
 """
 
@@ -62,6 +63,10 @@ def encode(report: Report) -> dict[str, Any]:
     meta["tf32"] = list(report.tf32)
     if meta["compute_dtype"] is None:  # only a dtype what-if's: a measured report's file is unchanged
         del meta["compute_dtype"]
+    if report.step_totals:  # a list of objects, checked field by field on reading (validation.py)
+        meta["step_totals"] = [dataclasses.asdict(s) for s in report.step_totals]
+    else:
+        del meta["step_totals"]
     out: dict[str, Any] = {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -112,6 +117,11 @@ def decode(cls: type[Report], data: Any, source: str = "report") -> Report:
         kwargs["link"] = None if link is None else Link(**check_object("link", link, dataclass_fields(Link)))
         memory = data.get("memory")
         kwargs["memory"] = None if memory is None else _memory(memory)
+        for i, step in enumerate(kwargs.get("step_totals", ())):
+            over = step.counted_time_s > step.time_s * (1 + 1e-9)
+            if step.last_step < step.first_step or step.step_count < 1 or over:
+                raise FieldError(f"meta.step_totals[{i}] is not a step: its last step precedes its first, it holds "
+                                 "no step, or its counted time exceeds its op time")
         if spec is not None and any("dram_bandwidth_bytes_per_s" not in r for r in rows if isinstance(r, dict)):
             parsed = _main_memory_rows(parsed, rows, spec)
         return cls(rows=parsed, collectives=comm, device=spec, **kwargs)

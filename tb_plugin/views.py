@@ -14,14 +14,14 @@ from typing import Any
 from memwall_plugin.tb_plugin.loader import Run
 
 from memwall_plugin.ceilings import link_record
-from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table
+from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, peak_key
 from memwall_plugin.diff import ReportDiff, diff_record
 from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
 from memwall_plugin.memory import CATEGORIES, MemoryWhatIf
 from memwall_plugin.records import ordered_phases
-from memwall_plugin.report import Report
+from memwall_plugin.report import Report, StepTotals
 from memwall_plugin.roofline import launch_floor_s
-from memwall_plugin.rows import Folded, Group, Row, module_tree, row_record
+from memwall_plugin.rows import Folded, Group, Row, group_rows, module_tree, row_record
 from memwall_plugin.rundir import Job
 
 
@@ -95,34 +95,108 @@ def _plotted(point: Row | Group) -> bool:
     return bool(point.flops) and point.bytes > 0 and point.time_s > 0
 
 
-def row_view(index: int, r: Row) -> dict[str, Any]:
+def roof_of(r: Row, device: DeviceSpec | None) -> str | None:
+    """The peak (a PEAK_KEYS name) whose roof an op row is placed under: its dtype's, or the one
+    it was placed under instead (TF32 for an fp32 matmul on tensor cores, a dtype what-if's, a
+    dtype the device lacks falling back to fp32). None for a collective or an unplaced row."""
+    if device is None or r.collective is not None or r.peak_flops_per_s is None:
+        return None
+    peaks = dict(device.peaks)
+    own = peak_key(r.dtype)
+    for key in (own, "tf32", "fp32", *PEAK_KEYS):
+        figure = peaks.get(key)
+        if figure is not None and figure.value == r.peak_flops_per_s:
+            return key
+    return None
+
+
+def row_view(index: int, r: Row, device: DeviceSpec | None = None) -> dict[str, Any]:
     """A row (an op or a collective) as the tab draws it: its record, an id, whether it is
-    plotted, and in a what-if its speed-up (measured time over projected)."""
+    plotted, the peak it is placed under, and in a what-if its speed-up (measured time over
+    projected)."""
     return {"id": index, **row_record(r), "speedup": _finite(r.speedup),
-            "plotted": r.collective is None and _plotted(r)}
+            "plotted": r.collective is None and _plotted(r), "roof": roof_of(r, device)}
 
 
-def folded_view(index: int, f: Folded) -> dict[str, Any]:
+def folded_view(index: int, f: Folded, device: DeviceSpec | None = None) -> dict[str, Any]:
     """An (op, module, phase, dtype) row as the tab draws it (`row_view`), with how many input
     shapes it ran with and, when more than one, each shape's own row (`variants`, no ids)."""
-    out = row_view(index, f.row)
+    out = row_view(index, f.row, device)
     out["shapes_count"] = len(f.variants)
     if len(f.variants) > 1:
-        out["variants"] = [{k: v for k, v in row_view(index, r).items() if k != "id"} for r in f.variants]
+        out["variants"] = [{k: v for k, v in row_view(index, r, device).items() if k != "id"} for r in f.variants]
     return out
 
 
 BY = ("op", "shape")  # /report's rows: folded by (op, module, phase, dtype), or one per signature
 
 
-def group_view(g: Group) -> dict[str, Any]:
+def group_view(g: Group, ids: list[int] | None = None) -> dict[str, Any]:
+    """A roll-up of rows as a point; `ids`: the rows' ids (the table's rows a click selects)."""
     achieved = g.flops / g.time_s if g.flops is not None and g.time_s > 0 else None
-    return {
+    out = {
         "key": g.key, "calls": g.calls, "flops": g.flops, "bytes": g.bytes, "time_s": g.time_s,
         "intensity": _finite(g.intensity), "bound": g.bound, "efficiency": _finite(g.efficiency),
         "achieved_flops_per_s": _finite(achieved), "plotted": _plotted(g),
         "projected_time_s": g.projected_time_s, "speedup": _finite(g.speedup),
     }
+    if ids is not None:
+        out["ids"] = ids
+    return out
+
+
+def _groups(rows: tuple[Row, ...], *fields: str) -> list[dict[str, Any]]:
+    """The rows rolled up by `fields` ("module", or "module" and "phase"), longest time first,
+    each with its fields' values and its rows' ids."""
+    members: dict[tuple[str, ...], list[int]] = {}
+    for i, r in enumerate(rows):
+        members.setdefault(tuple(getattr(r, f) for f in fields), []).append(i)
+    out = []
+    for key, ids in members.items():
+        view = group_view(group_rows(key[0], (rows[i] for i in ids)), ids)
+        view.update(zip(fields, key, strict=True))
+        out.append(view)
+    return sorted(out, key=lambda g: (-g["time_s"], g["key"], g.get("phase", "")))
+
+
+def program_point(kind: str, label: str, *, flops: int | None, nbytes: int, time_s: float, counted_time_s: float,
+                  projected_time_s: float | None = None, **more: Any) -> dict[str, Any]:
+    """A point for the program as a whole (the window, a phase, a step): its counted ops' FLOPs
+    over their bytes, at their measured time (in a what-if, their projected time)."""
+    placed = projected_time_s if projected_time_s is not None else counted_time_s
+    achieved = flops / counted_time_s if flops and counted_time_s > 0 else None
+    return {
+        "kind": kind, "label": label, "flops": flops, "bytes": nbytes, "time_s": time_s,
+        "counted_time_s": counted_time_s, "intensity": _finite(flops / nbytes) if flops and nbytes else None,
+        "achieved_flops_per_s": _finite(achieved), "projected_time_s": projected_time_s,
+        "plotted": bool(flops) and nbytes > 0 and placed > 0, **more,
+    }
+
+
+def _group_point(kind: str, label: str, g: Group) -> dict[str, Any]:
+    return program_point(kind, label, flops=g.flops, nbytes=g.bytes, time_s=g.time_s, counted_time_s=g.counted_time_s,
+                         projected_time_s=g.projected_time_s)
+
+
+def _step_point(s: StepTotals) -> dict[str, Any]:
+    label = f"step {s.first_step}" if s.step_count == 1 else f"steps {s.first_step}–{s.last_step}"
+    return program_point("step", label, flops=s.flops, nbytes=s.bytes, time_s=s.time_s,
+                         counted_time_s=s.counted_time_s, wall_time_s=s.wall_time_s, first_step=s.first_step,
+                         last_step=s.last_step, step_count=s.step_count)
+
+
+def program_points(report: Report, *, phase: str | None = None) -> list[dict[str, Any]]:
+    """The program-level points: the whole window (its counted rows), each phase (where there are
+    several), and each recorded step. Steps are whole steps: left out when one phase is shown, and
+    in a what-if (a step's ops are not kept apart, so a step has no projection)."""
+    whole = group_rows("", report.rows)
+    points = [_group_point("window", "whole run" if phase is None else phase, whole)]
+    phases = report.group_by("phase")
+    if phase is None and len(phases) > 1:  # one phase alone is the whole run's point
+        points += [_group_point("phase", g.key, g) for g in phases]
+    if phase is None and report.projected_time_s is None:
+        points += [_step_point(s) for s in report.step_totals]
+    return points
 
 
 def projection_view(report: Report, measured: Report,
@@ -169,6 +243,7 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
         measured, rows=measured.filter(phase=phase))
     head = headline(shown).record()
     folded = shown.folded() if by == "op" else None
+    listed = shown.rows if folded is None else tuple(f.row for f in folded)
     groups, forward, backward = module_tree(shown.rows)
     tree = []
     for g in groups.values():
@@ -197,11 +272,14 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
         },
         "by": by,
         "projection": None if before is None else projection_view(shown, before, folded),
-        "rows": ([row_view(i, r) for i, r in enumerate(shown.rows)] if folded is None
-                 else [folded_view(i, f) for i, f in enumerate(folded)]),
-        "modules": [group_view(g) for g in shown.group_by("module")],
+        "rows": ([row_view(i, r, report.device) for i, r in enumerate(shown.rows)] if folded is None
+                 else [folded_view(i, f, report.device) for i, f in enumerate(folded)]),
+        # groups of the listed rows: their ids are the table's
+        "modules": _groups(listed, "module"),
+        "module_phases": _groups(listed, "module", "phase"),  # prefill and decode apart
         "tree": tree,
         "phase_groups": [group_view(g) for g in shown.group_by("phase")],
+        "program_points": program_points(shown, phase=phase),
         "comm": comm_view(report),  # collectives on the link's roof (torch.distributed), else null
     }
 
@@ -213,6 +291,8 @@ def compare_view(run: str, report: Report, baseline: str, base: Report, diff: Re
     roofs, and its points for the roofline (`phase`: that phase's only), as /report's rows and
     modules."""
     shown = base if phase is None else Report(rows=tuple(r for r in base.rows if r.phase == phase), device=base.device)
+    folded = shown.folded()
+    listed = tuple(f.row for f in folded)
     record = diff_record(diff)
     record["a"].update(run=baseline, job=base.job, rank=base.rank)
     record["b"].update(run=run, job=report.job, rank=report.rank)
@@ -221,8 +301,9 @@ def compare_view(run: str, report: Report, baseline: str, base: Report, diff: Re
         "baseline": baseline,
         **record,
         "baseline_device": device_view(base.device),
-        "baseline_rows": [folded_view(i, f) for i, f in enumerate(shown.folded())],
-        "baseline_modules": [group_view(g) for g in shown.group_by("module")],
+        "baseline_rows": [folded_view(i, f, base.device) for i, f in enumerate(folded)],
+        "baseline_modules": _groups(listed, "module"),
+        "baseline_module_phases": _groups(listed, "module", "phase"),
     }
 
 
@@ -240,7 +321,7 @@ def comm_view(report: Report) -> dict[str, Any] | None:
         "link": link_record(link),
         **{k: head[k] for k in ("message_bytes", "bytes_moved", "comm_time_s", "comm_share", "overlapped_s",
                                 "exposed_s", "overlap_fraction", "untimed_calls")},
-        "collectives": [row_view(i, c) for i, c in enumerate(report.collectives)],
+        "collectives": [row_view(i, c, report.device) for i, c in enumerate(report.collectives)],
     }
 
 

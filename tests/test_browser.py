@@ -29,9 +29,10 @@ from tb_logdir import (
 )
 
 import memwall_plugin as memwall
-from memwall_plugin.devices import CALIBRATED, ESTIMATED, DeviceSpec, Figure, MemoryLevel
+from memwall_plugin.devices import CALIBRATED, DATASHEET, ESTIMATED, DeviceSpec, Figure, MemoryLevel
 from memwall_plugin.memory import CATEGORIES
 from memwall_plugin.report import merge_reports
+from memwall_plugin.rows import group_rows
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -43,6 +44,7 @@ if not (CHROMIUM and CHROMEDRIVER):
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait as _Wait  # noqa: E402
 
@@ -153,7 +155,13 @@ def test_what_if_device_replaces_the_roofs(tensorboard, browser):
     _select(browser, "select.mw-device", "h100-sxm")
     WebDriverWait(browser, 60).until(lambda d: "H100" in d.find_element(By.CSS_SELECTOR, ".mw-cards").text)
     labels = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "text.mw-roof-label")]
-    assert any("989" in t for t in labels)  # the H100's dense bf16 roof
+    # an fp32 run draws the roofs its rows are placed under only: the H100's dense bf16 roof
+    # (989 TFLOP/s) appears once its ops are computed in bf16
+    assert not any("989" in t for t in labels)
+    _select(browser, "select.mw-dtype", "bf16")
+    WebDriverWait(browser, 60).until(lambda d: any(
+        "989" in t.text for t in d.find_elements(By.CSS_SELECTOR, "text.mw-roof-label")))
+    labels = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "text.mw-roof-label")]
     # its datasheet roofs are not estimates; its L2's bandwidth is (NVIDIA publishes none): dashed, and labelled so
     estimated = [t for t in labels if "(estimated)" in t]
     assert len(estimated) == 1 and estimated[0].startswith("L2 ")
@@ -740,3 +748,169 @@ def test_compare_mode_shows_the_speedups_and_the_matmuls_that_crossed_the_ridge(
         _select(browser, "select.mw-baseline", "")
         WebDriverWait(browser, 60).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "circle.mw-baseline"))
         assert not browser.find_element(By.CSS_SELECTOR, ".mw-compare-part").is_displayed()
+
+
+# --- the roofline chart: program points, selection, roofs in use, filters, zoom -------------------
+
+
+def _click(driver, element) -> None:
+    """A click as the pointer sends it (SVG shapes can lie under labels that take no clicks)."""
+    driver.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", element)
+
+
+def _train_report(logdir: Path) -> memwall.Report:
+    files = sorted((logdir / "train" / "plugins" / "memwall").glob("*.json"))
+    return merge_reports(memwall.load_report(f) for f in files)
+
+
+def _chart_range(driver) -> list[float]:
+    chart = driver.find_element(By.CSS_SELECTOR, ".mw-chart-box svg.mw-chart")
+    return [float(chart.get_attribute(f"data-{k}")) for k in ("x0", "x1", "y0", "y1")]
+
+
+def test_chart_draws_the_run_its_phases_and_steps_and_a_click_selects_between_point_and_row(
+        tensorboard, browser, tmp_path):
+    base, logdir, _ = tensorboard
+    _open_tab(browser, base)
+    _choose_run(browser, "train")
+    report = _train_report(logdir)
+    marks = [(g.get_attribute("data-kind"), g.get_attribute("data-label"))
+             for g in browser.find_elements(By.CSS_SELECTOR, "svg.mw-chart g.mw-program")]
+    assert [label for kind, label in marks if kind == "window"] == ["whole run"]
+    phases = {r.phase for r in report.rows if r.flops}
+    assert sorted(label for kind, label in marks if kind == "phase") == sorted(phases)
+    assert [label for kind, label in marks if kind == "step"] == [f"step {s}" for s in report.steps] != []
+    named = {t.text for t in browser.find_elements(By.CSS_SELECTOR, "text.mw-program-label")}
+    assert {"whole run", "forward", "backward", "step 0"} <= named
+    # the program points are not operator points: one operator point per plotted row still
+    plotted = [i for i, r in enumerate(report.rows) if r.flops and r.bytes > 0 and r.time_s > 0]
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.mw-chart circle.mw-point")) == len(plotted)
+    browser.execute_script("document.querySelector('.mw-chart-box').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box"), "chart_program_points", tmp_path)
+
+    # a click on the point of the longest matmul selects its row (and only it) in the table
+    matmul = max((i for i in plotted if report.rows[i].op == "aten.addmm"), key=lambda i: report.rows[i].time_s)
+    _click(browser, browser.find_element(By.CSS_SELECTOR, f"circle.mw-point[data-id='{matmul}']"))
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row.mw-selected"))
+    selected = browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row.mw-selected")
+    assert [tr.get_attribute("data-id") for tr in selected] == [str(matmul)]
+    assert "mw-selected" in browser.find_element(By.CSS_SELECTOR, f"circle.mw-point[data-id='{matmul}']") \
+        .get_attribute("class")
+    # a click on another row marks its point instead
+    other = next(i for i in plotted if i != matmul)
+    row = browser.find_element(By.CSS_SELECTOR, f"tbody tr.mw-row[data-id='{other}']")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", row)
+    row.click()
+    WebDriverWait(browser, 30).until(lambda d: [c.get_attribute("data-id") for c in d.find_elements(
+        By.CSS_SELECTOR, "circle.mw-point.mw-selected")] == [str(other)])
+    assert [tr.get_attribute("data-id") for tr in browser.find_elements(
+        By.CSS_SELECTOR, "tbody tr.mw-row.mw-selected")] == [str(other)]
+    # module x phase points: the first Linear's forward and backward apart, labelled by name and phase
+    _select(browser, "select.mw-points", "module_phase")
+    members = {}
+    for r in report.rows:
+        members.setdefault((r.module, r.phase), []).append(r)
+    groups = [key for key, rows in members.items()
+              if (g := group_rows("", rows)).flops and g.bytes > 0 and g.time_s > 0]
+    points = browser.find_elements(By.CSS_SELECTOR, "svg.mw-chart circle.mw-point")
+    assert sorted((p.get_attribute("data-id"), p.get_attribute("data-phase")) for p in points) == sorted(groups)
+    labels = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "text.mw-point-label")]
+    assert "0 · forward" in labels and "0 · backward" in labels
+    browser.execute_script("document.querySelector('.mw-chart-box').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box"), "chart_module_phase", tmp_path)
+    _select(browser, "select.mw-points", "op")
+
+
+#: A device whose fp32 peak is an estimate and whose 16- and 8-bit peaks are from a datasheet
+ROOFS_DEVICE = DeviceSpec(
+    key="test-roofs", name="a test device with four peaks", kind="cpu",
+    peaks=(("fp32", Figure(400e9, ESTIMATED)), ("bf16", Figure(3.2e12, DATASHEET)), ("fp16", Figure(1.6e12, DATASHEET)),
+           ("int8", Figure(6.4e12, DATASHEET))),
+    bandwidth=Figure(50e9, DATASHEET), source="a test's round figures",
+)
+
+
+def test_chart_draws_only_the_roofs_in_use_estimated_ones_dashed(browser, tmp_path):
+    """fp32 ops alone (a matmul and an add) on a device with fp32, bf16, fp16 and int8 peaks: only
+    the fp32 roof is drawn, dashed and labelled as the estimate it is; on an H100 (datasheet
+    figures) the fp32 roof is solid and says where it came from."""
+    logdir = tmp_path / "logdir"
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    with memwall.profile(logdir=logdir / "fp32", device=ROOFS_DEVICE, summary=False, scalars=False) as prof:
+        for _ in range(2):
+            (a @ b).add_(1.0)
+            prof.step()
+    with running_tensorboard(logdir, timeout=60) as (_, port):
+        base = f"http://127.0.0.1:{port}"
+        data = _get_json(f"{base}/data/plugin/memwall/report?run=fp32")
+        assert {r["dtype"] for r in data["rows"] if r["flops"]} == {"float32"}
+        assert {p["dtype"] for p in data["device"]["peaks"]} == {"fp32", "bf16", "fp16", "int8"}
+        _open_tab(browser, base)
+        roofs = browser.find_elements(By.CSS_SELECTOR, "svg.mw-chart line.mw-roof[data-dtype]")
+        assert [r.get_attribute("data-dtype") for r in roofs] == ["fp32"]
+        assert roofs[0].get_attribute("stroke-dasharray") == "6 4"
+        assert browser.execute_script("return getComputedStyle(arguments[0]).strokeDasharray", roofs[0]) != "none"
+        labels = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "text.mw-roof-label[data-dtype]")]
+        assert labels == [f"fp32 {_si(400e9, 'FLOP/s')} (estimated)"]
+        # the bandwidth slope (a datasheet figure) is solid and says so
+        slope = browser.find_element(By.CSS_SELECTOR, "svg.mw-chart line.mw-roof-bw")
+        assert slope.get_attribute("stroke-dasharray") is None
+        slope_labels = browser.find_elements(By.CSS_SELECTOR, "text.mw-level-label")
+        assert any(t.text.endswith("(datasheet)") for t in slope_labels)
+        browser.execute_script("document.querySelector('.mw-chart-box').scrollIntoView()")
+        _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box"), "chart_fp32_roofs", tmp_path)
+        _select(browser, "select.mw-device", "h100-sxm")
+        WebDriverWait(browser, 60).until(lambda d: "H100" in d.find_element(By.CSS_SELECTOR, ".mw-cards").text)
+        roofs = browser.find_elements(By.CSS_SELECTOR, "svg.mw-chart line.mw-roof[data-dtype]")
+        assert [r.get_attribute("data-dtype") for r in roofs] == ["fp32"]
+        assert roofs[0].get_attribute("stroke-dasharray") is None
+        assert browser.execute_script("return getComputedStyle(arguments[0]).strokeDasharray", roofs[0]) == "none"
+        label = browser.find_element(By.CSS_SELECTOR, "text.mw-roof-label[data-dtype]").text
+        assert label.startswith("fp32 ") and label.endswith("(datasheet)")
+        browser.execute_script("document.querySelector('.mw-chart-box').scrollIntoView()")
+        _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box"), "chart_h100_whatif", tmp_path)
+
+
+def test_chart_filters_hide_points_and_a_drag_zooms(tensorboard, browser, tmp_path):
+    base, logdir, _ = tensorboard
+    _open_tab(browser, base)
+    _choose_run(browser, "train")
+    data = _get_json(f"{base}/data/plugin/memwall/report?run=train")
+    plotted = [r for r in data["rows"] if r["plotted"]]
+    families = {r["family"] for r in plotted}
+    assert "matmul" in families and len(families) > 1
+    css = "svg.mw-chart circle.mw-point"
+    assert len(browser.find_elements(By.CSS_SELECTOR, css)) == len(plotted)
+    # untick matmul: its points go, every other stays
+    browser.find_element(By.CSS_SELECTOR, "input[data-filter='family:matmul']").click()
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, css))
+                                     == sum(r["family"] != "matmul" for r in plotted))
+    assert not browser.find_elements(By.CSS_SELECTOR, "circle.mw-point[data-family='matmul']")
+    # and the memory-bound ones too: the compute-bound non-matmuls are left
+    browser.find_element(By.CSS_SELECTOR, "input[data-filter='bound:memory']").click()
+    left = [r for r in plotted if r["family"] != "matmul" and r["bound"] != "memory"]
+    WebDriverWait(browser, 30).until(lambda d: sorted(c.get_attribute("data-id") for c in d.find_elements(
+        By.CSS_SELECTOR, css)) == sorted(str(r["id"]) for r in left))
+    for key in ("family:matmul", "bound:memory"):
+        browser.find_element(By.CSS_SELECTOR, f"input[data-filter='{key}']").click()
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, css)) == len(plotted))
+
+    # drag a rectangle over the middle of the plot: the axes span less, and fewer points show
+    before = _chart_range(browser)
+    chart = browser.find_element(By.CSS_SELECTOR, ".mw-chart-box svg.mw-chart")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", chart)
+    width, height = chart.size["width"], chart.size["height"]
+    ActionChains(browser).move_to_element_with_offset(chart, int(-width * 0.25), int(-height * 0.25)) \
+        .click_and_hold().move_by_offset(int(width * 0.3), int(height * 0.3)).release().perform()
+    WebDriverWait(browser, 30).until(lambda d: _chart_range(d) != before)
+    after = _chart_range(browser)
+    assert before[0] < after[0] < after[1] < before[1] and before[2] < after[2] < after[3] < before[3]
+    assert browser.find_element(By.CSS_SELECTOR, "button.mw-zoom-reset").is_enabled()
+    ticks = browser.find_elements(By.CSS_SELECTOR, "svg.mw-chart text.mw-tick")
+    assert len(ticks) >= 4  # a zoomed axis still has ticks (2 and 5 times the decades)
+    browser.execute_script("document.querySelector('.mw-chart-box').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box"), "chart_zoomed", tmp_path)
+    # a double-click zooms back out
+    ActionChains(browser).double_click(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box svg.mw-chart")).perform()
+    WebDriverWait(browser, 30).until(lambda d: _chart_range(d) == before)
+    assert not browser.find_element(By.CSS_SELECTOR, "button.mw-zoom-reset").is_enabled()

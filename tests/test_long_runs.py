@@ -114,6 +114,10 @@ def test_many_steps_of_a_fixed_model_keep_memory_bounded() -> None:
     assert len(rep.steps) == 1500 and len(rep.rows) < 60
     first_linear = [r for r in rep.rows if r.op == "aten.addmm" and r.module == "0"]
     assert [r.calls for r in first_linear] == [1500]
+    # the step points condense to equal buckets of neighbouring steps, every step in one of them
+    assert len(rep.step_totals) <= memwall.report.MAX_STEP_TOTALS
+    assert sum(s.step_count for s in rep.step_totals) == 1500
+    assert {s.step_count for s in rep.step_totals[:-1]} == {rep.step_totals[0].step_count} != {1}
 
 
 def test_max_signatures_must_be_a_positive_int() -> None:

@@ -106,3 +106,68 @@ def test_save_leaves_no_temporary_files(report, tmp_path):
 def test_summary_text_names_the_top_ops(report):
     text = memwall.format_summary(report)
     assert "addmm" in text and "coverage" in text
+
+
+# --- per-step totals (the tab's step points) -----------------------------------------------------
+
+
+def test_each_recorded_step_keeps_its_own_totals_and_the_file_round_trips_them(tmp_path):
+    """Step i runs i+1 matmuls [m,k]@[k,n] in fp32: 2*m*k*n FLOPs and 4*(m*k + k*n + m*n) bytes
+    each (by hand), so the three step points differ, and over both windows (a schedule of 2
+    active steps, repeated) they add up to the run."""
+    m, k, n = 16, 32, 8
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    with memwall.profile(logdir=tmp_path, summary=False, scalars=False,
+                         schedule=memwall.schedule(wait=0, warmup=0, active=2, repeat=2)) as prof:
+        for step in range(3):
+            for _ in range(step + 1):
+                a @ b
+            prof.step()
+    run = prof.report()
+    assert [(s.first_step, s.last_step, s.step_count) for s in run.step_totals] == [(0, 0, 1), (1, 1, 1), (2, 2, 1)]
+    assert [s.flops for s in run.step_totals] == [(i + 1) * 2 * m * k * n for i in range(3)]
+    assert [s.bytes for s in run.step_totals] == [(i + 1) * 4 * (m * k + k * n + m * n) for i in range(3)]
+    assert sum(s.flops for s in run.step_totals) == 6 * 2 * m * k * n == run.total_flops
+    assert all(0 < s.counted_time_s <= s.time_s <= s.wall_time_s for s in run.step_totals)
+    files = sorted((tmp_path / "plugins" / "memwall").glob("*.json"))
+    windows = [memwall.load_report(f) for f in files]
+    assert [[s.first_step for s in w.step_totals] for w in windows] == [[0, 1], [2]]
+    merged = memwall.report.merge_reports(windows)
+    assert merged.step_totals == run.step_totals  # read back exactly, and merged in step order
+    # a file written before memwall kept step totals loads, with none
+    data = json.loads(files[0].read_text())
+    del data["meta"]["step_totals"]
+    assert memwall.report.parse_report(json.dumps(data).encode()).step_totals == ()
+
+
+def test_a_step_totals_entry_that_is_not_a_step_is_a_report_error(tmp_path):
+    a = torch.randn(4, 4)
+    with memwall.profile(logdir=tmp_path, summary=False, scalars=False) as prof:
+        a @ a
+        prof.step()
+    (path,) = (tmp_path / "plugins" / "memwall").glob("*.json")
+    data = json.loads(path.read_text())
+    for field, value, message in (("last_step", -1, "non-negative"), ("flops", 1.5, "whole number"),
+                                  ("color", "red", "unknown field")):
+        bad = json.loads(json.dumps(data))
+        bad["meta"]["step_totals"][0][field] = value
+        with pytest.raises(memwall.ReportError, match=message):
+            memwall.report.parse_report(json.dumps(bad).encode())
+    backwards = json.loads(json.dumps(data))
+    backwards["meta"]["step_totals"][0].update(first_step=5, last_step=2)
+    with pytest.raises(memwall.ReportError, match="is not a step"):
+        memwall.report.parse_report(json.dumps(backwards).encode())
+
+
+def test_a_long_run_keeps_a_bounded_number_of_step_points_that_cover_every_step():
+    """10,000 steps condense, neighbours in pairs, to at most MAX_STEP_TOTALS points; nothing is
+    lost: the points' FLOPs and step counts add up to the steps'."""
+    from memwall_plugin.report import MAX_STEP_TOTALS, StepTotals, condense_steps
+
+    steps = [StepTotals(i, i, 1000 + i, 10, 0.5, 0.25, 1.0) for i in range(10_000)]
+    points = condense_steps(reversed(steps))
+    assert MAX_STEP_TOTALS // 2 < len(points) <= MAX_STEP_TOTALS
+    assert sum(p.flops for p in points) == sum(1000 + i for i in range(10_000))
+    assert sum(p.step_count for p in points) == 10_000
+    assert points[0].first_step == 0 and points[-1].last_step == 9_999
+    assert all(p.last_step + 1 == q.first_step for p, q in zip(points, points[1:]))  # in order, no gap

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import pytest
+from memwall_plugin.tb_plugin import views
 from memwall_plugin.tb_plugin.loader import ReportLoader, scan
 from memwall_plugin.tb_plugin.plugin import STATIC_FILES, MemwallPlugin
 from tb_logdir import BATCH_MATMULS, EVIL, make_batch_runs, make_logdir, make_memory_runs
@@ -14,6 +16,7 @@ from tensorboard.plugins import base_plugin
 from werkzeug.test import Client
 
 import memwall_plugin as memwall
+from memwall_plugin.ceilings import place_rows
 from memwall_plugin.devices import resolve_device
 from memwall_plugin.memory import CATEGORIES, MemoryReport
 
@@ -64,6 +67,40 @@ def test_report_view_matches_the_saved_report(plugin, logdir):
     assert one["headline"]["steps"] == [0, 1]
     backward = get(plugin, "/report", run="train", phase="backward")[1]
     assert {r["phase"] for r in backward["rows"]} == {"backward"}
+
+
+def test_report_carries_program_points_module_phase_points_and_each_rows_roof(plugin, logdir):
+    """The chart's program-level points (the whole run, each phase, each recorded step), module
+    points split by phase with the ids of their rows, and the peak each row is placed under."""
+    body = get(plugin, "/report", run="train")[1]
+    files = sorted((logdir / "train" / "plugins" / "memwall").glob("*.json"))
+    merged = memwall.report.merge_reports(memwall.load_report(f) for f in files)
+    points = body["program_points"]
+    (whole,) = [p for p in points if p["kind"] == "window"]
+    assert whole["label"] == "whole run" and whole["flops"] == body["headline"]["flops"]
+    assert whole["bytes"] == sum(r.bytes for r in merged.rows if r.flops is not None)
+    assert sorted(p["label"] for p in points if p["kind"] == "phase") == sorted(body["phases"])
+    steps = [p for p in points if p["kind"] == "step"]
+    assert [p["label"] for p in steps] == ["step 0", "step 1", "step 2", "step 3"]  # both windows'
+    # the steps' own tables, counted apart, add up to the run's rows (the run has no tail)
+    assert sum(p["flops"] for p in steps) == merged.total_flops
+    assert all(p["plotted"] and p["achieved_flops_per_s"] > 0 for p in points)
+    # module x phase: the first Linear's forward and backward are two points, each its rows'
+    pairs = {(g["module"], g["phase"]): g for g in body["module_phases"]}
+    assert ("0", "forward") in pairs and ("0", "backward") in pairs
+    for (module, phase), group in pairs.items():
+        assert {(body["rows"][i]["module"], body["rows"][i]["phase"]) for i in group["ids"]} == {(module, phase)}
+    assert sorted(i for g in pairs.values() for i in g["ids"]) == list(range(len(body["rows"])))
+    # an fp32 run on the CPU is placed under the fp32 roof only; on an H100 with TF32 matmuls
+    # its matmuls move to the TF32 roof
+    assert {r["roof"] for r in body["rows"] if r["flops"]} == {"fp32"}
+    h100 = merged.rescore(device="h100-sxm")
+    tf32 = dataclasses.replace(h100, tf32=("matmul",), rows=place_rows(h100.rows, h100.device, ("matmul",)))
+    roofs = {(r["family"], r["roof"]) for r in views.report_view(tf32)["rows"] if r["flops"]}
+    assert ("matmul", "tf32") in roofs and ("elementwise", "fp32") in roofs
+    # one phase: no step points (a step spans every phase)
+    backward = get(plugin, "/report", run="train", phase="backward")[1]
+    assert [p["kind"] for p in backward["program_points"]] == ["window"]
 
 
 def test_what_if_rescores_on_the_server(plugin):

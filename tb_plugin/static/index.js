@@ -1,6 +1,6 @@
 // The Memory Wall tab: TensorBoard loads this module in its iframe and calls render().
 
-import {describePoint, drawRoofline} from './chart.js';
+import {chartView, describePoint, drawRoofline, highlightPoints} from './chart.js';
 import {renderComm, renderRanks} from './comm.js';
 import {renderCompare} from './compare.js';
 import {duration, el, num, pct, si, times} from './format.js';
@@ -79,6 +79,12 @@ export async function render() {
       el('h2', '', 'Operators'), tableBox, memoryPart, commPart, el('h2', '', 'Modules (rolled up)'), treeBox);
   document.body.appendChild(app);
   const table = new OperatorTable(tableBox);
+  const view = chartView();  // the chart's filters, zoom and selection, kept across redraws
+  // a click on a row marks its point (or its module's); a click on a point selects its rows
+  table.selectListener = (ids) => {
+    view.selected = new Set(ids);
+    highlightPoints(chartBox, view);
+  };
   const memoryView = new MemoryView(memoryBox, getJSON, (memory) => memoryCard(cards, memory));
 
   let devices = [];
@@ -156,8 +162,8 @@ export async function render() {
     status.textContent = '';
     controls.appendChild(select('phase', 'mw-phase', [['', 'all phases']].concat(data.phases.map((p) => [p, p])),
         state.phase, (v) => { state.phase = v; update(); }));
-    controls.appendChild(select('points', 'mw-points', [['op', 'per operator'], ['module', 'per module']], state.points,
-        (v) => { state.points = v; draw(data); }));
+    controls.appendChild(select('points', 'mw-points', [['op', 'per operator'], ['module', 'per module'],
+      ['module_phase', 'per module and phase']], state.points, (v) => { state.points = v; view.zoom = null; draw(data); }));
     controls.appendChild(select('what-if device', 'mw-device', [['', 'as measured']].concat(
         devices.map((d) => [d.key, d.name])), state.device, (v) => { state.device = v; update(); }));
     controls.appendChild(select('bytes/element', 'mw-bpe', [['', 'as measured'], ['1', '1 (8-bit)'], ['2', '2 (16-bit)'],
@@ -185,6 +191,8 @@ export async function render() {
       }
     }
     comparePart.hidden = !state.baseline;
+    view.zoom = null;  // a new selection: its own range
+    view.selected = new Set();
     draw(data);
     table.setRows(data.rows, Boolean(data.projection));
     renderTree(treeBox, data.tree, data.headline.time_s);
@@ -212,11 +220,16 @@ export async function render() {
   let compare = null;  // the comparison with the baseline, when one is chosen
 
   function draw(data) {
-    const byOp = state.points === 'op';
-    const baseline = compare ? {label: `baseline: ${compare.baseline}`,
-      points: byOp ? compare.baseline_rows : compare.baseline_modules} : null;
-    drawRoofline(chartBox, data.device, byOp ? data.rows : data.modules, describePoint,
-        {projected: Boolean(data.projection), baseline});
+    const kind = {op: ['rows', 'baseline_rows'], module: ['modules', 'baseline_modules'],
+      module_phase: ['module_phases', 'baseline_module_phases']}[state.points];
+    const baseline = compare ? {label: `baseline: ${compare.baseline}`, points: compare[kind[1]] || []} : null;
+    // only the roofs the rows are placed under (an fp32 run draws no fp16 or int8 roof)
+    const roofs = new Set(data.rows.concat(baseline ? compare.baseline_rows : []).map((r) => r.roof).filter(Boolean));
+    drawRoofline(chartBox, data.device, data[kind[0]], describePoint, {
+      projected: Boolean(data.projection), baseline, program: data.program_points || [], roofs,
+      labelled: state.points !== 'op', view,
+      onSelect: (ids) => table.select(ids),
+    });
   }
 
   await update();

@@ -38,6 +38,8 @@ export class OperatorTable {
     this.filters = {name: '', module: '', bound: ''};
     this.total = 0;
     this.columns = COLUMNS;
+    this.selected = new Set();  // the ids of the rows selected (by a click here or on a point)
+    this.selectListener = null;  // (ids) => ...: a row was clicked
     this.build();
   }
 
@@ -68,6 +70,12 @@ export class OperatorTable {
     this.scroller = el('div', 'mw-scroller');
     this.scroller.appendChild(this.table);
     this.scroller.addEventListener('scroll', () => this.paint());
+    this.body.addEventListener('click', (event) => {
+      const tr = event.target.closest('tr.mw-row');
+      if (!tr) return;
+      this.select([Number(tr.dataset.id)], false);
+      if (this.selectListener) this.selectListener([...this.selected]);
+    });
     this.container.append(bar, this.scroller);
   }
 
@@ -88,6 +96,7 @@ export class OperatorTable {
   /** The rows to show; `projected`: a what-if's, with their projected times instead of the roof. */
   setRows(rows, projected = false) {
     this.rows = rows;
+    this.selected = new Set();
     this.total = rows.reduce((sum, r) => sum + r.time_s, 0);
     const columns = projected ? PROJECTED : COLUMNS;
     if (columns !== this.columns) {
@@ -129,6 +138,16 @@ export class OperatorTable {
     this.paint();
   }
 
+  /** Mark the rows `ids` selected; `scroll`: bring the first of them into view. */
+  select(ids, scroll = true) {
+    this.selected = new Set(ids);
+    const index = this.view.findIndex((r) => this.selected.has(r.id));
+    if (scroll && index >= 0 && this.view.length > 500) this.scroller.scrollTop = Math.max(0, (index - 3) * ROW_HEIGHT);
+    this.paint();
+    const tr = this.body.querySelector('tr.mw-selected');
+    if (scroll && tr) tr.scrollIntoView({block: 'nearest'});
+  }
+
   // Render the rows in view, with spacer rows standing in for the rest.
   paint() {
     const virtual = this.view.length > 500;
@@ -138,7 +157,7 @@ export class OperatorTable {
     if (first > 0) this.body.appendChild(spacer(first * ROW_HEIGHT));
     for (let i = first; i < last; i++) {
       const r = this.view[i];
-      const tr = el('tr', `mw-row mw-${r.bound}`);
+      const tr = el('tr', `mw-row mw-${r.bound}${this.selected.has(r.id) ? ' mw-selected' : ''}`);
       tr.dataset.id = String(r.id);
       for (const column of this.columns) {
         const td = el('td', column.numeric ? 'mw-num' : '', column.text(r, this.total));
