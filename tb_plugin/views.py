@@ -14,6 +14,7 @@ from typing import Any
 from memwall_plugin.tb_plugin.loader import Run
 
 from memwall_plugin.ceilings import link_record
+from memwall_plugin.console import findings
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table
 from memwall_plugin.diff import ReportDiff, diff_record
 from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
@@ -95,11 +96,25 @@ def _plotted(point: Row | Group) -> bool:
     return bool(point.flops) and point.bytes > 0 and point.time_s > 0
 
 
-def row_view(index: int, r: Row) -> dict[str, Any]:
+def _ratio(part: float | None, whole: float | None) -> float | None:
+    return _finite(part / whole) if part is not None and whole else None
+
+
+def row_view(index: int, r: Row, *, as_measured: bool = True) -> dict[str, Any]:
     """A row (an op or a collective) as the tab draws it: its record, an id, whether it is
-    plotted, and in a what-if its speed-up (measured time over projected)."""
+    plotted, and in a what-if its speed-up (measured time over projected).
+
+    As measured (not a what-if), how far it is from its roofs: `headroom_s`, the seconds a kernel
+    at the roof would save (measured time minus roofline time; negative where the measured time
+    beat an estimated roof), and its achieved rates as fractions of its compute peak and of its
+    memory level's (a collective's link's) bandwidth. In a what-if these are null: the times were
+    measured against other roofs."""
+    roof = r.roofline_time_s if as_measured else None
     return {"id": index, **row_record(r), "speedup": _finite(r.speedup),
-            "plotted": r.collective is None and _plotted(r)}
+            "plotted": r.collective is None and _plotted(r),
+            "headroom_s": None if roof is None else _finite(r.time_s - roof),
+            "peak_flops_fraction": _ratio(r.achieved_flops_per_s, r.peak_flops_per_s) if as_measured else None,
+            "peak_bandwidth_fraction": _ratio(r.achieved_bytes_per_s, r.bandwidth_bytes_per_s) if as_measured else None}
 
 
 def group_view(g: Group) -> dict[str, Any]:
@@ -148,6 +163,7 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
     before = measured if measured is None or phase is None else dataclasses.replace(
         measured, rows=measured.filter(phase=phase))
     head = headline(shown).record()
+    as_measured = measured is None and report.projected_time_s is None  # a what-if: times against other roofs
     groups, forward, backward = module_tree(shown.rows)
     tree = []
     for g in groups.values():
@@ -175,7 +191,8 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
                                     "launch_floor_fraction", "projected_flops_per_s")},
         },
         "projection": None if before is None else projection_view(shown, before),
-        "rows": [row_view(i, r) for i, r in enumerate(shown.rows)],
+        "rows": [row_view(i, r, as_measured=as_measured) for i, r in enumerate(shown.rows)],
+        "findings": findings(report),  # the console's, for the whole run (a phase is a view of it)
         "modules": [group_view(g) for g in shown.group_by("module")],
         "tree": tree,
         "phase_groups": [group_view(g) for g in shown.group_by("phase")],
