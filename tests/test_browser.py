@@ -335,6 +335,11 @@ def _pct(value: float) -> str:
     return f"{value * 100:.0f}%" if value >= 0.1 else f"{value * 100:.1f}%"
 
 
+def _share(value: float) -> str:
+    """format.js' share(): pct(), or two significant digits under 0.1%."""
+    return _pct(value) if value == 0 or value >= 0.001 else f"{float(f'{value * 100:.2g}'):g}%"
+
+
 def _projected(driver) -> int:
     return int(driver.find_element(By.CSS_SELECTOR, ".mw-projected-peak").get_attribute("data-bytes"))
 
@@ -740,3 +745,58 @@ def test_compare_mode_shows_the_speedups_and_the_matmuls_that_crossed_the_ridge(
         _select(browser, "select.mw-baseline", "")
         WebDriverWait(browser, 60).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "circle.mw-baseline"))
         assert not browser.find_element(By.CSS_SELECTOR, ".mw-compare-part").is_displayed()
+
+
+# --- the operator table's roofline columns -----------------------------
+
+
+def _train_report(logdir: Path) -> memwall.Report:
+    files = sorted((logdir / "train" / "plugins" / "memwall").glob("*.json"))
+    return merge_reports(memwall.load_report(f) for f in files)
+
+
+def _row_title(r) -> str:
+    """table.js' row tooltip: what identifies the row."""
+    return f"{r.op}.{r.overload} {r.shapes} ({r.dtype}) · {r.module or '(top level)'} · {r.phase}"
+
+
+def test_operator_table_says_how_far_each_row_is_from_its_roofs_and_sorts_by_headroom(tensorboard, browser, tmp_path):
+    """Each row's achieved rates, their shares of its peaks and its headroom (measured time minus
+    the roofline's least time: what a kernel at the roof would save), from the saved report's
+    rows; sorting by headroom puts the largest first."""
+    base, logdir, _ = tensorboard
+    report = _train_report(logdir)
+    _open_tab(browser, base)
+    _choose_run(browser, "train")
+    headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, ".mw-table-box th")]
+    assert headers == ["op", "module", "phase", "calls", "time", "FLOPs", "bytes", "FLOP/B", "FLOP/s", "B/s",
+                       "% peak FLOP/s", "% peak B/s", "% of roof", "headroom", "bound", "level"]
+    browser.find_element(By.CSS_SELECTOR, "th[data-key='headroom_s']").click()
+    assert browser.find_element(By.CSS_SELECTOR, "th[data-key='headroom_s']").get_attribute("data-direction") == "desc"
+    by_title = {_row_title(r): r for r in report.rows}
+    assert len(by_title) == len(report.rows)  # each row told apart by its tooltip
+    lines = browser.find_elements(By.CSS_SELECTOR, ".mw-table-box tbody tr.mw-row")
+    shown = [by_title[tr.get_attribute("title")] for tr in lines]
+    assert len(shown) == len(report.rows)
+
+    def headroom(r):
+        return None if r.roofline_time_s is None else r.time_s - r.roofline_time_s
+
+    known = [headroom(r) for r in shown if headroom(r) is not None]
+    assert known == sorted(known, reverse=True) and len(known) > 5
+    assert all(headroom(r) is None for r in shown[len(known):])  # uncounted rows last
+    top = max((r for r in report.rows if r.roofline_time_s is not None), key=headroom)
+    assert shown[0] is top
+    keys = [th.get_attribute("data-key") for th in browser.find_elements(By.CSS_SELECTOR, ".mw-table-box th")]
+    cells = dict(zip(keys, [td.text for td in lines[0].find_elements(By.TAG_NAME, "td")]))
+    assert cells["op"] == top.op.removeprefix("aten.") and cells["module"] == (top.module or "(top level)")
+    assert cells["phase"] == top.phase
+    assert cells["time_s"] == _duration(top.time_s)
+    assert cells["headroom_s"] == _duration(top.time_s - top.roofline_time_s)
+    assert cells["achieved_flops_per_s"] == _si(top.flops / top.time_s, "")
+    assert cells["achieved_bytes_per_s"] == _si(top.bytes / top.time_s, "B/s")
+    assert cells["peak_flops_fraction"] == _share(top.flops / top.time_s / top.peak_flops_per_s)
+    assert cells["peak_bandwidth_fraction"] == _share(top.bytes / top.time_s / top.bandwidth_bytes_per_s)
+    assert cells["efficiency"] == _share(top.efficiency)
+    browser.execute_script("document.querySelector('.mw-table-box').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-table-box"), "table-headroom-light", tmp_path)
