@@ -96,9 +96,9 @@ def _screenshot(driver, name: str, tmp_path: Path) -> Path:
     return path
 
 
-def _open_tab(driver, base: str):
+def _open_tab(driver, base: str, query: str = ""):
     driver.get("about:blank")  # a fresh page: a hash-only navigation would keep the last state
-    driver.get(f"{base}/#memwall")
+    driver.get(f"{base}/{query}#memwall")
     iframe = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.TAG_NAME, "iframe"))[0]
     driver.switch_to.frame(iframe)
     WebDriverWait(driver, 60).until(  # the first run's view has loaded
@@ -747,7 +747,7 @@ def test_compare_mode_shows_the_speedups_and_the_matmuls_that_crossed_the_ridge(
         assert not browser.find_element(By.CSS_SELECTOR, ".mw-compare-part").is_displayed()
 
 
-# --- the operator table's roofline columns -----------------------------
+# --- the operator table's roofline columns, dark mode -----------------------------
 
 
 def _train_report(logdir: Path) -> memwall.Report:
@@ -800,3 +800,57 @@ def test_operator_table_says_how_far_each_row_is_from_its_roofs_and_sorts_by_hea
     assert cells["efficiency"] == _share(top.efficiency)
     browser.execute_script("document.querySelector('.mw-table-box').scrollIntoView()")
     _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-table-box"), "table-headroom-light", tmp_path)
+
+
+def _rgb(css: str) -> tuple[int, ...]:
+    """"rgb(48, 48, 48)" -> (48, 48, 48)."""
+    return tuple(int(float(v)) for v in css[css.index("(") + 1:css.index(")")].split(",")[:3])
+
+
+def _luminance(css: str) -> float:
+    r, g, b = _rgb(css)
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+
+def _colors(driver) -> dict[str, float]:
+    """The luminance (0 black, 1 white) of the tab's background, text, a card, the table's head and
+    its cells, and the chart's grid lines."""
+    return driver.execute_script("""
+        const style = (css, prop) => getComputedStyle(document.querySelector(css))[prop];
+        return {body: style('body', 'backgroundColor'), text: style('body', 'color'),
+                card: style('.mw-card', 'backgroundColor'), head: style('.mw-table-box th', 'backgroundColor'),
+                cell: style('.mw-table-box td', 'color'),
+                scroller: style('.mw-table-box .mw-scroller', 'backgroundColor'),
+                grid: style('line.mw-grid', 'stroke')};""")
+
+
+def test_dark_mode_follows_tensorboards(tensorboard, browser, tmp_path):
+    """TensorBoard's dark mode (`?darkMode=true`, its setting, or the browser's preference) puts a
+    `dark-mode` class on its page's body; the tab follows it, and follows it back."""
+    base, _, _ = tensorboard
+    _open_tab(browser, base, query="?darkMode=true")
+    browser.switch_to.default_content()
+    assert "dark-mode" in browser.find_element(By.TAG_NAME, "body").get_attribute("class").split()
+    browser.switch_to.frame(browser.find_elements(By.TAG_NAME, "iframe")[0])
+    _choose_run(browser, "train")
+    WebDriverWait(browser, 10).until(lambda d: "mw-dark" in d.find_element(By.TAG_NAME, "html").get_attribute("class"))
+    dark = {k: _luminance(v) for k, v in _colors(browser).items()}
+    assert dark["body"] < 0.25 and dark["card"] < 0.3 and dark["head"] < 0.35 and dark["scroller"] < 0.3, dark
+    assert dark["text"] > 0.8 and dark["cell"] > 0.8, dark
+    assert dark["grid"] < 0.45, dark  # grid lines faint on the dark chart, not white
+    browser.execute_script("window.scrollTo(0, 0)")
+    _screenshot(browser, "memwall-tab-dark", tmp_path)
+    browser.execute_script("document.querySelector('.mw-table-box').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-table-box"), "table-dark", tmp_path)
+    browser.execute_script("document.querySelector('.mw-chart-box').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box"), "chart-dark", tmp_path)
+    # TensorBoard switched back to light (its page's class goes): the tab follows without a reload
+    browser.switch_to.default_content()
+    browser.execute_script("document.body.classList.remove('dark-mode')")
+    browser.switch_to.frame(browser.find_elements(By.TAG_NAME, "iframe")[0])
+    WebDriverWait(browser, 10).until(
+        lambda d: "mw-dark" not in d.find_element(By.TAG_NAME, "html").get_attribute("class"))
+    light = {k: _luminance(v) for k, v in _colors(browser).items()}
+    assert light["body"] > 0.9 and light["card"] > 0.95 and light["text"] < 0.2, light
+    browser.execute_script("window.scrollTo(0, 0)")
+    _screenshot(browser, "memwall-tab-light", tmp_path)

@@ -34,11 +34,36 @@ function select(label, className, options, value, onChange) {
   return wrap;
 }
 
+/**
+ * Follow TensorBoard's theme: it toggles a `dark-mode` class on its own page's body (from its
+ * settings menu, `?darkMode=true`, or the browser's prefers-color-scheme), and this tab's iframe is
+ * same-origin, so it watches that class. Outside TensorBoard (or where the parent page cannot be
+ * read), the browser's preference decides. The stylesheet swaps its colors under :root.mw-dark.
+ */
+function followTheme() {
+  const root = document.documentElement;
+  const prefersDark = window.matchMedia ? window.matchMedia('(prefers-color-scheme: dark)') : null;
+  let parentBody = null;
+  try {
+    if (window.parent !== window && window.parent.document.body) parentBody = window.parent.document.body;
+  } catch (error) {
+    parentBody = null;  // another origin: not TensorBoard's page
+  }
+  const apply = () => {
+    const dark = parentBody ? parentBody.classList.contains('dark-mode') : Boolean(prefersDark && prefersDark.matches);
+    root.classList.toggle('mw-dark', dark);
+  };
+  apply();
+  if (parentBody) new MutationObserver(apply).observe(parentBody, {attributes: true, attributeFilter: ['class']});
+  else if (prefersDark) prefersDark.addEventListener('change', apply);
+}
+
 export async function render() {
   const sheet = document.createElement('link');
   sheet.rel = 'stylesheet';
   sheet.href = './static/style.css';
   document.head.appendChild(sheet);
+  followTheme();
 
   const app = el('div', 'mw-app');
   const header = el('div', 'mw-header');
