@@ -29,6 +29,7 @@ from tb_logdir import (
 )
 
 import memwall_plugin as memwall
+from memwall_plugin.console import findings
 from memwall_plugin.devices import CALIBRATED, ESTIMATED, DeviceSpec, Figure, MemoryLevel
 from memwall_plugin.memory import CATEGORIES
 from memwall_plugin.report import merge_reports
@@ -747,7 +748,7 @@ def test_compare_mode_shows_the_speedups_and_the_matmuls_that_crossed_the_ridge(
         assert not browser.find_element(By.CSS_SELECTOR, ".mw-compare-part").is_displayed()
 
 
-# --- the operator table's roofline columns, dark mode -----------------------------
+# --- the operator table's roofline columns, the findings, dark mode -----------------------------
 
 
 def _train_report(logdir: Path) -> memwall.Report:
@@ -800,6 +801,28 @@ def test_operator_table_says_how_far_each_row_is_from_its_roofs_and_sorts_by_hea
     assert cells["efficiency"] == _share(top.efficiency)
     browser.execute_script("document.querySelector('.mw-table-box').scrollIntoView()")
     _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-table-box"), "table-headroom-light", tmp_path)
+
+
+def test_what_to_do_panel_shows_the_consoles_findings(tensorboard, browser, tmp_path):
+    base, logdir, _ = tensorboard
+    expected = findings(_train_report(logdir))
+    assert expected  # the tiny MLP on estimated CPU roofs has a few
+    _open_tab(browser, base)
+    _choose_run(browser, "train")
+    part = browser.find_element(By.CSS_SELECTOR, ".mw-findings-part")
+    assert part.is_displayed() and part.find_element(By.TAG_NAME, "h2").text == "What to do"
+    items = [li.text for li in part.find_elements(By.CSS_SELECTOR, "li.mw-finding")]
+    assert items == [f.replace("`", "") for f in expected]
+    # a `name` is set as code, as text
+    quoted = [piece for f in expected for i, piece in enumerate(f.split("`")) if i % 2 and piece]
+    assert [c.text for c in part.find_elements(By.TAG_NAME, "code")] == quoted
+    _element_screenshot(part, "findings-light", tmp_path)
+    # a hostile module name in a finding stays text
+    _choose_run(browser, "evil")
+    evil = findings(memwall.load_report(next((logdir / "evil" / "plugins" / "memwall").glob("*.json"))))
+    items = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "li.mw-finding")]
+    assert items == [f.replace("`", "") for f in evil]
+    assert browser.find_elements(By.TAG_NAME, "img") == []
 
 
 def _rgb(css: str) -> tuple[int, ...]:
