@@ -287,11 +287,12 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
             raise CliError(str(exc)) from None
         report = ranks[report.rank]
     if args.json:
-        sys.stdout.write(json.dumps(report_json(report, args.by, ranks, jobs), allow_nan=False) + "\n")
+        by = None if args.by == "shape" else args.by  # --json's rows are per signature already
+        sys.stdout.write(json.dumps(report_json(report, by, ranks, jobs), allow_nan=False) + "\n")
         return 0
     if args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        if args.by:
+        if args.by and args.by != "shape":
             writer.writerow(["key", "calls", "flops", "bytes", "time_s", "intensity", "bound",
                              "efficiency", "roofline_time_s", "projected_time_s", "speedup"])
             for g in report.group_by(args.by):
@@ -604,7 +605,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("path", help="a run's logdir (all its recorded windows) or one report .json")
     rep.add_argument("--top", type=_positive, default=15, help="rows in the main table (default 15)")
-    rep.add_argument("--by", choices=["op", "module", "phase"], help="list groups instead of operators")
+    rep.add_argument("--by", choices=["op", "shape", "module", "phase"],
+                     help="op (default): one row per op in its module and phase, input shapes folded; "
+                          "shape: each input-shape signature its own row; module, phase: groups")
     out = rep.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print totals and rows as JSON")
     out.add_argument("--csv", action="store_true", help="print rows (or --by groups) as CSV")

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from memwall_plugin.devices import native_bf16
+from memwall_plugin.devices import native_bf16, peak_key
 from memwall_plugin.formulas import COUNT_NOTES, REGISTRY
 from memwall_plugin.headline import Headline, headline, rank_headlines, slowest_rank
 from memwall_plugin.memory import MemoryReport, MemoryWhatIf
@@ -33,8 +33,9 @@ from memwall_plugin.rows import Group, Row, module_tree, speedup
 if TYPE_CHECKING:  # drawn, not imported: report.py's str() and Jupyter view call this module
     from memwall_plugin.report import Report
 
-GROUP_BY = ("op", "module", "phase")
+GROUP_BY = ("op", "shape", "module", "phase")
 WIDE = 120  # from this many columns the tables show every column
+FULL = 180  # from this many the operator table adds each row's dtype and input shapes
 NARROW = 100  # below this many they drop calls and bytes and shorten phase names
 _SHORT_PHASE = {"forward": "fwd", "backward": "bwd", "recompute": "rcmp", "optimizer": "opt", "grad_scaler": "scaler"}
 
@@ -44,7 +45,9 @@ class SummaryOptions:
     """What the summary shows. Copy with changes: `options.with_(top=5)`."""
 
     top: int = 15  # rows in the operator table
-    by: str = "op"  # op | module | phase: what the main table lists
+    #: what the main table lists: op (an op's calls in one module and phase, its input shapes
+    #: folded), shape (each input-shape signature its own row), module | phase (groups)
+    by: str = "op"
     module_depth: int = 4  # levels of the module tree
     module_children: int = 4  # children shown per tree node (the rest are summed up)
     findings: bool = True
@@ -130,6 +133,33 @@ def _text(name: str, style: str = "") -> Text:
     """A name from the run (module, op, phase, device) as plain text: never read as rich markup,
     its control characters (a terminal escape sequence in a module name) shown escaped."""
     return Text(_CONTROL.sub(lambda m: repr(m.group())[1:-1], name), style=style)
+
+
+def _short_dtype(dtype: str) -> str:
+    """fp32, bf16, int64: a dtype's name as the peaks line writes it (torch's name otherwise)."""
+    return peak_key(dtype) if dtype.startswith(("float", "bfloat", "complex")) else dtype
+
+
+def _tail(name: str, width: int) -> str:
+    """A dotted path cut to `width` from the left, at a dot where one is near: the leaf module
+    is what tells rows apart ("…h.0.mlp.c_fc")."""
+    if len(name) <= width:
+        return name
+    tail = name[len(name) - width + 1:]
+    dot = tail.find(".")
+    if 0 <= dot < len(tail) - 4 and dot < width // 3:
+        tail = tail[dot + 1:]
+    return "…" + tail
+
+
+def _middle(name: str, width: int) -> str:
+    """A name cut to `width` in the middle, keeping its last word: an op and its backward stay
+    apart ("max_pool2…backward", "max_pool2d_wit…ices")."""
+    if len(name) <= width:
+        return name
+    word = name.rpartition("_")[2]
+    keep = min(len(word), width - 5) if word and word != name else (width - 1) // 2
+    return name[: width - 1 - keep] + "…" + name[len(name) - keep:]
 
 
 def _bound(bound: str) -> Text:
@@ -358,6 +388,8 @@ class Summary:
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         self._narrow = options.max_width < NARROW
         self._wide = options.max_width >= WIDE
+        self._full = options.max_width >= FULL
+        self._max_width = options.max_width
         yield self.header()
         yield Text("")
         yield self.main_table()
@@ -481,6 +513,7 @@ class Summary:
 
     _narrow = False
     _wide = True
+    _full = False
 
     @property
     def _projected(self) -> bool:
@@ -497,15 +530,16 @@ class Summary:
     def _table(self, title: str, first: list[str], levels: bool = False) -> Table:
         table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
                       show_edge=False, pad_edge=False, expand=False)
-        for name in first:
-            if name == "module":
-                table.add_column(name, overflow="fold", min_width=8)
+        for name in first:  # names come cut to their width (_tail, _middle): columns never wrap
+            width = 30 if name == "shapes" else self._name_width(name) if len(first) > 1 else self._group_width
+            if name == "op / shapes":  # an op's name, then its dtype and shapes folded beneath
+                table.add_column(name, overflow="fold", max_width=40)
             else:
-                table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=28 if self._wide else 16)
+                table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=width)
         for name in self._numbers():
             table.add_column(name, justify="right", no_wrap=True)
         if levels:
-            table.add_column("level", no_wrap=True)
+            table.add_column("lvl" if self._narrow else "level", no_wrap=True)
         table.add_column("bound", no_wrap=True)
         if self._projected:  # measured time against another device's roof means nothing
             table.add_column("proj." if self._narrow else "projected", justify="right", no_wrap=True)
@@ -514,6 +548,47 @@ class Summary:
         else:
             table.add_column("roof", justify="right", no_wrap=True)
         return table
+
+    #: how wide the operator table's number columns run (their headers or their widest figures)
+    _NUMBER_WIDTHS = {"calls": 6, "time": 5, "FLOPs": 6, "bytes": 7, "FLOP/B": 6, "level": 5, "bound": 7,
+                      "roof": 5, "projected": 9, "speed-up": 8, "dtype": 5, "shapes": 30}
+    _names: dict[str, int] | None = None
+    _max_width = 120
+
+    def _fit_names(self, rows: tuple[Row, ...], first: list[str], levels: bool) -> None:
+        """Give the op and module columns of the operator table what the other columns leave:
+        names are cut to it (_middle, _tail) rather than wrapped over several lines."""
+        others = [*first[3:], *self._numbers(), *(["level"] if levels else []), "bound"]
+        if self._projected:
+            others += ["projected", *(["speed-up"] if self._speedups(levels) else [])]
+        else:
+            others.append("roof")
+        phase = max((len(self._phase(r.phase)) for r in rows), default=5)
+        used = sum(self._NUMBER_WIDTHS[c] for c in others) + max(phase, 5) + 3 * (len(others) + 2)
+        room = max(self._max_width - used, 20)
+        op_natural = max((len(r.op.removeprefix("aten.")) for r in rows), default=2)
+        module_natural = max((len(r.module or "(top)") for r in rows), default=6)
+        op = min(op_natural, 24 if self._wide else 18, max(room * 5 // 9, 10))
+        self._names = {"op": op, "module": max(min(module_natural, room - op, 28), 8)}
+
+    def _name_width(self, column: str) -> int:
+        """How wide a name column is: an op's or a module's (cut from the left), by layout."""
+        if column == "op / shapes":
+            column = "op"
+        if self._names is not None and column in self._names:
+            return self._names[column]
+        if column == "module":
+            return 28 if self._wide else 12 if self._narrow else 20
+        return 24 if self._wide else 14 if self._narrow else 18
+
+    @property
+    def _group_width(self) -> int:
+        """How wide the name of a group table (modules, phases) is: the only name column."""
+        return 30 if self._narrow else 44
+
+    def _name(self, column: str, name: str) -> Text:
+        width = self._name_width(column)
+        return _text(_tail(name, width) if column == "module" else _middle(name, width))
 
     def _speedups(self, levels: bool | None) -> bool:
         """Whether a what-if's table has room for a speed-up column: the operator table (levels
@@ -545,17 +620,33 @@ class Summary:
     def main_table(self) -> Table:
         rep, opts = self.report, self.options
         total = rep.total_time_s
-        if opts.by == "op":
-            shown = rep.rows[: opts.top]
+        if opts.by in ("op", "shape"):
+            if opts.by == "shape":
+                rows, what = rep.rows, "operator signatures (op, module, phase, input shapes)"
+            else:
+                folded = rep.folded()
+                rows, what = tuple(f.row for f in folded), "operators by time"
+                if len(folded) < len(rep.rows):
+                    what += " (shapes folded: --by shape)"
+            shown = rows[: opts.top]
             # the level each op's data came from, where any came from a cache
             levels = any(r.in_cache for r in shown)
-            table = self._table(f"Top {min(opts.top, len(rep.rows))} of {len(rep.rows)} operators by time",
-                                ["op", "module", "phase"], levels)
+            # dtype and shapes: columns of their own when wide enough, else beneath the op's name
+            columns = self._full
+            beneath = opts.by == "shape" and not columns
+            first = ["op / shapes" if beneath else "op", "module", "phase"] + (["dtype", "shapes"] if columns else [])
+            self._fit_names(shown, first, levels)
+            table = self._table(f"Top {min(opts.top, len(rows))} of {len(rows)} {what}", first, levels)
             for r in shown:
                 share = r.time_s / total if total else None
                 level = [Text(r.memory_level, style="" if r.in_cache else "dim")] if levels else []
+                described = [_text(_short_dtype(r.dtype)), _text(r.shapes, style="dim")] if columns else []
+                name = self._name("op", r.op.removeprefix("aten."))
+                if beneath:
+                    name.append("\n")
+                    name.append_text(_text(f"{_short_dtype(r.dtype)} {r.shapes}", style="dim"))
                 table.add_row(
-                    _text(r.op.removeprefix("aten.")), _text(r.module or "(top)"), _text(self._phase(r.phase)),
+                    name, self._name("module", r.module or "(top)"), _text(self._phase(r.phase)), *described,
                     *self._cells(r.calls, share, r.flops, r.bytes, r.intensity),
                     *level, _bound(r.bound), *self._last(r, levels),
                 )
@@ -568,7 +659,8 @@ class Summary:
 
     def _group_row(self, table: Table, label: str, g: Group, total: float) -> None:
         share = g.time_s / total if total else None
-        table.add_row(_text(label), *self._cells(g.calls, share, g.flops, g.bytes, g.intensity),
+        table.add_row(_text(_tail(label, self._group_width)),
+                      *self._cells(g.calls, share, g.flops, g.bytes, g.intensity),
                       _bound(g.bound), *self._last(g))
 
     def phase_table(self) -> Table:

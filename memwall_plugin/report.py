@@ -24,7 +24,17 @@ from memwall_plugin.devices import DeviceSpec
 from memwall_plugin.files import write_bytes_atomically
 from memwall_plugin.memory import MemoryReport, merge_memory
 from memwall_plugin.records import PHASES, SETUP
-from memwall_plugin.rows import Group, Row, group_by, group_rows, merge_rows, projected_time_s, speedup
+from memwall_plugin.rows import (
+    Folded,
+    Group,
+    Row,
+    fold_shapes,
+    group_by,
+    group_rows,
+    merge_rows,
+    projected_time_s,
+    speedup,
+)
 from memwall_plugin.validation import ReportError, parse_json, read_report_bytes
 
 SCHEMA_VERSION = reportfile.SCHEMA_VERSION
@@ -195,6 +205,11 @@ class Report:
     def totals(self) -> Group:
         """The whole report as one roofline point (a step, or the recorded window)."""
         return group_rows("total", self.rows)
+
+    def folded(self) -> tuple[Folded, ...]:
+        """The rows as the views show them by default: one per (op, module, phase, dtype), its
+        input-shape variants summed (`Folded.row`) and kept (`Folded.variants`); longest first."""
+        return fold_shapes(self.rows)
 
     def group_by(self, by: str) -> tuple[Group, ...]:
         """Roll rows up by "op", "module" (exact path), "module_tree" (every ancestor path too)

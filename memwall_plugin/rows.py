@@ -329,6 +329,66 @@ def merge_rows(*parts: Iterable[Row]) -> tuple[Row, ...]:
     return sort_rows(merged.values())
 
 
+@dataclass(frozen=True, slots=True)
+class Folded:
+    """An (op, module, phase, dtype) row: the calls of every input shape it ran with summed into
+    `row` (its `shapes` says how many), each shape's own row in `variants`, longest first."""
+
+    row: Row
+    variants: tuple[Row, ...]
+
+
+#: what identifies a folded row: a row's signature less its input shapes
+_FOLD_FIELDS = ("op", "overload", "module", "phase", "dtype")
+
+
+def _fold_key(r: Row) -> tuple[Any, ...]:
+    c = r.collective
+    key = tuple(getattr(r, f) for f in _FOLD_FIELDS)
+    return key if c is None else key + tuple(getattr(c, f) for f in _COLLECTIVE_KEY)
+
+
+def shapes_summary(variants: tuple[Row, ...]) -> str:
+    """What a folded row shows for its shapes: the one shape, or how many and the longest's."""
+    if len(variants) == 1:
+        return variants[0].shapes
+    return f"{len(variants)} shapes, longest {variants[0].shapes}"
+
+
+def _fold(variants: tuple[Row, ...]) -> Row:
+    """One row of several shape variants: counts, times and reuse summed; placed under the roof
+    the variants' bytes flow at together (each variant's own level, blended), at the level that
+    takes most of the variants' memory time."""
+    first = variants[0]
+    if len(variants) == 1:
+        return first
+    total = first
+    for v in variants[1:]:
+        total = _sum_record(total, v, _KEY_FIELDS + _ROOF_FIELDS)
+    if first.collective is not None:
+        return dataclasses.replace(total, shapes=shapes_summary(variants))
+    seconds: dict[str, float] = {}
+    for v in variants:
+        if v.bytes and v.bandwidth_bytes_per_s:
+            seconds[v.memory_level] = seconds.get(v.memory_level, 0.0) + v.bytes / v.bandwidth_bytes_per_s
+    level = max(seconds, key=lambda k: seconds[k]) if seconds else first.memory_level
+    return dataclasses.replace(
+        total, shapes=shapes_summary(variants), memory_level=level,
+        bandwidth_bytes_per_s=_blended_bandwidth(list(variants), first),
+    )
+
+
+def fold_shapes(rows: Iterable[Row]) -> tuple[Folded, ...]:
+    """Rows of one (op, module, phase, dtype) that differ only in their input shapes as one
+    row each (the views' default: `memwall report --by shape` and the tab's expandable rows
+    show the variants); longest time first."""
+    buckets: dict[tuple[Any, ...], list[Row]] = {}
+    for r in rows:
+        buckets.setdefault(_fold_key(r), []).append(r)
+    folded = [Folded(_fold(variants := sort_rows(members)), variants) for members in buckets.values()]
+    return tuple(sorted(folded, key=lambda f: _sort_key(f.row)))
+
+
 def _sort_key(r: Row) -> tuple[Any, ...]:
     c = r.collective
     return (-r.time_s, -(c.message_bytes if c is not None else 0), r.op, r.module, r.phase, r.shapes)

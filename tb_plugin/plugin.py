@@ -51,7 +51,7 @@ _MAX_PARAM = 512
 ROUTE_PARAMS: dict[str, tuple[str, ...]] = {
     "/runs": (),
     "/devices": (),
-    "/report": ("run", "job", "rank", "window", "phase", "device", "bytes_per_element", "dtype"),
+    "/report": ("run", "job", "rank", "window", "phase", "device", "bytes_per_element", "dtype", "by"),
     "/compare": ("run", "job", "rank", "window", "baseline", "baseline_job", "baseline_rank", "by", "phase", "device",
                  "bytes_per_element", "dtype"),
     "/ranks": ("run", "job"),
@@ -115,7 +115,10 @@ class MemwallPlugin(base_plugin.TBPlugin):
         report = scored
         if phase is not None and phase not in {r.phase for r in report.rows}:
             raise RequestError(404, f"run {run.name!r} has no {phase!r} work")
-        return views.report_view(report, phase=phase, measured=measured)
+        by = args.get("by") or "op"
+        if by not in views.BY:
+            raise RequestError(400, f"by must be one of {', '.join(views.BY)}, got {by[:40]!r}")
+        return views.report_view(report, phase=phase, measured=measured, by=by)
 
     def compare_impl(self, args: dict[str, str]) -> dict[str, Any]:
         """The selected report (as /report selects it) against a baseline run's (its newest job

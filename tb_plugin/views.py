@@ -22,7 +22,7 @@ from memwall_plugin.memory import CATEGORIES, MemoryWhatIf
 from memwall_plugin.records import ordered_phases
 from memwall_plugin.report import Report
 from memwall_plugin.roofline import launch_floor_s
-from memwall_plugin.rows import Group, Row, module_tree, row_record
+from memwall_plugin.rows import Folded, Group, Row, module_tree, row_record
 from memwall_plugin.rundir import Job
 
 
@@ -117,6 +117,20 @@ def row_view(index: int, r: Row, *, as_measured: bool = True) -> dict[str, Any]:
             "peak_bandwidth_fraction": _ratio(r.achieved_bytes_per_s, r.bandwidth_bytes_per_s) if as_measured else None}
 
 
+def folded_view(index: int, f: Folded, *, as_measured: bool = True) -> dict[str, Any]:
+    """An (op, module, phase, dtype) row as the tab draws it (`row_view`), with how many input
+    shapes it ran with and, when more than one, each shape's own row (`variants`, no ids)."""
+    out = row_view(index, f.row, as_measured=as_measured)
+    out["shapes_count"] = len(f.variants)
+    if len(f.variants) > 1:
+        out["variants"] = [{k: v for k, v in row_view(index, r, as_measured=as_measured).items() if k != "id"}
+                           for r in f.variants]
+    return out
+
+
+BY = ("op", "shape")  # /report's rows: folded by (op, module, phase, dtype), or one per signature
+
+
 def group_view(g: Group) -> dict[str, Any]:
     achieved = g.flops / g.time_s if g.flops is not None and g.time_s > 0 else None
     return {
@@ -127,15 +141,18 @@ def group_view(g: Group) -> dict[str, Any]:
     }
 
 
-def projection_view(report: Report, measured: Report) -> dict[str, Any] | None:
+def projection_view(report: Report, measured: Report,
+                    folded: tuple[Folded, ...] | None = None) -> dict[str, Any] | None:
     """A what-if's projection, for the cards and the chart: on which device, the launch floor
     per kernel there, and the ops whose bound flips between the measured placement and this one
-    (`Report.bound_changes`; ids index the shown rows). None for a report as measured."""
+    (`Report.bound_changes`, per signature; ids index the shown rows: `folded`'s when the rows
+    are folded). None for a report as measured."""
     if report.projected_time_s is None:
         return None
     device = report.device
     floor = launch_floor_s(device.kind) if device is not None else 0.0
-    index = {id(r): i for i, r in enumerate(report.rows)}
+    index = {id(r): i for i, r in enumerate(report.rows)} if folded is None else {
+        id(v): i for i, f in enumerate(folded) for v in f.variants}
     changes = [
         {"id": index[id(after)], "op": after.op, "module": after.module, "phase": after.phase,
          "shapes": after.shapes, "before": before.bound, "after": after.bound,
@@ -154,16 +171,21 @@ def projection_view(report: Report, measured: Report) -> dict[str, Any] | None:
     }
 
 
-def report_view(report: Report, *, phase: str | None = None, measured: Report | None = None) -> dict[str, Any]:
-    """`/report`: headline cards, rows (operator points), modules (module points), the module
-    tree with forward/backward roll-ups, phases and the device's roofs. A what-if (`report`
-    re-scored from `measured`) adds its projection."""
+def report_view(report: Report, *, phase: str | None = None, measured: Report | None = None,
+                by: str = "op") -> dict[str, Any]:
+    """`/report`: headline cards, rows (operator points: by "op" one per op in its module and
+    phase, input shapes folded, each with its shape variants; by "shape" one per signature),
+    modules (module points), the module tree with forward/backward roll-ups, phases and the
+    device's roofs. A what-if (`report` re-scored from `measured`) adds its projection."""
+    if by not in BY:
+        raise ValueError(f"by must be one of {', '.join(BY)}, got {by!r}")
     phases = ordered_phases(r.phase for r in report.rows)
     shown = report if phase is None else dataclasses.replace(report, rows=report.filter(phase=phase))
     before = measured if measured is None or phase is None else dataclasses.replace(
         measured, rows=measured.filter(phase=phase))
     head = headline(shown).record()
     as_measured = measured is None and report.projected_time_s is None  # a what-if: times against other roofs
+    folded = shown.folded() if by == "op" else None
     groups, forward, backward = module_tree(shown.rows)
     tree = []
     for g in groups.values():
@@ -190,8 +212,10 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
                                     "projected_time_s", "speedup", "projected_memory_bound_fraction",
                                     "launch_floor_fraction", "projected_flops_per_s")},
         },
-        "projection": None if before is None else projection_view(shown, before),
-        "rows": [row_view(i, r, as_measured=as_measured) for i, r in enumerate(shown.rows)],
+        "by": by,
+        "projection": None if before is None else projection_view(shown, before, folded),
+        "rows": ([row_view(i, r, as_measured=as_measured) for i, r in enumerate(shown.rows)] if folded is None
+                 else [folded_view(i, f, as_measured=as_measured) for i, f in enumerate(folded)]),
         "findings": findings(report),  # the console's, for the whole run (a phase is a view of it)
         "modules": [group_view(g) for g in shown.group_by("module")],
         "tree": tree,
@@ -215,7 +239,7 @@ def compare_view(run: str, report: Report, baseline: str, base: Report, diff: Re
         "baseline": baseline,
         **record,
         "baseline_device": device_view(base.device),
-        "baseline_rows": [row_view(i, r) for i, r in enumerate(shown.rows)],
+        "baseline_rows": [folded_view(i, f) for i, f in enumerate(shown.folded())],
         "baseline_modules": [group_view(g) for g in shown.group_by("module")],
     }
 

@@ -109,7 +109,7 @@ def test_no_color_when_not_a_terminal_and_html_for_jupyter():
 
 def test_options_are_validated():
     with pytest.raises(ValueError, match="by must be"):
-        memwall.SummaryOptions(by="shape")
+        memwall.SummaryOptions(by="shapes")
     assert memwall.SummaryOptions().with_(top=3).top == 3
 
 

@@ -54,7 +54,10 @@ def test_report_view_matches_the_saved_report(plugin, logdir):
     assert status == 200
     files = sorted((logdir / "train" / "plugins" / "memwall").glob("*.json"))
     merged = memwall.report.merge_reports(memwall.load_report(f) for f in files)
-    assert len(body["rows"]) == len(merged.rows)
+    assert len(body["rows"]) == len(merged.folded())  # one per (op, module, phase, dtype) ...
+    assert sum(r.get("shapes_count", 1) for r in body["rows"]) == len(merged.rows)  # ... each shape kept
+    assert len(get(plugin, "/report", run="train", by="shape")[1]["rows"]) == len(merged.rows)
+    assert get(plugin, "/report", run="train", by="shapes")[0] == 400
     assert body["headline"]["flops"] == merged.total_flops
     assert body["headline"]["steps"] == [0, 1, 2, 3]
     assert {r["bound"] for r in body["rows"]} <= {"memory", "compute", "none", "unknown"}
