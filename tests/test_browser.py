@@ -123,10 +123,11 @@ def test_tab_shows_one_point_per_operator_row_and_the_table_its_rows(tensorboard
     _choose_run(browser, "train")
     files = sorted((logdir / "train" / "plugins" / "memwall").glob("*.json"))
     report = merge_reports(memwall.load_report(f) for f in files)
-    plotted = [r for r in report.rows if r.flops and r.bytes > 0 and r.time_s > 0]
+    rows = [f.row for f in report.folded()]  # one per (op, module, phase, dtype), input shapes folded
+    plotted = [r for r in rows if r.flops and r.bytes > 0 and r.time_s > 0]
     points = browser.find_elements(By.CSS_SELECTOR, "svg.mw-chart circle.mw-point")
     assert len(points) == len(plotted) > 10
-    assert len(browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row")) == len(report.rows)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row")) == len(rows)
     memory = browser.find_elements(By.CSS_SELECTOR, "circle.mw-point.mw-memory")
     assert len(memory) == sum(r.bound == "memory" for r in plotted)
     cards = browser.find_element(By.CSS_SELECTOR, ".mw-cards").text
@@ -134,7 +135,7 @@ def test_tab_shows_one_point_per_operator_row_and_the_table_its_rows(tensorboard
     # sorting by FLOPs puts the biggest matmul first
     browser.find_element(By.CSS_SELECTOR, "th[data-key='flops']").click()
     first = browser.find_element(By.CSS_SELECTOR, "tbody tr.mw-row td").text
-    assert first == max(report.rows, key=lambda r: r.flops or 0).op.removeprefix("aten.")
+    assert first == max(rows, key=lambda r: r.flops or 0).op.removeprefix("aten.")
     # the module toggle places one point per module
     _select(browser, "select.mw-points", "module")
     modules = {g.key for g in report.group_by("module") if g.flops and g.bytes and g.time_s > 0}
@@ -337,8 +338,10 @@ def _pct(value: float) -> str:
 
 
 def _share(value: float) -> str:
-    """format.js' share(): pct(), or two significant digits under 0.1%."""
-    return _pct(value) if value == 0 or value >= 0.001 else f"{float(f'{value * 100:.2g}'):g}%"
+    """format.js' share(): pct(), or two significant digits under 0.1%, and <0.001% under that."""
+    if value == 0 or value >= 0.001:
+        return _pct(value)
+    return f"{float(f'{value * 100:.2g}'):g}%" if value >= 1e-5 else "<0.001%"
 
 
 def _projected(driver) -> int:
@@ -487,7 +490,8 @@ def _labels_apart(driver, css: str) -> bool:
 def test_each_memory_level_has_its_slope_its_colored_points_and_a_table_column(browser, tmp_path):
     """Ops whose data stays in cache sit under their cache's slope, the rest under main memory's.
     Three workloads of known footprint on LEVELS_DEVICE (given, so neither this machine's caches
-    nor a calibration matter): in-place updates of one 16 KiB tensor (L1, 64 KiB), of two 256 KiB
+    nor a calibration matter): in-place updates of one 16 KiB tensor (L1, 64 KiB; a division, its
+    own row once input shapes are folded), of two 256 KiB
     tensors (512 KiB between reuses: L2, 2 MiB), and copies, plain and scaled, of a 128 MiB tensor
     (DRAM). The chart draws one labelled slope per distinct bandwidth (L2 and L3 share one), the
     points carry their level and its color, and the table has a level column."""
@@ -497,7 +501,7 @@ def test_each_memory_level_has_its_slope_its_colored_points_and_a_table_column(b
     out = torch.empty_like(big)
     with memwall.profile(logdir=logdir / "levels", device=LEVELS_DEVICE, summary=False, scalars=False) as prof:
         for _ in range(200):
-            small.mul_(0.99)
+            small.div_(1.01)
         for _ in range(200):
             x.mul_(0.9)
             x.add_(y)
@@ -507,7 +511,8 @@ def test_each_memory_level_has_its_slope_its_colored_points_and_a_table_column(b
         prof.step()
     (path,) = (logdir / "levels" / "plugins" / "memwall").glob("*.json")
     report = memwall.load_report(path)
-    plotted = [r for r in report.rows if r.flops and r.bytes > 0 and r.time_s > 0]
+    rows = [f.row for f in report.folded()]  # the tab's: input shapes folded
+    plotted = [r for r in rows if r.flops and r.bytes > 0 and r.time_s > 0]
     assert {r.memory_level for r in plotted} == {"L1", "L2", "DRAM"}  # the workload is what it says
     assert all(r.bound == "memory" for r in plotted)  # every intensity is far left of every ridge
 
@@ -537,7 +542,7 @@ def test_each_memory_level_has_its_slope_its_colored_points_and_a_table_column(b
         assert [k.text for k in keys] == ["memory-bound from L1", "memory-bound from L2", "memory-bound from DRAM"]
         # the tooltip of a point from a cache: its level, and how it fares under main memory's roof
         point = browser.find_element(By.CSS_SELECTOR, "circle.mw-point[data-level='L2']")
-        row = report.rows[int(point.get_attribute("data-id"))]  # points carry their row's index
+        row = rows[int(point.get_attribute("data-id"))]  # points carry their row's index
         assert row.memory_level == "L2" and row.in_cache
         browser.execute_script(
             "const box = arguments[0].getBoundingClientRect();"
@@ -558,7 +563,7 @@ def test_each_memory_level_has_its_slope_its_colored_points_and_a_table_column(b
         assert browser.find_elements(By.CSS_SELECTOR, ".mw-table-box th")[column].text == "level"
         cells = [tr.find_elements(By.CSS_SELECTOR, "td")[column].text
                  for tr in browser.find_elements(By.CSS_SELECTOR, ".mw-table-box tbody tr.mw-row")]
-        assert sorted(cells) == sorted(r.memory_level for r in report.rows)
+        assert sorted(cells) == sorted(r.memory_level for r in rows)
         assert {"L1", "L2", "DRAM"} <= set(cells)
         browser.find_element(By.CSS_SELECTOR, "th[data-key='memory_level']").click()
         first = browser.find_element(By.CSS_SELECTOR, ".mw-table-box tbody tr.mw-row").find_elements(By.TAG_NAME, "td")
@@ -586,11 +591,12 @@ def test_what_if_device_shows_the_projection_in_cards_chart_table_and_bound_chan
     whose bound flips are listed, and the page says a projection is a bound, not a measurement."""
     base, logdir, _ = tensorboard
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    c, d = torch.randn(32, 256), torch.randn(256, 256)
+    # in fp64: its own row, not folded with the fp32 matmul's shape (one row per op, module, phase, dtype)
+    c, d = torch.randn(32, 256, dtype=torch.float64), torch.randn(256, 256, dtype=torch.float64)
     x, y, small = torch.randn(1 << 22), torch.randn(1 << 22), torch.randn(64)
     with memwall.profile(logdir=logdir / "projection", summary=False, scalars=False) as prof:
         a @ b
-        c @ d  # 2 x 32 x 256 x 256 FLOPs over (8192 + 65536 + 8192) x 4 B: 12.8 FLOP/B
+        c @ d  # 2 x 32 x 256 x 256 FLOPs over (8192 + 65536 + 8192) x 8 B: 6.4 FLOP/B
         x + y
         for _ in range(200):
             small.add_(1.0)
@@ -639,7 +645,7 @@ def test_what_if_device_shows_the_projection_in_cards_chart_table_and_bound_chan
     add = float(browser.find_element(By.CSS_SELECTOR, f"circle.mw-point[data-id='{tiny['id']}']")
                 .get_attribute("data-flops-per-s"))
     assert add == pytest.approx(200 * 64 / 400e-6)
-    # so does the skinny matmul: its 327,680 B take 98 ns at 3.35 TB/s, under one launch's 2 us
+    # so does the skinny matmul: its 655,360 B take 196 ns at 3.35 TB/s, under one launch's 2 us
     assert skinny["projected_time_s"] == pytest.approx(2e-6)
     floored = browser.find_elements(By.CSS_SELECTOR, "circle.mw-point.mw-floored")
     assert sorted(p.get_attribute("data-id") for p in floored) == sorted([str(tiny["id"]), str(skinny["id"])])
@@ -651,8 +657,8 @@ def test_what_if_device_shows_the_projection_in_cards_chart_table_and_bound_chan
     line = browser.find_element(By.CSS_SELECTOR, f".mw-table-box tr.mw-row[data-id='{mm['id']}']")
     assert [td.text for td in line.find_elements(By.TAG_NAME, "td")][-2:] == [
         _duration(mm["projected_time_s"]), _times(mm["speedup"])]
-    # the ops whose bound flips between this CPU's roofs and the H100's: the skinny matmul's 12.8
-    # FLOP/B are under the H100's fp32 ridge (67 / 3.35 = 20 FLOP/B), over this CPU's if it is lower
+    # the ops whose bound flips between this CPU's roofs and the H100's: the skinny matmul's 6.4
+    # FLOP/B are under the H100's fp64 ridge (67 / 3.35 = 20 FLOP/B), over this CPU's if it is lower
     changes = h100["projection"]["bound_changes"]  # type: ignore[index]
     assert skinny["bound"] == "memory"
     assert (skinny["id"] in [c["id"] for c in changes]) == (measured["rows"][skinny["id"]]["bound"] == "compute")  # type: ignore[index]
@@ -727,14 +733,15 @@ def test_compare_mode_shows_the_speedups_and_the_matmuls_that_crossed_the_ridge(
         losses = browser.find_element(By.CSS_SELECTOR, ".mw-compare-losses").text
         assert "mm" in losses and "+" in losses
         # both runs on one roofline: this run's points, and the baseline's hollow ones
-        plotted = {b: [r for r in rep.rows if r.flops and r.bytes > 0 and r.time_s > 0] for b, rep in reports.items()}
+        folded = {b: [f.row for f in rep.folded()] for b, rep in reports.items()}  # the tab's rows: shapes folded
+        plotted = {b: [r for r in rows if r.flops and r.bytes > 0 and r.time_s > 0] for b, rows in folded.items()}
         assert len(browser.find_elements(By.CSS_SELECTOR, "circle.mw-baseline")) == len(plotted[1])
         assert len(browser.find_elements(By.CSS_SELECTOR, "circle.mw-point:not(.mw-baseline)")) == len(plotted[8])
         # the baseline's forward matmuls are memory-bound, this run's compute-bound
         for b, css in ((1, "circle.mw-baseline"), (8, "circle.mw-point:not(.mw-baseline)")):
             bounds = {p.get_attribute("data-id"): p.get_attribute("class")
                       for p in browser.find_elements(By.CSS_SELECTOR, css)}
-            for i, r in enumerate(reports[b].rows):
+            for i, r in enumerate(folded[b]):
                 if r.op == "aten.addmm":
                     assert ("mw-baseline-memory" if b == 1 else "mw-compute") in bounds[str(i)].split()
         legend = browser.find_element(By.CSS_SELECTOR, ".mw-legend").text
@@ -774,11 +781,12 @@ def test_operator_table_says_how_far_each_row_is_from_its_roofs_and_sorts_by_hea
                        "% peak FLOP/s", "% peak B/s", "% of roof", "headroom", "bound", "level"]
     browser.find_element(By.CSS_SELECTOR, "th[data-key='headroom_s']").click()
     assert browser.find_element(By.CSS_SELECTOR, "th[data-key='headroom_s']").get_attribute("data-direction") == "desc"
-    by_title = {_row_title(r): r for r in report.rows}
-    assert len(by_title) == len(report.rows)  # each row told apart by its tooltip
+    rows = [f.row for f in report.folded()]  # the tab's rows: one per (op, module, phase, dtype)
+    by_title = {_row_title(r): r for r in rows}
+    assert len(by_title) == len(rows)  # each row told apart by its tooltip
     lines = browser.find_elements(By.CSS_SELECTOR, ".mw-table-box tbody tr.mw-row")
     shown = [by_title[tr.get_attribute("title")] for tr in lines]
-    assert len(shown) == len(report.rows)
+    assert len(shown) == len(rows)
 
     def headroom(r):
         return None if r.roofline_time_s is None else r.time_s - r.roofline_time_s
@@ -786,7 +794,7 @@ def test_operator_table_says_how_far_each_row_is_from_its_roofs_and_sorts_by_hea
     known = [headroom(r) for r in shown if headroom(r) is not None]
     assert known == sorted(known, reverse=True) and len(known) > 5
     assert all(headroom(r) is None for r in shown[len(known):])  # uncounted rows last
-    top = max((r for r in report.rows if r.roofline_time_s is not None), key=headroom)
+    top = max((r for r in rows if r.roofline_time_s is not None), key=headroom)
     assert shown[0] is top
     keys = [th.get_attribute("data-key") for th in browser.find_elements(By.CSS_SELECTOR, ".mw-table-box th")]
     cells = dict(zip(keys, [td.text for td in lines[0].find_elements(By.TAG_NAME, "td")]))
@@ -794,7 +802,7 @@ def test_operator_table_says_how_far_each_row_is_from_its_roofs_and_sorts_by_hea
     assert cells["phase"] == top.phase
     assert cells["time_s"] == _duration(top.time_s)
     assert cells["headroom_s"] == _duration(top.time_s - top.roofline_time_s)
-    assert cells["achieved_flops_per_s"] == _si(top.flops / top.time_s, "")
+    assert cells["achieved_flops_per_s"] == _si(top.flops / top.time_s, "").strip()
     assert cells["achieved_bytes_per_s"] == _si(top.bytes / top.time_s, "B/s")
     assert cells["peak_flops_fraction"] == _share(top.flops / top.time_s / top.peak_flops_per_s)
     assert cells["peak_bandwidth_fraction"] == _share(top.bytes / top.time_s / top.bandwidth_bytes_per_s)
