@@ -811,6 +811,57 @@ def test_operator_table_says_how_far_each_row_is_from_its_roofs_and_sorts_by_hea
     _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-table-box"), "table-headroom-light", tmp_path)
 
 
+def _cells(line) -> dict[str, str]:
+    return {td.get_attribute("data-key"): td.text for td in line.find_elements(By.TAG_NAME, "td")}
+
+
+def test_a_row_with_several_input_shapes_expands_into_one_line_per_shape(tensorboard, browser, tmp_path):
+    """The train run's matmuls ran with two input shapes in one module and phase: the tab shows
+    one row for each, and its ▸ shows each shape's calls, time, FLOPs and bytes, from the saved
+    report's own rows for those shapes."""
+    base, logdir, _ = tensorboard
+    report = _train_report(logdir)
+    several = [f for f in report.folded() if len(f.variants) > 1]
+    assert several  # mm in the backward pass: the weight's gradient and the input's
+    _open_tab(browser, base)
+    _choose_run(browser, "train")
+    expandable = browser.find_elements(By.CSS_SELECTOR, ".mw-table-box tr.mw-row.mw-has-variants")
+    assert sorted(tr.get_attribute("title") for tr in expandable) == sorted(_row_title(f.row) for f in several)
+    assert not browser.find_elements(By.CSS_SELECTOR, "tr.mw-variant")
+    folded = several[0]
+    line = next(tr for tr in expandable if tr.get_attribute("title") == _row_title(folded.row))
+    cell = line.find_element(By.CSS_SELECTOR, "td.mw-expandable")
+    assert cell.text == folded.row.op.removeprefix("aten.") and cell.get_attribute("aria-expanded") == "false"
+    parent = line.get_attribute("data-id")
+    cell.click()  # the table is drawn again: its lines are new elements
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.mw-variant"))
+    assert browser.find_element(By.CSS_SELECTOR, f"tr.mw-row[data-id='{parent}'] td.mw-expandable") \
+        .get_attribute("aria-expanded") == "true"
+    subs = browser.find_elements(By.CSS_SELECTOR, f"tr.mw-variant[data-parent='{parent}']")
+    assert len(subs) == len(browser.find_elements(By.CSS_SELECTOR, "tr.mw-variant")) == len(folded.variants)
+    # right under their row, longest first (the table's sort), each with its own figures
+    following = browser.execute_script(
+        "const rows = [...document.querySelectorAll('.mw-table-box tbody tr')];"
+        "const at = rows.findIndex((tr) => tr.dataset.id === arguments[0] && tr.classList.contains('mw-row'));"
+        "return rows.slice(at + 1, at + 1 + arguments[1]).map((tr) => tr.className);", parent, len(subs))
+    assert all("mw-variant" in c.split() for c in following)
+    variants = sorted(folded.variants, key=lambda v: -v.time_s)
+    for sub, v in zip(subs, variants):
+        cells = _cells(sub)
+        assert cells["op"] == v.shapes and sub.get_attribute("title") == _row_title(v)
+        assert cells["calls"] == f"{v.calls:,}" and cells["time_s"] == _duration(v.time_s)
+        assert cells["flops"] == _si(v.flops, "").strip() and cells["bytes"] == _si(v.bytes, "B")
+        assert cells["module"] == cells["phase"] == ""  # its row's
+    assert sum(v.calls for v in folded.variants) == folded.row.calls
+    browser.execute_script("document.querySelector('.mw-table-box').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-table-box"), "table-variants-light", tmp_path)
+    # sorted again, the lines follow their row; a second click folds them away
+    browser.find_element(By.CSS_SELECTOR, "th[data-key='flops']").click()
+    assert len(browser.find_elements(By.CSS_SELECTOR, f"tr.mw-variant[data-parent='{parent}']")) == len(variants)
+    browser.find_element(By.CSS_SELECTOR, f"tr.mw-row[data-id='{parent}'] td.mw-expandable").click()
+    WebDriverWait(browser, 10).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "tr.mw-variant"))
+
+
 def test_what_to_do_panel_shows_the_consoles_findings(tensorboard, browser, tmp_path):
     base, logdir, _ = tensorboard
     expected = findings(_train_report(logdir))
@@ -871,6 +922,7 @@ def test_dark_mode_follows_tensorboards(tensorboard, browser, tmp_path):
     assert dark["grid"] < 0.45, dark  # grid lines faint on the dark chart, not white
     browser.execute_script("window.scrollTo(0, 0)")
     _screenshot(browser, "memwall-tab-dark", tmp_path)
+    browser.find_element(By.CSS_SELECTOR, ".mw-table-box td.mw-expandable").click()
     browser.execute_script("document.querySelector('.mw-table-box').scrollIntoView()")
     _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-table-box"), "table-dark", tmp_path)
     browser.execute_script("document.querySelector('.mw-chart-box').scrollIntoView()")

@@ -58,6 +58,8 @@ export class OperatorTable {
     this.container = container;
     this.rows = [];
     this.view = [];
+    this.lines = [];  // what is drawn: the rows in view, each followed by its variants when expanded
+    this.expanded = new Set();  // ids of the rows whose shape variants are shown
     this.sortKey = 'time_s';
     this.descending = true;
     this.filters = {name: '', module: '', bound: ''};
@@ -114,6 +116,7 @@ export class OperatorTable {
   /** The rows to show; `projected`: a what-if's, with their projected times instead of the roof. */
   setRows(rows, projected = false) {
     this.rows = rows;
+    this.expanded = new Set();
     this.total = rows.reduce((sum, r) => sum + r.time_s, 0);
     const columns = projected ? PROJECTED : COLUMNS;
     if (columns !== this.columns) {
@@ -137,14 +140,8 @@ export class OperatorTable {
       (!name || r.op.toLowerCase().includes(name)) &&
       (!prefix || r.module === prefix || r.module.startsWith(prefix + '.')) &&
       (!bound || r.bound === bound));
-    const key = this.sortKey, sign = this.descending ? -1 : 1;
-    this.view.sort((a, b) => {
-      const x = a[key], y = b[key];
-      if (x === y) return 0;
-      if (x === null || x === undefined) return 1;
-      if (y === null || y === undefined) return -1;
-      return (x < y ? -1 : 1) * sign;
-    });
+    this.view.sort(this.compare());
+    const key = this.sortKey;
     for (const [k, th] of Object.entries(this.headers)) {
       th.classList.toggle('mw-sorted', k === key);
       th.dataset.direction = k === key ? (this.descending ? 'desc' : 'asc') : '';
@@ -152,36 +149,115 @@ export class OperatorTable {
     this.count.textContent = `${this.view.length.toLocaleString()} of ${this.rows.length.toLocaleString()} rows`;
     this.table.dataset.rows = String(this.view.length);
     this.scroller.scrollTop = 0;
+    this.flatten();
+  }
+
+  /** Rows ordered by the sorted column (unknowns last), whichever the direction. */
+  compare() {
+    const key = this.sortKey, sign = this.descending ? -1 : 1;
+    return (a, b) => {
+      const x = a[key], y = b[key];
+      if (x === y) return 0;
+      if (x === null || x === undefined) return 1;
+      if (y === null || y === undefined) return -1;
+      return (x < y ? -1 : 1) * sign;
+    };
+  }
+
+  // The lines to draw: each row in view, and under an expanded one its shape variants, sorted as
+  // the rows are.
+  flatten() {
+    this.lines = [];
+    for (const row of this.view) {
+      this.lines.push({row});
+      if (row.variants && this.expanded.has(row.id)) {
+        for (const variant of [...row.variants].sort(this.compare())) this.lines.push({row: variant, parent: row});
+      }
+    }
     this.paint();
   }
 
-  // Render the rows in view, with spacer rows standing in for the rest.
+  toggle(row) {
+    if (this.expanded.has(row.id)) this.expanded.delete(row.id);
+    else this.expanded.add(row.id);
+    this.flatten();
+  }
+
+  // Render the lines in view, with spacer rows standing in for the rest.
   paint() {
-    const virtual = this.view.length > 500;
+    const lines = this.lines;
+    const virtual = lines.length > 500;
     const first = virtual ? Math.max(0, Math.floor(this.scroller.scrollTop / ROW_HEIGHT) - 8) : 0;
-    const last = virtual ? Math.min(this.view.length, first + VIEWPORT_ROWS + 16) : this.view.length;
+    const last = virtual ? Math.min(lines.length, first + VIEWPORT_ROWS + 16) : lines.length;
     this.body.textContent = '';
     if (first > 0) this.body.appendChild(spacer(first * ROW_HEIGHT));
     for (let i = first; i < last; i++) {
-      const r = this.view[i];
-      const tr = el('tr', `mw-row mw-${r.bound}${i % 2 ? ' mw-odd' : ''}`);
-      tr.dataset.id = String(r.id);
-      tr.title = describe(r);
-      for (const column of this.columns) {
-        const classes = [column.numeric ? 'mw-num' : '', column.className || ''].join(' ').trim();
-        const td = el('td', classes, column.text(r, this.total));
-        if (column.key === 'op') td.title = describe(r);
-        if (column.key === 'module') td.title = r.module;
-        if (column.key === 'time_s' && this.total) td.title = `${pct(r.time_s / this.total)} of the op time shown`;
-        if (column.key === 'memory_level' && r.in_cache) {
-          td.title = `from a cache: ${pct(r.dram_efficiency)} of main memory's roof`;
-          if (/^L\d$/.test(r.memory_level)) td.classList.add('mw-cache', levelClass(r.memory_level));
-        }
-        tr.appendChild(td);
-      }
-      this.body.appendChild(tr);
+      const {row, parent} = lines[i];
+      this.body.appendChild(parent ? this.variantLine(row, parent, i) : this.rowLine(row, i));
     }
-    if (last < this.view.length) this.body.appendChild(spacer((this.view.length - last) * ROW_HEIGHT));
+    if (last < lines.length) this.body.appendChild(spacer((lines.length - last) * ROW_HEIGHT));
+  }
+
+  rowLine(r, i) {
+    const tr = el('tr', `mw-row mw-${r.bound}${i % 2 ? ' mw-odd' : ''}`);
+    tr.dataset.id = String(r.id);
+    tr.title = describe(r);
+    for (const column of this.columns) {
+      const td = this.cell(column, r);
+      if (column.key === 'op') {
+        td.title = describe(r);
+        if (r.variants) {
+          // ran with several input shapes: the op's cell (a ▸ before it) shows each one's own figures
+          const open = this.expanded.has(r.id);
+          td.classList.add('mw-expandable');
+          td.tabIndex = 0;
+          td.setAttribute('role', 'button');
+          td.setAttribute('aria-expanded', String(open));
+          td.title = `${describe(r)}\n${open ? 'hide' : 'show'} its ${r.variants.length} input shapes (click)`;
+          td.addEventListener('click', () => this.toggle(r));
+          td.addEventListener('keydown', (event) => {
+            if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); this.toggle(r); }
+          });
+          tr.classList.add('mw-has-variants');
+        }
+      }
+      if (column.key === 'module') td.title = r.module;
+      if (column.key === 'memory_level' && r.in_cache) {
+        td.title = `from a cache: ${pct(r.dram_efficiency)} of main memory's roof`;
+        if (/^L\d$/.test(r.memory_level)) td.classList.add('mw-cache', levelClass(r.memory_level));
+      }
+      tr.appendChild(td);
+    }
+    return tr;
+  }
+
+  // One input shape of an expanded row: its shapes where the op's name is, its own figures beside.
+  variantLine(v, parent, i) {
+    const tr = el('tr', `mw-variant mw-${v.bound}${i % 2 ? ' mw-odd' : ''}`);
+    tr.dataset.parent = String(parent.id);
+    tr.title = describe(v);
+    for (const column of this.columns) {
+      let td;
+      if (column.key === 'op') {
+        td = el('td', 'mw-variant-shapes', v.shapes);
+        td.title = describe(v);
+      } else if (column.key === 'module' || column.key === 'phase') {
+        td = el('td');  // its row's
+      } else {
+        td = this.cell(column, v);
+      }
+      td.dataset.key = column.key;
+      tr.appendChild(td);
+    }
+    return tr;
+  }
+
+  cell(column, r) {
+    const classes = [column.numeric ? 'mw-num' : '', column.className || ''].join(' ').trim();
+    const td = el('td', classes, column.text(r, this.total));
+    td.dataset.key = column.key;
+    if (column.key === 'time_s' && this.total) td.title = `${pct(r.time_s / this.total)} of the op time shown`;
+    return td;
   }
 }
 
