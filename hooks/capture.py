@@ -54,6 +54,7 @@ from memwall_plugin.hooks.signatures import (
 
 from memwall_plugin.records import (
     BACKWARD,
+    DECODE,
     FACTS_KEY,
     FORWARD,
     GRAD_SCALER,
@@ -211,9 +212,49 @@ def bucket_key(value: Any) -> Any:
     return value
 
 
+_GROWN = "<=grown"  # marks a decode signature whose growing sizes are bucketed: (_GROWN, dims, dtype)
+
+
+def fold_growing(first: Any, value: Any) -> Any:
+    """`value` (a signature) with each size that differs from the same place in `first` rounded
+    up to a power of two, as ("<=", bound); sizes that stay the same stay exact (strides dropped).
+    None when the two differ in anything but sizes (a rank, a dtype, a flag)."""
+    if is_tensor_key(value):
+        if not is_tensor_key(first) or first[2] != value[2] or len(first[0]) != len(value[0]):
+            return None
+        return (_GROWN, tuple(d if d == f else ("<=", _bucket_int(d)) for d, f in zip(value[0], first[0])), value[2])
+    if type(value) is tuple:
+        if type(first) is not tuple or len(first) != len(value):
+            return None
+        parts = []
+        for f, v in zip(first, value):
+            part = fold_growing(f, v)
+            if part is None:
+                return None
+            parts.append(part)
+        return tuple(parts)
+    if type(value) is int and type(first) is int:
+        return value if value == first else ("<=", _bucket_int(value))
+    return value if value == first else None
+
+
+def skeleton(value: Any) -> Any:
+    """A signature with its sizes erased (a tensor's rank and dtype, an int's type): signatures
+    with one skeleton differ only in sizes, the ones a decode grows."""
+    if is_tensor_key(value):
+        return (len(value[0]), value[2])
+    if type(value) is tuple:
+        return tuple(skeleton(v) for v in value)
+    if type(value) is int:
+        return int
+    return value
+
+
 def _bucket_text(value: Any) -> str | None:
     if type(value) is tuple and len(value) == 3 and value[0] == _BUCKETED:
         return "[" + ", ".join(str(d) if d <= 2 else f"<={d}" for d in value[1]) + "]"
+    if type(value) is tuple and len(value) == 3 and value[0] == _GROWN:
+        return "[" + ", ".join(str(d) if type(d) is int else f"<={d[1]}" for d in value[1]) + "]"
     return None
 
 
@@ -532,6 +573,8 @@ class Capture:
         self.bucketed_calls = 0
         self._analyse = analyse
         self._bucket_memo: dict[Any, Any] = {}
+        #: the first arguments' signature of each (op, module, phase, skeleton, keywords) in decoding
+        self._first_decode: dict[tuple[Any, ...], Any] = {}
         self._mode: _CaptureMode | None = None
         self._router: Router | None = None
         self._compiled = CompiledRegions()  # regions compiled while open are seen whole
@@ -731,7 +774,13 @@ class Capture:
         entry = self.table.get(key)
         if entry is None:
             known = self.known
-            if len(known) < self.max_signatures or key in known:
+            # a decode's growing lengths, in the model and in generate()'s loop around it (phase
+            # other, once decoding began): one row per power-of-two bucket, not per length
+            grown = (self._grown(func, module, phase, arg_key, kw_key)
+                     if phase == DECODE or (phase == OTHER and self._first_decode) else None)
+            if grown is not None:
+                entry = self._bucketed(func, module, phase, arg_key, kw_key, args, out, grown)
+            elif len(known) < self.max_signatures or key in known:
                 known.add(key)
                 try:  # signature(out), inline for the common plain tensor
                     out_key = ((out.shape, out.stride(), out.dtype) if type(out) is _Tensor and not out.is_nested
@@ -751,10 +800,23 @@ class Capture:
             self.memory.after_op(args, out, phase, entry, module)
         return entry
 
+    def _grown(self, func: Any, module: str, phase: str, arg_key: tuple[Any, ...], kw_key: Any) -> Any:
+        """In decoding, a new signature of an op that ran here before with other sizes (the KV
+        length grows by one each token): its arguments with the sizes that grew bucketed
+        (`fold_growing`); None for the first signature of each op, place and skeleton (its
+        arguments' ranks, dtypes and values other than sizes), kept exact."""
+        site = (id(func), module, phase, skeleton(arg_key), kw_key)
+        first = self._first_decode.get(site)
+        if first is None:
+            self._first_decode[site] = arg_key
+            return None
+        return fold_growing(first, arg_key)
+
     def _bucketed(self, func: Any, module: str, phase: str, arg_key: tuple[Any, ...], kw_key: Any,
-                  args: tuple[Any, ...], out: Any) -> CaptureEntry:
-        """Past the cap: count this call exactly now and fold it into its shape bucket."""
-        if self.bucketed_calls == 0:
+                  args: tuple[Any, ...], out: Any, grown: Any = None) -> CaptureEntry:
+        """Count this call exactly now and fold it into its shape bucket: past the cap (every size
+        bucketed), or a decode's growing sizes (`grown`: those sizes bucketed, by design)."""
+        if grown is None and self.bucketed_calls == 0:
             warnings.warn(
                 f"memwall: this run has more than {self.max_signatures:,} distinct op signatures (growing "
                 "shapes?); new ones are grouped into power-of-two shape buckets to keep memory bounded. "
@@ -762,7 +824,8 @@ class Capture:
                 "Pass max_signatures= to memwall.profile to keep more apart.",
                 RuntimeWarning, stacklevel=4,
             )
-        self.bucketed_calls += 1
+        if grown is None:
+            self.bucketed_calls += 1
         exact = CaptureEntry(func, arg_key, kw_key, signature(out), device_of(args, out), module, phase)
         memo_key = (func, arg_key, kw_key, exact.out_key, exact.device)
         analysis = self._bucket_memo.get(memo_key)  # layers repeat shapes within a step
@@ -770,7 +833,7 @@ class Capture:
             if len(self._bucket_memo) >= 1024:  # one very long step (a whole generate() call)
                 self._bucket_memo.clear()
             analysis = self._bucket_memo[memo_key] = self._analyse(exact)
-        bucket_args, bucket_kw = bucket_key(arg_key), bucket_key(kw_key)
+        bucket_args, bucket_kw = (bucket_key(arg_key), bucket_key(kw_key)) if grown is None else (grown, kw_key)
         key = (func, module, phase, bucket_args, bucket_kw)
         entry = self.table.get(key)
         if entry is None:

@@ -92,7 +92,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
       rows and the wall time, it is no step (`report().tail_op_time_s`).
     * `max_signatures`: distinct (op, module, phase, shapes) kept apart per run (default
       10,000); past it, new shapes are grouped into power-of-two buckets, still counted exactly,
-      so memory stays bounded when shapes keep growing (long decodes).
+      so memory stays bounded when shapes keep growing. Decoding needs no cap: there, by design,
+      the sizes that grow from token to token (the KV length) are bucketed from the second length
+      on ("[1, 12, <=512, 64]"), the others kept exact, every call counted exactly.
     * `first_step`: the number of the first step (a resumed training's step count, a framework's
       global step), so reports and scalars line up with the framework's own; the schedule still
       counts from the profile's first step.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -31,6 +33,35 @@ def test_generate_reports_prefill_and_decode_separately(gpt2, pass_model):
     lm_head = {r.phase: r.calls for r in rep.rows if r.module == "lm_head" and r.op == "aten.mm"}
     assert lm_head == {"prefill": 1, "decode": new_tokens - 1}
     assert phases["decode"].intensity < phases["prefill"].intensity / 5
+
+
+def test_decoding_folds_its_growing_kv_lengths_and_counts_exactly_what_every_length_apart_counts(gpt2, monkeypatch):
+    """A 2-layer GPT-2 generating 64 tokens: each token is a new KV length for the attention's
+    cat and matmuls (and for generate()'s own bookkeeping around the model). Folded by design
+    into power-of-two buckets (no warning), with the totals of a run that keeps every length apart."""
+    from memwall_plugin.hooks.capture import Capture
+
+    prompt = torch.randint(0, 1000, (1, 4))
+
+    def run() -> memwall.Report:
+        with memwall.profile(model=gpt2, summary=False) as prof:
+            gpt2.generate(prompt, max_new_tokens=64, min_new_tokens=64, do_sample=False, pad_token_id=0)
+        return prof.report()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        folded = run()
+    monkeypatch.setattr(Capture, "_grown", lambda self, *args: None)
+    apart = run()
+    assert len(apart.rows) > 3 * len(folded.rows)
+    cats = [r for r in folded.rows if r.op == "aten.cat" and r.module == "transformer.h.0.attn" and r.phase == "decode"]
+    assert 2 <= len(cats) <= 2 * (1 + 7)  # keys and values: the first length exact, then 1, 2, 4 ... 64
+    assert any("<=64" in r.shapes for r in cats)
+    assert folded.total_flops == apart.total_flops
+    assert folded.total_bytes == apart.total_bytes
+    assert sum(r.calls for r in folded.rows) == sum(r.calls for r in apart.rows)
+    by_phase = {g.key: (g.flops, g.bytes, g.calls) for g in folded.group_by("phase")}
+    assert by_phase == {g.key: (g.flops, g.bytes, g.calls) for g in apart.group_by("phase")}
 
 
 def test_user_labels_win_and_restore(gpt2):

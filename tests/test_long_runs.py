@@ -119,3 +119,37 @@ def test_many_steps_of_a_fixed_model_keep_memory_bounded() -> None:
 def test_max_signatures_must_be_a_positive_int() -> None:
     with pytest.raises(ValueError, match="max_signatures must be a positive int"):
         memwall.profile(max_signatures=0)
+
+
+def test_a_decodes_growing_lengths_fold_into_buckets_by_design_without_a_warning() -> None:
+    """Decoding: each token makes the KV length one longer. Those sizes are bucketed from the
+    second length on (the first signature of each op stays exact), silently, and every FLOP and
+    byte is counted exactly: the same totals as a run with every length kept apart."""
+    steps = 300
+    with memwall.profile(summary=False, max_signatures=10**9) as exact:
+        _decode(steps, exact)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not the cap's warning, nor any other
+        with memwall.profile(summary=False) as prof:
+            with prof.phase("decode"):
+                _decode(steps, prof)
+    full, folded = exact.report(), prof.report()
+    assert len(full.rows) > 1000  # every step brings new shapes
+    assert {r.phase for r in folded.rows} == {"decode"}
+    # per op: its first length exact, then one bucket per power of two up to 512 (1, 2, 4, ... 512);
+    # the two matmuls (scores and values) are two roles of one op, each with its buckets
+    per_op: dict[str, int] = {}
+    for r in folded.rows:
+        per_op[r.op] = per_op.get(r.op, 0) + 1
+    assert per_op.pop("aten.mm") <= 2 * (1 + 10)
+    assert max(per_op.values()) <= 1 + 10
+    per_op["aten.mm"] = 1
+    mm = [r for r in folded.rows if r.op == "aten.mm"]
+    # (1, D) @ (D, L): only L grew; D stays exact in the bucket's shapes
+    assert f"[1, {D}] x [{D}, <=512]" in {r.shapes for r in mm}
+    assert sum(r.flops or 0 for r in mm) == _mm_flops_by_hand(steps)
+    assert folded.totals().flops == full.totals().flops
+    assert folded.totals().bytes == full.totals().bytes
+    assert sum(r.calls for r in folded.rows) == sum(r.calls for r in full.rows)
+    # the views fold the buckets too: one row per op
+    assert len(folded.folded()) == len(per_op)
