@@ -927,6 +927,9 @@ def test_dark_mode_follows_tensorboards(tensorboard, browser, tmp_path):
     _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-table-box"), "table-dark", tmp_path)
     browser.execute_script("document.querySelector('.mw-chart-box').scrollIntoView()")
     _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box"), "chart-dark", tmp_path)
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.mw-memory-row"))
+    browser.execute_script("document.querySelector('.mw-memory-part').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-memory-part"), "memory-dark", tmp_path)
     # TensorBoard switched back to light (its page's class goes): the tab follows without a reload
     browser.switch_to.default_content()
     browser.execute_script("document.body.classList.remove('dark-mode')")
