@@ -14,6 +14,7 @@ from typing import Any
 from memwall_plugin.tb_plugin.loader import Run
 
 from memwall_plugin.ceilings import link_record
+from memwall_plugin.console import findings
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, peak_key
 from memwall_plugin.diff import ReportDiff, diff_record
 from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
@@ -110,21 +111,36 @@ def roof_of(r: Row, device: DeviceSpec | None) -> str | None:
     return None
 
 
-def row_view(index: int, r: Row, device: DeviceSpec | None = None) -> dict[str, Any]:
+def _ratio(part: float | None, whole: float | None) -> float | None:
+    return _finite(part / whole) if part is not None and whole else None
+
+
+def row_view(index: int, r: Row, device: DeviceSpec | None = None, *, as_measured: bool = True) -> dict[str, Any]:
     """A row (an op or a collective) as the tab draws it: its record, an id, whether it is
     plotted, the peak it is placed under, and in a what-if its speed-up (measured time over
-    projected)."""
+    projected).
+
+    As measured (not a what-if), how far it is from its roofs: `headroom_s`, the seconds a kernel
+    at the roof would save (measured time minus roofline time; negative where the measured time
+    beat an estimated roof), and its achieved rates as fractions of its compute peak and of its
+    memory level's (a collective's link's) bandwidth. In a what-if these are null: the times were
+    measured against other roofs."""
+    roof = r.roofline_time_s if as_measured else None
     return {"id": index, **row_record(r), "speedup": _finite(r.speedup),
-            "plotted": r.collective is None and _plotted(r), "roof": roof_of(r, device)}
+            "plotted": r.collective is None and _plotted(r), "roof": roof_of(r, device),
+            "headroom_s": None if roof is None else _finite(r.time_s - roof),
+            "peak_flops_fraction": _ratio(r.achieved_flops_per_s, r.peak_flops_per_s) if as_measured else None,
+            "peak_bandwidth_fraction": _ratio(r.achieved_bytes_per_s, r.bandwidth_bytes_per_s) if as_measured else None}
 
 
-def folded_view(index: int, f: Folded, device: DeviceSpec | None = None) -> dict[str, Any]:
+def folded_view(index: int, f: Folded, device: DeviceSpec | None = None, *, as_measured: bool = True) -> dict[str, Any]:
     """An (op, module, phase, dtype) row as the tab draws it (`row_view`), with how many input
     shapes it ran with and, when more than one, each shape's own row (`variants`, no ids)."""
-    out = row_view(index, f.row, device)
+    out = row_view(index, f.row, device, as_measured=as_measured)
     out["shapes_count"] = len(f.variants)
     if len(f.variants) > 1:
-        out["variants"] = [{k: v for k, v in row_view(index, r, device).items() if k != "id"} for r in f.variants]
+        out["variants"] = [{k: v for k, v in row_view(index, r, device, as_measured=as_measured).items() if k != "id"}
+                           for r in f.variants]
     return out
 
 
@@ -242,6 +258,7 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
     before = measured if measured is None or phase is None else dataclasses.replace(
         measured, rows=measured.filter(phase=phase))
     head = headline(shown).record()
+    as_measured = measured is None and report.projected_time_s is None  # a what-if: times against other roofs
     folded = shown.folded() if by == "op" else None
     listed = shown.rows if folded is None else tuple(f.row for f in folded)
     groups, forward, backward = module_tree(shown.rows)
@@ -272,8 +289,10 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
         },
         "by": by,
         "projection": None if before is None else projection_view(shown, before, folded),
-        "rows": ([row_view(i, r, report.device) for i, r in enumerate(shown.rows)] if folded is None
-                 else [folded_view(i, f, report.device) for i, f in enumerate(folded)]),
+        "rows": ([row_view(i, r, report.device, as_measured=as_measured) for i, r in enumerate(shown.rows)]
+                 if folded is None
+                 else [folded_view(i, f, report.device, as_measured=as_measured) for i, f in enumerate(folded)]),
+        "findings": findings(report),  # the console's, for the whole run (a phase is a view of it)
         # groups of the listed rows: their ids are the table's
         "modules": _groups(listed, "module"),
         "module_phases": _groups(listed, "module", "phase"),  # prefill and decode apart

@@ -29,6 +29,7 @@ from tb_logdir import (
 )
 
 import memwall_plugin as memwall
+from memwall_plugin.console import findings
 from memwall_plugin.devices import CALIBRATED, DATASHEET, ESTIMATED, DeviceSpec, Figure, MemoryLevel
 from memwall_plugin.memory import CATEGORIES
 from memwall_plugin.report import merge_reports
@@ -98,9 +99,9 @@ def _screenshot(driver, name: str, tmp_path: Path) -> Path:
     return path
 
 
-def _open_tab(driver, base: str):
+def _open_tab(driver, base: str, query: str = ""):
     driver.get("about:blank")  # a fresh page: a hash-only navigation would keep the last state
-    driver.get(f"{base}/#memwall")
+    driver.get(f"{base}/{query}#memwall")
     iframe = WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.TAG_NAME, "iframe"))[0]
     driver.switch_to.frame(iframe)
     WebDriverWait(driver, 60).until(  # the first run's view has loaded
@@ -124,10 +125,11 @@ def test_tab_shows_one_point_per_operator_row_and_the_table_its_rows(tensorboard
     _choose_run(browser, "train")
     files = sorted((logdir / "train" / "plugins" / "memwall").glob("*.json"))
     report = merge_reports(memwall.load_report(f) for f in files)
-    plotted = [r for r in report.rows if r.flops and r.bytes > 0 and r.time_s > 0]
+    rows = [f.row for f in report.folded()]  # one per (op, module, phase, dtype), input shapes folded
+    plotted = [r for r in rows if r.flops and r.bytes > 0 and r.time_s > 0]
     points = browser.find_elements(By.CSS_SELECTOR, "svg.mw-chart circle.mw-point")
     assert len(points) == len(plotted) > 10
-    assert len(browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row")) == len(report.rows)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row")) == len(rows)
     memory = browser.find_elements(By.CSS_SELECTOR, "circle.mw-point.mw-memory")
     assert len(memory) == sum(r.bound == "memory" for r in plotted)
     cards = browser.find_element(By.CSS_SELECTOR, ".mw-cards").text
@@ -135,7 +137,7 @@ def test_tab_shows_one_point_per_operator_row_and_the_table_its_rows(tensorboard
     # sorting by FLOPs puts the biggest matmul first
     browser.find_element(By.CSS_SELECTOR, "th[data-key='flops']").click()
     first = browser.find_element(By.CSS_SELECTOR, "tbody tr.mw-row td").text
-    assert first == max(report.rows, key=lambda r: r.flops or 0).op.removeprefix("aten.")
+    assert first == max(rows, key=lambda r: r.flops or 0).op.removeprefix("aten.")
     # the module toggle places one point per module
     _select(browser, "select.mw-points", "module")
     modules = {g.key for g in report.group_by("module") if g.flops and g.bytes and g.time_s > 0}
@@ -343,6 +345,13 @@ def _pct(value: float) -> str:
     return f"{value * 100:.0f}%" if value >= 0.1 else f"{value * 100:.1f}%"
 
 
+def _share(value: float) -> str:
+    """format.js' share(): pct(), or two significant digits under 0.1%, and <0.001% under that."""
+    if value == 0 or value >= 0.001:
+        return _pct(value)
+    return f"{float(f'{value * 100:.2g}'):g}%" if value >= 1e-5 else "<0.001%"
+
+
 def _projected(driver) -> int:
     return int(driver.find_element(By.CSS_SELECTOR, ".mw-projected-peak").get_attribute("data-bytes"))
 
@@ -489,7 +498,8 @@ def _labels_apart(driver, css: str) -> bool:
 def test_each_memory_level_has_its_slope_its_colored_points_and_a_table_column(browser, tmp_path):
     """Ops whose data stays in cache sit under their cache's slope, the rest under main memory's.
     Three workloads of known footprint on LEVELS_DEVICE (given, so neither this machine's caches
-    nor a calibration matter): in-place updates of one 16 KiB tensor (L1, 64 KiB), of two 256 KiB
+    nor a calibration matter): in-place updates of one 16 KiB tensor (L1, 64 KiB; a division, its
+    own row once input shapes are folded), of two 256 KiB
     tensors (512 KiB between reuses: L2, 2 MiB), and copies, plain and scaled, of a 128 MiB tensor
     (DRAM). The chart draws one labelled slope per distinct bandwidth (L2 and L3 share one), the
     points carry their level and its color, and the table has a level column."""
@@ -499,7 +509,7 @@ def test_each_memory_level_has_its_slope_its_colored_points_and_a_table_column(b
     out = torch.empty_like(big)
     with memwall.profile(logdir=logdir / "levels", device=LEVELS_DEVICE, summary=False, scalars=False) as prof:
         for _ in range(200):
-            small.mul_(0.99)
+            small.div_(1.01)
         for _ in range(200):
             x.mul_(0.9)
             x.add_(y)
@@ -509,7 +519,8 @@ def test_each_memory_level_has_its_slope_its_colored_points_and_a_table_column(b
         prof.step()
     (path,) = (logdir / "levels" / "plugins" / "memwall").glob("*.json")
     report = memwall.load_report(path)
-    plotted = [r for r in report.rows if r.flops and r.bytes > 0 and r.time_s > 0]
+    rows = [f.row for f in report.folded()]  # the tab's: input shapes folded
+    plotted = [r for r in rows if r.flops and r.bytes > 0 and r.time_s > 0]
     assert {r.memory_level for r in plotted} == {"L1", "L2", "DRAM"}  # the workload is what it says
     assert all(r.bound == "memory" for r in plotted)  # every intensity is far left of every ridge
 
@@ -539,7 +550,7 @@ def test_each_memory_level_has_its_slope_its_colored_points_and_a_table_column(b
         assert [k.text for k in keys] == ["memory-bound from L1", "memory-bound from L2", "memory-bound from DRAM"]
         # the tooltip of a point from a cache: its level, and how it fares under main memory's roof
         point = browser.find_element(By.CSS_SELECTOR, "circle.mw-point[data-level='L2']")
-        row = report.rows[int(point.get_attribute("data-id"))]  # points carry their row's index
+        row = rows[int(point.get_attribute("data-id"))]  # points carry their row's index
         assert row.memory_level == "L2" and row.in_cache
         browser.execute_script(
             "const box = arguments[0].getBoundingClientRect();"
@@ -560,7 +571,7 @@ def test_each_memory_level_has_its_slope_its_colored_points_and_a_table_column(b
         assert browser.find_elements(By.CSS_SELECTOR, ".mw-table-box th")[column].text == "level"
         cells = [tr.find_elements(By.CSS_SELECTOR, "td")[column].text
                  for tr in browser.find_elements(By.CSS_SELECTOR, ".mw-table-box tbody tr.mw-row")]
-        assert sorted(cells) == sorted(r.memory_level for r in report.rows)
+        assert sorted(cells) == sorted(r.memory_level for r in rows)
         assert {"L1", "L2", "DRAM"} <= set(cells)
         browser.find_element(By.CSS_SELECTOR, "th[data-key='memory_level']").click()
         first = browser.find_element(By.CSS_SELECTOR, ".mw-table-box tbody tr.mw-row").find_elements(By.TAG_NAME, "td")
@@ -588,11 +599,12 @@ def test_what_if_device_shows_the_projection_in_cards_chart_table_and_bound_chan
     whose bound flips are listed, and the page says a projection is a bound, not a measurement."""
     base, logdir, _ = tensorboard
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    c, d = torch.randn(32, 256), torch.randn(256, 256)
+    # in fp64: its own row, not folded with the fp32 matmul's shape (one row per op, module, phase, dtype)
+    c, d = torch.randn(32, 256, dtype=torch.float64), torch.randn(256, 256, dtype=torch.float64)
     x, y, small = torch.randn(1 << 22), torch.randn(1 << 22), torch.randn(64)
     with memwall.profile(logdir=logdir / "projection", summary=False, scalars=False) as prof:
         a @ b
-        c @ d  # 2 x 32 x 256 x 256 FLOPs over (8192 + 65536 + 8192) x 4 B: 12.8 FLOP/B
+        c @ d  # 2 x 32 x 256 x 256 FLOPs over (8192 + 65536 + 8192) x 8 B: 6.4 FLOP/B
         x + y
         for _ in range(200):
             small.add_(1.0)
@@ -641,7 +653,7 @@ def test_what_if_device_shows_the_projection_in_cards_chart_table_and_bound_chan
     add = float(browser.find_element(By.CSS_SELECTOR, f"circle.mw-point[data-id='{tiny['id']}']")
                 .get_attribute("data-flops-per-s"))
     assert add == pytest.approx(200 * 64 / 400e-6)
-    # so does the skinny matmul: its 327,680 B take 98 ns at 3.35 TB/s, under one launch's 2 us
+    # so does the skinny matmul: its 655,360 B take 196 ns at 3.35 TB/s, under one launch's 2 us
     assert skinny["projected_time_s"] == pytest.approx(2e-6)
     floored = browser.find_elements(By.CSS_SELECTOR, "circle.mw-point.mw-floored")
     assert sorted(p.get_attribute("data-id") for p in floored) == sorted([str(tiny["id"]), str(skinny["id"])])
@@ -653,8 +665,8 @@ def test_what_if_device_shows_the_projection_in_cards_chart_table_and_bound_chan
     line = browser.find_element(By.CSS_SELECTOR, f".mw-table-box tr.mw-row[data-id='{mm['id']}']")
     assert [td.text for td in line.find_elements(By.TAG_NAME, "td")][-2:] == [
         _duration(mm["projected_time_s"]), _times(mm["speedup"])]
-    # the ops whose bound flips between this CPU's roofs and the H100's: the skinny matmul's 12.8
-    # FLOP/B are under the H100's fp32 ridge (67 / 3.35 = 20 FLOP/B), over this CPU's if it is lower
+    # the ops whose bound flips between this CPU's roofs and the H100's: the skinny matmul's 6.4
+    # FLOP/B are under the H100's fp64 ridge (67 / 3.35 = 20 FLOP/B), over this CPU's if it is lower
     changes = h100["projection"]["bound_changes"]  # type: ignore[index]
     assert skinny["bound"] == "memory"
     assert (skinny["id"] in [c["id"] for c in changes]) == (measured["rows"][skinny["id"]]["bound"] == "compute")  # type: ignore[index]
@@ -729,14 +741,15 @@ def test_compare_mode_shows_the_speedups_and_the_matmuls_that_crossed_the_ridge(
         losses = browser.find_element(By.CSS_SELECTOR, ".mw-compare-losses").text
         assert "mm" in losses and "+" in losses
         # both runs on one roofline: this run's points, and the baseline's hollow ones
-        plotted = {b: [r for r in rep.rows if r.flops and r.bytes > 0 and r.time_s > 0] for b, rep in reports.items()}
+        folded = {b: [f.row for f in rep.folded()] for b, rep in reports.items()}  # the tab's rows: shapes folded
+        plotted = {b: [r for r in rows if r.flops and r.bytes > 0 and r.time_s > 0] for b, rows in folded.items()}
         assert len(browser.find_elements(By.CSS_SELECTOR, "circle.mw-baseline")) == len(plotted[1])
         assert len(browser.find_elements(By.CSS_SELECTOR, "circle.mw-point:not(.mw-baseline)")) == len(plotted[8])
         # the baseline's forward matmuls are memory-bound, this run's compute-bound
         for b, css in ((1, "circle.mw-baseline"), (8, "circle.mw-point:not(.mw-baseline)")):
             bounds = {p.get_attribute("data-id"): p.get_attribute("class")
                       for p in browser.find_elements(By.CSS_SELECTOR, css)}
-            for i, r in enumerate(reports[b].rows):
+            for i, r in enumerate(folded[b]):
                 if r.op == "aten.addmm":
                     assert ("mw-baseline-memory" if b == 1 else "mw-compute") in bounds[str(i)].split()
         legend = browser.find_element(By.CSS_SELECTOR, ".mw-legend").text
@@ -758,6 +771,9 @@ def _click(driver, element) -> None:
     driver.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", element)
 
 
+# --- the operator table's roofline columns, the findings, dark mode -----------------------------
+
+
 def _train_report(logdir: Path) -> memwall.Report:
     files = sorted((logdir / "train" / "plugins" / "memwall").glob("*.json"))
     return merge_reports(memwall.load_report(f) for f in files)
@@ -774,6 +790,7 @@ def test_chart_draws_the_run_its_phases_and_steps_and_a_click_selects_between_po
     _open_tab(browser, base)
     _choose_run(browser, "train")
     report = _train_report(logdir)
+    rows = [f.row for f in report.folded()]  # the tab's: input shapes folded
     marks = [(g.get_attribute("data-kind"), g.get_attribute("data-label"))
              for g in browser.find_elements(By.CSS_SELECTOR, "svg.mw-chart g.mw-program")]
     assert [label for kind, label in marks if kind == "window"] == ["whole run"]
@@ -783,13 +800,13 @@ def test_chart_draws_the_run_its_phases_and_steps_and_a_click_selects_between_po
     named = {t.text for t in browser.find_elements(By.CSS_SELECTOR, "text.mw-program-label")}
     assert {"whole run", "forward", "backward", "step 0"} <= named
     # the program points are not operator points: one operator point per plotted row still
-    plotted = [i for i, r in enumerate(report.rows) if r.flops and r.bytes > 0 and r.time_s > 0]
+    plotted = [i for i, r in enumerate(rows) if r.flops and r.bytes > 0 and r.time_s > 0]
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.mw-chart circle.mw-point")) == len(plotted)
     browser.execute_script("document.querySelector('.mw-chart-box').scrollIntoView()")
     _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box"), "chart_program_points", tmp_path)
 
     # a click on the point of the longest matmul selects its row (and only it) in the table
-    matmul = max((i for i in plotted if report.rows[i].op == "aten.addmm"), key=lambda i: report.rows[i].time_s)
+    matmul = max((i for i in plotted if rows[i].op == "aten.addmm"), key=lambda i: rows[i].time_s)
     _click(browser, browser.find_element(By.CSS_SELECTOR, f"circle.mw-point[data-id='{matmul}']"))
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row.mw-selected"))
     selected = browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row.mw-selected")
@@ -808,7 +825,7 @@ def test_chart_draws_the_run_its_phases_and_steps_and_a_click_selects_between_po
     # module x phase points: the first Linear's forward and backward apart, labelled by name and phase
     _select(browser, "select.mw-points", "module_phase")
     members = {}
-    for r in report.rows:
+    for r in rows:
         members.setdefault((r.module, r.phase), []).append(r)
     groups = [key for key, rows in members.items()
               if (g := group_rows("", rows)).flops and g.bytes > 0 and g.time_s > 0]
@@ -914,3 +931,182 @@ def test_chart_filters_hide_points_and_a_drag_zooms(tensorboard, browser, tmp_pa
     ActionChains(browser).double_click(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box svg.mw-chart")).perform()
     WebDriverWait(browser, 30).until(lambda d: _chart_range(d) == before)
     assert not browser.find_element(By.CSS_SELECTOR, "button.mw-zoom-reset").is_enabled()
+
+
+def _row_title(r) -> str:
+    """table.js' row tooltip: what identifies the row."""
+    return f"{r.op}.{r.overload} {r.shapes} ({r.dtype}) · {r.module or '(top level)'} · {r.phase}"
+
+
+def test_operator_table_says_how_far_each_row_is_from_its_roofs_and_sorts_by_headroom(tensorboard, browser, tmp_path):
+    """Each row's achieved rates, their shares of its peaks and its headroom (measured time minus
+    the roofline's least time: what a kernel at the roof would save), from the saved report's
+    rows; sorting by headroom puts the largest first."""
+    base, logdir, _ = tensorboard
+    report = _train_report(logdir)
+    _open_tab(browser, base)
+    _choose_run(browser, "train")
+    headers = [th.text for th in browser.find_elements(By.CSS_SELECTOR, ".mw-table-box th")]
+    assert headers == ["op", "module", "phase", "calls", "time", "FLOPs", "bytes", "FLOP/B", "FLOP/s", "B/s",
+                       "% peak FLOP/s", "% peak B/s", "% of roof", "headroom", "bound", "level"]
+    browser.find_element(By.CSS_SELECTOR, "th[data-key='headroom_s']").click()
+    assert browser.find_element(By.CSS_SELECTOR, "th[data-key='headroom_s']").get_attribute("data-direction") == "desc"
+    rows = [f.row for f in report.folded()]  # the tab's rows: one per (op, module, phase, dtype)
+    by_title = {_row_title(r): r for r in rows}
+    assert len(by_title) == len(rows)  # each row told apart by its tooltip
+    lines = browser.find_elements(By.CSS_SELECTOR, ".mw-table-box tbody tr.mw-row")
+    shown = [by_title[tr.get_attribute("title")] for tr in lines]
+    assert len(shown) == len(rows)
+
+    def headroom(r):
+        return None if r.roofline_time_s is None else r.time_s - r.roofline_time_s
+
+    known = [headroom(r) for r in shown if headroom(r) is not None]
+    assert known == sorted(known, reverse=True) and len(known) > 5
+    assert all(headroom(r) is None for r in shown[len(known):])  # uncounted rows last
+    top = max((r for r in rows if r.roofline_time_s is not None), key=headroom)
+    assert shown[0] is top
+    keys = [th.get_attribute("data-key") for th in browser.find_elements(By.CSS_SELECTOR, ".mw-table-box th")]
+    cells = dict(zip(keys, [td.text for td in lines[0].find_elements(By.TAG_NAME, "td")]))
+    assert cells["op"] == top.op.removeprefix("aten.") and cells["module"] == (top.module or "(top level)")
+    assert cells["phase"] == top.phase
+    assert cells["time_s"] == _duration(top.time_s)
+    assert cells["headroom_s"] == _duration(top.time_s - top.roofline_time_s)
+    assert cells["achieved_flops_per_s"] == _si(top.flops / top.time_s, "").strip()
+    assert cells["achieved_bytes_per_s"] == _si(top.bytes / top.time_s, "B/s")
+    assert cells["peak_flops_fraction"] == _share(top.flops / top.time_s / top.peak_flops_per_s)
+    assert cells["peak_bandwidth_fraction"] == _share(top.bytes / top.time_s / top.bandwidth_bytes_per_s)
+    assert cells["efficiency"] == _share(top.efficiency)
+    browser.execute_script("document.querySelector('.mw-table-box').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-table-box"), "table-headroom-light", tmp_path)
+
+
+def _cells(line) -> dict[str, str]:
+    return {td.get_attribute("data-key"): td.text for td in line.find_elements(By.TAG_NAME, "td")}
+
+
+def test_a_row_with_several_input_shapes_expands_into_one_line_per_shape(tensorboard, browser, tmp_path):
+    """The train run's matmuls ran with two input shapes in one module and phase: the tab shows
+    one row for each, and its ▸ shows each shape's calls, time, FLOPs and bytes, from the saved
+    report's own rows for those shapes."""
+    base, logdir, _ = tensorboard
+    report = _train_report(logdir)
+    several = [f for f in report.folded() if len(f.variants) > 1]
+    assert several  # mm in the backward pass: the weight's gradient and the input's
+    _open_tab(browser, base)
+    _choose_run(browser, "train")
+    expandable = browser.find_elements(By.CSS_SELECTOR, ".mw-table-box tr.mw-row.mw-has-variants")
+    assert sorted(tr.get_attribute("title") for tr in expandable) == sorted(_row_title(f.row) for f in several)
+    assert not browser.find_elements(By.CSS_SELECTOR, "tr.mw-variant")
+    folded = several[0]
+    line = next(tr for tr in expandable if tr.get_attribute("title") == _row_title(folded.row))
+    cell = line.find_element(By.CSS_SELECTOR, "td.mw-expandable")
+    assert cell.text == folded.row.op.removeprefix("aten.") and cell.get_attribute("aria-expanded") == "false"
+    parent = line.get_attribute("data-id")
+    cell.click()  # the table is drawn again: its lines are new elements
+    WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.mw-variant"))
+    assert browser.find_element(By.CSS_SELECTOR, f"tr.mw-row[data-id='{parent}'] td.mw-expandable") \
+        .get_attribute("aria-expanded") == "true"
+    subs = browser.find_elements(By.CSS_SELECTOR, f"tr.mw-variant[data-parent='{parent}']")
+    assert len(subs) == len(browser.find_elements(By.CSS_SELECTOR, "tr.mw-variant")) == len(folded.variants)
+    # right under their row, longest first (the table's sort), each with its own figures
+    following = browser.execute_script(
+        "const rows = [...document.querySelectorAll('.mw-table-box tbody tr')];"
+        "const at = rows.findIndex((tr) => tr.dataset.id === arguments[0] && tr.classList.contains('mw-row'));"
+        "return rows.slice(at + 1, at + 1 + arguments[1]).map((tr) => tr.className);", parent, len(subs))
+    assert all("mw-variant" in c.split() for c in following)
+    variants = sorted(folded.variants, key=lambda v: -v.time_s)
+    for sub, v in zip(subs, variants):
+        cells = _cells(sub)
+        assert cells["op"] == v.shapes and sub.get_attribute("title") == _row_title(v)
+        assert cells["calls"] == f"{v.calls:,}" and cells["time_s"] == _duration(v.time_s)
+        assert cells["flops"] == _si(v.flops, "").strip() and cells["bytes"] == _si(v.bytes, "B")
+        assert cells["module"] == cells["phase"] == ""  # its row's
+    assert sum(v.calls for v in folded.variants) == folded.row.calls
+    browser.execute_script("document.querySelector('.mw-table-box').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-table-box"), "table-variants-light", tmp_path)
+    # sorted again, the lines follow their row; a second click folds them away
+    browser.find_element(By.CSS_SELECTOR, "th[data-key='flops']").click()
+    assert len(browser.find_elements(By.CSS_SELECTOR, f"tr.mw-variant[data-parent='{parent}']")) == len(variants)
+    browser.find_element(By.CSS_SELECTOR, f"tr.mw-row[data-id='{parent}'] td.mw-expandable").click()
+    WebDriverWait(browser, 10).until(lambda d: not d.find_elements(By.CSS_SELECTOR, "tr.mw-variant"))
+
+
+def test_what_to_do_panel_shows_the_consoles_findings(tensorboard, browser, tmp_path):
+    base, logdir, _ = tensorboard
+    expected = findings(_train_report(logdir))
+    assert expected  # the tiny MLP on estimated CPU roofs has a few
+    _open_tab(browser, base)
+    _choose_run(browser, "train")
+    part = browser.find_element(By.CSS_SELECTOR, ".mw-findings-part")
+    assert part.is_displayed() and part.find_element(By.TAG_NAME, "h2").text == "What to do"
+    items = [li.text for li in part.find_elements(By.CSS_SELECTOR, "li.mw-finding")]
+    assert items == [f.replace("`", "") for f in expected]
+    # a `name` is set as code, as text
+    quoted = [piece for f in expected for i, piece in enumerate(f.split("`")) if i % 2 and piece]
+    assert [c.text for c in part.find_elements(By.TAG_NAME, "code")] == quoted
+    _element_screenshot(part, "findings-light", tmp_path)
+    # a hostile module name in a finding stays text
+    _choose_run(browser, "evil")
+    evil = findings(memwall.load_report(next((logdir / "evil" / "plugins" / "memwall").glob("*.json"))))
+    items = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "li.mw-finding")]
+    assert items == [f.replace("`", "") for f in evil]
+    assert browser.find_elements(By.TAG_NAME, "img") == []
+
+
+def _rgb(css: str) -> tuple[int, ...]:
+    """"rgb(48, 48, 48)" -> (48, 48, 48)."""
+    return tuple(int(float(v)) for v in css[css.index("(") + 1:css.index(")")].split(",")[:3])
+
+
+def _luminance(css: str) -> float:
+    r, g, b = _rgb(css)
+    return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255
+
+
+def _colors(driver) -> dict[str, float]:
+    """The luminance (0 black, 1 white) of the tab's background, text, a card, the table's head and
+    its cells, and the chart's grid lines."""
+    return driver.execute_script("""
+        const style = (css, prop) => getComputedStyle(document.querySelector(css))[prop];
+        return {body: style('body', 'backgroundColor'), text: style('body', 'color'),
+                card: style('.mw-card', 'backgroundColor'), head: style('.mw-table-box th', 'backgroundColor'),
+                cell: style('.mw-table-box td', 'color'),
+                scroller: style('.mw-table-box .mw-scroller', 'backgroundColor'),
+                grid: style('line.mw-grid', 'stroke')};""")
+
+
+def test_dark_mode_follows_tensorboards(tensorboard, browser, tmp_path):
+    """TensorBoard's dark mode (`?darkMode=true`, its setting, or the browser's preference) puts a
+    `dark-mode` class on its page's body; the tab follows it, and follows it back."""
+    base, _, _ = tensorboard
+    _open_tab(browser, base, query="?darkMode=true")
+    browser.switch_to.default_content()
+    assert "dark-mode" in browser.find_element(By.TAG_NAME, "body").get_attribute("class").split()
+    browser.switch_to.frame(browser.find_elements(By.TAG_NAME, "iframe")[0])
+    _choose_run(browser, "train")
+    WebDriverWait(browser, 10).until(lambda d: "mw-dark" in d.find_element(By.TAG_NAME, "html").get_attribute("class"))
+    dark = {k: _luminance(v) for k, v in _colors(browser).items()}
+    assert dark["body"] < 0.25 and dark["card"] < 0.3 and dark["head"] < 0.35 and dark["scroller"] < 0.3, dark
+    assert dark["text"] > 0.8 and dark["cell"] > 0.8, dark
+    assert dark["grid"] < 0.45, dark  # grid lines faint on the dark chart, not white
+    browser.execute_script("window.scrollTo(0, 0)")
+    _screenshot(browser, "memwall-tab-dark", tmp_path)
+    browser.find_element(By.CSS_SELECTOR, ".mw-table-box td.mw-expandable").click()
+    browser.execute_script("document.querySelector('.mw-table-box').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-table-box"), "table-dark", tmp_path)
+    browser.execute_script("document.querySelector('.mw-chart-box').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box"), "chart-dark", tmp_path)
+    WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tr.mw-memory-row"))
+    browser.execute_script("document.querySelector('.mw-memory-part').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-memory-part"), "memory-dark", tmp_path)
+    # TensorBoard switched back to light (its page's class goes): the tab follows without a reload
+    browser.switch_to.default_content()
+    browser.execute_script("document.body.classList.remove('dark-mode')")
+    browser.switch_to.frame(browser.find_elements(By.TAG_NAME, "iframe")[0])
+    WebDriverWait(browser, 10).until(
+        lambda d: "mw-dark" not in d.find_element(By.TAG_NAME, "html").get_attribute("class"))
+    light = {k: _luminance(v) for k, v in _colors(browser).items()}
+    assert light["body"] > 0.9 and light["card"] > 0.95 and light["text"] < 0.2, light
+    browser.execute_script("window.scrollTo(0, 0)")
+    _screenshot(browser, "memwall-tab-light", tmp_path)

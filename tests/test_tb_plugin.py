@@ -17,6 +17,7 @@ from werkzeug.test import Client
 
 import memwall_plugin as memwall
 from memwall_plugin.ceilings import place_rows
+from memwall_plugin.console import findings
 from memwall_plugin.devices import resolve_device
 from memwall_plugin.memory import CATEGORIES, MemoryReport
 
@@ -67,6 +68,9 @@ def test_report_view_matches_the_saved_report(plugin, logdir):
     assert one["headline"]["steps"] == [0, 1]
     backward = get(plugin, "/report", run="train", phase="backward")[1]
     assert {r["phase"] for r in backward["rows"]} == {"backward"}
+    # the console's findings, for the whole run whichever phase is shown
+    assert body["findings"] == findings(merged) and body["findings"]
+    assert backward["findings"] == body["findings"]
 
 
 def test_report_carries_program_points_module_phase_points_and_each_rows_roof(plugin, logdir):
@@ -365,6 +369,25 @@ def test_a_what_if_view_carries_the_projection_and_the_ops_that_change_side():
     as_measured = report_view(measured)
     assert as_measured["projection"] is None and as_measured["headline"]["projected_time_s"] is None
     assert as_measured["rows"][0]["projected_time_s"] is None
+    # headroom and the shares of the peaks are the run's as measured, not a what-if's (its times
+    # were not measured against the H100's roofs)
+    row = view["rows"][0]
+    assert (row["headroom_s"], row["peak_flops_fraction"], row["peak_bandwidth_fraction"]) == (None, None, None)
+
+
+def test_a_row_says_its_headroom_and_its_shares_of_the_peaks():
+    from memwall_plugin.tb_plugin.views import report_view
+    from test_whatif import skinny_gemm_report
+
+    (row,) = report_view(skinny_gemm_report())["rows"]
+    # by hand, on the A100's datasheet roofs (19.5 TFLOP/s fp32, 2.039 TB/s): the FLOPs take
+    # 4,294,967,296 / 19.5e12 = 220.26 us, the bytes 270,532,608 / 2.039e12 = 132.68 us; the roof
+    # is the longer, so a kernel at the roof would save 10 ms - 220.26 us = 9.7797 ms
+    assert row["roofline_time_s"] == pytest.approx(220.26e-6, rel=1e-4)
+    assert row["headroom_s"] == pytest.approx(9.7797e-3, rel=1e-4)
+    # 4.295e11 FLOP/s achieved is 2.2026% of 19.5 TFLOP/s; 2.705e10 B/s is 1.3268% of 2.039 TB/s
+    assert row["peak_flops_fraction"] == pytest.approx(0.022026, rel=1e-4)
+    assert row["peak_bandwidth_fraction"] == pytest.approx(0.013268, rel=1e-4)
 
 
 # --- compare: a run against a baseline -------------------------------------------------------------

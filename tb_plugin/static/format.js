@@ -16,6 +16,13 @@ export function pct(value) {
   return value >= 0.1 ? `${(value * 100).toFixed(0)}%` : `${(value * 100).toFixed(1)}%`;
 }
 
+/** A share that may be tiny (a kernel's share of a peak): 42%, 3.5%, 0.042%, <0.001%; "-" for unknown. */
+export function share(value) {
+  if (value === null || value === undefined || !isFinite(value)) return '-';
+  if (value === 0 || value >= 0.001) return pct(value);
+  return value >= 1e-5 ? `${Number((value * 100).toPrecision(2))}%` : '<0.001%';
+}
+
 export function num(value) {
   if (value === null || value === undefined || !isFinite(value)) return '-';
   return String(Number(value.toPrecision(3)));

@@ -34,11 +34,49 @@ function select(label, className, options, value, onChange) {
   return wrap;
 }
 
+/**
+ * Follow TensorBoard's theme: it toggles a `dark-mode` class on its own page's body (from its
+ * settings menu, `?darkMode=true`, or the browser's prefers-color-scheme), and this tab's iframe is
+ * same-origin, so it watches that class. Outside TensorBoard (or where the parent page cannot be
+ * read), the browser's preference decides. The stylesheet swaps its colors under :root.mw-dark.
+ */
+function followTheme() {
+  const root = document.documentElement;
+  const prefersDark = window.matchMedia ? window.matchMedia('(prefers-color-scheme: dark)') : null;
+  let parentBody = null;
+  try {
+    if (window.parent !== window && window.parent.document.body) parentBody = window.parent.document.body;
+  } catch (error) {
+    parentBody = null;  // another origin: not TensorBoard's page
+  }
+  const apply = () => {
+    const dark = parentBody ? parentBody.classList.contains('dark-mode') : Boolean(prefersDark && prefersDark.matches);
+    root.classList.toggle('mw-dark', dark);
+  };
+  apply();
+  if (parentBody) new MutationObserver(apply).observe(parentBody, {attributes: true, attributeFilter: ['class']});
+  else if (prefersDark) prefersDark.addEventListener('change', apply);
+}
+
+/** The console's findings as a list of text; a `name` in one becomes code (as text, never HTML). */
+function renderFindings(part, list, findings) {
+  list.textContent = '';
+  part.hidden = !findings || !findings.length;
+  for (const finding of findings || []) {
+    const item = el('li', 'mw-finding');
+    finding.split('`').forEach((piece, i) => {
+      if (piece) item.appendChild(i % 2 ? el('code', '', piece) : document.createTextNode(piece));
+    });
+    list.appendChild(item);
+  }
+}
+
 export async function render() {
   const sheet = document.createElement('link');
   sheet.rel = 'stylesheet';
   sheet.href = './static/style.css';
   document.head.appendChild(sheet);
+  followTheme();
 
   const app = el('div', 'mw-app');
   const header = el('div', 'mw-header');
@@ -50,6 +88,11 @@ export async function render() {
   const projection = el('div', 'mw-projection');
   projection.hidden = true;
   const cards = el('div', 'mw-cards');
+  // what to do: the console's findings for this run, largest effect first
+  const findingsPart = el('div', 'mw-findings-part');
+  const findingsList = el('ul', 'mw-findings');
+  findingsPart.append(el('h2', '', 'What to do'), findingsList);
+  findingsPart.hidden = true;
   const chartBox = el('div', 'mw-chart-box');
   const changesPart = el('div', 'mw-changes-part');
   const changesBox = el('div', 'mw-changes');
@@ -75,7 +118,7 @@ export async function render() {
   const memoryPart = el('div', 'mw-memory-part');
   const memoryBox = el('div', 'mw-memory');
   memoryPart.append(el('h2', '', 'Memory: what held it over the peak step'), memoryBox);
-  app.append(header, status, projection, cards, comparePart, ranksPart, el('h2', '', 'Roofline'), chartBox, changesPart,
+  app.append(header, status, projection, cards, findingsPart, comparePart, ranksPart, el('h2', '', 'Roofline'), chartBox, changesPart,
       el('h2', '', 'Operators'), tableBox, memoryPart, commPart, el('h2', '', 'Modules (rolled up)'), treeBox);
   document.body.appendChild(app);
   const table = new OperatorTable(tableBox);
@@ -153,6 +196,7 @@ export async function render() {
       status.className = 'mw-status mw-error';
       cards.textContent = ''; chartBox.textContent = ''; treeBox.textContent = '';
       projection.hidden = changesPart.hidden = true;
+      renderFindings(findingsPart, findingsList, []);
       table.setRows([]);
       ranksPart.hidden = commPart.hidden = comparePart.hidden = true;
       memoryView.clear('');
@@ -172,6 +216,7 @@ export async function render() {
     controls.appendChild(select('compute in', 'mw-dtype', [['', 'as measured'], ['bf16', 'bf16'], ['fp16', 'fp16'],
       ['fp8', 'fp8'], ['fp32', 'fp32']], state.dtype, (v) => { state.dtype = v; update(); }));
     headline(cards, data);
+    renderFindings(findingsPart, findingsList, data.findings);
     renderProjection(projection, changesPart, changesBox, data);
     compare = null;
     if (state.baseline) {

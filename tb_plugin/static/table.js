@@ -1,38 +1,65 @@
 // The operator table: sortable, filterable (name, module prefix, phase, bound), and virtualised so
-// that 10,000 rows stay fast (only the rows in view are in the DOM). In a what-if, its last column
-// is each op's projected time on the what-if's device and the speed-up over the measured time.
+// that 10,000 rows stay fast (only the rows in view are in the DOM). As measured, each row says how
+// far it is from its roofs (shares of the peaks, headroom: the time a kernel at the roof would
+// save); in a what-if, those columns give way to each op's projected time on the what-if's device
+// and the speed-up over the measured time.
 
 import {levelClass} from './chart.js';
-import {duration, el, num, pct, si, times} from './format.js';
+import {duration, el, num, pct, share, si, times} from './format.js';
 
 const ROW_HEIGHT = 24;
 const VIEWPORT_ROWS = 24;
+// each column: its key in the row (what it sorts by), its label, its cell's text, and its header's
+// tooltip (what the figure is)
 const COLUMNS = [
-  {key: 'op', label: 'op', text: (r) => r.op.replace(/^aten\./, '')},
-  {key: 'module', label: 'module', text: (r) => r.module || '(top level)'},
+  {key: 'op', label: 'op', text: (r) => r.op.replace(/^aten\./, ''), title: 'the aten op (its shapes and dtype in the tooltip)'},
+  {key: 'module', label: 'module', text: (r) => r.module || '(top level)', title: 'the innermost module it ran in'},
   {key: 'phase', label: 'phase', text: (r) => r.phase},
   {key: 'calls', label: 'calls', text: (r) => r.calls.toLocaleString(), numeric: true},
-  {key: 'time_s', label: 'time', text: (r, total) => pct(total ? r.time_s / total : null), numeric: true},
+  {key: 'time_s', label: 'time', text: (r) => duration(r.time_s), numeric: true,
+    title: 'measured time, summed over its calls (its share of the op time in the tooltip)'},
   {key: 'flops', label: 'FLOPs', text: (r) => si(r.flops), numeric: true},
-  {key: 'bytes', label: 'bytes', text: (r) => si(r.bytes, 'B'), numeric: true},
-  {key: 'intensity', label: 'FLOP/B', text: (r) => num(r.intensity), numeric: true},
-  {key: 'bound', label: 'bound', text: (r) => r.bound},
+  {key: 'bytes', label: 'bytes', text: (r) => si(r.bytes, 'B'), numeric: true, title: 'bytes moved (read and written)'},
+  {key: 'intensity', label: 'FLOP/B', text: (r) => num(r.intensity), numeric: true, title: 'arithmetic intensity: FLOPs per byte moved'},
+  {key: 'achieved_flops_per_s', label: 'FLOP/s', text: (r) => si(r.achieved_flops_per_s), numeric: true,
+    title: 'achieved: FLOPs over measured time'},
+  {key: 'achieved_bytes_per_s', label: 'B/s', text: (r) => si(r.achieved_bytes_per_s, 'B/s'), numeric: true,
+    title: 'achieved: bytes over measured time'},
+  {key: 'peak_flops_fraction', label: '% peak FLOP/s', text: (r) => share(r.peak_flops_fraction), numeric: true,
+    measured: true, title: 'achieved FLOP/s as a share of the peak for its dtype'},
+  {key: 'peak_bandwidth_fraction', label: '% peak B/s', text: (r) => share(r.peak_bandwidth_fraction), numeric: true,
+    measured: true, title: 'achieved bytes/s as a share of the bandwidth of the memory level it is placed under (a collective: the link)'},
+  {key: 'efficiency', label: '% of roof', text: (r) => share(r.efficiency), numeric: true, measured: true,
+    title: 'achieved as a share of the roof above it (the lower of the compute peak and intensity × bandwidth)'},
+  {key: 'headroom_s', label: 'headroom', text: (r) => duration(r.headroom_s), numeric: true, measured: true,
+    title: 'measured time minus roofline time: the seconds a kernel at its roof would save'},
+  {key: 'bound', label: 'bound', text: (r) => r.bound, className: 'mw-bound-cell'},
   // the memory level its data came from (L2, DRAM); none for a collective, which is on the link
   {key: 'memory_level', label: 'level', text: (r) => (r.bound === 'communication' ? '' : r.memory_level || '')},
-  {key: 'efficiency', label: '% of roof', text: (r) => pct(r.efficiency), numeric: true},
 ];
-// a what-if's projection: measured time against another device's roof means nothing, so its last
-// column gives way to the projected time there and the speed-up over the measured time
-const PROJECTED = COLUMNS.slice(0, -1).map((c) => (c.key === 'time_s' ? {...c, label: 'measured'} : c)).concat([
-  {key: 'projected_time_s', label: 'projected', text: (r) => duration(r.projected_time_s), numeric: true},
-  {key: 'speedup', label: 'speed-up', text: (r) => times(r.speedup), numeric: true},
-]);
+// a what-if's projection: measured time against another device's roofs means nothing, so the
+// columns that compare the two give way to the projected time there and the speed-up over the
+// measured time
+const PROJECTED = COLUMNS.filter((c) => !c.measured).map((c) => (c.key === 'time_s' ? {...c, label: 'measured'} : c))
+    .concat([
+      {key: 'projected_time_s', label: 'projected', text: (r) => duration(r.projected_time_s), numeric: true,
+        title: 'the least time on the what-if\'s device: a roofline bound, not a measurement'},
+      {key: 'speedup', label: 'speed-up', text: (r) => times(r.speedup), numeric: true},
+    ]);
+const TEXT_KEYS = ['op', 'module', 'phase', 'bound', 'memory_level'];
+
+/** A row's tooltip: what identifies it (op, overload, shapes, dtype, module, phase). */
+function describe(r) {
+  return `${r.op}.${r.overload} ${r.shapes} (${r.dtype}) · ${r.module || '(top level)'} · ${r.phase}`;
+}
 
 export class OperatorTable {
   constructor(container) {
     this.container = container;
     this.rows = [];
     this.view = [];
+    this.lines = [];  // what is drawn: the rows in view, each followed by its variants when expanded
+    this.expanded = new Set();  // ids of the rows whose shape variants are shown
     this.sortKey = 'time_s';
     this.descending = true;
     this.filters = {name: '', module: '', bound: ''};
@@ -85,6 +112,7 @@ export class OperatorTable {
     this.headers = {};
     for (const column of this.columns) {
       const th = el('th', column.numeric ? 'mw-num' : '', column.label);
+      if (column.title) th.title = column.title;
       th.addEventListener('click', () => this.sortBy(column.key));
       th.dataset.key = column.key;
       this.headers[column.key] = th;
@@ -97,6 +125,7 @@ export class OperatorTable {
   setRows(rows, projected = false) {
     this.rows = rows;
     this.selected = new Set();
+    this.expanded = new Set();
     this.total = rows.reduce((sum, r) => sum + r.time_s, 0);
     const columns = projected ? PROJECTED : COLUMNS;
     if (columns !== this.columns) {
@@ -109,7 +138,7 @@ export class OperatorTable {
 
   sortBy(key) {
     if (this.sortKey === key) this.descending = !this.descending;
-    else { this.sortKey = key; this.descending = !['op', 'module', 'phase', 'bound', 'memory_level'].includes(key); }
+    else { this.sortKey = key; this.descending = !TEXT_KEYS.includes(key); }
     this.refresh();
   }
 
@@ -120,14 +149,8 @@ export class OperatorTable {
       (!name || r.op.toLowerCase().includes(name)) &&
       (!prefix || r.module === prefix || r.module.startsWith(prefix + '.')) &&
       (!bound || r.bound === bound));
-    const key = this.sortKey, sign = this.descending ? -1 : 1;
-    this.view.sort((a, b) => {
-      const x = a[key], y = b[key];
-      if (x === y) return 0;
-      if (x === null || x === undefined) return 1;
-      if (y === null || y === undefined) return -1;
-      return (x < y ? -1 : 1) * sign;
-    });
+    this.view.sort(this.compare());
+    const key = this.sortKey;
     for (const [k, th] of Object.entries(this.headers)) {
       th.classList.toggle('mw-sorted', k === key);
       th.dataset.direction = k === key ? (this.descending ? 'desc' : 'asc') : '';
@@ -135,43 +158,125 @@ export class OperatorTable {
     this.count.textContent = `${this.view.length.toLocaleString()} of ${this.rows.length.toLocaleString()} rows`;
     this.table.dataset.rows = String(this.view.length);
     this.scroller.scrollTop = 0;
+    this.flatten();
+  }
+
+  /** Rows ordered by the sorted column (unknowns last), whichever the direction. */
+  compare() {
+    const key = this.sortKey, sign = this.descending ? -1 : 1;
+    return (a, b) => {
+      const x = a[key], y = b[key];
+      if (x === y) return 0;
+      if (x === null || x === undefined) return 1;
+      if (y === null || y === undefined) return -1;
+      return (x < y ? -1 : 1) * sign;
+    };
+  }
+
+  // The lines to draw: each row in view, and under an expanded one its shape variants, sorted as
+  // the rows are.
+  flatten() {
+    this.lines = [];
+    for (const row of this.view) {
+      this.lines.push({row});
+      if (row.variants && this.expanded.has(row.id)) {
+        for (const variant of [...row.variants].sort(this.compare())) this.lines.push({row: variant, parent: row});
+      }
+    }
     this.paint();
   }
 
   /** Mark the rows `ids` selected; `scroll`: bring the first of them into view. */
   select(ids, scroll = true) {
     this.selected = new Set(ids);
-    const index = this.view.findIndex((r) => this.selected.has(r.id));
-    if (scroll && index >= 0 && this.view.length > 500) this.scroller.scrollTop = Math.max(0, (index - 3) * ROW_HEIGHT);
+    const index = this.lines.findIndex((line) => !line.parent && this.selected.has(line.row.id));
+    if (scroll && index >= 0 && this.lines.length > 500) this.scroller.scrollTop = Math.max(0, (index - 3) * ROW_HEIGHT);
     this.paint();
     const tr = this.body.querySelector('tr.mw-selected');
     if (scroll && tr) tr.scrollIntoView({block: 'nearest'});
   }
 
-  // Render the rows in view, with spacer rows standing in for the rest.
+  toggle(row) {
+    if (this.expanded.has(row.id)) this.expanded.delete(row.id);
+    else this.expanded.add(row.id);
+    this.flatten();
+  }
+
+  // Render the lines in view, with spacer rows standing in for the rest.
   paint() {
-    const virtual = this.view.length > 500;
+    const lines = this.lines;
+    const virtual = lines.length > 500;
     const first = virtual ? Math.max(0, Math.floor(this.scroller.scrollTop / ROW_HEIGHT) - 8) : 0;
-    const last = virtual ? Math.min(this.view.length, first + VIEWPORT_ROWS + 16) : this.view.length;
+    const last = virtual ? Math.min(lines.length, first + VIEWPORT_ROWS + 16) : lines.length;
     this.body.textContent = '';
     if (first > 0) this.body.appendChild(spacer(first * ROW_HEIGHT));
     for (let i = first; i < last; i++) {
-      const r = this.view[i];
-      const tr = el('tr', `mw-row mw-${r.bound}${this.selected.has(r.id) ? ' mw-selected' : ''}`);
-      tr.dataset.id = String(r.id);
-      for (const column of this.columns) {
-        const td = el('td', column.numeric ? 'mw-num' : '', column.text(r, this.total));
-        if (column.key === 'op') td.title = `${r.op}.${r.overload} ${r.shapes} (${r.dtype})`;
-        if (column.key === 'module') td.title = r.module;
-        if (column.key === 'memory_level' && r.in_cache) {
-          td.title = `from a cache: ${pct(r.dram_efficiency)} of main memory's roof`;
-          if (/^L\d$/.test(r.memory_level)) td.classList.add('mw-cache', levelClass(r.memory_level));
-        }
-        tr.appendChild(td);
-      }
-      this.body.appendChild(tr);
+      const {row, parent} = lines[i];
+      this.body.appendChild(parent ? this.variantLine(row, parent, i) : this.rowLine(row, i));
     }
-    if (last < this.view.length) this.body.appendChild(spacer((this.view.length - last) * ROW_HEIGHT));
+    if (last < lines.length) this.body.appendChild(spacer((lines.length - last) * ROW_HEIGHT));
+  }
+
+  rowLine(r, i) {
+    const tr = el('tr', `mw-row mw-${r.bound}${i % 2 ? ' mw-odd' : ''}${this.selected.has(r.id) ? ' mw-selected' : ''}`);
+    tr.dataset.id = String(r.id);
+    tr.title = describe(r);
+    for (const column of this.columns) {
+      const td = this.cell(column, r);
+      if (column.key === 'op') {
+        td.title = describe(r);
+        if (r.variants) {
+          // ran with several input shapes: the op's cell (a ▸ before it) shows each one's own figures
+          const open = this.expanded.has(r.id);
+          td.classList.add('mw-expandable');
+          td.tabIndex = 0;
+          td.setAttribute('role', 'button');
+          td.setAttribute('aria-expanded', String(open));
+          td.title = `${describe(r)}\n${open ? 'hide' : 'show'} its ${r.variants.length} input shapes (click)`;
+          td.addEventListener('click', () => this.toggle(r));
+          td.addEventListener('keydown', (event) => {
+            if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); this.toggle(r); }
+          });
+          tr.classList.add('mw-has-variants');
+        }
+      }
+      if (column.key === 'module') td.title = r.module;
+      if (column.key === 'memory_level' && r.in_cache) {
+        td.title = `from a cache: ${pct(r.dram_efficiency)} of main memory's roof`;
+        if (/^L\d$/.test(r.memory_level)) td.classList.add('mw-cache', levelClass(r.memory_level));
+      }
+      tr.appendChild(td);
+    }
+    return tr;
+  }
+
+  // One input shape of an expanded row: its shapes where the op's name is, its own figures beside.
+  variantLine(v, parent, i) {
+    const tr = el('tr', `mw-variant mw-${v.bound}${i % 2 ? ' mw-odd' : ''}`);
+    tr.dataset.parent = String(parent.id);
+    tr.title = describe(v);
+    for (const column of this.columns) {
+      let td;
+      if (column.key === 'op') {
+        td = el('td', 'mw-variant-shapes', v.shapes);
+        td.title = describe(v);
+      } else if (column.key === 'module' || column.key === 'phase') {
+        td = el('td');  // its row's
+      } else {
+        td = this.cell(column, v);
+      }
+      td.dataset.key = column.key;
+      tr.appendChild(td);
+    }
+    return tr;
+  }
+
+  cell(column, r) {
+    const classes = [column.numeric ? 'mw-num' : '', column.className || ''].join(' ').trim();
+    const td = el('td', classes, column.text(r, this.total));
+    td.dataset.key = column.key;
+    if (column.key === 'time_s' && this.total) td.title = `${pct(r.time_s / this.total)} of the op time shown`;
+    return td;
   }
 }
 
