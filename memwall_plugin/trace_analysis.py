@@ -130,8 +130,9 @@ class _Overloads:
         """Whether capture would see this call's parts rather than the call (composite ops)."""
         if func is not None:
             return decomposes_above_mode(func, self.device)
-        if name not in self._all_decompose:  # no shapes: composite when every overload is
-            overloads = [getattr(packet, o) for o in packet.overloads()]
+        if name not in self._all_decompose:  # no shapes: as its default overload, else as all of them
+            names = packet.overloads()
+            overloads = [getattr(packet, o) for o in (["default"] if "default" in names else names)]
             self._all_decompose[name] = bool(overloads) and all(
                 decomposes_above_mode(f, self.device) for f in overloads)
         return self._all_decompose[name]
