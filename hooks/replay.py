@@ -48,11 +48,6 @@ _MEMORY_FORMATS = (torch.contiguous_format, torch.preserve_format, torch.channel
 _INT = re.compile(r"^-?\d+$")
 
 
-def trace_dtype(name: str) -> torch.dtype | None:
-    """The torch dtype of a trace's "Input type" name; None when it names no tensor type."""
-    return _TRACE_DTYPES.get(name)
-
-
 @dataclass(frozen=True, slots=True)
 class TracedInputs:
     """One op event's recorded inputs, one entry per schema argument (torch.profiler records them all)."""
@@ -159,7 +154,8 @@ def _value(argument: Any, recorded: str, dims: Any, strides: Any, concrete: str,
         return _tensor(dims, strides, _TRACE_DTYPES[recorded])
     if recorded in ("TensorList", "GenericList") and "Tensor" in kind:
         strides = strides if isinstance(strides, (list, tuple)) and len(strides) == len(dims) else [None] * len(dims)
-        return [_tensor(d, s, list_dtype) if isinstance(d, (list, tuple)) else None for d, s in zip(dims, strides, strict=True)]
+        return [_tensor(d, s, list_dtype) if isinstance(d, (list, tuple)) else None
+                for d, s in zip(dims, strides, strict=True)]
     if inner_real == "Device":
         return torch.device("meta")
     if recorded == "":
@@ -240,5 +236,4 @@ def _replay(func: Any, schema: Any, inputs: TracedInputs, wrapped: set[int]) -> 
     return Replayed(func, tuple(signature(a) for a in positional), kw_key, signature(out))
 
 
-__all__ = ["ReplayError", "Replayed", "TracedInputs", "decomposes_above_mode", "find_op", "pick_overload", "replay",
-           "trace_dtype"]
+__all__ = ["ReplayError", "Replayed", "TracedInputs", "decomposes_above_mode", "find_op", "pick_overload", "replay"]
