@@ -40,6 +40,7 @@ from memwall_plugin.records import (
 from memwall_plugin.registry import Registry, RegistryError
 from memwall_plugin.report import SCHEMA_VERSION, Group, Report, ReportError, Row, load_report
 from memwall_plugin.schedule import Action, Schedule, schedule
+from memwall_plugin.trace_analysis import TraceError, analyze_trace
 
 __version__ = "0.1.0"
 
@@ -73,7 +74,9 @@ __all__ = [
     "Summary",
     "SummaryOptions",
     "TensorMeta",
+    "TraceError",
     "Traffic",
+    "analyze_trace",
     "calibrate",
     "cpu_spec",
     "default_registry",

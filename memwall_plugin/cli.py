@@ -1,4 +1,4 @@
-"""The `memwall` command: run, report, diff, devices, calibrate."""
+"""The `memwall` command: run, report, analyze, diff, devices, calibrate."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import os
 import runpy
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from memwall_plugin.memory import parse_bytes_per_element
 from memwall_plugin.profile import profile
 from memwall_plugin.report import Report, ReportError, load_report
 from memwall_plugin.rows import ROW_COLUMNS, Group, row_record
-from memwall_plugin.rundir import Job, Window, find_runs, group_jobs, pick_job, window_of
+from memwall_plugin.rundir import Job, RunDir, Window, find_runs, group_jobs, new_job_id, pick_job, window_of
 from memwall_plugin.schedule import Schedule
 
 EXIT_USAGE = 2
@@ -309,6 +310,44 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace, console: Console) -> int:
+    from memwall_plugin.trace_analysis import TRACE_KEY, TraceError, analyze_trace, trace_files
+
+    try:
+        files = [f for path in args.traces for f in trace_files(Path(path))]
+        peaks = _peaks_option(args.peaks)
+    except (TraceError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    job = new_job_id()  # the traces of one command are one job: its ranks, or its profiler cycles
+    reports = []
+    for path in files:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                report = analyze_trace(path, device=args.device, peaks=peaks)
+            except (TraceError, LookupError, ValueError) as exc:
+                raise CliError(str(exc)) from None
+        for w in caught:
+            print(f"memwall analyze: {str(w.message).removeprefix('memwall: ')}", file=sys.stderr)
+        report = dataclasses.replace(report, job=job)
+        reasons = report.extra.get(TRACE_KEY, {}).get("uncounted_calls", {})
+        for reason, calls in reasons.items():
+            print(f"memwall analyze: {path}: {calls:,} op calls not counted: {reason}", file=sys.stderr)
+        if args.logdir:
+            saved = RunDir(args.logdir).publish(report)
+            print(f"memwall analyze: {path}: report saved to {saved}", file=sys.stderr)
+        reports.append((path, report))
+    if args.json:
+        records = [dict(report_json(r), trace=str(p)) for p, r in reports]
+        sys.stdout.write(json.dumps(records[0] if len(records) == 1 else records, allow_nan=False) + "\n")
+        return 0
+    for path, report in reports:
+        if len(reports) > 1:
+            console.print(Text(f"{path}", style="bold"))
+        console.print(Summary(report, SummaryOptions(top=args.top, by=args.by or "op")))
+    return 0
+
+
 def _memory_what_if_asked(args: argparse.Namespace) -> bool:
     return bool(args.checkpoint or args.shard or args.precision or args.master_weights or args.batch_scale != 1.0
                 or args.capacity)
@@ -564,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="See where the memory wall stops your PyTorch run.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  memwall run train.py --lr 3e-4\n  memwall report runs/exp1\n"
-               "  memwall diff runs/batch1 runs/batch8\n"
+               "  memwall diff runs/batch1 runs/batch8\n  memwall analyze trace.json\n"
                "  memwall devices\n  memwall calibrate",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -634,6 +673,26 @@ def build_parser() -> argparse.ArgumentParser:
     mem.add_argument("--capacity", metavar="DEVICE",
                      help="what-if: fit against this device's memory (e.g. 'H100 SXM') instead of the run's")
     rep.set_defaults(func=_cmd_report)
+
+    ana = sub.add_parser(
+        "analyze", help="count a torch.profiler trace (recorded with record_shapes=True) as memwall would",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  memwall analyze trace.json\n  memwall analyze log/worker0.pt.trace.json.gz --json\n"
+               "  memwall analyze log/ --logdir runs/from-trace   # every trace in log/, saved for the tab\n"
+               "Each aten op is counted with memwall's formulas (output shapes from a replay on meta\n"
+               "tensors); times and phases come from the trace. Ops whose inputs the trace did not\n"
+               "record are listed as uncounted, with their time.",
+    )
+    ana.add_argument("traces", nargs="+", metavar="TRACE",
+                     help="a trace .json or .json.gz, or a directory of them (tensorboard_trace_handler's)")
+    ana.add_argument("--top", type=_positive, default=15, help="rows in the main table (default 15)")
+    ana.add_argument("--by", choices=["op", "shape", "module", "phase"], help="as memwall report's --by")
+    ana.add_argument("--json", action="store_true", help="print totals and rows as JSON (a list for several traces)")
+    ana.add_argument("--logdir", help="also save each trace's report into this run directory (TensorBoard tab)")
+    ana.add_argument("--device", help="place the rows on this device's roofline (default: the trace's GPU if "
+                                      "memwall knows it, else this machine)")
+    ana.add_argument("--peaks", help="override figures: fp32=80e9,bandwidth=23e9 (FLOP/s, bytes/s)")
+    ana.set_defaults(func=_cmd_analyze)
 
     dif = sub.add_parser(
         "diff", help="two saved runs side by side: speed-ups, biggest wins and losses, ops that crossed the ridge",

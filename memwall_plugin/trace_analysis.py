@@ -1,0 +1,447 @@
+"""`memwall analyze`: a torch.profiler trace recorded with `record_shapes=True`, counted by memwall.
+
+Each op the trace recorded is counted as `memwall.profile` counts it: only the ops its dispatch
+mode would see (below autograd: a composite op such as aten::linear is its parts, and the ops an
+op's kernel calls inside it are not rows of their own), with the same registry and analysis
+(memwall_plugin/analysis.py). A trace keeps input shapes only; outputs come from running each
+distinct call once on meta tensors (hooks/replay.py). Times are the trace's: the kernels an op
+launched where the trace has device activity, else the op's own CPU span (its inner ops are part
+of it, as they are of a captured op's time). Phases come from the trace's ranges: autograd's
+`evaluate_function` (backward), `Optimizer.step#...` (optimizer), `ProfilerStep#N` (steps).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memwall_plugin.analysis import analysis_cache, rows_from_entries
+from memwall_plugin.ceilings import ceilings_of, memory_roof_of, place_rows
+from memwall_plugin.devices import DeviceSpec, lookup_device, resolve_device
+from memwall_plugin.hooks.capture import CaptureEntry
+from memwall_plugin.hooks.replay import (
+    ReplayError,
+    TracedInputs,
+    decomposes_above_mode,
+    find_op,
+    pick_overload,
+    replay,
+)
+from memwall_plugin.kineto import Event, Trace, TraceError, load_trace, trace_files
+from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER
+from memwall_plugin.registry import Registry
+from memwall_plugin.report import Report
+from memwall_plugin.rows import Row
+
+__all__ = ["TraceError", "analyze_trace", "trace_files"]
+
+_BACKWARD_RANGE = "autograd::engine::evaluate_function:"
+_OPTIMIZER_RANGE = "Optimizer.step#"
+_STEP_RANGE = "ProfilerStep#"
+_MODULE_RANGE = "nn.Module: "
+_DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
+_LAUNCH_CATS = ("cuda_runtime", "cuda_driver", "hip_runtime", "hip_driver", "runtime")
+#: profiler markers dispatch as ops but compute nothing (memwall.analysis ignores them too)
+_SKIPPED_NAMESPACES = ("profiler::",)
+#: autograd-only ops: their autograd kernel does all the work and never passes them on to the
+#: dispatch mode, so capture does not see them
+_AUTOGRAD_ONLY = frozenset({"aten::detach_", "aten::requires_grad_", "aten::retain_grad", "aten::retains_grad",
+                            "aten::set_data", "aten::data", "aten::_version", "aten::output_nr", "aten::is_leaf",
+                            "aten::_backward"})
+#: what torch.tensor(data) runs before it hands the new tensor to the dispatch mode (aten::lift_fresh):
+#: with the mode's dispatch key excluded, so capture does not see them
+_TENSOR_FROM_DATA = ("aten::empty", "aten::to", "aten::_to_copy", "aten::copy_", "aten::empty_strided")
+#: from this many ops on, the analysis shows a progress bar on a terminal
+PROGRESS_FROM = 5000
+#: `Report.extra` key: what the trace held and what could not be counted
+TRACE_KEY = "trace"
+
+
+@dataclass(slots=True)
+class _Op:
+    """An op event memwall's capture would have recorded."""
+
+    event: Event
+    name: str  # as capture would see it (_AS_CAPTURED)
+    packet: Any
+    inputs: TracedInputs | None
+    func: Any  # the overload its inputs fit; None when unknown
+    time_ns: int = 0
+    builds_graph: bool = False
+
+
+@dataclass(slots=True)
+class _Walk:
+    """What a walk over one trace found."""
+
+    ops: list[_Op] = field(default_factory=list)
+    by_event: dict[int, _Op] = field(default_factory=dict)
+    modules: bool = False  # the trace has nn.Module ranges (with_stack=True)
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
+def _inputs(event: Event) -> TracedInputs | None:
+    args = event.args
+    types, dims = args.get("Input type"), args.get("Input Dims")
+    if not isinstance(types, list) or not isinstance(dims, list) or len(types) != len(dims):
+        return None
+    strides = args.get("Input Strides")
+    concrete = args.get("Concrete Inputs")
+    n = len(types)
+    return TracedInputs(
+        tuple(str(t) for t in types), _frozen(dims),
+        _frozen(strides) if isinstance(strides, list) and len(strides) == n else (None,) * n,
+        tuple(str(c) for c in concrete) if isinstance(concrete, list) and len(concrete) == n else ("",) * n)
+
+
+class _Overloads:
+    """Op names -> packets, and events -> the overload their inputs fit, memoised."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self._packets: dict[str, Any] = {}
+        self._picked: dict[tuple[str, TracedInputs], Any] = {}
+        self._all_decompose: dict[str, bool] = {}
+
+    def packet(self, name: str) -> Any:
+        if name not in self._packets:
+            self._packets[name] = None if name.startswith(_SKIPPED_NAMESPACES) else find_op(name)
+        return self._packets[name]
+
+    def overload(self, name: str, packet: Any, inputs: TracedInputs | None) -> Any:
+        if inputs is None:
+            return None
+        key = (name, inputs)
+        if key not in self._picked:
+            self._picked[key] = pick_overload(packet, inputs)
+        return self._picked[key]
+
+    def decomposes(self, name: str, packet: Any, func: Any) -> bool:
+        """Whether capture would see this call's parts rather than the call (composite ops)."""
+        if func is not None:
+            return decomposes_above_mode(func, self.device)
+        if name not in self._all_decompose:  # no shapes: as its default overload, else as all of them
+            names = packet.overloads()
+            overloads = [getattr(packet, o) for o in (["default"] if "default" in names else names)]
+            self._all_decompose[name] = bool(overloads) and all(
+                decomposes_above_mode(f, self.device) for f in overloads)
+        return self._all_decompose[name]
+
+
+def _as_captured(name: str, inputs: TracedInputs | None) -> tuple[str, TracedInputs | None]:
+    """The op capture sees in place of a traced one: reshape takes view, not _reshape_alias, when a
+    dispatch mode is active (both count 0 FLOPs and 0 bytes; the rows then match by name)."""
+    if name == "aten::_reshape_alias":
+        if inputs is not None:
+            inputs = TracedInputs(inputs.types[:2], inputs.dims[:2], inputs.strides[:2], inputs.concrete[:2])
+        return "aten::view", inputs
+    return name, inputs
+
+
+def _made_from_data(siblings: list[Event]) -> set[int]:
+    """The events of torch.tensor(data) before its aten::lift_fresh: back to its aten::empty."""
+    unseen: set[int] = set()
+    for i, e in enumerate(siblings):
+        if e.name == "aten::lift_fresh":
+            run = []
+            for before in reversed(siblings[:i]):
+                if before.name not in _TENSOR_FROM_DATA:
+                    break
+                run.append(before)
+                if before.name == "aten::empty":
+                    unseen.update(id(b) for b in run)
+                    break
+    return unseen
+
+
+def _walk(trace: Trace, overloads: _Overloads) -> _Walk:
+    """The ops capture would see: outermost op events, through composite ops to their parts."""
+    found = _Walk()
+    pending: list[Event] = list(reversed(trace.roots))
+    unseen = _made_from_data(trace.roots)
+    while pending:
+        e = pending.pop()
+        if id(e) in unseen or e.name in _AUTOGRAD_ONLY:
+            continue
+        if e.cat == "python_function" and e.name.startswith(_MODULE_RANGE):
+            found.modules = True
+        if e.cat == "cpu_op":
+            name, inputs = _as_captured(e.name, _inputs(e))
+            packet = overloads.packet(name)
+            if packet is not None:
+                func = overloads.overload(name, packet, inputs)
+                if not overloads.decomposes(name, packet, func):
+                    op = _Op(e, name, packet, inputs, func, round(e.dur_us * 1000))
+                    found.ops.append(op)
+                    found.by_event[id(e)] = op
+                    continue  # what its kernel calls inside it is part of it
+        if e.children:
+            unseen.update(_made_from_data(e.children))
+            pending.extend(reversed(e.children))
+    return found
+
+
+def _innermost_at(roots: list[Event], ts: float) -> Event | None:
+    """The innermost event of a thread (its roots, in start order) that `ts` falls inside."""
+    found, level = None, roots
+    while level:
+        i = bisect.bisect_right([c.ts_us for c in level], ts) - 1
+        if i < 0 or level[i].end_us < ts:
+            break
+        found = level[i]
+        level = found.children
+    return found
+
+
+def _counted_ancestor(event: Event | None, by_event: dict[int, _Op]) -> _Op | None:
+    while event is not None:
+        op = by_event.get(id(event))
+        if op is not None:
+            return op
+        event = event.parent
+    return None
+
+
+class _Phases:
+    """Phase and module of each op, from the ranges around it (see the module's docstring)."""
+
+    def __init__(self, trace: Trace, walk: _Walk) -> None:
+        self.walk = walk
+        threads: dict[tuple[str, str], list[Event]] = {}
+        for root in trace.roots:
+            threads.setdefault((str(root.pid), str(root.tid)), []).append(root)
+        self.threads = threads
+        # forward ops that made an autograd node: the start of their forward->backward flow
+        self.node_op: dict[Any, _Op] = {}
+        for pid, tid, ts, flow_id in trace.flow_starts.get("fwdbwd", []):
+            op = _counted_ancestor(_innermost_at(threads.get((str(pid), str(tid)), []), ts), walk.by_event)
+            if op is not None:
+                op.builds_graph = True
+                self.node_op[flow_id] = op
+        self.backward_starts = sorted(e.ts_us for e in trace.events if e.name.startswith(_BACKWARD_RANGE))
+        steps = sorted((e for e in trace.events if e.name.startswith(_STEP_RANGE)), key=lambda e: e.ts_us)
+        self.steps = steps
+        self._step_starts = [e.ts_us for e in steps]
+        self._modules: dict[int, str] = {}
+
+    def step_of(self, ts: float) -> Event | None:
+        i = bisect.bisect_right(self._step_starts, ts) - 1
+        if i >= 0 and self.steps[i].end_us >= ts:
+            return self.steps[i]
+        return None
+
+    def module_of(self, op: _Op) -> str:
+        known = self._modules.get(id(op.event))
+        if known is None:
+            names = [a.name[len(_MODULE_RANGE):] for a in reversed(op.event.ancestors())
+                     if a.cat == "python_function" and a.name.startswith(_MODULE_RANGE)]
+            known = self._modules[id(op.event)] = ".".join(names)
+        return known
+
+    def of(self, op: _Op) -> tuple[str, str]:
+        """(phase, module) of a counted op."""
+        ancestors = op.event.ancestors()
+        for a in ancestors:
+            if a.name.startswith(_BACKWARD_RANGE):
+                made_by = self.node_op.get(a.args.get("Sequence number"))
+                return BACKWARD, self.module_of(made_by) if made_by is not None else ""
+        for a in ancestors:
+            if a.name.startswith(_OPTIMIZER_RANGE):
+                return OPTIMIZER, ""
+        module = self.module_of(op)
+        if module:
+            return FORWARD, module
+        if any(a.cat == "python_function" and a.name.endswith(": _make_grads") for a in ancestors):
+            return BACKWARD, ""  # the seed gradient of loss.backward()
+        if op.builds_graph:
+            return FORWARD, ""
+        if op.name == "aten::ones_like" and self._seeds_backward(op):
+            return BACKWARD, ""
+        if self.walk.modules:
+            return OTHER, ""
+        # no module ranges (with_stack=False): what runs before the step's backward is its forward
+        step = self.step_of(op.event.ts_us)
+        i = bisect.bisect_right(self.backward_starts, op.event.ts_us)
+        before_backward = i == 0 or (step is not None and self.backward_starts[i - 1] < step.ts_us)
+        return (FORWARD if before_backward else OTHER), ""
+
+    def _seeds_backward(self, op: _Op) -> bool:
+        """A 0-dim ones_like just before autograd's first node runs: loss.backward()'s seed."""
+        dims = op.event.args.get("Input Dims")
+        if not (isinstance(dims, list) and dims and dims[0] == []):
+            return False
+        i = bisect.bisect_right(self.backward_starts, op.event.end_us)
+        if i >= len(self.backward_starts):
+            return False
+        next_backward = self.backward_starts[i]
+        return not any(o.event.tid == op.event.tid and op.event.end_us <= o.event.ts_us < next_backward
+                       and not any(a.name.startswith(_BACKWARD_RANGE) for a in o.event.ancestors())
+                       for o in self.walk.ops)
+
+
+def _device_times(trace: Trace, walk: _Walk) -> bool:
+    """Each op's time from the device kernels it launched (its launch calls correlated to them),
+    where the trace recorded device activity; False when it did not."""
+    kernels: dict[Any, float] = {}
+    for e in trace.events:
+        if e.cat in _DEVICE_CATS:
+            corr = e.args.get("correlation")
+            if corr is not None:
+                kernels[corr] = kernels.get(corr, 0.0) + e.dur_us
+    if not kernels:
+        return False
+    device_ns: dict[int, float] = {}
+    for e in trace.events:
+        if e.cat in _LAUNCH_CATS:
+            dur = kernels.get(e.args.get("correlation"))
+            op = _counted_ancestor(e.parent, walk.by_event) if dur is not None else None
+            if op is not None and dur is not None:
+                device_ns[id(op)] = device_ns.get(id(op), 0.0) + dur * 1000
+    for op in walk.ops:
+        if id(op) in device_ns:  # ops that launched nothing keep their CPU span
+            op.time_ns = round(device_ns[id(op)])
+    return True
+
+
+def _shapes_text(inputs: TracedInputs | None) -> str:
+    if inputs is None:
+        return ""
+    return " x ".join(str(d) for d, t in zip(inputs.dims, inputs.types, strict=True) if t != "Scalar" and d)
+
+
+def _progress(items: list[_Op]) -> Iterator[_Op]:
+    if len(items) >= PROGRESS_FROM and sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import track
+
+        yield from track(items, description="memwall: counting the trace's ops", transient=True,
+                         console=Console(stderr=True))
+    else:
+        yield from items
+
+
+def _device_for(trace: Trace, kind: str, device: str | DeviceSpec | None,
+                peaks: dict[str, float] | None) -> tuple[DeviceSpec | None, str]:
+    """The device the rows are placed on, and the name of the one the trace was measured on."""
+    props = trace.meta.get("deviceProperties")
+    traced = ""
+    if kind == "cuda" and isinstance(props, list) and props and isinstance(props[0], dict):
+        traced = str(props[0].get("name", ""))
+    if device is None and traced:
+        try:  # a GPU trace read elsewhere: its own GPU's roofline, when memwall's table knows it
+            device = lookup_device(traced)
+        except LookupError:
+            device = None
+    try:
+        spec = resolve_device(device, peaks, kind=kind)
+    except (RuntimeError, LookupError, ValueError):
+        if device is not None:
+            raise
+        spec = resolve_device(None, peaks, kind="cpu")
+    return spec, traced or spec.name
+
+
+def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
+                  peaks: dict[str, float] | None = None, registry: Registry | None = None) -> Report:
+    """The memwall report of a torch.profiler trace (`export_chrome_trace` or
+    `tensorboard_trace_handler` output, plain or gzipped; a directory holding one trace) recorded
+    with `record_shapes=True`. Ops whose inputs the trace lacks are rows without a count (flops
+    None) with their time; `report.extra["trace"]` says how many and why.
+
+    `device`/`peaks`: the roofline to place the rows on (default: the GPU the trace names when
+    memwall knows it, else this machine's device, as `memwall.profile` detects it)."""
+    from memwall_plugin.formulas import REGISTRY
+
+    registry = registry or REGISTRY
+    files = trace_files(Path(path))
+    if len(files) > 1:
+        listing = ", ".join(str(f) for f in files[:5]) + (", ..." if len(files) > 5 else "")
+        raise TraceError(f"{path} holds {len(files)} traces ({listing}); analyse them one at a time "
+                         "(memwall analyze takes several)")
+    trace = load_trace(files[0])
+    if not trace.record_shapes:
+        import warnings
+
+        warnings.warn(f"memwall: {trace.path} was recorded without record_shapes=True: its ops are listed with "
+                      "their times but cannot be counted; re-record with "
+                      "torch.profiler.profile(record_shapes=True)", RuntimeWarning, stacklevel=2)
+    kind = "cuda" if any(e.cat in _DEVICE_CATS for e in trace.events) else "cpu"
+    overloads = _Overloads(kind)
+    walk = _walk(trace, overloads)
+    on_device = _device_times(trace, walk)
+    phases = _Phases(trace, walk)
+
+    entries: dict[Any, CaptureEntry] = {}
+    uncounted: dict[tuple[str, str, str, str], list[Any]] = {}  # (op, module, phase, shapes) -> calls, ns
+    why: dict[str, int] = {}
+    replayed: dict[tuple[Any, TracedInputs], Any] = {}
+    for op in _progress(walk.ops):
+        phase, module = phases.of(op)
+        inputs, func = op.inputs, op.func
+        reason = ""
+        if inputs is None:
+            reason = "no input shapes recorded (record_shapes=False)"
+        elif func is None:
+            reason = "no overload fits the recorded inputs"
+        else:
+            assert inputs is not None
+            done = replayed.get((func, inputs))
+            if done is None:
+                try:
+                    done = replayed[(func, inputs)] = replay(func, inputs)
+                except ReplayError as exc:
+                    done = replayed[(func, inputs)] = exc
+            if isinstance(done, ReplayError):
+                reason = f"could not be replayed on meta tensors ({done})"
+            else:
+                key = (id(func), module, phase, done.arg_key, done.kw_key)
+                entry = entries.get(key)
+                if entry is None:
+                    entry = entries[key] = CaptureEntry(func, done.arg_key, done.kw_key, done.out_key, kind, module,
+                                                        phase)
+                entry.calls += 1
+                entry.time_ns += op.time_ns
+                continue
+        why[reason] = why.get(reason, 0) + 1
+        name = op.name.replace("::", ".", 1)
+        slot = uncounted.setdefault((name, module, phase, _shapes_text(inputs)), [0, 0])
+        slot[0] += 1
+        slot[1] += op.time_ns
+
+    spec, measured_on = _device_for(trace, kind, device, peaks)
+    rows = list(rows_from_entries(entries.values(), registry, ceilings_of(spec), analysis_cache(registry),
+                                  memory_roof_of(spec)))
+    rows.extend(place_rows((Row(op, "", module, phase, calls, "", shapes, None, 0, 0, 0, 0, ns * 1e-9)
+                            for (op, module, phase, shapes), (calls, ns) in uncounted.items()), spec))
+    rows.sort(key=lambda r: (r.op, r.module, r.phase, r.shapes))
+    rows.sort(key=lambda r: r.time_s, reverse=True)
+
+    steps = tuple(sorted({int(s.name[len(_STEP_RANGE):]) for s in phases.steps
+                          if s.name[len(_STEP_RANGE):].isdigit()})) or (0,)
+    if phases.steps:
+        wall = math.fsum(s.dur_us for s in phases.steps) * 1e-6
+    else:
+        ops = [e for e in trace.events if e.cat == "cpu_op"]
+        wall = (max(e.end_us for e in ops) - min(e.ts_us for e in ops)) * 1e-6 if ops else 0.0
+    dist = trace.meta.get("distributedInfo")
+    rank = int(dist.get("rank", 0)) if isinstance(dist, dict) else 0
+    world = int(dist.get("world_size", 1)) if isinstance(dist, dict) else 1
+    info: dict[str, Any] = {
+        "path": str(trace.path),
+        "record_shapes": trace.record_shapes,
+        "ops": len(walk.ops),
+        "distinct_calls": len(replayed),
+        "time_from": "device kernels" if on_device else "CPU op spans",
+        "uncounted_calls": dict(sorted(why.items(), key=lambda kv: -kv[1])),
+    }
+    return Report(rows=tuple(rows), device=spec, steps=steps, wall_time_s=wall, measured_on=measured_on, rank=rank,
+                  world_size=world, created_unix_s=trace.path.stat().st_mtime,
+                  job=f"trace-{trace.path.name}", extra={TRACE_KEY: info})

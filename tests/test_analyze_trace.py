@@ -1,0 +1,193 @@
+"""`memwall analyze` / `memwall.analyze_trace`: a torch.profiler trace counted as memwall.profile counts.
+
+The expectation is memwall.profile's own count of the same training step (a bare run of the
+same model, optimizer and batch), and the trace's own event durations read here from its JSON.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import memwall_plugin as memwall
+from memwall_plugin.cli import main
+
+transformers = pytest.importorskip("transformers")
+
+#: Where a bare run and a run under memwall's dispatch mode execute different ops for the same
+#: work, with the same FLOPs and bytes: the autograd engine accumulates gradients (and SDPA's math
+#: path adds its mask) in place (add_) without a dispatch mode and out of place (add) under one.
+#: The trace records the bare run, so the comparison folds add_ into add in these phases.
+IN_PLACE_UNDER_MODE = {("aten.add_", "backward"): "aten.add", ("aten.add_", "forward"): "aten.add"}
+
+
+def _step_fn() -> Any:
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=1000, n_positions=64)
+    model = transformers.GPT2LMHeadModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, 1000, (2, 16))
+
+    def step() -> None:
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    step()  # AdamW makes its state in the first step: every later step runs the same ops
+    return model, step
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One model; a step traced each way, then the same step under memwall.profile."""
+    tmp = tmp_path_factory.mktemp("traces")
+    model, step = _step_fn()
+    cpu = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=cpu, record_shapes=True, with_modules=True) as prof:
+        step()
+    plain = tmp / "trace.json"
+    prof.export_chrome_trace(str(plain))
+    handler_dir = tmp / "tb"
+    with torch.profiler.profile(activities=cpu, record_shapes=True, with_stack=True,
+                                schedule=torch.profiler.schedule(wait=0, warmup=1, active=1, repeat=1),
+                                on_trace_ready=torch.profiler.tensorboard_trace_handler(str(handler_dir),
+                                                                                        use_gzip=True)) as prof:
+        for _ in range(2):  # a warm-up step, then the recorded one
+            step()
+            prof.step()
+    with torch.profiler.profile(activities=cpu, record_shapes=False) as prof:
+        step()
+    shapeless = tmp / "no_shapes.json"
+    prof.export_chrome_trace(str(shapeless))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with memwall.profile(model, summary=False) as mw:
+            step()
+    return {"plain": plain, "handler_dir": handler_dir, "shapeless": shapeless, "reference": mw.report()}
+
+
+def _by_op_phase(report: memwall.Report, fold: dict[tuple[str, str], str] | None = None) -> dict[Any, Any]:
+    totals: dict[tuple[str, str], list[Any]] = defaultdict(lambda: [0, 0])
+    for r in report.rows:
+        op = (fold or {}).get((r.op, r.phase), r.op)
+        slot = totals[(op, r.phase)]
+        slot[0] = None if slot[0] is None or r.flops is None else slot[0] + r.flops
+        slot[1] += r.bytes
+    return {k: tuple(v) for k, v in totals.items()}
+
+
+def _trace_durations_s(path: Path, name: str) -> float:
+    """The summed duration of the outermost `name` events on each thread, read from the JSON."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X" and e.get("cat") == "cpu_op"]
+    mine = sorted((e for e in events if e["name"] == name), key=lambda e: e["ts"])
+    total, end = 0.0, -1.0
+    for e in mine:  # an op's kernel calling the op again (div_ inside div_) is inside it
+        if e["ts"] >= end:
+            total += e["dur"]
+            end = e["ts"] + e["dur"]
+    return total * 1e-6
+
+
+def _assert_same_counts(report: memwall.Report, reference: memwall.Report) -> None:
+    got = _by_op_phase(report, IN_PLACE_UNDER_MODE)
+    want = _by_op_phase(reference)
+    assert {k for k, v in got.items() if v[0] is None} == set(), "every op of this step has its inputs recorded"
+    assert got == want
+
+
+def test_trace_counts_equal_memwall_profile(recorded: dict[str, Any]) -> None:
+    report = memwall.analyze_trace(recorded["plain"])
+    _assert_same_counts(report, recorded["reference"])
+    assert {r.phase for r in report.rows} == {"forward", "backward", "optimizer"}
+    assert report.uncounted == ()
+
+
+def test_times_come_from_the_trace(recorded: dict[str, Any]) -> None:
+    report = memwall.analyze_trace(recorded["plain"])
+    for op in ("aten::addmm", "aten::bmm", "aten::mm"):
+        rows = [r for r in report.rows if r.op == op.replace("::", ".")]
+        assert rows and sum(r.time_s for r in rows) == pytest.approx(_trace_durations_s(recorded["plain"], op),
+                                                                     rel=1e-6)
+    assert report.extra["trace"]["time_from"] == "CPU op spans"
+
+
+def test_tensorboard_handler_dir_gzipped(recorded: dict[str, Any]) -> None:
+    files = list(recorded["handler_dir"].glob("*.pt.trace.json.gz"))
+    assert len(files) == 1
+    report = memwall.analyze_trace(recorded["handler_dir"])
+    _assert_same_counts(report, recorded["reference"])
+    assert report.steps == (1,)  # ProfilerStep#1: the step after the warm-up
+    # with_stack=True records nn.Module ranges: forward ops carry the trace's module names
+    modules = {r.module for r in report.rows if r.phase == "forward" and r.op == "aten.addmm"}
+    assert modules and all("Conv1D" in m for m in modules)
+
+
+def test_without_record_shapes_lists_ops_uncounted_with_times(recorded: dict[str, Any]) -> None:
+    with pytest.warns(RuntimeWarning, match="record_shapes=True"):
+        report = memwall.analyze_trace(recorded["shapeless"])
+    assert report.rows and all(r.flops is None for r in report.rows)
+    ops = {r.op for r in report.rows}
+    assert {"aten.addmm", "aten.mm", "aten.bmm", "aten.addcdiv_"} <= ops
+    assert "aten.linear" not in ops  # composite: counted as its parts, as capture sees them
+    mm = sum(r.time_s for r in report.rows if r.op == "aten.mm")
+    assert mm == pytest.approx(_trace_durations_s(recorded["shapeless"], "aten::mm"), rel=1e-6)
+    reasons = report.extra["trace"]["uncounted_calls"]
+    assert sum(reasons.values()) == sum(r.calls for r in report.rows)
+    assert any("record_shapes" in why for why in reasons)
+
+
+def test_cli_summary_and_json(recorded: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", str(recorded["plain"]), "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "Phases" in out and "optimizer" in out and "addmm" in out
+    assert main(["analyze", str(recorded["plain"]), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["totals"]["flops"] == recorded["reference"].total_flops
+    assert record["trace"] == str(recorded["plain"])
+
+
+def test_cli_logdir_writes_a_report(recorded: dict[str, Any], tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["analyze", str(recorded["plain"]), "--logdir", str(tmp_path / "run"), "--json"]) == 0
+    saved = list((tmp_path / "run").rglob("*.json"))
+    assert len(saved) == 1
+    loaded = memwall.load_report(saved[0])
+    assert loaded.total_flops == recorded["reference"].total_flops
+    assert "report saved to" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"hello": 1}', "not a torch.profiler trace"),
+    (b"\x00\x01binary", "not a torch.profiler trace"),
+    (b'{"traceEvents": [', "invalid JSON"),
+])
+def test_cli_errors_for_files_that_are_not_traces(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  content: bytes, message: str) -> None:
+    path = tmp_path / "x.json"
+    path.write_bytes(content)
+    assert main(["analyze", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_error_for_a_damaged_gzip(recorded: dict[str, Any], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    whole = next(recorded["handler_dir"].glob("*.gz")).read_bytes()
+    cut = tmp_path / "cut.pt.trace.json.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    assert main(["analyze", str(cut)]) == 2
+    assert "gzip" in capsys.readouterr().err
+    fake = tmp_path / "fake.json.gz"
+    fake.write_text("{}")
+    assert main(["analyze", str(fake)]) == 2
+    assert "not gzip-compressed" in capsys.readouterr().err
