@@ -168,7 +168,8 @@ class Row(RooflinePoint):
 
     @property
     def name(self) -> str:
-        return f"{self.op}.{self.overload}"
+        """op.overload ("aten.add.Tensor"); the op alone where the overload is unknown (a trace's)."""
+        return f"{self.op}.{self.overload}" if self.overload else self.op
 
     @property
     def speedup(self) -> float | None:

@@ -13,8 +13,10 @@ of it, as they are of a captured op's time). Phases come from the trace's ranges
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -337,9 +339,25 @@ def _device_for(trace: Trace, kind: str, device: str | DeviceSpec | None,
         traced = str(props[0].get("name", ""))
     if device is None and traced:
         try:  # a GPU trace read elsewhere: its own GPU's roofline, when memwall's table knows it
-            device = lookup_device(traced)
+            known = lookup_device(traced)
         except LookupError:
-            device = None
+            pass
+        else:  # the GPU that ran it, under the table's name: no what-if
+            spec = resolve_device(known, peaks, kind=kind)
+            note = f"the trace names it {traced}"
+            return dataclasses.replace(spec, notes=f"{spec.notes}; {note}" if spec.notes else note), spec.name
+    if device is None and kind == "cuda" and not _cuda_here():
+        # a GPU's trace read on a machine without one, its GPU unnamed or unknown to memwall: this
+        # CPU's roofs would be wrong for its kernels, so the rows stay unplaced until told
+        warnings.warn(
+            f"memwall: this trace ran on {traced or 'a GPU it does not name'}, which memwall cannot place "
+            "on a roofline here (no such GPU on this machine"
+            + (", nor in memwall's device table" if traced else "") + "): its FLOPs, bytes and kernel times "
+            "are counted but not placed under a roof. Pass --device (e.g. --device 'A100 SXM'; "
+            "`memwall devices --list` names them) or device= to analyze_trace.",
+            RuntimeWarning, stacklevel=3,
+        )
+        return None, traced or "an unnamed GPU"
     try:
         spec = resolve_device(device, peaks, kind=kind)
     except (RuntimeError, LookupError, ValueError):
@@ -347,6 +365,12 @@ def _device_for(trace: Trace, kind: str, device: str | DeviceSpec | None,
             raise
         spec = resolve_device(None, peaks, kind="cpu")
     return spec, traced or spec.name
+
+
+def _cuda_here() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
 
 
 def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,

@@ -191,3 +191,56 @@ def test_cli_error_for_a_damaged_gzip(recorded: dict[str, Any], tmp_path: Path,
     fake.write_text("{}")
     assert main(["analyze", str(fake)]) == 2
     assert "not gzip-compressed" in capsys.readouterr().err
+
+
+def _as_if_on_a_gpu(path: Path, out: Path, device_name: str | None) -> dict[str, float]:
+    """The CPU trace made into the shape of a CUDA one: each addmm and mm launches one kernel
+    (a cudaLaunchKernel inside the op's span, a kernel with its correlation id) of a known
+    duration, every other op launches nothing. Returns the kernel time given to each op (us)."""
+    data = json.loads(path.read_text())
+    events = data["traceEvents"]
+    added: list[dict[str, Any]] = []
+    given: dict[str, float] = defaultdict(float)
+    correlation = 10_000_000
+    for e in list(events):
+        if e.get("ph") == "X" and e.get("cat") == "cpu_op" and e["name"] in ("aten::addmm", "aten::mm"):
+            correlation += 1
+            dur = 7.0 if e["name"] == "aten::addmm" else 3.0  # us, unlike the CPU spans
+            added.append({"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": e["pid"],
+                          "tid": e["tid"], "ts": e["ts"] + e["dur"] / 2, "dur": 0.1,
+                          "args": {"correlation": correlation, "External id": correlation}})
+            added.append({"ph": "X", "cat": "kernel", "name": f"ampere_sgemm_{correlation}", "pid": 0, "tid": 7,
+                          "ts": e["ts"] + e["dur"], "dur": dur,
+                          "args": {"correlation": correlation, "External id": correlation, "device": 0,
+                                   "stream": 7}})
+            given[e["name"].replace("::", ".")] += dur
+    events.extend(added)
+    if device_name is not None:
+        data["deviceProperties"] = [{"id": 0, "name": device_name, "totalGlobalMem": 85520809984}]
+    out.write_text(json.dumps(data))
+    return given
+
+
+def test_a_gpu_trace_takes_each_ops_time_from_its_kernels(recorded: dict[str, Any], tmp_path: Path) -> None:
+    given = _as_if_on_a_gpu(recorded["plain"], tmp_path / "gpu.json", "NVIDIA H100 80GB HBM3")
+    report = memwall.analyze_trace(tmp_path / "gpu.json")
+    assert report.extra["trace"]["time_from"] == "device kernels"
+    for op, us in given.items():
+        assert sum(r.time_s for r in report.rows if r.op == op) == pytest.approx(us * 1e-6, rel=1e-9)
+    _assert_same_counts(report, recorded["reference"])  # the counts do not depend on the times
+    # placed on the GPU the trace names (memwall's table knows it), not on this CPU, and no what-if
+    assert report.device is not None and "H100" in report.device.name
+    assert report.measured_on == report.device.name and "H100 80GB HBM3" in report.device.notes
+
+
+def test_a_gpu_trace_of_an_unnamed_gpu_is_counted_but_not_placed_here(recorded: dict[str, Any],
+                                                                      tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine the trace is placed on this machine's GPU")
+    _as_if_on_a_gpu(recorded["plain"], tmp_path / "gpu.json", None)
+    with pytest.warns(RuntimeWarning, match="--device"):
+        report = memwall.analyze_trace(tmp_path / "gpu.json")
+    assert report.device is None  # not this CPU's roofs under a GPU's kernel times
+    assert report.total_flops == recorded["reference"].total_flops
+    placed = memwall.analyze_trace(tmp_path / "gpu.json", device="A100 SXM")
+    assert placed.device is not None and "A100" in placed.device.name
