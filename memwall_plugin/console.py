@@ -25,7 +25,7 @@ from memwall_plugin.devices import native_bf16, peak_key
 from memwall_plugin.formulas import COUNT_NOTES, REGISTRY
 from memwall_plugin.headline import Headline, headline, rank_headlines, slowest_rank
 from memwall_plugin.memory import MemoryReport, MemoryWhatIf
-from memwall_plugin.records import DECODE, ordered_phases
+from memwall_plugin.records import DECODE, TIMELINE_KEY, ordered_phases
 from memwall_plugin.registry import Family
 from memwall_plugin.roofline import COMMUNICATION, COMPUTE, MEMORY, launch_floor_s
 from memwall_plugin.rows import Group, Row, module_tree, speedup
@@ -34,6 +34,8 @@ if TYPE_CHECKING:  # drawn, not imported: report.py's str() and Jupyter view cal
     from memwall_plugin.report import Report
 
 GROUP_BY = ("op", "shape", "module", "phase")
+#: a GPU idle this share of the steps' wall time (its device activity recorded) is launch-bound
+LAUNCH_BOUND_IDLE = 0.5
 WIDE = 120  # from this many columns the tables show every column
 FULL = 180  # from this many the operator table adds each row's dtype and input shapes
 NARROW = 100  # below this many they drop calls and bytes and shorten phase names
@@ -283,6 +285,14 @@ def _dtype_check(report: Report, rows: list[Row]) -> str:
     return f"the dtype (bf16, which this CPU runs natively on {unit}) and " if unit else ""
 
 
+def _longest_names(rows: list[Row]) -> list[str]:
+    """The rows' op names, the longest in time first."""
+    time: dict[str, float] = {}
+    for r in rows:
+        time[r.name] = time.get(r.name, 0.0) + r.time_s
+    return sorted(time, key=lambda name: (-time[name], name))
+
+
 def findings(report: Report) -> list[str]:
     """A few plain-language conclusions, largest effect first. Set-up (weight init, data made
     before the first forward) is left out: the shares are of the work's op time."""
@@ -292,7 +302,18 @@ def findings(report: Report) -> list[str]:
     if total <= 0 or not report.rows:
         return out
     host = host_time_share(report)
-    if host is not None and host >= HOST_BOUND_SHARE:
+    timeline = report.extra.get(TIMELINE_KEY)
+    timeline = timeline if isinstance(timeline, dict) else {}
+    idle = timeline.get("idle_fraction")
+    if isinstance(idle, (int, float)) and idle >= LAUNCH_BOUND_IDLE:
+        # the device's own record: it sat idle between kernels, waiting for the host to launch them
+        out.append(
+            f"the GPU was idle {idle:.0%} of the recorded steps waiting for the host (busy "
+            f"{_dur(timeline.get('device_busy_s') or 0.0)} of {_dur(timeline.get('wall_s') or 0.0)}): the run is "
+            "launch-bound, and the roofline does not apply to it; CUDA graphs, larger batches or torch.compile's "
+            "reduce-overhead mode help."
+        )
+    elif host is not None and host >= HOST_BOUND_SHARE:
         out.append(
             f"{host:.0%} of the recorded steps' wall time is outside any op (Python, data loading, logging): "
             "the memory wall is not what limits this run; larger batches, a DataLoader with workers, or "
@@ -348,12 +369,26 @@ def findings(report: Report) -> list[str]:
                 f"{_dtype_check(report, compute_rows)}shapes (multiples of 8 or 16)."
             )
     if report.coverage < 0.95:
-        names = sorted({r.name for r in work if r.flops is None})
-        out.append(
-            f"{1 - report.coverage:.0%} of op time is in ops without a FLOP formula "
-            f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); their FLOPs are unknown, "
-            "not zero (register formulas with memwall.default_registry().copy())."
-        )
+        uncounted = [r for r in work if r.flops is None]
+        # an op with a formula is uncounted only where its inputs were not recorded (a trace's)
+        unshaped = [r for r in uncounted if REGISTRY.flop_formula(r.op, r.overload or "default") is not None]
+        unformulated = [r for r in uncounted if r not in unshaped]
+        if unformulated:
+            names = _longest_names(unformulated)
+            share = math.fsum(r.time_s for r in unformulated) / total
+            out.append(
+                f"{share:.0%} of op time is in ops without a FLOP formula "
+                f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); their FLOPs are unknown, "
+                "not zero (register formulas with memwall.default_registry().copy())."
+            )
+        if unshaped:
+            names = _longest_names(unshaped)
+            share = math.fsum(r.time_s for r in unshaped) / total
+            out.append(
+                f"{share:.0%} of op time is in ops whose inputs were not recorded "
+                f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): their FLOPs are unknown, not zero; "
+                "re-record the trace with torch.profiler.profile(record_shapes=True)."
+            )
     noted = sorted({r.op for r in report.rows if r.op in COUNT_NOTES and r.flops})
     for text in dict.fromkeys(COUNT_NOTES[op] for op in noted):
         ops = [op.removeprefix("aten.") for op in noted if COUNT_NOTES[op] == text]

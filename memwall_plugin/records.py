@@ -29,6 +29,11 @@ OTHER = "other"
 #: Built-in phases, in display order; prof.phase("...") may add labels of its own.
 PHASES = (SETUP, FORWARD, BACKWARD, RECOMPUTE, OPTIMIZER, GRAD_SCALER, PREFILL, DECODE, OTHER)
 
+#: `Report.extra` key of a run whose device activity was recorded (a GPU trace read by `memwall
+#: analyze`): per step its wall time, the device's busy time and the share it sat idle waiting
+#: for the host to launch work (memwall_plugin/trace_analysis.py `_timeline`)
+TIMELINE_KEY = "timeline"
+
 
 #: Reuse buckets (hooks/residency.py): bucket k holds data whose reuse footprint, the bytes touched
 #: since it was last touched plus its own, is at most 2**k bytes; COLD holds data not touched within

@@ -35,7 +35,7 @@ from memwall_plugin.hooks.replay import (
     replay,
 )
 from memwall_plugin.kineto import Event, Trace, TraceError, load_trace, trace_files
-from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER
+from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, TIMELINE_KEY
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report
 from memwall_plugin.rows import Row
@@ -313,6 +313,49 @@ def _device_times(trace: Trace, walk: _Walk) -> bool:
     return True
 
 
+def _busy_us(intervals: list[tuple[float, float]], start: float, end: float) -> float:
+    """How long at least one of the (sorted) intervals runs within [start, end]."""
+    busy, reach = 0.0, start
+    for a, b in intervals:
+        a, b = max(a, reach), min(b, end)
+        if b > a:
+            busy += b - a
+            reach = b
+        if reach >= end:
+            break
+    return busy
+
+
+def _timeline(trace: Trace, steps: list[Event]) -> dict[str, Any] | None:
+    """Where the trace recorded device activity: per step (each `ProfilerStep#N`, else the span
+    of the trace's ops) its wall time, the time the device ran anything (kernels, copies, sets;
+    overlapping streams counted once) and the share it sat idle, waiting for the host. None
+    without device activity."""
+    device = sorted((e.ts_us, e.end_us) for e in trace.events if e.cat in _DEVICE_CATS)
+    if not device:
+        return None
+    if steps:
+        windows = [(e.name[len(_STEP_RANGE):], e.ts_us, e.end_us) for e in steps]
+    else:
+        ops = [e for e in trace.events if e.cat == "cpu_op"]
+        start = min([e.ts_us for e in ops] + [device[0][0]])
+        end = max([e.end_us for e in ops] + [b for _, b in device])
+        windows = [("", start, end)]
+    out: list[dict[str, Any]] = []
+    for name, start, end in windows:
+        first = bisect.bisect_left(device, (start, -math.inf))
+        # an interval that began before the window can reach into it: look back a little
+        lead = [iv for iv in device[max(0, first - 64):first] if iv[1] > start]
+        busy = _busy_us(lead + device[first:], start, end)
+        wall = max(end - start, 0.0)
+        out.append({"step": int(name) if name.isdigit() else None, "wall_s": wall * 1e-6, "device_busy_s": busy * 1e-6,
+                    "idle_fraction": 1 - busy / wall if wall > 0 else None})
+    wall_s = math.fsum(w["wall_s"] for w in out)
+    busy_s = math.fsum(w["device_busy_s"] for w in out)
+    return {"source": "the trace's device activity (kernels, memcpy, memset)", "steps": out, "wall_s": wall_s,
+            "device_busy_s": busy_s, "idle_fraction": 1 - busy_s / wall_s if wall_s > 0 else None}
+
+
 def _shapes_text(inputs: TracedInputs | None) -> str:
     if inputs is None:
         return ""
@@ -466,6 +509,10 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
         "time_from": "device kernels" if on_device else "CPU op spans",
         "uncounted_calls": dict(sorted(why.items(), key=lambda kv: -kv[1])),
     }
+    extra: dict[str, Any] = {TRACE_KEY: info}
+    timeline = _timeline(trace, phases.steps)
+    if timeline is not None:
+        extra[TIMELINE_KEY] = timeline
     return Report(rows=tuple(rows), device=spec, steps=steps, wall_time_s=wall, measured_on=measured_on, rank=rank,
                   world_size=world, created_unix_s=trace.path.stat().st_mtime,
-                  job=f"trace-{trace.path.name}", extra={TRACE_KEY: info})
+                  job=f"trace-{trace.path.name}", extra=extra)

@@ -148,7 +148,7 @@ def test_without_record_shapes_lists_ops_uncounted_with_times(recorded: dict[str
 
 
 def test_cli_summary_and_json(recorded: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["analyze", str(recorded["plain"]), "--top", "5"]) == 0
+    assert main(["analyze", str(recorded["plain"]), "--top", "100"]) == 0
     out = capsys.readouterr().out
     assert "Phases" in out and "optimizer" in out and "addmm" in out
     assert main(["analyze", str(recorded["plain"]), "--json"]) == 0
@@ -244,3 +244,41 @@ def test_a_gpu_trace_of_an_unnamed_gpu_is_counted_but_not_placed_here(recorded: 
     assert report.total_flops == recorded["reference"].total_flops
     placed = memwall.analyze_trace(tmp_path / "gpu.json", device="A100 SXM")
     assert placed.device is not None and "A100" in placed.device.name
+
+
+def test_a_gpu_trace_says_how_long_the_gpu_sat_idle_and_calls_the_step_launch_bound(recorded: dict[str, Any],
+                                                                                    tmp_path: Path) -> None:
+    """The kernels given above run a few microseconds each in a step of milliseconds: the device
+    is idle nearly all of it, which the report measures from the device's own record (not from
+    op times) and names as launch-bound."""
+    _as_if_on_a_gpu(recorded["plain"], tmp_path / "gpu.json", "NVIDIA H100 80GB HBM3")
+    events = json.loads((tmp_path / "gpu.json").read_text())["traceEvents"]
+    kernels = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("cat") == "kernel"]
+    ops = [e for e in events if e.get("cat") == "cpu_op"]
+    start = min([e["ts"] for e in ops] + [a for a, _ in kernels])
+    end = max([e["ts"] + e["dur"] for e in ops] + [b for _, b in kernels])
+    # busy time by hand: the kernels' tenths of a microsecond, each counted once
+    ticks: set[int] = set()
+    for a, b in kernels:
+        ticks.update(range(round(a * 10), round(b * 10)))
+    report = memwall.analyze_trace(tmp_path / "gpu.json")
+    timeline = report.extra["timeline"]
+    assert timeline["device_busy_s"] == pytest.approx(len(ticks) * 1e-7, rel=1e-3)
+    assert timeline["wall_s"] == pytest.approx((end - start) * 1e-6, rel=1e-9)
+    assert timeline["idle_fraction"] == pytest.approx(1 - len(ticks) * 1e-7 / ((end - start) * 1e-6), rel=1e-3)
+    assert timeline["idle_fraction"] > 0.9
+    notes = memwall.findings(report)
+    assert any(n.startswith("the GPU was idle") and "launch-bound" in n for n in notes)
+    assert not any("outside any op" in n for n in notes)  # the device's record says it, not op gaps
+    # a CPU trace has no device timeline and no such finding
+    cpu = memwall.analyze_trace(recorded["plain"])
+    assert "timeline" not in cpu.extra and not any("GPU was idle" in n for n in memwall.findings(cpu))
+
+
+def test_ops_with_a_formula_but_no_recorded_inputs_are_named_as_such(recorded: dict[str, Any]) -> None:
+    with pytest.warns(RuntimeWarning):
+        report = memwall.analyze_trace(recorded["shapeless"])
+    notes = memwall.findings(report)
+    (unshaped,) = [n for n in notes if "inputs were not recorded" in n]
+    assert "record_shapes=True" in unshaped and "aten.addmm" in unshaped
+    assert not any("without a FLOP formula (aten.addmm" in n for n in notes)
