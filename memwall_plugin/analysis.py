@@ -154,7 +154,7 @@ class EntryTotals:
 if ROW_FIELDS != ("op", "overload", "module", "phase", "calls", "dtype", "shapes", "flops", "bytes_read",
                   "bytes_written", "elements_read", "elements_written", "time_s", "peak_flops_per_s",
                   "bandwidth_bytes_per_s", "collective", "reuse", "memory_level", "dram_bandwidth_bytes_per_s",
-                  "projected_time_s"):
+                  "projected_time_s", "kernels"):
     raise ImportError("memwall: Row's fields changed order; update rows_from_entries to match")
 
 
@@ -165,7 +165,7 @@ def _row_maker() -> Callable[..., Row]:
     new = object.__new__
     (s_op, s_overload, s_module, s_phase, s_calls, s_dtype, s_shapes, s_flops, s_bytes_read, s_bytes_written,
      s_elements_read, s_elements_written, s_time_s, s_peak, s_bandwidth, s_collective, s_reuse, s_level,
-     s_dram, s_projected) = (getattr(Row, name).__set__ for name in ROW_FIELDS)
+     s_dram, s_projected, s_kernels) = (getattr(Row, name).__set__ for name in ROW_FIELDS)
 
     def make(op: str, overload: str, module: str, phase: str, calls: int, dtype: str, shapes: str,
              flops: int | None, bytes_read: int, bytes_written: int, elements_read: int, elements_written: int,
@@ -192,6 +192,7 @@ def _row_maker() -> Callable[..., Row]:
         s_level(row, level)
         s_dram(row, dram)
         s_projected(row, None)  # measured, not a what-if
+        s_kernels(row, ())  # no device activity record (a trace's rows add theirs)
         return row
 
     sample = ("aten.mm", "default", "a.b", "forward", 3, "float32", "[8,16]", 100, 10, 11, 5, 6, 0.5, 1e9, 2e9)

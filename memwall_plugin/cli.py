@@ -259,6 +259,8 @@ def _csv_cell(value: Any) -> Any:
     label named "=HYPERLINK(...)") gets a leading apostrophe. Numbers are left as they are."""
     if value is None:
         return ""
+    if isinstance(value, list):  # a row's kernels: one cell
+        value = "; ".join(map(str, value))
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
     return value

@@ -53,6 +53,10 @@ def _row_dict(r: Row) -> dict[str, Any]:
         out["collective"] = dataclasses.asdict(c)
     if out["projected_time_s"] is None:  # only a what-if's rows have one: a measured report's file is unchanged
         del out["projected_time_s"]
+    if out["kernels"]:  # only a GPU trace's rows name their kernels
+        out["kernels"] = list(out["kernels"])
+    else:
+        del out["kernels"]
     return out
 
 

@@ -136,6 +136,9 @@ class Row(RooflinePoint):
     #: the roofline time there but at least the device's launch floor per call
     #: (roofline.projected_time_s); None for a report as measured, an uncounted op, a collective
     projected_time_s: float | None = None
+    #: the device kernels its calls ran (a GPU trace's, `memwall analyze`), in the order first
+    #: seen: whether a tensor-core GEMM ran; () where none were recorded
+    kernels: tuple[str, ...] = ()
 
     @property
     def bytes(self) -> int:
@@ -250,7 +253,7 @@ ROW_COLUMNS = (
     "bytes_written", "bytes", "time_s", "intensity", "bound", "peak_flops_per_s",
     "bandwidth_bytes_per_s", "attainable_flops_per_s", "achieved_flops_per_s", "achieved_bytes_per_s",
     "efficiency", "roofline_time_s", "memory_level", "in_cache", "dram_bandwidth_bytes_per_s",
-    "dram_efficiency", "dram_roofline_time_s", "projected_time_s", "family",
+    "dram_efficiency", "dram_roofline_time_s", "projected_time_s", "kernels", "family",
 )
 COLLECTIVE_COLUMNS = (
     "kind", "group_size", "timed_calls", "message_bytes", "message_bytes_per_call", "bytes_moved",
@@ -267,6 +270,7 @@ def row_record(r: Row) -> dict[str, Any]:
     --json and --csv and the tab use, with the op's family from the registry. A collective's
     record adds its collective figures."""
     out = {name: _finite(getattr(r, name)) for name in ROW_COLUMNS[:-1]}
+    out["kernels"] = list(r.kernels)
     out["family"] = REGISTRY.family(r.op, r.overload)  # registry metadata: matmul, norm, communication...
     c = r.collective
     if c is not None:
@@ -313,6 +317,8 @@ def _sum_record(a: Any, b: Any, keep: tuple[str, ...]) -> Any:
             changes[f.name] = _sum_record(x, y, _COLLECTIVE_KEY)
         elif f.name == "reuse":
             changes[f.name] = merge_reuse(x, y)
+        elif f.name == "kernels":  # the names either ran, each once
+            changes[f.name] = tuple(dict.fromkeys(x + y))
         else:
             changes[f.name] = _add(x, y)
     return dataclasses.replace(a, **changes)

@@ -75,6 +75,7 @@ class _Op:
     func: Any  # the overload its inputs fit; None when unknown
     time_ns: int = 0
     builds_graph: bool = False
+    kernels: list[str] = field(default_factory=list)  # the device kernels it launched, by name
 
 
 @dataclass(slots=True)
@@ -293,24 +294,44 @@ def _device_times(trace: Trace, walk: _Walk) -> bool:
     """Each op's time from the device kernels it launched (its launch calls correlated to them),
     where the trace recorded device activity; False when it did not."""
     kernels: dict[Any, float] = {}
+    names: dict[Any, list[str]] = {}
     for e in trace.events:
         if e.cat in _DEVICE_CATS:
             corr = e.args.get("correlation")
             if corr is not None:
                 kernels[corr] = kernels.get(corr, 0.0) + e.dur_us
+                names.setdefault(corr, []).append(_kernel_name(e))
     if not kernels:
         return False
     device_ns: dict[int, float] = {}
     for e in trace.events:
         if e.cat in _LAUNCH_CATS:
-            dur = kernels.get(e.args.get("correlation"))
+            corr = e.args.get("correlation")
+            dur = kernels.get(corr)
             op = _counted_ancestor(e.parent, walk.by_event) if dur is not None else None
             if op is not None and dur is not None:
                 device_ns[id(op)] = device_ns.get(id(op), 0.0) + dur * 1000
+                op.kernels.extend(names[corr])
     for op in walk.ops:
         if id(op) in device_ns:  # ops that launched nothing keep their CPU span
             op.time_ns = round(device_ns[id(op)])
     return True
+
+
+def _kernel_name(e: Event) -> str:
+    """A kernel's name as a row lists it: a copy or set by its kind ("Memcpy HtoD (Pinned ->
+    Device)"), a kernel by its function's name without its template arguments and parameters
+    ("ampere_sgemm_128x64_nn", "at::native::vectorized_elementwise_kernel")."""
+    name = e.name
+    if e.cat != "kernel":
+        return name
+    name = name.removeprefix("void ")
+    cut = len(name)
+    for mark in ("<", "("):
+        at = name.find(mark)
+        if 0 < at < cut:
+            cut = at
+    return name[:cut][:120]
 
 
 def _busy_us(intervals: list[tuple[float, float]], start: float, end: float) -> float:
@@ -447,6 +468,7 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
     phases = _Phases(trace, walk)
 
     entries: dict[Any, CaptureEntry] = {}
+    kernels: dict[Any, list[str]] = {}  # entry key -> the kernels its calls launched
     uncounted: dict[tuple[str, str, str, str], list[Any]] = {}  # (op, module, phase, shapes) -> calls, ns
     why: dict[str, int] = {}
     replayed: dict[tuple[Any, TracedInputs], Any] = {}
@@ -476,18 +498,26 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
                                                         phase)
                 entry.calls += 1
                 entry.time_ns += op.time_ns
+                if op.kernels:
+                    kernels.setdefault(key, []).extend(op.kernels)
                 continue
         why[reason] = why.get(reason, 0) + 1
         name = op.name.replace("::", ".", 1)
-        slot = uncounted.setdefault((name, module, phase, _shapes_text(inputs)), [0, 0])
+        slot = uncounted.setdefault((name, module, phase, _shapes_text(inputs)), [0, 0, []])
         slot[0] += 1
         slot[1] += op.time_ns
+        slot[2].extend(op.kernels)
 
     spec, measured_on = _device_for(trace, kind, device, peaks)
-    rows = list(rows_from_entries(entries.values(), registry, ceilings_of(spec), analysis_cache(registry),
-                                  memory_roof_of(spec)))
-    rows.extend(place_rows((Row(op, "", module, phase, calls, "", shapes, None, 0, 0, 0, 0, ns * 1e-9)
-                            for (op, module, phase, shapes), (calls, ns) in uncounted.items()), spec))
+    cache, ceilings, roof = analysis_cache(registry), ceilings_of(spec), memory_roof_of(spec)
+    rows = []
+    for key, entry in entries.items():  # row by row: each keeps the kernels its calls ran
+        (row,) = rows_from_entries((entry,), registry, ceilings, cache, roof)
+        ran = kernels.get(key)
+        rows.append(dataclasses.replace(row, kernels=tuple(dict.fromkeys(ran))) if ran else row)
+    rows.extend(place_rows((Row(op, "", module, phase, calls, "", shapes, None, 0, 0, 0, 0, ns * 1e-9,
+                                kernels=tuple(dict.fromkeys(ran)))
+                            for (op, module, phase, shapes), (calls, ns, ran) in uncounted.items()), spec))
     rows.sort(key=lambda r: (r.op, r.module, r.phase, r.shapes))
     rows.sort(key=lambda r: r.time_s, reverse=True)
 

@@ -282,3 +282,23 @@ def test_ops_with_a_formula_but_no_recorded_inputs_are_named_as_such(recorded: d
     (unshaped,) = [n for n in notes if "inputs were not recorded" in n]
     assert "record_shapes=True" in unshaped and "aten.addmm" in unshaped
     assert not any("without a FLOP formula (aten.addmm" in n for n in notes)
+
+
+def test_each_row_names_the_kernels_its_calls_ran_and_keeps_them_in_its_file(recorded: dict[str, Any],
+                                                                             tmp_path: Path) -> None:
+    _as_if_on_a_gpu(recorded["plain"], tmp_path / "gpu.json", "NVIDIA H100 80GB HBM3")
+    report = memwall.analyze_trace(tmp_path / "gpu.json")
+    for r in report.rows:
+        if r.op in ("aten.addmm", "aten.mm"):
+            assert r.kernels and all(k.startswith("ampere_sgemm_") for k in r.kernels)
+        else:
+            assert r.kernels == ()  # launched nothing in this trace
+    report.save(tmp_path / "report.json")
+    again = memwall.load_report(tmp_path / "report.json")
+    assert [r.kernels for r in again.rows] == [r.kernels for r in report.rows]
+    # rows merged (shapes folded) keep every kernel name once
+    several = [f for f in report.folded() if f.row.op == "aten.mm" and len(f.variants) > 1]
+    assert several  # a backward's input and weight gradients: two shapes of one (op, module, phase)
+    for f in several:
+        assert set(f.row.kernels) == {k for v in f.variants for k in v.kernels}
+        assert len(f.row.kernels) == len(set(f.row.kernels))

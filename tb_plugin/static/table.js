@@ -50,7 +50,9 @@ const TEXT_KEYS = ['op', 'module', 'phase', 'bound', 'memory_level'];
 
 /** A row's tooltip: what identifies it (op, overload, shapes, dtype, module, phase). */
 function describe(r) {
-  return `${r.op}.${r.overload} ${r.shapes} (${r.dtype}) · ${r.module || '(top level)'} · ${r.phase}`;
+  const name = r.overload ? `${r.op}.${r.overload}` : r.op;
+  const kernels = r.kernels && r.kernels.length ? `\nkernels: ${r.kernels.join(', ')}` : '';
+  return `${name} ${r.shapes} (${r.dtype}) · ${r.module || '(top level)'} · ${r.phase}${kernels}`;
 }
 
 export class OperatorTable {
