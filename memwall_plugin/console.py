@@ -143,15 +143,26 @@ def _short_dtype(dtype: str) -> str:
 
 
 def _tail(name: str, width: int) -> str:
-    """A dotted path cut to `width` from the left, at a dot where one is near: the leaf module
-    is what tells rows apart ("…h.0.mlp.c_fc")."""
+    """A dotted module path cut to `width`: the leaf and the layer numbers are what tell rows
+    apart, so the names above the leaf shrink to their first letter first
+    ("transformer.h.0.attn.c_attn" -> "t.h.0.a.c_attn"), then the path is cut from the left
+    ("…0.a.c_attn")."""
     if len(name) <= width:
         return name
-    tail = name[len(name) - width + 1:]
-    dot = tail.find(".")
-    if 0 <= dot < len(tail) - 4 and dot < width // 3:
-        tail = tail[dot + 1:]
-    return "…" + tail
+    parts = name.split(".")
+    for i in range(len(parts) - 1):  # shrink from the outermost inwards, numbers kept
+        if len(".".join(parts)) <= width:
+            break
+        if not parts[i].isdigit():
+            parts[i] = parts[i][:1]
+    if len(".".join(parts)) <= width:
+        return ".".join(parts)
+    while len(parts) > 1 and len(".".join(parts)) + 1 > width:  # whole names off the left
+        parts = parts[1:]
+    short = ".".join(parts)
+    if len(short) + 1 <= width:
+        return "…" + short
+    return "…" + short[len(short) - width + 1:]
 
 
 def _middle(name: str, width: int) -> str:
@@ -590,20 +601,20 @@ class Summary:
     _names: dict[str, int] | None = None
     _max_width = 120
 
-    def _fit_names(self, rows: tuple[Row, ...], first: list[str], levels: bool) -> None:
-        """Give the op and module columns of the operator table what the other columns leave:
-        names are cut to it (_middle, _tail) rather than wrapped over several lines."""
-        others = [*first[3:], *self._numbers(), *(["level"] if levels else []), "bound"]
-        if self._projected:
-            others += ["projected", *(["speed-up"] if self._speedups(levels) else [])]
-        else:
-            others.append("roof")
-        phase = max((len(self._phase(r.phase)) for r in rows), default=5)
-        used = sum(self._NUMBER_WIDTHS[c] for c in others) + max(phase, 5) + 3 * (len(others) + 2)
-        room = max(self._max_width - used, 20)
-        op_natural = max((len(r.op.removeprefix("aten.")) for r in rows), default=2)
-        module_natural = max((len(r.module or "(top)") for r in rows), default=6)
-        op = min(op_natural, 24 if self._wide else 18, max(room * 5 // 9, 10))
+    def _fit_names(self, rows: tuple[Row, ...], cells: list[list[Any]], first: list[str], headers: list[str]) -> None:
+        """Give the op and module columns of the operator table what the other columns leave,
+        measured on the cells drawn: names are cut to it (_middle, _tail) rather than wrapped or
+        squeezing the figures."""
+        widths = [max([len(h)] + [Text(c).cell_len if isinstance(c, str) else c.cell_len for c in column])
+                  for h, column in zip(headers, zip(*cells, strict=True) if cells else [()] * len(headers),
+                                       strict=True)]
+        phase = max([5] + [len(self._phase(r.phase)) for r in rows])
+        extra = sum(min(w, 30) for w in widths[: len(first) - 3])  # dtype, shapes when shown
+        used = sum(widths[len(first) - 3:]) + extra + phase + 3 * (len(headers) + 2)
+        room = max(self._max_width - used, 16)
+        op_natural = max([2] + [len(r.op.removeprefix("aten.")) for r in rows])
+        module_natural = max([6] + [len(r.module or "(top)") for r in rows])
+        op = min(op_natural, 24 if self._wide else 18, max(room * 9 // 20, 10))
         self._names = {"op": op, "module": max(min(module_natural, room - op, 28), 8)}
 
     def _name_width(self, column: str) -> int:
@@ -665,26 +676,30 @@ class Summary:
                     what += " (shapes folded: --by shape)"
             shown = rows[: opts.top]
             # the level each op's data came from, where any came from a cache
-            levels = any(r.in_cache for r in shown)
+            levels = any(r.in_cache for r in shown) and not self._narrow  # narrow: the header's cache line says it
             # dtype and shapes: columns of their own when wide enough, else beneath the op's name
             columns = self._full
             beneath = opts.by == "shape" and not columns
             first = ["op / shapes" if beneath else "op", "module", "phase"] + (["dtype", "shapes"] if columns else [])
-            self._fit_names(shown, first, levels)
-            table = self._table(f"Top {min(opts.top, len(rows))} of {len(rows)} {what}", first, levels)
+            cells: list[list[Any]] = []  # every column but op, module and phase: measured before names are cut
             for r in shown:
                 share = r.time_s / total if total else None
                 level = [Text(r.memory_level, style="" if r.in_cache else "dim")] if levels else []
                 described = [_text(_short_dtype(r.dtype)), _text(r.shapes, style="dim")] if columns else []
+                cells.append([*described, *self._cells(r.calls, share, r.flops, r.bytes, r.intensity),
+                              *level, _bound(r.bound), *self._last(r, levels)])
+            table = self._table(f"Top {min(opts.top, len(rows))} of {len(rows)} {what}", first, levels)
+            self._fit_names(shown, cells, first, [str(c.header) for c in table.columns[3:]])
+            table.columns[1].max_width = self._name_width("module")
+            if not beneath:
+                table.columns[0].max_width = self._name_width("op")
+            for r, rest in zip(shown, cells, strict=True):
                 name = self._name("op", r.op.removeprefix("aten."))
                 if beneath:
                     name.append("\n")
                     name.append_text(_text(f"{_short_dtype(r.dtype)} {r.shapes}", style="dim"))
-                table.add_row(
-                    name, self._name("module", r.module or "(top)"), _text(self._phase(r.phase)), *described,
-                    *self._cells(r.calls, share, r.flops, r.bytes, r.intensity),
-                    *level, _bound(r.bound), *self._last(r, levels),
-                )
+                table.add_row(name, self._name("module", r.module or "(top)"), _text(self._phase(r.phase)), *rest)
+            self._names = None
             return table
         groups = rep.group_by(opts.by)
         table = self._table(f"Top {min(opts.top, len(groups))} of {len(groups)} by {opts.by}", [opts.by])
