@@ -5,7 +5,8 @@ window of one rank (`<stem>.N.json` when another job already took the name). Eve
 its job (`Report.job`), the same for every window and rank of one `memwall.profile` block or one
 torchrun launch: windows of one job are merged per rank, and two jobs written into one logdir
 (a hard-coded logdir, run twice) are never summed. `memwall report`, the tab and rank 0's
-summary all read runs through this module; `memwall.profile` writes through it.
+summary all read runs through this module; `memwall.profile` writes through it. A scan also
+finds the torch.profiler traces outside run directories, which the tab offers to analyse.
 """
 
 from __future__ import annotations
