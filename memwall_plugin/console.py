@@ -347,7 +347,15 @@ def findings(report: Report) -> list[str]:
                 f"compute-bound ops reach {achieved / roof:.0%} of their roof on average: check "
                 f"{_dtype_check(report, compute_rows)}shapes (multiples of 8 or 16)."
             )
-    if report.coverage < 0.95:
+    trace = report.extra.get("trace")
+    if report.coverage < 0.95 and isinstance(trace, dict) and trace.get("record_shapes") is False:
+        # `memwall analyze` of a trace without input shapes: formulas are not what is missing
+        out.append(
+            f"{1 - report.coverage:.0%} of op time is in ops the trace recorded without input shapes: "
+            "their FLOPs and bytes are unknown, not zero (re-record with "
+            "torch.profiler.profile(record_shapes=True) to count them)."
+        )
+    elif report.coverage < 0.95:
         names = sorted({r.name for r in work if r.flops is None})
         out.append(
             f"{1 - report.coverage:.0%} of op time is in ops without a FLOP formula "

@@ -1143,6 +1143,7 @@ def test_a_torch_profiler_trace_in_the_logdir_is_analysed_and_shown_as_a_run(bro
         status = browser.find_element(By.CSS_SELECTOR, ".mw-status").text
         assert "damaged/worker0.1.pt.trace.json.gz: a damaged or truncated gzip file" in status
         assert str(logdir) not in status and not browser.find_elements(By.CSS_SELECTOR, ".mw-card")
+        _screenshot(browser, "memwall-tab-trace-damaged", tmp_path)
         _select(browser, "select.mw-run", name)
         WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row")
                                          and d.find_element(By.CSS_SELECTOR, ".mw-trace").is_displayed())

@@ -578,6 +578,9 @@ def test_a_trace_without_shapes_says_to_record_them(traces):
     assert banner["uncounted_total"] == banner["ops"] > 0
     assert banner["uncounted_calls"][0]["reason"].startswith("no input shapes recorded")
     assert body["headline"]["uncounted_rows"] == len(body["rows"])
+    # the What to do panel says the same, not "register formulas"
+    assert any("record_shapes=True" in f for f in body["findings"])
+    assert not any("register formulas" in f for f in body["findings"])
 
 
 def test_a_run_with_memwalls_report_does_not_offer_its_kineto_trace(logdir, plugin):
@@ -587,3 +590,19 @@ def test_a_run_with_memwalls_report_does_not_offer_its_kineto_trace(logdir, plug
     runs = get(plugin, "/runs")[1]["runs"]
     assert [r["kind"] for r in runs if r["run"] == "train"] == ["memwall"]
     assert not [r for r in runs if r["kind"] == "trace"]
+
+
+def test_a_saved_analysis_is_a_memwall_run_with_the_trace_banner(traces, tmp_path, capsys):
+    """`memwall analyze TRACE --logdir DIR` saves a report: the tab shows it as a memwall run,
+    with the same banner a trace run gets."""
+    from memwall_plugin.cli import main
+
+    root, made = traces
+    assert main(["analyze", str(made["hf"]), "--logdir", str(tmp_path / "from-trace")]) == 0
+    capsys.readouterr()
+    plugin = MemwallPlugin(base_plugin.TBContext(logdir=str(tmp_path)))
+    assert [(r["run"], r["kind"]) for r in get(plugin, "/runs")[1]["runs"]] == [("from-trace", "memwall")]
+    status, body = get(plugin, "/report", run="from-trace")
+    assert status == 200
+    assert body["trace"]["file"] == made["hf"].name and body["trace"]["time_from"] == "CPU op spans"
+    assert body["headline"]["flops"] == sum(r.flops for r in made["reference"].rows)
