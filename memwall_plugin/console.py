@@ -381,8 +381,12 @@ def findings(report: Report) -> list[str]:
             )
     if report.coverage < 0.95:
         uncounted = [r for r in work if r.flops is None]
-        # an op with a formula is uncounted only where its inputs were not recorded (a trace's)
-        unshaped = [r for r in uncounted if REGISTRY.flop_formula(r.op, r.overload or "default") is not None]
+        # an op with a formula is uncounted only where its inputs were not recorded (a trace's);
+        # in a trace recorded without any shapes no op could be counted, formula or not
+        trace = report.extra.get("trace")
+        shapeless = isinstance(trace, dict) and trace.get("record_shapes") is False
+        unshaped = [r for r in uncounted
+                    if shapeless or REGISTRY.flop_formula(r.op, r.overload or "default") is not None]
         unformulated = [r for r in uncounted if r not in unshaped]
         if unformulated:
             names = _longest_names(unformulated)

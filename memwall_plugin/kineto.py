@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Event", "Trace", "TraceError", "load_trace", "trace_files"]
+__all__ = ["TRACE_SUFFIXES", "Event", "Trace", "TraceError", "load_trace", "trace_files"]
+
+#: the names `tensorboard_trace_handler` gives its traces (and `memwall.profile(kineto=True)`)
+TRACE_SUFFIXES = (".pt.trace.json", ".pt.trace.json.gz")
 
 
 class TraceError(ValueError):
@@ -72,8 +75,7 @@ def trace_files(path: Path) -> list[Path]:
     """The trace files at `path`: the file itself, or a directory's `*.pt.trace.json[.gz]` (one per
     rank and step, as `tensorboard_trace_handler` writes them), else its `*.json[.gz]`."""
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith((".pt.trace.json",
-                                                                                         ".pt.trace.json.gz")))
+        found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TRACE_SUFFIXES))
         if not found:
             found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith((".json", ".json.gz")))
         if not found:

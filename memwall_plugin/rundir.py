@@ -5,7 +5,8 @@ window of one rank (`<stem>.N.json` when another job already took the name). Eve
 its job (`Report.job`), the same for every window and rank of one `memwall.profile` block or one
 torchrun launch: windows of one job are merged per rank, and two jobs written into one logdir
 (a hard-coded logdir, run twice) are never summed. `memwall report`, the tab and rank 0's
-summary all read runs through this module; `memwall.profile` writes through it.
+summary all read runs through this module; `memwall.profile` writes through it. A scan also
+finds the torch.profiler traces outside run directories, which the tab offers to analyse.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from memwall_plugin.kineto import TRACE_SUFFIXES
 from memwall_plugin.report import Report, ReportError, load_report, merge_reports
 
 PLUGIN_DIR = Path("plugins") / "memwall"
@@ -185,13 +187,33 @@ class RunDir:
             time.sleep(0.1)
 
 
+@dataclass(frozen=True)
+class TraceFile:
+    """A torch.profiler trace in a logdir (`tensorboard_trace_handler`'s `*.pt.trace.json[.gz]`)
+    in a directory that holds no memwall report: the tab offers to analyse it."""
+
+    name: str  # its path relative to the logdir: what requests name
+    path: Path
+    size_bytes: int
+
+
 def find_runs(logdir: str | os.PathLike[str]) -> dict[str, RunDir]:
     """Every run directory under `logdir` (its own too), by name: its path relative to the logdir,
     "." for the logdir itself, as TensorBoard names runs. Links are not followed."""
+    return scan_logdir(logdir)[0]
+
+
+def scan_logdir(logdir: str | os.PathLike[str]) -> tuple[dict[str, RunDir], dict[str, TraceFile]]:
+    """`find_runs`, and every torch.profiler trace under `logdir` outside memwall's run
+    directories, by its path relative to the logdir. A run directory that has memwall's report
+    keeps its trace (`memwall.profile(kineto=True)` writes one beside it) for the PyTorch Profiler
+    tab: memwall's own report counted every op as it ran. Links are not followed, hidden files
+    and directories are skipped."""
     root = Path(logdir)
     runs: dict[str, RunDir] = {}
+    traces: dict[Path, list[os.DirEntry[str]]] = {}
     if not root.is_dir():
-        return runs
+        return runs, {}
     for here_text, dirs, files in os.walk(root, followlinks=False):
         here = Path(here_text)
         if here.name == PLUGIN_DIR.name and here.parent.name == PLUGIN_DIR.parent.name:
@@ -200,9 +222,26 @@ def find_runs(logdir: str | os.PathLike[str]) -> dict[str, RunDir]:
                 name = run_root.relative_to(root).as_posix() if run_root != root else "."
                 runs[name] = RunDir(run_root)
             dirs.clear()
-        else:
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-    return dict(sorted(runs.items()))
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        if any(f.endswith(TRACE_SUFFIXES) for f in files):
+            try:
+                traces[here] = [e for e in os.scandir(here) if e.name.endswith(TRACE_SUFFIXES)
+                                and not e.name.startswith(".") and e.is_file(follow_symlinks=False)]
+            except OSError:
+                continue
+    found: dict[str, TraceFile] = {}
+    for here, entries in traces.items():
+        if (here.relative_to(root).as_posix() if here != root else ".") in runs:
+            continue
+        for entry in entries:
+            path = here / entry.name
+            try:
+                size = entry.stat(follow_symlinks=False).st_size
+            except OSError:
+                continue
+            found[path.relative_to(root).as_posix()] = TraceFile(path.relative_to(root).as_posix(), path, size)
+    return dict(sorted(runs.items())), dict(sorted(found.items()))
 
 
 def new_job_id() -> str:

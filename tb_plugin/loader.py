@@ -7,10 +7,15 @@ fresh one when it is older than `rescan_s`, so new runs and new steps appear whi
 runs. Parsed reports (and files that cannot be read) are cached by the stamp of the open file
 they were read from, so a report replaced while it is read is never cached under the wrong
 version. Only files under the logdir are read: a link to a file elsewhere is refused.
+
+A torch.profiler trace (`*.pt.trace.json[.gz]`) in a directory without memwall's reports is a run
+too, named by its path relative to the logdir: it is analysed (`analyze_trace`) when first asked
+for, once even when requests race, and its report (or its error) cached by the file's stamp.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -18,11 +23,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from memwall_plugin.kineto import TraceError
 from memwall_plugin.report import Report, ReportError, parse_report
-from memwall_plugin.rundir import Window, find_runs
+from memwall_plugin.rundir import TraceFile, Window, scan_logdir
+from memwall_plugin.trace_analysis import analyze_trace
 from memwall_plugin.validation import ReportFile, Stamp, is_inside
 
-__all__ = ["ReportLoader", "Run", "Window", "scan"]
+__all__ = ["ReportLoader", "Run", "TraceFile", "Window", "scan"]
+
+logger = logging.getLogger(__name__)
+
+#: a trace's state in `/runs`
+NOT_ANALYSED, ANALYSING, ANALYSED, FAILED = "not analysed", "analysing", "analysed", "failed"
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,8 @@ class Run:
 
     name: str
     windows: tuple[Window, ...]
+    #: a torch.profiler trace memwall analyses when asked (its one window is the trace file)
+    trace: TraceFile | None = None
 
     @property
     def ranks(self) -> tuple[int, ...]:
@@ -38,13 +52,23 @@ class Run:
 
 
 def scan(logdir: Path) -> dict[str, Run]:
-    """Every run under `logdir` with its report windows, sorted by rank and first step."""
+    """Every run under `logdir` with its report windows, sorted by rank and first step; then the
+    torch.profiler traces outside memwall's run directories, a run each."""
     runs = {}
-    for name, store in find_runs(logdir).items():
+    stores, traces = scan_logdir(logdir)
+    for name, store in stores.items():
         windows = store.windows()
         if windows:
             runs[name] = Run(name, windows)
+    for name, trace in traces.items():
+        if name not in runs:
+            runs[name] = Run(name, (Window(trace.path.name, trace.path, 0, -1, -1),), trace)
     return runs
+
+
+def _trace_stamp(path: Path) -> Stamp:
+    st = os.stat(path, follow_symlinks=False)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class ReportLoader:
@@ -63,6 +87,8 @@ class ReportLoader:
         self._scanning: threading.Thread | None = None
         self._first_scan = threading.Event()
         self._reports: dict[Path, tuple[Stamp, Report | ReportError]] = {}
+        self._traces: dict[Path, tuple[Stamp, Report | TraceError]] = {}
+        self._analysing: dict[Path, threading.Lock] = {}
 
     # -- scanning ------------------------------------------------------------------------------
     def _scan_now(self) -> None:
@@ -129,3 +155,62 @@ class ReportLoader:
         if isinstance(outcome, ReportError):
             raise ReportError(str(outcome))
         return outcome
+
+    # -- torch.profiler traces -----------------------------------------------------------------------
+    def trace_state(self, trace: TraceFile) -> tuple[str, str | None]:
+        """Cheap (a stat, no analysis): whether the trace is analysed in its current version, being
+        analysed, not yet, or failed (with its error)."""
+        try:
+            stamp = _trace_stamp(trace.path)
+        except OSError:
+            return FAILED, f"{trace.name}: the file is gone"
+        with self._lock:
+            cached = self._traces.get(trace.path)
+            lock = self._analysing.get(trace.path)
+        if cached is not None and cached[0] == stamp:
+            outcome = cached[1]
+            return (FAILED, str(outcome)) if isinstance(outcome, TraceError) else (ANALYSED, None)
+        return (ANALYSING if lock is not None and lock.locked() else NOT_ANALYSED), None
+
+    def analysed(self, trace: TraceFile) -> Report:
+        """The report of a trace (`analyze_trace`), analysed once per version of the file (its
+        inode, size and times): a request racing one that is analysing it waits for that answer.
+        TraceError when it cannot be analysed; the message names the file by its path in the
+        logdir, never by the server's."""
+        with self._lock:
+            lock = self._analysing.setdefault(trace.path, threading.Lock())
+        with lock:
+            try:
+                if not is_inside(trace.path, self.logdir) or os.path.islink(trace.path):
+                    raise TraceError(f"{trace.name} is a link; memwall reads only traces under the logdir")
+                stamp = _trace_stamp(trace.path)
+            except OSError as exc:
+                raise TraceError(f"{trace.name}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+            with self._lock:
+                cached = self._traces.get(trace.path)
+            if cached is not None and cached[0] == stamp:
+                outcome = cached[1]
+            else:
+                outcome = self._analyse(trace)
+                with self._lock:  # under the stamp from before: a file rewritten meanwhile is analysed again
+                    self._traces[trace.path] = (stamp, outcome)
+        if isinstance(outcome, TraceError):
+            raise TraceError(str(outcome))
+        return outcome
+
+    def _analyse(self, trace: TraceFile) -> Report | TraceError:
+        try:
+            return analyze_trace(trace.path)
+        except TraceError as exc:
+            return TraceError(_without_paths(str(exc), trace, self.logdir))
+        except Exception as exc:  # memwall's own failure on this file: the others still work
+            logger.exception("memwall: could not analyse %s", trace.path)
+            return TraceError(f"{trace.name}: memwall could not analyse this trace ({type(exc).__name__}); "
+                              "TensorBoard's log has the details")
+
+
+def _without_paths(message: str, trace: TraceFile, logdir: Path) -> str:
+    """A trace's error naming the file by its path in the logdir, never by the server's."""
+    for path in sorted({str(trace.path), os.path.realpath(trace.path)}, key=len, reverse=True):
+        message = message.replace(path, trace.name)
+    return message.replace(str(logdir), "<logdir>")

@@ -14,13 +14,14 @@ from importlib import resources
 from typing import Any
 
 from memwall_plugin.tb_plugin import views
-from memwall_plugin.tb_plugin.loader import ReportLoader, Run, Window
+from memwall_plugin.tb_plugin.loader import ANALYSED, ReportLoader, Run, Window
 from tensorboard.backend import http_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from memwall_plugin.devices import lookup_device, resolve_device
 from memwall_plugin.diff import DIFF_BY, diff_reports
+from memwall_plugin.kineto import TraceError
 from memwall_plugin.memory import SHARDING, parse_bytes_per_element
 from memwall_plugin.report import Report, ReportError
 from memwall_plugin.rundir import Job, group_jobs, pick_job
@@ -99,8 +100,13 @@ class MemwallPlugin(base_plugin.TBPlugin):
 
     # -- implementations (what tests call) ---------------------------------------------------------
     def runs_impl(self) -> dict[str, Any]:
+        """Every run; a torch.profiler trace with its state (analysed or not: listing never
+        analyses one)."""
         runs = self.loader.runs()
-        return views.runs_view(runs, {name: self._jobs_or_none(run) for name, run in runs.items()})
+        traces = {name: self.loader.trace_state(run.trace) for name, run in runs.items() if run.trace is not None}
+        jobs = {name: self._jobs_or_none(run) for name, run in runs.items()
+                if run.trace is None or traces[name][0] == ANALYSED}
+        return views.runs_view(runs, jobs, traces)
 
     def report_impl(self, args: dict[str, str]) -> dict[str, Any]:
         """The view of one run: one job's windows of one rank (one window, or all of them
@@ -238,6 +244,13 @@ class MemwallPlugin(base_plugin.TBPlugin):
         """Every window of a run that can be read, and the error of each that cannot (naming the
         file within the run, never the server's path)."""
         loaded, bad = [], {}
+        if run.trace is not None:  # analysed here, on first use (cached per version of the file)
+            window = run.windows[0]
+            try:
+                loaded.append((window, self.loader.analysed(run.trace)))
+            except TraceError as exc:  # the message starts with the trace's name (the run's)
+                bad[window] = str(exc)
+            return loaded, bad
         for w in run.windows:
             try:
                 loaded.append((w, self.loader.load(w)))

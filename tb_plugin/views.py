@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import PurePath
 from typing import Any
 
 from memwall_plugin.tb_plugin.loader import Run
@@ -38,23 +39,58 @@ def _jobs_view(jobs: list[Job] | None) -> list[dict[str, Any]]:
     ]
 
 
-def runs_view(runs: dict[str, Run], jobs: dict[str, list[Job] | None] | None = None) -> dict[str, Any]:
+def runs_view(runs: dict[str, Run], jobs: dict[str, list[Job] | None] | None = None,
+              traces: dict[str, tuple[str, str | None]] | None = None) -> dict[str, Any]:
     """`/runs`: every run with its windows (recorded steps), ranks and jobs (newest first; a run
-    directory two runs were written into holds two jobs, shown apart)."""
+    directory two runs were written into holds two jobs, shown apart). A torch.profiler trace is
+    a run of kind "trace" with its file, size and state (`traces`: the loader's `trace_state`)."""
     jobs = jobs or {}
+    traces = traces or {}
+    out = []
+    for run in runs.values():
+        entry: dict[str, Any] = {"run": run.name, "kind": "memwall", "ranks": list(run.ranks), "windows": [
+            {"id": w.id, "rank": w.rank, "first_step": w.first_step, "last_step": w.last_step} for w in run.windows]}
+        if run.trace is not None:
+            state, error = traces.get(run.name, ("not analysed", None))
+            entry.update(kind="trace", ranks=[], windows=[], trace={
+                "file": run.trace.path.name, "size_bytes": run.trace.size_bytes, "state": state, "error": error,
+                "note": TRACE_NOTES.get(state, state)})
+        entry["jobs"] = _jobs_view(jobs.get(run.name))
+        out.append(entry)
+    return {"runs": out}
+
+
+#: what the tab says of a trace in each state
+TRACE_NOTES = {
+    "not analysed": "torch.profiler trace, not yet analysed",
+    "analysing": "torch.profiler trace, being analysed",
+    "analysed": "torch.profiler trace, analysed by memwall",
+    "failed": "torch.profiler trace memwall cannot analyse",
+}
+
+#: `report.extra["trace"]["uncounted_calls"]`'s reason for a trace recorded without shapes
+_NO_SHAPES = "no input shapes recorded"
+
+
+def trace_view(report: Report) -> dict[str, Any] | None:
+    """What a report analysed from a torch.profiler trace says of it (`report.extra["trace"]`,
+    `memwall analyze`): the file's name (never its server path), where the times came from, and
+    the calls it could not count, by reason; None for memwall's own report."""
+    info = report.extra.get("trace")
+    if not isinstance(info, dict):
+        return None
+    uncounted = info.get("uncounted_calls")
+    reasons = [(str(k), int(v)) for k, v in uncounted.items()] if isinstance(uncounted, dict) else []
+    no_shapes = info.get("record_shapes") is False or any(reason.startswith(_NO_SHAPES) for reason, _ in reasons)
     return {
-        "runs": [
-            {
-                "run": run.name,
-                "ranks": list(run.ranks),
-                "windows": [
-                    {"id": w.id, "rank": w.rank, "first_step": w.first_step, "last_step": w.last_step}
-                    for w in run.windows
-                ],
-                "jobs": _jobs_view(jobs.get(run.name)),
-            }
-            for run in runs.values()
-        ]
+        "file": PurePath(str(info.get("path", ""))).name,
+        "time_from": str(info.get("time_from", "")),
+        "ops": info.get("ops"),
+        "record_shapes": info.get("record_shapes"),
+        "uncounted_calls": [{"reason": reason, "calls": calls} for reason, calls in reasons],
+        "uncounted_total": sum(calls for _, calls in reasons),
+        "hint": ("re-record with torch.profiler.profile(record_shapes=True): without input shapes memwall "
+                 "lists ops with their times but cannot count their FLOPs or bytes") if no_shapes else None,
     }
 
 
@@ -300,6 +336,7 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
         "phase_groups": [group_view(g) for g in shown.group_by("phase")],
         "program_points": program_points(shown, phase=phase),
         "comm": comm_view(report),  # collectives on the link's roof (torch.distributed), else null
+        "trace": trace_view(report),  # analysed from a torch.profiler trace, else null
     }
 
 

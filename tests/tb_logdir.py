@@ -213,3 +213,49 @@ def make_batch_runs(root: Path, batches: tuple[int, ...] = (1, 8)) -> dict[int, 
         if result.returncode != 0:
             raise RuntimeError(f"the batch-{batch} MLP failed:\n{result.stderr[-3000:]}")
     return runs
+
+
+def _mlp_step() -> Any:
+    """A small MLP's training step (AdamW made its state in a first step: later ones repeat)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.GELU(), torch.nn.Linear(256, 10))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+
+    def step() -> None:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+
+    step()
+    return model, step
+
+
+def make_trace_runs(root: Path) -> dict[str, Any]:
+    """A logdir as torch.profiler alone leaves it (no memwall report): "hf" holds one gzipped
+    `tensorboard_trace_handler` trace of an MLP training step (record_shapes=True, after a warm-up
+    step), "noshapes" one recorded without shapes, "damaged" a trace cut short. Also the same
+    step under memwall.profile (`reference`), and the traces' paths."""
+    import warnings
+
+    model, step = _mlp_step()
+    cpu = [torch.profiler.ProfilerActivity.CPU]
+    out: dict[str, Any] = {}
+    for name, shapes in (("hf", True), ("noshapes", False)):
+        with torch.profiler.profile(activities=cpu, record_shapes=shapes,
+                                    schedule=torch.profiler.schedule(wait=0, warmup=1, active=1, repeat=1),
+                                    on_trace_ready=torch.profiler.tensorboard_trace_handler(
+                                        str(root / name), use_gzip=True)) as prof:
+            for _ in range(2):
+                step()
+                prof.step()
+        (out[name],) = (root / name).glob("*.pt.trace.json.gz")
+    (root / "damaged").mkdir()
+    out["damaged"] = root / "damaged" / "worker0.1.pt.trace.json.gz"
+    out["damaged"].write_bytes(out["hf"].read_bytes()[:200])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with memwall.profile(model, summary=False) as mw:
+            step()
+    out["reference"] = mw.report()
+    return out

@@ -25,6 +25,7 @@ from tb_logdir import (
     make_hostile_run,
     make_logdir,
     make_memory_runs,
+    make_trace_runs,
     running_tensorboard,
 )
 
@@ -1110,3 +1111,70 @@ def test_dark_mode_follows_tensorboards(tensorboard, browser, tmp_path):
     assert light["body"] > 0.9 and light["card"] > 0.95 and light["text"] < 0.2, light
     browser.execute_script("window.scrollTo(0, 0)")
     _screenshot(browser, "memwall-tab-light", tmp_path)
+
+
+# --- torch.profiler traces the tab finds in the logdir ----------------------------------------------
+
+
+def test_a_torch_profiler_trace_in_the_logdir_is_analysed_and_shown_as_a_run(browser, tmp_path):
+    """A logdir torch.profiler alone wrote (no memwall report): each trace is listed as not yet
+    analysed; choosing one analyses it on the server and shows it as a memwall run, with a banner
+    naming the file, where the times came from and what is uncounted. A damaged trace is its
+    run's error; a trace named like HTML stays text."""
+    logdir = tmp_path / "traces"
+    made = make_trace_runs(logdir)
+    (logdir / "evil").mkdir()
+    evil = logdir / "evil" / f"{XSS_RUN}.pt.trace.json.gz"
+    evil.write_bytes(made["hf"].read_bytes())
+    name = made["hf"].relative_to(logdir).as_posix()
+    rows = [f.row for f in memwall.analyze_trace(made["hf"]).folded()]
+    with running_tensorboard(logdir, timeout=60) as (_, port):
+        browser.get("about:blank")
+        browser.get(f"http://127.0.0.1:{port}/#memwall")
+        browser.switch_to.frame(WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.TAG_NAME, "iframe"))[0])
+        WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "select.mw-run option"))
+        options = browser.find_elements(By.CSS_SELECTOR, "select.mw-run option")
+        labels = {o.get_attribute("value"): o.text for o in options}
+        assert labels[name] == f"{name} — torch.profiler trace, not yet analysed"
+        assert labels[f"evil/{XSS_RUN}.pt.trace.json.gz"].startswith(f"evil/{XSS_RUN}.pt.trace.json.gz — ")
+        # the first run in the list is the damaged trace: its error, and no view
+        WebDriverWait(browser, 60).until(
+            lambda d: "cannot be shown" in d.find_element(By.CSS_SELECTOR, ".mw-status").text)
+        status = browser.find_element(By.CSS_SELECTOR, ".mw-status").text
+        assert "damaged/worker0.1.pt.trace.json.gz: a damaged or truncated gzip file" in status
+        assert str(logdir) not in status and not browser.find_elements(By.CSS_SELECTOR, ".mw-card")
+        _screenshot(browser, "memwall-tab-trace-damaged", tmp_path)
+        _select(browser, "select.mw-run", name)
+        WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row")
+                                         and d.find_element(By.CSS_SELECTOR, ".mw-trace").is_displayed())
+        banner = browser.find_element(By.CSS_SELECTOR, ".mw-trace").text
+        assert banner.startswith(f"Analysed from a torch.profiler trace: {made['hf'].name}")
+        assert "times from CPU op spans" in banner and "Every call counted" in banner
+        assert len(browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row")) == len(rows)
+        plotted = [r for r in rows if r.flops and r.bytes > 0 and r.time_s > 0]
+        assert len(browser.find_elements(By.CSS_SELECTOR, "svg.mw-chart circle.mw-point")) == len(plotted) > 5
+        label = browser.find_element(By.CSS_SELECTOR, f"select.mw-run option[value='{name}']").text
+        assert label == f"{name} — torch.profiler trace, analysed by memwall"
+        assert not browser.find_elements(By.CSS_SELECTOR, "select.mw-rank, select.mw-window")
+        _screenshot(browser, "memwall-tab-trace", tmp_path)
+        # a trace without shapes: its ops listed uncounted, and what to do
+        _select(browser, "select.mw-run", made["noshapes"].relative_to(logdir).as_posix())
+        WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".mw-trace-hint"))
+        hint = browser.find_element(By.CSS_SELECTOR, ".mw-trace-hint").text
+        assert "record_shapes=True" in hint
+        assert "uncounted" in browser.find_element(By.CSS_SELECTOR, ".mw-trace-uncounted").text
+        _screenshot(browser, "memwall-tab-trace-noshapes", tmp_path)
+        # a trace named like HTML, its analysis slowed down (the page's answers held back 3 s): the
+        # tab says it is analysing, shows nothing of the run before, and stays usable meanwhile
+        browser.execute_script(
+            "const real = window.fetch; window.fetch = (url, ...rest) => String(url).startsWith('./report') ?"
+            " new Promise((done) => setTimeout(() => done(real(url, ...rest)), 3000)) : real(url, ...rest);")
+        _select(browser, "select.mw-run", f"evil/{XSS_RUN}.pt.trace.json.gz")
+        status = browser.find_element(By.CSS_SELECTOR, ".mw-status").text
+        assert status.startswith(f"Analysing {XSS_RUN}.pt.trace.json.gz (") and "a torch.profiler trace" in status
+        assert not browser.find_elements(By.CSS_SELECTOR, "tbody tr.mw-row, .mw-card")
+        assert browser.find_element(By.CSS_SELECTOR, "select.mw-run").is_enabled()
+        _screenshot(browser, "memwall-tab-trace-analysing", tmp_path)
+        WebDriverWait(browser, 60).until(lambda d: XSS_RUN in d.find_element(By.CSS_SELECTOR, ".mw-trace").text)
+        assert browser.find_elements(By.CSS_SELECTOR, "img, [onerror]") == []
+        assert browser.execute_script("return [window.__mw_xss, window.top.__mw_xss]") == [None, None]

@@ -146,7 +146,8 @@ def test_an_op_and_its_backward_stay_apart_when_cut(a, b, width):
 
 def test_module_paths_shrink_keeping_the_leaf_and_the_layer_numbers():
     path = "model.encoder.layers.11.self_attn.out_proj"
-    assert _tail(path, 30) == "m.e.l.11.s.out_proj"  # the names above the leaf shrink first
+    assert _tail(path, 30) == "m.e.l.11.self_attn.out_proj"  # the outer names shrink first, only as needed
+    assert _tail(path, 20) == "m.e.l.11.s.out_proj"
     cut = _tail(path, 16)
     assert len(cut) <= 16 and cut.startswith("…") and cut.endswith("out_proj") and "11" in cut
     assert _tail("transformer.h.3.attn.c_attn", 14) == "t.h.3.a.c_attn"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import threading
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 from memwall_plugin.tb_plugin import views
 from memwall_plugin.tb_plugin.loader import ReportLoader, scan
 from memwall_plugin.tb_plugin.plugin import STATIC_FILES, MemwallPlugin
-from tb_logdir import BATCH_MATMULS, EVIL, make_batch_runs, make_logdir, make_memory_runs
+from tb_logdir import BATCH_MATMULS, EVIL, make_batch_runs, make_logdir, make_memory_runs, make_trace_runs
 from tensorboard.plugins import base_plugin
 from werkzeug.test import Client
 
@@ -454,3 +456,153 @@ def test_compare_bad_parameters_are_a_4xx_that_says_which_side(batch_plugin, par
     status, body = get(batch_plugin, "/compare", **params)
     assert status == code and message in body["error"], body
     assert get(batch_plugin, "/compare", run="b8", baseline="b1")[0] == 200
+
+
+# --- torch.profiler traces found in the logdir ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def traces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("traces")
+    return root, make_trace_runs(root)
+
+
+def _counting(monkeypatch, delay_s: float = 0.0) -> list[Path]:
+    """Count (and optionally slow down) the loader's trace analyses."""
+    from memwall_plugin.tb_plugin import loader
+
+    calls: list[Path] = []
+    real = loader.analyze_trace
+
+    def counted(path, **kwargs):
+        calls.append(Path(path))
+        time.sleep(delay_s)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(loader, "analyze_trace", counted)
+    return calls
+
+
+def _trace_run(traces, key: str) -> str:
+    root, made = traces
+    return made[key].relative_to(root).as_posix()
+
+
+def test_a_torch_profiler_trace_is_a_run_analysed_on_first_request(traces, monkeypatch):
+    root, made = traces
+    calls = _counting(monkeypatch)
+    plugin = MemwallPlugin(base_plugin.TBContext(logdir=str(root)))
+    name = _trace_run(traces, "hf")
+    status, body = get(plugin, "/runs")
+    runs = {r["run"]: r for r in body["runs"]}
+    assert set(runs) == {name, _trace_run(traces, "noshapes"), _trace_run(traces, "damaged")}
+    assert runs[name]["kind"] == "trace" and runs[name]["jobs"] == []
+    assert runs[name]["trace"] == {"file": made["hf"].name, "size_bytes": made["hf"].stat().st_size,
+                                   "state": "not analysed", "error": None,
+                                   "note": "torch.profiler trace, not yet analysed"}
+    assert calls == []  # listing never analyses
+    assert plugin.is_active()  # a logdir of torch.profiler traces alone shows the tab
+
+    status, body = get(plugin, "/report", run=name)
+    assert status == 200, body
+    assert calls == [made["hf"]]
+    # the same count as `memwall analyze` of the file, and as memwall.profile of the same step
+    assert body["headline"]["flops"] == memwall.analyze_trace(made["hf"]).total_flops
+    assert body["headline"]["flops"] == sum(r.flops for r in made["reference"].rows)
+    assert body["trace"] == {"file": made["hf"].name, "time_from": "CPU op spans", "ops": body["trace"]["ops"],
+                             "record_shapes": True, "uncounted_calls": [], "uncounted_total": 0, "hint": None}
+    assert body["trace"]["ops"] > 10 and {"forward", "backward", "optimizer"} <= set(body["phases"])
+    assert str(root) not in json.dumps(body)
+
+    # a second request, and the other routes, read the cache
+    assert get(plugin, "/report", run=name)[0] == 200
+    assert get(plugin, "/report", run=name, device="h100-sxm")[0] == 200
+    assert get(plugin, "/memory", run=name) == (200, {"run": name, "rank": 0, "world_size": 1,
+                                                     "job": f"trace-{made['hf'].name}",
+                                                     "categories": list(CATEGORIES), "memory": None})
+    assert len(calls) == 1
+    listed = {r["run"]: r for r in get(plugin, "/runs")[1]["runs"]}[name]
+    assert listed["trace"]["state"] == "analysed" and listed["jobs"][0]["ranks"] == [0]
+
+    # a new version of the file is analysed again
+    st = made["hf"].stat()
+    os.utime(made["hf"], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert get(plugin, "/report", run=name)[0] == 200
+    assert len(calls) == 2
+
+
+def test_a_trace_is_analysed_once_while_requests_race(traces, monkeypatch):
+    calls = _counting(monkeypatch, delay_s=0.5)
+    plugin = MemwallPlugin(base_plugin.TBContext(logdir=str(traces[0])))
+    name = _trace_run(traces, "hf")
+    answers: list[int] = []
+
+    def ask() -> None:
+        answers.append(plugin.report_impl({"run": name})["headline"]["flops"])
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    assert {r["run"]: r for r in plugin.runs_impl()["runs"]}[name]["trace"]["state"] == "analysing"
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(answers) == 4 and len(set(answers)) == 1
+
+
+def test_a_damaged_trace_is_its_runs_error_and_the_others_still_work(traces):
+    root, made = traces
+    plugin = MemwallPlugin(base_plugin.TBContext(logdir=str(root)))
+    name = _trace_run(traces, "damaged")
+    status, body = get(plugin, "/report", run=name)
+    assert status == 422
+    assert body["error"].startswith(f"{name}: a damaged or truncated gzip file")
+    assert str(root) not in body["error"]
+    listed = {r["run"]: r for r in get(plugin, "/runs")[1]["runs"]}
+    assert listed[name]["trace"]["state"] == "failed" and listed[name]["trace"]["error"] == body["error"]
+    assert get(plugin, "/report", run=_trace_run(traces, "hf"))[0] == 200
+    # a file that is no trace at all
+    (root / "junk").mkdir(exist_ok=True)
+    (root / "junk" / "a.pt.trace.json").write_text("{\"not\": \"a trace\"}")
+    plugin.loader.rescan()
+    status, body = get(plugin, "/report", run="junk/a.pt.trace.json")
+    assert status == 422 and "not a torch.profiler trace" in body["error"] and str(root) not in body["error"]
+
+
+def test_a_trace_without_shapes_says_to_record_them(traces):
+    plugin = MemwallPlugin(base_plugin.TBContext(logdir=str(traces[0])))
+    status, body = get(plugin, "/report", run=_trace_run(traces, "noshapes"))
+    assert status == 200
+    banner = body["trace"]
+    assert banner["record_shapes"] is False and "record_shapes=True" in banner["hint"]
+    assert banner["uncounted_total"] == banner["ops"] > 0
+    assert banner["uncounted_calls"][0]["reason"].startswith("no input shapes recorded")
+    assert body["headline"]["uncounted_rows"] == len(body["rows"])
+    # the What to do panel says the same, not "register formulas"
+    assert any("record_shapes=True" in f for f in body["findings"])
+    assert not any("register formulas" in f for f in body["findings"])
+
+
+def test_a_run_with_memwalls_report_does_not_offer_its_kineto_trace(logdir, plugin):
+    """memwall.profile(kineto=True) writes a torch.profiler trace beside its report: memwall's own
+    report (every op counted as it ran) is the run; the trace is for the PyTorch Profiler tab."""
+    assert list((logdir / "train").glob("*.pt.trace.json"))
+    runs = get(plugin, "/runs")[1]["runs"]
+    assert [r["kind"] for r in runs if r["run"] == "train"] == ["memwall"]
+    assert not [r for r in runs if r["kind"] == "trace"]
+
+
+def test_a_saved_analysis_is_a_memwall_run_with_the_trace_banner(traces, tmp_path, capsys):
+    """`memwall analyze TRACE --logdir DIR` saves a report: the tab shows it as a memwall run,
+    with the same banner a trace run gets."""
+    from memwall_plugin.cli import main
+
+    root, made = traces
+    assert main(["analyze", str(made["hf"]), "--logdir", str(tmp_path / "from-trace")]) == 0
+    capsys.readouterr()
+    plugin = MemwallPlugin(base_plugin.TBContext(logdir=str(tmp_path)))
+    assert [(r["run"], r["kind"]) for r in get(plugin, "/runs")[1]["runs"]] == [("from-trace", "memwall")]
+    status, body = get(plugin, "/report", run="from-trace")
+    assert status == 200
+    assert body["trace"]["file"] == made["hf"].name and body["trace"]["time_from"] == "CPU op spans"
+    assert body["headline"]["flops"] == sum(r.flops for r in made["reference"].rows)

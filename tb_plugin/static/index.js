@@ -87,6 +87,9 @@ export async function render() {
   // a what-if's projection: what it is (a roofline bound), and the ops whose bound flips there
   const projection = el('div', 'mw-projection');
   projection.hidden = true;
+  // a run analysed from a torch.profiler trace: which file, where its times came from, what is uncounted
+  const traceBanner = el('div', 'mw-trace');
+  traceBanner.hidden = true;
   const cards = el('div', 'mw-cards');
   // what to do: the console's findings for this run, largest effect first
   const findingsPart = el('div', 'mw-findings-part');
@@ -118,7 +121,7 @@ export async function render() {
   const memoryPart = el('div', 'mw-memory-part');
   const memoryBox = el('div', 'mw-memory');
   memoryPart.append(el('h2', '', 'Memory: what held it over the peak step'), memoryBox);
-  app.append(header, status, projection, cards, findingsPart, comparePart, ranksPart, el('h2', '', 'Roofline'), chartBox, changesPart,
+  app.append(header, status, traceBanner, projection, cards, findingsPart, comparePart, ranksPart, el('h2', '', 'Roofline'), chartBox, changesPart,
       el('h2', '', 'Operators'), tableBox, memoryPart, commPart, el('h2', '', 'Modules (rolled up)'), treeBox);
   document.body.appendChild(app);
   const table = new OperatorTable(tableBox);
@@ -140,24 +143,36 @@ export async function render() {
     return;
   }
   if (!state.runs.length) {
-    status.textContent = 'No memwall reports in this logdir yet. Profile a run with memwall.profile(logdir=...).';
+    status.textContent = 'No memwall reports or torch.profiler traces in this logdir yet. Profile a run with ' +
+        'memwall.profile(logdir=...), or record one with torch.profiler (record_shapes=True).';
     return;
   }
   state.run = state.runs[0].run;
 
   let latest = 0;  // a response for an older selection must not overwrite a newer one
 
+  function clearView() {
+    cards.textContent = ''; chartBox.textContent = ''; treeBox.textContent = '';
+    projection.hidden = changesPart.hidden = traceBanner.hidden = true;
+    renderFindings(findingsPart, findingsList, []);
+    table.setRows([]);
+    ranksPart.hidden = commPart.hidden = comparePart.hidden = true;
+    memoryView.clear('');
+  }
+
   async function update() {
     const request = ++latest;
     const run = state.runs.find((r) => r.run === state.run);
     controls.textContent = '';
-    controls.appendChild(select('run', 'mw-run', state.runs.map((r) => [r.run, r.run]), state.run, (v) => {
+    controls.appendChild(select('run', 'mw-run', state.runs.map((r) => [r.run, runLabel(r)]), state.run, (v) => {
       state.run = v; state.job = ''; state.rank = ''; state.window = 'all'; state.phase = '';
       if (state.baseline === v) state.baseline = '';
       update();
     }));
     // runs written into one logdir are separate jobs, never summed: the newest first
-    const jobs = run.jobs || [];
+    // a torch.profiler trace is one report (analysed on the server): no job, rank or steps to choose
+    const trace = run.kind === 'trace' ? run.trace : null;
+    const jobs = trace ? [] : run.jobs || [];
     const job = jobs.find((j) => j.job === state.job) || jobs[0];
     state.job = job ? job.job : '';
     if (jobs.length > 1) {
@@ -165,45 +180,55 @@ export async function render() {
       controls.appendChild(select('job', 'mw-job', jobs.map((j, i) => [j.job, `${i === 0 ? 'newest: ' : ''}${when(j)}`]),
           state.job, (v) => { state.job = v; state.rank = ''; state.window = 'all'; state.phase = ''; update(); }));
     }
-    const jobRanks = job ? job.ranks : run.ranks;
-    const ranks = jobRanks.map((r) => [String(r), `rank ${r}`]);
-    if (!state.rank || !jobRanks.includes(Number(state.rank))) state.rank = ranks.length ? ranks[0][0] : String(run.ranks[0]);
-    controls.appendChild(select('rank', 'mw-rank', ranks, state.rank, (v) => { state.rank = v; state.window = 'all'; update(); }));
-    const inJob = (w) => !job || job.windows.includes(w.id);
-    const windows = [['all', 'all steps']].concat(run.windows.filter((w) => String(w.rank) === state.rank && inJob(w)).map((w) =>
-      [w.id, w.first_step >= 0 ? `steps ${w.first_step}–${w.last_step}` : w.id]));
-    controls.appendChild(select('steps', 'mw-window', windows, state.window, (v) => { state.window = v; update(); }));
-    const others = state.runs.filter((r) => r.run !== state.run).map((r) => [r.run, r.run]);
+    const jobRanks = trace ? [] : job ? job.ranks : run.ranks;
+    if (trace) {
+      state.rank = ''; state.window = 'all';
+    } else {
+      const ranks = jobRanks.map((r) => [String(r), `rank ${r}`]);
+      if (!state.rank || !jobRanks.includes(Number(state.rank))) state.rank = ranks.length ? ranks[0][0] : String(run.ranks[0]);
+      controls.appendChild(select('rank', 'mw-rank', ranks, state.rank, (v) => { state.rank = v; state.window = 'all'; update(); }));
+      const inJob = (w) => !job || job.windows.includes(w.id);
+      const windows = [['all', 'all steps']].concat(run.windows.filter((w) => String(w.rank) === state.rank && inJob(w)).map((w) =>
+        [w.id, w.first_step >= 0 ? `steps ${w.first_step}–${w.last_step}` : w.id]));
+      controls.appendChild(select('steps', 'mw-window', windows, state.window, (v) => { state.window = v; update(); }));
+    }
+    const others = state.runs.filter((r) => r.run !== state.run).map((r) => [r.run, runLabel(r)]);
     if (others.length) {
       controls.appendChild(select('compare with', 'mw-baseline', [['', 'no baseline']].concat(others), state.baseline,
           (v) => { state.baseline = v; update(); }));
     }
 
-    const params = new URLSearchParams({run: state.run, rank: state.rank, window: state.window});
-    if (state.job) params.set('job', state.job);
+    const params = selectionParams();
     if (state.phase) params.set('phase', state.phase);
     if (state.device) params.set('device', state.device);
     if (state.bpe) params.set('bytes_per_element', state.bpe);
     if (state.dtype) params.set('dtype', state.dtype);
-    status.textContent = 'Loading…';
     status.className = 'mw-status';
+    if (trace && trace.state !== 'analysed') {
+      // the first request analyses the trace on the server (once; later ones are cached): say so,
+      // and show nothing of the run chosen before meanwhile
+      status.textContent = `Analysing ${trace.file} (${si(trace.size_bytes, 'B')}), a torch.profiler trace, on the ` +
+          'server: memwall counts each of its ops once. A large trace takes a while…';
+      status.classList.add('mw-analysing');
+      clearView();
+    } else {
+      status.textContent = 'Loading…';
+    }
     let data;
     try {
       data = await getJSON(`./report?${params}`);
     } catch (error) {
       if (request !== latest) return;
+      if (trace) setTraceState(run, 'failed');
       status.textContent = `This run's report cannot be shown: ${error.message}`;
       status.className = 'mw-status mw-error';
-      cards.textContent = ''; chartBox.textContent = ''; treeBox.textContent = '';
-      projection.hidden = changesPart.hidden = true;
-      renderFindings(findingsPart, findingsList, []);
-      table.setRows([]);
-      ranksPart.hidden = commPart.hidden = comparePart.hidden = true;
-      memoryView.clear('');
+      clearView();
       return;
     }
+    if (trace && trace.state !== 'analysed') setTraceState(run, 'analysed');
     if (request !== latest) return;
     status.textContent = '';
+    status.className = 'mw-status';
     controls.appendChild(select('phase', 'mw-phase', [['', 'all phases']].concat(data.phases.map((p) => [p, p])),
         state.phase, (v) => { state.phase = v; update(); }));
     controls.appendChild(select('points', 'mw-points', [['op', 'per operator'], ['module', 'per module'],
@@ -216,6 +241,7 @@ export async function render() {
     controls.appendChild(select('compute in', 'mw-dtype', [['', 'as measured'], ['bf16', 'bf16'], ['fp16', 'fp16'],
       ['fp8', 'fp8'], ['fp32', 'fp32']], state.dtype, (v) => { state.dtype = v; update(); }));
     headline(cards, data);
+    renderTrace(traceBanner, data.trace);
     renderFindings(findingsPart, findingsList, data.findings);
     renderProjection(projection, changesPart, changesBox, data);
     compare = null;
@@ -243,8 +269,7 @@ export async function render() {
     renderTree(treeBox, data.tree, data.headline.time_s);
     commPart.hidden = !data.comm;
     if (data.comm) renderComm(commBox, data.comm);
-    const selection = new URLSearchParams({run: state.run, rank: state.rank, window: state.window});
-    if (state.job) selection.set('job', state.job);
+    const selection = selectionParams();
     const memoryLoaded = memoryView.load(selection.toString(), devices);
     ranksPart.hidden = jobRanks.length < 2;
     if (jobRanks.length > 1) {
@@ -264,6 +289,25 @@ export async function render() {
 
   let compare = null;  // the comparison with the baseline, when one is chosen
 
+  /** The parameters that select the report shown (a trace's run is one report: its name only). */
+  function selectionParams() {
+    const params = new URLSearchParams({run: state.run});
+    if (state.rank) params.set('rank', state.rank);
+    if (state.window && state.rank) params.set('window', state.window);
+    if (state.job) params.set('job', state.job);
+    return params;
+  }
+
+  /** A trace analysed (or failed) on the server: its state, and its entry in the run list. */
+  function setTraceState(run, stateName) {
+    run.trace.state = stateName;
+    run.trace.note = {analysed: 'torch.profiler trace, analysed by memwall',
+      failed: 'torch.profiler trace memwall cannot analyse'}[stateName] || run.trace.note;
+    for (const option of controls.querySelectorAll('select.mw-run option, select.mw-baseline option')) {
+      if (option.value === run.run) option.textContent = runLabel(run);
+    }
+  }
+
   function draw(data) {
     const kind = {op: ['rows', 'baseline_rows'], module: ['modules', 'baseline_modules'],
       module_phase: ['module_phases', 'baseline_module_phases']}[state.points];
@@ -278,6 +322,37 @@ export async function render() {
   }
 
   await update();
+}
+
+/** A run's name in the run list; a torch.profiler trace says so, and whether it is analysed yet. */
+function runLabel(run) {
+  return run.kind === 'trace' && run.trace ? `${run.run} — ${run.trace.note}` : run.run;
+}
+
+/**
+ * The banner of a report analysed from a torch.profiler trace (`memwall analyze`, or a trace the
+ * tab found): its file, where the times came from, the calls memwall could not count and why, and
+ * what to do when the trace has no input shapes. Hidden for memwall's own reports.
+ */
+function renderTrace(banner, trace) {
+  banner.textContent = '';
+  banner.hidden = !trace;
+  if (!trace) return;
+  banner.appendChild(el('strong', '', 'Analysed from a torch.profiler trace: '));
+  banner.appendChild(el('code', 'mw-trace-file', trace.file));
+  const ops = trace.ops === null || trace.ops === undefined ? '' : `${trace.ops} op call(s); `;
+  banner.appendChild(el('span', 'mw-trace-time', ` — ${ops}times from ${trace.time_from}.`));
+  const uncounted = el('div', 'mw-trace-uncounted');
+  if (trace.uncounted_total) {
+    uncounted.appendChild(document.createTextNode(`${trace.uncounted_total} call(s) uncounted (listed with their ` +
+        'times, no FLOPs): '));
+    uncounted.appendChild(document.createTextNode(
+        trace.uncounted_calls.map((u) => `${u.reason}: ${u.calls}`).join(' · ')));
+  } else {
+    uncounted.textContent = 'Every call counted (input shapes recorded, output shapes from a replay on meta tensors).';
+  }
+  banner.appendChild(uncounted);
+  if (trace.hint) banner.appendChild(el('div', 'mw-trace-hint', `To count them: ${trace.hint}.`));
 }
 
 /** The headline card of the memory: the peak and its share of the capacity. */
