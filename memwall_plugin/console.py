@@ -376,7 +376,7 @@ def findings(report: Report) -> list[str]:
         roof = sum(r.attainable_flops_per_s or 0 for r in compute_rows) / len(compute_rows)
         if roof and achieved / roof < 0.3:
             out.append(
-                f"compute-bound ops reach {achieved / roof:.0%} of their roof on average: check "
+                f"compute-bound ops reach {_pct(achieved / roof)} of their roof on average: check "
                 f"{_dtype_check(report, compute_rows)}shapes (multiples of 8 or 16)."
             )
     if report.coverage < 0.95:
