@@ -18,8 +18,8 @@ from memwall_plugin.console import findings
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, peak_key
 from memwall_plugin.diff import ReportDiff, diff_record
 from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
-from memwall_plugin.ranks import CONDENSE_ABOVE, rank_spread
 from memwall_plugin.memory import CATEGORIES, MemoryWhatIf
+from memwall_plugin.ranks import CONDENSE_ABOVE, rank_spread
 from memwall_plugin.records import ordered_phases
 from memwall_plugin.report import Report, StepTotals
 from memwall_plugin.roofline import launch_floor_s
