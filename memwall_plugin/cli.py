@@ -30,6 +30,7 @@ from memwall_plugin.distributed import default_run_stamp
 from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
 from memwall_plugin.memory import parse_bytes_per_element
 from memwall_plugin.profile import profile
+from memwall_plugin.ranks import CONDENSE_ABOVE, rank_spread
 from memwall_plugin.report import Report, ReportError, load_report
 from memwall_plugin.rows import ROW_COLUMNS, Group, row_record
 from memwall_plugin.rundir import Job, RunDir, Window, find_runs, group_jobs, new_job_id, pick_job, window_of
@@ -239,6 +240,8 @@ def report_json(report: Report, by: str | None = None, ranks: dict[int, Report] 
         heads = rank_headlines(ranks)
         slowest = slowest_rank(heads)
         out["ranks"] = [rank_record(h, slowest) for h in heads]
+        spread = rank_spread(ranks, heads)
+        out["rank_spread"] = None if spread is None else spread.record()
     return out
 
 
@@ -307,7 +310,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
                 record = row_record(r)
                 writer.writerow([_csv_cell(record[c]) for c in ROW_COLUMNS])
         return 0
-    options = SummaryOptions(top=args.top, by=args.by or "op")
+    options = SummaryOptions(top=args.top, by=args.by or "op", all_ranks=args.all_ranks)
     console.print(Summary(report, options, ranks if len(ranks) > 1 else None))
     return 0
 
@@ -653,6 +656,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="print totals and rows as JSON")
     out.add_argument("--csv", action="store_true", help="print rows (or --by groups) as CSV")
     rep.add_argument("--rank", type=_non_negative, help="the rank to summarise (default: the lowest)")
+    rep.add_argument("--all-ranks", action="store_true",
+                     help=f"list every rank of the job side by side (default: above {CONDENSE_ABOVE} ranks, "
+                          "their spread, the slowest and fastest ranks with why, and the nodes)")
     rep.add_argument("--job", help="the job to summarise when runs were written into one logdir (its id or a "
                                    "prefix of it; default: the newest)")
     rep.add_argument("--device", help="re-place the run on another device's roofline")

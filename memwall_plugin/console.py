@@ -25,6 +25,7 @@ from memwall_plugin.devices import native_bf16, peak_key
 from memwall_plugin.formulas import COUNT_NOTES, REGISTRY
 from memwall_plugin.headline import Headline, headline, rank_headlines, slowest_rank
 from memwall_plugin.memory import MemoryReport, MemoryWhatIf
+from memwall_plugin.ranks import CONDENSE_ABOVE, OUTLIER_SHARE, TOP_NODES, RankSpread, rank_spread
 from memwall_plugin.records import DECODE, TIMELINE_KEY, ordered_phases
 from memwall_plugin.registry import Family
 from memwall_plugin.roofline import COMMUNICATION, COMPUTE, MEMORY, launch_floor_s
@@ -54,6 +55,9 @@ class SummaryOptions:
     module_children: int = 4  # children shown per tree node (the rest are summed up)
     findings: bool = True
     memory: bool = True  # the Memory section, when the report measured memory
+    #: every rank of a job side by side, however many; by default a job of more than
+    #: `ranks.CONDENSE_ABOVE` ranks shows their spread, outliers and nodes instead
+    all_ranks: bool = False
 
     def __post_init__(self) -> None:
         if self.by not in GROUP_BY:
@@ -441,6 +445,10 @@ class Summary:
         self._full = options.max_width >= FULL
         self._max_width = options.max_width
         yield self.header()
+        spread = self.rank_spread()
+        if spread is not None:  # a job of many ranks: the job before any one rank's rows
+            yield Text("")
+            yield self.ranks_section(spread)
         yield Text("")
         yield self.main_table()
         if self.options.by != "phase":
@@ -469,6 +477,15 @@ class Summary:
                 yield grid
 
     # -- parts ---------------------------------------------------------------------------------
+    def rank_spread(self) -> RankSpread | None:
+        """The job's ranks condensed, when there are too many to list (and --all-ranks is off)."""
+        ranks = self.ranks
+        if not ranks or len(ranks) <= CONDENSE_ABOVE or self.options.all_ranks:
+            return None
+        if not hasattr(self, "_spread"):
+            self._spread = rank_spread(ranks)
+        return self._spread
+
     def header(self) -> RichGroup:
         rep = self.report
         head = headline(rep)
@@ -478,6 +495,14 @@ class Summary:
         if rep.incomplete:
             title.append("  INCOMPLETE: the profiled block raised", style="bold red")
         lines.append(title)
+        spread = self.rank_spread()
+        if spread is not None:
+            job = Text(f"job      {spread.ranks:,} ranks on {len(spread.nodes):,} node(s); this is rank {rep.rank}")
+            if spread.slowest:
+                o = spread.slowest[0]
+                job.append(f"; slowest rank {o.rank}", style="bold red")
+                job.append_text(_text(f" ({o.node}): {_signed_pct(o.share)} in ops vs the median, {o.because}"))
+            lines.append(job)
         device = rep.device
         if device is not None:
             peaks = ", ".join(
@@ -779,7 +804,7 @@ class Summary:
             if rep.collectives:
                 parts.append(self.collectives_table())
         ranks = self.ranks
-        if ranks and len(ranks) > 1:
+        if ranks and len(ranks) > 1 and self.rank_spread() is None:  # else shown after the header
             parts.append(self.ranks_table(rank_headlines(ranks)))
             missing = [r for r in range(rep.world_size) if r not in ranks]
             if missing:
@@ -862,6 +887,66 @@ class Summary:
                 mark.append(" incomplete", style="red")
             table.add_row(*(cells[n] for n in names), mark)
         return table
+
+
+    def ranks_section(self, spread: RankSpread) -> RichGroup:
+        """A job of many ranks: the spread of their figures, the outlying ranks and why, the nodes."""
+        parts: list[Text | Table] = []
+        title = Text(f"Ranks: {spread.ranks:,} on {len(spread.nodes):,} node(s)", style="bold")
+        title.append("  (memwall report --all-ranks lists every rank)", style="dim")
+        parts.append(title)
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
+        for name in ("", "min", "median", "p90", "max"):
+            table.add_column(name, justify="left" if not name else "right", no_wrap=True)
+        figures = [("in ops", spread.op_time_s, _dur), ("wall", spread.wall_time_s, _dur),
+                   ("in collectives", spread.comm_time_s, _dur), ("comm share", spread.comm_share, _pct),
+                   ("sent", spread.sent_bytes, lambda v: si(v, "B"))]
+        for label, s, show in figures:
+            if s is not None:
+                table.add_row(label, show(s.min), show(s.median), show(s.p90), show(s.max))
+        parts.append(table)
+        for side, outliers, note in (
+                ("Slowest", spread.slowest, "most time in ops: the others wait for them in collectives"),
+                ("Fastest", spread.fastest, "least time in ops")):
+            if not outliers:
+                parts.append(Text(f"{side} ranks: none more than {OUTLIER_SHARE:.0%} from the median in ops",
+                                  style="dim"))
+                continue
+            parts.append(Text(""))
+            out = Table(title=f"{side} ranks ({note})", title_justify="left", title_style="bold",
+                        box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
+            for name in ("rank", "node", "in ops", "vs median", "why"):
+                out.add_column(name, justify="right" if name in ("in ops", "vs median") else "left",
+                               no_wrap=name != "why")
+            for o in outliers:
+                why = _text(f"{o.because} ({'+' if o.reason_delta_s >= 0 else '-'}{_dur(abs(o.reason_delta_s))})")
+                out.add_row(Text(str(o.rank), style="bold red" if side == "Slowest" else ""), _text(o.node),
+                            _dur(o.op_time_s), _signed_pct(o.share), why)
+            parts.append(out)
+        if len(spread.nodes) > 1:
+            parts.append(Text(""))
+            nodes = Table(title=f"Nodes ({len(spread.nodes):,}, slowest first: median time in ops)",
+                          title_justify="left", title_style="bold", box=box.SIMPLE_HEAD, show_edge=False,
+                          pad_edge=False, expand=False)
+            for name in ("node", "ranks", "median in ops", "max in ops", "slowest rank", "comm share"):
+                nodes.add_column(name, justify="left" if name == "node" else "right", no_wrap=True)
+            for n in spread.nodes[:TOP_NODES]:
+                nodes.add_row(_text(n.name), str(len(n.ranks)), _dur(n.op_time_s.median), _dur(n.op_time_s.max),
+                              str(n.slowest_rank), _pct(None if n.comm_share is None else n.comm_share.median))
+            parts.append(nodes)
+            if len(spread.nodes) > TOP_NODES:
+                parts.append(Text(f"... {len(spread.nodes) - TOP_NODES:,} more nodes", style="dim"))
+        missing = [r for r in range(self.report.world_size) if self.ranks is not None and r not in self.ranks]
+        if missing:
+            shown = ", ".join(map(str, missing[:20]))
+            if len(missing) > 20:
+                shown += f" and {len(missing) - 20:,} more"
+            parts.append(Text(f"no report (yet) from rank(s) {shown}", style="dim"))
+        return RichGroup(*parts)
+
+
+def _signed_pct(share: float) -> str:
+    return f"{'+' if share >= 0 else '-'}{_pct(abs(share))}"
 
 
 _CATEGORY_LABEL = {"parameters": "parameters", "gradients": "gradients", "optimizer_state": "optimizer state",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -78,6 +79,18 @@ def rank_info() -> RankInfo | None:
     # without a launcher that says otherwise, every rank is taken to be on this host
     local = _env_int("LOCAL_WORLD_SIZE", world)
     return RankInfo(dist.get_rank(), world, max(1, min(local, world)), str(dist.get_backend()), job_id())
+
+
+def placement(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Where this rank runs: its host, and the launcher's LOCAL_RANK and GROUP_RANK (torchrun's
+    index of this node) where it sets them; the report's `hostname`, `local_rank`, `group_rank`."""
+    env = os.environ if environ is None else environ
+
+    def number(name: str) -> int | None:
+        value = _env_int(name, -1, env)
+        return value if value >= 0 else None
+
+    return {"hostname": socket.gethostname(), "local_rank": number("LOCAL_RANK"), "group_rank": number("GROUP_RANK")}
 
 
 def job_id() -> str:
@@ -289,6 +302,7 @@ class DistributedSession:
             "collectives": collective_rows(part.entries.values(), link.bytes_per_s),
             "backend": info.backend if info else "",
             "local_world_size": local,
+            **placement(),
             "comm_time_s": None if timing.untimed else timing.comm_ns * 1e-9,
             "overlapped_s": None if timing.untimed else timing.overlapped_ns * 1e-9,
         }

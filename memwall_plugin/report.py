@@ -108,6 +108,12 @@ class Report:
     link: Link | None = None  # None: not a distributed run
     backend: str = ""  # "gloo", "nccl", ...
     local_world_size: int | None = None  # ranks on this host
+    # where this rank ran (the launcher's environment at profile time): its host, and torchrun's
+    # LOCAL_RANK and GROUP_RANK (the node's index); "" / None in reports written before memwall
+    # recorded them, or without a launcher that says
+    hostname: str = ""
+    local_rank: int | None = None
+    group_rank: int | None = None
     # Host wall time with at least one collective in flight, summed over the recorded steps
     # (None when no collective could be timed: CUDA collectives complete on the device).
     comm_time_s: float | None = None
@@ -386,7 +392,11 @@ def load_report(path: str | os.PathLike[str]) -> Report:
 
 def parse_report(raw: bytes, source: str = "report") -> Report:
     """A report from the bytes of its file (`source` names it in errors)."""
-    return Report.from_dict(parse_json(raw, source), source)
+    try:
+        return Report.from_dict(parse_json(raw, source), source)
+    except ReportError:
+        parse_json(raw, source, strict=True)  # a parser's error (a 50-digit count, 1e400) says more
+        raise
 
 
 def _total(values: Iterable[float | None]) -> float | None:

@@ -6,7 +6,8 @@ collectives alike, so anything that is not a report memwall wrote becomes one Re
 Version 2 (this one): `meta` holds the run's scalar fields (its job, and for torch.distributed
 runs the backend and the time with a collective in flight), `link` the interconnect roof,
 `rows` the op rows and `collectives` the collective rows (rows with a nested `collective`);
-`meta.step_totals`, where present, each recorded step's totals (files written before it lack it).
+`meta.step_totals`, where present, each recorded step's totals (files written before it lack it);
+`meta.hostname`, `meta.local_rank`, `meta.group_rank`, where present, where a rank ran.
 Version 1 files (collectives in a separate `comm` object, no job) are read by `upgrade_v1`.
 """
 
@@ -43,6 +44,8 @@ READABLE_VERSIONS = (1, 2)
 TOP_LEVEL_KEYS = ("format", "schema_version", "meta", "device", "link", "rows", "collectives", "memory")
 #: Report fields that are not in `meta`
 _APART = ("rows", "collectives", "device", "link", "memory")
+#: `meta` fields written only when known (files of single-process runs are unchanged by them)
+_PLACEMENT = ("hostname", "local_rank", "group_rank")
 
 
 def _row_dict(r: Row) -> dict[str, Any]:
@@ -67,6 +70,9 @@ def encode(report: Report) -> dict[str, Any]:
     meta["tf32"] = list(report.tf32)
     if meta["compute_dtype"] is None:  # only a dtype what-if's: a measured report's file is unchanged
         del meta["compute_dtype"]
+    for key in _PLACEMENT:  # where a rank ran: only torch.distributed ranks say
+        if meta[key] in ("", None):
+            del meta[key]
     if report.step_totals:  # a list of objects, checked field by field on reading (validation.py)
         meta["step_totals"] = [dataclasses.asdict(s) for s in report.step_totals]
     else:

@@ -165,15 +165,29 @@ def _int(text: str) -> int:
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant, parse_float=_float,
                             parse_int=_int)
+#: The quick pass: numbers parsed by json's C scanner (ints of up to 4,300 digits, floats that may
+#: overflow to inf); every number a report holds is range-checked afterwards by its field's check
+#: (`_check_json` for `meta.extra`), so only the parser's own error messages are lost, and a file
+#: that fails is parsed again strictly to name them (`parse_json(..., strict=True)`).
+_QUICK_DECODER = json.JSONDecoder(object_pairs_hook=_object, parse_constant=_constant)
 
 
-def parse_json(raw: bytes, source: str) -> Any:
-    """Strict JSON: UTF-8 only; no duplicate keys, NaN, infinities or endless integers."""
+def parse_json(raw: bytes, source: str, strict: bool = False) -> Any:
+    """Strict JSON: UTF-8 only; no duplicate keys, NaN or infinities. `strict` also rejects, while
+    parsing, integers longer than 40 digits and floats too large for a float; without it the C
+    scanner reads numbers (several times faster) and the field checks bound them instead."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ReportError(f"{source} is not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start}); "
                           "is it a memwall report?") from None
+    if not strict:
+        try:
+            data, end = _QUICK_DECODER.raw_decode(text, _skip_space(text, 0))
+            if _skip_space(text, end) == len(text):
+                return data
+        except (ValueError, RecursionError):  # a bad file: the strict pass says what is wrong
+            pass
     try:
         data, end = _DECODER.raw_decode(text, _skip_space(text, 0))
         if _skip_space(text, end) != len(text):
@@ -246,7 +260,7 @@ def _check_bool(path: str, value: Any) -> bool:
 
 
 def _check_json(path: str, value: Any, depth: int = 0) -> Any:
-    """Free-form JSON (`meta.extra`): bounded depth, valid text; numbers were checked by the parser."""
+    """Free-form JSON (`meta.extra`): bounded depth, valid text, finite numbers of real size."""
     if depth > MAX_EXTRA_DEPTH:
         raise FieldError(f"{path} is nested deeper than {MAX_EXTRA_DEPTH} levels")
     if isinstance(value, dict):
@@ -255,10 +269,21 @@ def _check_json(path: str, value: Any, depth: int = 0) -> Any:
         return [_check_json(f"{path}[{i}]", v, depth + 1) for i, v in enumerate(value)]
     if isinstance(value, str):
         return _check_str(path, value)
+    if isinstance(value, float) and not math.isfinite(value):  # parsed by the quick pass
+        raise FieldError(f"{path} is a number too large for a float")
+    if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) > _MAX_INT_DIGITS:
+        raise FieldError(f"{path} is an integer of {len(str(abs(value))):,} digits, not a real count")
     return value
 
 
 Check = Callable[[str, Any], Any]
+#: integer fields that are at least 1
+_AT_LEAST_ONE = ("world_size", "bytes_per_element", "local_world_size", "group_size")
+
+
+def _positive(name: str) -> bool:
+    """A float field that must be above zero: a rate, or a Figure's value (a peak)."""
+    return name.endswith("_per_s") or name == "value"
 
 
 def _checker(name: str, hint: Any) -> Check:
@@ -272,19 +297,23 @@ def _checker(name: str, hint: Any) -> Check:
     if hint is bool:
         return _check_bool
     if hint is int:
-        low = 1 if name in ("world_size", "bytes_per_element", "local_world_size", "group_size") else 0
+        low = 1 if name in _AT_LEAST_ONE else 0
         return lambda path, v: v if type(v) is int and low <= v <= MAX_COUNT else _check_int(path, v, low)
     if hint is float:
-        positive = name.endswith("_per_s") or name == "value"  # a Figure: a rate or a peak
+        positive = _positive(name)
         return lambda path, v: _check_float(path, v, positive)
     if hint is str:
         return _check_str
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         item = _checker(name, args[0])
+        int_pairs = args[0] == tuple[int, int]  # a row's reuse: hundreds per report, checked inline
 
         def check_tuple(path: str, value: Any) -> tuple[Any, ...]:
             if not isinstance(value, list):
                 raise FieldError(f"{path} must be a list, got {_kind(value)} ({_show(value)})")
+            if int_pairs and all(type(v) is list and len(v) == 2 and type(v[0]) is int and type(v[1]) is int
+                                 and 0 <= v[0] <= MAX_COUNT and 0 <= v[1] <= MAX_COUNT for v in value):
+                return tuple((v[0], v[1]) for v in value)
             return tuple(item(f"{path}[{i}]", v) for i, v in enumerate(value))
 
         return check_tuple
@@ -313,22 +342,43 @@ def _checker(name: str, hint: Any) -> Check:
 
 @dataclasses.dataclass(frozen=True)
 class Fields:
-    """The checks of one JSON object: each known field's check, and which must be present."""
+    """The checks of one JSON object: each known field's check, and which must be present.
+    `ints`, `floats`, `texts` and `nullable` name the scalar fields whose common, valid values
+    `check_object` accepts inline (a report has thousands of them); anything else goes through
+    the field's check, which names what is wrong."""
 
     checks: dict[str, Check]
     required: frozenset[str]
+    ints: dict[str, int] = dataclasses.field(default_factory=dict)  # name: the least value
+    floats: dict[str, bool] = dataclasses.field(default_factory=dict)  # name: must be positive
+    texts: frozenset[str] = frozenset()
+    nullable: frozenset[str] = frozenset()
 
 
 def _fields(cls: type, skip: tuple[str, ...]) -> Fields:
     hints = typing.get_type_hints(cls)
     checks, required = {}, set()
+    ints: dict[str, int] = {}
+    floats: dict[str, bool] = {}
+    texts, nullable = set(), set()
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        checks[f.name] = _checker(f.name, hints[f.name])
+        hint = hints[f.name]
+        checks[f.name] = _checker(f.name, hint)
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             required.add(f.name)
-    return Fields(checks, frozenset(required))
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args and len(args) == 2:
+            nullable.add(f.name)
+            hint = next(a for a in args if a is not type(None))
+        if hint is int:
+            ints[f.name] = 1 if f.name in _AT_LEAST_ONE else 0
+        elif hint is float:
+            floats[f.name] = _positive(f.name)
+        elif hint is str:
+            texts.add(f.name)
+    return Fields(checks, frozenset(required), ints, floats, frozenset(texts), frozenset(nullable))
 
 
 _FIELDS: dict[tuple[type, tuple[str, ...]], Fields] = {}
@@ -355,7 +405,25 @@ def check_object(path: str, data: Any, fields: Fields) -> dict[str, Any]:
     missing = sorted(fields.required - data.keys())
     if missing:
         raise FieldError(f"{path} lacks {', '.join(missing)}")
-    return {k: fields.checks[k](f"{path}.{k}", v) for k, v in data.items()}
+    checks, ints, floats, texts, nullable = fields.checks, fields.ints, fields.floats, fields.texts, fields.nullable
+    out = dict(data)
+    for k, v in data.items():  # valid scalars inline; everything else through its field's check
+        kind = type(v)
+        if kind is str:
+            if k in texts and v.isascii():
+                continue
+        elif kind is int:
+            low = ints.get(k)
+            if low is not None and low <= v <= MAX_COUNT:
+                continue
+        elif kind is float:
+            positive = floats.get(k)
+            if positive is not None and (v > 0.0 if positive else v >= 0.0) and v <= MAX_FLOAT:
+                continue
+        elif v is None and k in nullable:
+            continue
+        out[k] = checks[k](f"{path}.{k}", v)
+    return out
 
 
 # --- devices -------------------------------------------------------------------------------------

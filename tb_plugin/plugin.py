@@ -55,7 +55,7 @@ ROUTE_PARAMS: dict[str, tuple[str, ...]] = {
     "/report": ("run", "job", "rank", "window", "phase", "device", "bytes_per_element", "dtype", "by"),
     "/compare": ("run", "job", "rank", "window", "baseline", "baseline_job", "baseline_rank", "by", "phase", "device",
                  "bytes_per_element", "dtype"),
-    "/ranks": ("run", "job"),
+    "/ranks": ("run", "job", "all"),
     "/memory": ("run", "job", "rank", "window"),
     "/memory_whatif": ("run", "job", "rank", "window", "checkpoint", "shard", "world_size", "bytes_per_element",
                        "batch_scale", "master_weights", "device"),
@@ -155,8 +155,9 @@ class MemwallPlugin(base_plugin.TBPlugin):
         return views.compare_view(run.name, report, base_run.name, base, diff, phase=phase)
 
     def ranks_impl(self, args: dict[str, str]) -> dict[str, Any]:
-        """Every rank of one job of a run side by side; a rank whose report cannot be read is
-        listed with its error, the others are still shown."""
+        """Every rank of one job of a run side by side, or above 16 ranks their spread and
+        outliers (`all=1`: every rank still); a rank whose report cannot be read is listed with
+        its error, the others are still shown."""
         check_params("/ranks", args)
         run = self._run(args)
         loaded, bad = self._loaded(run)
@@ -164,7 +165,9 @@ class MemwallPlugin(base_plugin.TBPlugin):
         reports = dict(job.ranks) if job is not None else {}
         errors = {w.rank: message for w, message in bad.items() if w.rank not in reports}
         world = max((r.world_size for r in reports.values()), default=len(run.ranks))
-        return views.ranks_view(run.name, reports, errors, world, job=None if job is None else job.id)
+        all_ranks = _int_param(args, "all", default=0, low=0, high=1) == 1
+        return views.ranks_view(run.name, reports, errors, world, job=None if job is None else job.id,
+                                all_ranks=all_ranks)
 
     def _selected(self, args: dict[str, str]) -> tuple[Run, Report]:
         """The report the selection parameters name (run, job, rank, window), as every data route

@@ -20,6 +20,7 @@ from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, peak_key
 from memwall_plugin.diff import ReportDiff, diff_record
 from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
 from memwall_plugin.memory import CATEGORIES, MemoryWhatIf
+from memwall_plugin.ranks import CONDENSE_ABOVE, rank_spread
 from memwall_plugin.records import ordered_phases
 from memwall_plugin.report import Report, StepTotals
 from memwall_plugin.roofline import launch_floor_s
@@ -382,18 +383,28 @@ def comm_view(report: Report) -> dict[str, Any] | None:
 
 
 def ranks_view(run: str, reports: dict[int, Report], errors: dict[int, str], world_size: int,
-               job: str | None = None) -> dict[str, Any]:
+               job: str | None = None, all_ranks: bool = False) -> dict[str, Any]:
     """`/ranks`: every rank's headline figures side by side, the slowest marked; ranks whose
-    report is missing or unreadable are listed as such."""
+    report is missing or unreadable are listed as such. Above `CONDENSE_ABOVE` ranks (unless
+    `all_ranks`), `ranks` holds only the outliers, slowest first: `spread` condenses the rest."""
     heads = rank_headlines(reports)
     slowest = slowest_rank(heads)
     known = set(reports) | set(errors)
+    spread = rank_spread(reports, heads) if len(heads) > 1 else None
+    condensed = spread is not None and len(heads) > CONDENSE_ABOVE and not all_ranks
+    shown = heads
+    if condensed and spread is not None:
+        by_rank = {h.rank: h for h in heads}
+        shown = [by_rank[o.rank] for o in (*spread.slowest, *spread.fastest)]
     return {
         "run": run,
         "job": job,
         "world_size": world_size,
         "slowest": None if slowest is None else slowest.rank,
-        "ranks": [rank_record(h, slowest) for h in heads],
+        "condensed": condensed,
+        "rank_count": len(heads),
+        "spread": None if spread is None else spread.record(),
+        "ranks": [rank_record(h, slowest) for h in shown],
         "errors": [{"rank": rank, "error": message} for rank, message in sorted(errors.items())],
         "missing": [r for r in range(world_size) if r not in known],
     }

@@ -28,6 +28,7 @@ from tb_logdir import (
     make_trace_runs,
     running_tensorboard,
 )
+from torchrun_job import replicate_ranks
 
 import memwall_plugin as memwall
 from memwall_plugin.console import findings
@@ -283,6 +284,36 @@ def test_distributed_run_shows_ranks_side_by_side_and_collectives_under_the_link
     assert browser.find_element(By.CSS_SELECTOR, "select.mw-rank").get_attribute("value") == "1"
     browser.execute_script("document.querySelector('.mw-comm-part').scrollIntoView()")
     _screenshot(browser, "memwall-tab-ddp-collectives", tmp_path)
+
+
+def test_a_job_of_many_ranks_shows_their_spread_and_the_straggler_first(tensorboard, browser, tmp_path):
+    """40 ranks copied from the ddp run's rank 1, rank 29 with every op 1.5x slower: the ranks part
+    leads with the straggler and why, lists it first among the outliers, and lists every rank on
+    one click."""
+    base, logdir, _ = tensorboard
+    (source,) = (logdir / "ddp" / "plugins" / "memwall").glob("rank1_*.json")
+    replicate_ranks(source, logdir / "ddp40", 40, straggler=29, per_node=8)
+    deadline = time.monotonic() + 60  # the loader rescans every few seconds
+    while not any(r["run"] == "ddp40" and len(r["ranks"]) == 40
+                  for r in _get_json(f"{base}/data/plugin/memwall/runs")["runs"]):  # type: ignore[index]
+        assert time.monotonic() < deadline, "the 40 ranks never showed up in /runs"
+        time.sleep(0.5)
+    _open_tab(browser, base)
+    _choose_run(browser, "ddp40", ready="tr.mw-outlier")
+    lead = browser.find_element(By.CSS_SELECTOR, ".mw-straggler").text
+    assert lead.startswith("Slowest: rank 29 (node3), +50% in ops vs the median: more ")
+    outliers = browser.find_elements(By.CSS_SELECTOR, "tr.mw-outlier")
+    assert [r.get_attribute("data-rank") for r in outliers] == ["29"] and "slowest" in outliers[0].text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "tr.mw-spread")) >= 4  # in ops, wall, comm share, sent
+    nodes = browser.find_elements(By.CSS_SELECTOR, "tr.mw-node")
+    assert len(nodes) == 5 and nodes[0].text.startswith("node3")
+    browser.execute_script("document.querySelector('.mw-ranks-part').scrollIntoView()")
+    _screenshot(browser, "memwall-tab-ranks-spread", tmp_path)
+    browser.find_element(By.CSS_SELECTOR, "button.mw-all-ranks").click()
+    WebDriverWait(browser, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.mw-rank")) == 40)
+    slowest = browser.find_elements(By.CSS_SELECTOR, "tr.mw-rank.mw-slowest")
+    assert [r.get_attribute("data-rank") for r in slowest] == ["29"]
+    _screenshot(browser, "memwall-tab-ranks-all", tmp_path)
 
 
 def test_two_runs_into_one_logdir_are_two_jobs_shown_apart(tensorboard, browser, tmp_path):

@@ -7,13 +7,15 @@ reduce-scattered after backward)."""
 
 from __future__ import annotations
 
+import re
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from memwall_plugin.tb_plugin.plugin import MemwallPlugin
-from torchrun_job import SAMPLE, torchrun
+from torchrun_job import SAMPLE, replicate_ranks, torchrun
 
 import memwall_plugin as memwall
 from memwall_plugin import cli
@@ -50,6 +52,8 @@ def test_ddp_each_rank_writes_its_own_report(ddp_run):
     assert len(jobs) == 1 and "" not in jobs  # one job, agreed by both ranks
     for rep in reports.values():
         assert not rep.incomplete and rep.backend == "gloo" and rep.local_world_size == 2
+        # where it ran, from the launcher's environment: this host, torchrun's LOCAL_RANK and GROUP_RANK
+        assert (rep.hostname, rep.local_rank, rep.group_rank) == (socket.gethostname(), rep.rank, 0)
         assert rep.link.name.startswith("loopback TCP") and rep.link.bytes_per_s > 0
 
 
@@ -210,3 +214,76 @@ def test_explicit_and_functional_collectives_are_sized_and_timed(tmp_path):
         assert {c.phase for c in rep.collectives} == {"other"}  # no work followed them: not set-up
         assert not any(r.op in COLLECTIVE_OPS or r.op == WAIT_OP for r in rep.rows)  # not compute rows
         assert not [r.op for r in rep.uncounted if r.op.startswith(("c10d.", "_c10d_functional."))]
+
+
+RANKS, STRAGGLER, PER_NODE = 1024, 613, 8
+
+
+@pytest.fixture(scope="module")
+def thousand_ranks(ddp_run, tmp_path_factory):
+    """A job of 1,024 ranks made from the DDP run's rank 1: rank 613 with every op 1.5x slower."""
+    logdir, _ = ddp_run
+    (source,) = (logdir / "plugins" / "memwall").glob("rank1_*.json")
+    run = tmp_path_factory.mktemp("scale") / "ddp1024"
+    replicate_ranks(source, run, RANKS, STRAGGLER, 1.5, PER_NODE)
+    rep = memwall.load_report(source)
+    # why it is slower, from its rows: every op took half as long again, so the larger of its
+    # memory-bound and its other op time (set-up left out) grew the most
+    work = [r for r in rep.rows if r.phase != "setup"]
+    memory = sum(r.time_s for r in work if r.bound == "memory")
+    reason = "memory-bound work" if memory > sum(r.time_s for r in work) - memory else "compute"
+    return run, rep, reason
+
+
+def test_a_thousand_ranks_print_their_spread_and_the_straggler_first(thousand_ranks, capsys):
+    run, rep, reason = thousand_ranks
+    assert cli.main(["report", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    # the straggler, on the first screen, with how much slower and why
+    first = next(i for i, line in enumerate(lines) if f"slowest rank {STRAGGLER}" in line)
+    assert first < 40
+    lead = " ".join(lines[first:first + 2])
+    assert f"node{STRAGGLER // PER_NODE}" in lead and "+50%" in lead and f"more {reason}" in lead
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"Ranks: {RANKS:,} on {RANKS // PER_NODE} node"))
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("Top "))  # the operators follow
+    section = lines[start:end]
+    assert len(section) < 60
+    text = "\n".join(section)
+    for figure in ("in ops", "wall", "comm share", "sent"):
+        assert re.search(rf"^{figure} +\S", text, re.M), figure
+    # the op-time spread: every rank's time but one, the straggler's half as long again
+    ops = next(line for line in section if line.startswith("in ops")).split()[2:]
+    median, straggler = cli.headline(rep).time_s, 1.5 * cli.headline(rep).time_s
+    assert ops[2:4] == [f"{median * 1e3:.3g}", "ms"] and ops[-2:] == [f"{straggler * 1e3:.3g}", "ms"]
+    slow = [line for line in section if re.match(rf"{STRAGGLER} +node", line)]
+    assert len(slow) == 1 and "+50%" in slow[0] and f"more {reason}" in slow[0]
+    assert "Fastest ranks: none more than 1% from the median" in text
+    nodes = next(i for i, line in enumerate(section) if line.startswith("Nodes ("))
+    assert section[nodes + 3].split()[0] == f"node{STRAGGLER // PER_NODE}"  # the slowest node first
+
+
+def test_a_thousand_ranks_with_all_ranks_print_every_rank(thousand_ranks, capsys):
+    run, _, _ = thousand_ranks
+    assert cli.main(["report", str(run), "--all-ranks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith("Ranks side by side")))
+    rows = [line for line in lines[start + 3:] if re.match(r"\d+ +\S+ ms", line)]
+    assert [int(line.split()[0]) for line in rows] == list(range(RANKS))
+    assert [line.split()[0] for line in rows if line.rstrip().endswith("slowest")] == [str(STRAGGLER)]
+
+
+def test_a_thousand_ranks_in_the_tab_show_the_straggler_first_and_every_rank_on_request(thousand_ranks):
+    run, _, reason = thousand_ranks
+    plugin = MemwallPlugin(SimpleNamespace(logdir=str(run.parent)))
+    view = plugin.ranks_impl({"run": "ddp1024"})
+    assert view["condensed"] and view["rank_count"] == RANKS and view["slowest"] == STRAGGLER
+    assert view["ranks"][0]["rank"] == STRAGGLER and len(view["ranks"]) == 1  # the one outlier
+    first = view["spread"]["slowest"][0]
+    assert (first["rank"], first["node"], first["because"]) == (STRAGGLER, f"node{STRAGGLER // PER_NODE}",
+                                                                f"more {reason}")
+    assert first["share"] == pytest.approx(0.5)
+    assert view["spread"]["slowest_node"] == f"node{STRAGGLER // PER_NODE}"
+    assert len(view["spread"]["by_node"]) == RANKS // PER_NODE
+    full = plugin.ranks_impl({"run": "ddp1024", "all": "1"})
+    assert not full["condensed"] and [r["rank"] for r in full["ranks"]] == list(range(RANKS))
+    assert [r["rank"] for r in full["ranks"] if r["slowest"]] == [STRAGGLER]

@@ -100,20 +100,132 @@ const RANK_COLUMNS = [
   ['', (r) => [r.slowest ? 'slowest' : '', r.incomplete ? 'incomplete' : ''].filter(Boolean).join(' · '), false],
 ];
 
-/** Every rank of the run side by side; a click on a rank shows its report. */
+const SPREAD_ROWS = [
+  ['in ops', 'op_time_s', duration],
+  ['wall', 'wall_time_s', duration],
+  ['in collectives', 'comm_time_s', duration],
+  ['comm share', 'comm_share', pct],
+  ['sent', 'comm_bytes_moved', (v) => si(v, 'B')],
+];
+
+const SPREAD_COLUMNS = [
+  ['', (r) => r[0], false],
+  ['min', (r) => r[2](r[1].min), true],
+  ['median', (r) => r[2](r[1].median), true],
+  ['p90', (r) => r[2](r[1].p90), true],
+  ['max', (r) => r[2](r[1].max), true],
+];
+
+function signed(share) {
+  return `${share >= 0 ? '+' : '-'}${pct(Math.abs(share))}`;
+}
+
+function why(o) {
+  return `${o.because} (${o.reason_delta_s >= 0 ? '+' : '-'}${duration(Math.abs(o.reason_delta_s))})`;
+}
+
+const OUTLIER_COLUMNS = [
+  ['rank', (o) => `rank ${o.rank}`, false],
+  ['', (o) => o.side, false],
+  ['node', (o) => o.node, false],
+  ['in ops', (o) => duration(o.op_time_s), true],
+  ['vs median', (o) => signed(o.share), true],
+  ['why', why, false],
+];
+
+const NODE_COLUMNS = [
+  ['node', (n) => n.node, false],
+  ['ranks', (n) => n.ranks.length.toLocaleString(), true],
+  ['median in ops', (n) => duration(n.op_time_s.median), true],
+  ['max in ops', (n) => duration(n.op_time_s.max), true],
+  ['slowest rank', (n) => String(n.slowest_rank), true],
+  ['comm share', (n) => pct(n.comm_share ? n.comm_share.median : null), true],
+];
+const TOP_NODES = 8;
+
+function selectable(node, rows, current, onSelect) {
+  node.querySelectorAll('tbody tr').forEach((tr, i) => {
+    tr.dataset.rank = String(rows[i].rank);
+    if (String(rows[i].rank) === current) tr.classList.add('mw-current');
+    tr.addEventListener('click', () => onSelect(String(rows[i].rank)));
+  });
+  return node;
+}
+
+/** A job of many ranks: the spread of their figures, the outlying ranks (slowest first) with why,
+ * the slowest nodes; a button fetches every rank. */
+function renderSpread(container, data, current, onSelect) {
+  const spread = data.spread;
+  const lead = el('div', 'mw-comm-lines mw-spread-lead');
+  lead.appendChild(el('div', '', `${data.rank_count.toLocaleString()} ranks on ${spread.nodes.toLocaleString()} node(s)` +
+      (spread.slowest_node ? ` · slowest node: ${spread.slowest_node}` : '')));
+  const first = spread.slowest[0];
+  if (first) {
+    lead.appendChild(el('div', 'mw-straggler', `Slowest: rank ${first.rank} (${first.node}), ` +
+        `${signed(first.share)} in ops vs the median: ${why(first)}`));
+  }
+  container.appendChild(lead);
+  const figures = SPREAD_ROWS.filter(([, key]) => spread[key]).map(([label, key, show]) => [label, spread[key], show]);
+  container.appendChild(table(SPREAD_COLUMNS, figures, () => 'mw-row mw-spread'));
+  const outliers = spread.slowest.map((o) => ({...o, side: 'slowest'}))
+      .concat(spread.fastest.map((o) => ({...o, side: 'fastest'})));
+  container.appendChild(el('h3', '', 'Outliers (more than 1% from the median in ops; a click shows the rank)'));
+  if (outliers.length) {
+    container.appendChild(selectable(table(OUTLIER_COLUMNS, outliers, (o) => `mw-row mw-rank mw-outlier mw-${o.side}`),
+        outliers, current, onSelect));
+  } else {
+    container.appendChild(el('div', 'mw-card-note', 'No rank is more than 1% from the median in ops.'));
+  }
+  if (spread.by_node.length > 1) {
+    container.appendChild(el('h3', '', `Nodes (${spread.by_node.length.toLocaleString()}, slowest first by median time in ops)`));
+    container.appendChild(table(NODE_COLUMNS, spread.by_node.slice(0, TOP_NODES), () => 'mw-row mw-node'));
+    if (spread.by_node.length > TOP_NODES) {
+      container.appendChild(el('div', 'mw-card-note', `... ${(spread.by_node.length - TOP_NODES).toLocaleString()} more nodes`));
+    }
+  }
+}
+
+/** Every rank of the run side by side (above 16, their spread and outliers, every rank one click
+ * away); a click on a rank shows its report. */
 export function renderRanks(container, data, current, onSelect) {
   container.textContent = '';
   const rows = data.ranks;
-  const node = table(RANK_COLUMNS, rows, (r) =>
-    `mw-row mw-rank${r.slowest ? ' mw-slowest' : ''}${String(r.rank) === current ? ' mw-current' : ''}`);
-  node.querySelectorAll('tbody tr').forEach((tr, i) => {
-    tr.dataset.rank = String(rows[i].rank);
-    tr.addEventListener('click', () => onSelect(String(rows[i].rank)));
-  });
-  container.appendChild(node);
+  if (data.condensed) {
+    renderSpread(container, data, current, onSelect);
+    const more = el('button', 'mw-all-ranks', `Show all ${data.rank_count.toLocaleString()} ranks`);
+    more.addEventListener('click', async () => {
+      const query = new URLSearchParams({run: data.run, all: '1'});
+      if (data.job) query.set('job', data.job);
+      more.disabled = true;
+      try {
+        const response = await fetch(`./ranks?${query}`);
+        if (!response.ok) throw new Error(`${response.status} ${await response.text()}`);
+        const full = await response.json();
+        renderRanks(container, full, current, onSelect);
+        const back = el('button', 'mw-all-ranks', 'Show the spread and outliers');
+        back.addEventListener('click', () => renderRanks(container, data, current, onSelect));
+        container.insertBefore(back, container.firstChild);
+      } catch (error) {
+        more.disabled = false;
+        container.appendChild(el('div', 'mw-card-note', `The ranks cannot be listed: ${error.message}`));
+      }
+    });
+    container.appendChild(more);
+  } else {
+    const node = table(RANK_COLUMNS, rows, (r) =>
+      `mw-row mw-rank${r.slowest ? ' mw-slowest' : ''}${String(r.rank) === current ? ' mw-current' : ''}`);
+    node.querySelectorAll('tbody tr').forEach((tr, i) => {
+      tr.dataset.rank = String(rows[i].rank);
+      tr.addEventListener('click', () => onSelect(String(rows[i].rank)));
+    });
+    container.appendChild(node);
+  }
   const notes = [];
-  if (data.slowest !== null) notes.push(`slowest: rank ${data.slowest} (most time in ops; the others wait for it in collectives)`);
-  if (data.missing.length) notes.push(`no report from rank(s) ${data.missing.join(', ')}`);
+  if (data.slowest !== null && !data.condensed) notes.push(`slowest: rank ${data.slowest} (most time in ops; the others wait for it in collectives)`);
+  if (data.missing.length) {
+    const shown = data.missing.slice(0, 20).join(', ');
+    notes.push(`no report from rank(s) ${shown}${data.missing.length > 20 ? ` and ${data.missing.length - 20} more` : ''}`);
+  }
   for (const e of data.errors) notes.push(`rank ${e.rank}: ${e.error}`);
   for (const note of notes) container.appendChild(el('div', 'mw-card-note', note));
 }
