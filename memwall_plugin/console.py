@@ -643,13 +643,18 @@ class Summary:
         room = max(self._max_width - used, 16)
         op_natural = max([2] + [len(r.op.removeprefix("aten.")) for r in rows])
         module_natural = max([6] + [len(r.module or "(top)") for r in rows])
+        if first[0] == "op / shapes":  # shapes beneath the op's name: that column takes what modules leave
+            module = max(min(module_natural, room // 3, 28), 8)
+            self._names = {"op": min(op_natural, 24 if self._wide else 18), "module": module,
+                           "op / shapes": max(room - module, 12)}
+            return
         op = min(op_natural, 24 if self._wide else 18, max(room * 9 // 20, 10))
         self._names = {"op": op, "module": max(min(module_natural, room - op, 28), 8)}
 
     def _name_width(self, column: str) -> int:
         """How wide a name column is: an op's or a module's (cut from the left), by layout."""
         if column == "op / shapes":
-            column = "op"
+            column = "op"  # the op's name in it; the column itself is as wide as _fit_names says
         if self._names is not None and column in self._names:
             return self._names[column]
         if column == "module":
@@ -720,7 +725,10 @@ class Summary:
             table = self._table(f"Top {min(opts.top, len(rows))} of {len(rows)} {what}", first, levels)
             self._fit_names(shown, cells, first, [str(c.header) for c in table.columns[3:]])
             table.columns[1].max_width = self._name_width("module")
-            if not beneath:
+            if beneath:  # the op and its shapes: as wide as _fit_names allows, up to 40
+                wide = (self._names or {}).get("op / shapes", 40)
+                table.columns[0].max_width, table.columns[0].min_width = wide, min(wide, 40)
+            else:
                 table.columns[0].max_width = self._name_width("op")
             for r, rest in zip(shown, cells, strict=True):
                 name = self._name("op", r.op.removeprefix("aten."))

@@ -164,3 +164,22 @@ def test_at_80_columns_no_operator_row_wraps(cnn_report):
         if line.strip():
             name = line.split()[0]
             assert name in ops or "…" in name, line
+
+
+def test_by_shape_at_80_columns_puts_dtype_and_shapes_beneath_each_op(cnn_report):
+    text = render_text(cnn_report, width=80, options=memwall.SummaryOptions(by="shape", top=100))
+    assert max(len(line) for line in text.splitlines()) <= 80
+    table = text.split("input shapes)")[1].split("\nPhases")[0].splitlines()
+    assert table[1].startswith("op / shapes")  # the header on one line
+    lines = [line for line in table[3:] if line.strip()]
+    mm_rows = [i for i, line in enumerate(lines) if line.split()[:2] == ["mm", "fc"]]
+    assert len(mm_rows) == 2
+    beneath = set()
+    for i in mm_rows:  # the lines under a row, up to the next row (rows carry a time share)
+        below = []
+        for line in lines[i + 1:]:
+            if "%" in line:
+                break
+            below.append(line.strip())
+        beneath.add(" ".join(below))
+    assert beneath == {f"fp32 [{B}, {CLASSES}] x [{CLASSES}, {FEATURES}]", f"fp32 [{CLASSES}, {B}] x [{B}, {FEATURES}]"}
