@@ -83,6 +83,34 @@ def test_relu_chain_region_and_its_eager_counterfactual(fresh_dynamo, tmp_path):
     assert counter.frame_count == 2
 
 
+@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
+def test_savings_are_listed_per_compiled_module(fresh_dynamo):
+    def mlp() -> torch.nn.Module:
+        return torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16), torch.nn.Tanh())
+
+    model = torch.nn.Sequential()
+    model.add_module("a", torch.compile(mlp()))
+    model.add_module("b", torch.compile(mlp()))
+    x = torch.randn(64, 16)
+    with torch.no_grad():
+        model(x)
+        with memwall.profile(summary=False, model=model) as prof:
+            model(x)
+    rep = prof.report()
+    regions = {r.module: r for r in rep.rows if r.op == REGION}
+    assert sorted(regions) == ["a", "b"]
+    # inference: each region reads x, two weights and biases, writes its output; its ops run one
+    # by one: 2 addmm (read x or h, the weight and bias, write h), relu and tanh (read h, write h)
+    act, weight, bias = 64 * 16 * 4, 16 * 16 * 4, 16 * 4
+    fused = act + 2 * (weight + bias) + act
+    eager = 2 * (act + weight + bias + act) + 2 * (2 * act)
+    savings = {s.module: s for s in fusion_savings(rep.rows)}
+    assert sorted(savings) == ["a", "b"]
+    assert all((s.bytes, s.eager_bytes, s.eager_calls) == (fused, eager, 4) for s in savings.values())
+    said = [f for f in findings(rep) if f.startswith("compiling removed")]
+    assert len(said) == 1 and "`a`" in said[0] and "`b`" in said[0], said
+
+
 # --- a compiled GPT-2 training step --------------------------------------------------------------
 
 transformers = pytest.importorskip("transformers")
