@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memwall_plugin.hooks.capture import CaptureEntry
-from memwall_plugin.records import OpCall
+from memwall_plugin.records import OpCall, RegionFacts
 from memwall_plugin.registry import Counted, Registry, default_traffic
 from memwall_plugin.rows import ROW_FIELDS, Row
 
@@ -73,6 +73,8 @@ class Analysis:
     elements_read: int
     elements_written: int
     func: Any = None  # the overload analysed (the memo is keyed by its id)
+    #: a compiled region's eager counterfactual per call (Row.eager_ops); () for any other op
+    eager_ops: tuple[tuple[str, int, int | None, int], ...] = ()
 
     @property
     def ignored(self) -> bool:
@@ -100,7 +102,25 @@ class AnalysisCache:
         counted = count_safely(self.registry, call, self._warned)
         t = counted.traffic
         return Analysis(call, counted, op_dtype(call), call.shapes(), t.bytes_read, t.bytes_written,
-                        t.elements_read, t.elements_written, entry.func)
+                        t.elements_read, t.elements_written, entry.func, self.eager_ops(call))
+
+    def eager_ops(self, call: OpCall) -> tuple[tuple[str, int, int | None, int], ...]:
+        """A compiled region's fused ops counted one by one, as eager runs them: (op, calls,
+        FLOPs, bytes) per op, by this registry's formulas and traffic model; views and other
+        ops that compute and move nothing are left out. () for any other call."""
+        facts = call.facts
+        if not isinstance(facts, RegionFacts) or not facts.ops:
+            return ()
+        by_op: dict[str, tuple[int, int | None, int]] = {}
+        for op in facts.ops:
+            counted = count_safely(self.registry, op, self._warned)
+            nbytes = counted.traffic.bytes_read + counted.traffic.bytes_written
+            if counted.flops == 0 and nbytes == 0:
+                continue
+            calls, flops, total = by_op.get(op.op, (0, 0, 0))
+            by_op[op.op] = (calls + 1, None if flops is None or counted.flops is None else flops + counted.flops,
+                            total + nbytes)
+        return tuple((op, *counts) for op, counts in by_op.items())
 
     def of(self, entry: CaptureEntry) -> Analysis:
         # id(func): an OpOverload hashes in Python; the identity check below guards against a
@@ -154,7 +174,7 @@ class EntryTotals:
 if ROW_FIELDS != ("op", "overload", "module", "phase", "calls", "dtype", "shapes", "flops", "bytes_read",
                   "bytes_written", "elements_read", "elements_written", "time_s", "peak_flops_per_s",
                   "bandwidth_bytes_per_s", "collective", "reuse", "memory_level", "dram_bandwidth_bytes_per_s",
-                  "projected_time_s", "kernels"):
+                  "projected_time_s", "kernels", "eager_ops"):
     raise ImportError("memwall: Row's fields changed order; update rows_from_entries to match")
 
 
@@ -165,12 +185,12 @@ def _row_maker() -> Callable[..., Row]:
     new = object.__new__
     (s_op, s_overload, s_module, s_phase, s_calls, s_dtype, s_shapes, s_flops, s_bytes_read, s_bytes_written,
      s_elements_read, s_elements_written, s_time_s, s_peak, s_bandwidth, s_collective, s_reuse, s_level,
-     s_dram, s_projected, s_kernels) = (getattr(Row, name).__set__ for name in ROW_FIELDS)
+     s_dram, s_projected, s_kernels, s_eager_ops) = (getattr(Row, name).__set__ for name in ROW_FIELDS)
 
     def make(op: str, overload: str, module: str, phase: str, calls: int, dtype: str, shapes: str,
              flops: int | None, bytes_read: int, bytes_written: int, elements_read: int, elements_written: int,
              time_s: float, peak: float | None, bandwidth: float | None, reuse: tuple[tuple[int, int], ...],
-             level: str, dram: float | None) -> Row:
+             level: str, dram: float | None, eager_ops: tuple[tuple[str, int, int | None, int], ...]) -> Row:
         row = new(Row)
         s_op(row, op)
         s_overload(row, overload)
@@ -193,11 +213,13 @@ def _row_maker() -> Callable[..., Row]:
         s_dram(row, dram)
         s_projected(row, None)  # measured, not a what-if
         s_kernels(row, ())  # no device activity record (a trace's rows add theirs)
+        s_eager_ops(row, eager_ops)
         return row
 
     sample = ("aten.mm", "default", "a.b", "forward", 3, "float32", "[8,16]", 100, 10, 11, 5, 6, 0.5, 1e9, 2e9)
     tail = (((17, 64), (64, 8)), "L2", 1e9)
-    if make(*sample, *tail) != Row(*sample, None, *tail):
+    eager = (("aten.mul", 2, 8, 64),)
+    if make(*sample, *tail, eager) != Row(*sample, None, *tail, None, (), eager):
         raise ImportError("memwall: Row changed; update analysis._row_maker to match")
     return make
 
@@ -252,6 +274,9 @@ def rows_from_entries(
             flops = None if flops is None else flops * n
             bytes_read, bytes_written = found.bytes_read * n, found.bytes_written * n
             elements_read, elements_written = found.elements_read * n, found.elements_written * n
+            eager_ops = found.eager_ops
+            if eager_ops and n != 1:
+                eager_ops = tuple((o, c * n, None if f is None else f * n, b * n) for o, c, f, b in eager_ops)
         else:
             totals = cache.totals(e)
             if totals is None:
@@ -260,6 +285,7 @@ def rows_from_entries(
             op, overload, dtype, shapes, flops = totals.op, totals.overload, totals.dtype, totals.shapes, totals.flops
             bytes_read, bytes_written = totals.bytes_read, totals.bytes_written
             elements_read, elements_written = totals.elements_read, totals.elements_written
+            eager_ops = ()  # past the signature cap a region's calls are summed, not its ops
         if ceilings is None:
             peak, bandwidth = None, None
         else:
@@ -272,7 +298,8 @@ def rows_from_entries(
         if memory_roof is not None:
             level, bandwidth, dram = memory_roof(reuse)
         rows.append(new_row(op, overload, e.module, e.phase, n, dtype, shapes, flops, bytes_read, bytes_written,
-                            elements_read, elements_written, e.time_ns * 1e-9, peak, bandwidth, reuse, level, dram))
+                            elements_read, elements_written, e.time_ns * 1e-9, peak, bandwidth, reuse, level, dram,
+                            eager_ops))
     # longest first, ties by (op, module, phase, shapes): two stable sorts on C-made keys
     rows.sort(key=_tie_order)
     rows.sort(key=_time_order, reverse=True)

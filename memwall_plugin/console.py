@@ -29,7 +29,7 @@ from memwall_plugin.ranks import CONDENSE_ABOVE, OUTLIER_SHARE, TOP_NODES, RankS
 from memwall_plugin.records import DECODE, TIMELINE_KEY, ordered_phases
 from memwall_plugin.registry import Family
 from memwall_plugin.roofline import COMMUNICATION, COMPUTE, MEMORY, launch_floor_s
-from memwall_plugin.rows import Group, Row, module_tree, speedup
+from memwall_plugin.rows import FusionSaving, Group, Row, fusion_savings, module_tree, speedup, total_fusion_saving
 
 if TYPE_CHECKING:  # drawn, not imported: report.py's str() and Jupyter view call this module
     from memwall_plugin.report import Report
@@ -408,6 +408,9 @@ def findings(report: Report) -> list[str]:
                 f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): their FLOPs are unknown, not zero; "
                 "re-record the trace with torch.profiler.profile(record_shapes=True)."
             )
+    fused = fusion_finding(report.rows)
+    if fused:
+        out.append(fused)
     noted = sorted({r.op for r in report.rows if r.op in COUNT_NOTES and r.flops})
     for text in dict.fromkeys(COUNT_NOTES[op] for op in noted):
         ops = [op.removeprefix("aten.") for op in noted if COUNT_NOTES[op] == text]
@@ -425,6 +428,29 @@ def findings(report: Report) -> list[str]:
         out.append("some peaks are estimated, not measured: run `memwall calibrate` for this machine's "
                    "real ceilings.")
     return out
+
+
+def _saving(s: FusionSaving) -> str:
+    share = s.saved_fraction
+    return f"{si(abs(s.saved_bytes), 'B')} of traffic" + ("" if share is None else f" ({-share:+.1%})")
+
+
+def fusion_finding(rows: tuple[Row, ...]) -> str | None:
+    """What compiling saved, per module and for the run: "compiling removed 268 MB of traffic
+    (-66.7%) in `mlp`"; None without compiled regions."""
+    savings = fusion_savings(rows)
+    total = total_fusion_saving(savings)
+    if total is None:
+        return None
+    verb = "removed" if total.saved_bytes >= 0 else "added"
+    text = (f"compiling {verb} {_saving(total)}: {total.regions} compiled region call"
+            f"{'s' if total.regions != 1 else ''} moved {si(total.bytes, 'B')} where the {total.eager_calls} "
+            f"aten op calls fused into them (as Inductor decomposed them) would move {si(total.eager_bytes, 'B')} "
+            "run one by one")
+    if len(savings) == 1:
+        return text + f", in `{savings[0].module or '(top level)'}`."
+    shown = "; ".join(f"`{s.module or '(top level)'}` {_saving(s)}" for s in savings[:3])
+    return text + f"; by module: {shown}{'; ...' if len(savings) > 3 else ''}."
 
 
 # --- the renderable ------------------------------------------------------------------------------

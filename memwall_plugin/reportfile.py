@@ -60,6 +60,10 @@ def _row_dict(r: Row) -> dict[str, Any]:
         out["kernels"] = list(out["kernels"])
     else:
         del out["kernels"]
+    if out["eager_ops"]:  # only a compiled region's rows have an eager counterfactual
+        out["eager_ops"] = [list(op) for op in out["eager_ops"]]
+    else:
+        del out["eager_ops"]
     return out
 
 

@@ -139,6 +139,11 @@ class Row(RooflinePoint):
     #: the device kernels its calls ran (a GPU trace's, `memwall analyze`), in the order first
     #: seen: whether a tensor-core GEMM ran; () where none were recorded
     kernels: tuple[str, ...] = ()
+    #: a compiled region's eager counterfactual (hooks/compiled.py): the aten ops Inductor fused
+    #: into it, each as (op, calls, FLOPs, bytes) counted by the same registry as if run eagerly,
+    #: every op reading its inputs from memory and writing its output there; totals over the
+    #: row's calls, views left out; () for any other row (or a region whose ops were not sized)
+    eager_ops: tuple[tuple[str, int, int | None, int], ...] = ()
 
     @property
     def bytes(self) -> int:
@@ -178,6 +183,32 @@ class Row(RooflinePoint):
     def speedup(self) -> float | None:
         """Measured time over a what-if's projected time (None as measured, or uncounted)."""
         return speedup(self.time_s, self.projected_time_s) if self.flops is not None else None
+
+    # -- a compiled region's eager counterfactual ---------------------------------------------------
+    @property
+    def eager_calls(self) -> int | None:
+        """The aten op calls its region's calls stand for (None: not a sized compiled region)."""
+        return sum(calls for _, calls, _, _ in self.eager_ops) if self.eager_ops else None
+
+    @property
+    def eager_flops(self) -> int | None:
+        """Its fused ops' FLOPs counted one by one: the row's own, by the same formulas (None
+        where one has no formula); a compiled run's FLOPs differ from an eager run's only where
+        its graph differs (decompositions, recomputation), not by fusing."""
+        if not self.eager_ops or any(f is None for _, _, f, _ in self.eager_ops):
+            return None
+        return sum(f for _, _, f, _ in self.eager_ops if f is not None)
+
+    @property
+    def eager_bytes(self) -> int | None:
+        """The bytes its fused ops would move run eagerly, one by one (None: not a sized region)."""
+        return sum(b for _, _, _, b in self.eager_ops) if self.eager_ops else None
+
+    @property
+    def fusion_saved_bytes(self) -> int | None:
+        """Eager bytes less the bytes the region moved: the traffic compiling removed."""
+        eager = self.eager_bytes
+        return None if eager is None else eager - self.bytes
 
     # -- under the link's roof ---------------------------------------------------------------------
     @property
@@ -272,6 +303,10 @@ def row_record(r: Row) -> dict[str, Any]:
     out = {name: _finite(getattr(r, name)) for name in ROW_COLUMNS[:-1]}
     out["kernels"] = list(r.kernels)
     out["family"] = REGISTRY.family(r.op, r.overload)  # registry metadata: matmul, norm, communication...
+    if r.eager_ops:  # a compiled region's: what its fused ops would cost run eagerly
+        out.update(eager_calls=r.eager_calls, eager_flops=r.eager_flops, eager_bytes=r.eager_bytes,
+                   fusion_saved_bytes=r.fusion_saved_bytes,
+                   eager_ops=[{"op": op, "calls": n, "flops": f, "bytes": b} for op, n, f, b in r.eager_ops])
     c = r.collective
     if c is not None:
         out.update(
@@ -307,6 +342,17 @@ def merge_reuse(*parts: Iterable[tuple[int, int]]) -> tuple[tuple[int, int], ...
     return tuple(sorted(total.items()))
 
 
+def merge_eager_ops(*parts: Iterable[tuple[str, int, int | None, int]]) -> tuple[tuple[str, int, int | None, int], ...]:
+    """Eager counterfactuals (op, calls, FLOPs, bytes) summed op by op, in the order first seen."""
+    total: dict[str, tuple[int, int | None, int]] = {}
+    for part in parts:
+        for op, calls, flops, nbytes in part:
+            mine = total.get(op)
+            total[op] = (calls, flops, nbytes) if mine is None else (
+                mine[0] + calls, _add(mine[1], flops), mine[2] + nbytes)
+    return tuple((op, *counts) for op, counts in total.items())
+
+
 def _sum_record(a: Any, b: Any, keep: tuple[str, ...]) -> Any:
     changes = {}
     for f in dataclasses.fields(a):
@@ -319,6 +365,8 @@ def _sum_record(a: Any, b: Any, keep: tuple[str, ...]) -> Any:
             changes[f.name] = merge_reuse(x, y)
         elif f.name == "kernels":  # the names either ran, each once
             changes[f.name] = tuple(dict.fromkeys(x + y))
+        elif f.name == "eager_ops":
+            changes[f.name] = merge_eager_ops(x, y)
         else:
             changes[f.name] = _add(x, y)
     return dataclasses.replace(a, **changes)
@@ -477,6 +525,49 @@ def group_rows(key: str, rows: Iterable[Row]) -> Group:
         counted_time_s=math.fsum(r.time_s for r in counted),
         projected_time_s=projected_time_s(counted),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FusionSaving:
+    """What compiling saved in one module (its compiled regions' rows): the bytes their fused
+    ops would move run eagerly one by one against the bytes the regions moved."""
+
+    module: str
+    regions: int  # region calls
+    eager_calls: int  # the aten op calls they stand for
+    eager_bytes: int
+    bytes: int
+
+    @property
+    def saved_bytes(self) -> int:
+        return self.eager_bytes - self.bytes
+
+    @property
+    def saved_fraction(self) -> float | None:
+        """Share of the eager traffic that compiling removed (None when eager moved nothing)."""
+        return self.saved_bytes / self.eager_bytes if self.eager_bytes else None
+
+
+def fusion_savings(rows: Iterable[Row]) -> tuple[FusionSaving, ...]:
+    """Per module, what compiling saved (rows with an eager counterfactual only); most bytes
+    saved first. The run's total is `total_fusion_saving` of them."""
+    by_module: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.eager_ops:
+            by_module.setdefault(r.module, []).append(r)
+    out = [FusionSaving(module, sum(r.calls for r in members), sum(r.eager_calls or 0 for r in members),
+                        sum(r.eager_bytes or 0 for r in members), sum(r.bytes for r in members))
+           for module, members in by_module.items()]
+    return tuple(sorted(out, key=lambda s: (-s.saved_bytes, s.module)))
+
+
+def total_fusion_saving(savings: Iterable[FusionSaving]) -> FusionSaving | None:
+    """The modules' savings as one (module ""); None without any."""
+    savings = tuple(savings)
+    if not savings:
+        return None
+    return FusionSaving("", sum(s.regions for s in savings), sum(s.eager_calls for s in savings),
+                        sum(s.eager_bytes for s in savings), sum(s.bytes for s in savings))
 
 
 GROUP_BY = ("op", "module", "module_tree", "phase")

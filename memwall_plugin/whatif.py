@@ -26,13 +26,15 @@ if TYPE_CHECKING:  # a report is read here, never built: report.py calls this mo
 
 
 def resized(rows: tuple[Row, ...], bytes_per_element: int) -> tuple[Row, ...]:
-    """Rows with every tensor (every collective's message) at `bytes_per_element` per element."""
+    """Rows with every tensor (every collective's message) at `bytes_per_element` per element.
+    A compiled region's eager counterfactual is dropped: it keeps bytes, not elements."""
     if isinstance(bytes_per_element, bool) or not isinstance(bytes_per_element, int) or bytes_per_element <= 0:
         raise ValueError(f"bytes_per_element must be a positive int (1 for 8-bit, 2 for 16-bit), "
                          f"got {bytes_per_element!r}")
     return tuple(
         comm.resized(r, bytes_per_element) if r.collective is not None else dataclasses.replace(
-            r, bytes_read=r.elements_read * bytes_per_element, bytes_written=r.elements_written * bytes_per_element)
+            r, bytes_read=r.elements_read * bytes_per_element, bytes_written=r.elements_written * bytes_per_element,
+            eager_ops=())
         for r in rows
     )
 
