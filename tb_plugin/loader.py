@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,7 +201,9 @@ class ReportLoader:
 
     def _analyse(self, trace: TraceFile) -> Report | TraceError:
         try:
-            return analyze_trace(trace.path)
+            with warnings.catch_warnings():  # what it warns of (no shapes recorded) is in the report's banner
+                warnings.simplefilter("ignore", RuntimeWarning)
+                return analyze_trace(trace.path)
         except TraceError as exc:
             return TraceError(_without_paths(str(exc), trace, self.logdir))
         except Exception as exc:  # memwall's own failure on this file: the others still work
