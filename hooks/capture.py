@@ -575,6 +575,7 @@ class Capture:
         self._bucket_memo: dict[Any, Any] = {}
         #: the first arguments' signature of each (op, module, phase, skeleton, keywords) in decoding
         self._first_decode: dict[tuple[Any, ...], Any] = {}
+        self._grown_memo: dict[Any, Any] = {}  # exact key -> its fold (`_grown`)
         self._mode: _CaptureMode | None = None
         self._router: Router | None = None
         self._compiled = CompiledRegions()  # regions compiled while open are seen whole
@@ -776,7 +777,7 @@ class Capture:
             known = self.known
             # a decode's growing lengths, in the model and in generate()'s loop around it (phase
             # other, once decoding began): one row per power-of-two bucket, not per length
-            grown = (self._grown(func, module, phase, arg_key, kw_key)
+            grown = (self._grown(key, func, module, phase, arg_key, kw_key)
                      if phase == DECODE or (phase == OTHER and self._first_decode) else None)
             if grown is not None:
                 entry = self._bucketed(func, module, phase, arg_key, kw_key, args, out, grown)
@@ -800,17 +801,25 @@ class Capture:
             self.memory.after_op(args, out, phase, entry, module)
         return entry
 
-    def _grown(self, func: Any, module: str, phase: str, arg_key: tuple[Any, ...], kw_key: Any) -> Any:
+    def _grown(self, key: Any, func: Any, module: str, phase: str, arg_key: tuple[Any, ...], kw_key: Any) -> Any:
         """In decoding, a new signature of an op that ran here before with other sizes (the KV
         length grows by one each token): its arguments with the sizes that grew bucketed
         (`fold_growing`); None for the first signature of each op, place and skeleton (its
-        arguments' ranks, dtypes and values other than sizes), kept exact."""
+        arguments' ranks, dtypes and values other than sizes), kept exact. A folded signature
+        never enters the table under its exact key, so its fold is memoised by that key (layers
+        repeat it within a token)."""
+        memo = self._grown_memo
+        if key in memo:
+            return memo[key]
         site = (id(func), module, phase, skeleton(arg_key), kw_key)
         first = self._first_decode.get(site)
         if first is None:
             self._first_decode[site] = arg_key
             return None
-        return fold_growing(first, arg_key)
+        if len(memo) >= 1024:  # bounded like the bucket memo: a long decode keeps growing
+            memo.clear()
+        grown = memo[key] = fold_growing(first, arg_key)
+        return grown
 
     def _bucketed(self, func: Any, module: str, phase: str, arg_key: tuple[Any, ...], kw_key: Any,
                   args: tuple[Any, ...], out: Any, grown: Any = None) -> CaptureEntry:

@@ -392,22 +392,17 @@ def findings(report: Report) -> list[str]:
         unshaped = [r for r in uncounted
                     if shapeless or REGISTRY.flop_formula(r.op, r.overload or "default") is not None]
         unformulated = [r for r in uncounted if r not in unshaped]
-        if unformulated:
-            names = _longest_names(unformulated)
-            share = math.fsum(r.time_s for r in unformulated) / total
-            out.append(
-                f"{share:.0%} of op time is in ops without a FLOP formula "
-                f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}); their FLOPs are unknown, "
-                "not zero (register formulas with memwall.default_registry().copy())."
-            )
-        if unshaped:
-            names = _longest_names(unshaped)
-            share = math.fsum(r.time_s for r in unshaped) / total
-            out.append(
-                f"{share:.0%} of op time is in ops whose inputs were not recorded "
-                f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): their FLOPs are unknown, not zero; "
-                "re-record the trace with torch.profiler.profile(record_shapes=True)."
-            )
+        for rows, why, fix in (
+            (unformulated, "without a FLOP formula", "; their FLOPs are unknown, not zero (register formulas with "
+                                                     "memwall.default_registry().copy())."),
+            (unshaped, "whose inputs were not recorded", ": their FLOPs are unknown, not zero; re-record the trace "
+                                                         "with torch.profiler.profile(record_shapes=True)."),
+        ):
+            if rows:
+                names = _longest_names(rows)
+                share = math.fsum(r.time_s for r in rows) / total
+                out.append(f"{share:.0%} of op time is in ops {why} "
+                           f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}){fix}")
     fused = fusion_finding(report.rows)
     if fused:
         out.append(fused)
