@@ -280,8 +280,13 @@ def test_ops_with_a_formula_but_no_recorded_inputs_are_named_as_such(recorded: d
         report = memwall.analyze_trace(recorded["shapeless"])
     notes = memwall.findings(report)
     (unshaped,) = [n for n in notes if "inputs were not recorded" in n]
-    assert "record_shapes=True" in unshaped and "aten.addmm" in unshaped
-    assert not any("without a FLOP formula (aten.addmm" in n for n in notes)
+    # named longest first: which op that is depends on this machine's timing, so read it from the rows
+    time: dict[str, float] = defaultdict(float)
+    for r in report.rows:
+        time[r.name] += r.time_s
+    longest = max(time, key=lambda name: time[name])
+    assert "record_shapes=True" in unshaped and f"({longest}," in unshaped
+    assert not any("without a FLOP formula" in n for n in notes)  # a formula is not what is missing
 
 
 def test_each_row_names_the_kernels_its_calls_ran_and_keeps_them_in_its_file(recorded: dict[str, Any],
