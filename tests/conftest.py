@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -16,6 +19,12 @@ import torch
 import memwall_plugin as memwall
 
 warnings.filterwarnings("ignore", message=".*loss_type=None.*")
+
+# Inductor's compile cache lives in a directory of this test run, removed at its end (subprocesses
+# inherit it): left at its default, /tmp/torchinductor_<user>, repeated runs piled up gigabytes
+_INDUCTOR_CACHE = tempfile.mkdtemp(prefix="memwall-tests-inductor-")
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _INDUCTOR_CACHE)
+atexit.register(shutil.rmtree, _INDUCTOR_CACHE, True)
 
 
 @contextlib.contextmanager
