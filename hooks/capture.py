@@ -89,7 +89,7 @@ class CaptureEntry:
     the first time it is asked for (when the report is made), not while the model runs."""
 
     __slots__ = ("func", "arg_key", "kw_key", "out_key", "device", "module", "phase", "calls", "time_ns", "_call",
-                 "bucket", "reuse")
+                 "bucket", "reuse", "analysed")
 
     def __init__(self, func: Any, arg_key: tuple[Any, ...], kw_key: tuple[Any, ...] | None, out_key: Any,
                  device: str, module: str, phase: str, calls: int = 0, time_ns: int = 0) -> None:
@@ -100,6 +100,8 @@ class CaptureEntry:
         self.bucket: Bucket | None = None
         #: bytes its calls touched by reuse bucket (hooks/residency.py): where their data lived
         self.reuse: dict[int, int] = {}
+        #: (the analysis cache, its generation, the analysis) of this signature, once analysed
+        self.analysed: tuple[Any, int, Any] | None = None
 
     @property
     def call(self) -> OpCall:

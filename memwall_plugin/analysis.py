@@ -89,12 +89,15 @@ class AnalysisCache:
         self.limit = limit
         self._by_key: dict[Any, Analysis] = {}
         self._warned: set[str] = set()  # ops whose formula failed: one warning each
+        #: bumped by clear(): an analysis an entry remembers from before is not used again
+        self._generation = 0
 
     def __len__(self) -> int:
         return len(self._by_key)
 
     def clear(self) -> None:
         self._by_key.clear()
+        self._generation += 1
 
     def analyse(self, entry: CaptureEntry) -> Analysis:
         """The analysis of an entry's signature, computed now (not memoised)."""
@@ -123,6 +126,12 @@ class AnalysisCache:
         return tuple((op, *counts) for op, counts in by_op.items())
 
     def of(self, entry: CaptureEntry) -> Analysis:
+        # the entry remembers its analysis by this cache (a report build asks for each entry's
+        # several times: rows, step totals, memory): hashing its signature again cost more than
+        # the lookup itself
+        remembered = entry.analysed
+        if remembered is not None and remembered[0] is self and remembered[1] == self._generation:
+            return remembered[2]
         # id(func): an OpOverload hashes in Python; the identity check below guards against a
         # freed overload's id being reused
         key = (id(entry.func), entry.arg_key, entry.kw_key, entry.out_key, entry.device)
@@ -130,10 +139,11 @@ class AnalysisCache:
         if found is None or found.func is not entry.func:
             found = self.analyse(entry)
             if len(self._by_key) >= self.limit:
-                self._by_key.clear()
+                self.clear()
             self._by_key[key] = found
         else:
             entry.adopt_call(found.call)
+        entry.analysed = (self, self._generation, found)
         return found
 
     def totals(self, entry: CaptureEntry) -> EntryTotals | None:

@@ -346,7 +346,12 @@ class MemoryReport:
 
     # -- file ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        # field by field: dataclasses.asdict deep-copies every value recursively, which took
+        # ~20 ms of a BERT forward's report (thousands of timeline points and module records)
+        out = {name: getattr(self, name) for name in _REPORT_FIELDS}
+        out["peak_by_category"] = dict(self.peak_by_category)
+        out["peak_elements"] = dict(self.peak_elements)
+        out["modules"] = [{name: getattr(m, name) for name in _MODULE_FIELDS} for m in self.modules]
         out["peak_at"] = list(self.peak_at)
         out["timeline"] = [[i, phase, list(values), module] for i, phase, values, module in self.timeline]
         out["notes"] = list(self.notes)
@@ -361,6 +366,10 @@ class MemoryReport:
                                  for i, p, values, m in data.get("timeline", ()))
         data["notes"] = tuple(data.get("notes", ()))
         return cls(**data)
+
+
+_REPORT_FIELDS = tuple(f.name for f in dataclasses.fields(MemoryReport))
+_MODULE_FIELDS = tuple(f.name for f in dataclasses.fields(MemoryModule))
 
 
 def parse_bytes_per_element(text: str | None) -> dict[str, float]:
