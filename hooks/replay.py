@@ -67,6 +67,9 @@ class Replayed:
     arg_key: tuple[Any, ...]
     kw_key: tuple[tuple[str, Any], ...] | None
     out_key: Any
+    #: its tensor lists' dtype was taken to be float32: a trace records a list's shapes, not its
+    #: tensors' dtypes, and no other input of the call had one (cat, stack of int64 indices)
+    assumed_list_dtype: bool = False
 
 
 class ReplayError(Exception):
@@ -217,7 +220,11 @@ def replay(func: Any, inputs: TracedInputs) -> Replayed:
 
 
 def _replay(func: Any, schema: Any, inputs: TracedInputs, wrapped: set[int]) -> Replayed:
-    list_dtype = next((_TRACE_DTYPES[t] for t in inputs.types if t in _TRACE_DTYPES), torch.float32)
+    list_dtype = next((_TRACE_DTYPES[t] for t in inputs.types if t in _TRACE_DTYPES), None)
+    assumed = list_dtype is None and any(t in ("TensorList", "GenericList") and isinstance(d, (list, tuple)) and
+                                         any(isinstance(x, (list, tuple)) for x in d)
+                                         for t, d in zip(inputs.types, inputs.dims, strict=True))
+    list_dtype = list_dtype or torch.float32
     try:
         args = [_WRAPPED[t] if i in wrapped else _value(a, t, d, s, c, list_dtype) for i, (a, t, d, s, c) in enumerate(
             zip(schema.arguments, inputs.types, inputs.dims, inputs.strides, inputs.concrete, strict=True))]
@@ -227,13 +234,13 @@ def _replay(func: Any, schema: Any, inputs: TracedInputs, wrapped: set[int]) -> 
     keywords = {a.name: v for a, v in zip(schema.arguments, args, strict=True) if a.kwarg_only}
     kw_key = tuple((k, signature(v)) for k, v in keywords.items()) or None
     if not _returns_tensor(schema):  # a number (item(), is_nonzero): nothing to size, and meta cannot say
-        return Replayed(func, tuple(signature(a) for a in positional), kw_key, None)
+        return Replayed(func, tuple(signature(a) for a in positional), kw_key, None, assumed)
     try:
         with torch.no_grad():
             out = func(*positional, **keywords)
     except Exception as exc:  # no meta kernel, or inputs it rejects: the op stays uncounted
         raise ReplayError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    return Replayed(func, tuple(signature(a) for a in positional), kw_key, signature(out))
+    return Replayed(func, tuple(signature(a) for a in positional), kw_key, signature(out), assumed)
 
 
 __all__ = ["ReplayError", "Replayed", "TracedInputs", "decomposes_above_mode", "find_op", "pick_overload", "replay"]

@@ -316,6 +316,7 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace, console: Console) -> int:
+    from memwall_plugin.records import FLOAT32_ASSUMED
     from memwall_plugin.trace_analysis import TRACE_KEY, TraceError, analyze_trace, trace_files
 
     try:
@@ -338,6 +339,10 @@ def _cmd_analyze(args: argparse.Namespace, console: Console) -> int:
         reasons = report.extra.get(TRACE_KEY, {}).get("uncounted_calls", {})
         for reason, calls in reasons.items():
             print(f"memwall analyze: {path}: {calls:,} op calls not counted: {reason}", file=sys.stderr)
+        assumed = report.extra.get(TRACE_KEY, {}).get("float32_assumed_calls", {})
+        if assumed:
+            print(f"memwall analyze: {path}: {sum(assumed.values()):,} op calls ({', '.join(assumed)}) counted with "
+                  f"their tensor lists taken as float32: {FLOAT32_ASSUMED}", file=sys.stderr)
         if args.logdir:
             saved = RunDir(args.logdir).publish(report)
             print(f"memwall analyze: {path}: report saved to {saved}", file=sys.stderr)

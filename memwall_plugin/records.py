@@ -33,6 +33,9 @@ PHASES = (SETUP, FORWARD, BACKWARD, RECOMPUTE, OPTIMIZER, GRAD_SCALER, PREFILL, 
 #: analyze`): per step its wall time, the device's busy time and the share it sat idle waiting
 #: for the host to launch work (memwall_plugin/trace_analysis.py `_timeline`)
 TIMELINE_KEY = "timeline"
+#: why some calls of a trace's report rest on an assumption (`report.extra["trace"]["float32_assumed_calls"]`)
+FLOAT32_ASSUMED = ("a trace records the shapes of a tensor list (cat's, stack's inputs) but not their dtype; their "
+                   "bytes are right if those tensors are float32 (memwall.profile, or memwall run, sees the dtypes)")
 
 
 #: Reuse buckets (hooks/residency.py): bucket k holds data whose reuse footprint, the bytes touched

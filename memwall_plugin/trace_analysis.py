@@ -229,6 +229,8 @@ class _Phases:
             if op is not None:
                 op.builds_graph = True
                 self.node_op[flow_id] = op
+        #: when ops that made an autograd node started: the forward has begun from the first
+        self.graph_starts = sorted(op.event.ts_us for op in self.node_op.values())
         self.backward_starts = sorted(e.ts_us for e in trace.events if e.name.startswith(_BACKWARD_RANGE))
         steps = sorted((e for e in trace.events if e.name.startswith(_STEP_RANGE)), key=lambda e: e.ts_us)
         self.steps = steps
@@ -270,11 +272,19 @@ class _Phases:
             return BACKWARD, ""
         if self.walk.modules:
             return OTHER, ""
-        # no module ranges (with_stack=False): what runs before the step's backward is its forward
-        step = self.step_of(op.event.ts_us)
-        i = bisect.bisect_right(self.backward_starts, op.event.ts_us)
+        # no module ranges (with_stack=False): what runs before the step's backward, once its
+        # forward has begun (an op made an autograd node since the step or the last backward
+        # began), is its forward; before that the step loads and prepares its batch (a Trainer's
+        # collate and token count), which memwall.profile, seeing no module, calls other
+        ts = op.event.ts_us
+        step = self.step_of(ts)
+        i = bisect.bisect_right(self.backward_starts, ts)
         before_backward = i == 0 or (step is not None and self.backward_starts[i - 1] < step.ts_us)
-        return (FORWARD if before_backward else OTHER), ""
+        if not before_backward:
+            return OTHER, ""
+        since = max(step.ts_us if step is not None else -math.inf, self.backward_starts[i - 1] if i else -math.inf)
+        j = bisect.bisect_right(self.graph_starts, ts) - 1
+        return (FORWARD if j >= 0 and self.graph_starts[j] >= since else OTHER), ""
 
     def _seeds_backward(self, op: _Op) -> bool:
         """A 0-dim ones_like just before autograd's first node runs: loss.backward()'s seed."""
@@ -471,6 +481,7 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
     kernels: dict[Any, list[str]] = {}  # entry key -> the kernels its calls launched
     uncounted: dict[tuple[str, str, str, str], list[Any]] = {}  # (op, module, phase, shapes) -> calls, ns
     why: dict[str, int] = {}
+    assumed: dict[str, int] = {}  # op -> calls whose tensor lists were taken to be float32
     replayed: dict[tuple[Any, TracedInputs], Any] = {}
     for op in _progress(walk.ops):
         phase, module = phases.of(op)
@@ -498,6 +509,9 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
                                                         phase)
                 entry.calls += 1
                 entry.time_ns += op.time_ns
+                if done.assumed_list_dtype:
+                    name = op.name.replace("::", ".", 1)
+                    assumed[name] = assumed.get(name, 0) + 1
                 if op.kernels:
                     kernels.setdefault(key, []).extend(op.kernels)
                 continue
@@ -538,6 +552,8 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
         "distinct_calls": len(replayed),
         "time_from": "device kernels" if on_device else "CPU op spans",
         "uncounted_calls": dict(sorted(why.items(), key=lambda kv: -kv[1])),
+        # counted, with an assumption: the trace records a tensor list's shapes, not its dtype
+        "float32_assumed_calls": dict(sorted(assumed.items(), key=lambda kv: -kv[1])),
     }
     extra: dict[str, Any] = {TRACE_KEY: info}
     timeline = _timeline(trace, phases.steps)

@@ -21,7 +21,7 @@ from memwall_plugin.diff import ReportDiff, diff_record
 from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
 from memwall_plugin.memory import CATEGORIES, MemoryWhatIf
 from memwall_plugin.ranks import CONDENSE_ABOVE, rank_spread
-from memwall_plugin.records import ordered_phases
+from memwall_plugin.records import FLOAT32_ASSUMED, ordered_phases
 from memwall_plugin.report import Report, StepTotals
 from memwall_plugin.roofline import launch_floor_s
 from memwall_plugin.rows import Folded, Group, Row, group_rows, module_tree, row_record
@@ -90,9 +90,17 @@ def trace_view(report: Report) -> dict[str, Any] | None:
         "record_shapes": info.get("record_shapes"),
         "uncounted_calls": [{"reason": reason, "calls": calls} for reason, calls in reasons],
         "uncounted_total": sum(calls for _, calls in reasons),
+        "float32_assumed": _float32_assumed(info.get("float32_assumed_calls")),
         "hint": ("re-record with torch.profiler.profile(record_shapes=True): without input shapes memwall "
                  "lists ops with their times but cannot count their FLOPs or bytes") if no_shapes else None,
     }
+
+
+def _float32_assumed(calls: Any) -> dict[str, Any] | None:
+    """The calls counted with their tensor lists taken as float32, and why; None for none."""
+    if not isinstance(calls, dict) or not calls:
+        return None
+    return {"ops": [str(op) for op in calls], "calls": sum(int(n) for n in calls.values()), "why": FLOAT32_ASSUMED}
 
 
 def devices_view() -> dict[str, Any]:

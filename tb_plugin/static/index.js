@@ -352,6 +352,11 @@ function renderTrace(banner, trace) {
     uncounted.textContent = 'Every call counted (input shapes recorded, output shapes from a replay on meta tensors).';
   }
   banner.appendChild(uncounted);
+  if (trace.float32_assumed) {
+    const a = trace.float32_assumed;
+    banner.appendChild(el('div', 'mw-trace-assumed', `${a.calls} call(s) of ${a.ops.join(', ')} counted with ` +
+        `their tensor lists taken as float32: ${a.why}.`));
+  }
   if (trace.hint) banner.appendChild(el('div', 'mw-trace-hint', `To count them: ${trace.hint}.`));
 }
 
