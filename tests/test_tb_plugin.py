@@ -510,7 +510,8 @@ def test_a_torch_profiler_trace_is_a_run_analysed_on_first_request(traces, monke
     assert body["headline"]["flops"] == memwall.analyze_trace(made["hf"]).total_flops
     assert body["headline"]["flops"] == sum(r.flops for r in made["reference"].rows)
     assert body["trace"] == {"file": made["hf"].name, "time_from": "CPU op spans", "ops": body["trace"]["ops"],
-                             "record_shapes": True, "uncounted_calls": [], "uncounted_total": 0, "hint": None}
+                             "record_shapes": True, "uncounted_calls": [], "uncounted_total": 0, "hint": None,
+                             "float32_assumed": None}
     assert body["trace"]["ops"] > 10 and {"forward", "backward", "optimizer"} <= set(body["phases"])
     assert str(root) not in json.dumps(body)
 
