@@ -26,7 +26,7 @@ from memwall_plugin.formulas import COUNT_NOTES, REGISTRY
 from memwall_plugin.headline import Headline, headline, rank_headlines, slowest_rank
 from memwall_plugin.memory import MemoryReport, MemoryWhatIf
 from memwall_plugin.ranks import CONDENSE_ABOVE, OUTLIER_SHARE, TOP_NODES, RankSpread, rank_spread
-from memwall_plugin.records import DECODE, TIMELINE_KEY, ordered_phases
+from memwall_plugin.records import DECODE, TIME_SOURCE_KEY, TIMELINE_KEY, ordered_phases
 from memwall_plugin.registry import Family
 from memwall_plugin.roofline import COMMUNICATION, COMPUTE, MEMORY, launch_floor_s
 from memwall_plugin.rows import FusionSaving, Group, Row, fusion_savings, module_tree, speedup, total_fusion_saving
@@ -551,6 +551,10 @@ class Summary:
             lines.append(Text(f"what-if  every tensor re-sized to {rep.bytes_per_element} byte(s) each",
                               style="italic"))
         roof = head.roofline_time_s
+        sources = rep.extra.get(TIME_SOURCE_KEY)
+        if isinstance(sources, dict) and "cuda" in sources:  # the host clock on a CPU goes without saying
+            lines.append(_text("timing   CUDA events around each op on its stream (launch to end: the GPU's waits "
+                               "for the host are in it)", style="dim"))
         lines.append(Text(
             f"time     {_ms(head.time_s)} in ops (wall {_ms(head.wall_time_s)}), roofline "
             # a what-if's roofline can be microseconds: shown as the projection is

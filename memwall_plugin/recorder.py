@@ -22,7 +22,7 @@ from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.distributed import DistributedSession
 from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into, rename_phase
 from memwall_plugin.memory_build import memory_report
-from memwall_plugin.records import OTHER, SETUP
+from memwall_plugin.records import OTHER, SETUP, TIME_SOURCE_KEY, TIME_SOURCES
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import (
     MAX_STEP_TOTALS,
@@ -322,6 +322,9 @@ class Recorder:
             extra["nested_profiles"] = list(self.nested)
         if self._tail_s is not None and not step_only:
             extra[TAIL_OP_TIME_S], extra[TAIL_WALL_TIME_S] = self._tail_s
+        kinds = sorted({e.device for e in table.values()} & TIME_SOURCES.keys())
+        if kinds:  # where its times come from, per device type its ops ran on
+            extra[TIME_SOURCE_KEY] = {kind: TIME_SOURCES[kind] for kind in kinds}
         return Report(
             rows=rows,
             memory=memory,

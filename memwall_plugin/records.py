@@ -33,6 +33,15 @@ PHASES = (SETUP, FORWARD, BACKWARD, RECOMPUTE, OPTIMIZER, GRAD_SCALER, PREFILL, 
 #: analyze`): per step its wall time, the device's busy time and the share it sat idle waiting
 #: for the host to launch work (memwall_plugin/trace_analysis.py `_timeline`)
 TIMELINE_KEY = "timeline"
+#: how a live run's op times were taken (`report.extra`), by device type of the ops
+TIME_SOURCE_KEY = "time_source"
+TIME_SOURCES = {
+    "cpu": "the host clock around each op (its kernel, on this thread and the threads it uses)",
+    "cuda": ("CUDA events recorded on the op's stream before and after it: from its launch to its end, so the time "
+             "the GPU waited for the host's next launch is in it"),
+    "mps": ("the host clock around each op's call: MPS runs it asynchronously, so this is the launch's time, not "
+            "the kernel's"),
+}
 #: why some calls of a trace's report rest on an assumption (`report.extra["trace"]["float32_assumed_calls"]`)
 FLOAT32_ASSUMED = ("a trace records the shapes of a tensor list (cat's, stack's inputs) but not their dtype; their "
                    "bytes are right if those tensors are float32 (memwall.profile, or memwall run, sees the dtypes)")

@@ -77,6 +77,8 @@ def test_event_times_are_device_times_and_fit_in_the_wall_time():
     # 3 x 64 Mi fp32 elements read and written in place: 1.5 GiB, at HBM speed not launch speed
     assert mul.bytes == 3 * 2 * 4 * 64 * 2**20
     assert mul.bound == "memory" and 0.3 < mul.efficiency <= 1.2
+    assert "CUDA events" in rep.extra["time_source"]["cuda"]  # the report says how its times were taken
+    assert "timing   CUDA events" in memwall.render_text(rep, width=120)
 
 
 def test_fp32_matmul_is_placed_under_the_tf32_roof_when_torch_allows_it():

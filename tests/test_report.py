@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -171,3 +172,14 @@ def test_a_long_run_keeps_a_bounded_number_of_step_points_that_cover_every_step(
     assert sum(p.step_count for p in points) == 10_000
     assert points[0].first_step == 0 and points[-1].last_step == 9_999
     assert all(p.last_step + 1 == q.first_step for p, q in zip(points, points[1:]))  # in order, no gap
+
+
+def test_a_report_says_how_its_op_times_were_taken(report, tmp_path):
+    """A CPU run's times are the host clock around each op: the report says so in its file; its
+    summary leaves it unsaid (a CUDA run's, taken with events, adds a line: tests/test_cuda.py)."""
+    assert set(report.extra["time_source"]) == {"cpu"}
+    assert "host clock" in report.extra["time_source"]["cpu"]
+    assert memwall.load_report(report.save(tmp_path / "r.json")).extra["time_source"] == report.extra["time_source"]
+    assert "timing " not in memwall.render_text(report, width=120)
+    cuda = dataclasses.replace(report, extra={**report.extra, "time_source": {"cuda": "events"}})
+    assert "timing   CUDA events around each op" in memwall.render_text(cuda, width=120)
