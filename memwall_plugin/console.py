@@ -23,8 +23,9 @@ from rich.tree import Tree
 
 from memwall_plugin.devices import native_bf16, peak_key
 from memwall_plugin.formulas import COUNT_NOTES, REGISTRY
-from memwall_plugin.headline import Headline, headline, rank_headlines, slowest_rank
+from memwall_plugin.headline import Headline, headline, slowest_rank
 from memwall_plugin.memory import MemoryReport, MemoryWhatIf
+from memwall_plugin.rankheads import headlines, rank_heads
 from memwall_plugin.ranks import CONDENSE_ABOVE, OUTLIER_SHARE, TOP_NODES, RankSpread, rank_spread
 from memwall_plugin.records import DECODE, TIMELINE_KEY, ordered_phases
 from memwall_plugin.registry import Family
@@ -834,7 +835,7 @@ class Summary:
                 parts.append(self.collectives_table())
         ranks = self.ranks
         if ranks and len(ranks) > 1 and self.rank_spread() is None:  # else shown after the header
-            parts.append(self.ranks_table(rank_headlines(ranks)))
+            parts.append(self.ranks_table(headlines(rank_heads(ranks))))
             missing = [r for r in range(rep.world_size) if r not in ranks]
             if missing:
                 parts.append(Text(f"no report (yet) from rank(s) {', '.join(map(str, missing))}", style="dim"))

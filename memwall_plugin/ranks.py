@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from memwall_plugin.headline import Headline, headline
+from memwall_plugin.headline import Headline
+from memwall_plugin.rankheads import RankHead, rank_heads
 
 if TYPE_CHECKING:
     from memwall_plugin.report import Report
@@ -74,7 +75,7 @@ def rank_time(h: Headline) -> RankTime:
     return RankTime(work - memory, memory, waiting, max(0.0, h.wall_time_s - h.time_s - waiting))
 
 
-def node_of(report: Report) -> str:
+def node_of(report: Report | RankHead) -> str:
     """The node a rank ran on: its host's name, else (a report from before memwall recorded it)
     its rank over the ranks per host."""
     if report.hostname:
@@ -161,11 +162,13 @@ def _known(values: list[float | None]) -> list[float]:
 
 def rank_spread(reports: Mapping[int, Report], heads: Sequence[Headline] | None = None,
                 top: int = TOP_OUTLIERS) -> RankSpread | None:
-    """The ranks of one job condensed (None for no rank). `heads`: their headlines, if at hand."""
+    """The ranks of one job condensed (None for no rank). `heads`: their headlines, if at hand.
+    Reads each rank's head (`rankheads.py`), never a `LazyRanks`' reports in full."""
     if not reports:
         return None
-    heads = list(heads) if heads is not None else [headline(r) for _, r in sorted(reports.items())]
-    nodes = {h.rank: node_of(reports[h.rank]) for h in heads}
+    places = {p.rank: p for p in rank_heads(reports)}
+    heads = list(heads) if heads is not None else [p.headline for p in places.values()]
+    nodes = {h.rank: node_of(places[h.rank]) for h in heads}
     times = {h.rank: rank_time(h) for h in heads}
     medians = [statistics.median(t.parts[i] for t in times.values()) for i in range(len(REASONS))]
     median_ops = statistics.median(h.time_s for h in heads)
