@@ -309,7 +309,9 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
                 record = row_record(r)
                 writer.writerow([_csv_cell(record[c]) for c in ROW_COLUMNS])
         return 0
-    options = SummaryOptions(top=args.top, by=args.by or "op", all_ranks=args.all_ranks)
+    # a job of many ranks: the job alone, unless a rank was asked for (then that rank in full)
+    options = SummaryOptions(top=args.top, by=args.by or "op", all_ranks=args.all_ranks,
+                             job_view=args.rank is None, logdir=str(path))
     console.print(Summary(report, options, ranks if len(ranks) > 1 else None))
     return 0
 
@@ -566,7 +568,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     if prof.rank != 0 and not args.all_ranks:  # under torchrun: rank 0 speaks for the job
         return code
     if args.summary and report.steps:
-        console.print(Summary(report, SummaryOptions(top=args.top), prof.job_reports()))
+        console.print(Summary(report, SummaryOptions(top=args.top, logdir=str(args.logdir or "")),
+                              prof.job_reports()))
     for where in prof.nested:
         saved = f"report under {where}" if where else "no logdir: its report stayed in the script"
         console.print(f"memwall: the script opened its own memwall.profile, which recorded its block in place "

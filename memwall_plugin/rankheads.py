@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,15 @@ def head_of(report: Report) -> RankHead:
                     report.local_world_size, headline(report))
 
 
-def file_stamp(path: Path) -> Stamp:
-    """The stamp of the file a read of `path` opens (links followed, as reading does)."""
-    st = os.stat(path)
+def file_stamp(path: Path) -> Stamp | None:
+    """The stamp of the report file at `path`; None for a link (always read in full, so the tab's
+    refusal of links to files outside its logdir is never bypassed) or a file gone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return None
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 

@@ -133,6 +133,7 @@ class RankSpread:
     comm_time_s: Spread | None  # None where no rank timed its collectives on the host
     comm_share: Spread | None
     sent_bytes: Spread
+    memory_bound: Spread  # share of each rank's op time (set-up left out) in memory-bound ops
     slowest: tuple[Outlier, ...]  # slowest first
     fastest: tuple[Outlier, ...]  # fastest first
     nodes: tuple[Node, ...]  # slowest first: by median time in ops, then by the slowest rank's
@@ -149,7 +150,7 @@ class RankSpread:
             "ranks": self.ranks, "nodes": len(self.nodes),
             "op_time_s": rec(self.op_time_s), "wall_time_s": rec(self.wall_time_s),
             "comm_time_s": rec(self.comm_time_s), "comm_share": rec(self.comm_share),
-            "comm_bytes_moved": rec(self.sent_bytes),
+            "comm_bytes_moved": rec(self.sent_bytes), "memory_bound_fraction": rec(self.memory_bound),
             "slowest": [o.record() for o in self.slowest], "fastest": [o.record() for o in self.fastest],
             "by_node": [n.record() for n in self.nodes],
             "slowest_node": None if self.slowest_node is None else self.slowest_node.name,
@@ -202,6 +203,7 @@ def rank_spread(reports: Mapping[int, Report], heads: Sequence[Headline] | None 
         return spread(_known([get(h) for h in heads]))
 
     op_time, wall, sent = of(lambda h: h.time_s), of(lambda h: h.wall_time_s), of(lambda h: float(h.bytes_moved))
-    assert op_time is not None and wall is not None and sent is not None
-    return RankSpread(len(heads), op_time, wall, of(lambda h: h.comm_time_s), of(lambda h: h.comm_share), sent,
+    memory = of(lambda h: h.memory_bound_fraction)
+    assert op_time is not None and wall is not None and sent is not None and memory is not None
+    return RankSpread(len(heads), op_time, wall, of(lambda h: h.comm_time_s), of(lambda h: h.comm_share), sent, memory,
                       tuple(outlier(h, 1) for h in slow), tuple(outlier(h, -1) for h in fast), tuple(node_list))

@@ -104,13 +104,10 @@ def read_jobs(windows: Sequence[Window], load: Callable[[Window], Report],
     cache = HeadCache(next(iter(folders)), keep=len(windows) > CACHE_ABOVE and len(folders) == 1) \
         if folders else None
     read: dict[Window, Report] = {}
-    found: list[tuple[Window, Stamp, RankHead]] = []
+    found: list[tuple[Window, Stamp | None, RankHead]] = []
     for w in windows:
-        try:
-            stamp = file_stamp(w.path)  # before the read: a file changed meanwhile is read again next time
-        except OSError:
-            stamp = (-1, -1, -1, -1, -1)
-        head = cache.get((w.path.name,), (stamp,)) if cache is not None and stamp[0] >= 0 else None
+        stamp = file_stamp(w.path)  # before the read: a file changed meanwhile is read again next time
+        head = cache.get((w.path.name,), (stamp,)) if cache is not None and stamp is not None else None
         if head is None:
             try:
                 report = read[w] = load(w)
@@ -118,7 +115,7 @@ def read_jobs(windows: Sequence[Window], load: Callable[[Window], Report],
                 on_error(w, exc)
                 continue
             head = head_of(report)
-            if cache is not None and stamp[0] >= 0:
+            if cache is not None and stamp is not None:
                 cache.put((w.path.name,), (stamp,), head)
         if w.first_step >= 0 and head.rank != w.rank:
             raise ValueError(f"{w.id}.json holds rank {head.rank}'s report, its name says rank {w.rank}")
@@ -127,12 +124,12 @@ def read_jobs(windows: Sequence[Window], load: Callable[[Window], Report],
     def load_rank(members: list[Window]) -> Report:
         return merge_reports(read[w] if w in read else load(w) for w in members)
 
-    by_job: dict[str, list[tuple[Window, Stamp, RankHead]]] = {}
+    by_job: dict[str, list[tuple[Window, Stamp | None, RankHead]]] = {}
     for item in found:
         by_job.setdefault(item[2].job, []).append(item)
     jobs = []
     for job, members in by_job.items():
-        by_rank: dict[int, list[tuple[Window, Stamp, RankHead]]] = {}
+        by_rank: dict[int, list[tuple[Window, Stamp | None, RankHead]]] = {}
         for item in members:
             by_rank.setdefault(item[2].rank, []).append(item)
         heads: dict[int, RankHead] = {}
@@ -146,12 +143,14 @@ def read_jobs(windows: Sequence[Window], load: Callable[[Window], Report],
                 if items[0][0] in read:
                     loaded[rank] = read[items[0][0]]
                 continue
-            names, stamps = tuple(i[0].path.name for i in items), tuple(i[1] for i in items)
-            head = cache.get(names, stamps) if cache is not None and min(s[0] for s in stamps) >= 0 else None
+            names = tuple(i[0].path.name for i in items)
+            stamps = tuple(i[1] for i in items if i[1] is not None)
+            cached = cache is not None and len(stamps) == len(items)
+            head = cache.get(names, stamps) if cache is not None and cached else None
             if head is None:
                 merged = loaded[rank] = load_rank(windows_of[rank])
                 head = head_of(merged)
-                if cache is not None and min(s[0] for s in stamps) >= 0:
+                if cache is not None and cached:
                     cache.put(names, stamps, head)
             heads[rank] = head
         ranks = LazyRanks(heads, functools.partial(_rank_of, load_rank, windows_of), loaded)

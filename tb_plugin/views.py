@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
@@ -383,7 +384,7 @@ def comm_view(report: Report) -> dict[str, Any] | None:
     }
 
 
-def ranks_view(run: str, reports: dict[int, Report], errors: dict[int, str], world_size: int,
+def ranks_view(run: str, reports: Mapping[int, Report], errors: dict[int, str], world_size: int,
                job: str | None = None, all_ranks: bool = False) -> dict[str, Any]:
     """`/ranks`: every rank's headline figures side by side, the slowest marked; ranks whose
     report is missing or unreadable are listed as such. Above `CONDENSE_ABOVE` ranks (unless
