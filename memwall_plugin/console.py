@@ -573,12 +573,14 @@ class Summary:
         line.append_text(_text(f" ({o.node}): {_signed_pct(o.share)} in ops vs the median, {o.because}"))
         return line
 
-    def rank_pointer(self, spread: RankSpread) -> Text:
-        """How to see one rank in full, in place of its tables (a job view): the slowest first."""
+    def rank_pointer(self, spread: RankSpread) -> RichGroup:
+        """How to see one rank in full (the slowest), or every rank, in place of one rank's tables."""
         rank = spread.slowest[0].rank if spread.slowest else self.report.rank
-        return _text(f"One rank in full (its operators, phases, modules, collectives, memory, findings): "
-                     f"memwall report {self._logdir} --rank {rank}; every rank side by side: --all-ranks",
-                     style="dim")
+        which = " (the slowest)" if spread.slowest else ""
+        return RichGroup(
+            _text(f"One rank in full (operators, phases, modules, collectives, memory, findings): "
+                  f"memwall report {self._logdir} --rank {rank}{which}", style="dim"),
+            _text(f"Every rank side by side: memwall report {self._logdir} --all-ranks", style="dim"))
 
     def _device_lines(self, caches: bool) -> list[Text | Table]:
         """The device the rows are placed on: its peaks, memory and (`caches`) cache roofs; and
@@ -989,7 +991,6 @@ class Summary:
         """A job of many ranks: the spread of their figures, the outlying ranks and why, the nodes."""
         parts: list[Text | Table] = []
         title = Text(f"Ranks: {spread.ranks:,} on {len(spread.nodes):,} node(s)", style="bold")
-        title.append("  (memwall report --all-ranks lists every rank)", style="dim")
         parts.append(title)
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
         for name in ("", "min", "median", "p90", "max"):
