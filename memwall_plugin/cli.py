@@ -26,10 +26,8 @@ from memwall_plugin.console import Summary, SummaryOptions, binary_size, si
 from memwall_plugin.console_diff import DiffLabels, DiffSummary
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, parse_peaks, resolve_device
 from memwall_plugin.diff import diff_record, diff_reports
-from memwall_plugin.distributed import default_run_stamp
 from memwall_plugin.headline import headline, rank_record, slowest_rank
 from memwall_plugin.memory import parse_bytes_per_element
-from memwall_plugin.profile import profile
 from memwall_plugin.rankheads import headlines, rank_heads
 from memwall_plugin.ranks import CONDENSE_ABOVE, rank_spread
 from memwall_plugin.report import Report, ReportError, load_report
@@ -523,6 +521,9 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
             traceback.print_exception(type(exc), exc, None)
             return 1
         argv0 = target
+    from memwall_plugin.distributed import default_run_stamp  # torch: only `memwall run` needs it
+    from memwall_plugin.profile import profile
+
     stem = (args.module or Path(target).stem).replace(".", "_")
     # the ranks of one torchrun job share the launcher's start time, so they pick one directory
     logdir = Path(args.logdir or Path("runs") / f"{stem}-{default_run_stamp()}")
