@@ -569,8 +569,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     if prof.rank != 0 and not args.all_ranks:  # under torchrun: rank 0 speaks for the job
         return code
     if args.summary and report.steps:
-        console.print(Summary(report, SummaryOptions(top=args.top, logdir=str(args.logdir or "")),
-                              prof.job_reports()))
+        console.print(Summary(report, SummaryOptions(top=args.top, logdir=str(logdir)), prof.job_reports()))
     for where in prof.nested:
         saved = f"report under {where}" if where else "no logdir: its report stayed in the script"
         console.print(f"memwall: the script opened its own memwall.profile, which recorded its block in place "

@@ -184,11 +184,12 @@ class Summary(Sink):
     def _print(self, prof: profile) -> None:
         from rich.console import Console
 
-        from memwall_plugin.console import print_summary
+        from memwall_plugin.console import SummaryOptions, print_summary
 
         console = Console()
         report = prof.report()
-        print_summary(report, console=console, ranks=job_ranks(self.files, report, self.wait_s))
+        options = SummaryOptions(logdir=str(self.files.store.root) if self.files is not None else "")
+        print_summary(report, options, console=console, ranks=job_ranks(self.files, report, self.wait_s))
         if self.files is not None and self.files.saved:
             console.print(f"report saved: {self.files.saved[-1]}", highlight=False, markup=False)
         if prof.output.failure is not None:
