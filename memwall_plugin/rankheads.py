@@ -160,11 +160,19 @@ class HeadCache:
         if not self._dirty:
             return
         here = set(present)
-        entries = [{"files": [[n, list(s)] for n, s in zip(names, stamps, strict=True)], "head": _record(head)}
-                   for names, (stamps, head) in sorted(self._entries.items()) if here.issuperset(names)]
-        data = {"format": FORMAT, "version": VERSION, "code": code_digest(), "entries": entries}
+        entries = []
+        for names, (stamps, head) in sorted(self._entries.items()):
+            if not here.issuperset(names):
+                continue
+            entry = {"files": [[n, list(s)] for n, s in zip(names, stamps, strict=True)], "head": _record(head)}
+            try:  # a head with a non-finite figure is not kept (its file is read in full each time)
+                entries.append(json.dumps(entry, separators=(",", ":"), allow_nan=False))
+            except ValueError:
+                continue
+        meta = json.dumps({"format": FORMAT, "version": VERSION, "code": code_digest()}, separators=(",", ":"))
+        text = meta[:-1] + ',"entries":[' + ",".join(entries) + "]}"
         try:
-            write_bytes_atomically(self.path, json.dumps(data, separators=(",", ":"), allow_nan=False).encode())
+            write_bytes_atomically(self.path, text.encode())
         except (OSError, ValueError):
             return
         self._dirty = False
