@@ -657,7 +657,9 @@ def build_parser() -> argparse.ArgumentParser:
     out = rep.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print totals and rows as JSON")
     out.add_argument("--csv", action="store_true", help="print rows (or --by groups) as CSV")
-    rep.add_argument("--rank", type=_non_negative, help="the rank to summarise (default: the lowest)")
+    rep.add_argument("--rank", type=_non_negative,
+                     help=f"the rank to summarise in full (default: the lowest; above {CONDENSE_ABOVE} ranks the "
+                          "job alone: the ranks' spread, the slowest and fastest with why, the nodes)")
     rep.add_argument("--all-ranks", action="store_true",
                      help=f"list every rank of the job side by side (default: above {CONDENSE_ABOVE} ranks, "
                           "their spread, the slowest and fastest ranks with why, and the nodes)")
