@@ -1,15 +1,17 @@
 """How long do the ranks of a large job take to load? A job of N ranks made from a real 2-rank run.
 
-    python benchmarks/ranks.py [--ranks 1024] [--runs 3] [--from runs/ddp]
+    python benchmarks/ranks.py [--ranks 512 1024] [--runs 3] [--from runs/ddp]
 
 Runs the DDP sample on two ranks under torchrun (gloo, this CPU) unless `--from` names a run
 directory of it, copies its rank 1 report to ranks 0..N-1 (8 ranks per node, one straggler
 with every op 1.5x slower: `tests/torchrun_job.py`'s `replicate_ranks`), then times, cold
-(a fresh loader each run, the files in the page cache):
+(a fresh process or a fresh plugin each run, the files in the page cache):
 
-* the CLI path: `memwall report`'s loading (every window read, checked and merged per rank)
-  and the summary with the ranks' spread, rendered to a string;
-* the tab's `/ranks`: a fresh plugin, `ranks_impl` (scan, read, spread).
+* `memwall report LOGDIR` as a user runs it, a fresh process (its imports included) printing
+  the job view: the first read of a job (every report read and checked in full; the ranks'
+  heads then cached beside them, `memwall_plugin/rankheads.py`) and a later one (the heads
+  read from that cache, the shown rank's report in full);
+* the tab's `/ranks`: a fresh plugin's `ranks_impl` (scan, heads, spread), first read and later.
 
 Prints the best and the median of `--runs` runs of each. Not a test: the figures depend on the
 machine; the tests check what the views show, this says how long they take.
@@ -18,22 +20,20 @@ machine; the tests check what the views show, this says how long they take.
 from __future__ import annotations
 
 import argparse
-import io
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-
-from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from memwall_plugin.tb_plugin.plugin import MemwallPlugin  # noqa: E402
 from torchrun_job import SAMPLE, replicate_ranks, torchrun  # noqa: E402
 
-from memwall_plugin import cli  # noqa: E402
-from memwall_plugin.console import Summary, SummaryOptions  # noqa: E402
+from memwall_plugin.rankheads import SIDECAR  # noqa: E402
 
 
 def real_run(where: Path) -> Path:
@@ -44,18 +44,19 @@ def real_run(where: Path) -> Path:
     return where / "runs" / "ddp"
 
 
-def timed(fn: object, runs: int) -> list[float]:
+def timed(fn: Callable[[], object], runs: int, before: Callable[[], object] = lambda: None) -> list[float]:
     out = []
     for _ in range(runs):
+        before()
         start = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         out.append(time.perf_counter() - start)
     return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ranks", type=int, default=1024)
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1024])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--from", dest="source", type=Path, help="a run directory of a 2-rank DDP run")
     args = parser.parse_args()
@@ -63,26 +64,28 @@ def main() -> int:
         base = Path(tmp)
         source_run = args.source or real_run(base)
         (source,) = (source_run / "plugins" / "memwall").glob("rank1_*.json")
-        run = base / "logdir" / "job"
-        replicate_ranks(source, run, args.ranks, straggler=args.ranks // 2 + 1)
+        print(f"rank reports of {source.stat().st_size / 1e3:.0f} kB each; best / median of {args.runs} "
+              "(first read: no heads cached; later: cached)")
+        for ranks in args.ranks:
+            run = base / f"logdir{ranks}" / "job"
+            folder = replicate_ranks(source, run, ranks, straggler=ranks // 2 + 1)
+            sidecar = folder / SIDECAR
 
-        def cli_path() -> None:
-            job = cli.load_jobs(run)[0]
-            report = job.ranks[min(job.ranks)]
-            console = Console(file=io.StringIO(), width=100, color_system=None)
-            console.print(Summary(report, SummaryOptions(), job.ranks))
+            def forget(sidecar: Path = sidecar) -> None:
+                sidecar.unlink(missing_ok=True)
 
-        def tab_path() -> None:
-            MemwallPlugin(SimpleNamespace(logdir=str(run.parent))).ranks_impl({"run": "job"})
+            def cli(run: Path = run) -> None:
+                subprocess.run([sys.executable, "-m", "memwall_plugin.cli", "report", str(run)], check=True,
+                               capture_output=True)
 
-        def load_only() -> None:
-            cli.load_jobs(run)
+            def tab(run: Path = run) -> None:
+                MemwallPlugin(SimpleNamespace(logdir=str(run.parent))).ranks_impl({"run": "job"})
 
-        print(f"{args.ranks:,} rank reports of {source.stat().st_size / 1e3:.0f} kB each, best / median of {args.runs}")
-        for name, fn in (("CLI: load every rank", load_only), ("CLI: load and print the summary", cli_path),
-                         ("tab: /ranks, cold", tab_path)):
-            times = timed(fn, args.runs)
-            print(f"  {name:<34} {min(times):6.2f} s / {statistics.median(times):6.2f} s")
+            for name, fn in (("CLI: memwall report, a fresh process", cli), ("tab: /ranks, a fresh plugin", tab)):
+                for when, before in (("first read", forget), ("later", lambda: None)):
+                    times = timed(fn, args.runs, before)
+                    print(f"  {ranks:>5,} ranks  {name:<38} {when:<11} {min(times):6.2f} s / "
+                          f"{statistics.median(times):6.2f} s")
     return 0
 
 

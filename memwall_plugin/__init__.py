@@ -9,7 +9,13 @@ rep = prof.report()
 ```
 """
 
-from memwall_plugin.calibrate import Calibration, calibrate
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
 from memwall_plugin.console import Summary, SummaryOptions, findings, format_summary, render_text
 from memwall_plugin.devices import (
     DeviceSpec,
@@ -20,10 +26,8 @@ from memwall_plugin.devices import (
     lookup_device,
     resolve_device,
 )
-from memwall_plugin.fvcore_counter import FvcoreCount, fvcore_flops
-from memwall_plugin.hooks.capture import ProfilerConflictError
+from memwall_plugin.kineto import TraceError
 from memwall_plugin.memory import MemoryModule, MemoryReport, MemoryWhatIf
-from memwall_plugin.profile import default_registry, profile
 from memwall_plugin.records import (
     BACKWARD,
     FORWARD,
@@ -40,7 +44,46 @@ from memwall_plugin.records import (
 from memwall_plugin.registry import Registry, RegistryError
 from memwall_plugin.report import SCHEMA_VERSION, Group, Report, ReportError, Row, load_report
 from memwall_plugin.schedule import Action, Schedule, schedule
-from memwall_plugin.trace_analysis import TraceError, analyze_trace
+
+if TYPE_CHECKING:  # imported on first use (below): reading reports needs no torch
+    from memwall_plugin.calibrate import Calibration, calibrate
+    from memwall_plugin.fvcore_counter import FvcoreCount, fvcore_flops
+    from memwall_plugin.hooks.capture import ProfilerConflictError
+    from memwall_plugin.profile import default_registry, profile
+    from memwall_plugin.trace_analysis import analyze_trace
+
+#: names whose modules import torch, imported when first used: `memwall report` and the tab read
+#: reports without paying torch's import (seconds), profiling imports it as before
+_ON_USE = {
+    "Calibration": "memwall_plugin.calibrate", "calibrate": "memwall_plugin.calibrate",
+    "FvcoreCount": "memwall_plugin.fvcore_counter", "fvcore_flops": "memwall_plugin.fvcore_counter",
+    "ProfilerConflictError": "memwall_plugin.hooks.capture",
+    "default_registry": "memwall_plugin.profile", "profile": "memwall_plugin.profile",
+    "analyze_trace": "memwall_plugin.trace_analysis",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _ON_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memwall_plugin' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """The package, whose `profile` and `calibrate` are functions of the submodules of those names:
+    importing the submodule binds the package's attribute to the module, so the function is bound
+    in its place (as the eager import that bound it after the submodule did)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _ON_USE.get(name) == value.__name__:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ import runpy
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +26,13 @@ from memwall_plugin.console import Summary, SummaryOptions, binary_size, si
 from memwall_plugin.console_diff import DiffLabels, DiffSummary
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, parse_peaks, resolve_device
 from memwall_plugin.diff import diff_record, diff_reports
-from memwall_plugin.distributed import default_run_stamp
-from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
+from memwall_plugin.headline import headline, rank_record, slowest_rank
 from memwall_plugin.memory import parse_bytes_per_element
-from memwall_plugin.profile import profile
+from memwall_plugin.rankheads import headlines, rank_heads
 from memwall_plugin.ranks import CONDENSE_ABOVE, rank_spread
 from memwall_plugin.report import Report, ReportError, load_report
 from memwall_plugin.rows import ROW_COLUMNS, Group, row_record
-from memwall_plugin.rundir import Job, RunDir, Window, find_runs, group_jobs, new_job_id, pick_job, window_of
+from memwall_plugin.rundir import Job, RunDir, Window, find_runs, new_job_id, pick_job, read_jobs, window_of
 from memwall_plugin.schedule import Schedule
 
 EXIT_USAGE = 2
@@ -171,25 +170,20 @@ def load_jobs(path: Path, command: str = "report") -> list[Job]:
     can be read is it an error."""
     windows = _windows_of(path)
     failed: list[str] = []
-    loaded = []
-    for window in windows:
-        try:
-            loaded.append((window, load_report(window.path)))
-        except ReportError as exc:
-            failed.append(str(exc))
-    if not loaded:
+    try:
+        jobs = read_jobs(windows, lambda w: load_report(w.path), lambda w, exc: failed.append(str(exc)))
+    except ValueError as exc:  # windows that contradict each other
+        raise CliError(f"{path}: its report files disagree: {exc}") from None
+    if not jobs:
         raise CliError(failed[0] if len(failed) == 1 else
                        f"none of the {len(windows)} report files could be read:\n  " + "\n  ".join(failed))
     for message in failed:
         print(f"memwall {command}: left out: {message}", file=sys.stderr)
     if failed:
         what = "this summary" if command == "report" else f"the comparison of {path}"
-        print(f"memwall {command}: {what} covers {len(loaded)} of {len(windows)} report files",
+        print(f"memwall {command}: {what} covers {len(windows) - len(failed)} of {len(windows)} report files",
               file=sys.stderr)
-    try:
-        return group_jobs(loaded)
-    except ValueError as exc:  # windows that contradict each other
-        raise CliError(f"{path}: its report files disagree: {exc}") from None
+    return jobs
 
 
 def load_run(path: Path, rank: int | None = None, job: Job | None = None) -> Report:
@@ -199,10 +193,13 @@ def load_run(path: Path, rank: int | None = None, job: Job | None = None) -> Rep
     chosen = min(ranks) if rank is None else rank
     if chosen not in ranks:
         raise CliError(f"{path} has no report of rank {chosen}; it has rank(s) {', '.join(map(str, ranks))}")
-    return ranks[chosen]
+    try:
+        return ranks[chosen]  # read in full now (`read_jobs`): it may have changed since its head was read
+    except ReportError as exc:
+        raise CliError(str(exc)) from None
 
 
-def report_json(report: Report, by: str | None = None, ranks: dict[int, Report] | None = None,
+def report_json(report: Report, by: str | None = None, ranks: Mapping[int, Report] | None = None,
                 jobs: list[Job] | None = None) -> dict[str, Any]:
     """Totals and rows (or groups) with their roofline fields, for `memwall report --json`."""
     head = headline(report).record()
@@ -237,7 +234,7 @@ def report_json(report: Report, by: str | None = None, ranks: dict[int, Report] 
             "collectives": [row_record(c) for c in report.collectives],
         }
     if ranks and len(ranks) > 1:
-        heads = rank_headlines(ranks)
+        heads = headlines(rank_heads(ranks))
         slowest = slowest_rank(heads)
         out["ranks"] = [rank_record(h, slowest) for h in heads]
         spread = rank_spread(ranks, heads)
@@ -310,7 +307,9 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
                 record = row_record(r)
                 writer.writerow([_csv_cell(record[c]) for c in ROW_COLUMNS])
         return 0
-    options = SummaryOptions(top=args.top, by=args.by or "op", all_ranks=args.all_ranks)
+    # a job of many ranks: the job alone, unless a rank was asked for (then that rank in full)
+    options = SummaryOptions(top=args.top, by=args.by or "op", all_ranks=args.all_ranks,
+                             job_view=args.rank is None, logdir=str(path))
     console.print(Summary(report, options, ranks if len(ranks) > 1 else None))
     return 0
 
@@ -527,6 +526,9 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
             traceback.print_exception(type(exc), exc, None)
             return 1
         argv0 = target
+    from memwall_plugin.distributed import default_run_stamp  # torch: only `memwall run` needs it
+    from memwall_plugin.profile import profile
+
     stem = (args.module or Path(target).stem).replace(".", "_")
     # the ranks of one torchrun job share the launcher's start time, so they pick one directory
     logdir = Path(args.logdir or Path("runs") / f"{stem}-{default_run_stamp()}")
@@ -572,7 +574,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     if prof.rank != 0 and not args.all_ranks:  # under torchrun: rank 0 speaks for the job
         return code
     if args.summary and report.steps:
-        console.print(Summary(report, SummaryOptions(top=args.top), prof.job_reports()))
+        console.print(Summary(report, SummaryOptions(top=args.top, logdir=str(logdir)), prof.job_reports()))
     for where in prof.nested:
         saved = f"report under {where}" if where else "no logdir: its report stayed in the script"
         console.print(f"memwall: the script opened its own memwall.profile, which recorded its block in place "
@@ -660,7 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     out = rep.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="print totals and rows as JSON")
     out.add_argument("--csv", action="store_true", help="print rows (or --by groups) as CSV")
-    rep.add_argument("--rank", type=_non_negative, help="the rank to summarise (default: the lowest)")
+    rep.add_argument("--rank", type=_non_negative,
+                     help=f"the rank to summarise in full (default: the lowest; above {CONDENSE_ABOVE} ranks the "
+                          "job alone: the ranks' spread, the slowest and fastest with why, the nodes)")
     rep.add_argument("--all-ranks", action="store_true",
                      help=f"list every rank of the job side by side (default: above {CONDENSE_ABOVE} ranks, "
                           "their spread, the slowest and fastest ranks with why, and the nodes)")

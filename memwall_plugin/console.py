@@ -23,8 +23,9 @@ from rich.tree import Tree
 
 from memwall_plugin.devices import native_bf16, peak_key
 from memwall_plugin.formulas import COUNT_NOTES, REGISTRY
-from memwall_plugin.headline import Headline, headline, rank_headlines, slowest_rank
+from memwall_plugin.headline import Headline, headline, slowest_rank
 from memwall_plugin.memory import MemoryReport, MemoryWhatIf
+from memwall_plugin.rankheads import headlines, rank_heads
 from memwall_plugin.ranks import CONDENSE_ABOVE, OUTLIER_SHARE, TOP_NODES, RankSpread, rank_spread
 from memwall_plugin.records import DECODE, TIME_SOURCE_KEY, TIMELINE_KEY, ordered_phases
 from memwall_plugin.registry import Family
@@ -58,6 +59,12 @@ class SummaryOptions:
     #: every rank of a job side by side, however many; by default a job of more than
     #: `ranks.CONDENSE_ABOVE` ranks shows their spread, outliers and nodes instead
     all_ranks: bool = False
+    #: a job of more than `ranks.CONDENSE_ABOVE` ranks (without `all_ranks`): True, the job alone
+    #: (its ranks' spread, outliers and nodes, and how to see one rank in full); False, the
+    #: report's own rank in full under one line on the job (`memwall report --rank N`)
+    job_view: bool = True
+    #: the run directory the pointers name (`memwall report <logdir> --rank N`); "" says <logdir>
+    logdir: str = ""
 
     def __post_init__(self) -> None:
         if self.by not in GROUP_BY:
@@ -465,11 +472,18 @@ class Summary:
         self._wide = options.max_width >= WIDE
         self._full = options.max_width >= FULL
         self._max_width = options.max_width
-        yield self.header()
         spread = self.rank_spread()
-        if spread is not None:  # a job of many ranks: the job before any one rank's rows
+        if spread is not None and self.options.job_view:  # a job of many ranks: the job, not one rank's rows
+            yield self.job_header(spread)
             yield Text("")
             yield self.ranks_section(spread)
+            yield Text("")
+            yield self.rank_pointer(spread)
+            return
+        yield self.header()
+        if spread is not None:
+            yield _text(f"the job's {spread.ranks:,} ranks (their spread, outliers and nodes): "
+                        f"memwall report {self._logdir}", style="dim")
         yield Text("")
         yield self.main_table()
         if self.options.by != "phase":
@@ -518,12 +532,61 @@ class Summary:
         lines.append(title)
         spread = self.rank_spread()
         if spread is not None:
-            job = Text(f"job      {spread.ranks:,} ranks on {len(spread.nodes):,} node(s); this is rank {rep.rank}")
-            if spread.slowest:
-                o = spread.slowest[0]
-                job.append(f"; slowest rank {o.rank}", style="bold red")
-                job.append_text(_text(f" ({o.node}): {_signed_pct(o.share)} in ops vs the median, {o.because}"))
+            job = Text(f"job      {spread.ranks:,} ranks on {len(spread.nodes):,} node(s); this is rank {rep.rank}; ")
+            job.append_text(self._job_line(spread, "slowest "))
             lines.append(job)
+        lines.extend(self._device_lines(caches=True))
+        lines.extend(self._rank_lines(head))
+        return RichGroup(*lines)
+
+    @property
+    def _logdir(self) -> str:
+        return self.options.logdir or "<logdir>"
+
+    def job_header(self, spread: RankSpread) -> RichGroup:
+        """A job of many ranks: its size, the straggler and why, the roofs its ranks ran under."""
+        rep = self.report
+        heads = headlines(rank_heads(self.ranks or {}))
+        steps = max((len(h.steps) for h in heads), default=len(rep.steps))
+        title = Text("memwall", style="bold")
+        title.append(f"  {steps} step{'s' if steps != 1 else ''} recorded, {spread.ranks:,} ranks on "
+                     f"{len(spread.nodes):,} node(s)")
+        incomplete = [h.rank for h in heads if h.incomplete]
+        if incomplete:
+            title.append(f"  INCOMPLETE: the profiled block raised on {len(incomplete):,} rank(s)", style="bold red")
+        lines: list[Text | Table] = [title, self._job_line(spread, "slowest  ")]
+        lines.extend(self._device_lines(caches=False))
+        link = rep.link
+        if link is not None:
+            roof = (f"{si(link.bytes_per_s, 'B/s')} per direction ({link.bandwidth.source})" if link.bandwidth
+                    else "unknown")
+            lines.append(_text(f"link     {link.name}, {roof}"))
+        return RichGroup(*lines)
+
+    def _job_line(self, spread: RankSpread, lead: str) -> Text:
+        """The slowest rank of a job, where it ran, by how much and why."""
+        if not spread.slowest:
+            return Text(f"{lead}no rank more than {OUTLIER_SHARE:.0%} from the median in ops")
+        o = spread.slowest[0]
+        line = Text(lead)
+        line.append(f"rank {o.rank}", style="bold red")
+        line.append_text(_text(f" ({o.node}): {_signed_pct(o.share)} in ops vs the median, {o.because}"))
+        return line
+
+    def rank_pointer(self, spread: RankSpread) -> RichGroup:
+        """How to see one rank in full (the slowest), or every rank, in place of one rank's tables."""
+        rank = spread.slowest[0].rank if spread.slowest else self.report.rank
+        which = " (the slowest)" if spread.slowest else ""
+        return RichGroup(
+            _text(f"One rank in full (operators, phases, modules, collectives, memory, findings): "
+                  f"memwall report {self._logdir} --rank {rank}{which}", style="dim"),
+            _text(f"Every rank side by side: memwall report {self._logdir} --all-ranks", style="dim"))
+
+    def _device_lines(self, caches: bool) -> list[Text | Table]:
+        """The device the rows are placed on: its peaks, memory and (`caches`) cache roofs; and
+        what a what-if changed."""
+        rep = self.report
+        lines: list[Text | Table] = []
         device = rep.device
         if device is not None:
             peaks = ", ".join(
@@ -537,7 +600,7 @@ class Summary:
                 f"memory   {si(bw.value if bw else None, 'B/s')} ({bw.source if bw else 'unknown'}), "
                 f"fp32 ridge {_num(device.ridge_point('float32'))} FLOP/B"
             ))
-            if device.caches:
+            if device.caches and caches:
                 lines.append(Text("caches   " + ", ".join(
                     f"{c.name} {binary_size(c.capacity_bytes)} "
                     f"{si(c.bandwidth.value if c.bandwidth else None, 'B/s')} "
@@ -550,6 +613,12 @@ class Summary:
         if rep.bytes_per_element is not None:
             lines.append(Text(f"what-if  every tensor re-sized to {rep.bytes_per_element} byte(s) each",
                               style="italic"))
+        return lines
+
+    def _rank_lines(self, head: Headline) -> list[Text | Table]:
+        """This report's time, work and bound (the header's lines after the device's)."""
+        rep = self.report
+        lines: list[Text | Table] = []
         roof = head.roofline_time_s
         sources = rep.extra.get(TIME_SOURCE_KEY)
         if isinstance(sources, dict) and "cuda" in sources:  # the host clock on a CPU goes without saying
@@ -585,7 +654,7 @@ class Summary:
             lines.append(Text(
                 f"cache    {sum(cached.values()) / total:.0%} of op time ran on data still in cache ({levels}): "
                 "those ops are placed under that level's roof, not main memory's"))
-        return RichGroup(*lines)
+        return lines
 
     def projection_lines(self, head: Headline) -> list[Text | Table]:
         """A what-if's projection: the counted ops' least time on its device against their
@@ -838,7 +907,7 @@ class Summary:
                 parts.append(self.collectives_table())
         ranks = self.ranks
         if ranks and len(ranks) > 1 and self.rank_spread() is None:  # else shown after the header
-            parts.append(self.ranks_table(rank_headlines(ranks)))
+            parts.append(self.ranks_table(headlines(rank_heads(ranks))))
             missing = [r for r in range(rep.world_size) if r not in ranks]
             if missing:
                 parts.append(Text(f"no report (yet) from rank(s) {', '.join(map(str, missing))}", style="dim"))
@@ -926,12 +995,12 @@ class Summary:
         """A job of many ranks: the spread of their figures, the outlying ranks and why, the nodes."""
         parts: list[Text | Table] = []
         title = Text(f"Ranks: {spread.ranks:,} on {len(spread.nodes):,} node(s)", style="bold")
-        title.append("  (memwall report --all-ranks lists every rank)", style="dim")
         parts.append(title)
         table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, expand=False)
         for name in ("", "min", "median", "p90", "max"):
             table.add_column(name, justify="left" if not name else "right", no_wrap=True)
         figures = [("in ops", spread.op_time_s, _dur), ("wall", spread.wall_time_s, _dur),
+                   ("memory-bound", spread.memory_bound, _pct),
                    ("in collectives", spread.comm_time_s, _dur), ("comm share", spread.comm_share, _pct),
                    ("sent", spread.sent_bytes, lambda v: si(v, "B"))]
         for label, s, show in figures:
@@ -939,7 +1008,7 @@ class Summary:
                 table.add_row(label, show(s.min), show(s.median), show(s.p90), show(s.max))
         parts.append(table)
         for side, outliers, note in (
-                ("Slowest", spread.slowest, "most time in ops: the others wait for them in collectives"),
+                ("Slowest", spread.slowest, "most time in ops; the others wait for them"),
                 ("Fastest", spread.fastest, "least time in ops")):
             if not outliers:
                 parts.append(Text(f"{side} ranks: none more than {OUTLIER_SHARE:.0%} from the median in ops",

@@ -13,7 +13,7 @@ import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -338,9 +338,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         """This process's rank under torch.distributed (0 otherwise)."""
         return self._recorder.dist.rank_and_world()[0]
 
-    def job_reports(self, wait_s: float = RANKS_WAIT_S) -> dict[int, Report] | None:
+    def job_reports(self, wait_s: float = RANKS_WAIT_S) -> Mapping[int, Report] | None:
         """Under torch.distributed, with a logdir: every rank's report of this job (waiting up to
-        `wait_s` for ranks still saving theirs); None for a single-process run."""
+        `wait_s` for ranks still saving theirs), each read in full when first asked for; None for
+        a single-process run."""
         return sinks.job_ranks(self._files, self.report(), wait_s)
 
     def _optimizer_stepped(self, optimizer: Any) -> None:

@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from memwall_plugin.headline import Headline, headline
+from memwall_plugin.headline import Headline
+from memwall_plugin.rankheads import RankHead, rank_heads
 
 if TYPE_CHECKING:
     from memwall_plugin.report import Report
@@ -74,7 +75,7 @@ def rank_time(h: Headline) -> RankTime:
     return RankTime(work - memory, memory, waiting, max(0.0, h.wall_time_s - h.time_s - waiting))
 
 
-def node_of(report: Report) -> str:
+def node_of(report: Report | RankHead) -> str:
     """The node a rank ran on: its host's name, else (a report from before memwall recorded it)
     its rank over the ranks per host."""
     if report.hostname:
@@ -132,6 +133,7 @@ class RankSpread:
     comm_time_s: Spread | None  # None where no rank timed its collectives on the host
     comm_share: Spread | None
     sent_bytes: Spread
+    memory_bound: Spread  # share of each rank's op time (set-up left out) in memory-bound ops
     slowest: tuple[Outlier, ...]  # slowest first
     fastest: tuple[Outlier, ...]  # fastest first
     nodes: tuple[Node, ...]  # slowest first: by median time in ops, then by the slowest rank's
@@ -148,7 +150,7 @@ class RankSpread:
             "ranks": self.ranks, "nodes": len(self.nodes),
             "op_time_s": rec(self.op_time_s), "wall_time_s": rec(self.wall_time_s),
             "comm_time_s": rec(self.comm_time_s), "comm_share": rec(self.comm_share),
-            "comm_bytes_moved": rec(self.sent_bytes),
+            "comm_bytes_moved": rec(self.sent_bytes), "memory_bound_fraction": rec(self.memory_bound),
             "slowest": [o.record() for o in self.slowest], "fastest": [o.record() for o in self.fastest],
             "by_node": [n.record() for n in self.nodes],
             "slowest_node": None if self.slowest_node is None else self.slowest_node.name,
@@ -161,11 +163,13 @@ def _known(values: list[float | None]) -> list[float]:
 
 def rank_spread(reports: Mapping[int, Report], heads: Sequence[Headline] | None = None,
                 top: int = TOP_OUTLIERS) -> RankSpread | None:
-    """The ranks of one job condensed (None for no rank). `heads`: their headlines, if at hand."""
+    """The ranks of one job condensed (None for no rank). `heads`: their headlines, if at hand.
+    Reads each rank's head (`rankheads.py`), never a `LazyRanks`' reports in full."""
     if not reports:
         return None
-    heads = list(heads) if heads is not None else [headline(r) for _, r in sorted(reports.items())]
-    nodes = {h.rank: node_of(reports[h.rank]) for h in heads}
+    places = {p.rank: p for p in rank_heads(reports)}
+    heads = list(heads) if heads is not None else [p.headline for p in places.values()]
+    nodes = {h.rank: node_of(places[h.rank]) for h in heads}
     times = {h.rank: rank_time(h) for h in heads}
     medians = [statistics.median(t.parts[i] for t in times.values()) for i in range(len(REASONS))]
     median_ops = statistics.median(h.time_s for h in heads)
@@ -199,6 +203,7 @@ def rank_spread(reports: Mapping[int, Report], heads: Sequence[Headline] | None 
         return spread(_known([get(h) for h in heads]))
 
     op_time, wall, sent = of(lambda h: h.time_s), of(lambda h: h.wall_time_s), of(lambda h: float(h.bytes_moved))
-    assert op_time is not None and wall is not None and sent is not None
-    return RankSpread(len(heads), op_time, wall, of(lambda h: h.comm_time_s), of(lambda h: h.comm_share), sent,
+    memory = of(lambda h: h.memory_bound_fraction)
+    assert op_time is not None and wall is not None and sent is not None and memory is not None
+    return RankSpread(len(heads), op_time, wall, of(lambda h: h.comm_time_s), of(lambda h: h.comm_share), sent, memory,
                       tuple(outlier(h, 1) for h in slow), tuple(outlier(h, -1) for h in fast), tuple(node_list))

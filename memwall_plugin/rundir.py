@@ -11,15 +11,18 @@ finds the torch.profiler traces outside run directories, which the tab offers to
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from memwall_plugin.kineto import TRACE_SUFFIXES
+from memwall_plugin.rankheads import CACHE_ABOVE, HeadCache, LazyRanks, RankHead, file_stamp, head_of, rank_heads
 from memwall_plugin.report import Report, ReportError, load_report, merge_reports
+from memwall_plugin.validation import Stamp
 
 PLUGIN_DIR = Path("plugins") / "memwall"
 # "rank0_steps000000-000003.json"; "...-000003.1.json" when another job had the name
@@ -56,12 +59,19 @@ class Job:
 
     id: str  # Report.job ("" for reports written before memwall recorded jobs)
     windows: tuple[Window, ...]
-    ranks: dict[int, Report] = field(compare=False)
+    #: each rank's report, its windows merged (`read_jobs`: read in full when first asked for)
+    ranks: Mapping[int, Report] = field(compare=False)
     created_unix_s: float  # when its newest window was written
 
     @property
     def label(self) -> str:
         return self.id or "(unnamed)"
+
+    @property
+    def heads(self) -> list[RankHead]:
+        """Each rank's headline and placement, by rank, without reading the reports in full
+        where `read_jobs` found them cached."""
+        return rank_heads(self.ranks)
 
 
 def group_jobs(loaded: Iterable[tuple[Window, Report]]) -> list[Job]:
@@ -81,6 +91,78 @@ def group_jobs(loaded: Iterable[tuple[Window, Report]]) -> list[Job]:
         windows = tuple(sorted((w for w, _ in members), key=lambda w: (w.rank, w.first_step, w.id)))
         jobs.append(Job(job, windows, ranks, max(r.created_unix_s for _, r in members)))
     return sorted(jobs, key=lambda j: (-j.created_unix_s, j.id))
+
+
+def read_jobs(windows: Sequence[Window], load: Callable[[Window], Report],
+              on_error: Callable[[Window, ReportError], None]) -> list[Job]:
+    """`group_jobs` of the windows that can be read, each rank's report read in full only when
+    asked for (`Job.ranks`) and its head from the sidecar (`rankheads.py`) where the files are
+    unchanged since it was written: a large job's views read the heads of every rank and the
+    report of one. A window that cannot be read goes to `on_error` and is left out; ValueError
+    when windows of one job and rank contradict each other."""
+    folders = {w.path.parent for w in windows}
+    cache = HeadCache(next(iter(folders)), keep=len(windows) > CACHE_ABOVE and len(folders) == 1) \
+        if folders else None
+    read: dict[Window, Report] = {}
+    found: list[tuple[Window, Stamp | None, RankHead]] = []
+    for w in windows:
+        stamp = file_stamp(w.path)  # before the read: a file changed meanwhile is read again next time
+        head = cache.get((w.path.name,), (stamp,)) if cache is not None and stamp is not None else None
+        if head is None:
+            try:
+                report = read[w] = load(w)
+            except ReportError as exc:
+                on_error(w, exc)
+                continue
+            head = head_of(report)
+            if cache is not None and stamp is not None:
+                cache.put((w.path.name,), (stamp,), head)
+        if w.first_step >= 0 and head.rank != w.rank:
+            raise ValueError(f"{w.id}.json holds rank {head.rank}'s report, its name says rank {w.rank}")
+        found.append((w, stamp, head))
+
+    def load_rank(members: list[Window]) -> Report:
+        return merge_reports(read[w] if w in read else load(w) for w in members)
+
+    by_job: dict[str, list[tuple[Window, Stamp | None, RankHead]]] = {}
+    for item in found:
+        by_job.setdefault(item[2].job, []).append(item)
+    jobs = []
+    for job, members in by_job.items():
+        by_rank: dict[int, list[tuple[Window, Stamp | None, RankHead]]] = {}
+        for item in members:
+            by_rank.setdefault(item[2].rank, []).append(item)
+        heads: dict[int, RankHead] = {}
+        loaded: dict[int, Report] = {}
+        windows_of: dict[int, list[Window]] = {}
+        for rank, items in sorted(by_rank.items()):
+            items.sort(key=lambda i: i[0].path.name)
+            windows_of[rank] = [i[0] for i in items]
+            if len(items) == 1:
+                heads[rank] = items[0][2]
+                if items[0][0] in read:
+                    loaded[rank] = read[items[0][0]]
+                continue
+            names = tuple(i[0].path.name for i in items)
+            stamps = tuple(i[1] for i in items if i[1] is not None)
+            cached = cache is not None and len(stamps) == len(items)
+            head = cache.get(names, stamps) if cache is not None and cached else None
+            if head is None:
+                merged = loaded[rank] = load_rank(windows_of[rank])
+                head = head_of(merged)
+                if cache is not None and cached:
+                    cache.put(names, stamps, head)
+            heads[rank] = head
+        ranks = LazyRanks(heads, functools.partial(_rank_of, load_rank, windows_of), loaded)
+        ordered = tuple(sorted((i[0] for i in members), key=lambda w: (w.rank, w.first_step, w.id)))
+        jobs.append(Job(job, ordered, ranks, max(i[2].created_unix_s for i in members)))
+    if cache is not None:
+        cache.save(w.path.name for w in windows)
+    return sorted(jobs, key=lambda j: (-j.created_unix_s, j.id))
+
+
+def _rank_of(load_rank: Callable[[list[Window]], Report], windows_of: dict[int, list[Window]], rank: int) -> Report:
+    return load_rank(windows_of[rank])
 
 
 def pick_job(jobs: list[Job], wanted: str | None) -> Job:
@@ -163,23 +245,29 @@ class RunDir:
                     on_error(w, exc if isinstance(exc, ReportError) else ReportError(f"{w.id}.json: {exc}"))
         return out
 
-    def jobs(self, **kwargs: object) -> list[Job]:
-        """The jobs of this run directory, newest first (`load`'s arguments apply)."""
-        return group_jobs(self.load(**kwargs))  # type: ignore[arg-type]
+    def jobs(self, load: Callable[[Window], Report] | None = None,
+             on_error: Callable[[Window, ReportError], None] | None = None) -> list[Job]:
+        """The jobs of this run directory, newest first (`read_jobs`: each rank's report read in
+        full when asked for, its head from the sidecar where unchanged); `load` reads a window,
+        `on_error` hears of each that cannot be read (it is left out)."""
+        return read_jobs(self.windows(), load or (lambda w: load_report(w.path)),
+                         on_error or (lambda w, exc: None))
 
-    def wait_for_ranks(self, mine: Report, timeout_s: float) -> dict[int, Report]:
+    def wait_for_ranks(self, mine: Report, timeout_s: float) -> Mapping[int, Report]:
         """The reports of every rank of `mine`'s job, waiting up to `timeout_s` for ranks whose
-        last recorded step has not reached `mine`'s yet (they are still saving)."""
+        last recorded step has not reached `mine`'s yet (they are still saving). Each poll reads
+        the ranks' heads (`read_jobs`), not their reports in full."""
         last = max(mine.steps, default=-1)
         deadline = time.monotonic() + timeout_s
         while True:
-            found: dict[int, Report] = {}
+            found: Mapping[int, Report] = {}
             try:
                 found = next((j.ranks for j in self.jobs() if j.id == mine.job), {})
             except ValueError:  # windows that contradict each other: show none rather than wrong ones
                 found = {}
+            heads = {h.rank: h.headline for h in rank_heads(found)}
             done = all(
-                r in found and (found[r].incomplete or max(found[r].steps, default=-1) >= last)
+                r in heads and (heads[r].incomplete or max(heads[r].steps, default=-1) >= last)
                 for r in range(mine.world_size)
             )
             if done or time.monotonic() >= deadline:

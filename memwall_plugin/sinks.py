@@ -13,7 +13,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,7 +155,7 @@ def _export_trace(kineto_prof: Any, path: Path) -> Path:
     return write_atomically(path, fill)
 
 
-def job_ranks(files: ReportFiles | None, report: Report, wait_s: float) -> dict[int, Report] | None:
+def job_ranks(files: ReportFiles | None, report: Report, wait_s: float) -> Mapping[int, Report] | None:
     """Every rank's report of `report`'s job (waiting up to `wait_s` for ranks still saving
     theirs); None for a single-process run or one that saved nothing."""
     if not report.distributed or report.world_size <= 1 or files is None or not files.saved:
@@ -184,11 +184,12 @@ class Summary(Sink):
     def _print(self, prof: profile) -> None:
         from rich.console import Console
 
-        from memwall_plugin.console import print_summary
+        from memwall_plugin.console import SummaryOptions, print_summary
 
         console = Console()
         report = prof.report()
-        print_summary(report, console=console, ranks=job_ranks(self.files, report, self.wait_s))
+        options = SummaryOptions(logdir=str(self.files.store.root) if self.files is not None else "")
+        print_summary(report, options, console=console, ranks=job_ranks(self.files, report, self.wait_s))
         if self.files is not None and self.files.saved:
             console.print(f"report saved: {self.files.saved[-1]}", highlight=False, markup=False)
         if prof.output.failure is not None:

@@ -24,7 +24,7 @@ from memwall_plugin.diff import DIFF_BY, diff_reports
 from memwall_plugin.kineto import TraceError
 from memwall_plugin.memory import SHARDING, parse_bytes_per_element
 from memwall_plugin.report import Report, ReportError
-from memwall_plugin.rundir import Job, group_jobs, pick_job
+from memwall_plugin.rundir import Job, group_jobs, pick_job, read_jobs
 from memwall_plugin.whatif import DTYPES
 
 #: the dtypes the tab offers for a what-if (`/report?dtype=`)
@@ -160,11 +160,12 @@ class MemwallPlugin(base_plugin.TBPlugin):
         its error, the others are still shown."""
         check_params("/ranks", args)
         run = self._run(args)
-        loaded, bad = self._loaded(run)
-        job = self._job(run, loaded, args) if loaded else None
-        reports = dict(job.ranks) if job is not None else {}
+        jobs, bad = self._read(run)
+        job = self._pick(run, jobs, args) if jobs else None
+        reports = job.ranks if job is not None else {}  # their heads are read, not the reports
         errors = {w.rank: message for w, message in bad.items() if w.rank not in reports}
-        world = max((r.world_size for r in reports.values()), default=len(run.ranks))
+        world = max((h.world_size for h in job.heads), default=len(run.ranks)) if job is not None \
+            else len(run.ranks)
         all_ranks = _int_param(args, "all", default=0, low=0, high=1) == 1
         return views.ranks_view(run.name, reports, errors, world, job=None if job is None else job.id,
                                 all_ranks=all_ranks)
@@ -173,9 +174,9 @@ class MemwallPlugin(base_plugin.TBPlugin):
         """The report the selection parameters name (run, job, rank, window), as every data route
         but /runs and /devices reads them."""
         run = self._run(args)
-        loaded, bad = self._loaded(run)
         window_id = args.get("window", "all") or "all"
         if window_id != "all":
+            loaded, bad = self._loaded(run)
             rank = _int_param(args, "rank", default=None, low=0, high=1 << 20)
             found = [(w, r) for w, r in loaded if w.id == window_id and rank in (None, w.rank)]
             broken = [w for w in bad if w.id == window_id and rank in (None, w.rank)]
@@ -185,7 +186,8 @@ class MemwallPlugin(base_plugin.TBPlugin):
                 raise RequestError(404, f"run {run.name!r} has no window {window_id!r}")
             self._check_names(run, found)
             return run, found[0][1]
-        job = self._job(run, loaded, args) if loaded else None
+        jobs, bad = self._read(run)
+        job = self._pick(run, jobs, args) if jobs else None
         default = min(job.ranks) if job is not None else run.ranks[0]
         rank = _int_param(args, "rank", default=default, low=0, high=1 << 20)
         broken = [w for w in bad if w.rank == rank]
@@ -194,7 +196,10 @@ class MemwallPlugin(base_plugin.TBPlugin):
         if job is None or rank not in job.ranks:
             raise RequestError(404, f"run {run.name!r} has no report for rank {rank}"
                                     + (f" in job {job.label}" if job is not None else ""))
-        return run, job.ranks[rank]
+        try:
+            return run, job.ranks[rank]  # read in full now: its file may have changed since its head was read
+        except ReportError as exc:
+            raise RequestError(422, f"run {run.name!r}: {exc}") from None
 
     def memory_impl(self, args: dict[str, str]) -> dict[str, Any]:
         """The memory of the selected report (`Report.memory`, as the report file holds it);
@@ -261,6 +266,22 @@ class MemwallPlugin(base_plugin.TBPlugin):
                 bad[w] = f"run {run.name!r}: " + str(exc).replace(str(w.path), f"{w.id}.json")
         return loaded, bad
 
+    def _read(self, run: Run) -> tuple[list[Job], dict[Window, str]]:
+        """The jobs of a run (`read_jobs`: every rank's head, a report read in full only when asked
+        for), and the error of each window that cannot be read."""
+        if run.trace is not None:  # one window, analysed on first use
+            loaded, traced = self._loaded(run)
+            return self._check_names(run, loaded), traced
+        bad: dict[Window, str] = {}
+
+        def failed(w: Window, exc: ReportError) -> None:
+            bad[w] = f"run {run.name!r}: " + str(exc).replace(str(w.path), f"{w.id}.json")
+
+        try:
+            return read_jobs(run.windows, self.loader.load, failed), bad
+        except ValueError as exc:  # windows that contradict their names (ranks)
+            raise RequestError(422, f"run {run.name!r}: its report files disagree: {exc}") from None
+
     def _check_names(self, run: Run, loaded: list[tuple[Window, Report]]) -> list[Job]:
         try:
             return group_jobs(loaded)
@@ -268,7 +289,9 @@ class MemwallPlugin(base_plugin.TBPlugin):
             raise RequestError(422, f"run {run.name!r}: its report files disagree: {exc}") from None
 
     def _job(self, run: Run, loaded: list[tuple[Window, Report]], args: dict[str, str]) -> Job:
-        jobs = self._check_names(run, loaded)
+        return self._pick(run, self._check_names(run, loaded), args)
+
+    def _pick(self, run: Run, jobs: list[Job], args: dict[str, str]) -> Job:
         try:
             return pick_job(jobs, args.get("job") or None)
         except LookupError as exc:
@@ -276,8 +299,8 @@ class MemwallPlugin(base_plugin.TBPlugin):
 
     def _jobs_or_none(self, run: Run) -> list[Job] | None:
         try:
-            return group_jobs(self._loaded(run)[0])
-        except ValueError:
+            return self._read(run)[0]
+        except (ValueError, RequestError):
             return None
 
     # -- routes ------------------------------------------------------------------------------------

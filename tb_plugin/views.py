@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
@@ -18,8 +19,9 @@ from memwall_plugin.ceilings import link_record
 from memwall_plugin.console import findings
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, peak_key
 from memwall_plugin.diff import ReportDiff, diff_record
-from memwall_plugin.headline import headline, rank_headlines, rank_record, slowest_rank
+from memwall_plugin.headline import headline, rank_record, slowest_rank
 from memwall_plugin.memory import CATEGORIES, MemoryWhatIf
+from memwall_plugin.rankheads import headlines, rank_heads
 from memwall_plugin.ranks import CONDENSE_ABOVE, rank_spread
 from memwall_plugin.records import FLOAT32_ASSUMED, ordered_phases
 from memwall_plugin.report import Report, StepTotals
@@ -390,12 +392,12 @@ def comm_view(report: Report) -> dict[str, Any] | None:
     }
 
 
-def ranks_view(run: str, reports: dict[int, Report], errors: dict[int, str], world_size: int,
+def ranks_view(run: str, reports: Mapping[int, Report], errors: dict[int, str], world_size: int,
                job: str | None = None, all_ranks: bool = False) -> dict[str, Any]:
     """`/ranks`: every rank's headline figures side by side, the slowest marked; ranks whose
     report is missing or unreadable are listed as such. Above `CONDENSE_ABOVE` ranks (unless
     `all_ranks`), `ranks` holds only the outliers, slowest first: `spread` condenses the rest."""
-    heads = rank_headlines(reports)
+    heads = headlines(rank_heads(reports))
     slowest = slowest_rank(heads)
     known = set(reports) | set(errors)
     spread = rank_spread(reports, heads) if len(heads) > 1 else None

@@ -7,6 +7,7 @@ reduce-scattered after backward)."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 from pathlib import Path
@@ -235,21 +236,28 @@ def thousand_ranks(ddp_run, tmp_path_factory):
     return run, rep, reason
 
 
-def test_a_thousand_ranks_print_their_spread_and_the_straggler_first(thousand_ranks, capsys):
+@pytest.mark.parametrize("columns", [80, 120])
+def test_a_thousand_ranks_print_the_job_on_one_screen_with_the_straggler_first(thousand_ranks, capsys, monkeypatch,
+                                                                               columns):
     run, rep, reason = thousand_ranks
+    monkeypatch.setenv("COLUMNS", str(columns))
     assert cli.main(["report", str(run)]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert len(lines) < 60, "\n".join(lines)
+    assert max(len(line) for line in lines) <= columns
     # the straggler, on the first screen, with how much slower and why
-    first = next(i for i, line in enumerate(lines) if f"slowest rank {STRAGGLER}" in line)
-    assert first < 40
+    first = next(i for i, line in enumerate(lines) if re.search(rf"\brank {STRAGGLER}\b", line))
+    assert first < 30
     lead = " ".join(lines[first:first + 2])
     assert f"node{STRAGGLER // PER_NODE}" in lead and "+50%" in lead and f"more {reason}" in lead
+    # the job, not one rank's tables: those are one command away, for the straggler first
+    assert not any(line.startswith(("Top ", "Phases", "Modules", "Findings")) for line in lines)
+    text = " ".join(lines)
+    assert re.search(rf"memwall report\s+\S+\s+--rank\s+{STRAGGLER}\b", text) and "--all-ranks" in text
     start = next(i for i, line in enumerate(lines) if line.startswith(f"Ranks: {RANKS:,} on {RANKS // PER_NODE} node"))
-    end = next(i for i in range(start, len(lines)) if lines[i].startswith("Top "))  # the operators follow
-    section = lines[start:end]
-    assert len(section) < 60
+    section = lines[start:]
     text = "\n".join(section)
-    for figure in ("in ops", "wall", "comm share", "sent"):
+    for figure in ("in ops", "wall", "memory-bound", "comm share", "sent"):
         assert re.search(rf"^{figure} +\S", text, re.M), figure
     # the op-time spread: every rank's time but one, the straggler's half as long again
     ops = next(line for line in section if line.startswith("in ops")).split()[2:]
@@ -260,6 +268,50 @@ def test_a_thousand_ranks_print_their_spread_and_the_straggler_first(thousand_ra
     assert "Fastest ranks: none more than 1% from the median" in text
     nodes = next(i for i, line in enumerate(section) if line.startswith("Nodes ("))
     assert section[nodes + 3].split()[0] == f"node{STRAGGLER // PER_NODE}"  # the slowest node first
+
+
+def test_a_thousand_ranks_with_rank_print_that_rank_in_full(thousand_ranks, capsys):
+    run, _, _ = thousand_ranks
+    assert cli.main(["report", str(run), "--rank", str(STRAGGLER)]) == 0
+    out = capsys.readouterr().out
+    assert f"this is rank {STRAGGLER}; slowest rank {STRAGGLER}" in out
+    assert "Top 15 of" in out and f"Communication  rank {STRAGGLER} of {RANKS}" in out
+
+
+def test_a_thousand_ranks_read_one_report_in_full_while_unchanged(thousand_ranks, capsys, monkeypatch):
+    """The job view reads each rank's head (cached beside the files) and the shown rank's report;
+    a file changed since is read again, and the view shows the change."""
+    run, rep, _ = thousand_ranks
+    read: list[str] = []
+    real = cli.load_report
+
+    def counting(path):
+        read.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(cli, "load_report", counting)
+    assert cli.main(["report", str(run)]) == 0  # the cache written (or found) by the tests before
+    read.clear()
+    assert cli.main(["report", str(run), "--json"]) == 0
+    assert read == ["rank0_steps000000-000002.json"]  # the lowest rank, shown in full
+    capsys.readouterr()
+    # rank 7 becomes twice as slow as the median: a rank in full, its rows rewritten
+    (victim,) = (run / "plugins" / "memwall").glob("rank7_*.json")
+    data = json.loads(victim.read_text())
+    saved = victim.read_text()
+    data["rows"] = [{**r, "time_s": r["time_s"] * 2} for r in data["rows"]]
+    try:
+        victim.write_text(json.dumps(data))
+        read.clear()
+        assert cli.main(["report", str(run), "--json"]) == 0
+        assert sorted(read) == ["rank0_steps000000-000002.json", victim.name]
+        spread = json.loads(capsys.readouterr().out)["rank_spread"]
+        assert spread["slowest"][0]["rank"] == 7 and spread["slowest"][0]["share"] == pytest.approx(1.0)
+        assert spread["slowest"][1]["rank"] == STRAGGLER
+    finally:
+        victim.write_text(saved)
+    assert cli.main(["report", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rank_spread"]["slowest"][0]["rank"] == STRAGGLER
 
 
 def test_a_thousand_ranks_with_all_ranks_print_every_rank(thousand_ranks, capsys):

@@ -135,3 +135,74 @@ def test_a_window_whose_name_disagrees_with_its_rank_is_refused(tmp_path):
     path.rename(path.with_name("rank1_steps000000-000000.json"))
     with pytest.raises(ValueError, match="name says rank 1"):
         group_jobs(store.load())
+
+
+def _many_ranks(tmp_path, ranks: int = 20) -> tuple[RunDir, memwall.Report]:
+    """A job of `ranks` ranks (more than the 16 a heads cache is kept for) from one real report;
+    rank 3 with a second window (twice the time), rank 5 three times as slow."""
+    base = _run(tmp_path / "one", 2)
+    store = RunDir(tmp_path / "job")
+    for rank in range(ranks):
+        rows = tuple(dataclasses.replace(r, time_s=r.time_s * 3) for r in base.rows) if rank == 5 else base.rows
+        store.publish(dataclasses.replace(base, rank=rank, world_size=ranks, job="big", rows=rows))
+    store.publish(dataclasses.replace(base, rank=3, world_size=ranks, job="big", steps=(2, 3)))
+    return store, base
+
+
+def test_a_large_jobs_heads_are_cached_and_equal_the_reports_read_in_full(tmp_path, monkeypatch):
+    from memwall_plugin import rankheads, rundir
+
+    store, _ = _many_ranks(tmp_path)
+    (full,) = group_jobs(store.load())  # every file read and merged: the ground truth
+    truth = [rankheads.head_of(full.ranks[r]) for r in sorted(full.ranks)]
+    read: list[str] = []
+    load = memwall.load_report
+
+    def counting(window):
+        read.append(window.path.name)
+        return load(window.path)
+
+    (job,) = store.jobs(load=counting)
+    assert job.heads == truth and len(read) == 21
+    assert (store.reports / rankheads.SIDECAR).is_file()
+    read.clear()
+    (job,) = store.jobs(load=counting)
+    assert job.heads == truth and read == []  # every head from the cache
+    assert job.ranks[3] == full.ranks[3] and len(read) == 2  # a rank asked for: its windows read in full
+    # a damaged cache, or one another memwall wrote: every file read again, the heads the same
+    sidecar = store.reports / rankheads.SIDECAR
+    sidecar.write_bytes(sidecar.read_bytes()[:-100])
+    read.clear()
+    assert store.jobs(load=counting)[0].heads == truth and len(read) == 21
+    monkeypatch.setattr(rankheads, "code_digest", lambda: "another memwall")
+    read.clear()
+    assert rundir.RunDir(store.root).jobs(load=counting)[0].heads == truth and len(read) == 21
+
+
+def test_a_changed_report_is_read_again_and_its_head_changes(tmp_path):
+    store, base = _many_ranks(tmp_path)
+    (job,) = store.jobs()
+    assert max(job.heads, key=lambda h: h.headline.time_s).rank == 5
+    # rank 9 rewritten four times as slow, same name: the cached head must not be used
+    (path,) = store.reports.glob("rank9_*.json")
+    slow = tuple(dataclasses.replace(r, time_s=r.time_s * 4) for r in base.rows)
+    dataclasses.replace(base, rank=9, world_size=20, job="big", rows=slow).save(path)
+    (job,) = store.jobs()
+    heads = {h.rank: h.headline for h in job.heads}
+    assert heads[9].time_s == pytest.approx(4 * heads[0].time_s)
+    assert max(job.heads, key=lambda h: h.headline.time_s).rank == 9
+
+
+def test_a_logdir_that_cannot_be_written_reads_every_report_and_keeps_no_cache(tmp_path, monkeypatch):
+    from memwall_plugin import rankheads
+
+    store, _ = _many_ranks(tmp_path)
+
+    def refuse(path, data):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(rankheads, "write_bytes_atomically", refuse)
+    for _ in range(2):
+        (job,) = store.jobs()
+        assert len(job.heads) == 20 and max(job.heads, key=lambda h: h.headline.time_s).rank == 5
+    assert not (store.reports / rankheads.SIDECAR).exists()

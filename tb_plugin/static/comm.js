@@ -103,6 +103,7 @@ const RANK_COLUMNS = [
 const SPREAD_ROWS = [
   ['in ops', 'op_time_s', duration],
   ['wall', 'wall_time_s', duration],
+  ['memory-bound', 'memory_bound_fraction', pct],
   ['in collectives', 'comm_time_s', duration],
   ['comm share', 'comm_share', pct],
   ['sent', 'comm_bytes_moved', (v) => si(v, 'B')],
