@@ -81,12 +81,13 @@ class CollectiveEntry:
     """All calls of one collective signature: calls, and the time of those seen completing."""
 
     __slots__ = ("func", "arg_key", "device", "module", "phase", "group_size", "calls", "timed_calls", "time_ns",
-                 "_call")
+                 "overlap_ns", "_call")
 
     def __init__(self, func: Any, arg_key: tuple[Any, ...], device: str, module: str, phase: str,
                  group_size: int, calls: int = 0) -> None:
         self.func, self.arg_key, self.device, self.module, self.phase = func, arg_key, device, module, phase
         self.group_size, self.calls, self.timed_calls, self.time_ns = group_size, calls, 0, 0
+        self.overlap_ns = 0  # busy time on this thread while its timed calls flew
         self._call: OpCall | None = None
 
     @property
@@ -109,6 +110,7 @@ class CollectiveEntry:
         self.calls += other.calls
         self.timed_calls += other.timed_calls
         self.time_ns += other.time_ns
+        self.overlap_ns += other.overlap_ns
 
 
 class _Flight:
@@ -355,6 +357,7 @@ class CollectiveRecorder:
                 table[key] = entry = f.entry.empty_twin()
             entry.timed_calls += 1
             entry.time_ns += f.end_ns - f.start_ns
+            entry.overlap_ns += max(0, min(f.end_ns - f.start_ns, f.busy_end_ns - f.busy_start_ns))
         timing = _union([f for f in flights if f.ok])
         timing.untimed, self._untimed_device_calls = self._untimed_device_calls, False
         self._drop_stale_functional()

@@ -159,10 +159,15 @@ def link_record(link: Link) -> dict[str, Any]:
             "source": None if bw is None else bw.source, "note": link.note}
 
 
-def place_collectives(rows: Iterable[Row], link: Link | None) -> tuple[Row, ...]:
-    """Put collective rows under the link's roof."""
+def place_collectives(rows: Iterable[Row], link: Link | None, inter_link: Link | None = None) -> tuple[Row, ...]:
+    """Put collective rows under the links' roofs: the link inside a node, and the network
+    between nodes for the bytes that cross it (`comm.roof_bytes_per_s`)."""
+    from memwall_plugin.comm import roof_bytes_per_s
+
     bw = link.bytes_per_s if link is not None else None
-    return tuple(dataclasses.replace(r, peak_flops_per_s=None, bandwidth_bytes_per_s=bw) for r in rows)
+    inter = inter_link.bytes_per_s if inter_link is not None else None
+    return tuple(dataclasses.replace(r, peak_flops_per_s=None, bandwidth_bytes_per_s=bw if r.collective is None
+                                     else roof_bytes_per_s(r.collective, bw, inter)) for r in rows)
 
 
 def parse_link(value: Any) -> tuple[float, str]:
@@ -196,6 +201,90 @@ def parse_link(value: Any) -> tuple[float, str]:
     if not 0 < bandwidth < math.inf:
         raise ValueError(f"link bandwidth must be a positive number of bytes/s, got {value!r}")
     return bandwidth, name
+
+
+INTRA, INTER = "intra", "inter"
+#: the levels a link setting names: inside a node, between nodes
+LEVELS = (INTRA, INTER)
+_LEVEL_KEYS = (INTRA, INTER, f"{INTRA}_name", f"{INTER}_name")
+LINKS_USAGE = ("links per level: intra=900e9,inter=50e9 (bytes/s per direction; names with "
+               "intra_name=...,inter_name=...), or {'intra': 900e9, 'inter': 50e9}; one value sets both")
+
+
+def parse_links(value: Any) -> dict[str, tuple[float, str]]:
+    """A link setting -> {level: (bytes/s per direction, name)} for the levels it sets. The
+    single-link forms (`parse_link`: 50e9, "bandwidth=50e9,name=IB", {"bandwidth": ...}) set
+    both levels, one roof for all traffic as before levels; "intra=900e9,inter=50e9" (names:
+    "inter_name=InfiniBand NDR") or {"intra": 900e9, "inter": {"bandwidth": 50e9, "name": "IB"}}
+    set each level (either may be left out: it is then detected)."""
+    if isinstance(value, Mapping) and set(value) & set(LEVELS):
+        unknown = [k for k in value if k not in LEVELS]
+        if unknown:
+            raise ValueError(f"link {dict(value)!r}: unknown level {unknown[0]!r}; {LINKS_USAGE}")
+        return {level: parse_link(v) for level, v in value.items() if v is not None}
+    if isinstance(value, str) and "=" in value:
+        fields: dict[str, str] = {}
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            key, _, item = part.partition("=")
+            fields[key.strip()] = item.strip()
+        if set(fields) & set(_LEVEL_KEYS):
+            unknown = [k for k in fields if k not in _LEVEL_KEYS]
+            if unknown:
+                raise ValueError(f"{unknown[0]!r} is not intra=..., inter=..., intra_name=... or inter_name=...; "
+                                 f"{LINKS_USAGE}")
+            out = {}
+            for level in LEVELS:
+                if level in fields:
+                    bandwidth, _ = parse_link(fields[level])
+                    out[level] = (bandwidth, fields.get(f"{level}_name", ""))
+                elif f"{level}_name" in fields:
+                    raise ValueError(f"{level}_name without {level}=<bytes/s>; {LINKS_USAGE}")
+            return out
+    single = parse_link(value)
+    return {INTRA: single, INTER: single}
+
+
+def resolve_links(
+    device: DeviceSpec | None,
+    world_size: int,
+    local_world_size: int | None,
+    override: Any = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Link, Link | None]:
+    """(the link inside a node, the network between nodes: None when every rank is on one node),
+    each from the user's setting for its level (`profile(link=...)`, else $MEMWALL_LINK:
+    `parse_links`), else detected: inside a node as `resolve_link` finds it for one host, the
+    network between nodes unknown until configured. Each link's figure says its source (user,
+    datasheet, estimated; no figure: unknown)."""
+    env = os.environ if environ is None else environ
+    given: dict[str, tuple[float, str]] = {}
+    where = ""
+    if override is not None:
+        given, where = parse_links(override), "from profile(link=...)"
+    elif env.get(ENV_LINK):
+        try:
+            given = parse_links(env[ENV_LINK])
+        except ValueError as exc:
+            raise ValueError(f"${ENV_LINK}: {exc}") from None
+        where = f"from ${ENV_LINK}"
+    several = local_world_size is not None and local_world_size < world_size
+    per_node = local_world_size if several and local_world_size else world_size
+
+    def configured(level: str, default_name: str) -> Link:
+        bandwidth, name = given[level]
+        return Link(name or default_name, Figure(bandwidth, USER), where)
+
+    if INTRA in given:
+        intra = configured(INTRA, "configured link" if not several else "configured link within a node")
+    else:
+        intra = resolve_link(device, per_node, per_node, environ={})
+    if not several:
+        return intra, None
+    if INTER in given:
+        return intra, configured(INTER, "configured network between nodes")
+    return intra, Link("network between nodes", None,
+                       f"not detected: set its bandwidth per direction with --link inter=..., "
+                       f"profile(link={{'inter': ...}}) or ${ENV_LINK}")
 
 
 def resolve_link(

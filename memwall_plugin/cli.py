@@ -21,7 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from memwall_plugin.ceilings import link_record, parse_link
+from memwall_plugin.ceilings import link_record, parse_links
 from memwall_plugin.console import Summary, SummaryOptions, binary_size, si
 from memwall_plugin.console_diff import DiffLabels, DiffSummary
 from memwall_plugin.devices import PEAK_KEYS, DeviceSpec, device_table, parse_peaks, resolve_device
@@ -228,7 +228,14 @@ def report_json(report: Report, by: str | None = None, ranks: Mapping[int, Repor
     if report.link is not None:
         out["comm"] = {
             "rank": report.rank, "world_size": report.world_size,
-            "link": link_record(report.link), "message_bytes": head["message_bytes"],
+            "link": link_record(report.link),
+            # several nodes: the network between them (`link` is then the link inside a node)
+            "inter_link": None if report.inter_link is None else link_record(report.inter_link),
+            "ranks_per_node": report.ranks_per_node, "nodes": report.nodes,
+            "intra_bytes": report.intra_bytes, "inter_bytes": report.inter_bytes,
+            # a communication what-if (Report.rescore(world_size=..., link=...)): projected times, exposed
+            "projection": None if report.comm_projection is None else report.comm_projection.record(),
+            "message_bytes": head["message_bytes"],
             "bytes_moved": head["bytes_moved"], "comm_time_s": head["comm_time_s"],
             "overlapped_s": head["overlapped_s"], "exposed_s": head["exposed_s"],
             "collectives": [row_record(c) for c in report.collectives],
@@ -535,7 +542,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     peaks = _peaks_option(args.peaks)
     if args.link:
         try:
-            parse_link(args.link)
+            parse_links(args.link)
         except ValueError as exc:
             raise CliError(f"--link: {exc}") from None
     try:
@@ -751,7 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", help="place the run on this device's roofline (e.g. 'H100 SXM')")
     run.add_argument("--peaks", help="override figures: fp32=80e9,bandwidth=23e9 (FLOP/s, bytes/s)")
     run.add_argument("--link", help="interconnect roof for collectives (torch.distributed): bytes/s per "
-                                    "direction, or bandwidth=50e9,name=InfiniBand (default: detected)")
+                                    "direction, or bandwidth=50e9,name=InfiniBand (one roof for all traffic), "
+                                    "or per level: intra=900e9,inter=50e9 (inside a node, between nodes; "
+                                    "names: inter_name=InfiniBand) (default: detected)")
     run.add_argument("--all-ranks", action="store_true",
                      help="under torchrun, every rank prints its summary (default: rank 0 only)")
     run.add_argument("--top", type=_positive, default=15, help="rows in the summary table (default 15)")

@@ -905,6 +905,9 @@ class Summary:
             parts.append(self.communication_header(headline(rep)))
             if rep.collectives:
                 parts.append(self.collectives_table())
+                projected = self.comm_projection_text()
+                if projected is not None:
+                    parts.append(projected)
         ranks = self.ranks
         if ranks and len(ranks) > 1 and self.rank_spread() is None:  # else shown after the header
             parts.append(self.ranks_table(headlines(rank_heads(ranks))))
@@ -922,14 +925,28 @@ class Summary:
         grid = Table.grid(padding=(0, 1))
         grid.add_column(no_wrap=True, min_width=8)
         grid.add_column()
-        roof = (f"{si(link.bytes_per_s, 'B/s')} per direction ({link.bandwidth.source})" if link.bandwidth
-                else "unknown")
-        grid.add_row("link", _text(f"{link.name}, {roof}"))
-        if link.note:
-            grid.add_row("", _text(link.note, style="dim"))
+        def roof(of: Any) -> str:
+            return (f"{si(of.bytes_per_s, 'B/s')} per direction ({of.bandwidth.source})" if of.bandwidth
+                    else "unknown")
+
+        inter = rep.inter_link
+        if inter is None:
+            grid.add_row("link", _text(f"{link.name}, {roof(link)}"))
+            if link.note:
+                grid.add_row("", _text(link.note, style="dim"))
+        else:
+            grid.add_row("nodes", _text(f"{rep.nodes} of {rep.ranks_per_node} ranks"
+                                        + (f" (projected: {rep.what_if_world_size:,} ranks)"
+                                           if rep.what_if_world_size else "")))
+            for name, level in (("intra", link), ("inter", inter)):
+                grid.add_row(name, _text(f"{level.name}, {roof(level)}"
+                                         + (f" · {level.note}" if level.note else "")))
         calls = sum(r.calls for r in rep.collectives)
         grid.add_row("moved", _text(f"{calls:,} collective calls, {si(head.message_bytes, 'B')} in messages, "
                                     f"{si(head.bytes_moved, 'B')} sent by this rank"))
+        if inter is not None and rep.intra_bytes is not None and rep.inter_bytes is not None:
+            grid.add_row("", _text(f"{si(rep.intra_bytes, 'B')} inside its node, {si(rep.inter_bytes, 'B')} between "
+                                   "nodes (hierarchical algorithm)"))
         if head.comm_time_s is not None:
             share = head.comm_share
             grid.add_row("time", _text(f"{_dur(head.comm_time_s)} with a collective in flight, {_pct(share)} of wall",
@@ -954,6 +971,12 @@ class Summary:
             names.remove("calls")
         if self._narrow:
             names.remove("sent")
+        projection = self.report.comm_projection
+        if self.report.inter_link is not None:  # several nodes: each level's bytes
+            names[names.index("time"):names.index("time")] = ["intra", "inter"]
+        if projection is not None:  # a communication what-if: its time there, and whether exposed
+            names[names.index("bus B/s"):] = ["projected", "exposed"]
+        exposed_at = {p.index: p for p in projection.collectives} if projection is not None else {}
         for name in names:
             left = name in ("collective", "phase", "bound")
             table.add_column(name, no_wrap=True, justify="left" if left else "right")
@@ -965,9 +988,38 @@ class Summary:
                 "message": si(c.message_bytes // r.calls if r.calls else 0, "B"), "sent": si(c.bytes_moved, "B"),
                 "time": _dur(r.time_s) if c.timed_calls else "-", "bus B/s": si(r.bus_bandwidth_bytes_per_s),
                 "bound": _bound(r.bound), "roof": _pct(r.efficiency),
+                "intra": "-" if c.intra_bytes is None else si(c.intra_bytes, "B"),
+                "inter": "-" if c.inter_bytes is None else si(c.inter_bytes, "B"),
+                "projected": "?" if r.projected_time_s is None else _dur(r.projected_time_s),
             }
+            shown = exposed_at.get(rows.index(r))
+            if shown is not None:
+                cells["exposed"] = Text("EXPOSED", style="bold red") if shown.exposed else _text("hidden", style="dim")
             table.add_row(*(cells[n] for n in names))
         return table
+
+    def comm_projection_text(self) -> Text | None:
+        """A communication what-if's lines: the scale, the links, the projected comm and step
+        time, and the collectives that become exposed."""
+        p = self.report.comm_projection
+        if p is None:
+            return None
+        out = Text(f"Projected at {p.world_size:,} ranks ({p.nodes:,} node(s) of {p.ranks_per_node}): ", style="bold")
+        step, comm, exposed = p.step_time_s, p.comm_time_s, p.exposed_s
+        if step is None or comm is None or exposed is None:
+            out.append("a link's bandwidth is unknown: give it with rescore(link={'intra': ..., 'inter': ...})",
+                       style="")
+            return out
+        out.append(f"{_dur(comm)} of collectives per step (algorithmic bus time), {_dur(exposed)} exposed; "
+                   f"step {_dur(p.measured_step_s)} -> {_dur(step)}", style="")
+        names = [f"{rows.collective.kind if (rows := self.report.collectives[c.index]).collective else ''} "
+                 f"({self._phase(c.phase)}, +{_dur(c.exposed_s or 0.0)})" for c in p.exposed_collectives[:5]]
+        out.append("\nexposed (longer than the compute they overlapped): " + (", ".join(names) if names else "none"),
+                   style="")
+        more = len(p.exposed_collectives) - len(names)
+        if more > 0:
+            out.append(f", ... {more} more", style="")
+        return out
 
     def ranks_table(self, heads: list[Headline]) -> Table:
         slowest = slowest_rank(heads)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from memwall_plugin.ceilings import parse_link, resolve_link
+from memwall_plugin.ceilings import parse_links, resolve_links
 from memwall_plugin.comm import collective_rows
 from memwall_plugin.devices import DeviceSpec
 from memwall_plugin.hooks.capture import merge_into, rename_phase
@@ -215,7 +215,7 @@ class DistributedSession:
 
     def __init__(self, link: Any = None) -> None:
         if link is not None:
-            parse_link(link)  # a typo fails before the run, not after it
+            parse_links(link)  # a typo fails before the run, not after it
         self._link_arg = link
         self.recorder: CollectiveRecorder | None = None
         self.info: RankInfo | None = None
@@ -295,11 +295,13 @@ class DistributedSession:
         rank, world = self.rank_and_world()
         info = self.info
         local = info.local_world_size if info else max(1, min(_env_int("LOCAL_WORLD_SIZE", world), world))
-        link = resolve_link(device, world, local, self._link_arg)
+        link, inter_link = resolve_links(device, world, local, self._link_arg)
         timing = part.timing
+        inter = inter_link.bytes_per_s if inter_link is not None else None
         return {
             "link": link,
-            "collectives": collective_rows(part.entries.values(), link.bytes_per_s),
+            "inter_link": inter_link,
+            "collectives": collective_rows(part.entries.values(), link.bytes_per_s, local, inter),
             "backend": info.backend if info else "",
             "local_world_size": local,
             **placement(),

@@ -84,6 +84,19 @@ def node_of(report: Report | RankHead) -> str:
     return f"node {report.rank // max(1, per_node)}"
 
 
+def node_names(reports: Mapping[int, Report | RankHead]) -> dict[int, str]:
+    """Each rank's node (`node_of`), told apart by torchrun's node index (GROUP_RANK) where
+    several nodes share a host name (a multi-node job launched on one machine): "host node 1"."""
+    names = {rank: node_of(r) for rank, r in reports.items()}
+    groups: dict[str, set[int | None]] = {}
+    for rank, r in reports.items():
+        groups.setdefault(names[rank], set()).add(r.group_rank if r.hostname else None)
+    for rank, r in reports.items():
+        if len(groups[names[rank]]) > 1 and r.group_rank is not None:
+            names[rank] = f"{names[rank]} node {r.group_rank}"
+    return names
+
+
 @dataclass(frozen=True)
 class Outlier:
     """A rank far from the median: how far, and the part of its time that differs most."""
@@ -169,7 +182,8 @@ def rank_spread(reports: Mapping[int, Report], heads: Sequence[Headline] | None 
         return None
     places = {p.rank: p for p in rank_heads(reports)}
     heads = list(heads) if heads is not None else [p.headline for p in places.values()]
-    nodes = {h.rank: node_of(places[h.rank]) for h in heads}
+    named = node_names(places)
+    nodes = {h.rank: named[h.rank] for h in heads}
     times = {h.rank: rank_time(h) for h in heads}
     medians = [statistics.median(t.parts[i] for t in times.values()) for i in range(len(REASONS))]
     median_ops = statistics.median(h.time_s for h in heads)

@@ -315,7 +315,9 @@ class Recorder:
         memory = None
         if self.capture is not None and self.capture.memory is not None:
             tracker = self.capture.memory
-            memory = memory_report(tracker, tracker.totals(window_only, step_only), rows, device, comm.get("link"),
+            # sharding's added traffic crosses the network when the job spans nodes (as before levels)
+            link = comm.get("inter_link") or comm.get("link")
+            memory = memory_report(tracker, tracker.totals(window_only, step_only), rows, device, link,
                                    flops_of=self._flops_per_call)
         extra: dict[str, Any] = {}
         if self.nested:  # where profiles opened inside this one recorded in its place (empty: in memory only)

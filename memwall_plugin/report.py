@@ -105,7 +105,10 @@ class Report:
     job: str = ""
     # -- torch.distributed (memwall_plugin/comm.py): collectives on the link's roof --------------
     collectives: tuple[Row, ...] = ()
-    link: Link | None = None  # None: not a distributed run
+    link: Link | None = None  # None: not a distributed run. On several nodes: the link inside a node
+    #: the network between nodes, for a job on several nodes (local_world_size < world_size); None
+    #: on one node, and in reports written before memwall split the levels
+    inter_link: Link | None = None
     backend: str = ""  # "gloo", "nccl", ...
     local_world_size: int | None = None  # ranks on this host
     # where this rank ran (the launcher's environment at profile time): its host, and torchrun's
@@ -125,6 +128,8 @@ class Report:
     #: each recorded step's totals, in step order (condensed past MAX_STEP_TOTALS); empty in a
     #: report written before memwall kept them, and for a trace analysed after the fact
     step_totals: tuple[StepTotals, ...] = ()
+    #: set by rescore(world_size=...): the scale the collectives are projected to; None = as run
+    what_if_world_size: int | None = None
 
     schema_version = SCHEMA_VERSION
 
@@ -295,6 +300,35 @@ class Report:
         return min(1.0, self.comm_time_s / self.wall_time_s)
 
     @property
+    def ranks_per_node(self) -> int:
+        """Ranks on each node (torchrun's LOCAL_WORLD_SIZE; all on one without a launcher)."""
+        return max(1, min(self.local_world_size or self.world_size, self.world_size))
+
+    @property
+    def nodes(self) -> int:
+        """Nodes the job ran on: its ranks over the ranks per node."""
+        return max(1, -(-self.world_size // self.ranks_per_node))
+
+    @property
+    def intra_bytes(self) -> int | None:
+        """Bytes this rank sent inside its node (None: a report from before the split)."""
+        values = [r.collective.intra_bytes for r in self.collectives if r.collective is not None]
+        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+    @property
+    def inter_bytes(self) -> int | None:
+        """Bytes this rank sent over the network between nodes (None: a report from before the split)."""
+        values = [r.collective.inter_bytes for r in self.collectives if r.collective is not None]
+        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+    @property
+    def comm_projection(self) -> whatif.CommProjection | None:
+        """A communication what-if's projection (`rescore(world_size=..., link=...)`): each
+        collective's time on the new links at the new scale, which become exposed, and the
+        projected step time. None for a report whose collectives are as measured."""
+        return whatif.comm_projection(self)
+
+    @property
     def untimed_calls(self) -> int:
         return sum(r.calls - r.collective.timed_calls for r in self.collectives if r.collective is not None)
 
@@ -328,7 +362,7 @@ class Report:
     # -- what-if -------------------------------------------------------------------------------
     def rescore(
         self, bytes_per_element: int | None = None, device: str | DeviceSpec | None = None,
-        dtype: str | None = None,
+        dtype: str | None = None, *, world_size: int | None = None, link: Any = None,
     ) -> Report:
         """A new report re-scored without re-running the model: every tensor re-sized to
         `bytes_per_element` (the paper's 8-bit accounting is 1), every floating-point op computed
@@ -337,8 +371,19 @@ class Report:
         DeviceSpec). FLOPs and measured times are unchanged;
         each op row gets its projected time there (`Row.projected_time_s`; the report's
         `projected_time_s` and `speedup`); `bound_changes(original)` on the result lists the ops
-        that changed side."""
-        return dataclasses.replace(self, **whatif.rescored(self, bytes_per_element, device, dtype))
+        that changed side.
+
+        Communication (a torch.distributed rank): `world_size` projects every collective over the
+        whole job to that many ranks (the same ranks per node; a smaller group keeps its size) and
+        `link` places them on other links: a number or "bandwidth=..." (every level), or per
+        level {"intra": bytes/s, "inter": bytes/s} / "intra=...,inter=..." (a level left out keeps
+        the report's). Each collective's bytes follow its algorithm at the new scale (intra- and
+        inter-node parts, comm.py) and its `projected_time_s` is its algorithmic bus time there;
+        `comm_projection` says which become exposed and the projected step time."""
+        changes = whatif.rescored(self, bytes_per_element, device, dtype)
+        if world_size is not None or link is not None:
+            changes.update(whatif.comm_rescored(dataclasses.replace(self, **changes), world_size, link))
+        return dataclasses.replace(self, **changes)
 
     def bound_changes(self, other: Report) -> tuple[tuple[Row, Row], ...]:
         """Pairs (row here, same row in `other`) whose bound differs: the ops that change side
@@ -432,6 +477,7 @@ def merge_reports(reports: Iterable[Report]) -> Report:
         wall_time_s=math.fsum(r.wall_time_s for r in reports),
         incomplete=any(r.incomplete for r in reports),
         link=distributed[-1].link if distributed else None,
+        inter_link=distributed[-1].inter_link if distributed else None,
         comm_time_s=_total(r.comm_time_s for r in distributed) if distributed else None,
         overlapped_s=_total(r.overlapped_s for r in distributed) if distributed else None,
         memory=merge_memory([r.memory for r in reports]),

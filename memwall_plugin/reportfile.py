@@ -7,7 +7,10 @@ Version 2 (this one): `meta` holds the run's scalar fields (its job, and for tor
 runs the backend and the time with a collective in flight), `link` the interconnect roof,
 `rows` the op rows and `collectives` the collective rows (rows with a nested `collective`);
 `meta.step_totals`, where present, each recorded step's totals (files written before it lack it);
-`meta.hostname`, `meta.local_rank`, `meta.group_rank`, where present, where a rank ran.
+`meta.hostname`, `meta.local_rank`, `meta.group_rank`, where present, where a rank ran;
+`inter_link`, where present (a job on several nodes), the network between nodes (`link` is then
+the link inside a node), and each collective's `intra_bytes` / `inter_bytes` / `overlapped_s`
+(files written before lack them).
 Version 1 files (collectives in a separate `comm` object, no job) are read by `upgrade_v1`.
 """
 
@@ -41,9 +44,10 @@ SCHEMA_VERSION = 2
 #: versions this memwall reads (older ones are upgraded on reading)
 READABLE_VERSIONS = (1, 2)
 #: the keys of a report file's top level
-TOP_LEVEL_KEYS = ("format", "schema_version", "meta", "device", "link", "rows", "collectives", "memory")
+TOP_LEVEL_KEYS = ("format", "schema_version", "meta", "device", "link", "inter_link", "rows", "collectives",
+                  "memory")
 #: Report fields that are not in `meta`
-_APART = ("rows", "collectives", "device", "link", "memory")
+_APART = ("rows", "collectives", "device", "link", "inter_link", "memory")
 #: `meta` fields written only when known (files of single-process runs are unchanged by them)
 _PLACEMENT = ("hostname", "local_rank", "group_rank")
 
@@ -74,6 +78,8 @@ def encode(report: Report) -> dict[str, Any]:
     meta["tf32"] = list(report.tf32)
     if meta["compute_dtype"] is None:  # only a dtype what-if's: a measured report's file is unchanged
         del meta["compute_dtype"]
+    if meta["what_if_world_size"] is None:  # only a scale what-if's
+        del meta["what_if_world_size"]
     for key in _PLACEMENT:  # where a rank ran: only torch.distributed ranks say
         if meta[key] in ("", None):
             del meta[key]
@@ -90,6 +96,8 @@ def encode(report: Report) -> dict[str, Any]:
     }
     if report.link is not None:
         out["link"] = dataclasses.asdict(report.link)
+    if report.inter_link is not None:  # several nodes: the network between them
+        out["inter_link"] = dataclasses.asdict(report.inter_link)
     if report.collectives:
         out["collectives"] = [_row_dict(r) for r in report.collectives]
     if report.memory is not None:
@@ -129,6 +137,9 @@ def decode(cls: type[Report], data: Any, source: str = "report") -> Report:
         spec = None if device is None else DeviceSpec.from_dict(check_device("device", device))
         link = data.get("link")
         kwargs["link"] = None if link is None else Link(**check_object("link", link, dataclass_fields(Link)))
+        inter = data.get("inter_link")
+        kwargs["inter_link"] = None if inter is None else Link(**check_object("inter_link", inter,
+                                                                              dataclass_fields(Link)))
         memory = data.get("memory")
         kwargs["memory"] = None if memory is None else _memory(memory)
         for i, step in enumerate(kwargs.get("step_totals", ())):

@@ -95,6 +95,14 @@ class Collective:
     message_bytes: int
     message_elements: int
     bytes_moved: int
+    # Of the bytes this rank sent, those over the link inside its node and those over the network
+    # between nodes, by the collective's algorithm across nodes (comm.level_factors); None in
+    # reports written before memwall split them.
+    intra_bytes: int | None = None
+    inter_bytes: int | None = None
+    # Busy time on this rank's main thread while its calls were in flight (their own overlap with
+    # other work, summed over the timed calls); None where no call was timed on the host.
+    overlapped_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,6 +297,7 @@ ROW_COLUMNS = (
 COLLECTIVE_COLUMNS = (
     "kind", "group_size", "timed_calls", "message_bytes", "message_bytes_per_call", "bytes_moved",
     "bus_bandwidth_bytes_per_s", "algorithm_bandwidth_bytes_per_s", "link_bytes_per_s",
+    "intra_bytes", "inter_bytes", "overlapped_s",
 )
 
 
@@ -315,6 +324,7 @@ def row_record(r: Row) -> dict[str, Any]:
             bus_bandwidth_bytes_per_s=_finite(r.bus_bandwidth_bytes_per_s),
             algorithm_bandwidth_bytes_per_s=_finite(r.algorithm_bandwidth_bytes_per_s),
             link_bytes_per_s=r.bandwidth_bytes_per_s,
+            intra_bytes=c.intra_bytes, inter_bytes=c.inter_bytes, overlapped_s=c.overlapped_s,
         )
     return out
 

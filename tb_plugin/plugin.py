@@ -52,7 +52,8 @@ _MAX_PARAM = 512
 ROUTE_PARAMS: dict[str, tuple[str, ...]] = {
     "/runs": (),
     "/devices": (),
-    "/report": ("run", "job", "rank", "window", "phase", "device", "bytes_per_element", "dtype", "by"),
+    "/report": ("run", "job", "rank", "window", "phase", "device", "bytes_per_element", "dtype", "by", "world_size",
+                "intra_link", "inter_link"),
     "/compare": ("run", "job", "rank", "window", "baseline", "baseline_job", "baseline_rank", "by", "phase", "device",
                  "bytes_per_element", "dtype"),
     "/ranks": ("run", "job", "all"),
@@ -388,8 +389,9 @@ def _what_if(args: dict[str, str], report: Report) -> Report:
     device = args.get("device") or None
     bpe = args.get("bytes_per_element") or None
     dtype = args.get("dtype") or None
+    comm = _comm_what_if(args, report)
     if device is None and bpe is None and dtype is None:
-        return report
+        return report if comm is None else report.rescore(**comm)
     try:
         spec = lookup_device(device) if device is not None else None
     except LookupError:
@@ -397,7 +399,31 @@ def _what_if(args: dict[str, str], report: Report) -> Report:
     if dtype is not None and dtype not in DTYPES:
         raise RequestError(400, f"dtype {dtype[:40]!r}: choose one of {', '.join(WHAT_IF_DTYPES)}")
     return report.rescore(bytes_per_element=_int_param(args, "bytes_per_element", None, 1, 16) if bpe else None,
-                          device=spec, dtype=dtype)
+                          device=spec, dtype=dtype, **(comm or {}))
+
+
+_BANDWIDTH = re.compile(r"^\d{1,15}(\.\d{1,6})?([eE]\d{1,2})?$")
+
+
+def _comm_what_if(args: dict[str, str], report: Report) -> dict[str, Any] | None:
+    """The communication what-if a request asks for (`world_size`, `intra_link`, `inter_link` in
+    bytes/s per direction): rescore's keyword arguments, or None."""
+    world = _int_param(args, "world_size", None, 1, 1 << 20)
+    links = {}
+    for level in ("intra", "inter"):
+        text = (args.get(f"{level}_link") or "").strip()
+        if not text:
+            continue
+        if not _BANDWIDTH.match(text) or not 0 < float(text) < 1e15:
+            raise RequestError(400, f"{level}_link must be a bandwidth in bytes/s per direction like 50e9, "
+                                    f"got {text[:40]!r}")
+        links[level] = float(text)
+    if world is None and not links:
+        return None
+    if report.link is None:
+        raise RequestError(400, "world_size and the links project collectives: this run recorded none "
+                                "(not a torch.distributed run)")
+    return {"world_size": world, "link": links or None}
 
 
 def _int_param(args: dict[str, str], name: str, default: Any, low: int, high: int) -> Any:

@@ -381,11 +381,21 @@ def comm_view(report: Report) -> dict[str, Any] | None:
     if link is None:
         return None
     head = headline(report).record()
+    projection = report.comm_projection
     return {
         "rank": report.rank,
         "world_size": report.world_size,
         "backend": report.backend,
         "link": link_record(link),
+        # several nodes: the network between them (`link` is then the link inside a node)
+        "inter_link": None if report.inter_link is None else link_record(report.inter_link),
+        "ranks_per_node": report.ranks_per_node,
+        "nodes": report.nodes,
+        "intra_bytes": report.intra_bytes,
+        "inter_bytes": report.inter_bytes,
+        # a communication what-if (world_size, intra_link, inter_link): per collective its
+        # projected time and whether it becomes exposed, and the projected step time; else null
+        "projection": None if projection is None else projection.record(),
         **{k: head[k] for k in ("message_bytes", "bytes_moved", "comm_time_s", "comm_share", "overlapped_s",
                                 "exposed_s", "overlap_fraction", "untimed_calls")},
         "collectives": [row_view(i, c, report.device) for i, c in enumerate(report.collectives)],

@@ -44,3 +44,34 @@ def replicate_ranks(source: Path, logdir: Path, ranks: int, straggler: int, slow
             copy["rows"] = [{**r, "time_s": r["time_s"] * slower} for r in data["rows"]]
         (out / f"rank{rank}_{name}").write_text(json.dumps(copy))
     return out
+
+
+def torchrun_nodes(*args: str, cwd: Path, nodes: int = 2, per_node: int = 2,
+                   timeout: float = 90) -> list[subprocess.CompletedProcess[str]]:
+    """A job over `nodes` "nodes" on this machine: one `torchrun --nnodes N --nproc-per-node P
+    --node-rank i --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:<free>` launch per node, run
+    concurrently (CPU, gloo). Each node's ranks see LOCAL_WORLD_SIZE = P and their node's
+    GROUP_RANK; the host name is the same for all. Every launch is ended by the time limit."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+    launches = []
+    for node in range(nodes):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node",
+                   str(per_node), "--node-rank", str(node), "--max-restarts", "0", "--rdzv-backend", "c10d",
+                   "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"memwall-test-{port}", *args]
+        launches.append(subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True, env=env, start_new_session=True))
+    results = []
+    try:
+        for command_process in launches:
+            out, err = command_process.communicate(timeout=timeout)
+            results.append(subprocess.CompletedProcess(command_process.args, command_process.returncode, out, err))
+    finally:
+        for launched in launches:  # a launch left waiting for its peers: end it and its ranks
+            if launched.poll() is None:
+                try:
+                    os.killpg(launched.pid, 9)
+                except ProcessLookupError:
+                    pass
+                launched.communicate()
+    return results

@@ -18,12 +18,15 @@ function text(tag, attrs, content) {
 function drawLinkRoof(container, comm) {
   const points = comm.collectives.filter((c) => c.bus_bandwidth_bytes_per_s > 0 && c.message_bytes_per_call > 0);
   const roof = comm.link.bytes_per_s;
+  // several nodes: the network between them is a second, lower roof
+  const inter = comm.inter_link && comm.inter_link.bytes_per_s ? comm.inter_link : null;
   if (!points.length) {
     container.appendChild(el('div', 'mw-empty', 'No collective was timed on the host (device collectives complete on the device).'));
     return;
   }
   const xs = points.map((c) => c.message_bytes_per_call);
-  const ys = points.map((c) => c.bus_bandwidth_bytes_per_s).concat(roof ? [roof] : []);
+  const ys = points.map((c) => c.bus_bandwidth_bytes_per_s).concat(roof ? [roof] : [])
+      .concat(inter ? [inter.bytes_per_s] : []);
   const x0 = Math.min(...xs) / 4, x1 = Math.max(...xs) * 4;
   const y0 = Math.min(...ys) / 4, y1 = Math.max(...ys) * 3;
   const root = svg('svg', {viewBox: `0 0 ${WIDTH} ${HEIGHT}`, class: 'mw-chart mw-link-chart', role: 'img'});
@@ -35,6 +38,13 @@ function drawLinkRoof(container, comm) {
       class: 'mw-roof mw-link-roof'}));
     root.appendChild(text('text', {x: MARGIN.left + 6, y: sy(roof) - 6, class: 'mw-roof-label mw-link-label'},
         `${comm.link.name}: ${si(roof, 'B/s')} per direction (${comm.link.source})`));
+  }
+  if (inter) {
+    const y = sy(inter.bytes_per_s);
+    root.appendChild(svg('line', {x1: MARGIN.left, x2: WIDTH - MARGIN.right, y1: y, y2: y,
+      class: 'mw-roof mw-link-roof mw-inter-roof'}));
+    root.appendChild(text('text', {x: MARGIN.left + 6, y: y + 14, class: 'mw-roof-label mw-link-label mw-inter-label'},
+        `between nodes: ${inter.name}: ${si(inter.bytes_per_s, 'B/s')} per direction (${inter.source})`));
   }
   const longest = Math.max(...points.map((c) => c.time_s));
   for (const c of points) {
@@ -62,15 +72,102 @@ const COLUMNS = [
   ['% of link', (c) => pct(c.efficiency), true],
 ];
 
-/** The Communication section: the link, totals, the link-roof chart and the collectives table. */
-export function renderComm(container, comm) {
+function roofOf(link) {
+  return link.bytes_per_s ? `${si(link.bytes_per_s, 'B/s')} per direction (${link.source})` : 'unknown bandwidth';
+}
+
+/** Columns a multi-node job adds (each collective's bytes inside and between nodes), and a
+ * communication what-if's (its projected time there, and whether it becomes exposed). */
+function commColumns(comm) {
+  let columns = COLUMNS.slice();
+  if (comm.inter_link) {
+    const at = columns.findIndex((c) => c[0] === 'time');
+    columns.splice(at, 0, ['intra-node', (c) => (c.intra_bytes === null ? '-' : si(c.intra_bytes, 'B')), true],
+        ['inter-node', (c) => (c.inter_bytes === null ? '-' : si(c.inter_bytes, 'B')), true]);
+  }
+  if (comm.projection) {
+    const byIndex = new Map(comm.projection.collectives.map((p) => [p.index, p]));
+    columns = columns.concat([
+      ['projected', (c) => (c.projected_time_s === null ? '?' : duration(c.projected_time_s)), true],
+      ['exposed', (c) => {
+        const p = byIndex.get(c.id);
+        if (!p || p.exposed_s === null) return '?';
+        return p.exposed ? `exposed +${duration(p.exposed_s)}` : 'hidden';
+      }, false],
+    ]);
+  }
+  return columns;
+}
+
+/** The interconnect what-if's inputs: ranks, and each level's bandwidth (bytes/s per direction). */
+function whatIfForm(container, current, onWhatIf) {
+  const form = el('form', 'mw-comm-whatif');
+  form.appendChild(el('span', 'mw-label', 'interconnect what-if: '));
+  const inputs = {};
+  for (const [key, label, hint] of [['world_size', 'ranks', 'e.g. 64'], ['intra_link', 'intra-node B/s', 'as measured'],
+    ['inter_link', 'inter-node B/s', 'e.g. 50e9']]) {
+    const wrap = el('label', 'mw-comm-input', `${label} `);
+    const input = el('input', `mw-${key.replace('_', '-')}`);
+    input.name = key;
+    input.size = 8;
+    input.placeholder = hint;
+    input.value = current[key] || '';
+    inputs[key] = input;
+    wrap.appendChild(input);
+    form.appendChild(wrap);
+  }
+  const go = el('button', 'mw-comm-project', 'project');
+  go.type = 'submit';
+  form.appendChild(go);
+  const reset = el('button', 'mw-comm-reset', 'as measured');
+  reset.type = 'button';
+  reset.addEventListener('click', () => onWhatIf({world_size: '', intra_link: '', inter_link: ''}));
+  form.appendChild(reset);
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    onWhatIf({world_size: inputs.world_size.value.trim(), intra_link: inputs.intra_link.value.trim(),
+      inter_link: inputs.inter_link.value.trim()});
+  });
+  container.appendChild(form);
+}
+
+/** A communication what-if's summary: the scale, projected comm and step time, the exposed ones. */
+function projectionLines(comm) {
+  const p = comm.projection;
+  const box = el('div', 'mw-comm-projection');
+  box.appendChild(el('div', 'mw-comm-projected', `Projected at ${p.world_size.toLocaleString()} ranks ` +
+      `(${p.nodes.toLocaleString()} node(s) of ${p.ranks_per_node}): ` + (p.step_time_s === null ?
+        'a link\'s bandwidth is unknown: give it above' :
+        `${duration(p.comm_time_s)} of collectives per step (algorithmic bus time), ${duration(p.exposed_s)} exposed; ` +
+        `step ${duration(p.measured_step_s)} → ${duration(p.step_time_s)}`)));
+  const exposed = p.exposed.map((i) => comm.collectives.find((c) => c.id === i)).filter(Boolean);
+  box.appendChild(el('div', 'mw-comm-exposed', 'exposed (longer than the compute they overlapped): ' +
+      (exposed.length ? exposed.map((c) => `${c.kind} (${c.phase})`).join(', ') : 'none')));
+  return box;
+}
+
+/** The Communication section: the link(s), totals, the link-roof chart and the collectives table;
+ * `onWhatIf` (optional) asks for the interconnect what-if. */
+export function renderComm(container, comm, current = {}, onWhatIf = null) {
   container.textContent = '';
   const link = comm.link;
-  const roof = link.bytes_per_s ? `${si(link.bytes_per_s, 'B/s')} per direction (${link.source})` : 'unknown bandwidth';
   const lines = el('div', 'mw-comm-lines');
-  lines.appendChild(el('div', 'mw-comm-link', `rank ${comm.rank} of ${comm.world_size}` +
-      `${comm.backend ? ` · ${comm.backend}` : ''} · link: ${link.name}, ${roof}`));
-  if (link.note) lines.appendChild(el('div', 'mw-card-note', link.note));
+  if (comm.inter_link) {
+    lines.appendChild(el('div', 'mw-comm-link', `rank ${comm.rank} of ${comm.world_size}` +
+        `${comm.backend ? ` · ${comm.backend}` : ''} · ${comm.nodes} nodes of ${comm.ranks_per_node} ranks`));
+    lines.appendChild(el('div', 'mw-comm-link mw-comm-intra', `inside a node: ${link.name}, ${roofOf(link)}` +
+        (link.note ? ` · ${link.note}` : '')));
+    lines.appendChild(el('div', 'mw-comm-link mw-comm-inter', `between nodes: ${comm.inter_link.name}, ` +
+        `${roofOf(comm.inter_link)}` + (comm.inter_link.note ? ` · ${comm.inter_link.note}` : '')));
+    if (comm.intra_bytes !== null) {
+      lines.appendChild(el('div', '', `${si(comm.intra_bytes, 'B')} sent inside the node, ${si(comm.inter_bytes, 'B')} ` +
+          'between nodes (hierarchical algorithm)'));
+    }
+  } else {
+    lines.appendChild(el('div', 'mw-comm-link', `rank ${comm.rank} of ${comm.world_size}` +
+        `${comm.backend ? ` · ${comm.backend}` : ''} · link: ${link.name}, ${roofOf(link)}`));
+    if (link.note) lines.appendChild(el('div', 'mw-card-note', link.note));
+  }
   const time = comm.comm_time_s === null ? 'time not measured on the host' :
     `${duration(comm.comm_time_s)} with a collective in flight (${pct(comm.comm_share)} of wall), ` +
     `${pct(comm.overlap_fraction)} overlapped by other work, ${duration(comm.exposed_s)} exposed`;
@@ -82,8 +179,12 @@ export function renderComm(container, comm) {
   const chart = el('div', 'mw-chart-box');
   drawLinkRoof(chart, comm);
   container.appendChild(chart);
+  if (onWhatIf) whatIfForm(container, current, onWhatIf);
+  if (comm.projection) container.appendChild(projectionLines(comm));
   const box = el('div', 'mw-scroller mw-collectives');
-  box.appendChild(table(COLUMNS, comm.collectives, () => 'mw-row mw-collective'));
+  const exposed = new Set(comm.projection ? comm.projection.exposed : []);
+  box.appendChild(table(commColumns(comm), comm.collectives,
+      (c) => `mw-row mw-collective${exposed.has(c.id) ? ' mw-exposed' : ''}`));
   container.appendChild(box);
 }
 

@@ -9,7 +9,7 @@ import {OperatorTable} from './table.js';
 import {renderTree} from './tree.js';
 
 const state = {runs: [], run: '', job: '', rank: '', window: 'all', phase: '', points: 'op', device: '', bpe: '',
-  dtype: '', baseline: ''};
+  dtype: '', baseline: '', worldSize: '', intraLink: '', interLink: ''};
 
 async function getJSON(url) {
   const response = await fetch(url);
@@ -203,6 +203,10 @@ export async function render() {
     if (state.device) params.set('device', state.device);
     if (state.bpe) params.set('bytes_per_element', state.bpe);
     if (state.dtype) params.set('dtype', state.dtype);
+    // the interconnect what-if: collectives projected to another scale and other links
+    if (state.worldSize) params.set('world_size', state.worldSize);
+    if (state.intraLink) params.set('intra_link', state.intraLink);
+    if (state.interLink) params.set('inter_link', state.interLink);
     status.className = 'mw-status';
     if (trace && trace.state !== 'analysed') {
       // the first request analyses the trace on the server (once; later ones are cached): say so,
@@ -268,7 +272,13 @@ export async function render() {
     table.setRows(data.rows, Boolean(data.projection));
     renderTree(treeBox, data.tree, data.headline.time_s);
     commPart.hidden = !data.comm;
-    if (data.comm) renderComm(commBox, data.comm);
+    if (data.comm) {
+      renderComm(commBox, data.comm, {world_size: state.worldSize, intra_link: state.intraLink,
+        inter_link: state.interLink}, (what) => {
+        state.worldSize = what.world_size; state.intraLink = what.intra_link; state.interLink = what.inter_link;
+        update();
+      });
+    }
     const selection = selectionParams();
     const memoryLoaded = memoryView.load(selection.toString(), devices);
     ranksPart.hidden = jobRanks.length < 2;
