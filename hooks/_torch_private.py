@@ -314,6 +314,21 @@ def compiled_module_original(module: Any) -> Any:
     return getattr(module, "_orig_mod", None)
 
 
+def never_compiled(fn: Any) -> Any:
+    """Dynamo never compiles `fn`'s frames, nor those it calls, when it meets them as frames of
+    their own (a module compiled in place, `torch.nn.Sequential(...).compile()`, runs torch's
+    own frames with Dynamo's frame hook on, and memwall's dispatch mode and module hooks inside
+    them); tracing through `fn` into a graph is unchanged. Costs nothing per call: Dynamo reads
+    the decision from the code object."""
+    try:
+        from torch._dynamo.eval_frame import set_code_exec_strategy
+        from torch._dynamo.types import FrameAction, FrameExecStrategy
+    except ImportError:  # a torch without per-code decisions
+        return fn
+    set_code_exec_strategy(fn.__code__, FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP))
+    return fn
+
+
 _streams: dict[Any, Any] = {}
 
 
@@ -660,6 +675,7 @@ __all__ = [
     "peek_sequence_nr",
     "process_group_size",
     "propagate_shapes",
+    "never_compiled",
     "region_eager_origins",
     "unbox_work",
     "wrap_compiled_regions",

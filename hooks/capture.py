@@ -33,6 +33,7 @@ from memwall_plugin.hooks._torch_private import (
     in_backward_seed,
     is_fake_tensor_type,
     is_higher_order_op,
+    never_compiled,
     op_schema,
     unrecorded,
     warm_up_dispatch,
@@ -541,6 +542,12 @@ class _RoutedCaptureMode(_CaptureMode):
             router.busy_ns += _perf_counter_ns() - start
             return out
         return super().__torch_dispatch__(func, types, args, kwargs)
+
+
+# memwall's mode runs inside torch's own frames, which Dynamo's frame hook may be watching (a
+# module compiled in place): its frames run as written, never compiled
+never_compiled(_CaptureMode.__torch_dispatch__)
+never_compiled(_RoutedCaptureMode.__torch_dispatch__)
 
 
 class Capture:

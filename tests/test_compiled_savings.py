@@ -124,6 +124,64 @@ def test_savings_are_listed_per_compiled_module(fresh_dynamo):
     assert len(said) == 1 and "`a`" in said[0] and "`b`" in said[0], said
 
 
+class _MLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.fc2(torch.relu(self.fc1(x))))
+
+
+def test_module_compiled_in_place_is_seen_like_torch_compile_of_it(fresh_dynamo):
+    """`module.compile()` compiles the module's call: memwall's module hooks run in it as torch
+    calls them (never compiled into no-ops by Dynamo), so its regions are its own, and it is not
+    recompiled."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("a", _MLP())
+    model.add_module("b", _MLP())
+    model.a.compile()
+    model.b.compile()
+    x = torch.randn(64, 16)
+    with torch.no_grad():
+        expected = model(x)
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs >= 1
+        with memwall.profile(summary=False, model=model) as prof:
+            y = model(x)
+        assert counters["stats"]["unique_graphs"] == graphs, "profiling recompiled the module"
+        assert torch.equal(y, expected)
+        rep = prof.report()
+        # as for torch.compile(module) (test above): one region per module, its own, counted by hand
+        assert sorted((r.op, r.module) for r in rep.rows) == [(REGION, "a"), (REGION, "b")]
+        act, weight, bias = 64 * 16 * 4, 16 * 16 * 4, 16 * 4
+        assert all(r.bytes == act + 2 * (weight + bias) + act for r in rep.rows)
+        assert all(r.flops == 2 * (2 * 64 * 16 * 16 + 64 * 16) + 2 * 64 * 16 for r in rep.rows)
+        # and compiles as usual after: a new shape, new graphs
+        small = torch.randn(8, 16)
+        assert torch.allclose(model(small), model[1].forward(model[0].forward(small)))
+        assert counters["stats"]["unique_graphs"] > graphs
+
+
+def test_torch_module_compiled_in_place_runs_as_without_memwall(fresh_dynamo):
+    """A torch module compiled in place (`torch.nn.Sequential(...).compile()`) runs torch's own
+    frames with Dynamo watching: memwall's mode and hooks inside them are never compiled."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU())
+    model.compile()
+    x = torch.randn(64, 16)
+    with torch.no_grad():
+        expected = model(x)
+        graphs = counters["stats"]["unique_graphs"]
+        with memwall.profile(summary=False, model=model) as prof:
+            y = model(x)
+    assert torch.equal(y, expected)
+    assert counters["stats"]["unique_graphs"] == graphs, "Dynamo compiled memwall's own frames"
+    # what ran: torch's ops, each in its module
+    assert sorted((r.op, r.module) for r in prof.report().rows if r.flops) == [("aten.addmm", "0"), ("aten.relu", "1")]
+
+
 # --- a compiled GPT-2 training step --------------------------------------------------------------
 
 transformers = pytest.importorskip("transformers")
