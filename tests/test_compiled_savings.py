@@ -6,6 +6,7 @@ changes its numbers."""
 from __future__ import annotations
 
 import copy
+import json
 import warnings
 from typing import Any
 
@@ -17,6 +18,8 @@ from torch._dynamo.utils import counters
 
 import memwall_plugin as memwall
 from memwall_plugin.console import findings
+from memwall_plugin.console_diff import render_diff_text
+from memwall_plugin.diff import diff_record, diff_reports
 from memwall_plugin.report import load_report
 from memwall_plugin.rows import fusion_savings, row_record
 
@@ -122,6 +125,52 @@ def test_savings_are_listed_per_compiled_module(fresh_dynamo):
     assert all((s.bytes, s.eager_bytes, s.eager_calls) == (fused, eager, 4) for s in savings.values())
     said = [f for f in findings(rep) if f.startswith("compiling removed")]
     assert len(said) == 1 and "`a`" in said[0] and "`b`" in said[0], said
+
+
+@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
+def test_diff_pairs_each_compiled_region_with_the_eager_ops_it_replaced(fresh_dynamo):
+    """`memwall diff` of an eager run and a compiled run of the same model: each compiled
+    region, in its module and phase, beside the eager run's ops it replaced, counted by hand."""
+    torch.manual_seed(0)
+    eager_model = torch.nn.Sequential()
+    for name in ("a", "b"):
+        eager_model.add_module(name, torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(),
+                                                         torch.nn.Linear(16, 16), torch.nn.Tanh()))
+    compiled_model = torch.nn.Sequential()
+    compiled_model.add_module("a", torch.compile(copy.deepcopy(eager_model.a)))
+    compiled_model.add_module("b", torch.compile(copy.deepcopy(eager_model.b)))
+    x = torch.randn(64, 16)
+    with torch.no_grad():
+        compiled_model(x)
+        with memwall.profile(summary=False, model=eager_model) as prof:
+            eager_model(x)
+        eager = prof.report()
+        with memwall.profile(summary=False, model=compiled_model) as prof:
+            compiled_model(x)
+        compiled = prof.report()
+
+    d = diff_reports(eager, compiled)
+    assert sorted((f.compared.module, f.compared.phase, f.compiled) for f in d.fusions) == [
+        ("a", "forward", "B"), ("b", "forward", "B")]
+    act, weight, bias = 64 * 16 * 4, 16 * 16 * 4, 16 * 4
+    for f in d.fusions:
+        a, b = f.compared.a, f.compared.b
+        assert a is not None and b is not None
+        # eagerly: 2 addmm (read x or h, the weight and bias, write h), relu and tanh (read h, write h)
+        assert f.replaced_ops == ("aten.addmm", "aten.relu", "aten.tanh")
+        assert (a.calls, a.bytes) == (4, 2 * (act + weight + bias + act) + 2 * (2 * act))
+        assert f.eager_bytes == a.bytes  # what the counterfactual said, the eager run measured
+        assert (b.calls, b.bytes) == (1, act + 2 * (weight + bias) + act)  # fused: x, weights in; out
+        assert a.flops == b.flops
+    # and the other way round: A compiled, B eager
+    assert {f.compiled for f in diff_reports(compiled, eager).fusions} == {"A"}
+
+    record = json.loads(json.dumps(diff_record(d), allow_nan=False))
+    assert sorted((f["module"], f["compiled"], tuple(f["replaced_ops"])) for f in record["fusions"]) == [
+        ("a", "B", ("aten.addmm", "aten.relu", "aten.tanh")), ("b", "B", ("aten.addmm", "aten.relu", "aten.tanh"))]
+    text = render_diff_text(d, width=140)
+    assert "Compiled regions and the eager ops they replaced (2)" in text
+    assert "addmm, relu, tanh" in text
 
 
 class _MLP(torch.nn.Module):
