@@ -319,7 +319,10 @@ def never_compiled(fn: Any) -> Any:
     their own (a module compiled in place, `torch.nn.Sequential(...).compile()`, runs torch's
     own frames with Dynamo's frame hook on, and memwall's dispatch mode and module hooks inside
     them); tracing through `fn` into a graph is unchanged. Costs nothing per call: Dynamo reads
-    the decision from the code object."""
+    the decision from the code object. Nothing to do before Dynamo is loaded (importing it would
+    load Inductor's config, which memwall's import leaves to torch): call it again later."""
+    if "torch._dynamo" not in sys.modules:
+        return fn
     try:
         from torch._dynamo.eval_frame import set_code_exec_strategy
         from torch._dynamo.types import FrameAction, FrameExecStrategy

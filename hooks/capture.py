@@ -544,12 +544,6 @@ class _RoutedCaptureMode(_CaptureMode):
         return super().__torch_dispatch__(func, types, args, kwargs)
 
 
-# memwall's mode runs inside torch's own frames, which Dynamo's frame hook may be watching (a
-# module compiled in place): its frames run as written, never compiled
-never_compiled(_CaptureMode.__torch_dispatch__)
-never_compiled(_RoutedCaptureMode.__torch_dispatch__)
-
-
 class Capture:
     """Records aten ops into `table` while started. Its owner (memwall.profile's recorder)
     makes sure one capture records at a time.
@@ -638,6 +632,10 @@ class Capture:
         self.tracker.install()
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         router = self._router
+        mode = _CaptureMode if router is None else _RoutedCaptureMode
+        # the mode runs inside torch's own frames, which Dynamo's frame hook may be watching (a
+        # module compiled in place): its frames run as written, never compiled
+        never_compiled(mode.__torch_dispatch__)
         self._mode = _CaptureMode(self, cuda) if router is None else _RoutedCaptureMode(self, cuda, router)
         self._mode.__enter__()
         if self.memory is not None:
