@@ -7,7 +7,10 @@ bottlenecks, no fusion). While a profile is open, Inductor wraps each region it 
 `inductor_compiled_code` higher-order operator, so the mode sees a region's run as one call:
 one row, timed as it ran, its FLOPs those of the aten ops Inductor fused into it (from the
 compiled graph, by the registry's formulas), its bytes the region's inputs and outputs (what it
-fused stays in registers and caches). Inductor wraps regions from the import of
+fused stays in registers and caches). Its eager counterfactual (what fusion saved) is the ops an
+eager run would dispatch instead: the region graph's nodes grouped back into the aten ops Inductor
+decomposed (by the origins memwall's post-grad pass notes, hooks/_torch_private.py), forward ops
+recomputed in backward left out. Inductor wraps regions from the import of
 memwall on (a dozen microseconds per region call); a region compiled before memwall was imported
 is not wrapped: its library calls (matmuls) show, its fused kernels do not. Backends without
 code generation (aot_eager, eager) run aten ops, which are recorded one by one.
