@@ -314,6 +314,24 @@ def compiled_module_original(module: Any) -> Any:
     return getattr(module, "_orig_mod", None)
 
 
+def never_compiled(fn: Any) -> Any:
+    """Dynamo never compiles `fn`'s frames, nor those it calls, when it meets them as frames of
+    their own (a module compiled in place, `torch.nn.Sequential(...).compile()`, runs torch's
+    own frames with Dynamo's frame hook on, and memwall's dispatch mode and module hooks inside
+    them); tracing through `fn` into a graph is unchanged. Costs nothing per call: Dynamo reads
+    the decision from the code object. Nothing to do before Dynamo is loaded (importing it would
+    load Inductor's config, which memwall's import leaves to torch): call it again later."""
+    if "torch._dynamo" not in sys.modules:
+        return fn
+    try:
+        from torch._dynamo.eval_frame import set_code_exec_strategy
+        from torch._dynamo.types import FrameAction, FrameExecStrategy
+    except ImportError:  # a torch without per-code decisions
+        return fn
+    set_code_exec_strategy(fn.__code__, FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP))
+    return fn
+
+
 _streams: dict[Any, Any] = {}
 
 
@@ -505,6 +523,7 @@ class _WrapOnImport:
             run(module)
             if getattr(module, "wrap_inductor_compiled_regions", None) is False:
                 module.wrap_inductor_compiled_regions = True
+            _keep_eager_origins(module)
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
@@ -517,8 +536,75 @@ def wrap_compiled_regions_from_now_on() -> None:
 
     if _INDUCTOR_CONFIG in sys.modules:
         wrap_compiled_regions(True)
+        _keep_eager_origins(sys.modules[_INDUCTOR_CONFIG])
     elif not any(isinstance(f, _WrapOnImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _WrapOnImport())
+
+
+#: where a compiled region's graph keeps, by node name, the eager op each node came from
+_ORIGINS_KEY = "memwall_eager_origins"
+
+
+class _EagerOrigins:
+    """An Inductor post-grad pass that changes nothing: it notes, for each node of the graph
+    Inductor is about to compile, the aten op an eager run would have dispatched (the op
+    before decomposition, `meta["original_aten"]`) and that op's autograd sequence number (one
+    forward op and its backward share it), in the graph module's `meta`. Inductor strips node
+    metadata from the copy a wrapped region keeps, but keeps the module's `meta`, through its
+    cache too. A pass with a `uuid` keeps Inductor's caches working (torch's
+    custom_graph_pass.CustomGraphPass contract); it is built lazily, its base class being
+    Inductor's."""
+
+    _instance: Any = None
+
+    @classmethod
+    def instance(cls) -> Any:
+        if cls._instance is None:
+            from torch._inductor.custom_graph_pass import CustomGraphPass
+
+            class EagerOriginsPass(CustomGraphPass):
+                def __call__(self, graph: Any) -> None:
+                    owner = graph.owning_module
+                    if owner is None:
+                        return
+                    # a backward graph (AOTAutograd names its inputs tangents_1, ...; a forward
+                    # graph's are primals_1, ...): its nodes traced in forward are recomputed
+                    backward = any(n.op == "placeholder" and n.name.startswith("tangents") for n in graph.nodes)
+                    origins: dict[str, tuple[str, str, int | None, bool]] = {}
+                    for node in graph.nodes:
+                        original = node.meta.get("original_aten")
+                        if isinstance(original, OpOverload):
+                            seq = node.meta.get("seq_nr")
+                            origins[node.name] = (original._schema.name.replace("::", "."),
+                                                  str(original._overloadname),
+                                                  seq if isinstance(seq, int) and seq >= 0 else None,
+                                                  backward and node.meta.get("partitioner_tag") == "is_forward")
+                    owner.meta[_ORIGINS_KEY] = origins
+
+                def uuid(self) -> Any:
+                    return "memwall-eager-origins-3"
+
+            cls._instance = EagerOriginsPass()
+        return cls._instance
+
+
+def _keep_eager_origins(config: Any) -> None:
+    """Add memwall's origins pass to Inductor's post-grad custom passes (after any of the
+    user's: it reads the graph they leave); a single pass of the user's is left alone."""
+    current = getattr(config, "post_grad_custom_post_pass", "absent")
+    ours = _EagerOrigins.instance()
+    if current is None:
+        config.post_grad_custom_post_pass = ours
+    elif isinstance(current, (list, tuple)) and ours not in current:
+        config.post_grad_custom_post_pass = type(current)((*current, ours))
+
+
+def region_eager_origins(gm: Any) -> dict[str, tuple[str, str, int | None, bool]] | None:
+    """By node name, (eager op, its overload, autograd sequence number or None, whether it is a
+    forward op recomputed in backward) of a compiled region's graph, as the origins pass noted
+    them; None for a graph compiled without it."""
+    found = getattr(gm, "meta", {}).get(_ORIGINS_KEY)
+    return found if isinstance(found, dict) else None
 
 
 def wrap_compiled_regions(enabled: bool) -> bool | None:
@@ -592,6 +678,8 @@ __all__ = [
     "peek_sequence_nr",
     "process_group_size",
     "propagate_shapes",
+    "never_compiled",
+    "region_eager_origins",
     "unbox_work",
     "wrap_compiled_regions",
     "wrap_compiled_regions_from_now_on",

@@ -33,6 +33,7 @@ from memwall_plugin.hooks._torch_private import (
     in_backward_seed,
     is_fake_tensor_type,
     is_higher_order_op,
+    never_compiled,
     op_schema,
     unrecorded,
     warm_up_dispatch,
@@ -633,6 +634,10 @@ class Capture:
         self.tracker.install()
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         router = self._router
+        mode = _CaptureMode if router is None else _RoutedCaptureMode
+        # the mode runs inside torch's own frames, which Dynamo's frame hook may be watching (a
+        # module compiled in place): its frames run as written, never compiled
+        never_compiled(mode.__torch_dispatch__)
         self._mode = _CaptureMode(self, cuda) if router is None else _RoutedCaptureMode(self, cuda, router)
         self._mode.__enter__()
         if self.memory is not None:

@@ -24,6 +24,7 @@ from memwall_plugin.hooks._torch_private import (
     current_autograd_node,
     find_frame,
     forward_kwargs,
+    never_compiled,
     node_sequence_nr,
     node_variable,
     peek_sequence_nr,
@@ -177,7 +178,7 @@ class ModuleTracker:
                 if self.on_error is not None:
                     self.on_error(err, f"the hook {hook.__name__}")
 
-        return guarded
+        return never_compiled(guarded)
 
     def remove(self) -> None:
         for handle in self._handles:

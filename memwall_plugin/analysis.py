@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memwall_plugin.hooks.capture import CaptureEntry
-from memwall_plugin.records import OpCall, RegionFacts
+from memwall_plugin.records import EagerOp, OpCall, RegionFacts
 from memwall_plugin.registry import Counted, Registry, default_traffic
 from memwall_plugin.rows import ROW_FIELDS, Row
 
@@ -114,15 +114,20 @@ class AnalysisCache:
         facts = call.facts
         if not isinstance(facts, RegionFacts) or not facts.ops:
             return ()
+        eager = facts.eager if facts.eager is not None else tuple(EagerOp(op.op, (op,)) for op in facts.ops)
         by_op: dict[str, tuple[int, int | None, int]] = {}
-        for op in facts.ops:
-            counted = count_safely(self.registry, op, self._warned)
-            nbytes = counted.traffic.bytes_read + counted.traffic.bytes_written
-            if counted.flops == 0 and nbytes == 0:
+        for one in eager:
+            op_flops: int | None = 0
+            for part in one.parts:
+                counted = count_safely(self.registry, part, self._warned)
+                op_flops = None if op_flops is None or counted.flops is None else op_flops + counted.flops
+            traffic = counted.traffic if one.traffic is None else one.traffic
+            nbytes = traffic.bytes_read + traffic.bytes_written
+            if op_flops == 0 and nbytes == 0:
                 continue
-            calls, flops, total = by_op.get(op.op, (0, 0, 0))
-            by_op[op.op] = (calls + 1, None if flops is None or counted.flops is None else flops + counted.flops,
-                            total + nbytes)
+            calls, flops, total = by_op.get(one.op, (0, 0, 0))
+            by_op[one.op] = (calls + 1, None if flops is None or op_flops is None else flops + op_flops,
+                             total + nbytes)
         return tuple((op, *counts) for op, counts in by_op.items())
 
     def of(self, entry: CaptureEntry) -> Analysis:

@@ -447,8 +447,7 @@ def fusion_finding(rows: tuple[Row, ...]) -> str | None:
     verb = "removed" if total.saved_bytes >= 0 else "added"
     text = (f"compiling {verb} {_saving(total)}: {total.regions} compiled region call"
             f"{'s' if total.regions != 1 else ''} moved {si(total.bytes, 'B')} where the {total.eager_calls} "
-            f"aten op calls fused into them (as Inductor decomposed them) would move {si(total.eager_bytes, 'B')} "
-            "run one by one")
+            f"aten op calls they stand for would move {si(total.eager_bytes, 'B')} run eagerly")
     if len(savings) == 1:
         return text + f", in `{savings[0].module or '(top level)'}`."
     shown = "; ".join(f"`{s.module or '(top level)'}` {_saving(s)}" for s in savings[:3])

@@ -100,6 +100,9 @@ class DiffSummary:
             if rows:
                 yield Text("")
                 yield self.change_table(title, rows)
+        if d.fusions:
+            yield Text("")
+            yield self.fusion_table()
         yield Text("")
         yield self.bound_table()
         if d.notes:
@@ -233,6 +236,23 @@ class DiffSummary:
         for c in rows:
             table.add_row(*self._key_cells(c), _time(c.a), _time(c.b), _delta(c.time_delta_s),
                           speedup_text(c.speedup) if c.a and c.b else _presence(c))
+        return table
+
+    def fusion_table(self) -> Table:
+        """Each compiled region (by module and phase) beside the other run's ops it replaced."""
+        d = self.diff
+        table = self._table(f"Compiled regions and the eager ops they replaced ({len(d.fusions)})")
+        table.add_column("module", overflow="fold", min_width=8)
+        table.add_column("phase", no_wrap=True)
+        table.add_column("compiled in", no_wrap=True)
+        table.add_column("eager ops replaced", overflow="fold", min_width=12)
+        for name in ("time A", "time B", "speed-up", "bytes A -> B"):
+            table.add_column(name, justify="right", no_wrap=True)
+        for f in d.fusions:
+            c = f.compared
+            ops = ", ".join(op.removeprefix("aten.") for op in f.replaced_ops)
+            table.add_row(_text(c.module or "(top)"), _text(self._phase(c.phase or "")), f.compiled, _text(ops),
+                          _time(c.a), _time(c.b), speedup_text(c.speedup), _pair(c, lambda g: si(g.bytes, "B")))
         return table
 
     def bound_table(self) -> RichGroup:

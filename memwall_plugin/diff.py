@@ -84,6 +84,24 @@ class Compared:
         return self.a is not None and self.b is not None and self.a.bound != self.b.bound
 
 
+#: the op of a region torch.compile (Inductor) compiled, run as one call
+COMPILED_REGION = "higher_order.inductor_compiled_code"
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """The compiled regions of one run in a module and phase, against the ops of the other run
+    they replaced: that run's ops in the same phase, in the module or below it, named in the
+    regions' eager counterfactual (`Row.eager_ops`). `compiled` says which run compiled ("A" or
+    "B"); `eager_bytes` is what the counterfactual says those ops move, beside what the other
+    run measured them moving."""
+
+    compared: Compared  # op COMPILED_REGION; the compiled run's side its regions, the other its ops
+    compiled: str
+    replaced_ops: tuple[str, ...]
+    eager_bytes: int
+
+
 @dataclass(frozen=True)
 class ReportDiff:
     """Run A against run B: the whole run, each phase, the `by` list (ops, modules or phases),
@@ -105,6 +123,8 @@ class ReportDiff:
     device_b: str | None
     same_roofs: bool  # both placed on the same peaks and memory bandwidths
     notes: tuple[str, ...]
+    #: each compiled region (by module and phase) with the other run's ops it replaced
+    fusions: tuple[Fusion, ...] = ()
 
     @property
     def speedup(self) -> float | None:
@@ -155,6 +175,41 @@ def _by_op(a: Report, b: Report) -> list[Compared]:
         Compared(op, module, phase, _side(op, ra), _side(op, rb), len(ra), len(rb))
         for (op, module, phase), ra, rb in _match(a.rows, b.rows, lambda r: (r.op, r.module, r.phase))
     ]
+
+
+def _within(module: str, path: str) -> bool:
+    return not module or path == module or path.startswith(module + ".")
+
+
+def _fusions(a: Report, b: Report) -> list[Fusion]:
+    """A run's compiled regions paired with the ops of the other run they replaced. An op is
+    given to the innermost region (by module) of its phase whose counterfactual names it."""
+    out: list[Fusion] = []
+    for compiled, mine, theirs in (("B", b, a), ("A", a, b)):
+        regions: dict[tuple[str, str], list[Row]] = {}
+        for r in mine.rows:
+            if r.op == COMPILED_REGION and r.eager_ops:
+                regions.setdefault((r.module, r.phase), []).append(r)
+        if not regions:
+            continue
+        names = {key: {op for r in rows for op, *_ in r.eager_ops} for key, rows in regions.items()}
+        replaced: dict[tuple[str, str], list[Row]] = {key: [] for key in regions}
+        for r in theirs.rows:
+            if r.op == COMPILED_REGION:
+                continue
+            holders = [key for key in regions if key[1] == r.phase and r.op in names[key] and _within(key[0], r.module)]
+            if holders:
+                replaced[max(holders, key=lambda k: len(k[0]))].append(r)
+        for (module, phase), rows in regions.items():
+            ops = replaced[(module, phase)]
+            if not ops:
+                continue
+            eager, fused = _side(COMPILED_REGION, ops), _side(COMPILED_REGION, rows)
+            pair = (eager, fused) if compiled == "B" else (fused, eager)
+            counts = (len(ops), len(rows)) if compiled == "B" else (len(rows), len(ops))
+            out.append(Fusion(Compared(COMPILED_REGION, module, phase, *pair, *counts), compiled,
+                              tuple(sorted({r.op for r in ops})), sum(r.eager_bytes or 0 for r in rows)))
+    return sorted(out, key=lambda f: (-max(f.compared.time_a_s, f.compared.time_b_s), f.compared.label))
 
 
 def _by_group(a: Report, b: Report, by: str) -> list[Compared]:
@@ -241,6 +296,7 @@ def diff_reports(a: Report, b: Report, by: str = "op") -> ReportDiff:
         device_b=b.device.name if b.device is not None else None,
         same_roofs=same_roofs,
         notes=tuple(_notes(a, b, same_roofs)),
+        fusions=tuple(_fusions(a, b)),
     )
 
 
@@ -288,4 +344,6 @@ def diff_record(d: ReportDiff, top: int = 10) -> dict[str, Any]:
         "wins": [compared_record(c) for c in d.wins(top)],
         "losses": [compared_record(c) for c in d.losses(top)],
         "bound_changes": [compared_record(c) for c in d.bound_changes],
+        "fusions": [{**compared_record(f.compared), "compiled": f.compiled, "replaced_ops": list(f.replaced_ops),
+                     "eager_bytes": f.eager_bytes} for f in d.fusions],
     }

@@ -8,6 +8,7 @@ back), and never lets memwall's own trouble stop or change the user's run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -103,6 +104,11 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     * `link`: under torch.distributed, the interconnect roof for collectives: its bandwidth per
       direction in bytes/s (50e9) or {"bandwidth": 50e9, "name": "InfiniBand NDR"};
       $MEMWALL_LINK="bandwidth=50e9,name=InfiniBand NDR" does the same. Default: detected.
+    * `compiled`: what torch.compile'd code does while the profile is open. "compiled" (the
+      default): it runs compiled, each Inductor region one row with the ops it fused and their
+      eager counterfactual (what fusion saved). "eager": it runs eagerly
+      (`torch.compiler.set_stance("force_eager")` while the profile is open), every aten op its
+      own row, as the model would run uncompiled; it compiles as usual after.
     """
 
     #: the profile recording now: the innermost open one (the ones it was opened inside wait)
@@ -125,7 +131,13 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         link: Any = None,
         first_step: int = 0,
         memory: bool = True,
+        compiled: Literal["compiled", "eager"] = "compiled",
     ) -> None:
+        if compiled not in ("compiled", "eager"):
+            raise ValueError(f"compiled must be \"compiled\" (run torch.compile'd code compiled) or \"eager\" "
+                             f"(run it eagerly while recording), got {compiled!r}")
+        self.compiled = compiled
+        self._stance: contextlib.ExitStack | None = None
         if not isinstance(memory, bool):
             raise TypeError(f"memory must be True or False, got {memory!r}")
         if isinstance(first_step, bool) or not isinstance(first_step, int) or first_step < 0:
@@ -197,6 +209,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             self.sinks = self._make_sinks(idle)
             for sink in self.sinks:
                 sink.start(self)
+            if self.compiled == "eager":
+                self._stance = contextlib.ExitStack()
+                self._stance.enter_context(torch.compiler.set_stance("force_eager"))
             self._recorder.open(self.model, suspended=idle,
                                 on_optimizer_step=self._optimizer_stepped if self.step_on_optimizer else None)
         except BaseException:
@@ -303,6 +318,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         try:
             self._recorder.close()
         finally:
+            stance, self._stance = self._stance, None
+            if stance is not None:
+                stance.close()
             self._entered = False
             if profile._open is self:
                 profile._open = self._outer

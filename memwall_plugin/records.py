@@ -110,13 +110,16 @@ class ScoreFacts:
 class RegionFacts:
     """A region torch.compile (Inductor) compiled, run as one call: the aten ops it fused, as
     formulas see them (shapes from the compiled graph; value-dependent facts, a flex_attention
-    BlockMask, read from the run's inputs); `ops` None when they could not be sized. Two calls
-    compare equal by `key` (the region and those facts), not by the op list, which can be long."""
+    BlockMask, read from the run's inputs); `ops` None when they could not be sized. `eager`:
+    the ops an eager run would dispatch instead (EagerOp), None where the region's graph does
+    not say which ops Inductor decomposed (then its own ops stand for them). Two calls compare
+    equal by `key` (the region and those facts), not by the op lists, which can be long."""
 
-    __slots__ = ("key", "ops", "text")
+    __slots__ = ("eager", "key", "ops", "text")
 
-    def __init__(self, key: tuple[Any, ...], ops: tuple[OpCall, ...] | None, text: str) -> None:
-        self.key, self.ops, self.text = key, ops, text
+    def __init__(self, key: tuple[Any, ...], ops: tuple[OpCall, ...] | None, text: str,
+                 eager: tuple[EagerOp, ...] | None = None) -> None:
+        self.key, self.ops, self.text, self.eager = key, ops, text, eager
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RegionFacts) and self.key == other.key
@@ -126,6 +129,19 @@ class RegionFacts:
 
     def __repr__(self) -> str:
         return f"RegionFacts({self.text!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class EagerOp:
+    """One aten call an eager run of a compiled region would make, where the region has
+    `parts` instead: the op itself (one part, `traffic` None: counted as that call), or the
+    ops Inductor decomposed it into (layer norm into var_mean, sub, mul, ...), whose FLOPs are
+    those of the parts and whose `traffic` is what the eager op reads and writes: the parts'
+    inputs from outside them and their results used outside them."""
+
+    op: str  # "aten.native_layer_norm"
+    parts: tuple[OpCall, ...]
+    traffic: Traffic | None = None
 
 
 #: the key under which a call's ScoreFacts travel with its keyword arguments in a capture key

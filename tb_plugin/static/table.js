@@ -48,11 +48,28 @@ const PROJECTED = COLUMNS.filter((c) => !c.measured).map((c) => (c.key === 'time
     ]);
 const TEXT_KEYS = ['op', 'module', 'phase', 'bound', 'memory_level'];
 
-/** A row's tooltip: what identifies it (op, overload, shapes, dtype, module, phase). */
+/** A row's tooltip: what identifies it (op, overload, shapes, dtype, module, phase); a compiled
+ * region's also the ops it fused and what they would move run eagerly. */
 function describe(r) {
   const name = r.overload ? `${r.op}.${r.overload}` : r.op;
   const kernels = r.kernels && r.kernels.length ? `\nkernels: ${r.kernels.join(', ')}` : '';
-  return `${name} ${r.shapes} (${r.dtype}) · ${r.module || '(top level)'} · ${r.phase}${kernels}`;
+  return `${name} ${r.shapes} (${r.dtype}) · ${r.module || '(top level)'} · ${r.phase}${kernels}${fusion(r)}`;
+}
+
+/** What a compiled region fused, and what compiling saved: its eager counterfactual (the same ops
+ * run one by one), from the row's eager_ops. '' for any other row. */
+function fusion(r) {
+  if (!r.eager_ops || !r.eager_ops.length) return '';
+  const ops = r.eager_ops.map((o) => `${o.op.replace(/^aten\./, '')} ×${o.calls.toLocaleString()}`).join(', ');
+  return `\nfused ${r.eager_calls.toLocaleString()} eager op calls: ${ops}` +
+    `\neagerly they move ${si(r.eager_bytes, 'B')}; compiling saved ${si(r.fusion_saved_bytes, 'B')} (${saving(r)})`;
+}
+
+/** The bytes compiling saved as a signed share of the eager bytes ("−66.7%"). */
+function saving(r) {
+  if (!r.eager_bytes) return '';
+  const change = -r.fusion_saved_bytes / r.eager_bytes;
+  return `${change < 0 ? '−' : '+'}${Math.abs(change * 100).toFixed(1)}%`;
 }
 
 export class OperatorTable {
@@ -278,6 +295,12 @@ export class OperatorTable {
     const td = el('td', classes, column.text(r, this.total));
     td.dataset.key = column.key;
     if (column.key === 'time_s' && this.total) td.title = `${pct(r.time_s / this.total)} of the op time shown`;
+    if (column.key === 'bytes' && r.eager_ops && r.eager_ops.length && r.eager_bytes) {
+      // a compiled region: the traffic its fusion saved against the same ops run eagerly
+      td.appendChild(el('span', 'mw-fusion-saved', ` ${saving(r)}`));
+      td.title = `run eagerly, its ${r.eager_calls.toLocaleString()} fused op calls move ${si(r.eager_bytes, 'B')}: ` +
+        `compiling saved ${si(r.fusion_saved_bytes, 'B')} (${saving(r)})`;
+    }
     return td;
   }
 }
