@@ -85,6 +85,46 @@ class _Package(types.ModuleType):
 
 sys.modules[__name__].__class__ = _Package
 
+
+class _AfterTorch:
+    """A meta-path finder that, once torch has been imported, imports `hooks/compiled.py` (see
+    `_wrap_compiled_regions`), then takes itself off the path."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "torch":
+            return None
+        import importlib.machinery
+
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            try:
+                importlib.import_module("memwall_plugin.hooks.compiled")
+            except Exception:  # torch's import must not fail for memwall: a profile imports it again
+                pass
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def _wrap_compiled_regions() -> None:
+    """Regions torch.compile makes are wrapped from memwall's import on (`hooks/compiled.py`), so
+    a model compiled before a profile opens is seen whole in it. That module needs torch, which
+    reading reports never does: it is imported now if torch is loaded, else as soon as torch is."""
+    if "torch" in sys.modules:
+        importlib.import_module("memwall_plugin.hooks.compiled")
+    elif not any(isinstance(f, _AfterTorch) for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterTorch())
+
+
+_wrap_compiled_regions()
+
 __version__ = "0.1.0"
 
 __all__ = [
