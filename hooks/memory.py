@@ -46,6 +46,15 @@ class _Storage:
         self.freed: tuple[int, int] | None = None  # (step, op count) when torch freed it
 
 
+class _StorageRef(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference to a storage that knows its key: one object per storage whose death the
+    tracker hears of (a closure per storage was two more for the garbage collector to scan; a
+    decode's thousands of new storages a step then set off full collections)."""
+
+    __slots__ = ("key",)
+    key: int
+
+
 class StepMemory:
     """One recorded step: its peak, where, its breakdown, its timeline, per-module activations."""
 
@@ -150,6 +159,7 @@ class MemoryTracker:
         self.window = MemoryTotals()  # the open window's recorded steps
         self.run = MemoryTotals()  # the closed windows' recorded steps
         self._lock = threading.Lock()  # frees may come from autograd's or the allocator's threads
+        self._on_free = self._freed  # one bound method, shared by every storage's weak reference
         #: module -> [parameters, gradients, optimizer state] bytes alive now (steps keep the most)
         self.module_live: dict[str, list[int]] = {}
         self._param_modules: dict[int, str] = {}  # id(param) -> module
@@ -180,7 +190,8 @@ class MemoryTracker:
         s = self.step
         entry = _Storage(nbytes, nbytes // size if size else nbytes, cat, module,
                          s.step if s is not None else -1, s.index if s is not None else 0)
-        entry.ref = weakref.ref(st, self._freer(key))
+        ref = entry.ref = _StorageRef(st, self._on_free)
+        ref.key = key
         with self._lock:
             self.live[key] = entry
             self.bytes[cat] += nbytes
@@ -189,22 +200,20 @@ class MemoryTracker:
             self._own(module, cat, nbytes)
         return entry
 
-    def _freer(self, key: int) -> Any:
-        def freed(_ref: Any) -> None:
-            with self._lock:
-                entry = self.live.pop(key, None)
-                if entry is not None:
-                    step = self.step
-                    if step is not None:
-                        entry.freed = (step.step, step.index)
-                    if entry.cat <= OPTIMIZER_STATE:
-                        live = self.module_live.get(entry.module)
-                        if live is not None:
-                            live[entry.cat] -= entry.nbytes
-                    self.bytes[entry.cat] -= entry.nbytes
-                    self.elems[entry.cat] -= entry.elements
-
-        return freed
+    def _freed(self, ref: _StorageRef) -> None:
+        """A storage was freed (its weak reference's callback, on whichever thread freed it)."""
+        with self._lock:
+            entry = self.live.pop(ref.key, None)
+            if entry is not None:
+                step = self.step
+                if step is not None:
+                    entry.freed = (step.step, step.index)
+                if entry.cat <= OPTIMIZER_STATE:
+                    live = self.module_live.get(entry.module)
+                    if live is not None:
+                        live[entry.cat] -= entry.nbytes
+                self.bytes[entry.cat] -= entry.nbytes
+                self.elems[entry.cat] -= entry.elements
 
     def _move(self, entry: _Storage, cat: int, module: str) -> None:
         s = self.step
