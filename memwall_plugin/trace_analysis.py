@@ -45,6 +45,8 @@ __all__ = ["TraceError", "analyze_trace", "trace_files"]
 _BACKWARD_RANGE = "autograd::engine::evaluate_function:"
 _OPTIMIZER_RANGE = "Optimizer.step#"
 _STEP_RANGE = "ProfilerStep#"
+#: torch.utils.data.DataLoader's range around fetching a batch (its record_function)
+_DATALOADER_RANGE = "enumerate(DataLoader)#"
 _MODULE_RANGE = "nn.Module: "
 _DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 _LAUNCH_CATS = ("cuda_runtime", "cuda_driver", "hip_runtime", "hip_driver", "runtime")
@@ -229,8 +231,6 @@ class _Phases:
             if op is not None:
                 op.builds_graph = True
                 self.node_op[flow_id] = op
-        #: when ops that made an autograd node started: the forward has begun from the first
-        self.graph_starts = sorted(op.event.ts_us for op in self.node_op.values())
         self.backward_starts = sorted(e.ts_us for e in trace.events if e.name.startswith(_BACKWARD_RANGE))
         steps = sorted((e for e in trace.events if e.name.startswith(_STEP_RANGE)), key=lambda e: e.ts_us)
         self.steps = steps
@@ -272,19 +272,14 @@ class _Phases:
             return BACKWARD, ""
         if self.walk.modules:
             return OTHER, ""
-        # no module ranges (with_stack=False): what runs before the step's backward, once its
-        # forward has begun (an op made an autograd node since the step or the last backward
-        # began), is its forward; before that the step loads and prepares its batch (a Trainer's
-        # collate and token count), which memwall.profile, seeing no module, calls other
-        ts = op.event.ts_us
-        step = self.step_of(ts)
-        i = bisect.bisect_right(self.backward_starts, ts)
+        if any(a.name.startswith(_DATALOADER_RANGE) for a in ancestors):
+            return OTHER, ""  # the DataLoader fetching a batch (its collate's stack): data loading
+        # no module ranges (with_stack=False): what runs before the step's backward is its forward
+        # (a Trainer's token count there too: the trace cannot tell it from the model's first ops)
+        step = self.step_of(op.event.ts_us)
+        i = bisect.bisect_right(self.backward_starts, op.event.ts_us)
         before_backward = i == 0 or (step is not None and self.backward_starts[i - 1] < step.ts_us)
-        if not before_backward:
-            return OTHER, ""
-        since = max(step.ts_us if step is not None else -math.inf, self.backward_starts[i - 1] if i else -math.inf)
-        j = bisect.bisect_right(self.graph_starts, ts) - 1
-        return (FORWARD if j >= 0 and self.graph_starts[j] >= since else OTHER), ""
+        return (FORWARD if before_backward else OTHER), ""
 
     def _seeds_backward(self, op: _Op) -> bool:
         """A 0-dim ones_like just before autograd's first node runs: loss.backward()'s seed."""

@@ -103,16 +103,13 @@ def _assert_same_counts(report: memwall.Report, reference: memwall.Report) -> No
     got = _by_op_phase(report, IN_PLACE_UNDER_MODE)
     want = _by_op_phase(reference)
     assert {k for k, v in got.items() if v[0] is None} == set(), "every op of this step has its inputs recorded"
-    # what moves nothing is left out: a view of the input ids before the model's first op that
-    # makes an autograd node is forward to memwall.profile (inside the model) and other to a trace
-    # without module ranges (where a Trainer's collate and token count run)
-    assert {k: v for k, v in got.items() if v != (0, 0)} == {k: v for k, v in want.items() if v != (0, 0)}
+    assert got == want
 
 
 def test_trace_counts_equal_memwall_profile(recorded: dict[str, Any]) -> None:
     report = memwall.analyze_trace(recorded["plain"])
     _assert_same_counts(report, recorded["reference"])
-    assert {r.phase for r in report.rows if r.flops or r.bytes} == {"forward", "backward", "optimizer"}
+    assert {r.phase for r in report.rows} == {"forward", "backward", "optimizer"}
     assert report.uncounted == ()
 
 
@@ -366,10 +363,12 @@ class _TorchProfilerCallback(transformers.TrainerCallback):  # type: ignore[misc
 def test_a_trainer_trace_counts_as_memwall_counts_the_same_step(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """The third Trainer step, traced by torch.profiler in one run and recorded by memwall's own
-    Trainer callback in another (same seed, data and model): the same FLOPs and bytes per (op,
-    phase), the data loading and token counting before the forward included (other, not forward),
-    except the bytes of the calls the report says it took as float32 (a trace has no dtype for
-    a tensor list: the int64 batches the collate stacks)."""
+    Trainer callback in another (same seed, data and model): the same FLOPs and bytes per op in
+    backward and the optimizer, and per op over the rest of the step, except the bytes of the
+    calls the report says it took as float32 (a trace has no dtype for a tensor list: the int64
+    batches the collate stacks). Without module ranges a trace cannot tell the Trainer's token
+    count from the model's first ops, so forward and other are compared together; the batch the
+    DataLoader fetches is other in both."""
     from memwall_plugin.integrations.transformers import MemwallCallback
 
     _trainer_run(_TorchProfilerCallback(tmp_path / "tb"), tmp_path / "a")
@@ -384,7 +383,8 @@ def test_a_trainer_trace_counts_as_memwall_counts_the_same_step(tmp_path: Path,
     def costs(rep: memwall.Report) -> dict[tuple[str, str], tuple[int, int]]:
         out: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
         for r in rep.rows:
-            slot = out[(IN_PLACE_UNDER_MODE.get((r.op, r.phase), r.op), r.phase)]
+            phase = "forward or other" if r.phase in ("forward", "other") else r.phase
+            slot = out[(IN_PLACE_UNDER_MODE.get((r.op, r.phase), r.op), phase)]
             slot[0] += r.flops or 0
             slot[1] += r.bytes
         return {k: (f, b) for k, (f, b) in out.items() if f or b}  # views and detaches move nothing
@@ -397,8 +397,9 @@ def test_a_trainer_trace_counts_as_memwall_counts_the_same_step(tmp_path: Path,
     assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in want.items()}
     differing = {k for k in got if got[k][1] != want[k][1]}
     assert differing and {op for op, _ in differing} <= set(assumed)
-    assert ("aten.stack", "other") in differing  # the collate's int64 batch, before the forward
-    assert ("aten.ne", "other") in want and ("aten.ne", "other") in got  # the Trainer's token count
+    assert ("aten.stack", "forward or other") in differing  # the collate's int64 batch
+    stacks = {r.phase for r in report.rows if r.op == "aten.stack" and r.bytes}
+    assert stacks == {"other"} and stacks == {r.phase for r in reference.rows if r.op == "aten.stack" and r.bytes}
     # the CLI says so, and the tab's banner reads the same record
     assert main(["analyze", str(tmp_path / "tb"), "--top", "3"]) == 0
     err = capsys.readouterr().err

@@ -279,7 +279,10 @@ FLOPS_FROM_PARTS = {"aten.native_layer_norm_backward", "aten._safe_softmax", "at
 #: - clone: the traced graph copies attention operands that the eager run's matmul reads as views
 #: - layer norm, decomposed: its mean and rstd, which the graph keeps for backward as its parts'
 #:   intermediates, do not count as written; tril (the causal mask), decomposed, reads an iota
-ITEMISED = FLOPS_FROM_PARTS | {"aten.native_layer_norm", "aten.tril",
+#: - transformers before 4.46 (the oldest pin, 4.40): the loss shifts the logits by a slice and
+#:   copies them contiguous; eager's slice_backward is Inductor's slice_scatter and a copy_
+ITEMISED = FLOPS_FROM_PARTS | {"aten.native_layer_norm", "aten.tril", "aten.slice_backward", "aten.slice_scatter",
+    "aten.copy_",
     "aten.native_dropout", "aten.native_dropout_backward", "aten.bernoulli_", "aten.div_", "aten.mul",
     "aten.mm", "aten.add",
     "aten.nll_loss_forward", "aten.nll_loss_backward", "aten.eq", "aten.arange", "aten.zeros",
