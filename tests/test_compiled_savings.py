@@ -269,8 +269,8 @@ def _by_op(rep: memwall.Report) -> dict[str, list[int]]:
 #: why (each checked below to stay as small as it is):
 #: - ops Inductor decomposed: FLOPs counted from the parts (var_mean, sub, exp, ...), which the
 #:   registry counts apart from the whole op's formula; their bytes are the eager op's exactly
-FLOPS_FROM_PARTS = {"aten.native_layer_norm_backward", "aten._safe_softmax", "aten._softmax_backward_data",
-                    "aten._log_softmax", "aten.embedding_dense_backward"}
+FLOPS_FROM_PARTS = {"aten.native_layer_norm_backward", "aten._safe_softmax", "aten._softmax",
+                    "aten._softmax_backward_data", "aten._log_softmax", "aten.embedding_dense_backward"}
 #: - dropout: eager on CPU runs bernoulli_, div_ and mul; the traced graph native_dropout
 #: - the tied embedding's gradient: Inductor fuses lm_head's weight-gradient mm and the add of the
 #:   two gradients into one addmm (its FLOPs move from mm to add, their sum unchanged)
@@ -345,7 +345,10 @@ def test_compiled_gpt2_step_same_flops_fewer_bytes_same_bits_no_recompile(fresh_
           {op: [a - b for a, b in zip(by_compiled.get(op, [0, 0]), by_eager.get(op, [0, 0]), strict=True)]
            for op in sorted(differ)})
     assert differ <= ITEMISED, differ - ITEMISED
-    assert all(by_compiled[op][1] == by_eager[op][1] for op in FLOPS_FROM_PARTS)
+    # the softmax the model runs depends on transformers' attention (SDPA's _safe_softmax, or the
+    # eager attention's _softmax in 4.40): the ones this run has
+    present = FLOPS_FROM_PARTS & by_eager.keys()
+    assert present and all(by_compiled[op][1] == by_eager[op][1] for op in present)
     cf_flops, cf_bytes = (sum(v[i] for v in by_compiled.values()) for i in (0, 1))
     eager_flops, eager_bytes = (sum(v[i] for v in by_eager.values()) for i in (0, 1))
     assert abs(cf_bytes - eager_bytes) <= 0.01 * eager_bytes, (cf_bytes, eager_bytes)
