@@ -236,23 +236,12 @@ class Recorder:
     def step_totals(self, table: Table, wall: float) -> StepTotals:
         """This step's totals from its table: each signature's counts come from the analysis
         cache the report's rows are built from (analysed once, reused there)."""
-        of, totals = self.analyses.of, self.analyses.totals
+        totals = self.analyses.totals  # each entry's analysis is remembered on it (AnalysisCache.of)
         flops = nbytes = 0
         time_ns = counted_ns = 0
         for e in table.values():
-            if e.bucket is None:  # totals(e), inlined for the common case: this runs every step
-                found = of(e)
-                if found.ignored:  # a marker that computes nothing: in no row
-                    continue
-                n, per_call = e.calls, found.counted.flops
-                time_ns += e.time_ns
-                if per_call is not None:
-                    flops += per_call * n
-                    nbytes += (found.bytes_read + found.bytes_written) * n
-                    counted_ns += e.time_ns
-                continue
             t = totals(e)
-            if t is None:
+            if t is None:  # a marker that computes nothing: in no row
                 continue
             time_ns += e.time_ns
             if t.flops is not None:
