@@ -686,8 +686,10 @@ class Capture:
             self.tracker.remove()
 
     def take(self) -> dict[Any, CaptureEntry]:
-        """Hand over the table recorded so far and start a new one (GPU times resolved)."""
+        """Hand over the table recorded so far and start a new one (GPU times resolved, reuse
+        distances worked out)."""
         self.resolve_events()
+        self.residency.flush()
         table, self.table = self.table, {}
         self._bucket_memo.clear()  # growing shapes rarely come back in a later step
         return table

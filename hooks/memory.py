@@ -153,6 +153,7 @@ class MemoryTracker:
         self.tracker = tracker  # hooks/modules.py's ModuleTracker: module paths, phases
         self.live: dict[int, _Storage] = {}
         self.bytes = [0] * _N
+        self.total = 0  # sum(self.bytes), kept as they change: read after every op
         self.elems = [0] * _N
         self.step: StepMemory | None = None
         self.last: StepMemory | None = None  # the last recorded step
@@ -182,6 +183,10 @@ class MemoryTracker:
             if cat < entry.cat:
                 self._move(entry, cat, module)
             return entry
+        return self._new(t, st, key, cat, module)
+
+    def _new(self, t: Any, st: Any, key: int, cat: int, module: str) -> _Storage:
+        """A storage not seen before (`st`, keyed `key`, holding `t`'s data)."""
         nbytes = st.nbytes()
         try:
             size = t.element_size()
@@ -196,6 +201,7 @@ class MemoryTracker:
             self.live[key] = entry
             self.bytes[cat] += nbytes
             self.elems[cat] += entry.elements
+            self.total += nbytes
         if cat <= OPTIMIZER_STATE:
             self._own(module, cat, nbytes)
         return entry
@@ -214,6 +220,7 @@ class MemoryTracker:
                         live[entry.cat] -= entry.nbytes
                 self.bytes[entry.cat] -= entry.nbytes
                 self.elems[entry.cat] -= entry.elements
+                self.total -= entry.nbytes
 
     def _move(self, entry: _Storage, cat: int, module: str) -> None:
         s = self.step
@@ -358,21 +365,24 @@ class MemoryTracker:
     # -- each op --------------------------------------------------------------------------------
     def after_op(self, args: tuple[Any, ...], out: Any, phase: str, entry: Any, module: str) -> None:
         live = self.live
-        for a in args:
-            if isinstance(a, _Tensor):
-                st = _storage_of(a)
-                if st is not None and storage_key(st) not in live:
-                    self._add(a, OTHER, "")
+        tensors = [a for a in args if isinstance(a, _Tensor)]
         if isinstance(out, _Tensor):
-            st = _storage_of(out)
-            if st is not None and storage_key(st) not in live:
-                self._add(out, OTHER, "")
+            tensors.append(out)
         elif isinstance(out, (tuple, list)):
-            for o in out:
-                if isinstance(o, _Tensor):
-                    st = _storage_of(o)
-                    if st is not None and storage_key(st) not in live:
-                        self._add(o, OTHER, "")
+            tensors += [o for o in out if isinstance(o, _Tensor)]
+        for t in tensors:
+            if type(t) is _Tensor:  # the common case, without _storage_of's checks
+                try:
+                    st = t.untyped_storage()
+                except (RuntimeError, NotImplementedError):  # sparse, nested without storage
+                    continue
+            else:
+                st = _storage_of(t)
+                if st is None:
+                    continue
+            key = storage_key(st)
+            if key not in live:
+                self._new(t, st, key, OTHER, "")
         s = self.step
         if s is None:
             return
@@ -382,7 +392,7 @@ class MemoryTracker:
                 s.save_pending = False
             s.forward_ops.append((module, entry))
         values = self.bytes
-        total = sum(values)
+        total = self.total
         if total > s.peak:
             s.peak = total
             s.peak_by_cat, s.peak_elems = list(values), list(self.elems)
@@ -509,10 +519,13 @@ def trailing_flops(s: StepMemory, flops_of: Any) -> dict[str, int]:
     out: dict[str, int] = {}
     closed: set[str] = set()
     ops, saving, input_saving = s.forward_ops, s.saving_ops, s.input_saving_ops
+    prefixes_of: dict[str, list[str]] = {}  # a module's path and its parents' (ops repeat modules)
     for i in range(len(ops) - 1, -1, -1):
         module, entry = ops[i]
-        parts = module.split(".") if module else []
-        prefixes = [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+        prefixes = prefixes_of.get(module)
+        if prefixes is None:
+            parts = module.split(".") if module else []
+            prefixes = prefixes_of[module] = [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
         open_ = [p for p in prefixes if p not in closed]
         if not open_:
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -76,19 +77,23 @@ def test_reuse_distance_by_hand():
     x, y = torch.ones(64 * KIB // 4), torch.ones(64 * KIB // 4)  # 64 KiB each
     seen: dict[int, int] = {}
     r.observe((x,), x, seen)  # first touch: cold; the in-place output is where its input was
+    r.flush()
     assert seen == {COLD: 2 * 64 * KIB}
     seen.clear()
     r.observe((x,), x, seen)  # touched again at once: its own 64 KiB
+    r.flush()
     assert seen == {reuse_bucket(64 * KIB): 2 * 64 * KIB}
     seen.clear()
     r.observe((y,), None, seen)
     r.observe((x, y), None, seen)  # x: y's 64 KiB since, plus its own; y: x's just now, plus its own
+    r.flush()
     assert seen == {COLD: 64 * KIB, reuse_bucket(128 * KIB): 2 * 64 * KIB}
     # a list is walked tensor by tensor, as foreach ops do: 100 tensors of 64 KiB, twice
     many = [torch.ones(64 * KIB // 4) for _ in range(100)]
     r.observe((many,), None, {})
     again: dict[int, int] = {}
     r.observe((many,), None, again)
+    r.flush()
     assert again == {reuse_bucket(100 * 64 * KIB): 100 * 64 * KIB}  # 6.25 MiB: bucket 2**23
     assert reuse_bucket(1) == 0 and reuse_bucket(2 * MIB) == 21 and reuse_bucket(2 * MIB + 1) == 22
 
@@ -227,3 +232,77 @@ def test_the_summary_names_the_level_and_findings_say_what_bounds_cached_updates
     (finding,) = [f for f in findings(rep) if "optimizer" in f]
     # add_ takes the larger share of the time: the level that serves most of it is named
     assert "they run from L2 at 101 GB/s: bound by the L2, not DRAM" in finding
+
+
+def _reuse_by_hand(calls: list[tuple[list[torch.Tensor], dict[int, int]]], horizon: int) -> None:
+    """The reuse histogram the slow way, one touch at a time: a dict of each address's last touch."""
+    clock, last = 0, {}
+    for tensors, into in calls:
+        here: dict[int, int] = {}
+        for t in tensors:
+            address, size = t.data_ptr(), t.nbytes
+            if address in here:  # again in one call (an in-place output): where it was
+                bucket = here[address]
+            else:
+                footprint = clock - last[address] + size if address in last else None
+                bucket = COLD if footprint is None or footprint > horizon else reuse_bucket(footprint)
+                clock += size
+                last[address] = clock
+                here[address] = bucket
+            into[bucket] = into.get(bucket, 0) + size
+
+
+@pytest.mark.parametrize("flush_at", [1, 7, 1 << 16])
+def test_reuse_worked_out_in_bulk_matches_touch_by_touch(monkeypatch, flush_at):
+    """Random calls over a pool of tensors (views at a shared address, lists, in-place outputs),
+    worked out in bulk across flushes, against a touch-by-touch count: equal exactly, also with
+    a horizon small enough that some touches fall beyond it."""
+    import random
+
+    from memwall_plugin.hooks import residency
+
+    monkeypatch.setattr(residency, "FLUSH_AT", flush_at)
+    monkeypatch.setattr(residency, "HORIZON", 3000)
+    rng = random.Random(0)
+    base = [torch.ones(rng.choice([1, 3, 16, 100, 250])) for _ in range(12)]
+    pool = base + [b[: max(1, len(b) // 2)] for b in base[:4]]  # views: the same address, fewer bytes
+    r = residency.Residency()
+    calls: list[tuple[list[torch.Tensor], dict[int, int]]] = []
+    mine: list[dict[int, int]] = []
+    for _ in range(400):
+        args: tuple[Any, ...] = tuple(rng.sample(pool, rng.randint(0, 3)))
+        if rng.random() < 0.2:
+            args = (list(args), 2.0)  # a foreach op's list, and a scalar
+        out: Any = rng.choice([None, args[0] if args and isinstance(args[0], torch.Tensor) else None,
+                               rng.choice(pool), [rng.choice(pool), rng.choice(pool)]])
+        flat = [t for a in args for t in (a if isinstance(a, list) else [a]) if isinstance(t, torch.Tensor)]
+        flat += out if isinstance(out, list) else [out] if out is not None else []
+        calls.append((flat, {}))
+        mine.append({})
+        r.observe(args, out, mine[-1])
+    r.flush()
+    _reuse_by_hand(calls, 3000)
+    assert mine == [into for _, into in calls]
+    assert any(COLD in m for m in mine[100:]) and any(b != COLD for m in mine for b in m)
+
+
+def test_reuse_forgetting_addresses_reads_cold_never_warmer(monkeypatch):
+    """Past CARRIED remembered addresses the oldest are forgotten: a touch of one reads cold,
+    never a faster level than the truth."""
+    from memwall_plugin.hooks import residency
+
+    monkeypatch.setattr(residency, "FLUSH_AT", 5)
+    monkeypatch.setattr(residency, "CARRIED", 3)
+    pool = [torch.ones(8) for _ in range(10)]
+    r = residency.Residency()
+    calls, mine = [], []
+    for i in range(200):
+        t = pool[(i * 7) % 10]
+        calls.append(([t], {}))
+        mine.append({})
+        r.observe((t,), None, mine[-1])
+    r.flush()
+    _reuse_by_hand(calls, residency.HORIZON)
+    truth = [into for _, into in calls]
+    assert all(m == t or set(m) == {COLD} for m, t in zip(mine, truth))
+    assert sum(m != t for m, t in zip(mine, truth)) > 0  # some were forgotten
