@@ -8,9 +8,11 @@ with every op 1.5x slower: `tests/torchrun_job.py`'s `replicate_ranks`), then ti
 (a fresh process or a fresh plugin each run, the files in the page cache):
 
 * `memwall report LOGDIR` as a user runs it, a fresh process (its imports included) printing
-  the job view: the first read of a job (every report read and checked in full; the ranks'
-  heads then cached beside them, `memwall_plugin/rankheads.py`) and a later one (the heads
-  read from that cache, the shown rank's report in full);
+  the job view: the first read of a job whose ranks left their heads when they saved (as a
+  torch.distributed job under memwall does), the first read of copies without them (every
+  report read and checked in full; the ranks' heads then cached beside them,
+  `memwall_plugin/rankheads.py`) and a later one (the heads read from that cache, the shown
+  rank's report in full);
 * the tab's `/ranks`: a fresh plugin's `ranks_impl` (scan, heads, spread), first read and later.
 
 Prints the best and the median of `--runs` runs of each. Not a test: the figures depend on the
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from memwall_plugin.tb_plugin.plugin import MemwallPlugin  # noqa: E402
 from torchrun_job import SAMPLE, replicate_ranks, torchrun  # noqa: E402
 
-from memwall_plugin.rankheads import SIDECAR  # noqa: E402
+from memwall_plugin.rankheads import HEADS_DIR, SIDECAR  # noqa: E402
 
 
 def real_run(where: Path) -> Path:
@@ -65,14 +67,25 @@ def main() -> int:
         source_run = args.source or real_run(base)
         (source,) = (source_run / "plugins" / "memwall").glob("rank1_*.json")
         print(f"rank reports of {source.stat().st_size / 1e3:.0f} kB each; best / median of {args.runs} "
-              "(first read: no heads cached; later: cached)")
+              "(first read: no sidecar yet; later: the sidecar the first read wrote)")
         for ranks in args.ranks:
             run = base / f"logdir{ranks}" / "job"
-            folder = replicate_ranks(source, run, ranks, straggler=ranks // 2 + 1)
+            folder = replicate_ranks(source, run, ranks, straggler=ranks // 2 + 1, heads=True)
             sidecar = folder / SIDECAR
+            left = folder / HEADS_DIR
+            put_aside = folder.parent / "heads-aside"
 
             def forget(sidecar: Path = sidecar) -> None:
                 sidecar.unlink(missing_ok=True)
+
+            def forget_all(sidecar: Path = sidecar, left: Path = left, put_aside: Path = put_aside) -> None:
+                sidecar.unlink(missing_ok=True)
+                if left.exists():
+                    left.rename(put_aside)
+
+            def restore(left: Path = left, put_aside: Path = put_aside) -> None:
+                if put_aside.exists():
+                    put_aside.rename(left)
 
             def cli(run: Path = run) -> None:
                 subprocess.run([sys.executable, "-m", "memwall_plugin.cli", "report", str(run)], check=True,
@@ -82,9 +95,11 @@ def main() -> int:
                 MemwallPlugin(SimpleNamespace(logdir=str(run.parent))).ranks_impl({"run": "job"})
 
             for name, fn in (("CLI: memwall report, a fresh process", cli), ("tab: /ranks, a fresh plugin", tab)):
-                for when, before in (("first read", forget), ("later", lambda: None)):
+                for when, before in (("first read, heads the ranks left", forget),
+                                     ("first read, copies without heads", forget_all), ("later", restore)):
                     times = timed(fn, args.runs, before)
-                    print(f"  {ranks:>5,} ranks  {name:<38} {when:<11} {min(times):6.2f} s / "
+                    restore()
+                    print(f"  {ranks:>5,} ranks  {name:<38} {when:<33} {min(times):6.2f} s / "
                           f"{statistics.median(times):6.2f} s")
     return 0
 

@@ -12,6 +12,11 @@ as ever, and the entry written anew. A report shown in full is always read in fu
 
 The sidecar is written only for runs of more than `CACHE_ABOVE` windows (a small run reads in
 milliseconds) and never where it cannot be (a read-only logdir just reads in full each time).
+
+A rank of a torch.distributed job also writes its own head when it saves a window,
+`plugins/memwall/.heads/<window file>` (`write_file_head`), under the stamp of the file it just
+wrote and the same digest: the first read of a job memwall wrote reads a thousand small heads,
+not a thousand reports. A head whose file was changed since, or is gone, is not used.
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ if TYPE_CHECKING:
     from memwall_plugin.report import Report
 
 SIDECAR = ".heads.json"
+#: the folder beside the report files where each rank's window leaves its head
+HEADS_DIR = ".heads"
+FILE_HEAD_FORMAT = "memwall-head"
 FORMAT = "memwall-heads"
 VERSION = 1
 #: above this many windows in a run directory, readers keep the sidecar
@@ -107,6 +115,39 @@ def _head(data: Any) -> RankHead:
                           dataclass_fields(RankHead, ("headline",)))
     return RankHead(**fields, headline=Headline(**check_object("head.headline", data["headline"],
                                                                dataclass_fields(Headline))))
+
+
+def write_file_head(path: Path, report: Report) -> None:
+    """Leave `report`'s head beside its file at `path` (just written), under that file's stamp;
+    a failure (a full disk, a read-only folder) leaves none: readers then read the file in full."""
+    stamp = file_stamp(path)
+    if stamp is None:
+        return
+    try:
+        text = json.dumps({"format": FILE_HEAD_FORMAT, "version": VERSION, "code": code_digest(),
+                           "stamp": list(stamp), "head": _record(head_of(report))},
+                          separators=(",", ":"), allow_nan=False)
+        folder = path.parent / HEADS_DIR
+        folder.mkdir(exist_ok=True)
+        write_bytes_atomically(folder / path.name, text.encode())
+    except (OSError, ValueError):
+        return
+
+
+def file_head(path: Path, stamp: Stamp) -> RankHead | None:
+    """The head the rank left for the report file at `path` when it wrote it, if that file's
+    stamp is still `stamp` and the head is this memwall's and whole; else None."""
+    try:
+        data = json.loads((path.parent / HEADS_DIR / path.name).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != FILE_HEAD_FORMAT or data.get("version") != VERSION \
+            or data.get("code") != code_digest() or data.get("stamp") != list(stamp):
+        return None
+    try:
+        return _head(data.get("head"))
+    except (FieldError, TypeError, ValueError):
+        return None
 
 
 Key = tuple[str, ...]  # the file names of a rank's windows, sorted

@@ -20,7 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from memwall_plugin.kineto import TRACE_SUFFIXES
-from memwall_plugin.rankheads import CACHE_ABOVE, HeadCache, LazyRanks, RankHead, file_stamp, head_of, rank_heads
+from memwall_plugin.rankheads import (
+    CACHE_ABOVE,
+    HeadCache,
+    LazyRanks,
+    RankHead,
+    file_head,
+    file_stamp,
+    head_of,
+    rank_heads,
+    write_file_head,
+)
 from memwall_plugin.report import Report, ReportError, load_report, merge_reports
 from memwall_plugin.validation import Stamp
 
@@ -108,6 +118,10 @@ def read_jobs(windows: Sequence[Window], load: Callable[[Window], Report],
     for w in windows:
         stamp = file_stamp(w.path)  # before the read: a file changed meanwhile is read again next time
         head = cache.get((w.path.name,), (stamp,)) if cache is not None and stamp is not None else None
+        if head is None and stamp is not None:  # the head its rank left when it wrote the file
+            head = file_head(w.path, stamp)
+            if head is not None and cache is not None:
+                cache.put((w.path.name,), (stamp,), head)
         if head is None:
             try:
                 report = read[w] = load(w)
@@ -204,22 +218,30 @@ class RunDir:
         directory.mkdir(parents=True, exist_ok=True)
         staged = report.save(directory / f".{name}.{os.getpid()}.staged")
         stem = name.removesuffix(".json")
+        published = None
         try:
             for attempt in range(_MAX_SUFFIX):
                 candidate = directory / (name if attempt == 0 else f"{stem}.{attempt}.json")
                 try:
                     os.link(staged, candidate)
-                    return candidate
+                    published = candidate
+                    break
                 except FileExistsError:
                     continue
                 except OSError:  # a filesystem without hard links: check, then rename
                     if candidate.exists():
                         continue
                     os.replace(staged, candidate)
-                    return candidate
-            raise FileExistsError(f"{directory} already holds {_MAX_SUFFIX:,} reports named {stem}.*.json")
+                    published = candidate
+                    break
+            else:
+                raise FileExistsError(f"{directory} already holds {_MAX_SUFFIX:,} reports named {stem}.*.json")
         finally:
             staged.unlink(missing_ok=True)
+        assert published is not None
+        if report.world_size > 1:  # a job's rank: its head for the job views (after the unlink: its stamp)
+            write_file_head(published, report)
+        return published
 
     # -- reading ---------------------------------------------------------------------------------
     def windows(self) -> tuple[Window, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -93,7 +94,8 @@ def test_publish_never_overwrites_and_leaves_nothing_staged(tmp_path):
     paths = [store.publish(_report(job)) for job in ("a", "b", "c")]
     assert [p.name for p in paths] == ["rank0_steps000000-000000.json", "rank0_steps000000-000000.1.json",
                                        "rank0_steps000000-000000.2.json"]
-    assert sorted(p.name for p in store.reports.iterdir()) == sorted(p.name for p in paths)
+    assert sorted(p.name for p in store.reports.iterdir()) == sorted([".heads", *(p.name for p in paths)])
+    assert sorted(p.name for p in (store.reports / ".heads").iterdir()) == sorted(p.name for p in paths)
     assert [memwall.load_report(p).job for p in paths] == ["a", "b", "c"]
     assert window_name(3, (5, 6, 9)) == "rank3_steps000005-000009.json"
     with pytest.raises(ValueError, match="without recorded steps"):
@@ -155,6 +157,7 @@ def test_a_large_jobs_heads_are_cached_and_equal_the_reports_read_in_full(tmp_pa
     store, _ = _many_ranks(tmp_path)
     (full,) = group_jobs(store.load())  # every file read and merged: the ground truth
     truth = [rankheads.head_of(full.ranks[r]) for r in sorted(full.ranks)]
+    shutil.rmtree(store.reports / rankheads.HEADS_DIR)  # files copied without the heads their ranks left
     read: list[str] = []
     load = memwall.load_report
 
@@ -177,6 +180,42 @@ def test_a_large_jobs_heads_are_cached_and_equal_the_reports_read_in_full(tmp_pa
     monkeypatch.setattr(rankheads, "code_digest", lambda: "another memwall")
     read.clear()
     assert rundir.RunDir(store.root).jobs(load=counting)[0].heads == truth and len(read) == 21
+
+
+def test_each_rank_leaves_its_head_and_a_first_read_uses_it(tmp_path):
+    """The heads a job's ranks left when they saved: a first read (no sidecar yet) reads only
+    what no head covers (rank 3's two windows, merged); a file changed since is read in full."""
+    from memwall_plugin import rankheads
+
+    store, base = _many_ranks(tmp_path)
+    heads_dir = store.reports / rankheads.HEADS_DIR
+    assert sorted(p.name for p in heads_dir.iterdir()) == sorted(w.path.name for w in store.windows())
+    (full,) = group_jobs(store.load())
+    truth = [rankheads.head_of(full.ranks[r]) for r in sorted(full.ranks)]
+    read: list[str] = []
+    load = memwall.load_report
+
+    def counting(window):
+        read.append(window.path.name)
+        return load(window.path)
+
+    (job,) = store.jobs(load=counting)
+    assert job.heads == truth
+    assert sorted(read) == sorted(w.path.name for w in store.windows() if w.rank == 3)
+    # rank 9 rewritten four times as slow by other means: its head no longer matches its file
+    (path,) = store.reports.glob("rank9_*.json")
+    slow = tuple(dataclasses.replace(r, time_s=r.time_s * 4) for r in base.rows)
+    dataclasses.replace(base, rank=9, world_size=20, job="big", rows=slow).save(path)
+    (store.reports / rankheads.SIDECAR).unlink()
+    read.clear()
+    (job,) = store.jobs(load=counting)
+    assert path.name in read and len(read) == 3
+    heads = {h.rank: h.headline for h in job.heads}
+    assert heads[9].time_s == pytest.approx(4 * heads[0].time_s)
+    # a process that is no rank of a job leaves no head
+    single = RunDir(tmp_path / "single")
+    single.publish(dataclasses.replace(base, world_size=1))
+    assert not (single.reports / rankheads.HEADS_DIR).exists()
 
 
 def test_a_changed_report_is_read_again_and_its_head_changes(tmp_path):

@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from memwall_plugin.rankheads import write_file_head
+from memwall_plugin.report import Report
+
 SAMPLE = Path(__file__).parent.parent / "samples" / "ddp_train.py"
 
 
@@ -28,10 +31,11 @@ def torchrun(*args: str, cwd: Path, timeout: float = 90) -> subprocess.Completed
 
 
 def replicate_ranks(source: Path, logdir: Path, ranks: int, straggler: int, slower: float = 1.5,
-                    per_node: int = 8) -> Path:
+                    per_node: int = 8, heads: bool = False) -> Path:
     """A job of `ranks` ranks made from one real rank's report file: each rank a copy of it (its
     rank, world size and place: `per_node` ranks on each host "node<N>"), the `straggler`'s op
-    times scaled by `slower`. Returns the run directory's report folder."""
+    times scaled by `slower`; with `heads`, each file's head beside it, as a rank that saved it
+    leaves one (memwall_plugin/rankheads.py). Returns the run directory's report folder."""
     data = json.loads(source.read_text())
     out = logdir / "plugins" / "memwall"
     out.mkdir(parents=True, exist_ok=True)
@@ -42,7 +46,10 @@ def replicate_ranks(source: Path, logdir: Path, ranks: int, straggler: int, slow
         copy = {**data, "meta": meta}
         if rank == straggler:
             copy["rows"] = [{**r, "time_s": r["time_s"] * slower} for r in data["rows"]]
-        (out / f"rank{rank}_{name}").write_text(json.dumps(copy))
+        path = out / f"rank{rank}_{name}"
+        path.write_text(json.dumps(copy))
+        if heads:
+            write_file_head(path, Report.from_dict(copy))
     return out
 
 
