@@ -114,12 +114,26 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture(autouse=True)
-def _hermetic_environment(monkeypatch, tmp_path_factory) -> None:
-    """Tests never read the developer's calibration cache or device overrides, and do not
-    measure the machine on their first profile (tests of that turn it back on)."""
+def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     monkeypatch.setenv("MEMWALL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "empty-cache"))
     monkeypatch.setenv("MEMWALL_CALIBRATE", "0")
     monkeypatch.delenv("MEMWALL_DEVICE", raising=False)
     monkeypatch.delenv("MEMWALL_PEAKS", raising=False)
     monkeypatch.delenv("MEMWALL_LINK", raising=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _hermetic_session(tmp_path_factory) -> Iterator[None]:
+    """The same for module- and session-scoped fixtures (a TensorBoard logdir made once for a
+    module's tests), which are made before any test's own fixtures: a calibration the developer
+    ran must not turn the tab's estimated roofs into calibrated ones."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _hermetic(monkeypatch, tmp_path_factory)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_environment(monkeypatch, tmp_path_factory) -> None:
+    """Tests never read the developer's calibration cache or device overrides, and do not
+    measure the machine on their first profile (tests of that turn it back on)."""
+    _hermetic(monkeypatch, tmp_path_factory)

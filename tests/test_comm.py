@@ -285,7 +285,9 @@ def test_a_second_run_into_the_same_directory_never_overwrites(tmp_path):
     second = RunDir(tmp_path).publish(dataclasses.replace(rep, wall_time_s=0.5, job="job-2"))
     assert (first.name, second.name) == ("rank0_steps000000-000001.json", "rank0_steps000000-000001.1.json")
     assert memwall.load_report(first).wall_time_s == 0.02 and memwall.load_report(second).wall_time_s == 0.5
-    assert {p.name for p in first.parent.iterdir()} == {first.name, second.name}  # nothing staged left
+    # nothing staged left; the ranks' heads beside them (a rank of a job leaves one per file)
+    assert {p.name for p in first.parent.iterdir()} == {first.name, second.name, ".heads"}
+    assert {p.name for p in (first.parent / ".heads").iterdir()} == {first.name, second.name}
     windows = scan(tmp_path)["."].windows
     assert [(w.rank, w.first_step, w.last_step) for w in windows] == [(0, 0, 1), (0, 0, 1)]
 
