@@ -479,7 +479,7 @@ class _CaptureMode(UncompiledDispatchMode):
             inputs = args[1] if len(args) > 1 and isinstance(args[1], list) else []
             key = (opaque(args[0]), tuple([signature(t) for t in inputs]))
             with unrecorded():  # sizing its graph runs ops (on fake tensors): memwall's own work
-                region = (key, region_facts(args, kwargs), device_of(tuple(inputs), None))
+                region: tuple[Any, ...] = (key, region_facts(args, kwargs), device_of(tuple(inputs), None))
         except Exception as err:
             capture.fail(err, func)
             return func(*args, **kwargs)

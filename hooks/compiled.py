@@ -365,22 +365,23 @@ def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[An
     left_eager: list[EagerOp] = []
     if grouped is not None:
         eager = [[] for _ in runs]
-        for op, names in grouped:
-            k = next((owner[n] for n in names if n in owner), None)
-            (left_eager if k is None else eager[k]).append(op)
+        for eager_op, members in grouped:
+            at = next((owner[n] for n in members if n in owner), None)
+            (left_eager if at is None else eager[at]).append(eager_op)
     kernels = []
     for k, (name, reads, writes, _) in enumerate(runs):
-        listed = list(dict.fromkeys(c.op.removeprefix("aten.") for c in ops[k]))
-        text = f"kernel {name}: " + (f"{len(ops[k])} ops ({', '.join(listed[:4])}{', ...' if len(listed) > 4 else ''})"
-                                     if listed else "no op of the region's graph matched to it")
+        fused_ops = list(dict.fromkeys(c.op.removeprefix("aten.") for c in ops[k]))
+        text = f"kernel {name}: " + (
+            f"{len(ops[k])} ops ({', '.join(fused_ops[:4])}{', ...' if len(fused_ops) > 4 else ''})"
+            if fused_ops else "no op of the region's graph matched to it")
         module = max(modules[k], key=modules[k].__getitem__) if modules[k] else ""
         kernels.append((module, (name, reads), writes,
                         RegionFacts((idx, k, name), tuple(ops[k]), text, None if eager is None else tuple(eager[k]))))
     rest = None
     if left or (facts.ops is None):
-        names = list(dict.fromkeys(c.op.removeprefix("aten.") for c in left))
-        text = (f"compiled region: {len(left)} ops no kernel was matched to ({', '.join(names[:4])}"
-                f"{', ...' if len(names) > 4 else ''}), their FLOPs here, their bytes in no kernel's buffers;"
+        unmatched = list(dict.fromkeys(c.op.removeprefix("aten.") for c in left))
+        text = (f"compiled region: {len(left)} ops no kernel was matched to ({', '.join(unmatched[:4])}"
+                f"{', ...' if len(unmatched) > 4 else ''}), their FLOPs here, their bytes in no kernel's buffers;"
                 " its time the wrapper's between kernels")
         rest = RegionFacts((idx, "rest"), tuple(left) if facts.ops is not None else None, text,
                            None if eager is None else tuple(left_eager))
