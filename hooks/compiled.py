@@ -355,12 +355,12 @@ def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[An
     modules: list[dict[str, int]] = [{} for _ in runs]
     left: list[OpCall] = []
     for node in nodes:
-        k = owner.get(node.name)
-        if k is None:
+        held = owner.get(node.name)
+        if held is None:
             left.append(node.call)
         else:
-            ops[k].append(node.call)
-            modules[k][node.module] = modules[k].get(node.module, 0) + 1
+            ops[held].append(node.call)
+            modules[held][node.module] = modules[held].get(node.module, 0) + 1
     eager: list[list[EagerOp]] | None = None
     left_eager: list[EagerOp] = []
     if grouped is not None:

@@ -275,7 +275,10 @@ class ModuleTracker:
             if (name == path or name.endswith("." + path)) and name.startswith(prefix) and (
                     best is None or len(name) < len(best)):
                 best = name
-        return best if best is not None else f"{prefix}{path}"
+        found = best if best is not None else f"{prefix}{path}"
+        # a module compiled whole (torch.compile(module)) is an OptimizedModule holding the
+        # module as `_orig_mod`: named as its eager run names it
+        return ".".join(part for part in found.split(".") if part != "_orig_mod")
 
     def path_for_node(self, node: Any) -> str:
         """The module path whose forward created `node` ("" when unknown)."""
