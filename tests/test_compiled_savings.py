@@ -363,10 +363,19 @@ def test_compiled_gpt2_step_same_flops_fewer_bytes_same_bits_no_recompile(fresh_
     assert all(torch.equal(g, b) for g, b in zip(grads, bare_grads, strict=True))
 
     regions = [r for r in rep.rows if r.op == REGION]
-    assert {r.phase for r in regions} == {"forward", "backward"}
+    kernels = _kernels(rep)
+    assert {r.phase for r in kernels} == {"forward", "backward"}
     assert not any(r.op == REGION for r in eager.rows)
     assert all(r.time_s > 0 for r in rep.rows), [r.name for r in rep.rows if r.time_s <= 0]
-    assert all(r.eager_ops and r.flops is not None and r.eager_flops is not None for r in regions)
+    assert all(r.flops is not None and r.eager_flops is not None for r in regions if r.eager_ops)
+    # kernel by kernel, in the modules they came from; what no kernel was matched to stays on
+    # its region's row, saying so
+    rest = [r for r in regions if r not in kernels and r.flops]
+    print(f"{len(kernels)} kernel rows, {sum(r.flops or 0 for r in kernels)} FLOPs in kernels;",
+          "unmatched:", [(r.module, r.phase, r.flops, r.shapes) for r in rest])
+    assert all("no kernel was matched to" in r.shapes for r in rest)
+    assert {r.module.split(".")[0] for r in kernels} >= {"transformer", "lm_head"} or any(
+        r.module.startswith("transformer.h.0") for r in kernels), sorted({r.module for r in kernels})
 
     # the counterfactual is the eager run, op by op, but for the itemised differences
     by_compiled, by_eager = _by_op(rep), _by_op(eager)
@@ -390,15 +399,20 @@ def test_compiled_gpt2_step_same_flops_fewer_bytes_same_bits_no_recompile(fresh_
     # what the kernels computed: the eager run's FLOPs and what Inductor recomputes in backward
     # (the GELU's pow and tanh, ...), which the counterfactual leaves out
     compiled_flops = sum(r.flops or 0 for r in _fwd_bwd(rep))
-    recomputed = sum(r.flops - r.eager_flops for r in regions)  # type: ignore[operator]
-    assert recomputed > 0 and all(r.flops >= r.eager_flops for r in regions)  # type: ignore[operator]
+    recomputed = sum(r.flops - r.eager_flops for r in regions if r.eager_ops)  # type: ignore[operator]
+    assert recomputed > 0
     assert compiled_flops - recomputed == cf_flops
 
     # fewer bytes than the eager run moved; what each module saved, listed
     compiled_bytes = sum(r.bytes for r in _fwd_bwd(rep))
-    assert compiled_bytes < 0.5 * eager_bytes, (compiled_bytes, eager_bytes)
+    # (kernel by kernel the buffers between kernels are real traffic: 51% of the eager run's
+    # bytes on today's torch, where the regions' inputs and outputs alone were under 50%)
+    assert compiled_bytes < 0.6 * eager_bytes, (compiled_bytes, eager_bytes)
     savings = fusion_savings(rep.rows)
-    assert savings and all(s.saved_bytes > 0 for s in savings)
+    # per module now (kernels carry theirs): fused elementwise saves, a library GEMM saves nothing
+    assert len(savings) > 3 and sum(s.saved_bytes for s in savings) > 0 and savings[0].module.startswith(
+        "transformer.h.0"), savings
+    assert all(s.saved_bytes >= 0 for s in savings if s.eager_calls == 1 and s.regions == 1), savings
     assert sum(s.eager_bytes for s in savings) == sum(r.eager_bytes or 0 for r in regions)
     print("saved per module:", [(s.module, s.eager_bytes, s.bytes) for s in savings],
           f"compiled {compiled_bytes} B vs eager run {eager_bytes} B, counterfactual {cf_bytes} B")
