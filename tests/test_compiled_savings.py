@@ -112,10 +112,10 @@ def test_mlp_compiled_kernel_by_kernel_with_modules_and_savings_per_module(fresh
     """Linear -> ReLU -> Linear -> Tanh compiled whole, inside a model as `a` and `b`: on CPU
     Inductor runs each Linear as a library GEMM (extern_kernels.addmm) and each activation as a
     C++ kernel updating the GEMM's output in place; each is a row of the module it came from."""
-    M, K, H, O = 64, 16, 32, 16  # a feeds b: O == K
+    M, K, H, N_OUT = 64, 16, 32, 16  # a feeds b: N_OUT == K
 
     def mlp() -> torch.nn.Module:
-        return torch.nn.Sequential(torch.nn.Linear(K, H), torch.nn.ReLU(), torch.nn.Linear(H, O), torch.nn.Tanh())
+        return torch.nn.Sequential(torch.nn.Linear(K, H), torch.nn.ReLU(), torch.nn.Linear(H, N_OUT), torch.nn.Tanh())
 
     model = torch.nn.Sequential()
     model.add_module("a", torch.compile(mlp()))
@@ -132,8 +132,8 @@ def test_mlp_compiled_kernel_by_kernel_with_modules_and_savings_per_module(fresh
     gemm1 = (2 * M * H * K + M * H,  # the product and the bias added to each output
              (H + M * K + H * K) * f32 + M * H * f32)  # bias, x, weight read; h written
     relu = (M * H, 2 * M * H * f32)  # h read and written in place
-    gemm2 = (2 * M * O * H + M * O, (O + M * H + O * H) * f32 + M * O * f32)
-    tanh = (M * O, 2 * M * O * f32)
+    gemm2 = (2 * M * N_OUT * H + M * N_OUT, (N_OUT + M * H + N_OUT * H) * f32 + M * N_OUT * f32)
+    tanh = (M * N_OUT, 2 * M * N_OUT * f32)
     want = {}
     for top in ("a", "b"):
         want.update({(f"{top}.0", "extern_kernels.addmm"): gemm1, (f"{top}.1", "cpp_fused_relu"): relu,
