@@ -1,19 +1,30 @@
-"""torch.compile while memwall records: compiled code runs compiled, each region one row.
+"""torch.compile while memwall records: compiled code runs compiled, each kernel one row.
 
 memwall's dispatch mode declares `ignore_compile_internals`: Dynamo compiles as it would bare
 (the mode is off while it traces) and the compiled program runs, bit for bit the program the
 user compiled (the earlier "force_eager" approach ran it eagerly: other numerics, other
 bottlenecks, no fusion). While a profile is open, Inductor wraps each region it compiles in its
-`inductor_compiled_code` higher-order operator, so the mode sees a region's run as one call:
-one row, timed as it ran, its FLOPs those of the aten ops Inductor fused into it (from the
-compiled graph, by the registry's formulas), its bytes the region's inputs and outputs (what it
-fused stays in registers and caches). Its eager counterfactual (what fusion saved) is the ops an
-eager run would dispatch instead: the region graph's nodes grouped back into the aten ops Inductor
-decomposed (by the origins memwall's post-grad pass notes, hooks/_torch_private.py), forward ops
-recomputed in backward left out. Inductor wraps regions from the import of
-memwall on (a dozen microseconds per region call); a region compiled before memwall was imported
-is not wrapped: its library calls (matmuls) show, its fused kernels do not. Backends without
-code generation (aot_eager, eager) run aten ops, which are recorded one by one.
+`inductor_compiled_code` higher-order operator, so the mode sees a region's run as one call.
+On CPU it runs that call with the generated module's kernels observed (`kernels_observed`,
+hooks/_torch_private.py: its `cpp_fused_*` functions and `extern_kernels` swapped for timing
+wrappers for that call, the same kernels on the same buffers: numerics unchanged, nothing
+recompiled), and each kernel becomes a row: timed as it ran, its bytes the buffers it read and
+wrote (the C++ signature's in_ptr/out_ptr/in_out_ptr; a library call's tensors and its out=),
+its FLOPs those of the post-grad graph's nodes it computes (`split_by_kernel`: a library call
+takes the first unmatched node of its op with the shape it writes; a fused kernel, named after
+the original aten ops it fused, takes each remaining node whose op its name lists, at or after
+its inputs' kernels), its module the one those nodes were traced in (their nn_module_stack, as
+the origins pass notes it). The region's own row keeps the wrapper's time between kernels and
+any node no kernel was matched to, named in its description. Where no kernel is observed (a
+region without its generated module; a CUDA region: Triton kernels are not observed yet) the
+region is one row: its FLOPs those of the aten ops it fused, its bytes its inputs and outputs.
+Each kernel's eager counterfactual (what fusion saved) is the ops an eager run would dispatch
+instead: the region graph's nodes grouped back into the aten ops Inductor decomposed (by the
+origins memwall's post-grad pass notes), forward ops recomputed in backward left out; an eager
+op whose nodes span kernels goes to the kernel of its first matched node. Inductor wraps regions
+from the import of memwall on (a dozen microseconds per region call); a region compiled before
+memwall was imported is not wrapped: its library calls (matmuls) show, its fused kernels do not.
+Backends without code generation (aot_eager, eager) run aten ops, recorded one by one.
 """
 
 from __future__ import annotations
