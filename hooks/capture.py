@@ -494,10 +494,12 @@ class _CaptureMode(UncompiledDispatchMode):
         try:
             kernels = None
             facts = region[1]
-            if observed and observer.runs and facts is not None:
+            split = (split_by_kernel(facts.key[0], facts, observer.runs)
+                     if observed and observer.runs and not observer.failed and facts is not None else None)
+            if split is not None:
                 # kernel by kernel (hooks/compiled.py): each kernel a row; the region's row keeps
                 # what no kernel was matched to and the wrapper's time between kernels
-                split, rest = split_by_kernel(facts.key[0], facts, observer.runs)
+                split, rest = split
                 kernels = [(module, arg_key, out_key, kernel_facts, run[3])
                            for (module, arg_key, out_key, kernel_facts), run in zip(split, observer.runs, strict=True)]
                 elapsed -= sum(run[3] for run in observer.runs)

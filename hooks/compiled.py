@@ -190,7 +190,8 @@ def _analyse(gm: Any, inputs: list[Any], idx: int = -1
     origins = region_eager_origins(gm)
     grouped = None if origins is None or flex else _eager_ops(gm, calls, origins)
     eager = None if grouped is None else tuple(op for op, _ in grouped)
-    _NODES[idx] = _nodes_of(gm, calls, origins or {}, grouped)
+    if not flex:  # flex_attention's counts come from the run's BlockMask: such a region stays whole
+        _NODES[idx] = _nodes_of(gm, calls, origins or {}, grouped)
     placeholders = tuple(n for n in gm.graph.nodes if n.op == "placeholder")
     names = [c.op.removeprefix("aten.") for c in static if c.op not in _VIEWS] + ["flex_attention"] * len(flex)
     distinct = list(dict.fromkeys(names))
@@ -293,12 +294,21 @@ class KernelObserver:
     def __init__(self) -> None:
         #: (kernel name, read buffers' signatures, written buffers' signatures, ns) per call
         self.runs: list[tuple[str, tuple[Any, ...], tuple[Any, ...], int]] = []
+        self.failed = False  # a call could not be noted: the region is recorded whole
 
     def __call__(self, name: str, roles: tuple[str, ...] | None, kernel: Any, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> Any:
         start = time.perf_counter_ns()
         out = kernel(*args, **kwargs)
         ns = time.perf_counter_ns() - start
+        try:
+            self._note(name, roles, args, kwargs, out, ns)
+        except Exception:  # memwall's own error: the kernel's result stands, the region stays whole
+            self.failed = True
+        return out
+
+    def _note(self, name: str, roles: tuple[str, ...] | None, args: tuple[Any, ...], kwargs: dict[str, Any],
+              out: Any, ns: int) -> None:
         reads: list[Any] = []
         writes: list[Any] = []
         if roles is None:  # a library call: out= written (else its result), the rest read
@@ -317,7 +327,6 @@ class KernelObserver:
                     if role in ("out", "inout"):
                         writes.append(signature(a))
         self.runs.append((name, tuple(reads), tuple(writes), ns))
-        return out
 
 
 def _short(kernel: str) -> str:
@@ -326,8 +335,12 @@ def _short(kernel: str) -> str:
     return "_" + re.sub(r"_\d+$", "", body) + "_"
 
 
+#: per kernel call: (its module below the region's, its argument key, its output key, its facts)
+_Kernel = tuple[str, tuple[Any, ...], tuple[Any, ...], RegionFacts]
+
+
 def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[Any, ...], tuple[Any, ...], int]]
-                    ) -> tuple[list[tuple[str, tuple[Any, ...], tuple[Any, ...], RegionFacts]], RegionFacts | None]:
+                    ) -> tuple[list[_Kernel], RegionFacts | None] | None:
     """A region's run kernel by kernel: per kernel call (its module below the region's, its
     argument key, its output key, its facts: the graph's nodes it computes, and the eager ops
     they came from), and the facts of what no kernel was matched to (None when nothing is left).
@@ -337,12 +350,15 @@ def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[An
     with the shape it writes; a fused kernel is named after the ops it fused (their original aten
     names, `cpp_fused_add_mul_relu_0`), so each remaining node goes to the first kernel, in call
     order, at or after the kernels of its inputs, whose name lists its op. Inductor lists at most
-    ten op names in a kernel's name: a node whose op is not listed is left to the remainder."""
+    ten op names in a kernel's name: a node whose op is not listed is left to the remainder.
+    None where the region is not split (its ops not sized, or flex_attention in it)."""
     memo_key = (idx, tuple((n, w) for n, _, w, _ in runs))
     found = _KERNELS.get(memo_key)
     if found is not None:
         return found
-    nodes, grouped = _NODES.get(idx, ((), None))
+    if idx not in _NODES:
+        return None
+    nodes, grouped = _NODES[idx]
     owner: dict[str, int] = {}
     for k, (name, _, writes, _) in enumerate(runs):
         if not name.startswith("extern_kernels."):
