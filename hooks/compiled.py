@@ -401,6 +401,9 @@ def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[An
         text = f"kernel {name}: " + (
             f"{len(ops[k])} ops ({', '.join(fused_ops[:4])}{', ...' if len(fused_ops) > 4 else ''})"
             if fused_ops else "no op of the region's graph matched to it")
+        missing = sorted({c.op for c in ops[k] if REGISTRY.flop_formula(c.op, c.overload) is None})
+        if missing:
+            text += f"; no FLOP formula for {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
         module = max(modules[k], key=modules[k].__getitem__) if modules[k] else ""
         kernels.append((module, (name, reads), writes,
                         RegionFacts((idx, k, name), tuple(ops[k]), text, None if eager is None else tuple(eager[k]))))
@@ -410,6 +413,9 @@ def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[An
         text = (f"compiled region: {len(left)} ops no kernel was matched to ({', '.join(unmatched[:4])}"
                 f"{', ...' if len(unmatched) > 4 else ''}), their FLOPs here, their bytes in no kernel's buffers;"
                 " its time the wrapper's between kernels")
+        missing = sorted({c.op for c in left if REGISTRY.flop_formula(c.op, c.overload) is None})
+        if missing:
+            text += f"; no FLOP formula for {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
         rest = RegionFacts((idx, "rest"), tuple(left) if facts.ops is not None else None, text,
                            None if eager is None else tuple(left_eager))
     found = _KERNELS[memo_key] = (kernels, rest)
