@@ -490,7 +490,7 @@ class _CaptureMode(UncompiledDispatchMode):
         with kernels_observed(args[0], observer) as observed:
             start = _perf_counter_ns()
             out = func(*args, **kwargs)
-            elapsed = _perf_counter_ns() - start
+            elapsed = _perf_counter_ns() - start - observer.own_ns
         try:
             kernels = None
             facts = region[1]
