@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 import sys
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -580,9 +582,18 @@ class _EagerOrigins:
                                                   seq if isinstance(seq, int) and seq >= 0 else None,
                                                   backward and node.meta.get("partitioner_tag") == "is_forward")
                     owner.meta[_ORIGINS_KEY] = origins
+                    # the module each node was traced in (a backward node: its forward's)
+                    modules: dict[str, str] = {}
+                    for node in graph.nodes:
+                        stack = node.meta.get("nn_module_stack") or node.meta.get("fwd_nn_module_stack")
+                        if isinstance(stack, dict) and stack:
+                            last = list(stack.values())[-1]
+                            if isinstance(last, tuple) and last and isinstance(last[0], str):
+                                modules[node.name] = _module_path(last[0])
+                    owner.meta[_MODULES_KEY] = modules
 
                 def uuid(self) -> Any:
-                    return "memwall-eager-origins-3"
+                    return "memwall-eager-origins-4"
 
             cls._instance = EagerOriginsPass()
         return cls._instance
@@ -597,6 +608,122 @@ def _keep_eager_origins(config: Any) -> None:
         config.post_grad_custom_post_pass = ours
     elif isinstance(current, (list, tuple)) and ours not in current:
         config.post_grad_custom_post_pass = type(current)((*current, ours))
+
+
+#: where a compiled region's graph keeps, by node name, the module path the node was traced in
+_MODULES_KEY = "memwall_node_modules"
+
+
+def _module_path(dynamo_path: str) -> str:
+    """A module's path as `named_modules` spells it, from Dynamo's (`L['self'].h[0].attn`,
+    `L['self']._modules['h']._modules['0']`): the root's own name left out."""
+    path = re.sub(r"^[A-Za-z_]+\[['\"][^'\"]*['\"]\]", "", dynamo_path)
+    path = re.sub(r"\._modules\[['\"]([^'\"]*)['\"]\]", r".\1", path)
+    path = re.sub(r"\[['\"]?([^\]'\"]*)['\"]?\]", r".\1", path)
+    return path.strip(".")
+
+
+def region_node_modules(gm: Any) -> dict[str, str]:
+    """By node name, the module path (below the compiled module) each node of a compiled
+    region's graph was traced in, as the origins pass noted it; {} where it did not."""
+    found = getattr(gm, "meta", {}).get(_MODULES_KEY)
+    return found if isinstance(found, dict) else {}
+
+
+#: the C++ kernels of a generated wrapper module, by module name: kernel -> each argument's
+#: role ("in", "out", "inout", or "" for a size), from the kernel's C++ signature
+_KERNEL_ROLES: dict[str, dict[str, tuple[str, ...]]] = {}
+_CPP_KERNEL = re.compile(r"^(\w+) = async_compile\.cpp_pybinding\(\[[^\]]*\], r'''.*?\bkernel\(([^)]*)\)",
+                         re.S | re.M)
+
+
+def _kernel_roles(module_name: str, source_file: str | None) -> dict[str, tuple[str, ...]]:
+    roles = _KERNEL_ROLES.get(module_name)
+    if roles is None:
+        roles = {}
+        try:
+            with open(source_file or "", encoding="utf-8") as f:
+                text = f.read()
+        except OSError:
+            text = ""
+        for match in _CPP_KERNEL.finditer(text):
+            kinds = []
+            for param in match.group(2).split(","):
+                name = param.strip().split()[-1] if param.strip() else ""
+                kinds.append("inout" if name.startswith("in_out_ptr") else "in" if name.startswith("in_ptr")
+                             else "out" if name.startswith("out_ptr") else "")
+            roles[match.group(1)] = tuple(kinds)
+        if len(_KERNEL_ROLES) > 4096:
+            _KERNEL_ROLES.clear()
+        _KERNEL_ROLES[module_name] = roles
+    return roles
+
+
+class _Externs:
+    """Stands for a wrapper module's `extern_kernels` while a region runs: each library call
+    (extern_kernels.mm, addmm, bmm, ...) goes through `run`."""
+
+    def __init__(self, real: Any, run: Callable[..., Any]) -> None:
+        self._real, self._run = real, run
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._real, name)
+        if not callable(fn):
+            return fn
+        run = self._run
+
+        def extern(*args: Any, **kwargs: Any) -> Any:
+            return run(f"extern_kernels.{name}", None, fn, args, kwargs)
+
+        return extern
+
+
+@contextlib.contextmanager
+def kernels_observed(region: Any, run: Callable[..., Any]) -> Iterator[bool]:
+    """While open, each kernel call of the compiled region an `inductor_compiled_code` call runs
+    (its generated C++ kernels, `cpp_fused_*`, and its library calls, `extern_kernels.*`) goes
+    through `run(name, roles, kernel, args, kwargs)`, which must call `kernel(*args, **kwargs)`
+    and return its result: the same calls, in the same order, on the same tensors (numerics
+    unchanged, nothing recompiled). `roles`: each argument's role for a C++ kernel, None for a
+    library call (its `out=` is written, the rest read). Yields whether the region's generated
+    module was found (without one, nothing is observed). Triton kernels (GPU) are not observed."""
+    glb = None
+    try:
+        from torch._higher_order_ops.wrap import _resolve_inductor_callable
+
+        fn = _resolve_inductor_callable(region).compiled_callable
+        func = getattr(fn, "__func__", fn)
+        glb = getattr(func, "__globals__", None)
+    except (ImportError, AssertionError, KeyError, AttributeError):
+        glb = None
+    if not isinstance(glb, dict) or "call" not in glb:
+        yield False
+        return
+    saved: dict[str, Any] = {}
+    try:
+        roles = _kernel_roles(str(glb.get("__name__")), glb.get("__file__"))
+        for name, kinds in roles.items():
+            kernel = glb.get(name)
+            if callable(kernel):
+                saved[name] = kernel
+                glb[name] = functools.partial(_call_kernel, run, name, kinds, kernel)
+        if "extern_kernels" in glb:
+            saved["extern_kernels"] = glb["extern_kernels"]
+            glb["extern_kernels"] = _Externs(saved["extern_kernels"], run)
+    except Exception:  # memwall's own error: the region runs as generated, observed whole
+        glb.update(saved)
+        saved = {}
+    if not saved:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        glb.update(saved)
+
+
+def _call_kernel(run: Callable[..., Any], name: str, kinds: tuple[str, ...], kernel: Any, *args: Any) -> Any:
+    return run(name, kinds, kernel, args, {})
 
 
 def region_eager_origins(gm: Any) -> dict[str, tuple[str, str, int | None, bool]] | None:
@@ -679,7 +806,9 @@ __all__ = [
     "process_group_size",
     "propagate_shapes",
     "never_compiled",
+    "kernels_observed",
     "region_eager_origins",
+    "region_node_modules",
     "unbox_work",
     "wrap_compiled_regions",
     "wrap_compiled_regions_from_now_on",

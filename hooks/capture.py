@@ -33,12 +33,14 @@ from memwall_plugin.hooks._torch_private import (
     in_backward_seed,
     is_fake_tensor_type,
     is_higher_order_op,
+    kernels_observed,
     never_compiled,
     op_schema,
     unrecorded,
     warm_up_dispatch,
 )
-from memwall_plugin.hooks.compiled import CompiledRegions, region_facts
+from memwall_plugin.hooks.compiled import WRAPPER as _WRAPPER
+from memwall_plugin.hooks.compiled import CompiledRegions, KernelObserver, region_facts, split_by_kernel
 from memwall_plugin.hooks.memory import MemoryTracker
 from memwall_plugin.hooks.modules import ModuleTracker
 from memwall_plugin.hooks.residency import Residency
@@ -477,18 +479,33 @@ class _CaptureMode(UncompiledDispatchMode):
             inputs = args[1] if len(args) > 1 and isinstance(args[1], list) else []
             key = (opaque(args[0]), tuple([signature(t) for t in inputs]))
             with unrecorded():  # sizing its graph runs ops (on fake tensors): memwall's own work
-                region = (key, region_facts(args, kwargs), device_of(tuple(inputs), None))
+                region: tuple[Any, ...] = (key, region_facts(args, kwargs), device_of(tuple(inputs), None))
         except Exception as err:
             capture.fail(err, func)
             return func(*args, **kwargs)
         del inputs
         if self._cuda and region[2] == "cuda":
             return self._dispatch_cuda(func, args, kwargs, region, hop=True)
-        start = _perf_counter_ns()
-        out = func(*args, **kwargs)
-        elapsed = _perf_counter_ns() - start
+        observer = KernelObserver()
+        with kernels_observed(args[0], observer) as observed:
+            start = _perf_counter_ns()
+            out = func(*args, **kwargs)
+            elapsed = _perf_counter_ns() - start - observer.own_ns
         try:
-            capture.record(func, args, kwargs, out, elapsed, region)
+            kernels = None
+            facts = region[1]
+            split = (split_by_kernel(facts.key[0], facts, observer.runs)
+                     if observed and observer.runs and not observer.failed and facts is not None else None)
+            if split is not None:
+                # kernel by kernel (hooks/compiled.py): each kernel a row; the region's row keeps
+                # what no kernel was matched to and the wrapper's time between kernels
+                split, rest = split
+                kernels = [(module, arg_key, out_key, kernel_facts, run[3])
+                           for (module, arg_key, out_key, kernel_facts), run in zip(split, observer.runs, strict=True)]
+                elapsed -= sum(run[3] for run in observer.runs)
+                # the rest: no buffers of its own (the region's inputs and outputs are the kernels')
+                region = ((key[0], ()), rest or _WRAPPER, region[2], ())
+            capture.record(func, args, kwargs, out, elapsed, region, kernels)
         except Exception as err:
             capture.fail(err, func)
         return out
@@ -712,10 +729,12 @@ class Capture:
 
     def record(
         self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, elapsed_ns: int,
-        region: tuple[tuple[Any, ...], Any, str] | None = None,
+        region: tuple[Any, ...] | None = None, kernels: list[tuple[str, Any, Any, Any, int]] | None = None,
     ) -> CaptureEntry:
-        """Fold one call into the table. `region`: (argument signature, facts, device type) of a
-        compiled region, read before it ran (it frees its inputs as it goes)."""
+        """Fold one call into the table. `region`: (argument signature, facts, device type[,
+        output signature]) of a compiled region, read before it ran (it frees its inputs as it
+        goes). `kernels`: the region's kernel calls, each (module below the region's, argument
+        signature, output signature, facts, ns), rows of their own in the region's phase."""
         tracker = self.tracker
         node = current_autograd_node()
         if node is not None:
@@ -748,6 +767,20 @@ class Capture:
             # graph (a parameter detached while a wrapper is built) and the user's labels do not end it
             phase = tracker.user_label or (GRAD_SCALER if tracker.in_scaler else SETUP if tracker.setup_open else OTHER)
             module = ""
+        if kernels:
+            qualified: dict[str, str] = {}
+            for below, k_args, k_out, k_facts, ns in kernels:
+                where = qualified.get(below)
+                if where is None:
+                    where = qualified[below] = tracker.qualify(below, module)
+                k_kw = ((FACTS_KEY, k_facts),)
+                k_key = (id(func), where, phase, k_args, k_kw)
+                k_entry = self.table.get(k_key)
+                if k_entry is None:
+                    k_entry = self.table[k_key] = CaptureEntry(
+                        func, k_args, k_kw, k_out, region[2] if region else "cpu", where, phase)
+                k_entry.calls += 1
+                k_entry.time_ns += ns
         if region is not None:  # a compiled region: its signature and facts were read before it ran
             arg_key, device = region[0], region[2]
             kw_key: tuple[tuple[str, Any], ...] | None = ((FACTS_KEY, region[1]),) if region[1] else None
@@ -793,7 +826,8 @@ class Capture:
             elif len(known) < self.max_signatures or key in known:
                 known.add(key)
                 try:  # signature(out), inline for the common plain tensor
-                    out_key = ((out.shape, out.stride(), out.dtype) if type(out) is _Tensor and not out.is_nested
+                    out_key = (region[3] if region is not None and len(region) > 3 else
+                               (out.shape, out.stride(), out.dtype) if type(out) is _Tensor and not out.is_nested
                                else signature(out))
                 except (RuntimeError, NotImplementedError):  # layouts without strides
                     out_key = signature(out)

@@ -1,23 +1,36 @@
-"""torch.compile while memwall records: compiled code runs compiled, each region one row.
+"""torch.compile while memwall records: compiled code runs compiled, each kernel one row.
 
 memwall's dispatch mode declares `ignore_compile_internals`: Dynamo compiles as it would bare
 (the mode is off while it traces) and the compiled program runs, bit for bit the program the
 user compiled (the earlier "force_eager" approach ran it eagerly: other numerics, other
 bottlenecks, no fusion). While a profile is open, Inductor wraps each region it compiles in its
-`inductor_compiled_code` higher-order operator, so the mode sees a region's run as one call:
-one row, timed as it ran, its FLOPs those of the aten ops Inductor fused into it (from the
-compiled graph, by the registry's formulas), its bytes the region's inputs and outputs (what it
-fused stays in registers and caches). Its eager counterfactual (what fusion saved) is the ops an
-eager run would dispatch instead: the region graph's nodes grouped back into the aten ops Inductor
-decomposed (by the origins memwall's post-grad pass notes, hooks/_torch_private.py), forward ops
-recomputed in backward left out. Inductor wraps regions from the import of
-memwall on (a dozen microseconds per region call); a region compiled before memwall was imported
-is not wrapped: its library calls (matmuls) show, its fused kernels do not. Backends without
-code generation (aot_eager, eager) run aten ops, which are recorded one by one.
+`inductor_compiled_code` higher-order operator, so the mode sees a region's run as one call.
+On CPU it runs that call with the generated module's kernels observed (`kernels_observed`,
+hooks/_torch_private.py: its `cpp_fused_*` functions and `extern_kernels` swapped for timing
+wrappers for that call, the same kernels on the same buffers: numerics unchanged, nothing
+recompiled), and each kernel becomes a row: timed as it ran, its bytes the buffers it read and
+wrote (the C++ signature's in_ptr/out_ptr/in_out_ptr; a library call's tensors and its out=),
+its FLOPs those of the post-grad graph's nodes it computes (`split_by_kernel`: a library call
+takes the first unmatched node of its op with the shape it writes; a fused kernel, named after
+the original aten ops it fused, takes each remaining node whose op its name lists, at or after
+its inputs' kernels), its module the one those nodes were traced in (their nn_module_stack, as
+the origins pass notes it). The region's own row keeps the wrapper's time between kernels and
+any node no kernel was matched to, named in its description. Where no kernel is observed (a
+region without its generated module; a CUDA region: Triton kernels are not observed yet) the
+region is one row: its FLOPs those of the aten ops it fused, its bytes its inputs and outputs.
+Each kernel's eager counterfactual (what fusion saved) is the ops an eager run would dispatch
+instead: the region graph's nodes grouped back into the aten ops Inductor decomposed (by the
+origins memwall's post-grad pass notes), forward ops recomputed in backward left out; an eager
+op whose nodes span kernels goes to the kernel of its first matched node. Inductor wraps regions
+from the import of memwall on (a dozen microseconds per region call); a region compiled before
+memwall was imported is not wrapped: its library calls (matmuls) show, its fused kernels do not.
+Backends without code generation (aot_eager, eager) run aten ops, recorded one by one.
 """
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 import torch
@@ -28,6 +41,7 @@ from memwall_plugin.hooks._torch_private import (
     is_op_overload,
     propagate_shapes,
     region_eager_origins,
+    region_node_modules,
     wrap_compiled_regions,
     wrap_compiled_regions_from_now_on,
 )
@@ -93,7 +107,7 @@ def _extents(value: Any) -> list[Extent]:
 
 
 def _eager_ops(gm: Any, calls: dict[Any, OpCall], origins: dict[str, tuple[str, str, int | None, bool]]
-               ) -> tuple[EagerOp, ...]:
+               ) -> tuple[tuple[EagerOp, tuple[str, ...]], ...]:
     """The ops an eager run of this graph would dispatch, in graph order: a node Inductor kept
     as it was is its own op; the nodes one op was decomposed into (the same original op and
     autograd sequence number, or, where there is none, joined by an edge) are that one op.
@@ -131,12 +145,13 @@ def _eager_ops(gm: Any, calls: dict[Any, OpCall], origins: dict[str, tuple[str, 
     for n in nodes:
         groups.setdefault(root(n), []).append(n)
 
-    out: list[EagerOp] = []
+    out: list[tuple[EagerOp, tuple[str, ...]]] = []
     for members in groups.values():
         first = members[0]
+        names = tuple(n.name for n in members)
         if not product(first):  # not decomposed: the call itself
             if first in calls:
-                out.append(EagerOp(calls[first].op, (calls[first],)))
+                out.append((EagerOp(calls[first].op, (calls[first],)), names))
             continue
         parts = tuple(calls[n] for n in members if n in calls)
         if not parts or all(is_view(p) for p in parts):
@@ -150,11 +165,11 @@ def _eager_ops(gm: Any, calls: dict[Any, OpCall], origins: dict[str, tuple[str, 
                    or (any(u.op == "output" for u in n.users) and not any(u in inside for u in n.users))]
         traffic = Traffic(tuple(e for m in read for e in _extents(m.meta.get("val"))),
                           tuple(e for n in written for e in _extents(n.meta.get("val"))))
-        out.append(EagerOp(origins[first.name][0], parts, traffic))
+        out.append((EagerOp(origins[first.name][0], parts, traffic), names))
     return tuple(out)
 
 
-def _analyse(gm: Any, inputs: list[Any]
+def _analyse(gm: Any, inputs: list[Any], idx: int = -1
              ) -> tuple[tuple[OpCall, ...] | None, tuple[Any, ...], tuple[Any, ...], str, tuple[EagerOp, ...] | None]:
     try:
         propagate_shapes(gm, inputs)
@@ -173,7 +188,10 @@ def _analyse(gm: Any, inputs: list[Any]
             calls[node] = _call_of(node)
             static.append(calls[node])
     origins = region_eager_origins(gm)
-    eager = None if origins is None or flex else _eager_ops(gm, calls, origins)
+    grouped = None if origins is None or flex else _eager_ops(gm, calls, origins)
+    eager = None if grouped is None else tuple(op for op, _ in grouped)
+    if not flex:  # flex_attention's counts come from the run's BlockMask: such a region stays whole
+        _NODES[idx] = _nodes_of(gm, calls, origins or {}, grouped)
     placeholders = tuple(n for n in gm.graph.nodes if n.op == "placeholder")
     names = [c.op.removeprefix("aten.") for c in static if c.op not in _VIEWS] + ["flex_attention"] * len(flex)
     distinct = list(dict.fromkeys(names))
@@ -204,7 +222,9 @@ def region_facts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RegionFacts |
     if region is None:
         if len(_REGIONS) > 4096:  # recompiles without end: forget the oldest analyses
             _REGIONS.clear()
-        region = _REGIONS[idx] = _analyse(gm, list(args[1]))
+            _NODES.clear()
+            _KERNELS.clear()
+        region = _REGIONS[idx] = _analyse(gm, list(args[1]), idx)
     static, flex, placeholders, text, eager = region
     if static is None or not flex:
         return RegionFacts((idx,), static, text, eager)
@@ -221,4 +241,188 @@ def region_facts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RegionFacts |
     return RegionFacts((idx, tuple(facts)), static + tuple(calls), text)
 
 
-__all__ = ["CompiledRegions", "region_facts"]
+# --- kernel by kernel -------------------------------------------------------------------------
+
+#: the facts of a region's own row when every op it computes went to a kernel's row: the wrapper's
+#: time between kernels (allocating buffers, views), no FLOPs, no bytes
+WRAPPER = RegionFacts(("wrapper",), (), "compiled region: its wrapper's code between kernels (buffers, views)")
+
+
+class _Node:
+    """A node of a region's graph that computes (views left out), as kernels are matched to it."""
+
+    __slots__ = ("name", "names", "shape", "inputs", "call", "module")
+
+    def __init__(self, name: str, names: tuple[str, ...], shape: Any, inputs: tuple[str, ...], call: OpCall,
+                 module: str) -> None:
+        self.name, self.names, self.shape, self.inputs = name, names, shape, inputs
+        self.call, self.module = call, module
+
+
+#: region id -> (its computing nodes in graph order, each eager op with its nodes' names)
+_NODES: dict[int, tuple[tuple[_Node, ...], tuple[tuple[EagerOp, tuple[str, ...]], ...] | None]] = {}
+#: (region id, its kernel calls' names and buffers) -> the kernel split (split_by_kernel)
+_KERNELS: dict[Any, Any] = {}
+
+
+def _nodes_of(gm: Any, calls: dict[Any, OpCall], origins: dict[str, tuple[str, str, int | None, bool]],
+              grouped: tuple[tuple[EagerOp, tuple[str, ...]], ...] | None) -> Any:
+    modules = region_node_modules(gm)
+    through: dict[str, tuple[str, ...]] = {}  # a view node: the computing nodes it shows
+    nodes: list[_Node] = []
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n not in calls:
+            continue
+        ins = tuple(dict.fromkeys(m for i in n.all_input_nodes for m in through.get(i.name, (i.name,))))
+        if is_view(calls[n]):
+            through[n.name] = ins
+            continue
+        val = n.meta.get("val")
+        shape = tuple(val.shape) if isinstance(val, torch.Tensor) else None
+        # the names Inductor builds a kernel's name from (the op before decomposition), and the node's own
+        names = tuple(dict.fromkeys(x for x in ((origins[n.name][0] if n.name in origins else ""),
+                                               calls[n].op) if x))
+        nodes.append(_Node(n.name, tuple(x.split(".", 1)[-1] for x in names), shape, ins, calls[n],
+                           modules.get(n.name, "")))
+    return tuple(nodes), grouped
+
+
+class KernelObserver:
+    """Times each kernel call of a compiled region as it runs (hooks/_torch_private.py
+    `kernels_observed` routes them here) and notes the buffers it reads and writes."""
+
+    def __init__(self) -> None:
+        #: (kernel name, read buffers' signatures, written buffers' signatures, ns) per call
+        self.runs: list[tuple[str, tuple[Any, ...], tuple[Any, ...], int]] = []
+        self.failed = False  # a call could not be noted: the region is recorded whole
+        #: ns spent noting calls (memwall's own work, inside the region's call): not the region's
+        self.own_ns = 0
+
+    def __call__(self, name: str, roles: tuple[str, ...] | None, kernel: Any, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
+        start = time.perf_counter_ns()
+        out = kernel(*args, **kwargs)
+        ns = time.perf_counter_ns() - start
+        try:
+            self._note(name, roles, args, kwargs, out, ns)
+        except Exception:  # memwall's own error: the kernel's result stands, the region stays whole
+            self.failed = True
+        self.own_ns += time.perf_counter_ns() - start - ns
+        return out
+
+    def _note(self, name: str, roles: tuple[str, ...] | None, args: tuple[Any, ...], kwargs: dict[str, Any],
+              out: Any, ns: int) -> None:
+        reads: list[Any] = []
+        writes: list[Any] = []
+        if roles is None:  # a library call: out= written (else its result), the rest read
+            target = kwargs.get("out")
+            for a in (*args, *(v for k, v in kwargs.items() if k != "out")):
+                if isinstance(a, torch.Tensor):
+                    reads.append(signature(a))
+            for w in ((target,) if target is not None else out if isinstance(out, (tuple, list)) else (out,)):
+                if isinstance(w, torch.Tensor):
+                    writes.append(signature(w))
+        else:
+            for a, role in zip(args, roles, strict=False):
+                if isinstance(a, torch.Tensor):
+                    if role in ("in", "inout"):
+                        reads.append(signature(a))
+                    if role in ("out", "inout"):
+                        writes.append(signature(a))
+        self.runs.append((name, tuple(reads), tuple(writes), ns))
+
+
+def _short(kernel: str) -> str:
+    """The op names a fused kernel's name lists: `cpp_fused_add_mul_relu_0` -> `_add_mul_relu_`."""
+    body = kernel.split("fused_", 1)[-1] if "fused_" in kernel else ""
+    return "_" + re.sub(r"_\d+$", "", body) + "_"
+
+
+#: per kernel call: (its module below the region's, its argument key, its output key, its facts)
+_Kernel = tuple[str, tuple[Any, ...], tuple[Any, ...], RegionFacts]
+
+
+def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[Any, ...], tuple[Any, ...], int]]
+                    ) -> tuple[list[_Kernel], RegionFacts | None] | None:
+    """A region's run kernel by kernel: per kernel call (its module below the region's, its
+    argument key, its output key, its facts: the graph's nodes it computes, and the eager ops
+    they came from), and the facts of what no kernel was matched to (None when nothing is left).
+
+    Matching, from what Inductor leaves in the generated code: a library call
+    (`extern_kernels.mm`) is the first unmatched node of that op (or of an op decomposed into it)
+    with the shape it writes; a fused kernel is named after the ops it fused (their original aten
+    names, `cpp_fused_add_mul_relu_0`), so each remaining node goes to the first kernel, in call
+    order, at or after the kernels of its inputs, whose name lists its op. Inductor lists at most
+    ten op names in a kernel's name: a node whose op is not listed is left to the remainder.
+    None where the region is not split (its ops not sized, or flex_attention in it)."""
+    memo_key = (idx, tuple((n, w) for n, _, w, _ in runs))
+    found = _KERNELS.get(memo_key)
+    if found is not None:
+        return found
+    if idx not in _NODES:
+        return None
+    nodes, grouped = _NODES[idx]
+    owner: dict[str, int] = {}
+    for k, (name, _, writes, _) in enumerate(runs):
+        if not name.startswith("extern_kernels."):
+            continue
+        op = name.split(".", 1)[1]
+        shape = tuple(meta_of_key(writes[0]).shape) if writes else None
+        for node in nodes:
+            if node.name not in owner and op in node.names and node.shape == shape:
+                owner[node.name] = k
+                break
+    fused = [(k, _short(name)) for k, (name, *_) in enumerate(runs) if not name.startswith("extern_kernels.")]
+    for node in nodes:
+        if node.name in owner:
+            continue
+        after = max((owner[i] for i in node.inputs if i in owner), default=-1)
+        for k, listed in fused:
+            if k >= after and any(f"_{n}_" in listed for n in node.names):
+                owner[node.name] = k
+                break
+    ops: list[list[OpCall]] = [[] for _ in runs]
+    modules: list[dict[str, int]] = [{} for _ in runs]
+    left: list[OpCall] = []
+    for node in nodes:
+        held = owner.get(node.name)
+        if held is None:
+            left.append(node.call)
+        else:
+            ops[held].append(node.call)
+            modules[held][node.module] = modules[held].get(node.module, 0) + 1
+    eager: list[list[EagerOp]] | None = None
+    left_eager: list[EagerOp] = []
+    if grouped is not None:
+        eager = [[] for _ in runs]
+        for eager_op, members in grouped:
+            at = next((owner[n] for n in members if n in owner), None)
+            (left_eager if at is None else eager[at]).append(eager_op)
+    kernels = []
+    for k, (name, reads, writes, _) in enumerate(runs):
+        fused_ops = list(dict.fromkeys(c.op.removeprefix("aten.") for c in ops[k]))
+        text = f"kernel {name}: " + (
+            f"{len(ops[k])} ops ({', '.join(fused_ops[:4])}{', ...' if len(fused_ops) > 4 else ''})"
+            if fused_ops else "no op of the region's graph matched to it")
+        missing = sorted({c.op for c in ops[k] if REGISTRY.flop_formula(c.op, c.overload) is None})
+        if missing:
+            text += f"; no FLOP formula for {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
+        module = max(modules[k], key=modules[k].__getitem__) if modules[k] else ""
+        kernels.append((module, (name, reads), writes,
+                        RegionFacts((idx, k, name), tuple(ops[k]), text, None if eager is None else tuple(eager[k]))))
+    rest = None
+    if left or (facts.ops is None):
+        unmatched = list(dict.fromkeys(c.op.removeprefix("aten.") for c in left))
+        text = (f"compiled region: {len(left)} ops no kernel was matched to ({', '.join(unmatched[:4])}"
+                f"{', ...' if len(unmatched) > 4 else ''}), their FLOPs here, their bytes in no kernel's buffers;"
+                " its time the wrapper's between kernels")
+        missing = sorted({c.op for c in left if REGISTRY.flop_formula(c.op, c.overload) is None})
+        if missing:
+            text += f"; no FLOP formula for {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
+        rest = RegionFacts((idx, "rest"), tuple(left) if facts.ops is not None else None, text,
+                           None if eager is None else tuple(left_eager))
+    found = _KERNELS[memo_key] = (kernels, rest)
+    return found
+
+
+__all__ = ["WRAPPER", "CompiledRegions", "KernelObserver", "region_facts", "split_by_kernel"]

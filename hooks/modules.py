@@ -263,6 +263,23 @@ class ModuleTracker:
             self._seqs.append(seq)
             self._paths.append(path)
 
+    def qualify(self, path: str, within: str) -> str:
+        """A module path a compiled region's graph names, relative to the module it was compiled
+        for (`h.0.attn`), as this tracker names that module (`_orig_mod.h.0.attn` for a model
+        compiled whole): the shortest known name that ends with it, under `within` where given."""
+        if not path:
+            return within
+        prefix = f"{within}." if within else ""
+        best = None
+        for name in self._names.values():
+            if (name == path or name.endswith("." + path)) and name.startswith(prefix) and (
+                    best is None or len(name) < len(best)):
+                best = name
+        found = best if best is not None else f"{prefix}{path}"
+        # a module compiled whole (torch.compile(module)) is an OptimizedModule holding the
+        # module as `_orig_mod`: named as its eager run names it
+        return ".".join(part for part in found.split(".") if part != "_orig_mod")
+
     def path_for_node(self, node: Any) -> str:
         """The module path whose forward created `node` ("" when unknown)."""
         if node is self._last_node:

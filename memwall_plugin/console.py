@@ -445,7 +445,7 @@ def fusion_finding(rows: tuple[Row, ...]) -> str | None:
     if total is None:
         return None
     verb = "removed" if total.saved_bytes >= 0 else "added"
-    text = (f"compiling {verb} {_saving(total)}: {total.regions} compiled region call"
+    text = (f"compiling {verb} {_saving(total)}: {total.regions} compiled kernel or region call"
             f"{'s' if total.regions != 1 else ''} moved {si(total.bytes, 'B')} where the {total.eager_calls} "
             f"aten op calls they stand for would move {si(total.eager_bytes, 'B')} run eagerly")
     if len(savings) == 1:

@@ -543,7 +543,7 @@ class FusionSaving:
     ops would move run eagerly one by one against the bytes the regions moved."""
 
     module: str
-    regions: int  # region calls
+    regions: int  # kernel calls (a region observed whole: its calls)
     eager_calls: int  # the aten op calls they stand for
     eager_bytes: int
     bytes: int

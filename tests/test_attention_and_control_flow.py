@@ -394,9 +394,14 @@ def test_compiled_training_step_is_bit_identical_and_its_regions_counted():
     # the loss's sum and the mask relu's gradient keeps (le), 8 x 64 each; backward the weight
     # gradient (2 x 64 x 8 x 32), relu's gradient (where), the bias gradient (sum over the 8
     # rows) and an add, 8 x 64 each
-    assert [r.flops for r in forward] == [2 * 8 * 32 * 64 + 4 * 8 * 64]
-    assert [r.flops for r in backward] == [2 * 64 * 8 * 32 + 3 * 8 * 64]
-    assert "addmm, relu, sum, le" in forward[0].shapes
+    assert sum(r.flops for r in forward) == 2 * 8 * 32 * 64 + 4 * 8 * 64
+    assert sum(r.flops for r in backward) == 2 * 64 * 8 * 32 + 3 * 8 * 64
+    # kernel by kernel: the GEMM with its bias (extern_kernels.addmm), then one C++ kernel for
+    # relu, the loss's sum and the mask (le); the region's own row, the wrapper's, has none
+    by_kernel = sorted((r.flops, r.shapes.split("(kernel ")[-1].split(":")[0]) for r in forward if r.flops)
+    assert by_kernel[0][0] == 3 * 8 * 64 and by_kernel[0][1].startswith("cpp_fused_")
+    assert by_kernel[1] == (2 * 8 * 32 * 64 + 8 * 64, "extern_kernels.addmm")
+    assert "relu" in by_kernel[0][1] and "sum" in by_kernel[0][1]  # le: threshold_backward's mask
     assert not rep.uncounted
 
 
@@ -425,8 +430,9 @@ x = torch.randn(64)
 expected = f(x)
 with memwall.profile(summary=False) as prof:
     y = f(x)
-(region,) = [r for r in prof.report().rows if r.op == "higher_order.inductor_compiled_code"]
-assert torch.equal(y, expected) and region.flops == 3 * 64, region
+rows = [r for r in prof.report().rows if r.op == "higher_order.inductor_compiled_code"]
+(kernel,) = [r for r in rows if "(kernel cpp_fused_" in r.shapes]  # and the region's wrapper
+assert torch.equal(y, expected) and kernel.flops == 3 * 64 and sum(r.flops for r in rows) == 3 * 64, rows
 print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
@@ -437,6 +443,10 @@ print("ok")
 @needs_compiler
 def test_a_region_with_an_op_without_a_formula_is_uncounted_and_names_it():
     _, rep = _compiled_same_as_bare(lambda: torch.fft.rfft(torch.randn(64)).abs() * 2)
-    (region,) = _regions(rep)
-    assert region.flops is None and region in rep.uncounted  # never a partial count
+    # the fft (and the abs of its complex result) are aten calls of the region's wrapper, no
+    # kernel of their own: they stay on the region's row, uncounted (never a partial count) and
+    # named; the kernels are counted: `* 2` on the 33 magnitudes, 1 FLOP each
+    (region,) = [r for r in _regions(rep) if r.flops is None]
+    assert region in rep.uncounted and "_fft_r2c, abs" in region.shapes
     assert region.shapes.endswith("no FLOP formula for aten._fft_r2c)")
+    assert [r.flops for r in _regions(rep) if "(kernel cpp_fused_mul" in r.shapes] == [33]
