@@ -768,11 +768,8 @@ class Capture:
             phase = tracker.user_label or (GRAD_SCALER if tracker.in_scaler else SETUP if tracker.setup_open else OTHER)
             module = ""
         if kernels:
-            qualified: dict[str, str] = {}
             for below, k_args, k_out, k_facts, ns in kernels:
-                where = qualified.get(below)
-                if where is None:
-                    where = qualified[below] = tracker.qualify(below, module)
+                where = tracker.qualify(below, module)  # memoised by the tracker
                 k_kw = ((FACTS_KEY, k_facts),)
                 k_key = (id(func), where, phase, k_args, k_kw)
                 k_entry = self.table.get(k_key)

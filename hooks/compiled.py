@@ -169,6 +169,18 @@ def _eager_ops(gm: Any, calls: dict[Any, OpCall], origins: dict[str, tuple[str, 
     return tuple(out)
 
 
+def _listed(names: list[str], most: int) -> str:
+    """"a, b, c, ..." : the first `most` names, and an ellipsis when there are more."""
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
+def _no_formula(calls: Any) -> str:
+    """"; no FLOP formula for aten.x, ..." where some of `calls` have none (what leaves a row
+    uncounted, named where the user sees it); "" where every call has one."""
+    missing = sorted({c.op for c in calls if REGISTRY.flop_formula(c.op, c.overload) is None})
+    return f"; no FLOP formula for {_listed(missing, 3)}" if missing else ""
+
+
 def _analyse(gm: Any, inputs: list[Any], idx: int = -1
              ) -> tuple[tuple[OpCall, ...] | None, tuple[Any, ...], tuple[Any, ...], str, tuple[EagerOp, ...] | None]:
     try:
@@ -194,13 +206,9 @@ def _analyse(gm: Any, inputs: list[Any], idx: int = -1
         _NODES[idx] = _nodes_of(gm, calls, origins or {}, grouped)
     placeholders = tuple(n for n in gm.graph.nodes if n.op == "placeholder")
     names = [c.op.removeprefix("aten.") for c in static if c.op not in _VIEWS] + ["flex_attention"] * len(flex)
-    distinct = list(dict.fromkeys(names))
-    shown = ", ".join(distinct[:4]) + (", ..." if len(distinct) > 4 else "")
+    shown = _listed(list(dict.fromkeys(names)), 4)
     text = f"compiled region: {len(names)} ops fused ({shown})" if names else "compiled region"
-    # what would leave the region uncounted, named where the user sees the row
-    missing = sorted({c.op for c in static if REGISTRY.flop_formula(c.op, c.overload) is None})
-    if missing:
-        text += f"; no FLOP formula for {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
+    text += _no_formula(static)
     return tuple(static), tuple(flex), placeholders, text, eager
 
 
@@ -359,6 +367,8 @@ def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[An
     found = _KERNELS.get(memo_key)
     if found is not None:
         return found
+    if len(_KERNELS) > 4096:  # buffers of ever new sizes (dynamic shapes): forget the oldest splits
+        _KERNELS.clear()
     if idx not in _NODES:
         return None
     nodes, grouped = _NODES[idx]
@@ -401,24 +411,18 @@ def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[An
     kernels = []
     for k, (name, reads, writes, _) in enumerate(runs):
         fused_ops = list(dict.fromkeys(c.op.removeprefix("aten.") for c in ops[k]))
-        text = f"kernel {name}: " + (
-            f"{len(ops[k])} ops ({', '.join(fused_ops[:4])}{', ...' if len(fused_ops) > 4 else ''})"
-            if fused_ops else "no op of the region's graph matched to it")
-        missing = sorted({c.op for c in ops[k] if REGISTRY.flop_formula(c.op, c.overload) is None})
-        if missing:
-            text += f"; no FLOP formula for {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
+        text = f"kernel {name}: " + (f"{len(ops[k])} ops ({_listed(fused_ops, 4)})"
+                                     if fused_ops else "no op of the region's graph matched to it")
+        text += _no_formula(ops[k])
         module = max(modules[k], key=modules[k].__getitem__) if modules[k] else ""
         kernels.append((module, (name, reads), writes,
                         RegionFacts((idx, k, name), tuple(ops[k]), text, None if eager is None else tuple(eager[k]))))
     rest = None
     if left or (facts.ops is None):
         unmatched = list(dict.fromkeys(c.op.removeprefix("aten.") for c in left))
-        text = (f"compiled region: {len(left)} ops no kernel was matched to ({', '.join(unmatched[:4])}"
-                f"{', ...' if len(unmatched) > 4 else ''}), their FLOPs here, their bytes in no kernel's buffers;"
-                " its time the wrapper's between kernels")
-        missing = sorted({c.op for c in left if REGISTRY.flop_formula(c.op, c.overload) is None})
-        if missing:
-            text += f"; no FLOP formula for {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}"
+        text = (f"compiled region: {len(left)} ops no kernel was matched to ({_listed(unmatched, 4)}), their FLOPs"
+                " here, their bytes in no kernel's buffers; its time the wrapper's between kernels")
+        text += _no_formula(left)
         rest = RegionFacts((idx, "rest"), tuple(left) if facts.ops is not None else None, text,
                            None if eager is None else tuple(left_eager))
     found = _KERNELS[memo_key] = (kernels, rest)

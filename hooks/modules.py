@@ -50,6 +50,9 @@ class ModuleTracker:
 
     def __init__(self, model: torch.nn.Module | None = None) -> None:
         self._names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+        #: qualify()'s answers while the names are as they were ((len(_names), answers): a module
+        #: named or collected changes the count, and the answers are worked out again)
+        self._qualified: tuple[int, dict[tuple[str, str], str]] = (0, {})
         self._roots: list[weakref.ref[torch.nn.Module]] = []
         self._param_modules: dict[int, str] | None = None  # built at the first gradient accumulation
         self._fixed = model is not None
@@ -269,6 +272,16 @@ class ModuleTracker:
         compiled whole): the shortest known name that ends with it, under `within` where given."""
         if not path:
             return within
+        count, answers = self._qualified
+        if count != len(self._names):  # every region call asks: the names are scanned once, not each time
+            answers = {}
+            self._qualified = (len(self._names), answers)
+        found = answers.get((path, within))
+        if found is None:
+            found = answers[(path, within)] = self._qualify(path, within)
+        return found
+
+    def _qualify(self, path: str, within: str) -> str:
         prefix = f"{within}." if within else ""
         best = None
         for name in self._names.values():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from typing import Any
 
 import pytest
 import torch
@@ -151,6 +152,17 @@ def _many_ranks(tmp_path, ranks: int = 20) -> tuple[RunDir, memwall.Report]:
     return store, base
 
 
+def _counting_loader() -> tuple[list[str], Any]:
+    """A report loader for `RunDir.jobs(load=...)` that notes each file it reads in full."""
+    read: list[str] = []
+
+    def counting(window):
+        read.append(window.path.name)
+        return memwall.load_report(window.path)
+
+    return read, counting
+
+
 def test_a_large_jobs_heads_are_cached_and_equal_the_reports_read_in_full(tmp_path, monkeypatch):
     from memwall_plugin import rankheads, rundir
 
@@ -158,13 +170,7 @@ def test_a_large_jobs_heads_are_cached_and_equal_the_reports_read_in_full(tmp_pa
     (full,) = group_jobs(store.load())  # every file read and merged: the ground truth
     truth = [rankheads.head_of(full.ranks[r]) for r in sorted(full.ranks)]
     shutil.rmtree(store.reports / rankheads.HEADS_DIR)  # files copied without the heads their ranks left
-    read: list[str] = []
-    load = memwall.load_report
-
-    def counting(window):
-        read.append(window.path.name)
-        return load(window.path)
-
+    read, counting = _counting_loader()
     (job,) = store.jobs(load=counting)
     assert job.heads == truth and len(read) == 21
     assert (store.reports / rankheads.SIDECAR).is_file()
@@ -192,13 +198,7 @@ def test_each_rank_leaves_its_head_and_a_first_read_uses_it(tmp_path):
     assert sorted(p.name for p in heads_dir.iterdir()) == sorted(w.path.name for w in store.windows())
     (full,) = group_jobs(store.load())
     truth = [rankheads.head_of(full.ranks[r]) for r in sorted(full.ranks)]
-    read: list[str] = []
-    load = memwall.load_report
-
-    def counting(window):
-        read.append(window.path.name)
-        return load(window.path)
-
+    read, counting = _counting_loader()
     (job,) = store.jobs(load=counting)
     assert job.heads == truth
     assert sorted(read) == sorted(w.path.name for w in store.windows() if w.rank == 3)
