@@ -739,6 +739,8 @@ class Capture:
         node = current_autograd_node()
         if node is not None:
             tracker.setup_open = False  # a backward pass: work has run (a functional model's too)
+            if self.memory is not None and self.memory.unarmed:  # before any gradient accumulates
+                self.memory.arm()
             if tracker.stack:
                 # a module's forward re-run inside backward: activation checkpointing recomputing it
                 phase, module = RECOMPUTE, tracker.stack[-1]
@@ -759,6 +761,8 @@ class Capture:
             # forward of a custom autograd.Function (which torch runs with grad mode off);
             # `loss.backward()` makes its seed gradient (ones_like) here too, before any Node runs
             phase, module = tracker.user_label or FORWARD, ""
+            if self.memory is not None and self.memory.unarmed:  # a graph that a backward may run
+                self.memory.arm()
             if func is _ONES_LIKE and in_backward_seed():
                 phase = BACKWARD
         else:

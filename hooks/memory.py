@@ -166,6 +166,7 @@ class MemoryTracker:
         self._param_modules: dict[int, str] = {}  # id(param) -> module
         self._roots: set[int] = set()
         self._handles: list[Any] = []
+        self.unarmed: list[Any] = []  # parameters whose gradient hook waits for `arm`
         self._optimizers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._hooks: Any = None
         self._counted: set[_Storage] = set()  # activations already added to a module this step
@@ -270,12 +271,21 @@ class MemoryTracker:
                 if p.grad is not None:
                     self._add(p.grad, GRADIENTS, path)
                 if p.requires_grad:
-                    try:
-                        self._handles.append(p.register_post_accumulate_grad_hook(self._grad_ready))
-                    except RuntimeError:  # not a leaf (a tied view): its gradient is someone else's
-                        pass
+                    self.unarmed.append(p)
             for b in module.buffers(recurse=False):
                 self._add(b, OTHER, path)
+
+    def arm(self) -> None:
+        """Hook the parameters' gradients (each noted as a gradient when accumulated). Done when
+        gradients can first come: a forward with grad enabled, or a backward pass (the capture
+        calls this at its first op); a profile of inference (a BERT-Base's 199 parameters: ~1 ms)
+        never pays for it. An earlier gradient is read from `.grad` (add_root, the optimizer)."""
+        params, self.unarmed = self.unarmed, []
+        for p in params:
+            try:
+                self._handles.append(p.register_post_accumulate_grad_hook(self._grad_ready))
+            except RuntimeError:  # not a leaf (a tied view): its gradient is someone else's
+                pass
 
     def _grad_ready(self, p: Any) -> None:
         if self.closed or self.failed is not None:
@@ -475,6 +485,7 @@ class MemoryTracker:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self.unarmed = []
 
     def fail(self, err: BaseException) -> None:
         if self.failed is None:

@@ -211,6 +211,9 @@ class ModuleTracker:
         if self._other_thread() or self._torch_subgraph(module):
             return
         self.setup_open = False
+        memory = self.memory
+        if memory is not None and memory.unarmed and torch.is_grad_enabled():  # gradients may come
+            memory.arm()
         name = self._name_of(module)
         if name is None:  # not part of the tracked model: stay with the enclosing path
             name = self.stack[-1] if self.stack else ""

@@ -315,10 +315,24 @@ def rows_from_entries(
         rows.append(new_row(op, overload, e.module, e.phase, n, dtype, shapes, flops, bytes_read, bytes_written,
                             elements_read, elements_written, e.time_ns * 1e-9, peak, bandwidth, reuse, level, dram,
                             eager_ops))
-    # longest first, ties by (op, module, phase, shapes): two stable sorts on C-made keys
-    rows.sort(key=_tie_order)
-    rows.sort(key=_time_order, reverse=True)
-    return tuple(rows)
+    return tuple(by_time(rows))
+
+
+def by_time(rows: list[Row]) -> list[Row]:
+    """`rows` longest first, ties by (op, module, phase, shapes), sorted in place. Comparing
+    the string keys of every row cost more than the rest of the sort: they are compared only
+    within runs of equal times (rows with no time, repeats of one op)."""
+    rows.sort(key=_time_order, reverse=True)  # stable: ties keep their order until sorted below
+    times = list(map(_time_order, rows))
+    start, n = 0, len(rows)
+    while start < n:
+        end = start + 1
+        while end < n and times[end] == times[start]:
+            end += 1
+        if end - start > 1:
+            rows[start:end] = sorted(rows[start:end], key=_tie_order)
+        start = end
+    return rows
 
 
 _tie_order = operator.attrgetter("op", "module", "phase", "shapes")

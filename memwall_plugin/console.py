@@ -448,6 +448,11 @@ def fusion_finding(rows: tuple[Row, ...]) -> str | None:
     text = (f"compiling {verb} {_saving(total)}: {total.regions} compiled kernel or region call"
             f"{'s' if total.regions != 1 else ''} moved {si(total.bytes, 'B')} where the {total.eager_calls} "
             f"aten op calls they stand for would move {si(total.eager_bytes, 'B')} run eagerly")
+    roof = total.roof_saved_fraction
+    if roof is not None and total.roof_s is not None and total.eager_roof_s is not None:
+        # a projection on the same roofs for both, said as one: the eager ops' time was not measured
+        text += (f"; the least time main memory's roofline allows goes from {_dur(total.eager_roof_s)} eagerly to "
+                 f"{_dur(total.roof_s)} ({-roof:+.1%}; the compiled calls measured {_dur(total.time_s)})")
     if len(savings) == 1:
         return text + f", in `{savings[0].module or '(top level)'}`."
     shown = "; ".join(f"`{s.module or '(top level)'}` {_saving(s)}" for s in savings[:3])

@@ -218,6 +218,18 @@ class Row(RooflinePoint):
         eager = self.eager_bytes
         return None if eager is None else eager - self.bytes
 
+    @property
+    def eager_dram_roofline_time_s(self) -> float | None:
+        """The least time its fused ops would take run eagerly, one by one, on this row's roofs
+        (its compute peak, main memory's bandwidth: an eager op's result goes out to memory and
+        comes back for the next): the same projection as `dram_roofline_time_s`, op by op. None
+        where an op has no FLOP formula or the row has no roof."""
+        if not self.eager_ops or self.peak_flops_per_s is None:
+            return None
+        times = [roofline.roofline_time_s(f, b, self.peak_flops_per_s, self.dram_bandwidth_bytes_per_s)
+                 for _, _, f, b in self.eager_ops]
+        return None if any(t is None for t in times) else math.fsum(t for t in times if t is not None)
+
     # -- under the link's roof ---------------------------------------------------------------------
     @property
     def bound(self) -> str:
@@ -314,7 +326,8 @@ def row_record(r: Row) -> dict[str, Any]:
     out["family"] = REGISTRY.family(r.op, r.overload)  # registry metadata: matmul, norm, communication...
     if r.eager_ops:  # a compiled region's: what its fused ops would cost run eagerly
         out.update(eager_calls=r.eager_calls, eager_flops=r.eager_flops, eager_bytes=r.eager_bytes,
-                   fusion_saved_bytes=r.fusion_saved_bytes,
+                   fusion_saved_bytes=r.fusion_saved_bytes, dram_roofline_time_s=_finite(r.dram_roofline_time_s),
+                   eager_dram_roofline_time_s=_finite(r.eager_dram_roofline_time_s),
                    eager_ops=[{"op": op, "calls": n, "flops": f, "bytes": b} for op, n, f, b in r.eager_ops])
     c = r.collective
     if c is not None:
@@ -547,6 +560,19 @@ class FusionSaving:
     eager_calls: int  # the aten op calls they stand for
     eager_bytes: int
     bytes: int
+    #: the least time main memory's roofline allows the regions (`Row.dram_roofline_time_s`) and
+    #: their ops run eagerly (`Row.eager_dram_roofline_time_s`): a projection, None where a row
+    #: has none (no roof, an op without a FLOP formula)
+    roof_s: float | None = None
+    eager_roof_s: float | None = None
+    time_s: float = 0.0  # the regions' measured time
+
+    @property
+    def roof_saved_fraction(self) -> float | None:
+        """Share of the eager ops' least time (on main memory's roofline) that compiling removed."""
+        if self.roof_s is None or not self.eager_roof_s:
+            return None
+        return 1 - self.roof_s / self.eager_roof_s
 
     @property
     def saved_bytes(self) -> int:
@@ -566,9 +592,17 @@ def fusion_savings(rows: Iterable[Row]) -> tuple[FusionSaving, ...]:
         if r.eager_ops:
             by_module.setdefault(r.module, []).append(r)
     out = [FusionSaving(module, sum(r.calls for r in members), sum(r.eager_calls or 0 for r in members),
-                        sum(r.eager_bytes or 0 for r in members), sum(r.bytes for r in members))
+                        sum(r.eager_bytes or 0 for r in members), sum(r.bytes for r in members),
+                        _sum_or_none(r.dram_roofline_time_s for r in members),
+                        _sum_or_none(r.eager_dram_roofline_time_s for r in members),
+                        math.fsum(r.time_s for r in members))
            for module, members in by_module.items()]
     return tuple(sorted(out, key=lambda s: (-s.saved_bytes, s.module)))
+
+
+def _sum_or_none(values: Iterable[float | None]) -> float | None:
+    values = list(values)
+    return None if any(v is None for v in values) else math.fsum(v for v in values if v is not None)
 
 
 def total_fusion_saving(savings: Iterable[FusionSaving]) -> FusionSaving | None:
@@ -577,7 +611,9 @@ def total_fusion_saving(savings: Iterable[FusionSaving]) -> FusionSaving | None:
     if not savings:
         return None
     return FusionSaving("", sum(s.regions for s in savings), sum(s.eager_calls for s in savings),
-                        sum(s.eager_bytes for s in savings), sum(s.bytes for s in savings))
+                        sum(s.eager_bytes for s in savings), sum(s.bytes for s in savings),
+                        _sum_or_none(s.roof_s for s in savings), _sum_or_none(s.eager_roof_s for s in savings),
+                        math.fsum(s.time_s for s in savings))
 
 
 GROUP_BY = ("op", "module", "module_tree", "phase")

@@ -1235,6 +1235,8 @@ def test_a_compiled_region_row_shows_the_ops_it_fused_and_what_compiling_saved(b
         title = line.get_attribute("title")
         assert "fused 3 eager op calls: mul ×1, add ×1, relu ×1" in title, title
         assert f"eagerly they move {_si(6 * 4 * n, 'B')}; compiling saved {_si(4 * 4 * n, 'B')} (−66.7%)" in title
+        # memory-bound (1 FLOP per 8 bytes): on main memory's roofline the fused call takes a third
+        assert "least time on main memory's roofline: " in title and "compiled (−66.7%)" in title, title
         cell = line.find_element(By.CSS_SELECTOR, "td[data-key='bytes']")
         assert cell.text == f"{_si(2 * 4 * n, 'B')} −66.7%"
         assert cell.find_element(By.CSS_SELECTOR, ".mw-fusion-saved").text == "−66.7%"

@@ -73,6 +73,15 @@ def test_relu_chain_region_and_its_eager_counterfactual(fresh_dynamo, tmp_path):
     assert (record["eager_calls"], record["eager_bytes"], record["fusion_saved_bytes"]) == (3, 6 * 4 * N, 4 * 4 * N)
     said = [f for f in findings(rep) if f.startswith("compiling removed")]
     assert len(said) == 1 and "(-66.7%)" in said[0] and "`(top level)`" in said[0], said
+    # on the roofline, by hand: each op is 1 FLOP per 8 bytes, far below this CPU's ridge, so
+    # each takes its bytes over main memory's bandwidth: eagerly 3 x 8 x N bytes, fused 8 x N
+    bw, peak = row.dram_bandwidth_bytes_per_s, row.peak_flops_per_s
+    assert bw and peak and 3 * N / peak < 8 * N / bw
+    assert row.dram_roofline_time_s == pytest.approx(8 * N / bw, rel=1e-12)
+    assert row.eager_dram_roofline_time_s == pytest.approx(3 * 8 * N / bw, rel=1e-12)
+    assert record["eager_dram_roofline_time_s"] == pytest.approx(3 * 8 * N / bw, rel=1e-12)
+    assert "main memory's roofline allows" in said[0] and "eagerly to" in said[0]
+    assert said[0].count("(-66.7%") == 2, said  # the traffic, and the least time
 
     # the same code run eagerly: the counterfactual is what eager measured
     with memwall.profile(summary=False) as prof:

@@ -57,6 +57,38 @@ def test_mlp_with_adamw_parameters_gradients_and_optimizer_state_equal_the_hand_
         assert by_module[path].optimizer_state_bytes == 8 * own + 2 * 4
 
 
+def test_gradients_of_a_graph_built_before_the_profile_are_counted_in_its_backward():
+    # the forward ran outside the profile (grad enabled, no module seen inside it): the gradient
+    # hooks are set at the backward pass's first op, before any gradient accumulates
+    model = _mlp()
+    torch.manual_seed(1)
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(BATCH, IN)), torch.randint(0, OUT, (BATCH,)))
+    with memwall.profile(model=model, summary=False) as prof:
+        loss.backward()
+    n = sum(p.numel() for p in model.parameters())
+    assert prof.report().memory.peak_by_category["gradients"] == 4 * n
+
+
+def test_inference_sets_no_gradient_hooks_and_a_forward_with_grad_sets_one_per_parameter(monkeypatch):
+    set_on: list[int] = []
+    real = torch.Tensor.register_post_accumulate_grad_hook
+
+    def counting(self, hook):
+        set_on.append(id(self))
+        return real(self, hook)
+
+    monkeypatch.setattr(torch.Tensor, "register_post_accumulate_grad_hook", counting)
+    model, x = _mlp(), torch.randn(BATCH, IN)
+    with memwall.profile(model=model, summary=False), torch.no_grad():
+        model(x)
+    assert set_on == []
+    with memwall.profile(model=model, summary=False) as prof:
+        model(x).sum().backward()
+    assert sorted(set_on) == sorted(id(p) for p in model.parameters())
+    n = sum(p.numel() for p in model.parameters())
+    assert prof.report().memory.peak_by_category["gradients"] == 4 * n
+
+
 def test_mlp_activations_equal_the_hand_count_of_the_tensors_saved_for_backward():
     mem = _train_mlp(_mlp())[0].memory
     acts = {m.module: m.activation_bytes for m in mem.modules if m.activation_bytes}

@@ -108,3 +108,19 @@ def test_one_record_for_ops_and_collectives():
     assert (c["bound"], c["message_bytes_per_call"], c["bytes_moved"], c["link_bytes_per_s"]) == (
         "communication", 4000, 8000, 2e9)
     assert c["flops"] is None and c["intensity"] is None and c["family"] == "communication"
+
+
+def test_report_rows_are_longest_first_with_ties_in_op_module_phase_shapes_order():
+    # analysis.by_time compares names only within runs of equal times; a plain sort on the whole
+    # key is the reference, over rows with many ties (untimed rows, repeated times)
+    import random
+
+    from memwall_plugin.analysis import by_time
+
+    rng = random.Random(7)
+    rows = [op(rng.choice(["aten.mm", "aten.add", "aten.relu"]), module=rng.choice(["a", "b", "a.c"]),
+               phase=rng.choice(["forward", "backward"]), shapes=rng.choice(["[1]", "[2]"]),
+               time_s=rng.choice([0.0, 0.001, 0.002, 0.5]) + (rng.random() if rng.random() < 0.3 else 0.0))
+            for _ in range(400)]
+    expected = sorted(rows, key=lambda r: (-r.time_s, r.op, r.module, r.phase, r.shapes))
+    assert [id(r) for r in by_time(list(rows))] == [id(r) for r in expected]

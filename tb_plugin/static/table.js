@@ -62,7 +62,18 @@ function fusion(r) {
   if (!r.eager_ops || !r.eager_ops.length) return '';
   const ops = r.eager_ops.map((o) => `${o.op.replace(/^aten\./, '')} ×${o.calls.toLocaleString()}`).join(', ');
   return `\nfused ${r.eager_calls.toLocaleString()} eager op calls: ${ops}` +
-    `\neagerly they move ${si(r.eager_bytes, 'B')}; compiling saved ${si(r.fusion_saved_bytes, 'B')} (${saving(r)})`;
+    `\neagerly they move ${si(r.eager_bytes, 'B')}; compiling saved ${si(r.fusion_saved_bytes, 'B')} (${saving(r)})` +
+    roofTimes(r);
+}
+
+/** The least time main memory's roofline allows the ops run eagerly and the compiled call (a
+ * projection on the same roofs, not a measurement of the eager ops); '' where either is unknown. */
+function roofTimes(r) {
+  const eager = r.eager_dram_roofline_time_s, fused = r.dram_roofline_time_s;
+  if (eager == null || fused == null || !(eager > 0)) return '';
+  const change = fused / eager - 1;
+  return `\nleast time on main memory's roofline: ${duration(eager)} eagerly, ${duration(fused)} compiled ` +
+    `(${change < 0 ? '−' : '+'}${Math.abs(change * 100).toFixed(1)}%)`;
 }
 
 /** The bytes compiling saved as a signed share of the eager bytes ("−66.7%"). */
