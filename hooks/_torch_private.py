@@ -587,13 +587,13 @@ class _EagerOrigins:
                     for node in graph.nodes:
                         stack = node.meta.get("nn_module_stack") or node.meta.get("fwd_nn_module_stack")
                         if isinstance(stack, dict) and stack:
-                            last = list(stack.values())[-1]
-                            if isinstance(last, tuple) and last and isinstance(last[0], str):
-                                modules[node.name] = _module_path(last[0])
+                            path = _stack_path(list(stack.values()))
+                            if path is not None:
+                                modules[node.name] = path
                     owner.meta[_MODULES_KEY] = modules
 
                 def uuid(self) -> Any:
-                    return "memwall-eager-origins-4"
+                    return "memwall-eager-origins-5"
 
             cls._instance = EagerOriginsPass()
         return cls._instance
@@ -614,10 +614,30 @@ def _keep_eager_origins(config: Any) -> None:
 _MODULES_KEY = "memwall_node_modules"
 
 
+def _stack_path(stack: list[Any]) -> str | None:
+    """The module path of a node from its nn_module_stack's entries, outermost first, each
+    (Dynamo's path, the module's class): the innermost entry's path below the compiled module;
+    a module reached through a global (`G['...modeling_llama'].apply_rotary_pos_emb`, a function
+    transformers made a module) is named as an eager run names a module run inside another
+    without being its child: the enclosing path and its class's name."""
+    path: str | None = None
+    for entry in stack:
+        if not (isinstance(entry, tuple) and entry and isinstance(entry[0], str)):
+            continue
+        if entry[0].startswith("G[") and path is not None:
+            kind = entry[1] if len(entry) > 1 else None
+            name = kind.__name__ if isinstance(kind, type) else str(kind or "").rsplit(".", 1)[-1]
+            path = f"{path}.{name}" if path else name
+        else:
+            path = _module_path(entry[0])
+    return path
+
+
 def _module_path(dynamo_path: str) -> str:
     """A module's path as `named_modules` spells it, from Dynamo's (`L['self'].h[0].attn`,
-    `L['self']._modules['h']._modules['0']`): the root's own name left out."""
-    path = re.sub(r"^[A-Za-z_]+\[['\"][^'\"]*['\"]\]", "", dynamo_path)
+    `L['self']._modules['h']._modules['0']`, or `L['args'][0].model` where a decorator's
+    `wrapper(*args)` was the frame compiled): the root's own name left out."""
+    path = re.sub(r"^[A-Za-z_]+\[['\"][^'\"]*['\"]\](\[\d+\])*", "", dynamo_path)
     path = re.sub(r"\._modules\[['\"]([^'\"]*)['\"]\]", r".\1", path)
     path = re.sub(r"\[['\"]?([^\]'\"]*)['\"]?\]", r".\1", path)
     return path.strip(".")

@@ -90,11 +90,13 @@ class ModuleTracker:
     # -- names -------------------------------------------------------------------------------
     def _add_root(self, root: torch.nn.Module) -> None:
         for name, module in root.named_modules(remove_duplicate=False):
-            self._names[module] = name
+            # a model compiled whole and called as such (torch.compile(model)) is an
+            # OptimizedModule holding it as `_orig_mod`: named as its eager run names it
+            self._names[module] = _without_compile_wrapper(name) if "_orig_mod" in name else name
         self._roots.append(weakref.ref(root))
         self._param_modules = None
         if self.memory is not None:
-            self.memory.add_root(root)
+            self.memory.add_root(root, self._names)
 
     def roots(self) -> list[torch.nn.Module]:
         return [r for r in (ref() for ref in self._roots) if r is not None]
@@ -111,7 +113,7 @@ class ModuleTracker:
                     continue
                 for name, module in root.named_modules(remove_duplicate=False):
                     for p in module.parameters(recurse=False):
-                        owners[id(p)] = name
+                        owners[id(p)] = self._names.get(module, name)
             self._param_modules = owners
         return self._param_modules.get(id(param), "")
 
@@ -294,7 +296,7 @@ class ModuleTracker:
         found = best if best is not None else f"{prefix}{path}"
         # a module compiled whole (torch.compile(module)) is an OptimizedModule holding the
         # module as `_orig_mod`: named as its eager run names it
-        return ".".join(part for part in found.split(".") if part != "_orig_mod")
+        return _without_compile_wrapper(found)
 
     def path_for_node(self, node: Any) -> str:
         """The module path whose forward created `node` ("" when unknown)."""
@@ -466,3 +468,8 @@ def _holds_state(value: Any, depth: int = 0) -> bool:
     else:
         return False
     return any(_holds_state(item, depth + 1) for item in items)
+
+
+def _without_compile_wrapper(path: str) -> str:
+    """`path` without the `_orig_mod` steps of torch.compile's OptimizedModule wrappers."""
+    return ".".join(part for part in path.split(".") if part != "_orig_mod")

@@ -116,6 +116,75 @@ def test_compiled_option_names_its_values():
         memwall.profile(compiled="Eager")  # type: ignore[arg-type]
 
 
+def _passthrough(fn: Any) -> Any:
+    """A decorator as transformers puts on its models' forwards (`can_return_tuple`): Dynamo then
+    compiles its `wrapper(*args, **kwargs)`, and the model is `L['args'][0]` in its module paths."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+class _Scale(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 0.5 + 1
+
+
+#: a module kept as a global and called inside others (transformers makes functions such as
+#: apply_rotary_pos_emb modules this way): Dynamo reaches it through `G[...]`
+_SCALE = _Scale()
+
+
+class _Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(16, 16)
+        self.act = torch.nn.GELU()
+
+    @_passthrough
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _SCALE(self.act(self.proj(x)))
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = _Block()
+        self.head = torch.nn.Linear(16, 4)
+
+    @_passthrough
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x)).tanh()
+
+
+@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
+def test_a_model_compiled_whole_has_its_eager_module_names(fresh_dynamo):
+    """torch.compile(model) called as such, its forward behind a decorator, a global module
+    inside: every compiled row is in a module the eager run of the same model names (no
+    `_orig_mod`, no `0.` from the decorator's `args[0]`), and the modules that ran ops are the same."""
+    torch.manual_seed(0)
+    net, x = _Net(), torch.randn(8, 16)
+    with torch.no_grad():
+        with memwall.profile(summary=False) as prof:
+            net(x)
+        eager = {r.module for r in prof.report().rows}
+        compiled = torch.compile(net)
+        compiled(x)
+        with memwall.profile(summary=False) as prof:
+            compiled(x)
+    rows = prof.report().rows
+    assert "block.proj" in eager and "block._Scale" in eager and "" in eager  # the tanh, outside any child
+    kernel_modules = {r.module for r in _kernels(prof.report())}
+    assert kernel_modules and kernel_modules <= eager, kernel_modules - eager
+    assert {r.module for r in rows} <= eager, {r.module for r in rows} - eager
+    # the ops of each eager module are in kernels of the same module (head's GEMM, the block's
+    # GEMM, GELU and the global module's mul and add), where Inductor kept them apart
+    assert {"block.proj", "head"} <= kernel_modules
+
+
 @pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
 def test_mlp_compiled_kernel_by_kernel_with_modules_and_savings_per_module(fresh_dynamo):
     """Linear -> ReLU -> Linear -> Tanh compiled whole, inside a model as `a` and `b`: on CPU
