@@ -13,6 +13,7 @@ import bisect
 import functools
 import inspect
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -86,6 +87,7 @@ class ModuleTracker:
         self.disabled = False
         self.on_error: Callable[[BaseException, Any], None] | None = None
         self._thread = _thread_id()  # the thread whose ops are recorded (dispatch modes are per thread)
+        self._quiet: Any = None  # the warning filter set while the hooks are installed
 
     # -- names -------------------------------------------------------------------------------
     def _add_root(self, root: torch.nn.Module) -> None:
@@ -167,6 +169,7 @@ class ModuleTracker:
             nn_module.register_module_forward_pre_hook(self._guarded(self._pre_forward)),
             nn_module.register_module_forward_hook(self._guarded(self._post_forward), always_call=True),
         ]
+        self._quiet = _quiet_compiled_module_warning()
 
     def _guarded(self, hook: Callable[..., None]) -> Callable[..., None]:
         """`hook`, made unable to raise into the user's code: memwall's error goes to on_error."""
@@ -189,6 +192,9 @@ class ModuleTracker:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        quiet, self._quiet = self._quiet, None
+        if quiet is not None:
+            _restore_warning_filters(quiet)
         self.stack.clear()
         self.generation_label, self._label_depth = None, -1
 
@@ -473,3 +479,27 @@ def _holds_state(value: Any, depth: int = 0) -> bool:
 def _without_compile_wrapper(path: str) -> str:
     """`path` without the `_orig_mod` steps of torch.compile's OptimizedModule wrappers."""
     return ".".join(part for part in path.split(".") if part != "_orig_mod")
+
+
+#: what torch says when an OptimizedModule (torch.compile(module)) is called while any global
+#: module hook is set: memwall's hooks are, while it records, and it names such a module as its
+#: eager run names it (the hooks firing for the wrapper and for the module change nothing)
+_COMPILED_MODULE_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks on modules"
+
+
+def _quiet_compiled_module_warning() -> Any:
+    """Silence torch's warning about global hooks on compiled modules while memwall's hooks are
+    set (the warning is about them, said at the user's call); `_restore_warning_filters` takes
+    the filter away again, so a user's own global hooks are warned about outside recording."""
+    warnings.filterwarnings("ignore", message=_COMPILED_MODULE_WARNING, category=UserWarning)
+    return warnings.filters[0]
+
+
+def _restore_warning_filters(entry: Any) -> None:
+    try:
+        warnings.filters.remove(entry)
+    except ValueError:  # the user reset the filters meanwhile (catch_warnings, simplefilter)
+        return
+    mutated = getattr(warnings, "_filters_mutated", None)  # drop the cached decisions of the filter
+    if callable(mutated):
+        mutated()

@@ -160,7 +160,6 @@ class _Net(torch.nn.Module):
         return self.head(self.block(x)).tanh()
 
 
-@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
 def test_a_model_compiled_whole_has_its_eager_module_names(fresh_dynamo):
     """torch.compile(model) called as such, its forward behind a decorator, a global module
     inside: every compiled row is in a module the eager run of the same model names (no
@@ -185,7 +184,6 @@ def test_a_model_compiled_whole_has_its_eager_module_names(fresh_dynamo):
     assert {"block.proj", "head"} <= kernel_modules
 
 
-@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
 def test_mlp_compiled_kernel_by_kernel_with_modules_and_savings_per_module(fresh_dynamo):
     """Linear -> ReLU -> Linear -> Tanh compiled whole, inside a model as `a` and `b`: on CPU
     Inductor runs each Linear as a library GEMM (extern_kernels.addmm) and each activation as a
@@ -496,3 +494,23 @@ def test_compiled_gpt2_step_same_flops_fewer_bytes_same_bits_no_recompile(fresh_
           f"compiled {compiled_bytes} B vs eager run {eager_bytes} B, counterfactual {cf_bytes} B")
     said = [f for f in findings(rep) if f.startswith("compiling removed")]
     assert len(said) == 1 and all(f"`{s.module or '(top level)'}`" in said[0] for s in savings[:3]), said
+
+
+def test_torchs_warning_about_global_hooks_is_kept_out_of_recording_only(fresh_dynamo):
+    """torch warns when a compiled module is called while global module hooks are set; memwall's
+    are while it records, and it handles what the warning is about (tested above), so a user sees
+    nothing from it; a user's own global hook, outside recording, is still warned about."""
+    compiled = torch.compile(torch.nn.Linear(4, 4))
+    x = torch.randn(2, 4)
+    compiled(x)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with memwall.profile(summary=False):
+            compiled(x)
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda *args: None)
+        try:
+            compiled(x)
+        finally:
+            handle.remove()
+    about = [str(w.message) for w in seen if "when there are global hooks" in str(w.message)]
+    assert len(about) == 1, about  # the user's hook's call only

@@ -68,7 +68,6 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-@pytest.mark.filterwarnings("ignore:Using `torch.compile\\(module\\)`:UserWarning")
 def test_compiled_module_runs_its_compiled_code_under_the_profile_and_is_counted(fresh_dynamo):
     model = _mlp()
     x = torch.randn(2, 8)
