@@ -496,8 +496,9 @@ def _quiet_compiled_module_warning() -> Any:
 
 
 def _restore_warning_filters(entry: Any) -> None:
+    filters: Any = warnings.filters  # typeshed says Sequence; it is the module's list
     try:
-        warnings.filters.remove(entry)
+        filters.remove(entry)
     except ValueError:  # the user reset the filters meanwhile (catch_warnings, simplefilter)
         return
     mutated = getattr(warnings, "_filters_mutated", None)  # drop the cached decisions of the filter
