@@ -22,6 +22,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from memwall_plugin.devices import native_bf16, peak_key
+from memwall_plugin.diff import COMPILED_REGION
 from memwall_plugin.formulas import COUNT_NOTES, REGISTRY
 from memwall_plugin.headline import Headline, headline, slowest_rank
 from memwall_plugin.memory import MemoryReport, MemoryWhatIf
@@ -201,6 +202,8 @@ _BY_FAMILY = ("matmul", "convolution", "attention")
 
 _ADVICE = {
     "elementwise": "fusing them (torch.compile) or a larger batch raises their intensity",
+    "compiled": "torch.compile has fused these already (each kernel reads its inputs and writes its outputs "
+                "once): a larger batch or a narrower dtype (bf16) is what raises their intensity now",
     "matmul": "more rows per weight fetched (a larger batch, more tokens per call) raises their intensity",
     "convolution": "channels_last (model.to(memory_format=torch.channels_last)) runs them without layout "
                    "copies, a larger batch reuses each filter on more images, and torch.compile fuses the "
@@ -240,6 +243,8 @@ def category(row: Row) -> str:
         return "grad scaler"
     if row.phase == "other":
         return "outside-the-model"
+    if row.eager_ops or row.op == COMPILED_REGION:  # torch.compile's kernels: fusing is done
+        return "compiled"
     found = _CATEGORY.get(REGISTRY.family(row.op, row.overload))
     if found in _BY_FAMILY:
         return found

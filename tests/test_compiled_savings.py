@@ -169,7 +169,8 @@ def test_a_model_compiled_whole_has_its_eager_module_names(fresh_dynamo):
     with torch.no_grad():
         with memwall.profile(summary=False) as prof:
             net(x)
-        eager = {r.module for r in prof.report().rows}
+        eager_report = prof.report()
+        eager = {r.module for r in eager_report.rows}
         compiled = torch.compile(net)
         compiled(x)
         with memwall.profile(summary=False) as prof:
@@ -182,6 +183,12 @@ def test_a_model_compiled_whole_has_its_eager_module_names(fresh_dynamo):
     # the ops of each eager module are in kernels of the same module (head's GEMM, the block's
     # GEMM, GELU and the global module's mul and add), where Inductor kept them apart
     assert {"block.proj", "head"} <= kernel_modules
+    # the memory-bound advice: fuse the eager run's ops; the compiled kernels are fused already
+    eager_said, compiled_said = findings(eager_report), findings(prof.report())
+    assert any("memory-bound elementwise ops" in f and "fusing them (torch.compile)" in f
+               for f in eager_said), eager_said
+    assert any("memory-bound compiled ops" in f and "fused these already" in f for f in compiled_said), compiled_said
+    assert not any("fusing them (torch.compile)" in f for f in compiled_said)
 
 
 def test_mlp_compiled_kernel_by_kernel_with_modules_and_savings_per_module(fresh_dynamo):
