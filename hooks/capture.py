@@ -442,11 +442,12 @@ class _CaptureMode(UncompiledDispatchMode):
                 return self._dispatch_cuda(func, args, kwargs, hop=True)
             start = _perf_counter_ns()
             out = func(*args, **kwargs)  # not a dispatcher call: no profiler event of its own
-            elapsed = _perf_counter_ns() - start
+            end = _perf_counter_ns()
             try:
-                capture.record(func, args, kwargs, out, elapsed)
+                capture.record(func, args, kwargs, out, end - start)
             except Exception as err:
                 capture.fail(err, func)
+            capture.own_ns += _perf_counter_ns() - end
             return out
         if factory and fake_mode_active():  # torch.randn under FakeTensorMode makes a fake tensor
             return func(*args, **kwargs)
@@ -464,17 +465,19 @@ class _CaptureMode(UncompiledDispatchMode):
         # the user's op, run where the dispatcher was taking it (_run, inlined: this runs for every
         # op): its errors are the user's, unchanged
         out = call_unrecorded(func, args, kwargs) if func is _DETACH else call_below_mode(func, args, kwargs)
-        elapsed = _perf_counter_ns() - start
+        end = _perf_counter_ns()
         try:
-            capture.record(func, args, kwargs, out, elapsed)
+            capture.record(func, args, kwargs, out, end - start)
         except Exception as err:  # memwall's own error: the op's result is returned regardless
             capture.fail(err, func)
+        capture.own_ns += _perf_counter_ns() - end  # memwall's own time, left out of the host's
         return out
 
     def _region(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A region torch.compile compiled (hooks/compiled.py): read what its row needs before it
         runs (it frees its inputs as it goes; memwall keeps none of them), run it, record it."""
         capture = self._capture
+        begin = _perf_counter_ns()
         try:
             inputs = args[1] if len(args) > 1 and isinstance(args[1], list) else []
             key = (opaque(args[0]), tuple([signature(t) for t in inputs]))
@@ -490,7 +493,9 @@ class _CaptureMode(UncompiledDispatchMode):
         with kernels_observed(args[0], observer) as observed:
             start = _perf_counter_ns()
             out = func(*args, **kwargs)
-            elapsed = _perf_counter_ns() - start - observer.own_ns
+            end = _perf_counter_ns()
+            elapsed = end - start - observer.own_ns
+        capture.own_ns += start - begin + observer.own_ns  # sizing the region, noting its kernels
         try:
             kernels = None
             facts = region[1]
@@ -508,6 +513,7 @@ class _CaptureMode(UncompiledDispatchMode):
             capture.record(func, args, kwargs, out, elapsed, region, kernels)
         except Exception as err:
             capture.fail(err, func)
+        capture.own_ns += _perf_counter_ns() - end
         return out
 
     def _entered(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -604,6 +610,10 @@ class Capture:
         self.free_events: dict[int, list[Any]] = {}
         #: why recording stopped for good (an internal error), or None while healthy
         self.failed: str | None = None
+        #: nanoseconds of memwall's own work inside the recorded steps that it measures: recording
+        #: each op after it ran, sizing and observing compiled regions (the module hooks' is the
+        #: tracker's `own_ns`); what the recorder leaves out of the host's time
+        self.own_ns = 0
         #: another profile records in this one's place (a profile opened inside it): start()
         #: does nothing until it is resumed
         self.suspended = False

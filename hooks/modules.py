@@ -13,6 +13,7 @@ import bisect
 import functools
 import inspect
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Callable
@@ -34,6 +35,8 @@ from torch.compiler import is_compiling as _is_compiling
 from torch.nn.modules import module as nn_module
 from torch.optim import optimizer as optim_module
 from torch.utils.hooks import RemovableHandle
+
+_perf_counter_ns = time.perf_counter_ns
 
 _thread_id = threading.get_ident
 
@@ -88,6 +91,7 @@ class ModuleTracker:
         self.on_error: Callable[[BaseException, Any], None] | None = None
         self._thread = _thread_id()  # the thread whose ops are recorded (dispatch modes are per thread)
         self._quiet: Any = None  # the warning filter set while the hooks are installed
+        self.own_ns = 0  # nanoseconds spent in memwall's module hooks (Capture.own_ns: the rest)
 
     # -- names -------------------------------------------------------------------------------
     def _add_root(self, root: torch.nn.Module) -> None:
@@ -179,12 +183,14 @@ class ModuleTracker:
                 # Dynamo traces module hooks into the graph it builds: memwall's must trace to
                 # nothing, or each would break the user's compiled graph in two
                 return
+            start = _perf_counter_ns()
             try:
                 hook(*args)
             except Exception as err:
                 self.disabled = True
                 if self.on_error is not None:
                     self.on_error(err, f"the hook {hook.__name__}")
+            self.own_ns += _perf_counter_ns() - start
 
         return never_compiled(guarded)
 

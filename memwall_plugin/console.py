@@ -28,7 +28,7 @@ from memwall_plugin.headline import Headline, headline, slowest_rank
 from memwall_plugin.memory import MemoryReport, MemoryWhatIf
 from memwall_plugin.rankheads import headlines, rank_heads
 from memwall_plugin.ranks import CONDENSE_ABOVE, OUTLIER_SHARE, TOP_NODES, RankSpread, rank_spread
-from memwall_plugin.records import DECODE, TIME_SOURCE_KEY, TIMELINE_KEY, ordered_phases
+from memwall_plugin.records import DECODE, OWN_TIME_KEY, TIME_SOURCE_KEY, TIMELINE_KEY, ordered_phases
 from memwall_plugin.registry import Family
 from memwall_plugin.roofline import COMMUNICATION, COMPUTE, MEMORY, launch_floor_s
 from memwall_plugin.rows import FusionSaving, Group, Row, fusion_savings, module_tree, speedup, total_fusion_saving
@@ -266,12 +266,20 @@ HOST_BOUND_SHARE = 0.5
 
 def host_time_share(report: Report) -> float | None:
     """Share of the recorded steps' wall time spent outside any op and outside exposed
-    communication: Python, data loading and collation, logging (memwall's own bookkeeping too)."""
+    communication: Python, data loading and collation, logging; memwall's own work, where the
+    report measured it (`own_time_s`), left out (its dispatch into each op, unmeasured, stays in)."""
     wall = report.wall_time_s
     if wall <= 0:
         return None
-    outside = wall - report.total_time_s - (report.exposed_s or 0.0)
+    outside = wall - report.total_time_s - (report.exposed_s or 0.0) - own_time_s(report)
     return max(0.0, min(1.0, outside / wall))
+
+
+def own_time_s(report: Report) -> float:
+    """memwall's own work inside the recorded steps' wall time, as it measured it (0 where the
+    report does not say: a trace's, a file written before memwall measured it)."""
+    own = report.extra.get(OWN_TIME_KEY)
+    return float(own) if isinstance(own, (int, float)) and math.isfinite(own) and own > 0 else 0.0
 
 
 def cache_time(report: Report) -> dict[str, float]:
@@ -341,8 +349,11 @@ def findings(report: Report) -> list[str]:
             "reduce-overhead mode help."
         )
     elif host is not None and host >= HOST_BOUND_SHARE:
+        own = own_time_s(report)
+        left_out = f"; memwall's own {_dur(own)} left out" if own else ""
         out.append(
-            f"{host:.0%} of the recorded steps' wall time is outside any op (Python, data loading, logging): "
+            f"{host:.0%} of the recorded steps' wall time is outside any op (Python, data loading, logging"
+            f"{left_out}): "
             "the memory wall is not what limits this run; larger batches, a DataLoader with workers, or "
             "CUDA graphs would."
         )
@@ -633,8 +644,10 @@ class Summary:
         if isinstance(sources, dict) and "cuda" in sources:  # the host clock on a CPU goes without saying
             lines.append(_text("timing   CUDA events around each op on its stream (launch to end: the GPU's waits "
                                "for the host are in it)", style="dim"))
+        own = own_time_s(rep)
         lines.append(Text(
-            f"time     {_ms(head.time_s)} in ops (wall {_ms(head.wall_time_s)}), roofline "
+            f"time     {_ms(head.time_s)} in ops (wall {_ms(head.wall_time_s)}"
+            f"{f', memwall itself {_ms(own)} of it' if own else ''}), roofline "
             # a what-if's roofline can be microseconds: shown as the projection is
             f"{_dur(roof) if head.projected_time_s is not None and roof is not None else _ms(roof)} for the counted ops"
         ))

@@ -22,7 +22,7 @@ from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.distributed import DistributedSession
 from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into, rename_phase
 from memwall_plugin.memory_build import memory_report
-from memwall_plugin.records import OTHER, SETUP, TIME_SOURCE_KEY, TIME_SOURCES
+from memwall_plugin.records import OTHER, OWN_TIME_KEY, SETUP, TIME_SOURCE_KEY, TIME_SOURCES
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import (
     MAX_STEP_TOTALS,
@@ -89,12 +89,15 @@ class Recorder:
         self._window: Table = {}
         self._window_steps: list[int] = []
         self._window_wall = 0.0
+        self._window_own = 0.0  # memwall's own measured time in the window's steps (Capture.own_ns)
+        self._own_start = 0  # Capture.own_ns and the tracker's at the step's start
         #: each recorded step's totals, the window's and the closed windows' (condensed when long)
         self._window_totals: list[StepTotals] = []
         self._stride = 1  # steps per point in this window (doubled each time its points are condensed)
         self._all_totals: tuple[StepTotals, ...] = ()
         self._steps: list[int] = []
         self._wall = 0.0
+        self._own = 0.0
         self.incomplete = False
         self._report: Report | None = None
         self.closed = False
@@ -170,13 +173,19 @@ class Recorder:
             self.capture.start()
         else:
             self.capture.stop()
+        self._own_start = self._own_ns()
         self._step_start = time.perf_counter()
+
+    def _own_ns(self) -> int:
+        capture = self.capture
+        return 0 if capture is None else capture.own_ns + capture.tracker.own_ns
 
     def end_step(self, *, final: bool) -> None:
         """The step ends: its table joins the window; a window the schedule closes (or the last
         one) becomes a report for `on_window`; a recorded step goes to `on_step`."""
         assert self.capture is not None
         elapsed = time.perf_counter() - self._step_start
+        own = (self._own_ns() - self._own_start) / 1e9
         if self.capture.failed is not None:
             self.incomplete = True
         table = self.capture.take()
@@ -198,6 +207,7 @@ class Recorder:
         if kept and table:
             self._window = _merge(self._window, table)
             self._window_wall += elapsed
+            self._window_own += own
             if tail:
                 self._tail_s = (math.fsum(e.time_ns for e in table.values()) / 1e9, elapsed)
             else:
@@ -215,7 +225,7 @@ class Recorder:
                     alone = report is not None and len(report.steps) == 1  # a window of this step alone
                     built.append(report if alone and report is not None else self.build(
                         table, (self.step_num,), elapsed, window_only=True, step_only=True,
-                        step_totals=() if step is None else (step,)))
+                        step_totals=() if step is None else (step,), own=own))
                 return built[0]
 
             self.on_step(self.step_num, step_report)
@@ -253,16 +263,17 @@ class Recorder:
     def _close_window(self) -> Report:
         steps = tuple(self._window_steps)
         report = self.build(self._window, steps, self._window_wall, window_only=True,
-                            step_totals=condense_steps(self._window_totals))
+                            step_totals=condense_steps(self._window_totals), own=self._window_own)
         self.dist.close_window()
         if self.capture is not None and self.capture.memory is not None:
             self.capture.memory.close_window()
         only_window = not self._all
         self._steps.extend(steps)
         self._wall += self._window_wall
+        self._own += self._window_own
         self._all = _merge(self._all, self._window)
         self._all_totals = condense_steps(self._all_totals + report.step_totals)
-        self._window, self._window_steps, self._window_wall = {}, [], 0.0
+        self._window, self._window_steps, self._window_wall, self._window_own = {}, [], 0.0, 0.0
         self._window_totals, self._stride = [], 1
         # the common case, one window: the run's report is this one (no second build)
         self._report = report if only_window else None
@@ -292,7 +303,8 @@ class Recorder:
         return self.device
 
     def build(self, table: Table, steps: tuple[int, ...], wall: float,
-              window_only: bool = False, step_only: bool = False, step_totals: tuple[StepTotals, ...] = ()) -> Report:
+              window_only: bool = False, step_only: bool = False, step_totals: tuple[StepTotals, ...] = (),
+              own: float = 0.0) -> Report:
         """The report of `table` (a step, a window or the whole run). `step_only`: one step's
         ops alone, for per-step sinks (its collectives are the window's, so none are added)."""
         rank, world = self.dist.rank_and_world()
@@ -313,6 +325,8 @@ class Recorder:
             extra["nested_profiles"] = list(self.nested)
         if self._tail_s is not None and not step_only:
             extra[TAIL_OP_TIME_S], extra[TAIL_WALL_TIME_S] = self._tail_s
+        if own > 0:  # memwall's own measured time in the steps' wall time
+            extra[OWN_TIME_KEY] = own
         kinds = sorted({e.device for e in table.values()} & TIME_SOURCES.keys())
         if kinds:  # where its times come from, per device type its ops ran on
             extra[TIME_SOURCE_KEY] = {kind: TIME_SOURCES[kind] for kind in kinds}
@@ -349,7 +363,8 @@ class Recorder:
             table = {k: v.copy() for k, v in table.items()}
             table = _merge(table, self._window)
         report = self.build(table, self.recorded_steps, self._wall + self._window_wall,
-                            step_totals=condense_steps(self._all_totals + tuple(self._window_totals)))
+                            step_totals=condense_steps(self._all_totals + tuple(self._window_totals)),
+                            own=self._own + self._window_own)
         if self.closed and not self._window:
             self._report = report  # the profile has ended: nothing can change it any more
         return report

@@ -35,6 +35,10 @@ PHASES = (SETUP, FORWARD, BACKWARD, RECOMPUTE, OPTIMIZER, GRAD_SCALER, PREFILL, 
 TIMELINE_KEY = "timeline"
 #: how a live run's op times were taken (`report.extra`), by device type of the ops
 TIME_SOURCE_KEY = "time_source"
+#: `Report.extra` key: seconds of memwall's own work inside the recorded steps' wall time that it
+#: measured (recording each op after it ran, its module hooks, sizing compiled regions); the
+#: dispatch into its mode before each op is not measured, so the true figure is somewhat higher
+OWN_TIME_KEY = "memwall_own_time_s"
 TIME_SOURCES = {
     "cpu": "the host clock around each op (its kernel, on this thread and the threads it uses)",
     "cuda": ("CUDA events recorded on the op's stream before and after it: from its launch to its end, so the time "

@@ -118,6 +118,34 @@ def test_a_gemm_bound_loop_has_no_host_time_finding():
     assert not [f for f in findings(rep) if "outside any op" in f]
 
 
+def test_memwalls_own_time_is_measured_and_left_out_of_the_host_time(monkeypatch):
+    """memwall made slow on purpose (2 ms of its own after each op): the report says how much of
+    the wall time was memwall's, and the host-time share and finding leave it out."""
+    import time
+
+    from memwall_plugin.hooks.capture import Capture
+    from memwall_plugin.records import OWN_TIME_KEY
+
+    real = Capture.record
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.002)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Capture, "record", slow)
+    x = torch.randn(64, 64)
+    with memwall.profile(summary=False) as prof:
+        for _ in range(50):
+            x = x + 1
+    rep = prof.report()
+    own = rep.extra[OWN_TIME_KEY]
+    assert 50 * 0.002 <= own <= rep.wall_time_s
+    assert (rep.wall_time_s - rep.total_time_s) / rep.wall_time_s > 0.9  # memwall's sleeps, nearly all of it
+    assert host_time_share(rep) < 0.5, (rep.wall_time_s, rep.total_time_s, own)
+    assert not [f for f in findings(rep) if "outside any op" in f]
+    assert "memwall itself" in str(rep)
+
+
 def test_grad_scaler_work_is_labelled_as_such():
     """AMP's GradScaler: unscaling and the inf checks are `grad_scaler` work, AdamW's update alone
     is `optimizer`, and the training is the same, bit for bit."""
