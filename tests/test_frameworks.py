@@ -124,6 +124,7 @@ def test_memwalls_own_time_is_measured_and_left_out_of_the_host_time(monkeypatch
     import time
 
     from memwall_plugin.hooks.capture import Capture
+
     from memwall_plugin.records import OWN_TIME_KEY
 
     real = Capture.record
