@@ -98,7 +98,7 @@ class ModuleTracker:
         for name, module in root.named_modules(remove_duplicate=False):
             # a model compiled whole and called as such (torch.compile(model)) is an
             # OptimizedModule holding it as `_orig_mod`: named as its eager run names it
-            self._names[module] = _without_compile_wrapper(name) if "_orig_mod" in name else name
+            self._names[module] = _without_compile_wrapper(name)
         self._roots.append(weakref.ref(root))
         self._param_modules = None
         if self.memory is not None:
@@ -484,6 +484,8 @@ def _holds_state(value: Any, depth: int = 0) -> bool:
 
 def _without_compile_wrapper(path: str) -> str:
     """`path` without the `_orig_mod` steps of torch.compile's OptimizedModule wrappers."""
+    if "_orig_mod" not in path:  # nearly every path: no split and join
+        return path
     return ".".join(part for part in path.split(".") if part != "_orig_mod")
 
 

@@ -243,7 +243,7 @@ def category(row: Row) -> str:
         return "grad scaler"
     if row.phase == "other":
         return "outside-the-model"
-    if row.eager_ops or row.op == COMPILED_REGION:  # torch.compile's kernels: fusing is done
+    if row.op == COMPILED_REGION:  # torch.compile's kernels and regions: fusing is done
         return "compiled"
     found = _CATEGORY.get(REGISTRY.family(row.op, row.overload))
     if found in _BY_FAMILY:

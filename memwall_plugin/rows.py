@@ -226,9 +226,8 @@ class Row(RooflinePoint):
         where an op has no FLOP formula or the row has no roof."""
         if not self.eager_ops or self.peak_flops_per_s is None:
             return None
-        times = [roofline.roofline_time_s(f, b, self.peak_flops_per_s, self.dram_bandwidth_bytes_per_s)
-                 for _, _, f, b in self.eager_ops]
-        return None if any(t is None for t in times) else math.fsum(t for t in times if t is not None)
+        return _sum_or_none(roofline.roofline_time_s(f, b, self.peak_flops_per_s, self.dram_bandwidth_bytes_per_s)
+                            for _, _, f, b in self.eager_ops)
 
     # -- under the link's roof ---------------------------------------------------------------------
     @property

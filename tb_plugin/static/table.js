@@ -71,15 +71,18 @@ function fusion(r) {
 function roofTimes(r) {
   const eager = r.eager_dram_roofline_time_s, fused = r.dram_roofline_time_s;
   if (eager == null || fused == null || !(eager > 0)) return '';
-  const change = fused / eager - 1;
   return `\nleast time on main memory's roofline: ${duration(eager)} eagerly, ${duration(fused)} compiled ` +
-    `(${change < 0 ? '−' : '+'}${Math.abs(change * 100).toFixed(1)}%)`;
+    `(${signedShare(fused / eager - 1)})`;
 }
 
 /** The bytes compiling saved as a signed share of the eager bytes ("−66.7%"). */
 function saving(r) {
   if (!r.eager_bytes) return '';
-  const change = -r.fusion_saved_bytes / r.eager_bytes;
+  return signedShare(-r.fusion_saved_bytes / r.eager_bytes);
+}
+
+/** A relative change as a signed percentage ("−66.7%", "+3.0%"). */
+function signedShare(change) {
   return `${change < 0 ? '−' : '+'}${Math.abs(change * 100).toFixed(1)}%`;
 }
 
