@@ -195,19 +195,29 @@ def calibrate(
     budget = 0.05 if quick else 0.3
     peaks: dict[str, float] = {}
     details: dict[str, Any] = {"quick": quick, "threads": torch.get_num_threads()}
-    for dtype in dtypes:
+    # the GEMMs' runs come in two passes, one on each side of the memory measurements: a shared
+    # machine's slow spell (a neighbour's burst, clocks still rising) then spoils at most one of
+    # them, where back-to-back runs all fell in it (a quick calibration once read 28% low)
+    gemm_repeats = repeats or 3
+    passes = (gemm_repeats - gemm_repeats // 2, gemm_repeats // 2)
+    sizes: dict[torch.dtype, int] = {}
+
+    def gemm_pass(dtype: torch.dtype, runs: int) -> None:
         name = str(dtype).removeprefix("torch.")
         if progress:
             progress(f"GEMM {name}")
         try:
             # a GPU reaches its peak only on large products (H100 bf16: ~80% at 8192)
-            largest = 8192 if device.type == "cuda" else 2048 if quick else 4096
-            flops, n = measure_gemm(dtype, device, budget_s=budget, max_n=largest, repeats=repeats or 3)
+            largest = sizes.get(dtype) or (8192 if device.type == "cuda" else 2048 if quick else 4096)
+            flops, n = measure_gemm(dtype, device, budget_s=budget, max_n=largest, repeats=runs)
         except (RuntimeError, TypeError) as exc:  # dtype not supported here
             details[f"gemm_{name}"] = f"skipped: {exc}"
-            continue
-        peaks[peak_key(name)] = flops
-        details[f"gemm_{name}_n"] = n
+            return
+        peaks[peak_key(name)] = max(flops, peaks.get(peak_key(name), 0.0))
+        details[f"gemm_{name}_n"] = sizes[dtype] = n
+
+    for dtype in dtypes:
+        gemm_pass(dtype, passes[0])
     if progress:
         progress("memory bandwidth (STREAM copy, triad; in-place scale, add)")
     # a pass over the triad's arrays takes ~10 ms: many of them cost little, and on a shared
@@ -216,6 +226,9 @@ def calibrate(
     details["stream_elements"] = n
     details["stream_bytes_per_s"] = each
     levels, details["levels"] = measure_levels(spec, device, main, quick=quick, progress=progress)
+    if passes[1]:
+        for dtype in list(sizes):  # the dtypes this device ran
+            gemm_pass(dtype, passes[1])
     calibration = Calibration(
         fingerprint=device_fingerprint(spec), peaks_flops_per_s=peaks, bandwidth_bytes_per_s=main,
         copy_bytes_per_s=each["copy"], measured_unix_s=time.time(), details=details, levels_bytes_per_s=levels,
