@@ -834,3 +834,106 @@ __all__ = [
     "wrap_compiled_regions_from_now_on",
     "warm_up_dispatch",
 ]
+
+
+# --- the profiler's device activity (hooks/kernel_clock.py) -------------------------------------
+
+#: A user-scope range of torch's profiler: (name) -> handle, and its end. With only user scopes
+#: observed, the profiler records these ranges and nothing else on the host (no aten op events),
+#: and on a GPU it records each range's kernels under a device-side annotation of the same name.
+marker_enter = torch._C._autograd._record_function_with_args_enter
+marker_exit = torch._C._autograd._record_function_with_args_exit
+
+
+def profiler_running() -> bool:
+    """A torch.profiler (the user's, or memwall's kineto=True one) is recording on this thread."""
+    return bool(torch._C._autograd._profiler_enabled())
+
+
+def device_activity_supported() -> bool:
+    """Kineto was built in and can record CUDA activity (CUPTI) in this torch."""
+    try:
+        from torch._C._profiler import ProfilerActivity
+
+        return bool(torch._C._autograd.kineto_available()) and (
+            ProfilerActivity.CUDA in torch._C._autograd._supported_activities())
+    except Exception:
+        return False
+
+
+def start_device_activity() -> None:
+    """Start torch's profiler recording device activity (kernels, copies, sets) and user-scope
+    ranges only: no shapes, stacks or aten op events."""
+    from torch._C._profiler import ProfilerActivity, ProfilerConfig, ProfilerState, RecordScope, _ExperimentalConfig
+
+    config = ProfilerConfig(ProfilerState.KINETO, False, False, False, False, False, _ExperimentalConfig())
+    activities = {ProfilerActivity.CPU, ProfilerActivity.CUDA}
+    torch._C._autograd._prepare_profiler(config, activities)
+    # its stub omits the scopes argument the binding takes
+    torch._C._autograd._enable_profiler(config, activities, {RecordScope.USER_SCOPE})  # type: ignore[call-arg]
+
+
+def stop_device_activity() -> list[tuple[str, bool, int, int, int]]:
+    """Stop the profiler started by `start_device_activity`; its events as (name, on the device,
+    stream, start ns, end ns)."""
+    events = torch._C._autograd._disable_profiler().events()
+    cpu = torch._C._autograd.DeviceType.CPU
+    return [(e.name(), e.device_type() != cpu, e.device_resource_id(), e.start_ns(), e.end_ns()) for e in events]
+
+
+#: callbacks run when a torch.profiler (the user's, or `kineto=True`'s) prepares or starts a trace
+#: on this process: memwall's kernel clock hands the profiler over (hooks/kernel_clock.py)
+_ON_OTHER_PROFILER: list[Callable[[], None]] = []
+_OTHER_PROFILERS = [0]  # torch.profiler sessions prepared and not yet exited
+
+
+def other_profiler_open() -> bool:
+    """A torch.profiler has prepared or started a trace and not ended it (warm-up included)."""
+    return _OTHER_PROFILERS[0] > 0
+
+
+def watch_other_profilers(callback: Callable[[], None]) -> None:
+    """Run `callback` before any torch.profiler prepares or starts a trace (`unwatch_` to stop).
+    torch.profiler and torch.autograd.profiler both go through `torch.autograd.profiler.profile`'s
+    `_prepare_trace` and `_start_trace`; one profiler records at a time, so memwall's must stop
+    before theirs starts, or theirs would silently replace it."""
+    cls = torch.autograd.profiler.profile
+    if not getattr(cls, "_memwall_watched", False):
+        prepare, start, leave = cls._prepare_trace, cls._start_trace, cls.__exit__
+
+        def _announce() -> None:
+            for fn in list(_ON_OTHER_PROFILER):
+                fn()
+
+        @functools.wraps(prepare)
+        def _prepare_trace(self: Any, *args: Any, **kwargs: Any) -> Any:
+            _announce()
+            if not getattr(self, "_memwall_open", False):
+                self._memwall_open = True
+                _OTHER_PROFILERS[0] += 1
+            return prepare(self, *args, **kwargs)
+
+        @functools.wraps(start)
+        def _start_trace(self: Any, *args: Any, **kwargs: Any) -> Any:
+            _announce()
+            return start(self, *args, **kwargs)
+
+        @functools.wraps(leave)
+        def __exit__(self: Any, *args: Any) -> Any:  # noqa: N807 - the method it wraps
+            try:
+                return leave(self, *args)
+            finally:
+                if getattr(self, "_memwall_open", False):
+                    self._memwall_open = False
+                    _OTHER_PROFILERS[0] -= 1
+
+        for name, method in (("_prepare_trace", _prepare_trace), ("_start_trace", _start_trace),
+                             ("__exit__", __exit__), ("_memwall_watched", True)):
+            setattr(cls, name, method)
+    if callback not in _ON_OTHER_PROFILER:
+        _ON_OTHER_PROFILER.append(callback)
+
+
+def unwatch_other_profilers(callback: Callable[[], None]) -> None:
+    with contextlib.suppress(ValueError):
+        _ON_OTHER_PROFILER.remove(callback)

@@ -41,6 +41,7 @@ from memwall_plugin.hooks._torch_private import (
 )
 from memwall_plugin.hooks.compiled import WRAPPER as _WRAPPER
 from memwall_plugin.hooks.compiled import CompiledRegions, KernelObserver, region_facts, split_by_kernel
+from memwall_plugin.hooks.kernel_clock import EVENTS, KERNELS, KernelClock, mark, unmark
 from memwall_plugin.hooks.memory import MemoryTracker
 from memwall_plugin.hooks.modules import ModuleTracker
 from memwall_plugin.hooks.residency import Residency
@@ -92,7 +93,7 @@ class CaptureEntry:
     the first time it is asked for (when the report is made), not while the model runs."""
 
     __slots__ = ("func", "arg_key", "kw_key", "out_key", "device", "module", "phase", "calls", "time_ns", "_call",
-                 "bucket", "reuse", "analysed")
+                 "bucket", "reuse", "analysed", "kernels")
 
     def __init__(self, func: Any, arg_key: tuple[Any, ...], kw_key: tuple[Any, ...] | None, out_key: Any,
                  device: str, module: str, phase: str, calls: int = 0, time_ns: int = 0) -> None:
@@ -105,6 +106,8 @@ class CaptureEntry:
         self.reuse: dict[int, int] = {}
         #: (the analysis cache, its generation, the analysis) of this signature, once analysed
         self.analysed: tuple[Any, int, Any] | None = None
+        #: the device kernels its calls ran, by name in the order first seen (hooks/kernel_clock.py)
+        self.kernels: dict[str, None] | None = None
 
     @property
     def call(self) -> OpCall:
@@ -123,6 +126,7 @@ class CaptureEntry:
         twin._call = self._call
         twin.bucket = self.bucket.copy() if self.bucket is not None else None
         twin.reuse = dict(self.reuse)
+        twin.kernels = None if self.kernels is None else dict(self.kernels)
         return twin
 
     def merge(self, other: CaptureEntry) -> None:
@@ -133,6 +137,10 @@ class CaptureEntry:
             reuse[bucket] = reuse.get(bucket, 0) + nbytes
         if self.bucket is not None and other.bucket is not None:
             self.bucket.merge(other.bucket)
+        if other.kernels:
+            if self.kernels is None:
+                self.kernels = {}
+            self.kernels.update(other.kernels)
 
 
 def merge_into(into: dict[Any, Any], table: dict[Any, Any]) -> None:
@@ -282,6 +290,14 @@ def _first_tensor_is_cuda(args: tuple[Any, ...]) -> bool:
         if isinstance(a, (list, tuple)) and a and isinstance(a[0], _Tensor):
             return a[0].is_cuda
     return False
+
+
+def _makes_on_cuda(kwargs: dict[str, Any]) -> bool:
+    """An op making its tensor on a GPU from none there (a factory op: arange, zeros, randn; a copy
+    to the GPU: `_to_copy(device="cuda")`): its kernel or copy is timed on the device like any
+    other op's (a host clock would time its launch)."""
+    device = kwargs.get("device")
+    return device is not None and (getattr(device, "type", device) == "cuda" or str(device).startswith("cuda:"))
 
 
 def _is_function(value: Any) -> bool:
@@ -459,7 +475,7 @@ class _CaptureMode(UncompiledDispatchMode):
                 out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
                 return out
-        if self._cuda and _first_tensor_is_cuda(args):
+        if self._cuda and (_first_tensor_is_cuda(args) or _makes_on_cuda(kwargs)):
             return self._dispatch_cuda(func, args, kwargs)
         start = _perf_counter_ns()
         # the user's op, run where the dispatcher was taking it (_run, inlined: this runs for every
@@ -525,8 +541,21 @@ class _CaptureMode(UncompiledDispatchMode):
 
     def _dispatch_cuda(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], region: Any = None,
                        hop: bool = False) -> Any:
-        # device time from events, resolved at the step's end: no synchronisation per op
         capture = self._capture
+        if capture.clock.running:
+            # device time from the kernels the op ran (hooks/kernel_clock.py), read at the step's end
+            index = len(capture.pending_kernels)
+            handle = mark(index)
+            try:
+                out = func(*args, **kwargs) if hop else _run(func, args, kwargs)
+            finally:
+                unmark(handle)
+            try:
+                capture.pending_kernels.append(capture.record(func, args, kwargs, out, 0, region))
+            except Exception as err:
+                capture.fail(err, func)
+            return out
+        # device time from events, resolved at the step's end: no synchronisation per op
         try:
             stream = current_cuda_stream()
             free = capture.free_events.get(stream.device_index)
@@ -606,6 +635,13 @@ class Capture:
         self._router: Router | None = None
         self._compiled = CompiledRegions()  # regions compiled while open are seen whole
         self.pending_events: list[tuple[CaptureEntry, Any, Any, int]] = []
+        #: GPU ops timed by their kernels (hooks/kernel_clock.py): the entry of each op index
+        self.clock = KernelClock(on_handover=self._clock_handed_over)
+        self.pending_kernels: list[CaptureEntry] = []
+        #: how this capture timed GPU ops so far: "kernels", "events" (a set: a run can use both)
+        self.cuda_clocks: set[str] = set()
+        #: nanoseconds the GPU ran anything in the steps taken so far, per step (`take`)
+        self.device_busy_ns: int | None = None
         #: events whose times were read, by device index: reused rather than created per op
         self.free_events: dict[int, list[Any]] = {}
         #: why recording stopped for good (an internal error), or None while healthy
@@ -665,6 +701,10 @@ class Capture:
         # the mode runs inside torch's own frames, which Dynamo's frame hook may be watching (a
         # module compiled in place): its frames run as written, never compiled
         never_compiled(mode.__torch_dispatch__)
+        if cuda and self.clock.start():
+            self.cuda_clocks.add(KERNELS)
+        elif cuda:
+            self.cuda_clocks.add(EVENTS)
         self._mode = _CaptureMode(self, cuda) if router is None else _RoutedCaptureMode(self, cuda, router)
         self._mode.__enter__()
         if self.memory is not None:
@@ -700,6 +740,7 @@ class Capture:
         mode, self._mode = self._mode, None
         if self.memory is not None:
             self.memory.stop()
+        self.resolve_kernels()
         try:
             if mode is not None:
                 stack = dispatch_mode_stack()
@@ -716,10 +757,41 @@ class Capture:
         """Hand over the table recorded so far and start a new one (GPU times resolved, reuse
         distances worked out)."""
         self.resolve_events()
+        self.resolve_kernels()
+        if self._mode is not None and self._mode._cuda:  # still recording: the next step's kernels
+            self.cuda_clocks.add(KERNELS if self.clock.start() else EVENTS)
         self.residency.flush()
         table, self.table = self.table, {}
         self._bucket_memo.clear()  # growing shapes rarely come back in a later step
         return table
+
+    def _clock_handed_over(self) -> None:
+        """Another torch.profiler starts: the ops so far get their kernels; the rest of the step,
+        and the steps while it records, are timed with CUDA events."""
+        self.resolve_kernels()
+        self.device_busy_ns = None  # the GPU's record of this step is partial: no timeline for it
+        if self._mode is not None:
+            self.cuda_clocks.add(EVENTS)
+
+    def resolve_kernels(self) -> None:
+        """Stop the kernel clock and add each op's kernel time and names to its entry; the GPU's
+        busy time joins `device_busy_ns`."""
+        if not self.clock.running:
+            if self.clock.lost:  # handed over from another thread: these ops' record is gone
+                self.pending_kernels = []
+            return
+        pending, self.pending_kernels = self.pending_kernels, []
+        ops, busy = self.clock.stop()
+        self.device_busy_ns = (self.device_busy_ns or 0) + busy
+        for index, entry in enumerate(pending):
+            ran = ops.get(index)
+            if ran is None:  # no kernel (a view, a size query): no device time
+                continue
+            entry.time_ns += ran.ns
+            if entry.kernels is None:
+                entry.kernels = {}
+            for name in ran.names:
+                entry.kernels.setdefault(name)
 
     def resolve_events(self) -> None:
         """Wait once for the GPU and add each op's event-measured time to its entry."""

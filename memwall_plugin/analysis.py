@@ -205,7 +205,8 @@ def _row_maker() -> Callable[..., Row]:
     def make(op: str, overload: str, module: str, phase: str, calls: int, dtype: str, shapes: str,
              flops: int | None, bytes_read: int, bytes_written: int, elements_read: int, elements_written: int,
              time_s: float, peak: float | None, bandwidth: float | None, reuse: tuple[tuple[int, int], ...],
-             level: str, dram: float | None, eager_ops: tuple[tuple[str, int, int | None, int], ...]) -> Row:
+             level: str, dram: float | None, eager_ops: tuple[tuple[str, int, int | None, int], ...],
+             kernels: tuple[str, ...] = ()) -> Row:
         row = new(Row)
         s_op(row, op)
         s_overload(row, overload)
@@ -227,7 +228,7 @@ def _row_maker() -> Callable[..., Row]:
         s_level(row, level)
         s_dram(row, dram)
         s_projected(row, None)  # measured, not a what-if
-        s_kernels(row, ())  # no device activity record (a trace's rows add theirs)
+        s_kernels(row, kernels)  # the device's record of the kernels its calls ran, where there is one
         s_eager_ops(row, eager_ops)
         return row
 
@@ -314,7 +315,7 @@ def rows_from_entries(
             level, bandwidth, dram = memory_roof(reuse)
         rows.append(new_row(op, overload, e.module, e.phase, n, dtype, shapes, flops, bytes_read, bytes_written,
                             elements_read, elements_written, e.time_ns * 1e-9, peak, bandwidth, reuse, level, dram,
-                            eager_ops))
+                            eager_ops, () if e.kernels is None else tuple(e.kernels)))
     return tuple(by_time(rows))
 
 

@@ -28,7 +28,14 @@ from memwall_plugin.headline import Headline, headline, slowest_rank
 from memwall_plugin.memory import MemoryReport, MemoryWhatIf
 from memwall_plugin.rankheads import headlines, rank_heads
 from memwall_plugin.ranks import CONDENSE_ABOVE, OUTLIER_SHARE, TOP_NODES, RankSpread, rank_spread
-from memwall_plugin.records import DECODE, OWN_TIME_KEY, TIME_SOURCE_KEY, TIMELINE_KEY, ordered_phases
+from memwall_plugin.records import (
+    CUDA_KERNEL_TIME,
+    DECODE,
+    OWN_TIME_KEY,
+    TIME_SOURCE_KEY,
+    TIMELINE_KEY,
+    ordered_phases,
+)
 from memwall_plugin.registry import Family
 from memwall_plugin.roofline import COMMUNICATION, COMPUTE, MEMORY, launch_floor_s
 from memwall_plugin.rows import FusionSaving, Group, Row, fusion_savings, module_tree, speedup, total_fusion_saving
@@ -342,9 +349,15 @@ def findings(report: Report) -> list[str]:
     idle = timeline.get("idle_fraction")
     if isinstance(idle, (int, float)) and idle >= LAUNCH_BOUND_IDLE:
         # the device's own record: it sat idle between kernels, waiting for the host to launch them
+        own = timeline.get("memwall_own_s") or 0.0  # a live run's: memwall's own work is not the run's wait
+        left_out = f", memwall's own {_dur(own)} left out" if own else ""
+        per_op = timeline.get("host_s_per_op")
+        if isinstance(per_op, (int, float)) and timeline.get("op_calls"):
+            left_out += f"; the host took {_dur(per_op)} per op over {timeline['op_calls']:,} ops"
         out.append(
             f"the GPU was idle {idle:.0%} of the recorded steps waiting for the host (busy "
-            f"{_dur(timeline.get('device_busy_s') or 0.0)} of {_dur(timeline.get('wall_s') or 0.0)}): the run is "
+            f"{_dur(timeline.get('device_busy_s') or 0.0)} of {_dur((timeline.get('wall_s') or 0.0) - own)}"
+            f"{left_out}): the run is "
             "launch-bound, and the roofline does not apply to it; CUDA graphs, larger batches or torch.compile's "
             "reduce-overhead mode help."
         )
@@ -642,8 +655,12 @@ class Summary:
         roof = head.roofline_time_s
         sources = rep.extra.get(TIME_SOURCE_KEY)
         if isinstance(sources, dict) and "cuda" in sources:  # the host clock on a CPU goes without saying
-            lines.append(_text("timing   CUDA events around each op on its stream (launch to end: the GPU's waits "
-                               "for the host are in it)", style="dim"))
+            if str(sources["cuda"]).startswith(CUDA_KERNEL_TIME):
+                lines.append(_text("timing   the kernels each op ran, from the GPU's own record (torch's profiler)",
+                                   style="dim"))
+            else:
+                lines.append(_text("timing   CUDA events around each op on its stream (launch to end: the GPU's waits "
+                                   "for the host are in it)", style="dim"))
         own = own_time_s(rep)
         lines.append(Text(
             f"time     {_ms(head.time_s)} in ops (wall {_ms(head.wall_time_s)}"

@@ -27,6 +27,7 @@ from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.distributed import Terminated
 from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.hooks.capture import Capture
+from memwall_plugin.hooks.kernel_clock import wanted as cuda_time_wanted
 from memwall_plugin.output import OutputGuard
 from memwall_plugin.recorder import Recorder
 from memwall_plugin.registry import Registry
@@ -137,6 +138,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             raise ValueError(f"compiled must be \"compiled\" (run torch.compile'd code compiled) or \"eager\" "
                              f"(run it eagerly while recording), got {compiled!r}")
         self.compiled = compiled
+        cuda_time_wanted()  # a misspelt $MEMWALL_CUDA_TIME fails here, before the run
         self._stance: contextlib.ExitStack | None = None
         if not isinstance(memory, bool):
             raise TypeError(f"memory must be True or False, got {memory!r}")

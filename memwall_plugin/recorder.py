@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -21,8 +21,17 @@ from memwall_plugin.ceilings import ceilings_of, memory_roof_of, tf32_families
 from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.distributed import DistributedSession
 from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into, rename_phase
+from memwall_plugin.hooks.kernel_clock import EVENTS, KERNELS
 from memwall_plugin.memory_build import memory_report
-from memwall_plugin.records import OTHER, OWN_TIME_KEY, SETUP, TIME_SOURCE_KEY, TIME_SOURCES
+from memwall_plugin.records import (
+    CUDA_KERNEL_TIME,
+    OTHER,
+    OWN_TIME_KEY,
+    SETUP,
+    TIME_SOURCE_KEY,
+    TIME_SOURCES,
+    TIMELINE_KEY,
+)
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import (
     MAX_STEP_TOTALS,
@@ -38,6 +47,37 @@ from memwall_plugin.schedule import Action
 Table = dict[Any, CaptureEntry]
 #: a recorded step's number and its report (built only when called)
 StepCallback = Callable[[int, Callable[[], Report]], None]
+
+
+#: the timeline's per-step entries kept in a report (the totals count every step)
+TIMELINE_STEPS_KEPT = 1000
+
+
+def timeline_extra(timeline: Sequence[tuple[int, float, float, float, int]]) -> dict[str, Any]:
+    """`report.extra["timeline"]` from (step, wall s, GPU busy s, memwall's own s, op calls) per
+    step: the figures a GPU trace's timeline gives (memwall_plugin/trace_analysis.py `_timeline`),
+    and the host's time per op. The idle share is of the wall time less memwall's own measured
+    work: the GPU's wait for memwall's Python is not the user's run's (the dispatch into memwall's
+    mode is not measured, so some of memwall's cost stays in)."""
+    def idle(wall: float, busy: float, own: float) -> float | None:
+        work = wall - own
+        return max(0.0, 1 - busy / work) if work > 0 else None
+
+    def per_op(wall: float, own: float, calls: int) -> float | None:
+        return (wall - own) / calls if calls else None
+
+    wall_s = math.fsum(t[1] for t in timeline)
+    busy_s = math.fsum(t[2] for t in timeline)
+    own_s = math.fsum(t[3] for t in timeline)
+    calls = sum(t[4] for t in timeline)
+    return {"source": "the GPU's own record of the recorded steps (kernels, copies, sets; overlapping streams "
+                      "counted once) against each step's wall time, memwall's own measured time left out",
+            "steps": [{"step": step, "wall_s": wall, "device_busy_s": busy, "memwall_own_s": own,
+                       "idle_fraction": idle(wall, busy, own), "op_calls": n, "host_s_per_op": per_op(wall, own, n)}
+                      for step, wall, busy, own, n in timeline[-TIMELINE_STEPS_KEPT:]],
+            "wall_s": wall_s, "device_busy_s": busy_s, "memwall_own_s": own_s,
+            "idle_fraction": idle(wall_s, busy_s, own_s), "op_calls": calls,
+            "host_s_per_op": per_op(wall_s, own_s, calls)}
 
 
 def _merge(into: Table, table: Table) -> Table:
@@ -90,6 +130,10 @@ class Recorder:
         self._window_steps: list[int] = []
         self._window_wall = 0.0
         self._window_own = 0.0  # memwall's own measured time in the window's steps (Capture.own_ns)
+        #: (step, wall s, GPU busy s, memwall's own s, op calls) of the window's steps and the closed
+        #: windows' whose GPU ops were timed by their kernels (hooks/kernel_clock.py): the timeline
+        self._window_timeline: list[tuple[int, float, float, float, int]] = []
+        self._timeline: list[tuple[int, float, float, float, int]] = []
         self._own_start = 0  # Capture.own_ns and the tracker's at the step's start
         #: each recorded step's totals, the window's and the closed windows' (condensed when long)
         self._window_totals: list[StepTotals] = []
@@ -189,6 +233,9 @@ class Recorder:
         if self.capture.failed is not None:
             self.incomplete = True
         table = self.capture.take()
+        busy_ns, self.capture.device_busy_ns = self.capture.device_busy_ns, None
+        timed = None if busy_ns is None else (self.step_num, elapsed, busy_ns / 1e9, own,
+                                              sum(e.calls for e in table.values()))
         # the first step ended before any work began: what it held as set-up is plain "other"
         # (a profile of bare ops, a step of set-up alone)
         rename = (SETUP, OTHER) if self.capture.tracker.setup_open else None
@@ -212,6 +259,8 @@ class Recorder:
                 self._tail_s = (math.fsum(e.time_ns for e in table.values()) / 1e9, elapsed)
             else:
                 self._window_steps.append(self.step_num)
+                if timed is not None:
+                    self._window_timeline.append(timed)
                 step = self.step_totals(table, elapsed)
                 self._add_step(step)
         closes = self.action is Action.RECORD_AND_SAVE or final
@@ -225,7 +274,8 @@ class Recorder:
                     alone = report is not None and len(report.steps) == 1  # a window of this step alone
                     built.append(report if alone and report is not None else self.build(
                         table, (self.step_num,), elapsed, window_only=True, step_only=True,
-                        step_totals=() if step is None else (step,), own=own))
+                        step_totals=() if step is None else (step,), own=own,
+                        timeline=() if timed is None else (timed,)))
                 return built[0]
 
             self.on_step(self.step_num, step_report)
@@ -263,7 +313,8 @@ class Recorder:
     def _close_window(self) -> Report:
         steps = tuple(self._window_steps)
         report = self.build(self._window, steps, self._window_wall, window_only=True,
-                            step_totals=condense_steps(self._window_totals), own=self._window_own)
+                            step_totals=condense_steps(self._window_totals), own=self._window_own,
+                            timeline=self._window_timeline)
         self.dist.close_window()
         if self.capture is not None and self.capture.memory is not None:
             self.capture.memory.close_window()
@@ -271,6 +322,8 @@ class Recorder:
         self._steps.extend(steps)
         self._wall += self._window_wall
         self._own += self._window_own
+        self._timeline.extend(self._window_timeline)
+        self._window_timeline = []
         self._all = _merge(self._all, self._window)
         self._all_totals = condense_steps(self._all_totals + report.step_totals)
         self._window, self._window_steps, self._window_wall, self._window_own = {}, [], 0.0, 0.0
@@ -304,7 +357,7 @@ class Recorder:
 
     def build(self, table: Table, steps: tuple[int, ...], wall: float,
               window_only: bool = False, step_only: bool = False, step_totals: tuple[StepTotals, ...] = (),
-              own: float = 0.0) -> Report:
+              own: float = 0.0, timeline: Sequence[tuple[int, float, float, float, int]] = ()) -> Report:
         """The report of `table` (a step, a window or the whole run). `step_only`: one step's
         ops alone, for per-step sinks (its collectives are the window's, so none are added)."""
         rank, world = self.dist.rank_and_world()
@@ -329,7 +382,9 @@ class Recorder:
             extra[OWN_TIME_KEY] = own
         kinds = sorted({e.device for e in table.values()} & TIME_SOURCES.keys())
         if kinds:  # where its times come from, per device type its ops ran on
-            extra[TIME_SOURCE_KEY] = {kind: TIME_SOURCES[kind] for kind in kinds}
+            extra[TIME_SOURCE_KEY] = {kind: self._time_source(kind) for kind in kinds}
+        if timeline:  # the GPU's own record of the steps: busy, or idle waiting for the host
+            extra[TIMELINE_KEY] = timeline_extra(timeline)
         return Report(
             rows=rows,
             memory=memory,
@@ -349,6 +404,17 @@ class Recorder:
             step_totals=step_totals,
         )
 
+    def _time_source(self, kind: str) -> str:
+        """How this run's ops on `kind` were timed; on a GPU, which clock (hooks/kernel_clock.py)."""
+        capture = self.capture
+        if kind != "cuda" or capture is None or KERNELS not in capture.cuda_clocks:
+            why = capture.clock.unavailable if kind == "cuda" and capture is not None else None
+            return TIME_SOURCES[kind] + (f" (the kernels' own record was not used: {why})" if why else "")
+        if EVENTS in capture.cuda_clocks:
+            return (f"{CUDA_KERNEL_TIME}; in some steps {TIME_SOURCES[kind]} "
+                    f"({capture.clock.unavailable or 'the profiler was not available'})")
+        return CUDA_KERNEL_TIME
+
     def _flops_per_call(self, entry: CaptureEntry) -> int | None:
         if entry.bucket is not None:  # past the signature cap: no exact per-call figure kept
             return None
@@ -364,7 +430,7 @@ class Recorder:
             table = _merge(table, self._window)
         report = self.build(table, self.recorded_steps, self._wall + self._window_wall,
                             step_totals=condense_steps(self._all_totals + tuple(self._window_totals)),
-                            own=self._own + self._window_own)
+                            own=self._own + self._window_own, timeline=self._timeline + self._window_timeline)
         if self.closed and not self._window:
             self._report = report  # the profile has ended: nothing can change it any more
         return report

@@ -30,8 +30,9 @@ OTHER = "other"
 PHASES = (SETUP, FORWARD, BACKWARD, RECOMPUTE, OPTIMIZER, GRAD_SCALER, PREFILL, DECODE, OTHER)
 
 #: `Report.extra` key of a run whose device activity was recorded (a GPU trace read by `memwall
-#: analyze`): per step its wall time, the device's busy time and the share it sat idle waiting
-#: for the host to launch work (memwall_plugin/trace_analysis.py `_timeline`)
+#: analyze`, a live run on a GPU timed by its kernels): per step its wall time, the device's busy
+#: time and the share it sat idle waiting for the host to launch work (memwall_plugin/trace_analysis.py
+#: `_timeline`, memwall_plugin/recorder.py `timeline_extra`)
 TIMELINE_KEY = "timeline"
 #: how a live run's op times were taken (`report.extra`), by device type of the ops
 TIME_SOURCE_KEY = "time_source"
@@ -46,6 +47,10 @@ TIME_SOURCES = {
     "mps": ("the host clock around each op's call: MPS runs it asynchronously, so this is the launch's time, not "
             "the kernel's"),
 }
+#: how a live run's GPU ops are timed where torch's profiler can record the device's activity
+#: (hooks/kernel_clock.py)
+CUDA_KERNEL_TIME = ("the durations of the kernels (and copies, sets) each op ran, from the GPU's own record (torch's "
+                    "profiler, user-scope ranges around each op): the GPU's time on the op, not the host's")
 #: why some calls of a trace's report rest on an assumption (`report.extra["trace"]["float32_assumed_calls"]`)
 FLOAT32_ASSUMED = ("a trace records the shapes of a tensor list (cat's, stack's inputs) but not their dtype; their "
                    "bytes are right if those tensors are float32 (memwall.profile, or memwall run, sees the dtypes)")

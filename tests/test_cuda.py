@@ -48,7 +48,8 @@ def test_detected_gpu_matches_torchs_view_of_it():
         assert model in name.upper(), (spec.key, name)
 
 
-def test_event_times_are_device_times_and_fit_in_the_wall_time():
+def test_event_times_are_device_times_and_fit_in_the_wall_time(monkeypatch):
+    monkeypatch.setenv("MEMWALL_CUDA_TIME", "events")  # the fallback clock, chosen
     a = torch.randn(4096, 4096, device="cuda")
     x = torch.randn(64 * 2**20, device="cuda")
     a @ a
@@ -103,15 +104,21 @@ def _gpt2(layers: int = 2) -> Any:
     return cfg, transformers.GPT2LMHeadModel(cfg)
 
 
-def _by_phase(rep: memwall.Report) -> dict[str, int]:
+ATTENTION = "aten._scaled_dot_product"
+
+
+def _by_phase(rep: memwall.Report, attention: bool = False) -> dict[str, int]:
+    """FLOPs per phase of the attention rows (`attention`) or of every other row."""
     totals: dict[str, int] = collections.Counter()
     for r in rep.rows:
-        totals[r.phase] += r.flops or 0
+        if r.op.startswith(ATTENTION) == attention:
+            totals[r.phase] += r.flops or 0
     return dict(totals)
 
 
 def test_counts_on_cuda_equal_counts_on_cpu_and_the_hand_count():
-    """The attention kernel differs (CPU flash vs CUDA efficient/flash) but the work is the same."""
+    """The same work on both, except causal attention: the CPU's flash kernel computes the causal
+    band in whole tiles (counted tile for tile), a GPU's kernels the pairs the mask keeps."""
     cfg, model = _gpt2()
     ids = torch.randint(0, cfg.vocab_size, (2, 64))
     reports = {}
@@ -128,6 +135,9 @@ def test_counts_on_cuda_equal_counts_on_cpu_and_the_hand_count():
     cpu, gpu = reports["cpu"], reports["cuda"]
     assert not gpu.uncounted, [r.name for r in gpu.uncounted]
     assert _by_phase(gpu) == _by_phase(cpu)
+    on_gpu, on_cpu = _by_phase(gpu, attention=True), _by_phase(cpu, attention=True)
+    assert on_gpu.keys() == on_cpu.keys() == {"forward", "backward"}
+    assert all(0 < on_gpu[p] < on_cpu[p] for p in on_gpu), (on_gpu, on_cpu)
 
     def matmul_rows(rep: memwall.Report) -> dict[tuple[str, str, str, str], tuple[int, int, int, int]]:
         return {(r.op, r.module, r.phase, r.shapes): (r.calls, r.flops or 0, r.bytes_read, r.bytes_written)
@@ -291,7 +301,7 @@ def test_nccl_collective_is_counted_and_sized_on_one_rank(tmp_path):
     assert rep.backend == "nccl"
     rows = [c for c in rep.collectives if c.collective.kind == "all_reduce"]
     assert rows and sum(c.calls for c in rows) == 2
-    assert all(c.message_bytes == 4 * 1024 * 1024 * c.calls for c in rows)
+    assert all(c.collective.message_bytes == 4 * 1024 * 1024 * c.calls for c in rows)
 
 
 def _run_cli(*args: str, env: dict[str, str] | None = None) -> str:
@@ -342,3 +352,179 @@ def test_the_gpus_l2_is_a_memory_level_and_a_16_mb_elementwise_op_runs_under_it(
     row = one_row(prof.report(), "aten.mul")
     assert row.memory_level == "L2" and row.in_cache, (row.memory_level, row.reuse)
     assert row.efficiency is not None and row.efficiency <= 1.3, row.efficiency
+
+
+# --- the GPU's own record: each op's kernels (hooks/kernel_clock.py) --------------------------------
+
+DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
+
+
+def _traced_kernels(fn: Any, path: Any) -> list[tuple[str, float]]:
+    """(name, seconds) of each kernel, copy and set torch.profiler records while `fn` runs, read
+    from its Chrome trace as a user would."""
+    import json
+
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as tp:
+        fn()
+        torch.cuda.synchronize()
+    tp.export_chrome_trace(str(path))
+    events = json.loads(path.read_text())["traceEvents"]
+    return [(e["name"], e["dur"] * 1e-6) for e in events if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS]
+
+
+def test_each_op_is_timed_by_the_kernels_torch_profiler_records_for_it(tmp_path):
+    from memwall_plugin.records import CUDA_KERNEL_TIME
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=4, n_embd=1024, n_head=16, vocab_size=8192, n_positions=512)
+    model = transformers.GPT2LMHeadModel(cfg).cuda().eval()
+    ids = torch.randint(0, 8192, (8, 512), device="cuda")
+
+    def step() -> None:
+        with torch.no_grad():
+            model(ids)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with memwall.profile(summary=False) as prof:
+        step()
+    rep = prof.report()
+    assert rep.extra["time_source"]["cuda"] == CUDA_KERNEL_TIME
+    assert "timing   the kernels each op ran" in memwall.render_text(rep, width=160)
+    traced = _traced_kernels(step, tmp_path / "step.json")
+    total, traced_total = sum(r.time_s for r in rep.rows), sum(s for _, s in traced)
+    assert total == pytest.approx(traced_total, rel=0.05)
+    traced_names = {name for name, _ in traced}
+    owners: dict[str, set[str]] = collections.defaultdict(set)
+    by_op: dict[str, float] = collections.defaultdict(float)
+    for r in rep.rows:
+        assert (r.time_s > 0) == bool(r.kernels), r  # time only where kernels ran, and then always
+        assert set(r.kernels) <= traced_names, r
+        by_op[r.op] += r.time_s
+        for k in r.kernels:
+            owners[k].add(r.op)
+    traced_by_name: dict[str, float] = collections.defaultdict(float)
+    for name, seconds in traced:
+        traced_by_name[name] += seconds
+    checked = []
+    for op, seconds in by_op.items():
+        names = {k for k, ops in owners.items() if op in ops}
+        if seconds < 0.02 * total or any(len(owners[k]) > 1 for k in names):
+            continue  # a kernel two ops ran cannot be split between them from the trace
+        assert seconds == pytest.approx(sum(traced_by_name[k] for k in names), rel=0.05), op
+        checked.append(op)
+    assert len(checked) >= 3 and MATMULS & set(checked), checked
+
+
+def test_a_batch_1_gpt2_decode_step_is_reported_launch_bound():
+    from memwall_plugin.console import findings
+
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).cuda().eval()  # GPT-2 small
+    ids = torch.randint(0, 50257, (1, 32), device="cuda")
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        for _ in range(3):  # warm: each kernel's first launch loads it
+            out = model(token, past_key_values=past, use_cache=True)
+            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        torch.cuda.synchronize()
+        with memwall.profile(summary=False) as prof:
+            model(token, past_key_values=past, use_cache=True)
+    rep = prof.report()
+    timeline = rep.extra["timeline"]
+    assert 0 < timeline["device_busy_s"] < timeline["wall_s"]
+    assert timeline["idle_fraction"] >= 0.5, timeline
+    (said,) = [f for f in findings(rep) if "launch-bound" in f]
+    assert f"idle {timeline['idle_fraction']:.0%}" in said and "memwall's own" in said
+    assert f"per op over {timeline['op_calls']:,} ops" in said
+
+
+def test_under_a_users_torch_profiler_ops_are_timed_with_cuda_events_and_the_report_says_so():
+    a = torch.randn(2048, 2048, device="cuda")
+    a @ a
+    torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts) as tp:
+        with memwall.profile(summary=False) as prof:
+            a @ a
+        torch.cuda.synchronize()
+    rep = prof.report()
+    source = rep.extra["time_source"]["cuda"]
+    assert "CUDA events" in source and "another torch.profiler" in source, source
+    assert one_row(rep, "aten.mm").time_s > 0 and "timeline" not in rep.extra
+    assert any(e.name == "aten::mm" for e in tp.events())  # the user's profiler kept its record
+
+
+def test_a_torch_profiler_opened_inside_memwall_takes_the_gpu_record_over():
+    a = torch.randn(2048, 2048, device="cuda")
+    a @ a
+    a.relu()
+    torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with memwall.profile(summary=False) as prof:
+        a @ a  # timed by its kernel
+        with torch.profiler.profile(activities=acts) as tp:
+            a.relu()  # timed with CUDA events while the user's profiler records
+            torch.cuda.synchronize()
+    rep = prof.report()
+    mm, relu = one_row(rep, "aten.mm"), one_row(rep, "aten.relu")
+    assert mm.kernels and mm.time_s > 0
+    assert relu.time_s > 0 and not relu.kernels
+    assert "in some steps" in rep.extra["time_source"]["cuda"]
+    assert "timeline" not in rep.extra  # the step's record is partial: no idle share from it
+    assert any(e.name == "aten::relu" for e in tp.events())  # the user's profiler has its record
+
+
+def test_a_gpu_trace_read_by_memwall_analyze_has_each_ops_kernel_time(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=512, n_head=8, vocab_size=8192, n_positions=256)
+    model = transformers.GPT2LMHeadModel(cfg).cuda()
+    ids = torch.randint(0, 8192, (4, 256), device="cuda")
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=ids).loss.backward()
+
+    step()
+    torch.cuda.synchronize()
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts, record_shapes=True) as tp:
+        step()
+        torch.cuda.synchronize()
+    path = tmp_path / "step.pt.trace.json"
+    tp.export_chrome_trace(str(path))
+    import json
+
+    traced = sum(e["dur"] for e in json.loads(path.read_text())["traceEvents"]
+                 if e.get("ph") == "X" and e.get("cat") in DEVICE_CATS) * 1e-6
+    rep = memwall.analyze_trace(path)
+    # each op that launched kernels has their time (ops that launched none keep their CPU span)
+    assert sum(r.time_s for r in rep.rows if r.kernels) == pytest.approx(traced, rel=0.05)
+    mm = [r for r in rep.rows if r.op in MATMULS]
+    assert mm and all(r.time_s > 0 and r.kernels and r.flops for r in mm)
+    assert {r.phase for r in mm} >= {"forward", "backward"}
+    assert 0 < rep.extra["timeline"]["device_busy_s"] <= rep.extra["timeline"]["wall_s"]
+
+
+def test_a_compiled_function_on_cuda_is_timed_by_its_triton_kernel():
+    torch._dynamo.reset()
+    n = 2**26
+    x = torch.randn(n, device="cuda")
+    fn = torch.compile(lambda t: torch.relu(t * 2 + 1))
+    expected = fn(x)
+    torch.cuda.synchronize()
+    with memwall.profile(summary=False) as prof:
+        y = fn(x)
+    assert torch.equal(y, expected)
+    rep = prof.report()
+    timed = [r for r in rep.rows if r.time_s > 0]
+    kernels = [k for r in timed for k in r.kernels]
+    assert any(k.startswith("triton_") for k in kernels), kernels
+    # by hand: mul, add, relu, one FLOP per element each; fused, x read once and the result written once
+    assert sum(r.flops or 0 for r in rep.rows) == 3 * n
+    assert sum(r.bytes for r in rep.rows) == 2 * 4 * n
+    # 512 MiB moved at most at HBM speed (H100 3.35 TB/s, H200 4.8): at least ~0.1 ms
+    assert sum(r.time_s for r in timed) > 2 * 4 * n / 5e12
