@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--only", nargs="*", help="workloads to run (default: all)")
     parser.add_argument("--pairs", type=int, help="pairs per variant for every workload (default: 20 for the "
                                                   "forwards, 4 for training, 6 for generation)")
+    parser.add_argument("--no-scale", action="store_true",
+                        help="skip the scale measurements (a report of 100,000 op calls: host work)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the models run")
     args = parser.parse_args(argv)
     if args.pairs is not None and args.pairs < 1:
@@ -229,8 +231,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for label, variant in variants(work, logdir).items():
                 row[label] = statistics.median(paired_ratios(work, variant, pairs))
             results["workloads"][name] = row
-        console.print("[dim]scale...[/dim]")
-        results["scale"] = scale(logdir)
+        if not args.no_scale:
+            console.print("[dim]scale...[/dim]")
+            results["scale"] = scale(logdir)
 
     where = machine.get("gpu") or machine["cpu"]  # the CPU's name says the threads in use
     table = Table(title=f"memwall overhead: median paired ratio to a bare run "
@@ -247,11 +250,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       + ("" if row["memwall inactive"] <= INACTIVE_TARGET else " MISSED"),
                       f"{row['torch.profiler']:.2f}x", f"{row['FlopCounterMode']:.2f}x")
     console.print(table)
-    s = results["scale"]
-    console.print(f"scale: {s['op_calls']:,} op calls over {s['steps']} steps -> {s['rows']} rows; "
-                  f"build + rescore + save {s['build_rescore_save_s']:.2f} s (target < 1 s); "
-                  f"report {s['report_bytes'] / 1e6:.2f} MB (target < 5 MB); "
-                  f"memwall peak memory {s['memwall_peak_memory_bytes'] / 1e6:.1f} MB", highlight=False)
+    s = results.get("scale")
+    if s:
+        console.print(f"scale: {s['op_calls']:,} op calls over {s['steps']} steps -> {s['rows']} rows; "
+                      f"build + rescore + save {s['build_rescore_save_s']:.2f} s (target < 1 s); "
+                      f"report {s['report_bytes'] / 1e6:.2f} MB (target < 5 MB); "
+                      f"memwall peak memory {s['memwall_peak_memory_bytes'] / 1e6:.1f} MB", highlight=False)
     save_json(results, args.json, console)
     return results
 
