@@ -100,3 +100,24 @@ def test_a_scheduled_profiler_in_its_warm_up_keeps_the_clock_off(cpu_clock):
     assert clock.start()
     clock.stop()
     assert handed == []  # the clock never ran while theirs did
+
+
+def test_a_live_steps_timeline_leaves_memwalls_own_time_out_of_the_gpus_idle_share():
+    import dataclasses
+
+    from memwall_plugin.console import findings
+    from memwall_plugin.recorder import timeline_extra
+
+    # two steps of (step, wall s, GPU busy s, memwall's own s, op calls)
+    timeline = timeline_extra([(0, 0.010, 0.0005, 0.002, 400), (1, 0.012, 0.0015, 0.002, 600)])
+    # by hand: 2 ms busy of 22 ms wall less 4 ms of memwall's own work, 18 ms
+    assert timeline["idle_fraction"] == pytest.approx(1 - 2 / 18)
+    assert timeline["steps"][0]["idle_fraction"] == pytest.approx(1 - 0.5 / 8)
+    assert timeline["host_s_per_op"] == pytest.approx(0.018 / 1000)
+    assert timeline["steps"][1]["host_s_per_op"] == pytest.approx(0.010 / 600)
+    with memwall.profile(summary=False) as prof:
+        torch.randn(256, 256) @ torch.randn(256, 256)
+    rep = dataclasses.replace(prof.report(), extra={**prof.report().extra, "timeline": timeline})
+    (said,) = [f for f in findings(rep) if "launch-bound" in f]
+    assert said.startswith("the GPU was idle 89% of the recorded steps waiting for the host (busy 2 ms of 18 ms, "
+                           "memwall's own 4 ms left out; the host took 18 us per op over 1,000 ops)")
