@@ -41,7 +41,7 @@ from memwall_plugin.hooks._torch_private import (
 )
 from memwall_plugin.hooks.compiled import WRAPPER as _WRAPPER
 from memwall_plugin.hooks.compiled import CompiledRegions, KernelObserver, region_facts, split_by_kernel
-from memwall_plugin.hooks.kernel_clock import EVENTS, KERNELS, KernelClock, mark, unmark
+from memwall_plugin.hooks.kernel_clock import KernelClock, mark, unmark
 from memwall_plugin.hooks.memory import MemoryTracker
 from memwall_plugin.hooks.modules import ModuleTracker
 from memwall_plugin.hooks.residency import Residency
@@ -638,8 +638,6 @@ class Capture:
         #: GPU ops timed by their kernels (hooks/kernel_clock.py): the entry of each op index
         self.clock = KernelClock(on_handover=self._clock_handed_over)
         self.pending_kernels: list[CaptureEntry] = []
-        #: how this capture timed GPU ops so far: "kernels", "events" (a set: a run can use both)
-        self.cuda_clocks: set[str] = set()
         #: nanoseconds the GPU ran anything in the steps taken so far, per step (`take`)
         self.device_busy_ns: int | None = None
         #: events whose times were read, by device index: reused rather than created per op
@@ -701,10 +699,8 @@ class Capture:
         # the mode runs inside torch's own frames, which Dynamo's frame hook may be watching (a
         # module compiled in place): its frames run as written, never compiled
         never_compiled(mode.__torch_dispatch__)
-        if cuda and self.clock.start():
-            self.cuda_clocks.add(KERNELS)
-        elif cuda:
-            self.cuda_clocks.add(EVENTS)
+        if cuda:
+            self.clock.start()
         self._mode = _CaptureMode(self, cuda) if router is None else _RoutedCaptureMode(self, cuda, router)
         self._mode.__enter__()
         if self.memory is not None:
@@ -759,19 +755,17 @@ class Capture:
         self.resolve_events()
         self.resolve_kernels()
         if self._mode is not None and self._mode._cuda:  # still recording: the next step's kernels
-            self.cuda_clocks.add(KERNELS if self.clock.start() else EVENTS)
+            self.clock.start()
         self.residency.flush()
         table, self.table = self.table, {}
         self._bucket_memo.clear()  # growing shapes rarely come back in a later step
         return table
 
     def _clock_handed_over(self) -> None:
-        """Another torch.profiler starts: the ops so far get their kernels; the rest of the step,
-        and the steps while it records, are timed with CUDA events."""
+        """Another torch.profiler starts: the ops so far get their kernels (the rest of the step,
+        and the steps while it records, are timed with CUDA events)."""
         self.resolve_kernels()
         self.device_busy_ns = None  # the GPU's record of this step is partial: no timeline for it
-        if self._mode is not None:
-            self.cuda_clocks.add(EVENTS)
 
     def resolve_kernels(self) -> None:
         """Stop the kernel clock and add each op's kernel time and names to its entry; the GPU's

@@ -19,6 +19,7 @@ times ops with CUDA events until that profiler has ended.
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -108,16 +109,19 @@ def attribute(events: Iterable[tuple[str, bool, int, int, int]]) -> tuple[dict[i
     return ops, busy
 
 
-def busy_ns(intervals: list[tuple[int, int]]) -> int:
-    """How long at least one of the sorted intervals runs (overlapping streams counted once)."""
-    total, reach = 0, None
+def busy_time(intervals: Iterable[tuple[float, float]], start: float = -math.inf, end: float = math.inf) -> float:
+    """How long at least one of the (sorted) intervals runs within [start, end]: overlapping
+    streams counted once. In the intervals' own unit (ns here, us in a trace)."""
+    busy: float = 0
+    reach = start
     for a, b in intervals:
-        if reach is not None:
-            a = max(a, reach)
+        a, b = max(a, reach), min(b, end)
         if b > a:
-            total += b - a
+            busy += b - a
             reach = b
-    return total
+        if reach >= end:
+            break
+    return busy
 
 
 #: why a run's GPU ops went to CUDA events while another torch.profiler recorded
@@ -140,6 +144,8 @@ class KernelClock:
         self._thread = 0
         #: a handover from another thread's profiler: the clock's record is lost, not read
         self.lost = False
+        #: the clocks this run's GPU ops were timed with so far: KERNELS, EVENTS (both: at times)
+        self.used: set[str] = set()
 
     def available(self) -> bool:
         """Whether this run can use the clock at all (the choice, the torch build): checked once."""
@@ -153,9 +159,14 @@ class KernelClock:
         return self._never is None
 
     def start(self) -> bool:
-        """Start recording (False: it cannot now, and `unavailable` says why)."""
-        if self.running:
-            return True
+        """Start recording (False: it cannot now, `unavailable` says why, and the GPU ops until
+        the next start are timed with CUDA events)."""
+        if not self.running:
+            self.running = self._start()
+        self.used.add(KERNELS if self.running else EVENTS)
+        return self.running
+
+    def _start(self) -> bool:
         if not self.available():
             return False
         if profiler_running() or other_profiler_open():  # torch.profiler's own, or kineto=True's
@@ -166,7 +177,7 @@ class KernelClock:
         except Exception as exc:  # an odd build, a profiler that would not start: CUDA events then
             self.unavailable = f"torch's profiler did not start ({type(exc).__name__}: {exc})"
             return False
-        self.running, self._thread = True, threading.get_ident()
+        self._thread = threading.get_ident()
         watch_other_profilers(self._handover)
         return True
 
@@ -175,6 +186,7 @@ class KernelClock:
         if not self.running:
             return
         self.unavailable = HANDED_OVER
+        self.used.add(EVENTS)  # the rest of the step's GPU ops
         if threading.get_ident() != self._thread:
             # the profiler's state is the recording thread's: it cannot be read from here
             self.running, self.lost = False, True
@@ -193,7 +205,7 @@ class KernelClock:
         unwatch_other_profilers(self._handover)
         torch.cuda.synchronize()  # the last kernels are in the record only once they ran
         ops, busy = attribute(stop_device_activity())
-        return ops, busy_ns(busy)
+        return ops, int(busy_time(busy))
 
 
 def mark(index: int) -> Any:

@@ -60,12 +60,14 @@ def _repeated(fn: Callable[[], Any], single_s: float, budget_s: float) -> tuple[
 
 
 def measure_gemm(
-    dtype: torch.dtype, device: torch.device, *, budget_s: float = 0.3, max_n: int = 4096, repeats: int = 3
+    dtype: torch.dtype, device: torch.device, *, budget_s: float = 0.3, max_n: int = 4096, repeats: int = 3,
+    first_n: int = 256,
 ) -> tuple[float, int]:
-    """Best FLOP/s of an n x n x n matmul; n doubles until one matmul takes `budget_s`."""
+    """Best FLOP/s of an n x n x n matmul; n doubles from `first_n` until one matmul takes
+    `budget_s` (or reaches `max_n`)."""
     timed = _timer(device)
     generator = torch.Generator(device=device).manual_seed(0)  # never the user's random stream
-    n = 256
+    n = min(first_n, max_n)
     while True:
         a = torch.randn(n, n, device=device, generator=generator).to(dtype)
         b = torch.randn(n, n, device=device, generator=generator).to(dtype)
@@ -208,8 +210,10 @@ def calibrate(
             progress(f"GEMM {name}")
         try:
             # a GPU reaches its peak only on large products (H100 bf16: ~80% at 8192)
+            # the second pass runs at the size the first one found
             largest = sizes.get(dtype) or (8192 if device.type == "cuda" else 2048 if quick else 4096)
-            flops, n = measure_gemm(dtype, device, budget_s=budget, max_n=largest, repeats=runs)
+            flops, n = measure_gemm(dtype, device, budget_s=budget, max_n=largest, repeats=runs,
+                                    first_n=sizes.get(dtype, 256))
         except (RuntimeError, TypeError) as exc:  # dtype not supported here
             details[f"gemm_{name}"] = f"skipped: {exc}"
             return

@@ -407,10 +407,10 @@ class Recorder:
     def _time_source(self, kind: str) -> str:
         """How this run's ops on `kind` were timed; on a GPU, which clock (hooks/kernel_clock.py)."""
         capture = self.capture
-        if kind != "cuda" or capture is None or KERNELS not in capture.cuda_clocks:
+        if kind != "cuda" or capture is None or KERNELS not in capture.clock.used:
             why = capture.clock.unavailable if kind == "cuda" and capture is not None else None
             return TIME_SOURCES[kind] + (f" (the kernels' own record was not used: {why})" if why else "")
-        if EVENTS in capture.cuda_clocks:
+        if EVENTS in capture.clock.used:
             return (f"{CUDA_KERNEL_TIME}; in some steps {TIME_SOURCES[kind]} "
                     f"({capture.clock.unavailable or 'the profiler was not available'})")
         return CUDA_KERNEL_TIME

@@ -26,6 +26,7 @@ from memwall_plugin.analysis import analysis_cache, rows_from_entries
 from memwall_plugin.ceilings import ceilings_of, memory_roof_of, place_rows
 from memwall_plugin.devices import DeviceSpec, lookup_device, resolve_device
 from memwall_plugin.hooks.capture import CaptureEntry
+from memwall_plugin.hooks.kernel_clock import busy_time
 from memwall_plugin.hooks.replay import (
     ReplayError,
     TracedInputs,
@@ -339,19 +340,6 @@ def _kernel_name(e: Event) -> str:
     return name[:cut][:120]
 
 
-def _busy_us(intervals: list[tuple[float, float]], start: float, end: float) -> float:
-    """How long at least one of the (sorted) intervals runs within [start, end]."""
-    busy, reach = 0.0, start
-    for a, b in intervals:
-        a, b = max(a, reach), min(b, end)
-        if b > a:
-            busy += b - a
-            reach = b
-        if reach >= end:
-            break
-    return busy
-
-
 def _timeline(trace: Trace, steps: list[Event]) -> dict[str, Any] | None:
     """Where the trace recorded device activity: per step (each `ProfilerStep#N`, else the span
     of the trace's ops) its wall time, the time the device ran anything (kernels, copies, sets;
@@ -372,7 +360,7 @@ def _timeline(trace: Trace, steps: list[Event]) -> dict[str, Any] | None:
         first = bisect.bisect_left(device, (start, -math.inf))
         # an interval that began before the window can reach into it: look back a little
         lead = [iv for iv in device[max(0, first - 64):first] if iv[1] > start]
-        busy = _busy_us(lead + device[first:], start, end)
+        busy = busy_time(lead + device[first:], start, end)
         wall = max(end - start, 0.0)
         out.append({"step": int(name) if name.isdigit() else None, "wall_s": wall * 1e-6, "device_busy_s": busy * 1e-6,
                     "idle_fraction": 1 - busy / wall if wall > 0 else None})

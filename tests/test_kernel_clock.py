@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from memwall_plugin.hooks.kernel_clock import attribute, busy_ns
+from memwall_plugin.hooks.kernel_clock import attribute, busy_time
 
 import memwall_plugin as memwall
 
@@ -30,7 +30,7 @@ def test_each_kernel_goes_to_the_op_whose_annotation_holds_it_on_its_stream():
     assert ops[0].ns == 30 + 30 and ops[0].names == ["gemm_a", "gemm_b"]  # the gap is not the op's
     assert ops[1].ns == 60 + 90 and ops[1].names == ["elementwise", "Memcpy DtoD (Device -> Device)"]
     # busy: [100,130] [150,180] [200,300] (two streams overlapping, counted once) [400,450]
-    assert busy_ns(busy) == 30 + 30 + 100 + 50
+    assert busy_time(busy) == 30 + 30 + 100 + 50
 
 
 def test_a_kernel_inside_nested_ranges_belongs_to_the_innermost():
