@@ -483,12 +483,102 @@ def compiled_region_graph(region: Any) -> tuple[int, Any] | None:
     runs (its first argument: the compiled callable or its index in torch's side table)."""
     try:
         from torch._higher_order_ops.wrap import _resolve_inductor_callable
-
+    except ImportError:  # torch 2.11: the region is its compiled callable, the graph memwall's copy
+        return _kept_graph(region)
+    try:
         resolved = _resolve_inductor_callable(region)
-    except (ImportError, AssertionError, KeyError, AttributeError):
+    except (AssertionError, KeyError, AttributeError):
         return None
     gm = getattr(resolved, "original_gm", None)
     return None if gm is None else (int(resolved.idx), gm)
+
+
+def region_graph_kept() -> bool:
+    """Whether this torch keeps each compiled region's graph itself (2.13 does); where it does
+    not (2.11), memwall keeps a copy of the regions it sees Inductor compile in this process."""
+    try:
+        from torch._higher_order_ops.wrap import _resolve_inductor_callable  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+#: torch 2.11 (no handle from a compiled region to its graph): by the region's compiled callable,
+#: (an id, a copy of the graph Inductor compiled), for each region compiled in this process since
+#: memwall's origins pass first ran; a region loaded from Inductor's cache is not among them
+_KEPT_GRAPHS: Any = None
+_KEPT_IDS = iter(range(1 << 62))
+#: id(CompiledFxGraph) (a dataclass: not hashable) -> its graph's copy, between its construction
+#: and its post_compile
+_BEING_BUILT: dict[int, Any] = {}
+#: by the key of its generated code, the graph of each region built in this process: a region
+#: Inductor loads again from its cache in this process (the same code) has it too
+_BY_CODE: dict[str, Any] = {}
+
+
+def _kept_graph(region: Any) -> tuple[int, Any] | None:
+    if _KEPT_GRAPHS is None:
+        return None
+    try:
+        found: tuple[int, Any] | None = _KEPT_GRAPHS.get(region)
+    except TypeError:  # not weakly referenceable: never kept
+        return None
+    return found
+
+
+def _keep_region_graphs() -> None:
+    """On a torch whose compiled regions carry no graph (2.11), keep a copy of the graph of each
+    region Inductor builds from now on, by the callable its `inductor_compiled_code` calls pass:
+    CompiledFxGraph's construction (which has the graph) and post_compile (which wraps the
+    callable) are wrapped; nothing they do changes. Called from memwall's origins pass, so only
+    while Inductor compiles."""
+    global _KEPT_GRAPHS
+    if _KEPT_GRAPHS is not None or region_graph_kept():
+        return
+    import copy
+    import weakref
+
+    from torch._inductor import output_code
+
+    _KEPT_GRAPHS = weakref.WeakKeyDictionary()
+    cls = output_code.CompiledFxGraph
+    built, post = cls.__init__, cls.post_compile
+
+    @functools.wraps(built)
+    def __init__(self: Any, current_callable: Any, graph: Any, gm: Any, *args: Any, **kwargs: Any) -> None:
+        built(self, current_callable, graph, gm, *args, **kwargs)
+        try:
+            if getattr(self, "_wrap_compiled_regions", False):
+                kept = copy.deepcopy(gm)  # the module's meta (memwall's origins) comes along
+                for node in kept.graph.nodes:
+                    node.meta.clear()  # shapes are worked out again for each run's inputs
+                if len(_BEING_BUILT) > 256:  # built and never post-compiled: forget them
+                    _BEING_BUILT.clear()
+                _BEING_BUILT[id(self)] = kept
+                code = getattr(self, "cache_key", None)
+                if isinstance(code, str):
+                    if len(_BY_CODE) > 4096:
+                        _BY_CODE.clear()
+                    _BY_CODE[code] = kept
+        except Exception:  # memwall's own failure: the region is uncounted, the compile goes on
+            pass
+
+    @functools.wraps(post)
+    def post_compile(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = post(self, *args, **kwargs)
+        try:
+            kept = _BEING_BUILT.pop(id(self), None) or _BY_CODE.get(str(getattr(self, "cache_key", "")))
+            wrapper = self.current_callable
+            code = getattr(wrapper, "__code__", None)
+            if kept is not None and code is not None and "original_callable" in code.co_freevars:
+                region = wrapper.__closure__[code.co_freevars.index("original_callable")].cell_contents
+                _KEPT_GRAPHS[region] = (next(_KEPT_IDS), kept)
+        except Exception:
+            pass
+        return out
+
+    cls.__init__ = __init__  # type: ignore[method-assign]
+    cls.post_compile = post_compile  # type: ignore[method-assign]
 
 
 def propagate_shapes(gm: Any, inputs: list[Any]) -> None:
@@ -569,6 +659,7 @@ class _EagerOrigins:
                     owner = graph.owning_module
                     if owner is None:
                         return
+                    _keep_region_graphs()  # torch 2.11: regions carry no graph of their own
                     # a backward graph (AOTAutograd names its inputs tangents_1, ...; a forward
                     # graph's are primals_1, ...): its nodes traced in forward are recomputed
                     backward = any(n.op == "placeholder" and n.name.startswith("tangents") for n in graph.nodes)
@@ -650,33 +741,72 @@ def region_node_modules(gm: Any) -> dict[str, str]:
     return found if isinstance(found, dict) else {}
 
 
-#: the C++ kernels of a generated wrapper module, by module name: kernel -> each argument's
-#: role ("in", "out", "inout", or "" for a size), from the kernel's C++ signature
-_KERNEL_ROLES: dict[str, dict[str, tuple[str, ...]]] = {}
+#: the kernels of a generated wrapper module, by module name: kernel -> (each argument's role:
+#: "in", "out", "inout", or "" for a size or scratch, from the kernel's signature; whether it is
+#: launched with `.run(...)`, a Triton kernel, rather than called, a C++ kernel)
+_KERNEL_ROLES: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {}
 _CPP_KERNEL = re.compile(r"^(\w+) = async_compile\.cpp_pybinding\(\[[^\]]*\], r'''.*?\bkernel\(([^)]*)\)",
                          re.S | re.M)
+#: a Triton kernel's definition: its name, then the source Inductor hands async_compile
+_TRITON_KERNEL = re.compile(r"^(\w+) = async_compile\.triton\(\s*'[^']*',\s*'''(.*?)'''", re.S | re.M)
+_TRITON_DEF = re.compile(r"^def \w+\(([^)]*)\)", re.M)
 
 
-def _kernel_roles(module_name: str, source_file: str | None) -> dict[str, tuple[str, ...]]:
+def _role(name: str) -> str:
+    """A kernel parameter's role from the name Inductor gives it: `in_ptr0` read, `out_ptr0`
+    written, `in_out_ptr0` both; a Triton template's inputs are `arg_A`, `arg_B`, ...; sizes,
+    workspaces and anything else move none of the region's data."""
+    if name.startswith("in_out_ptr"):
+        return "inout"
+    if name.startswith(("in_ptr", "arg_")):
+        return "in"
+    return "out" if name.startswith("out_ptr") else ""
+
+
+def kernel_roles_of_source(text: str) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """The kernels a generated wrapper module's source defines (see `_KERNEL_ROLES`)."""
+    roles: dict[str, tuple[tuple[str, ...], bool]] = {}
+    for match in _CPP_KERNEL.finditer(text):
+        params = [p.strip().split()[-1] if p.strip() else "" for p in match.group(2).split(",")]
+        roles[match.group(1)] = (tuple(_role(p) for p in params), False)
+    for match in _TRITON_KERNEL.finditer(text):
+        found = _TRITON_DEF.search(match.group(2))
+        if found is None:
+            continue
+        # the arguments a launch passes: the parameters before the compile-time constants
+        params = [p.split(":")[0].strip() for p in found.group(1).split(",")
+                  if p.strip() and "constexpr" not in p]
+        roles[match.group(1)] = (tuple(_role(p) for p in params), True)
+    return roles
+
+
+def _kernel_roles(module_name: str, source_file: str | None) -> dict[str, tuple[tuple[str, ...], bool]]:
     roles = _KERNEL_ROLES.get(module_name)
     if roles is None:
-        roles = {}
         try:
             with open(source_file or "", encoding="utf-8") as f:
                 text = f.read()
         except OSError:
             text = ""
-        for match in _CPP_KERNEL.finditer(text):
-            kinds = []
-            for param in match.group(2).split(","):
-                name = param.strip().split()[-1] if param.strip() else ""
-                kinds.append("inout" if name.startswith("in_out_ptr") else "in" if name.startswith("in_ptr")
-                             else "out" if name.startswith("out_ptr") else "")
-            roles[match.group(1)] = tuple(kinds)
+        roles = kernel_roles_of_source(text)
         if len(_KERNEL_ROLES) > 4096:
             _KERNEL_ROLES.clear()
         _KERNEL_ROLES[module_name] = roles
     return roles
+
+
+class _Launcher:
+    """Stands for a Triton kernel of a wrapper module while a region runs: each launch
+    (`kernel.run(*args, stream=...)`) goes through `run`; anything else is the kernel's own."""
+
+    def __init__(self, run: Callable[..., Any], name: str, kinds: tuple[str, ...], kernel: Any) -> None:
+        self._observe, self._name, self._kinds, self._kernel = run, name, kinds, kernel
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        return self._observe(self._name, self._kinds, self._kernel.run, args, kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._kernel, name)
 
 
 class _Externs:
@@ -701,20 +831,24 @@ class _Externs:
 @contextlib.contextmanager
 def kernels_observed(region: Any, run: Callable[..., Any]) -> Iterator[bool]:
     """While open, each kernel call of the compiled region an `inductor_compiled_code` call runs
-    (its generated C++ kernels, `cpp_fused_*`, and its library calls, `extern_kernels.*`) goes
-    through `run(name, roles, kernel, args, kwargs)`, which must call `kernel(*args, **kwargs)`
-    and return its result: the same calls, in the same order, on the same tensors (numerics
-    unchanged, nothing recompiled). `roles`: each argument's role for a C++ kernel, None for a
-    library call (its `out=` is written, the rest read). Yields whether the region's generated
-    module was found (without one, nothing is observed). Triton kernels (GPU) are not observed."""
+    (its generated C++ kernels, `cpp_fused_*`, its Triton kernels' launches, `triton_*.run`, and
+    its library calls, `extern_kernels.*`) goes through `run(name, roles, kernel, args, kwargs)`,
+    which must call `kernel(*args, **kwargs)` and return its result: the same calls, in the same
+    order, on the same tensors (numerics unchanged, nothing recompiled). `roles`: each positional
+    argument's role for a generated kernel, None for a library call (its `out=` is written, the
+    rest read). Yields whether the region's generated module was found (without one, nothing is
+    observed)."""
     glb = None
     try:
-        from torch._higher_order_ops.wrap import _resolve_inductor_callable
-
-        fn = _resolve_inductor_callable(region).compiled_callable
+        try:
+            from torch._higher_order_ops.wrap import _resolve_inductor_callable
+        except ImportError:  # torch 2.11: the region is the compiled callable itself
+            fn = region
+        else:
+            fn = _resolve_inductor_callable(region).compiled_callable
         func = getattr(fn, "__func__", fn)
         glb = getattr(func, "__globals__", None)
-    except (ImportError, AssertionError, KeyError, AttributeError):
+    except (AssertionError, KeyError, AttributeError):
         glb = None
     if not isinstance(glb, dict) or "call" not in glb:
         yield False
@@ -722,9 +856,12 @@ def kernels_observed(region: Any, run: Callable[..., Any]) -> Iterator[bool]:
     saved: dict[str, Any] = {}
     try:
         roles = _kernel_roles(str(glb.get("__name__")), glb.get("__file__"))
-        for name, kinds in roles.items():
+        for name, (kinds, launched) in roles.items():
             kernel = glb.get(name)
-            if callable(kernel):
+            if launched and callable(getattr(kernel, "run", None)):
+                saved[name] = kernel
+                glb[name] = _Launcher(run, name, kinds, kernel)
+            elif not launched and callable(kernel):
                 saved[name] = kernel
                 glb[name] = functools.partial(_call_kernel, run, name, kinds, kernel)
         if "extern_kernels" in glb:

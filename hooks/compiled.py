@@ -41,6 +41,7 @@ from memwall_plugin.hooks._torch_private import (
     is_op_overload,
     propagate_shapes,
     region_eager_origins,
+    region_graph_kept,
     region_node_modules,
     wrap_compiled_regions,
     wrap_compiled_regions_from_now_on,
@@ -224,7 +225,7 @@ def region_facts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RegionFacts |
         return None
     found = compiled_region_graph(args[0])
     if found is None:
-        return None
+        return None if region_graph_kept() else UNSEEN
     idx, gm = found
     region = _REGIONS.get(idx)
     if region is None:
@@ -247,6 +248,14 @@ def region_facts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RegionFacts |
         facts.append(fact)
         calls.append(_call_of(node, fact))
     return RegionFacts((idx, tuple(facts)), static + tuple(calls), text)
+
+
+#: torch 2.11 keeps no graph of a compiled region: memwall keeps those it sees Inductor build in
+#: this process, and says why it cannot count one it did not
+UNSEEN = RegionFacts(("unseen",), None, (
+    "compiled region not sized: torch 2.11 keeps no graph of a region, and this one was not compiled "
+    "in this process (Inductor loaded it from its cache): TORCHINDUCTOR_FX_GRAPH_CACHE=0 "
+    "TORCHINDUCTOR_AUTOGRAD_CACHE=0, or torch >= 2.13, count it"))
 
 
 # --- kernel by kernel -------------------------------------------------------------------------

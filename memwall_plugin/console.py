@@ -425,12 +425,16 @@ def findings(report: Report) -> list[str]:
         # in a trace recorded without any shapes no op could be counted, formula or not
         trace = report.extra.get("trace")
         shapeless = isinstance(trace, dict) and trace.get("record_shapes") is False
-        unshaped = [r for r in uncounted
-                    if shapeless or REGISTRY.flop_formula(r.op, r.overload or "default") is not None]
-        unformulated = [r for r in uncounted if r not in unshaped]
+        # a compiled region has its formula (the sum of its ops'): uncounted, it could not be sized
+        unsized = [r for r in uncounted if r.op == COMPILED_REGION and not shapeless]
+        unshaped = [r for r in uncounted if r not in unsized
+                    and (shapeless or REGISTRY.flop_formula(r.op, r.overload or "default") is not None)]
+        unformulated = [r for r in uncounted if r not in unshaped and r not in unsized]
         for rows, why, fix in (
             (unformulated, "without a FLOP formula", "; their FLOPs are unknown, not zero (register formulas with "
                                                      "memwall.default_registry().copy())."),
+            (unsized, "of compiled regions memwall could not size", ": their FLOPs are unknown, not zero; each "
+                                                                   "row's shapes say why and what counts them."),
             (unshaped, "whose inputs were not recorded", ": their FLOPs are unknown, not zero; re-record the trace "
                                                          "with torch.profiler.profile(record_shapes=True)."),
         ):

@@ -402,6 +402,9 @@ ITEMISED = FLOPS_FROM_PARTS | {"aten.native_layer_norm", "aten.tril", "aten.slic
     "aten.nll_loss_forward", "aten.nll_loss_backward", "aten.eq", "aten.arange", "aten.zeros",
     "aten.scalar_tensor", "prims.inductor_seeds",
     "aten.clone",
+    # torch 2.11's graphs: bias-adds the eager run did with mm and add noted as addmm, and the
+    # loss's ignore-index select as where
+    "aten.addmm", "aten.where",
 }
 
 
@@ -471,12 +474,18 @@ def test_compiled_gpt2_step_same_flops_fewer_bytes_same_bits_no_recompile(fresh_
     # the softmax the model runs depends on transformers' attention (SDPA's _safe_softmax, or the
     # eager attention's _softmax in 4.40): the ones this run has
     present = FLOPS_FROM_PARTS & by_eager.keys()
-    assert present and all(by_compiled[op][1] == by_eager[op][1] for op in present)
+    # (torch 2.11's backward graph hands the embeddings' backward one 8-byte element more than
+    # the eager run reads: 23,432 B against 23,424)
+    slack = {"aten.embedding_dense_backward": 8} if torch.__version__ < "2.13" else {}
+    assert present and all(abs(by_compiled[op][1] - by_eager[op][1]) <= slack.get(op, 0) for op in present), \
+        {op: (by_compiled[op][1], by_eager[op][1]) for op in present}
     cf_flops, cf_bytes = (sum(v[i] for v in by_compiled.values()) for i in (0, 1))
     eager_flops, eager_bytes = (sum(v[i] for v in by_eager.values()) for i in (0, 1))
     # within 1% on today's transformers (-0.46%); +1.8% on 4.40, whose shifted-logits slice the
-    # compiled backward scatters whole (itemised above)
-    assert abs(cf_bytes - eager_bytes) <= 0.02 * eager_bytes, (cf_bytes, eager_bytes)
+    # compiled backward scatters whole (itemised above); +3.0% on torch 2.11 with 4.40, whose
+    # graphs also note addmm and where for the eager run's mm and add, and select (itemised)
+    bound = 0.02 if torch.__version__ >= "2.13" else 0.035
+    assert abs(cf_bytes - eager_bytes) <= bound * eager_bytes, (cf_bytes, eager_bytes)
     assert abs(cf_flops - eager_flops) <= 0.02 * eager_flops, (cf_flops, eager_flops)
 
     # what the kernels computed: the eager run's FLOPs and what Inductor recomputes in backward
@@ -521,3 +530,49 @@ def test_torchs_warning_about_global_hooks_is_kept_out_of_recording_only(fresh_d
             handle.remove()
     about = [str(w.message) for w in seen if "when there are global hooks" in str(w.message)]
     assert len(about) == 1, about  # the user's hook's call only
+
+
+_CACHED_RUN = """
+import json, sys, torch
+import memwall_plugin as memwall
+from memwall_plugin.console import findings
+fn = torch.compile(lambda t: torch.relu(t * 2 + 1))
+x = torch.randn(4096)
+fn(x)  # compiled here, or loaded from Inductor's cache
+with memwall.profile(summary=False) as prof:
+    fn(x)
+rep = prof.report()
+rows = [(r.flops, r.shapes) for r in rep.rows if r.op == "higher_order.inductor_compiled_code"]
+print(json.dumps({"rows": rows, "findings": findings(rep)}))
+"""
+
+
+def test_a_region_inductor_loads_from_its_cache_is_counted_or_says_why_not(tmp_path):
+    """torch 2.13 keeps a compiled region's graph through Inductor's cache; torch 2.11 keeps none,
+    and memwall keeps those it sees compiled: a region loaded from the cache in a later process is
+    listed uncounted there, saying why and what counts it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+
+    def run(**extra: str) -> dict[str, Any]:
+        done = subprocess.run([sys.executable, "-c", _CACHED_RUN], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    first = run()  # compiles, and fills the cache
+    assert first["rows"] and sum(flops for flops, _ in first["rows"]) == 3 * 4096
+    again = run()  # a new process: Inductor loads the region from its cache
+    kept = sum(flops or 0 for flops, _ in again["rows"]) == 3 * 4096
+    if torch.__version__ >= "2.13":
+        assert kept, again
+        return
+    (row,) = again["rows"]
+    assert row[0] is None and "loaded it from its cache" in row[1] and "TORCHINDUCTOR_FX_GRAPH_CACHE=0" in row[1]
+    assert any("compiled regions memwall could not size" in f for f in again["findings"]), again["findings"]
+    # what the row says counts it
+    fresh = run(TORCHINDUCTOR_FX_GRAPH_CACHE="0", TORCHINDUCTOR_AUTOGRAD_CACHE="0")
+    assert sum(flops or 0 for flops, _ in fresh["rows"]) == 3 * 4096
