@@ -504,7 +504,7 @@ class _CaptureMode(UncompiledDispatchMode):
             return func(*args, **kwargs)
         del inputs
         if self._cuda and region[2] == "cuda":
-            return self._dispatch_cuda(func, args, kwargs, region, hop=True)
+            return self._region_on_gpu(func, args, kwargs, region, begin)
         observer = KernelObserver()
         with kernels_observed(args[0], observer) as observed:
             start = _perf_counter_ns()
@@ -527,6 +527,46 @@ class _CaptureMode(UncompiledDispatchMode):
                 # the rest: no buffers of its own (the region's inputs and outputs are the kernels')
                 region = ((key[0], ()), rest or _WRAPPER, region[2], ())
             capture.record(func, args, kwargs, out, elapsed, region, kernels)
+        except Exception as err:
+            capture.fail(err, func)
+        capture.own_ns += _perf_counter_ns() - end
+        return out
+
+    def _region_on_gpu(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], region: tuple[Any, ...],
+                       begin: int) -> Any:
+        """A compiled region on a GPU, kernel by kernel as on the CPU (`_region`), each kernel timed
+        on the device: by the kernels the clock records under its own range, else by a pair of
+        CUDA events around its launch. Without its kernels (no generated module found, memwall's
+        own failure), one row for the region, timed as a whole."""
+        capture = self._capture
+        try:
+            observer = _DeviceKernels(capture)
+            whole = observer.open_region()
+        except Exception as err:
+            capture.fail(err, func)
+            return func(*args, **kwargs)
+        try:
+            with kernels_observed(args[0], observer) as observed:
+                start = _perf_counter_ns()
+                out = func(*args, **kwargs)
+                end = _perf_counter_ns()
+        finally:
+            observer.close_region(whole)
+        capture.own_ns += start - begin + observer.own_ns
+        try:
+            facts = region[1]
+            split = (split_by_kernel(facts.key[0], facts, observer.runs)
+                     if observed and observer.runs and not observer.failed and facts is not None else None)
+            kernels = None
+            if split is not None:
+                split, rest = split
+                kernels = [(module, arg_key, out_key, kernel_facts, 0)
+                           for module, arg_key, out_key, kernel_facts in split]
+                key = region[0]
+                region = ((key[0], ()), rest or _WRAPPER, region[2], ())
+            made: list[CaptureEntry] = []
+            entry = capture.record(func, args, kwargs, out, 0, region, kernels, made)
+            observer.settle(whole, entry, made if kernels is not None else None)
         except Exception as err:
             capture.fail(err, func)
         capture.own_ns += _perf_counter_ns() - end
@@ -573,6 +613,98 @@ class _CaptureMode(UncompiledDispatchMode):
         except Exception as err:
             capture.fail(err, func)
         return out
+
+
+class _DeviceKernels(KernelObserver):
+    """A compiled region's kernel launches on a GPU (hooks/compiled.py's KernelObserver, on the
+    device's clock): each launch under a range of its own in the kernel clock's record, or between
+    a pair of CUDA events where the clock is off, its buffers noted as on the CPU. The region as
+    a whole gets a range (or a pair) too: what no observed launch ran (an aten call the wrapper
+    makes) is the region's own row's; `settle` gives each its entry once the region is recorded."""
+
+    def __init__(self, capture: Capture) -> None:
+        super().__init__()
+        self._capture = capture
+        self._clock = capture.clock.running
+        #: per launch: its index in the clock's record, or its (start, end, device) events
+        self.slots: list[Any] = []
+
+    def _events(self) -> tuple[Any, Any, Any]:
+        stream = current_cuda_stream()
+        free = self._capture.free_events.get(stream.device_index)
+        start = free.pop() if free else torch.cuda.Event(enable_timing=True)
+        end = free.pop() if free else torch.cuda.Event(enable_timing=True)
+        return start, end, stream
+
+    def open_region(self) -> Any:
+        capture = self._capture
+        if self._clock:
+            index = len(capture.pending_kernels)
+            capture.pending_kernels.append(None)
+            return index, mark(index)
+        start, end, stream = self._events()
+        start.record(stream)
+        return start, end, stream
+
+    def close_region(self, whole: Any) -> None:
+        if self._clock:
+            unmark(whole[1])
+        else:
+            whole[1].record(whole[2])
+
+    def __call__(self, name: str, roles: tuple[str, ...] | None, kernel: Any, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
+        begin = _perf_counter_ns()
+        pending = self._capture.pending_kernels
+        try:
+            if self._clock:
+                slot: Any = len(pending)
+                pending.append(None)
+                handle = mark(slot)
+            else:
+                start, end, stream = self._events()
+                start.record(stream)
+                slot = (start, end, stream.device_index)
+        except Exception:  # memwall's own error: the launch goes ahead, the region stays whole
+            self.failed = True
+            return kernel(*args, **kwargs)
+        launch = _perf_counter_ns()
+        try:
+            out = kernel(*args, **kwargs)
+        finally:
+            launched = _perf_counter_ns()
+            if self._clock:
+                unmark(handle)
+        try:
+            if not self._clock:
+                end.record(stream)
+            self.slots.append(slot)
+            self._note(name, roles, args, kwargs, out, 0)
+        except Exception:  # memwall's own error: the kernel's result stands, the region stays whole
+            self.failed = True
+        self.own_ns += launch - begin + _perf_counter_ns() - launched
+        return out
+
+    def settle(self, whole: Any, entry: CaptureEntry, made: list[CaptureEntry] | None) -> None:
+        """Give the device time to the entries: each launch's to its kernel's entry (`made`, in
+        launch order), or all of it to the region's `entry` where it is one row (`made` None)."""
+        capture = self._capture
+        if self._clock:
+            capture.pending_kernels[whole[0]] = entry  # what ran outside the observed launches
+            for k, index in enumerate(self.slots):
+                capture.pending_kernels[index] = made[k] if made is not None else entry
+            return
+        start, end, stream = whole
+        free = capture.free_events.setdefault(stream.device_index, [])
+        if made is None:
+            capture.pending_events.append((entry, start, end, stream.device_index))
+            for k_start, k_end, _ in self.slots:
+                free.extend((k_start, k_end))
+            return
+        # the kernels' times are their rows'; the region's row keeps none of the device's time
+        free.extend((start, end))
+        for (k_start, k_end, device), k_entry in zip(self.slots, made, strict=True):
+            capture.pending_events.append((k_entry, k_start, k_end, device))
 
 
 class _RoutedCaptureMode(_CaptureMode):
@@ -637,7 +769,7 @@ class Capture:
         self.pending_events: list[tuple[CaptureEntry, Any, Any, int]] = []
         #: GPU ops timed by their kernels (hooks/kernel_clock.py): the entry of each op index
         self.clock = KernelClock(on_handover=self._clock_handed_over)
-        self.pending_kernels: list[CaptureEntry] = []
+        self.pending_kernels: list[CaptureEntry | None] = []
         #: nanoseconds the GPU ran anything in the steps taken so far, per step (`take`)
         self.device_busy_ns: int | None = None
         #: events whose times were read, by device index: reused rather than created per op
@@ -779,7 +911,7 @@ class Capture:
         self.device_busy_ns = (self.device_busy_ns or 0) + busy
         for index, entry in enumerate(pending):
             ran = ops.get(index)
-            if ran is None:  # no kernel (a view, a size query): no device time
+            if ran is None or entry is None:  # no kernel (a view, a size query): no device time
                 continue
             entry.time_ns += ran.ns
             if entry.kernels is None:
@@ -806,11 +938,13 @@ class Capture:
     def record(
         self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any, elapsed_ns: int,
         region: tuple[Any, ...] | None = None, kernels: list[tuple[str, Any, Any, Any, int]] | None = None,
+        made: list[CaptureEntry] | None = None,
     ) -> CaptureEntry:
         """Fold one call into the table. `region`: (argument signature, facts, device type[,
         output signature]) of a compiled region, read before it ran (it frees its inputs as it
         goes). `kernels`: the region's kernel calls, each (module below the region's, argument
-        signature, output signature, facts, ns), rows of their own in the region's phase."""
+        signature, output signature, facts, ns), rows of their own in the region's phase; their
+        entries, in order, are appended to `made`."""
         tracker = self.tracker
         node = current_autograd_node()
         if node is not None:
@@ -858,6 +992,8 @@ class Capture:
                         func, k_args, k_kw, k_out, region[2] if region else "cpu", where, phase)
                 k_entry.calls += 1
                 k_entry.time_ns += ns
+                if made is not None:
+                    made.append(k_entry)
         if region is not None:  # a compiled region: its signature and facts were read before it ran
             arg_key, device = region[0], region[2]
             kw_key: tuple[tuple[str, Any], ...] | None = ((FACTS_KEY, region[1]),) if region[1] else None
