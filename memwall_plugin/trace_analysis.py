@@ -6,8 +6,10 @@ op's kernel calls inside it are not rows of their own), with the same registry a
 (memwall_plugin/analysis.py). A trace keeps input shapes only; outputs come from running each
 distinct call once on meta tensors (hooks/replay.py). Times are the trace's: the kernels an op
 launched where the trace has device activity, else the op's own CPU span (its inner ops are part
-of it, as they are of a captured op's time). Phases come from the trace's ranges: autograd's
-`evaluate_function` (backward), `Optimizer.step#...` (optimizer), `ProfilerStep#N` (steps).
+of it, as they are of a captured op's time); where the trace has device activity, an op that
+launched nothing and moves no data (a view) gets none: its span is the host's. Phases come from
+the trace's ranges: autograd's `evaluate_function` (backward), `Optimizer.step#...` (optimizer),
+`ProfilerStep#N` (steps).
 """
 
 from __future__ import annotations
@@ -508,9 +510,15 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
     spec, measured_on = _device_for(trace, kind, device, peaks)
     cache, ceilings, roof = analysis_cache(registry), ceilings_of(spec), memory_roof_of(spec)
     rows = []
+    idle_host_s = 0.0  # a GPU trace's views and metadata ops: the host's time, not an op's
     for key, entry in entries.items():  # row by row: each keeps the kernels its calls ran
         (row,) = rows_from_entries((entry,), registry, ceilings, cache, roof)
         ran = kernels.get(key)
+        if on_device and not ran and row.bytes == 0 and not row.flops and row.time_s:
+            # it launched nothing on the device and moves no data (a view, a size query): its
+            # CPU span is the host's time, which the timeline counts, not work of the op's
+            idle_host_s += row.time_s
+            row = dataclasses.replace(row, time_s=0.0)
         rows.append(dataclasses.replace(row, kernels=tuple(dict.fromkeys(ran))) if ran else row)
     rows.extend(place_rows((Row(op, "", module, phase, calls, "", shapes, None, 0, 0, 0, 0, ns * 1e-9,
                                 kernels=tuple(dict.fromkeys(ran)))
@@ -534,6 +542,9 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
         "ops": len(walk.ops),
         "distinct_calls": len(replayed),
         "time_from": "device kernels" if on_device else "CPU op spans",
+        # a GPU trace: ops that launched nothing and move no data get no time (their CPU spans,
+        # summed here); others that launched nothing (work on CPU tensors) keep their CPU span
+        **({"host_only_ops_s": idle_host_s} if on_device else {}),
         "uncounted_calls": dict(sorted(why.items(), key=lambda kv: -kv[1])),
         # counted, with an assumption: the trace records a tensor list's shapes, not its dtype
         "float32_assumed_calls": dict(sorted(assumed.items(), key=lambda kv: -kv[1])),

@@ -228,6 +228,20 @@ def test_a_gpu_trace_takes_each_ops_time_from_its_kernels(recorded: dict[str, An
     for op, us in given.items():
         assert sum(r.time_s for r in report.rows if r.op == op) == pytest.approx(us * 1e-6, rel=1e-9)
     _assert_same_counts(report, recorded["reference"])  # the counts do not depend on the times
+    # what launched nothing: a view or size query (no data moved) did no work of its own, its CPU
+    # span is the host's; an op that moves data keeps its span (on a GPU trace, CPU tensors' work)
+    spans: dict[tuple[str, str, str, str], float] = defaultdict(float)
+    for r in memwall.analyze_trace(recorded["plain"]).rows:
+        spans[(r.op, r.module, r.phase, r.shapes)] += r.time_s
+    times: dict[tuple[str, str, str, str], float] = defaultdict(float)
+    for r in report.rows:
+        times[(r.op, r.module, r.phase, r.shapes)] += r.time_s
+    idle = {(r.op, r.module, r.phase, r.shapes) for r in report.rows if not r.kernels and r.bytes == 0 and not r.flops}
+    moving = {(r.op, r.module, r.phase, r.shapes) for r in report.rows if not r.kernels and r.bytes > 0} - idle
+    assert idle and moving
+    assert all(times[k] == 0 for k in idle)
+    assert all(times[k] == pytest.approx(spans[k], rel=1e-9) for k in moving)
+    assert report.extra["trace"]["host_only_ops_s"] == pytest.approx(sum(spans[k] for k in idle), rel=1e-9)
     # placed on the GPU the trace names (memwall's table knows it), not on this CPU, and no what-if
     assert report.device is not None and "H100" in report.device.name
     assert report.measured_on == report.device.name and "H100 80GB HBM3" in report.device.notes
