@@ -7,6 +7,9 @@ STAMP := $(VENV)/.memwall-installed
 OLDEST_VENV ?= .venv-oldest
 OLDEST_STAMP := $(OLDEST_VENV)/.memwall-installed
 OLDEST := tests/oldest-supported.txt
+# torch's floor (pyproject.toml): PyPI's build of it, with the CUDA libraries it names (~4.6 GB
+# installed, about a minute from PyPI here); its CPU paths are what the suite tests
+OLDEST_TORCH := $(shell sed -n 's/^torch==//p' $(OLDEST))
 
 .PHONY: setup setup-oldest demo quickstart bench test test-newest test-oldest clean
 
@@ -25,8 +28,8 @@ setup-oldest: $(OLDEST_STAMP)
 $(OLDEST_STAMP): pyproject.toml $(OLDEST)
 	$(PYTHON) -m venv $(OLDEST_VENV)
 	$(OLDEST_VENV)/bin/python -m pip install -q --upgrade pip
-	$(OLDEST_VENV)/bin/python -m pip install -q torch==2.13.0
-	$(OLDEST_VENV)/bin/python -m pip install -q -e '.[dev]' -c $(OLDEST)
+	$(OLDEST_VENV)/bin/python -m pip install -q --progress-bar off torch==$(OLDEST_TORCH)
+	$(OLDEST_VENV)/bin/python -m pip install -q -e '.[dev]' -c $(OLDEST) torch==$(OLDEST_TORCH)
 	touch $(OLDEST_STAMP)
 
 # The paper's case study (BERT-Base, BERT-Large, GPT-2 at 128/256/512 tokens), its Figure 1, and

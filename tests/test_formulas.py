@@ -185,6 +185,12 @@ def test_custom_formula_for_a_custom_op():
     assert one_row(prof.report(), "memwall_test.scale").flops == 30
 
 
+#: ops memwall registers that torch's oldest supported release (2.11) does not have yet: the
+#: torch release each was seen in first (`torch.ops.torch_attn._varlen_attn_out`: in 2.13, not 2.11)
+_NEWER_THAN_THE_FLOOR = {"torch_attn._varlen_attn_out": (2, 13)}
+_TORCH = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
+
+
 def test_every_named_base_op_exists_in_torch():
     """Catches typos: each elementwise, reduction and explicitly named op is a real op of its
     namespace (aten, or FSDP's and the functional collectives' own, registered on import)."""
@@ -199,6 +205,8 @@ def test_every_named_base_op_exists_in_torch():
     missing = []
     for name in set(names) | {n for n in explicit if not n.endswith("_")}:
         namespace, op, *_ = name.split(".")
+        if not hasattr(getattr(torch.ops, namespace), op) and _TORCH < _NEWER_THAN_THE_FLOOR.get(name, (0, 0)):
+            continue  # an op of a later torch, registered for the torch that has it
         if not hasattr(getattr(torch.ops, namespace), op):
             missing.append(name)
     assert not missing, f"registered ops unknown to torch: {sorted(missing)}"

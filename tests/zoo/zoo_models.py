@@ -496,6 +496,10 @@ def attention_hand_counts(arch: Arch) -> tuple[int, int]:
     forward = backward = 0
     for a in arch.attention:
         q, k, v = a.shapes(BATCH)
+        # grouped-query attention: each query head does a full head's matmuls against its shared
+        # key/value head, so the count is that of keys and values repeated to the query's heads
+        # (torch 2.11's sdpa_flop_count takes equal head counts only)
+        k, v = (k[0], q[1], *k[2:]), (v[0], q[1], *v[2:])
         scores = BATCH * a.heads * a.s_q * a.s_k
         forward += a.layers * (flop_counter.sdpa_flop_count(q, k, v) + 5 * scores)
         backward += a.layers * (flop_counter.sdpa_backward_flop_count(q, q, k, v) + 9 * scores
