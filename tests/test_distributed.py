@@ -166,7 +166,7 @@ def test_killed_rank_leaves_the_other_ranks_partial_report(tmp_path):
                       "--depth", str(DEPTH), "--logdir", str(tmp_path / "killed"), cwd=tmp_path)
     assert result.returncode != 0
     reports = _reports(tmp_path / "killed")
-    assert list(reports) == [0]  # rank 1 died by SIGKILL before its report
+    assert list(reports) == [0], result.stdout + result.stderr  # rank 1 died by SIGKILL before its report
     survivor = reports[0]
     assert survivor.incomplete and survivor.world_size == 2
     assert survivor.steps[:3] == (0, 1, 2) and len(survivor.steps) < 200
