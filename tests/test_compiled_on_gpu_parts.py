@@ -157,31 +157,30 @@ class _Capture:
         self.free_events: dict[int, list[Any]] = {}
 
 
-def _launch(observer: Any, name: str, t: torch.Tensor) -> None:
-    observer(name, ("in", "out"), lambda a, b: b.copy_(a), (t, torch.empty_like(t)), {})
+def _region_run(clock: bool, launches: int) -> tuple[_Capture, Any, Any]:
+    """A region run through `_DeviceKernels`: its capture, the observer, the region's own range."""
+    cap = _Capture(clock=clock)
+    observer = capture_mod._DeviceKernels(cap)
+    whole = observer.open_region()
+    for k in range(launches):
+        t = torch.ones(4)
+        observer(f"k{k}", ("in", "out"), lambda a, b: b.copy_(a), (t, torch.empty_like(t)), {})
+    observer.close_region(whole)
+    return cap, observer, whole
 
 
 def test_on_the_kernel_clock_each_launch_has_a_range_of_its_own_inside_the_regions(monkeypatch):
     marks: list[Any] = []
     monkeypatch.setattr(capture_mod, "mark", lambda i: marks.append(("open", i)) or i)
     monkeypatch.setattr(capture_mod, "unmark", lambda h: marks.append(("close", h)))
-    cap = _Capture(clock=True)
-    observer = capture_mod._DeviceKernels(cap)
-    whole = observer.open_region()
-    for name in ("k0", "k1"):
-        _launch(observer, name, torch.ones(4))
-    observer.close_region(whole)
+    cap, observer, whole = _region_run(clock=True, launches=2)
     # the region's range holds each launch's own: the clock gives a kernel to the innermost
     assert marks == [("open", 0), ("open", 1), ("close", 1), ("open", 2), ("close", 2), ("close", 0)]
     region, k0, k1 = object(), object(), object()
     observer.settle(whole, region, [k0, k1])
     assert cap.pending_kernels == [region, k0, k1]
     # a region recorded whole (its kernels not matched to its graph): all of it the region's
-    cap = _Capture(clock=True)
-    observer = capture_mod._DeviceKernels(cap)
-    whole = observer.open_region()
-    _launch(observer, "k0", torch.ones(4))
-    observer.close_region(whole)
+    cap, observer, whole = _region_run(clock=True, launches=1)
     observer.settle(whole, region, None)
     assert cap.pending_kernels == [region, region]
 
@@ -201,22 +200,13 @@ class _Stream:
 def test_with_cuda_events_each_launch_has_its_pair_and_the_region_keeps_none(monkeypatch):
     monkeypatch.setattr(torch.cuda, "Event", _Event)
     monkeypatch.setattr(capture_mod, "current_cuda_stream", _Stream)
-    cap = _Capture(clock=False)
-    observer = capture_mod._DeviceKernels(cap)
-    whole = observer.open_region()
-    for name in ("k0", "k1"):
-        _launch(observer, name, torch.ones(4))
-    observer.close_region(whole)
+    cap, observer, whole = _region_run(clock=False, launches=2)
     region, k0, k1 = object(), object(), object()
     observer.settle(whole, region, [k0, k1])
     assert [(e, len(a.recorded), len(b.recorded)) for e, a, b, _ in cap.pending_events] == [(k0, 1, 1), (k1, 1, 1)]
     # the region's own pair goes back unused: between its kernels the GPU ran none of its work
     assert cap.free_events[0] == [whole[0], whole[1]]
     # recorded whole: the region's pair times it, the launches' pairs go back
-    cap = _Capture(clock=False)
-    observer = capture_mod._DeviceKernels(cap)
-    whole = observer.open_region()
-    _launch(observer, "k0", torch.ones(4))
-    observer.close_region(whole)
+    cap, observer, whole = _region_run(clock=False, launches=1)
     observer.settle(whole, region, None)
     assert [e for e, *_ in cap.pending_events] == [region] and len(cap.free_events[0]) == 2
