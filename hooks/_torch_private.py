@@ -481,26 +481,32 @@ def nested_component_shapes(t: torch.Tensor) -> tuple[tuple[int, ...], ...]:
 def compiled_region_graph(region: Any) -> tuple[int, Any] | None:
     """(its id, the FX graph Inductor compiled) of the region an `inductor_compiled_code` call
     runs (its first argument: the compiled callable or its index in torch's side table)."""
-    try:
-        from torch._higher_order_ops.wrap import _resolve_inductor_callable
-    except ImportError:  # torch 2.11: the region is its compiled callable, the graph memwall's copy
+    resolve = _region_resolver()
+    if resolve is None:  # torch 2.11: the region is its compiled callable, the graph memwall's copy
         return _kept_graph(region)
     try:
-        resolved = _resolve_inductor_callable(region)
+        resolved = resolve(region)
     except (AssertionError, KeyError, AttributeError):
         return None
     gm = getattr(resolved, "original_gm", None)
     return None if gm is None else (int(resolved.idx), gm)
 
 
+@functools.cache
+def _region_resolver() -> Callable[[Any], Any] | None:
+    """torch's resolver from an `inductor_compiled_code` call's first argument to the compiled
+    callable and its graph (2.13); None where this torch passes the callable itself (2.11)."""
+    try:
+        from torch._higher_order_ops.wrap import _resolve_inductor_callable
+    except ImportError:
+        return None
+    return _resolve_inductor_callable  # type: ignore[no-any-return]
+
+
 def region_graph_kept() -> bool:
     """Whether this torch keeps each compiled region's graph itself (2.13 does); where it does
     not (2.11), memwall keeps a copy of the regions it sees Inductor compile in this process."""
-    try:
-        from torch._higher_order_ops.wrap import _resolve_inductor_callable  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _region_resolver() is not None
 
 
 #: torch 2.11 (no handle from a compiled region to its graph): by the region's compiled callable,
@@ -840,12 +846,9 @@ def kernels_observed(region: Any, run: Callable[..., Any]) -> Iterator[bool]:
     observed)."""
     glb = None
     try:
-        try:
-            from torch._higher_order_ops.wrap import _resolve_inductor_callable
-        except ImportError:  # torch 2.11: the region is the compiled callable itself
-            fn = region
-        else:
-            fn = _resolve_inductor_callable(region).compiled_callable
+        resolve = _region_resolver()
+        # torch 2.11: the region is the compiled callable itself
+        fn = region if resolve is None else resolve(region).compiled_callable
         func = getattr(fn, "__func__", fn)
         glb = getattr(func, "__globals__", None)
     except (AssertionError, KeyError, AttributeError):

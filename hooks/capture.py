@@ -597,10 +597,7 @@ class _CaptureMode(UncompiledDispatchMode):
             return out
         # device time from events, resolved at the step's end: no synchronisation per op
         try:
-            stream = current_cuda_stream()
-            free = capture.free_events.get(stream.device_index)
-            start_event = free.pop() if free else torch.cuda.Event(enable_timing=True)
-            end_event = free.pop() if free else torch.cuda.Event(enable_timing=True)
+            start_event, end_event, stream = capture.event_pair()
             start_event.record(stream)
         except Exception as err:
             capture.fail(err, func)
@@ -626,23 +623,18 @@ class _DeviceKernels(KernelObserver):
         super().__init__()
         self._capture = capture
         self._clock = capture.clock.running
-        #: per launch: its index in the clock's record, or its (start, end, device) events
+        #: per launch: its index in the clock's record, or its (start, end, stream) events
         self.slots: list[Any] = []
 
-    def _events(self) -> tuple[Any, Any, Any]:
-        stream = current_cuda_stream()
-        free = self._capture.free_events.get(stream.device_index)
-        start = free.pop() if free else torch.cuda.Event(enable_timing=True)
-        end = free.pop() if free else torch.cuda.Event(enable_timing=True)
-        return start, end, stream
-
     def open_region(self) -> Any:
+        """Open a range in the clock's record, (its index, the range), or start a pair of events,
+        (start, end, stream): the region's own, or one launch's."""
         capture = self._capture
         if self._clock:
             index = len(capture.pending_kernels)
             capture.pending_kernels.append(None)
             return index, mark(index)
-        start, end, stream = self._events()
+        start, end, stream = capture.event_pair()
         start.record(stream)
         return start, end, stream
 
@@ -655,16 +647,8 @@ class _DeviceKernels(KernelObserver):
     def __call__(self, name: str, roles: tuple[str, ...] | None, kernel: Any, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> Any:
         begin = _perf_counter_ns()
-        pending = self._capture.pending_kernels
         try:
-            if self._clock:
-                slot: Any = len(pending)
-                pending.append(None)
-                handle = mark(slot)
-            else:
-                start, end, stream = self._events()
-                start.record(stream)
-                slot = (start, end, stream.device_index)
+            slot = self.open_region()  # the launch's own range (or pair), inside the region's
         except Exception:  # memwall's own error: the launch goes ahead, the region stays whole
             self.failed = True
             return kernel(*args, **kwargs)
@@ -674,11 +658,11 @@ class _DeviceKernels(KernelObserver):
         finally:
             launched = _perf_counter_ns()
             if self._clock:
-                unmark(handle)
+                unmark(slot[1])
         try:
             if not self._clock:
-                end.record(stream)
-            self.slots.append(slot)
+                slot[1].record(slot[2])
+            self.slots.append(slot[0] if self._clock else slot)
             self._note(name, roles, args, kwargs, out, 0)
         except Exception:  # memwall's own error: the kernel's result stands, the region stays whole
             self.failed = True
@@ -703,8 +687,8 @@ class _DeviceKernels(KernelObserver):
             return
         # the kernels' times are their rows'; the region's row keeps none of the device's time
         free.extend((start, end))
-        for (k_start, k_end, device), k_entry in zip(self.slots, made, strict=True):
-            capture.pending_events.append((k_entry, k_start, k_end, device))
+        for (k_start, k_end, k_stream), k_entry in zip(self.slots, made, strict=True):
+            capture.pending_events.append((k_entry, k_start, k_end, k_stream.device_index))
 
 
 class _RoutedCaptureMode(_CaptureMode):
@@ -898,6 +882,14 @@ class Capture:
         and the steps while it records, are timed with CUDA events)."""
         self.resolve_kernels()
         self.device_busy_ns = None  # the GPU's record of this step is partial: no timeline for it
+
+    def event_pair(self) -> tuple[Any, Any, Any]:
+        """Two timing events for the current stream (reused once read, else new), and the stream."""
+        stream = current_cuda_stream()
+        free = self.free_events.get(stream.device_index)
+        start = free.pop() if free else torch.cuda.Event(enable_timing=True)
+        end = free.pop() if free else torch.cuda.Event(enable_timing=True)
+        return start, end, stream
 
     def resolve_kernels(self) -> None:
         """Stop the kernel clock and add each op's kernel time and names to its entry; the GPU's

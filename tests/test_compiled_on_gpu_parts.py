@@ -147,7 +147,9 @@ class _Clock:
 
 
 class _Capture:
-    """The parts of a Capture `_DeviceKernels` uses."""
+    """The parts of a Capture `_DeviceKernels` uses (its events from the real `event_pair`)."""
+
+    event_pair = capture_mod.Capture.event_pair
 
     def __init__(self, clock: bool) -> None:
         self.clock = _Clock()
