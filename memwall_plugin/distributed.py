@@ -172,9 +172,10 @@ class Terminated(SystemExit):
 class TerminationGuard:
     """While a distributed profile runs, SIGTERM (what torchrun sends the other ranks when one
     fails) raises SystemExit(143) in the main thread, so the profile ends, saves its partial
-    report (marked incomplete) and the process exits as it would have. Once the profile is
-    ending (saving), a SIGTERM is held and delivered again, with its default action, after the
-    report is saved. Installed only over the default handler, and only from the main thread."""
+    report (marked incomplete) and the process exits as it would have. From the profile's exit
+    until its report is saved, a SIGTERM is held and delivered again, with its default action,
+    after that (the guard stays up through the save: `remove` comes after it). Installed only
+    over the default handler, and only from the main thread."""
 
     def __init__(self) -> None:
         self._installed = False
@@ -189,6 +190,10 @@ class TerminationGuard:
 
     def hold(self) -> None:
         self._holding = True
+
+    @property
+    def holding(self) -> bool:
+        return self._holding
 
     def deliver_held(self) -> None:
         """After remove(): a SIGTERM that came while holding ends the process now."""
@@ -207,6 +212,7 @@ class TerminationGuard:
         if self._installed and signal.getsignal(signal.SIGTERM) == self._handler:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         self._installed = False
+        self._holding = False
 
 
 class DistributedSession:
@@ -236,11 +242,15 @@ class DistributedSession:
         self._guard.hold()
 
     def close(self) -> None:
-        self._guard.remove()
+        if not self._guard.holding:  # a profile that is ending keeps it until its report is saved
+            self._guard.remove()
         if self.recorder is not None:
             self.recorder.close()
 
     def ended(self) -> None:
+        """The report is saved (or could not be): SIGTERM has its default action again, and one
+        that came while saving is delivered now."""
+        self._guard.remove()
         self._guard.deliver_held()
 
     def _enable(self, capture: Capture) -> None:

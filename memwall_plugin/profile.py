@@ -268,9 +268,11 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
                 except Exception as err:  # the run itself is done: memwall's trouble is only a warning
                     warnings.warn(f"memwall: {type(sink).__name__.lower()} could not finish: "
                                   f"{type(err).__name__}: {err}", RuntimeWarning, stacklevel=2)
-            recorder.dist.ended()
         finally:
-            self._hand_back()
+            try:
+                self._hand_back()
+            finally:
+                recorder.dist.ended()  # saved: a SIGTERM held since the exit began ends the process now
         return False  # the user's exception, if any, propagates unchanged
 
     # -- sinks ---------------------------------------------------------------------------------

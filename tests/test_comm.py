@@ -388,6 +388,43 @@ def test_sigterm_while_the_report_is_saved_waits_for_it(tmp_path):
     assert result.stdout.split() == ["saved"] and result.returncode == -signal.SIGTERM
 
 
+ENDED_UNDER_SIGTERM = textwrap.dedent('''
+    import os, signal, sys, torch
+    import memwall_plugin as memwall
+    from memwall_plugin import sinks
+
+    close_scalars = sinks.Scalars.end
+
+    def end_after_a_sigterm(self, prof):
+        # torchrun's SIGTERM lands while the profile's sinks finish (the report is saved; the
+        # scalars' event file is being flushed and closed)
+        os.kill(os.getpid(), signal.SIGTERM)
+        close_scalars(self, prof)
+        print("closed", flush=True)
+
+    sinks.Scalars.end = end_after_a_sigterm
+    with memwall.profile(logdir=sys.argv[1], summary=False) as prof:
+        torch.randn(64, 64) @ torch.randn(64, 64)
+    print("not reached", flush=True)
+''')
+
+
+def test_a_sigterm_while_a_profile_ends_waits_until_its_files_are_written(tmp_path):
+    """The profile holds SIGTERM from its exit until every sink has finished (the guard used to
+    come down before the sinks' own ends: a launcher's SIGTERM then cut the scalars' file, or
+    a summary, or a kineto trace, short)."""
+    script = tmp_path / "ending.py"
+    script.write_text(ENDED_UNDER_SIGTERM)
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.stdout.split() == ["closed"], result.stdout + result.stderr
+    assert result.returncode == -signal.SIGTERM, result.stderr  # then SIGTERM's own action, as without memwall
+    (path,) = (tmp_path / "run" / "plugins" / "memwall").glob("rank0_*.json")
+    assert memwall.load_report(path).world_size == 2
+    assert list((tmp_path / "run").glob("events.out.tfevents.*"))  # the scalars' file, closed
+
+
 def test_ranks_of_one_launch_pick_one_default_run_directory():
     """`memwall run`'s default directory: the launcher's start time, the same for all its ranks."""
     from memwall_plugin.distributed import launcher_started_unix_s
