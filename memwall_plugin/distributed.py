@@ -186,6 +186,12 @@ class TerminationGuard:
         if self._holding:
             self._held = signum
             return
+        where = f" in {frame.f_code.co_filename}:{frame.f_lineno} ({frame.f_code.co_name})" if frame else ""
+        try:  # the rank's own log says why it stopped and where (a launcher stops every rank this way)
+            os.write(2, f"memwall: rank {os.environ.get('RANK', '?')} got signal {signum} (its launcher "
+                        f"stopping it?){where}; saving its partial report\n".encode(errors="replace"))
+        except OSError:  # noqa: S110 - a closed stderr must not keep the profile from ending
+            pass
         raise Terminated(128 + signum)
 
     def hold(self) -> None:

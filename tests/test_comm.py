@@ -364,6 +364,7 @@ def test_sigterm_from_the_launcher_saves_the_partial_report(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "memwall: rank 1 got signal 15 (its launcher stopping it?) in " in err  # where it landed, in its log
     (path,) = (tmp_path / "run" / "plugins" / "memwall").glob("rank1_*.json")
     rep = memwall.load_report(path)
     assert rep.incomplete and rep.rank == 1 and rep.world_size == 2 and len(rep.steps) >= 3
