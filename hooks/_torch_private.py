@@ -882,6 +882,21 @@ def kernels_observed(region: Any, run: Callable[..., Any]) -> Iterator[bool]:
         glb.update(saved)
 
 
+def replays_cuda_graph(region: Any) -> bool:
+    """Whether an `inductor_compiled_code` call's region runs as a CUDA graph (torch.compile's
+    mode="reduce-overhead", cudagraph trees): Inductor hands the operator its cudagraphify
+    wrapper, which warms up, records and then replays the graph; no kernel is launched from
+    Python, so the region cannot be split into its kernels (it is one row, timed as a whole)."""
+    try:
+        resolve = _region_resolver()
+        fn = region if resolve is None else resolve(region).compiled_callable
+    except (AssertionError, KeyError, AttributeError):
+        return False
+    func = getattr(fn, "__func__", fn)
+    return (str(getattr(func, "__module__", "")).startswith("torch._inductor")
+            and str(getattr(func, "__qualname__", "")).startswith("cudagraphify"))
+
+
 def _call_kernel(run: Callable[..., Any], name: str, kinds: tuple[str, ...], kernel: Any, *args: Any) -> Any:
     return run(name, kinds, kernel, args, {})
 

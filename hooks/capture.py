@@ -36,13 +36,14 @@ from memwall_plugin.hooks._torch_private import (
     kernels_observed,
     never_compiled,
     op_schema,
+    replays_cuda_graph,
     unrecorded,
     warm_up_dispatch,
 )
 from memwall_plugin.hooks.compiled import WRAPPER as _WRAPPER
 from memwall_plugin.hooks.compiled import CompiledRegions, KernelObserver, region_facts, split_by_kernel
 from memwall_plugin.hooks.kernel_clock import KernelClock, mark, unmark
-from memwall_plugin.hooks.memory import MemoryTracker
+from memwall_plugin.hooks.memory import MemoryTracker, op_name
 from memwall_plugin.hooks.modules import ModuleTracker
 from memwall_plugin.hooks.residency import Residency
 from memwall_plugin.hooks.score_facts import reader_for
@@ -402,6 +403,12 @@ class Router(Protocol):
     busy_ns: int
 
 
+def _capturing() -> bool:
+    """Whether the current CUDA stream is capturing a CUDA graph (torch.cuda.graph,
+    make_graphed_callables): work launched now does not run now, but at each replay."""
+    return torch.cuda.is_current_stream_capturing()
+
+
 def _run(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run an op the mode was handed as calling it would, without a second torch.profiler event
     for it (hooks/_torch_private.py): torch.profiler counts each op as often as without memwall."""
@@ -539,6 +546,13 @@ class _CaptureMode(UncompiledDispatchMode):
         CUDA events around its launch. Without its kernels (no generated module found, memwall's
         own failure), one row for the region, timed as a whole."""
         capture = self._capture
+        if _capturing():  # into a user's CUDA graph: it runs at the replays (`_dispatch_cuda`)
+            capture.captured_into_graph(func)
+            return func(*args, **kwargs)
+        if replays_cuda_graph(args[0]):
+            # mode="reduce-overhead": the region's kernels run inside its CUDA graph, none is
+            # launched from Python; one row, timed as a whole (the report says so)
+            capture.graph_regions += 1
         try:
             observer = _DeviceKernels(capture)
             whole = observer.open_region()
@@ -582,6 +596,13 @@ class _CaptureMode(UncompiledDispatchMode):
     def _dispatch_cuda(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], region: Any = None,
                        hop: bool = False) -> Any:
         capture = self._capture
+        if _capturing():
+            # captured into a CUDA graph of the user's (torch.cuda.graph): it runs at each replay,
+            # which memwall does not see, not now. Nothing is counted or timed for it, and no
+            # timing event of memwall's is recorded into the user's graph (a replay would record it
+            # again once it times another op); the report says how many calls were captured
+            capture.captured_into_graph(func)
+            return func(*args, **kwargs) if hop else _run(func, args, kwargs)
         if capture.clock.running:
             # device time from the kernels the op ran (hooks/kernel_clock.py), read at the step's end
             index = len(capture.pending_kernels)
@@ -758,6 +779,11 @@ class Capture:
         self.device_busy_ns: int | None = None
         #: events whose times were read, by device index: reused rather than created per op
         self.free_events: dict[int, list[Any]] = {}
+        #: CUDA graphs: calls captured into a graph of the user's while recording, by op (they
+        #: run at its replays, which memwall does not see: neither counted nor timed), and calls
+        #: of compiled regions that run as a CUDA graph (mode="reduce-overhead": one row each)
+        self.graph_captured: dict[str, int] = {}
+        self.graph_regions = 0
         #: why recording stopped for good (an internal error), or None while healthy
         self.failed: str | None = None
         #: nanoseconds of memwall's own work inside the recorded steps that it measures: recording
@@ -882,6 +908,11 @@ class Capture:
         and the steps while it records, are timed with CUDA events)."""
         self.resolve_kernels()
         self.device_busy_ns = None  # the GPU's record of this step is partial: no timeline for it
+
+    def captured_into_graph(self, func: Any) -> None:
+        # as its row would name it ("aten.mm", "higher_order.inductor_compiled_code")
+        name = f"higher_order.{hop_name(func)}" if is_higher_order_op(func) else op_name(func)
+        self.graph_captured[name] = self.graph_captured.get(name, 0) + 1
 
     def event_pair(self) -> tuple[Any, Any, Any]:
         """Two timing events for the current stream (reused once read, else new), and the stream."""

@@ -29,6 +29,7 @@ from memwall_plugin.memory import MemoryReport, MemoryWhatIf
 from memwall_plugin.rankheads import headlines, rank_heads
 from memwall_plugin.ranks import CONDENSE_ABOVE, OUTLIER_SHARE, TOP_NODES, RankSpread, rank_spread
 from memwall_plugin.records import (
+    CUDA_GRAPHS_KEY,
     CUDA_KERNEL_TIME,
     DECODE,
     OWN_TIME_KEY,
@@ -342,7 +343,7 @@ def findings(report: Report) -> list[str]:
     total = math.fsum(r.time_s for r in work)
     out: list[str] = []
     if total <= 0 or not report.rows:
-        return out
+        return cuda_graph_notes(report)  # a run whose work all went into CUDA graphs says so
     host = host_time_share(report)
     timeline = report.extra.get(TIMELINE_KEY)
     timeline = timeline if isinstance(timeline, dict) else {}
@@ -458,10 +459,35 @@ def findings(report: Report) -> list[str]:
             "in its place: their ops are in their own report" + (f"s ({', '.join(saved)})" if saved else "s")
             + ", not in this one."
         )
+    out.extend(cuda_graph_notes(report))
     device = report.device
     if device is not None and {"estimated"} & {f.source for _, f in device.peaks}:
         out.append("some peaks are estimated, not measured: run `memwall calibrate` for this machine's "
                    "real ceilings.")
+    return out
+
+
+def cuda_graph_notes(report: Report) -> list[str]:
+    """What CUDA graphs hid from memwall in this run (`report.extra["cuda_graphs"]`), plainly."""
+    graphs = report.extra.get(CUDA_GRAPHS_KEY)
+    if not isinstance(graphs, dict):
+        return []
+    out = []
+    regions = graphs.get("region_calls")
+    if isinstance(regions, int) and regions > 0:
+        out.append(f"{regions:,} call{'s' if regions > 1 else ''} of compiled regions ran as CUDA graphs "
+                   "(torch.compile mode=\"reduce-overhead\"): a graph's kernels are not launched one by one, so "
+                   "each region is one row (its FLOPs and bytes from its graph, its time the whole call's), "
+                   "not split into its kernels.")
+    captured = graphs.get("captured_calls")
+    if isinstance(captured, dict) and captured:
+        calls = sum(n for n in captured.values() if isinstance(n, int))
+        ops = ", ".join(f"{op.removeprefix('aten.')} x{n}" for op, n in list(captured.items())[:4])
+        more = ", ..." if len(captured) > 4 else ""
+        out.append(f"{calls:,} op call{'s' if calls > 1 else ''} ({ops}{more}) were captured into a CUDA graph "
+                   "(torch.cuda.graph) while memwall recorded: they run at the graph's replays, which memwall "
+                   "does not see, so they are neither counted nor timed here. Profile the run without the graph "
+                   "(or with torch.compile's default mode) to see its ops.")
     return out
 
 

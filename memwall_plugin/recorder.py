@@ -24,6 +24,7 @@ from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into, rena
 from memwall_plugin.hooks.kernel_clock import EVENTS, KERNELS
 from memwall_plugin.memory_build import memory_report
 from memwall_plugin.records import (
+    CUDA_GRAPHS_KEY,
     CUDA_KERNEL_TIME,
     OTHER,
     OWN_TIME_KEY,
@@ -355,6 +356,18 @@ class Recorder:
             return None
         return self.device
 
+    def _cuda_graphs(self) -> dict[str, Any]:
+        """What the run's CUDA graphs hid from memwall, so far (hooks/capture.py)."""
+        capture = self.capture
+        if capture is None:
+            return {}
+        out: dict[str, Any] = {}
+        if capture.graph_captured:
+            out["captured_calls"] = dict(sorted(capture.graph_captured.items(), key=lambda kv: -kv[1]))
+        if capture.graph_regions:
+            out["region_calls"] = capture.graph_regions
+        return out
+
     def build(self, table: Table, steps: tuple[int, ...], wall: float,
               window_only: bool = False, step_only: bool = False, step_totals: tuple[StepTotals, ...] = (),
               own: float = 0.0, timeline: Sequence[tuple[int, float, float, float, int]] = ()) -> Report:
@@ -385,6 +398,9 @@ class Recorder:
             extra[TIME_SOURCE_KEY] = {kind: self._time_source(kind) for kind in kinds}
         if timeline:  # the GPU's own record of the steps: busy, or idle waiting for the host
             extra[TIMELINE_KEY] = timeline_extra(timeline)
+        graphs = self._cuda_graphs()
+        if graphs:
+            extra[CUDA_GRAPHS_KEY] = graphs
         return Report(
             rows=rows,
             memory=memory,

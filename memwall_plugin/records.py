@@ -40,6 +40,11 @@ TIME_SOURCE_KEY = "time_source"
 #: measured (recording each op after it ran, its module hooks, sizing compiled regions); the
 #: dispatch into its mode before each op is not measured, so the true figure is somewhat higher
 OWN_TIME_KEY = "memwall_own_time_s"
+#: `Report.extra` key of a live GPU run that met CUDA graphs: {"captured_calls": {op: calls}}, the
+#: calls captured into a graph of the user's while recording (they run at its replays, which
+#: memwall does not see: neither counted nor timed), and {"region_calls": n}, the calls of
+#: compiled regions run as a CUDA graph (mode="reduce-overhead": each one row, timed whole)
+CUDA_GRAPHS_KEY = "cuda_graphs"
 TIME_SOURCES = {
     "cpu": "the host clock around each op (its kernel, on this thread and the threads it uses)",
     "cuda": ("CUDA events recorded on the op's stream before and after it: from its launch to its end, so the time "

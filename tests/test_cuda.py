@@ -17,6 +17,9 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 import memwall_plugin as memwall
+from memwall_plugin.console import findings
+from memwall_plugin.diff import COMPILED_REGION
+from memwall_plugin.records import CUDA_GRAPHS_KEY
 from tests.conftest import one_row, profiled
 from tests.test_unusual_models import Block  # the same checkpointed block as on CPU
 
@@ -594,3 +597,53 @@ def test_a_compiled_gpt2_step_on_cuda_is_its_kernels_each_counted_and_timed():
     assert eager_flops <= compiled_flops <= 1.10 * eager_flops, (compiled_flops, eager_flops)
     # and its time: the kernels' total within 10% of torch.profiler's for the step
     assert sum(r.time_s for r in rep.rows) == pytest.approx(sum(traced.values()), rel=0.10)
+
+
+def test_a_region_compiled_with_reduce_overhead_is_one_row_per_graph_and_the_report_says_why():
+    """torch.compile(mode="reduce-overhead"): the region runs as a CUDA graph (warm-up, record,
+    then replays). memwall changes nothing (bits), counts each call from the region's graph,
+    times it whole and says that the graph hid the kernels."""
+    torch._dynamo.reset()
+    n = 2**24
+    x = torch.randn(n, device="cuda")
+    fn = torch.compile(lambda t: torch.relu(t * 2 + 1), mode="reduce-overhead")
+    for _ in range(3):  # warm-up, record, replay: the graph exists before memwall starts
+        expected = fn(x).clone()
+    torch.cuda.synchronize()
+    with memwall.profile(summary=False) as prof:
+        got = [fn(x).clone() for _ in range(4)]
+    assert all(torch.equal(g, expected) for g in got)
+    rep = prof.report()
+    assert rep.extra[CUDA_GRAPHS_KEY] == {"region_calls": 4}
+    regions = [r for r in rep.rows if r.op == COMPILED_REGION]
+    assert sum(r.calls for r in regions) == 4
+    assert sum(r.flops or 0 for r in regions) == 4 * 3 * n  # mul, add, relu per element, per call
+    assert all(r.time_s > 0 for r in regions)
+    assert any("ran as CUDA graphs" in f for f in findings(rep))
+
+
+def test_ops_captured_into_a_users_cuda_graph_are_not_counted_and_the_replays_run_as_without_memwall():
+    a = torch.randn(256, 256, device="cuda")
+    static = torch.empty_like(a)
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as torch's docs do it
+        static.copy_(a @ a)
+    torch.cuda.current_stream().wait_stream(side)
+    with memwall.profile(summary=False) as prof:
+        torch.relu(a)
+        with torch.cuda.graph(graph):
+            static.copy_(a @ a)
+        for _ in range(3):
+            graph.replay()
+        torch.relu(a)
+    torch.cuda.synchronize()
+    assert torch.equal(static, a @ a)
+    rep = prof.report()
+    assert "aten.mm" not in {r.op for r in rep.rows}  # captured, not run then
+    assert rep.extra[CUDA_GRAPHS_KEY]["captured_calls"]["aten.mm"] == 1
+    assert any("captured into a CUDA graph" in f for f in findings(rep))
+    # memwall's timing events stayed out of the graph: the ops after the replays are timed sanely
+    (relu,) = [r for r in rep.rows if r.op == "aten.relu"]
+    assert relu.calls == 2 and 0 < relu.time_s < 0.01
