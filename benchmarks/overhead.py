@@ -11,7 +11,11 @@ one process: a bare run against each of
 * memwall with `memory=False`: the same without measuring memory (the capacity wall's cost is
   the difference between the two);
 * memwall, inactive step: inside an open profile whose schedule is idle for that step;
-* torch.profiler with record_shapes, its exit included;
+* torch.profiler with record_shapes, its exit included (since torch 2.13 its exit leaves its
+  events unprocessed until they are read);
+* torch.profiler the usual way, its trace written by `tensorboard_trace_handler` at its exit;
+* torch.profiler with its per-op table read, `key_averages(group_by_input_shape=True)`: what
+  memwall's report is (ops by shape, with their times), in torch.profiler's terms;
 * torch's FlopCounterMode;
 
 and reports the median of the paired ratios, the first pair (warm-up) excluded; each timed run
@@ -125,12 +129,23 @@ def variants(work: Callable[[], Any], logdir: Path) -> dict[str, Callable[[], An
         with torch.profiler.profile(record_shapes=True):
             work()
 
+    def torch_profiler_saved() -> None:
+        handler = torch.profiler.tensorboard_trace_handler(str(logdir / f"tp{next(runs)}"))
+        with torch.profiler.profile(record_shapes=True, on_trace_ready=handler):
+            work()
+
+    def torch_profiler_table() -> None:
+        with torch.profiler.profile(record_shapes=True) as prof:
+            work()
+        prof.key_averages(group_by_input_shape=True)
+
     def flop_counter() -> None:
         with FlopCounterMode(display=False):
             work()
 
     return {"memwall active": memwall_active, "memwall memory=False": memwall_without_memory,
-            "torch.profiler": torch_profiler, "FlopCounterMode": flop_counter}
+            "torch.profiler": torch_profiler, "torch.profiler + trace saved": torch_profiler_saved,
+            "torch.profiler + op table": torch_profiler_table, "FlopCounterMode": flop_counter}
 
 
 def paired_ratios(work: Callable[[], Any], other: Callable[[], Any], pairs: int) -> list[float]:
@@ -208,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.pairs is not None and args.pairs < 1:
         parser.error(f"--pairs needs at least 1 pair, got {args.pairs}")
-    console = Console(width=120)
+    console = Console(width=160)
     global _wait
     _wait = _no_wait
     machine = {"cpu": cpu_spec().name, "threads": torch.get_num_threads(),
@@ -239,7 +254,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table = Table(title=f"memwall overhead: median paired ratio to a bare run "
                         f"({where}, torch {machine['torch']})", title_justify="left")
     for column in ("workload", "bare", "memwall active", "target", "memory=False", "memwall inactive",
-                   "torch.profiler", "FlopCounterMode"):
+                   "torch.profiler", "+ trace saved", "+ op table", "FlopCounterMode"):
         table.add_column(column, justify="left" if column == "workload" else "right")
     for name, row in results["workloads"].items():
         target = TARGETS[name]
@@ -248,7 +263,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"<= {target:.2f}x {ok}", f"{row['memwall memory=False']:.2f}x",
                       f"{row['memwall inactive']:.3f}x"
                       + ("" if row["memwall inactive"] <= INACTIVE_TARGET else " MISSED"),
-                      f"{row['torch.profiler']:.2f}x", f"{row['FlopCounterMode']:.2f}x")
+                      f"{row['torch.profiler']:.2f}x", f"{row['torch.profiler + trace saved']:.2f}x",
+                      f"{row['torch.profiler + op table']:.2f}x", f"{row['FlopCounterMode']:.2f}x")
     console.print(table)
     s = results.get("scale")
     if s:

@@ -476,9 +476,9 @@ def cuda_graph_notes(report: Report) -> list[str]:
     regions = graphs.get("region_calls")
     if isinstance(regions, int) and regions > 0:
         out.append(f"{regions:,} call{'s' if regions > 1 else ''} of compiled regions ran as CUDA graphs "
-                   "(torch.compile mode=\"reduce-overhead\"): a graph's kernels are not launched one by one, so "
-                   "each region is one row (its FLOPs and bytes from its graph, its time the whole call's), "
-                   "not split into its kernels.")
+                   "(torch.compile mode=\"reduce-overhead\": warm-up, record, then replays): memwall does not "
+                   "see a graph's kernels one by one, so each call is one row (its FLOPs and bytes from its "
+                   "graph, its time the whole call's), not split into its kernels.")
     captured = graphs.get("captured_calls")
     if isinstance(captured, dict) and captured:
         calls = sum(n for n in captured.values() if isinstance(n, int))
