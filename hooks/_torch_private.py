@@ -884,14 +884,25 @@ def kernels_observed(region: Any, run: Callable[..., Any]) -> Iterator[bool]:
 
 def replays_cuda_graph(region: Any) -> bool:
     """Whether an `inductor_compiled_code` call's region runs as a CUDA graph (torch.compile's
-    mode="reduce-overhead", cudagraph trees): Inductor hands the operator its cudagraphify
-    wrapper, which warms up, records and then replays the graph; no kernel is launched from
-    Python, so the region cannot be split into its kernels (it is one row, timed as a whole)."""
+    mode="reduce-overhead", cudagraph trees): Inductor wraps it (or each of its graph
+    partitions) in its cudagraphify wrapper, which warms up, records and then replays the graph;
+    a replay launches no kernel from Python, so the region cannot be split into its kernels
+    (it is one row, timed as a whole)."""
     try:
         resolve = _region_resolver()
         fn = region if resolve is None else resolve(region).compiled_callable
     except (AssertionError, KeyError, AttributeError):
         return False
+    if _is_cudagraphify(fn):
+        return True
+    # graph partitions (Inductor's default since 2.11): the region is the generated module's
+    # `runner.call`, and each partition the runner calls is wrapped by cudagraphify instead
+    partitions = getattr(getattr(fn, "__self__", None), "partitions", None)
+    return isinstance(partitions, (list, tuple)) and any(_is_cudagraphify(p) for p in partitions)
+
+
+def _is_cudagraphify(fn: Any) -> bool:
+    """Inductor's cudagraphify wrapper (`compile_fx.cudagraphify`'s closure)."""
     func = getattr(fn, "__func__", fn)
     return (str(getattr(func, "__module__", "")).startswith("torch._inductor")
             and str(getattr(func, "__qualname__", "")).startswith("cudagraphify"))

@@ -403,10 +403,14 @@ class Router(Protocol):
     busy_ns: int
 
 
-def _capturing() -> bool:
-    """Whether the current CUDA stream is capturing a CUDA graph (torch.cuda.graph,
-    make_graphed_callables): work launched now does not run now, but at each replay."""
-    return torch.cuda.is_current_stream_capturing()
+def _never() -> bool:
+    return False
+
+
+#: whether the current CUDA stream is capturing a CUDA graph (torch.cuda.graph,
+#: make_graphed_callables, Inductor's reduce-overhead): work launched now does not run now, but
+#: at each replay. Never on a torch built without CUDA (where torch's check raises)
+_capturing: Callable[[], bool] = torch.cuda.is_current_stream_capturing if torch.backends.cuda.is_built() else _never
 
 
 def _run(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -644,8 +648,10 @@ class _DeviceKernels(KernelObserver):
         super().__init__()
         self._capture = capture
         self._clock = capture.clock.running
-        #: per launch: its index in the clock's record, or its (start, end, stream) events
+        #: per launch: its index in the clock's record, or its (start, end, stream) events; None
+        #: for a launch a CUDA graph captured (it ran at the replay, in the region's own time)
         self.slots: list[Any] = []
+        self.captured = False
 
     def open_region(self) -> Any:
         """Open a range in the clock's record, (its index, the range), or start a pair of events,
@@ -668,6 +674,20 @@ class _DeviceKernels(KernelObserver):
     def __call__(self, name: str, roles: tuple[str, ...] | None, kernel: Any, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> Any:
         begin = _perf_counter_ns()
+        if _capturing():
+            # Inductor records a CUDA graph of this part of the region (a graph partition under
+            # mode="reduce-overhead"): the kernel runs at the graph's replay, inside the region's
+            # range or pair, so it is counted but not timed apart; no range or event of memwall's
+            # goes into the graph
+            self.captured = True
+            out = kernel(*args, **kwargs)
+            try:
+                self.slots.append(None)
+                self._note(name, roles, args, kwargs, out, 0)
+            except Exception:  # memwall's own error: the kernel's result stands, the region stays whole
+                self.failed = True
+            self.own_ns += _perf_counter_ns() - begin
+            return out
         try:
             slot = self.open_region()  # the launch's own range (or pair), inside the region's
         except Exception:  # memwall's own error: the launch goes ahead, the region stays whole
@@ -697,14 +717,18 @@ class _DeviceKernels(KernelObserver):
         if self._clock:
             capture.pending_kernels[whole[0]] = entry  # what ran outside the observed launches
             for k, index in enumerate(self.slots):
-                capture.pending_kernels[index] = made[k] if made is not None else entry
+                if index is not None:
+                    capture.pending_kernels[index] = made[k] if made is not None else entry
             return
         start, end, stream = whole
         free = capture.free_events.setdefault(stream.device_index, [])
-        if made is None:
+        if made is None or self.captured:
+            # one pair for the region (and a graph's replay of its captured launches, run inside
+            # it): the launches' own pairs go back unread
             capture.pending_events.append((entry, start, end, stream.device_index))
-            for k_start, k_end, _ in self.slots:
-                free.extend((k_start, k_end))
+            for slot in self.slots:
+                if slot is not None:
+                    free.extend(slot[:2])
             return
         # the kernels' times are their rows'; the region's row keeps none of the device's time
         free.extend((start, end))

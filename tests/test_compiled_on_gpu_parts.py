@@ -212,3 +212,66 @@ def test_with_cuda_events_each_launch_has_its_pair_and_the_region_keeps_none(mon
     cap, observer, whole = _region_run(clock=False, launches=1)
     observer.settle(whole, region, None)
     assert [e for e, *_ in cap.pending_events] == [region] and len(cap.free_events[0]) == 2
+
+
+def _captured_region_run(monkeypatch: pytest.MonkeyPatch, clock: bool) -> tuple[_Capture, Any, Any]:
+    """A region whose two launches a CUDA graph captures (Inductor recording a graph partition
+    under mode="reduce-overhead"): the region's range or pair is opened before the capture."""
+    cap = _Capture(clock=clock)
+    observer = capture_mod._DeviceKernels(cap)
+    whole = observer.open_region()
+    with monkeypatch.context() as capturing:
+        capturing.setattr(capture_mod, "_capturing", lambda: True)
+        for k in range(2):
+            t = torch.ones(4)
+            out = observer(f"k{k}", ("in", "out"), lambda a, b: b.copy_(a), (t, torch.empty_like(t)), {})
+            assert torch.equal(out, t)  # the launch itself goes ahead unchanged
+    observer.close_region(whole)
+    return cap, observer, whole
+
+
+def test_launches_a_cuda_graph_captures_are_counted_and_timed_with_their_region(monkeypatch):
+    marks: list[Any] = []
+    monkeypatch.setattr(capture_mod, "mark", lambda i: marks.append(("open", i)) or i)
+    monkeypatch.setattr(capture_mod, "unmark", lambda h: marks.append(("close", h)))
+    cap, observer, whole = _captured_region_run(monkeypatch, clock=True)
+    assert marks == [("open", 0), ("close", 0)]  # no range of memwall's inside the graph
+    assert [name for name, *_ in observer.runs] == ["k0", "k1"]  # both counted, as kernel rows
+    region, k0, k1 = object(), object(), object()
+    observer.settle(whole, region, [k0, k1])
+    assert cap.pending_kernels == [region]  # the replay's kernels ran under the region's range
+    # with CUDA events: none is made for a captured launch; the region's pair times the replay
+    made: list[Any] = []
+    monkeypatch.setattr(torch.cuda, "Event", lambda enable_timing=False: made.append(1) or _Event())
+    monkeypatch.setattr(capture_mod, "current_cuda_stream", _Stream)
+    cap, observer, whole = _captured_region_run(monkeypatch, clock=False)
+    assert len(made) == 2  # the region's own pair only
+    observer.settle(whole, region, [k0, k1])
+    assert [e for e, *_ in cap.pending_events] == [region]
+
+
+def test_a_region_whose_graph_partitions_run_as_cuda_graphs_is_told_apart():
+    """Graph partitions (Inductor's default): the region is the generated module's `runner.call`,
+    and under mode="reduce-overhead" each partition the runner calls is cudagraphify-wrapped."""
+    from memwall_plugin.hooks._torch_private import region_graph_kept, replays_cuda_graph
+    from torch._inductor.compile_fx import cudagraphify
+
+    class Runner:  # as Inductor's wrapper code writes it
+        def __init__(self, partitions: list[Any]) -> None:
+            self.partitions = partitions
+
+        def call(self, args: list[Any]) -> list[Any]:
+            return self.partitions[0](args)
+
+    def partition_0(args: list[Any]) -> list[Any]:
+        return args
+
+    graphed = Runner([cudagraphify(partition_0, device_index=0, stack_traces=[], is_backward=False,
+                                   is_inference=True)]).call
+    plain = Runner([partition_0]).call
+    if region_graph_kept():  # torch 2.13: the operator gets a handle holding the callable
+        from torch._higher_order_ops.wrap import InductorCompiledCallable
+
+        graphed, plain = InductorCompiledCallable(graphed), InductorCompiledCallable(plain)  # type: ignore[assignment]
+    assert replays_cuda_graph(graphed)
+    assert not replays_cuda_graph(plain)
