@@ -169,6 +169,15 @@ class Terminated(SystemExit):
     launcher, not ended by the script's own sys.exit (the report is incomplete)."""
 
 
+def _profile_ending(frame: FrameType | None) -> bool:
+    """Whether the signal landed as a profile's exit begins, before it could hold signals. That
+    is where it lands when it came while C code ran that then failed (a collective waiting on a
+    dead peer): Python runs a handler at its next check, the first line the exit runs. Raising
+    there would end the exit before the report is saved."""
+    return (frame is not None and frame.f_code.co_name == "__exit__"
+            and frame.f_globals.get("__name__") == "memwall_plugin.profile")
+
+
 class TerminationGuard:
     """While a distributed profile runs, SIGTERM (what torchrun sends the other ranks when one
     fails) raises SystemExit(143) in the main thread, so the profile ends, saves its partial
@@ -183,7 +192,7 @@ class TerminationGuard:
         self._held: int | None = None
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
-        if self._holding:
+        if self._holding or _profile_ending(frame):
             self._held = signum
             return
         where = f" in {frame.f_code.co_filename}:{frame.f_lineno} ({frame.f_code.co_name})" if frame else ""
