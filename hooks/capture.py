@@ -403,14 +403,12 @@ class Router(Protocol):
     busy_ns: int
 
 
-def _never() -> bool:
-    return False
-
-
-#: whether the current CUDA stream is capturing a CUDA graph (torch.cuda.graph,
-#: make_graphed_callables, Inductor's reduce-overhead): work launched now does not run now, but
-#: at each replay. Never on a torch built without CUDA (where torch's check raises)
-_capturing: Callable[[], bool] = torch.cuda.is_current_stream_capturing if torch.backends.cuda.is_built() else _never
+def _capturing() -> bool:
+    """Whether the current CUDA stream is capturing a CUDA graph (torch.cuda.graph,
+    make_graphed_callables, Inductor's reduce-overhead): work launched now does not run now, but
+    at each replay. Never before CUDA is initialised (torch's check would raise on a torch built
+    without CUDA, or without a driver)."""
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
 
 def _run(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
