@@ -503,6 +503,18 @@ def _region_resolver() -> Callable[[Any], Any] | None:
     return _resolve_inductor_callable  # type: ignore[no-any-return]
 
 
+def _region_callable(region: Any) -> Any:
+    """The compiled callable an `inductor_compiled_code` call runs (torch 2.11 passes it itself;
+    2.13 a handle holding it); None where the handle cannot be resolved."""
+    resolve = _region_resolver()
+    if resolve is None:
+        return region
+    try:
+        return resolve(region).compiled_callable
+    except (AssertionError, KeyError, AttributeError):
+        return None
+
+
 def region_graph_kept() -> bool:
     """Whether this torch keeps each compiled region's graph itself (2.13 does); where it does
     not (2.11), memwall keeps a copy of the regions it sees Inductor compile in this process."""
@@ -844,15 +856,8 @@ def kernels_observed(region: Any, run: Callable[..., Any]) -> Iterator[bool]:
     argument's role for a generated kernel, None for a library call (its `out=` is written, the
     rest read). Yields whether the region's generated module was found (without one, nothing is
     observed)."""
-    glb = None
-    try:
-        resolve = _region_resolver()
-        # torch 2.11: the region is the compiled callable itself
-        fn = region if resolve is None else resolve(region).compiled_callable
-        func = getattr(fn, "__func__", fn)
-        glb = getattr(func, "__globals__", None)
-    except (AssertionError, KeyError, AttributeError):
-        glb = None
+    fn = _region_callable(region)
+    glb = getattr(getattr(fn, "__func__", fn), "__globals__", None)
     if not isinstance(glb, dict) or "call" not in glb:
         yield False
         return
@@ -888,11 +893,7 @@ def replays_cuda_graph(region: Any) -> bool:
     partitions) in its cudagraphify wrapper, which warms up, records and then replays the graph;
     a replay launches no kernel from Python, so the region cannot be split into its kernels
     (it is one row, timed as a whole)."""
-    try:
-        resolve = _region_resolver()
-        fn = region if resolve is None else resolve(region).compiled_callable
-    except (AssertionError, KeyError, AttributeError):
-        return False
+    fn = _region_callable(region)
     if _is_cudagraphify(fn):
         return True
     # graph partitions (Inductor's default since 2.11): the region is the generated module's

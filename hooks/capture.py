@@ -649,7 +649,6 @@ class _DeviceKernels(KernelObserver):
         #: per launch: its index in the clock's record, or its (start, end, stream) events; None
         #: for a launch a CUDA graph captured (it ran at the replay, in the region's own time)
         self.slots: list[Any] = []
-        self.captured = False
 
     def open_region(self) -> Any:
         """Open a range in the clock's record, (its index, the range), or start a pair of events,
@@ -677,7 +676,6 @@ class _DeviceKernels(KernelObserver):
             # mode="reduce-overhead"): the kernel runs at the graph's replay, inside the region's
             # range or pair, so it is counted but not timed apart; no range or event of memwall's
             # goes into the graph
-            self.captured = True
             out = kernel(*args, **kwargs)
             try:
                 self.slots.append(None)
@@ -720,7 +718,7 @@ class _DeviceKernels(KernelObserver):
             return
         start, end, stream = whole
         free = capture.free_events.setdefault(stream.device_index, [])
-        if made is None or self.captured:
+        if made is None or None in self.slots:  # None: a launch a CUDA graph captured
             # one pair for the region (and a graph's replay of its captured launches, run inside
             # it): the launches' own pairs go back unread
             capture.pending_events.append((entry, start, end, stream.device_index))

@@ -99,6 +99,15 @@ def profiled(fn: Callable[[], Any], model: torch.nn.Module | None = None) -> mem
     return prof.report()
 
 
+def region_handle(call: Any) -> Any:
+    """What an `inductor_compiled_code` call passes for a region running `call`."""
+    try:
+        from torch._higher_order_ops.wrap import InductorCompiledCallable
+    except ImportError:  # torch 2.11: the compiled callable itself
+        return call
+    return InductorCompiledCallable(call)
+
+
 def rows_of(rep: memwall.Report, op: str, phase: str | None = None) -> list[memwall.Row]:
     return [r for r in rep.rows if r.op == op and (phase is None or r.phase == phase)]
 

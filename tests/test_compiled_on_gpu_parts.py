@@ -21,6 +21,8 @@ from memwall_plugin.hooks._torch_private import kernel_roles_of_source, kernels_
 from memwall_plugin.hooks.compiled import KernelObserver
 from memwall_plugin.hooks.signatures import signature
 
+from tests.conftest import region_handle
+
 #: a wrapper module shaped as Inductor writes one for a GPU (names, `async_compile.triton(...)`
 #: with the kernel's source, launches by `.run(..., stream=...)`); its "Triton" kernels are
 #: stand-ins computing on the CPU what the real ones would
@@ -91,15 +93,6 @@ def wrapper(tmp_path: Path) -> Any:
     del sys.modules["cgpu_wrapper"]
 
 
-def _region(call: Any) -> Any:
-    """What an `inductor_compiled_code` call passes for a region running `call`."""
-    try:
-        from torch._higher_order_ops.wrap import InductorCompiledCallable
-    except ImportError:  # torch 2.11: the compiled callable itself
-        return call
-    return InductorCompiledCallable(call)
-
-
 def test_triton_kernels_roles_are_read_from_the_source_inductor_writes():
     roles = kernel_roles_of_source(WRAPPER + """
 triton_tem_fused_mm_2 = async_compile.triton('triton_tem_fused_mm_2', '''
@@ -127,7 +120,7 @@ def test_each_triton_launch_goes_through_the_observer_on_the_same_tensors(wrappe
     expected = torch.relu(x * 2 + 1) + y
     own = wrapper.triton_poi_fused_add_mul_relu_0
     observer = KernelObserver()
-    with kernels_observed(_region(wrapper.call), observer) as observed:
+    with kernels_observed(region_handle(wrapper.call), observer) as observed:
         assert observed
         assert wrapper.triton_poi_fused_add_mul_relu_0.launches == 0  # the kernel's own attributes
         (out,) = wrapper.call([x, y])
@@ -253,7 +246,7 @@ def test_launches_a_cuda_graph_captures_are_counted_and_timed_with_their_region(
 def test_a_region_whose_graph_partitions_run_as_cuda_graphs_is_told_apart():
     """Graph partitions (Inductor's default): the region is the generated module's `runner.call`,
     and under mode="reduce-overhead" each partition the runner calls is cudagraphify-wrapped."""
-    from memwall_plugin.hooks._torch_private import region_graph_kept, replays_cuda_graph
+    from memwall_plugin.hooks._torch_private import replays_cuda_graph
     from torch._inductor.compile_fx import cudagraphify
 
     class Runner:  # as Inductor's wrapper code writes it
@@ -266,12 +259,8 @@ def test_a_region_whose_graph_partitions_run_as_cuda_graphs_is_told_apart():
     def partition_0(args: list[Any]) -> list[Any]:
         return args
 
-    graphed = Runner([cudagraphify(partition_0, device_index=0, stack_traces=[], is_backward=False,
-                                   is_inference=True)]).call
-    plain = Runner([partition_0]).call
-    if region_graph_kept():  # torch 2.13: the operator gets a handle holding the callable
-        from torch._higher_order_ops.wrap import InductorCompiledCallable
-
-        graphed, plain = InductorCompiledCallable(graphed), InductorCompiledCallable(plain)  # type: ignore[assignment]
+    graphed = region_handle(Runner([cudagraphify(partition_0, device_index=0, stack_traces=[], is_backward=False,
+                                                 is_inference=True)]).call)
+    plain = region_handle(Runner([partition_0]).call)
     assert replays_cuda_graph(graphed)
     assert not replays_cuda_graph(plain)

@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 import torch
 from memwall_plugin.hooks import capture as capture_mod
-from memwall_plugin.hooks._torch_private import region_graph_kept, replays_cuda_graph
+from memwall_plugin.hooks._torch_private import replays_cuda_graph
 
 import memwall_plugin as memwall
 from memwall_plugin.console import findings
 from memwall_plugin.records import CUDA_GRAPHS_KEY
+from tests.conftest import region_handle
 
 
 def _no_event(*args: Any, **kwargs: Any) -> Any:
@@ -78,13 +79,9 @@ def test_a_region_run_as_a_cuda_graph_is_told_apart_from_one_run_kernel_by_kerne
     def call(args: list[Any]) -> list[Any]:  # a generated module's entry point
         return args
 
-    graphed = cudagraphify(call, device_index=0, stack_traces=[], is_backward=False, is_inference=True)
-    if region_graph_kept():  # torch 2.13: the operator gets a handle holding the callable
-        from torch._higher_order_ops.wrap import InductorCompiledCallable
-
-        graphed, call = InductorCompiledCallable(graphed), InductorCompiledCallable(call)  # type: ignore[assignment]
+    graphed = region_handle(cudagraphify(call, device_index=0, stack_traces=[], is_backward=False, is_inference=True))
     assert replays_cuda_graph(graphed)
-    assert not replays_cuda_graph(call)
+    assert not replays_cuda_graph(region_handle(call))
     assert not replays_cuda_graph(object())  # anything else: no claim
 
 
