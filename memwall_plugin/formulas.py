@@ -1108,7 +1108,10 @@ REGISTRY.set_family(Family.DATA_MOVEMENT, *_VIEWS)
 
 
 # FSDP2's own copies around its collectives (torch.distributed.fsdp): pure data movement
-_FSDP_COPIES = ("fsdp.all_gather_copy_in", "fsdp.chunk_cat", "fsdp.split_with_sizes_copy", "fsdp.copy_")
+# fsdp.chunk_cat_mixed_dtype (torch 2.15) replaces fsdp.chunk_cat in the reduce-scatter copy-in: the same
+# schema, each gradient read at its own dtype and written cast into the buffer
+_FSDP_COPIES = ("fsdp.all_gather_copy_in", "fsdp.chunk_cat", "fsdp.chunk_cat_mixed_dtype", "fsdp.split_with_sizes_copy",
+                "fsdp.copy_")
 REGISTRY.add_flops(_FSDP_COPIES, _no_flops)
 REGISTRY.set_family(Family.DATA_MOVEMENT, *_FSDP_COPIES)
 
