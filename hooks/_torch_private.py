@@ -6,7 +6,7 @@ import contextlib
 import functools
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from types import FrameType
 from typing import Any
 
@@ -334,6 +334,55 @@ def never_compiled(fn: Any) -> Any:
     return fn
 
 
+def compiles_its_call_impl(module: Any) -> bool:
+    """Whether `module.compile()` made Dynamo compile the module's own `_call_impl`, hook calls
+    and all: torch 2.15 does so for a module whose `forward` its trace rules skip (torch's own
+    modules: `nn.Sequential(...).compile()`), and any torch does under Dynamo's `wrap_top_frame`.
+    Such a frame reads the global module hooks, and Dynamo guards on them being as they were
+    when it compiled: memwall's, there only while it records, would make it compile again."""
+    if getattr(module, "_compiled_call_impl", None) is None or "torch._dynamo" not in sys.modules:
+        return False
+    try:
+        from torch._dynamo import config
+        from torch._dynamo.eval_frame import OptimizedModule
+    except ImportError:
+        return False
+    if getattr(config, "wrap_top_frame", False):
+        return True
+    wraps = getattr(OptimizedModule, "_should_wrap_module_call_impl", None)  # torch 2.15
+    try:
+        return bool(wraps is not None and wraps(module._call_impl))
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def global_module_hooks_hidden(ids: Collection[int]) -> Iterator[None]:
+    """The global module hooks with these handle ids left out of torch's tables for the block,
+    then put back where they were (hooks registered meanwhile are kept, after them)."""
+    from torch.nn.modules import module as nn_module
+
+    tables = [table for name, table in vars(nn_module).items()
+              if name.startswith("_global_") and name.endswith(("hooks", "always_called", "with_kwargs"))
+              and isinstance(table, dict) and any(i in table for i in ids)]
+    before = [list(table.items()) for table in tables]
+    for table in tables:
+        for i in ids:
+            table.pop(i, None)
+    try:
+        yield
+    finally:
+        for table, items in zip(tables, before):
+            added = dict(table)
+            table.clear()
+            for key, value in items:
+                if key in ids:
+                    table[key] = value
+                elif key in added:
+                    table[key] = added.pop(key)
+            table.update(added)
+
+
 _streams: dict[Any, Any] = {}
 
 
@@ -612,14 +661,16 @@ def propagate_shapes(gm: Any, inputs: list[Any]) -> None:
 
 
 _INDUCTOR_CONFIG = "torch._inductor.config"
+_CODECACHE = "torch._inductor.codecache"
 
 
 class _WrapOnImport:
-    """A meta-path finder that sets Inductor's region wrapping once torch imports its config
-    (importing it ourselves costs ~1.5 s, which a `memwall report` should not pay)."""
+    """A meta-path finder that sets Inductor's region wrapping once torch imports its config,
+    and keys its caches by module paths too once torch imports its cache's module (importing
+    them ourselves costs ~1.5 s, which a `memwall report` should not pay)."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name != _INDUCTOR_CONFIG:
+        if name not in (_INDUCTOR_CONFIG, _CODECACHE):
             return None
         import importlib.machinery
 
@@ -631,6 +682,9 @@ class _WrapOnImport:
 
         def exec_module(module: Any) -> None:
             run(module)
+            if name == _CODECACHE:
+                _key_by_module_names(module)
+                return
             if getattr(module, "wrap_inductor_compiled_regions", None) is False:
                 module.wrap_inductor_compiled_regions = True
             _keep_eager_origins(module)
@@ -644,10 +698,13 @@ def wrap_compiled_regions_from_now_on() -> None:
     now if torch has loaded Inductor's config, else the moment it does."""
     import sys
 
+    if _CODECACHE in sys.modules:
+        _key_by_module_names(sys.modules[_CODECACHE])
     if _INDUCTOR_CONFIG in sys.modules:
         wrap_compiled_regions(True)
         _keep_eager_origins(sys.modules[_INDUCTOR_CONFIG])
-    elif not any(isinstance(f, _WrapOnImport) for f in sys.meta_path):
+    if (_INDUCTOR_CONFIG not in sys.modules or _CODECACHE not in sys.modules) and not any(
+            isinstance(f, _WrapOnImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _WrapOnImport())
 
 
@@ -691,21 +748,56 @@ class _EagerOrigins:
                                                   seq if isinstance(seq, int) and seq >= 0 else None,
                                                   backward and node.meta.get("partitioner_tag") == "is_forward")
                     owner.meta[_ORIGINS_KEY] = origins
-                    # the module each node was traced in (a backward node: its forward's)
-                    modules: dict[str, str] = {}
-                    for node in graph.nodes:
-                        stack = node.meta.get("nn_module_stack") or node.meta.get("fwd_nn_module_stack")
-                        if isinstance(stack, dict) and stack:
-                            path = _stack_path(list(stack.values()))
-                            if path is not None:
-                                modules[node.name] = path
-                    owner.meta[_MODULES_KEY] = modules
+                    owner.meta[_MODULES_KEY] = _node_modules(graph)
 
                 def uuid(self) -> Any:
-                    return "memwall-eager-origins-5"
+                    return "memwall-eager-origins-6"
 
             cls._instance = EagerOriginsPass()
         return cls._instance
+
+
+def _node_modules(graph: Any) -> dict[str, str]:
+    """By node name, the module each node of a graph was traced in (a backward node: its
+    forward's), from its nn_module_stack."""
+    modules: dict[str, str] = {}
+    for node in graph.nodes:
+        stack = node.meta.get("nn_module_stack") or node.meta.get("fwd_nn_module_stack")
+        if isinstance(stack, dict) and stack:
+            path = _stack_path(list(stack.values()))
+            if path is not None:
+                modules[node.name] = path
+    return modules
+
+
+_KEYED = False
+
+
+def _key_by_module_names(codecache: Any) -> None:
+    """Make the module paths of a graph's nodes part of the keys of Inductor's caches (the FX
+    graph cache's and AOTAutograd's both build theirs from `FxGraphHashDetails`, in
+    `codecache`, torch's module). Inductor keys a graph by its code, not by the modules it was
+    traced in, and memwall's origins pass keeps those paths in the graph it compiles: without
+    this, a region loaded from the cache is named after whichever model first compiled the same
+    code (`Sequential(Linear, ReLU)` and a model calling its Linear `proj` share one). Nothing
+    else of the key, nor anything compiled, changes; a failure of memwall's leaves the key as
+    torch makes it."""
+    global _KEYED
+    cls = getattr(codecache, "FxGraphHashDetails", None)
+    if _KEYED or cls is None:
+        return
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self: Any, gm: Any, *args: Any, **kwargs: Any) -> None:
+        init(self, gm, *args, **kwargs)
+        try:
+            self.memwall_node_modules = tuple(sorted(_node_modules(gm.graph).items()))
+        except Exception:
+            pass
+
+    cls.__init__ = __init__
+    _KEYED = True
 
 
 def _keep_eager_origins(config: Any) -> None:
@@ -744,9 +836,10 @@ def _stack_path(stack: list[Any]) -> str | None:
 
 def _module_path(dynamo_path: str) -> str:
     """A module's path as `named_modules` spells it, from Dynamo's (`L['self'].h[0].attn`,
-    `L['self']._modules['h']._modules['0']`, or `L['args'][0].model` where a decorator's
-    `wrapper(*args)` was the frame compiled): the root's own name left out."""
-    path = re.sub(r"^[A-Za-z_]+\[['\"][^'\"]*['\"]\](\[\d+\])*", "", dynamo_path)
+    `L['self']._modules['h']._modules['0']`, `L['args'][0].model` where a decorator's
+    `wrapper(*args)` was the frame compiled, or `L['fn'].__self__.0` where torch 2.15 compiles a
+    module's `_call_impl`, a bound method, for `module.compile()`): the root's own name left out."""
+    path = re.sub(r"^[A-Za-z_]+\[['\"][^'\"]*['\"]\](\[\d+\])*(\.__self__(?![\w]))?", "", dynamo_path)
     path = re.sub(r"\._modules\[['\"]([^'\"]*)['\"]\]", r".\1", path)
     path = re.sub(r"\[['\"]?([^\]'\"]*)['\"]?\]", r".\1", path)
     return path.strip(".")
@@ -993,6 +1086,8 @@ __all__ = [
     "process_group_size",
     "propagate_shapes",
     "never_compiled",
+    "compiles_its_call_impl",
+    "global_module_hooks_hidden",
     "kernels_observed",
     "region_eager_origins",
     "region_node_modules",

@@ -23,9 +23,11 @@ import torch
 from memwall_plugin.hooks._torch_private import (
     ACCUMULATE_GRAD_SEQUENCE_NR,
     compiled_module_original,
+    compiles_its_call_impl,
     current_autograd_node,
     find_frame,
     forward_kwargs,
+    global_module_hooks_hidden,
     never_compiled,
     node_sequence_nr,
     node_variable,
@@ -61,8 +63,6 @@ class ModuleTracker:
         self._param_modules: dict[int, str] | None = None  # built at the first gradient accumulation
         self._fixed = model is not None
         self.memory: Any = None  # hooks/memory.py's MemoryTracker, when memory is measured
-        if model is not None:
-            self._add_root(model)
         self.stack: list[str] = []
         self.in_optimizer = 0
         self.in_scaler = 0  # inside a GradScaler method (unscale_, step, update) on this thread
@@ -84,6 +84,9 @@ class ModuleTracker:
         self._last_node: Any = None
         self._last_path = ""
         self._handles: list[RemovableHandle] = []
+        self._hooks: tuple[Callable[..., None], Callable[..., None]] | None = None  # pre, post
+        #: id -> (the module, its compiled call, memwall's wrapper in its place while installed)
+        self._stepped_around: dict[int, tuple[weakref.ref[torch.nn.Module], Any, Any]] = {}
         self._optimizer_handles: list[RemovableHandle] = []
         # fail-safe: an error inside a hook goes to on_error and turns every hook into a no-op
         # (hooks cannot be removed while torch iterates over them)
@@ -92,6 +95,8 @@ class ModuleTracker:
         self._thread = _thread_id()  # the thread whose ops are recorded (dispatch modes are per thread)
         self._quiet: Any = None  # the warning filter set while the hooks are installed
         self.own_ns = 0  # nanoseconds spent in memwall's module hooks (Capture.own_ns: the rest)
+        if model is not None:
+            self._add_root(model)
 
     # -- names -------------------------------------------------------------------------------
     def _add_root(self, root: torch.nn.Module) -> None:
@@ -101,6 +106,8 @@ class ModuleTracker:
             self._names[module] = _without_compile_wrapper(name)
         self._roots.append(weakref.ref(root))
         self._param_modules = None
+        if self._handles:
+            self._step_around_compiled_call_impls(root)
         if self.memory is not None:
             self.memory.add_root(root, self._names)
 
@@ -169,11 +176,51 @@ class ModuleTracker:
         if self._handles:
             return
         self._thread = _thread_id()
+        pre, post = self._guarded(self._pre_forward), self._guarded(self._post_forward)
         self._handles = [
-            nn_module.register_module_forward_pre_hook(self._guarded(self._pre_forward)),
-            nn_module.register_module_forward_hook(self._guarded(self._post_forward), always_call=True),
+            nn_module.register_module_forward_pre_hook(pre),
+            nn_module.register_module_forward_hook(post, always_call=True),
         ]
+        self._hooks = (pre, post)
         self._quiet = _quiet_compiled_module_warning()
+        for root in self.roots():
+            self._step_around_compiled_call_impls(root)
+
+    def _step_around_compiled_call_impls(self, root: torch.nn.Module) -> None:
+        """A module of `root` compiled in place whose own `_call_impl` Dynamo compiled (torch
+        2.15's `nn.Sequential(...).compile()`): its compiled call runs with memwall's global
+        hooks out of torch's tables, as it was compiled, so it is not compiled again; memwall's
+        hooks are called around it instead (the modules inside it are its compiled region's,
+        named from its graph). Put back as it was by `remove`."""
+        for module in root.modules():
+            compiled = module._compiled_call_impl
+            if compiled is None or id(module) in self._stepped_around or not compiles_its_call_impl(module):
+                continue
+            self._stepped_around[id(module)] = (weakref.ref(module), compiled,
+                                                self._around_compiled_call(module, compiled))
+            module._compiled_call_impl = self._stepped_around[id(module)][2]
+
+    def _around_compiled_call(self, module: torch.nn.Module, compiled: Callable[..., Any]) -> Callable[..., Any]:
+        ids = [handle.id for handle in self._handles]
+        if self._hooks is None:
+            return compiled
+        pre, post = self._hooks
+        owner = weakref.ref(module)
+
+        def compiled_call(*args: Any, **kwargs: Any) -> Any:
+            me = owner()
+            if me is None:
+                return compiled(*args, **kwargs)
+            pre(me, args)
+            out = None
+            try:
+                with global_module_hooks_hidden(ids):
+                    out = compiled(*args, **kwargs)
+            finally:
+                post(me, args, out)
+            return out
+
+        return compiled_call
 
     def _guarded(self, hook: Callable[..., None]) -> Callable[..., None]:
         """`hook`, made unable to raise into the user's code: memwall's error goes to on_error."""
@@ -198,6 +245,11 @@ class ModuleTracker:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        for ref, compiled, ours in self._stepped_around.values():
+            module = ref()
+            if module is not None and module.__dict__.get("_compiled_call_impl") is ours:
+                module._compiled_call_impl = compiled  # not if the user compiled it again meanwhile
+        self._stepped_around.clear()
         quiet, self._quiet = self._quiet, None
         if quiet is not None:
             _restore_warning_filters(quiet)

@@ -328,21 +328,97 @@ def test_module_compiled_in_place_is_seen_like_torch_compile_of_it(fresh_dynamo)
 
 
 def test_torch_module_compiled_in_place_runs_as_without_memwall(fresh_dynamo):
-    """A torch module compiled in place (`torch.nn.Sequential(...).compile()`) runs torch's own
-    frames with Dynamo watching: memwall's mode and hooks inside them are never compiled."""
+    """A torch module compiled in place (`torch.nn.Sequential(...).compile()`). Up to torch 2.13
+    Dynamo skips torch's own frames: it runs eagerly, memwall's mode and hooks inside them never
+    compiled. torch 2.15 compiles the module's own `_call_impl`, which reads the global module
+    hooks: memwall's, set while it records, must not make it compile again, and its kernels are
+    named after the Sequential's children (not Dynamo's `__self__.0`)."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU())
     model.compile()
+    compiled_call = model._compiled_call_impl
     x = torch.randn(64, 16)
     with torch.no_grad():
+        before = counters["stats"]["unique_graphs"]
         expected = model(x)
         graphs = counters["stats"]["unique_graphs"]
         with memwall.profile(summary=False, model=model) as prof:
             y = model(x)
-    assert torch.equal(y, expected)
-    assert counters["stats"]["unique_graphs"] == graphs, "Dynamo compiled memwall's own frames"
-    # what ran: torch's ops, each in its module
-    assert sorted((r.op, r.module) for r in prof.report().rows if r.flops) == [("aten.addmm", "0"), ("aten.relu", "1")]
+        assert torch.equal(y, expected)
+        assert counters["stats"]["unique_graphs"] == graphs, "profiling compiled the module again"
+        assert model._compiled_call_impl is compiled_call  # as the user left it
+        assert torch.equal(model(x), expected) and counters["stats"]["unique_graphs"] == graphs
+    rows = [r for r in prof.report().rows if r.flops]
+    # what ran, each in its module: the GEMM with its bias (2 x 64 x 16 x 16 + 64 x 16), the ReLU (64 x 16)
+    assert {r.module for r in rows} == {"0", "1"}
+    assert sum(r.flops for r in rows if r.module == "0") == 2 * 64 * 16 * 16 + 64 * 16
+    assert sum(r.flops for r in rows if r.module == "1") == 64 * 16
+    if graphs > before:  # compiled (torch 2.15): its kernels ran, not eager ops
+        assert {r.op for r in rows} == {REGION}
+    else:
+        assert {r.op for r in rows} == {"aten.addmm", "aten.relu"}
+
+
+def test_hooks_hidden_from_a_compiled_call_come_back_where_they_were():
+    """While a module compiled in place runs, memwall's global hooks are out of torch's tables;
+    the user's keep firing, and all come back in their order, with any registered meanwhile."""
+    from memwall_plugin.hooks._torch_private import global_module_hooks_hidden
+
+    fired: list[str] = []
+    hooks = torch.nn.modules.module
+
+    def hook(tag: str) -> Any:
+        return lambda *args: fired.append(tag)
+
+    first = hooks.register_module_forward_hook(hook("user 1"))
+    ours = hooks.register_module_forward_hook(hook("memwall"), always_call=True)
+    last = hooks.register_module_forward_hook(hook("user 2"))
+    later = None
+    try:
+        layer = torch.nn.Identity()
+        with global_module_hooks_hidden([ours.id]):
+            layer(torch.ones(1))
+            assert fired == ["user 1", "user 2"]
+            later = hooks.register_module_forward_hook(hook("user 3"))
+        fired.clear()
+        layer(torch.ones(1))
+        assert fired == ["user 1", "memwall", "user 2", "user 3"]
+    finally:
+        for handle in (first, ours, last, later):
+            if handle is not None:
+                handle.remove()
+
+
+class _Named(torch.nn.Module):
+    """One Linear under a name of the caller's choosing: every such model's graph is the same
+    code, traced in modules named differently."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+        setattr(self, name, torch.nn.Linear(16, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(getattr(self, self.name)(x))
+
+
+def test_a_region_from_inductors_cache_is_named_after_its_own_model(fresh_dynamo):
+    """Inductor's caches key a graph by its code: a model that calls its Linear `proj` compiles
+    to the same graph as one that calls it `fc1`, and without the module paths in the key the
+    second loaded the first's region from the cache, its kernels named `fc1`."""
+    x = torch.randn(64, 16)
+    seen = {}
+    for name in ("fc1", "proj", "out"):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = _Named(name)
+        model.compile()
+        with torch.no_grad():
+            model(x)
+            with memwall.profile(summary=False, model=model) as prof:
+                model(x)
+        seen[name] = {r.module for r in _kernels(prof.report()) if r.flops}
+    assert seen == {"fc1": {"fc1", ""}, "proj": {"proj", ""}, "out": {"out", ""}}
 
 
 # --- a compiled GPT-2 training step --------------------------------------------------------------
