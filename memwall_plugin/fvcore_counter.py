@@ -66,7 +66,9 @@ def fvcore_flops(model: torch.nn.Module, inputs: Any) -> FvcoreCount:
     with warnings.catch_warnings():
         # fvcore scripts a loss with TorchScript at import and traces models with it: torch
         # deprecates TorchScript, fvcore has no other path, and the user can do nothing about it
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
+        # (a DeprecationWarning up to torch 2.13, a FutureWarning, which users see, from 2.15)
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=category)
         try:
             from fvcore.nn import FlopCountAnalysis
         except ImportError as exc:  # pragma: no cover - fvcore is a dependency

@@ -8,12 +8,13 @@ memwall writes nothing more, the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +90,20 @@ class Scalars(Sink):
         self.output.release("write scalars to", self.writer.logdir, self.writer.close)
 
 
+#: the start of torch.profiler's warning that each cycle's events are cleared
+_CYCLES_CLEARED = r"Warning: Profiler clears events at the end of each cycle"
+
+
+@contextlib.contextmanager
+def _cycles_cleared_unsaid() -> Iterator[None]:
+    """torch.profiler warns, as a cycle of its schedule is prepared, that each cycle's events are
+    cleared at its end (at the first cycle up to torch 2.13, at the second from 2.15): what
+    memwall wants, as it writes each cycle's trace, and nothing the user could act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_CYCLES_CLEARED, category=UserWarning)
+        yield
+
+
 class KinetoTrace(Sink):
     """A torch.profiler trace of the same steps into the logdir (PyTorch Profiler tab), its
     operator events annotated with memwall's figures when the profile ends."""
@@ -115,12 +130,14 @@ class KinetoTrace(Sink):
         self._profiler = torch.profiler.profile(
             activities=activities, record_shapes=True, schedule=schedule, on_trace_ready=self._trace_ready,
         )
-        self._profiler.__enter__()
+        with _cycles_cleared_unsaid():
+            self._profiler.__enter__()
 
     def advance(self) -> None:
         """The user's step ended (every step: torch.profiler runs its own schedule)."""
         if self._profiler is not None:
-            self._profiler.step()
+            with _cycles_cleared_unsaid():
+                self._profiler.step()
 
     def _trace_ready(self, kineto_prof: Any) -> None:
         name = f"{socket.gethostname()}_{os.getpid()}.{time.time_ns() // 1_000_000}.pt.trace.json"
@@ -133,7 +150,8 @@ class KinetoTrace(Sink):
             return
         kineto, self._profiler = self._profiler, None
         try:
-            kineto.__exit__(None, None, None)
+            with _cycles_cleared_unsaid():
+                kineto.__exit__(None, None, None)
             rows = prof.report().rows
             for path in self.traces:
                 self.output.attempt("annotate the torch.profiler trace", path,

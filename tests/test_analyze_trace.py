@@ -52,7 +52,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("traces")
     model, step = _step_fn()
     cpu = [torch.profiler.ProfilerActivity.CPU]
-    with torch.profiler.profile(activities=cpu, record_shapes=True, with_modules=True) as prof:
+    with torch.profiler.profile(activities=cpu, record_shapes=True) as prof:
         step()
     plain = tmp / "trace.json"
     prof.export_chrome_trace(str(plain))

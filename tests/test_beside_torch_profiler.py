@@ -10,6 +10,8 @@ import contextlib
 import json
 import logging
 import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -335,3 +337,23 @@ def test_the_kernel_run_below_the_mode_is_the_one_torchs_dispatch_table_lists():
                 assert registered[runs.name] == site, (name, key_name, runs)
                 checked += 1
     assert checked > 10_000
+
+
+def test_kineto_over_several_cycles_writes_a_trace_each_and_warns_of_nothing(tmp_path):
+    """`kineto=True` with a schedule that repeats steps torch.profiler through several cycles,
+    one trace written at the end of each: what torch 2.15 warns about ("Profiler clears events
+    at the end of each cycle") is what memwall wants, and not the user's to act on. A fresh
+    interpreter (torch warns once per process), every UserWarning an error."""
+    code = (
+        "import sys, torch, memwall_plugin as memwall\n"
+        "model = torch.nn.Linear(8, 8)\n"
+        "with memwall.profile(model=model, logdir=sys.argv[1], kineto=True, summary=False,\n"
+        "                     schedule=memwall.schedule(active=1, repeat=2)) as prof:\n"
+        "    for _ in range(3):\n"
+        "        model(torch.randn(4, 8)).sum().backward()\n"
+        "        prof.step()\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code, str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list(tmp_path.rglob("*.pt.trace.json*"))) == 2  # one per cycle

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -91,3 +93,16 @@ def test_fvcore_agrees_with_memwall_where_both_count_the_same_work(small):
     assert mine["fc"] == fv.by_module["fc"] + N * CLASSES == 2 * FC_MACS + N * CLASSES
     # memwall's norm: 5 per element plus 1 each for the affine weight and bias
     assert mine["norm"] == (5 + 2) * NORM_ELEMENTS
+
+
+def test_fvcore_flops_says_nothing_of_torchscripts_deprecation():
+    """fvcore scripts a loss with TorchScript when imported and traces models with it; torch
+    deprecates TorchScript (a FutureWarning, shown to users, from torch 2.15). The user can do
+    nothing about it: `fvcore_flops` keeps it quiet. Run in a fresh interpreter, where fvcore's
+    import (and its warning) happens inside the call, with every warning an error."""
+    code = ("import torch, memwall_plugin as m\n"
+            "print(m.fvcore_flops(torch.nn.Linear(4, 3), torch.randn(2, 4)).by_operator)\n")
+    done = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning",
+                           "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "{'linear': 48}"  # 2 rows x 3 outputs x 4 inputs multiply-adds, doubled
