@@ -11,8 +11,8 @@ from packaging.version import Version
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).parent.parent
-#: every dependency's floor is pinned, torch's too (PyPI's 2.11.0 at the oldest end, 2.13.0's
-#: local CPU build at the newest)
+#: every dependency's floor is pinned, torch's too (2.11.0 at the oldest end; the newest end
+#: takes what a fresh install resolves)
 NOT_PINNED: set[str] = set()
 #: the dev extra's tools: any recent release will do
 TOOLS = {"pytest", "hypothesis", "ruff", "mypy", "selenium", "matplotlib", "packaging"}
