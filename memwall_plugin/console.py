@@ -359,8 +359,7 @@ def findings(report: Report) -> list[str]:
             f"the GPU was idle {idle:.0%} of the recorded steps waiting for the host (busy "
             f"{_dur(timeline.get('device_busy_s') or 0.0)} of {_dur((timeline.get('wall_s') or 0.0) - own)}"
             f"{left_out}): the run is "
-            "launch-bound, and the roofline does not apply to it; CUDA graphs, larger batches or torch.compile's "
-            "reduce-overhead mode help."
+            f"launch-bound, and the roofline does not apply to it; {_launch_remedies(report)}."
         )
     elif host is not None and host >= HOST_BOUND_SHARE:
         own = own_time_s(report)
@@ -368,8 +367,9 @@ def findings(report: Report) -> list[str]:
         out.append(
             f"{host:.0%} of the recorded steps' wall time is outside any op (Python, data loading, logging"
             f"{left_out}): "
-            "the memory wall is not what limits this run; larger batches, a DataLoader with workers, or "
-            "CUDA graphs would."
+            "the memory wall is not what limits this run; "
+            + ("larger batches, a DataLoader with workers, or CUDA graphs would." if not _uses_cuda_graphs(report)
+               else "larger batches, a DataLoader with workers, or more of the step in its CUDA graphs would.")
         )
     memory_rows = [r for r in work if r.bound == MEMORY]
     if memory_rows and report.memory_bound_time_fraction >= 0.1:
@@ -465,6 +465,21 @@ def findings(report: Report) -> list[str]:
         out.append("some peaks are estimated, not measured: run `memwall calibrate` for this machine's "
                    "real ceilings.")
     return out
+
+
+def _uses_cuda_graphs(report: Report) -> bool:
+    """Whether work of this run ran as CUDA graphs (torch.compile's reduce-overhead, or graphs
+    the user captured), as far as memwall saw."""
+    graphs = report.extra.get(CUDA_GRAPHS_KEY)
+    return isinstance(graphs, dict) and bool(graphs.get("region_calls") or graphs.get("captured_calls"))
+
+
+def _launch_remedies(report: Report) -> str:
+    """What helps a launch-bound run: CUDA graphs are not news to a run that uses them."""
+    if _uses_cuda_graphs(report):
+        return ("the run uses CUDA graphs already: capturing more of the step into them (what runs outside "
+                "a graph launches kernel by kernel) or larger batches help")
+    return "CUDA graphs, larger batches or torch.compile's reduce-overhead mode help"
 
 
 def cuda_graph_notes(report: Report) -> list[str]:

@@ -121,3 +121,25 @@ def test_a_live_steps_timeline_leaves_memwalls_own_time_out_of_the_gpus_idle_sha
     (said,) = [f for f in findings(rep) if "launch-bound" in f]
     assert said.startswith("the GPU was idle 89% of the recorded steps waiting for the host (busy 2 ms of 18 ms, "
                            "memwall's own 4 ms left out; the host took 18 us per op over 1,000 ops)")
+
+
+def test_a_launch_bound_run_that_uses_cuda_graphs_is_not_told_to_use_them():
+    """The remedy for a launch-bound run names CUDA graphs; a run that already runs some of its
+    work as CUDA graphs (reduce-overhead regions, graphs of its own) is told to capture more."""
+    import dataclasses
+
+    from memwall_plugin.console import findings
+    from memwall_plugin.recorder import timeline_extra
+    from memwall_plugin.records import CUDA_GRAPHS_KEY
+
+    timeline = timeline_extra([(0, 0.010, 0.0005, 0.0, 400)])
+    with memwall.profile(summary=False) as prof:
+        torch.randn(256, 256) @ torch.randn(256, 256)
+    plain = dataclasses.replace(prof.report(), extra={"timeline": timeline})
+    (said,) = [f for f in findings(plain) if "launch-bound" in f]
+    assert said.endswith("CUDA graphs, larger batches or torch.compile's reduce-overhead mode help.")
+    for graphs in ({"region_calls": 12}, {"captured_calls": {"aten.mm": 3}}):
+        rep = dataclasses.replace(plain, extra={"timeline": timeline, CUDA_GRAPHS_KEY: graphs})
+        (said,) = [f for f in findings(rep) if "launch-bound" in f]
+        assert "uses CUDA graphs already: capturing more of the step into them" in said
+        assert "reduce-overhead mode help" not in said
