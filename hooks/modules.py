@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import functools
 import inspect
+import sys
 import threading
 import time
 import warnings
@@ -191,21 +192,23 @@ class ModuleTracker:
         2.15's `nn.Sequential(...).compile()`): its compiled call runs with memwall's global
         hooks out of torch's tables, as it was compiled, so it is not compiled again; memwall's
         hooks are called around it instead (the modules inside it are its compiled region's,
-        named from its graph). Put back as it was by `remove`."""
+        named from its graph). Put back as it was by `remove`. Nothing to look for in a process
+        that never loaded Dynamo."""
+        if self._hooks is None or "torch._dynamo" not in sys.modules:
+            return
         for module in root.modules():
             compiled = module._compiled_call_impl
             if compiled is None or id(module) in self._stepped_around or not compiles_its_call_impl(module):
                 continue
-            self._stepped_around[id(module)] = (weakref.ref(module), compiled,
-                                                self._around_compiled_call(module, compiled))
-            module._compiled_call_impl = self._stepped_around[id(module)][2]
+            ours = self._around_compiled_call(module, compiled, self._hooks)
+            self._stepped_around[id(module)] = (weakref.ref(module), compiled, ours)
+            module._compiled_call_impl = ours
 
-    def _around_compiled_call(self, module: torch.nn.Module, compiled: Callable[..., Any]) -> Callable[..., Any]:
+    def _around_compiled_call(self, module: torch.nn.Module, compiled: Callable[..., Any],
+                              hooks: tuple[Callable[..., None], Callable[..., None]]) -> Callable[..., Any]:
         ids = [handle.id for handle in self._handles]
-        if self._hooks is None:
-            return compiled
-        pre, post = self._hooks
-        owner = weakref.ref(module)
+        pre, post = hooks
+        owner = weakref.ref(module)  # the wrapper is set on the module: no cycle through it
 
         def compiled_call(*args: Any, **kwargs: Any) -> Any:
             me = owner()
@@ -250,6 +253,7 @@ class ModuleTracker:
             if module is not None and module.__dict__.get("_compiled_call_impl") is ours:
                 module._compiled_call_impl = compiled  # not if the user compiled it again meanwhile
         self._stepped_around.clear()
+        self._hooks = None
         quiet, self._quiet = self._quiet, None
         if quiet is not None:
             _restore_warning_filters(quiet)

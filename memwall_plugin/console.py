@@ -367,9 +367,8 @@ def findings(report: Report) -> list[str]:
         out.append(
             f"{host:.0%} of the recorded steps' wall time is outside any op (Python, data loading, logging"
             f"{left_out}): "
-            "the memory wall is not what limits this run; "
-            + ("larger batches, a DataLoader with workers, or CUDA graphs would." if not _uses_cuda_graphs(report)
-               else "larger batches, a DataLoader with workers, or more of the step in its CUDA graphs would.")
+            "the memory wall is not what limits this run; larger batches, a DataLoader with workers, or "
+            f"{'more of the step in its CUDA graphs' if _uses_cuda_graphs(report) else 'CUDA graphs'} would."
         )
     memory_rows = [r for r in work if r.bound == MEMORY]
     if memory_rows and report.memory_bound_time_fraction >= 0.1:

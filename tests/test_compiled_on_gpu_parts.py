@@ -9,6 +9,7 @@ events) runs in tests/test_cuda.py on a GPU."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import types
 from pathlib import Path
@@ -152,14 +153,22 @@ class _Capture:
         self.free_events: dict[int, list[Any]] = {}
 
 
-def _region_run(clock: bool, launches: int) -> tuple[_Capture, Any, Any]:
-    """A region run through `_DeviceKernels`: its capture, the observer, the region's own range."""
+def _region_run(clock: bool, launches: int,
+                capturing: pytest.MonkeyPatch | None = None) -> tuple[_Capture, Any, Any]:
+    """A region run through `_DeviceKernels`: its capture, the observer, the region's own range.
+    With `capturing`, a CUDA graph captures its launches (Inductor recording a graph partition
+    under mode="reduce-overhead"): the region's range or pair is opened before the capture."""
     cap = _Capture(clock=clock)
     observer = capture_mod._DeviceKernels(cap)
     whole = observer.open_region()
-    for k in range(launches):
-        t = torch.ones(4)
-        observer(f"k{k}", ("in", "out"), lambda a, b: b.copy_(a), (t, torch.empty_like(t)), {})
+    with capturing.context() if capturing is not None else contextlib.nullcontext() as patch:
+        if patch is not None:
+            patch.setattr(capture_mod, "_capturing", lambda: True)
+        for k in range(launches):
+            t = torch.ones(4)
+            out = observer(f"k{k}", ("in", "out"), lambda a, b: b.copy_(a), (t, torch.empty_like(t)), {})
+            if patch is not None:
+                assert torch.equal(out, t)  # the launch itself goes ahead unchanged
     observer.close_region(whole)
     return cap, observer, whole
 
@@ -207,27 +216,11 @@ def test_with_cuda_events_each_launch_has_its_pair_and_the_region_keeps_none(mon
     assert [e for e, *_ in cap.pending_events] == [region] and len(cap.free_events[0]) == 2
 
 
-def _captured_region_run(monkeypatch: pytest.MonkeyPatch, clock: bool) -> tuple[_Capture, Any, Any]:
-    """A region whose two launches a CUDA graph captures (Inductor recording a graph partition
-    under mode="reduce-overhead"): the region's range or pair is opened before the capture."""
-    cap = _Capture(clock=clock)
-    observer = capture_mod._DeviceKernels(cap)
-    whole = observer.open_region()
-    with monkeypatch.context() as capturing:
-        capturing.setattr(capture_mod, "_capturing", lambda: True)
-        for k in range(2):
-            t = torch.ones(4)
-            out = observer(f"k{k}", ("in", "out"), lambda a, b: b.copy_(a), (t, torch.empty_like(t)), {})
-            assert torch.equal(out, t)  # the launch itself goes ahead unchanged
-    observer.close_region(whole)
-    return cap, observer, whole
-
-
 def test_launches_a_cuda_graph_captures_are_counted_and_timed_with_their_region(monkeypatch):
     marks: list[Any] = []
     monkeypatch.setattr(capture_mod, "mark", lambda i: marks.append(("open", i)) or i)
     monkeypatch.setattr(capture_mod, "unmark", lambda h: marks.append(("close", h)))
-    cap, observer, whole = _captured_region_run(monkeypatch, clock=True)
+    cap, observer, whole = _region_run(clock=True, launches=2, capturing=monkeypatch)
     assert marks == [("open", 0), ("close", 0)]  # no range of memwall's inside the graph
     assert [name for name, *_ in observer.runs] == ["k0", "k1"]  # both counted, as kernel rows
     region, k0, k1 = object(), object(), object()
@@ -237,7 +230,7 @@ def test_launches_a_cuda_graph_captures_are_counted_and_timed_with_their_region(
     made: list[Any] = []
     monkeypatch.setattr(torch.cuda, "Event", lambda enable_timing=False: made.append(1) or _Event())
     monkeypatch.setattr(capture_mod, "current_cuda_stream", _Stream)
-    cap, observer, whole = _captured_region_run(monkeypatch, clock=False)
+    cap, observer, whole = _region_run(clock=False, launches=2, capturing=monkeypatch)
     assert len(made) == 2  # the region's own pair only
     observer.settle(whole, region, [k0, k1])
     assert [e for e, *_ in cap.pending_events] == [region]
