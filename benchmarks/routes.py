@@ -99,7 +99,7 @@ def read_signatures(result: Any) -> dict[Any, int]:
 
 
 def variants(work: Callable[[], Any], logdir: Path) -> dict[str, Callable[[], Any]]:
-    recorder_module = sys.modules["memwall_plugin.recorder"]
+    import memwall_plugin.recorder as recorder_module  # memwall_plugin imports it lazily
 
     def empty_mode() -> None:
         with EmptyMode():
