@@ -356,6 +356,41 @@ def compiles_its_call_impl(module: Any) -> bool:
         return False
 
 
+#: modules compiled in place (`module.compile()`) since memwall was imported: a profile opened
+#: without `model=` finds among them those whose own `_call_impl` Dynamo compiled
+_COMPILED_IN_PLACE: Any = None
+
+
+def note_modules_compiled_in_place() -> None:
+    """From now on, `torch.nn.Module.compile` also notes (weakly) the module it compiled. It runs
+    as before; nothing else changes. Needed because a module compiled in place is called
+    through its compiled `_call_impl` before any global hook could see it (`compiles_its_call_impl`)."""
+    global _COMPILED_IN_PLACE
+    if _COMPILED_IN_PLACE is not None:
+        return
+    import weakref
+
+    noted: weakref.WeakSet[Any] = weakref.WeakSet()
+    original = torch.nn.Module.compile
+
+    @functools.wraps(original)
+    def compile(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        try:
+            noted.add(self)
+        except TypeError:  # a module that cannot be weakly referenced: not noted, as before
+            pass
+
+    compile.__memwall_wrapped__ = original  # type: ignore[attr-defined]
+    torch.nn.Module.compile = compile  # type: ignore[method-assign]
+    _COMPILED_IN_PLACE = noted
+
+
+def modules_compiled_in_place() -> list[Any]:
+    """The modules `note_modules_compiled_in_place` has seen compiled, still alive."""
+    return [] if _COMPILED_IN_PLACE is None else list(_COMPILED_IN_PLACE)
+
+
 @contextlib.contextmanager
 def global_module_hooks_hidden(ids: Collection[int]) -> Iterator[None]:
     """The global module hooks with these handle ids left out of torch's tables for the block,
@@ -1088,6 +1123,8 @@ __all__ = [
     "never_compiled",
     "compiles_its_call_impl",
     "global_module_hooks_hidden",
+    "modules_compiled_in_place",
+    "note_modules_compiled_in_place",
     "kernels_observed",
     "region_eager_origins",
     "region_node_modules",

@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -29,9 +29,11 @@ from memwall_plugin.hooks._torch_private import (
     find_frame,
     forward_kwargs,
     global_module_hooks_hidden,
+    modules_compiled_in_place,
     never_compiled,
     node_sequence_nr,
     node_variable,
+    note_modules_compiled_in_place,
     peek_sequence_nr,
 )
 from torch.compiler import is_compiling as _is_compiling
@@ -42,6 +44,9 @@ from torch.utils.hooks import RemovableHandle
 _perf_counter_ns = time.perf_counter_ns
 
 _thread_id = threading.get_ident
+
+# from memwall's import on: a module compiled in place is known before its first call
+note_modules_compiled_in_place()
 
 
 class ModuleTracker:
@@ -108,7 +113,7 @@ class ModuleTracker:
         self._roots.append(weakref.ref(root))
         self._param_modules = None
         if self._handles:
-            self._step_around_compiled_call_impls(root)
+            self._step_around_compiled_call_impls(root.modules())
         if self.memory is not None:
             self.memory.add_root(root, self._names)
 
@@ -185,18 +190,21 @@ class ModuleTracker:
         self._hooks = (pre, post)
         self._quiet = _quiet_compiled_module_warning()
         for root in self.roots():
-            self._step_around_compiled_call_impls(root)
+            self._step_around_compiled_call_impls(root.modules())
+        # and those compiled in place anywhere since memwall was imported: a model profiled
+        # without `model=` is called through its compiled `_call_impl` before a hook could see it
+        self._step_around_compiled_call_impls(modules_compiled_in_place())
 
-    def _step_around_compiled_call_impls(self, root: torch.nn.Module) -> None:
-        """A module of `root` compiled in place whose own `_call_impl` Dynamo compiled (torch
-        2.15's `nn.Sequential(...).compile()`): its compiled call runs with memwall's global
-        hooks out of torch's tables, as it was compiled, so it is not compiled again; memwall's
-        hooks are called around it instead (the modules inside it are its compiled region's,
-        named from its graph). Put back as it was by `remove`. Nothing to look for in a process
-        that never loaded Dynamo."""
+    def _step_around_compiled_call_impls(self, modules: Iterable[torch.nn.Module]) -> None:
+        """A module compiled in place whose own `_call_impl` Dynamo compiled (torch 2.15's
+        `nn.Sequential(...).compile()`): its compiled call runs with memwall's global hooks out
+        of torch's tables, as it was compiled, so it is not compiled again; memwall's hooks are
+        called around it instead (the modules inside it are its compiled region's, named from
+        its graph). Put back as it was by `remove`. Nothing to look for in a process that never
+        loaded Dynamo."""
         if self._hooks is None or "torch._dynamo" not in sys.modules:
             return
-        for module in root.modules():
+        for module in modules:
             compiled = module._compiled_call_impl
             if compiled is None or id(module) in self._stepped_around or not compiles_its_call_impl(module):
                 continue

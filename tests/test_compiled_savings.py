@@ -327,12 +327,15 @@ def test_module_compiled_in_place_is_seen_like_torch_compile_of_it(fresh_dynamo)
         assert counters["stats"]["unique_graphs"] > graphs
 
 
-def test_torch_module_compiled_in_place_runs_as_without_memwall(fresh_dynamo):
+@pytest.mark.parametrize("given", [True, False], ids=["model given", "model found"])
+def test_torch_module_compiled_in_place_runs_as_without_memwall(fresh_dynamo, given):
     """A torch module compiled in place (`torch.nn.Sequential(...).compile()`). Up to torch 2.13
     Dynamo skips torch's own frames: it runs eagerly, memwall's mode and hooks inside them never
     compiled. torch 2.15 compiles the module's own `_call_impl`, which reads the global module
     hooks: memwall's, set while it records, must not make it compile again, and its kernels are
-    named after the Sequential's children (not Dynamo's `__self__.0`)."""
+    named after the Sequential's children (not Dynamo's `__self__.0`). Also when the profile is
+    not given the model (`memwall run`): the module is called through its compiled call before
+    any hook of memwall's could see it."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU())
     model.compile()
@@ -342,7 +345,7 @@ def test_torch_module_compiled_in_place_runs_as_without_memwall(fresh_dynamo):
         before = counters["stats"]["unique_graphs"]
         expected = model(x)
         graphs = counters["stats"]["unique_graphs"]
-        with memwall.profile(summary=False, model=model) as prof:
+        with memwall.profile(summary=False, model=model if given else None) as prof:
             y = model(x)
         assert torch.equal(y, expected)
         assert counters["stats"]["unique_graphs"] == graphs, "profiling compiled the module again"
@@ -357,6 +360,31 @@ def test_torch_module_compiled_in_place_runs_as_without_memwall(fresh_dynamo):
         assert {r.op for r in rows} == {REGION}
     else:
         assert {r.op for r in rows} == {"aten.addmm", "aten.relu"}
+
+
+def test_a_module_compiled_in_place_first_called_inside_a_profile_compiles_once(fresh_dynamo):
+    """`model.compile()` compiles at the first call: here inside a profile, while memwall's global
+    hooks are in torch's tables. torch 2.15 compiles the module's `_call_impl`, which reads them:
+    without memwall's hooks stepped out of the way that graph would be guarded on them, and the
+    calls after the profile, and a second profile, would each compile another."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    model.compile()
+    x = torch.randn(8, 16)
+    with torch.no_grad():
+        with memwall.profile(summary=False):
+            first = model(x)
+        graphs = counters["stats"]["unique_graphs"]
+        assert torch.equal(model(x), first)
+        with memwall.profile(summary=False) as prof:
+            assert torch.equal(model(x), first)
+        assert counters["stats"]["unique_graphs"] == graphs, "compiled again after the first profile"
+    # the second profile still saw the work, each in its module: the two GEMMs with their biases
+    # (2 x 8 x 16 x 16 + 8 x 16, 2 x 8 x 16 x 4 + 8 x 4), and the GELU between them
+    rows = prof.report().rows
+    assert sum(r.flops or 0 for r in rows if r.module == "0") == 2 * 8 * 16 * 16 + 8 * 16
+    assert sum(r.flops or 0 for r in rows if r.module == "2") == 2 * 8 * 16 * 4 + 8 * 4
+    assert sum(r.flops or 0 for r in rows if r.module == "1") > 0
 
 
 def test_hooks_hidden_from_a_compiled_call_come_back_where_they_were():
