@@ -359,6 +359,8 @@ def compiles_its_call_impl(module: Any) -> bool:
 #: modules compiled in place (`module.compile()`) since memwall was imported: a profile opened
 #: without `model=` finds among them those whose own `_call_impl` Dynamo compiled
 _COMPILED_IN_PLACE: Any = None
+#: called with each module compiled in place from now on (a profile recording at that moment)
+_COMPILED_IN_PLACE_LISTENERS: list[Callable[[Any], None]] = []
 
 
 def note_modules_compiled_in_place() -> None:
@@ -380,10 +382,20 @@ def note_modules_compiled_in_place() -> None:
             noted.add(self)
         except TypeError:  # a module that cannot be weakly referenced: not noted, as before
             pass
+        for listener in list(_COMPILED_IN_PLACE_LISTENERS):
+            listener(self)
 
     compile.__memwall_wrapped__ = original  # type: ignore[attr-defined]
     torch.nn.Module.compile = compile  # type: ignore[method-assign]
     _COMPILED_IN_PLACE = noted
+
+
+def listen_for_modules_compiled_in_place(listener: Callable[[Any], None], listening: bool) -> None:
+    """Call `listener` with each module compiled in place from now on (`listening`), or no more."""
+    if listening and listener not in _COMPILED_IN_PLACE_LISTENERS:
+        _COMPILED_IN_PLACE_LISTENERS.append(listener)
+    elif not listening and listener in _COMPILED_IN_PLACE_LISTENERS:
+        _COMPILED_IN_PLACE_LISTENERS.remove(listener)
 
 
 def modules_compiled_in_place() -> list[Any]:
@@ -416,6 +428,62 @@ def global_module_hooks_hidden(ids: Collection[int]) -> Iterator[None]:
                 elif key in added:
                     table[key] = added.pop(key)
             table.update(added)
+
+
+#: memwall's global module hooks by the thread whose ops they record, while installed: a Dynamo
+#: compile on that thread runs with them out of torch's tables (`hide_from_dynamo`)
+_HIDDEN_FROM_DYNAMO: dict[int, list[int]] = {}
+#: the hidings of the compile in progress, undone when it ends
+_HIDING: list[Any] = []
+_DYNAMO = "torch._dynamo"
+
+
+def hide_from_dynamo(thread: int, ids: list[int] | None) -> None:
+    """While `ids` are set for `thread`, each Dynamo compile that thread starts sees the global
+    module hooks without them, as without memwall. A model first compiled inside a profile
+    would otherwise be traced with memwall's hooks in torch's tables, and Dynamo guards a graph
+    traced with global hooks on their number: every call after the profile, whose hooks are gone,
+    would compile it again. memwall's hooks trace to nothing (they return at once while Dynamo
+    compiles), so the graph is the one compiled without memwall. None: no longer hidden."""
+    if ids:
+        _HIDDEN_FROM_DYNAMO[thread] = list(ids)
+        _register_compile_callbacks()
+    else:
+        _HIDDEN_FROM_DYNAMO.pop(thread, None)
+
+
+def _register_compile_callbacks() -> None:
+    """Dynamo's compile start and end callbacks, once per callback table (`torch._dynamo.reset()`
+    empties it); when Dynamo is not loaded yet, the import hook calls this once it is."""
+    dynamo = sys.modules.get(_DYNAMO)
+    handler = getattr(dynamo, "callback_handler", None)
+    if handler is None:
+        return
+    try:
+        if _on_compile_start not in handler.start_callbacks:
+            handler.register_start_callback(_on_compile_start)
+        if _on_compile_end not in handler.end_callbacks:
+            handler.register_end_callback(_on_compile_end)
+    except AttributeError:  # a torch whose callback table has another shape: hooks stay visible
+        pass
+
+
+def _on_compile_start(args: Any) -> None:
+    import threading
+
+    if getattr(getattr(args, "callback_trigger", None), "name", None) != "DYNAMO":
+        return  # a lazily compiled backward, a CUDA graph recording: no module hook is read
+    ids = _HIDDEN_FROM_DYNAMO.get(threading.get_ident())
+    if not ids:
+        return
+    hidden = global_module_hooks_hidden(ids)
+    hidden.__enter__()
+    _HIDING.append(hidden)
+
+
+def _on_compile_end(args: Any) -> None:
+    while _HIDING:
+        _HIDING.pop().__exit__(None, None, None)
 
 
 _streams: dict[Any, Any] = {}
@@ -705,7 +773,7 @@ class _WrapOnImport:
     them ourselves costs ~1.5 s, which a `memwall report` should not pay)."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name not in (_INDUCTOR_CONFIG, _CODECACHE):
+        if name not in (_INDUCTOR_CONFIG, _CODECACHE, _DYNAMO):
             return None
         import importlib.machinery
 
@@ -717,6 +785,10 @@ class _WrapOnImport:
 
         def exec_module(module: Any) -> None:
             run(module)
+            if name == _DYNAMO:  # first imported while memwall records (torch.compile in the step)
+                if _HIDDEN_FROM_DYNAMO:
+                    _register_compile_callbacks()
+                return
             if name == _CODECACHE:
                 _key_by_module_names(module)
                 return
@@ -738,7 +810,7 @@ def wrap_compiled_regions_from_now_on() -> None:
     if _INDUCTOR_CONFIG in sys.modules:
         wrap_compiled_regions(True)
         _keep_eager_origins(sys.modules[_INDUCTOR_CONFIG])
-    if (_INDUCTOR_CONFIG not in sys.modules or _CODECACHE not in sys.modules) and not any(
+    if (_INDUCTOR_CONFIG not in sys.modules or _CODECACHE not in sys.modules or _DYNAMO not in sys.modules) and not any(
             isinstance(f, _WrapOnImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _WrapOnImport())
 
@@ -1123,6 +1195,8 @@ __all__ = [
     "never_compiled",
     "compiles_its_call_impl",
     "global_module_hooks_hidden",
+    "hide_from_dynamo",
+    "listen_for_modules_compiled_in_place",
     "modules_compiled_in_place",
     "note_modules_compiled_in_place",
     "kernels_observed",

@@ -29,6 +29,8 @@ from memwall_plugin.hooks._torch_private import (
     find_frame,
     forward_kwargs,
     global_module_hooks_hidden,
+    hide_from_dynamo,
+    listen_for_modules_compiled_in_place,
     modules_compiled_in_place,
     never_compiled,
     node_sequence_nr,
@@ -188,12 +190,24 @@ class ModuleTracker:
             nn_module.register_module_forward_hook(post, always_call=True),
         ]
         self._hooks = (pre, post)
+        hide_from_dynamo(self._thread, [handle.id for handle in self._handles])
+        listen_for_modules_compiled_in_place(self._compiled_in_place, True)
         self._quiet = _quiet_compiled_module_warning()
         for root in self.roots():
             self._step_around_compiled_call_impls(root.modules())
         # and those compiled in place anywhere since memwall was imported: a model profiled
         # without `model=` is called through its compiled `_call_impl` before a hook could see it
         self._step_around_compiled_call_impls(modules_compiled_in_place())
+
+    def _compiled_in_place(self, module: torch.nn.Module) -> None:
+        """A module compiled in place while the hooks are installed (`model.compile()` inside a
+        recorded step, as under `memwall run`): stepped around before its first call compiles it."""
+        try:
+            self._step_around_compiled_call_impls((module,))
+        except Exception as err:  # memwall's own trouble: the user's compile() has returned
+            self.disabled = True
+            if self.on_error is not None:
+                self.on_error(err, "stepping around a module compiled in place")
 
     def _step_around_compiled_call_impls(self, modules: Iterable[torch.nn.Module]) -> None:
         """A module compiled in place whose own `_call_impl` Dynamo compiled (torch 2.15's
@@ -253,6 +267,9 @@ class ModuleTracker:
         return never_compiled(guarded)
 
     def remove(self) -> None:
+        if self._handles:
+            hide_from_dynamo(self._thread, None)
+            listen_for_modules_compiled_in_place(self._compiled_in_place, False)
         for handle in self._handles:
             handle.remove()
         self._handles = []

@@ -362,29 +362,94 @@ def test_torch_module_compiled_in_place_runs_as_without_memwall(fresh_dynamo, gi
         assert {r.op for r in rows} == {"aten.addmm", "aten.relu"}
 
 
-def test_a_module_compiled_in_place_first_called_inside_a_profile_compiles_once(fresh_dynamo):
-    """`model.compile()` compiles at the first call: here inside a profile, while memwall's global
-    hooks are in torch's tables. torch 2.15 compiles the module's `_call_impl`, which reads them:
-    without memwall's hooks stepped out of the way that graph would be guarded on them, and the
-    calls after the profile, and a second profile, would each compile another."""
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+class _TwoLayers(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(16, 16)
+        self.b = torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.nn.functional.gelu(self.a(x)))
+
+
+def _sequential() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+
+
+def _compiled_in_place(model: torch.nn.Module) -> torch.nn.Module:
     model.compile()
+    return model
+
+
+@pytest.mark.parametrize(("build", "compile_", "first", "second"), [
+    (_TwoLayers, torch.compile, "a", "b"),
+    (_TwoLayers, _compiled_in_place, "a", "b"),
+    (_sequential, torch.compile, "0", "2"),
+    (_sequential, _compiled_in_place, "0", "2"),
+], ids=["torch.compile(model)", "model.compile()", "torch.compile(Sequential)", "Sequential.compile()"])
+@pytest.mark.parametrize("compiled_inside", [False, True], ids=["compiled before", "compiled inside"])
+def test_a_model_first_compiled_inside_a_profile_is_not_compiled_again_after_it(
+        fresh_dynamo, build, compile_, first, second, compiled_inside):
+    """A compiled model's first call compiles it: here inside a profile, while memwall's global
+    module hooks are in torch's tables. Dynamo guards a graph traced with global hooks on their
+    number, so without memwall's hooks out of its sight while it compiles, every call after the
+    profile (no hooks) compiled the model again, at every torch version; and torch 2.15's
+    `nn.Sequential(...).compile()` reads them in its own compiled `_call_impl`, so it must also
+    run with them out of sight, whether `compile()` was called before the profile or inside it
+    (a script under `memwall run`), or every call compiled it again."""
+    torch.manual_seed(0)
+    model = build()
+    if not compiled_inside:
+        model = compile_(model)
     x = torch.randn(8, 16)
     with torch.no_grad():
         with memwall.profile(summary=False):
-            first = model(x)
-        graphs = counters["stats"]["unique_graphs"]
-        assert torch.equal(model(x), first)
+            if compiled_inside:
+                model = compile_(model)
+            out = model(x)
+            graphs = counters["stats"]["unique_graphs"]
+            assert torch.equal(model(x), out)
+        assert torch.equal(model(x), out)
         with memwall.profile(summary=False) as prof:
-            assert torch.equal(model(x), first)
-        assert counters["stats"]["unique_graphs"] == graphs, "compiled again after the first profile"
-    # the second profile still saw the work, each in its module: the two GEMMs with their biases
-    # (2 x 8 x 16 x 16 + 8 x 16, 2 x 8 x 16 x 4 + 8 x 4), and the GELU between them
+            assert torch.equal(model(x), out)
+        assert torch.equal(model(x), out)
+        assert counters["stats"]["unique_graphs"] == graphs, "compiled again after its first call"
+    # the second profile saw the work, each in its module: the two GEMMs with their biases
+    # (2 x 8 x 16 x 16 + 8 x 16, 2 x 8 x 16 x 4 + 8 x 4)
     rows = prof.report().rows
-    assert sum(r.flops or 0 for r in rows if r.module == "0") == 2 * 8 * 16 * 16 + 8 * 16
-    assert sum(r.flops or 0 for r in rows if r.module == "2") == 2 * 8 * 16 * 4 + 8 * 4
-    assert sum(r.flops or 0 for r in rows if r.module == "1") > 0
+    assert sum(r.flops or 0 for r in rows if r.module == first) == 2 * 8 * 16 * 16 + 8 * 16
+    assert sum(r.flops or 0 for r in rows if r.module == second) == 2 * 8 * 16 * 4 + 8 * 4
+
+
+_COMPILED_IN_THE_STEP = """
+import json, sys, torch
+import memwall_plugin as memwall
+assert "torch._dynamo" not in sys.modules
+model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+x = torch.randn(8, 16)
+with torch.no_grad():
+    with memwall.profile(summary=False):
+        compiled = torch.compile(model)  # Dynamo is first imported here, while memwall records
+        out = compiled(x)
+    from torch._dynamo.utils import counters
+    graphs = counters["stats"]["unique_graphs"]
+    same = torch.equal(compiled(x), out)
+print(json.dumps({"graphs": graphs, "after": counters["stats"]["unique_graphs"], "same": same}))
+"""
+
+
+def test_a_model_compiled_in_the_first_step_dynamo_runs_is_not_compiled_again_after_it():
+    """As above, when Dynamo itself is first imported inside the recorded step (`torch.compile`
+    called there): memwall keeps its hooks out of Dynamo's sight from then on. A fresh
+    interpreter, where nothing has imported Dynamo yet."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _COMPILED_IN_THE_STEP], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["same"] and seen["graphs"] >= 1 and seen["after"] == seen["graphs"], seen
 
 
 def test_hooks_hidden_from_a_compiled_call_come_back_where_they_were():
