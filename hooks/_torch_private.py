@@ -6,6 +6,7 @@ import contextlib
 import functools
 import re
 import sys
+import threading
 from collections.abc import Callable, Collection, Iterator
 from types import FrameType
 from typing import Any
@@ -385,7 +386,6 @@ def note_modules_compiled_in_place() -> None:
         for listener in list(_COMPILED_IN_PLACE_LISTENERS):
             listener(self)
 
-    compile.__memwall_wrapped__ = original  # type: ignore[attr-defined]
     torch.nn.Module.compile = compile  # type: ignore[method-assign]
     _COMPILED_IN_PLACE = noted
 
@@ -469,8 +469,6 @@ def _register_compile_callbacks() -> None:
 
 
 def _on_compile_start(args: Any) -> None:
-    import threading
-
     if getattr(getattr(args, "callback_trigger", None), "name", None) != "DYNAMO":
         return  # a lazily compiled backward, a CUDA graph recording: no module hook is read
     ids = _HIDDEN_FROM_DYNAMO.get(threading.get_ident())
