@@ -71,6 +71,7 @@ from memwall_plugin.records import (
     float_arg,
     list_shapes_text,
 )
+from memwall_plugin.terminate import encloses_user_code
 
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter  # no dispatch of its own: a plain tensor to the mode (compiled code)
@@ -589,6 +590,7 @@ class _CaptureMode(UncompiledDispatchMode):
         return out
 
     def _entered(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @encloses_user_code
         def run_recorded(*args: Any, **kwargs: Any) -> Any:
             with self:
                 return fn(*args, **kwargs)
@@ -835,6 +837,13 @@ class Capture:
     @property
     def recording(self) -> bool:
         return self._mode is not None
+
+    @property
+    def mid_op(self) -> bool:
+        """An op is being dispatched to memwall's mode (torch takes the mode off its stack while
+        the mode handles the op, and puts it back after): stopping now would fail."""
+        mode = self._mode
+        return mode is not None and not any(m is mode for m in dispatch_mode_stack())
 
     def open(self) -> None:
         """Begin the capture's lifetime (optimizer tracking, compiled regions); start() / stop()

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import threading
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Literal
 
 import torch
@@ -34,6 +35,7 @@ from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report
 from memwall_plugin.rundir import PLUGIN_DIR
 from memwall_plugin.schedule import as_action_fn
+from memwall_plugin.terminate import GUARD
 
 __all__ = ["PLUGIN_DIR", "default_registry", "profile"]
 #: How long rank 0's summary waits for the other ranks' reports of the same job.
@@ -175,6 +177,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._trace: sinks.KinetoTrace | None = None
         self._primary_optimizer: weakref.ref[Any] | None = None
         self._entered = False
+        self._guards_sigterm = False  # this profile put memwall's SIGTERM handler in place
         self._thread = threading.get_ident()
         #: the profile this one took over from (opened inside it), resumed when this one ends
         self._outer: profile | None = None
@@ -204,6 +207,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         if not idle:
             profile._open = self
         self._entered = True
+        self._guards_sigterm = False
         try:
             if self._recorder.device is None and not idle and auto_calibration_wanted():
                 # before anything is recorded: the measurement is not part of the user's run
@@ -222,6 +226,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             finally:
                 self._hand_back()
             raise
+        if outer is None and not idle:
+            # a SIGTERM (a scheduler's preemption, `timeout`, `kill`) ends the process once the open
+            # profiles have saved what they recorded (terminate.py); over the default action only
+            self._guards_sigterm = GUARD.install(_end_by_signal, _mid_op)
         return self
 
     def _outers(self) -> list[profile]:
@@ -250,6 +258,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     ) -> Literal[False]:
         recorder = self._recorder
         recorder.dist.ending()  # a SIGTERM from here on waits until the report is saved
+        GUARD.hold()
         # a script that ends by sys.exit (whatever its status) ended where it chose to: nothing it
         # would have done is missing; any other exception (a launcher's SIGTERM too) cut it short
         recorder.incomplete = recorder.incomplete or (exc_type is not None and (
@@ -273,6 +282,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
                 self._hand_back()
             finally:
                 recorder.dist.ended()  # saved: a SIGTERM held since the exit began ends the process now
+                if self._guards_sigterm:
+                    self._guards_sigterm = False
+                    GUARD.remove()
+                GUARD.release()  # one held meanwhile: delivered (memwall's again while an outer profile is open)
         return False  # the user's exception, if any, propagates unchanged
 
     # -- sinks ---------------------------------------------------------------------------------
@@ -391,3 +404,41 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
 
 def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def _say(line: str) -> None:
+    """A line on stderr from a signal handler: written whole, past Python's buffered stream (which
+    the script may have been writing to when the signal landed)."""
+    try:
+        os.write(2, (line + "\n").encode(errors="replace"))
+    except OSError:  # noqa: S110 - a closed stderr must not keep the profiles from ending
+        pass
+
+
+def _mid_op() -> bool:
+    """Whether the recording profile's capture is handling an op (its dispatch mode is off
+    torch's stack until the op is recorded): a signal waits until it is done."""
+    prof = profile._open
+    capture = prof._recorder.capture if prof is not None else None
+    return capture is not None and capture.mid_op
+
+
+def _end_by_signal(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM (terminate.py): end the open profiles, innermost first, as an error ends them; each
+    saves its partial report. The process then ends by the signal."""
+    name = signal.Signals(signum).name
+    where = f" in {frame.f_code.co_filename}:{frame.f_lineno} ({frame.f_code.co_name})" if frame is not None else ""
+    _say(f"memwall: the process got {name}{where}; saving what was recorded before it ends")
+    saved: list[Path] = []  # where each profile wrote its reports
+    prof = profile._open
+    while prof is not None and prof._entered:
+        outer = prof._outer
+        try:
+            prof.__exit__(Terminated, Terminated(128 + signum), None)
+        except BaseException as err:  # one profile's trouble must not keep the others from saving
+            _say(f"memwall: could not finish a profile: {type(err).__name__}: {err}")
+        if prof.saved:
+            saved.append(prof.saved[-1].parent)
+        prof = outer
+    for folder in dict.fromkeys(saved):
+        _say(f"memwall: partial report saved under {folder}")

@@ -1,0 +1,187 @@
+"""A SIGTERM (a scheduler's preemption, `timeout`, `kill`) under a profile of one process: memwall
+saves what it recorded, then the signal ends the process exactly as without memwall (no code of
+the script runs after it, the same exit), wherever the signal lands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import memwall_plugin as memwall
+
+pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
+
+PREEMPTED = textwrap.dedent('''
+    import os, signal, time, torch
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    try:
+        for i in range(1000):
+            loss = model(torch.randn(8, 64)).square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            print(f"step {i} loss {loss.item():.6f}", flush=True)
+            if i == 5:  # the scheduler preempts the job
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(2)
+    finally:
+        print("the script's finally ran", flush=True)
+    print("the script ended", flush=True)
+''')
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "MEMWALL_CALIBRATE": "0"})
+
+
+def _report(folder: Path) -> memwall.Report:
+    (path,) = (folder / "plugins" / "memwall").glob("rank0_*.json")
+    return memwall.load_report(path)
+
+
+def test_memwall_run_saves_a_preempted_scripts_report_and_it_ends_as_without_memwall(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(PREEMPTED)
+    bare = _run([sys.executable, str(script)], tmp_path)
+    under = _run([sys.executable, "-m", "memwall_plugin.cli", "run", "--logdir", str(tmp_path / "run"), str(script)],
+                 tmp_path)
+    # ended by the signal at step 5, as the bare script was: its finally did not run, nothing after it
+    assert bare.returncode == -signal.SIGTERM, bare.stderr
+    assert under.returncode == -signal.SIGTERM, under.stderr
+    assert under.stdout == bare.stdout and bare.stdout.splitlines()[-1].startswith("step 5 loss")
+    line = PREEMPTED.splitlines().index("            os.kill(os.getpid(), signal.SIGTERM)") + 1
+    assert f"memwall: the process got SIGTERM in {script}:{line} (<module>)" in under.stderr  # where it landed
+    assert f"memwall: partial report saved under {tmp_path / 'run' / 'plugins' / 'memwall'}" in under.stderr
+    rep = _report(tmp_path / "run")
+    assert rep.incomplete and rep.steps == (0, 1, 2, 3, 4, 5)  # steps end at each optimizer step
+    assert {r.phase for r in rep.rows} >= {"forward", "backward", "optimizer"}
+    assert all(r.calls >= 1 for r in rep.rows)
+
+
+INSIDE_MEMWALL = textwrap.dedent('''
+    import os, signal, sys, torch
+    import memwall_plugin as memwall
+    from memwall_plugin.hooks import memory
+
+    after_op = memory.MemoryTracker.after_op
+    seen = [0]
+
+    def after_op_then_sigterm(self, *args):
+        seen[0] += 1
+        if seen[0] == int(sys.argv[2]):  # while memwall records an op: the signal lands in its code
+            os.kill(os.getpid(), signal.SIGTERM)
+        return after_op(self, *args)
+
+    memory.MemoryTracker.after_op = after_op_then_sigterm
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    with memwall.profile(logdir=sys.argv[1], summary=True) as prof:
+        for i in range(1000):
+            model(torch.randn(8, 64)).sum().backward()
+            prof.step()
+    print("not reached", flush=True)
+''')
+
+
+@pytest.mark.parametrize("at_op", [3, 40, 41])  # in set-up, in a forward, in a backward
+def test_a_sigterm_landing_inside_memwalls_own_code_waits_until_it_returns(tmp_path: Path, at_op: int) -> None:
+    """memwall acts only once its own code around the op (its frames, or torch handing the op to
+    its dispatch mode) has returned: the tables are read whole and the mode is on torch's stack
+    to be taken off. Acting inside failed to stop the capture (`pop from empty mode stack`), so
+    the summary was lost; re-sending the signal from the handler itself recursed until Python's
+    limit, and the RecursionError swallowed the signal: the script ran on to its end."""
+    script = tmp_path / "inside.py"
+    script.write_text(INSIDE_MEMWALL)
+    result = _run([sys.executable, str(script), str(tmp_path / "run"), str(at_op)], tmp_path)
+    assert result.returncode == -signal.SIGTERM, result.stdout + result.stderr
+    assert "not reached" not in result.stdout and "RuntimeWarning" not in result.stderr
+    assert "could not finish" not in result.stderr, result.stderr
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("memwall: the process got SIGTERM in ")]
+    landed = line.removeprefix("memwall: the process got SIGTERM in ")
+    assert str(Path(memwall.__file__).parent) not in landed, landed
+    assert "_python_dispatch" not in landed and "_ops.py" not in landed, landed
+    assert "INCOMPLETE" in result.stdout and "Top " in result.stdout  # the summary, as for an error
+    rep = _report(tmp_path / "run")
+    assert rep.incomplete and rep.steps and all(r.calls >= 1 for r in rep.rows)
+
+
+NESTED_AND_FORKED = textwrap.dedent('''
+    import os, signal, sys, time, torch
+    import memwall_plugin as memwall
+
+    model = torch.nn.Linear(32, 32)
+    with memwall.profile(logdir=sys.argv[1], summary=False):
+        started, tell = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # a forked child (a DataLoader worker) stopped by its parent: as without memwall
+            os.write(tell, b"x")
+            time.sleep(30)
+            os._exit(0)
+        os.read(started, 1)
+        os.kill(pid, signal.SIGTERM)
+        _, status = os.waitpid(pid, 0)
+        print("child", os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM, flush=True)
+        for i in range(1000):
+            model(torch.randn(4, 32)).sum().backward()
+            if i == 3:
+                print("ready", flush=True)
+            time.sleep(0.01)
+    print("not reached", flush=True)
+''')
+
+
+def test_an_outside_sigterm_saves_every_open_profile_and_a_forked_child_keeps_the_default(tmp_path: Path) -> None:
+    """`memwall run` around a script with its own profile: both save (innermost first). A child
+    forked inside inherits the handler; there SIGTERM ends it at once, writing nothing."""
+    script = tmp_path / "nested.py"
+    script.write_text(NESTED_AND_FORKED)
+    proc = subprocess.Popen([sys.executable, "-m", "memwall_plugin.cli", "run", "--logdir", str(tmp_path / "outer"),
+                             str(script), str(tmp_path / "inner")], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "MEMWALL_CALIBRATE": "0"})
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().split() == ["child", "True"]
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGTERM, err
+    assert "not reached" not in out
+    inner = _report(tmp_path / "inner")
+    assert inner.incomplete and {r.op for r in inner.rows} >= {"aten.addmm", "aten.sum"}
+    assert len(list((tmp_path / "inner" / "plugins" / "memwall").glob("*.json"))) == 1  # none from the child
+    outer = _report(tmp_path / "outer")  # memwall run's: its set-up before the script's profile
+    assert outer.incomplete
+    assert err.index(str(tmp_path / "inner")) < err.index(str(tmp_path / "outer"))
+
+
+def test_memwall_handles_sigterm_only_over_the_default_and_only_while_a_profile_is_open() -> None:
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with memwall.profile(summary=False):
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        with memwall.profile(summary=False):  # a nested profile changes nothing
+            torch.ones(2) + 1
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def own(signum: int, frame: object) -> None:
+        pass
+
+    signal.signal(signal.SIGTERM, own)  # the script's own handler (a framework's) is left alone
+    try:
+        with memwall.profile(summary=False):
+            assert signal.getsignal(signal.SIGTERM) is own
+        assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
