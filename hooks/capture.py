@@ -71,7 +71,6 @@ from memwall_plugin.records import (
     float_arg,
     list_shapes_text,
 )
-from memwall_plugin.terminate import encloses_user_code
 
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter  # no dispatch of its own: a plain tensor to the mode (compiled code)
@@ -590,7 +589,6 @@ class _CaptureMode(UncompiledDispatchMode):
         return out
 
     def _entered(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        @encloses_user_code
         def run_recorded(*args: Any, **kwargs: Any) -> Any:
             with self:
                 return fn(*args, **kwargs)
@@ -838,13 +836,6 @@ class Capture:
     def recording(self) -> bool:
         return self._mode is not None
 
-    @property
-    def mid_op(self) -> bool:
-        """An op is being dispatched to memwall's mode (torch takes the mode off its stack while
-        the mode handles the op, and puts it back after): stopping now would fail."""
-        mode = self._mode
-        return mode is not None and not any(m is mode for m in dispatch_mode_stack())
-
     def open(self) -> None:
         """Begin the capture's lifetime (optimizer tracking, compiled regions); start() / stop()
         toggle recording."""
@@ -911,14 +902,25 @@ class Capture:
         try:
             if mode is not None:
                 stack = dispatch_mode_stack()
-                if stack and stack[-1] is not mode:
-                    raise RuntimeError(
-                        "a dispatch mode entered inside memwall.profile is still active; "
-                        "exit it before the profile ends or calls prof.step()"
-                    )
-                mode.__exit__(None, None, None)
+                # off torch's stack while torch has it handle an op (it puts it back after): a
+                # SIGTERM ending the profile from there (terminate.py) has nothing to take off
+                if any(m is mode for m in stack):
+                    if stack[-1] is not mode:
+                        raise RuntimeError(
+                            "a dispatch mode entered inside memwall.profile is still active; "
+                            "exit it before the profile ends or calls prof.step()"
+                        )
+                    mode.__exit__(None, None, None)
         finally:
             self.tracker.remove()
+
+    def settle(self) -> None:
+        """Leave out the op whose recording a SIGTERM cut short (terminate.py ends the profile
+        wherever the signal lands): an entry made for it but not counted yet, its tensors noted
+        only in part."""
+        if any(not e.calls for e in self.table.values()):
+            self.table = {k: e for k, e in self.table.items() if e.calls}
+        self.residency.settle()
 
     def take(self) -> dict[Any, CaptureEntry]:
         """Hand over the table recorded so far and start a new one (GPU times resolved, reuse

@@ -222,7 +222,7 @@ class CollectiveRecorder:
         self.table: dict[Any, CollectiveEntry] = {}
         self.in_flight = 0  # read on every op while > 0; changed under _lock
         self.busy_ns = 0  # written on the capturing thread only
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by a SIGTERM's handler landing inside it (terminate.py)
         self._done: deque[_Flight] = deque()  # appended from the backend's threads
         self._functional: dict[int, _Flight] = {}  # result data_ptr -> its call
         self._untimed_device_calls = False

@@ -159,7 +159,9 @@ class MemoryTracker:
         self.last: StepMemory | None = None  # the last recorded step
         self.window = MemoryTotals()  # the open window's recorded steps
         self.run = MemoryTotals()  # the closed windows' recorded steps
-        self._lock = threading.Lock()  # frees may come from autograd's or the allocator's threads
+        # frees may come from autograd's or the allocator's threads; re-entered by a SIGTERM's
+        # handler landing inside it (terminate.py) on the same thread
+        self._lock = threading.RLock()
         self._on_free = self._freed  # one bound method, shared by every storage's weak reference
         #: module -> [parameters, gradients, optimizer state] bytes alive now (steps keep the most)
         self.module_live: dict[str, list[int]] = {}

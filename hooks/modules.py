@@ -43,8 +43,6 @@ from torch.nn.modules import module as nn_module
 from torch.optim import optimizer as optim_module
 from torch.utils.hooks import RemovableHandle
 
-from memwall_plugin.terminate import encloses_user_code
-
 _perf_counter_ns = time.perf_counter_ns
 
 _thread_id = threading.get_ident
@@ -234,7 +232,6 @@ class ModuleTracker:
         pre, post = hooks
         owner = weakref.ref(module)  # the wrapper is set on the module: no cycle through it
 
-        @encloses_user_code
         def compiled_call(*args: Any, **kwargs: Any) -> Any:
             me = owner()
             if me is None:
@@ -432,7 +429,6 @@ def watch_grad_scaler(tracker: ModuleTracker) -> Callable[[], None]:
 
     def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
-        @encloses_user_code  # a closure the optimizer's step calls: the user's forward and backward
         def method(self: Any, *args: Any, **kwargs: Any) -> Any:
             if _thread_id() != tracker._thread:
                 return original(self, *args, **kwargs)

@@ -104,6 +104,16 @@ class Residency:
         if len(addresses) >= FLUSH_AT:
             self.flush()
 
+    def settle(self) -> None:
+        """Drop a call noted only in part: a SIGTERM ends the profile wherever it lands
+        (terminate.py), also between a call's tensors and its count."""
+        calls = min(len(self._counts), len(self._targets))
+        del self._counts[calls:]
+        del self._targets[calls:]
+        noted = sum(self._counts)
+        del self._addresses[noted:]
+        del self._sizes[noted:]
+
     def flush(self) -> None:
         """Work out the reuse footprint of every tensor noted since the last flush and add its
         bytes to its call's histogram."""

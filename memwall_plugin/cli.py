@@ -34,7 +34,6 @@ from memwall_plugin.report import Report, ReportError, load_report
 from memwall_plugin.rows import ROW_COLUMNS, Group, row_record
 from memwall_plugin.rundir import Job, RunDir, Window, find_runs, new_job_id, pick_job, read_jobs, window_of
 from memwall_plugin.schedule import Schedule
-from memwall_plugin.terminate import encloses_user_code
 
 EXIT_USAGE = 2
 
@@ -510,7 +509,6 @@ def _parse_schedule(text: str) -> Schedule:
         raise CliError(f"--schedule: {exc}") from None
 
 
-@encloses_user_code  # the script runs below it
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     script_args = list(args.args)
     if args.module:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import sys
+import sysconfig
 import threading
 import warnings
 import weakref
@@ -229,7 +230,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         if outer is None and not idle:
             # a SIGTERM (a scheduler's preemption, `timeout`, `kill`) ends the process once the open
             # profiles have saved what they recorded (terminate.py); over the default action only
-            self._guards_sigterm = GUARD.install(_end_by_signal, _mid_op)
+            self._guards_sigterm = GUARD.install(_end_by_signal)
         return self
 
     def _outers(self) -> list[profile]:
@@ -352,6 +353,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             recorder.step_num += 1  # memwall is off for this run: steps are only counted
             return
         following = recorder.step_num + 1
+        GUARD.hold()  # a SIGTERM waits until the step boundary is done (terminate.py)
         try:
             recorder.end_step(final=False)
             if self._trace is not None:
@@ -363,6 +365,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         except Exception as err:  # memwall's own trouble must never stop the user's loop
             recorder.fail(err, "marking a step")
             recorder.step_num = following
+        finally:
+            GUARD.release()
 
     @property
     def step_num(self) -> int:
@@ -415,25 +419,31 @@ def _say(line: str) -> None:
         pass
 
 
-def _mid_op() -> bool:
-    """Whether the recording profile's capture is handling an op (its dispatch mode is off
-    torch's stack until the op is recorded): a signal waits until it is done."""
-    prof = profile._open
-    capture = prof._recorder.capture if prof is not None else None
-    return capture is not None and capture.mid_op
+def _where(frame: FrameType | None) -> str:
+    """Where a signal landed, as the script sees it: the innermost frame outside memwall, torch and
+    Python's own library (with memwall recording, a signal mostly lands in its handling of an op)."""
+    stdlib = sysconfig.get_paths()["stdlib"]
+    f = frame
+    while f is not None and (str(f.f_globals.get("__name__", "")).startswith(("memwall_plugin", "torch"))
+                             or f.f_code.co_filename.startswith(stdlib)):
+        f = f.f_back
+    f = f or frame
+    return f" in {f.f_code.co_filename}:{f.f_lineno} ({f.f_code.co_name})" if f is not None else ""
 
 
 def _end_by_signal(signum: int, frame: FrameType | None) -> None:
     """SIGTERM (terminate.py): end the open profiles, innermost first, as an error ends them; each
     saves its partial report. The process then ends by the signal."""
     name = signal.Signals(signum).name
-    where = f" in {frame.f_code.co_filename}:{frame.f_lineno} ({frame.f_code.co_name})" if frame is not None else ""
-    _say(f"memwall: the process got {name}{where}; saving what was recorded before it ends")
+    _say(f"memwall: the process got {name}{_where(frame)}; saving what was recorded before it ends")
     saved: list[Path] = []  # where each profile wrote its reports
     prof = profile._open
     while prof is not None and prof._entered:
         outer = prof._outer
         try:
+            capture = prof._recorder.capture
+            if capture is not None:
+                capture.settle()
             prof.__exit__(Terminated, Terminated(128 + signum), None)
         except BaseException as err:  # one profile's trouble must not keep the others from saving
             _say(f"memwall: could not finish a profile: {type(err).__name__}: {err}")
