@@ -20,7 +20,14 @@ def write_atomically(path: str | os.PathLike[str], fill: Callable[[Path], None])
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        # mkstemp makes the file private (0600), and a rename keeps that: a report TensorBoard
+        # serves, or a teammate reads in a shared run directory, gets the mode any new file gets
+        os.fchmod(fd, 0o666 & ~_umask())
+    except (AttributeError, OSError):  # no fchmod (Windows), or a filesystem without modes
+        pass
+    finally:
+        os.close(fd)
     try:
         fill(Path(tmp))
         os.replace(tmp, target)
@@ -28,6 +35,20 @@ def write_atomically(path: str | os.PathLike[str], fill: Callable[[Path], None])
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux), else by setting it and back."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomically(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -245,3 +245,26 @@ def test_a_logdir_that_cannot_be_written_reads_every_report_and_keeps_no_cache(t
         (job,) = store.jobs()
         assert len(job.heads) == 20 and max(job.heads, key=lambda h: h.headline.time_s).rank == 5
     assert not (store.reports / rankheads.SIDECAR).exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077], ids=oct)
+def test_saved_files_get_the_mode_any_new_file_gets(tmp_path, umask):
+    """A report TensorBoard serves, or a teammate reads in a shared run directory: its mode is
+    the one any file the process makes gets (the umask's). Written through mkstemp, which makes
+    files private, reports and traces were 0600 whatever the umask."""
+    import os
+    import stat
+
+    previous = os.umask(umask)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")  # what the process's new files get: the ground truth
+        with memwall.profile(logdir=tmp_path / "run", summary=False, kineto=True):
+            torch.randn(8, 16) @ torch.randn(16, 4)
+    finally:
+        os.umask(previous)
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert {p.suffix for p in written} >= {".json"} and any("trace" in p.name for p in written), written
+    expected = stat.S_IMODE(plain.stat().st_mode)
+    assert expected == 0o666 & ~umask
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {p.name: oct(expected) for p in written}
