@@ -51,10 +51,13 @@ from memwall_plugin.hooks.signatures import (
     PLAIN,
     build_call,
     device_of,
+    fold_kwarg,
+    fold_values,
     is_tensor_key,
     meta_of_key,
     opaque,
     signature,
+    value_blind,
 )
 
 from memwall_plugin.records import (
@@ -375,6 +378,15 @@ _UNREAD = object()
 def _reader_of(func: Any) -> Any:
     reader = reader_for(func)
     found = _READERS[id(func)] = None if reader is None else (reader, func)
+    return found
+
+
+_BLINDS: dict[int, Any] = {}  # id(func) -> (its value_blind, func kept alive), or None
+
+
+def _blind_of(func: Any) -> Any:
+    blind = value_blind(func)
+    found = _BLINDS[id(func)] = None if blind is None else (blind, func)
     return found
 
 
@@ -1069,8 +1081,18 @@ class Capture:
                     parts.append(a)
                 else:
                     parts.append(signature(a))
-            arg_key = tuple(parts)
-            kw_key = tuple([(k, signature(v)) for k, v in kwargs.items()]) if kwargs else None
+            # integers that are values, not sizes (`x * step`, `dataset[i]`): folded, or each value
+            # would be a signature of its own
+            blind = _BLINDS.get(id(func), _UNREAD)
+            if blind is _UNREAD:
+                blind = _blind_of(func)
+            if blind is not None:
+                fold_values(blind[0], parts)
+                arg_key = tuple(parts)
+                kw_key = tuple([(k, fold_kwarg(blind[0], k, v)) for k, v in kwargs.items()]) if kwargs else None
+            else:
+                arg_key = tuple(parts)
+                kw_key = tuple([(k, signature(v)) for k, v in kwargs.items()]) if kwargs else None
             reader = _READERS.get(id(func), _UNREAD)
             if reader is _UNREAD:
                 reader = _reader_of(func)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from memwall_plugin.hooks._torch_private import has_backend_kernel, has_composite_kernel, op_schema
-from memwall_plugin.hooks.signatures import signature
+from memwall_plugin.hooks.signatures import fold_kwarg, fold_values, signature, value_blind
 
 #: the dtype names torch.profiler writes ("Input type": the C++ type's name, as the compiler
 #: spells it) -> torch dtype
@@ -232,15 +232,21 @@ def _replay(func: Any, schema: Any, inputs: TracedInputs, wrapped: set[int]) -> 
         raise ReplayError(str(exc)) from None
     positional = [v for a, v in zip(schema.arguments, args, strict=True) if not a.kwarg_only]
     keywords = {a.name: v for a, v in zip(schema.arguments, args, strict=True) if a.kwarg_only}
-    kw_key = tuple((k, signature(v)) for k, v in keywords.items()) or None
+    # keyed as capture keys it: integers that are values (an index, a scalar) folded
+    blind = value_blind(func)
+    parts = [signature(a) for a in positional]
+    if blind is not None:
+        fold_values(blind, parts)
+    arg_key = tuple(parts)
+    kw_key = tuple((k, fold_kwarg(blind, k, v)) for k, v in keywords.items()) or None
     if not _returns_tensor(schema):  # a number (item(), is_nonzero): nothing to size, and meta cannot say
-        return Replayed(func, tuple(signature(a) for a in positional), kw_key, None, assumed)
+        return Replayed(func, arg_key, kw_key, None, assumed)
     try:
         with torch.no_grad():
             out = func(*positional, **keywords)
     except Exception as exc:  # no meta kernel, or inputs it rejects: the op stays uncounted
         raise ReplayError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    return Replayed(func, tuple(signature(a) for a in positional), kw_key, signature(out), assumed)
+    return Replayed(func, arg_key, kw_key, signature(out), assumed)
 
 
 __all__ = ["ReplayError", "Replayed", "TracedInputs", "decomposes_above_mode", "find_op", "pick_overload", "replay"]

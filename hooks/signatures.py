@@ -4,7 +4,10 @@ schema the first time a report asks for it.
 
 Python float arguments enter a signature as a `FloatArg` (zero, one or other): their values
 (learning rates, bias corrections) change every step and would make capture's table grow without
-bound, while the formulas only ask whether a term is present or a scale multiplies.
+bound, while the formulas only ask whether a term is present or a scale multiplies. Integers where
+the schema takes a number (`x * step`, a Scalar or a number in a Tensor's place) do the same, and
+integers that are a place in a tensor (`dataset[i]`'s index, `x[i:i + 32]`'s range) enter as a
+`Place` (`value_blind`); every other integer (a dim, a size, a count) is kept by value.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import torch
 from memwall_plugin.hooks._torch_private import is_higher_order_op, nested_component_shapes, op_schema, overload_name
 
-from memwall_plugin.records import FACTS_KEY, FloatArg, NestedMeta, OpCall, TensorMeta, float_arg
+from memwall_plugin.records import FACTS_KEY, FloatArg, NestedMeta, OpCall, Place, TensorMeta, float_arg
 
 _Tensor = torch.Tensor
 
@@ -60,7 +63,7 @@ def _meta_value(value: Any) -> Any:
         return tuple(_meta_value(v) for v in value)
     if type(value) is float:  # a schema default (captured floats are FloatArgs already)
         return float_arg(value)
-    if isinstance(value, (bool, int, str, FloatArg)) or value is None:
+    if isinstance(value, (bool, int, str, FloatArg, Place)) or value is None:
         return value
     return str(value)  # dtype, device, layout, memory_format: their names
 
@@ -205,6 +208,71 @@ def signature(value: Any) -> Any:
     return opaque(value)
 
 
+#: Arguments that are a place in a tensor, not a size, by op: their values change with each
+#: sample or batch a loop picks, never what the op costs (nothing for a view; the sizes of its
+#: tensors for a view's backward, a scatter into a view)
+_PLACES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("aten.select", "aten.select_backward", "aten.select_scatter", "aten.select_copy"),
+                    ("index",)),
+    **dict.fromkeys(("aten.slice", "aten.slice_backward", "aten.slice_scatter", "aten.slice_copy"),
+                    ("start", "end")),
+    **dict.fromkeys(("aten.narrow", "aten.narrow_copy"), ("start",)),
+    **dict.fromkeys(("aten.as_strided", "aten.as_strided_", "aten.as_strided_copy", "aten.as_strided_scatter"),
+                    ("storage_offset",)),
+}
+#: schema types whose integer values are numbers an op computes with, not sizes: a Scalar, or a
+#: Python number passed where a Tensor goes (`x * 3`, which torch hands over as the int)
+_NUMBER_TYPES = frozenset({"number", "Optional[number]", "Tensor", "Optional[Tensor]"})
+
+
+@dataclass(frozen=True)
+class Blind:
+    """Where an overload's integer arguments are values, not sizes: by position and by name, True
+    for a place in a tensor (keyed as `Place.SOME`), False for a number (keyed as its FloatArg)."""
+
+    positions: tuple[tuple[int, bool], ...]
+    names: dict[str, bool]
+
+
+_BLIND: dict[Any, Blind | None] = {}  # overload -> its Blind, None where every integer is a size
+
+
+def value_blind(func: Any) -> Blind | None:
+    """Where `func`'s integer arguments are values (`Blind`), read once per overload. None for
+    higher-order operators and factories (arange's numbers are its length)."""
+    if func in _BLIND:
+        return _BLIND[func]
+    blind = None
+    if not is_higher_order_op(func):
+        schema = op_schema(func)
+        types = [str(a.type) for a in schema.arguments]
+        if any("Tensor" in t for t in types):
+            namespace, _, name = schema.name.partition("::")
+            places = _PLACES.get(f"{namespace}.{name}", ())
+            found = [(i, a.name, a.name in places) for i, (a, t) in enumerate(zip(schema.arguments, types, strict=True))
+                     if a.name in places or (t in _NUMBER_TYPES and not (i == 0 and "Tensor" in t))]
+            if found:
+                blind = Blind(tuple((i, place) for i, _, place in found), {n: place for _, n, place in found})
+    _BLIND[func] = blind
+    return blind
+
+
+def fold_values(blind: Blind, parts: list[Any]) -> None:
+    """`parts` (an argument signature being built) with the integers `blind` names as values
+    folded in place; keyword arguments' are folded where their signature is made (`fold_kwarg`)."""
+    n = len(parts)
+    for index, place in blind.positions:
+        if index < n and type(parts[index]) is int:
+            parts[index] = Place.SOME if place else float_arg(parts[index])
+
+
+def fold_kwarg(blind: Blind | None, name: str, value: Any) -> Any:
+    """A keyword argument's signature, its integer folded where `blind` names it a value."""
+    if blind is not None and type(value) is int and name in blind.names:
+        return Place.SOME if blind.names[name] else float_arg(value)
+    return signature(value)
+
+
 def device_of(args: tuple[Any, ...], out: Any) -> str:
     """The device type of the first tensor among the arguments (and one level into their lists)
     or the result; "cpu" when there is none."""
@@ -218,5 +286,5 @@ def device_of(args: tuple[Any, ...], out: Any) -> str:
     return "cpu"
 
 
-__all__ = ["PLAIN", "Schema", "build_call", "device_of", "is_tensor_key", "meta_of_key", "opaque", "schema_of",
-           "signature"]
+__all__ = ["PLAIN", "Blind", "Schema", "build_call", "device_of", "fold_kwarg", "fold_values", "is_tensor_key",
+           "meta_of_key", "opaque", "schema_of", "signature", "value_blind"]

@@ -103,6 +103,17 @@ def float_arg(value: float) -> FloatArg:
     return FloatArg.OTHER
 
 
+class Place(enum.Enum):
+    """Where in a tensor a view starts (select's `index`, slice's `start` and `end`, a view's
+    storage offset) as capture keys and formulas see it: a place, not a size. A data loader's
+    `dataset[i]` selects a new index for every sample and a hand-written batch `x[i:i + 32]` slices
+    a new range for every batch; keyed by value each would be a signature of its own, without
+    bound, for ops whose cost (none for a view; its tensors' sizes for a view's backward) the
+    place never changes."""
+
+    SOME = "some"
+
+
 def is_unit_scale(value: Any) -> bool:
     """A scale argument (`alpha`, `value`) that multiplies by one, or is absent: no FLOP."""
     return value is None or value is FloatArg.ONE or (type(value) is int and value == 1)

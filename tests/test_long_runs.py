@@ -157,3 +157,65 @@ def test_a_decodes_growing_lengths_fold_into_buckets_by_design_without_a_warning
     assert sum(r.calls for r in folded.rows) == sum(r.calls for r in full.rows)
     # the views fold the buckets too: one row per op
     assert len(folded.folded()) == len(per_op)
+
+
+def test_indices_ranges_and_scalars_that_change_every_call_are_one_signature() -> None:
+    """A map-style dataset under a DataLoader (`dataset[i]`: a select at a new index per sample), a
+    hand-written batch (`x[i:i + 8]`: a new range per batch) and a loss scaled by the step (`loss *
+    step`) change an integer at every call. Keyed by value each was a signature of its own: a
+    Lightning epoch over a 100,000-sample TensorDataset passed the cap (10,000) and memwall warned
+    of "growing shapes" for a model whose shapes never change, then analysed every call alone."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(4000, 32), torch.randn(4000, 1))
+    inputs = torch.randn(800, 32)
+    model = torch.nn.Linear(32, 1)
+
+    def work() -> None:
+        for i, (x, y) in enumerate(DataLoader(data, batch_size=8)):  # 500 batches of 8 samples
+            (torch.nn.functional.mse_loss(model(x), y) * (i + 2)).backward()
+        for i in range(0, 800, 8):  # 100 batches sliced by hand
+            model(inputs[i:i + 8]).sum().backward()
+
+    with FlopCounterMode(display=False) as counter:
+        work()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with memwall.profile(summary=False, max_signatures=1000) as prof:
+            work()
+    assert not [w for w in caught if "distinct op signatures" in str(w.message)]
+    rep = prof.report()
+    assert len(rep.rows) < 60, len(rep.rows)
+    calls = {op: sum(r.calls for r in rep.rows if r.op == op) for op in ("aten.select", "aten.slice")}
+    assert calls["aten.select"] == 2 * 4000  # each sample's input and target
+    assert calls["aten.slice"] >= 100
+    (scaled,) = [r for r in rep.rows if r.op == "aten.mul" and r.phase == "forward"]
+    assert scaled.calls == 500 and scaled.flops == 500  # one multiply per (scalar) loss, every step
+    matmuls = sum(r.flops for r in rep.rows if r.op in ("aten.addmm", "aten.mm"))
+    # torch's own count of the same work, and the bias each forward addmm adds (8 outputs; torch
+    # counts only the products)
+    assert matmuls == counter.get_total_flops() + 600 * 8
+
+
+def test_integers_that_decide_a_count_or_a_size_are_kept() -> None:
+    """Folding integers that are values keeps what formulas ask of them (a scale of one is free,
+    a beta of zero drops a term) and never folds a size: arange's numbers are its length."""
+    x, a, b = torch.randn(16, 8), torch.randn(16, 4), torch.randn(4, 8)
+    with memwall.profile(summary=False) as prof:
+        x * 3
+        x * 5
+        x.add(x, alpha=1)
+        x.add(x, alpha=2)
+        torch.addmm(x, a, b, beta=0)
+        torch.addmm(x, a, b, beta=2)
+        torch.arange(5)
+        torch.arange(7)
+    rows = prof.report().rows
+    (mul,) = [r for r in rows if r.op == "aten.mul"]
+    assert mul.calls == 2 and mul.flops == 2 * 16 * 8
+    assert sorted(r.flops for r in rows if r.op == "aten.add") == [16 * 8, 2 * 16 * 8]  # x + y; x + 2y
+    mm = 2 * 16 * 4 * 8
+    assert sorted(r.flops for r in rows if r.op == "aten.addmm") == [mm, mm + 2 * 16 * 8]  # beta 0: no add
+    assert sorted(r.bytes_written for r in rows if r.op == "aten.arange") == [5 * 8, 7 * 8]
