@@ -2,10 +2,11 @@
 
 SIGTERM's default action ends a process at once, with no `finally` and no `with` exit: a profiled
 run stopped by its scheduler (SLURM's or Kubernetes' preemption), by `timeout` or by `kill` lost
-everything memwall had recorded. While a profile is open on the main thread and nothing else
-handles SIGTERM, memwall's handler ends the open profiles, innermost first, as an error would: each
-saves its partial report (marked incomplete) and its other files. Then SIGTERM's default action
-ends the process. No exception unwinds through the script, so none of its own code runs after the
+everything memwall had recorded; so did one whose terminal closed (SIGHUP: an ssh session that
+dropped). While a profile is open on the main thread and nothing else handles the signal,
+memwall's handler ends the open profiles, innermost first, as an error would: each
+saves its partial report (marked incomplete) and its other files. Then the signal's default
+action ends the process. No exception unwinds through the script, so none of its own code runs after the
 signal (no `finally`, no `except BaseException` that could carry on), and the process ends by the
 signal, exactly as it would have without memwall.
 
@@ -33,6 +34,9 @@ from collections.abc import Callable
 from types import FrameType
 
 __all__ = ["GUARD", "SaveOnTerminate"]
+
+#: what ends a process by default and can be caught: a scheduler's SIGTERM, a closed terminal's SIGHUP
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def _default_action(signum: int) -> None:
@@ -69,37 +73,44 @@ class SaveOnTerminate:
         self._pid: int | None = None
         self._holding = 0
         self._held: int | None = None
+        self._signals: list[int] = []  # those memwall handles now
 
     @property
     def installed(self) -> bool:
         return self._pid is not None
 
     def install(self, end: Callable[[int, FrameType | None], None]) -> bool:
-        """Whether memwall now handles SIGTERM (False where the script, a framework or another
-        guard already does, or off the main thread)."""
+        """Whether memwall now handles SIGTERM or SIGHUP (each only where its default action is in
+        place: not where the script, a framework or another guard handles it, nor off the main
+        thread)."""
         if self._pid is not None:
             return True
         if threading.current_thread() is not threading.main_thread():
             return False
-        try:
-            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-                return False
-            signal.signal(signal.SIGTERM, self._handler)
-        except (ValueError, OSError):  # an interpreter that cannot set handlers
+        for signum in _SIGNALS:
+            try:
+                if signal.getsignal(signum) is signal.SIG_DFL:
+                    signal.signal(signum, self._handler)
+                    self._signals.append(signum)
+            except (ValueError, OSError):  # an interpreter that cannot set handlers
+                pass
+        if not self._signals:
             return False
         self._end, self._pid = end, os.getpid()
         return True
 
     def remove(self) -> None:
-        """SIGTERM's default action again, unless the script has set its own handler since."""
+        """Each signal's default action again, unless the script has set its own handler since."""
         pid, self._pid, self._end = self._pid, None, None
+        signals, self._signals = self._signals, []
         if pid is None or pid != os.getpid():
             return
-        try:
-            if signal.getsignal(signal.SIGTERM) == self._handler:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        except ValueError:  # not the main thread: the handler stays, and acts only while installed
-            pass
+        for signum in signals:
+            try:
+                if signal.getsignal(signum) == self._handler:
+                    signal.signal(signum, signal.SIG_DFL)
+            except ValueError:  # not the main thread: the handler stays, and acts only while installed
+                pass
 
     def hold(self) -> None:
         self._holding += 1

@@ -1,6 +1,6 @@
-"""A SIGTERM (a scheduler's preemption, `timeout`, `kill`) under a profile of one process: memwall
-saves what it recorded, then the signal ends the process exactly as without memwall (no code of
-the script runs after it, the same exit), wherever the signal lands."""
+"""A SIGTERM (a scheduler's preemption, `timeout`, `kill`) or a SIGHUP (a closed terminal) under a
+profile of one process: memwall saves what it recorded, then the signal ends the process exactly as
+without memwall (no code of the script runs after it, the same exit), wherever the signal lands."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import memwall_plugin as memwall
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="POSIX signals")
 
 PREEMPTED = textwrap.dedent('''
-    import os, signal, time, torch
+    import os, signal, sys, time, torch
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -31,8 +31,8 @@ PREEMPTED = textwrap.dedent('''
             opt.step()
             opt.zero_grad()
             print(f"step {i} loss {loss.item():.6f}", flush=True)
-            if i == 5:  # the scheduler preempts the job
-                os.kill(os.getpid(), signal.SIGTERM)
+            if i == 5:  # the scheduler preempts the job (SIGTERM), or its terminal closes (SIGHUP)
+                os.kill(os.getpid(), getattr(signal, sys.argv[-1]))
                 time.sleep(2)
     finally:
         print("the script's finally ran", flush=True)
@@ -50,18 +50,21 @@ def _report(folder: Path) -> memwall.Report:
     return memwall.load_report(path)
 
 
-def test_memwall_run_saves_a_preempted_scripts_report_and_it_ends_as_without_memwall(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_memwall_run_saves_a_preempted_scripts_report_and_it_ends_as_without_memwall(tmp_path: Path,
+                                                                                     name: str) -> None:
     script = tmp_path / "train.py"
     script.write_text(PREEMPTED)
-    bare = _run([sys.executable, str(script)], tmp_path)
-    under = _run([sys.executable, "-m", "memwall_plugin.cli", "run", "--logdir", str(tmp_path / "run"), str(script)],
-                 tmp_path)
+    signum = getattr(signal, name)
+    bare = _run([sys.executable, str(script), name], tmp_path)
+    under = _run([sys.executable, "-m", "memwall_plugin.cli", "run", "--logdir", str(tmp_path / "run"), str(script),
+                  name], tmp_path)
     # ended by the signal at step 5, as the bare script was: its finally did not run, nothing after it
-    assert bare.returncode == -signal.SIGTERM, bare.stderr
-    assert under.returncode == -signal.SIGTERM, under.stderr
+    assert bare.returncode == -signum, bare.stderr
+    assert under.returncode == -signum, under.stderr
     assert under.stdout == bare.stdout and bare.stdout.splitlines()[-1].startswith("step 5 loss")
-    line = PREEMPTED.splitlines().index("            os.kill(os.getpid(), signal.SIGTERM)") + 1
-    assert f"memwall: the process got SIGTERM in {script}:{line} (<module>)" in under.stderr  # where it landed
+    line = PREEMPTED.splitlines().index("            os.kill(os.getpid(), getattr(signal, sys.argv[-1]))") + 1
+    assert f"memwall: the process got {name} in {script}:{line} (<module>)" in under.stderr  # where it landed
     assert f"memwall: partial report saved under {tmp_path / 'run' / 'plugins' / 'memwall'}" in under.stderr
     rep = _report(tmp_path / "run")
     assert rep.incomplete and rep.steps == (0, 1, 2, 3, 4, 5)  # steps end at each optimizer step
@@ -200,25 +203,26 @@ def test_an_outside_sigterm_saves_every_open_profile_and_a_forked_child_keeps_th
     assert err.index(str(tmp_path / "inner")) < err.index(str(tmp_path / "outer"))
 
 
-def test_memwall_handles_sigterm_only_over_the_default_and_only_while_a_profile_is_open() -> None:
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_memwall_handles_the_signal_only_over_the_default_and_only_while_a_profile_is_open(signum: int) -> None:
+    assert signal.getsignal(signum) is signal.SIG_DFL
     with memwall.profile(summary=False):
-        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert signal.getsignal(signum) is not signal.SIG_DFL
         with memwall.profile(summary=False):  # a nested profile changes nothing
             torch.ones(2) + 1
-        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signum) is not signal.SIG_DFL
+    assert signal.getsignal(signum) is signal.SIG_DFL
 
     def own(signum: int, frame: object) -> None:
         pass
 
-    signal.signal(signal.SIGTERM, own)  # the script's own handler (a framework's) is left alone
+    signal.signal(signum, own)  # the script's own handler (a framework's) is left alone
     try:
         with memwall.profile(summary=False):
-            assert signal.getsignal(signal.SIGTERM) is own
-        assert signal.getsignal(signal.SIGTERM) is own
+            assert signal.getsignal(signum) is own
+        assert signal.getsignal(signum) is own
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def test_an_op_whose_recording_was_cut_short_is_left_out_of_the_report(tmp_path: Path) -> None:
