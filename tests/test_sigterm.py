@@ -50,6 +50,21 @@ def _report(folder: Path) -> memwall.Report:
     return memwall.load_report(path)
 
 
+def _ended_by_sigterm(tmp_path: Path, name: str, code: str, arg: int) -> tuple[str, memwall.Report]:
+    """Run a script that SIGTERM ends (`code`, given its logdir and `arg`): it ended by the signal,
+    memwall said nothing went wrong, and its report is whole. Its stdout and report."""
+    script = tmp_path / name
+    script.write_text(code)
+    result = _run([sys.executable, str(script), str(tmp_path / "run"), str(arg)], tmp_path)
+    assert result.returncode == -signal.SIGTERM, result.stdout + result.stderr
+    assert "not reached" not in result.stdout and "Warning" not in result.stderr, result.stderr
+    assert "could not finish" not in result.stderr, result.stderr
+    assert f"memwall: the process got SIGTERM in {script.parent}" in result.stderr  # the script's line, not memwall's
+    rep = _report(tmp_path / "run")
+    assert rep.incomplete and rep.steps and all(r.calls >= 1 for r in rep.rows)
+    return result.stdout, rep
+
+
 @pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
 def test_memwall_run_saves_a_preempted_scripts_report_and_it_ends_as_without_memwall(tmp_path: Path,
                                                                                      name: str) -> None:
@@ -104,16 +119,8 @@ def test_a_sigterm_landing_inside_memwalls_handling_of_an_op_ends_the_profile_fr
     mostly lands. Ending the profile from there took memwall's mode off torch's stack while torch
     had it off already (`pop from empty mode stack`): the summary and the other files were lost.
     (Sending the signal again until it landed elsewhere never did: it lands there again.)"""
-    script = tmp_path / "inside.py"
-    script.write_text(INSIDE_MEMWALL)
-    result = _run([sys.executable, str(script), str(tmp_path / "run"), str(at_op)], tmp_path)
-    assert result.returncode == -signal.SIGTERM, result.stdout + result.stderr
-    assert "not reached" not in result.stdout and "Warning" not in result.stderr, result.stderr
-    assert "could not finish" not in result.stderr, result.stderr
-    assert f"memwall: the process got SIGTERM in {script}:" in result.stderr  # the script's line, not memwall's
-    assert "INCOMPLETE" in result.stdout and "Top " in result.stdout  # the summary, as for an error
-    rep = _report(tmp_path / "run")
-    assert rep.incomplete and rep.steps and all(r.calls >= 1 for r in rep.rows)
+    out, _ = _ended_by_sigterm(tmp_path, "inside.py", INSIDE_MEMWALL, at_op)
+    assert "INCOMPLETE" in out and "Top " in out  # the summary, as for an error
 
 
 ANY_TIME = textwrap.dedent('''
@@ -141,15 +148,8 @@ ANY_TIME = textwrap.dedent('''
 def test_a_sigterm_at_any_moment_of_training_leaves_a_whole_report(tmp_path: Path, seed: int) -> None:
     """Wherever it lands (an op below memwall's mode, a module or optimizer hook, a step boundary,
     the user's own code), the report is whole: every row counted, readable, marked incomplete."""
-    script = tmp_path / "any_time.py"
-    script.write_text(ANY_TIME)
-    result = _run([sys.executable, str(script), str(tmp_path / "run"), str(seed)], tmp_path)
-    assert result.returncode == -signal.SIGTERM, result.stdout + result.stderr
-    assert "not reached" not in result.stdout and "Warning" not in result.stderr, result.stderr
-    assert "could not finish" not in result.stderr, result.stderr
-    rep = _report(tmp_path / "run")
-    assert rep.incomplete and len(rep.steps) >= 2 and all(r.calls >= 1 for r in rep.rows)
-    assert {r.phase for r in rep.rows} >= {"forward", "backward", "optimizer"}
+    _, rep = _ended_by_sigterm(tmp_path, "any_time.py", ANY_TIME, seed)
+    assert len(rep.steps) >= 2 and {r.phase for r in rep.rows} >= {"forward", "backward", "optimizer"}
 
 
 NESTED_AND_FORKED = textwrap.dedent('''
