@@ -554,6 +554,16 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     except (LookupError, ValueError, TypeError) as exc:
         raise CliError(str(exc)) from None
 
+    def summarize_before_the_signal_ends_it() -> None:
+        """A SIGTERM or SIGHUP ends the script (memwall_plugin/terminate.py): the summary of what
+        was recorded, as at its own end, before the signal ends the process."""
+        sys.stdout.flush()
+        report = prof.report()
+        if args.summary and report.steps and (prof.rank == 0 or args.all_ranks):
+            console.print(Summary(report, SummaryOptions(top=args.top, logdir=str(logdir)), prof.job_reports()))
+
+    prof.on_ended_by_signal = summarize_before_the_signal_ends_it
+
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [argv0, *script_args]
     if not args.module:

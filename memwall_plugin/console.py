@@ -605,7 +605,7 @@ class Summary:
         title = Text("memwall", style="bold")
         title.append(f"  {len(rep.steps)} step{'s' if len(rep.steps) != 1 else ''} recorded")
         if rep.incomplete:
-            title.append("  INCOMPLETE: the profiled block raised", style="bold red")
+            title.append("  INCOMPLETE: the profiled block was cut short", style="bold red")  # an error, a signal
         lines.append(title)
         spread = self.rank_spread()
         if spread is not None:
@@ -630,7 +630,8 @@ class Summary:
                      f"{len(spread.nodes):,} node(s)")
         incomplete = [h.rank for h in heads if h.incomplete]
         if incomplete:
-            title.append(f"  INCOMPLETE: the profiled block raised on {len(incomplete):,} rank(s)", style="bold red")
+            title.append(f"  INCOMPLETE: the profiled block was cut short on {len(incomplete):,} rank(s)",
+                         style="bold red")
         lines: list[Text | Table] = [title, self._job_line(spread, "slowest  ")]
         lines.extend(self._device_lines(caches=False))
         link = rep.link

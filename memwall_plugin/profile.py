@@ -182,6 +182,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._thread = threading.get_ident()
         #: the profile this one took over from (opened inside it), resumed when this one ends
         self._outer: profile | None = None
+        #: called once this profile has ended because a signal ends the process (terminate.py),
+        #: before the process ends: `memwall run` prints its summary there
+        self.on_ended_by_signal: Callable[[], None] | None = None
 
     # -- context -------------------------------------------------------------------------------
     def __enter__(self) -> profile:
@@ -445,6 +448,8 @@ def _end_by_signal(signum: int, frame: FrameType | None) -> None:
             if capture is not None:
                 capture.settle()
             prof.__exit__(Terminated, Terminated(128 + signum), None)
+            if prof.on_ended_by_signal is not None:
+                prof.on_ended_by_signal()
         except BaseException as err:  # one profile's trouble must not keep the others from saving
             _say(f"memwall: could not finish a profile: {type(err).__name__}: {err}")
         if prof.saved:
