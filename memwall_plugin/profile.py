@@ -427,7 +427,7 @@ def _where(frame: FrameType | None) -> str:
     Python's own library (with memwall recording, a signal mostly lands in its handling of an op)."""
     stdlib = sysconfig.get_paths()["stdlib"]
     f = frame
-    while f is not None and (str(f.f_globals.get("__name__", "")).startswith(("memwall_plugin", "torch"))
+    while f is not None and (str(f.f_globals.get("__name__", "")).partition(".")[0] in ("memwall_plugin", "torch")
                              or f.f_code.co_filename.startswith(stdlib)):
         f = f.f_back
     f = f or frame
@@ -435,8 +435,8 @@ def _where(frame: FrameType | None) -> str:
 
 
 def _end_by_signal(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM (terminate.py): end the open profiles, innermost first, as an error ends them; each
-    saves its partial report. The process then ends by the signal."""
+    """SIGTERM or SIGHUP (terminate.py): end the open profiles, innermost first, as an error ends
+    them; each saves its partial report. The process then ends by the signal."""
     name = signal.Signals(signum).name
     _say(f"memwall: the process got {name}{_where(frame)}; saving what was recorded before it ends")
     saved: list[Path] = []  # where each profile wrote its reports
