@@ -7,6 +7,7 @@ import functools
 import re
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Collection, Iterator
 from types import FrameType
 from typing import Any
@@ -371,8 +372,6 @@ def note_modules_compiled_in_place() -> None:
     global _COMPILED_IN_PLACE
     if _COMPILED_IN_PLACE is not None:
         return
-    import weakref
-
     noted: weakref.WeakSet[Any] = weakref.WeakSet()
     original = torch.nn.Module.compile
 

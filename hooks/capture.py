@@ -1086,13 +1086,11 @@ class Capture:
             blind = _BLINDS.get(id(func), _UNREAD)
             if blind is _UNREAD:
                 blind = _blind_of(func)
-            if blind is not None:
-                fold_values(blind[0], parts)
-                arg_key = tuple(parts)
-                kw_key = tuple([(k, fold_kwarg(blind[0], k, v)) for k, v in kwargs.items()]) if kwargs else None
-            else:
-                arg_key = tuple(parts)
-                kw_key = tuple([(k, signature(v)) for k, v in kwargs.items()]) if kwargs else None
+            values = None if blind is None else blind[0]
+            if values is not None:
+                fold_values(values, parts)
+            arg_key = tuple(parts)
+            kw_key = tuple([(k, fold_kwarg(values, k, v)) for k, v in kwargs.items()]) if kwargs else None
             reader = _READERS.get(id(func), _UNREAD)
             if reader is _UNREAD:
                 reader = _reader_of(func)

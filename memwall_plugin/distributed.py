@@ -32,6 +32,7 @@ from memwall_plugin.hooks.collectives import (
 )
 from memwall_plugin.hooks.process_group import job_store
 from memwall_plugin.rundir import new_job_id
+from memwall_plugin.terminate import say
 
 if TYPE_CHECKING:
     from memwall_plugin.hooks.capture import Capture, CaptureEntry
@@ -196,11 +197,9 @@ class TerminationGuard:
             self._held = signum
             return
         where = f" in {frame.f_code.co_filename}:{frame.f_lineno} ({frame.f_code.co_name})" if frame else ""
-        try:  # the rank's own log says why it stopped and where (a launcher stops every rank this way)
-            os.write(2, f"memwall: rank {os.environ.get('RANK', '?')} got signal {signum} (its launcher "
-                        f"stopping it?){where}; saving its partial report\n".encode(errors="replace"))
-        except OSError:  # noqa: S110 - a closed stderr must not keep the profile from ending
-            pass
+        # the rank's own log says why it stopped and where (a launcher stops every rank this way)
+        say(f"memwall: rank {os.environ.get('RANK', '?')} got signal {signum} (its launcher stopping it?){where}; "
+            "saving its partial report")
         raise Terminated(128 + signum)
 
     def hold(self) -> None:

@@ -36,7 +36,7 @@ from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report
 from memwall_plugin.rundir import PLUGIN_DIR
 from memwall_plugin.schedule import as_action_fn
-from memwall_plugin.terminate import GUARD
+from memwall_plugin.terminate import GUARD, say
 
 __all__ = ["PLUGIN_DIR", "default_registry", "profile"]
 #: How long rank 0's summary waits for the other ranks' reports of the same job.
@@ -211,7 +211,6 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         if not idle:
             profile._open = self
         self._entered = True
-        self._guards_sigterm = False
         try:
             if self._recorder.device is None and not idle and auto_calibration_wanted():
                 # before anything is recorded: the measurement is not part of the user's run
@@ -413,15 +412,6 @@ def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _say(line: str) -> None:
-    """A line on stderr from a signal handler: written whole, past Python's buffered stream (which
-    the script may have been writing to when the signal landed)."""
-    try:
-        os.write(2, (line + "\n").encode(errors="replace"))
-    except OSError:  # noqa: S110 - a closed stderr must not keep the profiles from ending
-        pass
-
-
 def _where(frame: FrameType | None) -> str:
     """Where a signal landed, as the script sees it: the innermost frame outside memwall, torch and
     Python's own library (with memwall recording, a signal mostly lands in its handling of an op)."""
@@ -438,7 +428,7 @@ def _end_by_signal(signum: int, frame: FrameType | None) -> None:
     """SIGTERM or SIGHUP (terminate.py): end the open profiles, innermost first, as an error ends
     them; each saves its partial report. The process then ends by the signal."""
     name = signal.Signals(signum).name
-    _say(f"memwall: the process got {name}{_where(frame)}; saving what was recorded before it ends")
+    say(f"memwall: the process got {name}{_where(frame)}; saving what was recorded before it ends")
     saved: list[Path] = []  # where each profile wrote its reports
     prof = profile._open
     while prof is not None and prof._entered:
@@ -451,9 +441,9 @@ def _end_by_signal(signum: int, frame: FrameType | None) -> None:
             if prof.on_ended_by_signal is not None:
                 prof.on_ended_by_signal()
         except BaseException as err:  # one profile's trouble must not keep the others from saving
-            _say(f"memwall: could not finish a profile: {type(err).__name__}: {err}")
+            say(f"memwall: could not finish a profile: {type(err).__name__}: {err}")
         if prof.saved:
             saved.append(prof.saved[-1].parent)
         prof = outer
     for folder in dict.fromkeys(saved):
-        _say(f"memwall: partial report saved under {folder}")
+        say(f"memwall: partial report saved under {folder}")

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-__all__ = ["GUARD", "SaveOnTerminate"]
+__all__ = ["GUARD", "SaveOnTerminate", "say"]
 
 #: what ends a process by default and can be caught: a scheduler's SIGTERM, a closed terminal's SIGHUP
 _SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -51,6 +51,15 @@ def _default_action(signum: int) -> None:
             time.sleep(0.05)
     finally:
         os._exit(128 + signum)
+
+
+def say(line: str) -> None:
+    """A line on stderr from a signal handler: written whole, past Python's buffered stream (which
+    the script may have been writing to when the signal landed)."""
+    try:
+        os.write(2, (line + "\n").encode(errors="replace"))
+    except OSError:  # noqa: S110 - a closed stderr must not keep the process from ending as it should
+        pass
 
 
 def _quiet_child_watch() -> None:
@@ -74,10 +83,6 @@ class SaveOnTerminate:
         self._holding = 0
         self._held: int | None = None
         self._signals: list[int] = []  # those memwall handles now
-
-    @property
-    def installed(self) -> bool:
-        return self._pid is not None
 
     def install(self, end: Callable[[int, FrameType | None], None]) -> bool:
         """Whether memwall now handles SIGTERM or SIGHUP (each only where its default action is in
