@@ -367,7 +367,8 @@ REGISTRY.set_family(
     "aten._flash_attention_forward", "aten._flash_attention_backward", "aten._efficient_attention_forward",
     "aten._efficient_attention_backward", "torch_attn._varlen_attn", "torch_attn._varlen_attn_out",
     "torch_attn._varlen_attn_backward", "higher_order.flex_attention", "higher_order.flex_attention_backward",
-    # the composites torch picks a kernel under, and attention kernels with no formula yet
+    # the composites torch picks a kernel under, nn.MultiheadAttention's fast path, and attention
+    # kernels with no formula yet
     "aten.scaled_dot_product_attention", "aten._scaled_dot_product_attention_math",
     "aten._scaled_dot_product_attention_math_for_mps", "aten._cudnn_attention_forward",
     "aten._cudnn_attention_backward", "aten._flash_attention_forward_no_dropout_inplace",
@@ -586,7 +587,7 @@ REDUCTIONS: dict[str, int] = {
         name: 1
         for name in (
             "sum nansum mean amax amin max min argmax argmin prod all any cumsum cumprod "
-            "logcumsumexp count_nonzero aminmax"
+            "logcumsumexp count_nonzero aminmax equal"
         ).split()
     },
     "linalg_vector_norm": 2,  # square and add
@@ -660,7 +661,7 @@ REGISTRY.set_family(
     Family.NORM,
     "aten._softmax", "aten._log_softmax", "aten._safe_softmax", "aten._softmax_backward_data",
     "aten._log_softmax_backward_data",
-    # composites, and the masked kernels (nn.MultiheadAttention's fast path) with no formula yet
+    # composites, and the masked kernels (nested and padded batches' attention)
     "aten.softmax", "aten.log_softmax", "aten._masked_softmax", "aten._masked_softmax_backward",
 )
 
@@ -725,8 +726,9 @@ REGISTRY.set_family(
     "aten.miopen_batch_norm", "aten._native_batch_norm_legit_no_training", "aten.native_layer_norm_backward",
     "aten.native_group_norm_backward", "aten._fused_rms_norm_backward", "aten.native_batch_norm_backward",
     "aten.cudnn_batch_norm_backward", "aten.miopen_batch_norm_backward",
-    # composites; batch-norm kernels with no formula yet (the with/no-update forms, SyncBatchNorm's
-    # statistics and their backward); weight normalisation
+    # composites; batch-norm kernels (the with/no-update forms compiled and exported graphs hold;
+    # SyncBatchNorm's statistics and their backward, CUDA's, with no formula yet); weight
+    # normalisation
     "aten.layer_norm", "aten.group_norm", "aten.batch_norm", "aten.instance_norm", "aten.rms_norm",
     "aten._batch_norm_with_update", "aten._batch_norm_with_update_functional", "aten._batch_norm_no_update",
     "aten.batch_norm_backward", "aten._batch_norm_impl_index", "aten._batch_norm_impl_index_backward",
@@ -889,6 +891,8 @@ REGISTRY.set_family(
 REGISTRY.set_family(
     Family.ELEMENTWISE,
     "aten.upsample_bilinear2d", "aten.upsample_linear1d", "aten.upsample_trilinear3d", "aten.upsample_bicubic2d",
+    "aten.upsample_bilinear2d_backward", "aten.upsample_linear1d_backward", "aten.upsample_trilinear3d_backward",
+    "aten.upsample_bicubic2d_backward",
 )
 
 
@@ -919,13 +923,26 @@ def _pool_per_input(call: OpCall) -> int:
     return call.arg(0).numel
 
 
+def _interp_points(op: str, spatial: int) -> int:
+    """Neighbours interpolation blends per output element: 2 per spatial dim (linear), 4 per
+    spatial dim (cubic)."""
+    return (4 if "bicubic" in op else 2) ** spatial
+
+
 @flops("aten.upsample_bilinear2d", "aten.upsample_linear1d", "aten.upsample_trilinear3d",
        "aten.upsample_bicubic2d")
 def _upsample_interp(call: OpCall) -> int:
     out = call.outputs[0]
     assert out is not None
-    points = 2 ** (len(out.shape) - 2)  # neighbours blended per output element
-    return 2 * points * out.numel
+    return 2 * _interp_points(call.op, len(out.shape) - 2) * out.numel  # a multiply-add per neighbour
+
+
+@flops("aten.upsample_bilinear2d_backward", "aten.upsample_linear1d_backward",
+       "aten.upsample_trilinear3d_backward", "aten.upsample_bicubic2d_backward")
+def _upsample_interp_backward(call: OpCall) -> int:
+    # each output gradient spread back over the neighbours it blended: a multiply-add each
+    grad = call["grad_output"]
+    return 2 * _interp_points(call.op, len(grad.shape) - 2) * grad.numel
 
 
 # --- embedding and indexing: data movement with op-specific traffic ---------------------------
@@ -1207,6 +1224,695 @@ REGISTRY.add_traffic(
     ("aten._fused_adamw_", "aten._fused_adam_", "aten._fused_sgd_", "aten._fused_adagrad_"),
     _fused_optimizer_traffic,
 )
+
+# --- what real code runs beyond the common layers ------------------------------------------------
+# Found by running what users run (static KV caches, vision-language models, preference losses,
+# AMP's grad scaler, RNNs, torch's own nn.Transformer fast path, audio and vision front ends,
+# second-order optimizers) and listing what memwall reported uncounted.
+
+# in-place forms of the matmuls, and the outer product: the same products and adds
+REGISTRY.add_flops(("aten.addmm_",), _addmm)
+REGISTRY.add_flops(("aten.baddbmm_",), _baddbmm)
+REGISTRY.add_flops(("aten.addbmm_",), _addbmm)
+REGISTRY.add_flops(("aten.addmv_",), _addmv)
+# torch 2.15's scaled matmuls (float8 training): a matmul of their first two operands
+REGISTRY.add_flops(("aten._scaled_mm_v2",), _mm)
+REGISTRY.add_flops(("aten._scaled_grouped_mm_v2",), _grouped_mm)
+
+
+@flops("aten.addr", "aten.addr_")
+def _addr(call: OpCall) -> int:
+    # beta * self + alpha * outer(vec1, vec2): a multiply per output element, then the add
+    outer = call["vec1"].numel * call["vec2"].numel
+    return _real(call, outer, _scaled_add(call, outer))
+
+
+@flops("aten._weight_int8pack_mm")
+def _weight_int8pack_mm(call: OpCall) -> int:
+    # x [m, k] @ int8 weight [n, k]^T, each output scaled by its channel's scale
+    m, k = call["self"].shape
+    n = call["mat2"].shape[0]
+    return 2 * m * k * n + m * n
+
+
+@flops("aten._weight_int4pack_mm", "aten._weight_int4pack_mm_for_cpu")
+def _weight_int4pack_mm(call: OpCall) -> int | None:
+    # x [m, k] @ a packed int4 weight [k, n]: each weight dequantized once per call (times its
+    # group's scale, plus its zero point), then the matmul
+    out = call.outputs[0]
+    if out is None:
+        return None
+    x = call["self"]
+    m, k = math.prod(x.shape[:-1]), x.shape[-1]
+    n = out.shape[-1]
+    return 2 * m * k * n + 2 * k * n
+
+
+REGISTRY.set_family(
+    Family.MATMUL, "aten.addmm_", "aten.baddbmm_", "aten.addbmm_", "aten.addmv_", "aten._scaled_mm_v2",
+    "aten._scaled_grouped_mm_v2", "aten.addr", "aten.addr_", "aten._weight_int8pack_mm", "aten._weight_int4pack_mm",
+    "aten._weight_int4pack_mm_for_cpu",
+)
+
+# indexed writes: a static KV cache's index_copy_, index_fill_, a vision-language model's
+# image features scattered into its text embeddings (masked_scatter_), put_
+
+
+def _slice_elements(t: TensorMeta, dim: int) -> int:
+    """Elements of one index along `dim` (a slice of t at one position)."""
+    if not t.shape:
+        return 1
+    return t.numel // max(t.shape[dim], 1)
+
+
+@traffic("aten.index_copy_")
+def _index_copy_traffic(call: OpCall) -> Traffic:
+    """Reads the index and the source; writes only the indexed slices of self."""
+    source = call["source"]
+    return Traffic((extent(call["index"]), extent(source)), (extent(call["self"], source.numel),))
+
+
+@traffic("aten.index_fill_")
+def _index_fill_traffic(call: OpCall) -> Traffic:
+    """Reads the index (and a tensor value); writes the indexed slices of self."""
+    this, index = call["self"], call["index"]
+    read = tuple(extent(t) for name, t in call.tensors() if name != "self")
+    return Traffic(read, (extent(this, index.numel * _slice_elements(this, call["dim"])),))
+
+
+@traffic("aten.masked_scatter_")
+def _masked_scatter_traffic(call: OpCall) -> Traffic:
+    """Reads the mask and the source values it takes; writes self where the mask is set (a count
+    only the data knows: at most all of self, counted so)."""
+    this, source = call["self"], call["source"]
+    read = (extent(call["mask"]), extent(source, min(source.span, this.numel)))
+    return Traffic(read, (extent(this),))
+
+
+@traffic("aten.put_")
+def _put_traffic(call: OpCall) -> Traffic:
+    """Like index_put_: reads the values and flat indices, writes (and accumulating, reads) the
+    positions they name."""
+    this, source = call["self"], call["source"]
+    read = [extent(call["index"]), extent(source)]
+    if call.get("accumulate"):
+        read.append(extent(this, source.numel))
+    return Traffic(tuple(read), (extent(this, source.numel),))
+
+
+@flops("aten.put", "aten.put_")
+def _put(call: OpCall) -> int:
+    return call["source"].numel if call.get("accumulate") else 0
+
+
+_INDEXED_WRITES = (
+    "aten.index_copy", "aten.index_copy_", "aten.index_fill", "aten.index_fill_", "aten.masked_scatter_",
+    "aten.masked_scatter_backward",
+)
+REGISTRY.add_flops(_INDEXED_WRITES, _no_flops)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *_INDEXED_WRITES, "aten.put", "aten.put_")
+
+# more pure data movement: copies that rearrange, pack or pick
+_MORE_DATA_MOVEMENT = (
+    "aten.diag_embed", "aten.diagonal_copy", "aten.unfold_copy", "aten.rot90", "aten.block_diag",
+    "aten._chunk_cat", "aten.nonzero_static", "aten.complex", "aten._upsample_nearest_exact1d",
+    "aten._upsample_nearest_exact2d", "aten._upsample_nearest_exact3d", "aten._upsample_nearest_exact1d_backward",
+    "aten._upsample_nearest_exact2d_backward", "aten._upsample_nearest_exact3d_backward",
+    "aten.upsample_nearest1d_backward", "aten.upsample_nearest3d_backward",
+)
+REGISTRY.add_flops(_MORE_DATA_MOVEMENT, _no_flops)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *_MORE_DATA_MOVEMENT)
+# the functional fill and zero: a new tensor written, self only gives the shape
+REGISTRY.add_flops(("aten.fill", "aten.zero"), _no_flops)
+REGISTRY.add_traffic(("aten.fill", "aten.zero"), _write_only_self)
+REGISTRY.set_family(Family.DATA_MOVEMENT, "aten.fill", "aten.zero")
+# views torch does not mark as aliases, an allocation, and the checks and tokens exported and
+# compiled programs run (torch.export's .module(), torch._check): no data touched
+_NOTHING_TOUCHED = (
+    "aten.unsafe_split", "aten.unsafe_split_with_sizes", "aten.unsafe_chunk", "aten.empty_permuted",
+    "aten._linalg_check_errors", "aten._assert_scalar", "aten._functional_assert_async",
+    "aten._functional_assert_scalar", "aten.sym_constrain_range", "aten.sym_constrain_range_for_size",
+    "aten._functional_sym_constrain_range", "aten._functional_sym_constrain_range_for_size",
+    "aten._make_dep_token", "aten._print",
+)
+REGISTRY.zero(*_NOTHING_TOUCHED)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *_NOTHING_TOUCHED)
+
+
+def _pad_backward(call: OpCall) -> int:
+    """Reflection and replication padding's backward: the gradient of each padded element is
+    added into the element it copied, one add each (the rest is copied)."""
+    return max(call["grad_output"].numel - call["self"].numel, 0)
+
+
+_PAD_BACKWARD = tuple(f"aten.{kind}_pad{d}d_backward" for kind in ("reflection", "replication") for d in (1, 2, 3))
+REGISTRY.add_flops(_PAD_BACKWARD, _pad_backward)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *_PAD_BACKWARD)
+
+# elementwise ops and activations not in ELEMENTWISE's table (their in-place forms too)
+MORE_ELEMENTWISE: dict[str, int] = {
+    **dict.fromkeys(("asinh", "acosh", "atanh", "deg2rad", "rad2deg", "isposinf", "isneginf",
+                     "bitwise_left_shift", "bitwise_right_shift", "angle"), 1),
+    "hardshrink": 2,  # |x| > lambda, select
+    "hardshrink_backward": 2,
+    "softshrink": 3,  # two compares and the shift
+    "softshrink_backward": 2,
+    "sinc": 3,  # sin(pi x) / (pi x)
+    "logaddexp": 7,  # max(a, b) + log1p(exp(-|a - b|)): sub, abs, neg, exp, log1p, max, add
+    "logaddexp2": 7,
+    "linalg_cross": 3,  # a_i b_j - a_j b_i per output element
+    "_add_relu": 2,
+    "_masked_scale": 2,  # x * mask * scale
+    "polar": 4,  # abs * cos(angle), abs * sin(angle)
+}
+for _name, _cost in MORE_ELEMENTWISE.items():
+    REGISTRY.add_flops((f"aten.{_name}", f"aten.{_name}_"), _elementwise(_cost))
+    REGISTRY.set_family(Family.ELEMENTWISE, f"aten.{_name}", f"aten.{_name}_")
+# the shift operators under their Python names
+_SHIFTS = ("aten.__lshift__", "aten.__rshift__", "aten.__ilshift__", "aten.__irshift__")
+REGISTRY.add_flops(_SHIFTS, _elementwise(1))
+REGISTRY.set_family(Family.ELEMENTWISE, *_SHIFTS)
+
+#: log(sigmoid(x)) as torch computes it, min(x, 0) - log1p(exp(-|x|)): min, abs, neg, exp, log1p, sub
+LOG_SIGMOID_FLOPS = 6
+#: its backward from the saved exp(-|x|) = e: z = e / (1 + e), 1 - z or z by the sign of x, times grad
+LOG_SIGMOID_BACKWARD_FLOPS = 5
+#: glu(x) = a * sigmoid(b) for the halves a, b of x: sigmoid 4, multiply 1, per output element
+GLU_FLOPS = 5
+#: its backward per output gradient g: s = sigmoid(b) (4), grad_a = g s (1),
+#: grad_b = g a s (1 - s) (4)
+GLU_BACKWARD_FLOPS = 9
+
+
+@flops("aten.log_sigmoid_forward")
+def _log_sigmoid(call: OpCall) -> int:
+    return LOG_SIGMOID_FLOPS * call["self"].numel
+
+
+@flops("aten.log_sigmoid_backward")
+def _log_sigmoid_backward(call: OpCall) -> int:
+    return LOG_SIGMOID_BACKWARD_FLOPS * call["grad_output"].numel
+
+
+@flops("aten.glu")
+def _glu(call: OpCall) -> int:
+    return GLU_FLOPS * call["self"].numel // 2
+
+
+@flops("aten.glu_backward")
+def _glu_backward(call: OpCall) -> int:
+    return GLU_BACKWARD_FLOPS * call["grad_output"].numel
+
+
+@flops("aten._prelu_kernel")
+def _prelu(call: OpCall) -> int:
+    return ELEMENTWISE["leaky_relu"] * call["self"].numel  # compare, multiply by the slope
+
+
+@flops("aten._prelu_kernel_backward")
+def _prelu_backward(call: OpCall) -> int:
+    # grad_input: compare and multiply by the slope; grad_weight's terms: grad * x where x < 0
+    return (ELEMENTWISE["leaky_relu_backward"] + 1) * call["self"].numel
+
+
+@flops("aten.rrelu_with_noise", "aten.rrelu_with_noise_", "aten.rrelu_with_noise_functional")
+def _rrelu(call: OpCall) -> int:
+    # training draws a slope per element (1) before leaky_relu's compare and multiply (2)
+    return (3 if call.get("training") else ELEMENTWISE["leaky_relu"]) * call["self"].numel
+
+
+@flops("aten.rrelu_with_noise_backward")
+def _rrelu_backward(call: OpCall) -> int:
+    return ELEMENTWISE["leaky_relu_backward"] * call["grad_output"].numel
+
+
+@flops("aten._fused_dropout")
+def _fused_dropout(call: OpCall) -> int:
+    return 3 * call["self"].numel  # as native_dropout: draw, compare with p, scale
+
+
+@flops("aten.renorm", "aten.renorm_")
+def _renorm(call: OpCall) -> int:
+    # each sub-tensor's norm (2 per element), then each element rescaled (1)
+    return 3 * call["self"].numel
+
+
+@flops("aten.dist")
+def _dist(call: OpCall) -> int:
+    # the norm of the difference: subtract (1), then the norm's 2, per broadcast element
+    n = math.prod(torch_broadcast(call["self"].shape, call["other"].shape))
+    return (1 + REDUCTIONS["norm"]) * n
+
+
+@flops("aten.trace")
+def _trace(call: OpCall) -> int:
+    shape = call["self"].shape
+    return min(shape) if shape else 0  # one add per diagonal element
+
+
+#: hann and hamming windows: a - b cos(2 pi n / (N - 1)): divide, multiply, cos, multiply, subtract
+WINDOW_FLOPS = 5
+
+
+@flops("aten.hann_window", "aten.hamming_window")
+def _window(call: OpCall) -> int:
+    return WINDOW_FLOPS * _produced(call)
+
+
+REGISTRY.set_family(
+    Family.ELEMENTWISE, "aten.log_sigmoid_forward", "aten.log_sigmoid_backward", "aten.glu", "aten.glu_backward",
+    "aten._prelu_kernel", "aten._prelu_kernel_backward", "aten.rrelu_with_noise", "aten.rrelu_with_noise_",
+    "aten.rrelu_with_noise_functional", "aten.rrelu_with_noise_backward", "aten._fused_dropout", "aten.hann_window",
+    "aten.hamming_window",
+)
+REGISTRY.set_family(Family.NORM, "aten.renorm", "aten.renorm_")
+REGISTRY.set_family(Family.REDUCTION, "aten.dist", "aten.trace")
+
+# AMP's grad scaler (its family is set with the optimizers'): every gradient multiplied by 1/scale
+# and checked for inf or nan; the scale's own update is a compare and a multiply on one element
+
+
+@flops("aten._amp_foreach_non_finite_check_and_unscale_")
+def _amp_unscale(call: OpCall) -> int:
+    return 2 * sum(t.numel for t in call.tensors_of("self"))
+
+
+@flops("aten._amp_update_scale_")
+def _amp_update_scale(call: OpCall) -> int:
+    return 2 * call["self"].numel
+
+
+
+# searching, selecting and scanning
+
+
+def _binary_search(values: int, boundaries: TensorMeta) -> int:
+    """Compares of a binary search of each value among a sorted dim of n boundaries."""
+    n = boundaries.shape[-1] if boundaries.shape else 1
+    return values * math.ceil(math.log2(n + 1))
+
+
+@flops("aten.searchsorted")
+def _searchsorted(call: OpCall) -> int:
+    values = call.get("self")
+    return _binary_search(values.numel if isinstance(values, TensorMeta) else 1, call["sorted_sequence"])
+
+
+@flops("aten.bucketize")
+def _bucketize(call: OpCall) -> int:
+    values = call.get("self")
+    return _binary_search(values.numel if isinstance(values, TensorMeta) else 1, call["boundaries"])
+
+
+@flops("aten.kthvalue", "aten.median", "aten.nanmedian", "aten.cummax", "aten.cummin", "aten._cummax_helper",
+       "aten._cummin_helper")
+def _select_or_scan(call: OpCall) -> int:
+    # a selection (k-th value, median) or a running max or min: one compare per element, as topk
+    return call["self"].numel
+
+
+@flops("aten.mode")
+def _mode(call: OpCall) -> int:
+    # each row sorted (n log2 n compares), then its runs counted (n)
+    return _sort(call) + call["self"].numel
+
+
+@flops("aten.segment_reduce")
+def _segment_reduce(call: OpCall) -> int:
+    return call["data"].numel
+
+
+@flops("aten._segment_reduce_backward")
+def _segment_reduce_backward(call: OpCall) -> int:
+    return call["data"].numel  # each element's gradient (for max and min, a compare) once
+
+
+REGISTRY.set_family(Family.OTHER, "aten.searchsorted", "aten.bucketize", "aten.mode")
+REGISTRY.set_family(
+    Family.REDUCTION, "aten.kthvalue", "aten.median", "aten.nanmedian", "aten.cummax", "aten.cummin",
+    "aten._cummax_helper", "aten._cummin_helper", "aten.segment_reduce", "aten._segment_reduce_backward",
+)
+
+# pairwise distances (torch.cdist, F.pdist): per pair of rows and feature a difference, its power
+# or absolute value, and the add (3), then a root per pair; for p = 2 torch.cdist runs large
+# inputs as a matmul (_euclidean_dist)
+
+
+def _pairs_and_features(call: OpCall) -> tuple[int, int]:
+    x1, x2 = call["x1"].shape, call["x2"].shape
+    batch = math.prod(torch_broadcast(x1[:-2], x2[:-2]))
+    return batch * x1[-2] * x2[-2], x1[-1]
+
+
+@flops("aten._cdist_forward", "aten._cdist_backward")
+def _cdist(call: OpCall) -> int:
+    # the backward's per pair and feature: the difference, scaled by grad / dist, accumulated
+    pairs, features = _pairs_and_features(call)
+    return 3 * pairs * features + pairs
+
+
+@flops("aten._euclidean_dist")
+def _euclidean_dist(call: OpCall) -> int:
+    """|x|^2 + |y|^2 - 2 x.y, as torch computes it: each row's squared norm (2 per element), x
+    scaled by -2, one matmul of rows extended by two columns (norms and ones), then a clamp and
+    a square root per pair."""
+    x1, x2 = call["x1"], call["x2"]
+    pairs, features = _pairs_and_features(call)
+    rows = x1.numel // features + x2.numel // features
+    return 2 * pairs * (features + 2) + 2 * features * rows + x1.numel + 2 * pairs
+
+
+@flops("aten._pdist_forward", "aten._pdist_backward")
+def _pdist(call: OpCall) -> int:
+    n, features = call["self"].shape[-2:]
+    pairs = n * (n - 1) // 2
+    return 3 * pairs * features + pairs
+
+
+REGISTRY.set_family(Family.MATMUL, "aten._euclidean_dist")
+# the direct forms reduce each pair's features
+REGISTRY.set_family(Family.REDUCTION, "aten._cdist_forward", "aten._cdist_backward", "aten._pdist_forward",
+                    "aten._pdist_backward")
+
+# Fourier transforms: 5 N log2 N FLOPs for a complex transform of N points, half that for a real
+# one (r2c, c2r): the count FFTW's benchmarks report speed by (benchFFT, fftw.org/speed/method.html),
+# over the product of the transformed dims; plus a multiply per output element when normalised
+FFT_COMPLEX_FLOPS = 5.0
+FFT_REAL_FLOPS = 2.5
+
+
+def _fft(call: OpCall, signal: TensorMeta, per_point: float) -> int:
+    dims = [d % len(signal.shape) for d in call["dim"]] if signal.shape else []
+    points = math.prod(signal.shape[d] for d in dims)
+    if points <= 1:
+        return 0
+    transforms = signal.numel // points
+    total = round(transforms * per_point * points * math.log2(points))
+    out = call.outputs[0]
+    return total + (out.numel if call.get("normalization") and out is not None else 0)
+
+
+@flops("aten._fft_c2c")
+def _fft_c2c(call: OpCall) -> int:
+    return _fft(call, call["self"], FFT_COMPLEX_FLOPS)
+
+
+@flops("aten._fft_r2c")
+def _fft_r2c(call: OpCall) -> int:
+    return _fft(call, call["self"], FFT_REAL_FLOPS)
+
+
+@flops("aten._fft_c2r")
+def _fft_c2r(call: OpCall) -> int | None:
+    out = call.outputs[0]
+    return None if out is None else _fft(call, out, FFT_REAL_FLOPS)
+
+
+REGISTRY.set_family(Family.OTHER, "aten._fft_c2c", "aten._fft_r2c", "aten._fft_c2r")
+
+# sampling at computed coordinates (F.grid_sample: spatial transformers, deformable attention):
+# each output element blends its 2^d neighbours (bilinear, trilinear) or 16 (bicubic) as
+# interpolation does; nearest picks one
+
+
+def _grid_points(call: OpCall) -> int:
+    spatial = len(call["input"].shape) - 2
+    mode = call.get("interpolation_mode", 0)
+    return {0: 2**spatial, 1: 0, 2: 16}.get(mode, 2**spatial)
+
+
+@flops("aten.grid_sampler_2d", "aten.grid_sampler_3d", "aten._grid_sampler_2d_cpu_fallback")
+def _grid_sample(call: OpCall) -> int | None:
+    out = call.outputs[0]
+    return None if out is None else 2 * _grid_points(call) * out.numel
+
+
+@flops("aten.grid_sampler_2d_backward", "aten.grid_sampler_3d_backward",
+       "aten._grid_sampler_2d_cpu_fallback_backward")
+def _grid_sample_backward(call: OpCall) -> int:
+    # each gradient spread over the points it blended (a multiply-add each) for the input; for the
+    # grid, each point's value times its weight's derivative along each coordinate
+    grad, points = call["grad_output"].numel, _grid_points(call)
+    spatial = len(call["input"].shape) - 2
+    mask = call.get("output_mask") or (True, True)
+    return 2 * points * grad * (int(bool(mask[0])) + spatial * int(bool(mask[1])))
+
+
+@flops("aten.affine_grid_generator")
+def _affine_grid(call: OpCall) -> int:
+    # each output location's d coordinates: a row of theta [d, d + 1] times (x, y[, z], 1)
+    size = tuple(call["size"])
+    spatial = len(size) - 2
+    return 2 * size[0] * math.prod(size[2:]) * spatial * (spatial + 1)
+
+
+REGISTRY.set_family(
+    Family.ELEMENTWISE, "aten.grid_sampler_2d", "aten.grid_sampler_3d", "aten._grid_sampler_2d_cpu_fallback",
+    "aten.grid_sampler_2d_backward", "aten.grid_sampler_3d_backward", "aten._grid_sampler_2d_cpu_fallback_backward",
+)
+REGISTRY.set_family(Family.MATMUL, "aten.affine_grid_generator")
+
+
+@flops("aten._weight_norm_interface")
+def _weight_norm(call: OpCall) -> int:
+    # w = g * v / |v| over every dim but one: the norms (2 per element of v, a root and a divide
+    # per norm), then each element scaled
+    v, g = call["v"], call["g"]
+    return 3 * v.numel + 2 * g.numel
+
+
+@flops("aten._weight_norm_interface_backward")
+def _weight_norm_backward(call: OpCall) -> int:
+    # grad_g = sum(grad_w * v) / |v| (2 per element); grad_v = (g / |v|) (grad_w - v grad_g / |v|)
+    # (3 per element); a few per norm
+    v, norms = call["saved_v"], call["saved_norms"]
+    return 5 * v.numel + 3 * norms.numel
+
+
+# recurrent layers: per time step and batch row, the input and hidden projections of every gate,
+# their sum (and biases), then the cell's elementwise arithmetic. An LSTM cell: sigmoid on three
+# gates (4 each), tanh on the fourth and on c (1 each), c = f c + i g (3), h = o tanh(c) (1)
+LSTM_CELL_FLOPS = 12 + 1 + 3 + 1 + 1
+
+
+@flops("aten.mkldnn_rnn_layer")
+def _mkldnn_rnn_layer(call: OpCall) -> int | None:
+    """One layer and direction of nn.LSTM on CPU (oneDNN runs LSTMs only)."""
+    x, w_ih, w_hh = call["input"], call["weight0"], call["weight1"]
+    hidden = w_hh.shape[-1]
+    gates = w_ih.shape[0]  # 4 x hidden
+    steps_rows = x.numel // x.shape[-1]  # time steps x batch rows
+    projections = 2 * gates * (x.shape[-1] + hidden)
+    biases = 2 * gates if call.get("has_biases") else 0
+    biases += gates  # the input and hidden projections summed
+    return steps_rows * (projections + biases + LSTM_CELL_FLOPS * hidden)
+
+
+@flops("aten.mkldnn_rnn_layer_backward")
+def _mkldnn_rnn_layer_backward(call: OpCall) -> int | None:
+    """Twice the forward: the gradients of the inputs and of the weights each as large as the
+    forward's products, and the gates' derivatives as many as their values."""
+    x, w_ih, w_hh = call["input"], call["weight1"], call["weight2"]
+    hidden = w_hh.shape[-1]
+    gates = w_ih.shape[0]
+    steps_rows = x.numel // x.shape[-1]
+    projections = 2 * gates * (x.shape[-1] + hidden)
+    biases = 2 * gates if call.get("has_biases") else 0
+    biases += gates  # the input and hidden projections summed
+    return 2 * steps_rows * (projections + biases + LSTM_CELL_FLOPS * hidden)
+
+
+REGISTRY.set_family(Family.MATMUL, "aten.mkldnn_rnn_layer", "aten.mkldnn_rnn_layer_backward")
+
+# torch's own nn.MultiheadAttention and nn.TransformerEncoderLayer in inference take a fast path:
+# one op for the whole layer. Counted as the ops the same layer runs outside the fast path: the
+# projections (matmul and bias) and q's scaling, scores and their softmax, the weighted sum, and
+# for the encoder layer the two residual adds, two layer norms and the feed-forward block
+
+
+def _attention_layer(b: int, s_q: int, s_k: int, embed: int, heads: int) -> int:
+    tokens_q, tokens_k = b * s_q, b * s_k
+    # q, k and v: a matmul and a bias add each; q scaled by 1/sqrt(head dim) (the fast path's
+    # kernels scale q where scaled_dot_product_attention scales inside its own kernel)
+    projections = 2 * embed * embed * (tokens_q + 2 * tokens_k) + embed * (tokens_q + 2 * tokens_k) + embed * tokens_q
+    scores = b * heads * s_q * s_k
+    # q k^T and the weighted sum of v, each a multiply-add per score and head dim, and the softmax
+    attention = attention_flops_of_scores(scores, embed // heads, embed // heads)
+    out = 2 * embed * embed * tokens_q + embed * tokens_q
+    return projections + attention + out
+
+
+@flops("aten._native_multi_head_attention")
+def _native_mha(call: OpCall) -> int | None:
+    q, k = call["query"], call["key"]
+    if isinstance(q, NestedMeta) or len(q.shape) != 3:
+        return None
+    b, s_q, embed = q.shape
+    heads = call["num_head"]
+    total = _attention_layer(b, s_q, k.shape[1], embed, heads)
+    if isinstance(call.get("mask"), TensorMeta):
+        total += b * heads * s_q * k.shape[1]  # the mask added to the scores
+    if call.get("need_weights") and call.get("average_attn_weights"):
+        total += b * heads * s_q * k.shape[1]  # the weights averaged over heads
+    return total
+
+
+@flops("aten._transformer_encoder_layer_fwd")
+def _transformer_encoder_layer(call: OpCall) -> int | None:
+    src = call["src"]
+    if isinstance(src, NestedMeta) or len(src.shape) != 3:
+        return None
+    b, s, embed = src.shape
+    tokens = b * s
+    ffn = call["ffn_weight_1"].shape[0]
+    total = _attention_layer(b, s, s, embed, call["num_heads"])
+    if isinstance(call.get("mask"), TensorMeta):
+        total += b * call["num_heads"] * s * s
+    total += 2 * tokens * embed  # the two residual adds
+    total += 2 * (NORM_FLOPS + 2) * tokens * embed  # two layer norms, each with weight and bias
+    act = ELEMENTWISE["gelu"] if call.get("use_gelu") else ELEMENTWISE["relu"]
+    total += 2 * tokens * embed * ffn + tokens * ffn + act * tokens * ffn  # linear 1, bias, activation
+    total += 2 * tokens * ffn * embed + tokens * embed  # linear 2 and its bias
+    return total
+
+
+# (_native_multi_head_attention's family is attention, set with the fused attention kernels')
+REGISTRY.set_family(Family.OTHER, "aten._transformer_encoder_layer_fwd")
+
+# dense linear algebra (second-order optimizers: Shampoo, SOAP, K-FAC; Gaussian processes): the
+# leading terms of LAPACK's operation counts, multiplies and adds together, for an n x n matrix
+# (m x n where it may be rectangular) and k right-hand sides, times the batch. Factorisations and
+# solves: LAPACK Working Note 41 (Installation Guide for LAPACK, 1999), Appendix C; eigenvalue
+# and singular value decompositions, which iterate: Golub and Van Loan, Matrix Computations
+# (4th ed., 2013), sections 8.3 and 8.6. A complex matrix counts 4 real FLOPs per real one.
+
+
+def _square(t: TensorMeta) -> tuple[int, int]:
+    """(batch, n) of a batch of n x n matrices."""
+    return math.prod(t.shape[:-2]), t.shape[-1]
+
+
+def _rhs(b: TensorMeta, n: int) -> int:
+    """Right-hand sides of a batch of systems of order n: columns of B (a vector B is one)."""
+    return 1 if len(b.shape) == 1 else b.numel // max(n, 1) // max(math.prod(b.shape[:-2]), 1)
+
+
+def _lu(m: int, n: int) -> float:
+    """LU with partial pivoting of m x n (getrf), m >= n: m n^2 - n^3 / 3."""
+    m, n = max(m, n), min(m, n)
+    return m * n * n - n**3 / 3
+
+
+@flops("aten.linalg_cholesky_ex")
+def _cholesky(call: OpCall) -> int:
+    batch, n = _square(call["self"])
+    return _real(call, round(batch * n**3 / 3))
+
+
+@flops("aten.linalg_lu_factor_ex", "aten.linalg_lu")
+def _lu_factor(call: OpCall) -> int:
+    a = call.arg(0)
+    return _real(call, round(math.prod(a.shape[:-2]) * _lu(a.shape[-2], a.shape[-1])))
+
+
+@flops("aten._linalg_det", "aten._linalg_slogdet")
+def _det(call: OpCall) -> int:
+    batch, n = _square(call["A"])
+    return _real(call, round(batch * (_lu(n, n) + n)))  # the LU, then the product of its diagonal
+
+
+@flops("aten.linalg_inv_ex")
+def _inv(call: OpCall) -> int:
+    batch, n = _square(call["A"])
+    return _real(call, round(batch * 2 * n**3))  # getrf 2n^3/3, then getri 4n^3/3
+
+
+@flops("aten._linalg_solve_ex")
+def _solve(call: OpCall) -> int:
+    batch, n = _square(call["A"])
+    k = _rhs(call["B"], n)
+    return _real(call, round(batch * (_lu(n, n) + 2 * n * n * k)))  # getrf, then getrs
+
+
+@flops("aten.linalg_solve_triangular", "aten.triangular_solve")
+def _solve_triangular(call: OpCall) -> int:
+    a = call["self"] if call.op.endswith("linalg_solve_triangular") else call["A"]
+    b = call["B"] if call.op.endswith("linalg_solve_triangular") else call["self"]
+    batch, n = _square(a)
+    return _real(call, batch * n * n * (b.numel // max(batch * n, 1)))
+
+
+@flops("aten.cholesky_solve")
+def _cholesky_solve(call: OpCall) -> int:
+    b, factor = call["self"], call["input2"]
+    batch, n = _square(factor)
+    return _real(call, 2 * batch * n * n * (b.numel // max(batch * n, 1)))  # two triangular solves
+
+
+@flops("aten.linalg_qr")
+def _qr(call: OpCall) -> int:
+    # Householder QR of m x n (geqrf), 2mn^2 - 2n^3/3; Q formed from it (orgqr), as much again
+    a = call["A"]
+    m, n = max(a.shape[-2:]), min(a.shape[-2:])
+    factor = 2 * m * n * n - 2 * n**3 / 3
+    with_q = call.get("mode", "reduced") != "r"
+    return _real(call, round(math.prod(a.shape[:-2]) * factor * (2 if with_q else 1)))
+
+
+@flops("aten._linalg_eigh")
+def _eigh(call: OpCall) -> int:
+    # the symmetric QR algorithm: 4n^3/3 for the eigenvalues alone, about 9n^3 with the vectors
+    batch, n = _square(call["A"])
+    per = 9 * n**3 if call.get("compute_v", True) else 4 * n**3 / 3
+    return _real(call, round(batch * per))
+
+
+@flops("aten.linalg_eig", "aten._linalg_eigvals")
+def _eig(call: OpCall) -> int:
+    # the unsymmetric QR algorithm: about 10n^3 for the eigenvalues, 25n^3 with the vectors
+    batch, n = _square(call.arg(0))
+    return _real(call, round(batch * (25 if call.op.endswith("linalg_eig") else 10) * n**3))
+
+
+@flops("aten._linalg_svd")
+def _svd(call: OpCall) -> int:
+    """m x n (m >= n): the cheaper of Golub-Kahan-Reinsch and R-SVD (which first reduces to n x n
+    by QR): singular values alone 4mn^2 - 4n^3/3 or 2mn^2 + 2n^3; with thin U and V 14mn^2 + 8n^3
+    or 6mn^2 + 20n^3 (full U: the m x m columns, counted as thin)."""
+    a = call["A"]
+    m, n = max(a.shape[-2:]), min(a.shape[-2:])
+    if call.get("compute_uv", True):
+        per = min(14 * m * n * n + 8 * n**3, 6 * m * n * n + 20 * n**3)
+    else:
+        per = min(4 * m * n * n - 4 * n**3 / 3, 2 * m * n * n + 2 * n**3)
+    return _real(call, round(math.prod(a.shape[:-2]) * per))
+
+
+_LINALG = (
+    "aten.linalg_cholesky_ex", "aten.linalg_lu_factor_ex", "aten.linalg_lu", "aten._linalg_det",
+    "aten._linalg_slogdet", "aten.linalg_inv_ex", "aten._linalg_solve_ex", "aten.linalg_solve_triangular",
+    "aten.triangular_solve", "aten.cholesky_solve", "aten.linalg_qr", "aten._linalg_eigh", "aten.linalg_eig",
+    "aten._linalg_eigvals", "aten._linalg_svd",
+)
+REGISTRY.set_family(Family.OTHER, *_LINALG)
+
+
+# the batch-norm forms torch 2.3+ puts in compiled and exported graphs: with an update, training
+# statistics (as native_batch_norm in training); without, the running ones; their backward as
+# native_batch_norm_backward's
+REGISTRY.add_flops(("aten._batch_norm_with_update", "aten._batch_norm_with_update_functional"), _norm)
+REGISTRY.add_flops(("aten._batch_norm_no_update",), _norm_no_training)
+REGISTRY.add_flops(("aten.batch_norm_backward",), _norm_backward)
+
+
+@flops("aten._masked_softmax")
+def _masked_softmax(call: OpCall) -> int:
+    return (SOFTMAX_FLOPS + 1) * call["self"].numel  # the mask applied, then the softmax
+
+
+@flops("aten._masked_softmax_backward")
+def _masked_softmax_backward(call: OpCall) -> int:
+    return (SOFTMAX_BACKWARD_FLOPS + 1) * call["grad_output"].numel
 
 REGISTRY.freeze()
 

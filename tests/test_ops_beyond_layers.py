@@ -1,0 +1,367 @@
+"""Ops that real code runs beyond the common layers, each counted (never listed as uncounted)
+and checked against hand counts from shapes or against the same computation decomposed into ops
+whose counts are checked elsewhere (tests/test_formulas.py, FlopCounterMode)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import one_row, profiled, rows_of
+
+import memwall_plugin as memwall
+
+
+def _total(rep: memwall.Report, phase: str | None = None) -> int:
+    return sum(r.flops or 0 for r in rep.rows if phase is None or r.phase == phase)
+
+
+def _snippets() -> dict[str, object]:
+    """Short pieces of what users run, each touching ops the common layers do not."""
+
+    def static_kv_cache():
+        cache = torch.zeros(1, 2, 16, 8)
+        cache.index_copy_(2, torch.tensor([3]), torch.randn(1, 2, 1, 8))
+        torch.index_copy(cache, 2, torch.tensor([4]), torch.randn(1, 2, 1, 8))
+        cache.index_fill_(2, torch.tensor([0, 1]), 0.0)
+
+    def image_features_into_text():
+        emb = torch.randn(2, 10, 16, requires_grad=True)
+        img = torch.randn(6, 16, requires_grad=True)
+        mask = torch.zeros(2, 10, 16, dtype=torch.bool)
+        mask[0, 2:5] = True
+        emb.masked_scatter(mask, img).sum().backward()
+
+    def preference_loss_and_glu():
+        logits = torch.randn(8, requires_grad=True)
+        (F.logsigmoid(logits).mean() + F.glu(torch.randn(4, 16, requires_grad=True)).sum()).backward()
+
+    def grad_scaler_step():
+        model = nn.Linear(8, 8)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cpu")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(torch.randn(4, 8)).float().sum()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    def in_place_matmuls():
+        torch.randn(4, 5).addmm_(torch.randn(4, 3), torch.randn(3, 5))
+        torch.randn(2, 4, 5).baddbmm_(torch.randn(2, 4, 3), torch.randn(2, 3, 5))
+        torch.randn(4).addmv_(torch.randn(4, 3), torch.randn(3))
+        torch.addr(torch.randn(4, 5), torch.randn(4), torch.randn(5))
+
+    def audio_front_end():
+        conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 4, 3, padding=1), dim=2)
+        wave = torch.randn(400)
+        spec = torch.stft(wave, n_fft=64, window=torch.hann_window(64), return_complex=True).abs()
+        (conv(torch.randn(1, 4, 10)).sum() + spec.sum()).backward()
+
+    def vision_front_end():
+        x = torch.randn(2, 3, 8, 8, requires_grad=True)
+        theta = torch.randn(2, 2, 3, requires_grad=True)
+        grid = F.affine_grid(theta, [2, 3, 6, 6], align_corners=False)
+        conv = nn.Conv2d(3, 3, 3, padding=1, padding_mode="reflect")
+        out = F.grid_sample(conv(x), grid, align_corners=False)
+        (out.sum() + F.interpolate(x, scale_factor=2, mode="bicubic").sum()
+         + F.interpolate(x, scale_factor=2, mode="nearest-exact").sum()).backward()
+
+    def rope_as_complex_numbers():
+        freqs = torch.outer(torch.arange(16).float(), torch.randn(4))
+        cis = torch.polar(torch.ones_like(freqs), freqs)
+        xq = torch.view_as_complex(torch.randn(1, 16, 2, 4, 2))
+        torch.view_as_real(xq * cis.view(1, 16, 1, 4)).flatten(3)
+
+    def recurrent_layers():
+        for cls in (nn.LSTM, nn.GRU):
+            cls(8, 16, num_layers=2, batch_first=True)(torch.randn(2, 5, 8))[0].sum().backward()
+
+    def transformer_fast_path():
+        layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True).eval()
+        with torch.no_grad():
+            nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)(torch.randn(2, 6, 32))
+
+    def second_order_optimizer():
+        a = torch.randn(16, 16)
+        spd = a @ a.T + 16 * torch.eye(16)
+        torch.linalg.eigh(spd)
+        torch.linalg.cholesky(spd)
+        torch.linalg.qr(a)
+        torch.linalg.svd(a)
+        torch.linalg.solve(spd, torch.randn(16, 3))
+        torch.linalg.inv(spd)
+        torch.linalg.slogdet(spd)
+
+    def search_select_distance():
+        bins = torch.sort(torch.randn(32)).values
+        x = torch.randn(4, 33)
+        torch.searchsorted(bins, torch.randn(4, 10))
+        torch.bucketize(torch.randn(10), bins)
+        x.median(dim=1)
+        x.kthvalue(3, dim=1)
+        torch.cummax(x, 1)
+        torch.cdist(torch.randn(2, 10, 8), torch.randn(2, 12, 8))
+        F.pdist(torch.randn(10, 4))
+
+    def misc():
+        x = torch.randn(8)
+        torch.logaddexp(x, x)
+        torch.sinc(x)
+        torch.asinh(x)
+        F.hardshrink(x)
+        torch.linalg.cross(torch.randn(4, 3), torch.randn(4, 3))
+        torch.randint(0, 255, (8,), dtype=torch.uint8) >> 4
+        torch.trace(torch.randn(4, 4))
+        torch.diag_embed(torch.randn(2, 3))
+        torch.rot90(torch.randn(3, 4))
+        nn.PReLU(4)(torch.randn(2, 4, 5, requires_grad=True)).sum().backward()
+
+    return {name: fn for name, fn in locals().items() if callable(fn)}
+
+
+@pytest.mark.parametrize("name", sorted(_snippets()))
+def test_every_op_these_snippets_run_is_counted(name):
+    rep = profiled(_snippets()[name])
+    assert rep.rows
+    assert not rep.uncounted, [r.name for r in rep.uncounted]
+
+
+def test_static_kv_cache_writes_only_the_new_positions():
+    heads, length, dim = 2, 16, 8
+    cache = torch.zeros(1, heads, length, dim)
+    new = torch.randn(1, heads, 1, dim)
+    rep = profiled(lambda: cache.index_copy_(2, torch.tensor([3]), new))
+    row = one_row(rep, "aten.index_copy_")
+    assert row.flops == 0
+    assert row.bytes_written == heads * dim * 4  # one position per head, not the whole cache
+    assert row.bytes_read == heads * dim * 4 + 8  # the new keys and the int64 position
+    filled = profiled(lambda: cache.index_fill_(2, torch.tensor([0, 1]), 0.0))
+    assert one_row(filled, "aten.index_fill_").bytes_written == heads * 2 * dim * 4
+
+
+def test_generate_with_a_static_cache_is_counted_and_unchanged():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    prompt = torch.randint(0, 128, (1, 6))
+    kwargs = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, cache_implementation="static")
+    bare = model.generate(prompt, **kwargs)
+    with memwall.profile(summary=False) as prof:
+        seen = model.generate(prompt, **kwargs)
+    assert torch.equal(bare, seen)
+    rep = prof.report()
+    assert not rep.uncounted, [r.name for r in rep.uncounted]
+    copies = [r for r in rep.rows if r.op == "aten.index_copy_" and r.phase == "decode"]
+    assert copies
+    # each decode step writes one position of keys and values per layer: 2 kv heads x 8 dims
+    per_write = 2 * (32 // 4) * 4
+    assert sum(r.bytes_written for r in copies) == per_write * sum(r.calls for r in copies)
+
+
+def test_logsigmoid_and_glu_by_hand():
+    x = torch.randn(8, requires_grad=True)
+    rep = profiled(lambda: F.logsigmoid(x).sum().backward())
+    # min(x, 0) - log1p(exp(-|x|)): min, abs, neg, exp, log1p, sub
+    assert one_row(rep, "aten.log_sigmoid_forward").flops == 6 * 8
+    # from e = exp(-|x|): e / (1 + e), its complement by sign, times grad
+    assert one_row(rep, "aten.log_sigmoid_backward").flops == 5 * 8
+    y = torch.randn(4, 16, requires_grad=True)
+    rep = profiled(lambda: F.glu(y).sum().backward())
+    # 4 x 8 outputs: sigmoid (4) and a multiply; backward sigmoid, g s, g a s (1 - s)
+    assert one_row(rep, "aten.glu").flops == 5 * 32
+    assert one_row(rep, "aten.glu_backward").flops == 9 * 32
+
+
+def test_grad_scaler_unscales_every_gradient_element():
+    model = nn.Linear(8, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+
+    def step():
+        scaler.scale(model(torch.randn(4, 8)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+
+    rep = profiled(step)
+    unscale = one_row(rep, "aten._amp_foreach_non_finite_check_and_unscale_")
+    assert unscale.flops == 2 * (64 + 8)  # times 1/scale and a finite check per gradient element
+    assert unscale.phase == "grad_scaler"
+    assert not rep.uncounted
+
+
+def test_in_place_matmuls_count_as_their_out_of_place_forms():
+    m, k, n, b = 4, 3, 5, 2
+    a, w, c = torch.randn(m, k), torch.randn(k, n), torch.randn(m, n)
+    rep = profiled(lambda: (c.clone().addmm_(a, w), torch.addmm(c, a, w)))
+    assert one_row(rep, "aten.addmm_").flops == one_row(rep, "aten.addmm").flops == 2 * m * k * n + m * n
+    b1, b2, cb = torch.randn(b, m, k), torch.randn(b, k, n), torch.randn(b, m, n)
+    rep = profiled(lambda: cb.clone().baddbmm_(b1, b2, beta=0.5))
+    assert one_row(rep, "aten.baddbmm_").flops == 2 * b * m * k * n + 2 * b * m * n  # + add, beta scale
+    rep = profiled(lambda: torch.addr(c, torch.randn(m), torch.randn(n), alpha=2))
+    assert one_row(rep, "aten.addr").flops == m * n + 2 * m * n  # product, alpha scale, add
+
+
+def test_lstm_layer_counts_as_its_cell_run_step_by_step():
+    i, h, t, b = 8, 16, 5, 3
+    lstm, cell = nn.LSTM(i, h, batch_first=True), nn.LSTMCell(i, h)
+    x = torch.randn(b, t, i)
+    rep = profiled(lambda: lstm(x)[0].sum().backward())
+    layer = one_row(rep, "aten.mkldnn_rnn_layer")
+
+    def by_cell():
+        hx, cx = torch.zeros(b, h), torch.zeros(b, h)
+        for step in range(t):
+            hx, cx = cell(x[:, step], (hx, cx))
+
+    with torch.no_grad():
+        steps = profiled(by_cell)
+    # the cell, decomposed into addmm, add, sigmoid, tanh and mul, each counted on its own
+    assert layer.flops == _total(steps)
+    assert layer.flops == t * b * (2 * 4 * h * (i + h) + 3 * 4 * h + 18 * h)
+    # the gradients of inputs and weights as large as the products, gates' derivatives as their values
+    assert one_row(rep, "aten.mkldnn_rnn_layer_backward").flops == 2 * layer.flops
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_fast_path_counts_as_the_layer_outside_it(norm_first):
+    b, s, e, heads = 2, 6, 32, 4
+    layer = nn.TransformerEncoderLayer(e, heads, 64, batch_first=True, norm_first=norm_first,
+                                       activation="gelu").eval()
+    x = torch.randn(b, s, e)
+    with torch.no_grad():
+        fast = profiled(lambda: layer(x))
+    slow = profiled(lambda: layer(x))  # grad enabled: torch takes the path of separate ops
+    fused = one_row(fast, "aten._transformer_encoder_layer_fwd")
+    assert not rows_of(slow, "aten._transformer_encoder_layer_fwd")
+    # the same ops, plus q's scaling, which scaled_dot_product_attention does inside its kernel
+    assert fused.flops == _total(slow) + b * s * e
+    mha = nn.MultiheadAttention(e, heads, batch_first=True).eval()
+    with torch.no_grad():
+        fast = profiled(lambda: mha(x, x, x))
+    slow = profiled(lambda: mha(x, x, x))  # with the weights, q scaled as its own op
+    assert one_row(fast, "aten._native_multi_head_attention").flops == _total(slow)
+
+
+def test_fft_counts_5_n_log2_n_per_complex_transform():
+    x = torch.randn(3, 64)
+    rep = profiled(lambda: torch.fft.rfft(x))
+    assert one_row(rep, "aten._fft_r2c").flops == 3 * 2.5 * 64 * 6  # half a complex transform
+    z = torch.randn(2, 8, 8, dtype=torch.complex64)
+    rep = profiled(lambda: torch.fft.fft2(z, norm="ortho"))
+    # one 64-point transform per 8 x 8 plane, and a scale per output element
+    assert one_row(rep, "aten._fft_c2c").flops == 2 * 5 * 64 * 6 + 2 * 64
+    y = torch.randn(4, 33, dtype=torch.complex64)
+    rep = profiled(lambda: torch.fft.irfft(y, n=64))
+    assert one_row(rep, "aten._fft_c2r").flops == 4 * 2.5 * 64 * 6 + 4 * 64  # "backward": scaled by 1/n
+
+
+def test_grid_sampling_and_resampling_by_hand():
+    n, c, h, w, ho, wo = 2, 3, 8, 8, 6, 5
+    x = torch.randn(n, c, h, w, requires_grad=True)
+    theta = torch.randn(n, 2, 3, requires_grad=True)
+    rep = profiled(lambda: F.grid_sample(x, F.affine_grid(theta, [n, c, ho, wo], align_corners=False),
+                                         align_corners=False).sum().backward())
+    # each location's (x, y) = theta [2, 3] @ (u, v, 1): 6 multiply-adds
+    assert one_row(rep, "aten.affine_grid_generator").flops == n * ho * wo * 2 * 3 * 2
+    out = n * c * ho * wo
+    assert one_row(rep, "aten.grid_sampler_2d").flops == 2 * 4 * out  # 4 neighbours blended
+    # to the input: each gradient spread over its 4 neighbours; to the grid: each neighbour's value
+    # times its weight's derivative along x and along y
+    assert one_row(rep, "aten.grid_sampler_2d_backward").flops == 2 * 4 * out * (1 + 2)
+    grid = torch.rand(n, ho, wo, 2) * 2 - 1
+    rep = profiled(lambda: (F.grid_sample(x, grid, mode="nearest", align_corners=False),
+                            F.grid_sample(x, grid, mode="bicubic", align_corners=False)))
+    assert sorted(r.flops for r in rows_of(rep, "aten.grid_sampler_2d")) == [0, 2 * 16 * out]
+    small = torch.randn(1, 2, 4, 4, requires_grad=True)
+    rep = profiled(lambda: (F.interpolate(small, scale_factor=2, mode="bicubic").sum()
+                            + F.interpolate(small, scale_factor=2, mode="bilinear").sum()).backward())
+    # bicubic blends a 4 x 4 neighbourhood, bilinear 2 x 2; their backward spreads each gradient back
+    assert one_row(rep, "aten.upsample_bicubic2d").flops == 2 * 16 * 2 * 8 * 8
+    assert one_row(rep, "aten.upsample_bicubic2d_backward").flops == 2 * 16 * 2 * 8 * 8
+    assert one_row(rep, "aten.upsample_bilinear2d_backward").flops == 2 * 4 * 2 * 8 * 8
+
+
+def test_padding_backward_adds_each_padded_gradient_once():
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    rep = profiled(lambda: F.pad(x, (1, 2, 1, 1), mode="reflect").sum().backward())
+    padded = 3 * (8 + 2) * (8 + 3)
+    assert one_row(rep, "aten.reflection_pad2d_backward").flops == padded - 3 * 8 * 8
+
+
+def test_weight_norm_by_hand():
+    conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 6, 3), dim=0)
+    x = torch.randn(1, 4, 10)
+    rep = profiled(lambda: conv(x).sum().backward())
+    v = 6 * 4 * 3  # norms over each output channel's 12 weights
+    assert one_row(rep, "aten._weight_norm_interface").flops == 3 * v + 2 * 6
+    assert one_row(rep, "aten._weight_norm_interface_backward").flops == 5 * v + 3 * 6
+
+
+def test_dense_linear_algebra_by_lapack_counts():
+    n, k = 16, 3
+    a = torch.randn(n, n)
+    spd = a @ a.T + n * torch.eye(n)
+    # values only, as a bare run's eigvalsh asks for them (under a dispatch mode torch asks for vectors)
+    rep = profiled(lambda: (torch.linalg.cholesky(spd), torch.linalg.solve(spd, torch.randn(n, k)),
+                            torch.linalg.inv(spd), torch.linalg.eigh(spd), torch.ops.aten._linalg_eigh(spd, "L", False),
+                            torch.linalg.qr(a), torch.linalg.svd(a, full_matrices=False)))
+    lu = n**3 - n**3 / 3  # m n^2 - n^3 / 3 at m = n
+    assert one_row(rep, "aten.linalg_cholesky_ex").flops == round(n**3 / 3)
+    assert one_row(rep, "aten._linalg_solve_ex").flops == round(lu + 2 * n * n * k)
+    assert one_row(rep, "aten.linalg_inv_ex").flops == 2 * n**3
+    assert sorted(r.flops for r in rows_of(rep, "aten._linalg_eigh")) == [round(4 * n**3 / 3), 9 * n**3]
+    assert one_row(rep, "aten.linalg_qr").flops == round(2 * (2 * n**3 - 2 * n**3 / 3))  # R, then Q
+    assert one_row(rep, "aten._linalg_svd").flops == 22 * n**3  # Golub-Kahan-Reinsch, square
+
+
+def test_search_selection_and_distances_by_hand():
+    bins = torch.sort(torch.randn(32)).values
+    x = torch.randn(4, 33)
+    rep = profiled(lambda: (torch.searchsorted(bins, torch.randn(4, 10)), x.median(dim=1), torch.cummax(x, 1)))
+    assert one_row(rep, "aten.searchsorted").flops == 40 * math.ceil(math.log2(33))  # a binary search each
+    assert one_row(rep, "aten.median").flops == 4 * 33
+    assert one_row(rep, "aten.cummax").flops == 4 * 33
+    x1, x2 = torch.randn(2, 10, 8), torch.randn(2, 12, 8)
+    rep = profiled(lambda: (torch.cdist(x1, x2), torch.cdist(x1, x2, compute_mode="use_mm_for_euclid_dist")))
+    pairs = 2 * 10 * 12
+    # per pair and feature: difference, square, add; a root per pair
+    assert one_row(rep, "aten._cdist_forward").flops == 3 * pairs * 8 + pairs
+    # |x|^2 + |y|^2 - 2 x.y: the squared norms, -2 x, a matmul over 8 + 2 columns, clamp and root
+    assert one_row(rep, "aten._euclidean_dist").flops == (2 * pairs * 10 + 2 * 8 * (20 + 24) + 2 * 10 * 8
+                                                          + 2 * pairs)
+
+
+@pytest.mark.xfail(strict=True, reason="torch computes vectors for values-only linalg under any dispatch mode "
+                                       "(README, Known limits)")
+def test_values_only_linalg_is_bit_identical():
+    a = torch.randn(16, 12)
+    bare = torch.linalg.svdvals(a), torch.linalg.eigvalsh(a.T @ a)
+    with memwall.profile(summary=False):
+        seen = torch.linalg.svdvals(a), torch.linalg.eigvalsh(a.T @ a)
+    assert all(torch.equal(x, y) for x, y in zip(bare, seen, strict=True))
+
+
+def test_batch_norm_forms_of_compiled_graphs_count_as_eager_batch_norm():
+    x, w, b = torch.randn(4, 3, 5, 5), torch.ones(3), torch.zeros(3)
+
+    def stats():
+        return torch.zeros(3), torch.ones(3)
+
+    eager = profiled(lambda: (F.batch_norm(x, *stats(), w, b, training=True),
+                              F.batch_norm(x, *stats(), w, b, training=False)))
+    graphs = profiled(lambda: (torch.ops.aten._batch_norm_with_update(x, w, b, *stats(), 0.1, 1e-5),
+                               torch.ops.aten._batch_norm_no_update(x, w, b, *stats(), 0.1, 1e-5)))
+    assert sorted(r.flops for r in rows_of(eager, "aten.native_batch_norm")
+                  + rows_of(eager, "aten._native_batch_norm_legit_no_training")) == sorted(
+        [one_row(graphs, "aten._batch_norm_with_update").flops, one_row(graphs, "aten._batch_norm_no_update").flops])
+    # training: normalise (5) and the affine weight and bias per element; inference: subtract and scale
+    assert one_row(graphs, "aten._batch_norm_with_update").flops == (5 + 2) * x.numel()
+    assert one_row(graphs, "aten._batch_norm_no_update").flops == (2 + 2) * x.numel()
+    scores = torch.randn(2, 4, 6)
+    rep = profiled(lambda: torch._masked_softmax(scores, torch.zeros(2, 4, 6, dtype=torch.bool), 2, 0))
+    assert one_row(rep, "aten._masked_softmax").flops == (1 + 5) * 48  # the mask, then softmax's 5
