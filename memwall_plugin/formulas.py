@@ -1914,6 +1914,42 @@ def _masked_softmax(call: OpCall) -> int:
 def _masked_softmax_backward(call: OpCall) -> int:
     return (SOFTMAX_BACKWARD_FLOPS + 1) * call["grad_output"].numel
 
+
+# more of what Inductor's decompositions leave in a compiled graph (torch._inductor.inductor_prims,
+# torch._prims): without them a compiled region holding one is uncounted whole. flip's reversal and
+# a forced layout move data; a max pool by window offsets compares as max_pool2d does, and its
+# offsets turn into indices with a divide, a multiply and an add per spatial dim; the online
+# softmax's first half reads each element for the max, subtracts, exponentiates and sums (4)
+_PRIMS_DATA_MOVEMENT = ("prims.rev", "prims.inductor_force_stride_order", "prims.inductor_seed",
+                        "prims.inductor_rand_eager_offset", "prims.inductor_rand_eager_offsets")
+REGISTRY.add_flops(_PRIMS_DATA_MOVEMENT, _no_flops)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *_PRIMS_DATA_MOVEMENT)
+REGISTRY.add_flops(("prims.inductor_randint", "prims.inductor_cvt_e8m0_rceil"), _elementwise(1))
+REGISTRY.set_family(Family.ELEMENTWISE, "prims.inductor_randint", "prims.inductor_cvt_e8m0_rceil")
+
+
+@flops("prims._low_memory_max_pool_with_offsets")
+def _pool_with_offsets(call: OpCall) -> int:
+    return _pool(call)
+
+
+@flops("prims._low_memory_max_pool_offsets_to_indices")
+def _pool_offsets_to_indices(call: OpCall) -> int:
+    return 3 * len(tuple(call["kernel_size"])) * call["self"].numel
+
+
+@flops("prims.prepare_softmax_online")
+def _prepare_softmax_online(call: OpCall) -> int:
+    return (SOFTMAX_FLOPS - 1) * call["a"].numel
+
+
+REGISTRY.add_flops(("prims._unsafe_index_put_",), _index_put)
+REGISTRY.add_traffic(("prims._unsafe_index_put_",), _index_put_traffic)
+REGISTRY.set_family(Family.REDUCTION, "prims._low_memory_max_pool_with_offsets")
+REGISTRY.set_family(Family.ELEMENTWISE, "prims._low_memory_max_pool_offsets_to_indices")
+REGISTRY.set_family(Family.NORM, "prims.prepare_softmax_online")
+REGISTRY.set_family(Family.DATA_MOVEMENT, "prims._unsafe_index_put_")
+
 REGISTRY.freeze()
 
 __all__ = [

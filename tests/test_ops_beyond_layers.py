@@ -365,3 +365,35 @@ def test_batch_norm_forms_of_compiled_graphs_count_as_eager_batch_norm():
     scores = torch.randn(2, 4, 6)
     rep = profiled(lambda: torch._masked_softmax(scores, torch.zeros(2, 4, 6, dtype=torch.bool), 2, 0))
     assert one_row(rep, "aten._masked_softmax").flops == (1 + 5) * 48  # the mask, then softmax's 5
+
+
+def test_compiled_regions_holding_inductors_own_prims_are_counted():
+    """Inductor decomposes flip into prims.rev and a max pool into prims' offset-based pool: a region
+    holding one was uncounted whole."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.max_pool2d(torch.relu(self.conv(x)), 2)
+            return (y.flip(-1) * y).softmax(-1).sum()
+
+    torch._dynamo.reset()
+    try:
+        net, x = Net(), torch.randn(2, 3, 16, 16)
+        compiled = torch.compile(net)
+        compiled(x).backward()
+        rep = profiled(lambda: compiled(x).backward())
+        eager = profiled(lambda: net(x).backward())
+    finally:
+        torch._dynamo.reset()
+    assert not rep.uncounted, [r.name for r in rep.uncounted]
+    fused: dict[str, int] = {}
+    for row in rep.rows:
+        for op, _, flops, _ in row.eager_ops:
+            fused[op] = fused.get(op, 0) + (flops or 0)
+    # the pool inside the region counts as the eager pool: one compare per window element
+    pool = one_row(eager, "aten.max_pool2d_with_indices").flops
+    assert fused["aten.max_pool2d_with_indices"] == pool == 2 * 8 * 8 * 8 * 4
