@@ -587,7 +587,7 @@ REDUCTIONS: dict[str, int] = {
         name: 1
         for name in (
             "sum nansum mean amax amin max min argmax argmin prod all any cumsum cumprod "
-            "logcumsumexp count_nonzero aminmax equal"
+            "logcumsumexp count_nonzero aminmax equal _is_all_true _is_any_true"
         ).split()
     },
     "linalg_vector_norm": 2,  # square and add
@@ -1949,6 +1949,40 @@ REGISTRY.set_family(Family.REDUCTION, "prims._low_memory_max_pool_with_offsets")
 REGISTRY.set_family(Family.ELEMENTWISE, "prims._low_memory_max_pool_offsets_to_indices")
 REGISTRY.set_family(Family.NORM, "prims.prepare_softmax_online")
 REGISTRY.set_family(Family.DATA_MOVEMENT, "prims._unsafe_index_put_")
+
+
+# CTC loss (speech recognition: wav2vec2, HuBERT): a forward (alpha) recursion over a lattice of
+# time steps x batch x (2 x target length + 1) positions, each cell the log of the sum of up to
+# three predecessors' exps plus its emission: 2 compares for the max, 3 subtracts, 3 exps, 2
+# adds, a log, the max added back and the emission added (13). Target lengths and input lengths
+# are data: padded targets count every padded position, concatenated ones their total, every
+# sequence its full T (an upper bound where sequences are shorter)
+CTC_CELL_FLOPS = 13
+
+
+def _ctc_cells(call: OpCall) -> int:
+    log_probs, targets = call["log_probs"], call["targets"]
+    steps = log_probs.shape[0]
+    batch = log_probs.shape[1] if len(log_probs.shape) == 3 else 1
+    if len(targets.shape) == 2:
+        return steps * batch * (2 * targets.shape[-1] + 1)
+    return steps * (2 * targets.numel + batch)
+
+
+@flops("aten._ctc_loss")
+def _ctc_loss(call: OpCall) -> int:
+    return CTC_CELL_FLOPS * _ctc_cells(call)
+
+
+@flops("aten._ctc_loss_backward")
+def _ctc_loss_backward(call: OpCall) -> int:
+    # the beta recursion as the alpha one; each cell's alpha + beta added (in log space: a
+    # logaddexp, 7, and the add) into its label's gradient; then per log-probability the
+    # gradient exp(lp) - exp(that + nll - lp), scaled by grad (5)
+    return (CTC_CELL_FLOPS + 8) * _ctc_cells(call) + 5 * call["log_probs"].numel
+
+
+REGISTRY.set_family(Family.ELEMENTWISE, "aten._ctc_loss", "aten._ctc_loss_backward")
 
 REGISTRY.freeze()
 

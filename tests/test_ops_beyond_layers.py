@@ -33,6 +33,7 @@ def _snippets() -> dict[str, object]:
         img = torch.randn(6, 16, requires_grad=True)
         mask = torch.zeros(2, 10, 16, dtype=torch.bool)
         mask[0, 2:5] = True
+        torch._check_tensor_all(mask.sum(-1) <= img.shape[-1])  # transformers' check of the token count
         emb.masked_scatter(mask, img).sum().backward()
 
     def preference_loss_and_glu():
@@ -397,3 +398,19 @@ def test_compiled_regions_holding_inductors_own_prims_are_counted():
     # the pool inside the region counts as the eager pool: one compare per window element
     pool = one_row(eager, "aten.max_pool2d_with_indices").flops
     assert fused["aten.max_pool2d_with_indices"] == pool == 2 * 8 * 8 * 8 * 4
+
+
+def test_ctc_loss_counts_its_lattice():
+    steps, batch, classes, length = 12, 2, 6, 3
+    log_probs = torch.randn(steps, batch, classes).log_softmax(-1).requires_grad_()
+    targets = torch.randint(1, classes, (batch, length))
+    lengths, target_lengths = torch.full((batch,), steps), torch.full((batch,), length)
+    rep = profiled(lambda: F.ctc_loss(log_probs, targets, lengths, target_lengths).backward())
+    cells = steps * batch * (2 * length + 1)  # blanks around and between the labels
+    # per cell: the log of a sum of three predecessors' exps, plus the emission
+    assert one_row(rep, "aten._ctc_loss").flops == 13 * cells
+    # beta as alpha, alpha + beta into each label's gradient, then per log-probability the gradient
+    assert one_row(rep, "aten._ctc_loss_backward").flops == (13 + 8) * cells + 5 * log_probs.numel()
+    assert not rep.uncounted
+    flat = profiled(lambda: F.ctc_loss(log_probs, targets.flatten(), lengths, target_lengths))
+    assert one_row(flat, "aten._ctc_loss").flops == 13 * steps * (2 * batch * length + batch)
