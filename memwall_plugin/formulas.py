@@ -1928,9 +1928,7 @@ REGISTRY.add_flops(("prims.inductor_randint", "prims.inductor_cvt_e8m0_rceil"), 
 REGISTRY.set_family(Family.ELEMENTWISE, "prims.inductor_randint", "prims.inductor_cvt_e8m0_rceil")
 
 
-@flops("prims._low_memory_max_pool_with_offsets")
-def _pool_with_offsets(call: OpCall) -> int:
-    return _pool(call)
+REGISTRY.add_flops(("prims._low_memory_max_pool_with_offsets",), _pool)
 
 
 @flops("prims._low_memory_max_pool_offsets_to_indices")
@@ -1983,6 +1981,86 @@ def _ctc_loss_backward(call: OpCall) -> int:
 
 
 REGISTRY.set_family(Family.ELEMENTWISE, "aten._ctc_loss", "aten._ctc_loss_backward")
+
+
+# the fused optimizer steps' functional forms (compiled optimizer graphs): the same arithmetic,
+# their results fresh tensors
+REGISTRY.add_flops(("aten._fused_adamw", "aten._fused_adam"), _fused_adam)
+REGISTRY.add_flops(("aten._fused_sgd",), _fused_sgd)
+REGISTRY.add_flops(("aten._fused_adagrad",), _fused_adagrad)
+
+# special functions: one transcendental function per element, as lgamma, digamma and erfinv count;
+# entr is -x ln x (3), xlog1py x log1p(y) (2), the multivariate log-gamma p lgammas, p subtracts
+# and p adds per element
+_SPECIAL = (
+    "i0 special_i0e special_i1 special_i1e special_ndtri special_log_ndtr special_erfcx special_airy_ai "
+    "special_bessel_j0 special_bessel_j1 special_bessel_y0 special_bessel_y1 special_modified_bessel_i0 "
+    "special_modified_bessel_i1 special_modified_bessel_k0 special_modified_bessel_k1 "
+    "special_scaled_modified_bessel_k0 special_scaled_modified_bessel_k1 special_spherical_bessel_j0 igamma "
+    "igammac special_zeta polygamma"
+).split()
+for _name in _SPECIAL:
+    REGISTRY.add_flops((f"aten.{_name}", f"aten.{_name}_"), _elementwise(1))
+    REGISTRY.set_family(Family.ELEMENTWISE, f"aten.{_name}", f"aten.{_name}_")
+REGISTRY.add_flops(("aten.special_entr",), _elementwise(3))
+REGISTRY.add_flops(("aten.special_xlog1py",), _elementwise(2))
+
+
+@flops("aten.mvlgamma", "aten.mvlgamma_")
+def _mvlgamma(call: OpCall) -> int:
+    return 3 * call["p"] * call["self"].numel
+
+
+REGISTRY.set_family(Family.ELEMENTWISE, "aten.special_entr", "aten.special_xlog1py", "aten.mvlgamma", "aten.mvlgamma_")
+
+# random draws by rejection (gamma, Dirichlet, Poisson): one per element, as every random draw
+_MORE_RANDOM = ("aten.poisson", "aten._standard_gamma", "aten._sample_dirichlet", "aten.normal_functional")
+REGISTRY.add_flops(_MORE_RANDOM, _elementwise(1))
+REGISTRY.set_family(Family.ELEMENTWISE, *_MORE_RANDOM)
+
+# EmbeddingBag's backward (recommendation models): each index's row receives its bag's gradient
+# (scaled by its per-sample weight when given); the per-sample weights' gradient is a dot product
+# of the bag's gradient with each index's row
+
+
+@flops("aten._embedding_bag_backward", "aten._embedding_bag_dense_backward",
+       "aten._embedding_bag_sparse_backward")
+def _embedding_bag_backward(call: OpCall) -> int:
+    rows = call["indices"].numel * call["grad"].shape[-1]
+    weighted = isinstance(call.get("per_sample_weights"), TensorMeta)
+    return rows * (2 if weighted else 1)
+
+
+@flops("aten._embedding_bag_per_sample_weights_backward")
+def _embedding_bag_weights_backward(call: OpCall) -> int:
+    return 2 * call["indices"].numel * call["grad"].shape[-1]
+
+
+REGISTRY.set_family(Family.DATA_MOVEMENT, "aten._embedding_bag_backward", "aten._embedding_bag_dense_backward",
+                    "aten._embedding_bag_sparse_backward", "aten._embedding_bag_per_sample_weights_backward")
+
+# packing and padding sequences, unpooling: data moved, nothing computed
+_PACKING = ("aten._pack_padded_sequence", "aten._jagged_to_padded_dense_forward",
+            "aten._padded_dense_to_jagged_forward", "aten.max_unpool2d", "aten.max_unpool3d")
+REGISTRY.add_flops(_PACKING, _no_flops)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *_PACKING)
+
+# pools not in the pooling section: adaptive 3-D max pooling and fractional max pooling (random
+# windows of kernel_size); their backward one add per gradient
+REGISTRY.add_flops(("aten.adaptive_max_pool3d", "aten.adaptive_max_pool3d_backward",
+                    "aten.fractional_max_pool2d_backward", "aten.fractional_max_pool3d_backward"), _pool_per_input)
+REGISTRY.add_flops(("aten.fractional_max_pool2d", "aten.fractional_max_pool3d"), _pool)
+REGISTRY.set_family(
+    Family.REDUCTION, "aten.adaptive_max_pool3d", "aten.adaptive_max_pool3d_backward", "aten.fractional_max_pool2d",
+    "aten.fractional_max_pool2d_backward", "aten.fractional_max_pool3d", "aten.fractional_max_pool3d_backward",
+)
+
+# the multi-class margin loss per element of the prediction: margin - x[y] + x[i], clamp at 0,
+# the power, the sum (4); its backward as many; soft margin's backward as its forward
+REGISTRY.add_flops(("aten.multi_margin_loss", "aten.multi_margin_loss_backward"), _loss(4))
+REGISTRY.add_flops(("aten.soft_margin_loss_backward",), _loss(LOSSES["soft_margin_loss"]))
+REGISTRY.set_family(Family.ELEMENTWISE, "aten.multi_margin_loss", "aten.multi_margin_loss_backward",
+                    "aten.soft_margin_loss_backward")
 
 REGISTRY.freeze()
 
