@@ -727,8 +727,7 @@ REGISTRY.set_family(
     "aten.native_group_norm_backward", "aten._fused_rms_norm_backward", "aten.native_batch_norm_backward",
     "aten.cudnn_batch_norm_backward", "aten.miopen_batch_norm_backward",
     # composites; batch-norm kernels (the with/no-update forms compiled and exported graphs hold;
-    # SyncBatchNorm's statistics and their backward, CUDA's, with no formula yet); weight
-    # normalisation
+    # SyncBatchNorm's statistics and their backward, CUDA's); weight normalisation
     "aten.layer_norm", "aten.group_norm", "aten.batch_norm", "aten.instance_norm", "aten.rms_norm",
     "aten._batch_norm_with_update", "aten._batch_norm_with_update_functional", "aten._batch_norm_no_update",
     "aten.batch_norm_backward", "aten._batch_norm_impl_index", "aten._batch_norm_impl_index_backward",
@@ -2061,6 +2060,92 @@ REGISTRY.add_flops(("aten.multi_margin_loss", "aten.multi_margin_loss_backward")
 REGISTRY.add_flops(("aten.soft_margin_loss_backward",), _loss(LOSSES["soft_margin_loss"]))
 REGISTRY.set_family(Family.ELEMENTWISE, "aten.multi_margin_loss", "aten.multi_margin_loss_backward",
                     "aten.soft_margin_loss_backward")
+
+
+# nn.LSTM, nn.GRU and nn.RNN on GPUs: one cuDNN (or MIOpen) op runs every layer and direction.
+# Per row (time step x batch row, or packed step) and layer-direction: the input and hidden
+# projections of each gate, their sum and biases, the cell's arithmetic, an LSTM's projection of
+# h (proj_size); as the CPU runs the same layers (mkldnn_rnn_layer, or the GRU and RNN cells'
+# separate ops). An LSTM cell is LSTM_CELL_FLOPS per hidden unit; a GRU's two sigmoids (8), r
+# times the hidden part of n (1), tanh (1) and h' = n + z (h - n) (3); a plain RNN's tanh or relu
+GATES = {0: 1, 1: 1, 2: 4, 3: 3}  # cuDNN's modes: RNN_RELU, RNN_TANH, LSTM, GRU
+CELL_FLOPS = {0: 1, 1: 1, 2: LSTM_CELL_FLOPS, 3: 13}
+
+
+def _fused_rnn(call: OpCall) -> int | None:
+    mode = call["mode"]
+    if mode not in GATES:
+        return None
+    x = call["input"]
+    weights = call.tensors_of("weight")
+    per = call["weight_stride0"]
+    hidden = call["hidden_size"]
+    proj = call.get("proj_size") or 0
+    rows = x.numel // x.shape[-1]
+    gates = GATES[mode] * hidden
+    total = 0
+    for first in range(0, len(weights), per):
+        w_ih, w_hh = weights[first], weights[first + 1]
+        biased = per >= 4
+        total += 2 * gates * (w_ih.shape[-1] + w_hh.shape[-1]) + gates * (3 if biased else 1)
+        total += CELL_FLOPS[mode] * hidden + (2 * hidden * proj if proj else 0)
+    return rows * total
+
+
+@flops("aten._cudnn_rnn", "aten.miopen_rnn")
+def _cudnn_rnn(call: OpCall) -> int | None:
+    return _fused_rnn(call)
+
+
+@flops("aten._cudnn_rnn_backward", "aten.miopen_rnn_backward")
+def _cudnn_rnn_backward(call: OpCall) -> int | None:
+    # the gradients through time as large as the forward, the weights' gradients as much again
+    forward = _fused_rnn(call)
+    mask = call.get("output_mask") or (True,) * 4
+    return None if forward is None else forward * (2 if mask[-1] else 1)
+
+
+REGISTRY.set_family(Family.MATMUL, "aten._cudnn_rnn", "aten.miopen_rnn", "aten._cudnn_rnn_backward",
+                    "aten.miopen_rnn_backward")
+
+
+# SyncBatchNorm on GPUs splits batch norm across ranks: each rank's statistics (a sum and a sum of
+# squares per element, as var: 3), the ranks' statistics combined (per rank and channel: a
+# weighted mean and variance, 3), then each element normalised and scaled (2, plus its weight and
+# bias); backward, each rank's sums of the gradient and of the gradient times x - mean (4 per
+# element), then each element's gradient (7). Together as native batch norm's 5 + 2 forward and
+# 8 + 2 + 1 backward
+
+
+@flops("aten.batch_norm_stats")
+def _bn_stats(call: OpCall) -> int:
+    return REDUCTIONS["var"] * call["input"].numel
+
+
+@flops("aten.batch_norm_gather_stats_with_counts", "aten.batch_norm_gather_stats")
+def _bn_gather_stats(call: OpCall) -> int:
+    return 3 * call["mean"].numel
+
+
+@flops("aten.batch_norm_elemt")
+def _bn_elemt(call: OpCall) -> int:
+    x = call["input"]
+    return 2 * x.numel + _affine(call, x.numel)
+
+
+@flops("aten.batch_norm_backward_reduce")
+def _bn_backward_reduce(call: OpCall) -> int:
+    return 4 * call["input"].numel
+
+
+@flops("aten.batch_norm_backward_elemt")
+def _bn_backward_elemt(call: OpCall) -> int:
+    return 7 * call["input"].numel
+
+
+@flops("aten.batch_norm_update_stats")
+def _bn_update_stats(call: OpCall) -> int:
+    return REDUCTIONS["var"] * call["input"].numel
 
 REGISTRY.freeze()
 

@@ -11,8 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from conftest import one_row, profiled, rows_of
+from memwall_plugin.hooks.signatures import build_call, signature
 
 import memwall_plugin as memwall
+from memwall_plugin.formulas import REGISTRY
 
 
 def _total(rep: memwall.Report, phase: str | None = None) -> int:
@@ -464,3 +466,80 @@ def test_functional_fused_optimizer_steps_count_as_the_in_place_ones():
     rep = profiled(lambda: (torch._fused_adamw_([p.clone() for p in params], grads, *state(), **kwargs),
                             torch.ops.aten._fused_adamw([p.clone() for p in params], grads, *state(), **kwargs)))
     assert one_row(rep, "aten._fused_adamw").flops == one_row(rep, "aten._fused_adamw_").flops == 14 * 107
+
+
+def _meta_count(op, args: tuple, out: tuple) -> int | None:
+    """What memwall counts for one call of `op` with these (meta) arguments and results."""
+    call = build_call(op, tuple(signature(a) for a in args), {}, tuple(signature(o) for o in out), device="cuda")
+    return REGISTRY.count(call).flops
+
+
+def _cudnn_rnn_flops(mode: int, gates: int, inputs: int, hidden: int, layers: int, bidirectional: bool,
+                     steps: int, batch: int) -> int | None:
+    """What memwall counts for the one cuDNN op that runs an nn.LSTM, nn.GRU or nn.RNN on a GPU,
+    from the call's arguments as torch passes them (weights per layer and direction: w_ih, w_hh,
+    b_ih, b_hh); sized on the meta device, as no GPU runs it here."""
+    directions = 2 if bidirectional else 1
+    weights = []
+    for layer in range(layers):
+        for _ in range(directions):
+            width = inputs if layer == 0 else hidden * directions
+            weights += [torch.empty(gates * hidden, width, device="meta"),
+                        torch.empty(gates * hidden, hidden, device="meta"),
+                        torch.empty(gates * hidden, device="meta"), torch.empty(gates * hidden, device="meta")]
+    x = torch.empty(steps, batch, inputs, device="meta")
+    hx = torch.empty(layers * directions, batch, hidden, device="meta")
+    args = (x, weights, 4, None, hx, hx if mode == 2 else None, mode, hidden, 0, layers, False, 0.0, True,
+            bidirectional, [], None)
+    out = (torch.empty(steps, batch, hidden * directions, device="meta"), hx, hx, torch.empty(1, device="meta"),
+           torch.empty(1, device="meta"))
+    return _meta_count(torch.ops.aten._cudnn_rnn.default, args, out)
+
+
+@pytest.mark.parametrize("cls, mode, gates", [(nn.LSTM, 2, 4), (nn.GRU, 3, 3), (nn.RNN, 1, 1)],
+                         ids=["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("layers, bidirectional", [(1, False), (2, True)])
+def test_cudnn_rnn_counts_as_the_same_layers_run_on_cpu(cls, mode, gates, layers, bidirectional):
+    """On CPU an LSTM runs as oneDNN layers (held to its cell above) and a GRU or RNN as separate
+    matmuls and elementwise ops; on a GPU each runs as one cuDNN op, which must count the same."""
+    steps, batch, inputs, hidden = 5, 3, 8, 16
+    module = cls(inputs, hidden, num_layers=layers, bidirectional=bidirectional)
+    x = torch.randn(steps, batch, inputs)
+    with torch.no_grad():
+        on_cpu = profiled(lambda: module(x))
+    assert not on_cpu.uncounted
+    fused = _cudnn_rnn_flops(mode, gates, inputs, hidden, layers, bidirectional, steps, batch)
+    assert fused == _total(on_cpu)
+
+
+def test_sync_batch_norm_counts_as_batch_norm_plus_combining_the_ranks():
+    """SyncBatchNorm (CUDA only) splits batch norm into per-rank statistics, their combination
+    over the ranks, and the elementwise normalisation; together they must count what batch norm
+    counts on one process (held to hand counts in test_formulas.py), plus the combination."""
+    n, c, h, w, ranks = 4, 3, 5, 5, 8
+    x = torch.randn(n, c, h, w, requires_grad=True)
+    bn = nn.BatchNorm2d(c)
+    eager = profiled(lambda: bn(x).sum().backward())
+    forward = one_row(eager, "aten.native_batch_norm").flops
+    backward = one_row(eager, "aten.native_batch_norm_backward").flops
+
+    def meta(*shape: int) -> torch.Tensor:
+        return torch.empty(*shape, device="meta")
+
+    xm, per_channel, gathered = meta(n, c, h, w), meta(c), meta(ranks, c)
+    aten = torch.ops.aten
+    stats = _meta_count(aten.batch_norm_stats.default, (xm, 1e-5), (per_channel, per_channel))
+    combine = _meta_count(aten.batch_norm_gather_stats_with_counts.default,
+                          (xm, gathered, gathered, per_channel, per_channel, 0.1, 1e-5, meta(ranks)),
+                          (per_channel, per_channel))
+    elemt = _meta_count(aten.batch_norm_elemt.default, (xm, per_channel, per_channel, per_channel, per_channel, 1e-5),
+                        (xm,))
+    assert combine == 3 * ranks * c  # a weighted mean and variance per rank and channel
+    assert stats + elemt == forward
+    reduce = _meta_count(aten.batch_norm_backward_reduce.default,
+                         (xm, xm, per_channel, per_channel, per_channel, True, True, True),
+                         (per_channel, per_channel, per_channel, per_channel))
+    elemt_backward = _meta_count(aten.batch_norm_backward_elemt.default,
+                                 (xm, xm, per_channel, per_channel, per_channel, per_channel, per_channel,
+                                  meta(ranks)), (xm,))
+    assert reduce + elemt_backward == backward
