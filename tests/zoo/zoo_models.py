@@ -74,9 +74,17 @@ class Arch:
     linear_forward_flops: int | None = None
     #: the transformers class it needs, where older supported releases lack it
     requires: str | None = None
+    #: the training loss from the model's output and its batch, for models that compute none
+    #: themselves (a codec, a detector whose matching loss needs scipy); None: the output's own
+    loss_fn: Callable[[Any, dict[str, Any]], torch.Tensor] | None = None
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        return _loss_of(model(**batch))
+        return self.loss_of(model(**batch), batch)
+
+    def loss_of(self, out: Any, batch: dict[str, Any]) -> torch.Tensor:
+        """The step's loss from a forward's output: the training step and FlopCounterMode's run
+        both take it from here, so both differentiate the same function."""
+        return _loss_of(out) if self.loss_fn is None else self.loss_fn(out, batch)
 
 
 def _loss_of(out: Any) -> torch.Tensor:
@@ -257,6 +265,172 @@ def _resnet() -> Arch:
     return Arch("resnet", lambda: t.ResNetForImageClassification(config()), batch)
 
 
+def _wav2vec2() -> Arch:
+    import transformers as t
+
+    samples = 800  # three convolutions, strides 5, 2, 2: 159, 79, then 39 frames
+    frames = 39
+
+    def config() -> Any:
+        # mask_time_prob 0: SpecAugment draws its masks from numpy's generator, which the step's
+        # torch seed does not reset; layerdrop 0: every step runs both layers, as the hand count of
+        # attention says. One group in the positional convolution (real checkpoints: 16):
+        # FlopCounterMode counts a grouped convolution's weight gradient x groups (mamba's
+        # entries hold those to hand counts), and this one sits among ungrouped ones
+        return t.Wav2Vec2Config(vocab_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                intermediate_size=128, conv_dim=(32, 32, 32), conv_kernel=(10, 3, 3),
+                                conv_stride=(5, 2, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=1,
+                                mask_time_prob=0.0, layerdrop=0.0, pad_token_id=0)
+
+    def batch() -> dict[str, Any]:
+        labels = torch.randint(1, 32, (BATCH, 8))
+        labels[1, 5:] = -100  # the second transcript is shorter: padded as transformers expects
+        return {"input_values": torch.randn(BATCH, samples), "labels": labels}
+
+    # attention dropout (0.1, as checkpoints are fine-tuned) keeps attention on matmuls on CPU
+    attention = Attention(layers=2, heads=4, kv_heads=4, head_dim=16, s_q=frames, s_k=frames)
+    return Arch("wav2vec2", _model("Wav2Vec2ForCTC", config), batch, attention=(attention,))
+
+
+def _sigmoid_loss(out: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss (log_sigmoid of +-logits: +1 on the matching pairs, -1
+    elsewhere), summed per text and averaged: what SiglipModel(return_loss=True) computes where
+    transformers implements it (4.40 raises NotImplementedError), to the bit, here on every release."""
+    logits = out.logits_per_text
+    signs = 2 * torch.eye(logits.size(0), device=logits.device) - torch.ones_like(logits)
+    return -F.logsigmoid(signs * logits).sum(dim=-1).mean()
+
+
+def _siglip() -> Arch:
+    import transformers as t
+
+    patches = (32 // 8) ** 2  # no class token: the vision tower pools with its attention head
+
+    def config() -> Any:
+        return t.SiglipConfig(
+            text_config={"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "max_position_embeddings": SEQ, "pad_token_id": 0,
+                         "bos_token_id": 1, "eos_token_id": 2},
+            vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "image_size": 32, "patch_size": 8})
+
+    def batch() -> dict[str, Any]:
+        return {"input_ids": _tokens(), "pixel_values": torch.randn(BATCH, 3, 32, 32)}
+
+    # the vision tower's pooling head is an nn.MultiheadAttention asked for its weights: matmuls.
+    # Attention runs as SDPA where transformers supports it for SigLIP (before: matmuls)
+    attention: tuple[Attention, ...] = ()
+    if getattr(t.SiglipModel, "_supports_sdpa", False):
+        attention = (Attention(layers=2, heads=4, kv_heads=4, head_dim=16, s_q=SEQ, s_k=SEQ),  # text
+                     Attention(layers=2, heads=4, kv_heads=4, head_dim=16, s_q=patches, s_k=patches))  # vision
+    return Arch("siglip", _model("SiglipModel", config), batch, attention=attention, loss_fn=_sigmoid_loss)
+
+
+def _reconstruction(out: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """A codec's training loss, reduced to its core: the decoded audio's squared error against the
+    input (trimmed to the input's length: the decoder's transposed convolutions may overshoot)."""
+    audio = batch["input_values"]
+    return F.mse_loss(out.audio_values[..., :audio.shape[-1]], audio)
+
+
+def _encodec() -> Arch:
+    import transformers as t
+
+    def build() -> nn.Module:
+        import warnings
+
+        with warnings.catch_warnings():
+            # transformers 4.40 wraps its convolutions in torch's deprecated nn.utils.weight_norm
+            # (later releases in its parametrization): theirs to act on
+            warnings.filterwarnings("ignore", message=".*nn.utils.weight_norm` is deprecated", category=FutureWarning)
+            # hop 16 at 8 kHz: 500 frames a second; 6 kbps with 64-entry (6-bit) codebooks: two
+            # residual quantizers
+            model = t.EncodecModel(t.EncodecConfig(
+                hidden_size=32, num_filters=8, num_residual_layers=1, upsampling_ratios=[4, 4], num_lstm_layers=2,
+                codebook_size=64, sampling_rate=8000, target_bandwidths=[6.0, 12.0]))
+        for m in model.modules():
+            if hasattr(m, "weight_g"):
+                # the deprecated weight norm's modules cannot be deep-copied (pytorch#103001): the
+                # parametrization later releases use, the same g * v / ||v||
+                nn.utils.remove_weight_norm(m)
+                nn.utils.parametrizations.weight_norm(m)
+        return model
+
+    def batch() -> dict[str, Any]:
+        return {"input_values": torch.randn(BATCH, 1, 800)}  # 50 frames through the LSTMs
+
+    # no training loss of its own: the reconstruction error. The quantizer's codes carry no
+    # gradient back (transformers has no straight-through estimator), so the decoder trains
+    return Arch("encodec", build, batch, loss_fn=_reconstruction)
+
+
+def _llava() -> Arch:
+    import transformers as t
+
+    image_token = VOCAB - 1
+    image_tokens = (32 // 8) ** 2  # the "default" feature strategy drops the class token
+
+    def config() -> Any:
+        # vision_feature_layer -1 (checkpoints: -2): the whole tower trains, so its attention runs
+        # backward in every layer, as the hand count says
+        vision = t.CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                    num_attention_heads=4, image_size=32, patch_size=8)
+        return t.LlavaConfig(vision_config=vision, text_config=_decoder_only(t.LlamaConfig)(),
+                             image_token_index=image_token, vision_feature_layer=-1)
+
+    def batch() -> dict[str, Any]:
+        text = torch.randint(3, image_token, (BATCH, SEQ - image_tokens))
+        # transformers 4.40 expands one <image> token to the image's features inside the model;
+        # later releases (which dropped that merge) take the expanded tokens from the processor
+        expanded = not hasattr(t.LlavaForConditionalGeneration, "_merge_input_ids_with_image_features")
+        image = torch.full((BATCH, image_tokens if expanded else 1), image_token)
+        ids = torch.cat([image, text], dim=1)
+        labels = ids.masked_fill(ids == image_token, -100)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.randn(BATCH, 3, 32, 32),
+                "labels": labels}
+
+    # the text model's sequence is the image's 16 features and 16 text tokens on both ends; CLIP's
+    # tower runs SDPA where transformers supports it for CLIP (before: matmuls, FlopCounterMode's)
+    attention = (GQA,)
+    if getattr(t.CLIPVisionModel, "_supports_sdpa", False):
+        attention += (Attention(layers=2, heads=4, kv_heads=4, head_dim=16, s_q=image_tokens + 1,
+                                s_k=image_tokens + 1),)
+    return Arch("llava", _model("LlavaForConditionalGeneration", config), batch, attention=attention)
+
+
+def _detection(out: Any, batch: dict[str, Any]) -> torch.Tensor:
+    """A stand-in for a detector's loss: its Hungarian matching needs scipy, which a training
+    step's counts do not (the matching runs outside autograd, on the CPU, in scipy)."""
+    return out.logits.pow(2).mean() + out.pred_boxes.pow(2).mean()
+
+
+def _rtdetr() -> Arch:
+    import transformers as t
+
+    def config() -> Any:
+        # a tiny ResNet of transformers' own (no timm, no pretrained weights): stages 2-4 at
+        # strides 8, 16 and 32 of a 64 x 64 image, 8 x 8, 4 x 4 and 2 x 2 feature maps, which the
+        # decoder's deformable attention samples with grid_sample
+        backbone = t.RTDetrResNetConfig(embedding_size=16, hidden_sizes=[16, 16, 32, 32], depths=[1, 1, 1, 1],
+                                        layer_type="basic", out_features=["stage2", "stage3", "stage4"])
+        return t.RTDetrConfig(backbone_config=backbone, use_timm_backbone=False, use_pretrained_backbone=False,
+                              encoder_in_channels=[16, 32, 32], encoder_hidden_dim=32, hidden_expansion=1.0,
+                              d_model=32, encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4,
+                              decoder_attention_heads=4, encoder_layers=1, decoder_layers=2,
+                              decoder_in_channels=[32, 32, 32], decoder_n_points=2, num_queries=20, num_labels=5,
+                              anchor_image_size=None)  # anchors for the image's own feature maps
+
+    def batch() -> dict[str, Any]:
+        return {"pixel_values": torch.randn(BATCH, 3, 64, 64)}
+
+    # self-attention in the encoder (over the 2 x 2 map's positions) and among the decoder's
+    # queries; the decoder's cross-attention is deformable (grid_sample), no SDPA
+    attention = (Attention(layers=1, heads=4, kv_heads=4, head_dim=8, s_q=4, s_k=4),
+                 Attention(layers=2, heads=4, kv_heads=4, head_dim=8, s_q=20, s_k=20))
+    return Arch("rtdetr", _model("RTDetrForObjectDetection", config), batch, attention=attention, loss_fn=_detection,
+                requires="RTDetrForObjectDetection")  # transformers >= 4.44
+
+
 # --- nanoGPT, written as its users write it ------------------------------------------------------
 
 
@@ -374,7 +548,8 @@ def _nanogpt() -> Arch:
 
 
 def zoo() -> list[Arch]:
-    return [*_llama_family(), _gpt2(), _bert(), _t5(), _vit(), _whisper(), *_mamba(), _resnet(), _nanogpt()]
+    return [*_llama_family(), _gpt2(), _bert(), _t5(), _vit(), _whisper(), *_mamba(), _resnet(), _wav2vec2(), _siglip(),
+            _encodec(), _llava(), _rtdetr(), _nanogpt()]
 
 
 # --- runs -------------------------------------------------------------------------------------------
@@ -430,7 +605,7 @@ def train_step(arch: Arch, model: nn.Module, batch: dict[str, Any], profile: boo
     def step() -> Step:
         torch.manual_seed(1)
         out = model(**batch)
-        loss = _loss_of(out)
+        loss = arch.loss_of(out, batch)
         loss.backward()
         grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
         opt.step()
@@ -482,7 +657,9 @@ def bias_adds(rows: tuple[memwall.Row, ...]) -> dict[str, int]:
         elif r.op == "aten.baddbmm":
             extra = s[1][0] * s[1][1] * s[2][2]
         elif r.op in ("aten.convolution", "aten.convolution_backward") and r.module in with_bias:
-            extra = conv_outputs[r.module]
+            # a convolution no gradient reaches (a codec's encoder, before a quantizer that passes
+            # none back) has no backward row to read its output's shape from: the elements it wrote
+            extra = conv_outputs.get(r.module, r.elements_written // r.calls)
         else:
             continue
         out[r.op] = out.get(r.op, 0) + extra * r.calls
