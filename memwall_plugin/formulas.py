@@ -2147,6 +2147,19 @@ def _bn_backward_elemt(call: OpCall) -> int:
 def _bn_update_stats(call: OpCall) -> int:
     return REDUCTIONS["var"] * call["input"].numel
 
+
+# how the counts above were made where shapes alone do not say: an upper bound, a convention
+COUNT_NOTES.update({
+    **dict.fromkeys(("aten._ctc_loss", "aten._ctc_loss_backward"), (
+        "CTC loss: counted over its whole lattice, every padded target position and every sequence's "
+        "full length (lengths are data): an upper bound where they are shorter")),
+    **dict.fromkeys(("aten._fft_c2c", "aten._fft_r2c", "aten._fft_c2r"), (
+        "FFTs: 5 N log2 N per complex transform of N points, half for real ones (FFTW's benchmark count)")),
+    **dict.fromkeys(_LINALG, (
+        "dense linear algebra: the leading terms of LAPACK's operation counts; eigen and singular value "
+        "decompositions iterate, counted by Golub and Van Loan's estimates")),
+})
+
 REGISTRY.freeze()
 
 __all__ = [
