@@ -367,8 +367,8 @@ REGISTRY.set_family(
     "aten._flash_attention_forward", "aten._flash_attention_backward", "aten._efficient_attention_forward",
     "aten._efficient_attention_backward", "torch_attn._varlen_attn", "torch_attn._varlen_attn_out",
     "torch_attn._varlen_attn_backward", "higher_order.flex_attention", "higher_order.flex_attention_backward",
-    # the composites torch picks a kernel under, nn.MultiheadAttention's fast path, and attention
-    # kernels with no formula yet
+    # the composites torch picks a kernel under, nn.MultiheadAttention's fast path, the cuDNN
+    # kernel's own op and flash's in-place form; triton's (no formula yet)
     "aten.scaled_dot_product_attention", "aten._scaled_dot_product_attention_math",
     "aten._scaled_dot_product_attention_math_for_mps", "aten._cudnn_attention_forward",
     "aten._cudnn_attention_backward", "aten._flash_attention_forward_no_dropout_inplace",
@@ -2159,6 +2159,30 @@ COUNT_NOTES.update({
         "dense linear algebra: the leading terms of LAPACK's operation counts; eigen and singular value "
         "decompositions iterate, counted by Golub and Van Loan's estimates")),
 })
+
+
+# the cuDNN attention kernel's own op (SDPA's cuDNN backend and packed sequences call it) and
+# flash's in-place form: as the fused kernels above, [b, h, s, d] or packed
+@flops("aten._cudnn_attention_forward")
+def _cudnn_attention(call: OpCall) -> int | None:
+    if len(call["query"].shape) == 3:  # packed: [total, heads, dim] (its backward always gets offsets)
+        return _flash_forward(call)
+    b, h, s_q, s_k, d, d_v = _bhsd(call["query"], call["key"], call["value"])
+    return attention_flops_of_scores(b * h * _sdpa_scores(call, s_q, s_k), d, d_v)
+
+
+@flops("aten._cudnn_attention_backward")
+def _cudnn_attention_backward(call: OpCall) -> int | None:
+    if len(call["query"].shape) == 3:
+        return _flash_backward(call)
+    b, h, s_q, s_k, d, d_v = _bhsd(call["query"], call["key"], call["value"])
+    return attention_backward_flops_of_scores(b * h * _sdpa_scores(call, s_q, s_k), b * h * s_q, d, d_v)
+
+
+REGISTRY.add_flops(("aten._flash_attention_forward_no_dropout_inplace",), _flash_forward)
+COUNT_NOTES.update({"aten._cudnn_attention_forward": _GPU_ATTENTION_NOTE,
+                    "aten._cudnn_attention_backward": _GPU_ATTENTION_NOTE,
+                    "aten._flash_attention_forward_no_dropout_inplace": _PACKED_NOTE})
 
 REGISTRY.freeze()
 

@@ -546,3 +546,25 @@ def test_sync_batch_norm_counts_as_batch_norm_plus_combining_the_ranks():
                                  (xm, xm, per_channel, per_channel, per_channel, per_channel, per_channel,
                                   meta(ranks)), (xm,))
     assert reduce + elemt_backward == backward
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cudnn_attentions_own_op_counts_as_sdpas_cudnn_backend(causal):
+    """SDPA's cuDNN backend (a GPU's) calls the kernel's own op: both must count the same scores."""
+    b, h, s, d = 2, 4, 64, 16
+
+    def meta(*shape: int) -> torch.Tensor:
+        return torch.empty(*shape, device="meta")
+
+    q, lse, seed = meta(b, h, s, d), meta(b, h, s), meta(2)
+    aten = torch.ops.aten
+    sdpa = _meta_count(aten._scaled_dot_product_cudnn_attention.default, (q, q, q, None, True, 0.0, causal, False),
+                       (q, lse, seed, seed, 0, 0, seed, seed, seed))
+    own = _meta_count(aten._cudnn_attention_forward.default, (q, q, q, None, None, None, s, s, True, 0.0, causal),
+                      (q, lse, seed, seed, s, s, seed, seed, seed))
+    assert own == sdpa
+    sdpa_backward = _meta_count(aten._scaled_dot_product_cudnn_attention_backward.default,
+                                (q, q, q, q, q, lse, seed, seed, q, seed, seed, s, s, 0.0, causal), (q, q, q))
+    own_backward = _meta_count(aten._cudnn_attention_backward.default,
+                               (q, q, q, q, q, lse, seed, seed, q, seed, seed, s, s, 0.0, causal), (q, q, q))
+    assert own_backward == sdpa_backward
