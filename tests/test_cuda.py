@@ -647,3 +647,21 @@ def test_ops_captured_into_a_users_cuda_graph_are_not_counted_and_the_replays_ru
     # memwall's timing events stayed out of the graph: the ops after the replays are timed sanely
     (relu,) = [r for r in rep.rows if r.op == "aten.relu"]
     assert relu.calls == 2 and 0 < relu.time_s < 0.01
+
+
+@pytest.mark.parametrize("cls", [torch.nn.LSTM, torch.nn.GRU], ids=["lstm", "gru"])
+def test_recurrent_layers_on_cuda_count_as_on_cpu(cls):
+    """cuDNN runs a whole nn.LSTM or nn.GRU as one op (_cudnn_rnn): counted as the same layers on
+    CPU count (oneDNN's LSTM layer, the GRU cell's separate ops), forward and backward."""
+    torch.manual_seed(0)
+    module = cls(8, 16, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 8)
+    with torch.no_grad():
+        on_cpu = profiled(lambda: module(x))
+    module.cuda()
+    with torch.no_grad():
+        on_gpu = profiled(lambda: module(x.cuda()))
+    assert not on_gpu.uncounted, [r.name for r in on_gpu.uncounted]
+    assert sum(r.flops or 0 for r in on_gpu.rows) == sum(r.flops or 0 for r in on_cpu.rows)
+    trained = profiled(lambda: module(x.cuda())[0].sum().backward())
+    assert not trained.uncounted, [r.name for r in trained.uncounted]
