@@ -959,6 +959,9 @@ class Summary:
             split = f"fwd {_dur(fwd.get(key, 0.0))}"
             if bwd.get(key, 0.0) > 0:
                 split += f" bwd {_dur(bwd[key])}"
+            rest = g.time_s - fwd.get(key, 0.0) - bwd.get(key, 0.0)  # optimizer, scaler, outside any phase
+            if rest > 0.005 * g.time_s:
+                split += f" other {_dur(rest)}"
             text.append(f"  {split}  {si(g.flops, 'FLOP')}  {_num(g.intensity)} FLOP/B  ")
             text.append_text(_bound(g.bound))
             return text

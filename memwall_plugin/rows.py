@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from memwall_plugin import roofline
 from memwall_plugin.devices import CACHE_LEVELS
 from memwall_plugin.formulas import REGISTRY
-from memwall_plugin.records import BACKWARD, RECOMPUTE
+from memwall_plugin.records import BACKWARD, GRAD_SCALER, OPTIMIZER, OTHER, RECOMPUTE, SETUP
 
 
 class RooflinePoint:
@@ -641,14 +641,23 @@ def group_by(rows: Iterable[Row], by: str) -> tuple[Group, ...]:
     return tuple(sorted(groups, key=lambda g: (-g.time_s, g.key)))
 
 
+#: phases on neither side of a module's forward/backward split
+_NEITHER_SIDE = frozenset({OPTIMIZER, GRAD_SCALER, SETUP, OTHER})
+
+
 def module_tree(rows: Iterable[Row]) -> tuple[dict[str, Group], dict[str, float], dict[str, float]]:
-    """Every module path and its ancestors rolled up, with the forward-side (everything but
-    backward) and backward time under each path; recomputation runs in backward."""
+    """Every module path and its ancestors rolled up, with the forward-side and the backward time
+    under each path: backward includes recomputation (it runs in backward); forward is the model's
+    forward work (training's forward, generation's prefill and decode, a label of the user's). An
+    optimizer step, the grad scaler, set-up and work outside any phase are neither: what is left
+    of a group's time."""
     rows = tuple(rows)
     groups = {g.key: g for g in group_by(rows, "module_tree")}
     forward: dict[str, float] = {}
     backward: dict[str, float] = {}
     for r in rows:
+        if r.phase in _NEITHER_SIDE:
+            continue
         side = backward if r.phase in (BACKWARD, RECOMPUTE) else forward
         for key in _module_paths(r.module):
             side[key] = side.get(key, 0.0) + r.time_s

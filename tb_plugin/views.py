@@ -315,6 +315,8 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
         node["parent"] = None if g.key == "" else g.key.rpartition(".")[0]
         node["forward_time_s"] = forward.get(g.key, 0.0)
         node["backward_time_s"] = backward.get(g.key, 0.0)
+        # an optimizer step, the grad scaler, set-up and work outside any phase
+        node["other_time_s"] = max(g.time_s - node["forward_time_s"] - node["backward_time_s"], 0.0)
         tree.append(node)
     return {
         "device": device_view(report.device),

@@ -7,6 +7,9 @@ import dataclasses
 
 import pytest
 
+import memwall_plugin as memwall
+from memwall_plugin.ceilings import place_rows
+from memwall_plugin.console import render_text
 from memwall_plugin.rows import (
     COLLECTIVE_COLUMNS,
     ROW_COLUMNS,
@@ -97,6 +100,21 @@ def test_groups_and_the_module_tree():
     assert forward["enc.0"] == pytest.approx(0.003) and backward["enc.0"] == pytest.approx(0.002)
     with pytest.raises(ValueError, match="group_by takes"):
         group_by(rows, "dtype")
+
+
+def test_module_tree_keeps_the_optimizer_and_work_outside_phases_off_forward():
+    rows = [op(module="enc.0", time_s=0.003), op(module="enc.0", phase="decode", time_s=0.001),
+            op(module="enc.0", phase="backward", time_s=0.002), op(module="enc.0", phase="recompute", time_s=0.0005),
+            op("aten._foreach_add_", module="", phase="optimizer", time_s=0.004),
+            op("aten.mul_", module="", phase="other", time_s=0.002), op(module="enc.0", phase="eval", time_s=0.001)]
+    groups, forward, backward = module_tree(rows)
+    # forward-side: training's forward, generation's decode, a label of the user's; recompute is backward's
+    assert forward["enc.0"] == pytest.approx(0.005) and backward["enc.0"] == pytest.approx(0.0025)
+    # the optimizer step and the work outside any phase are on neither side of the model's split
+    assert forward[""] == pytest.approx(0.005) and groups[""].time_s == pytest.approx(0.0135)
+    device = memwall.lookup_device("a100-sxm4-80gb")
+    text = render_text(memwall.Report(rows=place_rows(rows, device), device=device, steps=(0,)), width=140)
+    assert "(model)  100%  fwd 5 ms bwd 2.5 ms other 6 ms" in text
 
 
 def test_one_record_for_ops_and_collectives():

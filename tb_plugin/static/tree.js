@@ -22,9 +22,11 @@ function branch(node, children, totalTime, depth) {
   const kids = (children.get(node.key) || []).sort((a, b) => b.time_s - a.time_s);
   const line = el('span', 'mw-tree-line');
   line.appendChild(el('span', 'mw-tree-name', node.key ? node.key.split('.').pop() : '(model)'));
+  // the optimizer step, the grad scaler and work outside any phase are neither forward nor backward
+  const other = node.other_time_s > 0.005 * node.time_s ? ` · other ${duration(node.other_time_s)}` : '';
   line.appendChild(el('span', 'mw-tree-stat', `${pct(totalTime ? node.time_s / totalTime : null)} · ` +
-      `fwd ${duration(node.forward_time_s)} · bwd ${duration(node.backward_time_s)} · ${si(node.flops, 'FLOP')} · ` +
-      `${num(node.intensity)} FLOP/B`));
+      `fwd ${duration(node.forward_time_s)} · bwd ${duration(node.backward_time_s)}${other} · ` +
+      `${si(node.flops, 'FLOP')} · ${num(node.intensity)} FLOP/B`));
   line.appendChild(el('span', `mw-badge mw-${node.bound}`, node.bound));
   line.title = node.key || '(model)';
   if (!kids.length) {
