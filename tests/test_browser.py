@@ -147,6 +147,21 @@ def test_tab_shows_one_point_per_operator_row_and_the_table_its_rows(tensorboard
     _screenshot(browser, "memwall-tab-train", tmp_path)
 
 
+def test_module_tree_splits_forward_backward_and_the_optimizer(tensorboard, browser, tmp_path):
+    base, logdir, _ = tensorboard
+    _open_tab(browser, base)
+    _choose_run(browser, "train", ready=".mw-tree-line")
+    files = sorted((logdir / "train" / "plugins" / "memwall").glob("*.json"))
+    report = merge_reports(memwall.load_report(f) for f in files)
+    optimizer = sum(r.time_s for r in report.rows if r.phase == "optimizer")
+    assert optimizer > 0
+    root = browser.find_element(By.CSS_SELECTOR, ".mw-tree-line").text
+    # the run's AdamW step is under the model's root, neither its forward nor its backward
+    assert "fwd " in root and " · bwd " in root and " · other " in root, root
+    browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.CSS_SELECTOR, ".mw-tree-line"))
+    _screenshot(browser, "memwall-tab-tree", tmp_path)
+
+
 def test_what_if_device_replaces_the_roofs(tensorboard, browser):
     base, _, _ = tensorboard
     _open_tab(browser, base)
