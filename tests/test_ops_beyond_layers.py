@@ -568,3 +568,17 @@ def test_cudnn_attentions_own_op_counts_as_sdpas_cudnn_backend(causal):
     own_backward = _meta_count(aten._cudnn_attention_backward.default,
                                (q, q, q, q, q, lse, seed, seed, q, seed, seed, s, s, 0.0, causal), (q, q, q))
     assert own_backward == sdpa_backward
+
+
+def test_weight_only_quantized_matmuls_by_hand():
+    m, k, n = 4, 64, 32
+    x = torch.randn(m, k)
+    int8 = torch.randint(-128, 127, (n, k), dtype=torch.int8)
+    int4 = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.randint(0, 16, (n, k), dtype=torch.int32), 1)
+    scales_and_zeros = torch.rand(k // 32, n, 2)
+    rep = profiled(lambda: (torch.ops.aten._weight_int8pack_mm(x, int8, torch.rand(n)),
+                            torch.ops.aten._weight_int4pack_mm_for_cpu(x, int4, 32, scales_and_zeros)))
+    # the matmul, then each output scaled by its channel's scale
+    assert one_row(rep, "aten._weight_int8pack_mm").flops == 2 * m * k * n + m * n
+    # the matmul, with each int4 weight dequantised once: its group's scale and zero point
+    assert one_row(rep, "aten._weight_int4pack_mm_for_cpu").flops == 2 * m * k * n + 2 * k * n
