@@ -60,10 +60,10 @@ def _snippets() -> dict[str, object]:
         torch.addr(torch.randn(4, 5), torch.randn(4), torch.randn(5))
 
     def audio_front_end():
-        conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 4, 3, padding=1), dim=2)
+        conv = nn.utils.parametrizations.weight_norm(nn.Conv1d(4, 4, 3, padding=1, padding_mode="reflect"), dim=2)
         wave = torch.randn(400)
         spec = torch.stft(wave, n_fft=64, window=torch.hann_window(64), return_complex=True).abs()
-        (conv(torch.randn(1, 4, 10)).sum() + spec.sum()).backward()
+        (conv(torch.randn(1, 4, 10, requires_grad=True)).sum() + spec.sum()).backward()
 
     def vision_front_end():
         x = torch.randn(2, 3, 8, 8, requires_grad=True)
@@ -99,6 +99,7 @@ def _snippets() -> dict[str, object]:
         torch.linalg.solve(spd, torch.randn(16, 3))
         torch.linalg.inv(spd)
         torch.linalg.slogdet(spd)
+        torch.linalg.solve_triangular(torch.linalg.cholesky(spd), torch.randn(16, 4), upper=False)  # Qwen3-Next
 
     def search_select_distance():
         bins = torch.sort(torch.randn(32)).values
