@@ -39,7 +39,16 @@ from memwall_plugin.records import (
 )
 from memwall_plugin.registry import Family
 from memwall_plugin.roofline import COMMUNICATION, COMPUTE, MEMORY, launch_floor_s
-from memwall_plugin.rows import FusionSaving, Group, Row, fusion_savings, module_tree, speedup, total_fusion_saving
+from memwall_plugin.rows import (
+    FusionSaving,
+    Group,
+    Row,
+    fusion_savings,
+    module_tree,
+    other_time_s,
+    speedup,
+    total_fusion_saving,
+)
 
 if TYPE_CHECKING:  # drawn, not imported: report.py's str() and Jupyter view call this module
     from memwall_plugin.report import Report
@@ -959,7 +968,7 @@ class Summary:
             split = f"fwd {_dur(fwd.get(key, 0.0))}"
             if bwd.get(key, 0.0) > 0:
                 split += f" bwd {_dur(bwd[key])}"
-            rest = g.time_s - fwd.get(key, 0.0) - bwd.get(key, 0.0)  # optimizer, scaler, outside any phase
+            rest = other_time_s(g, fwd, bwd)
             if rest > 0.005 * g.time_s:
                 split += f" other {_dur(rest)}"
             text.append(f"  {split}  {si(g.flops, 'FLOP')}  {_num(g.intensity)} FLOP/B  ")

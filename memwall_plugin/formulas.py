@@ -545,9 +545,34 @@ ELEMENTWISE: dict[str, int] = {
             "frac remainder fmod eq ne lt le gt ge logical_and logical_or logical_not logical_xor "
             "bitwise_and bitwise_or bitwise_xor bitwise_not where masked_fill isnan isinf "
             "nan_to_num atan2 hypot copysign heaviside signbit lgamma digamma relu6 "
-            "threshold_backward hardtanh_backward floor_divide"
+            "threshold_backward hardtanh_backward floor_divide asinh acosh atanh deg2rad rad2deg isposinf "
+            "isneginf bitwise_left_shift bitwise_right_shift angle"
         ).split()
     },
+    # special functions: one transcendental function per element, as lgamma, digamma and erfinv
+    **{
+        name: 1
+        for name in (
+            "i0 special_i0e special_i1 special_i1e special_ndtri special_log_ndtr special_erfcx special_airy_ai "
+            "special_bessel_j0 special_bessel_j1 special_bessel_y0 special_bessel_y1 special_modified_bessel_i0 "
+            "special_modified_bessel_i1 special_modified_bessel_k0 special_modified_bessel_k1 "
+            "special_scaled_modified_bessel_k0 special_scaled_modified_bessel_k1 special_spherical_bessel_j0 "
+            "igamma igammac special_zeta polygamma"
+        ).split()
+    },
+    "special_entr": 3,  # -x ln x
+    "special_xlog1py": 2,  # x log1p(y)
+    "hardshrink": 2,  # |x| > lambda, select
+    "hardshrink_backward": 2,
+    "softshrink": 3,  # two compares and the shift
+    "softshrink_backward": 2,
+    "sinc": 3,  # sin(pi x) / (pi x)
+    "logaddexp": 7,  # max(a, b) + log1p(exp(-|a - b|)): sub, abs, neg, exp, log1p, max, add
+    "logaddexp2": 7,
+    "linalg_cross": 3,  # a_i b_j - a_j b_i per output element
+    "_add_relu": 2,
+    "_masked_scale": 2,  # x * mask * scale
+    "polar": 4,  # abs * cos(angle), abs * sin(angle)
     "xlogy": 2,
     "leaky_relu": 2,
     "hardtanh": 2,
@@ -1368,25 +1393,6 @@ _PAD_BACKWARD = tuple(f"aten.{kind}_pad{d}d_backward" for kind in ("reflection",
 REGISTRY.add_flops(_PAD_BACKWARD, _pad_backward)
 REGISTRY.set_family(Family.DATA_MOVEMENT, *_PAD_BACKWARD)
 
-# elementwise ops and activations not in ELEMENTWISE's table (their in-place forms too)
-MORE_ELEMENTWISE: dict[str, int] = {
-    **dict.fromkeys(("asinh", "acosh", "atanh", "deg2rad", "rad2deg", "isposinf", "isneginf",
-                     "bitwise_left_shift", "bitwise_right_shift", "angle"), 1),
-    "hardshrink": 2,  # |x| > lambda, select
-    "hardshrink_backward": 2,
-    "softshrink": 3,  # two compares and the shift
-    "softshrink_backward": 2,
-    "sinc": 3,  # sin(pi x) / (pi x)
-    "logaddexp": 7,  # max(a, b) + log1p(exp(-|a - b|)): sub, abs, neg, exp, log1p, max, add
-    "logaddexp2": 7,
-    "linalg_cross": 3,  # a_i b_j - a_j b_i per output element
-    "_add_relu": 2,
-    "_masked_scale": 2,  # x * mask * scale
-    "polar": 4,  # abs * cos(angle), abs * sin(angle)
-}
-for _name, _cost in MORE_ELEMENTWISE.items():
-    REGISTRY.add_flops((f"aten.{_name}", f"aten.{_name}_"), _elementwise(_cost))
-    REGISTRY.set_family(Family.ELEMENTWISE, f"aten.{_name}", f"aten.{_name}_")
 # the shift operators under their Python names
 _SHIFTS = ("aten.__lshift__", "aten.__rshift__", "aten.__ilshift__", "aten.__irshift__")
 REGISTRY.add_flops(_SHIFTS, _elementwise(1))
@@ -1511,16 +1517,11 @@ def _binary_search(values: int, boundaries: TensorMeta) -> int:
     return values * math.ceil(math.log2(n + 1))
 
 
-@flops("aten.searchsorted")
+@flops("aten.searchsorted", "aten.bucketize")
 def _searchsorted(call: OpCall) -> int:
-    values = call.get("self")
-    return _binary_search(values.numel if isinstance(values, TensorMeta) else 1, call["sorted_sequence"])
-
-
-@flops("aten.bucketize")
-def _bucketize(call: OpCall) -> int:
-    values = call.get("self")
-    return _binary_search(values.numel if isinstance(values, TensorMeta) else 1, call["boundaries"])
+    values = call.get("self")  # a Scalar's overloads search one value
+    boundaries = call.get("sorted_sequence") or call["boundaries"]
+    return _binary_search(values.numel if isinstance(values, TensorMeta) else 1, boundaries)
 
 
 @flops("aten.kthvalue", "aten.median", "aten.nanmedian", "aten.cummax", "aten.cummin", "aten._cummax_helper",
@@ -1694,31 +1695,33 @@ def _weight_norm_backward(call: OpCall) -> int:
 LSTM_CELL_FLOPS = 12 + 1 + 3 + 1 + 1
 
 
+def _rnn_layer(w_ih: TensorMeta, w_hh: TensorMeta, biased: bool, hidden: int, cell: int) -> int:
+    """One layer-direction's FLOPs per row (time step x batch row): the input and hidden
+    projections of every gate, their sum and the two biases, the cell's `cell` per hidden unit."""
+    gates = w_ih.shape[0]
+    return 2 * gates * (w_ih.shape[-1] + w_hh.shape[-1]) + gates * (3 if biased else 1) + cell * hidden
+
+
+def _rows(x: TensorMeta) -> int:
+    """Time steps x batch rows (or packed steps) of a recurrent layer's input."""
+    return x.numel // x.shape[-1]
+
+
 @flops("aten.mkldnn_rnn_layer")
 def _mkldnn_rnn_layer(call: OpCall) -> int | None:
     """One layer and direction of nn.LSTM on CPU (oneDNN runs LSTMs only)."""
-    x, w_ih, w_hh = call["input"], call["weight0"], call["weight1"]
-    hidden = w_hh.shape[-1]
-    gates = w_ih.shape[0]  # 4 x hidden
-    steps_rows = x.numel // x.shape[-1]  # time steps x batch rows
-    projections = 2 * gates * (x.shape[-1] + hidden)
-    biases = 2 * gates if call.get("has_biases") else 0
-    biases += gates  # the input and hidden projections summed
-    return steps_rows * (projections + biases + LSTM_CELL_FLOPS * hidden)
+    w_hh = call["weight1"]
+    return _rows(call["input"]) * _rnn_layer(call["weight0"], w_hh, bool(call.get("has_biases")), w_hh.shape[-1],
+                                             LSTM_CELL_FLOPS)
 
 
 @flops("aten.mkldnn_rnn_layer_backward")
 def _mkldnn_rnn_layer_backward(call: OpCall) -> int | None:
     """Twice the forward: the gradients of the inputs and of the weights each as large as the
     forward's products, and the gates' derivatives as many as their values."""
-    x, w_ih, w_hh = call["input"], call["weight1"], call["weight2"]
-    hidden = w_hh.shape[-1]
-    gates = w_ih.shape[0]
-    steps_rows = x.numel // x.shape[-1]
-    projections = 2 * gates * (x.shape[-1] + hidden)
-    biases = 2 * gates if call.get("has_biases") else 0
-    biases += gates  # the input and hidden projections summed
-    return 2 * steps_rows * (projections + biases + LSTM_CELL_FLOPS * hidden)
+    w_hh = call["weight2"]
+    return 2 * _rows(call["input"]) * _rnn_layer(call["weight1"], w_hh, bool(call.get("has_biases")),
+                                                 w_hh.shape[-1], LSTM_CELL_FLOPS)
 
 
 REGISTRY.set_family(Family.MATMUL, "aten.mkldnn_rnn_layer", "aten.mkldnn_rnn_layer_backward")
@@ -1988,21 +1991,7 @@ REGISTRY.add_flops(("aten._fused_adamw", "aten._fused_adam"), _fused_adam)
 REGISTRY.add_flops(("aten._fused_sgd",), _fused_sgd)
 REGISTRY.add_flops(("aten._fused_adagrad",), _fused_adagrad)
 
-# special functions: one transcendental function per element, as lgamma, digamma and erfinv count;
-# entr is -x ln x (3), xlog1py x log1p(y) (2), the multivariate log-gamma p lgammas, p subtracts
-# and p adds per element
-_SPECIAL = (
-    "i0 special_i0e special_i1 special_i1e special_ndtri special_log_ndtr special_erfcx special_airy_ai "
-    "special_bessel_j0 special_bessel_j1 special_bessel_y0 special_bessel_y1 special_modified_bessel_i0 "
-    "special_modified_bessel_i1 special_modified_bessel_k0 special_modified_bessel_k1 "
-    "special_scaled_modified_bessel_k0 special_scaled_modified_bessel_k1 special_spherical_bessel_j0 igamma "
-    "igammac special_zeta polygamma"
-).split()
-for _name in _SPECIAL:
-    REGISTRY.add_flops((f"aten.{_name}", f"aten.{_name}_"), _elementwise(1))
-    REGISTRY.set_family(Family.ELEMENTWISE, f"aten.{_name}", f"aten.{_name}_")
-REGISTRY.add_flops(("aten.special_entr",), _elementwise(3))
-REGISTRY.add_flops(("aten.special_xlog1py",), _elementwise(2))
+# the multivariate log-gamma: p lgammas, p subtracts and p adds per element
 
 
 @flops("aten.mvlgamma", "aten.mvlgamma_")
@@ -2010,7 +1999,7 @@ def _mvlgamma(call: OpCall) -> int:
     return 3 * call["p"] * call["self"].numel
 
 
-REGISTRY.set_family(Family.ELEMENTWISE, "aten.special_entr", "aten.special_xlog1py", "aten.mvlgamma", "aten.mvlgamma_")
+REGISTRY.set_family(Family.ELEMENTWISE, "aten.mvlgamma", "aten.mvlgamma_")
 
 # random draws by rejection (gamma, Dirichlet, Poisson): one per element, as every random draw
 _MORE_RANDOM = ("aten.poisson", "aten._standard_gamma", "aten._sample_dirichlet", "aten.normal_functional")
@@ -2068,28 +2057,20 @@ REGISTRY.set_family(Family.ELEMENTWISE, "aten.multi_margin_loss", "aten.multi_ma
 # h (proj_size); as the CPU runs the same layers (mkldnn_rnn_layer, or the GRU and RNN cells'
 # separate ops). An LSTM cell is LSTM_CELL_FLOPS per hidden unit; a GRU's two sigmoids (8), r
 # times the hidden part of n (1), tanh (1) and h' = n + z (h - n) (3); a plain RNN's tanh or relu
-GATES = {0: 1, 1: 1, 2: 4, 3: 3}  # cuDNN's modes: RNN_RELU, RNN_TANH, LSTM, GRU
-CELL_FLOPS = {0: 1, 1: 1, 2: LSTM_CELL_FLOPS, 3: 13}
+CELL_FLOPS = {0: 1, 1: 1, 2: LSTM_CELL_FLOPS, 3: 13}  # by cuDNN's mode: RNN_RELU, RNN_TANH, LSTM, GRU
 
 
 def _fused_rnn(call: OpCall) -> int | None:
     mode = call["mode"]
-    if mode not in GATES:
+    if mode not in CELL_FLOPS:
         return None
-    x = call["input"]
     weights = call.tensors_of("weight")
-    per = call["weight_stride0"]
+    per = call["weight_stride0"]  # tensors per layer-direction: w_ih, w_hh[, b_ih, b_hh][, w_hr]
     hidden = call["hidden_size"]
     proj = call.get("proj_size") or 0
-    rows = x.numel // x.shape[-1]
-    gates = GATES[mode] * hidden
-    total = 0
-    for first in range(0, len(weights), per):
-        w_ih, w_hh = weights[first], weights[first + 1]
-        biased = per >= 4
-        total += 2 * gates * (w_ih.shape[-1] + w_hh.shape[-1]) + gates * (3 if biased else 1)
-        total += CELL_FLOPS[mode] * hidden + (2 * hidden * proj if proj else 0)
-    return rows * total
+    per_row = sum(_rnn_layer(weights[first], weights[first + 1], per >= 4, hidden, CELL_FLOPS[mode])
+                  + 2 * hidden * proj for first in range(0, len(weights), per))
+    return _rows(call["input"]) * per_row
 
 
 @flops("aten._cudnn_rnn", "aten.miopen_rnn")
@@ -2148,6 +2129,26 @@ def _bn_update_stats(call: OpCall) -> int:
     return REDUCTIONS["var"] * call["input"].numel
 
 
+
+
+# the cuDNN attention kernel's own op (SDPA's cuDNN backend and packed sequences call it) and
+# flash's in-place form: as the fused kernels above, [b, h, s, d] or packed
+@flops("aten._cudnn_attention_forward")
+def _cudnn_attention(call: OpCall) -> int | None:
+    if len(call["query"].shape) == 3:  # packed: [total, heads, dim] (its backward always gets offsets)
+        return _flash_forward(call)
+    return _sdpa(call)
+
+
+@flops("aten._cudnn_attention_backward")
+def _cudnn_attention_backward(call: OpCall) -> int | None:
+    if len(call["query"].shape) == 3:
+        return _flash_backward(call)
+    return _sdpa_backward(call)
+
+
+REGISTRY.add_flops(("aten._flash_attention_forward_no_dropout_inplace",), _flash_forward)
+
 # how the counts above were made where shapes alone do not say: an upper bound, a convention
 COUNT_NOTES.update({
     **dict.fromkeys(("aten._ctc_loss", "aten._ctc_loss_backward"), (
@@ -2158,31 +2159,10 @@ COUNT_NOTES.update({
     **dict.fromkeys(_LINALG, (
         "dense linear algebra: the leading terms of LAPACK's operation counts; eigen and singular value "
         "decompositions iterate, counted by Golub and Van Loan's estimates")),
+    "aten._cudnn_attention_forward": _GPU_ATTENTION_NOTE,
+    "aten._cudnn_attention_backward": _GPU_ATTENTION_NOTE,
+    "aten._flash_attention_forward_no_dropout_inplace": _PACKED_NOTE,
 })
-
-
-# the cuDNN attention kernel's own op (SDPA's cuDNN backend and packed sequences call it) and
-# flash's in-place form: as the fused kernels above, [b, h, s, d] or packed
-@flops("aten._cudnn_attention_forward")
-def _cudnn_attention(call: OpCall) -> int | None:
-    if len(call["query"].shape) == 3:  # packed: [total, heads, dim] (its backward always gets offsets)
-        return _flash_forward(call)
-    b, h, s_q, s_k, d, d_v = _bhsd(call["query"], call["key"], call["value"])
-    return attention_flops_of_scores(b * h * _sdpa_scores(call, s_q, s_k), d, d_v)
-
-
-@flops("aten._cudnn_attention_backward")
-def _cudnn_attention_backward(call: OpCall) -> int | None:
-    if len(call["query"].shape) == 3:
-        return _flash_backward(call)
-    b, h, s_q, s_k, d, d_v = _bhsd(call["query"], call["key"], call["value"])
-    return attention_backward_flops_of_scores(b * h * _sdpa_scores(call, s_q, s_k), b * h * s_q, d, d_v)
-
-
-REGISTRY.add_flops(("aten._flash_attention_forward_no_dropout_inplace",), _flash_forward)
-COUNT_NOTES.update({"aten._cudnn_attention_forward": _GPU_ATTENTION_NOTE,
-                    "aten._cudnn_attention_backward": _GPU_ATTENTION_NOTE,
-                    "aten._flash_attention_forward_no_dropout_inplace": _PACKED_NOTE})
 
 REGISTRY.freeze()
 

@@ -662,3 +662,9 @@ def module_tree(rows: Iterable[Row]) -> tuple[dict[str, Group], dict[str, float]
         for key in _module_paths(r.module):
             side[key] = side.get(key, 0.0) + r.time_s
     return groups, forward, backward
+
+
+def other_time_s(group: Group, forward: dict[str, float], backward: dict[str, float]) -> float:
+    """A module_tree group's time on neither side: an optimizer step, the grad scaler, set-up and
+    work outside any phase."""
+    return max(group.time_s - forward.get(group.key, 0.0) - backward.get(group.key, 0.0), 0.0)

@@ -26,7 +26,7 @@ from memwall_plugin.ranks import CONDENSE_ABOVE, rank_spread
 from memwall_plugin.records import FLOAT32_ASSUMED, ordered_phases
 from memwall_plugin.report import Report, StepTotals
 from memwall_plugin.roofline import launch_floor_s
-from memwall_plugin.rows import Folded, Group, Row, group_rows, module_tree, row_record
+from memwall_plugin.rows import Folded, Group, Row, group_rows, module_tree, other_time_s, row_record
 from memwall_plugin.rundir import Job
 
 
@@ -315,8 +315,7 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
         node["parent"] = None if g.key == "" else g.key.rpartition(".")[0]
         node["forward_time_s"] = forward.get(g.key, 0.0)
         node["backward_time_s"] = backward.get(g.key, 0.0)
-        # an optimizer step, the grad scaler, set-up and work outside any phase
-        node["other_time_s"] = max(g.time_s - node["forward_time_s"] - node["backward_time_s"], 0.0)
+        node["other_time_s"] = other_time_s(g, forward, backward)
         tree.append(node)
     return {
         "device": device_view(report.device),
