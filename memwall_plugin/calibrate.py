@@ -106,11 +106,18 @@ def _kernel(name: str, arrays: list[torch.Tensor]) -> Callable[[], Any]:
     return lambda: a.add_(b)
 
 
-def _best_seconds(device: torch.device, name: str, arrays_n: int, n: int, repeats: int, budget_s: float) -> float:
-    """Best seconds per call of kernel `name` on `arrays_n` fp32 arrays of `n` elements."""
+def _best_seconds(
+    device: torch.device, name: str, arrays_n: int, n: int, repeats: int, budget_s: float,
+    buffer: torch.Tensor | None = None,
+) -> float:
+    """Best seconds per call of kernel `name` on `arrays_n` fp32 arrays of `n` elements (the first
+    ones of `buffer` where given, else fresh ones)."""
     timed = _timer(device)
-    generator = torch.Generator(device=device).manual_seed(0)  # never the user's random stream
-    arrays = [torch.rand(n, device=device, generator=generator) for _ in range(arrays_n)]
+    if buffer is None:
+        generator = torch.Generator(device=device).manual_seed(0)  # never the user's random stream
+        arrays = [torch.rand(n, device=device, generator=generator) for _ in range(arrays_n)]
+    else:
+        arrays = list(buffer[: arrays_n * n].view(arrays_n, n).unbind(0))
     kernel = _kernel(name, arrays)
     kernel()  # touches every page and loads the kernel
     many, times = _repeated(kernel, timed(kernel), budget_s)
@@ -119,16 +126,23 @@ def _best_seconds(device: torch.device, name: str, arrays_n: int, n: int, repeat
 
 def measure_stream(
     device: torch.device, *, elements: int | None = None, repeats: int = 5, budget_s: float = 0.02,
-    kernels: tuple[str, ...] = ("copy", "triad", "scale", "add"),
+    kernels: tuple[str, ...] = ("copy", "triad", "scale", "add"), cache_bytes: int = 0,
 ) -> tuple[float, dict[str, float], int]:
     """Main memory's bandwidth: the best bytes/s of the streaming kernels (`KERNELS`) on arrays
-    far larger than the last-level cache (default 32M elements, 128 MB each); also each kernel's."""
-    n = elements or 32 * 2**20
-    each = {}
-    for name, arrays_n, per_element in KERNELS:
-        if name in kernels:
-            each[name] = per_element * n / _best_seconds(device, name, arrays_n, n, repeats, budget_s)
-    return max(each.values()), each, n
+    far larger than the last-level cache; also each kernel's. Each array holds `elements` (default
+    32M, 128 MB each), more where a kernel's arrays together would not span four times
+    `cache_bytes` (the largest cache in front of main memory): a 480 MiB L3 held most of a 128 MB
+    in-place scale and passed its speed off as main memory's. The kernels share one buffer, its
+    pages touched once (a first touch costs far more than a pass: 3.3 s for 2 GB on a VM).
+    Returns the largest array's elements."""
+    floor = elements or 32 * 2**20
+    sizes = {name: (arrays_n, per_element, max(floor, -(-4 * cache_bytes // (4 * arrays_n))))
+             for name, arrays_n, per_element in KERNELS if name in kernels}
+    buffer = torch.empty(max(arrays_n * n for arrays_n, _, n in sizes.values()), device=device)
+    buffer.fill_(1.0)  # finite under every kernel however often it runs (scale flips its sign)
+    each = {name: per_element * n / _best_seconds(device, name, arrays_n, n, repeats, budget_s, buffer)
+            for name, (arrays_n, per_element, n) in sizes.items()}
+    return max(each.values()), each, max(n for _, _, n in sizes.values())
 
 
 def measure_level(
@@ -226,7 +240,8 @@ def calibrate(
         progress("memory bandwidth (STREAM copy, triad; in-place scale, add)")
     # a pass over the triad's arrays takes ~10 ms: many of them cost little, and on a shared
     # machine only the best pass shows the memory system (3 passes read ~40% low at times)
-    main, each, n = measure_stream(device, repeats=repeats or 10)
+    last_level = max((level.capacity_bytes or 0 for level in spec.caches), default=0)
+    main, each, n = measure_stream(device, repeats=repeats or 10, cache_bytes=last_level)
     details["stream_elements"] = n
     details["stream_bytes_per_s"] = each
     levels, details["levels"] = measure_levels(spec, device, main, quick=quick, progress=progress)

@@ -8,6 +8,7 @@ hand on a device with round numbers.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from typing import Any
 
@@ -169,6 +170,37 @@ def test_calibrated_levels_keep_in_place_updates_at_or_under_their_roof(tmp_path
             x.add_(y)
     for r in prof.report().rows:
         assert r.in_cache and r.efficiency <= 1.2, (r.op, r.memory_level, r.efficiency)
+
+
+
+def test_main_memory_is_measured_on_arrays_four_times_the_last_level_cache(tmp_path, monkeypatch):
+    """A 480 MiB L3 (the CI host's Xeon) held most of a fixed 128 MB in-place scale, and calibration
+    took that cache's speed for main memory's: an out-of-place add then read 15% of its roof. Each
+    streaming kernel's arrays now span four times the largest cache in front of main memory (a
+    96 MiB L3 here: the one-array scale grows past 128 MB, the three-array triad stays at it)."""
+    calibration = importlib.import_module("memwall_plugin.calibrate")  # the package exports the function
+    monkeypatch.setenv("MEMWALL_CACHE_DIR", str(tmp_path))
+    spans: dict[str, int] = {}
+
+    def best_seconds(device, name, arrays_n, n, repeats, budget_s, buffer=None):  # sizes, no streams
+        spans.setdefault(name, 4 * arrays_n * n)  # the first call per kernel is main memory's
+        assert buffer is None or buffer.numel() >= arrays_n * n
+        return 1.0
+
+    monkeypatch.setattr(calibration, "_best_seconds", best_seconds)
+    spec = dataclasses.replace(
+        memwall.detect_device("cpu"),
+        caches=(MemoryLevel("L2", 2 * MIB, None, "test"), MemoryLevel("L3", 96 * MIB, None, "test")),
+    )
+    result = memwall.calibrate(spec, quick=True, dtypes=(torch.float32,))
+    assert set(spans) == {"copy", "triad", "scale", "add"}
+    assert min(spans.values()) >= 4 * 96 * MIB, spans
+    assert spans["triad"] == 3 * 128 * MIB  # 384 MiB already
+    assert result.details["stream_elements"] == 4 * 96 * MIB // 4  # the in-place scale: one array
+    # where the caches are small, the 128 MB arrays stay
+    spans.clear()
+    calibration.measure_stream(torch.device("cpu"), cache_bytes=8 * MIB, repeats=1)
+    assert spans == {"copy": 2 * 128 * MIB, "triad": 3 * 128 * MIB, "scale": 128 * MIB, "add": 2 * 128 * MIB}
 
 
 def test_report_files_keep_reuse_and_old_rows_read_as_main_memory(tmp_path):
