@@ -150,10 +150,10 @@ class ModuleTracker:
             root = calling_owner(module) or module
             self._add_root(root)
             return self._names.get(module, "")
-        # a module run inside another but not registered as its child
-        name = f"{self.stack[-1]}.{type(module).__name__}" if self.stack[-1] else type(module).__name__
-        self._names[module] = name
-        return name
+        # a module run inside another but not registered as its child: named under the caller of
+        # each call, not kept (one such module can serve every layer: transformers 5 runs RoPE as
+        # a `kernels` Func module no layer holds, and all its calls went to the first caller)
+        return f"{self.stack[-1]}.{type(module).__name__}" if self.stack[-1] else type(module).__name__
 
     # -- hooks -------------------------------------------------------------------------------
     def open(self) -> None:

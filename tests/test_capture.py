@@ -74,6 +74,37 @@ def test_with_model_other_modules_are_not_tracked():
     assert {r.module for r in rows_of(rep, "aten.addmm")} == {"inner.0", "inner.2", "head", ""}
 
 
+class _Rotate(torch.nn.Module):  # a module held by no model, as hub kernels wrap a function
+    def forward(self, x):
+        return torch.cat((-x[..., 4:], x[..., :4]), dim=-1)
+
+
+_ROTATE = _Rotate()
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return _ROTATE(self.proj(x))
+
+
+def test_a_module_shared_outside_the_model_goes_to_each_caller():
+    """transformers 5 runs `apply_rotary_pos_emb` as one `kernels` Func module held by no layer:
+    its ops went to the first layer that called it (all four layers' RoPE under layer 0)."""
+    model = torch.nn.Sequential(*[_Attention() for _ in range(3)])
+    x = torch.randn(2, 8)
+    rep = profiled(lambda: model(x).sum().backward())
+    callers = {f"{i}._Rotate" for i in range(3)}
+    assert {r.module: r.calls for r in rows_of(rep, "aten.neg", "forward")} == dict.fromkeys(callers, 1)
+    assert {r.module for r in rows_of(rep, "aten.neg", "backward")} == callers
+    # with model= given, the shared module is not the model's: its ops stay with each caller
+    rep = profiled(lambda: model(x).sum().backward(), model=model)
+    assert {r.module for r in rows_of(rep, "aten.neg", "forward")} == {"0", "1", "2"}
+
+
 def test_optimizer_phase_for_every_optimizer_flavour():
     model = Block()
     for kwargs in ({"foreach": False}, {"foreach": True}, {"fused": True}):
