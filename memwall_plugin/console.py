@@ -468,11 +468,49 @@ def findings(report: Report) -> list[str]:
             + ", not in this one."
         )
     out.extend(cuda_graph_notes(report))
-    device = report.device
-    if device is not None and {"estimated"} & {f.source for _, f in device.peaks}:
-        out.append("some peaks are estimated, not measured: run `memwall calibrate` for this machine's "
-                   "real ceilings.")
+    estimated = estimated_roofs(report)
+    if estimated:
+        floating = [name for name in estimated if not name.startswith("the int")]
+        text = f"{_and(estimated)} {'is' if len(estimated) == 1 else 'are'} estimated, not measured"
+        if floating:
+            text += ": run `memwall calibrate` for this machine's real ceilings"
+        if len(floating) < len(estimated):  # calibration times floating-point GEMMs only
+            text += ("; `memwall calibrate` measures floating-point GEMMs only: MEMWALL_PEAKS=\"int8=...\" "
+                     "sets an integer peak")
+        out.append(text + ".")
     return out
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def estimated_roofs(report: Report) -> list[str]:
+    """The estimated figures this run's counted rows stand under ("the fp32 peak", "the DRAM
+    bandwidth"): a roof no row uses (an int8 peak in a float run, left estimated after
+    `memwall calibrate`, which measures floating-point GEMMs) is not worth a finding."""
+    device = report.device
+    if device is None:
+        return []
+    peaks = dict(device.peaks)
+    levels = {level.name: level.bandwidth for level in device.memory_levels}
+    main = device.memory_levels[-1].name
+    names: dict[str, None] = {}
+    for r in report.rows:
+        if r.collective is not None or r.flops is None:
+            continue
+        if r.flops and r.peak_flops_per_s is not None:
+            # the peak the row stands under: its dtype's, or another's it falls back to (tf32)
+            key = next((k for k, f in peaks.items() if f.value == r.peak_flops_per_s), peak_key(r.dtype))
+            figure = peaks.get(key)
+            if figure is not None and figure.source == "estimated":
+                names[f"the {key} peak"] = None
+        if r.bytes_read + r.bytes_written and r.bandwidth_bytes_per_s is not None:
+            level = r.memory_level or main
+            figure = levels.get(level)
+            if figure is not None and figure.source == "estimated":
+                names[f"the {level} bandwidth"] = None
+    return list(names)
 
 
 def _uses_cuda_graphs(report: Report) -> bool:

@@ -184,6 +184,27 @@ def test_a_conv_only_cpu_run_gets_convolution_advice_and_no_gpu_or_decoding_advi
     assert any("bf16, which this CPU runs natively on AMX" in f for f in amx)
 
 
+def test_the_estimated_figures_finding_names_the_roofs_the_run_stands_under():
+    """After `memwall calibrate` the int8 peak stays estimated (calibration times floating-point
+    GEMMs): a float run was still told to run `memwall calibrate`, forever."""
+    run = _conv_only_run()
+    estimated = memwall.cpu_spec(threads=2, cpuinfo=AMX_CPU, max_khz="2500000", caches=[])
+    (note,) = [f for f in findings(_measured_on(run, estimated)) if "estimated, not measured" in f]
+    assert note.startswith("the fp32 peak and the DRAM bandwidth are estimated") and "memwall calibrate" in note
+    assert "int8" not in note and "bf16" not in note  # no row stands under them
+    calibrated = estimated.with_figures(peaks={"fp32": 3e11, "fp64": 1.5e11, "bf16": 2e12, "fp16": 3e11},
+                                        bandwidth=4e10, source="calibrated")
+    assert dict(calibrated.peaks)["int8"].source == "estimated"
+    assert not [f for f in findings(_measured_on(run, calibrated)) if "estimated" in f]
+    # an int8 matmul on that machine: its peak is named, and how to set it, not calibration
+    a, b = torch.randint(-8, 8, (64, 64), dtype=torch.int8), torch.randint(-8, 8, (64, 64), dtype=torch.int8)
+    with memwall.profile(summary=False) as prof:
+        torch._int_mm(a, b)
+    (note,) = [f for f in findings(_measured_on(prof.report(), calibrated)) if "estimated" in f]
+    assert note.startswith("the int8 peak is estimated") and "MEMWALL_PEAKS" in note
+    assert "run `memwall calibrate`" not in note
+
+
 def test_a_what_if_on_another_device_has_no_compute_roof_finding():
     here = _measured_on(_conv_only_run(), _cpu(NO_BF16_CPU, 1e15, 1e15))
     assert any(f.startswith("compute-bound ops reach") for f in findings(here))
