@@ -1043,11 +1043,61 @@ class _Externs:
         return extern
 
 
+class _ObservedTorch:
+    """Stands for a wrapper module's `torch` while a region runs: the aten ops the wrapper calls
+    itself (`torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default(...)`, Inductor's
+    fallbacks: attention, ops it has no lowering for) go through `run` as library calls named
+    `aten.<op>`; everything else is torch's own."""
+
+    def __init__(self, real: Any, run: Callable[..., Any]) -> None:
+        self._real, self._ops = real, _ObservedOps(real.ops, run)
+
+    def __getattr__(self, name: str) -> Any:
+        return self._ops if name == "ops" else getattr(self._real, name)
+
+
+class _ObservedOps:
+    def __init__(self, real: Any, run: Callable[..., Any]) -> None:
+        self._real, self._run = real, run
+
+    def __getattr__(self, namespace: str) -> Any:
+        found = getattr(self._real, namespace)
+        return _ObservedAten(found, self._run) if namespace == "aten" else found
+
+
+class _ObservedAten:
+    def __init__(self, real: Any, run: Callable[..., Any]) -> None:
+        self._real, self._run = real, run
+
+    def __getattr__(self, name: str) -> Any:
+        return _ObservedPacket(getattr(self._real, name), name, self._run)
+
+
+class _ObservedPacket:
+    def __init__(self, real: Any, name: str, run: Callable[..., Any]) -> None:
+        self._real, self._name, self._run = real, name, run
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run(f"aten.{self._name}", None, self._real, args, kwargs)
+
+    def __getattr__(self, overload: str) -> Any:
+        op = getattr(self._real, overload)
+        if not isinstance(op, torch._ops.OpOverload):
+            return op
+        name, run = f"aten.{self._name}", self._run
+
+        def fallback(*args: Any, **kwargs: Any) -> Any:
+            return run(name, None, op, args, kwargs)
+
+        return fallback
+
+
 @contextlib.contextmanager
 def kernels_observed(region: Any, run: Callable[..., Any]) -> Iterator[bool]:
     """While open, each kernel call of the compiled region an `inductor_compiled_code` call runs
     (its generated C++ kernels, `cpp_fused_*`, its Triton kernels' launches, `triton_*.run`, and
-    its library calls, `extern_kernels.*`) goes through `run(name, roles, kernel, args, kwargs)`,
+    its library calls, `extern_kernels.*`, and the aten ops it calls itself, `torch.ops.aten.*`)
+    goes through `run(name, roles, kernel, args, kwargs)`,
     which must call `kernel(*args, **kwargs)` and return its result: the same calls, in the same
     order, on the same tensors (numerics unchanged, nothing recompiled). `roles`: each positional
     argument's role for a generated kernel, None for a library call (its `out=` is written, the
@@ -1072,6 +1122,9 @@ def kernels_observed(region: Any, run: Callable[..., Any]) -> Iterator[bool]:
         if "extern_kernels" in glb:
             saved["extern_kernels"] = glb["extern_kernels"]
             glb["extern_kernels"] = _Externs(saved["extern_kernels"], run)
+        if glb.get("torch") is torch:
+            saved["torch"] = torch
+            glb["torch"] = _ObservedTorch(torch, run)
     except Exception:  # memwall's own error: the region runs as generated, observed whole
         glb.update(saved)
         saved = {}

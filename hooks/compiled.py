@@ -6,7 +6,8 @@ user compiled (the earlier "force_eager" approach ran it eagerly: other numerics
 bottlenecks, no fusion). While a profile is open, Inductor wraps each region it compiles in its
 `inductor_compiled_code` higher-order operator, so the mode sees a region's run as one call.
 On CPU it runs that call with the generated module's kernels observed (`kernels_observed`,
-hooks/_torch_private.py: its `cpp_fused_*` functions and `extern_kernels` swapped for timing
+hooks/_torch_private.py: its `cpp_fused_*` functions, `extern_kernels` and the aten ops it calls
+itself (`torch.ops.aten.*`: Inductor's fallbacks, CPU flash attention) swapped for timing
 wrappers for that call, the same kernels on the same buffers: numerics unchanged, nothing
 recompiled), and each kernel becomes a row: timed as it ran, its bytes the buffers it read and
 wrote (the C++ signature's in_ptr/out_ptr/in_out_ptr; a library call's tensors and its out=),
@@ -295,6 +296,8 @@ def _nodes_of(gm: Any, calls: dict[Any, OpCall], origins: dict[str, tuple[str, s
             through[n.name] = ins
             continue
         val = n.meta.get("val")
+        if isinstance(val, (tuple, list)) and val:  # an op of several outputs: a library call writes them in order
+            val = val[0]
         shape = tuple(val.shape) if isinstance(val, torch.Tensor) else None
         # the names Inductor builds a kernel's name from (the op before decomposition), and the node's own
         names = tuple(dict.fromkeys(x for x in ((origins[n.name][0] if n.name in origins else ""),
@@ -355,6 +358,10 @@ def _short(kernel: str) -> str:
     return "_" + re.sub(r"_\d+$", "", body) + "_"
 
 
+#: a library call's name: `extern_kernels.mm`, or an aten op the wrapper calls itself (Inductor's
+#: fallbacks: `aten._scaled_dot_product_flash_attention_for_cpu`)
+_LIBRARY = ("extern_kernels.", "aten.")
+
 #: per kernel call: (its module below the region's, its argument key, its output key, its facts)
 _Kernel = tuple[str, tuple[Any, ...], tuple[Any, ...], RegionFacts]
 
@@ -366,8 +373,9 @@ def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[An
     they came from), and the facts of what no kernel was matched to (None when nothing is left).
 
     Matching, from what Inductor leaves in the generated code: a library call
-    (`extern_kernels.mm`) is the first unmatched node of that op (or of an op decomposed into it)
-    with the shape it writes; a fused kernel is named after the ops it fused (their original aten
+    (`extern_kernels.mm`, or an aten op the wrapper calls itself) is the first unmatched node of
+    that op (or of an op decomposed into it) with the shape it writes (its first output's); a
+    fused kernel is named after the ops it fused (their original aten
     names, `cpp_fused_add_mul_relu_0`), so each remaining node goes to the first kernel, in call
     order, at or after the kernels of its inputs, whose name lists its op. Inductor lists at most
     ten op names in a kernel's name: a node whose op is not listed is left to the remainder.
@@ -383,7 +391,7 @@ def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[An
     nodes, grouped = _NODES[idx]
     owner: dict[str, int] = {}
     for k, (name, _, writes, _) in enumerate(runs):
-        if not name.startswith("extern_kernels."):
+        if not name.startswith(_LIBRARY):
             continue
         op = name.split(".", 1)[1]
         shape = tuple(meta_of_key(writes[0]).shape) if writes else None
@@ -391,7 +399,7 @@ def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[An
             if node.name not in owner and op in node.names and node.shape == shape:
                 owner[node.name] = k
                 break
-    fused = [(k, _short(name)) for k, (name, *_) in enumerate(runs) if not name.startswith("extern_kernels.")]
+    fused = [(k, _short(name)) for k, (name, *_) in enumerate(runs) if not name.startswith(_LIBRARY)]
     for node in nodes:
         if node.name in owner:
             continue

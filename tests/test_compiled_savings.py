@@ -235,6 +235,56 @@ def test_mlp_compiled_kernel_by_kernel_with_modules_and_savings_per_module(fresh
     assert len(said) == 1 and said[0].startswith("compiling removed 0 B of traffic") and "`a.0`" in said[0], said
 
 
+class _CausalAttention(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = torch.nn.Linear(32, 96)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).sum()
+
+
+def test_attention_a_compiled_region_calls_itself_is_a_kernel_row_with_its_bytes(fresh_dynamo):
+    """Inductor has no lowering for CPU flash attention: the generated wrapper calls
+    `torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default` itself. That call was no
+    kernel: its FLOPs sat on the region's own row with no bytes (an intensity of '-', placed
+    compute-bound) and its time in the wrapper's. Now it is a kernel row of the attention module,
+    counted as the eager op is, forward and backward."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("attn", _CausalAttention())
+    compiled = torch.compile(model)
+    x = torch.randn(2, 16, 32)
+
+    def step():
+        compiled(x).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        return grads
+
+    bare = step()  # compiles forward and backward
+    bare = step()
+    with memwall.profile(summary=False, model=model) as prof:
+        grads = step()
+    assert all(torch.equal(g, b) for g, b in zip(grads, bare, strict=True))
+    with memwall.profile(summary=False, model=model) as prof_eager:
+        model(x).backward()
+        model.zero_grad()
+    eager = {r.phase: r for r in prof_eager.report().rows if "scaled_dot_product" in r.op}
+    assert set(eager) == {"forward", "backward"}
+    rep = prof.report()
+    attention = {r.phase: r for r in _kernels(rep) if "(kernel aten._scaled_dot_product" in r.shapes}
+    assert set(attention) == {"forward", "backward"}, [r.shapes for r in _kernels(rep)]
+    for phase, row in attention.items():
+        assert row.module == "attn"
+        assert (row.flops, row.bytes) == (eager[phase].flops, eager[phase].bytes), phase
+        assert row.time_s > 0
+    # nothing with FLOPs is left on a region's own row
+    assert not [r.shapes for r in rep.rows if r.op == REGION and "no kernel was matched" in r.shapes and r.flops]
+
+
 def test_diff_pairs_each_compiled_region_with_the_eager_ops_it_replaced(fresh_dynamo):
     """`memwall diff` of an eager run and a compiled run of the same model: each compiled
     region, in its module and phase, beside the eager run's ops it replaced, counted by hand."""
