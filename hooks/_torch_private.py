@@ -1033,14 +1033,17 @@ class _Externs:
 
     def __getattr__(self, name: str) -> Any:
         fn = getattr(self._real, name)
-        if not callable(fn):
-            return fn
-        run = self._run
+        return _library_call(self._run, f"extern_kernels.{name}", fn) if callable(fn) else fn
 
-        def extern(*args: Any, **kwargs: Any) -> Any:
-            return run(f"extern_kernels.{name}", None, fn, args, kwargs)
 
-        return extern
+def _library_call(run: Callable[..., Any], name: str, fn: Any) -> Callable[..., Any]:
+    """`fn` called through `run` as the library call `name` (no argument roles: its `out=`, else
+    its result, is written, the rest read)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return run(name, None, fn, args, kwargs)
+
+    return call
 
 
 class _ObservedTorch:
@@ -1082,14 +1085,7 @@ class _ObservedPacket:
 
     def __getattr__(self, overload: str) -> Any:
         op = getattr(self._real, overload)
-        if not isinstance(op, torch._ops.OpOverload):
-            return op
-        name, run = f"aten.{self._name}", self._run
-
-        def fallback(*args: Any, **kwargs: Any) -> Any:
-            return run(name, None, op, args, kwargs)
-
-        return fallback
+        return _library_call(self._run, f"aten.{self._name}", op) if isinstance(op, OpOverload) else op
 
 
 @contextlib.contextmanager

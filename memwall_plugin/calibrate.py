@@ -136,7 +136,8 @@ def measure_stream(
     pages touched once (a first touch costs far more than a pass: 3.3 s for 2 GB on a VM).
     Returns the largest array's elements."""
     floor = elements or 32 * 2**20
-    sizes = {name: (arrays_n, per_element, max(floor, -(-4 * cache_bytes // (4 * arrays_n))))
+    spanned = -(-4 * cache_bytes // 4)  # fp32 elements in four times the cache, rounded up
+    sizes = {name: (arrays_n, per_element, max(floor, -(-spanned // arrays_n)))
              for name, arrays_n, per_element in KERNELS if name in kernels}
     buffer = torch.empty(max(arrays_n * n for arrays_n, _, n in sizes.values()), device=device)
     buffer.fill_(1.0)  # finite under every kernel however often it runs (scale flips its sign)

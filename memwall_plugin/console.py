@@ -470,11 +470,11 @@ def findings(report: Report) -> list[str]:
     out.extend(cuda_graph_notes(report))
     estimated = estimated_roofs(report)
     if estimated:
-        floating = [name for name in estimated if not name.startswith("the int")]
-        text = f"{_and(estimated)} {'is' if len(estimated) == 1 else 'are'} estimated, not measured"
-        if floating:
+        names = list(estimated)
+        text = f"{_and(names)} {'is' if len(names) == 1 else 'are'} estimated, not measured"
+        if any(estimated.values()):
             text += ": run `memwall calibrate` for this machine's real ceilings"
-        if len(floating) < len(estimated):  # calibration times floating-point GEMMs only
+        if not all(estimated.values()):
             text += ("; `memwall calibrate` measures floating-point GEMMs only: MEMWALL_PEAKS=\"int8=...\" "
                      "sets an integer peak")
         out.append(text + ".")
@@ -485,17 +485,19 @@ def _and(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
-def estimated_roofs(report: Report) -> list[str]:
+def estimated_roofs(report: Report) -> dict[str, bool]:
     """The estimated figures this run's counted rows stand under ("the fp32 peak", "the DRAM
-    bandwidth"): a roof no row uses (an int8 peak in a float run, left estimated after
-    `memwall calibrate`, which measures floating-point GEMMs) is not worth a finding."""
+    bandwidth"), each with whether `memwall calibrate` measures it (it times floating-point
+    GEMMs, not integer ones): a roof no row uses (an int8 peak in a float run) is not worth a
+    finding."""
     device = report.device
     if device is None:
-        return []
+        return {}
     peaks = dict(device.peaks)
-    levels = {level.name: level.bandwidth for level in device.memory_levels}
-    main = device.memory_levels[-1].name
-    names: dict[str, None] = {}
+    memory = device.memory_levels
+    levels = {level.name: level.bandwidth for level in memory}
+    main = memory[-1].name
+    names: dict[str, bool] = {}
     for r in report.rows:
         if r.collective is not None or r.flops is None:
             continue
@@ -504,13 +506,13 @@ def estimated_roofs(report: Report) -> list[str]:
             key = next((k for k, f in peaks.items() if f.value == r.peak_flops_per_s), peak_key(r.dtype))
             figure = peaks.get(key)
             if figure is not None and figure.source == "estimated":
-                names[f"the {key} peak"] = None
+                names[f"the {key} peak"] = not key.startswith("int")
         if r.bytes_read + r.bytes_written and r.bandwidth_bytes_per_s is not None:
             level = r.memory_level or main
             figure = levels.get(level)
             if figure is not None and figure.source == "estimated":
-                names[f"the {level} bandwidth"] = None
-    return list(names)
+                names[f"the {level} bandwidth"] = True
+    return names
 
 
 def _uses_cuda_graphs(report: Report) -> bool:

@@ -1991,11 +1991,9 @@ REGISTRY.add_flops(("aten._fused_adamw", "aten._fused_adam"), _fused_adam)
 REGISTRY.add_flops(("aten._fused_sgd",), _fused_sgd)
 REGISTRY.add_flops(("aten._fused_adagrad",), _fused_adagrad)
 
-# the multivariate log-gamma: p lgammas, p subtracts and p adds per element
-
-
 @flops("aten.mvlgamma", "aten.mvlgamma_")
 def _mvlgamma(call: OpCall) -> int:
+    """The multivariate log-gamma: p lgammas, p subtracts and p adds per element."""
     return 3 * call["p"] * call["self"].numel
 
 
@@ -2127,8 +2125,6 @@ def _bn_backward_elemt(call: OpCall) -> int:
 @flops("aten.batch_norm_update_stats")
 def _bn_update_stats(call: OpCall) -> int:
     return REDUCTIONS["var"] * call["input"].numel
-
-
 
 
 # the cuDNN attention kernel's own op (SDPA's cuDNN backend and packed sequences call it) and
