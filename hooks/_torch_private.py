@@ -13,7 +13,7 @@ from types import FrameType
 from typing import Any
 
 import torch
-from torch._ops import OpOverload
+from torch._ops import OpOverload, OpOverloadPacket
 from torch.utils._python_dispatch import (  # private: no public dispatch-mode API exists
     TorchDispatchMode,
     _get_current_dispatch_mode_stack,
@@ -1046,11 +1046,18 @@ def _library_call(run: Callable[..., Any], name: str, fn: Any) -> Callable[..., 
     return call
 
 
+#: namespaces of torch's own plumbing that a wrapper calls (its allocator pool, profiler ranges,
+#: collectives, which hooks/collectives.py observes): not library calls
+_PLUMBING = frozenset({"inductor", "profiler", "c10d", "_c10d_functional", "_c10d_functional_autograd",
+                       "higher_order", "fsdp", "streams", "symm_mem", "_dtensor"})
+
+
 class _ObservedTorch:
-    """Stands for a wrapper module's `torch` while a region runs: the aten ops the wrapper calls
+    """Stands for a wrapper module's `torch` while a region runs: the ops the wrapper calls
     itself (`torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default(...)`, Inductor's
-    fallbacks: attention, ops it has no lowering for) go through `run` as library calls named
-    `aten.<op>`; everything else is torch's own."""
+    fallbacks: attention, ops it has no lowering for; custom ops, which Inductor never lowers:
+    `torch.ops.transformers.grouped_mm_fallback.default(...)`) go through `run` as library calls
+    named `<namespace>.<op>`; everything else is torch's own."""
 
     def __init__(self, real: Any, run: Callable[..., Any]) -> None:
         self._real, self._ops = real, _ObservedOps(real.ops, run)
@@ -1065,15 +1072,18 @@ class _ObservedOps:
 
     def __getattr__(self, namespace: str) -> Any:
         found = getattr(self._real, namespace)
-        return _ObservedAten(found, self._run) if namespace == "aten" else found
+        return found if namespace in _PLUMBING else _ObservedNamespace(found, namespace, self._run)
 
 
-class _ObservedAten:
-    def __init__(self, real: Any, run: Callable[..., Any]) -> None:
-        self._real, self._run = real, run
+class _ObservedNamespace:
+    def __init__(self, real: Any, namespace: str, run: Callable[..., Any]) -> None:
+        self._real, self._namespace, self._run = real, namespace, run
 
     def __getattr__(self, name: str) -> Any:
-        return _ObservedPacket(getattr(self._real, name), name, self._run)
+        found = getattr(self._real, name)
+        if not isinstance(found, OpOverloadPacket):
+            return found
+        return _ObservedPacket(found, f"{self._namespace}.{name}", self._run)
 
 
 class _ObservedPacket:
@@ -1081,18 +1091,18 @@ class _ObservedPacket:
         self._real, self._name, self._run = real, name, run
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._run(f"aten.{self._name}", None, self._real, args, kwargs)
+        return self._run(self._name, None, self._real, args, kwargs)
 
     def __getattr__(self, overload: str) -> Any:
         op = getattr(self._real, overload)
-        return _library_call(self._run, f"aten.{self._name}", op) if isinstance(op, OpOverload) else op
+        return _library_call(self._run, self._name, op) if isinstance(op, OpOverload) else op
 
 
 @contextlib.contextmanager
 def kernels_observed(region: Any, run: Callable[..., Any]) -> Iterator[bool]:
     """While open, each kernel call of the compiled region an `inductor_compiled_code` call runs
     (its generated C++ kernels, `cpp_fused_*`, its Triton kernels' launches, `triton_*.run`, and
-    its library calls, `extern_kernels.*`, and the aten ops it calls itself, `torch.ops.aten.*`)
+    its library calls, `extern_kernels.*`, and the ops it calls itself, `torch.ops.<namespace>.*`)
     goes through `run(name, roles, kernel, args, kwargs)`,
     which must call `kernel(*args, **kwargs)` and return its result: the same calls, in the same
     order, on the same tensors (numerics unchanged, nothing recompiled). `roles`: each positional

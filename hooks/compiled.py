@@ -6,8 +6,9 @@ user compiled (the earlier "force_eager" approach ran it eagerly: other numerics
 bottlenecks, no fusion). While a profile is open, Inductor wraps each region it compiles in its
 `inductor_compiled_code` higher-order operator, so the mode sees a region's run as one call.
 On CPU it runs that call with the generated module's kernels observed (`kernels_observed`,
-hooks/_torch_private.py: its `cpp_fused_*` functions, `extern_kernels` and the aten ops it calls
-itself (`torch.ops.aten.*`: Inductor's fallbacks, CPU flash attention) swapped for timing
+hooks/_torch_private.py: its `cpp_fused_*` functions, `extern_kernels` and the ops it calls
+itself (`torch.ops.aten.*`: Inductor's fallbacks, CPU flash attention; custom ops, which Inductor
+never lowers, `torch.ops.transformers.grouped_mm_fallback`) swapped for timing
 wrappers for that call, the same kernels on the same buffers: numerics unchanged, nothing
 recompiled), and each kernel becomes a row: timed as it ran, its bytes the buffers it read and
 wrote (the C++ signature's in_ptr/out_ptr/in_out_ptr; a library call's tensors and its out=),
@@ -358,9 +359,12 @@ def _short(kernel: str) -> str:
     return "_" + re.sub(r"_\d+$", "", body) + "_"
 
 
-#: a library call's name: `extern_kernels.mm`, or an aten op the wrapper calls itself (Inductor's
-#: fallbacks: `aten._scaled_dot_product_flash_attention_for_cpu`)
-_LIBRARY = ("extern_kernels.", "aten.")
+def _is_library(name: str) -> bool:
+    """Whether a kernel call is a library call, `extern_kernels.mm`, or an op the wrapper calls
+    itself (Inductor's fallbacks, `aten._scaled_dot_product_flash_attention_for_cpu`; custom ops,
+    `transformers.grouped_mm_fallback`), named `<namespace>.<op>`; generated kernels are named
+    as Python names (`cpp_fused_add_0`, `triton_poi_fused_add_0`), without a dot."""
+    return "." in name
 
 #: per kernel call: (its module below the region's, its argument key, its output key, its facts)
 _Kernel = tuple[str, tuple[Any, ...], tuple[Any, ...], RegionFacts]
@@ -391,7 +395,7 @@ def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[An
     nodes, grouped = _NODES[idx]
     owner: dict[str, int] = {}
     for k, (name, _, writes, _) in enumerate(runs):
-        if not name.startswith(_LIBRARY):
+        if not _is_library(name):
             continue
         op = name.split(".", 1)[1]
         shape = tuple(meta_of_key(writes[0]).shape) if writes else None
@@ -399,7 +403,7 @@ def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[An
             if node.name not in owner and op in node.names and node.shape == shape:
                 owner[node.name] = k
                 break
-    fused = [(k, _short(name)) for k, (name, *_) in enumerate(runs) if not name.startswith(_LIBRARY)]
+    fused = [(k, _short(name)) for k, (name, *_) in enumerate(runs) if not _is_library(name)]
     for node in nodes:
         if node.name in owner:
             continue

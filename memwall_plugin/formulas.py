@@ -1264,6 +1264,24 @@ REGISTRY.add_flops(("aten._scaled_mm_v2",), _mm)
 REGISTRY.add_flops(("aten._scaled_grouped_mm_v2",), _grouped_mm)
 
 
+# transformers' expert matmul as a custom op (transformers/integrations/moe.py): what its
+# experts run under torch.compile in any dtype but bf16 (Inductor's grouped matmul takes bf16
+# only), and where torch's grouped matmul cannot run; one torch.mm per expert over its rows of
+# the tokens sorted by expert
+@flops("transformers.grouped_mm_fallback")
+def _grouped_mm_fallback(call: OpCall) -> int:
+    # input [s, k], rows split by expert (offs), each @ its expert's weight [k, n] of [e, k, n]:
+    # a matmul over every row, as aten._grouped_mm's
+    return _real(call, mm_flops(call["input"].shape, call["weight"].shape[1:]))
+
+
+@flops("transformers.grouped_mm_fallback_backward")
+def _grouped_mm_fallback_backward(call: OpCall) -> int:
+    # per expert, grad_input = grad_output @ weight[i]^T and grad_weight[i] = input^T @
+    # grad_output: two matmuls of the forward's size
+    return _real(call, 2 * mm_flops(call["input"].shape, call["weight"].shape[1:]))
+
+
 @flops("aten.addr", "aten.addr_")
 def _addr(call: OpCall) -> int:
     # beta * self + alpha * outer(vec1, vec2): a multiply per output element, then the add
@@ -1295,7 +1313,7 @@ def _weight_int4pack_mm(call: OpCall) -> int | None:
 REGISTRY.set_family(
     Family.MATMUL, "aten.addmm_", "aten.baddbmm_", "aten.addbmm_", "aten.addmv_", "aten._scaled_mm_v2",
     "aten._scaled_grouped_mm_v2", "aten.addr", "aten.addr_", "aten._weight_int8pack_mm", "aten._weight_int4pack_mm",
-    "aten._weight_int4pack_mm_for_cpu",
+    "aten._weight_int4pack_mm_for_cpu", "transformers.grouped_mm_fallback", "transformers.grouped_mm_fallback_backward",
 )
 
 # indexed writes: a static KV cache's index_copy_, index_fill_, a vision-language model's

@@ -795,3 +795,63 @@ def test_a_region_inductor_loads_from_its_cache_is_counted_or_says_why_not(tmp_p
     # what the row says counts it
     fresh = run(TORCHINDUCTOR_FX_GRAPH_CACHE="0", TORCHINDUCTOR_AUTOGRAD_CACHE="0")
     assert sum(flops or 0 for flops, _ in fresh["rows"]) == 3 * 4096
+
+
+class _Experts(torch.nn.Module):
+    """Experts as transformers 5 runs them under torch.compile outside bf16: its grouped-matmul
+    custom op, which Inductor never lowers (the generated wrapper calls it itself)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = torch.nn.Parameter(torch.randn(3, 16, 32) / 4)
+        self.down = torch.nn.Parameter(torch.randn(3, 32, 16) / 4)
+
+    def forward(self, x: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(torch.ops.transformers.grouped_mm_fallback(x, self.up, offs))
+        return torch.ops.transformers.grouped_mm_fallback(h, self.down, offs).sum()
+
+
+class _MoE(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.experts = _Experts()
+
+    def forward(self, x: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        return self.experts(x, offs)
+
+
+def test_a_custom_op_a_compiled_region_calls_is_a_kernel_row_counted_as_in_eager(fresh_dynamo):
+    """A custom op in a compiled region (transformers' experts) was no kernel: the wrapper calls
+    it as `torch.ops.<namespace>.<op>`, which memwall did not observe for namespaces but aten's,
+    so a compiled MoE model's expert matmuls, most of its FLOPs, sat on the region's own row
+    with no bytes. Each call is now a kernel row of the experts module, forward and backward,
+    counted as the eager op is."""
+    moe = pytest.importorskip("transformers.integrations.moe")
+    if not hasattr(moe, "_grouped_mm_fallback"):
+        pytest.skip("this transformers has no grouped_mm_fallback custom op")
+    torch.manual_seed(0)
+    model = _MoE()
+    compiled = torch.compile(model)
+    x, offs = torch.randn(24, 16), torch.tensor([8, 18, 24])
+
+    def step(m: Any) -> list[torch.Tensor]:
+        m(x, offs).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        return grads
+
+    bare = step(compiled)  # compiles forward and backward
+    bare = step(compiled)
+    with memwall.profile(summary=False, model=model) as prof:
+        grads = step(compiled)
+    assert all(torch.equal(g, b) for g, b in zip(grads, bare, strict=True))
+    with memwall.profile(summary=False, model=model) as prof_eager:
+        step(model)
+    eager = sorted((r.phase, r.flops, r.bytes) for r in prof_eager.report().rows if "grouped_mm" in r.op)
+    assert len(eager) == 4  # two calls forward, two backward
+    rep = prof.report()
+    assert rep.uncounted == ()
+    kernels = [r for r in _kernels(rep) if "(kernel transformers.grouped_mm_fallback" in r.shapes]
+    assert sorted((r.phase, r.flops, r.bytes) for r in kernels) == eager
+    assert {r.module for r in kernels} == {"experts"} and all(r.time_s > 0 for r in kernels)
+    assert not [r.shapes for r in rep.rows if r.op == REGION and "no kernel was matched" in r.shapes and r.flops]

@@ -583,3 +583,39 @@ def test_weight_only_quantized_matmuls_by_hand():
     assert one_row(rep, "aten._weight_int8pack_mm").flops == 2 * m * k * n + m * n
     # the matmul, with each int4 weight dequantised once: its group's scale and zero point
     assert one_row(rep, "aten._weight_int4pack_mm_for_cpu").flops == 2 * m * k * n + 2 * k * n
+
+
+def _transformers_grouped_mm() -> object:
+    """transformers' expert matmul custom op (transformers >= 5; registered on import)."""
+    moe = pytest.importorskip("transformers.integrations.moe")
+    if not hasattr(moe, "_grouped_mm_fallback"):
+        pytest.skip("this transformers has no grouped_mm_fallback custom op")
+    return moe
+
+
+def test_transformers_grouped_mm_custom_op_counts_as_its_matmuls_per_expert():
+    # transformers runs its experts as this custom op under torch.compile (fp32, fp16 weights),
+    # where the op is one kernel call; its own implementation is a torch.mm per expert over that
+    # expert's rows (and two per expert backward): run that implementation eagerly, as plain ops,
+    # and the custom op must count what its mm calls do
+    moe = _transformers_grouped_mm()
+    torch.manual_seed(0)
+    x = torch.randn(12, 8, requires_grad=True)
+    w = torch.randn(3, 8, 6, requires_grad=True)
+    offs = torch.tensor([4, 9, 12])  # experts of 4, 5 and 3 rows
+    with memwall.profile(summary=False) as whole:
+        torch.ops.transformers.grouped_mm_fallback(x, w, offs).sum().backward()
+    with memwall.profile(summary=False) as forward_parts:
+        out = moe._grouped_mm_fallback(x.detach(), w.detach(), offs)
+    with memwall.profile(summary=False) as backward_parts:
+        moe._grouped_mm_fallback_bwd(x.detach(), w.detach(), offs, torch.ones_like(out))
+    rep = whole.report()
+    assert rep.uncounted == ()
+    for part in (forward_parts, backward_parts):
+        assert {r.op for r in part.report().rows if r.flops} == {"aten.mm"}
+
+    def mm(part: memwall.profile) -> int:
+        return sum(r.flops for r in part.report().rows if r.op == "aten.mm")
+
+    assert one_row(rep, "transformers.grouped_mm_fallback").flops == mm(forward_parts) == 2 * 12 * 8 * 6
+    assert one_row(rep, "transformers.grouped_mm_fallback_backward").flops == mm(backward_parts)
