@@ -164,10 +164,15 @@ def _recent_decoders() -> list[Arch]:
     experts (gpt-oss), gated delta-rule linear attention beside full attention (Qwen3-Next)."""
     import transformers as t
 
+    def config(name: str) -> Callable[..., Any]:
+        """The config class `name`, looked up when the model is built (older transformers lack
+        these: the Arch says which class it requires, and is skipped there)."""
+        return lambda **kw: getattr(t, name)(**kw)
+
     def gpt_oss_config() -> Any:
         # its YaRN scaling, with the original context the small one implies (256 / 32)
         rope = {**t.GptOssConfig().rope_parameters, "original_max_position_embeddings": 256 // 32}
-        return _decoder_only(t.GptOssConfig, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+        return _decoder_only(config("GptOssConfig"), head_dim=16, num_local_experts=4, num_experts_per_tok=2,
                              sliding_window=16, layer_types=["sliding_attention", "full_attention"],
                              rope_parameters=rope)()
 
@@ -175,14 +180,15 @@ def _recent_decoders() -> list[Arch]:
         # one sliding layer (window 16 < 32 tokens: the CPU kernel computes the masked scores too)
         # and one global layer, both through SDPA
         Arch("gemma3", _model("Gemma3ForCausalLM", _decoder_only(
-            t.Gemma3TextConfig, head_dim=16, sliding_window=16, layer_types=["sliding_attention", "full_attention"])),
+            config("Gemma3TextConfig"), head_dim=16, sliding_window=16,
+            layer_types=["sliding_attention", "full_attention"])),
              _lm_batch, attention=(GQA,), generate=GENERATE, prompt=_prompt, requires="Gemma3ForCausalLM"),
         # latent queries and keys decompressed to every head (nope 8 + rope 8 = values' 16); the
         # first layer dense, the second routed (4 experts, 2 a token) beside a shared expert;
         # decode reads the small model's every weight for one token, prefill for 32 through the
         # same few experts: less far apart than in a dense model
         Arch("deepseek_v3", _model("DeepseekV3ForCausalLM", _decoder_only(
-            t.DeepseekV3Config, moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
+            config("DeepseekV3Config"), moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2, n_group=1,
             topk_group=1, first_k_dense_replace=1, q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8,
             qk_nope_head_dim=8, v_head_dim=16)),
              _lm_batch, attention=(Attention(layers=2, heads=4, kv_heads=4, head_dim=16, s_q=SEQ, s_k=SEQ),),
@@ -195,7 +201,7 @@ def _recent_decoders() -> list[Arch]:
         # the delta rule's reference implementation in torch ops (no flash-linear-attention on
         # CPU) after a depthwise causal convolution; one full-attention layer
         Arch("qwen3_next", _model("Qwen3NextForCausalLM", _decoder_only(
-            t.Qwen3NextConfig, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
+            config("Qwen3NextConfig"), head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=64,
             shared_expert_intermediate_size=64, linear_num_value_heads=4, linear_num_key_heads=2,
             linear_key_head_dim=16, linear_value_head_dim=16, layer_types=["linear_attention", "full_attention"])),
              _lm_batch, attention=(Attention(layers=1, heads=4, kv_heads=2, head_dim=16, s_q=SEQ, s_k=SEQ),),
