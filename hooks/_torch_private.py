@@ -762,15 +762,18 @@ def propagate_shapes(gm: Any, inputs: list[Any]) -> None:
 
 _INDUCTOR_CONFIG = "torch._inductor.config"
 _CODECACHE = "torch._inductor.codecache"
+#: where torch keeps AOTInductor's loaded-package model class (it moved between releases)
+_AOTI_HOMES = ("torch.export.pt2_archive._package", "torch._inductor.package.package")
 
 
 class _WrapOnImport:
     """A meta-path finder that sets Inductor's region wrapping once torch imports its config,
-    and keys its caches by module paths too once torch imports its cache's module (importing
-    them ourselves costs ~1.5 s, which a `memwall report` should not pay)."""
+    keys its caches by module paths too once torch imports its cache's module, and observes
+    AOTInductor models once torch imports their class while a profile records (importing them
+    ourselves costs ~1.5 s, which a `memwall report` should not pay)."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name not in (_INDUCTOR_CONFIG, _CODECACHE, _DYNAMO):
+        if name not in (_INDUCTOR_CONFIG, _CODECACHE, _DYNAMO, *_AOTI_HOMES):
             return None
         import importlib.machinery
 
@@ -782,6 +785,9 @@ class _WrapOnImport:
 
         def exec_module(module: Any) -> None:
             run(module)
+            if name in _AOTI_HOMES:  # an AOTInductor package loaded while a profile records
+                _sync_aoti_wrap()
+                return
             if name == _DYNAMO:  # first imported while memwall records (torch.compile in the step)
                 if _HIDDEN_FROM_DYNAMO:
                     _register_compile_callbacks()
@@ -807,7 +813,8 @@ def wrap_compiled_regions_from_now_on() -> None:
     if _INDUCTOR_CONFIG in sys.modules:
         wrap_compiled_regions(True)
         _keep_eager_origins(sys.modules[_INDUCTOR_CONFIG])
-    if (_INDUCTOR_CONFIG not in sys.modules or _CODECACHE not in sys.modules or _DYNAMO not in sys.modules) and not any(
+    watched = (_INDUCTOR_CONFIG, _CODECACHE, _DYNAMO, *_AOTI_HOMES)
+    if any(name not in sys.modules for name in watched) and not any(
             isinstance(f, _WrapOnImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _WrapOnImport())
 
@@ -1366,3 +1373,73 @@ def watch_other_profilers(callback: Callable[[], None]) -> None:
 def unwatch_other_profilers(callback: Callable[[], None]) -> None:
     with contextlib.suppress(ValueError):
         _ON_OTHER_PROFILER.remove(callback)
+
+
+# --- AOTInductor models ------------------------------------------------------------------------
+
+#: the op an AOTInductor model's call is recorded as: declared (never run) so the call is a row
+#: like any op's, its tensors read and written, with no formula (its kernels run inside the
+#: package, where no dispatcher sees them)
+_AOTI_LIBRARY = torch.library.Library("memwall", "FRAGMENT")  # kept alive: the op's home
+try:
+    _AOTI_LIBRARY.define("aoti_model(Tensor[] inputs) -> Tensor[]")
+except RuntimeError:  # this module imported again (a reload): the op stands
+    pass
+AOTI_MODEL: Any = torch.ops.memwall.aoti_model.default
+
+#: thread id -> its observer of AOTInductor model calls, `observer(call, model, args, kwargs)`
+_AOTI_OBSERVERS: dict[int, Callable[..., Any]] = {}
+_AOTI_ORIGINAL: list[tuple[type, Any]] = []  # the class and its own __call__, while memwall's stands in
+
+
+def _aoti_class() -> type | None:
+    """AOTInductor's loaded-package model (`torch._inductor.aoti_load_package`), where this torch
+    has it and the program imported it (memwall never imports it itself)."""
+    for home in _AOTI_HOMES:
+        found = getattr(sys.modules.get(home), "AOTICompiledModel", None)
+        if isinstance(found, type) and "__call__" in vars(found):
+            return found
+    return None
+
+
+def _sync_aoti_wrap() -> None:
+    """The model class's `__call__` wrapped while any thread observes AOTInductor calls, torch's
+    own otherwise; called when observers change and when torch imports the class (a package
+    loaded while a profile records, as under `memwall run`)."""
+    cls = _aoti_class()
+    if cls is None:
+        return
+    if _AOTI_OBSERVERS and not _AOTI_ORIGINAL:
+        original = cls.__call__
+
+        @functools.wraps(original)
+        def observed_call(model: Any, *args: Any, **kwargs: Any) -> Any:
+            seen = _AOTI_OBSERVERS.get(threading.get_ident())
+            if seen is None:
+                return original(model, *args, **kwargs)
+            return seen(original, model, args, kwargs)
+
+        _AOTI_ORIGINAL.append((cls, original))
+        cls.__call__ = observed_call  # type: ignore[method-assign]
+    elif not _AOTI_OBSERVERS and _AOTI_ORIGINAL:
+        wrapped, original = _AOTI_ORIGINAL.pop()
+        wrapped.__call__ = original  # type: ignore[method-assign]
+
+
+def tensors_in(value: Any) -> list[torch.Tensor]:
+    """The tensors among a call's arguments or results, nested in tuples, lists and dicts as
+    torch's pytree flattens them (an AOTInductor model's inputs and outputs)."""
+    from torch.utils import _pytree
+
+    return [t for t in _pytree.tree_leaves(value) if isinstance(t, torch.Tensor)]
+
+
+def observe_aoti_calls(observer: Callable[..., Any] | None) -> None:
+    """From now on, calls of AOTInductor models on this thread go to `observer(call, model, args,
+    kwargs)`, which must return `call(model, *args, **kwargs)` (None: no longer observed)."""
+    me = threading.get_ident()
+    if observer is None:
+        _AOTI_OBSERVERS.pop(me, None)
+    else:
+        _AOTI_OBSERVERS[me] = observer
+    _sync_aoti_wrap()

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import torch
 from memwall_plugin.hooks._torch_private import (
+    AOTI_MODEL,
     SUBGRAPH_HOPS,
     UncompiledDispatchMode,
     call_below_mode,
@@ -35,8 +36,10 @@ from memwall_plugin.hooks._torch_private import (
     is_higher_order_op,
     kernels_observed,
     never_compiled,
+    observe_aoti_calls,
     op_schema,
     replays_cuda_graph,
+    tensors_in,
     unrecorded,
     warm_up_dispatch,
 )
@@ -877,8 +880,52 @@ class Capture:
             self.clock.start()
         self._mode = _CaptureMode(self, cuda) if router is None else _RoutedCaptureMode(self, cuda, router)
         self._mode.__enter__()
+        observe_aoti_calls(self._aoti_call)
         if self.memory is not None:
             self.memory.start()
+
+    def _aoti_call(self, call: Callable[..., Any], model: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """An AOTInductor model's call (`torch._inductor.aoti_load_package`): its kernels run inside
+        the package, where no dispatcher sees them, so it is one row of its own (`memwall.aoti_model`,
+        no formula: listed uncounted with its time and the tensors it reads and writes), in the
+        module that called it, else as a forward of its own. It runs with the mode out of the way
+        (an aten op it falls back to is inside its row's time, not a row too)."""
+        if self.failed is not None or self._mode is None:
+            return call(model, *args, **kwargs)
+        inputs = tensors_in((args, kwargs))
+        cuda = self._mode._cuda and any(t.is_cuda for t in inputs)
+        events = None
+        if cuda:
+            try:
+                events = self.event_pair()
+                events[0].record(events[2])
+            except Exception as err:
+                self.fail(err, AOTI_MODEL)
+                return call(model, *args, **kwargs)
+        with self.unseen():
+            start = _perf_counter_ns()
+            out = call(model, *args, **kwargs)  # the user's call: its errors are the user's
+            end = _perf_counter_ns()
+        try:
+            if events is not None:
+                events[1].record(events[2])
+            outputs = tensors_in(out)
+            tracker = self.tracker
+            top = not tracker.stack
+            if top:  # called outside any module: the model's forward is this call
+                tracker.stack.append("")
+            tracker.setup_open = False
+            try:
+                entry = self.record(AOTI_MODEL, (inputs,), {}, outputs, 0 if events is not None else end - start)
+            finally:
+                if top:
+                    tracker.stack.pop()
+            if events is not None:
+                self.pending_events.append((entry, events[0], events[1], events[2].device_index))
+        except Exception as err:  # memwall's own error: the call's result is returned regardless
+            self.fail(err, AOTI_MODEL)
+        self.own_ns += _perf_counter_ns() - end
+        return out
 
     @contextlib.contextmanager
     def unseen(self) -> Iterator[None]:
@@ -908,6 +955,8 @@ class Capture:
     def stop(self) -> None:
         """Stop recording; the table is kept. Safe to call when not started."""
         mode, self._mode = self._mode, None
+        if mode is not None:
+            observe_aoti_calls(None)
         if self.memory is not None:
             self.memory.stop()
         self.resolve_kernels()

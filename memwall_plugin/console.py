@@ -29,6 +29,7 @@ from memwall_plugin.memory import MemoryReport, MemoryWhatIf
 from memwall_plugin.rankheads import headlines, rank_heads
 from memwall_plugin.ranks import CONDENSE_ABOVE, OUTLIER_SHARE, TOP_NODES, RankSpread, rank_spread
 from memwall_plugin.records import (
+    AOTI_MODEL_OP,
     CUDA_GRAPHS_KEY,
     CUDA_KERNEL_TIME,
     DECODE,
@@ -438,8 +439,14 @@ def findings(report: Report) -> list[str]:
         unsized = [r for r in uncounted if r.op == COMPILED_REGION and not shapeless]
         unshaped = [r for r in uncounted if r not in unsized
                     and (shapeless or REGISTRY.flop_formula(r.op, r.overload or "default") is not None)]
-        unformulated = [r for r in uncounted if r not in unshaped and r not in unsized]
+        # an AOTInductor model's call (hooks/capture.py): its kernels ran where memwall cannot see
+        packaged = [r for r in uncounted if r.op == AOTI_MODEL_OP]
+        unformulated = [r for r in uncounted if r not in unshaped and r not in unsized and r not in packaged]
         for rows, why, fix in (
+            (packaged, "of AOTInductor models, whose kernels memwall cannot see",
+             ": their FLOPs are unknown, not zero, and their bytes are their inputs and outputs only; "
+             "profile the program they were exported from (ExportedProgram.module()) or torch.compile it "
+             "to count its ops."),
             (unformulated, "without a FLOP formula", "; their FLOPs are unknown, not zero (register formulas with "
                                                      "memwall.default_registry().copy())."),
             (unsized, "of compiled regions memwall could not size", ": their FLOPs are unknown, not zero; each "

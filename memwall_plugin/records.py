@@ -29,6 +29,10 @@ OTHER = "other"
 #: Built-in phases, in display order; prof.phase("...") may add labels of its own.
 PHASES = (SETUP, FORWARD, BACKWARD, RECOMPUTE, OPTIMIZER, GRAD_SCALER, PREFILL, DECODE, OTHER)
 
+#: the op a call of an AOTInductor model is a row of (hooks/_torch_private.py declares it): its
+#: kernels run inside the package, unseen, so it has no formula
+AOTI_MODEL_OP = "memwall.aoti_model"
+
 #: `Report.extra` key of a run whose device activity was recorded (a GPU trace read by `memwall
 #: analyze`, a live run on a GPU timed by its kernels): per step its wall time, the device's busy
 #: time and the share it sat idle waiting for the host to launch work (memwall_plugin/trace_analysis.py
