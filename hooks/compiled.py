@@ -366,6 +366,7 @@ def _is_library(name: str) -> bool:
     as Python names (`cpp_fused_add_0`, `triton_poi_fused_add_0`), without a dot."""
     return "." in name
 
+
 #: per kernel call: (its module below the region's, its argument key, its output key, its facts)
 _Kernel = tuple[str, tuple[Any, ...], tuple[Any, ...], RegionFacts]
 

@@ -1267,19 +1267,16 @@ REGISTRY.add_flops(("aten._scaled_grouped_mm_v2",), _grouped_mm)
 # transformers' expert matmul as a custom op (transformers/integrations/moe.py): what its
 # experts run under torch.compile in any dtype but bf16 (Inductor's grouped matmul takes bf16
 # only), and where torch's grouped matmul cannot run; one torch.mm per expert over its rows of
-# the tokens sorted by expert
-@flops("transformers.grouped_mm_fallback")
-def _grouped_mm_fallback(call: OpCall) -> int:
-    # input [s, k], rows split by expert (offs), each @ its expert's weight [k, n] of [e, k, n]:
-    # a matmul over every row, as aten._grouped_mm's
-    return _real(call, mm_flops(call["input"].shape, call["weight"].shape[1:]))
+# the tokens sorted by expert: input [s, k] and weights [e, k, n], as aten._grouped_mm's
+REGISTRY.add_flops(("transformers.grouped_mm_fallback",), _grouped_mm)
 
 
 @flops("transformers.grouped_mm_fallback_backward")
-def _grouped_mm_fallback_backward(call: OpCall) -> int:
+def _grouped_mm_fallback_backward(call: OpCall) -> int | None:
     # per expert, grad_input = grad_output @ weight[i]^T and grad_weight[i] = input^T @
-    # grad_output: two matmuls of the forward's size
-    return _real(call, 2 * mm_flops(call["input"].shape, call["weight"].shape[1:]))
+    # grad_output: two matmuls of the forward's size (its input and weights lead the arguments)
+    forward = _grouped_mm(call)
+    return None if forward is None else 2 * forward
 
 
 @flops("aten.addr", "aten.addr_")

@@ -112,6 +112,16 @@ def rows_of(rep: memwall.Report, op: str, phase: str | None = None) -> list[memw
     return [r for r in rep.rows if r.op == op and (phase is None or r.phase == phase)]
 
 
+def transformers_moe() -> Any:
+    """transformers' MoE integration, which registers its expert matmul custom op
+    (`transformers.grouped_mm_fallback`, transformers >= 5) on import; the test is skipped where
+    this transformers has none."""
+    moe = pytest.importorskip("transformers.integrations.moe")
+    if not hasattr(moe, "_grouped_mm_fallback"):
+        pytest.skip("this transformers has no grouped_mm_fallback custom op")
+    return moe
+
+
 def one_row(rep: memwall.Report, op: str, phase: str | None = None) -> memwall.Row:
     rows = rows_of(rep, op, phase)
     assert len(rows) == 1, f"expected one {op} row, got {[(r.module, r.phase, r.shapes) for r in rows]}"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import transformers_moe
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
@@ -826,9 +827,7 @@ def test_a_custom_op_a_compiled_region_calls_is_a_kernel_row_counted_as_in_eager
     so a compiled MoE model's expert matmuls, most of its FLOPs, sat on the region's own row
     with no bytes. Each call is now a kernel row of the experts module, forward and backward,
     counted as the eager op is."""
-    moe = pytest.importorskip("transformers.integrations.moe")
-    if not hasattr(moe, "_grouped_mm_fallback"):
-        pytest.skip("this transformers has no grouped_mm_fallback custom op")
+    transformers_moe()
     torch.manual_seed(0)
     model = _MoE()
     compiled = torch.compile(model)

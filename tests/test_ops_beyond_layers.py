@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import one_row, profiled, rows_of
+from conftest import one_row, profiled, rows_of, transformers_moe
 from memwall_plugin.hooks.signatures import build_call, signature
 
 import memwall_plugin as memwall
@@ -585,20 +585,12 @@ def test_weight_only_quantized_matmuls_by_hand():
     assert one_row(rep, "aten._weight_int4pack_mm_for_cpu").flops == 2 * m * k * n + 2 * k * n
 
 
-def _transformers_grouped_mm() -> object:
-    """transformers' expert matmul custom op (transformers >= 5; registered on import)."""
-    moe = pytest.importorskip("transformers.integrations.moe")
-    if not hasattr(moe, "_grouped_mm_fallback"):
-        pytest.skip("this transformers has no grouped_mm_fallback custom op")
-    return moe
-
-
 def test_transformers_grouped_mm_custom_op_counts_as_its_matmuls_per_expert():
     # transformers runs its experts as this custom op under torch.compile (fp32, fp16 weights),
     # where the op is one kernel call; its own implementation is a torch.mm per expert over that
     # expert's rows (and two per expert backward): run that implementation eagerly, as plain ops,
     # and the custom op must count what its mm calls do
-    moe = _transformers_grouped_mm()
+    moe = transformers_moe()
     torch.manual_seed(0)
     x = torch.randn(12, 8, requires_grad=True)
     w = torch.randn(3, 8, 6, requires_grad=True)
