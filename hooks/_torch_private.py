@@ -303,6 +303,15 @@ def storage_key(storage: Any) -> int:
     return int(storage._cdata)
 
 
+def is_zero_tensor(t: Any) -> bool:
+    """An efficient zero tensor (`aten._efficientzerotensor`: forward-mode AD's zero tangents): its
+    storage reports its size but no memory backs it."""
+    try:
+        return bool(t._is_zerotensor())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def overload_name(func: Any) -> str:
     """An operator overload's name within its packet ("default", "Tensor", "out")."""
     return str(func._overloadname)
@@ -1443,3 +1452,45 @@ def observe_aoti_calls(observer: Callable[..., Any] | None) -> None:
     else:
         _AOTI_OBSERVERS[me] = observer
     _sync_aoti_wrap()
+
+
+# -- saved-tensors hooks: torch.func's grad and vjp (so jacrev and hessian) refuse to start while
+# -- any default hooks are on the thread's stack (they enter `disable_saved_tensors_hooks`, which
+# -- raises then). memwall's pack hook (hooks/memory.py) steps aside for such a block and returns
+# -- after it; a hook of the user's on top still makes the block raise, as in a bare run.
+
+_graph = torch.autograd.graph
+_original_disable = _graph.disable_saved_tensors_hooks
+_stepping_aside: list[Callable[[Any], Any]] = []  # the pack hooks that step aside
+_aside_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _disable_stepping_aside(error_message: str) -> Iterator[None]:
+    top = torch._C._autograd._top_saved_tensors_default_hooks(True)
+    if top is None or not any(top[0] is pack for pack in _stepping_aside):
+        with _original_disable(error_message):
+            yield
+        return
+    torch._C._autograd._pop_saved_tensors_default_hooks()
+    try:
+        with _original_disable(error_message):
+            yield
+    finally:
+        torch._C._autograd._push_saved_tensors_default_hooks(*top)
+
+
+def step_aside_for_disablers(pack: Callable[[Any], Any], on: bool) -> None:
+    """While `on`, the saved-tensors pack hook `pack` (the very object pushed) leaves the stack for
+    each `torch.autograd.graph.disable_saved_tensors_hooks` block entered while it is on top, and
+    is pushed back after it: torch.func's transforms run as in a bare run, their saved tensors
+    unseen by the hook."""
+    with _aside_lock:
+        if on:
+            _stepping_aside.append(pack)
+        else:
+            _stepping_aside[:] = [p for p in _stepping_aside if p is not pack]
+        if _stepping_aside:
+            _graph.disable_saved_tensors_hooks = _disable_stepping_aside  # type: ignore[assignment]
+        elif _graph.disable_saved_tensors_hooks is _disable_stepping_aside:
+            _graph.disable_saved_tensors_hooks = _original_disable  # type: ignore[assignment]

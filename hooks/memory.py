@@ -25,7 +25,14 @@ import weakref
 from typing import Any
 
 import torch
-from memwall_plugin.hooks._torch_private import node_sequence_nr, op_schema, peek_sequence_nr, storage_key
+from memwall_plugin.hooks._torch_private import (
+    is_zero_tensor,
+    node_sequence_nr,
+    op_schema,
+    peek_sequence_nr,
+    step_aside_for_disablers,
+    storage_key,
+)
 
 from memwall_plugin.memory import CATEGORIES
 
@@ -190,7 +197,7 @@ class MemoryTracker:
 
     def _new(self, t: Any, st: Any, key: int, cat: int, module: str) -> _Storage:
         """A storage not seen before (`st`, keyed `key`, holding `t`'s data)."""
-        nbytes = st.nbytes()
+        nbytes = 0 if is_zero_tensor(t) else st.nbytes()
         try:
             size = t.element_size()
         except (RuntimeError, AttributeError):
@@ -468,18 +475,23 @@ class MemoryTracker:
     def start(self) -> None:
         """Recording: the pack hook on (entered on the recording thread)."""
         if self._hooks is None and self.failed is None:
-            hooks = torch.autograd.graph.saved_tensors_hooks(self.saved, _unpack)
+            pack = self.saved  # one bound method: the object on the stack, found by identity
+            hooks = torch.autograd.graph.saved_tensors_hooks(pack, _unpack)
             try:
                 hooks.__enter__()
             except RuntimeError as err:  # saved-tensors hooks disabled here: no activations seen
                 self.fail(err)
                 return
-            self._hooks = hooks
+            self._hooks = (hooks, pack)
+            # torch.func's grad and vjp refuse to run under any saved-tensors hook: the hook steps
+            # aside for them (their activations are not seen; their ops and storages are)
+            step_aside_for_disablers(pack, True)
 
     def stop(self) -> None:
         hooks, self._hooks = self._hooks, None
         if hooks is not None:
-            hooks.__exit__(None, None, None)
+            step_aside_for_disablers(hooks[1], False)
+            hooks[0].__exit__(None, None, None)
 
     def close(self) -> None:
         self.stop()

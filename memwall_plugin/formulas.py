@@ -1112,6 +1112,18 @@ REGISTRY.add_flops(("prims.fma",), _elementwise(2))
 REGISTRY.set_family(Family.DATA_MOVEMENT, "prims.convert_element_type", "prims.iota", "prims.inductor_seeds",
                     "prims.inductor_lookup_seed")
 REGISTRY.set_family(Family.ELEMENTWISE, "prims.inductor_random", "prims.fma")
+# torch's primitives (torch._prims) named as an elementwise aten op and computing the same: its cost
+# per element. Eager code meets them where torch runs a reference implementation: forward-mode AD
+# (torch.func.jvp, jacfwd, hessian) adds a tangent to a zero tangent with prims.add
+_PRIMS_ELEMENTWISE = (
+    "abs neg add sub mul div reciprocal sqrt rsqrt exp exp2 expm1 log log2 log10 log1p sin cos tan asin acos "
+    "atan sinh cosh tanh erf erfc pow maximum minimum fmax fmin sign floor ceil round trunc remainder fmod eq "
+    "ne lt le gt ge bitwise_and bitwise_or bitwise_xor bitwise_not where atan2 hypot signbit lgamma digamma "
+    "asinh acosh atanh igamma igammac"
+).split()
+for _name in _PRIMS_ELEMENTWISE:
+    REGISTRY.add_flops((f"prims.{_name}",), _elementwise(ELEMENTWISE[_name]))
+REGISTRY.set_family(Family.ELEMENTWISE, *(f"prims.{name}" for name in _PRIMS_ELEMENTWISE))
 
 # creation: writes its output, reads nothing; 0 FLOPs
 _CREATION = (
@@ -1126,6 +1138,8 @@ REGISTRY.set_family(Family.OPTIMIZER, "aten._foreach_zero_")
 _ALLOCATION = (
     "aten.empty", "aten.empty_like", "aten.empty_strided", "aten.new_empty",
     "aten.new_empty_strided", "aten.resize_", "aten.resize_as_",
+    # a zero tensor with no storage (forward-mode AD's zero tangents): nothing is written
+    "aten._efficientzerotensor",
 )
 REGISTRY.zero(*_ALLOCATION)
 REGISTRY.set_family(Family.DATA_MOVEMENT, *_ALLOCATION)
@@ -1141,7 +1155,7 @@ _VIEWS = tuple(
         "_has_compatible_shallow_copy_type set_ squeeze_ unsqueeze_ t_ transpose_ as_strided_ "
         "_assert_async _assert_tensor_metadata record_stream _nested_tensor_size "
         "_nested_tensor_strides _nested_tensor_storage_offsets is_nonzero detach_ "
-        "_propagate_xla_data"
+        "_propagate_xla_data _has_same_storage_numel"
     ).split()
 )
 REGISTRY.zero(*_VIEWS)
