@@ -480,11 +480,10 @@ def _on_compile_start(args: Any) -> None:
     if getattr(getattr(args, "callback_trigger", None), "name", None) != "DYNAMO":
         return  # a lazily compiled backward, a CUDA graph recording: no module hook is read
     ids = _HIDDEN_FROM_DYNAMO.get(threading.get_ident())
-    if not ids:
-        return
-    hidden = global_module_hooks_hidden(ids)
-    hidden.__enter__()
-    _HIDING.append(hidden)
+    for hidden in (global_module_hooks_hidden(ids) if ids else None, _saved_tensors_hook_aside()):
+        if hidden is not None:
+            hidden.__enter__()
+            _HIDING.append(hidden)
 
 
 def _on_compile_end(args: Any) -> None:
@@ -798,7 +797,7 @@ class _WrapOnImport:
                 _sync_aoti_wrap()
                 return
             if name == _DYNAMO:  # first imported while memwall records (torch.compile in the step)
-                if _HIDDEN_FROM_DYNAMO:
+                if _HIDDEN_FROM_DYNAMO or _stepping_aside:
                     _register_compile_callbacks()
                 return
             if name == _CODECACHE:
@@ -1467,17 +1466,39 @@ _aside_lock = threading.Lock()
 
 @contextlib.contextmanager
 def _disable_stepping_aside(error_message: str) -> Iterator[None]:
+    aside = _saved_tensors_hook_aside()
+    with aside if aside is not None else contextlib.nullcontext(), _original_disable(error_message):
+        yield
+
+
+@contextlib.contextmanager
+def _off_the_stack(top: tuple[Any, Any]) -> Iterator[None]:
+    """memwall's pack hook `top` off this thread's stack, and torch's own
+    `disable_saved_tensors_hooks` in place, for the block."""
+    torch._C._autograd._pop_saved_tensors_default_hooks()
+    patched = _graph.disable_saved_tensors_hooks is _disable_stepping_aside
+    if patched:
+        _graph.disable_saved_tensors_hooks = _original_disable  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if patched and _stepping_aside:
+            _graph.disable_saved_tensors_hooks = _disable_stepping_aside  # type: ignore[assignment]
+        torch._C._autograd._push_saved_tensors_default_hooks(*top)
+
+
+def _saved_tensors_hook_aside() -> Any:
+    """While memwall's pack hook is on top of this thread's stack: a block with it off the stack
+    and torch's function back. For a `disable_saved_tensors_hooks` block, and for a Dynamo compile,
+    so Dynamo traces what it would without memwall (it inlines torch.func's
+    `disable_saved_tensors_hooks` and would refuse memwall's stand-in). None when memwall's hook is
+    not on top."""
+    if not _stepping_aside:
+        return None
     top = torch._C._autograd._top_saved_tensors_default_hooks(True)
     if top is None or not any(top[0] is pack for pack in _stepping_aside):
-        with _original_disable(error_message):
-            yield
-        return
-    torch._C._autograd._pop_saved_tensors_default_hooks()
-    try:
-        with _original_disable(error_message):
-            yield
-    finally:
-        torch._C._autograd._push_saved_tensors_default_hooks(*top)
+        return None
+    return _off_the_stack(top)
 
 
 def step_aside_for_disablers(pack: Callable[[Any], Any], on: bool) -> None:
@@ -1492,5 +1513,6 @@ def step_aside_for_disablers(pack: Callable[[Any], Any], on: bool) -> None:
             _stepping_aside[:] = [p for p in _stepping_aside if p is not pack]
         if _stepping_aside:
             _graph.disable_saved_tensors_hooks = _disable_stepping_aside  # type: ignore[assignment]
+            _register_compile_callbacks()  # a compile steps it aside too (`_saved_tensors_hook_aside`)
         elif _graph.disable_saved_tensors_hooks is _disable_stepping_aside:
             _graph.disable_saved_tensors_hooks = _original_disable  # type: ignore[assignment]

@@ -142,3 +142,21 @@ def test_activations_are_seen_again_after_a_transform_and_torch_is_restored(tmp_
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):  # torch's own refusal is back
         with pytest.raises(RuntimeError, match="saved tensor hooks"):
             jacrev(_function())(x[0])
+
+
+def test_a_transform_compiled_inside_a_profile_compiles_as_without_memwall(tmp_path: Any) -> None:
+    """Dynamo inlines torch.func's `disable_saved_tensors_hooks`: a compile inside a profile sees
+    torch's own function and no memwall hook on the stack (fullgraph: any graph break fails)."""
+    fn = _function()
+    x = torch.randn(8, 16)
+    per_sample = lambda v: vmap(grad(lambda u: fn(u).sum()))(v)  # noqa: E731
+    bare = torch.compile(per_sample, fullgraph=True)(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(per_sample, fullgraph=True)
+    out, rep = _profiled(lambda: compiled(x), tmp_path)
+    assert torch.equal(out, bare)
+    assert [r.op for r in rep.rows if not r.counted] == []
+    # Inductor leaves the first layer's two matmuls to the library: x @ w1.T forward, and the
+    # per-sample input gradient [8, 32] @ w1 ([32, 16]) backward, each 2 * 8 * 16 * 32
+    library = [r for r in rep.rows if "extern_kernels.mm" in r.shapes]
+    assert [r.flops for r in library] == [2 * 8 * 16 * 32] * 2
