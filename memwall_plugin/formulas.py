@@ -1088,7 +1088,8 @@ _DATA_MOVEMENT = (
     "upsample_nearest2d upsample_nearest3d upsample_nearest2d_backward _pin_memory "
     "_foreach_copy_ embedding_renorm_ nonzero _unique _unique2 unique_dim unique_consecutive bincount "
     "masked_fill_ native_channel_shuffle channel_shuffle select_copy slice_copy unbind_copy split_copy "
-    "split_with_sizes_copy _nested_tensor_from_tensor_list to_padded_tensor _nested_from_padded"
+    "split_with_sizes_copy _nested_tensor_from_tensor_list to_padded_tensor _nested_from_padded "
+    "_nested_tensor_from_mask _nested_tensor_from_mask_left_aligned"
 ).split()
 
 
@@ -1773,10 +1774,42 @@ def _attention_layer(b: int, s_q: int, s_k: int, embed: int, heads: int) -> int:
     return projections + attention + out
 
 
+def _nested_lengths(t: NestedMeta) -> list[int] | None:
+    """Each sequence's length in a nested [batch, *, embed] batch; None where unknown."""
+    if not t.components or any(len(c) != 2 for c in t.components):
+        return None
+    return [c[0] for c in t.components]
+
+
+def _nested_attention_layer(call: OpCall, lengths: list[int], embed: int, heads: int) -> int:
+    """Self-attention's fast path on a nested batch (nn.TransformerEncoder in inference with a padding
+    mask), as torch runs it (aten/src/ATen/native/transformers/attention.cpp). On CPU the
+    projections run on the real tokens only, but q, k and v are padded to the longest sequence T
+    for the bias adds, q's scaling and both score matmuls (batch x heads x T x T), and the softmax
+    covers each sequence's own L x L. On CUDA, with a head dim that is a multiple of 8, the
+    projections carry their biases and scaled_dot_product_attention runs on the nested batch: each
+    sequence's own scores only (read from torch's source; not yet checked on a GPU)."""
+    tokens, padded = sum(lengths), len(lengths) * max(lengths, default=0)
+    d = embed // heads
+    own_scores = heads * sum(n * n for n in lengths)
+    out = 2 * embed * embed * tokens + embed * tokens
+    if call.device == "cuda" and d % 8 == 0:
+        return 2 * embed * 3 * embed * tokens + 3 * embed * tokens + attention_flops_of_scores(own_scores, d, d) + out
+    padded_scores = heads * len(lengths) * max(lengths, default=0) ** 2
+    projections = 2 * embed * 3 * embed * tokens + 3 * embed * padded + embed * padded
+    return projections + 2 * padded_scores * d + SOFTMAX_FLOPS * own_scores + 2 * padded_scores * d + out
+
+
 @flops("aten._native_multi_head_attention")
 def _native_mha(call: OpCall) -> int | None:
     q, k = call["query"], call["key"]
-    if isinstance(q, NestedMeta) or len(q.shape) != 3:
+    if isinstance(q, NestedMeta):
+        lengths = _nested_lengths(q)
+        same_keys = isinstance(k, NestedMeta) and _nested_lengths(k) == lengths
+        if lengths is None or not same_keys or call.get("need_weights"):
+            return None
+        return _nested_attention_layer(call, lengths, call["embed_dim"], call["num_head"])
+    if len(q.shape) != 3:
         return None
     b, s_q, embed = q.shape
     heads = call["num_head"]
@@ -1791,14 +1824,21 @@ def _native_mha(call: OpCall) -> int | None:
 @flops("aten._transformer_encoder_layer_fwd")
 def _transformer_encoder_layer(call: OpCall) -> int | None:
     src = call["src"]
-    if isinstance(src, NestedMeta) or len(src.shape) != 3:
-        return None
-    b, s, embed = src.shape
-    tokens = b * s
     ffn = call["ffn_weight_1"].shape[0]
-    total = _attention_layer(b, s, s, embed, call["num_heads"])
-    if isinstance(call.get("mask"), TensorMeta):
-        total += b * call["num_heads"] * s * s
+    if isinstance(src, NestedMeta):  # a padding mask made the batch nested: each sequence its own length
+        lengths = _nested_lengths(src)
+        if lengths is None:
+            return None
+        embed, tokens = call["embed_dim"], sum(lengths)
+        total = _nested_attention_layer(call, lengths, embed, call["num_heads"])
+    elif len(src.shape) != 3:
+        return None
+    else:
+        b, s, embed = src.shape
+        tokens = b * s
+        total = _attention_layer(b, s, s, embed, call["num_heads"])
+        if isinstance(call.get("mask"), TensorMeta):
+            total += b * call["num_heads"] * s * s
     total += 2 * tokens * embed  # the two residual adds
     total += 2 * (NORM_FLOPS + 2) * tokens * embed  # two layer norms, each with weight and bias
     act = ELEMENTWISE["gelu"] if call.get("use_gelu") else ELEMENTWISE["relu"]

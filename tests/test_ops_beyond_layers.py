@@ -278,6 +278,48 @@ def test_transformer_fast_path_counts_as_the_layer_outside_it(norm_first):
     assert one_row(fast, "aten._native_multi_head_attention").flops == _total(slow)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")  # torch's, bare too
+def test_transformer_fast_path_on_a_padded_batch_counts_what_torch_runs_on_its_nested_tensor():
+    """nn.TransformerEncoder in inference with a padding mask packs the batch into a nested tensor;
+    torch's fused layer then runs the projections and the feed-forward block on the real tokens, but
+    pads q, k and v to the longest sequence for the bias adds, q's scaling and both score matmuls."""
+    e, heads, ffn, lengths = 64, 4, 128, (6, 8, 10)
+    b, t, n, d = len(lengths), max(lengths), sum(lengths), e // heads
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(e, heads, ffn, batch_first=True), 1,
+                                    enable_nested_tensor=True).eval()
+    x = torch.randn(b, t, e)
+    pad = torch.arange(t)[None, :] >= torch.tensor(lengths)[:, None]
+    outputs = []
+    with torch.no_grad():
+        bare = encoder(x, src_key_padding_mask=pad)
+        rep = profiled(lambda: outputs.append(encoder(x, src_key_padding_mask=pad)))
+        with torch.profiler.profile(record_shapes=True) as prof:
+            encoder(x, src_key_padding_mask=pad)
+    fused = one_row(rep, "aten._transformer_encoder_layer_fwd")
+    assert [r.op for r in rep.rows if not r.counted] == []
+    # torch's own record of the layer's matmuls: the projections on the 24 real tokens, the scores
+    # padded to [3 x 4 heads, 10, 10]
+    first_factor = {"aten::mm": 0, "aten::bmm": 0, "aten::addmm": 1, "aten::_addmm_activation": 1}
+    matmuls: dict[str, int] = {}
+    for ev in prof.events():
+        if ev.name in first_factor:
+            a, w = ev.input_shapes[first_factor[ev.name]:first_factor[ev.name] + 2]
+            matmuls[ev.name] = matmuls.get(ev.name, 0) + 2 * math.prod(a) * w[-1]
+    assert matmuls["aten::bmm"] == 2 * (2 * b * heads * t * t * d)
+    assert matmuls["aten::mm"] + matmuls["aten::addmm"] + matmuls["aten::_addmm_activation"] == \
+        2 * n * e * (3 * e + e + ffn + ffn)
+
+    # the same layer on each sequence alone (grad enabled: the path of separate ops, nothing padded),
+    # plus what the padding adds: q's scaling (which scaled_dot_product_attention does inside its
+    # kernel) and the bias adds of q, k and v on every padded row, and both score matmuls over the
+    # padded pairs; the softmax covers each sequence's own scores
+    alone = sum(_total(profiled(lambda i=i: encoder.layers[0](x[i:i + 1, :lengths[i]])))
+                for i in range(b))
+    padding = e * b * t + 3 * e * (b * t - n) + 2 * 2 * d * heads * (b * t * t - sum(s * s for s in lengths))
+    assert fused.flops == alone + padding
+    assert torch.equal(outputs[0], bare)
+
+
 def test_fft_counts_5_n_log2_n_per_complex_transform():
     x = torch.randn(3, 64)
     rep = profiled(lambda: torch.fft.rfft(x))
