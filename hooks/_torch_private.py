@@ -635,6 +635,30 @@ def nested_component_shapes(t: torch.Tensor) -> tuple[tuple[int, ...], ...]:
         return ()
 
 
+#: a compressed sparse layout's index accessors: (compressed, plain)
+_COMPRESSED_INDICES = {
+    torch.sparse_csr: ("crow_indices", "col_indices"), torch.sparse_bsr: ("crow_indices", "col_indices"),
+    torch.sparse_csc: ("ccol_indices", "row_indices"), torch.sparse_bsc: ("ccol_indices", "row_indices"),
+}
+
+
+def sparse_stored(t: torch.Tensor) -> tuple[int, int] | None:
+    """(elements of its values, bytes of its indices) of a sparse tensor (COO, CSR, CSC, BSR,
+    BSC); None for any other layout. Read outside torch.profiler's record."""
+    try:
+        with unrecorded():
+            if t.layout is torch.sparse_coo:
+                indices, values = t._indices(), t._values()
+                return values.numel(), indices.numel() * indices.element_size()
+            names = _COMPRESSED_INDICES.get(t.layout)
+            if names is None:
+                return None
+            compressed, plain = getattr(t, names[0])(), getattr(t, names[1])()
+            return t.values().numel(), (compressed.numel() + plain.numel()) * plain.element_size()
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return None
+
+
 def compiled_region_graph(region: Any) -> tuple[int, Any] | None:
     """(its id, the FX graph Inductor compiled) of the region an `inductor_compiled_code` call
     runs (its first argument: the compiled callable or its index in torch's side table)."""

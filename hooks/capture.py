@@ -1119,7 +1119,9 @@ class Capture:
             for a in args:
                 if type(a) is _Tensor or isinstance(a, _Tensor):
                     try:
-                        parts.append((a.shape, a.stride(), a.dtype))
+                        st = a.stride()
+                        # a sparse COO tensor's strides are zeros (torch 2.15; others raise)
+                        parts.append((a.shape, st, a.dtype) if 0 not in st or not a.is_sparse else signature(a))
                     except (RuntimeError, NotImplementedError):
                         parts.append(signature(a))
                 elif type(a) is float:
@@ -1163,7 +1165,8 @@ class Capture:
                 known.add(key)
                 try:  # signature(out), inline for the common plain tensor
                     out_key = (region[3] if region is not None and len(region) > 3 else
-                               (out.shape, out.stride(), out.dtype) if type(out) is _Tensor and not out.is_nested
+                               (out.shape, out.stride(), out.dtype)
+                               if type(out) is _Tensor and not out.is_nested and not out.is_sparse
                                else signature(out))
                 except (RuntimeError, NotImplementedError):  # layouts without strides
                     out_key = signature(out)

@@ -16,9 +16,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from memwall_plugin.hooks._torch_private import is_higher_order_op, nested_component_shapes, op_schema, overload_name
+from memwall_plugin.hooks._torch_private import (
+    is_higher_order_op,
+    nested_component_shapes,
+    op_schema,
+    overload_name,
+    sparse_stored,
+)
 
-from memwall_plugin.records import FACTS_KEY, FloatArg, NestedMeta, OpCall, Place, TensorMeta, float_arg
+from memwall_plugin.records import (
+    FACTS_KEY,
+    FloatArg,
+    NestedMeta,
+    OpCall,
+    Place,
+    SparseMeta,
+    TensorMeta,
+    float_arg,
+)
 
 _Tensor = torch.Tensor
 
@@ -37,6 +52,7 @@ def _contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 _DTYPE_NAMES: dict[torch.dtype, tuple[str, int]] = {}
 _NESTED = "<nested>"  # marks a nested tensor's signature: (packed size, (_NESTED, shapes), dtype)
+_SPARSE = "<sparse>"  # a sparse tensor's: (dense shape, (_SPARSE, stored elements, index bytes), dtype)
 
 
 def is_tensor_key(value: Any) -> bool:
@@ -52,6 +68,8 @@ def meta_of_key(key: Any) -> TensorMeta:
         named = _DTYPE_NAMES[dtype] = (_dtype_name(dtype), dtype.itemsize)
     if stride and stride[0] == _NESTED:  # a nested tensor: its packed elements, and its components
         return NestedMeta(tuple(shape), (1,), named[0], named[1], stride[1])
+    if stride and stride[0] == _SPARSE:  # a sparse tensor: its dense shape, what it stores
+        return SparseMeta(tuple(shape), _contiguous_strides(tuple(shape)), named[0], named[1], stride[1], stride[2])
     return TensorMeta(tuple(shape), tuple(stride), named[0], named[1])
 
 
@@ -193,8 +211,14 @@ def signature(value: Any) -> Any:
             # place (formulas that multiply components, matmul, read them)
             return (torch.Size([value.numel()]), (_NESTED, nested_component_shapes(value)), value.dtype)
         try:
-            return (value.shape, value.stride(), value.dtype)
+            stride = value.stride()
+            if 0 not in stride or not value.is_sparse:  # a sparse COO tensor's strides are zeros
+                return (value.shape, stride, value.dtype)
+            raise NotImplementedError
         except (RuntimeError, NotImplementedError):  # layouts without strides
+            stored = sparse_stored(value)
+            if stored is not None:
+                return (value.shape, (_SPARSE, *stored), value.dtype)
             return (value.shape, _contiguous_strides(tuple(value.shape)), value.dtype)
     if isinstance(value, (list, tuple)):
         for v in value:

@@ -44,6 +44,7 @@ from memwall_plugin.records import (
     OpCall,
     RegionFacts,
     ScoreFacts,
+    SparseMeta,
     TensorMeta,
     Traffic,
     extent,
@@ -63,6 +64,17 @@ NORM_BACKWARD_FLOPS = 8
 
 def _produced(call: OpCall) -> int:
     return sum(t.numel for t in call.written())
+
+
+def _computed(call: OpCall) -> int:
+    """The elements an elementwise op computes: those it writes, except where a sparse operand
+    meets a dense result (a sparse gradient added into its weight: `weight.add_(grad, alpha=-lr)`),
+    where only the operand's stored elements are computed."""
+    produced = _produced(call)
+    sparse = [t.numel for _, t in call.tensors() if isinstance(t, SparseMeta)]
+    if sparse and not any(isinstance(t, SparseMeta) for t in call.written()):
+        return min(produced, max(sparse))
+    return produced
 
 
 def _numel(t: TensorMeta | None) -> int:
@@ -92,7 +104,7 @@ def _real(call: OpCall, multiply_adds: int, adds: int = 0) -> int:
 REGISTRY.set_family(
     Family.MATMUL,
     "aten.matmul", "aten.matmul_backward", "aten.mm", "aten._int_mm", "aten._scaled_mm", "aten.addmm",
-    "aten._addmm_activation", "aten.bmm", "aten.baddbmm", "aten.addbmm", "aten._grouped_mm",
+    "aten._sparse_addmm", "aten._addmm_activation", "aten.bmm", "aten.baddbmm", "aten.addbmm", "aten._grouped_mm",
     "aten._scaled_grouped_mm", "aten.mv", "aten.addmv", "aten.dot", "aten.vdot",
     # composites torch runs as the ops above
     "aten.linear", "aten.bilinear", "aten.tensordot", "aten.linalg_matmul", "aten.chain_matmul",
@@ -172,9 +184,23 @@ def _matmul_backward(call: OpCall) -> int | None:
     return _real(call, forward * (int(bool(mask[0])) + int(bool(mask[1]))))
 
 
+def _sparse_mm_flops(a: TensorMeta, b: TensorMeta) -> int | None:
+    """A matmul with a sparse operand (torch.sparse.mm, a graph's adjacency times features): a
+    multiply-add per stored element and column (row) of the dense other; None for a dense pair,
+    and for two sparse operands (their products depend on where the elements meet)."""
+    if isinstance(a, SparseMeta) and not isinstance(b, SparseMeta) and len(a.shape) == len(b.shape) == 2:
+        return 2 * a.numel * b.shape[1]
+    if isinstance(b, SparseMeta) and not isinstance(a, SparseMeta) and len(a.shape) == len(b.shape) == 2:
+        return 2 * b.numel * a.shape[0]
+    return None
+
+
 @flops("aten.mm", "aten._int_mm", "aten._scaled_mm")
-def _mm(call: OpCall) -> int:
-    return _real(call, mm_flops(call.arg(0).shape, call.arg(1).shape))
+def _mm(call: OpCall) -> int | None:
+    a, b = call.arg(0), call.arg(1)
+    if isinstance(a, SparseMeta) or isinstance(b, SparseMeta):
+        return _sparse_mm_flops(a, b)
+    return _real(call, mm_flops(a.shape, b.shape))
 
 
 def _scaled_add(call: OpCall, outputs: int) -> int:
@@ -187,20 +213,25 @@ def _scaled_add(call: OpCall, outputs: int) -> int:
     return outputs * steps
 
 
-@flops("aten.addmm")
-def _addmm(call: OpCall) -> int:
+@flops("aten.addmm", "aten._sparse_addmm")
+def _addmm(call: OpCall) -> int | None:
     # beta * bias + alpha * (mat1 @ mat2): the matmul plus the add (and scales) per output element
-    m, _ = call["mat1"].shape
-    _, n = call["mat2"].shape
-    return _real(call, mm_flops(call["mat1"].shape, call["mat2"].shape), _scaled_add(call, m * n))
+    mat1, mat2 = call["mat1"], call["mat2"]
+    m, _ = mat1.shape
+    _, n = mat2.shape
+    if isinstance(mat1, SparseMeta) or isinstance(mat2, SparseMeta):
+        product = _sparse_mm_flops(mat1, mat2)
+        return None if product is None else product + _scaled_add(call, m * n)
+    return _real(call, mm_flops(mat1.shape, mat2.shape), _scaled_add(call, m * n))
 
 
 @flops("aten._addmm_activation")
-def _addmm_activation(call: OpCall) -> int:
+def _addmm_activation(call: OpCall) -> int | None:
     m, _ = call["mat1"].shape
     _, n = call["mat2"].shape
     act = ELEMENTWISE["gelu"] if call.get("use_gelu") else ELEMENTWISE["relu"]
-    return _addmm(call) + act * m * n
+    product = _addmm(call)
+    return None if product is None else product + act * m * n
 
 
 @flops("aten.bmm")
@@ -627,7 +658,7 @@ REDUCTIONS: dict[str, int] = {
 
 def _elementwise(cost: int):  # type: ignore[no-untyped-def]
     def formula(call: OpCall) -> int:
-        return cost * _produced(call)
+        return cost * _computed(call)
 
     return formula
 
@@ -656,7 +687,7 @@ _SCALED = ("add", "sub", "rsub")
 
 
 def _scaled_elementwise(call: OpCall) -> int:
-    return (1 if is_unit_scale(call.get("alpha")) else 2) * _produced(call)
+    return (1 if is_unit_scale(call.get("alpha")) else 2) * _computed(call)
 
 
 for _name, _cost in ELEMENTWISE.items():
@@ -1161,6 +1192,55 @@ _VIEWS = tuple(
 )
 REGISTRY.zero(*_VIEWS)
 REGISTRY.set_family(Family.DATA_MOVEMENT, *_VIEWS)
+
+
+# sparse tensors (sparse embedding gradients, sparse optimizers, graph adjacency): building one
+# from its indices and values, and reading its layout, move nothing; converting between layouts
+# moves what is stored; coalescing sums each duplicate index's row into one; a dense tensor masked
+# by a sparse one reads only the masked elements
+_SPARSE_METADATA = tuple(
+    f"aten.{name}" for name in (
+        "_sparse_coo_tensor_with_dims_and_tensors _sparse_coo_tensor_with_dims is_coalesced _coalesced_ "
+        "_nnz sparse_dim dense_dim sparse_resize_ sparse_resize_and_clear_"
+    ).split()
+)
+REGISTRY.zero(*_SPARSE_METADATA)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *_SPARSE_METADATA)
+_SPARSE_CONVERSIONS = tuple(
+    f"aten.{name}" for name in (
+        "_to_dense to_dense _to_sparse to_sparse _to_sparse_csr _to_sparse_csc _to_sparse_bsr _to_sparse_bsc "
+        "sparse_mask"
+    ).split()
+)
+REGISTRY.add_flops(_SPARSE_CONVERSIONS, _no_flops)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *_SPARSE_CONVERSIONS)
+
+
+@traffic("aten.sparse_mask")
+def _sparse_mask_traffic(call: OpCall) -> Traffic:
+    """self's elements where the mask stores one, and the mask's indices; the result written."""
+    mask, dense = call["mask"], call["self"]
+    return Traffic((extent(mask), extent(dense, mask.numel)), tuple(extent(t) for t in call.written()))
+
+
+@flops("aten._coalesce")
+def _coalesce(call: OpCall) -> int:
+    out = call.outputs[0] if call.outputs else None
+    return max(call["self"].numel - (out.numel if out is not None else 0), 0)
+
+
+REGISTRY.set_family(Family.REDUCTION, "aten._coalesce")
+
+
+@traffic("aten.add_", "aten.sub_")
+def _sparse_into_dense_traffic(call: OpCall) -> Traffic:
+    """A sparse operand added into a dense tensor in place reads and writes only the elements it
+    stores (and reads its values and indices); any other add_ is compulsory traffic."""
+    other, dense = call.get("other"), call["self"]
+    if not isinstance(other, SparseMeta) or isinstance(dense, SparseMeta):
+        return default_traffic(call)
+    touched = extent(dense, min(other.numel, dense.numel))
+    return Traffic((extent(other), touched), (touched,))
 
 
 # FSDP2's own copies around its collectives (torch.distributed.fsdp): pure data movement

@@ -211,6 +211,25 @@ class NestedMeta(TensorMeta):
 
 
 @dataclass(frozen=True, slots=True)
+class SparseMeta(TensorMeta):
+    """A sparse tensor (COO, CSR, CSC, BSR, BSC): `shape` is its dense shape, `stored` the elements
+    of its values and `index_bytes` the bytes of its indices. Its numel, what formulas compute
+    with, is the elements it stores; its span, what it moves, its values and its indices (counted
+    in its values' elements, rounded up)."""
+
+    stored: int = 0
+    index_bytes: int = 0
+
+    @property
+    def numel(self) -> int:
+        return self.stored
+
+    @property
+    def span(self) -> int:
+        return self.stored + -(-self.index_bytes // max(self.itemsize, 1))
+
+
+@dataclass(frozen=True, slots=True)
 class Extent:
     """A run of memory traffic: `elements` of `itemsize` bytes each."""
 
@@ -359,6 +378,8 @@ class OpCall:
         for _, value in self.args:
             if isinstance(value, NestedMeta) and value.components:
                 parts.append(nested_text(value.components))
+            elif isinstance(value, SparseMeta):
+                parts.append(f"{list(value.shape)} sparse, {value.stored:,} stored")
             elif isinstance(value, TensorMeta):
                 parts.append(str(list(value.shape)))
             elif isinstance(value, tuple) and value and isinstance(value[0], TensorMeta):
