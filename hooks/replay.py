@@ -58,6 +58,16 @@ class TracedInputs:
     concrete: tuple[str, ...]
 
 
+def has_unstrided_tensor(inputs: TracedInputs) -> bool:
+    """Whether a traced call passed a tensor of a layout without strides (sparse COO, CSR, ...):
+    torch.profiler records its dense shape and no strides, not the elements it stores, so what the
+    call computes and moves cannot be known from the trace."""
+    for recorded, dims, strides in zip(inputs.types, inputs.dims, inputs.strides, strict=True):
+        if recorded in _TRACE_DTYPES and isinstance(dims, tuple) and dims and strides == ():
+            return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Replayed:
     """A traced call as capture would have keyed it: the overload and the signatures of its
@@ -249,4 +259,5 @@ def _replay(func: Any, schema: Any, inputs: TracedInputs, wrapped: set[int]) -> 
     return Replayed(func, arg_key, kw_key, signature(out), assumed)
 
 
-__all__ = ["ReplayError", "Replayed", "TracedInputs", "decomposes_above_mode", "find_op", "pick_overload", "replay"]
+__all__ = ["ReplayError", "Replayed", "TracedInputs", "decomposes_above_mode", "find_op", "has_unstrided_tensor",
+           "pick_overload", "replay"]

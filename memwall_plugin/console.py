@@ -442,6 +442,15 @@ def findings(report: Report) -> list[str]:
         # an AOTInductor model's call (hooks/capture.py): its kernels ran where memwall cannot see
         packaged = [r for r in uncounted if r.op == AOTI_MODEL_OP]
         unformulated = [r for r in uncounted if r not in unshaped and r not in unsized and r not in packaged]
+        reasons = trace.get("uncounted_calls") if isinstance(trace, dict) else None
+        sparse = isinstance(reasons, dict) and any("sparse" in str(reason) for reason in reasons)
+        unshaped_why, unshaped_fix = "whose inputs were not recorded", (
+            ": their FLOPs are unknown, not zero; re-record the trace with torch.profiler.profile(record_shapes=True).")
+        if sparse:  # a trace records a sparse tensor's dense shape, not what it stores (trace_analysis.py)
+            unshaped_why, unshaped_fix = "whose inputs the trace does not size", (
+                ": their FLOPs are unknown, not zero; a trace records a sparse tensor's dense shape, not what it "
+                "stores: profile the run with memwall.profile to count them (and record_shapes=True for any op "
+                "without shapes).")
         for rows, why, fix in (
             (packaged, "of AOTInductor models, whose kernels memwall cannot see",
              ": their FLOPs are unknown, not zero, and their bytes are their inputs and outputs only; "
@@ -451,8 +460,7 @@ def findings(report: Report) -> list[str]:
                                                      "memwall.default_registry().copy())."),
             (unsized, "of compiled regions memwall could not size", ": their FLOPs are unknown, not zero; each "
                                                                    "row's shapes say why and what counts them."),
-            (unshaped, "whose inputs were not recorded", ": their FLOPs are unknown, not zero; re-record the trace "
-                                                         "with torch.profiler.profile(record_shapes=True)."),
+            (unshaped, unshaped_why, unshaped_fix),
         ):
             if rows:
                 names = _longest_names(rows)

@@ -34,6 +34,7 @@ from memwall_plugin.hooks.replay import (
     TracedInputs,
     decomposes_above_mode,
     find_op,
+    has_unstrided_tensor,
     pick_overload,
     replay,
 )
@@ -375,7 +376,12 @@ def _timeline(trace: Trace, steps: list[Event]) -> dict[str, Any] | None:
 def _shapes_text(inputs: TracedInputs | None) -> str:
     if inputs is None:
         return ""
-    return " x ".join(str(d) for d, t in zip(inputs.dims, inputs.types, strict=True) if t != "Scalar" and d)
+    return " x ".join(_bracketed(d) for d, t in zip(inputs.dims, inputs.types, strict=True) if t != "Scalar" and d)
+
+
+def _bracketed(dims: Any) -> str:
+    """Recorded dims as the counted rows write shapes: [1000, 32] (a tensor list: [[4, 32], [4, 32]])."""
+    return f"[{', '.join(_bracketed(d) for d in dims)}]" if isinstance(dims, tuple) else str(dims)
 
 
 def _progress(items: list[_Op]) -> Iterator[_Op]:
@@ -476,6 +482,8 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
             reason = "no input shapes recorded (record_shapes=False)"
         elif func is None:
             reason = "no overload fits the recorded inputs"
+        elif has_unstrided_tensor(inputs):
+            reason = "a sparse tensor argument (the trace records its dense shape, not what it stores)"
         else:
             assert inputs is not None
             done = replayed.get((func, inputs))

@@ -115,3 +115,22 @@ def test_coalescing_adds_each_duplicate_row_once(tmp_path: Any) -> None:
     assert torch.equal(merged.to_dense(), bare.to_dense())
     row = [r for r in prof.report().rows if r.op == "aten._coalesce"]
     assert [r.flops for r in row] == [3 * 4]
+
+
+def test_a_trace_of_a_sparse_update_lists_it_uncounted_instead_of_counting_the_dense_shape(tmp_path: Any) -> None:
+    """torch.profiler records a sparse tensor's dense shape ([1000, 32]) and no strides: memwall
+    analyze cannot know what it stores, so the update is listed uncounted, with why."""
+    step, _, _ = _recommender("SGD")
+    step()
+    with torch.profiler.profile(record_shapes=True) as prof:
+        step()
+    path = tmp_path / "step.pt.trace.json"
+    prof.export_chrome_trace(str(path))
+    rep = memwall.analyze_trace(path)
+    update = [r for r in rep.rows if r.op == "aten.add_" and r.shapes.startswith(f"[{ROWS}, {DIM}]")]
+    assert update and all(r.flops is None for r in update)
+    reasons = rep.extra["trace"]["uncounted_calls"]
+    assert any("sparse tensor" in reason for reason in reasons)
+    assert [r for r in rep.rows if r.op == "aten.addmm" and r.flops]  # the dense head is counted
+    from memwall_plugin.console import findings
+    assert any("sparse tensor's dense shape" in line for line in findings(rep))
