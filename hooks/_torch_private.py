@@ -659,6 +659,20 @@ def sparse_stored(t: torch.Tensor) -> tuple[int, int] | None:
         return None
 
 
+def sparse_values_storage(t: Any) -> Any:
+    """The storage of a sparse tensor's values (what most of its memory is); None for any other
+    tensor. Read outside torch.profiler's record."""
+    try:
+        layout = t.layout
+        if layout is torch.strided:
+            return None
+        with unrecorded():
+            values = t._values() if layout is torch.sparse_coo else t.values()
+            return values.untyped_storage()
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return None
+
+
 def compiled_region_graph(region: Any) -> tuple[int, Any] | None:
     """(its id, the FX graph Inductor compiled) of the region an `inductor_compiled_code` call
     runs (its first argument: the compiled callable or its index in torch's side table)."""

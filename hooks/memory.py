@@ -30,6 +30,7 @@ from memwall_plugin.hooks._torch_private import (
     node_sequence_nr,
     op_schema,
     peek_sequence_nr,
+    sparse_values_storage,
     step_aside_for_disablers,
     storage_key,
 )
@@ -150,7 +151,7 @@ def _storage_of(t: Any) -> Any:
             t = t.to_local()
         return t.untyped_storage()
     except (RuntimeError, NotImplementedError, AttributeError):  # sparse, nested without storage, subclasses
-        return None
+        return sparse_values_storage(t)  # a sparse tensor: its values' (its indices are left out)
 
 
 class MemoryTracker:
@@ -393,8 +394,10 @@ class MemoryTracker:
             if type(t) is _Tensor:  # the common case, without _storage_of's checks
                 try:
                     st = t.untyped_storage()
-                except (RuntimeError, NotImplementedError):  # sparse, nested without storage
-                    continue
+                except (RuntimeError, NotImplementedError):  # sparse (its values'), nested without storage
+                    st = sparse_values_storage(t)
+                    if st is None:
+                        continue
             else:
                 st = _storage_of(t)
                 if st is None:

@@ -117,6 +117,7 @@ def test_coalescing_adds_each_duplicate_row_once(tmp_path: Any) -> None:
     assert [r.flops for r in row] == [3 * 4]
 
 
+@pytest.mark.filterwarnings("ignore:Warning. Profiler clears events")  # torch 2.11's, on its profiler's second use
 def test_a_trace_of_a_sparse_update_lists_it_uncounted_instead_of_counting_the_dense_shape(tmp_path: Any) -> None:
     """torch.profiler records a sparse tensor's dense shape ([1000, 32]) and no strides: memwall
     analyze cannot know what it stores, so the update is listed uncounted, with why."""
@@ -134,3 +135,16 @@ def test_a_trace_of_a_sparse_update_lists_it_uncounted_instead_of_counting_the_d
     assert [r for r in rep.rows if r.op == "aten.addmm" and r.flops]  # the dense head is counted
     from memwall_plugin.console import findings
     assert any("sparse tensor's dense shape" in line for line in findings(rep))
+
+
+def test_sparse_gradients_count_as_gradient_memory(tmp_path: Any) -> None:
+    """After a backward, the bag table's sparse gradient holds 40 looked-up rows of 32 floats, the
+    user table's 4, and the head's dense weight and bias 65 floats: the capacity view's gradients
+    (their values; the indices are left out)."""
+    step, (bags, table, head), ids = _recommender("SGD")
+    step()
+    users = torch.tensor([1, 2, 3, 4])
+    with memwall.profile(summary=False, scalars=False, logdir=tmp_path / "run") as prof:
+        head(torch.cat([bags(ids, torch.tensor(BAGS)), table(users)], 1)).sum().backward()
+    assert bags.weight.grad.is_sparse
+    assert prof.report().memory.peak_by_category["gradients"] == 4 * (len(ids) * DIM + len(users) * DIM + 2 * DIM + 1)
