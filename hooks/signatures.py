@@ -212,14 +212,14 @@ def signature(value: Any) -> Any:
             return (torch.Size([value.numel()]), (_NESTED, nested_component_shapes(value)), value.dtype)
         try:
             stride = value.stride()
-            if 0 not in stride or not value.is_sparse:  # a sparse COO tensor's strides are zeros
-                return (value.shape, stride, value.dtype)
-            raise NotImplementedError
-        except (RuntimeError, NotImplementedError):  # layouts without strides
-            stored = sparse_stored(value)
-            if stored is not None:
-                return (value.shape, (_SPARSE, *stored), value.dtype)
-            return (value.shape, _contiguous_strides(tuple(value.shape)), value.dtype)
+        except (RuntimeError, NotImplementedError):  # layouts without strides (sparse CSR, ...)
+            stride = None
+        if stride is not None and (0 not in stride or not value.is_sparse):  # sparse COO's strides are zeros
+            return (value.shape, stride, value.dtype)
+        stored = sparse_stored(value)
+        if stored is not None:
+            return (value.shape, (_SPARSE, *stored), value.dtype)
+        return (value.shape, _contiguous_strides(tuple(value.shape)), value.dtype)
     if isinstance(value, (list, tuple)):
         for v in value:
             if type(v) is not int:

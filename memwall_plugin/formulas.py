@@ -1187,25 +1187,20 @@ _VIEWS = tuple(
         "_has_compatible_shallow_copy_type set_ squeeze_ unsqueeze_ t_ transpose_ as_strided_ "
         "_assert_async _assert_tensor_metadata record_stream _nested_tensor_size "
         "_nested_tensor_strides _nested_tensor_storage_offsets is_nonzero detach_ "
-        "_propagate_xla_data _has_same_storage_numel"
+        "_propagate_xla_data _has_same_storage_numel "
+        # a sparse tensor built from its indices and values (no copy), and its layout read
+        "_sparse_coo_tensor_with_dims_and_tensors _sparse_coo_tensor_with_dims is_coalesced _coalesced_ "
+        "_nnz sparse_dim dense_dim sparse_resize_ sparse_resize_and_clear_"
     ).split()
 )
 REGISTRY.zero(*_VIEWS)
 REGISTRY.set_family(Family.DATA_MOVEMENT, *_VIEWS)
 
 
-# sparse tensors (sparse embedding gradients, sparse optimizers, graph adjacency): building one
-# from its indices and values, and reading its layout, move nothing; converting between layouts
-# moves what is stored; coalescing sums each duplicate index's row into one; a dense tensor masked
-# by a sparse one reads only the masked elements
-_SPARSE_METADATA = tuple(
-    f"aten.{name}" for name in (
-        "_sparse_coo_tensor_with_dims_and_tensors _sparse_coo_tensor_with_dims is_coalesced _coalesced_ "
-        "_nnz sparse_dim dense_dim sparse_resize_ sparse_resize_and_clear_"
-    ).split()
-)
-REGISTRY.zero(*_SPARSE_METADATA)
-REGISTRY.set_family(Family.DATA_MOVEMENT, *_SPARSE_METADATA)
+# sparse tensors (sparse embedding gradients, sparse optimizers, graph adjacency; building one and
+# reading its layout are views above): converting between layouts moves what is stored;
+# coalescing sums each duplicate index's row into one; a dense tensor masked by a sparse one reads
+# only the masked elements
 _SPARSE_CONVERSIONS = tuple(
     f"aten.{name}" for name in (
         "_to_dense to_dense _to_sparse to_sparse _to_sparse_csr _to_sparse_csc _to_sparse_bsr _to_sparse_bsc "
