@@ -31,6 +31,7 @@ from memwall_plugin.hooks._torch_private import (
     has_backend_kernel,
     has_composite_kernel,
     hop_name,
+    in_backward,
     in_backward_seed,
     is_fake_tensor_type,
     is_higher_order_op,
@@ -1090,6 +1091,11 @@ class Capture:
                 self.memory.arm()
             if func is _ONES_LIKE and in_backward_seed():
                 phase = BACKWARD
+        elif in_backward():
+            # a backward pass's hooks, where no Node runs: a module's full backward hook (Opacus's
+            # per-sample gradients), a tensor's gradient hook, the pass's final callbacks
+            phase, module = tracker.user_label or BACKWARD, ""
+            tracker.setup_open = False
         else:
             # before the first work (a module's forward: the tracker's hook ends set-up there, or a
             # backward pass, an optimizer step): set-up. Ops outside modules that touch the autograd

@@ -440,6 +440,24 @@ def test_a_functional_model_ends_setup_at_its_backward():
     assert _phases(rep, "aten.mm") >= {"forward", "backward"}
 
 
+def test_work_in_a_backward_pass_final_callback_is_backward():
+    """A callback queued on the autograd engine (as DDP and FSDP queue theirs) runs at the end of
+    the backward pass, where no autograd Node runs: its ops are backward work, not "other"."""
+    model, scale = torch.nn.Linear(8, 4), torch.randn(4, 4)
+    x = torch.randn(5, 8, requires_grad=True)
+
+    def queue(grad: torch.Tensor) -> torch.Tensor:
+        torch.autograd.Variable._execution_engine.queue_callback(lambda: scale.mul_(2))
+        return grad
+
+    x.register_hook(queue)
+    with memwall.profile(summary=False) as prof:
+        model(x).sum().backward()
+        scale.mul_(3)  # after the pass: other
+    rep = prof.report()
+    assert sorted((r.phase, r.flops) for r in rep.rows if r.op == "aten.mul_") == [("backward", 16), ("other", 16)]
+
+
 def test_with_model_any_modules_forward_ends_setup():
     """With model= given, another module's forward (not tracked, its ops the top level's) is
     forward work as before, so set-up ends there too, not at the model's first forward."""
