@@ -107,7 +107,7 @@ REGISTRY.set_family(
     "aten._sparse_addmm", "aten._addmm_activation", "aten.bmm", "aten.baddbmm", "aten.addbmm", "aten._grouped_mm",
     "aten._scaled_grouped_mm", "aten.mv", "aten.addmv", "aten.dot", "aten.vdot",
     # composites torch runs as the ops above
-    "aten.linear", "aten.bilinear", "aten.tensordot", "aten.linalg_matmul", "aten.chain_matmul",
+    "aten.linear", "aten.bilinear", "aten._trilinear", "aten.tensordot", "aten.linalg_matmul", "aten.chain_matmul",
 )
 
 
@@ -201,6 +201,35 @@ def _mm(call: OpCall) -> int | None:
     if isinstance(a, SparseMeta) or isinstance(b, SparseMeta):
         return _sparse_mm_flops(a, b)
     return _real(call, mm_flops(a.shape, b.shape))
+
+
+@flops("aten._trilinear")
+def _trilinear(call: OpCall) -> int | None:
+    """nn.Bilinear's contraction and its gradients, as torch computes it
+    (aten/src/ATen/native/Linear.cpp): over a joint space of dims, for each index of `unroll_dim`,
+    i1 * i2 summed over the dims i3 lacks (a matmul: a multiply-add per element of the pair's
+    space; a plain product where nothing is summed), that times i3 summed over the rest, and the
+    slice added into the output (the whole output where the unrolled dim is itself summed)."""
+    tensors = (call["i1"], call["i2"], call["i3"])
+    expands = tuple(set(call[f"expand{k}"]) for k in (1, 2, 3))
+    summed, unroll = set(call["sumdim"]), call.get("unroll_dim", 1)
+    total = len(tensors[0].shape) + len(expands[0])
+    sizes, next_dim = [1] * total, [0, 0, 0]
+    for dim in range(total):
+        for k, t in enumerate(tensors):
+            if dim not in expands[k]:
+                sizes[dim] = t.shape[next_dim[k]]
+                next_dim[k] += 1
+    others = [d for d in range(total) if d != unroll]
+    in12 = {d for d in others if not (d in expands[0] and d in expands[1])}
+    sum12 = {d for d in others if d in expands[2] and d in summed}
+    sum23 = {d for d in others if d not in expands[2] and d in summed}
+    pair12 = math.prod(sizes[d] for d in in12)
+    pair23 = math.prod(sizes[d] for d in others if (d in in12 and d not in sum12) or d not in expands[2])
+    # each index adds its slice of the output, or the whole output where the unrolled dim is summed
+    added = math.prod(sizes[d] for d in range(total) if d not in summed and d != unroll)
+    per_index = (2 if sum12 else 1) * pair12 + (2 if sum23 else 1) * pair23 + added
+    return sizes[unroll] * per_index
 
 
 def _scaled_add(call: OpCall, outputs: int) -> int:

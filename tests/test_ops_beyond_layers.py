@@ -279,6 +279,7 @@ def test_transformer_fast_path_counts_as_the_layer_outside_it(norm_first):
 
 
 @pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")  # torch's, bare too
+@pytest.mark.filterwarnings("ignore:Warning. Profiler clears events")  # torch 2.11's, on its profiler's second use
 def test_transformer_fast_path_on_a_padded_batch_counts_what_torch_runs_on_its_nested_tensor():
     """nn.TransformerEncoder in inference with a padding mask packs the batch into a nested tensor;
     torch's fused layer then runs the projections and the feed-forward block on the real tokens, but
@@ -318,6 +319,25 @@ def test_transformer_fast_path_on_a_padded_batch_counts_what_torch_runs_on_its_n
     padding = e * b * t + 3 * e * (b * t - n) + 2 * 2 * d * heads * (b * t * t - sum(s * s for s in lengths))
     assert fused.flops == alone + padding
     assert torch.equal(outputs[0], bare)
+
+
+def test_bilinear_counts_torchs_unrolled_contraction_by_hand():
+    """nn.Bilinear runs aten._trilinear (Linear.cpp): for each of the O outputs, x1 [N, I1] times the
+    weight's slice [I1, I2] summed over I1 (a matmul), that times x2 summed over I2 (a dot per
+    row), added into its output column."""
+    n, i1, i2, o = 4, 5, 7, 3
+    layer = nn.Bilinear(i1, i2, o)
+    x1, x2 = torch.randn(n, i1, requires_grad=True), torch.randn(n, i2, requires_grad=True)
+    rep = profiled(lambda: layer(x1, x2).sum().backward())
+    assert one_row(rep, "aten._trilinear", "forward").flops == o * (2 * n * i1 * i2 + 2 * n * i2 + n)
+    # backward, three more contractions, each unrolled over the O outputs:
+    # x1's gradient: grad[:, k] times the weight slice (N x I1 x I2 products), summed with x2 over I2
+    # (a multiply-add each), the whole [N, I1] result added per k
+    # x2's gradient: x1 times the slice summed over I1, times grad[:, k] (N x I2), [N, I2] added per k
+    # the weight's gradient: x1 times grad[:, k] (N x I1), times x2 summed over N, its [I1, I2] slice added
+    backward = o * ((n * i1 * i2 + 2 * n * i1 * i2 + n * i1) + (2 * n * i1 * i2 + n * i2 + n * i2)
+                    + (n * i1 + 2 * n * i1 * i2 + i1 * i2))
+    assert sum(r.flops or 0 for r in rows_of(rep, "aten._trilinear", "backward")) == backward
 
 
 def test_fft_counts_5_n_log2_n_per_complex_transform():
