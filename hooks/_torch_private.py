@@ -642,35 +642,36 @@ _COMPRESSED_INDICES = {
 }
 
 
-def sparse_stored(t: torch.Tensor) -> tuple[int, int] | None:
-    """(elements of its values, bytes of its indices) of a sparse tensor (COO, CSR, CSC, BSR,
-    BSC); None for any other layout. Read outside torch.profiler's record."""
+def _sparse_parts(t: Any) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None:
+    """(values, indices) of a sparse tensor (COO, CSR, CSC, BSR, BSC); None for any other layout
+    (strided, jagged nested). Read outside torch.profiler's record."""
     try:
+        layout = t.layout
+        if layout is torch.sparse_coo:
+            with unrecorded():
+                return t._values(), (t._indices(),)
+        names = _COMPRESSED_INDICES.get(layout)
+        if names is None:
+            return None
         with unrecorded():
-            if t.layout is torch.sparse_coo:
-                indices, values = t._indices(), t._values()
-                return values.numel(), indices.numel() * indices.element_size()
-            names = _COMPRESSED_INDICES.get(t.layout)
-            if names is None:
-                return None
-            compressed, plain = getattr(t, names[0])(), getattr(t, names[1])()
-            return t.values().numel(), (compressed.numel() + plain.numel()) * plain.element_size()
+            return t.values(), tuple(getattr(t, name)() for name in names)
     except (RuntimeError, NotImplementedError, AttributeError):
         return None
+
+
+def sparse_stored(t: torch.Tensor) -> tuple[int, int] | None:
+    """(elements of its values, bytes of its indices) of a sparse tensor; None for any other."""
+    parts = _sparse_parts(t)
+    if parts is None:
+        return None
+    values, indices = parts
+    return values.numel(), sum(i.numel() * i.element_size() for i in indices)
 
 
 def sparse_values_storage(t: Any) -> Any:
-    """The storage of a sparse tensor's values (what most of its memory is); None for any other
-    tensor. Read outside torch.profiler's record."""
-    try:
-        layout = t.layout
-        if layout is torch.strided:
-            return None
-        with unrecorded():
-            values = t._values() if layout is torch.sparse_coo else t.values()
-            return values.untyped_storage()
-    except (RuntimeError, NotImplementedError, AttributeError):
-        return None
+    """The storage of a sparse tensor's values (what most of its memory is); None for any other."""
+    parts = _sparse_parts(t)
+    return None if parts is None else parts[0].untyped_storage()
 
 
 def compiled_region_graph(region: Any) -> tuple[int, Any] | None:

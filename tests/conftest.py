@@ -112,12 +112,21 @@ def rows_of(rep: memwall.Report, op: str, phase: str | None = None) -> list[memw
     return [r for r in rep.rows if r.op == op and (phase is None or r.phase == phase)]
 
 
-def transformers_moe() -> Any:
+def transformers_moe_or_none() -> Any:
     """transformers' MoE integration, which registers its expert matmul custom op
-    (`transformers.grouped_mm_fallback`, transformers >= 5) on import; the test is skipped where
-    this transformers has none."""
-    moe = pytest.importorskip("transformers.integrations.moe")
-    if not hasattr(moe, "_grouped_mm_fallback"):
+    (`transformers.grouped_mm_fallback`, transformers >= 5) on import; None where this
+    transformers has no such op."""
+    try:
+        from transformers.integrations import moe
+    except ImportError:
+        return None
+    return moe if hasattr(moe, "_grouped_mm_fallback") else None
+
+
+def transformers_moe() -> Any:
+    """As `transformers_moe_or_none`, the test skipped where there is none."""
+    moe = transformers_moe_or_none()
+    if moe is None:
         pytest.skip("this transformers has no grouped_mm_fallback custom op")
     return moe
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import one_row, profiled, rows_of
+from conftest import one_row, profiled, rows_of, transformers_moe_or_none
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -205,11 +205,7 @@ def test_every_named_base_op_exists_in_torch():
 
     # transformers' expert matmul custom ops, registered on import by the transformers that has
     # them (5.x); formulas for them wait for them on older ones
-    try:
-        from transformers.integrations import moe
-    except ImportError:
-        moe = None
-    libraries = {"transformers": moe is not None and hasattr(moe, "_grouped_mm_fallback")}
+    libraries = {"transformers": transformers_moe_or_none() is not None}
 
     names = [f"aten.{n}" for n in list(ELEMENTWISE) + list(REDUCTIONS)]
     explicit = [n for n in REGISTRY.names() if not n.startswith(("aten._foreach_", "profiler."))]
