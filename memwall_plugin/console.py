@@ -1320,7 +1320,8 @@ def memory_section(mem: MemoryReport, narrow: bool = False,
         parts.append(table)
     scale = mem.max_batch_scale()
     if scale is not None and math.isfinite(scale):
-        parts.append(Text(f"  the largest batch that fits here: {scale:.3g}x the recorded one "
+        times = f"{scale:,.0f}" if scale >= 100 else f"{scale:.3g}"
+        parts.append(Text(f"  the largest batch that fits here: {times}x the recorded one "
                           "(activations, KV cache and inputs scale with it)", style="dim"))
     return RichGroup(*parts)
 

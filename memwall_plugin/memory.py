@@ -323,7 +323,8 @@ class MemoryReport:
 
     def suggestions(self) -> list[tuple[str, MemoryWhatIf]]:
         """The paper's remedies, each projected from this run: checkpointing the largest block
-        container, ZeRO-3 over 8 ranks, bf16 parameters and gradients with fp32 master weights."""
+        container, ZeRO-3 over 8 ranks, bf16 parameters and gradients with fp32 master weights (bf16
+        parameters, activations and KV cache alone where the steps did not train)."""
         out: list[tuple[str, MemoryWhatIf]] = []
         blocks = self.block_containers()
         if blocks:
@@ -331,9 +332,29 @@ class MemoryReport:
         if self.peak_by_category.get("optimizer_state") or self.peak_by_category.get("gradients"):
             out.append(("ZeRO-3 / FSDP over 8 ranks", self.what_if(shard="zero3", world_size=8)))
         if self.peak_by_category.get("parameters"):
-            out.append(("bf16 parameters, gradients, activations (fp32 master weights)", self.what_if(
-                bytes_per_element={"parameters": 2, "gradients": 2, "activations": 2}, master_weights=True)))
+            if self.trained():
+                out.append(("bf16 parameters, gradients, activations (fp32 master weights)", self.what_if(
+                    bytes_per_element={"parameters": 2, "gradients": 2, "activations": 2}, master_weights=True)))
+            else:
+                # inference keeps no master weights (an optimizer would hold them): bf16 halves what
+                # is stored in fp32; a model already in bf16 gets no suggestion that changes nothing
+                held = [c for c in ("parameters", "activations", "kv_cache") if self.peak_by_category.get(c)]
+                half = self.what_if(bytes_per_element=dict.fromkeys(held, 2))
+                if half.peak_bytes < self.peak_bytes:
+                    names = {"kv_cache": "KV cache"}
+                    listed = [names.get(c, c) for c in held]
+                    label = ", ".join(listed[:-1]) + f" and {listed[-1]}" if len(listed) > 1 else listed[0]
+                    out.append((f"bf16 {label} (inference: no master weights)", half))
         return out
+
+    def trained(self) -> bool:
+        """Whether the recorded steps trained: gradients or optimizer state held at some point, or
+        a backward or optimizer phase at the peak step."""
+        if self.peak_by_category.get("gradients") or self.peak_by_category.get("optimizer_state"):
+            return True
+        if any(m.gradient_bytes or m.optimizer_state_bytes for m in self.modules):
+            return True
+        return any(phase in ("backward", "optimizer") for _, phase, _, _ in self.timeline)
 
     def scalars(self) -> dict[str, float]:
         """TensorBoard scalars per recorded step."""

@@ -4,6 +4,7 @@ from memwall (hand counts, torch's own saved-tensors hooks, MemTracker, a real c
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -257,6 +258,44 @@ def test_sharding_precision_and_batch_what_ifs_follow_their_rules():
         mem.what_if(checkpoint=["transformer.h"])
     scale = mem.max_batch_scale(capacity_bytes=mem.peak_bytes * 2)
     assert mem.what_if(batch_scale=scale, capacity_bytes=mem.peak_bytes * 2).fits
+
+
+def _bf16_suggestions(mem: MemoryReport) -> list:
+    return [(label, w) for label, w in mem.suggestions() if label.startswith("bf16")]
+
+
+def test_bf16_what_if_of_inference_halves_the_weights_and_keeps_no_master_copy():
+    model = _mlp()
+    x = torch.randn(BATCH, IN)
+    with torch.no_grad(), memwall.profile(model=model, summary=False) as prof:
+        model(x)
+    rep = prof.report()
+    mem = rep.memory
+    n = sum(p.numel() for p in model.parameters())
+    assert mem.peak_by_category["parameters"] == 4 * n and not mem.trained()
+    [(label, half)] = _bf16_suggestions(mem)
+    # an fp32 master copy is an optimizer's: inference in bf16 only halves the stored weights
+    assert "fp32 master" not in label and "gradients" not in label
+    assert half.by_category["parameters"] == 2 * n
+    assert half.peak_bytes < mem.peak_bytes
+    # the console says so, and writes a large batch factor as a plain number
+    text = str(rep)
+    assert "no master weights" in text
+    largest = next(line for line in text.splitlines() if "largest batch that fits" in line)
+    assert "e+" not in largest and re.search(r"\d{1,3}(,\d{3})+x the recorded one", largest), largest
+
+
+def test_bf16_what_if_of_training_keeps_fp32_master_weights_and_of_a_bf16_model_says_nothing():
+    mem = _train_mlp(_mlp())[0].memory
+    assert mem.trained()
+    [(label, mixed)] = _bf16_suggestions(mem)
+    n = sum(p.numel() for p in _mlp().parameters())
+    assert "fp32 master weights" in label
+    assert mixed.by_category["parameters"] == 2 * n and mixed.by_category["gradients"] == 2 * n
+    model = _mlp().to(torch.bfloat16)
+    with torch.no_grad(), memwall.profile(model=model, summary=False) as prof:
+        model(torch.randn(BATCH, IN, dtype=torch.bfloat16))
+    assert _bf16_suggestions(prof.report().memory) == []  # already bf16: nothing to project
 
 
 def test_the_report_file_and_the_cli_carry_the_memory(tmp_path):
