@@ -103,6 +103,7 @@ class ModuleTracker:
         self._thread = _thread_id()  # the thread whose ops are recorded (dispatch modes are per thread)
         self._quiet: Any = None  # the warning filter set while the hooks are installed
         self.own_ns = 0  # nanoseconds spent in memwall's module hooks (Capture.own_ns: the rest)
+        self._hook_began = 0  # when the running hook began (a step boundary inside one moves it)
         if model is not None:
             self._add_root(model)
 
@@ -255,14 +256,14 @@ class ModuleTracker:
                 # Dynamo traces module hooks into the graph it builds: memwall's must trace to
                 # nothing, or each would break the user's compiled graph in two
                 return
-            start = _perf_counter_ns()
+            self._hook_began = _perf_counter_ns()
             try:
                 hook(*args)
             except Exception as err:
                 self.disabled = True
                 if self.on_error is not None:
                     self.on_error(err, f"the hook {hook.__name__}")
-            self.own_ns += _perf_counter_ns() - start
+            self.own_ns += _perf_counter_ns() - self._hook_began
 
         return never_compiled(guarded)
 
@@ -351,7 +352,14 @@ class ModuleTracker:
         if self.memory is not None:
             self.memory.optimizer_stepped(optimizer)
         if self.on_optimizer_step is not None:
-            self.on_optimizer_step(optimizer)
+            # the step boundary: this hook's time so far is the ending step's; what the boundary
+            # does (the recorder closing one step, saving a window, opening the next) lies between
+            # the two steps' wall times, so it is in neither's own time
+            self.own_ns += _perf_counter_ns() - self._hook_began
+            try:
+                self.on_optimizer_step(optimizer)
+            finally:
+                self._hook_began = _perf_counter_ns()
 
     # -- backward attribution ----------------------------------------------------------------
     def _mark(self, path: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -470,3 +471,31 @@ def test_with_model_any_modules_forward_ends_setup():
     rep = prof.report()
     assert _phases(rep, "aten.randn") == {"setup"} and _phases(rep, "aten.rand") == {"other"}
     assert {(r.module, r.phase) for r in rows_of(rep, "aten.addmm")} >= {("", "forward"), ("head", "forward")}
+
+
+def test_a_slow_step_boundary_is_in_no_steps_own_time(monkeypatch):
+    """memwall's own time is measured inside the steps' wall time; the boundary between two steps
+    (closing one, saving a window, opening the next) is in neither, even when the optimizer's
+    step hook runs it."""
+    from memwall_plugin import recorder
+    from memwall_plugin.records import OWN_TIME_KEY
+
+    end_step = recorder.Recorder.end_step
+
+    def slow_boundary(self, *, final):
+        end_step(self, final=final)
+        time.sleep(0.05)  # a window saved to a slow disk, say
+
+    monkeypatch.setattr(recorder.Recorder, "end_step", slow_boundary)
+    model = Block()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 16)
+    with memwall.profile(model=model, step_on_optimizer=True, summary=False) as prof:
+        for _ in range(4):
+            model(x).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    rep = prof.report()
+    # before, each boundary's 50 ms went into the next step's own time, beyond its wall time
+    assert len(rep.steps) >= 4
+    assert 0 < rep.extra[OWN_TIME_KEY] <= rep.wall_time_s
