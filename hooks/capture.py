@@ -11,8 +11,10 @@ hooks/collectives.py's recorder takes torch.distributed's collectives.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
@@ -771,6 +773,35 @@ class _RoutedCaptureMode(_CaptureMode):
         return super().__torch_dispatch__(func, types, args, kwargs)
 
 
+#: what a forked child's copy of a capture says instead of recording (`_in_forked_child`)
+FORKED_CHILD = "a forked child process: the parent records the run"
+_LIVE: weakref.WeakSet[Capture] = weakref.WeakSet()  # captures made in this process
+
+
+def _in_forked_child() -> None:
+    """A forked child (a DataLoader worker, a fork-started multiprocessing pool) inherits the
+    forking thread's dispatch mode and hooks. Its work is not what the profile records and its
+    copy of the records is never read, so memwall stays out of its way there, silently, as after
+    an internal error: ops go straight to torch, module and memory hooks do nothing. Before, a
+    DataLoader worker recorded every op of its __getitem__ and ran it ~5x slower."""
+    for capture in list(_LIVE):
+        capture.failed = FORKED_CHILD
+        capture.tracker.disabled = True
+        if capture.memory is not None and capture.memory.failed is None:
+            capture.memory.failed = FORKED_CHILD
+        mode = capture._mode
+        # the child's only thread is the one that forked: where that thread was recording, the
+        # mode leaves its stack too (on top only: a mode of the user's above it stays as it is)
+        stack = dispatch_mode_stack()
+        if mode is not None and stack and stack[-1] is mode:
+            capture._mode = None
+            with contextlib.suppress(Exception):
+                mode.__exit__(None, None, None)
+
+
+os.register_at_fork(after_in_child=_in_forked_child)
+
+
 class Capture:
     """Records aten ops into `table` while started. Its owner (memwall.profile's recorder)
     makes sure one capture records at a time.
@@ -831,6 +862,7 @@ class Capture:
         self.suspended = False
         self.tracker.on_error = self.fail
         warm_up_dispatch()
+        _LIVE.add(self)
 
     def fail(self, err: BaseException, where: Any = None) -> None:
         """An internal error: stop recording for the rest of the run, say so once. The user's
@@ -960,7 +992,8 @@ class Capture:
             observe_aoti_calls(None)
         if self.memory is not None:
             self.memory.stop()
-        self.resolve_kernels()
+        if self.failed != FORKED_CHILD:  # a forked child cannot use its parent's CUDA context
+            self.resolve_kernels()
         try:
             if mode is not None:
                 stack = dispatch_mode_stack()

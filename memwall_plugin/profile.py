@@ -260,6 +260,17 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         tb: TracebackType | None,
     ) -> Literal[False]:
         recorder = self._recorder
+        if recorder.in_forked_child:
+            # a child forked inside the block (os.fork) leaves it: the parent saves the run's
+            # report; the child's copy of the records saves nothing, prints nothing
+            try:
+                self._close()
+            finally:
+                self._hand_back()
+                if self._guards_sigterm:
+                    self._guards_sigterm = False
+                    GUARD.remove()
+            return False
         recorder.dist.ending()  # a SIGTERM from here on waits until the report is saved
         GUARD.hold()
         # a script that ends by sys.exit (whatever its status) ended where it chose to: nothing it

@@ -20,7 +20,7 @@ from memwall_plugin.analysis import analysis_cache, rows_from_entries
 from memwall_plugin.ceilings import ceilings_of, memory_roof_of, tf32_families
 from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.distributed import DistributedSession
-from memwall_plugin.hooks.capture import Capture, CaptureEntry, merge_into, rename_phase
+from memwall_plugin.hooks.capture import FORKED_CHILD, Capture, CaptureEntry, merge_into, rename_phase
 from memwall_plugin.hooks.kernel_clock import EVENTS, KERNELS
 from memwall_plugin.memory_build import memory_report
 from memwall_plugin.records import (
@@ -174,6 +174,11 @@ class Recorder:
     @property
     def failed(self) -> bool:
         return self.capture is not None and self.capture.failed is not None
+
+    @property
+    def in_forked_child(self) -> bool:
+        """This process is a fork of the one that opened the profile (hooks/capture.py)."""
+        return self.capture is not None and self.capture.failed == FORKED_CHILD
 
     def fail(self, err: BaseException, where: str) -> None:
         """An internal error outside the dispatch path: memwall stops for the rest of the run."""
