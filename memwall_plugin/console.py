@@ -731,16 +731,26 @@ class Summary:
         lines: list[Text | Table] = []
         device = rep.device
         if device is not None:
+            # the usual training precisions, and any other whose roof this run's counted work is
+            # placed under (fp64 for a float64 run: its rows' "% of roof" is of that peak)
+            flops_by_key: dict[str, int] = {}
+            for r in rep.rows:
+                if r.flops:
+                    key = peak_key(r.dtype)
+                    flops_by_key[key] = flops_by_key.get(key, 0) + r.flops
+            shown = {"fp32", "bf16", "fp16", "tf32"} | flops_by_key.keys()
             peaks = ", ".join(
-                f"{key} {si(fig.value, 'FLOP/s')} ({fig.source})" for key, fig in device.peaks
-                if key in ("fp32", "bf16", "fp16", "tf32")
+                f"{key} {si(fig.value, 'FLOP/s')} ({fig.source})" for key, fig in device.peaks if key in shown
             )
             bw = device.bandwidth
+            ridges = f"fp32 ridge {_num(device.ridge_point('float32'))} FLOP/B"
+            most = max(flops_by_key, key=lambda k: flops_by_key[k]) if flops_by_key else "fp32"
+            if most != "fp32" and device.ridge_point(most):
+                ridges += f", {most} {_num(device.ridge_point(most))} FLOP/B"
             lines.append(_text(f"device   {device.name}"))
             lines.append(Text(f"peaks    {peaks or 'unknown'}"))
             lines.append(Text(
-                f"memory   {si(bw.value if bw else None, 'B/s')} ({bw.source if bw else 'unknown'}), "
-                f"fp32 ridge {_num(device.ridge_point('float32'))} FLOP/B"
+                f"memory   {si(bw.value if bw else None, 'B/s')} ({bw.source if bw else 'unknown'}), {ridges}"
             ))
             if device.caches and caches:
                 lines.append(Text("caches   " + ", ".join(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from rich.console import Console
 
 import memwall_plugin as memwall
 from memwall_plugin.ceilings import place_rows
-from memwall_plugin.console import findings, module_pattern, render_text
+from memwall_plugin.console import findings, module_pattern, render_text, si
 from memwall_plugin.formulas import REGISTRY
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -253,3 +254,20 @@ def test_a_what_if_summary_leads_with_the_projection():
         assert max(len(line) for line in render_text(rep, width=width).splitlines()) <= width
     # measured times against the H100's roofs say nothing about the kernels: no roof finding
     assert not any("of their roof" in note for note in findings(rep))
+
+
+def test_a_float64_run_shows_the_fp64_roof_its_rows_stand_under():
+    """A float64 run (scientific ML) was placed under the fp64 peak while the header named only
+    fp32, bf16, fp16 and tf32: its "% of roof" was of a peak the summary never showed."""
+    fp32 = handmade_report()
+    device = fp32.device
+    fp64 = dataclasses.replace(fp32, rows=place_rows(tuple(dataclasses.replace(r, dtype="float64")
+                                                            for r in fp32.rows), device))
+    lines = {line.split()[0]: line for line in render_text(fp64, width=160).splitlines() if line.strip()}
+    assert f"fp64 {si(dict(device.peaks)['fp64'].value, 'FLOP/s')}" in lines["peaks"]
+    ridge = dict(device.peaks)["fp64"].value / device.bandwidth.value
+    assert re.search(r"fp64 ([\d.]+) FLOP/B", lines["memory"])
+    assert float(re.search(r"fp64 ([\d.]+) FLOP/B", lines["memory"]).group(1)) == pytest.approx(ridge, rel=0.01)
+    for line in render_text(fp32, width=160).splitlines():
+        if line.startswith(("peaks", "memory")):
+            assert "fp64" not in line  # a float32 run: only the usual precisions
