@@ -154,6 +154,16 @@ def _storage_of(t: Any) -> Any:
         return sparse_values_storage(t)  # a sparse tensor: its values' (its indices are left out)
 
 
+def _local_numel(t: Any) -> int:
+    """Elements this rank holds of a tensor (a DTensor's: its shard's)."""
+    if type(t) is not _Tensor and hasattr(t, "to_local"):
+        try:
+            return int(t.to_local().numel())
+        except (RuntimeError, NotImplementedError, AttributeError):
+            pass
+    return int(t.numel())
+
+
 class MemoryTracker:
     """Live storages by category while a capture records (see the module's doc)."""
 
@@ -177,6 +187,9 @@ class MemoryTracker:
         self._roots: set[int] = set()
         self._handles: list[Any] = []
         self.unarmed: list[Any] = []  # parameters whose gradient hook waits for `arm`
+        #: elements of the parameters that require grad (this rank's shard of a DTensor's): what
+        #: an optimizer would keep fp32 master weights of (a LoRA's adapters, not the frozen base)
+        self.trainable_elements = 0
         self._optimizers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._hooks: Any = None
         self._counted: set[_Storage] = set()  # activations already added to a module this step
@@ -282,6 +295,7 @@ class MemoryTracker:
                     self._add(p.grad, GRADIENTS, path)
                 if p.requires_grad:
                     self.unarmed.append(p)
+                    self.trainable_elements += _local_numel(p)
             for b in module.buffers(recurse=False):
                 self._add(b, OTHER, path)
 

@@ -104,6 +104,9 @@ class MemoryReport:
     #: communication time per byte on the run's link (for the sharding what-if; None: unknown)
     link_bytes_per_s: float | None = None
     notes: tuple[str, ...] = ()
+    #: elements of the parameters that require grad (what fp32 master weights copy; a LoRA's
+    #: adapters, not its frozen base); None: not known (a file written before memwall kept it)
+    trainable_elements: int | None = None
 
     # -- figures ---------------------------------------------------------------------------------
     @property
@@ -189,8 +192,14 @@ class MemoryReport:
             scale[cat] = elements * size / measured[cat] if measured[cat] else 1.0
         master = 0
         if master_weights:
-            master = 4 * (self.peak_elements.get("parameters") or measured["parameters"] // 4)
-            notes.append("fp32 master weights: 4 bytes per parameter added to the optimizer state")
+            every = self.peak_elements.get("parameters") or measured["parameters"] // 4
+            trainable = every if self.trainable_elements is None else min(every, self.trainable_elements)
+            master = 4 * trainable
+            if trainable < every:  # frozen parameters (a LoRA's base) have no master copy
+                notes.append(f"fp32 master weights of the {trainable:,} trainable parameters (of {every:,}): "
+                             "4 bytes each added to the optimizer state")
+            else:
+                notes.append("fp32 master weights: 4 bytes per parameter added to the optimizer state")
         # checkpointing: each checkpointed module's saved activations (less its outputs, which the
         # next one keeps) are not held from the end of its forward to the start of its backward;
         # in its backward they are recomputed, live as they were

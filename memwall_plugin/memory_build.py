@@ -77,6 +77,7 @@ def memory_report(tracker: Any, totals: Any, rows: tuple[Row, ...], device: Devi
         modules=modules,
         timeline=tuple(best.timeline),
         allocator_peak_bytes=totals.allocator_peak,
+        trainable_elements=tracker.trainable_elements,
         link_bytes_per_s=getattr(link, "bytes_per_s", None),
         notes=tuple(notes),
     )

@@ -204,7 +204,7 @@ def _memory(data: Any) -> MemoryReport:
         raise FieldError("memory.peak_at must be [phase, op, module]")
     out["peak_at"] = tuple(check_str(f"memory.peak_at[{i}]", v) for i, v in enumerate(peak_at))
     out["peak_step"] = check_int("memory.peak_step", data.get("peak_step", 0))
-    for key in ("capacity_bytes", "allocator_peak_bytes"):
+    for key in ("capacity_bytes", "allocator_peak_bytes", "trainable_elements"):
         value = data.get(key)
         out[key] = None if value is None else check_int(f"memory.{key}", value)
     link = data.get("link_bytes_per_s")

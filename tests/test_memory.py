@@ -298,6 +298,46 @@ def test_bf16_what_if_of_training_keeps_fp32_master_weights_and_of_a_bf16_model_
     assert _bf16_suggestions(prof.report().memory) == []  # already bf16: nothing to project
 
 
+class _Adapted(torch.nn.Module):
+    """A frozen linear layer with a trainable low-rank adapter beside it (LoRA's shape)."""
+
+    def __init__(self, base: torch.nn.Linear, rank: int = 2) -> None:
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        self.down = torch.nn.Linear(base.in_features, rank, bias=False)
+        self.up = torch.nn.Linear(rank, base.out_features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.up(self.down(x))
+
+
+def test_master_weights_copy_only_the_trainable_parameters(tmp_path):
+    """A LoRA-style fine-tune: fp32 master weights are the adapters' alone. Before, the bf16
+    what-if added 4 bytes for every frozen base weight too and said bf16 would grow the peak."""
+    model = _mlp()
+    model[0], model[2] = _Adapted(model[0]), _Adapted(model[2])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    every = sum(p.numel() for p in model.parameters())
+    assert trainable * 10 < every
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    x, y = torch.randn(BATCH, IN), torch.randint(0, OUT, (BATCH,))
+    with memwall.profile(model=model, summary=False, logdir=tmp_path) as prof:
+        for _ in range(2):
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            prof.step()
+    mem = prof.report().memory
+    assert mem.trainable_elements == trainable
+    assert mem.peak_by_category["parameters"] == 4 * every
+    plain = mem.what_if(bytes_per_element={"parameters": 2})
+    mixed = mem.what_if(bytes_per_element={"parameters": 2}, master_weights=True)
+    assert mixed.by_category["optimizer_state"] - plain.by_category["optimizer_state"] == 4 * trainable
+    [(label, suggested)] = [(k, w) for k, w in mem.suggestions() if k.startswith("bf16")]
+    assert "master weights" in label and suggested.peak_bytes < mem.peak_bytes
+    assert memwall.load_report(next(tmp_path.rglob("*.json"))).memory.trainable_elements == trainable
+
+
 def test_the_report_file_and_the_cli_carry_the_memory(tmp_path):
     rep, _ = _train_mlp(_mlp(), logdir=tmp_path / "run")
     path = next((tmp_path / "run").rglob("*.json"))
