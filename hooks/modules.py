@@ -103,6 +103,10 @@ class ModuleTracker:
         self._thread = _thread_id()  # the thread whose ops are recorded (dispatch modes are per thread)
         self._quiet: Any = None  # the warning filter set while the hooks are installed
         self.own_ns = 0  # nanoseconds spent in memwall's module hooks (Capture.own_ns: the rest)
+        #: thread name -> calls of modules (and optimizer steps) seen on threads that are not
+        #: recorded: work the report does not hold (generate() in a streamer's thread, a server's
+        #: workers), which the summary names
+        self.other_threads: dict[str, int] = {}
         self._hook_began = 0  # when the running hook began (a step boundary inside one moves it)
         if model is not None:
             self._add_root(model)
@@ -296,6 +300,11 @@ class ModuleTracker:
         backward, and the forwards checkpointing recomputes in it) run inside a Node: ours."""
         return _thread_id() != self._thread and current_autograd_node() is None
 
+    def _elsewhere(self) -> None:
+        """A module or optimizer step ran on a thread memwall does not record: noted by thread."""
+        name = threading.current_thread().name
+        self.other_threads[name] = self.other_threads.get(name, 0) + 1
+
     def _torch_subgraph(self, module: torch.nn.Module) -> bool:
         """A GraphModule torch made for a higher-order operator's subgraph (cond's branches,
         scan's combine_fn and its backward), run inside the user's module or inside backward:
@@ -304,7 +313,10 @@ class ModuleTracker:
                 and (bool(self.stack) or current_autograd_node() is not None))
 
     def _pre_forward(self, module: torch.nn.Module, args: Any) -> None:
-        if self._other_thread() or self._torch_subgraph(module):
+        if self._other_thread():
+            self._elsewhere()
+            return
+        if self._torch_subgraph(module):
             return
         self.setup_open = False
         memory = self.memory
@@ -340,6 +352,7 @@ class ModuleTracker:
 
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if _thread_id() != self._thread:  # another thread's optimizer: neither phase nor step
+            self._elsewhere()
             return
         self.in_optimizer += 1
         if self.memory is not None:

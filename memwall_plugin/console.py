@@ -33,6 +33,7 @@ from memwall_plugin.records import (
     CUDA_GRAPHS_KEY,
     CUDA_KERNEL_TIME,
     DECODE,
+    OTHER_THREADS_KEY,
     OWN_TIME_KEY,
     TIME_SOURCE_KEY,
     TIMELINE_KEY,
@@ -346,14 +347,43 @@ def _longest_names(rows: list[Row]) -> list[str]:
     return sorted(time, key=lambda name: (-time[name], name))
 
 
+def other_threads_note(other_threads: Any) -> str | None:
+    """What ran on threads memwall does not record (`Report.extra["other_threads"]`), and how to
+    record it; None when nothing did."""
+    if not isinstance(other_threads, dict) or not other_threads:
+        return None
+    calls = sum(n for n in other_threads.values() if isinstance(n, int))
+    names = sorted(other_threads, key=lambda k: -other_threads[k] if isinstance(other_threads[k], int) else 0)
+    listed = ", ".join(f"`{n}`" for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (f"{calls:,} module call{'s' if calls != 1 else ''} ran on other threads ({listed}), which memwall "
+            "does not record: their ops are not in this report. memwall records the thread that opened the "
+            "profile; open `memwall.profile` inside the function that thread runs (generate() run by a "
+            "streamer's thread, a server's worker) to record them.")
+
+
+def nothing_recorded_note(steps: int, scheduled: bool, other_threads: Any) -> str:
+    """The summary of a profile that recorded no op, and why where memwall can tell."""
+    elsewhere = other_threads_note(other_threads)
+    if elsewhere:
+        return f"memwall recorded nothing: {elsewhere}"
+    if scheduled and steps:
+        which = "did not record it" if steps == 1 else "recorded none of them"
+        return (f"memwall recorded nothing: {steps} step{'s' if steps != 1 else ''} ran and the schedule {which} "
+                "(its wait and warm-up steps come first).")
+    return "memwall recorded nothing: no PyTorch op ran on this thread inside the profile."
+
+
 def findings(report: Report) -> list[str]:
     """A few plain-language conclusions, largest effect first. Set-up (weight init, data made
     before the first forward) is left out: the shares are of the work's op time."""
     work = report.work_rows
     total = math.fsum(r.time_s for r in work)
     out: list[str] = []
+    elsewhere = other_threads_note(report.extra.get(OTHER_THREADS_KEY))
+    if elsewhere:
+        out.append(elsewhere)
     if total <= 0 or not report.rows:
-        return cuda_graph_notes(report)  # a run whose work all went into CUDA graphs says so
+        return out + cuda_graph_notes(report)  # a run whose work all went into CUDA graphs says so
     host = host_time_share(report)
     timeline = report.extra.get(TIMELINE_KEY)
     timeline = timeline if isinstance(timeline, dict) else {}

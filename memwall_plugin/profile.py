@@ -165,6 +165,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self.step_on_optimizer = step_on_optimizer
         self._scalars_wanted = scalars
         self._action_fn = as_action_fn(schedule)
+        self.scheduled = schedule is not None
         # a named device, peaks or link are checked now, so a typo fails before the run, not after
         spec = resolve_device(device, peaks) if device is not None or peaks is not None else None
         self._recorder = Recorder(registry=self.registry, action_fn=self._action_fn, device=spec, link=link,

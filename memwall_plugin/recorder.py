@@ -27,6 +27,7 @@ from memwall_plugin.records import (
     CUDA_GRAPHS_KEY,
     CUDA_KERNEL_TIME,
     OTHER,
+    OTHER_THREADS_KEY,
     OWN_TIME_KEY,
     SETUP,
     TIME_SOURCE_KEY,
@@ -174,6 +175,11 @@ class Recorder:
     @property
     def failed(self) -> bool:
         return self.capture is not None and self.capture.failed is not None
+
+    def other_threads(self) -> dict[str, int]:
+        """Module calls and optimizer steps seen on threads memwall does not record, by thread."""
+        capture = self.capture
+        return {} if capture is None else dict(capture.tracker.other_threads)
 
     @property
     def in_forked_child(self) -> bool:
@@ -406,6 +412,9 @@ class Recorder:
         graphs = self._cuda_graphs()
         if graphs:
             extra[CUDA_GRAPHS_KEY] = graphs
+        elsewhere = self.other_threads()
+        if elsewhere:
+            extra[OTHER_THREADS_KEY] = elsewhere
         return Report(
             rows=rows,
             memory=memory,

@@ -49,6 +49,10 @@ OWN_TIME_KEY = "memwall_own_time_s"
 #: memwall does not see: neither counted nor timed), and {"region_calls": n}, the calls of
 #: compiled regions run as a CUDA graph (mode="reduce-overhead": each one row, timed whole)
 CUDA_GRAPHS_KEY = "cuda_graphs"
+#: `Report.extra` key: {thread name: calls} of modules and optimizer steps that ran on threads
+#: other than the one that opened the profile (dispatch modes are per thread: their ops are not in
+#: the report)
+OTHER_THREADS_KEY = "other_threads"
 TIME_SOURCES = {
     "cpu": "the host clock around each op (its kernel, on this thread and the threads it uses)",
     "cuda": ("CUDA events recorded on the op's stream before and after it: from its launch to its end, so the time "

@@ -191,13 +191,27 @@ class Summary(Sink):
         self.wait_s = wait_s
 
     def end(self, prof: profile) -> None:
-        if not prof.recorded_steps or not (self.every_rank or prof.rank == 0):
+        if not (self.every_rank or prof.rank == 0):
             return
         try:
+            if not prof.recorded_steps:  # said in one line, not left silent
+                self._print_nothing(prof)
+                return
             self._print(prof)
         except Exception as err:
             warnings.warn(f"memwall: could not print the summary: {type(err).__name__}: {err}", RuntimeWarning,
                           stacklevel=3)
+
+    @staticmethod
+    def _print_nothing(prof: profile) -> None:
+        from rich.console import Console
+
+        from memwall_plugin.console import nothing_recorded_note
+
+        recorder = prof._recorder
+        steps = recorder.step_num - recorder.first_step + 1  # the last, ended or not, included
+        note = nothing_recorded_note(steps, prof.scheduled, recorder.other_threads())
+        Console().print(note, highlight=False, markup=False)
 
     def _print(self, prof: profile) -> None:
         from rich.console import Console
