@@ -2172,8 +2172,10 @@ def _mvlgamma(call: OpCall) -> int:
 
 REGISTRY.set_family(Family.ELEMENTWISE, "aten.mvlgamma", "aten.mvlgamma_")
 
-# random draws by rejection (gamma, Dirichlet, Poisson): one per element, as every random draw
-_MORE_RANDOM = ("aten.poisson", "aten._standard_gamma", "aten._sample_dirichlet", "aten.normal_functional")
+# random draws by rejection (gamma, Dirichlet, Poisson, binomial): one per element, as every
+# random draw
+_MORE_RANDOM = ("aten.poisson", "aten._standard_gamma", "aten._sample_dirichlet", "aten.normal_functional",
+                "aten.binomial")
 REGISTRY.add_flops(_MORE_RANDOM, _elementwise(1))
 REGISTRY.set_family(Family.ELEMENTWISE, *_MORE_RANDOM)
 

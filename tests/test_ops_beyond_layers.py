@@ -130,6 +130,7 @@ def _snippets() -> dict[str, object]:
         torch.mvlgamma(x + 2, 2)
         torch.distributions.Dirichlet(torch.ones(4)).sample()
         torch.poisson(x)
+        torch.distributions.Binomial(10, probs=x / 2).sample()  # aten.binomial
 
     def pools_and_losses():
         x = torch.randn(2, 3, 8, 8, requires_grad=True)
