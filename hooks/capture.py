@@ -947,7 +947,8 @@ class Capture:
             top = not tracker.stack
             if top:  # called outside any module: the model's forward is this call
                 tracker.stack.append("")
-            tracker.setup_open = False
+            if tracker.setup_open:
+                tracker.end_setup()
             try:
                 entry = self.record(AOTI_MODEL, (inputs,), {}, outputs, 0 if events is not None else end - start)
             finally:
@@ -1097,7 +1098,8 @@ class Capture:
         tracker = self.tracker
         node = current_autograd_node()
         if node is not None:
-            tracker.setup_open = False  # a backward pass: work has run (a functional model's too)
+            if tracker.setup_open:  # a backward pass: work has run (a functional model's too)
+                tracker.end_setup()
             if self.memory is not None and self.memory.unarmed:  # before any gradient accumulates
                 self.memory.arm()
             if tracker.stack:
@@ -1114,7 +1116,8 @@ class Capture:
             # the optimizer's own update, which runs without grad; the closure it calls runs with
             # grad on (a loss, a framework's bookkeeping of it) and falls through to what it is
             phase, module = OPTIMIZER, ""
-            tracker.setup_open = False
+            if tracker.setup_open:
+                tracker.end_setup()
         elif _builds_graph(args) or _in_function_forward():
             # outside any module but on the autograd graph: a loss, a functional model, the
             # forward of a custom autograd.Function (which torch runs with grad mode off);
@@ -1128,7 +1131,8 @@ class Capture:
             # a backward pass's hooks, where no Node runs: a module's full backward hook (Opacus's
             # per-sample gradients), a tensor's gradient hook, the pass's final callbacks
             phase, module = tracker.user_label or BACKWARD, ""
-            tracker.setup_open = False
+            if tracker.setup_open:
+                tracker.end_setup()
         else:
             # before the first work (a module's forward: the tracker's hook ends set-up there, or a
             # backward pass, an optimizer step): set-up. Ops outside modules that touch the autograd

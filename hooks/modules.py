@@ -83,6 +83,9 @@ class ModuleTracker:
         #: given, other modules' forwards are recorded as forward work too), a backward pass or an
         #: optimizer step (hooks/capture.py); the first step's end closes it as well.
         self.setup_open = True
+        #: when set-up ended (perf_counter_ns): the first work's start, taken by the recorder, which
+        #: keeps the wall time before it (a script's start-up) out of the host-time share
+        self.setup_ended_ns: int | None = None
         self._label_depth = -1
         self.on_optimizer_step: Callable[[Any], None] | None = None
         # forward timeline: innermost module path from each sequence number on
@@ -300,6 +303,11 @@ class ModuleTracker:
         backward, and the forwards checkpointing recomputes in it) run inside a Node: ours."""
         return _thread_id() != self._thread and current_autograd_node() is None
 
+    def end_setup(self) -> None:
+        """The first work begins (a forward, a backward, an optimizer step): set-up ends now."""
+        self.setup_open = False
+        self.setup_ended_ns = _perf_counter_ns()
+
     def _elsewhere(self) -> None:
         """A module or optimizer step ran on a thread memwall does not record: noted by thread."""
         name = threading.current_thread().name
@@ -318,7 +326,8 @@ class ModuleTracker:
             return
         if self._torch_subgraph(module):
             return
-        self.setup_open = False
+        if self.setup_open:
+            self.end_setup()
         memory = self.memory
         if memory is not None and memory.unarmed and torch.is_grad_enabled():  # gradients may come
             memory.arm()

@@ -35,6 +35,7 @@ from memwall_plugin.records import (
     DECODE,
     OTHER_THREADS_KEY,
     OWN_TIME_KEY,
+    SETUP_WALL_KEY,
     TIME_SOURCE_KEY,
     TIMELINE_KEY,
     ordered_phases,
@@ -286,12 +287,24 @@ HOST_BOUND_SHARE = 0.5
 def host_time_share(report: Report) -> float | None:
     """Share of the recorded steps' wall time spent outside any op and outside exposed
     communication: Python, data loading and collation, logging; memwall's own work, where the
-    report measured it (`own_time_s`), left out (its dispatch into each op, unmeasured, stays in)."""
-    wall = report.wall_time_s
+    report measured it (`own_time_s`), left out (its dispatch into each op, unmeasured, stays in).
+    The wall time before the first work (`setup_wall_s`: a script's start-up) and the set-up ops
+    in it are left out too: they are no step's host time."""
+    wall = report.wall_time_s - setup_wall_s(report)
     if wall <= 0:
         return None
-    outside = wall - report.total_time_s - (report.exposed_s or 0.0) - own_time_s(report)
+    ops = report.total_time_s - report.setup_time_s
+    outside = wall - ops - (report.exposed_s or 0.0) - own_time_s(report)
     return max(0.0, min(1.0, outside / wall))
+
+
+def setup_wall_s(report: Report) -> float:
+    """Wall time in the recorded steps before the first work began (0 where the report does not
+    say), at most the report's wall time."""
+    value = report.extra.get(SETUP_WALL_KEY)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return 0.0
+    return min(float(value), report.wall_time_s)
 
 
 def own_time_s(report: Report) -> float:
@@ -817,9 +830,12 @@ class Summary:
             # a what-if's roofline can be microseconds: shown as the projection is
             f"{_dur(roof) if head.projected_time_s is not None and roof is not None else _ms(roof)} for the counted ops"
         ))
-        if 0 < head.setup_time_s < head.time_s:  # a report of set-up alone has its shares over it
+        before = setup_wall_s(rep)
+        if head.setup_time_s < head.time_s and (head.setup_time_s > 0 or before > 0):
+            # a report of set-up alone has its shares over it
+            start_up = f"; {_dur(before)} of the wall time" if before > 0 else ""
             lines.append(Text(f"setup    {_dur(head.setup_time_s)} of it before the first forward (weight init, "
-                              "data): not counted in the shares or findings"))
+                              f"data{start_up}): not counted in the shares or findings"))
         tail = rep.tail_op_time_s
         if tail is not None:
             lines.append(Text(f"tail     {_dur(tail)} in ops after the last optimizer step: in the time and the "

@@ -30,6 +30,7 @@ from memwall_plugin.records import (
     OTHER_THREADS_KEY,
     OWN_TIME_KEY,
     SETUP,
+    SETUP_WALL_KEY,
     TIME_SOURCE_KEY,
     TIME_SOURCES,
     TIMELINE_KEY,
@@ -144,6 +145,8 @@ class Recorder:
         self._steps: list[int] = []
         self._wall = 0.0
         self._own = 0.0
+        #: (step, seconds) of the wall time before the first work began, in the step it ended in
+        self._setup_wall: tuple[int, float] | None = None
         self.incomplete = False
         self._report: Report | None = None
         self.closed = False
@@ -242,11 +245,18 @@ class Recorder:
         assert self.capture is not None
         elapsed = time.perf_counter() - self._step_start
         own = (self._own_ns() - self._own_start) / 1e9
+        tracker = self.capture.tracker
+        before = 0.0  # this step's wall time before the first work began (the first step's alone)
+        if tracker.setup_ended_ns is not None:
+            ended, tracker.setup_ended_ns = tracker.setup_ended_ns, None
+            before = min(elapsed, max(0.0, ended / 1e9 - self._step_start))
+            self._setup_wall = (self.step_num, before)
         if self.capture.failed is not None:
             self.incomplete = True
         table = self.capture.take()
         busy_ns, self.capture.device_busy_ns = self.capture.device_busy_ns, None
-        timed = None if busy_ns is None else (self.step_num, elapsed, busy_ns / 1e9, own,
+        # the GPU's idle share is of the step's work: a script's start-up before it is not waiting
+        timed = None if busy_ns is None else (self.step_num, elapsed - before, busy_ns / 1e9, own,
                                               sum(e.calls for e in table.values()))
         # the first step ended before any work began: what it held as set-up is plain "other"
         # (a profile of bare ops, a step of set-up alone)
@@ -404,6 +414,8 @@ class Recorder:
             extra[TAIL_OP_TIME_S], extra[TAIL_WALL_TIME_S] = self._tail_s
         if own > 0:  # memwall's own measured time in the steps' wall time
             extra[OWN_TIME_KEY] = own
+        if self._setup_wall is not None and self._setup_wall[0] in steps and self._setup_wall[1] > 0:
+            extra[SETUP_WALL_KEY] = self._setup_wall[1]
         kinds = sorted({e.device for e in table.values()} & TIME_SOURCES.keys())
         if kinds:  # where its times come from, per device type its ops ran on
             extra[TIME_SOURCE_KEY] = {kind: self._time_source(kind) for kind in kinds}

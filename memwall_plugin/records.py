@@ -49,6 +49,10 @@ OWN_TIME_KEY = "memwall_own_time_s"
 #: memwall does not see: neither counted nor timed), and {"region_calls": n}, the calls of
 #: compiled regions run as a CUDA graph (mode="reduce-overhead": each one row, timed whole)
 CUDA_GRAPHS_KEY = "cuda_graphs"
+#: `Report.extra` key: seconds of wall time in the recorded steps before the first work began
+#: (a script's start-up under `memwall run`: imports, building the model and the trainer, starting
+#: DataLoader workers): in the wall time, out of the host-time share
+SETUP_WALL_KEY = "setup_wall_time_s"
 #: `Report.extra` key: {thread name: calls} of modules and optimizer steps that ran on threads
 #: other than the one that opened the profile (dispatch modes are per thread: their ops are not in
 #: the report)

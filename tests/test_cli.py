@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -255,7 +256,8 @@ def test_run_over_inference_keeps_weight_init_out_of_the_shares(tmp_path):
     assert {r.phase for r in rep.rows if r.op in ("aten.addmm", "aten.gelu")} == {"forward"}
     assert "setup" in result.stdout.split("Phases")[1]  # a row of the phase table
     words = " ".join(result.stdout.split())  # the summary wraps at the terminal's width
-    assert "of it before the first forward (weight init, data): not counted in the shares" in words
+    assert re.search(r"of it before the first forward \(weight init, data; [\d.,]+ [mu]?s of the wall time\): "
+                     "not counted in the shares", words)
     assert "outside-the-model" not in words and "move it into DataLoader workers" not in words
     totals = json.loads(memwall_cli("report", "runs/infer", "--json", cwd=tmp_path).stdout)["totals"]
     setup_s = sum(r.time_s for r in rep.filter(phase="setup"))
