@@ -27,6 +27,7 @@ from typing import Any
 from memwall_plugin.analysis import analysis_cache, rows_from_entries
 from memwall_plugin.ceilings import ceilings_of, memory_roof_of, place_rows
 from memwall_plugin.devices import DeviceSpec, lookup_device, resolve_device
+from memwall_plugin.diff import COMPILED_REGION
 from memwall_plugin.hooks.capture import CaptureEntry
 from memwall_plugin.hooks.kernel_clock import busy_time
 from memwall_plugin.hooks.replay import (
@@ -52,6 +53,12 @@ _STEP_RANGE = "ProfilerStep#"
 #: torch.utils.data.DataLoader's range around fetching a batch (its record_function)
 _DATALOADER_RANGE = "enumerate(DataLoader)#"
 _MODULE_RANGE = "nn.Module: "
+#: Inductor's range around each call of a compiled graph: its fused kernels run inside it with no
+#: op event of their own (a CPU trace), or launched outside any op (a GPU trace's Triton kernels)
+_COMPILED_GRAPH_RANGE = "## Call CompiledFxGraph"
+#: what a compiled region's row says in place of shapes, and why it is uncounted
+_REGION_SHAPES = "fused kernels the trace does not open: memwall.profile counts them"
+_REGION_WHY = "a compiled region's fused kernels (the trace records no op inside them)"
 _DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 _LAUNCH_CATS = ("cuda_runtime", "cuda_driver", "hip_runtime", "hip_driver", "runtime")
 #: profiler markers dispatch as ops but compute nothing (memwall.analysis ignores them too)
@@ -91,6 +98,9 @@ class _Walk:
     ops: list[_Op] = field(default_factory=list)
     by_event: dict[int, _Op] = field(default_factory=dict)
     modules: bool = False  # the trace has nn.Module ranges (with_stack=True)
+    #: calls of compiled graphs (Inductor's ranges): their time beside the ops inside them
+    regions: list[_Op] = field(default_factory=list)
+    region_by_event: dict[int, _Op] = field(default_factory=dict)
 
 
 def _frozen(value: Any) -> Any:
@@ -182,6 +192,10 @@ def _walk(trace: Trace, overloads: _Overloads) -> _Walk:
             continue
         if e.cat == "python_function" and e.name.startswith(_MODULE_RANGE):
             found.modules = True
+        if e.name.startswith(_COMPILED_GRAPH_RANGE):
+            region = _Op(e, COMPILED_REGION, None, None, None, 0)
+            found.regions.append(region)
+            found.region_by_event[id(e)] = region
         if e.cat == "cpu_op":
             name, inputs = _as_captured(e.name, _inputs(e))
             packet = overloads.packet(name)
@@ -208,6 +222,18 @@ def _innermost_at(roots: list[Event], ts: float) -> Event | None:
         found = level[i]
         level = found.children
     return found
+
+
+def _regions_own_time(walk: _Walk) -> None:
+    """A CPU trace: each compiled region's time is its span less the counted ops inside it (the
+    extern kernels Inductor calls, its fallbacks): the rest is its fused kernels'."""
+    inside: dict[int, float] = {}
+    for op in walk.ops:
+        region = _counted_ancestor(op.event.parent, walk.region_by_event)
+        if region is not None:
+            inside[id(region)] = inside.get(id(region), 0.0) + op.event.dur_us
+    for region in walk.regions:
+        region.time_ns = max(0, round((region.event.dur_us - inside.get(id(region), 0.0)) * 1000))
 
 
 def _counted_ancestor(event: Event | None, by_event: dict[int, _Op]) -> _Op | None:
@@ -317,13 +343,19 @@ def _device_times(trace: Trace, walk: _Walk) -> bool:
         if e.cat in _LAUNCH_CATS:
             corr = e.args.get("correlation")
             dur = kernels.get(corr)
-            op = _counted_ancestor(e.parent, walk.by_event) if dur is not None else None
-            if op is not None and dur is not None:
+            if dur is None:
+                continue
+            op = _counted_ancestor(e.parent, walk.by_event)
+            if op is None:  # a compiled region's own launch (a Triton kernel): the region's
+                op = _counted_ancestor(e.parent, walk.region_by_event)
+            if op is not None:
                 device_ns[id(op)] = device_ns.get(id(op), 0.0) + dur * 1000
                 op.kernels.extend(names[corr])
     for op in walk.ops:
         if id(op) in device_ns:  # ops that launched nothing keep their CPU span
             op.time_ns = round(device_ns[id(op)])
+    for region in walk.regions:  # a region's time is its own kernels' (its ops have theirs)
+        region.time_ns = round(device_ns.get(id(region), 0.0))
     return True
 
 
@@ -466,6 +498,8 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
     overloads = _Overloads(kind)
     walk = _walk(trace, overloads)
     on_device = _device_times(trace, walk)
+    if not on_device:
+        _regions_own_time(walk)
     phases = _Phases(trace, walk)
 
     entries: dict[Any, CaptureEntry] = {}
@@ -514,6 +548,18 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
         slot[0] += 1
         slot[1] += op.time_ns
         slot[2].extend(op.kernels)
+
+    for region in walk.regions:
+        # a compiled region: one uncounted row of the time its fused kernels took, beside the
+        # ops inside it (counted as any op); before, that time was outside any op, and silent
+        if region.time_ns <= 0 and not region.kernels:
+            continue
+        phase, module = phases.of(region)
+        why[_REGION_WHY] = why.get(_REGION_WHY, 0) + 1
+        slot = uncounted.setdefault((COMPILED_REGION, module, phase, _REGION_SHAPES), [0, 0, []])
+        slot[0] += 1
+        slot[1] += region.time_ns
+        slot[2].extend(region.kernels)
 
     spec, measured_on = _device_for(trace, kind, device, peaks)
     cache, ceilings, roof = analysis_cache(registry), ceilings_of(spec), memory_roof_of(spec)

@@ -422,3 +422,72 @@ def test_a_trainer_trace_counts_as_memwall_counts_the_same_step(tmp_path: Path,
 
     view = trace_view(report)
     assert view is not None and view["float32_assumed"]["calls"] == sum(assumed.values())
+
+
+# --- a compiled model's trace ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compiled_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A torch.compile'd function whose forward and backward are each one fused kernel: Inductor's
+    C++ kernels run inside its `## Call CompiledFxGraph` ranges with no op event of their own."""
+    torch._dynamo.reset()
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x * 2 + 1).tanh()
+
+    compiled = torch.compile(f)
+    x = torch.randn(1 << 20, requires_grad=True)
+    compiled(x).sum().backward()  # compiled before the trace
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        compiled(x).sum().backward()
+    path = tmp_path_factory.mktemp("compiled") / "trace.json"
+    prof.export_chrome_trace(str(path))
+    torch._dynamo.reset()
+    return path
+
+
+def _region_ranges(data: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in data["traceEvents"] if e.get("ph") == "X" and e["name"].startswith("## Call CompiledFxGraph")]
+
+
+def test_a_compiled_regions_fused_kernels_are_an_uncounted_row_with_their_time(compiled_trace: Path) -> None:
+    """Before, the fused kernels' time was in no row: the report read "outside any op", the
+    coverage 100%, and the work that ran was not there."""
+    from memwall_plugin.diff import COMPILED_REGION
+
+    spans = _region_ranges(json.loads(compiled_trace.read_text()))
+    assert len(spans) == 2  # the forward's graph and the backward's
+    report = memwall.analyze_trace(compiled_trace)
+    regions = [r for r in report.rows if r.op == COMPILED_REGION]
+    assert sorted(r.phase for r in regions) == ["backward", "forward"]
+    assert all(r.flops is None and r.calls == 1 and "the trace does not open" in r.shapes for r in regions)
+    # the kernels of 1M-element fused passes are most of each range (it also holds the graph's
+    # Python wrapper and the few ops it calls, which are rows of their own)
+    assert sum(r.time_s for r in regions) >= 0.5 * sum(e["dur"] for e in spans) * 1e-6
+    assert report.coverage < 0.5
+    assert report.extra["trace"]["uncounted_calls"]["a compiled region's fused kernels (the trace records no op "
+                                                    "inside them)"] == 2
+
+
+def test_a_gpu_trace_gives_a_compiled_region_its_own_kernels(compiled_trace: Path, tmp_path: Path) -> None:
+    """On a GPU Inductor's Triton kernels are launched inside the region's range, outside any op:
+    their kernels' time is the region's."""
+    from memwall_plugin.diff import COMPILED_REGION
+
+    data = json.loads(compiled_trace.read_text())
+    given = []
+    for n, e in enumerate(_region_ranges(data)):
+        correlation, dur = 20_000_000 + n, 11.0 + 4 * n
+        data["traceEvents"] += [
+            {"ph": "X", "cat": "cuda_driver", "name": "cuLaunchKernel", "pid": e["pid"], "tid": e["tid"],
+             "ts": e["ts"] + 0.5, "dur": 0.1, "args": {"correlation": correlation}},
+            {"ph": "X", "cat": "kernel", "name": f"triton_poi_fused_gelu_tanh_{n}", "pid": 0, "tid": 7,
+             "ts": e["ts"] + e["dur"], "dur": dur, "args": {"correlation": correlation, "device": 0, "stream": 7}}]
+        given.append(dur)
+    out = tmp_path / "gpu.json"
+    out.write_text(json.dumps(data))
+    report = memwall.analyze_trace(out, device="H100 SXM")
+    regions = sorted((r for r in report.rows if r.op == COMPILED_REGION), key=lambda r: r.time_s)
+    assert [r.time_s for r in regions] == [pytest.approx(us * 1e-6) for us in sorted(given)]
+    assert all(len(r.kernels) == 1 and r.kernels[0].startswith("triton_poi_fused_gelu_tanh_") for r in regions)
