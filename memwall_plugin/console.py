@@ -34,6 +34,7 @@ from memwall_plugin.records import (
     CUDA_KERNEL_TIME,
     DECODE,
     OTHER_THREADS_KEY,
+    OUTSIDE_OPS,
     OWN_TIME_KEY,
     SETUP_WALL_KEY,
     TIME_SOURCE_KEY,
@@ -484,7 +485,10 @@ def findings(report: Report) -> list[str]:
                     and (shapeless or REGISTRY.flop_formula(r.op, r.overload or "default") is not None)]
         # an AOTInductor model's call (hooks/capture.py): its kernels ran where memwall cannot see
         packaged = [r for r in uncounted if r.op == AOTI_MODEL_OP]
-        unformulated = [r for r in uncounted if r not in unshaped and r not in unsized and r not in packaged]
+        # a trace's device work launched outside any op (a CUDA graph's replay): no op to count
+        outside = [r for r in uncounted if r.op == OUTSIDE_OPS]
+        unformulated = [r for r in uncounted
+                        if r not in unshaped and r not in unsized and r not in packaged and r not in outside]
         reasons = trace.get("uncounted_calls") if isinstance(trace, dict) else None
         sparse = isinstance(reasons, dict) and any("sparse" in str(reason) for reason in reasons)
         unshaped_why, unshaped_fix = "whose inputs were not recorded", (
@@ -504,6 +508,8 @@ def findings(report: Report) -> list[str]:
             (unsized, "of compiled regions memwall could not size", ": their FLOPs are unknown, not zero; each "
                                                                    "row's shapes say why and what counts them."),
             (unshaped, unshaped_why, unshaped_fix),
+            (outside, "of device work launched outside any op (a CUDA graph's replay, an extension's own "
+                      "kernels)", ": their FLOPs are unknown, not zero; each row names its kernels."),
         ):
             if rows:
                 names = _longest_names(rows)

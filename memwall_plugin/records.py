@@ -32,6 +32,9 @@ PHASES = (SETUP, FORWARD, BACKWARD, RECOMPUTE, OPTIMIZER, GRAD_SCALER, PREFILL, 
 #: the op a call of an AOTInductor model is a row of (hooks/_torch_private.py declares it): its
 #: kernels run inside the package, unseen, so it has no formula
 AOTI_MODEL_OP = "memwall.aoti_model"
+#: a trace's device work launched outside any op memwall counts (memwall analyze: a CUDA graph's
+#: replay, an extension's own launches): an uncounted row with the kernels' time and names
+OUTSIDE_OPS = "memwall.kernels_outside_ops"
 
 #: `Report.extra` key of a run whose device activity was recorded (a GPU trace read by `memwall
 #: analyze`, a live run on a GPU timed by its kernels): per step its wall time, the device's busy

@@ -40,12 +40,12 @@ from memwall_plugin.hooks.replay import (
     replay,
 )
 from memwall_plugin.kineto import Event, Trace, TraceError, load_trace, trace_files
-from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, TIMELINE_KEY
+from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OUTSIDE_OPS, TIMELINE_KEY
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report
 from memwall_plugin.rows import Row
 
-__all__ = ["TraceError", "analyze_trace", "trace_files"]
+__all__ = ["OUTSIDE_OPS", "TraceError", "analyze_trace", "trace_files"]
 
 _BACKWARD_RANGE = "autograd::engine::evaluate_function:"
 _OPTIMIZER_RANGE = "Optimizer.step#"
@@ -59,6 +59,10 @@ _COMPILED_GRAPH_RANGE = "## Call CompiledFxGraph"
 #: what a compiled region's row says in place of shapes, and why it is uncounted
 _REGION_SHAPES = "fused kernels the trace does not open: memwall.profile counts them"
 _REGION_WHY = "a compiled region's fused kernels (the trace records no op inside them)"
+#: device work launched outside any op memwall counts (OUTSIDE_OPS: a CUDA graph's replay, an
+#: extension's own launches): one uncounted row per module and phase
+_OUTSIDE_SHAPES = "launched outside any op memwall counts"
+_OUTSIDE_WHY = "device work launched outside any op (a CUDA graph replay, an extension's own kernels)"
 _DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 _LAUNCH_CATS = ("cuda_runtime", "cuda_driver", "hip_runtime", "hip_driver", "runtime")
 #: profiler markers dispatch as ops but compute nothing (memwall.analysis ignores them too)
@@ -101,6 +105,9 @@ class _Walk:
     #: calls of compiled graphs (Inductor's ranges): their time beside the ops inside them
     regions: list[_Op] = field(default_factory=list)
     region_by_event: dict[int, _Op] = field(default_factory=dict)
+    #: launches of device work outside any op and any compiled region, each an `_Op` of its own
+    #: (its launch's event; its time the work's)
+    outside: list[_Op] = field(default_factory=list)
 
 
 def _frozen(value: Any) -> Any:
@@ -348,9 +355,11 @@ def _device_times(trace: Trace, walk: _Walk) -> bool:
             op = _counted_ancestor(e.parent, walk.by_event)
             if op is None:  # a compiled region's own launch (a Triton kernel): the region's
                 op = _counted_ancestor(e.parent, walk.region_by_event)
-            if op is not None:
-                device_ns[id(op)] = device_ns.get(id(op), 0.0) + dur * 1000
-                op.kernels.extend(names[corr])
+            if op is None:  # in no op at all: said, not dropped
+                walk.outside.append(_Op(e, OUTSIDE_OPS, None, None, None, round(dur * 1000), kernels=names[corr]))
+                continue
+            device_ns[id(op)] = device_ns.get(id(op), 0.0) + dur * 1000
+            op.kernels.extend(names[corr])
     for op in walk.ops:
         if id(op) in device_ns:  # ops that launched nothing keep their CPU span
             op.time_ns = round(device_ns[id(op)])
@@ -560,6 +569,14 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
         slot[0] += 1
         slot[1] += region.time_ns
         slot[2].extend(region.kernels)
+
+    for launch in walk.outside:
+        phase, module = phases.of(launch)
+        why[_OUTSIDE_WHY] = why.get(_OUTSIDE_WHY, 0) + 1
+        slot = uncounted.setdefault((OUTSIDE_OPS, module, phase, _OUTSIDE_SHAPES), [0, 0, []])
+        slot[0] += 1
+        slot[1] += launch.time_ns
+        slot[2].extend(launch.kernels)
 
     spec, measured_on = _device_for(trace, kind, device, peaks)
     cache, ceilings, roof = analysis_cache(registry), ceilings_of(spec), memory_roof_of(spec)
