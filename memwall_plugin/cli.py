@@ -602,8 +602,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"memwall: report saved under {logdir / 'plugins' / 'memwall'}"
                       f"{' (incomplete)' if report.incomplete else ''}", highlight=False, markup=False)
     elif not report.steps and not prof.nested:
-        console.print("memwall: no step was recorded (the schedule's active steps never ran)",
-                      highlight=False, markup=False)
+        console.print(prof.nothing_recorded(), highlight=False, markup=False)
     return code
 
 

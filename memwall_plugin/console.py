@@ -384,7 +384,9 @@ def nothing_recorded_note(steps: int, scheduled: bool, other_threads: Any) -> st
         which = "did not record it" if steps == 1 else "recorded none of them"
         return (f"memwall recorded nothing: {steps} step{'s' if steps != 1 else ''} ran and the schedule {which} "
                 "(its wait and warm-up steps come first).")
-    return "memwall recorded nothing: no PyTorch op ran on this thread inside the profile."
+    return ("memwall recorded nothing: no PyTorch op ran on this thread inside the profile. Work in other "
+            "processes is not recorded here: for torch.multiprocessing.spawn's workers, launch the script with "
+            "`torchrun -m memwall_plugin.cli run`, or open memwall.profile in the worker's function.")
 
 
 def findings(report: Report) -> list[str]:

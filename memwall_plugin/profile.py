@@ -419,6 +419,15 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         """The report over every recorded step so far."""
         return self._recorder.report()
 
+    def nothing_recorded(self) -> str:
+        """One line saying why a profile recorded nothing, where memwall can tell (another thread,
+        a schedule whose active steps never came): the summary in place of its tables."""
+        from memwall_plugin.console import nothing_recorded_note
+
+        recorder = self._recorder
+        steps = recorder.step_num - recorder.first_step + 1  # the last, ended or not, included
+        return nothing_recorded_note(steps, self.scheduled, recorder.other_threads())
+
 
 def _to_stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)

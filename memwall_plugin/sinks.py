@@ -206,12 +206,7 @@ class Summary(Sink):
     def _print_nothing(prof: profile) -> None:
         from rich.console import Console
 
-        from memwall_plugin.console import nothing_recorded_note
-
-        recorder = prof._recorder
-        steps = recorder.step_num - recorder.first_step + 1  # the last, ended or not, included
-        note = nothing_recorded_note(steps, prof.scheduled, recorder.other_threads())
-        Console().print(note, highlight=False, markup=False)
+        Console().print(prof.nothing_recorded(), highlight=False, markup=False)
 
     def _print(self, prof: profile) -> None:
         from rich.console import Console

@@ -94,10 +94,10 @@ def test_a_script_that_cannot_start_is_reported_as_python_would(tmp_path):
     assert result.returncode == 1
     assert "SyntaxError" in result.stderr and 'File "broken.py", line 2' in result.stderr
     assert "memwall_plugin" not in result.stderr and "runpy" not in result.stderr  # no frames of ours
-    assert "no step was recorded" not in result.stdout and not (tmp_path / "runs/broken").exists()
+    assert "recorded nothing" not in result.stdout and not (tmp_path / "runs/broken").exists()
     missing = memwall_cli("run", "-m", "no_such_module_here", cwd=tmp_path)
     assert missing.returncode == 2 and "no module named 'no_such_module_here'" in missing.stderr
-    assert "no step was recorded" not in missing.stdout
+    assert "recorded nothing" not in missing.stdout
 
 
 def test_an_unknown_run_option_gets_runs_usage_and_a_device_typo_names_the_cli_flag(script, tmp_path):

@@ -4,6 +4,9 @@ report and the summary, and a profile that recorded nothing says so and why."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 
 import torch
@@ -52,8 +55,9 @@ def test_work_on_both_threads_keeps_this_threads_rows_and_names_the_other(tmp_pa
 def test_a_profile_with_no_op_says_so(capsys):
     with memwall.profile():
         pass
-    printed = capsys.readouterr().out.strip()
-    assert printed == "memwall recorded nothing: no PyTorch op ran on this thread inside the profile."
+    printed = " ".join(capsys.readouterr().out.split())
+    assert printed.startswith("memwall recorded nothing: no PyTorch op ran on this thread inside the profile.")
+    assert "torchrun -m memwall_plugin.cli run" in printed  # work in spawned processes: how to record it
     with memwall.profile(schedule=memwall.schedule(wait=2, active=1)) as prof:
         torch.ones(2) + 1
         prof.step()
@@ -67,3 +71,21 @@ def test_a_run_on_one_thread_has_no_other_threads_entry():
     with memwall.profile(model=model, summary=False) as prof:
         model(torch.randn(2, 8))
     assert OTHER_THREADS_KEY not in prof.report().extra
+
+
+def test_memwall_run_of_a_script_whose_work_runs_in_spawned_processes_says_how_to_record_it(tmp_path):
+    """`mp.spawn(train)` under `memwall run`: the parent runs no op. It used to read "no step was
+    recorded (the schedule's active steps never ran)" with no schedule given."""
+    (tmp_path / "spawned.py").write_text(
+        "import torch, torch.multiprocessing as mp\n"
+        "def work(rank):\n"
+        "    torch.nn.Linear(4, 4)(torch.randn(2, 4)).sum().backward()\n"
+        "if __name__ == '__main__':\n"
+        "    mp.spawn(work, nprocs=2)\n")
+    result = subprocess.run([sys.executable, "-m", "memwall_plugin.cli", "run", "--logdir", "runs/s", "spawned.py"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    out = " ".join(result.stdout.split())
+    assert "memwall recorded nothing: no PyTorch op ran on this thread inside the profile" in out
+    assert "torchrun -m memwall_plugin.cli run" in out and "schedule" not in out
