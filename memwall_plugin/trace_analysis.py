@@ -53,6 +53,9 @@ _STEP_RANGE = "ProfilerStep#"
 #: torch.utils.data.DataLoader's range around fetching a batch (its record_function)
 _DATALOADER_RANGE = "enumerate(DataLoader)#"
 _MODULE_RANGE = "nn.Module: "
+#: Lightning's PyTorchProfiler (record_module_names, its default) names each module's forward
+#: "[pl][module]torch.nn.modules.linear.Linear: net.0": the model's own path
+_LIGHTNING_MODULE_RANGE = "[pl][module]"
 #: Inductor's range around each call of a compiled graph: its fused kernels run inside it with no
 #: op event of their own (a CPU trace), or launched outside any op (a GPU trace's Triton kernels)
 _COMPILED_GRAPH_RANGE = "## Call CompiledFxGraph"
@@ -197,7 +200,8 @@ def _walk(trace: Trace, overloads: _Overloads) -> _Walk:
         e = pending.pop()
         if id(e) in unseen or e.name in _AUTOGRAD_ONLY:
             continue
-        if e.cat == "python_function" and e.name.startswith(_MODULE_RANGE):
+        if (e.cat == "python_function" and e.name.startswith(_MODULE_RANGE)) or \
+                e.name.startswith(_LIGHTNING_MODULE_RANGE):
             found.modules = True
         if e.name.startswith(_COMPILED_GRAPH_RANGE):
             region = _Op(e, COMPILED_REGION, None, None, None, 0)
@@ -263,8 +267,14 @@ class _Phases:
         self.threads = threads
         # forward ops that made an autograd node: the start of their forward->backward flow
         self.node_op: dict[Any, _Op] = {}
+        # a flow starts where the op that made the node starts: found by its start first, as the
+        # nesting can be broken by ranges that outlive the Python call that opened them (Lightning's
+        # ProfilerStep, opened in its profiler's stop()), which hides ops from a walk down to them
+        starts = {(str(op.event.pid), str(op.event.tid), op.event.ts_us): op for op in reversed(walk.ops)}
         for pid, tid, ts, flow_id in trace.flow_starts.get("fwdbwd", []):
-            op = _counted_ancestor(_innermost_at(threads.get((str(pid), str(tid)), []), ts), walk.by_event)
+            op = starts.get((str(pid), str(tid), ts))
+            if op is None:
+                op = _counted_ancestor(_innermost_at(threads.get((str(pid), str(tid)), []), ts), walk.by_event)
             if op is not None:
                 op.builds_graph = True
                 self.node_op[flow_id] = op
@@ -283,9 +293,16 @@ class _Phases:
     def module_of(self, op: _Op) -> str:
         known = self._modules.get(id(op.event))
         if known is None:
-            names = [a.name[len(_MODULE_RANGE):] for a in reversed(op.event.ancestors())
-                     if a.cat == "python_function" and a.name.startswith(_MODULE_RANGE)]
-            known = self._modules[id(op.event)] = ".".join(names)
+            ancestors = op.event.ancestors()
+            # Lightning's range holds the module's path in the model: the innermost says it all
+            lightning = next((a.name for a in ancestors if a.name.startswith(_LIGHTNING_MODULE_RANGE)), None)
+            if lightning is not None:
+                known = lightning.rpartition(": ")[2] if ": " in lightning else ""
+            else:
+                names = [a.name[len(_MODULE_RANGE):] for a in reversed(ancestors)
+                         if a.cat == "python_function" and a.name.startswith(_MODULE_RANGE)]
+                known = ".".join(names)
+            self._modules[id(op.event)] = known
         return known
 
     def of(self, op: _Op) -> tuple[str, str]:
@@ -295,12 +312,21 @@ class _Phases:
             if a.name.startswith(_BACKWARD_RANGE):
                 made_by = self.node_op.get(a.args.get("Sequence number"))
                 return BACKWARD, self.module_of(made_by) if made_by is not None else ""
-        for a in ancestors:
-            if a.name.startswith(_OPTIMIZER_RANGE):
-                return OPTIMIZER, ""
+        # a module's forward, and what builds the autograd graph, is forward work also inside an
+        # optimizer's step: Lightning (and LBFGS) run the training step in step()'s closure
         module = self.module_of(op)
         if module:
             return FORWARD, module
+        if op.builds_graph:
+            return FORWARD, ""
+        for a in ancestors:
+            if a.name.startswith(_OPTIMIZER_RANGE):
+                # step()'s closure (Lightning's training step): what runs before the step's first
+                # backward pass is its forward (a loss outside any module, where no flow says so)
+                i = bisect.bisect_right(self.backward_starts, op.event.ts_us)
+                closure_forward = (i < len(self.backward_starts) and self.backward_starts[i] < a.end_us
+                                   and not (i > 0 and self.backward_starts[i - 1] >= a.ts_us))
+                return (FORWARD if closure_forward else OPTIMIZER), ""
         if any(a.cat == "python_function" and a.name.endswith(": _make_grads") for a in ancestors):
             return BACKWARD, ""  # the seed gradient of loss.backward()
         if op.builds_graph:

@@ -517,3 +517,47 @@ def test_device_work_launched_outside_any_op_is_a_row_not_dropped(recorded: dict
     assert row.kernels == ("replayed_kernel_0", "replayed_kernel_1")
     assert not [r for r in before.rows if r.op == OUTSIDE_OPS]
     assert {r.op: r.time_s for r in after.rows if r.op != OUTSIDE_OPS} == {r.op: r.time_s for r in before.rows}
+
+
+# --- a Lightning trace ----------------------------------------------------------------------------
+
+
+def test_a_lightning_trace_names_modules_by_path_and_keeps_the_closures_forward_out_of_the_optimizer(
+        tmp_path: Path) -> None:
+    """Lightning runs the training step inside optimizer.step(closure), and its PyTorchProfiler
+    names each module's forward "[pl][module]...: net.0". Before, every forward op read
+    "optimizer" at the top level: the optimizer's range was taken before the modules'."""
+    lightning = pytest.importorskip("lightning")
+    from lightning.pytorch.profilers import PyTorchProfiler
+
+    class Classifier(lightning.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+
+        def training_step(self, batch: Any, index: int) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.AdamW(self.parameters())
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 32), torch.randint(0, 2, (64,)))
+    profiler = PyTorchProfiler(dirpath=str(tmp_path), filename="fit", record_shapes=True, with_stack=True,
+                               export_to_chrome=True, schedule=torch.profiler.schedule(wait=1, warmup=1, active=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's own advice (workers, logging) is not under test
+        lightning.Trainer(max_steps=6, profiler=profiler, logger=False, enable_checkpointing=False,
+                          enable_progress_bar=False, enable_model_summary=False, accelerator="cpu").fit(
+            Classifier(), torch.utils.data.DataLoader(data, batch_size=8))
+    [trace] = list(tmp_path.glob("*.pt.trace.json"))
+    report = memwall.analyze_trace(trace)
+    linear = [r for r in report.rows if r.op == "aten.addmm"]
+    assert {(r.module, r.phase) for r in linear} == {("net.0", "forward"), ("net.2", "forward")}
+    assert {r.module for r in report.rows if r.op == "aten.relu"} == {"net.1"}
+    assert not [r for r in report.rows if r.module.startswith("net") and r.phase == "optimizer"]
+    # the loss, outside any module, in the closure before its backward: forward (the trace's last
+    # step may end before that step's backward, which leaves its loss undecided)
+    assert any(r.phase == "forward" for r in report.rows if r.op == "aten._log_softmax")
+    assert any(r.phase == "optimizer" for r in report.rows if r.op == "aten.mul_")  # AdamW's update
