@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from memwall_plugin.analysis import analysis_cache, rows_from_entries
-from memwall_plugin.ceilings import ceilings_of, memory_roof_of, place_rows
+from memwall_plugin.ceilings import ceilings_of, memory_roof_of, place_rows, resolve_links
+from memwall_plugin.comm import COLLECTIVE_OPS, collective_rows
 from memwall_plugin.devices import DeviceSpec, lookup_device, resolve_device
 from memwall_plugin.diff import COMPILED_REGION
 from memwall_plugin.hooks.capture import CaptureEntry
@@ -40,7 +41,7 @@ from memwall_plugin.hooks.replay import (
     replay,
 )
 from memwall_plugin.kineto import Event, Trace, TraceError, load_trace, trace_files
-from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OUTSIDE_OPS, TIMELINE_KEY
+from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OUTSIDE_OPS, TIMELINE_KEY, OpCall, TensorMeta
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report
 from memwall_plugin.rows import Row
@@ -233,6 +234,134 @@ def _innermost_at(roots: list[Event], ts: float) -> Event | None:
         found = level[i]
         level = found.children
     return found
+
+
+#: gloo's range around a collective's work on its own thread ("gloo:all_reduce"): the collective's
+#: time on a CPU trace, where the c10d op's own span is only its enqueueing
+_GLOO_RANGE = "gloo:"
+#: trace dtype names of NCCL's record_param_comms ("Float", "BFloat16") and of gloo's ranges
+_COMM_DTYPES = {"float": ("float32", 4), "double": ("float64", 8), "half": ("float16", 2), "c10::half": ("float16", 2),
+                "bfloat16": ("bfloat16", 2), "c10::bfloat16": ("bfloat16", 2), "int": ("int32", 4),
+                "long": ("int64", 8), "long int": ("int64", 8), "byte": ("uint8", 1), "unsigned char": ("uint8", 1),
+                "char": ("int8", 1), "signed char": ("int8", 1), "bool": ("bool", 1)}
+
+
+@dataclass(slots=True)
+class _TracedCollective:
+    """One collective signature of a trace, as memwall_plugin/comm.py's rows read a live one's."""
+
+    call: OpCall
+    module: str
+    phase: str
+    group_size: int
+    calls: int = 0
+    timed_calls: int = 0
+    time_ns: int = 0
+    overlap_ns: int = 0
+
+
+def _shapes_in(dims: Any) -> list[tuple[int, ...]]:
+    """The tensor shapes a recorded argument holds: a tensor's dims, a list's (or a list of
+    lists') in order."""
+    if isinstance(dims, tuple) and all(isinstance(d, int) for d in dims):
+        return [dims]
+    if isinstance(dims, tuple):
+        return [shape for item in dims for shape in _shapes_in(item)]
+    return []
+
+
+def _comm_dtype(op: _Op, work: Event | None) -> tuple[str, int] | None:
+    """The message's dtype where the trace says it: NCCL's record_param_comms inside the op, the
+    tensor argument's recorded type, or that of gloo's range for it (`work`)."""
+    for child in op.event.children:
+        named = child.args.get("dtype")
+        if child.name == "record_param_comms" and isinstance(named, str):
+            known = _COMM_DTYPES.get(named.lower())
+            if known is not None:
+                return known
+    types = list(op.inputs.types) if op.inputs is not None else []
+    if work is not None and isinstance(work.args.get("Input type"), list):
+        types += work.args["Input type"]
+    for recorded in types:
+        known = _COMM_DTYPES.get(str(recorded).lower())
+        if known is not None:
+            return known
+    return None
+
+
+def _overlap_ns(work: Event, busy: list[tuple[float, float]], starts: list[float]) -> int:
+    """How long the main thread ran ops while `work` (a collective on gloo's thread) was in flight."""
+    total = 0.0
+    i = max(0, bisect.bisect_right(starts, work.ts_us) - 1)
+    while i < len(busy) and busy[i][0] < work.end_us:
+        total += max(0.0, min(busy[i][1], work.end_us) - max(busy[i][0], work.ts_us))
+        i += 1
+    return round(total * 1000)
+
+
+def _collectives(trace: Trace, walk: _Walk, phases: _Phases, world: int,
+                 assumed: dict[str, int]) -> tuple[list[_TracedCollective], list[_Op]]:
+    """The trace's torch.distributed collectives (c10d's ops), each signature's calls, message and
+    time: on a GPU its kernels' (NCCL's), on a CPU gloo's range for it on its own thread, matched in
+    order per kind (the c10d op only enqueues it). Returns them and the collective ops it could not
+    read (no recorded message)."""
+    gloo: dict[str, list[Event]] = {}
+    for e in sorted((e for e in trace.events if e.name.startswith(_GLOO_RANGE)), key=lambda e: e.ts_us):
+        gloo.setdefault(e.name[len(_GLOO_RANGE):], []).append(e)
+    seen: dict[str, int] = {}
+    found: dict[Any, _TracedCollective] = {}
+    unread: list[_Op] = []
+    collective = [o for o in walk.ops if o.name.replace("::", ".", 1) in COLLECTIVE_OPS]
+    # the ops of the threads that issued collectives, in time order: what overlapped them
+    threads = {(o.event.pid, o.event.tid) for o in collective}
+    busy = sorted((o.event.ts_us, o.event.end_us) for o in walk.ops
+                  if (o.event.pid, o.event.tid) in threads and o not in collective)
+    starts = [b[0] for b in busy]
+    for op in sorted(collective, key=lambda o: o.event.ts_us):
+        name = op.name.replace("::", ".", 1)
+        spec = COLLECTIVE_OPS[name]
+        work = None
+        if not op.kernels:  # a CPU collective: gloo's range of its kind, in order
+            ranges = gloo.get(spec.kind, [])
+            n = seen.get(spec.kind, 0)
+            work = ranges[n] if n < len(ranges) else None
+            seen[spec.kind] = n + 1
+        schema = op.packet.default._schema if op.packet is not None and hasattr(op.packet, "default") else None
+        names = [a.name for a in schema.arguments] if schema is not None else []
+        if op.inputs is None or (spec.message_arg is not None and spec.message_arg not in names):
+            unread.append(op)
+            continue
+        shapes: list[tuple[int, ...]] = []
+        if spec.message_arg is not None:
+            at = names.index(spec.message_arg)
+            shapes = _shapes_in(op.inputs.dims[at]) if at < len(op.inputs.dims) else []
+        dtype = _comm_dtype(op, work)
+        if dtype is None:
+            if shapes:
+                assumed[name] = assumed.get(name, 0) + 1
+            dtype = ("float32", 4)
+        metas = tuple(TensorMeta(s, tuple(math.prod(s[i + 1:]) for i in range(len(s))), dtype[0], dtype[1])
+                      for s in shapes)
+        group = world
+        for child in op.event.children:  # NCCL's record_param_comms names its group's size
+            size = child.args.get("Group size")
+            if child.name == "record_param_comms" and isinstance(size, int) and size > 0:
+                group = size
+        phase, module = phases.of(op)
+        key = (name, module, phase, group, tuple(shapes), dtype)
+        entry = found.get(key)
+        if entry is None:
+            args = ((spec.message_arg, metas),) if spec.message_arg is not None else ()
+            call = OpCall(name, "default", args, ())
+            entry = found[key] = _TracedCollective(call, module, phase, group)
+        entry.calls += 1
+        entry.timed_calls += 1
+        if work is not None:
+            entry.time_ns += round(work.dur_us * 1000)
+            entry.overlap_ns += _overlap_ns(work, busy, starts)
+        else:  # its kernels' time (NCCL's on a GPU), else its own span
+            entry.time_ns += op.time_ns
+    return list(found.values()), unread
 
 
 def _regions_own_time(walk: _Walk) -> None:
@@ -543,7 +672,15 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
     why: dict[str, int] = {}
     assumed: dict[str, int] = {}  # op -> calls whose tensor lists were taken to be float32
     replayed: dict[tuple[Any, TracedInputs], Any] = {}
+    dist = trace.meta.get("distributedInfo")
+    rank = int(dist.get("rank", 0)) if isinstance(dist, dict) else 0
+    world = int(dist.get("world_size", 1)) if isinstance(dist, dict) else 1
+    # torch.distributed's collectives go on the link's roof, as memwall.profile puts them
+    collectives, unread = _collectives(trace, walk, phases, world, assumed)
+    comm = {id(o) for o in walk.ops if o.name.replace("::", ".", 1) in COLLECTIVE_OPS and o not in unread}
     for op in _progress(walk.ops):
+        if id(op) in comm:
+            continue
         phase, module = phases.of(op)
         inputs, func = op.inputs, op.func
         reason = ""
@@ -630,9 +767,6 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
     else:
         ops = [e for e in trace.events if e.cat == "cpu_op"]
         wall = (max(e.end_us for e in ops) - min(e.ts_us for e in ops)) * 1e-6 if ops else 0.0
-    dist = trace.meta.get("distributedInfo")
-    rank = int(dist.get("rank", 0)) if isinstance(dist, dict) else 0
-    world = int(dist.get("world_size", 1)) if isinstance(dist, dict) else 1
     info: dict[str, Any] = {
         "path": str(trace.path),
         "record_shapes": trace.record_shapes,
@@ -650,6 +784,20 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
     timeline = _timeline(trace, phases.steps)
     if timeline is not None:
         extra[TIMELINE_KEY] = timeline
+    distributed: dict[str, Any] = {}
+    if collectives or (isinstance(dist, dict) and world > 1):
+        # one host's ranks unless the link is set ($MEMWALL_LINK): a trace does not say where ranks ran
+        link, inter_link = resolve_links(spec, world, world)
+        inter = inter_link.bytes_per_s if inter_link is not None else None
+        timed = [c for c in collectives if c.timed_calls]
+        distributed = {
+            "link": link, "inter_link": inter_link, "backend": str(dist.get("backend", "")) if dist else "",
+            "local_world_size": world,
+            "collectives": collective_rows(collectives, link.bytes_per_s, world, inter),
+            "comm_time_s": sum(c.time_ns for c in timed) * 1e-9 if timed else None,
+            # the issuing thread's ops while gloo's work flew (a GPU trace's NCCL kernels: not known)
+            "overlapped_s": sum(c.overlap_ns for c in timed) * 1e-9 if timed and kind == "cpu" else None,
+        }
     return Report(rows=tuple(rows), device=spec, steps=steps, wall_time_s=wall, measured_on=measured_on, rank=rank,
-                  world_size=world, created_unix_s=trace.path.stat().st_mtime,
+                  world_size=world, created_unix_s=trace.path.stat().st_mtime, **distributed,
                   job=f"trace-{trace.path.name}", extra=extra)

@@ -561,3 +561,56 @@ def test_a_lightning_trace_names_modules_by_path_and_keeps_the_closures_forward_
     # step may end before that step's backward, which leaves its loss undecided)
     assert any(r.phase == "forward" for r in report.rows if r.op == "aten._log_softmax")
     assert any(r.phase == "optimizer" for r in report.rows if r.op == "aten.mul_")  # AdamW's update
+
+
+# --- a torch.distributed trace --------------------------------------------------------------------
+
+_DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+dist.init_process_group("gloo")
+torch.manual_seed(0)
+model = DDP(torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256)))
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+x = torch.randn(32, 256)
+def step():
+    model(x).pow(2).mean().backward(); opt.step(); opt.zero_grad()
+step()
+handler = torch.profiler.tensorboard_trace_handler(sys.argv[1])
+with torch.profiler.profile(record_shapes=True, on_trace_ready=handler,
+                            schedule=torch.profiler.schedule(wait=0, warmup=1, active=2)) as prof:
+    for _ in range(3):
+        step()
+        prof.step()
+dist.destroy_process_group()
+"""
+
+
+def test_a_ddp_traces_all_reduce_is_on_the_links_roof_with_gloos_time(tmp_path: Path) -> None:
+    """Each rank's trace of a gloo DDP step: DDP's bucket all-reduce was an uncounted c10d op,
+    advised to get a FLOP formula; it is a collective row under the link's roof, as memwall.profile
+    records it: its message the gradients' bytes, its time gloo's range for it on gloo's thread."""
+    from torchrun_job import torchrun
+
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP_SCRIPT)
+    run = torchrun(str(script), str(tmp_path / "tb"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    traces = sorted((tmp_path / "tb").glob("*.pt.trace.json"))
+    assert len(traces) == 2
+    parameters = 256 * 512 + 512 + 512 * 256 + 256  # one DDP bucket holds every gradient
+    for trace in traces:
+        report = memwall.analyze_trace(trace)
+        assert report.world_size == 2 and report.backend == "gloo"
+        assert not [r for r in report.rows if r.op.startswith("c10d.")]
+        [row] = report.collectives
+        assert (row.op, row.phase, row.calls) == ("c10d.allreduce_", "backward", 2)
+        assert row.collective is not None and row.collective.kind == "all_reduce"
+        assert row.collective.message_bytes == 2 * 4 * parameters and row.dtype == "float32"
+        data = json.loads(trace.read_text())
+        gloo = [e["dur"] for e in data["traceEvents"] if e.get("ph") == "X" and e["name"] == "gloo:all_reduce"]
+        assert len(gloo) == 2
+        assert row.time_s == pytest.approx(sum(gloo) * 1e-6)
+        assert report.comm_time_s == pytest.approx(sum(gloo) * 1e-6)
+        assert report.overlapped_s is not None and 0 <= report.overlapped_s <= report.comm_time_s
+        assert report.extra["trace"]["float32_assumed_calls"] == {}  # gloo's range says float
