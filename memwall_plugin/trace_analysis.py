@@ -302,13 +302,13 @@ def _overlap_ns(work: Event, busy: list[tuple[float, float]], starts: list[float
 def _collectives(trace: Trace, walk: _Walk, phases: _Phases, world: int,
                  assumed: dict[str, int]) -> tuple[list[_TracedCollective], list[_Op]]:
     """The trace's torch.distributed collectives (c10d's ops), each signature's calls, message and
-    time: on a GPU its kernels' (NCCL's), on a CPU gloo's range for it on its own thread, matched in
-    order per kind (the c10d op only enqueues it). Returns them and the collective ops it could not
-    read (no recorded message)."""
-    gloo: dict[str, list[Event]] = {}
-    for e in sorted((e for e in trace.events if e.name.startswith(_GLOO_RANGE)), key=lambda e: e.ts_us):
-        gloo.setdefault(e.name[len(_GLOO_RANGE):], []).append(e)
-    seen: dict[str, int] = {}
+    time: on a GPU its kernels' (NCCL's), on a CPU gloo's range for it on its own thread, the next
+    to start after the op (which only enqueues it). Returns them and the collective ops it could
+    not read (no recorded message)."""
+    # gloo runs a group's work in order on its thread, each under a range that starts after its
+    # c10d op enqueued it (a reduce-scatter under "gloo:all_reduce", gloo's way to do it)
+    gloo = sorted((e for e in trace.events if e.name.startswith(_GLOO_RANGE)), key=lambda e: e.ts_us)
+    next_range = 0
     found: dict[Any, _TracedCollective] = {}
     unread: list[_Op] = []
     collective = [o for o in walk.ops if o.name.replace("::", ".", 1) in COLLECTIVE_OPS]
@@ -321,11 +321,11 @@ def _collectives(trace: Trace, walk: _Walk, phases: _Phases, world: int,
         name = op.name.replace("::", ".", 1)
         spec = COLLECTIVE_OPS[name]
         work = None
-        if not op.kernels:  # a CPU collective: gloo's range of its kind, in order
-            ranges = gloo.get(spec.kind, [])
-            n = seen.get(spec.kind, 0)
-            work = ranges[n] if n < len(ranges) else None
-            seen[spec.kind] = n + 1
+        if not op.kernels:  # a CPU collective: the next of gloo's ranges to start after it
+            while next_range < len(gloo) and gloo[next_range].ts_us < op.event.ts_us:
+                next_range += 1
+            if next_range < len(gloo):
+                work, next_range = gloo[next_range], next_range + 1
         schema = op.packet.default._schema if op.packet is not None and hasattr(op.packet, "default") else None
         names = [a.name for a in schema.arguments] if schema is not None else []
         if op.inputs is None or (spec.message_arg is not None and spec.message_arg not in names):
