@@ -614,3 +614,28 @@ def test_a_ddp_traces_all_reduce_is_on_the_links_roof_with_gloos_time(tmp_path: 
         assert report.comm_time_s == pytest.approx(sum(gloo) * 1e-6)
         assert report.overlapped_s is not None and 0 <= report.overlapped_s <= report.comm_time_s
         assert report.extra["trace"]["float32_assumed_calls"] == {}  # gloo's range says float
+
+
+def test_an_fsdp2_traces_reduce_scatters_take_gloos_time_too(tmp_path: Path) -> None:
+    """gloo runs a reduce-scatter under a "gloo:all_reduce" range: each collective takes the next of
+    gloo's ranges after its c10d op, whatever its name, so every range is some collective's time."""
+    from torchrun_job import torchrun
+
+    script = tmp_path / "fsdp.py"
+    script.write_text(_DDP_SCRIPT.replace("from torch.nn.parallel import DistributedDataParallel as DDP",
+                                          "from torch.distributed.fsdp import fully_shard")
+                      .replace("model = DDP(torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), "
+                               "torch.nn.Linear(512, 256)))",
+                               "model = torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), "
+                               "torch.nn.Linear(512, 256))\n"
+                               "fully_shard(model[0]); fully_shard(model[2]); fully_shard(model)"))
+    run = torchrun(str(script), str(tmp_path / "tb"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for trace in sorted((tmp_path / "tb").glob("*.pt.trace.json")):
+        report = memwall.analyze_trace(trace)
+        kinds = {r.collective.kind for r in report.collectives if r.collective is not None}
+        assert kinds == {"all_gather", "reduce_scatter"}
+        data = json.loads(trace.read_text())
+        gloo = [e["dur"] for e in data["traceEvents"] if e.get("ph") == "X" and e["name"].startswith("gloo:")]
+        assert sum(r.calls for r in report.collectives) == len(gloo)
+        assert report.comm_time_s == pytest.approx(sum(gloo) * 1e-6)
