@@ -317,6 +317,7 @@ def _collectives(trace: Trace, walk: _Walk, phases: _Phases, world: int,
     busy = sorted((o.event.ts_us, o.event.end_us) for o in walk.ops
                   if (o.event.pid, o.event.tid) in threads and o not in collective)
     starts = [b[0] for b in busy]
+    dtypes: dict[tuple[str, tuple[tuple[int, ...], ...]], tuple[str, int]] = {}
     for op in sorted(collective, key=lambda o: o.event.ts_us):
         name = op.name.replace("::", ".", 1)
         spec = COLLECTIVE_OPS[name]
@@ -335,8 +336,12 @@ def _collectives(trace: Trace, walk: _Walk, phases: _Phases, world: int,
         if spec.message_arg is not None:
             at = names.index(spec.message_arg)
             shapes = _shapes_in(op.inputs.dims[at]) if at < len(op.inputs.dims) else []
-        dtype = _comm_dtype(op, work)
-        if dtype is None:
+        # gloo's range of the trace's last collective can be cut off unfinished, with no types: the
+        # same op over the same shapes earlier said its dtype
+        dtype = _comm_dtype(op, work) or dtypes.get((name, tuple(shapes)))
+        if dtype is not None:
+            dtypes[(name, tuple(shapes))] = dtype
+        else:
             if shapes:
                 assumed[name] = assumed.get(name, 0) + 1
             dtype = ("float32", 4)
