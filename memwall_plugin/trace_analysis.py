@@ -40,6 +40,7 @@ from memwall_plugin.hooks.replay import (
     pick_overload,
     replay,
 )
+from memwall_plugin.hooks.signatures import schema_of
 from memwall_plugin.kineto import Event, Trace, TraceError, load_trace, trace_files
 from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OUTSIDE_OPS, TIMELINE_KEY, OpCall, TensorMeta
 from memwall_plugin.registry import Registry
@@ -327,8 +328,8 @@ def _collectives(trace: Trace, walk: _Walk, phases: _Phases, world: int,
                 next_range += 1
             if next_range < len(gloo):
                 work, next_range = gloo[next_range], next_range + 1
-        schema = op.packet.default._schema if op.packet is not None and hasattr(op.packet, "default") else None
-        names = [a.name for a in schema.arguments] if schema is not None else []
+        schema = schema_of(op.packet.default) if op.packet is not None and hasattr(op.packet, "default") else None
+        names = [a for a, _ in schema.arguments] if schema is not None else []
         if op.inputs is None or (spec.message_arg is not None and spec.message_arg not in names):
             unread.append(op)
             continue
