@@ -195,7 +195,8 @@ class Summary(Sink):
             return
         try:
             if not prof.recorded_steps:  # said in one line, not left silent
-                self._print_nothing(prof)
+                if not prof.nested:  # a profile opened inside it recorded the block, and says so
+                    self._print_nothing(prof)
                 return
             self._print(prof)
         except Exception as err:

@@ -313,10 +313,11 @@ def _collectives(trace: Trace, walk: _Walk, phases: _Phases, world: int,
     found: dict[Any, _TracedCollective] = {}
     unread: list[_Op] = []
     collective = [o for o in walk.ops if o.name.replace("::", ".", 1) in COLLECTIVE_OPS]
+    ids = {id(o) for o in collective}
     # the ops of the threads that issued collectives, in time order: what overlapped them
     threads = {(o.event.pid, o.event.tid) for o in collective}
     busy = sorted((o.event.ts_us, o.event.end_us) for o in walk.ops
-                  if (o.event.pid, o.event.tid) in threads and o not in collective)
+                  if (o.event.pid, o.event.tid) in threads and id(o) not in ids)
     starts = [b[0] for b in busy]
     dtypes: dict[tuple[str, tuple[tuple[int, ...], ...]], tuple[str, int]] = {}
     for op in sorted(collective, key=lambda o: o.event.ts_us):
@@ -683,7 +684,8 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
     world = int(dist.get("world_size", 1)) if isinstance(dist, dict) else 1
     # torch.distributed's collectives go on the link's roof, as memwall.profile puts them
     collectives, unread = _collectives(trace, walk, phases, world, assumed)
-    comm = {id(o) for o in walk.ops if o.name.replace("::", ".", 1) in COLLECTIVE_OPS and o not in unread}
+    unread_ids = {id(o) for o in unread}
+    comm = {id(o) for o in walk.ops if o.name.replace("::", ".", 1) in COLLECTIVE_OPS and id(o) not in unread_ids}
     for op in _progress(walk.ops):
         if id(op) in comm:
             continue
