@@ -729,25 +729,19 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
         slot[1] += op.time_ns
         slot[2].extend(op.kernels)
 
-    for region in walk.regions:
-        # a compiled region: one uncounted row of the time its fused kernels took, beside the
-        # ops inside it (counted as any op); before, that time was outside any op, and silent
-        if region.time_ns <= 0 and not region.kernels:
-            continue
-        phase, module = phases.of(region)
-        why[_REGION_WHY] = why.get(_REGION_WHY, 0) + 1
-        slot = uncounted.setdefault((COMPILED_REGION, module, phase, _REGION_SHAPES), [0, 0, []])
-        slot[0] += 1
-        slot[1] += region.time_ns
-        slot[2].extend(region.kernels)
-
-    for launch in walk.outside:
-        phase, module = phases.of(launch)
-        why[_OUTSIDE_WHY] = why.get(_OUTSIDE_WHY, 0) + 1
-        slot = uncounted.setdefault((OUTSIDE_OPS, module, phase, _OUTSIDE_SHAPES), [0, 0, []])
-        slot[0] += 1
-        slot[1] += launch.time_ns
-        slot[2].extend(launch.kernels)
+    # a compiled region: one uncounted row of the time its fused kernels took, beside the ops
+    # inside it (counted as any op); device work launched outside any op: one row of its kernels.
+    # Before, the first was outside any op and the second dropped: both silent
+    regions = [r for r in walk.regions if r.time_ns > 0 or r.kernels]
+    for items, what, shapes_text, reason in ((regions, COMPILED_REGION, _REGION_SHAPES, _REGION_WHY),
+                                             (walk.outside, OUTSIDE_OPS, _OUTSIDE_SHAPES, _OUTSIDE_WHY)):
+        for item in items:
+            phase, module = phases.of(item)
+            why[reason] = why.get(reason, 0) + 1
+            slot = uncounted.setdefault((what, module, phase, shapes_text), [0, 0, []])
+            slot[0] += 1
+            slot[1] += item.time_ns
+            slot[2].extend(item.kernels)
 
     spec, measured_on = _device_for(trace, kind, device, peaks)
     cache, ceilings, roof = analysis_cache(registry), ceilings_of(spec), memory_roof_of(spec)
