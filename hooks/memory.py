@@ -145,23 +145,16 @@ class MemoryTotals:
             self.allocator_peak = max(self.allocator_peak or 0, part.allocator_peak)
 
 
+def _local(t: Any) -> Any:
+    """What this rank holds of a tensor: a DTensor's shard, any other tensor itself."""
+    return t.to_local() if type(t) is not _Tensor and hasattr(t, "to_local") else t
+
+
 def _storage_of(t: Any) -> Any:
     try:
-        if type(t) is not _Tensor and hasattr(t, "to_local"):  # a DTensor: this rank's shard holds memory
-            t = t.to_local()
-        return t.untyped_storage()
+        return _local(t).untyped_storage()
     except (RuntimeError, NotImplementedError, AttributeError):  # sparse, nested without storage, subclasses
         return sparse_values_storage(t)  # a sparse tensor: its values' (its indices are left out)
-
-
-def _local_numel(t: Any) -> int:
-    """Elements this rank holds of a tensor (a DTensor's: its shard's)."""
-    if type(t) is not _Tensor and hasattr(t, "to_local"):
-        try:
-            return int(t.to_local().numel())
-        except (RuntimeError, NotImplementedError, AttributeError):
-            pass
-    return int(t.numel())
 
 
 class MemoryTracker:
@@ -295,7 +288,7 @@ class MemoryTracker:
                     self._add(p.grad, GRADIENTS, path)
                 if p.requires_grad:
                     self.unarmed.append(p)
-                    self.trainable_elements += _local_numel(p)
+                    self.trainable_elements += _local(p).numel()
             for b in module.buffers(recurse=False):
                 self._add(b, OTHER, path)
 

@@ -33,6 +33,22 @@ for _name in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnu
         _TRACE_DTYPES[f"c10::{''.join(p.capitalize() for p in _name.split('_'))}"] = _dtype
         _TRACE_DTYPES[f"c10::Float8_{_name.removeprefix('float8_')}"] = _dtype
 
+#: c10::ScalarType's names, as NCCL's record_param_comms writes a collective's dtype ("Float")
+_SCALAR_TYPE_NAMES: dict[str, torch.dtype] = {
+    "Byte": torch.uint8, "Char": torch.int8, "Short": torch.int16, "Int": torch.int32, "Long": torch.int64,
+    "Half": torch.float16, "Float": torch.float32, "Double": torch.float64, "Bool": torch.bool,
+    "BFloat16": torch.bfloat16, "ComplexFloat": torch.complex64, "ComplexDouble": torch.complex128,
+}
+
+
+def trace_dtype(name: Any) -> torch.dtype | None:
+    """The dtype a trace names: a tensor argument's recorded type ("float", "c10::BFloat16") or a
+    c10::ScalarType's name ("Float", "BFloat16"); None for anything else (a list, a scalar)."""
+    if not isinstance(name, str):
+        return None
+    return _TRACE_DTYPES.get(name) or _SCALAR_TYPE_NAMES.get(name)
+
+
 #: c10::ScalarType's numbering, which a dtype argument is recorded as ("Concrete Inputs": "6")
 _SCALAR_TYPES: tuple[torch.dtype | None, ...] = (
     torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.float32, torch.float64,
@@ -260,4 +276,4 @@ def _replay(func: Any, schema: Any, inputs: TracedInputs, wrapped: set[int]) -> 
 
 
 __all__ = ["ReplayError", "Replayed", "TracedInputs", "decomposes_above_mode", "find_op", "has_unstrided_tensor",
-           "pick_overload", "replay"]
+           "pick_overload", "replay", "trace_dtype"]

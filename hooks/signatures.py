@@ -60,6 +60,11 @@ def is_tensor_key(value: Any) -> bool:
     return type(value) is tuple and len(value) == 3 and type(value[0]) is torch.Size
 
 
+def contiguous_meta(shape: tuple[int, ...], dtype: torch.dtype) -> TensorMeta:
+    """The TensorMeta of a contiguous tensor of this shape and dtype (one a trace recorded)."""
+    return meta_of_key((torch.Size(shape), _contiguous_strides(tuple(shape)), dtype))
+
+
 def meta_of_key(key: Any) -> TensorMeta:
     """The TensorMeta formulas read for a tensor's signature."""
     shape, stride, dtype = key
@@ -310,5 +315,6 @@ def device_of(args: tuple[Any, ...], out: Any) -> str:
     return "cpu"
 
 
-__all__ = ["PLAIN", "Blind", "Schema", "build_call", "device_of", "fold_kwarg", "fold_values", "is_tensor_key",
+__all__ = ["PLAIN", "Blind", "Schema", "build_call", "contiguous_meta", "device_of", "fold_kwarg", "fold_values",
+           "is_tensor_key",
            "meta_of_key", "opaque", "schema_of", "signature", "value_blind"]

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from memwall_plugin.analysis import analysis_cache, rows_from_entries
 from memwall_plugin.ceilings import ceilings_of, memory_roof_of, place_rows, resolve_links
 from memwall_plugin.comm import COLLECTIVE_OPS, collective_rows
@@ -39,10 +41,11 @@ from memwall_plugin.hooks.replay import (
     has_unstrided_tensor,
     pick_overload,
     replay,
+    trace_dtype,
 )
-from memwall_plugin.hooks.signatures import schema_of
+from memwall_plugin.hooks.signatures import contiguous_meta, schema_of
 from memwall_plugin.kineto import Event, Trace, TraceError, load_trace, trace_files
-from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OUTSIDE_OPS, TIMELINE_KEY, OpCall, TensorMeta
+from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OUTSIDE_OPS, TIMELINE_KEY, OpCall
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report
 from memwall_plugin.rows import Row
@@ -240,11 +243,6 @@ def _innermost_at(roots: list[Event], ts: float) -> Event | None:
 #: gloo's range around a collective's work on its own thread ("gloo:all_reduce"): the collective's
 #: time on a CPU trace, where the c10d op's own span is only its enqueueing
 _GLOO_RANGE = "gloo:"
-#: trace dtype names of NCCL's record_param_comms ("Float", "BFloat16") and of gloo's ranges
-_COMM_DTYPES = {"float": ("float32", 4), "double": ("float64", 8), "half": ("float16", 2), "c10::half": ("float16", 2),
-                "bfloat16": ("bfloat16", 2), "c10::bfloat16": ("bfloat16", 2), "int": ("int32", 4),
-                "long": ("int64", 8), "long int": ("int64", 8), "byte": ("uint8", 1), "unsigned char": ("uint8", 1),
-                "char": ("int8", 1), "signed char": ("int8", 1), "bool": ("bool", 1)}
 
 
 @dataclass(slots=True)
@@ -271,23 +269,14 @@ def _shapes_in(dims: Any) -> list[tuple[int, ...]]:
     return []
 
 
-def _comm_dtype(op: _Op, work: Event | None) -> tuple[str, int] | None:
+def _comm_dtype(op: _Op, work: Event | None) -> torch.dtype | None:
     """The message's dtype where the trace says it: NCCL's record_param_comms inside the op, the
     tensor argument's recorded type, or that of gloo's range for it (`work`)."""
-    for child in op.event.children:
-        named = child.args.get("dtype")
-        if child.name == "record_param_comms" and isinstance(named, str):
-            known = _COMM_DTYPES.get(named.lower())
-            if known is not None:
-                return known
-    types = list(op.inputs.types) if op.inputs is not None else []
+    named = [c.args.get("dtype") for c in op.event.children if c.name == "record_param_comms"]
+    named += list(op.inputs.types) if op.inputs is not None else []
     if work is not None and isinstance(work.args.get("Input type"), list):
-        types += work.args["Input type"]
-    for recorded in types:
-        known = _COMM_DTYPES.get(str(recorded).lower())
-        if known is not None:
-            return known
-    return None
+        named += work.args["Input type"]
+    return next((d for d in map(trace_dtype, named) if d is not None), None)
 
 
 def _overlap_ns(work: Event, busy: list[tuple[float, float]], starts: list[float]) -> int:
@@ -319,7 +308,7 @@ def _collectives(trace: Trace, walk: _Walk, phases: _Phases, world: int,
     busy = sorted((o.event.ts_us, o.event.end_us) for o in walk.ops
                   if (o.event.pid, o.event.tid) in threads and id(o) not in ids)
     starts = [b[0] for b in busy]
-    dtypes: dict[tuple[str, tuple[tuple[int, ...], ...]], tuple[str, int]] = {}
+    dtypes: dict[tuple[str, tuple[tuple[int, ...], ...]], torch.dtype] = {}
     for op in sorted(collective, key=lambda o: o.event.ts_us):
         name = op.name.replace("::", ".", 1)
         spec = COLLECTIVE_OPS[name]
@@ -346,9 +335,8 @@ def _collectives(trace: Trace, walk: _Walk, phases: _Phases, world: int,
         else:
             if shapes:
                 assumed[name] = assumed.get(name, 0) + 1
-            dtype = ("float32", 4)
-        metas = tuple(TensorMeta(s, tuple(math.prod(s[i + 1:]) for i in range(len(s))), dtype[0], dtype[1])
-                      for s in shapes)
+            dtype = torch.float32
+        metas = tuple(contiguous_meta(s, dtype) for s in shapes)
         group = world
         for child in op.event.children:  # NCCL's record_param_comms names its group's size
             size = child.args.get("Group size")
