@@ -17,6 +17,7 @@ from torch._ops import OpOverload, OpOverloadPacket
 from torch.utils._python_dispatch import (  # private: no public dispatch-mode API exists
     TorchDispatchMode,
     _get_current_dispatch_mode_stack,
+    is_traceable_wrapper_subclass,
 )
 
 #: The autograd Node executing on this thread (None outside backward).
@@ -666,6 +667,20 @@ def sparse_stored(t: torch.Tensor) -> tuple[int, int] | None:
         return None
     values, indices = parts
     return values.numel(), sum(i.numel() * i.element_size() for i in indices)
+
+
+def wrapper_inner_tensors(t: Any) -> list[Any] | None:
+    """The tensors a traceable wrapper subclass holds its data in (`__tensor_flatten__`'s: torchao's
+    int8 and float8 weights' data and scales, an 8-bit optimizer's state, a DTensor's shard, a
+    jagged tensor's values and offsets); None for any other tensor. The wrapper's own storage backs
+    nothing: it reports the bytes of its nominal dtype (fp32 for an int8 weight)."""
+    if not is_traceable_wrapper_subclass(t):
+        return None
+    try:
+        names = t.__tensor_flatten__()[0]
+        return [x for x in (getattr(t, name, None) for name in names) if isinstance(x, torch.Tensor)]
+    except Exception:  # a subclass whose flatten needs what it does not have here
+        return None
 
 
 def sparse_values_storage(t: Any) -> Any:

@@ -33,6 +33,7 @@ from memwall_plugin.hooks._torch_private import (
     sparse_values_storage,
     step_aside_for_disablers,
     storage_key,
+    wrapper_inner_tensors,
 )
 
 from memwall_plugin.memory import CATEGORIES
@@ -42,6 +43,7 @@ _N = len(CATEGORIES)
 #: the points kept per step's timeline (the peak is always kept)
 TIMELINE_POINTS = 600
 _Tensor = torch.Tensor
+_Parameter = torch.nn.Parameter
 
 
 class _Storage:
@@ -150,6 +152,22 @@ def _local(t: Any) -> Any:
     return t.to_local() if type(t) is not _Tensor and hasattr(t, "to_local") else t
 
 
+def _leaves(t: Any) -> tuple[Any, ...] | list[Any]:
+    """The tensors whose storages hold `t`'s data: `t` itself, or a wrapper subclass's inner
+    tensors, recursively (torchao's int8 weight: its int8 data and its scales; an 8-bit
+    optimizer's state: its codes and scales). The wrapper's own storage backs nothing and reports
+    its nominal dtype's bytes: an int8 weight counted so read as fp32, 4x its size."""
+    if type(t) is _Tensor or type(t) is _Parameter:
+        return (t,)
+    inner = wrapper_inner_tensors(t)
+    if inner is None:
+        return (t,)
+    out: list[Any] = []
+    for x in inner:
+        out.extend(_leaves(x))
+    return out
+
+
 def _storage_of(t: Any) -> Any:
     try:
         return _local(t).untyped_storage()
@@ -190,17 +208,21 @@ class MemoryTracker:
         self.failed: str | None = None
 
     # -- storages ------------------------------------------------------------------------------
-    def _add(self, t: Any, cat: int, module: str = "") -> _Storage | None:
-        st = _storage_of(t)
-        if st is None:
-            return None
-        key = storage_key(st)
-        entry = self.live.get(key)
-        if entry is not None:
-            if cat < entry.cat:
+    def _add(self, t: Any, cat: int, module: str = "") -> list[_Storage]:
+        """`t`'s storages (one; a wrapper subclass's inner tensors' several) as `cat` at least."""
+        entries = []
+        for leaf in _leaves(t):
+            st = _storage_of(leaf)
+            if st is None:
+                continue
+            key = storage_key(st)
+            entry = self.live.get(key)
+            if entry is None:
+                entry = self._new(leaf, st, key, cat, module)
+            elif cat < entry.cat:
                 self._move(entry, cat, module)
-            return entry
-        return self._new(t, st, key, cat, module)
+            entries.append(entry)
+        return entries
 
     def _new(self, t: Any, st: Any, key: int, cat: int, module: str) -> _Storage:
         """A storage not seen before (`st`, keyed `key`, holding `t`'s data)."""
@@ -323,10 +345,10 @@ class MemoryTracker:
                 if p.grad is None:
                     continue
                 module = self._param_modules.get(id(p), "")
-                entry = self._add(p.grad, GRADIENTS, module)
-                if entry is not None and id(entry) not in seen:
-                    seen.add(id(entry))
-                    read[module] = read.get(module, 0) + entry.nbytes
+                for entry in self._add(p.grad, GRADIENTS, module):
+                    if id(entry) not in seen:
+                        seen.add(id(entry))
+                        read[module] = read.get(module, 0) + entry.nbytes
         s = self.step
         if s is not None:
             for module, b in read.items():
@@ -351,9 +373,9 @@ class MemoryTracker:
         try:
             if not self.closed and self.failed is None and isinstance(t, _Tensor):
                 module = self.tracker.stack[-1] if self.tracker.stack else ""
-                entry = self._add(t, ACTIVATIONS, module)
+                entries = self._add(t, ACTIVATIONS, module)
                 step = self.step
-                if step is not None and entry is not None:
+                if step is not None and entries:
                     # autograd saves an op's inputs before the op runs and its outputs after it:
                     # an output (made by the newest autograd node) marks the op just recorded,
                     # an input the op about to run
@@ -362,8 +384,8 @@ class MemoryTracker:
                         step.saving_ops.add(len(step.forward_ops) - 1)
                     else:
                         step.save_pending = True
-                if entry is not None and entry.cat == ACTIVATIONS and self.step is not None:
-                    if entry not in self._counted:
+                for entry in entries:
+                    if entry.cat == ACTIVATIONS and self.step is not None and entry not in self._counted:
                         self._counted.add(entry)
                         acts = self.step.activations
                         acts[entry.module] = acts.get(entry.module, 0) + entry.nbytes
@@ -382,10 +404,11 @@ class MemoryTracker:
         seen: set[int] = set()
         total = 0
         for t in _tensors_in(output, depth=2):
-            st = _storage_of(t)
-            if st is not None and storage_key(st) not in seen:
-                seen.add(storage_key(st))
-                total += st.nbytes()
+            for leaf in _leaves(t):
+                st = _storage_of(leaf)
+                if st is not None and storage_key(st) not in seen:
+                    seen.add(storage_key(st))
+                    total += st.nbytes()
         if total:
             self.step.outputs[path] = self.step.outputs.get(path, 0) + total
 
@@ -405,10 +428,16 @@ class MemoryTracker:
                     st = sparse_values_storage(t)
                     if st is None:
                         continue
-            else:
+            elif type(t) is _Parameter:
                 st = _storage_of(t)
-                if st is None:
-                    continue
+            else:  # a DTensor, a sparse or nested tensor, a wrapper subclass (its inner tensors)
+                for leaf in _leaves(t):
+                    st = _storage_of(leaf)
+                    if st is not None and storage_key(st) not in live:
+                        self._new(leaf, st, storage_key(st), OTHER, "")
+                continue
+            if st is None:
+                continue
             key = storage_key(st)
             if key not in live:
                 self._new(t, st, key, OTHER, "")

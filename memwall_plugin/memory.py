@@ -341,20 +341,34 @@ class MemoryReport:
         if self.peak_by_category.get("optimizer_state") or self.peak_by_category.get("gradients"):
             out.append(("ZeRO-3 / FSDP over 8 ranks", self.what_if(shard="zero3", world_size=8)))
         if self.peak_by_category.get("parameters"):
+            # bf16 for what is stored wider than 2 bytes an element: a model already in bf16 gets
+            # no suggestion that changes nothing, and weights quantized to int8 or 4 bits (torchao,
+            # NF4) are not widened back to bf16 by it
+            names = {"kv_cache": "KV cache"}
             if self.trained():
-                out.append(("bf16 parameters, gradients, activations (fp32 master weights)", self.what_if(
-                    bytes_per_element={"parameters": 2, "gradients": 2, "activations": 2}, master_weights=True)))
+                held = [c for c in ("parameters", "gradients", "activations") if self._wider_than(c, 2)]
+                if held:
+                    # an optimizer keeps fp32 master weights of the parameters it updates in bf16
+                    master = "parameters" in held
+                    label = ", ".join(held) + (" (fp32 master weights)" if master else "")
+                    out.append((f"bf16 {label}", self.what_if(
+                        bytes_per_element=dict.fromkeys(held, 2), master_weights=master)))
             else:
-                # inference keeps no master weights (an optimizer would hold them): bf16 halves what
-                # is stored in fp32; a model already in bf16 gets no suggestion that changes nothing
-                held = [c for c in ("parameters", "activations", "kv_cache") if self.peak_by_category.get(c)]
+                # inference keeps no master weights (an optimizer would hold them)
+                held = [c for c in ("parameters", "activations", "kv_cache") if self._wider_than(c, 2)]
                 half = self.what_if(bytes_per_element=dict.fromkeys(held, 2))
-                if half.peak_bytes < self.peak_bytes:
-                    names = {"kv_cache": "KV cache"}
+                if held and half.peak_bytes < self.peak_bytes:
                     listed = [names.get(c, c) for c in held]
                     label = ", ".join(listed[:-1]) + f" and {listed[-1]}" if len(listed) > 1 else listed[0]
                     out.append((f"bf16 {label} (inference: no master weights)", half))
         return out
+
+    def _wider_than(self, cat: str, size: float) -> bool:
+        """Whether a category held bytes at the peak stored wider than `size` bytes an element on
+        average (a report without element counts: taken as fp32)."""
+        held = self.peak_by_category.get(cat, 0)
+        elements = self.peak_elements.get(cat)
+        return bool(held) and (not elements or held / elements > size)
 
     def trained(self) -> bool:
         """Whether the recorded steps trained: gradients or optimizer state held at some point, or
