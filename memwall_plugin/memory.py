@@ -157,6 +157,8 @@ class MemoryReport:
         batch_scale: float = 1.0,
         master_weights: bool = False,
         capacity_bytes: int | None = None,
+        *,
+        _totals: list[int] | None = None,
     ) -> MemoryWhatIf:
         """The peak and its cost if the run were changed as given (see the module's doc):
 
@@ -246,13 +248,14 @@ class MemoryReport:
         elif shard is not None:
             notes.append("one rank: nothing to shard")
 
-        def project(index: int, values: dict[str, int]) -> dict[str, int]:
+        def project(index: int, values: dict[str, int], unscaled_other: int) -> dict[str, int]:
             out = {cat: values[cat] * scale[cat] for cat in CATEGORIES}
             out["optimizer_state"] += master
             held = sum(b for fwd_end, bwd_start, b in freeable if fwd_end < index < bwd_start)
             out["activations"] = max(0.0, values["activations"] - held) * scale["activations"]
             for cat in BATCH_SCALED:
                 out[cat] *= batch_scale
+            out["other"] -= unscaled_other * scale["other"] * (batch_scale - 1)
             for cat in sharded:
                 out[cat] /= world
             if "parameters" in sharded:
@@ -260,12 +263,36 @@ class MemoryReport:
             return {cat: math.ceil(v) for cat, v in out.items()}
 
         # the projected peak: the largest of the measured moments, each projected (the peak
-        # can move: checkpointing makes the end of backward, with the gradients, the highest)
-        points = [(index, dict(zip(CATEGORIES, values))) for index, _, values, _ in self.timeline]
+        # can move: checkpointing makes the end of backward, with the gradients, the highest;
+        # a larger batch, the backward's activations rather than the optimizer's step).
+        # - The optimizer's state, once made, lives through every later step: a first step's
+        #   moments before its optimizer made it are projected as the steps after it run.
+        # - An optimizer's temporaries (other storages made during its step) are as large as the
+        #   parameters, whatever the batch: at its moments only the other storages alive before
+        #   it began (the batch, the loss) scale with the batch.
+        kept = self.timeline[-1][2][CATEGORIES.index("optimizer_state")] if self.timeline else 0
+        raised: set[int] = set()  # the moments it was added to
+        points: list[tuple[int, dict[str, int], int]] = []
+        before = None  # `other` at the last moment before an optimizer's step
+        for index, phase, values, _ in self.timeline:
+            at = dict(zip(CATEGORIES, values))
+            if at["optimizer_state"] < kept:
+                at["optimizer_state"] = kept
+                raised.add(len(points))
+            if phase != "optimizer":
+                before = at["other"]
+            points.append((index, at, max(0, at["other"] - before) if phase == "optimizer" and before is not None else 0))
         if not points:
-            points = [(-1, measured)]
-        projected = max((project(index, v) for index, v in points), key=lambda v: sum(v.values()))
-        total = sum(projected.values())
+            points = [(-1, measured, 0)]
+        projections = [project(index, v, unscaled) for index, v, unscaled in points]
+        totals = [sum(v.values()) for v in projections]
+        if _totals is not None:  # each measured moment's projected total (max_batch_scale's)
+            _totals[:] = totals
+        total = max(totals)
+        at_peak = totals.index(total)
+        projected = projections[at_peak]
+        if at_peak in raised:
+            notes.append("the optimizer state this step made is held from its start, as it is in every later step")
         capacity = capacity_bytes if capacity_bytes is not None else self.capacity_bytes
         state = {"parameters": sum(m.parameter_bytes for m in self.modules),
                  "gradients": sum(m.gradient_bytes for m in self.modules),
@@ -304,13 +331,24 @@ class MemoryReport:
         capacity = capacity_bytes if capacity_bytes is not None else self.capacity_bytes
         if not capacity:
             return None
-        one = self.what_if(batch_scale=1.0, capacity_bytes=capacity, **what_if)
-        two = self.what_if(batch_scale=2.0, capacity_bytes=capacity, **what_if)
-        per_unit = two.peak_bytes - one.peak_bytes  # the part that scales
-        fixed = one.peak_bytes - per_unit
-        if per_unit <= 0:
-            return math.inf if fixed <= capacity else 0.0
-        scale = max(0.0, (capacity - fixed) / per_unit)
+        # each measured moment grows linearly with the batch (its activations, KV cache and
+        # inputs), from its own base: the first to reach the capacity decides, which need not be
+        # the moment of the measured peak (an optimizer step's peak holds few activations)
+        one: list[int] = []
+        two: list[int] = []
+        self.what_if(batch_scale=1.0, capacity_bytes=capacity, _totals=one, **what_if)
+        self.what_if(batch_scale=2.0, capacity_bytes=capacity, _totals=two, **what_if)
+        scale = math.inf
+        for at_one, at_two in zip(one, two):
+            per_unit = at_two - at_one  # the part that scales
+            fixed = at_one - per_unit
+            if fixed > capacity:
+                return 0.0
+            if per_unit > 0:
+                scale = min(scale, (capacity - fixed) / per_unit)
+        if scale == math.inf:
+            return math.inf
+        scale = max(0.0, scale)
         for _ in range(64):  # whole bytes round up: step below the line until it fits
             if scale == 0.0 or self.what_if(batch_scale=scale, capacity_bytes=capacity, **what_if).fits:
                 break
