@@ -47,13 +47,16 @@ _Parameter = torch.nn.Parameter
 
 
 class _Storage:
-    __slots__ = ("nbytes", "elements", "cat", "module", "ref", "step", "index", "freed")
+    __slots__ = ("nbytes", "elements", "cat", "module", "ref", "step", "index", "freed", "fixed")
 
     def __init__(self, nbytes: int, elements: int, cat: int, module: str, step: int, index: int) -> None:
         self.nbytes, self.elements, self.cat, self.module, self.step = nbytes, elements, cat, module, step
         self.index = index  # the step's op count when it was first seen
         self.ref: Any = None
         self.freed: tuple[int, int] | None = None  # (step, op count) when torch freed it
+        #: an `other` storage whose size does not follow the batch: a parameter's gradient
+        #: contribution not yet summed into its .grad (a tied weight's first one)
+        self.fixed = False
 
 
 class _StorageRef(weakref.ref):  # type: ignore[type-arg]
@@ -79,7 +82,8 @@ class StepMemory:
         self.peak_at: tuple[str, Any, str] = ("", "", "")
         self.peak_index = 0
         self.owned: dict[str, list[int]] = {}  # module -> [parameters, gradients, optimizer state] bytes
-        self.timeline: list[tuple[int, str, tuple[int, ...], str]] = []
+        #: (op count, phase, bytes per category, module, bytes of `other` that are fixed)
+        self.timeline: list[tuple[int, str, tuple[int, ...], str, int]] = []
         self.activations: dict[str, int] = {}  # module -> bytes saved for backward this step
         self.outputs: dict[str, int] = {}  # module -> bytes of its forward's outputs this step
         self.stride = 1
@@ -92,9 +96,9 @@ class StepMemory:
         self.saving_ops: set[int] = set()  # saved their outputs (after they ran)
         self.input_saving_ops: set[int] = set()  # saved their inputs only (before they ran)
         self.save_pending = False
-        #: reclassified storages (entry, old category, new one, op count then): the timeline
-        #: points taken before are corrected at the step's end
-        self.moves: list[tuple[_Storage, int, int, int]] = []
+        #: reclassified storages (entry, old category, new one, op count then, whether it was
+        #: fixed): the timeline points taken before are corrected at the step's end
+        self.moves: list[tuple[_Storage, int, int, int, bool]] = []
         #: module -> bytes of the gradients an optimizer step read (its own parameters')
         self.grads_read: dict[str, int] = {}
 
@@ -201,6 +205,10 @@ class MemoryTracker:
         #: elements of the parameters that require grad (this rank's shard of a DTensor's): what
         #: an optimizer would keep fp32 master weights of (a LoRA's adapters, not the frozen base)
         self.trainable_elements = 0
+        #: module path -> shapes of the trainable parameters it holds (tied ones in each holder):
+        #: a backward op of that module making a tensor of that shape makes a gradient contribution
+        self._grad_shapes: dict[str, set[tuple[int, ...]]] = {}
+        self.fixed = 0  # bytes of the live `other` storages that are fixed (_Storage.fixed)
         self._optimizers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._hooks: Any = None
         self._counted: set[_Storage] = set()  # activations already added to a module this step
@@ -260,6 +268,8 @@ class MemoryTracker:
                 self.bytes[entry.cat] -= entry.nbytes
                 self.elems[entry.cat] -= entry.elements
                 self.total -= entry.nbytes
+                if entry.fixed:
+                    self.fixed -= entry.nbytes
 
     def _move(self, entry: _Storage, cat: int, module: str) -> None:
         s = self.step
@@ -270,7 +280,10 @@ class MemoryTracker:
             self.elems[entry.cat] -= entry.elements
             # alive now and seen before the peak: it was alive at the peak, as what it turns out to be
             if s is not None:
-                s.moves.append((entry, entry.cat, cat, s.index))
+                s.moves.append((entry, entry.cat, cat, s.index, entry.fixed))
+            if entry.fixed:  # a gradient contribution that became a .grad (or else)
+                entry.fixed = False
+                self.fixed -= entry.nbytes
             if s is not None and (entry.step != s.step or entry.index <= s.peak_index):
                 s.peak_by_cat[entry.cat] -= entry.nbytes
                 s.peak_by_cat[cat] += entry.nbytes
@@ -302,6 +315,8 @@ class MemoryTracker:
         for name, module in root.named_modules(remove_duplicate=False):
             path = names.get(module, name) if names else name
             for p in module.parameters(recurse=False):
+                if p.requires_grad:
+                    self._grad_shapes.setdefault(path, set()).add(tuple(_local(p).shape))
                 if id(p) in self._param_modules:
                     continue
                 self._param_modules[id(p)] = path
@@ -444,6 +459,8 @@ class MemoryTracker:
         s = self.step
         if s is None:
             return
+        if phase == "backward" and module in self._grad_shapes:
+            self._contributions(out, module, s)
         if phase == "forward":
             if s.save_pending:
                 s.input_saving_ops.add(len(s.forward_ops))
@@ -456,9 +473,9 @@ class MemoryTracker:
             s.peak_by_cat, s.peak_elems = list(values), list(self.elems)
             s.peak_at = (phase, entry.func, module)
             s.peak_index = s.index
-            s.timeline.append((s.index, phase, tuple(values), module))  # the peak: always a point
+            s.timeline.append((s.index, phase, tuple(values), module, self.fixed))  # the peak: always a point
         elif s.index % s.stride == 0:
-            s.timeline.append((s.index, phase, tuple(values), module))
+            s.timeline.append((s.index, phase, tuple(values), module, self.fixed))
         if len(s.timeline) > 2 * TIMELINE_POINTS:
             peak_point = max(s.timeline, key=lambda p: sum(p[2]))
             s.timeline = s.timeline[::2]
@@ -467,6 +484,25 @@ class MemoryTracker:
                 s.timeline.sort()
             s.stride *= 2
         s.index += 1
+
+    def _contributions(self, out: Any, module: str, s: StepMemory) -> None:
+        """A backward op of `module` made tensors shaped as its trainable parameters: gradient
+        contributions (a weight's gradient before it is accumulated; a tied weight's first one
+        waits for the second), as large as the parameter whatever the batch."""
+        shapes = self._grad_shapes[module]
+        for t in (out,) if isinstance(out, _Tensor) else out if isinstance(out, (tuple, list)) else ():
+            if type(t) is not _Tensor or tuple(t.shape) not in shapes:
+                continue
+            try:
+                entry = self.live.get(storage_key(t.untyped_storage()))
+            except (RuntimeError, NotImplementedError):
+                continue
+            # made by this op (a view of an older storage is not a new contribution)
+            if entry is not None and entry.cat == OTHER and not entry.fixed and entry.step == s.step \
+                    and entry.index == s.index:
+                with self._lock:
+                    entry.fixed = True
+                    self.fixed += entry.nbytes
 
     # -- steps ----------------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:
@@ -486,7 +522,8 @@ class MemoryTracker:
             return
         if s.peak_at[0] == old:
             s.peak_at = (new, *s.peak_at[1:])
-        s.timeline = [(i, new if phase == old else phase, values, module) for i, phase, values, module in s.timeline]
+        s.timeline = [(i, new if phase == old else phase, values, module, fixed)
+                      for i, phase, values, module, fixed in s.timeline]
 
     def end_step(self, kept: bool) -> StepMemory | None:
         """The step ends: a kept one (recorded, with ops) joins the open window."""
@@ -550,8 +587,8 @@ def _correct_timeline(s: StepMemory) -> None:
     if not s.moves or not s.timeline:
         s.moves = []
         return
-    events: list[tuple[int, int, int]] = []  # (op count, category, +/- bytes)
-    for entry, old, new, moved_at in s.moves:
+    events: list[tuple[int, int, int]] = []  # (op count, category, +/- bytes); category _N: fixed
+    for entry, old, new, moved_at, fixed in s.moves:
         # the points from its first sighting to the move (or its end, if sooner) held it as `old`
         start = entry.index if entry.step == s.step else 0
         end = moved_at
@@ -561,15 +598,17 @@ def _correct_timeline(s: StepMemory) -> None:
             continue
         events += [(start, old, -entry.nbytes), (start, new, entry.nbytes),
                    (end, old, entry.nbytes), (end, new, -entry.nbytes)]
+        if fixed:  # no longer `other`, nor fixed `other`
+            events += [(start, _N, -entry.nbytes), (end, _N, entry.nbytes)]
     events.sort()
-    delta = [0] * _N
+    delta = [0] * (_N + 1)
     i = 0
     corrected = []
-    for index, phase, values, module in s.timeline:
+    for index, phase, values, module, fixed_bytes in s.timeline:
         while i < len(events) and events[i][0] <= index:
             delta[events[i][1]] += events[i][2]
             i += 1
-        corrected.append((index, phase, tuple(v + d for v, d in zip(values, delta)), module))
+        corrected.append((index, phase, tuple(v + d for v, d in zip(values, delta)), module, fixed_bytes + delta[_N]))
     s.timeline = corrected
     s.moves = []
 

@@ -99,6 +99,10 @@ class MemoryReport:
     #: the peak step's live bytes over its ops: (op index, phase, bytes per category in
     #: CATEGORIES order, the op's module), thinned to a bounded number of points, the peak kept
     timeline: tuple[tuple[int, str, tuple[int, ...], str], ...] = ()
+    #: per timeline point, the bytes of its `other` that do not grow with the batch: gradient
+    #: contributions of a backward not yet summed into a .grad (a tied weight's first one waits for
+    #: the second), as large as their parameter (reports from before it: empty)
+    timeline_batch_fixed: tuple[int, ...] = ()
     #: CUDA: torch.cuda.max_memory_allocated over the recorded steps (None elsewhere)
     allocator_peak_bytes: int | None = None
     #: communication time per byte on the run's link (for the sharding what-if; None: unknown)
@@ -269,19 +273,24 @@ class MemoryReport:
         #   moments before its optimizer made it are projected as the steps after it run.
         # - An optimizer's temporaries (other storages made during its step) are as large as the
         #   parameters, whatever the batch: at its moments only the other storages alive before
-        #   it began (the batch, the loss) scale with the batch.
+        #   it began (the batch, the loss) scale with the batch. Nor do a backward's gradient
+        #   contributions not yet summed (`timeline_batch_fixed`).
         kept = self.timeline[-1][2][CATEGORIES.index("optimizer_state")] if self.timeline else 0
         raised: set[int] = set()  # the moments it was added to
         points: list[tuple[int, dict[str, int], int]] = []
         before = None  # `other` at the last moment before an optimizer's step
-        for index, phase, values, _ in self.timeline:
+        fixed = self.timeline_batch_fixed if len(self.timeline_batch_fixed) == len(self.timeline) else None
+        for n, (index, phase, values, _) in enumerate(self.timeline):
             at = dict(zip(CATEGORIES, values))
             if at["optimizer_state"] < kept:
                 at["optimizer_state"] = kept
                 raised.add(len(points))
             if phase != "optimizer":
                 before = at["other"]
-            points.append((index, at, max(0, at["other"] - before) if phase == "optimizer" and before is not None else 0))
+            unscaled = max(0, at["other"] - before) if phase == "optimizer" and before is not None else 0
+            if fixed is not None:
+                unscaled = max(unscaled, min(fixed[n], at["other"]))
+            points.append((index, at, unscaled))
         if not points:
             points = [(-1, measured, 0)]
         projections = [project(index, v, unscaled) for index, v, unscaled in points]
@@ -437,6 +446,7 @@ class MemoryReport:
         out["peak_at"] = list(self.peak_at)
         out["timeline"] = [[i, phase, list(values), module] for i, phase, values, module in self.timeline]
         out["notes"] = list(self.notes)
+        out["timeline_batch_fixed"] = list(self.timeline_batch_fixed)
         return out
 
     @classmethod
@@ -447,6 +457,7 @@ class MemoryReport:
         data["timeline"] = tuple((int(i), str(p), tuple(int(v) for v in values), str(m))
                                  for i, p, values, m in data.get("timeline", ()))
         data["notes"] = tuple(data.get("notes", ()))
+        data["timeline_batch_fixed"] = tuple(int(b) for b in data.get("timeline_batch_fixed", ()))
         return cls(**data)
 
 

@@ -233,6 +233,10 @@ def _memory(data: Any) -> MemoryReport:
                        tuple(check_int(f"{where}[2][{j}]", v) for j, v in enumerate(point[2])),
                        check_str(f"{where}[3]", point[3])))
     out["timeline"] = tuple(points)
+    fixed = data.get("timeline_batch_fixed", [])
+    if not isinstance(fixed, list) or (fixed and len(fixed) != len(points)):
+        raise FieldError("memory.timeline_batch_fixed must be a list of byte counts, one per timeline point")
+    out["timeline_batch_fixed"] = tuple(check_int(f"memory.timeline_batch_fixed[{i}]", v) for i, v in enumerate(fixed))
     return MemoryReport(**out)
 
 
