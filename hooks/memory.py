@@ -54,8 +54,9 @@ class _Storage:
         self.index = index  # the step's op count when it was first seen
         self.ref: Any = None
         self.freed: tuple[int, int] | None = None  # (step, op count) when torch freed it
-        #: an `other` storage whose size does not follow the batch: a parameter's gradient
-        #: contribution not yet summed into its .grad (a tied weight's first one)
+        #: sized by a parameter, not the batch: made by an op of a module in the shape of one
+        #: of its parameters (a weight cast to bf16 by autocast and saved for backward, a
+        #: dequantized int8 weight, a weight's gradient not yet summed into its .grad)
         self.fixed = False
 
 
@@ -82,8 +83,8 @@ class StepMemory:
         self.peak_at: tuple[str, Any, str] = ("", "", "")
         self.peak_index = 0
         self.owned: dict[str, list[int]] = {}  # module -> [parameters, gradients, optimizer state] bytes
-        #: (op count, phase, bytes per category, module, bytes of `other` that are fixed)
-        self.timeline: list[tuple[int, str, tuple[int, ...], str, int]] = []
+        #: (op count, phase, bytes per category, module, bytes per category that are fixed)
+        self.timeline: list[tuple[int, str, tuple[int, ...], str, tuple[int, ...]]] = []
         self.activations: dict[str, int] = {}  # module -> bytes saved for backward this step
         self.outputs: dict[str, int] = {}  # module -> bytes of its forward's outputs this step
         self.stride = 1
@@ -205,10 +206,10 @@ class MemoryTracker:
         #: elements of the parameters that require grad (this rank's shard of a DTensor's): what
         #: an optimizer would keep fp32 master weights of (a LoRA's adapters, not the frozen base)
         self.trainable_elements = 0
-        #: module path -> shapes of the trainable parameters it holds (tied ones in each holder):
-        #: a backward op of that module making a tensor of that shape makes a gradient contribution
-        self._grad_shapes: dict[str, set[tuple[int, ...]]] = {}
-        self.fixed = 0  # bytes of the live `other` storages that are fixed (_Storage.fixed)
+        #: module path -> shapes of the parameters it holds (tied ones in each holder): an op of
+        #: that module making a tensor of such a shape makes one sized by the parameter
+        self._param_shapes: dict[str, set[tuple[int, ...]]] = {}
+        self.fixed = [0] * _N  # bytes of the live storages that are fixed (_Storage.fixed)
         self._optimizers: weakref.WeakSet[Any] = weakref.WeakSet()
         self._hooks: Any = None
         self._counted: set[_Storage] = set()  # activations already added to a module this step
@@ -269,7 +270,7 @@ class MemoryTracker:
                 self.elems[entry.cat] -= entry.elements
                 self.total -= entry.nbytes
                 if entry.fixed:
-                    self.fixed -= entry.nbytes
+                    self.fixed[entry.cat] -= entry.nbytes
 
     def _move(self, entry: _Storage, cat: int, module: str) -> None:
         s = self.step
@@ -281,9 +282,9 @@ class MemoryTracker:
             # alive now and seen before the peak: it was alive at the peak, as what it turns out to be
             if s is not None:
                 s.moves.append((entry, entry.cat, cat, s.index, entry.fixed))
-            if entry.fixed:  # a gradient contribution that became a .grad (or else)
-                entry.fixed = False
-                self.fixed -= entry.nbytes
+            if entry.fixed:
+                self.fixed[entry.cat] -= entry.nbytes
+                self.fixed[cat] += entry.nbytes
             if s is not None and (entry.step != s.step or entry.index <= s.peak_index):
                 s.peak_by_cat[entry.cat] -= entry.nbytes
                 s.peak_by_cat[cat] += entry.nbytes
@@ -315,8 +316,7 @@ class MemoryTracker:
         for name, module in root.named_modules(remove_duplicate=False):
             path = names.get(module, name) if names else name
             for p in module.parameters(recurse=False):
-                if p.requires_grad:
-                    self._grad_shapes.setdefault(path, set()).add(tuple(_local(p).shape))
+                self._param_shapes.setdefault(path, set()).add(tuple(_local(p).shape))
                 if id(p) in self._param_modules:
                     continue
                 self._param_modules[id(p)] = path
@@ -459,8 +459,8 @@ class MemoryTracker:
         s = self.step
         if s is None:
             return
-        if phase == "backward" and module in self._grad_shapes:
-            self._contributions(out, module, s)
+        if module in self._param_shapes:
+            self._parameter_sized(out, module, s)
         if phase == "forward":
             if s.save_pending:
                 s.input_saving_ops.add(len(s.forward_ops))
@@ -473,9 +473,9 @@ class MemoryTracker:
             s.peak_by_cat, s.peak_elems = list(values), list(self.elems)
             s.peak_at = (phase, entry.func, module)
             s.peak_index = s.index
-            s.timeline.append((s.index, phase, tuple(values), module, self.fixed))  # the peak: always a point
+            s.timeline.append((s.index, phase, tuple(values), module, tuple(self.fixed)))  # the peak: always a point
         elif s.index % s.stride == 0:
-            s.timeline.append((s.index, phase, tuple(values), module, self.fixed))
+            s.timeline.append((s.index, phase, tuple(values), module, tuple(self.fixed)))
         if len(s.timeline) > 2 * TIMELINE_POINTS:
             peak_point = max(s.timeline, key=lambda p: sum(p[2]))
             s.timeline = s.timeline[::2]
@@ -485,11 +485,12 @@ class MemoryTracker:
             s.stride *= 2
         s.index += 1
 
-    def _contributions(self, out: Any, module: str, s: StepMemory) -> None:
-        """A backward op of `module` made tensors shaped as its trainable parameters: gradient
-        contributions (a weight's gradient before it is accumulated; a tied weight's first one
-        waits for the second), as large as the parameter whatever the batch."""
-        shapes = self._grad_shapes[module]
+    def _parameter_sized(self, out: Any, module: str, s: StepMemory) -> None:
+        """An op of `module` made tensors shaped as one of its parameters: sized by it, whatever
+        the batch (autocast's bf16 copy of a weight, saved for backward; a dequantized weight; a
+        weight's gradient before it is accumulated, as a tied weight's first one waits for the
+        second). The batch what-if leaves them unscaled."""
+        shapes = self._param_shapes[module]
         for t in (out,) if isinstance(out, _Tensor) else out if isinstance(out, (tuple, list)) else ():
             if type(t) is not _Tensor or tuple(t.shape) not in shapes:
                 continue
@@ -497,12 +498,11 @@ class MemoryTracker:
                 entry = self.live.get(storage_key(t.untyped_storage()))
             except (RuntimeError, NotImplementedError):
                 continue
-            # made by this op (a view of an older storage is not a new contribution)
-            if entry is not None and entry.cat == OTHER and not entry.fixed and entry.step == s.step \
-                    and entry.index == s.index:
+            # made by this op (a view of an older storage, a transposed weight, is not new)
+            if entry is not None and not entry.fixed and entry.step == s.step and entry.index == s.index:
                 with self._lock:
                     entry.fixed = True
-                    self.fixed += entry.nbytes
+                    self.fixed[entry.cat] += entry.nbytes
 
     # -- steps ----------------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:
@@ -587,7 +587,7 @@ def _correct_timeline(s: StepMemory) -> None:
     if not s.moves or not s.timeline:
         s.moves = []
         return
-    events: list[tuple[int, int, int]] = []  # (op count, category, +/- bytes); category _N: fixed
+    events: list[tuple[int, int, int]] = []  # (op count, slot, +/- bytes): categories, then fixed ones
     for entry, old, new, moved_at, fixed in s.moves:
         # the points from its first sighting to the move (or its end, if sooner) held it as `old`
         start = entry.index if entry.step == s.step else 0
@@ -598,17 +598,19 @@ def _correct_timeline(s: StepMemory) -> None:
             continue
         events += [(start, old, -entry.nbytes), (start, new, entry.nbytes),
                    (end, old, entry.nbytes), (end, new, -entry.nbytes)]
-        if fixed:  # no longer `other`, nor fixed `other`
-            events += [(start, _N, -entry.nbytes), (end, _N, entry.nbytes)]
+        if fixed:
+            events += [(start, _N + old, -entry.nbytes), (start, _N + new, entry.nbytes),
+                       (end, _N + old, entry.nbytes), (end, _N + new, -entry.nbytes)]
     events.sort()
-    delta = [0] * (_N + 1)
+    delta = [0] * (2 * _N)
     i = 0
     corrected = []
     for index, phase, values, module, fixed_bytes in s.timeline:
         while i < len(events) and events[i][0] <= index:
             delta[events[i][1]] += events[i][2]
             i += 1
-        corrected.append((index, phase, tuple(v + d for v, d in zip(values, delta)), module, fixed_bytes + delta[_N]))
+        corrected.append((index, phase, tuple(v + d for v, d in zip(values, delta)), module,
+                          tuple(f + d for f, d in zip(fixed_bytes, delta[_N:]))))
     s.timeline = corrected
     s.moves = []
 

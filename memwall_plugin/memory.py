@@ -99,10 +99,11 @@ class MemoryReport:
     #: the peak step's live bytes over its ops: (op index, phase, bytes per category in
     #: CATEGORIES order, the op's module), thinned to a bounded number of points, the peak kept
     timeline: tuple[tuple[int, str, tuple[int, ...], str], ...] = ()
-    #: per timeline point, the bytes of its `other` that do not grow with the batch: gradient
-    #: contributions of a backward not yet summed into a .grad (a tied weight's first one waits for
-    #: the second), as large as their parameter (reports from before it: empty)
-    timeline_batch_fixed: tuple[int, ...] = ()
+    #: per timeline point, the bytes per category (CATEGORIES order) that do not grow with the
+    #: batch: tensors a module made in the shape of one of its parameters (autocast's bf16 copy of
+    #: a weight saved for backward, a dequantized weight, a weight's gradient not yet summed into
+    #: its .grad); reports from before it: empty
+    timeline_batch_fixed: tuple[tuple[int, ...], ...] = ()
     #: CUDA: torch.cuda.max_memory_allocated over the recorded steps (None elsewhere)
     allocator_peak_bytes: int | None = None
     #: communication time per byte on the run's link (for the sharding what-if; None: unknown)
@@ -252,14 +253,14 @@ class MemoryReport:
         elif shard is not None:
             notes.append("one rank: nothing to shard")
 
-        def project(index: int, values: dict[str, int], unscaled_other: int) -> dict[str, int]:
+        def project(index: int, values: dict[str, int], unscaled: dict[str, int]) -> dict[str, int]:
             out = {cat: values[cat] * scale[cat] for cat in CATEGORIES}
             out["optimizer_state"] += master
             held = sum(b for fwd_end, bwd_start, b in freeable if fwd_end < index < bwd_start)
             out["activations"] = max(0.0, values["activations"] - held) * scale["activations"]
             for cat in BATCH_SCALED:
-                out[cat] *= batch_scale
-            out["other"] -= unscaled_other * scale["other"] * (batch_scale - 1)
+                fixed = min(unscaled.get(cat, 0) * scale[cat], out[cat])
+                out[cat] = fixed + (out[cat] - fixed) * batch_scale
             for cat in sharded:
                 out[cat] /= world
             if "parameters" in sharded:
@@ -273,11 +274,11 @@ class MemoryReport:
         #   moments before its optimizer made it are projected as the steps after it run.
         # - An optimizer's temporaries (other storages made during its step) are as large as the
         #   parameters, whatever the batch: at its moments only the other storages alive before
-        #   it began (the batch, the loss) scale with the batch. Nor do a backward's gradient
-        #   contributions not yet summed (`timeline_batch_fixed`).
+        #   it began (the batch, the loss) scale with the batch. Nor do tensors sized by a
+        #   parameter (`timeline_batch_fixed`: autocast's weight copies, gradients not yet summed).
         kept = self.timeline[-1][2][CATEGORIES.index("optimizer_state")] if self.timeline else 0
         raised: set[int] = set()  # the moments it was added to
-        points: list[tuple[int, dict[str, int], int]] = []
+        points: list[tuple[int, dict[str, int], dict[str, int]]] = []
         before = None  # `other` at the last moment before an optimizer's step
         fixed = self.timeline_batch_fixed if len(self.timeline_batch_fixed) == len(self.timeline) else None
         for n, (index, phase, values, _) in enumerate(self.timeline):
@@ -287,12 +288,12 @@ class MemoryReport:
                 raised.add(len(points))
             if phase != "optimizer":
                 before = at["other"]
-            unscaled = max(0, at["other"] - before) if phase == "optimizer" and before is not None else 0
-            if fixed is not None:
-                unscaled = max(unscaled, min(fixed[n], at["other"]))
+            unscaled = dict(zip(CATEGORIES, fixed[n])) if fixed is not None else {}
+            if phase == "optimizer" and before is not None:
+                unscaled["other"] = max(unscaled.get("other", 0), at["other"] - before)
             points.append((index, at, unscaled))
         if not points:
-            points = [(-1, measured, 0)]
+            points = [(-1, measured, {})]
         projections = [project(index, v, unscaled) for index, v, unscaled in points]
         totals = [sum(v.values()) for v in projections]
         if _totals is not None:  # each measured moment's projected total (max_batch_scale's)
@@ -446,7 +447,7 @@ class MemoryReport:
         out["peak_at"] = list(self.peak_at)
         out["timeline"] = [[i, phase, list(values), module] for i, phase, values, module in self.timeline]
         out["notes"] = list(self.notes)
-        out["timeline_batch_fixed"] = list(self.timeline_batch_fixed)
+        out["timeline_batch_fixed"] = [list(point) for point in self.timeline_batch_fixed]
         return out
 
     @classmethod
@@ -457,7 +458,8 @@ class MemoryReport:
         data["timeline"] = tuple((int(i), str(p), tuple(int(v) for v in values), str(m))
                                  for i, p, values, m in data.get("timeline", ()))
         data["notes"] = tuple(data.get("notes", ()))
-        data["timeline_batch_fixed"] = tuple(int(b) for b in data.get("timeline_batch_fixed", ()))
+        data["timeline_batch_fixed"] = tuple(tuple(int(b) for b in point)
+                                             for point in data.get("timeline_batch_fixed", ()))
         return cls(**data)
 
 

@@ -234,9 +234,12 @@ def _memory(data: Any) -> MemoryReport:
                        check_str(f"{where}[3]", point[3])))
     out["timeline"] = tuple(points)
     fixed = data.get("timeline_batch_fixed", [])
-    if not isinstance(fixed, list) or (fixed and len(fixed) != len(points)):
-        raise FieldError("memory.timeline_batch_fixed must be a list of byte counts, one per timeline point")
-    out["timeline_batch_fixed"] = tuple(check_int(f"memory.timeline_batch_fixed[{i}]", v) for i, v in enumerate(fixed))
+    if not isinstance(fixed, list) or (fixed and len(fixed) != len(points)) \
+            or any(not isinstance(point, list) or len(point) != len(CATEGORIES) for point in fixed):
+        raise FieldError("memory.timeline_batch_fixed must hold, per timeline point, "
+                         f"[{len(CATEGORIES)} byte counts]")
+    out["timeline_batch_fixed"] = tuple(tuple(check_int(f"memory.timeline_batch_fixed[{i}][{j}]", v)
+                                              for j, v in enumerate(point)) for i, point in enumerate(fixed))
     return MemoryReport(**out)
 
 
