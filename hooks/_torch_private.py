@@ -7,6 +7,7 @@ import functools
 import re
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Collection, Iterator
 from types import FrameType
@@ -477,7 +478,22 @@ def _register_compile_callbacks() -> None:
         pass
 
 
+#: by thread: nanoseconds Dynamo and Inductor compiled (while memwall listened: `compile_time_ns`),
+#: and when the compile in progress began
+_COMPILED_NS: dict[int, int] = {}
+_COMPILE_BEGAN: dict[int, int] = {}
+
+
+def compile_time_ns(thread: int) -> int:
+    """Nanoseconds `thread` has spent compiling (torch.compile's Dynamo and Inductor, a lazily
+    compiled backward) while memwall's compile callbacks were registered (from a profile's first
+    recorded step on), the compile in progress up to now."""
+    began = _COMPILE_BEGAN.get(thread)
+    return _COMPILED_NS.get(thread, 0) + (time.perf_counter_ns() - began if began is not None else 0)
+
+
 def _on_compile_start(args: Any) -> None:
+    _COMPILE_BEGAN.setdefault(threading.get_ident(), time.perf_counter_ns())
     if getattr(getattr(args, "callback_trigger", None), "name", None) != "DYNAMO":
         return  # a lazily compiled backward, a CUDA graph recording: no module hook is read
     ids = _HIDDEN_FROM_DYNAMO.get(threading.get_ident())
@@ -488,6 +504,10 @@ def _on_compile_start(args: Any) -> None:
 
 
 def _on_compile_end(args: Any) -> None:
+    thread = threading.get_ident()
+    began = _COMPILE_BEGAN.pop(thread, None)
+    if began is not None:
+        _COMPILED_NS[thread] = _COMPILED_NS.get(thread, 0) + time.perf_counter_ns() - began
     while _HIDING:
         _HIDING.pop().__exit__(None, None, None)
 
@@ -922,9 +942,10 @@ class _EagerOrigins:
                                                   backward and node.meta.get("partitioner_tag") == "is_forward")
                     owner.meta[_ORIGINS_KEY] = origins
                     owner.meta[_MODULES_KEY] = _node_modules(graph)
+                    owner.meta[_OPTIMIZER_KEY] = _traced_in_optimizer(graph)
 
                 def uuid(self) -> Any:
-                    return "memwall-eager-origins-6"
+                    return "memwall-eager-origins-7"
 
             cls._instance = EagerOriginsPass()
         return cls._instance
@@ -986,6 +1007,25 @@ def _keep_eager_origins(config: Any) -> None:
 
 #: where a compiled region's graph keeps, by node name, the module path the node was traced in
 _MODULES_KEY = "memwall_node_modules"
+#: where a compiled region's graph keeps whether it is an optimizer's step (`_traced_in_optimizer`)
+_OPTIMIZER_KEY = "memwall_optimizer_step"
+#: a frame of an optimizer's code in a node's stack trace: torch.optim's, torchao's, bitsandbytes'
+_OPTIMIZER_FRAME = re.compile(r'[/\\]optim[/\\][^/\\"]+\.py"')
+
+
+def _traced_in_optimizer(graph: Any) -> bool:
+    """Whether most of a graph's computing nodes were traced inside an optimizer's code (a
+    `torch.compile`d `optimizer.step()`: Dynamo traces its step hooks to nothing, so the region's
+    own graph is what says it is the optimizer's step)."""
+    traces = [n.meta.get("stack_trace") for n in graph.nodes if n.op == "call_function"]
+    traces = [t for t in traces if isinstance(t, str)]
+    return bool(traces) and 2 * sum(1 for t in traces if _OPTIMIZER_FRAME.search(t)) > len(traces)
+
+
+def region_is_optimizer_step(gm: Any) -> bool:
+    """Whether a compiled region's graph is an optimizer's step (`_traced_in_optimizer`, noted by
+    memwall's pass when Inductor compiled it in this process)."""
+    return getattr(gm, "meta", {}).get(_OPTIMIZER_KEY) is True
 
 
 def _stack_path(stack: list[Any]) -> str | None:
@@ -1320,12 +1360,14 @@ __all__ = [
     "never_compiled",
     "compiles_its_call_impl",
     "global_module_hooks_hidden",
+    "compile_time_ns",
     "hide_from_dynamo",
     "listen_for_modules_compiled_in_place",
     "modules_compiled_in_place",
     "note_modules_compiled_in_place",
     "kernels_observed",
     "region_eager_origins",
+    "region_is_optimizer_step",
     "region_node_modules",
     "unbox_work",
     "wrap_compiled_regions",

@@ -520,16 +520,33 @@ class _CaptureMode(UncompiledDispatchMode):
         """A region torch.compile compiled (hooks/compiled.py): read what its row needs before it
         runs (it frees its inputs as it goes; memwall keeps none of them), run it, record it."""
         capture = self._capture
+        tracker = capture.tracker
         begin = _perf_counter_ns()
         try:
             inputs = args[1] if len(args) > 1 and isinstance(args[1], list) else []
             key = (opaque(args[0]), tuple([signature(t) for t in inputs]))
             with unrecorded():  # sizing its graph runs ops (on fake tensors): memwall's own work
                 region: tuple[Any, ...] = (key, region_facts(args, kwargs), device_of(tuple(inputs), None))
+            # a compiled optimizer.step(): Dynamo traced its step hooks to nothing, so its region
+            # marks the optimizer's phase, its state and (memwall run) the step's end itself
+            stepping = region[1] is not None and region[1].optimizer and tracker.compiled_step_began(inputs)
         except Exception as err:
             capture.fail(err, func)
             return func(*args, **kwargs)
         del inputs
+        if not stepping:
+            if tracker.step_pending:  # the end of a compiled step before it (memwall run)
+                begin += tracker.work_begins()
+            return self._run_region(func, args, kwargs, region, begin)
+        try:
+            return self._run_region(func, args, kwargs, region, begin)
+        finally:
+            tracker.compiled_step_ended()
+
+    def _run_region(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], region: tuple[Any, ...],
+                    begin: int) -> Any:
+        capture = self._capture
+        key = region[0]
         if self._cuda and region[2] == "cuda":
             return self._region_on_gpu(func, args, kwargs, region, begin)
         observer = KernelObserver()
@@ -1112,9 +1129,10 @@ class Capture:
             # follow what runs, not the Python frame that encloses it
             phase = tracker.user_label or tracker.generation_label or FORWARD
             module = tracker.stack[-1]
-        elif tracker.in_optimizer and not torch.is_grad_enabled():
+        elif tracker.in_optimizer and (not torch.is_grad_enabled() or tracker.compiled_step):
             # the optimizer's own update, which runs without grad; the closure it calls runs with
-            # grad on (a loss, a framework's bookkeeping of it) and falls through to what it is
+            # grad on (a loss, a framework's bookkeeping of it) and falls through to what it is.
+            # A compiled step's region runs whatever the grad mode outside it
             phase, module = OPTIMIZER, ""
             if tracker.setup_open:
                 tracker.end_setup()

@@ -44,6 +44,7 @@ from memwall_plugin.hooks._torch_private import (
     propagate_shapes,
     region_eager_origins,
     region_graph_kept,
+    region_is_optimizer_step,
     region_node_modules,
     wrap_compiled_regions,
     wrap_compiled_regions_from_now_on,
@@ -237,8 +238,9 @@ def region_facts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RegionFacts |
             _KERNELS.clear()
         region = _REGIONS[idx] = _analyse(gm, list(args[1]), idx)
     static, flex, placeholders, text, eager = region
+    optimizer = region_is_optimizer_step(gm)
     if static is None or not flex:
-        return RegionFacts((idx,), static, text, eager)
+        return RegionFacts((idx,), static, text, eager, optimizer)
     # flex_attention's BlockMask is data: read it from the inputs this run was given
     inputs = args[1]
     env = {node: value for node, value in zip(placeholders, inputs, strict=False)}
@@ -249,7 +251,7 @@ def region_facts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RegionFacts |
         fact = flex_scores(hop_name(node.target), tuple(runtime))
         facts.append(fact)
         calls.append(_call_of(node, fact))
-    return RegionFacts((idx, tuple(facts)), static + tuple(calls), text)
+    return RegionFacts((idx, tuple(facts)), static + tuple(calls), text, optimizer=optimizer)
 
 
 #: torch 2.11 keeps no graph of a compiled region: memwall keeps those it sees Inductor build in

@@ -228,8 +228,8 @@ class MemoryTracker:
             entry = self.live.get(key)
             if entry is None:
                 entry = self._new(leaf, st, key, cat, module)
-            elif cat < entry.cat:
-                self._move(entry, cat, module)
+            elif cat < entry.cat or (cat == entry.cat <= OPTIMIZER_STATE and module and not entry.module):
+                self._move(entry, cat, module)  # or its owner found (a compiled step's state)
             entries.append(entry)
         return entries
 
@@ -372,6 +372,20 @@ class MemoryTracker:
     def optimizer_stepped(self, optimizer: Any) -> None:
         self._optimizers.add(optimizer)
         self._scan_optimizer(optimizer)
+
+    def compiled_step_inputs(self, inputs: list[Any]) -> None:
+        """The inputs of a compiled optimizer step's region: what is not a parameter or a gradient
+        is its state (moments, step counters), owned by no module (the optimizer object is not
+        seen: its step hooks did not run; where its post-step hook runs after all, the state goes
+        to its parameters' modules then)."""
+        if self.closed or self.failed is not None:
+            return
+        try:
+            for t in inputs:
+                if isinstance(t, _Tensor):
+                    self._add(t, OPTIMIZER_STATE, "")
+        except Exception as err:
+            self.fail(err)
 
     def _scan_optimizer(self, optimizer: Any) -> None:
         for p, state in list(getattr(optimizer, "state", {}).items()):

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from memwall_plugin.hooks._torch_private import (
     ACCUMULATE_GRAD_SEQUENCE_NR,
+    compile_time_ns,
     compiled_module_original,
     compiles_its_call_impl,
     current_autograd_node,
@@ -50,6 +51,30 @@ _thread_id = threading.get_ident
 # from memwall's import on: a module compiled in place is known before its first call
 note_modules_compiled_in_place()
 
+#: the optimizer step hooks (pre, post) of each open tracker. torch's tables hold memwall's two
+#: from its import on, for good: Dynamo guards a compiled `optimizer.step()` on the number of
+#: global step hooks, so hooks added and removed with each profile made a step compiled before a
+#: profile compile again inside it, and one compiled inside it again after it
+_STEP_HOOKS: list[tuple[Callable[..., None], Callable[..., None]]] = []
+
+
+def _pre_step_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+    if _is_compiling() or not _STEP_HOOKS:  # traced into a compiled step as nothing
+        return
+    for pre, _ in list(_STEP_HOOKS):
+        pre(optimizer, args, kwargs)
+
+
+def _post_step_hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+    if _is_compiling() or not _STEP_HOOKS:
+        return
+    for _, post in list(_STEP_HOOKS):
+        post(optimizer, args, kwargs)
+
+
+optim_module.register_optimizer_step_pre_hook(never_compiled(_pre_step_hook))
+optim_module.register_optimizer_step_post_hook(never_compiled(_post_step_hook))
+
 
 class ModuleTracker:
     """Tracks the innermost module path and the optimizer phase while installed.
@@ -73,6 +98,11 @@ class ModuleTracker:
         self.memory: Any = None  # hooks/memory.py's MemoryTracker, when memory is measured
         self.stack: list[str] = []
         self.in_optimizer = 0
+        #: inside a compiled optimizer.step()'s region (`compiled_step_began`)
+        self.compiled_step = False
+        #: a compiled optimizer step ended and no step hook said so: the step ends when the next
+        #: work begins (`work_begins`), for on_optimizer_step
+        self.step_pending = False
         self.in_scaler = 0  # inside a GradScaler method (unscale_, step, update) on this thread
         self._unpatch_scaler: Callable[[], None] | None = None
         # phase labels: the user's (prof.phase) wins over one detected from a generation call
@@ -98,7 +128,7 @@ class ModuleTracker:
         self._hooks: tuple[Callable[..., None], Callable[..., None]] | None = None  # pre, post
         #: id -> (the module, its compiled call, memwall's wrapper in its place while installed)
         self._stepped_around: dict[int, tuple[weakref.ref[torch.nn.Module], Any, Any]] = {}
-        self._optimizer_handles: list[RemovableHandle] = []
+        self._step_hooks: tuple[Callable[..., None], Callable[..., None]] | None = None  # in _STEP_HOOKS
         # fail-safe: an error inside a hook goes to on_error and turns every hook into a no-op
         # (hooks cannot be removed while torch iterates over them)
         self.disabled = False
@@ -168,20 +198,21 @@ class ModuleTracker:
         """Optimizer hooks, for the whole profile: they fire once per optimizer step, and a step
         boundary marked from one must not remove hooks torch is iterating over."""
         self._thread = _thread_id()
-        if not self._optimizer_handles:
-            self._optimizer_handles = [
-                optim_module.register_optimizer_step_pre_hook(self._guarded(self._pre_step)),
-                optim_module.register_optimizer_step_post_hook(self._guarded(self._post_step)),
-            ]
+        if self._step_hooks is None:
+            self._step_hooks = (self._guarded(self._pre_step), self._guarded(self._post_step))
+            _STEP_HOOKS.append(self._step_hooks)
+            never_compiled(_pre_step_hook)  # Dynamo may be loaded by now
+            never_compiled(_post_step_hook)
         if self._unpatch_scaler is None:
             self._unpatch_scaler = watch_grad_scaler(self)
 
     def close(self) -> None:
         self.remove()
-        for handle in self._optimizer_handles:
-            handle.remove()
-        self._optimizer_handles = []
+        if self._step_hooks is not None:
+            _STEP_HOOKS.remove(self._step_hooks)
+            self._step_hooks = None
         self.in_optimizer = 0
+        self.compiled_step = self.step_pending = False
         unpatch, self._unpatch_scaler = self._unpatch_scaler, None
         if unpatch is not None:
             unpatch()
@@ -326,6 +357,9 @@ class ModuleTracker:
             return
         if self._torch_subgraph(module):
             return
+        if self.step_pending:
+            took = self.work_begins()
+            self._hook_began += took  # the boundary is in neither step's own time (as at _post_step)
         if self.setup_open:
             self.end_setup()
         memory = self.memory
@@ -370,6 +404,7 @@ class ModuleTracker:
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if _thread_id() != self._thread:
             return
+        self.step_pending = False  # a compiled step whose post-step hook runs (a graph break before it)
         self.in_optimizer = max(0, self.in_optimizer - 1)
         if self.memory is not None:
             self.memory.optimizer_stepped(optimizer)
@@ -382,6 +417,45 @@ class ModuleTracker:
                 self.on_optimizer_step(optimizer)
             finally:
                 self._hook_began = _perf_counter_ns()
+
+    def compile_ns(self) -> int:
+        """Nanoseconds torch.compile has spent compiling on the recorded thread (Dynamo's compile
+        callbacks, while a profile records), a compile in progress up to now."""
+        return compile_time_ns(self._thread)
+
+    # -- compiled optimizer steps -------------------------------------------------------------
+    def compiled_step_began(self, inputs: list[Any]) -> bool:
+        """A region of a compiled `optimizer.step()` is about to run (hooks/capture.py). Dynamo
+        traces the step hooks into its graph as nothing, so none fired: the region's ops are the
+        optimizer's, and its inputs that are neither parameters nor gradients are its state.
+        Returns whether this call marked the step (False inside a step a hook already marked)."""
+        if self.in_optimizer or self.disabled or _thread_id() != self._thread:
+            return False
+        self.in_optimizer += 1
+        self.compiled_step = True
+        if self.setup_open:
+            self.end_setup()
+        if self.memory is not None:
+            self.memory.compiled_step_inputs(inputs)
+        return True
+
+    def compiled_step_ended(self) -> None:
+        self.in_optimizer = max(0, self.in_optimizer - 1)
+        self.compiled_step = False
+        if self.on_optimizer_step is not None:
+            self.step_pending = True
+
+    def work_begins(self) -> int:
+        """Work outside the optimizer begins (a module's forward, a compiled region): a compiled
+        optimizer step that ended before it ends the step now, for on_optimizer_step. Returns the
+        nanoseconds the boundary took, which the caller leaves out of memwall's own time (it is
+        in neither step's)."""
+        if not self.step_pending or self.in_optimizer or self.on_optimizer_step is None:
+            return 0
+        self.step_pending = False
+        began = _perf_counter_ns()
+        self.on_optimizer_step(None)
+        return _perf_counter_ns() - began
 
     # -- backward attribution ----------------------------------------------------------------
     def _mark(self, path: str) -> None:

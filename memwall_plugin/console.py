@@ -30,6 +30,7 @@ from memwall_plugin.rankheads import headlines, rank_heads
 from memwall_plugin.ranks import CONDENSE_ABOVE, OUTLIER_SHARE, TOP_NODES, RankSpread, rank_spread
 from memwall_plugin.records import (
     AOTI_MODEL_OP,
+    COMPILE_WALL_KEY,
     CUDA_GRAPHS_KEY,
     CUDA_KERNEL_TIME,
     DECODE,
@@ -235,6 +236,9 @@ _ADVICE = {
     "norm/softmax": "fused kernels (torch.compile, fused attention and norms) cut their traffic",
     "reduction": "fusing the reduction into its producer (torch.compile) avoids a round trip to memory",
     "optimizer": "a fused optimizer (fused=True) reads and writes each parameter once",
+    "compiled optimizer": "the compiled step reads and writes each parameter, gradient and state once "
+                          "already: fewer bytes per state element (an 8-bit optimizer) or sharding the "
+                          "state (ZeRO) is what cuts its traffic",
     "grad scaler": "a fused optimizer (fused=True) takes the GradScaler's scale and inf flag and unscales "
                    "inside its own pass, instead of reading every gradient once more",
     "outside-the-model": "this is data preparation or bookkeeping between model calls; move it into "
@@ -259,7 +263,7 @@ def category(row: Row) -> str:
     """What a finding calls a memory-bound row: by phase first (optimizer, outside the model),
     then by its op's family in the registry (matmuls, convolutions, attention, ...)."""
     if row.phase == "optimizer":
-        return "optimizer"
+        return "compiled optimizer" if row.op == COMPILED_REGION else "optimizer"
     if row.phase == "grad_scaler":
         return "grad scaler"
     if row.phase == "other":
@@ -290,8 +294,9 @@ def host_time_share(report: Report) -> float | None:
     communication: Python, data loading and collation, logging; memwall's own work, where the
     report measured it (`own_time_s`), left out (its dispatch into each op, unmeasured, stays in).
     The wall time before the first work (`setup_wall_s`: a script's start-up) and the set-up ops
-    in it are left out too: they are no step's host time."""
-    wall = report.wall_time_s - setup_wall_s(report)
+    in it are left out too, and torch.compile's compiling (`compile_wall_s`): they are no step's
+    host time."""
+    wall = report.wall_time_s - setup_wall_s(report) - compile_wall_s(report)
     if wall <= 0:
         return None
     ops = report.total_time_s - report.setup_time_s
@@ -306,6 +311,19 @@ def setup_wall_s(report: Report) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         return 0.0
     return min(float(value), report.wall_time_s)
+
+
+def compile_wall_s(report: Report) -> float:
+    """Wall time torch.compile spent compiling in the recorded steps (0 where the report does not
+    say), at most the report's wall time less its start-up."""
+    value = report.extra.get(COMPILE_WALL_KEY)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return 0.0
+    return min(float(value), max(0.0, report.wall_time_s - setup_wall_s(report)))
+
+
+#: compiling takes this share of the wall time or more: a finding says the steps are compile's
+COMPILE_SHARE = 0.2
 
 
 def own_time_s(report: Report) -> float:
@@ -401,6 +419,13 @@ def findings(report: Report) -> list[str]:
     if total <= 0 or not report.rows:
         return out + cuda_graph_notes(report)  # a run whose work all went into CUDA graphs says so
     host = host_time_share(report)
+    compiling = compile_wall_s(report)
+    if report.wall_time_s > 0 and compiling / report.wall_time_s >= COMPILE_SHARE:
+        out.append(
+            f"{compiling / report.wall_time_s:.0%} of the recorded steps' wall time ({_dur(compiling)}) went to "
+            "torch.compile compiling (left out of the shares below): these are a compiled run's first steps, "
+            "not its steady state; record later ones (`memwall.schedule(wait=2, active=3)`, "
+            "`memwall run --schedule wait=2,active=3`).")
     timeline = report.extra.get(TIMELINE_KEY)
     timeline = timeline if isinstance(timeline, dict) else {}
     idle = timeline.get("idle_fraction")
@@ -420,9 +445,11 @@ def findings(report: Report) -> list[str]:
     elif host is not None and host >= HOST_BOUND_SHARE:
         own = own_time_s(report)
         left_out = f"; memwall's own {_dur(own)} left out" if own else ""
+        # compiled code's first calls (loading the kernels it built) are outside the compile callbacks
+        first_calls = ", compiled code's first calls" if compiling > 0 else ""
         out.append(
             f"{host:.0%} of the recorded steps' wall time is outside any op (Python, data loading, logging"
-            f"{left_out}): "
+            f"{first_calls}{left_out}): "
             "the memory wall is not what limits this run; larger batches, a DataLoader with workers, or "
             f"{'more of the step in its CUDA graphs' if _uses_cuda_graphs(report) else 'CUDA graphs'} would."
         )
@@ -844,6 +871,10 @@ class Summary:
             start_up = f"; {_dur(before)} of the wall time" if before > 0 else ""
             lines.append(Text(f"setup    {_dur(head.setup_time_s)} of it before the first forward (weight init, "
                               f"data{start_up}): not counted in the shares or findings"))
+        compiling = compile_wall_s(rep)
+        if compiling > 0:
+            lines.append(Text(f"compile  {_dur(compiling)} of the wall time compiling (torch.compile): not counted "
+                              "in the shares or findings"))
         tail = rep.tail_op_time_s
         if tail is not None:
             lines.append(Text(f"tail     {_dur(tail)} in ops after the last optimizer step: in the time and the "

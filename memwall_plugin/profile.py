@@ -279,6 +279,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         recorder.incomplete = recorder.incomplete or (exc_type is not None and (
             not isinstance(exc, SystemExit) or isinstance(exc, Terminated)))
         try:
+            capture = recorder.capture
+            if capture is not None and capture.tracker.step_pending:
+                capture.tracker.work_begins()  # a compiled optimizer step ended the last step
             recorder.end_step(final=True)
         except Exception as err:  # memwall's own trouble must not fail or replace the user's run
             warnings.warn(f"memwall: could not finish the profile: {type(err).__name__}: {err}",
@@ -398,6 +401,10 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         return sinks.job_ranks(self._files, self.report(), wait_s)
 
     def _optimizer_stepped(self, optimizer: Any) -> None:
+        if optimizer is None:  # a compiled optimizer.step() ended: its region, not a hook, said so
+            if self._entered and (self._primary_optimizer is None or self._primary_optimizer() is None):
+                self.step()
+            return
         # one step per iteration: the first optimizer that steps marks the boundaries
         if self._primary_optimizer is None or self._primary_optimizer() is None:
             self._primary_optimizer = weakref.ref(optimizer)

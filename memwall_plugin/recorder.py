@@ -24,6 +24,7 @@ from memwall_plugin.hooks.capture import FORKED_CHILD, Capture, CaptureEntry, me
 from memwall_plugin.hooks.kernel_clock import EVENTS, KERNELS
 from memwall_plugin.memory_build import memory_report
 from memwall_plugin.records import (
+    COMPILE_WALL_KEY,
     CUDA_GRAPHS_KEY,
     CUDA_KERNEL_TIME,
     OTHER,
@@ -147,6 +148,9 @@ class Recorder:
         self._own = 0.0
         #: (step, seconds) of the wall time before the first work began, in the step it ended in
         self._setup_wall: tuple[int, float] | None = None
+        #: step -> seconds torch.compile spent compiling in it (the steps that compiled only)
+        self._compile_wall: dict[int, float] = {}
+        self._compile_start = 0
         self.incomplete = False
         self._report: Report | None = None
         self.closed = False
@@ -233,6 +237,7 @@ class Recorder:
         else:
             self.capture.stop()
         self._own_start = self._own_ns()
+        self._compile_start = self.capture.tracker.compile_ns()
         self._step_start = time.perf_counter()
 
     def _own_ns(self) -> int:
@@ -251,12 +256,16 @@ class Recorder:
             ended, tracker.setup_ended_ns = tracker.setup_ended_ns, None
             before = min(elapsed, max(0.0, ended / 1e9 - self._step_start))
             self._setup_wall = (self.step_num, before)
+        # torch.compile compiling in the step (its first steps): no step's host time, nor GPU idling
+        compiled = min(elapsed - before, max(0.0, (tracker.compile_ns() - self._compile_start) / 1e9))
+        if compiled > 0:
+            self._compile_wall[self.step_num] = self._compile_wall.get(self.step_num, 0.0) + compiled
         if self.capture.failed is not None:
             self.incomplete = True
         table = self.capture.take()
         busy_ns, self.capture.device_busy_ns = self.capture.device_busy_ns, None
         # the GPU's idle share is of the step's work: a script's start-up before it is not waiting
-        timed = None if busy_ns is None else (self.step_num, elapsed - before, busy_ns / 1e9, own,
+        timed = None if busy_ns is None else (self.step_num, elapsed - before - compiled, busy_ns / 1e9, own,
                                               sum(e.calls for e in table.values()))
         # the first step ended before any work began: what it held as set-up is plain "other"
         # (a profile of bare ops, a step of set-up alone)
@@ -416,6 +425,9 @@ class Recorder:
             extra[OWN_TIME_KEY] = own
         if self._setup_wall is not None and self._setup_wall[0] in steps and self._setup_wall[1] > 0:
             extra[SETUP_WALL_KEY] = self._setup_wall[1]
+        compiled = math.fsum(s for step, s in self._compile_wall.items() if step in steps)
+        if compiled > 0:
+            extra[COMPILE_WALL_KEY] = compiled
         kinds = sorted({e.device for e in table.values()} & TIME_SOURCES.keys())
         if kinds:  # where its times come from, per device type its ops ran on
             extra[TIME_SOURCE_KEY] = {kind: self._time_source(kind) for kind in kinds}

@@ -56,6 +56,10 @@ CUDA_GRAPHS_KEY = "cuda_graphs"
 #: (a script's start-up under `memwall run`: imports, building the model and the trainer, starting
 #: DataLoader workers): in the wall time, out of the host-time share
 SETUP_WALL_KEY = "setup_wall_time_s"
+#: `Report.extra` key: seconds of wall time in the recorded steps that torch.compile spent
+#: compiling (Dynamo, Inductor, a lazily compiled backward: the first steps of a compiled run):
+#: in the wall time, out of the host-time share and the GPU's idle share
+COMPILE_WALL_KEY = "compile_wall_time_s"
 #: `Report.extra` key: {thread name: calls} of modules and optimizer steps that ran on threads
 #: other than the one that opened the profile (dispatch modes are per thread: their ops are not in
 #: the report)
@@ -152,14 +156,16 @@ class RegionFacts:
     formulas see them (shapes from the compiled graph; value-dependent facts, a flex_attention
     BlockMask, read from the run's inputs); `ops` None when they could not be sized. `eager`:
     the ops an eager run would dispatch instead (EagerOp), None where the region's graph does
-    not say which ops Inductor decomposed (then its own ops stand for them). Two calls compare
-    equal by `key` (the region and those facts), not by the op lists, which can be long."""
+    not say which ops Inductor decomposed (then its own ops stand for them). `optimizer`: the
+    region is a compiled `optimizer.step()` (its graph was traced in an optimizer's code). Two
+    calls compare equal by `key` (the region and those facts), not by the op lists, which can be
+    long."""
 
-    __slots__ = ("eager", "key", "ops", "text")
+    __slots__ = ("eager", "key", "ops", "optimizer", "text")
 
     def __init__(self, key: tuple[Any, ...], ops: tuple[OpCall, ...] | None, text: str,
-                 eager: tuple[EagerOp, ...] | None = None) -> None:
-        self.key, self.ops, self.text, self.eager = key, ops, text, eager
+                 eager: tuple[EagerOp, ...] | None = None, optimizer: bool = False) -> None:
+        self.key, self.ops, self.text, self.eager, self.optimizer = key, ops, text, eager, optimizer
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RegionFacts) and self.key == other.key
