@@ -945,7 +945,7 @@ class _EagerOrigins:
                     owner.meta[_OPTIMIZER_KEY] = _traced_in_optimizer(graph)
 
                 def uuid(self) -> Any:
-                    return "memwall-eager-origins-7"
+                    return "memwall-eager-origins-8"
 
             cls._instance = EagerOriginsPass()
         return cls._instance
@@ -1009,14 +1009,16 @@ def _keep_eager_origins(config: Any) -> None:
 _MODULES_KEY = "memwall_node_modules"
 #: where a compiled region's graph keeps whether it is an optimizer's step (`_traced_in_optimizer`)
 _OPTIMIZER_KEY = "memwall_optimizer_step"
-#: a frame of an optimizer's code in a node's stack trace: torch.optim's, torchao's, bitsandbytes'
-_OPTIMIZER_FRAME = re.compile(r'[/\\]optim[/\\][^/\\"]+\.py"')
+#: a frame of torch.optim's Optimizer in a node's stack trace: every optimizer's step() runs
+#: through its wrapper there (torch's optimizers, torchao's, a user's own subclass)
+_OPTIMIZER_FRAME = re.compile(r'[/\\]torch[/\\]optim[/\\]optimizer\.py"')
 
 
 def _traced_in_optimizer(graph: Any) -> bool:
-    """Whether most of a graph's computing nodes were traced inside an optimizer's code (a
+    """Whether most of a graph's computing nodes were traced inside an optimizer's step() (a
     `torch.compile`d `optimizer.step()`: Dynamo traces its step hooks to nothing, so the region's
-    own graph is what says it is the optimizer's step)."""
+    own graph is what says it is the optimizer's step). A user's code in a folder named `optim`
+    is not taken for one."""
     traces = [n.meta.get("stack_trace") for n in graph.nodes if n.op == "call_function"]
     traces = [t for t in traces if isinstance(t, str)]
     return bool(traces) and 2 * sum(1 for t in traces if _OPTIMIZER_FRAME.search(t)) > len(traces)
