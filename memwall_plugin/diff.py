@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from memwall_plugin.records import ordered_phases
+from memwall_plugin.records import COMPILE_WALL_KEY, ordered_phases
 from memwall_plugin.rows import Group, Row, group_by, group_rows
 
 if TYPE_CHECKING:  # a report is read here, never built
@@ -237,7 +237,8 @@ def _longest_first(entries: Iterable[Compared]) -> tuple[Compared, ...]:
 
 
 def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3g} ms"
+    """3 significant digits, in seconds from one second on: 41.2 ms, 13.8 s (not 1.38e+04 ms)."""
+    return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
 
 
 def _notes(a: Report, b: Report, same_roofs: bool) -> list[str]:
@@ -266,6 +267,10 @@ def _notes(a: Report, b: Report, same_roofs: bool) -> list[str]:
     for side, rep in (("A", a), ("B", b)):
         if rep.incomplete:
             notes.append(f"{side} is incomplete: its profiled block ended by an exception")
+        compiling = rep.extra.get(COMPILE_WALL_KEY)
+        if isinstance(compiling, (int, float)) and not isinstance(compiling, bool) and compiling > 0:
+            notes.append(f"{side}'s wall time holds {_ms(compiling)} of torch.compile compiling (its first "
+                         "steps): the op times compare; for the wall time, compare steps recorded after it")
     if a.collectives or b.collectives:
         notes.append("collectives (torch.distributed) are not compared here: `memwall report` shows each run's")
     return notes

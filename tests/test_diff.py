@@ -140,6 +140,10 @@ def test_a_run_without_ops_is_refused_and_other_differences_are_noted():
     # per step: 10 ms over one step, 12 ms over four
     assert any("A recorded 1 step(s), B 4" in n and "A took 10 ms" in n and "B 3 ms" in n for n in notes)
     assert any(n.startswith("B is incomplete") for n in notes)
+    # a compiled run's first steps: their wall time is mostly compiling, said in seconds
+    compiled = dataclasses.replace(after(), extra={"compile_wall_time_s": 13.8})
+    notes = diff_reports(before(), compiled).notes
+    assert any(n.startswith("B's wall time holds 13.8 s of torch.compile compiling") for n in notes), notes
 
 
 def test_json_record_has_every_part_and_no_nan():
