@@ -327,7 +327,10 @@ class MemoryTracker:
                     self.unarmed.append(p)
                     self.trainable_elements += _local(p).numel()
             for b in module.buffers(recurse=False):
-                self._add(b, OTHER, path)
+                # sized by the model, not the batch, also when saved for backward (GPT-2's causal
+                # mask buffer, sliced per call, in transformers 4)
+                for entry in self._add(b, OTHER, path):
+                    self._fix(entry)
 
     def arm(self) -> None:
         """Hook the parameters' gradients (each noted as a gradient when accumulated). Done when
@@ -513,10 +516,15 @@ class MemoryTracker:
             except (RuntimeError, NotImplementedError):
                 continue
             # made by this op (a view of an older storage, a transposed weight, is not new)
-            if entry is not None and not entry.fixed and entry.step == s.step and entry.index == s.index:
-                with self._lock:
-                    entry.fixed = True
-                    self.fixed[entry.cat] += entry.nbytes
+            if entry is not None and entry.step == s.step and entry.index == s.index:
+                self._fix(entry)
+
+    def _fix(self, entry: _Storage) -> None:
+        """`entry` is sized by the model (a parameter's shape, a buffer), not by the batch."""
+        with self._lock:
+            if not entry.fixed:
+                entry.fixed = True
+                self.fixed[entry.cat] += entry.nbytes
 
     # -- steps ----------------------------------------------------------------------------------
     def begin_step(self, step: int) -> None:

@@ -300,7 +300,8 @@ def _train_hf(name: str, batch: int) -> MemoryReport:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     if name in ("gpt2", "gpt2 autocast"):  # its output layer is tied to its input embedding
-        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=2, n_embd=256, n_head=4, vocab_size=2000))
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_layer=2, n_embd=256, n_head=4, vocab_size=2000, bos_token_id=0, eos_token_id=0))
         opt = torch.optim.AdamW(model.parameters())
         inputs = {"input_ids": torch.randint(0, 2000, (batch, 64))}
         inputs["labels"] = inputs["input_ids"]
@@ -320,19 +321,20 @@ def _train_hf(name: str, batch: int) -> MemoryReport:
     return prof.report().memory
 
 
-@pytest.mark.parametrize(("name", "times", "rel"), [("gpt2", 16, 1e-3), ("gpt2 autocast", 16, 0.01),
-                                                    ("resnet", 32, 0.02)])
-def test_a_larger_batch_of_a_model_with_parameter_sized_temporaries(name, times, rel):
+@pytest.mark.parametrize(("name", "times"), [("gpt2", 16), ("gpt2 autocast", 16), ("resnet", 32)])
+def test_a_larger_batch_of_a_model_with_parameter_sized_temporaries(name, times):
     """Ground truth: the larger batch, measured. Tensors a module makes in the shape of one of its
     parameters are as large as the parameter whatever the batch: a backward's weight gradients
     before they are summed into .grad (GPT-2's tied embedding gets two, the first waiting for the
     second; a kept .grad gets each new one added), autocast's bf16 copies of the weights, saved
-    for backward. Before, they scaled with the batch: GPT-2 x16 read 224.3 MB against 222.2 MB
-    held (from batch 1: 142.7 MB against 125.2 MB), under autocast 235.5 MB against 172.9 MB, the
-    ResNet x32 48.9 MB against 44.3 MB."""
+    for backward; and the model's buffers, also when saved for backward (transformers 4's GPT-2
+    saves a slice of its causal-mask buffer; BatchNorm's running statistics). Before, they scaled
+    with the batch: GPT-2 x16 read 224.3 MB against 222.2 MB held (from batch 1: 142.7 MB against
+    125.2 MB; with transformers 4.40, 267.9 MB against 236.4 MB), under autocast 235.5 MB against
+    172.9 MB, the ResNet x32 48.9 MB against 44.3 MB. Each is within 0.01% now."""
     small, large = _train_hf(name, 2), _train_hf(name, 2 * times)
     assert any(any(point) for point in small.timeline_batch_fixed)
-    assert small.what_if(batch_scale=times).peak_bytes == pytest.approx(large.peak_bytes, rel=rel)
+    assert small.what_if(batch_scale=times).peak_bytes == pytest.approx(large.peak_bytes, rel=1e-3)
 
 
 def _bf16_suggestions(mem: MemoryReport) -> list:
