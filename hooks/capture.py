@@ -537,6 +537,8 @@ class _CaptureMode(UncompiledDispatchMode):
         if not stepping:
             if tracker.step_pending:  # the end of a compiled step before it (memwall run)
                 begin += tracker.work_begins()
+                if not capture.recording:  # the step it began records nothing (a schedule's idle step)
+                    return func(*args, **kwargs)
             return self._run_region(func, args, kwargs, region, begin)
         try:
             return self._run_region(func, args, kwargs, region, begin)

@@ -360,6 +360,8 @@ class ModuleTracker:
         if self.step_pending:
             took = self.work_begins()
             self._hook_began += took  # the boundary is in neither step's own time (as at _post_step)
+            if not self._handles:  # the step it began records nothing (a schedule's idle step)
+                return
         if self.setup_open:
             self.end_setup()
         memory = self.memory

@@ -393,15 +393,21 @@ def other_threads_note(other_threads: Any) -> str | None:
             "streamer's thread, a server's worker) to record them.")
 
 
-def nothing_recorded_note(steps: int, scheduled: bool, other_threads: Any) -> str:
+def nothing_recorded_note(steps: int, scheduled: bool, other_threads: Any, step_on_optimizer: bool = False) -> str:
     """The summary of a profile that recorded no op, and why where memwall can tell."""
     elsewhere = other_threads_note(other_threads)
     if elsewhere:
         return f"memwall recorded nothing: {elsewhere}"
     if scheduled and steps:
         which = "did not record it" if steps == 1 else "recorded none of them"
-        return (f"memwall recorded nothing: {steps} step{'s' if steps != 1 else ''} ran and the schedule {which} "
-                "(its wait and warm-up steps come first).")
+        text = (f"memwall recorded nothing: {steps} step{'s' if steps != 1 else ''} ran and the schedule {which} "
+                "(its wait and warm-up steps come first)")
+        if step_on_optimizer and steps == 1:
+            # a compiled optimizer.step() runs no step hook: only a recorded step sees it end
+            text += ("; if the optimizer's step is compiled (torch.compile), no step hook runs in it and memwall "
+                     "sees its steps end only while it records: run without --schedule, or open memwall.profile "
+                     "with a schedule and call prof.step() yourself")
+        return text + "."
     return ("memwall recorded nothing: no PyTorch op ran on this thread inside the profile. Work in other "
             "processes is not recorded here: for torch.multiprocessing.spawn's workers, launch the script with "
             "`torchrun -m memwall_plugin.cli run`, or open memwall.profile in the worker's function.")
@@ -421,11 +427,15 @@ def findings(report: Report) -> list[str]:
     host = host_time_share(report)
     compiling = compile_wall_s(report)
     if report.wall_time_s > 0 and compiling / report.wall_time_s >= COMPILE_SHARE:
+        # memwall run ends steps at optimizer steps: a compiled one is seen ending only while recorded
+        compiled_step = any(r.phase == "optimizer" and r.op == COMPILED_REGION for r in report.rows)
+        how = ("`memwall.schedule(wait=2, active=3)` with your own prof.step() calls: a compiled optimizer step "
+               "runs no step hook, so `memwall run --schedule` cannot see idle steps end" if compiled_step else
+               "`memwall.schedule(wait=2, active=3)`, `memwall run --schedule wait=2,active=3`")
         out.append(
             f"{compiling / report.wall_time_s:.0%} of the recorded steps' wall time ({_dur(compiling)}) went to "
             "torch.compile compiling (left out of the shares below): these are a compiled run's first steps, "
-            "not its steady state; record later ones (`memwall.schedule(wait=2, active=3)`, "
-            "`memwall run --schedule wait=2,active=3`).")
+            f"not its steady state; record later ones ({how}).")
     timeline = report.extra.get(TIMELINE_KEY)
     timeline = timeline if isinstance(timeline, dict) else {}
     idle = timeline.get("idle_fraction")

@@ -433,7 +433,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
 
         recorder = self._recorder
         steps = recorder.step_num - recorder.first_step + 1  # the last, ended or not, included
-        return nothing_recorded_note(steps, self.scheduled, recorder.other_threads())
+        return nothing_recorded_note(steps, self.scheduled, recorder.other_threads(), self.step_on_optimizer)
 
 
 def _to_stderr(message: str) -> None:

@@ -81,3 +81,46 @@ def test_a_compiled_optimizer_step_is_the_optimizer_phase_and_ends_each_step(fre
         assert 0 < compiled < rep.wall_time_s
         if compiled / rep.wall_time_s >= 0.2:
             assert any("torch.compile compiling" in f for f in findings(rep))
+
+
+@pytest.mark.parametrize("marked", ["by memwall", "by prof.step()"])
+def test_compiled_optimizer_steps_under_a_schedule_record_only_the_active_steps(fresh_dynamo, marked):
+    """memwall run's step ends where a compiled optimizer step ended, when the next forward
+    begins: where the schedule makes that next step idle, the forward runs with nothing of memwall
+    in it (its module path left on no stack). Steps marked with prof.step() record the same."""
+    model, opt = _model()
+    step = torch.compile(opt.step)
+    x = torch.randn(8, 256)
+    schedule = memwall.schedule(wait=0, warmup=0, active=2, repeat=1)
+    by_memwall = marked == "by memwall"
+    with memwall.profile(model=model, summary=False, step_on_optimizer=by_memwall, schedule=schedule) as prof:
+        for _ in range(5):
+            model(x).square().mean().backward()
+            step()
+            opt.zero_grad()
+            if not by_memwall:
+                prof.step()
+    rep = prof.report()
+    assert len(rep.steps) == 2
+    forward = {r.module for r in rep.rows if r.phase == "forward" and r.op in ("aten.addmm", "aten.relu")}
+    assert forward == {"0", "1", "2"}  # each layer's own ops in its own module: no path left over
+    assert {r.phase for r in rep.rows if r.op == REGION} == {"optimizer"}
+    addmm = sum(r.calls for r in rep.rows if r.phase == "forward" and r.op == "aten.addmm")
+    assert addmm == 2 * 2  # two layers' addmm in each of the two active steps
+
+
+def test_a_schedule_that_waits_on_a_compiled_optimizer_step_says_why_nothing_was_recorded(fresh_dynamo):
+    """memwall run ends steps at optimizer steps; a compiled one runs no step hook, so a wait step
+    (nothing recorded, no region seen) never ends: the summary says so and what to do."""
+    model, opt = _model()
+    step = torch.compile(opt.step)
+    x = torch.randn(8, 256)
+    with memwall.profile(model=model, summary=False, step_on_optimizer=True,
+                         schedule=memwall.schedule(wait=1, warmup=0, active=2, repeat=1)) as prof:
+        for _ in range(4):
+            model(x).square().mean().backward()
+            step()
+            opt.zero_grad()
+    assert prof.report().steps == ()
+    note = prof.nothing_recorded()
+    assert "compiled (torch.compile)" in note and "prof.step()" in note
