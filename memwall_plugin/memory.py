@@ -100,9 +100,9 @@ class MemoryReport:
     #: CATEGORIES order, the op's module), thinned to a bounded number of points, the peak kept
     timeline: tuple[tuple[int, str, tuple[int, ...], str], ...] = ()
     #: per timeline point, the bytes per category (CATEGORIES order) that do not grow with the
-    #: batch: tensors a module made in the shape of one of its parameters (autocast's bf16 copy of
-    #: a weight saved for backward, a dequantized weight, a weight's gradient not yet summed into
-    #: its .grad); reports from before it: empty
+    #: batch: the model's buffers, and tensors a module made in the shape of one of its parameters
+    #: (autocast's bf16 copy of a weight saved for backward, a dequantized weight, a weight's
+    #: gradient not yet summed into its .grad); reports from before it: empty
     timeline_batch_fixed: tuple[tuple[int, ...], ...] = ()
     #: CUDA: torch.cuda.max_memory_allocated over the recorded steps (None elsewhere)
     allocator_peak_bytes: int | None = None
@@ -394,7 +394,9 @@ class MemoryReport:
             # NF4) are not widened back to bf16 by it
             names = {"kv_cache": "KV cache"}
             if self.trained():
-                held = [c for c in ("parameters", "gradients", "activations") if self._wider_than(c, 2)]
+                # gradients are kept in their parameters' dtype (also where none is alive at the peak)
+                held = ["parameters", "gradients"] if self._wider_than("parameters", 2) else []
+                held += ["activations"] if self._wider_than("activations", 2) else []
                 if held:
                     # an optimizer keeps fp32 master weights of the parameters it updates in bf16
                     master = "parameters" in held
