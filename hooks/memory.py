@@ -174,8 +174,10 @@ def _leaves(t: Any) -> tuple[Any, ...] | list[Any]:
 
 
 def _storage_of(t: Any) -> Any:
+    """The storage holding a plain tensor's data (`_leaves` takes a DTensor or another wrapper
+    subclass apart first)."""
     try:
-        return _local(t).untyped_storage()
+        return t.untyped_storage()
     except (RuntimeError, NotImplementedError, AttributeError):  # sparse, nested without storage, subclasses
         return sparse_values_storage(t)  # a sparse tensor: its values' (its indices are left out)
 
@@ -447,28 +449,25 @@ class MemoryTracker:
     # -- each op --------------------------------------------------------------------------------
     def after_op(self, args: tuple[Any, ...], out: Any, phase: str, entry: Any, module: str) -> None:
         live = self.live
+        known = len(live)
         tensors = [a for a in args if isinstance(a, _Tensor)]
         if isinstance(out, _Tensor):
             tensors.append(out)
         elif isinstance(out, (tuple, list)):
             tensors += [o for o in out if isinstance(o, _Tensor)]
         for t in tensors:
-            if type(t) is _Tensor:  # the common case, without _storage_of's checks
+            if type(t) is _Tensor or type(t) is _Parameter:  # the common case, without _leaves
                 try:
                     st = t.untyped_storage()
                 except (RuntimeError, NotImplementedError):  # sparse (its values'), nested without storage
                     st = sparse_values_storage(t)
                     if st is None:
                         continue
-            elif type(t) is _Parameter:
-                st = _storage_of(t)
-            else:  # a DTensor, a sparse or nested tensor, a wrapper subclass (its inner tensors)
+            else:  # a DTensor, a wrapper subclass (its inner tensors)
                 for leaf in _leaves(t):
                     st = _storage_of(leaf)
                     if st is not None and storage_key(st) not in live:
                         self._new(leaf, st, storage_key(st), OTHER, "")
-                continue
-            if st is None:
                 continue
             key = storage_key(st)
             if key not in live:
@@ -476,7 +475,7 @@ class MemoryTracker:
         s = self.step
         if s is None:
             return
-        if module in self._param_shapes:
+        if len(live) != known and module in self._param_shapes:  # a new storage: sized by a parameter?
             self._parameter_sized(out, module, s)
         if phase == "forward":
             if s.save_pending:

@@ -41,6 +41,7 @@ from memwall_plugin.records import (
     TIME_SOURCE_KEY,
     TIMELINE_KEY,
     ordered_phases,
+    seconds_in,
 )
 from memwall_plugin.registry import Family
 from memwall_plugin.roofline import COMMUNICATION, COMPUTE, MEMORY, launch_floor_s
@@ -307,19 +308,13 @@ def host_time_share(report: Report) -> float | None:
 def setup_wall_s(report: Report) -> float:
     """Wall time in the recorded steps before the first work began (0 where the report does not
     say), at most the report's wall time."""
-    value = report.extra.get(SETUP_WALL_KEY)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        return 0.0
-    return min(float(value), report.wall_time_s)
+    return min(seconds_in(report.extra, SETUP_WALL_KEY), report.wall_time_s)
 
 
 def compile_wall_s(report: Report) -> float:
     """Wall time torch.compile spent compiling in the recorded steps (0 where the report does not
     say), at most the report's wall time less its start-up."""
-    value = report.extra.get(COMPILE_WALL_KEY)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        return 0.0
-    return min(float(value), max(0.0, report.wall_time_s - setup_wall_s(report)))
+    return min(seconds_in(report.extra, COMPILE_WALL_KEY), max(0.0, report.wall_time_s - setup_wall_s(report)))
 
 
 #: compiling takes this share of the wall time or more: a finding says the steps are compile's
@@ -329,8 +324,7 @@ COMPILE_SHARE = 0.2
 def own_time_s(report: Report) -> float:
     """memwall's own work inside the recorded steps' wall time, as it measured it (0 where the
     report does not say: a trace's, a file written before memwall measured it)."""
-    own = report.extra.get(OWN_TIME_KEY)
-    return float(own) if isinstance(own, (int, float)) and math.isfinite(own) and own > 0 else 0.0
+    return seconds_in(report.extra, OWN_TIME_KEY)
 
 
 def cache_time(report: Report) -> dict[str, float]:

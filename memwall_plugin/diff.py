@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from memwall_plugin.records import COMPILE_WALL_KEY, ordered_phases
+from memwall_plugin.records import COMPILE_WALL_KEY, ordered_phases, seconds_in
 from memwall_plugin.rows import Group, Row, group_by, group_rows
 
 if TYPE_CHECKING:  # a report is read here, never built
@@ -267,8 +267,8 @@ def _notes(a: Report, b: Report, same_roofs: bool) -> list[str]:
     for side, rep in (("A", a), ("B", b)):
         if rep.incomplete:
             notes.append(f"{side} is incomplete: its profiled block ended by an exception")
-        compiling = rep.extra.get(COMPILE_WALL_KEY)
-        if isinstance(compiling, (int, float)) and not isinstance(compiling, bool) and compiling > 0:
+        compiling = seconds_in(rep.extra, COMPILE_WALL_KEY)
+        if compiling > 0:
             notes.append(f"{side}'s wall time holds {_ms(compiling)} of torch.compile compiling (its first "
                          "steps): the op times compare; for the wall time, compare steps recorded after it")
     if a.collectives or b.collectives:

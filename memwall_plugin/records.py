@@ -87,6 +87,15 @@ COLD = 64
 REUSE_HORIZON = 2**32
 
 
+def seconds_in(extra: dict[str, Any], key: str) -> float:
+    """A report's `extra[key]` as seconds (setup, compile, memwall's own time): 0 where it is
+    missing, not a finite positive number (a bool, a string, NaN from a hand-edited file)."""
+    value = extra.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        return 0.0
+    return float(value)
+
+
 def reuse_bucket(footprint: int) -> int:
     """The bucket of a reuse footprint in bytes: the least k with footprint <= 2**k."""
     return (footprint - 1).bit_length() if footprint > 1 else 0
