@@ -1614,3 +1614,83 @@ def step_aside_for_disablers(pack: Callable[[Any], Any], on: bool) -> None:
             _register_compile_callbacks()  # a compile steps it aside too (`_saved_tensors_hook_aside`)
         elif _graph.disable_saved_tensors_hooks is _disable_stepping_aside:
             _graph.disable_saved_tensors_hooks = _original_disable  # type: ignore[assignment]
+
+
+# -- selective activation checkpointing (`checkpoint(..., context_fn=create_selective_checkpoint_
+# -- contexts(policy))`): the op outputs its policy saves are kept in its own cache, one
+# -- `_VersionWrapper` each, not through autograd's saved-tensors hooks. Two consequences:
+# -- - memwall's pack hook never sees them: an observer of the wrapper's construction does;
+# -- - it looks for a user's saved-tensors hooks around it (torch >= 2.15 warns when it finds one,
+# --   and a later torch routes its cache through them), and would take memwall's for one:
+# --   memwall's hook is marked as checkpoint's own hooks are, so it is passed over.
+
+def _user_saved_tensors_hooks() -> tuple[Any, Any] | None:
+    """The (pack, unpack) pair a tensor saved now would go through, passing over checkpoint's
+    own hooks (and memwall's) as torch.utils.checkpoint does."""
+    hooks: Any = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    while hooks is not None and getattr(hooks[0], "_checkpoint_internal", False):
+        hooks = getattr(hooks[0], "_user_hooks", None)
+    return hooks
+
+
+def pack_hook_passed_over(pack: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`pack`, as a hook object that selective checkpointing passes over when it looks for a
+    user's saved-tensors hooks: the hooks below it (on the stack now) stand for the user's. To be
+    pushed at once; `forget_hooks_below` after it is popped (the autograd graph keeps the hook
+    object, which must not keep the user's hooks alive)."""
+    hook = functools.partial(pack)  # a partial takes attributes; a bound method does not
+    hook._checkpoint_internal = True  # type: ignore[attr-defined]
+    hook._user_hooks = _user_saved_tensors_hooks()  # type: ignore[attr-defined]
+    return hook
+
+
+def forget_hooks_below(hook: Callable[[Any], Any]) -> None:
+    if getattr(hook, "_checkpoint_internal", False):
+        hook._user_hooks = None  # type: ignore[attr-defined]
+
+
+#: thread id -> its observer of the tensors selective checkpointing caches, `observer(tensor)`
+_SAC_OBSERVERS: dict[int, Callable[[torch.Tensor], None]] = {}
+_SAC_ORIGINAL: list[tuple[type, Any]] = []  # the wrapper class and its own __init__, while observed
+
+
+def _sac_wrapper_class() -> type | None:
+    found = getattr(sys.modules.get("torch.utils.checkpoint"), "_VersionWrapper", None)
+    return found if isinstance(found, type) and "__init__" in vars(found) else None
+
+
+def _traced(t: torch.Tensor) -> bool:
+    """A tensor of a compile's tracing (fake or functional), not one a run keeps."""
+    return (torch.compiler.is_compiling() or fake_mode_active() or is_fake_tensor_type(type(t))
+            or torch._is_functional_tensor(t))
+
+
+def observe_selective_checkpoint_saves(observer: Callable[[torch.Tensor], None] | None) -> None:
+    """From now on, each tensor selective activation checkpointing caches for backward on this
+    thread goes to `observer(tensor)` (None: no longer observed). Not those it caches under a
+    compile (fake tensors), nor those a user's pack hook has packed (torch >= 2.15 with
+    `respect_saved_tensors_hooks=True`): what is kept then is the hook's, not the tensor."""
+    me = threading.get_ident()
+    if observer is None:
+        _SAC_OBSERVERS.pop(me, None)
+    else:
+        _SAC_OBSERVERS[me] = observer
+    cls = _sac_wrapper_class()
+    if cls is None:
+        return
+    if _SAC_OBSERVERS and not _SAC_ORIGINAL:
+        original = vars(cls)["__init__"]
+
+        @functools.wraps(original)
+        def observed_init(wrapper: Any, val: Any, *args: Any, **kwargs: Any) -> None:
+            original(wrapper, val, *args, **kwargs)
+            seen = _SAC_OBSERVERS.get(threading.get_ident())
+            if (seen is not None and isinstance(val, torch.Tensor) and getattr(wrapper, "unpack_hook", None) is None
+                    and not _traced(val)):
+                seen(val)
+
+        _SAC_ORIGINAL.append((cls, original))
+        cls.__init__ = observed_init  # type: ignore[misc]
+    elif not _SAC_OBSERVERS and _SAC_ORIGINAL:
+        wrapped, original = _SAC_ORIGINAL.pop()
+        wrapped.__init__ = original  # type: ignore[misc]

@@ -26,9 +26,12 @@ from typing import Any
 
 import torch
 from memwall_plugin.hooks._torch_private import (
+    forget_hooks_below,
     is_zero_tensor,
     node_sequence_nr,
+    observe_selective_checkpoint_saves,
     op_schema,
+    pack_hook_passed_over,
     peek_sequence_nr,
     sparse_values_storage,
     step_aside_for_disablers,
@@ -406,8 +409,7 @@ class MemoryTracker:
         tensor itself (what autograd would keep without the hook)."""
         try:
             if not self.closed and self.failed is None and isinstance(t, _Tensor):
-                module = self.tracker.stack[-1] if self.tracker.stack else ""
-                entries = self._add(t, ACTIVATIONS, module)
+                entries = self._activation(t)
                 step = self.step
                 if step is not None and entries:
                     # autograd saves an op's inputs before the op runs and its outputs after it:
@@ -418,14 +420,28 @@ class MemoryTracker:
                         step.saving_ops.add(len(step.forward_ops) - 1)
                     else:
                         step.save_pending = True
-                for entry in entries:
-                    if entry.cat == ACTIVATIONS and self.step is not None and entry not in self._counted:
-                        self._counted.add(entry)
-                        acts = self.step.activations
-                        acts[entry.module] = acts.get(entry.module, 0) + entry.nbytes
         except Exception as err:
             self.fail(err)
         return t
+
+    def cached_for_backward(self, t: Any) -> None:
+        """A tensor selective activation checkpointing keeps for backward in its own cache, past
+        autograd's saved tensors (and so past the pack hook): an activation of the module running."""
+        try:
+            if not self.closed and self.failed is None:
+                self._activation(t)
+        except Exception as err:
+            self.fail(err)
+
+    def _activation(self, t: Any) -> list[Any]:
+        module = self.tracker.stack[-1] if self.tracker.stack else ""
+        entries = self._add(t, ACTIVATIONS, module)
+        for entry in entries:
+            if entry.cat == ACTIVATIONS and self.step is not None and entry not in self._counted:
+                self._counted.add(entry)
+                acts = self.step.activations
+                acts[entry.module] = acts.get(entry.module, 0) + entry.nbytes
+        return entries
 
     def cache_seen(self, cache: Any) -> None:
         """A generation cache handed to the model: its tensors are the KV cache."""
@@ -572,7 +588,9 @@ class MemoryTracker:
     def start(self) -> None:
         """Recording: the pack hook on (entered on the recording thread)."""
         if self._hooks is None and self.failed is None:
-            pack = self.saved  # one bound method: the object on the stack, found by identity
+            # one object: the one on the stack, found by identity; selective checkpointing passes
+            # over it when it looks for the user's saved-tensors hooks, as in a bare run
+            pack = pack_hook_passed_over(self.saved)
             hooks = torch.autograd.graph.saved_tensors_hooks(pack, _unpack)
             try:
                 hooks.__enter__()
@@ -580,6 +598,7 @@ class MemoryTracker:
                 self.fail(err)
                 return
             self._hooks = (hooks, pack)
+            observe_selective_checkpoint_saves(self.cached_for_backward)
             # torch.func's grad and vjp refuse to run under any saved-tensors hook: the hook steps
             # aside for them (their activations are not seen; their ops and storages are)
             step_aside_for_disablers(pack, True)
@@ -587,8 +606,10 @@ class MemoryTracker:
     def stop(self) -> None:
         hooks, self._hooks = self._hooks, None
         if hooks is not None:
+            observe_selective_checkpoint_saves(None)
             step_aside_for_disablers(hooks[1], False)
             hooks[0].__exit__(None, None, None)
+            forget_hooks_below(hooks[1])
 
     def close(self) -> None:
         self.stop()

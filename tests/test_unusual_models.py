@@ -493,6 +493,96 @@ def test_without_checkpointing_nothing_is_labelled_recompute():
     assert not rep.filter(phase="recompute") and _flops(rep, "backward") == 194
 
 
+class SelectiveNet(torch.nn.Module):
+    """Blocks of Linear-GELU-Linear, each checkpointed selectively (torch.utils.checkpoint's
+    `context_fn`): the policy saves the matmuls' outputs and recomputes the rest."""
+
+    def __init__(self, blocks: int = 4, width: int = 32) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(width, 4 * width), torch.nn.GELU(), torch.nn.Linear(4 * width, width))
+            for _ in range(blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = x + checkpoint(block, x, use_reentrant=False, context_fn=_SAVE_MATMULS)
+        return x
+
+
+def _save_matmuls(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    saved = (torch.ops.aten.addmm.default, torch.ops.aten.mm.default)
+    return CheckpointPolicy.MUST_SAVE if op in saved else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _selective_contexts() -> Any:
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(_save_matmuls)
+
+
+_SAVE_MATMULS = _selective_contexts  # as torch's docs write it, and torch.compile can trace it
+
+
+def _selective_step(net: SelectiveNet, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    loss = net(x).square().mean()
+    loss.backward()
+    return (loss, *[p.grad for p in net.parameters()])  # type: ignore[arg-type]
+
+
+def test_selective_checkpointing_keeps_the_outputs_its_policy_saves_as_activations():
+    """What the policy saves, torch keeps in checkpoint's own cache, past autograd's saved
+    tensors: they are activations all the same, of the modules that made them, held from the
+    forward to the backward. Hand count at the end of the forward (batch B, width d, 4 blocks):
+    each block's input, which checkpoint keeps (B*d), its two matmul outputs (B*4d and B*d), and
+    the output, which the loss's square saves (B*d); fp32."""
+    torch.manual_seed(0)
+    net, bare = SelectiveNet(), SelectiveNet()
+    bare.load_state_dict(net.state_dict())
+    batch, width = 16, 32
+    x = torch.randn(batch, width)
+    out, rep = _profile(lambda: _selective_step(net, x), model=net)
+    for a, b in zip(out, _selective_step(bare, x), strict=True):
+        assert torch.equal(a, b)
+
+    from memwall_plugin.memory import CATEGORIES
+
+    activations = CATEGORIES.index("activations")
+    forward = [values for _, phase, values, _ in rep.memory.timeline if phase == "forward"]
+    assert forward[-1][activations] == 4 * (batch * width + batch * 4 * width + batch * width) * 4 + batch * width * 4
+    for i in range(4):
+        assert rep.memory.module(f"blocks.{i}.0").activation_bytes == batch * 4 * width * 4
+        assert rep.memory.module(f"blocks.{i}.2").activation_bytes == batch * width * 4
+    # the backward takes the matmuls from the cache and recomputes only the GELUs
+    recomputed = {r.op for r in rep.filter(phase="recompute") if r.flops}
+    assert recomputed == {"aten.gelu"}
+    assert _flops_of(rep, "recompute", "aten.gelu") == _flops_of(rep, "forward", "aten.gelu") > 0
+
+
+def _flops_of(rep: memwall.Report, phase: str, op: str) -> int:
+    return sum(r.flops or 0 for r in rep.filter(phase=phase) if r.op == op)
+
+
+@pytest.mark.parametrize("user_hooks", [False, True], ids=["alone", "inside_save_on_cpu"])
+def test_selective_checkpointing_warns_as_in_a_bare_run(user_hooks):
+    """Selective checkpointing looks for a user's saved-tensors hooks around it (torch 2.15 warns
+    when it finds one: a later release routes its cache through them). memwall's own hook is not
+    the user's: the profiled run warns exactly when and what the bare run does."""
+
+    def warned(profiled: bool) -> list[tuple[type, str]]:
+        torch.manual_seed(0)
+        net = SelectiveNet(blocks=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outer = memwall.profile(summary=False, model=net) if profiled else contextlib.nullcontext()
+            with outer, torch.autograd.graph.save_on_cpu() if user_hooks else contextlib.nullcontext():
+                _selective_step(net, torch.randn(4, 32))
+        return sorted({(w.category, str(w.message)) for w in caught if "checkpoint" in str(w.message)})
+
+    assert warned(profiled=True) == warned(profiled=False)
+
+
 # --- threads --------------------------------------------------------------------------------------
 
 
