@@ -512,6 +512,33 @@ def _on_compile_end(args: Any) -> None:
         _HIDING.pop().__exit__(None, None, None)
 
 
+_EXPORT_TRACE = "torch.export._trace"
+
+
+def _hide_from_strict_export(module: Any) -> None:
+    """Strict `torch.export.export` traces with Dynamo, whose compile callbacks it does not run:
+    its capture (`_export_to_torch_ir`, looked up in its module at each call) is wrapped to hide
+    what a compile start hides (memwall's global module hooks, its saved-tensors hook) for the
+    call. Without it, Dynamo traced `nn.Module._call_impl` down its hooked path and refused
+    export's own wrapper module ("Attempted to inline function marked as skipped"): a strict
+    export failed inside a profile and ran without one."""
+    capture = getattr(module, "_export_to_torch_ir", None)
+    if capture is None or getattr(capture, "_memwall_hides", False):
+        return
+
+    @functools.wraps(capture)
+    def hidden_capture(*args: Any, **kwargs: Any) -> Any:
+        ids = _HIDDEN_FROM_DYNAMO.get(threading.get_ident())
+        with contextlib.ExitStack() as hiding:
+            for hidden in (global_module_hooks_hidden(ids) if ids else None, _saved_tensors_hook_aside()):
+                if hidden is not None:
+                    hiding.enter_context(hidden)
+            return capture(*args, **kwargs)
+
+    hidden_capture._memwall_hides = True  # type: ignore[attr-defined]
+    module._export_to_torch_ir = hidden_capture
+
+
 _streams: dict[Any, Any] = {}
 
 
@@ -855,7 +882,7 @@ class _WrapOnImport:
     ourselves costs ~1.5 s, which a `memwall report` should not pay)."""
 
     def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
-        if name not in (_INDUCTOR_CONFIG, _CODECACHE, _DYNAMO, *_AOTI_HOMES):
+        if name not in (_INDUCTOR_CONFIG, _CODECACHE, _DYNAMO, _EXPORT_TRACE, *_AOTI_HOMES):
             return None
         import importlib.machinery
 
@@ -877,6 +904,9 @@ class _WrapOnImport:
             if name == _CODECACHE:
                 _key_by_module_names(module)
                 return
+            if name == _EXPORT_TRACE:
+                _hide_from_strict_export(module)
+                return
             if getattr(module, "wrap_inductor_compiled_regions", None) is False:
                 module.wrap_inductor_compiled_regions = True
             _keep_eager_origins(module)
@@ -895,7 +925,9 @@ def wrap_compiled_regions_from_now_on() -> None:
     if _INDUCTOR_CONFIG in sys.modules:
         wrap_compiled_regions(True)
         _keep_eager_origins(sys.modules[_INDUCTOR_CONFIG])
-    watched = (_INDUCTOR_CONFIG, _CODECACHE, _DYNAMO, *_AOTI_HOMES)
+    if _EXPORT_TRACE in sys.modules:
+        _hide_from_strict_export(sys.modules[_EXPORT_TRACE])
+    watched = (_INDUCTOR_CONFIG, _CODECACHE, _DYNAMO, _EXPORT_TRACE, *_AOTI_HOMES)
     if any(name not in sys.modules for name in watched) and not any(
             isinstance(f, _WrapOnImport) for f in sys.meta_path):
         sys.meta_path.insert(0, _WrapOnImport())
@@ -1321,6 +1353,22 @@ def is_fake_tensor_type(cls: type) -> bool:
     return issubclass(cls, _fake_tensor_type)
 
 
+_functional_tensor_type: type | None = None
+
+
+def is_traced_tensor_type(cls: type) -> bool:
+    """A tensor of a trace, not of a run: a FakeTensor, or a FunctionalTensor (the
+    functionalization of AOTAutograd's and torch.export's traces, such as
+    `ExportedProgram.run_decompositions()` and `torch.onnx.export`, which its FunctionalTensorMode
+    handles after user modes like memwall's)."""
+    global _functional_tensor_type
+    if _functional_tensor_type is None:
+        from torch._subclasses.functional_tensor import FunctionalTensor
+
+        _functional_tensor_type = FunctionalTensor
+    return issubclass(cls, _functional_tensor_type) or is_fake_tensor_type(cls)
+
+
 __all__ = [
     "ACCUMULATE_GRAD_SEQUENCE_NR",
     "SUBGRAPH_HOPS",
@@ -1661,7 +1709,7 @@ def _sac_wrapper_class() -> type | None:
 
 def _traced(t: torch.Tensor) -> bool:
     """A tensor of a compile's tracing (fake or functional), not one a run keeps."""
-    return (torch.compiler.is_compiling() or fake_mode_active() or is_fake_tensor_type(type(t))
+    return (torch.compiler.is_compiling() or fake_mode_active() or is_traced_tensor_type(type(t))
             or torch._is_functional_tensor(t))
 
 

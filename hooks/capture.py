@@ -35,8 +35,8 @@ from memwall_plugin.hooks._torch_private import (
     hop_name,
     in_backward,
     in_backward_seed,
-    is_fake_tensor_type,
     is_higher_order_op,
+    is_traced_tensor_type,
     kernels_observed,
     never_compiled,
     observe_aoti_calls,
@@ -457,9 +457,10 @@ class _CaptureMode(UncompiledDispatchMode):
         if capture.failed is not None:  # memwall broke earlier in this run: stay out of the way
             return _run(func, args, kwargs)
         if types:
-            if any(is_fake_tensor_type(t) for t in types):
+            if any(is_traced_tensor_type(t) for t in types):
                 # fake tensors only carry metadata (FakeTensorMode, DTensor's sharding
-                # propagation): no work, nothing recorded
+                # propagation), functional ones a trace's functionalization (the mode below
+                # this one handles them): no work, nothing recorded
                 return func(*args, **kwargs)
             if any(t is not _Tensor and t is not _Parameter for t in types):  # plain Tensor here at times
                 # DTensor, nested jagged tensors, wrapper subclasses: the subclass runs its own
