@@ -493,7 +493,9 @@ class _CaptureMode(UncompiledDispatchMode):
                 capture.fail(err, func)
             capture.own_ns += _perf_counter_ns() - end
             return out
-        if factory and fake_mode_active():  # torch.randn under FakeTensorMode makes a fake tensor
+        if fake_mode_active():
+            # a FakeTensorMode below this one makes fake tensors of real ones (torch.randn, a
+            # constant lifted by a trace: AOTAutograd's lift_fresh): no work, nothing recorded
             return func(*args, **kwargs)
         if composite and decomposes(func, args):
             # a composite op reached the mode whole (inference mode; inside a subclass): run its

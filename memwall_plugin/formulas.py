@@ -1216,7 +1216,7 @@ _VIEWS = tuple(
         "_has_compatible_shallow_copy_type set_ squeeze_ unsqueeze_ t_ transpose_ as_strided_ "
         "_assert_async _assert_tensor_metadata record_stream _nested_tensor_size "
         "_nested_tensor_strides _nested_tensor_storage_offsets is_nonzero detach_ "
-        "_propagate_xla_data _has_same_storage_numel "
+        "_propagate_xla_data _has_same_storage_numel is_pinned is_set_to "
         # a sparse tensor built from its indices and values (no copy), and its layout read
         "_sparse_coo_tensor_with_dims_and_tensors _sparse_coo_tensor_with_dims is_coalesced _coalesced_ "
         "_nnz sparse_dim dense_dim sparse_resize_ sparse_resize_and_clear_"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -43,6 +44,33 @@ def test_a_model_exported_inside_a_profile_is_the_program_a_bare_run_exports(str
     rep, ref = prof.report(), one_forward.report()
     assert ref.total_flops > 0 and rep.total_flops == 2 * ref.total_flops
     assert {(r.op, r.module) for r in rep.rows if r.module} == {(r.op, r.module) for r in ref.rows}
+    # what the exports run for real (a strict one copies the example inputs and asks whether
+    # the parameters are pinned) is counted too
+    assert [r.op for r in rep.rows if r.flops is None] == []
+
+
+def test_an_aot_compiled_function_counts_its_real_calls_and_not_its_trace():
+    """functorch's `aot_function` traces under a FakeTensorMode that lifts real constants into
+    fake ones (`lift_fresh`): before, memwall recorded that op, read a fake tensor's data pointer
+    (a warning printed into the user's run) and stopped recording."""
+    from functorch.compile import aot_function, nop
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()
+        y.add_(1)
+        return torch.mm(y, y)
+
+    x = torch.randn(32, 32)
+    compiled = aot_function(f, fw_compiler=nop)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with memwall.profile(summary=False) as prof:
+            out = compiled(x)
+    assert torch.equal(out, f(x))
+    rep = prof.report()
+    assert not rep.incomplete
+    # the compiled graph's real call: a clone, 32*32 adds, a 32x32x32 matmul
+    assert {r.op: r.flops for r in rep.rows} == {"aten.clone": 0, "aten.add": 32 * 32, "aten.mm": 2 * 32**3}
 
 
 def test_a_strict_export_first_imported_inside_a_profile(tmp_path):
