@@ -767,6 +767,65 @@ REGISTRY.set_family(Family.OTHER, "aten.sort")
 REGISTRY.set_family(Family.REDUCTION, "aten.topk", "aten.histc")
 REGISTRY.set_family(Family.ELEMENTWISE, "aten.isin")
 
+# fake quantization (quantization-aware training: torch.fake_quantize_per_tensor_affine and
+# per-channel, their learnable forms, torch.ao's fused observer), per element of the input, as
+# torch's CPU kernels compute it:
+# - quantize q = round(x * inv_scale) + zero_point: 3;
+# - out = (clamp(q, qmin, qmax) - zero_point) * scale: 4 (the clamp's two compares, sub, mul);
+# - with the mask (the "cachemask" forms, which the backward multiplies the gradient by):
+#   qmin <= q, q <= qmax and their and, 3 more.
+# The tensor-qparams form is counted as enabled (its fake_quant_enabled flag is a tensor,
+# whose value is not read).
+FAKE_QUANT_FLOPS = 7
+FAKE_QUANT_MASK_FLOPS = 3
+
+
+_FAKE_QUANT_CACHEMASK = (
+    "aten.fake_quantize_per_tensor_affine_cachemask", "aten._fake_quantize_per_tensor_affine_cachemask_tensor_qparams",
+    "aten.fake_quantize_per_channel_affine_cachemask",
+)
+_FAKE_QUANT_LEARNABLE = (
+    "aten._fake_quantize_learnable_per_tensor_affine", "aten._fake_quantize_learnable_per_channel_affine",
+)
+_FAKE_QUANT_LEARNABLE_BACKWARD = tuple(f"{name}_backward" for name in _FAKE_QUANT_LEARNABLE)
+_FUSED_OBSERVER = ("aten._fused_moving_avg_obs_fq_helper", "aten._fused_moving_avg_obs_fq_helper_functional")
+
+
+@flops(*_FAKE_QUANT_CACHEMASK)
+def _fake_quantize_cachemask(call: OpCall) -> int:
+    return (FAKE_QUANT_FLOPS + FAKE_QUANT_MASK_FLOPS) * call["self"].numel
+
+
+@flops(*_FAKE_QUANT_LEARNABLE)
+def _fake_quantize_learnable(call: OpCall) -> int:
+    # the zero points rounded and clamped first (3 per channel: the round and the clamp's two
+    # compares; one channel per tensor)
+    return FAKE_QUANT_FLOPS * call["self"].numel + 3 * call["zero_point"].numel
+
+
+@flops(*_FAKE_QUANT_LEARNABLE_BACKWARD)
+def _fake_quantize_learnable_backward(call: OpCall) -> int:
+    # per element: q = round(x * inv_scale + zero_point) (3), the range's two compares (2);
+    # inside the range (the usual case) the input's gradient is the output's (a select, 1) and
+    # the scale's is dY * ((q - zero_point) * scale - x) * inv_scale * grad_factor (6); the scale's
+    # and zero point's gradients summed over the elements of each channel (2)
+    return 14 * call["self"].numel
+
+
+@flops(*_FUSED_OBSERVER)
+def _fused_moving_avg_obs_fq(call: OpCall) -> int:
+    # the observer: each element's min and max (2, per tensor or per channel); per channel, the
+    # running min and max moved toward them (running + c * (new - running): 3 each) and the scale
+    # and zero point made from them (scale = (max - min) / (qmax - qmin): 2; zero point
+    # qmin - round(min / scale), clamped: 5); then the fake quantization with its mask. Counted
+    # with the observer and the fake quantization on (both are flags in tensors, not read)
+    channels = call["running_min"].numel
+    return (2 + FAKE_QUANT_FLOPS + FAKE_QUANT_MASK_FLOPS) * call["self"].numel + 13 * channels
+
+
+REGISTRY.set_family(Family.ELEMENTWISE, *_FAKE_QUANT_CACHEMASK, *_FAKE_QUANT_LEARNABLE, *_FAKE_QUANT_LEARNABLE_BACKWARD,
+                    *_FUSED_OBSERVER)
+
 
 @flops("aten.sort")
 def _sort(call: OpCall) -> int:

@@ -209,6 +209,53 @@ def test_logsigmoid_and_glu_by_hand():
     assert one_row(rep, "aten.glu_backward").flops == 9 * 32
 
 
+def test_fake_quantization_for_quantization_aware_training_by_hand():
+    """Quantization-aware training's fake quantization (torch.fake_quantize_*, the learnable forms,
+    torch.ao's fused observer): each counted by hand per element of the input, and bit-identical
+    to the bare run. Before, each was an uncounted row."""
+    n, channels = 8 * 16, 16
+
+    def qat_ops() -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        x = torch.randn(8, 16, requires_grad=True)
+        scale, zero = torch.full((channels,), 0.05), torch.zeros(channels, dtype=torch.int32)
+        learned_scale = torch.tensor([0.05], requires_grad=True)
+        learned_zero = torch.tensor([0.0], requires_grad=True)
+        outs = [
+            torch.fake_quantize_per_tensor_affine(x, 0.05, 0, -128, 127),
+            torch.fake_quantize_per_tensor_affine(x, torch.tensor([0.05]), torch.tensor([0], dtype=torch.int32),
+                                                  -128, 127),
+            torch.fake_quantize_per_channel_affine(x, scale, zero, 1, -128, 127),
+            torch._fake_quantize_learnable_per_tensor_affine(x, learned_scale, learned_zero, -128, 127, 1.0),
+        ]
+        sum(o.sum() for o in outs).backward()
+        with torch.no_grad():
+            running = [torch.tensor([0.0]), torch.tensor([1.0]), torch.tensor([0.05]),
+                       torch.tensor([0], dtype=torch.int32)]
+            observed = torch.fused_moving_avg_obs_fake_quant(x, torch.tensor([1]), torch.tensor([1]), *running, 0.01,
+                                                             -128, 127, 0)
+        return [*outs, observed, x.grad, learned_scale.grad, learned_zero.grad, *running]
+
+    bare = qat_ops()
+    with memwall.profile(summary=False) as prof:
+        got = qat_ops()
+    rep = prof.report()
+    for a, b in zip(got, bare, strict=True):
+        assert torch.equal(a, b)
+    # round(x / scale) + zero point (3), clamp (2), - zero point, * scale (2); the mask: 2
+    # compares and their and (3)
+    assert one_row(rep, "aten.fake_quantize_per_tensor_affine_cachemask").flops == 10 * n
+    assert one_row(rep, "aten._fake_quantize_per_tensor_affine_cachemask_tensor_qparams").flops == 10 * n
+    assert one_row(rep, "aten.fake_quantize_per_channel_affine_cachemask").flops == 10 * n
+    # the learnable form: no mask; its zero point rounded and clamped (3)
+    assert one_row(rep, "aten._fake_quantize_learnable_per_tensor_affine").flops == 7 * n + 3
+    assert one_row(rep, "aten._fake_quantize_learnable_per_tensor_affine_backward").flops == 14 * n
+    # the fused observer: min and max per element, then the fake quantization with its mask; per
+    # channel (one here) the moving averages (6) and the qparams (7)
+    assert one_row(rep, "aten._fused_moving_avg_obs_fq_helper").flops == 12 * n + 13
+    assert not rep.uncounted
+
+
 def test_grad_scaler_unscales_every_gradient_element():
     model = nn.Linear(8, 8)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
