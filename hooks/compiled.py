@@ -82,9 +82,10 @@ class CompiledRegions:
 # when no profile is open), so that a model compiled before a profile opens is seen whole in it.
 wrap_compiled_regions_from_now_on()
 
-#: region id -> (its static op calls, its flex_attention nodes, its placeholders, a description,
-#: the ops an eager run would dispatch instead)
-_REGIONS: dict[int, tuple[tuple[OpCall, ...] | None, tuple[Any, ...], tuple[Any, ...], str,
+#: region id (with its sizes, for a dynamic-shape graph) -> (its static op calls, its
+#: flex_attention nodes, its placeholders, a description, the ops an eager run would dispatch
+#: instead)
+_REGIONS: dict[Any, tuple[tuple[OpCall, ...] | None, tuple[Any, ...], tuple[Any, ...], str,
                           tuple[EagerOp, ...] | None]] = {}
 _FLEX = ("flex_attention", "flex_attention_backward")
 
@@ -185,7 +186,7 @@ def _no_formula(calls: Any) -> str:
     return f"; no FLOP formula for {_listed(missing, 3)}" if missing else ""
 
 
-def _analyse(gm: Any, inputs: list[Any], idx: int = -1
+def _analyse(gm: Any, inputs: list[Any], idx: Any = -1
              ) -> tuple[tuple[OpCall, ...] | None, tuple[Any, ...], tuple[Any, ...], str, tuple[EagerOp, ...] | None]:
     try:
         propagate_shapes(gm, inputs)
@@ -230,17 +231,21 @@ def region_facts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RegionFacts |
     if found is None:
         return None if region_graph_kept() else UNSEEN
     idx, gm = found
-    region = _REGIONS.get(idx)
+    # a graph compiled for dynamic shapes takes its sizes as int inputs (its SymInts): it is
+    # sized again for each set of them, where a static graph is sized once
+    dims = tuple([a for a in args[1] if type(a) is int])
+    key: Any = (idx, dims) if dims else idx
+    region = _REGIONS.get(key)
     if region is None:
         if len(_REGIONS) > 4096:  # recompiles without end: forget the oldest analyses
             _REGIONS.clear()
             _NODES.clear()
             _KERNELS.clear()
-        region = _REGIONS[idx] = _analyse(gm, list(args[1]), idx)
+        region = _REGIONS[key] = _analyse(gm, list(args[1]), key)
     static, flex, placeholders, text, eager = region
     optimizer = region_is_optimizer_step(gm)
     if static is None or not flex:
-        return RegionFacts((idx,), static, text, eager, optimizer)
+        return RegionFacts((key,), static, text, eager, optimizer)
     # flex_attention's BlockMask is data: read it from the inputs this run was given
     inputs = args[1]
     env = {node: value for node, value in zip(placeholders, inputs, strict=False)}
@@ -251,7 +256,7 @@ def region_facts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RegionFacts |
         fact = flex_scores(hop_name(node.target), tuple(runtime))
         facts.append(fact)
         calls.append(_call_of(node, fact))
-    return RegionFacts((idx, tuple(facts)), static + tuple(calls), text, optimizer=optimizer)
+    return RegionFacts((key, tuple(facts)), static + tuple(calls), text, optimizer=optimizer)
 
 
 #: torch 2.11 keeps no graph of a compiled region: memwall keeps those it sees Inductor build in
@@ -281,7 +286,7 @@ class _Node:
 
 
 #: region id -> (its computing nodes in graph order, each eager op with its nodes' names)
-_NODES: dict[int, tuple[tuple[_Node, ...], tuple[tuple[EagerOp, tuple[str, ...]], ...] | None]] = {}
+_NODES: dict[Any, tuple[tuple[_Node, ...], tuple[tuple[EagerOp, tuple[str, ...]], ...] | None]] = {}
 #: (region id, its kernel calls' names and buffers) -> the kernel split (split_by_kernel)
 _KERNELS: dict[Any, Any] = {}
 
@@ -373,7 +378,7 @@ def _is_library(name: str) -> bool:
 _Kernel = tuple[str, tuple[Any, ...], tuple[Any, ...], RegionFacts]
 
 
-def split_by_kernel(idx: int, facts: RegionFacts, runs: list[tuple[str, tuple[Any, ...], tuple[Any, ...], int]]
+def split_by_kernel(idx: Any, facts: RegionFacts, runs: list[tuple[str, tuple[Any, ...], tuple[Any, ...], int]]
                     ) -> tuple[list[_Kernel], RegionFacts | None] | None:
     """A region's run kernel by kernel: per kernel call (its module below the region's, its
     argument key, its output key, its facts: the graph's nodes it computes, and the eager ops

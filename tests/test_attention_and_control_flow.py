@@ -415,6 +415,44 @@ def test_compiled_training_step_is_bit_identical_and_its_regions_counted():
 
 
 @needs_compiler
+def test_a_graph_compiled_for_dynamic_shapes_is_counted_at_each_calls_sizes():
+    """torch.compile recompiles for dynamic shapes once a second size comes (batches of varying
+    size, sequences of varying length): one graph then takes its sizes as inputs. Before, it
+    was sized once, at its first call's sizes, and every later call counted at them (a batch of
+    20 counted as one of 8). By hand, as in the static test above, at each batch size n."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU())
+    batches = [4, 8, 12, 20, 12]
+    inputs = [torch.randn(n, 32) for n in batches]
+
+    def step(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        model.zero_grad()
+        out = model(x)
+        out.sum().backward()
+        return out, model[0].weight.grad.clone(), model[0].bias.grad.clone()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bare = [compiled(x) for x in inputs]
+        with memwall.profile(summary=False) as prof:
+            got = [compiled(x) for x in inputs]
+    for a, b in zip(got, bare, strict=True):
+        assert all(torch.equal(u, v) for u, v in zip(a, b, strict=True))
+    rep = prof.report()
+    forward = [r for r in _regions(rep) if r.phase == "forward"]
+    backward = [r for r in _regions(rep) if r.phase == "backward"]
+    assert sum(r.flops for r in forward) == sum(2 * n * 32 * 64 + 4 * n * 64 for n in batches)
+    assert sum(r.flops for r in backward) == sum(2 * 64 * n * 32 + 3 * n * 64 for n in batches)
+    # each size's GEMM is its own row, at its own shapes
+    gemms = sorted((r.calls, r.flops) for r in forward if "extern_kernels.addmm" in r.shapes)
+    sizes = sorted(set(batches))
+    assert gemms == sorted((batches.count(n), batches.count(n) * (2 * n * 32 * 64 + n * 64)) for n in sizes)
+    assert not rep.uncounted
+
+
+@needs_compiler
 @pytest.mark.parametrize("name", ["cond", "while_loop"])  # compiled scan fails bare in torch 2.13 on CPU
 def test_compiled_control_flow_runs_bit_identical_and_is_listed(name):
     fn, _ = HOP_CASES[name]
