@@ -1697,8 +1697,9 @@ def forget_hooks_below(hook: Callable[[Any], Any]) -> None:
         hook._user_hooks = None  # type: ignore[attr-defined]
 
 
-#: thread id -> its observer of the tensors selective checkpointing caches, `observer(tensor)`
-_SAC_OBSERVERS: dict[int, Callable[[torch.Tensor], None]] = {}
+#: thread id -> its observers of the tensors selective checkpointing caches (nested profiles: the
+#: innermost, last, is called)
+_SAC_OBSERVERS: dict[int, list[Callable[[torch.Tensor], None]]] = {}
 _SAC_ORIGINAL: list[tuple[type, Any]] = []  # the wrapper class and its own __init__, while observed
 
 
@@ -1713,16 +1714,19 @@ def _traced(t: torch.Tensor) -> bool:
             or torch._is_functional_tensor(t))
 
 
-def observe_selective_checkpoint_saves(observer: Callable[[torch.Tensor], None] | None) -> None:
-    """From now on, each tensor selective activation checkpointing caches for backward on this
-    thread goes to `observer(tensor)` (None: no longer observed). Not those it caches under a
-    compile (fake tensors), nor those a user's pack hook has packed (torch >= 2.15 with
-    `respect_saved_tensors_hooks=True`): what is kept then is the hook's, not the tensor."""
+def observe_selective_checkpoint_saves(observer: Callable[[torch.Tensor], None], on: bool) -> None:
+    """While `on`, each tensor selective activation checkpointing caches for backward on this
+    thread goes to `observer(tensor)`. Not those it caches under a compile (fake tensors), nor
+    those a user's pack hook has packed (torch >= 2.15 with `respect_saved_tensors_hooks=True`):
+    what is kept then is the hook's, not the tensor."""
     me = threading.get_ident()
-    if observer is None:
-        _SAC_OBSERVERS.pop(me, None)
+    mine = _SAC_OBSERVERS.setdefault(me, [])
+    if on:
+        mine.append(observer)
     else:
-        _SAC_OBSERVERS[me] = observer
+        mine[:] = [o for o in mine if o != observer]  # bound methods: equal, not the same object
+        if not mine:
+            del _SAC_OBSERVERS[me]
     cls = _sac_wrapper_class()
     if cls is None:
         return
@@ -1733,9 +1737,9 @@ def observe_selective_checkpoint_saves(observer: Callable[[torch.Tensor], None] 
         def observed_init(wrapper: Any, val: Any, *args: Any, **kwargs: Any) -> None:
             original(wrapper, val, *args, **kwargs)
             seen = _SAC_OBSERVERS.get(threading.get_ident())
-            if (seen is not None and isinstance(val, torch.Tensor) and getattr(wrapper, "unpack_hook", None) is None
+            if (seen and isinstance(val, torch.Tensor) and getattr(wrapper, "unpack_hook", None) is None
                     and not _traced(val)):
-                seen(val)
+                seen[-1](val)
 
         _SAC_ORIGINAL.append((cls, original))
         cls.__init__ = observed_init  # type: ignore[misc]

@@ -598,7 +598,7 @@ class MemoryTracker:
                 self.fail(err)
                 return
             self._hooks = (hooks, pack)
-            observe_selective_checkpoint_saves(self.cached_for_backward)
+            observe_selective_checkpoint_saves(self.cached_for_backward, True)
             # torch.func's grad and vjp refuse to run under any saved-tensors hook: the hook steps
             # aside for them (their activations are not seen; their ops and storages are)
             step_aside_for_disablers(pack, True)
@@ -606,7 +606,7 @@ class MemoryTracker:
     def stop(self) -> None:
         hooks, self._hooks = self._hooks, None
         if hooks is not None:
-            observe_selective_checkpoint_saves(None)
+            observe_selective_checkpoint_saves(self.cached_for_backward, False)
             step_aside_for_disablers(hooks[1], False)
             hooks[0].__exit__(None, None, None)
             forget_hooks_below(hooks[1])
