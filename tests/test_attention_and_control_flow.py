@@ -415,6 +415,43 @@ def test_compiled_training_step_is_bit_identical_and_its_regions_counted():
 
 
 @needs_compiler
+def test_a_static_graph_is_sized_from_the_shapes_noted_as_it_compiled(monkeypatch):
+    """A graph of static sizes is sized from the shapes memwall's post-grad pass noted as
+    Inductor compiled it, not by propagating fake tensors through each of its ops again at its
+    first call (~1 ms an op: most of memwall's own time in a compiled run's first step). The
+    counts are those of the static test above, by hand; propagation is made to fail here."""
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("propagated")
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.ReLU())
+    x = torch.randn(8, 32)
+
+    def step() -> torch.Tensor:
+        model.zero_grad()
+        out = model(x)
+        out.sum().backward()
+        return out
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        compiled()
+        monkeypatch.setattr(FakeTensorProp, "propagate_dont_convert_inputs", refuse)
+        with memwall.profile(summary=False) as prof:
+            compiled()
+    rep = prof.report()
+    forward = [r for r in _regions(rep) if r.phase == "forward"]
+    backward = [r for r in _regions(rep) if r.phase == "backward"]
+    assert sum(r.flops for r in forward) == 2 * 8 * 32 * 48 + 4 * 8 * 48
+    assert sum(r.flops for r in backward) == 2 * 48 * 8 * 32 + 3 * 8 * 48
+    assert not rep.uncounted
+
+
+@needs_compiler
 def test_a_graph_compiled_for_dynamic_shapes_is_counted_at_each_calls_sizes():
     """torch.compile recompiles for dynamic shapes once a second size comes (batches of varying
     size, sequences of varying length): one graph then takes its sizes as inputs. Before, it
