@@ -88,6 +88,10 @@ wrap_compiled_regions_from_now_on()
 _REGIONS: dict[Any, tuple[tuple[OpCall, ...] | None, tuple[Any, ...], tuple[Any, ...], str,
                           tuple[EagerOp, ...] | None]] = {}
 _FLEX = ("flex_attention", "flex_attention_backward")
+#: a dynamic-shape region's id -> the keys of its analyses, oldest first: at most _SIZES_KEPT
+#: (sizes come and go in a run of varying lengths; an analysis of a large graph holds megabytes)
+_SIZED: dict[int, list[Any]] = {}
+_SIZES_KEPT = 64
 
 
 def _val(node: Any) -> Any:
@@ -241,6 +245,14 @@ def region_facts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RegionFacts |
             _REGIONS.clear()
             _NODES.clear()
             _KERNELS.clear()
+            _SIZED.clear()
+        if dims:  # a dynamic graph keeps its latest sizes' analyses (each holds every node's call)
+            sized = _SIZED.setdefault(idx, [])
+            sized.append(key)
+            if len(sized) > _SIZES_KEPT:
+                oldest = sized.pop(0)
+                _REGIONS.pop(oldest, None)
+                _NODES.pop(oldest, None)
         region = _REGIONS[key] = _analyse(gm, list(args[1]), key)
     static, flex, placeholders, text, eager = region
     optimizer = region_is_optimizer_step(gm)

@@ -452,14 +452,19 @@ def test_a_static_graph_is_sized_from_the_shapes_noted_as_it_compiled(monkeypatc
 
 
 @needs_compiler
-def test_a_graph_compiled_for_dynamic_shapes_is_counted_at_each_calls_sizes():
+def test_a_graph_compiled_for_dynamic_shapes_is_counted_at_each_calls_sizes(monkeypatch):
     """torch.compile recompiles for dynamic shapes once a second size comes (batches of varying
     size, sequences of varying length): one graph then takes its sizes as inputs. Before, it
     was sized once, at its first call's sizes, and every later call counted at them (a batch of
-    20 counted as one of 8). By hand, as in the static test above, at each batch size n."""
+    20 counted as one of 8). By hand, as in the static test above, at each batch size n. Only
+    the latest sizes' analyses are kept (two here): a size seen again after its analysis was
+    let go (8) is sized again."""
+    from memwall_plugin.hooks import compiled as compiled_regions
+
+    monkeypatch.setattr(compiled_regions, "_SIZES_KEPT", 2)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU())
-    batches = [4, 8, 12, 20, 12]
+    batches = [4, 8, 12, 20, 8]
     inputs = [torch.randn(n, 32) for n in batches]
 
     def step(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -487,6 +492,7 @@ def test_a_graph_compiled_for_dynamic_shapes_is_counted_at_each_calls_sizes():
     sizes = sorted(set(batches))
     assert gemms == sorted((batches.count(n), batches.count(n) * (2 * n * 32 * 64 + n * 64)) for n in sizes)
     assert not rep.uncounted
+    assert compiled_regions._SIZED and max(len(keys) for keys in compiled_regions._SIZED.values()) <= 2
 
 
 @needs_compiler
