@@ -337,14 +337,24 @@ def never_compiled(fn: Any) -> Any:
     the decision from the code object. Nothing to do before Dynamo is loaded (importing it would
     load Inductor's config, which memwall's import leaves to torch): call it again later."""
     if "torch._dynamo" not in sys.modules:
+        _NOT_YET_MARKED.add(fn.__code__)  # marked once Dynamo is imported (_WrapOnImport)
         return fn
+    _mark_never_compiled(fn.__code__)
+    return fn
+
+
+#: code objects `never_compiled` was given before Dynamo was loaded (a closure's is shared by
+#: every closure made from its `def`)
+_NOT_YET_MARKED: set[Any] = set()
+
+
+def _mark_never_compiled(code: Any) -> None:
     try:
         from torch._dynamo.eval_frame import set_code_exec_strategy
         from torch._dynamo.types import FrameAction, FrameExecStrategy
     except ImportError:  # a torch without per-code decisions
-        return fn
-    set_code_exec_strategy(fn.__code__, FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP))
-    return fn
+        return
+    set_code_exec_strategy(code, FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP))
 
 
 def compiles_its_call_impl(module: Any) -> bool:
@@ -903,6 +913,8 @@ class _WrapOnImport:
                 _sync_aoti_wrap()
                 return
             if name == _DYNAMO:  # first imported while memwall records (torch.compile in the step)
+                while _NOT_YET_MARKED:
+                    _mark_never_compiled(_NOT_YET_MARKED.pop())
                 if _HIDDEN_FROM_DYNAMO or _stepping_aside:
                     _register_compile_callbacks()
                 return
@@ -1814,7 +1826,7 @@ def observe_selective_checkpoint_saves(observer: Callable[[torch.Tensor], None],
                 seen[-1](val)
 
         _SAC_ORIGINAL.append((cls, original))
-        cls.__init__ = observed_init  # type: ignore[misc]
+        cls.__init__ = never_compiled(observed_init)  # type: ignore[misc]
     elif not _SAC_OBSERVERS and _SAC_ORIGINAL:
         wrapped, original = _SAC_ORIGINAL.pop()
         wrapped.__init__ = original  # type: ignore[misc]

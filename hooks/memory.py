@@ -28,6 +28,7 @@ import torch
 from memwall_plugin.hooks._torch_private import (
     forget_hooks_below,
     is_zero_tensor,
+    never_compiled,
     node_sequence_nr,
     observe_selective_checkpoint_saves,
     op_schema,
@@ -697,6 +698,15 @@ def op_name(func: Any) -> str:
 
 def _unpack(t: Any) -> Any:
     return t
+
+
+# the pack hook runs inside the user's frames, which Dynamo's frame hook may be watching (eager
+# code between a compiled model's graphs): its frames run as written, never compiled (Dynamo
+# compiled memwall's own bookkeeping there, again for each module path, until its recompile limit)
+never_compiled(MemoryTracker.saved)
+never_compiled(_unpack)
+never_compiled(MemoryTracker._freed)  # a storage's weak reference dying: called wherever it dies
+never_compiled(MemoryTracker._grad_ready)
 
 
 def _tensors_in(value: Any, depth: int = 3) -> list[Any]:

@@ -4,6 +4,7 @@ tensors. Each runs as it runs bare (bit for bit) and is counted against a hand c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -412,6 +413,42 @@ def test_compiled_training_step_is_bit_identical_and_its_regions_counted():
     assert by_kernel[1] == (2 * 8 * 32 * 64 + 8 * 64, "extern_kernels.addmm")
     assert "relu" in by_kernel[0][1] and "sum" in by_kernel[0][1]  # le: threshold_backward's mask
     assert not rep.uncounted
+
+
+def test_dynamo_meets_none_of_memwalls_frames_between_a_compiled_models_graphs():
+    """Between the graphs of a compiled model that breaks its graph, the model's code runs with
+    Dynamo's frame hook on, and memwall's hooks run inside it (the saved-tensors hook, a storage's
+    weak reference dying): Dynamo must meet none of their frames. Before, it compiled memwall's
+    pack hook, once per module path, to its recompile limit (a compiled DDP model on two ranks
+    printed "torch._dynamo hit config.recompile_limit (8)" naming memwall's function): 19 frames
+    met and 8 graph breaks where the bare run meets 1 and none."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+
+    class Broken(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(
+                torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh()) for _ in range(4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for block in self.blocks:
+                x = block(x)
+                torch._dynamo.graph_break()
+            return x
+
+    def met(profiled: bool) -> tuple[dict[str, int], int]:
+        torch._dynamo.reset()
+        counters.clear()
+        net = Broken()
+        compiled = torch.compile(net)
+        with memwall.profile(model=net, summary=False) if profiled else contextlib.nullcontext():
+            for _ in range(3):
+                compiled(torch.randn(4, 16)).sum().backward()
+        return dict(counters["frames"]), sum(counters["graph_break"].values())
+
+    assert met(profiled=True) == met(profiled=False)
 
 
 @needs_compiler
