@@ -506,11 +506,17 @@ def _on_compile_start(args: Any) -> None:
     _COMPILE_BEGAN.setdefault(threading.get_ident(), time.perf_counter_ns())
     if getattr(getattr(args, "callback_trigger", None), "name", None) != "DYNAMO":
         return  # a lazily compiled backward, a CUDA graph recording: no module hook is read
+    for hidden in _hidings():
+        hidden.__enter__()
+        _HIDING.append(hidden)
+
+
+def _hidings() -> list[Any]:
+    """What a Dynamo trace on this thread must not see of memwall while it records: its global
+    module hooks out of torch's tables, its saved-tensors hook off the stack (blocks to enter)."""
     ids = _HIDDEN_FROM_DYNAMO.get(threading.get_ident())
-    for hidden in (global_module_hooks_hidden(ids) if ids else None, _saved_tensors_hook_aside()):
-        if hidden is not None:
-            hidden.__enter__()
-            _HIDING.append(hidden)
+    found = (global_module_hooks_hidden(ids) if ids else None, _saved_tensors_hook_aside())
+    return [hidden for hidden in found if hidden is not None]
 
 
 def _on_compile_end(args: Any) -> None:
@@ -538,11 +544,9 @@ def _hide_from_strict_export(module: Any) -> None:
 
     @functools.wraps(capture)
     def hidden_capture(*args: Any, **kwargs: Any) -> Any:
-        ids = _HIDDEN_FROM_DYNAMO.get(threading.get_ident())
         with contextlib.ExitStack() as hiding:
-            for hidden in (global_module_hooks_hidden(ids) if ids else None, _saved_tensors_hook_aside()):
-                if hidden is not None:
-                    hiding.enter_context(hidden)
+            for hidden in _hidings():
+                hiding.enter_context(hidden)
             return capture(*args, **kwargs)
 
     hidden_capture._memwall_hides = True  # type: ignore[attr-defined]
@@ -1063,26 +1067,26 @@ _OPTIMIZER_KEY = "memwall_optimizer_step"
 _SHAPES_KEY = "memwall_node_shapes"
 
 
-class _SymbolicSize(Exception):
+class _NotNotable(Exception):
     pass
 
 
 def _described(value: Any) -> Any:
     """A node's value as plain data: ("tensor", shape, stride, dtype, device) per tensor, in its
-    lists and tuples; numbers and None as they are. Raises _SymbolicSize for a symbolic size
+    lists and tuples; numbers and None as they are. Raises _NotNotable for a symbolic size
     or a value of another kind (the graph's shapes are then propagated at its first call)."""
     if isinstance(value, torch.Tensor):
         if value.layout is not torch.strided or value.is_nested:
-            raise _SymbolicSize
+            raise _NotNotable
         shape, stride = tuple(value.shape), tuple(value.stride())
         if not all(type(d) is int for d in (*shape, *stride)):
-            raise _SymbolicSize
+            raise _NotNotable
         return ("tensor", shape, stride, value.dtype, str(value.device))
     if isinstance(value, (list, tuple)):
         return type(value)(_described(v) for v in value)
     if value is None or type(value) in (int, float, bool):
         return value
-    raise _SymbolicSize
+    raise _NotNotable
 
 
 def _node_shapes(graph: Any) -> dict[str, Any] | None:
@@ -1097,7 +1101,7 @@ def _node_shapes(graph: Any) -> dict[str, Any] | None:
             if "val" not in node.meta:
                 return None
             shapes[node.name] = _described(node.meta["val"])
-    except _SymbolicSize:
+    except _NotNotable:
         return None
     return shapes
 
@@ -1419,9 +1423,15 @@ def wrap_compiled_regions(enabled: bool) -> bool | None:
     return bool(previous)
 
 
+#: the FakeTensorMode active on this thread, or None (it runs below user modes like memwall's):
+#: a C call, no Python frame (the capture asks it for every op)
+active_fake_mode: Callable[[], Any] = functools.partial(torch._C._get_dispatch_mode,
+                                                        torch._C._TorchDispatchModeKey.FAKE)
+
+
 def fake_mode_active() -> bool:
-    """A FakeTensorMode is active on this thread (it runs below user modes like memwall's)."""
-    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
+    """A FakeTensorMode is active on this thread."""
+    return active_fake_mode() is not None
 
 
 _fake_tensor_type: type | None = None

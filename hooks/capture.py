@@ -23,12 +23,12 @@ from memwall_plugin.hooks._torch_private import (
     AOTI_MODEL,
     SUBGRAPH_HOPS,
     UncompiledDispatchMode,
+    active_fake_mode,
     call_below_mode,
     call_unrecorded,
     current_autograd_node,
     current_cuda_stream,
     dispatch_mode_stack,
-    fake_mode_active,
     fwd_grad_enabled,
     has_backend_kernel,
     has_composite_kernel,
@@ -493,7 +493,7 @@ class _CaptureMode(UncompiledDispatchMode):
                 capture.fail(err, func)
             capture.own_ns += _perf_counter_ns() - end
             return out
-        if fake_mode_active():
+        if active_fake_mode() is not None:
             # a FakeTensorMode below this one makes fake tensors of real ones (torch.randn, a
             # constant lifted by a trace: AOTAutograd's lift_fresh): no work, nothing recorded
             return func(*args, **kwargs)
