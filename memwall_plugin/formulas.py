@@ -826,6 +826,91 @@ def _fused_moving_avg_obs_fq(call: OpCall) -> int:
 REGISTRY.set_family(Family.ELEMENTWISE, *_FAKE_QUANT_CACHEMASK, *_FAKE_QUANT_LEARNABLE, *_FAKE_QUANT_LEARNABLE_BACKWARD,
                     *_FUSED_OBSERVER)
 
+# quantized_decomposed: the (de)quantize ops of PT2E quantization (prepare_pt2e/convert_pt2e, the
+# X86 Inductor quantizer's int8 models) and of per-token and groupwise weight quantization. torch
+# implements them in Python (torch/ao/quantization/fx/_decomposed.py) as a few aten ops, which
+# run below a dispatch mode and are not seen one by one; compiled, Inductor fuses them into its
+# kernels. Each is counted as the sum of those aten ops as memwall counts them (1 per element of
+# each arithmetic op, compare or clamp; conversions and views 0), per input element n:
+# - quantize: round(x * (1 / scale)) + zero_point, clamped: 4n; with per-channel, per-token or
+#   per-group scales their reciprocal first (1 / scales: a reciprocal and a multiply, 2 per
+#   scale); the groupwise form also checks for NaNs (isnan and its sum, 2n, and one compare);
+# - dequantize: (x - zero_point) * scale: 2n (n without zero points);
+# - choosing parameters: each element's min and max (aminmax, 1 per element as a reduction reads
+#   it), then one-element ops (11 for the affine scheme, 8 for the symmetric); per token, |x| and
+#   its max (2n) then a clamp and a divide per token; per token asymmetric, min and max (2n) then
+#   16 ops per token (scale and the zero point picked from the two ends' errors);
+# convert_element_type.no_fuse is a conversion: no arithmetic. (fake_quant_per_channel, QAT's, has
+# an autograd kernel only: memwall sees the aten ops it runs.)
+_QD = "quantized_decomposed."
+
+
+def _per_scale(call: OpCall) -> int:
+    """The reciprocal of a tensor of scales (a reciprocal and a multiply per scale)."""
+    scales = call.get("scales")
+    return 2 * scales.numel if isinstance(scales, TensorMeta) else 0
+
+
+@flops(f"{_QD}quantize_per_tensor", f"{_QD}quantize_per_channel", f"{_QD}quantize_per_token")
+def _quantize_decomposed(call: OpCall) -> int:
+    return 4 * call.arg(0).numel + _per_scale(call)
+
+
+@flops(f"{_QD}quantize_per_channel_group")
+def _quantize_per_channel_group(call: OpCall) -> int:
+    return 6 * call.arg(0).numel + _per_scale(call) + 1
+
+
+@flops(f"{_QD}dequantize_per_tensor", f"{_QD}dequantize_per_token", f"{_QD}dequantize_per_channel_group")
+def _dequantize_decomposed(call: OpCall) -> int:
+    return 2 * call.arg(0).numel
+
+
+@flops(f"{_QD}dequantize_per_channel")
+def _dequantize_per_channel(call: OpCall) -> int:
+    return (1 if call.get("zero_points") is None else 2) * call.arg(0).numel
+
+
+@flops(f"{_QD}choose_qparams")
+def _choose_qparams(call: OpCall) -> int:
+    return call.arg(0).numel + 11
+
+
+@flops(f"{_QD}choose_qparams_symmetric")
+def _choose_qparams_symmetric(call: OpCall) -> int:
+    return call.arg(0).numel + 8
+
+
+def _tokens(call: OpCall) -> int:
+    x = call.arg(0)
+    return x.numel // x.shape[-1] if x.shape and x.shape[-1] else 1
+
+
+@flops(f"{_QD}choose_qparams_per_token")
+def _choose_qparams_per_token(call: OpCall) -> int:
+    return 2 * call.arg(0).numel + 2 * _tokens(call)
+
+
+@flops(f"{_QD}choose_qparams_per_token_asymmetric", f"{_QD}_choose_qparams_per_token_asymmetric_impl")
+def _choose_qparams_per_token_asymmetric(call: OpCall) -> int:
+    return 2 * call.arg(0).numel + 16 * _tokens(call)
+
+
+@flops(f"{_QD}convert_element_type")
+def _convert_element_type(call: OpCall) -> int:
+    return 0
+
+
+REGISTRY.set_family(
+    Family.ELEMENTWISE, *(f"{_QD}{name}" for name in (
+        "quantize_per_tensor", "quantize_per_channel", "quantize_per_token", "quantize_per_channel_group",
+        "dequantize_per_tensor", "dequantize_per_channel", "dequantize_per_token", "dequantize_per_channel_group")))
+REGISTRY.set_family(Family.DATA_MOVEMENT, f"{_QD}convert_element_type")
+REGISTRY.set_family(
+    Family.REDUCTION, *(f"{_QD}{name}" for name in (
+        "choose_qparams", "choose_qparams_symmetric", "choose_qparams_per_token",
+        "choose_qparams_per_token_asymmetric", "_choose_qparams_per_token_asymmetric_impl")))
+
 
 @flops("aten.sort")
 def _sort(call: OpCall) -> int:

@@ -198,6 +198,7 @@ def test_every_named_base_op_exists_in_torch():
     """Catches typos: each elementwise, reduction and explicitly named op is a real op of its
     namespace (aten, or FSDP's and the functional collectives' own, registered on import)."""
     import torch._inductor.inductor_prims  # noqa: F401  (the prims compiled graphs hold)
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (PT2E's quantized_decomposed ops)
     import torch.distributed._functional_collectives  # noqa: F401
     import torch.distributed.fsdp  # noqa: F401
     import torch.nn.attention.flex_attention  # noqa: F401  (the flex_attention HOPs)

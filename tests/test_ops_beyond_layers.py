@@ -5,6 +5,8 @@ whose counts are checked elsewhere (tests/test_formulas.py, FlopCounterMode)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -254,6 +256,129 @@ def test_fake_quantization_for_quantization_aware_training_by_hand():
     # channel (one here) the moving averages (6) and the qparams (7)
     assert one_row(rep, "aten._fused_moving_avg_obs_fq_helper").flops == 12 * n + 13
     assert not rep.uncounted
+
+
+def _quantized_decomposed_cases() -> list[tuple[str, Callable[[Any], Any], Callable[[], tuple[Any, ...]]]]:
+    """(name, op of the quantized_decomposed namespace or the Python decomposition torch runs for
+    it, its arguments): the namespace registered on import of torch's own module."""
+    import torch.ao.quantization.fx._decomposed as D
+
+    ops = torch.ops.quantized_decomposed
+
+    def x() -> torch.Tensor:
+        return torch.randn(6, 16)
+
+    def q() -> torch.Tensor:
+        return torch.randint(-128, 128, (6, 16), dtype=torch.int8)
+
+    def scales(n: int) -> torch.Tensor:
+        return torch.rand(n) + 0.1
+
+    def zeros(n: int) -> torch.Tensor:
+        return torch.randint(-3, 3, (n,))
+
+    # a name ending in op: the op; the decomposition is the Python function of the same pairing
+    return [
+        ("quantize_per_tensor", (ops.quantize_per_tensor.default, D.quantize_per_tensor),
+         lambda: (x(), 0.1, 3, -128, 127, torch.int8)),
+        ("quantize_per_tensor.tensor", (ops.quantize_per_tensor.tensor, D.quantize_per_tensor_tensor),
+         lambda: (x(), torch.tensor(0.1), torch.tensor(3), -128, 127, torch.int8)),
+        ("dequantize_per_tensor", (ops.dequantize_per_tensor.default, D.dequantize_per_tensor),
+         lambda: (q(), 0.1, 3, -128, 127, torch.int8)),
+        ("quantize_per_channel", (ops.quantize_per_channel.default, D.quantize_per_channel),
+         lambda: (x(), scales(6), zeros(6), 0, -128, 127, torch.int8)),
+        ("dequantize_per_channel", (ops.dequantize_per_channel.default, D.dequantize_per_channel),
+         lambda: (q(), scales(16), zeros(16), 1, -128, 127, torch.int8)),
+        ("dequantize_per_channel, no zero points", (ops.dequantize_per_channel.default, D.dequantize_per_channel),
+         lambda: (q(), scales(6), None, 0, -128, 127, torch.int8)),
+        ("choose_qparams", (ops.choose_qparams.tensor, D.choose_qparams_tensor),
+         lambda: (x(), -128, 127, 1e-5, torch.int8)),
+        ("choose_qparams_symmetric", (ops.choose_qparams_symmetric.tensor, D.choose_qparams_symmetric_tensor),
+         lambda: (x(), -128, 127, 1e-5, torch.int8)),
+        ("choose_qparams_per_token", (ops.choose_qparams_per_token.default, D.choose_qparams_per_token),
+         lambda: (x(), torch.int8)),
+        ("choose_qparams_per_token_asymmetric",
+         (ops.choose_qparams_per_token_asymmetric.default, D.choose_qparams_per_token_asymmetric),
+         lambda: (x(), torch.int8)),
+        ("quantize_per_token", (ops.quantize_per_token.default, D.quantize_per_token),
+         lambda: (x(), scales(6).view(6, 1), zeros(6).view(6, 1), -128, 127, torch.int8)),
+        ("dequantize_per_token", (ops.dequantize_per_token.default, D.dequantize_per_token),
+         lambda: (q(), scales(6).view(6, 1), zeros(6).view(6, 1), -128, 127, torch.int8, torch.float32)),
+        ("quantize_per_channel_group", (ops.quantize_per_channel_group.default, D.quantize_per_channel_group),
+         lambda: (x(), scales(12), zeros(12), -128, 127, torch.int8, 8)),
+        ("dequantize_per_channel_group", (ops.dequantize_per_channel_group.default, D.dequantize_per_channel_group),
+         lambda: (q(), scales(12), zeros(12), -128, 127, torch.int8, 8, torch.float32)),
+        ("convert_element_type", (ops.convert_element_type.no_fuse, D.convert_element_type),
+         lambda: (x(), torch.bfloat16)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(15))
+def test_quantized_decomposed_ops_count_as_the_aten_ops_torch_implements_them_with(case):
+    """PT2E quantization's (de)quantize ops and the per-token and groupwise ones
+    (`torch.ops.quantized_decomposed`): torch runs each as a few aten ops in Python, below
+    memwall's dispatch mode, so memwall sees the op whole. Its count is checked against torch's own
+    decomposition run as plain Python, whose aten ops memwall records one by one: the same FLOPs,
+    and the op's results are the bare run's. Before, every one was uncounted."""
+    name, (op, decomposition), make_args = _quantized_decomposed_cases()[case]
+    torch.manual_seed(0)
+    args = make_args()
+    bare = op(*args)
+    with memwall.profile(summary=False) as prof:
+        got = op(*args)
+    rep = prof.report()
+    with memwall.profile(summary=False) as prof:
+        decomposition(*args)
+    by_torch = prof.report()
+    assert not rep.uncounted, (name, [r.name for r in rep.uncounted])
+    assert not by_torch.uncounted, (name, [r.name for r in by_torch.uncounted])
+    for a, b in zip(got if isinstance(got, tuple) else (got,), bare if isinstance(bare, tuple) else (bare,),
+                    strict=True):
+        assert torch.equal(a, b), name
+    (row,) = [r for r in rep.rows if r.op.startswith("quantized_decomposed.")]
+    assert row.flops > 0 or name == "convert_element_type", name  # a cast: no arithmetic
+    assert row.flops == sum(r.flops for r in by_torch.rows), (name, [(r.op, r.flops) for r in by_torch.rows])
+
+
+def test_compiled_pt2e_quantization_pattern_is_counted_as_eager():
+    """A converted PT2E int8 linear (dequantize the int8 weight per channel, quantize and
+    dequantize the activation, the float linear), compiled: Inductor fuses the (de)quantize ops
+    into its kernels, which were uncounted; now the region counts what the eager ops count."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the namespace)
+
+    ops = torch.ops.quantized_decomposed
+    torch.manual_seed(0)
+    weight = torch.randint(-128, 128, (32, 16), dtype=torch.int8)
+    w_scales, w_zeros = torch.rand(32) + 0.01, torch.zeros(32, dtype=torch.int64)
+    bias = torch.randn(32)
+
+    def int8_linear(x: torch.Tensor) -> torch.Tensor:
+        w = ops.dequantize_per_channel(weight, w_scales, w_zeros, 0, -128, 127, torch.int8)
+        xq = ops.quantize_per_tensor(x, 0.02, 0, -128, 127, torch.int8)
+        xd = ops.dequantize_per_tensor(xq, 0.02, 0, -128, 127, torch.int8)
+        return torch.relu(F.linear(xd, w, bias))
+
+    x = torch.randn(8, 16)
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(int8_linear)
+        bare = compiled(x)
+        with memwall.profile(summary=False) as prof:
+            got = compiled(x)
+        rep = prof.report()
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(got, bare)
+    eager = profiled(lambda: int8_linear(x))
+    assert not rep.uncounted, [r.name for r in rep.uncounted]
+    assert not eager.uncounted, [r.name for r in eager.uncounted]
+    fused: dict[str, int] = {}
+    for row in rep.rows:
+        for op, _, flops, _ in row.eager_ops:
+            fused[op] = fused.get(op, 0) + (flops or 0)
+    for name in ("dequantize_per_channel", "quantize_per_tensor", "dequantize_per_tensor"):
+        assert fused[f"quantized_decomposed.{name}"] == one_row(eager, f"quantized_decomposed.{name}").flops > 0
+    assert sum(r.flops for r in rep.rows) == sum(r.flops for r in eager.rows)
 
 
 def test_grad_scaler_unscales_every_gradient_element():
