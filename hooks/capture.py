@@ -353,6 +353,12 @@ def _facts(func: Any) -> tuple[bool, bool, bool, Any]:
 _DECOMPOSES: dict[tuple[int, str], tuple[bool, Any]] = {}
 
 
+def _makes_node(args: tuple[Any, ...]) -> bool:
+    """Whether autograd made a node for an op with these arguments (before it reached memwall's
+    mode): grad mode on and a tensor argument that requires grad."""
+    return torch.is_grad_enabled() and any(isinstance(a, _Tensor) and a.requires_grad for a in args)
+
+
 def decomposes(func: Any, args: tuple[Any, ...]) -> bool:
     """Whether a CompositeImplicitAutograd op that reached the mode whole may be run as its
     decomposition (so its inner ops are recorded): only when torch itself would run that
@@ -1133,7 +1139,7 @@ class Capture:
             # a module's forward, also inside optimizer.step(closure) (Lightning, LBFGS): phases
             # follow what runs, not the Python frame that encloses it
             phase = tracker.user_label or tracker.generation_label or FORWARD
-            module = tracker.stack[-1]
+            module = tracker.in_flat_graph(_makes_node(args)) if tracker.flat else tracker.stack[-1]
         elif tracker.in_optimizer and (not torch.is_grad_enabled() or tracker.compiled_step):
             # the optimizer's own update, which runs without grad; the closure it calls runs with
             # grad on (a loss, a framework's bookkeeping of it) and falls through to what it is.

@@ -435,7 +435,13 @@ class MemoryTracker:
             self.fail(err)
 
     def _activation(self, t: Any) -> list[Any]:
-        module = self.tracker.stack[-1] if self.tracker.stack else ""
+        tracker = self.tracker
+        if tracker.flat:
+            # autograd saves an op's inputs before the op reaches memwall's mode: the module its
+            # line of a flat graph names is read here
+            module = tracker.in_flat_graph(True)
+        else:
+            module = tracker.stack[-1] if tracker.stack else ""
         entries = self._add(t, ACTIVATIONS, module)
         for entry in entries:
             if entry.cat == ACTIVATIONS and self.step is not None and entry not in self._counted:

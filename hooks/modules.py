@@ -76,6 +76,50 @@ optim_module.register_optimizer_step_pre_hook(never_compiled(_pre_step_hook))
 optim_module.register_optimizer_step_post_hook(never_compiled(_post_step_hook))
 
 
+#: frames between memwall's per-op record and the generated forward that called the op (the
+#: dispatch mode's, torch's OpOverload call, a composite op's Python kernel)
+_FLAT_FRAMES = 12
+
+#: a graph module's class (one per graph module) -> (its forward's code, the lines of it that run
+#: a node of some module's: line -> module path relative to the graph module; {} when its graph
+#: names no module)
+_FLAT_LINES: weakref.WeakKeyDictionary[Any, tuple[Any, dict[int, str]]] = weakref.WeakKeyDictionary()
+
+
+def flat_graph_lines(module: torch.fx.GraphModule) -> dict[int, str]:
+    """For a graph module whose nodes say which module of the model they came from
+    (`nn_module_stack`: torch.export's graphs and the modules made from them): each line of its
+    generated code that computes such a node, with that module's path (relative to the graph
+    module, "" for its own). {} for graphs without it (`torch.fx.symbolic_trace` calls its
+    submodules, whose hooks name them)."""
+    cls, code = type(module), type(module).forward.__code__
+    known = _FLAT_LINES.get(cls)
+    if known is not None and known[0] is code:  # not recompiled since
+        return known[1]
+    names: dict[str, str] = {}
+    # in reverse, so that a node a pass inserted without a module (PT2E's quantize and
+    # dequantize nodes) takes the module of the first of its users that has one: the op it feeds
+    for node in reversed(module.graph.nodes):
+        if node.op != "call_function":
+            continue
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            path = list(stack.values())[-1][0]
+            names[node.name] = path if isinstance(path, str) else ""
+        else:
+            path = next((names[user.name] for user in node.users if user.name in names), None)
+            if path is not None:
+                names[node.name] = path
+    lines = {}
+    if any(names.values()):
+        for number, line in enumerate(module.code.splitlines(), 1):
+            target = line.lstrip().split(" = ", 1)[0] if " = " in line else ""
+            if target in names:
+                lines[number] = names[target]
+    _FLAT_LINES[cls] = (code, lines)
+    return lines
+
+
 class ModuleTracker:
     """Tracks the innermost module path and the optimizer phase while installed.
 
@@ -123,6 +167,13 @@ class ModuleTracker:
         self._paths: list[str] = []
         self._kept_from = 0
         self._last_node: Any = None
+        #: flat graph modules running (an ExportedProgram's `.module()`, PT2E's converted model):
+        #: their generated code calls aten ops directly, each line one node of the graph, which
+        #: names the module it came from. Per call: (stack depth, its forward's code, line ->
+        #: module path, the graph module's own path)
+        self.flat: list[tuple[int, Any, dict[int, str], str]] = []
+        #: (forward's code, graph module's path) -> its lines' module paths as this tracker names them
+        self._flat_tables: dict[tuple[Any, str], dict[int, str]] = {}
         self._last_path = ""
         self._handles: list[RemovableHandle] = []
         self._hooks: tuple[Callable[..., None], Callable[..., None]] | None = None  # pre, post
@@ -322,6 +373,7 @@ class ModuleTracker:
         if quiet is not None:
             _restore_warning_filters(quiet)
         self.stack.clear()
+        self.flat.clear()
         self.generation_label, self._label_depth = None, -1
 
     @property
@@ -379,12 +431,22 @@ class ModuleTracker:
                 self.generation_label, self._label_depth = label, len(self.stack)
         self.stack.append(name)
         self._mark(name)
+        if isinstance(module, torch.fx.GraphModule):
+            code = type(module).forward.__code__
+            table = self._flat_tables.get((code, name))
+            if table is None:
+                table = {line: self.qualify(path, name) for line, path in flat_graph_lines(module).items()}
+                self._flat_tables[(code, name)] = table
+            if table:
+                self.flat.append((len(self.stack), code, table, name))
 
     def _post_forward(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self._other_thread() or self._torch_subgraph(module):
             return
         if self.stack:
             path = self.stack.pop()
+            if self.flat and self.flat[-1][0] == len(self.stack) + 1:
+                path = self.flat.pop()[3]  # the graph module's own path, not its last node's
             if self.memory is not None:
                 self.memory.module_output(path, output)
                 if len(self.stack) == self._label_depth and self.generation_label is not None:
@@ -460,9 +522,38 @@ class ModuleTracker:
         return _perf_counter_ns() - began
 
     # -- backward attribution ----------------------------------------------------------------
-    def _mark(self, path: str) -> None:
+    def in_flat_graph(self, made_node: bool) -> str:
+        """The module of the op running, inside a flat graph module's forward (`flat` not empty;
+        the graph innermost): the module its graph node names, read from the line of the graph's
+        generated code that calls it. It becomes the innermost path (for the op's memory and its
+        backward), from this op's autograd node on when it `made_node`."""
+        depth, code, lines, own = self.flat[-1]
+        stack = self.stack
+        if depth != len(stack):  # a module the graph calls is running
+            return stack[-1]
+        frame: Any = sys._getframe(1)
+        for _ in range(_FLAT_FRAMES):
+            if frame is None:
+                break
+            if frame.f_code is code:
+                path = lines.get(frame.f_lineno, own)
+                break
+            frame = frame.f_back
+        else:
+            path = own
+        if frame is None:
+            path = own
+        if path != stack[-1]:
+            stack[-1] = path
+            # the op's autograd node, made above memwall's dispatch mode before it ran, is the
+            # newest: the path is this op's from that node on
+            self._mark(path, peek_sequence_nr() - 1 if made_node else None)
+        return path
+
+    def _mark(self, path: str, seq: int | None = None) -> None:
         self._last_node = None  # never hold an autograd node across forwards
-        seq = peek_sequence_nr()
+        if seq is None:
+            seq = peek_sequence_nr()
         if self._seqs and self._seqs[-1] == seq:
             # no autograd node was created since the last change: only the newest path counts
             self._paths[-1] = path

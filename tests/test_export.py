@@ -90,3 +90,108 @@ def test_a_strict_export_first_imported_inside_a_profile(tmp_path):
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout.split()[-1]) > 0
+
+
+class _Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+        self.act = torch.nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.lin(x)) + x
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([_Block(), _Block()])
+        self.head = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class _Outer(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.pre = torch.nn.Linear(8, 8)
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(self.pre(x))
+
+
+def _training_step(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model(x).square().sum().backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def _profiled_step(model: torch.nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], memwall.Report]:
+    with memwall.profile(summary=False) as prof:
+        grads = _training_step(model, x)
+    return grads, prof.report()
+
+
+def _by_row(rep: memwall.Report) -> list[tuple[object, ...]]:
+    return sorted((r.op, r.module, r.phase, r.calls, r.flops, r.bytes_read, r.bytes_written) for r in rep.rows)
+
+
+def _activations(rep: memwall.Report) -> dict[str, int]:
+    assert rep.memory is not None
+    return {m.module: m.activation_bytes for m in rep.memory.modules if m.activation_bytes}
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["whole", "inside_a_model"])
+def test_an_exported_programs_module_is_read_per_module_as_the_eager_model(nested):
+    """`ExportedProgram.module()` runs one generated forward that calls aten ops directly: no
+    submodule is called, so every op was owned by the graph module itself. Each line of that
+    code is one node of the graph, and the node names the module it came from: a training step of
+    the exported module now reads as the eager model's, row for row (op, module, phase, calls,
+    FLOPs, bytes), forward and backward, with the same activations per module, and the same
+    gradients as its bare run. Also as a submodule of another model."""
+    torch.manual_seed(0)
+    eager, x = _Net(), torch.randn(3, 8)
+    flat = torch.export.export(eager, (x,)).module()
+    if nested:
+        eager, flat = _Outer(eager), _Outer(flat)
+        flat.pre = eager.pre
+    bare = _training_step(flat, x)
+    eager_grads, eager_rep = _profiled_step(eager, x)
+    grads, rep = _profiled_step(flat, x)
+    assert all(torch.equal(a, b) for a, b in zip(grads, bare, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(grads, eager_grads, strict=True))
+    assert _by_row(rep) == _by_row(eager_rep)
+    prefix = "inner." if nested else ""
+    assert {r.module for r in rep.rows if r.flops} >= {f"{prefix}blocks.0.lin", f"{prefix}blocks.1.act",
+                                                       f"{prefix}head"}
+    assert _activations(rep) == _activations(eager_rep)
+
+
+def test_nodes_a_pass_inserted_into_an_exported_graph_go_to_the_module_they_feed():
+    """A pass over an exported graph (PT2E quantization inserting quantize and dequantize nodes)
+    adds nodes that name no module: each is read as part of the module of the op it feeds. The
+    graph recompiled after the pass is read from its new code."""
+    torch.manual_seed(0)
+    model, x = _Net(), torch.randn(3, 8)
+    flat = torch.export.export(model, (x,)).module()
+    with memwall.profile(summary=False) as prof:
+        flat(x)
+    assert {r.module for r in prof.report().rows if r.op == "aten.mul"} == set()
+    graph = flat.graph
+    head = next(n for n in graph.nodes if n.op == "call_function"
+                and list(n.meta.get("nn_module_stack", {}).values())[-1][0] == "head")
+    with graph.inserting_before(head):
+        scaled = graph.call_function(torch.ops.aten.mul.Tensor, (head.args[0], 0.5))
+    head.replace_input_with(head.args[0], scaled)
+    flat.recompile()
+    bare = flat(x)
+    with memwall.profile(summary=False) as prof:
+        got = flat(x)
+    assert torch.equal(got, bare)
+    rows = [r for r in prof.report().rows if r.op == "aten.mul"]
+    assert [(r.module, r.flops) for r in rows] == [("head", 3 * 8)]
