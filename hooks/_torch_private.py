@@ -874,13 +874,14 @@ def _keep_region_graphs() -> None:
 def propagate_shapes(gm: Any, inputs: list[Any]) -> None:
     """Give every node of a compiled region's graph its `meta["val"]` (a fake tensor with the
     shape, strides and dtype it has for these inputs): Inductor keeps the graph without them.
-    A graph of static sizes gets those memwall's post-grad pass noted as Inductor compiled it
-    (`_node_shapes`: a fake tensor made per node, ~100x cheaper than propagating them through
-    each op); any other (dynamic sizes, compiled without the pass) has them propagated."""
+    A graph gets those memwall's post-grad pass noted as Inductor compiled it (`_node_shapes`:
+    a fake tensor made per node, ~100x cheaper than propagating them through each op), a graph
+    compiled for dynamic shapes with its symbolic sizes evaluated at these inputs; any other
+    (compiled without the pass, a value not notable) has them propagated."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-    if _restore_shapes(gm):
+    if _restore_shapes(gm, inputs):
         return
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     with mode:
@@ -999,7 +1000,7 @@ class _EagerOrigins:
                     owner.meta[_SHAPES_KEY] = _node_shapes(graph)
 
                 def uuid(self) -> Any:
-                    return "memwall-eager-origins-9"
+                    return "memwall-eager-origins-10"
 
             cls._instance = EagerOriginsPass()
         return cls._instance
@@ -1071,64 +1072,150 @@ class _NotNotable(Exception):
     pass
 
 
-def _described(value: Any) -> Any:
+class _Sym(tuple):  # type: ignore[type-arg]
+    """A symbolic size as noted: (its sympy expression,), in the graph's size symbols."""
+
+
+def _noted_int(d: Any, symbolic: list[bool]) -> Any:
+    """A size or int value as noted: the int, or a `_Sym` of a SymInt's expression (a graph
+    compiled for dynamic shapes, evaluated at each call's sizes; `symbolic` is set)."""
+    if type(d) is int:
+        return d
+    if isinstance(d, torch.SymInt):
+        expr = d.node.expr
+        if expr.is_number:
+            return int(expr)
+        symbolic[0] = True
+        return _Sym((expr,))
+    raise _NotNotable
+
+
+def _described(value: Any, symbolic: list[bool]) -> Any:
     """A node's value as plain data: ("tensor", shape, stride, dtype, device) per tensor, in its
-    lists and tuples; numbers and None as they are. Raises _NotNotable for a symbolic size
-    or a value of another kind (the graph's shapes are then propagated at its first call)."""
+    lists and tuples; numbers and None as they are; a symbolic size or int a `_Sym`. Raises
+    _NotNotable for a value of another kind (the graph's shapes are then propagated at its
+    calls)."""
     if isinstance(value, torch.Tensor):
         if value.layout is not torch.strided or value.is_nested:
             raise _NotNotable
-        shape, stride = tuple(value.shape), tuple(value.stride())
-        if not all(type(d) is int for d in (*shape, *stride)):
-            raise _NotNotable
+        shape = tuple(_noted_int(d, symbolic) for d in value.shape)
+        stride = tuple(_noted_int(d, symbolic) for d in value.stride())
         return ("tensor", shape, stride, value.dtype, str(value.device))
+    if isinstance(value, torch.SymInt):
+        return _noted_int(value, symbolic)
     if isinstance(value, (list, tuple)):
-        return type(value)(_described(v) for v in value)
+        return type(value)(_described(v, symbolic) for v in value)
     if value is None or type(value) in (int, float, bool):
         return value
     raise _NotNotable
 
 
-def _node_shapes(graph: Any) -> dict[str, Any] | None:
-    """By node name, what each node of a graph of static sizes computes (`_described`); None
-    where a size is symbolic (a graph compiled for dynamic shapes), a node has no value noted,
-    or a value is of another kind."""
+def _node_shapes(graph: Any) -> tuple[bool, dict[str, Any]] | None:
+    """By node name, what each node of a graph computes (`_described`), and whether a size is
+    symbolic (a graph compiled for dynamic shapes); None where a node has no value noted or a
+    value is of another kind."""
     shapes: dict[str, Any] = {}
+    symbolic = [False]
     try:
         for node in graph.nodes:
             if node.op == "output":
                 continue
             if "val" not in node.meta:
                 return None
-            shapes[node.name] = _described(node.meta["val"])
+            shapes[node.name] = _described(node.meta["val"], symbolic)
     except _NotNotable:
         return None
-    return shapes
+    return symbolic[0], shapes
 
 
-def _restore_shapes(gm: Any) -> bool:
-    """Give each node of a region's graph the value its noted shapes describe, as a fake tensor
-    (no memory). False, and nothing changed, where shapes were not noted for every node."""
-    noted = getattr(gm, "meta", {}).get(_SHAPES_KEY)
-    if not isinstance(noted, dict):
+def _size_bindings(nodes: list[Any], noted: dict[str, Any], inputs: list[Any]) -> dict[Any, int]:
+    """The value of each size symbol of a dynamic graph at this call: from the int inputs it
+    takes its sizes as, and the sizes of its tensor inputs where a size is a bare symbol."""
+    bound: dict[Any, int] = {}
+    placeholders = [n for n in nodes if n.op == "placeholder"]
+    for node, value in zip(placeholders, inputs, strict=False):
+        d = noted[node.name]
+        if type(d) is _Sym and d[0].is_Symbol and type(value) is int:
+            bound[d[0]] = value
+        elif isinstance(d, tuple) and len(d) == 5 and d[0] == "tensor" and isinstance(value, torch.Tensor):
+            for size, actual in zip(d[1], value.shape, strict=False):
+                if type(size) is _Sym and size[0].is_Symbol:
+                    bound.setdefault(size[0], int(actual))
+    return bound
+
+
+def _restore_shapes(gm: Any, inputs: list[Any]) -> bool:
+    """Give each node of a region's graph the value its noted shapes describe at this call's
+    sizes (`inputs`), as a fake tensor (no memory). A node a pass after memwall's added (torch
+    2.11 adds a `slice_scatter` to some backward graphs) is run on its inputs' fake values. False
+    where shapes were not noted (or for too few of the nodes), a symbolic size has no value from
+    the inputs, or an added node cannot run on fake values: the graph is then propagated whole."""
+    found = getattr(gm, "meta", {}).get(_SHAPES_KEY)
+    if not (isinstance(found, tuple) and len(found) == 2 and isinstance(found[1], dict)):
         return False
+    symbolic, noted = found
     nodes = [n for n in gm.graph.nodes if n.op != "output"]
-    if any(n.name not in noted for n in nodes):
+    added = [n for n in nodes if n.name not in noted]
+    if len(added) * 4 > len(nodes) or any(n.op != "call_function" for n in added):
         return False
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    values_of: dict[Any, int] = {}
+    if symbolic:
+        bound = _size_bindings(nodes, noted, inputs)
+
+        def size(d: Any) -> Any:
+            if type(d) is not _Sym:
+                return d
+            value = values_of.get(d[0])
+            if value is None:
+                evaluated = d[0].xreplace(bound)  # a bare symbol becomes the int bound to it
+                if type(evaluated) is not int and not getattr(evaluated, "is_number", False):
+                    raise _NotNotable  # a symbol no input gives
+                value = values_of[d[0]] = int(evaluated)
+            return value
+    else:
+        def size(d: Any) -> Any:
+            return d
 
     def rebuilt(d: Any) -> Any:
+        if type(d) is _Sym:
+            return size(d)
         if isinstance(d, tuple) and len(d) == 5 and d[0] == "tensor":
-            return torch.empty_strided(d[1], d[2], dtype=d[3], device=d[4])
+            shape, stride = d[1], d[2]
+            if symbolic:
+                shape, stride = tuple(size(v) for v in shape), tuple(size(v) for v in stride)
+            # a meta tensor made outside the fake mode, wrapped as a fake tensor on its device:
+            # ~5x cheaper than making it through the fake mode's dispatch
+            device = devices.get(d[4])
+            if device is None:
+                device = devices[d[4]] = torch.device(d[4])
+            return FakeTensor(mode, torch.empty_strided(shape, stride, dtype=d[3], device="meta"), device)
         if isinstance(d, (list, tuple)):
             return type(d)(rebuilt(v) for v in d)
         return d
 
-    with FakeTensorMode():
-        values = [rebuilt(noted[n.name]) for n in nodes]
-    for node, value in zip(nodes, values, strict=True):
-        node.meta["val"] = value
+    def value_of(arg: Any) -> Any:
+        return arg.meta["val"]
+
+    mode = FakeTensorMode()
+    devices: dict[str, torch.device] = {}
+    try:
+        for node in nodes:
+            d = noted.get(node.name, _ADDED)
+            if d is not _ADDED:
+                node.meta["val"] = rebuilt(d)
+            else:
+                args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), value_of)
+                with mode:
+                    node.meta["val"] = node.target(*args, **kwargs)
+    except Exception:
+        return False
     return True
+
+
+#: a node of the graph whose shapes were not noted
+_ADDED = object()
 #: a frame of torch.optim's Optimizer in a node's stack trace: every optimizer's step() runs
 #: through its wrapper there (torch's optimizers, torchao's, a user's own subclass)
 _OPTIMIZER_FRAME = re.compile(r'[/\\]torch[/\\]optim[/\\]optimizer\.py"')

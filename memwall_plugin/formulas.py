@@ -666,6 +666,15 @@ ELEMENTWISE: dict[str, int] = {
 GELU_FLOPS = {"none": 5, "tanh": 9}
 GELU_BACKWARD_FLOPS = {"none": 9, "tanh": 15}
 ELEMENTWISE["gelu"] = GELU_FLOPS["none"]
+#: torch's other names for elementwise ops (numpy's and SciPy's): composites an eager run
+#: dispatches as the op they name, which a compiled graph can hold as they are (a dynamic-shape
+#: graph's `true_divide` of a symbolic size), each costing what that op costs
+ALIASES = {"true_divide": "div", "divide": "div", "multiply": "mul", "subtract": "sub", "negative": "neg",
+           "absolute": "abs", "greater": "gt", "greater_equal": "ge", "less": "lt", "less_equal": "le",
+           "not_equal": "ne", "arccos": "acos", "arcsin": "asin", "arctan": "atan", "arctan2": "atan2",
+           "arccosh": "acosh", "arcsinh": "asinh", "arctanh": "atanh", "clip": "clamp", "fix": "trunc",
+           "special_expit": "sigmoid", "float_power": "pow"}
+ELEMENTWISE.update({alias: ELEMENTWISE[name] for alias, name in ALIASES.items()})
 
 REDUCTIONS: dict[str, int] = {
     **{
@@ -712,7 +721,7 @@ def _set_variant_families(family: str, name: str) -> None:
 
 
 #: `self + alpha * other`: the multiply by alpha is a FLOP when alpha is not one
-_SCALED = ("add", "sub", "rsub")
+_SCALED = ("add", "sub", "rsub", "subtract")
 
 
 def _scaled_elementwise(call: OpCall) -> int:

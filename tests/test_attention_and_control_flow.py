@@ -498,6 +498,7 @@ def test_a_graph_compiled_for_dynamic_shapes_is_counted_at_each_calls_sizes(monk
     the latest sizes' analyses are kept (two here): a size seen again after its analysis was
     let go (8) is sized again."""
     from memwall_plugin.hooks import compiled as compiled_regions
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
     monkeypatch.setattr(compiled_regions, "_SIZES_KEPT", 2)
     torch.manual_seed(0)
@@ -516,6 +517,10 @@ def test_a_graph_compiled_for_dynamic_shapes_is_counted_at_each_calls_sizes(monk
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bare = [compiled(x) for x in inputs]
+        # each set of sizes is sized from the symbolic shapes noted as Inductor compiled the
+        # graph, evaluated at the call's sizes: nothing propagated (before, fake tensors were
+        # propagated through every op for each new set of sizes: ~0.1 s per graph of GPT-2)
+        monkeypatch.setattr(FakeTensorProp, "propagate_dont_convert_inputs", _refuse_propagation)
         with memwall.profile(summary=False) as prof:
             got = [compiled(x) for x in inputs]
     for a, b in zip(got, bare, strict=True):
@@ -531,6 +536,61 @@ def test_a_graph_compiled_for_dynamic_shapes_is_counted_at_each_calls_sizes(monk
     assert gemms == sorted((batches.count(n), batches.count(n) * (2 * n * 32 * 64 + n * 64)) for n in sizes)
     assert not rep.uncounted
     assert compiled_regions._SIZED and max(len(keys) for keys in compiled_regions._SIZED.values()) <= 2
+
+
+def _refuse_propagation(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("propagated")
+
+
+@needs_compiler
+def test_a_dynamic_shape_gpt2_training_step_reads_the_same_from_noted_shapes_as_propagated(monkeypatch):
+    """A GPT-2 (2 layers, random weights) compiled with dynamic shapes, trained on sequences of
+    four lengths: every row (op, module, phase, calls, FLOPs, bytes, shapes) read from the
+    symbolic shapes noted at compile time, evaluated at each call's sizes, is the row read by
+    propagating fake tensors through every op (the way before). Nothing is uncounted: its graphs
+    hold `true_divide`, which had no formula."""
+    transformers = pytest.importorskip("transformers")
+    from memwall_plugin.hooks import _torch_private as private
+    from memwall_plugin.hooks import compiled as compiled_regions
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=4, vocab_size=100, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config)
+    compiled = torch.compile(model, dynamic=True)
+
+    def step(length: int) -> None:
+        model.zero_grad()
+        ids = torch.randint(0, 100, (2, length))
+        compiled(ids, labels=ids).loss.backward()
+
+    def rows() -> tuple[list[tuple[str, ...]], memwall.Report]:
+        for name in ("_REGIONS", "_NODES", "_KERNELS", "_SIZED"):  # every analysis done afresh
+            monkeypatch.setattr(compiled_regions, name, {})
+        torch.manual_seed(1)
+        with memwall.profile(summary=False) as prof:
+            for length in (9, 17, 33, 12):
+                step(length)
+        rep = prof.report()
+        return sorted(tuple(map(str, (r.op, r.module, r.phase, r.calls, r.flops, r.bytes_read, r.bytes_written,
+                                      r.shapes))) for r in rep.rows), rep
+
+    torch._dynamo.reset()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            step(8)
+            with monkeypatch.context() as refusing:
+                refusing.setattr(FakeTensorProp, "propagate_dont_convert_inputs", _refuse_propagation)
+                noted, rep = rows()
+            monkeypatch.setattr(private, "_restore_shapes", lambda gm, inputs: False)
+            propagated, _ = rows()
+    finally:
+        torch._dynamo.reset()
+    assert noted == propagated
+    assert len([r for r in rep.rows if r.op == "higher_order.inductor_compiled_code" and r.flops]) > 20
+    assert not rep.uncounted, [r.shapes for r in rep.uncounted]
 
 
 @needs_compiler
