@@ -18,6 +18,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable
+from types import FrameType
 from typing import Any
 
 import torch
@@ -531,7 +532,8 @@ class ModuleTracker:
         stack = self.stack
         if depth != len(stack):  # a module the graph calls is running
             return stack[-1]
-        frame: Any = sys._getframe(1)
+        path: str = own
+        frame: FrameType | None = sys._getframe(1)
         for _ in range(_FLAT_FRAMES):
             if frame is None:
                 break
@@ -539,10 +541,6 @@ class ModuleTracker:
                 path = lines.get(frame.f_lineno, own)
                 break
             frame = frame.f_back
-        else:
-            path = own
-        if frame is None:
-            path = own
         if path != stack[-1]:
             stack[-1] = path
             # the op's autograd node, made above memwall's dispatch mode before it ran, is the
