@@ -162,6 +162,9 @@ class ModuleTracker:
         #: keeps the wall time before it (a script's start-up) out of the host-time share
         self.setup_ended_ns: int | None = None
         self._label_depth = -1
+        #: the lists of tensors the model's last generation step returned (a recurrent state, as
+        #: RWKV's `state`, which no cache class holds): id of each list -> ids of its tensors
+        self._carried: dict[int, tuple[int, ...]] = {}
         self.on_optimizer_step: Callable[[Any], None] | None = None
         # forward timeline: innermost module path from each sequence number on
         self._seqs: list[int] = []
@@ -375,6 +378,7 @@ class ModuleTracker:
             _restore_warning_filters(quiet)
         self.stack.clear()
         self.flat.clear()
+        self._carried = {}
         self.generation_label, self._label_depth = None, -1
 
     @property
@@ -425,7 +429,10 @@ class ModuleTracker:
             name = self.stack[-1] if self.stack else ""
         if name == "" and self.generation_label is None:
             # the model itself is called: is it a step of text generation?
-            label = generation_phase(args, forward_kwargs())
+            kwargs = forward_kwargs()
+            label = generation_phase(args, kwargs)
+            if label != "decode" and self._carried and passes_back(self._carried, args, kwargs):
+                label = "decode"  # given back the recurrent state its last step returned (RWKV's)
             if label is None and called_by_generate(module):
                 label = "prefill"  # generate()'s first call, given no cache (older Mamba)
             if label is not None:
@@ -448,12 +455,17 @@ class ModuleTracker:
             path = self.stack.pop()
             if self.flat and self.flat[-1][0] == len(self.stack) + 1:
                 path = self.flat.pop()[3]  # the graph module's own path, not its last node's
+            step_ends = len(self.stack) == self._label_depth and self.generation_label is not None
+            cache = generation_cache(output) if step_ends else None
+            if step_ends:
+                self._carried, states = carried_states(output) if cache is None else ({}, ())
             if self.memory is not None:
                 self.memory.module_output(path, output)
-                if len(self.stack) == self._label_depth and self.generation_label is not None:
-                    cache = generation_cache(output)
-                    if cache is not None:
-                        self.memory.cache_seen(cache)
+                if cache is not None:
+                    self.memory.cache_seen(cache)
+                elif step_ends:
+                    for state in states:  # a recurrent state carried to the next step: its cache
+                        self.memory.cache_seen(state)
         if len(self.stack) == self._label_depth:
             self.generation_label, self._label_depth = None, -1
         self._mark(self.stack[-1] if self.stack else "")
@@ -706,6 +718,29 @@ def generation_cache(output: Any) -> Any:
         if _is_cache(value) or _is_legacy_cache(value):
             return value
     return None
+
+
+def carried_states(output: Any) -> tuple[dict[int, tuple[int, ...]], tuple[Any, ...]]:
+    """The non-empty lists (or tuples) of tensors among a generation step's outputs (a model
+    output's values or a tuple's items), which a next step may be given back as its recurrent
+    state: by id, with their tensors' ids (so that an object made later at a freed one's address
+    is not taken for it), and the lists themselves."""
+    if isinstance(output, torch.Tensor) or output is None:
+        return {}, ()
+    values = output.values() if callable(getattr(output, "values", None)) else \
+        output if isinstance(output, tuple) else ()
+    states = tuple(v for v in values if isinstance(v, (list, tuple)) and v
+                   and all(isinstance(t, torch.Tensor) for t in v))
+    return {id(v): tuple(map(id, v)) for v in states}, states
+
+
+def passes_back(carried: dict[int, tuple[int, ...]], args: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a model call is given one of the states its last generation step returned."""
+    for value in (*kwargs.values(), *(args if isinstance(args, tuple) else ())):
+        ids = carried.get(id(value))
+        if ids is not None and isinstance(value, (list, tuple)) and tuple(map(id, value)) == ids:
+            return True
+    return False
 
 
 def _is_cache(value: Any) -> bool:

@@ -124,3 +124,26 @@ def test_a_generation_step_is_recognised_by_its_cache_not_its_argument_name(args
     from memwall_plugin.hooks.modules import generation_phase
 
     assert generation_phase(args, kwargs) == phase
+
+
+def test_a_recurrent_state_given_back_makes_the_step_decode():
+    """RWKV's generate() gives each step back the `state` its last step returned, a plain list of
+    tensors that no cache class holds: every step read as prefill. A step given back a list of
+    tensors the model's last generation step returned is a decode step, and that state is its
+    cache."""
+    torch.manual_seed(0)
+    config = transformers.RwkvConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, attention_hidden_size=64,
+                                     intermediate_size=128, context_length=32, bos_token_id=1, eos_token_id=2)
+    model = transformers.RwkvForCausalLM(config).eval()
+    prompt, new_tokens = torch.randint(0, 128, (1, 8)), 4
+    with torch.no_grad():
+        bare = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        state = model(prompt, use_cache=True).state
+        with memwall.profile(model=model, summary=False) as prof:
+            got = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    assert torch.equal(got, bare)
+    rep = prof.report()
+    head = {r.phase: r.calls for r in rep.rows if r.module == "head" and r.op == "aten.mm"}
+    assert head == {"prefill": 1, "decode": new_tokens - 1}
+    assert rep.memory is not None
+    assert rep.memory.peak_by_category["kv_cache"] == sum(t.nbytes for t in state) > 0
