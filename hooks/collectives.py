@@ -51,12 +51,12 @@ from memwall_plugin.hooks.capture import Capture, CaptureEntry, Handler
 from memwall_plugin.hooks.modules import ModuleTracker
 from memwall_plugin.hooks.signatures import build_call, schema_of, signature
 
-from memwall_plugin.comm import COLLECTIVE_OPS, WAIT_OP
+from memwall_plugin.comm import COLLECTIVE_OPS, RECV, SEND, WAIT_OP
 from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, SETUP, OpCall
 
 _perf_counter_ns = time.perf_counter_ns
 _ScriptObject = torch.ScriptObject
-_ISSUE, _WAIT = "issue", "wait"
+_ISSUE, _WAIT, _POINT_TO_POINT = "issue", "wait", "point-to-point"
 NAMESPACES = ("c10d.", "_c10d_functional.")
 
 
@@ -66,7 +66,8 @@ def collective_routes() -> dict[Any, str]:
     routes: dict[Any, str] = {}
     if not torch.distributed.is_available():
         return routes
-    for name, route in [*((n, _ISSUE) for n in COLLECTIVE_OPS), (WAIT_OP, _WAIT)]:
+    for name, route in [*((n, _POINT_TO_POINT if spec.kind in (SEND, RECV) else _ISSUE)
+                          for n, spec in COLLECTIVE_OPS.items()), (WAIT_OP, _WAIT)]:
         namespace, _, op_name = name.partition(".")
         try:
             packet = getattr(getattr(torch.ops, namespace), op_name)
@@ -238,8 +239,8 @@ class CollectiveRecorder:
     def routes(self) -> dict[Any, Handler]:
         """Every collective overload -> `issue`; the functional `wait_tensor` -> `wait`."""
         if self._routes is None:
-            self._routes = {func: self.wait if route is _WAIT else self.issue
-                            for func, route in collective_routes().items()}
+            handlers = {_ISSUE: self.issue, _WAIT: self.wait, _POINT_TO_POINT: self.point_to_point}
+            self._routes = {func: handlers[route] for func, route in collective_routes().items()}
         return self._routes
 
     # -- the capturing thread ------------------------------------------------------------------
@@ -282,6 +283,15 @@ class CollectiveRecorder:
         flight.work = work
         self._fly(flight)
         self._watch(work, flight)  # never a done-callback on its future: see the module's doc
+        return out
+
+    def point_to_point(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """A send or a receive (`isend`, `irecv`, `batch_isend_irecv`: pipeline parallelism):
+        counted, not timed. Its Work can be waited for once only (a second wait on a gloo send
+        or receive never returns: the user's own `wait()` would hang), and it does not say it
+        completed before that wait, so memwall leaves it to the user's thread alone."""
+        out = call_below_mode(func, args, kwargs)
+        self._entry(func, args, kwargs).calls += 1
         return out
 
     def _watch(self, work: Any, flight: _Flight) -> None:

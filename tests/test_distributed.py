@@ -217,6 +217,62 @@ def test_explicit_and_functional_collectives_are_sized_and_timed(tmp_path):
         assert not [r.op for r in rep.uncounted if r.op.startswith(("c10d.", "_c10d_functional."))]
 
 
+POINT_TO_POINT = '''
+import sys, time, torch, torch.distributed as dist
+import memwall_plugin as memwall
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+peer = 1 - rank
+with memwall.profile(logdir=sys.argv[1], summary=False, scalars=False) as prof:
+    t = torch.full((8,), float(rank))
+    work = dist.isend(t, peer) if rank == 0 else dist.irecv(t, peer)      # 32 B each way it goes
+    time.sleep(0.2)  # work between issuing and waiting, as a pipeline stage does
+    work.wait()
+    if rank == 0:
+        dist.send(torch.ones(4), peer)                                    # 16 B
+    else:
+        dist.recv(got := torch.empty(4), peer)
+    mine, theirs = torch.full((2,), float(rank)), torch.empty(2)
+    ops = [dist.P2POp(dist.isend, mine, peer), dist.P2POp(dist.irecv, theirs, peer)]
+    works = dist.batch_isend_irecv(ops)                                   # 8 B each way
+    time.sleep(0.2)
+    for w in works:
+        w.wait()
+    prof.step()
+print("received", t.tolist(), theirs.tolist(), flush=True)
+dist.destroy_process_group()
+'''
+
+
+def test_sends_and_receives_are_counted_and_never_hang(tmp_path):
+    """isend/irecv, send/recv and batch_isend_irecv (pipeline parallelism's stage-to-stage
+    transfers) inside a profile. A gloo send's or receive's Work can be waited for once only and
+    says it completed only once waited for: before, memwall's watcher thread waited for it too,
+    and the user's own wait() never returned (both ranks hung). Now each is counted and sized,
+    not timed, and the run receives what it was sent."""
+    script = tmp_path / "p2p.py"
+    script.write_text(POINT_TO_POINT)
+    result = torchrun(str(script), str(tmp_path / "p2p"), cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    zeros = [0.0] * 8  # rank 0's tensor, which rank 1 received
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("received")) == [
+        f"received {zeros} [0.0, 0.0]", f"received {zeros} [1.0, 1.0]"]
+    reports = _reports(tmp_path / "p2p")
+    assert sorted(reports) == [0, 1]
+    for rank, rep in reports.items():
+        got: dict[str, list[int]] = {}
+        for c in rep.collectives:  # a row per tensor size
+            calls_and_bytes = got.setdefault(c.collective.kind, [0, 0])
+            calls_and_bytes[0] += c.calls
+            calls_and_bytes[1] += c.collective.message_bytes
+        # rank 0 sends with isend, send and the batch, and receives in the batch; rank 1 the reverse
+        mine, its = ("send", "recv") if rank == 0 else ("recv", "send")
+        assert got == {mine: [3, 32 + 16 + 8], its: [1, 8]}
+        assert all(c.collective.timed_calls == 0 for c in rep.collectives)
+        assert rep.untimed_calls == sum(c.calls for c in rep.collectives)
+
+
 RANKS, STRAGGLER, PER_NODE = 1024, 613, 8
 
 
