@@ -41,6 +41,7 @@ from memwall_plugin.hooks._torch_private import (
     never_compiled,
     observe_aoti_calls,
     op_schema,
+    peek_sequence_nr,
     replays_cuda_graph,
     tensors_in,
     unrecorded,
@@ -353,12 +354,6 @@ def _facts(func: Any) -> tuple[bool, bool, bool, Any]:
 _DECOMPOSES: dict[tuple[int, str], tuple[bool, Any]] = {}
 
 
-def _makes_node(args: tuple[Any, ...]) -> bool:
-    """Whether autograd made a node for an op with these arguments (before it reached memwall's
-    mode): grad mode on and a tensor argument that requires grad."""
-    return torch.is_grad_enabled() and any(isinstance(a, _Tensor) and a.requires_grad for a in args)
-
-
 def decomposes(func: Any, args: tuple[Any, ...]) -> bool:
     """Whether a CompositeImplicitAutograd op that reached the mode whole may be run as its
     decomposition (so its inner ops are recorded): only when torch itself would run that
@@ -473,6 +468,9 @@ class _CaptureMode(UncompiledDispatchMode):
                 # dispatch after this NotImplemented, with this mode active, so the ops it runs on
                 # its inner tensors are counted at the shapes that really run (a DTensor's local
                 # shard, a jagged tensor's packed values)
+                # its inner tensors require no grad: the ops it runs on them are this op's, on the
+                # autograd graph or not (a loss on a DTensor outside any module: forward)
+                capture.subclass_node = peek_sequence_nr() if _builds_graph(args) else -1
                 return NotImplemented
         facts = _FACTS.get(id(func))  # read inline: this runs for every op
         composite, factory, hop, _ = facts if facts is not None else _facts(func)
@@ -888,6 +886,10 @@ class Capture:
         #: another profile records in this one's place (a profile opened inside it): start()
         #: does nothing until it is resumed
         self.suspended = False
+        #: the next autograd sequence number when a tensor subclass's op on the autograd graph was
+        #: handed to its own dispatch: while no node has been made since, the ops it runs on its
+        #: inner tensors are that op's
+        self.subclass_node = -1
         self.tracker.on_error = self.fail
         warm_up_dispatch()
         _LIVE.add(self)
@@ -1126,6 +1128,7 @@ class Capture:
         tracker = self.tracker
         node = current_autograd_node()
         if node is not None:
+            self.subclass_node = -1  # a backward pass: the forward's subclass op is done with
             if tracker.setup_open:  # a backward pass: work has run (a functional model's too)
                 tracker.end_setup()
             if self.memory is not None and self.memory.unarmed:  # before any gradient accumulates
@@ -1139,7 +1142,8 @@ class Capture:
             # a module's forward, also inside optimizer.step(closure) (Lightning, LBFGS): phases
             # follow what runs, not the Python frame that encloses it
             phase = tracker.user_label or tracker.generation_label or FORWARD
-            module = tracker.in_flat_graph(_makes_node(args)) if tracker.flat else tracker.stack[-1]
+            # autograd made a node for an op that builds the graph, before the op reached the mode
+            module = tracker.in_flat_graph(_builds_graph(args)) if tracker.flat else tracker.stack[-1]
         elif tracker.in_optimizer and (not torch.is_grad_enabled() or tracker.compiled_step):
             # the optimizer's own update, which runs without grad; the closure it calls runs with
             # grad on (a loss, a framework's bookkeeping of it) and falls through to what it is.
@@ -1147,7 +1151,7 @@ class Capture:
             phase, module = OPTIMIZER, ""
             if tracker.setup_open:
                 tracker.end_setup()
-        elif _builds_graph(args) or _in_function_forward():
+        elif _builds_graph(args) or _in_function_forward() or self.subclass_node == peek_sequence_nr():
             # outside any module but on the autograd graph: a loss, a functional model, the
             # forward of a custom autograd.Function (which torch runs with grad mode off);
             # `loss.backward()` makes its seed gradient (ones_like) here too, before any Node runs

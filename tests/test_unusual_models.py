@@ -318,6 +318,38 @@ def test_dtensor_on_one_process_is_counted_on_its_local_shards():
         dist.destroy_process_group()
 
 
+def test_a_loss_on_a_dtensor_outside_any_module_is_forward_work():
+    """A tensor-parallel model's loss, computed outside the model on its DTensor output: DTensor
+    runs each op on its local shard, which requires no grad, so those ops read as work off the
+    autograd graph, phase `other`, not the forward they are. Each is the forward's now, and the
+    ops of a check run on a detached result stay `other`."""
+    dist = torch.distributed
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, distribute_tensor
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(6, 4)
+        x, target = torch.randn(3, 6), torch.randn(3, 4)
+        dx, dtarget = distribute_tensor(x, mesh, [Replicate()]), distribute_tensor(target, mesh, [Replicate()])
+        weight = torch.nn.Parameter(distribute_tensor(lin.weight.detach(), mesh, [Replicate()]))
+
+        def step() -> tuple[torch.Tensor, torch.Tensor]:
+            loss = ((dx @ weight.t() - dtarget) ** 2).mean()
+            loss.backward()
+            return loss.detach(), loss.detach().abs()  # a check on the detached loss: off the graph
+
+        (loss, _), rep = _profile(step)
+        assert torch.equal(loss.full_tensor(), ((x @ lin.weight.detach().t() - target) ** 2).mean())
+        for op in ("aten.mm", "aten.sub", "aten.pow", "aten.mean"):
+            assert {r.phase for r in rows_of(rep, op) if r.phase != "backward"} == {"forward"}, op
+        assert {r.phase for r in rows_of(rep, "aten.abs")} == {"other"}
+    finally:
+        dist.destroy_process_group()
+
+
 # --- meta and fake tensors ----------------------------------------------------------------------
 
 # Linear(64 -> 32) on [8, 64]: 2*8*64*32 multiply-adds x2 plus 8*32 bias adds
