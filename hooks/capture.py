@@ -78,6 +78,7 @@ from memwall_plugin.records import (
     RECOMPUTE,
     SETUP,
     OpCall,
+    RegionFacts,
     float_arg,
     list_shapes_text,
 )
@@ -421,6 +422,10 @@ class Router(Protocol):
     #: ns that other ops took while `in_flight` was non-zero; the capture adds to it
     busy_ns: int
 
+    def in_region(self, calls: tuple[OpCall, ...], module: str, phase: str) -> None:
+        """A compiled region ran these ops (some may be ops the router takes, traced into it)."""
+        ...
+
 
 def _capturing() -> bool:
     """Whether the current CUDA stream is capturing a CUDA graph (torch.cuda.graph,
@@ -579,7 +584,8 @@ class _CaptureMode(UncompiledDispatchMode):
                 elapsed -= sum(run[3] for run in observer.runs)
                 # the rest: no buffers of its own (the region's inputs and outputs are the kernels')
                 region = ((key[0], ()), rest or _WRAPPER, region[2], ())
-            capture.record(func, args, kwargs, out, elapsed, region, kernels)
+            entry = capture.record(func, args, kwargs, out, elapsed, region, kernels)
+            capture.collectives_in_region(facts, entry)
         except Exception as err:
             capture.fail(err, func)
         capture.own_ns += _perf_counter_ns() - end
@@ -627,6 +633,7 @@ class _CaptureMode(UncompiledDispatchMode):
             made: list[CaptureEntry] = []
             entry = capture.record(func, args, kwargs, out, 0, region, kernels, made)
             observer.settle(whole, entry, made if kernels is not None else None)
+            capture.collectives_in_region(facts, entry)
         except Exception as err:
             capture.fail(err, func)
         capture.own_ns += _perf_counter_ns() - end
@@ -1007,6 +1014,13 @@ class Capture:
             yield
         finally:
             mode.__enter__()
+
+    def collectives_in_region(self, facts: RegionFacts | None, entry: CaptureEntry) -> None:
+        """Collectives traced into a compiled region that ran (a compiled tensor-parallel
+        model's): the run's communication, listed with the eager ones (their time is the
+        region's), in the region's module and phase."""
+        if facts is not None and facts.ops and self._router is not None:
+            self._router.in_region(facts.ops, entry.module, entry.phase)
 
     def route(self, router: Router | None) -> None:
         """Hand the ops `router.routes` names to `router` from now on (None: to the table again);

@@ -66,7 +66,9 @@ def collective_routes() -> dict[Any, str]:
     routes: dict[Any, str] = {}
     if not torch.distributed.is_available():
         return routes
-    for name, route in [*((n, _POINT_TO_POINT if spec.kind in (SEND, RECV) else _ISSUE)
+    # c10d's sends and receives return a Work only the user may wait for; the functional ones'
+    # results are waited for once, by wait_tensor, like any functional collective's
+    for name, route in [*((n, _POINT_TO_POINT if spec.kind in (SEND, RECV) and n.startswith("c10d.") else _ISSUE)
                           for n, spec in COLLECTIVE_OPS.items()), (WAIT_OP, _WAIT)]:
         namespace, _, op_name = name.partition(".")
         try:
@@ -234,6 +236,8 @@ class CollectiveRecorder:
         self._retired: deque[Any] = deque()  # Works the watcher saw complete (appended by it)
         self._retiring: list[Any] = []  # retired before the last take: let go at the next one
         self._routes: dict[Any, Handler] | None = None
+        #: the entry each collective traced into a compiled region makes, by what it is and where
+        self._in_regions: dict[Any, CollectiveEntry] = {}
 
     @property
     def routes(self) -> dict[Any, Handler]:
@@ -293,6 +297,28 @@ class CollectiveRecorder:
         out = call_below_mode(func, args, kwargs)
         self._entry(func, args, kwargs).calls += 1
         return out
+
+    def in_region(self, calls: tuple[OpCall, ...], module: str, phase: str) -> None:
+        """A compiled region ran these ops: each collective among them (a functional collective
+        Dynamo traced into the graph, as a compiled tensor-parallel model's) is one call, counted
+        and sized from the region's graph, not timed (its time is the region's own)."""
+        for call in calls:
+            if call.op not in COLLECTIVE_OPS:
+                continue
+            key = (call.op, call.overload, module, phase, call.args)
+            entry = self._in_regions.get(key)
+            if entry is None:
+                group = call.get("group_size")
+                if not isinstance(group, int):
+                    name = call.get("group_name")
+                    group = (group_size_by_name(name) if isinstance(name, str) else None) or self.world_size
+                entry = CollectiveEntry(_overload(call.op, call.overload), call.args, call.device, module, phase, group)
+                entry._call = call
+                self._in_regions[key] = entry
+            found = self.table.get(entry.key)
+            if found is None:
+                found = self.table[entry.key] = entry.empty_twin()
+            found.calls += 1
 
     def _watch(self, work: Any, flight: _Flight) -> None:
         if self._watcher is None:
@@ -436,6 +462,13 @@ class CollectiveRecorder:
                 self.in_flight -= 1
                 self._pending.pop(id(flight), None)
             flight.work = None
+
+
+@functools.cache
+def _overload(op: str, overload: str) -> Any:
+    """The op overload an OpCall names ("_c10d_functional.all_reduce_", "default")."""
+    namespace, _, name = op.partition(".")
+    return getattr(getattr(getattr(torch.ops, namespace), name), overload)
 
 
 def _finished(work: Any) -> bool:

@@ -1449,21 +1449,25 @@ def _fsdp_copy(call: OpCall) -> Traffic:
 # The collectives (comm.COLLECTIVE_OPS reads what each one moves; they are rows of their own
 # kind, under the link's roof), the functional collectives' wait, and the wrapper they put their
 # result in for autograd.
+_FUNCTIONAL_COLLECTIVES = tuple(f"_c10d_functional.{name}" for name in (
+    "all_reduce", "all_reduce_", "all_reduce_coalesced", "all_reduce_coalesced_", "all_gather_into_tensor",
+    "all_gather_into_tensor_out", "all_gather_into_tensor_coalesced", "reduce_scatter_tensor",
+    "reduce_scatter_tensor_out", "reduce_scatter_tensor_coalesced", "all_to_all_single", "broadcast", "broadcast_",
+    "isend", "irecv", "wait_tensor"))
 REGISTRY.set_family(
     Family.COMMUNICATION,
     "c10d.allreduce_", "c10d.allreduce_coalesced_", "c10d.allgather_", "c10d._allgather_base_",
     "c10d.allgather_coalesced_", "c10d.allgather_into_tensor_coalesced_", "c10d.reduce_scatter_",
     "c10d._reduce_scatter_base_", "c10d.reduce_scatter_tensor_coalesced_", "c10d.alltoall_", "c10d.alltoall_base_",
     "c10d.broadcast_", "c10d.reduce_", "c10d.gather_", "c10d.scatter_", "c10d.send", "c10d.recv_",
-    "c10d.recv_any_source_", "c10d.barrier", "c10d.monitored_barrier_",
-    "_c10d_functional.all_reduce", "_c10d_functional.all_reduce_", "_c10d_functional.all_reduce_coalesced",
-    "_c10d_functional.all_reduce_coalesced_", "_c10d_functional.all_gather_into_tensor",
-    "_c10d_functional.all_gather_into_tensor_out", "_c10d_functional.all_gather_into_tensor_coalesced",
-    "_c10d_functional.reduce_scatter_tensor", "_c10d_functional.reduce_scatter_tensor_out",
-    "_c10d_functional.reduce_scatter_tensor_coalesced", "_c10d_functional.all_to_all_single",
-    "_c10d_functional.broadcast", "_c10d_functional.broadcast_", "_c10d_functional.isend",
-    "_c10d_functional.irecv", "_c10d_functional.wait_tensor", "_c10d_functional._wrap_tensor_autograd",
+    "c10d.recv_any_source_", "c10d.barrier", "c10d.monitored_barrier_", *_FUNCTIONAL_COLLECTIVES,
+    "_c10d_functional._wrap_tensor_autograd",
 )
+# inside a compiled region (a compiled tensor-parallel model's all-reduce, traced into its graph) a
+# functional collective and its wait reach the formulas: no arithmetic here (memwall lists each
+# with the run's collectives, sized from the graph: hooks/collectives.py). Eager ones never reach
+# a formula: the collective recorder takes them
+REGISTRY.add_flops(_FUNCTIONAL_COLLECTIVES, _no_flops)
 
 # functional collectives wrap their result for autograd (an AsyncCollectiveTensor): no data touched
 REGISTRY.zero("_c10d_functional._wrap_tensor_autograd")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 from pathlib import Path
 from types import SimpleNamespace
@@ -271,6 +272,42 @@ def test_sends_and_receives_are_counted_and_never_hang(tmp_path):
         assert got == {mine: [3, 32 + 16 + 8], its: [1, 8]}
         assert all(c.collective.timed_calls == 0 for c in rep.collectives)
         assert rep.untimed_calls == sum(c.calls for c in rep.collectives)
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="Inductor on CPU needs a C++ compiler")
+def test_a_collective_compiled_into_a_region_is_listed_with_the_runs_collectives():
+    """torch.compile traces a functional collective (a compiled tensor-parallel model's
+    all-reduce) into its graph: its region was uncounted ("no FLOP formula for
+    _c10d_functional.all_reduce_") and the collective missing from `rep.collectives`. Now it is
+    listed there, sized from the region's graph, not timed (its time is the region's), and the
+    region is counted; the result is the bare run's. One rank, in this process."""
+    import torch.distributed._functional_collectives as funcol
+
+    dist = torch.distributed
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        def layer(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            return funcol.all_reduce(x @ w, "sum", dist.group.WORLD).relu()
+
+        torch._dynamo.reset()
+        compiled = torch.compile(layer)
+        x, w = torch.randn(8, 16), torch.randn(16, 32)
+        bare = compiled(x, w)
+        with memwall.profile(summary=False) as prof:
+            got = [compiled(x, w) for _ in range(3)]
+        assert all(torch.equal(g, bare) for g in got)
+        rep = prof.report()
+    finally:
+        torch._dynamo.reset()
+        dist.destroy_process_group()
+    assert not rep.uncounted, [r.shapes for r in rep.uncounted]
+    (reduce,) = rep.collectives
+    assert (reduce.collective.kind, reduce.calls, reduce.collective.message_bytes) == ("all_reduce", 3, 3 * 8 * 32 * 4)
+    assert reduce.collective.timed_calls == 0
+    assert sum(r.flops for r in rep.rows) == 3 * (2 * 8 * 16 * 32 + 8 * 32)  # the matmul and the relu
 
 
 RANKS, STRAGGLER, PER_NODE = 1024, 613, 8
