@@ -422,9 +422,8 @@ class Router(Protocol):
     #: ns that other ops took while `in_flight` was non-zero; the capture adds to it
     busy_ns: int
 
-    def in_region(self, calls: tuple[OpCall, ...], module: str, phase: str) -> None:
-        """A compiled region ran these ops (some may be ops the router takes, traced into it)."""
-        ...
+    # optional: `in_region(calls, module, phase)`, told the ops of each compiled region that ran
+    # (some may be ops the router takes, traced into it)
 
 
 def _capturing() -> bool:
@@ -1019,8 +1018,9 @@ class Capture:
         """Collectives traced into a compiled region that ran (a compiled tensor-parallel
         model's): the run's communication, listed with the eager ones (their time is the
         region's), in the region's module and phase."""
-        if facts is not None and facts.ops and self._router is not None:
-            self._router.in_region(facts.ops, entry.module, entry.phase)
+        in_region = getattr(self._router, "in_region", None)  # a router may take none of them
+        if facts is not None and facts.ops and in_region is not None:
+            in_region(facts.ops, entry.module, entry.phase)
 
     def route(self, router: Router | None) -> None:
         """Hand the ops `router.routes` names to `router` from now on (None: to the table again);

@@ -241,7 +241,8 @@ class CollectiveRecorder:
 
     @property
     def routes(self) -> dict[Any, Handler]:
-        """Every collective overload -> `issue`; the functional `wait_tensor` -> `wait`."""
+        """Every collective overload -> `issue` (c10d's sends and receives -> `point_to_point`);
+        the functional `wait_tensor` -> `wait`."""
         if self._routes is None:
             handlers = {_ISSUE: self.issue, _WAIT: self.wait, _POINT_TO_POINT: self.point_to_point}
             self._routes = {func: handlers[route] for func, route in collective_routes().items()}

@@ -241,7 +241,8 @@ with memwall.profile(logdir=sys.argv[1], summary=False, scalars=False) as prof:
     for w in works:
         w.wait()
     prof.step()
-print("received", t.tolist(), theirs.tolist(), flush=True)
+sys.stdout.write(f"received {t.tolist()} {theirs.tolist()}\\n")  # one write: the ranks' lines never interleave
+sys.stdout.flush()
 dist.destroy_process_group()
 '''
 
