@@ -190,7 +190,9 @@ def test_custom_formula_for_a_custom_op():
 #: `fsdp.chunk_cat_mixed_dtype`: in 2.15, not in 2.14.1's FSDP2 sources)
 _NEWER_THAN_THE_FLOOR = {"torch_attn._varlen_attn_out": (2, 13), "fsdp.chunk_cat_mixed_dtype": (2, 15),
                         "prims.inductor_rand_eager_offset": (2, 15), "prims.inductor_rand_eager_offsets": (2, 15),
-                        "aten._flash_attention_forward_no_dropout_inplace": (2, 15)}
+                        "aten._flash_attention_forward_no_dropout_inplace": (2, 15),
+                        # the functional collectives' send and receive: in 2.15, not in 2.11
+                        "_c10d_functional.isend": (2, 15), "_c10d_functional.irecv": (2, 15)}
 _TORCH = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
 
 
