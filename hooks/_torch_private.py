@@ -101,6 +101,32 @@ def dispatch_mode_stack() -> list[Any]:
     return list(_get_current_dispatch_mode_stack())
 
 
+def in_compiled_call() -> bool:
+    """Whether a call of a torch.compile'd function is running on this thread, below the caller
+    (an eager part of it: what a graph break left, or a frame Dynamo fell back on). From torch
+    2.13 that call puts the thread's dispatch keys back as they were when it began, as it returns:
+    a dispatch mode left inside it leaves the Python key on with no mode to take it (every op
+    after fails in torch's Python fallback), and one entered inside it is passed by. Read from the
+    stack (torch's wrapper is a frame of its own there; nothing else tells): a step boundary's
+    question, never an op's. False before Dynamo is loaded."""
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")
+    if dynamo is None:
+        return False
+    where = dynamo.__file__
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "compile_wrapper" and code.co_filename == where:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def python_key_on() -> bool:
+    """Whether this thread's dispatch keys send ops to the dispatch modes (the Python key)."""
+    return bool(torch._C._dispatch_tls_is_dispatch_key_included(torch._C.DispatchKey.Python))
+
+
 class UncompiledDispatchMode(TorchDispatchMode):
     """A dispatch mode whose `__torch_dispatch__` torch calls as written, not wrapped to keep
     Dynamo out of it: for a mode that never compiles anything itself."""

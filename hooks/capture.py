@@ -35,6 +35,7 @@ from memwall_plugin.hooks._torch_private import (
     hop_name,
     in_backward,
     in_backward_seed,
+    in_compiled_call,
     is_higher_order_op,
     is_traced_tensor_type,
     kernels_observed,
@@ -42,6 +43,7 @@ from memwall_plugin.hooks._torch_private import (
     observe_aoti_calls,
     op_schema,
     peek_sequence_nr,
+    python_key_on,
     replays_cuda_graph,
     tensors_in,
     unrecorded,
@@ -459,8 +461,10 @@ class _CaptureMode(UncompiledDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
         capture = self._capture
-        if capture.failed is not None:  # memwall broke earlier in this run: stay out of the way
-            return _run(func, args, kwargs)
+        if capture._mode is not self or capture.failed is not None:
+            # memwall broke earlier in this run, or this mode was left on torch's stack when
+            # recording stopped inside a compiled call (Capture.stop): stay out of the way
+            return func(*args, **kwargs) if is_higher_order_op(func) else _run(func, args, kwargs)
         if types:
             if any(is_traced_tensor_type(t) for t in types):
                 # fake tensors only carry metadata (FakeTensorMode, DTensor's sharding
@@ -795,7 +799,7 @@ class _RoutedCaptureMode(_CaptureMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         handler = self._routes.get(func)
         router = self._router
-        if handler is not None and self._capture.failed is None:
+        if handler is not None and self._capture.failed is None and self._capture._mode is self:
             return handler(func, args, kwargs or {})
         if router.in_flight:
             start = _perf_counter_ns()
@@ -868,6 +872,12 @@ class Capture:
         self._first_decode: dict[tuple[Any, ...], Any] = {}
         self._grown_memo: dict[Any, Any] = {}  # exact key -> its fold (`_grown`)
         self._mode: _CaptureMode | None = None
+        #: a mode recording stopped with, left on torch's stack, passing every op through: it was
+        #: stopped inside a torch.compile'd call, or while torch had it handle an op (`stop`)
+        self._lingering: _CaptureMode | None = None
+        #: the mode was entered inside a torch.compile'd call, which may have turned it off as it
+        #: returned (`start`)
+        self._resync = False
         self._router: Router | None = None
         self._compiled = CompiledRegions()  # regions compiled while open are seen whole
         self.pending_events: list[tuple[CaptureEntry, Any, Any, int]] = []
@@ -938,6 +948,7 @@ class Capture:
     def start(self) -> None:
         if self._mode is not None or self.failed is not None or self.suspended:
             return
+        self.settle_mode()
         self.tracker.install()
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         router = self._router
@@ -947,8 +958,19 @@ class Capture:
         never_compiled(mode.__torch_dispatch__)
         if cuda:
             self.clock.start()
-        self._mode = _CaptureMode(self, cuda) if router is None else _RoutedCaptureMode(self, cuda, router)
-        self._mode.__enter__()
+        lingering = self._lingering
+        stack = dispatch_mode_stack() if lingering is not None else []
+        if (stack and stack[-1] is lingering and type(lingering) is mode and lingering._cuda == cuda
+                and getattr(lingering, "_router", None) is router):
+            # recording stopped and starts again inside one compiled call (a step boundary
+            # there): the mode still on torch's stack records again, nothing to enter
+            self._mode, self._lingering = lingering, None
+        else:
+            self._mode = _CaptureMode(self, cuda) if router is None else _RoutedCaptureMode(self, cuda, router)
+            self._mode.__enter__()
+            if in_compiled_call():
+                self._resync = True  # the call's end may turn the mode off: put right after it
+                self.tracker.settle_mode = self.settle_mode
         observe_aoti_calls(self._aoti_call)
         if self.memory is not None:
             self.memory.start()
@@ -1032,6 +1054,7 @@ class Capture:
 
     def stop(self) -> None:
         """Stop recording; the table is kept. Safe to call when not started."""
+        self.settle_mode()
         mode, self._mode = self._mode, None
         if mode is not None:
             observe_aoti_calls(None)
@@ -1042,17 +1065,50 @@ class Capture:
         try:
             if mode is not None:
                 stack = dispatch_mode_stack()
-                # off torch's stack while torch has it handle an op (it puts it back after): a
-                # SIGTERM ending the profile from there (terminate.py) has nothing to take off
                 if any(m is mode for m in stack):
                     if stack[-1] is not mode:
                         raise RuntimeError(
                             "a dispatch mode entered inside memwall.profile is still active; "
                             "exit it before the profile ends or calls prof.step()"
                         )
-                    mode.__exit__(None, None, None)
+                    if in_compiled_call():
+                        # a step boundary inside a torch.compile'd call (an optimizer step hook
+                        # in a frame Dynamo ran eagerly, prof.step() after a graph break): the
+                        # call puts the Python key back on as it returns, which with no mode
+                        # left fails every op after it. The mode stays, passing ops through,
+                        # until memwall is next called outside the call (`settle_mode`)
+                        self._lingering = mode
+                        self.tracker.settle_mode = self.settle_mode
+                    else:
+                        mode.__exit__(None, None, None)
+                else:
+                    # off torch's stack while torch has it handle an op (a compiled region that
+                    # ends a step, a SIGTERM ending the profile there): torch puts it back after
+                    self._lingering = mode
+                    self.tracker.settle_mode = self.settle_mode
         finally:
             self.tracker.remove()
+
+    def settle_mode(self) -> None:
+        """Once memwall runs outside any torch.compile'd call again (a module's or an optimizer
+        step's hook, a step boundary, the profile's end): take off the mode recording stopped
+        with inside one, and turn back on the mode entered inside one that the call's end
+        turned off (the Python key off, so every op passed it by)."""
+        lingering, resync = self._lingering, self._resync
+        if (lingering is None and not resync) or in_compiled_call():
+            return
+        stack = dispatch_mode_stack()
+        if lingering is not None and stack and stack[-1] is lingering:
+            self._lingering = None
+            lingering.__exit__(None, None, None)
+        mode = self._mode
+        if resync:
+            self._resync = False
+            if mode is not None and stack and stack[-1] is mode and not python_key_on():
+                mode.__exit__(None, None, None)  # off and on again: torch sets the keys anew
+                mode.__enter__()
+        if self._lingering is None:  # one under a mode of the user's stays until that is gone
+            self.tracker.settle_mode = None
 
     def settle(self) -> None:
         """Leave out the op whose recording a SIGTERM cut short (terminate.py ends the profile

@@ -196,6 +196,9 @@ class ModuleTracker:
         #: workers), which the summary names
         self.other_threads: dict[str, int] = {}
         self._hook_began = 0  # when the running hook began (a step boundary inside one moves it)
+        #: the capture's, while its dispatch mode waits to be put right outside a torch.compile'd
+        #: call (Capture.settle_mode): called by the hooks, which run outside such calls
+        self.settle_mode: Callable[[], None] | None = None
         if model is not None:
             self._add_root(model)
 
@@ -412,6 +415,8 @@ class ModuleTracker:
         if self._other_thread():
             self._elsewhere()
             return
+        if self.settle_mode is not None:
+            self.settle_mode()
         if self._torch_subgraph(module):
             return
         if self.step_pending:
@@ -474,6 +479,8 @@ class ModuleTracker:
         if _thread_id() != self._thread:  # another thread's optimizer: neither phase nor step
             self._elsewhere()
             return
+        if self.settle_mode is not None:
+            self.settle_mode()
         self.in_optimizer += 1
         if self.memory is not None:
             self.memory.optimizer_stepping(optimizer)

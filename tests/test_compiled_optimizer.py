@@ -9,6 +9,7 @@ profile for one compiled inside it)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -121,6 +122,66 @@ def test_a_schedule_that_waits_on_a_compiled_optimizer_step_says_why_nothing_was
             model(x).square().mean().backward()
             step()
             opt.zero_grad()
+    if prof.report().steps:
+        # Dynamo on Python 3.13 breaks the compiled step's graph at memwall's step hook and runs
+        # it eagerly: the steps end there (inside the compiled call: Capture.stop), as eager ones
+        assert prof.report().steps == (1, 2)
+        return
     assert prof.report().steps == ()
     note = prof.nothing_recorded()
     assert "compiled (torch.compile)" in note and "prof.step()" in note
+
+
+def _step_marked_inside_a_compiled_call(wait: int, mode: str) -> tuple[memwall.Report | None, list[torch.Tensor]]:
+    """Five training steps whose step boundary (prof.step()) comes inside a torch.compile'd call
+    (mode "compiled"): the optimizer step is compiled, with the marking of the step in a function
+    Dynamo leaves to eager code (as Dynamo on Python 3.13 does with memwall's optimizer step hook,
+    which ends memwall run's steps). torch.compile puts the thread's dispatch
+    keys back as they were when the call began as it returns (torch 2.13 on). "eager": the same
+    without torch.compile; "bare": without memwall."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 32)
+    schedule = memwall.schedule(wait=wait, warmup=0, active=2, repeat=1)
+    prof = memwall.profile(model=model, summary=False, schedule=schedule)
+
+    @torch.compiler.disable
+    def mark() -> None:
+        if mode != "bare":
+            prof.step()
+
+    def update() -> None:
+        opt.step()
+        mark()
+
+    if mode != "eager":
+        update = torch.compile(update, backend="eager")
+    with prof if mode != "bare" else contextlib.nullcontext():
+        for _ in range(5):
+            model(x).square().mean().backward()
+            update()
+            opt.zero_grad()
+    return (prof.report() if mode != "bare" else None), [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("wait", [0, 1], ids=["recording ends inside the call", "recording begins inside the call"])
+def test_a_step_boundary_inside_a_compiled_call_leaves_the_run_and_its_record_whole(fresh_dynamo, wait):
+    """Before, recording that ended inside the call left torch's Python key on with no mode to
+    take it: the user's next op failed ("Hit Python dispatch key but no arguments had
+    PyInterpreter"). Recording that began inside it was turned off as the call returned: the
+    steps it should record lost their forward and backward."""
+    _, bare = _step_marked_inside_a_compiled_call(wait, "bare")
+    eager, _ = _step_marked_inside_a_compiled_call(wait, "eager")
+    torch._dynamo.reset()
+    rep, params = _step_marked_inside_a_compiled_call(wait, "compiled")
+    assert all(torch.equal(a, b) for a, b in zip(bare, params))
+    assert torch._C._len_torch_dispatch_stack() == 0  # nothing of memwall's left behind
+    assert rep is not None and eager is not None and rep.steps == eager.steps and len(rep.steps) == 2
+
+    def work(report: memwall.Report) -> dict[tuple[str, str, str], int]:
+        return {(r.op, r.phase, r.module): r.calls for r in report.rows if r.phase in ("forward", "backward")}
+
+    # each recorded step's forward and backward, in their modules, as without torch.compile
+    assert work(rep) == work(eager)
+    assert {m for op, _, m in work(rep) if op == "aten.addmm"} == {"0", "2"}
