@@ -763,8 +763,18 @@ def figures(arch: Arch) -> dict[str, Any]:
         if r.phase in ("forward", "backward") and r.flops is not None:
             by_op[r.op] = by_op.get(r.op, 0) + r.flops
     counted = {op: by_op.get(op, 0) - extra.get(op, 0) for op in FLOP_COUNTER_OPS}
+    differs = mine.equal(bare)
+    for _ in range(2):
+        if not differs:
+            break
+        # a bare run that is not reproducible itself (GPT-OSS's expert bias gradient, about one
+        # bare run in forty on a 2-vCPU AMD EPYC): the profiled step must equal some bare run
+        # bit for bit, and a step memwall changed equals none
+        again, _ = train_step(arch, copy.deepcopy(base), batch, profile=False)
+        if again.equal(mine) == []:
+            differs = []
     out: dict[str, Any] = {
-        "differs_from_bare_run": mine.equal(bare),
+        "differs_from_bare_run": differs,
         "uncounted": sorted({r.op for r in rep.uncounted}),
         # rows above their roof: a roofline that cannot be right (issue 20: each under its memory level)
         "above_roof": [(r.op, r.phase, r.module, r.shapes, r.memory_level, round(r.efficiency, 2),
