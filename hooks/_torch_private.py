@@ -1270,15 +1270,20 @@ def _stack_path(stack: list[Any]) -> str | None:
     transformers made a module) is named as an eager run names a module run inside another
     without being its child: the enclosing path and its class's name."""
     path: str | None = None
+    outer = ""  # the enclosing entry's Dynamo path
     for entry in stack:
         if not (isinstance(entry, tuple) and entry and isinstance(entry[0], str)):
             continue
-        if entry[0].startswith("G[") and path is not None:
+        where = entry[0]
+        if where.startswith("G[") and path is not None and not where.startswith((outer + ".", outer + "[")):
             kind = entry[1] if len(entry) > 1 else None
             name = kind.__name__ if isinstance(kind, type) else str(kind or "").rsplit(".", 1)[-1]
             path = f"{path}.{name}" if path else name
         else:
-            path = _module_path(entry[0])
+            # a child of the enclosing entry, a model a compiled function reaches through a global
+            # (`G['model'].0` inside `G['model']`) too: named by its path below the root
+            path = _module_path(where)
+        outer = where
     return path
 
 

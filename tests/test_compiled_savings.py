@@ -192,6 +192,37 @@ def test_a_model_compiled_whole_has_its_eager_module_names(fresh_dynamo):
     assert not any("fusing them (torch.compile)" in f for f in compiled_said)
 
 
+#: a model a compiled training function reaches as a global (`@torch.compile def step(): model(x)`)
+_GLOBAL_NET: torch.nn.Module | None = None
+
+
+def test_a_compiled_function_reaching_its_model_through_a_global_has_its_eager_module_names(fresh_dynamo):
+    """Dynamo names a module a compiled function reaches through a global by that global's path
+    (`G['_GLOBAL_NET'].block.proj`). Before, every such module was taken for a function module
+    reached through a global (transformers' RoPE) and named by its class: `block.proj` and `head`
+    both read as `Linear`, their kernels as one module's."""
+    global _GLOBAL_NET
+    torch.manual_seed(0)
+    _GLOBAL_NET, x = _Net(), torch.randn(8, 16)
+
+    def forward() -> torch.Tensor:
+        assert _GLOBAL_NET is not None
+        return _GLOBAL_NET(x)
+
+    with torch.no_grad():
+        with memwall.profile(model=_GLOBAL_NET, summary=False) as prof:
+            forward()
+        eager = {r.module for r in prof.report().rows}
+        compiled = torch.compile(forward)
+        compiled()
+        with memwall.profile(model=_GLOBAL_NET, summary=False) as prof:
+            compiled()
+    kernel_modules = {r.module for r in _kernels(prof.report())}
+    assert {"block.proj", "head"} <= kernel_modules, kernel_modules
+    assert kernel_modules <= eager, kernel_modules - eager
+    assert {r.module for r in prof.report().rows} <= eager
+
+
 def test_mlp_compiled_kernel_by_kernel_with_modules_and_savings_per_module(fresh_dynamo):
     """Linear -> ReLU -> Linear -> Tanh compiled whole, inside a model as `a` and `b`: on CPU
     Inductor runs each Linear as a library GEMM (extern_kernels.addmm) and each activation as a
