@@ -1242,9 +1242,12 @@ def _restore_shapes(gm: Any, inputs: list[Any]) -> bool:
 
 #: a node of the graph whose shapes were not noted
 _ADDED = object()
-#: a frame of torch.optim's Optimizer in a node's stack trace: every optimizer's step() runs
-#: through its wrapper there (torch's optimizers, torchao's, a user's own subclass)
-_OPTIMIZER_FRAME = re.compile(r'[/\\]torch[/\\]optim[/\\]optimizer\.py"')
+#: a frame of torch.optim's in a node's stack trace: every optimizer's step() runs through its
+#: Optimizer's wrapper in optimizer.py (torch's optimizers, torchao's, a user's own subclass);
+#: where the wrapper's graph break made Dynamo compile the step's own frame (a whole training
+#: step compiled, a subclass that breaks the graph), torch's optimizer's file (sgd.py, adamw.py)
+#: is the graph's outermost. Its LR schedulers and SWA helpers take no optimizer step
+_OPTIMIZER_FRAME = re.compile(r'[/\\]torch[/\\]optim[/\\](?!lr_scheduler\.py|swa_utils\.py)\w+\.py"')
 
 
 def _traced_in_optimizer(graph: Any) -> bool:

@@ -185,3 +185,44 @@ def test_a_step_boundary_inside_a_compiled_call_leaves_the_run_and_its_record_wh
     # each recorded step's forward and backward, in their modules, as without torch.compile
     assert work(rep) == work(eager)
     assert {m for op, _, m in work(rep) if op == "aten.addmm"} == {"0", "2"}
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "AdamW"])
+def test_a_training_step_compiled_whole_ends_memwall_runs_steps_at_its_optimizer_step(fresh_dynamo, optimizer):
+    """`@torch.compile` on the whole training step (forward, backward, optimizer.step(),
+    zero_grad()): the graph break in torch.optim's step wrapper makes Dynamo compile the
+    optimizer's own step() frame (sgd.py, adamw.py), with no frame of the wrapper's in its
+    graph. Before, that region was not taken for an optimizer step: it read as "other", and
+    memwall run's steps never ended (one step held all five, whatever the schedule)."""
+
+    def run(profiled: bool) -> tuple[memwall.Report | None, list[torch.Tensor]]:
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32))
+        opt = getattr(torch.optim, optimizer)(model.parameters(), lr=0.01)
+        x = torch.randn(4, 32)
+
+        @torch.compile
+        def train_step() -> None:
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+
+        schedule = memwall.schedule(wait=0, warmup=0, active=2, repeat=1)
+        prof = memwall.profile(model=model, summary=False, step_on_optimizer=True, schedule=schedule)
+        with prof if profiled else contextlib.nullcontext():
+            for _ in range(5):
+                train_step()
+        assert torch._C._len_torch_dispatch_stack() == 0
+        return (prof.report() if profiled else None), [p.detach().clone() for p in model.parameters()]
+
+    _, bare = run(False)
+    rep, params = run(True)
+    assert all(torch.equal(a, b) for a, b in zip(bare, params))
+    assert rep is not None and rep.steps == (0, 1)
+    regions = [r for r in rep.rows if r.op == REGION]
+    calls = {phase: sum(r.calls for r in regions if r.phase == phase) for phase in ("forward", "optimizer")}
+    assert calls["optimizer"] >= 2 and calls["optimizer"] % 2 == 0  # the same regions in each recorded step
+    assert calls["forward"] >= 2 and calls["forward"] % 2 == 0
+    assert "other" not in {r.phase for r in regions}
+    assert sum(r.flops or 0 for r in regions if r.phase == "optimizer") > 0
