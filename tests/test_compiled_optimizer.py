@@ -123,8 +123,9 @@ def test_a_schedule_that_waits_on_a_compiled_optimizer_step_says_why_nothing_was
             step()
             opt.zero_grad()
     if prof.report().steps:
-        # Dynamo on Python 3.13 breaks the compiled step's graph at memwall's step hook and runs
-        # it eagerly: the steps end there (inside the compiled call: Capture.stop), as eager ones
+        # on Python 3.13 Dynamo cannot resume after the graph break in torch.optim's step wrapper
+        # (inside its try block) and runs the wrapper eagerly, memwall's step hook with it: the
+        # steps end there (inside the compiled call: Capture.stop), as eager ones
         assert prof.report().steps == (1, 2)
         return
     assert prof.report().steps == ()
@@ -135,8 +136,8 @@ def test_a_schedule_that_waits_on_a_compiled_optimizer_step_says_why_nothing_was
 def _step_marked_inside_a_compiled_call(wait: int, mode: str) -> tuple[memwall.Report | None, list[torch.Tensor]]:
     """Five training steps whose step boundary (prof.step()) comes inside a torch.compile'd call
     (mode "compiled"): the optimizer step is compiled, with the marking of the step in a function
-    Dynamo leaves to eager code (as Dynamo on Python 3.13 does with memwall's optimizer step hook,
-    which ends memwall run's steps). torch.compile puts the thread's dispatch
+    Dynamo leaves to eager code (as on Python 3.13, where Dynamo runs torch.optim's step wrapper
+    eagerly, and with it memwall's step hook, which ends memwall run's steps). torch.compile puts the thread's dispatch
     keys back as they were when the call began as it returns (torch 2.13 on). "eager": the same
     without torch.compile; "bare": without memwall."""
     torch.manual_seed(0)
