@@ -1065,25 +1065,22 @@ class Capture:
         try:
             if mode is not None:
                 stack = dispatch_mode_stack()
-                if any(m is mode for m in stack):
-                    if stack[-1] is not mode:
-                        raise RuntimeError(
-                            "a dispatch mode entered inside memwall.profile is still active; "
-                            "exit it before the profile ends or calls prof.step()"
-                        )
-                    if in_compiled_call():
-                        # a step boundary inside a torch.compile'd call (an optimizer step hook
-                        # in a frame Dynamo ran eagerly, prof.step() after a graph break): the
-                        # call puts the Python key back on as it returns, which with no mode
-                        # left fails every op after it. The mode stays, passing ops through,
-                        # until memwall is next called outside the call (`settle_mode`)
-                        self._lingering = mode
-                        self.tracker.settle_mode = self.settle_mode
-                    else:
-                        mode.__exit__(None, None, None)
+                on_stack = any(m is mode for m in stack)
+                if on_stack and stack[-1] is not mode:
+                    raise RuntimeError(
+                        "a dispatch mode entered inside memwall.profile is still active; "
+                        "exit it before the profile ends or calls prof.step()"
+                    )
+                if on_stack and not in_compiled_call():
+                    mode.__exit__(None, None, None)
                 else:
-                    # off torch's stack while torch has it handle an op (a compiled region that
-                    # ends a step, a SIGTERM ending the profile there): torch puts it back after
+                    # a step boundary inside a torch.compile'd call (an optimizer step hook in a
+                    # frame Dynamo ran eagerly, prof.step() after a graph break): the call puts
+                    # the Python key back on as it returns, which with no mode left fails every
+                    # op after it. Or the mode is off torch's stack while torch has it handle an
+                    # op (a compiled region that ends a step, a SIGTERM ending the profile there),
+                    # and torch puts it back after. Either way it stays, passing ops through,
+                    # until memwall is next called outside the call (`settle_mode`)
                     self._lingering = mode
                     self.tracker.settle_mode = self.settle_mode
         finally:
