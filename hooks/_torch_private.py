@@ -122,6 +122,83 @@ def in_compiled_call() -> bool:
     return False
 
 
+def dispatch_keys() -> tuple[Any, Any]:
+    """This thread's local dispatch keys: those included and those excluded."""
+    return torch._C._dispatch_tls_local_include_set(), torch._C._dispatch_tls_local_exclude_set()
+
+
+def keep_keys_past_compiled_calls(before: Any) -> bool:
+    """Make the running torch.compile'd calls keep, as they return, the change a dispatch mode
+    entered or exited inside them just made to this thread's included dispatch keys (`before`:
+    those keys before it). Each call puts back the keys it began with as it returns: a mode
+    entered inside it would be off after it (every op passing it by), and one exited inside it
+    would leave the Python key on with no mode to take it (every op after failing in torch's
+    Python fallback). From torch 2.14 each call keeps those keys on a stack of torch's
+    (`_dynamo_save_local_dispatch_key_set`); this takes the snapshots off and puts them back
+    changed the same way, and leaves this thread's keys as they are. False where there is no
+    such stack (torch 2.13 keeps the keys in a guard object of the call's frame) or no call has
+    a snapshot open: nothing changed."""
+    save = getattr(torch._C, "_dynamo_save_local_dispatch_key_set", None)
+    restore = getattr(torch._C, "_dynamo_restore_local_dispatch_key_set", None)
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")
+    if save is None or restore is None or dynamo is None:
+        return False
+    where = dynamo.__file__
+    open_calls = 0
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "compile_wrapper" and code.co_filename == where:
+            window = _snapshot_lines(code)
+            if window is None:
+                return False
+            open_calls += window[0] < frame.f_lineno < window[1]
+        frame = frame.f_back
+    if not open_calls:
+        return False
+    current = dispatch_keys()
+    added, removed = current[0] - before, before - current[0]
+    if added == removed:  # nothing changed (another mode keeps the keys on)
+        return True
+    snapshots = []
+    for _ in range(open_calls):  # innermost call's first
+        restore()
+        snapshots.append(dispatch_keys())
+    for included, excluded in reversed(snapshots):
+        with torch._C._ForceDispatchKeyGuard((included | added) - removed, excluded):
+            save()
+    with torch._C._ForceDispatchKeyGuard(*current):
+        save()
+    restore()  # this thread's keys as they were
+    return True
+
+
+@functools.cache
+def _snapshot_lines(code: Any) -> tuple[int, int] | None:
+    """The lines of compile_wrapper's `_dynamo_save_local_dispatch_key_set()` and
+    `_dynamo_restore_local_dispatch_key_set()` calls: a call whose frame is between them has its
+    snapshot on torch's stack. None where either is missing."""
+    import dis
+
+    lines: dict[str, int] = {}
+    line = None
+    try:
+        for instruction in dis.get_instructions(code):
+            positions = getattr(instruction, "positions", None)  # Python 3.11 on
+            if positions is not None and positions.lineno is not None:
+                line = positions.lineno
+            elif isinstance(instruction.starts_line, int) and not isinstance(instruction.starts_line, bool):
+                line = instruction.starts_line  # Python 3.10: set on a line's first instruction
+            if instruction.argval in ("_dynamo_save_local_dispatch_key_set",
+                                      "_dynamo_restore_local_dispatch_key_set") and line is not None:
+                lines.setdefault(instruction.argval, line)
+    except Exception:  # a Python whose instructions read otherwise: the keys are left alone
+        return None
+    if len(lines) != 2:
+        return None
+    return lines["_dynamo_save_local_dispatch_key_set"], lines["_dynamo_restore_local_dispatch_key_set"]
+
+
 def python_key_on() -> bool:
     """Whether this thread's dispatch keys send ops to the dispatch modes (the Python key)."""
     return bool(torch._C._dispatch_tls_is_dispatch_key_included(torch._C.DispatchKey.Python))
@@ -367,6 +444,17 @@ def never_compiled(fn: Any) -> Any:
         return fn
     _mark_never_compiled(fn.__code__)
     return fn
+
+
+def never_traced(fn: Any, reason: str) -> Any:
+    """A call of `fn` written inside a compiled function is not traced into its graph: Dynamo
+    breaks the graph there and calls `fn` as Python, as for a `torch.compiler.disable`d function
+    (which reads the same attribute), and `fn`'s own frame is never compiled (`never_compiled`).
+    Unlike `torch.compiler.disable` it adds no wrapper, so a call outside compiled code costs
+    nothing more, and importing Dynamo is left to torch."""
+    fn._torchdynamo_disable = True
+    fn._torchdynamo_disable_msg = reason
+    return never_compiled(fn)
 
 
 #: code objects `never_compiled` was given before Dynamo was loaded (a closure's is shared by
@@ -1623,6 +1711,9 @@ __all__ = [
     "process_group_size",
     "propagate_shapes",
     "never_compiled",
+    "never_traced",
+    "keep_keys_past_compiled_calls",
+    "dispatch_keys",
     "compiles_its_call_impl",
     "global_module_hooks_hidden",
     "compile_time_ns",

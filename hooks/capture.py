@@ -28,6 +28,7 @@ from memwall_plugin.hooks._torch_private import (
     call_unrecorded,
     current_autograd_node,
     current_cuda_stream,
+    dispatch_keys,
     dispatch_mode_stack,
     fwd_grad_enabled,
     has_backend_kernel,
@@ -38,6 +39,7 @@ from memwall_plugin.hooks._torch_private import (
     in_compiled_call,
     is_higher_order_op,
     is_traced_tensor_type,
+    keep_keys_past_compiled_calls,
     kernels_observed,
     never_compiled,
     observe_aoti_calls,
@@ -878,6 +880,7 @@ class Capture:
         #: the mode was entered inside a torch.compile'd call, which may have turned it off as it
         #: returned (`start`)
         self._resync = False
+        self._said_passed_by = False
         self._router: Router | None = None
         self._compiled = CompiledRegions()  # regions compiled while open are seen whole
         self.pending_events: list[tuple[CaptureEntry, Any, Any, int]] = []
@@ -967,9 +970,14 @@ class Capture:
             self._mode, self._lingering = lingering, None
         else:
             self._mode = _CaptureMode(self, cuda) if router is None else _RoutedCaptureMode(self, cuda, router)
+            compiled = in_compiled_call()
+            keys = dispatch_keys()[0] if compiled else None
             self._mode.__enter__()
-            if in_compiled_call():
-                self._resync = True  # the call's end may turn the mode off: put right after it
+            # entered inside a torch.compile'd call (prof.step() at a graph break): the call puts
+            # back the keys it began with as it returns, which would turn the mode off. The keys
+            # it puts back get the mode's; else the mode is turned on again right after the call
+            if compiled and not keep_keys_past_compiled_calls(keys):
+                self._resync = True
                 self.tracker.settle_mode = self.settle_mode
         observe_aoti_calls(self._aoti_call)
         if self.memory is not None:
@@ -1054,6 +1062,8 @@ class Capture:
 
     def stop(self) -> None:
         """Stop recording; the table is kept. Safe to call when not started."""
+        if self._resync and self._mode is not None and not python_key_on():
+            self._passed_by()
         self.settle_mode()
         mode, self._mode = self._mode, None
         if mode is not None:
@@ -1071,20 +1081,44 @@ class Capture:
                         "a dispatch mode entered inside memwall.profile is still active; "
                         "exit it before the profile ends or calls prof.step()"
                     )
-                if on_stack and not in_compiled_call():
+                linger = not on_stack
+                if on_stack:
+                    compiled = in_compiled_call()
+                    keys = dispatch_keys()[0] if compiled else None
                     mode.__exit__(None, None, None)
-                else:
+                    if compiled and not keep_keys_past_compiled_calls(keys):
+                        mode.__enter__()
+                        linger = True
+                if linger:
                     # a step boundary inside a torch.compile'd call (an optimizer step hook in a
-                    # frame Dynamo ran eagerly, prof.step() after a graph break): the call puts
-                    # the Python key back on as it returns, which with no mode left fails every
-                    # op after it. Or the mode is off torch's stack while torch has it handle an
-                    # op (a compiled region that ends a step, a SIGTERM ending the profile there),
-                    # and torch puts it back after. Either way it stays, passing ops through,
-                    # until memwall is next called outside the call (`settle_mode`)
+                    # frame Dynamo ran eagerly, prof.step() after a graph break) that will put
+                    # the Python key back on as it returns, with torch 2.13 (from 2.14 the keys
+                    # it puts back lose the mode's): with no mode left every op after it would
+                    # fail. Or the mode is off torch's stack while torch has it handle an op (a
+                    # compiled region that ends a step, a SIGTERM ending the profile there), and
+                    # torch puts it back after. Either way it stays, passing ops through, until
+                    # memwall is next called outside the call (`settle_mode`)
                     self._lingering = mode
                     self.tracker.settle_mode = self.settle_mode
         finally:
             self.tracker.remove()
+
+    def _passed_by(self) -> None:
+        """The mode entered inside a torch.compile'd call was turned off as the call returned,
+        and memwall ran outside compiled code nowhere since (a whole training step compiled, with
+        prof.step() inside it): the ops since then passed it by. Said once."""
+        if self._said_passed_by:
+            return
+        self._said_passed_by = True
+        warnings.warn(
+            "memwall: recording began inside a torch.compile'd call (prof.step() inside a compiled "
+            f"function), and torch {torch.__version__} turned memwall's recording off as the call "
+            "returned: the ops that ran after it until this step's end were not recorded (the next "
+            "compiled call's forward and optimizer step among them). Call prof.step() after the "
+            "compiled function returns, or use torch 2.14 or later, where memwall records on.",
+            RuntimeWarning,
+            stacklevel=5  # prof.step()'s caller,
+        )
 
     def settle_mode(self) -> None:
         """Once memwall runs outside any torch.compile'd call again (a module's or an optimizer
