@@ -182,7 +182,12 @@ class ModuleTracker:
         self._handles: list[RemovableHandle] = []
         self._hooks: tuple[Callable[..., None], Callable[..., None]] | None = None  # pre, post
         #: id -> (the module, its compiled call, memwall's wrapper in its place while installed)
-        self._stepped_around: dict[int, tuple[weakref.ref[torch.nn.Module], Any, Any]] = {}
+        #: id -> (the module, the attribute memwall set, what it held, what memwall set)
+        self._stepped_around: dict[int, tuple[weakref.ref[torch.nn.Module], str, Any, Any]] = {}
+        #: torch.compile(module) wrappers called while recording whose module holds a module with
+        #: a `__call__` of its own (`_around_compiled_forward`), stepped around at each install
+        self._hook_guarded: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+        self._own_call_memo: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
         self._step_hooks: tuple[Callable[..., None], Callable[..., None]] | None = None  # in _STEP_HOOKS
         # fail-safe: an error inside a hook goes to on_error and turns every hook into a no-op
         # (hooks cannot be removed while torch iterates over them)
@@ -295,6 +300,7 @@ class ModuleTracker:
         # and those compiled in place anywhere since memwall was imported: a model profiled
         # without `model=` is called through its compiled `_call_impl` before a hook could see it
         self._step_around_compiled_call_impls(modules_compiled_in_place())
+        self._step_around_compiled_call_impls(list(self._hook_guarded))
 
     def _compiled_in_place(self, module: torch.nn.Module) -> None:
         """A module compiled in place while the hooks are installed (`model.compile()` inside a
@@ -316,12 +322,45 @@ class ModuleTracker:
         if self._hooks is None or "torch._dynamo" not in sys.modules:
             return
         for module in modules:
+            if compiled_module_original(module) is not None:
+                self._around_compiled_forward(module)
             compiled = module._compiled_call_impl
             if compiled is None or id(module) in self._stepped_around or not compiles_its_call_impl(module):
                 continue
             ours = self._around_compiled_call(module, compiled, self._hooks)
-            self._stepped_around[id(module)] = (weakref.ref(module), compiled, ours)
+            self._stepped_around[id(module)] = (weakref.ref(module), "_compiled_call_impl", compiled, ours)
             module._compiled_call_impl = ours
+
+    def _around_compiled_forward(self, wrapper: torch.nn.Module) -> None:
+        """A `torch.compile(module)` wrapper whose module holds a module with a `__call__` of its
+        own (transformers before 5.23 gives every decoder layer one; `super().__call__()` calls
+        torch's): Dynamo traces that call through torch's `_call_impl`, which reads the global
+        module hooks, and guards the graph on there being none. memwall's, there while it
+        records, made every recorded call compile the model again (and, past Dynamo's recompile
+        limit, run it uncompiled from then on). Its compiled forward runs with memwall's hooks
+        out of torch's tables, as it was compiled; the wrapper's own call is seen as before, and
+        the modules inside it are its compiled regions', named from their graphs. Put back by
+        `remove`; from the second call on where memwall first meets the wrapper when called."""
+        if id(wrapper) in self._stepped_around or "forward" not in wrapper.__dict__:
+            return
+        original = compiled_module_original(wrapper)
+        own = self._own_call_memo.get(wrapper)
+        if own is None:
+            own = isinstance(original, torch.nn.Module) and any(
+                type(m).__call__ is not torch.nn.Module.__call__ for m in original.modules())
+            self._own_call_memo[wrapper] = own
+        if not own:
+            return
+        self._hook_guarded.add(wrapper)
+        forward = wrapper.__dict__["forward"]
+        ids = [handle.id for handle in self._handles]
+
+        def compiled_forward(*args: Any, **kwargs: Any) -> Any:
+            with global_module_hooks_hidden(ids):
+                return forward(*args, **kwargs)
+
+        self._stepped_around[id(wrapper)] = (weakref.ref(wrapper), "forward", forward, compiled_forward)
+        wrapper.forward = compiled_forward
 
     def _around_compiled_call(self, module: torch.nn.Module, compiled: Callable[..., Any],
                               hooks: tuple[Callable[..., None], Callable[..., None]]) -> Callable[..., Any]:
@@ -370,10 +409,10 @@ class ModuleTracker:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        for ref, compiled, ours in self._stepped_around.values():
+        for ref, attribute, before, ours in self._stepped_around.values():
             module = ref()
-            if module is not None and module.__dict__.get("_compiled_call_impl") is ours:
-                module._compiled_call_impl = compiled  # not if the user compiled it again meanwhile
+            if module is not None and module.__dict__.get(attribute) is ours:
+                setattr(module, attribute, before)  # not if the user compiled it again meanwhile
         self._stepped_around.clear()
         self._hooks = None
         quiet, self._quiet = self._quiet, None
@@ -426,6 +465,8 @@ class ModuleTracker:
                 return
         if self.setup_open:
             self.end_setup()
+        if "forward" in module.__dict__ and id(module) not in self._stepped_around and self._handles:
+            self._step_around_compiled_call_impls((module,))  # a torch.compile(module) wrapper
         memory = self.memory
         if memory is not None and memory.unarmed and torch.is_grad_enabled():  # gradients may come
             memory.arm()

@@ -859,6 +859,10 @@ def test_a_custom_op_a_compiled_region_calls_is_a_kernel_row_counted_as_in_eager
     with no bytes. Each call is now a kernel row of the experts module, forward and backward,
     counted as the eager op is."""
     transformers_moe()
+    if not hasattr(torch.ops.transformers, "grouped_mm_fallback_backward"):
+        # before transformers 5.23 its backward is Python calling offs.tolist(): Inductor cannot
+        # compile it (a graph break), and the model runs its experts eagerly, as aten.mm rows
+        pytest.skip("this transformers' grouped_mm_fallback has no custom-op backward to compile")
     torch.manual_seed(0)
     model = _MoE()
     compiled = torch.compile(model)
@@ -885,3 +889,51 @@ def test_a_custom_op_a_compiled_region_calls_is_a_kernel_row_counted_as_in_eager
     assert sorted((r.phase, r.flops, r.bytes) for r in kernels) == eager
     assert {r.module for r in kernels} == {"experts"} and all(r.time_s > 0 for r in kernels)
     assert not [r.shapes for r in rep.rows if r.op == REGION and "no kernel was matched" in r.shapes and r.flops]
+
+
+class _OwnCall(torch.nn.Linear):
+    """A layer with a `__call__` of its own, as transformers before 5.23 gave every decoder layer
+    (GradientCheckpointingLayer): Dynamo traces it through torch's `_call_impl`, which reads the
+    global module hooks, and guards the compiled graph on there being none."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return super().__call__(*args, **kwargs)
+
+
+class _OwnCallModel(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = _OwnCall(8, 8), _OwnCall(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.relu(self.a(x)))
+
+
+@pytest.mark.parametrize("given", ["the compiled model", "the model"])
+def test_a_compiled_model_whose_layers_have_their_own_call_is_not_compiled_again_while_recorded(fresh_dynamo, given):
+    """Before, memwall's global module hooks failed that guard at every recorded call: the model
+    compiled again each step (past Dynamo's recompile limit of 8 it would run uncompiled for the
+    rest of the run). Given the compiled model, nothing compiles again; given the model itself,
+    memwall meets the compiled wrapper at its first call, which compiles once."""
+    torch.manual_seed(0)
+    model = _OwnCallModel()
+    twin = copy.deepcopy(model)
+    compiled, twin_compiled = torch.compile(model), torch.compile(twin)
+    x = torch.randn(4, 8)
+    compiled(x).sum().backward()  # compiles forward and backward
+    graphs = counters["stats"]["unique_graphs"]
+    steps = 4
+    with memwall.profile(summary=False, model=compiled if given == "the compiled model" else model) as prof:
+        for _ in range(steps):
+            compiled(x).sum().backward()
+            prof.step()
+    assert counters["stats"]["unique_graphs"] - graphs == (0 if given == "the compiled model" else 1)
+    for _ in range(1 + steps):
+        twin_compiled(x).sum().backward()
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(model.parameters(), twin.parameters(), strict=True))
+    rep = prof.report()
+    regions = [r for r in rep.rows if r.op == REGION and r.calls and r.phase == "forward"]
+    later = steps - (0 if given == "the compiled model" else 1)  # the steps after any compile
+    assert {r.module for r in regions} >= {"a", "b"}
+    # one graph's regions, called once a step: with a compile each step, each step had its own
+    assert all(r.calls >= later for r in regions), [(r.module, r.calls) for r in regions]
