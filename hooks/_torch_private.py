@@ -524,6 +524,43 @@ def note_modules_compiled_in_place() -> None:
     _COMPILED_IN_PLACE = noted
 
 
+#: torch.compile(module) wrappers (OptimizedModule) made since memwall was imported, weakly
+_COMPILED_WRAPPERS: weakref.WeakSet[Any] = weakref.WeakSet()
+_NOTING_WRAPPERS = False
+
+
+def note_compiled_wrappers() -> None:
+    """From now on, torch.compile(module)'s wrapper (OptimizedModule) also notes (weakly) each
+    wrapper it makes; it runs as before. Needed because memwall must step around the compiled
+    forward of some before their first recorded call (`ModuleTracker._around_compiled_forward`),
+    and a profile given the uncompiled model (or none) has no other way to the wrapper. Nothing
+    to do before Dynamo is loaded: `_WrapOnImport` calls this again once it is."""
+    global _NOTING_WRAPPERS
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    if _NOTING_WRAPPERS or eval_frame is None:
+        return
+    wrapper_class = getattr(eval_frame, "OptimizedModule", None)
+    if wrapper_class is None:
+        return
+    original = wrapper_class.__init__
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: N807 - the class's own
+        original(self, *args, **kwargs)
+        try:
+            _COMPILED_WRAPPERS.add(self)
+        except TypeError:  # not weakly referenced: not noted, as before
+            pass
+
+    wrapper_class.__init__ = __init__
+    _NOTING_WRAPPERS = True
+
+
+def compiled_wrappers() -> list[Any]:
+    """The torch.compile(module) wrappers `note_compiled_wrappers` has seen made, still alive."""
+    return list(_COMPILED_WRAPPERS)
+
+
 def listen_for_modules_compiled_in_place(listener: Callable[[Any], None], listening: bool) -> None:
     """Call `listener` with each module compiled in place from now on (`listening`), or no more."""
     if listening and listener not in _COMPILED_IN_PLACE_LISTENERS:
@@ -1034,6 +1071,7 @@ class _WrapOnImport:
             if name == _DYNAMO:  # first imported while memwall records (torch.compile in the step)
                 while _NOT_YET_MARKED:
                     _mark_never_compiled(_NOT_YET_MARKED.pop())
+                note_compiled_wrappers()
                 if _HIDDEN_FROM_DYNAMO or _stepping_aside:
                     _register_compile_callbacks()
                 return
@@ -1721,6 +1759,8 @@ __all__ = [
     "listen_for_modules_compiled_in_place",
     "modules_compiled_in_place",
     "note_modules_compiled_in_place",
+    "note_compiled_wrappers",
+    "compiled_wrappers",
     "kernels_observed",
     "region_eager_origins",
     "region_is_optimizer_step",

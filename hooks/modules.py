@@ -26,6 +26,7 @@ from memwall_plugin.hooks._torch_private import (
     ACCUMULATE_GRAD_SEQUENCE_NR,
     compile_time_ns,
     compiled_module_original,
+    compiled_wrappers,
     compiles_its_call_impl,
     current_autograd_node,
     find_frame,
@@ -37,6 +38,7 @@ from memwall_plugin.hooks._torch_private import (
     never_compiled,
     node_sequence_nr,
     node_variable,
+    note_compiled_wrappers,
     note_modules_compiled_in_place,
     peek_sequence_nr,
 )
@@ -51,6 +53,7 @@ _thread_id = threading.get_ident
 
 # from memwall's import on: a module compiled in place is known before its first call
 note_modules_compiled_in_place()
+note_compiled_wrappers()  # else once Dynamo is imported
 
 #: the optimizer step hooks (pre, post) of each open tracker. torch's tables hold memwall's two
 #: from its import on, for good: Dynamo guards a compiled `optimizer.step()` on the number of
@@ -184,8 +187,8 @@ class ModuleTracker:
         #: id -> (the module, its compiled call, memwall's wrapper in its place while installed)
         #: id -> (the module, the attribute memwall set, what it held, what memwall set)
         self._stepped_around: dict[int, tuple[weakref.ref[torch.nn.Module], str, Any, Any]] = {}
-        #: torch.compile(module) wrappers called while recording whose module holds a module with
-        #: a `__call__` of its own (`_around_compiled_forward`), stepped around at each install
+        #: torch.compile(module) wrappers whose module holds a module with a `__call__` of its own
+        #: (`_around_compiled_forward`), met in a call: stepped around at each install
         self._hook_guarded: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._own_call_memo: weakref.WeakKeyDictionary[torch.nn.Module, bool] = weakref.WeakKeyDictionary()
         self._step_hooks: tuple[Callable[..., None], Callable[..., None]] | None = None  # in _STEP_HOOKS
@@ -300,7 +303,10 @@ class ModuleTracker:
         # and those compiled in place anywhere since memwall was imported: a model profiled
         # without `model=` is called through its compiled `_call_impl` before a hook could see it
         self._step_around_compiled_call_impls(modules_compiled_in_place())
-        self._step_around_compiled_call_impls(list(self._hook_guarded))
+        # and torch.compile(module)'s wrappers: one given the uncompiled model (or none) is
+        # called before a hook could see it
+        self._step_around_compiled_call_impls(compiled_wrappers())
+        self._step_around_compiled_call_impls(list(self._hook_guarded))  # made before memwall's import
 
     def _compiled_in_place(self, module: torch.nn.Module) -> None:
         """A module compiled in place while the hooks are installed (`model.compile()` inside a
