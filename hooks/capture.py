@@ -1117,7 +1117,7 @@ class Capture:
             "compiled call's forward and optimizer step among them). Call prof.step() after the "
             "compiled function returns, or use torch 2.14 or later, where memwall records on.",
             RuntimeWarning,
-            stacklevel=5  # prof.step()'s caller,
+            stacklevel=5,  # prof.step()'s caller
         )
 
     def settle_mode(self) -> None:

@@ -41,6 +41,7 @@ from memwall_plugin.hooks._torch_private import (
     hop_name,
     is_higher_order_op,
     is_op_overload,
+    never_traced,
     propagate_shapes,
     region_eager_origins,
     region_graph_kept,
@@ -470,4 +471,12 @@ def split_by_kernel(idx: Any, facts: RegionFacts, runs: list[tuple[str, tuple[An
     return found
 
 
-__all__ = ["WRAPPER", "CompiledRegions", "KernelObserver", "region_facts", "split_by_kernel"]
+def run_eagerly_when_compiled(fn: Any, reason: str) -> Any:
+    """`fn`, called inside a torch.compile'd function, runs as Python at a graph break (as
+    torch.profiler's step does) instead of being traced into the graph: for memwall's own entry
+    points that a user may write inside compiled code (`prof.step()`)."""
+    return never_traced(fn, reason)
+
+
+__all__ = ["WRAPPER", "CompiledRegions", "KernelObserver", "region_facts", "run_eagerly_when_compiled",
+           "split_by_kernel"]

@@ -184,8 +184,8 @@ class ModuleTracker:
         self._last_path = ""
         self._handles: list[RemovableHandle] = []
         self._hooks: tuple[Callable[..., None], Callable[..., None]] | None = None  # pre, post
-        #: id -> (the module, its compiled call, memwall's wrapper in its place while installed)
-        #: id -> (the module, the attribute memwall set, what it held, what memwall set)
+        #: id -> (the module, the attribute memwall set on it while installed, what that held,
+        #: what memwall set)
         self._stepped_around: dict[int, tuple[weakref.ref[torch.nn.Module], str, Any, Any]] = {}
         #: torch.compile(module) wrappers whose module holds a module with a `__call__` of its own
         #: (`_around_compiled_forward`), met in a call: stepped around at each install
@@ -346,7 +346,8 @@ class ModuleTracker:
         limit, run it uncompiled from then on). Its compiled forward runs with memwall's hooks
         out of torch's tables, as it was compiled; the wrapper's own call is seen as before, and
         the modules inside it are its compiled regions', named from their graphs. Put back by
-        `remove`; from the second call on where memwall first meets the wrapper when called."""
+        `remove`. A wrapper made before memwall's import is met at its first call, which has its
+        forward already: stepped around from the next call on."""
         if id(wrapper) in self._stepped_around or "forward" not in wrapper.__dict__:
             return
         original = compiled_module_original(wrapper)
@@ -471,8 +472,9 @@ class ModuleTracker:
                 return
         if self.setup_open:
             self.end_setup()
-        if "forward" in module.__dict__ and id(module) not in self._stepped_around and self._handles:
-            self._step_around_compiled_call_impls((module,))  # a torch.compile(module) wrapper
+        if ("forward" in module.__dict__ and id(module) not in self._stepped_around and self._handles
+                and compiled_module_original(module) is not None):
+            self._around_compiled_forward(module)  # a torch.compile(module) wrapper not noted
         memory = self.memory
         if memory is not None and memory.unarmed and torch.is_grad_enabled():  # gradients may come
             memory.arm()
