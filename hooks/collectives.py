@@ -374,10 +374,12 @@ class CollectiveRecorder:
             self._finish(flight, end, True)
         return out
 
-    def take(self, drain: bool = False) -> tuple[dict[Any, CollectiveEntry], StepTiming]:
+    def take(self, drain: bool = False,
+             span: tuple[int, int] | None = None) -> tuple[dict[Any, CollectiveEntry], StepTiming]:
         """Hand over the step's collectives (calls completed since the last take add their time
-        here) and its timing; start a new table. `drain` (the run's last take): first wait, up
-        to DRAIN_S, for collectives still in flight, since no later take would time them."""
+        here) and its timing, within `span` (the step's start and end, perf_counter ns); start a
+        new table. `drain` (the run's last take): first wait, up to DRAIN_S, for collectives
+        still in flight, since no later take would time them."""
         if drain:
             self._drain()
         self._settle()
@@ -395,7 +397,7 @@ class CollectiveRecorder:
             entry.timed_calls += 1
             entry.time_ns += f.end_ns - f.start_ns
             entry.overlap_ns += max(0, min(f.end_ns - f.start_ns, f.busy_end_ns - f.busy_start_ns))
-        timing = _union([f for f in flights if f.ok])
+        timing = _union([f for f in flights if f.ok], span)
         timing.untimed, self._untimed_device_calls = self._untimed_device_calls, False
         self._drop_stale_functional()
         self._let_go()
@@ -479,21 +481,27 @@ def _finished(work: Any) -> bool:
         return False
 
 
-def _union(flights: list[_Flight]) -> StepTiming:
-    """Merge the calls' intervals; each merged span adds its length and the busy time inside."""
+def _union(flights: list[_Flight], span: tuple[int, int] | None = None) -> StepTiming:
+    """Merge the calls' intervals; each merged span adds its length and the busy time inside.
+    `span` (the step's start and end, perf_counter ns): only the part of each call inside it
+    counts, so a step's time with a collective in flight is never more than its wall time (a
+    call issued in an earlier step, or waited for after the last one ended, adds only its part in
+    this step)."""
     timing = StepTiming()
-    spans = sorted(flights, key=lambda f: f.start_ns)
+    low, high = span if span is not None else (-1 << 62, 1 << 62)
+    spans = sorted((max(f.start_ns, low), min(f.end_ns, high), f.busy_start_ns, f.busy_end_ns) for f in flights)
+    spans = [s for s in spans if s[1] > s[0]]
     i = 0
     while i < len(spans):
-        first = last = spans[i]
+        start, end, busy_start, busy_end = spans[i]
         i += 1
-        while i < len(spans) and spans[i].start_ns <= last.end_ns:
-            if spans[i].end_ns > last.end_ns:
-                last = spans[i]
+        while i < len(spans) and spans[i][0] <= end:
+            if spans[i][1] > end:
+                end, busy_end = spans[i][1], spans[i][3]
             i += 1
-        length = last.end_ns - first.start_ns
+        length = end - start
         timing.comm_ns += length
-        timing.overlapped_ns += max(0, min(length, last.busy_end_ns - first.busy_start_ns))
+        timing.overlapped_ns += max(0, min(length, busy_end - busy_start))
     return timing
 
 

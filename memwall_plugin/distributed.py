@@ -277,10 +277,11 @@ class DistributedSession:
             self.info = rank_info()
 
     def end_step(self, capture: Capture, table: dict[Any, CaptureEntry], kept: bool, final: bool = False,
-                 rename: tuple[str, str] | None = None) -> None:
+                 rename: tuple[str, str] | None = None, span: tuple[int, int] | None = None) -> None:
         """After the capture's take(): the step's collectives go where its ops go. At the last
         step, collectives still in flight are waited for (briefly) so their time is not lost.
-        `rename`: (old, new) phase of the step's collectives, as its ops were renamed."""
+        `rename`: (old, new) phase of the step's collectives, as its ops were renamed. `span`:
+        the step's start and end (perf_counter ns), which bound its time in collectives."""
         self._observe()
         if self.recorder is None:
             if not _initialized():
@@ -288,7 +289,7 @@ class DistributedSession:
             self._enable(capture)  # the process group was created inside this step
             assert self.recorder is not None
             absorb_collectives(table, self.recorder)
-        entries, timing = self.recorder.take(drain=final)
+        entries, timing = self.recorder.take(drain=final, span=span)
         if rename is not None:
             entries = rename_phase(entries, *rename)
         if kept:

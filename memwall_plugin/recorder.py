@@ -280,7 +280,8 @@ class Recorder:
         kept = self.action.kept and not (tail and not self._window_steps)
         if self.capture.memory is not None:
             self.capture.memory.end_step(kept=kept and bool(table) and not tail)
-        self.dist.end_step(self.capture, table, kept, final, rename)
+        span = (int(self._step_start * 1e9), int((self._step_start + elapsed) * 1e9))  # the step's wall
+        self.dist.end_step(self.capture, table, kept, final, rename, span)
         step: StepTotals | None = None
         if kept and table:
             self._window = _merge(self._window, table)

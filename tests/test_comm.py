@@ -226,6 +226,16 @@ def test_time_in_flight_is_the_union_and_overlap_the_busy_time_inside():
     assert (timing.comm_ns, timing.overlapped_ns) == (30, 8)
 
 
+def test_a_steps_time_in_flight_counts_only_what_falls_inside_the_step():
+    # the step ran from 12 to 35: of [0, 10] nothing, of [5, 20] the 8 from 12 (a call issued in an
+    # earlier step), of [30, 40] the 5 up to 35 (waited for after the step ended). Before, a step
+    # counted each call whole, and a DDP rank's time in collectives read more than its wall time
+    flights = [_flight(30, 40, 8, 8), _flight(0, 10, 0, 4), _flight(5, 20, 2, 8)]
+    timing = _union(flights, (12, 35))
+    assert timing.comm_ns == 8 + 5 <= 35 - 12
+    assert timing.overlapped_ns == 6  # the busy time of [5, 20] (6 of it), none in [30, 35]
+
+
 class _WorkWithoutFuture:
     """A Work like gloo's reduce-scatter: no future, so the watcher thread waits for it."""
 
