@@ -109,17 +109,22 @@ def in_compiled_call() -> bool:
     after fails in torch's Python fallback), and one entered inside it is passed by. Read from the
     stack (torch's wrapper is a frame of its own there; nothing else tells): a step boundary's
     question, never an op's. False before Dynamo is loaded."""
+    return next(_compile_wrapper_frames(), None) is not None
+
+
+def _compile_wrapper_frames() -> Iterator[FrameType]:
+    """The frames of torch's `compile_wrapper` on this thread's stack, innermost first (none
+    before Dynamo is loaded)."""
     dynamo = sys.modules.get("torch._dynamo.eval_frame")
     if dynamo is None:
-        return False
+        return
     where = dynamo.__file__
     frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         code = frame.f_code
         if code.co_name == "compile_wrapper" and code.co_filename == where:
-            return True
+            yield frame
         frame = frame.f_back
-    return False
 
 
 def dispatch_keys() -> tuple[Any, Any]:
@@ -140,20 +145,14 @@ def keep_keys_past_compiled_calls(before: Any) -> bool:
     a snapshot open: nothing changed."""
     save = getattr(torch._C, "_dynamo_save_local_dispatch_key_set", None)
     restore = getattr(torch._C, "_dynamo_restore_local_dispatch_key_set", None)
-    dynamo = sys.modules.get("torch._dynamo.eval_frame")
-    if save is None or restore is None or dynamo is None:
+    if save is None or restore is None:
         return False
-    where = dynamo.__file__
     open_calls = 0
-    frame: FrameType | None = sys._getframe(1)
-    while frame is not None:
-        code = frame.f_code
-        if code.co_name == "compile_wrapper" and code.co_filename == where:
-            window = _snapshot_lines(code)
-            if window is None:
-                return False
-            open_calls += window[0] < frame.f_lineno < window[1]
-        frame = frame.f_back
+    for frame in _compile_wrapper_frames():
+        window = _snapshot_lines(frame.f_code)
+        if window is None:
+            return False
+        open_calls += window[0] < frame.f_lineno < window[1]
     if not open_calls:
         return False
     current = dispatch_keys()
