@@ -182,6 +182,9 @@ class ModuleTracker:
         #: (forward's code, graph module's path) -> its lines' module paths as this tracker names them
         self._flat_tables: dict[tuple[Any, str], dict[int, str]] = {}
         self._last_path = ""
+        #: path -> the class of the module held by no model that `_name_of` named so (nested
+        #: calls of its kind keep its path)
+        self._unheld: dict[str, type] = {}
         self._handles: list[RemovableHandle] = []
         self._hooks: tuple[Callable[..., None], Callable[..., None]] | None = None  # pre, post
         #: id -> (the module, the attribute memwall set on it while installed, what that held,
@@ -257,7 +260,13 @@ class ModuleTracker:
         # a module run inside another but not registered as its child: named under the caller of
         # each call, not kept (one such module can serve every layer: transformers 5 runs RoPE as
         # a `kernels` Func module no layer holds, and all its calls went to the first caller)
-        return f"{self.stack[-1]}.{type(module).__name__}" if self.stack[-1] else type(module).__name__
+        caller = self.stack[-1]
+        if self._unheld.get(caller) is type(module):
+            return caller  # such a module calling another of its kind (kernels' global Func calls the layer's own)
+        label = _unheld_label(module)
+        name = f"{caller}.{label}" if caller else label
+        self._unheld[name] = type(module)
+        return name
 
     # -- hooks -------------------------------------------------------------------------------
     def open(self) -> None:
@@ -847,6 +856,14 @@ def _holds_state(value: Any, depth: int = 0) -> bool:
     else:
         return False
     return any(_holds_state(item, depth + 1) for item in items)
+
+
+def _unheld_label(module: torch.nn.Module) -> str:
+    """The last part of the path of a module held by no model: its class's name, or, for a
+    function run as a module by Hugging Face's `kernels` (transformers 5's RoPE, a class named
+    `Func`), the name it is known by there (`kernel_layer_name`: "rotary_pos_emb")."""
+    label = getattr(type(module), "kernel_layer_name", None)
+    return label if isinstance(label, str) and label.isidentifier() else type(module).__name__
 
 
 def _without_compile_wrapper(path: str) -> str:

@@ -106,6 +106,61 @@ def test_a_module_shared_outside_the_model_goes_to_each_caller():
     assert {r.module for r in rows_of(rep, "aten.neg", "forward")} == {"0", "1", "2"}
 
 
+class _Func(torch.nn.Module):
+    """As Hugging Face's `kernels` runs a function (transformers 5's RoPE): one global instance no
+    model holds, which calls the calling layer's own private instance of the same class."""
+
+    kernel_layer_name = "rotary_pos_emb"
+    private: dict[int, _Func] = {}
+
+    def forward(self, x, layer=None):
+        if layer is not None:
+            return _Func.private[layer](x)
+        return torch.cat((-x[..., 4:], x[..., :4]), dim=-1)
+
+
+_FUNC = _Func()
+
+
+class _KernelsAttention(_Attention):
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+        _Func.private[index] = _Func()
+
+    def forward(self, x):
+        return _FUNC(self.proj(x), layer=self.index)
+
+
+def test_a_function_run_as_a_module_by_kernels_is_named_once_by_its_kernel_name():
+    """Under `memwall run` (no model= given) Llama's RoPE ops were named `self_attn.Func.Func`:
+    the class name of kernels' wrapper, twice (the global instance calls the layer's own)."""
+    model = torch.nn.Sequential(*[_KernelsAttention(i) for i in range(3)])
+    x = torch.randn(2, 8)
+    rep = profiled(lambda: model(x).sum().backward())
+    callers = {f"{i}.rotary_pos_emb" for i in range(3)}
+    assert {r.module: r.calls for r in rows_of(rep, "aten.neg", "forward")} == dict.fromkeys(callers, 1)
+    assert {r.module for r in rows_of(rep, "aten.neg", "backward")} == callers
+    assert {r.module for r in rows_of(rep, "aten.addmm", "forward")} == {"0.proj", "1.proj", "2.proj"}
+
+
+def test_llamas_rope_is_named_by_its_kernel_name_when_transformers_runs_it_through_kernels():
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.llama import modeling_llama
+
+    if not isinstance(modeling_llama.apply_rotary_pos_emb, torch.nn.Module):
+        pytest.skip(f"transformers {transformers.__version__} runs RoPE as a plain function (no `kernels`)")
+    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    model = transformers.LlamaForCausalLM(config)
+    ids = torch.randint(0, 64, (1, 8))
+    rep = profiled(lambda: model(input_ids=ids, labels=ids).loss.backward())
+    assert not [r.module for r in rep.rows if "Func" in r.module]
+    rope = {f"model.layers.{i}.self_attn.rotary_pos_emb" for i in range(2)}
+    assert {r.module for r in rows_of(rep, "aten.neg", "forward")} == rope
+    assert {r.module for r in rows_of(rep, "aten.neg", "backward")} == rope
+
+
 def test_optimizer_phase_for_every_optimizer_flavour():
     model = Block()
     for kwargs in ({"foreach": False}, {"foreach": True}, {"fused": True}):
