@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from memwall_plugin.rankheads import write_file_head
@@ -21,13 +22,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _launch_env(tmp: str) -> dict[str, str]:
+    """The launch's environment: CPU only, unbuffered, and a temporary directory of its own
+    (TMPDIR): torchrun's agent makes a `torchelastic_*` directory in it per launch and leaves it
+    behind, so the tests' launches used to pile up hundreds of them in /tmp."""
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "", "TMPDIR": tmp}
+
+
 def torchrun(*args: str, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     """`torchrun --nproc_per_node 2 --master_addr 127.0.0.1 --master_port <free> ARGS`, on CPU with
     gloo even where GPUs are present (CUDA_VISIBLE_DEVICES is emptied): the tests' figures are gloo's."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "0",
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""})
+    with tempfile.TemporaryDirectory(prefix="memwall-tests-torchrun-") as tmp:
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              env=_launch_env(tmp))
 
 
 def replicate_ranks(source: Path, logdir: Path, ranks: int, straggler: int, slower: float = 1.5,
@@ -60,7 +69,12 @@ def torchrun_nodes(*args: str, cwd: Path, nodes: int = 2, per_node: int = 2,
     concurrently (CPU, gloo). Each node's ranks see LOCAL_WORLD_SIZE = P and their node's
     GROUP_RANK; the host name is the same for all. Every launch is ended by the time limit."""
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
+    with tempfile.TemporaryDirectory(prefix="memwall-tests-torchrun-") as tmp:
+        return _launch_nodes(args, cwd, nodes, per_node, timeout, port, _launch_env(tmp))
+
+
+def _launch_nodes(args: tuple[str, ...], cwd: Path, nodes: int, per_node: int, timeout: float, port: int,
+                  env: dict[str, str]) -> list[subprocess.CompletedProcess[str]]:
     launches = []
     for node in range(nodes):
         command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc-per-node",

@@ -8,9 +8,11 @@ expert GEMMs equal to hand counts, prefill and decode told apart with decode far
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -32,6 +34,7 @@ def _calibrated_cache() -> str:
     """A quick `memwall calibrate` of this machine (fp32 GEMM, memory and cache bandwidths), in
     a cache of the session's own: efficiencies mean something under measured roofs only."""
     path = tempfile.mkdtemp(prefix="memwall-zoo-calibration-")
+    atexit.register(shutil.rmtree, path, True)  # removed with the test run, as conftest's inductor cache
     with _environ(MEMWALL_CACHE_DIR=path):
         memwall.calibrate(memwall.detect_device("cpu"), quick=True, dtypes=(torch.float32,))
     return path
