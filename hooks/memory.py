@@ -78,7 +78,7 @@ class StepMemory:
 
     __slots__ = ("step", "peak", "peak_by_cat", "peak_elems", "peak_at", "peak_index", "timeline", "activations",
                  "outputs", "owned", "stride", "index", "allocator_peak", "forward_ops", "saving_ops",
-                 "input_saving_ops", "save_pending", "moves", "grads_read")
+                 "input_saving_ops", "save_pending", "moves", "found", "grads_read")
 
     def __init__(self, step: int, live: list[int], elems: list[int]) -> None:
         self.step = step
@@ -104,6 +104,9 @@ class StepMemory:
         #: reclassified storages (entry, old category, new one, op count then, whether it was
         #: fixed): the timeline points taken before are corrected at the step's end
         self.moves: list[tuple[_Storage, int, int, int, bool]] = []
+        #: storages made before the step, first found during it (entry, op count then, category
+        #: then): the timeline points taken before are corrected at the step's end
+        self.found: list[tuple[_Storage, int, int]] = []
         #: module -> bytes of the gradients an optimizer step read (its own parameters')
         self.grads_read: dict[str, int] = {}
 
@@ -223,8 +226,9 @@ class MemoryTracker:
         self.failed: str | None = None
 
     # -- storages ------------------------------------------------------------------------------
-    def _add(self, t: Any, cat: int, module: str = "") -> list[_Storage]:
-        """`t`'s storages (one; a wrapper subclass's inner tensors' several) as `cat` at least."""
+    def _add(self, t: Any, cat: int, module: str = "", older: bool = False) -> list[_Storage]:
+        """`t`'s storages (one; a wrapper subclass's inner tensors' several) as `cat` at least.
+        `older`: one not seen before was made before the running step began (`_new`)."""
         entries = []
         for leaf in _leaves(t):
             st = _storage_of(leaf)
@@ -233,14 +237,17 @@ class MemoryTracker:
             key = storage_key(st)
             entry = self.live.get(key)
             if entry is None:
-                entry = self._new(leaf, st, key, cat, module)
+                entry = self._new(leaf, st, key, cat, module, older)
             elif cat < entry.cat or (cat == entry.cat <= OPTIMIZER_STATE and module and not entry.module):
                 self._move(entry, cat, module)  # or its owner found (a compiled step's state)
             entries.append(entry)
         return entries
 
-    def _new(self, t: Any, st: Any, key: int, cat: int, module: str) -> _Storage:
-        """A storage not seen before (`st`, keyed `key`, holding `t`'s data)."""
+    def _new(self, t: Any, st: Any, key: int, cat: int, module: str, older: bool = False) -> _Storage:
+        """A storage not seen before (`st`, keyed `key`, holding `t`'s data). `older`: found by
+        what holds it, not by an op, it was made before the running step began (an optimizer's
+        state made before the profile, first found as the optimizer steps): alive at every
+        moment of the step, the peak too, not only from now on."""
         nbytes = 0 if is_zero_tensor(t) else st.nbytes()
         try:
             size = t.element_size()
@@ -256,6 +263,12 @@ class MemoryTracker:
             self.bytes[cat] += nbytes
             self.elems[cat] += entry.elements
             self.total += nbytes
+            if older and s is not None and s.index:
+                entry.index = 0
+                s.found.append((entry, s.index, cat))
+                s.peak += nbytes
+                s.peak_by_cat[cat] += nbytes
+                s.peak_elems[cat] += entry.elements
         if cat <= OPTIMIZER_STATE:
             self._own(module, cat, nbytes)
         return entry
@@ -369,7 +382,7 @@ class MemoryTracker:
                 if p.grad is None:
                     continue
                 module = self._param_modules.get(id(p), "")
-                for entry in self._add(p.grad, GRADIENTS, module):
+                for entry in self._add(p.grad, GRADIENTS, module, older=True):
                     if id(entry) not in seen:
                         seen.add(id(entry))
                         read[module] = read.get(module, 0) + entry.nbytes
@@ -377,6 +390,11 @@ class MemoryTracker:
         if s is not None:
             for module, b in read.items():
                 s.grads_read[module] = max(s.grads_read.get(module, 0), b)
+        if optimizer not in self._optimizers:
+            # an optimizer first seen: its state, before its ops, was made before this step (by
+            # steps before the profile), and held all through it (known ones' is read at each
+            # step's start: `begin_step`)
+            self._scan_optimizer(optimizer, older=True)
 
     def optimizer_stepped(self, optimizer: Any) -> None:
         self._optimizers.add(optimizer)
@@ -396,14 +414,14 @@ class MemoryTracker:
         except Exception as err:
             self.fail(err)
 
-    def _scan_optimizer(self, optimizer: Any) -> None:
+    def _scan_optimizer(self, optimizer: Any, older: bool = False) -> None:
         for p, state in list(getattr(optimizer, "state", {}).items()):
             module = self._param_modules.get(id(p), "")
             if not isinstance(state, dict):
                 continue
             for value in state.values():
                 if isinstance(value, _Tensor):
-                    self._add(value, OPTIMIZER_STATE, module)
+                    self._add(value, OPTIMIZER_STATE, module, older)
 
     def saved(self, t: Any) -> Any:
         """The pack hook: note the storage as an activation of the module saving it; return the
@@ -633,10 +651,14 @@ class MemoryTracker:
 def _correct_timeline(s: StepMemory) -> None:
     """Move, in every timeline point at which it was alive, each storage reclassified during the
     step to its final category (the points were taken before it was known)."""
-    if not s.moves or not s.timeline:
-        s.moves = []
+    if not (s.moves or s.found) or not s.timeline:
+        s.moves, s.found = [], []
         return
     events: list[tuple[int, int, int]] = []  # (op count, slot, +/- bytes): categories, then fixed ones
+    for entry, found_at, cat in s.found:
+        # alive from the step's start; the points from its finding on hold it already (as what
+        # it was found to be: a later move corrects them from the start as from its sighting)
+        events += [(0, cat, entry.nbytes), (found_at, cat, -entry.nbytes)]
     for entry, old, new, moved_at, fixed in s.moves:
         # the points from its first sighting to the move (or its end, if sooner) held it as `old`
         start = entry.index if entry.step == s.step else 0
@@ -661,7 +683,7 @@ def _correct_timeline(s: StepMemory) -> None:
         corrected.append((index, phase, tuple(v + d for v, d in zip(values, delta)), module,
                           tuple(f + d for f, d in zip(fixed_bytes, delta[_N:]))))
     s.timeline = corrected
-    s.moves = []
+    s.moves, s.found = [], []
 
 
 def trailing_flops(s: StepMemory, flops_of: Any) -> dict[str, int]:

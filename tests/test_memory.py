@@ -58,6 +58,54 @@ def test_mlp_with_adamw_parameters_gradients_and_optimizer_state_equal_the_hand_
         assert by_module[path].optimizer_state_bytes == 8 * own + 2 * 4
 
 
+@pytest.mark.parametrize("accumulated", [False, True])
+def test_optimizer_state_made_before_the_profile_is_held_at_a_backward_peak(accumulated):
+    """One step profiled after training began (a profile around step 100; a schedule's first
+    active step) with a batch whose backward outweighs AdamW's step: the state, made before the
+    profile, was missing from the peak (first found as the optimizer stepped, after the peak),
+    and the what-ifs read +13% for the run unchanged. With `accumulated`, a micro-batch's
+    gradients from before the profile are held all through it too."""
+    model = _mlp()
+    opt = torch.optim.AdamW(model.parameters())
+    torch.manual_seed(1)
+    x, y = torch.randn(64 * BATCH, IN), torch.randint(0, OUT, (64 * BATCH,))
+
+    def step(profiled: bool) -> None:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        if profiled:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    step(True)  # the state is made here, outside any profile
+    if accumulated:
+        step(False)  # a micro-batch's gradients before the profile opens
+    with memwall.profile(model=model, summary=False) as prof:
+        step(True)
+    mem = prof.report().memory
+    state = sum(t.nbytes for s in opt.state.values() for t in s.values())
+    n = 4 * sum(p.numel() for p in model.parameters())
+    assert mem.peak_at[0] == "backward"
+    assert mem.peak_by_category["optimizer_state"] == state
+    assert sum(mem.peak_by_category.values()) == mem.peak_bytes
+    # the same moment seen in a profile that saw the state made: same bytes, category by category
+    opt = torch.optim.AdamW(model.parameters())
+    with memwall.profile(model=model, summary=False) as prof:
+        for _ in range(2):
+            step(True)
+            prof.step()
+    seen = prof.report().memory
+    expected = dict(seen.peak_by_category)
+    if accumulated:  # held from the start of the step: every gradient, as in the backward's first op
+        assert mem.peak_by_category["gradients"] == n
+        expected["gradients"] = n
+    assert mem.peak_by_category == expected
+    # every moment of the step holds the state, and the run unchanged projects to what was measured
+    kind = CATEGORIES.index("optimizer_state")
+    assert {values[kind] for _, _, values, _ in mem.timeline} == {state}
+    unchanged = mem.what_if()
+    assert unchanged.peak_bytes == mem.peak_bytes and not unchanged.notes
+
+
 def test_gradients_of_a_graph_built_before_the_profile_are_counted_in_its_backward():
     # the forward ran outside the profile (grad enabled, no module seen inside it): the gradient
     # hooks are set at the backward pass's first op, before any gradient accumulates
