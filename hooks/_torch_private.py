@@ -1391,12 +1391,20 @@ def region_is_optimizer_step(gm: Any) -> bool:
     return getattr(gm, "meta", {}).get(_OPTIMIZER_KEY) is True
 
 
+def unheld_module_label(kind: type) -> str:
+    """The last part of the path of a module of class `kind` held by no model: the class's name,
+    or, for a function run as a module by Hugging Face's `kernels` (transformers 5's RoPE, a
+    class named `Func`), the name it is known by there (`kernel_layer_name`: "rotary_pos_emb")."""
+    label = getattr(kind, "kernel_layer_name", None)
+    return label if isinstance(label, str) and label.isidentifier() else kind.__name__
+
+
 def _stack_path(stack: list[Any]) -> str | None:
     """The module path of a node from its nn_module_stack's entries, outermost first, each
     (Dynamo's path, the module's class): the innermost entry's path below the compiled module;
     a module reached through a global (`G['...modeling_llama'].apply_rotary_pos_emb`, a function
     transformers made a module) is named as an eager run names a module run inside another
-    without being its child: the enclosing path and its class's name."""
+    without being its child: the enclosing path and its label (`unheld_module_label`)."""
     path: str | None = None
     outer = ""  # the enclosing entry's Dynamo path
     for entry in stack:
@@ -1405,7 +1413,7 @@ def _stack_path(stack: list[Any]) -> str | None:
         where = entry[0]
         if where.startswith("G[") and path is not None and not where.startswith((outer + ".", outer + "[")):
             kind = entry[1] if len(entry) > 1 else None
-            name = kind.__name__ if isinstance(kind, type) else str(kind or "").rsplit(".", 1)[-1]
+            name = unheld_module_label(kind) if isinstance(kind, type) else str(kind or "").rsplit(".", 1)[-1]
             path = f"{path}.{name}" if path else name
         else:
             # a child of the enclosing entry, a model a compiled function reaches through a global
@@ -1759,6 +1767,7 @@ __all__ = [
     "modules_compiled_in_place",
     "note_modules_compiled_in_place",
     "note_compiled_wrappers",
+    "unheld_module_label",
     "compiled_wrappers",
     "kernels_observed",
     "region_eager_origins",

@@ -41,6 +41,7 @@ from memwall_plugin.hooks._torch_private import (
     note_compiled_wrappers,
     note_modules_compiled_in_place,
     peek_sequence_nr,
+    unheld_module_label,
 )
 from torch.compiler import is_compiling as _is_compiling
 from torch.nn.modules import module as nn_module
@@ -263,7 +264,7 @@ class ModuleTracker:
         caller = self.stack[-1]
         if self._unheld.get(caller) is type(module):
             return caller  # such a module calling another of its kind (kernels' global Func calls the layer's own)
-        label = _unheld_label(module)
+        label = unheld_module_label(type(module))
         name = f"{caller}.{label}" if caller else label
         self._unheld[name] = type(module)
         return name
@@ -856,14 +857,6 @@ def _holds_state(value: Any, depth: int = 0) -> bool:
     else:
         return False
     return any(_holds_state(item, depth + 1) for item in items)
-
-
-def _unheld_label(module: torch.nn.Module) -> str:
-    """The last part of the path of a module held by no model: its class's name, or, for a
-    function run as a module by Hugging Face's `kernels` (transformers 5's RoPE, a class named
-    `Func`), the name it is known by there (`kernel_layer_name`: "rotary_pos_emb")."""
-    label = getattr(type(module), "kernel_layer_name", None)
-    return label if isinstance(label, str) and label.isidentifier() else type(module).__name__
 
 
 def _without_compile_wrapper(path: str) -> str:

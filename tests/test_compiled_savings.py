@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import transformers_moe
+from conftest import rows_of, transformers_moe
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
@@ -190,6 +190,47 @@ def test_a_model_compiled_whole_has_its_eager_module_names(fresh_dynamo):
                for f in eager_said), eager_said
     assert any("memory-bound compiled ops" in f and "fused these already" in f for f in compiled_said), compiled_said
     assert not any("fusing them (torch.compile)" in f for f in compiled_said)
+
+
+class _ProjectFn(torch.nn.Module):
+    """A function run as a module by Hugging Face's `kernels` (transformers 5's RoPE): one global
+    instance, held by no model, named by `kernels`' name for it."""
+
+    kernel_layer_name = "project_fn"
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x @ weight
+
+
+_PROJECT_FN = _ProjectFn()
+
+
+class _Caller(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(16, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _PROJECT_FN(x, self.weight).relu()
+
+
+def test_a_global_module_kernels_made_of_a_function_has_its_eager_name_when_compiled(fresh_dynamo):
+    """Eager runs name such a module under each caller by its kernel name (`self_attn.rotary_pos_emb`);
+    the compiled regions named it by its class (`self_attn.Func`): one model, two names."""
+    torch.manual_seed(0)
+    net, x = torch.nn.Sequential(_Caller(), _Caller()), torch.randn(8, 16)
+    with torch.no_grad():
+        with memwall.profile(summary=False) as prof:
+            net(x)
+        eager = {r.module for r in rows_of(prof.report(), "aten.mm")}
+        compiled = torch.compile(net)
+        compiled(x)
+        with memwall.profile(summary=False) as prof:
+            compiled(x)
+    assert eager == {"0.project_fn", "1.project_fn"}
+    kernel_modules = {r.module for r in _kernels(prof.report())}
+    assert eager <= kernel_modules, kernel_modules
+    assert not [m for m in kernel_modules if "_ProjectFn" in m]
 
 
 #: a model a compiled training function reaches as a global (`@torch.compile def step(): model(x)`)
