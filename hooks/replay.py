@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -96,6 +96,9 @@ class Replayed:
     #: its tensor lists' dtype was taken to be float32: a trace records a list's shapes, not its
     #: tensors' dtypes, and no other input of the call had one (cat, stack of int64 indices)
     assumed_list_dtype: bool = False
+    #: a 0-dim float64, int64 or complex128 tensor after its first argument was taken for a Python
+    #: number torch wrapped (`_wrapped_numbers`): its bytes are not counted
+    assumed_number: bool = False
 
 
 class ReplayError(Exception):
@@ -240,7 +243,9 @@ def replay(func: Any, inputs: TracedInputs) -> Replayed:
     """Run `func` once on meta tensors shaped as recorded; the signature capture would key it by."""
     schema = op_schema(func)
     try:
-        return _replay(func, schema, inputs, _wrapped_numbers(inputs))
+        wrapped = _wrapped_numbers(inputs)
+        done = _replay(func, schema, inputs, wrapped)
+        return replace(done, assumed_number=True) if wrapped else done
     except ReplayError:
         return _replay(func, schema, inputs, set())  # the op took no number there: tensors after all
 

@@ -666,6 +666,7 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
     uncounted: dict[tuple[str, str, str, str], list[Any]] = {}  # (op, module, phase, shapes) -> calls, ns
     why: dict[str, int] = {}
     assumed: dict[str, int] = {}  # op -> calls whose tensor lists were taken to be float32
+    numbers: dict[str, int] = {}  # op -> calls with a 0-dim float64 / int64 input taken for a Python number
     replayed: dict[tuple[Any, TracedInputs], Any] = {}
     dist = trace.meta.get("distributedInfo")
     rank = int(dist.get("rank", 0)) if isinstance(dist, dict) else 0
@@ -707,6 +708,9 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
                 if done.assumed_list_dtype:
                     name = op.name.replace("::", ".", 1)
                     assumed[name] = assumed.get(name, 0) + 1
+                if done.assumed_number:
+                    name = op.name.replace("::", ".", 1)
+                    numbers[name] = numbers.get(name, 0) + 1
                 if op.kernels:
                     kernels.setdefault(key, []).extend(op.kernels)
                 continue
@@ -769,6 +773,10 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
         "uncounted_calls": dict(sorted(why.items(), key=lambda kv: -kv[1])),
         # counted, with an assumption: the trace records a tensor list's shapes, not its dtype
         "float32_assumed_calls": dict(sorted(assumed.items(), key=lambda kv: -kv[1])),
+        # counted, with an assumption: a trace records a Python number torch wrapped (`x * 0.5`)
+        # as a 0-dim tensor, like a real one; such an input after the first is taken for a number,
+        # its bytes not counted (8 bytes short per call where it was a real 0-dim tensor)
+        "number_assumed_calls": dict(sorted(numbers.items(), key=lambda kv: -kv[1])),
     }
     extra: dict[str, Any] = {TRACE_KEY: info}
     timeline = _timeline(trace, phases.steps)

@@ -338,6 +338,32 @@ class _TokenRows(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
+def test_a_real_0_dim_tensor_where_numbers_go_is_counted_as_a_number_and_said(tmp_path: Path) -> None:
+    """A trace records a Python number torch wrapped (`x * 0.5`) as a 0-dim float64 tensor, as it
+    records a real one: taken for a number (no bytes), which a real one is 8 bytes short of; the
+    report names the calls counted so."""
+    x, count = torch.randn(64), torch.tensor(7)  # a real 0-dim int64 tensor, as a token count
+
+    def step() -> None:
+        (x * 0.5 / count).sum()
+
+    with torch.profiler.profile(record_shapes=True) as prof:
+        step()
+    prof.export_chrome_trace(str(tmp_path / "t.json"))
+    report = memwall.analyze_trace(tmp_path / "t.json")
+    with memwall.profile(summary=False) as live:
+        step()
+
+    def by_op(rep: memwall.Report) -> dict[str, tuple[int | None, int]]:
+        return {r.op: (r.flops, r.bytes) for r in rep.rows if r.op in ("aten.mul", "aten.div")}
+
+    got, want = by_op(report), by_op(live.report())
+    assert report.extra["trace"]["number_assumed_calls"] == {"aten.mul": 1, "aten.div": 1}
+    assert got["aten.mul"] == want["aten.mul"]  # a number, rightly
+    flops, short = got["aten.div"][0], want["aten.div"][1] - got["aten.div"][1]
+    assert flops == want["aten.div"][0] == 64 and short == 8  # the int64 tensor the trace took for a number
+
+
 def _trainer_run(callback: Any, out: Path) -> None:
     """Four steps of a tiny GPT-2 under `transformers.Trainer` (its own loop, collate, token count,
     gradient clipping, AdamW, scheduler), `callback` beside it."""
@@ -410,7 +436,13 @@ def test_a_trainer_trace_counts_as_memwall_counts_the_same_step(tmp_path: Path,
     assert got.keys() == want.keys()
     assert {k: v[0] for k, v in got.items()} == {k: v[0] for k, v in want.items()}
     differing = {k for k in got if got[k][1] != want[k][1]}
-    assert differing and {op for op, _ in differing} <= set(assumed)
+    # and a real 0-dim int64 tensor where a Python number is usual (transformers before 5.23
+    # divides the loss by the batch's token count, a tensor): taken for a number, 8 bytes short
+    numbers = report.extra["trace"]["number_assumed_calls"]
+    assert differing and {op for op, _ in differing} <= set(assumed) | set(numbers)
+    for op, phase in differing - {k for k in differing if k[0] in assumed}:
+        short = want[(op, phase)][1] - got[(op, phase)][1]
+        assert short > 0 and short % 8 == 0 and short // 8 <= numbers[op], (op, phase, short)
     assert ("aten.stack", "forward or other") in differing  # the collate's int64 batch
     stacks = {r.phase for r in report.rows if r.op == "aten.stack" and r.bytes}
     assert stacks == {"other"} and stacks == {r.phase for r in reference.rows if r.op == "aten.stack" and r.bytes}

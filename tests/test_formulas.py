@@ -207,8 +207,12 @@ def test_every_named_base_op_exists_in_torch():
     import torch.nn.attention.varlen  # noqa: F401  (torch_attn's packed-attention ops)
 
     # transformers' expert matmul custom ops, registered on import by the transformers that has
-    # them (5.x); formulas for them wait for them on older ones
-    libraries = {"transformers": transformers_moe_or_none() is not None}
+    # them (5.x; the backward's from 5.23, before which it is Python calling torch.mm); formulas
+    # for them wait for them on older ones
+    moe = transformers_moe_or_none()
+    libraries = {"transformers": moe is not None}
+    if moe is not None and not hasattr(moe, "_grouped_mm_fallback_bwd"):
+        libraries["transformers.grouped_mm_fallback_backward"] = False
 
     names = [f"aten.{n}" for n in list(ELEMENTWISE) + list(REDUCTIONS)]
     explicit = [n for n in REGISTRY.names() if not n.startswith(("aten._foreach_", "profiler."))]
@@ -217,7 +221,7 @@ def test_every_named_base_op_exists_in_torch():
         namespace, op, *_ = name.split(".")
         if not hasattr(getattr(torch.ops, namespace), op) and _TORCH < _NEWER_THAN_THE_FLOOR.get(name, (0, 0)):
             continue  # an op of a later torch, registered for the torch that has it
-        if libraries.get(namespace) is False:
+        if libraries.get(namespace) is False or libraries.get(f"{namespace}.{op}") is False:
             continue  # a library's op, where this version of the library has none
         if not hasattr(getattr(torch.ops, namespace), op):
             missing.append(name)

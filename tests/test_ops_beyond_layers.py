@@ -834,15 +834,21 @@ def test_transformers_grouped_mm_custom_op_counts_as_its_matmuls_per_expert():
         torch.ops.transformers.grouped_mm_fallback(x, w, offs).sum().backward()
     with memwall.profile(summary=False) as forward_parts:
         out = moe._grouped_mm_fallback(x.detach(), w.detach(), offs)
-    with memwall.profile(summary=False) as backward_parts:
-        moe._grouped_mm_fallback_bwd(x.detach(), w.detach(), offs, torch.ones_like(out))
     rep = whole.report()
     assert rep.uncounted == ()
-    for part in (forward_parts, backward_parts):
-        assert {r.op for r in part.report().rows if r.flops} == {"aten.mm"}
+    assert {r.op for r in forward_parts.report().rows if r.flops} == {"aten.mm"}
 
     def mm(part: memwall.profile) -> int:
         return sum(r.flops for r in part.report().rows if r.op == "aten.mm")
 
     assert one_row(rep, "transformers.grouped_mm_fallback").flops == mm(forward_parts) == 2 * 12 * 8 * 6
-    assert one_row(rep, "transformers.grouped_mm_fallback_backward").flops == mm(backward_parts)
+    if not hasattr(moe, "_grouped_mm_fallback_bwd"):
+        # before transformers 5.23 the backward is no op of its own: Python (autograd's) calling
+        # torch.mm per expert, for the input's gradient and the weights'
+        assert not rows_of(rep, "transformers.grouped_mm_fallback_backward")
+        assert sum(r.flops for r in rows_of(rep, "aten.mm", "backward")) == 2 * (2 * 12 * 8 * 6)
+        return
+    with memwall.profile(summary=False) as backward_parts:
+        moe._grouped_mm_fallback_bwd(x.detach(), w.detach(), offs, torch.ones_like(out))
+    assert {r.op for r in backward_parts.report().rows if r.flops} == {"aten.mm"}
+    assert one_row(rep, "transformers.grouped_mm_fallback_backward").flops == mm(backward_parts) == 2 * (2 * 12 * 8 * 6)
