@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -165,6 +166,11 @@ class _Part:
 # --- the profile's side --------------------------------------------------------------------------
 
 
+#: Python versions that run a signal handler where an exception it raises skips `__exit__`s
+_UNWIND_SKIPS_EXITS = sys.version_info < (3, 11)
+_RETRY_S = 0.05
+
+
 class Terminated(SystemExit):
     """The SystemExit a SIGTERM raises under a distributed profile: the run was cut short by its
     launcher, not ended by the script's own sys.exit (the report is incomplete)."""
@@ -196,6 +202,18 @@ class TerminationGuard:
         if self._holding or _profile_ending(frame):
             self._held = signum
             return
+        if _UNWIND_SKIPS_EXITS and sys.exc_info()[1] is not None:
+            # Python 3.10 runs a handler while an exception unwinds (a collective that failed as
+            # its peer died), where an exception raised passes over the `with` blocks it unwinds
+            # through: the profile's exit, and its report, never came. Held: the profile's exit,
+            # if that exception ends it, delivers it once saved; and sent again shortly, should
+            # the script catch the exception and go on (then it raises as usual)
+            self._held = signum
+            retry = threading.Timer(_RETRY_S, os.kill, (os.getpid(), signum))
+            retry.daemon = True
+            retry.start()
+            return
+        self._held = None  # raised now: the profile's exit has nothing more to deliver
         where = f" in {frame.f_code.co_filename}:{frame.f_lineno} ({frame.f_code.co_name})" if frame else ""
         # the rank's own log says why it stopped and where (a launcher stops every rank this way)
         say(f"memwall: rank {os.environ.get('RANK', '?')} got signal {signum} (its launcher stopping it?){where}; "
