@@ -16,6 +16,7 @@ import argparse
 import collections
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ import torch
 
 import memwall_plugin as memwall
 from memwall_plugin.console import findings
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from conftest import decode as decode_step  # noqa: E402  (transformers' KV cache argument, by its version)
 
 DEVICE_CATS = ("kernel", "gpu_memcpy", "gpu_memset")
 
@@ -107,12 +111,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).cuda().eval()
     ids = torch.randint(0, 50257, (1, 32), device="cuda")
     with torch.no_grad():
-        out = model(ids, use_cache=True)
-        state = {"past": out.past_key_values, "token": out.logits[:, -1:].argmax(-1)}
+        token, cache = decode_step(model, ids)
+        state = {"cache": cache, "token": token}
 
         def decode() -> None:
-            o = model(state["token"], past_key_values=state["past"], use_cache=True)
-            state["past"], state["token"] = o.past_key_values, o.logits[:, -1:].argmax(-1)
+            state["token"], state["cache"] = decode_step(model, state["token"], state["cache"])
 
         for _ in range(3):
             decode()

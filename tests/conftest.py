@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import inspect
 import logging
 import os
 import shutil
@@ -110,6 +111,16 @@ def region_handle(call: Any) -> Any:
 
 def rows_of(rep: memwall.Report, op: str, phase: str | None = None) -> list[memwall.Row]:
     return [r for r in rep.rows if r.op == op and (phase is None or r.phase == phase)]
+
+
+def decode(model: Any, ids: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
+    """One forward of a transformers causal LM over `ids` with its KV cache `cache` (None: the
+    prefill): (the greedy next token, the cache). transformers 5.25 renamed the argument and the
+    output field `past_key_values` to `cache` (the old name warns, and goes in 5.40)."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(ids, use_cache=True, **({name: cache} if cache is not None else {}))
+    new = getattr(out, "cache", None)
+    return out.logits[:, -1:].argmax(-1), new if new is not None else out.past_key_values
 
 
 def transformers_moe_or_none() -> Any:

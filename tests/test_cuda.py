@@ -20,7 +20,7 @@ import memwall_plugin as memwall
 from memwall_plugin.console import findings
 from memwall_plugin.diff import COMPILED_REGION
 from memwall_plugin.records import CUDA_GRAPHS_KEY
-from tests.conftest import one_row, profiled
+from tests.conftest import decode, one_row, profiled
 from tests.test_unusual_models import Block  # the same checkpointed block as on CPU
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -428,14 +428,12 @@ def test_a_batch_1_gpt2_decode_step_is_reported_launch_bound():
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config()).cuda().eval()  # GPT-2 small
     ids = torch.randint(0, 50257, (1, 32), device="cuda")
     with torch.no_grad():
-        out = model(ids, use_cache=True)
-        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        token, cache = decode(model, ids)
         for _ in range(3):  # warm: each kernel's first launch loads it
-            out = model(token, past_key_values=past, use_cache=True)
-            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            token, cache = decode(model, token, cache)
         torch.cuda.synchronize()
         with memwall.profile(summary=False) as prof:
-            model(token, past_key_values=past, use_cache=True)
+            decode(model, token, cache)
     rep = prof.report()
     timeline = rep.extra["timeline"]
     assert 0 < timeline["device_busy_s"] < timeline["wall_s"]
