@@ -4,6 +4,7 @@ power-of-two buckets that are still counted exactly), never by calls or steps.""
 from __future__ import annotations
 
 import contextlib
+import gc
 import tracemalloc
 import warnings
 
@@ -36,6 +37,7 @@ def _decode(steps: int, prof: memwall.profile | None = None, memory_at: tuple[in
             if prof is not None:
                 prof.step()
             if step in memory_at:
+                gc.collect()  # what is still held, not cycles no collection has reached yet
                 memory[step] = tracemalloc.get_traced_memory()[0]
     return memory
 
@@ -109,6 +111,7 @@ def _fixed_model_steps(profiled: bool) -> tuple[int, memwall.profile | None]:
                 if prof is not None:
                     prof.step()
                 if step in (500, 1500):
+                    gc.collect()
                     memory[step] = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
