@@ -471,12 +471,6 @@ def split_by_kernel(idx: Any, facts: RegionFacts, runs: list[tuple[str, tuple[An
     return found
 
 
-def run_eagerly_when_compiled(fn: Any, reason: str) -> Any:
-    """`fn`, called inside a torch.compile'd function, runs as Python at a graph break (as
-    torch.profiler's step does) instead of being traced into the graph: for memwall's own entry
-    points that a user may write inside compiled code (`prof.step()`)."""
-    return never_traced(fn, reason)
-
-
-__all__ = ["WRAPPER", "CompiledRegions", "KernelObserver", "region_facts", "run_eagerly_when_compiled",
-           "split_by_kernel"]
+# `never_traced` is handed on for memwall_plugin/profile.py (only hooks/ imports _torch_private):
+# `prof.step()` written inside a torch.compile'd function runs as Python at a graph break
+__all__ = ["WRAPPER", "CompiledRegions", "KernelObserver", "never_traced", "region_facts", "split_by_kernel"]

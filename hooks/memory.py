@@ -237,17 +237,16 @@ class MemoryTracker:
             key = storage_key(st)
             entry = self.live.get(key)
             if entry is None:
-                entry = self._new(leaf, st, key, cat, module, older)
+                entry = self._new(leaf, st, key, cat, module)
+                if older:
+                    self._alive_from_start(entry)
             elif cat < entry.cat or (cat == entry.cat <= OPTIMIZER_STATE and module and not entry.module):
                 self._move(entry, cat, module)  # or its owner found (a compiled step's state)
             entries.append(entry)
         return entries
 
-    def _new(self, t: Any, st: Any, key: int, cat: int, module: str, older: bool = False) -> _Storage:
-        """A storage not seen before (`st`, keyed `key`, holding `t`'s data). `older`: found by
-        what holds it, not by an op, it was made before the running step began (an optimizer's
-        state made before the profile, first found as the optimizer steps): alive at every
-        moment of the step, the peak too, not only from now on."""
+    def _new(self, t: Any, st: Any, key: int, cat: int, module: str) -> _Storage:
+        """A storage not seen before (`st`, keyed `key`, holding `t`'s data)."""
         nbytes = 0 if is_zero_tensor(t) else st.nbytes()
         try:
             size = t.element_size()
@@ -263,15 +262,23 @@ class MemoryTracker:
             self.bytes[cat] += nbytes
             self.elems[cat] += entry.elements
             self.total += nbytes
-            if older and s is not None and s.index:
-                entry.index = 0
-                s.found.append((entry, s.index, cat))
-                s.peak += nbytes
-                s.peak_by_cat[cat] += nbytes
-                s.peak_elems[cat] += entry.elements
         if cat <= OPTIMIZER_STATE:
             self._own(module, cat, nbytes)
         return entry
+
+    def _alive_from_start(self, entry: _Storage) -> None:
+        """`entry`, just found by what holds it, not by an op, was made before the running step
+        began (an optimizer's state made before the profile, first found as the optimizer
+        steps): alive at every moment of the step, the peak too, not only from now on."""
+        s = self.step
+        if s is None or not s.index:
+            return
+        with self._lock:
+            entry.index = 0
+            s.found.append((entry, s.index, entry.cat))
+            s.peak += entry.nbytes
+            s.peak_by_cat[entry.cat] += entry.nbytes
+            s.peak_elems[entry.cat] += entry.elements
 
     def _freed(self, ref: _StorageRef) -> None:
         """A storage was freed (its weak reference's callback, on whichever thread freed it)."""

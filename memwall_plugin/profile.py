@@ -29,7 +29,7 @@ from memwall_plugin.devices import DeviceSpec, resolve_device
 from memwall_plugin.distributed import Terminated
 from memwall_plugin.formulas import REGISTRY
 from memwall_plugin.hooks.capture import Capture
-from memwall_plugin.hooks.compiled import run_eagerly_when_compiled
+from memwall_plugin.hooks.compiled import never_traced
 from memwall_plugin.hooks.kernel_clock import wanted as cuda_time_wanted
 from memwall_plugin.output import OutputGuard
 from memwall_plugin.recorder import Recorder
@@ -439,7 +439,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
 
 # `prof.step()` written inside a torch.compile'd function (a whole training step compiled) runs as
 # Python at a graph break, as torch.profiler's own step does, instead of being traced into the graph
-run_eagerly_when_compiled(profile.step, "memwall's step boundary runs as Python, outside the graph")
+never_traced(profile.step, "memwall's step boundary runs as Python, outside the graph")
 
 
 def _to_stderr(message: str) -> None:

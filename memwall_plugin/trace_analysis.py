@@ -705,12 +705,10 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
                                                         phase)
                 entry.calls += 1
                 entry.time_ns += op.time_ns
-                if done.assumed_list_dtype:
-                    name = op.name.replace("::", ".", 1)
-                    assumed[name] = assumed.get(name, 0) + 1
-                if done.assumed_number:
-                    name = op.name.replace("::", ".", 1)
-                    numbers[name] = numbers.get(name, 0) + 1
+                for assumption, calls in ((done.assumed_list_dtype, assumed), (done.assumed_number, numbers)):
+                    if assumption:
+                        name = op.name.replace("::", ".", 1)
+                        calls[name] = calls.get(name, 0) + 1
                 if op.kernels:
                     kernels.setdefault(key, []).extend(op.kernels)
                 continue
