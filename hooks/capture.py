@@ -862,7 +862,7 @@ class Capture:
         if self.memory is not None:
             self.tracker.memory = self.memory
             for root in self.tracker.roots():  # the model given: its parameters from the start
-                self.memory.add_root(root)
+                self.memory.add_root(root, self.tracker.names)  # under the tracker's paths (a wrapper's step left out)
         self.table: dict[Any, CaptureEntry] = {}
         self.max_signatures = self.MAX_SIGNATURES if max_signatures is None else max_signatures
         #: every exact signature kept this run (across steps): what the cap counts

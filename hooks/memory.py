@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -334,7 +335,7 @@ class MemoryTracker:
                 held[cat] = live[cat]
 
     # -- what each storage is -------------------------------------------------------------------
-    def add_root(self, root: torch.nn.Module, names: dict[Any, str] | None = None) -> None:
+    def add_root(self, root: torch.nn.Module, names: Mapping[Any, str] | None = None) -> None:
         """A model (or a module first seen outside any other): its parameters, buffers, hooks."""
         if id(root) in self._roots:
             return

@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import FrameType
 from typing import Any
 
@@ -216,16 +216,19 @@ class ModuleTracker:
 
     # -- names -------------------------------------------------------------------------------
     def _add_root(self, root: torch.nn.Module) -> None:
-        for name, module in root.named_modules(remove_duplicate=False):
-            # a model compiled whole and called as such (torch.compile(model)) is an
-            # OptimizedModule holding it as `_orig_mod`: named as its eager run names it
-            self._names[module] = _without_compile_wrapper(name)
+        for name, module in model_paths(root):
+            self._names[module] = name
         self._roots.append(weakref.ref(root))
         self._param_modules = None
         if self._handles:
             self._step_around_compiled_call_impls(root.modules())
         if self.memory is not None:
             self.memory.add_root(root, self._names)
+
+    @property
+    def names(self) -> Mapping[torch.nn.Module, str]:
+        """Each module's path, as the rows name it (`model_paths`)."""
+        return self._names
 
     def roots(self) -> list[torch.nn.Module]:
         return [r for r in (ref() for ref in self._roots) if r is not None]
@@ -857,6 +860,43 @@ def _holds_state(value: Any, depth: int = 0) -> bool:
     else:
         return False
     return any(_holds_state(item, depth + 1) for item in items)
+
+
+#: wrappers that run one module of theirs as their own forward: (the class's module, its name) ->
+#: the attributes that hold it. torch.compile's OptimizedModule (`_orig_mod`), DDP, DataParallel and
+#: DeepSpeed's engine (`module`), FSDP's first API (`_fsdp_wrapped_module`), torch's activation
+#: checkpoint and offload wrappers (`_checkpoint_wrapped_module`) and Lightning Fabric's
+#: (`_forward_module`, `_original_module`)
+_WRAPPERS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("torch._dynamo.eval_frame", "OptimizedModule"): ("_orig_mod",),
+    ("torch.nn.parallel.distributed", "DistributedDataParallel"): ("module",),
+    ("torch.nn.parallel.data_parallel", "DataParallel"): ("module",),
+    ("deepspeed.runtime.engine", "DeepSpeedEngine"): ("module",),
+    ("torch.distributed.fsdp.fully_sharded_data_parallel", "FullyShardedDataParallel"): ("_fsdp_wrapped_module",),
+    ("torch.distributed.algorithms._checkpoint.checkpoint_wrapper", "CheckpointWrapper"):
+        ("_checkpoint_wrapped_module",),
+    ("torch.distributed.algorithms._checkpoint.checkpoint_wrapper", "OffloadWrapper"):
+        ("_checkpoint_wrapped_module",),
+    ("lightning.fabric.wrappers", "_FabricModule"): ("_forward_module", "_original_module"),
+    ("lightning_fabric.wrappers", "_FabricModule"): ("_forward_module", "_original_module"),
+}
+
+
+def model_paths(root: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
+    """Every module under `root` with its path, as `named_modules(remove_duplicate=False)` walks
+    them, but a module a wrapper runs as its own forward (`_WRAPPERS`) named as the wrapper is:
+    a DDP, FSDP, Fabric or compiled model's modules read as the bare model's (`layers.0`, not
+    `module.layers.0` or `_forward_module.module.layers.0`), so its report reads, and `memwall
+    diff` pairs, as a single-process eager run's."""
+    todo: list[tuple[str, torch.nn.Module]] = [("", root)]
+    while todo:
+        path, module = todo.pop()
+        yield path, module
+        through = next((found for cls in type(module).__mro__  # a wrapper's subclass too
+                        if (found := _WRAPPERS.get((cls.__module__, cls.__name__)))), ())
+        children = [(path if name in through else f"{path}.{name}" if path else name, child)
+                    for name, child in module._modules.items() if child is not None]
+        todo.extend(reversed(children))  # depth first, in registration order, as named_modules
 
 
 def _without_compile_wrapper(path: str) -> str:

@@ -75,6 +75,42 @@ def test_with_model_other_modules_are_not_tracked():
     assert {r.module for r in rows_of(rep, "aten.addmm")} == {"inner.0", "inner.2", "head", ""}
 
 
+def _wrapped(how: str, model: torch.nn.Module) -> torch.nn.Module:
+    if how == "compiled":  # the rows were named so before; the memory section read `_orig_mod.inner.0`
+        return torch.compile(model)
+    if how == "DataParallel":  # no GPU: it runs its module as its own forward
+        return torch.nn.DataParallel(model)
+    if how == "checkpoint_wrapper":
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+        model.inner = checkpoint_wrapper(model.inner)
+        return model
+    if how == "Fabric":
+        lightning = pytest.importorskip("lightning")
+        return lightning.Fabric(accelerator="cpu", devices=1).setup_module(model)
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("pass_model", [True, False])
+@pytest.mark.parametrize("how", ["compiled", "DataParallel", "checkpoint_wrapper", "Fabric"])
+def test_a_wrapped_models_modules_are_named_as_the_bare_models(how, pass_model):
+    """A wrapper that runs the model as its own forward adds a step to every path (DDP's and
+    DataParallel's `module.`, Lightning Fabric's `_forward_module.` and `_original_module.`, torch's
+    checkpoint wrapper's `_checkpoint_wrapped_module.`): the same model read `_original_module.inner.0`
+    under Fabric and `inner.0` alone, and `memwall diff` paired none of its modules."""
+    torch.manual_seed(0)
+    model, x = Block(), torch.randn(4, 16)
+    bare = profiled(lambda: model(x).sum().backward(), model=model if pass_model else None)
+    wrapped = _wrapped(how, model)
+    rep = profiled(lambda: wrapped(x).sum().backward(), model=wrapped if pass_model else None)
+    # the bare model's own paths are the truth, row by row and in the memory section
+    if how != "compiled":  # compiled regions are rows of their own, named in test_compiled_savings.py
+        assert {r.module for r in rows_of(rep, "aten.addmm")} == {r.module for r in rows_of(bare, "aten.addmm")}
+        assert {r.module for r in rep.filter(phase="backward") if r.op == "aten.mm"} == {"inner.0", "inner.2", "head"}
+    assert {(m.module, m.parameter_bytes) for m in rep.memory.modules if m.parameter_bytes} == {
+        (m.module, m.parameter_bytes) for m in bare.memory.modules if m.parameter_bytes}
+
+
 class _Rotate(torch.nn.Module):  # a module held by no model, as hub kernels wrap a function
     def forward(self, x):
         return torch.cat((-x[..., 4:], x[..., :4]), dim=-1)
