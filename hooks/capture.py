@@ -52,7 +52,13 @@ from memwall_plugin.hooks._torch_private import (
     warm_up_dispatch,
 )
 from memwall_plugin.hooks.compiled import WRAPPER as _WRAPPER
-from memwall_plugin.hooks.compiled import CompiledRegions, KernelObserver, region_facts, split_by_kernel
+from memwall_plugin.hooks.compiled import (
+    CompiledRegions,
+    KernelObserver,
+    region_facts,
+    region_output_modules,
+    split_by_kernel,
+)
 from memwall_plugin.hooks.kernel_clock import KernelClock, mark, unmark
 from memwall_plugin.hooks.memory import MemoryTracker, op_name
 from memwall_plugin.hooks.modules import ModuleTracker
@@ -591,6 +597,7 @@ class _CaptureMode(UncompiledDispatchMode):
                 region = ((key[0], ()), rest or _WRAPPER, region[2], ())
             entry = capture.record(func, args, kwargs, out, elapsed, region, kernels)
             capture.collectives_in_region(facts, entry)
+            capture.region_made(facts, out, entry)
         except Exception as err:
             capture.fail(err, func)
         capture.own_ns += _perf_counter_ns() - end
@@ -639,6 +646,7 @@ class _CaptureMode(UncompiledDispatchMode):
             entry = capture.record(func, args, kwargs, out, 0, region, kernels, made)
             observer.settle(whole, entry, made if kernels is not None else None)
             capture.collectives_in_region(facts, entry)
+            capture.region_made(facts, out, entry)
         except Exception as err:
             capture.fail(err, func)
         capture.own_ns += _perf_counter_ns() - end
@@ -1043,6 +1051,18 @@ class Capture:
             yield
         finally:
             mode.__enter__()
+
+    def region_made(self, facts: RegionFacts | None, out: Any, entry: CaptureEntry) -> None:
+        """Each output of a compiled region, with the module its graph computed it in, for the
+        memory section: the compiled function saves its activations after the region, under the
+        compiled module's path (`MemoryTracker.made_in`)."""
+        memory = self.memory
+        if memory is None or not isinstance(out, (list, tuple)):
+            return
+        paths = region_output_modules(facts)
+        if paths:
+            qualify = self.tracker.qualify
+            memory.made_in(out, [qualify(p, entry.module) if p else "" for p in paths])
 
     def collectives_in_region(self, facts: RegionFacts | None, entry: CaptureEntry) -> None:
         """Collectives traced into a compiled region that ran (a compiled tensor-parallel

@@ -214,6 +214,7 @@ def _analyse(gm: Any, inputs: list[Any], idx: Any = -1
     eager = None if grouped is None else tuple(op for op, _ in grouped)
     if not flex:  # flex_attention's counts come from the run's BlockMask: such a region stays whole
         _NODES[idx] = _nodes_of(gm, calls, origins or {}, grouped)
+    _OUTPUTS[idx] = _output_modules(gm)
     placeholders = tuple(n for n in gm.graph.nodes if n.op == "placeholder")
     names = [c.op.removeprefix("aten.") for c in static if c.op not in _VIEWS] + ["flex_attention"] * len(flex)
     shown = _listed(list(dict.fromkeys(names)), 4)
@@ -245,6 +246,7 @@ def region_facts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RegionFacts |
         if len(_REGIONS) > 4096:  # recompiles without end: forget the oldest analyses
             _REGIONS.clear()
             _NODES.clear()
+            _OUTPUTS.clear()
             _KERNELS.clear()
             _SIZED.clear()
         if dims:  # a dynamic graph keeps its latest sizes' analyses (each holds every node's call)
@@ -254,6 +256,7 @@ def region_facts(args: tuple[Any, ...], kwargs: dict[str, Any]) -> RegionFacts |
                 oldest = sized.pop(0)
                 _REGIONS.pop(oldest, None)
                 _NODES.pop(oldest, None)
+                _OUTPUTS.pop(oldest, None)
         region = _REGIONS[key] = _analyse(gm, list(args[1]), key)
     static, flex, placeholders, text, eager = region
     optimizer = region_is_optimizer_step(gm)
@@ -300,6 +303,32 @@ class _Node:
 
 #: region id -> (its computing nodes in graph order, each eager op with its nodes' names)
 _NODES: dict[Any, tuple[tuple[_Node, ...], tuple[tuple[EagerOp, tuple[str, ...]], ...] | None]] = {}
+#: by region key: the module path (below the compiled module) each output of the region's graph
+#: was computed in, "" where unknown (`_output_modules`)
+_OUTPUTS: dict[Any, tuple[str, ...]] = {}
+
+
+def _output_modules(gm: Any) -> tuple[str, ...]:
+    """The module each output of a region's graph was computed in, in the order the region
+    returns them. A compiled forward returns the tensors it saves for backward beside its
+    results; the compiled function saves them after the region, under the compiled module's own
+    path, so they are named here by the nodes that made them (`layers.3.mlp.up`), as eager names
+    an activation by the module that saved it. () when the graph's nodes carry no modules."""
+    modules = region_node_modules(gm)
+    if not modules:
+        return ()
+    output = next((n for n in reversed(gm.graph.nodes) if n.op == "output"), None)
+    if output is None or not output.args:
+        return ()
+    values = output.args[0] if isinstance(output.args[0], (tuple, list)) else (output.args[0],)
+    return tuple(modules.get(v.name, "") if isinstance(v, torch.fx.Node) else "" for v in values)
+
+
+def region_output_modules(facts: RegionFacts | None) -> tuple[str, ...]:
+    """`_output_modules` of the region `facts` describe (() when not known)."""
+    if facts is None or not facts.key:
+        return ()
+    return _OUTPUTS.get(facts.key[0], ())
 #: (region id, its kernel calls' names and buffers) -> the kernel split (split_by_kernel)
 _KERNELS: dict[Any, Any] = {}
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -242,6 +242,8 @@ class MemoryTracker:
                 if older:
                     self._alive_from_start(entry)
             elif cat < entry.cat or (cat == entry.cat <= OPTIMIZER_STATE and module and not entry.module):
+                if cat == ACTIVATIONS and (entry.module.startswith(f"{module}.") if module else entry.module):
+                    module = entry.module  # made below the module saving it, in a compiled region (made_in)
                 self._move(entry, cat, module)  # or its owner found (a compiled step's state)
             entries.append(entry)
         return entries
@@ -430,6 +432,18 @@ class MemoryTracker:
             for value in state.values():
                 if isinstance(value, _Tensor):
                     self._add(value, OPTIMIZER_STATE, module, older)
+
+    def made_in(self, out: Sequence[Any], paths: Sequence[str]) -> None:
+        """The outputs of a compiled region (`out`) with the module path each was computed in
+        ("" where unknown): an output still unclaimed keeps its maker's path, so an activation
+        the compiled function saves for backward, under the compiled module's own path, is the
+        module's that made it (as eager names it: by the module that saved it)."""
+        live = self.live
+        for t, path in zip(out, paths, strict=False):
+            if path and type(t) is _Tensor:
+                entry = live.get(storage_key(t.untyped_storage()))
+                if entry is not None and entry.cat == OTHER and not entry.module:
+                    entry.module = path
 
     def saved(self, t: Any) -> Any:
         """The pack hook: note the storage as an activation of the module saving it; return the

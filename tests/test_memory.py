@@ -268,6 +268,51 @@ def test_gpt2_activations_match_torchs_own_saved_tensors_and_memtracker():
     assert abs(mem.peak_by_category["activations"] - totals["ACT"]) <= 0.10 * totals["ACT"]
 
 
+class _Residual(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(64, 256), torch.nn.Linear(256, 64)
+
+    def forward(self, x):
+        return x + self.down(torch.nn.functional.gelu(self.up(x)))
+
+
+@pytest.mark.parametrize("model_given", [True, False])
+def test_a_model_compiled_whole_has_its_activations_by_block_as_blocks_compiled_one_by_one(model_given):
+    """A model compiled whole saves its activations in one compiled function, after its region
+    ran, under the model's own path: the memory section had them all at the top level and a
+    checkpointing what-if of its blocks freed 0% of them. Each is the module's whose graph nodes
+    made it. The truth per block: the same blocks each compiled alone, which memwall's module
+    hooks name (the compiled function runs under the block's path)."""
+    def per_block(compile_whole: bool) -> tuple[dict[str, int], memwall.MemoryWhatIf]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(*[_Residual() for _ in range(3)])
+        if compile_whole:
+            run = torch.compile(model)
+        else:
+            run = model
+            for block in model:
+                block.compile()
+        x = torch.randn(32, 64)
+        run(x).square().mean().backward()  # compiled before the profile
+        model.zero_grad(set_to_none=True)
+        with memwall.profile(model=run if model_given else None, summary=False) as prof:
+            run(x).square().mean().backward()
+        mem = prof.report().memory
+        blocks: dict[str, int] = {}
+        for m in mem.modules:
+            if m.activation_bytes:
+                block = m.module.split(".")[0]
+                blocks[block] = blocks.get(block, 0) + m.activation_bytes
+        return blocks, mem.what_if(checkpoint=["0", "1", "2"])
+
+    whole, whole_what_if = per_block(True)
+    one_by_one, one_by_one_what_if = per_block(False)
+    assert whole == one_by_one
+    assert {"0", "1", "2"} <= set(whole) and whole["0"] == whole["1"] == whole["2"] > 0
+    assert whole_what_if.notes == one_by_one_what_if.notes
+
+
 def test_checkpointing_what_if_predicts_a_real_checkpointed_run():
     plain, checkpointed = _profiled_gpt2(_gpt2()), _profiled_gpt2(_gpt2(checkpointing=True))
     projected = plain.memory.what_if(checkpoint=["transformer.h"])
