@@ -186,6 +186,8 @@ class ModuleTracker:
         #: path -> the class of the module held by no model that `_name_of` named so (nested
         #: calls of its kind keep its path)
         self._unheld: dict[str, type] = {}
+        #: the paths of the roots: "" and the names of later models (`_root_prefix`)
+        self._root_paths: set[str] = {""}
         self._handles: list[RemovableHandle] = []
         self._hooks: tuple[Callable[..., None], Callable[..., None]] | None = None  # pre, post
         #: id -> (the module, the attribute memwall set on it while installed, what that held,
@@ -215,15 +217,37 @@ class ModuleTracker:
             self._add_root(model)
 
     # -- names -------------------------------------------------------------------------------
-    def _add_root(self, root: torch.nn.Module) -> None:
+    def _add_root(self, root: torch.nn.Module, prefix: str = "") -> None:
         for name, module in model_paths(root):
-            self._names[module] = name
+            self._names[module] = f"{prefix}.{name}" if prefix and name else prefix or name
         self._roots.append(weakref.ref(root))
+        self._root_paths.add(prefix)
         self._param_modules = None
         if self._handles:
             self._step_around_compiled_call_impls(root.modules())
         if self.memory is not None:
             self.memory.add_root(root, self._names)
+
+    def _root_prefix(self, root: torch.nn.Module) -> str:
+        """"" for the first model met, or one holding the models met before it; a later model
+        with parameters of its own (a teacher, an EMA copy, generate()'s assistant model, a
+        pipeline's VAE) is named by what holds it where it is called (`teacher`,
+        `assistant_model`, `vae`; else its class), so its modules do not take the paths of the
+        first model's (`layers.0` of both read as one)."""
+        if next(root.parameters(), None) is None:  # a loss or another module of no parameters: top level, as before
+            return ""
+        earlier = [r for r in self.roots() if next(r.parameters(), None) is not None]
+        if not earlier:
+            return ""
+        mine = set(root.modules())
+        if any(r in mine for r in earlier):  # it holds them: the model they were parts of
+            return ""
+        label = holder_name(root) or type(root).__name__
+        taken = {p.split(".", 1)[0] for p in self._names.values()}
+        found, n = label, 2
+        while found in taken:
+            found, n = f"{label}_{n}", n + 1
+        return found
 
     @property
     def names(self) -> Mapping[torch.nn.Module, str]:
@@ -259,7 +283,10 @@ class ModuleTracker:
             return name
         if not self.stack:
             root = calling_owner(module) or module
-            self._add_root(root)
+            host = calling_host(root)
+            if host is not None and host not in self._names:  # met first: its generate() calls this one
+                self._add_root(host, self._root_prefix(host))
+            self._add_root(root, self._root_prefix(root))
             return self._names.get(module, "")
         # a module run inside another but not registered as its child: named under the caller of
         # each call, not kept (one such module can serve every layer: transformers 5 runs RoPE as
@@ -494,7 +521,7 @@ class ModuleTracker:
         name = self._name_of(module)
         if name is None:  # not part of the tracked model: stay with the enclosing path
             name = self.stack[-1] if self.stack else ""
-        if name == "" and self.generation_label is None:
+        if name in self._root_paths and self.generation_label is None:
             # the model itself is called: is it a step of text generation?
             kwargs = forward_kwargs()
             label = generation_phase(args, kwargs)
@@ -747,6 +774,55 @@ def calling_owner(module: torch.nn.Module) -> torch.nn.Module | None:
             return owner
         frame = frame.f_back
     return None
+
+
+def calling_host(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The nearest model, among the `self` of the calling frames, with parameters of its own and
+    not holding `module`, whose method calls it: the model whose `generate()` runs an assistant
+    model (assisted decoding calls the assistant before the model itself). None when none is."""
+    frame = inspect.currentframe()
+    for _ in range(_OWNER_FRAMES):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if (isinstance(owner, torch.nn.Module) and owner is not module and next(owner.parameters(), None) is not None
+                and not any(m is module for m in owner.modules()) and not any(m is owner for m in module.modules())):
+            return owner  # neither holding it nor held by it (the frames of its own submodules' calls)
+        frame = frame.f_back
+    return None
+
+
+def holder_name(module: torch.nn.Module) -> str | None:
+    """The name `module` is called through, from the nearest calling frame outside torch's module
+    code and memwall's: an attribute of the frame's `self` that holds it (a pipeline's `vae`,
+    generate()'s `assistant_model`), else a local variable bound to it (`teacher`). None when
+    none is found. Asked once per new root, not per call."""
+    frame = inspect.currentframe()
+    for _ in range(_OWNER_FRAMES):
+        if frame is None:
+            return None
+        if frame.f_code.co_filename not in _OWN_FILES:
+            local = frame.f_locals
+            owner = local.get("self")
+            if owner is not None and owner is not module:
+                held = getattr(owner, "__dict__", None)
+                if isinstance(held, dict):
+                    for name, value in held.items():
+                        if value is module and name.isidentifier():
+                            return name.lstrip("_") or name
+                    if isinstance(owner, torch.nn.Module):  # registered submodules live in _modules
+                        for name, value in owner._modules.items():
+                            if value is module:
+                                return name
+            for name, value in local.items():
+                if value is module and name != "self" and name.isidentifier():
+                    return name
+        frame = frame.f_back
+    return None
+
+
+#: frames `holder_name` passes over: torch's module call and memwall's hooks
+_OWN_FILES = frozenset({torch.nn.modules.module.__file__, __file__})
 
 
 def generation_phase(args: Any, kwargs: dict[str, Any]) -> str | None:

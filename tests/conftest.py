@@ -60,7 +60,8 @@ class _LoggedDeprecations(logging.Handler):
     """A library logger's deprecation messages ("... are deprecated. Use `cache` instead.") that
     our code caused: those where no model implementation of the library's own sits between the
     innermost frame of ours and the warning (Whisper's own generate() passes a generation_config
-    together with the arguments it deprecates: theirs to act on)."""
+    together with the arguments it deprecates: theirs to act on; so does assisted decoding's
+    candidate generator, calling the assistant model's generate())."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -73,13 +74,15 @@ class _LoggedDeprecations(logging.Handler):
         frames = traceback.extract_stack()[:-1]  # not this handler
         ours = [i for i, f in enumerate(frames) if _ours(f.filename)]
         inside = frames[ours[-1] + 1:] if ours else frames
-        if any(f"{os.sep}transformers{os.sep}models{os.sep}" in f.filename for f in inside):
+        if any(f"{os.sep}transformers{os.sep}models{os.sep}" in f.filename
+               or f.filename.endswith(_ASSISTANT_CALLER) for f in inside):
             return
         where = frames[ours[-1]] if ours else None
         self.messages.append(f"{record.name}: {text}" + (f" (from {where.filename}:{where.lineno})" if where else ""))
 
 
 _STDLIB = os.path.dirname(os.__file__)
+_ASSISTANT_CALLER = os.path.join("transformers", "generation", "candidate_generator.py")
 
 
 def _ours(filename: str) -> bool:

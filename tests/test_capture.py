@@ -111,6 +111,60 @@ def test_a_wrapped_models_modules_are_named_as_the_bare_models(how, pass_model):
         (m.module, m.parameter_bytes) for m in bare.memory.modules if m.parameter_bytes}
 
 
+def test_a_second_model_run_beside_the_first_is_named_by_what_holds_it():
+    """Distillation, an EMA copy, a pipeline's VAE: a second model called outside the first. It
+    took the first one's paths (the teacher's `0` was the student's `0`), one set of rows for two
+    models. Each model profiled alone is the truth: the first met keeps its paths, the second's
+    rows are its own under the name it was called by."""
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    student, x = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)), torch.randn(4, 16)
+
+    def matmuls(rep: memwall.Report) -> dict[tuple[str, str, str], int | None]:
+        return {(r.op, r.module, r.phase): r.flops for r in rep.rows if r.op in ("aten.addmm", "aten.mm")}
+
+    def distill() -> None:
+        with torch.no_grad():
+            target = teacher(x).softmax(-1)
+        F.cross_entropy(student(x), target).backward()
+
+    with torch.no_grad():
+        alone_teacher = matmuls(profiled(lambda: teacher(x)))
+    alone_student = matmuls(profiled(lambda: F.cross_entropy(student(x), torch.full((4, 2), 0.5)).backward()))
+    got = matmuls(profiled(distill))
+    assert {k: v for k, v in got.items() if not k[1].startswith("student.")} == alone_teacher
+    assert {(op, module.removeprefix("student."), phase): v for (op, module, phase), v in got.items()
+            if module.startswith("student.")} == alone_student
+
+
+class _Decoder(torch.nn.Module):  # as diffusers' AutoencoderKL: its decode() calls its submodules
+    def __init__(self) -> None:
+        super().__init__()
+        self.post, self.body = torch.nn.Linear(2, 8), torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Linear(8, 16))
+
+    def decode(self, z):
+        return self.body(self.post(z))
+
+
+def test_a_pipelines_second_model_run_through_a_method_is_named_by_the_pipelines_attribute():
+    """A pipeline (no module) calls its denoiser, then its VAE's decode(), a method that calls the
+    VAE's submodules: they keep the VAE's paths, under the pipeline's name for it."""
+
+    class Pipeline:
+        def __init__(self) -> None:
+            torch.manual_seed(0)
+            self.denoiser = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.Linear(32, 2))
+            self.vae = _Decoder()
+
+        def __call__(self, z):
+            return self.vae.decode(self.denoiser(z))
+
+    pipe = Pipeline()
+    rep = profiled(lambda: pipe(torch.randn(3, 2)))
+    assert {r.module for r in rows_of(rep, "aten.addmm")} == {"0", "1", "vae.post", "vae.body.1"}
+    assert one_row(rep, "aten.relu").module == "vae.body.0"
+
+
 class _Rotate(torch.nn.Module):  # a module held by no model, as hub kernels wrap a function
     def forward(self, x):
         return torch.cat((-x[..., 4:], x[..., :4]), dim=-1)

@@ -35,6 +35,32 @@ def test_generate_reports_prefill_and_decode_separately(gpt2, pass_model):
     assert phases["decode"].intensity < phases["prefill"].intensity / 5
 
 
+@pytest.mark.parametrize("pass_model", [True, False])
+def test_assisted_generation_keeps_the_assistant_apart_from_the_model(gpt2, pass_model):
+    """generate(assistant_model=...) (speculative decoding): the assistant is held by no layer of
+    the model and, without model=, runs first. It was the root named "": its `lm_head` and
+    `transformer.h.0` were the model's own rows, and the model's read `target.lm_head`. The
+    truth: each model's own matmul shapes (the assistant's width 64, the model's 768)."""
+    torch.manual_seed(1)
+    assistant = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=64, n_head=2)).eval()
+    prompt = torch.randint(0, 1000, (1, 16))
+    kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0, assistant_model=assistant)
+    bare = gpt2.generate(prompt, **kwargs)
+    with memwall.profile(model=gpt2 if pass_model else None, summary=False) as prof:
+        seen = gpt2.generate(prompt, **kwargs)
+    assert torch.equal(bare, seen)
+    rep = prof.report()
+    heads = {(r.module, r.shapes.split(" x ")[1]) for r in rep.rows
+             if r.op == "aten.mm" and r.module.endswith("lm_head")}
+    if pass_model:  # the assistant is not the model's: its ops are the top level's
+        assert heads == {("lm_head", "[768, 50257]")}
+        assert any(r.module == "" and "[64, 50257]" in r.shapes for r in rep.rows if r.op == "aten.mm")
+    else:
+        assert heads == {("lm_head", "[768, 50257]"), ("assistant_model.lm_head", "[64, 50257]")}
+        assert {r.phase for r in rep.rows if r.module.startswith("assistant_model.")} <= {"prefill", "decode"}
+    assert {r.phase for r in rep.rows if r.module == "lm_head"} == {"prefill", "decode"}
+
+
 def test_decoding_folds_its_growing_kv_lengths_and_counts_exactly_what_every_length_apart_counts(gpt2, monkeypatch):
     """A 2-layer GPT-2 generating 64 tokens: each token is a new KV length for the attention's
     cat and matmuls (and for generate()'s own bookkeeping around the model). Folded by design
