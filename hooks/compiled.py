@@ -329,6 +329,8 @@ def region_output_modules(facts: RegionFacts | None) -> tuple[str, ...]:
     if facts is None or not facts.key:
         return ()
     return _OUTPUTS.get(facts.key[0], ())
+
+
 #: (region id, its kernel calls' names and buffers) -> the kernel split (split_by_kernel)
 _KERNELS: dict[Any, Any] = {}
 
