@@ -242,7 +242,7 @@ class MemoryTracker:
                 if older:
                     self._alive_from_start(entry)
             elif cat < entry.cat or (cat == entry.cat <= OPTIMIZER_STATE and module and not entry.module):
-                if cat == ACTIVATIONS and (entry.module.startswith(f"{module}.") if module else entry.module):
+                if cat == ACTIVATIONS and module and entry.module.startswith(f"{module}."):
                     module = entry.module  # made below the module saving it, in a compiled region (made_in)
                 self._move(entry, cat, module)  # or its owner found (a compiled step's state)
             entries.append(entry)

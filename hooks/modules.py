@@ -764,32 +764,16 @@ def calling_owner(module: torch.nn.Module) -> torch.nn.Module | None:
     descendant: the LightningModule whose `training_step` (not its `forward`) calls `self.net`, a
     wrapper that calls `self.model` from a method of its own. None when the module is called from
     elsewhere (a script, a Trainer that is no module). Asked once per new root, not per call."""
-    frame = inspect.currentframe()
-    for _ in range(_OWNER_FRAMES):
-        if frame is None:
-            return None
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, torch.nn.Module) and owner is not module and any(
-                m is module for m in owner.modules()):
-            return owner
-        frame = frame.f_back
-    return None
+    return _calling_self(lambda owner: owner is not module and _holds(owner, module))
 
 
 def calling_host(module: torch.nn.Module) -> torch.nn.Module | None:
     """The nearest model, among the `self` of the calling frames, with parameters of its own and
     not holding `module`, whose method calls it: the model whose `generate()` runs an assistant
     model (assisted decoding calls the assistant before the model itself). None when none is."""
-    frame = inspect.currentframe()
-    for _ in range(_OWNER_FRAMES):
-        if frame is None:
-            return None
-        owner = frame.f_locals.get("self")
-        if (isinstance(owner, torch.nn.Module) and owner is not module and next(owner.parameters(), None) is not None
-                and not any(m is module for m in owner.modules()) and not any(m is owner for m in module.modules())):
-            return owner  # neither holding it nor held by it (the frames of its own submodules' calls)
-        frame = frame.f_back
-    return None
+    return _calling_self(lambda owner: owner is not module and next(owner.parameters(), None) is not None
+                         # neither holding it nor held by it (the frames of its own submodules' calls)
+                         and not _holds(owner, module) and not _holds(module, owner))
 
 
 def holder_name(module: torch.nn.Module) -> str | None:
@@ -797,28 +781,48 @@ def holder_name(module: torch.nn.Module) -> str | None:
     code and memwall's: an attribute of the frame's `self` that holds it (a pipeline's `vae`,
     generate()'s `assistant_model`), else a local variable bound to it (`teacher`). None when
     none is found. Asked once per new root, not per call."""
+    for frame in _calling_frames():
+        if frame.f_code.co_filename in _OWN_FILES:
+            continue
+        local = frame.f_locals
+        owner = local.get("self")
+        if owner is not None and owner is not module:
+            held = getattr(owner, "__dict__", None)
+            if isinstance(held, dict):
+                for name, value in held.items():
+                    if value is module and name.isidentifier():
+                        return name.lstrip("_") or name
+                if isinstance(owner, torch.nn.Module):  # registered submodules live in _modules
+                    for name, value in owner._modules.items():
+                        if value is module:
+                            return name
+        for name, value in local.items():
+            if value is module and name != "self" and name.isidentifier():
+                return name
+    return None
+
+
+def _calling_frames() -> Iterator[FrameType]:
+    """The frames calling memwall's module hook, nearest first, at most `_OWNER_FRAMES`."""
     frame = inspect.currentframe()
     for _ in range(_OWNER_FRAMES):
         if frame is None:
-            return None
-        if frame.f_code.co_filename not in _OWN_FILES:
-            local = frame.f_locals
-            owner = local.get("self")
-            if owner is not None and owner is not module:
-                held = getattr(owner, "__dict__", None)
-                if isinstance(held, dict):
-                    for name, value in held.items():
-                        if value is module and name.isidentifier():
-                            return name.lstrip("_") or name
-                    if isinstance(owner, torch.nn.Module):  # registered submodules live in _modules
-                        for name, value in owner._modules.items():
-                            if value is module:
-                                return name
-            for name, value in local.items():
-                if value is module and name != "self" and name.isidentifier():
-                    return name
+            return
+        yield frame
         frame = frame.f_back
+
+
+def _calling_self(wanted: Callable[[torch.nn.Module], bool]) -> torch.nn.Module | None:
+    """The nearest calling frame's `self` that is a module `wanted` accepts."""
+    for frame in _calling_frames():
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, torch.nn.Module) and wanted(owner):
+            return owner
     return None
+
+
+def _holds(outer: torch.nn.Module, inner: torch.nn.Module) -> bool:
+    return any(m is inner for m in outer.modules())
 
 
 #: frames `holder_name` passes over: torch's module call and memwall's hooks
