@@ -2001,6 +2001,17 @@ def _saved_tensors_hook_aside() -> Any:
     return _off_the_stack(top)
 
 
+def without_own_saved_tensors_hook() -> Any:
+    """A block in which this thread's saved-tensors stack holds none of memwall's pack hooks: a
+    do-nothing block when none is pushed, memwall's off the stack for the block while it is on
+    top; None when one is pushed below another hook (a checkpoint's) and cannot step aside.
+    A c10d collective issued in such a block keeps no object of memwall's in the thread-local
+    state its Work captures (so the Work is destroyed without the GIL, as in a bare run)."""
+    if not _stepping_aside:
+        return contextlib.nullcontext()
+    return _saved_tensors_hook_aside()
+
+
 def step_aside_for_disablers(pack: Callable[[Any], Any], on: bool) -> None:
     """While `on`, the saved-tensors pack hook `pack` (the very object pushed) leaves the stack for
     each `torch.autograd.graph.disable_saved_tensors_hooks` block entered while it is on top, and

@@ -433,7 +433,9 @@ class Router(Protocol):
     busy_ns: int
 
     # optional: `in_region(calls, module, phase)`, told the ops of each compiled region that ran
-    # (some may be ops the router takes, traced into it)
+    # (some may be ops the router takes, traced into it); `retired` (a container, truthy while
+    # the router holds what it should let go of on this thread) and `let_go_done()`, called
+    # between two ops while `retired` is truthy
 
 
 def _capturing() -> bool:
@@ -805,12 +807,16 @@ class _RoutedCaptureMode(_CaptureMode):
         super().__init__(capture, cuda)
         self._router = router
         self._routes = router.routes
+        self._retired = getattr(router, "retired", ())
+        self._let_go = getattr(router, "let_go_done", None)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         handler = self._routes.get(func)
         router = self._router
         if handler is not None and self._capture.failed is None and self._capture._mode is self:
             return handler(func, args, kwargs or {})
+        if self._retired:
+            self._let_go()
         if router.in_flight:
             start = _perf_counter_ns()
             out = super().__torch_dispatch__(func, types, args, kwargs)

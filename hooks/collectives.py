@@ -15,15 +15,20 @@ watcher waits for the GIL (at most the interpreter's switch interval, 5 ms by de
 training thread runs Python); at a step's end memwall lets finished collectives stamp before it
 closes the step.
 
-Nothing of memwall's runs on the backend's threads, and no Work is released there: a done-callback
+Nothing of memwall's runs on the backend's threads, and nothing of memwall's is released there: a done-callback
 on a c10d future (`Future.add_done_callback`) is a Python function that the backend's thread calls
 and then releases, each time taking the GIL; when the script ends right after its last collective,
 the training thread can free DDP's reducer (and with it the process group, whose destructor joins
 the backend's threads) while holding the GIL that thread waits for: a deadlock at exit (seen with
 gloo: the rank never exits). So completion is waited for on memwall's own thread, and each Work
-is kept until the step after it completed, then let go on the training thread: a Work's
-destructor releases the thread-local state captured at its issue (during backward it holds a
-Python object), which also takes the GIL.
+is let go on the training thread, between two ops, as soon as it completed: a Work holds its
+collective's buffers (FSDP2's gathered parameters, the gradients it reduce-scatters), which a bare
+run frees once the collective is waited for. The backend's thread may then hold the last reference
+and destroy it; a Work's destructor releases the thread-local state captured at its issue, which
+holds memwall's saved-tensors hook (a Python object, whose release takes the GIL) while a step is
+recorded. So each collective is issued with that hook off the stack; where it cannot be (a
+checkpoint's hooks above it), its Work is let go LET_GO_S after it completed, by when the
+backend's thread has let go of it.
 
 Overlap: while any collective is in flight, the time each other op takes on this thread is
 added to `busy_ns`; a collective's overlap is the busy time between its issue and completion.
@@ -31,6 +36,7 @@ added to `busy_ns`; a collective's overlap is the busy time between its issue an
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import queue
 import threading
@@ -46,6 +52,7 @@ from memwall_plugin.hooks._torch_private import (
     in_backward,
     process_group_size,
     unbox_work,
+    without_own_saved_tensors_hook,
 )
 from memwall_plugin.hooks.capture import Capture, CaptureEntry, Handler
 from memwall_plugin.hooks.modules import ModuleTracker
@@ -119,13 +126,14 @@ class CollectiveEntry:
 class _Flight:
     """One call between its issue and its completion."""
 
-    __slots__ = ("entry", "start_ns", "busy_start_ns", "end_ns", "busy_end_ns", "ok", "work")
+    __slots__ = ("entry", "start_ns", "busy_start_ns", "end_ns", "busy_end_ns", "ok", "work", "clean")
 
     def __init__(self, entry: CollectiveEntry, start_ns: int, busy_start_ns: int) -> None:
         self.entry, self.start_ns, self.busy_start_ns = entry, start_ns, busy_start_ns
         self.end_ns = self.busy_end_ns = 0
         self.ok = False
         self.work: Any = None  # its Work, held until completion is stamped
+        self.clean = False  # issued with nothing of memwall's on the saved-tensors stack
 
 
 #: At a step's end, how long to let completion callbacks of finished collectives run (they wait
@@ -138,6 +146,10 @@ DRAIN_S = 2.0
 #: At close, how long to wait for the watcher thread to end once it has nothing left to wait for
 #: (it needs the GIL a few times: on a loaded machine that can take a while).
 JOIN_S = 5.0
+#: How long after a collective completed its Work is let go (between two ops on the training
+#: thread): the backend's thread drops its own references right after it marks the Work complete.
+LET_GO_S = 0.002
+_LET_GO_NS = int(LET_GO_S * 1e9)
 
 
 class StepTiming:
@@ -233,7 +245,9 @@ class CollectiveRecorder:
         self._watched: queue.SimpleQueue[tuple[Any, _Flight] | None] = queue.SimpleQueue()
         self._watcher: threading.Thread | None = None
         self._watching = 0  # works handed to the watcher and not yet done; changed under _lock
-        self._retired: deque[Any] = deque()  # Works the watcher saw complete (appended by it)
+        #: (Work, completion ns) the watcher saw complete (appended by it), let go of in order on
+        #: the training thread (`let_go_done`, between two ops); truthy while any waits
+        self.retired: deque[tuple[Any, int]] = deque()
         self._retiring: list[Any] = []  # retired before the last take: let go at the next one
         self._routes: dict[Any, Handler] | None = None
         #: the entry each collective traced into a compiled region makes, by what it is and where
@@ -265,8 +279,12 @@ class CollectiveRecorder:
             self._pending[id(flight)] = flight
 
     def issue(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # memwall's saved-tensors hook off the stack for the call where it can be: the Work keeps
+        # no object of memwall's in the thread-local state it captures (see the module's doc)
+        clean = without_own_saved_tensors_hook()
         busy, start = self.busy_ns, _perf_counter_ns()
-        out = call_below_mode(func, args, kwargs)  # no second torch.profiler event for the call
+        with clean if clean is not None else contextlib.nullcontext():
+            out = call_below_mode(func, args, kwargs)  # no second torch.profiler event for the call
         returned = _perf_counter_ns()
         entry = self._entry(func, args, kwargs)
         entry.calls += 1
@@ -286,6 +304,7 @@ class CollectiveRecorder:
             self._done.append(flight)
             return out
         flight.work = work
+        flight.clean = clean is not None
         self._fly(flight)
         self._watch(work, flight)  # never a done-callback on its future: see the module's doc
         return out
@@ -353,12 +372,21 @@ class CollectiveRecorder:
                 flight.work = None  # a collective that never completed: no timing is coming
         self._let_go(all_retired=True)
 
+    def let_go_done(self) -> None:
+        """Between two ops on the training thread: let go of the Works that completed more than
+        LET_GO_S ago, in order (see the module's doc)."""
+        retired = self.retired
+        now = _perf_counter_ns()
+        while retired and now - retired[0][1] >= _LET_GO_NS:
+            retired.popleft()
+
     def _let_go(self, all_retired: bool = False) -> None:
         """Release, on this thread, the Works retired before the previous take (by now the backend
         has long let go of them too); `all_retired` (the run's end): every retired Work."""
+        self.let_go_done()
         dropping, self._retiring = self._retiring, []
-        while self._retired:
-            self._retiring.append(self._retired.popleft())
+        while self.retired:
+            self._retiring.append(self.retired.popleft())
         if all_retired:
             dropping += self._retiring
             self._retiring = []
@@ -447,7 +475,9 @@ class CollectiveRecorder:
             except Exception:
                 ok = False
             end = _perf_counter_ns()
-            self._retired.append(work)  # let go of on the training thread (take, close): never here
+            # let go of on the training thread, never here: at once (the backend's thread may then
+            # destroy it, with nothing of memwall's in it), else once LET_GO_S have passed
+            self.retired.append((work, 0 if flight.clean else end))
             with self._lock:
                 self._watching -= 1  # before _finish: once the run's drain has seen it, close() joins
             self._finish(flight, end, ok)
