@@ -2062,6 +2062,38 @@ def forget_hooks_below(hook: Callable[[Any], Any]) -> None:
         hook._user_hooks = None  # type: ignore[attr-defined]
 
 
+#: observers of storages resized in place (any thread: FSDP2 resizes in autograd's hooks too)
+_RESIZE_OBSERVERS: list[Callable[[Any], None]] = []
+_RESIZE_ORIGINAL: list[Any] = []  # UntypedStorage's own resize_ (its class's), while observed
+
+
+def observe_storage_resizes(observer: Callable[[Any], None], on: bool) -> None:
+    """While `on`, each `UntypedStorage.resize_` called from Python goes to `observer(storage)`
+    after it ran: FSDP2 frees each gathered parameter's storage after its forward with
+    `resize_(0)` and allocates it again with `resize_(size)` before its backward, on the same
+    storage, which no op sees. The call itself, its arguments and its result are unchanged."""
+    if on:
+        _RESIZE_OBSERVERS.append(observer)
+    else:
+        _RESIZE_OBSERVERS[:] = [o for o in _RESIZE_OBSERVERS if o != observer]
+    cls = torch.UntypedStorage
+    if _RESIZE_OBSERVERS and not _RESIZE_ORIGINAL:
+        original = cls.resize_
+
+        @functools.wraps(original)
+        def observed_resize(storage: Any, size: Any) -> Any:
+            out = original(storage, size)
+            for seen in tuple(_RESIZE_OBSERVERS):
+                seen(storage)
+            return out
+
+        _RESIZE_ORIGINAL.append(original)
+        cls.resize_ = never_compiled(observed_resize)  # type: ignore[method-assign]
+    elif not _RESIZE_OBSERVERS and _RESIZE_ORIGINAL:
+        _RESIZE_ORIGINAL.pop()
+        del cls.resize_  # the inherited C method again
+
+
 #: thread id -> its observers of the tensors selective checkpointing caches (nested profiles: the
 #: innermost, last, is called)
 _SAC_OBSERVERS: dict[int, list[Callable[[torch.Tensor], None]]] = {}

@@ -32,6 +32,7 @@ from memwall_plugin.hooks._torch_private import (
     never_compiled,
     node_sequence_nr,
     observe_selective_checkpoint_saves,
+    observe_storage_resizes,
     op_schema,
     pack_hook_passed_over,
     peek_sequence_nr,
@@ -52,10 +53,12 @@ _Parameter = torch.nn.Parameter
 
 
 class _Storage:
-    __slots__ = ("nbytes", "elements", "cat", "module", "ref", "step", "index", "freed", "fixed")
+    __slots__ = ("nbytes", "elements", "itemsize", "cat", "module", "ref", "step", "index", "freed", "fixed",
+                 "weight")
 
-    def __init__(self, nbytes: int, elements: int, cat: int, module: str, step: int, index: int) -> None:
-        self.nbytes, self.elements, self.cat, self.module, self.step = nbytes, elements, cat, module, step
+    def __init__(self, nbytes: int, itemsize: int, cat: int, module: str, step: int, index: int) -> None:
+        self.nbytes, self.itemsize, self.cat, self.module, self.step = nbytes, itemsize, cat, module, step
+        self.elements = nbytes // itemsize
         self.index = index  # the step's op count when it was first seen
         self.ref: Any = None
         self.freed: tuple[int, int] | None = None  # (step, op count) when torch freed it
@@ -63,6 +66,10 @@ class _Storage:
         #: of its parameters (a weight cast to bf16 by autocast and saved for backward, a
         #: dequantized int8 weight, a weight's gradient not yet summed into its .grad)
         self.fixed = False
+        #: a parameter's storage that no model registers (FSDP2's gathered copy of a module's
+        #: sharded parameters, made for its forward and its backward): a weight saved for
+        #: backward from it is not an activation
+        self.weight = False
 
 
 class _StorageRef(weakref.ref):  # type: ignore[type-arg]
@@ -165,6 +172,19 @@ def _local(t: Any) -> Any:
     return t.to_local() if type(t) is not _Tensor and hasattr(t, "to_local") else t
 
 
+def _shards(t: Any) -> int:
+    """How many ranks share a DTensor's data: the sizes of the mesh dimensions it is sharded over
+    (FSDP2, tensor parallelism); 1 for any other tensor, and for a replicated DTensor."""
+    if type(t) is _Tensor or type(t) is _Parameter:
+        return 1
+    placements, mesh = getattr(t, "placements", None), getattr(t, "device_mesh", None)
+    n = 1
+    for dim, placement in enumerate(placements or ()):
+        if mesh is not None and placement.is_shard():
+            n *= mesh.size(dim)
+    return n
+
+
 def _leaves(t: Any) -> tuple[Any, ...] | list[Any]:
     """The tensors whose storages hold `t`'s data: `t` itself, or a wrapper subclass's inner
     tensors, recursively (torchao's int8 weight: its int8 data and its scales; an 8-bit
@@ -216,6 +236,9 @@ class MemoryTracker:
         #: elements of the parameters that require grad (this rank's shard of a DTensor's): what
         #: an optimizer would keep fp32 master weights of (a LoRA's adapters, not the frozen base)
         self.trainable_elements = 0
+        #: how many ranks the parameters seen are sharded over (DTensors: FSDP2, tensor
+        #: parallelism): this rank holds 1/n of them, of their gradients and optimizer state
+        self.sharded_over = 1
         #: module path -> shapes of the parameters it holds (tied ones in each holder): an op of
         #: that module making a tensor of such a shape makes one sized by the parameter
         self._param_shapes: dict[str, set[tuple[int, ...]]] = {}
@@ -225,6 +248,7 @@ class MemoryTracker:
         self._counted: set[_Storage] = set()  # activations already added to a module this step
         self.closed = False
         self.failed: str | None = None
+        self._resizes = False  # observing storages resized in place (from the first recording on)
 
     # -- storages ------------------------------------------------------------------------------
     def _add(self, t: Any, cat: int, module: str = "", older: bool = False) -> list[_Storage]:
@@ -252,12 +276,11 @@ class MemoryTracker:
         """A storage not seen before (`st`, keyed `key`, holding `t`'s data)."""
         nbytes = 0 if is_zero_tensor(t) else st.nbytes()
         try:
-            size = t.element_size()
+            size = t.element_size() or 1
         except (RuntimeError, AttributeError):
             size = 1
         s = self.step
-        entry = _Storage(nbytes, nbytes // size if size else nbytes, cat, module,
-                         s.step if s is not None else -1, s.index if s is not None else 0)
+        entry = _Storage(nbytes, size, cat, module, s.step if s is not None else -1, s.index if s is not None else 0)
         ref = entry.ref = _StorageRef(st, self._on_free)
         ref.key = key
         with self._lock:
@@ -300,6 +323,34 @@ class MemoryTracker:
                 self.total -= entry.nbytes
                 if entry.fixed:
                     self.fixed[entry.cat] -= entry.nbytes
+
+    def resized(self, st: Any) -> None:
+        """A storage grown or shrunk in place (`UntypedStorage.resize_`, which no op sees: FSDP2
+        frees each gathered parameter's storage after its forward and allocates it again before
+        its backward): its bytes from now on."""
+        if self.closed or self.failed is not None:
+            return
+        try:
+            entry = self.live.get(storage_key(st))
+            if entry is None:
+                return
+            nbytes = st.nbytes()
+            delta = nbytes - entry.nbytes
+            if not delta:
+                return
+            elements = nbytes // entry.itemsize
+            with self._lock:
+                cat = entry.cat
+                self.bytes[cat] += delta
+                self.elems[cat] += elements - entry.elements
+                self.total += delta
+                if entry.fixed:
+                    self.fixed[cat] += delta
+                entry.nbytes, entry.elements = nbytes, elements
+            if cat <= OPTIMIZER_STATE:
+                self._own(entry.module, cat, delta)
+        except Exception as err:  # never into the user's code
+            self.fail(err)
 
     def _move(self, entry: _Storage, cat: int, module: str) -> None:
         s = self.step
@@ -350,6 +401,7 @@ class MemoryTracker:
                     continue
                 self._param_modules[id(p)] = path
                 self._add(p, PARAMETERS, path)  # a DTensor's: its shard on this rank
+                self.sharded_over = max(self.sharded_over, _shards(p))
                 if p.grad is not None:
                     self._add(p.grad, GRADIENTS, path)
                 if p.requires_grad:
@@ -475,6 +527,17 @@ class MemoryTracker:
             self.fail(err)
 
     def _activation(self, t: Any) -> list[Any]:
+        if type(t) is _Parameter and id(t) not in self._param_modules:
+            # a parameter no model registers (FSDP2's gathered one, saved by a convolution
+            # before it ran): the weight, not an activation
+            entries = self._add(t, OTHER)
+            for e in entries:
+                e.weight = True
+            return entries
+        if type(t) is _Tensor:
+            entry = self.live.get(storage_key(t.untyped_storage()))
+            if entry is not None and entry.weight:  # a view of one (a linear's transposed weight)
+                return [entry]
         tracker = self.tracker
         if tracker.flat:
             # autograd saves an op's inputs before the op reaches memwall's mode: the module its
@@ -534,7 +597,11 @@ class MemoryTracker:
                 continue
             key = storage_key(st)
             if key not in live:
-                self._new(t, st, key, OTHER, "")
+                found = self._new(t, st, key, OTHER, "")
+                if type(t) is _Parameter and id(t) not in self._param_modules:
+                    found.weight = True
+            elif type(t) is _Parameter and id(t) not in self._param_modules:
+                live[key].weight = True  # a parameter made after its model was seen (FSDP2's gathered ones)
         s = self.step
         if s is None:
             return
@@ -646,6 +713,9 @@ class MemoryTracker:
                 return
             self._hooks = (hooks, pack)
             observe_selective_checkpoint_saves(self.cached_for_backward, True)
+            if not self._resizes:
+                self._resizes = True
+                observe_storage_resizes(self.resized, True)
             # torch.func's grad and vjp refuse to run under any saved-tensors hook: the hook steps
             # aside for them (their activations are not seen; their ops and storages are)
             step_aside_for_disablers(pack, True)
@@ -661,6 +731,9 @@ class MemoryTracker:
     def close(self) -> None:
         self.stop()
         self.closed = True
+        if self._resizes:
+            self._resizes = False
+            observe_storage_resizes(self.resized, False)
         for handle in self._handles:
             handle.remove()
         self._handles = []

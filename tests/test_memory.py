@@ -138,6 +138,33 @@ def test_inference_sets_no_gradient_hooks_and_a_forward_with_grad_sets_one_per_p
     assert prof.report().memory.peak_by_category["gradients"] == 4 * n
 
 
+def test_a_storage_resized_in_place_is_counted_at_its_size_from_then_on():
+    """`UntypedStorage.resize_` (how FSDP2 frees a gathered parameter after its forward and
+    allocates it again for its backward) changes a storage's bytes without an op: memwall counted
+    it at the size it was first seen. Hand count, in tensors of 256 kB alive after each op."""
+    size = 4 * 256 * 256
+    x = torch.randn(256, 256)
+    with memwall.profile(summary=False) as prof:
+        y = x * 2  # x, y
+        y.untyped_storage().resize_(0)
+        z = x + 1  # x, z
+        w = x - 1  # x, z, w
+    mem = prof.report().memory
+    assert [sum(point[2]) for point in mem.timeline] == [2 * size, 2 * size, 3 * size]
+    assert mem.peak_bytes == 3 * size
+    del y, z, w
+    with memwall.profile(summary=False) as prof:
+        y = x * 2  # x, y
+        y.untyped_storage().resize_(0)
+        z = x + 1  # x, z
+        y.untyped_storage().resize_(size)
+        w = x - 1  # x, z, y, w
+    assert [sum(point[2]) for point in prof.report().memory.timeline] == [2 * size, 2 * size, 4 * size]
+    del y, z, w
+    # torch's own resize_ is back once the profile is over
+    assert "resize_" not in vars(torch.UntypedStorage)
+
+
 def test_mlp_activations_equal_the_hand_count_of_the_tensors_saved_for_backward():
     mem = _train_mlp(_mlp())[0].memory
     acts = {m.module: m.activation_bytes for m in mem.modules if m.activation_bytes}
