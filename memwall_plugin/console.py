@@ -1378,6 +1378,10 @@ def memory_section(mem: MemoryReport, narrow: bool = False,
         breakdown.append(("" if i == 0 else " · ") + f"{_CATEGORY_LABEL.get(cat, cat)} {si(b, 'B')} "
                          f"({_pct(b / mem.peak_bytes if mem.peak_bytes else None)})")
     parts.append(breakdown)
+    if mem.sharded_over > 1:
+        parts.append(Text(f"  this rank's shard: parameters, gradients and optimizer state sharded over "
+                          f"{mem.sharded_over} ranks; the copies it gathers for forward and backward are in other",
+                          style="dim"))
     if mem.allocator_peak_bytes is not None:
         diff = mem.allocator_peak_bytes - mem.peak_bytes
         parts.append(Text(f"  CUDA caching allocator peak {si(mem.allocator_peak_bytes, 'B')} "

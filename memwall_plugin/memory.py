@@ -30,6 +30,8 @@ from typing import Any
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "kv_cache", "other")
 #: what a larger batch or a longer sequence scales
 BATCH_SCALED = ("activations", "kv_cache", "other")
+#: the model's state: what ZeRO and FSDP shard
+STATE = ("parameters", "gradients", "optimizer_state")
 SHARDING = ("zero1", "zero2", "zero3", "fsdp")
 #: sharded by each scheme (ZeRO stages 1-3; FSDP's full sharding is ZeRO-3)
 SHARDED = {"zero1": ("optimizer_state",), "zero2": ("optimizer_state", "gradients"),
@@ -112,6 +114,10 @@ class MemoryReport:
     #: elements of the parameters that require grad (what fp32 master weights copy; a LoRA's
     #: adapters, not its frozen base); None: not known (a file written before memwall kept it)
     trainable_elements: int | None = None
+    #: how many ranks the run already shards its parameters over (DTensors: FSDP2's fully_shard,
+    #: tensor parallelism): this rank's parameters, gradients and optimizer state are 1/n of the
+    #: model's, and its gathered copies of them are in `other`; 1: not sharded (DDP: replicated)
+    sharded_over: int = 1
 
     # -- figures ---------------------------------------------------------------------------------
     @property
@@ -172,7 +178,9 @@ class MemoryReport:
           live at a time); the recompute adds their forward FLOPs and measured time;
         - `shard` ("zero1", "zero2", "zero3" / "fsdp") over `world_size` ranks: optimizer state,
           then gradients, then parameters divided by the ranks (ZeRO-3 also keeps one gathered
-          module's parameters at a time); `comm_bytes` what this rank sends per step;
+          module's parameters at a time); `comm_bytes` what this rank sends per step. A run
+          already sharded (`sharded_over` > 1) is projected from the whole model's state: the
+          sharding asked for replaces the run's (`world_size=sharded_over`: the run as it is);
         - `bytes_per_element`: a category's element size ({"parameters": 2, "activations": 1});
           `master_weights`: an fp32 copy of the parameters kept in the optimizer state;
         - `batch_scale`: activations, KV cache and other (inputs, temporaries) scale with the batch
@@ -233,15 +241,22 @@ class MemoryReport:
         # sharding
         world = world_size if shard is not None else 1
         sharded = SHARDED[shard] if shard is not None and world > 1 else ()
+        # a run already sharded: its state per rank is 1/have of the model's, which the sharding
+        # asked for divides anew (its gathered copies are measured, in `other`)
+        have = max(1, self.sharded_over) if shard is not None else 1
+        if have > 1:
+            notes.append(f"this run already shards its parameters, gradients and optimizer state over {have} "
+                         f"ranks: projected from the whole model's ({have}x this rank's)")
         gathered, comm = 0, 0
         if sharded:
-            param_bytes = sum(m.parameter_bytes for m in self.modules) * scale["parameters"]
-            grad_bytes = (sum(m.gradient_bytes for m in self.modules) or param_bytes) * scale["gradients"]
+            param_bytes = sum(m.parameter_bytes for m in self.modules) * scale["parameters"] * have
+            grad_bytes = (sum(m.gradient_bytes for m in self.modules) * have or param_bytes) * scale["gradients"]
             ring = (world - 1) / world
             if shard in ("zero3", "fsdp"):
                 # all-gather the parameters in forward and again in backward, reduce-scatter the gradients
                 comm = int(ring * (2 * param_bytes + grad_bytes))
-                gathered = int(max((m.parameter_bytes for m in self.modules), default=0) * scale["parameters"])
+                if have == 1:
+                    gathered = int(max((m.parameter_bytes for m in self.modules), default=0) * scale["parameters"])
                 notes.append("ZeRO-3 keeps one module's gathered parameters at a time and moves 1.5x the "
                              "bytes of data parallelism (all-gather twice, reduce-scatter once)")
                 if self.link_bytes_per_s:
@@ -251,7 +266,7 @@ class MemoryReport:
                 comm = int(ring * (grad_bytes + param_bytes))
                 notes.append(f"{str(shard).upper()} moves what data parallelism's all-reduce moves")
         elif shard is not None:
-            notes.append("one rank: nothing to shard")
+            notes.append("one rank: nothing to shard" if have == 1 else "one rank: the whole model's state on it")
 
         def project(index: int, values: dict[str, int], unscaled: dict[str, int]) -> dict[str, int]:
             out = {cat: values[cat] * scale[cat] for cat in CATEGORIES}
@@ -261,6 +276,8 @@ class MemoryReport:
             for cat in BATCH_SCALED:
                 fixed = min(unscaled.get(cat, 0) * scale[cat], out[cat])
                 out[cat] = fixed + (out[cat] - fixed) * batch_scale
+            for cat in STATE:
+                out[cat] *= have
             for cat in sharded:
                 out[cat] /= world
             if "parameters" in sharded:
@@ -307,7 +324,8 @@ class MemoryReport:
         state = {"parameters": sum(m.parameter_bytes for m in self.modules),
                  "gradients": sum(m.gradient_bytes for m in self.modules),
                  "optimizer_state": sum(m.optimizer_state_bytes for m in self.modules)}
-        per_rank = {cat: math.ceil(b * scale[cat] / (world if cat in sharded else 1)) for cat, b in state.items()}
+        per_rank = {cat: math.ceil(b * scale[cat] * have / (world if cat in sharded else 1))
+                    for cat, b in state.items()}
         if master_weights:
             per_rank["optimizer_state"] += math.ceil(master / (world if "optimizer_state" in sharded else 1))
         return MemoryWhatIf(
@@ -387,7 +405,9 @@ class MemoryReport:
         if blocks:
             out.append((f"checkpoint every {blocks[0]}.* block", self.what_if(checkpoint=[blocks[0]])))
         if self.peak_by_category.get("optimizer_state") or self.peak_by_category.get("gradients"):
-            out.append(("ZeRO-3 / FSDP over 8 ranks", self.what_if(shard="zero3", world_size=8)))
+            # a run already sharded over 8 ranks or more: twice its ranks
+            ranks = 8 if self.sharded_over < 8 else 2 * self.sharded_over
+            out.append((f"ZeRO-3 / FSDP over {ranks} ranks", self.what_if(shard="zero3", world_size=ranks)))
         if self.peak_by_category.get("parameters"):
             # bf16 for what is stored wider than 2 bytes an element: a model already in bf16 gets
             # no suggestion that changes nothing, and weights quantized to int8 or 4 bits (torchao,

@@ -79,6 +79,7 @@ def memory_report(tracker: Any, totals: Any, rows: tuple[Row, ...], device: Devi
         timeline_batch_fixed=tuple(point[4] for point in best.timeline),
         allocator_peak_bytes=totals.allocator_peak,
         trainable_elements=tracker.trainable_elements,
+        sharded_over=tracker.sharded_over,
         link_bytes_per_s=getattr(link, "bytes_per_s", None),
         notes=tuple(notes),
     )

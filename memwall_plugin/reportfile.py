@@ -207,6 +207,7 @@ def _memory(data: Any) -> MemoryReport:
     for key in ("capacity_bytes", "allocator_peak_bytes", "trainable_elements"):
         value = data.get(key)
         out[key] = None if value is None else check_int(f"memory.{key}", value)
+    out["sharded_over"] = check_int("memory.sharded_over", data.get("sharded_over", 1), 1)
     link = data.get("link_bytes_per_s")
     out["link_bytes_per_s"] = None if link is None else check_float("memory.link_bytes_per_s", link)
     out["capacity_source"] = check_str("memory.capacity_source", data.get("capacity_source", ""))
