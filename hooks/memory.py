@@ -249,6 +249,7 @@ class MemoryTracker:
         self.closed = False
         self.failed: str | None = None
         self._resizes = False  # observing storages resized in place (from the first recording on)
+        self._weights = False  # a storage of a parameter no model registers was seen (_Storage.weight)
 
     # -- storages ------------------------------------------------------------------------------
     def _add(self, t: Any, cat: int, module: str = "", older: bool = False) -> list[_Storage]:
@@ -533,8 +534,9 @@ class MemoryTracker:
             entries = self._add(t, OTHER)
             for e in entries:
                 e.weight = True
+            self._weights = True
             return entries
-        if type(t) is _Tensor:
+        if self._weights and type(t) is _Tensor:
             entry = self.live.get(storage_key(t.untyped_storage()))
             if entry is not None and entry.weight:  # a view of one (a linear's transposed weight)
                 return [entry]
@@ -599,9 +601,9 @@ class MemoryTracker:
             if key not in live:
                 found = self._new(t, st, key, OTHER, "")
                 if type(t) is _Parameter and id(t) not in self._param_modules:
-                    found.weight = True
+                    found.weight = self._weights = True
             elif type(t) is _Parameter and id(t) not in self._param_modules:
-                live[key].weight = True  # a parameter made after its model was seen (FSDP2's gathered ones)
+                live[key].weight = self._weights = True  # made after its model was seen (FSDP2's gathered ones)
         s = self.step
         if s is None:
             return
