@@ -537,7 +537,8 @@ class MemoryTracker:
             self._weights = True
             return entries
         if self._weights and type(t) is _Tensor:
-            entry = self.live.get(storage_key(t.untyped_storage()))
+            st = _storage_of(t)
+            entry = self.live.get(storage_key(st)) if st is not None else None
             if entry is not None and entry.weight:  # a view of one (a linear's transposed weight)
                 return [entry]
         tracker = self.tracker

@@ -165,6 +165,20 @@ def test_a_storage_resized_in_place_is_counted_at_its_size_from_then_on():
     assert "resize_" not in vars(torch.UntypedStorage)
 
 
+def test_a_sparse_tensor_saved_after_an_unregistered_parameter_keeps_memory_tracking_on():
+    """Once a parameter no model registers was seen (FSDP2's gathered ones; here a free
+    nn.Parameter), each tensor saved for backward is looked up as a possible view of one: a sparse
+    tensor, which has no storage of its own, stopped memory tracking there."""
+    w = torch.nn.Parameter(torch.randn(8, 8))
+    s = torch.randn(8, 8).relu().to_sparse().requires_grad_()
+    d = torch.randn(8, 8, requires_grad=True)
+    with memwall.profile(summary=False) as prof:
+        ((w * 2).sum() + torch.sparse.mm(s, d).sum()).backward()
+    mem = prof.report().memory
+    assert mem.notes == ()
+    assert mem.peak_by_category["activations"] >= 4 * 8 * 8  # d, saved for s's gradient
+
+
 def test_mlp_activations_equal_the_hand_count_of_the_tensors_saved_for_backward():
     mem = _train_mlp(_mlp())[0].memory
     acts = {m.module: m.activation_bytes for m in mem.modules if m.activation_bytes}
