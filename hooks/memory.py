@@ -390,7 +390,10 @@ class MemoryTracker:
 
     # -- what each storage is -------------------------------------------------------------------
     def add_root(self, root: torch.nn.Module, names: Mapping[Any, str] | None = None) -> None:
-        """A model (or a module first seen outside any other): its parameters, buffers, hooks."""
+        """A model (or a module first seen outside any other): its parameters, buffers, hooks.
+        Those no op has made or read yet were made before the running step began (ops of the
+        step can run before its model is first called: the batch's preparation, FSDP2's
+        all-gather of the first layer): alive from the step's start."""
         if id(root) in self._roots:
             return
         self._roots.add(id(root))
@@ -401,17 +404,17 @@ class MemoryTracker:
                 if id(p) in self._param_modules:
                     continue
                 self._param_modules[id(p)] = path
-                self._add(p, PARAMETERS, path)  # a DTensor's: its shard on this rank
+                self._add(p, PARAMETERS, path, older=True)  # a DTensor's: its shard on this rank
                 self.sharded_over = max(self.sharded_over, _shards(p))
                 if p.grad is not None:
-                    self._add(p.grad, GRADIENTS, path)
+                    self._add(p.grad, GRADIENTS, path, older=True)
                 if p.requires_grad:
                     self.unarmed.append(p)
                     self.trainable_elements += _local(p).numel()
             for b in module.buffers(recurse=False):
                 # sized by the model, not the batch, also when saved for backward (GPT-2's causal
                 # mask buffer, sliced per call, in transformers 4)
-                for entry in self._add(b, OTHER, path):
+                for entry in self._add(b, OTHER, path, older=True):
                     self._fix(entry)
 
     def arm(self) -> None:
@@ -757,6 +760,8 @@ def _correct_timeline(s: StepMemory) -> None:
         # alive from the step's start; the points from its finding on hold it already (as what
         # it was found to be: a later move corrects them from the start as from its sighting)
         events += [(0, cat, entry.nbytes), (found_at, cat, -entry.nbytes)]
+        if entry.fixed:  # sized by the model (a buffer)
+            events += [(0, _N + cat, entry.nbytes), (found_at, _N + cat, -entry.nbytes)]
     for entry, old, new, moved_at, fixed in s.moves:
         # the points from its first sighting to the move (or its end, if sooner) held it as `old`
         start = entry.index if entry.step == s.step else 0

@@ -179,6 +179,31 @@ def test_a_sparse_tensor_saved_after_an_unregistered_parameter_keeps_memory_trac
     assert mem.peak_by_category["activations"] >= 4 * 8 * 8  # d, saved for s's gradient
 
 
+def test_a_models_parameters_are_held_from_the_steps_start_when_ops_run_before_its_first_call():
+    """Without `model=`, a model's parameters and buffers are found when it is first called; ops
+    of the step can run before (the batch's preparation, FSDP2's all-gather of its first layer),
+    and the timeline's points before read none of them. Hand count: two Linear(64, 64), a buffer
+    of 64 floats (sized by the model: the batch what-if leaves it unscaled)."""
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(64, 64), torch.nn.Linear(64, 64)
+            self.register_buffer("scale", torch.ones(64))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(self.fc1(x).relu() * self.scale)
+
+    model, x = Net(), torch.randn(8, 64)
+    with memwall.profile(summary=False) as prof:
+        y = x * 2
+        model(y).sum().backward()
+    mem = prof.report().memory
+    params = 4 * 2 * (64 * 64 + 64)
+    assert [point[2][CATEGORIES.index("parameters")] for point in mem.timeline] == [params] * len(mem.timeline)
+    assert sum(mem.timeline_batch_fixed[0]) == 4 * 64  # (an activation: the multiply saves it)
+
+
 def test_mlp_activations_equal_the_hand_count_of_the_tensors_saved_for_backward():
     mem = _train_mlp(_mlp())[0].memory
     acts = {m.module: m.activation_bytes for m in mem.modules if m.activation_bytes}
