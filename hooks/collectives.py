@@ -248,7 +248,6 @@ class CollectiveRecorder:
         #: (Work, completion ns) the watcher saw complete (appended by it), let go of in order on
         #: the training thread (`let_go_done`, between two ops); truthy while any waits
         self.retired: deque[tuple[Any, int]] = deque()
-        self._retiring: list[Any] = []  # retired before the last take: let go at the next one
         self._routes: dict[Any, Handler] | None = None
         #: the entry each collective traced into a compiled region makes, by what it is and where
         self._in_regions: dict[Any, CollectiveEntry] = {}
@@ -370,7 +369,7 @@ class CollectiveRecorder:
         with self._lock:
             for flight in self._pending.values():
                 flight.work = None  # a collective that never completed: no timing is coming
-        self._let_go(all_retired=True)
+        self.retired.clear()  # every Work, also one not yet LET_GO_S past its completion
 
     def let_go_done(self) -> None:
         """Between two ops on the training thread: let go of the Works that completed more than
@@ -379,18 +378,6 @@ class CollectiveRecorder:
         now = _perf_counter_ns()
         while retired and now - retired[0][1] >= _LET_GO_NS:
             retired.popleft()
-
-    def _let_go(self, all_retired: bool = False) -> None:
-        """Release, on this thread, the Works retired before the previous take (by now the backend
-        has long let go of them too); `all_retired` (the run's end): every retired Work."""
-        self.let_go_done()
-        dropping, self._retiring = self._retiring, []
-        while self.retired:
-            self._retiring.append(self.retired.popleft())
-        if all_retired:
-            dropping += self._retiring
-            self._retiring = []
-        dropping.clear()
 
     def wait(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """A functional collective's `wait_tensor`: its call completes when this returns."""
@@ -428,7 +415,7 @@ class CollectiveRecorder:
         timing = _union([f for f in flights if f.ok], span)
         timing.untimed, self._untimed_device_calls = self._untimed_device_calls, False
         self._drop_stale_functional()
-        self._let_go()
+        self.let_go_done()
         return table, timing
 
     def _settle(self) -> None:

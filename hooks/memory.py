@@ -536,8 +536,7 @@ class MemoryTracker:
             # before it ran): the weight, not an activation
             entries = self._add(t, OTHER)
             for e in entries:
-                e.weight = True
-            self._weights = True
+                self._mark_weight(e)
             return entries
         if self._weights and type(t) is _Tensor:
             st = _storage_of(t)
@@ -602,12 +601,11 @@ class MemoryTracker:
                         self._new(leaf, st, storage_key(st), OTHER, "")
                 continue
             key = storage_key(st)
-            if key not in live:
+            found = live.get(key)
+            if found is None:
                 found = self._new(t, st, key, OTHER, "")
-                if type(t) is _Parameter and id(t) not in self._param_modules:
-                    found.weight = self._weights = True
-            elif type(t) is _Parameter and id(t) not in self._param_modules:
-                live[key].weight = self._weights = True  # made after its model was seen (FSDP2's gathered ones)
+            if type(t) is _Parameter and id(t) not in self._param_modules:
+                self._mark_weight(found)  # made after its model was seen (FSDP2's gathered ones)
         s = self.step
         if s is None:
             return
@@ -653,6 +651,9 @@ class MemoryTracker:
             # made by this op (a view of an older storage, a transposed weight, is not new)
             if entry is not None and entry.step == s.step and entry.index == s.index:
                 self._fix(entry)
+
+    def _mark_weight(self, entry: _Storage) -> None:
+        entry.weight = self._weights = True
 
     def _fix(self, entry: _Storage) -> None:
         """`entry` is sized by the model (a parameter's shape, a buffer), not by the batch."""

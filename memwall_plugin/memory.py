@@ -34,9 +34,7 @@ BATCH_SCALED = ("activations", "kv_cache", "other")
 STATE = ("parameters", "gradients", "optimizer_state")
 SHARDING = ("zero1", "zero2", "zero3", "fsdp")
 #: sharded by each scheme (ZeRO stages 1-3; FSDP's full sharding is ZeRO-3)
-SHARDED = {"zero1": ("optimizer_state",), "zero2": ("optimizer_state", "gradients"),
-           "zero3": ("optimizer_state", "gradients", "parameters"),
-           "fsdp": ("optimizer_state", "gradients", "parameters")}
+SHARDED = {"zero1": ("optimizer_state",), "zero2": ("optimizer_state", "gradients"), "zero3": STATE, "fsdp": STATE}
 
 
 def _cats(values: dict[str, int] | None = None) -> dict[str, int]:
