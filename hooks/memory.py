@@ -239,6 +239,15 @@ class MemoryTracker:
         #: how many ranks the parameters seen are sharded over (DTensors: FSDP2, tensor
         #: parallelism): this rank holds 1/n of them, of their gradients and optimizer state
         self.sharded_over = 1
+        #: the parameters' bytes at their whole (global) shapes, and this rank's of them: equal
+        #: unless DTensors shard them; a model partly sharded (tensor parallelism's replicated
+        #: norms, biases and heads) holds more than 1/sharded_over of the model on each rank
+        self.model_parameter_bytes = 0
+        self.rank_parameter_bytes = 0
+        #: what shards them: "FSDP2" (a module fully_shard made an FSDPModule), "tensor parallel"
+        #: (DTensor parameters no FSDPModule holds), "" (none)
+        self.sharded_by = ""
+        self._fsdp = False
         #: module path -> shapes of the parameters it holds (tied ones in each holder): an op of
         #: that module making a tensor of such a shape makes one sized by the parameter
         self._param_shapes: dict[str, set[tuple[int, ...]]] = {}
@@ -399,13 +408,24 @@ class MemoryTracker:
         self._roots.add(id(root))
         for name, module in root.named_modules(remove_duplicate=False):
             path = names.get(module, name) if names else name
+            self._fsdp = self._fsdp or any(c.__name__ == "FSDPModule" for c in type(module).__mro__)
             for p in module.parameters(recurse=False):
-                self._param_shapes.setdefault(path, set()).add(tuple(_local(p).shape))
+                local = _local(p)
+                self._param_shapes.setdefault(path, set()).add(tuple(local.shape))
                 if id(p) in self._param_modules:
                     continue
                 self._param_modules[id(p)] = path
                 self._add(p, PARAMETERS, path, older=True)  # a DTensor's: its shard on this rank
-                self.sharded_over = max(self.sharded_over, _shards(p))
+                shards = _shards(p)
+                if shards > 1:
+                    self.sharded_over = max(self.sharded_over, shards)
+                    self.sharded_by = "FSDP2" if self._fsdp else "tensor parallel"
+                # a DTensor's numel is its whole shape's; a wrapper subclass's elements are
+                # sized by its own leaves, counted alike in both sums
+                size = local.numel() * local.element_size()
+                self.rank_parameter_bytes += size
+                self.model_parameter_bytes += (p.numel() * size // local.numel() if local.numel() and local is not p
+                                               else size)
                 if p.grad is not None:
                     self._add(p.grad, GRADIENTS, path, older=True)
                 if p.requires_grad:

@@ -1362,6 +1362,18 @@ def _where(peak_at: tuple[str, str, str]) -> str:
     return f"{phase} {op} ({module or 'top level'})" if op else (phase or "the step's start")
 
 
+def _shard_line(mem: MemoryReport) -> str:
+    """What this rank holds of a sharded model, and what the sharding leaves in `other`."""
+    share = (f"{si(mem.rank_parameter_bytes, 'B')} of the model's {si(mem.model_parameter_bytes, 'B')} of parameters"
+             if mem.model_parameter_bytes and mem.rank_parameter_bytes else "parameters")
+    if mem.sharded_by == "tensor parallel":
+        return (f"  this rank's shard: {share}, with their gradients and optimizer state, tensor parallel over "
+                f"{mem.sharded_over} ranks (replicated ones whole on each rank)")
+    by = " by FSDP2" if mem.sharded_by == "FSDP2" else ""
+    return (f"  this rank's shard: {share}, with their gradients and optimizer state, sharded{by} over "
+            f"{mem.sharded_over} ranks; the copies it gathers for forward and backward are in other")
+
+
 def memory_section(mem: MemoryReport, narrow: bool = False,
                    what_ifs: list[tuple[str, MemoryWhatIf]] | None = None) -> RichGroup:
     """The capacity wall: the peak against capacity, what held it, the modules holding the most,
@@ -1379,9 +1391,7 @@ def memory_section(mem: MemoryReport, narrow: bool = False,
                          f"({_pct(b / mem.peak_bytes if mem.peak_bytes else None)})")
     parts.append(breakdown)
     if mem.sharded_over > 1:
-        parts.append(Text(f"  this rank's shard: parameters, gradients and optimizer state sharded over "
-                          f"{mem.sharded_over} ranks; the copies it gathers for forward and backward are in other",
-                          style="dim"))
+        parts.append(Text(_shard_line(mem), style="dim"))
     if mem.allocator_peak_bytes is not None:
         diff = mem.allocator_peak_bytes - mem.peak_bytes
         parts.append(Text(f"  CUDA caching allocator peak {si(mem.allocator_peak_bytes, 'B')} "

@@ -116,8 +116,27 @@ class MemoryReport:
     #: tensor parallelism): this rank's parameters, gradients and optimizer state are 1/n of the
     #: model's, and its gathered copies of them are in `other`; 1: not sharded (DDP: replicated)
     sharded_over: int = 1
+    #: what shards them: "FSDP2", "tensor parallel" (DTensor parameters outside FSDP2), "" (none)
+    sharded_by: str = ""
+    #: a sharded run's parameter bytes at the whole model's shapes, and this rank's of them (a
+    #: model partly sharded, as tensor parallelism leaves norms and biases replicated, holds more
+    #: than 1/sharded_over of it on each rank); None: not sharded, or a file from before them
+    model_parameter_bytes: int | None = None
+    rank_parameter_bytes: int | None = None
 
     # -- figures ---------------------------------------------------------------------------------
+    @property
+    def shard_factor(self) -> float:
+        """The whole model's parameters (and their gradients and optimizer state) per this rank's:
+        1 in a run not sharded; `sharded_over` for a file that kept no byte counts."""
+        whole, rank = self._shard_ratio()
+        return whole / rank
+
+    def _shard_ratio(self) -> tuple[int, int]:
+        if self.model_parameter_bytes and self.rank_parameter_bytes:
+            return self.model_parameter_bytes, self.rank_parameter_bytes
+        return max(1, self.sharded_over), 1
+
     @property
     def peak_fraction(self) -> float | None:
         return self.peak_bytes / self.capacity_bytes if self.capacity_bytes else None
@@ -241,19 +260,25 @@ class MemoryReport:
         sharded = SHARDED[shard] if shard is not None and world > 1 else ()
         # a run already sharded: its state per rank is 1/have of the model's, which the sharding
         # asked for divides anew (its gathered copies are measured, in `other`)
-        have = max(1, self.sharded_over) if shard is not None else 1
+        # (a ratio of two integers, applied as one: the whole model's bytes come out exact)
+        whole, rank = self._shard_ratio() if shard is not None else (1, 1)
+        have = whole / rank
         if have > 1:
-            notes.append(f"this run already shards its parameters, gradients and optimizer state over {have} "
-                         f"ranks: projected from the whole model's ({have}x this rank's)")
+            notes.append(f"this run already shards its parameters, gradients and optimizer state over "
+                         f"{self.sharded_over} ranks: projected from the whole model's ({have:.3g}x this rank's)")
+            if self.sharded_by == "tensor parallel":
+                notes.append("tensor parallelism also shards the activations of its parallel layers: sharding the "
+                             "state instead would hold them whole, projected here as this rank's (a lower bound)")
         gathered, comm = 0, 0
         if sharded:
-            param_bytes = sum(m.parameter_bytes for m in self.modules) * scale["parameters"] * have
-            grad_bytes = (sum(m.gradient_bytes for m in self.modules) * have or param_bytes) * scale["gradients"]
+            param_bytes = sum(m.parameter_bytes for m in self.modules) * scale["parameters"] * whole / rank
+            grads = sum(m.gradient_bytes for m in self.modules) * whole / rank
+            grad_bytes = (grads or param_bytes) * scale["gradients"]
             ring = (world - 1) / world
             if shard in ("zero3", "fsdp"):
                 # all-gather the parameters in forward and again in backward, reduce-scatter the gradients
                 comm = int(ring * (2 * param_bytes + grad_bytes))
-                if have == 1:
+                if whole == rank:
                     gathered = int(max((m.parameter_bytes for m in self.modules), default=0) * scale["parameters"])
                 notes.append("ZeRO-3 keeps one module's gathered parameters at a time and moves 1.5x the "
                              "bytes of data parallelism (all-gather twice, reduce-scatter once)")
@@ -264,7 +289,7 @@ class MemoryReport:
                 comm = int(ring * (grad_bytes + param_bytes))
                 notes.append(f"{str(shard).upper()} moves what data parallelism's all-reduce moves")
         elif shard is not None:
-            notes.append("one rank: nothing to shard" if have == 1 else "one rank: the whole model's state on it")
+            notes.append("one rank: nothing to shard" if whole == rank else "one rank: the whole model's state on it")
 
         def project(index: int, values: dict[str, int], unscaled: dict[str, int]) -> dict[str, int]:
             out = {cat: values[cat] * scale[cat] for cat in CATEGORIES}
@@ -275,7 +300,7 @@ class MemoryReport:
                 fixed = min(unscaled.get(cat, 0) * scale[cat], out[cat])
                 out[cat] = fixed + (out[cat] - fixed) * batch_scale
             for cat in STATE:
-                out[cat] *= have
+                out[cat] = out[cat] * whole / rank
             for cat in sharded:
                 out[cat] /= world
             if "parameters" in sharded:
@@ -322,7 +347,7 @@ class MemoryReport:
         state = {"parameters": sum(m.parameter_bytes for m in self.modules),
                  "gradients": sum(m.gradient_bytes for m in self.modules),
                  "optimizer_state": sum(m.optimizer_state_bytes for m in self.modules)}
-        per_rank = {cat: math.ceil(b * scale[cat] * have / (world if cat in sharded else 1))
+        per_rank = {cat: math.ceil(b * scale[cat] * whole / rank / (world if cat in sharded else 1))
                     for cat, b in state.items()}
         if master_weights:
             per_rank["optimizer_state"] += math.ceil(master / (world if "optimizer_state" in sharded else 1))

@@ -80,6 +80,9 @@ def memory_report(tracker: Any, totals: Any, rows: tuple[Row, ...], device: Devi
         allocator_peak_bytes=totals.allocator_peak,
         trainable_elements=tracker.trainable_elements,
         sharded_over=tracker.sharded_over,
+        sharded_by=tracker.sharded_by,
+        model_parameter_bytes=tracker.model_parameter_bytes if tracker.sharded_over > 1 else None,
+        rank_parameter_bytes=tracker.rank_parameter_bytes if tracker.sharded_over > 1 else None,
         link_bytes_per_s=getattr(link, "bytes_per_s", None),
         notes=tuple(notes),
     )

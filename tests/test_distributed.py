@@ -267,6 +267,127 @@ def test_fsdp2s_memory_is_what_torch_allocates_and_memwall_keeps_none_of_it(tmp_
             assert state["parameters"] == state["gradients"] == whole // int(world), (world, state)
 
 
+TENSOR_PARALLEL = """
+import json, sys, torch, torch.distributed as dist
+from pathlib import Path
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.utils.flop_counter import FlopCounterMode
+import memwall_plugin as memwall
+
+dist.init_process_group("gloo")
+mesh = init_device_mesh("cpu", (2,))
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up, self.act, self.down = nn.Linear(256, 1024), nn.GELU(), nn.Linear(1024, 256)
+
+    def forward(self, x):
+        return x + self.down(self.act(self.up(x)))
+
+
+def build():
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(), Block(), nn.Linear(256, 10))  # the head: replicated, not parallelized
+    for block in model[:2]:
+        parallelize_module(block, mesh, {"up": ColwiseParallel(), "down": RowwiseParallel()})
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+x, y = torch.randn(32, 256), torch.randint(0, 10, (32,))
+
+
+def steps(model, opt, n):
+    losses = []
+    for _ in range(n):
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def local(model):
+    return [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+
+
+bare_model, bare_opt = build()
+bare = steps(bare_model, bare_opt, 2)
+model, opt = build()
+with memwall.profile(logdir=sys.argv[1], summary=False) as prof:
+    profiled = steps(model, opt, 2)
+report = prof.report()
+counter_model, counter_opt = build()
+with FlopCounterMode(display=False) as counter:  # counts a DTensor's op at its whole shapes
+    steps(counter_model, counter_opt, 1)
+matmul = {}
+for r in report.rows:
+    if r.op in ("aten.mm", "aten.addmm"):
+        matmul[r.module] = matmul.get(r.module, 0) + r.flops
+mem = report.memory
+out = {
+    "same": bare == profiled and all(torch.equal(a, b) for a, b in zip(local(bare_model), local(model))),
+    "matmul": matmul, "flop_counter": counter.get_total_flops(),
+    "collectives": sorted([c.op, c.phase, c.calls, c.collective.message_bytes] for c in report.collectives),
+    "params": sum(m.parameter_bytes for m in mem.modules), "sharded": [mem.sharded_over, mem.sharded_by],
+    "what_if": {w: mem.what_if(shard="fsdp", world_size=w).per_rank_state for w in (1, 2)},
+    "summary": str(report),
+}
+Path(sys.argv[1], f"figures{dist.get_rank()}.json").write_text(json.dumps(out))
+dist.destroy_process_group()
+"""
+
+
+def test_tensor_parallel_counts_each_ranks_shard_and_projects_from_the_whole_model(tmp_path):
+    """parallelize_module's ColwiseParallel/RowwiseParallel on two ranks, a replicated head beside
+    them. Each rank runs the matmuls of its shard (half of each parallel layer's, all of the
+    head's), all-reduces the row-parallel outputs in forward and the column-parallel input's
+    gradient in backward. Memwall projected the what-ifs from the whole model as this rank's state
+    times the shard count, counting the replicated head twice, and said the sharding gathered
+    copies as FSDP2's does. The truth: the shapes by hand, FlopCounterMode (which counts each
+    DTensor op at its whole shapes), a bare run's exact bits."""
+    script = tmp_path / "tensor_parallel.py"
+    script.write_text(TENSOR_PARALLEL)
+    result = torchrun(str(script), str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows, d, h, out = 32, 256, 1024 // 2, 10  # h: this rank's columns of `up`, rows of `down`
+    mm = 2 * rows * d * h  # each parallel matmul on this rank: forward, weight and input gradients
+    # per step: `up` forward (an addmm: + its bias shard) and weight gradient, and the input's
+    # gradient where the input needs one (block 1's, not block 0's); `down` forward (an addmm on
+    # each rank's partial sums: + the bias), weight and input gradients; the head whole
+    head = 3 * 2 * rows * d * out + rows * out
+    per_step = {"0.up": 2 * mm + rows * h, "1.up": 3 * mm + rows * h, "0.down": 3 * mm + rows * d,
+                "1.down": 3 * mm + rows * d, "2": head}
+    whole_params = 4 * (2 * (d * 1024 + 1024 + 1024 * d + d) + d * out + out)  # 4,214,824 B
+    rank_params = 4 * (2 * (d * h + h + h * d + d) + d * out + out)  # the biases of `down` and the head whole
+    for rank in (0, 1):
+        got = json.loads((tmp_path / "run" / f"figures{rank}.json").read_text())
+        assert got["same"], "the run under memwall differs from the bare one"
+        n = 2  # training steps in the profiled block (recorded as one: it calls no prof.step())
+        assert got["matmul"] == {m: n * f for m, f in per_step.items()}, got["matmul"]
+        # FlopCounterMode's whole-model matmuls: this rank's parallel ones twice, the head once
+        # (it leaves out an addmm's bias adds, memwall counts them)
+        parallel = sum(per_step[m] for m in ("0.up", "1.up", "0.down", "1.down")) - 2 * rows * (h + d)
+        assert got["flop_counter"] == 2 * parallel + head - rows * out
+        # RowwiseParallel all-reduces each block's output (32 x 256 fp32) in forward,
+        # ColwiseParallel the gradient of block 1's input in backward
+        # (DTensor's functional collectives; a row's message bytes are its calls' sum)
+        message = 4 * rows * d
+        assert got["collectives"] == [["_c10d_functional.all_reduce", phase, n, n * message]
+                                      for phase in ("backward", "forward", "forward")], got["collectives"]
+        assert got["params"] == rank_params and got["sharded"] == [2, "tensor parallel"]
+        # one rank holding the whole model holds its parameters: the replicated ones once
+        assert got["what_if"]["1"]["parameters"] == got["what_if"]["1"]["gradients"] == whole_params
+        assert got["what_if"]["2"]["parameters"] == whole_params // 2
+        summary = " ".join(got["summary"].split())
+        assert "2.11 MB of the model's 4.21 MB of parameters" in summary and "tensor parallel over 2 ranks" in summary
+        assert "gathers" not in summary
+
+
 def test_killed_rank_leaves_the_other_ranks_partial_report(tmp_path):
     result = torchrun(str(SAMPLE), "--steps", "200", "--die-at-step", "2", "--width", str(WIDTH),
                       "--depth", str(DEPTH), "--logdir", str(tmp_path / "killed"), cwd=tmp_path)
