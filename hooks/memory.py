@@ -210,6 +210,22 @@ def _storage_of(t: Any) -> Any:
         return sparse_values_storage(t)  # a sparse tensor: its values' (its indices are left out)
 
 
+def _held_bytes(t: Any, st: Any) -> int:
+    """The bytes a storage holds in memory: all of it where torch allocated it; where it did not
+    (a file mapped into memory: safetensors' and `torch.load(mmap=True)`'s weights; another
+    library's buffer), the bytes `t` spans. transformers' tensor-parallel loader keeps each rank's
+    row shard of a weight as a view of the whole weight's mapping, of which the rank touches only
+    its shard's pages: counted whole, a rank's parameters read 77% more than it holds."""
+    nbytes = st.nbytes()
+    try:
+        if not nbytes or st.resizable() or not t.numel():
+            return nbytes
+        span = 1 + sum((n - 1) * abs(k) for n, k in zip(t.shape, t.stride()))  # from its first element
+        return min(nbytes, span * t.element_size())
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return nbytes
+
+
 class MemoryTracker:
     """Live storages by category while a capture records (see the module's doc)."""
 
@@ -284,7 +300,7 @@ class MemoryTracker:
 
     def _new(self, t: Any, st: Any, key: int, cat: int, module: str) -> _Storage:
         """A storage not seen before (`st`, keyed `key`, holding `t`'s data)."""
-        nbytes = 0 if is_zero_tensor(t) else st.nbytes()
+        nbytes = 0 if is_zero_tensor(t) else _held_bytes(t, st)
         try:
             size = t.element_size() or 1
         except (RuntimeError, AttributeError):

@@ -165,6 +165,29 @@ def test_a_storage_resized_in_place_is_counted_at_its_size_from_then_on():
     assert "resize_" not in vars(torch.UntypedStorage)
 
 
+def test_a_weight_shard_viewing_a_mapped_file_holds_its_own_bytes_and_one_viewing_ram_the_whole(tmp_path):
+    """transformers' tensor-parallel loader on CPU keeps each rank's row shard of a weight as a
+    view of the whole weight mapped from the checkpoint file (`safetensors`, like
+    `torch.load(mmap=True)`), of which the rank touches only its shard's pages: memwall counted
+    the whole mapping as the rank's parameters (a 2-layer Llama on 2 ranks: 5.99 MB for its
+    3.39 MB of shards). A view of memory torch allocated keeps the whole allocation alive: counted
+    whole, as before. Hand count: two Linear(256, 256) whose weights are the first 128 rows of a
+    256 x 256 float32 matrix, one loaded mapped, one in RAM; no biases."""
+    torch.save(torch.randn(256, 256), tmp_path / "w.pt")
+    mapped = torch.load(tmp_path / "w.pt", mmap=True)
+    in_ram = torch.randn(256, 256)
+    model = torch.nn.ModuleDict({"mapped": torch.nn.Linear(256, 128, bias=False),
+                                 "in_ram": torch.nn.Linear(256, 128, bias=False)})
+    model.mapped.weight = torch.nn.Parameter(mapped[:128], requires_grad=False)
+    model.in_ram.weight = torch.nn.Parameter(in_ram[:128], requires_grad=False)
+    x = torch.randn(4, 256)
+    with memwall.profile(model=model, summary=False) as prof:
+        model.mapped(x) + model.in_ram(x)
+    modules = {m.module: m.parameter_bytes for m in prof.report().memory.modules}
+    assert modules["mapped"] == 4 * 128 * 256, modules  # the shard: what the run reads of the file
+    assert modules["in_ram"] == 4 * 256 * 256, modules  # the whole allocation its view keeps alive
+
+
 def test_a_sparse_tensor_saved_after_an_unregistered_parameter_keeps_memory_tracking_on():
     """Once a parameter no model registers was seen (FSDP2's gathered ones; here a free
     nn.Parameter), each tensor saved for backward is looked up as a possible view of one: a sparse
