@@ -42,6 +42,14 @@ def node_sequence_nr(node: Any) -> int:
     return int(node._sequence_nr())
 
 
+def is_accumulate_grad(node: Any) -> bool:
+    """Whether an autograd node accumulates a leaf's gradient (its hooks: DDP's buckets)."""
+    try:
+        return node_sequence_nr(node) == ACCUMULATE_GRAD_SEQUENCE_NR
+    except (AttributeError, RuntimeError):
+        return True
+
+
 def node_variable(node: Any) -> Any:
     """The leaf tensor of an AccumulateGrad node, or None for any other node."""
     return getattr(node, "variable", None)

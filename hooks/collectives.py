@@ -50,6 +50,7 @@ from memwall_plugin.hooks._torch_private import (
     current_autograd_node,
     group_size_by_name,
     in_backward,
+    is_accumulate_grad,
     process_group_size,
     unbox_work,
     without_own_saved_tensors_hook,
@@ -169,10 +170,16 @@ class StepTiming:
 
 
 def _where(tracker: ModuleTracker) -> tuple[str, str]:
-    """(phase, module) of a collective issued now. Backward collectives (DDP's gradient buckets)
-    stay at the top level: a bucket holds many modules' gradients."""
-    if current_autograd_node() is not None or in_backward():  # in backward, its final callbacks too
-        return BACKWARD, tracker.stack[-1] if tracker.stack else ""
+    """(phase, module) of a collective issued now. In backward, one issued by a node a module's
+    forward made (tensor parallelism's all-reduce of an input's gradient, FSDP2's reduce-scatter
+    after a layer's backward) is that module's; one issued from a gradient's accumulation or the
+    engine's final callbacks (DDP's buckets: a bucket holds many modules' gradients) stays at
+    the top level."""
+    node = current_autograd_node()
+    if node is not None or in_backward():  # in backward, its final callbacks too
+        if tracker.stack:
+            return BACKWARD, tracker.stack[-1]
+        return BACKWARD, tracker.path_for_node(node) if node is not None and not is_accumulate_grad(node) else ""
     if tracker.stack:  # a module's forward, inside optimizer.step(closure) too
         return tracker.user_label or tracker.generation_label or FORWARD, tracker.stack[-1]
     if tracker.in_optimizer and not torch.is_grad_enabled():  # not its closure (grad on)
