@@ -565,6 +565,7 @@ def findings(report: Report) -> list[str]:
             + ", not in this one."
         )
     out.extend(cuda_graph_notes(report))
+    out.extend(above_the_peak(report, total))
     estimated = estimated_roofs(report)
     if estimated:
         names = list(estimated)
@@ -575,6 +576,55 @@ def findings(report: Report) -> list[str]:
             text += ("; `memwall calibrate` measures floating-point GEMMs only: MEMWALL_PEAKS=\"int8=...\" "
                      "sets an integer peak")
         out.append(text + ".")
+    return out
+
+
+#: how far above its compute peak a row's FLOP rate may read before the peak is taken for wrong
+#: (a row's time has the timer's grain; its FLOPs are the kernel's nominal ones)
+ABOVE_PEAK = 1.25
+
+
+def above_the_peak(report: Report, op_time_s: float) -> list[str]:
+    """Rows whose FLOP rate beats the compute peak they are placed under, by peak: that peak is
+    too low (an automatic calibration taken while the machine was busy reads low and is kept), or
+    their times are short of their work. Only where such rows hold 1% of the op time or more."""
+    device = report.device
+    if device is None or op_time_s <= 0:
+        return []
+    peaks = dict(device.peaks)
+    over: dict[str, list[Row]] = {}
+    for r in report.rows:
+        if r.collective is None and r.flops and r.time_s > 0 and r.peak_flops_per_s:
+            if r.flops / r.time_s > ABOVE_PEAK * r.peak_flops_per_s:
+                key = next((k for k, f in peaks.items() if f.value == r.peak_flops_per_s), peak_key(r.dtype))
+                over.setdefault(key, []).append(r)
+    out = []
+    for key, rows in over.items():
+        if math.fsum(r.time_s for r in rows) < 0.01 * op_time_s:
+            continue
+        figure = peaks.get(key)
+        peak = figure.value if figure is not None else rows[0].peak_flops_per_s or 0.0
+        most = max(r.flops / r.time_s for r in rows) / peak
+        rows.sort(key=lambda r: -r.time_s)
+        ops = list(dict.fromkeys("compiled regions" if r.op == COMPILED_REGION else r.op.removeprefix("aten.")
+                                 for r in rows))
+        modules = list(dict.fromkeys(f"`{r.module or '(top level)'}`" for r in rows))
+        source = figure.source if figure is not None else ""
+        if source == "calibrated":
+            why = ("the calibration read it low (one measured while the machine was busy does: the automatic "
+                   "one at the first profile too) and is kept until measured again: run `memwall calibrate`")
+        elif source == "estimated":
+            why = "the estimate is low: run `memwall calibrate` for this machine's real peak"
+        elif source == "user":
+            why = "the peak given (peaks=, $MEMWALL_PEAKS) is low: `memwall calibrate` measures this machine's"
+        else:
+            why = ("a peak the device cannot beat, so these rows' times are short of their work (or their FLOPs "
+                   "count more than ran)")
+        out.append(f"{len(rows)} op row{'s' if len(rows) > 1 else ''} ({', '.join(ops[:3])}"
+                   f"{', ...' if len(ops) > 3 else ''}; most under {', '.join(modules[:3])}"
+                   f"{', ...' if len(modules) > 3 else ''}) ran faster than the {key} peak allows, up to "
+                   f"{most:.1f}x its {si(peak, 'FLOP/s')} ({source or 'given'}): {why}. Until then their share "
+                   "of the roof and their bound are off.")
     return out
 
 

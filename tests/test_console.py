@@ -206,6 +206,30 @@ def test_the_estimated_figures_finding_names_the_roofs_the_run_stands_under():
     assert "run `memwall calibrate`" not in note
 
 
+def test_ops_faster_than_their_compute_peak_say_the_peak_is_wrong_and_how_to_measure_it():
+    """An automatic calibration taken while the machine was busy read this CPU's fp32 peak 3x low
+    (56.7 GFLOP/s where a 1024^2 GEMM runs at 171) and was kept: a compiled Llama's matmuls stood
+    at 218% of their roof, and nothing said why. Here real matmuls, measured on this CPU, placed
+    under peaks they beat and one they cannot."""
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    with memwall.profile(summary=False) as prof:
+        for _ in range(20):
+            a @ b
+    run = prof.report()
+    (mm,) = [r for r in run.rows if r.op == "aten.mm"]
+    rate = mm.flops / mm.time_s  # what the matmuls ran at here
+    for source, says in (("calibrated", "run `memwall calibrate`"), ("user", "the peak given"),
+                         ("estimated", "the estimate is low")):
+        low = _cpu(NO_BF16_CPU, rate / 4, 1e12).with_figures(peaks={"fp32": rate / 4}, source=source)
+        (note,) = [f for f in findings(_measured_on(run, low)) if "faster than the fp32 peak" in f]
+        assert "(mm;" in note and says in note, note
+        assert float(re.search(r"up to ([0-9.]+)x", note).group(1)) == pytest.approx(4, abs=0.1)
+    # a peak the matmuls do not beat by a quarter: nothing to say
+    for peak in (rate, rate / 1.2, 1e15):
+        fine = _cpu(NO_BF16_CPU, peak, 1e12).with_figures(peaks={"fp32": peak}, source="calibrated")
+        assert not [f for f in findings(_measured_on(run, fine)) if "faster than" in f]
+
+
 def test_a_what_if_on_another_device_has_no_compute_roof_finding():
     here = _measured_on(_conv_only_run(), _cpu(NO_BF16_CPU, 1e15, 1e15))
     assert any(f.startswith("compute-bound ops reach") for f in findings(here))
