@@ -604,7 +604,7 @@ def above_the_peak(report: Report, op_time_s: float) -> list[str]:
             continue
         figure = peaks.get(key)
         peak = figure.value if figure is not None else rows[0].peak_flops_per_s or 0.0
-        most = max(r.flops / r.time_s for r in rows) / peak
+        most = max((r.flops or 0) / r.time_s for r in rows) / peak
         rows.sort(key=lambda r: -r.time_s)
         ops = list(dict.fromkeys("compiled regions" if r.op == COMPILED_REGION else r.op.removeprefix("aten.")
                                  for r in rows))
