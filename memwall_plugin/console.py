@@ -474,14 +474,19 @@ def findings(report: Report) -> list[str]:
             pattern = max(where, key=lambda k: where[k])
             inside = [r for r in rows if module_pattern(r.module) == pattern]
             modules = {r.module for r in inside}
-            place = modules.pop() or "(top level)" if len(modules) == 1 else pattern
+            if len(modules) > 1 and set(pattern.split(".")) == {"*"}:
+                # a Sequential's children at the top (`0`, `1`, ...): `*` alone names nothing
+                named = sorted(modules, key=lambda m: [int(p) for p in m.split(".")])
+                place = ", ".join(f"`{m}`" for m in named[:3]) + (", ..." if len(named) > 3 else "")
+            else:
+                place = f"`{modules.pop() or '(top level)' if len(modules) == 1 else pattern}`"
             op_time: dict[str, float] = {}
             for r in inside:
                 op_time[r.op.removeprefix("aten.")] = op_time.get(r.op.removeprefix("aten."), 0.0) + r.time_s
             ops = sorted(op_time, key=lambda op: -op_time[op])[:3]
             main = report.device.memory_levels[-1].name if report.device is not None else ""
             out.append(
-                f"{share:.0%} of op time is in memory-bound {cat} ops, most under `{place}` "
+                f"{share:.0%} of op time is in memory-bound {cat} ops, most under {place} "
                 f"({', '.join(ops)}){_served_from(inside, main)}: {advice(cat, report)}."
             )
     phases = {g.key: g for g in report.group_by("phase")}

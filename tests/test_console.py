@@ -230,6 +230,17 @@ def test_ops_faster_than_their_compute_peak_say_the_peak_is_wrong_and_how_to_mea
         assert not [f for f in findings(_measured_on(run, fine)) if "faster than" in f]
 
 
+def test_memory_bound_ops_spread_over_a_sequentials_children_are_placed_by_their_names():
+    """A top-level nn.Sequential's children are `0`, `1`, ...: the finding named them `*`."""
+    model = torch.nn.Sequential(*[torch.nn.GELU() for _ in range(5)])
+    x = torch.randn(256, 1024)
+    with memwall.profile(summary=False) as prof:
+        for _ in range(3):
+            model(x)
+    (note,) = [f for f in findings(prof.report()) if "memory-bound elementwise ops" in f]
+    assert "most under `0`, `1`, `2`, ... (gelu)" in note and "`*`" not in note, note
+
+
 def test_a_what_if_on_another_device_has_no_compute_roof_finding():
     here = _measured_on(_conv_only_run(), _cpu(NO_BF16_CPU, 1e15, 1e15))
     assert any(f.startswith("compute-bound ops reach") for f in findings(here))
