@@ -457,6 +457,9 @@ def findings(report: Report) -> list[str]:
             "the memory wall is not what limits this run; larger batches, a DataLoader with workers, or "
             f"{'more of the step in its CUDA graphs' if _uses_cuda_graphs(report) else 'CUDA graphs'} would."
         )
+    comm = communication_finding(report)
+    if comm:
+        out.append(comm)
     memory_rows = [r for r in work if r.bound == MEMORY]
     if memory_rows and report.memory_bound_time_fraction >= 0.1:
         by_cat: dict[str, list[Row]] = {}
@@ -582,6 +585,49 @@ def findings(report: Report) -> list[str]:
                      "sets an integer peak")
         out.append(text + ".")
     return out
+
+
+#: from this share of the wall time with a collective in flight, the interconnect is a wall of the run's
+COMM_SHARE = 0.2
+#: below this share of the link's roof, a run's collectives are bound by their latency, not the link
+LATENCY_BOUND = 0.1
+
+
+def communication_finding(report: Report) -> str | None:
+    """The paper's interconnect wall on this rank: where collectives are in flight for a fifth of
+    the wall time or more, how much of it nothing else ran, and whether their size (latency: many
+    small calls, as tensor parallelism's decode all-reduces) or the link's bandwidth bounds them."""
+    share, link = report.comm_share, report.link
+    timed = [c for c in report.collectives if c.time_s > 0 and c.collective is not None]
+    if share is None or share < COMM_SHARE or not timed:
+        return None
+    calls = sum(c.collective.timed_calls or c.calls for c in timed if c.collective is not None)
+    time_s = math.fsum(c.time_s for c in timed)
+    message = sum(c.collective.message_bytes for c in timed if c.collective is not None)
+    moved = sum(c.bytes for c in timed)
+    by_phase: dict[str, float] = {}
+    for c in timed:
+        by_phase[c.phase] = by_phase.get(c.phase, 0.0) + c.time_s
+    phase = max(by_phase, key=lambda k: by_phase[k])
+    exposed = report.exposed_s
+    text = (f"{share:.0%} of the wall time had a collective in flight"
+            + (f", {_dur(exposed)} of it with nothing else running" if exposed is not None else "")
+            + f" ({calls:,} calls, {si(message / max(1, calls), 'B')} each on average, most of their time in "
+              f"{phase}): ")
+    roof = link.bytes_per_s if link is not None else None
+    if roof and calls and moved / time_s < LATENCY_BOUND * roof:
+        # a collective ends when the last rank has joined it: its time here is the link's latency
+        # and the wait for the other ranks, which one rank's report cannot tell apart
+        return text + (f"each took {_dur(time_s / calls)} where the link's {si(roof, 'B/s')} moves its bytes in "
+                       f"{_dur(moved / calls / roof)}: not the link's bandwidth but each call's latency and the "
+                       "wait for the slowest rank to join it bound them; fewer, larger collectives help (more "
+                       "sequences or tokens per step, gradients bucketed together), and so do ranks evenly loaded "
+                       "(the ranks side by side show the slowest) and collectives overlapped with compute.")
+    if roof:
+        return text + (f"they move their bytes at {moved / time_s / roof:.0%} of the link's {si(roof, 'B/s')}: the "
+                       "bytes bound them; fewer bytes (bf16 gradients, sharded instead of replicated state), "
+                       "overlapping them with compute, or a faster link help.")
+    return text + "the link's bandwidth is unknown (MEMWALL_LINK sets it): its roof would say which bounds them."
 
 
 #: how far above its compute peak a row's FLOP rate may read before the peak is taken for wrong
@@ -1421,12 +1467,13 @@ def _shard_line(mem: MemoryReport) -> str:
     """What this rank holds of a sharded model, and what the sharding leaves in `other`."""
     share = (f"{si(mem.rank_parameter_bytes, 'B')} of the model's {si(mem.model_parameter_bytes, 'B')} of parameters"
              if mem.model_parameter_bytes and mem.rank_parameter_bytes else "parameters")
+    state = ", with their gradients and optimizer state," if mem.trained() else ","
     if mem.sharded_by == "tensor parallel":
-        return (f"  this rank's shard: {share}, with their gradients and optimizer state, tensor parallel over "
-                f"{mem.sharded_over} ranks (replicated ones whole on each rank)")
+        return (f"  this rank's shard: {share}{state} tensor parallel over {mem.sharded_over} ranks (replicated "
+                "ones whole on each rank)")
     by = " by FSDP2" if mem.sharded_by == "FSDP2" else ""
-    return (f"  this rank's shard: {share}, with their gradients and optimizer state, sharded{by} over "
-            f"{mem.sharded_over} ranks; the copies it gathers for forward and backward are in other")
+    return (f"  this rank's shard: {share}{state} sharded{by} over {mem.sharded_over} ranks; the copies it gathers "
+            "for forward and backward are in other")
 
 
 def memory_section(mem: MemoryReport, narrow: bool = False,

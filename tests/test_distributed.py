@@ -7,6 +7,7 @@ reduce-scattered after backward)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -79,6 +80,35 @@ def test_ddp_all_reduce_moves_the_gradient_bytes_each_step(ddp_run):
         assert len(setup) == 1 and setup[0].phase == "setup"
         assert 0 < rep.comm_time_s <= rep.wall_time_s
         assert 0 <= rep.overlapped_s <= rep.comm_time_s
+
+
+def test_ddp_findings_say_when_the_interconnect_is_a_wall_and_what_bounds_it(ddp_run):
+    """The paper's second wall: the summary showed the collectives and the ranks, but no finding
+    ever said that a run spent its time in them, or whether the link's bandwidth or each call's
+    latency (and the wait for the other ranks) bound them. The link's roof moved to either side
+    of what the run's collectives reached; the wall time in flight moved across the threshold."""
+    from memwall_plugin.ceilings import Link
+    from memwall_plugin.console import COMM_SHARE, findings
+    from memwall_plugin.devices import Figure
+
+    for rep in _reports(ddp_run[0]).values():
+        reached = sum(c.bytes for c in rep.collectives) / sum(c.time_s for c in rep.collectives)
+        busy = dataclasses.replace(rep, comm_time_s=0.5 * rep.wall_time_s, overlapped_s=0.1 * rep.wall_time_s)
+
+        def said(r):
+            return [f for f in findings(r) if "had a collective in flight" in f]
+
+        wide = dataclasses.replace(busy, link=Link("wide", Figure(1e15, "user")))
+        (note,) = said(wide)
+        assert note.startswith("50% of the wall time had a collective in flight") and "latency" in note, note
+        narrow = dataclasses.replace(busy, link=Link("narrow", Figure(reached * 2, "user")))
+        (note,) = said(narrow)
+        assert "at 50% of the link's" in note and "latency" not in note, note
+        unknown = dataclasses.replace(busy, link=Link("unknown", None))
+        (note,) = said(unknown)
+        assert "MEMWALL_LINK" in note
+        quiet = dataclasses.replace(rep, comm_time_s=0.9 * COMM_SHARE * rep.wall_time_s, overlapped_s=0.0)
+        assert not said(quiet)
 
 
 def test_ddp_only_rank_zero_prints_the_summary_with_every_rank(ddp_run):
