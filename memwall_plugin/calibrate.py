@@ -274,9 +274,23 @@ def auto_calibration_wanted(environ: Any = None) -> bool:
         mps = getattr(torch.backends, "mps", None)
         if torch.cuda.is_available() or (mps is not None and mps.is_available()):
             return False
-        return load_calibration(cpu_spec()) is None
+        cached = load_calibration(cpu_spec())
+        # measured anew: never measured, or measured automatically and beaten by a run's ops since
+        return cached is None or bool(cached.details.get("automatic") and cached.details.get("beaten"))
     except Exception:  # an odd machine: keep the estimate rather than trouble the user's run
         return False
+
+
+def beaten_calibration(spec: DeviceSpec) -> bool:
+    """Mark `spec`'s cached calibration as beaten by a run's ops (they ran faster than its fp32
+    peak allows: measured while the machine was busy, it read low). An automatic one is measured
+    again at the next profile; one `memwall calibrate` took is the user's, and stays. Whether it
+    was marked."""
+    cached = load_calibration(spec)
+    if cached is None or not cached.details.get("automatic") or cached.details.get("beaten"):
+        return False
+    save_calibration(dataclasses.replace(cached, details={**cached.details, "beaten": True}))
+    return True
 
 
 def auto_calibrate(report: Callable[[str], None] | None = None) -> Calibration | None:
@@ -285,8 +299,11 @@ def auto_calibrate(report: Callable[[str], None] | None = None) -> Calibration |
     global _auto_failed
     spec = cpu_spec()
     if report is not None:
-        report(f"memwall: measuring this CPU's ceilings once (fp32 GEMM, memory and cache bandwidths; about "
-               f"three seconds), "
+        cached = load_calibration(spec)
+        again = cached is not None and cached.details.get("beaten")
+        how = "again: a run ran faster than the peak measured before, " if again else "once "
+        report(f"memwall: measuring this CPU's ceilings {how}(fp32 GEMM, memory and cache bandwidths; about "
+               "three seconds), "
                f"cached in {cache_file()}; ${ENV_AUTO}=0 skips this")
     try:
         with torch.no_grad():
@@ -304,5 +321,6 @@ def auto_calibrate(report: Callable[[str], None] | None = None) -> Calibration |
 
 
 #: Calibration, cache_dir and load_calibration belong to calibration_cache; named here for this module's importers
-__all__ = ["ENV_AUTO", "KERNELS", "Calibration", "auto_calibrate", "auto_calibration_wanted", "cache_dir",
+__all__ = ["ENV_AUTO", "KERNELS", "Calibration", "auto_calibrate", "auto_calibration_wanted", "beaten_calibration",
+           "cache_dir",
            "calibrate", "load_calibration", "measure_gemm", "measure_level", "measure_levels", "measure_stream"]

@@ -635,7 +635,7 @@ def communication_finding(report: Report) -> str | None:
 ABOVE_PEAK = 1.25
 
 
-def above_the_peak(report: Report, op_time_s: float) -> list[str]:
+def above_the_peak(report: Report, op_time_s: float, keys: tuple[str, ...] | None = None) -> list[str]:
     """Rows whose FLOP rate beats the compute peak they are placed under, by peak: that peak is
     too low (an automatic calibration taken while the machine was busy reads low and is kept), or
     their times are short of their work. Only where such rows hold 1% of the op time or more."""
@@ -648,7 +648,8 @@ def above_the_peak(report: Report, op_time_s: float) -> list[str]:
         if r.collective is None and r.flops and r.time_s > 0 and r.peak_flops_per_s:
             if r.flops / r.time_s > ABOVE_PEAK * r.peak_flops_per_s:
                 key = next((k for k, f in peaks.items() if f.value == r.peak_flops_per_s), peak_key(r.dtype))
-                over.setdefault(key, []).append(r)
+                if keys is None or key in keys:
+                    over.setdefault(key, []).append(r)
     out = []
     for key, rows in over.items():
         if math.fsum(r.time_s for r in rows) < 0.01 * op_time_s:
@@ -661,9 +662,12 @@ def above_the_peak(report: Report, op_time_s: float) -> list[str]:
                                  for r in rows))
         modules = list(dict.fromkeys(f"`{r.module or '(top level)'}`" for r in rows))
         source = figure.source if figure is not None else ""
-        if source == "calibrated":
-            why = ("the calibration read it low (one measured while the machine was busy does: the automatic "
-                   "one at the first profile too) and is kept until measured again: run `memwall calibrate`")
+        if source == "calibrated" and "automatically" in device.source:
+            why = ("the automatic calibration read it low (measured while the machine was busy?): the next "
+                   "profile measures it again, and `memwall calibrate` measures every ceiling now")
+        elif source == "calibrated":
+            why = ("the calibration read it low (one measured while the machine was busy does) and is kept "
+                   "until measured again: run `memwall calibrate`")
         elif source == "estimated":
             why = "the estimate is low: run `memwall calibrate` for this machine's real peak"
         elif source == "user":
