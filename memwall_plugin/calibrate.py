@@ -301,7 +301,7 @@ def auto_calibrate(report: Callable[[str], None] | None = None) -> Calibration |
     if report is not None:
         cached = load_calibration(spec)
         again = cached is not None and cached.details.get("beaten")
-        how = "again: a run ran faster than the peak measured before, " if again else "once "
+        how = "again (a run's ops beat the peak measured before) " if again else "once "
         report(f"memwall: measuring this CPU's ceilings {how}(fp32 GEMM, memory and cache bandwidths; about "
                "three seconds), "
                f"cached in {cache_file()}; ${ENV_AUTO}=0 skips this")
