@@ -593,6 +593,10 @@ COMM_SHARE = 0.2
 LATENCY_BOUND = 0.1
 
 
+_PHASE_WORDS = {"optimizer": "the optimizer step", "setup": "set-up", "other": "work outside any step phase",
+                "grad_scaler": "the grad scaler's work", "recompute": "recomputation"}
+
+
 def communication_finding(report: Report) -> str | None:
     """The paper's interconnect wall on this rank: where collectives are in flight for a fifth of
     the wall time or more, how much of it nothing else ran, and whether their size (latency: many
@@ -613,7 +617,7 @@ def communication_finding(report: Report) -> str | None:
     text = (f"{share:.0%} of the wall time had a collective in flight"
             + (f", {_dur(exposed)} of it with nothing else running" if exposed is not None else "")
             + f" ({calls:,} calls, {si(message / max(1, calls), 'B')} each on average, most of their time in "
-              f"{phase}): ")
+              f"{_PHASE_WORDS.get(phase, phase)}): ")
     roof = link.bytes_per_s if link is not None else None
     if roof and calls and moved / time_s < LATENCY_BOUND * roof:
         # a collective ends when the last rank has joined it: its time here is the link's latency
