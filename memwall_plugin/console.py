@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from memwall_plugin.devices import native_bf16, peak_key
+from memwall_plugin.devices import Figure, native_bf16, peak_key
 from memwall_plugin.diff import COMPILED_REGION
 from memwall_plugin.formulas import COUNT_NOTES, REGISTRY
 from memwall_plugin.headline import Headline, headline, slowest_rank
@@ -651,7 +651,7 @@ def above_the_peak(report: Report, op_time_s: float, keys: tuple[str, ...] | Non
     for r in report.rows:
         if r.collective is None and r.flops and r.time_s > 0 and r.peak_flops_per_s:
             if r.flops / r.time_s > ABOVE_PEAK * r.peak_flops_per_s:
-                key = next((k for k, f in peaks.items() if f.value == r.peak_flops_per_s), peak_key(r.dtype))
+                key = _peak_of(r, peaks)
                 if keys is None or key in keys:
                     over.setdefault(key, []).append(r)
     out = []
@@ -687,6 +687,11 @@ def above_the_peak(report: Report, op_time_s: float, keys: tuple[str, ...] | Non
     return out
 
 
+def _peak_of(r: Row, peaks: dict[str, Figure]) -> str:
+    """The peak a row stands under: its dtype's, or another's it falls back to (tf32)."""
+    return next((k for k, f in peaks.items() if f.value == r.peak_flops_per_s), peak_key(r.dtype))
+
+
 def _and(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
@@ -708,8 +713,7 @@ def estimated_roofs(report: Report) -> dict[str, bool]:
         if r.collective is not None or r.flops is None:
             continue
         if r.flops and r.peak_flops_per_s is not None:
-            # the peak the row stands under: its dtype's, or another's it falls back to (tf32)
-            key = next((k for k, f in peaks.items() if f.value == r.peak_flops_per_s), peak_key(r.dtype))
+            key = _peak_of(r, peaks)
             figure = peaks.get(key)
             if figure is not None and figure.source == "estimated":
                 names[f"the {key} peak"] = not key.startswith("int")

@@ -125,14 +125,9 @@ class MemoryReport:
     rank_parameter_bytes: int | None = None
 
     # -- figures ---------------------------------------------------------------------------------
-    @property
-    def shard_factor(self) -> float:
-        """The whole model's parameters (and their gradients and optimizer state) per this rank's:
-        1 in a run not sharded; `sharded_over` for a file that kept no byte counts."""
-        whole, rank = self._shard_ratio()
-        return whole / rank
-
     def _shard_ratio(self) -> tuple[int, int]:
+        """The whole model's parameter bytes and this rank's (their gradients and optimizer state
+        scale alike); `sharded_over` to 1 for a file that kept no byte counts."""
         if self.model_parameter_bytes and self.rank_parameter_bytes:
             return self.model_parameter_bytes, self.rank_parameter_bytes
         return max(1, self.sharded_over), 1

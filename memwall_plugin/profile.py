@@ -317,9 +317,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
             report = self.report()
             device = report.device
             fp32 = device.peak("float32") if device is not None else None
-            # this CPU's automatic calibration, not a peak set by $MEMWALL_PEAKS or `memwall calibrate`
-            if (device is not None and device.kind == "cpu" and fp32 is not None and fp32.source == "calibrated"
-                    and "automatically" in device.source and report.rows):
+            # a calibrated peak, not one $MEMWALL_PEAKS set (beaten_calibration marks automatic ones only)
+            if device is not None and fp32 is not None and fp32.source == "calibrated" and report.rows:
                 from memwall_plugin.console import above_the_peak
 
                 if above_the_peak(report, report.total_time_s, keys=("fp32",)):
