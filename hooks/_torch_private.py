@@ -745,10 +745,16 @@ def unbox_work(obj: Any) -> Any:
 
 def process_group_size(obj: Any) -> int | None:
     """The size of the group behind a `c10d.ProcessGroup` script object (None if not one)."""
+    group = unbox_process_group(obj)
+    return None if group is None else int(group.size())
+
+
+def unbox_process_group(obj: Any) -> Any:
+    """The c10d ProcessGroup behind a `c10d.ProcessGroup` script object (None if not one)."""
     from torch._C import _distributed_c10d as c10d
 
     try:
-        return int(c10d.ProcessGroup.unbox(obj).size())
+        return c10d.ProcessGroup.unbox(obj)
     except (RuntimeError, TypeError):
         return None
 
@@ -1762,6 +1768,7 @@ __all__ = [
     "overload_name",
     "peek_sequence_nr",
     "process_group_size",
+    "unbox_process_group",
     "propagate_shapes",
     "never_compiled",
     "never_traced",

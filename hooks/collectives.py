@@ -28,7 +28,10 @@ and destroy it; a Work's destructor releases the thread-local state captured at 
 holds memwall's saved-tensors hook (a Python object, whose release takes the GIL) while a step is
 recorded. So each collective is issued with that hook off the stack; where it cannot be (a
 checkpoint's hooks above it), its Work is let go LET_GO_S after it completed, by when the
-backend's thread has let go of it.
+backend's thread has let go of it. The collective's tensors can still need the GIL there (they
+reached memwall's mode, so they have Python objects: DDP's buckets, never shown to Python in a
+bare run); so no process group a recorded collective ran on is torn down before the interpreter
+exits (`_kept_groups`).
 
 Overlap: while any collective is in flight, the time each other op takes on this thread is
 added to `busy_ns`; a collective's overlap is the busy time between its issue and completion.
@@ -36,6 +39,7 @@ added to `busy_ns`; a collective's overlap is the busy time between its issue an
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import queue
@@ -51,7 +55,7 @@ from memwall_plugin.hooks._torch_private import (
     group_size_by_name,
     in_backward,
     is_accumulate_grad,
-    process_group_size,
+    unbox_process_group,
     unbox_work,
     without_own_saved_tensors_hook,
 )
@@ -151,6 +155,34 @@ JOIN_S = 5.0
 #: thread): the backend's thread drops its own references right after it marks the Work complete.
 LET_GO_S = 0.002
 _LET_GO_NS = int(LET_GO_S * 1e9)
+#: At the interpreter's exit, how long the GIL is let go before the process groups memwall kept
+#: are (a backend's thread still releasing a Work takes it meanwhile).
+EXIT_SETTLE_S = 0.02
+
+#: Every process group a recorded collective ran on, by id, kept alive until the interpreter
+#: exits. A tensor that reached memwall's mode has a Python object for the rest of its life (DDP's
+#: gradient buckets, which a bare run never shows to Python), and a C++ reference that is the last
+#: but the Python object's own gives that object up, taking the GIL. If the backend's thread
+#: releases a Work of such tensors that way while the training thread tears the group down (DDP's
+#: reducer freed at the script's end, the GIL held by its destructor while it joins that thread),
+#: neither goes on: the rank never exits (torch 2.11 and gloo, about one run in five under
+#: `memwall run`). Kept here, the group outlives every reducer and module of the script, and is
+#: torn down at exit, after the GIL was let go for the backend's last releases.
+_kept_groups: dict[int, Any] = {}
+
+
+def _keep_until_exit(group: Any) -> None:
+    if id(group) in _kept_groups:
+        return
+    if not _kept_groups:
+        atexit.register(_let_groups_go)  # once per set of kept groups
+    _kept_groups[id(group)] = group
+
+
+def _let_groups_go() -> None:
+    if _kept_groups:
+        time.sleep(EXIT_SETTLE_S)  # lets the GIL go
+        _kept_groups.clear()
 
 
 class StepTiming:
@@ -192,9 +224,10 @@ def _group_size(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], world_
     for (name, _), value in zip(schema_of(func).arguments, args):
         values[name] = value
     if isinstance(values.get("process_group"), _ScriptObject):
-        size = process_group_size(values["process_group"])
-        if size is not None:
-            return size
+        group = unbox_process_group(values["process_group"])
+        if group is not None:
+            _keep_until_exit(group)
+            return int(group.size())
     if isinstance(values.get("group_size"), int):
         return int(values["group_size"])
     if "group_name" in values:
