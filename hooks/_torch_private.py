@@ -1184,6 +1184,56 @@ def _node_modules(graph: Any) -> dict[str, str]:
     return modules
 
 
+# -- a graph module's generated forward run without calling the module (Dynamo's backends without
+# -- code generation, `eager` and `aot_eager`, run `gm.forward` itself): no module hook fires, and
+# -- each line of that code computes one node, which names the module it was traced in
+
+#: a graph module's forward code -> its lines that compute a node of some module's: line -> that
+#: module's path below the compiled module ({} when its graph names none)
+_GRAPH_LINES: dict[Any, dict[int, str]] = {}
+#: how far up from memwall's caller a graph module's forward frame may be (the dispatch mode's,
+#: torch's OpOverload call, a composite op's Python kernel)
+_GRAPH_FRAMES = 12
+
+
+def _graph_lines(gm: Any) -> dict[int, str]:
+    names = _node_modules(gm.graph)
+    lines: dict[int, str] = {}
+    if names:
+        for number, line in enumerate(gm.code.splitlines(), 1):
+            target = line.lstrip().split(" = ", 1)[0] if " = " in line else ""
+            if target in names:
+                lines[number] = names[target]
+    return lines
+
+
+def graph_forward_path(frame: FrameType | None) -> str | None:
+    """The module a graph node was traced in (its nn_module_stack; a backward graph's node: its
+    forward's), for the node whose line of a graph module's generated forward runs in `frame` or
+    a caller up to _GRAPH_FRAMES above it: a path below the compiled module. None where no graph
+    module's forward runs there, or its line names no module."""
+    for _ in range(_GRAPH_FRAMES):
+        if frame is None:
+            return None
+        code = frame.f_code
+        if code.co_filename.startswith("<eval_with_key>"):
+            lines = _GRAPH_LINES.get(code)
+            if lines is None:
+                gm = frame.f_locals.get("self")
+                lines = _graph_lines(gm) if isinstance(gm, torch.fx.GraphModule) else {}
+                if len(_GRAPH_LINES) >= 1024:  # graphs recompiled many times: forget the old ones
+                    _GRAPH_LINES.clear()
+                _GRAPH_LINES[code] = lines
+            return lines.get(frame.f_lineno)
+        frame = frame.f_back
+    return None
+
+
+def is_compiled_function_node(node: Any) -> bool:
+    """An AOTAutograd graph's autograd node (its backward runs the backward graph's forward)."""
+    return type(node).__name__ == "CompiledFunctionBackward"
+
+
 _KEYED = False
 
 
@@ -1768,6 +1818,8 @@ __all__ = [
     "overload_name",
     "peek_sequence_nr",
     "process_group_size",
+    "graph_forward_path",
+    "is_compiled_function_node",
     "unbox_process_group",
     "propagate_shapes",
     "never_compiled",

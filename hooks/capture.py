@@ -37,6 +37,7 @@ from memwall_plugin.hooks._torch_private import (
     in_backward,
     in_backward_seed,
     in_compiled_call,
+    is_compiled_function_node,
     is_higher_order_op,
     is_traced_tensor_type,
     keep_keys_past_compiled_calls,
@@ -1263,6 +1264,8 @@ class Capture:
             if tracker.stack:
                 # a module's forward re-run inside backward: activation checkpointing recomputing it
                 phase, module = RECOMPUTE, tracker.stack[-1]
+            elif is_compiled_function_node(node):  # an aot_eager backward graph, op by op
+                phase, module = BACKWARD, tracker.in_graph_backward(node)
             else:
                 phase, module = BACKWARD, tracker.path_for_node(node)
         elif tracker.stack:
@@ -1270,7 +1273,13 @@ class Capture:
             # follow what runs, not the Python frame that encloses it
             phase = tracker.user_label or tracker.generation_label or FORWARD
             # autograd made a node for an op that builds the graph, before the op reached the mode
-            module = tracker.in_flat_graph(_builds_graph(args)) if tracker.flat else tracker.stack[-1]
+            if tracker.flat:
+                module = tracker.in_flat_graph(_builds_graph(args))
+            elif tracker.compiled:
+                # in a compiled module: its graph, run op by op by Dynamo's eager backends?
+                module = tracker.in_graph_forward(_builds_graph(args)) or tracker.stack[-1]
+            else:
+                module = tracker.stack[-1]
         elif tracker.in_optimizer and (not torch.is_grad_enabled() or tracker.compiled_step):
             # the optimizer's own update, which runs without grad; the closure it calls runs with
             # grad on (a loss, a framework's bookkeeping of it) and falls through to what it is.
@@ -1278,6 +1287,13 @@ class Capture:
             phase, module = OPTIMIZER, ""
             if tracker.setup_open:
                 tracker.end_setup()
+        elif (graph_module := tracker.in_graph_forward(_builds_graph(args))) is not None:
+            # a compiled model's op, run by Dynamo's `eager`/`aot_eager` graph (no module hook fires)
+            phase, module = tracker.user_label or tracker.generation_label or FORWARD, graph_module
+            if tracker.setup_open:
+                tracker.end_setup()
+            if self.memory is not None and self.memory.unarmed and (_builds_graph(args) or _in_function_forward()):
+                self.memory.arm()
         elif _builds_graph(args) or _in_function_forward() or self.subclass_node == peek_sequence_nr():
             # outside any module but on the autograd graph: a loss, a functional model, the
             # forward of a custom autograd.Function (which torch runs with grad mode off);

@@ -584,8 +584,10 @@ class MemoryTracker:
             # autograd saves an op's inputs before the op reaches memwall's mode: the module its
             # line of a flat graph names is read here
             module = tracker.in_flat_graph(True)
-        else:
-            module = tracker.stack[-1] if tracker.stack else ""
+        elif tracker.stack and not tracker.compiled:
+            module = tracker.stack[-1]
+        else:  # a compiled model's graph run op by op (Dynamo's eager backends), or the top level
+            module = tracker.in_graph_forward(True) or (tracker.stack[-1] if tracker.stack else "")
         entries = self._add(t, ACTIVATIONS, module)
         for entry in entries:
             if entry.cat == ACTIVATIONS and self.step is not None and entry not in self._counted:

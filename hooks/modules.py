@@ -32,6 +32,7 @@ from memwall_plugin.hooks._torch_private import (
     find_frame,
     forward_kwargs,
     global_module_hooks_hidden,
+    graph_forward_path,
     hide_from_dynamo,
     listen_for_modules_compiled_in_place,
     modules_compiled_in_place,
@@ -180,6 +181,11 @@ class ModuleTracker:
         #: names the module it came from. Per call: (stack depth, its forward's code, line ->
         #: module path, the graph module's own path)
         self.flat: list[tuple[int, Any, dict[int, str], str]] = []
+        #: the stack depths of the compiled modules running (a `torch.compile(module)` wrapper, a
+        #: module compiled in place): under Dynamo's eager backends their graph runs op by op
+        self.compiled: list[int] = []
+        #: the forward timeline's newest path is a graph module's line's (`in_graph_forward`)
+        self._graph_marked = False
         #: (forward's code, graph module's path) -> its lines' module paths as this tracker names them
         self._flat_tables: dict[tuple[Any, str], dict[int, str]] = {}
         self._last_path = ""
@@ -467,6 +473,7 @@ class ModuleTracker:
             _restore_warning_filters(quiet)
         self.stack.clear()
         self.flat.clear()
+        self.compiled.clear()
         self._carried = {}
         self.generation_label, self._label_depth = None, -1
 
@@ -533,6 +540,8 @@ class ModuleTracker:
                 self.generation_label, self._label_depth = label, len(self.stack)
         self.stack.append(name)
         self._mark(name)
+        if compiled_module_original(module) is not None or getattr(module, "_compiled_call_impl", None) is not None:
+            self.compiled.append(len(self.stack))
         if isinstance(module, torch.fx.GraphModule):
             code = type(module).forward.__code__
             table = self._flat_tables.get((code, name))
@@ -549,6 +558,9 @@ class ModuleTracker:
             path = self.stack.pop()
             if self.flat and self.flat[-1][0] == len(self.stack) + 1:
                 path = self.flat.pop()[3]  # the graph module's own path, not its last node's
+            if self.compiled and self.compiled[-1] == len(self.stack) + 1:
+                self.compiled.pop()
+                self._graph_marked = False
             step_ends = len(self.stack) == self._label_depth and self.generation_label is not None
             cache = generation_cache(output) if step_ends else None
             if step_ends:
@@ -655,6 +667,33 @@ class ModuleTracker:
             # newest: the path is this op's from that node on
             self._mark(path, peek_sequence_nr() - 1 if made_node else None)
         return path
+
+    def in_graph_forward(self, made_node: bool) -> str | None:
+        """Outside any module's forward, or in a compiled module's (`compiled`): the module of the
+        op running if a graph module's generated forward runs it without the module being called
+        (Dynamo's `eager` and `aot_eager` backends: memwall's module hooks are hidden from
+        Dynamo, which inlines the model's modules into that graph), read from the line that calls
+        it, as `in_flat_graph` reads it, below the enclosing module; it names this op's autograd
+        node (when it `made_node`) and those after it, until an op outside such a graph. None
+        outside one."""
+        path = graph_forward_path(sys._getframe(1))
+        within = self.stack[-1] if self.stack else ""
+        if path is None:
+            if self._graph_marked:  # the graph ended: ops are the enclosing module's again
+                self._graph_marked = False
+                self._mark(within)
+            return None
+        path = self.qualify(path, within)
+        if made_node:  # (an AOTAutograd graph's forward makes none: its one node is the module's)
+            self._graph_marked = True
+            self._mark(path, peek_sequence_nr() - 1)
+        return path
+
+    def in_graph_backward(self, node: Any) -> str:
+        """The module of a backward op an AOTAutograd graph's node runs (`aot_eager`): the one its
+        line of the backward graph names; else, as for any node, the module that made it."""
+        path = graph_forward_path(sys._getframe(1))
+        return self.qualify(path, self.path_for_node(node)) if path is not None else self.path_for_node(node)
 
     def _mark(self, path: str, seq: int | None = None) -> None:
         self._last_node = None  # never hold an autograd node across forwards

@@ -103,6 +103,90 @@ def test_function_first_called_inside_a_profile_compiles_there_and_runs_after_it
     assert (backend.compiles, backend.runs) == (1, 2)
 
 
+class _Block(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.act = torch.nn.Linear(32, 32), torch.nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.act(self.fc(x))
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = torch.nn.ModuleList([_Block(), _Block()])
+        self.head = torch.nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def _step_by_module(model: torch.nn.Module, x: torch.Tensor) -> tuple[dict[Any, int], dict[str, int], Any]:
+    """One training step under memwall: FLOPs by (phase, module) (those with any), activation
+    bytes by module, and the loss with every gradient."""
+    with memwall.profile(summary=False, scalars=False) as prof:
+        loss = model(x).sum()
+        loss.backward()
+        prof.step()
+    rep = prof.report()
+    flops: dict[Any, int] = {}
+    for r in rep.rows:
+        if r.flops:
+            flops[(r.phase, r.module)] = flops.get((r.phase, r.module), 0) + r.flops
+    grads = [loss.detach()] + [p.grad.clone() for p in model.parameters()]
+    return flops, {m.module: m.activation_bytes for m in rep.memory.modules}, grads
+
+
+@pytest.mark.parametrize("how", ["eager", "aot_eager", "submodule"])
+def test_a_model_compiled_with_an_eager_backend_names_each_op_as_its_eager_run_does(fresh_dynamo, how):
+    """Dynamo's `eager` and `aot_eager` backends run the graph module Dynamo made op by op, and
+    no module hook fires inside it (memwall's are hidden from Dynamo): every op read the top
+    level. Each op now goes to the module its graph node was traced in (the line of the graph's
+    code that calls it), so the step reads as the uncompiled model's, module by module; the
+    program and its bits are the compiled one's."""
+    x = torch.randn(8, 32)
+    torch.manual_seed(0)
+    eager = _step_by_module(_Residual(), x)
+    # by hand: each block's Linear 2*8*32*32 + 8*32 (bias) FLOPs forward, GELU and the residual
+    # add 8*32 each; the head 2*8*32*4 + 8*4
+    assert eager[0][("forward", "blocks.1.fc")] == 2 * 8 * 32 * 32 + 8 * 32
+    assert eager[0][("forward", "head")] == 2 * 8 * 32 * 4 + 8 * 4
+
+    def build() -> tuple[torch.nn.Module, torch.nn.Module]:
+        torch.manual_seed(0)
+        net = _Residual()
+        if how == "submodule":
+            net.blocks[1].compile(backend="eager")  # one block compiled in place
+            return net, net
+        return net, torch.compile(net, backend=how)
+
+    bare_net, bare = build()
+    bare(x).sum().backward()  # compiles, outside any profile
+    bare_net.zero_grad()
+    loss = bare(x).sum()
+    loss.backward()
+    expected = [loss.detach()] + [p.grad.clone() for p in bare_net.parameters()]
+    net, compiled = build()
+    compiled(x).sum().backward()
+    net.zero_grad()
+    flops, activations, grads = _step_by_module(compiled, x)
+    assert all(torch.equal(a, b) for a, b in zip(grads, expected, strict=True))
+    if how == "aot_eager":
+        # AOTAutograd's own graphs: the forward's ops as the eager run's; in backward each matmul
+        # and GELU gradient goes to its module (a node AOTAutograd names no module for, the
+        # residual gradients' sum, is the top level's); its saved tensors are its one node's
+        assert {k: v for k, v in flops.items() if k[0] == "forward"} == {
+            k: v for k, v in eager[0].items() if k[0] == "forward"}
+        for module in ("blocks.0.fc", "blocks.0.act", "blocks.1.act", "head"):
+            assert flops[("backward", module)] == eager[0][("backward", module)], module
+    else:
+        assert flops == eager[0]
+        assert activations == eager[1]
+
+
 def test_compile_stance_is_restored_after_the_profile(fresh_dynamo):
     backend = _CountingBackend()
     fn = torch.compile(lambda x: x + 1, backend=backend)
