@@ -439,6 +439,12 @@ def compiled_module_original(module: Any) -> Any:
     return getattr(module, "_orig_mod", None)
 
 
+def is_compiled_module(module: Any) -> bool:
+    """A `torch.compile(module)` wrapper or a module compiled in place (`module.compile()`), read
+    from its own attributes only (no `nn.Module.__getattr__` miss: it runs at every module call)."""
+    return "_orig_mod" in module._modules or module.__dict__.get("_compiled_call_impl") is not None
+
+
 def never_compiled(fn: Any) -> Any:
     """Dynamo never compiles `fn`'s frames, nor those it calls, when it meets them as frames of
     their own (a module compiled in place, `torch.nn.Sequential(...).compile()`, runs torch's
@@ -741,12 +747,6 @@ def unbox_work(obj: Any) -> Any:
         return c10d.Work.unbox(obj)
     except (RuntimeError, TypeError):
         return None
-
-
-def process_group_size(obj: Any) -> int | None:
-    """The size of the group behind a `c10d.ProcessGroup` script object (None if not one)."""
-    group = unbox_process_group(obj)
-    return None if group is None else int(group.size())
 
 
 def unbox_process_group(obj: Any) -> Any:
@@ -1191,13 +1191,14 @@ def _node_modules(graph: Any) -> dict[str, str]:
 #: a graph module's forward code -> its lines that compute a node of some module's: line -> that
 #: module's path below the compiled module ({} when its graph names none)
 _GRAPH_LINES: dict[Any, dict[int, str]] = {}
-#: how far up from memwall's caller a graph module's forward frame may be (the dispatch mode's,
-#: torch's OpOverload call, a composite op's Python kernel)
-_GRAPH_FRAMES = 12
+#: how far up from memwall's per-op record a graph module's generated forward that called the op
+#: may be (the dispatch mode's frames, torch's OpOverload call, a composite op's Python kernel)
+GRAPH_FRAMES = 12
 
 
-def _graph_lines(gm: Any) -> dict[int, str]:
-    names = _node_modules(gm.graph)
+def graph_code_lines(gm: Any, names: dict[str, str]) -> dict[int, str]:
+    """Each line of a graph module's generated code that computes one of the nodes `names` maps
+    (node name -> module path), with that path."""
     lines: dict[int, str] = {}
     if names:
         for number, line in enumerate(gm.code.splitlines(), 1):
@@ -1210,9 +1211,9 @@ def _graph_lines(gm: Any) -> dict[int, str]:
 def graph_forward_path(frame: FrameType | None) -> str | None:
     """The module a graph node was traced in (its nn_module_stack; a backward graph's node: its
     forward's), for the node whose line of a graph module's generated forward runs in `frame` or
-    a caller up to _GRAPH_FRAMES above it: a path below the compiled module. None where no graph
+    a caller up to GRAPH_FRAMES above it: a path below the compiled module. None where no graph
     module's forward runs there, or its line names no module."""
-    for _ in range(_GRAPH_FRAMES):
+    for _ in range(GRAPH_FRAMES):
         if frame is None:
             return None
         code = frame.f_code
@@ -1220,7 +1221,7 @@ def graph_forward_path(frame: FrameType | None) -> str | None:
             lines = _GRAPH_LINES.get(code)
             if lines is None:
                 gm = frame.f_locals.get("self")
-                lines = _graph_lines(gm) if isinstance(gm, torch.fx.GraphModule) else {}
+                lines = graph_code_lines(gm, _node_modules(gm.graph)) if isinstance(gm, torch.fx.GraphModule) else {}
                 if len(_GRAPH_LINES) >= 1024:  # graphs recompiled many times: forget the old ones
                     _GRAPH_LINES.clear()
                 _GRAPH_LINES[code] = lines
@@ -1817,8 +1818,10 @@ __all__ = [
     "op_schema",
     "overload_name",
     "peek_sequence_nr",
-    "process_group_size",
     "graph_forward_path",
+    "graph_code_lines",
+    "GRAPH_FRAMES",
+    "is_compiled_module",
     "is_compiled_function_node",
     "unbox_process_group",
     "propagate_shapes",

@@ -1287,14 +1287,14 @@ class Capture:
             phase, module = OPTIMIZER, ""
             if tracker.setup_open:
                 tracker.end_setup()
-        elif (graph_module := tracker.in_graph_forward(_builds_graph(args))) is not None:
+        elif (graph_module := tracker.in_graph_forward(builds := _builds_graph(args))) is not None:
             # a compiled model's op, run by Dynamo's `eager`/`aot_eager` graph (no module hook fires)
             phase, module = tracker.user_label or tracker.generation_label or FORWARD, graph_module
             if tracker.setup_open:
                 tracker.end_setup()
-            if self.memory is not None and self.memory.unarmed and (_builds_graph(args) or _in_function_forward()):
+            if self.memory is not None and self.memory.unarmed and (builds or _in_function_forward()):
                 self.memory.arm()
-        elif _builds_graph(args) or _in_function_forward() or self.subclass_node == peek_sequence_nr():
+        elif builds or _in_function_forward() or self.subclass_node == peek_sequence_nr():
             # outside any module but on the autograd graph: a loss, a functional model, the
             # forward of a custom autograd.Function (which torch runs with grad mode off);
             # `loss.backward()` makes its seed gradient (ones_like) here too, before any Node runs

@@ -220,6 +220,8 @@ def _where(tracker: ModuleTracker) -> tuple[str, str]:
 
 
 def _group_size(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], world_size: int) -> int:
+    """The size of the group a collective runs on; a c10d group is also kept until the
+    interpreter exits (`_kept_groups`), where it is unboxed."""
     values = dict(kwargs)
     for (name, _), value in zip(schema_of(func).arguments, args):
         values[name] = value

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from memwall_plugin.hooks._torch_private import (
     ACCUMULATE_GRAD_SEQUENCE_NR,
+    GRAPH_FRAMES,
     compile_time_ns,
     compiled_module_original,
     compiled_wrappers,
@@ -32,8 +33,10 @@ from memwall_plugin.hooks._torch_private import (
     find_frame,
     forward_kwargs,
     global_module_hooks_hidden,
+    graph_code_lines,
     graph_forward_path,
     hide_from_dynamo,
+    is_compiled_module,
     listen_for_modules_compiled_in_place,
     modules_compiled_in_place,
     never_compiled,
@@ -82,10 +85,6 @@ optim_module.register_optimizer_step_pre_hook(never_compiled(_pre_step_hook))
 optim_module.register_optimizer_step_post_hook(never_compiled(_post_step_hook))
 
 
-#: frames between memwall's per-op record and the generated forward that called the op (the
-#: dispatch mode's, torch's OpOverload call, a composite op's Python kernel)
-_FLAT_FRAMES = 12
-
 #: a graph module's class (one per graph module) -> (its forward's code, the lines of it that run
 #: a node of some module's: line -> module path relative to the graph module; {} when its graph
 #: names no module)
@@ -116,12 +115,7 @@ def flat_graph_lines(module: torch.fx.GraphModule) -> dict[int, str]:
             path = next((names[user.name] for user in node.users if user.name in names), None)
             if path is not None:
                 names[node.name] = path
-    lines = {}
-    if any(names.values()):
-        for number, line in enumerate(module.code.splitlines(), 1):
-            target = line.lstrip().split(" = ", 1)[0] if " = " in line else ""
-            if target in names:
-                lines[number] = names[target]
+    lines = graph_code_lines(module, names) if any(names.values()) else {}
     _FLAT_LINES[cls] = (code, lines)
     return lines
 
@@ -540,7 +534,7 @@ class ModuleTracker:
                 self.generation_label, self._label_depth = label, len(self.stack)
         self.stack.append(name)
         self._mark(name)
-        if compiled_module_original(module) is not None or getattr(module, "_compiled_call_impl", None) is not None:
+        if is_compiled_module(module):
             self.compiled.append(len(self.stack))
         if isinstance(module, torch.fx.GraphModule):
             code = type(module).forward.__code__
@@ -654,7 +648,7 @@ class ModuleTracker:
             return stack[-1]
         path: str = own
         frame: FrameType | None = sys._getframe(1)
-        for _ in range(_FLAT_FRAMES):
+        for _ in range(GRAPH_FRAMES):
             if frame is None:
                 break
             if frame.f_code is code:
@@ -693,7 +687,8 @@ class ModuleTracker:
         """The module of a backward op an AOTAutograd graph's node runs (`aot_eager`): the one its
         line of the backward graph names; else, as for any node, the module that made it."""
         path = graph_forward_path(sys._getframe(1))
-        return self.qualify(path, self.path_for_node(node)) if path is not None else self.path_for_node(node)
+        within = self.path_for_node(node)
+        return within if path is None else self.qualify(path, within)
 
     def _mark(self, path: str, seq: int | None = None) -> None:
         self._last_node = None  # never hold an autograd node across forwards
