@@ -415,7 +415,7 @@ def _memory_report(report: Report, args: argparse.Namespace, console: Console) -
             out["what_if"]["notes"] = list(result.notes)
         sys.stdout.write(json.dumps(out, allow_nan=False) + "\n")
         return 0
-    console.print(memory_section(mem, console.width < 100, what_ifs))
+    console.print(memory_section(mem, console.width < 100, what_ifs, width=console.width))
     if result is not None:
         for note in result.notes:
             console.print(Text(f"  {note}", style="dim"))

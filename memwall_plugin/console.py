@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from rich import box
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.console import Group as RichGroup
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -834,7 +835,7 @@ class Summary:
             yield part
         if self.report.memory is not None and self.options.memory:
             yield Text("")
-            yield memory_section(self.report.memory, self._narrow)
+            yield memory_section(self.report.memory, self._narrow, width=self._max_width)
         if self.options.findings:
             notes = findings(self.report)
             if notes:
@@ -1481,47 +1482,56 @@ def _shard_line(mem: MemoryReport) -> str:
              if mem.model_parameter_bytes and mem.rank_parameter_bytes else "parameters")
     state = ", with their gradients and optimizer state," if mem.trained() else ","
     if mem.sharded_by == "tensor parallel":
-        return (f"  this rank's shard: {share}{state} tensor parallel over {mem.sharded_over} ranks (replicated "
+        return (f"this rank's shard: {share}{state} tensor parallel over {mem.sharded_over} ranks (replicated "
                 "ones whole on each rank)")
     by = " by FSDP2" if mem.sharded_by == "FSDP2" else ""
-    return (f"  this rank's shard: {share}{state} sharded{by} over {mem.sharded_over} ranks; the copies it gathers "
+    return (f"this rank's shard: {share}{state} sharded{by} over {mem.sharded_over} ranks; the copies it gathers "
             "for forward and backward are in other")
 
 
+def _indented(part: Text | Table) -> Padding:
+    """A line or table of a section, two columns in: its continued lines keep the indent."""
+    return Padding(part, (0, 0, 0, 2))
+
+
 def memory_section(mem: MemoryReport, narrow: bool = False,
-                   what_ifs: list[tuple[str, MemoryWhatIf]] | None = None) -> RichGroup:
+                   what_ifs: list[tuple[str, MemoryWhatIf]] | None = None, width: int = 100) -> RichGroup:
     """The capacity wall: the peak against capacity, what held it, the modules holding the most,
-    and the paper's remedies projected from this run."""
+    and the paper's remedies projected from this run (`width`: the columns it is printed in)."""
     title = Text("Memory", style="bold")
     title.append(f"  peak {si(mem.peak_bytes, 'B')}")
     if mem.capacity_bytes:
         title.append(f" of {si(mem.capacity_bytes, 'B')} ({_pct(mem.peak_fraction)}; capacity: {mem.capacity_source})")
     title.append(f" after {_where(mem.peak_at)}, step {mem.peak_step}")
     parts: list[Any] = [title]
-    breakdown = Text("  ")
+    breakdown = Text()
     shown = [(cat, b) for cat, b in mem.peak_by_category.items() if b]
     for i, (cat, b) in enumerate(shown):
         breakdown.append(("" if i == 0 else " · ") + f"{_CATEGORY_LABEL.get(cat, cat)} {si(b, 'B')} "
                          f"({_pct(b / mem.peak_bytes if mem.peak_bytes else None)})")
-    parts.append(breakdown)
+    parts.append(_indented(breakdown))
     if mem.sharded_over > 1:
-        parts.append(Text(_shard_line(mem), style="dim"))
+        parts.append(_indented(Text(_shard_line(mem), style="dim")))
     if mem.allocator_peak_bytes is not None:
         diff = mem.allocator_peak_bytes - mem.peak_bytes
-        parts.append(Text(f"  CUDA caching allocator peak {si(mem.allocator_peak_bytes, 'B')} "
-                          f"({si(diff, 'B')} more: allocator rounding, workspaces, tensors made outside the ops seen)",
-                          style="dim"))
+        parts.append(_indented(Text(f"CUDA caching allocator peak {si(mem.allocator_peak_bytes, 'B')} "
+                                    f"({si(diff, 'B')} more: allocator rounding, workspaces, tensors made outside "
+                                    "the ops seen)", style="dim")))
     top = mem.top_modules("activation_bytes", 5)
     if top:
         table = Table(title=None, box=None, pad_edge=False, show_edge=False, header_style="bold")
-        table.add_column("module (own bytes)", overflow="fold")
+        table.add_column("module (own bytes)", no_wrap=True)
+        # the byte columns and their gaps take ~25 columns (narrow) or ~47; a path longer than
+        # what is left is shortened as the operator tables shorten it
+        path_width = max(18, width - (25 if narrow else 47))
         table.add_column("activations", justify="right")
         table.add_column("parameters", justify="right")
         if not narrow:
             table.add_column("gradients", justify="right")
             table.add_column("optimizer", justify="right")
         for m in top:
-            cells: list[Text | str] = [_text(m.module or "(top level)"), si(m.activation_bytes, "B"),
+            cells: list[Text | str] = [_text(_tail(m.module, path_width) if m.module else "(top level)"),
+                                       si(m.activation_bytes, "B"),
                                        si(m.parameter_bytes, "B")]
             if not narrow:
                 cells += [si(m.gradient_bytes, "B"), si(m.optimizer_state_bytes, "B")]
@@ -1530,12 +1540,21 @@ def memory_section(mem: MemoryReport, narrow: bool = False,
     rows = what_ifs if what_ifs is not None else mem.suggestions()
     if rows:
         parts.append(Text("What-ifs, projected from this run (report.memory.what_if)", style="dim"))
+        # each against the run itself projected (as the tab's): a first step's optimizer made its
+        # state during the step, so that step measured less than every later step holds; against
+        # its measured peak a what-if that lowers the later steps' could read as a rise
+        base = mem.what_if()
+        against = base.peak_bytes or mem.peak_bytes
+        if base.peak_bytes != mem.peak_bytes:
+            why = "; ".join(base.notes) or "projected from the recorded moments"
+            parts.append(_indented(Text(f"changes are against {si(base.peak_bytes, 'B')}, this run's peak "
+                                        f"projected with none of them ({why})", style="dim")))
         table = Table(box=None, pad_edge=False, show_edge=False, show_header=False)
         table.add_column(ratio=3)
         table.add_column(justify="right", no_wrap=True)
         table.add_column(ratio=2)
         for label, w in rows:
-            change = (w.peak_bytes - mem.peak_bytes) / mem.peak_bytes if mem.peak_bytes else 0.0
+            change = (w.peak_bytes - against) / against if against else 0.0
             cost = []
             if w.fits is not None:
                 cost.append("fits" if w.fits else "does not fit")
@@ -1543,13 +1562,13 @@ def memory_section(mem: MemoryReport, narrow: bool = False,
                 cost.append(f"+{si(w.extra_flops, 'FLOP')} recomputed per step (+{_ms(w.extra_time_s)})")
             if w.comm_bytes:
                 cost.append(f"sends {si(w.comm_bytes, 'B')} per rank per step")
-            table.add_row(_text(f"  {label}"), f"{si(w.peak_bytes, 'B')} {change:+.0%}", _text(", ".join(cost)))
-        parts.append(table)
+            table.add_row(_text(label), f"{si(w.peak_bytes, 'B')} {change:+.0%}", _text(", ".join(cost)))
+        parts.append(_indented(table))
     scale = mem.max_batch_scale()
     if scale is not None and math.isfinite(scale):
         times = f"{scale:,.0f}" if scale >= 100 else f"{scale:.3g}"
-        parts.append(Text(f"  the largest batch that fits here: {times}x the recorded one "
-                          "(activations, KV cache and inputs scale with it)", style="dim"))
+        parts.append(_indented(Text(f"the largest batch that fits here: {times}x the recorded one "
+                                    "(activations, KV cache and inputs scale with it)", style="dim")))
     return RichGroup(*parts)
 
 
