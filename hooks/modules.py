@@ -124,7 +124,11 @@ class ModuleTracker:
     """Tracks the innermost module path and the optimizer phase while installed.
 
     With `model`, paths are that model's `named_modules()` keys and other modules are not
-    tracked (their ops go to the enclosing tracked module). Without it, every module that runs
+    tracked (their ops go to the enclosing tracked module), but for a second model: one with
+    parameters, called outside every tracked module, that neither holds the model nor is held by
+    it (a distillation teacher, a pipeline's VAE, the UNet beside a ControlNet) is named as below,
+    by what it is called through, so its ops and parameters are its own, not the top level's
+    and `other`. Without it, every module that runs
     is tracked: a module first seen outside any other becomes a root and its descendants take
     their `named_modules()` keys relative to it, unless it is called from a method of a module
     that holds it (a LightningModule's `training_step` calling `self.net`): that module is the
@@ -279,8 +283,10 @@ class ModuleTracker:
             original = compiled_module_original(module)  # torch.compile(module): the module it wraps
             if isinstance(original, torch.nn.Module):
                 name = self._names.get(original)
-        if name is not None or self._fixed:
+        if name is not None:
             return name
+        if self._fixed:
+            return self._second_model(module)
         if not self.stack:
             root = calling_owner(module) or module
             host = calling_host(root)
@@ -298,6 +304,21 @@ class ModuleTracker:
         name = f"{caller}.{label}" if caller else label
         self._unheld[name] = type(module)
         return name
+
+    def _second_model(self, module: torch.nn.Module) -> str | None:
+        """With `model` given: a module it does not hold, called outside every tracked module, is
+        a root of its own (named by what it is called through, `_root_prefix`) where it or the
+        module whose method calls it has parameters and neither holds the given model (a wrapper
+        calling it, whose paths would replace the model's); else it is not tracked (None). A
+        module with no parameters is asked again at each call, a cheap test."""
+        if self.stack or next(module.parameters(), None) is None:
+            return None
+        root = calling_owner(module) or module
+        mine = set(root.modules())
+        if any(r in mine for r in self.roots()):
+            return None
+        self._add_root(root, self._root_prefix(root))
+        return self._names.get(module)
 
     # -- hooks -------------------------------------------------------------------------------
     def open(self) -> None:

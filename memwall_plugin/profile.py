@@ -75,8 +75,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     rep = prof.report()
     ```
 
-    * `model`: name ops by this model's `named_modules()` paths and track only its modules;
-      without it every module that runs is tracked.
+    * `model`: name ops by this model's `named_modules()` paths and track only its modules and
+      a second model called outside it (a teacher, a pipeline's VAE: named by what it is called
+      through); without it every module that runs is tracked.
     * `logdir`: the run directory; each recorded window is saved atomically under
       `<logdir>/plugins/memwall/` when it ends (also when the block raises: marked incomplete).
       If a write fails (a full or read-only disk, a logdir that cannot be created), one warning

@@ -68,11 +68,15 @@ def test_gradient_accumulation_goes_to_the_parameter_module():
     assert {r.module for r in accumulate} == {"inner.0", "inner.2", "head"}
 
 
-def test_with_model_other_modules_are_not_tracked():
-    model, other = Block(), torch.nn.Linear(2, 2)
+def test_with_model_other_modules_are_not_tracked_but_a_second_model():
+    """With `model=`, a module of no parameters outside it (a loss) is not tracked: its ops are
+    the top level's; one with parameters called outside it is a second model, named by what it
+    was called through (below: the local variable `other`)."""
+    model, other, loss = Block(), torch.nn.Linear(2, 2), torch.nn.MSELoss()
     x = torch.randn(4, 16)
-    rep = profiled(lambda: other(model(x)), model=model)
-    assert {r.module for r in rows_of(rep, "aten.addmm")} == {"inner.0", "inner.2", "head", ""}
+    rep = profiled(lambda: loss(other(model(x)), torch.zeros(4, 2)), model=model)
+    assert {r.module for r in rows_of(rep, "aten.addmm")} == {"inner.0", "inner.2", "head", "other"}
+    assert {r.module for r in rows_of(rep, "aten.mse_loss")} == {""}
 
 
 def _wrapped(how: str, model: torch.nn.Module) -> torch.nn.Module:
@@ -163,6 +167,44 @@ def test_a_pipelines_second_model_run_through_a_method_is_named_by_the_pipelines
     rep = profiled(lambda: pipe(torch.randn(3, 2)))
     assert {r.module for r in rows_of(rep, "aten.addmm")} == {"0", "1", "vae.post", "vae.body.1"}
     assert one_row(rep, "aten.relu").module == "vae.body.0"
+
+
+def test_with_model_given_a_second_model_is_named_and_holds_its_weights_as_parameters():
+    """`model=` names the given model's ops; a second model called outside it (a frozen UNet beside
+    a diffusers ControlNet, the VAE a denoising loop decodes with) read at the top level, and its
+    weights were `other` (a 4 MB UNet's). Now it is named as without `model=`, and every weight is
+    a parameter: the bare parameters of both models are the truth. A wrapper around the given
+    model, called instead of it, is no second model: the given model keeps its own paths."""
+    torch.manual_seed(0)
+    denoiser = torch.nn.Sequential(torch.nn.Linear(2, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+    vae = _Decoder().requires_grad_(False)
+    z = torch.randn(3, 2)
+
+    def step():
+        vae.decode(denoiser(z)).square().mean().backward()
+
+    rep = profiled(step, model=denoiser)
+    assert {r.module for r in rows_of(rep, "aten.addmm")} == {"0", "2", "vae.post", "vae.body.1"}
+    assert {r.module for r in rows_of(rep, "aten.relu")} == {"1", "vae.body.0"}
+    params = {m.module: m.parameter_bytes for m in rep.memory.modules if m.parameter_bytes}
+    bare = {**{f"{name}": sum(p.nbytes for p in module.parameters(recurse=False))
+               for name, module in denoiser.named_modules()},
+            **{f"vae.{name}": sum(p.nbytes for p in module.parameters(recurse=False))
+               for name, module in vae.named_modules()}}
+    assert params == {k: v for k, v in bare.items() if v}
+    assert rep.memory.peak_by_category["parameters"] == sum(bare.values())
+
+    class Wrapper(torch.nn.Module):  # calls the given model and a head of its own
+        def __init__(self):
+            super().__init__()
+            self.inner, self.head = denoiser, torch.nn.Linear(2, 4)
+
+        def forward(self, x):
+            return self.head(self.inner(x))
+
+    wrapper = Wrapper()
+    rep = profiled(lambda: wrapper(z).sum().backward(), model=denoiser)
+    assert {r.module for r in rows_of(rep, "aten.addmm")} == {"0", "2", ""}  # the head: not tracked, as before
 
 
 class _Rotate(torch.nn.Module):  # a module held by no model, as hub kernels wrap a function
@@ -605,8 +647,9 @@ def test_work_in_a_backward_pass_final_callback_is_backward():
 
 
 def test_with_model_any_modules_forward_ends_setup():
-    """With model= given, another module's forward (not tracked, its ops the top level's) is
-    forward work as before, so set-up ends there too, not at the model's first forward."""
+    """With model= given, another module's forward (here a second model, named by its variable;
+    one not tracked is the same) is forward work as before, so set-up ends there too, not at the
+    model's first forward."""
     model, other = Block(), torch.nn.Linear(16, 16)
     with memwall.profile(model=model, summary=False) as prof:
         torch.randn(4, 16)
@@ -615,7 +658,7 @@ def test_with_model_any_modules_forward_ends_setup():
         model(x)
     rep = prof.report()
     assert _phases(rep, "aten.randn") == {"setup"} and _phases(rep, "aten.rand") == {"other"}
-    assert {(r.module, r.phase) for r in rows_of(rep, "aten.addmm")} >= {("", "forward"), ("head", "forward")}
+    assert {(r.module, r.phase) for r in rows_of(rep, "aten.addmm")} >= {("other", "forward"), ("head", "forward")}
 
 
 def test_a_slow_step_boundary_is_in_no_steps_own_time(monkeypatch):
