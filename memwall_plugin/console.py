@@ -22,6 +22,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from memwall_plugin.comm import RECV, SEND
 from memwall_plugin.devices import Figure, native_bf16, peak_key
 from memwall_plugin.diff import COMPILED_REGION
 from memwall_plugin.formulas import COUNT_NOTES, REGISTRY
@@ -452,11 +453,19 @@ def findings(report: Report) -> list[str]:
         left_out = f"; memwall's own {_dur(own)} left out" if own else ""
         # compiled code's first calls (loading the kernels it built) are outside the compile callbacks
         first_calls = ", compiled code's first calls" if compiling > 0 else ""
+        p2p = sum(c.calls for c in report.collectives
+                  if c.collective is not None and c.collective.kind in (SEND, RECV))
+        # a pipeline stage waits for its neighbour's activations and gradients in the Works of
+        # its receives, which memwall leaves untimed to the user's thread: that wait is the bubble
+        bubble = (f", waiting for this rank's {p2p:,} sends and receives, which are not timed: a pipeline "
+                  "stage waiting for its neighbour, the pipeline's bubble" if p2p else "")
+        remedy = ("more microbatches per step or an interleaved schedule shrink a pipeline's bubble; larger "
+                  "batches, a DataLoader with workers, or CUDA graphs the rest." if p2p else
+                  "larger batches, a DataLoader with workers, or "
+                  f"{'more of the step in its CUDA graphs' if _uses_cuda_graphs(report) else 'CUDA graphs'} would.")
         out.append(
             f"{host:.0%} of the recorded steps' wall time is outside any op (Python, data loading, logging"
-            f"{first_calls}{left_out}): "
-            "the memory wall is not what limits this run; larger batches, a DataLoader with workers, or "
-            f"{'more of the step in its CUDA graphs' if _uses_cuda_graphs(report) else 'CUDA graphs'} would."
+            f"{first_calls}{bubble}{left_out}): the memory wall is not what limits this run; {remedy}"
         )
     comm = communication_finding(report)
     if comm:

@@ -20,12 +20,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import rows_of
 from memwall_plugin.tb_plugin.plugin import MemwallPlugin
 from torchrun_job import SAMPLE, replicate_ranks, torchrun
 
 import memwall_plugin as memwall
 from memwall_plugin import cli
 from memwall_plugin.comm import COLLECTIVE_OPS, WAIT_OP
+from memwall_plugin.console import findings
 
 WIDTH, DEPTH, STEPS = 64, 2, 3
 # the sample's MLP: DEPTH x Linear(WIDTH, WIDTH) then Linear(WIDTH, 10), float32
@@ -91,7 +93,7 @@ def test_ddp_findings_say_when_the_interconnect_is_a_wall_and_what_bounds_it(ddp
     latency (and the wait for the other ranks) bound them. The link's roof moved to either side
     of what the run's collectives reached; the wall time in flight moved across the threshold."""
     from memwall_plugin.ceilings import Link
-    from memwall_plugin.console import COMM_SHARE, findings
+    from memwall_plugin.console import COMM_SHARE
     from memwall_plugin.devices import Figure
 
     for rep in _reports(ddp_run[0]).values():
@@ -572,6 +574,90 @@ def test_sends_and_receives_are_counted_and_never_hang(tmp_path):
         assert got == {mine: [3, 32 + 16 + 8], its: [1, 8]}
         assert all(c.collective.timed_calls == 0 for c in rep.collectives)
         assert rep.untimed_calls == sum(c.calls for c in rep.collectives)
+
+
+PIPELINE = '''
+import sys, time, torch, torch.nn as nn, torch.distributed as dist
+from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+import memwall_plugin as memwall
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+WIDTH, MICRO, CHUNKS = 32, 4, 4
+
+
+def stage_and_schedule():
+    torch.manual_seed(0)
+    blocks = [nn.Sequential(nn.Linear(WIDTH, 4 * WIDTH), nn.GELU(), nn.Linear(4 * WIDTH, WIDTH)) for _ in range(4)]
+    part = nn.Sequential(*blocks[2 * rank:2 * rank + 2])
+    stage = PipelineStage(part, rank, world, torch.device("cpu"))
+    schedule = ScheduleGPipe(stage, n_microbatches=CHUNKS, loss_fn=loss)
+    return part, schedule, torch.optim.AdamW(part.parameters())
+
+
+def loss(y, t):
+    time.sleep(0.02)  # a last stage slower than the first (a larger head's): the first waits for it
+    return (y - t).square().mean()
+
+
+g = torch.Generator().manual_seed(1)
+x, target = torch.randn(MICRO * CHUNKS, WIDTH, generator=g), torch.randn(MICRO * CHUNKS, WIDTH, generator=g)
+
+
+def step(schedule, opt):
+    losses = []
+    schedule.step(x) if rank == 0 else schedule.step(target=target, losses=losses)
+    opt.step()
+    opt.zero_grad()
+    return [loss.item() for loss in losses]
+
+
+bare, bare_schedule, bare_opt = stage_and_schedule()
+seen, seen_schedule, seen_opt = stage_and_schedule()
+bare_losses = step(bare_schedule, bare_opt) + step(bare_schedule, bare_opt)
+seen_losses = step(seen_schedule, seen_opt)  # the schedule's first step sets its stages up: outside the profile
+with memwall.profile(model=seen, logdir=sys.argv[1], summary=False, scalars=False) as prof:
+    seen_losses += step(seen_schedule, seen_opt)
+same = bare_losses == seen_losses and all(torch.equal(a, b) for a, b in zip(bare.parameters(), seen.parameters()))
+sys.stdout.write(f"rank {rank} identical {same}\\n")
+sys.stdout.flush()
+dist.destroy_process_group()
+'''
+
+
+def test_a_pipeline_parallel_step_counts_each_stages_microbatches_and_names_its_bubble(tmp_path):
+    """torch.distributed.pipelining, as torchtitan's users run it: 2 stages of 2 MLP blocks on 2
+    ranks, GPipe over 4 microbatches, AdamW. Each rank's step is bit-identical to a bare twin's;
+    its matmuls are its own stage's, 4 microbatches of hand-counted FLOPs; its sends and receives
+    are the activations forward and their gradients back, one per microbatch. A stage waits for
+    its neighbour in its receives' Works, which memwall leaves untimed: that wait (the pipeline's
+    bubble) was reported as Python and data loading, with a DataLoader as the remedy."""
+    script = tmp_path / "pipeline.py"
+    script.write_text(PIPELINE)
+    result = torchrun(str(script), str(tmp_path / "run"), cwd=tmp_path, timeout=90)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("rank")) == [
+        "rank 0 identical True", "rank 1 identical True"]
+    width, micro, chunks = 32, 4, 4
+    activation = micro * width * 4  # one microbatch's [4, 32] fp32 activation, or its gradient
+    for rank, rep in _reports(tmp_path / "run").items():
+        forward = {(r.module, r.shapes): (r.calls, r.flops) for r in rows_of(rep, "aten.addmm", "forward")}
+        for block in ("0", "1"):  # this stage's two blocks, up then down, bias adds included
+            up, down = 2 * micro * width * 4 * width + micro * 4 * width, 2 * micro * 4 * width * width + micro * width
+            assert forward[(f"{block}.0", f"[{4 * width}] x [{micro}, {width}] x [{width}, {4 * width}]")] == (
+                chunks, chunks * up)
+            assert forward[(f"{block}.2", f"[{width}] x [{micro}, {4 * width}] x [{4 * width}, {width}]")] == (
+                chunks, chunks * down)
+        moved: dict[str, list[int]] = {}
+        for c in rep.collectives:
+            moved.setdefault(c.collective.kind, [0, 0])
+            moved[c.collective.kind][0] += c.calls
+            moved[c.collective.kind][1] += c.collective.message_bytes
+        assert moved == {"send": [chunks, chunks * activation], "recv": [chunks, chunks * activation]}
+        if rank == 0:  # the first stage waits for the whole of the last stage's forward and backward
+            said = " ".join(findings(rep))
+            assert f"waiting for this rank's {2 * chunks} sends and receives" in said
+            assert "the pipeline's bubble" in said and "more microbatches per step" in said
 
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="Inductor on CPU needs a C++ compiler")
