@@ -53,6 +53,7 @@ from memwall_plugin.rows import (
     Row,
     fusion_savings,
     module_tree,
+    optimizer_time_s,
     other_time_s,
     speedup,
     total_fusion_saving,
@@ -1231,6 +1232,7 @@ class Summary:
             return None
         total = rep.total_time_s
         groups, fwd, bwd = module_tree(rep.rows)
+        opt = optimizer_time_s(rep.rows)
         children: dict[str, list[str]] = {}
         for key in groups:
             if key:
@@ -1245,7 +1247,10 @@ class Summary:
             split = f"fwd {_dur(fwd.get(key, 0.0))}"
             if bwd.get(key, 0.0) > 0:
                 split += f" bwd {_dur(bwd[key])}"
-            rest = other_time_s(g, fwd, bwd)
+            stepped = opt.get(key, 0.0)
+            if stepped > 0.005 * g.time_s:
+                split += f" opt {_dur(stepped)}"
+            rest = other_time_s(g, fwd, bwd) - stepped
             if rest > 0.005 * g.time_s:
                 split += f" other {_dur(rest)}"
             text.append(f"  {split}  {si(g.flops, 'FLOP')}  {_num(g.intensity)} FLOP/B  ")

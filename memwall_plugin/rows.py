@@ -664,6 +664,17 @@ def module_tree(rows: Iterable[Row]) -> tuple[dict[str, Group], dict[str, float]
     return groups, forward, backward
 
 
+def optimizer_time_s(rows: Iterable[Row]) -> dict[str, float]:
+    """The optimizer steps' time under each module path and its ancestors (module_tree's keys):
+    of the time on neither side, the part the summary's tree names."""
+    out: dict[str, float] = {}
+    for r in rows:
+        if r.phase == OPTIMIZER:
+            for key in _module_paths(r.module):
+                out[key] = out.get(key, 0.0) + r.time_s
+    return out
+
+
 def other_time_s(group: Group, forward: dict[str, float], backward: dict[str, float]) -> float:
     """A module_tree group's time on neither side: an optimizer step, the grad scaler, set-up and
     work outside any phase."""
