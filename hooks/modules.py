@@ -306,11 +306,12 @@ class ModuleTracker:
         return name
 
     def _second_model(self, module: torch.nn.Module) -> str | None:
-        """With `model` given: a module it does not hold, called outside every tracked module, is
-        a root of its own (named by what it is called through, `_root_prefix`) where it or the
-        module whose method calls it has parameters and neither holds the given model (a wrapper
-        calling it, whose paths would replace the model's); else it is not tracked (None). A
-        module with no parameters is asked again at each call, a cheap test."""
+        """With `model` given: a module it does not hold, called outside every tracked module, with
+        parameters of its own or its children's, is a second model: the module whose method calls
+        it (a VAE's decode() calling its decoder), else itself, becomes a root named by what it is
+        called through (`_root_prefix`), unless that root holds the given model (a wrapper calling
+        it, whose paths would replace the model's). Anything else is not tracked (None); a module
+        of no parameters is asked again at each call, a cheap test."""
         if self.stack or next(module.parameters(), None) is None:
             return None
         root = calling_owner(module) or module

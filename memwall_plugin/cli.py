@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import builtins
 import csv
 import dataclasses
 import importlib.util
@@ -11,6 +12,7 @@ import os
 import runpy
 import sys
 import traceback
+import types
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -509,6 +511,24 @@ def _parse_schedule(text: str) -> Schedule:
         raise CliError(f"--schedule: {exc}") from None
 
 
+def _run_script(path: str) -> None:
+    """Run the script at `path` (absolute) as `python script.py` runs it: in a fresh `__main__`
+    module whose `__file__` is that path, with `sys.argv` as the caller set it (runpy.run_path
+    would set `sys.argv[0]` to the path it is given, which `python script.py` leaves as typed)."""
+    with open(path, "rb") as f:
+        code = compile(f.read(), path, "exec")
+    main = types.ModuleType("__main__")
+    main.__dict__.update(__file__=path, __cached__=None, __loader__=None, __package__=None, __spec__=None,
+                         __builtins__=builtins)
+    saved = sys.modules.get("__main__")
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+    finally:
+        if saved is not None:
+            sys.modules["__main__"] = saved
+
+
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     script_args = list(args.args)
     if args.module:
@@ -527,12 +547,14 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         path = Path(target)
         if not path.is_file():
             raise CliError(f"{target}: no such file; pass the path of a Python script")
+        # its absolute path, as `python script.py` gives it (Python >= 3.9): `__file__`, and the
+        # files its tracebacks name, are the same after the script changes directory
+        argv0, target = target, os.path.abspath(target)  # sys.argv[0] stays as it was typed
         try:  # a script that cannot compile never runs: say so as Python does, with no report
             compile(path.read_bytes(), target, "exec")
         except (SyntaxError, ValueError) as exc:
             traceback.print_exception(type(exc), exc, None)
             return 1
-        argv0 = target
     from memwall_plugin.distributed import default_run_stamp  # torch: only `memwall run` needs it
     from memwall_plugin.profile import profile
 
@@ -574,7 +596,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
             if args.module:
                 runpy.run_module(args.module, run_name="__main__", alter_sys=True)
             else:
-                runpy.run_path(target, run_name="__main__")
+                _run_script(target)
     except SystemExit as exc:
         code = _exit_code(exc)
     except KeyboardInterrupt:

@@ -78,7 +78,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     * `model`: name ops by this model's `named_modules()` paths and track only its modules and
       a second model called outside it (a teacher, a pipeline's VAE: named by what it is called
       through); without it every module that runs is tracked.
-    * `logdir`: the run directory; each recorded window is saved atomically under
+    * `logdir`: the run directory (a relative one from the directory current when the profile
+      is made); each recorded window is saved atomically under
       `<logdir>/plugins/memwall/` when it ends (also when the block raises: marked incomplete).
       If a write fails (a full or read-only disk, a logdir that cannot be created), one warning
       says so and memwall writes nothing more; the run and `prof.report()` go on unchanged.
@@ -158,6 +159,8 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
                              f"got {max_signatures!r}")
         self.model = model
         self.logdir = Path(logdir) if logdir is not None else None
+        # where it is now: a script that changes directory later still writes here
+        self._write_to = self.logdir.absolute() if self.logdir is not None else None
         self.registry = registry or REGISTRY
         self.summary = summary
         if kineto and self.logdir is None:
@@ -330,14 +333,14 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     # -- sinks ---------------------------------------------------------------------------------
     def _make_sinks(self, idle: bool) -> list[sinks.Sink]:
         out: list[sinks.Sink] = []
-        if self.logdir is not None:
+        if self._write_to is not None:
             if self.kineto and not idle:
-                self._trace = sinks.KinetoTrace(self.logdir, self._action_fn, self.output)
+                self._trace = sinks.KinetoTrace(self._write_to, self._action_fn, self.output)
                 out.append(self._trace)
-            self._files = sinks.ReportFiles(self.logdir, self.output)
+            self._files = sinks.ReportFiles(self._write_to, self.output)
             out.append(self._files)
             if self._scalars_wanted:
-                out.append(sinks.Scalars(self.logdir, self.output))
+                out.append(sinks.Scalars(self._write_to, self.output))
         if self.summary:
             out.append(sinks.Summary(self.summary == "all", self._files, RANKS_WAIT_S))
         return out

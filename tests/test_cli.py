@@ -91,13 +91,39 @@ def test_a_non_zero_exit_is_the_scripts_own_end_not_a_crash(script, tmp_path):
 def test_a_script_that_cannot_start_is_reported_as_python_would(tmp_path):
     (tmp_path / "broken.py").write_text("import torch\nx = (\n")
     result = memwall_cli("run", "--logdir", "runs/broken", "broken.py", cwd=tmp_path)
-    assert result.returncode == 1
-    assert "SyntaxError" in result.stderr and 'File "broken.py", line 2' in result.stderr
+    bare = subprocess.run([sys.executable, "broken.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == bare.returncode == 1
+    assert result.stderr == bare.stderr and f'File "{tmp_path / "broken.py"}", line 2' in result.stderr
     assert "memwall_plugin" not in result.stderr and "runpy" not in result.stderr  # no frames of ours
     assert "recorded nothing" not in result.stdout and not (tmp_path / "runs/broken").exists()
     missing = memwall_cli("run", "-m", "no_such_module_here", cwd=tmp_path)
     assert missing.returncode == 2 and "no module named 'no_such_module_here'" in missing.stderr
     assert "recorded nothing" not in missing.stdout
+
+
+def test_run_gives_the_script_the_file_argv_and_tracebacks_python_gives_it(tmp_path):
+    """`python script.py` gives the script its absolute path as `__file__` (since Python 3.9) and
+    `sys.argv[0]` as typed. Under `memwall run`, `__file__` was relative: a script that changed
+    directory and then read a file beside it died (FileNotFoundError), and its tracebacks named
+    "script.py". Bare Python's output, traceback included, is the truth."""
+    (tmp_path / "data.txt").write_text("beside the script")
+    (tmp_path / "where.py").write_text(
+        "import argparse, os, sys, torch\n"
+        "print(__file__, sys.argv, sys.path[0] == os.path.dirname(os.path.realpath(__file__)), __name__)\n"
+        "torch.ones(2).sum()\n"
+        "os.chdir(os.path.dirname(os.path.dirname(__file__)))\n"
+        "print(open(os.path.join(os.path.dirname(__file__), 'data.txt')).read())\n"
+        "print(argparse.ArgumentParser().prog)\n"
+        "raise ValueError('after the reads')\n")
+    bare = subprocess.run([sys.executable, "where.py", "--flag"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    seen = memwall_cli("run", "--no-summary", "--logdir", "runs/where", "where.py", "--flag", cwd=tmp_path)
+    assert bare.returncode == seen.returncode == 1
+    assert f"{tmp_path / 'where.py'} ['where.py', '--flag'] True __main__" in bare.stdout
+    assert seen.stdout.startswith(bare.stdout)  # then memwall's own lines
+    assert all(line.startswith("memwall") for line in seen.stdout[len(bare.stdout):].splitlines())
+    assert seen.stderr == bare.stderr  # the same traceback, naming the same file
+    assert (tmp_path / "runs/where/plugins/memwall").is_dir()  # and the report of what ran
 
 
 def test_an_unknown_run_option_gets_runs_usage_and_a_device_typo_names_the_cli_flag(script, tmp_path):
