@@ -786,7 +786,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-m", dest="module", help="run a module as `python -m module` does")
     run.add_argument("--logdir", help="run directory for the report (default runs/<script>-<time>)")
     run.add_argument("--schedule", help="record only some steps: wait=1,warmup=1,active=3,repeat=2")
-    run.add_argument("--device", help="place the run on this device's roofline (e.g. 'H100 SXM')")
+    run.add_argument("--device", help="place the run on this device's roofline (e.g. 'H100 SXM'; one of "
+                                      "another type than the run's is a what-if: times measured here, "
+                                      "projected there)")
     run.add_argument("--peaks", help="override figures: fp32=80e9,bandwidth=23e9 (FLOP/s, bytes/s)")
     run.add_argument("--link", help="interconnect roof for collectives (torch.distributed): bytes/s per "
                                     "direction, or bandwidth=50e9,name=InfiniBand (one roof for all traffic), "

@@ -89,7 +89,9 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
     * `summary`: print a summary when the block ends; under torch.distributed on rank 0 only
       (with every rank side by side), `summary="all"` prints one on every rank.
     * `device`: place the run on this device's roofline ("H100 SXM", a DeviceSpec); default:
-      the detected device ($MEMWALL_DEVICE overrides), with calibrated ceilings when cached.
+      the detected device ($MEMWALL_DEVICE overrides), with calibrated ceilings when cached. A
+      device of another type than the run's (an H100 for a CPU run) makes the report a what-if:
+      times measured on the detected device, projected onto this one.
     * `peaks`: override figures, e.g. `{"fp32": 80e9, "bandwidth": 23e9}` (FLOP/s, bytes/s);
       $MEMWALL_PEAKS="fp32=80e9,bandwidth=23e9" does the same.
     * `kineto`: also record a torch.profiler trace of the same steps into `logdir` (for the

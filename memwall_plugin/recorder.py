@@ -18,7 +18,7 @@ import torch
 
 from memwall_plugin.analysis import analysis_cache, rows_from_entries
 from memwall_plugin.ceilings import ceilings_of, memory_roof_of, tf32_families
-from memwall_plugin.devices import DeviceSpec, resolve_device
+from memwall_plugin.devices import DeviceSpec, detect_device, resolve_device
 from memwall_plugin.distributed import DistributedSession
 from memwall_plugin.hooks.capture import FORKED_CHILD, Capture, CaptureEntry, merge_into, rename_phase
 from memwall_plugin.hooks.kernel_clock import EVENTS, KERNELS
@@ -370,15 +370,36 @@ class Recorder:
         return tuple(self._steps + self._window_steps)
 
     # -- reports -------------------------------------------------------------------------------
-    def device_for(self, table: Table) -> DeviceSpec | None:
-        """The explicit device, else the detected device where most op time was spent."""
-        if self.device is not None:
-            return self.device
+    @staticmethod
+    def _ran_on(table: Table) -> str:
+        """The device type where most op time was spent: "cuda", "mps" or "cpu"."""
         time_by_kind: dict[str, int] = {}
         for e in table.values():
             time_by_kind[e.device] = time_by_kind.get(e.device, 0) + e.time_ns
         kind = max(time_by_kind, key=lambda k: time_by_kind[k], default="cpu")
-        kind = kind if kind in ("cuda", "mps") else "cpu"
+        return kind if kind in ("cuda", "mps") else "cpu"
+
+    def measured_device(self, device: DeviceSpec | None, table: Table) -> DeviceSpec | None:
+        """The device the ops ran on where it is not `device`, one chosen for the report (device=,
+        --device, $MEMWALL_DEVICE) of another type (an H100's roofline for a run on this CPU): the
+        detected one, on which the report is built before it is projected onto the chosen one, as
+        `memwall report --device` does. None where they are of one type (the detected device, or
+        one the user names for the hardware the run is on)."""
+        if device is None:
+            return None
+        ran = self._ran_on(table)
+        if device.kind == ran or (device.kind == "rocm" and ran == "cuda"):
+            return None
+        try:
+            return detect_device(ran)
+        except Exception:  # detection trouble: placed on the chosen device, as before
+            return None
+
+    def device_for(self, table: Table) -> DeviceSpec | None:
+        """The explicit device, else the detected device where most op time was spent."""
+        if self.device is not None:
+            return self.device
+        kind = self._ran_on(table)
         try:
             self.device = resolve_device(None, None, kind=kind)
         except Exception as exc:  # detection trouble must not lose the report
@@ -405,7 +426,9 @@ class Recorder:
         """The report of `table` (a step, a window or the whole run). `step_only`: one step's
         ops alone, for per-step sinks (its collectives are the window's, so none are added)."""
         rank, world = self.dist.rank_and_world()
-        device = self.device_for(table)
+        chosen = self.device_for(table)
+        measured = self.measured_device(chosen, table)
+        device = measured or chosen
         tf32 = tf32_families(device)
         comm = {} if step_only else self.dist.communication(device, window_only)
         rows = rows_from_entries(table.values(), self.registry, ceilings_of(device, tf32), self.analyses,
@@ -440,7 +463,7 @@ class Recorder:
         elsewhere = self.other_threads()
         if elsewhere:
             extra[OTHER_THREADS_KEY] = elsewhere
-        return Report(
+        report = Report(
             rows=rows,
             memory=memory,
             device=device,
@@ -458,6 +481,7 @@ class Recorder:
             extra=extra,
             step_totals=step_totals,
         )
+        return report.rescore(device=chosen) if measured is not None else report
 
     def _time_source(self, kind: str) -> str:
         """How this run's ops on `kind` were timed; on a GPU, which clock (hooks/kernel_clock.py)."""

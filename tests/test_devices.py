@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import memwall_plugin as memwall
+from memwall_plugin.console import render_text
 from memwall_plugin.devices import cpu_spec, gpu_spec, parse_peaks, resolve_device
 
 T = 1e12
@@ -187,6 +188,38 @@ def test_device_round_trips_through_the_report(tmp_path):
     rep = prof.report()
     assert memwall.load_report(rep.save(tmp_path / "r.json")) == rep
     assert rep.device.key == "h100-pcie"
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_a_gpu_chosen_for_a_cpu_run_is_a_what_if_measured_on_this_cpu(how, monkeypatch):
+    """`memwall run --device "H100 SXM"` (or device=, or $MEMWALL_DEVICE) on a CPU script recorded
+    the H100 as the device the times were measured on: no projection, CPU times judged against
+    HBM and the H100's L2, findings asking to calibrate the H100. The run is the truth: its
+    times were measured on this CPU (the device a profile without the option detects), and the
+    report is the what-if `rescore(device=...)` makes of that run, as `memwall report --device`."""
+    torch.manual_seed(0)
+    model, x = torch.nn.Linear(128, 128), torch.randn(64, 128)
+
+    def run(device: str | None) -> memwall.Report:
+        model.zero_grad(set_to_none=True)  # each run the same step
+        with memwall.profile(model=model, device=device, summary=False) as prof:
+            model(x).sum().backward()
+        return prof.report()
+
+    here = run(None)
+    if how == "environment":
+        monkeypatch.setenv("MEMWALL_DEVICE", "H100 SXM")
+        chosen = run(None)
+    else:
+        chosen = run("H100 SXM")
+    assert chosen.device.key == "h100-sxm" and chosen.measured_on == here.device.name == here.measured_on
+    projected = here.rescore(device="H100 SXM")
+    assert chosen.projected_time_s is not None and chosen.speedup is not None
+    def placed(rep: memwall.Report) -> set[tuple]:  # what does not depend on the measured times
+        return {(r.op, r.module, r.phase, r.shapes, r.flops, r.bytes, r.bound) for r in rep.rows}
+
+    assert placed(chosen) == placed(projected)
+    assert "what-if  times measured on" in render_text(chosen) and "projected on" in render_text(chosen)
 
 
 @pytest.mark.parametrize("family,model,lanes", [
