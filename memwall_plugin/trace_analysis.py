@@ -620,7 +620,20 @@ def _device_for(trace: Trace, kind: str, device: str | DeviceSpec | None,
         if device is not None:
             raise
         spec = resolve_device(None, peaks, kind="cpu")
+    if kind == "cpu" and spec.kind != "cpu":  # a GPU chosen for a CPU trace: a what-if (`_projected`)
+        here = resolve_device(None, peaks, kind="cpu")
+        return here, here.name
     return spec, traced or spec.name
+
+
+def _projected(report: Report, kind: str, device: str | DeviceSpec | None, peaks: dict[str, float] | None) -> Report:
+    """A CPU trace analysed with a GPU chosen: the report placed on the CPU it is read on (as
+    without the choice), then projected onto the GPU, as `memwall report --device` does; its
+    times are the CPU's (`measured_on`), not the GPU's. Any other trace: as it is."""
+    if kind != "cpu" or device is None:
+        return report
+    chosen = resolve_device(device, peaks, kind=kind)
+    return report.rescore(device=chosen) if chosen.kind != "cpu" else report
 
 
 def _cuda_here() -> bool:
@@ -794,6 +807,7 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
             # the issuing thread's ops while gloo's work flew (a GPU trace's NCCL kernels: not known)
             "overlapped_s": sum(c.overlap_ns for c in timed) * 1e-9 if timed and kind == "cpu" else None,
         }
-    return Report(rows=tuple(rows), device=spec, steps=steps, wall_time_s=wall, measured_on=measured_on, rank=rank,
-                  world_size=world, created_unix_s=trace.path.stat().st_mtime, **distributed,
-                  job=f"trace-{trace.path.name}", extra=extra)
+    report = Report(rows=tuple(rows), device=spec, steps=steps, wall_time_s=wall, measured_on=measured_on,
+                    rank=rank, world_size=world, created_unix_s=trace.path.stat().st_mtime, **distributed,
+                    job=f"trace-{trace.path.name}", extra=extra)
+    return _projected(report, kind, device, peaks)

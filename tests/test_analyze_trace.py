@@ -247,6 +247,18 @@ def test_a_gpu_trace_takes_each_ops_time_from_its_kernels(recorded: dict[str, An
     assert report.measured_on == report.device.name and "H100 80GB HBM3" in report.device.notes
 
 
+def test_a_cpu_trace_analysed_for_a_gpu_is_a_what_if_measured_on_the_cpu(recorded: dict[str, Any]) -> None:
+    """`memwall analyze TRACE --device "H100 SXM"` on a CPU trace named the H100 as the device its
+    times were measured on, and projected nothing. The trace read without the option is the
+    truth: the same rows on the CPU, then the what-if `rescore(device=...)` makes of it."""
+    plain = memwall.analyze_trace(recorded["plain"])
+    chosen = memwall.analyze_trace(recorded["plain"], device="H100 SXM")
+    assert chosen.device is not None and chosen.device.key == "h100-sxm"
+    assert chosen.measured_on == plain.measured_on == plain.device.name
+    assert chosen.projected_time_s == plain.rescore(device="H100 SXM").projected_time_s is not None
+    assert chosen.total_flops == plain.total_flops
+
+
 def test_a_gpu_trace_of_an_unnamed_gpu_is_counted_but_not_placed_here(recorded: dict[str, Any],
                                                                       tmp_path: Path) -> None:
     if torch.cuda.is_available():
