@@ -561,6 +561,11 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     stem = (args.module or Path(target).stem).replace(".", "_")
     # the ranks of one torchrun job share the launcher's start time, so they pick one directory
     logdir = Path(args.logdir or Path("runs") / f"{stem}-{default_run_stamp()}")
+    # a run directory that cannot be one: said before the script runs, not after its whole run
+    blocked = next((p for p in (logdir.absolute(), *logdir.absolute().parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise CliError(f"--logdir {logdir}: {'it' if blocked == logdir.absolute() else blocked} is a file, not a "
+                       "directory; pass a directory for the run's reports (it is made if missing)")
     peaks = _peaks_option(args.peaks)
     if args.link:
         try:

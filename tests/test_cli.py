@@ -126,13 +126,19 @@ def test_run_gives_the_script_the_file_argv_and_tracebacks_python_gives_it(tmp_p
     assert (tmp_path / "runs/where/plugins/memwall").is_dir()  # and the report of what ran
 
 
-def test_an_unknown_run_option_gets_runs_usage_and_a_device_typo_names_the_cli_flag(script, tmp_path):
+def test_bad_run_options_are_said_before_the_script_runs(script, tmp_path):
     result = memwall_cli("run", "--bogus", "train.py", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("usage: memwall run [options] script.py")
     assert "unrecognized option '--bogus'" in result.stderr and "SCRIPT" not in result.stdout
     typo = memwall_cli("run", "--device", "h1000", "train.py", cwd=tmp_path)
     assert typo.returncode == 2 and "--peaks fp32=80e9,bandwidth=23e9" in typo.stderr
+    # a logdir that is a file: said before the script runs (it ran to its end, then nothing was saved)
+    (tmp_path / "notes.txt").write_text("")
+    for logdir in ("notes.txt", "notes.txt/run1"):
+        blocked = memwall_cli("run", "--logdir", logdir, "train.py", cwd=tmp_path)
+        assert blocked.returncode == 2 and "SCRIPT" not in blocked.stdout
+        assert f"--logdir {logdir}:" in blocked.stderr and "is a file, not a directory" in blocked.stderr
 
 
 def test_a_script_that_raises_leaves_a_report(script, tmp_path):
