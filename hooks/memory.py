@@ -86,7 +86,8 @@ class StepMemory:
 
     __slots__ = ("step", "peak", "peak_by_cat", "peak_elems", "peak_at", "peak_index", "timeline", "activations",
                  "outputs", "owned", "stride", "index", "allocator_peak", "forward_ops", "saving_ops",
-                 "input_saving_ops", "save_pending", "moves", "found", "grads_read")
+                 "input_saving_ops", "save_pending", "moves", "found", "grads_read", "forward_starts",
+                 "backward_since")
 
     def __init__(self, step: int, live: list[int], elems: list[int]) -> None:
         self.step = step
@@ -108,6 +109,10 @@ class StepMemory:
         self.forward_ops: list[tuple[str, Any]] = []
         self.saving_ops: set[int] = set()  # saved their outputs (after they ran)
         self.input_saving_ops: set[int] = set()  # saved their inputs only (before they ran)
+        #: where in forward_ops each forward pass after the first begins (a backward ran since the
+        #: forward op before it): gradient accumulation's micro-batches, each checkpointed apart
+        self.forward_starts: list[int] = []
+        self.backward_since = False
         self.save_pending = False
         #: reclassified storages (entry, old category, new one, op count then, whether it was
         #: fixed): the timeline points taken before are corrected at the step's end
@@ -139,7 +144,7 @@ class MemoryTotals:
         if self.best is None or s.peak > self.best.peak:
             self.best = s
         elif s is not self.best:
-            s.forward_ops, s.timeline = [], []  # only the best step's are read
+            s.forward_ops, s.timeline, s.forward_starts = [], [], []  # only the best step's are read
         self._fold(s)
         return self
 
@@ -650,10 +655,15 @@ class MemoryTracker:
         if len(live) != known and module in self._param_shapes:  # a new storage: sized by a parameter?
             self._parameter_sized(out, module, s)
         if phase == "forward":
+            if s.backward_since:
+                s.forward_starts.append(len(s.forward_ops))
+                s.backward_since = False
             if s.save_pending:
                 s.input_saving_ops.add(len(s.forward_ops))
                 s.save_pending = False
             s.forward_ops.append((module, entry))
+        elif phase == "backward" and s.forward_ops:
+            s.backward_since = True
         values = self.bytes
         total = self.total
         if total > s.peak:
@@ -833,28 +843,31 @@ def trailing_flops(s: StepMemory, flops_of: Any) -> dict[str, int]:
     torch.utils.checkpoint stops recomputing once every tensor the forward saved is saved again:
     at the last op that saves one, which itself runs when it saves its output (saved after it
     ran) and does not when it saves only its inputs (saved before it would run). One pass from
-    the end."""
+    the end of each forward pass (gradient accumulation's micro-batches: each is recomputed in
+    its own backward), summed."""
     out: dict[str, int] = {}
-    closed: set[str] = set()
     ops, saving, input_saving = s.forward_ops, s.saving_ops, s.input_saving_ops
     prefixes_of: dict[str, list[str]] = {}  # a module's path and its parents' (ops repeat modules)
-    for i in range(len(ops) - 1, -1, -1):
-        module, entry = ops[i]
-        prefixes = prefixes_of.get(module)
-        if prefixes is None:
-            parts = module.split(".") if module else []
-            prefixes = prefixes_of[module] = [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
-        open_ = [p for p in prefixes if p not in closed]
-        if not open_:
-            continue
-        if i in saving:
-            closed.update(open_)
-            continue
-        flops = flops_of(entry) or 0
-        for p in open_:
-            out[p] = out.get(p, 0) + flops
-        if i in input_saving:
-            closed.update(open_)
+    bounds = [0, *s.forward_starts, len(ops)]
+    for lo, hi in zip(bounds, bounds[1:]):
+        closed: set[str] = set()
+        for i in range(hi - 1, lo - 1, -1):
+            module, entry = ops[i]
+            prefixes = prefixes_of.get(module)
+            if prefixes is None:
+                parts = module.split(".") if module else []
+                prefixes = prefixes_of[module] = [".".join(parts[:k]) for k in range(1, len(parts) + 1)]
+            open_ = [p for p in prefixes if p not in closed]
+            if not open_:
+                continue
+            if i in saving:
+                closed.update(open_)
+                continue
+            flops = flops_of(entry) or 0
+            for p in open_:
+                out[p] = out.get(p, 0) + flops
+            if i in input_saving:
+                closed.update(open_)
     return out
 
 

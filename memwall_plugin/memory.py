@@ -230,7 +230,7 @@ class MemoryReport:
         # checkpointing: each checkpointed module's saved activations (less its outputs, which the
         # next one keeps) are not held from the end of its forward to the start of its backward;
         # in its backward they are recomputed, live as they were
-        freeable: list[tuple[int, int, int]] = []  # (end of forward, start of backward, bytes)
+        freeable: list[tuple[int, int, float]] = []  # (end of forward, start of backward, bytes)
         extra_flops, extra_time = 0, 0.0
         if checkpoint:
             targets = self.checkpoint_targets(checkpoint)
@@ -238,8 +238,11 @@ class MemoryReport:
                 under = self._under(target)
                 me = self.module(target)
                 acts = sum(m.activation_bytes for m in under)
-                fwd_end, bwd_start = self._span(target)
-                freeable.append((fwd_end, bwd_start, max(0, acts - (me.output_bytes if me is not None else 0))))
+                # each forward pass's share (the step's micro-batches under gradient accumulation,
+                # taken as alike) is free from its end to its own backward
+                spans = self._spans(target)
+                share = max(0, acts - (me.output_bytes if me is not None else 0)) / len(spans)
+                freeable.extend((fwd_end, bwd_start, share) for fwd_end, bwd_start in spans)
                 whole = sum(m.forward_flops for m in under)
                 recomputed = max(0, whole - (me.trailing_flops if me is not None else 0))
                 extra_flops += recomputed
@@ -358,18 +361,27 @@ class MemoryReport:
             notes=tuple(notes),
         )
 
-    def _span(self, path: str) -> tuple[int, int]:
-        """(last forward op, first backward op) of the module at `path` in the timeline; with
-        no forward point (-1, ...), with no backward point (..., a past-the-end index)."""
+    def _spans(self, path: str) -> list[tuple[int, int]]:
+        """(last forward op, first backward op after it) of the module at `path` in the timeline,
+        for each of its forward passes that a backward of it follows (gradient accumulation runs
+        several a step); with none, one span: with no forward point (-1, ...), with no backward
+        point (..., a past-the-end index)."""
         prefix = f"{path}."
+        spans: list[tuple[int, int]] = []
         fwd_end, bwd_start = -1, 1 << 62
         for index, phase, _, module in self.timeline:
             if module == path or module.startswith(prefix):
                 if phase == "backward":
-                    bwd_start = min(bwd_start, index)
-                elif index < bwd_start:
+                    if fwd_end >= 0 and bwd_start == 1 << 62:
+                        bwd_start = index
+                        spans.append((fwd_end, bwd_start))
+                elif phase != "recompute":
+                    if bwd_start != 1 << 62:  # a new forward pass after a backward
+                        fwd_end, bwd_start = -1, 1 << 62
                     fwd_end = max(fwd_end, index)
-        return fwd_end, bwd_start
+        if not spans:
+            spans.append((fwd_end, bwd_start))
+        return spans
 
     def max_batch_scale(self, capacity_bytes: int | None = None, **what_if: Any) -> float | None:
         """The largest `batch_scale` whose projected peak fits `capacity_bytes` (the device's
