@@ -180,19 +180,29 @@ def _short_dtype(dtype: str) -> str:
     return peak_key(dtype) if dtype.startswith(("float", "bfloat", "complex")) else dtype
 
 
+def _initials(name: str) -> str:
+    """A module name shrunk to the first letter of each of its words ("self_attn" -> "s_a",
+    "lora_A" -> "l_A"): siblings that differ in a later word stay apart."""
+    return "_".join(word[:1] for word in name.split("_"))
+
+
 def _tail(name: str, width: int) -> str:
     """A dotted module path cut to `width`: the leaf and the layer numbers are what tell rows
-    apart, so the names above the leaf shrink to their first letter first
-    ("transformer.h.0.attn.c_attn" -> "t.h.0.a.c_attn"), then the path is cut from the left
+    apart, so the names above the leaf shrink to their words' first letters first (PEFT's
+    "lora_A" and "lora_B" -> "l_A", "l_B"; "transformer.h.0.attn.c_attn" -> "t.h.0.a.c_attn"),
+    then all but the leaf's parent to one letter, then the path is cut from the left
     ("…0.a.c_attn")."""
     if len(name) <= width:
         return name
     parts = name.split(".")
-    for i in range(len(parts) - 1):  # shrink from the outermost inwards, numbers kept
-        if len(".".join(parts)) <= width:
-            break
-        if not parts[i].isdigit():
-            parts[i] = parts[i][:1]
+    # words' initials, then the first letter only (not the leaf's parent's: lora_A and lora_B
+    # stay apart), from the outermost inwards, numbers kept
+    for shrink, last in ((_initials, len(parts) - 1), (lambda part: part[:1], len(parts) - 2)):
+        for i in range(last):
+            if len(".".join(parts)) <= width:
+                break
+            if not parts[i].isdigit():
+                parts[i] = shrink(parts[i])
     if len(".".join(parts)) <= width:
         return ".".join(parts)
     while len(parts) > 1 and len(".".join(parts)) + 1 > width:  # whole names off the left

@@ -147,12 +147,18 @@ def test_an_op_and_its_backward_stay_apart_when_cut(a, b, width):
 def test_module_paths_shrink_keeping_the_leaf_and_the_layer_numbers():
     path = "model.encoder.layers.11.self_attn.out_proj"
     assert _tail(path, 30) == "m.e.l.11.self_attn.out_proj"  # the outer names shrink first, only as needed
-    assert _tail(path, 20) == "m.e.l.11.s.out_proj"
+    assert _tail(path, 20) == "…e.l.11.s_a.out_proj"  # the leaf's parent keeps its words' initials
     cut = _tail(path, 16)
     assert len(cut) <= 16 and cut.startswith("…") and cut.endswith("out_proj") and "11" in cut
     assert _tail("transformer.h.3.attn.c_attn", 14) == "t.h.3.a.c_attn"
     assert _tail("transformer.h.3.attn.c_attn", 14) != _tail("transformer.h.4.attn.c_attn", 14)
     assert _tail("fc", 12) == "fc"
+    # PEFT's adapters differ in a later word of a name above the leaf: its initials keep them apart
+    lora = "base_model.model.model.layers.1.self_attn.v_proj.lora_{}.default"
+    assert _tail(lora.format("A"), 31) == "b_m.m.m.l.1.s_a.v_p.l_A.default"
+    for width in (20, 24, 28, 31):
+        assert _tail(lora.format("A"), width) != _tail(lora.format("B"), width)
+        assert len(_tail(lora.format("A"), width)) <= width
 
 
 def test_at_80_columns_no_operator_row_wraps(cnn_report):
