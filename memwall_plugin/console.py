@@ -1249,9 +1249,11 @@ class Summary:
                 parent = key.rpartition(".")[0]
                 children.setdefault(parent, []).append(key)
 
-        def label(key: str) -> Text:
+        def label(key: str, parent: str | None = None) -> Text:
             g = groups[key]
-            name = key.rpartition(".")[2] or "(model)"
+            # a chain of wrappers folded into one node (PEFT's base_model.model.model) reads whole
+            name = (key[len(parent) + 1:] if parent else key) if parent is not None else key.rpartition(".")[2]
+            name = name or "(model)"
             text = _text(name, style="bold" if not key else "")
             text.append(f"  {_pct(g.time_s / total if total else None)}", style="dim")
             split = f"fwd {_dur(fwd.get(key, 0.0))}"
@@ -1267,13 +1269,23 @@ class Summary:
             text.append_text(_bound(g.bound))
             return text
 
+        wrapped = 1 - 1e-9  # a child's time against its parent's: the same sum in another order
+
         def grow(node: Tree, key: str, depth: int) -> None:
             kids = sorted(children.get(key, []), key=lambda k: -groups[k].time_s)
             if depth >= opts.module_depth or not kids:
                 return
             shown, rest = kids[: opts.module_children], kids[opts.module_children :]
             for kid in shown:
-                grow(node.add(label(kid)), kid, depth + 1)
+                end = kid
+                # a module whose only child holds all its time (a wrapper, no ops of its own) is
+                # one node with that child, and a list of numbered blocks (`layers`) takes no
+                # level of its own: the depth shown goes to the layers, not the wrappers
+                while len(only := children.get(end, [])) == 1 and (
+                        groups[only[0]].time_s >= wrapped * groups[end].time_s):
+                    end = only[0]
+                blocks = all(k.rpartition(".")[2].isdigit() for k in children.get(end, ["x"]))
+                grow(node.add(label(end, key)), end, depth + (0 if blocks else 1))
             if rest:
                 share = sum(groups[k].time_s for k in rest) / total if total else 0.0
                 node.add(Text(f"... {len(rest)} more ({_pct(share)} time)", style="dim"))

@@ -120,6 +120,24 @@ def test_module_tree_keeps_the_optimizer_and_work_outside_phases_off_forward():
     assert optimizer_time_s(rows) == {"": pytest.approx(0.004)}
 
 
+def test_module_tree_folds_wrappers_and_gives_block_lists_no_level():
+    """PEFT wraps a model three times (base_model.model.model): with the tree's four levels spent
+    on wrappers and the `layers` list, no decoder layer ever showed. A chain of modules each
+    holding all of its one child's time is one node; a list of numbered blocks takes no level."""
+    base = "base_model.model.model"
+    rows = [op(module=f"{base}.layers.{i}.self_attn.q_proj.lora_{ab}", time_s=0.001 * (i + 1))
+            for i in range(2) for ab in "AB"] + [op(module=f"{base}.norm", time_s=0.0005),
+                                               op(module="base_model.model.lm_head", time_s=0.002)]
+    device = memwall.lookup_device("a100-sxm4-80gb")
+    text = render_text(memwall.Report(rows=place_rows(rows, device), device=device, steps=(0,)), width=140)
+    tree = text.split("Modules (rolled up)")[1].split("\n\n")[0]
+    names = [line.split("── ")[1].split("  ")[0] for line in tree.splitlines() if "── " in line]
+    # base_model holds only base_model.model, which has lm_head beside model: folded down to it
+    assert names[:3] == ["(model)", "base_model.model", "model"]
+    # each layer holds one chain down to the adapters' parent: one node, under `layers`
+    assert {"layers", "1.self_attn.q_proj", "0.self_attn.q_proj", "norm", "lm_head"} == set(names[3:])
+
+
 def test_one_record_for_ops_and_collectives():
     record = row_record(op())
     assert tuple(record) == ROW_COLUMNS
