@@ -591,11 +591,12 @@ def cpu_spec(
         peaks["int8"] = 2 * fp32
     bandwidth = min(10e9 * threads, 200e9)
     levels = cpu_cache_levels(list(_host_caches()) if caches is None else caches, threads, clock)
+    threads_text = f"{threads} thread{'s' if threads != 1 else ''}"
     return DeviceSpec(
-        key="cpu", name=f"{model} ({threads} threads, {isa})", kind="cpu",
+        key="cpu", name=f"{model} ({threads_text}, {isa})", kind="cpu",
         peaks=tuple((k, Figure(peaks[k], ESTIMATED)) for k in PEAK_KEYS if k in peaks),
         bandwidth=Figure(bandwidth, ESTIMATED),
-        source=f"estimated: {threads} threads x {clock / 1e9:.2f} GHz x {fma_pipes} FMA pipes x "
+        source=f"estimated: {threads_text} x {clock / 1e9:.2f} GHz x {fma_pipes} FMA pipes x "
                f"{lanes} fp32 lanes x 2{why}; bandwidth 10 GB/s per thread",
         notes="run `memwall calibrate` to measure this machine's ceilings",
         caches=levels,
