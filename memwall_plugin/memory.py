@@ -26,6 +26,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from memwall_plugin.records import SETUP
+
 #: the categories, in the order views stack them
 CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "kv_cache", "other")
 #: what a larger batch or a longer sequence scales
@@ -329,6 +331,8 @@ class MemoryReport:
             unscaled = dict(zip(CATEGORIES, fixed[n])) if fixed is not None else {}
             if phase == "optimizer" and before is not None:
                 unscaled["other"] = max(unscaled.get("other", 0), at["other"] - before)
+            elif phase == SETUP:  # before any work: a checkpoint being loaded, weights made, no batch yet
+                unscaled["other"] = at["other"]
             points.append((index, at, unscaled))
         if not points:
             points = [(-1, measured, {})]

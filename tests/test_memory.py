@@ -463,6 +463,24 @@ def test_checkpointing_what_if_under_gradient_accumulation_predicts_a_real_check
     assert projected.extra_flops == recomputed == checkpointed.total_flops - plain.total_flops
 
 
+def test_a_checkpoint_loaded_in_the_profile_does_not_grow_with_the_batch():
+    """`memwall run` over an inference script: its weights are loaded inside the profile, and the
+    loaded state dict (`other`, before any work) was the peak. The batch what-ifs scaled it as if
+    it were the batch: twice the batch 'needed' 4 MiB more, and the largest batch that fits 16 MiB
+    read 3x. By hand: the forward holds the 4 MiB weight, the [2, 1024] input and output (16 KiB
+    a unit of batch): (16 MiB - 4 MiB) / 16 KiB = 768x."""
+    model = torch.nn.Linear(1024, 1024, bias=False)
+    with torch.no_grad(), memwall.profile(summary=False) as prof:
+        state = {"weight": torch.randn(1024, 1024)}  # the checkpoint, read into memory
+        model.load_state_dict(state)
+        del state
+        model(torch.randn(2, 1024))
+    mem = prof.report().memory
+    assert mem.peak_bytes == 2 * 4 * 2**20 and mem.peak_at[0] == "setup"
+    assert mem.what_if(batch_scale=2).peak_bytes == mem.peak_bytes  # the forward's 4 MiB + 32 KiB is below it
+    assert mem.max_batch_scale(capacity_bytes=16 * 2**20) == pytest.approx((16 - 4) * 2**20 / (2 * 2 * 1024 * 4))
+
+
 def test_a_first_steps_what_ifs_read_against_the_peak_a_later_step_measures():
     """A first step holds no optimizer state until its optimizer makes it, so it peaks lower than
     every later step; the what-ifs project a step that holds it throughout. The summary's changes
