@@ -350,6 +350,11 @@ def cache_time(report: Report) -> dict[str, float]:
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
+#: below this share of their cache level's roof, ops on cached data are bound by each op's fixed
+#: cost, not by the level's bandwidth
+FIXED_COST_SHARE = 0.1
+
+
 def _served_from(rows: list[Row], main: str) -> str:
     """"; they run from L2 at 101 GB/s: bound by the L2, not DRAM" where most of the rows' time
     ran on data in one cache level, else ""."""
@@ -361,6 +366,13 @@ def _served_from(rows: list[Row], main: str) -> str:
     if not members[0].in_cache or seconds < 0.5 * sum(r.time_s for r in rows) or seconds <= 0:
         return ""
     rate = sum(r.bytes for r in members) / seconds
+    # the level's roof over the same bytes (each row under its own: the level's, per dtype alike)
+    least = sum(r.bytes / r.bandwidth_bytes_per_s for r in members if r.bandwidth_bytes_per_s)
+    roof = sum(r.bytes for r in members if r.bandwidth_bytes_per_s) / least if least else None
+    if roof and rate < FIXED_COST_SHARE * roof:
+        return (f"; they run from {level} at {si(rate, 'B/s')}, {rate / roof:.1%} of its {si(roof, 'B/s')}: so "
+                f"little data per op that each op's fixed cost (dispatch, Python), not the {level}'s bandwidth, "
+                "bounds them")
     return f"; they run from {level} at {si(rate, 'B/s')}: bound by the {level}, not {main or 'main memory'}"
 
 

@@ -264,6 +264,13 @@ def test_the_summary_names_the_level_and_findings_say_what_bounds_cached_updates
     (finding,) = [f for f in findings(rep) if "optimizer" in f]
     # add_ takes the larger share of the time: the level that serves most of it is named
     assert "they run from L2 at 101 GB/s: bound by the L2, not DRAM" in finding
+    # the same bytes 100x slower: 1% of the L2's roof is no bandwidth bound, each op's fixed cost is
+    slow = place_rows([row("aten.add_", ((19, 1),), 101_000_000, 0.1),
+                       row("aten.mul_", ((COLD, 1),), 10_000_000, 0.001)], device)
+    (finding,) = [f for f in findings(memwall.Report(rows=slow, device=device, steps=(0,), wall_time_s=0.11))
+                  if "optimizer" in f]
+    assert "they run from L2 at 1.01 GB/s, 0.5% of its 200 GB/s" in finding and "fixed cost" in finding
+    assert "bound by the L2, not DRAM" not in finding
 
 
 def _reuse_by_hand(calls: list[tuple[list[torch.Tensor], dict[int, int]]], horizon: int) -> None:
