@@ -422,10 +422,12 @@ def nothing_recorded_note(steps: int, scheduled: bool, other_threads: Any, step_
         text = (f"memwall recorded nothing: {steps} step{'s' if steps != 1 else ''} ran and the schedule {which} "
                 "(its wait and warm-up steps come first)")
         if step_on_optimizer and steps == 1:
-            # a compiled optimizer.step() runs no step hook: only a recorded step sees it end
-            text += ("; if the optimizer's step is compiled (torch.compile), no step hook runs in it and memwall "
-                     "sees its steps end only while it records: run without --schedule, or open memwall.profile "
-                     "with a schedule and call prof.step() yourself")
+            # memwall run ends steps at optimizer steps: a script that takes none (inference) is one
+            # step; a compiled optimizer.step() runs no step hook, so only a recorded step sees it end
+            text += ("; memwall run ends a step at each optimizer step, so a script that takes none (inference) "
+                     "is one step, and one whose optimizer step is compiled (torch.compile) runs no step hook "
+                     "while not recorded: run without --schedule, or open memwall.profile with a schedule and "
+                     "call prof.step() yourself")
         return text + "."
     return ("memwall recorded nothing: no PyTorch op ran on this thread inside the profile. Work in other "
             "processes is not recorded here: for torch.multiprocessing.spawn's workers, launch the script with "
@@ -708,7 +710,8 @@ def above_the_peak(report: Report, op_time_s: float, keys: tuple[str, ...] | Non
         elif source == "estimated":
             why = "the estimate is low: run `memwall calibrate` for this machine's real peak"
         elif source == "user":
-            why = "the peak given (peaks=, $MEMWALL_PEAKS) is low: `memwall calibrate` measures this machine's"
+            why = ("the peak given (peaks=, --peaks, $MEMWALL_PEAKS) is low: `memwall calibrate` measures this "
+                   "machine's")
         else:
             why = ("a peak the device cannot beat, so these rows' times are short of their work (or their FLOPs "
                    "count more than ran)")

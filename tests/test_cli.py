@@ -296,6 +296,17 @@ def test_run_over_inference_keeps_weight_init_out_of_the_shares(tmp_path):
     assert totals["setup_time_s"] == pytest.approx(setup_s) and totals["time_s"] > setup_s > 0
 
 
+def test_a_schedule_over_inference_says_the_script_is_one_step(tmp_path):
+    """memwall run ends steps at optimizer steps: an inference script is one step, so a schedule
+    that waits first records nothing. The summary spoke only of a compiled optimizer step."""
+    (tmp_path / "infer.py").write_text(INFER)
+    result = memwall_cli("run", "--logdir", "runs/sched", "--schedule", "wait=1,active=1", "infer.py", cwd=tmp_path)
+    assert result.returncode == 0 and "SCRIPT done" in result.stdout
+    words = " ".join(result.stdout.split())
+    assert "memwall recorded nothing: 1 step ran and the schedule did not record it" in words
+    assert "a script that takes none (inference) is one step" in words and "run without --schedule" in words
+
+
 def test_run_over_five_training_steps_reports_five_steps(script, tmp_path):
     result = memwall_cli("run", "--logdir", "runs/five", "train.py", "--steps", "5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
