@@ -576,7 +576,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         prof = profile(
             logdir=logdir, schedule=_parse_schedule(args.schedule) if args.schedule else None,
             device=args.device, peaks=peaks, summary=False, step_on_optimizer=not args.no_step,
-            link=args.link,
+            link=args.link, memory=args.memory,
         )
     except (LookupError, ValueError, TypeError) as exc:
         raise CliError(str(exc)) from None
@@ -805,6 +805,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-summary", dest="summary", action="store_false", help="print no summary")
     run.add_argument("--no-step", action="store_true",
                      help="do not mark steps at optimizer steps (the whole run is one step)")
+    run.add_argument("--no-memory", dest="memory", action="store_false",
+                     help="do not measure memory (no capacity view; the lowest overhead, as memory=False)")
     run.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     run.set_defaults(func=_cmd_run)
     return parser

@@ -307,6 +307,15 @@ def test_a_schedule_over_inference_says_the_script_is_one_step(tmp_path):
     assert "a script that takes none (inference) is one step" in words and "run without --schedule" in words
 
 
+def test_run_with_no_memory_measures_none(tmp_path):
+    """`memory=False` had no command-line twin: `memwall run --no-memory` is it."""
+    (tmp_path / "infer.py").write_text(INFER)
+    result = memwall_cli("run", "--no-memory", "--logdir", "runs/lean", "infer.py", cwd=tmp_path)
+    assert result.returncode == 0 and "SCRIPT done" in result.stdout and "\nMemory" not in result.stdout
+    rep = memwall.load_report(next((tmp_path / "runs/lean/plugins/memwall").glob("*.json")))
+    assert rep.memory is None and {r.op for r in rep.rows} >= {"aten.addmm", "aten.gelu"}
+
+
 def test_run_over_five_training_steps_reports_five_steps(script, tmp_path):
     result = memwall_cli("run", "--logdir", "runs/five", "train.py", "--steps", "5", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
