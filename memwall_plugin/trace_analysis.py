@@ -29,7 +29,7 @@ import torch
 from memwall_plugin.analysis import analysis_cache, rows_from_entries
 from memwall_plugin.ceilings import ceilings_of, memory_roof_of, place_rows, resolve_links
 from memwall_plugin.comm import COLLECTIVE_OPS, collective_rows
-from memwall_plugin.devices import DeviceSpec, lookup_device, resolve_device
+from memwall_plugin.devices import DeviceSpec, detect_device, lookup_device, resolve_device
 from memwall_plugin.diff import COMPILED_REGION
 from memwall_plugin.hooks.capture import CaptureEntry
 from memwall_plugin.hooks.kernel_clock import busy_time
@@ -621,18 +621,19 @@ def _device_for(trace: Trace, kind: str, device: str | DeviceSpec | None,
             raise
         spec = resolve_device(None, peaks, kind="cpu")
     if kind == "cpu" and spec.kind != "cpu":  # a GPU chosen for a CPU trace: a what-if (`_projected`)
-        here = resolve_device(None, peaks, kind="cpu")
+        here = resolve_device(detect_device("cpu"), peaks)  # this CPU, whatever $MEMWALL_DEVICE names
         return here, here.name
     return spec, traced or spec.name
 
 
 def _projected(report: Report, kind: str, device: str | DeviceSpec | None, peaks: dict[str, float] | None) -> Report:
-    """A CPU trace analysed with a GPU chosen: the report placed on the CPU it is read on (as
-    without the choice), then projected onto the GPU, as `memwall report --device` does; its
-    times are the CPU's (`measured_on`), not the GPU's. Any other trace: as it is."""
-    if kind != "cpu" or device is None:
+    """A CPU trace analysed with a GPU chosen (device=, $MEMWALL_DEVICE): the report placed on
+    the CPU it is read on (as without the choice), then projected onto the GPU, as `memwall
+    report --device` does; its times are the CPU's (`measured_on`), not the GPU's. Any other
+    trace: as it is."""
+    if kind != "cpu" or report.device is None:
         return report
-    chosen = resolve_device(device, peaks, kind=kind)
+    chosen = resolve_device(device, peaks, kind=kind)  # device=, else $MEMWALL_DEVICE, else this CPU
     return report.rescore(device=chosen) if chosen.kind != "cpu" else report
 
 

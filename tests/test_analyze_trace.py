@@ -247,12 +247,18 @@ def test_a_gpu_trace_takes_each_ops_time_from_its_kernels(recorded: dict[str, An
     assert report.measured_on == report.device.name and "H100 80GB HBM3" in report.device.notes
 
 
-def test_a_cpu_trace_analysed_for_a_gpu_is_a_what_if_measured_on_the_cpu(recorded: dict[str, Any]) -> None:
-    """`memwall analyze TRACE --device "H100 SXM"` on a CPU trace named the H100 as the device its
-    times were measured on, and projected nothing. The trace read without the option is the
-    truth: the same rows on the CPU, then the what-if `rescore(device=...)` makes of it."""
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_a_cpu_trace_analysed_for_a_gpu_is_a_what_if_measured_on_the_cpu(recorded: dict[str, Any], how: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`memwall analyze TRACE --device "H100 SXM"` (or $MEMWALL_DEVICE) on a CPU trace named the
+    H100 as the device its times were measured on, and projected nothing. The trace read without
+    the option is the truth: the same rows on the CPU, then the what-if `rescore(device=...)`."""
     plain = memwall.analyze_trace(recorded["plain"])
-    chosen = memwall.analyze_trace(recorded["plain"], device="H100 SXM")
+    if how == "environment":
+        monkeypatch.setenv("MEMWALL_DEVICE", "H100 SXM")
+        chosen = memwall.analyze_trace(recorded["plain"])
+    else:
+        chosen = memwall.analyze_trace(recorded["plain"], device="H100 SXM")
     assert chosen.device is not None and chosen.device.key == "h100-sxm"
     assert chosen.measured_on == plain.measured_on == plain.device.name
     assert chosen.projected_time_s == plain.rescore(device="H100 SXM").projected_time_s is not None
