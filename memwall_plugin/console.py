@@ -909,7 +909,7 @@ class Summary:
             lines.append(job)
         lines.extend(self._device_lines(caches=True))
         lines.extend(self._rank_lines(head))
-        return RichGroup(*lines)
+        return RichGroup(*(_hanging(line) for line in lines))
 
     @property
     def _logdir(self) -> str:
@@ -1538,6 +1538,23 @@ def _shard_line(mem: MemoryReport) -> str:
     by = " by FSDP2" if mem.sharded_by == "FSDP2" else ""
     return (f"this rank's shard: {share}{state} sharded{by} over {mem.sharded_over} ranks; the copies it gathers "
             "for forward and backward are in other")
+
+
+_LABELLED = re.compile(r"[a-z][a-z -]{0,7} ")  # "peaks    ", "what-if  ": a header line's label
+
+
+def _hanging(line: Text | Table) -> Text | Table:
+    """A header line ("peaks    fp32 67 TFLOP/s ...") whose continued lines start under its text,
+    not at the label's column; anything else as it is."""
+    if not isinstance(line, Text) or not _LABELLED.match(line.plain[:9]) or len(line.plain) <= 9:
+        return line
+    label, text = line.divide([9])
+    label.rstrip()
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True, min_width=8)
+    grid.add_column()
+    grid.add_row(label, text)
+    return grid
 
 
 def _indented(part: Text | Table) -> Padding:
