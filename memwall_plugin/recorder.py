@@ -379,7 +379,7 @@ class Recorder:
         kind = max(time_by_kind, key=lambda k: time_by_kind[k], default="cpu")
         return kind if kind in ("cuda", "mps") else "cpu"
 
-    def measured_device(self, device: DeviceSpec | None, table: Table) -> DeviceSpec | None:
+    def measured_device(self, device: DeviceSpec | None, ran: str) -> DeviceSpec | None:
         """The device the ops ran on where it is not `device`, one chosen for the report (device=,
         --device, $MEMWALL_DEVICE) of another type (an H100's roofline for a run on this CPU): the
         detected one, on which the report is built before it is projected onto the chosen one, as
@@ -387,7 +387,6 @@ class Recorder:
         one the user names for the hardware the run is on)."""
         if device is None:
             return None
-        ran = self._ran_on(table)
         if device.kind == ran or (device.kind == "rocm" and ran == "cuda"):
             return None
         try:
@@ -395,11 +394,10 @@ class Recorder:
         except Exception:  # detection trouble: placed on the chosen device, as before
             return None
 
-    def device_for(self, table: Table) -> DeviceSpec | None:
-        """The explicit device, else the detected device where most op time was spent."""
+    def device_for(self, kind: str) -> DeviceSpec | None:
+        """The explicit device, else the detected device of `kind`, where most op time was spent."""
         if self.device is not None:
             return self.device
-        kind = self._ran_on(table)
         try:
             self.device = resolve_device(None, None, kind=kind)
         except Exception as exc:  # detection trouble must not lose the report
@@ -426,8 +424,9 @@ class Recorder:
         """The report of `table` (a step, a window or the whole run). `step_only`: one step's
         ops alone, for per-step sinks (its collectives are the window's, so none are added)."""
         rank, world = self.dist.rank_and_world()
-        chosen = self.device_for(table)
-        measured = self.measured_device(chosen, table)
+        ran = self._ran_on(table)
+        chosen = self.device_for(ran)
+        measured = self.measured_device(chosen, ran)
         device = measured or chosen
         tf32 = tf32_families(device)
         comm = {} if step_only else self.dist.communication(device, window_only)

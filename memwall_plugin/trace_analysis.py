@@ -587,8 +587,11 @@ def _progress(items: list[_Op]) -> Iterator[_Op]:
 
 
 def _device_for(trace: Trace, kind: str, device: str | DeviceSpec | None,
-                peaks: dict[str, float] | None) -> tuple[DeviceSpec | None, str]:
-    """The device the rows are placed on, and the name of the one the trace was measured on."""
+                peaks: dict[str, float] | None) -> tuple[DeviceSpec | None, str, DeviceSpec | None]:
+    """The device the rows are placed on, the name of the one the trace was measured on, and the
+    device the report is then projected onto (None: none). A GPU chosen for a CPU trace (device=,
+    $MEMWALL_DEVICE) is such a what-if: the rows are placed on the CPU it is read on, as without
+    the choice, then projected onto the GPU, as `memwall report --device` does."""
     props = trace.meta.get("deviceProperties")
     traced = ""
     if kind == "cuda" and isinstance(props, list) and props and isinstance(props[0], dict):
@@ -601,7 +604,7 @@ def _device_for(trace: Trace, kind: str, device: str | DeviceSpec | None,
         else:  # the GPU that ran it, under the table's name: no what-if
             spec = resolve_device(known, peaks, kind=kind)
             note = f"the trace names it {traced}"
-            return dataclasses.replace(spec, notes=f"{spec.notes}; {note}" if spec.notes else note), spec.name
+            return dataclasses.replace(spec, notes=f"{spec.notes}; {note}" if spec.notes else note), spec.name, None
     if device is None and kind == "cuda" and not _cuda_here():
         # a GPU's trace read on a machine without one, its GPU unnamed or unknown to memwall: this
         # CPU's roofs would be wrong for its kernels, so the rows stay unplaced until told
@@ -613,28 +616,17 @@ def _device_for(trace: Trace, kind: str, device: str | DeviceSpec | None,
             "`memwall devices --list` names them) or device= to analyze_trace.",
             RuntimeWarning, stacklevel=3,
         )
-        return None, traced or "an unnamed GPU"
+        return None, traced or "an unnamed GPU", None
     try:
         spec = resolve_device(device, peaks, kind=kind)
     except (RuntimeError, LookupError, ValueError):
         if device is not None:
             raise
         spec = resolve_device(None, peaks, kind="cpu")
-    if kind == "cpu" and spec.kind != "cpu":  # a GPU chosen for a CPU trace: a what-if (`_projected`)
+    if kind == "cpu" and spec.kind != "cpu":  # a GPU chosen for a CPU trace: a what-if
         here = resolve_device(detect_device("cpu"), peaks)  # this CPU, whatever $MEMWALL_DEVICE names
-        return here, here.name
-    return spec, traced or spec.name
-
-
-def _projected(report: Report, kind: str, device: str | DeviceSpec | None, peaks: dict[str, float] | None) -> Report:
-    """A CPU trace analysed with a GPU chosen (device=, $MEMWALL_DEVICE): the report placed on
-    the CPU it is read on (as without the choice), then projected onto the GPU, as `memwall
-    report --device` does; its times are the CPU's (`measured_on`), not the GPU's. Any other
-    trace: as it is."""
-    if kind != "cpu" or report.device is None:
-        return report
-    chosen = resolve_device(device, peaks, kind=kind)  # device=, else $MEMWALL_DEVICE, else this CPU
-    return report.rescore(device=chosen) if chosen.kind != "cpu" else report
+        return here, here.name, spec
+    return spec, traced or spec.name, None
 
 
 def _cuda_here() -> bool:
@@ -747,7 +739,7 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
             slot[1] += item.time_ns
             slot[2].extend(item.kernels)
 
-    spec, measured_on = _device_for(trace, kind, device, peaks)
+    spec, measured_on, onto = _device_for(trace, kind, device, peaks)
     cache, ceilings, roof = analysis_cache(registry), ceilings_of(spec), memory_roof_of(spec)
     rows = []
     idle_host_s = 0.0  # a GPU trace's views and metadata ops: the host's time, not an op's
@@ -811,4 +803,4 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
     report = Report(rows=tuple(rows), device=spec, steps=steps, wall_time_s=wall, measured_on=measured_on,
                     rank=rank, world_size=world, created_unix_s=trace.path.stat().st_mtime, **distributed,
                     job=f"trace-{trace.path.name}", extra=extra)
-    return _projected(report, kind, device, peaks)
+    return report.rescore(device=onto) if onto is not None else report
