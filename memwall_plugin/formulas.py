@@ -1493,21 +1493,33 @@ def _param_elements(call: OpCall) -> int:
 
 @flops("aten._fused_adamw_", "aten._fused_adam_")
 def _fused_adam(call: OpCall) -> int:
-    return (ADAM_FLOPS + (1 if call.get("amsgrad") else 0)) * _param_elements(call)
+    """The arithmetic the foreach step of the same optimizer runs (op for op, as counted there):
+    ADAM_FLOPS less the decoupled decay where there is no weight decay (Adam's is L2: added to
+    the gradient, 2), one more for amsgrad's running maximum."""
+    per_element = ADAM_FLOPS - 1 + (1 if call.get("amsgrad") else 0)
+    if call.get("weight_decay"):
+        per_element += 1 if call.op.startswith("aten._fused_adamw") else 2
+    return per_element * _param_elements(call)
 
 
 @flops("aten._fused_sgd_")
 def _fused_sgd(call: OpCall) -> int:
+    """As the foreach step counts it: the update (2), weight decay into the gradient (2), the
+    momentum buffer (2, 3 with dampening; on the first step it is the gradient, no arithmetic),
+    Nesterov's look-ahead (2)."""
     per_element = 2
     per_element += 2 if call.get("weight_decay") else 0
-    per_element += 3 if call.get("momentum") else 0
+    if call.get("momentum") and not call.get("is_first_step"):
+        per_element += 3 if call.get("dampening") else 2
     per_element += 2 if call.get("nesterov") else 0
     return per_element * _param_elements(call)
 
 
 @flops("aten._fused_adagrad_")
 def _fused_adagrad(call: OpCall) -> int:
-    return 6 * _param_elements(call)
+    """As the single-tensor step counts it: the sum of squares (addcmul, 3), its root and eps (2),
+    the update (addcdiv, 3); weight decay into the gradient (2)."""
+    return (8 + (2 if call.get("weight_decay") else 0)) * _param_elements(call)
 
 
 def _fused_optimizer_traffic(call: OpCall) -> Traffic:

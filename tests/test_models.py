@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import re
 
 import pytest
 import torch
@@ -116,6 +117,35 @@ def test_fused_adamw_count_agrees_with_its_decomposed_ops(gpt2):
         totals[str(kwargs)] = sum(r.flops for r in rep.rows)
     single, fused = totals.values()
     assert abs(fused - single) / single < 0.05, totals
+
+
+@pytest.mark.parametrize(("name", "kwargs"), [
+    ("SGD", {"momentum": 0.9}), ("SGD", {"momentum": 0.9, "dampening": 0.1}),
+    ("SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 1e-4}), ("SGD", {"weight_decay": 1e-4}),
+    ("Adam", {}), ("Adam", {"amsgrad": True}), ("Adam", {"weight_decay": 1e-2}),
+    ("AdamW", {"weight_decay": 0.0}), ("AdamW", {"amsgrad": True}),
+    ("Adagrad", {"weight_decay": 1e-2}),
+])
+def test_a_fused_optimizer_step_counts_what_its_unfused_step_counts(name, kwargs):
+    """Each step of a fused optimizer against the same optimizer's step without it, op by op (the
+    same hyperparameters; the first step too, where SGD's momentum buffer is the gradient). Before,
+    fused SGD's momentum counted dampening it did not have, fused Adam the decoupled decay AdamW
+    has, fused Adagrad less than its update."""
+    counts = {}
+    for flavour in ({"foreach": False}, {"fused": True}):
+        torch.manual_seed(0)
+        small = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 4))
+        opt = getattr(torch.optim, name)(small.parameters(), lr=1e-2, **kwargs, **flavour)
+        per_step = []
+        for _ in range(2):
+            small(torch.randn(8, 16)).pow(2).sum().backward()
+            rep = profiled(opt.step)
+            opt.zero_grad()
+            # the step counters (a scalar per parameter) are not the update
+            per_step.append(sum(r.flops for r in rep.rows if re.search(r"\[\d", r.shapes)))
+        counts[str(flavour)] = per_step
+    single, fused = counts.values()
+    assert fused == single, counts
 
 
 def test_profiling_leaves_loss_and_gradients_bit_identical():
