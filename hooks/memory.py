@@ -87,7 +87,7 @@ class StepMemory:
     __slots__ = ("step", "peak", "peak_by_cat", "peak_elems", "peak_at", "peak_index", "timeline", "activations",
                  "outputs", "owned", "stride", "index", "allocator_peak", "forward_ops", "saving_ops",
                  "input_saving_ops", "save_pending", "moves", "found", "grads_read", "forward_starts",
-                 "backward_since")
+                 "backward_since", "param_grads")
 
     def __init__(self, step: int, live: list[int], elems: list[int]) -> None:
         self.step = step
@@ -122,6 +122,9 @@ class StepMemory:
         self.found: list[tuple[_Storage, int, int]] = []
         #: module -> bytes of the gradients an optimizer step read (its own parameters')
         self.grads_read: dict[str, int] = {}
+        #: id(parameter) -> (module, bytes of its gradient when an optimizer stepped): what
+        #: `grads_read` sums, per parameter (optimizers over parts of a module, stepping twice)
+        self.param_grads: dict[int, tuple[str, int]] = {}
 
 
 class MemoryTotals:
@@ -251,6 +254,7 @@ class MemoryTracker:
         #: module -> [parameters, gradients, optimizer state] bytes alive now (steps keep the most)
         self.module_live: dict[str, list[int]] = {}
         self._param_modules: dict[int, str] = {}  # id(param) -> module
+        self._module_params: dict[str, list[Any]] = {}  # module -> its parameters (until close)
         self._roots: set[int] = set()
         self._handles: list[Any] = []
         self.unarmed: list[Any] = []  # parameters whose gradient hook waits for `arm`
@@ -436,6 +440,7 @@ class MemoryTracker:
                 if id(p) in self._param_modules:
                     continue
                 self._param_modules[id(p)] = path
+                self._module_params.setdefault(path, []).append(p)
                 self._add(p, PARAMETERS, path, older=True)  # a DTensor's: its shard on this rank
                 shards = _shards(p)
                 if shards > 1:
@@ -482,21 +487,37 @@ class MemoryTracker:
     def optimizer_stepping(self, optimizer: Any) -> None:
         """Before a step: the gradients it reads (assigned ones too: FSDP2's sharded gradients),
         per module: what a module's gradients are, however many buffers lived during backward."""
-        read: dict[str, int] = {}
+        read: dict[int, tuple[str, int]] = {}
         seen: set[int] = set()
+
+        def held(p: Any, module: str) -> None:
+            nbytes = 0
+            for entry in self._add(p.grad, GRADIENTS, module, older=True):
+                if id(entry) not in seen:
+                    seen.add(id(entry))
+                    nbytes += entry.nbytes
+            read[id(p)] = (module, nbytes)
+
         for group in getattr(optimizer, "param_groups", ()):
             for p in group.get("params", ()):
-                if p.grad is None:
-                    continue
-                module = self._param_modules.get(id(p), "")
-                for entry in self._add(p.grad, GRADIENTS, module, older=True):
-                    if id(entry) not in seen:
-                        seen.add(id(entry))
-                        read[module] = read.get(module, 0) + entry.nbytes
+                if p.grad is not None and id(p) not in read:
+                    held(p, self._param_modules.get(id(p), ""))
+        # the gradients of the same modules' other parameters, which this optimizer does not
+        # update (Muon's matrices beside their biases; another optimizer's, or none's): held too
+        for module in {module for module, _ in read.values() if module}:
+            for p in self._module_params.get(module, ()):
+                if id(p) not in read and p.grad is not None:
+                    held(p, module)
         s = self.step
         if s is not None:
-            for module, b in read.items():
-                s.grads_read[module] = max(s.grads_read.get(module, 0), b)
+            grads = s.param_grads
+            for key, (module, b) in read.items():
+                if b > grads.get(key, (module, 0))[1]:
+                    grads[key] = (module, b)
+            totals: dict[str, int] = {}
+            for module, b in grads.values():
+                totals[module] = totals.get(module, 0) + b
+            s.grads_read.update(totals)
         if optimizer not in self._optimizers:
             # an optimizer first seen: its state, before its ops, was made before this step (by
             # steps before the profile), and held all through it (known ones' is read at each
@@ -526,9 +547,14 @@ class MemoryTracker:
             module = self._param_modules.get(id(p), "")
             if not isinstance(state, dict):
                 continue
+            size = p.numel() if isinstance(p, _Tensor) else 0
             for value in state.values():
-                if isinstance(value, _Tensor):
-                    self._add(value, OPTIMIZER_STATE, module, older)
+                # LBFGS keeps its history in lists of tensors, flattened over all the parameters
+                # (its state is keyed on the first one): such state is the optimizer's, not that
+                # parameter's module's
+                for t in value if isinstance(value, (list, tuple)) else (value,):
+                    if isinstance(t, _Tensor):
+                        self._add(t, OPTIMIZER_STATE, module if t.numel() <= size else "", older)
 
     def made_in(self, out: Sequence[Any], paths: Sequence[str]) -> None:
         """The outputs of a compiled region (`out`) with the module path each was computed in
@@ -602,8 +628,9 @@ class MemoryTracker:
         return entries
 
     def cache_seen(self, cache: Any) -> None:
-        """A generation cache handed to the model: its tensors are the KV cache."""
-        for t in _tensors_in(cache):
+        """A generation cache handed to the model: its tensors are the KV cache (an
+        encoder-decoder's: its self-attention and cross-attention caches' layers' tensors)."""
+        for t in _tensors_in(cache, depth=5):
             self._add(t, KV_CACHE, "")
 
     def module_output(self, path: str, output: Any) -> None:
@@ -701,7 +728,10 @@ class MemoryTracker:
                 self._fix(entry)
 
     def _mark_weight(self, entry: _Storage) -> None:
+        """`entry` is a parameter no model registers (FSDP2's gathered one, an EMA's copy of the
+        weights): sized by the model, not the batch."""
         entry.weight = self._weights = True
+        self._fix(entry)
 
     def _fix(self, entry: _Storage) -> None:
         """`entry` is sized by the model (a parameter's shape, a buffer), not by the batch."""
@@ -793,6 +823,7 @@ class MemoryTracker:
             handle.remove()
         self._handles = []
         self.unarmed = []
+        self._module_params = {}
 
     def fail(self, err: BaseException) -> None:
         if self.failed is None:

@@ -319,18 +319,19 @@ class MemoryReport:
         kept = self.timeline[-1][2][CATEGORIES.index("optimizer_state")] if self.timeline else 0
         raised: set[int] = set()  # the moments it was added to
         points: list[tuple[int, dict[str, int], dict[str, int]]] = []
-        before = None  # `other` at the last moment before an optimizer's step
+        before: tuple[int, int] | None = None  # `other` (all, fixed) at the last moment before an optimizer's step
         fixed = self.timeline_batch_fixed if len(self.timeline_batch_fixed) == len(self.timeline) else None
         for n, (index, phase, values, _) in enumerate(self.timeline):
             at = dict(zip(CATEGORIES, values))
             if at["optimizer_state"] < kept:
                 at["optimizer_state"] = kept
                 raised.add(len(points))
-            if phase != "optimizer":
-                before = at["other"]
             unscaled = dict(zip(CATEGORIES, fixed[n])) if fixed is not None else {}
-            if phase == "optimizer" and before is not None:
-                unscaled["other"] = max(unscaled.get("other", 0), at["other"] - before)
+            if phase != "optimizer":
+                before = (at["other"], unscaled.get("other", 0))
+            elif before is not None:
+                # what the step made, and what was fixed before it (an EMA's copy of the weights)
+                unscaled["other"] = min(at["other"], max(unscaled.get("other", 0), at["other"] - before[0] + before[1]))
             elif phase == SETUP:  # before any work: a checkpoint being loaded, weights made, no batch yet
                 unscaled["other"] = at["other"]
             points.append((index, at, unscaled))

@@ -4,6 +4,7 @@ from memwall (hand counts, torch's own saved-tensors hooks, MemTracker, a real c
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -754,3 +755,100 @@ def test_a_malformed_memory_object_is_a_report_error_naming_the_field(tmp_path):
         bad.write_text(json.dumps(data))
         with pytest.raises(memwall.ReportError, match=named.replace("[", r"\[").replace("]", r"\]")):
             memwall.load_report(bad)
+
+
+def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the distinct storages of every tensor in an optimizer's state, lists of them too."""
+    seen, total = set(), 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            for t in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+                    seen.add(t.untyped_storage().data_ptr())
+                    total += t.untyped_storage().nbytes()
+    return total
+
+
+def test_lbfgs_history_is_optimizer_state_of_no_one_module():
+    """LBFGS keeps its curvature history in lists of flat tensors (all parameters at once) in the
+    state of its first parameter: only the tensors directly in the state were counted (5,412 of
+    43,324 B here), the rest `other`, which the ZeRO what-ifs left whole and the batch what-if
+    scaled; and all of it went to the first parameter's module."""
+    model = _mlp()
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4)
+    x, y = torch.randn(8, IN), torch.randint(0, OUT, (8,))
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    with memwall.profile(model=model, summary=False) as prof:
+        for _ in range(2):
+            opt.step(closure)
+            prof.step()
+    mem = prof.report().memory
+    truth = _state_bytes(opt)
+    params = sum(p.numel() for p in model.parameters())
+    assert truth > 10 * params * 4  # the history: several flat copies of the parameters
+    assert sum(m.optimizer_state_bytes for m in mem.modules) == truth
+    first = mem.module("0")
+    assert first is not None and first.optimizer_state_bytes < params * 4  # not the history
+    sharded = mem.what_if(shard="zero1", world_size=4)
+    assert sharded.by_category["optimizer_state"] <= math.ceil(mem.peak_by_category["optimizer_state"] / 4) + 1
+
+
+def test_an_ema_copy_of_the_weights_does_not_grow_with_the_batch():
+    """An EMA of the weights (torch.optim.swa_utils.AveragedModel) is a copy of the parameters no
+    model registers and nothing calls: `other`, which the batch what-if scaled (8x the batch
+    projected +115% against a real run at 8x). The truth: the same run at 8x the batch."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    def run(batch: int) -> MemoryReport:
+        model = _mlp()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.999))
+        torch.manual_seed(1)
+        x, y = torch.randn(batch, IN), torch.randint(0, OUT, (batch,))
+        with memwall.profile(model=model, summary=False) as prof:
+            for _ in range(2):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                ema.update_parameters(model)
+                prof.step()
+        return prof.report().memory
+
+    small, large = run(4), run(32)
+    copy = sum(p.nbytes for p in _mlp().parameters())
+    assert small.peak_by_category["other"] >= copy  # the copy is held
+    projected = small.what_if(batch_scale=8).peak_bytes
+    assert abs(projected - large.peak_bytes) <= 64, (projected, large.peak_bytes)  # n_averaged's 8 B
+
+
+def test_an_optimizer_over_some_of_a_modules_parameters_leaves_the_others_gradients_counted():
+    """Muon takes the matrices and leaves the biases to another optimizer (or none): a module's
+    gradient bytes were those its optimizer read, so its bias's gradient went missing from it.
+    The truth: the gradients' bytes, module by module."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(IN, HIDDEN), torch.nn.LayerNorm(HIDDEN), torch.nn.ReLU(),
+                                torch.nn.Linear(HIDDEN, OUT))
+    matrices = torch.optim.SGD([p for p in model.parameters() if p.ndim == 2], lr=1e-2, momentum=0.9)
+    vectors = torch.optim.AdamW([model[0].bias], lr=1e-3)  # one bias to a second optimizer
+    x, y = torch.randn(8, IN), torch.randint(0, OUT, (8,))
+    with memwall.profile(model=model, summary=False) as prof:
+        for _ in range(2):
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            matrices.step()
+            vectors.step()
+            matrices.zero_grad(set_to_none=False)
+            vectors.zero_grad(set_to_none=False)
+            model[1].zero_grad(set_to_none=False)
+            model[3].bias.grad.zero_()
+            prof.step()
+    mem = prof.report().memory
+    truth = {name: sum(p.grad.nbytes for p in m.parameters(recurse=False))
+             for name, m in model.named_modules() if name and any(True for _ in m.parameters(recurse=False))}
+    got = {m.module: m.gradient_bytes for m in mem.modules if m.module in truth}
+    assert got == truth
