@@ -1406,20 +1406,23 @@ class Capture:
         """In decoding, a new signature of an op that ran here before with other sizes (the KV
         length grows by one each token): its arguments with the sizes that grew bucketed
         (`fold_growing`); None for the first signature of each op, place and skeleton (its
-        arguments' ranks, dtypes and values other than sizes), kept exact. A folded signature
-        never enters the table under its exact key, so its fold is memoised by that key (layers
-        repeat it within a token)."""
+        arguments' ranks, dtypes and values other than sizes), kept exact. Keyword arguments
+        grow too (a padded batch's attention mask, given to attention as `attn_mask`). Returns
+        (arguments, keyword arguments) folded. A folded signature never enters the table under
+        its exact key, so its fold is memoised by that key (layers repeat it within a token)."""
         memo = self._grown_memo
         if key in memo:
             return memo[key]
-        site = (id(func), module, phase, skeleton(arg_key), kw_key)
+        site = (id(func), module, phase, skeleton(arg_key), skeleton(kw_key))
         first = self._first_decode.get(site)
         if first is None:
-            self._first_decode[site] = arg_key
+            self._first_decode[site] = (arg_key, kw_key)
             return None
         if len(memo) >= 1024:  # bounded like the bucket memo: a long decode keeps growing
             memo.clear()
-        grown = memo[key] = fold_growing(first, arg_key)
+        args = fold_growing(first[0], arg_key)
+        kw = fold_growing(first[1], kw_key) if kw_key is not None else None
+        grown = memo[key] = None if args is None or (kw is None and kw_key is not None) else (args, kw)
         return grown
 
     def _bucketed(self, func: Any, module: str, phase: str, arg_key: tuple[Any, ...], kw_key: Any,
@@ -1443,7 +1446,7 @@ class Capture:
             if len(self._bucket_memo) >= 1024:  # one very long step (a whole generate() call)
                 self._bucket_memo.clear()
             analysis = self._bucket_memo[memo_key] = self._analyse(exact)
-        bucket_args, bucket_kw = (bucket_key(arg_key), bucket_key(kw_key)) if grown is None else (grown, kw_key)
+        bucket_args, bucket_kw = (bucket_key(arg_key), bucket_key(kw_key)) if grown is None else grown
         key = (func, module, phase, bucket_args, bucket_kw)
         entry = self.table.get(key)
         if entry is None:

@@ -213,6 +213,9 @@ class ModuleTracker:
         #: recorded: work the report does not hold (generate() in a streamer's thread, a server's
         #: workers), which the summary names
         self.other_threads: dict[str, int] = {}
+        #: the optimizers whose steps ran on this thread, by class name: (fused, torch has a fused
+        #: form of it: "fused" among its defaults)
+        self.optimizers: dict[str, tuple[bool, bool]] = {}
         self._hook_began = 0  # when the running hook began (a step boundary inside one moves it)
         #: the capture's, while its dispatch mode waits to be put right outside a torch.compile'd
         #: call (Capture.settle_mode): called by the hooks, which run outside such calls
@@ -547,7 +550,12 @@ class ModuleTracker:
         if name in self._root_paths and self.generation_label is None:
             # the model itself is called: is it a step of text generation?
             kwargs = forward_kwargs()
-            label = generation_phase(args, kwargs)
+            handed = handed_cache(args, kwargs)
+            label = generation_phase(args, kwargs, handed)
+            if label == "decode" and self.memory is not None:
+                # the cache given is the KV cache, also where generate() rebuilt it between
+                # calls (beam search's reorder: index_select, made as `other`)
+                self.memory.cache_seen(handed)
             if label != "decode" and self._carried and passes_back(self._carried, args, kwargs):
                 label = "decode"  # given back the recurrent state its last step returned (RWKV's)
             if label is None and called_by_generate(module):
@@ -599,6 +607,12 @@ class ModuleTracker:
         if self.settle_mode is not None:
             self.settle_mode()
         self.in_optimizer += 1
+        name = type(optimizer).__name__
+        if name not in self.optimizers:
+            defaults = getattr(optimizer, "defaults", None) or {}
+            groups = getattr(optimizer, "param_groups", None) or ()
+            fused = any(isinstance(g, dict) and g.get("fused") for g in groups) or bool(defaults.get("fused"))
+            self.optimizers[name] = (fused, "fused" in defaults)
         if self.memory is not None:
             self.memory.optimizer_stepping(optimizer)
 
@@ -885,7 +899,21 @@ def _holds(outer: torch.nn.Module, inner: torch.nn.Module) -> bool:
 _OWN_FILES = frozenset({torch.nn.modules.module.__file__, __file__})
 
 
-def generation_phase(args: Any, kwargs: dict[str, Any]) -> str | None:
+def handed_cache(args: Any, kwargs: dict[str, Any]) -> Any:
+    """The generation cache a model call is given (see `generation_phase`), or None."""
+    for value in kwargs.values():
+        if _is_cache(value) or _is_legacy_cache(value):
+            return value
+    for value in args if isinstance(args, tuple) else ():
+        if _is_cache(value):
+            return value
+    return None
+
+
+_UNSET: Any = object()
+
+
+def generation_phase(args: Any, kwargs: dict[str, Any], cache: Any = _UNSET) -> str | None:
     """"prefill" for a model call that fills a KV cache, "decode" for one that extends it, None
     for a call that keeps no cache (training, plain inference).
 
@@ -895,17 +923,9 @@ def generation_phase(args: Any, kwargs: dict[str, Any]) -> str | None:
     named like one, `MambaCache`), or the legacy tuple of per-layer (key, value) tensors;
     `use_cache=True` with no cache is a model about to make one (prefill). A cache already
     holding tokens (or, for caches of recurrent state such as Mamba's, holding any state)
-    makes the call a decode step."""
-    cache = None
-    for value in kwargs.values():
-        if _is_cache(value) or _is_legacy_cache(value):
-            cache = value
-            break
-    else:
-        for value in args if isinstance(args, tuple) else ():
-            if _is_cache(value):
-                cache = value
-                break
+    makes the call a decode step. `cache`: `handed_cache(args, kwargs)`, where already found."""
+    if cache is _UNSET:
+        cache = handed_cache(args, kwargs)
     if cache is None:
         return "prefill" if kwargs.get("use_cache") is True else None
     return "decode" if _cache_length(cache) > 0 else "prefill"

@@ -172,3 +172,108 @@ def test_a_recurrent_state_given_back_makes_the_step_decode():
     assert head == {"prefill": 1, "decode": new_tokens - 1}
     assert rep.memory is not None
     assert rep.memory.peak_by_category["kv_cache"] == sum(t.nbytes for t in state) > 0
+
+
+def _cache_bytes(cache) -> int:
+    """Bytes of the distinct storages of the tensors in a generation cache (legacy tuples, Cache
+    objects, an encoder-decoder's pair of them), walked here apart from memwall."""
+    seen, stack, total = set(), [cache], 0
+    while stack:
+        value = stack.pop()
+        if isinstance(value, torch.Tensor):
+            storage = value.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif hasattr(value, "__dict__") and not isinstance(value, torch.nn.Module):
+            stack.extend(vars(value).values())
+    return total
+
+
+def test_beam_searchs_reordered_cache_stays_the_kv_cache_in_every_decode_step():
+    """Beam search reorders the cache between model calls (index_select by beam): the new tensors
+    were made outside the model, as `other`, and were the KV cache again only when a step
+    returned them, so most of each decode step read 0 bytes of KV cache. The truth: the cache
+    handed to each model call, measured by a forward pre-hook."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=100, n_positions=128)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    prompt = torch.randint(0, 100, (1, 24))
+    kwargs = dict(num_beams=3, max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    bare = model.generate(prompt, **kwargs)
+    handed: list[int] = []
+
+    def hook(module, args, kw):
+        cache = kw.get("past_key_values", kw.get("cache"))
+        handed.append(_cache_bytes(cache) if cache is not None else 0)
+
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with memwall.profile(model=model, summary=False) as prof:
+            got = model.generate(prompt, **kwargs)
+    finally:
+        handle.remove()
+    assert torch.equal(got, bare)
+    mem = prof.report().memory
+    kv = [values[4] for _, phase, values, _ in mem.timeline if phase == "decode"]
+    first_decode = min(b for b in handed if b)  # the cache the first decode call is given
+    assert kv and min(kv) >= first_decode, (min(kv), first_decode)
+    assert max(kv) <= 2 * max(handed)  # the old and the reordered cache, at most, while it is rebuilt
+
+
+def test_an_encoder_decoder_cache_is_the_kv_cache():
+    """BART's generate() keeps an EncoderDecoderCache (self-attention and cross-attention caches,
+    each of per-layer tensors): its tensors lay deeper than memwall looked, and the KV cache
+    read 0. The truth: the returned cache's tensors' bytes."""
+    torch.manual_seed(0)
+    config = transformers.BartConfig(vocab_size=96, d_model=32, encoder_layers=2, decoder_layers=2,
+                                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
+                                     decoder_ffn_dim=64, max_position_embeddings=64)
+    model = transformers.BartForConditionalGeneration(config).eval()
+    source = torch.randint(3, 96, (1, 12))
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, num_beams=1, do_sample=False,
+                  return_dict_in_generate=True)
+    with memwall.profile(model=model, summary=False) as prof:
+        out = model.generate(source, **kwargs)
+    truth = _cache_bytes(out["cache"] if "cache" in out else out["past_key_values"])  # renamed in transformers 5.25
+    mem = prof.report().memory
+    kv = max(values[4] for _, _, values, _ in mem.timeline)
+    assert truth <= kv < 2 * truth, (kv, truth)
+
+
+def test_a_padded_batchs_growing_attention_mask_folds_like_the_kv_lengths(gpt2, monkeypatch):
+    """A left-padded batch hands attention its mask as a keyword argument ([b, 1, 1, length]),
+    which grows with each token like the KV cache: keyed verbatim, every length was a row of its
+    own (a serving batch's report grew with every token). Folded now, with the counts of a run
+    that keeps every length apart."""
+    from memwall_plugin.hooks.capture import Capture
+
+    torch.manual_seed(0)
+    prompt = torch.randint(3, 1000, (2, 6))
+    mask = torch.ones_like(prompt)
+    mask[0, :3] = 0  # the first sequence is 3 tokens shorter, padded on the left
+
+    def run() -> memwall.Report:
+        with memwall.profile(model=gpt2, summary=False) as prof:
+            gpt2.generate(prompt, attention_mask=mask, max_new_tokens=48, min_new_tokens=48, do_sample=False,
+                          pad_token_id=0)
+        return prof.report()
+
+    folded = run()
+    monkeypatch.setattr(Capture, "_grown", lambda self, *args: None)
+    apart = run()
+
+    def decode_attention(rep: memwall.Report) -> list[memwall.Row]:
+        return [r for r in rep.rows if r.phase == "decode" and r.module == "transformer.h.0.attn"
+                and "attention" in r.op]
+
+    if not decode_attention(apart):  # transformers' eager attention: the mask is added positionally
+        pytest.skip("this transformers' GPT-2 gives attention no mask argument")
+    assert len(decode_attention(apart)) >= 40
+    assert len(decode_attention(folded)) <= 1 + 6  # the first length exact, then 8, 16, 32, 64 ...
+    assert folded.total_flops == apart.total_flops
+    assert folded.total_bytes == apart.total_bytes
