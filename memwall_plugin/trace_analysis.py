@@ -196,6 +196,17 @@ def _made_from_data(siblings: list[Event]) -> set[int]:
     return unseen
 
 
+_CASTS = frozenset({"aten::to", "aten::_to_copy"})
+
+
+def _autocast_wrapper(e: Event) -> bool:
+    """Whether an op event is autocast's wrapper around the op: inside it the op is called again
+    with its inputs cast first, which is what capture sees, beneath autocast. (An op whose kernel
+    calls the op again, arange its out variant, casting nothing, is one op.)"""
+    names = {c.name for c in e.children if c.cat == "cpu_op"}
+    return e.name in names and not names.isdisjoint(_CASTS)
+
+
 def _walk(trace: Trace, overloads: _Overloads) -> _Walk:
     """The ops capture would see: outermost op events, through composite ops to their parts."""
     found = _Walk()
@@ -212,7 +223,7 @@ def _walk(trace: Trace, overloads: _Overloads) -> _Walk:
             region = _Op(e, COMPILED_REGION, None, None, None, 0)
             found.regions.append(region)
             found.region_by_event[id(e)] = region
-        if e.cat == "cpu_op":
+        if e.cat == "cpu_op" and not _autocast_wrapper(e):
             name, inputs = _as_captured(e.name, _inputs(e))
             packet = overloads.packet(name)
             if packet is not None:
