@@ -323,6 +323,10 @@ def _cmd_report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+#: a trace this large (bytes on disk) is said to be read before its analysis begins
+_SAY_READING_FROM = 32 * 1024 * 1024
+
+
 def _cmd_analyze(args: argparse.Namespace, console: Console) -> int:
     from memwall_plugin.records import FLOAT32_ASSUMED
     from memwall_plugin.trace_analysis import TRACE_KEY, TraceError, analyze_trace, trace_files
@@ -334,12 +338,26 @@ def _cmd_analyze(args: argparse.Namespace, console: Console) -> int:
         raise CliError(str(exc)) from None
     job = new_job_id()  # the traces of one command are one job: its ranks, or its profiler cycles
     reports = []
+    left_out: list[str] = []
     for path in files:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0
+        if size >= _SAY_READING_FROM:  # reading and nesting a big trace takes a while before any count
+            print(f"memwall analyze: reading {path} ({size / 1e6:,.0f} MB)", file=sys.stderr)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 report = analyze_trace(path, device=args.device, peaks=peaks)
-            except (TraceError, LookupError, ValueError) as exc:
+            except TraceError as exc:
+                if len(files) == 1:
+                    raise CliError(str(exc)) from None
+                # one damaged file (a rank that died mid-write) does not cost the others
+                print(f"memwall analyze: left out: {exc}", file=sys.stderr)
+                left_out.append(str(path))
+                continue
+            except (LookupError, ValueError) as exc:
                 raise CliError(str(exc)) from None
         for w in caught:
             print(f"memwall analyze: {str(w.message).removeprefix('memwall: ')}", file=sys.stderr)
@@ -355,14 +373,20 @@ def _cmd_analyze(args: argparse.Namespace, console: Console) -> int:
             saved = RunDir(args.logdir).publish(report)
             print(f"memwall analyze: {path}: report saved to {saved}", file=sys.stderr)
         reports.append((path, report))
+    if not reports:
+        raise CliError(f"none of the {len(files)} traces could be read (each is named above)")
     if args.json:
         records = [dict(report_json(r), trace=str(p)) for p, r in reports]
-        sys.stdout.write(json.dumps(records[0] if len(records) == 1 else records, allow_nan=False) + "\n")
-        return 0
+        sys.stdout.write(json.dumps(records[0] if len(files) == 1 else records, allow_nan=False) + "\n")
+        return 1 if left_out else 0
     for path, report in reports:
         if len(reports) > 1:
             console.print(Text(f"{path}", style="bold"))
         console.print(Summary(report, SummaryOptions(top=args.top, by=args.by or "op")))
+    if left_out:
+        print(f"memwall analyze: {len(left_out)} of {len(files)} traces left out (unreadable, named above): "
+              f"{', '.join(left_out)}", file=sys.stderr)
+        return 1
     return 0
 
 

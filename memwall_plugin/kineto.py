@@ -86,6 +86,10 @@ def trace_files(path: Path) -> list[Path]:
     return [path]
 
 
+_RECORD_ONE = ("memwall reads torch.profiler's Chrome-trace JSON, recorded with record_shapes=True and written by "
+               "prof.export_chrome_trace(path) or torch.profiler.tensorboard_trace_handler(dir)")
+
+
 def _read(path: Path) -> Any:
     try:
         raw = path.read_bytes()
@@ -98,13 +102,22 @@ def _read(path: Path) -> Any:
             raise TraceError(f"{path}: a damaged or truncated gzip file ({exc})") from None
     elif path.name.endswith(".gz"):
         raise TraceError(f"{path}: named .gz but not gzip-compressed")
+    if not raw.strip():
+        raise TraceError(f"{path}: the file is empty (a trace still being written, or a profile that never "
+                         f"exported one?)")
+    if raw[:1] == b"\x80":  # pickle's protocol mark
+        raise TraceError(f"{path}: a Python pickle (a memory snapshot, torch.cuda.memory._dump_snapshot?), not a "
+                         f"trace: {_RECORD_ONE}")
     try:
         return json.loads(raw)
     except UnicodeDecodeError:
         raise TraceError(f"{path}: not a torch.profiler trace (not text JSON)") from None
     except json.JSONDecodeError as exc:
+        # JSON that breaks off (a trace cut short), or a file that never was JSON (a log)
+        why = ("a trace cut short while it was written?" if raw.lstrip()[:1] in (b"{", b"[")
+               else f"not JSON; {_RECORD_ONE}")
         raise TraceError(f"{path}: not a torch.profiler trace (invalid JSON at line {exc.lineno}: "
-                         f"{exc.msg}; a trace cut short while it was written?)") from None
+                         f"{exc.msg}; {why})") from None
 
 
 def load_trace(path: Path) -> Trace:
@@ -112,6 +125,9 @@ def load_trace(path: Path) -> Trace:
     data = _read(path)
     raw_events = data.get("traceEvents") if isinstance(data, dict) else data if isinstance(data, list) else None
     if not isinstance(raw_events, list):
+        if isinstance(data, dict) and "nodes" in data and "schema" in data:
+            raise TraceError(f"{path}: a PyTorch execution trace (ExecutionTraceObserver's graph of ops), not the "
+                             f"profiler's timeline: {_RECORD_ONE}")
         raise TraceError(f"{path}: not a torch.profiler trace (no traceEvents list)")
     events: list[Event] = []
     flows: dict[str, list[tuple[Any, Any, float, Any]]] = {}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import pickle
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -170,7 +171,12 @@ def test_cli_logdir_writes_a_report(recorded: dict[str, Any], tmp_path: Path,
 @pytest.mark.parametrize("content, message", [
     (b'{"hello": 1}', "not a torch.profiler trace"),
     (b"\x00\x01binary", "not a torch.profiler trace"),
-    (b'{"traceEvents": [', "invalid JSON"),
+    (b'{"traceEvents": [', "a trace cut short while it was written"),
+    (b"", "the file is empty"),
+    (b"  \n", "the file is empty"),
+    (b"step 1 loss 2.3\nstep 2 loss 2.1\n", "not JSON; memwall reads torch.profiler's Chrome-trace JSON"),
+    (b'{"schema": "1.1.1-chakra.0.0.4", "pid": 1, "nodes": []}', "a PyTorch execution trace"),
+    (pickle.dumps({"segments": []}), "a Python pickle"),
 ])
 def test_cli_errors_for_files_that_are_not_traces(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   content: bytes, message: str) -> None:
@@ -178,6 +184,26 @@ def test_cli_errors_for_files_that_are_not_traces(tmp_path: Path, capsys: pytest
     path.write_bytes(content)
     assert main(["analyze", str(path)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_damaged_trace_among_several_is_left_out_and_said_the_others_analysed(
+        recorded: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A rank that died while writing its trace: one unreadable file stopped the whole command, the
+    other ranks' traces unread. Now it is left out, named, and the exit status says so."""
+    good = tmp_path / "rank0.pt.trace.json"
+    good.write_bytes(recorded["plain"].read_bytes())
+    cut = tmp_path / "rank1.pt.trace.json"
+    cut.write_bytes(good.read_bytes()[:4000])
+    assert main(["analyze", str(tmp_path), "--json"]) == 1
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    assert [r["trace"] for r in records] == [str(good)]
+    assert records[0]["totals"]["flops"] == recorded["reference"].total_flops
+    assert "left out" in captured.err and str(cut) in captured.err and "cut short" in captured.err
+    cut2 = tmp_path / "rank0.pt.trace.json"
+    cut2.write_bytes(b"")
+    assert main(["analyze", str(tmp_path)]) == 2  # none readable: an error
+    assert "none of the 2 traces could be read" in capsys.readouterr().err
 
 
 def test_cli_error_for_a_damaged_gzip(recorded: dict[str, Any], tmp_path: Path,
