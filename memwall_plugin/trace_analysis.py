@@ -197,6 +197,8 @@ def _made_from_data(siblings: list[Event]) -> set[int]:
 
 
 _CASTS = frozenset({"aten::to", "aten::_to_copy"})
+#: DDP's reducer's ranges ("torch.distributed.ddp.reducer::copy_bucket_to_grad")
+_DDP_REDUCER = "ddp.reducer::"
 
 
 def _autocast_wrapper(e: Event) -> bool:
@@ -417,6 +419,8 @@ class _Phases:
         steps = sorted((e for e in trace.events if e.name.startswith(_STEP_RANGE)), key=lambda e: e.ts_us)
         self.steps = steps
         self._step_starts = [e.ts_us for e in steps]
+        #: where each optimizer step ended: a step's boundary where no ProfilerStep range says it
+        self._optimizer_ends = sorted(e.end_us for e in trace.events if e.name.startswith(_OPTIMIZER_RANGE))
         self._modules: dict[int, str] = {}
 
     def step_of(self, ts: float) -> Event | None:
@@ -447,6 +451,10 @@ class _Phases:
             if a.name.startswith(_BACKWARD_RANGE):
                 made_by = self.node_op.get(a.args.get("Sequence number"))
                 return BACKWARD, self.module_of(made_by) if made_by is not None else ""
+        if any(_DDP_REDUCER in a.name for a in ancestors):
+            # DDP's reducer at the end of backward (its buckets copied back into the gradients),
+            # in the autograd engine's callback, outside any node's range
+            return BACKWARD, ""
         # a module's forward, and what builds the autograd graph, is forward work also inside an
         # optimizer's step: Lightning (and LBFGS) run the training step in step()'s closure
         module = self.module_of(op)
@@ -474,9 +482,15 @@ class _Phases:
             return OTHER, ""  # the DataLoader fetching a batch (its collate's stack): data loading
         # no module ranges (with_stack=False): what runs before the step's backward is its forward
         # (a Trainer's token count there too: the trace cannot tell it from the model's first ops)
-        step = self.step_of(op.event.ts_us)
-        i = bisect.bisect_right(self.backward_starts, op.event.ts_us)
-        before_backward = i == 0 or (step is not None and self.backward_starts[i - 1] < step.ts_us)
+        ts = op.event.ts_us
+        step = self.step_of(ts)
+        if step is not None:
+            began = step.ts_us
+        else:  # no ProfilerStep ranges (a plain profile around several steps): the last optimizer step's end
+            j = bisect.bisect_right(self._optimizer_ends, ts)
+            began = self._optimizer_ends[j - 1] if j else -math.inf
+        i = bisect.bisect_right(self.backward_starts, ts)
+        before_backward = i == 0 or self.backward_starts[i - 1] < began
         return (FORWARD if before_backward else OTHER), ""
 
     def _seeds_backward(self, op: _Op) -> bool:

@@ -114,6 +114,27 @@ def test_trace_counts_equal_memwall_profile(recorded: dict[str, Any]) -> None:
     assert report.uncounted == ()
 
 
+def test_a_plain_trace_of_several_steps_reads_each_steps_forward_as_forward(tmp_path: Path) -> None:
+    """A profile around three steps, no schedule (no ProfilerStep ranges) and no module ranges:
+    only the trace's first backward bounded forward work, so the later steps' forward ops that
+    build no autograd node (dropout's bernoulli_ and div_) read `other`. Each optimizer step now
+    ends a step. The truth: memwall.profile of the same three steps."""
+    model, step = _step_fn()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(3):
+            step()
+    path = tmp_path / "three.json"
+    prof.export_chrome_trace(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with memwall.profile(model, summary=False) as mw:
+            for _ in range(3):
+                step()
+    report = memwall.analyze_trace(path)
+    _assert_same_counts(report, mw.report())
+    assert {r.phase for r in report.rows if r.op == "aten.bernoulli_"} == {"forward"}
+
+
 def test_times_come_from_the_trace(recorded: dict[str, Any]) -> None:
     report = memwall.analyze_trace(recorded["plain"])
     for op in ("aten::addmm", "aten::bmm", "aten::mm"):
@@ -690,6 +711,11 @@ def test_a_ddp_traces_all_reduce_is_on_the_links_roof_with_gloos_time(tmp_path: 
         assert report.comm_time_s == pytest.approx(sum(gloo) * 1e-6)
         assert report.overlapped_s is not None and 0 <= report.overlapped_s <= report.comm_time_s
         assert report.extra["trace"]["float32_assumed_calls"] == {}  # gloo's range says float
+        # the reducer copies each bucket back into the gradients at the end of backward, in the
+        # engine's callback outside any node's range: backward, as memwall.profile has it (was other)
+        copies = [r for r in report.rows if r.op == "aten.copy_"]
+        assert {r.phase for r in copies} == {"backward"}
+        assert sum(r.bytes for r in copies) == 2 * 2 * 4 * parameters  # 2 steps: read the bucket, write the grads
 
 
 def test_an_fsdp2_traces_reduce_scatters_take_gloos_time_too(tmp_path: Path) -> None:
