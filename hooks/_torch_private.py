@@ -349,6 +349,7 @@ def call_below_mode(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     device: below the Python key a thread's included and excluded keys are torch's defaults
     (BackendSelect), which nothing in torch changes. With no profiler recording this thread there
     is no second event to spare, and the op is called as the mode was given it."""
+    __tracebackhide__ = True  # noqa: F841 - the user's op's error, shown without this frame (IPython, pytest)
     if not _look_up():
         return func(*args, **kwargs)
     backend = _dense_backend(args)

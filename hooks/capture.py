@@ -450,6 +450,7 @@ def _capturing() -> bool:
 def _run(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Run an op the mode was handed as calling it would, without a second torch.profiler event
     for it (hooks/_torch_private.py): torch.profiler counts each op as often as without memwall."""
+    __tracebackhide__ = True  # noqa: F841 - see _CaptureMode.__torch_dispatch__
     return call_unrecorded(func, args, kwargs) if func is _DETACH else call_below_mode(func, args, kwargs)
 
 
@@ -470,6 +471,9 @@ class _CaptureMode(UncompiledDispatchMode):
         self._cuda = cuda
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        # an error of the user's op passes through here: IPython and pytest leave this frame
+        # out of the traceback they show (the error is the user's, not memwall's)
+        __tracebackhide__ = True  # noqa: F841
         kwargs = kwargs or {}
         capture = self._capture
         if capture._mode is not self or capture.failed is not None:
@@ -664,6 +668,7 @@ class _CaptureMode(UncompiledDispatchMode):
 
     def _dispatch_cuda(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], region: Any = None,
                        hop: bool = False) -> Any:
+        __tracebackhide__ = True  # noqa: F841 - see __torch_dispatch__
         capture = self._capture
         if _capturing():
             # captured into a CUDA graph of the user's (torch.cuda.graph): it runs at each replay,

@@ -185,3 +185,30 @@ def test_a_formula_that_raises_leaves_its_op_uncounted_with_one_warning() -> Non
     assert len(mm) == 10 and all(r.flops is None and r.bytes > 0 for r in mm)
     adds = [r for r in rep.rows if r.op == "aten.add"]
     assert sum(r.flops or 0 for r in adds) == sum(n * n for n in range(2, 12))  # the rest is counted
+
+
+def test_a_users_op_error_reaches_them_through_frames_ipython_and_pytest_hide() -> None:
+    """An error of the user's own op (a shape mismatch in their forward) propagates through
+    memwall's dispatch mode: in a notebook the traceback ended in memwall's frames (capture.py,
+    _torch_private.py), as if memwall had failed. Each such frame now asks to be hidden
+    (`__tracebackhide__`, which IPython and pytest honour); the error itself is the bare run's."""
+    import os
+    import traceback
+
+    import memwall_plugin
+
+    model = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Linear(9, 4))  # 8 outputs into 9 inputs
+    x = torch.randn(3, 16)
+    with pytest.raises(RuntimeError) as bare:
+        model(x)
+    with pytest.raises(RuntimeError) as seen, memwall.profile(model=model, summary=False):
+        model(x)
+    assert type(seen.value) is type(bare.value) and str(seen.value) == str(bare.value)
+    import memwall_plugin.hooks
+
+    packages = tuple(os.path.abspath(p) + os.sep for p in (os.path.dirname(memwall_plugin.__file__),
+                                                             *memwall_plugin.hooks.__path__))
+    frames = [frame for frame, _ in traceback.walk_tb(seen.value.__traceback__)]
+    mine = [f for f in frames if os.path.abspath(f.f_code.co_filename).startswith(packages)]
+    assert mine, "the op's error passed through memwall's dispatch mode"
+    assert [f.f_code.co_name for f in mine if not f.f_locals.get("__tracebackhide__")] == []
