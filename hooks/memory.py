@@ -54,7 +54,7 @@ _Parameter = torch.nn.Parameter
 
 class _Storage:
     __slots__ = ("nbytes", "elements", "itemsize", "cat", "module", "ref", "step", "index", "freed", "fixed",
-                 "weight")
+                 "fixed_at", "weight")
 
     def __init__(self, nbytes: int, itemsize: int, cat: int, module: str, step: int, index: int) -> None:
         self.nbytes, self.itemsize, self.cat, self.module, self.step = nbytes, itemsize, cat, module, step
@@ -66,6 +66,8 @@ class _Storage:
         #: of its parameters (a weight cast to bf16 by autocast and saved for backward, a
         #: dequantized int8 weight, a weight's gradient not yet summed into its .grad)
         self.fixed = False
+        #: (step, op count) when it was found to be fixed (None: from its first sighting)
+        self.fixed_at: tuple[int, int] | None = None
         #: a parameter's storage that no model registers (FSDP2's gathered copy of a module's
         #: sharded parameters, made for its forward and its backward): a weight saved for
         #: backward from it is not an activation
@@ -114,9 +116,10 @@ class StepMemory:
         self.forward_starts: list[int] = []
         self.backward_since = False
         self.save_pending = False
-        #: reclassified storages (entry, old category, new one, op count then, whether it was
-        #: fixed): the timeline points taken before are corrected at the step's end
-        self.moves: list[tuple[_Storage, int, int, int, bool]] = []
+        #: reclassified storages (entry, old category, new one, op count then, the op count from
+        #: which the points hold it as fixed or None): the points taken before are corrected at
+        #: the step's end
+        self.moves: list[tuple[_Storage, int, int, int, int | None]] = []
         #: storages made before the step, first found during it (entry, op count then, category
         #: then): the timeline points taken before are corrected at the step's end
         self.found: list[tuple[_Storage, int, int]] = []
@@ -396,7 +399,11 @@ class MemoryTracker:
             self.elems[entry.cat] -= entry.elements
             # alive now and seen before the peak: it was alive at the peak, as what it turns out to be
             if s is not None:
-                s.moves.append((entry, entry.cat, cat, s.index, entry.fixed))
+                # from which op count the timeline's points hold it as fixed (None: not fixed)
+                fixed_from = None
+                if entry.fixed:
+                    fixed_from = entry.fixed_at[1] if entry.fixed_at is not None and entry.fixed_at[0] == s.step else 0
+                s.moves.append((entry, entry.cat, cat, s.index, fixed_from))
             if entry.fixed:
                 self.fixed[entry.cat] -= entry.nbytes
                 self.fixed[cat] += entry.nbytes
@@ -738,6 +745,9 @@ class MemoryTracker:
         with self._lock:
             if not entry.fixed:
                 entry.fixed = True
+                s = self.step
+                if s is not None and (entry.step != s.step or entry.index != s.index):
+                    entry.fixed_at = (s.step, s.index)  # found later than it was made
                 self.fixed[entry.cat] += entry.nbytes
 
     # -- steps ----------------------------------------------------------------------------------
@@ -852,8 +862,9 @@ def _correct_timeline(s: StepMemory) -> None:
             continue
         events += [(start, old, -entry.nbytes), (start, new, entry.nbytes),
                    (end, old, entry.nbytes), (end, new, -entry.nbytes)]
-        if fixed:
-            events += [(start, _N + old, -entry.nbytes), (start, _N + new, entry.nbytes),
+        if fixed is not None and max(start, fixed) < end:  # only the points that held it as fixed
+            begin = max(start, fixed)
+            events += [(begin, _N + old, -entry.nbytes), (begin, _N + new, entry.nbytes),
                        (end, _N + old, entry.nbytes), (end, _N + new, -entry.nbytes)]
     events.sort()
     delta = [0] * (2 * _N)
