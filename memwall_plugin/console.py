@@ -36,6 +36,7 @@ from memwall_plugin.records import (
     CUDA_GRAPHS_KEY,
     CUDA_KERNEL_TIME,
     DECODE,
+    OPTIMIZERS_KEY,
     OTHER_THREADS_KEY,
     OUTSIDE_OPS,
     OWN_TIME_KEY,
@@ -263,14 +264,54 @@ _DECODE_ADVICE = {
     "matmul": "more rows per weight fetched (a larger batch, batched decoding) raises their intensity",
     "attention": "each decoded token's query reads the whole KV cache: more query heads per K/V head "
                  "(grouped-query attention) or a smaller cache dtype raises their intensity",
+    "outside-the-model": "in a decoding run these are mostly generate()'s own steps between model calls (the "
+                         "logits' processing, sampling or beam bookkeeping, the cache's reordering and masks): "
+                         "more sequences per call spread them, and a static cache (cache_implementation=\"static\") "
+                         "with torch.compile fuses them",
 }
 
 
 def advice(cat: str, report: Report) -> str:
     """What raises a memory-bound category's intensity, for this run: decoding is named only
-    where the run decodes."""
+    where the run decodes; an optimizer's fused form only where torch has one and the run's
+    optimizer does not use it (`Report.extra["optimizers"]`; a report without it: the general
+    advice)."""
+    if cat in ("optimizer", "grad scaler"):
+        known = _optimizer_advice(cat, report.extra.get(OPTIMIZERS_KEY))
+        if known:
+            return known
     decodes = any(r.phase == DECODE for r in report.rows)
     return (_DECODE_ADVICE.get(cat) if decodes else None) or _ADVICE[cat]
+
+
+def _optimizer_advice(cat: str, optimizers: Any) -> str | None:
+    """The optimizer's or the GradScaler's advice for the optimizers that ran (None: not known)."""
+    if not isinstance(optimizers, list) or not optimizers:
+        return None
+    seen = [o for o in optimizers if isinstance(o, dict) and isinstance(o.get("class"), str)]
+    unfused = [o["class"] for o in seen if o.get("fusable") and not o.get("fused")]
+    if unfused:
+        names = " and ".join(f"{name}(..., fused=True)" for name in unfused)
+        if cat == "optimizer":
+            return f"a fused optimizer ({names}) reads and writes each parameter once"
+        return (f"a fused optimizer ({names}) takes the GradScaler's scale and inf flag and unscales inside "
+                "its own pass, instead of reading every gradient once more")
+    fused = [o["class"] for o in seen if o.get("fused")]
+    other = [o["class"] for o in seen if not o.get("fused")]
+    if not fused and not other:
+        return None
+    if cat == "grad scaler":
+        return ("bf16 autocast (torch.autocast(dtype=torch.bfloat16)) needs no GradScaler where the device "
+                "supports it; fp16 needs the scaler's pass over the gradients")
+    parts = []
+    if fused:
+        parts.append(f"{' and '.join(fused)} runs fused already (what is left is its step counters and state "
+                     "set-up)")
+    if other:
+        parts.append(f"{' and '.join(other)} has no fused form in torch: compiling its step "
+                     "(torch.compile(optimizer.step)) fuses it")
+    return "; ".join(parts) + ("; fewer bytes per state element (an 8-bit optimizer) or sharding the state (ZeRO) "
+                               "cuts its traffic")
 
 
 def category(row: Row) -> str:

@@ -27,6 +27,7 @@ from memwall_plugin.records import (
     COMPILE_WALL_KEY,
     CUDA_GRAPHS_KEY,
     CUDA_KERNEL_TIME,
+    OPTIMIZERS_KEY,
     OTHER,
     OTHER_THREADS_KEY,
     OWN_TIME_KEY,
@@ -462,6 +463,9 @@ class Recorder:
         elsewhere = self.other_threads()
         if elsewhere:
             extra[OTHER_THREADS_KEY] = elsewhere
+        if self.capture is not None and self.capture.tracker.optimizers:
+            extra[OPTIMIZERS_KEY] = [{"class": name, "fused": fused, "fusable": fusable}
+                                     for name, (fused, fusable) in self.capture.tracker.optimizers.items()]
         report = Report(
             rows=rows,
             memory=memory,

@@ -64,6 +64,9 @@ COMPILE_WALL_KEY = "compile_wall_time_s"
 #: other than the one that opened the profile (dispatch modes are per thread: their ops are not in
 #: the report)
 OTHER_THREADS_KEY = "other_threads"
+#: `Report.extra` key: the optimizers whose steps ran, by class: [{"class": "AdamW", "fused": False,
+#: "fusable": True}] ("fusable": torch has a fused form of it, `fused=True`), for the findings' advice
+OPTIMIZERS_KEY = "optimizers"
 TIME_SOURCES = {
     "cpu": "the host clock around each op (its kernel, on this thread and the threads it uses)",
     "cuda": ("CUDA events recorded on the op's stream before and after it: from its launch to its end, so the time "

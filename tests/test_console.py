@@ -306,3 +306,32 @@ def test_a_float64_run_shows_the_fp64_roof_its_rows_stand_under():
     for line in render_text(fp32, width=160).splitlines():
         if line.startswith(("peaks", "memory")):
             assert "fp64" not in line  # a float32 run: only the usual precisions
+
+
+@pytest.mark.parametrize(("make", "says", "never"), [
+    (lambda p: torch.optim.AdamW(p), "AdamW(..., fused=True)", "no fused form"),
+    (lambda p: torch.optim.AdamW(p, fused=True), "AdamW runs fused already", "fused=True"),
+    (lambda p: torch.optim.RMSprop(p), "RMSprop has no fused form in torch", "fused=True"),
+    (lambda p: torch.optim.Adafactor(p), "Adafactor has no fused form in torch", "fused=True"),
+])
+def test_the_optimizer_advice_names_a_fused_form_only_where_torch_has_one_unused(make, says, never, tmp_path):
+    """The memory-bound optimizer finding advised fused=True whatever ran: RMSprop, Adafactor,
+    LBFGS and Muon have no fused form (fused=True raises), and an AdamW already fused was told to
+    fuse. The advice now reads which optimizers stepped (`Report.extra["optimizers"]`)."""
+    from memwall_plugin.console import advice
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 4))
+    opt = make(model.parameters())
+    x = torch.randn(8, 16)
+    with memwall.profile(model=model, summary=False) as prof:
+        for _ in range(2):
+            model(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+            prof.step()
+    rep = prof.report()
+    text = advice("optimizer", rep)
+    assert says in text and never not in text, text
+    rep.save(tmp_path / "r.json")  # and as the report file keeps it
+    assert advice("optimizer", memwall.load_report(tmp_path / "r.json")) == text
