@@ -651,7 +651,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"memwall: the script exited with status {code}", highlight=False, markup=False)
     if prof.saved:
         console.print(f"memwall: report saved under {logdir / 'plugins' / 'memwall'}"
-                      f"{' (incomplete)' if report.incomplete else ''}", highlight=False, markup=False)
+                      f"{' (incomplete)' if report.incomplete else ''}", highlight=False, markup=False,
+                      soft_wrap=True)  # one line: a path to copy
     elif not report.steps and not prof.nested:
         console.print(prof.nothing_recorded(), highlight=False, markup=False)
     return code

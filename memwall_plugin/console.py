@@ -880,6 +880,16 @@ class Summary:
         self.options = options or SummaryOptions()
         self.ranks = ranks  # every rank of the job (torch.distributed), shown side by side
 
+    def __str__(self) -> str:
+        """The plain text, 100 columns wide (`print(Summary(...))`)."""
+        return _plain(self, 100)
+
+    __repr__ = __str__  # a notebook's text/plain, beside `_repr_html_`
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows it as the summary a profile prints at its end there (`notebook_html`)."""
+        return notebook_html(self)
+
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         self._narrow = options.max_width < NARROW
         self._wide = options.max_width >= WIDE
@@ -1060,7 +1070,10 @@ class Summary:
             f"{_dur(roof) if head.projected_time_s is not None and roof is not None else _ms(roof)} for the counted ops"
         ))
         before = setup_wall_s(rep)
-        if head.setup_time_s < head.time_s and (head.setup_time_s > 0 or before > 0):
+        # said where it is something: set-up ops' time, or a start-up a share of the wall time
+        # shows (a profile's first ~50 us before its first op is not: "0 us of it ... 61 us")
+        shown = head.setup_time_s > 0 or (head.wall_time_s > 0 and f"{before / head.wall_time_s:.0%}" != "0%")
+        if head.setup_time_s < head.time_s and shown:
             # a report of set-up alone has its shares over it
             start_up = f"; {_dur(before)} of the wall time" if before > 0 else ""
             lines.append(Text(f"setup    {_dur(head.setup_time_s)} of it before the first forward (weight init, "
@@ -1681,13 +1694,18 @@ def memory_section(mem: MemoryReport, narrow: bool = False,
     return RichGroup(*parts)
 
 
-def render_text(report: Report, width: int = 100, options: SummaryOptions | None = None) -> str:
-    """The summary as plain text (no color), `width` columns wide."""
+def _plain(renderable: Any, width: int) -> str:
+    """A renderable as plain text (no color), `width` columns wide."""
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False,
                       force_jupyter=False, legacy_windows=False, record=False, soft_wrap=False)
-    console.print(Summary(report, options))
+    console.print(renderable)
     return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+
+
+def render_text(report: Report, width: int = 100, options: SummaryOptions | None = None) -> str:
+    """The summary as plain text (no color), `width` columns wide."""
+    return _plain(Summary(report, options), width)
 
 
 def format_summary(report: Report, top: int = 15, width: int = 100) -> str:
@@ -1700,7 +1718,41 @@ def print_summary(report: Report, options: SummaryOptions | None = None,
     (console or Console()).print(Summary(report, options, ranks))
 
 
-def summary_html(report: Report, options: SummaryOptions | None = None) -> str:
-    console = Console(record=True, width=120, file=io.StringIO(), force_jupyter=False)
-    console.print(Summary(report, options))
-    return console.export_html(inline_styles=True)
+def notebook_html(renderable: Any) -> str:
+    """A renderable as a Jupyter notebook shows it, the way the summary printed at a profile's end
+    there is shown: rich's own notebook path (a console that finds itself in Jupyter: 115 columns
+    or $JUPYTER_COLUMNS, full color; rich.jupyter's `<pre>`, which scrolls rather than wraps). An
+    HTML fragment: no page, no style for the notebook's other cells."""
+    console = Console(force_jupyter=True, file=io.StringIO())  # rendered, never printed
+    try:
+        from rich.jupyter import _render_segments  # what rich displays a notebook console's print with
+    except ImportError:  # a rich that moved it: its exported HTML, as a fragment in the same <pre>
+        recorder = Console(record=True, width=console.width, file=io.StringIO(), force_jupyter=False)
+        recorder.print(renderable)
+        return recorder.export_html(inline_styles=True, code_format=(
+            '<pre style="white-space:pre;overflow-x:auto;line-height:normal;'
+            'font-family:Menlo,\'DejaVu Sans Mono\',consolas,\'Courier New\',monospace">{code}</pre>\n'))
+    return _render_segments(console.render(renderable, console.options))
+
+
+def report_repr(report: Report) -> str:
+    """A report in one line (its repr: a notebook's text/plain, the Python prompt): what it holds and
+    where it ran, not every row."""
+    steps = len(report.steps)
+    parts = [f"{steps} step{'s' if steps != 1 else ''}", f"{len(report.rows):,} rows"]
+    if report.collectives:
+        parts.append(f"{len(report.collectives):,} collectives")
+    parts += [si(report.total_flops, "FLOP"), f"{si(report.total_bytes, 'B')} moved",
+              f"{_dur(report.total_time_s)} in ops"]
+    if report.device is not None:
+        parts.append(f"on {report.device.name}")
+    if report.memory is not None:
+        parts.append(f"memory peak {si(report.memory.peak_bytes, 'B')}")
+    if report.world_size > 1:
+        parts.append(f"rank {report.rank} of {report.world_size}")
+    if (report.bytes_per_element is not None or report.compute_dtype is not None or report.measured_elsewhere
+            or report.what_if_world_size is not None):
+        parts.append("a what-if")
+    if report.incomplete:
+        parts.append("INCOMPLETE")
+    return f"<memwall Report: {', '.join(parts)}>"

@@ -134,6 +134,13 @@ class MemoryReport:
             return self.model_parameter_bytes, self.rank_parameter_bytes
         return max(1, self.sharded_over), 1
 
+    def __repr__(self) -> str:
+        """One line (a notebook's text/plain, the Python prompt), not its every timeline point."""
+        phase, op, module = self.peak_at
+        where = ", ".join(p for p in (phase, op.removeprefix("aten."), module) if p)
+        return (f"<memwall MemoryReport: peak {self.peak_bytes:,} B at step {self.peak_step}"
+                f"{f' ({where})' if where else ''}, {len(self.modules)} modules, {len(self.timeline)} timeline points>")
+
     @property
     def peak_fraction(self) -> float | None:
         return self.peak_bytes / self.capacity_bytes if self.capacity_bytes else None

@@ -187,6 +187,7 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         self._trace: sinks.KinetoTrace | None = None
         self._primary_optimizer: weakref.ref[Any] | None = None
         self._entered = False
+        self._warned_step_open = False  # prof.report() inside the block has said what it leaves out
         self._guards_sigterm = False  # this profile put memwall's SIGTERM handler in place
         self._thread = threading.get_ident()
         #: the profile this one took over from (opened inside it), resumed when this one ends
@@ -449,8 +450,18 @@ class profile:  # noqa: N801 - named like torch.profiler.profile, which users kn
         return _PhaseLabel(capture.tracker, name)
 
     def report(self) -> Report:
-        """The report over every recorded step so far."""
-        return self._recorder.report()
+        """The report over every recorded step so far. Inside the block that is the steps
+        `prof.step()` has ended: the step in progress is not in it (the first time it has recorded
+        work, a warning says so), and the whole run's report comes after the block."""
+        recorder = self._recorder
+        capture = recorder.capture
+        if self._entered and not self._warned_step_open and capture is not None and capture.table:
+            self._warned_step_open = True
+            steps = len(recorder.recorded_steps)
+            warnings.warn(f"memwall: prof.report() inside its `with memwall.profile()` block covers the steps "
+                          f"ended so far ({steps}), not the one in progress: call prof.report() after the block "
+                          "for the whole run, or end a step with prof.step() first", RuntimeWarning, stacklevel=2)
+        return recorder.report()
 
     def nothing_recorded(self) -> str:
         """One line saying why a profile recorded nothing, where memwall can tell (another thread,

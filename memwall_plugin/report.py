@@ -416,11 +416,18 @@ class Report:
 
         yield Summary(self)
 
-    def _repr_html_(self) -> str:
-        """Jupyter shows the summary."""
-        from memwall_plugin.console import summary_html
+    def __repr__(self) -> str:
+        """One line: what the report holds (a notebook's text/plain, saved in the notebook, and the
+        Python prompt's echo), not its every row; the summary is `print(report)`."""
+        from memwall_plugin.console import report_repr
 
-        return summary_html(self)
+        return report_repr(self)
+
+    def _repr_html_(self) -> str:
+        """Jupyter shows the summary, as the one a profile prints at its end there."""
+        from memwall_plugin.console import Summary, notebook_html
+
+        return notebook_html(Summary(self))
 
 
 def _under(module: str, prefix: str) -> bool:

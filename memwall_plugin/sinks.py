@@ -219,7 +219,8 @@ class Summary(Sink):
         options = SummaryOptions(logdir=str(self.files.store.root) if self.files is not None else "")
         print_summary(report, options, console=console, ranks=job_ranks(self.files, report, self.wait_s))
         if self.files is not None and self.files.saved:
-            console.print(f"report saved: {self.files.saved[-1]}", highlight=False, markup=False)
+            # one unbroken line however narrow the console (a pipe's 80 columns): a path to copy and grep
+            console.print(f"report saved: {self.files.saved[-1]}", highlight=False, markup=False, soft_wrap=True)
         if prof.output.failure is not None:
             console.print("memwall stopped writing files in this run (see the warning above)",
                           highlight=False, markup=False)

@@ -142,6 +142,24 @@ def test_setup_is_out_of_the_findings_and_named_in_the_header():
     assert "25% of op time memory-bound" in text
 
 
+
+def test_setup_line_is_left_out_when_it_says_nothing():
+    """Every notebook profile's summary read "setup    0 us of it before the first forward (weight
+    init, data; 61 us of the wall time)": no set-up op, and a start-up too short to show."""
+    from memwall_plugin.records import SETUP_WALL_KEY
+
+    work = (_memory_bound("aten.mul"),)
+    quick = dataclasses.replace(_on_a100(*work), extra={SETUP_WALL_KEY: 61e-6})  # of 20 ms: 0.3%
+    assert not any(line.startswith("setup") for line in render_text(quick, width=100).splitlines())
+    # a start-up the wall time shows (data read before the first forward, no op in it) is said
+    slow = dataclasses.replace(_on_a100(*work), wall_time_s=2.02, extra={SETUP_WALL_KEY: 2.0})
+    assert "(weight init, data; 2 s of the wall time)" in render_text(slow, width=100)
+    # set-up ops are said however short their start-up
+    init = _row("aten.normal_", "", "setup", 1, 1_000, 0, 4_000, 30e-6)
+    ops = dataclasses.replace(_on_a100(init, *work), extra={SETUP_WALL_KEY: 61e-6})
+    assert "setup    30 us of it before the first forward (weight init, data; 61 us of the wall time)" in \
+        render_text(ops, width=100)
+
 # --- findings that fit the op family, the device and the run ------------------------------------
 
 NO_BF16_CPU = "flags\t: avx avx2 fma\n"  # bf16 converted to fp32 on the fly
