@@ -336,7 +336,7 @@ class MemoryReport:
             unscaled = dict(zip(CATEGORIES, fixed[n])) if fixed is not None else {}
             if phase != "optimizer":
                 before = (at["other"], unscaled.get("other", 0))
-            elif before is not None:
+            if phase == "optimizer" and before is not None:
                 # what the step made, and what was fixed before it (an EMA's copy of the weights)
                 unscaled["other"] = min(at["other"], max(unscaled.get("other", 0), at["other"] - before[0] + before[1]))
             elif phase == SETUP:  # before any work: a checkpoint being loaded, weights made, no batch yet
