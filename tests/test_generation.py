@@ -222,7 +222,10 @@ def test_beam_searchs_reordered_cache_stays_the_kv_cache_in_every_decode_step():
     kv = [values[4] for _, phase, values, _ in mem.timeline if phase == "decode"]
     first_decode = min(b for b in handed if b)  # the cache the first decode call is given
     assert kv and min(kv) >= first_decode, (min(kv), first_decode)
-    assert max(kv) <= 2 * max(handed)  # the old and the reordered cache, at most, while it is rebuilt
+    # at most the cache handed in, the one the call returns (a token longer) and its reorder, alive
+    # at once (with transformers 4's legacy tuples all three, for a moment)
+    grown = max(handed) + (handed[-1] - handed[-2])
+    assert max(kv) <= 3 * grown
 
 
 def test_an_encoder_decoder_cache_is_the_kv_cache():
