@@ -284,8 +284,9 @@ def test_fsdp2s_memory_is_what_torch_allocates_and_memwall_keeps_none_of_it(tmp_
         (bare_peak, bare_kept), (peak, kept) = got["bare"], got["profiled"]
         # FSDP2 itself may keep a layer's last buffer past the step (bare runs here: 0 to 2.1 MB
         # of them, their peaks 3.9 or 4.9 MB, as gloo's threads go): at most one per layer, in
-        # the run under memwall as in a bare one
-        assert kept <= whole and bare_kept <= whole, (kept, bare_kept)
+        # the run under memwall as in a bare one, and gloo's own small buffers (a run under the
+        # whole suite's load kept 10,280 B more than the layers once, on torch 2.11)
+        assert kept <= whole + 32 * 1024 and bare_kept <= whole + 32 * 1024, (kept, bare_kept)
         assert peak <= bare_peak + whole, (peak, bare_peak)
         # at the step's end the report holds what a rank keeps between steps: its parameters'
         # shard, AdamW's two moments of it and six step counters, the batch (x and y)
