@@ -275,6 +275,12 @@ class MemoryTracker:
         #: what shards them: "FSDP2" (a module fully_shard made an FSDPModule), "tensor parallel"
         #: (DTensor parameters no FSDPModule holds), "" (none)
         self.sharded_by = ""
+        #: how many ranks the optimizer state alone is sharded over (ZeroRedundancyOptimizer,
+        #: ZeRO-1: parameters and gradients whole on each rank), and the bytes of the parameters
+        #: it updates on all of them and on this rank (what its state scales with)
+        self.state_sharded_over = 1
+        self.state_model_bytes = 0
+        self.state_rank_bytes = 0
         self._fsdp = False
         #: module path -> shapes of the parameters it holds (tied ones in each holder): an op of
         #: that module making a tensor of such a shape makes one sized by the parameter
@@ -525,11 +531,31 @@ class MemoryTracker:
             for module, b in grads.values():
                 totals[module] = totals.get(module, 0) + b
             s.grads_read.update(totals)
+        if self.state_sharded_over == 1:
+            self._zero_partition(optimizer)
         if optimizer not in self._optimizers:
             # an optimizer first seen: its state, before its ops, was made before this step (by
             # steps before the profile), and held all through it (known ones' is read at each
             # step's start: `begin_step`)
             self._scan_optimizer(optimizer, older=True)
+
+    def _zero_partition(self, optimizer: Any) -> None:
+        """A ZeroRedundancyOptimizer keeps the state of its rank's partition of the parameters
+        (in the local optimizer it wraps, whose step runs inside its own): the state of the whole
+        model is that of all the partitions, as their parameters' bytes are to this rank's."""
+        if not any(c.__name__ == "ZeroRedundancyOptimizer" for c in type(optimizer).__mro__):
+            return
+        local, world = getattr(optimizer, "optim", None), getattr(optimizer, "world_size", 1)
+        if local is None or not isinstance(world, int) or world < 2:
+            return
+
+        def size(optim: Any) -> int:
+            params = {id(p): p for g in getattr(optim, "param_groups", ()) for p in g.get("params", ())}
+            return sum(p.numel() * p.element_size() for p in params.values() if isinstance(p, _Tensor))
+
+        whole, rank = size(optimizer), size(local)
+        if whole and rank:
+            self.state_sharded_over, self.state_model_bytes, self.state_rank_bytes = world, whole, rank
 
     def optimizer_stepped(self, optimizer: Any) -> None:
         self._optimizers.add(optimizer)

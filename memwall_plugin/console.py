@@ -1634,6 +1634,12 @@ def memory_section(mem: MemoryReport, narrow: bool = False,
     parts.append(_indented(breakdown))
     if mem.sharded_over > 1:
         parts.append(_indented(Text(_shard_line(mem), style="dim")))
+    if mem.state_sharded_over > 1:
+        of = (f" ({si(mem.state_rank_bytes, 'B')} of the {si(mem.state_model_bytes, 'B')} of parameters it updates)"
+              if mem.state_rank_bytes and mem.state_model_bytes else "")
+        parts.append(_indented(Text(f"this rank's optimizer state: its partition's{of}, ZeroRedundancyOptimizer over "
+                                    f"{mem.state_sharded_over} ranks; parameters and gradients whole on each rank",
+                                    style="dim")))
     if mem.allocator_peak_bytes is not None:
         diff = mem.allocator_peak_bytes - mem.peak_bytes
         parts.append(_indented(Text(f"CUDA caching allocator peak {si(mem.allocator_peak_bytes, 'B')} "

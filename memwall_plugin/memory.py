@@ -125,6 +125,13 @@ class MemoryReport:
     #: than 1/sharded_over of it on each rank); None: not sharded, or a file from before them
     model_parameter_bytes: int | None = None
     rank_parameter_bytes: int | None = None
+    #: how many ranks the optimizer state alone is sharded over (ZeroRedundancyOptimizer: ZeRO-1,
+    #: each rank the state of its partition of the parameters, which it keeps whole), and the
+    #: bytes of the parameters the optimizer updates on all ranks and on this one (the whole
+    #: model's state is this rank's times their ratio); 1 and None: not sharded
+    state_sharded_over: int = 1
+    state_model_bytes: int | None = None
+    state_rank_bytes: int | None = None
 
     # -- figures ---------------------------------------------------------------------------------
     def _shard_ratio(self) -> tuple[int, int]:
@@ -133,6 +140,13 @@ class MemoryReport:
         if self.model_parameter_bytes and self.rank_parameter_bytes:
             return self.model_parameter_bytes, self.rank_parameter_bytes
         return max(1, self.sharded_over), 1
+
+    def _state_ratio(self) -> float:
+        """The whole model's optimizer state over this rank's where only the state is sharded
+        (ZeRO-1); 1 otherwise."""
+        if self.state_model_bytes and self.state_rank_bytes:
+            return self.state_model_bytes / self.state_rank_bytes
+        return 1.0
 
     def __repr__(self) -> str:
         """One line (a notebook's text/plain, the Python prompt), not its every timeline point."""
@@ -202,6 +216,7 @@ class MemoryReport:
           module's parameters at a time); `comm_bytes` what this rank sends per step. A run
           already sharded (`sharded_over` > 1) is projected from the whole model's state: the
           sharding asked for replaces the run's (`world_size=sharded_over`: the run as it is);
+          so is one whose optimizer state alone is sharded (`state_sharded_over` > 1);
         - `bytes_per_element`: a category's element size ({"parameters": 2, "activations": 1});
           `master_weights`: an fp32 copy of the parameters kept in the optimizer state;
         - `batch_scale`: activations, KV cache and other (inputs, temporaries) scale with the batch
@@ -270,6 +285,11 @@ class MemoryReport:
         # (a ratio of two integers, applied as one: the whole model's bytes come out exact)
         whole, rank = self._shard_ratio() if shard is not None else (1, 1)
         have = whole / rank
+        # ZeRO-1 run (ZeroRedundancyOptimizer): its optimizer state is this rank's partition's
+        state_have = self._state_ratio() if shard is not None else 1.0
+        if state_have > 1:
+            notes.append(f"this run already shards its optimizer state over {self.state_sharded_over} ranks "
+                         f"(ZeroRedundancyOptimizer): projected from the whole model's ({state_have:.3g}x this rank's)")
         if have > 1:
             notes.append(f"this run already shards its parameters, gradients and optimizer state over "
                          f"{self.sharded_over} ranks: projected from the whole model's ({have:.3g}x this rank's)")
@@ -300,6 +320,7 @@ class MemoryReport:
 
         def project(index: int, values: dict[str, int], unscaled: dict[str, int]) -> dict[str, int]:
             out = {cat: values[cat] * scale[cat] for cat in CATEGORIES}
+            out["optimizer_state"] *= state_have
             out["optimizer_state"] += master
             held = sum(b for fwd_end, bwd_start, b in freeable if fwd_end < index < bwd_start)
             out["activations"] = max(0.0, values["activations"] - held) * scale["activations"]
@@ -354,9 +375,10 @@ class MemoryReport:
         if at_peak in raised:
             notes.append("the optimizer state this step made is held from its start, as it is in every later step")
         capacity = capacity_bytes if capacity_bytes is not None else self.capacity_bytes
-        state = {"parameters": sum(m.parameter_bytes for m in self.modules),
+        state: dict[str, float] = {"parameters": sum(m.parameter_bytes for m in self.modules),
                  "gradients": sum(m.gradient_bytes for m in self.modules),
                  "optimizer_state": sum(m.optimizer_state_bytes for m in self.modules)}
+        state["optimizer_state"] = state["optimizer_state"] * state_have
         per_rank = {cat: math.ceil(b * scale[cat] * whole / rank / (world if cat in sharded else 1))
                     for cat, b in state.items()}
         if master_weights:

@@ -83,6 +83,9 @@ def memory_report(tracker: Any, totals: Any, rows: tuple[Row, ...], device: Devi
         sharded_by=tracker.sharded_by,
         model_parameter_bytes=tracker.model_parameter_bytes if tracker.sharded_over > 1 else None,
         rank_parameter_bytes=tracker.rank_parameter_bytes if tracker.sharded_over > 1 else None,
+        state_sharded_over=tracker.state_sharded_over,
+        state_model_bytes=tracker.state_model_bytes if tracker.state_sharded_over > 1 else None,
+        state_rank_bytes=tracker.state_rank_bytes if tracker.state_sharded_over > 1 else None,
         link_bytes_per_s=getattr(link, "bytes_per_s", None),
         notes=tuple(notes),
     )

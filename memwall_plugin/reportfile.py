@@ -205,11 +205,12 @@ def _memory(data: Any) -> MemoryReport:
     out["peak_at"] = tuple(check_str(f"memory.peak_at[{i}]", v) for i, v in enumerate(peak_at))
     out["peak_step"] = check_int("memory.peak_step", data.get("peak_step", 0))
     for key in ("capacity_bytes", "allocator_peak_bytes", "trainable_elements", "model_parameter_bytes",
-                "rank_parameter_bytes"):
+                "rank_parameter_bytes", "state_model_bytes", "state_rank_bytes"):
         value = data.get(key)
         out[key] = None if value is None else check_int(f"memory.{key}", value)
     out["sharded_over"] = check_int("memory.sharded_over", data.get("sharded_over", 1), 1)
     out["sharded_by"] = check_str("memory.sharded_by", data.get("sharded_by", ""))
+    out["state_sharded_over"] = check_int("memory.state_sharded_over", data.get("state_sharded_over", 1), 1)
     link = data.get("link_bytes_per_s")
     out["link_bytes_per_s"] = None if link is None else check_float("memory.link_bytes_per_s", link)
     out["capacity_source"] = check_str("memory.capacity_source", data.get("capacity_source", ""))

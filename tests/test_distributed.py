@@ -427,6 +427,87 @@ def test_tensor_parallel_counts_each_ranks_shard_and_projects_from_the_whole_mod
         assert "gathers" not in summary
 
 
+ZERO_ONE = """
+import json, sys, torch, torch.distributed as dist
+from pathlib import Path
+from torch import nn
+from torch.distributed.optim import ZeroRedundancyOptimizer
+from torch.nn.parallel import DistributedDataParallel as DDP
+import memwall_plugin as memwall
+
+dist.init_process_group("gloo")
+
+
+def run(profiled):
+    torch.manual_seed(0)
+    model = DDP(nn.Sequential(nn.Linear(256, 1024), nn.GELU(), nn.Linear(1024, 256), nn.GELU(), nn.Linear(256, 10)))
+    opt = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.AdamW, lr=1e-3)
+    torch.manual_seed(1 + dist.get_rank())
+    batches = [(torch.randn(32, 256), torch.randint(0, 10, (32,))) for _ in range(2)]
+
+    def steps():
+        for x, y in batches:
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+
+    if not profiled:
+        steps()
+        return model, opt, None
+    with memwall.profile(logdir=sys.argv[1], summary=False) as prof:
+        steps()
+    return model, opt, prof.report()
+
+
+bare, _, _ = run(False)
+model, opt, report = run(True)
+mem = report.memory
+# the truth: the tensors of this rank's local optimizer, and of both ranks' together
+state = sum(t.numel() * t.element_size() for s in opt.optim.state.values() for t in s.values())
+both = torch.tensor([state])
+dist.all_reduce(both)
+out = {"same": all(torch.equal(a, b) for a, b in zip(bare.parameters(), model.parameters())),
+       "state": state, "whole_state": int(both), "measured": sum(m.optimizer_state_bytes for m in mem.modules),
+       "params": sum(m.parameter_bytes for m in mem.modules), "sharded": [mem.sharded_over, mem.state_sharded_over],
+       "what_if": {w: mem.what_if(shard="zero1", world_size=w).per_rank_state for w in (1, 2, 4)},
+       "notes": mem.what_if(shard="zero1", world_size=4).notes, "summary": str(report)}
+Path(sys.argv[1], f"figures{dist.get_rank()}.json").write_text(json.dumps(out))
+dist.destroy_process_group()
+"""
+
+
+def test_zero_redundancy_optimizer_state_is_this_ranks_partition_and_projects_from_the_whole(tmp_path):
+    """ZeroRedundancyOptimizer (ZeRO-1) keeps on each rank the AdamW state of its partition of the
+    parameters, and the parameters and gradients whole. Memwall measured each rank's state right
+    but took it for the whole model's: its ZeRO what-ifs divided it by the ranks again (one rank
+    projected to hold half the model's state) and the summary did not say it was sharded. The
+    truth: the tensors of each rank's local optimizer, summed over both ranks by an all-reduce."""
+    script = tmp_path / "zero_one.py"
+    script.write_text(ZERO_ONE)
+    result = torchrun(str(script), str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    whole_params = 4 * (256 * 1024 + 1024 + 1024 * 256 + 256 + 256 * 10 + 10)
+    states = []
+    for rank in (0, 1):
+        got = json.loads((tmp_path / "run" / f"figures{rank}.json").read_text())
+        assert got["same"], "the run under memwall differs from the bare one"
+        states.append(got["state"])
+        # this rank's state measured, the parameters whole, only the state sharded
+        assert got["measured"] == got["state"] and got["params"] == whole_params
+        assert got["sharded"] == [1, 2]
+        # projected from the whole model's state, exact but for AdamW's 4-byte step counters
+        # (a partition's counters scaled as its parameters' bytes are)
+        whole = got["whole_state"]
+        for world, tolerance in (("1", 64), ("2", 32), ("4", 16)):
+            projected = got["what_if"][world]
+            assert abs(projected["optimizer_state"] - whole / int(world)) <= tolerance, (world, projected, whole)
+            assert projected["parameters"] == whole_params
+        assert any("already shards its optimizer state over 2 ranks" in n for n in got["notes"])
+        summary = " ".join(got["summary"].split())
+        assert "ZeroRedundancyOptimizer over 2 ranks" in summary, summary
+    assert sum(states) == whole and min(states) < 0.6 * whole  # two partitions, neither the whole
+
+
 def test_killed_rank_leaves_the_other_ranks_partial_report(tmp_path):
     result = torchrun(str(SAMPLE), "--steps", "200", "--die-at-step", "2", "--width", str(WIDTH),
                       "--depth", str(DEPTH), "--logdir", str(tmp_path / "killed"), cwd=tmp_path)
