@@ -152,6 +152,8 @@ class ModuleTracker:
         #: work begins (`work_begins`), for on_optimizer_step
         self.step_pending = False
         self.in_scaler = 0  # inside a GradScaler method (unscale_, step, update) on this thread
+        self.optimizer_steps = 0  # optimizer steps ended on this thread (post-step hooks)
+        self.scaler_skips = 0  # optimizer steps a GradScaler skipped on this thread (inf gradients)
         self._unpatch_scaler: Callable[[], None] | None = None
         # phase labels: the user's (prof.phase) wins over one detected from a generation call
         self.user_label: str | None = None
@@ -621,6 +623,7 @@ class ModuleTracker:
             return
         self.step_pending = False  # a compiled step whose post-step hook runs (a graph break before it)
         self.in_optimizer = max(0, self.in_optimizer - 1)
+        self.optimizer_steps += 1
         if self.memory is not None:
             self.memory.optimizer_stepped(optimizer)
         if self.on_optimizer_step is not None:
@@ -632,6 +635,19 @@ class ModuleTracker:
                 self.on_optimizer_step(optimizer)
             finally:
                 self._hook_began = _perf_counter_ns()
+
+    def skipped_step(self, optimizer: Any) -> None:
+        """A GradScaler skipped `optimizer`'s step: for on_optimizer_step, its iteration ends as
+        one whose step ran would (never an error into the user's loop)."""
+        self.scaler_skips += 1
+        if self.on_optimizer_step is None or optimizer is None or self.disabled:
+            return
+        try:
+            self.on_optimizer_step(optimizer)
+        except Exception as err:
+            self.disabled = True
+            if self.on_error is not None:
+                self.on_error(err, "the GradScaler's skipped step")
 
     def compile_ns(self) -> int:
         """Nanoseconds torch.compile has spent compiling on the recorded thread (Dynamo's compile
@@ -801,15 +817,23 @@ def watch_grad_scaler(tracker: ModuleTracker) -> Callable[[], None]:
     originals = {name: cls.__dict__[name] for name in _SCALER_METHODS if name in cls.__dict__}
 
     def wrap(original: Callable[..., Any]) -> Callable[..., Any]:
+        guarding = original.__name__ == "step"
+
         @functools.wraps(original)
         def method(self: Any, *args: Any, **kwargs: Any) -> Any:
             if _thread_id() != tracker._thread:
                 return original(self, *args, **kwargs)
             tracker.in_scaler += 1
+            steps = tracker.optimizer_steps
             try:
-                return original(self, *args, **kwargs)
+                out = original(self, *args, **kwargs)
             finally:
                 tracker.in_scaler -= 1
+            if guarding and tracker.optimizer_steps == steps and not tracker.in_scaler:
+                # the scaler skipped the optimizer's step (inf or NaN gradients: fp16's first
+                # steps while the scale settles): the iteration ends here all the same
+                tracker.skipped_step(args[0] if args else kwargs.get("optimizer"))
+            return out
 
         return method
 

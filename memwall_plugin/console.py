@@ -40,6 +40,7 @@ from memwall_plugin.records import (
     OTHER_THREADS_KEY,
     OUTSIDE_OPS,
     OWN_TIME_KEY,
+    SCALER_SKIPPED_KEY,
     SETUP_WALL_KEY,
     TIME_SOURCE_KEY,
     TIMELINE_KEY,
@@ -451,6 +452,18 @@ def other_threads_note(other_threads: Any) -> str | None:
             "does not record: their ops are not in this report. memwall records the thread that opened the "
             "profile; open `memwall.profile` inside the function that thread runs (generate() run by a "
             "streamer's thread, a server's worker) to record them.")
+
+
+def _step_list(steps: list[int], most: int = 6) -> str:
+    """Step numbers as runs ("0-2, 5, 9"), the first `most` runs and a count of the rest."""
+    runs: list[list[int]] = []
+    for n in sorted(set(steps)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs[:most])
+    return text + (f" and {len(runs) - most} more runs" if len(runs) > most else "")
 
 
 def nothing_recorded_note(steps: int, scheduled: bool, other_threads: Any, step_on_optimizer: bool = False) -> str:
@@ -1082,6 +1095,11 @@ class Summary:
         if compiling > 0:
             lines.append(Text(f"compile  {_dur(compiling)} of the wall time compiling (torch.compile): not counted "
                               "in the shares or findings"))
+        skipped = rep.extra.get(SCALER_SKIPPED_KEY)
+        if isinstance(skipped, list) and skipped:
+            which = _step_list(skipped)
+            lines.append(Text(f"skipped  {'steps' if len(skipped) > 1 else 'step'} {which}: the GradScaler skipped "
+                              "the optimizer's update (inf or NaN gradients): forward and backward ran, no update"))
         tail = rep.tail_op_time_s
         if tail is not None:
             lines.append(Text(f"tail     {_dur(tail)} in ops after the last optimizer step: in the time and the "

@@ -31,6 +31,7 @@ from memwall_plugin.records import (
     OTHER,
     OTHER_THREADS_KEY,
     OWN_TIME_KEY,
+    SCALER_SKIPPED_KEY,
     SETUP,
     SETUP_WALL_KEY,
     TIME_SOURCE_KEY,
@@ -151,6 +152,10 @@ class Recorder:
         self._setup_wall: tuple[int, float] | None = None
         #: step -> seconds torch.compile spent compiling in it (the steps that compiled only)
         self._compile_wall: dict[int, float] = {}
+        #: the steps whose optimizer step a GradScaler skipped, and the tracker's count of skips
+        #: when the last step ended
+        self._skipped_steps: set[int] = set()
+        self._scaler_skips = 0
         self._compile_start = 0
         self.incomplete = False
         self._report: Report | None = None
@@ -263,6 +268,9 @@ class Recorder:
             self._compile_wall[self.step_num] = self._compile_wall.get(self.step_num, 0.0) + compiled
         if self.capture.failed is not None:
             self.incomplete = True
+        if tracker.scaler_skips != self._scaler_skips:  # a GradScaler skipped this step's update
+            self._scaler_skips = tracker.scaler_skips
+            self._skipped_steps.add(self.step_num)
         table = self.capture.take()
         busy_ns, self.capture.device_busy_ns = self.capture.device_busy_ns, None
         # the GPU's idle share is of the step's work: a script's start-up before it is not waiting
@@ -463,6 +471,9 @@ class Recorder:
         elsewhere = self.other_threads()
         if elsewhere:
             extra[OTHER_THREADS_KEY] = elsewhere
+        skipped = sorted(self._skipped_steps.intersection(steps))
+        if skipped:
+            extra[SCALER_SKIPPED_KEY] = skipped
         if self.capture is not None and self.capture.tracker.optimizers:
             extra[OPTIMIZERS_KEY] = [{"class": name, "fused": fused, "fusable": fusable}
                                      for name, (fused, fusable) in self.capture.tracker.optimizers.items()]

@@ -67,6 +67,9 @@ OTHER_THREADS_KEY = "other_threads"
 #: `Report.extra` key: the optimizers whose steps ran, by class: [{"class": "AdamW", "fused": False,
 #: "fusable": True}] ("fusable": torch has a fused form of it, `fused=True`), for the findings' advice
 OPTIMIZERS_KEY = "optimizers"
+#: `Report.extra` key: the steps whose optimizer step a GradScaler skipped (inf or NaN gradients,
+#: fp16's first steps while the scale settles): their forward and backward ran, no update did
+SCALER_SKIPPED_KEY = "scaler_skipped_steps"
 TIME_SOURCES = {
     "cpu": "the host clock around each op (its kernel, on this thread and the threads it uses)",
     "cuda": ("CUDA events recorded on the op's stream before and after it: from its launch to its end, so the time "

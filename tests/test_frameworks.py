@@ -180,6 +180,42 @@ def test_grad_scaler_work_is_labelled_as_such():
     assert "method" not in torch.amp.GradScaler.unscale_.__code__.co_name
 
 
+def test_an_iteration_whose_update_the_grad_scaler_skips_is_a_step_of_its_own():
+    """Steps that end at optimizer steps (`memwall run`): an fp16 run's first iterations overflow
+    while the GradScaler's scale settles, and it skips their optimizer step. Each such iteration
+    joined the next one's step (six iterations read as three steps, the first holding four
+    forwards). The truth: the iterations the loop ran, AdamW's own step count, the scale's halvings."""
+
+    def train(prof: memwall.profile | None) -> tuple[torch.Tensor, int, list[float]]:
+        model = _model()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        # a scale near fp32's largest: the scaled gradients overflow until it has halved enough
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=1000)
+        x = torch.randn(8, 16) * 8
+        scales = []
+        for _ in range(6):
+            opt.zero_grad()
+            scaler.scale(model(x).pow(2).mean()).backward()
+            scaler.step(opt)
+            scaler.update()
+            scales.append(scaler.get_scale())
+        return model[0].weight.detach().clone(), int(opt.state[model[0].weight]["step"]), scales
+
+    bare, updates, scales = train(None)
+    skipped = [i for i in range(6) if i == 0 and scales[0] < 2.0**127 or i > 0 and scales[i] < scales[i - 1]]
+    assert 0 < len(skipped) == 6 - updates < 6, (scales, updates)  # some skipped, some updated
+    with memwall.profile(summary=False, step_on_optimizer=True) as prof:
+        watched, watched_updates, watched_scales = train(prof)
+    assert torch.equal(bare, watched) and (watched_updates, watched_scales) == (updates, scales)
+    rep = prof.report()
+    assert rep.steps == tuple(range(6)), rep.steps
+    assert rep.extra["scaler_skipped_steps"] == skipped
+    # one forward per step: the first layer's addmm once each
+    assert sum(r.calls for r in rows_of(rep, "aten.addmm") if r.module == "0" and r.phase == "forward") == 6
+    assert f"steps {skipped[0]}-{skipped[-1]}: the GradScaler skipped the optimizer's update" in " ".join(
+        str(rep).split())
+
+
 def test_steps_can_be_numbered_from_the_frameworks_count(tmp_path):
     """A resumed training at global step 10: memwall's steps go on from it, the schedule still
     counts from the profile's first step (wait one, record two)."""
