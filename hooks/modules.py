@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import functools
 import inspect
+import os
 import sys
 import threading
 import time
@@ -228,6 +229,10 @@ class ModuleTracker:
     # -- names -------------------------------------------------------------------------------
     def _add_root(self, root: torch.nn.Module, prefix: str = "") -> None:
         for name, module in model_paths(root):
+            if prefix and module in self._names:
+                # a module an earlier model holds too (a torch.fx GraphModule or an exported
+                # program's module made from it, sharing its layers): the path it has kept
+                continue
             self._names[module] = f"{prefix}.{name}" if prefix and name else prefix or name
         self._roots.append(weakref.ref(root))
         self._root_paths.add(prefix)
@@ -876,7 +881,8 @@ def holder_name(module: torch.nn.Module) -> str | None:
     generate()'s `assistant_model`), else a local variable bound to it (`teacher`). None when
     none is found. Asked once per new root, not per call."""
     for frame in _calling_frames():
-        if frame.f_code.co_filename in _OWN_FILES:
+        if frame.f_code.co_filename in _OWN_FILES or frame.f_code.co_filename.startswith(_TORCH_DIR):
+            # torch's own frames on the way (torch.fx's `obj`, torch.jit's `mod`): not the user's names
             continue
         local = frame.f_locals
         owner = local.get("self")
@@ -921,6 +927,7 @@ def _holds(outer: torch.nn.Module, inner: torch.nn.Module) -> bool:
 
 #: frames `holder_name` passes over: torch's module call and memwall's hooks
 _OWN_FILES = frozenset({torch.nn.modules.module.__file__, __file__})
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 
 
 def handed_cache(args: Any, kwargs: dict[str, Any]) -> Any:

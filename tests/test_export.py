@@ -195,3 +195,36 @@ def test_nodes_a_pass_inserted_into_an_exported_graph_go_to_the_module_they_feed
     assert torch.equal(got, bare)
     rows = [r for r in prof.report().rows if r.op == "aten.mul"]
     assert [(r.module, r.flops) for r in rows] == [("head", 3 * 8)]
+
+
+class _ConvNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Linear(512, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def test_a_graph_module_sharing_a_models_layers_keeps_their_names_and_is_named_as_the_user_holds_it():
+    """A torch.fx GraphModule made from a model holds the model's own layers. It was named after
+    a local variable of torch.fx's call wrapper (`obj`), and its layers took that name for good:
+    the eager model's later calls read `obj.conv`, `obj.fc`. An exported program's module (new
+    layers) read `obj_2`. The truth: the names the script gives them."""
+    torch.manual_seed(0)
+    net, x = _ConvNet().eval(), torch.randn(4, 3, 8, 8)
+    gm = torch.fx.symbolic_trace(net)
+    exported = torch.export.export(net, (x,)).module()
+    with torch.no_grad(), memwall.profile(summary=False) as prof:
+        for label, model in (("first", net), ("graph", gm), ("exported", exported), ("again", net)):
+            with prof.phase(label):
+                model(x)
+    where: dict[str, set[str]] = {}
+    for r in prof.report().rows:
+        if r.op in ("aten.convolution", "aten.addmm", "aten.relu"):
+            where.setdefault(r.phase, set()).add(f"{r.op}@{r.module}")
+    eager = {"aten.convolution@conv", "aten.addmm@fc", "aten.relu@"}
+    assert where["first"] == where["again"] == eager, where
+    assert where["graph"] == {"aten.convolution@conv", "aten.addmm@fc", "aten.relu@gm"}, where["graph"]
+    assert where["exported"] == {"aten.convolution@exported.conv", "aten.addmm@exported.fc",
+                                 "aten.relu@exported"}, where["exported"]
