@@ -404,6 +404,75 @@ def call_unrecorded(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
 # -- each overload's once (its callers cache what they take from it).
 
 
+def numbers_as_tensors(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                       ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """The call's arguments with each Python number given where the op's schema takes a Tensor
+    made the 0-dim tensor the caller held; None when there is none. The TorchScript interpreter
+    keeps a graph's scalar constants as wrapped-number tensors, which reach a Python dispatch mode
+    as Python numbers, and the op called with them again fails ("Expected a value of type
+    'Tensor' ... found type 'float'"; pytorch/pytorch#130726). The tensor's dtype keeps the
+    call's type promotion and values: a wrapped number is a double (an int64, a complex128), and a
+    0-dim tensor does not widen a dimensioned one of its kind (a float32 activation times a
+    float64 0-dim tensor stays float32, the double rounded as a wrapped number's is); a float
+    beside integer tensors takes the default dtype, as a wrapped number's result does."""
+    schema = getattr(func, "_schema", None)
+    if schema is None:
+        return None
+    slots = schema.arguments
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+
+    def wrapped(value: Any) -> Any:
+        if isinstance(value, bool):
+            return torch.tensor(value)
+        if isinstance(value, int):
+            return torch.tensor(value, dtype=torch.int64)
+        if isinstance(value, float):  # a wrapped number's own dtype: double
+            integral = tensors and not any(t.is_floating_point() or t.is_complex() for t in tensors)
+            return torch.tensor(value, dtype=torch.get_default_dtype() if integral else torch.float64)
+        if isinstance(value, complex):
+            integral = tensors and not any(t.is_complex() or t.is_floating_point() for t in tensors)
+            return torch.tensor(value, dtype=None if integral else torch.complex128)
+        return None
+
+    def takes_tensor(slot: Any) -> bool:
+        return isinstance(slot.type, torch._C.TensorType)
+
+    new_args, changed = list(args), False
+    for i, value in enumerate(args):
+        if i < len(slots) and not isinstance(value, torch.Tensor) and takes_tensor(slots[i]):
+            made = wrapped(value)
+            if made is not None:
+                new_args[i], changed = made, True
+    by_name = {slot.name: slot for slot in slots}
+    new_kwargs = dict(kwargs)
+    for name, value in kwargs.items():
+        slot = by_name.get(name)
+        if slot is not None and not isinstance(value, torch.Tensor) and takes_tensor(slot):
+            made = wrapped(value)
+            if made is not None:
+                new_kwargs[name], changed = made, True
+    return (tuple(new_args), new_kwargs) if changed else None
+
+
+#: whether torch.jit.trace is tracing on this thread (torch.jit.is_tracing without its Python
+#: frame). Module hooks run while it traces a model; the ops inside a dispatch mode do not
+#: (the tracer steps aside below its own dispatch key)
+jit_tracing: Callable[[], bool] = torch._C._is_tracing
+
+
+@contextlib.contextmanager
+def jit_untraced() -> Iterator[None]:
+    """torch.jit.trace's recording paused on this thread for the block: memwall's hooks read
+    tensors (sizes, storages) that the tracer would otherwise record into the user's graph."""
+    state = torch._C._get_tracing_state()
+    set_state = getattr(torch._C, "_set_tracing_state")  # noqa: B009 - in torch's bindings, not its stubs
+    set_state(None)
+    try:
+        yield
+    finally:
+        set_state(state)
+
+
 def op_schema(func: Any) -> Any:
     """An operator overload's FunctionSchema (its arguments' names, defaults and alias
     annotations, its returns); None for a callable without one (a higher-order operator)."""

@@ -43,6 +43,7 @@ from memwall_plugin.hooks._torch_private import (
     keep_keys_past_compiled_calls,
     kernels_observed,
     never_compiled,
+    numbers_as_tensors,
     observe_aoti_calls,
     op_schema,
     peek_sequence_nr,
@@ -533,11 +534,27 @@ class _CaptureMode(UncompiledDispatchMode):
             if out is not NotImplemented:
                 return out
         if self._cuda and (_first_tensor_is_cuda(args) or _makes_on_cuda(kwargs)):
-            return self._dispatch_cuda(func, args, kwargs)
+            try:
+                return self._dispatch_cuda(func, args, kwargs)
+            except RuntimeError:
+                numbers = numbers_as_tensors(func, args, kwargs)  # see below
+                if numbers is None:
+                    raise
+                return self._dispatch_cuda(func, *numbers)
         start = _perf_counter_ns()
         # the user's op, run where the dispatcher was taking it (_run, inlined: this runs for every
         # op): its errors are the user's, unchanged
-        out = call_unrecorded(func, args, kwargs) if func is _DETACH else call_below_mode(func, args, kwargs)
+        try:
+            out = call_unrecorded(func, args, kwargs) if func is _DETACH else call_below_mode(func, args, kwargs)
+        except RuntimeError:
+            # a TorchScript graph's scalar constant, handed to this mode as a Python number where
+            # the op takes a tensor: called with the tensor the interpreter held, as without memwall
+            numbers = numbers_as_tensors(func, args, kwargs)
+            if numbers is None:
+                raise
+            args, kwargs = numbers
+            start = _perf_counter_ns()
+            out = call_below_mode(func, args, kwargs)
         end = _perf_counter_ns()
         try:
             capture.record(func, args, kwargs, out, end - start)

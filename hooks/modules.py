@@ -38,6 +38,8 @@ from memwall_plugin.hooks._torch_private import (
     graph_forward_path,
     hide_from_dynamo,
     is_compiled_module,
+    jit_tracing,
+    jit_untraced,
     listen_for_modules_compiled_in_place,
     modules_compiled_in_place,
     never_compiled,
@@ -472,7 +474,11 @@ class ModuleTracker:
                 return
             self._hook_began = _perf_counter_ns()
             try:
-                hook(*args)
+                if jit_tracing():  # torch.jit.trace would record what the hook reads into its graph
+                    with jit_untraced():
+                        hook(*args)
+                else:
+                    hook(*args)
             except Exception as err:
                 self.disabled = True
                 if self.on_error is not None:
