@@ -538,6 +538,25 @@ class MemoryTracker:
             # steps before the profile), and held all through it (known ones' is read at each
             # step's start: `begin_step`)
             self._scan_optimizer(optimizer, older=True)
+            self._master_weights(optimizer)
+
+    def _master_weights(self, optimizer: Any) -> None:
+        """Tensors `optimizer` updates that no model registers, shaped as model parameters it does
+        not update: fp32 master copies of a bf16 model's weights (mixed precision by hand, the
+        bf16 remedy the what-ifs project), which are optimizer state, sized by the model. A
+        tensor shaped as no such parameter (an image optimized through a frozen network) stays
+        what it is."""
+        params = [p for g in getattr(optimizer, "param_groups", ()) for p in g.get("params", ())]
+        strangers = [p for p in params if isinstance(p, _Tensor) and id(p) not in self._param_modules]
+        if not strangers:
+            return
+        updated = {id(p) for p in params}
+        shapes = {tuple(_local(q).shape) for held in self._module_params.values() for q in held
+                  if id(q) not in updated}
+        for p in strangers:
+            if tuple(p.shape) in shapes:
+                for entry in self._add(p, OPTIMIZER_STATE, "", older=True):
+                    self._fix(entry)
 
     def _zero_partition(self, optimizer: Any) -> None:
         """A ZeroRedundancyOptimizer keeps the state of its rank's partition of the parameters

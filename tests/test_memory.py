@@ -852,3 +852,53 @@ def test_an_optimizer_over_some_of_a_modules_parameters_leaves_the_others_gradie
              for name, m in model.named_modules() if name and any(True for _ in m.parameters(recurse=False))}
     got = {m.module: m.gradient_bytes for m in mem.modules if m.module in truth}
     assert got == truth
+
+
+def _master_weights_run(batch: int) -> tuple[memwall.MemoryReport, int]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.GELU(), torch.nn.Linear(1024, 256))
+    model = model.to(torch.bfloat16)
+    live = list(model.parameters())
+    master = [p.detach().float().clone().requires_grad_(True) for p in live]  # fp32 copies, by hand
+    opt = torch.optim.AdamW(master, lr=1e-3)
+    x = torch.randn(batch, 256, dtype=torch.bfloat16)
+    with memwall.profile(model=model, summary=False) as prof:
+        for _ in range(3):
+            model(x).float().pow(2).mean().backward()
+            for mp, p in zip(master, live):
+                mp.grad, p.grad = p.grad.float(), None
+            opt.step()
+            opt.zero_grad()
+            with torch.no_grad():
+                for mp, p in zip(master, live):
+                    p.copy_(mp)
+            prof.step()
+    return prof.report().memory, sum(p.numel() * p.element_size() for p in master)
+
+
+def test_fp32_master_weights_an_optimizer_updates_are_optimizer_state_held_whatever_the_batch():
+    """A bf16 model trained through fp32 master copies of its weights (the bf16 remedy the
+    what-ifs project, done by hand): the copies are tensors the optimizer updates that no model
+    registers. They were `other`, which the batch what-if scaled: 8x the batch projected +109%
+    over what the larger batch measured. The truth: the copies' own bytes, AdamW's two moments of
+    them and four step counters, and a run at 8x the batch."""
+    small, master = _master_weights_run(8)
+    large, _ = _master_weights_run(64)
+    for mem in (small, large):
+        assert mem.peak_by_category["optimizer_state"] == master + 2 * master + 4 * 4
+    projected = small.what_if(batch_scale=8).peak_bytes
+    assert abs(projected - large.peak_bytes) <= 0.005 * large.peak_bytes, (projected, large.peak_bytes)
+
+
+def test_an_input_optimized_through_a_frozen_model_is_not_optimizer_state():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Tanh(), torch.nn.Linear(16, 16)).requires_grad_(False)
+    image = torch.randn(4, 16, requires_grad=True)  # optimized itself, as in style transfer
+    opt = torch.optim.Adam([image], lr=0.1)
+    with memwall.profile(model=model, summary=False) as prof:
+        for _ in range(2):
+            model(image).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    mem = prof.report().memory
+    assert mem.peak_by_category["optimizer_state"] == 2 * image.numel() * 4 + 4  # Adam's moments and step
