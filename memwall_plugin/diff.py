@@ -241,30 +241,33 @@ def _ms(seconds: float) -> str:
     return f"{seconds:.3g} s" if seconds >= 1 else f"{seconds * 1e3:.3g} ms"
 
 
-def _notes(a: Report, b: Report, same_roofs: bool) -> list[str]:
+def _notes(a: Report, b: Report, same_roofs: bool, sides: tuple[str, str] = ("A", "B")) -> list[str]:
+    """What makes the two runs harder to compare, each run called by its name in `sides`."""
+    name_a, name_b = sides
     notes = []
     if a.device is None or b.device is None:
-        missing = " and ".join(side for side, rep in (("A", a), ("B", b)) if rep.device is None)
-        notes.append(f"{missing} {'has' if len(missing) == 1 else 'have'} no device: bounds there are unknown; "
-                     "times still compare")
+        missing = [side for side, rep in ((name_a, a), (name_b, b)) if rep.device is None]
+        notes.append(f"{' and '.join(missing)} {'has' if len(missing) == 1 else 'have'} no device: bounds there are "
+                     "unknown; times still compare")
     elif not same_roofs:
-        notes.append(f"the roofs differ (A on {a.device.name}, B on {b.device.name}): each op's bound and "
-                     "efficiency are against its own run's device; times compare as measured. Re-place both "
+        notes.append(f"the roofs differ ({name_a} on {a.device.name}, {name_b} on {b.device.name}): each op's bound "
+                     "and efficiency are against its own run's device; times compare as measured. Re-place both "
                      "on one device (memwall diff --device) to compare bounds")
     if a.measured_on and b.measured_on and a.measured_on != b.measured_on:
-        notes.append(f"the times were measured on different machines (A on {a.measured_on}, B on {b.measured_on})")
+        notes.append(f"the times were measured on different machines ({name_a} on {a.measured_on}, "
+                     f"{name_b} on {b.measured_on})")
     if a.bytes_per_element != b.bytes_per_element:
         def size(n: int | None) -> str:
             return "as measured" if n is None else f"{n} bytes per element"
 
-        notes.append(f"the tensors are sized differently (A: {size(a.bytes_per_element)}, "
-                     f"B: {size(b.bytes_per_element)})")
+        notes.append(f"the tensors are sized differently ({name_a}: {size(a.bytes_per_element)}, "
+                     f"{name_b}: {size(b.bytes_per_element)})")
     steps_a, steps_b = len(a.steps) or 1, len(b.steps) or 1
     if steps_a != steps_b:
-        notes.append(f"A recorded {steps_a} step(s), B {steps_b}: figures are totals over each run's recorded "
-                     f"steps; per step, A took {_ms(a.total_time_s / steps_a)} in ops and B "
+        notes.append(f"{name_a} recorded {steps_a} step(s), {name_b} {steps_b}: figures are totals over each run's "
+                     f"recorded steps; per step, {name_a} took {_ms(a.total_time_s / steps_a)} in ops and {name_b} "
                      f"{_ms(b.total_time_s / steps_b)}")
-    for side, rep in (("A", a), ("B", b)):
+    for side, rep in ((name_a, a), (name_b, b)):
         if rep.incomplete:
             notes.append(f"{side} is incomplete: its profiled block ended by an exception")
         compiling = seconds_in(rep.extra, COMPILE_WALL_KEY)
@@ -276,9 +279,10 @@ def _notes(a: Report, b: Report, same_roofs: bool) -> list[str]:
     return notes
 
 
-def diff_reports(a: Report, b: Report, by: str = "op") -> ReportDiff:
+def diff_reports(a: Report, b: Report, by: str = "op", sides: tuple[str, str] = ("A", "B")) -> ReportDiff:
     """Run A (before) against run B (after): totals, phases and the `by` list ("op": an op in its
-    module and phase; "module"; "phase"), each side under its own run's roofs."""
+    module and phase; "module"; "phase"), each side under its own run's roofs. `sides`: what the
+    notes call the two runs (the tab's "the baseline" and "this run")."""
     if by not in DIFF_BY:
         raise ValueError(f"by must be one of {', '.join(DIFF_BY)}, got {by!r}")
     for side, rep in (("A", a), ("B", b)):
@@ -300,7 +304,7 @@ def diff_reports(a: Report, b: Report, by: str = "op") -> ReportDiff:
         device_a=a.device.name if a.device is not None else None,
         device_b=b.device.name if b.device is not None else None,
         same_roofs=same_roofs,
-        notes=tuple(_notes(a, b, same_roofs)),
+        notes=tuple(_notes(a, b, same_roofs, sides)),
         fusions=tuple(_fusions(a, b)),
     )
 

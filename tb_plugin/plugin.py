@@ -150,7 +150,7 @@ class MemwallPlugin(base_plugin.TBPlugin):
             raise RequestError(exc.code, f"baseline: {exc}") from None
         report, base = _what_if(args, report), _what_if(args, base)
         try:
-            diff = diff_reports(base, report, by=by)
+            diff = diff_reports(base, report, by=by, sides=("the baseline", "this run"))
         except ValueError as exc:  # a run without ops: nothing to compare
             raise RequestError(404, f"run {run.name!r} against baseline {base_run.name!r}: {exc}") from None
         return views.compare_view(run.name, report, base_run.name, base, diff, phase=phase)
@@ -216,8 +216,8 @@ class MemwallPlugin(base_plugin.TBPlugin):
         run, report = self._selected(args)
         memory = report.memory
         if memory is None:
-            raise RequestError(404, f"run {run.name!r}: this report has no memory measurement (written by a memwall "
-                                    "from before memory was measured); profile the run again to get one")
+            why = views.NO_MEMORY[views.no_memory_reason(report) or "unknown"]
+            raise RequestError(404, f"run {run.name!r}: this report has no memory measurement: {why}")
         what_if = memory_what_if_args(args)
         capacity, source = memory.capacity_bytes, memory.capacity_source
         device = args.get("device") or None
@@ -446,6 +446,8 @@ def _float_param(args: dict[str, str], name: str, default: float, low: float, hi
     text = (args.get(name) or "").strip()
     if text == "":
         return default
+    if text.startswith("-") and _NUMBER.match(text[1:].strip()):  # a number, but not one above 0
+        raise RequestError(400, f"{name} must be positive: above {low:g} and at most {high:g}, got {text[:40]!r}")
     if not _NUMBER.match(text):
         raise RequestError(400, f"{name} must be a number like 2 or 0.5, got {text[:40]!r}")
     value = float(text)

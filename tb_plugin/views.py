@@ -431,9 +431,40 @@ def ranks_view(run: str, reports: Mapping[int, Report], errors: dict[int, str], 
     }
 
 
+#: `extra` keys only a memwall that measures memory (unless told not to) writes: where its op
+#: times came from (recorder.py's TIME_SOURCE_KEY, written since after memory was first measured)
+_WRITTEN_SINCE_MEMORY = ("time_source",)
+
+
+def no_memory_reason(report: Report) -> str | None:
+    """Why a report has no memory measurement: "trace" (analysed from a torch.profiler trace,
+    which records no tensor lifetimes), "disabled" (a memwall that measures memory by default
+    wrote it: profiled with memory=False or `memwall run --no-memory`), or "unknown" (that, or a
+    memwall from before memory was measured); None when it has one."""
+    if report.memory is not None:
+        return None
+    if isinstance(report.extra.get("trace"), dict):
+        return "trace"
+    if any(key in report.extra for key in _WRITTEN_SINCE_MEMORY):
+        return "disabled"
+    return "unknown"
+
+
+#: what /memory_whatif says of a report without memory, by `no_memory_reason`
+NO_MEMORY = {
+    "trace": "it was analysed from a torch.profiler trace, which records no tensor lifetimes; profile the run with "
+             "memwall.profile for the capacity view",
+    "disabled": "it was profiled with memory=False (`memwall run --no-memory`); profile it again without "
+                "memory=False / --no-memory to get one",
+    "unknown": "it was profiled with memory=False (`memwall run --no-memory`) or by a memwall from before memory "
+               "was measured; profile it again with memwall.profile to get one",
+}
+
+
 def memory_view(run: str, report: Report) -> dict[str, Any]:
     """`/memory`: the report's memory as its file holds it (`MemoryReport.to_dict()`), null for a
-    report from before memwall measured memory. Roll-ups by module prefix are the page's."""
+    report without one, with why (`no_memory`: `no_memory_reason`). Roll-ups by module prefix are
+    the page's."""
     memory = report.memory
     return {
         "run": run,
@@ -442,6 +473,7 @@ def memory_view(run: str, report: Report) -> dict[str, Any]:
         "job": report.job,
         "categories": list(CATEGORIES),
         "memory": None if memory is None else memory.to_dict(),
+        "no_memory": no_memory_reason(report),
     }
 
 

@@ -113,9 +113,10 @@ def make_logdir(root: Path, *, big_rows: int = 0, kineto: bool = False, distribu
 def make_memory_runs(root: Path) -> dict[str, Any]:
     """Runs for the memory view: "gpt" (a small GPT-2 with random weights, trained three steps:
     modules transformer.h.0..3), "tight" (that report with its capacity set to 1.25x its peak, so
-    the capacity line is on the chart's scale) and "old" (that report without memory, as a report
-    written before memwall measured memory reads). Returns their files and "memory", the gpt
-    run's `prof.report().memory`."""
+    the capacity line is on the chart's scale), "old" (that report without memory and without
+    what memwall has written since, as a report written before memwall measured memory reads) and
+    "nomemory" (one step of the same model profiled with memory=False). Returns their files and
+    "memory", the gpt run's `prof.report().memory`."""
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
@@ -137,8 +138,15 @@ def make_memory_runs(root: Path) -> dict[str, Any]:
     memory = dataclasses.replace(rep.memory, capacity_bytes=rep.memory.peak_bytes * 5 // 4,
                                  capacity_source="a test's capacity: 1.25x the peak")
     tight = dataclasses.replace(rep, memory=memory).save(root / "tight" / "plugins" / "memwall" / good.name)
-    old = dataclasses.replace(rep, memory=None).save(root / "old" / "plugins" / "memwall" / good.name)
-    return {"gpt": good, "tight": tight, "old": old, "memory": measured}
+    before = {k: v for k, v in rep.extra.items() if k != "time_source"}  # written since memory was measured
+    old = dataclasses.replace(rep, memory=None, extra=before).save(root / "old" / "plugins" / "memwall" / good.name)
+    with memwall.profile(model=model, logdir=root / "nomemory", memory=False, summary=False, scalars=False) as prof:
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        prof.step()
+    (nomemory,) = (root / "nomemory" / "plugins" / "memwall").glob("*.json")
+    return {"gpt": good, "tight": tight, "old": old, "nomemory": nomemory, "memory": measured}
 
 
 #: Hostile strings for every place a report's text reaches the page; each would set
@@ -259,3 +267,27 @@ def make_trace_runs(root: Path) -> dict[str, Any]:
             step()
     out["reference"] = mw.report()
     return out
+
+
+def make_edge_runs(root: Path) -> dict[str, Path]:
+    """Runs at the tab's edges: "mlp" (a small MLP trained two steps), "crashed" (the same, its
+    third step ended by an exception: an incomplete report) and "nothing" (a step of only an
+    arange and a view: no op with FLOPs). Returns their report files."""
+    model, step = _mlp_step()
+    with memwall.profile(model=model, logdir=root / "mlp", summary=False, scalars=False) as prof:
+        for _ in range(2):
+            step()
+            prof.step()
+    try:
+        with memwall.profile(model=model, logdir=root / "crashed", summary=False, scalars=False) as prof:
+            for _ in range(2):
+                step()
+                prof.step()
+            model(torch.randn(32, 64))  # the third step: its forward, then the exception
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    with memwall.profile(logdir=root / "nothing", summary=False, scalars=False) as prof:
+        torch.arange(20).view(4, 5)
+        prof.step()
+    return {name: next((root / name / "plugins" / "memwall").glob("*.json")) for name in ("mlp", "crashed", "nothing")}

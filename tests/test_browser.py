@@ -22,6 +22,7 @@ from tb_logdir import (
     XSS_PHASE,
     XSS_RUN,
     make_batch_runs,
+    make_edge_runs,
     make_hostile_run,
     make_logdir,
     make_memory_runs,
@@ -32,7 +33,7 @@ from torchrun_job import replicate_ranks
 
 import memwall_plugin as memwall
 from memwall_plugin.console import findings
-from memwall_plugin.devices import CALIBRATED, DATASHEET, ESTIMATED, DeviceSpec, Figure, MemoryLevel
+from memwall_plugin.devices import CALIBRATED, DATASHEET, ESTIMATED, DeviceSpec, Figure, MemoryLevel, resolve_device
 from memwall_plugin.memory import CATEGORIES
 from memwall_plugin.report import merge_reports
 from memwall_plugin.rows import group_rows
@@ -49,6 +50,7 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait as _Wait  # noqa: E402
 
 
@@ -1257,3 +1259,233 @@ def test_a_compiled_region_row_shows_the_ops_it_fused_and_what_compiling_saved(b
         assert cell.find_element(By.CSS_SELECTOR, ".mw-fusion-saved").text == "−66.7%"
         assert f"compiling saved {_si(4 * 4 * n, 'B')}" in cell.get_attribute("title")
         _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-table-box"), "table-compiled-region", tmp_path)
+
+
+# --- the tab's edges: the keyboard, runs without memory or FLOPs, crashed runs, broken traces ------
+
+
+@pytest.fixture(scope="module")
+def edges(tmp_path_factory):
+    """One TensorBoard over the GPT-2 memory runs (gpt, tight, old, nomemory), the edge runs
+    (mlp, crashed, nothing) and torch.profiler traces (hf, noshapes, damaged); the runs' names as
+    the tab lists them."""
+    logdir = tmp_path_factory.mktemp("edges")
+    memory = make_memory_runs(logdir)["memory"]
+    make_edge_runs(logdir)
+    traces = make_trace_runs(logdir)
+    names = {key: traces[key].relative_to(logdir).as_posix() for key in ("hf", "damaged")}
+    with running_tensorboard(logdir, timeout=60) as (_, port):
+        yield f"http://127.0.0.1:{port}", logdir, memory, names
+
+
+def _settle(driver) -> None:
+    """Two animation frames: a scroll's event and what it redraws have run."""
+    driver.execute_async_script("const done = arguments[0];"
+                                "requestAnimationFrame(() => requestAnimationFrame(() => done()));")
+
+
+def _active(driver) -> dict:
+    return driver.execute_script(
+        "const a = document.activeElement, tr = a.closest('tr');"
+        "return {tag: a.tagName, cls: a.className || '', row: tr ? tr.dataset.id || null : null,"
+        "        inTable: Boolean(a.closest('.mw-table-box')), inMemory: Boolean(a.closest('.mw-memory-part'))};")
+
+
+def test_keyboard_sorts_by_a_header_and_tabs_through_the_table_and_past_it(edges, browser, tmp_path):
+    """Headers are in the tab order and sort on Enter, saying so (aria-sort); Tab goes from ▸ to
+    ▸ down the scrolling table without losing focus (a scroll redraws nothing that is not
+    virtualised), Enter expands a row and keeps the focus on it, and Tab leaves the table for the
+    memory what-ifs."""
+    base, _, _, _ = edges
+    _open_tab(browser, base)
+    _choose_run(browser, "gpt", ready="tr.mw-memory-row")
+    header = browser.find_element(By.CSS_SELECTOR, ".mw-table-box th[data-key='flops']")
+    assert header.get_attribute("tabindex") == "0" and header.get_attribute("aria-sort") == "none"
+    assert browser.find_element(By.CSS_SELECTOR, ".mw-table-box th[data-key='time_s']") \
+        .get_attribute("aria-sort") == "descending"
+    browser.execute_script("arguments[0].focus()", header)
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    assert header.get_attribute("aria-sort") == "descending" and "mw-sorted" in header.get_attribute("class")
+    browser.switch_to.active_element.send_keys(" ")
+    assert header.get_attribute("aria-sort") == "ascending"
+    header.send_keys(Keys.ENTER)  # back to the most FLOPs first
+    cells = browser.find_elements(By.CSS_SELECTOR, ".mw-table-box td.mw-expandable")
+    assert len(cells) > 3
+    browser.execute_script("arguments[0].focus()", cells[0])
+    first = _active(browser)["row"]
+    # Enter expands the row: its lines are drawn again, and the focus stays on its ▸
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    WebDriverWait(browser, 10).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, f"tr.mw-variant[data-parent='{first}']"))
+    assert _active(browser) | {"cls": ""} == {"tag": "TD", "cls": "", "row": first, "inTable": True, "inMemory": False}
+    browser.switch_to.active_element.send_keys(Keys.ENTER)  # folded again
+    seen = [first]
+    for _ in range(len(cells) + 60):
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+        _settle(browser)
+        now = _active(browser)
+        assert now["tag"] != "BODY", f"the focus was lost after the ▸ of row {seen[-1]}"
+        if not now["inTable"]:
+            break
+        assert "mw-expandable" in now["cls"] and now["row"] not in seen
+        seen.append(now["row"])
+    else:
+        raise AssertionError("Tab never left the operator table")
+    assert len(seen) == len(cells)  # every ▸ once, in order
+    assert browser.execute_script("return document.querySelector('.mw-table-box .mw-scroller').scrollTop") > 0
+    for _ in range(20):  # on to the memory section (its table's headers, then the what-ifs)
+        if _active(browser)["inMemory"]:
+            break
+        browser.switch_to.active_element.send_keys(Keys.TAB)
+    assert _active(browser)["inMemory"]
+    _screenshot(browser, "memwall-tab-keyboard", tmp_path)
+
+
+def test_a_report_without_memory_says_why_and_a_trace_says_how_to_record_modules(edges, browser, tmp_path):
+    """No memory: an analysed trace says a trace records no tensor lifetimes, a memory=False run
+    that it was measured without, an older report both causes. A trace without module ranges says
+    how to record them (not `model=`)."""
+    base, _, _, names = edges
+    _open_tab(browser, base)
+    texts = {}
+    for run in ("nomemory", "old", names["hf"]):
+        _choose_run(browser, run)
+        WebDriverWait(browser, 60).until(lambda d: d.find_element(By.CSS_SELECTOR, ".mw-memory-empty").is_displayed())
+        texts[run] = browser.find_element(By.CSS_SELECTOR, ".mw-memory-empty").text
+        assert "no memory measurement" in texts[run]
+    assert "memory=False" in texts["nomemory"] and "--no-memory" in texts["nomemory"]
+    assert "before memory was measured" not in texts["nomemory"] and "trace" not in texts["nomemory"]
+    assert "memory=False" in texts["old"] and "before memory was measured" in texts["old"]
+    trace = texts[names["hf"]]
+    assert "torch.profiler trace" in trace and "records no tensor lifetimes" in trace and "memwall.profile" in trace
+    assert "memory=False" not in trace and "before memory was measured" not in trace
+    tree = browser.find_element(By.CSS_SELECTOR, ".mw-tree").text
+    assert "with_stack=True" in tree and "pass model=" not in tree
+    browser.execute_script("document.querySelector('.mw-memory-part').scrollIntoView()")
+    _screenshot(browser, "memwall-tab-trace-no-memory", tmp_path)
+    _choose_run(browser, "mlp")  # memwall's own run: its module tree
+    assert "No module paths" not in browser.find_element(By.CSS_SELECTOR, ".mw-tree").text
+
+
+def test_a_crashed_run_has_a_banner_and_compare_notes_name_the_baseline_and_this_run(edges, browser, tmp_path):
+    base, _, _, _ = edges
+    _open_tab(browser, base)
+    _choose_run(browser, "mlp")
+    assert not browser.find_element(By.CSS_SELECTOR, ".mw-incomplete").is_displayed()
+    _choose_run(browser, "crashed")
+    banner = browser.find_element(By.CSS_SELECTOR, ".mw-incomplete")
+    assert banner.is_displayed()
+    assert "this run ended early (an exception or a signal): its last step (step 2) is partial" in banner.text
+    _select(browser, "select.mw-baseline", "mlp")
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".mw-compare-note"))
+    notes = [n.text for n in browser.find_elements(By.CSS_SELECTOR, ".mw-compare-note")]
+    assert "this run is incomplete: its profiled block ended by an exception" in notes, notes
+    assert any(n.startswith("the baseline recorded 2 step(s), this run 3:") and "per step, the baseline took" in n
+               for n in notes), notes
+    assert not any(word in ("A", "B", "A's", "B's") for n in notes for word in n.replace(",", " ").split()), notes
+    _screenshot(browser, "memwall-tab-crashed-compare", tmp_path)
+    _select(browser, "select.mw-baseline", "")
+    _choose_run(browser, "mlp")
+    assert not browser.find_element(By.CSS_SELECTOR, ".mw-incomplete").is_displayed()
+
+
+def test_an_empty_roofline_says_why_and_program_marks_are_hoverable_inside(edges, browser, tmp_path):
+    base, _, _, _ = edges
+    _open_tab(browser, base)
+    _choose_run(browser, "nothing")
+    message = browser.find_element(By.CSS_SELECTOR, "svg.mw-chart g.mw-chart-empty").text
+    assert "Nothing to place on the roofline" in message and "Of the 2 rows: 2 do no floating-point work" in message
+    browser.execute_script("document.querySelector('.mw-chart-box').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-chart-box"), "chart-nothing-counted", tmp_path)
+    _choose_run(browser, "mlp")
+    assert not browser.find_elements(By.CSS_SELECTOR, "g.mw-chart-empty")
+    # the middle of each hollow mark is its own: the pointer there is over it (its tooltip's)
+    hits = browser.execute_script(
+        "return [...document.querySelectorAll('svg.mw-chart g.mw-program')].map((g) => {"
+        "  const b = g.querySelector('.mw-program-mark').getBoundingClientRect();"
+        "  const hit = document.elementFromPoint(b.x + b.width / 2, b.y + b.height / 2);"
+        "  const over = hit && hit.closest('g.mw-program');"
+        "  return [g.dataset.label, over ? over.dataset.label : null];"
+        "});")
+    assert len(hits) >= 3 and all(over is not None for _, over in hits), hits  # a mark, if another's over it
+    label = next(label for label, over in hits if over == label)  # one on top at its middle
+    mark = browser.find_element(By.CSS_SELECTOR, f"g.mw-program[data-label='{label}'] .mw-program-mark")
+    ActionChains(browser).move_to_element(mark).perform()  # its middle, inside its outline
+    WebDriverWait(browser, 10).until(
+        lambda d: d.find_element(By.CSS_SELECTOR, ".mw-chart-box .mw-tooltip").is_displayed())
+    assert browser.find_element(By.CSS_SELECTOR, ".mw-chart-box .mw-tooltip").text.startswith(label)
+
+
+def test_a_broken_trace_leaves_no_empty_sections(edges, browser, tmp_path):
+    base, _, _, names = edges
+    _open_tab(browser, base)
+    parts = (".mw-roofline-part", ".mw-operators-part", ".mw-memory-part", ".mw-modules-part")
+    assert all(browser.find_element(By.CSS_SELECTOR, p).is_displayed() for p in parts)
+    _choose_run(browser, names["damaged"])
+    assert "cannot be shown" in browser.find_element(By.CSS_SELECTOR, ".mw-status").text
+    assert not [p for p in parts if browser.find_element(By.CSS_SELECTOR, p).is_displayed()]
+    assert not browser.find_element(By.CSS_SELECTOR, ".mw-app").text.count("Operators")
+    _screenshot(browser, "memwall-tab-trace-broken", tmp_path)
+    _choose_run(browser, "mlp")
+    assert all(browser.find_element(By.CSS_SELECTOR, p).is_displayed() for p in parts)
+
+
+def _box(driver, css: str) -> dict:
+    return driver.execute_script("const b = document.querySelector(arguments[0]).getBoundingClientRect();"
+                                 "return {top: b.top, bottom: b.bottom};", css)
+
+
+def test_memory_what_ifs_redo_the_notes_keep_the_peak_label_clear_and_say_each_size(edges, browser, tmp_path):
+    """A batch what-if far over the peak draws the capacity: the note that it is off the scale
+    goes, and the peak's label stays above the axis' ticks. Each precision selector says its size
+    as measured, or that nothing was held at the peak. A what-if device's capacity is the memory
+    card's; a point's tooltip gives its share of the roof as the table does."""
+    base, _, memory, _ = edges
+    _open_tab(browser, base)
+    _choose_run(browser, "gpt", ready="tr.mw-memory-row")
+    _wait_projected(browser, memory.what_if().peak_bytes)
+    assert "off this scale" in browser.find_element(By.CSS_SELECTOR, ".mw-memory-notes").text
+    labels = {c: browser.find_element(By.CSS_SELECTOR, f"select.mw-bpe-{c} option[value='']").text for c in CATEGORIES}
+    for c in CATEGORIES:
+        held, elements = memory.peak_by_category.get(c, 0), memory.peak_elements.get(c)
+        if held and elements:
+            assert labels[c] == f"as measured ({float(f'{held / elements:.3g}'):g} B)", labels
+        else:
+            assert labels[c] == "as measured (none at the peak)", labels
+    assert labels["gradients"] == "as measured (none at the peak)"  # zero_grad freed them before the peak
+    scale = memory.capacity_bytes / memory.what_if().peak_bytes  # the what-if's peak at about the capacity
+    browser.execute_script("const b = document.querySelector('input.mw-batch'); b.value = arguments[0];"
+                           "b.dispatchEvent(new Event('change'));", str(round(scale)))
+    projected = memory.what_if(batch_scale=float(round(scale))).peak_bytes
+    _wait_projected(browser, projected)
+    assert browser.find_elements(By.CSS_SELECTOR, "line.mw-capacity")  # on the scale now
+    assert "off this scale" not in browser.find_element(By.CSS_SELECTOR, ".mw-memory-notes").text
+    label = _box(browser, "text.mw-peak-label")
+    ticks = browser.execute_script(  # the x axis' ticks
+        "return Math.min(...[...document.querySelectorAll('svg.mw-memory-chart text.mw-tick[text-anchor=middle]')]"
+        "  .map((t) => t.getBoundingClientRect().top));")
+    assert label["bottom"] <= ticks, (label, ticks)
+    browser.execute_script("document.querySelector('.mw-memory-part').scrollIntoView()")
+    _element_screenshot(browser.find_element(By.CSS_SELECTOR, ".mw-memory-chart-box"), "memory-batch-big", tmp_path)
+    # a point's tooltip: its share of the roof as the table's cell writes it (tiny shares too)
+    point = browser.execute_script(
+        "return [...document.querySelectorAll('svg.mw-chart circle.mw-point')].find((c) => {"
+        "  const cell = document.querySelector("
+        "    `.mw-table-box tr.mw-row[data-id='${c.dataset.id}'] td[data-key=efficiency]`);"
+        "  return cell && /^(\\d+\\.\\d\\d+%|<0\\.001%)$/.test(cell.textContent);"
+        "});")
+    assert point is not None
+    cell = browser.find_element(By.CSS_SELECTOR, f".mw-table-box tr.mw-row[data-id='{point.get_attribute('data-id')}'] "
+                                "td[data-key='efficiency']").text
+    browser.execute_script("arguments[0].dispatchEvent(new MouseEvent('mouseenter', {clientX: 5, clientY: 5}))", point)
+    tooltip = browser.find_element(By.CSS_SELECTOR, ".mw-chart-box .mw-tooltip").text
+    assert f"attainable ({cell})" in tooltip, (cell, tooltip)
+    # a what-if device: the memory card is against its capacity
+    h100 = resolve_device("h100-sxm")
+    _select(browser, "select.mw-device", "h100-sxm")
+    WebDriverWait(browser, 60).until(
+        lambda d: "what-if device" in d.find_element(By.CSS_SELECTOR, ".mw-memory-card").text)
+    card = browser.find_element(By.CSS_SELECTOR, ".mw-memory-card .mw-card-note").text
+    assert card == (f"{_pct(memory.peak_bytes / h100.memory_bytes)} of {_si(h100.memory_bytes, 'B')} "
+                    f"({h100.name}, the what-if device)"), card
+    assert "host RAM" not in card

@@ -290,6 +290,45 @@ def test_a_report_without_memory_is_an_empty_state_not_an_error(memory_plugin):
     assert get(memory_plugin, "/memory", run="nope")[0] == 404
 
 
+def test_a_report_without_memory_says_why(memory_plugin, memory_runs, traces):
+    """/memory's `no_memory` and /memory_whatif's 404 name the cause: an analysed trace, a run
+    profiled with memory=False, or (a report from before memwall wrote where its times came from)
+    either that or an older memwall."""
+    assert memwall.load_report(memory_runs[1]["nomemory"]).memory is None  # memory=False: none measured
+    reasons = {run: get(memory_plugin, "/memory", run=run)[1]["no_memory"] for run in ("gpt", "nomemory", "old")}
+    assert reasons == {"gpt": None, "nomemory": "disabled", "old": "unknown"}
+    status, body = get(memory_plugin, "/memory_whatif", run="nomemory")
+    assert status == 404 and "profiled with memory=False (`memwall run --no-memory`)" in body["error"]
+    assert "before memory was measured" not in body["error"]
+    status, body = get(memory_plugin, "/memory_whatif", run="old")
+    assert status == 404 and "memory=False" in body["error"] and "before memory was measured" in body["error"]
+    trace_plugin = MemwallPlugin(base_plugin.TBContext(logdir=str(traces[0])))
+    status, body = get(trace_plugin, "/memory", run=_trace_run(traces, "hf"))
+    assert status == 200 and body["memory"] is None and body["no_memory"] == "trace"
+    status, body = get(trace_plugin, "/memory_whatif", run=_trace_run(traces, "hf"))
+    assert status == 404 and "torch.profiler trace, which records no tensor lifetimes" in body["error"]
+    assert "memory=False" not in body["error"] and "before memory was measured" not in body["error"]
+
+
+def test_compare_notes_call_the_runs_the_baseline_and_this_run(memory_runs, tmp_path):
+    """`memwall diff`'s notes say A and B; the tab's say "the baseline" and "this run", as its
+    cards and tables do."""
+    report = memwall.load_report(memory_runs[1]["gpt"])
+    cut = dataclasses.replace(report, steps=report.steps[:2], incomplete=True, measured_on="another machine")
+    cut.save(tmp_path / "cut" / "plugins" / "memwall" / memory_runs[1]["gpt"].name)
+    report.save(tmp_path / "whole" / "plugins" / "memwall" / memory_runs[1]["gpt"].name)
+    plugin = MemwallPlugin(base_plugin.TBContext(logdir=str(tmp_path)))
+    status, body = get(plugin, "/compare", run="cut", baseline="whole")
+    assert status == 200, body
+    notes = body["notes"]
+    assert f"the times were measured on different machines (the baseline on {report.measured_on}, this run on " \
+           "another machine)" in notes, notes
+    assert any(n.startswith("the baseline recorded 3 step(s), this run 2: ") and "per step, the baseline took " in n
+               and " in ops and this run " in n for n in notes), notes
+    assert "this run is incomplete: its profiled block ended by an exception" in notes, notes
+    assert not [n for n in notes if {"A", "B", "A's", "B's"} & set(n.replace(",", " ").replace("(", " ").split())]
+
+
 @pytest.mark.parametrize("query,kwargs,device", [
     ({}, {}, None),
     ({"checkpoint": "transformer.h"}, {"checkpoint": ["transformer.h"]}, None),
@@ -332,7 +371,9 @@ def test_memory_whatif_route_is_what_if_called_directly(memory_plugin, memory_ru
     ({"bytes_per_element": "parameters=two"}, "must be a size in bytes above 0 and at most 16"),
     ({"bytes_per_element": "parameters=32"}, "must be a size in bytes above 0 and at most 16"),
     ({"bytes_per_element": "parameters=2,parameters=1"}, "parameters is given more than once"),
-    ({"batch_scale": "-1"}, "batch_scale must be a number like 2 or 0.5"),
+    ({"batch_scale": "-1"}, "batch_scale must be positive: above 0 and at most 1e+06, got '-1'"),
+    ({"batch_scale": "-3"}, "batch_scale must be positive"),
+    ({"batch_scale": "two"}, "batch_scale must be a number like 2 or 0.5, got 'two'"),
     ({"batch_scale": "0"}, "batch_scale must be above 0"),
     ({"world_size": "0", "shard": "zero3"}, "world_size must be between 1 and"),
     ({"master_weights": "maybe"}, "master_weights must be true or false"),
@@ -520,7 +561,8 @@ def test_a_torch_profiler_trace_is_a_run_analysed_on_first_request(traces, monke
     assert get(plugin, "/report", run=name, device="h100-sxm")[0] == 200
     assert get(plugin, "/memory", run=name) == (200, {"run": name, "rank": 0, "world_size": 1,
                                                      "job": f"trace-{made['hf'].name}",
-                                                     "categories": list(CATEGORIES), "memory": None})
+                                                     "categories": list(CATEGORIES), "memory": None,
+                                                     "no_memory": "trace"})
     assert len(calls) == 1
     listed = {r["run"]: r for r in get(plugin, "/runs")[1]["runs"]}[name]
     assert listed["trace"]["state"] == "analysed" and listed["jobs"][0]["ranks"] == [0]

@@ -5,7 +5,7 @@
 // program as a whole: the run, each phase, each step. Chips above it filter the points by op family
 // and bound; a drag zooms; a click on a point selects its rows in the table.
 
-import {duration, el, num, pct, si, times} from './format.js';
+import {duration, el, num, pct, share, si, times} from './format.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
 const WIDTH = 760;
@@ -102,8 +102,11 @@ export function drawRoofline(container, device, points, describe, options = {}) 
   const everything = all.concat(before);
   const xs = everything.concat(whole).map((p) => p.intensity).concat(peaks.map((p) => p.ridge).filter((r) => r > 0));
   const ys = everything.map(flopsPerS).concat(whole.map(programFlopsPerS), peaks.map((p) => p.flops_per_s));
+  // nothing of this run to place (no op has FLOPs, bytes and a time): the chart says why, in it
+  const nothing = !all.length && !before.length && !whole.length ? unplacedReasons(points) : null;
   if (!xs.length || !ys.length) {
-    container.appendChild(el('div', 'mw-empty', 'No operator has both FLOPs and bytes to place on the roofline.'));
+    container.appendChild(el('div', 'mw-empty mw-chart-empty', nothing ? nothing.join(' ')
+      : 'No operator has both FLOPs and bytes to place on the roofline.'));
     return;
   }
   const full = [Math.min(...xs) / 4, Math.max(...xs) * 4, Math.min(...ys) / 4, Math.max(...ys) * 2];
@@ -259,6 +262,22 @@ export function drawRoofline(container, device, points, describe, options = {}) 
     }
   }
   placeNameLabels(plot, nameLabels, placedPoints.concat(placedProgram));
+  if (nothing) {
+    const message = svg('g', {class: 'mw-chart-empty'});
+    const cx = (MARGIN.left + WIDTH - MARGIN.right) / 2, cy = (MARGIN.top + HEIGHT - MARGIN.bottom) / 2;
+    const lineHeight = 18;
+    const box = svg('rect', {x: MARGIN.left + 20, width: WIDTH - MARGIN.left - MARGIN.right - 40,
+      y: cy - lineHeight * nothing.length / 2 - 10, height: lineHeight * nothing.length + 14, rx: 4,
+      class: 'mw-chart-empty-box'});
+    message.appendChild(box);
+    nothing.forEach((line, i) => {
+      const t = svg('text', {x: cx, y: cy - lineHeight * (nothing.length - 1) / 2 + i * lineHeight + 4,
+        'text-anchor': 'middle', class: i ? 'mw-empty-chart' : 'mw-empty-chart mw-empty-chart-title'});
+      t.textContent = line;
+      message.appendChild(t);
+    });
+    root.appendChild(message);
+  }
   root.appendChild(labels);  // the slopes' labels over the points
   zoomByDragging(root, view, redraw, [x0, x1, y0, y1]);
   container.appendChild(tooltip);
@@ -637,6 +656,29 @@ function drawLevelRoofs(root, labels, roofs, [x0, x1, y0, y1], top, {sx, sy}, po
   }
 }
 
+/**
+ * Why no point of `points` has a place on the roofline (each needs FLOPs, bytes and a time):
+ * a title line, then how many lack which.
+ */
+export function unplacedReasons(points) {
+  const count = (test) => points.filter(test).length;
+  const uncounted = count((p) => p.flops === null || p.flops === undefined);
+  const noFlops = count((p) => p.flops === 0);
+  const noBytes = count((p) => p.flops > 0 && !(p.bytes > 0));
+  const noTime = count((p) => p.flops > 0 && p.bytes > 0 && !(p.time_s > 0));
+  const reasons = [
+    noFlops ? `${noFlops} do no floating-point work (0 FLOPs: copies, views, fills, indexing)` : '',
+    uncounted ? `${uncounted} memwall could not count (no FLOP formula or no input shapes)` : '',
+    noBytes ? `${noBytes} move no bytes` : '',
+    noTime ? `${noTime} took no measurable time` : '',
+  ].filter(Boolean);
+  if (!reasons.length) reasons.push('none is an op placed under the device\'s roofs');
+  const what = points.length === 1 ? 'the 1 row' : `the ${points.length.toLocaleString()} rows`;
+  return ['Nothing to place on the roofline: a point needs FLOPs, bytes moved and a time.',
+    points.length ? `Of ${what}: ${reasons.join('; ')}.` : 'This run recorded no op.',
+    ...(points.length ? ['The table below lists them with their times.'] : [])];
+}
+
 /** Tooltip lines for an operator row or a module group. */
 export function describePoint(p) {
   const lines = [];
@@ -652,7 +694,7 @@ export function describePoint(p) {
   } else {
     lines.push(`achieved ${si(p.achieved_flops_per_s, 'FLOP/s')}` +
         (p.attainable_flops_per_s ? ` of ${si(p.attainable_flops_per_s, 'FLOP/s')} attainable` : '') +
-        ` (${pct(p.efficiency)})`);
+        ` (${share(p.efficiency)})`);
   }
   lines.push(`${p.bound}-bound`);
   // the level whose roof it is under (where its bytes came from several, the one that takes most

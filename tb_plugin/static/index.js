@@ -90,6 +90,9 @@ export async function render() {
   // a run analysed from a torch.profiler trace: which file, where its times came from, what is uncounted
   const traceBanner = el('div', 'mw-trace');
   traceBanner.hidden = true;
+  // a run that ended early (an exception or a signal inside the profiled block): its last step is partial
+  const incompleteBanner = el('div', 'mw-incomplete');
+  incompleteBanner.hidden = true;
   const cards = el('div', 'mw-cards');
   // what to do: the console's findings for this run, largest effect first
   const findingsPart = el('div', 'mw-findings-part');
@@ -103,6 +106,13 @@ export async function render() {
   changesPart.hidden = true;
   const tableBox = el('div', 'mw-table-box');
   const treeBox = el('div', 'mw-tree');
+  // the run's own sections: hidden while there is no report to show (an error, a trace analysing)
+  const rooflinePart = el('div', 'mw-roofline-part');
+  rooflinePart.append(el('h2', '', 'Roofline'), chartBox, changesPart);
+  const operatorsPart = el('div', 'mw-operators-part');
+  operatorsPart.append(el('h2', '', 'Operators'), tableBox);
+  const modulesPart = el('div', 'mw-modules-part');
+  modulesPart.append(el('h2', '', 'Modules (rolled up)'), treeBox);
   // torch.distributed runs only: every rank side by side, and this rank's collectives
   const ranksPart = el('div', 'mw-ranks-part');
   const ranksBox = el('div', 'mw-ranks');
@@ -121,8 +131,9 @@ export async function render() {
   const memoryPart = el('div', 'mw-memory-part');
   const memoryBox = el('div', 'mw-memory');
   memoryPart.append(el('h2', '', 'Memory: what held it over the peak step'), memoryBox);
-  app.append(header, status, traceBanner, projection, cards, findingsPart, comparePart, ranksPart, el('h2', '', 'Roofline'), chartBox, changesPart,
-      el('h2', '', 'Operators'), tableBox, memoryPart, commPart, el('h2', '', 'Modules (rolled up)'), treeBox);
+  app.append(header, status, incompleteBanner, traceBanner, projection, cards, findingsPart, comparePart, ranksPart,
+      rooflinePart, operatorsPart, memoryPart, commPart, modulesPart);
+  const runParts = [rooflinePart, operatorsPart, memoryPart, modulesPart];
   document.body.appendChild(app);
   const table = new OperatorTable(tableBox);
   const view = chartView();  // the chart's filters, zoom and selection, kept across redraws
@@ -131,7 +142,9 @@ export async function render() {
     view.selected = new Set(ids);
     highlightPoints(chartBox, view);
   };
-  const memoryView = new MemoryView(memoryBox, getJSON, (memory) => memoryCard(cards, memory));
+  // the memory peak's card: against the what-if device's capacity when one is chosen
+  const memoryView = new MemoryView(memoryBox, getJSON,
+      (memory) => memoryCard(cards, memory, devices.find((d) => d.key === state.device) || null));
 
   let devices = [];
   try {
@@ -153,7 +166,8 @@ export async function render() {
 
   function clearView() {
     cards.textContent = ''; chartBox.textContent = ''; treeBox.textContent = '';
-    projection.hidden = changesPart.hidden = traceBanner.hidden = true;
+    projection.hidden = changesPart.hidden = traceBanner.hidden = incompleteBanner.hidden = true;
+    for (const part of runParts) part.hidden = true;
     renderFindings(findingsPart, findingsList, []);
     table.setRows([]);
     ranksPart.hidden = commPart.hidden = comparePart.hidden = true;
@@ -244,7 +258,9 @@ export async function render() {
     // "in bf16": floating-point ops under that dtype's peak, tensors at its size (unless bytes/element says)
     controls.appendChild(select('compute in', 'mw-dtype', [['', 'as measured'], ['bf16', 'bf16'], ['fp16', 'fp16'],
       ['fp8', 'fp8'], ['fp32', 'fp32']], state.dtype, (v) => { state.dtype = v; update(); }));
+    for (const part of runParts) part.hidden = false;
     headline(cards, data);
+    renderIncomplete(incompleteBanner, data.headline);
     renderTrace(traceBanner, data.trace);
     renderFindings(findingsPart, findingsList, data.findings);
     renderProjection(projection, changesPart, changesBox, data);
@@ -270,7 +286,7 @@ export async function render() {
     view.selected = new Set();
     draw(data);
     table.setRows(data.rows, Boolean(data.projection));
-    renderTree(treeBox, data.tree, data.headline.time_s);
+    renderTree(treeBox, data.tree, data.headline.time_s, Boolean(data.trace));
     commPart.hidden = !data.comm;
     if (data.comm) {
       renderComm(commBox, data.comm, {world_size: state.worldSize, intra_link: state.intraLink,
@@ -370,16 +386,42 @@ function renderTrace(banner, trace) {
   if (trace.hint) banner.appendChild(el('div', 'mw-trace-hint', `To count them: ${trace.hint}.`));
 }
 
-/** The headline card of the memory: the peak and its share of the capacity. */
-function memoryCard(container, memory) {
+/**
+ * The banner of a run that ended early (`headline.incomplete`: the report's meta.incomplete, an
+ * exception or a signal inside the profiled block): its last recorded step is partial.
+ */
+function renderIncomplete(banner, head) {
+  banner.textContent = '';
+  banner.hidden = !head.incomplete;
+  if (!head.incomplete) return;
+  banner.appendChild(el('strong', '', 'Incomplete run: '));
+  const last = head.steps.length ? ` (step ${head.steps[head.steps.length - 1]})` : '';
+  banner.appendChild(el('span', '', `this run ended early (an exception or a signal): its last step${last} is ` +
+      'partial, so its figures cover less than a whole step.'));
+}
+
+/**
+ * The headline card of the memory: the peak and its share of the capacity. `device`: a what-if
+ * device (the tab's device selector); its capacity, where memwall knows it, replaces the measured
+ * one, and otherwise the card says the capacity is the measured machine's.
+ */
+function memoryCard(container, memory, device = null) {
   for (const old of container.querySelectorAll('.mw-memory-card')) old.remove();
   if (!memory) return;
   const box = el('div', 'mw-card mw-memory-card');
   box.appendChild(el('div', 'mw-card-label', 'memory peak'));
   box.appendChild(el('div', 'mw-card-value', si(memory.peak_bytes, 'B')));
-  box.appendChild(el('div', 'mw-card-note', memory.capacity_bytes
-    ? `${pct(memory.peak_bytes / memory.capacity_bytes)} of ${si(memory.capacity_bytes, 'B')} (${memory.capacity_source})`
-    : 'capacity unknown'));
+  let note;
+  if (device && device.memory_bytes) {
+    note = `${pct(memory.peak_bytes / device.memory_bytes)} of ${si(device.memory_bytes, 'B')} (${device.name}, the what-if device)`;
+  } else if (memory.capacity_bytes) {
+    const whose = device ? `, the measured machine's: ${device.name}'s is unknown` : '';
+    note = `${pct(memory.peak_bytes / memory.capacity_bytes)} of ${si(memory.capacity_bytes, 'B')} ` +
+        `(${memory.capacity_source}${whose})`;
+  } else {
+    note = 'capacity unknown';
+  }
+  box.appendChild(el('div', 'mw-card-note', note));
   container.appendChild(box);
 }
 

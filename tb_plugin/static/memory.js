@@ -93,6 +93,35 @@ export function checkpointChoices(modules) {
   return [...choices.keys()].sort(natural).slice(0, 40).map((key) => ({path: key, blocks: blocks(key)}));
 }
 
+/** The highest value the memory chart holds: the peak, the timeline's, a what-if's peak. */
+function chartTop(memory, projected) {
+  return Math.max(memory.peak_bytes, ...memory.timeline.map((p) => total(p[2])), projected ? projected.peak_bytes : 0);
+}
+
+/** Whether the chart draws the capacity: it does when the plot, stretched to hold it, still
+ * shows what it holds at CAPACITY_IN_RANGE of its height or more. */
+function capacityOnScale(memory, projected) {
+  const capacity = memory.capacity_bytes;
+  return capacity > 0 && chartTop(memory, projected) / capacity >= CAPACITY_IN_RANGE;
+}
+
+/** The notes under the memory chart: the capacity when it is off the chart's scale, the
+ * timeline's highest point when it is not the peak, and the report's own notes. Redone for each
+ * what-if: a what-if's peak stretches the scale (the capacity may come on it). */
+export function memoryNotes(memory, projected) {
+  const capacity = memory.capacity_bytes;
+  const highest = Math.max(0, ...memory.timeline.map((p) => total(p[2])));
+  return [
+    capacity && !capacityOnScale(memory, projected) ? `The capacity (${si(capacity, 'B')}) is off this scale: ` +
+      `the peak is ${pct(memory.peak_bytes / capacity)} of it` +
+      (projected ? `, the what-if's ${pct(projected.peak_bytes / capacity)}.` : '.') : '',
+    highest && highest !== memory.peak_bytes ? `The timeline's highest point is ${si(highest, 'B')}, ` +
+      `${si(Math.abs(memory.peak_bytes - highest), 'B')} ${highest < memory.peak_bytes ? 'below' : 'above'} the peak; ` +
+      'the what-ifs project from the timeline.' : '',
+    ...memory.notes,
+  ].filter(Boolean).join(' ');
+}
+
 /** The stacked live bytes over the peak step, the peak, the capacity, and a what-if's peak. */
 export function drawMemoryChart(container, memory, categories, projected) {
   container.textContent = '';
@@ -103,8 +132,8 @@ export function drawMemoryChart(container, memory, categories, projected) {
   }
   const peak = memory.peak_bytes;
   const capacity = memory.capacity_bytes;
-  let top = Math.max(peak, ...points.map((p) => total(p[2])), projected ? projected.peak_bytes : 0);
-  const capacityShown = capacity > 0 && top / capacity >= CAPACITY_IN_RANGE;
+  let top = chartTop(memory, projected);
+  const capacityShown = capacityOnScale(memory, projected);
   if (capacityShown) top = Math.max(top, capacity);
   top *= 1.08;
   const x0 = points[0][0], x1 = Math.max(points[points.length - 1][0], x0 + 1);
@@ -178,7 +207,10 @@ export function drawMemoryChart(container, memory, categories, projected) {
   root.appendChild(svg('circle', {cx: px, cy: py, r: 4, class: 'mw-peak-dot'}));
   const [phase, op, module] = memory.peak_at;
   const right = px > (WIDTH - MARGIN.right + MARGIN.left) / 2;
-  const label = text({x: right ? px - 8 : px + 8, y: Math.max(py + 4, MARGIN.top + 12), class: 'mw-peak-label',
+  // its two lines inside the plot: under the top, and above the x axis' ticks (a what-if far
+  // above the peak squeezes the peak down to the axis)
+  const labelY = Math.min(Math.max(py + 4, MARGIN.top + 12), HEIGHT - MARGIN.bottom - 13 - 6);
+  const label = text({x: right ? px - 8 : px + 8, y: labelY, class: 'mw-peak-label',
     'text-anchor': right ? 'end' : 'start'}, `peak ${si(peak, 'B')}`);
   const detail = svg('tspan', {x: right ? px - 8 : px + 8, dy: 13, class: 'mw-peak-detail'});
   detail.textContent = `${phase} · ${op} · ${shown(module)}`;
@@ -280,10 +312,15 @@ export class MemoryModuleTable {
       const th = el('th', column.numeric ? 'mw-num' : '', column.label);
       th.dataset.key = column.key;
       if (column.title) th.title = column.title;
-      th.addEventListener('click', () => {
+      const sort = () => {
         if (this.sortKey === column.key) this.descending = !this.descending;
         else { this.sortKey = column.key; this.descending = column.key !== 'module'; }
         this.paint();
+      };
+      th.tabIndex = 0;
+      th.addEventListener('click', sort);
+      th.addEventListener('keydown', (event) => {
+        if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); sort(); }
       });
       this.headers[column.key] = th;
       head.appendChild(th);
@@ -305,6 +342,7 @@ export class MemoryModuleTable {
     for (const [k, th] of Object.entries(this.headers)) {
       th.classList.toggle('mw-sorted', k === key);
       th.dataset.direction = k === key ? (this.descending ? 'desc' : 'asc') : '';
+      th.setAttribute('aria-sort', k === key ? (this.descending ? 'descending' : 'ascending') : 'none');
     }
     this.body.textContent = '';
     for (const r of rows) {
@@ -397,8 +435,11 @@ function whatIfForm(container, memory, categories, devices, worldSize, onChange)
   for (const c of categories) {
     const select = el('select', `mw-bpe-cat mw-bpe-${c}`);
     const elements = memory.peak_elements[c];
-    const now = elements ? (memory.peak_by_category[c] || 0) / elements : null;
-    for (const [value, label] of [['', now ? `as measured (${num(now)} B)` : 'as measured']].concat(SIZES)) {
+    const held = memory.peak_by_category[c] || 0;
+    const now = elements ? held / elements : null;
+    // a category with nothing held at the peak (gradients freed by zero_grad) has no size there
+    const measured = now ? `as measured (${num(now)} B)` : held ? 'as measured (size unknown)' : 'as measured (none at the peak)';
+    for (const [value, label] of [['', measured]].concat(SIZES)) {
       const option = el('option', '', label);
       option.value = value;
       select.appendChild(option);
@@ -490,6 +531,24 @@ function renderResult(container, memory, categories, result) {
   if (notes.childNodes.length) container.appendChild(notes);
 }
 
+/** Why a report has no memory measurement, from ./memory's `no_memory`: "trace" (analysed from a
+ * torch.profiler trace, which records no tensor lifetimes), "disabled" (profiled with
+ * memory=False), or "unknown" (that, or a memwall from before memory was measured). */
+export function noMemoryText(why) {
+  if (why === 'trace') {
+    return 'This report has no memory measurement: it was analysed from a torch.profiler trace, and a trace ' +
+        'records no tensor lifetimes. Profile the run with memwall.profile (or `memwall run`) to see what holds ' +
+        'memory against the capacity.';
+  }
+  if (why === 'disabled') {
+    return 'This report has no memory measurement: the run was profiled without it (memwall.profile(memory=False) ' +
+        'or `memwall run --no-memory`). Profile it again without memory=False / --no-memory to see what holds memory.';
+  }
+  return 'This report has no memory measurement: the run was profiled with memory=False (`memwall run --no-memory`), ' +
+      'or by a memwall from before memory was measured. Profile it again with memwall.profile (memory is measured ' +
+      'by default) to see what holds memory.';
+}
+
 /** The Memory section: loads ./memory for a selection, draws it, and runs the what-ifs. */
 export class MemoryView {
   constructor(container, getJSON, summarize) {
@@ -538,8 +597,7 @@ export class MemoryView {
     if (request !== this.latest) return;
     const memory = data.memory;
     if (!memory) {
-      this.clear('This report has no memory measurement: it was written by a memwall from before memory was ' +
-          'measured. Profile the run again to see what holds memory.');
+      this.clear(noMemoryText(data.no_memory));
       this.summarize(null);
       return;
     }
@@ -554,16 +612,7 @@ export class MemoryView {
       this.summary.appendChild(el('div', 'mw-card-note', `CUDA allocator peak over the recorded steps: ${si(memory.allocator_peak_bytes, 'B')}`));
     }
     drawMemoryChart(this.chart, memory, this.categories, null);
-    const capacity = memory.capacity_bytes;
-    const onScale = capacity > 0 && memory.peak_bytes / capacity >= CAPACITY_IN_RANGE;
-    const highest = Math.max(0, ...memory.timeline.map((p) => total(p[2])));
-    this.notes.textContent = [
-      capacity && !onScale ? `The capacity (${si(capacity, 'B')}) is off this scale: the peak is ${pct(memory.peak_bytes / capacity)} of it.` : '',
-      highest && highest !== memory.peak_bytes ? `The timeline's highest point is ${si(highest, 'B')}, ` +
-        `${si(Math.abs(memory.peak_bytes - highest), 'B')} ${highest < memory.peak_bytes ? 'below' : 'above'} the peak; ` +
-        'the what-ifs project from the timeline.' : '',
-      ...memory.notes,
-    ].filter(Boolean).join(' ');
+    this.notes.textContent = memoryNotes(memory, null);
     this.table.setModules(memory.modules);
     const query = whatIfForm(this.formBox, memory, this.categories, devices, data.world_size, (q) => this.whatIf(q));
     await this.whatIf(query());
@@ -588,6 +637,8 @@ export class MemoryView {
     if (request !== this.latestWhatIf || selection !== this.selection) return;
     this.resultBox.classList.remove('mw-loading');
     renderResult(this.resultBox, this.memory, this.categories, result);
-    drawMemoryChart(this.chart, this.memory, this.categories, query.toString() ? result : null);
+    const projected = query.toString() ? result : null;
+    drawMemoryChart(this.chart, this.memory, this.categories, projected);
+    this.notes.textContent = memoryNotes(this.memory, projected);
   }
 }

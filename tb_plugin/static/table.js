@@ -9,6 +9,7 @@ import {duration, el, num, pct, share, si, times} from './format.js';
 
 const ROW_HEIGHT = 24;
 const VIEWPORT_ROWS = 24;
+const VIRTUAL_ABOVE = 500;  // more lines than this: only those in view are drawn
 // each column: its key in the row (what it sorts by), its label, its cell's text, and its header's
 // tooltip (what the figure is)
 const COLUMNS = [
@@ -129,7 +130,12 @@ export class OperatorTable {
     this.heading();
     this.scroller = el('div', 'mw-scroller');
     this.scroller.appendChild(this.table);
-    this.scroller.addEventListener('scroll', () => this.paint());
+    // a scroll redraws only a virtualised table, and only when the rows in view change: a
+    // redraw replaces the lines, and with them the cell the keyboard is on
+    this.painted = null;  // [first, last] of the lines drawn, when virtualised
+    this.scroller.addEventListener('scroll', () => {
+      if (this.lines.length > VIRTUAL_ABOVE && !sameRange(this.range(), this.painted)) this.paint();
+    });
     this.body.addEventListener('click', (event) => {
       const tr = event.target.closest('tr.mw-row');
       if (!tr) return;
@@ -146,7 +152,13 @@ export class OperatorTable {
     for (const column of this.columns) {
       const th = el('th', column.numeric ? 'mw-num' : '', column.label);
       if (column.title) th.title = column.title;
+      // a header sorts by its column: a click, or Enter or Space on it (it is in the tab order)
+      th.tabIndex = 0;
+      th.setAttribute('aria-sort', 'none');
       th.addEventListener('click', () => this.sortBy(column.key));
+      th.addEventListener('keydown', (event) => {
+        if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); this.sortBy(column.key); }
+      });
       th.dataset.key = column.key;
       this.headers[column.key] = th;
       tr.appendChild(th);
@@ -187,6 +199,7 @@ export class OperatorTable {
     for (const [k, th] of Object.entries(this.headers)) {
       th.classList.toggle('mw-sorted', k === key);
       th.dataset.direction = k === key ? (this.descending ? 'desc' : 'asc') : '';
+      th.setAttribute('aria-sort', k === key ? (this.descending ? 'descending' : 'ascending') : 'none');
     }
     this.count.textContent = `${this.view.length.toLocaleString()} of ${this.rows.length.toLocaleString()} rows`;
     this.table.dataset.rows = String(this.view.length);
@@ -223,7 +236,7 @@ export class OperatorTable {
   select(ids, scroll = true) {
     this.selected = new Set(ids);
     const index = this.lines.findIndex((line) => !line.parent && this.selected.has(line.row.id));
-    if (scroll && index >= 0 && this.lines.length > 500) this.scroller.scrollTop = Math.max(0, (index - 3) * ROW_HEIGHT);
+    if (scroll && index >= 0 && this.lines.length > VIRTUAL_ABOVE) this.scroller.scrollTop = Math.max(0, (index - 3) * ROW_HEIGHT);
     this.paint();
     const tr = this.body.querySelector('tr.mw-selected');
     if (scroll && tr) tr.scrollIntoView({block: 'nearest'});
@@ -235,12 +248,22 @@ export class OperatorTable {
     this.flatten();
   }
 
-  // Render the lines in view, with spacer rows standing in for the rest.
+  /** The lines to draw: [first, last) of `this.lines`, all of them unless virtualised. */
+  range() {
+    const lines = this.lines;
+    if (lines.length <= VIRTUAL_ABOVE) return [0, lines.length];
+    const first = Math.max(0, Math.floor(this.scroller.scrollTop / ROW_HEIGHT) - 8);
+    return [first, Math.min(lines.length, first + VIEWPORT_ROWS + 16)];
+  }
+
+  // Render the lines in view, with spacer rows standing in for the rest. The cell the keyboard
+  // was on (a ▸) is focused again in its new line, where that line is still drawn.
   paint() {
     const lines = this.lines;
-    const virtual = lines.length > 500;
-    const first = virtual ? Math.max(0, Math.floor(this.scroller.scrollTop / ROW_HEIGHT) - 8) : 0;
-    const last = virtual ? Math.min(lines.length, first + VIEWPORT_ROWS + 16) : lines.length;
+    const [first, last] = this.range();
+    this.painted = lines.length > VIRTUAL_ABOVE ? [first, last] : null;
+    const focused = this.body.contains(document.activeElement) ? document.activeElement.closest('tr') : null;
+    const refocus = focused && focused.classList.contains('mw-row') ? focused.dataset.id : null;
     this.body.textContent = '';
     if (first > 0) this.body.appendChild(spacer(first * ROW_HEIGHT));
     for (let i = first; i < last; i++) {
@@ -248,6 +271,10 @@ export class OperatorTable {
       this.body.appendChild(parent ? this.variantLine(row, parent, i) : this.rowLine(row, i));
     }
     if (last < lines.length) this.body.appendChild(spacer((lines.length - last) * ROW_HEIGHT));
+    if (refocus !== null) {
+      const cell = this.body.querySelector(`tr.mw-row[data-id="${refocus}"] td.mw-expandable`);
+      if (cell) cell.focus({preventScroll: true});
+    }
   }
 
   rowLine(r, i) {
@@ -317,6 +344,10 @@ export class OperatorTable {
     }
     return td;
   }
+}
+
+function sameRange(a, b) {
+  return Boolean(a && b) && a[0] === b[0] && a[1] === b[1];
 }
 
 function spacer(height) {

@@ -2,10 +2,16 @@
 
 import {duration, el, num, pct, si} from './format.js';
 
-export function renderTree(container, nodes, totalTime) {
+/** `trace`: the report was analysed from a torch.profiler trace (its module paths come from the
+ * trace's own records of them, not from memwall's hooks). */
+export function renderTree(container, nodes, totalTime, trace = false) {
   container.textContent = '';
   if (!nodes.length || (nodes.length === 1 && nodes[0].key === '')) {
-    container.appendChild(el('div', 'mw-empty', 'No module paths recorded (pass model= or run modules).'));
+    container.appendChild(el('div', 'mw-empty', trace
+      ? 'No module paths recorded: this torch.profiler trace does not say which module ran each op. Record it ' +
+        'with torch.profiler.profile(with_stack=True), whose nn.Module ranges name them, to see them here ' +
+        '(or profile the run with memwall.profile(model=...)).'
+      : 'No module paths recorded (pass model= or run modules).'));
     return;
   }
   const children = new Map();
