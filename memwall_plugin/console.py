@@ -538,10 +538,12 @@ def findings(report: Report) -> list[str]:
         # its receives, which memwall leaves untimed to the user's thread: that wait is the bubble
         bubble = (f", waiting for this rank's {p2p:,} sends and receives, which are not timed: a pipeline "
                   "stage waiting for its neighbour, the pipeline's bubble" if p2p else "")
+        # fewer launches from Python: CUDA graphs on a GPU; on a CPU, compiling (fewer, fused ops)
+        fewer = ("more of the step in its CUDA graphs" if _uses_cuda_graphs(report) else "CUDA graphs"
+                 if report.device is None or report.device.kind != "cpu" else "torch.compile (fewer, fused ops)")
         remedy = ("more microbatches per step or an interleaved schedule shrink a pipeline's bubble; larger "
-                  "batches, a DataLoader with workers, or CUDA graphs the rest." if p2p else
-                  "larger batches, a DataLoader with workers, or "
-                  f"{'more of the step in its CUDA graphs' if _uses_cuda_graphs(report) else 'CUDA graphs'} would.")
+                  f"batches, a DataLoader with workers, or {fewer} the rest." if p2p else
+                  f"larger batches, a DataLoader with workers, or {fewer} would.")
         out.append(
             f"{host:.0%} of the recorded steps' wall time is outside any op (Python, data loading, logging"
             f"{first_calls}{bubble}{left_out}): the memory wall is not what limits this run; {remedy}"

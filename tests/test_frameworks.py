@@ -4,6 +4,8 @@ method of the module that holds it (a LightningModule's `training_step`), and ho
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from conftest import rows_of
@@ -105,6 +107,21 @@ def test_host_time_is_a_finding_when_it_bounds_the_step():
     assert note.startswith("82% of the recorded steps' wall time is outside any op")
     op_bound = _report_with_wall(wall_s=1.0, op_s=0.93)
     assert not [f for f in findings(op_bound) if "outside any op" in f]
+
+
+def test_a_host_bound_cpu_run_is_not_told_to_use_cuda_graphs():
+    """A CPU run bound by its Python was advised CUDA graphs, which a CPU has not: compiling
+    (fewer, fused ops, fewer dispatches from Python) is its remedy."""
+    model, x = _model(), torch.randn(4, 16)
+    with memwall.profile(summary=False) as prof:
+        for _ in range(3):
+            model(x)
+            time.sleep(0.05)  # the loop's own Python: data, logging
+            prof.step()
+    rep = prof.report()
+    assert rep.device is not None and rep.device.kind == "cpu"
+    (note,) = [f for f in findings(rep) if "outside any op" in f]
+    assert "CUDA graphs" not in note and "torch.compile" in note, note
 
 
 def test_a_gemm_bound_loop_has_no_host_time_finding():
