@@ -581,7 +581,8 @@ def findings(report: Report) -> list[str]:
             main = report.device.memory_levels[-1].name if report.device is not None else ""
             out.append(
                 f"{share:.0%} of op time is in memory-bound {cat} ops, most under {place} "
-                f"({', '.join(ops)}){_served_from(inside, main)}: {advice(cat, report)}."
+                f"({', '.join(ops)}){'' if report.measured_elsewhere else _served_from(inside, main)}: "
+                f"{advice(cat, report)}."
             )
     phases = {g.key: g for g in report.group_by("phase")}
     prefill, decode = phases.get("prefill"), phases.get("decode")
@@ -664,8 +665,11 @@ def findings(report: Report) -> list[str]:
             + ", not in this one."
         )
     out.extend(cuda_graph_notes(report))
-    out.extend(above_the_peak(report, total))
-    estimated = estimated_roofs(report)
+    # a what-if on another device: rates measured here against its roofs, and calibrating this
+    # machine, say nothing of it (the projection says what it is: a bound from its datasheet)
+    elsewhere = report.measured_elsewhere
+    out.extend([] if elsewhere else above_the_peak(report, total))
+    estimated = {} if elsewhere else estimated_roofs(report)
     if estimated:
         names = list(estimated)
         text = f"{_and(names)} {'is' if len(names) == 1 else 'are'} estimated, not measured"

@@ -353,3 +353,22 @@ def test_the_optimizer_advice_names_a_fused_form_only_where_torch_has_one_unused
     assert says in text and never not in text, text
     rep.save(tmp_path / "r.json")  # and as the report file keeps it
     assert advice("optimizer", memwall.load_report(tmp_path / "r.json")) == text
+
+
+def test_findings_of_a_what_if_on_another_device_compare_nothing_measured_here_with_its_roofs():
+    """The tab's what-if device re-scores the run: its findings compared rates measured on this CPU
+    with the H100's roofs ("they run from L2 at 8.47 MB/s, 0.0% of its 8.48 TB/s") and advised
+    `memwall calibrate`, which measures this machine, not the H100. As measured, they stand."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Linear(32, 32), torch.nn.GELU()) for _ in range(8)])
+    with memwall.profile(summary=False) as prof:
+        for _ in range(3):
+            model(torch.randn(4, 32)).sum().backward()
+            prof.step()
+    rep = prof.report()
+    here = " ".join(findings(rep))
+    assert "they run from" in here or "calibrate" in here  # what the CPU run says of its own roofs
+    projected = rep.rescore(device="h100-sxm")
+    assert projected.measured_elsewhere
+    there = " ".join(findings(projected))
+    assert "they run from" not in there and "calibrate" not in there and "above" not in there, there
