@@ -1146,7 +1146,7 @@ class Summary:
                  if (g := phases[key]).projected_time_s]
         if parts:
             grid.add_row("", _text(", ".join(parts)))
-        there = f"{_pct(head.projected_memory_bound_fraction)} of it in ops memory-bound there"
+        there = f"{_pct(head.projected_memory_bound_fraction)} of it at memory roofs there"
         floor = launch_floor_s(rep.device.kind) if rep.device is not None else 0.0
         if floor:
             there += f", {_pct(head.launch_floor_fraction)} the launch floor ({_dur(floor)} per kernel)"

@@ -48,7 +48,7 @@ class Headline:
     untimed_calls: int
     # a what-if's projection on its device (None for a report as measured): a roofline bound
     projected_time_s: float | None  # of the counted ops
-    projected_memory_bound_fraction: float | None  # share of it in ops memory-bound there
+    projected_memory_bound_fraction: float | None  # share of it at memory roofs there (not the launch floor)
     launch_floor_fraction: float | None  # share of it that is the launch floor, not the roofline
 
     @property

@@ -233,11 +233,13 @@ class Report:
 
     @property
     def projected_memory_bound_fraction(self) -> float | None:
-        """Share of the projected time in ops that are memory-bound on the what-if's device."""
+        """Share of the projected time that memory-bound ops spend at the bandwidth roof of the
+        what-if's device: a row's time above its roofline time is the launch floor's
+        (`launch_floor_fraction`), so the two shares and the compute-bound one add up to the whole."""
         total = self.projected_time_s
         if not total:
             return None
-        return math.fsum(r.projected_time_s or 0.0 for r in self.rows
+        return math.fsum(min(r.projected_time_s or 0.0, r.roofline_time_s or 0.0) for r in self.rows
                          if r.flops is not None and r.bound == roofline.MEMORY) / total
 
     @property

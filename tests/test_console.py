@@ -296,8 +296,9 @@ def test_a_what_if_summary_leads_with_the_projection():
     assert "projected on NVIDIA H100 SXM5 80GB: 1.2 ms (83x faster), a roofline bound, not a measurement" in text
     # forward 59.70 + 107.46 + 23.88 + 47.76 + 4 = 242.8 us against 65.1 ms; backward 30 ms; optimizer 4 ms
     assert "forward 243 us (268x faster), backward 119 us (251x faster), optimizer 836 us (4.8x faster)" in text
-    # memory-bound there: 1018.92 us of 1198.02 (85%); the floor adds 4 - 1.79 = 2.21 us (0.2%)
-    assert "85% of it in ops memory-bound there, 0.2% the launch floor (2 us per kernel)" in text
+    # at the bandwidth roof there: 107.46 + 23.88 + 47.76 + 835.82 + 1.79 = 1016.71 us of 1198.02
+    # (85%); the floor adds 4 - 1.79 = 2.21 us (0.2%)
+    assert "85% of it at memory roofs there, 0.2% the launch floor (2 us per kernel)" in text
     lines = text.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("op "))
     assert lines[header].split()[-3:] == ["bound", "projected", "speed-up"] and "roof" not in lines[header]

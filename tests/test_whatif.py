@@ -108,7 +108,10 @@ def test_many_tiny_kernels_stop_at_the_launch_floor():
     assert h100.projected_time_s == pytest.approx(2e-3)
     assert h100.speedup == pytest.approx(0.051 / 2e-3)
     assert h100.launch_floor_fraction == pytest.approx(1 - 896_000 / 3.35e12 / 2e-3)
-    assert h100.projected_memory_bound_fraction == pytest.approx(1.0)
+    # the memory-bound share is the time at the bandwidth roof: with the floor's, the whole (the
+    # cards read "memory-bound 100%" beside "100% launch floor" before)
+    assert h100.projected_memory_bound_fraction == pytest.approx(896_000 / 3.35e12 / 2e-3)
+    assert h100.projected_memory_bound_fraction + h100.launch_floor_fraction == pytest.approx(1.0)
 
 
 def test_an_element_size_what_if_on_a_cpu_has_no_launch_floor():

@@ -443,7 +443,8 @@ function headline(container, data) {
         'mw-projected-time');
     card('speed-up', `${times(h.speedup)} faster`,
         `measured ${duration(h.counted_time_s)} on ${p.measured_on || 'the run\'s device'}`, 'mw-speedup');
-    card('memory-bound', pct(h.projected_memory_bound_fraction), `share of projected time on ${where}`);
+    card('memory-bound', pct(h.projected_memory_bound_fraction),
+        `share of projected time at ${where}'s memory roofs${p.launch_floor_s ? ' (the launch floor apart)' : ''}`);
     card('projected rate', si(h.projected_flops_per_s, 'FLOP/s'), p.launch_floor_s
       ? `${pct(h.launch_floor_fraction)} of the time is the launch floor (${duration(p.launch_floor_s)} per kernel)`
       : 'no launch floor on a CPU');
