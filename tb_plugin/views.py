@@ -173,11 +173,21 @@ def row_view(index: int, r: Row, device: DeviceSpec | None = None, *, as_measure
     memory level's (a collective's link's) bandwidth. In a what-if these are null: the times were
     measured against other roofs."""
     roof = r.roofline_time_s if as_measured else None
-    return {"id": index, **row_record(r), "speedup": _finite(r.speedup),
+    return {"id": index, **row_record(r), "speedup": _finite(r.speedup), "memory_level_mixed": _mixed_level(r, device),
             "plotted": r.collective is None and _plotted(r), "roof": roof_of(r, device),
             "headroom_s": None if roof is None else _finite(r.time_s - roof),
             "peak_flops_fraction": _ratio(r.achieved_flops_per_s, r.peak_flops_per_s) if as_measured else None,
             "peak_bandwidth_fraction": _ratio(r.achieved_bytes_per_s, r.bandwidth_bytes_per_s) if as_measured else None}
+
+
+def _mixed_level(r: Row, device: DeviceSpec | None) -> bool:
+    """Whether the row's bytes came from several memory levels: its roof is then the rate they
+    flow at together (ceilings.memory_roof_of), not the bandwidth of the level it is named by (the
+    one that took most of their time), and its bound is against that blend."""
+    if device is None or not r.memory_level or not r.bandwidth_bytes_per_s or r.collective is not None:
+        return False
+    own = next((level.bandwidth_bytes_per_s for level in device.memory_levels if level.name == r.memory_level), None)
+    return bool(own) and abs(r.bandwidth_bytes_per_s - own) > 1e-6 * own
 
 
 def folded_view(index: int, f: Folded, device: DeviceSpec | None = None, *, as_measured: bool = True) -> dict[str, Any]:

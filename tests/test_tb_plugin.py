@@ -649,3 +649,22 @@ def test_a_saved_analysis_is_a_memwall_run_with_the_trace_banner(traces, tmp_pat
     assert status == 200
     assert body["trace"]["file"] == made["hf"].name and body["trace"]["time_from"] == "CPU op spans"
     assert body["headline"]["flops"] == sum(r.flops for r in made["reference"].rows)
+
+
+def test_a_rows_memory_level_says_when_its_roof_is_a_blend_of_levels(memory_plugin, memory_runs):
+    """A row whose bytes came from several memory levels is named by the one that took most of
+    their time and placed under the rate they flow at together: the table read "DRAM" beside a
+    compute bound that DRAM's ridge contradicts (0.898 FLOP/B, DRAM's ridge 2.23). Such a row is
+    marked; every row not marked is bound as its named level's own ridge says."""
+    status, view = get(memory_plugin, "/report", run="gpt")
+    assert status == 200, view
+    levels = {level["name"]: level["bytes_per_s"] for level in view["device"]["levels"]}
+    counted = [r for r in view["rows"] if r["flops"] and r["memory_level"] and r["bound"] in ("memory", "compute")]
+    mixed = [r for r in counted if r["memory_level_mixed"]]
+    assert mixed and len(mixed) < len(counted), (len(mixed), len(counted))
+    for r in counted:
+        if r["memory_level_mixed"]:
+            assert r["bandwidth_bytes_per_s"] != pytest.approx(levels[r["memory_level"]])
+        else:
+            ridge = r["peak_flops_per_s"] / levels[r["memory_level"]]
+            assert (r["intensity"] >= ridge) == (r["bound"] == "compute"), r

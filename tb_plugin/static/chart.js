@@ -700,8 +700,9 @@ export function describePoint(p) {
   // the level whose roof it is under (where its bytes came from several, the one that takes most
   // of their time, and a roof between theirs)
   if (p.memory_level) {
-    lines.push(`memory level ${p.memory_level}` +
-        (p.bandwidth_bytes_per_s ? ` · roof ${si(p.bandwidth_bytes_per_s, 'B/s')}` : ''));
+    lines.push(`memory level ${p.memory_level}` + (p.memory_level_mixed ? ' and others (most of the time)' : '') +
+        (p.bandwidth_bytes_per_s ? ` · roof ${si(p.bandwidth_bytes_per_s, 'B/s')}` +
+          (p.memory_level_mixed ? ', the levels\' blend' : '') : ''));
   }
   if (p.in_cache && (p.projected_time_s === undefined || p.projected_time_s === null)) {
     lines.push(`against main memory's roof (${si(p.dram_bandwidth_bytes_per_s, 'B/s')}): ${pct(p.dram_efficiency)}`);

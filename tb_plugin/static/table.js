@@ -36,7 +36,8 @@ const COLUMNS = [
     title: 'measured time minus roofline time: the seconds a kernel at its roof would save'},
   {key: 'bound', label: 'bound', text: (r) => r.bound, className: 'mw-bound-cell'},
   // the memory level its data came from (L2, DRAM); none for a collective, which is on the link
-  {key: 'memory_level', label: 'level', text: (r) => (r.bound === 'communication' ? '' : r.memory_level || '')},
+  {key: 'memory_level', label: 'level',
+    text: (r) => (r.bound === 'communication' ? '' : (r.memory_level || '') + (r.memory_level_mixed ? ' +' : ''))},
 ];
 // a what-if's projection: measured time against another device's roofs means nothing, so the
 // columns that compare the two give way to the projected time there and the speed-up over the
@@ -301,8 +302,12 @@ export class OperatorTable {
         }
       }
       if (column.key === 'module') td.title = r.module;
+      if (column.key === 'memory_level' && r.memory_level_mixed) {
+        td.title = `its bytes came from several levels, most of their time from ${r.memory_level}: its roof, ` +
+            `${si(r.bandwidth_bytes_per_s, 'B/s')}, is the rate they flow at together`;
+      }
       if (column.key === 'memory_level' && r.in_cache) {
-        td.title = `from a cache: ${pct(r.dram_efficiency)} of main memory's roof`;
+        td.title = (td.title ? `${td.title}; ` : '') + `from a cache: ${pct(r.dram_efficiency)} of main memory's roof`;
         if (/^L\d$/.test(r.memory_level)) td.classList.add('mw-cache', levelClass(r.memory_level));
       }
       tr.appendChild(td);
