@@ -183,11 +183,15 @@ def row_view(index: int, r: Row, device: DeviceSpec | None = None, *, as_measure
 def _mixed_level(r: Row, device: DeviceSpec | None) -> bool:
     """Whether the row's bytes came from several memory levels: its roof is then the rate they
     flow at together (ceilings.memory_roof_of), not the bandwidth of the level it is named by (the
-    one that took most of their time), and its bound is against that blend."""
+    one that took most of their time), and its bound is against that blend. A blend within a tenth
+    of the level's own bandwidth (a few cold bytes) reads as the level."""
     if device is None or not r.memory_level or not r.bandwidth_bytes_per_s or r.collective is not None:
         return False
     own = next((level.bandwidth_bytes_per_s for level in device.memory_levels if level.name == r.memory_level), None)
-    return bool(own) and abs(r.bandwidth_bytes_per_s - own) > 1e-6 * own
+    return bool(own) and abs(r.bandwidth_bytes_per_s - own) > _BLEND * own
+
+
+_BLEND = 0.1
 
 
 def folded_view(index: int, f: Folded, device: DeviceSpec | None = None, *, as_measured: bool = True) -> dict[str, Any]:

@@ -607,8 +607,11 @@ def test_each_memory_level_has_its_slope_its_colored_points_and_a_table_column(b
             point)
         WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, ".mw-tooltip").is_displayed())
         tooltip = browser.find_element(By.CSS_SELECTOR, ".mw-tooltip").text
-        # its roof: L2's, or a little under where a few of its bytes came cold from DRAM
-        assert f"memory level L2 · roof {_si(row.bandwidth_bytes_per_s, 'B/s')}" in tooltip
+        # its roof: L2's, or a little under where a few of its bytes came cold from DRAM (then said
+        # to be the levels' blend)
+        mixed = abs(row.bandwidth_bytes_per_s - 300e9) > 0.1 * 300e9
+        others, blend = (" and others (most of the time)", ", the levels' blend") if mixed else ("", "")
+        assert f"memory level L2{others} · roof {_si(row.bandwidth_bytes_per_s, 'B/s')}{blend}" in tooltip
         assert f"against main memory's roof ({_si(20e9, 'B/s')}): {_pct(row.dram_efficiency)}" in tooltip
         browser.execute_script("document.querySelector('circle.mw-point').dispatchEvent(new MouseEvent('mouseleave'))")
         browser.execute_script("document.querySelector('.mw-chart-box').scrollIntoView()")
@@ -620,8 +623,8 @@ def test_each_memory_level_has_its_slope_its_colored_points_and_a_table_column(b
         assert browser.find_elements(By.CSS_SELECTOR, ".mw-table-box th")[column].text == "level"
         cells = [tr.find_elements(By.CSS_SELECTOR, "td")[column].text
                  for tr in browser.find_elements(By.CSS_SELECTOR, ".mw-table-box tbody tr.mw-row")]
-        assert sorted(cells) == sorted(r.memory_level for r in rows)
-        assert {"L1", "L2", "DRAM"} <= set(cells)
+        assert sorted(c.removesuffix(" +") for c in cells) == sorted(r.memory_level for r in rows)
+        assert {"L1", "L2", "DRAM"} <= {c.removesuffix(" +") for c in cells}
         browser.find_element(By.CSS_SELECTOR, "th[data-key='memory_level']").click()
         first = browser.find_element(By.CSS_SELECTOR, ".mw-table-box tbody tr.mw-row").find_elements(By.TAG_NAME, "td")
         assert first[column].text == "DRAM"  # ascending by name: DRAM, L1, L2

@@ -655,7 +655,8 @@ def test_a_rows_memory_level_says_when_its_roof_is_a_blend_of_levels(memory_plug
     """A row whose bytes came from several memory levels is named by the one that took most of
     their time and placed under the rate they flow at together: the table read "DRAM" beside a
     compute bound that DRAM's ridge contradicts (0.898 FLOP/B, DRAM's ridge 2.23). Such a row is
-    marked; every row not marked is bound as its named level's own ridge says."""
+    marked (a blend within a tenth of the level's own bandwidth reads as the level): no row left
+    unmarked has a bound its named level's ridge contradicts."""
     status, view = get(memory_plugin, "/report", run="gpt")
     assert status == 200, view
     levels = {level["name"]: level["bytes_per_s"] for level in view["device"]["levels"]}
@@ -663,8 +664,9 @@ def test_a_rows_memory_level_says_when_its_roof_is_a_blend_of_levels(memory_plug
     mixed = [r for r in counted if r["memory_level_mixed"]]
     assert mixed and len(mixed) < len(counted), (len(mixed), len(counted))
     for r in counted:
-        if r["memory_level_mixed"]:
-            assert r["bandwidth_bytes_per_s"] != pytest.approx(levels[r["memory_level"]])
-        else:
-            ridge = r["peak_flops_per_s"] / levels[r["memory_level"]]
-            assert (r["intensity"] >= ridge) == (r["bound"] == "compute"), r
+        own = levels[r["memory_level"]]
+        far = abs(r["bandwidth_bytes_per_s"] - own) > 0.1 * own
+        assert r["memory_level_mixed"] == far, r
+        contradicted = (r["intensity"] >= r["peak_flops_per_s"] / own) != (r["bound"] == "compute")
+        near_ridge = abs(r["intensity"] * own / r["peak_flops_per_s"] - 1) <= 0.1
+        assert not contradicted or r["memory_level_mixed"] or near_ridge, r
