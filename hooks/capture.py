@@ -1361,8 +1361,10 @@ class Capture:
                 if type(a) is _Tensor or isinstance(a, _Tensor):
                     try:
                         st = a.stride()
-                        # a sparse COO tensor's strides are zeros (torch 2.15; others raise)
-                        parts.append((a.shape, st, a.dtype) if 0 not in st or not a.is_sparse else signature(a))
+                        # a sparse COO tensor's strides are zeros (torch 2.15; others raise), and
+                        # an MKLDNN tensor's past its first dim: signature() keys both
+                        parts.append((a.shape, st, a.dtype) if 0 not in st or not (a.is_sparse or a.is_mkldnn)
+                                     else signature(a))
                     except (RuntimeError, NotImplementedError):
                         parts.append(signature(a))
                 elif type(a) is float:
@@ -1408,6 +1410,7 @@ class Capture:
                     out_key = (region[3] if region is not None and len(region) > 3 else
                                (out.shape, out.stride(), out.dtype)
                                if type(out) is _Tensor and not out.is_nested and not out.is_sparse
+                               and not out.is_mkldnn
                                else signature(out))
                 except (RuntimeError, NotImplementedError):  # layouts without strides
                     out_key = signature(out)

@@ -12,6 +12,7 @@ integers that are a place in a tensor (`dataset[i]`'s index, `x[i:i + 32]`'s ran
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,10 @@ from memwall_plugin.hooks._torch_private import (
     op_schema,
     overload_name,
     sparse_stored,
+    unrecorded,
 )
 
+from memwall_plugin.formulas import CELL_PARAMS, PACKED_LINEAR
 from memwall_plugin.records import (
     FACTS_KEY,
     FloatArg,
@@ -219,7 +222,9 @@ def signature(value: Any) -> Any:
             stride = value.stride()
         except (RuntimeError, NotImplementedError):  # layouts without strides (sparse CSR, ...)
             stride = None
-        if stride is not None and (0 not in stride or not value.is_sparse):  # sparse COO's strides are zeros
+        # sparse COO's strides are zeros, and so are an MKLDNN tensor's past its first dim (opaque
+        # storage, its elements contiguous: (1, 0, 0, 0) is no broadcast there)
+        if stride is not None and (0 not in stride or not (value.is_sparse or value.is_mkldnn)):
             return (value.shape, stride, value.dtype)
         stored = sparse_stored(value)
         if stored is not None:
@@ -234,7 +239,76 @@ def signature(value: Any) -> Any:
         return float_arg(value)
     if type(value) in PLAIN or isinstance(value, (int, str)):  # an IntEnum is still its value
         return value
+    if type(value) is _ScriptObject:
+        return _script_object_key(value)
     return opaque(value)
+
+
+_ScriptObject = torch.ScriptObject
+_LINEAR_CLASS = "__torch__.torch.classes.quantized.LinearPackedParamsBase"
+_CELL_CLASS = "__torch__.torch.classes.rnn.CellParamsBase"
+#: id(ScriptObject) -> (a weak reference to it, its signature): each packed object is read once
+_SCRIPT_OBJECTS: dict[int, tuple[Any, Any]] = {}
+
+
+def _script_object_key(value: Any) -> Any:
+    """The signature of a TorchScript object: for the weights torch.ao's dynamic quantization packs
+    (`quantized.linear_dynamic`'s LinearPackedParamsBase, `aten.quantized_lstm`'s CellParamsBase)
+    the keys of the tensors it holds, as a tensor's (what the op reads; formulas count its shape);
+    for any other, its type's name (`opaque`). Read once per object (cached by a weak reference),
+    by the pickling state its class defines (int8: the quantized weight it keeps; fp16: a float copy
+    unpacked once), unrecorded by torch.profiler, and never failing: what cannot be read is opaque."""
+    ident = id(value)
+    found = _SCRIPT_OBJECTS.get(ident)
+    if found is not None and found[0]() is value:
+        return found[1]
+    try:
+        ref = weakref.ref(value, lambda _: _SCRIPT_OBJECTS.pop(ident, None))
+    except TypeError:
+        return opaque(value)
+    try:
+        with unrecorded(), torch.no_grad():
+            key = _packed_key(value.__getstate__())
+    except Exception:  # a class with no pickling state, or one that cannot give it here
+        key = None
+    if key is None:
+        key = opaque(value)
+    _SCRIPT_OBJECTS[ident] = (ref, key)
+    return key
+
+
+def _weight_key(t: Any, packed_half: bool = False) -> Any:
+    """A packed weight's or bias's key, contiguous (packing lays it out anew); a float weight of an
+    fp16 packing (`linear_prepack_fp16`, the only float one) is stored as half and unpacks widened."""
+    if not isinstance(t, _Tensor):
+        return None
+    dtype = torch.float16 if packed_half and t.dtype == torch.float32 else t.dtype
+    return (t.shape, _contiguous_strides(tuple(t.shape)), dtype)
+
+
+def _packed_key(state: Any) -> Any:
+    """The key of a packed object from its `__getstate__()`: (its state, its class's name)."""
+    if not (isinstance(state, tuple) and len(state) == 2):
+        return None
+    inner, name = state
+    if name == _LINEAR_CLASS and isinstance(inner, tuple) and len(inner) == 2:  # (weight, bias)
+        weight = _weight_key(inner[0], packed_half=True)
+        return None if weight is None else (PACKED_LINEAR, weight, _weight_key(inner[1]))
+    if name == _CELL_CLASS and isinstance(inner, tuple) and len(inner) == 5:
+        # (kind, tensors, doubles, longs, packed linear weights): dynamic int8 packs w_ih and w_hh
+        # and keeps the float biases beside them; fp16 packs each weight with its bias
+        kind, tensors, _, _, packed = inner
+        if kind not in ("quantized_dynamic", "quantized_fp16") or len(packed) != 2:
+            return None
+        linear = []
+        for p in packed:
+            key = _packed_key(p.__getstate__()) if type(p) is _ScriptObject else None
+            if key is None:
+                return None
+            linear.append(key)
+        biases = [_weight_key(t) for t in tensors] if len(tensors) == 2 else [k[2] for k in linear]
+        return (CELL_PARAMS, linear[0][1], linear[1][1], biases[0], biases[1])
+    return None
 
 
 #: Arguments that are a place in a tensor, not a size, by op: their values change with each

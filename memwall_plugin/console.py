@@ -667,9 +667,9 @@ def findings(report: Report) -> list[str]:
     out.extend(cuda_graph_notes(report))
     # a what-if on another device: rates measured here against its roofs, and calibrating this
     # machine, say nothing of it (the projection says what it is: a bound from its datasheet)
-    elsewhere = report.measured_elsewhere
-    out.extend([] if elsewhere else above_the_peak(report, total))
-    estimated = {} if elsewhere else estimated_roofs(report)
+    remote = report.measured_elsewhere
+    out.extend([] if remote else above_the_peak(report, total))
+    estimated = {} if remote else estimated_roofs(report)
     if estimated:
         names = list(estimated)
         text = f"{_and(names)} {'is' if len(names) == 1 else 'are'} estimated, not measured"

@@ -1310,9 +1310,10 @@ def _no_flops(call: OpCall) -> int:
     return 0
 
 
-REGISTRY.add_flops(tuple(f"aten.{name}" for name in _DATA_MOVEMENT if name != "masked_fill_"),
+REGISTRY.add_flops(tuple(f"aten.{name}" for name in _DATA_MOVEMENT if name not in ("masked_fill_", "col2im")),
                    _no_flops)
-# masked_fill_ is elementwise (ELEMENTWISE's variants), _foreach_copy_ a foreach kernel
+# masked_fill_ is elementwise (ELEMENTWISE's variants), _foreach_copy_ a foreach kernel; col2im
+# (nn.Fold) moves data but sums overlapping patches (its formula below)
 REGISTRY.set_family(Family.DATA_MOVEMENT, *(f"aten.{name}" for name in _DATA_MOVEMENT
                                             if name not in ("masked_fill_", "_foreach_copy_")))
 REGISTRY.set_family(Family.OPTIMIZER, "aten._foreach_copy_")
@@ -1354,6 +1355,8 @@ _ALLOCATION = (
     "aten.new_empty_strided", "aten.resize_", "aten.resize_as_",
     # a zero tensor with no storage (forward-mode AD's zero tangents): nothing is written
     "aten._efficientzerotensor",
+    # a quantized tensor's storage (torch.ao's quantized modules, dynamic quantization's packing)
+    "aten._empty_affine_quantized", "aten._empty_per_channel_affine_quantized",
 )
 REGISTRY.zero(*_ALLOCATION)
 REGISTRY.set_family(Family.DATA_MOVEMENT, *_ALLOCATION)
@@ -2488,6 +2491,181 @@ def _cudnn_attention_backward(call: OpCall) -> int | None:
 
 
 REGISTRY.add_flops(("aten._flash_attention_forward_no_dropout_inplace",), _flash_forward)
+
+# nn.Fold (col2im) sums the patches of its columns into the image: one add per column element
+# that lands inside the output (each added into the zeroed image, as scatter_add's 1 per source
+# element); elements that fall in the padding are skipped. Per spatial dim, the (block, kernel
+# offset) pairs whose position is inside; nn.Unfold (im2col) only copies (data movement above)
+
+
+def _fold_pairs(size: int, kernel: int, dilation: int, padding: int, stride: int) -> int | None:
+    blocks = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    if blocks <= 0:
+        return None
+    return sum(1 for b in range(blocks) for k in range(kernel) if 0 <= b * stride - padding + k * dilation < size)
+
+
+@flops("aten.col2im")
+def _col2im(call: OpCall) -> int | None:
+    out = call.outputs[0] if call.outputs else None
+    if out is None or len(out.shape) < 3:
+        return None
+    size, kernel = call["output_size"], call["kernel_size"]
+    dilation, padding, stride = call["dilation"], call["padding"], call["stride"]
+    planes = math.prod(out.shape[:-2])  # batch x channels
+    adds = planes
+    for d in range(2):
+        pairs = _fold_pairs(size[d], kernel[d], dilation[d], padding[d], stride[d])
+        if pairs is None:
+            return None
+        adds *= pairs
+    return adds
+
+
+# MKLDNN (oneDNN) layout tensors: torch.jit.optimize_for_inference and `.to_mkldnn()` convert
+# activations and reorder conv weights into oneDNN's blocked layouts: data movement, every element
+# of the dense side read or written. An MKLDNN tensor's strides are zeros past its first dim
+# (opaque storage): its elements count as contiguous (hooks/signatures.py), here too where the
+# mode's signature kept those strides
+_MKLDNN_CONVERSIONS = ("aten.to_mkldnn", "aten.to_mkldnn_backward", "aten.to_dense_backward",
+                       "aten.mkldnn_reorder_conv2d_weight", "aten.mkldnn_reorder_conv3d_weight")
+REGISTRY.add_flops(_MKLDNN_CONVERSIONS, _no_flops)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *_MKLDNN_CONVERSIONS)
+
+
+def _whole(t: TensorMeta) -> Extent:
+    """Every element of a tensor (a sparse one: what it stores), whatever its strides say."""
+    return extent(t) if isinstance(t, SparseMeta) else extent(t, t.numel)
+
+
+@traffic(*_MKLDNN_CONVERSIONS, "aten.to_dense", "aten._to_dense")
+def _layout_conversion_traffic(call: OpCall) -> Traffic:
+    """A layout conversion reads its input whole and writes its output whole."""
+    return Traffic(tuple(_whole(t) for _, t in call.tensors()), tuple(_whole(t) for t in call.written()))
+
+
+# torch.ao's dynamic quantization (quantize_dynamic: int8 or fp16 weights, float activations
+# quantized per call inside the op). The packed weights are a TorchScript object, not a tensor:
+# their signature holds the keys of the weight (at its packed element size: 1 byte for int8, 2 for
+# fp16) and bias it packs (hooks/signatures.py), read by the default traffic as tensors. A linear
+# layer: the matmul `2mkn` and its bias's `mn` adds as addmm's (k the input's last dim, n the
+# output's), plus the fused relu's `mn`; the activation's own quantization is not counted (as the
+# matmul's operand casts are not). Packing a weight copies it (data movement)
+
+
+#: the signature of a packed linear weight: (PACKED_LINEAR, weight's key, bias's key or None), and
+#: of a recurrent layer-direction's: (CELL_PARAMS, w_ih's, w_hh's, b_ih's or None, b_hh's or None)
+PACKED_LINEAR = "<packed linear>"
+CELL_PARAMS = "<cell params>"
+
+
+def _packed_linear(value: object) -> tuple[TensorMeta, TensorMeta | None] | None:
+    """(weight, bias or None) of a packed linear weight's signature; None where it was unreadable."""
+    if isinstance(value, tuple) and len(value) == 3 and value[0] == PACKED_LINEAR and isinstance(value[1], TensorMeta):
+        return value[1], value[2] if isinstance(value[2], TensorMeta) else None
+    return None
+
+
+def _dynamic_linear(activation: int):  # type: ignore[no-untyped-def]
+    def formula(call: OpCall) -> int | None:
+        out = call.outputs[0] if call.outputs else None
+        x = call["X"]
+        if out is None or not x.shape:
+            return None
+        k, n = x.shape[-1], out.shape[-1]
+        m = x.numel // max(k, 1)
+        packed = _packed_linear(call.get("W_prepack"))
+        biased = packed[1] is not None if packed is not None else call.get("bias") is not None
+        return 2 * m * k * n + (m * n if biased else 0) + activation * m * n
+
+    return formula
+
+
+REGISTRY.add_flops(("quantized.linear_dynamic", "quantized.linear_dynamic_fp16",
+                    "quantized.linear_dynamic_fp16_unpacked_weight"), _dynamic_linear(0))
+REGISTRY.add_flops(("quantized.linear_relu_dynamic", "quantized.linear_relu_dynamic_fp16"),
+                   _dynamic_linear(ELEMENTWISE["relu"]))
+
+
+@traffic("quantized.linear_dynamic", "quantized.linear_dynamic_fp16", "quantized.linear_relu_dynamic",
+         "quantized.linear_relu_dynamic_fp16")
+def _dynamic_linear_traffic(call: OpCall) -> Traffic:
+    """The activation, the packed weight and bias, the output; where the packed weights could not
+    be read, the weight by the shapes (k x n at 1 byte, 2 for fp16), its bias unknown."""
+    if _packed_linear(call.get("W_prepack")) is not None:
+        return default_traffic(call)
+    x, out = call["X"], call.outputs[0] if call.outputs else None
+    read = [extent(x)]
+    if out is not None and x.shape:
+        read.append(Extent(x.shape[-1] * out.shape[-1], 2 if call.op.endswith("_fp16") else 1))
+    return Traffic(tuple(read), tuple(extent(t) for t in call.written()))
+
+
+_PREPACK = ("quantized.linear_prepack", "quantized.linear_prepack_fp16")
+REGISTRY.add_flops(_PREPACK, _no_flops)
+REGISTRY.set_family(Family.DATA_MOVEMENT, *_PREPACK)
+
+
+# the dynamic quantized recurrent layers (nn.LSTM and nn.GRU through quantize_dynamic: one op for
+# the whole layer stack; nn.LSTMCell, nn.GRUCell, nn.RNNCell one op per step): as the float layers
+# count (`_rnn_layer` per row and layer-direction, its weights' shapes from the packed
+# parameters), reading every packed weight and bias once
+
+
+def _cell_params(call: OpCall) -> list[tuple[TensorMeta, TensorMeta, TensorMeta | None, TensorMeta | None]] | None:
+    layers = []
+    for value in call.get("params") or ():
+        if not (isinstance(value, tuple) and len(value) == 5 and value[0] == CELL_PARAMS):
+            return None
+        layers.append(value[1:])
+    return layers or None
+
+
+def _quantized_rnn(cell: int):  # type: ignore[no-untyped-def]
+    def formula(call: OpCall) -> int | None:
+        layers = _cell_params(call)
+        x = call.get("input") or call.get("data")
+        if layers is None or not isinstance(x, TensorMeta):
+            return None
+        biased = bool(call.get("has_biases"))
+        return _rows(x) * sum(_rnn_layer(w_ih, w_hh, biased, w_hh.shape[-1], cell) for w_ih, w_hh, _, _ in layers)
+
+    return formula
+
+
+REGISTRY.add_flops(("aten.quantized_lstm",), _quantized_rnn(LSTM_CELL_FLOPS))
+REGISTRY.add_flops(("aten.quantized_gru",), _quantized_rnn(CELL_FLOPS[3]))
+
+
+@traffic("aten.quantized_lstm", "aten.quantized_gru")
+def _quantized_rnn_traffic(call: OpCall) -> Traffic:
+    """Compulsory traffic, with each layer-direction's packed weights and biases read once."""
+    base = default_traffic(call)
+    packed = tuple(extent(t) for layer in _cell_params(call) or () for t in layer if t is not None)
+    return Traffic(base.read + packed, base.written)
+
+
+def _quantized_cell(cell: int):  # type: ignore[no-untyped-def]
+    def formula(call: OpCall) -> int | None:
+        w_ih, w_hh = _packed_linear(call["w_ih"]), _packed_linear(call["w_hh"])
+        if w_ih is None or w_hh is None:
+            return None
+        return _rows(call["input"]) * _rnn_layer(w_ih[0], w_hh[0], True, w_hh[0].shape[-1], cell)
+
+    return formula
+
+
+REGISTRY.add_flops(("quantized.quantized_lstm_cell_dynamic",), _quantized_cell(LSTM_CELL_FLOPS))
+REGISTRY.add_flops(("quantized.quantized_gru_cell_dynamic",), _quantized_cell(CELL_FLOPS[3]))
+REGISTRY.add_flops(("quantized.quantized_rnn_tanh_cell_dynamic", "quantized.quantized_rnn_relu_cell_dynamic"),
+                   _quantized_cell(CELL_FLOPS[1]))
+REGISTRY.set_family(
+    Family.MATMUL, "quantized.linear_dynamic", "quantized.linear_dynamic_fp16",
+    "quantized.linear_dynamic_fp16_unpacked_weight", "quantized.linear_relu_dynamic",
+    "quantized.linear_relu_dynamic_fp16", "aten.quantized_lstm", "aten.quantized_gru",
+    "quantized.quantized_lstm_cell_dynamic", "quantized.quantized_gru_cell_dynamic",
+    "quantized.quantized_rnn_tanh_cell_dynamic", "quantized.quantized_rnn_relu_cell_dynamic",
+)
 
 # how the counts above were made where shapes alone do not say: an upper bound, a convention
 COUNT_NOTES.update({

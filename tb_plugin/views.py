@@ -188,7 +188,7 @@ def _mixed_level(r: Row, device: DeviceSpec | None) -> bool:
     if device is None or not r.memory_level or not r.bandwidth_bytes_per_s or r.collective is not None:
         return False
     own = next((level.bandwidth_bytes_per_s for level in device.memory_levels if level.name == r.memory_level), None)
-    return bool(own) and abs(r.bandwidth_bytes_per_s - own) > _BLEND * own
+    return own is not None and own > 0 and abs(r.bandwidth_bytes_per_s - own) > _BLEND * own
 
 
 _BLEND = 0.1
