@@ -26,7 +26,7 @@ from memwall_plugin.ranks import CONDENSE_ABOVE, rank_spread
 from memwall_plugin.records import FLOAT32_ASSUMED, ordered_phases
 from memwall_plugin.report import Report, StepTotals
 from memwall_plugin.roofline import launch_floor_s
-from memwall_plugin.rows import Folded, Group, Row, group_rows, module_tree, other_time_s, row_record
+from memwall_plugin.rows import Folded, Group, Row, group_rows, module_tree, optimizer_time_s, other_time_s, row_record
 from memwall_plugin.rundir import Job
 
 
@@ -323,13 +323,16 @@ def report_view(report: Report, *, phase: str | None = None, measured: Report | 
     folded = shown.folded() if by == "op" else None
     listed = shown.rows if folded is None else tuple(f.row for f in folded)
     groups, forward, backward = module_tree(shown.rows)
+    stepped = optimizer_time_s(shown.rows)
     tree = []
     for g in groups.values():
         node = group_view(g)
         node["parent"] = None if g.key == "" else g.key.rpartition(".")[0]
         node["forward_time_s"] = forward.get(g.key, 0.0)
         node["backward_time_s"] = backward.get(g.key, 0.0)
-        node["other_time_s"] = other_time_s(g, forward, backward)
+        # the optimizer's step apart, as the summary's tree says it ("opt"); the rest is other
+        node["optimizer_time_s"] = stepped.get(g.key, 0.0)
+        node["other_time_s"] = max(0.0, other_time_s(g, forward, backward) - node["optimizer_time_s"])
         tree.append(node)
     return {
         "device": device_view(report.device),

@@ -1098,6 +1098,11 @@ def test_what_to_do_panel_shows_the_consoles_findings(tensorboard, browser, tmp_
     quoted = [piece for f in expected for i, piece in enumerate(f.split("`")) if i % 2 and piece]
     assert [c.text for c in part.find_elements(By.TAG_NAME, "code")] == quoted
     _element_screenshot(part, "findings-light", tmp_path)
+    # under a phase filter the findings stay the whole run's, and the title says so
+    _select(browser, "select.mw-phase", "backward")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.CSS_SELECTOR, ".mw-findings-part h2").text
+                                     == "What to do (the whole run, not only backward)")
+    assert [li.text for li in part.find_elements(By.CSS_SELECTOR, "li.mw-finding")] == items
     # a hostile module name in a finding stays text
     _choose_run(browser, "evil")
     evil = findings(memwall.load_report(next((logdir / "evil" / "plugins" / "memwall").glob("*.json"))))

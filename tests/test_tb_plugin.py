@@ -670,3 +670,17 @@ def test_a_rows_memory_level_says_when_its_roof_is_a_blend_of_levels(memory_plug
         contradicted = (r["intensity"] >= r["peak_flops_per_s"] / own) != (r["bound"] == "compute")
         near_ridge = abs(r["intensity"] * own / r["peak_flops_per_s"] - 1) <= 0.1
         assert not contradicted or r["memory_level_mixed"] or near_ridge, r
+
+
+def test_the_module_tree_names_the_optimizers_time_as_the_summary_does(memory_plugin, memory_runs):
+    """The summary's tree says "opt 217 ms"; the tab's said "other 217 ms", the optimizer's step
+    folded into other. Each node's time is its forward, backward, optimizer and other parts."""
+    status, view = get(memory_plugin, "/report", run="gpt")
+    assert status == 200, view
+    report = memwall.load_report(memory_runs[1]["gpt"])
+    stepped = sum(r.time_s for r in report.rows if r.phase == "optimizer")
+    root = next(n for n in view["tree"] if n["parent"] is None)
+    assert stepped > 0 and root["optimizer_time_s"] == pytest.approx(stepped)
+    for node in view["tree"]:
+        parts = node["forward_time_s"] + node["backward_time_s"] + node["optimizer_time_s"] + node["other_time_s"]
+        assert parts == pytest.approx(node["time_s"]), node

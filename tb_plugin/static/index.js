@@ -59,9 +59,12 @@ function followTheme() {
 }
 
 /** The console's findings as a list of text; a `name` in one becomes code (as text, never HTML). */
-function renderFindings(part, list, findings) {
+function renderFindings(part, list, findings, phase) {
   list.textContent = '';
   part.hidden = !findings || !findings.length;
+  // the findings are the whole run's: under a phase filter the title says so
+  const title = part.querySelector('h2');
+  if (title) title.textContent = phase ? `What to do (the whole run, not only ${phase})` : 'What to do';
   for (const finding of findings || []) {
     const item = el('li', 'mw-finding');
     finding.split('`').forEach((piece, i) => {
@@ -262,7 +265,7 @@ export async function render() {
     headline(cards, data);
     renderIncomplete(incompleteBanner, data.headline);
     renderTrace(traceBanner, data.trace);
-    renderFindings(findingsPart, findingsList, data.findings);
+    renderFindings(findingsPart, findingsList, data.findings, data.phase);
     renderProjection(projection, changesPart, changesBox, data);
     compare = null;
     if (state.baseline) {

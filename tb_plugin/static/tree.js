@@ -29,7 +29,8 @@ function branch(node, children, totalTime, depth) {
   const line = el('span', 'mw-tree-line');
   line.appendChild(el('span', 'mw-tree-name', node.key ? node.key.split('.').pop() : '(model)'));
   // the optimizer step, the grad scaler and work outside any phase are neither forward nor backward
-  const other = node.other_time_s > 0.005 * node.time_s ? ` · other ${duration(node.other_time_s)}` : '';
+  const opt = node.optimizer_time_s > 0.005 * node.time_s ? ` · opt ${duration(node.optimizer_time_s)}` : '';
+  const other = opt + (node.other_time_s > 0.005 * node.time_s ? ` · other ${duration(node.other_time_s)}` : '');
   line.appendChild(el('span', 'mw-tree-stat', `${pct(totalTime ? node.time_s / totalTime : null)} · ` +
       `fwd ${duration(node.forward_time_s)} · bwd ${duration(node.backward_time_s)}${other} · ` +
       `${si(node.flops, 'FLOP')} · ${num(node.intensity)} FLOP/B`));
