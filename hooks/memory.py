@@ -531,14 +531,13 @@ class MemoryTracker:
             for module, b in grads.values():
                 totals[module] = totals.get(module, 0) + b
             s.grads_read.update(totals)
-        if self.state_sharded_over == 1:
-            self._zero_partition(optimizer)
         if optimizer not in self._optimizers:
             # an optimizer first seen: its state, before its ops, was made before this step (by
             # steps before the profile), and held all through it (known ones' is read at each
             # step's start: `begin_step`)
             self._scan_optimizer(optimizer, older=True)
             self._master_weights(optimizer)
+            self._zero_partition(optimizer)
 
     def _master_weights(self, optimizer: Any) -> None:
         """Tensors `optimizer` updates that no model registers, shaped as model parameters it does

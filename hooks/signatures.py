@@ -26,9 +26,10 @@ from memwall_plugin.hooks._torch_private import (
     unrecorded,
 )
 
-from memwall_plugin.formulas import CELL_PARAMS, PACKED_LINEAR
 from memwall_plugin.records import (
+    CELL_PARAMS,
     FACTS_KEY,
+    PACKED_LINEAR,
     FloatArg,
     NestedMeta,
     OpCall,

@@ -38,6 +38,8 @@ from __future__ import annotations
 import math
 
 from memwall_plugin.records import (
+    CELL_PARAMS,
+    PACKED_LINEAR,
     Extent,
     FloatArg,
     NestedMeta,
@@ -2553,10 +2555,6 @@ def _layout_conversion_traffic(call: OpCall) -> Traffic:
 # matmul's operand casts are not). Packing a weight copies it (data movement)
 
 
-#: the signature of a packed linear weight: (PACKED_LINEAR, weight's key, bias's key or None), and
-#: of a recurrent layer-direction's: (CELL_PARAMS, w_ih's, w_hh's, b_ih's or None, b_hh's or None)
-PACKED_LINEAR = "<packed linear>"
-CELL_PARAMS = "<cell params>"
 
 
 def _packed_linear(value: object) -> tuple[TensorMeta, TensorMeta | None] | None:

@@ -420,3 +420,9 @@ class OpCall:
         if self.facts is not None:
             text += f" ({self.facts.text})"
         return text
+
+
+#: the signature of a packed linear weight: (PACKED_LINEAR, weight's key, bias's key or None), and
+#: of a recurrent layer-direction's: (CELL_PARAMS, w_ih's, w_hh's, b_ih's or None, b_hh's or None)
+PACKED_LINEAR = "<packed linear>"
+CELL_PARAMS = "<cell params>"
