@@ -2552,9 +2552,8 @@ def _layout_conversion_traffic(call: OpCall) -> Traffic:
 # fp16) and bias it packs (hooks/signatures.py), read by the default traffic as tensors. A linear
 # layer: the matmul `2mkn` and its bias's `mn` adds as addmm's (k the input's last dim, n the
 # output's), plus the fused relu's `mn`; the activation's own quantization is not counted (as the
-# matmul's operand casts are not). Packing a weight copies it (data movement)
-
-
+# matmul's operand casts are not). Packing a weight copies it (data movement); the markers of
+# a packed signature (PACKED_LINEAR, CELL_PARAMS) are records.py's, shared with the hooks
 
 
 def _packed_linear(value: object) -> tuple[TensorMeta, TensorMeta | None] | None:
