@@ -9,7 +9,7 @@ launched where the trace has device activity, else the op's own CPU span (its in
 of it, as they are of a captured op's time); where the trace has device activity, an op that
 launched nothing and moves no data (a view) gets none: its span is the host's. Phases come from
 the trace's ranges: autograd's `evaluate_function` (backward), `Optimizer.step#...` (optimizer),
-`ProfilerStep#N` (steps).
+`ProfilerStep#N` (steps); generate()'s calls of its model from the tokens each embeds (prefill, decode).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -45,7 +46,17 @@ from memwall_plugin.hooks.replay import (
 )
 from memwall_plugin.hooks.signatures import contiguous_meta, schema_of
 from memwall_plugin.kineto import Event, Trace, TraceError, load_trace, trace_files
-from memwall_plugin.records import BACKWARD, FORWARD, OPTIMIZER, OTHER, OUTSIDE_OPS, TIMELINE_KEY, OpCall
+from memwall_plugin.records import (
+    BACKWARD,
+    DECODE,
+    FORWARD,
+    OPTIMIZER,
+    OTHER,
+    OUTSIDE_OPS,
+    PREFILL,
+    TIMELINE_KEY,
+    OpCall,
+)
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report
 from memwall_plugin.rows import Row
@@ -58,6 +69,8 @@ _STEP_RANGE = "ProfilerStep#"
 #: torch.utils.data.DataLoader's range around fetching a batch (its record_function)
 _DATALOADER_RANGE = "enumerate(DataLoader)#"
 _MODULE_RANGE = "nn.Module: "
+#: transformers' generate(), as a trace recorded with_stack=True names its Python frame
+_GENERATE_FRAME = re.compile(r"generation/utils\.py\(\d+\): generate$")
 #: Lightning's PyTorchProfiler (record_module_names, its default) names each module's forward
 #: "[pl][module]torch.nn.modules.linear.Linear: net.0": the model's own path
 _LIGHTNING_MODULE_RANGE = "[pl][module]"
@@ -422,6 +435,8 @@ class _Phases:
         #: where each optimizer step ended: a step's boundary where no ProfilerStep range says it
         self._optimizer_ends = sorted(e.end_us for e in trace.events if e.name.startswith(_OPTIMIZER_RANGE))
         self._modules: dict[int, str] = {}
+        #: generate()'s calls of its model: id(their module range) -> prefill or decode
+        self._generation = _generation_calls(trace) if walk.modules else {}
 
     def step_of(self, ts: float) -> Event | None:
         i = bisect.bisect_right(self._step_starts, ts) - 1
@@ -459,6 +474,11 @@ class _Phases:
         # optimizer's step: Lightning (and LBFGS) run the training step in step()'s closure
         module = self.module_of(op)
         if module:
+            if self._generation:
+                for a in ancestors:
+                    label = self._generation.get(id(a))
+                    if label is not None:
+                        return label, module
             return FORWARD, module
         if op.builds_graph:
             return FORWARD, ""
@@ -505,6 +525,52 @@ class _Phases:
         return not any(o.event.tid == op.event.tid and op.event.end_us <= o.event.ts_us < next_backward
                        and not any(a.name.startswith(_BACKWARD_RANGE) for a in o.event.ancestors())
                        for o in self.walk.ops)
+
+
+def _generation_calls(trace: Trace) -> dict[int, str]:
+    """The model calls of each transformers `generate()` in a trace recorded with its Python
+    stack, labelled as `memwall.profile` labels them (from the cache each call is handed, which a
+    trace does not record): by id of the call's module range, "prefill" or "decode".
+
+    A call is one of a generation's when it is a module range outside any other, directly inside
+    generate() (the innermost), of the module that generate() called last (an encoder-decoder's
+    encoder, called once first, keeps `forward`). A model's calls inside one outermost generate()
+    make one generation (an assistant model's, over the rounds of its own generate() inside its
+    main model's), whose first call is the prefill. A later call is a decode step when it embeds
+    fewer tokens than a call without a cache would (the prompt's length plus one per call before
+    it: a decode step embeds the new tokens only); where no embedding says, it is a decode step
+    (generate() keeps a cache by default)."""
+    calls: dict[int, tuple[Event, list[Event]]] = {}  # id(a generate range) -> its outermost, its calls
+    embedded: dict[int, int] = {}  # id(a model call's range) -> tokens its first embedding looked up
+    for e in trace.events:
+        if e.cat == "python_function" and e.name.startswith(_MODULE_RANGE):
+            ancestors = e.ancestors()
+            if any(a.name.startswith(_MODULE_RANGE) for a in ancestors):
+                continue
+            frames = [a for a in ancestors if a.cat == "python_function" and _GENERATE_FRAME.search(a.name)]
+            if frames:
+                calls.setdefault(id(frames[0]), (frames[-1], []))[1].append(e)
+        elif e.name == "aten::embedding":
+            dims = e.args.get("Input Dims")
+            if not (isinstance(dims, list) and len(dims) > 1 and isinstance(dims[1], list) and dims[1]):
+                continue
+            root = next((a for a in reversed(e.ancestors()) if a.name.startswith(_MODULE_RANGE)), None)
+            if root is not None and id(root) not in embedded:
+                embedded[id(root)] = dims[1][-1]  # the indices' last dim: the tokens per sequence
+    generations: dict[tuple[int, str], list[Event]] = {}  # (id(outermost generate), model) -> calls
+    for outermost, found in calls.values():
+        model = max(found, key=lambda e: e.ts_us).name
+        generations.setdefault((id(outermost), model), []).extend(e for e in found if e.name == model)
+    labels: dict[int, str] = {}
+    for mine in generations.values():
+        mine.sort(key=lambda e: e.ts_us)
+        first = embedded.get(id(mine[0]))
+        labels[id(mine[0])] = PREFILL
+        for i, e in enumerate(mine[1:], 1):
+            tokens = embedded.get(id(e))
+            full = first is not None and tokens is not None and tokens >= first + i
+            labels[id(e)] = PREFILL if full else DECODE
+    return labels
 
 
 def _device_times(trace: Trace, walk: _Walk) -> bool:

@@ -779,3 +779,80 @@ def test_an_autocast_step_counts_each_cast_op_at_its_cast_dtype_as_memwall_profi
     assert {r.dtype for r in report.rows if r.op == "aten.addmm" and r.phase == "forward"} == {"bfloat16"}
     casts = {r.shapes for r in reference.rows if r.op == "aten._to_copy" and r.phase == "forward"}
     assert casts and casts == {r.shapes for r in report.rows if r.op == "aten._to_copy" and r.phase == "forward"}
+
+
+# --- a trace of generate() ------------------------------------------------------------------------
+
+def _generation(case: str) -> tuple[torch.nn.Module, Any]:
+    """A tiny model and a generate() call of the kind `case` names."""
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    small = {"n_layer": 2, "n_embd": 64, "n_head": 4, "vocab_size": 1000, "bos_token_id": 0, "eos_token_id": 0}
+    model: Any = transformers.GPT2LMHeadModel(transformers.GPT2Config(**small)).eval()
+    ids = torch.randint(1, 1000, (2, 8))
+    kwargs: dict[str, Any] = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    if case == "no cache":
+        kwargs["use_cache"] = False
+    elif case == "beam search":
+        kwargs["num_beams"] = 3
+    elif case == "one-token prompt":
+        ids = ids[:1, :1]
+    elif case == "assisted":
+        smaller = {**small, "n_layer": 1, "n_embd": 32, "n_head": 2}
+        kwargs["assistant_model"] = transformers.GPT2LMHeadModel(transformers.GPT2Config(**smaller)).eval()
+        ids = ids[:1]
+    elif case == "encoder-decoder":
+        model = transformers.T5ForConditionalGeneration(transformers.T5Config(
+            vocab_size=1000, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, decoder_start_token_id=0,
+            pad_token_id=0, eos_token_id=1)).eval()
+
+    def run() -> None:
+        with torch.no_grad():
+            model.generate(ids, **kwargs)
+
+    return model, run
+
+
+@pytest.mark.parametrize("case", ["cache", "no cache", "beam search", "one-token prompt", "assisted",
+                                  "encoder-decoder"])
+def test_a_generate_trace_reads_prefill_and_decode_as_memwall_profile_does(case: str, tmp_path: Path) -> None:
+    """A trace of generate() recorded with its Python stack: each call of the model read forward
+    (the trace does not record the cache a call is handed). Its first call is the prefill, a later
+    one a decode step where it embeds fewer tokens than a call without a cache would; an
+    assistant's calls over its rounds make one generation, an encoder's one call stays forward.
+    The truth: memwall.profile of the same call, per op and phase (its set-up phase, before the
+    first op of the model, is `other` in a trace)."""
+    model, run = _generation(case)
+    run()
+    path = tmp_path / "generate.json"
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True,
+                                with_stack=True) as prof:
+        run()
+    prof.export_chrome_trace(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with memwall.profile(model, summary=False) as mw:
+            run()
+    reference = mw.report()
+    report = memwall.analyze_trace(path)
+
+    # the trace names no dtype for a list of tensors: cat's int64 inputs (no cache: the ids and
+    # the mask grown each call) are taken as float32, and said
+    assumed = set(report.extra["trace"].get("float32_assumed_calls", {}))
+
+    def by_phase(rep: memwall.Report) -> dict[str, tuple[int, int]]:
+        totals: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for r in rep.rows:
+            if r.phase in ("prefill", "decode", "forward"):
+                totals[r.phase][0] += r.flops or 0
+                totals[r.phase][1] += 0 if r.op in assumed else r.bytes
+        return {k: (v[0], v[1]) for k, v in totals.items()}
+
+    got, want = by_phase(report), by_phase(reference)
+    assert set(want) >= {"prefill"} and ("decode" in want) == (case != "no cache")
+    assert got == want
+    model_ops = {(op, phase): v for (op, phase), v in _by_op_phase(reference).items() if phase in got}
+    traced_ops = {k: v for k, v in _by_op_phase(report).items() if k[1] in got}
+    assert traced_ops.keys() == model_ops.keys()
+    assert {k: v for k, v in traced_ops.items() if k[0] not in assumed} == \
+        {k: v for k, v in model_ops.items() if k[0] not in assumed}
