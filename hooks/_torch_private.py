@@ -1854,6 +1854,7 @@ def is_traced_tensor_type(cls: type) -> bool:
 
 __all__ = [
     "ACCUMULATE_GRAD_SEQUENCE_NR",
+    "checkpoint_saving_inputs",
     "SUBGRAPH_HOPS",
     "TorchDispatchMode",
     "storage_key",
@@ -2176,6 +2177,16 @@ def step_aside_for_disablers(pack: Callable[[Any], Any], on: bool) -> None:
 # -- - it looks for a user's saved-tensors hooks around it (torch >= 2.15 warns when it finds one,
 # --   and a later torch routes its cache through them), and would take memwall's for one:
 # --   memwall's hook is marked as checkpoint's own hooks are, so it is passed over.
+
+def checkpoint_saving_inputs(frame: Any) -> bool:
+    """Whether a saved-tensors pack hook called from `frame` (its caller's) is
+    torch.utils.checkpoint saving the inputs of a call it checkpoints (non-reentrant, torch 2.15:
+    `_CheckpointFrame.save_inputs` makes the saved tensors itself, outside any op), not an op's
+    autograd saving what the op needs. torch 2.11 saves them through a Function of its own."""
+    code = frame.f_code
+    return (code.co_name in ("save_inputs", "<listcomp>")
+            and code.co_filename == getattr(sys.modules.get("torch.utils.checkpoint"), "__file__", None))
+
 
 def _user_saved_tensors_hooks() -> tuple[Any, Any] | None:
     """The (pack, unpack) pair a tensor saved now would go through, passing over checkpoint's

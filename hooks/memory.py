@@ -20,6 +20,7 @@ alive at the peak: the peak's breakdown moves it to its category too.
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 
 import torch
 from memwall_plugin.hooks._torch_private import (
+    checkpoint_saving_inputs,
     forget_hooks_below,
     is_zero_tensor,
     never_compiled,
@@ -626,10 +628,11 @@ class MemoryTracker:
             if not self.closed and self.failed is None and isinstance(t, _Tensor):
                 entries = self._activation(t)
                 step = self.step
-                if step is not None and entries:
+                if step is not None and entries and not checkpoint_saving_inputs(sys._getframe(1)):
                     # autograd saves an op's inputs before the op runs and its outputs after it:
                     # an output (made by the newest autograd node) marks the op just recorded,
-                    # an input the op about to run
+                    # an input the op about to run (a checkpoint saving its call's inputs is
+                    # neither: the op that made one does not stop a recompute of its own module)
                     node = t.grad_fn
                     if node is not None and step.forward_ops and node_sequence_nr(node) == peek_sequence_nr() - 1:
                         step.saving_ops.add(len(step.forward_ops) - 1)

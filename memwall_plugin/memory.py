@@ -192,6 +192,15 @@ class MemoryReport:
                                  f"modules: {', '.join(named[:8])}{', ...' if len(named) > 8 else ''}")
         return out
 
+    def checkpointed(self, path: str) -> bool:
+        """Whether the run itself checkpoints the module at `path` (or one around it): its
+        forward ran again in a backward (phase "recompute" in the timeline)."""
+        for _, phase, _, module in self.timeline:
+            if phase == "recompute" and (module == path or module.startswith(f"{path}.")
+                                         or path.startswith(f"{module}.")):
+                return True
+        return False
+
     def _under(self, path: str) -> list[MemoryModule]:
         return [m for m in self.modules if m.module == path or m.module.startswith(f"{path}.")]
 
@@ -260,6 +269,13 @@ class MemoryReport:
         extra_flops, extra_time = 0, 0.0
         if checkpoint:
             targets = self.checkpoint_targets(checkpoint)
+            already = [t for t in targets if self.checkpointed(t)]
+            if already:
+                # its saved activations are already freed and its recompute already measured:
+                # checkpointing it again changes nothing
+                notes.append(f"{_listed(already)} already checkpointed in this run: "
+                             "their recompute is measured, nothing is added")
+                targets = [t for t in targets if t not in already]
             for target in targets:
                 under = self._under(target)
                 me = self.module(target)
@@ -274,9 +290,10 @@ class MemoryReport:
                 extra_flops += recomputed
                 extra_time += sum(m.forward_time_s for m in under) * (recomputed / whole if whole else 1.0)
             total_acts = sum(m.activation_bytes for m in self.modules)
-            notes.append(f"checkpointing {len(targets)} module(s) frees "
-                         f"{sum(f[2] for f in freeable) / total_acts if total_acts else 0:.0%} of the saved "
-                         "activations between their forward and their backward, which recomputes them")
+            if targets:
+                notes.append(f"checkpointing {len(targets)} module(s) frees "
+                             f"{sum(f[2] for f in freeable) / total_acts if total_acts else 0:.0%} of the saved "
+                             "activations between their forward and their backward, which recomputes them")
         extra_flops = int(extra_flops * batch_scale)
         extra_time *= batch_scale
         # sharding
@@ -473,7 +490,12 @@ class MemoryReport:
         out: list[tuple[str, MemoryWhatIf]] = []
         blocks = self.block_containers()
         if blocks:
-            out.append((f"checkpoint every {blocks[0]}.* block", self.what_if(checkpoint=[blocks[0]])))
+            targets = self.checkpoint_targets([blocks[0]])
+            if not all(self.checkpointed(t) for t in targets):  # not where the run already does
+                partly = any(self.checkpointed(t) for t in targets)
+                label = f"checkpoint the other {blocks[0]}.* blocks" if partly else \
+                    f"checkpoint every {blocks[0]}.* block"
+                out.append((label, self.what_if(checkpoint=[blocks[0]])))
         if self.peak_by_category.get("optimizer_state") or self.peak_by_category.get("gradients"):
             # a run already sharded over 8 ranks or more: twice its ranks
             ranks = 8 if self.sharded_over < 8 else 2 * self.sharded_over
@@ -588,6 +610,13 @@ def parse_bytes_per_element(text: str | None) -> dict[str, float]:
 
 def _natural(path: str) -> tuple[Any, ...]:
     return tuple(int(p) if p.isdigit() else p for p in path.split("."))
+
+
+def _listed(paths: list[str]) -> str:
+    """Module paths for a note: all of them up to three, else the first two and how many more."""
+    if len(paths) <= 3:
+        return ", ".join(paths)
+    return f"{paths[0]}, {paths[1]} and {len(paths) - 2} more"
 
 
 #: a precision remedy is suggested where it lowers the projected peak by more than this (2%): an

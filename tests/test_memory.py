@@ -485,6 +485,25 @@ def test_checkpointing_one_named_block_what_if_predicts_that_block_checkpointed(
     assert projected.extra_flops == recomputed == one.total_flops - plain.total_flops
 
 
+def test_a_run_already_checkpointed_is_not_advised_to_checkpoint_and_the_rest_is_projected():
+    """A run that already checkpoints its blocks (`gradient_checkpointing=True`, as most
+    fine-tuning scripts set) was advised "checkpoint every blocks.* block: +0%, +N FLOP recomputed
+    per step": checkpointing them again changes nothing, and their recompute is already measured.
+    A run checkpointing one block of three projects the other two: the truth is a real run with
+    all three checkpointed, for its peak and its recompute."""
+    every, one = _checkpoint_run((0, 1, 2), 1), _checkpoint_run((1,), 1)
+    assert [label for label, _ in every.memory.suggestions() if "checkpoint" in label] == []
+    again = every.memory.what_if(checkpoint=["blocks"])
+    assert again.peak_bytes == every.memory.what_if().peak_bytes and again.extra_flops == 0
+    assert any("already checkpointed" in note for note in again.notes)
+    assert [label for label, _ in one.memory.suggestions() if "checkpoint" in label] == \
+        ["checkpoint the other blocks.* blocks"]
+    rest = one.memory.what_if(checkpoint=["blocks"])
+    assert rest.peak_bytes == every.memory.peak_bytes < one.memory.peak_bytes
+    assert rest.extra_flops == every.total_flops - one.total_flops > 0
+    assert any("blocks.1 already checkpointed" in note for note in rest.notes)
+
+
 def test_a_checkpoint_loaded_in_the_profile_does_not_grow_with_the_batch():
     """`memwall run` over an inference script: its weights are loaded inside the profile, and the
     loaded state dict (`other`, before any work) was the peak. The batch what-ifs scaled it as if
