@@ -32,14 +32,17 @@ from memwall_plugin.rankheads import headlines, rank_heads
 from memwall_plugin.ranks import CONDENSE_ABOVE, OUTLIER_SHARE, TOP_NODES, RankSpread, rank_spread
 from memwall_plugin.records import (
     AOTI_MODEL_OP,
+    BACKWARD,
     COMPILE_WALL_KEY,
     CUDA_GRAPHS_KEY,
     CUDA_KERNEL_TIME,
     DECODE,
+    OPTIMIZER,
     OPTIMIZERS_KEY,
     OTHER_THREADS_KEY,
     OUTSIDE_OPS,
     OWN_TIME_KEY,
+    PREFILL,
     SCALER_SKIPPED_KEY,
     SETUP_WALL_KEY,
     TIME_SOURCE_KEY,
@@ -265,11 +268,13 @@ _DECODE_ADVICE = {
     "matmul": "more rows per weight fetched (a larger batch, batched decoding) raises their intensity",
     "attention": "each decoded token's query reads the whole KV cache: more query heads per K/V head "
                  "(grouped-query attention) or a smaller cache dtype raises their intensity",
-    "outside-the-model": "in a decoding run these are mostly generate()'s own steps between model calls (the "
+    "outside-the-model": "in a generation run these are mostly generate()'s own steps around model calls (the "
                          "logits' processing, sampling or beam bookkeeping, the cache's reordering and masks): "
                          "more sequences per call spread them, and a static cache (cache_implementation=\"static\") "
                          "with torch.compile fuses them",
 }
+#: the advice of _DECODE_ADVICE that holds for any generation run, a prefill alone included
+_GENERATION_ADVICE = ("outside-the-model",)
 
 
 def advice(cat: str, report: Report) -> str:
@@ -281,8 +286,15 @@ def advice(cat: str, report: Report) -> str:
         known = _optimizer_advice(cat, report.extra.get(OPTIMIZERS_KEY))
         if known:
             return known
-    decodes = any(r.phase == DECODE for r in report.rows)
-    return (_DECODE_ADVICE.get(cat) if decodes else None) or _ADVICE[cat]
+    phases = {r.phase for r in report.rows}
+    generates = DECODE in phases or (PREFILL in phases and cat in _GENERATION_ADVICE)
+    return (_DECODE_ADVICE.get(cat) if generates else None) or _ADVICE[cat]
+
+
+def _generates(report: Report) -> bool:
+    """Whether the run generated (prefill or decode calls) and trained nothing."""
+    phases = {r.phase for r in report.rows}
+    return bool(phases & {PREFILL, DECODE}) and not phases & {BACKWARD, OPTIMIZER}
 
 
 def _optimizer_advice(cat: str, optimizers: Any) -> str | None:
@@ -544,8 +556,12 @@ def findings(report: Report) -> list[str]:
         remedy = ("more microbatches per step or an interleaved schedule shrink a pipeline's bubble; larger "
                   f"batches, a DataLoader with workers, or {fewer} the rest." if p2p else
                   f"larger batches, a DataLoader with workers, or {fewer} would.")
+        host_work = "Python, data loading, logging"
+        if not p2p and _generates(report):  # no data loading: generate()'s own Python around each call
+            host_work = "Python: generate()'s own steps around each model call, logging"
+            remedy = f"more sequences per call (batched generation) or {fewer} would."
         out.append(
-            f"{host:.0%} of the recorded steps' wall time is outside any op (Python, data loading, logging"
+            f"{host:.0%} of the recorded steps' wall time is outside any op ({host_work}"
             f"{first_calls}{bubble}{left_out}): the memory wall is not what limits this run; {remedy}"
         )
     comm = communication_finding(report)

@@ -109,6 +109,36 @@ def test_host_time_is_a_finding_when_it_bounds_the_step():
     assert not [f for f in findings(op_bound) if "outside any op" in f]
 
 
+def test_a_host_bound_generation_is_told_to_batch_not_to_load_data_with_workers():
+    """A generate() call of one new token (a prefill, no decode step) whose own Python between
+    model calls bounds it was advised "larger batches, a DataLoader with workers", and its ops
+    outside the model "move it into DataLoader workers": a generation loads no data in its loop.
+    The run: a tiny GPT-2 whose logits processor sleeps (the host's own work)."""
+    transformers = pytest.importorskip("transformers")
+    from memwall_plugin.console import advice
+
+    class Slow(transformers.LogitsProcessor):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.2)
+            return scores
+
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=1, n_embd=32, n_head=2, vocab_size=100, bos_token_id=0, eos_token_id=0)).eval()
+    ids = torch.randint(1, 100, (1, 8))
+    with memwall.profile(model=model, summary=False) as prof, torch.no_grad():
+        model.generate(ids, max_new_tokens=1, do_sample=False, pad_token_id=0,
+                       logits_processor=transformers.LogitsProcessorList([Slow()]))
+    rep = prof.report()
+    assert {r.phase for r in rep.rows} >= {"prefill"} and "decode" not in {r.phase for r in rep.rows}
+    (note,) = [f for f in findings(rep) if "outside any op" in f]
+    assert "DataLoader" not in note and "generate()" in note and "more sequences per call" in note, note
+    assert "DataLoader" not in advice("outside-the-model", rep)
+    assert "generate()" in advice("outside-the-model", rep)
+    # a decoding run's matmul advice stays a decoding run's
+    assert "batched decoding" not in advice("matmul", rep)
+
+
 def test_a_host_bound_cpu_run_is_not_told_to_use_cuda_graphs():
     """A CPU run bound by its Python was advised CUDA graphs, which a CPU has not: compiling
     (fewer, fused ops, fewer dispatches from Python) is its remedy."""
