@@ -157,6 +157,12 @@ class ModuleTracker:
         self.in_scaler = 0  # inside a GradScaler method (unscale_, step, update) on this thread
         self.optimizer_steps = 0  # optimizer steps ended on this thread (post-step hooks)
         self.scaler_skips = 0  # optimizer steps a GradScaler skipped on this thread (inf gradients)
+        #: generate()'s calls of a model given no KV cache, each over the sequence so far: the
+        #: model's path and the tokens of each call of the current run of them, and those runs
+        #: ended (`take_uncached`)
+        self._uncached_model = ""
+        self._uncached_chain: list[int] = []
+        self._uncached_runs: list[list[int]] = []
         self._unpatch_scaler: Callable[[], None] | None = None
         # phase labels: the user's (prof.phase) wins over one detected from a generation call
         self.user_label: str | None = None
@@ -575,6 +581,8 @@ class ModuleTracker:
                 label = "prefill"  # generate()'s first call, given no cache (older Mamba)
             if label is not None:
                 self.generation_label, self._label_depth = label, len(self.stack)
+                self._uncached_call(name, sequence_length(args, kwargs) if label == "prefill" and handed is None
+                                    else None)
         self.stack.append(name)
         self._mark(name)
         if is_compiled_module(module):
@@ -612,6 +620,28 @@ class ModuleTracker:
         if len(self.stack) == self._label_depth:
             self.generation_label, self._label_depth = None, -1
         self._mark(self.stack[-1] if self.stack else "")
+
+    def _uncached_call(self, model: str, tokens: int | None) -> None:
+        """A generation call of the model at path `model`: `tokens` for one given no cache (a
+        prefill), None for any other. A prefill of the same model one token longer than its last
+        call is generate() calling it again without a cache (use_cache=False), recomputing the
+        whole sequence; another model's (an assistant's) leaves the run as it is."""
+        chain = self._uncached_chain
+        if model != self._uncached_model and tokens is None:
+            return
+        if tokens is not None and chain and model == self._uncached_model and tokens == chain[-1] + 1:
+            chain.append(tokens)
+            return
+        if len(chain) > 1:
+            self._uncached_runs.append(chain)
+        self._uncached_model, self._uncached_chain = model, [tokens] if tokens is not None else []
+
+    def take_uncached(self) -> list[list[int]]:
+        """The runs of generation calls without a cache since the last take (each the tokens of
+        its calls, the first a prefill's), the current one ended."""
+        self._uncached_call(self._uncached_model, None)
+        runs, self._uncached_runs = self._uncached_runs, []
+        return runs
 
     def _pre_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if _thread_id() != self._thread:  # another thread's optimizer: neither phase nor step
@@ -1009,6 +1039,24 @@ def _is_cache(value: Any) -> bool:
     if value is None or isinstance(value, (torch.Tensor, int, float, str, bool)):
         return False
     return callable(getattr(value, "get_seq_length", None)) or type(value).__name__.endswith("Cache")
+
+
+#: a generation call's token ids or embeddings, by the names transformers gives them (an
+#: encoder-decoder's decoder is given the sequence it grows)
+_SEQUENCE_ARGUMENTS = ("decoder_input_ids", "input_ids", "decoder_inputs_embeds", "inputs_embeds")
+
+
+def sequence_length(args: Any, kwargs: dict[str, Any]) -> int | None:
+    """The tokens per sequence a model call is given (its ids' or embeddings' second dim), or
+    None where no argument says."""
+    for name in _SEQUENCE_ARGUMENTS:
+        value = kwargs.get(name)
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            return int(value.shape[1])
+    first = args[0] if isinstance(args, tuple) and args else None
+    if isinstance(first, torch.Tensor) and first.dim() >= 2 and not first.is_floating_point():
+        return int(first.shape[1])
+    return None
 
 
 def called_by_generate(module: Any) -> bool:

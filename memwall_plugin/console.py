@@ -47,6 +47,7 @@ from memwall_plugin.records import (
     SETUP_WALL_KEY,
     TIME_SOURCE_KEY,
     TIMELINE_KEY,
+    UNCACHED_KEY,
     ordered_phases,
     seconds_in,
 )
@@ -289,6 +290,25 @@ def advice(cat: str, report: Report) -> str:
     phases = {r.phase for r in report.rows}
     generates = DECODE in phases or (PREFILL in phases and cat in _GENERATION_ADVICE)
     return (_DECODE_ADVICE.get(cat) if generates else None) or _ADVICE[cat]
+
+
+def uncached_generation(report: Report) -> str | None:
+    """The finding for generate() calling its model without a KV cache (`UNCACHED_KEY`), or None."""
+    runs = [u for u in report.extra.get(UNCACHED_KEY) or () if isinstance(u, dict)]
+    try:
+        calls = sum(int(u["calls"]) for u in runs)
+        passes = sum(int(u["token_passes"]) for u in runs)
+        cached = sum(int(u["first_tokens"]) + int(u["calls"]) - 1 for u in runs)
+        shortest, longest = min(int(u["first_tokens"]) for u in runs), max(int(u["last_tokens"]) for u in runs)
+    except (KeyError, TypeError, ValueError):  # a report file written otherwise: no finding
+        return None
+    if not calls or cached <= 0:
+        return None
+    return (f"generate() called the model {calls:,} times without a KV cache, each call over the whole sequence "
+            f"so far ({shortest:,} to {longest:,} tokens): {passes:,} token positions computed per sequence "
+            f"where a cache computes {cached:,} ({passes / cached:.1f}x fewer). use_cache=False was passed, or the "
+            "model's config says use_cache=False (fine-tuning scripts set it for gradient checkpointing): pass "
+            "use_cache=True to generate().")
 
 
 def _generates(report: Report) -> bool:
@@ -610,6 +630,9 @@ def findings(report: Report) -> list[str]:
             f"({prefill.intensity / decode.intensity:.0f}x lower): each generated token fetches every "
             "weight for a few FLOPs; batching sequences raises it."
         )
+    uncached = uncached_generation(report)
+    if uncached:
+        out.append(uncached)
     # a what-if on another device: its roofs against times measured here say nothing
     compute_rows = [] if report.measured_elsewhere else [
         r for r in work if r.bound == COMPUTE and r.efficiency is not None]

@@ -37,6 +37,7 @@ from memwall_plugin.records import (
     TIME_SOURCE_KEY,
     TIME_SOURCES,
     TIMELINE_KEY,
+    UNCACHED_KEY,
 )
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import (
@@ -155,6 +156,7 @@ class Recorder:
         #: the steps whose optimizer step a GradScaler skipped, and the tracker's count of skips
         #: when the last step ended
         self._skipped_steps: set[int] = set()
+        self._uncached: dict[int, list[list[int]]] = {}  # step -> generation calls without a cache
         self._scaler_skips = 0
         self._compile_start = 0
         self.incomplete = False
@@ -271,6 +273,9 @@ class Recorder:
         if tracker.scaler_skips != self._scaler_skips:  # a GradScaler skipped this step's update
             self._scaler_skips = tracker.scaler_skips
             self._skipped_steps.add(self.step_num)
+        uncached = tracker.take_uncached()
+        if uncached:
+            self._uncached.setdefault(self.step_num, []).extend(uncached)
         table = self.capture.take()
         busy_ns, self.capture.device_busy_ns = self.capture.device_busy_ns, None
         # the GPU's idle share is of the step's work: a script's start-up before it is not waiting
@@ -474,6 +479,10 @@ class Recorder:
         skipped = sorted(self._skipped_steps.intersection(steps))
         if skipped:
             extra[SCALER_SKIPPED_KEY] = skipped
+        uncached = [run for step in steps for run in self._uncached.get(step, ())]
+        if uncached:
+            extra[UNCACHED_KEY] = [{"calls": len(run), "first_tokens": run[0], "last_tokens": run[-1],
+                                    "token_passes": sum(run)} for run in uncached]
         if self.capture is not None and self.capture.tracker.optimizers:
             extra[OPTIMIZERS_KEY] = [{"class": name, "fused": fused, "fusable": fusable}
                                      for name, (fused, fusable) in self.capture.tracker.optimizers.items()]

@@ -70,6 +70,10 @@ OPTIMIZERS_KEY = "optimizers"
 #: `Report.extra` key: the steps whose optimizer step a GradScaler skipped (inf or NaN gradients,
 #: fp16's first steps while the scale settles): their forward and backward ran, no update did
 SCALER_SKIPPED_KEY = "scaler_skipped_steps"
+#: `Report.extra` key: runs of generate()'s model calls given no KV cache (use_cache=False), each
+#: call over the whole sequence so far: [{"calls": 32, "first_tokens": 16, "last_tokens": 47,
+#: "token_passes": 1008}] (a cache computes first_tokens + calls - 1 of those passes)
+UNCACHED_KEY = "generation_without_cache"
 TIME_SOURCES = {
     "cpu": "the host clock around each op (its kernel, on this thread and the threads it uses)",
     "cuda": ("CUDA events recorded on the op's stream before and after it: from its launch to its end, so the time "

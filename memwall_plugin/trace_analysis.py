@@ -55,6 +55,7 @@ from memwall_plugin.records import (
     OUTSIDE_OPS,
     PREFILL,
     TIMELINE_KEY,
+    UNCACHED_KEY,
     OpCall,
 )
 from memwall_plugin.registry import Registry
@@ -436,7 +437,7 @@ class _Phases:
         self._optimizer_ends = sorted(e.end_us for e in trace.events if e.name.startswith(_OPTIMIZER_RANGE))
         self._modules: dict[int, str] = {}
         #: generate()'s calls of its model: id(their module range) -> prefill or decode
-        self._generation = _generation_calls(trace) if walk.modules else {}
+        self._generation, self.uncached = _generation_calls(trace) if walk.modules else ({}, [])
 
     def step_of(self, ts: float) -> Event | None:
         i = bisect.bisect_right(self._step_starts, ts) - 1
@@ -527,7 +528,7 @@ class _Phases:
                        for o in self.walk.ops)
 
 
-def _generation_calls(trace: Trace) -> dict[int, str]:
+def _generation_calls(trace: Trace) -> tuple[dict[int, str], list[list[int]]]:
     """The model calls of each transformers `generate()` in a trace recorded with its Python
     stack, labelled as `memwall.profile` labels them (from the cache each call is handed, which a
     trace does not record): by id of the call's module range, "prefill" or "decode".
@@ -539,7 +540,8 @@ def _generation_calls(trace: Trace) -> dict[int, str]:
     main model's), whose first call is the prefill. A later call is a decode step when it embeds
     fewer tokens than a call without a cache would (the prompt's length plus one per call before
     it: a decode step embeds the new tokens only); where no embedding says, it is a decode step
-    (generate() keeps a cache by default)."""
+    (generate() keeps a cache by default). Also the runs of calls without a cache (the tokens
+    each embedded, from the prefill on), as `memwall.profile` lists them (records.UNCACHED_KEY)."""
     calls: dict[int, tuple[Event, list[Event]]] = {}  # id(a generate range) -> its outermost, its calls
     embedded: dict[int, int] = {}  # id(a model call's range) -> tokens its first embedding looked up
     for e in trace.events:
@@ -562,15 +564,21 @@ def _generation_calls(trace: Trace) -> dict[int, str]:
         model = max(found, key=lambda e: e.ts_us).name
         generations.setdefault((id(outermost), model), []).extend(e for e in found if e.name == model)
     labels: dict[int, str] = {}
+    uncached: list[list[int]] = []
     for mine in generations.values():
         mine.sort(key=lambda e: e.ts_us)
         first = embedded.get(id(mine[0]))
         labels[id(mine[0])] = PREFILL
+        run = [first] if first is not None else []
         for i, e in enumerate(mine[1:], 1):
             tokens = embedded.get(id(e))
             full = first is not None and tokens is not None and tokens >= first + i
             labels[id(e)] = PREFILL if full else DECODE
-    return labels
+            if full and tokens == run[-1] + 1:
+                run.append(tokens)
+        if len(run) > 1:
+            uncached.append(run)
+    return labels, uncached
 
 
 def _device_times(trace: Trace, walk: _Walk) -> bool:
@@ -874,6 +882,9 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
         "number_assumed_calls": dict(sorted(numbers.items(), key=lambda kv: -kv[1])),
     }
     extra: dict[str, Any] = {TRACE_KEY: info}
+    if phases.uncached:
+        extra[UNCACHED_KEY] = [{"calls": len(run), "first_tokens": run[0], "last_tokens": run[-1],
+                                "token_passes": sum(run)} for run in phases.uncached]
     timeline = _timeline(trace, phases.steps)
     if timeline is not None:
         extra[TIMELINE_KEY] = timeline

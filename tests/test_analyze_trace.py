@@ -851,6 +851,10 @@ def test_a_generate_trace_reads_prefill_and_decode_as_memwall_profile_does(case:
     got, want = by_phase(report), by_phase(reference)
     assert set(want) >= {"prefill"} and ("decode" in want) == (case != "no cache")
     assert got == want
+    # the calls without a cache, each over the whole sequence: listed alike (a finding says so)
+    uncached = reference.extra.get("generation_without_cache")
+    assert (uncached is not None) == (case == "no cache")
+    assert report.extra.get("generation_without_cache") == uncached
     model_ops = {(op, phase): v for (op, phase), v in _by_op_phase(reference).items() if phase in got}
     traced_ops = {k: v for k, v in _by_op_phase(report).items() if k[1] in got}
     assert traced_ops.keys() == model_ops.keys()

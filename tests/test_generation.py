@@ -89,6 +89,41 @@ def test_decoding_folds_its_growing_kv_lengths_and_counts_exactly_what_every_len
     assert by_phase == {g.key: (g.flops, g.bytes, g.calls) for g in apart.group_by("phase")}
 
 
+@pytest.mark.parametrize("how", ["argument", "config"])
+def test_generation_without_a_cache_is_a_finding_with_what_it_recomputed(gpt2, how):
+    """generate() with use_cache=False (passed, or left in the config by a fine-tuning script)
+    calls the model over the whole sequence each time: every call read prefill and nothing said
+    the cache was off. The truth: the model's calls and their input lengths, seen by a forward
+    pre-hook of the test's own, and the same generate() with its cache, which the finding is
+    not given."""
+    prompt = torch.randint(0, 1000, (2, 8))
+    new_tokens = 6
+    lengths: list[int] = []
+    handle = gpt2.register_forward_pre_hook(lambda m, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
+                                            with_kwargs=True)
+    kwargs = {"use_cache": False} if how == "argument" else {}
+    before = gpt2.generation_config.use_cache
+    if how == "config":
+        gpt2.generation_config.use_cache = False
+    try:
+        with memwall.profile(model=gpt2, summary=False) as prof:
+            gpt2.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, **kwargs)
+    finally:
+        handle.remove()
+        gpt2.generation_config.use_cache = before
+    assert lengths == list(range(8, 8 + new_tokens))  # the whole sequence, each call
+    rep = prof.report()
+    assert rep.extra["generation_without_cache"] == [
+        {"calls": new_tokens, "first_tokens": 8, "last_tokens": 8 + new_tokens - 1, "token_passes": sum(lengths)}]
+    from memwall_plugin.console import findings
+    (note,) = [f for f in findings(rep) if "without a KV cache" in f]
+    assert f"{sum(lengths)} token positions" in note and "use_cache=True" in note
+    with memwall.profile(model=gpt2, summary=False) as cached:
+        gpt2.generate(prompt, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    assert "generation_without_cache" not in cached.report().extra
+    assert not [f for f in findings(cached.report()) if "without a KV cache" in f]
+
+
 def test_user_labels_win_and_restore(gpt2):
     x = torch.randint(0, 1000, (1, 8))
     with memwall.profile(model=gpt2, summary=False) as prof:
