@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import urllib.request
@@ -35,6 +36,7 @@ import memwall_plugin as memwall
 from memwall_plugin.console import findings
 from memwall_plugin.devices import CALIBRATED, DATASHEET, ESTIMATED, DeviceSpec, Figure, MemoryLevel, resolve_device
 from memwall_plugin.memory import CATEGORIES
+from memwall_plugin.records import ordered_phases
 from memwall_plugin.report import merge_reports
 from memwall_plugin.rows import group_rows
 
@@ -159,7 +161,7 @@ def test_module_tree_splits_forward_backward_and_the_optimizer(tensorboard, brow
     assert optimizer > 0
     root = browser.find_element(By.CSS_SELECTOR, ".mw-tree-line").text
     # the run's AdamW step is under the model's root, neither its forward nor its backward
-    assert "fwd " in root and " · bwd " in root and " · other " in root, root
+    assert "fwd " in root and " · bwd " in root and " · opt " in root, root
     browser.execute_script("arguments[0].scrollIntoView()", browser.find_element(By.CSS_SELECTOR, ".mw-tree-line"))
     _screenshot(browser, "memwall-tab-tree", tmp_path)
 
@@ -1299,11 +1301,18 @@ def _active(driver) -> dict:
         "        inTable: Boolean(a.closest('.mw-table-box')), inMemory: Boolean(a.closest('.mw-memory-part'))};")
 
 
-def test_keyboard_sorts_by_a_header_and_tabs_through_the_table_and_past_it(edges, browser, tmp_path):
-    """Headers are in the tab order and sort on Enter, saying so (aria-sort); Tab goes from ▸ to
-    ▸ down the scrolling table without losing focus (a scroll redraws nothing that is not
-    virtualised), Enter expands a row and keeps the focus on it, and Tab leaves the table for the
-    memory what-ifs."""
+def _tab_stops(driver, css: str) -> list[str | None]:
+    """The `tabindex` of each element `css` matches."""
+    return [e.get_attribute("tabindex") for e in driver.find_elements(By.CSS_SELECTOR, css)]
+
+
+def test_keyboard_sorts_by_a_header_and_the_table_is_one_tab_stop_with_arrows_between_rows(edges, browser, tmp_path):
+    """Headers are in the tab order and sort on Enter, saying so (aria-sort). The rows' ▸ are one
+    Tab stop (roving tabindex: the focused row's ▸ is 0, the others -1): Tab from the headers
+    reaches the first ▸, ArrowDown goes from ▸ to ▸ down the scrolling table without losing focus
+    (a scroll redraws nothing that is not virtualised), ArrowUp back, Enter expands a row and keeps
+    the focus on it, one Tab leaves the table for the memory what-ifs, and Shift+Tab comes back to
+    the ▸ last focused. The module tree's ▸ are one Tab stop the same way."""
     base, _, _, _ = edges
     _open_tab(browser, base)
     _choose_run(browser, "gpt", ready="tr.mw-memory-row")
@@ -1319,8 +1328,14 @@ def test_keyboard_sorts_by_a_header_and_tabs_through_the_table_and_past_it(edges
     header.send_keys(Keys.ENTER)  # back to the most FLOPs first
     cells = browser.find_elements(By.CSS_SELECTOR, ".mw-table-box td.mw-expandable")
     assert len(cells) > 3
-    browser.execute_script("arguments[0].focus()", cells[0])
+    expandable = ".mw-table-box td.mw-expandable"
+    assert _tab_stops(browser, expandable) == ["0"] + ["-1"] * (len(cells) - 1)
+    # from the last header, one Tab: the first row's ▸
+    browser.execute_script("document.querySelector('.mw-table-box th:last-child').focus()")
+    browser.switch_to.active_element.send_keys(Keys.TAB)
     first = _active(browser)["row"]
+    assert "mw-expandable" in _active(browser)["cls"] and first == cells[0].find_element(By.XPATH, "..") \
+        .get_attribute("data-id")
     # Enter expands the row: its lines are drawn again, and the focus stays on its ▸
     browser.switch_to.active_element.send_keys(Keys.ENTER)
     WebDriverWait(browser, 10).until(
@@ -1328,25 +1343,53 @@ def test_keyboard_sorts_by_a_header_and_tabs_through_the_table_and_past_it(edges
     assert _active(browser) | {"cls": ""} == {"tag": "TD", "cls": "", "row": first, "inTable": True, "inMemory": False}
     browser.switch_to.active_element.send_keys(Keys.ENTER)  # folded again
     seen = [first]
-    for _ in range(len(cells) + 60):
-        browser.switch_to.active_element.send_keys(Keys.TAB)
+    for _ in range(len(cells) - 1):
+        browser.switch_to.active_element.send_keys(Keys.ARROW_DOWN)
         _settle(browser)
         now = _active(browser)
         assert now["tag"] != "BODY", f"the focus was lost after the ▸ of row {seen[-1]}"
-        if not now["inTable"]:
-            break
-        assert "mw-expandable" in now["cls"] and now["row"] not in seen
+        assert now["inTable"] and "mw-expandable" in now["cls"] and now["row"] not in seen
         seen.append(now["row"])
-    else:
-        raise AssertionError("Tab never left the operator table")
+        # the focused ▸ alone is in the tab order
+        assert browser.execute_script(
+            "return [...document.querySelectorAll(arguments[0])].filter((c) => c.tabIndex === 0)"
+            ".map((c) => c.closest('tr').dataset.id)", expandable) == [now["row"]]
     assert len(seen) == len(cells)  # every ▸ once, in order
+    browser.switch_to.active_element.send_keys(Keys.ARROW_DOWN)  # the last stays
+    assert _active(browser)["row"] == seen[-1]
     assert browser.execute_script("return document.querySelector('.mw-table-box .mw-scroller').scrollTop") > 0
-    for _ in range(20):  # on to the memory section (its table's headers, then the what-ifs)
+    browser.switch_to.active_element.send_keys(Keys.ARROW_UP)
+    _settle(browser)
+    assert _active(browser)["row"] == seen[-2]
+    # one Tab leaves the table, on to the memory section (its table's headers, then the what-ifs)
+    browser.switch_to.active_element.send_keys(Keys.TAB)
+    assert not _active(browser)["inTable"]
+    for _ in range(20):
         if _active(browser)["inMemory"]:
             break
         browser.switch_to.active_element.send_keys(Keys.TAB)
     assert _active(browser)["inMemory"]
     _screenshot(browser, "memwall-tab-keyboard", tmp_path)
+    # back into the table: the ▸ last focused
+    browser.execute_script("document.querySelector('.mw-table-box th:last-child').focus()")
+    browser.switch_to.active_element.send_keys(Keys.TAB)
+    assert _active(browser)["row"] == seen[-2]
+
+    # the module tree: one ▸ in the tab order; ArrowDown to the next in view, Enter folds it
+    summaries = browser.find_elements(By.CSS_SELECTOR, ".mw-tree summary")
+    assert len(summaries) > 2 and _tab_stops(browser, ".mw-tree summary") == ["0"] + ["-1"] * (len(summaries) - 1)
+    browser.execute_script("arguments[0].focus()", summaries[0])
+    browser.switch_to.active_element.send_keys(Keys.ARROW_DOWN)
+    second = browser.switch_to.active_element
+    assert second.tag_name == "summary" and second != summaries[0]
+    assert _tab_stops(browser, ".mw-tree summary").count("0") == 1 and second.get_attribute("tabindex") == "0"
+    opened = browser.execute_script("return arguments[0].parentElement.open", second)
+    second.send_keys(Keys.ENTER)
+    assert browser.execute_script("return arguments[0].parentElement.open", second) is not opened
+    browser.switch_to.active_element.send_keys(Keys.ARROW_UP)
+    assert browser.switch_to.active_element == summaries[0]
+    browser.switch_to.active_element.send_keys(Keys.TAB)  # one Tab leaves the tree
+    assert not browser.execute_script("return Boolean(document.activeElement.closest('.mw-tree'))")
 
 
 def test_a_report_without_memory_says_why_and_a_trace_says_how_to_record_modules(edges, browser, tmp_path):
@@ -1498,3 +1541,124 @@ def test_memory_what_ifs_redo_the_notes_keep_the_peak_label_clear_and_say_each_s
     assert card == (f"{_pct(memory.peak_bytes / h100.memory_bytes)} of {_si(h100.memory_bytes, 'B')} "
                     f"({h100.name}, the what-if device)"), card
     assert "host RAM" not in card
+
+
+def _multiple(value: float) -> str:
+    """The number format.js' times() writes before its ×."""
+    return f"{round(value):,}" if value >= 100 else f"{float(f'{value:.2g}'):g}"
+
+
+def _set_batch(driver, scale: str) -> None:
+    driver.execute_script("const b = document.querySelector('input.mw-batch'); b.value = arguments[0];"
+                          "b.dispatchEvent(new Event('change'));", scale)
+
+
+def test_a_what_if_many_times_the_peak_reads_as_a_multiple_not_a_run_of_digits(edges, browser, tmp_path):
+    """A batch 100,000 times larger: the projected peak's change and its share of the capacity
+    read as multiples ("×38,077", "3,808× it"), not as "+3807608%"; a small change stays a
+    percentage."""
+    base, _, memory, _ = edges
+    _open_tab(browser, base)
+    _choose_run(browser, "tight", ready="tr.mw-memory-row")
+    baseline = memory.what_if().peak_bytes
+    _wait_projected(browser, baseline)
+    capacity = memory.peak_bytes * 5 // 4  # the tight run's
+    _set_batch(browser, "2")
+    doubled = memory.what_if(batch_scale=2.0).peak_bytes
+    _wait_projected(browser, doubled)
+    head = browser.find_element(By.CSS_SELECTOR, ".mw-whatif-head").text
+    assert f"+{_pct(doubled / baseline - 1)} from {_si(baseline, 'B')} without the what-ifs" in head, head
+    assert f"{_pct(doubled / capacity)} of it" in head, head
+    _set_batch(browser, "100000")
+    scaled = memory.what_if(batch_scale=1e5).peak_bytes
+    _wait_projected(browser, scaled)
+    head = browser.find_element(By.CSS_SELECTOR, ".mw-whatif-head").text
+    assert scaled / baseline > 100 and scaled / capacity > 100
+    assert f"×{_multiple(scaled / baseline)} from {_si(baseline, 'B')} without the what-ifs" in head, head
+    assert f"· {_multiple(scaled / capacity)}× it" in head, head
+    text = browser.find_element(By.CSS_SELECTOR, ".mw-memory-part").text
+    assert not re.search(r"\d{4,}%", text.replace(",", "")), text
+    browser.execute_script("document.querySelector('.mw-whatif').scrollIntoView()")
+    _screenshot(browser, "memwall-tab-memory-many-times", tmp_path)
+
+
+def test_the_memory_capacity_follows_the_what_if_device_and_can_be_chosen_apart(edges, browser, tmp_path):
+    """Choosing a what-if device at the top chooses its capacity in the memory section too (its
+    selector, the capacity line and the chart's notes, with no what-if peak drawn for a capacity
+    alone); the memory section can then choose another capacity on its own, and the top's "as
+    measured" brings back the measured one."""
+    base, _, memory, _ = edges
+    _open_tab(browser, base)
+    _choose_run(browser, "gpt", ready="tr.mw-memory-row")
+    _wait_projected(browser, memory.what_if().peak_bytes)
+    chosen = "select.mw-capacity-device"
+    assert browser.find_element(By.CSS_SELECTOR, chosen).get_attribute("value") == ""
+    h100, t4 = resolve_device("h100-sxm"), resolve_device("t4")
+
+    def shows(capacity: int, name: str):
+        def ready(d) -> bool:
+            summary = d.find_element(By.CSS_SELECTOR, ".mw-memory-summary").text
+            return (f"of capacity {_si(capacity, 'B')}" in summary and f"capacity: {name}" in summary
+                    and not d.find_elements(By.CSS_SELECTOR, ".mw-whatif-result.mw-loading")
+                    and f"in {_si(capacity, 'B')} ({name})" in d.find_element(
+                        By.CSS_SELECTOR, ".mw-whatif-result").text)
+        WebDriverWait(browser, 60).until(ready)
+
+    _select(browser, "select.mw-device", "h100-sxm")
+    shows(h100.memory_bytes, h100.name)
+    assert browser.find_element(By.CSS_SELECTOR, chosen).get_attribute("value") == "h100-sxm"
+    notes = browser.find_element(By.CSS_SELECTOR, ".mw-memory-notes").text
+    assert f"The capacity ({_si(h100.memory_bytes, 'B')}) is off this scale" in notes, notes
+    assert not browser.find_elements(By.CSS_SELECTOR, "text.mw-projected-label")  # a capacity changes no peak
+    # the memory section on its own: a T4's 16 GB, the top still an H100
+    _select(browser, chosen, "t4")
+    shows(t4.memory_bytes, t4.name)
+    assert browser.find_element(By.CSS_SELECTOR, "select.mw-device").get_attribute("value") == "h100-sxm"
+    notes = browser.find_element(By.CSS_SELECTOR, ".mw-memory-notes").text
+    assert f"The capacity ({_si(t4.memory_bytes, 'B')}) is off this scale" in notes, notes
+    browser.execute_script("document.querySelector('.mw-memory-part').scrollIntoView()")
+    _screenshot(browser, "memwall-tab-memory-follows-device", tmp_path)
+    # back to as measured at the top: the measured capacity again
+    _select(browser, "select.mw-device", "")
+    WebDriverWait(browser, 60).until(
+        lambda d: f"capacity: {memory.capacity_source}" in d.find_element(By.CSS_SELECTOR, ".mw-memory-summary").text)
+    assert browser.find_element(By.CSS_SELECTOR, chosen).get_attribute("value") == ""
+
+
+def test_the_phases_table_shows_the_consoles_phase_figures(edges, browser, tmp_path):
+    """The console's Phases table in the tab: one row per phase in the console's order, each with
+    its calls, time, share of the op time, FLOPs, bytes, FLOP/B, bound and roof reached, from the
+    report's own rows rolled up by phase; a what-if shows each phase's projected time and speed-up."""
+    base, logdir, _, _ = edges
+    (path,) = (logdir / "gpt" / "plugins" / "memwall").glob("*.json")
+    report = memwall.load_report(path)
+    groups = {g.key: g for g in report.group_by("phase")}
+    order = ordered_phases(groups)
+    assert len(order) >= 3  # forward, backward, optimizer
+    total = report.total_time_s
+    _open_tab(browser, base)
+    _choose_run(browser, "gpt", ready="tr.mw-memory-row")
+    part = browser.find_element(By.CSS_SELECTOR, ".mw-phases-part")
+    assert part.find_element(By.TAG_NAME, "h2").text == "Phases"
+    heads = [th.text for th in part.find_elements(By.CSS_SELECTOR, "th")]
+    assert heads == ["phase", "calls", "time", "share", "FLOPs", "bytes", "FLOP/B", "bound", "% of roof"]
+
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{float(f'{value:.3g}'):g}"
+
+    lines = [[td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+             for tr in part.find_elements(By.CSS_SELECTOR, "tr.mw-phase-row")]
+    assert lines == [[key, f"{g.calls:,}", _duration(g.time_s), _pct(g.time_s / total),
+                      _si(g.flops, "").strip() if g.flops is not None else "-", _si(g.bytes, "B"),
+                      num(g.intensity), g.bound, _pct(g.efficiency) if g.efficiency is not None else "-"]
+                     for key, g in ((k, groups[k]) for k in order)]
+    browser.execute_script("document.querySelector('.mw-phases-part').scrollIntoView()")
+    _screenshot(browser, "memwall-tab-phases", tmp_path)
+    _select(browser, "select.mw-device", "h100-sxm")
+    WebDriverWait(browser, 60).until(
+        lambda d: "speed-up" in [th.text for th in d.find_elements(By.CSS_SELECTOR, ".mw-phases-part th")])
+    heads = [th.text for th in browser.find_elements(By.CSS_SELECTOR, ".mw-phases-part th")]
+    assert heads[-3:] == ["bound", "projected", "speed-up"] and heads[2] == "measured"
+    cells = [td.text for td in browser.find_element(By.CSS_SELECTOR, ".mw-phases-part tr.mw-phase-row")
+             .find_elements(By.TAG_NAME, "td")]
+    assert cells[0] == order[0] and cells[-1].endswith("×") and cells[-2] != "-"

@@ -2,7 +2,7 @@
 // against message size, and a table), and every rank of the run side by side.
 
 import {logAxes, svg} from './chart.js';
-import {duration, el, pct, si, table} from './format.js';
+import {change, duration, el, pct, si, table} from './format.js';
 
 const WIDTH = 760;
 const HEIGHT = 300;
@@ -219,7 +219,7 @@ const SPREAD_COLUMNS = [
 ];
 
 function signed(share) {
-  return `${share >= 0 ? '+' : '-'}${pct(Math.abs(share))}`;
+  return change(share);
 }
 
 function why(o) {

@@ -39,7 +39,33 @@ export function duration(seconds) {
 /** A speed-up: 976×, 2.5×, 0.62× ("-" unknown). */
 export function times(value) {
   if (value === null || value === undefined || !isFinite(value)) return '-';
-  return value >= 100 ? `${Math.round(value).toLocaleString('en-US')}×` : `${Number(value.toPrecision(2))}×`;
+  return `${multiple(value)}×`;
+}
+
+function multiple(value) {
+  return value >= 100 ? Math.round(value).toLocaleString('en-US') : String(Number(value.toPrecision(2)));
+}
+
+// past this a percentage reads as a long run of digits (a what-if on a much larger batch or a
+// much faster device): the figure is written as the multiple it is
+const MANY_TIMES = 9.995;  // 999%
+
+/** A relative change: +12%, −66% (`digits`: −66.7%); beyond +999% the multiple it makes, ×38,077
+ * (as times() writes one); "-" unknown. */
+export function change(value, digits) {
+  if (value === null || value === undefined || !isFinite(value)) return '-';
+  if (value >= MANY_TIMES) return `×${multiple(value + 1)}`;
+  const size = digits === undefined ? pct(Math.abs(value)) : `${Math.abs(value * 100).toFixed(digits)}%`;
+  return `${value < 0 ? '−' : '+'}${size}`;
+}
+
+/** A part of a whole that may be many times it (a peak against a capacity): "85% of 80 GB", and
+ * beyond 999% the multiple, "3,808× 80 GB"; without `whole` the figure alone. "-" unknown. */
+export function shareOf(value, whole) {
+  if (value === null || value === undefined || !isFinite(value)) return '-';
+  const figure = value >= MANY_TIMES ? times(value) : pct(value);
+  if (!whole) return figure;
+  return value >= MANY_TIMES ? `${figure} ${whole}` : `${figure} of ${whole}`;
 }
 
 /** An element with a class and text; never HTML. */

@@ -3,7 +3,7 @@
 import {chartView, describePoint, drawRoofline, highlightPoints} from './chart.js';
 import {renderComm, renderRanks} from './comm.js';
 import {renderCompare} from './compare.js';
-import {duration, el, num, pct, si, times} from './format.js';
+import {duration, el, num, pct, shareOf, si, table as figures, times} from './format.js';
 import {MemoryView} from './memory.js';
 import {OperatorTable} from './table.js';
 import {renderTree} from './tree.js';
@@ -114,6 +114,10 @@ export async function render() {
   rooflinePart.append(el('h2', '', 'Roofline'), chartBox, changesPart);
   const operatorsPart = el('div', 'mw-operators-part');
   operatorsPart.append(el('h2', '', 'Operators'), tableBox);
+  // the console's Phases table: the report's rows rolled up by phase (/report's phase_groups)
+  const phasesPart = el('div', 'mw-phases-part');
+  const phasesBox = el('div', 'mw-phases');
+  phasesPart.append(el('h2', '', 'Phases'), phasesBox);
   const modulesPart = el('div', 'mw-modules-part');
   modulesPart.append(el('h2', '', 'Modules (rolled up)'), treeBox);
   // torch.distributed runs only: every rank side by side, and this rank's collectives
@@ -135,8 +139,8 @@ export async function render() {
   const memoryBox = el('div', 'mw-memory');
   memoryPart.append(el('h2', '', 'Memory: what held it over the peak step'), memoryBox);
   app.append(header, status, incompleteBanner, traceBanner, projection, cards, findingsPart, comparePart, ranksPart,
-      rooflinePart, operatorsPart, memoryPart, commPart, modulesPart);
-  const runParts = [rooflinePart, operatorsPart, memoryPart, modulesPart];
+      rooflinePart, operatorsPart, phasesPart, memoryPart, commPart, modulesPart);
+  const runParts = [rooflinePart, operatorsPart, phasesPart, memoryPart, modulesPart];
   document.body.appendChild(app);
   const table = new OperatorTable(tableBox);
   const view = chartView();  // the chart's filters, zoom and selection, kept across redraws
@@ -168,7 +172,7 @@ export async function render() {
   let latest = 0;  // a response for an older selection must not overwrite a newer one
 
   function clearView() {
-    cards.textContent = ''; chartBox.textContent = ''; treeBox.textContent = '';
+    cards.textContent = ''; chartBox.textContent = ''; treeBox.textContent = ''; phasesBox.textContent = '';
     projection.hidden = changesPart.hidden = traceBanner.hidden = incompleteBanner.hidden = true;
     for (const part of runParts) part.hidden = true;
     renderFindings(findingsPart, findingsList, []);
@@ -289,6 +293,7 @@ export async function render() {
     view.selected = new Set();
     draw(data);
     table.setRows(data.rows, Boolean(data.projection));
+    renderPhases(phasesBox, data);
     renderTree(treeBox, data.tree, data.headline.time_s, Boolean(data.trace));
     commPart.hidden = !data.comm;
     if (data.comm) {
@@ -299,7 +304,8 @@ export async function render() {
       });
     }
     const selection = selectionParams();
-    const memoryLoaded = memoryView.load(selection.toString(), devices);
+    // the memory what-ifs start from the what-if device's capacity (and may choose another there)
+    const memoryLoaded = memoryView.load(selection.toString(), devices, state.device);
     ranksPart.hidden = jobRanks.length < 2;
     if (jobRanks.length > 1) {
       try {
@@ -416,10 +422,10 @@ function memoryCard(container, memory, device = null) {
   box.appendChild(el('div', 'mw-card-value', si(memory.peak_bytes, 'B')));
   let note;
   if (device && device.memory_bytes) {
-    note = `${pct(memory.peak_bytes / device.memory_bytes)} of ${si(device.memory_bytes, 'B')} (${device.name}, the what-if device)`;
+    note = `${shareOf(memory.peak_bytes / device.memory_bytes, si(device.memory_bytes, 'B'))} (${device.name}, the what-if device)`;
   } else if (memory.capacity_bytes) {
     const whose = device ? `, the measured machine's: ${device.name}'s is unknown` : '';
-    note = `${pct(memory.peak_bytes / memory.capacity_bytes)} of ${si(memory.capacity_bytes, 'B')} ` +
+    note = `${shareOf(memory.peak_bytes / memory.capacity_bytes, si(memory.capacity_bytes, 'B'))} ` +
         `(${memory.capacity_source}${whose})`;
   } else {
     note = 'capacity unknown';
@@ -475,6 +481,31 @@ function headline(container, data) {
         (data.bytes_per_element ? ` · tensors re-sized to ${data.bytes_per_element} B/element` : '');
     card('device', device.name, `${peaks} · memory ${bw}${whatIf}${bpe}`);
   }
+}
+
+/**
+ * The console's Phases table (`memwall report`): each phase's calls, time and its share of the op
+ * time, FLOPs, bytes, intensity and bound, and its roof reached (in a what-if, its projected time
+ * and speed-up), from /report's phase_groups in the console's order (data.phases).
+ */
+function renderPhases(box, data) {
+  box.textContent = '';
+  const total = data.headline.time_s;
+  const order = (g) => data.phases.indexOf(g.key);
+  const groups = [...data.phase_groups].sort((a, b) => order(a) - order(b));
+  const columns = [
+    ['phase', (g) => g.key, false],
+    ['calls', (g) => g.calls.toLocaleString(), true],
+    [data.projection ? 'measured' : 'time', (g) => duration(g.time_s), true],
+    ['share', (g) => pct(total ? g.time_s / total : null), true],
+    ['FLOPs', (g) => si(g.flops), true],
+    ['bytes', (g) => si(g.bytes, 'B'), true],
+    ['FLOP/B', (g) => num(g.intensity), true],
+    ['bound', (g) => g.bound, false],
+  ].concat(data.projection
+    ? [['projected', (g) => duration(g.projected_time_s), true], ['speed-up', (g) => times(g.speedup), true]]
+    : [['% of roof', (g) => pct(g.efficiency), true]]);
+  box.appendChild(figures(columns, groups, (g) => `mw-phase-row mw-${g.bound}`));
 }
 
 /**

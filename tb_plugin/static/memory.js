@@ -3,7 +3,7 @@
 // (checkpointing, sharding, precision, batch, device), answered by ./memory_whatif.
 
 import {svg} from './chart.js';
-import {duration, el, num, pct, si} from './format.js';
+import {change, duration, el, num, shareOf, si} from './format.js';
 
 export const CATEGORY_LABELS = {
   parameters: 'parameters', gradients: 'gradients', optimizer_state: 'optimizer state',
@@ -113,8 +113,8 @@ export function memoryNotes(memory, projected) {
   const highest = Math.max(0, ...memory.timeline.map((p) => total(p[2])));
   return [
     capacity && !capacityOnScale(memory, projected) ? `The capacity (${si(capacity, 'B')}) is off this scale: ` +
-      `the peak is ${pct(memory.peak_bytes / capacity)} of it` +
-      (projected ? `, the what-if's ${pct(projected.peak_bytes / capacity)}.` : '.') : '',
+      `the peak is ${shareOf(memory.peak_bytes / capacity, 'it')}` +
+      (projected ? `, the what-if's ${shareOf(projected.peak_bytes / capacity, 'it')}.` : '.') : '',
     highest && highest !== memory.peak_bytes ? `The timeline's highest point is ${si(highest, 'B')}, ` +
       `${si(Math.abs(memory.peak_bytes - highest), 'B')} ${highest < memory.peak_bytes ? 'below' : 'above'} the peak; ` +
       'the what-ifs project from the timeline.' : '',
@@ -257,7 +257,7 @@ export function capacityText(memory) {
   const where = `during ${phase}, after ${op} in ${shown(module)} (step ${memory.peak_step})`;
   if (!memory.capacity_bytes) return `peak ${si(memory.peak_bytes, 'B')} ${where}; capacity unknown`;
   return `peak ${si(memory.peak_bytes, 'B')} of capacity ${si(memory.capacity_bytes, 'B')} ` +
-    `(${pct(memory.peak_bytes / memory.capacity_bytes)}) · capacity: ${memory.capacity_source || 'unknown source'} · ${where}`;
+    `(${shareOf(memory.peak_bytes / memory.capacity_bytes)}) · capacity: ${memory.capacity_source || 'unknown source'} · ${where}`;
 }
 
 const MODULE_COLUMNS = [
@@ -361,8 +361,10 @@ export class MemoryModuleTable {
 
 const SIZES = [['4', '4 B (fp32)'], ['2', '2 B (bf16/fp16)'], ['1', '1 B (fp8/int8)'], ['0.5', '0.5 B (int4)']];
 
-/** The what-if selectors; `onChange(query)` receives the ./memory_whatif parameters they set. */
-function whatIfForm(container, memory, categories, devices, worldSize, onChange) {
+/** The what-if selectors; `onChange(query)` receives the ./memory_whatif parameters they set.
+ * `capacityOf`: the device whose capacity is chosen first (the tab's what-if device), where the
+ * table knows its capacity; the user may choose another here. */
+function whatIfForm(container, memory, categories, devices, worldSize, onChange, capacityOf = '') {
   container.textContent = '';
   const form = el('div', 'mw-whatif-form');
   const changed = () => onChange(query());
@@ -425,6 +427,7 @@ function whatIfForm(container, memory, categories, devices, worldSize, onChange)
     option.value = value;
     device.appendChild(option);
   }
+  if (devices.some((d) => d.key === capacityOf && d.memory_bytes)) device.value = capacityOf;
   device.addEventListener('change', changed);
 
   const others = el('div', 'mw-whatif-others');
@@ -470,20 +473,19 @@ function whatIfForm(container, memory, categories, devices, worldSize, onChange)
 /** The what-if's answer: the projected peak against the measured one, by category, its cost. */
 function renderResult(container, memory, categories, result) {
   container.textContent = '';
-  const change = result.peak_bytes / result.baseline_peak_bytes - 1;
   const head = el('div', 'mw-whatif-head');
   const peak = el('span', 'mw-projected-peak', `projected peak ${si(result.peak_bytes, 'B')}`);
   peak.dataset.bytes = String(result.peak_bytes);
   head.appendChild(peak);
   const baseline = result.peak_bytes === result.baseline_peak_bytes ? 'no change' :
-    `${change >= 0 ? '+' : '−'}${pct(Math.abs(change))} from ${si(result.baseline_peak_bytes, 'B')} without the what-ifs`;
+    `${change(result.peak_bytes / result.baseline_peak_bytes - 1)} from ${si(result.baseline_peak_bytes, 'B')} without the what-ifs`;
   head.appendChild(el('span', 'mw-card-note', `${baseline} · measured peak ${si(result.measured_peak_bytes, 'B')}`));
   const fits = result.fits === null ? 'capacity unknown' : result.fits ? 'fits' : 'does not fit';
   const badge = el('span', `mw-fits ${result.fits === null ? '' : result.fits ? 'mw-fits-yes' : 'mw-fits-no'}`, fits);
   head.appendChild(badge);
   if (result.capacity_bytes) {
     head.appendChild(el('span', 'mw-card-note', `in ${si(result.capacity_bytes, 'B')} (${result.capacity_source}) · ` +
-        `${pct(result.peak_bytes / result.capacity_bytes)} of it`));
+        `${shareOf(result.peak_bytes / result.capacity_bytes, 'it')}`));
   }
   container.appendChild(head);
 
@@ -583,8 +585,9 @@ export class MemoryView {
     this.empty.textContent = message;
   }
 
-  /** `selection`: the run, job, rank and window parameters the other routes take. */
-  async load(selection, devices) {
+  /** `selection`: the run, job, rank and window parameters the other routes take; `device`: the
+   * tab's what-if device, whose capacity the what-ifs start from. */
+  async load(selection, devices, device = '') {
     const request = ++this.latest;
     let data;
     try {
@@ -607,15 +610,22 @@ export class MemoryView {
     this.categories = data.categories;
     this.selection = selection;
     this.summarize(memory);
+    this.draw(memory, null);
+    this.table.setModules(memory.modules);
+    const query = whatIfForm(this.formBox, memory, this.categories, devices, data.world_size, (q) => this.whatIf(q),
+        device);
+    await this.whatIf(query());
+  }
+
+  /** The capacity line, the chart and its notes: `memory` with the capacity chosen, and a
+   * what-if's projected peak (null: none). */
+  draw(memory, projected) {
     this.summary.textContent = capacityText(memory);
     if (memory.allocator_peak_bytes) {
       this.summary.appendChild(el('div', 'mw-card-note', `CUDA allocator peak over the recorded steps: ${si(memory.allocator_peak_bytes, 'B')}`));
     }
-    drawMemoryChart(this.chart, memory, this.categories, null);
-    this.notes.textContent = memoryNotes(memory, null);
-    this.table.setModules(memory.modules);
-    const query = whatIfForm(this.formBox, memory, this.categories, devices, data.world_size, (q) => this.whatIf(q));
-    await this.whatIf(query());
+    drawMemoryChart(this.chart, memory, this.categories, projected);
+    this.notes.textContent = memoryNotes(memory, projected);
   }
 
   async whatIf(query) {
@@ -637,8 +647,12 @@ export class MemoryView {
     if (request !== this.latestWhatIf || selection !== this.selection) return;
     this.resultBox.classList.remove('mw-loading');
     renderResult(this.resultBox, this.memory, this.categories, result);
-    const projected = query.toString() ? result : null;
-    drawMemoryChart(this.chart, this.memory, this.categories, projected);
-    this.notes.textContent = memoryNotes(this.memory, projected);
+    // another device's capacity: the capacity line, the chart's scale and its notes are that
+    // device's; a capacity alone changes no peak, so the chart draws no what-if peak for it
+    const device = query.get('device');
+    const memory = device ? {...this.memory, capacity_bytes: result.capacity_bytes,
+      capacity_source: result.capacity_source} : this.memory;
+    const projected = [...query.keys()].some((key) => key !== 'device') ? result : null;
+    this.draw(memory, projected);
   }
 }

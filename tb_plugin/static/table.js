@@ -5,7 +5,7 @@
 // and the speed-up over the measured time.
 
 import {levelClass} from './chart.js';
-import {duration, el, num, pct, share, si, times} from './format.js';
+import {change, duration, el, num, pct, share, si, times} from './format.js';
 
 const ROW_HEIGHT = 24;
 const VIEWPORT_ROWS = 24;
@@ -83,9 +83,9 @@ function saving(r) {
   return signedShare(-r.fusion_saved_bytes / r.eager_bytes);
 }
 
-/** A relative change as a signed percentage ("−66.7%", "+3.0%"). */
-function signedShare(change) {
-  return `${change < 0 ? '−' : '+'}${Math.abs(change * 100).toFixed(1)}%`;
+/** A relative change as a signed percentage ("−66.7%", "+3.0%"; beyond +999% "×38"). */
+function signedShare(value) {
+  return change(value, 1);
 }
 
 export class OperatorTable {
@@ -102,6 +102,9 @@ export class OperatorTable {
     this.columns = COLUMNS;
     this.selected = new Set();  // the ids of the rows selected (by a click here or on a point)
     this.selectListener = null;  // (ids) => ...: a row was clicked
+    // the table is one Tab stop: the ▸ of this row (else the first drawn) is in the tab order,
+    // ArrowUp and ArrowDown move between the rows' ▸
+    this.current = null;
     this.build();
   }
 
@@ -136,6 +139,10 @@ export class OperatorTable {
     this.painted = null;  // [first, last] of the lines drawn, when virtualised
     this.scroller.addEventListener('scroll', () => {
       if (this.lines.length > VIRTUAL_ABOVE && !sameRange(this.range(), this.painted)) this.paint();
+    });
+    this.body.addEventListener('focusin', (event) => {
+      const tr = event.target.closest('tr.mw-row');
+      if (tr && event.target.classList.contains('mw-expandable')) this.rove(Number(tr.dataset.id));
     });
     this.body.addEventListener('click', (event) => {
       const tr = event.target.closest('tr.mw-row');
@@ -172,6 +179,7 @@ export class OperatorTable {
     this.rows = rows;
     this.selected = new Set();
     this.expanded = new Set();
+    this.current = null;
     this.total = rows.reduce((sum, r) => sum + r.time_s, 0);
     const columns = projected ? PROJECTED : COLUMNS;
     if (columns !== this.columns) {
@@ -249,6 +257,31 @@ export class OperatorTable {
     this.flatten();
   }
 
+  /** The row `id`'s ▸ becomes the table's Tab stop. */
+  rove(id) {
+    this.current = id;
+    const cells = this.body.querySelectorAll('td.mw-expandable');
+    const mine = this.body.querySelector(`tr.mw-row[data-id="${id}"] td.mw-expandable`);
+    cells.forEach((cell, i) => { cell.tabIndex = (mine ? cell === mine : i === 0) ? 0 : -1; });
+  }
+
+  /** ArrowDown (`step` 1) or ArrowUp (-1) from row `id`: the focus to the next row's ▸ that way,
+   * drawn first where the table is virtualised and it is out of view. */
+  step(id, step) {
+    const index = this.lines.findIndex((line) => !line.parent && line.row.id === id);
+    let next = index + step;
+    while (next >= 0 && next < this.lines.length && (this.lines[next].parent || !this.lines[next].row.variants)) next += step;
+    if (index < 0 || next < 0 || next >= this.lines.length) return;
+    const target = this.lines[next].row.id;
+    this.current = target;
+    if (this.painted && (next < this.painted[0] || next >= this.painted[1])) {
+      this.scroller.scrollTop = Math.max(0, (next - (step > 0 ? VIEWPORT_ROWS - 4 : 3)) * ROW_HEIGHT);
+      this.paint();
+    }
+    const cell = this.body.querySelector(`tr.mw-row[data-id="${target}"] td.mw-expandable`);
+    if (cell) cell.focus();
+  }
+
   /** The lines to draw: [first, last) of `this.lines`, all of them unless virtualised. */
   range() {
     const lines = this.lines;
@@ -272,6 +305,7 @@ export class OperatorTable {
       this.body.appendChild(parent ? this.variantLine(row, parent, i) : this.rowLine(row, i));
     }
     if (last < lines.length) this.body.appendChild(spacer((lines.length - last) * ROW_HEIGHT));
+    this.rove(this.current);
     if (refocus !== null) {
       const cell = this.body.querySelector(`tr.mw-row[data-id="${refocus}"] td.mw-expandable`);
       if (cell) cell.focus({preventScroll: true});
@@ -290,13 +324,17 @@ export class OperatorTable {
           // ran with several input shapes: the op's cell (a ▸ before it) shows each one's own figures
           const open = this.expanded.has(r.id);
           td.classList.add('mw-expandable');
-          td.tabIndex = 0;
+          td.tabIndex = -1;  // rove() puts one ▸ in the tab order
           td.setAttribute('role', 'button');
           td.setAttribute('aria-expanded', String(open));
           td.title = `${describe(r)}\n${open ? 'hide' : 'show'} its ${r.variants.length} input shapes (click)`;
           td.addEventListener('click', () => this.toggle(r));
           td.addEventListener('keydown', (event) => {
             if (event.key === 'Enter' || event.key === ' ') { event.preventDefault(); this.toggle(r); }
+            if (event.key === 'ArrowDown' || event.key === 'ArrowUp') {
+              event.preventDefault();  // not a scroll: the next row's ▸
+              this.step(r.id, event.key === 'ArrowDown' ? 1 : -1);
+            }
           });
           tr.classList.add('mw-has-variants');
         }

@@ -21,7 +21,30 @@ export function renderTree(container, nodes, totalTime, trace = false) {
     children.get(node.parent).push(node);
   }
   const root = nodes.find((n) => n.key === '');
-  if (root) container.appendChild(branch(root, children, totalTime, 0));
+  if (!root) return;
+  const top = branch(root, children, totalTime, 0);
+  container.appendChild(top);
+  rove(top);
+}
+
+/**
+ * The tree is one Tab stop: one ▸ (a <summary>) is in the tab order, the one last focused;
+ * ArrowUp and ArrowDown move between the ▸ in view (not those inside a folded branch), and
+ * Enter or Space fold and unfold as a <summary> does.
+ */
+function rove(top) {
+  const all = [...top.querySelectorAll('summary')];
+  const tabTo = (summary) => { for (const s of all) s.tabIndex = s === summary ? 0 : -1; };
+  tabTo(all[0]);
+  top.addEventListener('focusin', (event) => { if (event.target.tagName === 'SUMMARY') tabTo(event.target); });
+  top.addEventListener('keydown', (event) => {
+    if (event.target.tagName !== 'SUMMARY' || (event.key !== 'ArrowDown' && event.key !== 'ArrowUp')) return;
+    event.preventDefault();
+    // in view: no branch above its own is folded
+    const shown = all.filter((s) => !s.parentElement.parentElement.closest('details:not([open])'));
+    const next = shown[shown.indexOf(event.target) + (event.key === 'ArrowDown' ? 1 : -1)];
+    if (next) next.focus();
+  });
 }
 
 function branch(node, children, totalTime, depth) {
