@@ -429,9 +429,10 @@ def cache_time(report: Report) -> dict[str, float]:
 FIXED_COST_SHARE = 0.1
 
 
-def _served_from(rows: list[Row], main: str) -> str:
+def _served_from(rows: list[Row], main: str, levels: dict[str, float] | None = None) -> str:
     """"; they run from L2 at 101 GB/s: bound by the L2, not DRAM" where most of the rows' time
-    ran on data in one cache level, else ""."""
+    ran on data in one cache level, else "". `levels`: each level's bandwidth as the header gives
+    it, the roof named (a row whose calls ran from several levels has a roof between theirs)."""
     by_level: dict[str, list[Row]] = {}
     for r in rows:
         by_level.setdefault(r.memory_level, []).append(r)
@@ -443,6 +444,7 @@ def _served_from(rows: list[Row], main: str) -> str:
     # the level's roof over the same bytes (each row under its own: the level's, per dtype alike)
     least = sum(r.bytes / r.bandwidth_bytes_per_s for r in members if r.bandwidth_bytes_per_s)
     roof = sum(r.bytes for r in members if r.bandwidth_bytes_per_s) / least if least else None
+    roof = (levels or {}).get(level) or roof
     if roof and rate < FIXED_COST_SHARE * roof:
         return (f"; they run from {level} at {si(rate, 'B/s')}, {rate / roof:.1%} of its {si(roof, 'B/s')}: so "
                 f"little data per op that each op's fixed cost (dispatch, Python), not the {level}'s bandwidth, "
@@ -615,9 +617,11 @@ def findings(report: Report) -> list[str]:
                 op_time[r.op.removeprefix("aten.")] = op_time.get(r.op.removeprefix("aten."), 0.0) + r.time_s
             ops = sorted(op_time, key=lambda op: -op_time[op])[:3]
             main = report.device.memory_levels[-1].name if report.device is not None else ""
+            levels = {m.name: m.bandwidth_bytes_per_s for m in report.device.memory_levels
+                      if m.bandwidth_bytes_per_s} if report.device is not None else {}
             out.append(
                 f"{share:.0%} of op time is in memory-bound {cat} ops, most under {place} "
-                f"({', '.join(ops)}){'' if report.measured_elsewhere else _served_from(inside, main)}: "
+                f"({', '.join(ops)}){'' if report.measured_elsewhere else _served_from(inside, main, levels)}: "
                 f"{advice(cat, report)}."
             )
     phases = {g.key: g for g in report.group_by("phase")}

@@ -273,6 +273,24 @@ def test_the_summary_names_the_level_and_findings_say_what_bounds_cached_updates
     assert "bound by the L2, not DRAM" not in finding
 
 
+def test_a_finding_names_the_levels_own_roof_where_a_rows_calls_ran_from_several_levels():
+    """A row whose calls ran mostly from L2 and partly from DRAM is placed under a roof between the
+    two (154 GB/s here); the finding said "0.7% of its 154 GB/s" of "the L2" beside a header
+    giving the L2's 200 GB/s. It names the level's own figure, the header's."""
+    from memwall_plugin.console import findings
+
+    device = _device()
+    row = memwall.Row(op="aten.add_", overload="Tensor", module="", phase="optimizer", calls=100, dtype="float32",
+                      shapes="[65536]", flops=12_500_000, bytes_read=50_000_000, bytes_written=50_000_000,
+                      elements_read=12_500_000, elements_written=12_500_000, time_s=0.1,
+                      reuse=((19, 90_000_000), (COLD, 10_000_000)))
+    (placed,) = place_rows([row], device)
+    assert placed.memory_level == "L2" and 150e9 < placed.bandwidth_bytes_per_s < 160e9
+    rep = memwall.Report(rows=(placed,), device=device, steps=(0,), wall_time_s=0.11)
+    (finding,) = [f for f in findings(rep) if "optimizer" in f]
+    assert "they run from L2 at 1 GB/s, 0.5% of its 200 GB/s" in finding, finding
+
+
 def _reuse_by_hand(calls: list[tuple[list[torch.Tensor], dict[int, int]]], horizon: int) -> None:
     """The reuse histogram the slow way, one touch at a time: a dict of each address's last touch."""
     clock, last = 0, {}
