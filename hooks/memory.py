@@ -771,7 +771,8 @@ class MemoryTracker:
         second). The batch what-if leaves them unscaled."""
         shapes = self._param_shapes[module]
         for t in (out,) if isinstance(out, _Tensor) else out if isinstance(out, (tuple, list)) else ():
-            if type(t) is not _Tensor or tuple(t.shape) not in shapes:
+            # a strided nested tensor (SDPA's math path on jagged inputs) has no single shape
+            if type(t) is not _Tensor or t.is_nested or tuple(t.shape) not in shapes:
                 continue
             try:
                 entry = self.live.get(storage_key(t.untyped_storage()))

@@ -315,6 +315,55 @@ def test_jagged_attention_counts_each_sequence_at_its_length():
     ]
 
 
+class _JaggedSelfAttention(torch.nn.Module):
+    """Self-attention over jagged sequences whose projection is a parameter of its own (as
+    nn.MultiheadAttention's in_proj_weight is), queries, keys and values alike."""
+
+    def __init__(self, heads: int, dim: int) -> None:
+        super().__init__()
+        self.heads, self.dim = heads, dim
+        self.proj = torch.nn.Parameter(torch.randn(heads * dim, heads * dim) / (heads * dim) ** 0.5)
+
+    def forward(self, nt: torch.Tensor) -> torch.Tensor:
+        # queries, keys and values one projection (chunks of a wider one are not contiguous, and
+        # torch's jagged SDPA then looks for a CUDA kernel: a CUDA build without a GPU's driver
+        # fails there, with or without memwall)
+        x = F.linear(nt, self.proj).unflatten(-1, (self.heads, self.dim)).transpose(1, 2)
+        return F.scaled_dot_product_attention(x, x, x).transpose(1, 2).flatten(-2)
+
+
+def test_jagged_attention_in_a_module_with_its_own_parameters_is_recorded_to_the_end():
+    """SDPA on jagged inputs runs torch's math path on CPU, through strided nested tensors (one
+    per sequence, no single shape). Inside a module holding parameters of its own, memwall's
+    memory tracking asked such an output for its shape to compare it with the module's
+    parameters' (`NestedTensorImpl doesn't support sizes`) and stopped recording for the rest of
+    the run: the attention's matmuls were missing. The truth: a bare run's bits and the matmuls'
+    FLOPs by hand, 2 x 2 x dim per score per head."""
+    lengths, heads, dim = [5, 9, 3], 2, 16
+    torch.manual_seed(0)
+    model = _JaggedSelfAttention(heads, dim)
+    parts = [torch.randn(n, heads * dim) for n in lengths]
+
+    def run() -> tuple[torch.Tensor, ...]:
+        model.zero_grad(set_to_none=True)
+        out = model(torch.nested.as_nested_tensor(parts, layout=torch.jagged))
+        out.values().square().sum().backward()
+        assert model.proj.grad is not None
+        return out.values(), model.proj.grad.clone()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's nested-tensor prototype notices
+        bare = run()
+        with memwall.profile(model=model, summary=False) as prof:
+            out = run()
+    assert all(torch.equal(a, b) for a, b in zip(bare, out, strict=True))
+    rep = prof.report()
+    assert not rep.incomplete
+    forward = sum(r.flops or 0 for r in rows_of(rep, "aten.matmul") if r.phase == "forward")
+    assert forward == 2 * 2 * dim * heads * sum(n * n for n in lengths)
+    assert {r.phase for r in rep.rows if r.op.startswith("aten.matmul")} >= {"forward", "backward"}
+
+
 # --- SDPA with is_causal: the tiles torch's CPU kernel computes -------------------------------
 
 
