@@ -1138,8 +1138,10 @@ class Summary:
         if head.setup_time_s < head.time_s and shown:
             # a report of set-up alone has its shares over it
             start_up = f"; {_dur(before)} of the wall time" if before > 0 else ""
+            # a generation's set-up also holds generate()'s own work before its first model call
+            prepared = ", generate()'s preparation of the inputs" if _generates(rep) else ""
             lines.append(Text(f"setup    {_dur(head.setup_time_s)} of it before the first forward (weight init, "
-                              f"data{start_up}): not counted in the shares or findings"))
+                              f"data{prepared}{start_up}): not counted in the shares or findings"))
         compiling = compile_wall_s(rep)
         if compiling > 0:
             lines.append(Text(f"compile  {_dur(compiling)} of the wall time compiling (torch.compile): not counted "

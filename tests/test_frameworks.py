@@ -137,6 +137,10 @@ def test_a_host_bound_generation_is_told_to_batch_not_to_load_data_with_workers(
     assert "generate()" in advice("outside-the-model", rep)
     # a decoding run's matmul advice stays a decoding run's
     assert "batched decoding" not in advice("matmul", rep)
+    # what ran before the model's first call was generate()'s, not weight init or data alone
+    from memwall_plugin.console import render_text
+    assert {"setup", "prefill"} <= {r.phase for r in rep.rows}
+    assert "(weight init, data, generate()'s preparation of the inputs" in render_text(rep, width=160)
 
 
 def test_a_host_bound_cpu_run_is_not_told_to_use_cuda_graphs():
