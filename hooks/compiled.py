@@ -348,8 +348,10 @@ def _nodes_of(gm: Any, calls: dict[Any, OpCall], origins: dict[str, tuple[str, s
             through[n.name] = ins
             continue
         val = n.meta.get("val")
-        if isinstance(val, (tuple, list)) and val:  # an op of several outputs: a library call writes them in order
-            val = val[0]
+        if isinstance(val, (tuple, list)) and val:
+            # an op of several outputs: a library call writes them in order, those it computes
+            # (convolution_backward of an input needing no gradient: no input gradient, None)
+            val = next((v for v in val if isinstance(v, torch.Tensor)), None)
         shape = tuple(val.shape) if isinstance(val, torch.Tensor) else None
         # the names Inductor builds a kernel's name from (the op before decomposition), and the node's own
         names = tuple(dict.fromkeys(x for x in ((origins[n.name][0] if n.name in origins else ""),

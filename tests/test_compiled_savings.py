@@ -358,6 +358,42 @@ def test_attention_a_compiled_region_calls_itself_is_a_kernel_row_with_its_bytes
     assert not [r.shapes for r in rep.rows if r.op == REGION and "no kernel was matched" in r.shapes and r.flops]
 
 
+def test_a_compiled_stem_convolutions_weight_gradient_is_its_modules_kernel_row(fresh_dynamo):
+    """A CNN's first convolution gets an input that needs no gradient: its convolution_backward
+    computes the weight's gradient alone, and its graph node's first output is None. The kernel
+    match read the node's shape from that first output, found none, and left the call unmatched:
+    its FLOPs on the region's own row at the top level, with no bytes (the largest backward op of
+    a compiled ResNet step). The truth: the same step in eager, per module and phase, and bit for
+    bit a bare compiled run."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 7, stride=2, padding=3, bias=False), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 16, 3, padding=1, bias=False), torch.nn.AdaptiveAvgPool2d(1),
+                                torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    compiled = torch.compile(model)
+    x, y = torch.randn(2, 3, 64, 64), torch.randint(0, 10, (2,))
+
+    def step(run):
+        torch.nn.functional.cross_entropy(run(x), y).backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        return grads
+
+    bare = step(compiled)  # compiles forward and backward
+    with memwall.profile(summary=False, model=model) as prof:
+        grads = step(compiled)
+    assert all(torch.equal(g, b) for g, b in zip(grads, bare, strict=True))
+    with memwall.profile(summary=False, model=model) as prof_eager:
+        step(model)
+    eager = {(r.module, r.phase): (r.flops, r.bytes) for r in prof_eager.report().rows
+             if r.op == "aten.convolution_backward"}
+    assert set(eager) == {("0", "backward"), ("2", "backward")}
+    rep = prof.report()
+    kernels = {(r.module, r.phase): (r.flops, r.bytes) for r in _kernels(rep)
+               if "(kernel aten.convolution_backward" in r.shapes}
+    assert kernels == eager
+    assert not [r.shapes for r in rep.rows if r.op == REGION and "no kernel was matched" in r.shapes and r.flops]
+
+
 def test_diff_pairs_each_compiled_region_with_the_eager_ops_it_replaced(fresh_dynamo):
     """`memwall diff` of an eager run and a compiled run of the same model: each compiled
     region, in its module and phase, beside the eager run's ops it replaced, counted by hand."""
