@@ -33,6 +33,7 @@ from memwall_plugin.ranks import CONDENSE_ABOVE, OUTLIER_SHARE, TOP_NODES, RankS
 from memwall_plugin.records import (
     AOTI_MODEL_OP,
     BACKWARD,
+    CHANNELS_LAST_KEY,
     COMPILE_WALL_KEY,
     CUDA_GRAPHS_KEY,
     CUDA_KERNEL_TIME,
@@ -274,6 +275,11 @@ _DECODE_ADVICE = {
                          "more sequences per call spread them, and a static cache (cache_implementation=\"static\") "
                          "with torch.compile fuses them",
 }
+#: the convolution advice where they already run channels_last (this share of their time or more)
+_CHANNELS_LAST_ALREADY = 0.95
+_CHANNELS_LAST_ADVICE = ("they run channels_last already: a larger batch reuses each filter on more images, and "
+                         "torch.compile fuses the elementwise ops that follow them (bias, norm, activation) into "
+                         "one pass")
 #: the advice of _DECODE_ADVICE that holds for any generation run, a prefill alone included
 _GENERATION_ADVICE = ("outside-the-model",)
 
@@ -287,6 +293,10 @@ def advice(cat: str, report: Report) -> str:
         known = _optimizer_advice(cat, report.extra.get(OPTIMIZERS_KEY))
         if known:
             return known
+    if cat == "convolution":
+        share = report.extra.get(CHANNELS_LAST_KEY)
+        if isinstance(share, (int, float)) and share >= _CHANNELS_LAST_ALREADY:
+            return _CHANNELS_LAST_ADVICE
     phases = {r.phase for r in report.rows}
     generates = DECODE in phases or (PREFILL in phases and cat in _GENERATION_ADVICE)
     return (_DECODE_ADVICE.get(cat) if generates else None) or _ADVICE[cat]

@@ -24,6 +24,7 @@ from memwall_plugin.hooks.capture import FORKED_CHILD, Capture, CaptureEntry, me
 from memwall_plugin.hooks.kernel_clock import EVENTS, KERNELS
 from memwall_plugin.memory_build import memory_report
 from memwall_plugin.records import (
+    CHANNELS_LAST_KEY,
     COMPILE_WALL_KEY,
     CUDA_GRAPHS_KEY,
     CUDA_KERNEL_TIME,
@@ -94,6 +95,44 @@ def _merge(into: Table, table: Table) -> Table:
         return table
     merge_into(into, table)
     return into
+
+
+#: convolutions, forward and backward: the argument that is their image (the backward's first
+#: is the output's gradient, laid out as whatever made it)
+_CONVOLUTIONS = {"convolution": 0, "_convolution": 0, "mkldnn_convolution": 0, "convolution_backward": 1}
+
+
+def channels_last_share(entries: Any) -> float | None:
+    """The share of the convolutions' time whose image was channels_last (None: no convolution
+    of 4 or 5 dims ran)."""
+    every = last = 0
+    for e in entries:
+        name = getattr(getattr(e.func, "_schema", None), "name", "")
+        at = _CONVOLUTIONS.get(name.removeprefix("aten::"))
+        if at is None or len(e.arg_key) <= at:
+            continue
+        image = e.arg_key[at]
+        if not (isinstance(image, tuple) and len(image) == 3 and isinstance(image[1], tuple)):
+            continue
+        shape, stride = tuple(image[0]), image[1]
+        if len(shape) not in (4, 5) or len(stride) != len(shape):
+            continue
+        every += e.time_ns or 1
+        if _channels_last(shape, stride):
+            last += e.time_ns or 1
+    return last / every if every else None
+
+
+def _channels_last(shape: tuple[int, ...], stride: tuple[Any, ...]) -> bool:
+    """Whether strides are NHWC's (NDHWC's): channels innermost, then width, height, (depth), batch."""
+    c, spatial = shape[1], shape[2:]
+    if c <= 1:
+        return False  # one channel: both layouts alike
+    expected, step = [0] * len(shape), 1
+    for dim in (1, *range(len(shape) - 1, 1, -1), 0):
+        expected[dim] = step
+        step *= shape[dim]
+    return all(size == 1 or int(k) == e for size, k, e in zip(shape, stride, expected)) and bool(spatial)
 
 
 class Recorder:
@@ -479,6 +518,9 @@ class Recorder:
         skipped = sorted(self._skipped_steps.intersection(steps))
         if skipped:
             extra[SCALER_SKIPPED_KEY] = skipped
+        layout = channels_last_share(table.values())
+        if layout is not None:
+            extra[CHANNELS_LAST_KEY] = layout
         uncached = [run for step in steps for run in self._uncached.get(step, ())]
         if uncached:
             extra[UNCACHED_KEY] = [{"calls": len(run), "first_tokens": run[0], "last_tokens": run[-1],

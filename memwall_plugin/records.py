@@ -74,6 +74,9 @@ SCALER_SKIPPED_KEY = "scaler_skipped_steps"
 #: call over the whole sequence so far: [{"calls": 32, "first_tokens": 16, "last_tokens": 47,
 #: "token_passes": 1008}] (a cache computes first_tokens + calls - 1 of those passes)
 UNCACHED_KEY = "generation_without_cache"
+#: `Report.extra` key: the share of the convolutions' time whose images were channels_last (NHWC,
+#: NDHWC), for the convolution advice (a run already channels_last is not told to be)
+CHANNELS_LAST_KEY = "channels_last_share"
 TIME_SOURCES = {
     "cpu": "the host clock around each op (its kernel, on this thread and the threads it uses)",
     "cuda": ("CUDA events recorded on the op's stream before and after it: from its launch to its end, so the time "

@@ -189,6 +189,36 @@ def _cpu(flags: str, fp32: float, bandwidth: float) -> memwall.DeviceSpec:
         peaks={"fp32": fp32}, bandwidth=bandwidth)
 
 
+def test_a_run_already_channels_last_is_not_told_to_use_channels_last():
+    """A vision user's run, model and images channels_last, whose convolutions are memory-bound
+    was told "channels_last (model.to(memory_format=torch.channels_last)) runs them without
+    layout copies": what it already did. The report says which share of the convolutions' time
+    ran on channels_last images (forward and backward), and the advice follows it. The truth: the
+    layouts the test chose."""
+    def run(channels_last: bool) -> memwall.Report:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(8, 32, 3, padding=1), torch.nn.Conv2d(32, 32, 1))
+        x = torch.randn(2, 8, 32, 32)
+        if channels_last:
+            model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        with memwall.profile(model=model, summary=False) as prof:
+            model(x).square().mean().backward()
+        return prof.report()
+
+    nchw, nhwc = run(False), run(True)
+    assert nchw.extra["channels_last_share"] == 0.0 and nhwc.extra["channels_last_share"] == 1.0
+    spec = _cpu(NO_BF16_CPU, 1e13, 1e9)  # a roof far above the bandwidth: every convolution memory-bound
+    told = " ".join(findings(_measured_on(nchw, spec)))
+    assert "memory-bound convolution ops" in told and "memory_format=torch.channels_last" in told
+    told = " ".join(findings(_measured_on(nhwc, spec)))
+    assert "memory-bound convolution ops" in told and "memory_format=torch.channels_last" not in told
+    assert "they run channels_last already" in told
+    # a run of no convolution says nothing about layouts
+    with memwall.profile(summary=False) as prof:
+        torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert "channels_last_share" not in prof.report().extra
+
+
 def test_a_conv_only_cpu_run_gets_convolution_advice_and_no_gpu_or_decoding_advice():
     run = _conv_only_run()
     # a roof far above the bandwidth: every convolution memory-bound
