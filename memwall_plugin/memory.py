@@ -504,7 +504,7 @@ class MemoryReport:
             # bf16 for what is stored wider than 2 bytes an element: a model already in bf16 gets
             # no suggestion that changes nothing, and weights quantized to int8 or 4 bits (torchao,
             # NF4) are not widened back to bf16 by it
-            names = {"kv_cache": "KV cache"}
+            names = {"kv_cache": "KV cache", "other": "intermediate tensors"}
             if self.trained():
                 # gradients are kept in their parameters' dtype (also where none is alive at the peak)
                 held = ["parameters", "gradients"] if self._wider_than("parameters", 2) else []
@@ -517,8 +517,10 @@ class MemoryReport:
                     if half.peak_bytes < _WORTH * self.peak_bytes:  # a remedy only where it lowers the peak
                         out.append((f"bf16 {label}", half))
             else:
-                # inference keeps no master weights (an optimizer would hold them)
-                held = [c for c in ("parameters", "activations", "kv_cache") if self._wider_than(c, 2)]
+                # inference keeps no master weights (an optimizer would hold them); under no_grad
+                # its feature maps are saved for no backward: intermediate tensors (`other`), which
+                # a bf16 model's layers make in bf16 too
+                held = [c for c in ("parameters", "activations", "kv_cache", "other") if self._wider_than(c, 2)]
                 half = self.what_if(bytes_per_element=dict.fromkeys(held, 2))
                 if held and half.peak_bytes < _WORTH * self.peak_bytes:
                     listed = [names.get(c, c) for c in held]

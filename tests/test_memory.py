@@ -694,6 +694,29 @@ def test_bf16_what_if_of_inference_halves_the_weights_and_keeps_no_master_copy()
     assert "e+" not in largest and re.search(r"\d{1,3}(,\d{3})+x the recorded one", largest), largest
 
 
+def test_bf16_what_if_of_inference_halves_the_feature_maps_as_a_bf16_model_holds_them():
+    """Under no_grad a network's feature maps are saved for no backward: they are intermediate
+    tensors (`other`), which the inference bf16 what-if kept at fp32, projecting -9% for a small
+    CNN whose bf16 model measured -46%. The truth: the same network converted to bf16, measured."""
+    def measured(dtype: torch.dtype) -> MemoryReport:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(16, 32, 3, stride=2, padding=1), torch.nn.ReLU(),
+                                    torch.nn.Conv2d(32, 32, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1),
+                                    torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval().to(dtype)
+        x = torch.randn(4, 3, 64, 64, dtype=dtype)
+        with torch.no_grad(), memwall.profile(model=model, summary=False) as prof:
+            model(x)
+        return prof.report().memory
+
+    fp32, bf16 = measured(torch.float32), measured(torch.bfloat16)
+    assert fp32.peak_by_category["activations"] == 0 and fp32.peak_by_category["other"] > 0
+    [(label, half)] = _bf16_suggestions(fp32)
+    assert "intermediate tensors" in label and "no master weights" in label
+    assert half.peak_bytes == pytest.approx(bf16.peak_bytes, rel=0.02)
+    assert half.by_category["parameters"] == bf16.peak_by_category["parameters"]
+
+
 def test_bf16_what_if_of_training_keeps_fp32_master_weights_and_of_a_bf16_model_says_nothing():
     # a large batch: activations fill the peak, and bf16 halves them
     mem = _train_mlp(_mlp(), batch=4096)[0].memory
