@@ -52,6 +52,7 @@ _N = len(CATEGORIES)
 TIMELINE_POINTS = 600
 _Tensor = torch.Tensor
 _Parameter = torch.nn.Parameter
+_grad_enabled = torch.is_grad_enabled
 
 
 class _Storage:
@@ -109,7 +110,8 @@ class StepMemory:
         self.allocator_peak: int | None = None
         #: the forward's ops in order, (module, capture entry), and the positions of those that
         #: saved a tensor for backward: what a checkpointed module's recompute re-runs (it stops
-        #: after the last op that saves one: torch.utils.checkpoint's early stop)
+        #: after the last op that saves one: torch.utils.checkpoint's early stop). Ops run with
+        #: grad mode on only: an evaluation's forward under no_grad has no backward to recompute for
         self.forward_ops: list[tuple[str, Any]] = []
         self.saving_ops: set[int] = set()  # saved their outputs (after they ran)
         self.input_saving_ops: set[int] = set()  # saved their inputs only (before they ran)
@@ -735,7 +737,7 @@ class MemoryTracker:
             return
         if len(live) != known and module in self._param_shapes:  # a new storage: sized by a parameter?
             self._parameter_sized(out, module, s)
-        if phase == "forward":
+        if phase == "forward" and _grad_enabled():
             if s.backward_since:
                 s.forward_starts.append(len(s.forward_ops))
                 s.backward_since = False
@@ -928,6 +930,15 @@ def _correct_timeline(s: StepMemory) -> None:
     s.moves, s.found = [], []
 
 
+def forward_flops(s: StepMemory, flops_of: Any) -> dict[str, int]:
+    """Per module path, the FLOPs of its own forward ops with grad mode on in step `s` (all of
+    its forward passes): what a checkpoint of it recomputes at most."""
+    out: dict[str, int] = {}
+    for module, entry in s.forward_ops:
+        out[module] = out.get(module, 0) + (flops_of(entry) or 0)
+    return out
+
+
 def trailing_flops(s: StepMemory, flops_of: Any) -> dict[str, int]:
     """Per module path: the FLOPs of its forward's ops that a checkpoint of it does not re-run.
     torch.utils.checkpoint stops recomputing once every tensor the forward saved is saved again:
@@ -1004,4 +1015,4 @@ def _tensors_in(value: Any, depth: int = 3) -> list[Any]:
     return out
 
 
-__all__ = ["MemoryTotals", "MemoryTracker", "StepMemory", "trailing_flops"]
+__all__ = ["MemoryTotals", "MemoryTracker", "StepMemory", "forward_flops", "trailing_flops"]

@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from memwall_plugin.devices import DeviceSpec
-from memwall_plugin.hooks.memory import trailing_flops
+from memwall_plugin.hooks.memory import forward_flops, trailing_flops
 from memwall_plugin.memory import CATEGORIES, MemoryModule, MemoryReport
 from memwall_plugin.records import FORWARD
 from memwall_plugin.rows import Row
@@ -45,6 +45,15 @@ def memory_report(tracker: Any, totals: Any, rows: tuple[Row, ...], device: Devi
             fwd_time[r.module] = fwd_time.get(r.module, 0.0) + r.time_s
     own, acts, outputs = totals.owned, totals.activations, totals.outputs
     trailing = trailing_flops(best, flops_of) if flops_of is not None else {}
+    if flops_of is not None:
+        # what a checkpoint recomputes: the forward passes with grad mode on of the step the
+        # memory is of (an evaluation's under no_grad, which the rows' forward holds, never is);
+        # their time, the rows' in the same share
+        recomputable = forward_flops(best, flops_of)
+        for m, flops in fwd_flops.items():
+            per_step = flops / n_steps
+            fwd_time[m] = fwd_time.get(m, 0.0) * (min(1.0, recomputable.get(m, 0) / per_step) if per_step else 1.0)
+        fwd_flops = {m: flops * n_steps for m, flops in recomputable.items()}
     names = sorted(set(own) | set(acts) | set(outputs) | set(fwd_flops))
     modules = tuple(
         MemoryModule(
