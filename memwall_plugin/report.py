@@ -23,7 +23,17 @@ from memwall_plugin.ceilings import Link, place_rows
 from memwall_plugin.devices import DeviceSpec
 from memwall_plugin.files import write_bytes_atomically
 from memwall_plugin.memory import MemoryReport, merge_memory
-from memwall_plugin.records import PHASES, SETUP
+from memwall_plugin.records import (
+    CHANNELS_LAST_KEY,
+    COMPILE_WALL_KEY,
+    OTHER_THREADS_KEY,
+    OWN_TIME_KEY,
+    PHASES,
+    SCALER_SKIPPED_KEY,
+    SETUP,
+    SETUP_WALL_KEY,
+    UNCACHED_KEY,
+)
 from memwall_plugin.rows import (
     Folded,
     Group,
@@ -491,4 +501,50 @@ def merge_reports(reports: Iterable[Report]) -> Report:
         overlapped_s=_total(r.overlapped_s for r in distributed) if distributed else None,
         memory=merge_memory([r.memory for r in reports]),
         step_totals=condense_steps(s for r in reports for s in r.step_totals),
+        extra=merge_extra(reports),
     )
+
+
+#: `Report.extra` figures of a window that add up over windows (seconds)
+_SUMMED_EXTRA = (OWN_TIME_KEY, SETUP_WALL_KEY, COMPILE_WALL_KEY)
+
+
+def merge_extra(reports: list[Report]) -> dict[str, Any]:
+    """The `extra` of several windows of one run: the last window's, with what each window
+    measured of its own steps summed or joined (memwall's own time, set-up and compile wall
+    time, skipped steps, generation without a cache, calls on other threads), and the
+    convolutions' channels_last share weighted by each window's convolution time."""
+    out = dict(reports[-1].extra)
+    for key in _SUMMED_EXTRA:
+        values = [r.extra[key] for r in reports if _number(r.extra.get(key))]
+        if values:
+            out[key] = math.fsum(values)
+    skipped = sorted({s for r in reports for s in r.extra.get(SCALER_SKIPPED_KEY) or () if isinstance(s, int)})
+    if skipped:
+        out[SCALER_SKIPPED_KEY] = skipped
+    uncached = [u for r in reports for u in r.extra.get(UNCACHED_KEY) or ()]
+    if uncached:
+        out[UNCACHED_KEY] = uncached
+    threads: dict[str, int] = {}
+    for r in reports:
+        found = r.extra.get(OTHER_THREADS_KEY)
+        for name, calls in (found.items() if isinstance(found, dict) else ()):
+            if _number(calls):
+                threads[name] = threads.get(name, 0) + int(calls)
+    if threads:
+        out[OTHER_THREADS_KEY] = threads
+    shares = [(r.extra[CHANNELS_LAST_KEY], _convolution_time(r)) for r in reports
+              if _number(r.extra.get(CHANNELS_LAST_KEY))]
+    if shares:
+        weight = math.fsum(w for _, w in shares)
+        out[CHANNELS_LAST_KEY] = (math.fsum(v * w for v, w in shares) / weight if weight
+                                  else math.fsum(v for v, _ in shares) / len(shares))
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _convolution_time(report: Report) -> float:
+    return math.fsum(r.time_s for r in report.rows if "convolution" in r.op)

@@ -141,6 +141,31 @@ def test_each_recorded_step_keeps_its_own_totals_and_the_file_round_trips_them(t
     assert memwall.report.parse_report(json.dumps(data).encode()).step_totals == ()
 
 
+def test_windows_merged_add_up_what_each_measured_of_its_own_steps(tmp_path):
+    """`memwall report DIR` over a run of several windows kept the last window's `extra`: its
+    memwall's own time alone (110 ms where the run's summary said 219 ms), so the merged report's
+    host share rose (37% to 52%) and a host-bound finding appeared that the live summary had
+    not. The truth: the run's own report at its end, and each window's file."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 8, 3))
+    x = torch.randn(2, 3, 32, 32)
+    with memwall.profile(model=model, logdir=tmp_path, summary=False, scalars=False,
+                         schedule=memwall.schedule(wait=0, warmup=0, active=2, repeat=2)) as prof:
+        for _ in range(4):
+            model(x if prof.step_num < 2 else x.contiguous(memory_format=torch.channels_last)).sum().backward()
+            prof.step()
+    run = prof.report()
+    windows = [memwall.load_report(f) for f in sorted((tmp_path / "plugins" / "memwall").glob("*.json"))]
+    assert len(windows) == 2
+    own = [w.extra["memwall_own_time_s"] for w in windows]
+    merged = memwall.report.merge_reports(windows)
+    assert merged.extra["memwall_own_time_s"] == pytest.approx(sum(own)) == pytest.approx(
+        run.extra["memwall_own_time_s"])
+    assert own[0] > 0 and own[1] > 0 and merged.extra["memwall_own_time_s"] > max(own)
+    # the convolutions ran NCHW in the first window, NHWC in the second: weighted by their time
+    shares = [w.extra["channels_last_share"] for w in windows]
+    assert shares == [0.0, 1.0] and 0.0 < merged.extra["channels_last_share"] < 1.0
+
+
 def test_a_step_totals_entry_that_is_not_a_step_is_a_report_error(tmp_path):
     a = torch.randn(4, 4)
     with memwall.profile(logdir=tmp_path, summary=False, scalars=False) as prof:
