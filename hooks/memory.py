@@ -404,6 +404,14 @@ class MemoryTracker:
         s = self.step
         if entry.cat <= OPTIMIZER_STATE:
             self._own(entry.module, entry.cat, -entry.nbytes)
+            if s is not None and module and not entry.module:
+                # held by no module only until its owner was known (gradients and optimizer state
+                # made before the first recorded step, found before the model's names): never
+                # the top level's, whose most held at once the step began counting them in
+                held = s.owned.get("")
+                if held is not None:
+                    live = self.module_live.get("", [0, 0, 0])[entry.cat]
+                    held[entry.cat] = max(live, held[entry.cat] - entry.nbytes)
         with self._lock:
             self.bytes[entry.cat] -= entry.nbytes
             self.elems[entry.cat] -= entry.elements
@@ -515,10 +523,16 @@ class MemoryTracker:
                     nbytes += entry.nbytes
             read[id(p)] = (module, nbytes)
 
+        recording = self.step is not None
         for group in getattr(optimizer, "param_groups", ()):
             for p in group.get("params", ()):
                 if p.grad is not None and id(p) not in read:
-                    held(p, self._param_modules.get(id(p), ""))
+                    module = self._param_modules.get(id(p))
+                    # an unrecorded step's gradients of parameters no model has named yet (before a
+                    # schedule's first recorded step): left to be found when read, as they would
+                    # be the top level's until freed, beside the modules' own at the next step
+                    if module is not None or recording:
+                        held(p, module or "")
         # the gradients of the same modules' other parameters, which this optimizer does not
         # update (Muon's matrices beside their biases; another optimizer's, or none's): held too
         for module in {module for module, _ in read.values() if module}:

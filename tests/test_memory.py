@@ -520,6 +520,31 @@ def test_a_run_already_checkpointed_is_not_advised_to_checkpoint_and_the_rest_is
     assert any("blocks.1 already checkpointed" in note for note in rest.notes)
 
 
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_a_schedules_first_window_counts_each_modules_state_once(set_to_none):
+    """`memwall run --schedule wait=2,...` (no `model=`): the unrecorded steps' optimizer steps
+    met gradients and optimizer state of parameters no model had named yet, kept them as the top
+    level's, and the first recorded step began holding them there beside the modules' own: the
+    window's gradients and optimizer state summed over modules read twice the model's, and the
+    ZeRO what-ifs sent 1.5x the bytes. The truth: the parameters' and AdamW's tensors by hand."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    opt = torch.optim.AdamW(model.parameters())
+    x = torch.randn(16, 32)
+    with memwall.profile(summary=False, schedule=memwall.schedule(wait=2, active=2)) as prof:
+        for _ in range(4):
+            model(x).square().mean().backward()
+            opt.step()
+            prof.step()  # where memwall run ends a step: at the optimizer step, before zero_grad
+            opt.zero_grad(set_to_none=set_to_none)
+    mem = prof.report().memory
+    n = sum(p.numel() for p in model.parameters())
+    assert sum(m.parameter_bytes for m in mem.modules) == 4 * n
+    assert sum(m.gradient_bytes for m in mem.modules) == 4 * n
+    assert sum(m.optimizer_state_bytes for m in mem.modules) == 8 * n + 4 * len(list(model.parameters()))
+    assert not [m for m in mem.modules if not m.module and (m.gradient_bytes or m.optimizer_state_bytes)]
+
+
 def test_a_checkpoint_loaded_in_the_profile_does_not_grow_with_the_batch():
     """`memwall run` over an inference script: its weights are loaded inside the profile, and the
     loaded state dict (`other`, before any work) was the peak. The batch what-ifs scaled it as if
