@@ -1711,6 +1711,8 @@ def memory_section(mem: MemoryReport, narrow: bool = False,
         breakdown.append(("" if i == 0 else " · ") + f"{_CATEGORY_LABEL.get(cat, cat)} {si(b, 'B')} "
                          f"({_pct(b / mem.peak_bytes if mem.peak_bytes else None)})")
     parts.append(_indented(breakdown))
+    for note in mem.notes:  # how far the figures go (tracking stopped, compiled regions' temporaries)
+        parts.append(_indented(Text(note, style="dim")))
     if mem.sharded_over > 1:
         parts.append(_indented(Text(_shard_line(mem), style="dim")))
     if mem.state_sharded_over > 1:

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from memwall_plugin.devices import DeviceSpec
+from memwall_plugin.diff import COMPILED_REGION
 from memwall_plugin.hooks.memory import forward_flops, trailing_flops
 from memwall_plugin.memory import CATEGORIES, MemoryModule, MemoryReport
 from memwall_plugin.records import FORWARD
@@ -75,6 +76,10 @@ def memory_report(tracker: Any, totals: Any, rows: tuple[Row, ...], device: Devi
     notes = []
     if tracker.failed:
         notes.append(f"memory tracking stopped early: {tracker.failed}")
+    if any(r.op == COMPILED_REGION for r in rows):
+        # what Inductor's generated code allocates and frees inside a region runs below the ops
+        notes.append("tensors a compiled region makes and frees inside it (its temporaries) are not seen: the "
+                     "peak can be below the process's (README, Known limits)")
     return MemoryReport(
         peak_bytes=best.peak,
         peak_by_category=dict(zip(CATEGORIES, best.peak_by_cat)),

@@ -389,6 +389,10 @@ def test_a_model_compiled_whole_has_its_activations_by_block_as_blocks_compiled_
         with memwall.profile(model=run if model_given else None, summary=False) as prof:
             run(x).square().mean().backward()
         mem = prof.report().memory
+        # what the figures leave out, said with them: the summary's memory section and the tab
+        assert any("compiled region makes and frees" in note for note in mem.notes)
+        from memwall_plugin.console import render_text
+        assert "compiled region makes and frees" in render_text(prof.report(), width=200)
         blocks: dict[str, int] = {}
         for m in mem.modules:
             if m.activation_bytes:
