@@ -495,7 +495,11 @@ class MemoryReport:
                 partly = any(self.checkpointed(t) for t in targets)
                 label = f"checkpoint the other {blocks[0]}.* blocks" if partly else \
                     f"checkpoint every {blocks[0]}.* block"
-                out.append((label, self.what_if(checkpoint=[blocks[0]])))
+                checkpointed = self.what_if(checkpoint=[blocks[0]])
+                # a remedy only where it lowers the peak (a peak in the optimizer's step, or in
+                # no block's activations, is not lowered by recomputing them: FLOPs for nothing)
+                if checkpointed.peak_bytes < _WORTH * self.what_if().peak_bytes:
+                    out.append((label, checkpointed))
         if self.peak_by_category.get("optimizer_state") or self.peak_by_category.get("gradients"):
             # a run already sharded over 8 ranks or more: twice its ranks
             ranks = 8 if self.sharded_over < 8 else 2 * self.sharded_over
