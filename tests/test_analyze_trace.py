@@ -114,10 +114,12 @@ def test_trace_counts_equal_memwall_profile(recorded: dict[str, Any]) -> None:
     assert report.uncounted == ()
 
 
-def _traced_and_profiled(model: torch.nn.Module, run: Any, path: Path) -> tuple[memwall.Report, memwall.Report]:
-    """`run()` traced by torch.profiler (record_shapes) and analysed, then run again under
-    memwall.profile: (the trace's report, memwall's)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+def _traced_and_profiled(model: torch.nn.Module, run: Any, path: Path,
+                         with_stack: bool = False) -> tuple[memwall.Report, memwall.Report]:
+    """`run()` traced by torch.profiler (record_shapes, `with_stack`) and analysed, then run again
+    under memwall.profile: (the trace's report, memwall's)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True,
+                                with_stack=with_stack) as prof:
         run()
     prof.export_chrome_trace(str(path))
     with warnings.catch_warnings():
@@ -824,17 +826,7 @@ def test_a_generate_trace_reads_prefill_and_decode_as_memwall_profile_does(case:
     first op of the model, is `other` in a trace)."""
     model, run = _generation(case)
     run()
-    path = tmp_path / "generate.json"
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True,
-                                with_stack=True) as prof:
-        run()
-    prof.export_chrome_trace(str(path))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with memwall.profile(model, summary=False) as mw:
-            run()
-    reference = mw.report()
-    report = memwall.analyze_trace(path)
+    report, reference = _traced_and_profiled(model, run, tmp_path / "generate.json", with_stack=True)
 
     # the trace names no dtype for a list of tensors: cat's int64 inputs (no cache: the ids and
     # the mask grown each call) are taken as float32, and said
