@@ -1029,4 +1029,4 @@ def _tensors_in(value: Any, depth: int = 3) -> list[Any]:
     return out
 
 
-__all__ = ["MemoryTotals", "MemoryTracker", "StepMemory", "forward_flops", "trailing_flops"]
+__all__ = ["MemoryTotals", "MemoryTracker", "StepMemory", "forward_flops", "op_name", "trailing_flops"]

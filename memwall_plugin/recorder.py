@@ -22,6 +22,7 @@ from memwall_plugin.devices import DeviceSpec, detect_device, resolve_device
 from memwall_plugin.distributed import DistributedSession
 from memwall_plugin.hooks.capture import FORKED_CHILD, Capture, CaptureEntry, merge_into, rename_phase
 from memwall_plugin.hooks.kernel_clock import EVENTS, KERNELS
+from memwall_plugin.hooks.memory import op_name
 from memwall_plugin.memory_build import memory_report
 from memwall_plugin.records import (
     CHANNELS_LAST_KEY,
@@ -99,7 +100,8 @@ def _merge(into: Table, table: Table) -> Table:
 
 #: convolutions, forward and backward: the argument that is their image (the backward's first
 #: is the output's gradient, laid out as whatever made it)
-_CONVOLUTIONS = {"convolution": 0, "_convolution": 0, "mkldnn_convolution": 0, "convolution_backward": 1}
+_CONVOLUTIONS = {"aten.convolution": 0, "aten._convolution": 0, "aten.mkldnn_convolution": 0,
+                 "aten.convolution_backward": 1}
 
 
 def channels_last_share(entries: Any) -> float | None:
@@ -107,8 +109,7 @@ def channels_last_share(entries: Any) -> float | None:
     of 4 or 5 dims ran)."""
     every = last = 0
     for e in entries:
-        name = getattr(getattr(e.func, "_schema", None), "name", "")
-        at = _CONVOLUTIONS.get(name.removeprefix("aten::"))
+        at = _CONVOLUTIONS.get(op_name(e.func))
         if at is None or len(e.arg_key) <= at:
             continue
         image = e.arg_key[at]
