@@ -490,10 +490,9 @@ class MemoryReport:
         out: list[tuple[str, MemoryWhatIf]] = []
         blocks = self.block_containers()
         if blocks:
-            targets = self.checkpoint_targets([blocks[0]])
-            if not all(self.checkpointed(t) for t in targets):  # not where the run already does
-                partly = any(self.checkpointed(t) for t in targets)
-                label = f"checkpoint the other {blocks[0]}.* blocks" if partly else \
+            done = [self.checkpointed(t) for t in self.checkpoint_targets([blocks[0]])]
+            if not all(done):  # not where the run already does
+                label = f"checkpoint the other {blocks[0]}.* blocks" if any(done) else \
                     f"checkpoint every {blocks[0]}.* block"
                 checkpointed = self.what_if(checkpoint=[blocks[0]])
                 # a remedy only where it lowers the peak (a peak in the optimizer's step, or in

@@ -46,16 +46,16 @@ def memory_report(tracker: Any, totals: Any, rows: tuple[Row, ...], device: Devi
             fwd_time[r.module] = fwd_time.get(r.module, 0.0) + r.time_s
     own, acts, outputs = totals.owned, totals.activations, totals.outputs
     trailing = trailing_flops(best, flops_of) if flops_of is not None else {}
+    per_step = {m: flops // n_steps for m, flops in fwd_flops.items()}
     if flops_of is not None:
         # what a checkpoint recomputes: the forward passes with grad mode on of the step the
         # memory is of (an evaluation's under no_grad, which the rows' forward holds, never is);
         # their time, the rows' in the same share
         recomputable = forward_flops(best, flops_of)
         for m, flops in fwd_flops.items():
-            per_step = flops / n_steps
-            fwd_time[m] = fwd_time.get(m, 0.0) * (min(1.0, recomputable.get(m, 0) / per_step) if per_step else 1.0)
-        fwd_flops = {m: flops * n_steps for m, flops in recomputable.items()}
-    names = sorted(set(own) | set(acts) | set(outputs) | set(fwd_flops))
+            fwd_time[m] = fwd_time.get(m, 0.0) * (min(1.0, recomputable.get(m, 0) * n_steps / flops) if flops else 1.0)
+        per_step = recomputable
+    names = sorted(set(own) | set(acts) | set(outputs) | set(per_step))
     modules = tuple(
         MemoryModule(
             module=m,
@@ -66,7 +66,7 @@ def memory_report(tracker: Any, totals: Any, rows: tuple[Row, ...], device: Devi
             optimizer_state_bytes=own.get(m, [0, 0, 0])[2],
             activation_bytes=acts.get(m, 0),
             output_bytes=outputs.get(m, 0),
-            forward_flops=fwd_flops.get(m, 0) // n_steps,
+            forward_flops=per_step.get(m, 0),
             forward_time_s=fwd_time.get(m, 0.0) / n_steps,
             trailing_flops=trailing.get(m, 0),
         )

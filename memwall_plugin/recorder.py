@@ -40,6 +40,7 @@ from memwall_plugin.records import (
     TIME_SOURCES,
     TIMELINE_KEY,
     UNCACHED_KEY,
+    uncached_runs,
 )
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import (
@@ -524,8 +525,7 @@ class Recorder:
             extra[CHANNELS_LAST_KEY] = layout
         uncached = [run for step in steps for run in self._uncached.get(step, ())]
         if uncached:
-            extra[UNCACHED_KEY] = [{"calls": len(run), "first_tokens": run[0], "last_tokens": run[-1],
-                                    "token_passes": sum(run)} for run in uncached]
+            extra[UNCACHED_KEY] = uncached_runs(uncached)
         if self.capture is not None and self.capture.tracker.optimizers:
             extra[OPTIMIZERS_KEY] = [{"class": name, "fused": fused, "fusable": fusable}
                                      for name, (fused, fusable) in self.capture.tracker.optimizers.items()]

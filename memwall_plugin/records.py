@@ -74,6 +74,15 @@ SCALER_SKIPPED_KEY = "scaler_skipped_steps"
 #: call over the whole sequence so far: [{"calls": 32, "first_tokens": 16, "last_tokens": 47,
 #: "token_passes": 1008}] (a cache computes first_tokens + calls - 1 of those passes)
 UNCACHED_KEY = "generation_without_cache"
+
+
+def uncached_runs(runs: list[list[int]]) -> list[dict[str, int]]:
+    """`UNCACHED_KEY`'s value for runs of generation calls without a cache (each the tokens of its
+    calls, the prefill's first)."""
+    return [{"calls": len(run), "first_tokens": run[0], "last_tokens": run[-1], "token_passes": sum(run)}
+            for run in runs]
+
+
 #: `Report.extra` key: the share of the convolutions' time whose images were channels_last (NHWC,
 #: NDHWC), for the convolution advice (a run already channels_last is not told to be)
 CHANNELS_LAST_KEY = "channels_last_share"

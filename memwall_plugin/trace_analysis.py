@@ -57,6 +57,7 @@ from memwall_plugin.records import (
     TIMELINE_KEY,
     UNCACHED_KEY,
     OpCall,
+    uncached_runs,
 )
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report
@@ -883,8 +884,7 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
     }
     extra: dict[str, Any] = {TRACE_KEY: info}
     if phases.uncached:
-        extra[UNCACHED_KEY] = [{"calls": len(run), "first_tokens": run[0], "last_tokens": run[-1],
-                                "token_passes": sum(run)} for run in phases.uncached]
+        extra[UNCACHED_KEY] = uncached_runs(phases.uncached)
     timeline = _timeline(trace, phases.steps)
     if timeline is not None:
         extra[TIMELINE_KEY] = timeline
