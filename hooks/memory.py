@@ -639,7 +639,12 @@ class MemoryTracker:
 
     def saved(self, t: Any) -> Any:
         """The pack hook: note the storage as an activation of the module saving it; return the
-        tensor itself (what autograd would keep without the hook)."""
+        tensor (what autograd would keep without the hook), detached where it has a grad_fn. An
+        op's output saved as itself would hold its own grad_fn, which holds what it saved: a
+        cycle through C++ that no garbage collection breaks, so a graph never run backward (a
+        GAN's `G(z).detach()`, an evaluation without no_grad) would keep its activations alive for
+        good (autograd keeps an output's data without its grad_fn for this reason, and sets the
+        grad_fn back when it unpacks it, as it does for any pack hook's tensor)."""
         try:
             if not self.closed and self.failed is None and isinstance(t, _Tensor):
                 entries = self._activation(t)
@@ -656,6 +661,8 @@ class MemoryTracker:
                         step.save_pending = True
         except Exception as err:
             self.fail(err)
+        if isinstance(t, _Tensor) and t.grad_fn is not None:
+            return t.detach()
         return t
 
     def cached_for_backward(self, t: Any) -> None:
