@@ -485,6 +485,20 @@ def storage_key(storage: Any) -> int:
     return int(storage._cdata)
 
 
+def saved_alias(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor made for autograd's saved tensors: `t.detach()` (its storage and version
+    counter shared, no grad_fn) made with Python dispatch off, so memwall's dispatch mode does
+    not record it as an op of the user's."""
+    with torch._C._DisableTorchDispatch():
+        return t.detach()
+
+
+def version_of(t: torch.Tensor) -> int:
+    """The version counter of a tensor's data (bumped by every in-place op on it or its views):
+    what autograd compares to tell a saved tensor was modified before backward used it."""
+    return int(t._version)
+
+
 def is_zero_tensor(t: Any) -> bool:
     """An efficient zero tensor (`aten._efficientzerotensor`: forward-mode AD's zero tangents): its
     storage reports its size but no memory backs it."""

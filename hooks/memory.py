@@ -38,9 +38,11 @@ from memwall_plugin.hooks._torch_private import (
     op_schema,
     pack_hook_passed_over,
     peek_sequence_nr,
+    saved_alias,
     sparse_values_storage,
     step_aside_for_disablers,
     storage_key,
+    version_of,
     wrapper_inner_tensors,
 )
 
@@ -639,12 +641,14 @@ class MemoryTracker:
 
     def saved(self, t: Any) -> Any:
         """The pack hook: note the storage as an activation of the module saving it; return the
-        tensor (what autograd would keep without the hook), detached where it has a grad_fn. An
-        op's output saved as itself would hold its own grad_fn, which holds what it saved: a
-        cycle through C++ that no garbage collection breaks, so a graph never run backward (a
-        GAN's `G(z).detach()`, an evaluation without no_grad) would keep its activations alive for
-        good (autograd keeps an output's data without its grad_fn for this reason, and sets the
-        grad_fn back when it unpacks it, as it does for any pack hook's tensor)."""
+        tensor (what autograd would keep without the hook), detached where it has a grad_fn, with
+        its version. An op's output saved as itself would hold its own grad_fn, which holds what
+        it saved: a cycle through C++ that no garbage collection breaks, so a graph never run
+        backward (a GAN's `G(z).detach()`, an evaluation without no_grad) would keep its
+        activations alive for good (autograd keeps an output's data without its grad_fn for this
+        reason, and sets the grad_fn back when it unpacks it, as it does for any pack hook's
+        tensor). Autograd does not check a hook's tensors for in-place changes: `_unpack` does,
+        with the version kept here (the alias shares the tensor's version counter)."""
         try:
             if not self.closed and self.failed is None and isinstance(t, _Tensor):
                 entries = self._activation(t)
@@ -661,8 +665,9 @@ class MemoryTracker:
                         step.save_pending = True
         except Exception as err:
             self.fail(err)
-        if isinstance(t, _Tensor) and t.grad_fn is not None:
-            return t.detach()
+        kind = type(t)
+        if kind is _Tensor or kind is _Parameter:
+            return (saved_alias(t) if t.grad_fn is not None else t), version_of(t)
         return t
 
     def cached_for_backward(self, t: Any) -> None:
@@ -1001,7 +1006,21 @@ def op_name(func: Any) -> str:
     return str(schema.name).replace("::", ".")
 
 
-def _unpack(t: Any) -> Any:
+def _unpack(packed: Any) -> Any:
+    """The unpack hook: the tensor packed, if it has not been modified in place since it was
+    saved; else the error autograd raises without a hook (which it does not check with one), in
+    its words, so a script that fails bare fails the same way under memwall, not with wrong
+    gradients."""
+    if type(packed) is not tuple:
+        return packed
+    t, saved = packed
+    now = version_of(t)
+    if now != saved:
+        raise RuntimeError(
+            "one of the variables needed for gradient computation has been modified by an inplace operation: "
+            f"[{t.type()} {list(t.shape)}] is at version {now}; expected version {saved} instead. Hint: the "
+            "tensor was saved for backward and then changed in place (memwall's memory tracking checks this as "
+            "autograd does; torch.autograd.set_detect_anomaly(True) finds the operation)")
     return t
 
 

@@ -276,6 +276,34 @@ def test_a_graph_never_run_backward_frees_its_saved_activations_as_in_a_bare_run
     assert prof.report().memory is not None
 
 
+@pytest.mark.parametrize("saved", ["output", "input"])
+def test_a_saved_tensor_changed_in_place_fails_backward_as_in_a_bare_run(saved):
+    """Autograd does not check the tensors a saved-tensors hook hands back for in-place changes: with
+    memwall's hook on, a script that changed a tensor saved for backward (a bug torch reports)
+    got wrong gradients without a word. It fails as bare now, in torch's words."""
+    def run() -> str:
+        x = torch.randn(8, requires_grad=True)
+        if saved == "output":
+            y = x.exp()  # exp saves its output, y
+            z = y.exp()
+        else:
+            y = x * 4
+            z = y.pow(2)  # pow saves its input, y
+        y.add_(1)  # the bug: a tensor backward needs changed before it runs
+        with pytest.raises(RuntimeError) as err:
+            z.sum().backward()
+        return str(err.value)
+
+    bare = run()
+    with memwall.profile(summary=False):
+        measured = run()
+    assert bare.startswith("one of the variables needed for gradient computation has been modified by an "
+                           "inplace operation")
+    assert measured.startswith(bare.split(":")[0])
+    assert "is at version 1; expected version 0 instead" in bare and "is at version 1; expected version 0 instead" \
+        in measured
+
+
 def test_memory_false_measures_nothing_and_training_is_bit_identical():
     bare = _mlp()
     opt = torch.optim.AdamW(bare.parameters())
