@@ -1200,12 +1200,18 @@ def _embedding(call: OpCall) -> int:
     return 0
 
 
+def _rows_gathered(weight: TensorMeta, lookups: int) -> Extent:
+    """The table rows `lookups` lookups of `weight`'s rows read: one row each, but never more than
+    the table spans (compulsory traffic: a row looked up again is not read again), as the gathers
+    (`_gather_traffic`) cap their source at its span."""
+    return extent(weight, min(weight.span, lookups * math.prod(weight.shape[1:])))
+
+
 @traffic("aten.embedding")
 def _embedding_traffic(call: OpCall) -> Traffic:
-    """A lookup reads the indices and the gathered rows, never the whole table."""
+    """A lookup reads the indices and the gathered rows (at most the whole table), never more."""
     weight, indices = call["weight"], call["indices"]
-    row = math.prod(weight.shape[1:])
-    read = (extent(indices), extent(weight, indices.numel * row))
+    read = (extent(indices), _rows_gathered(weight, indices.numel))
     return Traffic(read, tuple(extent(t) for t in call.written()))
 
 
@@ -1214,16 +1220,42 @@ def _embedding_backward(call: OpCall) -> int:
     return call["grad_output"].numel  # each gathered row is added into the gradient
 
 
+#: `_embedding_bag`'s `mode` argument
+EMBEDDING_BAG_SUM, EMBEDDING_BAG_MEAN, EMBEDDING_BAG_MAX = 0, 1, 2
+
+
 @flops("aten._embedding_bag", "aten._embedding_bag_forward_only")
 def _embedding_bag(call: OpCall) -> int:
+    """The arithmetic torch does on the gathered rows, per element of the n = `indices.numel` rows
+    of D elements gathered into B bags (B x D outputs):
+
+    * sum: one add per gathered element, `n D` (torch accumulates every row into a zeroed bag);
+      with per-sample weights (sum only) a multiply and an add, `2 n D`;
+    * mean: the sum's `n D` adds, then one divide per output element, `B D` (torch divides the
+      whole output by the bag sizes, an empty bag's by 1);
+    * max: one compare per gathered element, `n D`, as memwall's max reductions count per element
+      read (torch copies each bag's first row instead of comparing it: an upper bound by `B D`).
+
+    Rows of `padding_idx`, which torch skips, count too (data decides them: an upper bound there).
+    Building the bags' offsets and sizes is index bookkeeping, not counted."""
     weight, indices = call["weight"], call["indices"]
-    return indices.numel * math.prod(weight.shape[1:])
+    gathered = indices.numel * math.prod(weight.shape[1:])
+    if isinstance(call.get("per_sample_weights"), TensorMeta):
+        return 2 * gathered
+    if call.get("mode") == EMBEDDING_BAG_MEAN:
+        output = call.outputs[0] if call.outputs else None
+        if output is None:  # B bags: one per offset, less the closing one with include_last_offset
+            output_rows = call["offsets"].numel - (1 if call.get("include_last_offset") else 0)
+            return gathered + output_rows * math.prod(weight.shape[1:])
+        return gathered + output.numel
+    return gathered
 
 
 @traffic("aten._embedding_bag", "aten._embedding_bag_forward_only")
 def _embedding_bag_traffic(call: OpCall) -> Traffic:
+    """The indices, the gathered rows (at most the whole table), the offsets and per-sample weights."""
     weight, indices = call["weight"], call["indices"]
-    read = [extent(indices), extent(weight, indices.numel * math.prod(weight.shape[1:]))]
+    read = [extent(indices), _rows_gathered(weight, indices.numel)]
     read += [extent(t) for name, t in call.tensors() if name not in ("weight", "indices")]
     return Traffic(tuple(read), tuple(extent(t) for t in call.written()))
 
@@ -1274,7 +1306,17 @@ def _masked_index_put_accumulate(call: OpCall) -> int:
 @flops("aten.index_add", "aten.index_add_", "aten.scatter_add", "aten.scatter_add_",
        "aten.scatter_reduce", "aten.scatter_reduce_", "aten.index_reduce", "aten.index_reduce_")
 def _scatter_accumulate(call: OpCall) -> int:
-    return call["source"].numel if call.get("source") is not None else call["src"].numel
+    """One add, multiply or compare (sum, prod, amax, amin) per source element combined into the
+    output. `reduce="mean"` adds each source element, then divides every element of the output by
+    its count, as torch does (`out.div_(count)` over the whole output, positions no index names
+    divided by 1), with `include_self` or without: the output's numel more. (On CPU, an index
+    expanded along the other dims takes torch's row-wise path, which divides only the rows some
+    index names: an upper bound there.) Counting the elements per position and seeding the
+    positions `include_self=False` resets are bookkeeping, not counted."""
+    combined = call["source"].numel if call.get("source") is not None else call["src"].numel
+    if call.get("reduce") == "mean":
+        return combined + call["self"].numel
+    return combined
 
 
 def _write_only_self(call: OpCall) -> Traffic:
@@ -2369,6 +2411,16 @@ def _embedding_bag_backward(call: OpCall) -> int:
 @flops("aten._embedding_bag_per_sample_weights_backward")
 def _embedding_bag_weights_backward(call: OpCall) -> int:
     return 2 * call["indices"].numel * call["grad"].shape[-1]
+
+
+@traffic("aten._embedding_bag_per_sample_weights_backward")
+def _embedding_bag_weights_backward_traffic(call: OpCall) -> Traffic:
+    """Each weight's gradient gathers its index's row of the table: the gathered rows (at most the
+    whole table) are read, as the forward's, not the whole table; the rest once each."""
+    weight, indices = call["weight"], call["indices"]
+    read = [_rows_gathered(weight, indices.numel)]
+    read += [extent(t) for name, t in call.tensors() if name != "weight"]
+    return Traffic(tuple(read), tuple(extent(t) for t in call.written()))
 
 
 REGISTRY.set_family(Family.DATA_MOVEMENT, "aten._embedding_bag_backward", "aten._embedding_bag_dense_backward",
