@@ -9,6 +9,7 @@ notebook cell re-run, a repeating schedule) does not analyse what it has already
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import sys
 import warnings
@@ -19,7 +20,7 @@ from typing import Any
 from memwall_plugin.hooks.capture import CaptureEntry
 from memwall_plugin.records import EagerOp, OpCall, RegionFacts
 from memwall_plugin.registry import Counted, Registry, default_traffic
-from memwall_plugin.rows import ROW_FIELDS, Row
+from memwall_plugin.rows import ROW_FIELDS, Row, merged
 
 _FLOATING = ("float", "bfloat", "complex")
 # record_function markers (torch.profiler, optimizer.step) dispatch as ops but compute nothing
@@ -260,14 +261,16 @@ def rows_from_entries(
     entries: Iterable[CaptureEntry], registry: Registry, ceilings: Callable[[str, str], tuple[Any, Any]] | None = None,
     cache: AnalysisCache | None = None, memory_roof: Callable[[tuple[tuple[int, int], ...]], Any] | None = None,
 ) -> tuple[Row, ...]:
-    """One row per entry, totals over its calls, sorted by measured time (longest first).
-    `ceilings(op, dtype)` gives the peak FLOP/s a row is placed under (and main memory's
+    """One row per (op, overload, module, phase, dtype, shapes), totals over the calls of its
+    entries (entries of one row differ in what rows do not show: strides, arguments), sorted by
+    measured time (longest first). `ceilings(op, dtype)` gives the peak FLOP/s a row is placed under (and main memory's
     bandwidth), `memory_roof(reuse)` the memory level its data came from (ceilings.memory_roof_of);
     `cache` memoises the analysis of each signature (default: `analysis_cache(registry)`)."""
     if cache is None or cache.registry is not registry:
         cache = analysis_cache(registry)
     placed: dict[tuple[str, str], tuple[Any, Any]] = {}
-    rows = []
+    rows: list[Row] = []
+    at: dict[tuple[str, str, str, str, str, str], int] = {}  # a row's key -> its index in rows
     entries = list(entries)
     if len(entries) >= PROGRESS_FROM and sys.stderr.isatty():
         from rich.console import Console
@@ -313,9 +316,21 @@ def rows_from_entries(
         level, dram = "", bandwidth
         if memory_roof is not None:
             level, bandwidth, dram = memory_roof(reuse)
-        rows.append(new_row(op, overload, e.module, e.phase, n, dtype, shapes, flops, bytes_read, bytes_written,
-                            elements_read, elements_written, e.time_ns * 1e-9, peak, bandwidth, reuse, level, dram,
-                            eager_ops, () if e.kernels is None else tuple(e.kernels)))
+        row = new_row(op, overload, e.module, e.phase, n, dtype, shapes, flops, bytes_read, bytes_written,
+                      elements_read, elements_written, e.time_ns * 1e-9, peak, bandwidth, reuse, level, dram,
+                      eager_ops, () if e.kernels is None else tuple(e.kernels))
+        key = (op, overload, e.module, e.phase, dtype, shapes)
+        i = at.get(key)
+        if i is None:
+            at[key] = len(rows)
+            rows.append(row)
+            continue
+        row = merged(rows[i], row)
+        if memory_roof is not None and row.reuse:  # where the data of both came from
+            level, bandwidth, dram = memory_roof(row.reuse)
+            row = dataclasses.replace(row, memory_level=level, bandwidth_bytes_per_s=bandwidth,
+                                      dram_bandwidth_bytes_per_s=dram)
+        rows[i] = row
     return tuple(by_time(rows))
 
 

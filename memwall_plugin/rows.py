@@ -394,16 +394,22 @@ def _sum_record(a: Any, b: Any, keep: tuple[str, ...]) -> Any:
     return dataclasses.replace(a, **changes)
 
 
+def merged(a: Row, b: Row) -> Row:
+    """Two rows of one key (`row_key`) as one: every numeric field of Row and of its nested
+    record summed, `a`'s roofs kept."""
+    return _sum_record(a, b, _KEY_FIELDS + _ROOF_FIELDS)  # type: ignore[no-any-return]
+
+
 def merge_rows(*parts: Iterable[Row]) -> tuple[Row, ...]:
     """Rows of several windows (or steps) as one table: rows of one signature summed field by
     field (every numeric field of Row and of its nested record; roofs kept), sorted."""
-    merged: dict[tuple[Any, ...], Row] = {}
+    rows_by_key: dict[tuple[Any, ...], Row] = {}
     for rows in parts:
         for r in rows:
             key = row_key(r)
-            mine = merged.get(key)
-            merged[key] = r if mine is None else _sum_record(mine, r, _KEY_FIELDS + _ROOF_FIELDS)
-    return sort_rows(merged.values())
+            mine = rows_by_key.get(key)
+            rows_by_key[key] = r if mine is None else merged(mine, r)
+    return sort_rows(rows_by_key.values())
 
 
 @dataclass(frozen=True, slots=True)

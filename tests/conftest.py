@@ -112,6 +112,13 @@ def region_handle(call: Any) -> Any:
     return InductorCompiledCallable(call)
 
 
+def flops_apart(op: str, *calls: Callable[[], Any]) -> list[int | None]:
+    """The FLOPs of `op`'s rows when each of `calls` is profiled on its own, sorted: calls of one
+    op, shapes and dtype that differ in an argument are one row of a profile (summed), so a test of
+    each form's count profiles each form apart."""
+    return sorted((r.flops for fn in calls for r in rows_of(profiled(fn), op)), key=lambda f: (f is None, f or 0))
+
+
 def rows_of(rep: memwall.Report, op: str, phase: str | None = None) -> list[memwall.Row]:
     return [r for r in rep.rows if r.op == op and (phase is None or r.phase == phase)]
 

@@ -439,6 +439,28 @@ def test_a_real_0_dim_tensor_where_numbers_go_is_counted_as_a_number_and_said(tm
     assert flops == want["aten.div"][0] == 64 and short == 8  # the int64 tensor the trace took for a number
 
 
+def test_calls_apart_only_in_strides_are_one_row_as_in_memwall_profile(tmp_path: Path) -> None:
+    """A transposed input is another signature to replay, not another row: one row per (op,
+    module, phase, dtype, shapes), with both calls' counts, as `memwall.profile` gives."""
+    a, b = torch.randn(32, 32), torch.randn(32, 32)
+
+    def step() -> None:
+        torch.add(a, b)
+        torch.add(a.t(), b)
+
+    with torch.profiler.profile(record_shapes=True) as prof:
+        step()
+    prof.export_chrome_trace(str(tmp_path / "t.json"))
+    report = memwall.analyze_trace(tmp_path / "t.json")
+    with memwall.profile(summary=False) as live:
+        step()
+
+    def adds(rep: memwall.Report) -> list[tuple[int, int | None, int]]:
+        return [(r.calls, r.flops, r.bytes) for r in rep.rows if r.op == "aten.add"]
+
+    assert adds(report) == adds(live.report()) == [(2, 2 * 32 * 32, 2 * 3 * 32 * 32 * 4)]
+
+
 def _trainer_run(callback: Any, out: Path) -> None:
     """Four steps of a tiny GPT-2 under `transformers.Trainer` (its own loop, collate, token count,
     gradient clipping, AdamW, scheduler), `callback` beside it."""

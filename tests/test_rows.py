@@ -19,6 +19,7 @@ from memwall_plugin.rows import (
     merge_rows,
     module_tree,
     optimizer_time_s,
+    row_key,
     row_record,
     sort_rows,
 )
@@ -163,3 +164,28 @@ def test_report_rows_are_longest_first_with_ties_in_op_module_phase_shapes_order
             for _ in range(400)]
     expected = sorted(rows, key=lambda r: (-r.time_s, r.op, r.module, r.phase, r.shapes))
     assert [id(r) for r in by_time(list(rows))] == [id(r) for r in expected]
+
+
+def test_calls_that_differ_only_in_strides_or_arguments_are_one_row():
+    """A row is one (op, overload, module, phase, dtype, shapes): calls that differ in what a row
+    does not show (an input's strides, a plain argument) are summed into it, as the README's rows
+    promise (they were separate rows with one key: `--by shape`, the JSON and `memwall diff` met
+    the key twice)."""
+    import torch
+
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    with memwall.profile(summary=False, memory=False) as prof:
+        for _ in range(3):
+            torch.add(a, b)
+            torch.add(a.t(), b)  # a transposed input: other strides
+            torch.add(a, b, alpha=2.0)  # another argument
+    rows = [r for r in prof.report().rows if r.op == "aten.add"]
+    assert len(rows) == 1
+    (row,) = rows
+    # 9 calls of 64 x 64 adds (alpha's multiply aside: 1 FLOP an element for the plain ones)
+    assert row.calls == 9 and row.shapes == "[64, 64] x [64, 64]"
+    assert row.flops is not None and row.flops >= 9 * 64 * 64
+    # each call reads two 16 KiB inputs and writes one 16 KiB output
+    assert row.bytes_read == 9 * 2 * 64 * 64 * 4 and row.bytes_written == 9 * 64 * 64 * 4
+    keys = [row_key(r) for r in prof.report().rows]
+    assert len(keys) == len(set(keys))
