@@ -224,9 +224,11 @@ class ModuleTracker:
         #: recorded: work the report does not hold (generate() in a streamer's thread, a server's
         #: workers), which the summary names
         self.other_threads: dict[str, int] = {}
-        #: the optimizers whose steps ran on this thread, by class name: (fused, torch has a fused
-        #: form of it: "fused" among its defaults)
-        self.optimizers: dict[str, tuple[bool, bool]] = {}
+        #: the optimizers whose steps ran on this thread: (class name, fused, torch has a fused form
+        #: of it for these parameters ("fused" among its defaults, and no sparse gradient, which
+        #: fused forms refuse), it steps sparse gradients), each kind once
+        self.optimizers: dict[tuple[str, bool, bool, bool], None] = {}
+        self._optimizers_seen: weakref.WeakSet[Any] = weakref.WeakSet()
         self._hook_began = 0  # when the running hook began (a step boundary inside one moves it)
         #: the capture's, while its dispatch mode waits to be put right outside a torch.compile'd
         #: call (Capture.settle_mode): called by the hooks, which run outside such calls
@@ -650,14 +652,25 @@ class ModuleTracker:
         if self.settle_mode is not None:
             self.settle_mode()
         self.in_optimizer += 1
-        name = type(optimizer).__name__
-        if name not in self.optimizers:
-            defaults = getattr(optimizer, "defaults", None) or {}
-            groups = getattr(optimizer, "param_groups", None) or ()
-            fused = any(isinstance(g, dict) and g.get("fused") for g in groups) or bool(defaults.get("fused"))
-            self.optimizers[name] = (fused, "fused" in defaults)
+        if optimizer not in self._optimizers_seen:
+            self._optimizer_kind(optimizer)
         if self.memory is not None:
             self.memory.optimizer_stepping(optimizer)
+
+    def _optimizer_kind(self, optimizer: Any) -> None:
+        """Note what an optimizer stepping for the first time is, for the advice: two of one class
+        (a GAN's generator's Adam and its discriminator's fused one) are told apart."""
+        try:
+            self._optimizers_seen.add(optimizer)
+        except TypeError:  # not weakly referable: noted at each step
+            pass
+        defaults = getattr(optimizer, "defaults", None) or {}
+        groups = [g for g in getattr(optimizer, "param_groups", None) or () if isinstance(g, dict)]
+        fused = any(g.get("fused") for g in groups) or bool(defaults.get("fused"))
+        sparse = any(isinstance(p, torch.Tensor) and p.grad is not None and p.grad.is_sparse
+                     for g in groups for p in g.get("params", ()))
+        kind = (type(optimizer).__name__, fused, "fused" in defaults and not sparse, sparse)
+        self.optimizers[kind] = None
 
     def _post_step(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if _thread_id() != self._thread:

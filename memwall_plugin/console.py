@@ -332,16 +332,19 @@ def _optimizer_advice(cat: str, optimizers: Any) -> str | None:
     if not isinstance(optimizers, list) or not optimizers:
         return None
     seen = [o for o in optimizers if isinstance(o, dict) and isinstance(o.get("class"), str)]
-    unfused = [o["class"] for o in seen if o.get("fusable") and not o.get("fused")]
+    unfused = list(dict.fromkeys(o["class"] for o in seen if o.get("fusable") and not o.get("fused")))
+    sparse = list(dict.fromkeys(o["class"] for o in seen if o.get("sparse") and not o.get("fused")))
     if unfused:
         names = " and ".join(f"{name}(..., fused=True)" for name in unfused)
+        # an optimizer of sparse gradients is left out: torch's fused forms refuse them
+        also = f" ({' and '.join(sparse)} of sparse gradients has none)" if sparse else ""
         if cat == "optimizer":
-            return f"a fused optimizer ({names}) reads and writes each parameter once"
+            return f"a fused optimizer ({names}) reads and writes each parameter once{also}"
         return (f"a fused optimizer ({names}) takes the GradScaler's scale and inf flag and unscales inside "
-                "its own pass, instead of reading every gradient once more")
-    fused = [o["class"] for o in seen if o.get("fused")]
-    other = [o["class"] for o in seen if not o.get("fused")]
-    if not fused and not other:
+                f"its own pass, instead of reading every gradient once more{also}")
+    fused = list(dict.fromkeys(o["class"] for o in seen if o.get("fused")))
+    other = list(dict.fromkeys(o["class"] for o in seen if not o.get("fused") and not o.get("sparse")))
+    if not fused and not other and not sparse:
         return None
     if cat == "grad scaler":
         return ("bf16 autocast (torch.autocast(dtype=torch.bfloat16)) needs no GradScaler where the device "
@@ -353,6 +356,9 @@ def _optimizer_advice(cat: str, optimizers: Any) -> str | None:
     if other:
         parts.append(f"{' and '.join(other)} has no fused form in torch: compiling its step "
                      "(torch.compile(optimizer.step)) fuses it")
+    if sparse:  # a fused form, or a compiled step, takes no sparse gradient
+        parts.append(f"{' and '.join(sparse)} updates sparse gradients (only the rows looked up), which torch's "
+                     "fused forms do not take")
     return "; ".join(parts) + ("; fewer bytes per state element (an 8-bit optimizer) or sharding the state (ZeRO) "
                                "cuts its traffic")
 

@@ -527,8 +527,8 @@ class Recorder:
         if uncached:
             extra[UNCACHED_KEY] = uncached_runs(uncached)
         if self.capture is not None and self.capture.tracker.optimizers:
-            extra[OPTIMIZERS_KEY] = [{"class": name, "fused": fused, "fusable": fusable}
-                                     for name, (fused, fusable) in self.capture.tracker.optimizers.items()]
+            extra[OPTIMIZERS_KEY] = [{"class": name, "fused": fused, "fusable": fusable, "sparse": sparse}
+                                     for name, fused, fusable, sparse in self.capture.tracker.optimizers]
         report = Report(
             rows=rows,
             memory=memory,

@@ -386,6 +386,46 @@ def test_the_optimizer_advice_names_a_fused_form_only_where_torch_has_one_unused
     assert advice("optimizer", memwall.load_report(tmp_path / "r.json")) == text
 
 
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks are implicitly disabled")
+@pytest.mark.parametrize("case", ["sparse", "two_adams"])
+def test_the_optimizer_advice_follows_each_optimizer_not_its_class(case):
+    """A recommender's Adagrad stepping a sparse=True embedding was advised fused=True, which raises
+    on sparse gradients; a GAN's two Adams, the discriminator's fused, read as one fused Adam ("runs
+    fused already") while the generator's unfused one did the work the finding was about."""
+    from memwall_plugin.console import advice
+
+    torch.manual_seed(0)
+    if case == "sparse":
+        emb = torch.nn.EmbeddingBag(1000, 16, mode="sum", sparse=True)
+        opts = [torch.optim.Adagrad(emb.parameters())]
+
+        def loss() -> torch.Tensor:
+            return emb(torch.randint(0, 1000, (64,)), torch.arange(0, 64, 4)).pow(2).mean()
+    else:
+        d, g = torch.nn.Linear(16, 1), torch.nn.Linear(8, 16)
+        opts = [torch.optim.Adam(d.parameters(), fused=True), torch.optim.Adam(g.parameters())]
+
+        def loss() -> torch.Tensor:
+            return d(g(torch.randn(4, 8))).mean()
+    with memwall.profile(summary=False) as prof:
+        for _ in range(2):
+            loss().backward()
+            for opt in opts:
+                opt.step()
+                opt.zero_grad()
+            prof.step()
+    text = advice("optimizer", prof.report())
+    if case == "sparse":
+        assert "fused=True" not in text and "Adagrad updates sparse gradients" in text, text
+        # what the advice would have had the user run: torch refuses it
+        fused = torch.optim.Adagrad(emb.parameters(), fused=True)
+        loss().backward()
+        with pytest.raises(RuntimeError, match="sparse"):
+            fused.step()
+    else:
+        assert "Adam(..., fused=True)" in text and "runs fused already" not in text, text
+
+
 def test_findings_of_a_what_if_on_another_device_compare_nothing_measured_here_with_its_roofs():
     """The tab's what-if device re-scores the run: its findings compared rates measured on this CPU
     with the H100's roofs ("they run from L2 at 8.47 MB/s, 0.0% of its 8.48 TB/s") and advised
