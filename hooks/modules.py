@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from types import FrameType
 from typing import Any
 
@@ -266,8 +266,8 @@ class ModuleTracker:
         mine = set(root.modules())
         if any(r in mine for r in earlier):  # it holds them: the model they were parts of
             return ""
-        label = holder_name(root) or type(root).__name__
         taken = {p.split(".", 1)[0] for p in self._names.values()}
+        label = holder_name(root, taken) or type(root).__name__
         found, n = label, 2
         while found in taken:
             found, n = f"{label}_{n}", n + 1
@@ -924,31 +924,42 @@ def calling_host(module: torch.nn.Module) -> torch.nn.Module | None:
                          and not _holds(owner, module) and not _holds(module, owner))
 
 
-def holder_name(module: torch.nn.Module) -> str | None:
+def holder_name(module: torch.nn.Module, taken: Collection[str] = ()) -> str | None:
     """The name `module` is called through, from the nearest calling frame outside torch's module
     code and memwall's: an attribute of the frame's `self` that holds it (a pipeline's `vae`,
-    generate()'s `assistant_model`), else a local variable bound to it (`teacher`). None when
+    generate()'s `assistant_model`), else a local variable bound to it (`teacher`). A name in
+    `taken` (another model's, or a part of the first model's: a helper's parameter `model`) is
+    passed over for one of an outer frame (the caller's `ref`), where there is one. None when
     none is found. Asked once per new root, not per call."""
+    first = None
     for frame in _calling_frames():
         if frame.f_code.co_filename in _OWN_FILES or frame.f_code.co_filename.startswith(_TORCH_DIR):
             # torch's own frames on the way (torch.fx's `obj`, torch.jit's `mod`): not the user's names
             continue
-        local = frame.f_locals
-        owner = local.get("self")
-        if owner is not None and owner is not module:
-            held = getattr(owner, "__dict__", None)
-            if isinstance(held, dict):
-                for name, value in held.items():
-                    if value is module and name.isidentifier():
-                        return name.lstrip("_") or name
-                if isinstance(owner, torch.nn.Module):  # registered submodules live in _modules
-                    for name, value in owner._modules.items():
-                        if value is module:
-                            return name
-        for name, value in local.items():
-            if value is module and name != "self" and name.isidentifier():
+        for name in _names_in(frame, module):
+            if name not in taken:
                 return name
-    return None
+            first = first or name
+    return first
+
+
+def _names_in(frame: FrameType, module: torch.nn.Module) -> Iterator[str]:
+    """The names `module` has in a frame: the attributes of its `self` holding it, then its locals."""
+    local = frame.f_locals
+    owner = local.get("self")
+    if owner is not None and owner is not module:
+        held = getattr(owner, "__dict__", None)
+        if isinstance(held, dict):
+            for name, value in held.items():
+                if value is module and name.isidentifier():
+                    yield name.lstrip("_") or name
+            if isinstance(owner, torch.nn.Module):  # registered submodules live in _modules
+                for name, value in owner._modules.items():
+                    if value is module:
+                        yield name
+    for name, value in local.items():
+        if value is module and name != "self" and name.isidentifier():
+            yield name
 
 
 def _calling_frames() -> Iterator[FrameType]:

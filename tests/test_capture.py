@@ -141,6 +141,43 @@ def test_a_second_model_run_beside_the_first_is_named_by_what_holds_it():
             if module.startswith("student.")} == alone_student
 
 
+def _logps(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """An RL script's helper (TRL's style): the log-probabilities of a model, called for the policy
+    and for the reference model through one parameter name."""
+    return model(ids).log_softmax(-1)
+
+
+class _Policy(torch.nn.Module):  # as a causal LM: its body is `model`
+    def __init__(self) -> None:
+        super().__init__()
+        self.model, self.head = torch.nn.Linear(16, 16), torch.nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.model(x).relu())
+
+
+def test_a_second_model_called_through_a_helpers_parameter_takes_its_callers_name():
+    """The reference model of an RL loop, called through a helper's parameter `model`, took that
+    name, which the policy's own `model` part holds: it read `model_2`, as if a part of the policy.
+    A name some other model's path begins with is passed over for the caller's (`ref`)."""
+    import copy
+
+    torch.manual_seed(0)
+    policy = _Policy()
+    ref = copy.deepcopy(policy).requires_grad_(False)
+    x = torch.randn(4, 16)
+
+    def step() -> None:
+        new = _logps(policy, x)
+        with torch.no_grad():
+            old = _logps(ref, x)
+        (new - old).pow(2).mean().backward()
+
+    rep = profiled(step)
+    modules = {r.module for r in rep.rows if r.op == "aten.addmm"}
+    assert modules == {"model", "head", "ref.model", "ref.head"}, modules
+
+
 class _Decoder(torch.nn.Module):  # as diffusers' AutoencoderKL: its decode() calls its submodules
     def __init__(self) -> None:
         super().__init__()
