@@ -242,6 +242,14 @@ _CATEGORY = {Family.MATMUL: "matmul", Family.CONV: "convolution", Family.ATTENTI
              Family.NORM: "norm/softmax", Family.REDUCTION: "reduction"}
 #: categories named by their family even when a row of theirs counts no FLOPs
 _BY_FAMILY = ("matmul", "convolution", "attention")
+#: data movement by index: a row per index read or written (embedding tables, message passing)
+_BY_INDEX = frozenset(f"aten.{name}" for name in (
+    "embedding", "embedding_dense_backward", "_embedding_bag", "_embedding_bag_forward_only",
+    "_embedding_bag_backward", "_embedding_bag_dense_backward", "_embedding_bag_sparse_backward",
+    "_embedding_bag_per_sample_weights_backward", "index_select", "index_select_backward", "gather",
+    "gather_backward", "take", "index", "_unsafe_index", "index_put", "index_put_", "_index_put_impl_",
+    "_unsafe_index_put", "index_add", "index_add_", "index_copy", "index_copy_", "index_reduce", "index_reduce_",
+    "scatter", "scatter_", "scatter_add", "scatter_add_", "scatter_reduce", "scatter_reduce_"))
 
 _ADVICE = {
     "elementwise": "fusing them (torch.compile) or a larger batch raises their intensity",
@@ -254,6 +262,10 @@ _ADVICE = {
     "attention": "each block of queries reads all of K and V: longer sequences per call (short ones packed "
                  "together) or more query heads per K/V head (grouped-query attention) raise their intensity",
     "data movement": "avoiding copies (contiguous layouts, fewer casts and cats) removes the traffic",
+    "gather/scatter": "they move rows by index (embedding lookups, message passing), each row once per index: "
+                      "fewer bytes per row (a bf16 or quantized table), fewer repeated indices per call, or "
+                      "the gather fused with what consumes it (torch.compile, a segment-reduce or sparse "
+                      "matmul kernel) cuts their traffic",
     "norm/softmax": "fused kernels (torch.compile, fused attention and norms) cut their traffic",
     "reduction": "fusing the reduction into its producer (torch.compile) avoids a round trip to memory",
     "optimizer": "a fused optimizer (fused=True) reads and writes each parameter once",
@@ -374,10 +386,13 @@ def category(row: Row) -> str:
         return "outside-the-model"
     if row.op == COMPILED_REGION:  # torch.compile's kernels and regions: fusing is done
         return "compiled"
-    found = _CATEGORY.get(REGISTRY.family(row.op, row.overload))
+    family = REGISTRY.family(row.op, row.overload)
+    found = _CATEGORY.get(family)
     if found in _BY_FAMILY:
         return found
-    if row.flops == 0:
+    if row.op in _BY_INDEX:
+        return "gather/scatter"
+    if row.flops == 0 or family == Family.DATA_MOVEMENT:  # an accumulate's adds keep it data movement
         return "data movement"
     return found or "elementwise"
 
@@ -480,6 +495,18 @@ def _dtype_check(report: Report, rows: list[Row]) -> str:
         return "the dtype (a tensor-core dtype such as bf16) and "
     unit = native_bf16(device)
     return f"the dtype (bf16, which this CPU runs natively on {unit}) and " if unit else ""
+
+
+_DIM = re.compile(r"\d+")
+
+
+def _misaligned(rows: list[Row]) -> bool:
+    """Whether a matmul's or convolution's input has a dimension past 16 that is not a multiple of 8
+    (a vocabulary of 50,257, a hidden size of 1,000): the sizes the shapes advice is about. Small
+    ones (3 channels, a 3 x 3 kernel) are what they are."""
+    families = (Family.MATMUL, Family.CONV)
+    return any(int(d) > 16 and int(d) % 8 for r in rows if REGISTRY.family(r.op, r.overload) in families
+               for d in _DIM.findall(r.shapes))
 
 
 def _longest_names(rows: list[Row]) -> list[str]:
@@ -661,10 +688,14 @@ def findings(report: Report) -> list[str]:
         achieved = sum(r.flops or 0 for r in compute_rows) / compute_time
         roof = sum(r.attainable_flops_per_s or 0 for r in compute_rows) / len(compute_rows)
         if roof and achieved / roof < 0.3:
-            out.append(
-                f"compute-bound ops reach {_pct(achieved / roof)} of their roof on average: check "
-                f"{_dtype_check(report, compute_rows)}shapes (multiples of 8 or 16)."
-            )
+            dtype = _dtype_check(report, compute_rows)
+            if _misaligned(compute_rows):
+                check = f"check {dtype}shapes (multiples of 8 or 16)"
+            else:  # sizes already multiples of 8: what is left is how small they are
+                check = (f"{'check ' + dtype.removesuffix(' and ') + '; ' if dtype else ''}their sizes are "
+                         "multiples of 8 already: small matrices leave the units idle, and more rows per call (a "
+                         "larger batch) fill them")
+            out.append(f"compute-bound ops reach {_pct(achieved / roof)} of their roof on average: {check}.")
     if report.coverage < 0.95:
         uncounted = [r for r in work if r.flops is None]
         # an op with a formula is uncounted only where its inputs were not recorded (a trace's);
@@ -1732,7 +1763,9 @@ def memory_section(mem: MemoryReport, narrow: bool = False,
         parts.append(_indented(Text(f"CUDA caching allocator peak {si(mem.allocator_peak_bytes, 'B')} "
                                     f"({si(diff, 'B')} more: allocator rounding, workspaces, tensors made outside "
                                     "the ops seen)", style="dim")))
-    top = mem.top_modules("activation_bytes", 5)
+    # what fills memory most, module by module: a recommender's embedding tables (parameters,
+    # gradients and optimizer state) as a transformer's saved activations
+    top = mem.top_modules("total_bytes", 5)
     if top:
         table = Table(title=None, box=None, pad_edge=False, show_edge=False, header_style="bold")
         table.add_column("module (own bytes)", no_wrap=True)

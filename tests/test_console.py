@@ -228,7 +228,8 @@ def test_a_conv_only_cpu_run_gets_convolution_advice_and_no_gpu_or_decoding_advi
     # a ridge of 1 FLOP/B: every convolution compute-bound, far under a roof it cannot reach
     compute = findings(_measured_on(run, _cpu(NO_BF16_CPU, 1e15, 1e15)))
     roof = next(f for f in compute if f.startswith("compute-bound ops reach"))
-    assert "bf16" not in roof and "GPU" not in roof and "dtype" not in roof and "shapes" in roof
+    # its sizes (8 and 32 channels, 32 x 32 images) are multiples of 8: no shapes to check
+    assert "bf16" not in roof and "GPU" not in roof and "dtype" not in roof and "multiples of 8 already" in roof
     amx = findings(_measured_on(run, _cpu(AMX_CPU, 1e15, 1e15)))
     assert any("bf16, which this CPU runs natively on AMX" in f for f in amx)
 
@@ -287,6 +288,19 @@ def test_memory_bound_ops_spread_over_a_sequentials_children_are_placed_by_their
             model(x)
     (note,) = [f for f in findings(prof.report()) if "memory-bound elementwise ops" in f]
     assert "most under `0`, `1`, `2`, ... (gelu)" in note and "`*`" not in note, note
+
+
+@pytest.mark.parametrize(("shapes", "misaligned"), [("[4096, 1030] x [1030, 1000]", True),
+                                                   ("[4096, 1024] x [1024, 1024]", False),
+                                                   ("[8, 50257] x [50257, 768]", True), ("[8, 3, 224, 224]", False)])
+def test_the_compute_roof_finding_asks_for_multiples_of_8_only_where_a_size_is_not_one(shapes, misaligned):
+    """"check shapes (multiples of 8 or 16)" was said whatever the shapes: an RL run whose every
+    matmul size was 8, 64, 128 or 256 was told to check them. Small sizes (3 channels) are left out."""
+    mm = dataclasses.replace(_row("aten.mm", "a", "forward", 1, 8_000_000_000, 90_000_000, 20_000_000, 0.030),
+                             shapes=shapes)
+    (note,) = [f for f in findings(_on_a100(mm)) if f.startswith("compute-bound ops reach")]
+    assert ("multiples of 8 or 16" in note) == misaligned, note
+    assert ("multiples of 8 already" in note) == (not misaligned), note
 
 
 def test_a_what_if_on_another_device_has_no_compute_roof_finding():

@@ -132,6 +132,11 @@ def test_findings_categories_by_phase_and_zero_flop_copies():
     assert category(_row("aten.mm", phase="optimizer")) == "optimizer"
     assert category(_row("aten.mm", phase="other")) == "outside-the-model"
     assert category(_row("aten.copy_", flops=0)) == "data movement"
+    # lookups and scatters by index (a recommender's EmbeddingBag, a GNN's message passing) were
+    # "elementwise" where they count adds, and told to fuse with torch.compile or to avoid copies
+    for op in ("aten._embedding_bag", "aten._embedding_bag_backward", "aten.index_add_", "aten.scatter_reduce_",
+               "aten.embedding", "aten.index_select"):
+        assert category(_row(op, flops=7)) == category(_row(op, flops=0)) == "gather/scatter", op
     assert category(_row("aten.mm", flops=0)) == "matmul"  # an empty matmul is still a matmul
 
 
