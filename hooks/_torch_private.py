@@ -485,12 +485,12 @@ def storage_key(storage: Any) -> int:
     return int(storage._cdata)
 
 
-def saved_alias(t: torch.Tensor) -> torch.Tensor:
-    """A plain tensor made for autograd's saved tensors: `t.detach()` (its storage and version
-    counter shared, no grad_fn) made with Python dispatch off, so memwall's dispatch mode does
-    not record it as an op of the user's."""
+def data_alias(t: torch.Tensor) -> torch.Tensor:
+    """`t.data` (its storage, no grad_fn, a version counter of its own) made without an op: with a
+    dispatch mode on (memwall's) `.data` runs `aten.detach` through it, which the mode, and the
+    user's torch.profiler, would record as the user's; with Python dispatch off it runs none."""
     with torch._C._DisableTorchDispatch():
-        return t.detach()
+        return t.data
 
 
 def version_of(t: torch.Tensor) -> int:

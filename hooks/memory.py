@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from memwall_plugin.hooks._torch_private import (
     checkpoint_saving_inputs,
+    data_alias,
     forget_hooks_below,
     is_zero_tensor,
     never_compiled,
@@ -38,7 +39,6 @@ from memwall_plugin.hooks._torch_private import (
     op_schema,
     pack_hook_passed_over,
     peek_sequence_nr,
-    saved_alias,
     sparse_values_storage,
     step_aside_for_disablers,
     storage_key,
@@ -59,11 +59,16 @@ _grad_enabled = torch.is_grad_enabled
 
 class _Storage:
     __slots__ = ("nbytes", "elements", "itemsize", "cat", "module", "ref", "step", "index", "freed", "fixed",
-                 "fixed_at", "weight")
+                 "fixed_at", "weight", "kept", "floating")
 
-    def __init__(self, nbytes: int, itemsize: int, cat: int, module: str, step: int, index: int) -> None:
+    def __init__(self, nbytes: int, itemsize: int, cat: int, module: str, step: int, index: int,
+                 floating: bool = True) -> None:
         self.nbytes, self.itemsize, self.cat, self.module, self.step = nbytes, itemsize, cat, module, step
-        self.elements = nbytes // itemsize
+        #: the elements a precision what-if resizes: a floating storage's; an integer or bool one
+        #: (indices, masks, token ids) keeps its width in bf16, its bytes `kept`
+        self.floating = floating
+        self.elements = nbytes // itemsize if floating else 0
+        self.kept = 0 if floating else nbytes
         self.index = index  # the step's op count when it was first seen
         self.ref: Any = None
         self.freed: tuple[int, int] | None = None  # (step, op count) when torch freed it
@@ -91,15 +96,16 @@ class _StorageRef(weakref.ref):  # type: ignore[type-arg]
 class StepMemory:
     """One recorded step: its peak, where, its breakdown, its timeline, per-module activations."""
 
-    __slots__ = ("step", "peak", "peak_by_cat", "peak_elems", "peak_at", "peak_index", "timeline", "activations",
+    __slots__ = ("step", "peak", "peak_by_cat", "peak_elems", "peak_kept", "peak_at", "peak_index", "timeline",
+                 "activations",
                  "outputs", "owned", "stride", "index", "allocator_peak", "forward_ops", "saving_ops",
                  "input_saving_ops", "save_pending", "moves", "found", "grads_read", "forward_starts",
                  "backward_since", "param_grads")
 
-    def __init__(self, step: int, live: list[int], elems: list[int]) -> None:
+    def __init__(self, step: int, live: list[int], elems: list[int], kept: list[int]) -> None:
         self.step = step
         self.peak = sum(live)
-        self.peak_by_cat, self.peak_elems = list(live), list(elems)
+        self.peak_by_cat, self.peak_elems, self.peak_kept = list(live), list(elems), list(kept)
         self.peak_at: tuple[str, Any, str] = ("", "", "")
         self.peak_index = 0
         self.owned: dict[str, list[int]] = {}  # module -> [parameters, gradients, optimizer state] bytes
@@ -252,6 +258,7 @@ class MemoryTracker:
         self.bytes = [0] * _N
         self.total = 0  # sum(self.bytes), kept as they change: read after every op
         self.elems = [0] * _N
+        self.kept = [0] * _N  # bytes of integer and bool storages (_Storage.kept)
         self.step: StepMemory | None = None
         self.last: StepMemory | None = None  # the last recorded step
         self.window = MemoryTotals()  # the open window's recorded steps
@@ -327,16 +334,20 @@ class MemoryTracker:
         nbytes = 0 if is_zero_tensor(t) else _held_bytes(t, st)
         try:
             size = t.element_size() or 1
+            dtype = t.dtype
+            floating = dtype.is_floating_point or dtype.is_complex
         except (RuntimeError, AttributeError):
-            size = 1
+            size, floating = 1, True
         s = self.step
-        entry = _Storage(nbytes, size, cat, module, s.step if s is not None else -1, s.index if s is not None else 0)
+        entry = _Storage(nbytes, size, cat, module, s.step if s is not None else -1, s.index if s is not None else 0,
+                         floating)
         ref = entry.ref = _StorageRef(st, self._on_free)
         ref.key = key
         with self._lock:
             self.live[key] = entry
             self.bytes[cat] += nbytes
             self.elems[cat] += entry.elements
+            self.kept[cat] += entry.kept
             self.total += nbytes
         if cat <= OPTIMIZER_STATE:
             self._own(module, cat, nbytes)
@@ -355,6 +366,7 @@ class MemoryTracker:
             s.peak += entry.nbytes
             s.peak_by_cat[entry.cat] += entry.nbytes
             s.peak_elems[entry.cat] += entry.elements
+            s.peak_kept[entry.cat] += entry.kept
 
     def _freed(self, ref: _StorageRef) -> None:
         """A storage was freed (its weak reference's callback, on whichever thread freed it)."""
@@ -370,6 +382,7 @@ class MemoryTracker:
                         live[entry.cat] -= entry.nbytes
                 self.bytes[entry.cat] -= entry.nbytes
                 self.elems[entry.cat] -= entry.elements
+                self.kept[entry.cat] -= entry.kept
                 self.total -= entry.nbytes
                 if entry.fixed:
                     self.fixed[entry.cat] -= entry.nbytes
@@ -388,15 +401,17 @@ class MemoryTracker:
             delta = nbytes - entry.nbytes
             if not delta:
                 return
-            elements = nbytes // entry.itemsize
+            elements = nbytes // entry.itemsize if entry.floating else 0
+            kept = 0 if entry.floating else nbytes
             with self._lock:
                 cat = entry.cat
                 self.bytes[cat] += delta
                 self.elems[cat] += elements - entry.elements
+                self.kept[cat] += kept - entry.kept
                 self.total += delta
                 if entry.fixed:
                     self.fixed[cat] += delta
-                entry.nbytes, entry.elements = nbytes, elements
+                entry.nbytes, entry.elements, entry.kept = nbytes, elements, kept
             if cat <= OPTIMIZER_STATE:
                 self._own(entry.module, cat, delta)
         except Exception as err:  # never into the user's code
@@ -417,6 +432,7 @@ class MemoryTracker:
         with self._lock:
             self.bytes[entry.cat] -= entry.nbytes
             self.elems[entry.cat] -= entry.elements
+            self.kept[entry.cat] -= entry.kept
             # alive now and seen before the peak: it was alive at the peak, as what it turns out to be
             if s is not None:
                 # from which op count the timeline's points hold it as fixed (None: not fixed)
@@ -432,11 +448,14 @@ class MemoryTracker:
                 s.peak_by_cat[cat] += entry.nbytes
                 s.peak_elems[entry.cat] -= entry.elements
                 s.peak_elems[cat] += entry.elements
+                s.peak_kept[entry.cat] -= entry.kept
+                s.peak_kept[cat] += entry.kept
             entry.cat = cat
             if module:
                 entry.module = module
             self.bytes[cat] += entry.nbytes
             self.elems[cat] += entry.elements
+            self.kept[cat] += entry.kept
         if cat <= OPTIMIZER_STATE:
             self._own(entry.module, cat, entry.nbytes)
 
@@ -641,14 +660,16 @@ class MemoryTracker:
 
     def saved(self, t: Any) -> Any:
         """The pack hook: note the storage as an activation of the module saving it; return the
-        tensor (what autograd would keep without the hook), detached where it has a grad_fn, with
-        its version. An op's output saved as itself would hold its own grad_fn, which holds what
+        tensor (what autograd would keep without the hook) with its version, as `.data` where it
+        has a grad_fn. An op's output saved as itself would hold its own grad_fn, which holds what
         it saved: a cycle through C++ that no garbage collection breaks, so a graph never run
         backward (a GAN's `G(z).detach()`, an evaluation without no_grad) would keep its
         activations alive for good (autograd keeps an output's data without its grad_fn for this
         reason, and sets the grad_fn back when it unpacks it, as it does for any pack hook's
-        tensor). Autograd does not check a hook's tensors for in-place changes: `_unpack` does,
-        with the version kept here (the alias shares the tensor's version counter)."""
+        tensor). `.data` makes that alias without an op (`detach()` would be one, in the user's
+        own torch.profiler trace too), with a version counter of its own: the tensor's own is read
+        through a weak reference. Autograd does not check a hook's tensors for in-place changes:
+        `_unpack` does."""
         try:
             if not self.closed and self.failed is None and isinstance(t, _Tensor):
                 entries = self._activation(t)
@@ -667,7 +688,9 @@ class MemoryTracker:
             self.fail(err)
         kind = type(t)
         if kind is _Tensor or kind is _Parameter:
-            return (saved_alias(t) if t.grad_fn is not None else t), version_of(t)
+            if t.grad_fn is not None:
+                return data_alias(t), version_of(t), weakref.ref(t)
+            return t, version_of(t), None
         return t
 
     def cached_for_backward(self, t: Any) -> None:
@@ -777,7 +800,7 @@ class MemoryTracker:
         total = self.total
         if total > s.peak:
             s.peak = total
-            s.peak_by_cat, s.peak_elems = list(values), list(self.elems)
+            s.peak_by_cat, s.peak_elems, s.peak_kept = list(values), list(self.elems), list(self.kept)
             s.peak_at = (phase, entry.func, module)
             s.peak_index = s.index
             s.timeline.append((s.index, phase, tuple(values), module, tuple(self.fixed)))  # the peak: always a point
@@ -830,7 +853,7 @@ class MemoryTracker:
     def begin_step(self, step: int) -> None:
         for optimizer in list(self._optimizers):  # state made by steps that were not recorded
             self._scan_optimizer(optimizer)
-        self.step = s = StepMemory(step, self.bytes, self.elems)
+        self.step = s = StepMemory(step, self.bytes, self.elems, self.kept)
         self._counted = set()
         for module, live in self.module_live.items():  # what the step starts with
             s.owned[module] = list(live)
@@ -1013,8 +1036,9 @@ def _unpack(packed: Any) -> Any:
     gradients."""
     if type(packed) is not tuple:
         return packed
-    t, saved = packed
-    now = version_of(t)
+    t, saved, ref = packed
+    source = t if ref is None else ref()  # gone: nothing holds it to change it (a view might: unchecked)
+    now = saved if source is None else version_of(source)
     if now != saved:
         raise RuntimeError(
             "one of the variables needed for gradient computation has been modified by an inplace operation: "

@@ -95,8 +95,13 @@ class MemoryReport:
     peak_step: int = 0
     capacity_bytes: int | None = None
     capacity_source: str = ""
-    #: element counts at the peak per category (for the precision what-if: bytes / elements)
+    #: element counts at the peak per category (for the precision what-if: bytes / elements) of
+    #: its floating-point tensors
     peak_elements: dict[str, int] = field(default_factory=dict)
+    #: bytes at the peak per category of integer and bool tensors (indices saved for backward,
+    #: masks, token ids), which a precision what-if leaves at their width (a report of
+    #: 2026-12-07 or before: none, every element taken as floating)
+    peak_kept_bytes: dict[str, int] = field(default_factory=dict)
     modules: tuple[MemoryModule, ...] = ()
     #: the peak step's live bytes over its ops: (op index, phase, bytes per category in
     #: CATEGORIES order, the op's module), thinned to a bounded number of points, the peak kept
@@ -125,6 +130,10 @@ class MemoryReport:
     #: than 1/sharded_over of it on each rank); None: not sharded, or a file from before them
     model_parameter_bytes: int | None = None
     rank_parameter_bytes: int | None = None
+    #: the parameter bytes of modules no backward ran through (a frozen reference model or teacher
+    #: called under no_grad), which ZeRO-3 gathers for their forward only; None: not known (no
+    #: backward in the run, a compiled backward, or a file written before memwall kept it)
+    forward_only_parameter_bytes: int | None = None
     #: how many ranks the optimizer state alone is sharded over (ZeroRedundancyOptimizer: ZeRO-1,
     #: each rank the state of its partition of the parameters, which it keeps whole), and the
     #: bytes of the parameters the optimizer updates on all ranks and on this one (the whole
@@ -250,8 +259,9 @@ class MemoryReport:
         # precision: each category's bytes scale as its element size does (elements x new size)
         scale = dict.fromkeys(CATEGORIES, 1.0)
         for cat, size in bpe.items():
-            elements = self.peak_elements.get(cat) or measured[cat] / 4
-            scale[cat] = elements * size / measured[cat] if measured[cat] else 1.0
+            kept = min(self.peak_kept_bytes.get(cat, 0), measured[cat])  # integer tensors keep their width
+            elements = self.peak_elements.get(cat) or (measured[cat] - kept) / 4
+            scale[cat] = (elements * size + kept) / measured[cat] if measured[cat] else 1.0
         master = 0
         if master_weights:
             every = self.peak_elements.get("parameters") or measured["parameters"] // 4
@@ -322,8 +332,15 @@ class MemoryReport:
             grad_bytes = (grads or param_bytes) * scale["gradients"]
             ring = (world - 1) / world
             if shard in ("zero3", "fsdp"):
-                # all-gather the parameters in forward and again in backward, reduce-scatter the gradients
-                comm = int(ring * (2 * param_bytes + grad_bytes))
+                # all-gather the parameters in forward and again in backward, reduce-scatter the
+                # gradients; a module no backward runs through is gathered for its forward only
+                forward_only = min(param_bytes, (self.forward_only_parameter_bytes or 0) * scale["parameters"]
+                                   * whole / rank)
+                comm = int(ring * (2 * param_bytes - forward_only + grad_bytes))
+                if forward_only:
+                    notes.append(f"{forward_only / param_bytes:.0%} of the parameter bytes are of modules no "
+                                 "backward runs through (a frozen reference model, a teacher): gathered for their "
+                                 "forward only")
                 if whole == rank:
                     gathered = int(max((m.parameter_bytes for m in self.modules), default=0) * scale["parameters"])
                 notes.append("ZeRO-3 keeps one module's gathered parameters at a time and moves 1.5x the "
@@ -502,7 +519,9 @@ class MemoryReport:
         if self.peak_by_category.get("optimizer_state") or self.peak_by_category.get("gradients"):
             # a run already sharded over 8 ranks or more: twice its ranks
             ranks = 8 if self.sharded_over < 8 else 2 * self.sharded_over
-            out.append((f"ZeRO-3 / FSDP over {ranks} ranks", self.what_if(shard="zero3", world_size=ranks)))
+            sharded = self.what_if(shard="zero3", world_size=ranks)
+            if sharded.peak_bytes < _WORTH * self.what_if().peak_bytes:  # as the others: where it lowers the peak
+                out.append((f"ZeRO-3 / FSDP over {ranks} ranks", sharded))
         if self.peak_by_category.get("parameters"):
             # bf16 for what is stored wider than 2 bytes an element: a model already in bf16 gets
             # no suggestion that changes nothing, and weights quantized to int8 or 4 bits (torchao,
@@ -534,9 +553,9 @@ class MemoryReport:
     def _wider_than(self, cat: str, size: float) -> bool:
         """Whether a category held bytes at the peak stored wider than `size` bytes an element on
         average (a report without element counts: taken as fp32)."""
-        held = self.peak_by_category.get(cat, 0)
+        held = self.peak_by_category.get(cat, 0) - self.peak_kept_bytes.get(cat, 0)
         elements = self.peak_elements.get(cat)
-        return bool(held) and (not elements or held / elements > size)
+        return held > 0 and (not elements or held / elements > size)
 
     def trained(self) -> bool:
         """Whether the recorded steps trained: gradients or optimizer state held at some point, or
@@ -563,6 +582,7 @@ class MemoryReport:
         out = {name: getattr(self, name) for name in _REPORT_FIELDS}
         out["peak_by_category"] = dict(self.peak_by_category)
         out["peak_elements"] = dict(self.peak_elements)
+        out["peak_kept_bytes"] = dict(self.peak_kept_bytes)
         out["modules"] = [{name: getattr(m, name) for name in _MODULE_FIELDS} for m in self.modules]
         out["peak_at"] = list(self.peak_at)
         out["timeline"] = [[i, phase, list(values), module] for i, phase, values, module in self.timeline]

@@ -9,7 +9,7 @@ from memwall_plugin.devices import DeviceSpec
 from memwall_plugin.diff import COMPILED_REGION
 from memwall_plugin.hooks.memory import forward_flops, trailing_flops
 from memwall_plugin.memory import CATEGORIES, MemoryModule, MemoryReport
-from memwall_plugin.records import FORWARD
+from memwall_plugin.records import BACKWARD, FORWARD, RECOMPUTE
 from memwall_plugin.rows import Row
 
 
@@ -74,6 +74,7 @@ def memory_report(tracker: Any, totals: Any, rows: tuple[Row, ...], device: Devi
     )
     capacity, source = capacity_of(device)
     notes = []
+    forward_only = _forward_only_parameter_bytes(rows, modules)
     if tracker.failed:
         notes.append(f"memory tracking stopped early: {tracker.failed}")
     if any(r.op == COMPILED_REGION for r in rows):
@@ -84,6 +85,7 @@ def memory_report(tracker: Any, totals: Any, rows: tuple[Row, ...], device: Devi
         peak_bytes=best.peak,
         peak_by_category=dict(zip(CATEGORIES, best.peak_by_cat)),
         peak_elements=dict(zip(CATEGORIES, best.peak_elems)),
+        peak_kept_bytes={c: kept for c, kept in zip(CATEGORIES, best.peak_kept) if kept},
         peak_at=best.peak_at,
         peak_step=best.step,
         capacity_bytes=capacity,
@@ -102,7 +104,22 @@ def memory_report(tracker: Any, totals: Any, rows: tuple[Row, ...], device: Devi
         state_rank_bytes=tracker.state_rank_bytes if tracker.state_sharded_over > 1 else None,
         link_bytes_per_s=getattr(link, "bytes_per_s", None),
         notes=tuple(notes),
+        forward_only_parameter_bytes=forward_only,
     )
+
+
+def _forward_only_parameter_bytes(rows: tuple[Row, ...], modules: tuple[MemoryModule, ...]) -> int | None:
+    """The parameter bytes of the model's parts no backward pass ran through (a frozen reference
+    model or teacher called under no_grad, a frozen feature extractor): ZeRO-3 gathers them for
+    their forward only. A part is a top-level module (the first name of a path: a second model's
+    own name, or a child of the first model), as sharding wraps whole parts: a frozen layer inside
+    a part that trains is gathered with it in backward. None where nothing ran backward, or a
+    compiled region's backward hides which parts it ran through."""
+    backward = {r.module.split(".", 1)[0] for r in rows if r.phase in (BACKWARD, RECOMPUTE)}
+    if not backward or any(r.op == COMPILED_REGION and r.phase in (BACKWARD, RECOMPUTE) for r in rows):
+        return None
+    return sum(m.parameter_bytes for m in modules
+               if m.module and m.parameter_bytes and m.module.split(".", 1)[0] not in backward)
 
 
 __all__ = ["capacity_of", "host_memory_bytes", "memory_report"]

@@ -194,7 +194,7 @@ def _memory(data: Any) -> MemoryReport:
     if unknown:
         raise FieldError(f"memory has an unknown field {unknown[0][:60]!r}")
     out: dict[str, Any] = {"peak_bytes": check_int("memory.peak_bytes", data.get("peak_bytes"))}
-    for key in ("peak_by_category", "peak_elements"):
+    for key in ("peak_by_category", "peak_elements", "peak_kept_bytes"):
         values = data.get(key, {})
         if not isinstance(values, dict) or any(k not in CATEGORIES for k in values):
             raise FieldError(f"memory.{key} must map the categories ({', '.join(CATEGORIES)}) to counts")
@@ -205,7 +205,7 @@ def _memory(data: Any) -> MemoryReport:
     out["peak_at"] = tuple(check_str(f"memory.peak_at[{i}]", v) for i, v in enumerate(peak_at))
     out["peak_step"] = check_int("memory.peak_step", data.get("peak_step", 0))
     for key in ("capacity_bytes", "allocator_peak_bytes", "trainable_elements", "model_parameter_bytes",
-                "rank_parameter_bytes", "state_model_bytes", "state_rank_bytes"):
+                "rank_parameter_bytes", "state_model_bytes", "state_rank_bytes", "forward_only_parameter_bytes"):
         value = data.get(key)
         out[key] = None if value is None else check_int(f"memory.{key}", value)
     out["sharded_over"] = check_int("memory.sharded_over", data.get("sharded_over", 1), 1)

@@ -853,6 +853,30 @@ def test_bf16_what_if_of_inference_halves_the_feature_maps_as_a_bf16_model_holds
     assert half.by_category["parameters"] == bf16.peak_by_category["parameters"]
 
 
+def test_a_precision_what_if_keeps_integer_tensors_at_their_width():
+    """An embedding saves its int64 indices for backward (a recommender's bags, a GNN's edges):
+    the bf16 what-if took them for 2-byte elements, 3.6 MB of activations where the model in bf16
+    holds 4.8 MB. The truth: the same model and batch in bf16, measured."""
+    def measured(dtype: torch.dtype) -> MemoryReport:
+        torch.manual_seed(0)
+        emb = torch.nn.Embedding(1000, 8).to(dtype)
+        idx = torch.randint(0, 1000, (50_000,))
+        with memwall.profile(summary=False) as prof:
+            emb(idx).pow(2).sum().backward()  # embedding saves idx (int64), pow its input (the model's dtype)
+        return prof.report().memory
+
+    fp32, bf16 = measured(torch.float32), measured(torch.bfloat16)
+    # by hand: 50,000 indices x 8 B, and 50,000 x 8 elements saved by pow at 4 B (fp32) or 2 B (bf16)
+    assert fp32.peak_by_category["activations"] == 50_000 * 8 + 50_000 * 8 * 4
+    assert bf16.peak_by_category["activations"] == 50_000 * 8 + 50_000 * 8 * 2
+    assert fp32.peak_kept_bytes["activations"] == 50_000 * 8
+    half = fp32.what_if(bytes_per_element={"activations": 2})
+    assert half.by_category["activations"] == bf16.peak_by_category["activations"]
+    # and a report file keeps what the what-if needs
+    assert MemoryReport.from_dict(fp32.to_dict()).what_if(bytes_per_element={"activations": 2}).by_category == \
+        half.by_category
+
+
 def test_bf16_what_if_of_training_keeps_fp32_master_weights_and_of_a_bf16_model_says_nothing():
     # a large batch: activations fill the peak, and bf16 halves them
     mem = _train_mlp(_mlp(), batch=4096)[0].memory
@@ -909,6 +933,70 @@ def test_master_weights_copy_only_the_trainable_parameters(tmp_path):
     for shard in ("zero1", "zero2"):
         assert mem.what_if(shard=shard, world_size=4).comm_bytes == int(3 / 4 * (4 * trainable + 4 * trainable))
     assert mem.what_if(shard="zero3", world_size=4).comm_bytes == int(3 / 4 * (2 * 4 * every + 4 * trainable))
+
+
+def test_zero3_gathers_a_frozen_reference_model_for_its_forward_only(tmp_path):
+    """An RL fine-tune's reference model (a frozen copy, called under no_grad for the KL term) runs
+    no backward: ZeRO-3 all-gathers it once a step, for its forward, where the policy is gathered
+    for forward and again for backward. Every parameter was counted twice."""
+    import copy
+
+    torch.manual_seed(0)
+    policy = _mlp()
+    reference = copy.deepcopy(policy).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(policy.parameters())
+    x, y = torch.randn(BATCH, IN), torch.randint(0, OUT, (BATCH,))
+    with memwall.profile(summary=False, logdir=tmp_path) as prof:
+        for _ in range(2):
+            logits = policy(x)
+            with torch.no_grad():
+                ref = reference(x)
+            loss = torch.nn.functional.cross_entropy(logits, y) + (logits - ref).pow(2).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            prof.step()
+    mem = prof.report().memory
+    p = 4 * sum(t.numel() for t in policy.parameters())  # each model's parameter bytes, by hand
+    assert mem.peak_by_category["parameters"] == 2 * p
+    assert mem.forward_only_parameter_bytes == p
+    # forward and backward gathers of the policy, one forward gather of the reference, the policy's
+    # gradients reduce-scattered: 3/4 of each on 4 ranks
+    assert mem.what_if(shard="zero3", world_size=4).comm_bytes == int(3 / 4 * (2 * p + p + p))
+    assert memwall.load_report(next(tmp_path.rglob("*.json"))).memory.forward_only_parameter_bytes == p
+
+
+def test_the_summarys_module_table_lists_what_holds_most_an_embedding_table_too():
+    """The memory view's module table was ranked by saved activations: a recommender whose
+    embedding tables held most of its peak (parameters, gradients, AdamW state) listed only its
+    small MLP. It is ranked by each module's own bytes of all four kinds."""
+    from memwall_plugin.console import render_text
+
+    class Recommender(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.EmbeddingBag(20_000, 16, mode="sum")
+            self.mlp = torch.nn.Sequential(*(torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU())
+                                             for _ in range(6)))
+
+        def forward(self, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+            return self.mlp(self.table(ids, offsets))
+
+    torch.manual_seed(0)
+    model = Recommender()
+    opt = torch.optim.AdamW(model.parameters())
+    with memwall.profile(summary=False) as prof:
+        for _ in range(2):
+            model(torch.randint(0, 20_000, (256,)), torch.arange(0, 256, 4)).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            prof.step()
+    mem = prof.report().memory
+    table = mem.module("table")
+    assert table is not None and table.parameter_bytes == 20_000 * 16 * 4
+    text = render_text(prof.report(), width=200)
+    listed = [line.split()[0] for line in text.splitlines() if line.strip().startswith(("table ", "mlp."))]
+    assert listed and listed[0] == "table", listed
 
 
 def test_the_report_file_and_the_cli_carry_the_memory(tmp_path):

@@ -439,7 +439,9 @@ function whatIfForm(container, memory, categories, devices, worldSize, onChange,
     const select = el('select', `mw-bpe-cat mw-bpe-${c}`);
     const elements = memory.peak_elements[c];
     const held = memory.peak_by_category[c] || 0;
-    const now = elements ? held / elements : null;
+    // integer tensors (indices, token ids) are not in the elements: their bytes keep their width
+    const kept = (memory.peak_kept_bytes || {})[c] || 0;
+    const now = elements ? (held - kept) / elements : null;
     // a category with nothing held at the peak (gradients freed by zero_grad) has no size there
     const measured = now ? `as measured (${num(now)} B)` : held ? 'as measured (size unknown)' : 'as measured (none at the peak)';
     for (const [value, label] of [['', measured]].concat(SIZES)) {
