@@ -1748,6 +1748,13 @@ def memory_section(mem: MemoryReport, narrow: bool = False,
         breakdown.append(("" if i == 0 else " · ") + f"{_CATEGORY_LABEL.get(cat, cat)} {si(b, 'B')} "
                          f"({_pct(b / mem.peak_bytes if mem.peak_bytes else None)})")
     parts.append(_indented(breakdown))
+    every = mem.peak_elements.get("parameters") or 0
+    if mem.trainable_elements is not None and every and mem.trainable_elements < every and mem.trained():
+        # a LoRA's base, an RL loop's reference model, a teacher: no gradients, no optimizer state
+        frozen = every - mem.trainable_elements
+        parts.append(_indented(Text(f"{frozen:,} of the {every:,} parameters ({_pct(frozen / every)}) are frozen "
+                                    "(requires_grad=False): they hold no gradients and no optimizer state",
+                                    style="dim")))
     for note in mem.notes:  # how far the figures go (tracking stopped, compiled regions' temporaries)
         parts.append(_indented(Text(note, style="dim")))
     if mem.sharded_over > 1:

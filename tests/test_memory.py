@@ -964,6 +964,12 @@ def test_zero3_gathers_a_frozen_reference_model_for_its_forward_only(tmp_path):
     # gradients reduce-scattered: 3/4 of each on 4 ranks
     assert mem.what_if(shard="zero3", world_size=4).comm_bytes == int(3 / 4 * (2 * p + p + p))
     assert memwall.load_report(next(tmp_path.rglob("*.json"))).memory.forward_only_parameter_bytes == p
+    # and the summary says half the parameters hold no gradients or optimizer state
+    from memwall_plugin.console import render_text
+
+    elements = p // 4
+    assert (f"{elements:,} of the {2 * elements:,} parameters (50%) are frozen (requires_grad=False)"
+            in " ".join(render_text(prof.report(), width=200).split()))
 
 
 def test_the_summarys_module_table_lists_what_holds_most_an_embedding_table_too():
