@@ -10,6 +10,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import flops_apart, profiled
 
 import memwall_plugin as memwall
 
@@ -224,16 +225,12 @@ def test_integers_that_decide_a_count_or_a_size_are_kept() -> None:
     with memwall.profile(summary=False) as prof:
         x * 3
         x * 5
-        x.add(x, alpha=1)
-        x.add(x, alpha=2)
-        torch.addmm(x, a, b, beta=0)
-        torch.addmm(x, a, b, beta=2)
-        torch.arange(5)
-        torch.arange(7)
-    rows = prof.report().rows
-    (mul,) = [r for r in rows if r.op == "aten.mul"]
+    (mul,) = [r for r in prof.report().rows if r.op == "aten.mul"]
     assert mul.calls == 2 and mul.flops == 2 * 16 * 8
-    assert sorted(r.flops for r in rows if r.op == "aten.add") == [16 * 8, 2 * 16 * 8]  # x + y; x + 2y
+    # each form profiled apart (one row holds every call of an op, module, phase and input shapes)
+    assert flops_apart("aten.add", lambda: x.add(x, alpha=1), lambda: x.add(x, alpha=2)) == [16 * 8, 2 * 16 * 8]
     mm = 2 * 16 * 4 * 8
-    assert sorted(r.flops for r in rows if r.op == "aten.addmm") == [mm, mm + 2 * 16 * 8]  # beta 0: no add
-    assert sorted(r.bytes_written for r in rows if r.op == "aten.arange") == [5 * 8, 7 * 8]
+    assert flops_apart("aten.addmm", lambda: torch.addmm(x, a, b, beta=0),
+                       lambda: torch.addmm(x, a, b, beta=2)) == [mm, mm + 2 * 16 * 8]  # beta 0: no add
+    assert sorted(r.bytes_written for n in (5, 7) for r in profiled(lambda n=n: torch.arange(n)).rows
+                  if r.op == "aten.arange") == [5 * 8, 7 * 8]
