@@ -1290,6 +1290,10 @@ class Capture:
                 phase, module = BACKWARD, tracker.in_graph_backward(node)
             else:
                 phase, module = BACKWARD, tracker.path_for_node(node)
+                if torch.is_grad_enabled():
+                    # create_graph=True (a gradient penalty, a Hessian-vector product): the nodes
+                    # this op made are differentiated by a later backward, which names them by it
+                    tracker.mark_backward_nodes(module)
         elif tracker.stack:
             # a module's forward, also inside optimizer.step(closure) (Lightning, LBFGS): phases
             # follow what runs, not the Python frame that encloses it

@@ -807,6 +807,18 @@ class ModuleTracker:
             self._seqs.append(seq)
             self._paths.append(path)
 
+    def mark_backward_nodes(self, path: str) -> None:
+        """The autograd nodes a backward op just made (under create_graph=True: made before the op
+        reached memwall's mode, the newest the one with the last sequence number) are of `path`,
+        the module whose forward op it differentiates: a second backward through them (a
+        gradient penalty's) names that module, not the top level. Only a node newer than the
+        timeline's newest is marked (an op that made none would rename the node before it);
+        sequence numbers only grow, so the timeline stays sorted."""
+        seq = peek_sequence_nr() - 1
+        if not self._seqs or seq > self._seqs[-1]:
+            self._seqs.append(seq)
+            self._paths.append(path)
+
     def qualify(self, path: str, within: str) -> str:
         """A module path a compiled region's graph names, relative to the module it was compiled
         for (`h.0.attn`), as this tracker names that module (`_orig_mod.h.0.attn` for a model

@@ -751,3 +751,30 @@ def test_a_scripts_start_up_before_the_first_work_is_no_steps_host_time():
     assert host_time_share(rep) < 0.5
     setup_line = next(line for line in render_text(rep, width=160).splitlines() if line.startswith("setup"))
     assert "of the wall time" in setup_line
+
+
+def test_a_gradient_penaltys_second_backward_is_its_modules_work():
+    """WGAN-GP: autograd.grad(create_graph=True) builds a graph in the first backward, and the loss's
+    backward runs through it. Its convolutions (11% of a critic's op time) read `(top level)`:
+    the nodes a backward makes were in no module's timeline. They are the modules' whose forward
+    ops they differentiate; the FLOPs are FlopCounterMode's for the same second backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    critic = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 4, 2, 1), torch.nn.LeakyReLU(0.2),
+                                 torch.nn.Conv2d(16, 1, 4, 1, 0))
+    x = torch.randn(4, 3, 8, 8, requires_grad=True)
+
+    def penalty() -> torch.Tensor:
+        (g,) = torch.autograd.grad(critic(x).sum(), x, create_graph=True)
+        return ((g.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+    with memwall.profile(summary=False) as prof:
+        gp = penalty()
+        gp.backward()
+    rows = [r for r in prof.report().rows if r.op == "aten.convolution" and r.phase == "backward"]
+    assert rows and {r.module for r in rows} == {"0", "2"}, [(r.module, r.flops) for r in rows]
+    gp = penalty()
+    with FlopCounterMode(display=False) as counter:
+        gp.backward()
+    assert sum(r.flops or 0 for r in rows) == counter.get_flop_counts()["Global"][torch.ops.aten.convolution]
