@@ -583,6 +583,58 @@ def test_checkpointing_is_suggested_only_where_it_lowers_the_peak():
         ["checkpoint every blocks.* block"]
 
 
+class _WideBlock(torch.nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.up, self.down = torch.nn.Linear(width, 4 * width), torch.nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(torch.relu(self.up(x)))
+
+
+class _EncoderDecoder(torch.nn.Module):
+    """A narrow encoder's blocks, then a wider decoder's (a UNet's down and up blocks): the decoder
+    saves the most, and the peak is in it as backward begins, where its own recompute would run.
+    The containers named in `checkpointed` run each block under torch.utils.checkpoint."""
+
+    def __init__(self, checkpointed: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.encoder = torch.nn.ModuleList(_WideBlock(64) for _ in range(3))
+        self.widen = torch.nn.Linear(64, 96)
+        self.decoder = torch.nn.ModuleList(_WideBlock(96) for _ in range(3))
+        self.checkpointed = checkpointed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        for name in ("encoder", "decoder"):
+            if name == "decoder":
+                x = self.widen(x)
+            for block in getattr(self, name):
+                x = checkpoint(block, x, use_reentrant=False) if name in self.checkpointed else block(x)
+        return x
+
+
+def test_the_checkpointing_suggestion_takes_the_container_that_lowers_the_peak_most():
+    """A UNet's up blocks save the most activations and were the ones suggested ("-3%"), where its
+    down blocks lower the peak five times as much (-16%) for a third of the recompute. The truth:
+    each container checkpointed for real, measured."""
+    def run(checkpointed: tuple[str, ...]) -> MemoryReport:
+        torch.manual_seed(0)
+        model = _EncoderDecoder(checkpointed)
+        with memwall.profile(model=model, summary=False) as prof:
+            model(torch.randn(256, 64)).square().mean().backward()
+        return prof.report().memory
+
+    plain = run(())
+    assert plain.block_containers()[0] == "decoder"  # it holds the most
+    real = {name: run((name,)).peak_bytes for name in ("encoder", "decoder")}
+    assert real["encoder"] < real["decoder"]
+    [(label, suggested)] = [(k, w) for k, w in plain.suggestions() if k.startswith("checkpoint")]
+    assert label == "checkpoint every encoder.* block"
+    assert abs(suggested.peak_bytes - real["encoder"]) <= 0.10 * real["encoder"]
+
+
 def test_checkpointing_one_named_block_what_if_predicts_that_block_checkpointed():
     """`checkpoint=["blocks.1"]`, a block of its own (as transformers checkpoints each decoder
     layer): it was taken for a container and its layers checkpointed one by one (each keeping its
