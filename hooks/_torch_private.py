@@ -1612,12 +1612,22 @@ def _role(name: str) -> str:
     return "out" if name.startswith("out_ptr") else ""
 
 
+#: a C++ kernel's load through a pointer at an offset computed from a loaded value (`tmp3`): an
+#: embedding's row, `in_ptr1 + static_cast<int64_t>(x0 + 64L*tmp0)` or `in_ptr1[... tmp0 ...]`
+_INDIRECT_LOAD = re.compile(r"\b(in_ptr\d+)\s*(?:\[|\+)[^;\],]*?\btmp\d+")
+
+
 def kernel_roles_of_source(text: str) -> dict[str, tuple[tuple[str, ...], bool]]:
-    """The kernels a generated wrapper module's source defines (see `_KERNEL_ROLES`)."""
+    """The kernels a generated wrapper module's source defines (see `_KERNEL_ROLES`). A C++
+    kernel's input it loads at offsets computed from loaded values (a gather: an embedding's
+    table, fused with what follows it) is "gather": it reads the rows it is indexed at, not the
+    whole buffer."""
     roles: dict[str, tuple[tuple[str, ...], bool]] = {}
     for match in _CPP_KERNEL.finditer(text):
         params = [p.strip().split()[-1] if p.strip() else "" for p in match.group(2).split(",")]
-        roles[match.group(1)] = (tuple(_role(p) for p in params), False)
+        end = text.find("'''", match.end())
+        indirect = set(_INDIRECT_LOAD.findall(text[match.end():end if end >= 0 else len(text)]))
+        roles[match.group(1)] = (tuple("gather" if p in indirect else _role(p) for p in params), False)
     for match in _TRITON_KERNEL.finditer(text):
         found = _TRITON_DEF.search(match.group(2))
         if found is None:

@@ -31,6 +31,7 @@ Backends without code generation (aot_eager, eager) run aten ops, recorded one b
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import Any
@@ -397,13 +398,37 @@ class KernelObserver:
                 if isinstance(w, torch.Tensor):
                     writes.append(signature(w))
         else:
+            gathered: list[torch.Tensor] = []
             for a, role in zip(args, roles, strict=False):
                 if isinstance(a, torch.Tensor):
                     if role in ("in", "inout"):
                         reads.append(signature(a))
+                    elif role == "gather":
+                        gathered.append(a)
                     if role in ("out", "inout"):
                         writes.append(signature(a))
+            if gathered:
+                reads += _gathered_reads(gathered, args, roles)
         self.runs.append((name, tuple(reads), tuple(writes), ns))
+
+
+def _gathered_reads(gathered: list[torch.Tensor], args: tuple[Any, ...], roles: tuple[str, ...]) -> list[Any]:
+    """The signatures of what a fused kernel reads of the buffers it loads by index (an embedding's
+    table, `_INDIRECT_LOAD` in hooks/_torch_private.py): a row per index it reads (its integer
+    inputs' elements), or as many elements as it writes where that is more (it cannot gather more
+    than it makes from them without reducing them), never more than the buffer: a flat signature
+    of that many elements (a gather of one token's row from a 1 MiB table read 1 MiB before)."""
+    lookups = sum(a.numel() for a, role in zip(args, roles, strict=False)
+                  if role in ("in", "inout") and isinstance(a, torch.Tensor) and not a.is_floating_point()
+                  and not a.is_complex())
+    written = sum(a.numel() for a, role in zip(args, roles, strict=False)
+                  if role in ("out", "inout") and isinstance(a, torch.Tensor))
+    out = []
+    for table in gathered:
+        row = math.prod(table.shape[1:])  # shapes only: no op runs here
+        elements = min(table.numel(), max(lookups * row, written))
+        out.append((torch.Size([elements]), (1,), table.dtype))
+    return out
 
 
 def _short(kernel: str) -> str:

@@ -1013,3 +1013,36 @@ def test_a_compiled_model_whose_layers_have_their_own_call_is_not_compiled_again
     assert {r.module for r in regions} >= {"a", "b"}
     # one graph's regions, called once a step: with a compile each step, each step had its own
     assert all(r.calls == steps for r in regions), [(r.module, r.calls) for r in regions]
+
+
+class _EmbedNorm(torch.nn.Module):  # a decoder's first steps: its token's row, then RMSNorm
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.w = torch.nn.Embedding(4096, 64), torch.nn.Parameter(torch.ones(64))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.emb(ids)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.w
+
+
+def test_a_fused_kernel_that_gathers_a_row_reads_the_row_not_the_table(fresh_dynamo):
+    """Inductor fuses the embedding's lookup into the norm after it: the kernel takes the whole
+    1 MiB table and reads one row of it. It was charged the table at every call, and the summary
+    said compiling *added* 10.5 MB of traffic (+40,374%) where it removed some. By hand, a call
+    reads the index (8 B), one row (256 B) and the norm's weight (256 B), and writes 256 B."""
+    model = _EmbedNorm().eval()
+    compiled = torch.compile(model)
+    ids = torch.tensor([[7]])
+    with torch.no_grad():
+        bare = compiled(ids)
+        with memwall.profile(model=model, summary=False) as prof:
+            for _ in range(4):
+                out = compiled(ids)
+    assert torch.equal(out, bare)
+    rep = prof.report()
+    (kernel,) = [r for r in _kernels(rep) if "embedding" in r.shapes]
+    per_call = (kernel.bytes_read + kernel.bytes_written) // kernel.calls
+    assert 8 + 256 + 256 + 256 <= per_call <= 8 + 256 + 256 + 256 + 16, per_call  # a norm's scalar may be written too
+    assert per_call < 4096 * 64 * 4 // 100
+    assert not [f for f in findings(rep) if f.startswith("compiling added")]
+    assert [f for f in findings(rep) if f.startswith("compiling removed")]
