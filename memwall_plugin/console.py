@@ -284,8 +284,8 @@ _DECODE_ADVICE = {
                  "(grouped-query attention) or a smaller cache dtype raises their intensity",
     "outside-the-model": "in a generation run these are mostly generate()'s own steps around model calls (the "
                          "logits' processing, sampling or beam bookkeeping, the cache's reordering and masks): "
-                         "more sequences per call spread them, and a static cache (cache_implementation=\"static\") "
-                         "with torch.compile fuses them",
+                         "more sequences per call spread them (compiling the model, or a static cache, does not reach "
+                         "them: they run between its calls)",
 }
 #: the convolution advice where they already run channels_last (this share of their time or more)
 _CHANNELS_LAST_ALREADY = 0.95
@@ -615,9 +615,13 @@ def findings(report: Report) -> list[str]:
         # its receives, which memwall leaves untimed to the user's thread: that wait is the bubble
         bubble = (f", waiting for this rank's {p2p:,} sends and receives, which are not timed: a pipeline "
                   "stage waiting for its neighbour, the pipeline's bubble" if p2p else "")
-        # fewer launches from Python: CUDA graphs on a GPU; on a CPU, compiling (fewer, fused ops)
+        # fewer launches from Python: CUDA graphs on a GPU; on a CPU, compiling (fewer, fused ops),
+        # or where the run is compiled already, fewer graph breaks between its regions
+        compiled = any(r.op == COMPILED_REGION for r in report.rows)
         fewer = ("more of the step in its CUDA graphs" if _uses_cuda_graphs(report) else "CUDA graphs"
-                 if report.device is None or report.device.kind != "cpu" else "torch.compile (fewer, fused ops)")
+                 if report.device is None or report.device.kind != "cpu" else
+                 "fewer graph breaks (it runs compiled already; TORCH_LOGS=graph_breaks lists them)" if compiled
+                 else "torch.compile (fewer, fused ops)")
         remedy = ("more microbatches per step or an interleaved schedule shrink a pipeline's bubble; larger "
                   f"batches, a DataLoader with workers, or {fewer} the rest." if p2p else
                   f"larger batches, a DataLoader with workers, or {fewer} would.")

@@ -135,6 +135,10 @@ def test_a_host_bound_generation_is_told_to_batch_not_to_load_data_with_workers(
     assert "DataLoader" not in note and "generate()" in note and "more sequences per call" in note, note
     assert "DataLoader" not in advice("outside-the-model", rep)
     assert "generate()" in advice("outside-the-model", rep)
+    # generate()'s own steps run between the model's calls: compiling the model, or a static cache,
+    # does not fuse them (a run using both was told to use both)
+    assert "does not reach them" in advice("outside-the-model", rep)
+    assert "fuses them" not in advice("outside-the-model", rep)
     # a decoding run's matmul advice stays a decoding run's
     assert "batched decoding" not in advice("matmul", rep)
     # what ran before the model's first call was generate()'s, not weight init or data alone
@@ -156,6 +160,22 @@ def test_a_host_bound_cpu_run_is_not_told_to_use_cuda_graphs():
     assert rep.device is not None and rep.device.kind == "cpu"
     (note,) = [f for f in findings(rep) if "outside any op" in f]
     assert "CUDA graphs" not in note and "torch.compile" in note, note
+
+
+def test_a_host_bound_compiled_cpu_run_is_not_told_to_compile():
+    """A compiled training loop's host time was answered with "torch.compile (fewer, fused ops)",
+    which it already ran: what is left to compile is between its regions."""
+    torch._dynamo.reset()
+    model, x = _model(), torch.randn(4, 16)
+    compiled = torch.compile(model)
+    compiled(x)  # compiled before the profile
+    with memwall.profile(summary=False) as prof:
+        for _ in range(3):
+            compiled(x)
+            time.sleep(0.05)  # the loop's own Python: data, logging
+            prof.step()
+    (note,) = [f for f in findings(prof.report()) if "outside any op" in f]
+    assert "torch.compile (" not in note and "graph breaks" in note, note
 
 
 def test_a_gemm_bound_loop_has_no_host_time_finding():
