@@ -413,6 +413,17 @@ class _TokenRows(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
+def _analysed_and_profiled(step: Any, tmp_path: Path) -> tuple[memwall.Report, memwall.Report]:
+    """`step` recorded by torch.profiler (record_shapes) and analysed, and profiled by memwall."""
+    with torch.profiler.profile(record_shapes=True) as prof:
+        step()
+    prof.export_chrome_trace(str(tmp_path / "t.json"))
+    report = memwall.analyze_trace(tmp_path / "t.json")
+    with memwall.profile(summary=False) as live:
+        step()
+    return report, live.report()
+
+
 def test_a_real_0_dim_tensor_where_numbers_go_is_counted_as_a_number_and_said(tmp_path: Path) -> None:
     """A trace records a Python number torch wrapped (`x * 0.5`) as a 0-dim float64 tensor, as it
     records a real one: taken for a number (no bytes), which a real one is 8 bytes short of; the
@@ -422,17 +433,12 @@ def test_a_real_0_dim_tensor_where_numbers_go_is_counted_as_a_number_and_said(tm
     def step() -> None:
         (x * 0.5 / count).sum()
 
-    with torch.profiler.profile(record_shapes=True) as prof:
-        step()
-    prof.export_chrome_trace(str(tmp_path / "t.json"))
-    report = memwall.analyze_trace(tmp_path / "t.json")
-    with memwall.profile(summary=False) as live:
-        step()
+    report, live = _analysed_and_profiled(step, tmp_path)
 
     def by_op(rep: memwall.Report) -> dict[str, tuple[int | None, int]]:
         return {r.op: (r.flops, r.bytes) for r in rep.rows if r.op in ("aten.mul", "aten.div")}
 
-    got, want = by_op(report), by_op(live.report())
+    got, want = by_op(report), by_op(live)
     assert report.extra["trace"]["number_assumed_calls"] == {"aten.mul": 1, "aten.div": 1}
     assert got["aten.mul"] == want["aten.mul"]  # a number, rightly
     flops, short = got["aten.div"][0], want["aten.div"][1] - got["aten.div"][1]
@@ -448,17 +454,12 @@ def test_calls_apart_only_in_strides_are_one_row_as_in_memwall_profile(tmp_path:
         torch.add(a, b)
         torch.add(a.t(), b)
 
-    with torch.profiler.profile(record_shapes=True) as prof:
-        step()
-    prof.export_chrome_trace(str(tmp_path / "t.json"))
-    report = memwall.analyze_trace(tmp_path / "t.json")
-    with memwall.profile(summary=False) as live:
-        step()
+    report, live = _analysed_and_profiled(step, tmp_path)
 
     def adds(rep: memwall.Report) -> list[tuple[int, int | None, int]]:
         return [(r.calls, r.flops, r.bytes) for r in rep.rows if r.op == "aten.add"]
 
-    assert adds(report) == adds(live.report()) == [(2, 2 * 32 * 32, 2 * 3 * 32 * 32 * 4)]
+    assert adds(report) == adds(live) == [(2, 2 * 32 * 32, 2 * 3 * 32 * 32 * 4)]
 
 
 def _trainer_run(callback: Any, out: Path) -> None:
