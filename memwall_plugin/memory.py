@@ -557,11 +557,14 @@ class MemoryReport:
         return out
 
     def _wider_than(self, cat: str, size: float) -> bool:
-        """Whether a category held bytes at the peak stored wider than `size` bytes an element on
-        average (a report without element counts: taken as fp32)."""
-        held = self.peak_by_category.get(cat, 0) - self.peak_kept_bytes.get(cat, 0)
+        """Whether a category held bytes at the peak mostly in floating-point tensors stored wider
+        than `size` bytes an element on average (a report without element counts: taken as fp32).
+        Integer tensors are not narrowed: an int8 model's fp32 scales and biases do not make its
+        parameters a bf16 candidate."""
+        held = self.peak_by_category.get(cat, 0)
+        floating = held - self.peak_kept_bytes.get(cat, 0)
         elements = self.peak_elements.get(cat)
-        return held > 0 and (not elements or held / elements > size)
+        return floating > 0 and 2 * floating >= held and (not elements or floating / elements > size)
 
     def trained(self) -> bool:
         """Whether the recorded steps trained: gradients or optimizer state held at some point, or
