@@ -816,8 +816,7 @@ class ModuleTracker:
         sequence numbers only grow, so the timeline stays sorted."""
         seq = peek_sequence_nr() - 1
         if not self._seqs or seq > self._seqs[-1]:
-            self._seqs.append(seq)
-            self._paths.append(path)
+            self._mark(path, seq)
 
     def qualify(self, path: str, within: str) -> str:
         """A module path a compiled region's graph names, relative to the module it was compiled

@@ -505,6 +505,7 @@ class MemoryReport:
         that lowers the peak most, ZeRO-3 over 8 ranks, bf16 parameters and gradients with fp32 master weights (bf16
         parameters, activations and KV cache alone where the steps did not train)."""
         out: list[tuple[str, MemoryWhatIf]] = []
+        as_run = self.what_if().peak_bytes  # the run itself projected: what each remedy must lower
         # of the block containers holding the most activations, the one whose checkpointing lowers
         # the peak most (a UNet's up blocks hold more, but its peak is in them as backward begins,
         # where their recompute runs: its down blocks lower it 5x as much for a third of the FLOPs)
@@ -520,13 +521,13 @@ class MemoryReport:
                 best = (checkpointed.peak_bytes, checkpointed.extra_flops, label, checkpointed)
         # a remedy only where it lowers the peak (a peak in the optimizer's step, or in no block's
         # activations, is not lowered by recomputing them: FLOPs for nothing)
-        if best is not None and best[0] < _WORTH * self.what_if().peak_bytes:
+        if best is not None and best[0] < _WORTH * as_run:
             out.append((best[2], best[3]))
         if self.peak_by_category.get("optimizer_state") or self.peak_by_category.get("gradients"):
             # a run already sharded over 8 ranks or more: twice its ranks
             ranks = 8 if self.sharded_over < 8 else 2 * self.sharded_over
             sharded = self.what_if(shard="zero3", world_size=ranks)
-            if sharded.peak_bytes < _WORTH * self.what_if().peak_bytes:  # as the others: where it lowers the peak
+            if sharded.peak_bytes < _WORTH * as_run:  # as the others: where it lowers the peak
                 out.append((f"ZeRO-3 / FSDP over {ranks} ranks", sharded))
         if self.peak_by_category.get("parameters"):
             # bf16 for what is stored wider than 2 bytes an element: a model already in bf16 gets

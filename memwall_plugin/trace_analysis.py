@@ -61,7 +61,7 @@ from memwall_plugin.records import (
 )
 from memwall_plugin.registry import Registry
 from memwall_plugin.report import Report
-from memwall_plugin.rows import Row, merged, row_key
+from memwall_plugin.rows import Row, merge_rows
 
 __all__ = ["OUTSIDE_OPS", "TraceError", "analyze_trace", "trace_files"]
 
@@ -852,11 +852,7 @@ def analyze_trace(path: str | Path, *, device: str | DeviceSpec | None = None,
             idle_host_s += row.time_s
             row = dataclasses.replace(row, time_s=0.0)
         rows.append(dataclasses.replace(row, kernels=tuple(dict.fromkeys(ran))) if ran else row)
-    one_per_key: dict[tuple[Any, ...], Row] = {}  # calls apart only in strides or arguments: one row
-    for row in rows:
-        k = row_key(row)
-        one_per_key[k] = row if k not in one_per_key else merged(one_per_key[k], row)
-    rows = list(one_per_key.values())
+    rows = list(merge_rows(rows))  # calls apart only in strides or arguments: one row
     rows.extend(place_rows((Row(op, "", module, phase, calls, "", shapes, None, 0, 0, 0, 0, ns * 1e-9,
                                 kernels=tuple(dict.fromkeys(ran)))
                             for (op, module, phase, shapes), (calls, ns, ran) in uncounted.items()), spec))
